@@ -1,0 +1,5 @@
+export * from './message.js';
+export * from './channel.js';
+export * from './errors.js';
+export * from './codec.js';
+export * from './validate.js';
