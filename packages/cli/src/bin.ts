@@ -1,0 +1,57 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { PerihelionError } from '@perihelion/server';
+import { SETTINGS, SettingsError, envName, resolveSettings } from './settings.js';
+import { serve } from './serve.js';
+
+const program = new Command('perihelion').description('Perihelion: a Bayeux (CometD/Faye compatible) Comet server');
+
+const command = program
+  .command('serve')
+  .description('run a standalone server (in-memory engine) with the demo page at /')
+  .addHelpText(
+    'after',
+    `
+Every option can also be set in the environment as PERIHELION_<OPTION>, e.g. PERIHELION_MAX_QUEUE=500;
+PORT and HOST are honoured too. Flags win over the environment.
+
+Examples:
+  perihelion serve
+  perihelion serve --port 9000 --path /cometd
+  PERIHELION_TIMEOUT=20000 perihelion serve --no-demo`,
+  );
+for (const setting of SETTINGS) {
+  if (setting.kind === 'boolean') {
+    command.addOption(new Option(`--no-${setting.flag}`, `do not ${setting.help.replace(/ \(default true\)$/, '')} (${envName(setting)})`));
+  } else {
+    command.addOption(new Option(`--${setting.flag} <value>`, `${setting.help} (${envName(setting)})`));
+  }
+}
+command.action(async (flags: Record<string, unknown>) => {
+  try {
+    const running = await serve(resolveSettings(flags, process.env));
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      console.log(`${signal}: shutting down`);
+      const force = setTimeout(() => process.exit(1), 10_000);
+      force.unref();
+      running.stop().then(() => process.exit(0), () => process.exit(1));
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  } catch (error) {
+    if (error instanceof SettingsError || error instanceof PerihelionError) {
+      console.error(`perihelion: ${error.message}`);
+      process.exit(2);
+    }
+    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      console.error(`perihelion: the port is already in use (${(error as Error).message}); choose another with --port or PORT`);
+      process.exit(1);
+    }
+    throw error;
+  }
+});
+
+await program.parseAsync(process.argv);

@@ -1,0 +1,3 @@
+export { serve, type Running } from './serve.js';
+export { resolveSettings, SETTINGS, SettingsError, envName, type Settings } from './settings.js';
+export { demoPage, installDemo } from './demo.js';

@@ -1,0 +1,87 @@
+/**
+ * Server settings from the command line and the environment. Every option can be given as a
+ * flag (`--max-queue 500`) or as `PERIHELION_<OPTION>` (`PERIHELION_MAX_QUEUE=500`); `PORT` and
+ * `HOST` are honoured too (platform conventions). Flags win over the environment.
+ */
+import type { ServerOptions } from '@perihelion/server';
+
+export interface Setting {
+  /** ServerOptions key, or a listen/CLI setting. */
+  key: keyof ServerOptions | 'port' | 'host' | 'demo';
+  flag: string;
+  kind: 'integer' | 'string' | 'list' | 'boolean';
+  help: string;
+}
+
+export const SETTINGS: Setting[] = [
+  { key: 'port', flag: 'port', kind: 'integer', help: 'port to listen on (default 8080; also PORT)' },
+  { key: 'host', flag: 'host', kind: 'string', help: 'interface to listen on (default: all; also HOST)' },
+  { key: 'path', flag: 'path', kind: 'string', help: 'mount path of the Bayeux endpoint (default /bayeux)' },
+  { key: 'timeout', flag: 'timeout', kind: 'integer', help: 'longest hold of a /meta/connect, ms (default 30000)' },
+  { key: 'interval', flag: 'interval', kind: 'integer', help: 'pause between connects advised to clients, ms (default 0)' },
+  { key: 'maxInterval', flag: 'max-interval', kind: 'integer', help: 'silence after which a session is swept, ms (default 10000)' },
+  { key: 'maxQueue', flag: 'max-queue', kind: 'integer', help: 'messages queued per session before the oldest is dropped (default 1000)' },
+  { key: 'maxRequestBytes', flag: 'max-request-bytes', kind: 'integer', help: 'largest request body or WebSocket frame (default 1048576)' },
+  { key: 'maxBatch', flag: 'max-batch', kind: 'integer', help: 'most messages per request (default 100)' },
+  { key: 'maxDepth', flag: 'max-depth', kind: 'integer', help: 'deepest JSON nesting (default 32)' },
+  { key: 'maxSubscriptions', flag: 'max-subscriptions', kind: 'integer', help: 'most subscriptions per session (default 1000)' },
+  { key: 'maxChannelLength', flag: 'max-channel-length', kind: 'integer', help: 'longest channel name (default 1024)' },
+  { key: 'pingInterval', flag: 'ping-interval', kind: 'integer', help: 'WebSocket ping interval, ms; 0 disables (default 25000)' },
+  { key: 'transports', flag: 'transports', kind: 'list', help: 'connection types offered (default websocket,long-polling,cross-origin-long-polling)' },
+  { key: 'allowedOrigins', flag: 'allowed-origins', kind: 'list', help: 'origins allowed cross-origin, comma-separated, or * (default: same origin only)' },
+  { key: 'demo', flag: 'demo', kind: 'boolean', help: 'serve the demo landing page at / (default true)' },
+];
+
+export function envName(setting: Setting): string {
+  return `PERIHELION_${setting.flag.replace(/-/g, '_').toUpperCase()}`;
+}
+
+export class SettingsError extends Error {}
+
+function convert(setting: Setting, raw: string, source: string): unknown {
+  switch (setting.kind) {
+    case 'integer': {
+      if (!/^\d+$/.test(raw.trim())) throw new SettingsError(`${source} must be a whole number, got ${JSON.stringify(raw)}`);
+      return Number(raw.trim());
+    }
+    case 'list':
+      return raw.split(',').map((s) => s.trim()).filter((s) => s !== '');
+    case 'boolean': {
+      const value = raw.trim().toLowerCase();
+      if (['1', 'true', 'yes', 'on'].includes(value)) return true;
+      if (['0', 'false', 'no', 'off'].includes(value)) return false;
+      throw new SettingsError(`${source} must be true or false, got ${JSON.stringify(raw)}`);
+    }
+    default:
+      return raw;
+  }
+}
+
+export interface Settings {
+  server: ServerOptions;
+  port: number;
+  host: string | undefined;
+  demo: boolean;
+}
+
+/** Merges flags (already parsed as strings or booleans) over the environment over defaults. */
+export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.ProcessEnv): Settings {
+  const values: Record<string, unknown> = {};
+  if (env.PORT !== undefined && env.PORT !== '') values.port = convert(SETTINGS[0]!, env.PORT, 'PORT');
+  if (env.HOST !== undefined && env.HOST !== '') values.host = env.HOST;
+  for (const setting of SETTINGS) {
+    const name = envName(setting);
+    const fromEnv = env[name];
+    if (fromEnv !== undefined && fromEnv !== '') values[setting.key] = convert(setting, fromEnv, name);
+    const fromFlag = flags[camel(setting.flag)];
+    if (typeof fromFlag === 'string') values[setting.key] = convert(setting, fromFlag, `--${setting.flag}`);
+    else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
+  }
+  const { port = 8080, host, demo = true, ...server } = values;
+  if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
+  return { server: server as ServerOptions, port, host: host as string | undefined, demo: demo as boolean };
+}
+
+function camel(flag: string): string {
+  return flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+}

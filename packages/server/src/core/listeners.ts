@@ -1,0 +1,34 @@
+import { matchingPatterns, type Message } from '@perihelion/protocol';
+import type { Session } from './session.js';
+
+/**
+ * In-process listeners (server-side subscribers). For a broadcast message `session` is null;
+ * for a /service message it is the sending session, and a value returned (or resolved) by the
+ * listener is sent back to that session as the reply to the request (CometD's remote call).
+ */
+export type Listener = (message: Message, session: Session | null) => unknown;
+
+/** Listeners by channel or pattern, matched like subscriptions: depth+1 look-ups per message. */
+export class ListenerRegistry {
+  private readonly byPattern = new Map<string, Set<Listener>>();
+
+  add(pattern: string, listener: Listener): () => void {
+    let set = this.byPattern.get(pattern);
+    if (!set) this.byPattern.set(pattern, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0 && this.byPattern.get(pattern) === set) this.byPattern.delete(pattern);
+    };
+  }
+
+  match(channel: string): Listener[] {
+    const out: Listener[] = [];
+    if (this.byPattern.size === 0) return out;
+    for (const key of matchingPatterns(channel)) {
+      const set = this.byPattern.get(key);
+      if (set) for (const listener of set) if (!out.includes(listener)) out.push(listener);
+    }
+    return out;
+  }
+}

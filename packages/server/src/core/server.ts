@@ -1,0 +1,569 @@
+/**
+ * The Bayeux server core: one entry point, `process(batch, context)`, shared by every transport.
+ *
+ * Each message passes, in this fixed order: shape check → incoming extensions → the handler
+ * for its channel (the five meta channels, /service, or a broadcast publish) → outgoing
+ * extensions on the reply. A refusal anywhere becomes an unsuccessful reply carrying a Bayeux
+ * error string; nothing a client sends can throw out of `process`.
+ */
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import {
+  BAYEUX_VERSION,
+  META,
+  bayeuxError,
+  channelProblem,
+  checkMessage,
+  isMeta,
+  isService,
+  isWildcard,
+  subscriptionList,
+  type Advice,
+  type ConnectionType,
+  type Message,
+} from '@perihelion/protocol';
+import type { Engine, EngineHost, Publication } from '../engine/engine.js';
+import { MemoryEngine } from '../engine/memory.js';
+import { ExtensionPipeline, type Extension, type ExtensionContext } from '../extensions/pipeline.js';
+import { PerihelionError } from '../errors.js';
+import { resolveOptions, type ResolvedOptions, type ServerOptions } from '../options.js';
+import type { ProcessContext } from '../transports/transport.js';
+import { ListenerRegistry, type Listener } from './listeners.js';
+import { Session, type Release, type SessionHost } from './session.js';
+import { TimerWheel } from './timer-wheel.js';
+
+export type DisconnectReason = 'client' | 'expired' | 'server' | 'shutdown';
+
+export interface ServerEvents {
+  handshake: [session: Session];
+  subscribe: [session: Session, channel: string];
+  unsubscribe: [session: Session, channel: string];
+  publish: [message: Message, session: Session | null];
+  disconnect: [session: Session, reason: DisconnectReason];
+}
+
+export interface ServerStats {
+  sessions: number;
+  sessionsByTransport: Record<string, number>;
+  messagesIn: number;
+  published: number;
+  deliveries: number;
+  queueDrops: number;
+}
+
+export interface PublishOptions {
+  ext?: Record<string, unknown>;
+}
+
+type Reply = Message;
+
+/** The ids of messages that a handshake in the same request makes the server ignore (Bayeux §4.1.1). */
+const IGNORED_WITH_HANDSHAKE = 'ignored: a handshake must be alone in its request';
+
+export class BayeuxServer implements EngineHost, SessionHost {
+  readonly options: ResolvedOptions;
+  readonly engine: Engine;
+  readonly extensions = new ExtensionPipeline();
+  readonly wheel = new TimerWheel(100);
+
+  private readonly sessions = new Map<string, Session>();
+  private readonly listeners = new ListenerRegistry();
+  private readonly events = new EventEmitter();
+  private readonly dirty = new Set<Session>();
+  private flushScheduled = false;
+  private readonly ready: Promise<void>;
+  private closed = false;
+  private readonly counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0 };
+
+  constructor(options: ServerOptions = {}) {
+    this.options = resolveOptions(options);
+    this.engine = options.engine ?? new MemoryEngine();
+    for (const extension of options.extensions ?? []) this.extensions.add(extension);
+    this.ready = this.engine.start(this);
+    // Listener errors are reported through 'error' only if someone listens; never crash the server.
+    this.events.on('error', () => {});
+  }
+
+  // ---------------------------------------------------------------- public API
+
+  /** Resolves once the engine has started. */
+  whenReady(): Promise<void> {
+    return this.ready;
+  }
+
+  on<E extends keyof ServerEvents>(event: E, listener: (...args: ServerEvents[E]) => void): () => void {
+    this.events.on(event, listener as (...args: unknown[]) => void);
+    return () => this.events.off(event, listener as (...args: unknown[]) => void);
+  }
+
+  addExtension(extension: Extension): () => void {
+    return this.extensions.add(extension);
+  }
+
+  /** Publishes `data` to every subscriber of `channel` (and the in-process listeners). */
+  async publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<void> {
+    this.assertOpen();
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to ${JSON.stringify(channel)}: ${problem}`);
+    if (isMeta(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to the meta channel ${channel}`);
+    await this.ready;
+    const message: Message = { channel, data };
+    if (options.ext) message.ext = options.ext;
+    if (isService(channel)) {
+      await this.notifyListeners(message, null);
+      return;
+    }
+    await this.broadcast(message, null);
+  }
+
+  /**
+   * Calls `listener` for every message on channels matching `pattern` (wildcards allowed),
+   * including /service messages from clients. Returns a function that removes the listener.
+   */
+  subscribe(pattern: string, listener: Listener): () => void {
+    const problem = channelProblem(pattern, { maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot listen to ${JSON.stringify(pattern)}: ${problem}`);
+    return this.listeners.add(pattern, listener);
+  }
+
+  /** Sends `data` on `channel` to one session; false when no session has that id. */
+  async deliver(clientId: string, channel: string, data: unknown): Promise<boolean> {
+    this.assertOpen();
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot deliver on ${JSON.stringify(channel)}: ${problem}`);
+    const publication = await this.prepare({ channel, data }, null);
+    if (!publication) return false;
+    return this.engine.sendTo(clientId, publication);
+  }
+
+  getSession(clientId: string): Session | undefined {
+    return this.sessions.get(clientId);
+  }
+
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  stats(): ServerStats {
+    const byTransport: Record<string, number> = {};
+    for (const session of this.sessions.values()) {
+      const key = session.connectionType ?? 'handshaken';
+      byTransport[key] = (byTransport[key] ?? 0) + 1;
+    }
+    return { sessions: this.sessions.size, sessionsByTransport: byTransport, ...this.counters };
+  }
+
+  /**
+   * Stops the core: every held connect is answered with advice to handshake again (elsewhere,
+   * or here once the server is back), sessions end, the engine closes.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const session of [...this.sessions.values()]) {
+      session.flush();
+      this.endSession(session, 'shutdown');
+    }
+    this.flushNow();
+    this.wheel.stop();
+    await this.ready.catch(() => {});
+    await this.engine.close();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  // ---------------------------------------------------------------- the entry point
+
+  /**
+   * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
+   * /meta/connect reply, the messages it carries), in order. On a push connection a held
+   * /meta/connect is answered later through the connection, so the batch resolves without it.
+   */
+  async process(batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
+    const out: string[] = [];
+    if (this.closed) {
+      for (const value of batch) {
+        out.push(JSON.stringify(this.refusal(value, bayeuxError('serverError', [], 'server is shutting down'), { reconnect: 'handshake', interval: 1000 })));
+      }
+      return out;
+    }
+    await this.ready;
+    const handshakeAt = batch.findIndex((m) => (m as Message | null)?.channel === META.handshake);
+    for (let i = 0; i < batch.length; i++) {
+      const value = batch[i];
+      this.counters.messagesIn++;
+      if (handshakeAt !== -1 && i !== handshakeAt) {
+        out.push(JSON.stringify(this.refusal(value, bayeuxError('badRequest', [], IGNORED_WITH_HANDSHAKE))));
+        continue;
+      }
+      try {
+        await this.handle(value, context, batch.length, out);
+      } catch (error) {
+        this.events.emit('error', error);
+        out.push(JSON.stringify(this.refusal(value, bayeuxError('serverError'))));
+      }
+    }
+    return out;
+  }
+
+  private async handle(value: unknown, context: ProcessContext, batchSize: number, out: string[]): Promise<void> {
+    const checked = checkMessage(value);
+    if (!checked.ok) {
+      const reply: Reply = { channel: checked.channel ?? '/meta/unknown', successful: false, error: checked.error };
+      if (checked.id !== undefined) reply.id = checked.id;
+      out.push(JSON.stringify(reply));
+      return;
+    }
+    const original = checked.message;
+    const session = original.clientId !== undefined ? (this.sessions.get(original.clientId) ?? null) : null;
+    const extensionContext: ExtensionContext = { session, transport: context };
+    const message = await this.extensions.incoming(original, extensionContext);
+    if (message === null || message.error !== undefined) {
+      const error = message?.error ?? bayeuxError('channelForbidden', [original.channel], 'refused by an extension');
+      await this.emitReply({ ...this.reply(original, false), error: String(error) }, extensionContext, out);
+      return;
+    }
+    switch (message.channel) {
+      case META.handshake:
+        return this.emitReply(this.handshake(message, context), extensionContext, out);
+      case META.connect:
+        return this.connect(message, session, context, batchSize, out);
+      case META.subscribe:
+        return this.emitReply(await this.subscribeSession(message, session), extensionContext, out);
+      case META.unsubscribe:
+        return this.emitReply(await this.unsubscribeSession(message, session), extensionContext, out);
+      case META.disconnect:
+        return this.emitReply(await this.disconnect(message, session), extensionContext, out);
+      default:
+        return this.clientPublish(message, session, extensionContext, out);
+    }
+  }
+
+  // ---------------------------------------------------------------- meta handlers
+
+  private handshake(message: Message, context: ProcessContext): Reply {
+    const reply = this.reply(message, false);
+    delete reply.clientId; // §3.5: no clientId on a handshake reply unless one was made
+    const { version, supportedConnectionTypes: types } = message;
+    if (typeof version !== 'string') return { ...reply, error: bayeuxError('missingParameter', ['version']), advice: { reconnect: 'none' } };
+    if (!Array.isArray(types) || !types.every((t) => typeof t === 'string')) {
+      return { ...reply, error: bayeuxError('missingParameter', ['supportedConnectionTypes']), advice: { reconnect: 'none' } };
+    }
+    const minimum = typeof message.minimumVersion === 'string' ? message.minimumVersion : version;
+    if (majorVersion(minimum) > 1 || majorVersion(version) < 1) {
+      return { ...reply, error: bayeuxError('versionMismatch', [version], `this server speaks Bayeux ${BAYEUX_VERSION}`), advice: { reconnect: 'none' } };
+    }
+    const offered = this.options.transports;
+    if (!types.some((t) => (offered as string[]).includes(t))) {
+      return {
+        ...reply,
+        error: bayeuxError('connectionTypeMismatch', types.slice(0, 8), `this server offers ${offered.join(', ')}`),
+        supportedConnectionTypes: offered,
+        advice: { reconnect: 'none' },
+      };
+    }
+    const session = new Session(newClientId(), this, this.options.maxQueue);
+    this.sessions.set(session.id, session);
+    if (context.connection) session.bind(context.connection);
+    // A session that never connects is swept like one that stopped connecting.
+    session.scheduleExpiry(this.options.maxInterval);
+    this.events.emit('handshake', session);
+    return {
+      ...reply,
+      successful: true,
+      version: BAYEUX_VERSION,
+      minimumVersion: BAYEUX_VERSION,
+      supportedConnectionTypes: offered,
+      clientId: session.id,
+      advice: this.advice(),
+    };
+  }
+
+  private async connect(message: Message, session: Session | null, context: ProcessContext, batchSize: number, out: string[]): Promise<void> {
+    const extensionContext: ExtensionContext = { session, transport: context };
+    if (!session) return this.emitReply(this.unknownClient(message), extensionContext, out);
+    const type = message.connectionType;
+    if (typeof type !== 'string' || !(this.options.transports as string[]).includes(type)) {
+      const error =
+        typeof type !== 'string'
+          ? bayeuxError('missingParameter', ['connectionType'])
+          : bayeuxError('connectionTypeMismatch', [type], `this server offers ${this.options.transports.join(', ')}`);
+      return this.emitReply({ ...this.reply(message, false), error, advice: { reconnect: 'handshake', interval: 0 } }, extensionContext, out);
+    }
+    session.connectionType = type as ConnectionType;
+    if (context.connection) session.bind(context.connection);
+
+    const clientTimeout = typeof message.advice?.timeout === 'number' && message.advice.timeout >= 0 ? message.advice.timeout : Infinity;
+    const timeout = Math.min(this.options.timeout, clientTimeout);
+    const pending = session.queue.length > 0 && !context.connection;
+    // Answer at once (BAYEUX.md A20): the client asked for timeout 0, this is the first connect
+    // (so the client learns it is connected), the connect shares its request with other
+    // messages, or messages are already waiting.
+    if (timeout === 0 || !session.connected || batchSize > 1 || pending) {
+      session.release('superseded');
+      const events = context.connection ? [] : session.queue.drain();
+      return this.finishConnect(message, session, { reason: 'message', events }, extensionContext, out);
+    }
+    const held = session.hold(timeout);
+    if (context.signal) {
+      // The client gave up on this request (closed the socket): answer nothing to it, and leave
+      // the queue for the next connect.
+      const onAbort = (): void => session.release('superseded');
+      context.signal.addEventListener('abort', onAbort, { once: true });
+      void held.then(() => context.signal?.removeEventListener('abort', onAbort));
+    }
+    const connection = context.connection;
+    if (connection) {
+      void held.then(async (release) => {
+        const later: string[] = [];
+        await this.finishConnect(message, session, release, extensionContext, later);
+        if (later.length > 0) connection.send(later);
+      });
+      return;
+    }
+    return this.finishConnect(message, session, await held, extensionContext, out);
+  }
+
+  private async finishConnect(message: Message, session: Session, release: Release, context: ExtensionContext, out: string[]): Promise<void> {
+    const reply = this.reply(message, true);
+    if (release.reason === 'disconnected') reply.advice = { reconnect: 'none' };
+    else if (release.reason === 'shutdown') reply.advice = { reconnect: 'handshake', interval: 1000 };
+    else reply.advice = this.advice();
+    if (!session.ended) {
+      session.connected = true;
+      session.scheduleExpiry(this.options.interval + this.options.maxInterval);
+    }
+    await this.emitReply(reply, context, out);
+    for (const event of release.events) out.push(event);
+  }
+
+  private async subscribeSession(message: Message, session: Session | null): Promise<Reply> {
+    if (!session) return this.unknownClient(message);
+    const reply = this.reply(message, false);
+    if (message.subscription !== undefined) reply.subscription = message.subscription;
+    const channels = subscriptionList(message.subscription);
+    if (!channels) return { ...reply, error: bayeuxError('missingParameter', ['subscription'], 'a channel name or a non-empty list of them') };
+    const fresh: string[] = [];
+    for (const channel of channels) {
+      const problem = channelProblem(channel, { maxLength: this.options.maxChannelLength });
+      if (problem) return { ...reply, error: bayeuxError('channelInvalid', [channel], problem) };
+      // Bayeux §Meta Channels: clients do not subscribe to /meta. Exact channels only, so
+      // "/meta/subscribe/x" is refused too (Faye CVE-2020-11020).
+      if (isMeta(channel)) return { ...reply, error: bayeuxError('channelForbidden', [channel]) };
+      // Service channels are never broadcast; old CometD apps subscribe before publishing, so
+      // succeed without recording anything (BAYEUX.md A10).
+      if (isService(channel) || session.subscriptions.has(channel) || fresh.includes(channel)) continue;
+      fresh.push(channel);
+    }
+    if (session.subscriptions.size + fresh.length > this.options.maxSubscriptions) {
+      return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${this.options.maxSubscriptions} per session`) };
+    }
+    for (const channel of fresh) {
+      session.subscriptions.add(channel);
+      await this.engine.subscribe(session.id, channel);
+      this.events.emit('subscribe', session, channel);
+    }
+    return { ...reply, successful: true };
+  }
+
+  private async unsubscribeSession(message: Message, session: Session | null): Promise<Reply> {
+    if (!session) return this.unknownClient(message);
+    const reply = this.reply(message, false);
+    if (message.subscription !== undefined) reply.subscription = message.subscription;
+    const channels = subscriptionList(message.subscription);
+    if (!channels) return { ...reply, error: bayeuxError('missingParameter', ['subscription'], 'a channel name or a non-empty list of them') };
+    for (const channel of channels) {
+      const problem = channelProblem(channel, { maxLength: this.options.maxChannelLength });
+      if (problem) return { ...reply, error: bayeuxError('channelInvalid', [channel], problem) };
+      if (isMeta(channel)) return { ...reply, error: bayeuxError('channelForbidden', [channel]) };
+    }
+    for (const channel of channels) {
+      if (!session.subscriptions.delete(channel)) continue;
+      await this.engine.unsubscribe(session.id, channel);
+      this.events.emit('unsubscribe', session, channel);
+    }
+    return { ...reply, successful: true };
+  }
+
+  private async disconnect(message: Message, session: Session | null): Promise<Reply> {
+    if (!session) return this.unknownClient(message);
+    this.endSession(session, 'client');
+    return this.reply(message, true);
+  }
+
+  // ---------------------------------------------------------------- publishing
+
+  private async clientPublish(message: Message, session: Session | null, context: ExtensionContext, out: string[]): Promise<void> {
+    const { channel } = message;
+    const fail = (error: string): Promise<void> => this.emitReply({ ...this.reply(message, false), error }, context, out);
+    if (isMeta(channel)) return fail(bayeuxError('channelForbidden', [channel]));
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) {
+      const detail = isWildcard(channel) ? 'cannot publish to a wildcard pattern' : problem;
+      return fail(bayeuxError('channelInvalid', [channel], detail));
+    }
+    if (!session) return this.emitReply(this.unknownClient(message), context, out);
+    if (message.data === undefined) return fail(bayeuxError('missingParameter', ['data']));
+
+    const delivered: Message = { channel, data: message.data };
+    if (message.ext !== undefined) delivered.ext = message.ext;
+    if (isService(channel)) {
+      // Service channels go to in-process listeners only; a listener's result is the answer
+      // (CometD remote call: the publish reply, then {id, channel, successful, data}).
+      if (message.id !== undefined) delivered.id = message.id;
+      const result = await this.notifyListeners(delivered, session);
+      await this.emitReply(this.reply(message, true), context, out);
+      if (result !== undefined) {
+        const answer: Message = { channel, successful: true, data: result };
+        if (message.id !== undefined) answer.id = message.id;
+        await this.emitReply(answer, context, out);
+      }
+      return;
+    }
+    await this.broadcast(delivered, session);
+    return this.emitReply(this.reply(message, true), context, out);
+  }
+
+  private async broadcast(message: Message, from: Session | null): Promise<void> {
+    const publication = await this.prepare(message, null);
+    if (!publication) return;
+    this.counters.published++;
+    this.events.emit('publish', publication.message, from);
+    await this.engine.publish(publication);
+  }
+
+  /** Runs the outgoing extensions once and serialises once: every recipient shares the bytes. */
+  private async prepare(message: Message, session: Session | null): Promise<Publication | null> {
+    const out = await this.extensions.outgoing(message, { session, transport: null });
+    if (!out) return null;
+    return { channel: out.channel, message: out, payload: JSON.stringify(out) };
+  }
+
+  /** Calls the listeners matching the message's channel; resolves to the first value one returns. */
+  private async notifyListeners(message: Message, session: Session | null): Promise<unknown> {
+    let result: unknown;
+    for (const listener of this.listeners.match(message.channel)) {
+      try {
+        const value = await listener(message, session);
+        if (result === undefined && value !== undefined) result = value;
+      } catch (error) {
+        this.events.emit('error', error);
+      }
+    }
+    return result;
+  }
+
+  // ---------------------------------------------------------------- EngineHost
+
+  onPublication(publication: Publication, clientIds: Iterable<string>): void {
+    for (const id of clientIds) {
+      const session = this.sessions.get(id);
+      if (session) this.enqueue(session, publication.payload);
+    }
+    if (!isService(publication.channel)) void this.notifyListeners(publication.message, null);
+  }
+
+  onDirect(publication: Publication, clientId: string): void {
+    const session = this.sessions.get(clientId);
+    if (session) this.enqueue(session, publication.payload);
+  }
+
+  private enqueue(session: Session, payload: string): void {
+    this.counters.deliveries++;
+    if (!session.enqueue(payload)) this.counters.queueDrops++;
+  }
+
+  // ---------------------------------------------------------------- SessionHost
+
+  scheduleFlush(session: Session): void {
+    this.dirty.add(session);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // Everything a session is owed in this event-loop turn goes out in one write.
+    setImmediate(() => this.flushNow());
+  }
+
+  private flushNow(): void {
+    this.flushScheduled = false;
+    for (const session of this.dirty) session.flush();
+    this.dirty.clear();
+  }
+
+  expire(session: Session): void {
+    this.endSession(session, 'expired');
+  }
+
+  deliverTo(session: Session, channel: string, data: unknown): void {
+    void this.prepare({ channel, data }, session).then((publication) => {
+      if (publication) this.enqueue(session, publication.payload);
+    });
+  }
+
+  disconnectSession(session: Session): void {
+    this.endSession(session, 'server');
+  }
+
+  private endSession(session: Session, reason: DisconnectReason): void {
+    if (session.ended) return;
+    session.ended = true;
+    session.cancelExpiry();
+    session.release(reason === 'shutdown' ? 'shutdown' : 'disconnected');
+    this.sessions.delete(session.id);
+    this.dirty.delete(session);
+    session.subscriptions.clear();
+    void this.engine.removeSession(session.id).catch((error) => this.events.emit('error', error));
+    this.events.emit('disconnect', session, reason);
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private advice(): Advice {
+    return { reconnect: 'retry', interval: this.options.interval, timeout: this.options.timeout };
+  }
+
+  /** The common reply fields: channel, id echoed (§id), clientId echoed (§3.5). */
+  private reply(message: Message, successful: boolean): Reply {
+    const reply: Reply = { channel: message.channel, successful };
+    if (message.id !== undefined) reply.id = message.id;
+    if (message.clientId !== undefined) reply.clientId = message.clientId;
+    return reply;
+  }
+
+  /** A reply to a message that could not be read or was refused before any handler ran. */
+  private refusal(value: unknown, error: string, advice?: Advice): Reply {
+    const message = value as Partial<Message> | null;
+    const channel = typeof message?.channel === 'string' ? message.channel : '/meta/unknown';
+    const reply: Reply = { channel, successful: false, error };
+    if (typeof message?.id === 'string' || typeof message?.id === 'number') reply.id = message.id;
+    if (advice) reply.advice = advice;
+    return reply;
+  }
+
+  private unknownClient(message: Message): Reply {
+    const error =
+      message.clientId === undefined ? bayeuxError('clientIdMissing') : bayeuxError('clientUnknown', [message.clientId]);
+    // Both clients act on advice, not on the code: "handshake" makes them start a new session.
+    return { ...this.reply(message, false), error, advice: { reconnect: 'handshake', interval: 0 } };
+  }
+
+  private async emitReply(reply: Reply, context: ExtensionContext, out: string[]): Promise<void> {
+    const final = await this.extensions.outgoing(reply, context);
+    if (final) out.push(JSON.stringify(final));
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new PerihelionError('ERR_SERVER_CLOSED', 'the server is closed');
+  }
+}
+
+function majorVersion(version: string): number {
+  const major = Number.parseInt(version, 10);
+  return Number.isNaN(major) ? 0 : major;
+}
+
+/** 160 random bits in base 36 (Bayeux §clientId asks for at least 128 and unguessable). */
+function newClientId(): string {
+  return BigInt(`0x${randomBytes(20).toString('hex')}`).toString(36);
+}

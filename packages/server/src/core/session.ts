@@ -1,0 +1,136 @@
+/**
+ * A session: the server's record of one handshaken client, whatever transport it uses now.
+ *
+ * Delivery: messages are queued as shared serialised strings (bounded, see OutboundQueue) and
+ * flushed once per event-loop turn: pushed in one frame when the session is bound to a push
+ * connection (WebSocket), or used to answer its held /meta/connect (long-polling).
+ */
+import type { ConnectionType } from '@perihelion/protocol';
+import type { PushConnection } from '../transports/transport.js';
+import { OutboundQueue } from './outbound-queue.js';
+import type { TimerHandle, TimerWheel } from './timer-wheel.js';
+
+export type ReleaseReason = 'message' | 'timeout' | 'superseded' | 'disconnected' | 'shutdown';
+
+export interface Release {
+  reason: ReleaseReason;
+  /** Serialised messages to send after the connect reply. */
+  events: string[];
+}
+
+/** What a session needs from the server that owns it. */
+export interface SessionHost {
+  readonly wheel: TimerWheel;
+  scheduleFlush(session: Session): void;
+  expire(session: Session): void;
+  deliverTo(session: Session, channel: string, data: unknown): void;
+  disconnectSession(session: Session): void;
+}
+
+export class Session {
+  readonly createdAt = Date.now();
+  /** Connection type named by the latest /meta/connect. */
+  connectionType: ConnectionType | null = null;
+  /** The push line this session is bound to, if any (latest WebSocket that spoke for it). */
+  connection: PushConnection | null = null;
+  readonly queue: OutboundQueue;
+  /** Channels and patterns this session subscribes to (mirrors the engine, for limits and clean-up). */
+  readonly subscriptions = new Set<string>();
+  /** Set once the session has answered its first /meta/connect. */
+  connected = false;
+  /** Free for applications (e.g. the authenticated identity). */
+  readonly data = new Map<string, unknown>();
+  ended = false;
+
+  private held: { resolve: (release: Release) => void; timer: TimerHandle } | null = null;
+  private expiry: TimerHandle | null = null;
+
+  constructor(
+    readonly id: string,
+    private readonly host: SessionHost,
+    maxQueue: number,
+  ) {
+    this.queue = new OutboundQueue(maxQueue);
+  }
+
+  /** Sends `data` on `channel` to this session only (e.g. the answer to a /service request). */
+  deliver(channel: string, data: unknown): void {
+    this.host.deliverTo(this, channel, data);
+  }
+
+  /** Ends the session from the server side, as if the client had sent /meta/disconnect. */
+  disconnect(): void {
+    this.host.disconnectSession(this);
+  }
+
+  get holding(): boolean {
+    return this.held !== null;
+  }
+
+  /** Queues a serialised message; false when the queue was full and the oldest was dropped. */
+  enqueue(payload: string): boolean {
+    if (this.ended) return false;
+    const kept = this.queue.push(payload);
+    this.host.scheduleFlush(this);
+    return kept;
+  }
+
+  bind(connection: PushConnection): void {
+    if (this.connection === connection) return;
+    this.connection = connection;
+    connection.onClose(() => this.unbind(connection));
+    if (this.queue.length > 0) this.host.scheduleFlush(this);
+  }
+
+  unbind(connection: PushConnection): void {
+    if (this.connection === connection) this.connection = null;
+  }
+
+  /** Writes what is queued to wherever it can go now; called once per event-loop turn at most. */
+  flush(): void {
+    if (this.queue.length === 0 || this.ended) return;
+    if (this.connection?.open) this.connection.send(this.queue.drain());
+    else if (this.held) this.release('message');
+  }
+
+  /**
+   * Holds a /meta/connect until a message is due or `timeoutMs` passes. A newer connect for the
+   * same session releases the older one at once: the newest connect is the line the client is
+   * listening on (the older may belong to a request a proxy already dropped), so at most one is
+   * ever held.
+   */
+  hold(timeoutMs: number): Promise<Release> {
+    this.release('superseded');
+    this.cancelExpiry();
+    return new Promise((resolve) => {
+      const timer = this.host.wheel.schedule(timeoutMs, () => this.release('timeout'));
+      this.held = { resolve, timer };
+    });
+  }
+
+  release(reason: ReleaseReason): void {
+    const held = this.held;
+    if (!held) return;
+    this.held = null;
+    this.host.wheel.cancel(held.timer);
+    // A superseded connect leaves the queue to its successor; every other release carries it,
+    // unless the session is bound to a push line that already carries messages.
+    const events = reason === 'superseded' || this.connection?.open ? [] : this.queue.drain();
+    held.resolve({ reason, events });
+  }
+
+  /** Arms expiry: the session ends unless a new connect arrives within `ms` (Bayeux §Connect, "maxInterval"). */
+  scheduleExpiry(ms: number): void {
+    this.cancelExpiry();
+    if (this.ended) return;
+    this.expiry = this.host.wheel.schedule(ms, () => {
+      this.expiry = null;
+      if (!this.held) this.host.expire(this);
+    });
+  }
+
+  cancelExpiry(): void {
+    this.host.wheel.cancel(this.expiry);
+    this.expiry = null;
+  }
+}

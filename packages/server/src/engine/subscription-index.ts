@@ -1,0 +1,73 @@
+import { matchingPatterns } from '@perihelion/protocol';
+
+/**
+ * Subscriptions by channel or pattern. A publish to `/a/b` is matched by looking up the
+ * depth+1 keys that could match it (`/a/b`, `/a/*`, `/a/**`, `/**`), so matching costs the same
+ * with ten subscriptions or a million. A session subscribed through several of those keys
+ * is returned once (Bayeux: one copy per client).
+ */
+export class SubscriptionIndex {
+  private readonly byPattern = new Map<string, Set<string>>();
+  private readonly bySession = new Map<string, Set<string>>();
+
+  add(clientId: string, pattern: string): boolean {
+    let sessions = this.byPattern.get(pattern);
+    if (!sessions) this.byPattern.set(pattern, (sessions = new Set()));
+    if (sessions.has(clientId)) return false;
+    sessions.add(clientId);
+    let patterns = this.bySession.get(clientId);
+    if (!patterns) this.bySession.set(clientId, (patterns = new Set()));
+    patterns.add(pattern);
+    return true;
+  }
+
+  remove(clientId: string, pattern: string): boolean {
+    const sessions = this.byPattern.get(pattern);
+    if (!sessions?.delete(clientId)) return false;
+    if (sessions.size === 0) this.byPattern.delete(pattern);
+    const patterns = this.bySession.get(clientId);
+    patterns?.delete(pattern);
+    if (patterns?.size === 0) this.bySession.delete(clientId);
+    return true;
+  }
+
+  removeSession(clientId: string): string[] {
+    const patterns = this.bySession.get(clientId);
+    if (!patterns) return [];
+    const removed = [...patterns];
+    for (const pattern of removed) this.remove(clientId, pattern);
+    return removed;
+  }
+
+  /** The sessions a publish to `channel` reaches, each once. */
+  match(channel: string): Set<string> {
+    const keys = matchingPatterns(channel);
+    let only: Set<string> | undefined;
+    let merged: Set<string> | undefined;
+    for (const key of keys) {
+      const sessions = this.byPattern.get(key);
+      if (!sessions) continue;
+      if (!only) only = sessions;
+      else {
+        if (!merged) merged = new Set(only);
+        for (const id of sessions) merged.add(id);
+      }
+    }
+    // The common case (one matching key) returns the live set without copying; callers only read it.
+    return merged ?? only ?? new Set();
+  }
+
+  count(pattern: string): number {
+    return this.byPattern.get(pattern)?.size ?? 0;
+  }
+
+  patterns(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const [pattern, sessions] of this.byPattern) out.set(pattern, sessions.size);
+    return out;
+  }
+
+  subscriptionsOf(clientId: string): ReadonlySet<string> {
+    return this.bySession.get(clientId) ?? new Set();
+  }
+}

@@ -1,0 +1,19 @@
+/**
+ * Programmer and I/O errors, each with a stable `code` (wire errors are Bayeux strings, see
+ * @perihelion/protocol errors.ts). Every code is listed in docs/errors.md; a test keeps the two in step.
+ */
+export const ERROR_CODES = {
+  ERR_INVALID_OPTION: 'An option passed to createServer or the CLI has the wrong type or an unknown name.',
+  ERR_ENGINE_CLOSED: 'The engine was used before start() or after close().',
+  ERR_SERVER_CLOSED: 'The server was used after close().',
+  ERR_INVALID_CHANNEL: 'A server-side call named a channel that is not a valid Bayeux channel.',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class PerihelionError extends Error {
+  constructor(readonly code: ErrorCode, message: string) {
+    super(message);
+    this.name = 'PerihelionError';
+  }
+}

@@ -1,0 +1,39 @@
+import type { IncomingMessage } from 'node:http';
+
+export type BodyResult = { ok: true; text: string } | { ok: false; status: 400 | 413; reason: string };
+
+/**
+ * Reads a request body as UTF-8, refusing it as soon as it passes `limit` bytes (before it is
+ * all in memory), and refusing bodies that stall for longer than `idleMs` between chunks.
+ */
+export function readBody(req: IncomingMessage, limit: number, idleMs = 30_000): Promise<BodyResult> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) {
+    return Promise.resolve({ ok: false, status: 413, reason: `request body of ${declared} bytes exceeds the limit of ${limit} bytes` });
+  }
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    const finish = (result: BodyResult): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(idle);
+      req.off('data', onData);
+      resolve(result);
+    };
+    let idle = setTimeout(() => finish({ ok: false, status: 400, reason: 'request body stalled' }), idleMs);
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > limit) {
+        finish({ ok: false, status: 413, reason: `request body exceeds the limit of ${limit} bytes` });
+        return;
+      }
+      chunks.push(chunk);
+      idle.refresh();
+    };
+    req.on('data', onData);
+    req.once('end', () => finish({ ok: true, text: Buffer.concat(chunks, size).toString('utf8') }));
+    req.once('error', () => finish({ ok: false, status: 400, reason: 'request body could not be read' }));
+  });
+}

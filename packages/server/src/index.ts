@@ -1,0 +1,11 @@
+export { createServer, Perihelion, type ListenOptions, type RequestHandler } from './perihelion.js';
+export { BayeuxServer, type ServerEvents, type ServerStats, type PublishOptions, type DisconnectReason } from './core/server.js';
+export { Session, type ReleaseReason } from './core/session.js';
+export type { Listener } from './core/listeners.js';
+export type { Engine, EngineHost, Publication } from './engine/engine.js';
+export { MemoryEngine } from './engine/memory.js';
+export type { Extension, ExtensionContext } from './extensions/pipeline.js';
+export { DEFAULTS, type ServerOptions, type ResolvedOptions } from './options.js';
+export type { ProcessContext, PushConnection, RequestFacts } from './transports/transport.js';
+export { PerihelionError, ERROR_CODES, type ErrorCode } from './errors.js';
+export type { Message, Advice } from '@perihelion/protocol';

@@ -1,0 +1,146 @@
+/**
+ * Server options: every limit has a default and a knob. `resolveOptions` rejects unknown names
+ * and wrong types with a message naming the option and what it accepts.
+ */
+import { CONNECTION_TYPES, type ConnectionType } from '@perihelion/protocol';
+import type { Engine } from './engine/engine.js';
+import type { Extension } from './extensions/pipeline.js';
+import { PerihelionError } from './errors.js';
+
+export interface ServerOptions {
+  /** Mount path of the Bayeux endpoint. Default: "/bayeux". */
+  path?: string;
+  /** Longest a /meta/connect is held, in ms (advice.timeout). Default: 30000. */
+  timeout?: number;
+  /** Pause the client makes between connects, in ms (advice.interval). Default: 0. */
+  interval?: number;
+  /** A session with no connect for interval + maxInterval ms is expired. Default: 10000. */
+  maxInterval?: number;
+  /** Most messages waiting for one session; when full the oldest is dropped. Default: 1000. */
+  maxQueue?: number;
+  /** Largest HTTP request body or WebSocket frame, in bytes. Default: 1048576 (1 MiB). */
+  maxRequestBytes?: number;
+  /** Most messages in one request or frame. Default: 100. */
+  maxBatch?: number;
+  /** Deepest JSON nesting of one message. Default: 32. */
+  maxDepth?: number;
+  /** Most channels and patterns one session may subscribe to. Default: 1000. */
+  maxSubscriptions?: number;
+  /** Longest channel name, in characters. Default: 1024. */
+  maxChannelLength?: number;
+  /** Connection types offered in the handshake. Default: websocket, long-polling, cross-origin-long-polling. */
+  transports?: ConnectionType[];
+  /**
+   * Origins allowed for WebSocket upgrades and cross-origin HTTP (CORS). Requests without an Origin
+   * header and same-origin requests are always allowed. "*" allows any origin. Default: [].
+   */
+  allowedOrigins?: string[];
+  /** WebSocket ping interval in ms, so idle lines survive proxies and dead peers are found; 0 disables. Default: 25000. */
+  pingInterval?: number;
+  /** Where subscriptions live and how publishes fan out. Default: a new MemoryEngine. */
+  engine?: Engine;
+  /** Extensions added at start, in order. */
+  extensions?: Extension[];
+}
+
+export interface ResolvedOptions {
+  path: string;
+  timeout: number;
+  interval: number;
+  maxInterval: number;
+  maxQueue: number;
+  maxRequestBytes: number;
+  maxBatch: number;
+  maxDepth: number;
+  maxSubscriptions: number;
+  maxChannelLength: number;
+  transports: ConnectionType[];
+  allowedOrigins: string[];
+  pingInterval: number;
+}
+
+export const DEFAULTS: ResolvedOptions = {
+  path: '/bayeux',
+  timeout: 30_000,
+  interval: 0,
+  maxInterval: 10_000,
+  maxQueue: 1000,
+  maxRequestBytes: 1024 * 1024,
+  maxBatch: 100,
+  maxDepth: 32,
+  maxSubscriptions: 1000,
+  maxChannelLength: 1024,
+  transports: ['websocket', 'long-polling', 'cross-origin-long-polling'],
+  allowedOrigins: [],
+  pingInterval: 25_000,
+};
+
+/** Transports this server can serve; the others in CONNECTION_TYPES are refused by name. */
+export const SERVABLE_TRANSPORTS: readonly ConnectionType[] = ['websocket', 'long-polling', 'cross-origin-long-polling'];
+
+const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
+  timeout: [0, 600_000],
+  interval: [0, 600_000],
+  maxInterval: [1000, 3_600_000],
+  maxQueue: [1, 10_000_000],
+  maxRequestBytes: [1024, 1024 * 1024 * 1024],
+  maxBatch: [1, 100_000],
+  maxDepth: [2, 1000],
+  maxSubscriptions: [1, 10_000_000],
+  maxChannelLength: [2, 65_536],
+  pingInterval: [0, 3_600_000],
+};
+
+const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions']);
+
+function invalid(message: string): never {
+  throw new PerihelionError('ERR_INVALID_OPTION', message);
+}
+
+export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
+  if (typeof options !== 'object' || options === null) invalid('options must be an object');
+  for (const key of Object.keys(options)) {
+    if (!KNOWN.has(key)) invalid(`unknown option "${key}"; known options are: ${[...KNOWN].join(', ')}`);
+  }
+  const resolved: ResolvedOptions = { ...DEFAULTS };
+  for (const [key, [min, max]] of Object.entries(INTEGER_LIMITS)) {
+    const value = (options as Record<string, unknown>)[key];
+    if (value === undefined) continue;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+      invalid(`option "${key}" must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}`);
+    }
+    (resolved as unknown as Record<string, number>)[key] = value;
+  }
+  if (options.path !== undefined) {
+    if (typeof options.path !== 'string' || !/^\/[A-Za-z0-9._~\-/]*$/.test(options.path) || options.path.includes('//')) {
+      invalid(`option "path" must be a URL path starting with "/", like "/bayeux" or "/cometd", got ${JSON.stringify(options.path)}`);
+    }
+    resolved.path = options.path.length > 1 ? options.path.replace(/\/$/, '') : options.path;
+  }
+  if (options.transports !== undefined) {
+    if (!Array.isArray(options.transports) || options.transports.length === 0) {
+      invalid('option "transports" must be a non-empty list of connection types');
+    }
+    for (const type of options.transports) {
+      if (!(CONNECTION_TYPES as readonly string[]).includes(type)) {
+        invalid(`option "transports": unknown connection type ${JSON.stringify(type)}; known types are: ${CONNECTION_TYPES.join(', ')}`);
+      }
+      if (!SERVABLE_TRANSPORTS.includes(type)) {
+        invalid(`option "transports": "${type}" is not available in this server; available: ${SERVABLE_TRANSPORTS.join(', ')}`);
+      }
+    }
+    resolved.transports = [...new Set(options.transports)];
+  }
+  if (options.allowedOrigins !== undefined) {
+    if (!Array.isArray(options.allowedOrigins) || !options.allowedOrigins.every((o) => typeof o === 'string')) {
+      invalid('option "allowedOrigins" must be a list of origins like "https://example.com", or ["*"]');
+    }
+    for (const origin of options.allowedOrigins) {
+      if (origin !== '*' && !/^https?:\/\/[^/\s]+$/.test(origin)) {
+        invalid(`option "allowedOrigins": ${JSON.stringify(origin)} is not an origin; write scheme://host[:port] without a path, or "*"`);
+      }
+    }
+    resolved.allowedOrigins = [...options.allowedOrigins];
+  }
+  return resolved;
+}

@@ -1,0 +1,113 @@
+/**
+ * Perihelion: the Bayeux core plus its HTTP and WebSocket adapter. Mount it in an existing
+ * node:http server (`attach`, or `handleRequest`/`handleUpgrade` from a framework), or let it
+ * run its own (`listen`).
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { BayeuxServer } from './core/server.js';
+import { HttpAdapter } from './http/adapter.js';
+import type { ServerOptions } from './options.js';
+
+export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
+
+export interface ListenOptions {
+  /** Default: 8080. 0 picks a free port. */
+  port?: number;
+  /** Default: all interfaces. */
+  host?: string;
+  /** Answers requests outside the mount path (a landing page, an app). Default: 404. */
+  fallback?: RequestHandler;
+}
+
+export class Perihelion extends BayeuxServer {
+  private readonly http: HttpAdapter;
+  private servers: Server[] = [];
+  private owned: Server | null = null;
+
+  constructor(options: ServerOptions = {}) {
+    super(options);
+    this.http = new HttpAdapter(this);
+  }
+
+  /** Handles the request if its path is under the mount path; false means "not mine". */
+  handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
+    return this.http.handleRequest(req, res);
+  }
+
+  /** Handles a WebSocket upgrade at the mount path; false means "not mine". */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
+    return this.http.handleUpgrade(req, socket, head);
+  }
+
+  /** Adds Perihelion to an existing node:http server; other paths stay with the server's own handlers. */
+  attach(server: Server): this {
+    server.prependListener('request', (req, res) => {
+      this.http.handleRequest(req, res);
+    });
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (this.http.handleUpgrade(req, socket, head)) return;
+      // Nobody else listens for upgrades: refuse instead of leaving the socket hanging.
+      if (server.listenerCount('upgrade') === 1) socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    });
+    this.servers.push(server);
+    return this;
+  }
+
+  /** Starts a node:http server of its own; resolves to the address it listens on. */
+  async listen(options: ListenOptions = {}): Promise<AddressInfo> {
+    const fallback: RequestHandler =
+      options.fallback ??
+      ((_req, res) => {
+        res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${this.options.path}\n`);
+      });
+    const server = createHttpServer((req, res) => {
+      if (!this.http.handleRequest(req, res)) fallback(req, res);
+    });
+    // Held connects last up to `timeout`; keep sockets open a little longer than that.
+    server.keepAliveTimeout = 5_000;
+    server.requestTimeout = 0;
+    server.headersTimeout = 30_000;
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (!this.http.handleUpgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    });
+    this.owned = server;
+    this.servers.push(server);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 8080, options.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return server.address() as AddressInfo;
+  }
+
+  /** The address of the server started by `listen`, if any. */
+  address(): AddressInfo | null {
+    return (this.owned?.address() as AddressInfo | null) ?? null;
+  }
+
+  /**
+   * Graceful shutdown: stop accepting, answer every held connect with advice to handshake
+   * again, close WebSockets with 1001 (going away), then close the server's own listener.
+   */
+  override async close(): Promise<void> {
+    if (this.isClosed) return;
+    await super.close();
+    this.http.close();
+    const owned = this.owned;
+    if (owned) {
+      await new Promise<void>((resolve) => {
+        owned.close(() => resolve());
+        // Idle keep-alive sockets would otherwise hold close() open for keepAliveTimeout.
+        owned.closeIdleConnections();
+      });
+    }
+  }
+}
+
+export function createServer(options: ServerOptions = {}): Perihelion {
+  return new Perihelion(options);
+}

@@ -1,0 +1,65 @@
+/**
+ * long-polling (and Faye's cross-origin-long-polling): the client POSTs a JSON array of
+ * messages; the response is the JSON array of replies. A lone /meta/connect is held until a
+ * message is due or advice.timeout passes, and then carries the queued messages.
+ *
+ * Bodies: `application/json` (CometD, Faye XHR and Node), or form-encoded `message=<json>`
+ * (Bayeux §long-polling; Faye's CORS transport posts it as text/plain).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { decodeBatch, encodeBatch } from '@perihelion/protocol';
+import type { BayeuxServer } from '../core/server.js';
+import { readBody } from '../http/body.js';
+import { sendBatchError } from '../http/responses.js';
+
+export async function handleLongPolling(core: BayeuxServer, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const { maxRequestBytes, maxBatch, maxDepth } = core.options;
+  const body = await readBody(req, maxRequestBytes);
+  if (!body.ok) {
+    sendBatchError(res, body.status, body.reason);
+    // Stop reading an oversized or stalled body instead of draining it.
+    res.once('finish', () => req.destroy());
+    return;
+  }
+  const texts = messageTexts(body.text, req.headers['content-type']);
+  if (texts.length === 0) return sendBatchError(res, 400, 'the form body has no "message" parameter');
+  const messages: unknown[] = [];
+  for (const text of texts) {
+    const decoded = decodeBatch(text, { maxBatch, maxDepth });
+    if (!decoded.ok) return sendBatchError(res, decoded.status, decoded.reason);
+    messages.push(...decoded.messages);
+  }
+  if (messages.length > maxBatch) return sendBatchError(res, 413, `more than ${maxBatch} messages in one request`);
+
+  // Aborted when the client closes the line before the answer: a held connect is let go
+  // without taking the queued messages with it.
+  const abort = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) abort.abort();
+  });
+  const replies = await core.process(messages, {
+    transport: 'long-polling',
+    request: { headers: req.headers, remoteAddress: req.socket.remoteAddress, url: req.url ?? '' },
+    signal: abort.signal,
+  });
+  if (res.destroyed) return;
+  const payload = encodeBatch(replies);
+  res.writeHead(200, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(payload),
+    'Cache-Control': 'no-cache, no-store',
+  });
+  res.end(payload);
+}
+
+/**
+ * The JSON texts of the batch: the body itself, or the `message` parameters of a form body
+ * (each holds one message or an array of them).
+ */
+function messageTexts(body: string, contentType: string | undefined): string[] {
+  const type = (contentType ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type === 'application/json') return [body];
+  const trimmed = body.trimStart();
+  if (trimmed.startsWith('[') || trimmed.startsWith('{')) return [body];
+  return new URLSearchParams(body).getAll('message');
+}

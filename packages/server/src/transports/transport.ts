@@ -1,0 +1,36 @@
+/**
+ * What a transport hands the server core. Transports turn wire traffic into batches of untrusted
+ * values and call `BayeuxServer.process(batch, context)`; they know nothing about channels.
+ */
+import type { IncomingHttpHeaders } from 'node:http';
+import type { ConnectionType } from '@perihelion/protocol';
+
+/** Facts about the HTTP request (or WebSocket upgrade) a batch came in on. */
+export interface RequestFacts {
+  headers: IncomingHttpHeaders;
+  remoteAddress: string | undefined;
+  url: string;
+}
+
+/**
+ * A line the server can write to at any time (a WebSocket). Sessions bound to one get their
+ * messages pushed as they are queued; the /meta/connect is still held and answered on timeout.
+ */
+export interface PushConnection {
+  readonly transport: ConnectionType;
+  readonly open: boolean;
+  /** Writes the serialised messages as one JSON array in one write. */
+  send(serialised: readonly string[]): void;
+  /** Calls `callback` once when the line closes (sessions bound to it unbind then). */
+  onClose(callback: () => void): void;
+}
+
+export interface ProcessContext {
+  /** The transport the batch arrived on. */
+  transport: ConnectionType;
+  request: RequestFacts;
+  /** Present when replies and deliveries can be pushed (WebSocket). */
+  connection?: PushConnection;
+  /** Aborted when the client gives up on the request (long-polling): a held connect is released. */
+  signal?: AbortSignal;
+}

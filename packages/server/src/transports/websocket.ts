@@ -1,0 +1,132 @@
+/**
+ * websocket: every frame is a JSON array of messages, in both directions (a single object
+ * and `[]` are accepted too, BAYEUX.md A1/A2). Messages queued for a session bound to this socket
+ * are pushed as soon as they are due, one frame per event-loop turn; the /meta/connect is still
+ * held and answered when its timeout passes, as the CometD and Faye servers do.
+ *
+ * A socket may speak for a session handshaken elsewhere (Faye handshakes over HTTP and then
+ * opens a WebSocket carrying that clientId; CometD reconnects reuse ids), so any frame binds the
+ * sessions it names to this socket.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, WebSocket, type RawData } from 'ws';
+import { bayeuxError, decodeBatch, encodeBatch } from '@perihelion/protocol';
+import type { BayeuxServer } from '../core/server.js';
+import type { PushConnection, RequestFacts } from './transport.js';
+
+class WebSocketConnection implements PushConnection {
+  readonly transport = 'websocket' as const;
+  alive = true;
+  private tail: Promise<void> = Promise.resolve();
+  private readonly closeCallbacks: (() => void)[] = [];
+
+  constructor(
+    private readonly socket: WebSocket,
+    private readonly core: BayeuxServer,
+    private readonly request: RequestFacts,
+  ) {
+    socket.on('message', (data, isBinary) => this.receive(data, isBinary));
+    socket.on('pong', () => {
+      this.alive = true;
+    });
+    socket.on('close', () => {
+      for (const callback of this.closeCallbacks.splice(0)) callback();
+    });
+    // ws reports protocol errors (bad frames, oversized payloads) here and then closes the socket.
+    socket.on('error', () => {});
+  }
+
+  get open(): boolean {
+    return this.socket.readyState === WebSocket.OPEN;
+  }
+
+  send(serialised: readonly string[]): void {
+    if (this.open) this.socket.send(encodeBatch(serialised));
+  }
+
+  onClose(callback: () => void): void {
+    if (this.socket.readyState === WebSocket.CLOSED) callback();
+    else this.closeCallbacks.push(callback);
+  }
+
+  ping(): void {
+    if (!this.alive) {
+      this.socket.terminate();
+      return;
+    }
+    this.alive = false;
+    this.socket.ping();
+  }
+
+  close(code: number, reason: string): void {
+    this.socket.close(code, reason);
+  }
+
+  private receive(data: RawData, isBinary: boolean): void {
+    this.alive = true;
+    const { maxBatch, maxDepth } = this.core.options;
+    if (isBinary) return this.reject('binary frames are not Bayeux; send JSON text');
+    const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
+    const decoded = decodeBatch(text, { maxBatch, maxDepth });
+    if (!decoded.ok) return this.reject(decoded.reason);
+    // Frames are processed one after another, so a client's publishes keep their order even
+    // when the engine is asynchronous; a held connect does not block this chain.
+    this.tail = this.tail.then(async () => {
+      const replies = await this.core.process(decoded.messages, { transport: 'websocket', request: this.request, connection: this });
+      if (replies.length > 0 || decoded.messages.length === 0) this.send(replies);
+    });
+  }
+
+  private reject(reason: string): void {
+    this.send([JSON.stringify({ channel: '/meta/unknown', successful: false, error: bayeuxError('badRequest', [], reason) })]);
+  }
+}
+
+export class WebSocketTransport {
+  private readonly wss: WebSocketServer;
+  private readonly connections = new Set<WebSocketConnection>();
+  private pinger: NodeJS.Timeout | null = null;
+
+  constructor(private readonly core: BayeuxServer) {
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: core.options.maxRequestBytes,
+      // Compression costs CPU per frame per subscriber and defeats shared payloads.
+      perMessageDeflate: false,
+      clientTracking: false,
+    });
+    const interval = core.options.pingInterval;
+    if (interval > 0) {
+      // One timer for all sockets: a socket that did not answer the previous ping is dropped.
+      this.pinger = setInterval(() => {
+        for (const connection of this.connections) connection.ping();
+      }, interval);
+      this.pinger.unref();
+    }
+  }
+
+  get size(): number {
+    return this.connections.size;
+  }
+
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const connection = new WebSocketConnection(ws, this.core, {
+        headers: req.headers,
+        remoteAddress: req.socket.remoteAddress,
+        url: req.url ?? '',
+      });
+      this.connections.add(connection);
+      connection.onClose(() => this.connections.delete(connection));
+    });
+  }
+
+  close(): void {
+    if (this.pinger) clearInterval(this.pinger);
+    // 1001 "going away": clients reconnect, to this server once it is back or to another one.
+    for (const connection of this.connections) connection.close(1001, 'server shutting down');
+    this.connections.clear();
+    this.wss.close();
+  }
+}
