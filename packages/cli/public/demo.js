@@ -52,7 +52,8 @@ cometd.addListener('/meta/handshake', (reply) => {
 
 function counter(op) {
   cometd.remoteCall('counter', { op }, 5000, (reply) => {
-    if (reply.successful) document.getElementById('count').textContent = String(reply.data.count);
+    // Changes arrive on /demo/counter, in order; the reply only seeds the first value.
+    if (reply.successful && op === 'read') document.getElementById('count').textContent = String(reply.data.count);
   });
 }
 

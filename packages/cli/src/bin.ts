@@ -4,6 +4,11 @@ import { PerihelionError } from '@perihelion/server';
 import { SETTINGS, SettingsError, envName, resolveSettings } from './settings.js';
 import { serve } from './serve.js';
 
+// A closed stdout (`perihelion serve | head`) must not take the server down.
+process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+  if (error.code !== 'EPIPE') throw error;
+});
+
 const program = new Command('perihelion').description('Perihelion: a Bayeux (CometD/Faye compatible) Comet server');
 
 const command = program
@@ -37,7 +42,13 @@ command.action(async (flags: Record<string, unknown>) => {
       console.log(`${signal}: shutting down`);
       const force = setTimeout(() => process.exit(1), 10_000);
       force.unref();
-      running.stop().then(() => process.exit(0), () => process.exit(1));
+      running.stop().then(
+        () => process.exit(0),
+        (error: unknown) => {
+          console.error('perihelion: shutdown failed', error);
+          process.exit(1);
+        },
+      );
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));

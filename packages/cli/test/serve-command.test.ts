@@ -1,0 +1,78 @@
+/** `perihelion serve` as a user runs it: a child process, real HTTP, real signals. */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+
+const BIN = fileURLToPath(new URL('../src/bin.js', import.meta.url));
+
+function start(args: string[], env: Record<string, string> = {}): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, [BIN, 'serve', ...args], { env: { ...process.env, PORT: '', HOST: '', ...env } });
+}
+
+/** Reads stdout until the "listening on" line, leaving the stream open so later writes succeed. */
+function listeningUrl(child: ChildProcessWithoutNullStreams): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let output = '';
+    const onData = (chunk: Buffer): void => {
+      output += String(chunk);
+      const match = /listening on (http:\/\/\S+)/.exec(output);
+      if (match) {
+        child.stdout.off('data', onData);
+        child.stdout.resume();
+        resolve(match[1]!);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.once('exit', () => reject(new Error(`server exited before listening: ${output}`)));
+  });
+}
+
+async function exitOf(child: ChildProcessWithoutNullStreams): Promise<{ code: number | null; stderr: string }> {
+  let stderr = '';
+  child.stderr.on('data', (chunk) => (stderr += String(chunk)));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  return { code, stderr };
+}
+
+describe('perihelion serve', () => {
+  it('serves Bayeux at the configured path, honours PERIHELION_* settings, and exits 0 on SIGTERM', async () => {
+    const child = start(['--port', '0', '--host', '127.0.0.1', '--no-demo'], { PERIHELION_PATH: '/cometd' });
+    const exited = exitOf(child);
+    const url = await listeningUrl(child);
+    const response = await fetch(`${url}/cometd/handshake`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'], id: '1' }]),
+    });
+    const [reply] = (await response.json()) as { successful: boolean; clientId: string }[];
+    assert.equal(reply?.successful, true);
+    assert.equal((await fetch(`${url}/`)).status, 404, 'the demo page is off with --no-demo');
+    child.kill('SIGTERM');
+    assert.equal((await exited).code, 0);
+  });
+
+  it('serves the demo page at / by default', async () => {
+    const child = start(['--port', '0', '--host', '127.0.0.1']);
+    const exited = exitOf(child);
+    const url = await listeningUrl(child);
+    const page = await fetch(`${url}/`);
+    assert.equal(page.status, 200);
+    assert.match(await page.text(), /Perihelion/);
+    assert.equal((await fetch(`${url}/vendor/cometd/cometd.js`)).status, 200);
+    assert.equal((await fetch(`${url}/vendor/cometd/../package.json`)).status, 404);
+    child.kill('SIGTERM');
+    const { code, stderr } = await exited;
+    assert.equal(code, 0, stderr);
+  });
+
+  it('refuses a bad setting with exit code 2 and a message naming it', async () => {
+    const bad = await exitOf(start(['--port', '0', '--max-queue', 'lots']));
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--max-queue must be a whole number, got "lots"/);
+    const unknownTransport = await exitOf(start(['--port', '0'], { PERIHELION_TRANSPORTS: 'carrier-pigeon' }));
+    assert.equal(unknownTransport.code, 2);
+    assert.match(unknownTransport.stderr, /unknown connection type "carrier-pigeon"/);
+  });
+});

@@ -1,0 +1,39 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { resolveSettings, SettingsError } from '../src/index.js';
+
+describe('settings from flags and environment', () => {
+  it('defaults to port 8080, the demo on, no server options', () => {
+    assert.deepEqual(resolveSettings({}, {}), { server: {}, port: 8080, host: undefined, demo: true });
+  });
+
+  it('honours PORT and HOST, and PERIHELION_PORT over PORT', () => {
+    assert.equal(resolveSettings({}, { PORT: '9000', HOST: '127.0.0.1' }).port, 9000);
+    assert.equal(resolveSettings({}, { PORT: '9000', HOST: '127.0.0.1' }).host, '127.0.0.1');
+    assert.equal(resolveSettings({}, { PORT: '9000', PERIHELION_PORT: '9001' }).port, 9001);
+  });
+
+  it('reads every option as PERIHELION_<OPTION>, converting numbers and lists', () => {
+    const settings = resolveSettings({}, {
+      PERIHELION_PATH: '/cometd',
+      PERIHELION_MAX_QUEUE: '50',
+      PERIHELION_TRANSPORTS: 'websocket, long-polling',
+      PERIHELION_DEMO: 'false',
+    });
+    assert.deepEqual(settings.server, { path: '/cometd', maxQueue: 50, transports: ['websocket', 'long-polling'] });
+    assert.equal(settings.demo, false);
+  });
+
+  it('lets flags win over the environment', () => {
+    const settings = resolveSettings({ maxQueue: '7', port: '1234' }, { PERIHELION_MAX_QUEUE: '50', PORT: '9000' });
+    assert.equal(settings.server.maxQueue, 7);
+    assert.equal(settings.port, 1234);
+  });
+
+  it('names the setting and the bad value when a number is not a number', () => {
+    assert.throws(() => resolveSettings({}, { PERIHELION_TIMEOUT: '30s' }), (error: Error) => error instanceof SettingsError && /PERIHELION_TIMEOUT must be a whole number, got "30s"/.test(error.message));
+    assert.throws(() => resolveSettings({ port: 'abc' }, {}), /--port must be a whole number/);
+    assert.throws(() => resolveSettings({}, { PORT: '70000' }), /port must be from 0 to 65535/);
+    assert.throws(() => resolveSettings({}, { PERIHELION_DEMO: 'maybe' }), /PERIHELION_DEMO must be true or false/);
+  });
+});
