@@ -1,0 +1,136 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { TimerWheel } from '../src/core/timer-wheel.js';
+import { OutboundQueue } from '../src/core/outbound-queue.js';
+import { SubscriptionIndex } from '../src/engine/subscription-index.js';
+import { ExtensionPipeline } from '../src/extensions/pipeline.js';
+import { resolveOptions, DEFAULTS } from '../src/options.js';
+import { ERROR_CODES, PerihelionError } from '../src/errors.js';
+
+describe('timer wheel', () => {
+  it('fires deadlines in order, never early, and skips cancelled ones', async () => {
+    const wheel = new TimerWheel(10);
+    const fired: string[] = [];
+    const start = Date.now();
+    const times: Record<string, number> = {};
+    wheel.schedule(60, () => { fired.push('b'); times.b = Date.now() - start; });
+    wheel.schedule(20, () => { fired.push('a'); times.a = Date.now() - start; });
+    const cancelled = wheel.schedule(40, () => fired.push('never'));
+    wheel.cancel(cancelled);
+    assert.equal(wheel.pending, 2);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    assert.deepEqual(fired, ['a', 'b']);
+    assert.ok(times.a! >= 20 && times.b! >= 60, JSON.stringify(times));
+    assert.equal(wheel.pending, 0);
+    wheel.stop();
+  });
+
+  it('keeps firing the others when one callback throws', async () => {
+    const errors: unknown[] = [];
+    const wheel = new TimerWheel(10, (error) => errors.push(error));
+    let ran = false;
+    wheel.schedule(10, () => { throw new Error('boom'); });
+    wheel.schedule(10, () => { ran = true; });
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    assert.ok(ran);
+    assert.equal(errors.length, 1);
+    wheel.stop();
+  });
+});
+
+describe('outbound queue', () => {
+  it('drops the oldest when full, counts the drops, and drains in order', () => {
+    const queue = new OutboundQueue(3);
+    for (const item of ['1', '2', '3']) assert.equal(queue.push(item), true);
+    assert.equal(queue.push('4'), false);
+    assert.equal(queue.push('5'), false);
+    assert.equal(queue.dropped, 2);
+    assert.equal(queue.length, 3);
+    assert.deepEqual(queue.drain(), ['3', '4', '5']);
+    assert.equal(queue.length, 0);
+  });
+
+  it('holds at most its limit however many messages pass through', () => {
+    const queue = new OutboundQueue(10);
+    for (let i = 0; i < 10_000; i++) queue.push(String(i));
+    assert.equal(queue.length, 10);
+    assert.ok((queue as unknown as { items: string[] }).items.length <= 21, 'compacted storage stays proportional to the limit');
+    assert.deepEqual(queue.drain(), Array.from({ length: 10 }, (_, i) => String(9990 + i)));
+  });
+});
+
+describe('subscription index', () => {
+  it('matches exact channels and wildcards, each session once', () => {
+    const index = new SubscriptionIndex();
+    index.add('s1', '/a/b');
+    index.add('s1', '/a/*');
+    index.add('s2', '/a/**');
+    index.add('s3', '/b/*');
+    assert.deepEqual([...index.match('/a/b')].sort(), ['s1', 's2']);
+    assert.deepEqual([...index.match('/a/b/c')], ['s2']);
+    assert.deepEqual([...index.match('/b/x')], ['s3']);
+    assert.deepEqual([...index.match('/c')], []);
+  });
+
+  it('forgets a removed session everywhere', () => {
+    const index = new SubscriptionIndex();
+    index.add('s1', '/a');
+    index.add('s1', '/b/**');
+    index.add('s2', '/a');
+    assert.deepEqual(index.removeSession('s1').sort(), ['/a', '/b/**']);
+    assert.deepEqual([...index.match('/a')], ['s2']);
+    assert.equal(index.count('/b/**'), 0);
+    assert.deepEqual([...index.patterns()], [['/a', 1]]);
+  });
+});
+
+describe('extension pipeline', () => {
+  it('runs incoming hooks in order and outgoing hooks in reverse, and stops on a refusal', async () => {
+    const pipeline = new ExtensionPipeline();
+    const seen: string[] = [];
+    pipeline.add({ incoming: (m) => (seen.push('in1'), m), outgoing: (m) => (seen.push('out1'), m) });
+    pipeline.add({ incoming: (m) => (seen.push('in2'), { ...m, error: '403::no' }), outgoing: (m) => (seen.push('out2'), m) });
+    pipeline.add({ incoming: (m) => (seen.push('in3'), m) });
+    const context = { session: null, transport: null };
+    const result = await pipeline.incoming({ channel: '/a' }, context);
+    assert.equal(result?.error, '403::no');
+    await pipeline.outgoing({ channel: '/a' }, context);
+    assert.deepEqual(seen, ['in1', 'in2', 'out2', 'out1']);
+  });
+
+  it('rejects unknown hook names', () => {
+    assert.throws(() => new ExtensionPipeline().add({ incomming: () => null } as never), /unknown extension hook "incomming"/);
+  });
+});
+
+describe('options', () => {
+  it('fills defaults', () => {
+    assert.deepEqual(resolveOptions({}), DEFAULTS);
+    assert.equal(resolveOptions({ path: '/cometd/' }).path, '/cometd');
+  });
+
+  it('names the option and what it accepts when a value is wrong', () => {
+    const cases: [object, RegExp][] = [
+      [{ timeot: 1 }, /unknown option "timeot"; known options are: .*timeout/],
+      [{ timeout: -1 }, /"timeout" must be an integer from 0/],
+      [{ maxQueue: 1.5 }, /"maxQueue" must be an integer/],
+      [{ path: 'bayeux' }, /"path" must be a URL path starting with "\/"/],
+      [{ transports: ['smoke-signals'] }, /unknown connection type "smoke-signals"/],
+      [{ transports: ['eventsource'] }, /"eventsource" is not available/],
+      [{ transports: [] }, /non-empty list/],
+      [{ allowedOrigins: ['example.com'] }, /is not an origin/],
+    ];
+    for (const [options, pattern] of cases) {
+      assert.throws(() => resolveOptions(options as never), (error: Error) => error instanceof PerihelionError && error.code === 'ERR_INVALID_OPTION' && pattern.test(error.message), JSON.stringify(options));
+    }
+  });
+});
+
+describe('error codes', () => {
+  it('are each documented in docs/errors.md', () => {
+    const docs = readFileSync(fileURLToPath(new URL('../../../../docs/errors.md', import.meta.url)), 'utf8');
+    for (const code of Object.keys(ERROR_CODES)) assert.match(docs, new RegExp(`\`${code}\``), `${code} is missing from docs/errors.md`);
+  });
+});
