@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
 import { PerihelionError } from '@perihelion/server';
-import { SETTINGS, SettingsError, envName, resolveSettings } from './settings.js';
+import { SETTINGS, SettingsError, defaultsOn, envName, resolveSettings } from './settings.js';
 import { serve } from './serve.js';
 
 // A closed stdout (`perihelion serve | head`) must not take the server down.
@@ -23,11 +23,14 @@ PORT and HOST are honoured too. Flags win over the environment.
 Examples:
   perihelion serve
   perihelion serve --port 9000 --path /cometd
-  PERIHELION_TIMEOUT=20000 perihelion serve --no-demo`,
+  PERIHELION_TIMEOUT=20000 perihelion serve --no-demo
+  PERIHELION_JSONP=1 perihelion serve --allowed-origins https://app.example.com`,
   );
 for (const setting of SETTINGS) {
-  if (setting.kind === 'boolean') {
+  if (setting.kind === 'boolean' && defaultsOn(setting)) {
     command.addOption(new Option(`--no-${setting.flag}`, `do not ${setting.help.replace(/ \(default true\)$/, '')} (${envName(setting)})`));
+  } else if (setting.kind === 'boolean') {
+    command.addOption(new Option(`--${setting.flag}`, `${setting.help} (${envName(setting)}=1)`));
   } else {
     command.addOption(new Option(`--${setting.flag} <value>`, `${setting.help} (${envName(setting)})`));
   }

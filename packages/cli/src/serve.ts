@@ -19,7 +19,7 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   const url = `http://${shown}:${address.port}`;
   log(`Perihelion listening on ${url}`);
   log(`  Bayeux endpoint: ${url}${server.options.path}`);
-  log(`  transports: ${server.options.transports.join(', ')}`);
+  log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
   log(`  engine: ${server.engine.name}`);
   if (settings.demo) log(`  demo page: ${url}/`);
   return { server, url, stop: () => server.close() };

@@ -13,6 +13,11 @@ export interface Setting {
   help: string;
 }
 
+/** Boolean settings that are on by default get a `--no-<flag>` switch; the others `--<flag>`. */
+export function defaultsOn(setting: Setting): boolean {
+  return setting.key === 'demo';
+}
+
 export const SETTINGS: Setting[] = [
   { key: 'port', flag: 'port', kind: 'integer', help: 'port to listen on (default 8080; also PORT)' },
   { key: 'host', flag: 'host', kind: 'string', help: 'interface to listen on (default: all; also HOST)' },
@@ -29,6 +34,10 @@ export const SETTINGS: Setting[] = [
   { key: 'pingInterval', flag: 'ping-interval', kind: 'integer', help: 'WebSocket ping interval, ms; 0 disables (default 25000)' },
   { key: 'transports', flag: 'transports', kind: 'list', help: 'connection types offered (default websocket,long-polling,cross-origin-long-polling)' },
   { key: 'allowedOrigins', flag: 'allowed-origins', kind: 'list', help: 'origins allowed cross-origin, comma-separated, or * (default: same origin only)' },
+  { key: 'jsonp', flag: 'jsonp', kind: 'boolean', help: 'serve callback-polling (JSONP); it bypasses the same-origin policy (default false)' },
+  { key: 'heartbeat', flag: 'heartbeat', kind: 'integer', help: 'idle time before an SSE or HTTP stream gets a no-op, ms (default 15000)' },
+  { key: 'streamPadding', flag: 'stream-padding', kind: 'integer', help: 'bytes of padding at the start of a stream, for buffering proxies (default 0)' },
+  { key: 'maxBufferedBytes', flag: 'max-buffered-bytes', kind: 'integer', help: 'unsent bytes after which a push line counts as congested (default 1048576)' },
   { key: 'demo', flag: 'demo', kind: 'boolean', help: 'serve the demo landing page at / (default true)' },
 ];
 

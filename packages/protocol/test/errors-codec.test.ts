@@ -81,3 +81,25 @@ describe('message shape checks', () => {
     assert.equal(subscriptionList(undefined), null);
   });
 });
+
+describe('framing', () => {
+  it('validates JSONP callback names as both clients make them, and nothing else', async () => {
+    const { isValidCallback } = await import('../src/index.js');
+    for (const name of ['_cometd_jsonp_1', '__jsonp3__', 'jsonpcallback', 'a.b.c', '$cb']) assert.ok(isValidCallback(name), name);
+    for (const name of ['', 'alert(1)', 'a b', '1abc', 'a..b', 'x'.repeat(65), '<script>', 'a;b', 42]) assert.ok(!isValidCallback(name), String(name));
+  });
+
+  it('wraps JSONP with a leading comment and escapes U+2028/U+2029', async () => {
+    const { jsonpWrap } = await import('../src/index.js');
+    assert.equal(jsonpWrap('cb', '["a\u2028b\u2029"]'), '/**/cb(["a\\u2028b\\u2029"]);');
+  });
+
+  it('frames SSE events, comments and retry, and ndjson lines', async () => {
+    const { sseEvent, sseComment, sseRetry, ndjsonLine } = await import('../src/index.js');
+    assert.equal(sseEvent('[1]', { id: 7 }), 'id: 7\ndata: [1]\n\n');
+    assert.equal(sseEvent('{}', { event: 'connected' }), 'event: connected\ndata: {}\n\n');
+    assert.equal(sseComment(), ':\n\n');
+    assert.equal(sseRetry(5000.7), 'retry: 5000\n\n');
+    assert.equal(ndjsonLine('[]'), '[]\n');
+  });
+});

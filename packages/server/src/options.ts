@@ -37,6 +37,17 @@ export interface ServerOptions {
   allowedOrigins?: string[];
   /** WebSocket ping interval in ms, so idle lines survive proxies and dead peers are found; 0 disables. Default: 25000. */
   pingInterval?: number;
+  /**
+   * Serve callback-polling (JSONP). Off by default: a JSONP response is a script any page can load
+   * with the user's cookies, so it bypasses the same-origin policy. Default: false.
+   */
+  jsonp?: boolean;
+  /** Idle time after which an SSE or HTTP stream gets a no-op (comment / empty array), in ms. Default: 15000. */
+  heartbeat?: number;
+  /** Bytes of padding written when a stream opens, for intermediaries that buffer the first bytes. Default: 0. */
+  streamPadding?: number;
+  /** A push line with more than this many bytes not yet written to the network is congested: messages wait in the session's bounded queue. Default: 1048576. */
+  maxBufferedBytes?: number;
   /** Where subscriptions live and how publishes fan out. Default: a new MemoryEngine. */
   engine?: Engine;
   /** Extensions added at start, in order. */
@@ -57,6 +68,10 @@ export interface ResolvedOptions {
   transports: ConnectionType[];
   allowedOrigins: string[];
   pingInterval: number;
+  jsonp: boolean;
+  heartbeat: number;
+  streamPadding: number;
+  maxBufferedBytes: number;
 }
 
 export const DEFAULTS: ResolvedOptions = {
@@ -70,13 +85,15 @@ export const DEFAULTS: ResolvedOptions = {
   maxDepth: 32,
   maxSubscriptions: 1000,
   maxChannelLength: 1024,
-  transports: ['websocket', 'long-polling', 'cross-origin-long-polling'],
+  transports: ['websocket', 'long-polling', 'cross-origin-long-polling', 'eventsource', 'http-streaming'],
   allowedOrigins: [],
   pingInterval: 25_000,
+  jsonp: false,
+  heartbeat: 15_000,
+  streamPadding: 0,
+  maxBufferedBytes: 1024 * 1024,
 };
 
-/** Transports this server can serve; the others in CONNECTION_TYPES are refused by name. */
-export const SERVABLE_TRANSPORTS: readonly ConnectionType[] = ['websocket', 'long-polling', 'cross-origin-long-polling'];
 
 const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
   timeout: [0, 600_000],
@@ -89,6 +106,9 @@ const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
   maxSubscriptions: [1, 10_000_000],
   maxChannelLength: [2, 65_536],
   pingInterval: [0, 3_600_000],
+  heartbeat: [1000, 3_600_000],
+  streamPadding: [0, 65_536],
+  maxBufferedBytes: [1024, 1024 * 1024 * 1024],
 };
 
 const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions']);
@@ -125,11 +145,17 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
       if (!(CONNECTION_TYPES as readonly string[]).includes(type)) {
         invalid(`option "transports": unknown connection type ${JSON.stringify(type)}; known types are: ${CONNECTION_TYPES.join(', ')}`);
       }
-      if (!SERVABLE_TRANSPORTS.includes(type)) {
-        invalid(`option "transports": "${type}" is not available in this server; available: ${SERVABLE_TRANSPORTS.join(', ')}`);
-      }
     }
     resolved.transports = [...new Set(options.transports)];
+  }
+  if (options.jsonp !== undefined) {
+    if (typeof options.jsonp !== 'boolean') invalid(`option "jsonp" must be true or false, got ${JSON.stringify(options.jsonp)}`);
+    resolved.jsonp = options.jsonp;
+  }
+  if (resolved.jsonp && !resolved.transports.includes('callback-polling')) {
+    resolved.transports = [...resolved.transports, 'callback-polling'];
+  } else if (!resolved.jsonp && resolved.transports.includes('callback-polling')) {
+    invalid('option "transports" lists callback-polling, which needs "jsonp: true" (--jsonp): JSONP bypasses the same-origin policy, so it is off unless enabled');
   }
   if (options.allowedOrigins !== undefined) {
     if (!Array.isArray(options.allowedOrigins) || !options.allowedOrigins.every((o) => typeof o === 'string')) {

@@ -118,7 +118,8 @@ describe('options', () => {
       [{ maxQueue: 1.5 }, /"maxQueue" must be an integer/],
       [{ path: 'bayeux' }, /"path" must be a URL path starting with "\/"/],
       [{ transports: ['smoke-signals'] }, /unknown connection type "smoke-signals"/],
-      [{ transports: ['eventsource'] }, /"eventsource" is not available/],
+      [{ transports: ['callback-polling'] }, /needs "jsonp: true"/],
+      [{ jsonp: 'yes' }, /"jsonp" must be true or false/],
       [{ transports: [] }, /non-empty list/],
       [{ allowedOrigins: ['example.com'] }, /is not an origin/],
     ];

@@ -295,16 +295,20 @@ export class BayeuxServer implements EngineHost, SessionHost {
     session.connectionType = type as ConnectionType;
     if (context.connection) session.bind(context.connection);
 
+    // Streamed types (Faye's eventsource, http-streaming) carry messages on their stream; their
+    // connects are answered at once and only keep the session alive (BAYEUX.md A46).
+    const streamed = type === 'eventsource' || type === 'http-streaming';
+    const advice: Advice = streamed ? { reconnect: 'retry', interval: this.options.timeout, timeout: 0 } : this.advice();
     const clientTimeout = typeof message.advice?.timeout === 'number' && message.advice.timeout >= 0 ? message.advice.timeout : Infinity;
     const timeout = Math.min(this.options.timeout, clientTimeout);
-    const pending = session.queue.length > 0 && !context.connection;
-    // Answer at once (BAYEUX.md A20): the client asked for timeout 0, this is the first connect
-    // (so the client learns it is connected), the connect shares its request with other
-    // messages, or messages are already waiting.
-    if (timeout === 0 || !session.connected || batchSize > 1 || pending) {
+    const pushing = session.connection?.open === true;
+    // Answer at once (BAYEUX.md A20): a streamed type, the client asked for timeout 0, this is
+    // the first connect (so the client learns it is connected), the connect shares its request
+    // with other messages, or messages are already waiting with no push line to carry them.
+    if (streamed || timeout === 0 || !session.connected || batchSize > 1 || (session.queue.length > 0 && !pushing)) {
       session.release('superseded');
-      const events = context.connection ? [] : session.queue.drain();
-      return this.finishConnect(message, session, { reason: 'message', events }, extensionContext, out);
+      const events = pushing ? [] : session.queue.drain();
+      return this.finishConnect(message, session, { reason: 'message', events }, advice, extensionContext, out);
     }
     const held = session.hold(timeout);
     if (context.signal) {
@@ -318,22 +322,22 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (connection) {
       void held.then(async (release) => {
         const later: string[] = [];
-        await this.finishConnect(message, session, release, extensionContext, later);
+        await this.finishConnect(message, session, release, advice, extensionContext, later);
         if (later.length > 0) connection.send(later);
       });
       return;
     }
-    return this.finishConnect(message, session, await held, extensionContext, out);
+    return this.finishConnect(message, session, await held, advice, extensionContext, out);
   }
 
-  private async finishConnect(message: Message, session: Session, release: Release, context: ExtensionContext, out: string[]): Promise<void> {
+  private async finishConnect(message: Message, session: Session, release: Release, advice: Advice, context: ExtensionContext, out: string[]): Promise<void> {
     const reply = this.reply(message, true);
     if (release.reason === 'disconnected') reply.advice = { reconnect: 'none' };
     else if (release.reason === 'shutdown') reply.advice = { reconnect: 'handshake', interval: 1000 };
-    else reply.advice = this.advice();
+    else reply.advice = advice;
     if (!session.ended) {
       session.connected = true;
-      session.scheduleExpiry(this.options.interval + this.options.maxInterval);
+      session.scheduleExpiry((advice.interval ?? 0) + this.options.maxInterval);
     }
     await this.emitReply(reply, context, out);
     for (const event of release.events) out.push(event);

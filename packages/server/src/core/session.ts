@@ -79,6 +79,9 @@ export class Session {
     if (this.connection === connection) return;
     this.connection = connection;
     connection.onClose(() => this.unbind(connection));
+    connection.onDrain(() => {
+      if (this.connection === connection && this.queue.length > 0) this.host.scheduleFlush(this);
+    });
     if (this.queue.length > 0) this.host.scheduleFlush(this);
   }
 
@@ -89,8 +92,10 @@ export class Session {
   /** Writes what is queued to wherever it can go now; called once per event-loop turn at most. */
   flush(): void {
     if (this.queue.length === 0 || this.ended) return;
-    if (this.connection?.open) this.connection.send(this.queue.drain());
-    else if (this.held) this.release('message');
+    if (this.connection?.open) {
+      // A congested line is written again when it drains; meanwhile the bounded queue holds.
+      if (!this.connection.congested) this.connection.send(this.queue.drain());
+    } else if (this.held) this.release('message');
   }
 
   /**
@@ -119,13 +124,19 @@ export class Session {
     held.resolve({ reason, events });
   }
 
-  /** Arms expiry: the session ends unless a new connect arrives within `ms` (Bayeux §Connect, "maxInterval"). */
+  /**
+   * Arms expiry: the session ends unless a new connect arrives within `ms` (Bayeux §Connect,
+   * "maxInterval"). A session whose push line (WebSocket, SSE, stream) is still open is alive:
+   * the check is repeated instead.
+   */
   scheduleExpiry(ms: number): void {
     this.cancelExpiry();
     if (this.ended) return;
     this.expiry = this.host.wheel.schedule(ms, () => {
       this.expiry = null;
-      if (!this.held) this.host.expire(this);
+      if (this.held) return;
+      if (this.connection?.open) this.scheduleExpiry(ms);
+      else this.host.expire(this);
     });
   }
 

@@ -3,26 +3,38 @@
  * It only needs `request` and `upgrade` events, so it mounts in node:http, Express, Fastify,
  * Koa or Hono's node server (inboard) as well as in Perihelion's own server (outboard).
  *
- * Paths (BAYEUX.md pitfall 1): POST to `<mount>`, `<mount>/`, and `<mount>/<one segment>`
- * (CometD appends /handshake, /connect, /disconnect); WebSocket upgrades at `<mount>`
- * (and `<mount>/`).
+ * Routes (BAYEUX.md pitfall 1):
+ * - POST `<mount>`, `<mount>/`, `<mount>/<one segment>` (CometD appends /handshake, /connect,
+ *   /disconnect): long-polling.
+ * - GET with a `message` parameter on any of those paths: callback-polling (JSONP), when enabled.
+ * - GET `<mount>/<clientId>` with `Accept: text/event-stream`: Server-Sent Events; with
+ *   `Accept: application/x-ndjson`: HTTP streaming.
+ * - WebSocket upgrade at `<mount>` (and `<mount>/`).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { BayeuxServer } from '../core/server.js';
+import { bayeuxError } from '@perihelion/protocol';
+import { handleCallbackPolling } from '../transports/callback-polling.js';
+import { ndjsonFramer } from '../transports/http-streaming.js';
 import { handleLongPolling } from '../transports/long-polling.js';
+import { sseFramer } from '../transports/sse.js';
+import { StreamTransport, type Framer } from '../transports/stream.js';
 import { WebSocketTransport } from '../transports/websocket.js';
 import { corsHeaders, originAllowed, preflight } from './cors.js';
 import { sendBatchError } from './responses.js';
 
 export class HttpAdapter {
   readonly websocket: WebSocketTransport | null;
+  readonly streams: StreamTransport | null;
   private readonly httpEnabled: boolean;
 
   constructor(private readonly core: BayeuxServer) {
     const { transports } = core.options;
     this.websocket = transports.includes('websocket') ? new WebSocketTransport(core) : null;
-    this.httpEnabled = transports.includes('long-polling') || transports.includes('cross-origin-long-polling');
+    this.streams = transports.includes('eventsource') || transports.includes('http-streaming') ? new StreamTransport(core) : null;
+    // Streamed transports send their client-to-server messages by POST too.
+    this.httpEnabled = transports.some((t) => t !== 'websocket' && t !== 'callback-polling');
   }
 
   /** Whether the URL is under the mount path, and which sub-path it names. */
@@ -38,7 +50,8 @@ export class HttpAdapter {
 
   /** Handles the request if it is under the mount path; returns false to let others answer it. */
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
-    if (!this.route(req.url)) return false;
+    const route = this.route(req.url);
+    if (!route) return false;
     if (!originAllowed(req, this.core.options.allowedOrigins)) {
       sendBatchError(res, 403, `origin ${req.headers.origin} is not allowed; add it to allowedOrigins`);
       return true;
@@ -48,22 +61,63 @@ export class HttpAdapter {
       return true;
     }
     corsHeaders(req, res);
+    if (req.method === 'GET') {
+      this.handleGet(req, res, route.sub);
+      return true;
+    }
     if (req.method !== 'POST') {
-      res.setHeader('Allow', 'POST, OPTIONS');
+      res.setHeader('Allow', 'GET, POST, OPTIONS');
       sendBatchError(res, 405, `this is a Bayeux endpoint: POST a JSON array of messages, or open a WebSocket; ${req.method} is not supported`);
       return true;
     }
     if (!this.httpEnabled) {
-      sendBatchError(res, 400, 'long-polling is disabled on this server; use a WebSocket');
+      sendBatchError(res, 400, 'HTTP transports are disabled on this server; use a WebSocket');
       return true;
     }
-    handleLongPolling(this.core, req, res).catch((error: unknown) => {
-      // process() never throws for client input; this is a bug, so answer 500 and keep serving.
-      console.error('long-polling request failed', error);
+    this.guard(res, handleLongPolling(this.core, req, res));
+    return true;
+  }
+
+  private handleGet(req: IncomingMessage, res: ServerResponse, sub: string): void {
+    const query = (req.url ?? '').includes('?') ? new URLSearchParams((req.url ?? '').split('?')[1]) : null;
+    if (query?.has('message')) {
+      if (!this.core.options.jsonp) {
+        return sendBatchError(res, 400, 'callback-polling (JSONP) is disabled on this server; the operator can enable it with --jsonp');
+      }
+      return this.guard(res, handleCallbackPolling(this.core, req, res));
+    }
+    const accept = req.headers.accept ?? '';
+    const framer = accept.includes('text/event-stream') ? sseFramer : accept.includes('application/x-ndjson') ? ndjsonFramer : null;
+    if (!framer || sub === '') {
+      return sendBatchError(
+        res,
+        405,
+        'this is a Bayeux endpoint: POST a JSON array of messages, open a WebSocket, or GET <path>/<clientId> with Accept: text/event-stream or application/x-ndjson',
+      );
+    }
+    this.openStream(req, res, sub, framer);
+  }
+
+  private openStream(req: IncomingMessage, res: ServerResponse, clientId: string, framer: Framer): void {
+    if (!this.streams || !this.core.options.transports.includes(framer.transport)) {
+      return sendBatchError(res, 400, `${framer.transport} is disabled on this server; offered: ${this.core.options.transports.join(', ')}`);
+    }
+    const session = this.core.getSession(clientId);
+    if (!session) {
+      const body = JSON.stringify([{ channel: '/meta/connect', successful: false, error: bayeuxError('clientUnknown', [clientId]), advice: { reconnect: 'handshake', interval: 0 } }]);
+      res.writeHead(404, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache, no-store' }).end(body);
+      return;
+    }
+    this.streams.open(req, res, session, framer);
+  }
+
+  /** process() never throws for client input; a rejection is a bug: answer 500 and keep serving. */
+  private guard(res: ServerResponse, work: Promise<void>): void {
+    work.catch((error: unknown) => {
+      console.error('HTTP transport request failed', error);
       if (!res.headersSent) res.writeHead(500).end();
       else res.destroy();
     });
-    return true;
   }
 
   /** Handles a WebSocket upgrade under the mount path; returns false to let others answer it. */
@@ -81,5 +135,6 @@ export class HttpAdapter {
 
   close(): void {
     this.websocket?.close();
+    this.streams?.close();
   }
 }

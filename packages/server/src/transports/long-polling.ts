@@ -7,14 +7,13 @@
  * (Bayeux §long-polling; Faye's CORS transport posts it as text/plain).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { decodeBatch, encodeBatch } from '@perihelion/protocol';
+import { decodeBatch, encodeBatch, type ConnectionType } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
 import { readBody } from '../http/body.js';
 import { sendBatchError } from '../http/responses.js';
 
 export async function handleLongPolling(core: BayeuxServer, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const { maxRequestBytes, maxBatch, maxDepth } = core.options;
-  const body = await readBody(req, maxRequestBytes);
+  const body = await readBody(req, core.options.maxRequestBytes);
   if (!body.ok) {
     sendBatchError(res, body.status, body.reason);
     // Stop reading an oversized or stalled body instead of draining it.
@@ -23,26 +22,10 @@ export async function handleLongPolling(core: BayeuxServer, req: IncomingMessage
   }
   const texts = messageTexts(body.text, req.headers['content-type']);
   if (texts.length === 0) return sendBatchError(res, 400, 'the form body has no "message" parameter');
-  const messages: unknown[] = [];
-  for (const text of texts) {
-    const decoded = decodeBatch(text, { maxBatch, maxDepth });
-    if (!decoded.ok) return sendBatchError(res, decoded.status, decoded.reason);
-    messages.push(...decoded.messages);
-  }
-  if (messages.length > maxBatch) return sendBatchError(res, 413, `more than ${maxBatch} messages in one request`);
-
-  // Aborted when the client closes the line before the answer: a held connect is let go
-  // without taking the queued messages with it.
-  const abort = new AbortController();
-  res.once('close', () => {
-    if (!res.writableFinished) abort.abort();
-  });
-  const replies = await core.process(messages, {
-    transport: 'long-polling',
-    request: { headers: req.headers, remoteAddress: req.socket.remoteAddress, url: req.url ?? '' },
-    signal: abort.signal,
-  });
-  if (res.destroyed) return;
+  const decoded = decodeTexts(core, texts);
+  if (!decoded.ok) return sendBatchError(res, decoded.status, decoded.reason);
+  const replies = await pollOnce(core, decoded.messages, req, res, 'long-polling');
+  if (replies === null) return;
   const payload = encodeBatch(replies);
   res.writeHead(200, {
     'Content-Type': 'application/json; charset=utf-8',
@@ -50,6 +33,46 @@ export async function handleLongPolling(core: BayeuxServer, req: IncomingMessage
     'Cache-Control': 'no-cache, no-store',
   });
   res.end(payload);
+}
+
+/**
+ * Processes one polling request and resolves to its replies, or to null when the client left
+ * before they were ready. Shared by long-polling and callback-polling.
+ */
+export async function pollOnce(
+  core: BayeuxServer,
+  messages: unknown[],
+  req: IncomingMessage,
+  res: ServerResponse,
+  transport: ConnectionType,
+): Promise<string[] | null> {
+  // Aborted when the client closes the line before the answer: a held connect is let go
+  // without taking the queued messages with it.
+  const abort = new AbortController();
+  res.once('close', () => {
+    if (!res.writableFinished) abort.abort();
+  });
+  const replies = await core.process(messages, {
+    transport,
+    request: { headers: req.headers, remoteAddress: req.socket.remoteAddress, url: req.url ?? '' },
+    signal: abort.signal,
+  });
+  return res.destroyed ? null : replies;
+}
+
+export type Decoded = { ok: true; messages: unknown[] } | { ok: false; status: 400 | 413; reason: string };
+
+/** Decodes one or more JSON texts (each a message or an array) into one batch, within the limits. */
+export function decodeTexts(core: BayeuxServer, texts: readonly string[]): Decoded {
+  const { maxBatch, maxDepth } = core.options;
+  const messages: unknown[] = [];
+  for (const text of texts) {
+    const decoded = decodeBatch(text, { maxBatch, maxDepth });
+    if (!decoded.ok) return decoded;
+    messages.push(...decoded.messages);
+  }
+  if (messages.length > maxBatch) return { ok: false, status: 413, reason: `more than ${maxBatch} messages in one request` };
+  return { ok: true, messages };
 }
 
 /**

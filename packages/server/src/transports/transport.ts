@@ -21,8 +21,16 @@ export interface PushConnection {
   readonly open: boolean;
   /** Writes the serialised messages as one JSON array in one write. */
   send(serialised: readonly string[]): void;
+  /**
+   * True while more than `maxBufferedBytes` wait to be written to the network: the session keeps
+   * its messages in its own bounded queue until the line drains, so a slow reader cannot grow
+   * server memory without bound.
+   */
+  readonly congested: boolean;
   /** Calls `callback` once when the line closes (sessions bound to it unbind then). */
   onClose(callback: () => void): void;
+  /** Calls `callback` each time a congested line has drained. */
+  onDrain(callback: () => void): void;
 }
 
 export interface ProcessContext {

@@ -23,6 +23,8 @@ class WebSocketConnection implements PushConnection {
 
   constructor(
     private readonly socket: WebSocket,
+    /** The TCP socket under the WebSocket: `ws` does not report 'drain', the socket does. */
+    private readonly raw: Duplex,
     private readonly core: BayeuxServer,
     private readonly request: RequestFacts,
   ) {
@@ -39,6 +41,14 @@ class WebSocketConnection implements PushConnection {
 
   get open(): boolean {
     return this.socket.readyState === WebSocket.OPEN;
+  }
+
+  get congested(): boolean {
+    return this.socket.bufferedAmount > this.core.options.maxBufferedBytes;
+  }
+
+  onDrain(callback: () => void): void {
+    this.raw.on('drain', callback);
   }
 
   send(serialised: readonly string[]): void {
@@ -112,7 +122,7 @@ export class WebSocketTransport {
 
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const connection = new WebSocketConnection(ws, this.core, {
+      const connection = new WebSocketConnection(ws, socket, this.core, {
         headers: req.headers,
         remoteAddress: req.socket.remoteAddress,
         url: req.url ?? '',

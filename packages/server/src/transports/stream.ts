@@ -1,0 +1,126 @@
+/**
+ * The machinery shared by the two streamed transports (Server-Sent Events and HTTP streaming):
+ * an HTTP response kept open as a push line for one session. Each transport only supplies its
+ * framing (sse.ts, http-streaming.ts).
+ *
+ * - The client opens `GET <mount>/<clientId>` after handshaking; messages from the client still
+ *   travel by POST (long-polling requests), answered at once.
+ * - Proxy-proof: `Cache-Control: no-cache`, `X-Accel-Buffering: no` (nginx), optional padding at
+ *   the start, a first frame sent at once (a client that does not see it soon is behind a
+ *   buffering intermediary and should fall back to long-polling), and a no-op frame on lines idle
+ *   for `heartbeat` ms (the Lift text's tunable idle no-op) so proxies do not cut them.
+ * - A second stream for the same session replaces the first, which is ended: the newest line is
+ *   the one the client listens on (an EventSource reconnecting after a network cut).
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { encodeBatch } from '@perihelion/protocol';
+import type { BayeuxServer } from '../core/server.js';
+import type { Session } from '../core/session.js';
+import type { PushConnection } from './transport.js';
+
+export interface Framer {
+  readonly transport: 'eventsource' | 'http-streaming';
+  readonly contentType: string;
+  /** Written once when the stream opens, after the padding. */
+  opening(session: Session): string;
+  /** `padding` bytes of whatever this framing ignores. */
+  padding(bytes: number): string;
+  /** One batch of messages; `sequence` counts batches on this stream from 1. */
+  batch(json: string, sequence: number): string;
+  /** The idle no-op. */
+  heartbeat(): string;
+}
+
+class StreamConnection implements PushConnection {
+  readonly transport: 'eventsource' | 'http-streaming';
+  /** Set when something was written since the last heartbeat tick. */
+  active = true;
+  private sequence = 0;
+
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly framer: Framer,
+    private readonly maxBufferedBytes: number,
+  ) {
+    this.transport = framer.transport;
+  }
+
+  get open(): boolean {
+    return !this.res.destroyed && !this.res.writableEnded;
+  }
+
+  get congested(): boolean {
+    return this.res.writableLength > this.maxBufferedBytes;
+  }
+
+  send(serialised: readonly string[]): void {
+    this.write(this.framer.batch(encodeBatch(serialised), ++this.sequence));
+  }
+
+  write(chunk: string): void {
+    if (!this.open) return;
+    this.active = true;
+    this.res.write(chunk);
+  }
+
+  tick(): void {
+    if (!this.active) this.write(this.framer.heartbeat());
+    this.active = false;
+  }
+
+  onClose(callback: () => void): void {
+    if (!this.open) callback();
+    else this.res.once('close', callback);
+  }
+
+  onDrain(callback: () => void): void {
+    this.res.on('drain', callback);
+  }
+
+  end(): void {
+    if (this.open) this.res.end();
+  }
+}
+
+export class StreamTransport {
+  private readonly connections = new Set<StreamConnection>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly core: BayeuxServer) {
+    // One timer for every stream; a stream idle for a whole tick gets a heartbeat.
+    this.timer = setInterval(() => {
+      for (const connection of this.connections) connection.tick();
+    }, core.options.heartbeat);
+    this.timer.unref();
+  }
+
+  get size(): number {
+    return this.connections.size;
+  }
+
+  /** Opens a stream for `session`, replacing any stream it already has. */
+  open(req: IncomingMessage, res: ServerResponse, session: Session, framer: Framer): void {
+    const previous = session.connection;
+    if (previous instanceof StreamConnection) previous.end();
+    req.socket.setNoDelay(true);
+    req.socket.setKeepAlive(true);
+    res.writeHead(200, {
+      'Content-Type': framer.contentType,
+      'Cache-Control': 'no-cache, no-store, no-transform',
+      'X-Accel-Buffering': 'no',
+      Connection: 'keep-alive',
+    });
+    const connection = new StreamConnection(res, framer, this.core.options.maxBufferedBytes);
+    const { streamPadding } = this.core.options;
+    connection.write((streamPadding > 0 ? framer.padding(streamPadding) : '') + framer.opening(session));
+    this.connections.add(connection);
+    connection.onClose(() => this.connections.delete(connection));
+    session.bind(connection);
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const connection of this.connections) connection.end();
+    this.connections.clear();
+  }
+}
