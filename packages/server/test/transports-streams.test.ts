@@ -1,0 +1,288 @@
+/**
+ * The streamed and script transports end to end over real HTTP: Server-Sent Events
+ * (`eventsource`), HTTP streaming (`http-streaming`, ndjson) and callback-polling (JSONP).
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+
+interface OpenStream {
+  status: number;
+  headers: Headers;
+  text(): string;
+  until(predicate: (text: string) => boolean, what: string, ms?: number): Promise<void>;
+  ended(): boolean;
+  close(): void;
+}
+
+async function openStream(url: string, accept: string): Promise<OpenStream> {
+  const abort = new AbortController();
+  const response = await fetch(url, { headers: { Accept: accept }, signal: abort.signal });
+  let text = '';
+  let ended = false;
+  if (response.body) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    void (async () => {
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          text += decoder.decode(value, { stream: true });
+        }
+      } catch {
+        // aborted by close()
+      }
+      ended = true;
+    })();
+  }
+  return {
+    status: response.status,
+    headers: response.headers,
+    text: () => text,
+    until: (predicate, what, ms = 5000) => waitFor(() => predicate(text), ms, `${what}; the stream so far: ${JSON.stringify(text.slice(-300))}`),
+    ended: () => ended,
+    close: () => abort.abort(),
+  };
+}
+
+/** The JSON arrays carried by the SSE `data:` lines of a stream, in order. */
+function sseBatches(text: string): unknown[][] {
+  return [...text.matchAll(/^id: \d+\ndata: (.*)$/gm)].map((m) => JSON.parse(m[1]!) as unknown[]);
+}
+
+async function subscribe(url: string, clientId: string, channel: string, connectionType: string): Promise<void> {
+  const { body } = await post(url, [
+    { channel: '/meta/connect', clientId, connectionType, id: 'c1' },
+    { channel: '/meta/subscribe', clientId, subscription: channel, id: 's1' },
+  ]);
+  assert.equal(body[1]?.successful, true, JSON.stringify(body));
+}
+
+describe('Server-Sent Events (eventsource)', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startServer({ heartbeat: 1000 });
+  });
+  after(() => t.close());
+
+  it('answers an eventsource connect at once, advising the next one after timeout', async () => {
+    const clientId = await handshake(t.url, ['eventsource']);
+    const started = Date.now();
+    for (let i = 0; i < 2; i++) {
+      const { body } = await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'eventsource', id: `c${i}` }]);
+      assert.equal(body[0]?.successful, true);
+      assert.deepEqual(body[0]?.advice, { reconnect: 'retry', interval: 30_000, timeout: 0 });
+    }
+    assert.ok(Date.now() - started < 1000, 'not held');
+  });
+
+  it('streams published messages in order as events with ids, after retry and a connected event', async () => {
+    const clientId = await handshake(t.url, ['eventsource']);
+    await subscribe(t.url, clientId, '/sse/a', 'eventsource');
+    const stream = await openStream(`${t.url}/${clientId}`, 'text/event-stream');
+    assert.equal(stream.status, 200);
+    assert.match(stream.headers.get('content-type') ?? '', /^text\/event-stream/);
+    assert.equal(stream.headers.get('x-accel-buffering'), 'no');
+    assert.match(stream.headers.get('cache-control') ?? '', /no-cache/);
+    await stream.until((text) => text.includes('event: connected'), 'connected event');
+    assert.match(stream.text(), /^retry: 5000\n\nevent: connected\ndata: \{"clientId":"\w+"\}\n\n/);
+    for (let i = 0; i < 50; i++) await t.server.publish('/sse/a', { i });
+    await stream.until((text) => sseBatches(text).flat().length === 50, '50 messages');
+    const received = sseBatches(stream.text()).flat() as { channel: string; data: { i: number } }[];
+    assert.deepEqual(received.map((m) => m.data.i), Array.from({ length: 50 }, (_, i) => i));
+    assert.ok(received.every((m) => m.channel === '/sse/a' && !('clientId' in m)));
+    const ids = [...stream.text().matchAll(/^id: (\d+)$/gm)].map((m) => Number(m[1]));
+    assert.deepEqual(ids, ids.map((_, i) => i + 1), 'event ids count up from 1');
+    stream.close();
+  });
+
+  it('sends a comment heartbeat on an idle stream', async () => {
+    const clientId = await handshake(t.url, ['eventsource']);
+    const stream = await openStream(`${t.url}/${clientId}`, 'text/event-stream');
+    await stream.until((text) => text.includes('event: connected'), 'connected event');
+    await stream.until((text) => /\n:\n\n/.test(text), 'heartbeat comment', 3500);
+    stream.close();
+  });
+
+  it('keeps messages published while the stream is down and delivers them when it is reopened', async () => {
+    const clientId = await handshake(t.url, ['eventsource']);
+    await subscribe(t.url, clientId, '/sse/b', 'eventsource');
+    const first = await openStream(`${t.url}/${clientId}`, 'text/event-stream');
+    await t.server.publish('/sse/b', 'one');
+    await first.until((text) => text.includes('"one"'), 'first message');
+    first.close();
+    await waitFor(() => t.server.getSession(clientId)?.connection === null, 2000, 'stream unbound');
+    await t.server.publish('/sse/b', 'two');
+    const second = await openStream(`${t.url}/${clientId}`, 'text/event-stream');
+    await second.until((text) => text.includes('"two"'), 'message published while down');
+    assert.ok(!second.text().includes('"one"'), 'nothing delivered twice');
+    second.close();
+  });
+
+  it('replaces a stream opened twice for one session: the first ends, the second carries messages', async () => {
+    const clientId = await handshake(t.url, ['eventsource']);
+    await subscribe(t.url, clientId, '/sse/c', 'eventsource');
+    const first = await openStream(`${t.url}/${clientId}`, 'text/event-stream');
+    await first.until((text) => text.includes('connected'), 'first stream open');
+    const second = await openStream(`${t.url}/${clientId}`, 'text/event-stream');
+    await waitFor(() => first.ended(), 2000, 'first stream to end');
+    await t.server.publish('/sse/c', 'after');
+    await second.until((text) => text.includes('"after"'), 'message on second stream');
+    assert.ok(!first.text().includes('"after"'));
+    second.close();
+  });
+
+  it('refuses a stream for an unknown clientId with 404 and a 402 error', async () => {
+    const response = await fetch(`${t.url}/nosuchclient`, { headers: { Accept: 'text/event-stream' } });
+    assert.equal(response.status, 404);
+    const [reply] = (await response.json()) as { error: string; advice: { reconnect: string } }[];
+    assert.match(reply!.error, /^402:nosuchclient:/);
+    assert.equal(reply!.advice.reconnect, 'handshake');
+  });
+
+  it('keeps a session alive while its stream is open, without connects', async () => {
+    const short = await startServer({ maxInterval: 1000, heartbeat: 1000 });
+    try {
+      const clientId = await handshake(short.url, ['eventsource']);
+      const stream = await openStream(`${short.url}/${clientId}`, 'text/event-stream');
+      await new Promise((resolve) => setTimeout(resolve, 1800));
+      assert.ok(short.server.getSession(clientId), 'alive while streaming');
+      stream.close();
+      await waitFor(() => short.server.getSession(clientId) === undefined, 4000, 'expiry after the stream closed');
+    } finally {
+      await short.close();
+    }
+  });
+});
+
+describe('HTTP streaming (ndjson)', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startServer({ heartbeat: 1000, streamPadding: 2048 });
+  });
+  after(() => t.close());
+
+  it('opens with padding and an empty array, then one JSON array per line, heartbeats as []', async () => {
+    const clientId = await handshake(t.url, ['http-streaming']);
+    await subscribe(t.url, clientId, '/nd/a', 'http-streaming');
+    const stream = await openStream(`${t.url}/${clientId}`, 'application/x-ndjson');
+    assert.match(stream.headers.get('content-type') ?? '', /^application\/x-ndjson/);
+    await stream.until((text) => text.split('\n').length >= 3, 'padding and first line');
+    assert.ok(stream.text().length >= 2048, 'padding written first');
+    for (let i = 0; i < 20; i++) await t.server.publish('/nd/a', { i });
+    await stream.until((text) => text.includes('"i":19'), 'all messages');
+    const lines = stream.text().split('\n').filter((line) => line.trim() !== '');
+    const batches = lines.map((line) => JSON.parse(line) as { data: { i: number } }[]);
+    assert.ok(batches.every(Array.isArray), 'every line is a JSON array');
+    assert.deepEqual(batches.flat().map((m) => m.data.i), Array.from({ length: 20 }, (_, i) => i));
+    const before = stream.text().length;
+    await stream.until((text) => text.length > before && text.slice(before).includes('[]\n'), 'heartbeat', 3500);
+    stream.close();
+  });
+
+  it('answers a GET without a stream type with 405 and says what is accepted', async () => {
+    const clientId = await handshake(t.url, ['http-streaming']);
+    const response = await fetch(`${t.url}/${clientId}`);
+    assert.equal(response.status, 405);
+    assert.match(JSON.stringify(await response.json()), /text\/event-stream or application\/x-ndjson/);
+  });
+});
+
+describe('transport negotiation', () => {
+  it('offers only the enabled types and refuses a disabled type with a clear error', async () => {
+    const t = await startServer({ transports: ['websocket', 'long-polling'] });
+    try {
+      const { body } = await post(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling', 'eventsource'] }]);
+      assert.deepEqual(body[0]?.supportedConnectionTypes, ['websocket', 'long-polling']);
+      const clientId = body[0]?.clientId as string;
+      const connect = await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'eventsource', id: '1' }]);
+      assert.equal(connect.body[0]?.successful, false);
+      assert.match(String(connect.body[0]?.error), /^301:eventsource:.*offers websocket, long-polling/);
+      const stream = await fetch(`${t.url}/${clientId}`, { headers: { Accept: 'text/event-stream' } });
+      assert.equal(stream.status, 400);
+      assert.match(JSON.stringify(await stream.json()), /eventsource is disabled/);
+      const onlyEventSource = await post(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['eventsource'] }]);
+      assert.match(String(onlyEventSource.body[0]?.error), /^301:/);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe('callback-polling (JSONP)', () => {
+  const jsonp = (url: string, messages: unknown, callback?: string): Promise<Response> =>
+    fetch(`${url}?${callback === undefined ? '' : `jsonp=${encodeURIComponent(callback)}&`}message=${encodeURIComponent(JSON.stringify(messages))}`);
+  /** Runs the script body with a callback that records what it is called with. */
+  const evaluate = (body: string, callback: string): unknown[] => {
+    let received: unknown[] = [];
+    new Function(callback, body)((batch: unknown[]) => (received = batch));
+    return received;
+  };
+
+  it('is off by default, with an error that says how to enable it', async () => {
+    const t = await startServer();
+    try {
+      const response = await jsonp(t.url, [{ channel: '/meta/handshake' }], 'cb');
+      assert.equal(response.status, 400);
+      assert.match(await response.text(), /callback-polling \(JSONP\) is disabled.*--jsonp/);
+    } finally {
+      await t.close();
+    }
+  });
+
+  describe('when enabled', () => {
+    let t: TestServer;
+    before(async () => {
+      t = await startServer({ jsonp: true, timeout: 2000 });
+    });
+    after(() => t.close());
+
+    it('handshakes, subscribes and receives through /meta/connect, as script calling the callback', async () => {
+      const hs = await jsonp(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['callback-polling'], id: '1' }], '_cometd_jsonp_1');
+      assert.equal(hs.status, 200);
+      assert.match(hs.headers.get('content-type') ?? '', /^text\/javascript/);
+      assert.equal(hs.headers.get('x-content-type-options'), 'nosniff');
+      const body = await hs.text();
+      assert.match(body, /^\/\*\*\/_cometd_jsonp_1\(\[/);
+      const [reply] = evaluate(body, '_cometd_jsonp_1') as { clientId: string; supportedConnectionTypes: string[] }[];
+      assert.ok(reply!.supportedConnectionTypes.includes('callback-polling'));
+      const clientId = reply!.clientId;
+      const sub = evaluate(await (await jsonp(t.url, [
+        { channel: '/meta/connect', clientId, connectionType: 'callback-polling', id: '2' },
+        { channel: '/meta/subscribe', clientId, subscription: '/jp/a', id: '3' },
+      ], '__jsonp2__')).text(), '__jsonp2__') as { successful: boolean }[];
+      assert.deepEqual(sub.map((m) => m.successful), [true, true]);
+      const held = jsonp(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'callback-polling', id: '4' }], 'cb');
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await t.server.publish('/jp/a', { text: 'line\u2028separator' });
+      const response = await held;
+      const text = await response.text();
+      assert.ok(text.includes('\\u2028') && !text.includes('\u2028'), 'U+2028 escaped');
+      const batch = evaluate(text, 'cb') as { channel: string; data?: { text: string } }[];
+      assert.equal(batch[0]?.channel, '/meta/connect');
+      assert.deepEqual(batch[1], { channel: '/jp/a', data: { text: 'line\u2028separator' } });
+    });
+
+    it('uses the default callback name when none is given', async () => {
+      const body = await (await jsonp(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['callback-polling'] }])).text();
+      assert.match(body, /^\/\*\*\/jsonpcallback\(/);
+    });
+
+    it('refuses a bad callback name with 400 and never reflects it', async () => {
+      for (const name of ['alert(1)', '<script>', 'a b', '1x', 'x'.repeat(65)]) {
+        const response = await jsonp(t.url, [{ channel: '/meta/handshake' }], name);
+        assert.equal(response.status, 400, name);
+        const text = await response.text();
+        assert.ok(!text.includes(name), `${name} reflected`);
+      }
+    });
+
+    it('answers malformed JSON in the message parameter with a Bayeux error through the callback', async () => {
+      const response = await fetch(`${t.url}?jsonp=cb&message=${encodeURIComponent('[{')}`);
+      const [reply] = evaluate(await response.text(), 'cb') as { successful: boolean; error: string }[];
+      assert.equal(reply!.successful, false);
+      assert.match(reply!.error, /^400:/);
+    });
+  });
+});
