@@ -1,0 +1,172 @@
+/**
+ * Every transport in a real browser (Debian's Chromium via playwright-core): the Faye browser
+ * client over EventSource, a plain EventSource, the CometD client over callback-polling (JSONP)
+ * and long-polling, and a fetch() body read as an HTTP stream.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { createServer, type Perihelion } from '../src/index.js';
+import { waitFor } from './helpers.js';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const require = createRequire(import.meta.url);
+const fayeBundle = readFileSync(join(dirname(require.resolve('faye/package.json')), 'client', 'faye-browser.js'));
+const cometdDir = dirname(require.resolve('cometd/package.json'));
+
+describe('transports in Chromium', () => {
+  let server: Perihelion;
+  let origin: string;
+  let browser: Browser;
+
+  before(async () => {
+    assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM_PATH`);
+    server = createServer({ jsonp: true, pingInterval: 0, heartbeat: 1000 });
+    const address = await server.listen({
+      port: 0,
+      host: '127.0.0.1',
+      fallback: (req, res) => {
+        const path = (req.url ?? '/').split('?')[0]!;
+        if (path === '/') return res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!doctype html><title>t</title>');
+        if (path === '/faye.js') return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
+        const match = /^\/cometd\/(\w+\.js)$/.exec(path);
+        if (match && existsSync(join(cometdDir, match[1]!))) {
+          return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(readFileSync(join(cometdDir, match[1]!)));
+        }
+        res.writeHead(404).end();
+      },
+    });
+    origin = `http://127.0.0.1:${address.port}`;
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  async function page(): Promise<Page> {
+    const p = await browser.newPage();
+    await p.goto(`${origin}/`);
+    return p;
+  }
+
+  /** Publishes from the server until the page has seen `count` messages (the subscription may still be settling). */
+  async function publishUntilSeen(p: Page, channel: string, count: number): Promise<void> {
+    for (let i = 0; i < 50; i++) {
+      await server.publish(channel, { n: i, text: 'pushed ☀' });
+      const seen = await p.evaluate(() => (window as unknown as { seen: unknown[] }).seen.length);
+      if (seen >= count) return;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.fail(`the page never received ${count} messages on ${channel}`);
+  }
+
+  it('Faye browser client over EventSource', async () => {
+    const p = await page();
+    await p.addScriptTag({ url: '/faye.js' });
+    await p.evaluate(async (endpoint) => {
+      const w = window as unknown as { Faye: any; seen: unknown[]; client: any };
+      w.seen = [];
+      w.client = new w.Faye.Client(endpoint);
+      w.client.disable('websocket');
+      await w.client.subscribe('/browser/faye', (data: unknown) => w.seen.push(data));
+    }, `${origin}/bayeux`);
+    // Faye handshakes over long-polling, then moves to the best transport the server offers.
+    await waitFor(() => (server.stats().sessionsByTransport.eventsource ?? 0) >= 1, 5000, 'the Faye client to switch to eventsource');
+    await publishUntilSeen(p, '/browser/faye', 3);
+    // And the other way: a publish from the page reaches a server-side listener.
+    const received: unknown[] = [];
+    const stop = server.subscribe('/browser/from-faye', (message) => void received.push(message.data));
+    await p.evaluate(() => (window as unknown as { client: any }).client.publish('/browser/from-faye', { hi: 'server' }));
+    await waitFor(() => received.length === 1, 5000, 'publish from the Faye browser client');
+    assert.deepEqual(received[0], { hi: 'server' });
+    stop();
+    await p.evaluate(() => (window as unknown as { client: any }).client.disconnect());
+    await p.close();
+  });
+
+  it('a plain EventSource after a handshake by fetch', async () => {
+    const p = await page();
+    await p.evaluate(async () => {
+      const w = window as unknown as { seen: unknown[] };
+      w.seen = [];
+      const post = async (body: unknown): Promise<any[]> =>
+        (await fetch('/bayeux', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) })).json() as Promise<any[]>;
+      const [hs] = await post([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['eventsource'] }]);
+      await post([
+        { channel: '/meta/connect', clientId: hs.clientId, connectionType: 'eventsource' },
+        { channel: '/meta/subscribe', clientId: hs.clientId, subscription: '/browser/es' },
+      ]);
+      const source = new EventSource(`/bayeux/${hs.clientId}`);
+      await new Promise((resolve) => source.addEventListener('connected', resolve, { once: true }));
+      source.onmessage = (event) => {
+        for (const message of JSON.parse(event.data)) w.seen.push(message);
+      };
+    });
+    await publishUntilSeen(p, '/browser/es', 1);
+    const [first] = await p.evaluate(() => (window as unknown as { seen: { channel: string; data: { text: string } }[] }).seen);
+    assert.equal(first?.channel, '/browser/es');
+    assert.equal(first?.data.text, 'pushed ☀');
+    await p.close();
+  });
+
+  for (const transport of ['callback-polling', 'long-polling'] as const) {
+    it(`CometD browser client over ${transport}`, async () => {
+      const p = await page();
+      const used = await p.evaluate(async ({ endpoint, transport }) => {
+        const { CometD } = await import('/cometd/cometd.js' as string);
+        const w = window as unknown as { seen: unknown[] };
+        w.seen = [];
+        const cometd = new CometD();
+        for (const type of cometd.getTransportTypes()) if (type !== transport) cometd.unregisterTransport(type);
+        cometd.configure({ url: endpoint, logLevel: 'warn' });
+        await new Promise<void>((resolve, reject) => cometd.handshake((reply: any) => (reply.successful ? resolve() : reject(new Error(JSON.stringify(reply))))));
+        await new Promise<void>((resolve) => cometd.subscribe('/browser/cometd', (message: any) => w.seen.push(message.data), () => resolve()));
+        return cometd.getTransport().type as string;
+      }, { endpoint: `${origin}/bayeux`, transport });
+      assert.equal(used, transport);
+      await publishUntilSeen(p, '/browser/cometd', 3);
+      await p.close();
+    });
+  }
+
+  it('a fetch() body read as an HTTP stream', async () => {
+    const p = await page();
+    await p.evaluate(async () => {
+      const w = window as unknown as { seen: unknown[] };
+      w.seen = [];
+      const post = async (body: unknown): Promise<any[]> =>
+        (await fetch('/bayeux', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) })).json() as Promise<any[]>;
+      const [hs] = await post([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['http-streaming'] }]);
+      await post([
+        { channel: '/meta/connect', clientId: hs.clientId, connectionType: 'http-streaming' },
+        { channel: '/meta/subscribe', clientId: hs.clientId, subscription: '/browser/stream' },
+      ]);
+      const response = await fetch(`/bayeux/${hs.clientId}`, { headers: { Accept: 'application/x-ndjson' } });
+      const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+      let buffered = '';
+      void (async () => {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          buffered += value;
+          let newline: number;
+          while ((newline = buffered.indexOf('\n')) !== -1) {
+            const line = buffered.slice(0, newline);
+            buffered = buffered.slice(newline + 1);
+            for (const message of JSON.parse(line)) w.seen.push(message);
+          }
+        }
+      })();
+    });
+    await publishUntilSeen(p, '/browser/stream', 2);
+    await p.close();
+  });
+});
