@@ -334,6 +334,9 @@ export class BayeuxServer implements EngineHost, SessionHost {
     const reply = this.reply(message, true);
     if (release.reason === 'disconnected') reply.advice = { reconnect: 'none' };
     else if (release.reason === 'shutdown') reply.advice = { reconnect: 'handshake', interval: 1000 };
+    // A newer connect took this one's place: answered at once, flagged with the spec's
+    // multiple-clients advice (two lines for one session usually mean two tabs or a retry).
+    else if (release.reason === 'superseded') reply.advice = { ...advice, 'multiple-clients': true };
     else reply.advice = advice;
     if (!session.ended) {
       session.connected = true;
