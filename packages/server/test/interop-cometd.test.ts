@@ -1,0 +1,432 @@
+/**
+ * Interoperability: the real CometD JavaScript client (npm `cometd` with `cometd-nodejs-client`)
+ * against a real Perihelion server on loopback, over WebSocket and over long-polling.
+ */
+import { after, afterEach, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { adapt } from 'cometd-nodejs-client';
+import { CometD, type Configuration, type Message as CometDMessage, type SubscriptionHandle } from 'cometd';
+import type { Extension, Message } from '../src/index.js';
+import { handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+
+adapt();
+
+type TransportName = 'websocket' | 'long-polling';
+const TRANSPORTS: readonly TransportName[] = ['websocket', 'long-polling'];
+const TEST_TIMEOUT = { timeout: 10_000 };
+
+/** One message as the server saw it arrive, with the transport and the request (or frame) it came in. */
+interface Arrival {
+  channel: string;
+  clientId: string | undefined;
+  id: unknown;
+  transport: string | undefined;
+  /** The same object for every message of one HTTP request or one WebSocket frame. */
+  request: object | null;
+}
+
+/** A reply the server sent, with the request (or frame) it answers. */
+interface Answer {
+  channel: string;
+  id: unknown;
+  request: object | null;
+}
+
+/**
+ * Records every message arriving at the server and every reply leaving it, so a test can tell
+ * which transport carried a message and which messages shared one request and its response.
+ */
+function watchTraffic(server: TestServer['server']): { arrivals: Arrival[]; answers: Answer[]; stop: () => void } {
+  const arrivals: Arrival[] = [];
+  const answers: Answer[] = [];
+  const extension: Extension = {
+    incoming(message: Message, context) {
+      arrivals.push({
+        channel: message.channel,
+        clientId: message.clientId,
+        id: message.id,
+        transport: context.transport?.transport,
+        request: context.transport,
+      });
+      return message;
+    },
+    outgoing(message: Message, context) {
+      if (context.transport) answers.push({ channel: message.channel, id: message.id, request: context.transport });
+      return message;
+    },
+  };
+  return { arrivals, answers, stop: server.addExtension(extension) };
+}
+
+/** A CometD client with promise helpers and a record of every event that reached it on the wire. */
+class CometDClient {
+  readonly cometd = new CometD();
+  /** Every non-meta message carrying data, in arrival order, before local listener fan-out. */
+  readonly wire: CometDMessage[] = [];
+
+  constructor(url: string, transport: TransportName, config: Partial<Configuration> = {}) {
+    if (transport === 'long-polling') this.cometd.unregisterTransport('websocket');
+    this.cometd.configure({ url, logLevel: 'warn', ...config });
+    this.cometd.registerExtension('wire', {
+      incoming: (message) => {
+        if (message.data !== undefined && !message.channel.startsWith('/meta/')) this.wire.push(message);
+        return message;
+      },
+    });
+  }
+
+  get clientId(): string {
+    const id = this.cometd.getClientId();
+    assert.ok(id, 'the client has a clientId');
+    return id;
+  }
+
+  handshake(): Promise<CometDMessage> {
+    return new Promise((resolve, reject) => {
+      this.cometd.handshake((reply) => {
+        if (reply.successful) resolve(reply);
+        else reject(new Error(`handshake failed: ${JSON.stringify(reply)}`));
+      });
+    });
+  }
+
+  /** Subscribes and resolves once the server acknowledged; `messages` collects what the listener gets. */
+  subscribe(channel: string): Promise<{ handle: SubscriptionHandle; messages: CometDMessage[] }> {
+    const messages: CometDMessage[] = [];
+    return new Promise((resolve, reject) => {
+      const handle = this.cometd.subscribe(
+        channel,
+        (message) => messages.push(message),
+        (reply) => {
+          if (reply.successful) resolve({ handle, messages });
+          else reject(new Error(`subscribe to ${channel} failed: ${JSON.stringify(reply)}`));
+        },
+      );
+    });
+  }
+
+  unsubscribe(handle: SubscriptionHandle): Promise<CometDMessage> {
+    return new Promise((resolve, reject) => {
+      this.cometd.unsubscribe(handle, (reply) => {
+        if (reply.successful) resolve(reply);
+        else reject(new Error(`unsubscribe failed: ${JSON.stringify(reply)}`));
+      });
+    });
+  }
+
+  publish(channel: string, data: unknown): Promise<CometDMessage> {
+    return new Promise((resolve, reject) => {
+      this.cometd.publish(channel, data, (reply) => {
+        if (reply.successful) resolve(reply);
+        else reject(new Error(`publish to ${channel} failed: ${JSON.stringify(reply)}`));
+      });
+    });
+  }
+
+  disconnect(): Promise<CometDMessage> {
+    return new Promise((resolve) => {
+      if (this.cometd.isDisconnected()) {
+        resolve({ channel: '/meta/disconnect', successful: true });
+        return;
+      }
+      this.cometd.disconnect(resolve);
+    });
+  }
+
+  /** Data of the wire messages on `channel`, in arrival order. */
+  wireData(channel: string): unknown[] {
+    return this.wire.filter((m) => m.channel === channel).map((m) => m.data);
+  }
+}
+
+/** Unicode the JSON path must not mangle: emoji (astral), CJK, right-to-left scripts, U+2028/U+2029. */
+const UNICODE_AND_NESTED = {
+  emoji: '😀 🚀 👍🏽 👨‍👩‍👧‍👦 🇯🇵',
+  cjk: '漢字 かな カナ 한국어 中文',
+  rtl: 'עברית العربية ‏mixed‎',
+  separators: 'line\u2028paragraph\u2029end',
+  escapes: '"quote" \\back\\ /slash/ \b\f\n\r\t \u0000\u001f',
+  nested: {
+    list: [1, -2.5, 3e-7, 1e21, 0, true, false, null, '', [], {}],
+    deep: { a: { b: { c: { d: { e: ['bottom', { f: 'ü' }] } } } } },
+    'key with spaces and ünïcödé 🔑': 'value',
+  },
+};
+
+/** A 256 KiB string whose every position matters: any lost, duplicated or moved chunk changes it. */
+function bigPayload(): string {
+  const size = 256 * 1024;
+  let out = '';
+  for (let i = 0; out.length < size; i++) out += `${i.toString(36)}:${String.fromCharCode(33 + ((i * 7919) % 94))};`;
+  return out.slice(0, size);
+}
+
+for (const transport of TRANSPORTS) {
+  describe(`CometD client over ${transport}`, () => {
+    let test: TestServer;
+    let watch: ReturnType<typeof watchTraffic>;
+    const clients: CometDClient[] = [];
+    let channelSeq = 0;
+    /** A channel prefix no other test uses. */
+    const fresh = (name: string): string => `/cometd-${transport}/${name}${++channelSeq}`;
+
+    async function connect(config: Partial<Configuration> = {}): Promise<CometDClient> {
+      const client = new CometDClient(test.url, transport, config);
+      clients.push(client);
+      await client.handshake();
+      return client;
+    }
+
+    before(async () => {
+      test = await startServer();
+      watch = watchTraffic(test.server);
+    });
+
+    afterEach(async () => {
+      await Promise.all(clients.splice(0).map((c) => c.disconnect()));
+    });
+
+    after(async () => {
+      watch.stop();
+      await test.close();
+    });
+
+    it(`handshakes and connects over ${transport}`, TEST_TIMEOUT, async () => {
+      const client = await connect();
+      assert.equal(client.cometd.getTransport()?.type, transport);
+      const id = client.clientId;
+      await waitFor(() => client.cometd.getStatus() === 'connected', 5000, 'the client to report itself connected');
+      assert.equal(test.server.getSession(id)?.connectionType, transport, `the /meta/connect came over ${transport}`);
+      const fromClient = watch.arrivals.filter((a) => a.clientId === id);
+      assert.ok(fromClient.length > 0);
+      assert.deepEqual(new Set(fromClient.map((a) => a.transport)), new Set([transport]), 'every message of the session came over one transport');
+      const handshakes = watch.arrivals.filter((a) => a.channel === '/meta/handshake');
+      assert.equal(handshakes.at(-1)?.transport, transport, 'the handshake itself travelled over the chosen transport');
+      assert.ok((test.server.stats().sessionsByTransport[transport] ?? 0) >= 1);
+    });
+
+    it('delivers a published message to a subscriber, without leaking the clientId', TEST_TIMEOUT, async () => {
+      const client = await connect();
+      const channel = fresh('echo');
+      const { messages } = await client.subscribe(channel);
+      const ack = await client.publish(channel, { hello: 'world' });
+      assert.equal(ack.channel, channel);
+      await waitFor(() => messages.length === 1, 5000, 'the message');
+      assert.equal(messages[0]?.channel, channel);
+      assert.deepEqual(messages[0]?.data, { hello: 'world' });
+      assert.equal(messages[0]?.clientId, undefined, 'delivered messages carry no clientId');
+      const publish = watch.arrivals.find((a) => a.channel === channel && a.clientId === client.clientId);
+      assert.equal(publish?.transport, transport);
+    });
+
+    it('delivers messages from one CometD client to another', TEST_TIMEOUT, async () => {
+      const [alice, bob] = await Promise.all([connect(), connect()]);
+      const channel = fresh('chat');
+      const { messages } = await bob.subscribe(channel);
+      await alice.publish(channel, { from: 'alice' });
+      await waitFor(() => messages.length === 1, 5000, 'alice → bob');
+      assert.deepEqual(messages[0]?.data, { from: 'alice' });
+    });
+
+    it('a /x/* subscription matches exactly one more segment', TEST_TIMEOUT, async () => {
+      const client = await connect();
+      const base = fresh('one');
+      const { messages } = await client.subscribe(`${base}/*`);
+      for (const channel of [base, `${base}x`, `${base}/a/b`, `${base}/a`, `${base}/b/c/d`, `${base}/end`]) {
+        await client.publish(channel, { channel });
+      }
+      await waitFor(() => messages.some((m) => m.channel === `${base}/end`), 5000, 'the last matching message');
+      assert.deepEqual(messages.map((m) => m.channel), [`${base}/a`, `${base}/end`]);
+      assert.deepEqual(client.wire.filter((m) => m.channel.startsWith(base)).map((m) => m.channel), [`${base}/a`, `${base}/end`], 'the server sent nothing else');
+    });
+
+    it('a /x/** subscription matches any depth below it, but not the channel itself', TEST_TIMEOUT, async () => {
+      const client = await connect();
+      const base = fresh('deep');
+      const { messages } = await client.subscribe(`${base}/**`);
+      for (const channel of [base, `${base}x/a`, `${base}/a`, `${base}/a/b/c/d`, `${base}/end`]) {
+        await client.publish(channel, { channel });
+      }
+      await waitFor(() => messages.some((m) => m.channel === `${base}/end`), 5000, 'the last matching message');
+      const expected = [`${base}/a`, `${base}/a/b/c/d`, `${base}/end`];
+      assert.deepEqual(messages.map((m) => m.channel), expected);
+      assert.deepEqual(client.wire.filter((m) => m.channel.startsWith(base)).map((m) => m.channel), expected);
+    });
+
+    it('sends exactly one copy when several subscriptions of a client match', TEST_TIMEOUT, async () => {
+      const client = await connect();
+      const base = fresh('dup');
+      const star = await client.subscribe(`${base}/*`);
+      const globstar = await client.subscribe(`${base}/**`);
+      const exact = await client.subscribe(`${base}/x`);
+      await client.publish(`${base}/x`, { n: 1 });
+      await client.publish(`${base}/end`, { n: 2 });
+      await waitFor(() => star.messages.some((m) => m.channel === `${base}/end`), 5000, 'the closing message');
+      assert.equal(client.wire.filter((m) => m.channel === `${base}/x`).length, 1, 'one copy on the wire');
+      // The client fans the single copy out to each matching listener.
+      assert.equal(star.messages.filter((m) => m.channel === `${base}/x`).length, 1);
+      assert.equal(globstar.messages.filter((m) => m.channel === `${base}/x`).length, 1);
+      assert.equal(exact.messages.length, 1);
+    });
+
+    it('stops delivering after unsubscribe', TEST_TIMEOUT, async () => {
+      const client = await connect();
+      const channel = fresh('unsub');
+      const control = `${channel}-control`;
+      const sub = await client.subscribe(channel);
+      const ctl = await client.subscribe(control);
+      await client.publish(channel, { n: 1 });
+      await waitFor(() => sub.messages.length === 1, 5000, 'the first message');
+      await client.unsubscribe(sub.handle);
+      assert.equal(test.server.getSession(client.clientId)?.subscriptions.has(channel), false);
+      await client.publish(channel, { n: 2 });
+      await client.publish(control, { n: 3 });
+      await waitFor(() => ctl.messages.length === 1, 5000, 'the control message');
+      assert.deepEqual(client.wireData(channel), [{ n: 1 }], 'nothing on the channel after unsubscribe');
+    });
+
+    it('disconnect ends the session: its clientId then gets 402 and advice to handshake', TEST_TIMEOUT, async () => {
+      const client = await connect();
+      const id = client.clientId;
+      await waitFor(() => test.server.getSession(id)?.connectionType === transport, 5000, 'the session to connect');
+      const reply = await client.disconnect();
+      assert.equal(reply.successful, true);
+      assert.equal(client.cometd.getStatus(), 'disconnected');
+      assert.equal(test.server.getSession(id), undefined);
+      const { status, body } = await post(test.url, [{ channel: '/meta/connect', clientId: id, connectionType: 'long-polling', id: '9' }]);
+      assert.equal(status, 200);
+      assert.equal(body.length, 1);
+      const refused = body[0]!;
+      assert.equal(refused.channel, '/meta/connect');
+      assert.equal(refused.successful, false);
+      assert.equal(refused.id, '9');
+      assert.match(String(refused.error), /^402:/);
+      assert.equal((refused.advice as { reconnect?: unknown } | undefined)?.reconnect, 'handshake');
+    });
+
+    it('delivers 1 000 messages on one channel complete and in order', TEST_TIMEOUT, async () => {
+      const [publisher, subscriber] = await Promise.all([connect(), connect()]);
+      const channel = fresh('flood');
+      const { messages } = await subscriber.subscribe(channel);
+      const acks: Promise<CometDMessage>[] = [];
+      for (let n = 0; n < 1000; n++) acks.push(publisher.publish(channel, { n }));
+      await Promise.all(acks);
+      await waitFor(() => messages.length >= 1000, 8000, '1 000 messages');
+      assert.deepEqual(
+        messages.map((m) => (m.data as { n: number }).n),
+        Array.from({ length: 1000 }, (_, n) => n),
+      );
+      assert.equal(subscriber.wire.filter((m) => m.channel === channel).length, 1000, 'no duplicates on the wire');
+    });
+
+    it('round-trips unicode (emoji, CJK, RTL, U+2028) and nested JSON exactly', TEST_TIMEOUT, async () => {
+      const [publisher, subscriber] = await Promise.all([connect(), connect()]);
+      const channel = fresh('unicode');
+      const { messages } = await subscriber.subscribe(channel);
+      await publisher.publish(channel, UNICODE_AND_NESTED);
+      await waitFor(() => messages.length === 1, 5000, 'the message');
+      assert.deepStrictEqual(messages[0]?.data, UNICODE_AND_NESTED);
+    });
+
+    it('carries a 256 KiB payload intact', TEST_TIMEOUT, async () => {
+      // The client itself refuses to send a message over 8 KiB unless told otherwise.
+      const config = { maxSendBayeuxMessageSize: 1024 * 1024 };
+      const [publisher, subscriber] = await Promise.all([connect(config), connect()]);
+      const channel = fresh('big');
+      const { messages } = await subscriber.subscribe(channel);
+      const payload = bigPayload();
+      assert.equal(payload.length, 256 * 1024);
+      await publisher.publish(channel, { payload });
+      await waitFor(() => messages.length === 1, 5000, 'the large message');
+      const received = (messages[0]?.data as { payload?: string } | undefined)?.payload;
+      assert.equal(received?.length, payload.length);
+      assert.ok(received === payload, 'the payload arrived byte for byte');
+    });
+
+    it('sends a cometd.batch() in one request, processed in order and answered together', TEST_TIMEOUT, async () => {
+      const [publisher, subscriber] = await Promise.all([connect(), connect()]);
+      const channel = fresh('batch');
+      const { messages } = await subscriber.subscribe(channel);
+      const acked: { n: number; successful: boolean | undefined }[] = [];
+      publisher.cometd.batch(() => {
+        for (let n = 0; n < 10; n++) {
+          publisher.cometd.publish(channel, { n }, (reply) => acked.push({ n, successful: reply.successful }));
+        }
+      });
+      await waitFor(() => acked.length === 10, 5000, 'ten acknowledgements');
+      assert.deepEqual(acked.map((a) => a.n), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 'acknowledged in order');
+      assert.ok(acked.every((a) => a.successful === true));
+      const unit = transport === 'websocket' ? 'frame' : 'POST';
+      const arrived = watch.arrivals.filter((a) => a.channel === channel && a.clientId === publisher.clientId);
+      assert.equal(arrived.length, 10);
+      assert.equal(arrived[0]?.transport, transport);
+      const request = arrived[0]?.request;
+      assert.ok(arrived.every((a) => a.request === request), `all ten publishes came in one ${unit}`);
+      const answered = watch.answers.filter((a) => a.channel === channel);
+      assert.deepEqual(answered.map((a) => a.id), arrived.map((a) => a.id), 'one reply per publish, in order');
+      assert.ok(answered.every((a) => a.request === request), `all ten replies answered that one ${unit}`);
+      await waitFor(() => messages.length === 10, 5000, 'the batched messages');
+      assert.deepEqual(messages.map((m) => (m.data as { n: number }).n), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    });
+
+    it('processes a raw POST holding several messages in order and answers them together', TEST_TIMEOUT, async () => {
+      const subscriber = await connect();
+      const channel = fresh('raw');
+      const { messages } = await subscriber.subscribe(channel);
+      const clientId = await handshake(test.url);
+      // The raw session subscribes in the middle of the batch: only what follows reaches it.
+      const batch = [
+        { channel, clientId, id: 'p0', data: { n: 0 } },
+        { channel: '/meta/subscribe', clientId, id: 's1', subscription: channel },
+        { channel, clientId, id: 'p2', data: { n: 2 } },
+        { channel, clientId, id: 'p3', data: { n: 3 } },
+        { channel: '/meta/unsubscribe', clientId, id: 'u4', subscription: channel },
+        { channel, clientId, id: 'p5', data: { n: 5 } },
+      ];
+      const { status, body } = await post(test.url, batch);
+      assert.equal(status, 200);
+      assert.deepEqual(body.map((r) => r.id), ['p0', 's1', 'p2', 'p3', 'u4', 'p5'], 'one reply per message, in request order');
+      assert.deepEqual(body.map((r) => r.successful), [true, true, true, true, true, true]);
+      assert.deepEqual(body.map((r) => r.channel), batch.map((m) => m.channel));
+      await waitFor(() => messages.length === 4, 5000, 'the four publishes');
+      assert.deepEqual(messages.map((m) => (m.data as { n: number }).n), [0, 2, 3, 5]);
+      const polled = await post(test.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', id: 'c', advice: { timeout: 0 } }]);
+      assert.equal(polled.body[0]?.successful, true);
+      assert.deepEqual(
+        polled.body.slice(1).map((m) => m.data),
+        [{ n: 2 }, { n: 3 }],
+        'the raw session got only what was published while it was subscribed',
+      );
+      await post(test.url, [{ channel: '/meta/disconnect', clientId, id: 'd' }]);
+    });
+
+    it('answers remoteCall on a /service channel with the server-side listener’s value', TEST_TIMEOUT, async () => {
+      const calls: { data: unknown; sessionId: string | undefined }[] = [];
+      const remove = test.server.subscribe('/service/echo', (message, session) => {
+        calls.push({ data: message.data, sessionId: session?.id });
+        return message.data;
+      });
+      try {
+        const client = await connect();
+        const request = { question: 'ping', nested: { list: [1, 'two', null] }, unicode: '漢字 😀' };
+        const reply = await new Promise<CometDMessage>((resolve) => client.cometd.remoteCall('echo', request, 5000, resolve));
+        assert.equal(reply.successful, true, `remote call failed: ${JSON.stringify(reply)}`);
+        assert.deepStrictEqual(reply.data, request);
+        assert.deepEqual(calls, [{ data: request, sessionId: client.clientId }]);
+        assert.equal(client.wire.filter((m) => m.channel === '/service/echo').length, 1, 'one reply carries the data');
+      } finally {
+        remove();
+      }
+    });
+
+    it('delivers server.publish() to a subscribed client', TEST_TIMEOUT, async () => {
+      const client = await connect();
+      const channel = fresh('server');
+      const { messages } = await client.subscribe(channel);
+      await test.server.publish(channel, { from: 'server', unicode: '😀' });
+      await waitFor(() => messages.length === 1, 5000, 'the server publish');
+      assert.deepStrictEqual(messages[0]?.data, { from: 'server', unicode: '😀' });
+      assert.equal(messages[0]?.channel, channel);
+    });
+  });
+}
