@@ -16,6 +16,8 @@ export const ERRORS = {
   clientUnknown: { code: 402, message: 'Unknown client' },
   channelForbidden: { code: 403, message: 'Forbidden channel' },
   handshakeDenied: { code: 403, message: 'Handshake denied' },
+  forbidden: { code: 403, message: 'Forbidden' },
+  methodNotAllowed: { code: 405, message: 'Method not allowed' },
   channelInvalid: { code: 405, message: 'Invalid channel' },
   publishFailed: { code: 407, message: 'Publish failed' },
   tooManySubscriptions: { code: 409, message: 'Too many subscriptions' },

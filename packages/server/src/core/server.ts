@@ -213,6 +213,9 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (!checked.ok) {
       const reply: Reply = { channel: checked.channel ?? '/meta/unknown', successful: false, error: checked.error };
       if (checked.id !== undefined) reply.id = checked.id;
+      // §3.5: failed replies still carry the clientId they were sent with.
+      const clientId = (value as { clientId?: unknown } | null)?.clientId;
+      if (typeof clientId === 'string') reply.clientId = clientId;
       out.push(JSON.stringify(reply));
       return;
     }
@@ -310,7 +313,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
       const events = pushing ? [] : session.queue.drain();
       return this.finishConnect(message, session, { reason: 'message', events }, advice, extensionContext, out);
     }
-    const held = session.hold(timeout);
+    const held = session.hold(timeout, context.connection);
     if (context.signal) {
       // The client gave up on this request (closed the socket): answer nothing to it, and leave
       // the queue for the next connect.
@@ -544,6 +547,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     const channel = typeof message?.channel === 'string' ? message.channel : '/meta/unknown';
     const reply: Reply = { channel, successful: false, error };
     if (typeof message?.id === 'string' || typeof message?.id === 'number') reply.id = message.id;
+    if (typeof message?.clientId === 'string') reply.clientId = message.clientId;
     if (advice) reply.advice = advice;
     return reply;
   }

@@ -42,7 +42,8 @@ export class Session {
   readonly data = new Map<string, unknown>();
   ended = false;
 
-  private held: { resolve: (release: Release) => void; timer: TimerHandle } | null = null;
+  /** The held /meta/connect, and the push line it will be answered on (none for long-polling). */
+  private held: { resolve: (release: Release) => void; timer: TimerHandle; connection: PushConnection | undefined } | null = null;
   private expiry: TimerHandle | null = null;
 
   constructor(
@@ -87,6 +88,9 @@ export class Session {
 
   unbind(connection: PushConnection): void {
     if (this.connection === connection) this.connection = null;
+    // A connect held on this line can no longer be answered: let it go, keeping the queue for
+    // the next connect (on whatever line the client comes back).
+    if (this.held?.connection === connection) this.release('superseded');
   }
 
   /** Writes what is queued to wherever it can go now; called once per event-loop turn at most. */
@@ -95,7 +99,7 @@ export class Session {
     if (this.connection?.open) {
       // A congested line is written again when it drains; meanwhile the bounded queue holds.
       if (!this.connection.congested) this.connection.send(this.queue.drain());
-    } else if (this.held) this.release('message');
+    } else if (this.held && !this.held.connection) this.release('message');
   }
 
   /**
@@ -104,12 +108,12 @@ export class Session {
    * listening on (the older may belong to a request a proxy already dropped), so at most one is
    * ever held.
    */
-  hold(timeoutMs: number): Promise<Release> {
+  hold(timeoutMs: number, connection?: PushConnection): Promise<Release> {
     this.release('superseded');
     this.cancelExpiry();
     return new Promise((resolve) => {
       const timer = this.host.wheel.schedule(timeoutMs, () => this.release('timeout'));
-      this.held = { resolve, timer };
+      this.held = { resolve, timer, connection };
     });
   }
 
@@ -119,8 +123,8 @@ export class Session {
     this.held = null;
     this.host.wheel.cancel(held.timer);
     // A superseded connect leaves the queue to its successor; every other release carries it,
-    // unless the session is bound to a push line that already carries messages.
-    const events = reason === 'superseded' || this.connection?.open ? [] : this.queue.drain();
+    // unless the connect was held on a push line (which carries messages by itself).
+    const events = reason === 'superseded' || held.connection || this.connection?.open ? [] : this.queue.drain();
     held.resolve({ reason, events });
   }
 

@@ -89,6 +89,7 @@ export class HttpAdapter {
     const accept = req.headers.accept ?? '';
     const framer = accept.includes('text/event-stream') ? sseFramer : accept.includes('application/x-ndjson') ? ndjsonFramer : null;
     if (!framer || sub === '') {
+      res.setHeader('Allow', 'GET, POST, OPTIONS');
       return sendBatchError(
         res,
         405,

@@ -7,7 +7,7 @@ import { bayeuxError } from '@perihelion/protocol';
  */
 export function sendBatchError(res: ServerResponse, status: 400 | 403 | 404 | 405 | 413, reason: string): void {
   if (res.headersSent) return;
-  const name = status === 413 ? 'messageTooLarge' : status === 403 ? 'channelForbidden' : 'badRequest';
+  const name = status === 413 ? 'messageTooLarge' : status === 403 ? 'forbidden' : status === 405 ? 'methodNotAllowed' : 'badRequest';
   const body = JSON.stringify([{ channel: '/meta/unknown', successful: false, error: bayeuxError(name, [], reason) }]);
   res.writeHead(status, {
     'Content-Type': 'application/json; charset=utf-8',

@@ -79,7 +79,7 @@ class WebSocketConnection implements PushConnection {
     if (isBinary) return this.reject('binary frames are not Bayeux; send JSON text');
     const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
     const decoded = decodeBatch(text, { maxBatch, maxDepth });
-    if (!decoded.ok) return this.reject(decoded.reason);
+    if (!decoded.ok) return this.reject(decoded.reason, decoded.status === 413 ? 'batchTooLarge' : 'badRequest');
     // Frames are processed one after another, so a client's publishes keep their order even
     // when the engine is asynchronous; a held connect does not block this chain.
     this.tail = this.tail.then(async () => {
@@ -88,8 +88,8 @@ class WebSocketConnection implements PushConnection {
     });
   }
 
-  private reject(reason: string): void {
-    this.send([JSON.stringify({ channel: '/meta/unknown', successful: false, error: bayeuxError('badRequest', [], reason) })]);
+  private reject(reason: string, name: 'badRequest' | 'batchTooLarge' = 'badRequest'): void {
+    this.send([JSON.stringify({ channel: '/meta/unknown', successful: false, error: bayeuxError(name, [], reason) })]);
   }
 }
 
