@@ -24,7 +24,9 @@ Examples:
   perihelion serve
   perihelion serve --port 9000 --path /cometd
   PERIHELION_TIMEOUT=20000 perihelion serve --no-demo
-  PERIHELION_JSONP=1 perihelion serve --allowed-origins https://app.example.com`,
+  PERIHELION_JSONP=1 perihelion serve --allowed-origins https://app.example.com
+  PERIHELION_JWT_SECRET=… perihelion serve --no-anonymous --rules rules.json
+  perihelion serve --open          # development only: anyone may publish anywhere`,
   );
 for (const setting of SETTINGS) {
   if (setting.kind === 'boolean' && defaultsOn(setting)) {
@@ -32,7 +34,8 @@ for (const setting of SETTINGS) {
   } else if (setting.kind === 'boolean') {
     command.addOption(new Option(`--${setting.flag}`, `${setting.help} (${envName(setting)}=1)`));
   } else {
-    command.addOption(new Option(`--${setting.flag} <value>`, `${setting.help} (${envName(setting)})`));
+    const value = setting.kind === 'file' ? '<file>' : '<value>';
+    command.addOption(new Option(`--${setting.flag} ${value}`, `${setting.help} (${envName(setting)})`));
   }
 }
 command.action(async (flags: Record<string, unknown>) => {

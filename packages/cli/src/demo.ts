@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Perihelion } from '@perihelion/server';
+import type { ChannelRule, Perihelion } from '@perihelion/server';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const publicDir = join(here, '..', '..', 'public');
@@ -41,6 +41,12 @@ export function demoPage(): (req: IncomingMessage, res: ServerResponse) => void 
     );
   };
 }
+
+/** Exactly what the demo page needs: anyone may chat and click the counter. */
+export const DEMO_RULES: ChannelRule[] = [
+  { channel: '/chat/demo', publish: 'anyone' },
+  { channel: '/service/counter', publish: 'anyone' },
+];
 
 /**
  * The server side of the demo: a counter kept by the server. Clients send /service/counter

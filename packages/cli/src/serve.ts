@@ -1,6 +1,20 @@
 import { createServer, type Perihelion } from '@perihelion/server';
-import { demoPage, installDemo } from './demo.js';
+import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import type { Settings } from './settings.js';
+
+/** What a newcomer must know about who may do what on this server. */
+function securitySummary(server: Perihelion): string[] {
+  const { open, anonymous, sessionBinding, allowedOrigins } = server.options;
+  if (open) {
+    return ['WARNING: open mode: any client may publish and subscribe on any channel. Use it for development only.'];
+  }
+  return [
+    `anonymous access: ${anonymous ? 'on (handshakes without a token get a session)' : 'off (a token in ext.token is required)'}`,
+    `authentication: ${server.authenticates ? 'signed tokens (JWT) or the configured authenticator' : 'none configured'}`,
+    `authorization: clients may subscribe to broadcast channels; they publish only where a rule allows (${server.ruleCount} rule${server.ruleCount === 1 ? '' : 's'})`,
+    `session binding: ${sessionBinding}; cross-origin: ${allowedOrigins.length > 0 ? allowedOrigins.join(', ') : 'same origin only'}`,
+  ];
+}
 
 export interface Running {
   server: Perihelion;
@@ -10,7 +24,9 @@ export interface Running {
 
 /** Starts the server described by `settings` and reports what it serves. */
 export async function serve(settings: Settings, log: (line: string) => void = console.log): Promise<Running> {
-  const server = createServer(settings.server);
+  // The demo's pages publish to its chat and counter, and nowhere else.
+  const options = settings.demo ? { ...settings.server, channels: [...DEMO_RULES, ...(settings.server.channels ?? [])] } : settings.server;
+  const server = createServer(options);
   if (settings.demo) installDemo(server);
   const listenOptions = { port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), ...(settings.demo ? { fallback: demoPage() } : {}) };
   const address = await server.listen(listenOptions);
@@ -21,6 +37,7 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   log(`  Bayeux endpoint: ${url}${server.options.path}`);
   log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
   log(`  engine: ${server.engine.name}`);
+  for (const line of securitySummary(server)) log(`  ${line}`);
   if (settings.demo) log(`  demo page: ${url}/`);
   return { server, url, stop: () => server.close() };
 }

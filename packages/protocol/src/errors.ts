@@ -17,6 +17,8 @@ export const ERRORS = {
   channelForbidden: { code: 403, message: 'Forbidden channel' },
   handshakeDenied: { code: 403, message: 'Handshake denied' },
   forbidden: { code: 403, message: 'Forbidden' },
+  unauthorized: { code: 403, message: 'Unauthorized' },
+  rateLimited: { code: 429, message: 'Too many requests' },
   methodNotAllowed: { code: 405, message: 'Method not allowed' },
   channelInvalid: { code: 405, message: 'Invalid channel' },
   publishFailed: { code: 407, message: 'Publish failed' },

@@ -6,6 +6,10 @@ import { CONNECTION_TYPES, type ConnectionType } from '@perihelion/protocol';
 import type { Engine } from './engine/engine.js';
 import type { Extension } from './extensions/pipeline.js';
 import { PerihelionError } from './errors.js';
+import type { Authenticator } from './security/authenticate.js';
+import type { ChannelRule } from './security/channel-rules.js';
+import type { JwtOptions } from './security/jwt.js';
+import type { AuthorizeHook } from './security/policy.js';
 
 export interface ServerOptions {
   /** Mount path of the Bayeux endpoint. Default: "/bayeux". */
@@ -48,6 +52,40 @@ export interface ServerOptions {
   streamPadding?: number;
   /** A push line with more than this many bytes not yet written to the network is congested: messages wait in the session's bounded queue. Default: 1048576. */
   maxBufferedBytes?: number;
+  /**
+   * Development and compatibility mode: any client may subscribe and publish anywhere (meta
+   * channels excepted). Never in production. Default: false.
+   */
+  open?: boolean;
+  /** Whether a handshake without credentials gets an (anonymous) session. Default: true. */
+  anonymous?: boolean;
+  /** Authenticates handshakes (see security/authenticate.ts). Default: the JWT authenticator when `jwt` is set, else none. */
+  authenticate?: Authenticator;
+  /** Keys for signed tokens: handshake tokens (`ext.token`) and subscription tokens. */
+  jwt?: JwtOptions;
+  /** Authorization rules by channel pattern (see security/channel-rules.ts). Default: []. */
+  channels?: ChannelRule[];
+  /** Programmatic authorization, asked before the rules. */
+  authorize?: AuthorizeHook;
+  /**
+   * "cookie": a session accepts messages only from the browser (BAYEUX_BROWSER cookie) or the
+   * push line it was handshaken on; "none": the clientId alone identifies the session. Default: "cookie".
+   */
+  sessionBinding?: 'cookie' | 'none';
+  /** Largest published message once serialised, in bytes. Default: 524288 (512 KiB). */
+  maxMessageBytes?: number;
+  /** Most live sessions per remote address; 0 for no limit. Default: 1000. */
+  maxSessionsPerIp?: number;
+  /** Publishes per second one session may make (token bucket); 0 for no limit. Default: 500. */
+  publishRate?: number;
+  /** Publishes a session may make in a burst. Default: 1000. */
+  publishBurst?: number;
+  /** Handshakes per second from one remote address; 0 for no limit. Default: 50. */
+  handshakeRate?: number;
+  /** Handshakes one remote address may make in a burst. Default: 200. */
+  handshakeBurst?: number;
+  /** Longest pause while a request body arrives, in ms, before the request is refused (slow-drip defence). Default: 10000. */
+  bodyTimeout?: number;
   /** Where subscriptions live and how publishes fan out. Default: a new MemoryEngine. */
   engine?: Engine;
   /** Extensions added at start, in order. */
@@ -72,6 +110,16 @@ export interface ResolvedOptions {
   heartbeat: number;
   streamPadding: number;
   maxBufferedBytes: number;
+  open: boolean;
+  anonymous: boolean;
+  sessionBinding: 'cookie' | 'none';
+  maxMessageBytes: number;
+  maxSessionsPerIp: number;
+  publishRate: number;
+  publishBurst: number;
+  handshakeRate: number;
+  handshakeBurst: number;
+  bodyTimeout: number;
 }
 
 export const DEFAULTS: ResolvedOptions = {
@@ -92,6 +140,16 @@ export const DEFAULTS: ResolvedOptions = {
   heartbeat: 15_000,
   streamPadding: 0,
   maxBufferedBytes: 1024 * 1024,
+  open: false,
+  anonymous: true,
+  sessionBinding: 'cookie',
+  maxMessageBytes: 512 * 1024,
+  maxSessionsPerIp: 1000,
+  publishRate: 500,
+  publishBurst: 1000,
+  handshakeRate: 50,
+  handshakeBurst: 200,
+  bodyTimeout: 10_000,
 };
 
 
@@ -109,9 +167,16 @@ const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
   heartbeat: [1000, 3_600_000],
   streamPadding: [0, 65_536],
   maxBufferedBytes: [1024, 1024 * 1024 * 1024],
+  maxMessageBytes: [64, 1024 * 1024 * 1024],
+  maxSessionsPerIp: [0, 10_000_000],
+  publishRate: [0, 10_000_000],
+  publishBurst: [1, 10_000_000],
+  handshakeRate: [0, 10_000_000],
+  handshakeBurst: [1, 10_000_000],
+  bodyTimeout: [100, 600_000],
 };
 
-const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions']);
+const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions', 'authenticate', 'jwt', 'channels', 'authorize']);
 
 function invalid(message: string): never {
   throw new PerihelionError('ERR_INVALID_OPTION', message);
@@ -148,9 +213,23 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
     }
     resolved.transports = [...new Set(options.transports)];
   }
-  if (options.jsonp !== undefined) {
-    if (typeof options.jsonp !== 'boolean') invalid(`option "jsonp" must be true or false, got ${JSON.stringify(options.jsonp)}`);
-    resolved.jsonp = options.jsonp;
+  for (const key of ['jsonp', 'open', 'anonymous'] as const) {
+    const value = options[key];
+    if (value === undefined) continue;
+    if (typeof value !== 'boolean') invalid(`option "${key}" must be true or false, got ${JSON.stringify(value)}`);
+    resolved[key] = value;
+  }
+  if (options.sessionBinding !== undefined) {
+    if (options.sessionBinding !== 'cookie' && options.sessionBinding !== 'none') {
+      invalid(`option "sessionBinding" must be "cookie" or "none", got ${JSON.stringify(options.sessionBinding)}`);
+    }
+    resolved.sessionBinding = options.sessionBinding;
+  }
+  for (const key of ['authenticate', 'authorize'] as const) {
+    if (options[key] !== undefined && typeof options[key] !== 'function') invalid(`option "${key}" must be a function`);
+  }
+  if (options.jwt !== undefined && (typeof options.jwt !== 'object' || options.jwt === null)) {
+    invalid('option "jwt" must be an object like { secret } or { publicKey, algorithm } or { jwks }');
   }
   if (resolved.jsonp && !resolved.transports.includes('callback-polling')) {
     resolved.transports = [...resolved.transports, 'callback-polling'];

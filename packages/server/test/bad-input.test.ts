@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { WebSocket } from 'ws';
 import { parseError } from '@perihelion/protocol';
-import { handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { browserFetch, cookieFor, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
 
 type Msg = Record<string, unknown>;
 
@@ -39,7 +39,7 @@ function assertRefused(message: Msg, code: number): { code: number; args: string
 }
 
 async function rawPost(url: string, body: string, contentType = 'application/json'): Promise<{ status: number; text: string }> {
-  const response = await fetch(url, { method: 'POST', headers: { 'Content-Type': contentType }, body });
+  const response = await browserFetch(url, { method: 'POST', headers: { 'Content-Type': contentType }, body });
   return { status: response.status, text: await response.text() };
 }
 
@@ -409,7 +409,9 @@ class Peer {
   }
 
   static async open(url: string): Promise<Peer> {
-    const ws = new WebSocket(url);
+    // Like a browser, the upgrade carries the cookies of the host (session binding).
+    const cookie = cookieFor(url.replace(/^ws/, 'http'));
+    const ws = new WebSocket(url, cookie !== undefined ? { headers: { Cookie: cookie } } : {});
     const peer = new Peer(ws);
     await once(ws, 'open');
     return peer;

@@ -24,7 +24,7 @@ describe('transports in Chromium', () => {
 
   before(async () => {
     assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM_PATH`);
-    server = createServer({ jsonp: true, pingInterval: 0, heartbeat: 1000 });
+    server = createServer({ jsonp: true, open: true, pingInterval: 0, heartbeat: 1000 });
     const address = await server.listen({
       port: 0,
       host: '127.0.0.1',

@@ -12,8 +12,13 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
+/**
+ * A server for protocol tests: open mode (clients may publish anywhere) unless the test says
+ * otherwise; security tests configure their own policy.
+ */
 export async function startServer(options: ServerOptions = {}): Promise<TestServer> {
-  const server = createServer({ pingInterval: 0, ...options });
+  // Hundreds of handshakes from 127.0.0.1 in seconds are normal here; rate tests set their own limits.
+  const server = createServer({ pingInterval: 0, open: true, handshakeRate: 0, ...options });
   const address = await server.listen({ port: 0, host: '127.0.0.1' });
   const base = `127.0.0.1:${address.port}${server.options.path}`;
   return { server, url: `http://${base}`, wsUrl: `ws://${base}`, address, close: () => server.close() };
@@ -25,9 +30,43 @@ export interface BayeuxResponse {
   headers: Headers;
 }
 
+/**
+ * A cookie jar for the raw HTTP clients of the tests, as a browser keeps one: sessions are bound
+ * to the BAYEUX_BROWSER cookie of the browser that handshook them.
+ */
+const jar = new Map<string, Map<string, string>>();
+
+/** The Cookie header the jar holds for `url`'s host, if any. */
+export function cookieFor(url: string): string | undefined {
+  const cookies = jar.get(new URL(url).host);
+  return cookies && cookies.size > 0 ? [...cookies].map(([name, value]) => `${name}=${value}`).join('; ') : undefined;
+}
+
+/** Forgets every cookie: the next request comes from a "new browser". */
+export function clearCookies(): void {
+  jar.clear();
+}
+
+/** fetch() that sends and keeps cookies like a browser. */
+export async function browserFetch(url: string, init: RequestInit = {}): Promise<Response> {
+  const headers = new Headers(init.headers);
+  const cookie = cookieFor(url);
+  if (cookie !== undefined && !headers.has('Cookie')) headers.set('Cookie', cookie);
+  const response = await fetch(url, { ...init, headers });
+  for (const line of response.headers.getSetCookie()) {
+    const [pair] = line.split(';');
+    const [name, value] = (pair ?? '').split('=', 2);
+    if (!name || value === undefined) continue;
+    const host = new URL(url).host;
+    if (!jar.has(host)) jar.set(host, new Map());
+    jar.get(host)!.set(name.trim(), value.trim());
+  }
+  return response;
+}
+
 /** POSTs a batch as JSON (or a raw string body) and parses the JSON array that comes back. */
 export async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<BayeuxResponse> {
-  const response = await fetch(url, {
+  const response = await browserFetch(url, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', ...headers },
     body: typeof body === 'string' ? body : JSON.stringify(body),

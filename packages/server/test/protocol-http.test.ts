@@ -6,7 +6,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseError } from '@perihelion/protocol';
-import { handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { browserFetch, cookieFor, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
 
 type Msg = Record<string, unknown>;
 
@@ -73,7 +73,7 @@ async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boo
 }
 
 async function rawPost(url: string, body: string, contentType: string): Promise<{ status: number; json: unknown }> {
-  const response = await fetch(url, { method: 'POST', headers: { 'Content-Type': contentType }, body });
+  const response = await browserFetch(url, { method: 'POST', headers: { 'Content-Type': contentType }, body });
   return { status: response.status, json: JSON.parse(await response.text()) as unknown };
 }
 
@@ -348,7 +348,7 @@ describe('/meta/connect', () => {
     const clientId = await connectedClient(ts.url);
     assert.equal((await subscribe(ts.url, clientId, '/abandoned/x')).successful, true);
     const abort = new AbortController();
-    const abandoned = fetch(ts.url, {
+    const abandoned = browserFetch(ts.url, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify([{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]),
@@ -613,7 +613,7 @@ describe('CORS and HTTP methods', () => {
   after(() => ts.close());
 
   it('answers a preflight from an allowed origin with that origin, credentials and the requested headers', async () => {
-    const response = await fetch(ts.url, {
+    const response = await browserFetch(ts.url, {
       method: 'OPTIONS',
       headers: { Origin: ALLOWED, 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'content-type' },
     });
@@ -632,7 +632,7 @@ describe('CORS and HTTP methods', () => {
 
   it('refuses a preflight and a POST from an origin that is not allowed with 403', async () => {
     const before = ts.server.sessionCount;
-    const preflight = await fetch(ts.url, {
+    const preflight = await browserFetch(ts.url, {
       method: 'OPTIONS',
       headers: { Origin: 'http://evil.example.net', 'Access-Control-Request-Method': 'POST' },
     });
@@ -648,7 +648,7 @@ describe('CORS and HTTP methods', () => {
   });
 
   it('answers GET on the endpoint with 405 and a JSON body', async () => {
-    const response = await fetch(ts.url);
+    const response = await browserFetch(ts.url);
     assert.equal(response.status, 405);
     assert.match(response.headers.get('allow') ?? '', /POST/);
     assert.match(response.headers.get('content-type') ?? '', /^application\/json/);

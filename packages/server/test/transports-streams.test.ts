@@ -4,7 +4,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { browserFetch, cookieFor, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
 
 interface OpenStream {
   status: number;
@@ -17,7 +17,7 @@ interface OpenStream {
 
 async function openStream(url: string, accept: string): Promise<OpenStream> {
   const abort = new AbortController();
-  const response = await fetch(url, { headers: { Accept: accept }, signal: abort.signal });
+  const response = await browserFetch(url, { headers: { Accept: accept }, signal: abort.signal });
   let text = '';
   let ended = false;
   if (response.body) {
@@ -134,7 +134,7 @@ describe('Server-Sent Events (eventsource)', () => {
   });
 
   it('refuses a stream for an unknown clientId with 404 and a 402 error', async () => {
-    const response = await fetch(`${t.url}/nosuchclient`, { headers: { Accept: 'text/event-stream' } });
+    const response = await browserFetch(`${t.url}/nosuchclient`, { headers: { Accept: 'text/event-stream' } });
     assert.equal(response.status, 404);
     const [reply] = (await response.json()) as { error: string; advice: { reconnect: string } }[];
     assert.match(reply!.error, /^402:nosuchclient:/);
@@ -183,7 +183,7 @@ describe('HTTP streaming (ndjson)', () => {
 
   it('answers a GET without a stream type with 405 and says what is accepted', async () => {
     const clientId = await handshake(t.url, ['http-streaming']);
-    const response = await fetch(`${t.url}/${clientId}`);
+    const response = await browserFetch(`${t.url}/${clientId}`);
     assert.equal(response.status, 405);
     assert.match(JSON.stringify(await response.json()), /text\/event-stream or application\/x-ndjson/);
   });
@@ -199,7 +199,7 @@ describe('transport negotiation', () => {
       const connect = await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'eventsource', id: '1' }]);
       assert.equal(connect.body[0]?.successful, false);
       assert.match(String(connect.body[0]?.error), /^301:eventsource:.*offers websocket, long-polling/);
-      const stream = await fetch(`${t.url}/${clientId}`, { headers: { Accept: 'text/event-stream' } });
+      const stream = await browserFetch(`${t.url}/${clientId}`, { headers: { Accept: 'text/event-stream' } });
       assert.equal(stream.status, 400);
       assert.match(JSON.stringify(await stream.json()), /eventsource is disabled/);
       const onlyEventSource = await post(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['eventsource'] }]);
@@ -212,7 +212,7 @@ describe('transport negotiation', () => {
 
 describe('callback-polling (JSONP)', () => {
   const jsonp = (url: string, messages: unknown, callback?: string): Promise<Response> =>
-    fetch(`${url}?${callback === undefined ? '' : `jsonp=${encodeURIComponent(callback)}&`}message=${encodeURIComponent(JSON.stringify(messages))}`);
+    browserFetch(`${url}?${callback === undefined ? '' : `jsonp=${encodeURIComponent(callback)}&`}message=${encodeURIComponent(JSON.stringify(messages))}`);
   /** Runs the script body with a callback that records what it is called with. */
   const evaluate = (body: string, callback: string): unknown[] => {
     let received: unknown[] = [];
@@ -279,7 +279,7 @@ describe('callback-polling (JSONP)', () => {
     });
 
     it('answers malformed JSON in the message parameter with a Bayeux error through the callback', async () => {
-      const response = await fetch(`${t.url}?jsonp=cb&message=${encodeURIComponent('[{')}`);
+      const response = await browserFetch(`${t.url}?jsonp=cb&message=${encodeURIComponent('[{')}`);
       const [reply] = evaluate(await response.text(), 'cb') as { successful: boolean; error: string }[];
       assert.equal(reply!.successful, false);
       assert.match(reply!.error, /^400:/);

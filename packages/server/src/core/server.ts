@@ -28,11 +28,15 @@ import { ExtensionPipeline, type Extension, type ExtensionContext } from '../ext
 import { PerihelionError } from '../errors.js';
 import { resolveOptions, type ResolvedOptions, type ServerOptions } from '../options.js';
 import type { ProcessContext } from '../transports/transport.js';
+import { AuthenticationError, type Authenticator } from '../security/authenticate.js';
+import { JwtVerifier, jwtAuthenticator } from '../security/jwt.js';
+import { SecurityPolicy } from '../security/policy.js';
+import { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
 import { ListenerRegistry, type Listener } from './listeners.js';
 import { Session, type Release, type SessionHost } from './session.js';
 import { TimerWheel } from './timer-wheel.js';
 
-export type DisconnectReason = 'client' | 'expired' | 'server' | 'shutdown';
+export type DisconnectReason = 'client' | 'expired' | 'server' | 'shutdown' | 'token-expired' | 'abuse';
 
 export interface ServerEvents {
   handshake: [session: Session];
@@ -57,6 +61,9 @@ export interface PublishOptions {
 
 type Reply = Message;
 
+/** Publishes refused in a row for exceeding the rate before the session is ended as abusive. */
+const MAX_REFUSED_PUBLISHES = 100;
+
 /** The ids of messages that a handshake in the same request makes the server ignore (Bayeux §4.1.1). */
 const IGNORED_WITH_HANDSHAKE = 'ignored: a handshake must be alone in its request';
 
@@ -65,6 +72,10 @@ export class BayeuxServer implements EngineHost, SessionHost {
   readonly engine: Engine;
   readonly extensions = new ExtensionPipeline();
   readonly wheel = new TimerWheel(100);
+  readonly policy: SecurityPolicy;
+  private readonly authenticator: Authenticator | null;
+  private readonly handshakeLimiter: KeyedLimiter;
+  private readonly sessionsPerAddress = new Map<string, number>();
 
   private readonly sessions = new Map<string, Session>();
   private readonly listeners = new ListenerRegistry();
@@ -78,6 +89,10 @@ export class BayeuxServer implements EngineHost, SessionHost {
   constructor(options: ServerOptions = {}) {
     this.options = resolveOptions(options);
     this.engine = options.engine ?? new MemoryEngine();
+    const verifier = options.jwt ? new JwtVerifier(options.jwt) : null;
+    this.authenticator = options.authenticate ?? (verifier ? jwtAuthenticator(verifier) : null);
+    this.policy = new SecurityPolicy({ open: this.options.open, rules: options.channels ?? [], authorize: options.authorize, subscriptionTokens: verifier });
+    this.handshakeLimiter = new KeyedLimiter(this.options.handshakeRate, this.options.handshakeBurst);
     for (const extension of options.extensions ?? []) this.extensions.add(extension);
     this.ready = this.engine.start(this);
     // Listener errors are reported through 'error' only if someone listens; never crash the server.
@@ -136,6 +151,16 @@ export class BayeuxServer implements EngineHost, SessionHost {
     return this.engine.sendTo(clientId, publication);
   }
 
+  /** Whether handshakes are authenticated (an authenticator or JWT keys are configured). */
+  get authenticates(): boolean {
+    return this.authenticator !== null;
+  }
+
+  /** Number of configured channel rules. */
+  get ruleCount(): number {
+    return this.policy.ruleCount;
+  }
+
   getSession(clientId: string): Session | undefined {
     return this.sessions.get(clientId);
   }
@@ -166,6 +191,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     this.flushNow();
     this.wheel.stop();
+    this.handshakeLimiter.stop();
     await this.ready.catch(() => {});
     await this.engine.close();
   }
@@ -220,7 +246,9 @@ export class BayeuxServer implements EngineHost, SessionHost {
       return;
     }
     const original = checked.message;
-    const session = original.clientId !== undefined ? (this.sessions.get(original.clientId) ?? null) : null;
+    const found = original.clientId !== undefined ? this.sessions.get(original.clientId) : undefined;
+    // A session that does not accept this request is as unknown to it as one that never existed.
+    const session = found && this.accepts(found, context) ? found : null;
     const extensionContext: ExtensionContext = { session, transport: context };
     const message = await this.extensions.incoming(original, extensionContext);
     if (message === null || message.error !== undefined) {
@@ -230,7 +258,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     switch (message.channel) {
       case META.handshake:
-        return this.emitReply(this.handshake(message, context), extensionContext, out);
+        return this.emitReply(await this.handshake(message, context), extensionContext, out);
       case META.connect:
         return this.connect(message, session, context, batchSize, out);
       case META.subscribe:
@@ -246,7 +274,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   // ---------------------------------------------------------------- meta handlers
 
-  private handshake(message: Message, context: ProcessContext): Reply {
+  private async handshake(message: Message, context: ProcessContext): Promise<Reply> {
     const reply = this.reply(message, false);
     delete reply.clientId; // §3.5: no clientId on a handshake reply unless one was made
     const { version, supportedConnectionTypes: types } = message;
@@ -267,15 +295,47 @@ export class BayeuxServer implements EngineHost, SessionHost {
         advice: { reconnect: 'none' },
       };
     }
+    const address = context.request.remoteAddress ?? 'unknown';
+    if (!this.handshakeLimiter.take(address)) {
+      return { ...reply, error: bayeuxError('rateLimited', [], 'too many handshakes from this address'), advice: { reconnect: 'handshake', interval: 2000 } };
+    }
+    const { maxSessionsPerIp } = this.options;
+    if (maxSessionsPerIp > 0 && (this.sessionsPerAddress.get(address) ?? 0) >= maxSessionsPerIp) {
+      return { ...reply, error: bayeuxError('rateLimited', [], `at most ${maxSessionsPerIp} sessions per address`), advice: { reconnect: 'handshake', interval: 10_000 } };
+    }
+    let identity = null;
+    try {
+      identity = this.authenticator ? await this.authenticator({ message, request: context.request }) : null;
+    } catch (error) {
+      if (!(error instanceof AuthenticationError)) throw error;
+      return { ...reply, error: bayeuxError('unauthorized', [], error.reason), advice: { reconnect: 'none' } };
+    }
+    if (identity === null && !this.options.anonymous) {
+      return { ...reply, error: bayeuxError('unauthorized', [], 'credentials required (a token in ext.token)'), advice: { reconnect: 'none' } };
+    }
+    if (identity?.expiresAt !== undefined && identity.expiresAt <= Date.now()) {
+      return { ...reply, error: bayeuxError('unauthorized', [], 'token expired'), advice: { reconnect: 'none' } };
+    }
     const session = new Session(newClientId(), this, this.options.maxQueue);
+    session.identity = identity;
+    session.browserId = context.request.browserId;
+    session.remoteAddress = address;
+    session.origin = context.connection;
+    if (this.options.publishRate > 0) session.publishBucket = new TokenBucket(this.options.publishRate, this.options.publishBurst);
     this.sessions.set(session.id, session);
+    this.sessionsPerAddress.set(address, (this.sessionsPerAddress.get(address) ?? 0) + 1);
     if (context.connection) session.bind(context.connection);
     // A session that never connects is swept like one that stopped connecting.
     session.scheduleExpiry(this.options.maxInterval);
+    if (identity?.expiresAt !== undefined) {
+      // Credentials that expire end the session then, with a reason the client can see.
+      this.wheel.schedule(identity.expiresAt - Date.now(), () => this.endSession(session, 'token-expired'));
+    }
     this.events.emit('handshake', session);
     return {
       ...reply,
       successful: true,
+      ...(identity ? { authSuccessful: true } : {}),
       version: BAYEUX_VERSION,
       minimumVersion: BAYEUX_VERSION,
       supportedConnectionTypes: offered,
@@ -335,7 +395,11 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   private async finishConnect(message: Message, session: Session, release: Release, advice: Advice, context: ExtensionContext, out: string[]): Promise<void> {
     const reply = this.reply(message, true);
-    if (release.reason === 'disconnected') reply.advice = { reconnect: 'none' };
+    if (release.reason === 'token-expired') {
+      reply.successful = false;
+      reply.error = bayeuxError('unauthorized', [], 'session ended: token expired');
+      reply.advice = { reconnect: 'handshake', interval: 0 };
+    } else if (release.reason === 'disconnected') reply.advice = { reconnect: 'none' };
     else if (release.reason === 'shutdown') reply.advice = { reconnect: 'handshake', interval: 1000 };
     // A newer connect took this one's place: answered at once, flagged with the spec's
     // multiple-clients advice (two lines for one session usually mean two tabs or a retry).
@@ -369,6 +433,10 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     if (session.subscriptions.size + fresh.length > this.options.maxSubscriptions) {
       return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${this.options.maxSubscriptions} per session`) };
+    }
+    for (const channel of fresh) {
+      const refused = (await this.policy.check('subscribe', channel, session, message)) ?? (await this.checkCreate(channel, session, message));
+      if (refused) return { ...reply, error: bayeuxError('channelForbidden', [channel], refused) };
     }
     for (const channel of fresh) {
       session.subscriptions.add(channel);
@@ -416,6 +484,14 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     if (!session) return this.emitReply(this.unknownClient(message), context, out);
     if (message.data === undefined) return fail(bayeuxError('missingParameter', ['data']));
+    if (session.publishBucket && !session.publishBucket.take()) {
+      // Persistent flooding past the refusals is abuse: the session is ended.
+      if (++session.refusedPublishes >= MAX_REFUSED_PUBLISHES) this.endSession(session, 'abuse');
+      return fail(bayeuxError('rateLimited', [channel], `more than ${this.options.publishRate} publishes per second`));
+    }
+    session.refusedPublishes = 0;
+    const refused = (await this.policy.check('publish', channel, session, message)) ?? (await this.checkCreate(channel, session, message));
+    if (refused) return fail(bayeuxError('channelForbidden', [channel], refused));
 
     const delivered: Message = { channel, data: message.data };
     if (message.ext !== undefined) delivered.ext = message.ext;
@@ -423,6 +499,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
       // Service channels go to in-process listeners only; a listener's result is the answer
       // (CometD remote call: the publish reply, then {id, channel, successful, data}).
       if (message.id !== undefined) delivered.id = message.id;
+      if (this.tooLarge(JSON.stringify(delivered))) return fail(bayeuxError('messageTooLarge', [channel], `larger than ${this.options.maxMessageBytes} bytes`));
       const result = await this.notifyListeners(delivered, session);
       await this.emitReply(this.reply(message, true), context, out);
       if (result !== undefined) {
@@ -432,13 +509,32 @@ export class BayeuxServer implements EngineHost, SessionHost {
       }
       return;
     }
-    await this.broadcast(delivered, session);
+    const publication = await this.prepare(delivered, null);
+    if (publication && this.tooLarge(publication.payload)) {
+      return fail(bayeuxError('messageTooLarge', [channel], `larger than ${this.options.maxMessageBytes} bytes`));
+    }
+    if (publication) await this.send(publication, session);
     return this.emitReply(this.reply(message, true), context, out);
+  }
+
+  /** Whether a serialised message passes maxMessageBytes (counting bytes only when it might). */
+  private tooLarge(payload: string): boolean {
+    const limit = this.options.maxMessageBytes;
+    return payload.length > limit || (payload.length * 3 > limit && Buffer.byteLength(payload) > limit);
+  }
+
+  /** The "create" check, asked only of channels that nobody subscribes to yet. */
+  private async checkCreate(channel: string, session: Session, message: Message): Promise<string | null> {
+    if (this.policy.open || (await this.engine.subscriberCount(channel)) > 0) return null;
+    return this.policy.check('create', channel, session, message);
   }
 
   private async broadcast(message: Message, from: Session | null): Promise<void> {
     const publication = await this.prepare(message, null);
-    if (!publication) return;
+    if (publication) await this.send(publication, from);
+  }
+
+  private async send(publication: Publication, from: Session | null): Promise<void> {
     this.counters.published++;
     this.events.emit('publish', publication.message, from);
     await this.engine.publish(publication);
@@ -519,8 +615,12 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (session.ended) return;
     session.ended = true;
     session.cancelExpiry();
-    session.release(reason === 'shutdown' ? 'shutdown' : 'disconnected');
+    session.release(reason === 'shutdown' ? 'shutdown' : reason === 'token-expired' ? 'token-expired' : 'disconnected');
     this.sessions.delete(session.id);
+    const address = session.remoteAddress ?? 'unknown';
+    const count = (this.sessionsPerAddress.get(address) ?? 1) - 1;
+    if (count > 0) this.sessionsPerAddress.set(address, count);
+    else this.sessionsPerAddress.delete(address);
     this.dirty.delete(session);
     session.subscriptions.clear();
     void this.engine.removeSession(session.id).catch((error) => this.events.emit('error', error));
@@ -528,6 +628,24 @@ export class BayeuxServer implements EngineHost, SessionHost {
   }
 
   // ---------------------------------------------------------------- helpers
+
+  /**
+   * Whether a request may speak for `session` (session binding, as CometD's BAYEUX_BROWSER): it
+   * comes over the push line the session was handshaken on or is bound to, or from the browser
+   * the session was handshaken from.
+   *
+   * One exception keeps Faye working: it opens its WebSocket while its HTTP handshake is still
+   * in flight, so the upgrade carries no cookie yet. A WebSocket whose upgrade had no browser id
+   * at all may speak for sessions handshaken from the same remote address. An upgrade that
+   * carries another browser's id never may.
+   */
+  accepts(session: Session, context: ProcessContext): boolean {
+    if (this.options.sessionBinding === 'none') return true;
+    const line = context.connection;
+    if (line && (line === session.origin || line === session.connection)) return true;
+    if (session.browserId !== undefined && context.request.browserId === session.browserId) return true;
+    return line !== undefined && context.request.browserIdIssued === true && session.remoteAddress === context.request.remoteAddress;
+  }
 
   private advice(): Advice {
     return { reconnect: 'retry', interval: this.options.interval, timeout: this.options.timeout };

@@ -6,11 +6,13 @@
  * connection (WebSocket), or used to answer its held /meta/connect (long-polling).
  */
 import type { ConnectionType } from '@perihelion/protocol';
+import type { Identity } from '../security/identity.js';
+import { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from '../transports/transport.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { TimerHandle, TimerWheel } from './timer-wheel.js';
 
-export type ReleaseReason = 'message' | 'timeout' | 'superseded' | 'disconnected' | 'shutdown';
+export type ReleaseReason = 'message' | 'timeout' | 'superseded' | 'disconnected' | 'shutdown' | 'token-expired';
 
 export interface Release {
   reason: ReleaseReason;
@@ -38,9 +40,19 @@ export class Session {
   readonly subscriptions = new Set<string>();
   /** Set once the session has answered its first /meta/connect. */
   connected = false;
-  /** Free for applications (e.g. the authenticated identity). */
+  /** Free for applications. */
   readonly data = new Map<string, unknown>();
   ended = false;
+  /** Who the session belongs to; null for an anonymous session. */
+  identity: Identity | null = null;
+  /** The browser (BAYEUX_BROWSER cookie) and remote address it was handshaken from. */
+  browserId: string | undefined;
+  remoteAddress: string | undefined;
+  /** The push line it was handshaken on, which may always speak for it. */
+  origin: PushConnection | undefined;
+  /** Publishes allowed per second (null: no limit), and how many were refused in a row. */
+  publishBucket: TokenBucket | null = null;
+  refusedPublishes = 0;
 
   /** The held /meta/connect, and the push line it will be answered on (none for long-polling). */
   private held: { resolve: (release: Release) => void; timer: TimerHandle; connection: PushConnection | undefined } | null = null;

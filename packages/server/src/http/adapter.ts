@@ -21,7 +21,9 @@ import { handleLongPolling } from '../transports/long-polling.js';
 import { sseFramer } from '../transports/sse.js';
 import { StreamTransport, type Framer } from '../transports/stream.js';
 import { WebSocketTransport } from '../transports/websocket.js';
+import { browserCookie, browserIdOf, isSecure, newBrowserId } from '../security/browser-cookie.js';
 import { corsHeaders, originAllowed, preflight } from './cors.js';
+import { assignBrowser, requestFacts } from './request-facts.js';
 import { sendBatchError } from './responses.js';
 
 export class HttpAdapter {
@@ -61,6 +63,8 @@ export class HttpAdapter {
       return true;
     }
     corsHeaders(req, res);
+    const cookie = this.identifyBrowser(req);
+    if (cookie !== undefined) res.setHeader('Set-Cookie', cookie);
     if (req.method === 'GET') {
       this.handleGet(req, res, route.sub);
       return true;
@@ -103,7 +107,9 @@ export class HttpAdapter {
     if (!this.streams || !this.core.options.transports.includes(framer.transport)) {
       return sendBatchError(res, 400, `${framer.transport} is disabled on this server; offered: ${this.core.options.transports.join(', ')}`);
     }
-    const session = this.core.getSession(clientId);
+    const found = this.core.getSession(clientId);
+    // A stream reads the session's messages: it must come from the session's own browser.
+    const session = found && this.core.accepts(found, { transport: framer.transport, request: requestFacts(req) }) ? found : undefined;
     if (!session) {
       const body = JSON.stringify([{ channel: '/meta/connect', successful: false, error: bayeuxError('clientUnknown', [clientId]), advice: { reconnect: 'handshake', interval: 0 } }]);
       res.writeHead(404, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache, no-store' }).end(body);
@@ -130,8 +136,26 @@ export class HttpAdapter {
       socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       return true;
     }
+    this.identifyBrowser(req, true);
     this.websocket.upgrade(req, socket, head);
     return true;
+  }
+
+  /**
+   * Reads the request's browser id (session binding), or makes one; returns the Set-Cookie value
+   * when a new one was made. Upgrades get theirs on the 101 response.
+   */
+  private identifyBrowser(req: IncomingMessage, upgrade = false): string | undefined {
+    if (this.core.options.sessionBinding !== 'cookie') return undefined;
+    const known = browserIdOf(req);
+    if (known !== undefined) {
+      assignBrowser(req, known, false);
+      return undefined;
+    }
+    const id = newBrowserId();
+    const cookie = browserCookie(id, this.core.options.path, isSecure(req));
+    assignBrowser(req, id, true, upgrade ? cookie : undefined);
+    return cookie;
   }
 
   close(): void {

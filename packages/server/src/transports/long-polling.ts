@@ -10,10 +10,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { decodeBatch, encodeBatch, type ConnectionType } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
 import { readBody } from '../http/body.js';
+import { requestFacts } from '../http/request-facts.js';
 import { sendBatchError } from '../http/responses.js';
 
 export async function handleLongPolling(core: BayeuxServer, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const body = await readBody(req, core.options.maxRequestBytes);
+  const body = await readBody(req, core.options.maxRequestBytes, core.options.bodyTimeout);
   if (!body.ok) {
     sendBatchError(res, body.status, body.reason);
     // Stop reading an oversized or stalled body instead of draining it.
@@ -54,7 +55,7 @@ export async function pollOnce(
   });
   const replies = await core.process(messages, {
     transport,
-    request: { headers: req.headers, remoteAddress: req.socket.remoteAddress, url: req.url ?? '' },
+    request: requestFacts(req),
     signal: abort.signal,
   });
   return res.destroyed ? null : replies;

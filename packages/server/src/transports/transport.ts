@@ -10,6 +10,10 @@ export interface RequestFacts {
   headers: IncomingHttpHeaders;
   remoteAddress: string | undefined;
   url: string;
+  /** The browser id (BAYEUX_BROWSER cookie) this request carried or was given. */
+  browserId?: string;
+  /** True when the request carried no browser id and was given `browserId` by this server. */
+  browserIdIssued?: boolean;
 }
 
 /**

@@ -13,6 +13,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import { bayeuxError, decodeBatch, encodeBatch } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
+import { requestFacts, upgradeCookie } from '../http/request-facts.js';
 import type { PushConnection, RequestFacts } from './transport.js';
 
 class WebSocketConnection implements PushConnection {
@@ -106,6 +107,11 @@ export class WebSocketTransport {
       perMessageDeflate: false,
       clientTracking: false,
     });
+    // The session-binding cookie rides on the 101 response of an upgrade that came without one.
+    this.wss.on('headers', (headers: string[], req: IncomingMessage) => {
+      const cookie = upgradeCookie(req);
+      if (cookie !== undefined) headers.push(`Set-Cookie: ${cookie}`);
+    });
     const interval = core.options.pingInterval;
     if (interval > 0) {
       // One timer for all sockets: a socket that did not answer the previous ping is dropped.
@@ -122,11 +128,7 @@ export class WebSocketTransport {
 
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const connection = new WebSocketConnection(ws, socket, this.core, {
-        headers: req.headers,
-        remoteAddress: req.socket.remoteAddress,
-        url: req.url ?? '',
-      });
+      const connection = new WebSocketConnection(ws, socket, this.core, requestFacts(req));
       this.connections.add(connection);
       connection.onClose(() => this.connections.delete(connection));
     });

@@ -1,0 +1,35 @@
+/**
+ * Authentication happens once, at handshake. An authenticator receives the handshake message
+ * (with its `ext`, where both the CometD and Faye clients can put a token) and the HTTP request
+ * facts (headers, cookies, remote address), and returns:
+ * - an Identity: the session is authenticated;
+ * - null: no credentials were presented (allowed only when anonymous access is on);
+ * - or throws AuthenticationError: credentials were presented and are not acceptable.
+ */
+import type { Message } from '@perihelion/protocol';
+import type { RequestFacts } from '../transports/transport.js';
+import type { Identity } from './identity.js';
+
+export interface HandshakeRequest {
+  message: Message;
+  request: RequestFacts;
+}
+
+export type Authenticator = (handshake: HandshakeRequest) => Identity | null | Promise<Identity | null>;
+
+/** Thrown by an authenticator to refuse a handshake; `reason` reaches the client in the error. */
+export class AuthenticationError extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+    this.name = 'AuthenticationError';
+  }
+}
+
+/** The token of a handshake: `ext.token`, else an `Authorization: Bearer` header. */
+export function presentedToken(handshake: HandshakeRequest): string | null {
+  const token = handshake.message.ext?.token;
+  if (typeof token === 'string' && token !== '') return token;
+  const header = handshake.request.headers.authorization;
+  const match = typeof header === 'string' ? /^Bearer\s+(\S+)$/i.exec(header) : null;
+  return match ? match[1]! : null;
+}

@@ -1,0 +1,86 @@
+/**
+ * The security policy: who may create, subscribe to and publish on which channel. Asked by the
+ * server core before it acts on a client's subscribe or publish, in this order:
+ *
+ * 1. open mode (development and compatibility testing): everything is allowed;
+ * 2. the application's `authorize` hook, when it returns true or false;
+ * 3. a subscription token in the subscribe's `ext.token` naming the channel (private channels);
+ * 4. the configured channel rules (channel-rules.ts);
+ * 5. the defaults: anyone may subscribe to broadcast channels and create them; publishing from
+ *    clients is denied, so only the server publishes where no rule says otherwise.
+ */
+import type { Message } from '@perihelion/protocol';
+import type { Session } from '../core/session.js';
+import { AuthenticationError } from './authenticate.js';
+import { ChannelRules, type ChannelRule, type Operation } from './channel-rules.js';
+import type { Identity } from './identity.js';
+import type { JwtVerifier } from './jwt.js';
+
+export interface AuthorizeRequest {
+  operation: Operation;
+  /** The channel, or the pattern of a subscription. */
+  channel: string;
+  session: Session;
+  identity: Identity | null;
+  message: Message;
+}
+
+/** Return true to allow, false to refuse, undefined to let the rules decide. */
+export type AuthorizeHook = (request: AuthorizeRequest) => boolean | undefined | Promise<boolean | undefined>;
+
+const DEFAULTS: Record<Operation, boolean> = { create: true, subscribe: true, publish: false };
+
+export interface PolicyOptions {
+  open: boolean;
+  rules: ChannelRule[];
+  authorize?: AuthorizeHook | undefined;
+  subscriptionTokens?: JwtVerifier | null;
+}
+
+export class SecurityPolicy {
+  private readonly rules: ChannelRules;
+
+  constructor(private readonly options: PolicyOptions) {
+    this.rules = new ChannelRules(options.rules);
+  }
+
+  get ruleCount(): number {
+    return this.options.rules.length;
+  }
+
+  get open(): boolean {
+    return this.options.open;
+  }
+
+  /** Null when allowed; otherwise the reason, for the client's error message. */
+  async check(operation: Operation, channel: string, session: Session, message: Message): Promise<string | null> {
+    if (this.options.open) return null;
+    const identity = session.identity;
+    if (this.options.authorize) {
+      const verdict = await this.options.authorize({ operation, channel, session, identity, message });
+      if (verdict === true) return null;
+      if (verdict === false) return `${operation} denied by the application`;
+    }
+    if (operation === 'subscribe' && (await this.tokenGrants(channel, identity, message))) return null;
+    const decision = this.rules.decide(operation, channel, identity);
+    if (decision) return decision.allowed ? null : `${operation} denied by rule ${decision.rule}`;
+    if (DEFAULTS[operation]) return null;
+    return `${operation} is denied unless a rule allows it`;
+  }
+
+  /** A subscription token (a JWT whose `channel`/`channels` claim names this channel) opens it. */
+  private async tokenGrants(channel: string, identity: Identity | null, message: Message): Promise<boolean> {
+    const token = message.ext?.token;
+    if (!this.options.subscriptionTokens || typeof token !== 'string') return false;
+    try {
+      const claims = await this.options.subscriptionTokens.verify(token);
+      const channels = Array.isArray(claims.channels) ? claims.channels : [claims.channel];
+      if (!channels.includes(channel)) return false;
+      // A token issued to one user does not open the channel for another.
+      return claims.sub === undefined || claims.sub === identity?.id;
+    } catch (error) {
+      if (error instanceof AuthenticationError) return false;
+      throw error;
+    }
+  }
+}
