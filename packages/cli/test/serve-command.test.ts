@@ -75,4 +75,32 @@ describe('perihelion serve', () => {
     assert.equal(unknownTransport.code, 2);
     assert.match(unknownTransport.stderr, /unknown connection type "carrier-pigeon"/);
   });
+
+  it('warns at start-up in open mode and states the security settings otherwise', async () => {
+    const lines = async (args: string[], env: Record<string, string> = {}): Promise<string> => {
+      const child = start(['--port', '0', '--host', '127.0.0.1', '--no-demo', ...args], env);
+      let output = '';
+      child.stdout.on('data', (chunk) => (output += String(chunk)));
+      const exited = exitOf(child);
+      await listeningUrl(child);
+      await waitForOutput(() => output, /session binding|WARNING/);
+      child.kill('SIGTERM');
+      await exited;
+      return output;
+    };
+    assert.match(await lines(['--open']), /WARNING: open mode/);
+    assert.match(await lines([], { PERIHELION_OPEN: '1' }), /WARNING: open mode/);
+    const secure = await lines(['--no-anonymous'], { PERIHELION_JWT_SECRET: 'k'.repeat(32) });
+    assert.match(secure, /anonymous access: off/);
+    assert.match(secure, /authentication: signed tokens/);
+    assert.doesNotMatch(secure, /WARNING/);
+  });
 });
+
+async function waitForOutput(read: () => string, pattern: RegExp): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!pattern.test(read())) {
+    if (Date.now() > deadline) throw new Error(`no ${pattern} in: ${read()}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

@@ -36,4 +36,22 @@ describe('settings from flags and environment', () => {
     assert.throws(() => resolveSettings({}, { PORT: '70000' }), /port must be from 0 to 65535/);
     assert.throws(() => resolveSettings({}, { PERIHELION_DEMO: 'maybe' }), /PERIHELION_DEMO must be true or false/);
   });
+
+  it('takes the token secret only from PERIHELION_JWT_SECRET, and rules from a JSON file', async () => {
+    const { mkdtempSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'perihelion-settings-'));
+    const rules = join(dir, 'rules.json');
+    writeFileSync(rules, JSON.stringify([{ channel: '/chat/**', publish: 'authenticated' }]));
+    const settings = resolveSettings({ rules, open: true, anonymous: false }, { PERIHELION_JWT_SECRET: 's'.repeat(32) });
+    assert.deepEqual(settings.server.jwt, { secret: 's'.repeat(32) });
+    assert.deepEqual(settings.server.channels, [{ channel: '/chat/**', publish: 'authenticated' }]);
+    assert.equal(settings.server.open, true);
+    assert.equal(settings.server.anonymous, false);
+    writeFileSync(rules, '[{"channel": ');
+    assert.throws(() => resolveSettings({ rules }, {}), /--rules is not valid JSON/);
+    assert.throws(() => resolveSettings({ rules: join(dir, 'missing.json') }, {}), /--rules: cannot read .*ENOENT/);
+    assert.throws(() => resolveSettings({ jwks: rules }, { PERIHELION_JWT_SECRET: 'x'.repeat(32) }), /give one token key/);
+  });
 });

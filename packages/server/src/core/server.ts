@@ -494,7 +494,11 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (refused) return fail(bayeuxError('channelForbidden', [channel], refused));
 
     const delivered: Message = { channel, data: message.data };
-    if (message.ext !== undefined) delivered.ext = message.ext;
+    if (message.ext !== undefined) {
+      // Credentials never travel on to subscribers.
+      const { token: _token, ...ext } = message.ext;
+      if (Object.keys(ext).length > 0) delivered.ext = ext;
+    }
     if (isService(channel)) {
       // Service channels go to in-process listeners only; a listener's result is the answer
       // (CometD remote call: the publish reply, then {id, channel, successful, data}).
