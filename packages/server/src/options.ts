@@ -86,6 +86,10 @@ export interface ServerOptions {
   handshakeBurst?: number;
   /** Longest pause while a request body arrives, in ms, before the request is refused (slow-drip defence). Default: 10000. */
   bodyTimeout?: number;
+  /** Bearer key of the HTTP API for backends (/api/*); the API is off without it. At least 16 characters. */
+  apiKey?: string;
+  /** Serve /health, /ready and /metrics. Default: true. */
+  operations?: boolean;
   /** Where subscriptions live and how publishes fan out. Default: a new MemoryEngine. */
   engine?: Engine;
   /** Extensions added at start, in order. */
@@ -120,6 +124,7 @@ export interface ResolvedOptions {
   handshakeRate: number;
   handshakeBurst: number;
   bodyTimeout: number;
+  operations: boolean;
 }
 
 export const DEFAULTS: ResolvedOptions = {
@@ -150,6 +155,7 @@ export const DEFAULTS: ResolvedOptions = {
   handshakeRate: 50,
   handshakeBurst: 200,
   bodyTimeout: 10_000,
+  operations: true,
 };
 
 
@@ -176,7 +182,7 @@ const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
   bodyTimeout: [100, 600_000],
 };
 
-const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions', 'authenticate', 'jwt', 'channels', 'authorize']);
+const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions', 'authenticate', 'jwt', 'channels', 'authorize', 'apiKey']);
 
 function invalid(message: string): never {
   throw new PerihelionError('ERR_INVALID_OPTION', message);
@@ -213,7 +219,10 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
     }
     resolved.transports = [...new Set(options.transports)];
   }
-  for (const key of ['jsonp', 'open', 'anonymous'] as const) {
+  if (options.apiKey !== undefined && (typeof options.apiKey !== 'string' || options.apiKey.length < 16)) {
+    invalid('option "apiKey" must be a string of at least 16 characters');
+  }
+  for (const key of ['jsonp', 'open', 'anonymous', 'operations'] as const) {
     const value = options[key];
     if (value === undefined) continue;
     if (typeof value !== 'boolean') invalid(`option "${key}" must be true or false, got ${JSON.stringify(value)}`);

@@ -6,6 +6,9 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { HttpApi } from './api/http-api.js';
+import { Metrics } from './api/metrics.js';
+import { OPERATION_PATHS, handleOperation } from './api/operations.js';
 import { BayeuxServer } from './core/server.js';
 import { HttpAdapter } from './http/adapter.js';
 import type { ServerOptions } from './options.js';
@@ -23,17 +26,35 @@ export interface ListenOptions {
 
 export class Perihelion extends BayeuxServer {
   private readonly http: HttpAdapter;
+  private readonly api: HttpApi;
+  readonly metrics: Metrics;
   private servers: Server[] = [];
   private owned: Server | null = null;
 
   constructor(options: ServerOptions = {}) {
     super(options);
     this.http = new HttpAdapter(this);
+    this.api = new HttpApi(this, options.apiKey);
+    this.metrics = new Metrics(this);
+    this.deliveryObserver = (ms) => this.metrics.deliveryLatency.observe(ms / 1000);
   }
 
-  /** Handles the request if its path is under the mount path; false means "not mine". */
+  /**
+   * Handles the request if it is Perihelion's: under the mount path, the HTTP API (/api/*) or an
+   * operations endpoint (/health, /ready, /metrics). False means "not mine".
+   */
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
-    return this.http.handleRequest(req, res);
+    if (this.http.handleRequest(req, res)) return true;
+    const path = (req.url ?? '/').split('?')[0]!;
+    if (this.api.handles(path)) {
+      this.api.handle(req, res, path);
+      return true;
+    }
+    if (this.options.operations && OPERATION_PATHS.has(path)) {
+      handleOperation(this, this.metrics, req, res, path).catch(() => res.destroy());
+      return true;
+    }
+    return false;
   }
 
   /** Handles a WebSocket upgrade at the mount path; false means "not mine". */
@@ -43,8 +64,12 @@ export class Perihelion extends BayeuxServer {
 
   /** Adds Perihelion to an existing node:http server; other paths stay with the server's own handlers. */
   attach(server: Server): this {
-    server.prependListener('request', (req, res) => {
-      this.http.handleRequest(req, res);
+    // The server's own request handlers run only for requests Perihelion does not answer.
+    const own = server.listeners('request') as RequestHandler[];
+    server.removeAllListeners('request');
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (this.handleRequest(req, res)) return;
+      for (const handler of own) handler.call(server, req, res);
     });
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       if (this.http.handleUpgrade(req, socket, head)) return;
@@ -63,7 +88,7 @@ export class Perihelion extends BayeuxServer {
         res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${this.options.path}\n`);
       });
     const server = createHttpServer((req, res) => {
-      if (!this.http.handleRequest(req, res)) fallback(req, res);
+      if (!this.handleRequest(req, res)) fallback(req, res);
     });
     // Held connects last up to `timeout`; keep sockets open a little longer than that.
     server.keepAliveTimeout = 5_000;

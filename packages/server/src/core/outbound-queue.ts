@@ -10,6 +10,8 @@ export class OutboundQueue {
   private head = 0;
   /** Messages dropped since the session began because the queue was full. */
   dropped = 0;
+  /** When the oldest message still queued arrived (ms since the epoch), for latency metrics. */
+  oldestAt = 0;
 
   constructor(readonly limit: number) {}
 
@@ -30,6 +32,7 @@ export class OutboundQueue {
         this.head = 0;
       }
     }
+    if (this.length === 0) this.oldestAt = Date.now();
     this.items.push(payload);
     return kept;
   }

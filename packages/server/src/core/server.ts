@@ -84,6 +84,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
   private flushScheduled = false;
   private readonly ready: Promise<void>;
   private closed = false;
+  private started = false;
   private readonly counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0 };
 
   constructor(options: ServerOptions = {}) {
@@ -95,6 +96,10 @@ export class BayeuxServer implements EngineHost, SessionHost {
     this.handshakeLimiter = new KeyedLimiter(this.options.handshakeRate, this.options.handshakeBurst);
     for (const extension of options.extensions ?? []) this.extensions.add(extension);
     this.ready = this.engine.start(this);
+    this.ready.then(
+      () => (this.started = true),
+      (error: unknown) => this.events.emit('error', error),
+    );
     // Listener errors are reported through 'error' only if someone listens; never crash the server.
     this.events.on('error', () => {});
   }
@@ -161,6 +166,11 @@ export class BayeuxServer implements EngineHost, SessionHost {
     return this.policy.ruleCount;
   }
 
+  /** The live sessions of one authenticated user. */
+  sessionsOf(userId: string): Session[] {
+    return [...this.sessions.values()].filter((session) => session.identity?.id === userId);
+  }
+
   getSession(clientId: string): Session | undefined {
     return this.sessions.get(clientId);
   }
@@ -198,6 +208,11 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /** The engine has started and the server is not shutting down. */
+  get isReady(): boolean {
+    return this.started && !this.closed;
   }
 
   // ---------------------------------------------------------------- the entry point
@@ -370,7 +385,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     // with other messages, or messages are already waiting with no push line to carry them.
     if (streamed || timeout === 0 || !session.connected || batchSize > 1 || (session.queue.length > 0 && !pushing)) {
       session.release('superseded');
-      const events = pushing ? [] : session.queue.drain();
+      const events = pushing ? [] : session.takeQueued();
       return this.finishConnect(message, session, { reason: 'message', events }, advice, extensionContext, out);
     }
     const held = session.hold(timeout, context.connection);
@@ -609,6 +624,13 @@ export class BayeuxServer implements EngineHost, SessionHost {
     void this.prepare({ channel, data }, session).then((publication) => {
       if (publication) this.enqueue(session, publication.payload);
     });
+  }
+
+  /** Set by whoever reports delivery latency (the metrics endpoint). */
+  deliveryObserver: ((waitedMs: number) => void) | null = null;
+
+  observeDelivery(waitedMs: number): void {
+    this.deliveryObserver?.(waitedMs);
   }
 
   disconnectSession(session: Session): void {

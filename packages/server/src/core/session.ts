@@ -26,6 +26,8 @@ export interface SessionHost {
   scheduleFlush(session: Session): void;
   expire(session: Session): void;
   deliverTo(session: Session, channel: string, data: unknown): void;
+  /** Reports how long the oldest of the messages just written waited, in ms. */
+  observeDelivery(waitedMs: number): void;
   disconnectSession(session: Session): void;
 }
 
@@ -110,7 +112,7 @@ export class Session {
     if (this.queue.length === 0 || this.ended) return;
     if (this.connection?.open) {
       // A congested line is written again when it drains; meanwhile the bounded queue holds.
-      if (!this.connection.congested) this.connection.send(this.queue.drain());
+      if (!this.connection.congested) this.connection.send(this.takeQueued());
     } else if (this.held && !this.held.connection) this.release('message');
   }
 
@@ -136,8 +138,15 @@ export class Session {
     this.host.wheel.cancel(held.timer);
     // A superseded connect leaves the queue to its successor; every other release carries it,
     // unless the connect was held on a push line (which carries messages by itself).
-    const events = reason === 'superseded' || held.connection || this.connection?.open ? [] : this.queue.drain();
+    const events = reason === 'superseded' || held.connection || this.connection?.open ? [] : this.takeQueued();
     held.resolve({ reason, events });
+  }
+
+  /** Removes what is queued for writing now, reporting how long the oldest message waited. */
+  takeQueued(): string[] {
+    if (this.queue.length === 0) return [];
+    this.host.observeDelivery(Date.now() - this.queue.oldestAt);
+    return this.queue.drain();
   }
 
   /**

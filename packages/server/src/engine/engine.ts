@@ -38,6 +38,8 @@ export interface Engine {
   publish(publication: Publication): Promise<void>;
   /** Delivers to one session, wherever it is connected; false when no node knows it. */
   sendTo(clientId: string, publication: Publication): Promise<boolean>;
+  /** The sessions subscribed to exactly this channel or pattern (on every node). */
+  subscribers(pattern: string): Promise<string[]>;
   /** Number of sessions subscribed to exactly this channel or pattern. */
   subscriberCount(pattern: string): Promise<number>;
   /** Every channel or pattern that has at least one subscriber, with the count. */

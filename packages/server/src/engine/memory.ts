@@ -37,6 +37,10 @@ export class MemoryEngine implements Engine {
     return true;
   }
 
+  async subscribers(pattern: string): Promise<string[]> {
+    return this.index.subscribersOf(pattern);
+  }
+
   async subscriberCount(pattern: string): Promise<number> {
     return this.index.count(pattern);
   }

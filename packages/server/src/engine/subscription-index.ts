@@ -57,6 +57,10 @@ export class SubscriptionIndex {
     return merged ?? only ?? new Set();
   }
 
+  subscribersOf(pattern: string): string[] {
+    return [...(this.byPattern.get(pattern) ?? [])];
+  }
+
   count(pattern: string): number {
     return this.byPattern.get(pattern)?.size ?? 0;
   }

@@ -1,0 +1,166 @@
+/**
+ * The HTTP API for backends (outboard mode): any application, in any language, publishes into
+ * Perihelion and reads its state with plain HTTP and JSON. Separate from client authentication:
+ * every call needs `Authorization: Bearer <apiKey>`; without an `apiKey` the API is off.
+ *
+ *   POST /api/publish     {channel, data, ext?} or a list of them   → {published: n}
+ *   POST /api/deliver     {clientId, channel, data}                  → {delivered: true}
+ *   POST /api/disconnect  {clientId} or {user}                       → {disconnected: n}
+ *   GET  /api/channels                                               → {channels: [{channel, subscribers}]}
+ *   GET  /api/presence?channel=/x                                    → {channel, sessions: [{clientId, user}]}
+ *   GET  /api/stats                                                  → server statistics
+ *
+ * Errors are `{error: {code, message}}` with a fitting status (see ApiErrorCode).
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { channelProblem } from '@perihelion/protocol';
+import type { BayeuxServer } from '../core/server.js';
+import { PerihelionError } from '../errors.js';
+import { readBody } from '../http/body.js';
+import { sendApiError, sendJson } from './json.js';
+
+export const API_PREFIX = '/api/';
+
+interface PublishItem {
+  channel: string;
+  data: unknown;
+  ext?: Record<string, unknown>;
+}
+
+export class HttpApi {
+  private readonly key: Buffer | null;
+
+  constructor(private readonly core: BayeuxServer, apiKey: string | undefined) {
+    this.key = apiKey === undefined ? null : Buffer.from(apiKey);
+  }
+
+  handles(path: string): boolean {
+    return path.startsWith(API_PREFIX);
+  }
+
+  handle(req: IncomingMessage, res: ServerResponse, path: string): void {
+    if (!this.key) {
+      return sendApiError(res, 404, 'api_disabled', 'the HTTP API is off: set PERIHELION_API_KEY (or the apiKey option) to enable it');
+    }
+    if (!this.authorized(req)) {
+      return sendApiError(res, 401, 'unauthorized', 'send Authorization: Bearer <api key>', { 'WWW-Authenticate': 'Bearer realm="perihelion"' });
+    }
+    this.route(req, res, path.slice(API_PREFIX.length)).catch((error: unknown) => {
+      if (res.headersSent) return res.destroy();
+      if (error instanceof PerihelionError && error.code === 'ERR_SERVER_CLOSED') return sendApiError(res, 503, 'unavailable', 'the server is shutting down');
+      sendApiError(res, 500, 'invalid_request', `internal error: ${(error as Error).message}`);
+    });
+  }
+
+  private authorized(req: IncomingMessage): boolean {
+    const match = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+    if (!match || !this.key) return false;
+    const presented = Buffer.from(match[1]!);
+    return presented.length === this.key.length && timingSafeEqual(presented, this.key);
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse, endpoint: string): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const routes: Record<string, { method: 'GET' | 'POST'; run: () => Promise<void> }> = {
+      publish: { method: 'POST', run: async () => this.publish(res, await this.body(req, res)) },
+      deliver: { method: 'POST', run: async () => this.deliver(res, await this.body(req, res)) },
+      disconnect: { method: 'POST', run: async () => this.disconnect(res, await this.body(req, res)) },
+      channels: { method: 'GET', run: () => this.channels(res) },
+      presence: { method: 'GET', run: () => this.presence(res, url.searchParams.get('channel')) },
+      stats: { method: 'GET', run: async () => sendJson(res, 200, this.core.stats()) },
+    };
+    const route = routes[endpoint];
+    if (!route) return sendApiError(res, 404, 'not_found', `no endpoint /api/${endpoint}; the endpoints are ${Object.keys(routes).map((r) => `/api/${r}`).join(', ')}`);
+    if (req.method !== route.method) {
+      return sendApiError(res, 405, 'method_not_allowed', `/api/${endpoint} takes ${route.method}`, { Allow: route.method });
+    }
+    await route.run();
+  }
+
+  /** The parsed JSON body, or undefined when an error was already sent. */
+  private async body(req: IncomingMessage, res: ServerResponse): Promise<unknown> {
+    const body = await readBody(req, this.core.options.maxRequestBytes, this.core.options.bodyTimeout);
+    if (!body.ok) {
+      sendApiError(res, body.status, body.status === 413 ? 'too_large' : 'invalid_request', body.reason);
+      return undefined;
+    }
+    try {
+      return JSON.parse(body.text) as unknown;
+    } catch (error) {
+      sendApiError(res, 400, 'invalid_json', `the body is not JSON (${(error as Error).message})`);
+      return undefined;
+    }
+  }
+
+  private async publish(res: ServerResponse, body: unknown): Promise<void> {
+    if (body === undefined) return;
+    const items = Array.isArray(body) ? body : [body];
+    if (items.length === 0 || items.length > this.core.options.maxBatch) {
+      return sendApiError(res, 400, 'invalid_request', `send one {channel, data} or a list of 1 to ${this.core.options.maxBatch}`);
+    }
+    // Everything is checked before anything is published: a batch is published whole or not at all.
+    for (const [index, item] of items.entries()) {
+      const problem = this.publishProblem(item);
+      if (problem) return sendApiError(res, 400, problem.code, items.length > 1 ? `item ${index}: ${problem.message}` : problem.message);
+    }
+    for (const item of items as PublishItem[]) await this.core.publish(item.channel, item.data, item.ext ? { ext: item.ext } : {});
+    sendJson(res, 200, { published: items.length });
+  }
+
+  private publishProblem(item: unknown): { code: 'invalid_request' | 'invalid_channel'; message: string } | null {
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) return { code: 'invalid_request', message: 'expected an object {channel, data}' };
+    const { channel, data, ext } = item as Record<string, unknown>;
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.core.options.maxChannelLength });
+    if (problem) return { code: 'invalid_channel', message: `channel ${JSON.stringify(channel)}: ${problem}` };
+    if ((channel as string).startsWith('/meta/')) return { code: 'invalid_channel', message: 'cannot publish to a meta channel' };
+    if (data === undefined) return { code: 'invalid_request', message: '"data" is required' };
+    if (ext !== undefined && (typeof ext !== 'object' || ext === null || Array.isArray(ext))) return { code: 'invalid_request', message: '"ext" must be an object' };
+    return null;
+  }
+
+  private async deliver(res: ServerResponse, body: unknown): Promise<void> {
+    if (body === undefined) return;
+    const { clientId, channel, data } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+    if (typeof clientId !== 'string') return sendApiError(res, 400, 'invalid_request', '"clientId" (a string) is required');
+    const problem = channelProblem(channel, { allowWildcard: false });
+    if (problem) return sendApiError(res, 400, 'invalid_channel', `channel ${JSON.stringify(channel)}: ${problem}`);
+    if (data === undefined) return sendApiError(res, 400, 'invalid_request', '"data" is required');
+    if (!this.core.getSession(clientId)) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
+    await this.core.deliver(clientId, channel as string, data);
+    sendJson(res, 200, { delivered: true });
+  }
+
+  private async disconnect(res: ServerResponse, body: unknown): Promise<void> {
+    if (body === undefined) return;
+    const { clientId, user } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+    if (typeof clientId === 'string') {
+      const session = this.core.getSession(clientId);
+      if (!session) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
+      session.disconnect();
+      return sendJson(res, 200, { disconnected: 1 });
+    }
+    if (typeof user === 'string') {
+      const sessions = this.core.sessionsOf(user);
+      for (const session of sessions) session.disconnect();
+      return sendJson(res, 200, { disconnected: sessions.length });
+    }
+    sendApiError(res, 400, 'invalid_request', 'send {"clientId": "..."} or {"user": "..."}');
+  }
+
+  private async channels(res: ServerResponse): Promise<void> {
+    const channels = [...(await this.core.engine.channels())].map(([channel, subscribers]) => ({ channel, subscribers }));
+    channels.sort((a, b) => a.channel.localeCompare(b.channel));
+    sendJson(res, 200, { channels });
+  }
+
+  private async presence(res: ServerResponse, channel: string | null): Promise<void> {
+    const problem = channelProblem(channel);
+    if (problem) return sendApiError(res, 400, 'invalid_channel', `?channel=${JSON.stringify(channel)}: ${problem}`);
+    const sessions = (await this.core.engine.subscribers(channel!)).map((clientId) => ({
+      clientId,
+      user: this.core.getSession(clientId)?.identity?.id ?? null,
+    }));
+    sendJson(res, 200, { channel, sessions });
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Prometheus metrics at /metrics. Most values are read from the server's own counters when
+ * scraped, so nothing is done per message for them; the delivery-latency histogram is observed
+ * once per flush of a session (time from the oldest queued message to its write).
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { BayeuxServer } from '../core/server.js';
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly deliveryLatency: Histogram;
+
+  constructor(server: BayeuxServer) {
+    const registry = this.registry;
+    new Gauge({
+      name: 'perihelion_sessions',
+      help: 'Live sessions by the connection type of their latest connect.',
+      labelNames: ['transport'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [transport, count] of Object.entries(server.stats().sessionsByTransport)) this.set({ transport }, count);
+      },
+    });
+    new Gauge({
+      name: 'perihelion_subscriptions',
+      help: 'Subscriptions (session × channel or pattern).',
+      registers: [registry],
+      async collect() {
+        let total = 0;
+        for (const count of (await server.engine.channels()).values()) total += count;
+        this.set(total);
+      },
+    });
+    // Counters mirror the server's totals: each scrape adds what happened since the last one.
+    const mirrored: [name: string, help: string, read: () => number][] = [
+      ['perihelion_messages_in_total', 'Messages received from clients.', () => server.stats().messagesIn],
+      ['perihelion_messages_published_total', 'Messages published to broadcast channels.', () => server.stats().published],
+      ['perihelion_deliveries_total', 'Messages queued for sessions (one per recipient).', () => server.stats().deliveries],
+      ['perihelion_queue_drops_total', 'Messages dropped because a session queue was full.', () => server.stats().queueDrops],
+    ];
+    for (const [name, help, read] of mirrored) {
+      let seen = 0;
+      new Counter({
+        name,
+        help,
+        registers: [registry],
+        collect() {
+          const now = read();
+          if (now > seen) this.inc(now - seen);
+          seen = now;
+        },
+      });
+    }
+    this.deliveryLatency = new Histogram({
+      name: 'perihelion_delivery_latency_seconds',
+      help: 'Time a message waited in a session queue before it was written.',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    });
+  }
+}

@@ -1,0 +1,210 @@
+/** The HTTP API for backends, the operations endpoints, and mounting in an existing server. */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer as createHttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createServer } from '../src/index.js';
+import { handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+
+const KEY = 'test-api-key-0123456789';
+
+async function api(t: TestServer, method: string, endpoint: string, body?: unknown, key: string | null = KEY): Promise<{ status: number; json: any; headers: Headers }> {
+  const origin = `http://127.0.0.1:${t.address.port}`;
+  const response = await fetch(`${origin}${endpoint}`, {
+    method,
+    headers: { ...(key !== null ? { Authorization: `Bearer ${key}` } : {}), 'Content-Type': 'application/json' },
+    ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
+  });
+  const text = await response.text();
+  return { status: response.status, json: text ? JSON.parse(text) : null, headers: response.headers };
+}
+
+/** A raw long-polling client subscribed to `channel`, collecting what it receives. */
+async function subscriber(t: TestServer, channel: string): Promise<{ clientId: string; next: () => Promise<Record<string, unknown>[]> }> {
+  const clientId = await handshake(t.url);
+  await post(t.url, [
+    { channel: '/meta/connect', clientId, connectionType: 'long-polling' },
+    { channel: '/meta/subscribe', clientId, subscription: channel },
+  ]);
+  return {
+    clientId,
+    next: async () => (await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }])).body.filter((m) => m.channel !== '/meta/connect'),
+  };
+}
+
+describe('HTTP API', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startServer({ apiKey: KEY, open: false, timeout: 2000 });
+  });
+  after(() => t.close());
+
+  it('refuses calls without the key, or with a wrong one, with 401', async () => {
+    for (const key of [null, 'wrong-key-wrong-key-00', `${KEY}x`]) {
+      const { status, json, headers } = await api(t, 'GET', '/api/stats', undefined, key);
+      assert.equal(status, 401);
+      assert.equal(json.error.code, 'unauthorized');
+      assert.match(headers.get('www-authenticate') ?? '', /^Bearer/);
+    }
+  });
+
+  it('publishes one message that reaches a browser-less subscriber', async () => {
+    const sub = await subscriber(t, '/news/today');
+    const { status, json } = await api(t, 'POST', '/api/publish', { channel: '/news/today', data: { headline: 'hello ☀' } });
+    assert.equal(status, 200);
+    assert.deepEqual(json, { published: 1 });
+    assert.deepEqual(await sub.next(), [{ channel: '/news/today', data: { headline: 'hello ☀' } }]);
+  });
+
+  it('publishes a batch in order, and nothing when one item is invalid', async () => {
+    const sub = await subscriber(t, '/news/batch');
+    const ok = await api(t, 'POST', '/api/publish', [1, 2, 3].map((n) => ({ channel: '/news/batch', data: n })));
+    assert.deepEqual(ok.json, { published: 3 });
+    assert.deepEqual((await sub.next()).map((m) => m.data), [1, 2, 3]);
+    const bad = await api(t, 'POST', '/api/publish', [{ channel: '/news/batch', data: 4 }, { channel: 'oops', data: 5 }]);
+    assert.equal(bad.status, 400);
+    assert.equal(bad.json.error.code, 'invalid_channel');
+    assert.match(bad.json.error.message, /^item 1: channel "oops"/);
+    // Nothing from the refused batch was published: the next thing to arrive is the control message.
+    await api(t, 'POST', '/api/publish', { channel: '/news/batch', data: 'control' });
+    assert.deepEqual((await sub.next()).map((m) => m.data), ['control']);
+  });
+
+  it('answers each malformed publish with a code and a message', async () => {
+    const cases: [unknown, number, string][] = [
+      ['{not json', 400, 'invalid_json'],
+      [{ channel: '/a/*', data: 1 }, 400, 'invalid_channel'],
+      [{ channel: '/meta/connect', data: 1 }, 400, 'invalid_channel'],
+      [{ channel: '/a' }, 400, 'invalid_request'],
+      [{ channel: '/a', data: 1, ext: 'x' }, 400, 'invalid_request'],
+      [[], 400, 'invalid_request'],
+      [42, 400, 'invalid_request'],
+    ];
+    for (const [body, status, code] of cases) {
+      const { status: got, json } = await api(t, 'POST', '/api/publish', body);
+      assert.equal(got, status, JSON.stringify(body));
+      assert.equal(json.error.code, code, JSON.stringify(body));
+      assert.equal(typeof json.error.message, 'string');
+    }
+    const big = await api(t, 'POST', '/api/publish', { channel: '/a', data: 'x'.repeat(2 * 1024 * 1024) });
+    assert.equal(big.status, 413);
+    assert.equal(big.json.error.code, 'too_large');
+  });
+
+  it('delivers to one session, and says when the session does not exist', async () => {
+    const target = await subscriber(t, '/unused');
+    const other = await subscriber(t, '/unused2');
+    const { json } = await api(t, 'POST', '/api/deliver', { clientId: target.clientId, channel: '/private/note', data: 'just you' });
+    assert.deepEqual(json, { delivered: true });
+    assert.deepEqual(await target.next(), [{ channel: '/private/note', data: 'just you' }]);
+    await api(t, 'POST', '/api/deliver', { clientId: other.clientId, channel: '/private/note', data: 'control' });
+    assert.deepEqual((await other.next()).map((m) => m.data), ['control'], 'the other session got only its own message');
+    const missing = await api(t, 'POST', '/api/deliver', { clientId: 'nosuch', channel: '/x', data: 1 });
+    assert.equal(missing.status, 404);
+    assert.equal(missing.json.error.code, 'session_not_found');
+    assert.equal((await api(t, 'POST', '/api/deliver', { channel: '/x', data: 1 })).json.error.code, 'invalid_request');
+  });
+
+  it('lists channels with subscriber counts, and presence of a channel', async () => {
+    const a = await subscriber(t, '/room/1');
+    const b = await subscriber(t, '/room/1');
+    const { json } = await api(t, 'GET', '/api/channels');
+    assert.deepEqual(json.channels.find((c: { channel: string }) => c.channel === '/room/1'), { channel: '/room/1', subscribers: 2 });
+    const presence = await api(t, 'GET', `/api/presence?channel=${encodeURIComponent('/room/1')}`);
+    assert.deepEqual(presence.json.sessions.map((s: { clientId: string }) => s.clientId).sort(), [a.clientId, b.clientId].sort());
+    assert.equal(presence.json.sessions[0].user, null, 'anonymous sessions have no user');
+    assert.equal((await api(t, 'GET', '/api/presence?channel=bad')).json.error.code, 'invalid_channel');
+    assert.equal((await api(t, 'GET', '/api/presence')).status, 400);
+  });
+
+  it('disconnects a session, after which its clientId is unknown', async () => {
+    const victim = await subscriber(t, '/x');
+    const { json } = await api(t, 'POST', '/api/disconnect', { clientId: victim.clientId });
+    assert.deepEqual(json, { disconnected: 1 });
+    const { body } = await post(t.url, [{ channel: '/meta/connect', clientId: victim.clientId, connectionType: 'long-polling' }]);
+    assert.match(String(body[0]?.error), /^402:/);
+    assert.equal((await api(t, 'POST', '/api/disconnect', { clientId: victim.clientId })).status, 404);
+    assert.deepEqual((await api(t, 'POST', '/api/disconnect', { user: 'nobody-here' })).json, { disconnected: 0 });
+    assert.equal((await api(t, 'POST', '/api/disconnect', {})).json.error.code, 'invalid_request');
+  });
+
+  it('reports stats with sessions by transport', async () => {
+    await subscriber(t, '/stats');
+    const { json } = await api(t, 'GET', '/api/stats');
+    assert.ok(json.sessions >= 1);
+    assert.ok(json.sessionsByTransport['long-polling'] >= 1);
+    assert.equal(typeof json.published, 'number');
+  });
+
+  it('answers unknown endpoints with 404 and wrong methods with 405', async () => {
+    const unknown = await api(t, 'GET', '/api/nope');
+    assert.equal(unknown.status, 404);
+    assert.match(unknown.json.error.message, /\/api\/publish/);
+    const wrong = await api(t, 'GET', '/api/publish');
+    assert.equal(wrong.status, 405);
+    assert.equal(wrong.headers.get('allow'), 'POST');
+  });
+});
+
+describe('the HTTP API without a key', () => {
+  it('is off, and says how to turn it on', async () => {
+    const t = await startServer();
+    try {
+      const { status, json } = await api(t, 'POST', '/api/publish', { channel: '/a', data: 1 });
+      assert.equal(status, 404);
+      assert.equal(json.error.code, 'api_disabled');
+      assert.match(json.error.message, /PERIHELION_API_KEY/);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('refuses a short key at start', () => {
+    assert.throws(() => createServer({ apiKey: 'short' }), /"apiKey" must be a string of at least 16 characters/);
+  });
+});
+
+describe('operations endpoints', () => {
+  it('serve /health, /ready (503 once shutting down) and Prometheus /metrics', async () => {
+    const t = await startServer();
+    try {
+      const origin = `http://127.0.0.1:${t.address.port}`;
+      assert.deepEqual(await (await fetch(`${origin}/health`)).json(), { status: 'ok' });
+      await waitFor(() => t.server.isReady, 2000, 'engine ready');
+      assert.equal((await fetch(`${origin}/ready`)).status, 200);
+      const sub = await subscriber(t, '/m');
+      await t.server.publish('/m', 1);
+      await sub.next();
+      const metrics = await (await fetch(`${origin}/metrics`)).text();
+      assert.match(metrics, /^perihelion_sessions\{transport="long-polling"\} 1$/m);
+      assert.match(metrics, /^perihelion_messages_published_total 1$/m);
+      assert.match(metrics, /^perihelion_deliveries_total 1$/m);
+      assert.match(metrics, /^perihelion_subscriptions 1$/m);
+      assert.match(metrics, /^perihelion_delivery_latency_seconds_count 1$/m);
+    } finally {
+      // While closing, readiness fails so that load balancers send new clients elsewhere.
+      const closing = t.server.close();
+      assert.equal(t.server.isReady, false);
+      await closing;
+    }
+  });
+});
+
+describe('attach() to an existing node:http server', () => {
+  it('answers its own paths and leaves the others to the application', async () => {
+    const app = createHttpServer((req, res) => res.end(`app:${req.url}`));
+    const bayeux = createServer({ pingInterval: 0 }).attach(app);
+    await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve));
+    const origin = `http://127.0.0.1:${(app.address() as AddressInfo).port}`;
+    try {
+      assert.equal(await (await fetch(`${origin}/hello`)).text(), 'app:/hello');
+      const clientId = await handshake(`${origin}/bayeux`);
+      assert.match(clientId, /^\w+$/);
+      assert.deepEqual(await (await fetch(`${origin}/health`)).json(), { status: 'ok' });
+    } finally {
+      await bayeux.close();
+      app.closeAllConnections();
+      await new Promise((resolve) => app.close(resolve));
+    }
+  });
+});
