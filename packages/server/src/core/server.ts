@@ -344,7 +344,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     session.scheduleExpiry(this.options.maxInterval);
     if (identity?.expiresAt !== undefined) {
       // Credentials that expire end the session then, with a reason the client can see.
-      this.wheel.schedule(identity.expiresAt - Date.now(), () => this.endSession(session, 'token-expired'));
+      session.tokenExpiry = this.wheel.schedule(identity.expiresAt - Date.now(), () => this.endSession(session, 'token-expired'));
     }
     this.events.emit('handshake', session);
     return {
@@ -641,6 +641,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (session.ended) return;
     session.ended = true;
     session.cancelExpiry();
+    this.wheel.cancel(session.tokenExpiry);
     session.release(reason === 'shutdown' ? 'shutdown' : reason === 'token-expired' ? 'token-expired' : 'disconnected');
     this.sessions.delete(session.id);
     const address = session.remoteAddress ?? 'unknown';
@@ -649,6 +650,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
     else this.sessionsPerAddress.delete(address);
     this.dirty.delete(session);
     session.subscriptions.clear();
+    // A stream serves one session only: it ends with it (a WebSocket may carry others).
+    session.connection?.sessionEnded();
     void this.engine.removeSession(session.id).catch((error) => this.events.emit('error', error));
     this.events.emit('disconnect', session, reason);
   }

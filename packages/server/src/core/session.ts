@@ -52,6 +52,8 @@ export class Session {
   remoteAddress: string | undefined;
   /** The push line it was handshaken on, which may always speak for it. */
   origin: PushConnection | undefined;
+  /** Ends the session when its credentials expire. */
+  tokenExpiry: TimerHandle | null = null;
   /** Publishes allowed per second (null: no limit), and how many were refused in a row. */
   publishBucket: TokenBucket | null = null;
   refusedPublishes = 0;

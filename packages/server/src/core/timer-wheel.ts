@@ -1,8 +1,9 @@
 /**
- * One shared timer for every session deadline (held connects, session expiry), instead of a
- * Node timer per session: thousands of idle sessions cost a Map entry each, and nothing runs
- * while nothing is due. Deadlines are rounded up to the next tick (`resolutionMs`), so a
- * deadline fires at most one tick late and never early.
+ * One shared timer for every session deadline (held connects, session expiry, token expiry),
+ * instead of a Node timer per session: thousands of idle sessions cost a Map entry each, and
+ * nothing runs while nothing is due. Deadlines are rounded up to the next tick (`resolutionMs`),
+ * so a deadline fires at most one tick late and never early. A cancelled deadline is removed at
+ * once, so it holds no memory and never wakes the process.
  */
 export interface TimerHandle {
   readonly due: number;
@@ -10,11 +11,15 @@ export interface TimerHandle {
 }
 
 interface Entry extends TimerHandle {
+  tick: number;
   fn: () => void;
 }
 
+/** setTimeout turns longer delays into 1 ms (and warns); far deadlines re-arm in steps instead. */
+const MAX_DELAY_MS = 2 ** 31 - 1;
+
 export class TimerWheel {
-  private readonly buckets = new Map<number, Entry[]>();
+  private readonly buckets = new Map<number, Set<Entry>>();
   private timer: NodeJS.Timeout | null = null;
   private nextTick = Infinity;
   private size = 0;
@@ -28,20 +33,23 @@ export class TimerWheel {
   schedule(delayMs: number, fn: () => void): TimerHandle {
     const due = this.now() + Math.max(0, delayMs);
     const tick = Math.ceil(due / this.resolutionMs);
-    const entry: Entry = { due, cancelled: false, fn };
+    const entry: Entry = { due, tick, cancelled: false, fn };
     const bucket = this.buckets.get(tick);
-    if (bucket) bucket.push(entry);
-    else this.buckets.set(tick, [entry]);
+    if (bucket) bucket.add(entry);
+    else this.buckets.set(tick, new Set([entry]));
     this.size++;
     if (tick < this.nextTick) this.arm(tick);
     return entry;
   }
 
   cancel(handle: TimerHandle | null | undefined): void {
-    if (handle && !handle.cancelled) {
-      handle.cancelled = true;
-      this.size--;
-    }
+    if (!handle || handle.cancelled) return;
+    handle.cancelled = true;
+    this.size--;
+    const entry = handle as Entry;
+    const bucket = this.buckets.get(entry.tick);
+    bucket?.delete(entry);
+    if (bucket?.size === 0) this.buckets.delete(entry.tick);
   }
 
   /** Number of live (not yet fired, not cancelled) deadlines. */
@@ -60,7 +68,8 @@ export class TimerWheel {
   private arm(tick: number): void {
     if (this.timer) clearTimeout(this.timer);
     this.nextTick = tick;
-    this.timer = setTimeout(() => this.fire(), Math.max(0, tick * this.resolutionMs - this.now()));
+    const delay = Math.min(MAX_DELAY_MS, Math.max(0, tick * this.resolutionMs - this.now()));
+    this.timer = setTimeout(() => this.fire(), delay);
     // Deadlines alone never keep the process alive: servers and sockets do.
     this.timer.unref();
   }

@@ -4,9 +4,10 @@ export type BodyResult = { ok: true; text: string } | { ok: false; status: 400 |
 
 /**
  * Reads a request body as UTF-8, refusing it as soon as it passes `limit` bytes (before it is
- * all in memory), and refusing bodies that stall for longer than `idleMs` between chunks.
+ * all in memory), when it stalls for longer than `idleMs` between chunks, or when the whole body
+ * takes longer than six times that (a slow drip that never quite stalls).
  */
-export function readBody(req: IncomingMessage, limit: number, idleMs = 30_000): Promise<BodyResult> {
+export function readBody(req: IncomingMessage, limit: number, idleMs = 10_000): Promise<BodyResult> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > limit) {
     return Promise.resolve({ ok: false, status: 413, reason: `request body of ${declared} bytes exceeds the limit of ${limit} bytes` });
@@ -19,10 +20,12 @@ export function readBody(req: IncomingMessage, limit: number, idleMs = 30_000): 
       if (done) return;
       done = true;
       clearTimeout(idle);
+      clearTimeout(whole);
       req.off('data', onData);
       resolve(result);
     };
-    let idle = setTimeout(() => finish({ ok: false, status: 400, reason: 'request body stalled' }), idleMs);
+    const idle = setTimeout(() => finish({ ok: false, status: 400, reason: 'request body stalled' }), idleMs);
+    const whole = setTimeout(() => finish({ ok: false, status: 400, reason: 'request body took too long' }), idleMs * 6);
     const onData = (chunk: Buffer): void => {
       size += chunk.length;
       if (size > limit) {

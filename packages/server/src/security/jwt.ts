@@ -83,6 +83,8 @@ export class JwtVerifier {
 /** The identity a verified token stands for. */
 export function identityFromClaims(claims: JWTPayload): Identity {
   if (typeof claims.sub !== 'string' || claims.sub === '') throw new AuthenticationError('token has no "sub" claim');
+  // A subscription token opens channels; it is not a login.
+  if (claims.channel !== undefined || claims.channels !== undefined) throw new AuthenticationError('a subscription token cannot be used to handshake');
   const roles = Array.isArray(claims.roles) ? claims.roles.filter((r): r is string => typeof r === 'string') : typeof claims.role === 'string' ? [claims.role] : [];
   return { id: claims.sub, roles, claims: { ...claims }, ...(typeof claims.exp === 'number' ? { expiresAt: claims.exp * 1000 } : {}) };
 }

@@ -73,6 +73,10 @@ class StreamConnection implements PushConnection {
     else this.res.once('close', callback);
   }
 
+  sessionEnded(): void {
+    this.end();
+  }
+
   onDrain(callback: () => void): void {
     this.res.on('drain', callback);
   }

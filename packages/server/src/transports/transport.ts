@@ -35,6 +35,8 @@ export interface PushConnection {
   onClose(callback: () => void): void;
   /** Calls `callback` each time a congested line has drained. */
   onDrain(callback: () => void): void;
+  /** The session this line serves has ended: a line dedicated to it closes. */
+  sessionEnded(): void;
 }
 
 export interface ProcessContext {

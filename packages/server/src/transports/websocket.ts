@@ -48,6 +48,10 @@ class WebSocketConnection implements PushConnection {
     return this.socket.bufferedAmount > this.core.options.maxBufferedBytes;
   }
 
+  sessionEnded(): void {
+    // A WebSocket may speak for several sessions; it stays open.
+  }
+
   onDrain(callback: () => void): void {
     this.raw.on('drain', callback);
   }
