@@ -28,6 +28,7 @@ Examples:
   PERIHELION_JWT_SECRET=… perihelion serve --no-anonymous --rules rules.json
   perihelion serve --open          # development only: anyone may publish anywhere`,
   );
+command.addOption(new Option('--config <file>', 'configuration file, JSON or YAML; flags and environment win over it (PERIHELION_CONFIG)'));
 for (const setting of SETTINGS) {
   if (setting.kind === 'boolean' && defaultsOn(setting)) {
     command.addOption(new Option(`--no-${setting.flag}`, `do not ${setting.help.replace(/ \(default true\)$/, '')} (${envName(setting)})`));
@@ -46,7 +47,8 @@ command.action(async (flags: Record<string, unknown>) => {
       if (stopping) return;
       stopping = true;
       console.log(`${signal}: shutting down`);
-      const force = setTimeout(() => process.exit(1), 10_000);
+      // Draining is bounded by drainTimeout; past that plus a margin, exit anyway.
+      const force = setTimeout(() => process.exit(1), running.server.options.drainTimeout + 5_000);
       force.unref();
       running.stop().then(
         () => process.exit(0),

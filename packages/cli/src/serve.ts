@@ -1,3 +1,4 @@
+import { pino, type Logger } from 'pino';
 import { createServer, type Perihelion } from '@perihelion/server';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import type { Settings } from './settings.js';
@@ -16,6 +17,14 @@ function securitySummary(server: Perihelion): string[] {
   ];
 }
 
+/** Structured JSON logs on stderr (stdout keeps the human summary and nothing else). */
+function attachLogger(server: Perihelion, logger: Logger): void {
+  server.on('error', (error) => logger.error({ err: error }, 'server error'));
+  server.on('handshake', (session) => logger.debug({ clientId: session.id, user: session.identity?.id, address: session.remoteAddress }, 'handshake'));
+  server.on('disconnect', (session, reason) => logger.debug({ clientId: session.id, reason }, 'session ended'));
+  server.on('subscribe', (session, channel) => logger.trace({ clientId: session.id, channel }, 'subscribe'));
+}
+
 export interface Running {
   server: Perihelion;
   url: string;
@@ -27,6 +36,7 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   // The demo's pages publish to its chat and counter, and nowhere else.
   const options = settings.demo ? { ...settings.server, channels: [...DEMO_RULES, ...(settings.server.channels ?? [])] } : settings.server;
   const server = createServer(options);
+  attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null }, pino.destination(2)));
   if (settings.demo) installDemo(server);
   const listenOptions = { port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), ...(settings.demo ? { fallback: demoPage() } : {}) };
   const address = await server.listen(listenOptions);
@@ -38,6 +48,8 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
   log(`  engine: ${server.engine.name}`);
   for (const line of securitySummary(server)) log(`  ${line}`);
+  log(`  HTTP API: ${server.options.apiKey !== undefined ? `${url}/api/ (Authorization: Bearer <PERIHELION_API_KEY>)` : 'off (set PERIHELION_API_KEY to enable it)'}`);
+  if (server.options.operations) log(`  operations: ${url}/health ${url}/ready ${url}/metrics`);
   if (settings.demo) log(`  demo page: ${url}/`);
   return { server, url, stop: () => server.close() };
 }

@@ -4,11 +4,12 @@
  * `HOST` are honoured too (platform conventions). Flags win over the environment.
  */
 import { readFileSync } from 'node:fs';
-import type { ServerOptions } from '@perihelion/server';
+import { PerihelionError, resolveOptions, type ServerOptions } from '@perihelion/server';
+import { parse as parseYaml } from 'yaml';
 
 export interface Setting {
   /** ServerOptions key, or a listen/CLI setting. */
-  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules';
+  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel';
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
@@ -53,8 +54,16 @@ export const SETTINGS: Setting[] = [
   { key: 'handshakeRate', flag: 'handshake-rate', kind: 'integer', help: 'handshakes per second per remote address; 0 = no limit (default 50)' },
   { key: 'handshakeBurst', flag: 'handshake-burst', kind: 'integer', help: 'handshake burst per remote address (default 200)' },
   { key: 'bodyTimeout', flag: 'body-timeout', kind: 'integer', help: 'longest pause in a request body before it is refused, ms (default 10000)' },
+  { key: 'drainTimeout', flag: 'drain-timeout', kind: 'integer', help: 'on SIGTERM, how long clients get to collect waiting messages, ms (default 5000)' },
+  { key: 'logLevel', flag: 'log-level', kind: 'string', help: 'JSON logs on stderr at this level: fatal, error, warn, info, debug, trace, silent (default info)' },
   { key: 'demo', flag: 'demo', kind: 'boolean', help: 'serve the demo landing page at / (default true)' },
 ];
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Keys a configuration file may hold besides the server options. */
+const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel']);
 
 export function envName(setting: Setting): string {
   return `PERIHELION_${setting.flag.replace(/-/g, '_').toUpperCase()}`;
@@ -100,11 +109,53 @@ export interface Settings {
   port: number;
   host: string | undefined;
   demo: boolean;
+  /** Default: info. */
+  logLevel?: LogLevel;
+}
+
+/**
+ * Reads a configuration file (JSON, or YAML for .yaml/.yml): the server options by their
+ * names (`maxQueue`, `channels`, …) plus port, host, demo and logLevel. Unknown keys and wrong
+ * types are errors naming the key; secrets belong in the environment, not here.
+ */
+export function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new SettingsError(`--config: cannot read ${JSON.stringify(path)} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`);
+  }
+  let value: unknown;
+  try {
+    value = /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text);
+  } catch (error) {
+    throw new SettingsError(`${path} is not valid ${/\.ya?ml$/i.test(path) ? 'YAML' : 'JSON'} (${(error as Error).message.split('\n')[0]})`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new SettingsError(`${path} must hold an object of settings`);
+  const config = value as Record<string, unknown>;
+  const server: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(config)) {
+    if (FILE_ONLY_KEYS.has(key)) continue;
+    server[key] = item;
+  }
+  try {
+    resolveOptions(server as ServerOptions);
+  } catch (error) {
+    if (!(error instanceof PerihelionError)) throw error;
+    const also = error.message.startsWith('unknown option') ? `, ${[...FILE_ONLY_KEYS].join(', ')}` : '';
+    throw new SettingsError(`${path}: ${error.message}${also}`);
+  }
+  if (config.port !== undefined && (typeof config.port !== 'number' || !Number.isInteger(config.port))) throw new SettingsError(`${path}: setting "port" must be a whole number`);
+  if (config.host !== undefined && typeof config.host !== 'string') throw new SettingsError(`${path}: setting "host" must be a string`);
+  if (config.demo !== undefined && typeof config.demo !== 'boolean') throw new SettingsError(`${path}: setting "demo" must be true or false`);
+  return config;
 }
 
 /** Merges flags (already parsed as strings or booleans) over the environment over defaults. */
 export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.ProcessEnv): Settings {
-  const values: Record<string, unknown> = {};
+  const configPath = typeof flags.config === 'string' ? flags.config : env.PERIHELION_CONFIG;
+  // Precedence: flags, then the environment, then the configuration file, then the defaults.
+  const values: Record<string, unknown> = configPath ? { ...readConfigFile(configPath) } : {};
   if (env.PORT !== undefined && env.PORT !== '') values.port = convert(SETTINGS[0]!, env.PORT, 'PORT');
   if (env.HOST !== undefined && env.HOST !== '') values.host = env.HOST;
   for (const setting of SETTINGS) {
@@ -115,7 +166,8 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     if (typeof fromFlag === 'string') values[setting.key] = convert(setting, fromFlag, `--${setting.flag}`);
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
   }
-  const { port = 8080, host, demo = true, jwtPublicKey, jwtAlgorithm, jwks, rules, ...server } = values;
+  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, ...server } = values;
+  if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
   if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
   const options = server as ServerOptions;
   // Signed-token keys: the HMAC secret only from the environment, so it never shows in `ps`.
@@ -126,7 +178,9 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   else if (typeof jwtPublicKey === 'string') options.jwt = { publicKey: jwtPublicKey, ...(typeof jwtAlgorithm === 'string' ? { algorithm: jwtAlgorithm } : {}) };
   else if (typeof jwks === 'string') options.jwt = { jwks: parseJson(jwks, '--jwks') as never };
   if (typeof rules === 'string') options.channels = parseJson(rules, '--rules') as never;
-  return { server: options, port, host: host as string | undefined, demo: demo as boolean };
+  // The HTTP API key, like the token secret, comes from the environment (or the file).
+  if (env.PERIHELION_API_KEY !== undefined && env.PERIHELION_API_KEY !== '') options.apiKey = env.PERIHELION_API_KEY;
+  return { server: options, port, host: host as string | undefined, demo: demo as boolean, logLevel: logLevel as LogLevel };
 }
 
 function camel(flag: string): string {

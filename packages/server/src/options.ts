@@ -10,6 +10,8 @@ import type { Authenticator } from './security/authenticate.js';
 import type { ChannelRule } from './security/channel-rules.js';
 import type { JwtOptions } from './security/jwt.js';
 import type { AuthorizeHook } from './security/policy.js';
+import { validateCallouts, type CalloutRule } from './callouts/allow.js';
+import { validateWebhooks, type Webhook } from './callouts/webhooks.js';
 
 export interface ServerOptions {
   /** Mount path of the Bayeux endpoint. Default: "/bayeux". */
@@ -88,12 +90,18 @@ export interface ServerOptions {
   bodyTimeout?: number;
   /** Bearer key of the HTTP API for backends (/api/*); the API is off without it. At least 16 characters. */
   apiKey?: string;
+  /** On shutdown, how long sessions get to collect messages still waiting for them, in ms. Default: 5000. */
+  drainTimeout?: number;
   /** Serve /health, /ready and /metrics. Default: true. */
   operations?: boolean;
   /** Where subscriptions live and how publishes fan out. Default: a new MemoryEngine. */
   engine?: Engine;
   /** Extensions added at start, in order. */
   extensions?: Extension[];
+  /** Ask the application over HTTP before a handshake, subscribe or publish (see callouts/allow.ts). */
+  callouts?: CalloutRule[];
+  /** Tell the application over HTTP about handshakes, subscribes, unsubscribes and disconnects (see callouts/webhooks.ts). */
+  webhooks?: Webhook[];
 }
 
 export interface ResolvedOptions {
@@ -124,6 +132,8 @@ export interface ResolvedOptions {
   handshakeRate: number;
   handshakeBurst: number;
   bodyTimeout: number;
+  drainTimeout: number;
+  apiKey: string | undefined;
   operations: boolean;
 }
 
@@ -155,6 +165,8 @@ export const DEFAULTS: ResolvedOptions = {
   handshakeRate: 50,
   handshakeBurst: 200,
   bodyTimeout: 10_000,
+  drainTimeout: 5000,
+  apiKey: undefined,
   operations: true,
 };
 
@@ -180,9 +192,10 @@ const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
   handshakeRate: [0, 10_000_000],
   handshakeBurst: [1, 10_000_000],
   bodyTimeout: [100, 600_000],
+  drainTimeout: [0, 600_000],
 };
 
-const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions', 'authenticate', 'jwt', 'channels', 'authorize', 'apiKey']);
+const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions', 'authenticate', 'jwt', 'channels', 'authorize', 'callouts', 'webhooks']);
 
 function invalid(message: string): never {
   throw new PerihelionError('ERR_INVALID_OPTION', message);
@@ -219,8 +232,9 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
     }
     resolved.transports = [...new Set(options.transports)];
   }
-  if (options.apiKey !== undefined && (typeof options.apiKey !== 'string' || options.apiKey.length < 16)) {
-    invalid('option "apiKey" must be a string of at least 16 characters');
+  if (options.apiKey !== undefined) {
+    if (typeof options.apiKey !== 'string' || options.apiKey.length < 16) invalid('option "apiKey" must be a string of at least 16 characters');
+    resolved.apiKey = options.apiKey;
   }
   for (const key of ['jsonp', 'open', 'anonymous', 'operations'] as const) {
     const value = options[key];
@@ -256,5 +270,7 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
     }
     resolved.allowedOrigins = [...options.allowedOrigins];
   }
+  validateCallouts(options.callouts);
+  validateWebhooks(options.webhooks);
   return resolved;
 }

@@ -3,13 +3,16 @@
  * node:http server (`attach`, or `handleRequest`/`handleUpgrade` from a framework), or let it
  * run its own (`listen`).
  */
+import { EventEmitter } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { HttpApi } from './api/http-api.js';
 import { Metrics } from './api/metrics.js';
 import { OPERATION_PATHS, handleOperation } from './api/operations.js';
-import { BayeuxServer } from './core/server.js';
+import { calloutExtension } from './callouts/allow.js';
+import { Webhooks } from './callouts/webhooks.js';
+import { BayeuxServer, type ServerEvents } from './core/server.js';
 import { HttpAdapter } from './http/adapter.js';
 import type { ServerOptions } from './options.js';
 
@@ -24,6 +27,9 @@ export interface ListenOptions {
   fallback?: RequestHandler;
 }
 
+/** The server's events; 'error' also reports failed call-outs and webhook requests. */
+export type PerihelionEvents = ServerEvents & { error: [error: unknown] };
+
 export class Perihelion extends BayeuxServer {
   private readonly http: HttpAdapter;
   private readonly api: HttpApi;
@@ -37,6 +43,26 @@ export class Perihelion extends BayeuxServer {
     this.api = new HttpApi(this, options.apiKey);
     this.metrics = new Metrics(this);
     this.deliveryObserver = (ms) => this.metrics.deliveryLatency.observe(ms / 1000);
+    this.failures.on('error', () => {});
+    const report = (error: unknown): void => void this.failures.emit('error', error);
+    if (options.callouts && options.callouts.length > 0) this.addExtension(calloutExtension(options.callouts, report));
+    this.webhooks = options.webhooks && options.webhooks.length > 0 ? new Webhooks(options.webhooks, this, report) : null;
+  }
+
+  /** Webhook deliveries (`dropped()`, `stats()`, `close()`); null without the `webhooks` option. */
+  readonly webhooks: Webhooks | null;
+  /** Failed call-outs and webhook requests, reported to 'error' listeners. */
+  private readonly failures = new EventEmitter();
+
+  override on<E extends keyof PerihelionEvents>(event: E, listener: (...args: PerihelionEvents[E]) => void): () => void {
+    const off = super.on(event as keyof ServerEvents, listener as never);
+    if (event !== 'error') return off;
+    const failure = listener as (error: unknown) => void;
+    this.failures.on('error', failure);
+    return () => {
+      off();
+      this.failures.off('error', failure);
+    };
   }
 
   /**
@@ -115,21 +141,33 @@ export class Perihelion extends BayeuxServer {
   }
 
   /**
-   * Graceful shutdown: stop accepting, answer every held connect with advice to handshake
-   * again, close WebSockets with 1001 (going away), then close the server's own listener.
+   * Graceful shutdown: drain (no new sessions or publishes; held connects answered with advice to
+   * handshake again; waiting messages collected, up to `drainTimeout`), close WebSockets with
+   * 1001 (going away) and streams, then close the server's own listener.
    */
-  override async close(): Promise<void> {
-    if (this.isClosed) return;
+  override close(): Promise<void> {
+    this.shuttingDown ??= this.stop();
+    return this.shuttingDown;
+  }
+
+  private shuttingDown: Promise<void> | null = null;
+
+  private async stop(): Promise<void> {
+    // While draining, new sessions are refused but the listener stays open: server.close() would
+    // also drop the idle keep-alive connections that clients need to collect what they are owed.
     await super.close();
     this.http.close();
     const owned = this.owned;
-    if (owned) {
-      await new Promise<void>((resolve) => {
-        owned.close(() => resolve());
-        // Idle keep-alive sockets would otherwise hold close() open for keepAliveTimeout.
-        owned.closeIdleConnections();
+    if (!owned) return;
+    await new Promise<void>((resolve) => {
+      // Connections whose last answer is still being written become idle a moment later;
+      // close them as they do, instead of waiting for their keep-alive timeout.
+      const sweep = setInterval(() => owned.closeIdleConnections(), 50);
+      owned.close(() => {
+        clearInterval(sweep);
+        resolve();
       });
-    }
+    });
   }
 }
 

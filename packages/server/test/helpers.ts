@@ -18,7 +18,7 @@ export interface TestServer {
  */
 export async function startServer(options: ServerOptions = {}): Promise<TestServer> {
   // Hundreds of handshakes from 127.0.0.1 in seconds are normal here; rate tests set their own limits.
-  const server = createServer({ pingInterval: 0, open: true, handshakeRate: 0, ...options });
+  const server = createServer({ pingInterval: 0, open: true, handshakeRate: 0, drainTimeout: 0, ...options });
   const address = await server.listen({ port: 0, host: '127.0.0.1' });
   const base = `127.0.0.1:${address.port}${server.options.path}`;
   return { server, url: `http://${base}`, wsUrl: `ws://${base}`, address, close: () => server.close() };

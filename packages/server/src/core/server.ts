@@ -44,6 +44,8 @@ export interface ServerEvents {
   unsubscribe: [session: Session, channel: string];
   publish: [message: Message, session: Session | null];
   disconnect: [session: Session, reason: DisconnectReason];
+  /** A failure inside the server (a listener or hook that threw, an engine error); it keeps serving. */
+  error: [error: unknown];
 }
 
 export interface ServerStats {
@@ -84,6 +86,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
   private flushScheduled = false;
   private readonly ready: Promise<void>;
   private closed = false;
+  private draining = false;
+  private closing: Promise<void> | null = null;
   private started = false;
   private readonly counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0 };
 
@@ -189,11 +193,23 @@ export class BayeuxServer implements EngineHost, SessionHost {
   }
 
   /**
-   * Stops the core: every held connect is answered with advice to handshake again (elsewhere,
-   * or here once the server is back), sessions end, the engine closes.
+   * Stops the core gracefully. First it drains: no new sessions, no new publishes; every held
+   * connect is answered with what it carries and advice to handshake again (elsewhere, or here
+   * once the server is back); sessions that still have messages waiting get up to `drainTimeout`
+   * ms for their next connect to collect them. Then sessions end and the engine closes.
    */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.draining = true;
+    for (const session of this.sessions.values()) session.release('shutdown');
+    const deadline = Date.now() + this.options.drainTimeout;
+    while (Date.now() < deadline && [...this.sessions.values()].some((session) => session.queue.length > 0)) {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
     this.closed = true;
     for (const session of [...this.sessions.values()]) {
       session.flush();
@@ -212,7 +228,12 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   /** The engine has started and the server is not shutting down. */
   get isReady(): boolean {
-    return this.started && !this.closed;
+    return this.started && !this.draining;
+  }
+
+  /** Shutting down: finishing what clients are owed, taking nothing new. */
+  get isDraining(): boolean {
+    return this.draining;
   }
 
   // ---------------------------------------------------------------- the entry point
@@ -310,6 +331,9 @@ export class BayeuxServer implements EngineHost, SessionHost {
         advice: { reconnect: 'none' },
       };
     }
+    if (this.draining) {
+      return { ...reply, error: bayeuxError('serverError', [], 'server is shutting down'), advice: { reconnect: 'handshake', interval: 1000 } };
+    }
     const address = context.request.remoteAddress ?? 'unknown';
     if (!this.handshakeLimiter.take(address)) {
       return { ...reply, error: bayeuxError('rateLimited', [], 'too many handshakes from this address'), advice: { reconnect: 'handshake', interval: 2000 } };
@@ -383,6 +407,11 @@ export class BayeuxServer implements EngineHost, SessionHost {
     // Answer at once (BAYEUX.md A20): a streamed type, the client asked for timeout 0, this is
     // the first connect (so the client learns it is connected), the connect shares its request
     // with other messages, or messages are already waiting with no push line to carry them.
+    if (this.draining) {
+      // Shutting down: hand over what is waiting at once, and send the client elsewhere.
+      session.release('superseded');
+      return this.finishConnect(message, session, { reason: 'shutdown', events: pushing ? [] : session.takeQueued() }, advice, extensionContext, out);
+    }
     if (streamed || timeout === 0 || !session.connected || batchSize > 1 || (session.queue.length > 0 && !pushing)) {
       session.release('superseded');
       const events = pushing ? [] : session.takeQueued();
@@ -499,6 +528,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     if (!session) return this.emitReply(this.unknownClient(message), context, out);
     if (message.data === undefined) return fail(bayeuxError('missingParameter', ['data']));
+    // Nothing is acknowledged that the server may not live to deliver.
+    if (this.draining) return fail(bayeuxError('serverError', [channel], 'server is shutting down'));
     if (session.publishBucket && !session.publishBucket.take()) {
       // Persistent flooding past the refusals is abuse: the session is ended.
       if (++session.refusedPublishes >= MAX_REFUSED_PUBLISHES) this.endSession(session, 'abuse');
@@ -712,7 +743,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
   }
 
   private assertOpen(): void {
-    if (this.closed) throw new PerihelionError('ERR_SERVER_CLOSED', 'the server is closed');
+    if (this.draining) throw new PerihelionError('ERR_SERVER_CLOSED', 'the server is shutting down');
   }
 }
 

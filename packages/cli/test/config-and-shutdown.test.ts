@@ -1,0 +1,156 @@
+/** `perihelion serve --config`, and a graceful shutdown that loses no acknowledged message. */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { readConfigFile, resolveSettings, SettingsError } from '../src/index.js';
+
+const BIN = fileURLToPath(new URL('../src/bin.js', import.meta.url));
+const KEY = 'config-test-api-key-0123';
+const dir = mkdtempSync(join(tmpdir(), 'perihelion-config-'));
+
+function file(name: string, text: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, text);
+  return path;
+}
+
+describe('configuration files', () => {
+  it('reads JSON and YAML, with flags and environment winning over the file', () => {
+    const yaml = file('a.yaml', 'port: 9100\nmaxQueue: 50\nlogLevel: warn\nchannels:\n  - channel: /chat/**\n    publish: authenticated\n');
+    const settings = resolveSettings({ config: yaml }, {});
+    assert.equal(settings.port, 9100);
+    assert.equal(settings.logLevel, 'warn');
+    assert.equal(settings.server.maxQueue, 50);
+    assert.deepEqual(settings.server.channels, [{ channel: '/chat/**', publish: 'authenticated' }]);
+    assert.equal(resolveSettings({ config: yaml }, { PERIHELION_MAX_QUEUE: '7' }).server.maxQueue, 7);
+    assert.equal(resolveSettings({ config: yaml, maxQueue: '9' }, { PERIHELION_MAX_QUEUE: '7' }).server.maxQueue, 9);
+    const json = file('b.json', JSON.stringify({ path: '/cometd', demo: false }));
+    const fromEnv = resolveSettings({}, { PERIHELION_CONFIG: json });
+    assert.equal(fromEnv.server.path, '/cometd');
+    assert.equal(fromEnv.demo, false);
+  });
+
+  it('names the key and what is allowed when the file is wrong', () => {
+    const cases: [string, string, RegExp][] = [
+      ['unknown.yaml', 'maxQueu: 5\n', /unknown\.yaml: unknown option "maxQueu"; known options are: .*maxQueue.*, port, host, demo, logLevel$/],
+      ['type.json', '{"timeout": "30s"}', /type\.json: option "timeout" must be an integer from 0 to 600000, got "30s"/],
+      ['port.json', '{"port": "eighty"}', /setting "port" must be a whole number/],
+      ['bool.json', '{"open": "yes"}', /option "open" must be true or false/],
+      ['list.json', '[1, 2]', /must hold an object of settings/],
+      ['broken.json', '{"port": ', /broken\.json is not valid JSON/],
+      ['broken.yaml', 'port: [1,\n', /broken\.yaml is not valid YAML/],
+    ];
+    for (const [name, text, pattern] of cases) {
+      assert.throws(() => readConfigFile(file(name, text)), (error: Error) => error instanceof SettingsError && pattern.test(error.message), name);
+    }
+    assert.throws(() => readConfigFile(join(dir, 'missing.json')), /cannot read .*ENOENT/);
+    assert.throws(() => resolveSettings({ config: file('level.json', '{"logLevel": "loud"}') }, {}), /log level must be one of fatal, error/);
+  });
+
+  it('takes the API key from PERIHELION_API_KEY', () => {
+    assert.equal(resolveSettings({}, { PERIHELION_API_KEY: KEY }).server.apiKey, KEY);
+  });
+});
+
+function start(args: string[], env: Record<string, string> = {}): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, [BIN, 'serve', '--port', '0', '--host', '127.0.0.1', '--no-demo', ...args], {
+    env: { ...process.env, PORT: '', HOST: '', ...env },
+  });
+}
+
+function listeningUrl(child: ChildProcessWithoutNullStreams): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      output += String(chunk);
+      const match = /listening on (http:\/\/\S+)/.exec(output);
+      if (match) resolve(match[1]!);
+    });
+    child.once('exit', () => reject(new Error(`exited before listening: ${output}`)));
+  });
+}
+
+/** A minimal long-polling client with a cookie, as a browser would be. */
+class Poller {
+  private cookie = '';
+  clientId = '';
+  constructor(private readonly url: string) {}
+
+  async send(messages: object[]): Promise<Record<string, unknown>[]> {
+    const response = await fetch(this.url, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', ...(this.cookie ? { Cookie: this.cookie } : {}) },
+      body: JSON.stringify(messages.map((m) => ({ clientId: this.clientId || undefined, ...m }))),
+    });
+    const setCookie = response.headers.get('set-cookie');
+    if (setCookie) this.cookie = setCookie.split(';')[0]!;
+    return (await response.json()) as Record<string, unknown>[];
+  }
+
+  async join(channel: string): Promise<void> {
+    const [reply] = await this.send([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
+    this.clientId = reply!.clientId as string;
+    await this.send([{ channel: '/meta/connect', connectionType: 'long-polling' }, { channel: '/meta/subscribe', subscription: channel }]);
+  }
+}
+
+describe('graceful shutdown', () => {
+  it('hands a message acknowledged before SIGTERM to its subscriber, refuses new sessions meanwhile, and exits 0', async () => {
+    const child = start(['--drain-timeout', '5000'], { PERIHELION_API_KEY: KEY });
+    const exited = once(child, 'exit') as Promise<[number | null]>;
+    child.stderr.resume();
+    const base = await listeningUrl(child);
+    const poller = new Poller(`${base}/bayeux`);
+    await poller.join('/news');
+    // The backend publishes; the server acknowledges it. The subscriber is between two connects.
+    const ack = await fetch(`${base}/api/publish`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel: '/news', data: 'acknowledged before shutdown' }),
+    });
+    assert.equal(ack.status, 200);
+    child.kill('SIGTERM');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // Draining: the server is not ready, takes no new session and no new publish...
+    assert.equal((await fetch(`${base}/ready`)).status, 503);
+    const newcomer = await new Poller(`${base}/bayeux`).send([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
+    assert.equal(newcomer[0]?.successful, false);
+    assert.equal((newcomer[0]?.advice as { reconnect: string }).reconnect, 'handshake');
+    const late = await fetch(`${base}/api/publish`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel: '/news', data: 'too late' }),
+    });
+    assert.equal(late.status, 503);
+    // ...but the subscriber's next connect still collects what was acknowledged, with advice to go elsewhere.
+    const collected = await poller.send([{ channel: '/meta/connect', connectionType: 'long-polling' }]);
+    assert.deepEqual(collected.slice(1), [{ channel: '/news', data: 'acknowledged before shutdown' }]);
+    assert.equal((collected[0]?.advice as { reconnect: string }).reconnect, 'handshake');
+    const [code] = await exited;
+    assert.equal(code, 0);
+  });
+
+  it('answers a held connect at once on SIGTERM and exits quickly when nothing is owed', async () => {
+    const child = start([]);
+    const exited = once(child, 'exit') as Promise<[number | null]>;
+    child.stderr.resume();
+    const base = await listeningUrl(child);
+    const poller = new Poller(`${base}/bayeux`);
+    await poller.join('/quiet');
+    const held = poller.send([{ channel: '/meta/connect', connectionType: 'long-polling' }]);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const started = Date.now();
+    child.kill('SIGTERM');
+    const [reply] = await held;
+    assert.equal(reply?.successful, true);
+    assert.equal((reply?.advice as { reconnect: string }).reconnect, 'handshake');
+    const [code] = await exited;
+    assert.equal(code, 0);
+    assert.ok(Date.now() - started < 3000, 'no drain wait when no message is owed');
+  });
+});
