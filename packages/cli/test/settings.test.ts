@@ -4,7 +4,7 @@ import { resolveSettings, SettingsError } from '../src/index.js';
 
 describe('settings from flags and environment', () => {
   it('defaults to port 8080, the demo on, no server options', () => {
-    assert.deepEqual(resolveSettings({}, {}), { server: {}, port: 8080, host: undefined, demo: true });
+    assert.deepEqual(resolveSettings({}, {}), { server: {}, port: 8080, host: undefined, demo: true, logLevel: 'info' });
   });
 
   it('honours PORT and HOST, and PERIHELION_PORT over PORT', () => {
