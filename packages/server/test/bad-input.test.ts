@@ -7,8 +7,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { WebSocket } from 'ws';
-import { parseError } from '@perihelion/protocol';
-import { browserFetch, cookieFor, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { at, browserFetch, cookieFor, errorOf, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
 
 type Msg = Record<string, unknown>;
 
@@ -16,19 +15,6 @@ const HANDSHAKE = { channel: '/meta/handshake', version: '1.0', supportedConnect
 const MAX_BYTES = 4096;
 const MAX_BATCH = 10;
 const MAX_DEPTH = 8;
-
-function at(body: Msg[], index: number): Msg {
-  const message = body[index];
-  assert.ok(message, `reply ${index} missing from ${JSON.stringify(body)}`);
-  return message;
-}
-
-function errorOf(message: Msg): { code: number; args: string[]; message: string } {
-  assert.equal(typeof message.error, 'string', `no error in ${JSON.stringify(message)}`);
-  const parsed = parseError(message.error as string);
-  assert.ok(parsed, `error ${JSON.stringify(message.error)} does not follow code:args:message`);
-  return parsed;
-}
 
 /** A refused message: unsuccessful, with an error of the given code. */
 function assertRefused(message: Msg, code: number): { code: number; args: string[]; message: string } {

@@ -1,5 +1,7 @@
 /** Shared test helpers: a real server on a free loopback port, and a raw Bayeux HTTP client. */
+import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
+import { parseError, type ParsedError } from '@perihelion/protocol';
 import { createServer, type Perihelion, type ServerOptions } from '../src/index.js';
 
 export interface TestServer {
@@ -90,4 +92,19 @@ export async function waitFor(predicate: () => boolean, ms = 5000, what = 'condi
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/** One reply of a batch, failing the test when it is missing. */
+export function at<T>(body: T[], index: number): T {
+  const message = body[index];
+  assert.ok(message, `reply ${index} missing from ${JSON.stringify(body)}`);
+  return message;
+}
+
+/** The parts of a Bayeux error string, failing the test when it does not follow `code:args:message`. */
+export function errorOf(message: { error?: unknown }): ParsedError {
+  assert.equal(typeof message.error, 'string', `no error in ${JSON.stringify(message)}`);
+  const parsed = parseError(message.error as string);
+  assert.ok(parsed, `error ${JSON.stringify(message.error)} does not follow code:args:message`);
+  return parsed;
 }

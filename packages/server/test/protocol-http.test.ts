@@ -5,27 +5,11 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseError } from '@perihelion/protocol';
-import { browserFetch, cookieFor, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { at, browserFetch, errorOf, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
 
 type Msg = Record<string, unknown>;
 
 const HANDSHAKE = { channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] };
-
-/** One reply of a batch, failing the test when it is missing. */
-function at(body: Msg[], index: number): Msg {
-  const message = body[index];
-  assert.ok(message, `reply ${index} missing from ${JSON.stringify(body)}`);
-  return message;
-}
-
-/** The code and args of a Bayeux error string, failing the test when it does not follow `code:args:message`. */
-function errorOf(message: Msg): { code: number; args: string[]; message: string } {
-  assert.equal(typeof message.error, 'string', `no error in ${JSON.stringify(message)}`);
-  const parsed = parseError(message.error as string);
-  assert.ok(parsed, `error ${JSON.stringify(message.error)} does not follow code:args:message`);
-  return parsed;
-}
 
 function connect(url: string, clientId: string, extra: Msg = {}): Promise<Msg[]> {
   return post(url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', ...extra }]).then((r) => {

@@ -4,7 +4,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { browserFetch, cookieFor, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { browserFetch, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
 
 interface OpenStream {
   status: number;
