@@ -3,6 +3,8 @@ import { Command, Option } from 'commander';
 import { PerihelionError } from '@perihelion/server';
 import { SETTINGS, SettingsError, defaultsOn, envName, resolveSettings } from './settings.js';
 import { serve } from './serve.js';
+import { publishCommand } from './commands/publish.js';
+import { subscribeCommand } from './commands/subscribe.js';
 
 // A closed stdout (`perihelion serve | head`) must not take the server down.
 process.stdout.on('error', (error: NodeJS.ErrnoException) => {
@@ -72,5 +74,9 @@ command.action(async (flags: Record<string, unknown>) => {
     throw error;
   }
 });
+
+// Clients of a running server.
+program.addCommand(publishCommand());
+program.addCommand(subscribeCommand());
 
 await program.parseAsync(process.argv);

@@ -1,0 +1,112 @@
+/**
+ * `perihelion publish <channel> <json>`: one message through the HTTP API of a running server
+ * (POST /api/publish with `Authorization: Bearer <api key>`). The server publishes it as itself,
+ * so channel rules for clients do not apply; the API key is what authorizes it.
+ */
+import { Command } from 'commander';
+import { channelProblem, isMeta } from '@perihelion/protocol';
+import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, networkProblem, runAction, serverUrl, usageExitsWith2 } from './common.js';
+
+interface PublishFlags {
+  url?: string;
+  key?: string;
+  ext?: string;
+  verbose?: boolean;
+}
+
+const REQUEST_TIMEOUT = 30_000;
+
+/** A command-line argument as JSON, with a hint for the usual mistake: a bare word meant as a string. */
+function parseJson(text: string, what: string): unknown {
+  if (text.trim() === '') throw new UsageError(`${what} is empty; give JSON such as '{"headline":"hi"}' or '"text"'`);
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    const simple = text.length <= 40 && !/['"\\\n]/.test(text);
+    const example = simple ? `'${JSON.stringify(text)}'` : `'"text"'`;
+    throw new UsageError(`${what} is not valid JSON (${(error as Error).message}); a string must be quoted for JSON and for the shell, e.g. ${example}`);
+  }
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** The API's `{error: {code, message}}`, else the start of whatever came back. */
+function apiError(status: number, body: string): string {
+  try {
+    const { error } = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
+    if (typeof error?.code === 'string') return `${error.code}: ${String(error.message)} (HTTP ${status})`;
+  } catch {
+    // Not the API (a proxy's error page, say): show what it said.
+  }
+  const text = body.trim().replace(/\s+/g, ' ');
+  return `HTTP ${status}${text !== '' ? `: ${text.slice(0, 200)}` : ''}`;
+}
+
+async function publish(channel: string, json: string, flags: PublishFlags, env: NodeJS.ProcessEnv): Promise<number> {
+  const problem = channelProblem(channel, { allowWildcard: false });
+  if (problem) throw new UsageError(`invalid channel ${JSON.stringify(channel)}: ${problem}`);
+  if (isMeta(channel)) throw new UsageError(`cannot publish to a meta channel (${channel})`);
+  const base = serverUrl(flags.url, env);
+  const key = flagOrEnv(flags.key, env.PERIHELION_API_KEY);
+  if (key === undefined || key === '') throw new UsageError("no API key: set PERIHELION_API_KEY to the server's key (or pass --key)");
+  let ext: unknown;
+  if (flags.ext !== undefined) {
+    ext = parseJson(flags.ext, '--ext');
+    if (typeof ext !== 'object' || ext === null || Array.isArray(ext)) throw new UsageError(`--ext must be a JSON object, e.g. '{"source":"cron"}'`);
+  }
+  const data = json === '-' ? parseJson(await readStdin(), 'the JSON on stdin') : parseJson(json, '<json>');
+
+  const url = endpoint(base, '/api/publish', 'http');
+  let response: Response;
+  let body: string;
+  try {
+    response = await fetch(url, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify(ext === undefined ? { channel, data } : { channel, data, ext }),
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT),
+    });
+    body = await response.text();
+  } catch (error) {
+    throw new CommandFailure(networkProblem(error, endpoint(base, '', 'http').replace(/\/$/, '')));
+  }
+  if (!response.ok) throw new CommandFailure(`publish failed: ${apiError(response.status, body)}`);
+  if (flags.verbose === true) process.stderr.write(`perihelion: published to ${channel} at ${url}: ${body.trim()}\n`);
+  return 0;
+}
+
+export function publishCommand(): Command {
+  const command = new Command('publish')
+    .description('publish one message through the HTTP API of a running server (needs its API key)')
+    .argument('<channel>', 'channel to publish to, e.g. /news/today (no wildcards)')
+    .argument('<json>', 'the message data, as JSON; - reads it from stdin')
+    .option('--url <base>', `address of the server (default ${DEFAULT_URL}; PERIHELION_URL)`)
+    .option('--key <apiKey>', "the server's API key; prefer PERIHELION_API_KEY, since a key on the command line shows in ps and in shell history")
+    .option('--ext <json>', 'ext object delivered with the message, as JSON, e.g. \'{"source":"cron"}\'')
+    .option('--verbose', 'report the publish on stderr (otherwise success prints nothing)')
+    .addHelpText(
+      'after',
+      `
+The server must run with the same key in PERIHELION_API_KEY (at least 16 characters); it then
+publishes the message itself, so the channel rules for clients do not apply. Exit codes: 0 published,
+1 the server refused or could not be reached, 2 a usage error (bad channel, data that is not JSON).
+
+Examples:
+  export PERIHELION_API_KEY=…                       # the key the server was started with
+  perihelion publish /news/today '{"headline":"hi"}'
+  perihelion publish /alerts '"disk full"'          # a string is JSON in double quotes, inside shell quotes
+  perihelion publish /counter -1                    # numbers, true, false and null are JSON too
+  date +%s | perihelion publish /ticks -            # the JSON from stdin
+  perihelion publish /news/today '{"headline":"hi"}' --ext '{"source":"cron"}' --url https://push.example.com
+
+The same with curl:
+  curl -H "Authorization: Bearer $PERIHELION_API_KEY" -H 'Content-Type: application/json' \\
+       -d '{"channel":"/news/today","data":{"headline":"hi"}}' http://localhost:8080/api/publish`,
+    )
+    .action((channel: string, json: string, flags: PublishFlags) => runAction(() => publish(channel, json, flags, process.env)));
+  return usageExitsWith2(command);
+}

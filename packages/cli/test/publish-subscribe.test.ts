@@ -1,0 +1,351 @@
+/**
+ * `perihelion publish` and `perihelion subscribe` as a user runs them: child processes against a
+ * server running in this process, over real HTTP and WebSocket, with real signals.
+ */
+import { after, afterEach, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { createServer as createTcpServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import type { ServerOptions } from '@perihelion/server';
+import { serve, type Running } from '../src/index.js';
+
+const BIN = fileURLToPath(new URL('../src/bin.js', import.meta.url));
+const KEY = 'publish-subscribe-test-api-key';
+const JWT_SECRET = 's'.repeat(32);
+
+const servers = new Set<Running>();
+const children = new Set<Cli>();
+
+/** A server in this process; the default security policy: clients subscribe, only the API publishes. */
+async function start(options: ServerOptions = {}, port = 0): Promise<Running> {
+  const running = await serve({ server: { apiKey: KEY, pingInterval: 0, ...options }, port, host: '127.0.0.1', demo: false }, () => {});
+  servers.add(running);
+  return running;
+}
+
+async function stop(running: Running): Promise<void> {
+  servers.delete(running);
+  await running.stop();
+}
+
+/** A port nothing listens on. */
+async function closedPort(): Promise<number> {
+  const probe = createTcpServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address() as { port: number };
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+/** The CLI as a child process, with none of this environment's PERIHELION_* settings. */
+class Cli {
+  stdout = '';
+  stderr = '';
+  readonly child: ChildProcessWithoutNullStreams;
+  readonly done: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(args: string[], env: Record<string, string> = {}, input = '') {
+    const clean: NodeJS.ProcessEnv = {};
+    for (const [name, value] of Object.entries(process.env)) if (!name.startsWith('PERIHELION_')) clean[name] = value;
+    this.child = spawn(process.execPath, [BIN, ...args], { env: { ...clean, ...env } });
+    children.add(this);
+    this.child.stdout.on('data', (chunk) => (this.stdout += String(chunk)));
+    this.child.stderr.on('data', (chunk) => (this.stderr += String(chunk)));
+    this.child.stdout.on('error', () => {});
+    this.child.stdin.end(input);
+    this.done = new Promise((resolve) => {
+      this.child.once('close', (code, signal) => {
+        children.delete(this);
+        resolve({ code, signal });
+      });
+    });
+  }
+
+  get lines(): string[] {
+    return this.stdout.split('\n').filter((line) => line !== '');
+  }
+
+  /** Waits until `pattern` has shown `times` times on the stream; fails early if the process ends. */
+  async waitFor(stream: 'stdout' | 'stderr', pattern: RegExp, times = 1, ms = 15_000): Promise<void> {
+    const global = new RegExp(pattern.source, `${pattern.flags.replace('g', '')}g`);
+    const deadline = Date.now() + ms;
+    let ended = false;
+    void this.done.then(() => (ended = true));
+    while ((this[stream].match(global) ?? []).length < times) {
+      if (ended || Date.now() > deadline) {
+        throw new Error(`${ended ? 'exited' : 'timed out'} waiting for ${pattern} ×${times} on ${stream}\nstdout: ${this.stdout}\nstderr: ${this.stderr}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
+/** Runs the CLI to its end. */
+async function run(args: string[], env: Record<string, string> = {}, input = ''): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const cli = new Cli(args, env, input);
+  const { code } = await cli.done;
+  return { code, stdout: cli.stdout, stderr: cli.stderr };
+}
+
+function publish(url: string, channel: string, json: string, ...extra: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return run(['publish', channel, json, '--url', url, ...extra], { PERIHELION_API_KEY: KEY });
+}
+
+function subscriber(url: string, pattern: string, ...extra: string[]): Cli {
+  return new Cli(['subscribe', pattern, '--url', url, '--verbose', ...extra]);
+}
+
+async function api(url: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<Record<string, unknown>> {
+  const response = await fetch(`${url}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  assert.equal(response.status, 200, `${method} ${path}`);
+  return (await response.json()) as Record<string, unknown>;
+}
+
+async function presence(url: string, channel: string): Promise<{ clientId: string; user: string | null }[]> {
+  const { sessions } = await api(url, 'GET', `/api/presence?channel=${encodeURIComponent(channel)}`);
+  return sessions as { clientId: string; user: string | null }[];
+}
+
+function hs256(claims: Record<string, unknown>, secret: string): string {
+  const part = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${unsigned}.${createHmac('sha256', secret).update(unsigned).digest('base64url')}`;
+}
+
+function line(channel: string, data: unknown): string {
+  return `${JSON.stringify({ channel, data })}\n`;
+}
+
+describe('perihelion publish and subscribe', () => {
+  let server: Running;
+
+  before(async () => {
+    server = await start();
+  });
+
+  afterEach(async () => {
+    // A test that failed half-way leaves its children: none outlives its test.
+    for (const cli of [...children]) {
+      cli.child.kill('SIGKILL');
+      await cli.done;
+    }
+  });
+
+  after(async () => {
+    await Promise.all([...servers].map((running) => stop(running)));
+  });
+
+  it('prints each message that `perihelion publish` sends as one line of JSON, and exits 0 after --count', async () => {
+    const extensions: unknown[] = [];
+    const unlisten = server.server.subscribe('/news/today', (message) => void extensions.push(message.ext));
+    const sub = subscriber(server.url, '/news/today', '--count', '2');
+    await sub.waitFor('stderr', /subscribed to \/news\/today/);
+    assert.deepEqual(await publish(server.url, '/news/today', '{"headline":"one"}'), { code: 0, stdout: '', stderr: '' }, 'success prints nothing');
+    const verbose = await publish(server.url, '/news/today', '{"headline":"two"}', '--ext', '{"source":"cli"}', '--verbose');
+    assert.equal(verbose.code, 0, verbose.stderr);
+    assert.equal(verbose.stdout, '');
+    assert.match(verbose.stderr, /published to \/news\/today .*"published":1/);
+    const { code } = await sub.done;
+    assert.equal(code, 0, sub.stderr);
+    assert.equal(sub.stdout, line('/news/today', { headline: 'one' }) + line('/news/today', { headline: 'two' }));
+    assert.deepEqual(extensions[1], { source: 'cli' }, '--ext travels with the message');
+    assert.match(sub.stderr, /disconnecting/, 'the session ends with /meta/disconnect');
+    unlisten();
+  });
+
+  it('subscribes to wildcard patterns: /* one level below, /** any depth', async () => {
+    const deep = subscriber(server.url, '/feed/**', '--count', '3');
+    const shallow = subscriber(server.url, '/feed/*', '--count', '2');
+    await deep.waitFor('stderr', /subscribed to \/feed\/\*\*/);
+    await shallow.waitFor('stderr', /subscribed to \/feed\/\*/);
+    for (const [channel, data] of [['/other/x', 0], ['/feed/b/c', 1], ['/feed/a', 2], ['/feed/d', 3]] as const) {
+      assert.equal((await publish(server.url, channel, JSON.stringify(data))).code, 0);
+    }
+    assert.equal((await deep.done).code, 0, deep.stderr);
+    assert.equal((await shallow.done).code, 0, shallow.stderr);
+    assert.equal(deep.stdout, line('/feed/b/c', 1) + line('/feed/a', 2) + line('/feed/d', 3));
+    assert.equal(shallow.stdout, line('/feed/a', 2) + line('/feed/d', 3));
+  });
+
+  it('prints only the data with --data-only; publish reads the JSON from stdin with -', async () => {
+    const sub = subscriber(server.url, '/ticks', '--data-only', '--count', '4');
+    await sub.waitFor('stderr', /subscribed to \/ticks/);
+    assert.equal((await publish(server.url, '/ticks', '42')).code, 0);
+    assert.equal((await publish(server.url, '/ticks', '"text"')).code, 0);
+    assert.equal((await publish(server.url, '/ticks', '-1.5')).code, 0, 'a negative number is data, not an option');
+    const piped = await run(['publish', '/ticks', '-', '--url', server.url], { PERIHELION_API_KEY: KEY }, '{"from":"stdin"}\n');
+    assert.equal(piped.code, 0, piped.stderr);
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.equal(sub.stdout, '42\n"text"\n-1.5\n{"from":"stdin"}\n');
+  });
+
+  it('publish: a wrong key exits 1 with the API error; no key at all exits 2', async () => {
+    const wrong = await run(['publish', '/news/today', '1', '--url', server.url, '--key', 'not-the-key-0123456789']);
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.stderr, /publish failed: unauthorized: send Authorization: Bearer <api key> \(HTTP 401\)/);
+    const wrongInEnv = await run(['publish', '/news/today', '1', '--url', server.url], { PERIHELION_API_KEY: 'not-the-key-0123456789' });
+    assert.equal(wrongInEnv.code, 1);
+    const none = await run(['publish', '/news/today', '1', '--url', server.url]);
+    assert.equal(none.code, 2);
+    assert.match(none.stderr, /no API key: set PERIHELION_API_KEY/);
+  });
+
+  it('publish: data that is not JSON exits 2 and suggests quoting', async () => {
+    const bare = await publish(server.url, '/news/today', 'hello');
+    assert.equal(bare.code, 2);
+    assert.match(bare.stderr, /<json> is not valid JSON/);
+    assert.match(bare.stderr, /'"hello"'/);
+    const stdin = await run(['publish', '/news/today', '-', '--url', server.url], { PERIHELION_API_KEY: KEY }, '{oops');
+    assert.equal(stdin.code, 2);
+    assert.match(stdin.stderr, /the JSON on stdin is not valid JSON/);
+    const empty = await run(['publish', '/news/today', '-', '--url', server.url], { PERIHELION_API_KEY: KEY }, '');
+    assert.equal(empty.code, 2);
+    assert.match(empty.stderr, /the JSON on stdin is empty/);
+    const ext = await publish(server.url, '/news/today', '1', '--ext', '[1]');
+    assert.equal(ext.code, 2);
+    assert.match(ext.stderr, /--ext must be a JSON object/);
+  });
+
+  it('an invalid channel or pattern exits 2 with a message, without contacting the server', async () => {
+    // The address is closed: a check made by the server would end in exit code 1, not 2.
+    const url = `http://127.0.0.1:${await closedPort()}`;
+    const cases: [string[], RegExp][] = [
+      [['publish', 'news', '1'], /invalid channel "news": channel must start with "\/"/],
+      [['publish', '/news/*', '1'], /invalid channel "\/news\/\*": wildcards/],
+      [['publish', '/meta/handshake', '1'], /cannot publish to a meta channel/],
+      [['publish', '/news//today', '1'], /empty segment/],
+      [['subscribe', 'news'], /invalid channel "news": channel must start with "\/"/],
+      [['subscribe', '/news/**/today'], /a wildcard \(\* or \*\*\) may only be the last segment/],
+      [['subscribe', '/meta/**'], /meta channels cannot be subscribed to/],
+      [['subscribe', '/news', '--count', '0'], /--count must be a whole number from 1/],
+      [['subscribe', '/news', '--url', 'localhost:8080'], /--url must start with http:\/\//],
+      [['publish', '/news'], /missing required argument 'json'/],
+    ];
+    for (const [args, message] of cases) {
+      const result = await run(args.includes('--url') ? args : [...args, '--url', url], { PERIHELION_API_KEY: KEY });
+      assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, message);
+    }
+  });
+
+  it('an unreachable server: exit 1 with a message naming the address', async () => {
+    const url = `http://127.0.0.1:${await closedPort()}`;
+    const published = await publish(url, '/news/today', '1');
+    assert.equal(published.code, 1);
+    assert.match(published.stderr, new RegExp(`the server is not reachable at ${url} \\(connection refused\\)`));
+    const subscribed = await run(['subscribe', '/news/today', '--url', url]);
+    assert.equal(subscribed.code, 1);
+    assert.match(subscribed.stderr, new RegExp(`the server is not reachable at ws://127\\.0\\.0\\.1:\\d+/bayeux \\(connection refused\\)`));
+    const wrongPath = await run(['subscribe', '/news/today', '--url', server.url], { PERIHELION_PATH: '/cometd' });
+    assert.equal(wrongPath.code, 1);
+    assert.match(wrongPath.stderr, /\/cometd did not accept a WebSocket \(HTTP 404\): is the path right\?/);
+  });
+
+  it('a subscription the server refuses: exit 1 with the 403 error', async () => {
+    const guarded = await start({ channels: [{ channel: '/secret/**', subscribe: 'nobody' }] });
+    for (const pattern of ['/secret/plans', '/secret/**', '/**']) {
+      const refused = await run(['subscribe', pattern, '--url', guarded.url]);
+      assert.equal(refused.code, 1, `${pattern}: ${refused.stderr}`);
+      assert.match(refused.stderr, new RegExp(`subscription to ${pattern.replace(/\*/g, '\\*')} refused: 403:`));
+      assert.equal(refused.stdout, '');
+    }
+    await stop(guarded);
+  });
+
+  it('sends --token (or PERIHELION_TOKEN) in the handshake ext.token; a refused handshake exits 1 with the error', async () => {
+    const secured = await start({ anonymous: false, jwt: { secret: JWT_SECRET } });
+    const anonymous = await run(['subscribe', '/news/today', '--url', secured.url]);
+    assert.equal(anonymous.code, 1);
+    assert.match(anonymous.stderr, /handshake refused: 403::Unauthorized: credentials required/);
+    const badToken = await run(['subscribe', '/news/today', '--url', secured.url, '--token', hs256({ sub: 'mallory' }, 'x'.repeat(32))]);
+    assert.equal(badToken.code, 1);
+    assert.match(badToken.stderr, /handshake refused: 403:/);
+
+    const token = hs256({ sub: 'alice', exp: Math.floor(Date.now() / 1000) + 600 }, JWT_SECRET);
+    const sub = new Cli(['subscribe', '/news/today', '--url', secured.url, '--count', '1', '--verbose'], { PERIHELION_TOKEN: token });
+    await sub.waitFor('stderr', /subscribed to \/news\/today/);
+    assert.deepEqual((await presence(secured.url, '/news/today')).map((session) => session.user), ['alice']);
+    assert.equal((await publish(secured.url, '/news/today', '"for alice"')).code, 0);
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.equal(sub.stdout, line('/news/today', 'for alice'));
+    await stop(secured);
+  });
+
+  it('survives the server ending its session: handshakes again, subscribes again and keeps printing', async () => {
+    const sub = subscriber(server.url, '/room/1', '--count', '2');
+    await sub.waitFor('stderr', /subscribed to \/room\/1/);
+    assert.equal((await publish(server.url, '/room/1', '"before"')).code, 0);
+    await sub.waitFor('stdout', /before/);
+    const [first] = await presence(server.url, '/room/1');
+    assert.ok(first, 'the subscriber is present');
+    assert.deepEqual(await api(server.url, 'POST', '/api/disconnect', { clientId: first.clientId }), { disconnected: 1 });
+    await sub.waitFor('stderr', /subscribed to \/room\/1/, 2);
+    const [second] = await presence(server.url, '/room/1');
+    assert.ok(second && second.clientId !== first.clientId, 'a new session took the old one\'s place');
+    assert.equal((await publish(server.url, '/room/1', '"after"')).code, 0);
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.equal(sub.stdout, line('/room/1', 'before') + line('/room/1', 'after'));
+    assert.match(sub.stderr, /the server ended the session; starting a new one/);
+  });
+
+  it('reconnects after the connection drops and subscribes again on the server that is back', async () => {
+    const first = await start();
+    const port = Number(new URL(first.url).port);
+    const sub = subscriber(first.url, '/up', '--count', '2');
+    await sub.waitFor('stderr', /subscribed to \/up/);
+    assert.equal((await publish(first.url, '/up', '1')).code, 0);
+    await sub.waitFor('stdout', /"data":1/);
+    await stop(first);
+    await sub.waitFor('stderr', /reconnecting in \d/);
+    const second = await start({}, port);
+    await sub.waitFor('stderr', /subscribed to \/up/, 2);
+    assert.equal((await publish(second.url, '/up', '2')).code, 0);
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.equal(sub.stdout, line('/up', 1) + line('/up', 2));
+    await stop(second);
+  });
+
+  it('SIGINT and SIGTERM end the session with /meta/disconnect and exit 0', async () => {
+    const reasons: string[] = [];
+    server.server.on('disconnect', (_session, reason) => void reasons.push(reason));
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+      const sub = subscriber(server.url, `/quiet/${signal}`);
+      await sub.waitFor('stderr', /subscribed to/);
+      assert.equal((await presence(server.url, `/quiet/${signal}`)).length, 1);
+      sub.child.kill(signal);
+      const { code } = await sub.done;
+      assert.equal(code, 0, sub.stderr);
+      assert.match(sub.stderr, /disconnecting/);
+      assert.deepEqual(await presence(server.url, `/quiet/${signal}`), [], 'the session ended at once, not when swept');
+    }
+    assert.deepEqual(reasons, ['client', 'client']);
+  });
+
+  it('stops quietly when the reader of its output goes away (`| head -n 1`)', async () => {
+    const sub = subscriber(server.url, '/pipe');
+    await sub.waitFor('stderr', /subscribed to \/pipe/);
+    assert.equal((await publish(server.url, '/pipe', '1')).code, 0);
+    await sub.waitFor('stdout', /"data":1/);
+    sub.child.stdout.destroy();
+    assert.equal((await publish(server.url, '/pipe', '2')).code, 0);
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.match(sub.stderr, /disconnecting/);
+  });
+
+  it('explains itself in --help, with examples', async () => {
+    const publishHelp = await run(['publish', '--help']);
+    assert.equal(publishHelp.code, 0);
+    assert.match(publishHelp.stdout, /prefer PERIHELION_API_KEY/);
+    assert.match(publishHelp.stdout, /Examples:\n {2}export PERIHELION_API_KEY=/);
+    const subscribeHelp = await run(['subscribe', '--help']);
+    assert.equal(subscribeHelp.code, 0);
+    assert.match(subscribeHelp.stdout, /Examples:\n {2}perihelion subscribe '\/news\/\*\*' \| jq/);
+    assert.match(subscribeHelp.stdout, /prefer PERIHELION_TOKEN/);
+  });
+});
