@@ -36,6 +36,10 @@ export class Perihelion extends BayeuxServer {
   readonly metrics: Metrics;
   private servers: Server[] = [];
   private owned: Server | null = null;
+  /** Webhook deliveries (`dropped()`, `stats()`, `close()`); null without the `webhooks` option. */
+  readonly webhooks: Webhooks | null;
+  /** Failed call-outs and webhook requests, reported to 'error' listeners. */
+  private readonly failures = new EventEmitter();
 
   constructor(options: ServerOptions = {}) {
     super(options);
@@ -48,11 +52,6 @@ export class Perihelion extends BayeuxServer {
     if (options.callouts && options.callouts.length > 0) this.addExtension(calloutExtension(options.callouts, report));
     this.webhooks = options.webhooks && options.webhooks.length > 0 ? new Webhooks(options.webhooks, this, report) : null;
   }
-
-  /** Webhook deliveries (`dropped()`, `stats()`, `close()`); null without the `webhooks` option. */
-  readonly webhooks: Webhooks | null;
-  /** Failed call-outs and webhook requests, reported to 'error' listeners. */
-  private readonly failures = new EventEmitter();
 
   override on<E extends keyof PerihelionEvents>(event: E, listener: (...args: PerihelionEvents[E]) => void): () => void {
     const off = super.on(event as keyof ServerEvents, listener as never);
