@@ -24,7 +24,8 @@ describe('transports in Chromium', () => {
 
   before(async () => {
     assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM_PATH`);
-    server = createServer({ jsonp: true, open: true, pingInterval: 0, heartbeat: 1000 });
+    // A short hold: Faye moves to EventSource at its next connect, which must come soon.
+    server = createServer({ jsonp: true, open: true, pingInterval: 0, heartbeat: 1000, timeout: 2000, drainTimeout: 0 });
     const address = await server.listen({
       port: 0,
       host: '127.0.0.1',
@@ -79,7 +80,7 @@ describe('transports in Chromium', () => {
       await w.client.subscribe('/browser/faye', (data: unknown) => w.seen.push(data));
     }, `${origin}/bayeux`);
     // Faye handshakes over long-polling, then moves to the best transport the server offers.
-    await waitFor(() => (server.stats().sessionsByTransport.eventsource ?? 0) >= 1, 5000, 'the Faye client to switch to eventsource');
+    await waitFor(() => (server.stats().sessionsByTransport.eventsource ?? 0) >= 1, 8000, 'the Faye client to switch to eventsource');
     await publishUntilSeen(p, '/browser/faye', 3);
     // And the other way: a publish from the page reaches a server-side listener.
     const received: unknown[] = [];
