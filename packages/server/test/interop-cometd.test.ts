@@ -195,8 +195,16 @@ for (const transport of TRANSPORTS) {
       const client = await connect();
       assert.equal(client.cometd.getTransport()?.type, transport);
       const id = client.clientId;
+      const ended: string[] = [];
+      const stop = test.server.on('disconnect', (session, reason) => ended.push(`${session.id}:${reason}`));
       await waitFor(() => client.cometd.getStatus() === 'connected', 5000, 'the client to report itself connected');
-      assert.equal(test.server.getSession(id)?.connectionType, transport, `the /meta/connect came over ${transport}`);
+      stop();
+      const refusals = watch.answers.filter((a) => a.id !== undefined).length;
+      assert.equal(
+        test.server.getSession(id)?.connectionType,
+        transport,
+        `the /meta/connect came over ${transport} (session ${id}; current ${client.cometd.getClientId()}; ended ${JSON.stringify(ended)}; ${refusals} answers; sessions ${test.server.sessionCount})`,
+      );
       const fromClient = watch.arrivals.filter((a) => a.clientId === id);
       assert.ok(fromClient.length > 0);
       assert.deepEqual(new Set(fromClient.map((a) => a.transport)), new Set([transport]), 'every message of the session came over one transport');
