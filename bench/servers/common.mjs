@@ -1,0 +1,112 @@
+// The part every benchmark server shares: the IPC protocol with the load generator and the
+// publisher. Each server module only says how to start, how to publish one message and how to stop.
+//
+// Parent → child: {type:'stats'} | {type:'probe', id} | {type:'run', runId, rate, duration} | {type:'close'}
+// Child → parent: {type:'ready', port, path} | {type:'stats', ...} | {type:'probed', id}
+//                 | {type:'published', runId, count, errors, startedAt, endedAt} | {type:'error', message}
+
+/** Milliseconds on the machine's monotonic clock (shared by every process on the host). */
+export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
+
+const send = (message) => {
+  if (process.connected) process.send(message);
+};
+
+/**
+ * @param {object} server
+ * @param {string} server.name
+ * @param {() => Promise<{port: number, path: string, note?: string}>} server.start
+ * @param {(data: object) => (void | Promise<unknown>)} server.publish  one message to every subscriber
+ * @param {() => Promise<void>} server.stop
+ */
+export async function runServer({ name, start, publish, stop }) {
+  if (!process.send) {
+    console.error(`${name}: start me from bench/run.mjs (needs an IPC channel)`);
+    process.exit(2);
+  }
+  // Without the parent there is nothing to do: never outlive it.
+  process.on('disconnect', () => process.exit(0));
+  process.on('SIGTERM', () => process.exit(0));
+
+  let rssPeak = process.memoryUsage().rss;
+  const sampler = setInterval(() => {
+    const rss = process.memoryUsage().rss;
+    if (rss > rssPeak) rssPeak = rss;
+  }, 100);
+  sampler.unref();
+
+  let publishErrors = 0;
+  let lastError = null;
+  const publishOne = (data) => {
+    try {
+      const result = publish(data);
+      if (result && typeof result.then === 'function') {
+        result.then(undefined, (error) => {
+          publishErrors++;
+          lastError = String(error?.message ?? error);
+        });
+      }
+    } catch (error) {
+      publishErrors++;
+      lastError = String(error?.message ?? error);
+    }
+  };
+
+  const stats = () => {
+    const rss = process.memoryUsage().rss;
+    if (rss > rssPeak) rssPeak = rss;
+    return { type: 'stats', at: nowMs(), cpu: process.cpuUsage(), rss, rssPeak, heapUsed: process.memoryUsage().heapUsed };
+  };
+
+  /** Publishes rate messages/s for duration s on an absolute schedule (late ticks catch up). */
+  const run = ({ runId, rate, duration }) => {
+    const total = Math.round(rate * duration);
+    const interval = 1000 / rate;
+    const errorsBefore = publishErrors;
+    const startedAt = nowMs();
+    let seq = 0;
+    const tick = () => {
+      const now = nowMs();
+      while (seq < total && startedAt + seq * interval <= now) {
+        publishOne({ run: runId, seq, t: nowMs() });
+        seq++;
+      }
+      if (seq < total) {
+        setTimeout(tick, Math.max(0, startedAt + seq * interval - nowMs()));
+      } else {
+        send({ type: 'published', runId, count: seq, errors: publishErrors - errorsBefore, lastError, startedAt, endedAt: nowMs() });
+      }
+    };
+    tick();
+  };
+
+  process.on('message', async (message) => {
+    try {
+      switch (message.type) {
+        case 'stats':
+          send(stats());
+          break;
+        case 'probe':
+          publishOne({ probe: message.id, t: nowMs() });
+          send({ type: 'probed', id: message.id });
+          break;
+        case 'run':
+          run(message);
+          break;
+        case 'close':
+          await stop();
+          process.exit(0);
+      }
+    } catch (error) {
+      send({ type: 'error', message: String(error?.stack ?? error) });
+    }
+  });
+
+  try {
+    const address = await start();
+    send({ ...stats(), ...address, type: 'ready' });
+  } catch (error) {
+    send({ type: 'error', message: String(error?.stack ?? error) });
+    process.exit(1);
+  }
+}

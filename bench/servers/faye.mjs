@@ -1,0 +1,32 @@
+// Faye 1.4: NodeAdapter mounted at /faye on a node:http server, its in-memory engine.
+import http from 'node:http';
+import faye from 'faye';
+import { runServer } from './common.mjs';
+
+const CHANNEL = '/bench/fanout';
+const PATH = '/faye';
+
+const bayeux = new faye.NodeAdapter({ mount: PATH, timeout: 25 });
+const server = http.createServer((req, res) => {
+  res.writeHead(404).end();
+});
+bayeux.attach(server);
+const client = bayeux.getClient();
+
+await runServer({
+  name: 'faye',
+  start: () =>
+    new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
+    }),
+  publish: (data) => {
+    client.publish(CHANNEL, data);
+  },
+  stop: async () => {
+    try {
+      bayeux.close();
+    } catch {}
+    server.close();
+  },
+});

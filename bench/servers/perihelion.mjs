@@ -1,0 +1,35 @@
+// Perihelion, WebSocket transport, with the limits that would throttle a load test switched off.
+import http from 'node:http';
+import { runServer } from './common.mjs';
+
+const { createServer } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
+
+export const CHANNEL = '/bench/fanout';
+const PATH = '/bayeux';
+
+const bayeux = createServer({
+  path: PATH,
+  open: true, // any client may subscribe anywhere
+  handshakeRate: 0, // no handshake rate limit per address (every client is 127.0.0.1)
+  maxSessionsPerIp: 0, // no session cap per address
+  publishRate: 0, // no publish rate limit
+  pingInterval: 0, // no WebSocket pings (the other servers' heartbeats are slower than a run)
+});
+const server = http.createServer((req, res) => {
+  res.writeHead(404).end();
+});
+bayeux.attach(server);
+
+await runServer({
+  name: 'perihelion',
+  start: () =>
+    new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
+    }),
+  publish: (data) => bayeux.publish(CHANNEL, data),
+  stop: async () => {
+    await Promise.race([bayeux.close(), new Promise((r) => setTimeout(r, 2000))]);
+    server.close();
+  },
+});
