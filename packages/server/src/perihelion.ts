@@ -3,7 +3,6 @@
  * node:http server (`attach`, or `handleRequest`/`handleUpgrade` from a framework), or let it
  * run its own (`listen`).
  */
-import { EventEmitter } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -28,7 +27,7 @@ export interface ListenOptions {
 }
 
 /** The server's events; 'error' also reports failed call-outs and webhook requests. */
-export type PerihelionEvents = ServerEvents & { error: [error: unknown] };
+export type PerihelionEvents = ServerEvents;
 
 export class Perihelion extends BayeuxServer {
   private readonly http: HttpAdapter;
@@ -38,8 +37,6 @@ export class Perihelion extends BayeuxServer {
   private owned: Server | null = null;
   /** Webhook deliveries (`dropped()`, `stats()`, `close()`); null without the `webhooks` option. */
   readonly webhooks: Webhooks | null;
-  /** Failed call-outs and webhook requests, reported to 'error' listeners. */
-  private readonly failures = new EventEmitter();
 
   constructor(options: ServerOptions = {}) {
     super(options);
@@ -47,21 +44,9 @@ export class Perihelion extends BayeuxServer {
     this.api = new HttpApi(this, options.apiKey);
     this.metrics = new Metrics(this);
     this.deliveryObserver = (ms) => this.metrics.deliveryLatency.observe(ms / 1000);
-    this.failures.on('error', () => {});
-    const report = (error: unknown): void => void this.failures.emit('error', error);
+    const report = (error: unknown): void => this.reportError(error);
     if (options.callouts && options.callouts.length > 0) this.addExtension(calloutExtension(options.callouts, report));
     this.webhooks = options.webhooks && options.webhooks.length > 0 ? new Webhooks(options.webhooks, this, report) : null;
-  }
-
-  override on<E extends keyof PerihelionEvents>(event: E, listener: (...args: PerihelionEvents[E]) => void): () => void {
-    const off = super.on(event as keyof ServerEvents, listener as never);
-    if (event !== 'error') return off;
-    const failure = listener as (error: unknown) => void;
-    this.failures.on('error', failure);
-    return () => {
-      off();
-      this.failures.off('error', failure);
-    };
   }
 
   /**

@@ -34,10 +34,10 @@ export class Metrics {
     });
     // Counters mirror the server's totals: each scrape adds what happened since the last one.
     const mirrored: [name: string, help: string, read: () => number][] = [
-      ['perihelion_messages_in_total', 'Messages received from clients.', () => server.stats().messagesIn],
-      ['perihelion_messages_published_total', 'Messages published to broadcast channels.', () => server.stats().published],
-      ['perihelion_deliveries_total', 'Messages queued for sessions (one per recipient).', () => server.stats().deliveries],
-      ['perihelion_queue_drops_total', 'Messages dropped because a session queue was full.', () => server.stats().queueDrops],
+      ['perihelion_messages_in_total', 'Messages received from clients.', () => server.totals().messagesIn],
+      ['perihelion_messages_published_total', 'Messages published to broadcast channels.', () => server.totals().published],
+      ['perihelion_deliveries_total', 'Messages queued for sessions (one per recipient).', () => server.totals().deliveries],
+      ['perihelion_queue_drops_total', 'Messages dropped because a session queue was full.', () => server.totals().queueDrops],
     ];
     for (const [name, help, read] of mirrored) {
       let seen = 0;

@@ -73,7 +73,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
   readonly options: ResolvedOptions;
   readonly engine: Engine;
   readonly extensions = new ExtensionPipeline();
-  readonly wheel = new TimerWheel(100);
+  readonly wheel = new TimerWheel(100, (error) => this.reportError(error));
   readonly policy: SecurityPolicy;
   private readonly authenticator: Authenticator | null;
   private readonly handshakeLimiter: KeyedLimiter;
@@ -181,6 +181,16 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   get sessionCount(): number {
     return this.sessions.size;
+  }
+
+  /** The running totals alone, without walking the sessions (cheap enough for every scrape). */
+  totals(): Readonly<{ messagesIn: number; published: number; deliveries: number; queueDrops: number }> {
+    return this.counters;
+  }
+
+  /** Reports a failure inside the server through the 'error' event; the server keeps serving. */
+  reportError(error: unknown): void {
+    this.events.emit('error', error);
   }
 
   stats(): ServerStats {

@@ -121,7 +121,7 @@ export class HttpAdapter {
   /** process() never throws for client input; a rejection is a bug: answer 500 and keep serving. */
   private guard(res: ServerResponse, work: Promise<void>): void {
     work.catch((error: unknown) => {
-      console.error('HTTP transport request failed', error);
+      this.core.reportError(error);
       if (!res.headersSent) res.writeHead(500).end();
       else res.destroy();
     });
