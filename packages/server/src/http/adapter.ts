@@ -10,12 +10,14 @@
  * - GET `<mount>/<clientId>` with `Accept: text/event-stream`: Server-Sent Events; with
  *   `Accept: application/x-ndjson`: HTTP streaming.
  * - WebSocket upgrade at `<mount>` (and `<mount>/`).
+ * - GET `<mount>/client.js`: the browser build of @perihelion/client (no clientId has a dot).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { BayeuxServer } from '../core/server.js';
 import { bayeuxError } from '@perihelion/protocol';
 import { handleCallbackPolling } from '../transports/callback-polling.js';
+import { serveClientScript } from './client-script.js';
 import { ndjsonFramer } from '../transports/http-streaming.js';
 import { handleLongPolling } from '../transports/long-polling.js';
 import { sseFramer } from '../transports/sse.js';
@@ -25,6 +27,8 @@ import { browserCookie, browserIdOf, isSecure, newBrowserId } from '../security/
 import { corsHeaders, originAllowed, preflight } from './cors.js';
 import { assignBrowser, requestFacts } from './request-facts.js';
 import { sendBatchError } from './responses.js';
+
+const CLIENT_SCRIPT = 'client.js';
 
 export class HttpAdapter {
   readonly websocket: WebSocketTransport | null;
@@ -54,6 +58,12 @@ export class HttpAdapter {
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
     const route = this.route(req.url);
     if (!route) return false;
+    // A public, cacheable file: before the origin check (any site may embed the script) and
+    // before the session cookie is set (a shared cache must not keep one).
+    if ((req.method === 'GET' || req.method === 'HEAD') && route.sub === CLIENT_SCRIPT && !(req.url ?? '').includes('message=')) {
+      serveClientScript(req, res);
+      return true;
+    }
     if (!originAllowed(req, this.core.options.allowedOrigins)) {
       sendBatchError(res, 403, `origin ${req.headers.origin} is not allowed; add it to allowedOrigins`);
       return true;

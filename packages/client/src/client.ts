@@ -1,0 +1,294 @@
+/**
+ * The public client: `new Client(url, options)`, promise-based subscribe / publish / request,
+ * typed events. Whether this tab holds the connection itself or a sibling tab holds it for
+ * every tab of the origin (share.ts) is invisible here: both sit behind `Backend`.
+ */
+import { channelProblem, isService, matches, type ConnectionType, type Message } from '@perihelion/protocol';
+import { Bayeux, type Extension, type RecoveryOutcome, type ResolvedOptions, type State, type StateChange, type SubscribeOutcome } from './bayeux.js';
+import { ClientError } from './errors.js';
+import { Emitter } from './events.js';
+import { shareAvailable, SharedBackend } from './share.js';
+import type { Environment } from './transports/transport.js';
+
+export interface ClientOptions {
+  /**
+   * Connection types in order of preference; the first one the server also offers (and this
+   * environment supports) is used, the next when it fails.
+   * Default: `["websocket", "eventsource", "http-streaming", "long-polling", "callback-polling"]`
+   * (callback-polling is tried only by a page on another origin than the server, unless listed here).
+   */
+  transports?: ConnectionType[];
+  /** Milliseconds to wait for the reply to a request (handshake, subscribe, publish, request), and the network allowance added to a held connect. Default: 10000. */
+  timeout?: number;
+  /** Milliseconds a WebSocket may take to open before the next transport is tried. Default: 5000. */
+  openTimeout?: number;
+  /** Milliseconds a stream (eventsource, http-streaming) may take to deliver its first frame before it is taken as buffered by a proxy and abandoned for long-polling. Default: 5000. */
+  streamTimeout?: number;
+  /** Backoff between reconnection attempts: full jitter in [0, min(max, min·2ⁿ)], never below the server's advice.interval. Defaults: 500 and 20000 ms. */
+  minReconnectDelay?: number;
+  maxReconnectDelay?: number;
+  /** Most publishes and requests kept while offline; beyond, publish() rejects with `queue-full`. Default: 100. */
+  maxQueued?: number;
+  /** Credentials for the handshake (`ext.token`): a string, or a function asked at every handshake. Default: none. */
+  token?: string | (() => string | undefined | Promise<string | undefined>);
+  /** Extra headers on HTTP requests (not possible on WebSocket or EventSource). Default: none. */
+  headers?: Record<string, string>;
+  /** One connection for every tab of the origin (leader tab, Web Locks + BroadcastChannel). Default: true where both exist (browsers). */
+  shared?: boolean;
+  /** Connect on the first subscribe() or publish() without waiting for connect(). Default: true. */
+  autoConnect?: boolean;
+  /** Constructors from the environment, for runtimes without them (Node: `WebSocket` from the `ws` package). Default: globalThis's. */
+  WebSocket?: new (url: string) => WebSocket;
+  fetch?: typeof fetch;
+  EventSource?: new (url: string, init?: EventSourceInit) => EventSource;
+}
+
+export type Handler<T = unknown> = (data: T, message: Message) => void;
+
+export interface SubscribeOptions {
+  /** Called after a reconnection that needed recovery: true when every missed message was replayed, false when some were lost (reload the state). */
+  onRecover?: (recovered: boolean, outcome: RecoveryOutcome) => void;
+}
+
+export interface ClientEvents {
+  /** Every state change. */
+  state: StateChange;
+  connecting: StateChange;
+  connected: StateChange;
+  disconnected: StateChange;
+  /** After a reconnection: whether the messages missed by a subscription were all recovered. */
+  recovery: { pattern: string } & RecoveryOutcome;
+  /** Something went wrong that no promise reports (a subscription refused after a reconnection). */
+  error: ClientError;
+}
+
+/** What the client needs from whoever holds the connection: this tab's Bayeux, or the leader tab's. */
+export interface Backend {
+  readonly state: State;
+  readonly clientId: string | undefined;
+  readonly type: ConnectionType | undefined;
+  connect(): Promise<void>;
+  disconnect(): Promise<void>;
+  need(pattern: string): Promise<SubscribeOutcome>;
+  release(pattern: string): Promise<void>;
+  publish(channel: string, data: unknown, ext: Record<string, unknown> | undefined): Promise<Message>;
+  call(channel: string, data: unknown, timeout: number): Promise<unknown>;
+  batch<T>(fn: () => T | Promise<T>): Promise<T>;
+  addExtension(extension: Extension): () => void;
+}
+
+/** What a backend reports to the client(s) it serves. */
+export interface BackendEvents {
+  deliver(message: Message): void;
+  state(change: StateChange): void;
+  recovery(pattern: string, outcome: RecoveryOutcome): void;
+  refused(pattern: string, error: ClientError): void;
+}
+
+export class Subscription {
+  /** Undefined until a reconnection needed recovery; then whether nothing was lost. */
+  recovered: boolean | undefined;
+  active = true;
+
+  constructor(
+    readonly pattern: string,
+    /** @internal */ readonly handler: Handler<never>,
+    /** @internal */ readonly options: SubscribeOptions,
+    private readonly client: Client,
+  ) {}
+
+  /** Stops the handler; the server subscription ends with the last handler on the pattern. */
+  unsubscribe(): Promise<void> {
+    return this.client.remove(this);
+  }
+}
+
+const DEFAULT_TRANSPORTS: ConnectionType[] = ['websocket', 'eventsource', 'http-streaming', 'long-polling', 'callback-polling'];
+
+export class Client extends Emitter<ClientEvents> {
+  readonly url: string;
+  private backend: Backend;
+  private readonly subscriptions = new Map<string, Set<Subscription>>();
+  private readonly autoConnect: boolean;
+  private readonly timeout: number;
+  private started = false;
+
+  constructor(url: string, options: ClientOptions = {}) {
+    super();
+    const g = globalThis as unknown as Record<string, unknown>;
+    const doc = g.document as Document | undefined;
+    // Relative URLs ("/bayeux") are resolved against the page, as a script tag's user expects.
+    this.url = doc ? new URL(url, doc.baseURI).href : url;
+    const env: Environment = {
+      fetch: options.fetch ?? (typeof g.fetch === 'function' ? (g.fetch as typeof fetch).bind(globalThis) : undefined),
+      WebSocket: options.WebSocket ?? (g.WebSocket as Environment['WebSocket']),
+      EventSource: options.EventSource ?? (g.EventSource as Environment['EventSource']),
+      document: doc,
+    };
+    const crossOrigin = doc !== undefined && new URL(this.url).origin !== (g.location as Location | undefined)?.origin;
+    for (const [name, value] of Object.entries(options)) {
+      if (typeof value === 'number' && !(value >= 0)) throw new TypeError(`option ${name} must be a number ≥ 0, got ${value}`);
+    }
+    const transports = options.transports ?? DEFAULT_TRANSPORTS;
+    if (transports.length === 0) throw new TypeError('option transports must list at least one connection type');
+    const resolved: ResolvedOptions = {
+      transports,
+      timeout: options.timeout ?? 10_000,
+      openTimeout: options.openTimeout ?? 5000,
+      streamTimeout: options.streamTimeout ?? 5000,
+      minReconnectDelay: options.minReconnectDelay ?? 500,
+      maxReconnectDelay: options.maxReconnectDelay ?? 20_000,
+      maxQueued: options.maxQueued ?? 100,
+      callbackPolling: crossOrigin || options.transports !== undefined,
+      token: options.token,
+      headers: options.headers ?? {},
+      env,
+    };
+    this.timeout = resolved.timeout;
+    this.autoConnect = options.autoConnect ?? true;
+    const events: BackendEvents = {
+      deliver: (message) => this.dispatch(message),
+      state: (change) => this.changed(change),
+      recovery: (pattern, outcome) => this.recovered(pattern, outcome),
+      refused: (pattern, error) => this.refused(pattern, error),
+    };
+    const shared = options.shared ?? shareAvailable();
+    this.backend = shared && shareAvailable() ? new SharedBackend(this.url, (relay) => new Bayeux(this.url, resolved, relay), events) : new Bayeux(this.url, resolved, events);
+  }
+
+  get state(): State {
+    return this.backend.state;
+  }
+
+  /** The session's clientId (the leader tab's when shared), once handshaken. */
+  get clientId(): string | undefined {
+    return this.backend.clientId;
+  }
+
+  /** The connection type in use. */
+  get transport(): ConnectionType | undefined {
+    return this.backend.type;
+  }
+
+  /** Connects (handshake, then connect); resolves once connected, rejects if the server refuses the handshake. */
+  connect(): Promise<void> {
+    this.started = true;
+    return this.backend.connect();
+  }
+
+  /** Ends the session (in shared mode: this tab's subscriptions; the connection stays for the other tabs). */
+  async disconnect(): Promise<void> {
+    this.started = false;
+    await this.backend.disconnect();
+  }
+
+  /**
+   * Calls `handler(data, message)` for every message on `pattern` (a channel, `/a/*` or `/a/**`).
+   * Resolves once the server confirmed the subscription; rejects with the server's error.
+   */
+  async subscribe<T = unknown>(pattern: string, handler: Handler<T>, options: SubscribeOptions = {}): Promise<Subscription> {
+    const problem = channelProblem(pattern);
+    if (problem) throw new ClientError('invalid-channel', `cannot subscribe to ${JSON.stringify(pattern)}: ${problem}`);
+    if (pattern.startsWith('/meta/')) throw new ClientError('invalid-channel', 'meta channels are the protocol’s own; subscribe to an application channel');
+    this.ensureStarted();
+    const subscription = new Subscription(pattern, handler as Handler<never>, options, this);
+    let set = this.subscriptions.get(pattern);
+    const first = !set;
+    if (!set) this.subscriptions.set(pattern, (set = new Set()));
+    set.add(subscription);
+    try {
+      const outcome = await this.backend.need(pattern);
+      if (first || subscription.recovered === undefined) subscription.recovered = outcome.recovered;
+    } catch (error) {
+      set.delete(subscription);
+      if (set.size === 0 && this.subscriptions.get(pattern) === set) this.subscriptions.delete(pattern);
+      subscription.active = false;
+      throw error;
+    }
+    return subscription;
+  }
+
+  /** @internal */
+  async remove(subscription: Subscription): Promise<void> {
+    if (!subscription.active) return;
+    subscription.active = false;
+    const set = this.subscriptions.get(subscription.pattern);
+    if (!set?.delete(subscription) || set.size > 0) return;
+    this.subscriptions.delete(subscription.pattern);
+    await this.backend.release(subscription.pattern);
+  }
+
+  /**
+   * Publishes `data` on `channel`; resolves when the server acknowledged it, rejects with the
+   * server's error (`ClientError`, code "bayeux") when it refused. Offline, it waits in a bounded queue.
+   */
+  publish(channel: string, data: unknown, options: { ext?: Record<string, unknown> } = {}): Promise<Message> {
+    const problem = channelProblem(channel, { allowWildcard: false });
+    if (problem) return Promise.reject(new ClientError('invalid-channel', `cannot publish to ${JSON.stringify(channel)}: ${problem}`));
+    this.ensureStarted();
+    return this.backend.publish(channel, data, options.ext);
+  }
+
+  /** A request to a server-side service (`/service/…`): resolves to the data of its answer, rejects on refusal or after `timeout` ms. */
+  request<T = unknown>(channel: string, data: unknown, options: { timeout?: number } = {}): Promise<T> {
+    if (!isService(channel) || channelProblem(channel, { allowWildcard: false })) {
+      return Promise.reject(new ClientError('invalid-channel', `requests go to a /service/… channel, not ${JSON.stringify(channel)}`));
+    }
+    this.ensureStarted();
+    return this.backend.call(channel, data, options.timeout ?? this.timeout) as Promise<T>;
+  }
+
+  /** Sends every message issued inside `fn` (publishes, subscribes) in one request. */
+  batch<T>(fn: () => T | Promise<T>): Promise<T> {
+    return this.backend.batch(fn);
+  }
+
+  /** Adds an extension (`incoming` / `outgoing` hooks on every message); returns a function that removes it. */
+  addExtension(extension: Extension): () => void {
+    return this.backend.addExtension(extension);
+  }
+
+  private ensureStarted(): void {
+    if (!this.started && this.autoConnect) void this.connect().catch(() => {});
+  }
+
+  private dispatch(message: Message): void {
+    for (const [pattern, set] of this.subscriptions) {
+      if (!matches(pattern, message.channel)) continue;
+      for (const subscription of set) {
+        try {
+          subscription.handler(message.data as never, message);
+        } catch (error) {
+          // An application handler's error must not stop deliveries to the others.
+          queueMicrotask(() => {
+            throw error;
+          });
+        }
+      }
+    }
+  }
+
+  private changed(change: StateChange): void {
+    this.emit('state', change);
+    this.emit(change.state, change);
+  }
+
+  private recovered(pattern: string, outcome: RecoveryOutcome): void {
+    for (const subscription of this.subscriptions.get(pattern) ?? []) {
+      subscription.recovered = outcome.recovered;
+      subscription.options.onRecover?.(outcome.recovered, outcome);
+    }
+    this.emit('recovery', { pattern, ...outcome });
+  }
+
+  private refused(pattern: string, error: ClientError): void {
+    for (const subscription of this.subscriptions.get(pattern) ?? []) subscription.active = false;
+    this.subscriptions.delete(pattern);
+    this.emit('error', error);
+  }
+
+  /** The patterns this client has handlers for (used when another tab takes over the connection). */
+  patterns(): string[] {
+    return [...this.subscriptions.keys()];
+  }
+}

@@ -1,0 +1,11 @@
+/**
+ * @perihelion/client: a Bayeux client for browsers and Node.
+ *
+ *   const client = new Client('https://example.com/bayeux');
+ *   await client.subscribe('/chat/room1', (data) => console.log(data));
+ *   await client.publish('/chat/room1', { text: 'hi' });
+ */
+export { Client, Subscription, type ClientOptions, type ClientEvents, type Handler, type SubscribeOptions } from './client.js';
+export { ClientError, type ClientErrorCode } from './errors.js';
+export type { Extension, Position, RecoveryOutcome, State, StateChange } from './bayeux.js';
+export type { ConnectionType, Message } from '@perihelion/protocol';

@@ -1,0 +1,82 @@
+/**
+ * The contract between the client and one wire technique. A transport instance is one line
+ * generation: when it fails the client drops it and makes a new one, so no transport needs
+ * reconnect logic of its own. Transports know nothing about channels or sessions; they move
+ * arrays of Bayeux messages and report what arrives and what failed.
+ */
+import type { ConnectionType, Message } from '@perihelion/protocol';
+
+export interface TransportHost {
+  /** Messages from the server: replies and deliveries, in wire order. */
+  receive(messages: Message[]): void;
+  /** The line is gone (socket closed, request failed, stream ended); `opened` tells whether it ever worked. */
+  lost(reason: string, opened: boolean): void;
+}
+
+/** Constructors and functions taken from the environment or from the options (never imported). */
+export interface Environment {
+  fetch: typeof fetch | undefined;
+  WebSocket: (new (url: string) => WebSocket) | undefined;
+  EventSource: (new (url: string, init?: EventSourceInit) => EventSource) | undefined;
+  /** Whether this is a browser page (cookies, script tags, same-origin checks). */
+  document: Document | undefined;
+}
+
+export interface Transport {
+  readonly type: ConnectionType;
+  /** Sends one batch. Replies come through `host.receive`; a failure through `host.lost`. */
+  send(messages: Message[]): void;
+  /** Streamed types only: opens the push line for the session; resolves when its first frame arrives. */
+  openStream?(clientId: string): Promise<void>;
+  /** Ends the line and every request in flight, without reporting them as lost. */
+  close(): void;
+}
+
+export interface TransportContext {
+  url: string;
+  env: Environment;
+  host: TransportHost;
+  http: Http;
+}
+
+/**
+ * HTTP requests with the session cookie. In a browser `credentials: "include"` makes the browser
+ * keep and send `BAYEUX_BROWSER` (the server binds sessions to it); elsewhere (Node) there is no
+ * cookie store, so this keeps the server's cookies itself and sends them back.
+ */
+export class Http {
+  private readonly jar = new Map<string, string>();
+
+  constructor(
+    private readonly fetchFn: typeof fetch,
+    private readonly browser: boolean,
+    private readonly headers: Record<string, string>,
+  ) {}
+
+  async request(url: string, init: RequestInit & { headers?: Record<string, string> }): Promise<Response> {
+    const headers: Record<string, string> = { ...this.headers, ...init.headers };
+    if (!this.browser && this.jar.size > 0) headers.Cookie = [...this.jar].map(([k, v]) => `${k}=${v}`).join('; ');
+    const response = await this.fetchFn(url, { ...init, headers, credentials: 'include', cache: 'no-store' });
+    if (!this.browser) {
+      const lines = (response.headers as Headers & { getSetCookie?: () => string[] }).getSetCookie?.() ?? [];
+      for (const line of lines) {
+        const pair = line.split(';')[0] ?? '';
+        const eq = pair.indexOf('=');
+        if (eq > 0) this.jar.set(pair.slice(0, eq).trim(), pair.slice(eq + 1).trim());
+      }
+    }
+    return response;
+  }
+
+  /** The cookies kept for the server (Node), for a WebSocket upgrade that can carry them. */
+  cookieHeader(): string | undefined {
+    return this.jar.size > 0 ? [...this.jar].map(([k, v]) => `${k}=${v}`).join('; ') : undefined;
+  }
+}
+
+/** Parses a JSON batch from the server; a single object counts as a batch of one. */
+export function parseBatch(text: string): Message[] {
+  const value: unknown = JSON.parse(text);
+  const list = Array.isArray(value) ? value : [value];
+  return list.filter((m): m is Message => typeof m === 'object' && m !== null && typeof (m as Message).channel === 'string');
+}

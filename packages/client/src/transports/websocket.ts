@@ -1,0 +1,70 @@
+/**
+ * websocket: one JSON array per frame, both ways. The server pushes deliveries as soon as they
+ * are due and still answers the held /meta/connect, which serves as a heartbeat. Sends made
+ * before the socket opens wait for it.
+ */
+import type { Message } from '@perihelion/protocol';
+import { parseBatch, type Transport, type TransportContext } from './transport.js';
+
+export class WebSocketTransport implements Transport {
+  readonly type = 'websocket' as const;
+  private readonly socket: WebSocket;
+  private readonly pending: string[] = [];
+  private opened = false;
+  private closed = false;
+  private readonly openTimer: ReturnType<typeof setTimeout>;
+
+  constructor(
+    private readonly context: TransportContext,
+    openTimeout: number,
+  ) {
+    const Ctor = context.env.WebSocket!;
+    this.socket = new Ctor(context.url.replace(/^http/, 'ws'));
+    // A proxy that swallows the upgrade leaves the socket CONNECTING forever.
+    this.openTimer = setTimeout(() => this.fail('the WebSocket did not open in time'), openTimeout);
+    this.socket.onopen = () => {
+      clearTimeout(this.openTimer);
+      this.opened = true;
+      for (const frame of this.pending.splice(0)) this.socket.send(frame);
+    };
+    this.socket.onmessage = (event: MessageEvent) => {
+      if (this.closed) return;
+      let batch: Message[];
+      try {
+        batch = parseBatch(String(event.data));
+      } catch {
+        return this.fail('a WebSocket frame was not JSON');
+      }
+      this.context.host.receive(batch);
+    };
+    this.socket.onclose = (event: CloseEvent) => this.fail(`the WebSocket closed (${event.code}${event.reason ? ` ${event.reason}` : ''})`);
+    // Browsers give no detail on errors; the close event follows with the code.
+    this.socket.onerror = () => this.fail('the WebSocket failed');
+  }
+
+  send(messages: Message[]): void {
+    const frame = JSON.stringify(messages);
+    if (this.opened) this.socket.send(frame);
+    else this.pending.push(frame);
+  }
+
+  private fail(reason: string): void {
+    if (this.closed) return;
+    this.close();
+    this.context.host.lost(reason, this.opened);
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.openTimer);
+    this.socket.onopen = this.socket.onmessage = this.socket.onclose = null;
+    // Some implementations (Node's ws) report the abort of a CONNECTING socket as an error event
+    // and treat an error nobody listens to as fatal.
+    this.socket.onerror = () => {};
+    try {
+      this.socket.close();
+    } catch {
+      // A socket still CONNECTING throws in some environments; it is abandoned either way.
+    }
+  }
+}
