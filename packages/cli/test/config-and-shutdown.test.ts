@@ -129,7 +129,9 @@ describe('graceful shutdown', () => {
     assert.equal(late.status, 503);
     // ...but the subscriber's next connect still collects what was acknowledged, with advice to go elsewhere.
     const collected = await poller.send([{ channel: '/meta/connect', connectionType: 'long-polling' }]);
-    assert.deepEqual(collected.slice(1), [{ channel: '/news', data: 'acknowledged before shutdown' }]);
+    const delivered = collected.slice(1) as Array<{ ext?: { position?: { offset: number } } }>;
+    assert.equal(delivered[0]?.ext?.position?.offset, 1, 'the first message on /news has offset 1');
+    assert.deepEqual(delivered.map(({ ext: _ext, ...rest }) => rest), [{ channel: '/news', data: 'acknowledged before shutdown' }]);
     assert.equal((collected[0]?.advice as { reconnect: string }).reconnect, 'handshake');
     const [code] = await exited;
     assert.equal(code, 0);

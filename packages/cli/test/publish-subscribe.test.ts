@@ -154,7 +154,9 @@ describe('perihelion publish and subscribe', () => {
     const { code } = await sub.done;
     assert.equal(code, 0, sub.stderr);
     assert.equal(sub.stdout, line('/news/today', { headline: 'one' }) + line('/news/today', { headline: 'two' }));
-    assert.deepEqual(extensions[1], { source: 'cli' }, '--ext travels with the message');
+    const { position, ...ext } = extensions[1] as { position?: { offset: number } };
+    assert.deepEqual(ext, { source: 'cli' }, '--ext travels with the message');
+    assert.equal(position?.offset, 2, 'the server adds the position');
     assert.match(sub.stderr, /disconnecting/, 'the session ends with /meta/disconnect');
     unlisten();
   });

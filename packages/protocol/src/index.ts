@@ -4,3 +4,4 @@ export * from './errors.js';
 export * from './codec.js';
 export * from './validate.js';
 export * from './framing.js';
+export * from './position.js';

@@ -7,6 +7,7 @@ export const ERROR_CODES = {
   ERR_ENGINE_CLOSED: 'The engine was used before start() or after close().',
   ERR_SERVER_CLOSED: 'The server was used after close().',
   ERR_INVALID_CHANNEL: 'A server-side call named a channel that is not a valid Bayeux channel.',
+  ERR_INVALID_ARGUMENT: 'A server-side call got an argument of the wrong type or out of range.',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

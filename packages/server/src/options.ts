@@ -12,6 +12,9 @@ import type { JwtOptions } from './security/jwt.js';
 import type { AuthorizeHook } from './security/policy.js';
 import { validateCallouts, type CalloutRule } from './callouts/allow.js';
 import { validateWebhooks, type Webhook } from './callouts/webhooks.js';
+import { validateHistoryRules, type HistoryRule } from './engine/retention.js';
+
+export type QueueOverflow = 'drop-oldest' | 'disconnect';
 
 export interface ServerOptions {
   /** Mount path of the Bayeux endpoint. Default: "/bayeux". */
@@ -22,8 +25,29 @@ export interface ServerOptions {
   interval?: number;
   /** A session with no connect for interval + maxInterval ms is expired. Default: 10000. */
   maxInterval?: number;
-  /** Most messages waiting for one session; when full the oldest is dropped. Default: 1000. */
+  /** Most messages waiting for one session (see `queueOverflow`). Default: 1000. */
   maxQueue?: number;
+  /**
+   * What happens when a session's queue is full (a slow consumer): "drop-oldest" drops its oldest
+   * message (a Perihelion client sees the gap in positions and recovers it from history);
+   * "disconnect" ends the session with advice to handshake again (and recover). Both are counted.
+   * Default: "drop-oldest".
+   */
+  queueOverflow?: QueueOverflow;
+  /** Messages kept per broadcast channel for recovery; 0 turns history and positions off. Default: 1000. */
+  historySize?: number;
+  /** Longest a message is kept in history, in ms. Default: 600000 (10 minutes). */
+  historyTtl?: number;
+  /** Retention per channel pattern, first match wins, e.g. [{ channel: "/chat/**", size: 5000 }]. Default: []. */
+  history?: HistoryRule[];
+  /** Most channels whose history is kept; the least recently published is forgotten first. Default: 100000. */
+  maxHistoryChannels?: number;
+  /** Most messages replayed for the recoveries of one subscribe; beyond it recovery fails. Default: 10000. */
+  maxReplay?: number;
+  /** Publish ids remembered per session so that a resent publish reaches subscribers once; 0 turns it off. Default: 128. */
+  publishDedup?: number;
+  /** Answer the CometD ack extension (at-least-once for long-polling and WebSocket). Default: true. */
+  ack?: boolean;
   /** Largest HTTP request body or WebSocket frame, in bytes. Default: 1048576 (1 MiB). */
   maxRequestBytes?: number;
   /** Most messages in one request or frame. Default: 100. */
@@ -110,6 +134,14 @@ export interface ResolvedOptions {
   interval: number;
   maxInterval: number;
   maxQueue: number;
+  queueOverflow: QueueOverflow;
+  historySize: number;
+  historyTtl: number;
+  history: HistoryRule[];
+  maxHistoryChannels: number;
+  maxReplay: number;
+  publishDedup: number;
+  ack: boolean;
   maxRequestBytes: number;
   maxBatch: number;
   maxDepth: number;
@@ -143,6 +175,14 @@ export const DEFAULTS: ResolvedOptions = {
   interval: 0,
   maxInterval: 10_000,
   maxQueue: 1000,
+  queueOverflow: 'drop-oldest',
+  historySize: 1000,
+  historyTtl: 600_000,
+  history: [],
+  maxHistoryChannels: 100_000,
+  maxReplay: 10_000,
+  publishDedup: 128,
+  ack: true,
   maxRequestBytes: 1024 * 1024,
   maxBatch: 100,
   maxDepth: 32,
@@ -176,6 +216,11 @@ const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
   interval: [0, 600_000],
   maxInterval: [1000, 3_600_000],
   maxQueue: [1, 10_000_000],
+  historySize: [0, 1_000_000],
+  historyTtl: [1000, 30 * 24 * 3600_000],
+  maxHistoryChannels: [1, 100_000_000],
+  maxReplay: [0, 100_000_000],
+  publishDedup: [0, 100_000],
   maxRequestBytes: [1024, 1024 * 1024 * 1024],
   maxBatch: [1, 100_000],
   maxDepth: [2, 1000],
@@ -236,7 +281,7 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
     if (typeof options.apiKey !== 'string' || options.apiKey.length < 16) invalid('option "apiKey" must be a string of at least 16 characters');
     resolved.apiKey = options.apiKey;
   }
-  for (const key of ['jsonp', 'open', 'anonymous', 'operations'] as const) {
+  for (const key of ['jsonp', 'open', 'anonymous', 'operations', 'ack'] as const) {
     const value = options[key];
     if (value === undefined) continue;
     if (typeof value !== 'boolean') invalid(`option "${key}" must be true or false, got ${JSON.stringify(value)}`);
@@ -270,6 +315,14 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
     }
     resolved.allowedOrigins = [...options.allowedOrigins];
   }
+  if (options.queueOverflow !== undefined) {
+    if (options.queueOverflow !== 'drop-oldest' && options.queueOverflow !== 'disconnect') {
+      invalid(`option "queueOverflow" must be "drop-oldest" or "disconnect", got ${JSON.stringify(options.queueOverflow)}`);
+    }
+    resolved.queueOverflow = options.queueOverflow;
+  }
+  validateHistoryRules(options.history);
+  if (options.history) resolved.history = options.history.map((rule) => ({ ...rule }));
   validateCallouts(options.callouts);
   validateWebhooks(options.webhooks);
   return resolved;

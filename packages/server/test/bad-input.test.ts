@@ -6,10 +6,8 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { WebSocket } from 'ws';
-import { at, browserFetch, cookieFor, errorOf, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { WsPeer, at, browserFetch, errorOf, handshake, post, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 
-type Msg = Record<string, unknown>;
 
 const HANDSHAKE = { channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling', 'websocket'] };
 const MAX_BYTES = 4096;
@@ -378,57 +376,11 @@ describe('bad input over HTTP', () => {
   });
 });
 
-/** A raw WebSocket that collects every message of every frame it receives. */
-class Peer {
-  readonly received: Msg[] = [];
-  readonly frames: unknown[] = [];
-  closeCode: number | null = null;
-
-  private constructor(readonly ws: WebSocket) {
-    ws.on('message', (data) => {
-      const value = JSON.parse(String(data)) as unknown;
-      this.frames.push(value);
-      if (Array.isArray(value)) this.received.push(...(value as Msg[]));
-    });
-    ws.on('close', (code) => (this.closeCode = code));
-    ws.on('error', () => {});
-  }
-
-  static async open(url: string): Promise<Peer> {
-    // Like a browser, the upgrade carries the cookies of the host (session binding).
-    const cookie = cookieFor(url.replace(/^ws/, 'http'));
-    const ws = new WebSocket(url, cookie !== undefined ? { headers: { Cookie: cookie } } : {});
-    const peer = new Peer(ws);
-    await once(ws, 'open');
-    return peer;
-  }
-
-  send(value: unknown): void {
-    this.ws.send(typeof value === 'string' ? value : JSON.stringify(value));
-  }
-
-  async next(predicate: (m: Msg) => boolean, what: string, ms = 3000): Promise<Msg> {
-    await waitFor(() => this.received.some(predicate), ms, what);
-    return this.received.find(predicate)!;
-  }
-
-  get open(): boolean {
-    return this.ws.readyState === WebSocket.OPEN;
-  }
-
-  async close(): Promise<void> {
-    if (this.ws.readyState === WebSocket.CLOSED) return;
-    const closed = once(this.ws, 'close');
-    this.ws.close();
-    await closed;
-  }
-}
-
 describe('bad input over WebSocket', () => {
   let ts: TestServer;
-  const peers: Peer[] = [];
-  const open = async (): Promise<Peer> => {
-    const peer = await Peer.open(ts.wsUrl);
+  const peers: WsPeer[] = [];
+  const open = async (): Promise<WsPeer> => {
+    const peer = await WsPeer.open(ts.wsUrl);
     peers.push(peer);
     return peer;
   };
@@ -441,7 +393,7 @@ describe('bad input over WebSocket', () => {
   });
 
   /** Handshake, connect and a publish to itself over one socket: the socket is usable. */
-  async function assertUsable(peer: Peer): Promise<void> {
+  async function assertUsable(peer: WsPeer): Promise<void> {
     const tag = `u${++roundTrips}`;
     peer.send([{ ...HANDSHAKE, id: `${tag}-h` }]);
     const hs = await peer.next((m) => m.id === `${tag}-h`, 'the handshake reply');

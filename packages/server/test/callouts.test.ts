@@ -12,11 +12,9 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { WebSocket } from 'ws';
 import { CalloutError, PerihelionError, WebhookError, createServer, type CalloutRule, type ServerOptions, type Webhook } from '../src/index.js';
-import { cookieFor, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { WsPeer, handshake, post, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 
-type Msg = Record<string, unknown>;
 
 const HANDSHAKE = { channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling', 'websocket'] };
 const SECRET = 'app-shared-secret-0123456789';
@@ -127,57 +125,20 @@ async function drain(url: string, clientId: string): Promise<Msg[]> {
   return body.slice(1);
 }
 
-/** A raw WebSocket client that collects every message it receives. */
-class Peer {
-  readonly received: Msg[] = [];
-  private nextId = 0;
-
-  private constructor(readonly ws: WebSocket) {
-    ws.on('message', (data) => {
-      const value = JSON.parse(String(data)) as unknown;
-      if (Array.isArray(value)) this.received.push(...(value as Msg[]));
-    });
-    ws.on('error', () => {});
-  }
-
-  static async open(url: string): Promise<Peer> {
-    const cookie = cookieFor(url.replace(/^ws/, 'http'));
-    const ws = new WebSocket(url, cookie !== undefined ? { headers: { Cookie: cookie } } : {});
-    const peer = new Peer(ws);
-    await once(ws, 'open');
-    return peer;
-  }
-
-  /** Sends one message with a fresh id and resolves to the reply carrying that id. */
-  async request(message: Msg): Promise<Msg> {
-    const id = `w${++this.nextId}`;
-    this.ws.send(JSON.stringify([{ ...message, id }]));
-    await waitFor(() => this.received.some((m) => m.id === id), 3000, `a reply to ${JSON.stringify(message)}`);
-    return this.received.find((m) => m.id === id)!;
-  }
-
-  async close(): Promise<void> {
-    if (this.ws.readyState === WebSocket.CLOSED) return;
-    const closed = once(this.ws, 'close');
-    this.ws.close();
-    await closed;
-  }
-}
-
 // ------------------------------------------------------------------------------------ call-outs
 
 describe('call-outs to the application', () => {
   let app: App;
   const servers: TestServer[] = [];
-  const peers: Peer[] = [];
+  const peers: WsPeer[] = [];
 
   const start = async (callouts: CalloutRule[], options: ServerOptions = {}): Promise<TestServer> => {
     const ts = await startServer({ callouts, ...options });
     servers.push(ts);
     return ts;
   };
-  const peer = async (ts: TestServer): Promise<Peer> => {
-    const p = await Peer.open(ts.wsUrl);
+  const peer = async (ts: TestServer): Promise<WsPeer> => {
+    const p = await WsPeer.open(ts.wsUrl);
     peers.push(p);
     return p;
   };

@@ -1,5 +1,7 @@
 /** Shared test helpers: a real server on a free loopback port, and a raw Bayeux HTTP client. */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { WebSocket } from 'ws';
 import type { AddressInfo } from 'node:net';
 import { parseError, type ParsedError } from '@perihelion/protocol';
 import { createServer, type Perihelion, type ServerOptions } from '../src/index.js';
@@ -107,4 +109,60 @@ export function errorOf(message: { error?: unknown }): ParsedError {
   const parsed = parseError(message.error as string);
   assert.ok(parsed, `error ${JSON.stringify(message.error)} does not follow code:args:message`);
   return parsed;
+}
+
+export type Msg = Record<string, unknown>;
+
+/** A raw Bayeux WebSocket client that collects every message of every frame it receives. */
+export class WsPeer {
+  readonly received: Msg[] = [];
+  readonly frames: unknown[] = [];
+  closeCode: number | null = null;
+  private nextId = 0;
+
+  private constructor(readonly ws: WebSocket) {
+    ws.on('message', (data) => {
+      const value = JSON.parse(String(data)) as unknown;
+      this.frames.push(value);
+      if (Array.isArray(value)) this.received.push(...(value as Msg[]));
+    });
+    ws.on('close', (code) => (this.closeCode = code));
+    ws.on('error', () => {});
+  }
+
+  static async open(url: string): Promise<WsPeer> {
+    // Like a browser, the upgrade carries the cookies of the host (session binding).
+    const cookie = cookieFor(url.replace(/^ws/, 'http'));
+    const ws = new WebSocket(url, cookie !== undefined ? { headers: { Cookie: cookie } } : {});
+    const peer = new WsPeer(ws);
+    await once(ws, 'open');
+    return peer;
+  }
+
+  send(value: unknown): void {
+    this.ws.send(typeof value === 'string' ? value : JSON.stringify(value));
+  }
+
+  /** Sends one message with a fresh id and resolves to the reply carrying that id. */
+  async request(message: Msg, ms = 3000): Promise<Msg> {
+    const id = `w${++this.nextId}`;
+    this.send([{ ...message, id }]);
+    return this.next((m) => m.id === id, `a reply to ${JSON.stringify(message)}`, ms);
+  }
+
+  async next(predicate: (m: Msg) => boolean, what: string, ms = 3000): Promise<Msg> {
+    await waitFor(() => this.received.some(predicate), ms, what);
+    return this.received.find(predicate)!;
+  }
+
+  get open(): boolean {
+    return this.ws.readyState === WebSocket.OPEN;
+  }
+
+  async close(): Promise<void> {
+    if (this.ws.readyState === WebSocket.CLOSED) return;
+    const closed = once(this.ws, 'close');
+    this.ws.close();
+    await closed;
+  }
 }

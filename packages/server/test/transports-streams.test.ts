@@ -261,7 +261,7 @@ describe('callback-polling (JSONP)', () => {
       assert.ok(text.includes('\\u2028') && !text.includes('\u2028'), 'U+2028 escaped');
       const batch = evaluate(text, 'cb') as { channel: string; data?: { text: string } }[];
       assert.equal(batch[0]?.channel, '/meta/connect');
-      assert.deepEqual(batch[1], { channel: '/jp/a', data: { text: 'line\u2028separator' } });
+      assert.deepEqual(batch[1], { channel: '/jp/a', data: { text: 'line\u2028separator' }, ext: { position: (await t.server.history('/jp/a'))!.position } });
     });
 
     it('uses the default callback name when none is given', async () => {

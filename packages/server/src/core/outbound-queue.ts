@@ -2,8 +2,11 @@
  * A session's bounded outbound queue of serialised messages. The strings are shared between all
  * recipients of a publish (serialised once); the queue only holds references.
  *
- * Overflow policy (`drop-oldest`): when full, the oldest message is dropped and counted, so a
- * slow consumer costs at most `limit` references, and the newest state always gets through.
+ * Overflow: when full, the oldest message is dropped and counted (the server may instead end the
+ * session, see the `queueOverflow` option), so a slow consumer costs at most `limit` references.
+ * Messages replayed for a recovery or resent for the ack extension are bounded by the history
+ * and the unacknowledged window instead: they are queued in full and widen the limit until they
+ * have been written, so that a recovery never drops the very messages it recovers.
  */
 export class OutboundQueue {
   private items: string[] = [];
@@ -12,6 +15,8 @@ export class OutboundQueue {
   dropped = 0;
   /** When the oldest message still queued arrived (ms since the epoch), for latency metrics. */
   oldestAt = 0;
+  /** Replayed or resent messages still queued, on top of `limit`. */
+  private allowance = 0;
 
   constructor(readonly limit: number) {}
 
@@ -19,10 +24,15 @@ export class OutboundQueue {
     return this.items.length - this.head;
   }
 
+  /** Whether the next `push` would drop a message. */
+  get full(): boolean {
+    return this.length >= this.limit + this.allowance;
+  }
+
   /** Adds a message; returns false when an older message had to be dropped to make room. */
   push(payload: string): boolean {
     let kept = true;
-    if (this.length >= this.limit) {
+    if (this.full) {
       this.head++;
       this.dropped++;
       kept = false;
@@ -37,11 +47,29 @@ export class OutboundQueue {
     return kept;
   }
 
+  /** Queues replayed messages after what is queued, all of them. */
+  pushAll(payloads: readonly string[]): void {
+    if (payloads.length === 0) return;
+    if (this.length === 0) this.oldestAt = Date.now();
+    for (const payload of payloads) this.items.push(payload);
+    this.allowance += payloads.length;
+  }
+
+  /** Queues resent messages before what is queued, all of them. */
+  unshiftAll(payloads: readonly string[]): void {
+    if (payloads.length === 0) return;
+    if (this.length === 0) this.oldestAt = Date.now();
+    this.items = [...payloads, ...this.items.slice(this.head)];
+    this.head = 0;
+    this.allowance += payloads.length;
+  }
+
   /** Removes and returns everything queued, oldest first. */
   drain(): string[] {
     const out = this.head === 0 ? this.items : this.items.slice(this.head);
     this.items = [];
     this.head = 0;
+    this.allowance = 0;
     return out;
   }
 }

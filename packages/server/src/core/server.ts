@@ -17,13 +17,17 @@ import {
   isMeta,
   isService,
   isWildcard,
+  serialiseExtLast,
   subscriptionList,
   type Advice,
   type ConnectionType,
   type Message,
+  type Position,
 } from '@perihelion/protocol';
-import type { Engine, EngineHost, Publication } from '../engine/engine.js';
+import type { Engine, EngineHost, Publication, RecoverRequest } from '../engine/engine.js';
+import type { HistoryQuery, HistorySettings } from '../engine/history.js';
 import { MemoryEngine } from '../engine/memory.js';
+import { retentionResolver } from '../engine/retention.js';
 import { ExtensionPipeline, type Extension, type ExtensionContext } from '../extensions/pipeline.js';
 import { PerihelionError } from '../errors.js';
 import { resolveOptions, type ResolvedOptions, type ServerOptions } from '../options.js';
@@ -32,11 +36,14 @@ import { AuthenticationError, type Authenticator } from '../security/authenticat
 import { JwtVerifier, jwtAuthenticator } from '../security/jwt.js';
 import { SecurityPolicy } from '../security/policy.js';
 import { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
+import { Acknowledgement } from './acknowledgement.js';
 import { ListenerRegistry, type Listener } from './listeners.js';
+import { RecentIds } from './recent-ids.js';
+import { readRecoverRequests } from './recovery.js';
 import { Session, type Release, type SessionHost } from './session.js';
 import { TimerWheel } from './timer-wheel.js';
 
-export type DisconnectReason = 'client' | 'expired' | 'server' | 'shutdown' | 'token-expired' | 'abuse';
+export type DisconnectReason = 'client' | 'expired' | 'server' | 'shutdown' | 'token-expired' | 'abuse' | 'slow-consumer';
 
 export interface ServerEvents {
   handshake: [session: Session];
@@ -55,10 +62,28 @@ export interface ServerStats {
   published: number;
   deliveries: number;
   queueDrops: number;
+  /** Sessions ended because their queue overflowed (`queueOverflow: "disconnect"`). */
+  slowConsumers: number;
+  /** Resent publishes recognised by their id and not published again. */
+  duplicatePublishes: number;
+  /** Messages replayed to recovering clients. */
+  replayed: number;
+  /** Messages written again for the ack extension. */
+  resent: number;
 }
 
 export interface PublishOptions {
   ext?: Record<string, unknown>;
+}
+
+/** A page of a channel's history, as the server API gives it. */
+export interface HistoryResult {
+  /** The channel's current epoch and latest offset; null when nothing was published on it yet. */
+  position: Position | null;
+  /** Messages oldest first, each with `ext.position`. */
+  messages: Message[];
+  /** False when `since` could not be honoured (another epoch, or messages after it are gone). */
+  complete: boolean;
 }
 
 type Reply = Message;
@@ -89,11 +114,16 @@ export class BayeuxServer implements EngineHost, SessionHost {
   private draining = false;
   private closing: Promise<void> | null = null;
   private started = false;
-  private readonly counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0 };
+  private readonly counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0 };
+  readonly historySettings: HistorySettings;
 
   constructor(options: ServerOptions = {}) {
     this.options = resolveOptions(options);
     this.engine = options.engine ?? new MemoryEngine();
+    this.historySettings = {
+      retentionFor: retentionResolver(this.options.history, { size: this.options.historySize, ttl: this.options.historyTtl }),
+      maxChannels: this.options.maxHistoryChannels,
+    };
     const verifier = options.jwt ? new JwtVerifier(options.jwt) : null;
     this.authenticator = options.authenticate ?? (verifier ? jwtAuthenticator(verifier) : null);
     this.policy = new SecurityPolicy({ open: this.options.open, rules: options.channels ?? [], authorize: options.authorize, subscriptionTokens: verifier });
@@ -160,6 +190,23 @@ export class BayeuxServer implements EngineHost, SessionHost {
     return this.engine.sendTo(clientId, publication);
   }
 
+  /**
+   * Reads a channel's history: the latest `limit` messages, or with `since` the messages after
+   * that position (oldest first). Null when the channel keeps no history (see `historySize`).
+   */
+  async history(channel: string, query: HistoryQuery = {}): Promise<HistoryResult | null> {
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot read the history of ${JSON.stringify(channel)}: ${problem}`);
+    if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 0)) {
+      throw new PerihelionError('ERR_INVALID_ARGUMENT', `history limit must be a non-negative integer, got ${JSON.stringify(query.limit)}`);
+    }
+    await this.ready;
+    if (isMeta(channel) || isService(channel)) return null;
+    const page = await this.engine.history(channel, query);
+    if (!page) return null;
+    return { position: page.position, messages: page.payloads.map((payload) => JSON.parse(payload) as Message), complete: page.complete };
+  }
+
   /** Whether handshakes are authenticated (an authenticator or JWT keys are configured). */
   get authenticates(): boolean {
     return this.authenticator !== null;
@@ -184,7 +231,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
   }
 
   /** The running totals alone, without walking the sessions (cheap enough for every scrape). */
-  totals(): Readonly<{ messagesIn: number; published: number; deliveries: number; queueDrops: number }> {
+  totals(): Readonly<typeof this.counters> {
     return this.counters;
   }
 
@@ -380,11 +427,14 @@ export class BayeuxServer implements EngineHost, SessionHost {
       // Credentials that expire end the session then, with a reason the client can see.
       session.tokenExpiry = this.wheel.schedule(identity.expiresAt - Date.now(), () => this.endSession(session, 'token-expired'));
     }
+    // The CometD ack extension asks with ext.ack: true (see acknowledgement.ts).
+    if (this.options.ack && message.ext?.ack === true) session.ack = new Acknowledgement(this.options.maxQueue);
     this.events.emit('handshake', session);
     return {
       ...reply,
       successful: true,
       ...(identity ? { authSuccessful: true } : {}),
+      ...(session.ack ? { ext: { ack: session.ack.handshakeReply } } : {}),
       version: BAYEUX_VERSION,
       minimumVersion: BAYEUX_VERSION,
       supportedConnectionTypes: offered,
@@ -406,6 +456,13 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     session.connectionType = type as ConnectionType;
     if (context.connection) session.bind(context.connection);
+    const acknowledged = message.ext?.ack;
+    if (session.ack && typeof acknowledged === 'number' && Number.isSafeInteger(acknowledged)) {
+      // What the client did not receive goes out again, before anything newer.
+      const resend = session.ack.acknowledge(acknowledged);
+      this.counters.resent += resend.length;
+      session.resend(resend);
+    }
 
     // Streamed types (Faye's eventsource, http-streaming) carry messages on their stream; their
     // connects are answered at once and only keep the session alive (BAYEUX.md A46).
@@ -453,12 +510,17 @@ export class BayeuxServer implements EngineHost, SessionHost {
       reply.successful = false;
       reply.error = bayeuxError('unauthorized', [], 'session ended: token expired');
       reply.advice = { reconnect: 'handshake', interval: 0 };
+    } else if (release.reason === 'slow-consumer') {
+      reply.successful = false;
+      reply.error = bayeuxError('serverError', [], `session ended: more than ${this.options.maxQueue} messages waited for it; handshake again and recover`);
+      reply.advice = { reconnect: 'handshake', interval: 0 };
     } else if (release.reason === 'disconnected') reply.advice = { reconnect: 'none' };
     else if (release.reason === 'shutdown') reply.advice = { reconnect: 'handshake', interval: 1000 };
     // A newer connect took this one's place: answered at once, flagged with the spec's
     // multiple-clients advice (two lines for one session usually mean two tabs or a retry).
     else if (release.reason === 'superseded') reply.advice = { ...advice, 'multiple-clients': true };
     else reply.advice = advice;
+    if (session.ack && reply.successful) reply.ext = { ...reply.ext, ack: session.ack.close() };
     if (!session.ended) {
       session.connected = true;
       session.scheduleExpiry((advice.interval ?? 0) + this.options.maxInterval);
@@ -488,16 +550,31 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (session.subscriptions.size + fresh.length > this.options.maxSubscriptions) {
       return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${this.options.maxSubscriptions} per session`) };
     }
+    const recover = readRecoverRequests(message.ext?.recover, fresh, { maxEntries: this.options.maxSubscriptions, maxChannelLength: this.options.maxChannelLength });
+    if (!recover.ok) return { ...reply, error: recover.error };
     for (const channel of fresh) {
       const refused = (await this.policy.check('subscribe', channel, session, message)) ?? (await this.checkCreate(channel, session, message));
       if (refused) return { ...reply, error: bayeuxError('channelForbidden', [channel], refused) };
     }
+    // Positions of the exact channels (where a later recovery can start from) and the outcome of
+    // each recovery asked for; replayed messages are queued before anything published later.
+    const positions: Record<string, Position> = {};
+    const recovered: Record<string, boolean> = {};
+    let replayBudget = this.options.maxReplay;
     for (const channel of fresh) {
       session.subscriptions.add(channel);
-      await this.engine.subscribe(session.id, channel);
+      const outcome = await this.engine.subscribe(session.id, channel, recover.byPattern.get(channel), replayBudget);
+      if (outcome.position) positions[channel] = outcome.position;
+      for (const result of outcome.recovered) {
+        recovered[result.channel] = result.recovered;
+        replayBudget -= result.replayed;
+      }
       this.events.emit('subscribe', session, channel);
     }
-    return { ...reply, successful: true };
+    const ext: Record<string, unknown> = {};
+    if (Object.keys(positions).length > 0) ext.positions = positions;
+    if (Object.keys(recovered).length > 0) ext.recovered = recovered;
+    return { ...reply, successful: true, ...(Object.keys(ext).length > 0 ? { ext } : {}) };
   }
 
   private async unsubscribeSession(message: Message, session: Session | null): Promise<Reply> {
@@ -546,13 +623,29 @@ export class BayeuxServer implements EngineHost, SessionHost {
       return fail(bayeuxError('rateLimited', [channel], `more than ${this.options.publishRate} publishes per second`));
     }
     session.refusedPublishes = 0;
+    // A resend of a publish already accepted (same id, same session) is acknowledged again and
+    // not published again. The id is remembered before the checks below, which may await, so a
+    // resend arriving meanwhile is recognised too; a refusal forgets it.
+    const dedupKey = message.id !== undefined && this.options.publishDedup > 0 && !isService(channel) ? String(message.id) : null;
+    if (dedupKey !== null) {
+      session.recentPublishes ??= new RecentIds(this.options.publishDedup);
+      if (session.recentPublishes.has(dedupKey)) {
+        this.counters.duplicatePublishes++;
+        return this.emitReply(this.reply(message, true), context, out);
+      }
+      session.recentPublishes.add(dedupKey);
+    }
+    const refuse = (error: string): Promise<void> => {
+      if (dedupKey !== null) session.recentPublishes?.delete(dedupKey);
+      return fail(error);
+    };
     const refused = (await this.policy.check('publish', channel, session, message)) ?? (await this.checkCreate(channel, session, message));
-    if (refused) return fail(bayeuxError('channelForbidden', [channel], refused));
+    if (refused) return refuse(bayeuxError('channelForbidden', [channel], refused));
 
     const delivered: Message = { channel, data: message.data };
     if (message.ext !== undefined) {
-      // Credentials never travel on to subscribers.
-      const { token: _token, ...ext } = message.ext;
+      // Credentials never travel on to subscribers, and positions are the server's to give.
+      const { token: _token, position: _position, ...ext } = message.ext;
       if (Object.keys(ext).length > 0) delivered.ext = ext;
     }
     if (isService(channel)) {
@@ -571,7 +664,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     const publication = await this.prepare(delivered, null);
     if (publication && this.tooLarge(publication.payload)) {
-      return fail(bayeuxError('messageTooLarge', [channel], `larger than ${this.options.maxMessageBytes} bytes`));
+      return refuse(bayeuxError('messageTooLarge', [channel], `larger than ${this.options.maxMessageBytes} bytes`));
     }
     if (publication) await this.send(publication, session);
     return this.emitReply(this.reply(message, true), context, out);
@@ -596,15 +689,19 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   private async send(publication: Publication, from: Session | null): Promise<void> {
     this.counters.published++;
-    this.events.emit('publish', publication.message, from);
     await this.engine.publish(publication);
+    this.events.emit('publish', publication.message, from);
   }
 
-  /** Runs the outgoing extensions once and serialises once: every recipient shares the bytes. */
+  /**
+   * Runs the outgoing extensions once and serialises once: every recipient shares the bytes. The
+   * engine later adds the position to those bytes without serialising again (ext is written last).
+   */
   private async prepare(message: Message, session: Session | null): Promise<Publication | null> {
     const out = await this.extensions.outgoing(message, { session, transport: null });
     if (!out) return null;
-    return { channel: out.channel, message: out, payload: JSON.stringify(out) };
+    const serialised = serialiseExtLast(out);
+    return { channel: out.channel, message: out, payload: serialised.text, ext: serialised.ext };
   }
 
   /** Calls the listeners matching the message's channel; resolves to the first value one returns. */
@@ -636,8 +733,22 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (session) this.enqueue(session, publication.payload);
   }
 
+  onReplay(clientId: string, payloads: readonly string[]): void {
+    const session = this.sessions.get(clientId);
+    if (!session) return;
+    this.counters.replayed += payloads.length;
+    this.counters.deliveries += payloads.length;
+    session.replay(payloads);
+  }
+
   private enqueue(session: Session, payload: string): void {
     this.counters.deliveries++;
+    if (session.queue.full && this.options.queueOverflow === 'disconnect') {
+      // A consumer this far behind is cut loose; its client handshakes again and recovers.
+      this.counters.slowConsumers++;
+      this.endSession(session, 'slow-consumer');
+      return;
+    }
     if (!session.enqueue(payload)) this.counters.queueDrops++;
   }
 
@@ -683,7 +794,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     session.ended = true;
     session.cancelExpiry();
     this.wheel.cancel(session.tokenExpiry);
-    session.release(reason === 'shutdown' ? 'shutdown' : reason === 'token-expired' ? 'token-expired' : 'disconnected');
+    session.release(reason === 'shutdown' || reason === 'token-expired' || reason === 'slow-consumer' ? reason : 'disconnected');
     this.sessions.delete(session.id);
     const address = session.remoteAddress ?? 'unknown';
     const count = (this.sessionsPerAddress.get(address) ?? 1) - 1;

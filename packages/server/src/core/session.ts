@@ -9,10 +9,12 @@ import type { ConnectionType } from '@perihelion/protocol';
 import type { Identity } from '../security/identity.js';
 import { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from '../transports/transport.js';
+import type { Acknowledgement } from './acknowledgement.js';
 import { OutboundQueue } from './outbound-queue.js';
+import type { RecentIds } from './recent-ids.js';
 import type { TimerHandle, TimerWheel } from './timer-wheel.js';
 
-export type ReleaseReason = 'message' | 'timeout' | 'superseded' | 'disconnected' | 'shutdown' | 'token-expired';
+export type ReleaseReason = 'message' | 'timeout' | 'superseded' | 'disconnected' | 'shutdown' | 'token-expired' | 'slow-consumer';
 
 export interface Release {
   reason: ReleaseReason;
@@ -57,6 +59,10 @@ export class Session {
   /** Publishes allowed per second (null: no limit), and how many were refused in a row. */
   publishBucket: TokenBucket | null = null;
   refusedPublishes = 0;
+  /** At-least-once delivery state, when the client uses the CometD ack extension. */
+  ack: Acknowledgement | null = null;
+  /** Ids of the latest publishes, to publish a resent message once (created on first use). */
+  recentPublishes: RecentIds | null = null;
 
   /** The held /meta/connect, and the push line it will be answered on (none for long-polling). */
   private held: { resolve: (release: Release) => void; timer: TimerHandle; connection: PushConnection | undefined } | null = null;
@@ -90,6 +96,20 @@ export class Session {
     const kept = this.queue.push(payload);
     this.host.scheduleFlush(this);
     return kept;
+  }
+
+  /** Queues messages the session missed (a recovery), in order, all of them. */
+  replay(payloads: readonly string[]): void {
+    if (this.ended) return;
+    this.queue.pushAll(payloads);
+    this.host.scheduleFlush(this);
+  }
+
+  /** Queues unacknowledged messages again, ahead of everything else (ack extension). */
+  resend(payloads: readonly string[]): void {
+    if (this.ended || payloads.length === 0) return;
+    this.queue.unshiftAll(payloads);
+    this.host.scheduleFlush(this);
   }
 
   bind(connection: PushConnection): void {
@@ -148,7 +168,9 @@ export class Session {
   takeQueued(): string[] {
     if (this.queue.length === 0) return [];
     this.host.observeDelivery(Date.now() - this.queue.oldestAt);
-    return this.queue.drain();
+    const payloads = this.queue.drain();
+    this.ack?.written(payloads);
+    return payloads;
   }
 
   /**

@@ -4,17 +4,38 @@
  * The memory engine (default) keeps everything in this process. A cluster engine (Redis) keeps a
  * local index for the sessions connected to this node and carries each publish between nodes
  * once, as the already-serialised payload. The server core never touches the subscription index
- * directly, so engines can be swapped without changing it. `conformance.ts` holds the suite every
- * engine must pass.
+ * directly, so engines can be swapped without changing it.
+ *
+ * History is the engine's too: on publish the engine gives a broadcast message its position
+ * (epoch + offset) in its channel's bounded history, adds it to the already-serialised bytes
+ * (`addToExt`, no second serialisation) and keeps those bytes for recovery.
  */
-import type { Message } from '@perihelion/protocol';
+import type { Message, Position, Serialised } from '@perihelion/protocol';
+import type { HistoryPage, HistoryQuery, HistorySettings } from './history.js';
 
 /** A message on its way to subscribers: the object for in-process listeners, the bytes for sessions. */
 export interface Publication {
   channel: string;
   message: Message;
-  /** `JSON.stringify(message)`, computed once per publish and shared by every recipient. */
+  /** The message serialised once per publish (`ext` last), shared by every recipient. */
   payload: string;
+  /** How `payload` holds `ext`, so that the engine can add the position without serialising again. */
+  ext: Serialised['ext'];
+  /** Set by the engine on publish when the channel keeps history. */
+  position?: Position;
+}
+
+/** A client asking to be given what it missed on `channel` since `since`. */
+export interface RecoverRequest {
+  channel: string;
+  since: Position;
+}
+
+export interface SubscribeOutcome {
+  /** For an exact channel that keeps history: its current position (the seam: replay ends here). */
+  position: Position | null;
+  /** One entry per recover request: whether everything missed was replayed, and how many messages. */
+  recovered: Array<{ channel: string; recovered: boolean; replayed: number }>;
 }
 
 /** What the server gives the engine so that publications reach this node's sessions and listeners. */
@@ -23,6 +44,10 @@ export interface EngineHost {
   onPublication(publication: Publication, clientIds: Iterable<string>): void;
   /** A publication addressed to one session on this node. */
   onDirect(publication: Publication, clientId: string): void;
+  /** Messages a session on this node missed, in order, to be queued before anything published later. */
+  onReplay(clientId: string, payloads: readonly string[]): void;
+  /** How much history to keep, per channel. */
+  readonly historySettings: HistorySettings;
 }
 
 export interface Engine {
@@ -30,12 +55,24 @@ export interface Engine {
   readonly name: string;
   start(host: EngineHost): Promise<void>;
   close(): Promise<void>;
-  subscribe(clientId: string, pattern: string): Promise<void>;
+  /**
+   * Subscribes a session and, in the same step, replays what it missed since each of `recover`'s
+   * positions (at most `maxReplay` messages in all), so that nothing falls between the replay and
+   * the live messages and nothing is in both.
+   */
+  subscribe(clientId: string, pattern: string, recover?: readonly RecoverRequest[], maxReplay?: number): Promise<SubscribeOutcome>;
   unsubscribe(clientId: string, pattern: string): Promise<void>;
   /** Forgets every subscription of a session that has ended. */
   removeSession(clientId: string): Promise<void>;
-  /** Delivers to every session whose subscriptions match `publication.channel`, on every node. */
+  /**
+   * Gives the publication its position (when its channel keeps history), records it, and delivers
+   * it to every session whose subscriptions match its channel, on every node.
+   */
   publish(publication: Publication): Promise<void>;
+  /** Reads a channel's history; null when the channel keeps none. */
+  history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null>;
+  /** Channels with a history and the messages kept in all, for metrics. */
+  historyStats(): Promise<{ channels: number; messages: number }>;
   /** Delivers to one session, wherever it is connected; false when no node knows it. */
   sendTo(clientId: string, publication: Publication): Promise<boolean>;
   /** The sessions subscribed to exactly this channel or pattern (on every node). */

@@ -1,23 +1,54 @@
-import type { Engine, EngineHost, Publication } from './engine.js';
+import { addToExt, isWildcard } from '@perihelion/protocol';
+import type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine.js';
+import { HistoryStore, type HistoryPage, type HistoryQuery } from './history.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { PerihelionError } from '../errors.js';
 
-/** The default engine: one process, no set-up. Everything lives in this process's memory. */
+/** How often messages past their age are swept from channels nobody publishes to any more. */
+const SWEEP_INTERVAL_MS = 10_000;
+
+/**
+ * The default engine: one process, no set-up. Everything lives in this process's memory.
+ *
+ * Every method runs to completion without awaiting, so a subscribe with recovery and any publish
+ * never interleave: the replay ends exactly where the live messages begin.
+ */
 export class MemoryEngine implements Engine {
   readonly name = 'memory';
   private host: EngineHost | null = null;
   private readonly index = new SubscriptionIndex();
+  private historyStore: HistoryStore | null = null;
+  private sweeper: NodeJS.Timeout | null = null;
 
   async start(host: EngineHost): Promise<void> {
     this.host = host;
+    const history = new HistoryStore(host.historySettings);
+    this.historyStore = history;
+    this.sweeper = setInterval(() => history.sweep(), SWEEP_INTERVAL_MS);
+    this.sweeper.unref();
   }
 
   async close(): Promise<void> {
     this.host = null;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
   }
 
-  async subscribe(clientId: string, pattern: string): Promise<void> {
+  async subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): Promise<SubscribeOutcome> {
+    const host = this.running();
+    const history = this.store();
     this.index.add(clientId, pattern);
+    const outcome: SubscribeOutcome = { position: isWildcard(pattern) ? null : history.position(pattern), recovered: [] };
+    let budget = maxReplay;
+    for (const { channel, since } of recover) {
+      const missed = history.missedSince(channel, since, budget);
+      if (missed && missed.length > 0) {
+        budget -= missed.length;
+        host.onReplay(clientId, missed);
+      }
+      outcome.recovered.push({ channel, recovered: missed !== null, replayed: missed?.length ?? 0 });
+    }
+    return outcome;
   }
 
   async unsubscribe(clientId: string, pattern: string): Promise<void> {
@@ -29,7 +60,17 @@ export class MemoryEngine implements Engine {
   }
 
   async publish(publication: Publication): Promise<void> {
-    this.running().onPublication(publication, this.index.match(publication.channel));
+    const host = this.running();
+    const log = this.store().log(publication.channel, true);
+    if (log) {
+      const position = log.next();
+      const { message } = publication;
+      publication.payload = addToExt({ text: publication.payload, ext: publication.ext }, message, 'position', position);
+      message.ext = publication.ext === 'object' ? { ...message.ext, position } : { position };
+      publication.position = position;
+      log.append(publication.payload, Date.now());
+    }
+    host.onPublication(publication, this.index.match(publication.channel));
   }
 
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {
@@ -49,8 +90,21 @@ export class MemoryEngine implements Engine {
     return this.index.patterns();
   }
 
+  async history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null> {
+    return this.store().read(channel, query);
+  }
+
+  async historyStats(): Promise<{ channels: number; messages: number }> {
+    return this.store().stats();
+  }
+
   private running(): EngineHost {
     if (!this.host) throw new PerihelionError('ERR_ENGINE_CLOSED', 'the memory engine is not started or already closed');
     return this.host;
+  }
+
+  private store(): HistoryStore {
+    if (!this.historyStore) throw new PerihelionError('ERR_ENGINE_CLOSED', 'the memory engine is not started');
+    return this.historyStore;
   }
 }

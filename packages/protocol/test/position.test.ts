@@ -1,0 +1,47 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { addToExt, asPosition, formatPosition, parsePosition, serialiseExtLast } from '../src/index.js';
+
+describe('positions', () => {
+  it('accepts well-formed positions and refuses everything else', () => {
+    assert.deepEqual(asPosition({ epoch: 'k3x', offset: 0 }), { epoch: 'k3x', offset: 0 });
+    assert.deepEqual(asPosition({ epoch: 'k3x', offset: 42, extra: 1 }), { epoch: 'k3x', offset: 42 });
+    for (const bad of [null, 'k3x:1', [], {}, { epoch: '', offset: 1 }, { epoch: 'x'.repeat(65), offset: 1 }, { epoch: 'a', offset: -1 }, { epoch: 'a', offset: 1.5 }, { epoch: 'a', offset: '1' }, { epoch: 1, offset: 1 }, { epoch: 'a', offset: 2 ** 60 }]) {
+      assert.equal(asPosition(bad), null, JSON.stringify(bad));
+    }
+  });
+
+  it('round-trips the URL form', () => {
+    assert.equal(formatPosition({ epoch: 'k3x', offset: 7 }), 'k3x:7');
+    assert.deepEqual(parsePosition('k3x:7'), { epoch: 'k3x', offset: 7 });
+    assert.deepEqual(parsePosition('a:b:7'), { epoch: 'a:b', offset: 7 });
+    for (const bad of ['', ':7', 'k3x', 'k3x:', 'k3x:-1', 'k3x:1e3', 'k3x:9999999999999999']) assert.equal(parsePosition(bad), null, bad);
+  });
+});
+
+describe('adding to ext without serialising again', () => {
+  const position = { epoch: 'e1', offset: 3 };
+  const cases: object[] = [
+    { channel: '/a', data: { x: 1 } },
+    { channel: '/a', data: 'text', ext: {} },
+    { channel: '/a', data: 1, ext: { trace: 'z' } },
+    { channel: '/a', ext: { nested: { ext: {} } }, data: [1, '}}'] },
+    { channel: '/a', data: null, ext: { ext: {} } },
+    { channel: '/a', data: '"ext":{}}', ext: { s: '"ext":{}}' } },
+    { channel: '/a', data: 0, ext: { gone: undefined } },
+    { channel: '/a', data: 0, ext: 'not an object' },
+    { channel: '/a', data: 0, ext: new Date(0) },
+  ];
+  for (const message of cases) {
+    it(`gives the same result as serialising the whole message: ${JSON.stringify(message)}`, () => {
+      const serialised = serialiseExtLast(message);
+      const text = addToExt(serialised, message, 'position', position);
+      const parsed = JSON.parse(text) as { ext: Record<string, unknown> };
+      const ext = (message as { ext?: unknown }).ext;
+      const expectedExt = typeof ext === 'object' && ext !== null && !(ext instanceof Date) ? { ...JSON.parse(JSON.stringify(ext)), position } : { position };
+      assert.deepEqual(parsed, { ...JSON.parse(JSON.stringify(message)), ext: expectedExt });
+      // ext is the last member, so the same splice works again on the result.
+      assert.equal(Object.keys(parsed).at(-1), 'ext');
+    });
+  }
+});
