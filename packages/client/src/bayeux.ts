@@ -11,7 +11,7 @@
  * "handshake"` (unknown session) starts over with a new session and re-subscribes, asking the
  * server to replay what was missed (`ext.recover`) from the last position seen on each channel.
  */
-import { isWildcard, matches, type Advice, type ConnectionType, type Message } from '@perihelion/protocol';
+import { asPosition, isWildcard, matches, type Advice, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
 import { backoff } from './backoff.js';
 import { ClientError } from './errors.js';
 import { CallbackPolling } from './transports/callback-polling.js';
@@ -33,11 +33,7 @@ export interface StateChange {
   error?: ClientError;
 }
 
-/** `{epoch, offset}` of a message in its channel's history (server `ext.position`). */
-export interface Position {
-  epoch: string;
-  offset: number;
-}
+export type { Position };
 
 export interface RecoveryOutcome {
   /** Whether every channel recovered without loss; false: the application must reload its state. */
@@ -577,15 +573,32 @@ export class Bayeux {
     if (batch.length > 0) line.send(batch);
   }
 
-  /** Holds every message issued inside `fn` and sends them in one request. */
-  async batch<T>(fn: () => T | Promise<T>): Promise<T> {
+  /**
+   * Holds every message issued while `fn` runs and sends them in one request. When `fn` returns
+   * a promise the batch lasts until it settles, so `fn` must not wait for replies to its own
+   * messages (they are sent only after it).
+   */
+  batch<T>(fn: () => T): T {
     this.batchDepth++;
+    let result: T;
     try {
-      return await fn();
-    } finally {
-      this.batchDepth--;
-      this.scheduleFlush();
+      result = fn();
+    } catch (error) {
+      this.endBatch();
+      throw error;
     }
+    if (result instanceof Promise) {
+      result.then(
+        () => this.endBatch(),
+        () => this.endBatch(),
+      );
+    } else this.endBatch();
+    return result;
+  }
+
+  private endBatch(): void {
+    this.batchDepth--;
+    this.scheduleFlush();
   }
 
   publish(channel: string, data: unknown, ext: Record<string, unknown> | undefined): Promise<Message> {
@@ -778,10 +791,4 @@ export class Bayeux {
   positionsSeen(): Record<string, Position> {
     return Object.fromEntries(this.positions);
   }
-}
-
-function asPosition(value: unknown): Position | undefined {
-  if (typeof value !== 'object' || value === null) return undefined;
-  const { epoch, offset } = value as Record<string, unknown>;
-  return typeof epoch === 'string' && typeof offset === 'number' && Number.isFinite(offset) ? { epoch, offset } : undefined;
 }

@@ -73,7 +73,7 @@ export interface Backend {
   release(pattern: string): Promise<void>;
   publish(channel: string, data: unknown, ext: Record<string, unknown> | undefined): Promise<Message>;
   call(channel: string, data: unknown, timeout: number): Promise<unknown>;
-  batch<T>(fn: () => T | Promise<T>): Promise<T>;
+  batch<T>(fn: () => T): T;
   addExtension(extension: Extension): () => void;
 }
 
@@ -238,8 +238,12 @@ export class Client extends Emitter<ClientEvents> {
     return this.backend.call(channel, data, options.timeout ?? this.timeout) as Promise<T>;
   }
 
-  /** Sends every message issued inside `fn` (publishes, subscribes) in one request. */
-  batch<T>(fn: () => T | Promise<T>): Promise<T> {
+  /**
+   * Sends every message issued while `fn` runs (publishes, subscribes) in one request; returns
+   * what `fn` returns. An async `fn` holds the batch until it settles: it must not await the
+   * replies to its own messages, which leave only after it.
+   */
+  batch<T>(fn: () => T): T {
     return this.backend.batch(fn);
   }
 

@@ -272,8 +272,8 @@ export class SharedBackend implements Backend {
     return this.ask('call', [channel, data, timeout]);
   }
 
-  batch<T>(fn: () => T | Promise<T>): Promise<T> {
-    return this.bayeux ? this.bayeux.batch(fn) : Promise.resolve().then(fn);
+  batch<T>(fn: () => T): T {
+    return this.bayeux ? this.bayeux.batch(fn) : fn();
   }
 
   /** In shared mode extensions run in the tab that holds the connection: add them in every tab. */

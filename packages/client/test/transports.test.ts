@@ -1,0 +1,156 @@
+/** The client against the real server over each transport it can use in Node. */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import type { ConnectionType } from '@perihelion/protocol';
+import { ClientError } from '../src/index.js';
+import { client, sleep, startServer, waitFor, type TestServer } from './helpers.js';
+
+describe('client over each transport (Node)', () => {
+  let test: TestServer;
+
+  before(async () => {
+    test = await startServer({ heartbeat: 1000 });
+  });
+  after(() => test.close());
+
+  for (const type of ['websocket', 'long-polling', 'http-streaming'] as ConnectionType[]) {
+    it(`subscribes, receives, publishes and disconnects over ${type}`, async () => {
+      const c = client(test.url, { transports: [type] });
+      const states: string[] = [];
+      c.on('state', (change) => states.push(change.state));
+      await c.connect();
+      assert.equal(c.transport, type);
+      const received: unknown[] = [];
+      const channel = `/t/${type}`;
+      const subscription = await c.subscribe<{ n: number }>(channel, (data, message) => {
+        assert.equal(message.channel, channel);
+        received.push(data);
+      });
+      assert.equal(test.server.getSession(c.clientId!)?.connectionType, type);
+      for (let n = 1; n <= 3; n++) await test.server.publish(channel, { n });
+      await waitFor(() => received.length === 3, 5000, 'three messages');
+      assert.deepEqual(received, [{ n: 1 }, { n: 2 }, { n: 3 }]);
+
+      // From the client to a server-side listener, acknowledged.
+      const heard: unknown[] = [];
+      const stop = test.server.subscribe(`${channel}/up`, (message) => void heard.push(message.data));
+      const ack = await c.publish(`${channel}/up`, { hello: type });
+      assert.equal(ack.successful, true);
+      await waitFor(() => heard.length === 1, 3000, 'the publish');
+      assert.deepEqual(heard, [{ hello: type }]);
+      stop();
+
+      // A second handler on the same channel shares one server subscription.
+      const second: unknown[] = [];
+      const other = await c.subscribe(channel, (data) => second.push(data));
+      await subscription.unsubscribe();
+      await test.server.publish(channel, { n: 4 });
+      await waitFor(() => second.length === 1, 3000, 'the second handler');
+      assert.equal(received.length, 3, 'an unsubscribed handler is not called');
+      await other.unsubscribe();
+
+      const clientId = c.clientId!;
+      await c.disconnect();
+      assert.equal(c.state, 'disconnected');
+      assert.equal(test.server.getSession(clientId), undefined, 'the server ended the session');
+      assert.deepEqual(states, ['connecting', 'connected', 'disconnected']);
+    });
+  }
+
+  it('answers request() with the service listener’s value', async () => {
+    const stop = test.server.subscribe('/service/sum', (message) => {
+      const { a, b } = message.data as { a: number; b: number };
+      return { sum: a + b };
+    });
+    const c = client(test.url, { transports: ['websocket'] });
+    const result = await c.request<{ sum: number }>('/service/sum', { a: 2, b: 40 });
+    assert.deepEqual(result, { sum: 42 });
+    stop();
+    await c.disconnect();
+  });
+
+  it('rejects request() after its timeout when no answer comes', async () => {
+    const c = client(test.url, { transports: ['long-polling'] });
+    await c.connect();
+    const started = Date.now();
+    await assert.rejects(c.request('/service/nobody-answers', {}, { timeout: 400 }), (error: ClientError) => {
+      assert.equal(error.code, 'timeout');
+      return true;
+    });
+    assert.ok(Date.now() - started >= 380, 'not before the timeout');
+    await c.disconnect();
+  });
+
+  it('rejects subscribe() and publish() to malformed channels before sending anything', async () => {
+    const c = client(test.url, { autoConnect: false });
+    await assert.rejects(c.subscribe('no-slash', () => {}), (error: ClientError) => error.code === 'invalid-channel');
+    await assert.rejects(c.publish('/a/*', 1), (error: ClientError) => error.code === 'invalid-channel');
+    await assert.rejects(c.request('/not/service', 1), (error: ClientError) => error.code === 'invalid-channel');
+    assert.equal(c.state, 'disconnected');
+  });
+
+  it('sends the messages of a batch in one request', async () => {
+    const { Net } = await import('./helpers.js');
+    const net = new Net();
+    const c = client(test.url, { transports: ['long-polling'] }, net);
+    await c.connect();
+    await c.subscribe('/batch/x', () => {});
+    const heard: unknown[] = [];
+    const stop = test.server.subscribe('/batch/x', (message) => void heard.push(message.data));
+    const before = net.requests;
+    // Spread over several turns of the event loop: without the batch they would leave separately.
+    const acks = await c.batch(async () => {
+      const first = c.publish('/batch/x', 1);
+      await sleep(30);
+      const second = c.publish('/batch/x', 2);
+      await sleep(30);
+      return [first, second, c.publish('/batch/x', 3)];
+    });
+    await Promise.all(acks);
+    assert.equal(net.requests - before, 1, 'three publishes, one POST');
+    await waitFor(() => heard.length === 3, 3000, 'the batch');
+    assert.deepEqual(heard, [1, 2, 3]);
+    stop();
+    await c.disconnect();
+  });
+});
+
+describe('client refusals', () => {
+  it('rejects a refused publish with the server’s Bayeux error', async () => {
+    // Not open: clients may subscribe but not publish unless a rule allows it.
+    const test = await startServer({ open: false, anonymous: true });
+    try {
+      const c = client(test.url, { transports: ['websocket'] });
+      await c.connect();
+      await assert.rejects(c.publish('/closed/channel', { x: 1 }), (error: ClientError) => {
+        assert.ok(error instanceof ClientError);
+        assert.equal(error.code, 'bayeux');
+        assert.equal(error.bayeuxCode, 403);
+        assert.match(error.bayeux ?? '', /^403:/);
+        return true;
+      });
+      // The session is still fine.
+      assert.equal(c.state, 'connected');
+      await c.disconnect();
+    } finally {
+      await test.close();
+    }
+  });
+
+  it('stops with handshake-denied when the server refuses the handshake for good', async () => {
+    const test = await startServer({ open: false, anonymous: false, authenticate: () => null });
+    try {
+      const c = client(test.url, { transports: ['long-polling'], token: 'wrong' });
+      const disconnected = new Promise((resolve) => c.once('disconnected', resolve));
+      await assert.rejects(c.connect(), (error: ClientError) => {
+        assert.equal(error.code, 'handshake-denied');
+        assert.ok(error.bayeux?.startsWith('403:'), error.bayeux);
+        return true;
+      });
+      await disconnected;
+      assert.equal(c.state, 'disconnected');
+    } finally {
+      await test.close();
+    }
+  });
+});
