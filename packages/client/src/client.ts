@@ -111,6 +111,7 @@ export class Client extends Emitter<ClientEvents> {
   private readonly subscriptions = new Map<string, Set<Subscription>>();
   private readonly autoConnect: boolean;
   private readonly timeout: number;
+  /** connect() was called (by the application or by autoConnect). */
   private started = false;
 
   constructor(url: string, options: ClientOptions = {}) {
@@ -253,7 +254,7 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private ensureStarted(): void {
-    if (!this.started && this.autoConnect) void this.connect().catch(() => {});
+    if (this.autoConnect && (!this.started || this.backend.state === 'disconnected')) void this.connect().catch(() => {});
   }
 
   private dispatch(message: Message): void {

@@ -25,17 +25,34 @@ export class Net {
   offline = false;
   /** HTTP requests made (batching tests count them). */
   requests = 0;
+  /** Bodies of the HTTP requests made. */
+  readonly bodies: string[] = [];
   private readonly aborts = new Set<AbortController>();
   private readonly sockets = new Set<WS>();
 
   readonly fetch: typeof fetch = (input, init = {}) => {
     if (this.offline) return Promise.reject(new TypeError('fetch failed: network is down'));
     this.requests++;
+    if (typeof init.body === 'string') this.bodies.push(init.body);
     const abort = new AbortController();
     this.aborts.add(abort);
     const signal = init.signal ? AbortSignal.any([init.signal, abort.signal]) : abort.signal;
-    return fetch(input, { ...init, signal }).finally(() => this.aborts.delete(abort));
+    const body = typeof init.body === 'string' ? init.body : '';
+    return fetch(input, { ...init, signal })
+      .then(async (response) => {
+        if (this.loseReply?.(body)) {
+          // The request reached the server; its answer is lost on the way back.
+          this.loseReply = undefined;
+          await response.text();
+          throw new TypeError('fetch failed: connection reset');
+        }
+        return response;
+      })
+      .finally(() => this.aborts.delete(abort));
   };
+
+  /** When set, the answer to the next request whose body it accepts is lost (once). */
+  loseReply: ((body: string) => boolean) | undefined;
 
   readonly WebSocket: new (url: string) => WebSocket;
 

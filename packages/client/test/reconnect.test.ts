@@ -1,0 +1,243 @@
+/**
+ * Losing the network, the session or the WebSocket, and coming back: re-handshake,
+ * re-subscription, recovery of missed messages from the server's history, no duplicates,
+ * publishes made offline sent afterwards.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { WebSocket as WS } from 'ws';
+import type { ConnectionType } from '@perihelion/protocol';
+import { Client, type RecoveryOutcome } from '../src/index.js';
+import { client, Net, sleep, startServer, waitFor } from './helpers.js';
+
+describe('reconnection', () => {
+  for (const type of ['websocket', 'long-polling'] as ConnectionType[]) {
+    it(`handshakes again when the session expired while offline (${type}), re-subscribes and recovers what was missed`, async () => {
+      // Sessions expire 300 ms after their line goes: the client comes back to an unknown clientId.
+      const test = await startServer({ maxInterval: 1000, timeout: 2000 });
+      const net = new Net();
+      const c = client(test.url, { transports: [type] }, net);
+      try {
+        const received: number[] = [];
+        const recoveries: RecoveryOutcome[] = [];
+        const subscription = await c.subscribe<number>('/r/live', (n) => received.push(n), { onRecover: (_ok, outcome) => recoveries.push(outcome) });
+        const reasons: string[] = [];
+        c.on('connecting', (change) => reasons.push(change.reason));
+        for (let n = 1; n <= 3; n++) await test.server.publish('/r/live', n);
+        await waitFor(() => received.length === 3, 3000, 'live messages');
+        const firstSession = c.clientId!;
+
+        net.cut();
+        await waitFor(() => c.state === 'connecting', 3000, 'the client to notice');
+        await waitFor(() => test.server.getSession(firstSession) === undefined, 5000, 'the session to expire');
+        for (let n = 4; n <= 6; n++) await test.server.publish('/r/live', n);
+        // A publish made offline waits in the queue and leaves once connected again.
+        const heard: unknown[] = [];
+        const stop = test.server.subscribe('/r/up', (message) => void heard.push(message.data));
+        const offlinePublish = c.publish('/r/up', 'sent while offline');
+        net.restore();
+
+        await waitFor(() => c.state === 'connected', 5000, 'reconnection');
+        assert.notEqual(c.clientId, firstSession, 'a new session');
+        await waitFor(() => received.length === 6, 5000, 'the missed messages');
+        await offlinePublish;
+        assert.deepEqual(heard, ['sent while offline']);
+        stop();
+        for (let n = 7; n <= 8; n++) await test.server.publish('/r/live', n);
+        await waitFor(() => received.length === 8, 3000, 'live again');
+        await sleep(100);
+        assert.deepEqual(received, [1, 2, 3, 4, 5, 6, 7, 8], 'every message once, in order');
+        assert.equal(subscription.recovered, true);
+        assert.deepEqual(recoveries, [{ recovered: true, channels: { '/r/live': true } }]);
+        assert.ok(reasons.some((r) => r.startsWith('network')), `reasons: ${reasons.join(' | ')}`);
+      } finally {
+        await c.disconnect();
+        await test.close();
+      }
+    });
+  }
+
+  it('reports recovered: false when the history no longer holds what was missed', async () => {
+    const test = await startServer({ maxInterval: 1000, timeout: 2000, historySize: 2 });
+    const net = new Net();
+    const c = client(test.url, { transports: ['long-polling'] }, net);
+    try {
+      const received: number[] = [];
+      const events: unknown[] = [];
+      c.on('recovery', (event) => events.push(event));
+      const subscription = await c.subscribe<number>('/r/short', (n) => received.push(n));
+      await test.server.publish('/r/short', 1);
+      await waitFor(() => received.length === 1, 3000, 'the first message');
+      const first = c.clientId!;
+      net.cut();
+      await waitFor(() => test.server.getSession(first) === undefined, 5000, 'the session to expire');
+      for (let n = 2; n <= 6; n++) await test.server.publish('/r/short', n);
+      net.restore();
+      await waitFor(() => events.length === 1, 5000, 'the recovery event');
+      assert.deepEqual(events[0], { pattern: '/r/short', recovered: false, channels: { '/r/short': false } });
+      assert.equal(subscription.recovered, false);
+      // Live messages still flow after an unrecoverable gap.
+      await test.server.publish('/r/short', 7);
+      await waitFor(() => received.includes(7), 3000, 'live after the loss');
+      assert.deepEqual(received, [1, 7]);
+    } finally {
+      await c.disconnect();
+      await test.close();
+    }
+  });
+
+  it('recovers through a wildcard subscription the channels it had received from', async () => {
+    const test = await startServer({ maxInterval: 1000, timeout: 2000 });
+    const net = new Net();
+    const c = client(test.url, { transports: ['websocket'] }, net);
+    try {
+      const received: string[] = [];
+      await c.subscribe<string>('/w/*', (text, message) => received.push(`${message.channel}:${text}`));
+      await test.server.publish('/w/a', 'a1');
+      await test.server.publish('/w/b', 'b1');
+      await waitFor(() => received.length === 2, 3000, 'live');
+      const first = c.clientId!;
+      net.cut();
+      await waitFor(() => test.server.getSession(first) === undefined, 5000, 'the session to expire');
+      await test.server.publish('/w/a', 'a2');
+      await test.server.publish('/w/b', 'b2');
+      net.restore();
+      await waitFor(() => received.length === 4, 5000, 'the missed messages');
+      await sleep(100);
+      assert.deepEqual(received, ['/w/a:a1', '/w/b:b1', '/w/a:a2', '/w/b:b2']);
+    } finally {
+      await c.disconnect();
+      await test.close();
+    }
+  });
+
+  it('sees a gap left by a full queue and recovers the dropped messages in order', async () => {
+    // A slow consumer: the session lives on, but its queue keeps only the last 3 messages.
+    const test = await startServer({ maxInterval: 60_000, timeout: 2000, maxQueue: 3, queueOverflow: 'drop-oldest' });
+    const net = new Net();
+    const c = client(test.url, { transports: ['long-polling'] }, net);
+    try {
+      const received: number[] = [];
+      await c.subscribe<number>('/g/x', (n) => received.push(n));
+      await test.server.publish('/g/x', 1);
+      await waitFor(() => received.length === 1, 3000, 'the first message');
+      const first = c.clientId!;
+      net.cut();
+      await waitFor(() => c.state === 'connecting', 3000, 'the cut');
+      for (let n = 2; n <= 10; n++) await test.server.publish('/g/x', n);
+      assert.ok(test.server.getSession(first), 'the session is still alive');
+      net.restore();
+      await waitFor(() => received.length >= 10, 6000, 'all ten messages');
+      await sleep(200);
+      assert.deepEqual(received, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      // The queue still held the session's last messages: only a new session could replay the rest.
+      assert.notEqual(c.clientId, first, 'recovered through a new session');
+    } finally {
+      await c.disconnect();
+      await test.close();
+    }
+  });
+
+  it('resends a publish whose reply was lost with the same id: the server keeps one copy', async () => {
+    const test = await startServer({ timeout: 2000 });
+    const net = new Net();
+    const c = client(test.url, { transports: ['long-polling'] }, net);
+    try {
+      await c.connect();
+      const heard: unknown[] = [];
+      const stop = test.server.subscribe('/d/x', (message) => void heard.push(message.data));
+      // The publish reaches the server; its reply is lost.
+      net.loseReply = (body) => body.includes('"once"');
+      await c.publish('/d/x', 'once');
+      await sleep(200);
+      const sent = net.bodies.filter((body) => body.includes('"once"'));
+      assert.equal(sent.length, 2, 'the publish went out twice');
+      assert.equal(new Set(sent.map((body) => (JSON.parse(body) as { id: string }[])[0]!.id)).size, 1, 'with the same id');
+      assert.deepEqual(heard, ['once']);
+      stop();
+    } finally {
+      await c.disconnect();
+      await test.close();
+    }
+  });
+
+  it('falls back to long-polling when the WebSocket upgrade is refused', async () => {
+    const test = await startServer();
+    // The upgrade goes to a path the server refuses (404), as a proxy that blocks WebSocket would.
+    class Blocked extends WS {
+      constructor(url: string) {
+        super(url.replace('/bayeux', '/blocked'));
+      }
+    }
+    const c = new Client(test.url, { WebSocket: Blocked as unknown as new (url: string) => WebSocket, transports: ['websocket', 'long-polling'], minReconnectDelay: 50 });
+    try {
+      const received: unknown[] = [];
+      await c.subscribe('/fb/x', (data) => received.push(data));
+      assert.equal(c.transport, 'long-polling');
+      await test.server.publish('/fb/x', 'over long-polling');
+      await waitFor(() => received.length === 1, 3000, 'the message');
+      assert.equal(test.server.getSession(c.clientId!)?.connectionType, 'long-polling');
+    } finally {
+      await c.disconnect();
+      await test.close();
+    }
+  });
+
+  it('abandons a stream that an intermediary buffers and carries on over long-polling', async () => {
+    const test = await startServer({ heartbeat: 60_000 });
+    // A proxy that passes requests through but holds streamed responses until they end.
+    const proxy = createHttpServer((req, res) => {
+      const upstream = httpRequest({ host: '127.0.0.1', port: test.port, path: req.url, method: req.method, headers: req.headers }, (answer) => {
+        const streamed = String(answer.headers['content-type']).includes('ndjson');
+        if (!streamed) {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+          return;
+        }
+        const chunks: Buffer[] = [];
+        answer.on('data', (chunk: Buffer) => chunks.push(chunk));
+        answer.on('end', () => res.writeHead(answer.statusCode ?? 502, answer.headers).end(Buffer.concat(chunks)));
+      });
+      req.pipe(upstream);
+      res.on('close', () => upstream.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const c = client(`http://127.0.0.1:${(proxy.address() as AddressInfo).port}/bayeux`, { transports: ['http-streaming', 'long-polling'], streamTimeout: 500 });
+    try {
+      const received: unknown[] = [];
+      await c.subscribe('/buffered/x', (data) => received.push(data));
+      assert.equal(c.transport, 'long-polling');
+      await test.server.publish('/buffered/x', 'through the proxy');
+      await waitFor(() => received.length === 1, 3000, 'the message');
+    } finally {
+      await c.disconnect();
+      proxy.closeAllConnections();
+      proxy.close();
+      await test.close();
+    }
+  });
+
+  it('follows advice reconnect "none": a session ended by the server stays ended', async () => {
+    const test = await startServer({ timeout: 2000 });
+    const c = client(test.url, { transports: ['long-polling'] });
+    try {
+      await c.connect();
+      const ended = new Promise<string>((resolve) => c.once('disconnected', (change) => resolve(change.reason)));
+      // Once the connect is held, the server ends the session: the held connect is answered with reconnect "none".
+      await sleep(200);
+      test.server.disconnectSession(test.server.getSession(c.clientId!)!);
+      assert.match(await ended, /none/);
+      assert.equal(c.state, 'disconnected');
+      await sleep(300);
+      assert.equal(test.server.stats().sessions, 0, 'no new handshake');
+      // The application may start again: a publish (autoConnect) opens a new session.
+      await c.publish('/none/x', 1);
+      assert.equal(c.state, 'connected');
+      await c.disconnect();
+    } finally {
+      await test.close();
+    }
+  });
+});
