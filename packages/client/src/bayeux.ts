@@ -130,6 +130,8 @@ export class Bayeux {
   private seq = 0;
   private attempts = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** The step the timer will take. */
+  private next: 'handshake' | 'connect' | undefined;
   /**
    * Bumped whenever the next step is decided (a handshake, a connect, a scheduled retry, a stop):
    * a step still awaiting a reply from before is stale and drops what it learns.
@@ -149,6 +151,20 @@ export class Bayeux {
   ) {
     const fetchFn = options.env.fetch;
     this.http = fetchFn ? new Http(fetchFn, options.env.document !== undefined, options.headers) : undefined;
+    if (options.env.document !== undefined) {
+      const g = globalThis as unknown as { addEventListener?: (type: string, listener: () => void) => void };
+      // The browser knows before any timeout does: a line kept through an outage may be dead
+      // without a word (a WebSocket behind a NAT that forgot it), so it is dropped at once and
+      // the first attempt is made as soon as the network is back, not after the backoff.
+      g.addEventListener?.('offline', () => {
+        if (!this.stopped && this.line && this.state === 'connected') this.retry('connect', 'network: offline');
+      });
+      g.addEventListener?.('online', () => {
+        if (this.stopped || this.state !== 'connecting' || !this.next) return;
+        this.attempts = 0;
+        this.schedule(this.next, 0);
+      });
+    }
   }
 
   addExtension(extension: Extension): () => void {
@@ -215,8 +231,10 @@ export class Bayeux {
     } catch (error) {
       if (turn !== this.turn) return;
       this.closeLine();
-      // A WebSocket (or a cross-origin POST) that never worked is blocked here: negotiate down at once.
-      if (error instanceof LineLost && !error.opened && error.type !== undefined) {
+      // A line that never worked is blocked here (a refused upgrade, a cross-origin POST without
+      // CORS), and so is a WebSocket that opens but cannot carry a handshake (a proxy that
+      // accepts and drops it): negotiate down at once.
+      if (error instanceof LineLost && error.type !== undefined && (!error.opened || error.type === 'websocket')) {
         this.failed.add(error.type);
         // The streamed types send by POST too: if a POST cannot get through, neither can they.
         if (error.type === 'long-polling') for (const t of STREAMED) this.failed.add(t);
@@ -347,6 +365,7 @@ export class Bayeux {
   private schedule(step: 'handshake' | 'connect', delay: number): void {
     clearTimeout(this.timer);
     this.turn++;
+    this.next = step;
     this.timer = setTimeout(() => void (step === 'handshake' ? this.handshake() : this.connectOnce()), delay);
   }
 
