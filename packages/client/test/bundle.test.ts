@@ -1,0 +1,53 @@
+/** The browser build: small, self-contained, free of Node modules, and usable from a script tag. */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { runInNewContext } from 'node:vm';
+import { gzipSync } from 'node:zlib';
+
+const require = createRequire(import.meta.url);
+const minified = require.resolve('@perihelion/client/bundle');
+const srcDir = join(dirname(minified), 'src');
+
+/** The limit the script build must stay under, minified and gzipped. */
+const GZIP_LIMIT = 12 * 1024;
+
+describe('browser bundle', () => {
+  it(`stays under ${GZIP_LIMIT} bytes minified and gzipped`, () => {
+    const size = gzipSync(readFileSync(minified), { level: 9 }).length;
+    assert.ok(size < GZIP_LIMIT, `perihelion.min.js is ${size} bytes gzipped; the limit is ${GZIP_LIMIT}`);
+  });
+
+  it('defines the global Perihelion with Client and ClientError when run as a plain script', () => {
+    const sandbox: Record<string, unknown> = {};
+    sandbox.globalThis = sandbox;
+    runInNewContext(readFileSync(minified, 'utf8'), sandbox);
+    const api = sandbox.Perihelion as { Client?: unknown; ClientError?: unknown };
+    assert.equal(typeof api?.Client, 'function');
+    assert.equal(typeof api?.ClientError, 'function');
+  });
+
+  it('never imports a Node module', () => {
+    const files: string[] = [];
+    const walk = (dir: string): void => {
+      for (const name of readdirSync(dir)) {
+        const path = join(dir, name);
+        if (statSync(path).isDirectory()) walk(path);
+        else if (path.endsWith('.js')) files.push(path);
+      }
+    };
+    walk(srcDir);
+    files.push(minified, join(dirname(minified), 'perihelion.mjs'));
+    assert.ok(files.length > 5);
+    for (const file of files) {
+      const text = readFileSync(file, 'utf8');
+      const imports = [...text.matchAll(/(?:from|import)\s*\(?\s*["']([^"']+)["']/g)].map((m) => m[1]!);
+      for (const specifier of imports) {
+        assert.ok(specifier.startsWith('.') || specifier.startsWith('@perihelion/protocol'), `${file} imports ${specifier}`);
+      }
+      assert.doesNotMatch(text, /\brequire\(/, `${file} calls require()`);
+    }
+  });
+});
