@@ -73,6 +73,10 @@ export class SharedBackend implements Backend {
   private readonly extensions: Extension[] = [];
   private wantConnect = false;
   private rid = 0;
+  private readonly locks: LockManager;
+  private readonly name: string;
+  /** Leader only: tabs whose departure it is waiting for. */
+  private readonly watched = new Set<string>();
 
   constructor(
     url: string,
@@ -82,10 +86,18 @@ export class SharedBackend implements Backend {
     this.channel = new BroadcastChannel(`perihelion:${url}`);
     this.channel.onmessage = (event: MessageEvent<Wire>) => this.onWire(event.data);
     const g = globalThis as unknown as { navigator: { locks: LockManager }; addEventListener?: (type: string, listener: () => void) => void };
-    // The callback's promise never settles: the lock is held for the tab's lifetime.
-    void g.navigator.locks.request(`perihelion:${url}`, () => this.lead());
+    this.locks = g.navigator.locks;
+    this.name = `perihelion:${url}`;
+    // The callbacks' promises never settle: the locks are held for the tab's lifetime. The
+    // second one only says "this tab is alive": a leader waiting for it learns when the tab is
+    // gone, even if it crashed without a word.
+    void this.locks.request(this.name, () => this.lead());
+    void this.locks.request(`${this.name}:tab:${this.tab}`, () => new Promise<never>(() => {}));
     g.addEventListener?.('pagehide', () => {
       if (!this.bayeux) this.post({ t: 'bye', from: this.tab });
+      // The leader ends its session now rather than letting the server expire it: the next
+      // leader opens its own at once.
+      else void this.bayeux.disconnect();
     });
     this.post({ t: 'hello', from: this.tab });
   }
@@ -138,6 +150,14 @@ export class SharedBackend implements Backend {
 
   private run(from: string, op: Op, args: unknown[]): Promise<unknown> {
     const bayeux = this.bayeux!;
+    if (from !== this.tab && !this.watched.has(from)) {
+      this.watched.add(from);
+      // Granted only when the tab's own lock is released: the tab closed or crashed.
+      void this.locks.request(`${this.name}:tab:${from}`, () => {
+        this.watched.delete(from);
+        this.forget(from);
+      });
+    }
     switch (op) {
       case 'connect':
         return bayeux.connect();

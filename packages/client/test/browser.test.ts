@@ -156,6 +156,27 @@ describe('client in Chromium', () => {
     }
   });
 
+  it('a tab that goes away takes its subscriptions with it; the others keep theirs', async () => {
+    const { server, origin } = await serve();
+    const context = await browser.newContext();
+    try {
+      const leader = await open(context, origin);
+      await leader.evaluate(() => (window as unknown as Window).start());
+      const other = await open(context, origin);
+      await other.evaluate(() => (window as unknown as Window).start());
+      await other.evaluate(() => (window as unknown as { client: { subscribe(p: string, h: () => void): Promise<unknown> } }).client.subscribe('/only/other', () => {}));
+      const session = server.getSession((await leader.evaluate(() => (window as unknown as Window).client.clientId))!)!;
+      assert.deepEqual([...session.subscriptions].sort(), ['/only/other', '/page/news']);
+      // Both tabs want /page/news, only the closing one /only/other.
+      await other.close();
+      await waitFor(() => !session.subscriptions.has('/only/other'), 5000, 'the departed tab’s subscription to end');
+      assert.deepEqual([...session.subscriptions], ['/page/news']);
+    } finally {
+      await context.close();
+      await server.close();
+    }
+  });
+
   for (const transports of [undefined, ['long-polling']] as const) {
     it(`resubscribes by itself after the network drops and comes back (${transports ? transports[0] : 'default transports'})`, async () => {
       // Sessions expire a second after their line goes: the page must handshake and subscribe again.
