@@ -189,13 +189,15 @@ export class Bayeux {
       promise.catch(() => {});
       this.starting = { promise, resolve, reject };
     }
+    // The handshake may stop the client at once (no usable transport), which clears `starting`.
+    const { promise } = this.starting;
     if (this.stopped) {
       this.stopped = false;
       this.attempts = 0;
       this.setState('connecting', 'connect');
       void this.handshake();
     }
-    return this.starting.promise;
+    return promise;
   }
 
   // ------------------------------------------------------------------ session
@@ -695,7 +697,13 @@ export class Bayeux {
 
   private subscribed(pattern: string, reply: Message | ClientError, recover: Record<string, Position> | undefined): void {
     const state = this.patterns.get(pattern);
-    if (!state) return;
+    if (!state) {
+      // Released while the subscribe was on its way: the server must not keep it.
+      if (!(reply instanceof ClientError) && reply.successful === true && this.state === 'connected') {
+        this.enqueue('unsubscribe', { channel: '/meta/unsubscribe', subscription: pattern }, this.options.timeout, () => {});
+      }
+      return;
+    }
     if (reply instanceof ClientError) return this.patternFailed(pattern, reply);
     if (reply.successful !== true) return this.patternFailed(pattern, ClientError.fromReply(reply));
     const ext = (reply.ext ?? {}) as { recovered?: Record<string, unknown>; positions?: Record<string, unknown> };

@@ -1,0 +1,39 @@
+/** Pure parts of the client: backoff, error parsing, option checks. */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { backoff } from '../src/backoff.js';
+import { Client, ClientError } from '../src/index.js';
+
+describe('backoff', () => {
+  it('grows exponentially up to the maximum, with full jitter', () => {
+    assert.equal(backoff(0, 500, 20_000, 0, () => 0.999_999), 499);
+    assert.equal(backoff(3, 500, 20_000, 0, () => 0.999_999), 3999);
+    assert.equal(backoff(10, 500, 20_000, 0, () => 0.999_999), 19_999, 'capped by the maximum');
+    assert.equal(backoff(100, 500, 20_000, 0, () => 0.5), 10_000, 'no overflow on long outages');
+    assert.equal(backoff(5, 500, 20_000, 0, () => 0), 0, 'jitter reaches zero');
+  });
+
+  it('never goes under the server’s advice.interval', () => {
+    assert.equal(backoff(0, 500, 20_000, 2000, () => 0.1), 2000);
+  });
+});
+
+describe('errors and options', () => {
+  it('parses the server’s error string', () => {
+    const error = ClientError.fromReply({ channel: '/a', error: '403:/a:Forbidden channel' });
+    assert.equal(error.code, 'bayeux');
+    assert.equal(error.bayeuxCode, 403);
+    assert.equal(error.bayeux, '403:/a:Forbidden channel');
+    assert.match(error.message, /\/a: Forbidden channel/);
+  });
+
+  it('refuses contradictory or malformed options at construction', () => {
+    assert.throws(() => new Client('http://x/bayeux', { timeout: -1 }), /timeout/);
+    assert.throws(() => new Client('http://x/bayeux', { transports: [] }), /transports/);
+  });
+
+  it('stops with no-transport when the environment can use none of the listed types', async () => {
+    const c = new Client('http://127.0.0.1:1/bayeux', { transports: ['eventsource'], shared: false });
+    await assert.rejects(c.connect(), (error: ClientError) => error.code === 'no-transport');
+  });
+});
