@@ -17,7 +17,7 @@ export interface Setting {
 
 /** Boolean settings that are on by default get a `--no-<flag>` switch; the others `--<flag>`. */
 export function defaultsOn(setting: Setting): boolean {
-  return setting.key === 'demo' || setting.key === 'anonymous';
+  return setting.key === 'demo' || setting.key === 'anonymous' || setting.key === 'ack';
 }
 
 export const SETTINGS: Setting[] = [
@@ -27,7 +27,14 @@ export const SETTINGS: Setting[] = [
   { key: 'timeout', flag: 'timeout', kind: 'integer', help: 'longest hold of a /meta/connect, ms (default 30000)' },
   { key: 'interval', flag: 'interval', kind: 'integer', help: 'pause between connects advised to clients, ms (default 0)' },
   { key: 'maxInterval', flag: 'max-interval', kind: 'integer', help: 'silence after which a session is swept, ms (default 10000)' },
-  { key: 'maxQueue', flag: 'max-queue', kind: 'integer', help: 'messages queued per session before the oldest is dropped (default 1000)' },
+  { key: 'maxQueue', flag: 'max-queue', kind: 'integer', help: 'messages queued per session before --queue-overflow applies (default 1000)' },
+  { key: 'queueOverflow', flag: 'queue-overflow', kind: 'string', help: 'when a session queue is full: drop-oldest or disconnect (default drop-oldest)' },
+  { key: 'historySize', flag: 'history-size', kind: 'integer', help: 'messages kept per channel for recovery; 0 turns history off (default 1000)' },
+  { key: 'historyTtl', flag: 'history-ttl', kind: 'integer', help: 'longest a message is kept in history, ms (default 600000)' },
+  { key: 'maxHistoryChannels', flag: 'max-history-channels', kind: 'integer', help: 'channels whose history is kept, least recently used forgotten (default 100000)' },
+  { key: 'maxReplay', flag: 'max-replay', kind: 'integer', help: 'most messages replayed for one subscribe recovery (default 10000)' },
+  { key: 'publishDedup', flag: 'publish-dedup', kind: 'integer', help: 'publish ids remembered per session to drop resends; 0 = off (default 128)' },
+  { key: 'ack', flag: 'ack', kind: 'boolean', help: 'answer the CometD ack extension (default true)' },
   { key: 'maxRequestBytes', flag: 'max-request-bytes', kind: 'integer', help: 'largest request body or WebSocket frame (default 1048576)' },
   { key: 'maxBatch', flag: 'max-batch', kind: 'integer', help: 'most messages per request (default 100)' },
   { key: 'maxDepth', flag: 'max-depth', kind: 'integer', help: 'deepest JSON nesting (default 32)' },

@@ -137,6 +137,43 @@ describe('HTTP API', () => {
     assert.ok(json.sessions >= 1);
     assert.ok(json.sessionsByTransport['long-polling'] >= 1);
     assert.equal(typeof json.published, 'number');
+    assert.equal(typeof json.history.messages, 'number');
+    assert.equal(typeof json.replayed, 'number');
+  });
+
+  it('reads a channel\'s history: the latest messages, or those after a position', async () => {
+    for (let i = 1; i <= 3; i++) await api(t, 'POST', '/api/publish', { channel: '/hist/a', data: { i } });
+    const latest = await api(t, 'GET', '/api/history?channel=/hist/a&limit=2');
+    assert.equal(latest.status, 200);
+    assert.equal(latest.json.channel, '/hist/a');
+    assert.deepEqual(latest.json.messages.map((m: { data: unknown }) => m.data), [{ i: 2 }, { i: 3 }]);
+    assert.equal(latest.json.complete, true);
+    const { epoch, offset } = latest.json.position;
+    assert.equal(offset, 3);
+    const since = await api(t, 'GET', `/api/history?channel=/hist/a&since=${epoch}:1`);
+    assert.deepEqual(since.json.messages.map((m: { ext: { position: { offset: number } } }) => m.ext.position.offset), [2, 3]);
+    const stale = await api(t, 'GET', `/api/history?channel=/hist/a&since=other:1`);
+    assert.deepEqual([stale.status, stale.json.messages, stale.json.complete], [200, [], false]);
+    const none = await api(t, 'GET', '/api/history?channel=/hist/none');
+    assert.deepEqual(none.json, { channel: '/hist/none', position: null, messages: [], complete: true });
+  });
+
+  it('answers bad history queries with a code and a message', async () => {
+    const cases: Array<[string, number, string, RegExp]> = [
+      ['/api/history', 400, 'invalid_channel', /channel/],
+      ['/api/history?channel=/a/*', 400, 'invalid_channel', /wildcard|segment/],
+      ['/api/history?channel=/a&since=nope', 400, 'invalid_request', /"epoch:offset"/],
+      ['/api/history?channel=/a&limit=-1', 400, 'invalid_request', /whole number/],
+      ['/api/history?channel=/service/x', 404, 'no_history', /keeps no history/],
+    ];
+    for (const [endpoint, status, code, message] of cases) {
+      const { status: got, json } = await api(t, 'GET', endpoint);
+      assert.equal(got, status, endpoint);
+      assert.equal(json.error.code, code, endpoint);
+      assert.match(json.error.message, message, endpoint);
+    }
+    const wrong = await api(t, 'POST', '/api/history?channel=/a', {});
+    assert.equal(wrong.status, 405);
   });
 
   it('answers unknown endpoints with 404 and wrong methods with 405', async () => {
@@ -184,6 +221,10 @@ describe('operations endpoints', () => {
       assert.match(metrics, /^perihelion_deliveries_total 1$/m);
       assert.match(metrics, /^perihelion_subscriptions 1$/m);
       assert.match(metrics, /^perihelion_delivery_latency_seconds_count 1$/m);
+      assert.match(metrics, /^perihelion_history_messages 1$/m);
+      assert.match(metrics, /^perihelion_history_channels 1$/m);
+      assert.match(metrics, /^perihelion_queue_drops_total 0$/m);
+      assert.match(metrics, /^perihelion_duplicate_publishes_total 0$/m);
     } finally {
       // While closing, readiness fails so that load balancers send new clients elsewhere.
       const closing = t.server.close();

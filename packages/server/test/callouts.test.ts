@@ -9,7 +9,6 @@
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { createServer as createHttpServer, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { CalloutError, PerihelionError, WebhookError, createServer, type CalloutRule, type ServerOptions, type Webhook } from '../src/index.js';

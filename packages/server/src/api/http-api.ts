@@ -14,7 +14,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { channelProblem } from '@perihelion/protocol';
+import { channelProblem, parsePosition } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
 import { PerihelionError } from '../errors.js';
 import { readBody } from '../http/body.js';
@@ -68,7 +68,8 @@ export class HttpApi {
       disconnect: { method: 'POST', run: async () => this.disconnect(res, await this.body(req, res)) },
       channels: { method: 'GET', run: () => this.channels(res) },
       presence: { method: 'GET', run: () => this.presence(res, url.searchParams.get('channel')) },
-      stats: { method: 'GET', run: async () => sendJson(res, 200, this.core.stats()) },
+      history: { method: 'GET', run: () => this.history(res, url.searchParams) },
+      stats: { method: 'GET', run: async () => sendJson(res, 200, { ...this.core.stats(), history: await this.core.engine.historyStats() }) },
     };
     const route = routes[endpoint];
     if (!route) return sendApiError(res, 404, 'not_found', `no endpoint /api/${endpoint}; the endpoints are ${Object.keys(routes).map((r) => `/api/${r}`).join(', ')}`);
@@ -162,5 +163,20 @@ export class HttpApi {
       user: this.core.getSession(clientId)?.identity?.id ?? null,
     }));
     sendJson(res, 200, { channel, sessions });
+  }
+
+  /** GET /api/history?channel=/x[&since=epoch:offset][&limit=n] */
+  private async history(res: ServerResponse, query: URLSearchParams): Promise<void> {
+    const channel = query.get('channel');
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.core.options.maxChannelLength });
+    if (problem) return sendApiError(res, 400, 'invalid_channel', `?channel=${JSON.stringify(channel)}: ${problem}`);
+    const sinceText = query.get('since');
+    const since = sinceText === null ? undefined : parsePosition(sinceText);
+    if (since === null) return sendApiError(res, 400, 'invalid_request', `?since=${JSON.stringify(sinceText)}: a position is "epoch:offset", as in a message's ext.position`);
+    const limitText = query.get('limit');
+    if (limitText !== null && !/^\d{1,7}$/.test(limitText)) return sendApiError(res, 400, 'invalid_request', `?limit=${JSON.stringify(limitText)}: a whole number`);
+    const page = await this.core.history(channel!, { ...(since ? { since } : {}), ...(limitText !== null ? { limit: Number(limitText) } : {}) });
+    if (!page) return sendApiError(res, 404, 'no_history', `${channel} keeps no history (historySize 0, a history rule with size 0, or a meta or service channel)`);
+    sendJson(res, 200, { channel, ...page });
   }
 }

@@ -11,6 +11,7 @@ export type ApiErrorCode =
   | 'invalid_channel'
   | 'too_large'
   | 'session_not_found'
+  | 'no_history'
   | 'unavailable';
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {

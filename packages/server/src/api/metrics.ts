@@ -32,12 +32,32 @@ export class Metrics {
         this.set(total);
       },
     });
+    new Gauge({
+      name: 'perihelion_history_messages',
+      help: 'Messages kept in channel histories for recovery.',
+      registers: [registry],
+      async collect() {
+        this.set((await server.engine.historyStats()).messages);
+      },
+    });
+    new Gauge({
+      name: 'perihelion_history_channels',
+      help: 'Channels whose history (or position) is kept.',
+      registers: [registry],
+      async collect() {
+        this.set((await server.engine.historyStats()).channels);
+      },
+    });
     // Counters mirror the server's totals: each scrape adds what happened since the last one.
     const mirrored: [name: string, help: string, read: () => number][] = [
       ['perihelion_messages_in_total', 'Messages received from clients.', () => server.totals().messagesIn],
       ['perihelion_messages_published_total', 'Messages published to broadcast channels.', () => server.totals().published],
       ['perihelion_deliveries_total', 'Messages queued for sessions (one per recipient).', () => server.totals().deliveries],
       ['perihelion_queue_drops_total', 'Messages dropped because a session queue was full.', () => server.totals().queueDrops],
+      ['perihelion_slow_consumers_total', 'Sessions ended because their queue overflowed (queueOverflow "disconnect").', () => server.totals().slowConsumers],
+      ['perihelion_duplicate_publishes_total', 'Resent publishes recognised by their id and not published again.', () => server.totals().duplicatePublishes],
+      ['perihelion_replayed_total', 'Messages replayed from history to recovering clients.', () => server.totals().replayed],
+      ['perihelion_resent_total', 'Messages written again for the CometD ack extension.', () => server.totals().resent],
     ];
     for (const [name, help, read] of mirrored) {
       let seen = 0;

@@ -16,6 +16,9 @@ import type { BayeuxServer } from '../core/server.js';
 import { requestFacts, upgradeCookie } from '../http/request-facts.js';
 import type { PushConnection, RequestFacts } from './transport.js';
 
+/** How long a closed WebSocket's peer gets to answer the close frame before the socket is cut. */
+const CLOSE_GRACE_MS = 1000;
+
 class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
@@ -76,6 +79,11 @@ class WebSocketConnection implements PushConnection {
 
   close(code: number, reason: string): void {
     this.socket.close(code, reason);
+    // A peer that stopped reading never answers the close frame; ws would wait 30 s for it.
+    const socket = this.socket;
+    setTimeout(() => {
+      if (socket.readyState !== WebSocket.CLOSED) socket.terminate();
+    }, CLOSE_GRACE_MS).unref();
   }
 
   private receive(data: RawData, isBinary: boolean): void {

@@ -1,0 +1,385 @@
+/**
+ * Nothing missed, on the wire: positions on delivered messages, recovery on subscribe (replay,
+ * then live, with no gap and no duplicate at the seam), refusals when recovery cannot be honoured,
+ * publish deduplication, slow consumers, and the history read API.
+ */
+import { after, afterEach, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { WebSocket } from 'ws';
+import type { Position } from '@perihelion/protocol';
+import { PerihelionError } from '../src/index.js';
+import { WsPeer, at, errorOf, handshake, post, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+
+const positionOf = (message: Msg): Position => (message.ext as { position: Position }).position;
+
+/** A WebSocket session: handshaken, connected (connects re-sent as they are answered), ready to subscribe. */
+async function wsSession(url: string): Promise<{ peer: WsPeer; clientId: string; data(channel: string): Msg[] }> {
+  const peer = await WsPeer.open(url);
+  const reply = await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] });
+  const clientId = reply.clientId as string;
+  await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+  peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+  return { peer, clientId, data: (channel) => peer.received.filter((m) => m.channel === channel && m.data !== undefined) };
+}
+
+describe('positions and recovery', () => {
+  let t: TestServer;
+  const peers: WsPeer[] = [];
+  const open = async (): Promise<Awaited<ReturnType<typeof wsSession>>> => {
+    const session = await wsSession(t.wsUrl);
+    peers.push(session.peer);
+    return session;
+  };
+
+  before(async () => {
+    t = await startServer({ historySize: 5, history: [{ channel: '/ticks/**', size: 0 }, { channel: '/short/*', ttl: 1000 }, { channel: '/busy', size: 100_000 }] });
+  });
+  afterEach(async () => {
+    await Promise.all(peers.splice(0).map((peer) => peer.close()));
+  });
+  after(() => t.close());
+
+  it('stamps each broadcast message with {epoch, offset}, offsets counting up by one per channel', async () => {
+    const a = await open();
+    await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: '/pos/**' });
+    await t.server.publish('/pos/x', 1);
+    await t.server.publish('/pos/y', 2);
+    await t.server.publish('/pos/x', 3);
+    await waitFor(() => a.data('/pos/x').length === 2 && a.data('/pos/y').length === 1, 3000, 'three messages');
+    const [x1, x2] = a.data('/pos/x').map(positionOf);
+    assert.equal(x1!.offset, 1);
+    assert.equal(x2!.offset, 2);
+    assert.equal(x1!.epoch, x2!.epoch);
+    assert.equal(positionOf(a.data('/pos/y')[0]!).offset, 1, 'each channel counts on its own');
+    assert.notEqual(positionOf(a.data('/pos/y')[0]!).epoch, x1!.epoch);
+  });
+
+  it('gives no position on channels without history, and never passes on a position a client forged', async () => {
+    const a = await open();
+    await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: ['/ticks/eur', '/forged'] });
+    await t.server.publish('/ticks/eur', 1.1);
+    const publisher = await open();
+    const reply = await publisher.peer.request({ channel: '/forged', clientId: publisher.clientId, data: 'x', ext: { position: { epoch: 'mine', offset: 99 }, trace: 't1' } });
+    assert.equal(reply.successful, true);
+    await waitFor(() => a.data('/ticks/eur').length === 1 && a.data('/forged').length === 1, 3000, 'both messages');
+    assert.equal(a.data('/ticks/eur')[0]!.ext, undefined);
+    const forged = a.data('/forged')[0]!;
+    assert.equal((forged.ext as Msg).trace, 't1', 'the rest of ext travels');
+    assert.equal(positionOf(forged).offset, 1, 'the server numbers it, not the client');
+    assert.notEqual(positionOf(forged).epoch, 'mine');
+  });
+
+  it('answers a subscribe with the current position of each exact channel, none for patterns', async () => {
+    await t.server.publish('/seam/a', 'before');
+    const a = await open();
+    const reply = await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: ['/seam/a', '/seam/new', '/seam/*'] });
+    const positions = (reply.ext as { positions: Record<string, Position> }).positions;
+    assert.deepEqual(Object.keys(positions).sort(), ['/seam/a', '/seam/new']);
+    assert.equal(positions['/seam/a']!.offset, 1);
+    assert.equal(positions['/seam/new']!.offset, 0, 'a channel nobody published to yet starts at 0');
+    await t.server.publish('/seam/new', 'first');
+    await waitFor(() => a.data('/seam/new').length === 1, 3000, 'the first message');
+    assert.deepEqual(positionOf(a.data('/seam/new')[0]!), { epoch: positions['/seam/new']!.epoch, offset: 1 }, 'the same epoch the subscribe reply gave');
+  });
+
+  it('replays what a client missed since its last position, in order, then goes on live', async () => {
+    const first = await open();
+    await first.peer.request({ channel: '/meta/subscribe', clientId: first.clientId, subscription: '/rec/a' });
+    await t.server.publish('/rec/a', 'seen');
+    await waitFor(() => first.data('/rec/a').length === 1, 3000, 'the first message');
+    const last = positionOf(first.data('/rec/a')[0]!);
+    await first.peer.close();
+    for (const text of ['missed 1', 'missed 2', 'missed 3']) await t.server.publish('/rec/a', text);
+
+    const again = await open();
+    const reply = await again.peer.request({ channel: '/meta/subscribe', clientId: again.clientId, subscription: '/rec/a', ext: { recover: { '/rec/a': last } } });
+    assert.equal(reply.successful, true);
+    assert.deepEqual((reply.ext as Msg).recovered, { '/rec/a': true });
+    assert.deepEqual((reply.ext as { positions: Record<string, Position> }).positions['/rec/a'], { epoch: last.epoch, offset: 4 }, 'replay ends here');
+    await t.server.publish('/rec/a', 'live');
+    await waitFor(() => again.data('/rec/a').length === 4, 3000, 'replay and live');
+    assert.deepEqual(again.data('/rec/a').map((m) => m.data), ['missed 1', 'missed 2', 'missed 3', 'live']);
+    assert.deepEqual(again.data('/rec/a').map((m) => positionOf(m).offset), [2, 3, 4, 5]);
+    assert.ok(t.server.stats().replayed >= 3);
+  });
+
+  it('recovers every channel under a wildcard subscription that the client names', async () => {
+    const a = await open();
+    await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: '/room/*' });
+    await t.server.publish('/room/1', 'r1');
+    await t.server.publish('/room/2', 'r2');
+    await waitFor(() => a.peer.received.filter((m) => m.data !== undefined).length === 2, 3000, 'two messages');
+    const seen = Object.fromEntries(a.peer.received.filter((m) => m.data !== undefined).map((m) => [m.channel as string, positionOf(m)]));
+    await a.peer.close();
+    await t.server.publish('/room/2', 'r2 missed');
+    await t.server.publish('/room/1', 'r1 missed');
+    const b = await open();
+    const reply = await b.peer.request({ channel: '/meta/subscribe', clientId: b.clientId, subscription: '/room/*', ext: { recover: { ...seen, '/elsewhere/x': seen['/room/1'] } } });
+    assert.deepEqual((reply.ext as Msg).recovered, { '/room/1': true, '/room/2': true }, 'entries outside the subscription are ignored');
+    await waitFor(() => b.peer.received.filter((m) => m.data !== undefined).length === 2, 3000, 'the replay');
+    assert.deepEqual(b.peer.received.filter((m) => m.data !== undefined).map((m) => m.data).sort(), ['r1 missed', 'r2 missed']);
+  });
+
+  it('says recovery failed, and replays nothing, when the position is too old, from another epoch, or expired', async () => {
+    const a = await open();
+    await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: ['/old/a', '/short/a'] });
+    await t.server.publish('/old/a', 0);
+    await t.server.publish('/short/a', 0);
+    await waitFor(() => a.data('/old/a').length === 1 && a.data('/short/a').length === 1, 3000, 'first messages');
+    const old = positionOf(a.data('/old/a')[0]!);
+    const short = positionOf(a.data('/short/a')[0]!);
+    await a.peer.close();
+    for (let i = 1; i <= 6; i++) await t.server.publish('/old/a', i); // history keeps 5: message 2 is gone
+    await t.server.publish('/short/a', 'expires');
+    await new Promise((resolve) => setTimeout(resolve, 1100)); // /short/* keeps messages 1 s
+
+    const b = await open();
+    const reply = await b.peer.request({
+      channel: '/meta/subscribe',
+      clientId: b.clientId,
+      subscription: ['/old/a', '/short/a', '/old/b'],
+      ext: { recover: { '/old/a': old, '/short/a': short, '/old/b': { epoch: 'not-this-one', offset: 0 } } },
+    });
+    assert.equal(reply.successful, true, 'the subscription itself succeeds');
+    assert.deepEqual((reply.ext as Msg).recovered, { '/old/a': false, '/short/a': false, '/old/b': false });
+    await t.server.publish('/old/a', 'live');
+    await waitFor(() => b.data('/old/a').length === 1, 3000, 'the live message');
+    assert.deepEqual(b.data('/old/a').map((m) => m.data), ['live'], 'nothing replayed, live goes on');
+    assert.deepEqual(b.data('/short/a'), []);
+  });
+
+  it('refuses a malformed ext.recover with a 400 that says what a position is', async () => {
+    const a = await open();
+    const cases: Array<[unknown, RegExp]> = [
+      ['k3x:1', /must map channels to positions/],
+      [[{ epoch: 'a', offset: 1 }], /must map channels to positions/],
+      [{ '/a/*': { epoch: 'a', offset: 1 } }, /positions belong to channels, not patterns/],
+      [{ 'no-slash': { epoch: 'a', offset: 1 } }, /start with/],
+      [{ '/a': { epoch: 'a', offset: -1 } }, /a position is \{"epoch": string, "offset": integer >= 0\}/],
+      [{ '/a': { epoch: 7, offset: 1 } }, /a position is/],
+      [{ '/a': null }, /a position is/],
+    ];
+    for (const [recover, detail] of cases) {
+      const reply = await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: '/a', ext: { recover } });
+      assert.equal(reply.successful, false, JSON.stringify(recover));
+      const error = errorOf(reply);
+      assert.equal(error.code, 400);
+      assert.deepEqual(error.args, ['ext.recover']);
+      assert.match(error.message, detail);
+    }
+    assert.equal(t.server.getSession(a.clientId)!.subscriptions.size, 0, 'nothing was subscribed');
+  });
+
+  it('joins replay and live with no gap and no duplicate while messages keep being published', async () => {
+    const a = await open();
+    await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: '/busy' });
+    let next = 0;
+    let publishing = true;
+    const publisher = (async () => {
+      while (publishing) {
+        await t.server.publish('/busy', next++);
+        if (next % 3 === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+    })();
+    await waitFor(() => a.data('/busy').length >= 3, 3000, 'some messages');
+    const last = positionOf(a.data('/busy').at(-1)!);
+    const b = await open();
+    const reply = await b.peer.request({ channel: '/meta/subscribe', clientId: b.clientId, subscription: '/busy', ext: { recover: { '/busy': last } } });
+    assert.deepEqual((reply.ext as Msg).recovered, { '/busy': true });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    publishing = false;
+    await publisher;
+    await waitFor(() => b.data('/busy').at(-1)?.data === next - 1, 3000, 'the last message');
+    const offsets = b.data('/busy').map((m) => positionOf(m).offset);
+    const expected = Array.from({ length: next - last.offset }, (_, i) => last.offset + 1 + i);
+    assert.deepEqual(offsets, expected, 'every offset after the recovered position, once, in order');
+  });
+});
+
+describe('recovery across cuts (10 000 messages)', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startServer({ historySize: 10_000, maxQueue: 10_000 });
+  });
+  after(() => t.close());
+
+  it('a client whose line is cut at random moments ends with every message exactly once, in order', { timeout: 60_000 }, async () => {
+    const TOTAL = 10_000;
+    const received: number[] = [];
+    let position: Position | null = null;
+    let ws: WebSocket | null = null;
+    let cuts = 0;
+
+    /** A new line and a new session; subscribes with the last position seen, if any. */
+    const join = async (): Promise<void> => {
+      const socket = new WebSocket(t.wsUrl);
+      ws = socket;
+      await new Promise((resolve, reject) => {
+        socket.once('open', resolve);
+        socket.once('error', reject);
+      });
+      let clientId = '';
+      const subscribed = new Promise<void>((resolve, reject) => {
+        socket.on('message', (frame) => {
+          if (socket !== ws) return; // a line already cut: whatever it still delivers is not ours
+          for (const message of JSON.parse(String(frame)) as Msg[]) {
+            if (message.channel === '/meta/handshake') {
+              clientId = message.clientId as string;
+              socket.send(JSON.stringify([
+                { channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } },
+                { channel: '/meta/subscribe', clientId, subscription: '/stream', ...(position ? { ext: { recover: { '/stream': position } } } : {}) },
+              ]));
+            } else if (message.channel === '/meta/subscribe') {
+              if (message.successful !== true || (position && (message.ext as { recovered: Record<string, boolean> }).recovered['/stream'] !== true)) {
+                reject(new Error(`recovery refused: ${JSON.stringify(message)}`));
+              } else resolve();
+            } else if (message.channel === '/meta/connect') {
+              if (message.successful === true) socket.send(JSON.stringify([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]));
+            } else if (message.channel === '/stream') {
+              received.push(message.data as number);
+              position = positionOf(message);
+            }
+          }
+        });
+      });
+      socket.on('error', () => {});
+      socket.send(JSON.stringify([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] }]));
+      await subscribed;
+    };
+
+    await join();
+    let published = 0;
+    const publisher = (async () => {
+      while (published < TOTAL) {
+        for (let i = 0; i < 20 && published < TOTAL; i++) await t.server.publish('/stream', published++);
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+    })();
+    while (published < TOTAL) {
+      await new Promise((resolve) => setTimeout(resolve, 10 + Math.random() * 60));
+      (ws as WebSocket | null)?.terminate();
+      cuts++;
+      await join();
+    }
+    await publisher;
+    await waitFor(() => received.length >= TOTAL, 20_000, `all ${TOTAL} messages (have ${received.length})`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    (ws as WebSocket | null)?.terminate();
+    assert.ok(cuts >= 10, `the line was cut ${cuts} times`);
+    assert.equal(received.length, TOTAL, 'no duplicate');
+    assert.ok(received.every((value, i) => value === i), 'every message, in order');
+  });
+});
+
+describe('duplicate publishes', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startServer();
+  });
+  after(() => t.close());
+
+  it('publishes a message resent with the same id on the same session once, and acknowledges both', async () => {
+    const subscriber = await wsSession(t.wsUrl);
+    await subscriber.peer.request({ channel: '/meta/subscribe', clientId: subscriber.clientId, subscription: '/dup' });
+    const clientId = await handshake(t.url);
+    const publish = { channel: '/dup', clientId, data: 'once', id: 'p-1' };
+    const first = await post(t.url, [publish]);
+    const again = await post(t.url, [publish]);
+    assert.equal(at(first.body, 0).successful, true);
+    assert.equal(at(again.body, 0).successful, true, 'the resend is acknowledged');
+    assert.equal(at(again.body, 0).id, 'p-1');
+    await post(t.url, [{ ...publish, id: 'p-2', data: 'twice' }]);
+    await waitFor(() => subscriber.data('/dup').length === 2, 3000, 'two messages');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(subscriber.data('/dup').map((m) => m.data), ['once', 'twice']);
+    assert.equal(t.server.stats().duplicatePublishes, 1);
+    await subscriber.peer.close();
+  });
+
+  it('lets a refused publish be resent with the same id, and keeps sessions apart', async () => {
+    const subscriber = await wsSession(t.wsUrl);
+    await subscriber.peer.request({ channel: '/meta/subscribe', clientId: subscriber.clientId, subscription: '/dup2' });
+    const clientId = await handshake(t.url);
+    const big = await post(t.url, [{ channel: '/dup2', clientId, id: 'x', data: 'y'.repeat(600 * 1024) }]);
+    assert.equal(errorOf(at(big.body, 0)).code, 413);
+    await post(t.url, [{ channel: '/dup2', clientId, id: 'x', data: 'fits' }]);
+    const other = await handshake(t.url);
+    await post(t.url, [{ channel: '/dup2', clientId: other, id: 'x', data: 'other session' }]);
+    await waitFor(() => subscriber.data('/dup2').length === 2, 3000, 'both');
+    assert.deepEqual(subscriber.data('/dup2').map((m) => m.data), ['fits', 'other session']);
+    await subscriber.peer.close();
+  });
+});
+
+describe('slow consumers', () => {
+  it('drop-oldest: a consumer that stops reading holds at most maxQueue messages, and the drops are counted', { timeout: 30_000 }, async () => {
+    const t = await startServer({ maxQueue: 100, maxBufferedBytes: 64 * 1024 });
+    try {
+      const slow = await wsSession(t.wsUrl);
+      await slow.peer.request({ channel: '/meta/subscribe', clientId: slow.clientId, subscription: '/firehose' });
+      // The client stops reading: the kernel buffers fill, then ws's buffer, then the queue.
+      (slow.peer.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+      const session = t.server.getSession(slow.clientId)!;
+      const payload = 'z'.repeat(4096);
+      let maxQueued = 0;
+      for (let i = 0; i < 5000; i++) {
+        await t.server.publish('/firehose', { i, payload });
+        if (i % 50 === 0) await new Promise((resolve) => setImmediate(resolve));
+        maxQueued = Math.max(maxQueued, session.queue.length);
+      }
+      assert.ok(maxQueued <= 100, `at most maxQueue waiting (saw ${maxQueued})`);
+      assert.ok(t.server.stats().queueDrops > 0, 'drops counted');
+      assert.equal(session.ended, false, 'the session lives on');
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('disconnect: the session is ended with advice to handshake again, and counted', async () => {
+    const t = await startServer({ maxQueue: 3, queueOverflow: 'disconnect' });
+    try {
+      const clientId = await handshake(t.url);
+      await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }, { channel: '/meta/subscribe', clientId, subscription: '/flood' }]);
+      const ended: string[] = [];
+      t.server.on('disconnect', (_session, reason) => ended.push(reason));
+      for (let i = 0; i < 4; i++) await t.server.publish('/flood', i);
+      assert.deepEqual(ended, ['slow-consumer']);
+      assert.equal(t.server.stats().slowConsumers, 1);
+      const { body } = await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+      assert.equal(at(body, 0).successful, false);
+      assert.equal((at(body, 0).advice as Msg).reconnect, 'handshake');
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe('server.history()', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startServer({ historySize: 3, history: [{ channel: '/nohistory/**', size: 0 }] });
+  });
+  after(() => t.close());
+
+  it('reads the latest messages, or those after a position, oldest first', async () => {
+    for (let i = 1; i <= 4; i++) await t.server.publish('/h/a', { i });
+    const page = (await t.server.history('/h/a'))!;
+    assert.deepEqual(page.messages.map((m) => m.data), [{ i: 2 }, { i: 3 }, { i: 4 }]);
+    assert.equal(page.position!.offset, 4);
+    assert.equal(page.complete, true);
+    assert.deepEqual(page.messages.map((m) => positionOf(m as Msg).offset), [2, 3, 4]);
+    const after2 = (await t.server.history('/h/a', { since: { epoch: page.position!.epoch, offset: 2 }, limit: 1 }))!;
+    assert.deepEqual(after2.messages.map((m) => m.data), [{ i: 3 }]);
+    const gone = (await t.server.history('/h/a', { since: { epoch: page.position!.epoch, offset: 0 } }))!;
+    assert.deepEqual([gone.messages, gone.complete], [[], false]);
+    const fresh = (await t.server.history('/h/never'))!;
+    assert.deepEqual(fresh, { position: null, messages: [], complete: true });
+    assert.equal(await t.server.history('/nohistory/x'), null);
+  });
+
+  it('refuses bad arguments with coded errors', async () => {
+    await assert.rejects(t.server.history('/h/*'), (error: unknown) => error instanceof PerihelionError && error.code === 'ERR_INVALID_CHANNEL');
+    await assert.rejects(t.server.history('nope'), (error: unknown) => error instanceof PerihelionError && error.code === 'ERR_INVALID_CHANNEL');
+    await assert.rejects(t.server.history('/h/a', { limit: -1 }), (error: unknown) => error instanceof PerihelionError && error.code === 'ERR_INVALID_ARGUMENT');
+  });
+});
