@@ -5,6 +5,8 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { createServer, type Perihelion, type ServerOptions } from '@perihelion/server';
 import { waitFor } from './helpers.js';
@@ -201,6 +203,49 @@ describe('client in Chromium', () => {
       }
     });
   }
+
+  it('uses callback-polling (JSONP) when asked to', async () => {
+    const { server, origin } = await serve({ jsonp: true, transports: ['websocket', 'long-polling', 'callback-polling'] });
+    const context = await browser.newContext();
+    try {
+      const page = await open(context, origin);
+      assert.equal(await page.evaluate(() => (window as unknown as Window).start({ transports: ['callback-polling'], shared: false })), 'callback-polling');
+      await publishUntilSeen(server, page, 2, 'jsonp');
+      const heard: unknown[] = [];
+      server.subscribe('/page/up', (message) => void heard.push(message.data));
+      await page.evaluate(() => (window as unknown as Window).client.publish('/page/up', 'by script tag'));
+      await waitFor(() => heard.length === 1, 3000, 'the JSONP publish');
+      assert.equal(server.stats().sessionsByTransport['callback-polling'], 1);
+    } finally {
+      await context.close();
+      await server.close();
+    }
+  });
+
+  it('a page on another origin, without CORS or WebSocket allowed, falls back to callback-polling by itself', async () => {
+    // The server allows no other origin: its WebSocket upgrade answers 403 and POSTs fail CORS.
+    const { server, origin } = await serve({ jsonp: true, transports: ['websocket', 'long-polling', 'callback-polling'] });
+    const other = createHttpServer((_req, res) => res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(PAGE.replace('/bayeux/client.js', `${origin}/bayeux/client.js`)));
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+    const context = await browser.newContext();
+    try {
+      const page = await context.newPage();
+      await page.goto(`http://127.0.0.1:${(other.address() as AddressInfo).port}/`);
+      const transport = await page.evaluate((url) => {
+        type PageClient = Window['client'] & { subscribe(pattern: string, handler: (data: unknown) => void): Promise<unknown> };
+        const w = window as unknown as Window & { Perihelion: { Client: new (url: string, options: object) => PageClient } };
+        const c = new w.Perihelion.Client(url, { shared: false, minReconnectDelay: 50 });
+        w.client = c;
+        return c.subscribe('/page/news', (data) => w.seen.push(data)).then(() => c.transport);
+      }, `${origin}/bayeux`);
+      assert.equal(transport, 'callback-polling');
+      await publishUntilSeen(server, page, 1, 'cross-origin');
+    } finally {
+      await context.close();
+      other.close();
+      await server.close();
+    }
+  });
 
   for (const [offered, expected] of [
     [undefined, 'eventsource'],
