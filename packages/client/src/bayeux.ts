@@ -117,6 +117,7 @@ export class Bayeux {
   state: State = 'disconnected';
   clientId: string | undefined;
   type: ConnectionType | undefined;
+  readonly sharing = 'off' as const;
   private line: Transport | null = null;
   private advice: Required<Pick<Advice, 'reconnect' | 'interval' | 'timeout'>> = { reconnect: 'retry', interval: 0, timeout: 30_000 };
   private readonly failed = new Set<ConnectionType>();
@@ -150,20 +151,32 @@ export class Bayeux {
     private readonly events: BayeuxEvents,
   ) {
     const fetchFn = options.env.fetch;
-    this.http = fetchFn ? new Http(fetchFn, options.env.document !== undefined, options.headers) : undefined;
-    if (options.env.document !== undefined) {
-      const g = globalThis as unknown as { addEventListener?: (type: string, listener: () => void) => void };
+    const g = globalThis as unknown as { addEventListener?: (type: string, listener: () => void) => void; WorkerGlobalScope?: unknown };
+    // Browsers (pages and workers) keep cookies themselves; elsewhere Http keeps them.
+    const browser = options.env.document !== undefined || typeof g.WorkerGlobalScope === 'function';
+    this.http = fetchFn ? new Http(fetchFn, browser, options.headers) : undefined;
+    if (browser && typeof g.addEventListener === 'function') {
       // The browser knows before any timeout does: a line kept through an outage may be dead
       // without a word (a WebSocket behind a NAT that forgot it), so it is dropped at once and
       // the first attempt is made as soon as the network is back, not after the backoff.
-      g.addEventListener?.('offline', () => {
-        if (!this.stopped && this.line && this.state === 'connected') this.retry('connect', 'network: offline');
-      });
-      g.addEventListener?.('online', () => {
-        if (this.stopped || this.state !== 'connecting' || !this.next) return;
-        this.attempts = 0;
-        this.schedule(this.next, 0);
-      });
+      g.addEventListener('offline', () => this.network(false));
+      g.addEventListener('online', () => this.network(true));
+    }
+  }
+
+  /**
+   * The browser says the network went away or came back. It knows before any timeout does: a
+   * line kept through an outage may be dead without a word (a WebSocket behind a NAT that forgot
+   * it), so it is dropped at once, and the first attempt is made as soon as the network is back,
+   * not after the backoff.
+   */
+  network(online: boolean): void {
+    if (this.stopped) return;
+    if (!online) {
+      if (this.line && this.state === 'connected') this.retry('connect', 'network: offline');
+    } else if (this.state === 'connecting' && this.next) {
+      this.attempts = 0;
+      this.schedule(this.next, 0);
     }
   }
 
@@ -358,8 +371,9 @@ export class Bayeux {
 
   private retry(step: 'handshake' | 'connect', reason: string): void {
     if (this.stopped) return;
-    this.closeLine();
+    // The state first, so that it carries this reason rather than the closing line's.
     if (this.state !== 'connecting') this.setState('connecting', reason);
+    this.closeLine();
     const delay = backoff(this.attempts++, this.options.minReconnectDelay, this.options.maxReconnectDelay, Math.max(0, this.advice.interval));
     this.schedule(step, delay);
   }

@@ -4,44 +4,13 @@
  * every tab of the origin (share.ts) is invisible here: both sit behind `Backend`.
  */
 import { channelProblem, isService, matches, type ConnectionType, type Message } from '@perihelion/protocol';
-import { Bayeux, type Extension, type RecoveryOutcome, type ResolvedOptions, type State, type StateChange, type SubscribeOutcome } from './bayeux.js';
+import { Bayeux, type Extension, type RecoveryOutcome, type State, type StateChange, type SubscribeOutcome } from './bayeux.js';
 import { ClientError } from './errors.js';
 import { Emitter } from './events.js';
 import { shareAvailable, SharedBackend } from './share.js';
-import type { Environment } from './transports/transport.js';
+import { resolveOptions, type ClientOptions } from './options.js';
 
-export interface ClientOptions {
-  /**
-   * Connection types in order of preference; the first one the server also offers (and this
-   * environment supports) is used, the next when it fails.
-   * Default: `["websocket", "eventsource", "http-streaming", "long-polling", "callback-polling"]`
-   * (callback-polling is tried only by a page on another origin than the server, unless listed here).
-   */
-  transports?: ConnectionType[];
-  /** Milliseconds to wait for the reply to a request (handshake, subscribe, publish, request), and the network allowance added to a held connect. Default: 10000. */
-  timeout?: number;
-  /** Milliseconds a WebSocket may take to open before the next transport is tried. Default: 5000. */
-  openTimeout?: number;
-  /** Milliseconds a stream (eventsource, http-streaming) may take to deliver its first frame before it is taken as buffered by a proxy and abandoned for long-polling. Default: 5000. */
-  streamTimeout?: number;
-  /** Backoff between reconnection attempts: full jitter in [0, min(max, min·2ⁿ)], never below the server's advice.interval. Defaults: 500 and 20000 ms. */
-  minReconnectDelay?: number;
-  maxReconnectDelay?: number;
-  /** Most publishes and requests kept while offline; beyond, publish() rejects with `queue-full`. Default: 100. */
-  maxQueued?: number;
-  /** Credentials for the handshake (`ext.token`): a string, or a function asked at every handshake. Default: none. */
-  token?: string | (() => string | undefined | Promise<string | undefined>);
-  /** Extra headers on HTTP requests (not possible on WebSocket or EventSource). Default: none. */
-  headers?: Record<string, string>;
-  /** One connection for every tab of the origin (leader tab, Web Locks + BroadcastChannel). Default: true where both exist (browsers). */
-  shared?: boolean;
-  /** Connect on the first subscribe() or publish() without waiting for connect(). Default: true. */
-  autoConnect?: boolean;
-  /** Constructors from the environment, for runtimes without them (Node: `WebSocket` from the `ws` package). Default: globalThis's. */
-  WebSocket?: new (url: string) => WebSocket;
-  fetch?: typeof fetch;
-  EventSource?: new (url: string, init?: EventSourceInit) => EventSource;
-}
+export type { ClientOptions };
 
 export type Handler<T = unknown> = (data: T, message: Message) => void;
 
@@ -62,11 +31,15 @@ export interface ClientEvents {
   error: ClientError;
 }
 
+export type Sharing = 'off' | 'worker' | 'leader' | 'follower';
+
 /** What the client needs from whoever holds the connection: this tab's Bayeux, or the leader tab's. */
 export interface Backend {
   readonly state: State;
   readonly clientId: string | undefined;
   readonly type: ConnectionType | undefined;
+  /** Who holds the connection: this client alone, a SharedWorker, this tab for all, another tab. */
+  readonly sharing: Sharing;
   connect(): Promise<void>;
   disconnect(): Promise<void>;
   need(pattern: string): Promise<SubscribeOutcome>;
@@ -103,8 +76,6 @@ export class Subscription {
   }
 }
 
-const DEFAULT_TRANSPORTS: ConnectionType[] = ['websocket', 'eventsource', 'http-streaming', 'long-polling', 'callback-polling'];
-
 export class Client extends Emitter<ClientEvents> {
   readonly url: string;
   private backend: Backend;
@@ -116,35 +87,8 @@ export class Client extends Emitter<ClientEvents> {
 
   constructor(url: string, options: ClientOptions = {}) {
     super();
-    const g = globalThis as unknown as Record<string, unknown>;
-    const doc = g.document as Document | undefined;
-    // Relative URLs ("/bayeux") are resolved against the page, as a script tag's user expects.
-    this.url = doc ? new URL(url, doc.baseURI).href : url;
-    const env: Environment = {
-      fetch: options.fetch ?? (typeof g.fetch === 'function' ? (g.fetch as typeof fetch).bind(globalThis) : undefined),
-      WebSocket: options.WebSocket ?? (g.WebSocket as Environment['WebSocket']),
-      EventSource: options.EventSource ?? (g.EventSource as Environment['EventSource']),
-      document: doc,
-    };
-    const crossOrigin = doc !== undefined && new URL(this.url).origin !== (g.location as Location | undefined)?.origin;
-    for (const [name, value] of Object.entries(options)) {
-      if (typeof value === 'number' && !(value >= 0)) throw new TypeError(`option ${name} must be a number ≥ 0, got ${value}`);
-    }
-    const transports = options.transports ?? DEFAULT_TRANSPORTS;
-    if (transports.length === 0) throw new TypeError('option transports must list at least one connection type');
-    const resolved: ResolvedOptions = {
-      transports,
-      timeout: options.timeout ?? 10_000,
-      openTimeout: options.openTimeout ?? 5000,
-      streamTimeout: options.streamTimeout ?? 5000,
-      minReconnectDelay: options.minReconnectDelay ?? 500,
-      maxReconnectDelay: options.maxReconnectDelay ?? 20_000,
-      maxQueued: options.maxQueued ?? 100,
-      callbackPolling: crossOrigin || options.transports !== undefined,
-      token: options.token,
-      headers: options.headers ?? {},
-      env,
-    };
+    const { url: absolute, resolved, worker } = resolveOptions(url, options);
+    this.url = absolute;
     this.timeout = resolved.timeout;
     this.autoConnect = options.autoConnect ?? true;
     const events: BackendEvents = {
@@ -153,8 +97,8 @@ export class Client extends Emitter<ClientEvents> {
       recovery: (pattern, outcome) => this.recovered(pattern, outcome),
       refused: (pattern, error) => this.refused(pattern, error),
     };
-    const shared = options.shared ?? shareAvailable();
-    this.backend = shared && shareAvailable() ? new SharedBackend(this.url, (relay) => new Bayeux(this.url, resolved, relay), events) : new Bayeux(this.url, resolved, events);
+    const shared = (options.shared ?? true) && shareAvailable();
+    this.backend = shared ? new SharedBackend(this.url, (relay) => new Bayeux(this.url, resolved, relay), events, worker) : new Bayeux(this.url, resolved, events);
   }
 
   get state(): State {
@@ -169,6 +113,11 @@ export class Client extends Emitter<ClientEvents> {
   /** The connection type in use. */
   get transport(): ConnectionType | undefined {
     return this.backend.type;
+  }
+
+  /** Who holds the connection: "off" (this client), "worker" (a SharedWorker), "leader" (this tab, for every tab), "follower" (another tab). */
+  get sharing(): Sharing {
+    return this.backend.sharing;
   }
 
   /** Connects (handshake, then connect); resolves once connected, rejects if the server refuses the handshake. */

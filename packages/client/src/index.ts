@@ -5,7 +5,12 @@
  *   await client.subscribe('/chat/room1', (data) => console.log(data));
  *   await client.publish('/chat/room1', { text: 'hi' });
  */
-export { Client, Subscription, type ClientOptions, type ClientEvents, type Handler, type SubscribeOptions } from './client.js';
+import { serveSharedWorker } from './worker.js';
+
+export { Client, Subscription, type ClientOptions, type ClientEvents, type Handler, type Sharing, type SubscribeOptions } from './client.js';
 export { ClientError, type ClientErrorCode } from './errors.js';
 export type { Extension, Position, RecoveryOutcome, State, StateChange } from './bayeux.js';
 export type { ConnectionType, Message } from '@perihelion/protocol';
+
+// Loaded as a SharedWorker (tab sharing loads this very script), it serves the tabs instead.
+serveSharedWorker();

@@ -114,43 +114,81 @@ describe('client in Chromium', () => {
     }
   });
 
-  it('ten tabs of one origin share one server session; when the holder closes another tab takes over', async () => {
+  /** Opens `count` tabs, each subscribing to /page/news with `options`; returns them once all are connected. */
+  async function tabs(context: BrowserContext, origin: string, count: number, options: Record<string, unknown>): Promise<Page[]> {
+    const pages: Page[] = [];
+    for (let i = 0; i < count; i++) {
+      const page = await open(context, origin);
+      await page.evaluate((o) => (window as unknown as Window).start(o), options);
+      pages.push(page);
+    }
+    return pages;
+  }
+
+  const clientIdOf = (page: Page): Promise<string | undefined> => page.evaluate(() => (window as unknown as Window).client.clientId);
+  const sharingOf = (page: Page): Promise<string> => page.evaluate(() => (window as unknown as { client: { sharing: string } }).client.sharing);
+
+  /** Publishes until every page has seen a message starting with `label`. */
+  async function publishUntilAllSeen(server: Perihelion, pages: Page[], label: string): Promise<void> {
+    const counts = (): Promise<number[]> => Promise.all(pages.map((page) => page.evaluate((l) => (window as unknown as Window).seen.filter((s) => String(s).startsWith(l)).length, label)));
+    for (let i = 0; i < 60; i++) {
+      await server.publish('/page/news', `${label} ${i}`);
+      if ((await counts()).every((n) => n > 0)) return;
+      await new Promise((resolve) => setTimeout(resolve, 150));
+    }
+    assert.fail(`not every tab saw "${label}": ${(await counts()).join(', ')}`);
+  }
+
+  it('ten tabs of one origin share one server session held by a SharedWorker, which outlives any tab', async () => {
     const { server, origin } = await serve();
     const context = await browser.newContext();
     try {
-      const pages: Page[] = [];
-      for (let i = 0; i < 10; i++) {
-        const page = await open(context, origin);
-        await page.evaluate(() => (window as unknown as Window).start());
-        pages.push(page);
-      }
+      const pages = await tabs(context, origin, 10, {});
+      for (const page of pages) assert.equal(await sharingOf(page), 'worker');
+      assert.equal(server.stats().sessions, 1, 'one session for ten tabs');
+      const first = await clientIdOf(pages[0]!);
+      assert.equal(await clientIdOf(pages[9]!), first, 'every tab reports the one session');
+      await server.publish('/page/news', 'to every tab');
+      for (const page of pages) await page.waitForFunction(() => (window as unknown as Window).seen.includes('to every tab'));
+      const heard: unknown[] = [];
+      server.subscribe('/page/up', (message) => void heard.push(message.data));
+      await pages[5]!.evaluate(() => (window as unknown as Window).client.publish('/page/up', 'from tab 6'));
+      await waitFor(() => heard.length === 1, 3000, 'the publish through the worker');
+      // The first tab goes: the worker, and so the session, stay for the others.
+      await pages[0]!.close();
+      await publishUntilAllSeen(server, pages.slice(1), 'after the first tab left');
+      assert.equal(server.stats().sessions, 1);
+      assert.ok(server.getSession(first!), 'the same session');
+    } finally {
+      await context.close();
+      await server.close();
+    }
+  });
+
+  it('without SharedWorker, ten tabs elect a leader that holds the one session; when it closes another tab takes over', async () => {
+    const { server, origin } = await serve();
+    const context = await browser.newContext();
+    try {
+      const pages = await tabs(context, origin, 10, { worker: false });
+      assert.equal(await sharingOf(pages[0]!), 'leader', 'the first tab got the lock');
+      for (const page of pages.slice(1)) assert.equal(await sharingOf(page), 'follower');
       assert.equal(server.stats().sessions, 1, 'one session for ten tabs');
       await server.publish('/page/news', 'to every tab');
       for (const page of pages) await page.waitForFunction(() => (window as unknown as Window).seen.includes('to every tab'));
-      // A tab that is not the holder publishes through the holder.
+      // A tab that is not the leader publishes through the leader.
       const heard: unknown[] = [];
       server.subscribe('/page/up', (message) => void heard.push(message.data));
       await pages[5]!.evaluate(() => (window as unknown as Window).client.publish('/page/up', 'from tab 6'));
       await waitFor(() => heard.length === 1, 3000, 'the relayed publish');
-      const clientIdOf = (page: Page): Promise<string | undefined> => page.evaluate(() => (window as unknown as Window).client.clientId);
       const first = await clientIdOf(pages[9]!);
       assert.equal(first, await clientIdOf(pages[0]!), 'every tab reports the one session');
-      // Close the first tab: it was the first to ask for the lock, so it holds the connection.
       await pages[0]!.close();
       const rest = pages.slice(1);
+      // The leader ends its session as it leaves; the next tab in the lock's queue opens a new one.
       await waitFor(() => server.getSession(first!) === undefined, 15_000, 'the old session to end');
       for (const page of rest) await page.waitForFunction((old) => { const id = (window as unknown as Window).client.clientId; return id !== undefined && id !== old; }, first, { timeout: 10_000 });
-      for (let i = 0; i < 60; i++) {
-        await server.publish('/page/news', `after takeover ${i}`);
-        const counts = await Promise.all(rest.map((page) => page.evaluate(() => (window as unknown as Window).seen.filter((s) => String(s).startsWith('after takeover')).length)));
-        if (counts.every((n) => n > 0)) break;
-        await new Promise((resolve) => setTimeout(resolve, 150));
-      }
-      for (const page of rest) {
-        const after = await page.evaluate(() => (window as unknown as Window).seen.filter((s) => String(s).startsWith('after takeover')).length);
-        assert.ok(after > 0, 'every remaining tab receives after the takeover');
-      }
-      // The old session ends (swept), the new one serves all nine tabs.
+      assert.equal(await sharingOf(pages[1]!), 'leader');
+      await publishUntilAllSeen(server, rest, 'after takeover');
       await waitFor(() => server.stats().sessions === 1, 15_000, 'one session again');
     } finally {
       await context.close();
@@ -158,14 +196,12 @@ describe('client in Chromium', () => {
     }
   });
 
-  it('a tab that goes away takes its subscriptions with it; the others keep theirs', async () => {
+  for (const options of [{}, { worker: false }]) {
+  it(`a tab that goes away takes its subscriptions with it; the others keep theirs (${JSON.stringify(options)})`, async () => {
     const { server, origin } = await serve();
     const context = await browser.newContext();
     try {
-      const leader = await open(context, origin);
-      await leader.evaluate(() => (window as unknown as Window).start());
-      const other = await open(context, origin);
-      await other.evaluate(() => (window as unknown as Window).start());
+      const [leader, other] = (await tabs(context, origin, 2, options)) as [Page, Page];
       await other.evaluate(() => (window as unknown as { client: { subscribe(p: string, h: () => void): Promise<unknown> } }).client.subscribe('/only/other', () => {}));
       const session = server.getSession((await leader.evaluate(() => (window as unknown as Window).client.clientId))!)!;
       assert.deepEqual([...session.subscriptions].sort(), ['/only/other', '/page/news']);
@@ -178,15 +214,43 @@ describe('client in Chromium', () => {
       await server.close();
     }
   });
+  }
 
-  for (const transports of [undefined, ['long-polling']] as const) {
-    it(`resubscribes by itself after the network drops and comes back (${transports ? transports[0] : 'default transports'})`, async () => {
+  it('tells the SharedWorker when the browser goes offline: it drops its line at once and comes back', async () => {
+    // Playwright's offline emulation reaches pages, not shared workers: the worker learns it from the tabs.
+    const { server, origin } = await serve({ timeout: 3000 });
+    const context = await browser.newContext();
+    try {
+      const page = await open(context, origin);
+      await page.evaluate(() => (window as unknown as Window).start({ minReconnectDelay: 100, maxReconnectDelay: 1000 }));
+      assert.equal(await sharingOf(page), 'worker');
+      await page.evaluate(() => {
+        const w = window as unknown as { reasons: string[]; client: { on(event: string, listener: (change: { reason: string }) => void): void } };
+        w.reasons = [];
+        w.client.on('connecting', (change) => w.reasons.push(change.reason));
+      });
+      await context.setOffline(true);
+      await page.waitForFunction(() => (window as unknown as { reasons: string[] }).reasons.includes('network: offline'), undefined, { timeout: 5000 });
+      await context.setOffline(false);
+      await page.waitForFunction(() => (window as unknown as Window).client.state === 'connected', undefined, { timeout: 10_000 });
+      await publishUntilSeen(server, page, 1, 'after');
+    } finally {
+      await context.close();
+      await server.close();
+    }
+  });
+
+  for (const [label, extra] of [
+    ['one tab, websocket', { shared: false }],
+    ['one tab, long-polling', { shared: false, transports: ['long-polling'] }],
+  ] as const) {
+    it(`resubscribes by itself after the network drops and comes back (${label})`, async () => {
       // Sessions expire a second after their line goes: the page must handshake and subscribe again.
       const { server, origin } = await serve({ maxInterval: 1000, timeout: 3000 });
       const context = await browser.newContext();
       try {
         const page = await open(context, origin);
-        await page.evaluate((t) => (window as unknown as Window).start({ shared: false, minReconnectDelay: 100, maxReconnectDelay: 1000, ...(t ? { transports: t } : {}) }), transports);
+        await page.evaluate((o) => (window as unknown as Window).start({ minReconnectDelay: 100, maxReconnectDelay: 1000, ...o }), extra);
         await publishUntilSeen(server, page, 1, 'before');
         const first = await page.evaluate(() => (window as unknown as Window).client.clientId);
         await context.setOffline(true);

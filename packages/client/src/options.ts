@@ -1,0 +1,102 @@
+/**
+ * The client's options: defaults, checks, and the part a SharedWorker can receive (functions
+ * and constructors cannot cross to a worker).
+ */
+import type { ConnectionType } from '@perihelion/protocol';
+import type { ResolvedOptions } from './bayeux.js';
+import type { HubConfig } from './hub.js';
+import type { Environment } from './transports/transport.js';
+
+export interface ClientOptions {
+  /**
+   * Connection types in order of preference; the first one the server also offers (and this
+   * environment supports) is used, the next when it fails.
+   * Default: `["websocket", "eventsource", "http-streaming", "long-polling", "callback-polling"]`
+   * (callback-polling is tried only by a page on another origin than the server, unless listed here).
+   */
+  transports?: ConnectionType[];
+  /** Milliseconds to wait for the reply to a request (handshake, subscribe, publish, request), and the network allowance added to a held connect. Default: 10000. */
+  timeout?: number;
+  /** Milliseconds a WebSocket may take to open before the next transport is tried. Default: 5000. */
+  openTimeout?: number;
+  /** Milliseconds a stream (eventsource, http-streaming) may take to deliver its first frame before it is taken as buffered by a proxy and abandoned for long-polling. Default: 5000. */
+  streamTimeout?: number;
+  /** Backoff between reconnection attempts: full jitter in [0, min(max, min·2ⁿ)], never below the server's advice.interval. Defaults: 500 and 20000 ms. */
+  minReconnectDelay?: number;
+  maxReconnectDelay?: number;
+  /** Most publishes and requests kept while offline; beyond, publish() rejects with `queue-full`. Default: 100. */
+  maxQueued?: number;
+  /** Credentials for the handshake (`ext.token`): a string, or a function asked at every handshake. Default: none. */
+  token?: string | (() => string | undefined | Promise<string | undefined>);
+  /** Extra headers on HTTP requests (not possible on WebSocket or EventSource). Default: none. */
+  headers?: Record<string, string>;
+  /** One connection for every tab of the origin (a SharedWorker, else a leader tab elected with Web Locks + BroadcastChannel). Default: true in browsers. */
+  shared?: boolean;
+  /**
+   * Script of the SharedWorker that holds the shared connection. Default: `<url>/client.js` (the
+   * server's own build) when the page and the server share an origin and the options can cross
+   * to a worker (no `token` function, no custom constructors); false: elect a leader tab instead.
+   */
+  worker?: string | false;
+  /** Connect on the first subscribe() or publish() without waiting for connect(). Default: true. */
+  autoConnect?: boolean;
+  /** Constructors from the environment, for runtimes without them (Node: `WebSocket` from the `ws` package). Default: globalThis's. */
+  WebSocket?: new (url: string) => WebSocket;
+  fetch?: typeof fetch;
+  EventSource?: new (url: string, init?: EventSourceInit) => EventSource;
+}
+
+const DEFAULT_TRANSPORTS: ConnectionType[] = ['websocket', 'eventsource', 'http-streaming', 'long-polling', 'callback-polling'];
+
+/** Options a worker can be given: plain data only. */
+const PORTABLE = ['transports', 'timeout', 'openTimeout', 'streamTimeout', 'minReconnectDelay', 'maxReconnectDelay', 'maxQueued', 'token', 'headers'] as const;
+
+export interface Resolved {
+  url: string;
+  resolved: ResolvedOptions;
+  /** The SharedWorker to use for tab sharing, if one can be. */
+  worker: { script: string; config: HubConfig } | null;
+}
+
+export function resolveOptions(url: string, options: ClientOptions): Resolved {
+  const g = globalThis as unknown as Record<string, unknown>;
+  const doc = g.document as Document | undefined;
+  // Relative URLs ("/bayeux") are resolved against the page, as a script tag's user expects.
+  const absolute = doc ? new URL(url, doc.baseURI).href : url;
+  const env: Environment = {
+    fetch: options.fetch ?? (typeof g.fetch === 'function' ? (g.fetch as typeof fetch).bind(globalThis) : undefined),
+    WebSocket: options.WebSocket ?? (g.WebSocket as Environment['WebSocket']),
+    EventSource: options.EventSource ?? (g.EventSource as Environment['EventSource']),
+    document: doc,
+  };
+  const pageOrigin = (g.location as Location | undefined)?.origin;
+  const sameOrigin = pageOrigin !== undefined && new URL(absolute).origin === pageOrigin;
+  for (const [name, value] of Object.entries(options)) {
+    if (typeof value === 'number' && !(value >= 0)) throw new TypeError(`option ${name} must be a number ≥ 0, got ${value}`);
+  }
+  const transports = options.transports ?? DEFAULT_TRANSPORTS;
+  if (transports.length === 0) throw new TypeError('option transports must list at least one connection type');
+  const resolved: ResolvedOptions = {
+    transports,
+    timeout: options.timeout ?? 10_000,
+    openTimeout: options.openTimeout ?? 5000,
+    streamTimeout: options.streamTimeout ?? 5000,
+    minReconnectDelay: options.minReconnectDelay ?? 500,
+    maxReconnectDelay: options.maxReconnectDelay ?? 20_000,
+    maxQueued: options.maxQueued ?? 100,
+    callbackPolling: (doc !== undefined && !sameOrigin) || options.transports !== undefined,
+    token: options.token,
+    headers: options.headers ?? {},
+    env,
+  };
+  const portable = typeof options.token !== 'function' && !options.WebSocket && !options.fetch && !options.EventSource;
+  let worker: Resolved['worker'] = null;
+  if (options.worker !== false && portable && typeof g.SharedWorker === 'function' && (sameOrigin || options.worker !== undefined)) {
+    const config: Record<string, unknown> = {};
+    for (const key of PORTABLE) if (options[key] !== undefined) config[key] = options[key];
+    // A SharedWorker's script must share the page's origin: by default the server's own build.
+    const script = options.worker ?? `${absolute.split('?')[0]!.replace(/\/$/, '')}/client.js`;
+    worker = { script, config: { url: absolute, options: config } };
+  }
+  return { url: absolute, resolved, worker };
+}
