@@ -31,6 +31,7 @@ const USAGE = `usage: npm run bench -- [options]
   --deadline S           the whole run's deadline, s (default 900)
   --results FILE         where to write the Markdown report (default bench/RESULTS.md; "-" for none)
   --no-pin               do not pin with taskset
+  --cpu-prof DIR         write a V8 CPU profile of each server to DIR (open it in Chrome DevTools)
 `;
 
 function parseArgs(argv) {
@@ -47,6 +48,7 @@ function parseArgs(argv) {
     deadline: 900,
     results: 'bench/RESULTS.md',
     pin: true,
+    cpuProf: null,
   };
   const number = (name, value, { min = 0, integer = false } = {}) => {
     const n = Number(value);
@@ -71,6 +73,9 @@ function parseArgs(argv) {
           .filter(Boolean)
           .map((r) => number('rates', r, { min: 0.1 }));
         if (options.rates.length === 0) usage('--rates needs at least one rate');
+        break;
+      case '--cpu-prof':
+        options.cpuProf = value();
         break;
       case '--duration':
         options.duration = number('duration', value(), { min: 0.5 });
@@ -230,7 +235,8 @@ class ServerProcess {
     this.inbox = [];
     this.waiters = [];
     const script = `${HERE}servers/${name}.mjs`;
-    const [command, args] = pinning !== 'none' ? ['taskset', ['-c', '0', process.execPath, script]] : [process.execPath, [script]];
+    const node = [process.execPath, ...(options.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', options.cpuProf] : []), script];
+    const [command, args] = pinning !== 'none' ? ['taskset', ['-c', '0', ...node]] : [node[0], node.slice(1)];
     this.child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
     children.add(this.child);
     const relay = (stream) => {
