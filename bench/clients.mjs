@@ -1,5 +1,6 @@
 // Lean subscribers for the load generator: raw `ws` sockets speaking just enough of each protocol
 // to subscribe and stay subscribed. Every received benchmark message goes to a Recorder.
+import http from 'node:http';
 import WebSocket from 'ws';
 
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
@@ -81,7 +82,8 @@ const WS_OPTIONS = { perMessageDeflate: false, handshakeTimeout: 10_000 };
  * always one held /meta/connect, re-sent whenever the previous one is answered. Works against
  * Perihelion (/bayeux) and Faye (/faye), which both accept the handshake on the socket.
  */
-export function bayeuxSubscriber({ url, channel, recorder, timeoutMs }) {
+export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
+  const wanted = new Set(channels);
   return new Promise((resolve, reject) => {
     const client = { ws: null, failed: false, ready: false, run: null, lastSeq: -1, probe: null, clientId: null };
     let nextId = 0;
@@ -117,7 +119,7 @@ export function bayeuxSubscriber({ url, channel, recorder, timeoutMs }) {
       if (!Array.isArray(messages)) messages = [messages];
       let counted = false;
       for (const message of messages) {
-        if (message.channel === channel) {
+        if (wanted.has(message.channel)) {
           if (recorder.receive(client, message.data)) counted = true;
           continue;
         }
@@ -134,7 +136,7 @@ export function bayeuxSubscriber({ url, channel, recorder, timeoutMs }) {
             if (client.ready) connect();
             else if (!client.subscribing) {
               client.subscribing = true;
-              send({ channel: '/meta/subscribe', subscription: channel });
+              send({ channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels });
             }
             break;
           case '/meta/subscribe':
@@ -156,7 +158,7 @@ export function bayeuxSubscriber({ url, channel, recorder, timeoutMs }) {
  * (`/socket.io/?EIO=4&transport=websocket`): open, connect to the main namespace, emit
  * `subscribe` with an acknowledgement (the server joins the room), answer pings.
  */
-export function socketIoRawSubscriber({ url, room, event, recorder, timeoutMs }) {
+export function socketIoRawSubscriber({ url, rooms, event, recorder, timeoutMs }) {
   return new Promise((resolve, reject) => {
     const client = { ws: null, failed: false, ready: false, run: null, lastSeq: -1, probe: null };
     const prefix = `42["${event}",`;
@@ -197,7 +199,7 @@ export function socketIoRawSubscriber({ url, room, event, recorder, timeoutMs })
       }
       switch (packet[1]) {
         case '0': // socket.io CONNECT accepted
-          client.ws.send(`420${JSON.stringify(['subscribe', room])}`);
+          client.ws.send(`420${JSON.stringify(['subscribe', rooms])}`);
           return;
         case '3': // ACK of our subscribe
           client.ready = true;
@@ -214,7 +216,7 @@ export function socketIoRawSubscriber({ url, room, event, recorder, timeoutMs })
 }
 
 /** The same subscriber through the official socket.io-client (heavier; for comparison). */
-export async function socketIoOfficialSubscriber({ url, room, event, recorder, timeoutMs }) {
+export async function socketIoOfficialSubscriber({ url, rooms, event, recorder, timeoutMs }) {
   const { io } = await import('socket.io-client');
   return new Promise((resolve, reject) => {
     const client = { ws: null, failed: false, ready: false, run: null, lastSeq: -1, probe: null };
@@ -237,13 +239,164 @@ export async function socketIoOfficialSubscriber({ url, room, event, recorder, t
       if (!client.closing) fail(new Error(`disconnected: ${reason}`));
     });
     socket.on('connect', () => {
-      socket.emit('subscribe', room, () => {
+      socket.emit('subscribe', rooms, () => {
         client.ready = true;
         clearTimeout(timer);
         resolve(client);
       });
     });
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long-polling subscribers: plain HTTP with one keep-alive socket per client, as a browser tab has.
+
+/** POSTs `body` and resolves to {status, text, headers}; rejects on a network error or after timeoutMs. */
+function httpRequest(agent, url, { method = 'POST', body, headers = {}, timeoutMs }) {
+  return new Promise((resolve, reject) => {
+    const request = http.request(url, { method, agent, headers: body !== undefined ? { 'Content-Type': 'application/json', ...headers } : headers }, (response) => {
+      const chunks = [];
+      response.on('data', (chunk) => chunks.push(chunk));
+      response.on('end', () => resolve({ status: response.statusCode, text: Buffer.concat(chunks).toString(), headers: response.headers }));
+      response.on('error', reject);
+    });
+    request.setTimeout(timeoutMs, () => request.destroy(new Error(`no response within ${timeoutMs} ms`)));
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
+/**
+ * A Bayeux subscriber over long-polling: handshake, connect with advice.timeout 0 and subscribe in
+ * one request, then one /meta/connect after another; messages arrive in the connect responses.
+ * Keeps the session cookie (Perihelion binds sessions to BAYEUX_BROWSER).
+ */
+export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs }) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const client = { failed: false, ready: false, run: null, lastSeq: -1, probe: null, clientId: null, closing: false };
+  client.close = () => {
+    client.closing = true;
+    agent.destroy();
+  };
+  const wanted = new Set(channels);
+  let cookie = '';
+  let nextId = 0;
+  const post = async (messages, ms) => {
+    for (const message of messages) {
+      message.id = String(++nextId);
+      if (client.clientId) message.clientId = client.clientId;
+    }
+    const response = await httpRequest(agent, url, { body: JSON.stringify(messages), headers: cookie ? { Cookie: cookie } : {}, timeoutMs: ms });
+    const set = response.headers['set-cookie'];
+    if (set) cookie = set.map((c) => c.split(';')[0]).join('; ');
+    if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${response.text.slice(0, 200)}`);
+    return JSON.parse(response.text);
+  };
+  const take = (replies) => {
+    let counted = false;
+    for (const message of replies) {
+      if (wanted.has(message.channel)) {
+        if (recorder.receive(client, message.data)) counted = true;
+      } else if (message.channel === '/meta/connect' && message.successful === false) {
+        throw new Error(`connect failed: ${message.error ?? JSON.stringify(message)}`);
+      }
+    }
+    if (counted) recorder.frames++;
+  };
+  const poll = async () => {
+    while (!client.closing) {
+      try {
+        take(await post([{ channel: '/meta/connect', connectionType: 'long-polling' }], 70_000));
+      } catch (error) {
+        if (!client.closing) recorder.fail(client, error);
+        return;
+      }
+    }
+  };
+  return (async () => {
+    try {
+      const [hs] = await post([{ channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['long-polling'] }], timeoutMs);
+      if (!hs?.successful) throw new Error(`handshake refused: ${hs?.error ?? JSON.stringify(hs)}`);
+      client.clientId = hs.clientId;
+      const replies = await post([{ channel: '/meta/connect', connectionType: 'long-polling', advice: { timeout: 0 } }, { channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels }], timeoutMs);
+      const sub = replies.find((m) => m.channel === '/meta/subscribe');
+      if (!sub?.successful) throw new Error(`subscribe refused: ${sub?.error ?? JSON.stringify(replies)}`);
+      take(replies);
+    } catch (error) {
+      recorder.fail(client, error);
+      client.close();
+      throw error;
+    }
+    client.ready = true;
+    void poll();
+    return client;
+  })();
+}
+
+/**
+ * A Socket.IO subscriber over Engine.IO 4 long-polling (`transport=polling`): open, join the main
+ * namespace, emit `subscribe` with an ack, then one GET after another; packets in a response are
+ * separated by U+001E; pings (`2`) are answered with a POST of `3`.
+ */
+export function socketIoPollingSubscriber({ url, rooms, event, recorder, timeoutMs }) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 2 });
+  const client = { failed: false, ready: false, run: null, lastSeq: -1, probe: null, closing: false };
+  client.close = () => {
+    client.closing = true;
+    agent.destroy();
+  };
+  const prefix = `42["${event}",`;
+  let sid = null;
+  const at = () => `${url}&sid=${encodeURIComponent(sid)}`;
+  const send = (packet) => httpRequest(agent, at(), { body: packet, headers: { 'Content-Type': 'text/plain;charset=UTF-8' }, timeoutMs: 10_000 });
+  /** Handles one response of packets; resolves true once the subscribe is acknowledged. */
+  const handle = (text) => {
+    let acked = false;
+    let counted = false;
+    for (const packet of text.split('\x1e')) {
+      if (packet.startsWith(prefix)) {
+        if (recorder.receive(client, JSON.parse(packet.slice(2))[1])) counted = true;
+      } else if (packet === '2') void send('3').catch(() => {});
+      else if (packet.startsWith('43')) acked = true;
+      else if (packet === '1' || packet.startsWith('44')) throw new Error(`closed by the server: ${packet}`);
+    }
+    if (counted) recorder.frames++;
+    return acked;
+  };
+  const poll = async () => {
+    while (!client.closing) {
+      try {
+        const response = await httpRequest(agent, at(), { method: 'GET', timeoutMs: 70_000 });
+        if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${response.text.slice(0, 200)}`);
+        handle(response.text);
+      } catch (error) {
+        if (!client.closing) recorder.fail(client, error);
+        return;
+      }
+    }
+  };
+  return (async () => {
+    try {
+      const open = await httpRequest(agent, url, { method: 'GET', timeoutMs });
+      if (open.status !== 200 || open.text[0] !== '0') throw new Error(`engine.io open failed: HTTP ${open.status} ${open.text.slice(0, 200)}`);
+      sid = JSON.parse(open.text.slice(1)).sid;
+      await send('40');
+      await send(`420${JSON.stringify(['subscribe', rooms])}`);
+      const until = Date.now() + timeoutMs;
+      for (let acked = false; !acked; ) {
+        if (Date.now() > until) throw new Error('no subscribe ack');
+        const response = await httpRequest(agent, at(), { method: 'GET', timeoutMs });
+        acked = handle(response.text);
+      }
+    } catch (error) {
+      recorder.fail(client, error);
+      client.close();
+      throw error;
+    }
+    client.ready = true;
+    void poll();
+    return client;
+  })();
 }
 
 export function closeClient(client) {
