@@ -123,6 +123,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     this.historySettings = {
       retentionFor: retentionResolver(this.options.history, { size: this.options.historySize, ttl: this.options.historyTtl }),
       maxChannels: this.options.maxHistoryChannels,
+      maxChars: this.options.maxHistoryBytes,
     };
     const verifier = options.jwt ? new JwtVerifier(options.jwt) : null;
     this.authenticator = options.authenticate ?? (verifier ? jwtAuthenticator(verifier) : null);
