@@ -586,6 +586,9 @@ async function benchIdle(name, scenario, size, round) {
     row.bytesPerConnection = clients.length > 0 ? (after.rss - before.rss) / clients.length : NaN;
     row.heapPerConnection = clients.length > 0 ? (after.heapUsed - before.heapUsed) / clients.length : NaN;
     row.cpuMs = (after.cpu.user + after.cpu.system - before.cpu.user - before.cpu.system) / 1000;
+    // The server's own cost of a connection (TCP accept, upgrade, handshake, connect, subscribe),
+    // which the load generator's speed does not limit: the rate one core could sustain is 1e6 / µs.
+    row.serverUsPerConnection = clients.length > 0 ? (1000 * row.cpuMs) / clients.length : NaN;
     log(`${name}: ${clients.length} idle connections: ${fmt(row.bytesPerConnection / 1024, 1)} KB RSS and ${fmt(row.heapPerConnection / 1024, 1)} KB heap each; ${fmt(row.connectsPerSec, 0)} connections/s`);
   } catch (error) {
     row.error = String(error?.message ?? error);
@@ -640,7 +643,7 @@ function versionOf(pkg) {
 
 
 const METRICS = ['offeredPerSec', 'deliveredPerSec', 'lossPct', 'perFrame', 'p50', 'p99', 'max', 'serverCpuPct', 'serverUsPerMsg', 'serverRss', 'genCpuPct', 'othersCpu0Pct', 'othersCpu1Pct', 'serverWaitMs'];
-const IDLE_METRICS = ['connected', 'connectsPerSec', 'bytesPerConnection', 'heapPerConnection', 'rssAfter'];
+const IDLE_METRICS = ['connected', 'connectsPerSec', 'serverUsPerConnection', 'bytesPerConnection', 'heapPerConnection', 'rssAfter'];
 
 const loadScenarios = () => options.scenarios.map(scenarioOf).filter((s) => s.kind === 'load');
 
@@ -703,12 +706,14 @@ function idleTable(rows) {
     fmt(r.size, 0),
     fmt(r.connected, 0),
     fmt(r.connectsPerSec, 0),
+    fmt(r.serverUsPerConnection, 0),
+    fmt(1e6 / r.serverUsPerConnection, 0),
     fmt(r.bytesPerConnection / 1024, 1),
     fmt(r.heapPerConnection / 1024, 1),
     mb(r.rssAfter),
     r.error ? `FAILED: ${r.error}` : 'ok',
   ]);
-  return table(['server', 'connections', 'connected', 'connections/s', 'KB RSS per conn', 'KB heap per conn', 'server RSS MB', 'status'], body, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'l']);
+  return table(['server', 'connections', 'connected', 'connections/s', 'server µs/conn', 'conn/s one core could take', 'KB RSS per conn', 'KB heap per conn', 'server RSS MB', 'status'], body, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l']);
 }
 
 /** Perihelion ÷ each other server, per scenario and rate (or size). */
@@ -731,7 +736,7 @@ function ratiosTable() {
     for (const other of ['faye', 'socketio']) {
       const o = idle.find((r) => r.server === other && r.size === p.size);
       if (!o) continue;
-      out.push([`idle ${p.size}`, `Perihelion / ${LABELS[other]}`, '–', `${ratio(p.connectsPerSec, o.connectsPerSec)} conn/s`, '–', '–', '–', `${ratio(p.bytesPerConnection, o.bytesPerConnection)} per conn`]);
+      out.push([`idle ${p.size}`, `Perihelion / ${LABELS[other]}`, '–', `${ratio(p.connectsPerSec, o.connectsPerSec)} conn/s`, '–', '–', `${ratio(p.serverUsPerConnection, o.serverUsPerConnection)} per conn`, `${ratio(p.bytesPerConnection, o.bytesPerConnection)} per conn`]);
     }
   }
   if (out.length === 0) return null;
@@ -873,7 +878,9 @@ function printReport({ partial = false } = {}) {
     "  generator (CPU 1); server CPU wait: time the server's main thread was runnable but waiting for a CPU",
     '  (`/proc/<pid>/schedstat`). High values mean other load distorted that run.',
     '- idle: RSS and heap growth of the server (after a full GC) divided by the connections; connections/s:',
-    '  subscribers set up (WebSocket open, handshake, subscribe) per second, 200 at a time.',
+    '  subscribers set up (WebSocket open, handshake, subscribe) per second, 200 at a time (the load',
+    "  generator's own speed limits it); server µs/conn: the server's CPU for those set-ups per connection,",
+    '  and the connections per second one core could take at that cost.',
     '',
     ...mdSections,
     '## Ratios',

@@ -175,11 +175,16 @@ export class WebSocketTransport {
   }
 
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const connection = new WebSocketConnection(ws, socket, this.core, requestFacts(req));
-      this.connections.add(connection);
-      connection.onClose(() => this.connections.delete(connection));
-    });
+    const facts = requestFacts(req);
+    // No closure here may capture `req`: one living as long as the connection would keep the
+    // whole upgrade request (about 1 KB) alive with it.
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, socket, facts));
+  }
+
+  private accept(ws: WebSocket, socket: Duplex, facts: RequestFacts): void {
+    const connection = new WebSocketConnection(ws, socket, this.core, facts);
+    this.connections.add(connection);
+    connection.onClose(() => this.connections.delete(connection));
   }
 
   close(): void {
