@@ -1,6 +1,6 @@
 // Lean subscribers for the load generator: raw `ws` sockets speaking just enough of each protocol
 // to subscribe and stay subscribed. Every received benchmark message goes to a Recorder.
-import http from 'node:http';
+import net from 'node:net';
 import WebSocket from 'ws';
 
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
@@ -251,19 +251,111 @@ export async function socketIoOfficialSubscriber({ url, rooms, event, recorder, 
 // ---------------------------------------------------------------------------------------------
 // Long-polling subscribers: plain HTTP with one keep-alive socket per client, as a browser tab has.
 
-/** POSTs `body` and resolves to {status, text, headers}; rejects on a network error or after timeoutMs. */
-function httpRequest(agent, url, { method = 'POST', body, headers = {}, timeoutMs }) {
-  return new Promise((resolve, reject) => {
-    const request = http.request(url, { method, agent, headers: body !== undefined ? { 'Content-Type': 'application/json', ...headers } : headers }, (response) => {
-      const chunks = [];
-      response.on('data', (chunk) => chunks.push(chunk));
-      response.on('end', () => resolve({ status: response.statusCode, text: Buffer.concat(chunks).toString(), headers: response.headers }));
-      response.on('error', reject);
+/**
+ * One keep-alive HTTP/1.1 connection that sends one request at a time and parses responses
+ * itself (Content-Length or chunked): several times cheaper than node:http's client, so that a
+ * thousand long-polling clients do not saturate the load generator before the server.
+ */
+class HttpLine {
+  constructor(host, port) {
+    this.host = host;
+    this.port = port;
+    this.socket = null;
+    this.pending = null; // {resolve, reject, timer}
+    this.buffer = Buffer.alloc(0);
+  }
+
+  request({ method = 'POST', path, headers = {}, body, timeoutMs }) {
+    if (this.pending) return Promise.reject(new Error('one request at a time per line'));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.fail(new Error(`no response within ${timeoutMs} ms`)), timeoutMs);
+      this.pending = { resolve, reject, timer };
+      if (!this.socket || this.socket.destroyed) this.open();
+      const payload = body === undefined ? null : Buffer.from(body);
+      let head = `${method} ${path} HTTP/1.1\r\nHost: ${this.host}:${this.port}\r\nConnection: keep-alive\r\n`;
+      for (const [name, value] of Object.entries(headers)) head += `${name}: ${value}\r\n`;
+      if (payload) head += `Content-Length: ${payload.length}\r\n`;
+      this.socket.write(payload ? Buffer.concat([Buffer.from(`${head}\r\n`, 'latin1'), payload]) : `${head}\r\n`);
     });
-    request.setTimeout(timeoutMs, () => request.destroy(new Error(`no response within ${timeoutMs} ms`)));
-    request.on('error', reject);
-    request.end(body);
-  });
+  }
+
+  open() {
+    this.buffer = Buffer.alloc(0);
+    const socket = net.connect(this.port, this.host);
+    socket.setNoDelay(true);
+    this.socket = socket;
+    socket.on('data', (chunk) => {
+      this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+      this.parse();
+    });
+    socket.on('error', (error) => this.fail(error));
+    socket.on('close', () => {
+      if (this.socket === socket) this.socket = null;
+      this.fail(new Error('connection closed by the server'));
+    });
+  }
+
+  parse() {
+    const end = this.buffer.indexOf('\r\n\r\n');
+    if (end === -1 || !this.pending) return;
+    const lines = this.buffer.toString('latin1', 0, end).split('\r\n');
+    const status = Number(lines[0].split(' ')[1]);
+    const headers = {};
+    for (const line of lines.slice(1)) {
+      const colon = line.indexOf(':');
+      const name = line.slice(0, colon).toLowerCase();
+      const value = line.slice(colon + 1).trim();
+      if (name === 'set-cookie') (headers[name] ??= []).push(value);
+      else headers[name] = value;
+    }
+    let body;
+    let consumed;
+    if (headers['content-length'] !== undefined) {
+      const length = Number(headers['content-length']);
+      if (this.buffer.length < end + 4 + length) return;
+      body = this.buffer.toString('utf8', end + 4, end + 4 + length);
+      consumed = end + 4 + length;
+    } else if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
+      const parts = [];
+      let at = end + 4;
+      for (;;) {
+        const eol = this.buffer.indexOf('\r\n', at);
+        if (eol === -1) return;
+        const size = Number.parseInt(this.buffer.toString('latin1', at, eol), 16);
+        if (this.buffer.length < eol + 2 + size + 2) return;
+        if (size === 0) {
+          consumed = eol + 4;
+          break;
+        }
+        parts.push(this.buffer.subarray(eol + 2, eol + 2 + size));
+        at = eol + 2 + size + 2;
+      }
+      body = Buffer.concat(parts).toString('utf8');
+    } else {
+      return this.fail(new Error('a response without Content-Length or chunked encoding'));
+    }
+    this.buffer = this.buffer.subarray(consumed);
+    const { resolve, timer } = this.pending;
+    this.pending = null;
+    clearTimeout(timer);
+    if (/close/i.test(headers.connection ?? '')) this.socket?.destroy();
+    resolve({ status, headers, text: body });
+  }
+
+  fail(error) {
+    const pending = this.pending;
+    this.pending = null;
+    if (pending) {
+      clearTimeout(pending.timer);
+      this.socket?.destroy();
+      pending.reject(error);
+    }
+  }
+
+  close() {
+    this.socket?.destroy();
+    this.fail(new Error('closed'));
+  }
 }
 
 /**
@@ -272,11 +364,12 @@ function httpRequest(agent, url, { method = 'POST', body, headers = {}, timeoutM
  * Keeps the session cookie (Perihelion binds sessions to BAYEUX_BROWSER).
  */
 export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs }) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const { hostname, port, pathname } = new URL(url);
+  const line = new HttpLine(hostname, Number(port));
   const client = { failed: false, ready: false, run: null, lastSeq: -1, probe: null, clientId: null, closing: false };
   client.close = () => {
     client.closing = true;
-    agent.destroy();
+    line.close();
   };
   const wanted = new Set(channels);
   let cookie = '';
@@ -286,7 +379,7 @@ export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs })
       message.id = String(++nextId);
       if (client.clientId) message.clientId = client.clientId;
     }
-    const response = await httpRequest(agent, url, { body: JSON.stringify(messages), headers: cookie ? { Cookie: cookie } : {}, timeoutMs: ms });
+    const response = await line.request({ path: pathname, body: JSON.stringify(messages), headers: { 'Content-Type': 'application/json', ...(cookie ? { Cookie: cookie } : {}) }, timeoutMs: ms });
     const set = response.headers['set-cookie'];
     if (set) cookie = set.map((c) => c.split(';')[0]).join('; ');
     if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${response.text.slice(0, 200)}`);
@@ -339,16 +432,26 @@ export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs })
  * separated by U+001E; pings (`2`) are answered with a POST of `3`.
  */
 export function socketIoPollingSubscriber({ url, rooms, event, recorder, timeoutMs }) {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: 2 });
+  const { hostname, port, pathname, search } = new URL(url);
+  // Engine.IO polling holds a GET while packets go up in POSTs: two lines, as a browser uses.
+  const polls = new HttpLine(hostname, Number(port));
+  const posts = new HttpLine(hostname, Number(port));
   const client = { failed: false, ready: false, run: null, lastSeq: -1, probe: null, closing: false };
   client.close = () => {
     client.closing = true;
-    agent.destroy();
+    polls.close();
+    posts.close();
   };
   const prefix = `42["${event}",`;
   let sid = null;
-  const at = () => `${url}&sid=${encodeURIComponent(sid)}`;
-  const send = (packet) => httpRequest(agent, at(), { body: packet, headers: { 'Content-Type': 'text/plain;charset=UTF-8' }, timeoutMs: 10_000 });
+  const at = () => `${pathname}${search}&sid=${encodeURIComponent(sid)}`;
+  // Packets going up wait for each other (one request at a time per line).
+  let sending = Promise.resolve();
+  const send = (packet) => {
+    const sent = sending.then(() => posts.request({ path: at(), body: packet, headers: { 'Content-Type': 'text/plain;charset=UTF-8' }, timeoutMs: 10_000 }));
+    sending = sent.catch(() => {});
+    return sent;
+  };
   /** Handles one response of packets; resolves true once the subscribe is acknowledged. */
   const handle = (text) => {
     let acked = false;
@@ -366,7 +469,7 @@ export function socketIoPollingSubscriber({ url, rooms, event, recorder, timeout
   const poll = async () => {
     while (!client.closing) {
       try {
-        const response = await httpRequest(agent, at(), { method: 'GET', timeoutMs: 70_000 });
+        const response = await polls.request({ method: 'GET', path: at(), timeoutMs: 70_000 });
         if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${response.text.slice(0, 200)}`);
         handle(response.text);
       } catch (error) {
@@ -377,7 +480,7 @@ export function socketIoPollingSubscriber({ url, rooms, event, recorder, timeout
   };
   return (async () => {
     try {
-      const open = await httpRequest(agent, url, { method: 'GET', timeoutMs });
+      const open = await polls.request({ method: 'GET', path: `${pathname}${search}`, timeoutMs });
       if (open.status !== 200 || open.text[0] !== '0') throw new Error(`engine.io open failed: HTTP ${open.status} ${open.text.slice(0, 200)}`);
       sid = JSON.parse(open.text.slice(1)).sid;
       await send('40');
@@ -385,7 +488,7 @@ export function socketIoPollingSubscriber({ url, rooms, event, recorder, timeout
       const until = Date.now() + timeoutMs;
       for (let acked = false; !acked; ) {
         if (Date.now() > until) throw new Error('no subscribe ack');
-        const response = await httpRequest(agent, at(), { method: 'GET', timeoutMs });
+        const response = await polls.request({ method: 'GET', path: at(), timeoutMs });
         acked = handle(response.text);
       }
     } catch (error) {
