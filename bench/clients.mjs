@@ -5,6 +5,10 @@ import WebSocket from 'ws';
 
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 
+// The published data, as every server serialises it: {"run":"…","seq":N,"t":T} or {"probe":"…","t":T}.
+const DATA = /\{"run":"([^"]*)","seq":(\d+),"t":([0-9.e+-]+)\}/g;
+const PROBE = /\{"probe":"([^"]*)","t":/g;
+
 /** Counts deliveries of the current run and keeps their latencies. */
 export class Recorder {
   constructor() {
@@ -67,6 +71,24 @@ export class Recorder {
     return true;
   }
 
+  /**
+   * Counts every benchmark message (and probe) found in a frame or response, without parsing the
+   * JSON around it: the generator must cost less than the servers it measures, and every server's
+   * clients use this same scan. Returns how many counted for the current run.
+   */
+  scan(client, text) {
+    let counted = 0;
+    DATA.lastIndex = 0;
+    for (let match; (match = DATA.exec(text)) !== null; ) {
+      if (this.receive(client, { run: match[1], seq: Number(match[2]), t: Number(match[3]) })) counted++;
+    }
+    if (counted === 0 && text.includes('"probe":"')) {
+      PROBE.lastIndex = 0;
+      for (let match; (match = PROBE.exec(text)) !== null; ) this.receive(client, { probe: match[1] });
+    }
+    return counted;
+  }
+
   fail(client, error) {
     if (client.failed) return;
     client.failed = true;
@@ -110,9 +132,15 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
       if (!client.closing) fail(new Error(`socket closed by the server: ${code} ${reason}`));
     });
     client.ws.on('message', (raw) => {
+      const text = raw.toString();
+      if (client.ready && !text.includes('"/meta/')) {
+        // Data only: scanned, not parsed.
+        if (recorder.scan(client, text) > 0) recorder.frames++;
+        return;
+      }
       let messages;
       try {
-        messages = JSON.parse(raw.toString());
+        messages = JSON.parse(text);
       } catch (error) {
         return fail(new Error(`bad frame: ${error.message}`));
       }
@@ -180,7 +208,7 @@ export function socketIoRawSubscriber({ url, rooms, event, recorder, timeoutMs }
       const packet = raw.toString();
       if (packet.startsWith(prefix)) {
         // 42["fanout",{...}]
-        if (recorder.receive(client, JSON.parse(packet.slice(2))[1])) recorder.frames++;
+        if (recorder.scan(client, packet) > 0) recorder.frames++;
         return;
       }
       switch (packet[0]) {
@@ -383,18 +411,15 @@ export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs })
     const set = response.headers['set-cookie'];
     if (set) cookie = set.map((c) => c.split(';')[0]).join('; ');
     if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${response.text.slice(0, 200)}`);
-    return JSON.parse(response.text);
+    return response.text;
   };
-  const take = (replies) => {
-    let counted = false;
-    for (const message of replies) {
-      if (wanted.has(message.channel)) {
-        if (recorder.receive(client, message.data)) counted = true;
-      } else if (message.channel === '/meta/connect' && message.successful === false) {
-        throw new Error(`connect failed: ${message.error ?? JSON.stringify(message)}`);
-      }
+  /** Counts the data in a connect response (scanned, not parsed); a failed connect ends the client. */
+  const take = (text) => {
+    if (text.includes('"successful":false')) {
+      const failed = JSON.parse(text).find((m) => m.successful === false);
+      throw new Error(`${failed.channel} failed: ${failed.error ?? JSON.stringify(failed)}`);
     }
-    if (counted) recorder.frames++;
+    if (recorder.scan(client, text) > 0) recorder.frames++;
   };
   const poll = async () => {
     while (!client.closing) {
@@ -408,13 +433,13 @@ export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs })
   };
   return (async () => {
     try {
-      const [hs] = await post([{ channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['long-polling'] }], timeoutMs);
+      const [hs] = JSON.parse(await post([{ channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['long-polling'] }], timeoutMs));
       if (!hs?.successful) throw new Error(`handshake refused: ${hs?.error ?? JSON.stringify(hs)}`);
       client.clientId = hs.clientId;
-      const replies = await post([{ channel: '/meta/connect', connectionType: 'long-polling', advice: { timeout: 0 } }, { channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels }], timeoutMs);
-      const sub = replies.find((m) => m.channel === '/meta/subscribe');
-      if (!sub?.successful) throw new Error(`subscribe refused: ${sub?.error ?? JSON.stringify(replies)}`);
-      take(replies);
+      const text = await post([{ channel: '/meta/connect', connectionType: 'long-polling', advice: { timeout: 0 } }, { channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels }], timeoutMs);
+      const sub = JSON.parse(text).find((m) => m.channel === '/meta/subscribe');
+      if (!sub?.successful) throw new Error(`subscribe refused: ${sub?.error ?? text}`);
+      take(text);
     } catch (error) {
       recorder.fail(client, error);
       client.close();
@@ -458,7 +483,7 @@ export function socketIoPollingSubscriber({ url, rooms, event, recorder, timeout
     let counted = false;
     for (const packet of text.split('\x1e')) {
       if (packet.startsWith(prefix)) {
-        if (recorder.receive(client, JSON.parse(packet.slice(2))[1])) counted = true;
+        if (recorder.scan(client, packet) > 0) counted = true;
       } else if (packet === '2') void send('3').catch(() => {});
       else if (packet.startsWith('43')) acked = true;
       else if (packet === '1' || packet.startsWith('44')) throw new Error(`closed by the server: ${packet}`);
