@@ -24,7 +24,7 @@ import {
   type Message,
   type Position,
 } from '@perihelion/protocol';
-import type { Engine, EngineHost, Publication, RecoverRequest } from '../engine/engine.js';
+import type { Engine, EngineHost, Publication } from '../engine/engine.js';
 import type { HistoryQuery, HistorySettings } from '../engine/history.js';
 import { MemoryEngine } from '../engine/memory.js';
 import { retentionResolver } from '../engine/retention.js';
