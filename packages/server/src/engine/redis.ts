@@ -123,6 +123,11 @@ export class RedisEngine implements Engine {
     this.nodeChannel = `${prefix}node:${this.nodeId}`;
   }
 
+  /** Where this engine's Redis is, without the password (for logs and start-up summaries). */
+  get where(): string {
+    return describeUrl(this.options.url);
+  }
+
   // ---------------------------------------------------------------- life cycle
 
   async start(host: EngineHost): Promise<void> {
@@ -540,7 +545,7 @@ export class RedisEngine implements Engine {
   private async register(): Promise<void> {
     const args: Array<string | number> = [this.nodeId];
     const flush = async (): Promise<void> => {
-      if (args.length > 1) await this.script('REGISTER', args.splice(1));
+      if (args.length > 1) await this.script('REGISTER', [this.nodeId, ...args.splice(1)]);
     };
     for (const [clientId, local] of this.sessions) {
       if (local.removed) continue;
