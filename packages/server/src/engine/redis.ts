@@ -332,20 +332,34 @@ export class RedisEngine implements Engine {
     const tag = String(++this.seq);
     const header = JSON.stringify(['b', this.nodeId, tag, publication.channel]).slice(0, -1);
     const echoed = new Promise<void>((resolve) => this.pending.set(tag, { publication, resolve }));
+    let epoch: string | null = null;
+    let offset = 0;
+    let before = '';
+    let after = '';
     try {
       const retention = this.retention(publication.channel);
       if (retention.size > 0) {
         const text = addToExt({ text: publication.payload, ext: publication.ext }, publication.message, 'position', this.placeholder);
         const cut = text.lastIndexOf(this.placeholderJson);
+        before = text.slice(0, cut);
+        after = text.slice(cut + this.placeholderJson.length);
         const { maxChannels } = host.historySettings;
-        const args = [publication.channel, retention.size, retention.ttl, maxChannels, newEpoch(), header, text.slice(0, cut), text.slice(cut + this.placeholderJson.length)];
-        await this.script('PUBLISH', args);
+        const args = [publication.channel, retention.size, retention.ttl, maxChannels, newEpoch(), header, before, after];
+        [epoch, offset] = (await this.script('PUBLISH', args)) as [string, number];
       } else {
         await cmd.publish(this.busChannel, `${header}]\n${publication.payload}`);
       }
     } catch (error) {
       this.pending.delete(tag);
       throw unavailable(`publish on ${publication.channel} failed`, error);
+    }
+    const waiting = this.pending.get(tag);
+    if (waiting && this.sub?.status !== 'ready') {
+      // Published, but this node cannot hear the cluster channel now: its own sessions get it at once.
+      const payload = epoch === null ? publication.payload : `${before}${JSON.stringify({ epoch, offset: Number(offset) })}${after}`;
+      const position = epoch === null ? [] : [epoch, Number(offset)];
+      this.onBroadcast(host, ['b', this.nodeId, tag, publication.channel, ...position], payload);
+      return;
     }
     // Resolve once this node has delivered it too (as the memory engine does), or give up waiting.
     const timer = setTimeout(() => {
