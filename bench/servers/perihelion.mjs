@@ -4,7 +4,6 @@ import { runServer } from './common.mjs';
 
 const { createServer } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
 
-export const CHANNEL = '/bench/fanout';
 const PATH = '/bayeux';
 
 const bayeux = createServer({
@@ -27,7 +26,7 @@ await runServer({
       server.once('error', reject);
       server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
     }),
-  publish: (data) => bayeux.publish(CHANNEL, data),
+  publish: (key, data) => bayeux.publish(`/bench/${key}`, data),
   stop: async () => {
     await Promise.race([bayeux.close(), new Promise((r) => setTimeout(r, 2000))]);
     server.close();

@@ -1,19 +1,20 @@
-// Socket.IO 4: WebSocket transport only (no polling, no upgrade dance), default namespace, one room.
+// Socket.IO 4: one transport per run (BENCH_TRANSPORT: websocket, or long-polling = Engine.IO
+// polling; no upgrade dance), default namespace, a room per channel key.
 import http from 'node:http';
 import { Server } from 'socket.io';
 import { runServer } from './common.mjs';
 
-const ROOM = 'bench';
 const EVENT = 'fanout';
 
 const server = http.createServer((req, res) => {
   res.writeHead(404).end();
 });
-const io = new Server(server, { transports: ['websocket'], serveClient: false });
+const transport = process.env.BENCH_TRANSPORT === 'long-polling' ? 'polling' : 'websocket';
+const io = new Server(server, { transports: [transport], serveClient: false });
 io.on('connection', (socket) => {
   // The client's "subscribe": join a room, acknowledged like a Bayeux subscribe reply.
-  socket.on('subscribe', (room, ack) => {
-    socket.join(String(room));
+  socket.on('subscribe', (rooms, ack) => {
+    socket.join(Array.isArray(rooms) ? rooms.map(String) : String(rooms));
     if (typeof ack === 'function') ack(true);
   });
 });
@@ -25,8 +26,8 @@ await runServer({
       server.once('error', reject);
       server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: '/socket.io/' }));
     }),
-  publish: (data) => {
-    io.to(ROOM).emit(EVENT, data);
+  publish: (key, data) => {
+    io.to(key).emit(EVENT, data);
   },
   stop: async () => {
     await new Promise((resolve) => io.close(() => resolve()));

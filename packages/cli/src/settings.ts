@@ -34,6 +34,7 @@ export const SETTINGS: Setting[] = [
   { key: 'historySize', flag: 'history-size', kind: 'integer', help: 'messages kept per channel for recovery; 0 turns history off (default 1000)' },
   { key: 'historyTtl', flag: 'history-ttl', kind: 'integer', help: 'longest a message is kept in history, ms (default 600000)' },
   { key: 'maxHistoryChannels', flag: 'max-history-channels', kind: 'integer', help: 'channels whose history is kept, least recently used forgotten (default 100000)' },
+  { key: 'maxHistoryBytes', flag: 'max-history-bytes', kind: 'integer', help: 'memory all channel histories may hold together, bytes (default 134217728)' },
   { key: 'maxReplay', flag: 'max-replay', kind: 'integer', help: 'most messages replayed for one subscribe recovery (default 10000)' },
   { key: 'publishDedup', flag: 'publish-dedup', kind: 'integer', help: 'publish ids remembered per session to drop resends; 0 = off (default 128)' },
   { key: 'ack', flag: 'ack', kind: 'boolean', help: 'answer the CometD ack extension (default true)' },

@@ -21,7 +21,8 @@ export class RecordingHost implements EngineHost {
   readonly historySettings: HistorySettings;
 
   constructor(retention: (channel: string) => Retention = () => ({ size: 100, ttl: 60_000 }), maxChannels = 1000) {
-    this.historySettings = { retentionFor: retention, maxChannels };
+    // maxChars (a memory bound) is the memory engine's own; Redis is bounded by its maxmemory.
+    this.historySettings = { retentionFor: retention, maxChannels, maxChars: 1 << 30 };
   }
 
   onPublication(publication: Publication, clientIds: Iterable<string>): void {

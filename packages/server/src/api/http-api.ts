@@ -8,7 +8,10 @@
  *   POST /api/disconnect  {clientId} or {user}                       → {disconnected: n}
  *   GET  /api/channels                                               → {channels: [{channel, subscribers}]}
  *   GET  /api/presence?channel=/x                                    → {channel, sessions: [{clientId, user}]}
+ *   GET  /api/history?channel=/x[&since=epoch:offset][&limit=n]      → {channel, position, messages, complete}
  *   GET  /api/stats                                                  → server statistics
+ *
+ * docs/openapi.yaml describes the same endpoints (a test keeps the two in step).
  *
  * Errors are `{error: {code, message}}` with a fitting status (see ApiErrorCode).
  */

@@ -76,7 +76,7 @@ export class MemoryEngine implements Engine {
       publication.payload = addToExt({ text: publication.payload, ext: publication.ext }, message, 'position', position);
       message.ext = publication.ext === 'object' ? { ...message.ext, position } : { position };
       publication.position = position;
-      log.append(publication.payload, Date.now());
+      this.store().append(log, publication.payload);
     }
     host.onPublication(publication, this.index.match(publication.channel));
   }
@@ -105,7 +105,8 @@ export class MemoryEngine implements Engine {
   }
 
   async historyStats(): Promise<{ channels: number; messages: number }> {
-    return this.store().stats();
+    const { channels, messages } = this.store().stats();
+    return { channels, messages };
   }
 
   private running(): EngineHost {
