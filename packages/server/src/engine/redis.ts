@@ -577,8 +577,8 @@ export class RedisEngine implements Engine {
     try {
       // Whatever Redis still holds about this node may be stale (sessions ended while away).
       while (Number(await this.script('REMOVE_NODE', [this.nodeId, -1, CLEANUP_BATCH])) > 0);
+      // The heartbeat finds this node unregistered and registers its sessions again.
       await this.beat();
-      await this.register();
     } catch (error) {
       this.lost(error);
     }
