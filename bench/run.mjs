@@ -34,6 +34,7 @@ const USAGE = `usage: npm run bench -- [options]
   --deadline S           the whole run's deadline, s (default 1800)
   --results FILE         where to write the Markdown report (default bench/RESULTS.md; "-" for none)
   --json FILE            also write every measurement as JSON (for scripts such as the CI guard)
+  --redis URL            the Redis of the cluster scenario (default redis://127.0.0.1:6379)
   --no-pin               do not pin with taskset
   --cpu-prof DIR         write a V8 CPU profile of each server to DIR (open it in Chrome DevTools)
 `;
@@ -45,6 +46,7 @@ function parseArgs(argv) {
     rates: null,
     idleSizes: null,
     json: null,
+    redis: 'redis://127.0.0.1:6379',
     duration: 5,
     drain: 5,
     servers: ['perihelion', 'faye', 'socketio'],
@@ -86,6 +88,9 @@ function parseArgs(argv) {
         break;
       case '--json':
         options.json = value();
+        break;
+      case '--redis':
+        options.redis = value();
         break;
       case '--subscribers':
         options.subscribers = number('subscribers', value(), { min: 1, integer: true });
@@ -252,7 +257,7 @@ async function waitFor(check, ms, what) {
 }
 
 class ServerProcess {
-  constructor(name, transport = 'websocket') {
+  constructor(name, transport = 'websocket', env = {}) {
     this.name = name;
     this.exited = null;
     this.inbox = [];
@@ -261,7 +266,7 @@ class ServerProcess {
     // --expose-gc: memory is measured after a full collection (live data, not garbage), for every server alike.
     const node = [process.execPath, '--expose-gc', ...(options.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', options.cpuProf] : []), script];
     const [command, args] = pinning !== 'none' ? ['taskset', ['-c', '0', ...node]] : [node[0], node.slice(1)];
-    this.child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: { ...process.env, BENCH_TRANSPORT: transport } });
+    this.child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: { ...process.env, BENCH_TRANSPORT: transport, ...env } });
     children.add(this.child);
     const relay = (stream) => {
       let buffer = '';
@@ -326,6 +331,10 @@ class ServerProcess {
     return reply;
   }
 
+  get pids() {
+    return [this.child.pid];
+  }
+
   async stop() {
     if (this.exited) return;
     const gone = new Promise((resolve) => this.child.once('exit', resolve));
@@ -337,6 +346,59 @@ class ServerProcess {
     }
   }
 }
+
+/**
+ * The cluster scenario's servers: `size` processes of one server sharing one Redis, each pinned to
+ * CPU 0 like a single server. It answers like one ServerProcess: the publisher runs on the first
+ * node; stats add up CPU and memory of all of them.
+ */
+class ServerGroup {
+  constructor(name, transport, size, redisUrl, prefix) {
+    this.name = name;
+    this.nodes = Array.from({ length: size }, () => new ServerProcess(name, transport, { BENCH_REDIS_URL: redisUrl, BENCH_REDIS_PREFIX: prefix }));
+  }
+
+  get pids() {
+    return this.nodes.map((node) => node.child.pid);
+  }
+
+  async next(type, ms) {
+    const replies = await Promise.all(this.nodes.map((node) => node.next(type, ms)));
+    return { ...replies[0], ports: replies.map((r) => r.port), rss: replies.reduce((sum, r) => sum + r.rss, 0) };
+  }
+
+  async request(message, replyType, ms) {
+    if (message.type !== 'stats') return this.nodes[0].request(message, replyType, ms);
+    const all = await Promise.all(this.nodes.map((node) => node.request(message, replyType, ms)));
+    const sum = (read) => all.reduce((total, stats) => total + read(stats), 0);
+    return { ...all[0], cpu: { user: sum((s) => s.cpu.user), system: sum((s) => s.cpu.system) }, rss: sum((s) => s.rss), rssPeak: sum((s) => s.rssPeak), heapUsed: sum((s) => s.heapUsed) };
+  }
+
+  async stop() {
+    await Promise.all(this.nodes.map((node) => node.stop()));
+  }
+}
+
+/** Removes the keys a cluster run left in Redis under its prefix. */
+async function cleanRedis(url, prefix) {
+  const { Redis } = await import('ioredis');
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      if (keys.length > 0) await redis.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  } catch (error) {
+    log(`bench: could not clean Redis keys ${prefix}*: ${error.message}`);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+const runQueueWait = (pids) => pids.reduce((sum, pid) => sum + runQueueWaitMs(pid), 0);
 
 // ---------------------------------------------------------------------------------------------
 // Other load on the machine: busy time per CPU (/proc/stat) and how long the server's main thread
@@ -440,15 +502,19 @@ async function benchLoad(name, scenario, round) {
   const note = { scenario: scenario.id, name, round, clients: scenario.clients };
   serverNotes.push(note);
   log(`\n${name} · ${scenario.id}: starting server${pinning !== 'none' ? ' on CPU 0' : ''}`);
-  const server = new ServerProcess(name, scenario.transport);
+  const prefix = `perihelion-bench-${process.pid}-${name}-${round}:`;
+  const server = scenario.cluster ? new ServerGroup(name, scenario.transport, scenario.cluster, options.redis, prefix) : new ServerProcess(name, scenario.transport);
   const recorder = new Recorder();
   let clients = [];
   try {
     const ready = await server.next('ready', 20_000);
     note.idleRss = ready.rss;
-    log(`${name}: listening on 127.0.0.1:${ready.port}${ready.path} (pid ${server.child.pid})`);
+    const ports = ready.ports ?? [ready.port];
+    log(`${name}: listening on 127.0.0.1:${ports.join(', ')}${ready.path} (pid ${server.pids.join(', ')})`);
 
-    const setup = await connectAll(name, subscriberFactory(name, ready.port, ready.path, scenario), recorder, scenario.clients, options.concurrency);
+    // In a cluster, client i connects to node i mod the number of nodes.
+    const factories = ports.map((port) => subscriberFactory(name, port, ready.path, scenario));
+    const setup = await connectAll(name, (common, i) => factories[i % factories.length](common, i), recorder, scenario.clients, options.concurrency);
     clients = setup.clients;
     note.connected = clients.length;
     note.setupSeconds = setup.seconds;
@@ -484,7 +550,7 @@ async function benchLoad(name, scenario, round) {
       log(`${name}: ${rate} msg/s × ${options.duration} s to ${live.length} clients (${fmt(offeredPerSec, 0)} deliveries/s offered)…`);
       const before = await server.request({ type: 'stats' }, 'stats');
       const busyBefore = cpuBusyMs();
-      const waitBefore = runQueueWaitMs(server.child.pid);
+      const waitBefore = runQueueWait(server.pids);
       const genBefore = process.cpuUsage();
       const genT0 = nowMs();
       const published = await server.request({ type: 'run', runId, rate, duration: options.duration, keys: scenario.keys, batch: scenario.batch }, 'published', options.duration * 1000 + 60_000);
@@ -494,7 +560,7 @@ async function benchLoad(name, scenario, round) {
       const genCpu = process.cpuUsage(genBefore);
       const genWall = nowMs() - genT0;
       const busyAfter = cpuBusyMs();
-      const waitAfter = runQueueWaitMs(server.child.pid);
+      const waitAfter = runQueueWait(server.pids);
       const after = await server.request({ type: 'stats' }, 'stats');
 
       const received = recorder.count + recorder.overflow;
@@ -556,6 +622,7 @@ async function benchLoad(name, scenario, round) {
   } finally {
     for (const client of clients) closeClient(client);
     await server.stop();
+    if (scenario.cluster) await cleanRedis(options.redis, prefix);
   }
 }
 
@@ -912,6 +979,10 @@ rounds: for (let round = 1; round <= options.rounds; round++) {
     const scenario = scenarioOf(id);
     for (const name of order) {
       if (Date.now() > deadlineAt) break rounds;
+      if (scenario.servers && !scenario.servers.includes(name)) {
+        if (round === 1) log(`\nbench: ${scenario.id} skips ${LABELS[name]}: ${scenario.skips[name] ?? 'not supported'}`);
+        continue;
+      }
       if (scenario.kind === 'idle') for (const size of scenario.sizes) await benchIdle(name, scenario, size, round);
       else await benchLoad(name, scenario, round);
     }

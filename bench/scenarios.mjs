@@ -67,9 +67,22 @@ export const SCENARIOS = {
     keys: range(100, (i) => `room${i}`),
     batch: 10,
   },
+  cluster: {
+    kind: 'load',
+    title: 'cluster: fan-out over three nodes sharing one Redis, 1 000 WebSocket subscribers spread over them, the publisher on the first',
+    transport: 'websocket',
+    cluster: 3,
+    clients: 1000,
+    rates: [20, 50],
+    channelsOf: () => ['fanout'],
+    keys: ['fanout'],
+    batch: 1,
+    servers: ['perihelion', 'socketio'],
+    skips: { faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm" },
+  },
 };
 
-export const DEFAULT_SCENARIOS = ['idle', 'fanout', 'fanout5k', 'channels', 'longpoll', 'chat'];
+export const DEFAULT_SCENARIOS = ['idle', 'fanout', 'fanout5k', 'channels', 'longpoll', 'chat', 'cluster'];
 
 /** Deliveries expected when `count` messages were published: Σ over seq of the subscribers of its key. */
 export function expectedDeliveries(scenario, subscribersByKey, count) {

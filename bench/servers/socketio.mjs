@@ -11,6 +11,14 @@ const server = http.createServer((req, res) => {
 });
 const transport = process.env.BENCH_TRANSPORT === 'long-polling' ? 'polling' : 'websocket';
 const io = new Server(server, { transports: [transport], serveClient: false });
+// The cluster scenario: rooms shared through Redis with the official adapter (BENCH_REDIS_URL).
+if (process.env.BENCH_REDIS_URL) {
+  const { createAdapter } = await import('@socket.io/redis-adapter');
+  const { Redis } = await import('ioredis');
+  const pub = new Redis(process.env.BENCH_REDIS_URL);
+  const sub = pub.duplicate();
+  io.adapter(createAdapter(pub, sub, { key: `${process.env.BENCH_REDIS_PREFIX ?? ''}socket.io` }));
+}
 io.on('connection', (socket) => {
   // The client's "subscribe": join a room, acknowledged like a Bayeux subscribe reply.
   socket.on('subscribe', (rooms, ack) => {
