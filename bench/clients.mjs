@@ -1,8 +1,13 @@
 // Lean subscribers for the load generator: raw `ws` sockets speaking just enough of each protocol
 // to subscribe and stay subscribed. Every received benchmark message goes to a Recorder.
+import net from 'node:net';
 import WebSocket from 'ws';
 
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
+
+// The published data, as every server serialises it: {"run":"…","seq":N,"t":T} or {"probe":"…","t":T}.
+const DATA = /\{"run":"([^"]*)","seq":(\d+),"t":([0-9.e+-]+)\}/g;
+const PROBE = /\{"probe":"([^"]*)","t":/g;
 
 /** Counts deliveries of the current run and keeps their latencies. */
 export class Recorder {
@@ -66,6 +71,24 @@ export class Recorder {
     return true;
   }
 
+  /**
+   * Counts every benchmark message (and probe) found in a frame or response, without parsing the
+   * JSON around it: the generator must cost less than the servers it measures, and every server's
+   * clients use this same scan. Returns how many counted for the current run.
+   */
+  scan(client, text) {
+    let counted = 0;
+    DATA.lastIndex = 0;
+    for (let match; (match = DATA.exec(text)) !== null; ) {
+      if (this.receive(client, { run: match[1], seq: Number(match[2]), t: Number(match[3]) })) counted++;
+    }
+    if (counted === 0 && text.includes('"probe":"')) {
+      PROBE.lastIndex = 0;
+      for (let match; (match = PROBE.exec(text)) !== null; ) this.receive(client, { probe: match[1] });
+    }
+    return counted;
+  }
+
   fail(client, error) {
     if (client.failed) return;
     client.failed = true;
@@ -81,7 +104,8 @@ const WS_OPTIONS = { perMessageDeflate: false, handshakeTimeout: 10_000 };
  * always one held /meta/connect, re-sent whenever the previous one is answered. Works against
  * Perihelion (/bayeux) and Faye (/faye), which both accept the handshake on the socket.
  */
-export function bayeuxSubscriber({ url, channel, recorder, timeoutMs }) {
+export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
+  const wanted = new Set(channels);
   return new Promise((resolve, reject) => {
     const client = { ws: null, failed: false, ready: false, run: null, lastSeq: -1, probe: null, clientId: null };
     let nextId = 0;
@@ -108,16 +132,22 @@ export function bayeuxSubscriber({ url, channel, recorder, timeoutMs }) {
       if (!client.closing) fail(new Error(`socket closed by the server: ${code} ${reason}`));
     });
     client.ws.on('message', (raw) => {
+      const text = raw.toString();
+      if (client.ready && !text.includes('"/meta/')) {
+        // Data only: scanned, not parsed.
+        if (recorder.scan(client, text) > 0) recorder.frames++;
+        return;
+      }
       let messages;
       try {
-        messages = JSON.parse(raw.toString());
+        messages = JSON.parse(text);
       } catch (error) {
         return fail(new Error(`bad frame: ${error.message}`));
       }
       if (!Array.isArray(messages)) messages = [messages];
       let counted = false;
       for (const message of messages) {
-        if (message.channel === channel) {
+        if (wanted.has(message.channel)) {
           if (recorder.receive(client, message.data)) counted = true;
           continue;
         }
@@ -134,7 +164,7 @@ export function bayeuxSubscriber({ url, channel, recorder, timeoutMs }) {
             if (client.ready) connect();
             else if (!client.subscribing) {
               client.subscribing = true;
-              send({ channel: '/meta/subscribe', subscription: channel });
+              send({ channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels });
             }
             break;
           case '/meta/subscribe':
@@ -156,7 +186,7 @@ export function bayeuxSubscriber({ url, channel, recorder, timeoutMs }) {
  * (`/socket.io/?EIO=4&transport=websocket`): open, connect to the main namespace, emit
  * `subscribe` with an acknowledgement (the server joins the room), answer pings.
  */
-export function socketIoRawSubscriber({ url, room, event, recorder, timeoutMs }) {
+export function socketIoRawSubscriber({ url, rooms, event, recorder, timeoutMs }) {
   return new Promise((resolve, reject) => {
     const client = { ws: null, failed: false, ready: false, run: null, lastSeq: -1, probe: null };
     const prefix = `42["${event}",`;
@@ -178,7 +208,7 @@ export function socketIoRawSubscriber({ url, room, event, recorder, timeoutMs })
       const packet = raw.toString();
       if (packet.startsWith(prefix)) {
         // 42["fanout",{...}]
-        if (recorder.receive(client, JSON.parse(packet.slice(2))[1])) recorder.frames++;
+        if (recorder.scan(client, packet) > 0) recorder.frames++;
         return;
       }
       switch (packet[0]) {
@@ -197,7 +227,7 @@ export function socketIoRawSubscriber({ url, room, event, recorder, timeoutMs })
       }
       switch (packet[1]) {
         case '0': // socket.io CONNECT accepted
-          client.ws.send(`420${JSON.stringify(['subscribe', room])}`);
+          client.ws.send(`420${JSON.stringify(['subscribe', rooms])}`);
           return;
         case '3': // ACK of our subscribe
           client.ready = true;
@@ -214,7 +244,7 @@ export function socketIoRawSubscriber({ url, room, event, recorder, timeoutMs })
 }
 
 /** The same subscriber through the official socket.io-client (heavier; for comparison). */
-export async function socketIoOfficialSubscriber({ url, room, event, recorder, timeoutMs }) {
+export async function socketIoOfficialSubscriber({ url, rooms, event, recorder, timeoutMs }) {
   const { io } = await import('socket.io-client');
   return new Promise((resolve, reject) => {
     const client = { ws: null, failed: false, ready: false, run: null, lastSeq: -1, probe: null };
@@ -237,13 +267,264 @@ export async function socketIoOfficialSubscriber({ url, room, event, recorder, t
       if (!client.closing) fail(new Error(`disconnected: ${reason}`));
     });
     socket.on('connect', () => {
-      socket.emit('subscribe', room, () => {
+      socket.emit('subscribe', rooms, () => {
         client.ready = true;
         clearTimeout(timer);
         resolve(client);
       });
     });
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long-polling subscribers: plain HTTP with one keep-alive socket per client, as a browser tab has.
+
+/**
+ * One keep-alive HTTP/1.1 connection that sends one request at a time and parses responses
+ * itself (Content-Length or chunked): several times cheaper than node:http's client, so that a
+ * thousand long-polling clients do not saturate the load generator before the server.
+ */
+class HttpLine {
+  constructor(host, port) {
+    this.host = host;
+    this.port = port;
+    this.socket = null;
+    this.pending = null; // {resolve, reject, timer}
+    this.buffer = Buffer.alloc(0);
+  }
+
+  request({ method = 'POST', path, headers = {}, body, timeoutMs }) {
+    if (this.pending) return Promise.reject(new Error('one request at a time per line'));
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => this.fail(new Error(`no response within ${timeoutMs} ms`)), timeoutMs);
+      this.pending = { resolve, reject, timer };
+      if (!this.socket || this.socket.destroyed) this.open();
+      const payload = body === undefined ? null : Buffer.from(body);
+      let head = `${method} ${path} HTTP/1.1\r\nHost: ${this.host}:${this.port}\r\nConnection: keep-alive\r\n`;
+      for (const [name, value] of Object.entries(headers)) head += `${name}: ${value}\r\n`;
+      if (payload) head += `Content-Length: ${payload.length}\r\n`;
+      this.socket.write(payload ? Buffer.concat([Buffer.from(`${head}\r\n`, 'latin1'), payload]) : `${head}\r\n`);
+    });
+  }
+
+  open() {
+    this.buffer = Buffer.alloc(0);
+    const socket = net.connect(this.port, this.host);
+    socket.setNoDelay(true);
+    this.socket = socket;
+    socket.on('data', (chunk) => {
+      this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+      this.parse();
+    });
+    socket.on('error', (error) => this.fail(error));
+    socket.on('close', () => {
+      if (this.socket === socket) this.socket = null;
+      this.fail(new Error('connection closed by the server'));
+    });
+  }
+
+  parse() {
+    const end = this.buffer.indexOf('\r\n\r\n');
+    if (end === -1 || !this.pending) return;
+    const lines = this.buffer.toString('latin1', 0, end).split('\r\n');
+    const status = Number(lines[0].split(' ')[1]);
+    const headers = {};
+    for (const line of lines.slice(1)) {
+      const colon = line.indexOf(':');
+      const name = line.slice(0, colon).toLowerCase();
+      const value = line.slice(colon + 1).trim();
+      if (name === 'set-cookie') (headers[name] ??= []).push(value);
+      else headers[name] = value;
+    }
+    let body;
+    let consumed;
+    if (headers['content-length'] !== undefined) {
+      const length = Number(headers['content-length']);
+      if (this.buffer.length < end + 4 + length) return;
+      body = this.buffer.toString('utf8', end + 4, end + 4 + length);
+      consumed = end + 4 + length;
+    } else if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
+      const parts = [];
+      let at = end + 4;
+      for (;;) {
+        const eol = this.buffer.indexOf('\r\n', at);
+        if (eol === -1) return;
+        const size = Number.parseInt(this.buffer.toString('latin1', at, eol), 16);
+        if (this.buffer.length < eol + 2 + size + 2) return;
+        if (size === 0) {
+          consumed = eol + 4;
+          break;
+        }
+        parts.push(this.buffer.subarray(eol + 2, eol + 2 + size));
+        at = eol + 2 + size + 2;
+      }
+      body = Buffer.concat(parts).toString('utf8');
+    } else {
+      return this.fail(new Error('a response without Content-Length or chunked encoding'));
+    }
+    this.buffer = this.buffer.subarray(consumed);
+    const { resolve, timer } = this.pending;
+    this.pending = null;
+    clearTimeout(timer);
+    if (/close/i.test(headers.connection ?? '')) this.socket?.destroy();
+    resolve({ status, headers, text: body });
+  }
+
+  fail(error) {
+    const pending = this.pending;
+    this.pending = null;
+    if (pending) {
+      clearTimeout(pending.timer);
+      this.socket?.destroy();
+      pending.reject(error);
+    }
+  }
+
+  close() {
+    this.socket?.destroy();
+    this.fail(new Error('closed'));
+  }
+}
+
+/**
+ * A Bayeux subscriber over long-polling: handshake, connect with advice.timeout 0 and subscribe in
+ * one request, then one /meta/connect after another; messages arrive in the connect responses.
+ * Keeps the session cookie (Perihelion binds sessions to BAYEUX_BROWSER).
+ */
+export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs }) {
+  const { hostname, port, pathname } = new URL(url);
+  const line = new HttpLine(hostname, Number(port));
+  const client = { failed: false, ready: false, run: null, lastSeq: -1, probe: null, clientId: null, closing: false };
+  client.close = () => {
+    client.closing = true;
+    line.close();
+  };
+  const wanted = new Set(channels);
+  let cookie = '';
+  let nextId = 0;
+  const post = async (messages, ms) => {
+    for (const message of messages) {
+      message.id = String(++nextId);
+      if (client.clientId) message.clientId = client.clientId;
+    }
+    const response = await line.request({ path: pathname, body: JSON.stringify(messages), headers: { 'Content-Type': 'application/json', ...(cookie ? { Cookie: cookie } : {}) }, timeoutMs: ms });
+    const set = response.headers['set-cookie'];
+    if (set) cookie = set.map((c) => c.split(';')[0]).join('; ');
+    if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${response.text.slice(0, 200)}`);
+    return response.text;
+  };
+  /** Counts the data in a connect response (scanned, not parsed); a failed connect ends the client. */
+  const take = (text) => {
+    if (text.includes('"successful":false')) {
+      const failed = JSON.parse(text).find((m) => m.successful === false);
+      throw new Error(`${failed.channel} failed: ${failed.error ?? JSON.stringify(failed)}`);
+    }
+    if (recorder.scan(client, text) > 0) recorder.frames++;
+  };
+  const poll = async () => {
+    while (!client.closing) {
+      try {
+        take(await post([{ channel: '/meta/connect', connectionType: 'long-polling' }], 70_000));
+      } catch (error) {
+        if (!client.closing) recorder.fail(client, error);
+        return;
+      }
+    }
+  };
+  return (async () => {
+    try {
+      const [hs] = JSON.parse(await post([{ channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['long-polling'] }], timeoutMs));
+      if (!hs?.successful) throw new Error(`handshake refused: ${hs?.error ?? JSON.stringify(hs)}`);
+      client.clientId = hs.clientId;
+      const text = await post([{ channel: '/meta/connect', connectionType: 'long-polling', advice: { timeout: 0 } }, { channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels }], timeoutMs);
+      const sub = JSON.parse(text).find((m) => m.channel === '/meta/subscribe');
+      if (!sub?.successful) throw new Error(`subscribe refused: ${sub?.error ?? text}`);
+      take(text);
+    } catch (error) {
+      recorder.fail(client, error);
+      client.close();
+      throw error;
+    }
+    client.ready = true;
+    void poll();
+    return client;
+  })();
+}
+
+/**
+ * A Socket.IO subscriber over Engine.IO 4 long-polling (`transport=polling`): open, join the main
+ * namespace, emit `subscribe` with an ack, then one GET after another; packets in a response are
+ * separated by U+001E; pings (`2`) are answered with a POST of `3`.
+ */
+export function socketIoPollingSubscriber({ url, rooms, event, recorder, timeoutMs }) {
+  const { hostname, port, pathname, search } = new URL(url);
+  // Engine.IO polling holds a GET while packets go up in POSTs: two lines, as a browser uses.
+  const polls = new HttpLine(hostname, Number(port));
+  const posts = new HttpLine(hostname, Number(port));
+  const client = { failed: false, ready: false, run: null, lastSeq: -1, probe: null, closing: false };
+  client.close = () => {
+    client.closing = true;
+    polls.close();
+    posts.close();
+  };
+  const prefix = `42["${event}",`;
+  let sid = null;
+  const at = () => `${pathname}${search}&sid=${encodeURIComponent(sid)}`;
+  // Packets going up wait for each other (one request at a time per line).
+  let sending = Promise.resolve();
+  const send = (packet) => {
+    const sent = sending.then(() => posts.request({ path: at(), body: packet, headers: { 'Content-Type': 'text/plain;charset=UTF-8' }, timeoutMs: 10_000 }));
+    sending = sent.catch(() => {});
+    return sent;
+  };
+  /** Handles one response of packets; resolves true once the subscribe is acknowledged. */
+  const handle = (text) => {
+    let acked = false;
+    let counted = false;
+    for (const packet of text.split('\x1e')) {
+      if (packet.startsWith(prefix)) {
+        if (recorder.scan(client, packet) > 0) counted = true;
+      } else if (packet === '2') void send('3').catch(() => {});
+      else if (packet.startsWith('43')) acked = true;
+      else if (packet === '1' || packet.startsWith('44')) throw new Error(`closed by the server: ${packet}`);
+    }
+    if (counted) recorder.frames++;
+    return acked;
+  };
+  const poll = async () => {
+    while (!client.closing) {
+      try {
+        const response = await polls.request({ method: 'GET', path: at(), timeoutMs: 70_000 });
+        if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${response.text.slice(0, 200)}`);
+        handle(response.text);
+      } catch (error) {
+        if (!client.closing) recorder.fail(client, error);
+        return;
+      }
+    }
+  };
+  return (async () => {
+    try {
+      const open = await polls.request({ method: 'GET', path: `${pathname}${search}`, timeoutMs });
+      if (open.status !== 200 || open.text[0] !== '0') throw new Error(`engine.io open failed: HTTP ${open.status} ${open.text.slice(0, 200)}`);
+      sid = JSON.parse(open.text.slice(1)).sid;
+      await send('40');
+      await send(`420${JSON.stringify(['subscribe', rooms])}`);
+      const until = Date.now() + timeoutMs;
+      for (let acked = false; !acked; ) {
+        if (Date.now() > until) throw new Error('no subscribe ack');
+        const response = await polls.request({ method: 'GET', path: at(), timeoutMs });
+        acked = handle(response.text);
+      }
+    } catch (error) {
+      recorder.fail(client, error);
+      client.close();
+      throw error;
+    }
+    client.ready = true;
+    void poll();
+    return client;
+  })();
 }
 
 export function closeClient(client) {

@@ -1,14 +1,15 @@
 #!/usr/bin/env node
-// Fan-out benchmark: N WebSocket subscribers on one channel, a publisher inside the server process
-// publishing M messages/s for D seconds, against Perihelion, Faye and Socket.IO in turn.
+// The benchmark: Perihelion, Faye and Socket.IO side by side in one invocation, scenario after
+// scenario (bench/scenarios.mjs): idle connections, fan-out, many channels, long-polling, chat.
 // Each server runs alone in a child process pinned to CPU 0; this load generator runs on CPU 1.
 //
-//   npm run bench -- --subscribers 500 --rates 20,50 --duration 5
+//   npm run bench -- --scenarios fanout --subscribers 500 --rates 20,50 --duration 5
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { Recorder, bayeuxSubscriber, closeClient, nowMs, socketIoOfficialSubscriber, socketIoRawSubscriber } from './clients.mjs';
+import { Recorder, bayeuxLongPollSubscriber, bayeuxSubscriber, closeClient, nowMs, socketIoOfficialSubscriber, socketIoPollingSubscriber, socketIoRawSubscriber } from './clients.mjs';
+import { DEFAULT_SCENARIOS, SCENARIOS, expectedDeliveries } from './scenarios.mjs';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -19,8 +20,10 @@ const SELF = fileURLToPath(import.meta.url);
 
 const USAGE = `usage: npm run bench -- [options]
 
-  --subscribers N        subscribers per server (default 1000)
-  --rates A,B,C          publish rates to step through, messages/s (default 20,50,100)
+  --scenarios LIST       any of ${Object.keys(SCENARIOS).join(',')} (default all)
+  --subscribers N        subscribers per server in every load scenario (default: the scenario's)
+  --rates A,B,C          publish rates to step through, messages/s (default: the scenario's)
+  --idle-sizes A,B,C     connection counts of the idle scenario (default 1000,5000,19000)
   --duration S           seconds of publishing per rate (default 5)
   --drain S              longest wait for stragglers after the last publish, s (default 5)
   --servers LIST         any of perihelion,faye,socketio (default all three, in that order)
@@ -28,15 +31,22 @@ const USAGE = `usage: npm run bench -- [options]
   --connect-timeout S    per-client setup timeout, s (default 15)
   --concurrency K        clients being set up at once (default 50)
   --rounds R             repeat the whole sequence R times, server order rotated; the table shows medians (default 1)
-  --deadline S           the whole run's deadline, s (default 900)
+  --deadline S           the whole run's deadline, s (default 1800)
   --results FILE         where to write the Markdown report (default bench/RESULTS.md; "-" for none)
+  --json FILE            also write every measurement as JSON (for scripts such as the CI guard)
+  --redis URL            the Redis of the cluster scenario (default redis://127.0.0.1:6379)
   --no-pin               do not pin with taskset
+  --cpu-prof DIR         write a V8 CPU profile of each server to DIR (open it in Chrome DevTools)
 `;
 
 function parseArgs(argv) {
   const options = {
-    subscribers: 1000,
-    rates: [20, 50, 100],
+    scenarios: DEFAULT_SCENARIOS,
+    subscribers: null,
+    rates: null,
+    idleSizes: null,
+    json: null,
+    redis: 'redis://127.0.0.1:6379',
     duration: 5,
     drain: 5,
     servers: ['perihelion', 'faye', 'socketio'],
@@ -44,9 +54,10 @@ function parseArgs(argv) {
     connectTimeout: 15,
     concurrency: 50,
     rounds: 1,
-    deadline: 900,
+    deadline: 1800,
     results: 'bench/RESULTS.md',
     pin: true,
+    cpuProf: null,
   };
   const number = (name, value, { min = 0, integer = false } = {}) => {
     const n = Number(value);
@@ -62,6 +73,25 @@ function parseArgs(argv) {
       return argv[++i];
     };
     switch (flag) {
+      case '--scenarios': {
+        const list = value().split(',').filter(Boolean);
+        for (const name of list) if (!SCENARIOS[name]) usage(`unknown scenario ${JSON.stringify(name)}; known: ${Object.keys(SCENARIOS).join(', ')}`);
+        if (list.length === 0) usage('--scenarios needs at least one scenario');
+        options.scenarios = list;
+        break;
+      }
+      case '--idle-sizes':
+        options.idleSizes = value()
+          .split(',')
+          .filter(Boolean)
+          .map((n) => number('idle-sizes', n, { min: 1, integer: true }));
+        break;
+      case '--json':
+        options.json = value();
+        break;
+      case '--redis':
+        options.redis = value();
+        break;
       case '--subscribers':
         options.subscribers = number('subscribers', value(), { min: 1, integer: true });
         break;
@@ -71,6 +101,9 @@ function parseArgs(argv) {
           .filter(Boolean)
           .map((r) => number('rates', r, { min: 0.1 }));
         if (options.rates.length === 0) usage('--rates needs at least one rate');
+        break;
+      case '--cpu-prof':
+        options.cpuProf = value();
         break;
       case '--duration':
         options.duration = number('duration', value(), { min: 0.5 });
@@ -224,14 +257,16 @@ async function waitFor(check, ms, what) {
 }
 
 class ServerProcess {
-  constructor(name) {
+  constructor(name, transport = 'websocket', env = {}) {
     this.name = name;
     this.exited = null;
     this.inbox = [];
     this.waiters = [];
     const script = `${HERE}servers/${name}.mjs`;
-    const [command, args] = pinning !== 'none' ? ['taskset', ['-c', '0', process.execPath, script]] : [process.execPath, [script]];
-    this.child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    // --expose-gc: memory is measured after a full collection (live data, not garbage), for every server alike.
+    const node = [process.execPath, '--expose-gc', ...(options.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', options.cpuProf] : []), script];
+    const [command, args] = pinning !== 'none' ? ['taskset', ['-c', '0', ...node]] : [node[0], node.slice(1)];
+    this.child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: { ...process.env, BENCH_TRANSPORT: transport, ...env } });
     children.add(this.child);
     const relay = (stream) => {
       let buffer = '';
@@ -296,6 +331,10 @@ class ServerProcess {
     return reply;
   }
 
+  get pids() {
+    return [this.child.pid];
+  }
+
   async stop() {
     if (this.exited) return;
     const gone = new Promise((resolve) => this.child.once('exit', resolve));
@@ -307,6 +346,59 @@ class ServerProcess {
     }
   }
 }
+
+/**
+ * The cluster scenario's servers: `size` processes of one server sharing one Redis, each pinned to
+ * CPU 0 like a single server. It answers like one ServerProcess: the publisher runs on the first
+ * node; stats add up CPU and memory of all of them.
+ */
+class ServerGroup {
+  constructor(name, transport, size, redisUrl, prefix) {
+    this.name = name;
+    this.nodes = Array.from({ length: size }, () => new ServerProcess(name, transport, { BENCH_REDIS_URL: redisUrl, BENCH_REDIS_PREFIX: prefix }));
+  }
+
+  get pids() {
+    return this.nodes.map((node) => node.child.pid);
+  }
+
+  async next(type, ms) {
+    const replies = await Promise.all(this.nodes.map((node) => node.next(type, ms)));
+    return { ...replies[0], ports: replies.map((r) => r.port), rss: replies.reduce((sum, r) => sum + r.rss, 0) };
+  }
+
+  async request(message, replyType, ms) {
+    if (message.type !== 'stats') return this.nodes[0].request(message, replyType, ms);
+    const all = await Promise.all(this.nodes.map((node) => node.request(message, replyType, ms)));
+    const sum = (read) => all.reduce((total, stats) => total + read(stats), 0);
+    return { ...all[0], cpu: { user: sum((s) => s.cpu.user), system: sum((s) => s.cpu.system) }, rss: sum((s) => s.rss), rssPeak: sum((s) => s.rssPeak), heapUsed: sum((s) => s.heapUsed) };
+  }
+
+  async stop() {
+    await Promise.all(this.nodes.map((node) => node.stop()));
+  }
+}
+
+/** Removes the keys a cluster run left in Redis under its prefix. */
+async function cleanRedis(url, prefix) {
+  const { Redis } = await import('ioredis');
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      if (keys.length > 0) await redis.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  } catch (error) {
+    log(`bench: could not clean Redis keys ${prefix}*: ${error.message}`);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+const runQueueWait = (pids) => pids.reduce((sum, pid) => sum + runQueueWaitMs(pid), 0);
 
 // ---------------------------------------------------------------------------------------------
 // Other load on the machine: busy time per CPU (/proc/stat) and how long the server's main thread
@@ -341,33 +433,49 @@ function runQueueWaitMs(pid) {
 // One server: start, connect N subscribers, probe, step through the rates.
 
 const LABELS = { perihelion: 'Perihelion', faye: 'Faye 1.4', socketio: 'Socket.IO 4' };
-const results = []; // rows: {server, rate, ...}
-const serverNotes = {}; // per server: {idleRss, connectedRss, peakRss, connected, setupSeconds, error}
+const results = []; // load rows: {scenario, server, round, rate, ...}
+const idleRows = []; // idle rows: {server, round, size, ...}
+const serverNotes = []; // per scenario, server and round: {scenario, name, round, idleRss, connectedRss, peakRss, connected, clients, setupSeconds, error}
 
-function subscriberFactory(name, port, path) {
-  const base = `ws://127.0.0.1:${port}`;
-  if (name === 'socketio') {
-    return options.socketioClient === 'official'
-      ? (common) => socketIoOfficialSubscriber({ ...common, url: base, room: 'bench', event: 'fanout' })
-      : (common) => socketIoRawSubscriber({ ...common, url: `${base}/socket.io/?EIO=4&transport=websocket`, room: 'bench', event: 'fanout' });
-  }
-  return (common) => bayeuxSubscriber({ ...common, url: `${base}${path}`, channel: '/bench/fanout' });
+/** The scenario with the command line's overrides applied. */
+function scenarioOf(id) {
+  const base = SCENARIOS[id];
+  if (base.kind === 'idle') return { id, ...base, sizes: options.idleSizes ?? base.sizes };
+  const clients = options.subscribers ?? base.clients;
+  const title = clients === base.clients ? base.title : `${base.title} — run with ${clients} clients (--subscribers)`;
+  return { id, ...base, title, clients, rates: options.rates ?? base.rates };
 }
 
-async function connectAll(name, factory, recorder) {
-  const n = options.subscribers;
+function subscriberFactory(name, port, path, scenario) {
+  const base = `127.0.0.1:${port}`;
+  const polling = scenario.transport === 'long-polling';
+  if (name === 'socketio') {
+    if (polling) return (common, i) => socketIoPollingSubscriber({ ...common, url: `http://${base}/socket.io/?EIO=4&transport=polling`, rooms: scenario.channelsOf(i), event: 'fanout' });
+    return options.socketioClient === 'official'
+      ? (common, i) => socketIoOfficialSubscriber({ ...common, url: `ws://${base}`, rooms: scenario.channelsOf(i), event: 'fanout' })
+      : (common, i) => socketIoRawSubscriber({ ...common, url: `ws://${base}/socket.io/?EIO=4&transport=websocket`, rooms: scenario.channelsOf(i), event: 'fanout' });
+  }
+  const channels = (i) => scenario.channelsOf(i).map((key) => `/bench/${key}`);
+  if (polling) return (common, i) => bayeuxLongPollSubscriber({ ...common, url: `http://${base}${path}`, channels: channels(i) });
+  return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i) });
+}
+
+/** Sets up n clients, `concurrency` at a time; each client remembers its index (its channels). */
+async function connectAll(name, factory, recorder, n, concurrency) {
   const clients = [];
   const errors = new Map();
   let started = 0;
   let done = 0;
   const step = Math.max(1, Math.round(n / 5));
   const t0 = Date.now();
-  log(`${name}: connecting ${n} subscribers (${options.concurrency} at a time, ${options.connectTimeout} s each)…`);
+  log(`${name}: connecting ${n} clients (${concurrency} at a time, ${options.connectTimeout} s each)…`);
   const worker = async () => {
     while (started < n) {
-      started++;
+      const index = started++;
       try {
-        clients.push(await factory({ recorder, timeoutMs: options.connectTimeout * 1000 }));
+        const client = await factory({ recorder, timeoutMs: options.connectTimeout * 1000 }, index);
+        client.index = index;
+        clients.push(client);
       } catch (error) {
         const key = String(error?.message ?? error);
         errors.set(key, (errors.get(key) ?? 0) + 1);
@@ -376,72 +484,83 @@ async function connectAll(name, factory, recorder) {
       if (done % step === 0 || done === n) log(`${name}:   ${done}/${n} set up (${clients.length} subscribed, ${done - clients.length} failed) in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     }
   };
-  await Promise.all(Array.from({ length: Math.min(options.concurrency, n) }, worker));
+  await Promise.all(Array.from({ length: Math.min(concurrency, n) }, worker));
   return { clients, errors, seconds: (Date.now() - t0) / 1000 };
 }
 
-function percentile(sorted, p) {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+/** Subscribers per channel key among the clients still alive. */
+function subscribersByKey(scenario, clients) {
+  const counts = new Map();
+  for (const client of clients) {
+    if (client.failed) continue;
+    for (const key of scenario.channelsOf(client.index)) counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  return counts;
 }
 
-async function benchServer(name, round) {
-  const note = { name, round };
-  (serverNotes[name] ??= []).push(note);
-  log(`\n${name}: starting server${pinning !== 'none' ? ' on CPU 0' : ''}`);
-  const server = new ServerProcess(name);
+async function benchLoad(name, scenario, round) {
+  const note = { scenario: scenario.id, name, round, clients: scenario.clients };
+  serverNotes.push(note);
+  log(`\n${name} · ${scenario.id}: starting server${pinning !== 'none' ? ' on CPU 0' : ''}`);
+  const prefix = `perihelion-bench-${process.pid}-${name}-${round}:`;
+  const server = scenario.cluster ? new ServerGroup(name, scenario.transport, scenario.cluster, options.redis, prefix) : new ServerProcess(name, scenario.transport);
   const recorder = new Recorder();
   let clients = [];
   try {
     const ready = await server.next('ready', 20_000);
     note.idleRss = ready.rss;
-    log(`${name}: listening on 127.0.0.1:${ready.port}${ready.path} (pid ${server.child.pid})`);
+    const ports = ready.ports ?? [ready.port];
+    log(`${name}: listening on 127.0.0.1:${ports.join(', ')}${ready.path} (pid ${server.pids.join(', ')})`);
 
-    const setup = await connectAll(name, subscriberFactory(name, ready.port, ready.path), recorder);
+    // In a cluster, client i connects to node i mod the number of nodes.
+    const factories = ports.map((port) => subscriberFactory(name, port, ready.path, scenario));
+    const setup = await connectAll(name, (common, i) => factories[i % factories.length](common, i), recorder, scenario.clients, options.concurrency);
     clients = setup.clients;
     note.connected = clients.length;
     note.setupSeconds = setup.seconds;
     if (setup.errors.size > 0) {
       note.setupErrors = [...setup.errors].map(([message, count]) => `${count}× ${message}`);
-      log(`${name}: ${options.subscribers - clients.length} of ${options.subscribers} subscribers failed: ${note.setupErrors.join('; ')}`);
+      log(`${name}: ${scenario.clients - clients.length} of ${scenario.clients} clients failed: ${note.setupErrors.join('; ')}`);
     }
-    if (clients.length === 0) throw new Error('no subscriber could be set up');
+    if (clients.length === 0) throw new Error('no client could be set up');
     await sleep(500);
     note.connectedRss = (await server.request({ type: 'stats' }, 'stats')).rss;
 
-    // A probe message: every subscriber must see it before the runs start.
+    // A probe message on every channel: every client must see one before the runs start.
     const probeId = `probe-${Date.now()}`;
     recorder.startProbe(probeId);
-    await server.request({ type: 'probe', id: probeId }, 'probed');
+    await server.request({ type: 'probe', id: probeId, keys: scenario.keys }, 'probed');
     try {
-      await waitFor(() => recorder.probeCount >= clients.length, 15_000, 'the probe to reach every subscriber');
+      await waitFor(() => recorder.probeCount >= clients.length, 15_000, 'the probe to reach every client');
     } catch {
-      log(`${name}: WARNING: the probe reached ${recorder.probeCount} of ${clients.length} subscribers`);
+      log(`${name}: WARNING: the probe reached ${recorder.probeCount} of ${clients.length} clients`);
     }
     note.probeReached = recorder.probeCount;
 
-    for (const rate of options.rates) {
+    for (const rate of scenario.rates) {
       if (Date.now() > deadlineAt) break;
       await sleep(1000);
-      const live = clients.filter((c) => !c.failed).length;
+      const live = clients.filter((c) => !c.failed);
+      const subscribers = subscribersByKey(scenario, live);
       const runId = `${name}-${rate}-${Date.now()}`;
       const planned = Math.round(rate * options.duration);
-      recorder.startRun(runId, live * planned);
+      recorder.startRun(runId, expectedDeliveries(scenario, subscribers, planned));
       const errorsBefore = recorder.errors;
-      log(`${name}: ${rate} msg/s × ${options.duration} s to ${live} subscribers (${(live * rate).toLocaleString('en')} deliveries/s offered)…`);
+      const offeredPerSec = expectedDeliveries(scenario, subscribers, planned) / options.duration;
+      log(`${name}: ${rate} msg/s × ${options.duration} s to ${live.length} clients (${fmt(offeredPerSec, 0)} deliveries/s offered)…`);
       const before = await server.request({ type: 'stats' }, 'stats');
       const busyBefore = cpuBusyMs();
-      const waitBefore = runQueueWaitMs(server.child.pid);
+      const waitBefore = runQueueWait(server.pids);
       const genBefore = process.cpuUsage();
       const genT0 = nowMs();
-      const published = await server.request({ type: 'run', runId, rate, duration: options.duration }, 'published', options.duration * 1000 + 60_000);
-      const expected = live * published.count;
+      const published = await server.request({ type: 'run', runId, rate, duration: options.duration, keys: scenario.keys, batch: scenario.batch }, 'published', options.duration * 1000 + 60_000);
+      const expected = expectedDeliveries(scenario, subscribers, published.count);
       const drainUntil = Date.now() + options.drain * 1000;
       while (recorder.count < expected && Date.now() < drainUntil) await sleep(20);
       const genCpu = process.cpuUsage(genBefore);
       const genWall = nowMs() - genT0;
       const busyAfter = cpuBusyMs();
-      const waitAfter = runQueueWaitMs(server.child.pid);
+      const waitAfter = runQueueWait(server.pids);
       const after = await server.request({ type: 'stats' }, 'stats');
 
       const received = recorder.count + recorder.overflow;
@@ -453,10 +572,11 @@ async function benchServer(name, round) {
       const genCpuMs = (genCpu.user + genCpu.system) / 1000;
       const others = (cpu, ownMs) => (busyBefore && busyAfter && busyAfter[cpu] !== undefined ? Math.max(0, (100 * (busyAfter[cpu] - busyBefore[cpu] - ownMs)) / wallMs) : NaN);
       const row = {
+        scenario: scenario.id,
         server: name,
         round,
         rate,
-        subscribers: live,
+        subscribers: live.length,
         published: published.count,
         publishErrors: published.errors,
         publishError: published.lastError,
@@ -469,7 +589,7 @@ async function benchServer(name, round) {
         perFrame: recorder.frames > 0 ? recorder.count / recorder.frames : NaN,
         clientErrors: recorder.errors - errorsBefore,
         clientError: recorder.errors > errorsBefore ? recorder.lastError : null,
-        offeredPerSec: live * rate,
+        offeredPerSec,
         deliveredPerSec: received / (span / 1000),
         p50: percentile(latencies, 50),
         p99: percentile(latencies, 99),
@@ -493,12 +613,53 @@ async function benchServer(name, round) {
           `other load CPU 0 ${fmt(row.othersCpu0Pct, 0)} % / CPU 1 ${fmt(row.othersCpu1Pct, 0)} %, server waited ${fmt(row.serverWaitMs, 0)} ms for a CPU`,
       );
       if (row.publishErrors) log(`${name}:   ${row.publishErrors} publishes failed: ${row.publishError}`);
-      if (row.clientErrors) log(`${name}:   ${row.clientErrors} subscribers failed during the run: ${row.clientError}`);
+      if (row.clientErrors) log(`${name}:   ${row.clientErrors} clients failed during the run: ${row.clientError}`);
     }
     note.peakRss = (await server.request({ type: 'stats' }, 'stats')).rssPeak;
   } catch (error) {
     note.error = String(error?.message ?? error);
     log(`${name}: FAILED: ${note.error}`);
+  } finally {
+    for (const client of clients) closeClient(client);
+    await server.stop();
+    if (scenario.cluster) await cleanRedis(options.redis, prefix);
+  }
+}
+
+/** Idle: connect `size` subscribers to a fresh server; memory per connection and connect rate. */
+async function benchIdle(name, scenario, size, round) {
+  const row = { scenario: scenario.id, server: name, round, size };
+  idleRows.push(row);
+  log(`\n${name} · idle ${size}: starting server${pinning !== 'none' ? ' on CPU 0' : ''}`);
+  const server = new ServerProcess(name, scenario.transport);
+  const recorder = new Recorder();
+  let clients = [];
+  try {
+    const ready = await server.next('ready', 20_000);
+    const before = await server.request({ type: 'stats', gc: true }, 'stats');
+    const concurrency = Math.max(options.concurrency, 200);
+    const setup = await connectAll(name, subscriberFactory(name, ready.port, ready.path, { ...SCENARIOS.fanout, transport: 'websocket' }), recorder, size, concurrency);
+    clients = setup.clients;
+    row.connected = clients.length;
+    row.setupSeconds = setup.seconds;
+    row.connectsPerSec = clients.length / setup.seconds;
+    if (setup.errors.size > 0) row.setupErrors = [...setup.errors].map(([message, count]) => `${count}× ${message}`);
+    await sleep(2000); // let the last handshakes' garbage become garbage
+    const after = await server.request({ type: 'stats', gc: true }, 'stats');
+    row.rssBefore = before.rss;
+    row.rssAfter = after.rss;
+    row.heapBefore = before.heapUsed;
+    row.heapAfter = after.heapUsed;
+    row.bytesPerConnection = clients.length > 0 ? (after.rss - before.rss) / clients.length : NaN;
+    row.heapPerConnection = clients.length > 0 ? (after.heapUsed - before.heapUsed) / clients.length : NaN;
+    row.cpuMs = (after.cpu.user + after.cpu.system - before.cpu.user - before.cpu.system) / 1000;
+    // The server's own cost of a connection (TCP accept, upgrade, handshake, connect, subscribe),
+    // which the load generator's speed does not limit: the rate one core could sustain is 1e6 / µs.
+    row.serverUsPerConnection = clients.length > 0 ? (1000 * row.cpuMs) / clients.length : NaN;
+    log(`${name}: ${clients.length} idle connections: ${fmt(row.bytesPerConnection / 1024, 1)} KB RSS and ${fmt(row.heapPerConnection / 1024, 1)} KB heap each; ${fmt(row.connectsPerSec, 0)} connections/s`);
+  } catch (error) {
+    row.error = String(error?.message ?? error);
+    log(`${name}: FAILED: ${row.error}`);
   } finally {
     for (const client of clients) closeClient(client);
     await server.stop();
@@ -527,21 +688,9 @@ function median(values) {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
-const METRICS = ['offeredPerSec', 'deliveredPerSec', 'lossPct', 'perFrame', 'p50', 'p99', 'max', 'serverCpuPct', 'serverUsPerMsg', 'serverRss', 'genCpuPct', 'othersCpu0Pct', 'othersCpu1Pct', 'serverWaitMs'];
-
-/** One row per server and rate: the median of each metric over the rounds. */
-function summaryRows() {
-  const rows = [];
-  for (const server of options.servers) {
-    for (const rate of options.rates) {
-      const runs = results.filter((r) => r.server === server && r.rate === rate);
-      if (runs.length === 0) continue;
-      const row = { server, rate, rounds: runs.length };
-      for (const metric of METRICS) row[metric] = median(runs.map((r) => r[metric]));
-      rows.push(row);
-    }
-  }
-  return rows;
+function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
 }
 
 function table(headers, rows, align) {
@@ -551,26 +700,51 @@ function table(headers, rows, align) {
   return [line(headers), rule, ...rows.map(line)].join('\n');
 }
 
+function versionOf(pkg) {
+  try {
+    return JSON.parse(readFileSync(`${ROOT}node_modules/${pkg}/package.json`, 'utf8')).version;
+  } catch {
+    return '?';
+  }
+}
+
+
+const METRICS = ['offeredPerSec', 'deliveredPerSec', 'lossPct', 'perFrame', 'p50', 'p99', 'max', 'serverCpuPct', 'serverUsPerMsg', 'serverRss', 'genCpuPct', 'othersCpu0Pct', 'othersCpu1Pct', 'serverWaitMs'];
+const IDLE_METRICS = ['connected', 'connectsPerSec', 'serverUsPerConnection', 'bytesPerConnection', 'heapPerConnection', 'rssAfter'];
+
+const loadScenarios = () => options.scenarios.map(scenarioOf).filter((s) => s.kind === 'load');
+
+/** One row per scenario, server and rate: the median of each metric over the rounds. */
+function summaryRows(scenario) {
+  const rows = [];
+  for (const server of options.servers) {
+    for (const rate of scenario.rates) {
+      const runs = results.filter((r) => r.scenario === scenario.id && r.server === server && r.rate === rate);
+      if (runs.length === 0) continue;
+      const row = { scenario: scenario.id, server, rate, rounds: runs.length };
+      for (const metric of METRICS) row[metric] = median(runs.map((r) => r[metric]));
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
+function idleSummary() {
+  const rows = [];
+  for (const size of scenarioOf('idle').sizes) {
+    for (const server of options.servers) {
+      const runs = idleRows.filter((r) => r.server === server && r.size === size);
+      if (runs.length === 0) continue;
+      const row = { server, size, error: runs.find((r) => r.error)?.error };
+      for (const metric of IDLE_METRICS) row[metric] = median(runs.map((r) => r[metric]));
+      rows.push(row);
+    }
+  }
+  return rows;
+}
+
 function resultsTable(rows, { withRound = false } = {}) {
-  const headers = [
-    'server',
-    ...(withRound ? ['round'] : []),
-    'rate msg/s',
-    'offered/s',
-    'delivered/s',
-    'loss %',
-    'msgs/frame',
-    'p50 ms',
-    'p99 ms',
-    'max ms',
-    'server CPU %',
-    'server µs/msg',
-    'server RSS MB',
-    'gen CPU %',
-    'others CPU0 %',
-    'others CPU1 %',
-    'server CPU wait ms',
-  ];
+  const headers = ['server', ...(withRound ? ['round'] : []), 'rate msg/s', 'offered/s', 'delivered/s', 'loss %', 'msgs/frame', 'p50 ms', 'p99 ms', 'max ms', 'server CPU %', 'server µs/msg', 'server RSS MB', 'gen CPU %', 'others CPU0 %', 'others CPU1 %', 'server CPU wait ms'];
   const body = rows.map((r) => [
     LABELS[r.server],
     ...(withRound ? [String(r.round)] : []),
@@ -593,58 +767,75 @@ function resultsTable(rows, { withRound = false } = {}) {
   return table(headers, body, headers.map((_, i) => (i === 0 ? 'l' : 'r')));
 }
 
-function ratiosTable(rows) {
+function idleTable(rows) {
+  const body = rows.map((r) => [
+    LABELS[r.server],
+    fmt(r.size, 0),
+    fmt(r.connected, 0),
+    fmt(r.connectsPerSec, 0),
+    fmt(r.serverUsPerConnection, 0),
+    fmt(1e6 / r.serverUsPerConnection, 0),
+    fmt(r.bytesPerConnection / 1024, 1),
+    fmt(r.heapPerConnection / 1024, 1),
+    mb(r.rssAfter),
+    r.error ? `FAILED: ${r.error}` : 'ok',
+  ]);
+  return table(['server', 'connections', 'connected', 'connections/s', 'server µs/conn', 'conn/s one core could take', 'KB RSS per conn', 'KB heap per conn', 'server RSS MB', 'status'], body, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l']);
+}
+
+/** Perihelion ÷ each other server, per scenario and rate (or size). */
+function ratiosTable() {
   const out = [];
-  for (const rate of options.rates) {
-    const p = rows.find((r) => r.server === 'perihelion' && r.rate === rate);
-    if (!p) continue;
+  for (const scenario of loadScenarios()) {
+    const rows = summaryRows(scenario);
+    for (const rate of scenario.rates) {
+      const p = rows.find((r) => r.server === 'perihelion' && r.rate === rate);
+      if (!p) continue;
+      for (const other of ['faye', 'socketio']) {
+        const o = rows.find((r) => r.server === other && r.rate === rate);
+        if (!o) continue;
+        out.push([scenario.id, `Perihelion / ${LABELS[other]}`, fmt(rate, 0), ratio(p.deliveredPerSec, o.deliveredPerSec), ratio(p.p50, o.p50), ratio(p.p99, o.p99), ratio(p.serverUsPerMsg, o.serverUsPerMsg), ratio(p.serverRss, o.serverRss)]);
+      }
+    }
+  }
+  const idle = idleSummary();
+  for (const p of idle.filter((r) => r.server === 'perihelion')) {
     for (const other of ['faye', 'socketio']) {
-      const o = rows.find((r) => r.server === other && r.rate === rate);
+      const o = idle.find((r) => r.server === other && r.size === p.size);
       if (!o) continue;
-      out.push([
-        `Perihelion / ${LABELS[other]}`,
-        fmt(rate, 0),
-        ratio(p.deliveredPerSec, o.deliveredPerSec),
-        ratio(p.p50, o.p50),
-        ratio(p.p99, o.p99),
-        ratio(p.serverUsPerMsg, o.serverUsPerMsg),
-        ratio(p.serverRss, o.serverRss),
-      ]);
+      out.push([`idle ${p.size}`, `Perihelion / ${LABELS[other]}`, '–', `${ratio(p.connectsPerSec, o.connectsPerSec)} conn/s`, '–', '–', `${ratio(p.serverUsPerConnection, o.serverUsPerConnection)} per conn`, `${ratio(p.bytesPerConnection, o.bytesPerConnection)} per conn`]);
     }
   }
   if (out.length === 0) return null;
-  return table(['ratio', 'rate msg/s', 'delivered/s', 'p50', 'p99', 'server µs/msg', 'server RSS'], out, ['l', 'r', 'r', 'r', 'r', 'r', 'r']);
+  return table(['scenario', 'ratio', 'rate msg/s', 'delivered/s', 'p50', 'p99', 'server µs/msg', 'server RSS'], out, ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r']);
 }
 
-function memoryTable() {
-  const rows = [];
-  for (const s of options.servers) {
-    for (const n of serverNotes[s] ?? []) {
-      rows.push([
-        LABELS[s],
-        String(n.round),
-        mb(n.idleRss),
-        mb(n.connectedRss),
-        mb(n.peakRss),
-        `${n.connected ?? 0}/${options.subscribers}`,
-        n.setupSeconds ? fmt(n.setupSeconds, 1) : '–',
-        n.error ? `FAILED: ${n.error}` : (n.setupErrors ?? []).join('; ') || 'ok',
-      ]);
-    }
-  }
-  return table(['server', 'round', 'RSS idle MB', 'RSS with subscribers MB', 'RSS peak MB', 'subscribed', 'setup s', 'status'], rows, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'l']);
+function memoryTable(scenario) {
+  const rows = serverNotes
+    .filter((n) => n.scenario === scenario.id)
+    .map((n) => [
+      LABELS[n.name],
+      String(n.round),
+      mb(n.idleRss),
+      mb(n.connectedRss),
+      mb(n.peakRss),
+      `${n.connected ?? 0}/${n.clients}`,
+      n.setupSeconds ? fmt(n.setupSeconds, 1) : '–',
+      n.error ? `FAILED: ${n.error}` : (n.setupErrors ?? []).join('; ') || 'ok',
+    ]);
+  return table(['server', 'round', 'RSS idle MB', 'RSS with clients MB', 'RSS peak MB', 'subscribed', 'setup s', 'status'], rows, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'l']);
 }
 
 function problems() {
   const out = [];
   const roundOf = (r) => (options.rounds > 1 ? ` (round ${r.round})` : '');
   for (const r of results) {
-    const label = `${LABELS[r.server]} at ${r.rate} msg/s${roundOf(r)}`;
+    const label = `${r.scenario}: ${LABELS[r.server]} at ${r.rate} msg/s${roundOf(r)}`;
     if (r.lost > 0) out.push(`${label}: ${r.lost.toLocaleString('en')} of ${r.expected.toLocaleString('en')} deliveries missing after the ${options.drain} s drain`);
     if (r.outOfOrder > 0) out.push(`${label}: ${r.outOfOrder} deliveries duplicated or out of order`);
     if (r.publishErrors > 0) out.push(`${label}: ${r.publishErrors} publishes failed (${r.publishError})`);
-    if (r.clientErrors > 0) out.push(`${label}: ${r.clientErrors} subscribers failed (${r.clientError})`);
-    if (r.publishSeconds > options.duration * 1.1 + 0.2) out.push(`${label}: publishing ${fmt(r.rate * options.duration, 0)} messages took ${fmt(r.publishSeconds, 2)} s instead of ${options.duration} s (the server's event loop fell behind)`);
+    if (r.clientErrors > 0) out.push(`${label}: ${r.clientErrors} clients failed (${r.clientError})`);
+    if (r.publishSeconds > options.duration * 1.1 + 0.2) out.push(`${label}: publishing took ${fmt(r.publishSeconds, 2)} s instead of ${options.duration} s (the server's event loop fell behind)`);
     if (r.deliveredPerSec < 0.97 * r.offeredPerSec) out.push(`${label}: delivered ${fmt(r.deliveredPerSec, 0)}/s of ${fmt(r.offeredPerSec, 0)}/s offered (deliveries trailed past the publishing window)`);
     if (r.genCpuPct >= 75) out.push(`${label}: the load generator used ${fmt(r.genCpuPct, 0)} % of its CPU, near its limit; latencies there include some client-side queueing`);
     if (r.serverCpuPct >= 90) out.push(`${label}: the server was saturated (${fmt(r.serverCpuPct, 0)} % CPU)`);
@@ -652,23 +843,18 @@ function problems() {
       out.push(`${label}: other processes used ${fmt(r.othersCpu0Pct, 0)} % of CPU 0 and ${fmt(r.othersCpu1Pct, 0)} % of CPU 1; the server waited ${fmt(r.serverWaitMs, 0)} ms for a CPU`);
     }
   }
-  for (const s of options.servers) {
-    for (const n of serverNotes[s] ?? []) {
-      const label = `${LABELS[s]}${options.rounds > 1 ? ` (round ${n.round})` : ''}`;
-      if (n.error) out.push(`${label}: ${n.error}`);
-      if (n.setupErrors) out.push(`${label}: subscriber setup errors: ${n.setupErrors.join('; ')}`);
-      if (n.connected && n.probeReached !== undefined && n.probeReached < n.connected) out.push(`${label}: the probe reached ${n.probeReached} of ${n.connected} subscribers`);
-    }
+  for (const n of serverNotes) {
+    const label = `${n.scenario}: ${LABELS[n.name]}${options.rounds > 1 ? ` (round ${n.round})` : ''}`;
+    if (n.error) out.push(`${label}: ${n.error}`);
+    if (n.setupErrors) out.push(`${label}: client setup errors: ${n.setupErrors.join('; ')}`);
+    if (n.connected && n.probeReached !== undefined && n.probeReached < n.connected) out.push(`${label}: the probe reached ${n.probeReached} of ${n.connected} clients`);
+  }
+  for (const r of idleRows) {
+    const label = `idle ${r.size}: ${LABELS[r.server]}${options.rounds > 1 ? ` (round ${r.round})` : ''}`;
+    if (r.error) out.push(`${label}: ${r.error}`);
+    if (r.setupErrors) out.push(`${label}: connection errors: ${r.setupErrors.join('; ')}`);
   }
   return out;
-}
-
-function versionOf(pkg) {
-  try {
-    return JSON.parse(readFileSync(`${ROOT}node_modules/${pkg}/package.json`, 'utf8')).version;
-  } catch {
-    return '?';
-  }
 }
 
 function commandLine() {
@@ -687,39 +873,55 @@ function setupText() {
     `- Command: \`${commandLine()}\``,
     `- Machine: ${cpuCount} CPUs (\`nproc\`), ${cpuModel}, ${fmt(os.totalmem() / 2 ** 30, 1)} GiB, ${os.type()} ${os.release()}, Node ${process.version}; load average at start ${loadBefore.map((l) => l.toFixed(2)).join(' ')}`,
     `- Pinning: ${pinning === 'none' ? 'none (see warnings)' : pinning}`,
-    `- Scenario: fan-out, ${options.subscribers} WebSocket subscribers on one channel, rates ${options.rates.join(', ')} msg/s, ${options.duration} s each, up to ${options.drain} s drain, publisher inside the server process, ${options.rounds} round${options.rounds > 1 ? 's (server order rotated; tables show medians)' : ''}`,
+    `- Scenarios: ${options.scenarios.join(', ')}; ${options.duration} s per rate, up to ${options.drain} s drain, publisher inside the server process, ${options.rounds} round${options.rounds > 1 ? 's (server order rotated; tables show medians)' : ''}`,
     `- Versions: Perihelion ${versionOf('@perihelion/server')}, faye ${versionOf('faye')}, socket.io ${versionOf('socket.io')}, ws ${versionOf('ws')} (load generator)`,
-    `- Perihelion: \`createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, publishRate: 0, pingInterval: 0 })\`, WebSocket transport, in-memory engine — limits off so they do not interfere (other options at their defaults, including \`maxQueue\` 1000)`,
+    `- Perihelion: \`createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, publishRate: 0, pingInterval: 0 })\`, in-memory engine — limits off so they do not interfere (other options at their defaults: \`maxQueue\` 1000, history of 1000 messages per channel, positions on every message)`,
     `- Faye: \`new faye.NodeAdapter({ mount: '/faye', timeout: 25 })\` on node:http, published with \`bayeux.getClient().publish\``,
-    `- Socket.IO: \`new Server(http, { transports: ['websocket'] })\`, one room, published with \`io.to(room).emit\`; subscribers ${options.socketioClient === 'official' ? "are socket.io-client instances with `transports: ['websocket']`" : 'speak the raw Engine.IO 4 / Socket.IO protocol over `ws` (not socket.io-client), like the Bayeux subscribers'}`,
+    `- Socket.IO: \`new Server(http, { transports: [<the scenario's>] })\`, a room per channel, published with \`io.to(room).emit\`; clients ${options.socketioClient === 'official' ? "are socket.io-client instances with `transports: ['websocket']`" : 'speak the raw Engine.IO 4 / Socket.IO protocol over `ws` or HTTP polling (not socket.io-client), like the Bayeux clients'}`,
+    '- Servers run with `--expose-gc`; idle memory is measured after a full collection.',
   ].join('\n');
 }
 
 function printReport({ partial = false } = {}) {
-  const summary = summaryRows();
-  const ratios = ratiosTable(summary);
   const issues = problems();
   const medians = options.rounds > 1 ? `, medians of ${options.rounds} rounds` : '';
+  const sections = [];
+  const mdSections = [];
+  if (idleRows.length > 0) {
+    const text = idleTable(idleSummary());
+    sections.push(`Idle: ${SCENARIOS.idle.title}${medians}`, '', text, '');
+    mdSections.push(`## idle: ${SCENARIOS.idle.title}${medians}`, '', text, '');
+  }
+  for (const scenario of loadScenarios()) {
+    const rows = summaryRows(scenario);
+    if (rows.length === 0) continue;
+    sections.push(`${scenario.id}: ${scenario.title}${medians}`, '', resultsTable(rows), '');
+    mdSections.push(`## ${scenario.id}: ${scenario.title}${medians}`, '', resultsTable(rows), '');
+    if (options.rounds > 1) mdSections.push('Every round:', '', resultsTable(results.filter((r) => r.scenario === scenario.id), { withRound: true }), '');
+    mdSections.push('Setup and memory:', '', memoryTable(scenario), '');
+  }
+  const ratios = ratiosTable();
   const out = [
     '',
-    `Fan-out: ${options.subscribers} subscribers, one channel, ${options.duration} s per rate${medians}${partial ? ' (PARTIAL: deadline exceeded)' : ''}`,
-    `Perihelion limits off for the benchmark: open: true, handshakeRate: 0, maxSessionsPerIp: 0, publishRate: 0, pingInterval: 0`,
-    `Socket.IO subscribers: ${options.socketioClient === 'official' ? 'socket.io-client' : 'raw Engine.IO/Socket.IO protocol over ws'}; ${pinning === 'none' ? 'unpinned' : pinning}`,
+    `Perihelion limits off for the benchmark: open: true, handshakeRate: 0, maxSessionsPerIp: 0, publishRate: 0, pingInterval: 0${partial ? ' (PARTIAL: deadline exceeded)' : ''}`,
+    `Socket.IO clients: ${options.socketioClient === 'official' ? 'socket.io-client' : 'raw Engine.IO/Socket.IO protocol'}; ${pinning === 'none' ? 'unpinned' : pinning}`,
     '',
-    resultsTable(summary),
-    '',
-    memoryTable(),
-    '',
-    ratios ? `Ratios, Perihelion ÷ other (delivered/s: >1 is better; latency, CPU per message, RSS: <1 is better)\n\n${ratios}` : 'No ratios (a server is missing).',
+    ...sections,
+    ratios ? `Ratios, Perihelion ÷ other (delivered/s and connections/s: >1 is better; latency, CPU per message, memory: <1 is better)\n\n${ratios}` : 'No ratios (a server is missing).',
     '',
     issues.length ? `Problems seen:\n${issues.map((i) => `- ${i}`).join('\n')}` : 'Problems seen: none (no loss, no errors, no notable other load).',
     '',
   ].join('\n');
   process.stdout.write(out);
 
+  if (options.json) {
+    const path = options.json.startsWith('/') ? options.json : `${ROOT}${options.json}`;
+    writeFileSync(path, JSON.stringify({ startedAt, pinning, options, results, idle: idleRows, notes: serverNotes, problems: issues }, null, 2));
+    log(`bench: wrote ${path}`);
+  }
   if (options.results === '-') return;
   const md = [
-    '# Benchmark results: fan-out',
+    '# Benchmark results',
     '',
     ...(partial ? ['**PARTIAL: the run exceeded its deadline.**', ''] : []),
     '> The machine is shared and noisy (other people build and test on it at the same time): absolute',
@@ -729,30 +931,29 @@ function printReport({ partial = false } = {}) {
     '',
     setupText(),
     '',
-    `## Per server and rate${medians}`,
+    '## How to read the tables',
     '',
-    '- delivered/s: deliveries received by all subscribers divided by the publishing window, or by the time',
-    '  until the last one arrived when that is longer; loss: subscribers × messages published, minus received,',
-    '  after the drain; msgs/frame: benchmark messages per WebSocket frame received (batching).',
-    '- latency: receive time at the subscriber minus the timestamp in the payload (same monotonic clock).',
+    '- delivered/s: deliveries received by all clients divided by the publishing window, or by the time',
+    '  until the last one arrived when that is longer; offered/s: deliveries the schedule asks for (each',
+    "  message times its channel's subscribers); loss: expected minus received after the drain;",
+    '  msgs/frame: benchmark messages per WebSocket frame or poll response received (batching).',
+    '- latency: receive time at the client minus the timestamp in the payload (same monotonic clock).',
     "- server CPU: the server child's `process.cpuUsage()` over the run (publishing and drain) as a share of",
     '  one CPU, and per delivered message; RSS: at the end of the run.',
     "- gen CPU: the load generator's own CPU (near 100 % would mean the generator, not the server, limits).",
     '- others CPU0 / CPU1: busy time of that CPU (`/proc/stat`) not spent by the server (CPU 0) or the',
     "  generator (CPU 1); server CPU wait: time the server's main thread was runnable but waiting for a CPU",
     '  (`/proc/<pid>/schedstat`). High values mean other load distorted that run.',
+    '- idle: RSS and heap growth of the server (after a full GC) divided by the connections; connections/s:',
+    '  subscribers set up (WebSocket open, handshake, subscribe) per second, 200 at a time (the load',
+    "  generator's own speed limits it); server µs/conn: the server's CPU for those set-ups per connection,",
+    '  and the connections per second one core could take at that cost.',
     '',
-    resultsTable(summary),
-    '',
-    ...(options.rounds > 1 ? ['### Every round', '', resultsTable(results, { withRound: true }), ''] : []),
-    '## Memory and setup',
-    '',
-    memoryTable(),
-    '',
+    ...mdSections,
     '## Ratios',
     '',
-    'Perihelion ÷ the other server at the same rate. delivered/s: above 1 is better; latency, CPU per message',
-    'and RSS: below 1 is better.',
+    'Perihelion ÷ the other server in the same scenario and rate. delivered/s and connections/s: above 1 is',
+    'better; latency, CPU per message, RSS and memory per connection: below 1 is better.',
     '',
     ratios ?? 'No ratios (a server is missing).',
     '',
@@ -768,18 +969,27 @@ function printReport({ partial = false } = {}) {
 
 // ---------------------------------------------------------------------------------------------
 
-log(`bench: fan-out, ${options.subscribers} subscribers, rates ${options.rates.join(',')} msg/s, ${options.duration} s each; servers ${options.servers.join(', ')}; ${options.rounds} round(s)`);
+log(`bench: scenarios ${options.scenarios.join(', ')}; servers ${options.servers.join(', ')}; ${options.rounds} round(s)`);
 log(`bench: ${pinning === 'none' ? 'unpinned' : pinning}; deadline ${options.deadline} s`);
 rounds: for (let round = 1; round <= options.rounds; round++) {
   const k = options.servers.length;
   const order = options.servers.map((_, i) => options.servers[(i + round - 1) % k]);
   if (options.rounds > 1) log(`\nbench: round ${round} of ${options.rounds}: ${order.join(', ')}`);
-  for (const name of order) {
-    if (Date.now() > deadlineAt) break rounds;
-    await benchServer(name, round);
+  for (const id of options.scenarios) {
+    const scenario = scenarioOf(id);
+    for (const name of order) {
+      if (Date.now() > deadlineAt) break rounds;
+      if (scenario.servers && !scenario.servers.includes(name)) {
+        if (round === 1) log(`\nbench: ${scenario.id} skips ${LABELS[name]}: ${scenario.skips[name] ?? 'not supported'}`);
+        continue;
+      }
+      if (scenario.kind === 'idle') for (const size of scenario.sizes) await benchIdle(name, scenario, size, round);
+      else await benchLoad(name, scenario, round);
+    }
   }
 }
 clearTimeout(deadline);
 printReport();
 killAll();
-process.exit(results.length > 0 && !Object.values(serverNotes).flat().some((n) => n.error) ? 0 : 1);
+const failed = serverNotes.some((n) => n.error) || idleRows.some((r) => r.error);
+process.exit((results.length > 0 || idleRows.length > 0) && !failed ? 0 : 1);

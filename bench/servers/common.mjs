@@ -1,7 +1,7 @@
 // The part every benchmark server shares: the IPC protocol with the load generator and the
 // publisher. Each server module only says how to start, how to publish one message and how to stop.
 //
-// Parent → child: {type:'stats'} | {type:'probe', id} | {type:'run', runId, rate, duration} | {type:'close'}
+// Parent → child: {type:'stats'} | {type:'probe', id, keys} | {type:'run', runId, rate, duration, keys, batch} | {type:'close'}
 // Child → parent: {type:'ready', port, path} | {type:'stats', ...} | {type:'probed', id}
 //                 | {type:'published', runId, count, errors, startedAt, endedAt} | {type:'error', message}
 
@@ -16,7 +16,8 @@ const send = (message) => {
  * @param {object} server
  * @param {string} server.name
  * @param {() => Promise<{port: number, path: string, note?: string}>} server.start
- * @param {(data: object) => (void | Promise<unknown>)} server.publish  one message to every subscriber
+ * @param {(key: string, data: object) => (void | Promise<unknown>)} server.publish  one message to every
+ *     subscriber of the channel (Bayeux `/bench/<key>`) or room (Socket.IO `<key>`) named by key
  * @param {() => Promise<void>} server.stop
  */
 export async function runServer({ name, start, publish, stop }) {
@@ -37,9 +38,9 @@ export async function runServer({ name, start, publish, stop }) {
 
   let publishErrors = 0;
   let lastError = null;
-  const publishOne = (data) => {
+  const publishOne = (key, data) => {
     try {
-      const result = publish(data);
+      const result = publish(key, data);
       if (result && typeof result.then === 'function') {
         result.then(undefined, (error) => {
           publishErrors++;
@@ -52,27 +53,31 @@ export async function runServer({ name, start, publish, stop }) {
     }
   };
 
-  const stats = () => {
+  const stats = ({ gc = false } = {}) => {
+    // With --expose-gc, memory is measured after a full collection: live data, not garbage.
+    if (gc && typeof globalThis.gc === 'function') globalThis.gc();
     const rss = process.memoryUsage().rss;
     if (rss > rssPeak) rssPeak = rss;
     return { type: 'stats', at: nowMs(), cpu: process.cpuUsage(), rss, rssPeak, heapUsed: process.memoryUsage().heapUsed };
   };
 
-  /** Publishes rate messages/s for duration s on an absolute schedule (late ticks catch up). */
-  const run = ({ runId, rate, duration }) => {
+  /**
+   * Publishes rate messages/s for duration s on an absolute schedule (late ticks catch up), in
+   * ticks of `batch` messages; message `seq` goes to `keys[seq % keys.length]` (round-robin).
+   */
+  const run = ({ runId, rate, duration, keys, batch = 1 }) => {
     const total = Math.round(rate * duration);
-    const interval = 1000 / rate;
+    const interval = (1000 * batch) / rate;
     const errorsBefore = publishErrors;
     const startedAt = nowMs();
     let seq = 0;
     const tick = () => {
       const now = nowMs();
-      while (seq < total && startedAt + seq * interval <= now) {
-        publishOne({ run: runId, seq, t: nowMs() });
-        seq++;
+      while (seq < total && startedAt + (seq / batch) * interval <= now) {
+        for (let i = 0; i < batch && seq < total; i++, seq++) publishOne(keys[seq % keys.length], { run: runId, seq, t: nowMs() });
       }
       if (seq < total) {
-        setTimeout(tick, Math.max(0, startedAt + seq * interval - nowMs()));
+        setTimeout(tick, Math.max(0, startedAt + (seq / batch) * interval - nowMs()));
       } else {
         send({ type: 'published', runId, count: seq, errors: publishErrors - errorsBefore, lastError, startedAt, endedAt: nowMs() });
       }
@@ -84,10 +89,10 @@ export async function runServer({ name, start, publish, stop }) {
     try {
       switch (message.type) {
         case 'stats':
-          send(stats());
+          send(stats({ gc: message.gc === true }));
           break;
         case 'probe':
-          publishOne({ probe: message.id, t: nowMs() });
+          for (const key of message.keys) publishOne(key, { probe: message.id, t: nowMs() });
           send({ type: 'probed', id: message.id });
           break;
         case 'run':

@@ -3,7 +3,6 @@ import http from 'node:http';
 import faye from 'faye';
 import { runServer } from './common.mjs';
 
-const CHANNEL = '/bench/fanout';
 const PATH = '/faye';
 
 const bayeux = new faye.NodeAdapter({ mount: PATH, timeout: 25 });
@@ -20,8 +19,8 @@ await runServer({
       server.once('error', reject);
       server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
     }),
-  publish: (data) => {
-    client.publish(CHANNEL, data);
+  publish: (key, data) => {
+    client.publish(`/bench/${key}`, data);
   },
   stop: async () => {
     try {

@@ -2,9 +2,11 @@
 import http from 'node:http';
 import { runServer } from './common.mjs';
 
-const { createServer } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
+const { createServer, RedisEngine } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
 
-export const CHANNEL = '/bench/fanout';
+// The cluster scenario runs several of these on one Redis (BENCH_REDIS_URL, BENCH_REDIS_PREFIX).
+const redisUrl = process.env.BENCH_REDIS_URL;
+
 const PATH = '/bayeux';
 
 const bayeux = createServer({
@@ -14,6 +16,7 @@ const bayeux = createServer({
   maxSessionsPerIp: 0, // no session cap per address
   publishRate: 0, // no publish rate limit
   pingInterval: 0, // no WebSocket pings (the other servers' heartbeats are slower than a run)
+  ...(redisUrl ? { engine: new RedisEngine({ url: redisUrl, prefix: process.env.BENCH_REDIS_PREFIX }) } : {}),
 });
 const server = http.createServer((req, res) => {
   res.writeHead(404).end();
@@ -23,11 +26,14 @@ bayeux.attach(server);
 await runServer({
   name: 'perihelion',
   start: () =>
-    new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
-    }),
-  publish: (data) => bayeux.publish(CHANNEL, data),
+    bayeux.whenReady().then(
+      () =>
+        new Promise((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
+        }),
+    ),
+  publish: (key, data) => bayeux.publish(`/bench/${key}`, data),
   stop: async () => {
     await Promise.race([bayeux.close(), new Promise((r) => setTimeout(r, 2000))]);
     server.close();

@@ -1,19 +1,28 @@
-// Socket.IO 4: WebSocket transport only (no polling, no upgrade dance), default namespace, one room.
+// Socket.IO 4: one transport per run (BENCH_TRANSPORT: websocket, or long-polling = Engine.IO
+// polling; no upgrade dance), default namespace, a room per channel key.
 import http from 'node:http';
 import { Server } from 'socket.io';
 import { runServer } from './common.mjs';
 
-const ROOM = 'bench';
 const EVENT = 'fanout';
 
 const server = http.createServer((req, res) => {
   res.writeHead(404).end();
 });
-const io = new Server(server, { transports: ['websocket'], serveClient: false });
+const transport = process.env.BENCH_TRANSPORT === 'long-polling' ? 'polling' : 'websocket';
+const io = new Server(server, { transports: [transport], serveClient: false });
+// The cluster scenario: rooms shared through Redis with the official adapter (BENCH_REDIS_URL).
+if (process.env.BENCH_REDIS_URL) {
+  const { createAdapter } = await import('@socket.io/redis-adapter');
+  const { Redis } = await import('ioredis');
+  const pub = new Redis(process.env.BENCH_REDIS_URL);
+  const sub = pub.duplicate();
+  io.adapter(createAdapter(pub, sub, { key: `${process.env.BENCH_REDIS_PREFIX ?? ''}socket.io` }));
+}
 io.on('connection', (socket) => {
   // The client's "subscribe": join a room, acknowledged like a Bayeux subscribe reply.
-  socket.on('subscribe', (room, ack) => {
-    socket.join(String(room));
+  socket.on('subscribe', (rooms, ack) => {
+    socket.join(Array.isArray(rooms) ? rooms.map(String) : String(rooms));
     if (typeof ack === 'function') ack(true);
   });
 });
@@ -25,8 +34,8 @@ await runServer({
       server.once('error', reject);
       server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: '/socket.io/' }));
     }),
-  publish: (data) => {
-    io.to(ROOM).emit(EVENT, data);
+  publish: (key, data) => {
+    io.to(key).emit(EVENT, data);
   },
   stop: async () => {
     await new Promise((resolve) => io.close(() => resolve()));

@@ -15,7 +15,7 @@ const program = new Command('perihelion').description('Perihelion: a Bayeux (Com
 
 const command = program
   .command('serve')
-  .description('run a standalone server (in-memory engine) with the demo page at /')
+  .description('run a standalone server (in-memory engine, or cluster mode with --redis) with the demo page at /')
   .addHelpText(
     'after',
     `
@@ -25,6 +25,7 @@ PORT and HOST are honoured too. Flags win over the environment.
 Examples:
   perihelion serve
   perihelion serve --port 9000 --path /cometd
+  perihelion serve --redis redis://127.0.0.1:6379   # cluster mode: run it on every node
   PERIHELION_TIMEOUT=20000 perihelion serve --no-demo
   PERIHELION_JSONP=1 perihelion serve --allowed-origins https://app.example.com
   PERIHELION_JWT_SECRET=… perihelion serve --no-anonymous --rules rules.json

@@ -1,5 +1,5 @@
 import { pino, type Logger } from 'pino';
-import { createServer, type Perihelion } from '@perihelion/server';
+import { RedisEngine, createServer, type Perihelion } from '@perihelion/server';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import type { Settings } from './settings.js';
 
@@ -15,6 +15,14 @@ function securitySummary(server: Perihelion): string[] {
     `authorization: clients may subscribe to broadcast channels; they publish only where a rule allows (${server.ruleCount} rule${server.ruleCount === 1 ? '' : 's'})`,
     `session binding: ${sessionBinding}; cross-origin: ${allowedOrigins.length > 0 ? allowedOrigins.join(', ') : 'same origin only'}`,
   ];
+}
+
+function engineSummary(server: Perihelion): string {
+  const { engine } = server;
+  if (engine instanceof RedisEngine) {
+    return `redis (cluster mode: ${engine.where}, key prefix "${engine.options.prefix}", node ${engine.nodeId})`;
+  }
+  return `${engine.name}${engine.name === 'memory' ? ' (this process only; --redis for cluster mode)' : ''}`;
 }
 
 /** Structured JSON logs on stderr (stdout keeps the human summary and nothing else). */
@@ -35,8 +43,12 @@ export interface Running {
 export async function serve(settings: Settings, log: (line: string) => void = console.log): Promise<Running> {
   // The demo's pages publish to its chat and counter, and nowhere else.
   const options = settings.demo ? { ...settings.server, channels: [...DEMO_RULES, ...(settings.server.channels ?? [])] } : settings.server;
-  const server = createServer(options);
+  // Cluster mode: every node started with the same --redis acts as one server.
+  const engine = settings.redis !== undefined ? new RedisEngine({ url: settings.redis, ...(settings.redisPrefix !== undefined ? { prefix: settings.redisPrefix } : {}) }) : undefined;
+  const server = createServer(engine ? { ...options, engine } : options);
   attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null }, pino.destination(2)));
+  // An engine that cannot start (Redis unreachable) stops the server here, before it listens.
+  await server.whenReady();
   if (settings.demo) installDemo(server);
   const listenOptions = { port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), ...(settings.demo ? { fallback: demoPage() } : {}) };
   const address = await server.listen(listenOptions);
@@ -46,7 +58,7 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   log(`Perihelion listening on ${url}`);
   log(`  Bayeux endpoint: ${url}${server.options.path}`);
   log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
-  log(`  engine: ${server.engine.name}`);
+  log(`  engine: ${engineSummary(server)}`);
   for (const line of securitySummary(server)) log(`  ${line}`);
   log(`  HTTP API: ${server.options.apiKey !== undefined ? `${url}/api/ (Authorization: Bearer <PERIHELION_API_KEY>)` : 'off (set PERIHELION_API_KEY to enable it)'}`);
   if (server.options.operations) log(`  operations: ${url}/health ${url}/ready ${url}/metrics`);

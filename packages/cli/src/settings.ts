@@ -9,7 +9,7 @@ import { parse as parseYaml } from 'yaml';
 
 export interface Setting {
   /** ServerOptions key, or a listen/CLI setting. */
-  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel';
+  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisPrefix';
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
@@ -23,6 +23,8 @@ export function defaultsOn(setting: Setting): boolean {
 export const SETTINGS: Setting[] = [
   { key: 'port', flag: 'port', kind: 'integer', help: 'port to listen on (default 8080; also PORT)' },
   { key: 'host', flag: 'host', kind: 'string', help: 'interface to listen on (default: all; also HOST)' },
+  { key: 'redis', flag: 'redis', kind: 'string', help: 'cluster mode: Redis URL shared by every node, e.g. redis://127.0.0.1:6379 (default: in-memory engine, one process)' },
+  { key: 'redisPrefix', flag: 'redis-prefix', kind: 'string', help: 'prefix of the Redis keys and channels, so that several clusters can share one Redis (default perihelion:)' },
   { key: 'path', flag: 'path', kind: 'string', help: 'mount path of the Bayeux endpoint (default /bayeux)' },
   { key: 'timeout', flag: 'timeout', kind: 'integer', help: 'longest hold of a /meta/connect, ms (default 30000)' },
   { key: 'interval', flag: 'interval', kind: 'integer', help: 'pause between connects advised to clients, ms (default 0)' },
@@ -32,6 +34,7 @@ export const SETTINGS: Setting[] = [
   { key: 'historySize', flag: 'history-size', kind: 'integer', help: 'messages kept per channel for recovery; 0 turns history off (default 1000)' },
   { key: 'historyTtl', flag: 'history-ttl', kind: 'integer', help: 'longest a message is kept in history, ms (default 600000)' },
   { key: 'maxHistoryChannels', flag: 'max-history-channels', kind: 'integer', help: 'channels whose history is kept, least recently used forgotten (default 100000)' },
+  { key: 'maxHistoryBytes', flag: 'max-history-bytes', kind: 'integer', help: 'memory all channel histories may hold together, bytes (default 134217728)' },
   { key: 'maxReplay', flag: 'max-replay', kind: 'integer', help: 'most messages replayed for one subscribe recovery (default 10000)' },
   { key: 'publishDedup', flag: 'publish-dedup', kind: 'integer', help: 'publish ids remembered per session to drop resends; 0 = off (default 128)' },
   { key: 'ack', flag: 'ack', kind: 'boolean', help: 'answer the CometD ack extension (default true)' },
@@ -70,7 +73,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Keys a configuration file may hold besides the server options. */
-const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel']);
+const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel', 'redis', 'redisPrefix']);
 
 export function envName(setting: Setting): string {
   return `PERIHELION_${setting.flag.replace(/-/g, '_').toUpperCase()}`;
@@ -118,6 +121,10 @@ export interface Settings {
   demo: boolean;
   /** Default: info. */
   logLevel?: LogLevel;
+  /** Redis URL: cluster mode with the Redis engine. Default: the in-memory engine. */
+  redis?: string;
+  /** Key prefix of the Redis engine. */
+  redisPrefix?: string;
 }
 
 /**
@@ -155,6 +162,9 @@ export function readConfigFile(path: string): Record<string, unknown> {
   if (config.port !== undefined && (typeof config.port !== 'number' || !Number.isInteger(config.port))) throw new SettingsError(`${path}: setting "port" must be a whole number`);
   if (config.host !== undefined && typeof config.host !== 'string') throw new SettingsError(`${path}: setting "host" must be a string`);
   if (config.demo !== undefined && typeof config.demo !== 'boolean') throw new SettingsError(`${path}: setting "demo" must be true or false`);
+  for (const key of ['redis', 'redisPrefix']) {
+    if (config[key] !== undefined && typeof config[key] !== 'string') throw new SettingsError(`${path}: setting "${key}" must be a string${key === 'redis' ? ' like "redis://127.0.0.1:6379"' : ''}`);
+  }
   return config;
 }
 
@@ -173,7 +183,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     if (typeof fromFlag === 'string') values[setting.key] = convert(setting, fromFlag, `--${setting.flag}`);
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
   }
-  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, ...server } = values;
+  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisPrefix, ...server } = values;
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
   if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
   const options = server as ServerOptions;
@@ -187,7 +197,16 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   if (typeof rules === 'string') options.channels = parseJson(rules, '--rules') as never;
   // The HTTP API key, like the token secret, comes from the environment (or the file).
   if (env.PERIHELION_API_KEY !== undefined && env.PERIHELION_API_KEY !== '') options.apiKey = env.PERIHELION_API_KEY;
-  return { server: options, port, host: host as string | undefined, demo: demo as boolean, logLevel: logLevel as LogLevel };
+  if (redisPrefix !== undefined && redis === undefined) throw new SettingsError('--redis-prefix needs --redis (the Redis URL of the cluster)');
+  return {
+    server: options,
+    port,
+    host: host as string | undefined,
+    demo: demo as boolean,
+    logLevel: logLevel as LogLevel,
+    ...(typeof redis === 'string' ? { redis } : {}),
+    ...(typeof redisPrefix === 'string' ? { redisPrefix } : {}),
+  };
 }
 
 function camel(flag: string): string {

@@ -5,6 +5,7 @@
 export const ERROR_CODES = {
   ERR_INVALID_OPTION: 'An option passed to createServer or the CLI has the wrong type or an unknown name.',
   ERR_ENGINE_CLOSED: 'The engine was used before start() or after close().',
+  ERR_ENGINE_UNAVAILABLE: 'The engine cannot reach its store (Redis): at start, or while the connection is lost.',
   ERR_SERVER_CLOSED: 'The server was used after close().',
   ERR_INVALID_CHANNEL: 'A server-side call named a channel that is not a valid Bayeux channel.',
   ERR_INVALID_ARGUMENT: 'A server-side call got an argument of the wrong type or out of range.',

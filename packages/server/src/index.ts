@@ -2,8 +2,10 @@ export { createServer, Perihelion, type ListenOptions, type RequestHandler, type
 export { BayeuxServer, type ServerEvents, type ServerStats, type PublishOptions, type DisconnectReason } from './core/server.js';
 export { Session, type ReleaseReason } from './core/session.js';
 export type { Listener } from './core/listeners.js';
-export type { Engine, EngineHost, Publication } from './engine/engine.js';
+export type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine/engine.js';
 export { MemoryEngine } from './engine/memory.js';
+export { RedisEngine, REDIS_DEFAULTS, type RedisEngineOptions } from './engine/redis.js';
+export type { HistorySettings, HistoryPage, HistoryQuery, Retention } from './engine/history.js';
 export type { Extension, ExtensionContext } from './extensions/pipeline.js';
 export { DEFAULTS, resolveOptions, type ServerOptions, type ResolvedOptions } from './options.js';
 export type { ProcessContext, PushConnection, RequestFacts } from './transports/transport.js';

@@ -42,6 +42,12 @@ export interface ServerOptions {
   history?: HistoryRule[];
   /** Most channels whose history is kept; the least recently published is forgotten first. Default: 100000. */
   maxHistoryChannels?: number;
+  /**
+   * Most memory all channel histories together may hold, in bytes (counted as characters of the
+   * serialised messages); beyond it the oldest messages of the least recently published channels
+   * are dropped. Default: 134217728 (128 MiB).
+   */
+  maxHistoryBytes?: number;
   /** Most messages replayed for the recoveries of one subscribe; beyond it recovery fails. Default: 10000. */
   maxReplay?: number;
   /** Publish ids remembered per session so that a resent publish reaches subscribers once; 0 turns it off. Default: 128. */
@@ -139,6 +145,7 @@ export interface ResolvedOptions {
   historyTtl: number;
   history: HistoryRule[];
   maxHistoryChannels: number;
+  maxHistoryBytes: number;
   maxReplay: number;
   publishDedup: number;
   ack: boolean;
@@ -180,6 +187,7 @@ export const DEFAULTS: ResolvedOptions = {
   historyTtl: 600_000,
   history: [],
   maxHistoryChannels: 100_000,
+  maxHistoryBytes: 128 * 1024 * 1024,
   maxReplay: 10_000,
   publishDedup: 128,
   ack: true,
@@ -219,6 +227,7 @@ const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
   historySize: [0, 1_000_000],
   historyTtl: [1000, 30 * 24 * 3600_000],
   maxHistoryChannels: [1, 100_000_000],
+  maxHistoryBytes: [1024, 1024 * 1024 * 1024 * 1024],
   maxReplay: [0, 100_000_000],
   publishDedup: [0, 100_000],
   maxRequestBytes: [1024, 1024 * 1024 * 1024],

@@ -221,6 +221,9 @@ describe('operations endpoints', () => {
       assert.match(metrics, /^perihelion_deliveries_total 1$/m);
       assert.match(metrics, /^perihelion_subscriptions 1$/m);
       assert.match(metrics, /^perihelion_delivery_latency_seconds_count 1$/m);
+      assert.match(metrics, /^# TYPE perihelion_delivery_latency_seconds histogram$/m);
+      assert.match(metrics, /^perihelion_delivery_latency_seconds_bucket\{le="\+Inf"\} 1$/m);
+      assert.match(metrics, /^perihelion_delivery_latency_seconds_bucket\{le="30"\} 1$/m, 'buckets are cumulative');
       assert.match(metrics, /^perihelion_history_messages 1$/m);
       assert.match(metrics, /^perihelion_history_channels 1$/m);
       assert.match(metrics, /^perihelion_queue_drops_total 0$/m);

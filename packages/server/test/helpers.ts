@@ -4,7 +4,9 @@ import { once } from 'node:events';
 import { WebSocket } from 'ws';
 import type { AddressInfo } from 'node:net';
 import { parseError, type ParsedError } from '@perihelion/protocol';
-import { createServer, type Perihelion, type ServerOptions } from '../src/index.js';
+import { randomBytes } from 'node:crypto';
+import { RedisEngine, createServer, type Perihelion, type ServerOptions } from '../src/index.js';
+import { deleteKeys } from './redis-fixture.js';
 
 export interface TestServer {
   server: Perihelion;
@@ -22,10 +24,16 @@ export interface TestServer {
  */
 export async function startServer(options: ServerOptions = {}): Promise<TestServer> {
   // Hundreds of handshakes from 127.0.0.1 in seconds are normal here; rate tests set their own limits.
-  const server = createServer({ pingInterval: 0, open: true, handshakeRate: 0, drainTimeout: 0, ...options });
+  // PERIHELION_TEST_ENGINE=redis runs the protocol tests over the Redis engine (a prefix of their own).
+  const engine = options.engine ?? (process.env.PERIHELION_TEST_ENGINE === 'redis' ? new RedisEngine({ url: process.env.PERIHELION_TEST_REDIS ?? 'redis://127.0.0.1:6379', prefix: `perihelion-test:helpers:${randomBytes(6).toString('hex')}:` }) : undefined);
+  const server = createServer({ pingInterval: 0, open: true, handshakeRate: 0, drainTimeout: 0, ...options, ...(engine ? { engine } : {}) });
   const address = await server.listen({ port: 0, host: '127.0.0.1' });
   const base = `127.0.0.1:${address.port}${server.options.path}`;
-  return { server, url: `http://${base}`, wsUrl: `ws://${base}`, address, close: () => server.close() };
+  const close = async (): Promise<void> => {
+    await server.close();
+    if (engine instanceof RedisEngine && !options.engine) await deleteKeys(engine.options.prefix);
+  };
+  return { server, url: `http://${base}`, wsUrl: `ws://${base}`, address, close };
 }
 
 export interface BayeuxResponse {

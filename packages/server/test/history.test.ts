@@ -11,15 +11,16 @@ import { Acknowledgement } from '../src/core/acknowledgement.js';
 import { RecentIds } from '../src/core/recent-ids.js';
 import { PerihelionError, resolveOptions } from '../src/index.js';
 
-function store(retention: Retention, maxChannels = 100): { history: HistoryStore; clock: { now: number } } {
+function store(retention: Retention, maxChannels = 100, maxChars = Infinity): { history: HistoryStore; clock: { now: number } } {
   const clock = { now: 1_000_000 };
-  return { history: new HistoryStore({ retentionFor: () => retention, maxChannels }, () => clock.now), clock };
+  return { history: new HistoryStore({ retentionFor: () => retention, maxChannels, maxChars }, () => clock.now), clock };
 }
 
-function publish(history: HistoryStore, channel: string, text: string, now: number): number {
+/** Publishes `text` on `channel` as the memory engine does; `now` is the store's clock. */
+function publish(history: HistoryStore, channel: string, text: string, _now: number): number {
   const log = history.log(channel, true)!;
   const { offset } = log.next();
-  log.append(text, now);
+  history.append(log, text);
   return offset;
 }
 
@@ -65,7 +66,7 @@ describe('channel history', () => {
     assert.deepEqual(history.missedSince('/c', { epoch, offset: 1 }, 100), ['new']);
     clock.now += 10_000;
     history.sweep();
-    assert.deepEqual(history.stats(), { channels: 1, messages: 0 });
+    assert.deepEqual(history.stats(), { channels: 1, messages: 0, chars: 0 });
     assert.deepEqual(history.missedSince('/c', { epoch, offset: 2 }, 100), [], 'saw everything: nothing missed, even with all expired');
     assert.equal(publish(history, '/c', 'next', clock.now), 3, 'offsets go on after expiry');
   });
@@ -84,6 +85,24 @@ describe('channel history', () => {
     assert.equal(history.position('/b')!.offset, 1);
   });
 
+  it('keeps all history within maxChars, dropping the oldest messages of the least recently published channels first', () => {
+    const { history, clock } = store({ size: 100, ttl: 60_000 }, 100, 100);
+    for (let i = 0; i < 4; i++) publish(history, '/quiet', 'q'.repeat(10), clock.now);
+    for (let i = 0; i < 6; i++) publish(history, '/busy', 'b'.repeat(10), clock.now);
+    assert.equal(history.stats().chars, 100);
+    publish(history, '/busy', 'b'.repeat(30), clock.now);
+    assert.ok(history.stats().chars <= 100, `within the bound (${history.stats().chars})`);
+    assert.equal(history.read('/quiet')!.payloads.length, 1, '/quiet, published least recently, gave up its oldest three');
+    assert.equal(history.read('/busy')!.payloads.length, 7, '/busy kept everything');
+    const quiet = history.position('/quiet')!;
+    assert.equal(history.missedSince('/quiet', { epoch: quiet.epoch, offset: 0 }, 100), null, 'a dropped message cannot be recovered');
+    assert.deepEqual(history.missedSince('/quiet', { epoch: quiet.epoch, offset: 3 }, 100), ['q'.repeat(10)]);
+    // One huge message on the only channel: even its own history gives way.
+    publish(history, '/busy', 'x'.repeat(90), clock.now);
+    assert.ok(history.stats().chars <= 100);
+    assert.deepEqual(history.read('/busy')!.payloads, ['x'.repeat(90)]);
+  });
+
   it('follows retention rules by pattern, first match first; size 0 means no history and no position', () => {
     const resolve = retentionResolver(
       [
@@ -97,7 +116,7 @@ describe('channel history', () => {
     assert.deepEqual(resolve('/chat/room'), { size: 5, ttl: 2000 });
     assert.deepEqual(resolve('/chat/room/thread'), { size: 50, ttl: 600_000 });
     assert.deepEqual(resolve('/news'), { size: 1000, ttl: 600_000 });
-    const history = new HistoryStore({ retentionFor: resolve, maxChannels: 10 });
+    const history = new HistoryStore({ retentionFor: resolve, maxChannels: 10, maxChars: Infinity });
     assert.equal(history.log('/ticks/eur/usd'), null);
     assert.equal(history.position('/ticks/eur/usd'), null);
     assert.equal(history.read('/ticks/eur/usd'), null);

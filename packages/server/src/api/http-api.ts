@@ -8,7 +8,10 @@
  *   POST /api/disconnect  {clientId} or {user}                       → {disconnected: n}
  *   GET  /api/channels                                               → {channels: [{channel, subscribers}]}
  *   GET  /api/presence?channel=/x                                    → {channel, sessions: [{clientId, user}]}
+ *   GET  /api/history?channel=/x[&since=epoch:offset][&limit=n]      → {channel, position, messages, complete}
  *   GET  /api/stats                                                  → server statistics
+ *
+ * docs/openapi.yaml describes the same endpoints (a test keeps the two in step).
  *
  * Errors are `{error: {code, message}}` with a fitting status (see ApiErrorCode).
  */
@@ -127,8 +130,8 @@ export class HttpApi {
     const problem = channelProblem(channel, { allowWildcard: false });
     if (problem) return sendApiError(res, 400, 'invalid_channel', `channel ${JSON.stringify(channel)}: ${problem}`);
     if (data === undefined) return sendApiError(res, 400, 'invalid_request', '"data" is required');
-    if (!this.core.getSession(clientId)) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
-    await this.core.deliver(clientId, channel as string, data);
+    // The engine finds the session on whichever node holds it (Redis engine: any node of the cluster).
+    if (!(await this.core.deliver(clientId, channel as string, data))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
     sendJson(res, 200, { delivered: true });
   }
 

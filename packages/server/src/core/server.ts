@@ -24,7 +24,7 @@ import {
   type Message,
   type Position,
 } from '@perihelion/protocol';
-import type { Engine, EngineHost, Publication, RecoverRequest } from '../engine/engine.js';
+import type { Engine, EngineHost, Publication } from '../engine/engine.js';
 import type { HistoryQuery, HistorySettings } from '../engine/history.js';
 import { MemoryEngine } from '../engine/memory.js';
 import { retentionResolver } from '../engine/retention.js';
@@ -123,6 +123,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     this.historySettings = {
       retentionFor: retentionResolver(this.options.history, { size: this.options.historySize, ttl: this.options.historyTtl }),
       maxChannels: this.options.maxHistoryChannels,
+      maxChars: this.options.maxHistoryBytes,
     };
     const verifier = options.jwt ? new JwtVerifier(options.jwt) : null;
     this.authenticator = options.authenticate ?? (verifier ? jwtAuthenticator(verifier) : null);
@@ -420,6 +421,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (this.options.publishRate > 0) session.publishBucket = new TokenBucket(this.options.publishRate, this.options.publishBurst);
     this.sessions.set(session.id, session);
     this.sessionsPerAddress.set(address, (this.sessionsPerAddress.get(address) ?? 0) + 1);
+    // Known to the engine at once, so that a delivery from any node reaches it.
+    await this.engine.addSession(session.id).catch((error: unknown) => this.reportError(error));
     if (context.connection) session.bind(context.connection);
     // A session that never connects is swept like one that stopped connecting.
     session.scheduleExpiry(this.options.maxInterval);
@@ -485,12 +488,15 @@ export class BayeuxServer implements EngineHost, SessionHost {
       return this.finishConnect(message, session, { reason: 'message', events }, advice, extensionContext, out);
     }
     const held = session.hold(timeout, context.connection);
-    if (context.signal) {
+    if (context.onClientGone) {
       // The client gave up on this request (closed the socket): answer nothing to it, and leave
-      // the queue for the next connect.
-      const onAbort = (): void => session.release('superseded');
-      context.signal.addEventListener('abort', onAbort, { once: true });
-      void held.then(() => context.signal?.removeEventListener('abort', onAbort));
+      // the queue for the next connect. Only while this connect is the one held: once answered,
+      // a later close must not release a newer connect.
+      let answered = false;
+      void held.then(() => (answered = true));
+      context.onClientGone(() => {
+        if (!answered) session.release('superseded');
+      });
     }
     const connection = context.connection;
     if (connection) {

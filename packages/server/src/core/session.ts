@@ -44,8 +44,7 @@ export class Session {
   readonly subscriptions = new Set<string>();
   /** Set once the session has answered its first /meta/connect. */
   connected = false;
-  /** Free for applications. */
-  readonly data = new Map<string, unknown>();
+  private appData: Map<string, unknown> | null = null;
   ended = false;
   /** Who the session belongs to; null for an anonymous session. */
   identity: Identity | null = null;
@@ -74,6 +73,12 @@ export class Session {
     maxQueue: number,
   ) {
     this.queue = new OutboundQueue(maxQueue);
+  }
+
+  /** Free for applications (made on first use: most sessions never need it). */
+  get data(): Map<string, unknown> {
+    this.appData ??= new Map();
+    return this.appData;
   }
 
   /** Sends `data` on `channel` to this session only (e.g. the answer to a /service request). */

@@ -48,6 +48,8 @@ export interface EngineHost {
   onReplay(clientId: string, payloads: readonly string[]): void;
   /** How much history to keep, per channel. */
   readonly historySettings: HistorySettings;
+  /** A failure the engine survived (a lost Redis connection, say): the server's 'error' event. */
+  reportError(error: unknown): void;
 }
 
 export interface Engine {
@@ -55,6 +57,8 @@ export interface Engine {
   readonly name: string;
   start(host: EngineHost): Promise<void>;
   close(): Promise<void>;
+  /** A session began on this node: `sendTo` reaches it (from any node) until `removeSession`. */
+  addSession(clientId: string): Promise<void>;
   /**
    * Subscribes a session and, in the same step, replays what it missed since each of `recover`'s
    * positions (at most `maxReplay` messages in all), so that nothing falls between the replay and
@@ -62,7 +66,7 @@ export interface Engine {
    */
   subscribe(clientId: string, pattern: string, recover?: readonly RecoverRequest[], maxReplay?: number): Promise<SubscribeOutcome>;
   unsubscribe(clientId: string, pattern: string): Promise<void>;
-  /** Forgets every subscription of a session that has ended. */
+  /** Forgets a session that has ended and every subscription of it. */
   removeSession(clientId: string): Promise<void>;
   /**
    * Gives the publication its position (when its channel keeps history), records it, and delivers

@@ -3,9 +3,10 @@
  * epoch, the offset of its latest message, and the latest messages themselves (serialised, the
  * same strings the subscribers were sent), bounded by count and by age.
  *
- * Memory is bounded three ways: messages per channel (`size`), their age (`ttl`, pruned when the
- * channel is touched and by a periodic sweep), and the number of channels remembered
- * (`maxChannels`, least recently used forgotten first). A forgotten channel starts again under a
+ * Memory is bounded four ways: messages per channel (`size`), their age (`ttl`, pruned when the
+ * channel is touched and by a periodic sweep), the number of channels remembered (`maxChannels`,
+ * least recently used forgotten first), and the size of all kept messages together (`maxBytes`,
+ * the oldest messages of the least recently published channels dropped first). A forgotten channel starts again under a
  * new epoch, so a client holding an old position is told its recovery failed rather than being
  * handed a stream with a silent hole in it.
  */
@@ -25,6 +26,8 @@ export interface HistorySettings {
   retentionFor(channel: string): Retention;
   /** Most channels whose history (or at least whose position) is remembered. */
   maxChannels: number;
+  /** Most characters of all kept messages together (serialised JSON; about one byte each for ASCII). */
+  maxChars: number;
 }
 
 /** What a history read returns. */
@@ -57,12 +60,16 @@ export class ChannelLog {
   offset = 0;
   /** When the latest message arrived (ms since the Unix epoch). */
   lastAt = 0;
+  /** Length of the kept payloads together. */
+  chars = 0;
   private entries: Entry[] = [];
   private head = 0;
 
   constructor(
     readonly epoch: string,
     readonly retention: Retention,
+    /** The store-wide total this log's `chars` counts into. */
+    private readonly totals: { chars: number } = { chars: 0 },
   ) {}
 
   /** Number of messages kept now. */
@@ -89,6 +96,8 @@ export class ChannelLog {
     this.offset++;
     this.lastAt = now;
     this.entries.push({ at: now, payload });
+    this.chars += payload.length;
+    this.totals.chars += payload.length;
     if (this.length > this.retention.size) this.dropOldest(this.length - this.retention.size);
     this.prune(now);
   }
@@ -119,7 +128,12 @@ export class ChannelLog {
     return out;
   }
 
-  private dropOldest(count: number): void {
+  /** Drops the `count` oldest messages (their positions can no longer be recovered). */
+  dropOldest(count: number): void {
+    let chars = 0;
+    for (let i = this.head; i < this.head + count; i++) chars += this.entries[i]!.payload.length;
+    this.chars -= chars;
+    this.totals.chars -= chars;
     this.head += count;
     // Compact once the dead prefix dominates, so memory stays proportional to what is kept.
     if (this.head > 64 && this.head * 2 > this.entries.length) {
@@ -133,6 +147,8 @@ export class HistoryStore {
   /** Least recently published first (a Map keeps insertion order; a publish re-inserts). */
   private readonly logs = new Map<string, ChannelLog>();
   private readonly noHistory = new Map<string, true>();
+  /** Characters of every kept message together. */
+  private readonly totals = { chars: 0 };
 
   constructor(
     private readonly settings: HistorySettings,
@@ -157,10 +173,31 @@ export class HistoryStore {
       this.noHistory.set(channel, true);
       return null;
     }
-    if (this.logs.size >= this.settings.maxChannels) this.logs.delete(this.logs.keys().next().value!);
-    log = new ChannelLog(newEpoch(), retention);
+    if (this.logs.size >= this.settings.maxChannels) {
+      const [oldest, forgotten] = this.logs.entries().next().value!;
+      this.logs.delete(oldest);
+      this.totals.chars -= forgotten.chars;
+    }
+    log = new ChannelLog(newEpoch(), retention, this.totals);
     this.logs.set(channel, log);
     return log;
+  }
+
+  /** Records the message that got `log.next()`'s position, then keeps all history within `maxChars`. */
+  append(log: ChannelLog, payload: string): void {
+    log.append(payload, this.now());
+    if (this.totals.chars <= this.settings.maxChars) return;
+    // Oldest messages of the least recently published channels first; the channel just
+    // published to is last in the map. A log emptied here moves to the end, so that later
+    // trims do not walk past it again.
+    for (const [channel, candidate] of this.logs) {
+      while (candidate.length > 0 && this.totals.chars > this.settings.maxChars) candidate.dropOldest(1);
+      if (this.totals.chars <= this.settings.maxChars) return;
+      if (candidate !== log) {
+        this.logs.delete(channel);
+        this.logs.set(channel, candidate);
+      }
+    }
   }
 
   /** The current position of `channel` (its log created if needed); null if it keeps no history. */
@@ -200,10 +237,10 @@ export class HistoryStore {
     for (const log of this.logs.values()) if (log.length > 0) log.prune(now);
   }
 
-  stats(): { channels: number; messages: number } {
+  stats(): { channels: number; messages: number; chars: number } {
     let messages = 0;
     for (const log of this.logs.values()) messages += log.length;
-    return { channels: this.logs.size, messages };
+    return { channels: this.logs.size, messages, chars: this.totals.chars };
   }
 }
 

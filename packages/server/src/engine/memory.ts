@@ -17,6 +17,7 @@ export class MemoryEngine implements Engine {
   readonly name = 'memory';
   private host: EngineHost | null = null;
   private readonly index = new SubscriptionIndex();
+  private readonly sessions = new Set<string>();
   private historyStore: HistoryStore | null = null;
   private sweeper: NodeJS.Timeout | null = null;
 
@@ -34,9 +35,15 @@ export class MemoryEngine implements Engine {
     this.sweeper = null;
   }
 
+  async addSession(clientId: string): Promise<void> {
+    this.running();
+    this.sessions.add(clientId);
+  }
+
   async subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): Promise<SubscribeOutcome> {
     const host = this.running();
     const history = this.store();
+    this.sessions.add(clientId);
     this.index.add(clientId, pattern);
     const outcome: SubscribeOutcome = { position: isWildcard(pattern) ? null : history.position(pattern), recovered: [] };
     let budget = maxReplay;
@@ -56,6 +63,7 @@ export class MemoryEngine implements Engine {
   }
 
   async removeSession(clientId: string): Promise<void> {
+    this.sessions.delete(clientId);
     this.index.removeSession(clientId);
   }
 
@@ -68,13 +76,15 @@ export class MemoryEngine implements Engine {
       publication.payload = addToExt({ text: publication.payload, ext: publication.ext }, message, 'position', position);
       message.ext = publication.ext === 'object' ? { ...message.ext, position } : { position };
       publication.position = position;
-      log.append(publication.payload, Date.now());
+      this.store().append(log, publication.payload);
     }
     host.onPublication(publication, this.index.match(publication.channel));
   }
 
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {
-    this.running().onDirect(publication, clientId);
+    const host = this.running();
+    if (!this.sessions.has(clientId)) return false;
+    host.onDirect(publication, clientId);
     return true;
   }
 
@@ -95,7 +105,8 @@ export class MemoryEngine implements Engine {
   }
 
   async historyStats(): Promise<{ channels: number; messages: number }> {
-    return this.store().stats();
+    const { channels, messages } = this.store().stats();
+    return { channels, messages };
   }
 
   private running(): EngineHost {

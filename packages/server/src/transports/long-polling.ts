@@ -47,16 +47,15 @@ export async function pollOnce(
   res: ServerResponse,
   transport: ConnectionType,
 ): Promise<string[] | null> {
-  // Aborted when the client closes the line before the answer: a held connect is let go
-  // without taking the queued messages with it.
-  const abort = new AbortController();
-  res.once('close', () => {
-    if (!res.writableFinished) abort.abort();
-  });
   const replies = await core.process(messages, {
     transport,
     request: requestFacts(req),
-    signal: abort.signal,
+    // When the client closes the line before the answer, a held connect is let go without
+    // taking the queued messages with it.
+    onClientGone: (callback) =>
+      res.once('close', () => {
+        if (!res.writableFinished) callback();
+      }),
   });
   return res.destroyed ? null : replies;
 }

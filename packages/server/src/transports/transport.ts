@@ -45,6 +45,10 @@ export interface ProcessContext {
   request: RequestFacts;
   /** Present when replies and deliveries can be pushed (WebSocket). */
   connection?: PushConnection;
-  /** Aborted when the client gives up on the request (long-polling): a held connect is released. */
-  signal?: AbortSignal;
+  /**
+   * Registers a callback for when the client gives up on the request before its answer
+   * (long-polling closes the line): a held connect is then released. Asked for only when a
+   * connect is held, so an ordinary request costs nothing.
+   */
+  onClientGone?: (callback: () => void) => void;
 }

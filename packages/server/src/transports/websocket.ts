@@ -19,6 +19,42 @@ import type { PushConnection, RequestFacts } from './transport.js';
 /** How long a closed WebSocket's peer gets to answer the close frame before the socket is cut. */
 const CLOSE_GRACE_MS = 1000;
 
+/**
+ * One complete, unmasked text frame (RFC 6455 §5.2) carrying `serialised` as one JSON array.
+ *
+ * A publish reaches every subscriber in the same flush, each with the same single shared string:
+ * its frame is built once and the one Buffer is written to every socket. Writing a whole frame to
+ * the TCP socket is what `ws` itself does when, as here, compression is off.
+ */
+let lastPayload: string | null = null;
+let lastFrame: Buffer = Buffer.alloc(0);
+function frameFor(serialised: readonly string[]): Buffer {
+  if (serialised.length !== 1) return textFrame(encodeBatch(serialised));
+  const payload = serialised[0]!;
+  if (payload !== lastPayload) {
+    lastFrame = textFrame(encodeBatch(serialised));
+    lastPayload = payload;
+  }
+  return lastFrame;
+}
+
+function textFrame(text: string): Buffer {
+  const length = Buffer.byteLength(text);
+  const headerLength = length < 126 ? 2 : length < 65_536 ? 4 : 10;
+  const frame = Buffer.allocUnsafe(headerLength + length);
+  frame[0] = 0x81; // FIN + opcode 1 (text)
+  if (length < 126) frame[1] = length;
+  else if (length < 65_536) {
+    frame[1] = 126;
+    frame.writeUInt16BE(length, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeBigUInt64BE(BigInt(length), 2);
+  }
+  frame.write(text, headerLength, 'utf8');
+  return frame;
+}
+
 class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
@@ -60,7 +96,7 @@ class WebSocketConnection implements PushConnection {
   }
 
   send(serialised: readonly string[]): void {
-    if (this.open) this.socket.send(encodeBatch(serialised));
+    if (this.open) this.raw.write(frameFor(serialised));
   }
 
   onClose(callback: () => void): void {
@@ -139,11 +175,16 @@ export class WebSocketTransport {
   }
 
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const connection = new WebSocketConnection(ws, socket, this.core, requestFacts(req));
-      this.connections.add(connection);
-      connection.onClose(() => this.connections.delete(connection));
-    });
+    const facts = requestFacts(req);
+    // No closure here may capture `req`: one living as long as the connection would keep the
+    // whole upgrade request (about 1 KB) alive with it.
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, socket, facts));
+  }
+
+  private accept(ws: WebSocket, socket: Duplex, facts: RequestFacts): void {
+    const connection = new WebSocketConnection(ws, socket, this.core, facts);
+    this.connections.add(connection);
+    connection.onClose(() => this.connections.delete(connection));
   }
 
   close(): void {

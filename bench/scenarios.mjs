@@ -1,0 +1,94 @@
+// The benchmark's scenarios. Each server runs each scenario with the same subscribers, the same
+// publisher (inside the server process) and the same schedule.
+//
+// A load scenario says how many clients there are, which channels (Socket.IO: rooms) client i
+// subscribes to, which transport they use, and what the publisher does: `rate` messages per
+// second, in ticks of `batch` messages, message `seq` going to `keys[seq % keys.length]`.
+
+const range = (n, name) => Array.from({ length: n }, (_, i) => name(i));
+
+export const SCENARIOS = {
+  idle: {
+    kind: 'idle',
+    title: 'idle WebSocket subscribers: memory per connection and connect rate',
+    transport: 'websocket',
+    // The machine allows 20 000 open files per process, and the server holds one per connection:
+    // 19 000 is as close to 20 000 as it gets.
+    sizes: [1000, 5000, 19_000],
+  },
+  fanout: {
+    kind: 'load',
+    title: 'fan-out: 1 000 WebSocket subscribers on one channel',
+    transport: 'websocket',
+    clients: 1000,
+    rates: [20, 50, 100],
+    channelsOf: () => ['fanout'],
+    keys: ['fanout'],
+    batch: 1,
+  },
+  fanout5k: {
+    kind: 'load',
+    title: 'fan-out: 5 000 WebSocket subscribers on one channel',
+    transport: 'websocket',
+    clients: 5000,
+    rates: [10, 20],
+    channelsOf: () => ['fanout'],
+    keys: ['fanout'],
+    batch: 1,
+  },
+  channels: {
+    kind: 'load',
+    title: 'many channels: 1 000 WebSocket subscribers, one channel each, round-robin publisher',
+    transport: 'websocket',
+    clients: 1000,
+    rates: [1000, 5000],
+    channelsOf: (i) => [`c${i}`],
+    keys: range(1000, (i) => `c${i}`),
+    batch: 1,
+  },
+  longpoll: {
+    kind: 'load',
+    title: 'long-polling fan-out: 1 000 long-polling subscribers on one channel',
+    transport: 'long-polling',
+    clients: 1000,
+    rates: [20, 50, 100],
+    channelsOf: () => ['fanout'],
+    keys: ['fanout'],
+    batch: 1,
+  },
+  chat: {
+    kind: 'load',
+    title: 'chat (the CometD benchmark shape): 100 rooms, each of 1 000 WebSocket clients in 10, batches of 10 messages',
+    transport: 'websocket',
+    clients: 1000,
+    rates: [200, 500],
+    // Client i is in rooms i, i+10, …, i+90 (mod 100): every room has clients/10 members.
+    channelsOf: (i) => range(10, (j) => `room${(i + 10 * j) % 100}`),
+    keys: range(100, (i) => `room${i}`),
+    batch: 10,
+  },
+  cluster: {
+    kind: 'load',
+    title: 'cluster: fan-out over three nodes sharing one Redis, 1 000 WebSocket subscribers spread over them, the publisher on the first',
+    transport: 'websocket',
+    cluster: 3,
+    clients: 1000,
+    rates: [20, 50],
+    channelsOf: () => ['fanout'],
+    keys: ['fanout'],
+    batch: 1,
+    servers: ['perihelion', 'socketio'],
+    skips: { faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm" },
+  },
+};
+
+export const DEFAULT_SCENARIOS = ['idle', 'fanout', 'fanout5k', 'channels', 'longpoll', 'chat', 'cluster'];
+
+/** Deliveries expected when `count` messages were published: Σ over seq of the subscribers of its key. */
+export function expectedDeliveries(scenario, subscribersByKey, count) {
+  const perCycle = scenario.keys.reduce((sum, key) => sum + (subscribersByKey.get(key) ?? 0), 0);
+  const cycles = Math.floor(count / scenario.keys.length);
+  let rest = 0;
+  for (let i = 0; i < count % scenario.keys.length; i++) rest += subscribersByKey.get(scenario.keys[i]) ?? 0;
+  return cycles * perCycle + rest;
+}

@@ -1,0 +1,52 @@
+// The benchmark's guard in CI: a short run (seconds) that checks every scenario still runs against
+// Perihelion and Faye without loss, and that Perihelion's server CPU per delivered message in
+// fan-out is not worse than Faye's in the same run. Ratios only, never absolute times: the machine
+// is shared, and whatever slows one server down slows the other in the same run too.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const RUN = fileURLToPath(new URL('../run.mjs', import.meta.url));
+
+/** Runs the benchmark with `args` and resolves to its JSON report. */
+async function bench(args) {
+  const json = join(mkdtempSync(join(tmpdir(), 'perihelion-bench-')), 'report.json');
+  const child = spawn(process.execPath, [RUN, ...args, '--results', '-', '--json', json], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (chunk) => (output += chunk));
+  child.stderr.on('data', (chunk) => (output += chunk));
+  const code = await new Promise((resolve) => child.on('exit', resolve));
+  assert.equal(code, 0, `the benchmark failed:\n${output.slice(-4000)}`);
+  return JSON.parse(readFileSync(json, 'utf8'));
+}
+
+describe('benchmark smoke run', () => {
+  it('runs every scenario against Perihelion and Faye without loss', { timeout: 240_000 }, async () => {
+    const report = await bench(['--servers', 'perihelion,faye', '--scenarios', 'idle,fanout,channels,longpoll,chat', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3']);
+    assert.deepEqual(report.idle.map((r) => `${r.server}:${r.connected}`).sort(), ['faye:100', 'perihelion:100']);
+    for (const scenario of ['fanout', 'channels', 'longpoll', 'chat']) {
+      for (const server of ['perihelion', 'faye']) {
+        const row = report.results.find((r) => r.scenario === scenario && r.server === server);
+        assert.ok(row, `${scenario} ran on ${server}`);
+        assert.ok(row.received > 0, `${scenario} on ${server} delivered`);
+        assert.equal(row.lost, 0, `${scenario} on ${server}: nothing lost`);
+      }
+    }
+  });
+
+  it("Perihelion's server CPU per delivered message in fan-out is not worse than Faye's in the same run", { timeout: 240_000 }, async () => {
+    const report = await bench(['--servers', 'perihelion,faye', '--scenarios', 'fanout', '--subscribers', '200', '--rates', '100', '--duration', '2', '--rounds', '3']);
+    const median = (server) => {
+      const values = report.results.filter((r) => r.server === server).map((r) => r.serverUsPerMsg).sort((a, b) => a - b);
+      assert.equal(values.length, 3, `three rounds of ${server}`);
+      return values[1];
+    };
+    const perihelion = median('perihelion');
+    const faye = median('faye');
+    assert.ok(perihelion <= faye, `Perihelion ${perihelion.toFixed(2)} µs/msg vs Faye ${faye.toFixed(2)} µs/msg (median of three rounds)`);
+  });
+});

@@ -1,0 +1,155 @@
+/** `perihelion serve --redis`: two processes sharing one Redis act as one server. */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { resolveSettings } from '../src/index.js';
+
+const BIN = fileURLToPath(new URL('../src/bin.js', import.meta.url));
+const REDIS_URL = process.env.PERIHELION_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+const KEY = 'cluster-cli-api-key-0123';
+
+describe('settings: --redis', () => {
+  it('takes the Redis URL from --redis, PERIHELION_REDIS or the config file, and the prefix with it', () => {
+    assert.equal(resolveSettings({ redis: 'redis://a:6379' }, { PERIHELION_REDIS: 'redis://b:6379' }).redis, 'redis://a:6379');
+    assert.equal(resolveSettings({}, { PERIHELION_REDIS: 'redis://b:6379', PERIHELION_REDIS_PREFIX: 'app1:' }).redisPrefix, 'app1:');
+    const dir = mkdtempSync(join(tmpdir(), 'perihelion-redis-'));
+    const config = join(dir, 'cluster.yaml');
+    writeFileSync(config, 'redis: redis://c:6379\nredisPrefix: "c:"\n');
+    const fromFile = resolveSettings({ config }, {});
+    assert.equal(fromFile.redis, 'redis://c:6379');
+    assert.equal(fromFile.redisPrefix, 'c:');
+    assert.deepEqual(fromFile.server, {}, 'not a server option: the CLI makes the engine');
+    assert.equal(resolveSettings({}, {}).redis, undefined, 'the memory engine by default');
+    writeFileSync(config, 'redis: 6379\n');
+    assert.throws(() => resolveSettings({ config }, {}), /setting "redis" must be a string like "redis:\/\/127\.0\.0\.1:6379"/);
+    assert.throws(() => resolveSettings({ redisPrefix: 'x:' }, {}), /--redis-prefix needs --redis/);
+  });
+});
+
+function serve(args: string[], env: Record<string, string> = {}): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, [BIN, 'serve', '--port', '0', '--host', '127.0.0.1', '--no-demo', ...args], {
+    env: { ...process.env, PORT: '', HOST: '', PERIHELION_API_KEY: KEY, ...env },
+  });
+}
+
+/** Resolves to what the server printed once its summary is complete. */
+function summary(child: ChildProcessWithoutNullStreams): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let output = '';
+    let errors = '';
+    child.stderr.on('data', (chunk) => (errors += String(chunk)));
+    const onData = (chunk: Buffer): void => {
+      output += String(chunk);
+      if (/HTTP API:/.test(output)) {
+        child.stdout.off('data', onData);
+        child.stdout.resume();
+        resolve(output);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`exited with ${code} before listening: ${output}${errors}`)));
+  });
+}
+
+async function exitOf(child: ChildProcessWithoutNullStreams): Promise<{ code: number | null; stderr: string }> {
+  let stderr = '';
+  child.stderr.on('data', (chunk) => (stderr += String(chunk)));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  return { code, stderr };
+}
+
+/** A browser-like poster: keeps the session cookie (sessions are bound to their browser). */
+let cookie = '';
+async function post(url: string, body: unknown): Promise<Array<Record<string, unknown>>> {
+  const response = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json', ...(cookie ? { Cookie: cookie } : {}) }, body: JSON.stringify(body) });
+  const set = response.headers.getSetCookie()[0];
+  if (set) cookie = set.split(';')[0]!;
+  return (await response.json()) as Array<Record<string, unknown>>;
+}
+
+/** The signal handlers are installed just after the summary is printed. */
+const settle = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 300));
+
+describe('perihelion serve --redis', () => {
+  const prefix = `perihelion-test:cli:${process.pid}:${randomBytes(4).toString('hex')}:`;
+  const children: ChildProcessWithoutNullStreams[] = [];
+
+  before(async () => {
+    const client = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => {});
+    try {
+      await client.connect();
+    } catch (error) {
+      throw new Error(`These tests need a Redis server at ${REDIS_URL} (or PERIHELION_TEST_REDIS): ${(error as Error).message}`);
+    } finally {
+      client.disconnect();
+    }
+  });
+  after(async () => {
+    for (const child of children) child.kill('SIGKILL');
+    const client = new Redis(REDIS_URL);
+    const keys = await client.keys(`${prefix}*`);
+    if (keys.length > 0) await client.del(...keys);
+    client.disconnect();
+  });
+
+  it('runs two nodes as one server: a message published through the API of one reaches a client of the other', async () => {
+    const one = serve(['--redis', REDIS_URL, '--redis-prefix', prefix]);
+    const two = serve([], { PERIHELION_REDIS: REDIS_URL, PERIHELION_REDIS_PREFIX: prefix });
+    children.push(one, two);
+    const [first, second] = await Promise.all([summary(one), summary(two)]);
+    for (const output of [first, second]) assert.match(output, new RegExp(`engine: redis \\(cluster mode: redis://127\\.0\\.0\\.1:6379.*key prefix "${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`));
+    const url1 = /listening on (http:\/\/\S+)/.exec(first)![1]!;
+    const url2 = /listening on (http:\/\/\S+)/.exec(second)![1]!;
+
+    // A long-polling client of node one.
+    const [hello] = await post(`${url1}/bayeux`, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
+    const clientId = hello!.clientId as string;
+    await post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    const [subscribed] = await post(`${url1}/bayeux`, [{ channel: '/meta/subscribe', clientId, subscription: '/news' }]);
+    assert.equal(subscribed!.successful, true, JSON.stringify(subscribed));
+    const held = post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+
+    const published = await fetch(`${url2}/api/publish`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel: '/news', data: { headline: 'from node two' } }),
+    });
+    assert.equal(published.status, 200);
+    const delivered = (await held).filter((m) => m.channel === '/news');
+    assert.deepEqual(delivered.map((m) => m.data), [{ headline: 'from node two' }]);
+    assert.equal((delivered[0]!.ext as { position: { offset: number } }).position.offset, 1);
+
+    const presence = await fetch(`${url2}/api/presence?channel=/news`, { headers: { Authorization: `Bearer ${KEY}` } });
+    assert.deepEqual(((await presence.json()) as { sessions: Array<{ clientId: string }> }).sessions.map((s) => s.clientId), [clientId]);
+    await settle();
+    for (const child of [one, two]) child.kill('SIGTERM');
+    const exits = await Promise.all([one, two].map(exitOf));
+    assert.deepEqual(exits.map((e) => e.code), [0, 0], exits.map((e) => e.stderr).join('\n'));
+  });
+
+  it('exits with status 2 and says why when Redis cannot be reached or the URL is wrong', async () => {
+    const unreachable = await exitOf(serve(['--redis', 'redis://127.0.0.1:1']));
+    assert.equal(unreachable.code, 2);
+    assert.match(unreachable.stderr, /perihelion: cannot use Redis at redis:\/\/127\.0\.0\.1:1: connect ECONNREFUSED/);
+    const wrong = await exitOf(serve([], { PERIHELION_REDIS: 'localhost:6379' }));
+    assert.equal(wrong.code, 2);
+    assert.match(wrong.stderr, /perihelion: the Redis URL "localhost:6379" must start with redis:\/\/ or rediss:\/\//);
+  });
+
+  it('says at start-up that the memory engine is active without --redis', async () => {
+    const child = serve([]);
+    children.push(child);
+    assert.match(await summary(child), /engine: memory \(this process only; --redis for cluster mode\)/);
+    await settle();
+    child.kill('SIGTERM');
+    assert.equal((await exitOf(child)).code, 0);
+  });
+});

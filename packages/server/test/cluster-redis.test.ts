@@ -1,0 +1,319 @@
+/**
+ * Cluster mode end to end: several Perihelion servers on their own ports sharing one Redis, with
+ * real clients on each (raw Bayeux over WebSocket) and a node in a child process that is killed.
+ */
+import { after, afterEach, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer as createTcpServer, connect, type Server as TcpServer, type Socket } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import type { Position } from '@perihelion/protocol';
+import { PerihelionError, RedisEngine, createServer, type RedisEngineOptions } from '../src/index.js';
+import { WsPeer, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { REDIS_URL, deleteKeys, keysUnder, requireRedis, uniquePrefix } from './redis-fixture.js';
+
+const API_KEY = 'cluster-test-key-0123456789';
+const positionOf = (message: Msg): Position => (message.ext as { position: Position }).position;
+
+interface Client {
+  peer: WsPeer;
+  clientId: string;
+  data(channel: string): Msg[];
+  subscribe(subscription: string | string[], ext?: Record<string, unknown>): Promise<Msg>;
+}
+
+async function client(node: TestServer): Promise<Client> {
+  const peer = await WsPeer.open(node.wsUrl);
+  const reply = await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] });
+  const clientId = reply.clientId as string;
+  await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+  peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+  return {
+    peer,
+    clientId,
+    data: (channel) => peer.received.filter((m) => m.channel === channel && m.data !== undefined),
+    subscribe: (subscription, ext) => peer.request({ channel: '/meta/subscribe', clientId, subscription, ...(ext ? { ext } : {}) }),
+  };
+}
+
+async function api(node: TestServer, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const response = await fetch(`http://127.0.0.1:${node.address.port}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json' },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  return { status: response.status, json: (await response.json()) as Record<string, unknown> };
+}
+
+describe('cluster mode (Redis engine)', () => {
+  let prefix: string;
+  const nodes: TestServer[] = [];
+  const peers: WsPeer[] = [];
+  const node = async (options: RedisEngineOptions = {}): Promise<TestServer> => {
+    const t = await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix, ...options }), apiKey: API_KEY });
+    nodes.push(t);
+    return t;
+  };
+  const open = async (t: TestServer): Promise<Client> => {
+    const c = await client(t);
+    peers.push(c.peer);
+    return c;
+  };
+
+  before(requireRedis);
+  afterEach(async () => {
+    await Promise.all(peers.splice(0).map((peer) => peer.close()));
+    await Promise.all(nodes.splice(0).map((t) => t.close()));
+    await deleteKeys(prefix);
+  });
+  // Each test gets its own prefix: its cluster meets no other.
+  const fresh = (): void => {
+    prefix = uniquePrefix('cluster');
+  };
+
+  it('delivers a message published on node B to a client on node A, with the position clients on B see', async () => {
+    fresh();
+    const a = await node();
+    const b = await node();
+    const onA = await open(a);
+    const onB = await open(b);
+    await onA.subscribe('/room');
+    await onB.subscribe('/room');
+    const publisher = await open(b);
+    const ack = await publisher.peer.request({ channel: '/room', clientId: publisher.clientId, data: { text: 'hi from b' } });
+    assert.equal(ack.successful, true);
+    await a.server.publish('/room', { text: 'hi from a' });
+    await waitFor(() => onA.data('/room').length === 2 && onB.data('/room').length === 2, 3000, 'both messages on both nodes');
+    assert.deepEqual(onA.data('/room').map((m) => m.data), [{ text: 'hi from b' }, { text: 'hi from a' }]);
+    assert.deepEqual(onA.data('/room').map(positionOf), onB.data('/room').map(positionOf), 'one order, one set of positions');
+    assert.deepEqual(onA.data('/room').map((m) => positionOf(m).offset), [1, 2]);
+  });
+
+  it('lets a client that moves from node A to node B recover from its last position, then go on live', async () => {
+    fresh();
+    const a = await node();
+    const b = await node();
+    const first = await open(a);
+    await first.subscribe('/moving');
+    for (let i = 1; i <= 3; i++) await b.server.publish('/moving', i);
+    await waitFor(() => first.data('/moving').length === 3, 3000, 'three messages on A');
+    const last = positionOf(first.data('/moving').at(-1)!);
+    await first.peer.request({ channel: '/meta/disconnect', clientId: first.clientId });
+    for (let i = 4; i <= 6; i++) await a.server.publish('/moving', i);
+    const moved = await open(b);
+    const reply = await moved.subscribe('/moving', { recover: { '/moving': last } });
+    assert.deepEqual((reply.ext as { recovered: unknown }).recovered, { '/moving': true });
+    await a.server.publish('/moving', 7);
+    await waitFor(() => moved.data('/moving').length === 4, 3000, 'the replay and the live message on B');
+    assert.deepEqual(moved.data('/moving').map((m) => m.data), [4, 5, 6, 7]);
+    assert.deepEqual(moved.data('/moving').map((m) => positionOf(m).offset), [4, 5, 6, 7]);
+  });
+
+  it('counts the sessions of both nodes in presence, channel lists, stats and metrics', async () => {
+    fresh();
+    const a = await node();
+    const b = await node();
+    const onA = await open(a);
+    const onB = await open(b);
+    await onA.subscribe('/lobby');
+    await onB.subscribe(['/lobby', '/games/*']);
+    for (const t of [a, b]) {
+      const presence = await api(t, 'GET', '/api/presence?channel=/lobby');
+      const ids = (presence.json.sessions as Array<{ clientId: string }>).map((s) => s.clientId).sort();
+      assert.deepEqual(ids, [onA.clientId, onB.clientId].sort());
+      const channels = await api(t, 'GET', '/api/channels');
+      assert.deepEqual(channels.json.channels, [
+        { channel: '/games/*', subscribers: 1 },
+        { channel: '/lobby', subscribers: 2 },
+      ]);
+    }
+    await b.server.publish('/lobby', 'x');
+    const stats = await api(a, 'GET', '/api/stats');
+    assert.deepEqual(stats.json.history, { channels: 1, messages: 1 }, 'history is shared');
+  });
+
+  it('delivers to one session on whichever node holds it (server.deliver and POST /api/deliver)', async () => {
+    fresh();
+    const a = await node();
+    const b = await node();
+    const onB = await open(b);
+    assert.equal(await a.server.deliver(onB.clientId, '/private/note', 'from a'), true);
+    const viaApi = await api(a, 'POST', '/api/deliver', { clientId: onB.clientId, channel: '/private/note', data: 'via the API of a' });
+    assert.deepEqual(viaApi.json, { delivered: true });
+    await waitFor(() => onB.data('/private/note').length === 2, 3000, 'two direct messages on B');
+    assert.deepEqual(onB.data('/private/note').map((m) => m.data), ['from a', 'via the API of a']);
+    assert.equal(await a.server.deliver('no-such-session', '/private/note', 'lost'), false);
+    assert.equal((await api(a, 'POST', '/api/deliver', { clientId: 'no-such-session', channel: '/x', data: 1 })).status, 404);
+  });
+
+  it("removes a dead node's sessions and subscriptions once it stops beating", async () => {
+    fresh();
+    const a = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
+    const script = fileURLToPath(new URL('./fixtures/cluster-node.js', import.meta.url));
+    const child = spawn(process.execPath, [script, REDIS_URL, prefix], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      const [line] = (await once(child.stdout, 'data')) as [Buffer];
+      const { port } = JSON.parse(String(line)) as { port: number };
+      const doomed: TestServer = { ...a, wsUrl: `ws://127.0.0.1:${port}/bayeux`, url: `http://127.0.0.1:${port}/bayeux` };
+      const there = await open(doomed);
+      await there.subscribe('/watched');
+      const here = await open(a);
+      await here.subscribe('/watched');
+      assert.equal(await a.server.engine.subscriberCount('/watched'), 2);
+      assert.equal(await a.server.deliver(there.clientId, '/x', 'reachable'), true);
+      child.kill('SIGKILL');
+      await once(child, 'exit');
+      const killedAt = Date.now();
+      let count = 2;
+      while (count !== 1 && Date.now() - killedAt < 5000) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        count = await a.server.engine.subscriberCount('/watched');
+      }
+      assert.equal(count, 1, 'only the session of the live node is left');
+      assert.deepEqual(await a.server.engine.subscribers('/watched'), [here.clientId]);
+      assert.equal(await a.server.deliver(there.clientId, '/x', 'gone'), false);
+      assert.deepEqual(await (a.server.engine as RedisEngine).nodes(), [(a.server.engine as RedisEngine).nodeId]);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  it('registers a node again after Redis lost its data (a restart without persistence)', async () => {
+    fresh();
+    const a = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
+    const b = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
+    const onA = await open(a);
+    await onA.subscribe('/survivor');
+    await deleteKeys(prefix);
+    assert.equal(await b.server.engine.subscriberCount('/survivor'), 0);
+    const deadline = Date.now() + 3000;
+    while ((await b.server.engine.subscriberCount('/survivor')) !== 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(await b.server.engine.subscriberCount('/survivor'), 1, 'node A registered its subscription again');
+    assert.equal(await b.server.deliver(onA.clientId, '/x', 'found again'), true);
+  });
+
+  it('leaves no trace of its sessions in Redis when a node closes (history stays)', async () => {
+    fresh();
+    const a = await node();
+    const onA = await open(a);
+    await onA.subscribe(['/kept', '/p/*']);
+    await a.server.publish('/kept', 1);
+    await onA.peer.close();
+    await a.close();
+    nodes.splice(0);
+    const left = (await keysUnder(prefix)).map((key) => key.slice(prefix.length)).sort();
+    assert.deepEqual(left, ['ch:/kept', 'chans', 'log:/kept', 'lru']);
+  });
+});
+
+describe('cluster mode: Redis unreachable or going away', () => {
+  const nodes: TestServer[] = [];
+  after(async () => {
+    await Promise.all(nodes.splice(0).map((t) => t.close()));
+  });
+
+  it('refuses to start with a clear error when Redis is not there', async () => {
+    const server = createServer({ engine: new RedisEngine({ url: 'redis://127.0.0.1:1', connectTimeout: 1000 }) });
+    await assert.rejects(server.whenReady(), (error: PerihelionError) => {
+      assert.equal(error.code, 'ERR_ENGINE_UNAVAILABLE');
+      assert.match(error.message, /cannot use Redis at redis:\/\/127\.0\.0\.1:1: .*ECONNREFUSED/);
+      return true;
+    });
+    await server.close();
+  });
+
+  it('refuses a malformed Redis URL or option at once, saying what would be right', () => {
+    assert.throws(() => new RedisEngine({ url: 'http://127.0.0.1:6379' }), { code: 'ERR_INVALID_OPTION', message: /must start with redis:\/\/ or rediss:\/\// });
+    assert.throws(() => new RedisEngine({ url: '127.0.0.1:6379' }), { code: 'ERR_INVALID_OPTION', message: /redis:\/\/127\.0\.0\.1:6379/ });
+    assert.throws(() => new RedisEngine({ url: 'redis://h:6379/zero' }), { code: 'ERR_INVALID_OPTION', message: /database must be a number/ });
+    assert.throws(() => new RedisEngine({ heartbeatInterval: 1000, nodeTimeout: 1000 }), { code: 'ERR_INVALID_OPTION', message: /nodeTimeout/ });
+  });
+
+  it("keeps serving a node's own clients while Redis is away, reports it, and rejoins the cluster when it is back", async () => {
+    await requireRedis();
+    const prefix = uniquePrefix('outage');
+    const proxy = await TcpProxy.start(new URL(REDIS_URL));
+    try {
+      const options = { prefix, heartbeatInterval: 100, nodeTimeout: 2000, commandTimeout: 1000 };
+      const a = await startServer({ engine: new RedisEngine({ url: proxy.url, ...options }) });
+      const b = await startServer({ engine: new RedisEngine({ url: REDIS_URL, ...options }) });
+      nodes.push(a, b);
+      const errors: unknown[] = [];
+      a.server.on('error', (error) => errors.push(error));
+      const onA = await client(a);
+      await onA.subscribe('/local');
+      proxy.cut();
+      await waitFor(() => errors.some((e) => (e as PerihelionError).code === 'ERR_ENGINE_UNAVAILABLE'), 5000, 'the outage to be reported');
+      await a.server.publish('/local', 'while away');
+      await waitFor(() => onA.data('/local').length === 1, 3000, 'the local message');
+      assert.equal(onA.data('/local')[0]?.ext, undefined, 'no position without Redis');
+      const late = await client(a);
+      const reply = await late.subscribe('/local');
+      assert.equal(reply.successful, true, 'subscribes still work, on this node');
+      assert.equal(await a.server.engine.subscriberCount('/local'), 2, "answered from the node's own view");
+      await proxy.restore();
+        const deadline = Date.now() + 8000;
+      while ((await b.server.engine.subscriberCount('/local')) !== 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(await b.server.engine.subscriberCount('/local'), 2, 'node A registered its sessions again');
+      await b.server.publish('/local', 'from b, after');
+      await waitFor(() => onA.data('/local').length === 2 && late.data('/local').length === 1, 5000, 'the cluster message on A');
+      await onA.peer.close();
+      await late.peer.close();
+    } finally {
+      await Promise.all(nodes.splice(0).map((t) => t.close()));
+      await proxy.close();
+      await deleteKeys(prefix);
+    }
+  });
+});
+
+/** A TCP proxy to Redis that a test can cut (every connection dropped, none accepted) and restore. */
+class TcpProxy {
+  private server: TcpServer | null = null;
+  private readonly sockets = new Set<Socket>();
+
+  private constructor(
+    private readonly target: URL,
+    private port: number,
+  ) {}
+
+  static async start(target: URL): Promise<TcpProxy> {
+    const proxy = new TcpProxy(target, 0);
+    await proxy.restore();
+    return proxy;
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  async restore(): Promise<void> {
+    const server = createTcpServer((inbound) => {
+      const outbound = connect(Number(this.target.port || 6379), this.target.hostname);
+      for (const socket of [inbound, outbound]) {
+        this.sockets.add(socket);
+        socket.on('close', () => this.sockets.delete(socket));
+        socket.on('error', () => {
+          inbound.destroy();
+          outbound.destroy();
+        });
+      }
+      inbound.pipe(outbound).pipe(inbound);
+    });
+    server.listen(this.port, '127.0.0.1');
+    await once(server, 'listening');
+    this.port = (server.address() as { port: number }).port;
+    this.server = server;
+  }
+
+  cut(): void {
+    this.server?.close();
+    this.server = null;
+    for (const socket of this.sockets) socket.destroy();
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+  }
+}

@@ -1,0 +1,461 @@
+/**
+ * The engine conformance suite: the same cases run against every engine (memory, Redis), as
+ * faye's "faye engine" shared examples do. An engine is driven directly, through a recording
+ * host, so that what each session was given (and in which order) can be checked exactly.
+ *
+ * `distributedEngineConformance` adds the cases that need two engines on one store (Redis).
+ */
+import { afterEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { serialiseExtLast, type Message, type Position } from '@perihelion/protocol';
+import type { Engine, EngineHost, HistorySettings, Publication, Retention } from '../src/index.js';
+import { waitFor } from './helpers.js';
+
+/** What the engine gave each session, in order, and what it reported. */
+export class RecordingHost implements EngineHost {
+  readonly received = new Map<string, string[]>();
+  readonly replayed = new Map<string, number>();
+  /** Every publication handed to the server (for in-process listeners), in order. */
+  readonly publications: Publication[] = [];
+  readonly errors: unknown[] = [];
+  readonly historySettings: HistorySettings;
+
+  constructor(retention: (channel: string) => Retention = () => ({ size: 100, ttl: 60_000 }), maxChannels = 1000) {
+    // maxChars (a memory bound) is the memory engine's own; Redis is bounded by its maxmemory.
+    this.historySettings = { retentionFor: retention, maxChannels, maxChars: 1 << 30 };
+  }
+
+  onPublication(publication: Publication, clientIds: Iterable<string>): void {
+    this.publications.push(publication);
+    for (const id of clientIds) this.push(id, publication.payload);
+  }
+
+  onDirect(publication: Publication, clientId: string): void {
+    this.push(clientId, publication.payload);
+  }
+
+  onReplay(clientId: string, payloads: readonly string[]): void {
+    this.replayed.set(clientId, (this.replayed.get(clientId) ?? 0) + payloads.length);
+    for (const payload of payloads) this.push(clientId, payload);
+  }
+
+  reportError(error: unknown): void {
+    this.errors.push(error);
+  }
+
+  /** The messages session `clientId` was given, parsed. */
+  messages(clientId: string): Message[] {
+    return (this.received.get(clientId) ?? []).map((payload) => JSON.parse(payload) as Message);
+  }
+
+  /** The data of the messages session `clientId` was given on `channel` (every channel if omitted). */
+  data(clientId: string, channel?: string): unknown[] {
+    return this.messages(clientId)
+      .filter((m) => channel === undefined || m.channel === channel)
+      .map((m) => m.data);
+  }
+
+  offsets(clientId: string, channel: string): number[] {
+    return this.messages(clientId)
+      .filter((m) => m.channel === channel)
+      .map((m) => (m.ext?.position as Position | undefined)?.offset ?? -1);
+  }
+
+  private push(clientId: string, payload: string): void {
+    let list = this.received.get(clientId);
+    if (!list) this.received.set(clientId, (list = []));
+    list.push(payload);
+  }
+}
+
+/** A publication as the server core makes one: outgoing extensions done, serialised once, ext last. */
+export function publication(channel: string, data: unknown, ext?: Record<string, unknown>): Publication {
+  const message: Message = { channel, data };
+  if (ext) message.ext = ext;
+  const serialised = serialiseExtLast(message);
+  return { channel, message, payload: serialised.text, ext: serialised.ext };
+}
+
+export interface EngineFixture {
+  /** A new engine on a fresh store; engines made in one test share their store. */
+  create(): Engine;
+  /** Forgets the store of the test that just ran. */
+  reset(): Promise<void>;
+}
+
+const positionOf = (payload: string | undefined): Position | undefined => (payload ? ((JSON.parse(payload) as Message).ext?.position as Position | undefined) : undefined);
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Retention used by the suite: no history under /nohist, 300 ms under /short, 5 messages under /small. */
+function suiteRetention(channel: string): Retention {
+  if (channel.startsWith('/nohist/')) return { size: 0, ttl: 60_000 };
+  if (channel.startsWith('/short/')) return { size: 100, ttl: 300 };
+  if (channel.startsWith('/small/')) return { size: 5, ttl: 60_000 };
+  return { size: 1000, ttl: 60_000 };
+}
+
+export function engineConformance(name: string, fixture: EngineFixture): void {
+  describe(`engine conformance: ${name}`, () => {
+    const started: Engine[] = [];
+    const open = async (host = new RecordingHost(suiteRetention)): Promise<{ engine: Engine; host: RecordingHost }> => {
+      const engine = fixture.create();
+      await engine.start(host);
+      started.push(engine);
+      return { engine, host };
+    };
+    afterEach(async () => {
+      await Promise.all(started.splice(0).map((engine) => engine.close()));
+      await fixture.reset();
+    });
+
+    it('delivers a publish to the sessions subscribed to its channel and to no one else', async () => {
+      const { engine, host } = await open();
+      await engine.subscribe('a', '/chat/room1');
+      await engine.subscribe('b', '/chat/room2');
+      await engine.publish(publication('/chat/room1', 'hello'));
+      assert.deepEqual(host.data('a'), ['hello']);
+      assert.deepEqual(host.data('b'), []);
+      assert.equal(host.publications.at(-1)?.message.data, 'hello', 'the server gets the message object for its listeners');
+    });
+
+    it('matches * one segment deep and ** any depth, one copy per session however many subscriptions match', async () => {
+      const { engine, host } = await open();
+      await engine.subscribe('star', '/a/*');
+      await engine.subscribe('globstar', '/a/**');
+      for (const pattern of ['/a/b', '/a/*', '/a/**', '/**']) await engine.subscribe('many', pattern);
+      await engine.publish(publication('/a/b', 1));
+      await engine.publish(publication('/a/b/c', 2));
+      await engine.publish(publication('/other', 3));
+      assert.deepEqual(host.data('star'), [1]);
+      assert.deepEqual(host.data('globstar'), [1, 2]);
+      assert.deepEqual(host.data('many'), [1, 2, 3], 'one copy each, in order');
+    });
+
+    it('stops delivering after unsubscribe, and after removeSession', async () => {
+      const { engine, host } = await open();
+      await engine.subscribe('a', '/x');
+      await engine.subscribe('a', '/y/*');
+      await engine.subscribe('b', '/x');
+      await engine.unsubscribe('a', '/x');
+      await engine.publish(publication('/x', 1));
+      await engine.publish(publication('/y/z', 2));
+      await engine.removeSession('a');
+      await engine.publish(publication('/y/z', 3));
+      assert.deepEqual(host.data('a'), [2]);
+      assert.deepEqual(host.data('b'), [1]);
+      assert.equal(await engine.subscriberCount('/y/*'), 0);
+    });
+
+    it('gives each message the next offset of its channel in one epoch, in the payload, keeping the ext it had', async () => {
+      const { engine, host } = await open();
+      await engine.subscribe('a', '/pos/**');
+      const first = publication('/pos/x', 1, { trace: 'abc' });
+      await engine.publish(first);
+      await engine.publish(publication('/pos/x', 2));
+      await engine.publish(publication('/pos/y', 3));
+      const [x1, x2, y1] = host.messages('a');
+      const p1 = x1?.ext?.position as Position;
+      assert.equal(p1.offset, 1);
+      assert.equal(x1?.ext?.trace, 'abc', 'the ext the message had is kept');
+      assert.deepEqual(x2?.ext?.position, { epoch: p1.epoch, offset: 2 });
+      assert.equal((y1?.ext?.position as Position).offset, 1, 'each channel counts on its own');
+      assert.deepEqual(first.position, p1, 'the publication learns its position');
+      assert.deepEqual(first.message.ext?.position, p1, 'and so does the message object (for listeners)');
+      assert.equal(host.received.get('a')?.[0], JSON.stringify({ channel: '/pos/x', data: 1, ext: { trace: 'abc', position: p1 } }));
+    });
+
+    it('gives no position and keeps no history on a channel with size 0', async () => {
+      const { engine, host } = await open();
+      const outcome = await engine.subscribe('a', '/nohist/x');
+      assert.equal(outcome.position, null);
+      await engine.publish(publication('/nohist/x', 1));
+      assert.deepEqual(host.messages('a'), [{ channel: '/nohist/x', data: 1 }]);
+      assert.equal(await engine.history('/nohist/x'), null);
+    });
+
+    it('keeps the latest `size` messages and reads them back, since a position and up to a limit', async () => {
+      const { engine } = await open();
+      for (let i = 1; i <= 8; i++) await engine.publish(publication('/small/h', i));
+      const page = await engine.history('/small/h');
+      assert.ok(page);
+      assert.equal(page.position?.offset, 8);
+      assert.deepEqual(page.payloads.map((p) => (JSON.parse(p) as Message).data), [4, 5, 6, 7, 8]);
+      const epoch = page.position!.epoch;
+      const since = await engine.history('/small/h', { since: { epoch, offset: 5 } });
+      assert.deepEqual(since?.payloads.map((p) => (JSON.parse(p) as Message).data), [6, 7, 8]);
+      assert.equal(since?.complete, true);
+      const limited = await engine.history('/small/h', { since: { epoch, offset: 4 }, limit: 2 });
+      assert.deepEqual(limited?.payloads.map((p) => (JSON.parse(p) as Message).data), [5, 6], 'the oldest after since come first');
+      const latest = await engine.history('/small/h', { limit: 2 });
+      assert.deepEqual(latest?.payloads.map((p) => (JSON.parse(p) as Message).data), [7, 8]);
+      assert.deepEqual(await engine.history('/small/h', { since: { epoch, offset: 2 } }), { position: { epoch, offset: 8 }, payloads: [], complete: false }, 'pruned');
+      assert.equal((await engine.history('/small/h', { since: { epoch: 'other', offset: 7 } }))?.complete, false, 'another epoch');
+      assert.equal((await engine.history('/small/h', { since: { epoch, offset: 9 } }))?.complete, false, 'from the future');
+      assert.deepEqual(await engine.history('/small/never'), { position: null, payloads: [], complete: true });
+    });
+
+    it('forgets messages older than `ttl`', async () => {
+      const { engine } = await open();
+      await engine.publish(publication('/short/t', 1));
+      await sleep(200);
+      await engine.publish(publication('/short/t', 2));
+      await sleep(200);
+      const page = await engine.history('/short/t');
+      assert.deepEqual(page?.payloads.map((p) => (JSON.parse(p) as Message).data), [2]);
+      assert.equal(page?.position?.offset, 2, 'the position stays');
+      await sleep(250);
+      assert.deepEqual((await engine.history('/short/t'))?.payloads, []);
+      assert.equal((await engine.historyStats()).messages, 0);
+    });
+
+    it('reports the position of an exact channel on subscribe (offset 0 before any message), none for a pattern', async () => {
+      const { engine } = await open();
+      const fresh = await engine.subscribe('a', '/p/fresh');
+      assert.equal(fresh.position?.offset, 0);
+      await engine.publish(publication('/p/fresh', 1));
+      const again = await engine.subscribe('b', '/p/fresh');
+      assert.deepEqual(again.position, { epoch: fresh.position!.epoch, offset: 1 });
+      assert.equal((await engine.subscribe('c', '/p/*')).position, null);
+    });
+
+    it('recovers what a session missed, in order, before the live messages', async () => {
+      const { engine, host } = await open();
+      for (let i = 1; i <= 5; i++) await engine.publish(publication('/r/a', i));
+      const epoch = (await engine.history('/r/a'))!.position!.epoch;
+      const outcome = await engine.subscribe('a', '/r/a', [{ channel: '/r/a', since: { epoch, offset: 2 } }]);
+      assert.deepEqual(outcome.recovered, [{ channel: '/r/a', recovered: true, replayed: 3 }]);
+      assert.deepEqual(outcome.position, { epoch, offset: 5 });
+      await engine.publish(publication('/r/a', 6));
+      assert.deepEqual(host.data('a'), [3, 4, 5, 6]);
+      const upToDate = await engine.subscribe('b', '/r/a', [{ channel: '/r/a', since: { epoch, offset: 6 } }]);
+      assert.deepEqual(upToDate.recovered, [{ channel: '/r/a', recovered: true, replayed: 0 }]);
+    });
+
+    it('recovers channels under a wildcard subscription, each from its own position, within one budget', async () => {
+      const { engine, host } = await open();
+      for (let i = 1; i <= 3; i++) await engine.publish(publication('/w/a', `a${i}`));
+      for (let i = 1; i <= 3; i++) await engine.publish(publication('/w/b', `b${i}`));
+      const a = (await engine.history('/w/a'))!.position!.epoch;
+      const b = (await engine.history('/w/b'))!.position!.epoch;
+      const outcome = await engine.subscribe(
+        's',
+        '/w/*',
+        [
+          { channel: '/w/a', since: { epoch: a, offset: 1 } },
+          { channel: '/w/b', since: { epoch: b, offset: 0 } },
+        ],
+        4,
+      );
+      assert.deepEqual(outcome.recovered, [
+        { channel: '/w/a', recovered: true, replayed: 2 },
+        { channel: '/w/b', recovered: false, replayed: 0 },
+      ], 'three more would pass the budget of 4');
+      await engine.publish(publication('/w/b', 'b4'));
+      assert.deepEqual(host.data('s'), ['a2', 'a3', 'b4']);
+    });
+
+    it('says recovered: false and replays nothing for another epoch, pruned messages, a future position or past maxReplay', async () => {
+      const { engine, host } = await open();
+      for (let i = 1; i <= 8; i++) await engine.publish(publication('/small/r', i));
+      const epoch = (await engine.history('/small/r'))!.position!.epoch;
+      const cases: Array<[string, Position, number?]> = [
+        ['another epoch', { epoch: 'nope', offset: 7 }],
+        ['pruned', { epoch, offset: 1 }],
+        ['future', { epoch, offset: 9 }],
+        ['past maxReplay', { epoch, offset: 5 }, 2],
+      ];
+      for (const [label, since, maxReplay] of cases) {
+        const outcome = await engine.subscribe(label, '/small/r', [{ channel: '/small/r', since }], maxReplay);
+        assert.deepEqual(outcome.recovered, [{ channel: '/small/r', recovered: false, replayed: 0 }], label);
+        assert.deepEqual(host.data(label), [], label);
+      }
+    });
+
+    it('recovery under concurrent publishing leaves no gap and no duplicate at the seam', async () => {
+      const { engine, host } = await open();
+      const total = 400;
+      let published = 0;
+      const publisher = (async () => {
+        while (published < total) {
+          const batch: Array<Promise<void>> = [];
+          for (let i = 0; i < 8 && published < total; i++) batch.push(engine.publish(publication('/seam', ++published)));
+          await Promise.all(batch);
+        }
+      })();
+      // Sessions recover at different moments while the publisher runs.
+      const sessions: Array<{ id: string; since: Position }> = [];
+      for (let round = 0; round < 6; round++) {
+        await waitFor(() => published > 40 + round * 50, 10_000, 'the publisher to get ahead');
+        const page = await engine.history('/seam', { limit: 0 });
+        const since = { epoch: page!.position!.epoch, offset: Math.max(0, page!.position!.offset - 25) };
+        const id = `s${round}`;
+        sessions.push({ id, since });
+        const outcome = await engine.subscribe(id, '/seam', [{ channel: '/seam', since }]);
+        assert.equal(outcome.recovered[0]?.recovered, true);
+      }
+      await publisher;
+      for (const { id, since } of sessions) {
+        await waitFor(() => host.offsets(id, '/seam').at(-1) === total, 5000, `${id} to catch up`);
+        const offsets = host.offsets(id, '/seam');
+        const expected = Array.from({ length: total - since.offset }, (_, i) => since.offset + 1 + i);
+        assert.deepEqual(offsets, expected, `${id}: every offset after ${since.offset}, once, in order`);
+      }
+    });
+
+    it('counts subscribers per channel or pattern, lists them, and lists every channel with its count', async () => {
+      const { engine } = await open();
+      await engine.subscribe('a', '/c/1');
+      await engine.subscribe('b', '/c/1');
+      await engine.subscribe('b', '/c/*');
+      await engine.subscribe('b', '/c/1'); // again: no double count
+      assert.equal(await engine.subscriberCount('/c/1'), 2);
+      assert.deepEqual((await engine.subscribers('/c/1')).sort(), ['a', 'b']);
+      assert.deepEqual([...(await engine.channels())].sort(), [
+        ['/c/*', 1],
+        ['/c/1', 2],
+      ]);
+      await engine.removeSession('b');
+      assert.deepEqual([...(await engine.channels())], [['/c/1', 1]]);
+      assert.equal(await engine.subscriberCount('/nobody'), 0);
+    });
+
+    it('sends to one known session, and says false for an unknown or ended one', async () => {
+      const { engine, host } = await open();
+      await engine.addSession('a');
+      assert.equal(await engine.sendTo('a', publication('/private', 'for a')), true);
+      assert.deepEqual(host.data('a'), ['for a']);
+      assert.equal(await engine.sendTo('nobody', publication('/private', 'lost')), false);
+      await engine.removeSession('a');
+      assert.equal(await engine.sendTo('a', publication('/private', 'late')), false);
+    });
+
+    it('counts the channels with history and the messages kept', async () => {
+      const { engine } = await open();
+      for (let i = 0; i < 7; i++) await engine.publish(publication('/small/s1', i));
+      await engine.publish(publication('/s2', 1));
+      await engine.publish(publication('/nohist/s3', 1));
+      assert.deepEqual(await engine.historyStats(), { channels: 2, messages: 6 });
+    });
+
+    it('forgets the least recently used channel past maxChannels; it starts again under a new epoch', async () => {
+      const { engine } = await open(new RecordingHost(suiteRetention, 2));
+      await engine.publish(publication('/lru/a', 1));
+      const first = (await engine.history('/lru/a'))!.position!;
+      await engine.publish(publication('/lru/b', 1));
+      await engine.publish(publication('/lru/c', 1));
+      assert.deepEqual(await engine.history('/lru/a'), { position: null, payloads: [], complete: true });
+      await engine.publish(publication('/lru/a', 2));
+      const again = (await engine.history('/lru/a'))!.position!;
+      assert.equal(again.offset, 1);
+      assert.notEqual(again.epoch, first.epoch);
+      assert.equal((await engine.historyStats()).channels, 2);
+    });
+
+    it('refuses to work before start and after close', async () => {
+      const engine = fixture.create();
+      await assert.rejects(engine.publish(publication('/x', 1)), { code: 'ERR_ENGINE_CLOSED' });
+      const { engine: running } = await open();
+      await running.close();
+      await assert.rejects(running.publish(publication('/x', 1)), { code: 'ERR_ENGINE_CLOSED' });
+    });
+  });
+}
+
+/** Cases for engines that spread one server over several processes: two engines on one store. */
+export function distributedEngineConformance(name: string, fixture: EngineFixture): void {
+  describe(`distributed engine conformance: ${name}`, () => {
+    const started: Engine[] = [];
+    const open = async (): Promise<{ engine: Engine; host: RecordingHost }> => {
+      const host = new RecordingHost(suiteRetention);
+      const engine = fixture.create();
+      await engine.start(host);
+      started.push(engine);
+      return { engine, host };
+    };
+    afterEach(async () => {
+      await Promise.all(started.splice(0).map((engine) => engine.close()));
+      await fixture.reset();
+    });
+
+    it('delivers a publish made on one node to the sessions of the other, with the message object for listeners', async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.subscribe('on-a', '/d/x');
+      await b.engine.publish(publication('/d/x', { hello: 'from b' }, { meta: 1 }));
+      await waitFor(() => a.host.data('on-a').length === 1, 3000, 'the message on node a');
+      const message = a.host.publications.at(-1)!.message;
+      assert.deepEqual(message.data, { hello: 'from b' });
+      assert.equal(message.ext?.meta, 1);
+      assert.equal((message.ext?.position as Position).offset, 1);
+      assert.deepEqual(b.host.data('on-a'), [], 'node b has no session on-a to deliver to');
+    });
+
+    it('gives every node the same messages in the same order with the same positions', async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.subscribe('on-a', '/d/order');
+      await b.engine.subscribe('on-b', '/d/order');
+      await Promise.all(Array.from({ length: 100 }, (_, i) => (i % 2 === 0 ? a : b).engine.publish(publication('/d/order', i))));
+      await waitFor(() => a.host.data('on-a').length === 100 && b.host.data('on-b').length === 100, 5000, '100 messages on each node');
+      assert.deepEqual(a.host.received.get('on-a'), b.host.received.get('on-b'), 'byte for byte, in one order');
+      assert.deepEqual(a.host.offsets('on-a', '/d/order'), Array.from({ length: 100 }, (_, i) => i + 1));
+    });
+
+    it('counts subscribers and channels of every node, on every node', async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.subscribe('s1', '/d/presence');
+      await b.engine.subscribe('s2', '/d/presence');
+      await b.engine.subscribe('s2', '/d/*');
+      for (const { engine } of [a, b]) {
+        assert.equal(await engine.subscriberCount('/d/presence'), 2);
+        assert.deepEqual((await engine.subscribers('/d/presence')).sort(), ['s1', 's2']);
+        assert.deepEqual(Object.fromEntries(await engine.channels()), { '/d/presence': 2, '/d/*': 1 });
+      }
+      await b.engine.removeSession('s2');
+      assert.deepEqual(Object.fromEntries(await a.engine.channels()), { '/d/presence': 1 });
+    });
+
+    it('reaches a session on another node with sendTo, and says false once it ended there', async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.addSession('only-on-a');
+      assert.equal(await b.engine.sendTo('only-on-a', publication('/d/private', 'psst')), true);
+      await waitFor(() => a.host.data('only-on-a').length === 1, 3000, 'the message on node a');
+      assert.deepEqual(a.host.data('only-on-a'), ['psst']);
+      await a.engine.removeSession('only-on-a');
+      assert.equal(await b.engine.sendTo('only-on-a', publication('/d/private', 'late')), false);
+      assert.equal(await b.engine.sendTo('nobody', publication('/d/private', 'lost')), false);
+    });
+
+    it('recovers on one node what was published on another while the other keeps publishing: an exact seam', async () => {
+      const a = await open();
+      const b = await open();
+      const total = 300;
+      let published = 0;
+      const publisher = (async () => {
+        while (published < total) {
+          const batch: Array<Promise<void>> = [];
+          for (let i = 0; i < 6 && published < total; i++) batch.push(b.engine.publish(publication('/d/seam', ++published)));
+          await Promise.all(batch);
+        }
+      })();
+      const sessions: Array<{ id: string; since: Position }> = [];
+      for (let round = 0; round < 5; round++) {
+        await waitFor(() => published > 30 + round * 50, 10_000, 'the publisher to get ahead');
+        const page = await a.engine.history('/d/seam', { limit: 0 });
+        const since = { epoch: page!.position!.epoch, offset: Math.max(0, page!.position!.offset - 20) };
+        const id = `moved${round}`;
+        sessions.push({ id, since });
+        const outcome = await a.engine.subscribe(id, '/d/seam', [{ channel: '/d/seam', since }]);
+        assert.equal(outcome.recovered[0]?.recovered, true);
+      }
+      await publisher;
+      for (const { id, since } of sessions) {
+        await waitFor(() => a.host.offsets(id, '/d/seam').at(-1) === total, 5000, `${id} to catch up`);
+        const expected = Array.from({ length: total - since.offset }, (_, i) => since.offset + 1 + i);
+        assert.deepEqual(a.host.offsets(id, '/d/seam'), expected, `${id}: no gap, no duplicate`);
+      }
+    });
+  });
+}

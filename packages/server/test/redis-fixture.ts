@@ -1,0 +1,57 @@
+/**
+ * Redis for the tests: the server at PERIHELION_TEST_REDIS (default redis://127.0.0.1:6379), a key
+ * prefix of each test's own (so runs never meet), and the keys removed afterwards. Tests that
+ * need Redis fail with a message saying so when it is absent: they are never skipped silently.
+ */
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+
+export const REDIS_URL = process.env.PERIHELION_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+
+/** Resolves when Redis answers; otherwise rejects saying how to provide it. */
+export async function requireRedis(): Promise<void> {
+  const client = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2000 });
+  client.on('error', () => {});
+  try {
+    await client.connect();
+    await client.ping();
+  } catch (error) {
+    throw new Error(
+      `These tests need a Redis server at ${REDIS_URL} (start one with "redis-server --daemonize yes", ` +
+        `or point PERIHELION_TEST_REDIS at one): ${(error as Error).message}`,
+    );
+  } finally {
+    client.disconnect();
+  }
+}
+
+/** A prefix no other test run uses. */
+export function uniquePrefix(label: string): string {
+  return `perihelion-test:${label}:${process.pid}:${randomBytes(4).toString('hex')}:`;
+}
+
+/** Deletes every key under `prefix`. */
+export async function deleteKeys(prefix: string): Promise<void> {
+  const client = new Redis(REDIS_URL, { maxRetriesPerRequest: 0 });
+  client.on('error', () => {});
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length > 0) await client.del(...keys);
+    } while (cursor !== '0');
+  } finally {
+    client.disconnect();
+  }
+}
+
+/** Keys under `prefix` (to check that a test left nothing behind, or what a node wrote). */
+export async function keysUnder(prefix: string): Promise<string[]> {
+  const client = new Redis(REDIS_URL, { maxRetriesPerRequest: 0 });
+  try {
+    return await client.keys(`${prefix}*`);
+  } finally {
+    client.disconnect();
+  }
+}
