@@ -24,13 +24,16 @@ describe('recovery under random cuts', () => {
         const failed: string[] = [];
         await c.subscribe<number>('/stress', (n) => received.push(n), { onRecover: (ok, outcome) => void (ok || failed.push(JSON.stringify(outcome))) });
         let published = 0;
+        let cuts = 0;
         const publisher = (async () => {
           while (published < TOTAL) {
-            for (let i = 0; i < 20 && published < TOTAL; i++) await test.server.publish('/stress', published++);
-            await sleep(2);
+            // About 2 000 messages a second, and never more than 1 000 between two cuts: the
+            // stream is cut at least ten times, at random points within it.
+            for (let i = 0; i < 10 && published < TOTAL; i++) await test.server.publish('/stress', published++);
+            await sleep(5);
+            while (published >= (cuts + 1) * 1000) await sleep(5);
           }
         })();
-        let cuts = 0;
         const sessions = new Set<string>();
         while (published < TOTAL) {
           await sleep(30 + Math.random() * 120);

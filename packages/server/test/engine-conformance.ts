@@ -34,7 +34,7 @@ export class RecordingHost implements EngineHost {
     this.push(clientId, publication.payload);
   }
 
-  onReplay(clientId: string, payloads: readonly string[]): void {
+  onReplay(clientId: string, _channel: string, payloads: readonly string[]): void {
     this.replayed.set(clientId, (this.replayed.get(clientId) ?? 0) + payloads.length);
     for (const payload of payloads) this.push(clientId, payload);
   }

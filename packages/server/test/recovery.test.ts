@@ -103,6 +103,24 @@ describe('positions and recovery', () => {
     assert.ok(t.server.stats().replayed >= 3);
   });
 
+  it('recovers on a subscribe resent on the same session, queuing nothing twice and nothing out of order', async () => {
+    const clientId = await handshake(t.url);
+    await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }, { channel: '/meta/subscribe', clientId, subscription: ['/again/a', '/again/*'] }]);
+    await t.server.publish('/again/a', 1);
+    const first = await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    const seen = positionOf(first.body.find((m) => m.channel === '/again/a')!);
+    for (const n of [2, 3]) await t.server.publish('/again/a', n); // queued for the session, once per subscription match
+    // The client lost the reply to its subscribe and sends it again, asking for what followed 1.
+    const reply = await post(t.url, [{ channel: '/meta/subscribe', clientId, subscription: '/again/a', ext: { recover: { '/again/a': seen } } }]);
+    assert.equal(at(reply.body, 0).successful, true);
+    assert.deepEqual((at(reply.body, 0).ext as Msg).recovered, { '/again/a': true });
+    await t.server.publish('/again/a', 4);
+    const next = await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    const data = next.body.filter((m) => m.channel === '/again/a');
+    assert.deepEqual(data.map((m) => m.data), [2, 3, 4], 'the replay replaced what was queued: once each, in order');
+    assert.deepEqual(data.map((m) => positionOf(m).offset), [2, 3, 4]);
+  });
+
   it('recovers every channel under a wildcard subscription that the client names', async () => {
     const a = await open();
     await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: '/room/*' });

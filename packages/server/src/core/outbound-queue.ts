@@ -47,6 +47,14 @@ export class OutboundQueue {
     return kept;
   }
 
+  /** Removes the queued messages `drop` accepts, keeping the others in order. */
+  removeWhere(drop: (payload: string) => boolean): void {
+    if (this.length === 0) return;
+    const kept = this.items.slice(this.head).filter((payload) => !drop(payload));
+    this.items = kept;
+    this.head = 0;
+  }
+
   /** Queues replayed messages after what is queued, all of them. */
   pushAll(payloads: readonly string[]): void {
     if (payloads.length === 0) return;

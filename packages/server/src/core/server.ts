@@ -542,6 +542,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
     const channels = subscriptionList(message.subscription);
     if (!channels) return { ...reply, error: bayeuxError('missingParameter', ['subscription'], 'a channel name or a non-empty list of them') };
     const fresh: string[] = [];
+    /** Named again while already subscribed (a subscribe resent after its reply was lost): recovery still applies. */
+    const again: string[] = [];
     for (const channel of channels) {
       const problem = channelProblem(channel, { maxLength: this.options.maxChannelLength });
       if (problem) return { ...reply, error: bayeuxError('channelInvalid', [channel], problem) };
@@ -550,13 +552,14 @@ export class BayeuxServer implements EngineHost, SessionHost {
       if (isMeta(channel)) return { ...reply, error: bayeuxError('channelForbidden', [channel]) };
       // Service channels are never broadcast; old CometD apps subscribe before publishing, so
       // succeed without recording anything (BAYEUX.md A10).
-      if (isService(channel) || session.subscriptions.has(channel) || fresh.includes(channel)) continue;
-      fresh.push(channel);
+      if (isService(channel) || fresh.includes(channel) || again.includes(channel)) continue;
+      if (session.subscriptions.has(channel)) again.push(channel);
+      else fresh.push(channel);
     }
     if (session.subscriptions.size + fresh.length > this.options.maxSubscriptions) {
       return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${this.options.maxSubscriptions} per session`) };
     }
-    const recover = readRecoverRequests(message.ext?.recover, fresh, { maxEntries: this.options.maxSubscriptions, maxChannelLength: this.options.maxChannelLength });
+    const recover = readRecoverRequests(message.ext?.recover, [...fresh, ...again], { maxEntries: this.options.maxSubscriptions, maxChannelLength: this.options.maxChannelLength });
     if (!recover.ok) return { ...reply, error: recover.error };
     for (const channel of fresh) {
       const refused = (await this.policy.check('subscribe', channel, session, message)) ?? (await this.checkCreate(channel, session, message));
@@ -567,7 +570,10 @@ export class BayeuxServer implements EngineHost, SessionHost {
     const positions: Record<string, Position> = {};
     const recovered: Record<string, boolean> = {};
     let replayBudget = this.options.maxReplay;
-    for (const channel of fresh) {
+    for (const channel of [...fresh, ...again]) {
+      const isNew = !session.subscriptions.has(channel);
+      // Subscribing again is a no-op for the engine except for the recovery it carries.
+      if (!isNew && !recover.byPattern.has(channel)) continue;
       session.subscriptions.add(channel);
       const outcome = await this.engine.subscribe(session.id, channel, recover.byPattern.get(channel), replayBudget);
       if (outcome.position) positions[channel] = outcome.position;
@@ -575,7 +581,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
         recovered[result.channel] = result.recovered;
         replayBudget -= result.replayed;
       }
-      this.events.emit('subscribe', session, channel);
+      if (isNew) this.events.emit('subscribe', session, channel);
     }
     const ext: Record<string, unknown> = {};
     if (Object.keys(positions).length > 0) ext.positions = positions;
@@ -739,12 +745,12 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (session) this.enqueue(session, publication.payload);
   }
 
-  onReplay(clientId: string, payloads: readonly string[]): void {
+  onReplay(clientId: string, channel: string, payloads: readonly string[]): void {
     const session = this.sessions.get(clientId);
     if (!session) return;
     this.counters.replayed += payloads.length;
     this.counters.deliveries += payloads.length;
-    session.replay(payloads);
+    session.replay(channel, payloads);
   }
 
   private enqueue(session: Session, payload: string): void {

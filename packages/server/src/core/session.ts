@@ -33,6 +33,14 @@ export interface SessionHost {
   disconnectSession(session: Session): void;
 }
 
+/** Whether a queued payload is a message of `channel`'s history (one that carries a position). */
+function isHistoryOf(channel: string, payload: string): boolean {
+  // Cheap refusal first: parsing is only for the payloads that might match.
+  if (!payload.includes(JSON.stringify(channel)) || !payload.includes('"position":')) return false;
+  const message = JSON.parse(payload) as { channel?: unknown; ext?: { position?: unknown } };
+  return message.channel === channel && message.ext?.position !== undefined;
+}
+
 export class Session {
   readonly createdAt = Date.now();
   /** Connection type named by the latest /meta/connect. */
@@ -103,9 +111,15 @@ export class Session {
     return kept;
   }
 
-  /** Queues messages the session missed (a recovery), in order, all of them. */
-  replay(payloads: readonly string[]): void {
+  /**
+   * Queues messages the session missed on `channel` (a recovery), in order, all of them. What is
+   * still queued of that channel's history goes first: the replay holds it too, and keeping it
+   * would put newer messages ahead of older ones (a subscribe resent on the same session, or a
+   * channel already covered by a wildcard subscription).
+   */
+  replay(channel: string, payloads: readonly string[]): void {
     if (this.ended) return;
+    this.queue.removeWhere((payload) => isHistoryOf(channel, payload));
     this.queue.pushAll(payloads);
     this.host.scheduleFlush(this);
   }

@@ -44,8 +44,11 @@ export interface EngineHost {
   onPublication(publication: Publication, clientIds: Iterable<string>): void;
   /** A publication addressed to one session on this node. */
   onDirect(publication: Publication, clientId: string): void;
-  /** Messages a session on this node missed, in order, to be queued before anything published later. */
-  onReplay(clientId: string, payloads: readonly string[]): void;
+  /**
+   * Messages a session on this node missed on `channel`, in order, to be queued before anything
+   * published later (they replace whatever of that channel's history is still queued for it).
+   */
+  onReplay(clientId: string, channel: string, payloads: readonly string[]): void;
   /** How much history to keep, per channel. */
   readonly historySettings: HistorySettings;
   /** A failure the engine survived (a lost Redis connection, say): the server's 'error' event. */

@@ -51,7 +51,7 @@ export class MemoryEngine implements Engine {
       const missed = history.missedSince(channel, since, budget);
       if (missed && missed.length > 0) {
         budget -= missed.length;
-        host.onReplay(clientId, missed);
+        host.onReplay(clientId, channel, missed);
       }
       outcome.recovered.push({ channel, recovered: missed !== null, replayed: missed?.length ?? 0 });
     }

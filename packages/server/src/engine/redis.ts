@@ -289,7 +289,7 @@ export class RedisEngine implements Engine {
         const payloads = reply.slice(at + 4, at + 4 + count).map(String);
         at += 4 + count;
         if (channelEpoch !== '') reached.set(channel, { epoch: channelEpoch, offset });
-        if (ok && payloads.length > 0) host.onReplay(clientId, payloads);
+        if (ok && payloads.length > 0) host.onReplay(clientId, channel, payloads);
         outcome.recovered.push({ channel, recovered: ok, replayed: payloads.length });
       }
       this.release(host, holds, reached);
