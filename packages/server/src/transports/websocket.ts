@@ -55,6 +55,30 @@ function textFrame(text: string): Buffer {
   return frame;
 }
 
+/**
+ * The WebSocket's listeners are shared functions that find their connection on the socket
+ * (EventEmitter calls them with `this` set to it), not closures made per connection: with tens
+ * of thousands of idle connections, every object per connection counts.
+ */
+const CONNECTION = Symbol('perihelion.connection');
+type Tagged = WebSocket & { [CONNECTION]: WebSocketConnection };
+const connectionOf = (socket: WebSocket): WebSocketConnection => (socket as Tagged)[CONNECTION];
+
+function onMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+  connectionOf(this).receive(data, isBinary);
+}
+
+function onPong(this: WebSocket): void {
+  connectionOf(this).alive = true;
+}
+
+function onClose(this: WebSocket): void {
+  connectionOf(this).closed();
+}
+
+// ws reports protocol errors (bad frames, oversized payloads) here and then closes the socket.
+function onError(): void {}
+
 class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
@@ -68,15 +92,15 @@ class WebSocketConnection implements PushConnection {
     private readonly core: BayeuxServer,
     private readonly request: RequestFacts,
   ) {
-    socket.on('message', (data, isBinary) => this.receive(data, isBinary));
-    socket.on('pong', () => {
-      this.alive = true;
-    });
-    socket.on('close', () => {
-      for (const callback of this.closeCallbacks.splice(0)) callback();
-    });
-    // ws reports protocol errors (bad frames, oversized payloads) here and then closes the socket.
-    socket.on('error', () => {});
+    (socket as Tagged)[CONNECTION] = this;
+    socket.on('message', onMessage);
+    socket.on('pong', onPong);
+    socket.on('close', onClose);
+    socket.on('error', onError);
+  }
+
+  closed(): void {
+    for (const callback of this.closeCallbacks.splice(0)) callback();
   }
 
   get open(): boolean {
@@ -122,7 +146,7 @@ class WebSocketConnection implements PushConnection {
     }, CLOSE_GRACE_MS).unref();
   }
 
-  private receive(data: RawData, isBinary: boolean): void {
+  receive(data: RawData, isBinary: boolean): void {
     this.alive = true;
     const { maxBatch, maxDepth } = this.core.options;
     if (isBinary) return this.reject('binary frames are not Bayeux; send JSON text');
