@@ -832,4 +832,12 @@ export class Bayeux {
   positionsSeen(): Record<string, Position> {
     return Object.fromEntries(this.positions);
   }
+
+  /**
+   * Positions seen elsewhere (a tab taking over the shared connection seeds its new one with
+   * what it was relayed), so that the first subscribes recover from them. Known channels keep theirs.
+   */
+  seedPositions(positions: Iterable<[string, Position]>): void {
+    for (const [channel, position] of positions) if (!this.positions.has(channel)) this.positions.set(channel, position);
+  }
 }

@@ -12,7 +12,7 @@
  *
  * Either way the hub (hub.ts) does the work; this module is a tab's side of it.
  */
-import type { ConnectionType, Message } from '@perihelion/protocol';
+import { asPosition, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
 import type { Bayeux, Extension, State, StateChange, SubscribeOutcome } from './bayeux.js';
 import type { Backend, BackendEvents, Sharing } from './client.js';
 import { fromWire, Hub, type HubConfig, type Op, type Wire } from './hub.js';
@@ -53,6 +53,12 @@ export class SharedBackend implements Backend {
   private readonly extensions: Extension[] = [];
   private wantConnect = false;
   private rid = 0;
+  /**
+   * The last position relayed to this tab on each channel: a tab that becomes the leader starts
+   * its connection from them (messages published during the handover are recovered), and a relay
+   * repeated across the handover is dropped here.
+   */
+  private readonly seen = new Map<string, Position>();
 
   constructor(
     url: string,
@@ -136,6 +142,7 @@ export class SharedBackend implements Backend {
     };
     const hub = new Hub(this.make, (message) => channel.postMessage(message), { id: this.tab, events: own }, this.locks, this.name);
     this.hub = hub;
+    hub.bayeux.seedPositions(this.seen);
     this.sharing = 'leader';
     for (const extension of this.extensions) hub.bayeux.addExtension(extension);
     // This tab's own wishes, and what it had asked of the previous hub, now run here.
@@ -169,8 +176,15 @@ export class SharedBackend implements Backend {
       case 'state':
         this.mirror(message.change.state, message.clientId, message.type, message.change.reason);
         return;
-      case 'deliver':
+      case 'deliver': {
+        const position = asPosition(message.message.ext?.position);
+        if (position) {
+          const last = this.seen.get(message.message.channel);
+          if (last && last.epoch === position.epoch && position.offset <= last.offset) return;
+          this.seen.set(message.message.channel, position);
+        }
         return this.events.deliver(message.message);
+      }
       case 'recovery':
         return this.events.recovery(message.pattern, message.outcome);
       case 'refused':

@@ -184,11 +184,19 @@ describe('client in Chromium', () => {
       assert.equal(first, await clientIdOf(pages[0]!), 'every tab reports the one session');
       await pages[0]!.close();
       const rest = pages.slice(1);
+      // Published while the connection changes hands: the new leader recovers them from the
+      // positions the tabs were relayed.
+      const during = ['during takeover 1', 'during takeover 2', 'during takeover 3'];
+      for (const text of during) await server.publish('/page/news', text);
       // The leader ends its session as it leaves; the next tab in the lock's queue opens a new one.
       await waitFor(() => server.getSession(first!) === undefined, 15_000, 'the old session to end');
       for (const page of rest) await page.waitForFunction((old) => { const id = (window as unknown as Window).client.clientId; return id !== undefined && id !== old; }, first, { timeout: 10_000 });
       assert.equal(await sharingOf(pages[1]!), 'leader');
       await publishUntilAllSeen(server, rest, 'after takeover');
+      for (const page of rest) {
+        const seen = await page.evaluate(() => (window as unknown as Window).seen.filter((s) => String(s).startsWith('during takeover')));
+        assert.deepEqual(seen, during, 'every message of the handover, once, in order, in every tab');
+      }
       await waitFor(() => server.stats().sessions === 1, 15_000, 'one session again');
     } finally {
       await context.close();
