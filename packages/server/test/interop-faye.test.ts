@@ -181,15 +181,19 @@ function bigPayload(): string {
 
 /** Resolves once the session's latest /meta/connect came over `transport` (Faye switches after its handshake). */
 async function onTransport(test: TestServer, clientId: string, transport: TransportName): Promise<void> {
-  await waitFor(
-    () => {
-      const session = test.server.getSession(clientId);
-      if (session?.connectionType !== transport) return false;
-      return transport === 'websocket' ? session.connection?.open === true : session.connection === null;
-    },
-    5000,
-    `the session to connect over ${transport}`,
-  );
+  const settled = (): boolean => {
+    const session = test.server.getSession(clientId);
+    if (session?.connectionType !== transport) return false;
+    return transport === 'websocket' ? session.connection?.open === true : session.connection === null;
+  };
+  try {
+    await waitFor(settled, 10_000, `the session to connect over ${transport}`);
+  } catch (error) {
+    // Say what the session did instead, so that a rare failure can be told apart from a slow machine.
+    const session = test.server.getSession(clientId);
+    const seen = session ? `connectionType ${session.connectionType}, push line ${session.connection ? (session.connection.open ? 'open' : 'closed') : 'none'}` : 'the session is gone';
+    throw new Error(`${(error as Error).message} (${seen}; ${test.server.sessionCount} sessions)`);
+  }
 }
 
 for (const transport of TRANSPORTS) {
