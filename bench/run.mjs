@@ -644,8 +644,19 @@ async function benchIdle(name, scenario, size, round) {
     row.setupSeconds = setup.seconds;
     row.connectsPerSec = clients.length / setup.seconds;
     if (setup.errors.size > 0) row.setupErrors = [...setup.errors].map(([message, count]) => `${count}× ${message}`);
-    await sleep(2000); // let the last handshakes' garbage become garbage
-    const after = await server.request({ type: 'stats', gc: true }, 'stats');
+    // Idle means settled: right after a burst of connections V8 still holds the young generation
+    // it grew for the burst, and its memory reducer gives it back only after about 8 s without
+    // much allocation. Wait 12 s, then sample until memory stops falling (two samples 2 s apart
+    // within 1 %), at most 24 s in all — every server alike.
+    await sleep(12_000);
+    let after = await server.request({ type: 'stats', gc: true }, 'stats');
+    for (let waited = 12_000; waited < 24_000; waited += 2000) {
+      await sleep(2000);
+      const sample = await server.request({ type: 'stats', gc: true }, 'stats');
+      const settled = sample.rss >= after.rss * 0.99;
+      after = sample;
+      if (settled) break;
+    }
     row.rssBefore = before.rss;
     row.rssAfter = after.rss;
     row.heapBefore = before.heapUsed;
@@ -944,7 +955,8 @@ function printReport({ partial = false } = {}) {
     '- others CPU0 / CPU1: busy time of that CPU (`/proc/stat`) not spent by the server (CPU 0) or the',
     "  generator (CPU 1); server CPU wait: time the server's main thread was runnable but waiting for a CPU",
     '  (`/proc/<pid>/schedstat`). High values mean other load distorted that run.',
-    '- idle: RSS and heap growth of the server (after a full GC) divided by the connections; connections/s:',
+    '- idle: RSS and heap growth of the server divided by the connections, measured idle: after a full GC, 12 s or more after the last',
+    '  connection, once memory stopped falling (at most 24 s); connections/s:',
     '  subscribers set up (WebSocket open, handshake, subscribe) per second, 200 at a time (the load',
     "  generator's own speed limits it); server µs/conn: the server's CPU for those set-ups per connection,",
     '  and the connections per second one core could take at that cost.',
