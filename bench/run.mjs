@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { Recorder, bayeuxLongPollSubscriber, bayeuxSubscriber, closeClient, nowMs, socketIoOfficialSubscriber, socketIoPollingSubscriber, socketIoRawSubscriber } from './clients.mjs';
+import { Recorder, useWsLibrary, bayeuxLongPollSubscriber, bayeuxSubscriber, closeClient, nowMs, socketIoOfficialSubscriber, socketIoPollingSubscriber, socketIoRawSubscriber } from './clients.mjs';
 import { DEFAULT_SCENARIOS, SCENARIOS, expectedDeliveries } from './scenarios.mjs';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
@@ -27,7 +27,8 @@ const USAGE = `usage: npm run bench -- [options]
   --duration S           seconds of publishing per rate (default 5)
   --drain S              longest wait for stragglers after the last publish, s (default 5)
   --servers LIST         any of perihelion,faye,socketio (default all three, in that order)
-  --socketio-client K    raw (Engine.IO protocol over ws, default) or official (socket.io-client)
+  --socketio-client K    raw (Engine.IO protocol over a WebSocket, default) or official (socket.io-client)
+  --ws-client K          the subscribers' WebSocket: raw (a minimal RFC 6455 client on a TCP socket, default) or ws
   --connect-timeout S    per-client setup timeout, s (default 15)
   --concurrency K        clients being set up at once (default 50)
   --rounds R             repeat the whole sequence R times, server order rotated; the table shows medians (default 1)
@@ -51,6 +52,7 @@ function parseArgs(argv) {
     drain: 5,
     servers: ['perihelion', 'faye', 'socketio'],
     socketioClient: 'raw',
+    wsClient: 'raw',
     connectTimeout: 15,
     concurrency: 50,
     rounds: 1,
@@ -124,6 +126,12 @@ function parseArgs(argv) {
         options.socketioClient = kind;
         break;
       }
+      case '--ws-client': {
+        const kind = value();
+        if (kind !== 'raw' && kind !== 'ws') usage('--ws-client is raw or ws');
+        options.wsClient = kind;
+        break;
+      }
       case '--connect-timeout':
         options.connectTimeout = number('connect-timeout', value(), { min: 1 });
         break;
@@ -159,6 +167,7 @@ function usage(problem) {
 }
 
 const options = parseArgs(process.argv.slice(2));
+useWsLibrary(options.wsClient === 'ws');
 const log = (line) => process.stderr.write(`${line}\n`);
 
 // ---------------------------------------------------------------------------------------------
