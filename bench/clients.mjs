@@ -227,6 +227,29 @@ export function useWsLibrary(useWs) {
 }
 
 /**
+ * Opens a subscriber's WebSocket with what every kind of subscriber needs around it: a deadline
+ * for the set-up, and one way to fail (counted, socket dropped, set-up promise rejected). A socket
+ * the server closes fails the subscriber unless the generator closed it.
+ */
+function openSocket({ url, client, recorder, timeoutMs, reject }) {
+  const timer = setTimeout(() => fail(new Error(`setup timed out after ${timeoutMs} ms`)), timeoutMs);
+  const fail = (error) => {
+    clearTimeout(timer);
+    recorder.fail(client, error);
+    try {
+      client.ws.terminate();
+    } catch {}
+    reject(error);
+  };
+  client.ws = new WebSocketClient(url);
+  client.ws.on('error', (error) => fail(error));
+  client.ws.on('close', (code, reason) => {
+    if (!client.closing) fail(new Error(`socket closed by the server: ${code} ${reason}`));
+  });
+  return { fail, settled: () => clearTimeout(timer) };
+}
+
+/**
  * A Bayeux subscriber over one WebSocket: handshake, connect (advice timeout 0), subscribe, then
  * always one held /meta/connect, re-sent whenever the previous one is answered. Works against
  * Perihelion (/bayeux) and Faye (/faye), which both accept the handshake on the socket.
@@ -242,22 +265,8 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
       client.ws.send(JSON.stringify([message]));
     };
     const connect = (advice) => send(advice ? { channel: '/meta/connect', connectionType: 'websocket', advice } : { channel: '/meta/connect', connectionType: 'websocket' });
-    const timer = setTimeout(() => fail(new Error(`setup timed out after ${timeoutMs} ms`)), timeoutMs);
-    const fail = (error) => {
-      clearTimeout(timer);
-      recorder.fail(client, error);
-      try {
-        client.ws.terminate();
-      } catch {}
-      reject(error);
-    };
-
-    client.ws = new WebSocketClient(url);
+    const { fail, settled } = openSocket({ url, client, recorder, timeoutMs, reject });
     client.ws.on('open', () => send({ channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['websocket'] }));
-    client.ws.on('error', (error) => fail(error));
-    client.ws.on('close', (code, reason) => {
-      if (!client.closing) fail(new Error(`socket closed by the server: ${code} ${reason}`));
-    });
     client.ws.on('message', (raw) => {
       const text = raw.toString();
       if (client.ready && !text.includes('"/meta/')) {
@@ -297,7 +306,7 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
           case '/meta/subscribe':
             if (!message.successful) return fail(new Error(`subscribe refused: ${message.error ?? JSON.stringify(message)}`));
             client.ready = true;
-            clearTimeout(timer);
+            settled();
             connect();
             resolve(client);
             break;
@@ -317,20 +326,7 @@ export function socketIoRawSubscriber({ url, rooms, event, recorder, timeoutMs }
   return new Promise((resolve, reject) => {
     const client = { ws: null, failed: false, ready: false, run: null, lastSeq: -1, probe: null };
     const prefix = `42["${event}",`;
-    const timer = setTimeout(() => fail(new Error(`setup timed out after ${timeoutMs} ms`)), timeoutMs);
-    const fail = (error) => {
-      clearTimeout(timer);
-      recorder.fail(client, error);
-      try {
-        client.ws.terminate();
-      } catch {}
-      reject(error);
-    };
-    client.ws = new WebSocketClient(url);
-    client.ws.on('error', (error) => fail(error));
-    client.ws.on('close', (code, reason) => {
-      if (!client.closing) fail(new Error(`socket closed by the server: ${code} ${reason}`));
-    });
+    const { fail, settled } = openSocket({ url, client, recorder, timeoutMs, reject });
     client.ws.on('message', (raw) => {
       const packet = raw.toString();
       if (packet.startsWith(prefix)) {
@@ -358,7 +354,7 @@ export function socketIoRawSubscriber({ url, rooms, event, recorder, timeoutMs }
           return;
         case '3': // ACK of our subscribe
           client.ready = true;
-          clearTimeout(timer);
+          settled();
           resolve(client);
           return;
         case '1':

@@ -9,6 +9,7 @@ import { retentionResolver } from '../src/engine/retention.js';
 import { OutboundQueue } from '../src/core/outbound-queue.js';
 import { Acknowledgement } from '../src/core/acknowledgement.js';
 import { RecentIds } from '../src/core/recent-ids.js';
+import { readRecoverRequests } from '../src/core/recovery.js';
 import { PerihelionError, resolveOptions } from '../src/index.js';
 
 function store(retention: Retention, maxChannels = 100, maxChars = Infinity): { history: HistoryStore; clock: { now: number } } {
@@ -198,5 +199,29 @@ describe('recent publish ids', () => {
     ids.add('5');
     ids.add('6');
     assert.deepEqual(['2', '4', '5', '6'].map((id) => ids.has(id)), [false, true, true, true]);
+  });
+});
+
+describe('recovery requests', () => {
+  const limits = { maxEntries: 10, maxChannelLength: 1024 };
+  const at = (offset: number) => ({ epoch: 'e', offset });
+
+  it('gives each entry to the first pattern of the subscribe that matches it, and ignores the rest', () => {
+    const read = readRecoverRequests({ '/a/b': at(1), '/a/b/c': at(2), '/x/y': at(3), '/other': at(4) }, ['/a/**', '/a/*', '/x/y'], limits);
+    assert.ok(read.ok);
+    assert.deepEqual(Object.fromEntries([...read.byPattern].map(([pattern, list]) => [pattern, list.map((r) => r.channel)])), {
+      '/a/**': ['/a/b', '/a/b/c'],
+      '/x/y': ['/x/y'],
+    });
+    const exactFirst = readRecoverRequests({ '/a/b': at(1) }, ['/a/b', '/a/**'], limits);
+    assert.ok(exactFirst.ok);
+    assert.deepEqual([...exactFirst.byPattern.keys()], ['/a/b']);
+  });
+
+  it('refuses more entries than allowed, saying how many', () => {
+    const many = Object.fromEntries(Array.from({ length: 11 }, (_, i) => [`/c/${i}`, at(i)]));
+    const read = readRecoverRequests(many, ['/c/*'], limits);
+    assert.equal(read.ok, false);
+    assert.match((read as { error: string }).error, /^400:ext\.recover:Bad request: at most 10 channels$/);
   });
 });

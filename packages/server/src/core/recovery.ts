@@ -8,7 +8,7 @@
  * for the first pattern of this subscribe that matches its channel; entries no pattern matches
  * are ignored (they belong to a subscription made earlier, whose messages kept flowing).
  */
-import { asPosition, bayeuxError, channelProblem, isWildcard, matches } from '@perihelion/protocol';
+import { asPosition, bayeuxError, channelProblem, isWildcard, matchingPatterns } from '@perihelion/protocol';
 import type { RecoverRequest } from '../engine/engine.js';
 
 export type RecoverRequests = { ok: true; byPattern: Map<string, RecoverRequest[]> } | { ok: false; error: string };
@@ -22,12 +22,19 @@ export function readRecoverRequests(recover: unknown, patterns: readonly string[
   }
   const entries = Object.entries(recover as Record<string, unknown>);
   if (entries.length > limits.maxEntries) return refuse(`at most ${limits.maxEntries} channels`);
+  // Each entry looks up the depth+1 patterns that could match its channel, instead of trying
+  // every pattern of the subscribe: a thousand entries against a thousand patterns stays cheap.
+  const order = new Map(patterns.map((pattern, i) => [pattern, i]));
   for (const [channel, value] of entries) {
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: limits.maxChannelLength });
     if (problem) return refuse(`${JSON.stringify(channel.slice(0, 100))}: ${isWildcard(channel) ? 'positions belong to channels, not patterns' : problem}`);
     const since = asPosition(value);
     if (!since) return refuse(`${channel}: a position is {"epoch": string, "offset": integer >= 0}`);
-    const pattern = patterns.find((p) => matches(p, channel));
+    let pattern: string | undefined;
+    for (const candidate of matchingPatterns(channel)) {
+      const at = order.get(candidate);
+      if (at !== undefined && (pattern === undefined || at < order.get(pattern)!)) pattern = candidate;
+    }
     if (pattern === undefined) continue;
     let list = byPattern.get(pattern);
     if (!list) byPattern.set(pattern, (list = []));
