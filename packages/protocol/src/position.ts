@@ -49,13 +49,26 @@ export interface Serialised {
 }
 
 /**
- * Serialises a message with its `ext` as the last member, so that a field can later be added to
- * `ext` by editing the end of the string (`addToExt`) instead of serialising the message again.
+ * Serialises a message with `channel` as its first member and `ext` as its last: a field can later
+ * be added to `ext` by editing the end of the string (`addToExt`) instead of serialising the
+ * message again, and the channel of the bytes can be told from their start (`isPositionedOn`).
  */
 export function serialiseExtLast(message: object): Serialised {
-  const { ext, ...rest } = message as { ext?: unknown };
-  if (ext === undefined) return { text: JSON.stringify(rest), ext: 'none' };
-  return { text: JSON.stringify({ ...rest, ext }), ext: isPlainObject(ext) ? 'object' : 'other' };
+  const { channel, ext, ...rest } = message as { channel?: unknown; ext?: unknown };
+  const ordered = { channel, ...rest };
+  if (ext === undefined) return { text: JSON.stringify(ordered), ext: 'none' };
+  return { text: JSON.stringify({ ...ordered, ext }), ext: isPlainObject(ext) ? 'object' : 'other' };
+}
+
+/** The end of a message whose `ext` ends with the position `addToExt` put there. */
+const POSITION_AT_END = /"position":\{"epoch":"[^"\\]*","offset":\d+\}\}\}$/;
+
+/**
+ * Whether `payload` (made by `serialiseExtLast` and `addToExt`) is a message of `channel` that
+ * carries a position: its start and its end say so, without parsing what lies between.
+ */
+export function isPositionedOn(channel: string, payload: string): boolean {
+  return payload.startsWith(`{"channel":${JSON.stringify(channel)},`) && POSITION_AT_END.test(payload.slice(-(MAX_EPOCH_LENGTH + 64)));
 }
 
 /**
@@ -73,7 +86,7 @@ export function addToExt(serialised: Serialised, message: object, key: string, v
       // The text ends with ext's closing brace and the message's; an empty ext ends `"ext":{}}`.
       return `${text.slice(0, -2)}${text.endsWith('"ext":{}}') ? '' : ','}${member}}}`;
     default:
-      return JSON.stringify({ ...message, ext: { [key]: value } });
+      return serialiseExtLast({ ...message, ext: { [key]: value } }).text;
   }
 }
 

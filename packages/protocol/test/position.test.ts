@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { addToExt, asPosition, formatPosition, parsePosition, serialiseExtLast } from '../src/index.js';
+import { addToExt, asPosition, formatPosition, isPositionedOn, parsePosition, serialiseExtLast } from '../src/index.js';
 
 describe('positions', () => {
   it('accepts well-formed positions and refuses everything else', () => {
@@ -40,8 +40,31 @@ describe('adding to ext without serialising again', () => {
       const ext = (message as { ext?: unknown }).ext;
       const expectedExt = typeof ext === 'object' && ext !== null && !(ext instanceof Date) ? { ...JSON.parse(JSON.stringify(ext)), position } : { position };
       assert.deepEqual(parsed, { ...JSON.parse(JSON.stringify(message)), ext: expectedExt });
-      // ext is the last member, so the same splice works again on the result.
+      // ext is the last member, so the same splice works again on the result; channel is first.
       assert.equal(Object.keys(parsed).at(-1), 'ext');
+      assert.equal(Object.keys(parsed)[0], 'channel');
+      assert.equal(isPositionedOn('/a', text), true);
     });
   }
+});
+
+describe('telling a positioned message of a channel from its bytes', () => {
+  const positioned = (message: object, position: unknown = { epoch: 'e1', offset: 7 }): string => addToExt(serialiseExtLast(message), message, 'position', position);
+
+  it('recognises the channel at the start and the position at the end', () => {
+    const text = positioned({ data: { nested: '"channel":"/b"' }, channel: '/a/b' });
+    assert.equal(isPositionedOn('/a/b', text), true);
+    assert.equal(isPositionedOn('/a', text), false, 'another channel, even a prefix of it');
+    assert.equal(isPositionedOn('/b', text), false, 'the channel named inside the data does not count');
+  });
+
+  it('says no for messages without a position, whatever their data holds', () => {
+    assert.equal(isPositionedOn('/a', serialiseExtLast({ channel: '/a', data: 1 }).text), false);
+    assert.equal(isPositionedOn('/a', serialiseExtLast({ channel: '/a', data: '"position":{"epoch":"e","offset":1}}}' }).text), false);
+    assert.equal(isPositionedOn('/a', serialiseExtLast({ channel: '/a', ext: { position: 'forged' } }).text), false);
+  });
+
+  it('works for long payloads and the longest epochs', () => {
+    assert.equal(isPositionedOn('/a', positioned({ channel: '/a', data: 'x'.repeat(100_000) }, { epoch: 'e'.repeat(64), offset: 2 ** 52 })), true);
+  });
 });

@@ -67,6 +67,13 @@ describe('positions and recovery', () => {
     assert.equal((forged.ext as Msg).trace, 't1', 'the rest of ext travels');
     assert.equal(positionOf(forged).offset, 1, 'the server numbers it, not the client');
     assert.notEqual(positionOf(forged).epoch, 'mine');
+    // Nor one a backend gave (server.publish, and so /api/publish).
+    await t.server.publish('/forged', 'y', { ext: { position: { epoch: 'mine', offset: 99 } } });
+    await waitFor(() => a.data('/forged').length === 2, 3000, 'the backend message');
+    // The bytes every subscriber got, as kept in history: a parsed frame would hide a second key.
+    const raw = (await t.server.engine.history('/forged'))!.payloads.find((text) => text.includes('"data":"y"'))!;
+    assert.equal(raw.match(/"position"/g)?.length, 1, 'one position in the bytes');
+    assert.equal(positionOf(a.data('/forged')[1]!).offset, 2);
   });
 
   it('answers a subscribe with the current position of each exact channel, none for patterns', async () => {

@@ -163,7 +163,11 @@ export class BayeuxServer implements EngineHost, SessionHost {
     if (isMeta(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to the meta channel ${channel}`);
     await this.ready;
     const message: Message = { channel, data };
-    if (options.ext) message.ext = options.ext;
+    if (options.ext) {
+      // Positions are the engine's to give, whoever publishes.
+      const { position: _position, ...ext } = options.ext;
+      if (Object.keys(ext).length > 0) message.ext = ext;
+    }
     if (isService(channel)) {
       await this.notifyListeners(message, null);
       return;

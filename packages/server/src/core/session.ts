@@ -5,7 +5,7 @@
  * flushed once per event-loop turn: pushed in one frame when the session is bound to a push
  * connection (WebSocket), or used to answer its held /meta/connect (long-polling).
  */
-import type { ConnectionType } from '@perihelion/protocol';
+import { isPositionedOn, type ConnectionType } from '@perihelion/protocol';
 import type { Identity } from '../security/identity.js';
 import { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from '../transports/transport.js';
@@ -31,14 +31,6 @@ export interface SessionHost {
   /** Reports how long the oldest of the messages just written waited, in ms. */
   observeDelivery(waitedMs: number): void;
   disconnectSession(session: Session): void;
-}
-
-/** Whether a queued payload is a message of `channel`'s history (one that carries a position). */
-function isHistoryOf(channel: string, payload: string): boolean {
-  // Cheap refusal first: parsing is only for the payloads that might match.
-  if (!payload.includes(JSON.stringify(channel)) || !payload.includes('"position":')) return false;
-  const message = JSON.parse(payload) as { channel?: unknown; ext?: { position?: unknown } };
-  return message.channel === channel && message.ext?.position !== undefined;
 }
 
 export class Session {
@@ -119,7 +111,7 @@ export class Session {
    */
   replay(channel: string, payloads: readonly string[]): void {
     if (this.ended) return;
-    this.queue.removeWhere((payload) => isHistoryOf(channel, payload));
+    this.queue.removeWhere((payload) => isPositionedOn(channel, payload));
     this.queue.pushAll(payloads);
     this.host.scheduleFlush(this);
   }
