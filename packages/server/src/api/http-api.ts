@@ -21,7 +21,7 @@ import { channelProblem, parsePosition } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
 import { PerihelionError } from '../errors.js';
 import { readBody } from '../http/body.js';
-import { sendApiError, sendJson } from './json.js';
+import { sendApiError, sendJson, sendRawJson } from './json.js';
 
 export const API_PREFIX = '/api/';
 
@@ -178,8 +178,10 @@ export class HttpApi {
     if (since === null) return sendApiError(res, 400, 'invalid_request', `?since=${JSON.stringify(sinceText)}: a position is "epoch:offset", as in a message's ext.position`);
     const limitText = query.get('limit');
     if (limitText !== null && !/^\d{1,7}$/.test(limitText)) return sendApiError(res, 400, 'invalid_request', `?limit=${JSON.stringify(limitText)}: a whole number`);
-    const page = await this.core.history(channel!, { ...(since ? { since } : {}), ...(limitText !== null ? { limit: Number(limitText) } : {}) });
+    const page = await this.core.historyPage(channel!, { ...(since ? { since } : {}), ...(limitText !== null ? { limit: Number(limitText) } : {}) });
     if (!page) return sendApiError(res, 404, 'no_history', `${channel} keeps no history (historySize 0, a history rule with size 0, or a meta or service channel)`);
-    sendJson(res, 200, { channel, ...page });
+    // The kept messages are already JSON: joined as they are, not parsed and serialised again.
+    const head = JSON.stringify({ channel, position: page.position, complete: page.complete });
+    sendRawJson(res, 200, `${head.slice(0, -1)},"messages":[${page.payloads.join(',')}]}`);
   }
 }

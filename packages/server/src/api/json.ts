@@ -15,7 +15,11 @@ export type ApiErrorCode =
   | 'unavailable';
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
+  sendRawJson(res, status, JSON.stringify(body), headers);
+}
+
+/** Sends text that is already JSON. */
+export function sendRawJson(res: ServerResponse, status: number, text: string, headers: Record<string, string> = {}): void {
   res.writeHead(status, {
     'Content-Type': 'application/json; charset=utf-8',
     'Content-Length': Buffer.byteLength(text),

@@ -25,7 +25,7 @@ import {
   type Position,
 } from '@perihelion/protocol';
 import type { Engine, EngineHost, Publication } from '../engine/engine.js';
-import type { HistoryQuery, HistorySettings } from '../engine/history.js';
+import type { HistoryPage, HistoryQuery, HistorySettings } from '../engine/history.js';
 import { MemoryEngine } from '../engine/memory.js';
 import { retentionResolver } from '../engine/retention.js';
 import { ExtensionPipeline, type Extension, type ExtensionContext } from '../extensions/pipeline.js';
@@ -200,6 +200,13 @@ export class BayeuxServer implements EngineHost, SessionHost {
    * that position (oldest first). Null when the channel keeps no history (see `historySize`).
    */
   async history(channel: string, query: HistoryQuery = {}): Promise<HistoryResult | null> {
+    const page = await this.historyPage(channel, query);
+    if (!page) return null;
+    return { position: page.position, messages: page.payloads.map((payload) => JSON.parse(payload) as Message), complete: page.complete };
+  }
+
+  /** `history()` with the messages as the serialised bytes subscribers were sent (for the HTTP API). */
+  async historyPage(channel: string, query: HistoryQuery = {}): Promise<HistoryPage | null> {
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
     if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot read the history of ${JSON.stringify(channel)}: ${problem}`);
     if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 0)) {
@@ -207,9 +214,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     await this.ready;
     if (isMeta(channel) || isService(channel)) return null;
-    const page = await this.engine.history(channel, query);
-    if (!page) return null;
-    return { position: page.position, messages: page.payloads.map((payload) => JSON.parse(payload) as Message), complete: page.complete };
+    return this.engine.history(channel, query);
   }
 
   /** Whether handshakes are authenticated (an authenticator or JWT keys are configured). */
