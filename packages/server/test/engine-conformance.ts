@@ -94,19 +94,24 @@ function suiteRetention(channel: string): Retention {
   return { size: 1000, ttl: 60_000 };
 }
 
+/** Starts engines of `fixture` for the tests of a suite, each with its own recording host; all closed after each test. */
+function engines(fixture: EngineFixture): (host?: RecordingHost) => Promise<{ engine: Engine; host: RecordingHost }> {
+  const started: Engine[] = [];
+  afterEach(async () => {
+    await Promise.all(started.splice(0).map((engine) => engine.close()));
+    await fixture.reset();
+  });
+  return async (host = new RecordingHost(suiteRetention)) => {
+    const engine = fixture.create();
+    await engine.start(host);
+    started.push(engine);
+    return { engine, host };
+  };
+}
+
 export function engineConformance(name: string, fixture: EngineFixture): void {
   describe(`engine conformance: ${name}`, () => {
-    const started: Engine[] = [];
-    const open = async (host = new RecordingHost(suiteRetention)): Promise<{ engine: Engine; host: RecordingHost }> => {
-      const engine = fixture.create();
-      await engine.start(host);
-      started.push(engine);
-      return { engine, host };
-    };
-    afterEach(async () => {
-      await Promise.all(started.splice(0).map((engine) => engine.close()));
-      await fixture.reset();
-    });
+    const open = engines(fixture);
 
     it('delivers a publish to the sessions subscribed to its channel and to no one else', async () => {
       const { engine, host } = await open();
@@ -364,18 +369,7 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
 /** Cases for engines that spread one server over several processes: two engines on one store. */
 export function distributedEngineConformance(name: string, fixture: EngineFixture): void {
   describe(`distributed engine conformance: ${name}`, () => {
-    const started: Engine[] = [];
-    const open = async (): Promise<{ engine: Engine; host: RecordingHost }> => {
-      const host = new RecordingHost(suiteRetention);
-      const engine = fixture.create();
-      await engine.start(host);
-      started.push(engine);
-      return { engine, host };
-    };
-    afterEach(async () => {
-      await Promise.all(started.splice(0).map((engine) => engine.close()));
-      await fixture.reset();
-    });
+    const open = engines(fixture);
 
     it('delivers a publish made on one node to the sessions of the other, with the message object for listeners', async () => {
       const a = await open();

@@ -10,7 +10,7 @@
  */
 import type { ConnectionType } from '@perihelion/protocol';
 import { LongPolling } from './long-polling.js';
-import { parseBatch, type TransportContext } from './transport.js';
+import { parseBatch } from './transport.js';
 
 function streamUrl(url: string, clientId: string): string {
   const [path, query] = url.split('?', 2) as [string, string | undefined];
@@ -20,10 +20,6 @@ function streamUrl(url: string, clientId: string): string {
 export class EventSourceTransport extends LongPolling {
   override readonly type: ConnectionType = 'eventsource';
   private source: EventSource | null = null;
-
-  constructor(context: TransportContext) {
-    super(context);
-  }
 
   openStream(clientId: string): Promise<void> {
     const Ctor = this.context.env.EventSource!;
@@ -68,10 +64,6 @@ export class EventSourceTransport extends LongPolling {
 export class HttpStreamingTransport extends LongPolling {
   override readonly type: ConnectionType = 'http-streaming';
   private abort: AbortController | null = null;
-
-  constructor(context: TransportContext) {
-    super(context);
-  }
 
   openStream(clientId: string): Promise<void> {
     const abort = new AbortController();
