@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { HistoryStore, type Retention } from '../src/engine/history.js';
 import { retentionResolver } from '../src/engine/retention.js';
 import { OutboundQueue } from '../src/core/outbound-queue.js';
-import { Acknowledgement } from '../src/core/acknowledgement.js';
+import { Acknowledgement } from '../src/extensions/ack.js';
 import { RecentIds } from '../src/core/recent-ids.js';
 import { readRecoverRequests } from '../src/core/recovery.js';
 import { PerihelionError, resolveOptions } from '../src/index.js';

@@ -36,7 +36,7 @@ import { AuthenticationError, type Authenticator } from '../security/authenticat
 import { JwtVerifier, jwtAuthenticator } from '../security/jwt.js';
 import { SecurityPolicy } from '../security/policy.js';
 import { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
-import { Acknowledgement } from './acknowledgement.js';
+import { Acknowledgement } from '../extensions/ack.js';
 import { ListenerRegistry, type Listener } from './listeners.js';
 import { RecentIds } from './recent-ids.js';
 import { readRecoverRequests } from './recovery.js';
@@ -439,7 +439,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
       // Credentials that expire end the session then, with a reason the client can see.
       session.tokenExpiry = this.wheel.schedule(identity.expiresAt - Date.now(), () => this.endSession(session, 'token-expired'));
     }
-    // The CometD ack extension asks with ext.ack: true (see acknowledgement.ts).
+    // The CometD ack extension asks with ext.ack: true (see extensions/ack.ts).
     if (this.options.ack && message.ext?.ack === true) session.ack = new Acknowledgement(this.options.maxQueue);
     this.events.emit('handshake', session);
     return {

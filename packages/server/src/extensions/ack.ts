@@ -1,6 +1,8 @@
 /**
  * The CometD `ack` extension, server side: at-least-once delivery for a session whose client
  * registers CometD's AckExtension (BAYEUX.md pitfall 15; CometD docs "extensions_acknowledge").
+ * A built-in rather than a pipeline hook: it keeps written messages per session and puts them
+ * back in the session's queue, so the core calls it where messages are written and connects answered.
  *
  * The wire contract: the handshake carries `ext.ack: true` and is answered with
  * `ext.ack: {enabled: true, batch: n}`. Every successful /meta/connect reply carries
