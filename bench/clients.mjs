@@ -554,24 +554,15 @@ export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs })
       }
     }
   };
-  return (async () => {
-    try {
-      const [hs] = JSON.parse(await post([{ channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['long-polling'] }], timeoutMs));
-      if (!hs?.successful) throw new Error(`handshake refused: ${hs?.error ?? JSON.stringify(hs)}`);
-      client.clientId = hs.clientId;
-      const text = await post([{ channel: '/meta/connect', connectionType: 'long-polling', advice: { timeout: 0 } }, { channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels }], timeoutMs);
-      const sub = JSON.parse(text).find((m) => m.channel === '/meta/subscribe');
-      if (!sub?.successful) throw new Error(`subscribe refused: ${sub?.error ?? text}`);
-      take(text);
-    } catch (error) {
-      recorder.fail(client, error);
-      client.close();
-      throw error;
-    }
-    client.ready = true;
-    void poll();
-    return client;
-  })();
+  return startPolling(client, recorder, poll, async () => {
+    const [hs] = JSON.parse(await post([{ channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['long-polling'] }], timeoutMs));
+    if (!hs?.successful) throw new Error(`handshake refused: ${hs?.error ?? JSON.stringify(hs)}`);
+    client.clientId = hs.clientId;
+    const text = await post([{ channel: '/meta/connect', connectionType: 'long-polling', advice: { timeout: 0 } }, { channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels }], timeoutMs);
+    const sub = JSON.parse(text).find((m) => m.channel === '/meta/subscribe');
+    if (!sub?.successful) throw new Error(`subscribe refused: ${sub?.error ?? text}`);
+    take(text);
+  });
 }
 
 /**
@@ -626,28 +617,33 @@ export function socketIoPollingSubscriber({ url, rooms, event, recorder, timeout
       }
     }
   };
-  return (async () => {
-    try {
-      const open = await polls.request({ method: 'GET', path: `${pathname}${search}`, timeoutMs });
-      if (open.status !== 200 || open.text[0] !== '0') throw new Error(`engine.io open failed: HTTP ${open.status} ${open.text.slice(0, 200)}`);
-      sid = JSON.parse(open.text.slice(1)).sid;
-      await send('40');
-      await send(`420${JSON.stringify(['subscribe', rooms])}`);
-      const until = Date.now() + timeoutMs;
-      for (let acked = false; !acked; ) {
-        if (Date.now() > until) throw new Error('no subscribe ack');
-        const response = await polls.request({ method: 'GET', path: at(), timeoutMs });
-        acked = handle(response.text);
-      }
-    } catch (error) {
-      recorder.fail(client, error);
-      client.close();
-      throw error;
+  return startPolling(client, recorder, poll, async () => {
+    const open = await polls.request({ method: 'GET', path: `${pathname}${search}`, timeoutMs });
+    if (open.status !== 200 || open.text[0] !== '0') throw new Error(`engine.io open failed: HTTP ${open.status} ${open.text.slice(0, 200)}`);
+    sid = JSON.parse(open.text.slice(1)).sid;
+    await send('40');
+    await send(`420${JSON.stringify(['subscribe', rooms])}`);
+    const until = Date.now() + timeoutMs;
+    for (let acked = false; !acked; ) {
+      if (Date.now() > until) throw new Error('no subscribe ack');
+      const response = await polls.request({ method: 'GET', path: at(), timeoutMs });
+      acked = handle(response.text);
     }
-    client.ready = true;
-    void poll();
-    return client;
-  })();
+  });
+}
+
+/** Runs a polling subscriber's set-up, then starts its poll loop; a failed set-up is counted and the client closed. */
+async function startPolling(client, recorder, poll, setup) {
+  try {
+    await setup();
+  } catch (error) {
+    recorder.fail(client, error);
+    client.close();
+    throw error;
+  }
+  client.ready = true;
+  void poll();
+  return client;
 }
 
 export function closeClient(client) {
