@@ -5,6 +5,8 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import WebSocket from 'ws';
 
+const EMPTY = Buffer.alloc(0);
+
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 
 // The published data, as every server serialises it: {"run":"…","seq":N,"t":T} or {"probe":"…","t":T}.
@@ -106,40 +108,51 @@ export class Recorder {
  * saturate the load generator before the server. Same interface as the part of `ws` the
  * subscribers use: events open, message (text), close (code), error; send(text); terminate().
  */
+/**
+ * Every raw socket reads into this one buffer (`onread`): no Buffer is allocated and no stream
+ * event is emitted per read, which halves the generator's cost per received frame. Reads are
+ * handled one at a time, so sharing it is safe; a socket copies out only a partial frame.
+ */
+const READ_BUFFER = Buffer.allocUnsafe(256 * 1024);
+
 export class RawWebSocket extends EventEmitter {
   constructor(url, { handshakeTimeout = 10_000 } = {}) {
     super();
     const { hostname, port, pathname, search } = new URL(url);
     this.open = false;
-    this.buffer = Buffer.alloc(0);
+    this.buffer = EMPTY;
     this.fragments = null;
-    this.socket = net.connect(Number(port), hostname);
-    this.socket.setNoDelay(true);
-    const timer = setTimeout(() => this.fail(new Error('opening handshake timed out')), handshakeTimeout);
+    this.timer = setTimeout(() => this.fail(new Error('opening handshake timed out')), handshakeTimeout);
+    this.socket = net.connect({ port: Number(port), host: hostname, noDelay: true, onread: { buffer: READ_BUFFER, callback: (n, buffer) => this.read(buffer, n) } });
     this.socket.on('connect', () => {
       const key = randomBytes(16).toString('base64');
       this.socket.write(`GET ${pathname}${search} HTTP/1.1\r\nHost: ${hostname}:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
     });
-    this.socket.on('data', (chunk) => {
-      this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
-      if (!this.open) {
-        const end = this.buffer.indexOf('\r\n\r\n');
-        if (end === -1) return;
+    this.socket.on('error', (error) => this.fail(error));
+    this.socket.on('close', () => {
+      clearTimeout(this.timer);
+      this.open = false;
+      this.emit('close', 1006, '');
+    });
+  }
+
+  read(shared, n) {
+    const chunk = shared.subarray(0, n);
+    this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
+    if (!this.open) {
+      const end = this.buffer.indexOf('\r\n\r\n');
+      if (end !== -1) {
         const status = this.buffer.toString('latin1', 0, this.buffer.indexOf('\r\n'));
         if (!/^HTTP\/1\.1 101/.test(status)) return this.fail(new Error(`upgrade refused: ${status}`));
-        clearTimeout(timer);
+        clearTimeout(this.timer);
         this.open = true;
         this.buffer = this.buffer.subarray(end + 4);
         this.emit('open');
       }
-      this.frames();
-    });
-    this.socket.on('error', (error) => this.fail(error));
-    this.socket.on('close', () => {
-      clearTimeout(timer);
-      this.open = false;
-      this.emit('close', 1006, '');
-    });
+    }
+    if (this.open) this.frames();
+    // What is left (a partial frame) must not stay in the shared buffer, which the next read reuses.
+    if (this.buffer.length > 0 && this.buffer.buffer === shared.buffer) this.buffer = Buffer.from(this.buffer);
   }
 
   frames() {
@@ -193,9 +206,9 @@ export class RawWebSocket extends EventEmitter {
       frame[1] = 0x80 | 127;
       frame.writeBigUInt64BE(BigInt(length), 2);
     }
-    const mask = randomBytes(4);
-    mask.copy(frame, header - 4);
-    for (let i = 0; i < length; i++) frame[header + i] = payload[i] ^ mask[i & 3];
+    // Any 32-bit value will do for the generator's own frames; crypto would cost a call per frame.
+    frame.writeUInt32BE((Math.random() * 0x1_0000_0000) >>> 0, header - 4);
+    for (let i = 0; i < length; i++) frame[header + i] = payload[i] ^ frame[header - 4 + (i & 3)];
     this.socket.write(frame);
   }
 
