@@ -7,7 +7,6 @@
  * error string; nothing a client sends can throw out of `process`.
  */
 import { EventEmitter } from 'node:events';
-import { randomBytes } from 'node:crypto';
 import {
   BAYEUX_VERSION,
   META,
@@ -35,6 +34,7 @@ import type { ProcessContext } from '../transports/transport.js';
 import { AuthenticationError, type Authenticator } from '../security/authenticate.js';
 import { JwtVerifier, jwtAuthenticator } from '../security/jwt.js';
 import { SecurityPolicy } from '../security/policy.js';
+import { randomHex } from '../security/random.js';
 import { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
 import { Acknowledgement } from '../extensions/ack.js';
 import { ListenerRegistry, type Listener } from './listeners.js';
@@ -442,17 +442,16 @@ export class BayeuxServer implements EngineHost, SessionHost {
     // The CometD ack extension asks with ext.ack: true (see extensions/ack.ts).
     if (this.options.ack && message.ext?.ack === true) session.ack = new Acknowledgement(this.options.maxQueue);
     this.events.emit('handshake', session);
-    return {
-      ...reply,
-      successful: true,
-      ...(identity ? { authSuccessful: true } : {}),
-      ...(session.ack ? { ext: { ack: session.ack.handshakeReply } } : {}),
-      version: BAYEUX_VERSION,
-      minimumVersion: BAYEUX_VERSION,
-      supportedConnectionTypes: offered,
-      clientId: session.id,
-      advice: this.advice(),
-    };
+    // Built field by field: this runs for every new connection.
+    reply.successful = true;
+    if (identity) reply.authSuccessful = true;
+    if (session.ack) reply.ext = { ack: session.ack.handshakeReply };
+    reply.version = BAYEUX_VERSION;
+    reply.minimumVersion = BAYEUX_VERSION;
+    reply.supportedConnectionTypes = offered;
+    reply.clientId = session.id;
+    reply.advice = this.advice();
+    return reply;
   }
 
   private async connect(message: Message, session: Session | null, context: ProcessContext, batchSize: number, out: string[]): Promise<void> {
@@ -894,7 +893,7 @@ function majorVersion(version: string): number {
   return Number.isNaN(major) ? 0 : major;
 }
 
-/** 160 random bits in base 36 (Bayeux §clientId asks for at least 128 and unguessable). */
+/** 160 random bits in hexadecimal (Bayeux §clientId asks for at least 128 and unguessable). */
 function newClientId(): string {
-  return BigInt(`0x${randomBytes(20).toString('hex')}`).toString(36);
+  return randomHex(20);
 }

@@ -5,8 +5,8 @@
  * line it is bound to. A clientId seen in a log or a proxy therefore does not let another party
  * take the session over.
  */
-import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import { randomBase64url } from './random.js';
 
 export const BROWSER_COOKIE = 'BAYEUX_BROWSER';
 
@@ -22,7 +22,7 @@ export function browserIdOf(req: IncomingMessage): string | undefined {
 }
 
 export function newBrowserId(): string {
-  return randomBytes(18).toString('base64url');
+  return randomBase64url(18);
 }
 
 /**

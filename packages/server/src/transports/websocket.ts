@@ -150,7 +150,8 @@ class WebSocketConnection implements PushConnection {
     this.alive = true;
     const { maxBatch, maxDepth } = this.core.options;
     if (isBinary) return this.reject('binary frames are not Bayeux; send JSON text');
-    const text = Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data as ArrayBuffer).toString('utf8');
+    // ws hands over a Buffer (its default binaryType); decoding it directly avoids a copy.
+    const text = Buffer.isBuffer(data) ? data.toString('utf8') : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data).toString('utf8');
     const decoded = decodeBatch(text, { maxBatch, maxDepth });
     if (!decoded.ok) return this.reject(decoded.reason, decoded.status === 413 ? 'batchTooLarge' : 'badRequest');
     // Frames are processed one after another, so a client's publishes keep their order even
