@@ -5,7 +5,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { at, browserFetch, errorOf, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { at, browserFetch, errorOf, handshake, post, startServer, waitFor, WsPeer, type TestServer } from './helpers.js';
 
 type Msg = Record<string, unknown>;
 
@@ -287,6 +287,23 @@ describe('/meta/connect', () => {
     assert.equal(event.channel, '/held/news');
     assert.deepEqual(event.data, { text: 'hi' });
     assert.equal(event.clientId, undefined, "the publisher's clientId leaked to a subscriber");
+  });
+
+  it('answers a held long-polling connect once the client speaks over a WebSocket (Faye moving over)', async () => {
+    const clientId = await connectedClient(ts.url);
+    const held = connect(ts.url, clientId, { id: 'lp' });
+    assert.equal(await settlesWithin(held, 300), false, 'the connect was not held');
+    const peer = await WsPeer.open(ts.url.replace(/^http/, 'ws'));
+    try {
+      const reply = await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/moving/over' });
+      assert.equal(reply.successful, true, JSON.stringify(reply));
+      assert.equal(await settlesWithin(held, 2000), true, 'the long-polling connect stayed held after the client spoke over its WebSocket');
+      const [answer] = await held;
+      assert.equal(answer?.successful, true);
+      assert.equal(answer?.id, 'lp');
+    } finally {
+      await peer.close();
+    }
   });
 
   it('answers at once when the client sends advice.timeout 0', async () => {

@@ -14,7 +14,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { WebSocket } from 'ws';
 import { SignJWT, exportJWK, exportSPKI, generateKeyPair, type JWTPayload } from 'jose';
@@ -279,9 +279,12 @@ async function assertHandshakeRefused(ts: TestServer, options: HandshakeOptions,
 class Peer {
   readonly received: Msg[] = [];
   closeCode: number | null = null;
+  /** The headers of the server's 101 response. */
+  upgradeHeaders: IncomingHttpHeaders = {};
   private seq = 0;
 
   private constructor(readonly ws: WebSocket) {
+    ws.on('upgrade', (response: IncomingMessage) => (this.upgradeHeaders = response.headers));
     ws.on('message', (data) => {
       const value = JSON.parse(String(data)) as unknown;
       if (Array.isArray(value)) this.received.push(...(value as Msg[]));
@@ -1083,6 +1086,23 @@ describe('session binding: a clientId alone is not a credential', () => {
       for (const peer of peers) assert.equal(peer.received.some((m) => m.channel === '/v/ws' && m.successful === undefined), false, 'a stranger’s socket got the victim’s message');
     } finally {
       await Promise.all(peers.map((p) => p.close()));
+    }
+  });
+
+  it('a cookie-less WebSocket of the same address (Faye’s early socket) speaks for the session without replacing its cookie', async () => {
+    // Faye opens its WebSocket while its HTTP handshake is in flight. Had the 101 set a cookie
+    // of its own, it would replace the handshake's, and the browser's next HTTP request would be
+    // refused (402): Faye would handshake again, leaving the first session behind.
+    const client = await login(ts.url);
+    assertOk(await client.subscribe('/v/early'));
+    const peer = await Peer.open(ts.wsUrl);
+    try {
+      assert.equal(peer.upgradeHeaders['set-cookie'], undefined, 'the upgrade set a cookie');
+      assertOk(await peer.request({ channel: '/meta/subscribe', clientId: client.clientId, subscription: '/v/early-ws' }), 'the subscribe over the cookie-less WebSocket');
+      assertOk(await client.subscribe('/v/early-http'), 'the next HTTP request of the browser');
+      assert.equal(ts.server.getSession(client.clientId)?.subscriptions.size, 3);
+    } finally {
+      await peer.close();
     }
   });
 

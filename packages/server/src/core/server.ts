@@ -359,6 +359,12 @@ export class BayeuxServer implements EngineHost, SessionHost {
       await this.emitReply({ ...this.reply(original, false), error: String(error) }, extensionContext, out);
       return;
     }
+    if (session && context.connection && message.channel !== META.connect) {
+      // Faye opens its WebSocket while its connects still go over long-polling, and moves them
+      // only once the held one returns. Answering that connect as soon as the client speaks over
+      // the socket brings the next one over it, instead of an HTTP request held for `timeout`.
+      session.releaseLongPoll();
+    }
     switch (message.channel) {
       case META.handshake:
         return this.emitReply(await this.handshake(message, context), extensionContext, out);
@@ -845,7 +851,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     const line = context.connection;
     if (line && (line === session.origin || line === session.connection)) return true;
     if (session.browserId !== undefined && context.request.browserId === session.browserId) return true;
-    return line !== undefined && context.request.browserIdIssued === true && session.remoteAddress === context.request.remoteAddress;
+    return line !== undefined && context.request.browserId === undefined && session.remoteAddress === context.request.remoteAddress;
   }
 
   private advice(): Advice {

@@ -164,6 +164,11 @@ export class Session {
     });
   }
 
+  /** Answers a connect held on a line that cannot push (long-polling), if there is one. */
+  releaseLongPoll(): void {
+    if (this.held && !this.held.connection) this.release('message');
+  }
+
   release(reason: ReleaseReason): void {
     const held = this.held;
     if (!held) return;

@@ -146,16 +146,21 @@ export class HttpAdapter {
       socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       return true;
     }
-    this.identifyBrowser(req, true);
+    // An upgrade is never given a browser id: Faye opens its WebSocket while its HTTP handshake
+    // is in flight, and a cookie set on the 101 would replace the one that handshake was given,
+    // so the client's next HTTP request would no longer speak for its session. A socket speaks
+    // for the sessions handshaken on it (see BayeuxServer.accepts).
+    const known = this.core.options.sessionBinding === 'cookie' ? browserIdOf(req) : undefined;
+    if (known !== undefined) assignBrowser(req, known, false);
     this.websocket.upgrade(req, socket, head);
     return true;
   }
 
   /**
    * Reads the request's browser id (session binding), or makes one; returns the Set-Cookie value
-   * when a new one was made. Upgrades get theirs on the 101 response.
+   * when a new one was made.
    */
-  private identifyBrowser(req: IncomingMessage, upgrade = false): string | undefined {
+  private identifyBrowser(req: IncomingMessage): string | undefined {
     if (this.core.options.sessionBinding !== 'cookie') return undefined;
     const known = browserIdOf(req);
     if (known !== undefined) {
@@ -164,7 +169,7 @@ export class HttpAdapter {
     }
     const id = newBrowserId();
     const cookie = browserCookie(id, this.core.options.path, isSecure(req));
-    assignBrowser(req, id, true, upgrade ? cookie : undefined);
+    assignBrowser(req, id, true);
     return cookie;
   }
 

@@ -3,16 +3,8 @@ import type { RequestFacts } from '../transports/transport.js';
 
 /** Browser ids the adapter read from, or gave to, each request (see security/browser-cookie.ts). */
 const browsers = new WeakMap<IncomingMessage, { id: string; issued: boolean }>();
-/** Cookies to set on a WebSocket upgrade's 101 response. */
-const upgradeCookies = new WeakMap<IncomingMessage, string>();
-
-export function assignBrowser(req: IncomingMessage, browserId: string, issued: boolean, setCookie?: string): void {
+export function assignBrowser(req: IncomingMessage, browserId: string, issued: boolean): void {
   browsers.set(req, { id: browserId, issued });
-  if (setCookie !== undefined) upgradeCookies.set(req, setCookie);
-}
-
-export function upgradeCookie(req: IncomingMessage): string | undefined {
-  return upgradeCookies.get(req);
 }
 
 /** The facts about a request that the server core and extensions see. */

@@ -12,7 +12,7 @@ export interface RequestFacts {
   url: string;
   /** The browser id (BAYEUX_BROWSER cookie) this request carried or was given. */
   browserId?: string;
-  /** True when the request carried no browser id and was given `browserId` by this server. */
+  /** True when the request carried no browser id and was given `browserId` by this server (HTTP only: upgrades are given none). */
   browserIdIssued?: boolean;
 }
 

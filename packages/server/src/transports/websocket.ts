@@ -13,7 +13,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import { bayeuxError, decodeBatch, encodeBatch } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
-import { requestFacts, upgradeCookie } from '../http/request-facts.js';
+import { requestFacts } from '../http/request-facts.js';
 import type { PushConnection, RequestFacts } from './transport.js';
 
 /** How long a closed WebSocket's peer gets to answer the close frame before the socket is cut. */
@@ -179,11 +179,6 @@ export class WebSocketTransport {
       // Compression costs CPU per frame per subscriber and defeats shared payloads.
       perMessageDeflate: false,
       clientTracking: false,
-    });
-    // The session-binding cookie rides on the 101 response of an upgrade that came without one.
-    this.wss.on('headers', (headers: string[], req: IncomingMessage) => {
-      const cookie = upgradeCookie(req);
-      if (cookie !== undefined) headers.push(`Set-Cookie: ${cookie}`);
     });
     const interval = core.options.pingInterval;
     if (interval > 0) {
