@@ -29,8 +29,11 @@ export class OutboundQueue {
     return this.length >= this.limit + this.allowance;
   }
 
-  /** Adds a message; returns false when an older message had to be dropped to make room. */
-  push(payload: string): boolean {
+  /**
+   * Adds a message; returns false when an older message had to be dropped to make room. `now`
+   * (ms since the epoch) is the caller's clock: a publish to many sessions reads it once.
+   */
+  push(payload: string, now = Date.now()): boolean {
     let kept = true;
     if (this.full) {
       this.head++;
@@ -42,7 +45,7 @@ export class OutboundQueue {
         this.head = 0;
       }
     }
-    if (this.length === 0) this.oldestAt = Date.now();
+    if (this.length === 0) this.oldestAt = now;
     this.items.push(payload);
     return kept;
   }
@@ -70,6 +73,21 @@ export class OutboundQueue {
     this.items = [...payloads, ...this.items.slice(this.head)];
     this.head = 0;
     this.allowance += payloads.length;
+  }
+
+  /**
+   * Removes and returns the one message queued: the usual case of a flush (one publish since the
+   * last), which then needs no array. Only valid when `length` is 1.
+   */
+  takeOnly(): string {
+    // pop() keeps the array for the next message (a new array, or length = 0, costs far more).
+    const payload = this.items.pop()!;
+    if (this.head > 0) {
+      this.items = [];
+      this.head = 0;
+    }
+    this.allowance = 0;
+    return payload;
   }
 
   /** Removes and returns everything queued, oldest first. */

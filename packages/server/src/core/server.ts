@@ -107,7 +107,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
   private readonly sessions = new Map<string, Session>();
   private readonly listeners = new ListenerRegistry();
   private readonly events = new EventEmitter();
-  private readonly dirty = new Set<Session>();
+  /** Sessions with something to write this turn (each once: see Session.flushPending). */
+  private dirty: Session[] = [];
   private flushScheduled = false;
   private readonly ready: Promise<void>;
   private closed = false;
@@ -747,9 +748,11 @@ export class BayeuxServer implements EngineHost, SessionHost {
   // ---------------------------------------------------------------- EngineHost
 
   onPublication(publication: Publication, clientIds: Iterable<string>): void {
+    const { payload } = publication;
+    const now = Date.now();
     for (const id of clientIds) {
       const session = this.sessions.get(id);
-      if (session) this.enqueue(session, publication.payload);
+      if (session) this.enqueue(session, payload, now);
     }
     if (!isService(publication.channel)) void this.notifyListeners(publication.message, null);
   }
@@ -767,7 +770,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     session.replay(channel, payloads);
   }
 
-  private enqueue(session: Session, payload: string): void {
+  private enqueue(session: Session, payload: string, now = Date.now()): void {
     this.counters.deliveries++;
     if (session.queue.full && this.options.queueOverflow === 'disconnect') {
       // A consumer this far behind is cut loose; its client handshakes again and recovers.
@@ -775,13 +778,14 @@ export class BayeuxServer implements EngineHost, SessionHost {
       this.endSession(session, 'slow-consumer');
       return;
     }
-    if (!session.enqueue(payload)) this.counters.queueDrops++;
+    if (!session.enqueue(payload, now)) this.counters.queueDrops++;
   }
 
   // ---------------------------------------------------------------- SessionHost
 
   scheduleFlush(session: Session): void {
-    this.dirty.add(session);
+    session.flushPending = true;
+    this.dirty.push(session);
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     // Everything a session is owed in this event-loop turn goes out in one write.
@@ -790,8 +794,13 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   private flushNow(): void {
     this.flushScheduled = false;
-    for (const session of this.dirty) session.flush();
-    this.dirty.clear();
+    const sessions = this.dirty;
+    this.dirty = [];
+    const now = Date.now();
+    for (const session of sessions) {
+      session.flushPending = false;
+      session.flush(now);
+    }
   }
 
   expire(session: Session): void {
@@ -826,7 +835,6 @@ export class BayeuxServer implements EngineHost, SessionHost {
     const count = (this.sessionsPerAddress.get(address) ?? 1) - 1;
     if (count > 0) this.sessionsPerAddress.set(address, count);
     else this.sessionsPerAddress.delete(address);
-    this.dirty.delete(session);
     session.subscriptions.clear();
     // A stream serves one session only: it ends with it (a WebSocket may carry others).
     session.connection?.sessionEnded();

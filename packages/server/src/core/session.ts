@@ -44,6 +44,8 @@ export class Session {
   readonly subscriptions = new Set<string>();
   /** Set once the session has answered its first /meta/connect. */
   connected = false;
+  /** Set while the session waits in the server's list of sessions to flush this turn. */
+  flushPending = false;
   private appData: Map<string, unknown> | null = null;
   ended = false;
   /** Who the session belongs to; null for an anonymous session. */
@@ -96,10 +98,10 @@ export class Session {
   }
 
   /** Queues a serialised message; false when the queue was full and the oldest was dropped. */
-  enqueue(payload: string): boolean {
+  enqueue(payload: string, now = Date.now()): boolean {
     if (this.ended) return false;
-    const kept = this.queue.push(payload);
-    this.host.scheduleFlush(this);
+    const kept = this.queue.push(payload, now);
+    if (!this.flushPending) this.host.scheduleFlush(this);
     return kept;
   }
 
@@ -113,14 +115,14 @@ export class Session {
     if (this.ended) return;
     this.queue.removeWhere((payload) => isPositionedOn(channel, payload));
     this.queue.pushAll(payloads);
-    this.host.scheduleFlush(this);
+    if (!this.flushPending) this.host.scheduleFlush(this);
   }
 
   /** Queues unacknowledged messages again, ahead of everything else (ack extension). */
   resend(payloads: readonly string[]): void {
     if (this.ended || payloads.length === 0) return;
     this.queue.unshiftAll(payloads);
-    this.host.scheduleFlush(this);
+    if (!this.flushPending) this.host.scheduleFlush(this);
   }
 
   bind(connection: PushConnection): void {
@@ -128,9 +130,9 @@ export class Session {
     this.connection = connection;
     connection.onClose(() => this.unbind(connection));
     connection.onDrain(() => {
-      if (this.connection === connection && this.queue.length > 0) this.host.scheduleFlush(this);
+      if (this.connection === connection && this.queue.length > 0 && !this.flushPending) this.host.scheduleFlush(this);
     });
-    if (this.queue.length > 0) this.host.scheduleFlush(this);
+    if (this.queue.length > 0 && !this.flushPending) this.host.scheduleFlush(this);
   }
 
   unbind(connection: PushConnection): void {
@@ -140,12 +142,22 @@ export class Session {
     if (this.held?.connection === connection) this.release('superseded');
   }
 
-  /** Writes what is queued to wherever it can go now; called once per event-loop turn at most. */
-  flush(): void {
-    if (this.queue.length === 0 || this.ended) return;
-    if (this.connection?.open) {
+  /**
+   * Writes what is queued to wherever it can go now; called once per event-loop turn at most.
+   * `now` is the flush's clock (one read for every session flushed in that turn).
+   */
+  flush(now = Date.now()): void {
+    const queued = this.queue.length;
+    if (queued === 0 || this.ended) return;
+    const line = this.connection;
+    if (line !== null && line.open) {
       // A congested line is written again when it drains; meanwhile the bounded queue holds.
-      if (!this.connection.congested) this.connection.send(this.takeQueued());
+      if (line.congested) return;
+      if (queued === 1 && this.ack === null) {
+        // The usual case, one publish since the last flush: no arrays on the way to the socket.
+        this.host.observeDelivery(now - this.queue.oldestAt);
+        line.sendOne(this.queue.takeOnly());
+      } else line.send(this.takeQueued(now));
     } else if (this.held && !this.held.connection) this.release('message');
   }
 
@@ -181,9 +193,9 @@ export class Session {
   }
 
   /** Removes what is queued for writing now, reporting how long the oldest message waited. */
-  takeQueued(): string[] {
+  takeQueued(now = Date.now()): string[] {
     if (this.queue.length === 0) return [];
-    this.host.observeDelivery(Date.now() - this.queue.oldestAt);
+    this.host.observeDelivery(now - this.queue.oldestAt);
     const payloads = this.queue.drain();
     this.ack?.written(payloads);
     return payloads;

@@ -57,6 +57,10 @@ class StreamConnection implements PushConnection {
     this.write(this.framer.batch(encodeBatch(serialised), ++this.sequence));
   }
 
+  sendOne(serialised: string): void {
+    this.write(this.framer.batch(`[${serialised}]`, ++this.sequence));
+  }
+
   write(chunk: string): void {
     if (!this.open) return;
     this.active = true;

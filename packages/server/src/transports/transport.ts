@@ -25,6 +25,8 @@ export interface PushConnection {
   readonly open: boolean;
   /** Writes the serialised messages as one JSON array in one write. */
   send(serialised: readonly string[]): void;
+  /** `send([serialised])` without the array: the common case of one message per flush. */
+  sendOne(serialised: string): void;
   /**
    * True while more than `maxBufferedBytes` wait to be written to the network: the session keeps
    * its messages in its own bounded queue until the line drains, so a slow reader cannot grow

@@ -28,11 +28,9 @@ const CLOSE_GRACE_MS = 1000;
  */
 let lastPayload: string | null = null;
 let lastFrame: Buffer = Buffer.alloc(0);
-function frameFor(serialised: readonly string[]): Buffer {
-  if (serialised.length !== 1) return textFrame(encodeBatch(serialised));
-  const payload = serialised[0]!;
+function frameOf(payload: string): Buffer {
   if (payload !== lastPayload) {
-    lastFrame = textFrame(encodeBatch(serialised));
+    lastFrame = textFrame(`[${payload}]`);
     lastPayload = payload;
   }
   return lastFrame;
@@ -108,7 +106,8 @@ class WebSocketConnection implements PushConnection {
   }
 
   get congested(): boolean {
-    return this.socket.bufferedAmount > this.core.options.maxBufferedBytes;
+    // Frames are written to the TCP socket directly: what waits is in its buffer.
+    return this.raw.writableLength > this.core.options.maxBufferedBytes;
   }
 
   sessionEnded(): void {
@@ -120,7 +119,12 @@ class WebSocketConnection implements PushConnection {
   }
 
   send(serialised: readonly string[]): void {
-    if (this.open) this.raw.write(frameFor(serialised));
+    if (!this.open) return;
+    this.raw.write(serialised.length === 1 ? frameOf(serialised[0]!) : textFrame(encodeBatch(serialised)));
+  }
+
+  sendOne(serialised: string): void {
+    if (this.open) this.raw.write(frameOf(serialised));
   }
 
   onClose(callback: () => void): void {
