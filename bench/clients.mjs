@@ -331,6 +331,25 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
 }
 
 /**
+ * A Nchan subscriber: one WebSocket to `<url>?id=<channel>[,<channel>…]` (Nchan's multiplexed
+ * channels). The open socket is the subscription, nothing is sent, and every frame is one
+ * published body, exactly as it was POSTed.
+ */
+export function nchanSubscriber({ url, channels, recorder, timeoutMs }) {
+  return new Promise((resolve, reject) => {
+    const client = { ws: null, failed: false, run: null, lastSeq: -1, probe: null };
+    const { settled } = openSocket({ url: `${url}?id=${channels.map(encodeURIComponent).join(',')}`, client, recorder, timeoutMs, reject });
+    client.ws.on('open', () => {
+      settled();
+      resolve(client);
+    });
+    client.ws.on('message', (raw) => {
+      if (recorder.scan(client, raw.toString()) > 0) recorder.frames++;
+    });
+  });
+}
+
+/**
  * A Socket.IO subscriber speaking Engine.IO 4 / Socket.IO 5 directly over one WebSocket
  * (`/socket.io/?EIO=4&transport=websocket`): open, connect to the main namespace, emit
  * `subscribe` with an acknowledgement (the server joins the room), answer pings.

@@ -5,10 +5,10 @@
 //
 //   npm run bench -- --scenarios fanout --subscribers 500 --rates 20,50 --duration 5
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { Recorder, useWsLibrary, bayeuxLongPollSubscriber, bayeuxSubscriber, closeClient, nowMs, socketIoOfficialSubscriber, socketIoPollingSubscriber, socketIoRawSubscriber } from './clients.mjs';
+import { Recorder, useWsLibrary, bayeuxLongPollSubscriber, bayeuxSubscriber, closeClient, nchanSubscriber, nowMs, socketIoOfficialSubscriber, socketIoPollingSubscriber, socketIoRawSubscriber } from './clients.mjs';
 import { DEFAULT_SCENARIOS, SCENARIOS, expectedDeliveries } from './scenarios.mjs';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
@@ -27,7 +27,8 @@ const USAGE = `usage: npm run bench -- [options]
   --duration S           seconds of publishing per rate (default 5)
   --settle S             idle scenario: seconds to wait after the last connection before memory is measured (default 12)
   --drain S              longest wait for stragglers after the last publish, s (default 5)
-  --servers LIST         any of perihelion,faye,socketio (default all three, in that order)
+  --servers LIST         any of perihelion,faye,socketio,nchan (default all four, in that order; nchan only when
+                         installed: apt-get install nginx-light libnginx-mod-nchan)
   --socketio-client K    raw (Engine.IO protocol over a WebSocket, default) or official (socket.io-client)
   --ws-client K          the subscribers' WebSocket: raw (a minimal RFC 6455 client on a TCP socket, default) or ws
   --connect-timeout S    per-client setup timeout, s (default 15)
@@ -41,6 +42,11 @@ const USAGE = `usage: npm run bench -- [options]
   --cpu-prof DIR         write a V8 CPU profile of each server to DIR (open it in Chrome DevTools)
 `;
 
+/** Nchan runs only where Debian's nginx and its nchan module are installed. */
+function nchanInstalled() {
+  return existsSync('/usr/sbin/nginx') && existsSync('/usr/lib/nginx/modules/ngx_nchan_module.so');
+}
+
 function parseArgs(argv) {
   const options = {
     scenarios: DEFAULT_SCENARIOS,
@@ -52,7 +58,7 @@ function parseArgs(argv) {
     duration: 5,
     drain: 5,
     settle: 12,
-    servers: ['perihelion', 'faye', 'socketio'],
+    servers: nchanInstalled() ? ['perihelion', 'faye', 'socketio', 'nchan'] : ['perihelion', 'faye', 'socketio'],
     socketioClient: 'raw',
     wsClient: 'raw',
     connectTimeout: 15,
@@ -120,7 +126,8 @@ function parseArgs(argv) {
         break;
       case '--servers': {
         const list = value().split(',').filter(Boolean);
-        for (const s of list) if (!['perihelion', 'faye', 'socketio'].includes(s)) usage(`unknown server ${JSON.stringify(s)}`);
+        for (const s of list) if (!['perihelion', 'faye', 'socketio', 'nchan'].includes(s)) usage(`unknown server ${JSON.stringify(s)}`);
+        if (list.includes('nchan') && !nchanInstalled()) usage('nchan is not installed: apt-get install nginx-light libnginx-mod-nchan');
         if (list.length === 0) usage('--servers needs at least one server');
         options.servers = list;
         break;
@@ -297,6 +304,7 @@ class ServerProcess {
     relay(this.child.stdout);
     relay(this.child.stderr);
     this.child.on('message', (message) => {
+      if (message.type === 'ready' && Array.isArray(message.pids)) this.serverPids = message.pids;
       const i = this.waiters.findIndex((w) => w.type === message.type);
       if (i >= 0) this.waiters.splice(i, 1)[0].resolve(message);
       else if (message.type === 'error') log(`  [${name}] error: ${message.message}`);
@@ -345,8 +353,9 @@ class ServerProcess {
     return reply;
   }
 
+  /** The processes doing the server's work: this child, or those its 'ready' names (Nchan's nginx worker). */
   get pids() {
-    return [this.child.pid];
+    return this.serverPids ?? [this.child.pid];
   }
 
   async stop() {
@@ -446,7 +455,8 @@ function runQueueWaitMs(pid) {
 // ---------------------------------------------------------------------------------------------
 // One server: start, connect N subscribers, probe, step through the rates.
 
-const LABELS = { perihelion: 'Perihelion', faye: 'Faye 1.4', socketio: 'Socket.IO 4' };
+const LABELS = { perihelion: 'Perihelion', faye: 'Faye 1.4', socketio: 'Socket.IO 4', nchan: 'Nchan 1.3' };
+const PEERS = ['faye', 'socketio', 'nchan'];
 const results = []; // load rows: {scenario, server, round, rate, ...}
 const idleRows = []; // idle rows: {server, round, size, ...}
 const serverNotes = []; // per scenario, server and round: {scenario, name, round, idleRss, connectedRss, peakRss, connected, clients, setupSeconds, error}
@@ -469,6 +479,7 @@ function subscriberFactory(name, port, path, scenario) {
       ? (common, i) => socketIoOfficialSubscriber({ ...common, url: `ws://${base}`, rooms: scenario.channelsOf(i), event: 'fanout' })
       : (common, i) => socketIoRawSubscriber({ ...common, url: `ws://${base}/socket.io/?EIO=4&transport=websocket`, rooms: scenario.channelsOf(i), event: 'fanout' });
   }
+  if (name === 'nchan') return (common, i) => nchanSubscriber({ ...common, url: `ws://${base}${path}`, channels: scenario.channelsOf(i) });
   const channels = (i) => scenario.channelsOf(i).map((key) => `/bench/${key}`);
   if (polling) return (common, i) => bayeuxLongPollSubscriber({ ...common, url: `http://${base}${path}`, channels: channels(i) });
   return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i) });
@@ -680,7 +691,8 @@ async function benchIdle(name, scenario, size, round) {
     row.heapBefore = before.heapUsed;
     row.heapAfter = after.heapUsed;
     row.bytesPerConnection = clients.length > 0 ? (after.rss - before.rss) / clients.length : NaN;
-    row.heapPerConnection = clients.length > 0 ? (after.heapUsed - before.heapUsed) / clients.length : NaN;
+    // Null for a server without a JavaScript heap (Nchan).
+    row.heapPerConnection = clients.length > 0 && after.heapUsed !== null ? (after.heapUsed - before.heapUsed) / clients.length : NaN;
     row.cpuMs = (connected.cpu.user + connected.cpu.system - before.cpu.user - before.cpu.system) / 1000;
     // The server's own cost of a connection (TCP accept, upgrade, handshake, connect, subscribe),
     // which the load generator's speed does not limit: the rate one core could sustain is 1e6 / µs.
@@ -727,6 +739,12 @@ function table(headers, rows, align) {
   const line = (cells) => `| ${cells.map((c, i) => (align[i] === 'l' ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join(' | ')} |`;
   const rule = `| ${widths.map((w, i) => (align[i] === 'l' ? `:${'-'.repeat(w - 1)}` : `${'-'.repeat(w - 1)}:`)).join(' | ')} |`;
   return [line(headers), rule, ...rows.map(line)].join('\n');
+}
+
+/** The version of an installed Debian package, or '?'. */
+function debianVersionOf(pkg) {
+  const out = spawnSync('dpkg-query', ['-W', '-f=${Version}', pkg], { encoding: 'utf8' });
+  return out.status === 0 && out.stdout ? out.stdout.trim() : '?';
 }
 
 function versionOf(pkg) {
@@ -820,7 +838,7 @@ function ratiosTable() {
     for (const rate of scenario.rates) {
       const p = rows.find((r) => r.server === 'perihelion' && r.rate === rate);
       if (!p) continue;
-      for (const other of ['faye', 'socketio']) {
+      for (const other of PEERS) {
         const o = rows.find((r) => r.server === other && r.rate === rate);
         if (!o) continue;
         out.push([scenario.id, `Perihelion / ${LABELS[other]}`, fmt(rate, 0), ratio(p.deliveredPerSec, o.deliveredPerSec), ratio(p.p50, o.p50), ratio(p.p99, o.p99), ratio(p.serverUsPerMsg, o.serverUsPerMsg), ratio(p.serverRss, o.serverRss)]);
@@ -829,7 +847,7 @@ function ratiosTable() {
   }
   const idle = idleSummary();
   for (const p of idle.filter((r) => r.server === 'perihelion')) {
-    for (const other of ['faye', 'socketio']) {
+    for (const other of PEERS) {
       const o = idle.find((r) => r.server === other && r.size === p.size);
       if (!o) continue;
       out.push([`idle ${p.size}`, `Perihelion / ${LABELS[other]}`, '–', `${ratio(p.connectsPerSec, o.connectsPerSec)} conn/s`, '–', '–', `${ratio(p.serverUsPerConnection, o.serverUsPerConnection)} per conn`, `${ratio(p.bytesPerConnection, o.bytesPerConnection)} per conn`]);
@@ -903,9 +921,14 @@ function setupText() {
     `- Machine: ${cpuCount} CPUs (\`nproc\`), ${cpuModel}, ${fmt(os.totalmem() / 2 ** 30, 1)} GiB, ${os.type()} ${os.release()}, Node ${process.version}; load average at start ${loadBefore.map((l) => l.toFixed(2)).join(' ')}`,
     `- Pinning: ${pinning === 'none' ? 'none (see warnings)' : pinning}`,
     `- Scenarios: ${options.scenarios.join(', ')}; ${options.duration} s per rate, up to ${options.drain} s drain, publisher inside the server process, ${options.rounds} round${options.rounds > 1 ? 's (server order rotated; tables show medians)' : ''}`,
-    `- Versions: Perihelion ${versionOf('@perihelion/server')}, faye ${versionOf('faye')}, socket.io ${versionOf('socket.io')}, ws ${versionOf('ws')} (load generator)`,
+    `- Versions: Perihelion ${versionOf('@perihelion/server')}, faye ${versionOf('faye')}, socket.io ${versionOf('socket.io')}${options.servers.includes('nchan') ? `, Nchan ${debianVersionOf('libnginx-mod-nchan')} on nginx ${debianVersionOf('nginx-light')} (Debian)` : ''}, ws ${versionOf('ws')} (load generator)`,
     `- Perihelion: \`createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, publishRate: 0, pingInterval: 0 })\`, in-memory engine — limits off so they do not interfere (other options at their defaults: \`maxQueue\` 1000, history of 1000 messages per channel, positions on every message)`,
     `- Faye: \`new faye.NodeAdapter({ mount: '/faye', timeout: 25 })\` on node:http, published with \`bayeux.getClient().publish\``,
+    ...(options.servers.includes('nchan')
+      ? [
+          "- Nchan: nginx with one worker, `nchan_subscriber websocket` at `/sub?id=<channels, comma-separated>` (`nchan_subscriber_first_message newest`), `nchan_publisher` at `/pub?id=<channel>`; published by HTTP POST (keep-alive) from a wrapper process on the load generator's CPU. Server CPU and RSS are the nginx worker's; its subscribers send nothing (the open WebSocket is the subscription), so its set-up is lighter than a Bayeux handshake, connect and subscribe",
+        ]
+      : []),
     `- Socket.IO: \`new Server(http, { transports: [<the scenario's>] })\`, a room per channel, published with \`io.to(room).emit\`; clients ${options.socketioClient === 'official' ? "are socket.io-client instances with `transports: ['websocket']`" : 'speak the raw Engine.IO 4 / Socket.IO protocol over `ws` or HTTP polling (not socket.io-client), like the Bayeux clients'}`,
     '- Servers run with `--expose-gc`; idle memory is measured after a full collection.',
   ].join('\n');

@@ -55,6 +55,8 @@ export const SCENARIOS = {
     channelsOf: () => ['fanout'],
     keys: ['fanout'],
     batch: 1,
+    servers: ['perihelion', 'faye', 'socketio'],
+    skips: { nchan: "Nchan's long-polling subscribers speak a protocol of their own (If-Modified-Since/If-None-Match), which the generator does not speak" },
   },
   chat: {
     kind: 'load',
@@ -78,7 +80,10 @@ export const SCENARIOS = {
     keys: ['fanout'],
     batch: 1,
     servers: ['perihelion', 'socketio'],
-    skips: { faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm" },
+    skips: {
+      faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
+      nchan: 'nginx with Nchan on Redis is not set up by the bench',
+    },
   },
 };
 

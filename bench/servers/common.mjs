@@ -19,8 +19,10 @@ const send = (message) => {
  * @param {(key: string, data: object) => (void | Promise<unknown>)} server.publish  one message to every
  *     subscriber of the channel (Bayeux `/bench/<key>`) or room (Socket.IO `<key>`) named by key
  * @param {() => Promise<void>} server.stop
+ * @param {() => {cpu: {user: number, system: number}, rss: number, heapUsed: number}} [server.usage]
+ *     for a server that runs in processes of its own (Nchan): their CPU (µs) and memory, in place of this process's
  */
-export async function runServer({ name, start, publish, stop }) {
+export async function runServer({ name, start, publish, stop, usage }) {
   if (!process.send) {
     console.error(`${name}: start me from bench/run.mjs (needs an IPC channel)`);
     process.exit(2);
@@ -29,9 +31,10 @@ export async function runServer({ name, start, publish, stop }) {
   process.on('disconnect', () => process.exit(0));
   process.on('SIGTERM', () => process.exit(0));
 
-  let rssPeak = process.memoryUsage().rss;
+  const measure = usage ?? (() => ({ cpu: process.cpuUsage(), rss: process.memoryUsage().rss, heapUsed: process.memoryUsage().heapUsed }));
+  let rssPeak = 0;
   const sampler = setInterval(() => {
-    const rss = process.memoryUsage().rss;
+    const { rss } = measure();
     if (rss > rssPeak) rssPeak = rss;
   }, 100);
   sampler.unref();
@@ -56,9 +59,9 @@ export async function runServer({ name, start, publish, stop }) {
   const stats = ({ gc = false } = {}) => {
     // With --expose-gc, memory is measured after a full collection: live data, not garbage.
     if (gc && typeof globalThis.gc === 'function') globalThis.gc();
-    const rss = process.memoryUsage().rss;
+    const { cpu, rss, heapUsed } = measure();
     if (rss > rssPeak) rssPeak = rss;
-    return { type: 'stats', at: nowMs(), cpu: process.cpuUsage(), rss, rssPeak, heapUsed: process.memoryUsage().heapUsed };
+    return { type: 'stats', at: nowMs(), cpu, rss, rssPeak, heapUsed };
   };
 
   /**
