@@ -1,10 +1,10 @@
 // Nchan 1.3, the nginx module written in C: nginx with one worker process, WebSocket
 // subscribers at /sub?id=<channel>[,<channel>…], messages published by HTTP POST to /pub?id=<channel>.
 // Debian packages it (apt-get install nginx-light libnginx-mod-nchan); the bench skips it when
-// absent. Only the nginx worker's CPU and memory count as the server's: this wrapper, which
-// publishes, moves itself to the load generator's CPU, publishing being a client's work in
-// Nchan's model (the other servers publish from inside their own process, and pay for it).
-import { spawn, execFileSync } from 'node:child_process';
+// absent. Only the nginx worker's CPU and memory count as the server's. This wrapper publishes
+// from the server's CPU, as the other servers' in-process publishers do: on the generator's CPU
+// its POSTs would wait behind a busy generator and count as Nchan's latency.
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -14,8 +14,6 @@ import { runServer } from './common.mjs';
 
 export const NGINX = '/usr/sbin/nginx';
 export const NCHAN_MODULE = '/usr/lib/nginx/modules/ngx_nchan_module.so';
-
-const TICK_US = 10_000; // USER_HZ 100: /proc/<pid>/stat counts CPU in ticks of 10 ms
 
 /** A free TCP port on the loopback (nginx is told which port to listen on). */
 function freePort() {
@@ -36,7 +34,8 @@ worker_processes 1;
 error_log ${dir}/error.log warn;
 pid ${dir}/nginx.pid;
 events {
-  worker_connections 20000;
+  # Nchan takes connection slots beyond the sockets (at 20 000, 19 000 subscribers were too many).
+  worker_connections 40000;
   multi_accept on;
 }
 http {
@@ -63,13 +62,16 @@ http {
 `;
 }
 
-/** CPU (µs) and resident memory (bytes) of one process, from /proc. */
+/**
+ * CPU (µs) and resident memory (bytes) of one process, from /proc. The CPU is the scheduler's
+ * run time in ns (`schedstat`), not `stat`'s 10 ms ticks, which a short run would round to zero;
+ * it is not split into user and system time.
+ */
 function processUsage(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const runNs = Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-  return { user: Number(fields[11]) * TICK_US, system: Number(fields[12]) * TICK_US, rss: rssKb * 1024 };
+  return { user: runNs / 1000, system: 0, rss: rssKb * 1024 };
 }
 
 function childrenOf(pid) {
@@ -108,10 +110,6 @@ async function start() {
     }
     if (waited > 10_000) throw new Error('nginx did not start listening within 10 s');
   }
-  // The wrapper publishes from the load generator's CPU; nginx stays where it was started.
-  try {
-    execFileSync('taskset', ['-p', '-c', '1', String(process.pid)], { stdio: 'ignore' });
-  } catch {}
   return { port, path: '/sub', pids: [worker] };
 }
 
@@ -130,11 +128,18 @@ function publish(key, data) {
   });
 }
 
+let lastUsage = { cpu: { user: 0, system: 0 }, rss: 0, heapUsed: NaN };
+
 function usage() {
-  if (worker === null) return { cpu: { user: 0, system: 0 }, rss: 0, heapUsed: NaN };
-  const w = processUsage(worker);
-  // No JavaScript heap here: the heap column reads "–" for Nchan.
-  return { cpu: { user: w.user, system: w.system }, rss: w.rss, heapUsed: NaN };
+  if (worker === null) return lastUsage;
+  try {
+    const w = processUsage(worker);
+    // No JavaScript heap here: the heap column reads "–" for Nchan.
+    lastUsage = { cpu: { user: w.user, system: w.system }, rss: w.rss, heapUsed: NaN };
+  } catch {
+    // The worker is gone (nginx stopping): its last reading stands.
+  }
+  return lastUsage;
 }
 
 async function stop() {
@@ -144,7 +149,15 @@ async function stop() {
     await Promise.race([gone, new Promise((resolve) => setTimeout(resolve, 2000))]);
     if (nginx.exitCode === null) nginx.kill('SIGKILL');
   }
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  if (dir) {
+    // What nginx complained about (refused connections, limits) goes to the bench's log.
+    let log = '';
+    try {
+      log = readFileSync(join(dir, 'error.log'), 'utf8').trim();
+    } catch {}
+    if (log) console.error(`nginx error.log (last lines):\n${log.split('\n').slice(-10).join('\n')}`);
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 // Never leave an nginx behind.

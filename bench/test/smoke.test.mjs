@@ -5,12 +5,13 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const RUN = fileURLToPath(new URL('../run.mjs', import.meta.url));
+const NCHAN_INSTALLED = existsSync('/usr/sbin/nginx') && existsSync('/usr/lib/nginx/modules/ngx_nchan_module.so');
 
 /** Runs the benchmark with `args` and resolves to its JSON report. */
 async function bench(args) {
@@ -35,6 +36,17 @@ describe('benchmark smoke run', () => {
         assert.ok(row.received > 0, `${scenario} on ${server} delivered`);
         assert.equal(row.lost, 0, `${scenario} on ${server}: nothing lost`);
       }
+    }
+  });
+
+  it('runs Nchan (nginx) in its scenarios without loss', { timeout: 240_000, skip: NCHAN_INSTALLED ? false : 'Nchan is not installed (apt-get install nginx-light libnginx-mod-nchan)' }, async () => {
+    const report = await bench(['--servers', 'nchan', '--scenarios', 'idle,fanout,channels,chat', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1']);
+    assert.equal(report.idle.find((r) => r.server === 'nchan')?.connected, 100, 'every idle connection opened');
+    for (const scenario of ['fanout', 'channels', 'chat']) {
+      const row = report.results.find((r) => r.scenario === scenario && r.server === 'nchan');
+      assert.ok(row, `${scenario} ran on Nchan`);
+      assert.ok(row.received > 0 && row.serverUsPerMsg > 0, `${scenario} on Nchan delivered, and the nginx worker's CPU was read`);
+      assert.equal(row.lost, 0, `${scenario} on Nchan: nothing lost`);
     }
   });
 

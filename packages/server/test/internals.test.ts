@@ -61,6 +61,32 @@ describe('outbound queue', () => {
   });
 });
 
+describe('outbound queue: one message at a time (the flush of a lone publish)', () => {
+  it('takes the one message queued, then queues and takes the next in the same storage', () => {
+    const queue = new OutboundQueue(3);
+    queue.push('a', 1000);
+    assert.equal(queue.oldestAt, 1000, "the caller's clock is kept");
+    assert.equal(queue.takeOnly(), 'a');
+    assert.equal(queue.length, 0);
+    queue.push('b', 2000);
+    assert.equal(queue.oldestAt, 2000);
+    assert.equal(queue.length, 1);
+    assert.equal(queue.takeOnly(), 'b');
+    assert.equal(queue.length, 0);
+  });
+
+  it('takes the newest message after drops left a dead prefix, and starts clean', () => {
+    const queue = new OutboundQueue(1);
+    queue.push('1');
+    assert.equal(queue.push('2'), false, 'the oldest was dropped');
+    assert.equal(queue.length, 1);
+    assert.equal(queue.takeOnly(), '2');
+    assert.equal(queue.length, 0);
+    queue.push('3');
+    assert.deepEqual(queue.drain(), ['3'], 'nothing of the dead prefix came back');
+  });
+});
+
 describe('subscription index', () => {
   it('matches exact channels and wildcards, each session once', () => {
     const index = new SubscriptionIndex();

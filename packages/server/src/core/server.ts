@@ -784,6 +784,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
   // ---------------------------------------------------------------- SessionHost
 
   scheduleFlush(session: Session): void {
+    if (session.flushPending) return;
     session.flushPending = true;
     this.dirty.push(session);
     if (this.flushScheduled) return;

@@ -101,7 +101,7 @@ export class Session {
   enqueue(payload: string, now = Date.now()): boolean {
     if (this.ended) return false;
     const kept = this.queue.push(payload, now);
-    if (!this.flushPending) this.host.scheduleFlush(this);
+    this.host.scheduleFlush(this);
     return kept;
   }
 
@@ -115,14 +115,14 @@ export class Session {
     if (this.ended) return;
     this.queue.removeWhere((payload) => isPositionedOn(channel, payload));
     this.queue.pushAll(payloads);
-    if (!this.flushPending) this.host.scheduleFlush(this);
+    this.host.scheduleFlush(this);
   }
 
   /** Queues unacknowledged messages again, ahead of everything else (ack extension). */
   resend(payloads: readonly string[]): void {
     if (this.ended || payloads.length === 0) return;
     this.queue.unshiftAll(payloads);
-    if (!this.flushPending) this.host.scheduleFlush(this);
+    this.host.scheduleFlush(this);
   }
 
   bind(connection: PushConnection): void {
@@ -130,9 +130,9 @@ export class Session {
     this.connection = connection;
     connection.onClose(() => this.unbind(connection));
     connection.onDrain(() => {
-      if (this.connection === connection && this.queue.length > 0 && !this.flushPending) this.host.scheduleFlush(this);
+      if (this.connection === connection && this.queue.length > 0) this.host.scheduleFlush(this);
     });
-    if (this.queue.length > 0 && !this.flushPending) this.host.scheduleFlush(this);
+    if (this.queue.length > 0) this.host.scheduleFlush(this);
   }
 
   unbind(connection: PushConnection): void {
