@@ -9,7 +9,7 @@ import { once } from 'node:events';
 import { createServer as createTcpServer, connect, type Server as TcpServer, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import type { Position } from '@perihelion/protocol';
-import { PerihelionError, RedisEngine, createServer, type RedisEngineOptions } from '../src/index.js';
+import { PerihelionError, RedisEngine, createServer, type Authenticator, type RedisEngineOptions } from '../src/index.js';
 import { WsPeer, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 import { REDIS_URL, deleteKeys, keysUnder, requireRedis, uniquePrefix } from './redis-fixture.js';
 
@@ -23,9 +23,9 @@ interface Client {
   subscribe(subscription: string | string[], ext?: Record<string, unknown>): Promise<Msg>;
 }
 
-async function client(node: TestServer): Promise<Client> {
+async function client(node: TestServer, handshakeExt?: Record<string, unknown>): Promise<Client> {
   const peer = await WsPeer.open(node.wsUrl);
-  const reply = await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] });
+  const reply = await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'], ...(handshakeExt ? { ext: handshakeExt } : {}) });
   const clientId = reply.clientId as string;
   await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
   peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
@@ -50,13 +50,18 @@ describe('cluster mode (Redis engine)', () => {
   let prefix: string;
   const nodes: TestServer[] = [];
   const peers: WsPeer[] = [];
+  // A handshake may name its user in ext.user (an application's authenticator, as in security.md).
+  const authenticate: Authenticator = ({ message }) => {
+    const user = message.ext?.user;
+    return typeof user === 'string' ? { id: user, roles: [], claims: {} } : null;
+  };
   const node = async (options: RedisEngineOptions = {}): Promise<TestServer> => {
-    const t = await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix, ...options }), apiKey: API_KEY });
+    const t = await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix, ...options }), apiKey: API_KEY, authenticate });
     nodes.push(t);
     return t;
   };
-  const open = async (t: TestServer): Promise<Client> => {
-    const c = await client(t);
+  const open = async (t: TestServer, handshakeExt?: Record<string, unknown>): Promise<Client> => {
+    const c = await client(t, handshakeExt);
     peers.push(c.peer);
     return c;
   };
@@ -114,14 +119,18 @@ describe('cluster mode (Redis engine)', () => {
     fresh();
     const a = await node();
     const b = await node();
-    const onA = await open(a);
+    const onA = await open(a, { user: 'alice' });
     const onB = await open(b);
     await onA.subscribe('/lobby');
     await onB.subscribe(['/lobby', '/games/*']);
     for (const t of [a, b]) {
       const presence = await api(t, 'GET', '/api/presence?channel=/lobby');
-      const ids = (presence.json.sessions as Array<{ clientId: string }>).map((s) => s.clientId).sort();
-      assert.deepEqual(ids, [onA.clientId, onB.clientId].sort());
+      const sessions = (presence.json.sessions as Array<{ clientId: string; user: string | null }>).sort((x, y) => x.clientId.localeCompare(y.clientId));
+      const expected = [
+        { clientId: onA.clientId, user: 'alice' },
+        { clientId: onB.clientId, user: null },
+      ].sort((x, y) => x.clientId.localeCompare(y.clientId));
+      assert.deepEqual(sessions, expected, 'both nodes see both sessions, and the user of the one on A');
       const channels = await api(t, 'GET', '/api/channels');
       assert.deepEqual(channels.json.channels, [
         { channel: '/games/*', subscribers: 1 },

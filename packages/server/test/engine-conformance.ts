@@ -324,6 +324,16 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.equal(await engine.subscriberCount('/nobody'), 0);
     });
 
+    it("knows each session's user until the session ends (presence)", async () => {
+      const { engine } = await open();
+      await engine.addSession('u1', 'alice');
+      await engine.addSession('u2');
+      assert.deepEqual(await engine.usersOf(['u1', 'u2', 'nobody']), ['alice', null, null]);
+      assert.deepEqual(await engine.usersOf([]), []);
+      await engine.removeSession('u1');
+      assert.deepEqual(await engine.usersOf(['u1']), [null], 'the user of an ended session is forgotten');
+    });
+
     it('sends to one known session, and says false for an unknown or ended one', async () => {
       const { engine, host } = await open();
       await engine.addSession('a');
@@ -408,6 +418,15 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       }
       await b.engine.removeSession('s2');
       assert.deepEqual(Object.fromEntries(await a.engine.channels()), { '/d/presence': 1 });
+    });
+
+    it("knows the user of another node's session, until it ends", async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.addSession('user-on-a', 'alice');
+      assert.deepEqual(await b.engine.usersOf(['user-on-a']), ['alice']);
+      await a.engine.removeSession('user-on-a');
+      assert.deepEqual(await b.engine.usersOf(['user-on-a']), [null]);
     });
 
     it('reaches a session on another node with sendTo, and says false once it ended there', async () => {

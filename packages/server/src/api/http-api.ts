@@ -161,10 +161,10 @@ export class HttpApi {
   private async presence(res: ServerResponse, channel: string | null): Promise<void> {
     const problem = channelProblem(channel);
     if (problem) return sendApiError(res, 400, 'invalid_channel', `?channel=${JSON.stringify(channel)}: ${problem}`);
-    const sessions = (await this.core.engine.subscribers(channel!)).map((clientId) => ({
-      clientId,
-      user: this.core.getSession(clientId)?.identity?.id ?? null,
-    }));
+    const clientIds = await this.core.engine.subscribers(channel!);
+    // Users as the engine knows them: with Redis, those of sessions on other nodes too.
+    const users = await this.core.engine.usersOf(clientIds);
+    const sessions = clientIds.map((clientId, i) => ({ clientId, user: users[i] ?? null }));
     sendJson(res, 200, { channel, sessions });
   }
 

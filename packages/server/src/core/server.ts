@@ -438,7 +438,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
     this.sessions.set(session.id, session);
     this.sessionsPerAddress.set(address, (this.sessionsPerAddress.get(address) ?? 0) + 1);
     // Known to the engine at once, so that a delivery from any node reaches it.
-    await this.engine.addSession(session.id).catch((error: unknown) => this.reportError(error));
+    await this.engine.addSession(session.id, identity?.id ?? null).catch((error: unknown) => this.reportError(error));
     if (context.connection) session.bind(context.connection);
     // A session that never connects is swept like one that stopped connecting.
     session.scheduleExpiry(this.options.maxInterval);

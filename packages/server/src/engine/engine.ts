@@ -60,8 +60,13 @@ export interface Engine {
   readonly name: string;
   start(host: EngineHost): Promise<void>;
   close(): Promise<void>;
-  /** A session began on this node: `sendTo` reaches it (from any node) until `removeSession`. */
-  addSession(clientId: string): Promise<void>;
+  /**
+   * A session began on this node: `sendTo` reaches it (from any node) until `removeSession`.
+   * `user` is the id of its authenticated user (null for an anonymous session), for presence.
+   */
+  addSession(clientId: string, user?: string | null): Promise<void>;
+  /** The user of each session (null: anonymous or unknown), as every node sees them. */
+  usersOf(clientIds: readonly string[]): Promise<(string | null)[]>;
   /**
    * Subscribes a session and, in the same step, replays what it missed since each of `recover`'s
    * positions (at most `maxReplay` messages in all), so that nothing falls between the replay and

@@ -17,7 +17,8 @@ export class MemoryEngine implements Engine {
   readonly name = 'memory';
   private host: EngineHost | null = null;
   private readonly index = new SubscriptionIndex();
-  private readonly sessions = new Set<string>();
+  /** Live sessions and the user each belongs to (null: anonymous). */
+  private readonly sessions = new Map<string, string | null>();
   private historyStore: HistoryStore | null = null;
   private sweeper: NodeJS.Timeout | null = null;
 
@@ -35,15 +36,19 @@ export class MemoryEngine implements Engine {
     this.sweeper = null;
   }
 
-  async addSession(clientId: string): Promise<void> {
+  async addSession(clientId: string, user: string | null = null): Promise<void> {
     this.running();
-    this.sessions.add(clientId);
+    this.sessions.set(clientId, user);
+  }
+
+  async usersOf(clientIds: readonly string[]): Promise<(string | null)[]> {
+    return clientIds.map((clientId) => this.sessions.get(clientId) ?? null);
   }
 
   async subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): Promise<SubscribeOutcome> {
     const host = this.running();
     const history = this.store();
-    this.sessions.add(clientId);
+    if (!this.sessions.has(clientId)) this.sessions.set(clientId, null);
     this.index.add(clientId, pattern);
     const outcome: SubscribeOutcome = { position: isWildcard(pattern) ? null : history.position(pattern), recovered: [] };
     let budget = maxReplay;

@@ -50,9 +50,10 @@ local function unsub(cid, pattern)
     if redis.call('HINCRBY', P .. 'counts', pattern, -1) <= 0 then redis.call('HDEL', P .. 'counts', pattern) end
   end
 end
-local function own(cid, node)
+local function own(cid, node, user)
   redis.call('HSET', P .. 'owner', cid, node)
   redis.call('SADD', P .. 'nodesess:' .. node, cid)
+  if user and user ~= '' then redis.call('HSET', P .. 'user', cid, user) end
 end
 local function drop_session(cid, node)
   local owner = redis.call('HGET', P .. 'owner', cid)
@@ -61,6 +62,7 @@ local function drop_session(cid, node)
   for _, pattern in ipairs(redis.call('SMEMBERS', P .. 'sess:' .. cid)) do unsub(cid, pattern) end
   redis.call('DEL', P .. 'sess:' .. cid)
   redis.call('HDEL', P .. 'owner', cid)
+  redis.call('HDEL', P .. 'user', cid)
 end
 local function touch(channel, maxc)
   redis.call('ZADD', P .. 'chans', redis.call('INCR', P .. 'lru'), channel)
@@ -171,15 +173,18 @@ unsub(ARGV[2], ARGV[3])
 return 1
 `;
 
-/** Records sessions of a node and their subscriptions. ARGV: P, node, then (clientId, count, patterns…) */
+/**
+ * Records sessions of a node, their users and their subscriptions. ARGV: P, node, then
+ * (clientId, user or '', count, patterns…)
+ */
 export const REGISTER = `${PRELUDE}
 local node = ARGV[2]
 local i = 3
 while i <= #ARGV do
-  local cid, n = ARGV[i], tonumber(ARGV[i + 1])
-  own(cid, node)
-  for j = 1, n do sub(cid, ARGV[i + 1 + j]) end
-  i = i + 2 + n
+  local cid, user, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  own(cid, node, user)
+  for j = 1, n do sub(cid, ARGV[i + 2 + j]) end
+  i = i + 3 + n
 end
 return 1
 `;

@@ -65,6 +65,8 @@ const CLEANUP_BATCH = 500;
 interface LocalSession {
   chain: Promise<unknown>;
   removed: boolean;
+  /** Its authenticated user, for presence on every node (null: anonymous). */
+  user: string | null;
 }
 
 /** Live messages of one session on one channel, held while its subscribe's read is in flight. */
@@ -210,13 +212,23 @@ export class RedisEngine implements Engine {
 
   // ---------------------------------------------------------------- sessions and subscriptions
 
-  async addSession(clientId: string): Promise<void> {
+  async addSession(clientId: string, user: string | null = null): Promise<void> {
     this.running();
-    this.local(clientId);
+    this.local(clientId).user = user;
     await this.serial(clientId, async () => {
       if (!this.readyCmd()) return;
-      await this.script('REGISTER', [this.nodeId, clientId, 0]).catch((error: unknown) => this.degraded(error));
+      await this.script('REGISTER', [this.nodeId, clientId, user ?? '', 0]).catch((error: unknown) => this.degraded(error));
     });
+  }
+
+  async usersOf(clientIds: readonly string[]): Promise<(string | null)[]> {
+    this.running();
+    if (clientIds.length === 0) return [];
+    return this.read(
+      'users of sessions',
+      (cmd) => cmd.hmget(`${this.options.prefix}user`, ...clientIds),
+      () => clientIds.map((clientId) => this.sessions.get(clientId)?.user ?? null),
+    );
   }
 
   async subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): Promise<SubscribeOutcome> {
@@ -564,7 +576,7 @@ export class RedisEngine implements Engine {
     for (const [clientId, local] of this.sessions) {
       if (local.removed) continue;
       const patterns = [...this.index.subscriptionsOf(clientId)];
-      args.push(clientId, patterns.length, ...patterns);
+      args.push(clientId, local.user ?? '', patterns.length, ...patterns);
       if (args.length > 2000) await flush();
     }
     await flush();
@@ -618,7 +630,7 @@ export class RedisEngine implements Engine {
 
   private local(clientId: string): LocalSession {
     let local = this.sessions.get(clientId);
-    if (!local || local.removed) this.sessions.set(clientId, (local = { chain: Promise.resolve(), removed: false }));
+    if (!local || local.removed) this.sessions.set(clientId, (local = { chain: Promise.resolve(), removed: false, user: null }));
     return local;
   }
 
