@@ -926,7 +926,7 @@ function setupText() {
     `- Faye: \`new faye.NodeAdapter({ mount: '/faye', timeout: 25 })\` on node:http, published with \`bayeux.getClient().publish\``,
     ...(options.servers.includes('nchan')
       ? [
-          "- Nchan: nginx with one worker, `nchan_subscriber websocket` at `/sub?id=<channels, comma-separated>` (`nchan_subscriber_first_message newest`), `nchan_publisher` at `/pub?id=<channel>`; published by HTTP POST (keep-alive) from a wrapper process on the server's CPU (not counted). Server CPU and RSS are the nginx worker's; its subscribers send nothing (the open WebSocket is the subscription), so its set-up is lighter than a Bayeux handshake, connect and subscribe",
+          "- Nchan: nginx with one worker, `nchan_subscriber websocket` at `/sub?id=<channels, comma-separated>` (`nchan_subscriber_first_message newest`), `nchan_publisher` at `/pub?id=<channel>`; published by HTTP POSTs pipelined on one keep-alive socket (in order) from a wrapper process on the server's CPU (not counted). Server CPU and RSS are the nginx worker's; its subscribers send nothing (the open WebSocket is the subscription), so its set-up is lighter than a Bayeux handshake, connect and subscribe",
         ]
       : []),
     `- Socket.IO: \`new Server(http, { transports: [<the scenario's>] })\`, a room per channel, published with \`io.to(room).emit\`; clients ${options.socketioClient === 'official' ? "are socket.io-client instances with `transports: ['websocket']`" : 'speak the raw Engine.IO 4 / Socket.IO protocol over `ws` or HTTP polling (not socket.io-client), like the Bayeux clients'}`,

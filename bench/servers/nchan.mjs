@@ -6,7 +6,6 @@
 // its POSTs would wait behind a busy generator and count as Nchan's latency.
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +13,9 @@ import { runServer } from './common.mjs';
 
 export const NGINX = '/usr/sbin/nginx';
 export const NCHAN_MODULE = '/usr/lib/nginx/modules/ngx_nchan_module.so';
+
+/** nginx warns that worker_connections (see the configuration) exceed the open-file limit: on purpose. */
+const EXPECTED_WARNING = /worker_connections exceed open file resource limit/;
 
 /** A free TCP port on the loopback (nginx is told which port to listen on). */
 function freePort() {
@@ -40,6 +42,8 @@ events {
 }
 http {
   access_log off;
+  # The publisher pipelines every POST on one connection; nginx would close it after 1 000.
+  keepalive_requests 100000000;
   client_body_temp_path ${dir}/body;
   proxy_temp_path ${dir}/proxy;
   fastcgi_temp_path ${dir}/fastcgi;
@@ -85,7 +89,6 @@ function childrenOf(pid) {
 let nginx = null;
 let worker = null;
 let dir = null;
-const agent = new http.Agent({ keepAlive: true, maxSockets: 16 });
 let port = 0;
 
 async function start() {
@@ -96,7 +99,12 @@ async function start() {
   for (const sub of ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']) mkdirSync(join(dir, sub));
   port = await freePort();
   writeFileSync(join(dir, 'nginx.conf'), config(dir, port));
-  nginx = spawn(NGINX, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  nginx = spawn(NGINX, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'inherit', 'pipe'] });
+  nginx.stderr.setEncoding('utf8');
+  nginx.stderr.on('data', (text) => {
+    const lines = text.split('\n').filter((line) => line && !EXPECTED_WARNING.test(line));
+    if (lines.length > 0) console.error(lines.join('\n'));
+  });
   const exited = new Promise((resolve) => nginx.once('exit', (code) => resolve(code)));
   // Ready once the port answers and the worker exists.
   for (let waited = 0; ; waited += 50) {
@@ -113,19 +121,63 @@ async function start() {
   return { port, path: '/sub', pids: [worker] };
 }
 
+/**
+ * The publisher: HTTP/1.1 POSTs pipelined on one keep-alive socket, so that messages reach
+ * nginx in the order they were published (parallel sockets would reorder them) without waiting
+ * a round trip each. Responses are only counted, and any status other than 2xx is an error.
+ */
+class Publisher {
+  constructor(port) {
+    this.port = port;
+    this.socket = null;
+    this.pending = 0;
+    this.errors = [];
+    this.tail = '';
+  }
+
+  connect() {
+    this.socket = net.connect(this.port, '127.0.0.1');
+    this.socket.setNoDelay(true);
+    this.socket.setEncoding('latin1');
+    this.socket.on('data', (text) => this.read(text));
+    this.socket.on('error', (error) => this.errors.push(error.message));
+    this.socket.on('close', () => {
+      // Requests written but not answered are lost with the connection.
+      if (this.pending > 0) this.errors.push(`the publishing connection closed with ${this.pending} POSTs unanswered`);
+      this.pending = 0;
+      this.socket = null;
+    });
+  }
+
+  read(text) {
+    // Status lines only; the bodies (a few lines of channel info) never contain one.
+    const all = this.tail + text;
+    const status = /HTTP\/1\.1 (\d{3})/g;
+    let match;
+    let end = 0;
+    while ((match = status.exec(all)) !== null) {
+      this.pending--;
+      if (match[1][0] !== '2') this.errors.push(`publish answered ${match[1]}`);
+      end = status.lastIndex;
+    }
+    // Keep what could be the start of a status line split across reads.
+    this.tail = all.slice(Math.max(end, all.length - 16));
+  }
+
+  publish(key, data) {
+    if (this.socket === null) this.connect();
+    if (this.errors.length > 0) throw new Error(this.errors.shift());
+    const body = JSON.stringify(data);
+    this.pending++;
+    this.socket.write(`POST /pub?id=${encodeURIComponent(key)} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  }
+}
+
+let publisher = null;
+
 function publish(key, data) {
-  const body = JSON.stringify(data);
-  return new Promise((resolve, reject) => {
-    const req = http.request(
-      { host: '127.0.0.1', port, path: `/pub?id=${encodeURIComponent(key)}`, method: 'POST', agent, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) } },
-      (res) => {
-        res.resume();
-        res.on('end', () => (res.statusCode >= 200 && res.statusCode < 300 ? resolve() : reject(new Error(`publish answered ${res.statusCode}`))));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
+  publisher ??= new Publisher(port);
+  publisher.publish(key, data);
 }
 
 let lastUsage = { cpu: { user: 0, system: 0 }, rss: 0, heapUsed: NaN };
@@ -143,6 +195,7 @@ function usage() {
 }
 
 async function stop() {
+  publisher?.socket?.destroy();
   if (nginx && nginx.exitCode === null) {
     const gone = new Promise((resolve) => nginx.once('exit', resolve));
     nginx.kill('SIGTERM');
@@ -155,6 +208,7 @@ async function stop() {
     try {
       log = readFileSync(join(dir, 'error.log'), 'utf8').trim();
     } catch {}
+    log = log.split('\n').filter((line) => !EXPECTED_WARNING.test(line)).join('\n');
     if (log) console.error(`nginx error.log (last lines):\n${log.split('\n').slice(-10).join('\n')}`);
     rmSync(dir, { recursive: true, force: true });
   }
