@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runServer } from './common.mjs';
 
-export const NGINX = '/usr/sbin/nginx';
-export const NCHAN_MODULE = '/usr/lib/nginx/modules/ngx_nchan_module.so';
+const NGINX = '/usr/sbin/nginx';
+const NCHAN_MODULE = '/usr/lib/nginx/modules/ngx_nchan_module.so';
 
 /** nginx warns that worker_connections (see the configuration) exceed the open-file limit: on purpose. */
 const EXPECTED_WARNING = /worker_connections exceed open file resource limit/;
