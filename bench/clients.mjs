@@ -102,19 +102,19 @@ export class Recorder {
 }
 
 /**
+ * Every raw socket reads into this one buffer (`onread`): no Buffer is allocated and no stream
+ * event is emitted per read. Reads are handled one at a time, so sharing it is safe; a socket
+ * copies out only a partial frame.
+ */
+const READ_BUFFER = Buffer.allocUnsafe(256 * 1024);
+
+/**
  * A minimal WebSocket client on a raw TCP socket (RFC 6455: upgrade, masked frames out, unmasked
  * frames in, ping answered, no extensions): it parses frames with a few index reads instead of
  * `ws`'s stream machinery, so that 5 000 subscribers receiving 100 000 messages a second do not
  * saturate the load generator before the server. Same interface as the part of `ws` the
  * subscribers use: events open, message (text), close (code), error; send(text); terminate().
  */
-/**
- * Every raw socket reads into this one buffer (`onread`): no Buffer is allocated and no stream
- * event is emitted per read, which halves the generator's cost per received frame. Reads are
- * handled one at a time, so sharing it is safe; a socket copies out only a partial frame.
- */
-const READ_BUFFER = Buffer.allocUnsafe(256 * 1024);
-
 export class RawWebSocket extends EventEmitter {
   constructor(url, { handshakeTimeout = 10_000 } = {}) {
     super();
