@@ -142,6 +142,25 @@ describe('cluster mode (Redis engine)', () => {
     assert.deepEqual(stats.json.history, { channels: 1, messages: 1 }, 'history is shared');
   });
 
+  it('disconnects a session or every session of a user on whichever node holds them (POST /api/disconnect)', async () => {
+    fresh();
+    const a = await node();
+    const b = await node();
+    const alice1 = await open(a, { user: 'alice' });
+    const alice2 = await open(b, { user: 'alice' });
+    const bob = await open(a, { user: 'bob' });
+    const byUser = await api(b, 'POST', '/api/disconnect', { user: 'alice' });
+    assert.equal(byUser.status, 200);
+    assert.deepEqual(byUser.json, { disconnected: 2 });
+    await waitFor(() => !a.server.getSession(alice1.clientId) && !b.server.getSession(alice2.clientId), 3000, "alice's sessions on both nodes to end");
+    assert.ok(a.server.getSession(bob.clientId), "bob's session is untouched");
+    const byId = await api(b, 'POST', '/api/disconnect', { clientId: bob.clientId });
+    assert.deepEqual([byId.status, byId.json], [200, { disconnected: 1 }]);
+    await waitFor(() => !a.server.getSession(bob.clientId), 3000, "bob's session on node A to end");
+    const unknown = await api(b, 'POST', '/api/disconnect', { clientId: bob.clientId });
+    assert.equal(unknown.status, 404, 'an ended session is not found on any node');
+  });
+
   it('delivers to one session on whichever node holds it (server.deliver and POST /api/deliver)', async () => {
     fresh();
     const a = await node();

@@ -18,6 +18,8 @@ export class RecordingHost implements EngineHost {
   /** Every publication handed to the server (for in-process listeners), in order. */
   readonly publications: Publication[] = [];
   readonly errors: unknown[] = [];
+  /** Sessions the engine asked this node to end. */
+  readonly ended: string[] = [];
   readonly historySettings: HistorySettings;
 
   constructor(retention: (channel: string) => Retention = () => ({ size: 100, ttl: 60_000 }), maxChannels = 1000) {
@@ -32,6 +34,10 @@ export class RecordingHost implements EngineHost {
 
   onDirect(publication: Publication, clientId: string): void {
     this.push(clientId, publication.payload);
+  }
+
+  onEndSession(clientId: string): void {
+    this.ended.push(clientId);
   }
 
   onReplay(clientId: string, _channel: string, payloads: readonly string[]): void {
@@ -334,6 +340,20 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.deepEqual(await engine.usersOf(['u1']), [null], 'the user of an ended session is forgotten');
     });
 
+    it('lists the sessions of a user and ends a known session; an unknown one is refused', async () => {
+      const { engine, host } = await open();
+      await engine.addSession('b1', 'bob');
+      await engine.addSession('b2', 'bob');
+      await engine.addSession('c1', 'carol');
+      assert.deepEqual((await engine.sessionsOfUser('bob')).sort(), ['b1', 'b2']);
+      assert.deepEqual(await engine.sessionsOfUser('nobody'), []);
+      assert.equal(await engine.endSession('b1'), true);
+      assert.equal(await engine.endSession('never-there'), false);
+      assert.deepEqual(host.ended, ['b1'], 'the host was asked to end exactly that session');
+      await engine.removeSession('b2');
+      assert.deepEqual(await engine.sessionsOfUser('bob'), ['b1'], 'an ended session leaves the list when the server removes it');
+    });
+
     it('sends to one known session, and says false for an unknown or ended one', async () => {
       const { engine, host } = await open();
       await engine.addSession('a');
@@ -418,6 +438,17 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       }
       await b.engine.removeSession('s2');
       assert.deepEqual(Object.fromEntries(await a.engine.channels()), { '/d/presence': 1 });
+    });
+
+    it("ends a session held by another node, and finds a user's sessions on every node", async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.addSession('dave-on-a', 'dave');
+      await b.engine.addSession('dave-on-b', 'dave');
+      for (const { engine } of [a, b]) assert.deepEqual((await engine.sessionsOfUser('dave')).sort(), ['dave-on-a', 'dave-on-b']);
+      assert.equal(await b.engine.endSession('dave-on-a'), true);
+      await waitFor(() => a.host.ended.includes('dave-on-a'), 3000, 'node a to be asked to end its session');
+      assert.deepEqual(b.host.ended, [], 'node b ended nothing of its own');
     });
 
     it("knows the user of another node's session, until it ends", async () => {

@@ -138,17 +138,12 @@ export class HttpApi {
   private async disconnect(res: ServerResponse, body: unknown): Promise<void> {
     if (body === undefined) return;
     const { clientId, user } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+    // Wherever the sessions are: with the Redis engine, on any node of the cluster.
     if (typeof clientId === 'string') {
-      const session = this.core.getSession(clientId);
-      if (!session) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
-      session.disconnect();
+      if (!(await this.core.disconnectClient(clientId))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
       return sendJson(res, 200, { disconnected: 1 });
     }
-    if (typeof user === 'string') {
-      const sessions = this.core.sessionsOf(user);
-      for (const session of sessions) session.disconnect();
-      return sendJson(res, 200, { disconnected: sessions.length });
-    }
+    if (typeof user === 'string') return sendJson(res, 200, { disconnected: await this.core.disconnectUser(user) });
     sendApiError(res, 400, 'invalid_request', 'send {"clientId": "..."} or {"user": "..."}');
   }
 

@@ -233,6 +233,25 @@ export class BayeuxServer implements EngineHost, SessionHost {
     return [...this.sessions.values()].filter((session) => session.identity?.id === userId);
   }
 
+  /**
+   * Ends a session on whichever node holds it (with the Redis engine, any node of the cluster),
+   * as if its client had sent /meta/disconnect; false when no node knows it.
+   */
+  async disconnectClient(clientId: string): Promise<boolean> {
+    await this.ready;
+    return this.engine.endSession(clientId);
+  }
+
+  /** Ends every session of one user, on every node; resolves to how many were ended. */
+  async disconnectUser(userId: string): Promise<number> {
+    await this.ready;
+    let ended = 0;
+    for (const clientId of await this.engine.sessionsOfUser(userId)) {
+      if (await this.engine.endSession(clientId)) ended++;
+    }
+    return ended;
+  }
+
   getSession(clientId: string): Session | undefined {
     return this.sessions.get(clientId);
   }
@@ -755,6 +774,11 @@ export class BayeuxServer implements EngineHost, SessionHost {
       if (session) this.enqueue(session, payload, now);
     }
     if (!isService(publication.channel)) void this.notifyListeners(publication.message, null);
+  }
+
+  onEndSession(clientId: string): void {
+    const session = this.sessions.get(clientId);
+    if (session) this.endSession(session, 'server');
   }
 
   onDirect(publication: Publication, clientId: string): void {

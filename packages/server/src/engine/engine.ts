@@ -44,6 +44,8 @@ export interface EngineHost {
   onPublication(publication: Publication, clientIds: Iterable<string>): void;
   /** A publication addressed to one session on this node. */
   onDirect(publication: Publication, clientId: string): void;
+  /** Ends a session of this node (asked for by any node, see `Engine.endSession`). */
+  onEndSession(clientId: string): void;
   /**
    * Messages a session on this node missed on `channel`, in order, to be queued before anything
    * published later (they replace whatever of that channel's history is still queued for it).
@@ -67,6 +69,10 @@ export interface Engine {
   addSession(clientId: string, user?: string | null): Promise<void>;
   /** The user of each session (null: anonymous or unknown), as every node sees them. */
   usersOf(clientIds: readonly string[]): Promise<(string | null)[]>;
+  /** The sessions of one user, on every node. */
+  sessionsOfUser(user: string): Promise<string[]>;
+  /** Ends a session on whichever node holds it; false when no node knows it. */
+  endSession(clientId: string): Promise<boolean>;
   /**
    * Subscribes a session and, in the same step, replays what it missed since each of `recover`'s
    * positions (at most `maxReplay` messages in all), so that nothing falls between the replay and

@@ -45,6 +45,17 @@ export class MemoryEngine implements Engine {
     return clientIds.map((clientId) => this.sessions.get(clientId) ?? null);
   }
 
+  async sessionsOfUser(user: string): Promise<string[]> {
+    return [...this.sessions].filter(([, owner]) => owner === user).map(([clientId]) => clientId);
+  }
+
+  async endSession(clientId: string): Promise<boolean> {
+    const host = this.running();
+    if (!this.sessions.has(clientId)) return false;
+    host.onEndSession(clientId);
+    return true;
+  }
+
   async subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): Promise<SubscribeOutcome> {
     const host = this.running();
     const history = this.store();

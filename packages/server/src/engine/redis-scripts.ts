@@ -53,7 +53,10 @@ end
 local function own(cid, node, user)
   redis.call('HSET', P .. 'owner', cid, node)
   redis.call('SADD', P .. 'nodesess:' .. node, cid)
-  if user and user ~= '' then redis.call('HSET', P .. 'user', cid, user) end
+  if user and user ~= '' then
+    redis.call('HSET', P .. 'user', cid, user)
+    redis.call('SADD', P .. 'usess:' .. user, cid)
+  end
 end
 local function drop_session(cid, node)
   local owner = redis.call('HGET', P .. 'owner', cid)
@@ -62,7 +65,11 @@ local function drop_session(cid, node)
   for _, pattern in ipairs(redis.call('SMEMBERS', P .. 'sess:' .. cid)) do unsub(cid, pattern) end
   redis.call('DEL', P .. 'sess:' .. cid)
   redis.call('HDEL', P .. 'owner', cid)
-  redis.call('HDEL', P .. 'user', cid)
+  local user = redis.call('HGET', P .. 'user', cid)
+  if user then
+    redis.call('SREM', P .. 'usess:' .. user, cid)
+    redis.call('HDEL', P .. 'user', cid)
+  end
 end
 local function touch(channel, maxc)
   redis.call('ZADD', P .. 'chans', redis.call('INCR', P .. 'lru'), channel)

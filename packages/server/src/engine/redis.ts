@@ -385,6 +385,25 @@ export class RedisEngine implements Engine {
     clearTimeout(timer);
   }
 
+  async sessionsOfUser(user: string): Promise<string[]> {
+    this.running();
+    return this.read(
+      `sessions of user ${user}`,
+      (cmd) => cmd.smembers(`${this.options.prefix}usess:${user}`),
+      () => [...this.sessions].filter(([, local]) => !local.removed && local.user === user).map(([clientId]) => clientId),
+    );
+  }
+
+  async endSession(clientId: string): Promise<boolean> {
+    const host = this.running();
+    const local = this.sessions.get(clientId);
+    if (local && !local.removed) {
+      host.onEndSession(clientId);
+      return true;
+    }
+    return this.toOwner(clientId, `${JSON.stringify(['x', clientId])}\n`, 'end');
+  }
+
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {
     const host = this.running();
     const local = this.sessions.get(clientId);
@@ -392,15 +411,20 @@ export class RedisEngine implements Engine {
       host.onDirect(publication, clientId);
       return true;
     }
+    return this.toOwner(clientId, `${JSON.stringify(['d', clientId])}\n${publication.payload}`, 'reach');
+  }
+
+  /** Sends a message to the node that holds a session; false when no node holds it. */
+  private async toOwner(clientId: string, message: string, what: string): Promise<boolean> {
     const cmd = this.readyCmd();
     if (!cmd) return false;
     try {
       const node = await cmd.hget(`${this.options.prefix}owner`, clientId);
       if (node === null) return false;
-      const receivers = await cmd.publish(`${this.options.prefix}node:${node}`, `${JSON.stringify(['d', clientId])}\n${publication.payload}`);
+      const receivers = await cmd.publish(`${this.options.prefix}node:${node}`, message);
       return receivers > 0;
     } catch (error) {
-      throw unavailable(`cannot reach the node of session ${clientId}`, error);
+      throw unavailable(`cannot ${what} the node of session ${clientId}`, error);
     }
   }
 
@@ -485,6 +509,12 @@ export class RedisEngine implements Engine {
       case 'f':
         this.fences.get(String(header[1]))?.();
         return;
+      case 'x': {
+        const clientId = String(header[1]);
+        const local = this.sessions.get(clientId);
+        if (local && !local.removed) host.onEndSession(clientId);
+        return;
+      }
       default:
         this.report(new Error(`unknown message kind ${JSON.stringify(header[0])} on Redis channel ${channel}`));
     }
