@@ -5,7 +5,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,14 +15,19 @@ const NCHAN_INSTALLED = existsSync('/usr/sbin/nginx') && existsSync('/usr/lib/ng
 
 /** Runs the benchmark with `args` and resolves to its JSON report. */
 async function bench(args) {
-  const json = join(mkdtempSync(join(tmpdir(), 'perihelion-bench-')), 'report.json');
+  const dir = mkdtempSync(join(tmpdir(), 'perihelion-bench-'));
+  const json = join(dir, 'report.json');
   const child = spawn(process.execPath, [RUN, ...args, '--results', '-', '--json', json], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout.on('data', (chunk) => (output += chunk));
   child.stderr.on('data', (chunk) => (output += chunk));
   const code = await new Promise((resolve) => child.on('exit', resolve));
-  assert.equal(code, 0, `the benchmark failed:\n${output.slice(-4000)}`);
-  return JSON.parse(readFileSync(json, 'utf8'));
+  try {
+    assert.equal(code, 0, `the benchmark failed:\n${output.slice(-4000)}`);
+    return JSON.parse(readFileSync(json, 'utf8'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 describe('benchmark smoke run', () => {
