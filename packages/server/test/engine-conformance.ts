@@ -336,6 +336,11 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       await engine.addSession('u2');
       assert.deepEqual(await engine.usersOf(['u1', 'u2', 'nobody']), ['alice', null, null]);
       assert.deepEqual(await engine.usersOf([]), []);
+      // A long list (a busy channel's presence) comes back whole and in order.
+      const many = Array.from({ length: 2500 }, (_, i) => (i === 2400 ? 'u1' : `absent-${i}`));
+      const users = await engine.usersOf(many);
+      assert.equal(users.length, 2500);
+      assert.deepEqual([users[2400], users.filter((user) => user !== null).length], ['alice', 1]);
       await engine.removeSession('u1');
       assert.deepEqual(await engine.usersOf(['u1']), [null], 'the user of an ended session is forgotten');
     });

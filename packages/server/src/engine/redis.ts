@@ -62,6 +62,9 @@ export const REDIS_DEFAULTS = {
 const CLEANUP_BATCH = 500;
 
 /** A session of this node: its Redis-side changes run one after another, in call order. */
+/** Session users read by one HMGET (presence of a channel may name hundreds of thousands). */
+const USERS_PER_READ = 1000;
+
 interface LocalSession {
   chain: Promise<unknown>;
   removed: boolean;
@@ -226,7 +229,14 @@ export class RedisEngine implements Engine {
     if (clientIds.length === 0) return [];
     return this.read(
       'users of sessions',
-      (cmd) => cmd.hmget(`${this.options.prefix}user`, ...clientIds),
+      async (cmd) => {
+        // In slices: a channel's subscribers may be far more than a call can take as arguments.
+        const users: (string | null)[] = [];
+        for (let i = 0; i < clientIds.length; i += USERS_PER_READ) {
+          users.push(...(await cmd.hmget(`${this.options.prefix}user`, ...clientIds.slice(i, i + USERS_PER_READ))));
+        }
+        return users;
+      },
       () => clientIds.map((clientId) => this.sessions.get(clientId)?.user ?? null),
     );
   }
