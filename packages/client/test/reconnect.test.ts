@@ -12,6 +12,16 @@ import type { ConnectionType } from '@perihelion/protocol';
 import { Client, type RecoveryOutcome } from '../src/index.js';
 import { client, Net, sleep, startServer, waitFor } from './helpers.js';
 
+/** Subscribes, checks the client fell back to long-polling, and that a publish reaches it there. */
+async function receivesOverLongPolling(c: Client, server: { publish(channel: string, data: unknown): Promise<unknown> }, channel: string): Promise<void> {
+  const received: unknown[] = [];
+  await c.subscribe(channel, (data) => received.push(data));
+  assert.equal(c.transport, 'long-polling');
+  await server.publish(channel, 'over long-polling');
+  await waitFor(() => received.length === 1, 3000, 'the message');
+  assert.deepEqual(received, ['over long-polling']);
+}
+
 describe('reconnection', () => {
   for (const type of ['websocket', 'long-polling'] as ConnectionType[]) {
     it(`handshakes again when the session expired while offline (${type}), re-subscribes and recovers what was missed`, async () => {
@@ -173,11 +183,7 @@ describe('reconnection', () => {
     }
     const c = new Client(test.url, { WebSocket: Blocked as unknown as new (url: string) => WebSocket, transports: ['websocket', 'long-polling'], minReconnectDelay: 50 });
     try {
-      const received: unknown[] = [];
-      await c.subscribe('/fb/x', (data) => received.push(data));
-      assert.equal(c.transport, 'long-polling');
-      await test.server.publish('/fb/x', 'over long-polling');
-      await waitFor(() => received.length === 1, 3000, 'the message');
+      await receivesOverLongPolling(c, test.server, '/fb/x');
       assert.equal(test.server.getSession(c.clientId!)?.connectionType, 'long-polling');
     } finally {
       await c.disconnect();
@@ -206,11 +212,7 @@ describe('reconnection', () => {
     await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
     const c = client(`http://127.0.0.1:${(proxy.address() as AddressInfo).port}/bayeux`, { transports: ['http-streaming', 'long-polling'], streamTimeout: 500 });
     try {
-      const received: unknown[] = [];
-      await c.subscribe('/buffered/x', (data) => received.push(data));
-      assert.equal(c.transport, 'long-polling');
-      await test.server.publish('/buffered/x', 'through the proxy');
-      await waitFor(() => received.length === 1, 3000, 'the message');
+      await receivesOverLongPolling(c, test.server, '/buffered/x');
     } finally {
       await c.disconnect();
       proxy.closeAllConnections();
