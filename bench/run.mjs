@@ -5,11 +5,12 @@
 //
 //   npm run bench -- --scenarios fanout --subscribers 500 --rates 20,50 --duration 5
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Recorder, useWsLibrary, bayeuxLongPollSubscriber, bayeuxSubscriber, closeClient, nchanSubscriber, nowMs, socketIoOfficialSubscriber, socketIoPollingSubscriber, socketIoRawSubscriber } from './clients.mjs';
 import { DEFAULT_SCENARIOS, SCENARIOS, expectedDeliveries } from './scenarios.mjs';
+import { nchanInstalled } from './servers/nchan-install.mjs';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -41,11 +42,6 @@ const USAGE = `usage: npm run bench -- [options]
   --no-pin               do not pin with taskset
   --cpu-prof DIR         write a V8 CPU profile of each server to DIR (open it in Chrome DevTools)
 `;
-
-/** Nchan runs only where Debian's nginx and its nchan module are installed. */
-function nchanInstalled() {
-  return existsSync('/usr/sbin/nginx') && existsSync('/usr/lib/nginx/modules/ngx_nchan_module.so');
-}
 
 function parseArgs(argv) {
   const options = {

@@ -5,14 +5,13 @@
 // from the server's CPU, as the other servers' in-process publishers do: on the generator's CPU
 // its POSTs would wait behind a busy generator and count as Nchan's latency.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runServer } from './common.mjs';
+import { NCHAN_MODULE, NGINX, nchanInstalled } from './nchan-install.mjs';
 
-const NGINX = '/usr/sbin/nginx';
-const NCHAN_MODULE = '/usr/lib/nginx/modules/ngx_nchan_module.so';
 
 /** nginx warns that worker_connections (see the configuration) exceed the open-file limit: on purpose. */
 const EXPECTED_WARNING = /worker_connections exceed open file resource limit/;
@@ -92,7 +91,7 @@ let dir = null;
 let port = 0;
 
 async function start() {
-  if (!existsSync(NGINX) || !existsSync(NCHAN_MODULE)) {
+  if (!nchanInstalled()) {
     throw new Error(`Nchan is not installed (${NGINX}, ${NCHAN_MODULE}): apt-get install nginx-light libnginx-mod-nchan`);
   }
   dir = mkdtempSync(join(tmpdir(), 'perihelion-bench-nchan-'));

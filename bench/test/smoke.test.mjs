@@ -5,13 +5,14 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { nchanInstalled } from '../servers/nchan-install.mjs';
 
 const RUN = fileURLToPath(new URL('../run.mjs', import.meta.url));
-const NCHAN_INSTALLED = existsSync('/usr/sbin/nginx') && existsSync('/usr/lib/nginx/modules/ngx_nchan_module.so');
+const NCHAN_INSTALLED = nchanInstalled();
 
 /** Runs the benchmark with `args` and resolves to its JSON report. */
 async function bench(args) {
