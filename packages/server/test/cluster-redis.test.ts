@@ -264,15 +264,29 @@ describe('cluster mode: Redis unreachable or going away', () => {
     const proxy = await TcpProxy.start(new URL(REDIS_URL));
     try {
       const options = { prefix, heartbeatInterval: 100, nodeTimeout: 2000, commandTimeout: 1000 };
-      const a = await startServer({ engine: new RedisEngine({ url: proxy.url, ...options }) });
+      const a = await startServer({ engine: new RedisEngine({ url: proxy.url, ...options }), apiKey: API_KEY });
       const b = await startServer({ engine: new RedisEngine({ url: REDIS_URL, ...options }) });
       nodes.push(a, b);
       const errors: unknown[] = [];
       a.server.on('error', (error) => errors.push(error));
       const onA = await client(a);
       await onA.subscribe('/local');
+      const onB = await client(b);
       proxy.cut();
       await waitFor(() => errors.some((e) => (e as PerihelionError).code === 'ERR_ENGINE_UNAVAILABLE'), 5000, 'the outage to be reported');
+      // A session on another node cannot be reached, but it is not "not found" either.
+      await assert.rejects(a.server.deliver(onB.clientId, '/private/x', 1), { code: 'ERR_ENGINE_UNAVAILABLE' });
+      for (const [path, body] of [
+        ['/api/deliver', { clientId: onB.clientId, channel: '/private/x', data: 1 }],
+        ['/api/disconnect', { clientId: onB.clientId }],
+      ] as const) {
+        const refused = await api(a, 'POST', path, body);
+        assert.equal(refused.status, 503, `${path} while Redis is away`);
+        assert.equal((refused.json.error as { code: string }).code, 'engine_unavailable');
+      }
+      assert.equal((await api(a, 'GET', '/api/history?channel=/local')).status, 503, "the cluster's history is in Redis");
+      assert.deepEqual((await api(a, 'POST', '/api/deliver', { clientId: onA.clientId, channel: '/private/x', data: 'local' })).json, { delivered: true }, "this node's own sessions are still reached");
+      assert.ok(b.server.getSession(onB.clientId), "the session on B was not ended");
       await a.server.publish('/local', 'while away');
       await waitFor(() => onA.data('/local').length === 1, 3000, 'the local message');
       assert.equal(onA.data('/local')[0]?.ext, undefined, 'no position without Redis');
@@ -288,6 +302,7 @@ describe('cluster mode: Redis unreachable or going away', () => {
       await waitFor(() => onA.data('/local').length === 2 && late.data('/local').length === 1, 5000, 'the cluster message on A');
       await onA.peer.close();
       await late.peer.close();
+      await onB.peer.close();
     } finally {
       await Promise.all(nodes.splice(0).map((t) => t.close()));
       await proxy.close();

@@ -52,6 +52,10 @@ export class HttpApi {
     this.route(req, res, path.slice(API_PREFIX.length)).catch((error: unknown) => {
       if (res.headersSent) return res.destroy();
       if (error instanceof PerihelionError && error.code === 'ERR_SERVER_CLOSED') return sendApiError(res, 503, 'unavailable', 'the server is shutting down');
+      // The cluster's store is away (the node still serves its own sessions): worth a retry.
+      if (error instanceof PerihelionError && error.code === 'ERR_ENGINE_UNAVAILABLE') {
+        return sendApiError(res, 503, 'engine_unavailable', error.message, { 'Retry-After': '1' });
+      }
       sendApiError(res, 500, 'invalid_request', `internal error: ${(error as Error).message}`);
     });
   }

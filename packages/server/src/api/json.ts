@@ -12,7 +12,8 @@ export type ApiErrorCode =
   | 'too_large'
   | 'session_not_found'
   | 'no_history'
-  | 'unavailable';
+  | 'unavailable'
+  | 'engine_unavailable';
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   sendRawJson(res, status, JSON.stringify(body), headers);

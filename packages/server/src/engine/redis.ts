@@ -424,10 +424,13 @@ export class RedisEngine implements Engine {
     return this.toOwner(clientId, `${JSON.stringify(['d', clientId])}\n${publication.payload}`, 'reach');
   }
 
-  /** Sends a message to the node that holds a session; false when no node holds it. */
+  /**
+   * Sends a message to the node that holds a session; false when no node holds it. Without Redis
+   * the owner cannot be known: that is an outage (ERR_ENGINE_UNAVAILABLE), not an unknown session.
+   */
   private async toOwner(clientId: string, message: string, what: string): Promise<boolean> {
     const cmd = this.readyCmd();
-    if (!cmd) return false;
+    if (!cmd) throw unavailable(`cannot ${what} the node of session ${clientId}: Redis is away`);
     try {
       const node = await cmd.hget(`${this.options.prefix}owner`, clientId);
       if (node === null) return false;
