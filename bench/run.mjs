@@ -17,6 +17,9 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SELF = fileURLToPath(import.meta.url);
 
 // ---------------------------------------------------------------------------------------------
+/** Every server the bench can run, by its --servers name. */
+const LABELS = { perihelion: 'Perihelion', faye: 'Faye 1.4', socketio: 'Socket.IO 4', nchan: 'Nchan 1.3', floor: 'Node floor' };
+
 // Options
 
 const USAGE = `usage: npm run bench -- [options]
@@ -28,8 +31,9 @@ const USAGE = `usage: npm run bench -- [options]
   --duration S           seconds of publishing per rate (default 5)
   --settle S             idle scenario: seconds to wait after the last connection before memory is measured (default 12)
   --drain S              longest wait for stragglers after the last publish, s (default 5)
-  --servers LIST         any of perihelion,faye,socketio,nchan (default all four, in that order; nchan only when
-                         installed: apt-get install nginx-light libnginx-mod-nchan)
+  --servers LIST         any of perihelion,faye,socketio,nchan,floor (default all, in that order; nchan only when
+                         installed: apt-get install nginx-light libnginx-mod-nchan). floor is not a peer but a
+                         reference: a bare ws server, the least any Node server spends (see bench/README.md)
   --socketio-client K    raw (Engine.IO protocol over a WebSocket, default) or official (socket.io-client)
   --ws-client K          the subscribers' WebSocket: raw (a minimal RFC 6455 client on a TCP socket, default) or ws
   --connect-timeout S    per-client setup timeout, s (default 15)
@@ -54,7 +58,7 @@ function parseArgs(argv) {
     duration: 5,
     drain: 5,
     settle: 12,
-    servers: nchanInstalled() ? ['perihelion', 'faye', 'socketio', 'nchan'] : ['perihelion', 'faye', 'socketio'],
+    servers: nchanInstalled() ? ['perihelion', 'faye', 'socketio', 'nchan', 'floor'] : ['perihelion', 'faye', 'socketio', 'floor'],
     socketioClient: 'raw',
     wsClient: 'raw',
     connectTimeout: 15,
@@ -122,7 +126,7 @@ function parseArgs(argv) {
         break;
       case '--servers': {
         const list = value().split(',').filter(Boolean);
-        for (const s of list) if (!['perihelion', 'faye', 'socketio', 'nchan'].includes(s)) usage(`unknown server ${JSON.stringify(s)}`);
+        for (const s of list) if (!Object.hasOwn(LABELS, s)) usage(`unknown server ${JSON.stringify(s)}`);
         if (list.includes('nchan') && !nchanInstalled()) usage('nchan is not installed: apt-get install nginx-light libnginx-mod-nchan');
         if (list.length === 0) usage('--servers needs at least one server');
         options.servers = list;
@@ -451,8 +455,8 @@ function runQueueWaitMs(pid) {
 // ---------------------------------------------------------------------------------------------
 // One server: start, connect N subscribers, probe, step through the rates.
 
-const LABELS = { perihelion: 'Perihelion', faye: 'Faye 1.4', socketio: 'Socket.IO 4', nchan: 'Nchan 1.3' };
-const PEERS = ['faye', 'socketio', 'nchan'];
+// The floor is in the ratios too: Perihelion ÷ floor is what Perihelion adds to what Node costs.
+const PEERS = ['faye', 'socketio', 'nchan', 'floor'];
 const results = []; // load rows: {scenario, server, round, rate, ...}
 const idleRows = []; // idle rows: {server, round, size, ...}
 const serverNotes = []; // per scenario, server and round: {scenario, name, round, idleRss, connectedRss, peakRss, connected, clients, setupSeconds, error}
@@ -475,7 +479,8 @@ function subscriberFactory(name, port, path, scenario) {
       ? (common, i) => socketIoOfficialSubscriber({ ...common, url: `ws://${base}`, rooms: scenario.channelsOf(i), event: 'fanout' })
       : (common, i) => socketIoRawSubscriber({ ...common, url: `ws://${base}/socket.io/?EIO=4&transport=websocket`, rooms: scenario.channelsOf(i), event: 'fanout' });
   }
-  if (name === 'nchan') return (common, i) => nchanSubscriber({ ...common, url: `ws://${base}${path}`, channels: scenario.channelsOf(i) });
+  // The floor speaks Nchan's subscriber protocol: the open WebSocket is the subscription.
+  if (name === 'nchan' || name === 'floor') return (common, i) => nchanSubscriber({ ...common, url: `ws://${base}${path}`, channels: scenario.channelsOf(i) });
   const channels = (i) => scenario.channelsOf(i).map((key) => `/bench/${key}`);
   if (polling) return (common, i) => bayeuxLongPollSubscriber({ ...common, url: `http://${base}${path}`, channels: channels(i) });
   return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i) });
@@ -923,6 +928,11 @@ function setupText() {
     ...(options.servers.includes('nchan')
       ? [
           "- Nchan: nginx with one worker, `nchan_subscriber websocket` at `/sub?id=<channels, comma-separated>` (`nchan_subscriber_first_message newest`), `nchan_publisher` at `/pub?id=<channel>`; published by HTTP POSTs pipelined on one keep-alive socket (in order) from a wrapper process on the server's CPU (not counted). Server CPU and RSS are the nginx worker's; its subscribers send nothing (the open WebSocket is the subscription), so its set-up is lighter than a Bayeux handshake, connect and subscribe",
+        ]
+      : []),
+    ...(options.servers.includes('floor')
+      ? [
+          "- Node floor (a reference, not a peer): a bare `ws` server (`noServer`, no compression, no client tracking) on node:http; Nchan's subscribers (the open WebSocket to `/sub?id=<channels>` is the subscription); a publish builds one frame and writes it to the TCP socket of every subscriber. No protocol, sessions, queues, history or limits: what any Node server on `ws` spends at least",
         ]
       : []),
     `- Socket.IO: \`new Server(http, { transports: [<the scenario's>] })\`, a room per channel, published with \`io.to(room).emit\`; clients ${options.socketioClient === 'official' ? "are socket.io-client instances with `transports: ['websocket']`" : 'speak the raw Engine.IO 4 / Socket.IO protocol over `ws` or HTTP polling (not socket.io-client), like the Bayeux clients'}`,

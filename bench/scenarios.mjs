@@ -56,7 +56,10 @@ export const SCENARIOS = {
     keys: ['fanout'],
     batch: 1,
     servers: ['perihelion', 'faye', 'socketio'],
-    skips: { nchan: "Nchan's long-polling subscribers speak a protocol of their own (If-Modified-Since/If-None-Match), which the generator does not speak" },
+    skips: {
+      nchan: "Nchan's long-polling subscribers speak a protocol of their own (If-Modified-Since/If-None-Match), which the generator does not speak",
+      floor: 'the floor is a WebSocket server only',
+    },
   },
   chat: {
     kind: 'load',
@@ -68,6 +71,8 @@ export const SCENARIOS = {
     channelsOf: (i) => range(10, (j) => `room${(i + 10 * j) % 100}`),
     keys: range(100, (i) => `room${i}`),
     batch: 10,
+    servers: ['perihelion', 'faye', 'socketio', 'nchan'],
+    skips: { floor: 'the floor writes each message as it comes, with no batching: it is no floor for batches' },
   },
   cluster: {
     kind: 'load',
@@ -83,6 +88,7 @@ export const SCENARIOS = {
     skips: {
       faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
       nchan: 'nginx with Nchan on Redis is not set up by the bench',
+      floor: 'the floor has no cluster mode',
     },
   },
 };

@@ -56,6 +56,17 @@ describe('benchmark smoke run', () => {
     }
   });
 
+  it('runs the Node floor (bare ws) in its scenarios without loss', { timeout: 240_000 }, async () => {
+    const report = await bench(['--servers', 'floor', '--scenarios', 'idle,fanout,channels,longpoll', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1']);
+    assert.equal(report.idle.find((r) => r.server === 'floor')?.connected, 100, 'every idle connection opened');
+    for (const scenario of ['fanout', 'channels']) {
+      const row = report.results.find((r) => r.scenario === scenario && r.server === 'floor');
+      assert.ok(row?.received > 0, `${scenario} on the floor delivered`);
+      assert.equal(row.lost, 0, `${scenario} on the floor: nothing lost`);
+    }
+    assert.ok(!report.results.some((r) => r.scenario === 'longpoll'), 'the floor skips long-polling');
+  });
+
   it("Perihelion's server CPU per delivered message in fan-out is not worse than Faye's in the same run", { timeout: 240_000 }, async () => {
     const report = await bench(['--servers', 'perihelion,faye', '--scenarios', 'fanout', '--subscribers', '200', '--rates', '100', '--duration', '2', '--rounds', '3']);
     const median = (server) => {
