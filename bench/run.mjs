@@ -31,6 +31,7 @@ const USAGE = `usage: npm run bench -- [options]
   --duration S           seconds of publishing per rate (default 5)
   --settle S             idle scenario: seconds to wait after the last connection before memory is measured (default 12)
   --drain S              longest wait for stragglers after the last publish, s (default 5)
+  --warmup S             load scenarios: seconds of publishing at the first rate before anything is measured (default 3; 0 for none)
   --servers LIST         any of perihelion,faye,socketio,nchan,floor (default all, in that order; nchan only when
                          installed: apt-get install nginx-light libnginx-mod-nchan). floor is not a peer but a
                          reference: a bare ws server, the least any Node server spends (see bench/README.md)
@@ -57,6 +58,7 @@ function parseArgs(argv) {
     redis: 'redis://127.0.0.1:6379',
     duration: 5,
     drain: 5,
+    warmup: 3,
     settle: 12,
     servers: nchanInstalled() ? ['perihelion', 'faye', 'socketio', 'nchan', 'floor'] : ['perihelion', 'faye', 'socketio', 'floor'],
     socketioClient: 'raw',
@@ -123,6 +125,9 @@ function parseArgs(argv) {
         break;
       case '--drain':
         options.drain = number('drain', value(), { min: 0 });
+        break;
+      case '--warmup':
+        options.warmup = number('warmup', value(), { min: 0 });
         break;
       case '--servers': {
         const list = value().split(',').filter(Boolean);
@@ -563,6 +568,20 @@ async function benchLoad(name, scenario, round) {
     }
     note.probeReached = recorder.probeCount;
 
+    // Not measured: JIT compilation and the collections that follow a burst of connections belong
+    // to no steady state. Every server gets the same warm-up.
+    if (options.warmup > 0) {
+      const rate = scenario.rates[0];
+      const live = clients.filter((c) => !c.failed);
+      log(`${name}: warming up at ${rate} msg/s for ${options.warmup} s (not measured)…`);
+      const runId = `${name}-warmup-${Date.now()}`;
+      recorder.startRun(runId, expectedDeliveries(scenario, subscribersByKey(scenario, live), Math.round(rate * options.warmup)));
+      const published = await server.request({ type: 'run', runId, rate, duration: options.warmup, keys: scenario.keys, batch: scenario.batch }, 'published', options.warmup * 1000 + 60_000);
+      const expected = expectedDeliveries(scenario, subscribersByKey(scenario, live), published.count);
+      const drainUntil = Date.now() + options.drain * 1000;
+      while (recorder.count < expected && Date.now() < drainUntil) await sleep(20);
+    }
+
     for (const rate of scenario.rates) {
       if (Date.now() > deadlineAt) break;
       await sleep(1000);
@@ -921,7 +940,7 @@ function setupText() {
     `- Command: \`${commandLine()}\``,
     `- Machine: ${cpuCount} CPUs (\`nproc\`), ${cpuModel}, ${fmt(os.totalmem() / 2 ** 30, 1)} GiB, ${os.type()} ${os.release()}, Node ${process.version}; load average at start ${loadBefore.map((l) => l.toFixed(2)).join(' ')}`,
     `- Pinning: ${pinning === 'none' ? 'none (see warnings)' : pinning}`,
-    `- Scenarios: ${options.scenarios.join(', ')}; ${options.duration} s per rate, up to ${options.drain} s drain, publisher inside the server process, ${options.rounds} round${options.rounds > 1 ? 's (server order rotated; tables show medians)' : ''}`,
+    `- Scenarios: ${options.scenarios.join(', ')}; ${options.warmup > 0 ? `${options.warmup} s warm-up at the first rate (not measured), ` : ''}${options.duration} s per rate, up to ${options.drain} s drain, publisher inside the server process, ${options.rounds} round${options.rounds > 1 ? 's (server order rotated; tables show medians)' : ''}`,
     `- Versions: Perihelion ${versionOf('@perihelion/server')}, faye ${versionOf('faye')}, socket.io ${versionOf('socket.io')}${options.servers.includes('nchan') ? `, Nchan ${debianVersionOf('libnginx-mod-nchan')} on nginx ${debianVersionOf('nginx-light')} (Debian)` : ''}, ws ${versionOf('ws')} (load generator)`,
     `- Perihelion: \`createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, publishRate: 0, pingInterval: 0 })\`, in-memory engine — limits off so they do not interfere (other options at their defaults: \`maxQueue\` 1000, history of 1000 messages per channel, positions on every message)`,
     `- Faye: \`new faye.NodeAdapter({ mount: '/faye', timeout: 25 })\` on node:http, published with \`bayeux.getClient().publish\``,

@@ -33,7 +33,7 @@ async function bench(args) {
 
 describe('benchmark smoke run', () => {
   it('runs every scenario against Perihelion and Faye without loss', { timeout: 240_000 }, async () => {
-    const report = await bench(['--servers', 'perihelion,faye', '--scenarios', 'idle,fanout,channels,longpoll,chat', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3']);
+    const report = await bench(['--servers', 'perihelion,faye', '--scenarios', 'idle,fanout,channels,longpoll,chat', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--warmup', '0']);
     assert.deepEqual(report.idle.map((r) => `${r.server}:${r.connected}`).sort(), ['faye:100', 'perihelion:100']);
     for (const scenario of ['fanout', 'channels', 'longpoll', 'chat']) {
       for (const server of ['perihelion', 'faye']) {
@@ -46,7 +46,7 @@ describe('benchmark smoke run', () => {
   });
 
   it('runs Nchan (nginx) in its scenarios without loss', { timeout: 240_000, skip: NCHAN_INSTALLED ? false : 'Nchan is not installed (apt-get install nginx-light libnginx-mod-nchan)' }, async () => {
-    const report = await bench(['--servers', 'nchan', '--scenarios', 'idle,fanout,channels,chat', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1']);
+    const report = await bench(['--servers', 'nchan', '--scenarios', 'idle,fanout,channels,chat', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1', '--warmup', '0']);
     assert.equal(report.idle.find((r) => r.server === 'nchan')?.connected, 100, 'every idle connection opened');
     for (const scenario of ['fanout', 'channels', 'chat']) {
       const row = report.results.find((r) => r.scenario === scenario && r.server === 'nchan');
@@ -57,7 +57,7 @@ describe('benchmark smoke run', () => {
   });
 
   it('runs the Node floor (bare ws) in its scenarios without loss', { timeout: 240_000 }, async () => {
-    const report = await bench(['--servers', 'floor', '--scenarios', 'idle,fanout,channels,longpoll', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1']);
+    const report = await bench(['--servers', 'floor', '--scenarios', 'idle,fanout,channels,longpoll', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1', '--warmup', '0']);
     assert.equal(report.idle.find((r) => r.server === 'floor')?.connected, 100, 'every idle connection opened');
     for (const scenario of ['fanout', 'channels']) {
       const row = report.results.find((r) => r.scenario === scenario && r.server === 'floor');
@@ -68,7 +68,7 @@ describe('benchmark smoke run', () => {
   });
 
   it("Perihelion's server CPU per delivered message in fan-out is not worse than Faye's in the same run", { timeout: 240_000 }, async () => {
-    const report = await bench(['--servers', 'perihelion,faye', '--scenarios', 'fanout', '--subscribers', '200', '--rates', '100', '--duration', '2', '--rounds', '3']);
+    const report = await bench(['--servers', 'perihelion,faye', '--scenarios', 'fanout', '--subscribers', '200', '--rates', '100', '--duration', '2', '--rounds', '3', '--warmup', '1']);
     const median = (server) => {
       const values = report.results.filter((r) => r.server === server).map((r) => r.serverUsPerMsg).sort((a, b) => a - b);
       assert.equal(values.length, 3, `three rounds of ${server}`);
