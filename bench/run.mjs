@@ -16,10 +16,10 @@ const HERE = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const SELF = fileURLToPath(import.meta.url);
 
-// ---------------------------------------------------------------------------------------------
 /** Every server the bench can run, by its --servers name. */
 const LABELS = { perihelion: 'Perihelion', faye: 'Faye 1.4', socketio: 'Socket.IO 4', nchan: 'Nchan 1.3', floor: 'Node floor' };
 
+// ---------------------------------------------------------------------------------------------
 // Options
 
 const USAGE = `usage: npm run bench -- [options]
@@ -40,7 +40,7 @@ const USAGE = `usage: npm run bench -- [options]
   --connect-timeout S    per-client setup timeout, s (default 15)
   --concurrency K        clients being set up at once (default 50)
   --rounds R             repeat the whole sequence R times, server order rotated; the table shows medians (default 1)
-  --deadline S           the whole run's deadline, s (default 1800)
+  --deadline S           the whole run's deadline, s (default 1800 per round: a full round takes about 17 minutes)
   --results FILE         where to write the Markdown report (default bench/RESULTS.md; "-" for none)
   --json FILE            also write every measurement as JSON (for scripts such as the CI guard)
   --redis URL            the Redis of the cluster scenario (default redis://127.0.0.1:6379)
@@ -66,7 +66,7 @@ function parseArgs(argv) {
     connectTimeout: 15,
     concurrency: 50,
     rounds: 1,
-    deadline: 1800,
+    deadline: null,
     results: 'bench/RESULTS.md',
     pin: true,
     cpuProf: null,
@@ -175,6 +175,7 @@ function parseArgs(argv) {
         usage(`unknown option ${JSON.stringify(arg)}`);
     }
   }
+  options.deadline ??= 1800 * options.rounds;
   return options;
 }
 
