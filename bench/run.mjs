@@ -492,6 +492,18 @@ function subscriberFactory(name, port, path, scenario) {
   return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i) });
 }
 
+/**
+ * Has the server publish `rate` messages/s for `duration` s, then waits (at most --drain s) until
+ * the recorder has every delivery those messages owe the subscribers.
+ */
+async function publishAndDrain(server, recorder, scenario, subscribers, { runId, rate, duration }) {
+  const published = await server.request({ type: 'run', runId, rate, duration, keys: scenario.keys, batch: scenario.batch }, 'published', duration * 1000 + 60_000);
+  const expected = expectedDeliveries(scenario, subscribers, published.count);
+  const drainUntil = Date.now() + options.drain * 1000;
+  while (recorder.count < expected && Date.now() < drainUntil) await sleep(20);
+  return { published, expected };
+}
+
 /** Sets up n clients, `concurrency` at a time; each client remembers its index (its channels). */
 async function connectAll(name, factory, recorder, n, concurrency) {
   const clients = [];
@@ -575,12 +587,10 @@ async function benchLoad(name, scenario, round) {
       const rate = scenario.rates[0];
       const live = clients.filter((c) => !c.failed);
       log(`${name}: warming up at ${rate} msg/s for ${options.warmup} s (not measured)…`);
+      const subscribers = subscribersByKey(scenario, live);
       const runId = `${name}-warmup-${Date.now()}`;
-      recorder.startRun(runId, expectedDeliveries(scenario, subscribersByKey(scenario, live), Math.round(rate * options.warmup)));
-      const published = await server.request({ type: 'run', runId, rate, duration: options.warmup, keys: scenario.keys, batch: scenario.batch }, 'published', options.warmup * 1000 + 60_000);
-      const expected = expectedDeliveries(scenario, subscribersByKey(scenario, live), published.count);
-      const drainUntil = Date.now() + options.drain * 1000;
-      while (recorder.count < expected && Date.now() < drainUntil) await sleep(20);
+      recorder.startRun(runId, expectedDeliveries(scenario, subscribers, Math.round(rate * options.warmup)));
+      await publishAndDrain(server, recorder, scenario, subscribers, { runId, rate, duration: options.warmup });
     }
 
     for (const rate of scenario.rates) {
@@ -599,10 +609,7 @@ async function benchLoad(name, scenario, round) {
       const waitBefore = runQueueWait(server.pids);
       const genBefore = process.cpuUsage();
       const genT0 = nowMs();
-      const published = await server.request({ type: 'run', runId, rate, duration: options.duration, keys: scenario.keys, batch: scenario.batch }, 'published', options.duration * 1000 + 60_000);
-      const expected = expectedDeliveries(scenario, subscribers, published.count);
-      const drainUntil = Date.now() + options.drain * 1000;
-      while (recorder.count < expected && Date.now() < drainUntil) await sleep(20);
+      const { published, expected } = await publishAndDrain(server, recorder, scenario, subscribers, { runId, rate, duration: options.duration });
       const genCpu = process.cpuUsage(genBefore);
       const genWall = nowMs() - genT0;
       const busyAfter = cpuBusyMs();

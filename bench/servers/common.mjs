@@ -8,6 +8,17 @@
 /** Milliseconds on the machine's monotonic clock (shared by every process on the host). */
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 
+/**
+ * Listens on an ephemeral port of 127.0.0.1 (the bench never listens elsewhere) and resolves to
+ * what `start` reports: the port and the path the subscribers connect to.
+ */
+export function listenOnLoopback(server, path) {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path }));
+  });
+}
+
 const send = (message) => {
   if (process.connected) process.send(message);
 };

@@ -1,7 +1,7 @@
 // Faye 1.4: NodeAdapter mounted at /faye on a node:http server, its in-memory engine.
 import http from 'node:http';
 import faye from 'faye';
-import { runServer } from './common.mjs';
+import { listenOnLoopback, runServer } from './common.mjs';
 
 const PATH = '/faye';
 
@@ -14,11 +14,7 @@ const client = bayeux.getClient();
 
 await runServer({
   name: 'faye',
-  start: () =>
-    new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
-    }),
+  start: () => listenOnLoopback(server, PATH),
   publish: (key, data) => {
     client.publish(`/bench/${key}`, data);
   },

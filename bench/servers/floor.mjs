@@ -6,7 +6,7 @@
 // and what is Node's own.
 import http from 'node:http';
 import { WebSocketServer } from 'ws';
-import { runServer } from './common.mjs';
+import { listenOnLoopback, runServer } from './common.mjs';
 
 const PATH = '/sub';
 /** channel key → the TCP sockets under its subscribers' WebSockets */
@@ -16,9 +16,18 @@ const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, clie
 const server = http.createServer((req, res) => {
   res.writeHead(404).end();
 });
+/** The channel keys an upgrade asks for: `/sub?id=a,b`; none for any other request. */
+function keysOf(rawUrl) {
+  try {
+    const url = new URL(rawUrl ?? '/', 'http://localhost');
+    return url.pathname === PATH ? (url.searchParams.get('id') ?? '').split(',').filter(Boolean) : [];
+  } catch {
+    return []; // not a URL at all
+  }
+}
+
 server.on('upgrade', (req, socket, head) => {
-  const url = new URL(req.url ?? '/', 'http://localhost');
-  const keys = url.pathname === PATH ? (url.searchParams.get('id') ?? '').split(',').filter(Boolean) : [];
+  const keys = keysOf(req.url);
   if (keys.length === 0) return socket.destroy();
   wss.handleUpgrade(req, socket, head, (ws) => {
     for (const key of keys) {
@@ -32,22 +41,27 @@ server.on('upgrade', (req, socket, head) => {
   });
 });
 
-/** One unmasked text frame (RFC 6455 §5.2) around the UTF-8 of `text`. */
+/** One unmasked text frame (RFC 6455 §5.2): FIN + opcode 1, the length in 7, 16 or 64 bits, the UTF-8 of `text`. */
 function frameOf(text) {
   const body = Buffer.from(text);
   const n = body.length;
-  const header = n < 126 ? Buffer.from([0x81, n]) : n < 65_536 ? Buffer.from([0x81, 126, n >> 8, n & 0xff]) : Buffer.concat([Buffer.from([0x81, 127]), Buffer.alloc(8)]);
-  if (n >= 65_536) header.writeBigUInt64BE(BigInt(n), 2);
+  const header = Buffer.alloc(n < 126 ? 2 : n < 65_536 ? 4 : 10);
+  header[0] = 0x81;
+  if (n < 126) {
+    header[1] = n;
+  } else if (n < 65_536) {
+    header[1] = 126;
+    header.writeUInt16BE(n, 2);
+  } else {
+    header[1] = 127;
+    header.writeBigUInt64BE(BigInt(n), 2);
+  }
   return Buffer.concat([header, body]);
 }
 
 await runServer({
   name: 'floor',
-  start: () =>
-    new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
-    }),
+  start: () => listenOnLoopback(server, PATH),
   publish: (key, data) => {
     const members = channels.get(key);
     if (!members || members.size === 0) return;

@@ -1,6 +1,6 @@
 // Perihelion, WebSocket transport, with the limits that would throttle a load test switched off.
 import http from 'node:http';
-import { runServer } from './common.mjs';
+import { listenOnLoopback, runServer } from './common.mjs';
 
 const { createServer, RedisEngine } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
 
@@ -25,14 +25,7 @@ bayeux.attach(server);
 
 await runServer({
   name: 'perihelion',
-  start: () =>
-    bayeux.whenReady().then(
-      () =>
-        new Promise((resolve, reject) => {
-          server.once('error', reject);
-          server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: PATH }));
-        }),
-    ),
+  start: () => bayeux.whenReady().then(() => listenOnLoopback(server, PATH)),
   publish: (key, data) => bayeux.publish(`/bench/${key}`, data),
   stop: async () => {
     await Promise.race([bayeux.close(), new Promise((r) => setTimeout(r, 2000))]);

@@ -2,7 +2,7 @@
 // polling; no upgrade dance), default namespace, a room per channel key.
 import http from 'node:http';
 import { Server } from 'socket.io';
-import { runServer } from './common.mjs';
+import { listenOnLoopback, runServer } from './common.mjs';
 
 const EVENT = 'fanout';
 
@@ -29,11 +29,7 @@ io.on('connection', (socket) => {
 
 await runServer({
   name: 'socketio',
-  start: () =>
-    new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve({ port: server.address().port, path: '/socket.io/' }));
-    }),
+  start: () => listenOnLoopback(server, '/socket.io/'),
   publish: (key, data) => {
     io.to(key).emit(EVENT, data);
   },
