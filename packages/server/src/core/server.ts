@@ -245,9 +245,12 @@ export class BayeuxServer implements EngineHost, SessionHost {
   /** Ends every session of one user, on every node; resolves to how many were ended. */
   async disconnectUser(userId: string): Promise<number> {
     await this.ready;
-    // All at once: with Redis, the lookups and messages to the owners share the round trips.
-    const ended = await Promise.all((await this.engine.sessionsOfUser(userId)).map((clientId) => this.engine.endSession(clientId)));
-    return ended.filter(Boolean).length;
+    // All at once: with Redis, the lookups and messages to the owners share the round trips. Every
+    // attempt runs to its end before a failure (Redis going away midway) is reported.
+    const outcomes = await Promise.allSettled((await this.engine.sessionsOfUser(userId)).map((clientId) => this.engine.endSession(clientId)));
+    const failed = outcomes.find((outcome) => outcome.status === 'rejected');
+    if (failed) throw failed.reason;
+    return outcomes.filter((outcome) => outcome.status === 'fulfilled' && outcome.value).length;
   }
 
   getSession(clientId: string): Session | undefined {
