@@ -10,6 +10,8 @@ import type { Authenticator } from './security/authenticate.js';
 import type { ChannelRule } from './security/channel-rules.js';
 import type { JwtOptions } from './security/jwt.js';
 import type { AuthorizeHook } from './security/policy.js';
+import { COOKIE_SAME_SITE, type CookieSameSite } from './security/browser-cookie.js';
+import { SESSION_BINDINGS, type SessionBinding } from './security/session-binding.js';
 import { validateCallouts, type CalloutRule } from './callouts/allow.js';
 import { validateWebhooks, type Webhook } from './callouts/webhooks.js';
 import { validateHistoryRules, type HistoryRule } from './engine/retention.js';
@@ -100,10 +102,21 @@ export interface ServerOptions {
   /** Programmatic authorization, asked before the rules. */
   authorize?: AuthorizeHook;
   /**
-   * "cookie": a session accepts messages only from the browser (BAYEUX_BROWSER cookie) or the
-   * push line it was handshaken on; "none": the clientId alone identifies the session. Default: "cookie".
+   * Which requests may speak for a session (see security/session-binding.ts and docs/security.md).
+   * "cookie": once the client has presented its BAYEUX_BROWSER cookie, only that browser (or the
+   * session's push line); a client that keeps no cookies is identified by its clientId.
+   * "strict": only the browser or push line the session was handshaken from, from the first request.
+   * "none": the clientId alone, and no cookie is issued. Default: "cookie".
    */
-  sessionBinding?: 'cookie' | 'none';
+  sessionBinding?: SessionBinding;
+  /**
+   * The SameSite attribute of the BAYEUX_BROWSER cookie: "omit" leaves it out (browsers then treat
+   * the cookie as Lax, and old cookie parsers such as Ruby's cookiejar, used by the Ruby Faye
+   * client, do not fail on it); "lax", "strict"; "none" (sent with Secure, so only over HTTPS: it
+   * lets cross-site pages keep a bound session in browsers that still send third-party cookies).
+   * The cookie carries Secure whenever the request came over HTTPS. Default: "omit".
+   */
+  cookieSameSite?: CookieSameSite;
   /** Largest published message once serialised, in bytes. Default: 524288 (512 KiB). */
   maxMessageBytes?: number;
   /** Most live sessions per remote address; 0 for no limit. Default: 1000. */
@@ -163,7 +176,8 @@ export interface ResolvedOptions {
   maxBufferedBytes: number;
   open: boolean;
   anonymous: boolean;
-  sessionBinding: 'cookie' | 'none';
+  sessionBinding: SessionBinding;
+  cookieSameSite: CookieSameSite;
   maxMessageBytes: number;
   maxSessionsPerIp: number;
   publishRate: number;
@@ -206,6 +220,7 @@ export const DEFAULTS: ResolvedOptions = {
   open: false,
   anonymous: true,
   sessionBinding: 'cookie',
+  cookieSameSite: 'omit',
   maxMessageBytes: 512 * 1024,
   maxSessionsPerIp: 1000,
   publishRate: 500,
@@ -250,6 +265,14 @@ const INTEGER_LIMITS: Record<string, [min: number, max: number]> = {
 };
 
 const KNOWN = new Set([...Object.keys(DEFAULTS), 'engine', 'extensions', 'authenticate', 'jwt', 'channels', 'authorize', 'callouts', 'webhooks']);
+
+/** A value from a fixed list, or an error naming the option and the list. */
+function oneOf<T extends string>(key: string, value: unknown, allowed: readonly T[]): T {
+  if (!(allowed as readonly unknown[]).includes(value)) {
+    invalid(`option "${key}" must be ${allowed.map((a) => `"${a}"`).join(', ')}; got ${JSON.stringify(value)}`);
+  }
+  return value as T;
+}
 
 function invalid(message: string): never {
   throw new PerihelionError('ERR_INVALID_OPTION', message);
@@ -297,10 +320,10 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
     resolved[key] = value;
   }
   if (options.sessionBinding !== undefined) {
-    if (options.sessionBinding !== 'cookie' && options.sessionBinding !== 'none') {
-      invalid(`option "sessionBinding" must be "cookie" or "none", got ${JSON.stringify(options.sessionBinding)}`);
-    }
-    resolved.sessionBinding = options.sessionBinding;
+    resolved.sessionBinding = oneOf('sessionBinding', options.sessionBinding, SESSION_BINDINGS);
+  }
+  if (options.cookieSameSite !== undefined) {
+    resolved.cookieSameSite = oneOf('cookieSameSite', options.cookieSameSite, COOKIE_SAME_SITE);
   }
   for (const key of ['authenticate', 'authorize'] as const) {
     if (options[key] !== undefined && typeof options[key] !== 'function') invalid(`option "${key}" must be a function`);

@@ -438,3 +438,45 @@ for (const transport of TRANSPORTS) {
     });
   });
 }
+
+describe('CometD client that keeps no cookies, over long-polling, under the default settings', () => {
+  let test: TestServer;
+  let client: CometDClient | undefined;
+  const sentCookies: (string | undefined)[] = [];
+
+  before(async () => {
+    // cometd-nodejs-client's documented hook for a cookie store of one's own: this one is empty
+    // and stores nothing, like a client behind a proxy that strips cookies.
+    adapt({
+      cookies: {
+        storeCookie: (_uri, _header, done) => done(null, undefined),
+        retrieveCookies: (_context, _uri, done) => done(null, []),
+      },
+    });
+    test = await startServer({ open: false, channels: [{ channel: '/nocookie/**', publish: 'anyone' }] });
+    test.server.addExtension({
+      incoming(message, context) {
+        sentCookies.push(context.transport?.request.headers.cookie);
+        return message;
+      },
+    });
+  });
+
+  after(async () => {
+    await client?.disconnect();
+    await test.close();
+    adapt();
+  });
+
+  it('handshakes, subscribes with a wildcard, publishes and receives', TEST_TIMEOUT, async () => {
+    client = new CometDClient(test.url, 'long-polling');
+    await client.handshake();
+    const { messages } = await client.subscribe('/nocookie/*');
+    await client.publish('/nocookie/a', { n: 1 });
+    await test.server.publish('/nocookie/b', { n: 2 });
+    await waitFor(() => messages.length === 2, 5000, 'both messages');
+    assert.deepEqual(messages.map((m) => [m.channel, m.data]), [['/nocookie/a', { n: 1 }], ['/nocookie/b', { n: 2 }]]);
+    assert.equal(test.server.sessionCount, 1, 'the client had to handshake more than once');
+    assert.ok(sentCookies.length > 3 && sentCookies.every((c) => c === undefined), 'the client sent a cookie');
+  });
+});

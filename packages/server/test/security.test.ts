@@ -972,7 +972,8 @@ describe('invalid security configuration', () => {
     assertInvalid({ jwt: { secret: 'short' } }, /"jwt.secret" must be a string of at least 32 characters/);
     assertInvalid({ jwt: { secret: SECRET, publicKey: 'pem' } }, /exactly one of "secret", "publicKey" or "jwks"/);
     assertInvalid({ jwt: {} }, /exactly one of/);
-    assertInvalid({ sessionBinding: 'ip' as 'none' }, /"sessionBinding" must be "cookie" or "none"/);
+    assertInvalid({ sessionBinding: 'ip' as 'none' }, /"sessionBinding" must be "cookie", "strict", "none"; got "ip"/);
+    assertInvalid({ cookieSameSite: 'Lax' as 'lax' }, /"cookieSameSite" must be "omit", "lax", "strict", "none"; got "Lax"/);
     assertInvalid({ authorize: 'yes' as unknown as NonNullable<ServerOptions['authorize']> }, /"authorize" must be a function/);
     assertInvalid({ anonymous: 'no' as unknown as boolean }, /"anonymous" must be true or false/);
     assertInvalid({ publishRate: -1 }, /"publishRate" must be an integer/);
@@ -1023,19 +1024,41 @@ describe('session binding: a clientId alone is not a credential', () => {
     assert.deepEqual(dataOf(body.slice(1)), ['for the victim']);
   });
 
-  it('a browser that lost its cookie is a new browser (helpers’ cookie jar)', async () => {
+  it('a session whose browser has presented its cookie cannot then be used without it (helpers’ cookie jar)', async () => {
     const clientId = await helperHandshake(ts.url);
     const cookie = cookieFor(ts.url);
     assert.match(cookie ?? '', /BAYEUX_BROWSER=[A-Za-z0-9_-]{16,}/, 'the handshake set no BAYEUX_BROWSER cookie');
+    const first = await post(ts.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', id: 'c1', advice: { timeout: 0 } }], { Cookie: cookie! });
+    assertOk(at(first.body, 0), 'the first connect, with the cookie');
     clearCookies();
-    const stranger = await post(ts.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', id: 'c' }]);
+    const stranger = await post(ts.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', id: 'c2', advice: { timeout: 0 } }]);
     assertRefused(at(stranger.body, 0), /^402:/);
-    const owner = await post(ts.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', id: 'c' }], { Cookie: cookie! });
+    const owner = await post(ts.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', id: 'c3', advice: { timeout: 0 } }], { Cookie: cookie! });
     assertOk(at(owner.body, 0), 'the connect from the original browser');
+  });
+
+  it('a handshake that carried the browser’s cookie binds the session at once', async () => {
+    const browser = new Browser();
+    await browser.post(ts.url, []);
+    assert.ok(browser.cookie, 'no cookie was issued');
+    const client = await login(ts.url, undefined, browser);
+    const cookieless = new Lp(ts.url, new Browser(), client.clientId);
+    assertRefused(await cookieless.subscribe('/v/early'), /^402:/);
+    assertOk(await client.subscribe('/v/early'), 'the subscribe from the session’s own browser');
+  });
+
+  it('a request carrying another browser’s cookie is refused even before the session’s browser presented its own', async () => {
+    const victim = await login(ts.url);
+    const stranger = new Browser();
+    await stranger.post(ts.url, []);
+    assert.ok(stranger.cookie, 'the stranger got no cookie');
+    assertRefused(await new Lp(ts.url, stranger, victim.clientId).subscribe('/v/spy'), /^402:/);
+    assertOk(await victim.subscribe('/v/mine'), 'the victim’s own subscribe');
   });
 
   it('another browser cannot open an SSE or HTTP stream for the session (404); its own browser can', async () => {
     const victim = await login(ts.url);
+    await victim.drain();
     const streamUrl = `${ts.url}/${victim.clientId}`;
     const strangers = [new Browser(), new Browser(OTHER_ADDRESS)];
     for (const stranger of strangers) {
@@ -1121,6 +1144,31 @@ describe('session binding: a clientId alone is not a credential', () => {
     } finally {
       await peer.close();
     }
+  });
+});
+
+describe('session binding "strict"', () => {
+  let ts: TestServer;
+  before(async () => {
+    ts = await secure({ sessionBinding: 'strict', channels: [{ channel: '/v/**', publish: 'anyone' }] });
+  });
+  after(() => ts.close());
+
+  it('refuses a request without the session’s cookie from the first request on', async () => {
+    const owner = await login(ts.url);
+    assert.ok(owner.browser.cookie, 'no BAYEUX_BROWSER cookie was issued');
+    for (const stranger of [new Lp(ts.url, new Browser(), owner.clientId), new Lp(ts.url, new Browser(OTHER_ADDRESS), owner.clientId)]) {
+      assertRefused(await stranger.subscribe('/v/spy'), /^402:/);
+    }
+    assertOk(await owner.subscribe('/v/own'), 'the subscribe from the session’s own browser');
+  });
+
+  it('a client that keeps no cookies is told its session is unknown after every handshake', async () => {
+    const { body } = await new Browser().post(ts.url, [{ ...HANDSHAKE, id: 'hs' }]);
+    const clientId = at(body, 0).clientId as string;
+    const cookieless = await new Browser().post(ts.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', id: 'c' }]);
+    assertRefused(at(cookieless.body, 0), /^402:/);
+    assert.equal(adviceOf(at(cookieless.body, 0)).reconnect, 'handshake');
   });
 });
 

@@ -35,6 +35,7 @@ import { AuthenticationError, type Authenticator } from '../security/authenticat
 import { JwtVerifier, jwtAuthenticator } from '../security/jwt.js';
 import { SecurityPolicy } from '../security/policy.js';
 import { randomHex } from '../security/random.js';
+import { speaksFor } from '../security/session-binding.js';
 import { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
 import { Acknowledgement } from '../extensions/ack.js';
 import { ListenerRegistry, type Listener } from './listeners.js';
@@ -452,6 +453,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
     const session = new Session(newClientId(), this, this.options.maxQueue);
     session.identity = identity;
     session.browserId = context.request.browserId;
+    // A handshake that carried its browser's cookie has presented it: bound from the start.
+    session.browserConfirmed = context.request.browserId !== undefined && context.request.browserIdIssued !== true;
     session.remoteAddress = address;
     session.origin = context.connection;
     if (this.options.publishRate > 0) session.publishBucket = new TokenBucket(this.options.publishRate, this.options.publishBurst);
@@ -870,22 +873,9 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   // ---------------------------------------------------------------- helpers
 
-  /**
-   * Whether a request may speak for `session` (session binding, as CometD's BAYEUX_BROWSER): it
-   * comes over the push line the session was handshaken on or is bound to, or from the browser
-   * the session was handshaken from.
-   *
-   * One exception keeps Faye working: it opens its WebSocket while its HTTP handshake is still
-   * in flight, so the upgrade carries no cookie yet. A WebSocket whose upgrade had no browser id
-   * at all may speak for sessions handshaken from the same remote address. An upgrade that
-   * carries another browser's id never may.
-   */
+  /** Whether a request may speak for `session` (see security/session-binding.ts). */
   accepts(session: Session, context: ProcessContext): boolean {
-    if (this.options.sessionBinding === 'none') return true;
-    const line = context.connection;
-    if (line && (line === session.origin || line === session.connection)) return true;
-    if (session.browserId !== undefined && context.request.browserId === session.browserId) return true;
-    return line !== undefined && context.request.browserId === undefined && session.remoteAddress === context.request.remoteAddress;
+    return speaksFor(this.options.sessionBinding, session, context);
   }
 
   private advice(): Advice {

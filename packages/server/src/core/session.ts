@@ -52,6 +52,8 @@ export class Session {
   identity: Identity | null = null;
   /** The browser (BAYEUX_BROWSER cookie) and remote address it was handshaken from. */
   browserId: string | undefined;
+  /** Set once the client presented `browserId` (see security/session-binding.ts). */
+  browserConfirmed = false;
   remoteAddress: string | undefined;
   /** The push line it was handshaken on, which may always speak for it. */
   origin: PushConnection | undefined;

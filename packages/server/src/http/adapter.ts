@@ -150,7 +150,7 @@ export class HttpAdapter {
     // is in flight, and a cookie set on the 101 would replace the one that handshake was given,
     // so the client's next HTTP request would no longer speak for its session. A socket speaks
     // for the sessions handshaken on it (see BayeuxServer.accepts).
-    const known = this.core.options.sessionBinding === 'cookie' ? browserIdOf(req) : undefined;
+    const known = this.core.options.sessionBinding !== 'none' ? browserIdOf(req) : undefined;
     if (known !== undefined) assignBrowser(req, known, false);
     this.websocket.upgrade(req, socket, head);
     return true;
@@ -161,14 +161,14 @@ export class HttpAdapter {
    * when a new one was made.
    */
   private identifyBrowser(req: IncomingMessage): string | undefined {
-    if (this.core.options.sessionBinding !== 'cookie') return undefined;
+    if (this.core.options.sessionBinding === 'none') return undefined;
     const known = browserIdOf(req);
     if (known !== undefined) {
       assignBrowser(req, known, false);
       return undefined;
     }
     const id = newBrowserId();
-    const cookie = browserCookie(id, this.core.options.path, isSecure(req));
+    const cookie = browserCookie(id, this.core.options.path, isSecure(req), this.core.options.cookieSameSite);
     assignBrowser(req, id, true);
     return cookie;
   }

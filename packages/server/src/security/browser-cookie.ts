@@ -1,9 +1,8 @@
 /**
- * Session binding by browser cookie (as CometD's BAYEUX_BROWSER): every HTTP response and
- * WebSocket upgrade under the mount path gives the client a random browser id, and a session
- * accepts messages only from requests that carry the id it was handshaken with, or over the push
- * line it is bound to. A clientId seen in a log or a proxy therefore does not let another party
- * take the session over.
+ * The browser cookie (as CometD's BAYEUX_BROWSER): every HTTP response under the mount path to a
+ * request without one gives the client a random browser id, which session binding
+ * (session-binding.ts) ties sessions to, so that a clientId seen in a log or a proxy does not let
+ * another party take a session over.
  */
 import type { IncomingMessage } from 'node:http';
 import { randomBase64url } from './random.js';
@@ -25,12 +24,20 @@ export function newBrowserId(): string {
   return randomBase64url(18);
 }
 
+export const COOKIE_SAME_SITE = ['omit', 'lax', 'strict', 'none'] as const;
+export type CookieSameSite = (typeof COOKIE_SAME_SITE)[number];
+
+const SAME_SITE_ATTRIBUTE: Record<CookieSameSite, string> = { omit: '', lax: '; SameSite=Lax', strict: '; SameSite=Strict', none: '; SameSite=None' };
+
 /**
- * The Set-Cookie value. HttpOnly (scripts never need it); SameSite=Lax over plain HTTP, and
- * SameSite=None; Secure over HTTPS so that cross-site clients (CORS, WebSocket) still send it.
+ * The Set-Cookie value: HttpOnly (scripts never need it), Secure over HTTPS. SameSite is left out
+ * by default: browsers treat such a cookie as Lax, and older cookie parsers refuse the attribute
+ * outright (Ruby's cookiejar 0.3, under the Ruby Faye client, raises "Unknown cookie parameter
+ * 'samesite'" and the client never gets past its handshake). SameSite=None needs Secure, so it is
+ * sent with it even over plain HTTP, where browsers then drop the cookie.
  */
-export function browserCookie(id: string, path: string, secure: boolean): string {
-  return `${BROWSER_COOKIE}=${id}; Path=${path}; HttpOnly; ${secure ? 'SameSite=None; Secure' : 'SameSite=Lax'}`;
+export function browserCookie(id: string, path: string, secure: boolean, sameSite: CookieSameSite): string {
+  return `${BROWSER_COOKIE}=${id}; Path=${path}; HttpOnly${secure || sameSite === 'none' ? '; Secure' : ''}${SAME_SITE_ATTRIBUTE[sameSite]}`;
 }
 
 export function isSecure(req: IncomingMessage): boolean {
