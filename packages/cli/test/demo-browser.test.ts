@@ -34,6 +34,10 @@ describe('demo page in Chromium', () => {
     const errors: string[] = [];
     for (const page of [a, b]) {
       page.on('pageerror', (error) => errors.push(error.message));
+      // The console too: a missing file (a favicon, say) shows there as an error.
+      page.on('console', (message) => {
+        if (message.type() === 'error') errors.push(`console: ${message.text()} ${message.location().url}`);
+      });
       await page.goto(`${running.url}/`);
       await page.waitForSelector('#status.connected', { timeout: 10_000 });
     }
