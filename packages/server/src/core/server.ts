@@ -92,9 +92,6 @@ type Reply = Message;
 /** Publishes refused in a row for exceeding the rate before the session is ended as abusive. */
 const MAX_REFUSED_PUBLISHES = 100;
 
-/** The ids of messages that a handshake in the same request makes the server ignore (Bayeux §4.1.1). */
-const IGNORED_WITH_HANDSHAKE = 'ignored: a handshake must be alone in its request';
-
 export class BayeuxServer implements EngineHost, SessionHost {
   readonly options: ResolvedOptions;
   readonly engine: Engine;
@@ -345,10 +342,9 @@ export class BayeuxServer implements EngineHost, SessionHost {
     for (let i = 0; i < batch.length; i++) {
       const value = batch[i];
       this.counters.messagesIn++;
-      if (handshakeAt !== -1 && i !== handshakeAt) {
-        out.push(JSON.stringify(this.refusal(value, bayeuxError('badRequest', [], IGNORED_WITH_HANDSHAKE))));
-        continue;
-      }
+      // Bayeux §4.1.1: a handshake SHOULD be alone in its request, and the server MUST ignore any
+      // other message sent with it: not acted on, not answered (neither CometD nor Faye sends one).
+      if (handshakeAt !== -1 && i !== handshakeAt) continue;
       try {
         await this.handle(value, context, batch.length, out);
       } catch (error) {
