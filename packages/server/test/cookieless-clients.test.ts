@@ -6,6 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from '../src/index.js';
 import { startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 
 const RULES = [{ channel: '/chat/**', publish: 'anyone' as const }];
@@ -146,6 +147,39 @@ describe('clients that keep no cookies, under the default session binding', () =
     const response = await fetch(ts.url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '[]' });
     const cookie = response.headers.get('set-cookie') ?? '';
     assert.match(cookie, /^BAYEUX_BROWSER=[A-Za-z0-9_-]{16,}; Path=\/bayeux; HttpOnly$/);
+  });
+});
+
+describe('a client that keeps no cookies, across a server restart', () => {
+  it('is told to handshake again by the new server, and its new session works', async () => {
+    const options = { open: false, timeout: 2000, channels: RULES, pingInterval: 0, drainTimeout: 0 };
+    let server = createServer(options);
+    const { port } = await server.listen({ port: 0, host: '127.0.0.1' });
+    const url = `http://127.0.0.1:${port}/bayeux`;
+    try {
+      const before = await handshakeBare(postBare, url, 'long-polling');
+      assertSuccessful((await postBare(url, [{ channel: '/meta/connect', clientId: before, connectionType: 'long-polling', id: 'c1' }]))[0], 'the first connect');
+      await server.close();
+      server = createServer(options);
+      await server.listen({ port, host: '127.0.0.1' });
+      // The kept-alive connection to the old server is gone: like any client, try again once.
+      const staleConnect = (): Promise<Msg[]> => postBare(url, [{ channel: '/meta/connect', clientId: before, connectionType: 'long-polling', id: 'c2' }]);
+      const [stale] = await staleConnect().catch(staleConnect);
+      assert.equal(stale?.successful, false);
+      assert.match(String(stale?.error), /^402:/);
+      assert.equal((stale?.advice as Msg | undefined)?.reconnect, 'handshake');
+      const after = await handshakeBare(postBare, url, 'long-polling');
+      const replies = await postBare(url, [
+        { channel: '/meta/connect', clientId: after, connectionType: 'long-polling', id: 'c3' },
+        { channel: '/meta/subscribe', clientId: after, subscription: '/chat/**', id: 's3' },
+      ]);
+      assertSuccessful(replies[1], 'the subscribe to the new server');
+      await server.publish('/chat/again', 'after the restart');
+      const connect = await postBare(url, [{ channel: '/meta/connect', clientId: after, connectionType: 'long-polling', id: 'c4' }]);
+      assert.deepEqual(broadcasts(connect).map((m) => m.data), ['after the restart']);
+    } finally {
+      await server.close();
+    }
   });
 });
 
