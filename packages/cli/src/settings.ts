@@ -4,7 +4,7 @@
  * `HOST` are honoured too (platform conventions). Flags win over the environment.
  */
 import { readFileSync } from 'node:fs';
-import { PerihelionError, resolveOptions, type ServerOptions } from '@perihelion/server';
+import { OPTION_TABLE, PerihelionError, resolveOptions, type OptionSpec, type ServerOptions } from '@perihelion/server';
 import { parse as parseYaml } from 'yaml';
 
 export interface Setting {
@@ -13,62 +13,63 @@ export interface Setting {
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
+  /** For a boolean: on unless switched off (`--no-<flag>`). */
+  on?: boolean;
 }
 
 /** Boolean settings that are on by default get a `--no-<flag>` switch; the others `--<flag>`. */
 export function defaultsOn(setting: Setting): boolean {
-  return setting.key === 'demo' || setting.key === 'anonymous' || setting.key === 'ack';
+  return setting.on === true;
 }
 
-export const SETTINGS: Setting[] = [
+const FLAG_KIND: Record<Exclude<OptionSpec['kind'], 'secret' | 'structured'>, Setting['kind']> = {
+  integer: 'integer',
+  boolean: 'boolean',
+  choice: 'string',
+  path: 'string',
+  'connection-types': 'list',
+  origins: 'list',
+};
+
+function kebab(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
+/** An option's default as `--help` and the README show it. */
+export function shownDefault(spec: OptionSpec): string {
+  if (spec.kind === 'structured') return spec.shown;
+  if (spec.kind === 'secret') return 'none';
+  if (Array.isArray(spec.default)) return spec.default.length > 0 ? spec.default.join(',') : 'none';
+  return String(spec.default);
+}
+
+/** The server options that `perihelion serve` takes as flags: every option of the table set by flag. */
+function optionSettings(): Setting[] {
+  const settings: Setting[] = [];
+  for (const [key, spec] of Object.entries(OPTION_TABLE) as [keyof ServerOptions, OptionSpec][]) {
+    if ((spec.set ?? 'flag') !== 'flag' || spec.kind === 'secret' || spec.kind === 'structured') continue;
+    const help = `${spec.help.replace(/`/g, '')} (default ${shownDefault(spec)})`;
+    settings.push({ key, flag: kebab(key), kind: FLAG_KIND[spec.kind], help, ...(spec.kind === 'boolean' && spec.default ? { on: true } : {}) });
+  }
+  return settings;
+}
+
+/** Settings of the command itself (where to listen, logs, the demo) and the CLI's ways to give structured options. */
+const COMMAND_SETTINGS: Setting[] = [
   { key: 'port', flag: 'port', kind: 'integer', help: 'port to listen on (default 8080; also PORT)' },
   { key: 'host', flag: 'host', kind: 'string', help: 'interface to listen on (default: all; also HOST)' },
   { key: 'redis', flag: 'redis', kind: 'string', help: 'cluster mode: Redis URL shared by every node, e.g. redis://127.0.0.1:6379 (default: in-memory engine, one process)' },
   { key: 'redisPrefix', flag: 'redis-prefix', kind: 'string', help: 'prefix of the Redis keys and channels, so that several clusters can share one Redis (default perihelion:)' },
-  { key: 'path', flag: 'path', kind: 'string', help: 'mount path of the Bayeux endpoint (default /bayeux)' },
-  { key: 'timeout', flag: 'timeout', kind: 'integer', help: 'longest hold of a /meta/connect, ms (default 30000)' },
-  { key: 'interval', flag: 'interval', kind: 'integer', help: 'pause between connects advised to clients, ms (default 0)' },
-  { key: 'maxInterval', flag: 'max-interval', kind: 'integer', help: 'silence after which a session is swept, ms (default 10000)' },
-  { key: 'maxQueue', flag: 'max-queue', kind: 'integer', help: 'messages queued per session before --queue-overflow applies (default 1000)' },
-  { key: 'queueOverflow', flag: 'queue-overflow', kind: 'string', help: 'when a session queue is full: drop-oldest or disconnect (default drop-oldest)' },
-  { key: 'historySize', flag: 'history-size', kind: 'integer', help: 'messages kept per channel for recovery; 0 turns history off (default 1000)' },
-  { key: 'historyTtl', flag: 'history-ttl', kind: 'integer', help: 'longest a message is kept in history, ms (default 600000)' },
-  { key: 'maxHistoryChannels', flag: 'max-history-channels', kind: 'integer', help: 'channels whose history is kept, least recently used forgotten (default 100000)' },
-  { key: 'maxHistoryBytes', flag: 'max-history-bytes', kind: 'integer', help: 'memory all channel histories may hold together, bytes (default 134217728)' },
-  { key: 'maxReplay', flag: 'max-replay', kind: 'integer', help: 'most messages replayed for one subscribe recovery (default 10000)' },
-  { key: 'publishDedup', flag: 'publish-dedup', kind: 'integer', help: 'publish ids remembered per session to drop resends; 0 = off (default 128)' },
-  { key: 'ack', flag: 'ack', kind: 'boolean', help: 'answer the CometD ack extension (default true)' },
-  { key: 'maxRequestBytes', flag: 'max-request-bytes', kind: 'integer', help: 'largest request body or WebSocket frame (default 1048576)' },
-  { key: 'maxBatch', flag: 'max-batch', kind: 'integer', help: 'most messages per request (default 100)' },
-  { key: 'maxDepth', flag: 'max-depth', kind: 'integer', help: 'deepest JSON nesting (default 32)' },
-  { key: 'maxSubscriptions', flag: 'max-subscriptions', kind: 'integer', help: 'most subscriptions per session (default 1000)' },
-  { key: 'maxChannelLength', flag: 'max-channel-length', kind: 'integer', help: 'longest channel name (default 1024)' },
-  { key: 'pingInterval', flag: 'ping-interval', kind: 'integer', help: 'WebSocket ping interval, ms; 0 disables (default 25000)' },
-  { key: 'transports', flag: 'transports', kind: 'list', help: 'connection types offered (default websocket,long-polling,cross-origin-long-polling)' },
-  { key: 'allowedOrigins', flag: 'allowed-origins', kind: 'list', help: 'origins allowed cross-origin, comma-separated, or * (default: same origin only)' },
-  { key: 'jsonp', flag: 'jsonp', kind: 'boolean', help: 'serve callback-polling (JSONP); it bypasses the same-origin policy (default false)' },
-  { key: 'heartbeat', flag: 'heartbeat', kind: 'integer', help: 'idle time before an SSE or HTTP stream gets a no-op, ms (default 15000)' },
-  { key: 'streamPadding', flag: 'stream-padding', kind: 'integer', help: 'bytes of padding at the start of a stream, for buffering proxies (default 0)' },
-  { key: 'maxBufferedBytes', flag: 'max-buffered-bytes', kind: 'integer', help: 'unsent bytes after which a push line counts as congested (default 1048576)' },
-  { key: 'open', flag: 'open', kind: 'boolean', help: 'OPEN MODE, for development only: any client may publish and subscribe anywhere (default false)' },
-  { key: 'anonymous', flag: 'anonymous', kind: 'boolean', help: 'give sessions to handshakes without credentials (default true)' },
   { key: 'rules', flag: 'rules', kind: 'file', help: 'JSON file with the channel authorization rules, e.g. [{"channel":"/chat/**","publish":"authenticated"}]' },
   { key: 'jwtPublicKey', flag: 'jwt-public-key', kind: 'file', help: 'PEM file of the public key that signs tokens (the HMAC secret comes from PERIHELION_JWT_SECRET)' },
   { key: 'jwtAlgorithm', flag: 'jwt-algorithm', kind: 'string', help: 'algorithm of --jwt-public-key (default RS256)' },
   { key: 'jwks', flag: 'jwks', kind: 'file', help: 'JSON Web Key Set file of the keys that sign tokens' },
-  { key: 'sessionBinding', flag: 'session-binding', kind: 'string', help: 'cookie: a session binds to its browser once the client presents the cookie (cookie-less clients use the clientId); strict: only the browser or line it was handshaken from; none: the clientId suffices (default cookie)' },
-  { key: 'cookieSameSite', flag: 'cookie-same-site', kind: 'string', help: 'SameSite of the BAYEUX_BROWSER cookie: omit, lax, strict or none (none adds Secure) (default omit: old cookie parsers refuse the attribute)' },
-  { key: 'maxMessageBytes', flag: 'max-message-bytes', kind: 'integer', help: 'largest published message (default 524288)' },
-  { key: 'maxSessionsPerIp', flag: 'max-sessions-per-ip', kind: 'integer', help: 'live sessions per remote address; 0 = no limit (default 1000)' },
-  { key: 'publishRate', flag: 'publish-rate', kind: 'integer', help: 'publishes per second per session; 0 = no limit (default 500)' },
-  { key: 'publishBurst', flag: 'publish-burst', kind: 'integer', help: 'publish burst per session (default 1000)' },
-  { key: 'handshakeRate', flag: 'handshake-rate', kind: 'integer', help: 'handshakes per second per remote address; 0 = no limit (default 50)' },
-  { key: 'handshakeBurst', flag: 'handshake-burst', kind: 'integer', help: 'handshake burst per remote address (default 200)' },
-  { key: 'bodyTimeout', flag: 'body-timeout', kind: 'integer', help: 'longest pause in a request body before it is refused, ms (default 10000)' },
-  { key: 'drainTimeout', flag: 'drain-timeout', kind: 'integer', help: 'on SIGTERM, how long clients get to collect waiting messages, ms (default 5000)' },
   { key: 'logLevel', flag: 'log-level', kind: 'string', help: 'JSON logs on stderr at this level: fatal, error, warn, info, debug, trace, silent (default info)' },
-  { key: 'demo', flag: 'demo', kind: 'boolean', help: 'serve the demo landing page at / (default true)' },
+  { key: 'demo', flag: 'demo', kind: 'boolean', on: true, help: 'serve the demo landing page at / (default true)' },
 ];
+
+/** Every flag of `perihelion serve`, each also `PERIHELION_<FLAG>` in the environment. */
+export const SETTINGS: Setting[] = [...COMMAND_SETTINGS.slice(0, 2), ...optionSettings(), ...COMMAND_SETTINGS.slice(2)];
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -174,7 +175,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   const configPath = typeof flags.config === 'string' ? flags.config : env.PERIHELION_CONFIG;
   // Precedence: flags, then the environment, then the configuration file, then the defaults.
   const values: Record<string, unknown> = configPath ? { ...readConfigFile(configPath) } : {};
-  if (env.PORT !== undefined && env.PORT !== '') values.port = convert(SETTINGS[0]!, env.PORT, 'PORT');
+  if (env.PORT !== undefined && env.PORT !== '') values.port = convert(COMMAND_SETTINGS[0]!, env.PORT, 'PORT');
   if (env.HOST !== undefined && env.HOST !== '') values.host = env.HOST;
   for (const setting of SETTINGS) {
     const name = envName(setting);

@@ -1,5 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import type { OptionSpec } from '@perihelion/server';
 import { resolveSettings, SettingsError } from '../src/index.js';
 
 describe('settings from flags and environment', () => {
@@ -53,5 +54,32 @@ describe('settings from flags and environment', () => {
     assert.throws(() => resolveSettings({ rules }, {}), /--rules is not valid JSON/);
     assert.throws(() => resolveSettings({ rules: join(dir, 'missing.json') }, {}), /--rules: cannot read .*ENOENT/);
     assert.throws(() => resolveSettings({ jwks: rules }, { PERIHELION_JWT_SECRET: 'x'.repeat(32) }), /give one token key/);
+  });
+});
+
+describe('one table of options', () => {
+  it('the README’s table of options is the one the option table makes (npm run docs:options)', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { optionsMarkdown, BEGIN, END } = await import('../src/options-doc.js');
+    const readme = readFileSync(new URL('../../../../README.md', import.meta.url), 'utf8');
+    const section = readme.slice(readme.indexOf(BEGIN), readme.indexOf(END) + END.length);
+    assert.equal(section, optionsMarkdown(), 'README.md’s options table is out of date: run npm run docs:options');
+  });
+
+  it('every option set by flag is a flag of perihelion serve, with its default in the help, and converts from the environment', async () => {
+    const { OPTION_TABLE, DEFAULTS } = await import('@perihelion/server');
+    const { SETTINGS } = await import('../src/index.js');
+    for (const [name, spec] of Object.entries(OPTION_TABLE as Record<string, OptionSpec>)) {
+      const setting = SETTINGS.find((s) => s.key === name);
+      const byFlag = (spec.set ?? 'flag') === 'flag' && spec.kind !== 'secret' && spec.kind !== 'structured';
+      assert.equal(setting !== undefined, byFlag, `option ${name}: a flag ${byFlag ? 'is missing' : 'exists but should not'}`);
+      if (!setting) continue;
+      assert.match(setting.help, /\(default [^)]+\)$/, `${name}: no default in the help`);
+      const fromDefault = DEFAULTS[name as keyof typeof DEFAULTS];
+      const raw = Array.isArray(fromDefault) ? fromDefault.join(',') : String(fromDefault);
+      if (raw === '') continue;
+      const env = { [`PERIHELION_${setting.flag.replace(/-/g, '_').toUpperCase()}`]: raw };
+      assert.deepEqual((resolveSettings({}, env).server as Record<string, unknown>)[name], fromDefault, `${name}: its default, given in the environment, does not read back`);
+    }
   });
 });

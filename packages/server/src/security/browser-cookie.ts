@@ -5,6 +5,7 @@
  * another party take a session over.
  */
 import type { IncomingMessage } from 'node:http';
+import type { ScalarOptions } from '../option-table.js';
 import { randomBase64url } from './random.js';
 
 export const BROWSER_COOKIE = 'BAYEUX_BROWSER';
@@ -24,8 +25,7 @@ export function newBrowserId(): string {
   return randomBase64url(18);
 }
 
-export const COOKIE_SAME_SITE = ['omit', 'lax', 'strict', 'none'] as const;
-export type CookieSameSite = (typeof COOKIE_SAME_SITE)[number];
+export type CookieSameSite = ScalarOptions['cookieSameSite'];
 
 const SAME_SITE_ATTRIBUTE: Record<CookieSameSite, string> = { omit: '', lax: '; SameSite=Lax', strict: '; SameSite=Strict', none: '; SameSite=None' };
 

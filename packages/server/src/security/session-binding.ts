@@ -20,10 +20,10 @@
  * sessions handshaken from the same remote address. An upgrade carrying another browser's id never
  * may.
  */
+import type { ScalarOptions } from '../option-table.js';
 import type { ProcessContext } from '../transports/transport.js';
 
-export const SESSION_BINDINGS = ['cookie', 'strict', 'none'] as const;
-export type SessionBinding = (typeof SESSION_BINDINGS)[number];
+export type SessionBinding = ScalarOptions['sessionBinding'];
 
 /** What the binding needs to know of a session, and the one fact it records on it. */
 export interface BindableSession {

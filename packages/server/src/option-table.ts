@@ -1,0 +1,242 @@
+/**
+ * Every server option, defined once: its kind, default, range or choices, and help. From this
+ * table come the option types (`ResolvedOptions`), the defaults, the validation
+ * (`resolveOptions`), the flags and environment variables of `perihelion serve`, and the README's
+ * table of options (a test keeps it equal to what this table says).
+ *
+ * How an option is set outside code (`set`):
+ * - `flag` (the default): `--kebab-name` and `PERIHELION_SNAKE_NAME`;
+ * - `env`: only `PERIHELION_SNAKE_NAME`, for secrets that must not show in `ps`;
+ * - `file`: only in a configuration file (structured values);
+ * - `code`: only in `createServer(options)`;
+ * - `{ readme }`: the CLI sets it its own way, which the README names.
+ */
+import { CONNECTION_TYPES, type ConnectionType } from '@perihelion/protocol';
+
+export type OptionSetting = 'flag' | 'env' | 'file' | 'code' | { readme: string };
+
+interface Described {
+  /** One line, for `--help` and the README. */
+  help: string;
+  set?: OptionSetting;
+}
+
+export interface IntegerOption extends Described {
+  kind: 'integer';
+  default: number;
+  min: number;
+  max: number;
+}
+export interface BooleanOption extends Described {
+  kind: 'boolean';
+  default: boolean;
+}
+export interface ChoiceOption extends Described {
+  kind: 'choice';
+  values: readonly string[];
+  default: string;
+}
+/** A URL path like "/bayeux". */
+export interface PathOption extends Described {
+  kind: 'path';
+  default: string;
+}
+/** A list of Bayeux connection types. */
+export interface ConnectionTypesOption extends Described {
+  kind: 'connection-types';
+  default: readonly ConnectionType[];
+}
+/** A list of web origins, or "*". */
+export interface OriginsOption extends Described {
+  kind: 'origins';
+  default: readonly string[];
+}
+/** A secret string with a least length; unset by default. */
+export interface SecretOption extends Described {
+  kind: 'secret';
+  minLength: number;
+}
+/**
+ * A value with a shape of its own (rules, hooks, an engine), checked by the module that uses it;
+ * its type is written in `ServerOptions`.
+ */
+export interface StructuredOption extends Described {
+  kind: 'structured';
+  /** The default, as the README shows it. */
+  shown: string;
+}
+
+export type OptionSpec = IntegerOption | BooleanOption | ChoiceOption | PathOption | ConnectionTypesOption | OriginsOption | SecretOption | StructuredOption;
+
+export const OPTION_TABLE = {
+  path: { kind: 'path', default: '/bayeux', help: 'mount path of the Bayeux endpoint (`/cometd` works too)' },
+  timeout: { kind: 'integer', default: 30_000, min: 0, max: 600_000, help: 'longest hold of a `/meta/connect`, ms (`advice.timeout`)' },
+  interval: { kind: 'integer', default: 0, min: 0, max: 600_000, help: 'pause between connects advised to clients, ms (`advice.interval`)' },
+  maxInterval: { kind: 'integer', default: 10_000, min: 1000, max: 3_600_000, help: 'a session with no connect for `interval + maxInterval` ms is swept' },
+  maxQueue: { kind: 'integer', default: 1000, min: 1, max: 10_000_000, help: 'messages waiting per session; what happens when it is full is `queueOverflow`' },
+  queueOverflow: {
+    kind: 'choice',
+    values: ['drop-oldest', 'disconnect'],
+    default: 'drop-oldest',
+    help: 'a slow consumer\'s full queue: `drop-oldest` drops its oldest message (`stats().queueDrops`; the Perihelion client recovers the gap), `disconnect` ends the session with advice to handshake (`stats().slowConsumers`)',
+  },
+  historySize: { kind: 'integer', default: 1000, min: 0, max: 1_000_000, help: 'messages kept per broadcast channel for recovery; 0 turns history and positions off' },
+  historyTtl: { kind: 'integer', default: 600_000, min: 1000, max: 30 * 24 * 3600_000, help: 'longest a message is kept in history, ms' },
+  history: {
+    kind: 'structured',
+    set: 'file',
+    shown: '`[]`',
+    help: 'retention per channel pattern, first match wins: `[{channel: "/ticks/**", size: 0}, {channel: "/chat/*", size: 5000, ttl: 3600000}]`',
+  },
+  maxHistoryChannels: { kind: 'integer', default: 100_000, min: 1, max: 100_000_000, help: 'channels whose history is kept; the least recently published is forgotten (its clients\' recovery then reports `false`)' },
+  maxHistoryBytes: {
+    kind: 'integer',
+    default: 128 * 1024 * 1024,
+    min: 1024,
+    max: 1024 * 1024 * 1024 * 1024,
+    help: 'memory all histories together may hold (counted as characters of the serialised messages); beyond it the oldest messages of the least recently published channels go (memory engine; with `--redis`, Redis\'s `maxmemory` bounds history, see Cluster mode)',
+  },
+  maxReplay: { kind: 'integer', default: 10_000, min: 0, max: 100_000_000, help: 'most messages replayed for the recoveries of one subscribe' },
+  publishDedup: { kind: 'integer', default: 128, min: 0, max: 100_000, help: 'publish ids remembered per session, so that a resent publish reaches subscribers once (0: off)' },
+  ack: { kind: 'boolean', default: true, help: 'answer the CometD ack extension (at-least-once delivery)' },
+  maxRequestBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'largest HTTP body or WebSocket frame (HTTP 413 / WebSocket close 1009)' },
+  maxBatch: { kind: 'integer', default: 100, min: 1, max: 100_000, help: 'most messages in one request or frame' },
+  maxDepth: { kind: 'integer', default: 32, min: 2, max: 1000, help: 'deepest JSON nesting of a message, checked before parsing' },
+  maxSubscriptions: { kind: 'integer', default: 1000, min: 1, max: 10_000_000, help: 'channels and patterns per session' },
+  maxChannelLength: { kind: 'integer', default: 1024, min: 2, max: 65_536, help: 'longest channel name' },
+  pingInterval: { kind: 'integer', default: 25_000, min: 0, max: 3_600_000, help: 'WebSocket ping interval, ms (0: off); a socket that misses a ping is closed' },
+  transports: {
+    kind: 'connection-types',
+    default: ['websocket', 'long-polling', 'cross-origin-long-polling', 'eventsource', 'http-streaming'],
+    help: 'connection types offered in the handshake',
+  },
+  jsonp: { kind: 'boolean', default: false, help: 'also offer `callback-polling` (JSONP); it bypasses the same-origin policy, so only for public data' },
+  heartbeat: { kind: 'integer', default: 15_000, min: 1000, max: 3_600_000, help: 'idle time before an SSE or HTTP stream gets a no-op, ms' },
+  streamPadding: { kind: 'integer', default: 0, min: 0, max: 65_536, help: 'bytes of padding at the start of a stream, for proxies that buffer the first bytes' },
+  maxBufferedBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'unsent bytes after which a push line is congested (messages then wait in the session\'s bounded queue)' },
+  allowedOrigins: {
+    kind: 'origins',
+    default: [],
+    help: 'origins allowed for cross-origin HTTP (CORS) and WebSocket, comma-separated; same-origin and non-browser clients are always allowed; `*` allows all',
+  },
+  open: { kind: 'boolean', default: false, help: 'OPEN MODE, for development only: any client may publish and subscribe anywhere' },
+  anonymous: { kind: 'boolean', default: true, help: 'give a session to handshakes without credentials (anonymous)' },
+  jwt: { kind: 'structured', set: { readme: '`PERIHELION_JWT_SECRET`, `--jwt-public-key`, `--jwks`' }, shown: 'none', help: 'keys for handshake and subscription tokens' },
+  channels: { kind: 'structured', set: { readme: '`--rules <file>`' }, shown: '`[]`', help: 'authorization rules (see Security)' },
+  authenticate: { kind: 'structured', set: 'code', shown: 'none', help: 'custom authentication of handshakes (see Security)' },
+  authorize: { kind: 'structured', set: 'code', shown: 'none', help: 'custom authorization, asked before the rules (see Security)' },
+  sessionBinding: {
+    kind: 'choice',
+    values: ['cookie', 'strict', 'none'],
+    default: 'cookie',
+    help: '`cookie`: a session binds to its browser once the client presents its `BAYEUX_BROWSER` cookie, and clients that keep no cookies are identified by their clientId; `strict`: only the browser or WebSocket it was handshaken from; `none`: the clientId suffices (see docs/security.md)',
+  },
+  cookieSameSite: {
+    kind: 'choice',
+    values: ['omit', 'lax', 'strict', 'none'],
+    default: 'omit',
+    help: 'SameSite of the `BAYEUX_BROWSER` cookie: `omit` (browsers take it as Lax; old cookie parsers, such as the Ruby Faye client\'s, refuse the attribute), `lax`, `strict`, `none` (with `Secure`)',
+  },
+  maxMessageBytes: { kind: 'integer', default: 512 * 1024, min: 64, max: 1024 * 1024 * 1024, help: 'largest published message, serialised' },
+  maxSessionsPerIp: { kind: 'integer', default: 1000, min: 0, max: 10_000_000, help: 'live sessions per remote address (0: no limit)' },
+  publishRate: { kind: 'integer', default: 500, min: 0, max: 10_000_000, help: 'publishes per second per session (0: no limit)' },
+  publishBurst: { kind: 'integer', default: 1000, min: 1, max: 10_000_000, help: 'publishes a session may make in a burst' },
+  handshakeRate: { kind: 'integer', default: 50, min: 0, max: 10_000_000, help: 'handshakes per second per remote address (0: no limit)' },
+  handshakeBurst: { kind: 'integer', default: 200, min: 1, max: 10_000_000, help: 'handshakes one remote address may make in a burst' },
+  bodyTimeout: { kind: 'integer', default: 10_000, min: 100, max: 600_000, help: 'longest pause in a request body, ms (slow-drip defence); the whole body gets six times that' },
+  drainTimeout: { kind: 'integer', default: 5000, min: 0, max: 600_000, help: 'on shutdown, how long sessions get to collect waiting messages, ms' },
+  apiKey: { kind: 'secret', minLength: 16, set: 'env', help: 'bearer key of the HTTP API (at least 16 characters); the API is off without it' },
+  operations: { kind: 'boolean', default: true, set: 'code', help: 'serve `/health`, `/ready`, `/metrics`' },
+  callouts: {
+    kind: 'structured',
+    set: 'file',
+    shown: 'none',
+    help: 'ask the application\'s HTTP endpoint before handshake/subscribe/publish (allow, deny, rewrite; timeout and failure policy), see docs/security.md',
+  },
+  webhooks: { kind: 'structured', set: 'file', shown: 'none', help: 'POST session events (handshake, subscribe, unsubscribe, disconnect) to the application, bounded backlog' },
+  engine: {
+    kind: 'structured',
+    set: { readme: '`--redis <url>` / `PERIHELION_REDIS`' },
+    shown: '`MemoryEngine`',
+    help: 'where subscriptions, history and presence live and how publishes fan out; `--redis` switches to `RedisEngine` (see Cluster mode)',
+  },
+  extensions: { kind: 'structured', set: 'code', shown: '`[]`', help: 'extensions added at start' },
+} as const satisfies Record<string, OptionSpec>;
+
+export type OptionName = keyof typeof OPTION_TABLE;
+
+/** The value type an option's kind holds (structured options are typed in ServerOptions). */
+type ValueOf<S> = S extends { kind: 'integer' }
+  ? number
+  : S extends { kind: 'boolean' }
+    ? boolean
+    : S extends { kind: 'choice'; values: readonly (infer V)[] }
+      ? V
+      : S extends { kind: 'path' }
+        ? string
+        : S extends { kind: 'connection-types' }
+          ? ConnectionType[]
+          : S extends { kind: 'origins' }
+            ? string[]
+            : S extends { kind: 'secret' }
+              ? string | undefined
+              : never;
+
+type Table = typeof OPTION_TABLE;
+type ScalarName = { [K in OptionName]: Table[K] extends { kind: 'structured' } ? never : K }[OptionName];
+
+/** The options that take one value of a kind above, resolved. */
+export type ScalarOptions = { -readonly [K in ScalarName]: ValueOf<Table[K]> };
+
+/** The value of each option that has one when none is given. */
+export function tableDefaults(): ScalarOptions {
+  const defaults: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(OPTION_TABLE) as [string, OptionSpec][]) {
+    if (spec.kind === 'structured') continue;
+    if (spec.kind === 'secret') defaults[name] = undefined;
+    else defaults[name] = Array.isArray(spec.default) ? [...(spec.default as readonly unknown[])] : spec.default;
+  }
+  return defaults as ScalarOptions;
+}
+
+/**
+ * Checks one value against its option's spec: the value to use, or the reason it is refused
+ * (a sentence naming what the option accepts).
+ */
+export function checkOption(name: string, spec: OptionSpec, value: unknown): { value: unknown } | { error: string } {
+  const got = `got ${JSON.stringify(value)}`;
+  switch (spec.kind) {
+    case 'integer':
+      if (typeof value !== 'number' || !Number.isInteger(value) || value < spec.min || value > spec.max) {
+        return { error: `option "${name}" must be an integer from ${spec.min} to ${spec.max}, ${got}` };
+      }
+      return { value };
+    case 'boolean':
+      return typeof value === 'boolean' ? { value } : { error: `option "${name}" must be true or false, ${got}` };
+    case 'choice':
+      return spec.values.includes(value as string) ? { value } : { error: `option "${name}" must be ${spec.values.map((v) => `"${v}"`).join(', ')}; ${got}` };
+    case 'path':
+      if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~\-/]*$/.test(value) || value.includes('//')) {
+        return { error: `option "${name}" must be a URL path starting with "/", like "/bayeux" or "/cometd", ${got}` };
+      }
+      return { value: value.length > 1 ? value.replace(/\/$/, '') : value };
+    case 'connection-types': {
+      if (!Array.isArray(value) || value.length === 0) return { error: `option "${name}" must be a non-empty list of connection types` };
+      const unknown = value.find((type) => !(CONNECTION_TYPES as readonly unknown[]).includes(type));
+      if (unknown !== undefined) return { error: `option "${name}": unknown connection type ${JSON.stringify(unknown)}; known types are: ${CONNECTION_TYPES.join(', ')}` };
+      return { value: [...new Set(value)] };
+    }
+    case 'origins': {
+      if (!Array.isArray(value) || !value.every((o) => typeof o === 'string')) {
+        return { error: `option "${name}" must be a list of origins like "https://example.com", or ["*"]` };
+      }
+      const bad = value.find((origin: string) => origin !== '*' && !/^https?:\/\/[^/\s]+$/.test(origin));
+      if (bad !== undefined) return { error: `option "${name}": ${JSON.stringify(bad)} is not an origin; write scheme://host[:port] without a path, or "*"` };
+      return { value: [...value] };
+    }
+    case 'secret':
+      return typeof value === 'string' && value.length >= spec.minLength ? { value } : { error: `option "${name}" must be a string of at least ${spec.minLength} characters` };
+    case 'structured':
+      return { value };
+  }
+}
