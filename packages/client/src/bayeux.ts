@@ -10,6 +10,9 @@
  * A lost line goes back to `connecting` and retries with jittered backoff; `reconnect:
  * "handshake"` (unknown session) starts over with a new session and re-subscribes, asking the
  * server to replay what was missed (`ext.recover`) from the last position seen on each channel.
+ * A line that dies under a live session (a cut with FIN or RST, or a silence longer than the
+ * server's hold plus `lineTimeout`) may have swallowed deliveries the server took as written: the
+ * same session re-subscribes with `ext.recover` too, and the server replays them.
  */
 import { asPosition, isWildcard, matches, type Advice, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
 import { backoff } from './backoff.js';
@@ -56,6 +59,8 @@ export interface Extension {
 export interface ResolvedOptions {
   transports: ConnectionType[];
   timeout: number;
+  /** Silence allowed on a line beyond the server's hold before it is taken for dead. */
+  lineTimeout: number;
   openTimeout: number;
   streamTimeout: number;
   minReconnectDelay: number;
@@ -94,6 +99,14 @@ interface Pending {
 
 interface PatternState {
   status: 'wanted' | 'sending' | 'active';
+  /**
+   * Active on the server, but the line it was delivered on died: what that line swallowed is
+   * asked for again once connected, by a subscribe with `ext.recover` on the same session
+   * ("due"), which the server answers like a first one, replaying from the positions ("sent").
+   */
+  resync?: 'due' | 'sent' | undefined;
+  /** The `ext.recover` of the subscribe on its way, if it carries one. */
+  recover?: Record<string, Position> | undefined;
   waiters: { resolve(outcome: SubscribeOutcome): void; reject(error: ClientError): void }[];
   outcome: SubscribeOutcome;
 }
@@ -119,7 +132,17 @@ export class Bayeux {
   type: ConnectionType | undefined;
   readonly sharing = 'off' as const;
   private line: Transport | null = null;
+  /**
+   * The server's advice for the session: `interval` is the pause between connects (and the floor
+   * of the reconnection backoff), `timeout` the longest the server holds a connect.
+   */
   private advice: Required<Pick<Advice, 'reconnect' | 'interval' | 'timeout'>> = { reconnect: 'retry', interval: 0, timeout: 30_000 };
+  /**
+   * The pause between the connects of a streamed type. The server answers those at once and
+   * advises `interval: <its hold>, timeout: 0`: they only keep the session alive while the stream
+   * carries the messages, so that interval paces them and is no floor for reopening a lost line.
+   */
+  private keepAlive: number | undefined;
   private readonly failed = new Set<ConnectionType>();
   private readonly outbox: Outgoing[] = [];
   private readonly inflight = new Map<string, Outgoing>();
@@ -258,6 +281,7 @@ export class Bayeux {
       return this.retry('handshake', `network: ${(error as Error).message}`);
     }
     if (turn !== this.turn) return;
+    this.keepAlive = undefined;
     this.takeAdvice(reply);
     if (reply.successful !== true || typeof reply.clientId !== 'string') {
       const error = ClientError.fromReply(reply);
@@ -276,7 +300,10 @@ export class Bayeux {
       this.type = chosen;
     }
     // Subscriptions and replies of the old session are void; what waited is re-sent.
-    for (const pattern of this.patterns.values()) pattern.status = 'wanted';
+    for (const pattern of this.patterns.values()) {
+      pattern.status = 'wanted';
+      pattern.resync = undefined;
+    }
     for (let i = this.outbox.length - 1; i >= 0; i--) {
       if (this.outbox[i]!.kind === 'subscribe' || this.outbox[i]!.kind === 'unsubscribe') this.outbox.splice(i, 1);
     }
@@ -299,9 +326,13 @@ export class Bayeux {
     const streamed = STREAMED.includes(this.type);
     let reply: Message;
     try {
-      reply = await this.request(message, (first || streamed ? 0 : this.advice.timeout) + this.options.timeout);
+      // A held connect is the line's heartbeat: no reply within the hold plus the network's
+      // allowance means the line is dead, even if it never closed.
+      reply = await this.request(message, first || streamed ? this.options.timeout : this.advice.timeout + this.options.lineTimeout);
     } catch (error) {
       if (turn !== this.turn) return;
+      // The state first, so that it carries this reason rather than the closing line's.
+      if (this.state === 'connected') this.setState('connecting', `network: ${(error as Error).message}`);
       this.closeLine();
       if (error instanceof LineLost && !error.opened && error.type === 'websocket') {
         // The socket that worked before cannot be opened again: renegotiate from scratch.
@@ -312,7 +343,7 @@ export class Bayeux {
       return this.retry('connect', `network: ${(error as Error).message}`);
     }
     if (turn !== this.turn) return;
-    this.takeAdvice(reply);
+    this.takeAdvice(reply, streamed);
     if (reply.successful !== true) {
       const reconnect = reply.advice?.reconnect ?? this.advice.reconnect;
       if (reconnect === 'none') return this.stop(`server: ${reply.error ?? 'connect refused'}`, ClientError.fromReply(reply));
@@ -334,7 +365,7 @@ export class Bayeux {
     }
     if (reply.advice?.reconnect === 'none') return this.stop('server: reconnect none');
     if (reply.advice?.reconnect === 'handshake') return this.retry('handshake', 'server: advice handshake');
-    this.schedule('connect', Math.max(0, this.advice.interval));
+    this.schedule('connect', Math.max(0, streamed ? (this.keepAlive ?? this.advice.interval) : this.advice.interval));
   }
 
   /**
@@ -348,7 +379,9 @@ export class Bayeux {
       timer = setTimeout(() => resolve('buffered'), this.options.streamTimeout);
     });
     const outcome = await Promise.race([
-      line.openStream!(this.clientId!).then(
+      // Once open, a stream that carries nothing (not even the server's heartbeat) for the
+      // server's hold plus the network's allowance is dead: it is dropped like a closed one.
+      line.openStream!(this.clientId!, this.advice.timeout + this.options.lineTimeout).then(
         () => 'open' as const,
         () => 'failed' as const,
       ),
@@ -402,8 +435,9 @@ export class Bayeux {
     this.dropping = true;
     // Best effort: tell the server the old session is over instead of letting it expire.
     this.abandonSession();
-    this.closeLine();
+    // The state first, so that it carries this reason rather than the closing line's.
     this.setState('connecting', reason);
+    this.closeLine();
     this.schedule('handshake', 0);
   }
 
@@ -524,6 +558,7 @@ export class Bayeux {
       if (item.kind === 'subscribe') {
         const pattern = this.patterns.get(item.message.subscription as string);
         if (pattern?.status === 'sending') pattern.status = 'wanted';
+        else if (pattern?.resync === 'sent') pattern.resync = 'due';
       } else if (item.kind !== 'unsubscribe') {
         // Sent again with the same id after reconnecting: the server drops a publish it already has.
         this.outbox.unshift(item);
@@ -600,7 +635,7 @@ export class Bayeux {
       this.inflight.set(item.message.id, item);
       item.timer = setTimeout(() => {
         this.inflight.delete(item.message.id);
-        if (item.kind === 'subscribe') this.patternFailed(item.message.subscription as string, new ClientError('timeout', `no reply to the subscription within ${item.timeout} ms`));
+        if (item.kind === 'subscribe') this.subscribeTimedOut(item.message.subscription as string, item.timeout);
         else item.settle(new ClientError('timeout', `no reply to ${item.message.channel} within ${item.timeout} ms`));
       }, item.timeout);
       batch.push(out);
@@ -687,9 +722,15 @@ export class Bayeux {
   private sendWanted(): void {
     if (this.state !== 'connected') return;
     for (const [pattern, state] of this.patterns) {
-      if (state.status !== 'wanted') continue;
-      state.status = 'sending';
+      const resync = state.status === 'active' && state.resync === 'due';
+      if (state.status !== 'wanted' && !resync) continue;
       const recover = this.recoverFor(pattern);
+      state.recover = recover;
+      if (resync) {
+        // Without positions (a server without history) there is nothing to ask for again.
+        state.resync = recover ? 'sent' : undefined;
+        if (!recover) continue;
+      } else state.status = 'sending';
       const message: Message = { channel: '/meta/subscribe', subscription: pattern, ...(recover ? { ext: { recover } } : {}) };
       this.enqueue('subscribe', message, this.options.timeout, (reply) => this.subscribed(pattern, reply, recover));
     }
@@ -719,6 +760,13 @@ export class Bayeux {
       return;
     }
     if (reply instanceof ClientError) return this.patternFailed(pattern, reply);
+    if (reply.successful !== true && reply.advice?.reconnect === 'handshake') {
+      // The session ended under the subscribe (it expired during a cut): not a refusal. A new
+      // session subscribes everything again, recovering from the positions.
+      state.status = 'wanted';
+      state.resync = undefined;
+      return this.retry('handshake', `server: ${reply.error ?? 'session unknown'}`);
+    }
     if (reply.successful !== true) return this.patternFailed(pattern, ClientError.fromReply(reply));
     const ext = (reply.ext ?? {}) as { recovered?: Record<string, unknown>; positions?: Record<string, unknown> };
     const positions = ext.positions ?? {};
@@ -739,9 +787,26 @@ export class Bayeux {
       if (position && (!known || known.epoch !== position.epoch)) this.positions.set(channel, position);
     }
     state.status = 'active';
+    state.resync = undefined;
+    state.recover = undefined;
     state.outcome = { recovered: outcome?.recovered };
     for (const waiter of state.waiters.splice(0)) waiter.resolve(state.outcome);
     if (outcome) this.events.recovery(pattern, outcome);
+  }
+
+  /**
+   * No reply to a subscribe in time. A first subscription fails (its caller learns it); one the
+   * client is restoring (after a reconnection, nobody awaiting it) is not given up on a slow or
+   * dying line: it is sent again, and a dead line is found by the connect's deadline meanwhile.
+   */
+  private subscribeTimedOut(pattern: string, timeout: number): void {
+    const state = this.patterns.get(pattern);
+    if (state?.resync === 'sent' || (state && state.waiters.length === 0 && state.status === 'sending')) {
+      if (state.resync === 'sent') state.resync = 'due';
+      else state.status = 'wanted';
+      return this.sendWanted();
+    }
+    this.patternFailed(pattern, new ClientError('timeout', `no reply to the subscription within ${timeout} ms`));
   }
 
   private patternFailed(pattern: string, error: ClientError): void {
@@ -781,7 +846,7 @@ export class Bayeux {
         continue;
       }
       if (message.channel.startsWith('/meta/')) {
-        if (message.advice) this.takeAdvice(message);
+        if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.type !== undefined && STREAMED.includes(this.type));
         continue;
       }
       if (message.data !== undefined) this.deliver(message);
@@ -797,6 +862,9 @@ export class Bayeux {
         // Already seen (a replay overlapping the live flow, or a resent batch): never twice.
         if (position.offset <= last.offset) return;
         if (position.offset > last.offset + 1) {
+          // A recovery from the last position is on its way (a dead line swallowed messages):
+          // its replay brings this one again, after those missing, in order.
+          if (this.recovering(message.channel)) return;
           // The server dropped messages (a slow consumer's queue overflowed): start a new
           // session that asks for them from the last position, in order.
           return this.rehandshake(`gap on ${message.channel}: ${last.offset + 1}…${position.offset - 1} missing`);
@@ -813,10 +881,28 @@ export class Bayeux {
     this.events.deliver(message);
   }
 
-  private takeAdvice(message: Message): void {
+  /**
+   * Whether a subscribe not yet answered will have the server replay `channel` from its last
+   * position: one still to be sent (it will carry that position) or one sent with it.
+   */
+  private recovering(channel: string): boolean {
+    for (const [pattern, state] of this.patterns) {
+      if (pattern !== channel && !(isWildcard(pattern) && matches(pattern, channel))) continue;
+      if (state.status === 'wanted' || state.resync === 'due') return true;
+      if ((state.status === 'sending' || state.resync === 'sent') && state.recover?.[channel] !== undefined) return true;
+    }
+    return false;
+  }
+
+  /** `keepAlive`: the advice answers the connect of a streamed type (see `keepAlive`). */
+  private takeAdvice(message: Message, keepAlive = false): void {
     const advice = message.advice;
     if (!advice || typeof advice !== 'object') return;
     if (advice.reconnect === 'retry' || advice.reconnect === 'handshake' || advice.reconnect === 'none') this.advice.reconnect = advice.reconnect;
+    if (keepAlive) {
+      if (typeof advice.interval === 'number') this.keepAlive = advice.interval;
+      return;
+    }
     if (typeof advice.interval === 'number') this.advice.interval = advice.interval;
     if (typeof advice.timeout === 'number') this.advice.timeout = advice.timeout;
   }
@@ -825,6 +911,13 @@ export class Bayeux {
     const previous = this.state;
     if (previous === state) return;
     this.state = state;
+    if (previous === 'connected' && state === 'connecting') {
+      // The line was lost. Whatever the server wrote to it and the client never read (frames on
+      // a dying socket, a poll's answer cut in flight, a stream's last bytes) counts as delivered
+      // on the server: the subscriptions ask for it again from their last positions once
+      // connected (a new session re-subscribes everything anyway).
+      for (const pattern of this.patterns.values()) if (pattern.status === 'active') pattern.resync = 'due';
+    }
     this.events.state({ state, previous, reason, transport: this.type, ...(error ? { error } : {}) });
   }
 

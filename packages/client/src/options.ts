@@ -15,8 +15,16 @@ export interface ClientOptions {
    * (callback-polling is tried only by a page on another origin than the server, unless listed here).
    */
   transports?: ConnectionType[];
-  /** Milliseconds to wait for the reply to a request (handshake, subscribe, publish, request), and the network allowance added to a held connect. Default: 10000. */
+  /** Milliseconds to wait for the reply to a request (handshake, subscribe, publish, request, a connect answered at once). Default: 10000. */
   timeout?: number;
+  /**
+   * Milliseconds a line may stay silent beyond the server's hold (`advice.timeout`) before it is
+   * taken for dead and replaced: a held connect with no reply, or a stream (eventsource,
+   * http-streaming) that carried nothing, not even the server's heartbeat, for `advice.timeout +
+   * lineTimeout`. It catches lines that die without a close (a NAT or proxy that forgets them).
+   * Default: the `timeout` option (10000).
+   */
+  lineTimeout?: number;
   /** Milliseconds a WebSocket may take to open before the next transport is tried. Default: 5000. */
   openTimeout?: number;
   /** Milliseconds a stream (eventsource, http-streaming) may take to deliver its first frame before it is taken as buffered by a proxy and abandoned for long-polling. Default: 5000. */
@@ -49,7 +57,7 @@ export interface ClientOptions {
 const DEFAULT_TRANSPORTS: ConnectionType[] = ['websocket', 'eventsource', 'http-streaming', 'long-polling', 'callback-polling'];
 
 /** Options a worker can be given: plain data only. */
-const PORTABLE = ['transports', 'timeout', 'openTimeout', 'streamTimeout', 'minReconnectDelay', 'maxReconnectDelay', 'maxQueued', 'token', 'headers'] as const;
+const PORTABLE = ['transports', 'timeout', 'lineTimeout', 'openTimeout', 'streamTimeout', 'minReconnectDelay', 'maxReconnectDelay', 'maxQueued', 'token', 'headers'] as const;
 
 export interface Resolved {
   url: string;
@@ -79,6 +87,7 @@ export function resolveOptions(url: string, options: ClientOptions): Resolved {
   const resolved: ResolvedOptions = {
     transports,
     timeout: options.timeout ?? 10_000,
+    lineTimeout: options.lineTimeout ?? options.timeout ?? 10_000,
     openTimeout: options.openTimeout ?? 5000,
     streamTimeout: options.streamTimeout ?? 5000,
     minReconnectDelay: options.minReconnectDelay ?? 500,

@@ -1,4 +1,5 @@
 /** Test helpers: a real Perihelion server on a loopback port, and a network the test can cut. */
+import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { WebSocket as WS } from 'ws';
 import { createServer, type Perihelion, type ServerOptions } from '@perihelion/server';
 import { Client, type ClientOptions } from '../src/index.js';
@@ -97,3 +98,212 @@ export async function waitFor(predicate: () => boolean, ms = 5000, what = 'condi
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** One connection through the proxy: the client's side and the server's. */
+interface Link {
+  client: Socket;
+  upstream: Socket;
+  /** The request line of the last HTTP request the client sent on it ("GET /bayeux/… HTTP/1.1"). */
+  request: string;
+}
+
+/**
+ * A TCP proxy on loopback in front of a server, whose connections a test can cut as a network
+ * would: with a FIN (`socket.end()`), with an RST (`socket.resetAndDestroy()`), or silently (no
+ * byte forwarded any more either way and no close, as a NAT or a proxy that forgot them).
+ * Connections opened after a cut pass again.
+ */
+export class TcpProxy {
+  /** Connections opened so far. */
+  opened = 0;
+  private readonly links = new Set<Link>();
+  private readonly silenced = new Set<Socket>();
+
+  private constructor(private readonly server: NetServer) {}
+
+  static async start(targetPort: number): Promise<TcpProxy> {
+    const server = createNetServer();
+    const proxy = new TcpProxy(server);
+    server.on('connection', (client) => proxy.accept(client, targetPort));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return proxy;
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  /** The URL of `path` (e.g. "/bayeux") through the proxy. */
+  url(path: string): string {
+    return `http://127.0.0.1:${this.port}${path}`;
+  }
+
+  /** Connections forwarding now. */
+  get size(): number {
+    return this.links.size;
+  }
+
+  private accept(client: Socket, targetPort: number): void {
+    this.opened++;
+    const upstream = connect(targetPort, '127.0.0.1');
+    const link: Link = { client, upstream, request: '' };
+    this.links.add(link);
+    client.on('data', (chunk: Buffer) => {
+      const line = /^[A-Z]+ \S+ HTTP\/1\.1(?=\r\n)/.exec(chunk.toString('latin1', 0, 2048));
+      if (line) link.request = line[0];
+    });
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const done = (): void => {
+      this.links.delete(link);
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of [client, upstream]) {
+      socket.on('error', done);
+      socket.on('close', done);
+    }
+  }
+
+  private detach({ client, upstream }: Link): void {
+    client.unpipe(upstream);
+    upstream.unpipe(client);
+  }
+
+  /** Cuts every connection with a FIN both ways; returns how many. */
+  end(): number {
+    const links = [...this.links];
+    for (const link of links) {
+      this.links.delete(link);
+      this.detach(link);
+      link.client.end();
+      link.upstream.end();
+      // A peer that never answers the FIN must not keep the socket.
+      setTimeout(() => (link.client.destroy(), link.upstream.destroy()), 1000).unref();
+    }
+    return links.length;
+  }
+
+  /** Cuts every connection with an RST both ways; returns how many. */
+  reset(): number {
+    const links = [...this.links];
+    for (const link of links) {
+      this.links.delete(link);
+      this.detach(link);
+      link.client.resetAndDestroy();
+      link.upstream.resetAndDestroy();
+    }
+    return links.length;
+  }
+
+  /**
+   * Every connection (or those whose last request `which` picks) stops carrying anything, either
+   * way, and stays open; returns how many.
+   */
+  silence(which: (request: string) => boolean = () => true): number {
+    const links = [...this.links].filter((link) => which(link.request));
+    for (const link of links) {
+      this.links.delete(link);
+      this.detach(link);
+      for (const socket of [link.client, link.upstream]) {
+        socket.pause();
+        this.silenced.add(socket);
+      }
+    }
+    return links.length;
+  }
+
+  async close(): Promise<void> {
+    for (const { client, upstream } of this.links) client.destroy(), upstream.destroy();
+    for (const socket of this.silenced) socket.destroy();
+    this.links.clear();
+    this.silenced.clear();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/**
+ * A minimal EventSource for Node 20 (which has none), over `fetch`, as the client expects one from
+ * the environment: named events, `onmessage`, comments ignored, `onerror` when the stream fails or
+ * ends. It does not reconnect by itself (the client closes a source that failed).
+ */
+export function eventSourceOver(fetchFn: typeof fetch): new (url: string, init?: EventSourceInit) => EventSource {
+  return class NodeEventSource extends EventTarget {
+    static readonly CONNECTING = 0;
+    static readonly OPEN = 1;
+    static readonly CLOSED = 2;
+    readyState = 0;
+    onopen: ((event: Event) => void) | null = null;
+    onmessage: ((event: MessageEvent) => void) | null = null;
+    onerror: ((event: Event) => void) | null = null;
+    readonly withCredentials: boolean;
+    private readonly abort = new AbortController();
+    private readonly fetcher: typeof fetch | undefined;
+
+    constructor(
+      readonly url: string,
+      init?: EventSourceInit & { fetch?: typeof fetch },
+    ) {
+      super();
+      this.withCredentials = init?.withCredentials ?? false;
+      this.fetcher = init?.fetch;
+      void this.run().catch(() => this.fail());
+    }
+
+    private async run(): Promise<void> {
+      // As the `eventsource` package: a fetch given in the init (to carry cookies) wins.
+      const fetcher = this.fetcher ?? fetchFn;
+      const response = await fetcher(this.url, { headers: { Accept: 'text/event-stream' }, signal: this.abort.signal, cache: 'no-store' });
+      if (!response.ok || !response.body) {
+        await response.body?.cancel();
+        return this.fail();
+      }
+      this.readyState = 1;
+      this.onopen?.(new Event('open'));
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = '';
+      let type = '';
+      let data: string[] = [];
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return this.fail();
+        buffered += decoder.decode(value, { stream: true });
+        let end: number;
+        while ((end = buffered.search(/\r\n|\n|\r/)) !== -1) {
+          const line = buffered.slice(0, end);
+          buffered = buffered.slice(end + (buffered.startsWith('\r\n', end) ? 2 : 1));
+          if (this.readyState === 2) return;
+          if (line === '') {
+            if (data.length > 0) this.dispatch(type || 'message', data.join('\n'));
+            type = '';
+            data = [];
+          } else if (!line.startsWith(':')) {
+            const colon = line.indexOf(':');
+            const field = colon === -1 ? line : line.slice(0, colon);
+            const text = colon === -1 ? '' : line.slice(colon + 1).replace(/^ /, '');
+            if (field === 'event') type = text;
+            else if (field === 'data') data.push(text);
+          }
+        }
+      }
+    }
+
+    private dispatch(type: string, data: string): void {
+      const event = new MessageEvent(type, { data });
+      if (type === 'message') this.onmessage?.(event);
+      this.dispatchEvent(event);
+    }
+
+    private fail(): void {
+      if (this.readyState === 2) return;
+      this.readyState = 2;
+      this.onerror?.(new Event('error'));
+    }
+
+    close(): void {
+      this.readyState = 2;
+      this.abort.abort();
+    }
+  } as unknown as new (url: string, init?: EventSourceInit) => EventSource;
+}

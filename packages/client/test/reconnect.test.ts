@@ -123,7 +123,7 @@ describe('reconnection', () => {
     }
   });
 
-  it('sees a gap left by a full queue and recovers the dropped messages in order', async () => {
+  it('recovers on the same session the messages a full queue dropped during a cut, in order', async () => {
     // A slow consumer: the session lives on, but its queue keeps only the last 3 messages.
     const test = await startServer({ maxInterval: 60_000, timeout: 2000, maxQueue: 3, queueOverflow: 'drop-oldest' });
     const net = new Net();
@@ -142,8 +142,41 @@ describe('reconnection', () => {
       await waitFor(() => received.length >= 10, 6000, 'all ten messages');
       await sleep(200);
       assert.deepEqual(received, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
-      // The queue still held the session's last messages: only a new session could replay the rest.
+      // After a lost line the subscription asks for what it missed from its last position: the
+      // queue's last messages (past the gap) wait for that replay instead of forcing a new session.
+      assert.equal(c.clientId, first, 'recovered on the same session');
+    } finally {
+      await c.disconnect();
+      await test.close();
+    }
+  });
+
+  it('sees a gap while the line stays up and recovers the missing message through a new session', async () => {
+    const test = await startServer({ timeout: 2000 });
+    const c = client(test.url, { transports: ['long-polling'] });
+    try {
+      const received: number[] = [];
+      // A delivery lost without the line noticing (as a server's full queue drops one): once only.
+      let lost = false;
+      c.addExtension({
+        incoming: (message) => {
+          if (!lost && message.channel === '/gap/x' && message.data === 2) {
+            lost = true;
+            return null;
+          }
+          return message;
+        },
+      });
+      await c.subscribe<number>('/gap/x', (n) => received.push(n));
+      const first = c.clientId!;
+      const reasons: string[] = [];
+      c.on('connecting', (change) => reasons.push(change.reason));
+      for (let n = 1; n <= 3; n++) await test.server.publish('/gap/x', n);
+      await waitFor(() => received.length >= 3, 5000, 'all three messages');
+      await sleep(200);
+      assert.deepEqual(received, [1, 2, 3]);
       assert.notEqual(c.clientId, first, 'recovered through a new session');
+      assert.ok(reasons.some((reason) => reason.startsWith('gap on /gap/x')), `reasons: ${reasons.join(' | ')}`);
     } finally {
       await c.disconnect();
       await test.close();

@@ -29,6 +29,7 @@ describe('errors and options', () => {
 
   it('refuses contradictory or malformed options at construction', () => {
     assert.throws(() => new Client('http://x/bayeux', { timeout: -1 }), /timeout/);
+    assert.throws(() => new Client('http://x/bayeux', { lineTimeout: -1 }), /lineTimeout/);
     assert.throws(() => new Client('http://x/bayeux', { transports: [] }), /transports/);
   });
 

@@ -7,10 +7,45 @@
  * The server writes a first frame as soon as the stream opens (an SSE `connected` event, an
  * ndjson `[]` line). `openStream` resolves on that frame; a client that does not see it soon is
  * behind an intermediary that buffers responses and abandons the type (see client.ts).
+ *
+ * A stream can die without a close (a NAT or a proxy that forgets the connection): once open,
+ * one that carries nothing for `silence` ms (the server's hold plus the client's `lineTimeout`;
+ * the server's heartbeats come more often) is reported lost. An http-streaming heartbeat is a
+ * `[]` line; an SSE comment never reaches an EventSource listener, so the eventsource line is
+ * watched only once the server shows it sends `heartbeat` events.
  */
 import type { ConnectionType } from '@perihelion/protocol';
 import { LongPolling } from './long-polling.js';
 import { parseBatch } from './transport.js';
+
+/** A deadline pushed back by every sign of life; `silence` ≤ 0 turns it off. */
+class Watchdog {
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private armed = false;
+
+  constructor(
+    private readonly silence: number,
+    private readonly expired: () => void,
+  ) {}
+
+  /** Starts watching (a no-op when already watching). */
+  arm(): void {
+    if (this.armed || !(this.silence > 0)) return;
+    this.armed = true;
+    this.alive();
+  }
+
+  alive(): void {
+    if (!this.armed) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(this.expired, this.silence);
+  }
+
+  stop(): void {
+    this.armed = false;
+    clearTimeout(this.timer);
+  }
+}
 
 function streamUrl(url: string, clientId: string): string {
   const [path, query] = url.split('?', 2) as [string, string | undefined];
@@ -20,18 +55,28 @@ function streamUrl(url: string, clientId: string): string {
 export class EventSourceTransport extends LongPolling {
   override readonly type: ConnectionType = 'eventsource';
   private source: EventSource | null = null;
+  private watchdog: Watchdog | null = null;
 
-  openStream(clientId: string): Promise<void> {
+  openStream(clientId: string, silence: number): Promise<void> {
     const Ctor = this.context.env.EventSource!;
-    const source = new Ctor(streamUrl(this.context.url, clientId), { withCredentials: true });
+    const fetchFn = this.context.http.fetchWithCookies();
+    const source = new Ctor(streamUrl(this.context.url, clientId), { withCredentials: true, ...(fetchFn ? { fetch: fetchFn } : {}) } as EventSourceInit);
     this.source = source;
+    const watchdog = new Watchdog(silence, () => this.drop(`the event stream was silent for ${silence} ms`, true));
+    this.watchdog = watchdog;
     return new Promise<void>((resolve, reject) => {
       let live = false;
       source.addEventListener('connected', () => {
         live = true;
         resolve();
       });
+      // Heartbeats as events (an SSE comment is invisible here): from the first, silence is watched.
+      source.addEventListener('heartbeat', () => {
+        watchdog.arm();
+        watchdog.alive();
+      });
       source.onmessage = (event: MessageEvent) => {
+        watchdog.alive();
         try {
           this.context.host.receive(parseBatch(String(event.data)));
         } catch {
@@ -56,6 +101,7 @@ export class EventSourceTransport extends LongPolling {
 
   override close(): void {
     super.close();
+    this.watchdog?.stop();
     this.source?.close();
     this.source = null;
   }
@@ -64,8 +110,9 @@ export class EventSourceTransport extends LongPolling {
 export class HttpStreamingTransport extends LongPolling {
   override readonly type: ConnectionType = 'http-streaming';
   private abort: AbortController | null = null;
+  private watchdog: Watchdog | null = null;
 
-  openStream(clientId: string): Promise<void> {
+  openStream(clientId: string, silence: number): Promise<void> {
     const abort = new AbortController();
     this.abort = abort;
     return new Promise<void>((resolve, reject) => {
@@ -76,6 +123,8 @@ export class HttpStreamingTransport extends LongPolling {
         this.close();
         this.context.host.lost(reason, live);
       };
+      const watchdog = new Watchdog(silence, () => fail(`the HTTP stream was silent for ${silence} ms`));
+      this.watchdog = watchdog;
       void (async () => {
         const response = await this.context.http.request(streamUrl(this.context.url, clientId), {
           headers: { Accept: 'application/x-ndjson' },
@@ -93,6 +142,8 @@ export class HttpStreamingTransport extends LongPolling {
         for (;;) {
           const { value, done } = await reader.read();
           if (done) return fail('the HTTP stream ended');
+          // Any byte is a sign of life (heartbeats included).
+          watchdog.alive();
           buffered += decoder.decode(value, { stream: true });
           let newline: number;
           while ((newline = buffered.indexOf('\n')) !== -1) {
@@ -102,6 +153,7 @@ export class HttpStreamingTransport extends LongPolling {
             const batch = parseBatch(line);
             if (!live) {
               live = true;
+              watchdog.arm();
               resolve();
             }
             // Heartbeats and the opening line are empty arrays.
@@ -114,6 +166,7 @@ export class HttpStreamingTransport extends LongPolling {
 
   override close(): void {
     super.close();
+    this.watchdog?.stop();
     const abort = this.abort;
     this.abort = null;
     abort?.abort();

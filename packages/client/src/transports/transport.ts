@@ -26,8 +26,11 @@ export interface Transport {
   readonly type: ConnectionType;
   /** Sends one batch. Replies come through `host.receive`; a failure through `host.lost`. */
   send(messages: Message[]): void;
-  /** Streamed types only: opens the push line for the session; resolves when its first frame arrives. */
-  openStream?(clientId: string): Promise<void>;
+  /**
+   * Streamed types only: opens the push line for the session; resolves when its first frame
+   * arrives. Once open, a line that carries nothing for `silence` ms is reported lost.
+   */
+  openStream?(clientId: string, silence: number): Promise<void>;
   /** Ends the line and every request in flight, without reporting them as lost. */
   close(): void;
 }
@@ -66,6 +69,20 @@ export class Http {
       }
     }
     return response;
+  }
+
+  /**
+   * Outside browsers: a `fetch` that carries the cookies kept for the server and the extra
+   * headers, for an EventSource that takes one (the `eventsource` package's `init.fetch`), so
+   * that its stream speaks for a session bound to its cookie. Browsers send cookies themselves.
+   */
+  fetchWithCookies(): typeof fetch | undefined {
+    if (this.browser) return undefined;
+    return (input, init = {}) => {
+      const headers: Record<string, string> = {};
+      new Headers(init.headers).forEach((value, key) => (headers[key] = value));
+      return this.request(typeof input === 'object' && 'url' in input ? input.url : String(input), { ...init, headers });
+    };
   }
 
   /** The cookies kept for the server (Node), for a WebSocket upgrade that can carry them. */
