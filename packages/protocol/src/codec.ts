@@ -13,7 +13,7 @@ export interface DecodeLimits {
 
 export type DecodeResult =
   | { ok: true; messages: unknown[] }
-  | { ok: false; status: 400 | 413; reason: string };
+  | { ok: false; status: 400 | 413; error: 'badRequest' | 'batchTooLarge'; reason: string };
 
 /**
  * Depth of `[`/`{` nesting outside strings. Run before JSON.parse so that a hostile
@@ -41,20 +41,20 @@ export function decodeBatch(text: string, limits: DecodeLimits = {}): DecodeResu
   const maxBatch = limits.maxBatch ?? 100;
   // The outer array adds one level that is not part of any message.
   if (jsonDepth(text) > maxDepth + 1) {
-    return { ok: false, status: 400, reason: `JSON nested deeper than ${maxDepth} levels` };
+    return { ok: false, status: 400, error: 'badRequest', reason: `JSON nested deeper than ${maxDepth} levels` };
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (error) {
-    return { ok: false, status: 400, reason: `malformed JSON (${(error as Error).message})` };
+    return { ok: false, status: 400, error: 'badRequest', reason: `malformed JSON (${(error as Error).message})` };
   }
   const messages = Array.isArray(value) ? value : [value];
   if (value === null || (typeof value !== 'object')) {
-    return { ok: false, status: 400, reason: 'the body must be a JSON array of messages or one message object' };
+    return { ok: false, status: 400, error: 'badRequest', reason: 'the body must be a JSON array of messages or one message object' };
   }
   if (messages.length > maxBatch) {
-    return { ok: false, status: 413, reason: `${messages.length} messages in one request; at most ${maxBatch} are allowed` };
+    return { ok: false, status: 413, error: 'batchTooLarge', reason: `${messages.length} messages in one request; at most ${maxBatch} are allowed` };
   }
   return { ok: true, messages };
 }

@@ -15,6 +15,7 @@ export const ERRORS = {
   clientIdMissing: { code: 401, message: 'No client ID' },
   clientUnknown: { code: 402, message: 'Unknown client' },
   channelForbidden: { code: 403, message: 'Forbidden channel' },
+  refusedByApplication: { code: 403, message: 'Refused by the application' },
   handshakeDenied: { code: 403, message: 'Handshake denied' },
   forbidden: { code: 403, message: 'Forbidden' },
   unauthorized: { code: 403, message: 'Unauthorized' },
@@ -25,6 +26,7 @@ export const ERRORS = {
   tooManySubscriptions: { code: 409, message: 'Too many subscriptions' },
   messageTooLarge: { code: 413, message: 'Message too large' },
   batchTooLarge: { code: 413, message: 'Too many messages in one request' },
+  requestTooLarge: { code: 413, message: 'Request too large' },
   serverError: { code: 500, message: 'Internal server error' },
 } as const;
 

@@ -29,9 +29,10 @@ describe('JSON codec', () => {
     assert.deepEqual(decodeBatch('[]'), { ok: true, messages: [] });
   });
 
-  it('refuses malformed JSON, scalars, deep nesting and big batches with a status and a reason', () => {
-    assert.deepEqual(Object.keys(decodeBatch('[{')), ['ok', 'status', 'reason']);
+  it('refuses malformed JSON, scalars, deep nesting and big batches with a status, an error name and a reason', () => {
+    assert.deepEqual(Object.keys(decodeBatch('[{')), ['ok', 'status', 'error', 'reason']);
     assert.equal((decodeBatch('[{') as { status: number }).status, 400);
+    assert.equal((decodeBatch('[{') as { error: string }).error, 'badRequest');
     assert.match((decodeBatch('42') as { reason: string }).reason, /JSON array/);
     assert.match((decodeBatch('null') as { reason: string }).reason, /JSON array/);
     const deep = `[${'{"a":'.repeat(40)}1${'}'.repeat(40)}]`;
@@ -39,6 +40,7 @@ describe('JSON codec', () => {
     assert.equal(decodeBatch(deep, { maxDepth: 64 }).ok, true);
     const many = JSON.stringify(Array.from({ length: 5 }, () => ({ channel: '/a' })));
     assert.equal((decodeBatch(many, { maxBatch: 4 }) as { status: number }).status, 413);
+    assert.equal((decodeBatch(many, { maxBatch: 4 }) as { error: string }).error, 'batchTooLarge');
   });
 
   it('counts depth outside strings only', () => {

@@ -514,3 +514,40 @@ describe('bad input over WebSocket', () => {
     await assertServes(ts);
   });
 });
+
+describe('one error per limit on every transport', () => {
+  let ts: TestServer;
+  before(async () => {
+    ts = await startServer({ jsonp: true, maxRequestBytes: MAX_BYTES, maxBatch: MAX_BATCH });
+  });
+  after(() => ts.close());
+
+  const REQUEST_TOO_LARGE = /^413::Request too large: /;
+  const BATCH_TOO_LARGE = /^413::Too many messages in one request: /;
+
+  async function jsonpError(messages: unknown): Promise<string> {
+    const response = await fetch(`${ts.url}?jsonp=cb&message=${encodeURIComponent(JSON.stringify(messages))}`);
+    const [reply] = JSON.parse(/^\/\*\*\/cb\((.*)\);$/s.exec(await response.text())![1]!) as Msg[];
+    return String(reply?.error);
+  }
+
+  it('a request past maxRequestBytes is requestTooLarge over long-polling and JSONP', async () => {
+    const big = [{ channel: '/x', data: 'y'.repeat(2 * MAX_BYTES) }];
+    assert.match(String(assertBatchError(await rawPost(ts.url, JSON.stringify(big)), 413).error), REQUEST_TOO_LARGE);
+    assert.match(await jsonpError(big), REQUEST_TOO_LARGE);
+  });
+
+  it('more than maxBatch messages is batchTooLarge over long-polling, JSONP and WebSocket', async () => {
+    const many = Array.from({ length: MAX_BATCH + 1 }, (_, i) => ({ channel: '/many', data: i }));
+    assert.match(String(assertBatchError(await rawPost(ts.url, JSON.stringify(many)), 413).error), BATCH_TOO_LARGE);
+    assert.match(await jsonpError(many), BATCH_TOO_LARGE);
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      peer.send(many);
+      const reply = await peer.next((m) => m.successful === false, 'the error for the batch');
+      assert.match(String(reply.error), BATCH_TOO_LARGE);
+    } finally {
+      await peer.close();
+    }
+  });
+});

@@ -15,7 +15,7 @@
  * and subscriptions that grant nothing new (a channel already subscribed, a /service channel) are
  * not called out.
  */
-import { META, channelProblem, isMeta, isService, matches, subscriptionList, type Message } from '@perihelion/protocol';
+import { META, bayeuxError, channelProblem, isMeta, isService, matches, subscriptionList, type Message } from '@perihelion/protocol';
 import { PerihelionError } from '../errors.js';
 import type { Extension, ExtensionContext } from '../extensions/pipeline.js';
 
@@ -58,7 +58,7 @@ export interface CalloutRequest {
 }
 
 /** A call-out that got no usable answer (reported through the server's 'error' event). */
-export class CalloutError extends Error {
+export class CalloutError extends PerihelionError {
   constructor(
     message: string,
     readonly url: string,
@@ -66,7 +66,7 @@ export class CalloutError extends Error {
     readonly channel: string,
     options?: { cause?: unknown },
   ) {
-    super(message, options);
+    super('ERR_CALLOUT', message, options);
     this.name = 'CalloutError';
   }
 }
@@ -76,7 +76,6 @@ const MAX_TIMEOUT = 60_000;
 const RULE_KEYS = ['url', 'operations', 'channels', 'timeout', 'onFailure', 'headers'];
 /** Subscribe channels asked about at the same time, for one message. */
 const SUBSCRIBE_CONCURRENCY = 8;
-const REFUSED = 'Refused by the application';
 /** The refusal when the application gave no usable answer and the rule says "deny". */
 const NO_ANSWER = 'no valid answer from the application';
 
@@ -266,9 +265,8 @@ function describe(error: unknown): string {
 
 /** The wire error for a refusal: `403:<channel>:Refused by the application[: reason]`. */
 function refusal(channel: string | null, verdict: Extract<Verdict, { allow: false }>): string {
-  const args = channel === null ? '' : channel.replace(/[:,]/g, '_');
   const reason = verdict.failed ? NO_ANSWER : verdict.reason;
-  return `403:${args}:${REFUSED}${reason === undefined || reason === '' ? '' : `: ${reason}`}`;
+  return bayeuxError('refusedByApplication', channel === null ? [] : [channel], reason === '' ? undefined : reason);
 }
 
 function withoutToken(ext: unknown): Record<string, unknown> {
@@ -370,8 +368,8 @@ export function calloutExtension(rules: readonly CalloutRule[], report: (error: 
     },
   };
   if (compiled.some((rule) => rule.operations.has('handshake'))) {
-    const refusedHandshake = `403::${REFUSED}`;
-    const failed = `${refusedHandshake}: ${NO_ANSWER}`;
+    const refusedHandshake = bayeuxError('refusedByApplication');
+    const failed = bayeuxError('refusedByApplication', [], NO_ANSWER);
     extension.outgoing = (message) => {
       if (message.channel !== META.handshake || message.successful !== false || typeof message.error !== 'string') return message;
       if (!message.error.startsWith(refusedHandshake) || message.error === failed) return message;

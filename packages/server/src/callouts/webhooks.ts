@@ -57,9 +57,9 @@ export interface WebhookStats {
 }
 
 /** A webhook request that failed, or events dropped (reported through the server's 'error' event). */
-export class WebhookError extends Error {
+export class WebhookError extends PerihelionError {
   constructor(message: string, readonly url: string, options?: { cause?: unknown }) {
-    super(message, options);
+    super('ERR_WEBHOOK', message, options);
     this.name = 'WebhookError';
   }
 }

@@ -65,7 +65,7 @@ export class HttpAdapter {
       return true;
     }
     if (!originAllowed(req, this.core.options.allowedOrigins)) {
-      sendBatchError(res, 403, `origin ${req.headers.origin} is not allowed; add it to allowedOrigins`);
+      sendBatchError(res, 403, 'forbidden', `origin ${req.headers.origin} is not allowed; add it to allowedOrigins`);
       return true;
     }
     if (req.method === 'OPTIONS') {
@@ -81,11 +81,11 @@ export class HttpAdapter {
     }
     if (req.method !== 'POST') {
       res.setHeader('Allow', 'GET, POST, OPTIONS');
-      sendBatchError(res, 405, `this is a Bayeux endpoint: POST a JSON array of messages, or open a WebSocket; ${req.method} is not supported`);
+      sendBatchError(res, 405, 'methodNotAllowed', `this is a Bayeux endpoint: POST a JSON array of messages, or open a WebSocket; ${req.method} is not supported`);
       return true;
     }
     if (!this.httpEnabled) {
-      sendBatchError(res, 400, 'HTTP transports are disabled on this server; use a WebSocket');
+      sendBatchError(res, 400, 'badRequest', 'HTTP transports are disabled on this server; use a WebSocket');
       return true;
     }
     this.guard(res, handleLongPolling(this.core, req, res));
@@ -96,7 +96,7 @@ export class HttpAdapter {
     const query = (req.url ?? '').includes('?') ? new URLSearchParams((req.url ?? '').split('?')[1]) : null;
     if (query?.has('message')) {
       if (!this.core.options.jsonp) {
-        return sendBatchError(res, 400, 'callback-polling (JSONP) is disabled on this server; the operator can enable it with --jsonp');
+        return sendBatchError(res, 400, 'badRequest', 'callback-polling (JSONP) is disabled on this server; the operator can enable it with --jsonp');
       }
       return this.guard(res, handleCallbackPolling(this.core, req, res));
     }
@@ -107,6 +107,7 @@ export class HttpAdapter {
       return sendBatchError(
         res,
         405,
+        'methodNotAllowed',
         'this is a Bayeux endpoint: POST a JSON array of messages, open a WebSocket, or GET <path>/<clientId> with Accept: text/event-stream or application/x-ndjson',
       );
     }
@@ -115,7 +116,7 @@ export class HttpAdapter {
 
   private openStream(req: IncomingMessage, res: ServerResponse, clientId: string, framer: Framer): void {
     if (!this.streams || !this.core.options.transports.includes(framer.transport)) {
-      return sendBatchError(res, 400, `${framer.transport} is disabled on this server; offered: ${this.core.options.transports.join(', ')}`);
+      return sendBatchError(res, 400, 'badRequest', `${framer.transport} is disabled on this server; offered: ${this.core.options.transports.join(', ')}`);
     }
     const found = this.core.getSession(clientId);
     // A stream reads the session's messages: it must come from the session's own browser.

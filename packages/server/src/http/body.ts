@@ -1,6 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 
-export type BodyResult = { ok: true; text: string } | { ok: false; status: 400 | 413; reason: string };
+export type BodyResult = { ok: true; text: string } | { ok: false; status: 400 | 413; error: 'badRequest' | 'requestTooLarge'; reason: string };
 
 /**
  * Reads a request body as UTF-8, refusing it as soon as it passes `limit` bytes (before it is
@@ -10,7 +10,7 @@ export type BodyResult = { ok: true; text: string } | { ok: false; status: 400 |
 export function readBody(req: IncomingMessage, limit: number, idleMs = 10_000): Promise<BodyResult> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > limit) {
-    return Promise.resolve({ ok: false, status: 413, reason: `request body of ${declared} bytes exceeds the limit of ${limit} bytes` });
+    return Promise.resolve({ ok: false, status: 413, error: 'requestTooLarge', reason: `request body of ${declared} bytes exceeds the limit of ${limit} bytes` });
   }
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
@@ -24,12 +24,12 @@ export function readBody(req: IncomingMessage, limit: number, idleMs = 10_000): 
       req.off('data', onData);
       resolve(result);
     };
-    const idle = setTimeout(() => finish({ ok: false, status: 400, reason: 'request body stalled' }), idleMs);
-    const whole = setTimeout(() => finish({ ok: false, status: 400, reason: 'request body took too long' }), idleMs * 6);
+    const idle = setTimeout(() => finish({ ok: false, status: 400, error: 'badRequest', reason: 'request body stalled' }), idleMs);
+    const whole = setTimeout(() => finish({ ok: false, status: 400, error: 'badRequest', reason: 'request body took too long' }), idleMs * 6);
     const onData = (chunk: Buffer): void => {
       size += chunk.length;
       if (size > limit) {
-        finish({ ok: false, status: 413, reason: `request body exceeds the limit of ${limit} bytes` });
+        finish({ ok: false, status: 413, error: 'requestTooLarge', reason: `request body exceeds the limit of ${limit} bytes` });
         return;
       }
       chunks.push(chunk);
@@ -37,6 +37,6 @@ export function readBody(req: IncomingMessage, limit: number, idleMs = 10_000): 
     };
     req.on('data', onData);
     req.once('end', () => finish({ ok: true, text: Buffer.concat(chunks, size).toString('utf8') }));
-    req.once('error', () => finish({ ok: false, status: 400, reason: 'request body could not be read' }));
+    req.once('error', () => finish({ ok: false, status: 400, error: 'badRequest', reason: 'request body could not be read' }));
   });
 }

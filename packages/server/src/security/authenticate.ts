@@ -9,6 +9,7 @@
 import type { Message } from '@perihelion/protocol';
 import type { RequestFacts } from '../transports/transport.js';
 import type { Identity } from './identity.js';
+import { PerihelionError } from '../errors.js';
 
 export interface HandshakeRequest {
   message: Message;
@@ -18,9 +19,9 @@ export interface HandshakeRequest {
 export type Authenticator = (handshake: HandshakeRequest) => Identity | null | Promise<Identity | null>;
 
 /** Thrown by an authenticator to refuse a handshake; `reason` reaches the client in the error. */
-export class AuthenticationError extends Error {
+export class AuthenticationError extends PerihelionError {
   constructor(readonly reason: string) {
-    super(reason);
+    super('ERR_AUTHENTICATION', reason);
     this.name = 'AuthenticationError';
   }
 }

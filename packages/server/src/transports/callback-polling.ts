@@ -39,11 +39,10 @@ export async function handleCallbackPolling(core: BayeuxServer, req: IncomingMes
   const totalLength = texts.reduce((sum, text) => sum + text.length, 0);
   const decoded =
     totalLength > core.options.maxRequestBytes
-      ? ({ ok: false, status: 413, reason: `request exceeds the limit of ${core.options.maxRequestBytes} bytes` } as const)
+      ? ({ ok: false, status: 413, error: 'requestTooLarge', reason: `request exceeds the limit of ${core.options.maxRequestBytes} bytes` } as const)
       : decodeTexts(core, texts);
   if (!decoded.ok) {
-    const name = decoded.status === 413 ? 'messageTooLarge' : 'badRequest';
-    return answer([JSON.stringify({ channel: '/meta/unknown', successful: false, error: bayeuxError(name, [], decoded.reason) })]);
+    return answer([JSON.stringify({ channel: '/meta/unknown', successful: false, error: bayeuxError(decoded.error, [], decoded.reason) })]);
   }
   const replies = await pollOnce(core, decoded.messages, req, res, 'callback-polling');
   if (replies !== null) answer(replies);

@@ -7,7 +7,7 @@
  * (Bayeux §long-polling; Faye's CORS transport posts it as text/plain).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { decodeBatch, encodeBatch, type ConnectionType } from '@perihelion/protocol';
+import { decodeBatch, encodeBatch, type ConnectionType, type DecodeResult } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
 import { readBody } from '../http/body.js';
 import { requestFacts } from '../http/request-facts.js';
@@ -16,15 +16,15 @@ import { sendBatchError } from '../http/responses.js';
 export async function handleLongPolling(core: BayeuxServer, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const body = await readBody(req, core.options.maxRequestBytes, core.options.bodyTimeout);
   if (!body.ok) {
-    sendBatchError(res, body.status, body.reason);
+    sendBatchError(res, body.status, body.error, body.reason);
     // Stop reading an oversized or stalled body instead of draining it.
     res.once('finish', () => req.destroy());
     return;
   }
   const texts = messageTexts(body.text, req.headers['content-type']);
-  if (texts.length === 0) return sendBatchError(res, 400, 'the form body has no "message" parameter');
+  if (texts.length === 0) return sendBatchError(res, 400, 'missingParameter', 'the form body has no "message" parameter');
   const decoded = decodeTexts(core, texts);
-  if (!decoded.ok) return sendBatchError(res, decoded.status, decoded.reason);
+  if (!decoded.ok) return sendBatchError(res, decoded.status, decoded.error, decoded.reason);
   const replies = await pollOnce(core, decoded.messages, req, res, 'long-polling');
   if (replies === null) return;
   const payload = encodeBatch(replies);
@@ -60,7 +60,7 @@ export async function pollOnce(
   return res.destroyed ? null : replies;
 }
 
-export type Decoded = { ok: true; messages: unknown[] } | { ok: false; status: 400 | 413; reason: string };
+export type Decoded = DecodeResult;
 
 /** Decodes one or more JSON texts (each a message or an array) into one batch, within the limits. */
 export function decodeTexts(core: BayeuxServer, texts: readonly string[]): Decoded {
@@ -71,7 +71,7 @@ export function decodeTexts(core: BayeuxServer, texts: readonly string[]): Decod
     if (!decoded.ok) return decoded;
     messages.push(...decoded.messages);
   }
-  if (messages.length > maxBatch) return { ok: false, status: 413, reason: `more than ${maxBatch} messages in one request` };
+  if (messages.length > maxBatch) return { ok: false, status: 413, error: 'batchTooLarge', reason: `more than ${maxBatch} messages in one request` };
   return { ok: true, messages };
 }
 

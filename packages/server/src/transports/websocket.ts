@@ -11,7 +11,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
-import { bayeuxError, decodeBatch, encodeBatch } from '@perihelion/protocol';
+import { bayeuxError, decodeBatch, encodeBatch, type ErrorName } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
 import { requestFacts } from '../http/request-facts.js';
 import type { PushConnection, RequestFacts } from './transport.js';
@@ -157,7 +157,7 @@ class WebSocketConnection implements PushConnection {
     // ws hands over a Buffer (its default binaryType); decoding it directly avoids a copy.
     const text = Buffer.isBuffer(data) ? data.toString('utf8') : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data).toString('utf8');
     const decoded = decodeBatch(text, { maxBatch, maxDepth });
-    if (!decoded.ok) return this.reject(decoded.reason, decoded.status === 413 ? 'batchTooLarge' : 'badRequest');
+    if (!decoded.ok) return this.reject(decoded.reason, decoded.error);
     // Frames are processed one after another, so a client's publishes keep their order even
     // when the engine is asynchronous; a held connect does not block this chain.
     this.tail = this.tail.then(async () => {
@@ -166,7 +166,7 @@ class WebSocketConnection implements PushConnection {
     });
   }
 
-  private reject(reason: string, name: 'badRequest' | 'batchTooLarge' = 'badRequest'): void {
+  private reject(reason: string, name: ErrorName = 'badRequest'): void {
     this.send([JSON.stringify({ channel: '/meta/unknown', successful: false, error: bayeuxError(name, [], reason) })]);
   }
 }
