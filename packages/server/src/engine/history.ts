@@ -5,13 +5,13 @@
  *
  * Memory is bounded four ways: messages per channel (`size`), their age (`ttl`, pruned when the
  * channel is touched and by a periodic sweep), the number of channels remembered (`maxChannels`,
- * least recently used forgotten first), and the size of all kept messages together (`maxBytes`,
- * the oldest messages of the least recently published channels dropped first). A forgotten channel starts again under a
- * new epoch, so a client holding an old position is told its recovery failed rather than being
- * handed a stream with a silent hole in it.
+ * least recently used forgotten first), and the size of all kept messages together (`maxChars`,
+ * the `maxHistoryBytes` option; the oldest messages of the least recently published channels are
+ * dropped first). A forgotten channel starts again under a new epoch, so a client holding an old
+ * position is told its recovery failed rather than being handed a stream with a silent hole in it.
  */
-import { randomBytes } from 'node:crypto';
 import type { Position } from '@perihelion/protocol';
+import { newEpoch } from './position.js';
 
 /** How much of one channel's history is kept. `size` 0: no history and no positions. */
 export interface Retention {
@@ -58,8 +58,6 @@ interface Entry {
 export class ChannelLog {
   /** Offset of the latest message in this epoch; 0 before the first. */
   offset = 0;
-  /** When the latest message arrived (ms since the Unix epoch). */
-  lastAt = 0;
   /** Length of the kept payloads together. */
   chars = 0;
   private entries: Entry[] = [];
@@ -94,7 +92,6 @@ export class ChannelLog {
   /** Records the message that got `next()`'s position. */
   append(payload: string, now: number): void {
     this.offset++;
-    this.lastAt = now;
     this.entries.push({ at: now, payload });
     this.chars += payload.length;
     this.totals.chars += payload.length;
@@ -242,9 +239,4 @@ export class HistoryStore {
     for (const log of this.logs.values()) messages += log.length;
     return { channels: this.logs.size, messages, chars: this.totals.chars };
   }
-}
-
-/** 48 random bits in base 36: enough that two lives of one channel never share an epoch. */
-function newEpoch(): string {
-  return randomBytes(6).readUIntBE(0, 6).toString(36);
 }

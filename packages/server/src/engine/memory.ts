@@ -1,6 +1,7 @@
-import { addToExt, isWildcard } from '@perihelion/protocol';
+import { isWildcard } from '@perihelion/protocol';
 import type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine.js';
 import { HistoryStore, type HistoryPage, type HistoryQuery } from './history.js';
+import { stampPosition, withPosition } from './position.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { PerihelionError } from '../errors.js';
 
@@ -88,10 +89,7 @@ export class MemoryEngine implements Engine {
     const log = this.store().log(publication.channel, true);
     if (log) {
       const position = log.next();
-      const { message } = publication;
-      publication.payload = addToExt({ text: publication.payload, ext: publication.ext }, message, 'position', position);
-      message.ext = publication.ext === 'object' ? { ...message.ext, position } : { position };
-      publication.position = position;
+      stampPosition(publication, position, withPosition(publication, position));
       this.store().append(log, publication.payload);
     }
     host.onPublication(publication, this.index.match(publication.channel));

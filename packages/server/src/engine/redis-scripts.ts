@@ -17,18 +17,16 @@
  *   P counts              hash   pattern → number of subscribers (for `channels()`)
  *   P owner               hash   clientId → id of the node that holds the session
  *   P nodesess:<node>     set    the sessions a node holds
+ *   P user                hash   clientId → its authenticated user (anonymous sessions: absent)
+ *   P usess:<user>        set    the sessions of a user
  *   P nodes               hash   node id → time of its last heartbeat (ms, Redis clock)
- *
- * Pub/sub channels: `P bus` carries every broadcast publish once, to every node; `P node:<id>`
- * carries what is meant for one node (a message for one of its sessions, a recovery fence).
- *
- * A message on either is one line of JSON header, a newline, and the payload (JSON never holds a
- * raw newline): ["b", origin node, tag, channel, epoch?, offset?] for a broadcast, ["d", clientId]
- * for one session, ["f", fence id] for a fence.
  *
  * The scripts compute key names from the prefix instead of declaring them in KEYS, so they need a
  * single Redis (standalone, or a primary with replicas or Sentinel), not Redis Cluster.
  * XTRIM MINID needs Redis 6.2 or later.
+ *
+ * PUBLISH and SUBSCRIBE send on the bus (redis-bus.ts) but know neither its channels nor its
+ * format: they are given the channel and the text to send, and only write a position into it.
  */
 
 const PRELUDE = `
@@ -98,11 +96,13 @@ end
 
 /**
  * Gives a message its position and publishes it: epoch created if absent, offset + 1, the final
- * payload appended to the history, and one PUBLISH of it to every node, all in one step.
- * ARGV: P, channel, size, ttl, maxChannels, epoch if new, header (without its closing bracket),
- * payload before the position, payload after it. Returns {epoch, offset}.
+ * payload appended to the history, and one PUBLISH of it to every node, all in one step. The
+ * position's JSON, {"epoch":…,"offset":…}, goes between the halves of the bus message's header
+ * and between the halves of the payload; the header and then the payload are sent.
+ * ARGV: P, channel, size, ttl, maxChannels, epoch if new, bus channel, header before the position,
+ * header after it, payload before the position, payload after it. Returns {epoch, offset}.
  */
-export const PUBLISH = `${PRELUDE}
+const PUBLISH = `${PRELUDE}
 local channel, size, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local meta, log = P .. 'ch:' .. channel, P .. 'log:' .. channel
 local epoch = redis.call('HGET', meta, 'e')
@@ -112,13 +112,13 @@ if not epoch then
 end
 local offset = redis.call('HINCRBY', meta, 'o', 1)
 redis.call('HSET', meta, 's', size, 't', ttl)
-local o = int(offset)
-local payload = ARGV[8] .. '{"epoch":' .. cjson.encode(epoch) .. ',"offset":' .. o .. '}' .. ARGV[9]
+local position = '{"epoch":' .. cjson.encode(epoch) .. ',"offset":' .. int(offset) .. '}'
+local payload = ARGV[10] .. position .. ARGV[11]
 redis.call('XADD', log, 'MAXLEN', size, '*', 'p', payload)
 redis.call('XTRIM', log, 'MINID', int(now_ms() - ttl + 1))
 redis.call('PEXPIRE', log, ttl)
 touch(channel, tonumber(ARGV[5]))
-redis.call('PUBLISH', P .. 'bus', ARGV[7] .. ',' .. cjson.encode(epoch) .. ',' .. o .. ']\\n' .. payload)
+redis.call('PUBLISH', ARGV[7], ARGV[8] .. position .. ARGV[9] .. payload)
 return {epoch, offset}
 `;
 
@@ -126,31 +126,32 @@ return {epoch, offset}
  * Subscribes a session and reads what it needs for an exact seam, in one step: the session's
  * owner recorded, the subscription counted, the position of the exact channel (created if
  * absent), the messages missed on each channel to recover, then a fence published to this node.
- * ARGV: P, clientId, pattern, node, fence id ('' for none), replay budget, size (0: no position),
- * ttl, maxChannels, epoch if new, then (channel, epoch, offset) for each recovery.
+ * ARGV: P, clientId, pattern, node, the node's channel, the fence message ('' for none), replay
+ * budget, size (0: no position), ttl, maxChannels, epoch if new, then (channel, epoch, offset) for
+ * each recovery.
  * Returns: epoch ('' for none), offset, then per recovery: recovered (1/0), epoch, offset of the
  * latest message (-1 for none), count, payloads.
  */
-export const SUBSCRIBE = `${PRELUDE}
+const SUBSCRIBE = `${PRELUDE}
 local cid, pattern, node = ARGV[2], ARGV[3], ARGV[4]
 own(cid, node)
 sub(cid, pattern)
 local out = {'', -1}
-local size = tonumber(ARGV[7])
+local size = tonumber(ARGV[8])
 if size > 0 then
   local meta = P .. 'ch:' .. pattern
   local e = redis.call('HGET', meta, 'e')
   if e then
     out = {e, tonumber(redis.call('HGET', meta, 'o'))}
   else
-    redis.call('HSET', meta, 'e', ARGV[10], 'o', 0, 's', size, 't', tonumber(ARGV[8]))
-    touch(pattern, tonumber(ARGV[9]))
-    out = {ARGV[10], 0}
+    redis.call('HSET', meta, 'e', ARGV[11], 'o', 0, 's', size, 't', tonumber(ARGV[9]))
+    touch(pattern, tonumber(ARGV[10]))
+    out = {ARGV[11], 0}
   end
 end
-local budget = tonumber(ARGV[6])
+local budget = tonumber(ARGV[7])
 local now = now_ms()
-for i = 11, #ARGV, 3 do
+for i = 12, #ARGV, 3 do
   local channel, since_epoch, since = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local meta = P .. 'ch:' .. channel
   local e = redis.call('HGET', meta, 'e')
@@ -170,12 +171,12 @@ for i = 11, #ARGV, 3 do
     end
   end
 end
-if ARGV[5] ~= '' then redis.call('PUBLISH', P .. 'node:' .. node, '["f",' .. cjson.encode(ARGV[5]) .. ']\\n') end
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return out
 `;
 
 /** ARGV: P, clientId, pattern. */
-export const UNSUBSCRIBE = `${PRELUDE}
+const UNSUBSCRIBE = `${PRELUDE}
 unsub(ARGV[2], ARGV[3])
 return 1
 `;
@@ -184,7 +185,7 @@ return 1
  * Records sessions of a node, their users and their subscriptions. ARGV: P, node, then
  * (clientId, user or '', count, patterns…)
  */
-export const REGISTER = `${PRELUDE}
+const REGISTER = `${PRELUDE}
 local node = ARGV[2]
 local i = 3
 while i <= #ARGV do
@@ -197,7 +198,7 @@ return 1
 `;
 
 /** ARGV: P, clientId, node. */
-export const REMOVE_SESSION = `${PRELUDE}
+const REMOVE_SESSION = `${PRELUDE}
 drop_session(ARGV[2], ARGV[3])
 return 1
 `;
@@ -207,7 +208,7 @@ return 1
  * offset, limit (-1: the channel's size). Returns {0} when the channel has no position; else
  * {1, epoch, offset, complete (1/0), payloads…}.
  */
-export const HISTORY = `${PRELUDE}
+const HISTORY = `${PRELUDE}
 local channel = ARGV[2]
 local meta = P .. 'ch:' .. channel
 local e = redis.call('HGET', meta, 'e')
@@ -235,7 +236,7 @@ return out
 `;
 
 /** Channels with a position and the messages kept in all (pruned by age first). ARGV: P. */
-export const STATS = `${PRELUDE}
+const STATS = `${PRELUDE}
 local now = now_ms()
 local chans = redis.call('ZRANGE', P .. 'chans', 0, -1)
 local total = 0
@@ -250,7 +251,7 @@ return {#chans, total}
  * A node says it is alive and learns which nodes are not. ARGV: P, node, node timeout (ms).
  * Returns {1 if this node was not registered (new, or declared dead meanwhile), dead nodes…}.
  */
-export const HEARTBEAT = `${PRELUDE}
+const HEARTBEAT = `${PRELUDE}
 local node, timeout = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local out = {redis.call('HSET', P .. 'nodes', node, now)}
@@ -266,7 +267,7 @@ return out
  * none is left. ARGV: P, node, node timeout (-1: remove even if alive, a node leaving), batch.
  * Returns the sessions left, or -1 when the node turned out to be alive.
  */
-export const REMOVE_NODE = `${PRELUDE}
+const REMOVE_NODE = `${PRELUDE}
 local node, timeout = ARGV[2], tonumber(ARGV[3])
 if timeout >= 0 then
   local seen = redis.call('HGET', P .. 'nodes', node)

@@ -13,58 +13,36 @@
  * alive (heartbeats; a node silent for `nodeTimeout` has its sessions removed by the others).
  * What stays on each node: the sessions themselves, their queues and connections.
  *
- * The seam of a recovery is exact even though Redis answers asynchronously: while a subscribe's
- * history read is in flight, the session's live messages on that channel are held. The read
- * script PUBLISHes a fence to this node after reading; messages that reach the node before the
- * fence were published before the read (they are in the replay, or before the subscribe's
- * position), messages after it were published after. Once both the reply and the fence are in,
- * the replay is queued, then the held messages past the read's position.
- *
  * When Redis cannot be reached the node keeps serving its own sessions: publishes reach this
  * node's subscribers without a position, subscriptions are kept locally, and the failure is
  * reported through the server's 'error' event. When Redis is back the node registers its
  * sessions and subscriptions again.
+ *
+ * This file holds the engine's calls and what it keeps of this node's sessions; the rest is one
+ * concern a file: redis-options.ts (options and their checks), redis-connection.ts (the two
+ * connections, scripts, outages), redis-scripts.ts (key schema and Lua scripts), redis-bus.ts
+ * (what nodes send each other), redis-liveness.ts (heartbeats and dead nodes), redis-seam.ts (the
+ * exact seam of a recovery).
  */
 import { randomBytes } from 'node:crypto';
-import type { Redis } from 'ioredis';
-import { addToExt, isWildcard, type Message, type Position } from '@perihelion/protocol';
+import { isWildcard, type Message, type Position } from '@perihelion/protocol';
 import type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine.js';
 import type { HistoryPage, HistoryQuery, Retention } from './history.js';
+import { newEpoch, stampPosition, withPosition } from './position.js';
+import { BusFormatError, broadcastHeader, busChannel, decode, encode, nodeChannel, type Broadcast } from './redis-bus.js';
+import { RedisConnection, unavailable } from './redis-connection.js';
+import { NodeLiveness, type Registration } from './redis-liveness.js';
+import { describeUrl, resolveRedisOptions, type RedisEngineOptions } from './redis-options.js';
+import { RecoverySeam, type Hold } from './redis-seam.js';
 import { SubscriptionIndex } from './subscription-index.js';
-import { SCRIPTS, type ScriptName } from './redis-scripts.js';
 import { PerihelionError } from '../errors.js';
 
-export interface RedisEngineOptions {
-  /** Where Redis is: `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS). Default: redis://127.0.0.1:6379. */
-  url?: string;
-  /** Prefix of every key and pub/sub channel, so that several clusters can share one Redis. Default: "perihelion:". */
-  prefix?: string;
-  /** How often this node tells the others it is alive, ms. Default: 5000. */
-  heartbeatInterval?: number;
-  /** Silence after which a node counts as dead and its sessions are removed, ms. Default: 15000. */
-  nodeTimeout?: number;
-  /** Longest wait to connect at start, ms. Default: 5000. */
-  connectTimeout?: number;
-  /** Longest wait for a Redis command, or for a publish or fence to come back through Redis, ms. Default: 5000. */
-  commandTimeout?: number;
-}
+export { REDIS_DEFAULTS, type RedisEngineOptions } from './redis-options.js';
 
-export const REDIS_DEFAULTS = {
-  url: 'redis://127.0.0.1:6379',
-  prefix: 'perihelion:',
-  heartbeatInterval: 5000,
-  nodeTimeout: 15000,
-  connectTimeout: 5000,
-  commandTimeout: 5000,
-} as const;
-
-/** Sessions removed per script call when a dead node is cleaned up (keeps each call short). */
-const CLEANUP_BATCH = 500;
-
-/** A session of this node: its Redis-side changes run one after another, in call order. */
 /** Session users read by one HMGET (presence of a channel may name hundreds of thousands). */
 const USERS_PER_READ = 1000;
 
+/** A session of this node: its Redis-side changes run one after another, in call order. */
 interface LocalSession {
   chain: Promise<unknown>;
   removed: boolean;
@@ -72,15 +50,7 @@ interface LocalSession {
   user: string | null;
 }
 
-/** Live messages of one session on one channel, held while its subscribe's read is in flight. */
-interface Hold {
-  clientId: string;
-  channel: string;
-  /** The fence came back: what arrives now was published after the read. */
-  fenced: boolean;
-  held: Publication[];
-}
-
+/** A publish of this node on its way through Redis, until it comes back on the bus. */
 interface PendingPublish {
   publication: Publication;
   resolve: () => void;
@@ -92,40 +62,31 @@ export class RedisEngine implements Engine {
   readonly nodeId = randomBytes(8).toString('hex');
   readonly options: Required<RedisEngineOptions>;
   private host: EngineHost | null = null;
-  private cmd: Redis | null = null;
-  private sub: Redis | null = null;
-  private readonly shas = new Map<ScriptName, string>();
+  private readonly connection: RedisConnection;
+  private readonly liveness: NodeLiveness;
+  private readonly seam: RecoverySeam;
   private readonly index = new SubscriptionIndex();
   private readonly sessions = new Map<string, LocalSession>();
-  private readonly holds = new Map<string, Map<string, Hold>>();
-  private readonly fences = new Map<string, () => void>();
   private readonly pending = new Map<string, PendingPublish>();
   private readonly busChannel: string;
   private readonly nodeChannel: string;
   /** Marks where the position goes in a payload sent to the publish script (random: no payload can forge it). */
   private readonly placeholder = `\u0000position-${randomBytes(8).toString('hex')}\u0000`;
   private readonly placeholderJson = JSON.stringify(this.placeholder);
-  private seq = 0;
-  private heartbeat: NodeJS.Timeout | null = null;
-  private started = false;
+  private lastTag = 0;
   private closing = false;
-  /** Set once a loss of Redis has been reported, cleared when the connection is back. */
-  private outage = false;
 
   constructor(options: RedisEngineOptions = {}) {
-    this.options = { ...REDIS_DEFAULTS, ...definedOnly(options) };
-    validateRedisUrl(this.options.url);
-    const { prefix } = this.options;
-    if (typeof prefix !== 'string') invalid(`option "prefix" must be a string, got ${JSON.stringify(prefix)}`);
-    for (const key of ['heartbeatInterval', 'nodeTimeout', 'connectTimeout', 'commandTimeout'] as const) {
-      const value = this.options[key];
-      if (!Number.isInteger(value) || value < 10) invalid(`option "${key}" must be a whole number of ms (10 or more), got ${JSON.stringify(value)}`);
-    }
-    if (this.options.nodeTimeout <= this.options.heartbeatInterval) {
-      invalid(`option "nodeTimeout" (${this.options.nodeTimeout}) must be longer than "heartbeatInterval" (${this.options.heartbeatInterval}), or live nodes would be taken for dead`);
-    }
-    this.busChannel = `${prefix}bus`;
-    this.nodeChannel = `${prefix}node:${this.nodeId}`;
+    this.options = resolveRedisOptions(options);
+    this.busChannel = busChannel(this.options.prefix);
+    this.nodeChannel = nodeChannel(this.options.prefix, this.nodeId);
+    this.connection = new RedisConnection(this.options, `perihelion:${this.nodeId}`, {
+      onMessage: (channel, text) => this.onMessage(channel, text),
+      onReconnect: () => void this.liveness.rejoin().catch((error: unknown) => this.connection.lost(error)),
+      report: (error) => this.report(error),
+    });
+    this.liveness = new NodeLiveness(this.connection, this.nodeId, this.options, () => this.registrations());
+    this.seam = new RecoverySeam(this.options.commandTimeout, (error) => this.report(error));
   }
 
   /** Where this engine's Redis is, without the password (for logs and start-up summaries). */
@@ -137,80 +98,28 @@ export class RedisEngine implements Engine {
 
   async start(host: EngineHost): Promise<void> {
     this.host = host;
-    const { Redis: RedisClient } = await import('ioredis');
-    const where = describeUrl(this.options.url);
-    const connect = (role: string): Redis =>
-      new RedisClient(this.options.url, {
-        lazyConnect: true,
-        connectionName: `perihelion:${this.nodeId}:${role}`,
-        connectTimeout: this.options.connectTimeout,
-        commandTimeout: this.options.commandTimeout,
-        // Fail fast while disconnected (the node serves its own sessions meanwhile) and never run a
-        // command twice: a publish script resent after a reconnect could publish twice.
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        autoResendUnfulfilledCommands: false,
-        // At start a failure is final (a clear error beats a silent wait); later, reconnect with backoff.
-        retryStrategy: (times: number) => (this.started && !this.closing ? Math.min(100 * times, 2000) : null),
-      });
-    const cmd = connect('cmd');
-    const sub = connect('sub');
-    this.cmd = cmd;
-    this.sub = sub;
-    let lastError = null as Error | null;
-    const onError = (error: Error): void => {
-      lastError = error;
-      if (this.started) this.lost(error);
-    };
-    cmd.on('error', onError);
-    sub.on('error', onError);
-    try {
-      await Promise.all([cmd.connect(), sub.connect()]);
-      const info = await cmd.info('server');
-      const version = /redis_version:(\d+)\.(\d+)/.exec(info);
-      if (version && (Number(version[1]) < 6 || (Number(version[1]) === 6 && Number(version[2]) < 2))) {
-        throw new Error(`Redis ${version[1]}.${version[2]} is too old; the engine needs 6.2 or later (XTRIM MINID)`);
-      }
-      for (const [name, lua] of Object.entries(SCRIPTS)) this.shas.set(name as ScriptName, (await cmd.script('LOAD', lua)) as string);
-      sub.on('message', (channel: string, message: string) => this.onMessage(channel, message));
-      await sub.subscribe(this.busChannel, this.nodeChannel);
-      await this.beat();
-    } catch (error) {
-      cmd.disconnect();
-      sub.disconnect();
-      this.cmd = this.sub = null;
-      const reason = (error as Error).message === 'Connection is closed.' && lastError ? lastError.message : (error as Error).message;
-      throw new PerihelionError('ERR_ENGINE_UNAVAILABLE', `cannot use Redis at ${where}: ${reason}`);
-    }
-    this.started = true;
-    // After a reconnect Redis may have lost everything (a restart) or the others may have taken
-    // this node for dead: register again. ioredis resubscribes the pub/sub channels by itself.
-    cmd.on('ready', () => void this.recovered());
-    this.heartbeat = setInterval(() => void this.beat().catch((error: unknown) => this.lost(error)), this.options.heartbeatInterval);
-    this.heartbeat.unref();
+    await this.connection.open([this.busChannel, this.nodeChannel], () => this.liveness.beat());
+    this.liveness.start();
   }
 
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    if (this.heartbeat) clearInterval(this.heartbeat);
-    this.heartbeat = null;
+    this.liveness.stop();
     for (const { resolve } of this.pending.values()) resolve();
     this.pending.clear();
-    for (const resolve of this.fences.values()) resolve();
-    const { cmd, sub } = this;
-    if (cmd && this.ready(cmd)) {
+    this.seam.close();
+    await this.connection.close(async () => {
       // Leaving: this node's sessions and subscriptions go with it, at once.
-      await Promise.allSettled(this.sessionChains());
-      try {
-        while (Number(await this.script('REMOVE_NODE', [this.nodeId, -1, CLEANUP_BATCH])) > 0);
-      } catch (error) {
-        this.report(error);
-      }
-    }
-    await Promise.allSettled([quit(cmd), quit(sub)]);
-    this.cmd = this.sub = null;
+      await Promise.allSettled([...this.sessions.values()].map((local) => local.chain));
+      await this.liveness.leave();
+    });
     this.host = null;
+  }
+
+  /** Ids of the nodes that are alive now (heartbeat within `nodeTimeout`), this one included. */
+  nodes(): Promise<string[]> {
+    return this.liveness.nodes();
   }
 
   // ---------------------------------------------------------------- sessions and subscriptions
@@ -219,63 +128,34 @@ export class RedisEngine implements Engine {
     this.running();
     this.local(clientId).user = user;
     await this.serial(clientId, async () => {
-      if (!this.readyCmd()) return;
-      await this.script('REGISTER', [this.nodeId, clientId, user ?? '', 0]).catch((error: unknown) => this.degraded(error));
+      if (!this.connection.readyCmd()) return;
+      await this.connection.script('REGISTER', [this.nodeId, clientId, user ?? '', 0]).catch((error: unknown) => this.connection.degraded(error));
     });
-  }
-
-  async usersOf(clientIds: readonly string[]): Promise<(string | null)[]> {
-    this.running();
-    if (clientIds.length === 0) return [];
-    return this.read(
-      'users of sessions',
-      async (cmd) => {
-        // In slices: a channel's subscribers may be far more than a call can take as arguments.
-        const users: (string | null)[] = [];
-        for (let i = 0; i < clientIds.length; i += USERS_PER_READ) {
-          users.push(...(await cmd.hmget(`${this.options.prefix}user`, ...clientIds.slice(i, i + USERS_PER_READ))));
-        }
-        return users;
-      },
-      () => clientIds.map((clientId) => this.sessions.get(clientId)?.user ?? null),
-    );
   }
 
   async subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): Promise<SubscribeOutcome> {
     const host = this.running();
     return this.serial(clientId, async (): Promise<SubscribeOutcome> => {
-      const outcome: SubscribeOutcome = { position: null, recovered: [] };
-      if (this.sessions.get(clientId)?.removed) return outcome;
+      if (this.sessions.get(clientId)?.removed) return { position: null, recovered: [] };
       const retention = isWildcard(pattern) ? null : this.retention(pattern);
       // Hold the live messages of every channel whose seam must be exact (the exact channel when it
       // has positions, each channel to recover), unless they already reach this session through
       // another of its subscriptions: those keep flowing.
-      const holds: Hold[] = [];
-      const held = (channel: string): void => {
-        if (holds.some((h) => h.channel === channel) || this.index.match(channel).has(clientId)) return;
-        const hold: Hold = { clientId, channel, fenced: false, held: [] };
-        let byClient = this.holds.get(channel);
-        if (!byClient) this.holds.set(channel, (byClient = new Map()));
-        byClient.set(clientId, hold);
-        holds.push(hold);
-      };
-      if (retention && retention.size > 0) held(pattern);
-      for (const { channel } of recover) held(channel);
+      const exact = [...(retention && retention.size > 0 ? [pattern] : []), ...recover.map(({ channel }) => channel)];
+      const holds = this.seam.hold(clientId, exact.filter((channel) => !this.index.match(channel).has(clientId)));
       this.index.add(clientId, pattern);
 
-      const cmd = this.readyCmd();
-      if (!cmd) {
-        this.degraded(new Error(`subscribed ${clientId} to ${pattern} on this node only; nothing recovered`));
-        this.release(host, holds, new Map());
-        return { position: null, recovered: recover.map(({ channel }) => ({ channel, recovered: false, replayed: 0 })) };
+      if (!this.connection.readyCmd()) {
+        this.connection.degraded(new Error(`subscribed ${clientId} to ${pattern} on this node only; nothing recovered`));
+        return this.subscribedHereOnly(host, holds, recover);
       }
-      const fence = holds.length > 0 ? String(++this.seq) : '';
-      const fenced = fence ? this.awaitFence(fence, holds) : Promise.resolve();
+      const fence = this.seam.fence(holds);
       const args: Array<string | number> = [
         clientId,
         pattern,
         this.nodeId,
-        fence,
+        this.nodeChannel,
+        fence.id === '' ? '' : encode({ kind: 'fence', fence: fence.id }),
         Math.min(maxReplay, Number.MAX_SAFE_INTEGER),
         retention?.size ?? 0,
         retention?.ttl ?? 0,
@@ -285,17 +165,17 @@ export class RedisEngine implements Engine {
       for (const { channel, since } of recover) args.push(channel, since.epoch, since.offset);
       let reply: unknown[];
       try {
-        reply = (await this.script('SUBSCRIBE', args)) as unknown[];
+        reply = (await this.connection.script('SUBSCRIBE', args)) as unknown[];
       } catch (error) {
-        this.fences.delete(fence);
-        this.degraded(error);
-        this.release(host, holds, new Map());
-        return { position: null, recovered: recover.map(({ channel }) => ({ channel, recovered: false, replayed: 0 })) };
+        this.seam.forget(fence.id);
+        this.connection.degraded(error);
+        return this.subscribedHereOnly(host, holds, recover);
       }
-      await fenced;
+      await fence.back;
 
       // Where the read stopped on each channel: live messages up to there are in the replay (or
       // came before the subscribe); those after it are delivered once the replay is queued.
+      const outcome: SubscribeOutcome = { position: null, recovered: [] };
       const reached = new Map<string, Position>();
       const epoch = String(reply[0]);
       if (epoch !== '') {
@@ -314,17 +194,23 @@ export class RedisEngine implements Engine {
         if (ok && payloads.length > 0) host.onReplay(clientId, channel, payloads);
         outcome.recovered.push({ channel, recovered: ok, replayed: payloads.length });
       }
-      this.release(host, holds, reached);
+      this.seam.release(host, holds, reached);
       return outcome;
     });
+  }
+
+  /** A subscribe that Redis did not take: kept on this node, its holds ended, nothing recovered. */
+  private subscribedHereOnly(host: EngineHost, holds: readonly Hold[], recover: readonly RecoverRequest[]): SubscribeOutcome {
+    this.seam.release(host, holds, new Map());
+    return { position: null, recovered: recover.map(({ channel }) => ({ channel, recovered: false, replayed: 0 })) };
   }
 
   async unsubscribe(clientId: string, pattern: string): Promise<void> {
     this.running();
     await this.serial(clientId, async () => {
       this.index.remove(clientId, pattern);
-      if (!this.readyCmd()) return;
-      await this.script('UNSUBSCRIBE', [clientId, pattern]).catch((error: unknown) => this.degraded(error));
+      if (!this.connection.readyCmd()) return;
+      await this.connection.script('UNSUBSCRIBE', [clientId, pattern]).catch((error: unknown) => this.connection.degraded(error));
     });
   }
 
@@ -332,11 +218,11 @@ export class RedisEngine implements Engine {
     const local = this.sessions.get(clientId);
     if (local) local.removed = true;
     this.index.removeSession(clientId);
-    if (!this.cmd) return;
+    if (!this.connection.opened) return;
     await this.serial(clientId, async () => {
       this.sessions.delete(clientId);
-      if (!this.readyCmd()) return;
-      await this.script('REMOVE_SESSION', [clientId, this.nodeId]).catch((error: unknown) => this.degraded(error));
+      if (!this.connection.readyCmd()) return;
+      await this.connection.script('REMOVE_SESSION', [clientId, this.nodeId]).catch((error: unknown) => this.connection.degraded(error));
     });
   }
 
@@ -344,43 +230,39 @@ export class RedisEngine implements Engine {
 
   async publish(publication: Publication): Promise<void> {
     const host = this.running();
-    const cmd = this.readyCmd();
+    const cmd = this.connection.readyCmd();
+    const { channel } = publication;
     if (!cmd) {
       // Redis is away: this node's sessions still get the message, without a position.
-      this.degraded(new Error(`published on ${publication.channel} to this node's sessions only, without a position`));
-      host.onPublication(publication, this.index.match(publication.channel));
+      this.connection.degraded(new Error(`published on ${channel} to this node's sessions only, without a position`));
+      host.onPublication(publication, this.index.match(channel));
       return;
     }
-    const tag = String(++this.seq);
-    const header = JSON.stringify(['b', this.nodeId, tag, publication.channel]).slice(0, -1);
+    const tag = String(++this.lastTag);
     const echoed = new Promise<void>((resolve) => this.pending.set(tag, { publication, resolve }));
-    let epoch: string | null = null;
-    let offset = 0;
-    let before = '';
-    let after = '';
+    let position: Position | null = null;
+    let around: [before: string, after: string] | null = null;
     try {
-      const retention = this.retention(publication.channel);
+      const retention = this.retention(channel);
       if (retention.size > 0) {
-        const text = addToExt({ text: publication.payload, ext: publication.ext }, publication.message, 'position', this.placeholder);
-        const cut = text.lastIndexOf(this.placeholderJson);
-        before = text.slice(0, cut);
-        after = text.slice(cut + this.placeholderJson.length);
+        // The script writes the position into the header and the payload alike.
+        around = this.aroundPosition(publication);
         const { maxChannels } = host.historySettings;
-        const args = [publication.channel, retention.size, retention.ttl, maxChannels, newEpoch(), header, before, after];
-        [epoch, offset] = (await this.script('PUBLISH', args)) as [string, number];
+        const header = broadcastHeader(this.nodeId, tag, channel);
+        const args = [channel, retention.size, retention.ttl, maxChannels, newEpoch(), this.busChannel, ...header, ...around];
+        const [epoch, offset] = (await this.connection.script('PUBLISH', args)) as [string, number];
+        position = { epoch: String(epoch), offset: Number(offset) };
       } else {
-        await cmd.publish(this.busChannel, `${header}]\n${publication.payload}`);
+        await cmd.publish(this.busChannel, encode({ kind: 'broadcast', origin: this.nodeId, tag, channel, position: null, payload: publication.payload }));
       }
     } catch (error) {
       this.pending.delete(tag);
-      throw unavailable(`publish on ${publication.channel} failed`, error);
+      throw unavailable(`publish on ${channel} failed`, error);
     }
-    const waiting = this.pending.get(tag);
-    if (waiting && this.sub?.status !== 'ready') {
+    if (this.pending.has(tag) && !this.connection.hearing) {
       // Published, but this node cannot hear the cluster channel now: its own sessions get it at once.
-      const payload = epoch === null ? publication.payload : `${before}${JSON.stringify({ epoch, offset: Number(offset) })}${after}`;
-      const position = epoch === null ? [] : [epoch, Number(offset)];
-      this.onBroadcast(host, ['b', this.nodeId, tag, publication.channel, ...position], payload);
+      const payload = position && around ? `${around[0]}${JSON.stringify(position)}${around[1]}` : publication.payload;
+      this.onBroadcast(host, { kind: 'broadcast', origin: this.nodeId, tag, channel, position, payload });
       return;
     }
     // Resolve once this node has delivered it too (as the memory engine does), or give up waiting.
@@ -388,53 +270,51 @@ export class RedisEngine implements Engine {
       const waiting = this.pending.get(tag);
       if (!waiting) return;
       this.pending.delete(tag);
-      this.report(unavailable(`a publish on ${publication.channel} did not come back through Redis within ${this.options.commandTimeout} ms; this node's sessions may miss it`));
+      this.report(unavailable(`a publish on ${channel} did not come back through Redis within ${this.options.commandTimeout} ms; this node's sessions may miss it`));
       waiting.resolve();
     }, this.options.commandTimeout);
     await echoed;
     clearTimeout(timer);
   }
 
-  async sessionsOfUser(user: string): Promise<string[]> {
-    this.running();
-    return this.read(
-      `sessions of user ${user}`,
-      (cmd) => cmd.smembers(`${this.options.prefix}usess:${user}`),
-      () => [...this.sessions].filter(([, local]) => !local.removed && local.user === user).map(([clientId]) => clientId),
-    );
+  /** The publication's bytes, cut where its position goes (Redis gives the position). */
+  private aroundPosition(publication: Publication): [before: string, after: string] {
+    const text = withPosition(publication, this.placeholder);
+    const cut = text.lastIndexOf(this.placeholderJson);
+    return [text.slice(0, cut), text.slice(cut + this.placeholderJson.length)];
   }
+
+  // ---------------------------------------------------------------- one session, wherever it is
 
   async endSession(clientId: string): Promise<boolean> {
     const host = this.running();
-    const local = this.sessions.get(clientId);
-    if (local && !local.removed) {
+    if (this.isLocal(clientId)) {
       host.onEndSession(clientId);
       return true;
     }
-    return this.toOwner(clientId, `${JSON.stringify(['x', clientId])}\n`, 'end');
+    return this.toOwner(clientId, encode({ kind: 'end', clientId }), 'end');
   }
 
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {
     const host = this.running();
-    const local = this.sessions.get(clientId);
-    if (local && !local.removed) {
+    if (this.isLocal(clientId)) {
       host.onDirect(publication, clientId);
       return true;
     }
-    return this.toOwner(clientId, `${JSON.stringify(['d', clientId])}\n${publication.payload}`, 'reach');
+    return this.toOwner(clientId, encode({ kind: 'direct', clientId, payload: publication.payload }), 'reach');
   }
 
   /**
-   * Sends a message to the node that holds a session; false when no node holds it. Without Redis
-   * the owner cannot be known: that is an outage (ERR_ENGINE_UNAVAILABLE), not an unknown session.
+   * Sends a bus message to the node that holds a session; false when no node holds it. Without
+   * Redis the owner cannot be known: that is an outage (ERR_ENGINE_UNAVAILABLE), not an unknown session.
    */
   private async toOwner(clientId: string, message: string, what: string): Promise<boolean> {
-    const cmd = this.readyCmd();
+    const cmd = this.connection.readyCmd();
     if (!cmd) throw unavailable(`cannot ${what} the node of session ${clientId}: Redis is away`);
     try {
       const node = await cmd.hget(`${this.options.prefix}owner`, clientId);
       if (node === null) return false;
-      const receivers = await cmd.publish(`${this.options.prefix}node:${node}`, message);
+      const receivers = await cmd.publish(nodeChannel(this.options.prefix, node), message);
       return receivers > 0;
     } catch (error) {
       throw unavailable(`cannot ${what} the node of session ${clientId}`, error);
@@ -443,11 +323,38 @@ export class RedisEngine implements Engine {
 
   // ---------------------------------------------------------------- reading shared state
 
+  async usersOf(clientIds: readonly string[]): Promise<(string | null)[]> {
+    this.running();
+    if (clientIds.length === 0) return [];
+    return this.connection.read(
+      'users of sessions',
+      async (cmd) => {
+        // In slices: a channel's subscribers may be far more than a call can take as arguments.
+        const users: (string | null)[] = [];
+        for (let i = 0; i < clientIds.length; i += USERS_PER_READ) {
+          users.push(...(await cmd.hmget(`${this.options.prefix}user`, ...clientIds.slice(i, i + USERS_PER_READ))));
+        }
+        return users;
+      },
+      () => clientIds.map((clientId) => this.sessions.get(clientId)?.user ?? null),
+    );
+  }
+
+  async sessionsOfUser(user: string): Promise<string[]> {
+    this.running();
+    return this.connection.read(
+      `sessions of user ${user}`,
+      (cmd) => cmd.smembers(`${this.options.prefix}usess:${user}`),
+      () => [...this.sessions].filter(([, local]) => !local.removed && local.user === user).map(([clientId]) => clientId),
+    );
+  }
+
   async history(channel: string, query: HistoryQuery = {}): Promise<HistoryPage | null> {
     const host = this.running();
-    if (!this.readyCmd()) throw unavailable(`cannot read the history of ${channel}`);
+    if (!this.connection.readyCmd()) throw unavailable(`cannot read the history of ${channel}`);
     const { since, limit } = query;
-    const reply = (await this.script('HISTORY', [channel, since ? 1 : 0, since?.epoch ?? '', since?.offset ?? 0, limit ?? -1]).catch((error: unknown) => {
+    const args = [channel, since ? 1 : 0, since?.epoch ?? '', since?.offset ?? 0, limit ?? -1];
+    const reply = (await this.connection.script('HISTORY', args).catch((error: unknown) => {
       throw unavailable(`cannot read the history of ${channel}`, error);
     })) as unknown[];
     if (Number(reply[0]) === 0) {
@@ -460,23 +367,25 @@ export class RedisEngine implements Engine {
 
   async historyStats(): Promise<{ channels: number; messages: number }> {
     this.running();
-    const [channels, messages] = (await this.read('history stats', () => this.script('STATS', []))) as [number, number];
+    const [channels, messages] = (await this.connection.read('history stats', () => this.connection.script('STATS', []))) as [number, number];
     return { channels: Number(channels), messages: Number(messages) };
   }
 
   async subscribers(pattern: string): Promise<string[]> {
     this.running();
-    return this.read(`subscribers of ${pattern}`, (cmd) => cmd.smembers(`${this.options.prefix}subs:${pattern}`), () => this.index.subscribersOf(pattern));
+    const key = `${this.options.prefix}subs:${pattern}`;
+    return this.connection.read(`subscribers of ${pattern}`, (cmd) => cmd.smembers(key), () => this.index.subscribersOf(pattern));
   }
 
   async subscriberCount(pattern: string): Promise<number> {
     this.running();
-    return this.read(`subscribers of ${pattern}`, (cmd) => cmd.scard(`${this.options.prefix}subs:${pattern}`), () => this.index.count(pattern));
+    const key = `${this.options.prefix}subs:${pattern}`;
+    return this.connection.read(`subscribers of ${pattern}`, (cmd) => cmd.scard(key), () => this.index.count(pattern));
   }
 
   async channels(): Promise<Map<string, number>> {
     this.running();
-    const counts: Record<string, string | number> = await this.read<Record<string, string | number>>(
+    const counts: Record<string, string | number> = await this.connection.read<Record<string, string | number>>(
       'channels',
       (cmd) => cmd.hgetall(`${this.options.prefix}counts`),
       () => Object.fromEntries(this.index.patterns()),
@@ -484,172 +393,42 @@ export class RedisEngine implements Engine {
     return new Map(Object.entries(counts).map(([pattern, count]) => [pattern, Number(count)]));
   }
 
-  /** Ids of the nodes that are alive now (heartbeat within `nodeTimeout`), this one included. */
-  async nodes(): Promise<string[]> {
-    const cmd = this.readyCmd();
-    if (!cmd) throw unavailable('cannot list the nodes');
-    const [seconds, micros] = await cmd.time();
-    const now = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
-    const all = await cmd.hgetall(`${this.options.prefix}nodes`);
-    return Object.entries(all)
-      .filter(([, seen]) => now - Number(seen) <= this.options.nodeTimeout)
-      .map(([node]) => node);
-  }
+  // ---------------------------------------------------------------- messages from the bus
 
-  // ---------------------------------------------------------------- messages from Redis
-
-  private onMessage(channel: string, message: string): void {
+  private onMessage(channel: string, text: string): void {
     const host = this.host;
     if (!host) return;
-    const newline = message.indexOf('\n');
-    let header: unknown[];
-    try {
-      header = JSON.parse(message.slice(0, newline)) as unknown[];
-    } catch (error) {
-      this.report(new Error(`unreadable message on Redis channel ${channel}: ${String(error)}`));
+    const message = decode(text);
+    if (message instanceof BusFormatError) {
+      this.report(new BusFormatError(`unreadable message on Redis channel ${channel}: ${message.message}`));
       return;
     }
-    const payload = message.slice(newline + 1);
-    switch (header[0]) {
-      case 'b':
-        return this.onBroadcast(host, header, payload);
-      case 'd': {
-        const clientId = String(header[1]);
-        const local = this.sessions.get(clientId);
-        if (local && !local.removed) host.onDirect(remotePublication(null, payload), clientId);
+    switch (message.kind) {
+      case 'broadcast':
+        return this.onBroadcast(host, message);
+      case 'direct':
+        if (this.isLocal(message.clientId)) host.onDirect(remotePublication(null, message.payload), message.clientId);
         return;
-      }
-      case 'f':
-        this.fences.get(String(header[1]))?.();
+      case 'fence':
+        return this.seam.onFence(message.fence);
+      case 'end':
+        if (this.isLocal(message.clientId)) host.onEndSession(message.clientId);
         return;
-      case 'x': {
-        const clientId = String(header[1]);
-        const local = this.sessions.get(clientId);
-        if (local && !local.removed) host.onEndSession(clientId);
-        return;
-      }
-      default:
-        this.report(new Error(`unknown message kind ${JSON.stringify(header[0])} on Redis channel ${channel}`));
     }
   }
 
-  private onBroadcast(host: EngineHost, header: unknown[], payload: string): void {
-    const [, origin, tag, channel, epoch, offset] = header as [string, string, string, string, string?, number?];
-    const position = epoch !== undefined && offset !== undefined ? { epoch, offset } : undefined;
+  private onBroadcast(host: EngineHost, { origin, tag, channel, position, payload }: Broadcast): void {
     const mine = origin === this.nodeId ? this.pending.get(tag) : undefined;
     let publication: Publication;
     if (mine) {
       this.pending.delete(tag);
       publication = mine.publication;
-      publication.payload = payload;
-      if (position) {
-        publication.position = position;
-        const { message } = publication;
-        message.ext = publication.ext === 'object' ? { ...message.ext, position } : { position };
-      }
+      if (position) stampPosition(publication, position, payload);
     } else {
       publication = remotePublication(channel, payload, position);
     }
-    let clientIds: Iterable<string> = this.index.match(channel);
-    const holds = this.holds.get(channel);
-    if (holds) {
-      const free = new Set<string>();
-      for (const id of clientIds) {
-        const hold = holds.get(id);
-        if (hold) hold.held.push(publication);
-        else free.add(id);
-      }
-      clientIds = free;
-    }
-    host.onPublication(publication, clientIds);
+    host.onPublication(publication, this.seam.route(channel, publication, this.index.match(channel)));
     mine?.resolve();
-  }
-
-  /** Resolves when the fence comes back (or after commandTimeout, reported). */
-  private awaitFence(fence: string, holds: Hold[]): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        if (!this.fences.delete(fence)) return;
-        this.report(unavailable(`a subscribe's fence did not come back through Redis within ${this.options.commandTimeout} ms`));
-        resolve();
-      }, this.options.commandTimeout);
-      this.fences.set(fence, () => {
-        this.fences.delete(fence);
-        clearTimeout(timer);
-        for (const hold of holds) hold.fenced = true;
-        resolve();
-      });
-    });
-  }
-
-  /** Ends holds: their messages past the position the read reached are delivered, in order. */
-  private release(host: EngineHost, holds: readonly Hold[], reached: ReadonlyMap<string, Position>): void {
-    for (const hold of holds) {
-      const byClient = this.holds.get(hold.channel);
-      byClient?.delete(hold.clientId);
-      if (byClient?.size === 0) this.holds.delete(hold.channel);
-      const floor = reached.get(hold.channel);
-      for (const publication of hold.held) {
-        const at = publication.position;
-        if (at && floor && at.epoch === floor.epoch && at.offset <= floor.offset) continue;
-        host.onDirect(publication, hold.clientId);
-      }
-    }
-  }
-
-  // ---------------------------------------------------------------- liveness
-
-  /** Heartbeat: says this node is alive, re-registers it if it was forgotten, removes dead nodes. */
-  private async beat(): Promise<void> {
-    const cmd = this.readyCmd();
-    if (!cmd) return;
-    const [fresh, ...dead] = (await this.script('HEARTBEAT', [this.nodeId, this.options.nodeTimeout])) as [number, ...string[]];
-    if (Number(fresh) === 1 && this.started) await this.register();
-    for (const node of dead) {
-      while (Number(await this.script('REMOVE_NODE', [node, this.options.nodeTimeout, CLEANUP_BATCH])) > 0);
-    }
-  }
-
-  /** Records every session and subscription of this node in Redis again. */
-  private async register(): Promise<void> {
-    const args: Array<string | number> = [this.nodeId];
-    const flush = async (): Promise<void> => {
-      if (args.length > 1) await this.script('REGISTER', [this.nodeId, ...args.splice(1)]);
-    };
-    for (const [clientId, local] of this.sessions) {
-      if (local.removed) continue;
-      const patterns = [...this.index.subscriptionsOf(clientId)];
-      args.push(clientId, local.user ?? '', patterns.length, ...patterns);
-      if (args.length > 2000) await flush();
-    }
-    await flush();
-  }
-
-  /** The command connection is back. */
-  private async recovered(): Promise<void> {
-    if (!this.started || this.closing) return;
-    this.outage = false;
-    try {
-      // Whatever Redis still holds about this node may be stale (sessions ended while away).
-      while (Number(await this.script('REMOVE_NODE', [this.nodeId, -1, CLEANUP_BATCH])) > 0);
-      // The heartbeat finds this node unregistered and registers its sessions again.
-      await this.beat();
-    } catch (error) {
-      this.lost(error);
-    }
-  }
-
-  /** Redis is unreachable: reported once per outage. */
-  private lost(error: unknown): void {
-    if (this.outage || this.closing) return;
-    this.outage = true;
-    this.report(unavailable('lost the connection to Redis; serving this node\'s sessions only until it is back', error));
-  }
-
-  /** A Redis-side change that could not be made; the node carries on with its local state. */
-  private degraded(error: unknown): void {
-    if (this.outage) return;
-    this.report(unavailable('Redis is unreachable; serving this node\'s sessions only', error));
   }
 
   // ---------------------------------------------------------------- helpers
@@ -659,16 +438,14 @@ export class RedisEngine implements Engine {
   }
 
   private running(): EngineHost {
-    if (!this.host || this.closing || !this.cmd) throw new PerihelionError('ERR_ENGINE_CLOSED', 'the Redis engine is not started or already closed');
+    if (!this.host || this.closing || !this.connection.opened) throw new PerihelionError('ERR_ENGINE_CLOSED', 'the Redis engine is not started or already closed');
     return this.host;
   }
 
-  private ready(client: Redis): boolean {
-    return client.status === 'ready';
-  }
-
-  private readyCmd(): Redis | null {
-    return this.cmd && this.ready(this.cmd) ? this.cmd : null;
+  /** Whether this node holds the session (and it has not ended). */
+  private isLocal(clientId: string): boolean {
+    const local = this.sessions.get(clientId);
+    return local !== undefined && !local.removed;
   }
 
   private local(clientId: string): LocalSession {
@@ -685,46 +462,20 @@ export class RedisEngine implements Engine {
     return run;
   }
 
-  private sessionChains(): Array<Promise<unknown>> {
-    return [...this.sessions.values()].map((local) => local.chain);
+  /** This node's live sessions and their subscriptions, as Redis should know them. */
+  private *registrations(): Iterable<Registration> {
+    for (const [clientId, local] of this.sessions) {
+      if (!local.removed) yield { clientId, user: local.user, patterns: this.index.subscriptionsOf(clientId) };
+    }
   }
 
   private retention(channel: string): Retention {
     return this.running().historySettings.retentionFor(channel);
   }
-
-  private async script(name: ScriptName, args: Array<string | number>): Promise<unknown> {
-    const cmd = this.cmd;
-    if (!cmd) throw new PerihelionError('ERR_ENGINE_CLOSED', 'the Redis engine is closed');
-    const all = [this.options.prefix, ...args];
-    try {
-      return await cmd.evalsha(this.shas.get(name)!, 0, ...all);
-    } catch (error) {
-      // Redis restarted (or SCRIPT FLUSH): load the script again, once.
-      if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
-      this.shas.set(name, (await cmd.script('LOAD', SCRIPTS[name])) as string);
-      return cmd.evalsha(this.shas.get(name)!, 0, ...all);
-    }
-  }
-
-  /** A read of shared state; while Redis is away, this node's own view (reported). */
-  private async read<T>(what: string, query: (cmd: Redis) => Promise<T>, fallback?: () => T): Promise<T> {
-    const cmd = this.readyCmd();
-    if (cmd) {
-      try {
-        return await query(cmd);
-      } catch (error) {
-        if (!fallback || this.readyCmd()) throw unavailable(`cannot read ${what}`, error);
-      }
-    }
-    if (!fallback) throw unavailable(`cannot read ${what}`);
-    this.degraded(new Error(`answered ${what} from this node alone`));
-    return fallback();
-  }
 }
 
 /** A publication that came from another node: the message object is parsed only if someone asks for it. */
-function remotePublication(channel: string | null, payload: string, position?: Position): Publication {
+function remotePublication(channel: string | null, payload: string, position?: Position | null): Publication {
   let message: Message | undefined;
   const publication = {
     channel: channel ?? '',
@@ -738,61 +489,4 @@ function remotePublication(channel: string | null, payload: string, position?: P
   if (position) publication.position = position;
   if (channel === null) publication.channel = publication.message.channel;
   return publication;
-}
-
-function validateRedisUrl(url: unknown): void {
-  const example = 'redis://127.0.0.1:6379 (or rediss:// for TLS, redis://:password@host:6379/0 with a password and database)';
-  if (typeof url !== 'string') invalid(`the Redis URL must be a string like ${example}`);
-  let parsed: URL;
-  try {
-    parsed = new URL(url as string);
-  } catch {
-    return invalid(`the Redis URL ${JSON.stringify(url)} is not a URL; expected ${example}`);
-  }
-  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
-    invalid(`the Redis URL ${JSON.stringify(describeUrl(url as string))} must start with redis:// or rediss://; expected ${example}`);
-  }
-  if (parsed.hostname === '') invalid(`the Redis URL ${JSON.stringify(url)} names no host; expected ${example}`);
-  const db = parsed.pathname.replace(/^\//, '');
-  if (db !== '' && !/^\d{1,2}$/.test(db)) invalid(`the Redis URL's database must be a number (like /0), got ${JSON.stringify(parsed.pathname)}`);
-}
-
-/** The URL without its password, for messages. */
-function describeUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return url;
-  }
-}
-
-function invalid(message: string): never {
-  throw new PerihelionError('ERR_INVALID_OPTION', message);
-}
-
-function unavailable(what: string, cause?: unknown): PerihelionError {
-  const error = new PerihelionError('ERR_ENGINE_UNAVAILABLE', cause ? `${what}: ${(cause as Error).message ?? String(cause)}` : what);
-  if (cause !== undefined) (error as Error & { cause?: unknown }).cause = cause;
-  return error;
-}
-
-function definedOnly<T extends object>(options: T): Partial<T> {
-  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>;
-}
-
-async function quit(client: Redis | null): Promise<void> {
-  if (!client) return;
-  try {
-    if (client.status === 'ready') await client.quit();
-    else client.disconnect();
-  } catch {
-    client.disconnect();
-  }
-}
-
-/** 48 random bits in base 36, as the memory engine's epochs. */
-function newEpoch(): string {
-  return randomBytes(6).readUIntBE(0, 6).toString(36);
 }

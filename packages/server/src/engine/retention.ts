@@ -16,7 +16,7 @@ export interface HistoryRule {
   ttl?: number;
 }
 
-export const RETENTION_LIMITS = {
+const RETENTION_LIMITS = {
   size: [0, 1_000_000],
   ttl: [1000, 30 * 24 * 3600_000],
 } as const;

@@ -1,0 +1,144 @@
+/**
+ * The wire format of the Redis engine's pub/sub bus: what one node sends the others.
+ *
+ * Two pub/sub channels carry it: `<prefix>bus` every broadcast, once, to every node; and
+ * `<prefix>node:<id>` what is meant for one node. A bus message is one line of JSON header, a
+ * newline, and the payload: the Bayeux message exactly as its subscribers are sent it, serialised
+ * once by the publishing node and never parsed or serialised again on the way (JSON never holds a
+ * raw newline, so the first newline ends the header).
+ *
+ *   ["b", origin node, tag, channel]\n<payload>             a broadcast without a position
+ *   ["b", origin node, tag, channel, {"epoch","offset"}]\n<payload>   a broadcast with one
+ *   ["d", clientId]\n<payload>                             a message for one session
+ *   ["f", fence id]\n                                      a recovery fence (see redis-seam.ts)
+ *   ["x", clientId]\n                                      end a session
+ *
+ * A broadcast's position is given by Redis (the PUBLISH script, see redis-scripts.ts). The script
+ * knows nothing of this format: it writes the position's JSON between the two halves of the
+ * header that `broadcastHeader` made, and between the two halves of the payload.
+ *
+ * Another node's bytes are input like a client's: `decode` checks every field and returns a
+ * `BusFormatError` for anything else, so that one bad message is reported and skipped. The format
+ * carries no version: every node of a cluster runs the same Perihelion.
+ */
+import { asPosition, type Position } from '@perihelion/protocol';
+
+export type BusMessage =
+  | {
+      kind: 'broadcast';
+      /** The node that published it (it resolves its own pending publish by `tag`). */
+      origin: string;
+      tag: string;
+      channel: string;
+      /** Null when the channel keeps no history. */
+      position: Position | null;
+      payload: string;
+    }
+  | { kind: 'direct'; clientId: string; payload: string }
+  | { kind: 'fence'; fence: string }
+  | { kind: 'end'; clientId: string };
+
+type BusKind = BusMessage['kind'];
+export type Broadcast = Extract<BusMessage, { kind: 'broadcast' }>;
+
+/** The pub/sub channel every node hears: broadcasts. */
+export function busChannel(prefix: string): string {
+  return `${prefix}bus`;
+}
+
+/** The pub/sub channel of one node: what is meant for it alone. */
+export function nodeChannel(prefix: string, node: string): string {
+  return `${prefix}node:${node}`;
+}
+
+/** A bus message that could not be read; says what is wrong with it. */
+export class BusFormatError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BusFormatError';
+  }
+}
+
+/** The header's first element for each kind: one letter keeps every message short. */
+const TAGS = { broadcast: 'b', direct: 'd', fence: 'f', end: 'x' } as const satisfies Record<BusKind, string>;
+
+export function encode(message: BusMessage): string {
+  switch (message.kind) {
+    case 'broadcast': {
+      const [before, after] = broadcastHeader(message.origin, message.tag, message.channel);
+      if (message.position === null) return `${before.slice(0, -1)}${after}${message.payload}`;
+      return `${before}${JSON.stringify(message.position)}${after}${message.payload}`;
+    }
+    case 'direct':
+      return `${JSON.stringify([TAGS.direct, message.clientId])}\n${message.payload}`;
+    case 'fence':
+      return `${JSON.stringify([TAGS.fence, message.fence])}\n`;
+    case 'end':
+      return `${JSON.stringify([TAGS.end, message.clientId])}\n`;
+  }
+}
+
+/**
+ * The header of a broadcast whose position is not known yet, as the text before and after the
+ * position's JSON (`{"epoch":…,"offset":…}`); the newline that ends the header is in the second.
+ */
+export function broadcastHeader(origin: string, tag: string, channel: string): [before: string, after: string] {
+  return [`${JSON.stringify([TAGS.broadcast, origin, tag, channel]).slice(0, -1)},`, ']\n'];
+}
+
+export function decode(text: string): BusMessage | BusFormatError {
+  const newline = text.indexOf('\n');
+  if (newline < 0) return new BusFormatError('no newline after the header');
+  let header: unknown;
+  try {
+    header = JSON.parse(text.slice(0, newline));
+  } catch (error) {
+    return new BusFormatError(`the header is not JSON (${(error as Error).message})`);
+  }
+  if (!Array.isArray(header) || header.length === 0) return new BusFormatError('the header is not a non-empty array');
+  const payload = text.slice(newline + 1);
+  const [tag, ...fields] = header as unknown[];
+  switch (tag) {
+    case TAGS.broadcast: {
+      const [origin, publishTag, channel, position, ...extra] = fields;
+      if (!isText(origin) || !isText(publishTag) || !isText(channel)) {
+        return new BusFormatError('a broadcast header needs a node, a tag and a channel, all non-empty strings');
+      }
+      if (extra.length > 0) return new BusFormatError(`a broadcast header has ${header.length} elements, at most 5 expected`);
+      const at = position === undefined ? null : asPosition(position);
+      if (position !== undefined && at === null) return new BusFormatError(`a broadcast's position is malformed: ${JSON.stringify(position)}`);
+      return needsPayload('broadcast', payload) ?? { kind: 'broadcast', origin, tag: publishTag, channel, position: at, payload };
+    }
+    case TAGS.direct: {
+      const clientId = onlyString(fields);
+      if (clientId === null) return new BusFormatError('a direct message header needs exactly one clientId (a non-empty string)');
+      return needsPayload('direct message', payload) ?? { kind: 'direct', clientId, payload };
+    }
+    case TAGS.fence: {
+      const fence = onlyString(fields);
+      if (fence === null) return new BusFormatError('a fence header needs exactly one fence id (a non-empty string)');
+      return payload === '' ? { kind: 'fence', fence } : new BusFormatError('a fence carries no payload');
+    }
+    case TAGS.end: {
+      const clientId = onlyString(fields);
+      if (clientId === null) return new BusFormatError('an end-session header needs exactly one clientId (a non-empty string)');
+      return payload === '' ? { kind: 'end', clientId } : new BusFormatError('an end-session message carries no payload');
+    }
+    default:
+      return new BusFormatError(`unknown message kind ${JSON.stringify(tag)}`);
+  }
+}
+
+function isText(value: unknown): value is string {
+  return typeof value === 'string' && value !== '';
+}
+
+/** The one field of a header that has one (a clientId, a fence id). */
+function onlyString(fields: unknown[]): string | null {
+  return fields.length === 1 && isText(fields[0]) ? fields[0] : null;
+}
+
+/** A payload is one serialised message: checked by its ends only (parsing it is for whoever reads it). */
+function needsPayload(what: string, payload: string): BusFormatError | null {
+  return payload.startsWith('{') && payload.endsWith('}') ? null : new BusFormatError(`a ${what}'s payload is not a JSON object`);
+}

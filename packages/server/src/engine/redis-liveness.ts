@@ -1,0 +1,100 @@
+/**
+ * Which nodes of the cluster are alive. Each node writes the time into `<prefix>nodes` every
+ * `heartbeatInterval` (Redis's clock, so that the nodes' clocks need not agree) and, in the same
+ * script, learns which nodes have been silent for longer than `nodeTimeout`: it removes their
+ * sessions and subscriptions, so that presence and `sendTo` stop naming sessions nobody holds.
+ *
+ * A node that finds itself unregistered (Redis restarted, or the others took it for dead while it
+ * was cut off) records its sessions and subscriptions again.
+ */
+import { unavailable, type RedisConnection } from './redis-connection.js';
+
+/** Sessions removed per script call when a node is cleaned up (keeps each call short). */
+const CLEANUP_BATCH = 500;
+/** Arguments per REGISTER call, about (a session's patterns are never split across calls). */
+const REGISTER_BATCH = 2000;
+
+/** A session of this node as Redis should know it. */
+export interface Registration {
+  clientId: string;
+  user: string | null;
+  patterns: Iterable<string>;
+}
+
+export class NodeLiveness {
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly connection: RedisConnection,
+    private readonly nodeId: string,
+    private readonly options: { heartbeatInterval: number; nodeTimeout: number },
+    /** This node's live sessions, to record again when Redis has forgotten them. */
+    private readonly registrations: () => Iterable<Registration>,
+  ) {}
+
+  /** Beats every `heartbeatInterval` until `stop`; a failed beat is a lost connection. */
+  start(): void {
+    this.timer = setInterval(() => void this.beat().catch((error: unknown) => this.connection.lost(error)), this.options.heartbeatInterval);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  /** Says this node is alive, registers it again if it was forgotten, removes dead nodes. */
+  async beat(): Promise<void> {
+    if (!this.connection.readyCmd()) return;
+    const [fresh, ...dead] = (await this.connection.script('HEARTBEAT', [this.nodeId, this.options.nodeTimeout])) as [number, ...string[]];
+    if (Number(fresh) === 1) await this.register();
+    for (const node of dead) await this.removeNode(node, this.options.nodeTimeout);
+  }
+
+  /** The connection is back: whatever Redis still holds about this node may be stale, so start afresh. */
+  async rejoin(): Promise<void> {
+    await this.removeNode(this.nodeId, -1);
+    // The heartbeat finds this node unregistered and registers its sessions again.
+    await this.beat();
+  }
+
+  /** This node leaves: its sessions and subscriptions go with it, at once. */
+  leave(): Promise<void> {
+    return this.removeNode(this.nodeId, -1);
+  }
+
+  /** Ids of the nodes that are alive now (heartbeat within `nodeTimeout`), this one included. */
+  async nodes(): Promise<string[]> {
+    const cmd = this.connection.readyCmd();
+    if (!cmd) throw unavailable('cannot list the nodes');
+    const [seconds, micros] = await cmd.time();
+    const now = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+    const all = await cmd.hgetall(`${this.connection.prefix}nodes`);
+    return Object.entries(all)
+      .filter(([, seen]) => now - Number(seen) <= this.options.nodeTimeout)
+      .map(([node]) => node);
+  }
+
+  /** Records every session of this node and its subscriptions in Redis again. */
+  private async register(): Promise<void> {
+    const args: Array<string | number> = [];
+    const flush = async (): Promise<void> => {
+      if (args.length > 0) await this.connection.script('REGISTER', [this.nodeId, ...args.splice(0)]);
+    };
+    for (const { clientId, user, patterns } of this.registrations()) {
+      const list = [...patterns];
+      args.push(clientId, user ?? '', list.length, ...list);
+      if (args.length >= REGISTER_BATCH) await flush();
+    }
+    await flush();
+  }
+
+  /**
+   * Removes a node's sessions, a batch per script call, then the node itself. `timeout` -1 removes
+   * it even if it is alive (this node leaving or starting afresh); otherwise a node that beat
+   * within `timeout` meanwhile is left alone.
+   */
+  private async removeNode(node: string, timeout: number): Promise<void> {
+    while (Number(await this.connection.script('REMOVE_NODE', [node, timeout, CLEANUP_BATCH])) > 0);
+  }
+}

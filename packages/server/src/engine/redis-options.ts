@@ -1,0 +1,81 @@
+/**
+ * The Redis engine's options: their defaults, and the checks that refuse a bad one when the engine
+ * is made, with a message that says what was expected (long before the first connection attempt).
+ */
+import { PerihelionError } from '../errors.js';
+
+export interface RedisEngineOptions {
+  /** Where Redis is: `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS). Default: redis://127.0.0.1:6379. */
+  url?: string;
+  /** Prefix of every key and pub/sub channel, so that several clusters can share one Redis. Default: "perihelion:". */
+  prefix?: string;
+  /** How often this node tells the others it is alive, ms. Default: 5000. */
+  heartbeatInterval?: number;
+  /** Silence after which a node counts as dead and its sessions are removed, ms. Default: 15000. */
+  nodeTimeout?: number;
+  /** Longest wait to connect at start, ms. Default: 5000. */
+  connectTimeout?: number;
+  /** Longest wait for a Redis command, or for a publish or fence to come back through Redis, ms. Default: 5000. */
+  commandTimeout?: number;
+}
+
+export const REDIS_DEFAULTS = {
+  url: 'redis://127.0.0.1:6379',
+  prefix: 'perihelion:',
+  heartbeatInterval: 5000,
+  nodeTimeout: 15000,
+  connectTimeout: 5000,
+  commandTimeout: 5000,
+} as const;
+
+/** The options with their defaults filled in; throws ERR_INVALID_OPTION for a bad one. */
+export function resolveRedisOptions(options: RedisEngineOptions): Required<RedisEngineOptions> {
+  const resolved: Required<RedisEngineOptions> = { ...REDIS_DEFAULTS, ...definedOnly(options) };
+  validateRedisUrl(resolved.url);
+  const { prefix } = resolved;
+  if (typeof prefix !== 'string') invalid(`option "prefix" must be a string, got ${JSON.stringify(prefix)}`);
+  for (const key of ['heartbeatInterval', 'nodeTimeout', 'connectTimeout', 'commandTimeout'] as const) {
+    const value = resolved[key];
+    if (!Number.isInteger(value) || value < 10) invalid(`option "${key}" must be a whole number of ms (10 or more), got ${JSON.stringify(value)}`);
+  }
+  if (resolved.nodeTimeout <= resolved.heartbeatInterval) {
+    invalid(`option "nodeTimeout" (${resolved.nodeTimeout}) must be longer than "heartbeatInterval" (${resolved.heartbeatInterval}), or live nodes would be taken for dead`);
+  }
+  return resolved;
+}
+
+/** The URL without its password, for messages. */
+export function describeUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return url;
+  }
+}
+
+function validateRedisUrl(url: unknown): void {
+  const example = 'redis://127.0.0.1:6379 (or rediss:// for TLS, redis://:password@host:6379/0 with a password and database)';
+  if (typeof url !== 'string') invalid(`the Redis URL must be a string like ${example}`);
+  let parsed: URL;
+  try {
+    parsed = new URL(url as string);
+  } catch {
+    return invalid(`the Redis URL ${JSON.stringify(url)} is not a URL; expected ${example}`);
+  }
+  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
+    invalid(`the Redis URL ${JSON.stringify(describeUrl(url as string))} must start with redis:// or rediss://; expected ${example}`);
+  }
+  if (parsed.hostname === '') invalid(`the Redis URL ${JSON.stringify(url)} names no host; expected ${example}`);
+  const db = parsed.pathname.replace(/^\//, '');
+  if (db !== '' && !/^\d{1,2}$/.test(db)) invalid(`the Redis URL's database must be a number (like /0), got ${JSON.stringify(parsed.pathname)}`);
+}
+
+function invalid(message: string): never {
+  throw new PerihelionError('ERR_INVALID_OPTION', message);
+}
+
+function definedOnly<T extends object>(options: T): Partial<T> {
+  return Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined)) as Partial<T>;
+}
