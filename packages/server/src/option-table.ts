@@ -213,8 +213,11 @@ export function checkOption(name: string, spec: OptionSpec, value: unknown): { v
       return { value };
     case 'boolean':
       return typeof value === 'boolean' ? { value } : { error: `option "${name}" must be true or false, ${got}` };
-    case 'choice':
-      return spec.values.includes(value as string) ? { value } : { error: `option "${name}" must be ${spec.values.map((v) => `"${v}"`).join(', ')}; ${got}` };
+    case 'choice': {
+      if (spec.values.includes(value as string)) return { value };
+      const quoted = spec.values.map((v) => `"${v}"`);
+      return { error: `option "${name}" must be ${quoted.slice(0, -1).join(', ')} or ${quoted.at(-1)}, ${got}` };
+    }
     case 'path':
       if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~\-/]*$/.test(value) || value.includes('//')) {
         return { error: `option "${name}" must be a URL path starting with "/", like "/bayeux" or "/cometd", ${got}` };

@@ -972,8 +972,8 @@ describe('invalid security configuration', () => {
     assertInvalid({ jwt: { secret: 'short' } }, /"jwt.secret" must be a string of at least 32 characters/);
     assertInvalid({ jwt: { secret: SECRET, publicKey: 'pem' } }, /exactly one of "secret", "publicKey" or "jwks"/);
     assertInvalid({ jwt: {} }, /exactly one of/);
-    assertInvalid({ sessionBinding: 'ip' as 'none' }, /"sessionBinding" must be "cookie", "strict", "none"; got "ip"/);
-    assertInvalid({ cookieSameSite: 'Lax' as 'lax' }, /"cookieSameSite" must be "omit", "lax", "strict", "none"; got "Lax"/);
+    assertInvalid({ sessionBinding: 'ip' as 'none' }, /"sessionBinding" must be "cookie", "strict" or "none", got "ip"/);
+    assertInvalid({ cookieSameSite: 'Lax' as 'lax' }, /"cookieSameSite" must be "omit", "lax", "strict" or "none", got "Lax"/);
     assertInvalid({ authorize: 'yes' as unknown as NonNullable<ServerOptions['authorize']> }, /"authorize" must be a function/);
     assertInvalid({ anonymous: 'no' as unknown as boolean }, /"anonymous" must be true or false/);
     assertInvalid({ publishRate: -1 }, /"publishRate" must be an integer/);
