@@ -12,14 +12,6 @@ const SEGMENT = /^[A-Za-z0-9 !#$()+\-.@_{}~]+$/;
 
 export type ChannelKind = 'meta' | 'service' | 'broadcast';
 
-export interface ParsedChannel {
-  name: string;
-  segments: string[];
-  /** `*` (one segment) or `**` (any depth) when the name is a pattern. */
-  wildcard: '*' | '**' | null;
-  kind: ChannelKind;
-}
-
 /** Why a string is not a channel name, in words a user can act on; null when it is one. */
 export function channelProblem(name: unknown, { allowWildcard = true, maxLength = 1024 } = {}): string | null {
   if (typeof name !== 'string') return 'channel must be a string';

@@ -11,7 +11,7 @@
  * - `code`: only in `createServer(options)`;
  * - `{ readme }`: the CLI sets it its own way, which the README names.
  */
-import { CONNECTION_TYPES, type ConnectionType } from '@perihelion/protocol';
+import { CONNECTION_TYPES, isConnectionType, type ConnectionType } from '@perihelion/protocol';
 
 export type OptionSetting = 'flag' | 'env' | 'file' | 'code' | { readme: string };
 
@@ -225,7 +225,7 @@ export function checkOption(name: string, spec: OptionSpec, value: unknown): { v
       return { value: value.length > 1 ? value.replace(/\/$/, '') : value };
     case 'connection-types': {
       if (!Array.isArray(value) || value.length === 0) return { error: `option "${name}" must be a non-empty list of connection types` };
-      const unknown = value.find((type) => !(CONNECTION_TYPES as readonly unknown[]).includes(type));
+      const unknown = value.find((type) => !isConnectionType(type));
       if (unknown !== undefined) return { error: `option "${name}": unknown connection type ${JSON.stringify(unknown)}; known types are: ${CONNECTION_TYPES.join(', ')}` };
       return { value: [...new Set(value)] };
     }
