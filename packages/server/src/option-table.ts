@@ -111,7 +111,7 @@ export const OPTION_TABLE = {
     help: 'connection types offered in the handshake',
   },
   jsonp: { kind: 'boolean', default: false, help: 'also offer `callback-polling` (JSONP); it bypasses the same-origin policy, so only for public data' },
-  heartbeat: { kind: 'integer', default: 15_000, min: 1000, max: 3_600_000, help: 'idle time before an SSE or HTTP stream gets a no-op, ms' },
+  heartbeat: { kind: 'integer', default: 15_000, min: 1000, max: 3_600_000, help: 'longest an SSE or HTTP stream stays silent: an idle one gets a no-op (clients take a longer silence for a dead line), ms' },
   streamPadding: { kind: 'integer', default: 0, min: 0, max: 65_536, help: 'bytes of padding at the start of a stream, for proxies that buffer the first bytes' },
   maxBufferedBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'unsent bytes after which a push line is congested (messages then wait in the session\'s bounded queue)' },
   allowedOrigins: {

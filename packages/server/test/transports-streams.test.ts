@@ -86,7 +86,7 @@ describe('Server-Sent Events (eventsource)', () => {
     assert.equal(stream.headers.get('x-accel-buffering'), 'no');
     assert.match(stream.headers.get('cache-control') ?? '', /no-cache/);
     await stream.until((text) => text.includes('event: connected'), 'connected event');
-    assert.match(stream.text(), /^retry: 5000\n\nevent: connected\ndata: \{"clientId":"\w+"\}\n\n/);
+    assert.match(stream.text(), /^retry: 5000\n\nevent: connected\ndata: \{"clientId":"\w+","heartbeat":1000\}\n\n/);
     for (let i = 0; i < 50; i++) await t.server.publish('/sse/a', { i });
     await stream.until((text) => sseBatches(text).flat().length === 50, '50 messages');
     const received = sseBatches(stream.text()).flat() as { channel: string; data: { i: number } }[];
@@ -97,11 +97,14 @@ describe('Server-Sent Events (eventsource)', () => {
     stream.close();
   });
 
-  it('sends a comment heartbeat on an idle stream', async () => {
+  it('sends a heartbeat event (which EventSource listeners see, unlike a comment) on an idle stream at most `heartbeat` ms apart', async () => {
     const clientId = await handshake(t.url, ['eventsource']);
     const stream = await openStream(`${t.url}/${clientId}`, 'text/event-stream');
     await stream.until((text) => text.includes('event: connected'), 'connected event');
-    await stream.until((text) => /\n:\n\n/.test(text), 'heartbeat comment', 3500);
+    // No idle gap passes `heartbeat` (1000 ms here): two heartbeats come within 2.5 s. (When a
+    // line idle for one whole timer period got its no-op, they came 2 × heartbeat apart.)
+    const heartbeats = (text: string): number => text.split('\n\nevent: heartbeat\ndata: []\n\n').length - 1;
+    await stream.until((text) => heartbeats(text) >= 2, 'two heartbeat events', 2500);
     stream.close();
   });
 

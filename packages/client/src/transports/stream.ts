@@ -12,7 +12,8 @@
  * one that carries nothing for `silence` ms (the server's hold plus the client's `lineTimeout`;
  * the server's heartbeats come more often) is reported lost. An http-streaming heartbeat is a
  * `[]` line; an SSE comment never reaches an EventSource listener, so the eventsource line is
- * watched only once the server shows it sends `heartbeat` events.
+ * watched once the server shows it sends `heartbeat` events: its `connected` event names its
+ * heartbeat (Perihelion), or a first `heartbeat` event arrives.
  */
 import type { ConnectionType } from '@perihelion/protocol';
 import { LongPolling } from './long-polling.js';
@@ -47,6 +48,14 @@ class Watchdog {
   }
 }
 
+function announcesHeartbeat(data: unknown): boolean {
+  try {
+    return typeof (JSON.parse(String(data)) as { heartbeat?: unknown } | null)?.heartbeat === 'number';
+  } catch {
+    return false;
+  }
+}
+
 function streamUrl(url: string, clientId: string): string {
   const [path, query] = url.split('?', 2) as [string, string | undefined];
   return `${path.replace(/\/$/, '')}/${encodeURIComponent(clientId)}${query === undefined ? '' : `?${query}`}`;
@@ -66,8 +75,10 @@ export class EventSourceTransport extends LongPolling {
     this.watchdog = watchdog;
     return new Promise<void>((resolve, reject) => {
       let live = false;
-      source.addEventListener('connected', () => {
+      source.addEventListener('connected', (event: Event) => {
         live = true;
+        // A server that names its heartbeat (Perihelion) sends it as an event: watch from now.
+        if (announcesHeartbeat((event as MessageEvent).data)) watchdog.arm();
         resolve();
       });
       // Heartbeats as events (an SSE comment is invisible here): from the first, silence is watched.

@@ -21,8 +21,8 @@ import type { PushConnection } from './transport.js';
 export interface Framer {
   readonly transport: 'eventsource' | 'http-streaming';
   readonly contentType: string;
-  /** Written once when the stream opens, after the padding. */
-  opening(session: Session): string;
+  /** Written once when the stream opens, after the padding; `heartbeat` is the longest silence to come, ms. */
+  opening(session: Session, heartbeat: number): string;
   /** `padding` bytes of whatever this framing ignores. */
   padding(bytes: number): string;
   /** One batch of messages; `sequence` counts batches on this stream from 1. */
@@ -31,10 +31,18 @@ export interface Framer {
   heartbeat(): string;
 }
 
+/**
+ * The shared timer ticks this many times per `heartbeat`, and a line idle for all but one of them
+ * gets its no-op: so no line is ever silent for longer than `heartbeat` ms (which clients may take
+ * as a deadline), without reading the clock on every write.
+ */
+const TICKS_PER_HEARTBEAT = 4;
+
 class StreamConnection implements PushConnection {
   readonly transport: 'eventsource' | 'http-streaming';
-  /** Set when something was written since the last heartbeat tick. */
+  /** Set when something was written since the last tick. */
   active = true;
+  private idleTicks = 0;
   private sequence = 0;
 
   constructor(
@@ -68,7 +76,11 @@ class StreamConnection implements PushConnection {
   }
 
   tick(): void {
-    if (!this.active) this.write(this.framer.heartbeat());
+    if (this.active) this.idleTicks = 0;
+    else if (++this.idleTicks >= TICKS_PER_HEARTBEAT - 1) {
+      this.write(this.framer.heartbeat());
+      this.idleTicks = 0;
+    }
     this.active = false;
   }
 
@@ -95,10 +107,10 @@ export class StreamTransport {
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly core: BayeuxServer) {
-    // One timer for every stream; a stream idle for a whole tick gets a heartbeat.
+    // One timer for every stream (see TICKS_PER_HEARTBEAT).
     this.timer = setInterval(() => {
       for (const connection of this.connections) connection.tick();
-    }, core.options.heartbeat);
+    }, core.options.heartbeat / TICKS_PER_HEARTBEAT);
     this.timer.unref();
   }
 
@@ -120,7 +132,7 @@ export class StreamTransport {
     });
     const connection = new StreamConnection(res, framer, this.core.options.maxBufferedBytes);
     const { streamPadding } = this.core.options;
-    connection.write((streamPadding > 0 ? framer.padding(streamPadding) : '') + framer.opening(session));
+    connection.write((streamPadding > 0 ? framer.padding(streamPadding) : '') + framer.opening(session, this.core.options.heartbeat));
     this.connections.add(connection);
     connection.onClose(() => this.connections.delete(connection));
     session.bind(connection);
