@@ -2,7 +2,7 @@
  * The client's options: defaults, checks, and the part a SharedWorker can receive (functions
  * and constructors cannot cross to a worker).
  */
-import type { ConnectionType } from '@perihelion/protocol';
+import { isConnectionType, type ConnectionType } from '@perihelion/protocol';
 import type { ResolvedOptions } from './bayeux.js';
 import type { HubConfig } from './hub.js';
 import type { Environment } from './transports/transport.js';
@@ -59,6 +59,42 @@ const DEFAULT_TRANSPORTS: ConnectionType[] = ['websocket', 'eventsource', 'http-
 /** Options a worker can be given: plain data only. */
 const PORTABLE = ['transports', 'timeout', 'lineTimeout', 'openTimeout', 'streamTimeout', 'minReconnectDelay', 'maxReconnectDelay', 'maxQueued', 'token', 'headers'] as const;
 
+type Check = [accepts: (value: unknown) => boolean, takes: string];
+const NUMBER: Check = [(v) => typeof v === 'number' && v >= 0, 'a number ≥ 0'];
+const BOOLEAN: Check = [(v) => typeof v === 'boolean', 'true or false'];
+const FUNCTION: Check = [(v) => typeof v === 'function', 'a function'];
+
+/** What each option takes. */
+const CHECKS: Record<keyof ClientOptions, Check> = {
+  transports: [(v) => Array.isArray(v) && v.length > 0 && v.every(isConnectionType), 'a non-empty list of connection types'],
+  timeout: NUMBER,
+  lineTimeout: NUMBER,
+  openTimeout: NUMBER,
+  streamTimeout: NUMBER,
+  minReconnectDelay: NUMBER,
+  maxReconnectDelay: NUMBER,
+  maxQueued: NUMBER,
+  token: [(v) => typeof v === 'string' || typeof v === 'function', 'a string or a function'],
+  headers: [(v) => typeof v === 'object' && v !== null, 'an object'],
+  shared: BOOLEAN,
+  worker: [(v) => typeof v === 'string' || v === false, 'a script URL or false'],
+  autoConnect: BOOLEAN,
+  WebSocket: FUNCTION,
+  fetch: FUNCTION,
+  EventSource: FUNCTION,
+};
+
+/** Refuses an unknown option (naming the known ones) or a value of the wrong kind, as the server does. */
+function checkOptions(options: ClientOptions): void {
+  for (const [name, value] of Object.entries(options)) {
+    const check = CHECKS[name as keyof ClientOptions];
+    if (!check) throw new TypeError(`unknown option "${name}"; known options are: ${Object.keys(CHECKS).join(', ')}`);
+    if (value !== undefined && !check[0](value)) {
+      throw new TypeError(`option "${name}" must be ${check[1]}, got ${typeof value === 'function' ? 'a function' : JSON.stringify(value)}`);
+    }
+  }
+}
+
 export interface Resolved {
   url: string;
   resolved: ResolvedOptions;
@@ -79,11 +115,8 @@ export function resolveOptions(url: string, options: ClientOptions): Resolved {
   };
   const pageOrigin = (g.location as Location | undefined)?.origin;
   const sameOrigin = pageOrigin !== undefined && new URL(absolute).origin === pageOrigin;
-  for (const [name, value] of Object.entries(options)) {
-    if (typeof value === 'number' && !(value >= 0)) throw new TypeError(`option ${name} must be a number ≥ 0, got ${value}`);
-  }
+  checkOptions(options);
   const transports = options.transports ?? DEFAULT_TRANSPORTS;
-  if (transports.length === 0) throw new TypeError('option transports must list at least one connection type');
   const resolved: ResolvedOptions = {
     transports,
     timeout: options.timeout ?? 10_000,

@@ -33,6 +33,18 @@ describe('errors and options', () => {
     assert.throws(() => new Client('http://x/bayeux', { transports: [] }), /transports/);
   });
 
+  it('refuses an unknown option with the list of known ones, and a value of the wrong kind, saying what it takes', () => {
+    assert.throws(() => new Client('http://x/bayeux', { timout: 5000 } as never), /^TypeError: unknown option "timout"; known options are: transports, timeout, lineTimeout/);
+    assert.throws(() => new Client('http://x/bayeux', { timeout: '5s' } as never), /option "timeout" must be a number ≥ 0, got "5s"/);
+    assert.throws(() => new Client('http://x/bayeux', { transports: ['websockets'] } as never), /option "transports" must be a non-empty list of connection types, got \["websockets"\]/);
+    assert.throws(() => new Client('http://x/bayeux', { shared: 'yes' } as never), /option "shared" must be true or false/);
+    assert.throws(() => new Client('http://x/bayeux', { headers: 'X-N: 1' } as never), /option "headers" must be an object/);
+    assert.throws(() => new Client('http://x/bayeux', { worker: true } as never), /option "worker" must be a script URL or false/);
+    assert.throws(() => new Client('http://x/bayeux', { token: 42 } as never), /option "token" must be a string or a function, got 42/);
+    assert.throws(() => new Client('http://x/bayeux', { WebSocket: 'ws' } as never), /option "WebSocket" must be a function/);
+    assert.doesNotThrow(() => new Client('http://x/bayeux', { token: () => 't', worker: false, shared: false, autoConnect: false, headers: {} }));
+  });
+
   it('stops with no-transport when the environment can use none of the listed types', async () => {
     const c = new Client('http://127.0.0.1:1/bayeux', { transports: ['eventsource'], shared: false });
     await assert.rejects(c.connect(), (error: ClientError) => error.code === 'no-transport');
