@@ -313,6 +313,19 @@ describe('perihelion publish and subscribe', () => {
     await stop(second);
   });
 
+  it('falls back to HTTP when the server offers no WebSocket', async () => {
+    for (const transports of [['long-polling'], ['http-streaming', 'long-polling']] as const) {
+      const http = await start({ transports: [...transports] });
+      const sub = subscriber(http.url, '/plain', '--count', '1');
+      await sub.waitFor('stderr', /subscribed to \/plain/);
+      assert.match(sub.stderr, new RegExp(`connected over ${transports[0]}`));
+      assert.equal((await publish(http.url, '/plain', '"over http"')).code, 0);
+      assert.equal((await sub.done).code, 0, sub.stderr);
+      assert.equal(sub.stdout, line('/plain', 'over http'));
+      await stop(http);
+    }
+  });
+
   it('SIGINT and SIGTERM end the session with /meta/disconnect and exit 0', async () => {
     const reasons: string[] = [];
     server.server.on('disconnect', (_session, reason) => void reasons.push(reason));

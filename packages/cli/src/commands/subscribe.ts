@@ -1,11 +1,24 @@
 /**
- * `perihelion subscribe <pattern>`: a Bayeux session over WebSocket that prints every message
+ * `perihelion subscribe <pattern>`: a session of `@perihelion/client` that prints every message
  * of a channel or pattern as one line of JSON on stdout, so that `| jq` works. Status goes to
  * stderr, and only with --verbose.
+ *
+ * The client does the protocol: transports (WebSocket, else HTTP), the server's advice,
+ * reconnection with backoff, re-subscription and recovery of missed messages. Three policies
+ * are the command's own, because a long-running subscriber in a terminal wants them and an
+ * application may not:
+ * - the server ending the session (a held connect answered with `reconnect: "none"`, after
+ *   `/api/disconnect` or `session.disconnect()`) stops the client; the command starts a new
+ *   session, which subscribes again;
+ * - a first connection that cannot be made at all (neither a WebSocket nor an HTTP request
+ *   reaches a Bayeux endpoint) ends the command with 1, so that a wrong address is reported
+ *   rather than retried forever; once the server has answered, the client retries by itself;
+ * - a refusal (handshake, connect or subscription) ends the command with 1 and the error.
  */
 import { Command } from 'commander';
+import { WebSocket } from 'ws';
+import { Client, ClientError, type ClientOptions, type Message, type Subscription } from '@perihelion/client';
 import { channelProblem, isMeta } from '@perihelion/protocol';
-import { BayeuxRefusal, BayeuxSocket, EndpointUnreachable } from '../bayeux-socket.js';
 import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, networkProblem, runAction, serverUrl, usageExitsWith2 } from './common.js';
 
 interface SubscribeFlags {
@@ -18,6 +31,73 @@ interface SubscribeFlags {
 }
 
 const DEFAULT_PATH = '/bayeux';
+/** Bounds of the client's reconnection backoff: waits of up to 1 s, 2 s, 4 s, …, 10 s. */
+const MIN_RECONNECT_DELAY = 1000;
+const MAX_RECONNECT_DELAY = 10_000;
+/** A session that lasted this long resets the pause before the next new session. */
+const STEADY_MS = 10_000;
+
+function seconds(ms: number): string {
+  return `${Number((ms / 1000).toFixed(1))} s`;
+}
+
+/** What networkProblem words as "no answer in time". */
+function timedOut(): Error {
+  return Object.assign(new Error('no answer in time'), { name: 'TimeoutError' });
+}
+
+/**
+ * Watches the first contact with the server. The client never gives up by itself: it falls back
+ * from WebSocket to HTTP and retries with backoff. Until the server has answered once, the
+ * failures of both are noted; when both have failed, `unreachable` is called with the WebSocket's,
+ * the transport tried first. Before that first answer the client closes a line only when it
+ * waited for it in vain (a socket that does not open, a request with no reply), so an abort
+ * then counts as a timeout.
+ */
+class FirstContact {
+  reached = false;
+  private socketFailure: { error: unknown } | undefined;
+  private httpFailure: { error: unknown } | undefined;
+
+  constructor(private readonly unreachable: (socketFailure: unknown) => void) {}
+
+  /** `ws`'s WebSocket, reporting why it could not open. */
+  readonly WebSocket = ((contact: FirstContact) =>
+    class extends WebSocket {
+      constructor(url: string) {
+        super(url, { perMessageDeflate: false });
+        let opened = false;
+        this.once('open', () => (opened = true));
+        this.on('error', (error) => {
+          if (!opened) contact.failed('socket', error);
+        });
+      }
+
+      override close(code?: number, reason?: string | Buffer): void {
+        if (this.readyState === WebSocket.CONNECTING) contact.failed('socket', timedOut());
+        super.close(code, reason);
+      }
+    })(this);
+
+  /** fetch, reporting requests that reach nothing (a network error), no endpoint (HTTP 404) or no answer. */
+  readonly fetch: typeof fetch = async (input, init) => {
+    try {
+      const response = await fetch(input, init);
+      if (response.status === 404) this.failed('http', new Error(`HTTP 404 from ${String(input)}`));
+      return response;
+    } catch (error) {
+      this.failed('http', init?.signal?.aborted === true ? timedOut() : error);
+      throw error;
+    }
+  };
+
+  failed(kind: 'socket' | 'http', error: unknown): void {
+    if (this.reached) return;
+    if (kind === 'socket') this.socketFailure ??= { error };
+    else this.httpFailure ??= { error };
+    if (this.socketFailure && this.httpFailure) this.unreachable(this.socketFailure.error);
+  }
+}
 
 async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.ProcessEnv): Promise<number> {
   const problem = channelProblem(pattern);
@@ -32,24 +112,127 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
   const path = flagOrEnv(flags.path, env.PERIHELION_PATH) ?? DEFAULT_PATH;
   if (!path.startsWith('/')) throw new UsageError(`the path must start with "/", got ${JSON.stringify(path)}`);
   const token = flagOrEnv(flags.token, env.PERIHELION_TOKEN);
-  const url = endpoint(base, path, 'ws');
+  const url = endpoint(base, path, 'http');
+  const socketUrl = endpoint(base, path, 'ws');
+  const status = (line: string): void => {
+    if (flags.verbose === true) process.stderr.write(`perihelion: ${line}\n`);
+  };
 
+  let finish!: (outcome: number | CommandFailure) => void;
+  const finished = new Promise<number>((resolve, reject) => {
+    finish = (outcome) => (typeof outcome === 'number' ? resolve(outcome) : reject(outcome));
+  });
+
+  const contact = new FirstContact((error) => void end(new CommandFailure(networkProblem(error, socketUrl))));
+  const client = new Client(url, {
+    WebSocket: contact.WebSocket as unknown as NonNullable<ClientOptions['WebSocket']>,
+    fetch: contact.fetch,
+    autoConnect: false,
+    minReconnectDelay: MIN_RECONNECT_DELAY,
+    maxReconnectDelay: MAX_RECONNECT_DELAY,
+    ...(token !== undefined ? { token } : {}),
+  });
+
+  let stopping = false;
+  let subscription: Subscription | undefined;
+  let subscribing = false;
+  let restart: NodeJS.Timeout | undefined;
+  let restarts = 0;
+  let connectedAt = 0;
   let printed = 0;
-  const session: BayeuxSocket = new BayeuxSocket({
-    url,
-    subscriptions: [pattern],
-    ...(token !== undefined ? { handshakeExt: { token } } : {}),
-    onMessage: ({ channel, data }) => {
-      if (printed >= count) return;
-      printed++;
-      process.stdout.write(`${JSON.stringify(flags.dataOnly === true ? data : { channel, data })}\n`);
-      if (printed >= count) void session.stop();
+
+  /** Ends the session (with /meta/disconnect when connected), then the command. */
+  function end(failure?: CommandFailure): void {
+    if (stopping) return;
+    stopping = true;
+    clearTimeout(restart);
+    if (client.state === 'connected') status('disconnecting');
+    void client.disconnect().finally(() => finish(failure ?? 0));
+  }
+
+  function print(data: unknown, message: Message): void {
+    if (printed >= count) return;
+    printed++;
+    process.stdout.write(`${JSON.stringify(flags.dataOnly === true ? data : { channel: message.channel, data })}\n`);
+    if (printed >= count) end();
+  }
+
+  // Once subscribed, the client subscribes again by itself in every new session.
+  function subscribeOnce(): void {
+    subscribing = true;
+    client.subscribe(pattern, print).then(
+      (held) => {
+        subscribing = false;
+        subscription = held;
+      },
+      (error: unknown) => {
+        subscribing = false;
+        if (stopping) return;
+        const code = error instanceof ClientError ? error.code : undefined;
+        if (code === 'bayeux') return end(new CommandFailure(`subscription to ${pattern} refused: ${(error as ClientError).bayeux || (error as Error).message}`));
+        if (code === 'timeout') {
+          status(`${(error as Error).message}; subscribing again`);
+          return subscribeOnce();
+        }
+        // The client stopped, and its 'disconnected' event says why (handled below).
+        if (code === 'disconnected' || code === 'handshake-denied' || code === 'no-transport') return;
+        end(new CommandFailure(error instanceof Error ? error.message : String(error)));
+      },
+    );
+  }
+
+  function refusal(error: ClientError): CommandFailure {
+    if (error.code === 'handshake-denied') return new CommandFailure(`handshake refused: ${error.bayeux || error.message}`);
+    if (error.code === 'bayeux') return new CommandFailure(`connect refused: ${error.bayeux || error.message}`);
+    return new CommandFailure(error.message);
+  }
+
+  client.addExtension({
+    outgoing(message) {
+      if (message.channel === '/meta/handshake') status(`handshaking with ${url} over ${client.transport ?? 'no transport'}`);
+      return message;
     },
-    ...(flags.verbose === true ? { onStatus: (line: string) => process.stderr.write(`perihelion: ${line}\n`) } : {}),
+    incoming(message) {
+      contact.reached = true;
+      if (message.channel === '/meta/subscribe' && message.successful === true && message.subscription === pattern) status(`subscribed to ${pattern}`);
+      return message;
+    },
+  });
+  client.on('connected', ({ transport }) => {
+    connectedAt = Date.now();
+    status(`connected over ${transport ?? 'no transport'}, session ${client.clientId ?? 'unknown'}`);
+  });
+  client.on('connecting', ({ previous, reason }) => {
+    if (previous !== 'connected' || stopping) return;
+    // The client's first attempt after losing a line waits at most its minimum delay.
+    if (reason.startsWith('gap ')) status(`${reason}; starting a new session that recovers them`);
+    else status(`${reason}; reconnecting in 0–${seconds(MIN_RECONNECT_DELAY)}`);
+  });
+  client.on('disconnected', ({ reason, error }) => {
+    if (stopping) return;
+    if (error) return end(refusal(error));
+    // The server ended the session without refusing the client: start a new one, after a pause
+    // that grows while sessions keep ending at once.
+    if (connectedAt > 0 && Date.now() - connectedAt >= STEADY_MS) restarts = 0;
+    const wait = Math.min(MIN_RECONNECT_DELAY * 2 ** restarts++, MAX_RECONNECT_DELAY);
+    status(`${reason === 'server: reconnect none' ? 'the server ended the session' : reason}; starting a new one in ${seconds(wait)}`);
+    restart = setTimeout(() => {
+      void client.connect().catch(() => {});
+      if (subscription === undefined && !subscribing) subscribeOnce();
+    }, wait);
+  });
+  client.on('recovery', ({ pattern: recovered, recovered: complete }) => {
+    status(complete ? `recovered what ${recovered} missed` : `some messages on ${recovered} were lost (the server no longer holds them)`);
+  });
+  client.on('error', (error) => {
+    if (error.code === 'bayeux') return end(new CommandFailure(`subscription to ${pattern} refused: ${error.bayeux || error.message}`));
+    status(`${error.message}; subscribing again`);
+    subscription = undefined;
+    if (!subscribing) subscribeOnce();
   });
 
   // Ending the session politely ends the command with 0; a second signal ends it at once.
-  const stop = (): void => void session.stop();
+  const stop = (): void => end();
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   // The reader went away (`| head -n 3`): nothing more to print to.
@@ -57,14 +240,9 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     if (error.code === 'EPIPE') stop();
   });
 
-  try {
-    await session.run();
-    return 0;
-  } catch (error) {
-    if (error instanceof BayeuxRefusal) throw new CommandFailure(error.message);
-    if (error instanceof EndpointUnreachable) throw new CommandFailure(networkProblem(error.cause, url));
-    throw error;
-  }
+  void client.connect().catch(() => {});
+  subscribeOnce();
+  return finished;
 }
 
 export function subscribeCommand(): Command {
@@ -80,11 +258,13 @@ export function subscribeCommand(): Command {
     .addHelpText(
       'after',
       `
-Each message is printed as {"channel":…,"data":…} (with --data-only, its data) on one line. The
-session follows the server's advice: it starts a new session and subscribes again when the server
-ends or forgets its session, and reconnects after 1 s, 2 s, 4 s, … (at most 10 s) when the connection
-drops. SIGINT or SIGTERM ends the session and exits 0. Exit codes: 0 done, 1 the server refused
-(the error is printed) or could not be reached, 2 a usage error.
+Each message is printed as {"channel":…,"data":…} (with --data-only, its data) on one line. It
+connects over WebSocket, or over HTTP (streaming, else long-polling) where WebSockets are blocked.
+The session follows the server's advice: it starts a new session and subscribes again when the
+server ends or forgets its session, and reconnects after a random wait of up to 1 s, 2 s, 4 s, …
+(at most 10 s) when the connection drops, recovering the messages it missed. SIGINT or SIGTERM
+ends the session and exits 0. Exit codes: 0 done, 1 the server refused (the error is printed) or
+could not be reached, 2 a usage error.
 
 Examples:
   perihelion subscribe '/news/**' | jq
