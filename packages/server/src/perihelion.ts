@@ -126,8 +126,8 @@ export class Perihelion extends BayeuxServer {
 
   /**
    * Graceful shutdown: drain (no new sessions or publishes; held connects answered with advice to
-   * handshake again; waiting messages collected, up to `drainTimeout`), close WebSockets with
-   * 1001 (going away) and streams, then close the server's own listener.
+   * connect again a second later; waiting messages collected, up to `drainTimeout`), close
+   * WebSockets with 1001 (going away) and streams, then close the server's own listener.
    */
   override close(): Promise<void> {
     this.shuttingDown ??= this.stop();

@@ -92,6 +92,43 @@ type Reply = Message;
 /** Publishes refused in a row for exceeding the rate before the session is ended as abusive. */
 const MAX_REFUSED_PUBLISHES = 100;
 
+/**
+ * While the server drains (SIGTERM, `close()`), every /meta/connect, the held ones at once and any
+ * that arrives meanwhile, is answered `successful: true` with advice `{reconnect: "retry",
+ * interval: DRAIN_RECONNECT_INTERVAL}`: connect again in a second. A client that still has
+ * messages waiting collects them with that connect (the drain waits for it); once this server is
+ * gone, the connect fails and the client retries it with its own backoff until the restarted
+ * server (or another node) answers its clientId with 402 and `reconnect: "handshake"`, and it
+ * starts a new session there. Checked against the clients' source (npm cometd 9.0.0, faye 1.4.3):
+ *
+ * - Not `reconnect: "handshake"` on a successful reply: CometD accepts only "retry" or "none" there
+ *   and throws "Unrecognized advice action handshake" (cometd/Client.js:1181-1192). The reply has
+ *   been matched, nothing is scheduled, and the WebSocket's 1001 close then finds no request
+ *   outstanding to fail (cometd/WebSocketTransport.js:346-385): the client never connects again.
+ * - "retry": CometD connects again after advice.interval (Client.js:1183-1185, 576-581); a connect
+ *   that fails (refused, socket closed) is retried with a backoff growing by 1 s
+ *   (Client.js:1205-1213, 1010-1011, 1051-1052), and the 402 makes it handshake
+ *   (Client.js:1194-1198, 1023-1027, 1048-1049). Its WebSocket transport stays in use after the
+ *   1001 close because it had connected once (WebSocketTransport.js:353). Faye connects again
+ *   after advice.interval (faye/src/protocol/client.js:166, 373-380), resends a failed connect every
+ *   `retry` seconds (faye/src/protocol/dispatcher.js:147-176; on a closed WebSocket
+ *   faye/src/transport/web_socket.js:67-86), and handshakes on the 402's advice
+ *   (client.js:356-365), subscribing again by itself (client.js:121).
+ * - An unsuccessful reply with `reconnect: "handshake"` would also bring both clients back
+ *   (Client.js:1194-1198; faye client.js:356-365), but it would abandon the messages still waiting
+ *   here, and CometD would report the connection as failed while the server is merely draining.
+ *
+ * A handshake during the drain (or after it, until the listener closes) is refused without advice.
+ * CometD then takes the action "handshake" and tries again with its backoff, 0 s, 1 s, 2 s, …
+ * (Client.js:1130-1136, 980-1002, 1048-1049); Faye tries again every `retry` seconds, 5 by default
+ * (client.js:124-128), until the restarted server takes it. Not with `reconnect: "handshake"`: on
+ * a refused handshake that makes Faye start a second handshake of its own (client.js:356-365, 373-380,
+ * 141-146) and, once that one succeeds, drop the first one's retry (client.js:98), and with it
+ * the subscribe or publish the application made before its first handshake: that subscription is
+ * never made on the restarted server.
+ */
+const DRAIN_RECONNECT_INTERVAL = 1000;
+
 export class BayeuxServer implements EngineHost, SessionHost {
   readonly options: ResolvedOptions;
   readonly engine: Engine;
@@ -280,8 +317,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
   /**
    * Stops the core gracefully. First it drains: no new sessions, no new publishes; every held
-   * connect is answered with what it carries and advice to handshake again (elsewhere, or here
-   * once the server is back); sessions that still have messages waiting get up to `drainTimeout`
+   * connect is answered with what it carries and advice to connect again a second later (see
+   * DRAIN_RECONNECT_INTERVAL); sessions that still have messages waiting get up to `drainTimeout`
    * ms for their next connect to collect them. Then sessions end and the engine closes.
    */
   close(): Promise<void> {
@@ -333,7 +370,10 @@ export class BayeuxServer implements EngineHost, SessionHost {
     const out: string[] = [];
     if (this.closed) {
       for (const value of batch) {
-        out.push(JSON.stringify(this.refusal(value, bayeuxError('serverError', [], 'server is shutting down'), { reconnect: 'handshake', interval: 1000 })));
+        // A connect is told to handshake (its session is gone); a handshake gets no advice, as
+        // while draining (see DRAIN_RECONNECT_INTERVAL).
+        const advice: Advice | undefined = (value as Message | null)?.channel === META.handshake ? undefined : { reconnect: 'handshake', interval: 1000 };
+        out.push(JSON.stringify(this.refusal(value, bayeuxError('serverError', [], 'server is shutting down'), advice)));
       }
       return out;
     }
@@ -423,7 +463,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
       };
     }
     if (this.draining) {
-      return { ...reply, error: bayeuxError('serverError', [], 'server is shutting down'), advice: { reconnect: 'handshake', interval: 1000 } };
+      // No advice: both clients then try the handshake again (see DRAIN_RECONNECT_INTERVAL).
+      return { ...reply, error: bayeuxError('serverError', [], 'server is shutting down') };
     }
     const address = context.request.remoteAddress ?? 'unknown';
     if (!this.handshakeLimiter.take(address)) {
@@ -512,7 +553,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
     // the first connect (so the client learns it is connected), the connect shares its request
     // with other messages, or messages are already waiting with no push line to carry them.
     if (this.draining) {
-      // Shutting down: hand over what is waiting at once, and send the client elsewhere.
+      // Shutting down: hand over what is waiting at once, and have the client connect again a
+      // second later (here while the drain lasts, then the restarted server or another node).
       session.release('superseded');
       return this.finishConnect(message, session, { reason: 'shutdown', events: pushing ? [] : session.takeQueued() }, advice, extensionContext, out);
     }
@@ -555,7 +597,8 @@ export class BayeuxServer implements EngineHost, SessionHost {
       reply.error = bayeuxError('serverError', [], `session ended: more than ${this.options.maxQueue} messages waited for it; handshake again and recover`);
       reply.advice = { reconnect: 'handshake', interval: 0 };
     } else if (release.reason === 'disconnected') reply.advice = { reconnect: 'none' };
-    else if (release.reason === 'shutdown') reply.advice = { reconnect: 'handshake', interval: 1000 };
+    // Draining: see DRAIN_RECONNECT_INTERVAL for why this is "retry" and not "handshake".
+    else if (release.reason === 'shutdown') reply.advice = { ...advice, reconnect: 'retry', interval: DRAIN_RECONNECT_INTERVAL };
     // A newer connect took this one's place: answered at once, flagged with the spec's
     // multiple-clients advice (two lines for one session usually mean two tabs or a retry).
     else if (release.reason === 'superseded') reply.advice = { ...advice, 'multiple-clients': true };
