@@ -468,11 +468,13 @@ export class BayeuxServer implements EngineHost, SessionHost {
     }
     const address = context.request.remoteAddress ?? 'unknown';
     if (!this.handshakeLimiter.take(address)) {
-      return { ...reply, error: bayeuxError('rateLimited', [], 'too many handshakes from this address'), advice: { reconnect: 'handshake', interval: 2000 } };
+      // Advice without `reconnect` (a refused handshake is retried anyway), for the reason given
+      // at DRAIN_RECONNECT_INTERVAL: "handshake" here makes Faye drop what it asked before its first handshake.
+      return { ...reply, error: bayeuxError('rateLimited', [], 'too many handshakes from this address'), advice: { interval: 2000 } };
     }
     const { maxSessionsPerIp } = this.options;
     if (maxSessionsPerIp > 0 && (this.sessionsPerAddress.get(address) ?? 0) >= maxSessionsPerIp) {
-      return { ...reply, error: bayeuxError('rateLimited', [], `at most ${maxSessionsPerIp} sessions per address`), advice: { reconnect: 'handshake', interval: 10_000 } };
+      return { ...reply, error: bayeuxError('rateLimited', [], `at most ${maxSessionsPerIp} sessions per address`), advice: { interval: 10_000 } };
     }
     let identity = null;
     try {
