@@ -14,7 +14,7 @@
  * server's hold plus `lineTimeout`) may have swallowed deliveries the server took as written: the
  * same session re-subscribes with `ext.recover` too, and the server replays them.
  */
-import { asPosition, isWildcard, matches, type Advice, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
+import { STREAMED_CONNECTION_TYPES, asPosition, isStreamedConnectionType, isWildcard, matches, type Advice, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
 import { backoff } from './backoff.js';
 import { ClientError } from './errors.js';
 import { CallbackPolling } from './transports/callback-polling.js';
@@ -124,7 +124,6 @@ class LineLost extends Error {
 
 /** Types that can carry a handshake (the streamed ones need a session first). */
 const HANDSHAKE_TYPES: readonly ConnectionType[] = ['websocket', 'long-polling', 'callback-polling'];
-const STREAMED: readonly ConnectionType[] = ['eventsource', 'http-streaming'];
 
 export class Bayeux {
   state: State = 'disconnected';
@@ -275,7 +274,7 @@ export class Bayeux {
       if (error instanceof LineLost && error.type !== undefined && (!error.opened || error.type === 'websocket')) {
         this.failed.add(error.type);
         // The streamed types send by POST too: if a POST cannot get through, neither can they.
-        if (error.type === 'long-polling') for (const t of STREAMED) this.failed.add(t);
+        if (error.type === 'long-polling') for (const t of STREAMED_CONNECTION_TYPES) this.failed.add(t);
         if (this.usableTypes().length > 0) return this.schedule('handshake', 0);
       }
       return this.retry('handshake', `network: ${(error as Error).message}`);
@@ -323,7 +322,7 @@ export class Bayeux {
       // Answered at once: the client learns it is connected without waiting a whole hold.
       ...(first ? { advice: { timeout: 0 } } : {}),
     };
-    const streamed = STREAMED.includes(this.type);
+    const streamed = isStreamedConnectionType(this.type);
     let reply: Message;
     try {
       // A held connect is the line's heartbeat: no reply within the hold plus the network's
@@ -391,7 +390,7 @@ export class Bayeux {
     if (outcome === 'buffered' && this.line === line && !this.stopped) {
       this.failed.add(line.type);
       this.closeLine();
-      const next = this.usableTypes().find((t) => !STREAMED.includes(t) && t !== 'websocket');
+      const next = this.usableTypes().find((t) => !isStreamedConnectionType(t) && t !== 'websocket');
       if (next === undefined) {
         this.retry('handshake', `network: the ${line.type} stream is buffered by an intermediary`);
         return 'buffered';
@@ -492,10 +491,10 @@ export class Bayeux {
       this.failed.clear();
       usable = this.usableTypes();
     }
-    const first = usable.find((t) => HANDSHAKE_TYPES.includes(t) || STREAMED.includes(t));
+    const first = usable.find((t) => HANDSHAKE_TYPES.includes(t) || isStreamedConnectionType(t));
     if (first === undefined) return undefined;
     // Streamed types handshake over a plain POST, then switch.
-    return STREAMED.includes(first) ? 'long-polling' : first;
+    return isStreamedConnectionType(first) ? 'long-polling' : first;
   }
 
   private openLine(type: ConnectionType): Transport {
@@ -846,7 +845,7 @@ export class Bayeux {
         continue;
       }
       if (message.channel.startsWith('/meta/')) {
-        if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.type !== undefined && STREAMED.includes(this.type));
+        if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.type !== undefined && isStreamedConnectionType(this.type));
         continue;
       }
       if (message.data !== undefined) this.deliver(message);

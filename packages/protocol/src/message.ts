@@ -82,3 +82,16 @@ export type ConnectionType = (typeof CONNECTION_TYPES)[number];
 export function isConnectionType(value: unknown): value is ConnectionType {
   return typeof value === 'string' && (CONNECTION_TYPES as readonly string[]).includes(value);
 }
+
+/**
+ * The streamed types: the server's messages travel on one long response (`GET <mount>/<clientId>`),
+ * the client's by POST; their connects only keep the session alive, so the server answers them
+ * at once (BAYEUX.md A46).
+ */
+export const STREAMED_CONNECTION_TYPES = ['eventsource', 'http-streaming'] as const satisfies readonly ConnectionType[];
+
+export type StreamedConnectionType = (typeof STREAMED_CONNECTION_TYPES)[number];
+
+export function isStreamedConnectionType(type: string): type is StreamedConnectionType {
+  return (STREAMED_CONNECTION_TYPES as readonly string[]).includes(type);
+}

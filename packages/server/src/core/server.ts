@@ -15,6 +15,7 @@ import {
   checkMessage,
   isMeta,
   isService,
+  isStreamedConnectionType,
   isWildcard,
   serialiseExtLast,
   subscriptionList,
@@ -546,7 +547,7 @@ export class BayeuxServer implements EngineHost, SessionHost {
 
     // Streamed types (Faye's eventsource, http-streaming) carry messages on their stream; their
     // connects are answered at once and only keep the session alive (BAYEUX.md A46).
-    const streamed = type === 'eventsource' || type === 'http-streaming';
+    const streamed = isStreamedConnectionType(type);
     const advice: Advice = streamed ? { reconnect: 'retry', interval: this.options.timeout, timeout: 0 } : this.advice();
     const clientTimeout = typeof message.advice?.timeout === 'number' && message.advice.timeout >= 0 ? message.advice.timeout : Infinity;
     const timeout = Math.min(this.options.timeout, clientTimeout);

@@ -15,7 +15,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { BayeuxServer } from '../core/server.js';
-import { bayeuxError } from '@perihelion/protocol';
+import { bayeuxError, isStreamedConnectionType } from '@perihelion/protocol';
 import { handleCallbackPolling } from '../transports/callback-polling.js';
 import { serveClientScript } from './client-script.js';
 import { ndjsonFramer } from '../transports/http-streaming.js';
@@ -38,7 +38,7 @@ export class HttpAdapter {
   constructor(private readonly core: BayeuxServer) {
     const { transports } = core.options;
     this.websocket = transports.includes('websocket') ? new WebSocketTransport(core) : null;
-    this.streams = transports.includes('eventsource') || transports.includes('http-streaming') ? new StreamTransport(core) : null;
+    this.streams = transports.some(isStreamedConnectionType) ? new StreamTransport(core) : null;
     // Streamed transports send their client-to-server messages by POST too.
     this.httpEnabled = transports.some((t) => t !== 'websocket' && t !== 'callback-polling');
   }

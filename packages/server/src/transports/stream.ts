@@ -13,13 +13,13 @@
  *   the one the client listens on (an EventSource reconnecting after a network cut).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { encodeBatch } from '@perihelion/protocol';
+import { encodeBatch, type StreamedConnectionType } from '@perihelion/protocol';
 import type { BayeuxServer } from '../core/server.js';
 import type { Session } from '../core/session.js';
 import type { PushConnection } from './transport.js';
 
 export interface Framer {
-  readonly transport: 'eventsource' | 'http-streaming';
+  readonly transport: StreamedConnectionType;
   readonly contentType: string;
   /** Written once when the stream opens, after the padding; `heartbeat` is the longest silence to come, ms. */
   opening(session: Session, heartbeat: number): string;
@@ -39,7 +39,7 @@ export interface Framer {
 const TICKS_PER_HEARTBEAT = 4;
 
 class StreamConnection implements PushConnection {
-  readonly transport: 'eventsource' | 'http-streaming';
+  readonly transport: StreamedConnectionType;
   /** Set when something was written since the last tick. */
   active = true;
   private idleTicks = 0;
