@@ -31,7 +31,7 @@ import { retentionResolver } from '../engine/retention.js';
 import { ExtensionPipeline, type Extension, type ExtensionContext } from '../extensions/pipeline.js';
 import { PerihelionError } from '../errors.js';
 import { resolveOptions, type ResolvedOptions, type ServerOptions } from '../options.js';
-import type { ProcessContext } from '../transports/transport.js';
+import type { ProcessContext } from './contract.js';
 import { AuthenticationError, type Authenticator } from '../security/authenticate.js';
 import { JwtVerifier, jwtAuthenticator } from '../security/jwt.js';
 import { SecurityPolicy } from '../security/policy.js';

@@ -8,7 +8,7 @@
 import { isPositionedOn, type ConnectionType } from '@perihelion/protocol';
 import type { Identity } from '../security/identity.js';
 import { TokenBucket } from '../security/rate-limit.js';
-import type { PushConnection } from '../transports/transport.js';
+import type { PushConnection } from './contract.js';
 import type { Acknowledgement } from '../extensions/ack.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { RecentIds } from './recent-ids.js';

@@ -10,7 +10,7 @@
  *   per recipient, so the bytes can be shared), on each published message. Return null to drop it.
  */
 import type { Message } from '@perihelion/protocol';
-import type { ProcessContext } from '../transports/transport.js';
+import type { ProcessContext } from '../core/contract.js';
 import type { Session } from '../core/session.js';
 
 export interface ExtensionContext {

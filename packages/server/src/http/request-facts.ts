@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { RequestFacts } from '../transports/transport.js';
+import type { RequestFacts } from '../core/contract.js';
 
 /**
  * The browser id the adapter read from, or gave to, a request (see security/browser-cookie.ts),

@@ -7,7 +7,7 @@
  * - or throws AuthenticationError: credentials were presented and are not acceptable.
  */
 import type { Message } from '@perihelion/protocol';
-import type { RequestFacts } from '../transports/transport.js';
+import type { RequestFacts } from '../core/contract.js';
 import type { Identity } from './identity.js';
 import { PerihelionError } from '../errors.js';
 

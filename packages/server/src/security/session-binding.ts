@@ -21,7 +21,7 @@
  * may.
  */
 import type { ScalarOptions } from '../option-table.js';
-import type { ProcessContext } from '../transports/transport.js';
+import type { ProcessContext } from '../core/contract.js';
 
 export type SessionBinding = ScalarOptions['sessionBinding'];
 

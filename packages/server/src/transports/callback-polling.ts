@@ -9,10 +9,10 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { DEFAULT_JSONP_CALLBACK, bayeuxError, encodeBatch, isValidCallback, jsonpWrap } from '@perihelion/protocol';
-import type { BayeuxServer } from '../core/server.js';
+import type { TransportHost } from '../core/contract.js';
 import { decodeTexts, pollOnce } from './long-polling.js';
 
-export async function handleCallbackPolling(core: BayeuxServer, req: IncomingMessage, res: ServerResponse): Promise<void> {
+export async function handleCallbackPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const query = new URL(req.url ?? '/', 'http://localhost').searchParams;
   const callback = query.get('jsonp') ?? DEFAULT_JSONP_CALLBACK;
   if (!isValidCallback(callback)) {

@@ -8,12 +8,12 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { decodeBatch, encodeBatch, type ConnectionType, type DecodeResult } from '@perihelion/protocol';
-import type { BayeuxServer } from '../core/server.js';
+import type { TransportHost } from '../core/contract.js';
 import { readBody } from '../http/body.js';
 import { requestFacts } from '../http/request-facts.js';
 import { sendBatchError } from '../http/responses.js';
 
-export async function handleLongPolling(core: BayeuxServer, req: IncomingMessage, res: ServerResponse): Promise<void> {
+export async function handleLongPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const body = await readBody(req, core.options.maxRequestBytes, core.options.bodyTimeout);
   if (!body.ok) {
     sendBatchError(res, body.status, body.error, body.reason);
@@ -41,7 +41,7 @@ export async function handleLongPolling(core: BayeuxServer, req: IncomingMessage
  * before they were ready. Shared by long-polling and callback-polling.
  */
 export async function pollOnce(
-  core: BayeuxServer,
+  core: TransportHost,
   messages: unknown[],
   req: IncomingMessage,
   res: ServerResponse,
@@ -63,7 +63,7 @@ export async function pollOnce(
 export type Decoded = DecodeResult;
 
 /** Decodes one or more JSON texts (each a message or an array) into one batch, within the limits. */
-export function decodeTexts(core: BayeuxServer, texts: readonly string[]): Decoded {
+export function decodeTexts(core: TransportHost, texts: readonly string[]): Decoded {
   const { maxBatch, maxDepth } = core.options;
   const messages: unknown[] = [];
   for (const text of texts) {

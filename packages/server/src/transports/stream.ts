@@ -14,9 +14,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { encodeBatch, type StreamedConnectionType } from '@perihelion/protocol';
-import type { BayeuxServer } from '../core/server.js';
+import type { PushConnection, TransportHost } from '../core/contract.js';
 import type { Session } from '../core/session.js';
-import type { PushConnection } from './transport.js';
 
 export interface Framer {
   readonly transport: StreamedConnectionType;
@@ -106,7 +105,7 @@ export class StreamTransport {
   private readonly connections = new Set<StreamConnection>();
   private readonly timer: NodeJS.Timeout;
 
-  constructor(private readonly core: BayeuxServer) {
+  constructor(private readonly core: TransportHost) {
     // One timer for every stream (see TICKS_PER_HEARTBEAT).
     this.timer = setInterval(() => {
       for (const connection of this.connections) connection.tick();

@@ -12,9 +12,8 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import { bayeuxError, decodeBatch, encodeBatch, type ErrorName } from '@perihelion/protocol';
-import type { BayeuxServer } from '../core/server.js';
+import type { PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
 import { requestFacts } from '../http/request-facts.js';
-import type { PushConnection, RequestFacts } from './transport.js';
 
 /** How long a closed WebSocket's peer gets to answer the close frame before the socket is cut. */
 const CLOSE_GRACE_MS = 1000;
@@ -87,7 +86,7 @@ class WebSocketConnection implements PushConnection {
     private readonly socket: WebSocket,
     /** The TCP socket under the WebSocket: `ws` does not report 'drain', the socket does. */
     private readonly raw: Duplex,
-    private readonly core: BayeuxServer,
+    private readonly core: TransportHost,
     private readonly request: RequestFacts,
   ) {
     (socket as Tagged)[CONNECTION] = this;
@@ -176,7 +175,7 @@ export class WebSocketTransport {
   private readonly connections = new Set<WebSocketConnection>();
   private pinger: NodeJS.Timeout | null = null;
 
-  constructor(private readonly core: BayeuxServer) {
+  constructor(private readonly core: TransportHost) {
     this.wss = new WebSocketServer({
       noServer: true,
       maxPayload: core.options.maxRequestBytes,

@@ -1,9 +1,12 @@
 /**
- * What a transport hands the server core. Transports turn wire traffic into batches of untrusted
- * values and call `BayeuxServer.process(batch, context)`; they know nothing about channels.
+ * The contract between the transports and the server core. Transports turn wire traffic into
+ * batches of untrusted values and call `process(batch, context)`; they know nothing about
+ * channels. The context is also what security (session binding, authentication) and extensions
+ * see of the request a message came in on.
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { ConnectionType } from '@perihelion/protocol';
+import type { ResolvedOptions } from '../options.js';
 
 /** Facts about the HTTP request (or WebSocket upgrade) a batch came in on. */
 export interface RequestFacts {
@@ -53,4 +56,14 @@ export interface ProcessContext {
    * connect is held, so an ordinary request costs nothing.
    */
   onClientGone?: (callback: () => void) => void;
+}
+
+/** What a transport needs of the core: its limits (the options) and the one entry point. */
+export interface TransportHost {
+  readonly options: ResolvedOptions;
+  /**
+   * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
+   * /meta/connect reply, the messages it carries), in order. Never rejects for client input.
+   */
+  process(batch: readonly unknown[], context: ProcessContext): Promise<string[]>;
 }
