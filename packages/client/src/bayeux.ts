@@ -16,6 +16,7 @@
  */
 import { STREAMED_CONNECTION_TYPES, asPosition, isStreamedConnectionType, isWildcard, matches, type Advice, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
 import { backoff } from './backoff.js';
+import type { BackendEvents } from './client.js';
 import { ClientError } from './errors.js';
 import { CallbackPolling } from './transports/callback-polling.js';
 import { LongPolling } from './transports/long-polling.js';
@@ -71,14 +72,6 @@ export interface ResolvedOptions {
   token: string | (() => string | undefined | Promise<string | undefined>) | undefined;
   headers: Record<string, string>;
   env: Environment;
-}
-
-export interface BayeuxEvents {
-  deliver(message: Message): void;
-  state(change: StateChange): void;
-  recovery(pattern: string, outcome: RecoveryOutcome): void;
-  /** A subscription the server no longer accepts (after a re-handshake). */
-  refused(pattern: string, error: ClientError): void;
 }
 
 type Kind = 'publish' | 'request' | 'subscribe' | 'unsubscribe';
@@ -170,7 +163,7 @@ export class Bayeux {
   constructor(
     private readonly url: string,
     private readonly options: ResolvedOptions,
-    private readonly events: BayeuxEvents,
+    private readonly events: BackendEvents,
   ) {
     const fetchFn = options.env.fetch;
     const g = globalThis as unknown as { addEventListener?: (type: string, listener: () => void) => void; WorkerGlobalScope?: unknown };
@@ -246,7 +239,7 @@ export class Bayeux {
     const type = this.handshakeType();
     if (!type) return this.stop('no transport', new ClientError('no-transport', `no usable transport: offered ${this.options.transports.join(', ')}, but this environment lacks what they need (pass WebSocket, fetch or EventSource in the options)`));
     this.type = type;
-    const line = this.openLine(type);
+    this.openLine(type);
     let token: string | undefined;
     try {
       token = typeof this.options.token === 'function' ? await this.options.token() : this.options.token;
@@ -918,11 +911,6 @@ export class Bayeux {
       for (const pattern of this.patterns.values()) if (pattern.status === 'active') pattern.resync = 'due';
     }
     this.events.state({ state, previous, reason, transport: this.type, ...(error ? { error } : {}) });
-  }
-
-  /** For tests and diagnostics: the last position seen on each channel. */
-  positionsSeen(): Record<string, Position> {
-    return Object.fromEntries(this.positions);
   }
 
   /**

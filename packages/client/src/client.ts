@@ -55,6 +55,7 @@ export interface BackendEvents {
   deliver(message: Message): void;
   state(change: StateChange): void;
   recovery(pattern: string, outcome: RecoveryOutcome): void;
+  /** A subscription the server no longer accepts (after a reconnection). */
   refused(pattern: string, error: ClientError): void;
 }
 
@@ -239,10 +240,5 @@ export class Client extends Emitter<ClientEvents> {
     for (const subscription of this.subscriptions.get(pattern) ?? []) subscription.active = false;
     this.subscriptions.delete(pattern);
     this.emit('error', error);
-  }
-
-  /** The patterns this client has handlers for (used when another tab takes over the connection). */
-  patterns(): string[] {
-    return [...this.subscriptions.keys()];
   }
 }

@@ -1,6 +1,6 @@
 /** A small typed event emitter: event names and payloads are checked by the compiler. */
 
-export type Listener<T> = (payload: T) => void;
+type Listener<T> = (payload: T) => void;
 
 export class Emitter<Events extends { [K in keyof Events]: unknown }> {
   private readonly listeners = new Map<keyof Events, Set<Listener<never>>>();

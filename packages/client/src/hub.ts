@@ -15,7 +15,7 @@ import { ClientError, type ClientErrorCode } from './errors.js';
 
 export type Op = 'connect' | 'need' | 'release' | 'publish' | 'call';
 
-export interface WireError {
+interface WireError {
   code: ClientErrorCode;
   message: string;
   bayeux: string | undefined;
@@ -31,7 +31,7 @@ export type Wire =
   | { t: 'hello'; from: string; config?: HubConfig }
   | { t: 'bye'; from: string }
   | { t: 'net'; online: boolean }
-  | { t: 'leader'; from: string; to?: string; state: State; clientId: string | undefined; type: ConnectionType | undefined }
+  | { t: 'leader'; to?: string; state: State; clientId: string | undefined; type: ConnectionType | undefined }
   | { t: 'state'; change: StateChange; clientId: string | undefined; type: ConnectionType | undefined }
   | { t: 'deliver'; message: Message }
   | { t: 'recovery'; pattern: string; outcome: RecoveryOutcome }
@@ -42,7 +42,7 @@ export type Wire =
 /** Sends to one tab (`to`) or to every tab. */
 export type Send = (message: Wire, to?: string) => void;
 
-export function toWire(error: unknown): WireError {
+function toWire(error: unknown): WireError {
   return error instanceof ClientError
     ? { code: error.code, message: error.message, bayeux: error.bayeux }
     : { code: 'disconnected', message: String((error as Error)?.message ?? error), bayeux: undefined };
@@ -94,7 +94,7 @@ export class Hub {
   /** Announces the hub to every tab (they send their subscriptions and open requests again). */
   announce(to?: string): void {
     const { bayeux } = this;
-    this.send({ t: 'leader', from: this.self?.id ?? 'worker', ...(to !== undefined ? { to } : {}), state: bayeux.state, clientId: bayeux.clientId, type: bayeux.type }, to);
+    this.send({ t: 'leader', ...(to !== undefined ? { to } : {}), state: bayeux.state, clientId: bayeux.clientId, type: bayeux.type }, to);
   }
 
   /** A message from a tab. */

@@ -95,7 +95,7 @@ function checkOptions(options: ClientOptions): void {
   }
 }
 
-export interface Resolved {
+interface Resolved {
   url: string;
   resolved: ResolvedOptions;
   /** The SharedWorker to use for tab sharing, if one can be. */

@@ -8,14 +8,14 @@ import { Bayeux } from './bayeux.js';
 import { Hub, type Send, type Wire } from './hub.js';
 import { resolveOptions } from './options.js';
 
-/** Starts the hub when running as a SharedWorker; false (and nothing done) anywhere else. */
-export function serveSharedWorker(): boolean {
+/** Starts the hub when running as a SharedWorker; does nothing anywhere else. */
+export function serveSharedWorker(): void {
   const g = globalThis as unknown as {
     SharedWorkerGlobalScope?: abstract new () => unknown;
     onconnect: ((event: MessageEvent) => void) | null;
     navigator?: { locks?: LockManager };
   };
-  if (typeof g.SharedWorkerGlobalScope !== 'function' || !(globalThis instanceof g.SharedWorkerGlobalScope)) return false;
+  if (typeof g.SharedWorkerGlobalScope !== 'function' || !(globalThis instanceof g.SharedWorkerGlobalScope)) return;
   const ports = new Map<string, MessagePort>();
   let hub: Hub | null = null;
   const send: Send = (message, to) => {
@@ -37,5 +37,4 @@ export function serveSharedWorker(): boolean {
     };
     port.start();
   };
-  return true;
 }

@@ -6,7 +6,7 @@
  */
 import type { ConnectionType, Message } from '@perihelion/protocol';
 
-export interface TransportHost {
+interface TransportHost {
   /** Messages from the server: replies and deliveries, in wire order. */
   receive(messages: Message[]): void;
   /** The line is gone (socket closed, request failed, stream ended); `opened` tells whether it ever worked. */
@@ -83,11 +83,6 @@ export class Http {
       new Headers(init.headers).forEach((value, key) => (headers[key] = value));
       return this.request(typeof input === 'object' && 'url' in input ? input.url : String(input), { ...init, headers });
     };
-  }
-
-  /** The cookies kept for the server (Node), for a WebSocket upgrade that can carry them. */
-  cookieHeader(): string | undefined {
-    return this.jar.size > 0 ? [...this.jar].map(([k, v]) => `${k}=${v}`).join('; ') : undefined;
   }
 }
 
