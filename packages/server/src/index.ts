@@ -1,6 +1,7 @@
-export { createServer, Perihelion, type ListenOptions, type RequestHandler, type PerihelionEvents } from './perihelion.js';
-export { BayeuxServer, type ServerEvents, type ServerStats, type PublishOptions, type DisconnectReason } from './core/server.js';
-export { Session, type ReleaseReason } from './core/session.js';
+export { createServer, Perihelion, type ListenOptions, type RequestHandler, type PerihelionEvents, type PublishOptions, type HistoryResult } from './perihelion.js';
+export type { ServerEvents, DisconnectReason } from './core/events.js';
+export type { ServerStats } from './core/delivery.js';
+export type { Session } from './core/session.js';
 export type { Listener } from './core/listeners.js';
 export type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine/engine.js';
 export { MemoryEngine } from './engine/memory.js';

@@ -1,19 +1,33 @@
 /**
- * Perihelion: the Bayeux core plus its HTTP and WebSocket adapter. Mount it in an existing
- * node:http server (`attach`, or `handleRequest`/`handleUpgrade` from a framework), or let it
- * run its own (`listen`).
+ * Perihelion: the server applications use. It holds the Bayeux core (core/server.ts, assembled
+ * from the options in assemble.ts) and the HTTP and WebSocket adapter in front of it, and offers
+ * the public API: publish and listen in-process, deliver to one session, sessions, history,
+ * extensions, events, stats, shutdown. Mount it in an existing node:http server (`attach`, or
+ * `handleRequest`/`handleUpgrade` from a framework), or let it run its own (`listen`).
  */
+import type { EventEmitter } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { channelProblem, isMeta, isService, type Message, type Position } from '@perihelion/protocol';
 import { HttpApi } from './api/http-api.js';
-import { Metrics } from './api/metrics.js';
+import { Metrics, deliveryLatency } from './api/metrics.js';
 import { OPERATION_PATHS, handleOperation } from './api/operations.js';
-import { calloutExtension } from './callouts/allow.js';
+import { assembleCore } from './assemble.js';
 import { Webhooks } from './callouts/webhooks.js';
-import { BayeuxServer, type ServerEvents } from './core/server.js';
+import type { ProcessContext } from './core/contract.js';
+import type { ServerStats } from './core/delivery.js';
+import type { ServerEvents } from './core/events.js';
+import type { Listener } from './core/listeners.js';
+import { broadcast, prepare } from './core/publish.js';
+import type { ServerCore } from './core/server.js';
+import type { Session } from './core/session.js';
+import type { Engine } from './engine/engine.js';
+import type { HistoryPage, HistoryQuery } from './engine/history.js';
+import { PerihelionError } from './errors.js';
+import type { Extension } from './extensions/pipeline.js';
 import { HttpAdapter } from './http/adapter.js';
-import type { ServerOptions } from './options.js';
+import type { ResolvedOptions, ServerOptions } from './options.js';
 
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -29,24 +43,202 @@ export interface ListenOptions {
 /** The server's events; 'error' also reports failed call-outs and webhook requests. */
 export type PerihelionEvents = ServerEvents;
 
-export class Perihelion extends BayeuxServer {
-  private readonly http: HttpAdapter;
-  private readonly api: HttpApi;
-  readonly metrics: Metrics;
-  private servers: Server[] = [];
-  private owned: Server | null = null;
+export interface PublishOptions {
+  ext?: Record<string, unknown>;
+}
+
+/** A page of a channel's history, as the server API gives it. */
+export interface HistoryResult {
+  /** The channel's current epoch and latest offset; null when nothing was published on it yet. */
+  position: Position | null;
+  /** Messages oldest first, each with `ext.position`. */
+  messages: Message[];
+  /** False when `since` could not be honoured (another epoch, or messages after it are gone). */
+  complete: boolean;
+}
+
+export class Perihelion {
+  readonly options: ResolvedOptions;
+  /** Where subscriptions, history and presence live (MemoryEngine unless the `engine` option gives one). */
+  readonly engine: Engine;
   /** Webhook deliveries (`dropped()`, `stats()`, `close()`); null without the `webhooks` option. */
   readonly webhooks: Webhooks | null;
+  private readonly core: ServerCore;
+  private readonly http: HttpAdapter;
+  private readonly api: HttpApi;
+  private readonly metrics: Metrics;
+  private servers: Server[] = [];
+  private owned: Server | null = null;
+  private shuttingDown: Promise<void> | null = null;
 
   constructor(options: ServerOptions = {}) {
-    super(options);
-    this.http = new HttpAdapter(this);
+    const latency = deliveryLatency();
+    this.core = assembleCore(options, { observeDelivery: (ms) => latency.observe(ms / 1000) });
+    this.options = this.core.options;
+    this.engine = this.core.engine;
+    this.http = new HttpAdapter(this.core);
     this.api = new HttpApi(this, options.apiKey);
-    this.metrics = new Metrics(this);
-    this.deliveryObserver = (ms) => this.metrics.deliveryLatency.observe(ms / 1000);
-    const report = (error: unknown): void => this.reportError(error);
-    if (options.callouts && options.callouts.length > 0) this.addExtension(calloutExtension(options.callouts, report));
+    this.metrics = new Metrics(this.core, latency);
+    const report = (error: unknown): void => this.core.reportError(error);
     this.webhooks = options.webhooks && options.webhooks.length > 0 ? new Webhooks(options.webhooks, this, report) : null;
+  }
+
+  // ---------------------------------------------------------------- publishing and listening
+
+  /** Publishes `data` to every subscriber of `channel` (and the in-process listeners). */
+  async publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<void> {
+    this.assertOpen();
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to ${JSON.stringify(channel)}: ${problem}`);
+    if (isMeta(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to the meta channel ${channel}`);
+    await this.core.ready;
+    const message: Message = { channel, data };
+    if (options.ext) {
+      // Positions are the engine's to give, whoever publishes.
+      const { position: _position, ...ext } = options.ext;
+      if (Object.keys(ext).length > 0) message.ext = ext;
+    }
+    if (isService(channel)) {
+      await this.core.listeners.notify(message, null);
+      return;
+    }
+    await broadcast(this.core, message);
+  }
+
+  /**
+   * Calls `listener` for every message on channels matching `pattern` (wildcards allowed),
+   * including /service messages from clients. Returns a function that removes the listener.
+   */
+  subscribe(pattern: string, listener: Listener): () => void {
+    const problem = channelProblem(pattern, { maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot listen to ${JSON.stringify(pattern)}: ${problem}`);
+    return this.core.listeners.add(pattern, listener);
+  }
+
+  /** Sends `data` on `channel` to one session, on whichever node holds it; false when no session has that id. */
+  async deliver(clientId: string, channel: string, data: unknown): Promise<boolean> {
+    this.assertOpen();
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot deliver on ${JSON.stringify(channel)}: ${problem}`);
+    const publication = await prepare(this.core.extensions, { channel, data }, null);
+    if (!publication) return false;
+    return this.engine.sendTo(clientId, publication);
+  }
+
+  /**
+   * Reads a channel's history: the latest `limit` messages, or with `since` the messages after
+   * that position (oldest first). Null when the channel keeps no history (see `historySize`).
+   */
+  async history(channel: string, query: HistoryQuery = {}): Promise<HistoryResult | null> {
+    const page = await this.historyPage(channel, query);
+    if (!page) return null;
+    return { position: page.position, messages: page.payloads.map((payload) => JSON.parse(payload) as Message), complete: page.complete };
+  }
+
+  /** `history()` with the messages as the serialised bytes subscribers were sent (for the HTTP API). */
+  async historyPage(channel: string, query: HistoryQuery = {}): Promise<HistoryPage | null> {
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot read the history of ${JSON.stringify(channel)}: ${problem}`);
+    if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 0)) {
+      throw new PerihelionError('ERR_INVALID_ARGUMENT', `history limit must be a non-negative integer, got ${JSON.stringify(query.limit)}`);
+    }
+    await this.core.ready;
+    if (isMeta(channel) || isService(channel)) return null;
+    return this.engine.history(channel, query);
+  }
+
+  /** Hooks on every message in and out (extensions/pipeline.ts); returns a function that removes them. */
+  addExtension(extension: Extension): () => void {
+    return this.core.extensions.add(extension);
+  }
+
+  on<E extends keyof ServerEvents>(event: E, listener: (...args: ServerEvents[E]) => void): () => void {
+    // The untyped view: the emitter's typings cannot follow a generic event name; the signature above checks.
+    const events = this.core.events as EventEmitter;
+    const bound = listener as (...args: unknown[]) => void;
+    events.on(event, bound);
+    return () => events.off(event, bound);
+  }
+
+  // ---------------------------------------------------------------- sessions
+
+  getSession(clientId: string): Session | undefined {
+    return this.core.delivery.sessions.get(clientId);
+  }
+
+  get sessionCount(): number {
+    return this.core.delivery.sessions.size;
+  }
+
+  /** The live sessions of one authenticated user, on this node. */
+  sessionsOf(userId: string): Session[] {
+    return [...this.core.delivery.sessions.values()].filter((session) => session.identity?.id === userId);
+  }
+
+  /**
+   * Ends a session on whichever node holds it (with the Redis engine, any node of the cluster),
+   * as if its client had sent /meta/disconnect; false when no node knows it.
+   */
+  async disconnectClient(clientId: string): Promise<boolean> {
+    await this.core.ready;
+    return this.engine.endSession(clientId);
+  }
+
+  /** Ends every session of one user, on every node; resolves to how many were ended. */
+  async disconnectUser(userId: string): Promise<number> {
+    await this.core.ready;
+    // All at once: with Redis, the lookups and messages to the owners share the round trips. Every
+    // attempt runs to its end before a failure (Redis going away midway) is reported.
+    const outcomes = await Promise.allSettled((await this.engine.sessionsOfUser(userId)).map((clientId) => this.engine.endSession(clientId)));
+    const failed = outcomes.find((outcome) => outcome.status === 'rejected');
+    if (failed) throw failed.reason;
+    return outcomes.filter((outcome) => outcome.status === 'fulfilled' && outcome.value).length;
+  }
+
+  /** Ends a session of this node from the server side: the same as `session.disconnect()`. */
+  disconnectSession(session: Session): void {
+    session.disconnect();
+  }
+
+  // ---------------------------------------------------------------- inspection
+
+  stats(): ServerStats {
+    return this.core.delivery.stats();
+  }
+
+  /** Whether handshakes are authenticated (an authenticator or JWT keys are configured). */
+  get authenticates(): boolean {
+    return this.core.security.authenticator !== null;
+  }
+
+  /** Number of configured channel rules. */
+  get ruleCount(): number {
+    return this.core.security.policy.ruleCount;
+  }
+
+  /** Resolves once the engine has started (rejects when it cannot, e.g. Redis is unreachable). */
+  whenReady(): Promise<void> {
+    return this.core.ready;
+  }
+
+  /** The engine has started and the server is not shutting down. */
+  get isReady(): boolean {
+    return this.core.isReady;
+  }
+
+  /** Shutting down: finishing what clients are owed, taking nothing new. */
+  get isDraining(): boolean {
+    return this.core.isDraining;
+  }
+
+  // ---------------------------------------------------------------- transports and mounting
+
+  /**
+   * The transport-independent entry point every transport calls: handles one batch of untrusted
+   * values and resolves to the serialised replies, in order (core/dispatch.ts).
+   */
+  process(batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
+    return this.core.process(batch, context);
   }
 
   /**
@@ -61,7 +253,7 @@ export class Perihelion extends BayeuxServer {
       return true;
     }
     if (this.options.operations && OPERATION_PATHS.has(path)) {
-      handleOperation(this, this.metrics, req, res, path).catch(() => res.destroy());
+      handleOperation(this.core, this.metrics, req, res, path).catch(() => res.destroy());
       return true;
     }
     return false;
@@ -129,17 +321,15 @@ export class Perihelion extends BayeuxServer {
    * connect again a second later; waiting messages collected, up to `drainTimeout`), close
    * WebSockets with 1001 (going away) and streams, then close the server's own listener.
    */
-  override close(): Promise<void> {
+  close(): Promise<void> {
     this.shuttingDown ??= this.stop();
     return this.shuttingDown;
   }
 
-  private shuttingDown: Promise<void> | null = null;
-
   private async stop(): Promise<void> {
     // While draining, new sessions are refused but the listener stays open: server.close() would
     // also drop the idle keep-alive connections that clients need to collect what they are owed.
-    await super.close();
+    await this.core.close();
     this.http.close();
     const owned = this.owned;
     if (!owned) return;
@@ -152,6 +342,10 @@ export class Perihelion extends BayeuxServer {
         resolve();
       });
     });
+  }
+
+  private assertOpen(): void {
+    if (this.core.isDraining) throw new PerihelionError('ERR_SERVER_CLOSED', 'the server is shutting down');
   }
 }
 

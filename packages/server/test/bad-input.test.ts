@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { WsPeer, at, browserFetch, errorOf, handshake, post, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { WsPeer, at, browserFetch, errorOf, handshake, post, sessionRecord, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 
 
 const HANDSHAKE = { channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling', 'websocket'] };
@@ -70,7 +70,7 @@ async function assertServes(ts: TestServer): Promise<void> {
   const listener = await connectedClient(ts.url);
   assert.equal((await subscribe(ts.url, listener, channel)).successful, true);
   const held = connect(ts.url, listener);
-  await waitFor(() => ts.server.getSession(listener)?.holding === true, 2000, 'the connect to be held');
+  await waitFor(() => sessionRecord(ts.server, listener)?.holding === true, 2000, 'the connect to be held');
   const publisher = await handshake(ts.url);
   const ack = at((await post(ts.url, [{ channel, clientId: publisher, data: { ok: roundTrips }, id: 'rt' }])).body, 0);
   assert.equal(ack.successful, true);
@@ -480,7 +480,7 @@ describe('bad input over WebSocket', () => {
     ]);
     await peer.next((m) => m.id === 's', 'the subscribe reply');
     peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', id: 'c2' }]);
-    await waitFor(() => ts.server.getSession(clientId)?.holding === true, 2000, 'the connect to be held');
+    await waitFor(() => sessionRecord(ts.server, clientId)?.holding === true, 2000, 'the connect to be held');
     await peer.close();
     await ts.server.publish('/dropped/x', 'while away');
     // The client comes back on a new socket with the same clientId (a CometD or Faye reconnect).
@@ -503,7 +503,7 @@ describe('bad input over WebSocket', () => {
     assert.equal((await peer.next((m) => m.id === '2', 'the subscribe reply')).successful, true);
     // The next connect is held; events are pushed meanwhile.
     peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', id: '3' }]);
-    await waitFor(() => ts.server.getSession(clientId)?.holding === true, 2000, 'the connect to be held');
+    await waitFor(() => sessionRecord(ts.server, clientId)?.holding === true, 2000, 'the connect to be held');
     const publisher = await handshake(ts.url);
     const ack = at((await post(ts.url, [{ channel: '/faye/room', clientId: publisher, data: { text: 'pushed' }, id: 'pub' }])).body, 0);
     assert.equal(ack.successful, true);

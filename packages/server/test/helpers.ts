@@ -6,6 +6,8 @@ import type { AddressInfo } from 'node:net';
 import { parseError, type ParsedError } from '@perihelion/protocol';
 import { randomBytes } from 'node:crypto';
 import { RedisEngine, createServer, type Perihelion, type ServerOptions } from '../src/index.js';
+import type { ServerCore } from '../src/core/server.js';
+import type { ServerSession } from '../src/core/session.js';
 import { deleteKeys } from './redis-fixture.js';
 
 export interface TestServer {
@@ -34,6 +36,19 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
     if (engine instanceof RedisEngine && !options.engine) await deleteKeys(engine.options.prefix);
   };
   return { server, url: `http://${base}`, wsUrl: `ws://${base}`, address, close };
+}
+
+/**
+ * The server's own record of a session (its queue, held connect and push line), for tests that
+ * watch those internals: applications see the narrower `Session`.
+ */
+export function sessionRecord(server: Perihelion, clientId: string): ServerSession | undefined {
+  return server.getSession(clientId) as ServerSession | undefined;
+}
+
+/** The core a server holds (a private field), for tests that watch its internals. */
+export function coreOf(server: Perihelion): ServerCore {
+  return (server as unknown as { core: ServerCore }).core;
 }
 
 export interface BayeuxResponse {

@@ -14,7 +14,7 @@ import faye from 'faye';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
-import { post, startServer, waitFor, type TestServer } from './helpers.js';
+import { post, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -182,7 +182,7 @@ function bigPayload(): string {
 /** Resolves once the session's latest /meta/connect came over `transport` (Faye switches after its handshake). */
 async function onTransport(test: TestServer, clientId: string, transport: TransportName): Promise<void> {
   const settled = (): boolean => {
-    const session = test.server.getSession(clientId);
+    const session = sessionRecord(test.server, clientId);
     if (session?.connectionType !== transport) return false;
     return transport === 'websocket' ? session.connection?.open === true : session.connection === null;
   };
@@ -190,7 +190,7 @@ async function onTransport(test: TestServer, clientId: string, transport: Transp
     await waitFor(settled, 7000, `the session to connect over ${transport}`);
   } catch (error) {
     // Say what the session did instead, so that a rare failure can be told apart from a slow machine.
-    const session = test.server.getSession(clientId);
+    const session = sessionRecord(test.server, clientId);
     const seen = session ? `connectionType ${session.connectionType}, push line ${session.connection ? (session.connection.open ? 'open' : 'closed') : 'none'}` : 'the session is gone';
     throw new Error(`${(error as Error).message} (${seen}; ${test.server.sessionCount} sessions)`);
   }

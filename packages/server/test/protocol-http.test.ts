@@ -5,7 +5,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { at, browserFetch, errorOf, handshake, post, startServer, waitFor, WsPeer, type TestServer } from './helpers.js';
+import { at, browserFetch, errorOf, handshake, post, sessionRecord, startServer, waitFor, WsPeer, type TestServer } from './helpers.js';
 
 type Msg = Record<string, unknown>;
 
@@ -330,7 +330,7 @@ describe('/meta/connect', () => {
   it('answers a held connect when its session disconnects, with advice reconnect none', async () => {
     const clientId = await connectedClient(ts.url);
     const held = connect(ts.url, clientId, { id: 'held' });
-    await waitFor(() => ts.server.getSession(clientId)?.holding === true, 2000, 'the connect to be held');
+    await waitFor(() => sessionRecord(ts.server, clientId)?.holding === true, 2000, 'the connect to be held');
     const { body: bye } = await post(ts.url, [{ channel: '/meta/disconnect', clientId, id: 'bye' }]);
     assert.equal(at(bye, 0).successful, true);
     assert.equal(await settlesWithin(held, 2000), true, 'the held connect outlived its session');
@@ -349,10 +349,10 @@ describe('/meta/connect', () => {
       body: JSON.stringify([{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]),
       signal: abort.signal,
     }).catch(() => null);
-    await waitFor(() => ts.server.getSession(clientId)?.holding === true, 2000, 'the connect to be held');
+    await waitFor(() => sessionRecord(ts.server, clientId)?.holding === true, 2000, 'the connect to be held');
     abort.abort();
     await abandoned;
-    await waitFor(() => ts.server.getSession(clientId)?.holding === false, 2000, 'the server to let the connect go');
+    await waitFor(() => sessionRecord(ts.server, clientId)?.holding === false, 2000, 'the server to let the connect go');
     await ts.server.publish('/abandoned/x', 'kept');
     assert.deepEqual((await drain(ts.url, clientId)).map((e) => e.data), ['kept']);
   });

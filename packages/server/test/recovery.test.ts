@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { WebSocket } from 'ws';
 import type { Position } from '@perihelion/protocol';
 import { PerihelionError } from '../src/index.js';
-import { WsPeer, at, errorOf, handshake, post, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { WsPeer, at, errorOf, handshake, post, sessionRecord, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 
 const positionOf = (message: Msg): Position => (message.ext as { position: Position }).position;
 
@@ -344,7 +344,7 @@ describe('slow consumers', () => {
       await slow.peer.request({ channel: '/meta/subscribe', clientId: slow.clientId, subscription: '/firehose' });
       // The client stops reading: the kernel buffers fill, then ws's buffer, then the queue.
       (slow.peer.ws as unknown as { _socket: { pause(): void } })._socket.pause();
-      const session = t.server.getSession(slow.clientId)!;
+      const session = sessionRecord(t.server, slow.clientId)!;
       const payload = 'z'.repeat(4096);
       let maxQueued = 0;
       for (let i = 0; i < 5000; i++) {

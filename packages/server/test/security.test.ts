@@ -28,7 +28,7 @@ import {
   type DisconnectReason,
   type ServerOptions,
 } from '../src/index.js';
-import { clearCookies, cookieFor, handshake as helperHandshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { clearCookies, cookieFor, coreOf, handshake as helperHandshake, post, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
 
 type Msg = Record<string, unknown>;
 
@@ -1013,10 +1013,10 @@ describe('session binding: a clientId alone is not a credential', () => {
     assertOk(await victim.subscribe('/v/held'));
     await victim.drain();
     const held = victim.connect();
-    await waitFor(() => ts.server.getSession(victim.clientId)?.holding === true, 2000, 'the victim’s connect to be held');
+    await waitFor(() => sessionRecord(ts.server, victim.clientId)?.holding === true, 2000, 'the victim’s connect to be held');
     const attacker = new Lp(ts.url, new Browser(), victim.clientId);
     assertRefused(at(await attacker.connect(), 0), /^402:/);
-    assert.equal(ts.server.getSession(victim.clientId)?.holding, true, 'the attacker’s connect released the victim’s');
+    assert.equal(sessionRecord(ts.server, victim.clientId)?.holding, true, 'the attacker’s connect released the victim’s');
     await ts.server.publish('/v/held', 'for the victim');
     const body = await held;
     assertOk(at(body, 0), 'the victim’s held connect');
@@ -1136,7 +1136,7 @@ describe('session binding: a clientId alone is not a credential', () => {
     try {
       assertOk(await peer.request({ channel: '/meta/connect', clientId: client.clientId, connectionType: 'websocket' }), 'the connect over the WebSocket');
       peer.send([{ channel: '/meta/connect', clientId: client.clientId, connectionType: 'websocket', id: 'held' }]);
-      await waitFor(() => ts.server.getSession(client.clientId)?.holding === true, 2000, 'the connect to be held');
+      await waitFor(() => sessionRecord(ts.server, client.clientId)?.holding === true, 2000, 'the connect to be held');
       await ts.server.publish('/v/moved', 'pushed');
       const event = await peer.next((m) => m.channel === '/v/moved', 'the pushed message');
       assert.equal(event.data, 'pushed');
@@ -1253,10 +1253,10 @@ describe('token expiry timers', () => {
   it('a session that ends before its token expires leaves no timer behind', async () => {
     const ts = await secure({ jwt: { secret: SECRET } });
     try {
-      const before = ts.server.wheel.pending;
+      const before = coreOf(ts.server).wheel.pending;
       const client = await login(ts.url, await mint({ exp: '1h' }));
       assertOk(await client.disconnect(), 'the disconnect');
-      assert.equal(ts.server.wheel.pending, before, 'a deadline of the ended session (its token expiry) is still pending, holding the session until then');
+      assert.equal(coreOf(ts.server).wheel.pending, before, 'a deadline of the ended session (its token expiry) is still pending, holding the session until then');
     } finally {
       await ts.close();
     }

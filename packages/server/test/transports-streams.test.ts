@@ -4,7 +4,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { browserFetch, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { browserFetch, handshake, post, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
 
 interface OpenStream {
   status: number;
@@ -115,7 +115,7 @@ describe('Server-Sent Events (eventsource)', () => {
     await t.server.publish('/sse/b', 'one');
     await first.until((text) => text.includes('"one"'), 'first message');
     first.close();
-    await waitFor(() => t.server.getSession(clientId)?.connection === null, 2000, 'stream unbound');
+    await waitFor(() => sessionRecord(t.server, clientId)?.connection === null, 2000, 'stream unbound');
     await t.server.publish('/sse/b', 'two');
     const second = await openStream(`${t.url}/${clientId}`, 'text/event-stream');
     await second.until((text) => text.includes('"two"'), 'message published while down');

@@ -18,7 +18,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { channelProblem, parsePosition } from '@perihelion/protocol';
-import type { BayeuxServer } from '../core/server.js';
+import type { Perihelion } from '../perihelion.js';
 import { PerihelionError } from '../errors.js';
 import { readBody } from '../http/body.js';
 import { sendApiError, sendJson, sendRawJson } from './json.js';
@@ -31,10 +31,13 @@ interface PublishItem {
   ext?: Record<string, unknown>;
 }
 
+/** The API calls the server's public API, nothing else. */
+export type ApiServer = Pick<Perihelion, 'options' | 'engine' | 'stats' | 'publish' | 'deliver' | 'disconnectClient' | 'disconnectUser' | 'historyPage'>;
+
 export class HttpApi {
   private readonly key: Buffer | null;
 
-  constructor(private readonly core: BayeuxServer, apiKey: string | undefined) {
+  constructor(private readonly server: ApiServer, apiKey: string | undefined) {
     this.key = apiKey === undefined ? null : Buffer.from(apiKey);
   }
 
@@ -76,7 +79,7 @@ export class HttpApi {
       channels: { method: 'GET', run: () => this.channels(res) },
       presence: { method: 'GET', run: () => this.presence(res, url.searchParams.get('channel')) },
       history: { method: 'GET', run: () => this.history(res, url.searchParams) },
-      stats: { method: 'GET', run: async () => sendJson(res, 200, { ...this.core.stats(), history: await this.core.engine.historyStats() }) },
+      stats: { method: 'GET', run: async () => sendJson(res, 200, { ...this.server.stats(), history: await this.server.engine.historyStats() }) },
     };
     const route = routes[endpoint];
     if (!route) return sendApiError(res, 404, 'not_found', `no endpoint /api/${endpoint}; the endpoints are ${Object.keys(routes).map((r) => `/api/${r}`).join(', ')}`);
@@ -88,7 +91,7 @@ export class HttpApi {
 
   /** The parsed JSON body, or undefined when an error was already sent. */
   private async body(req: IncomingMessage, res: ServerResponse): Promise<unknown> {
-    const body = await readBody(req, this.core.options.maxRequestBytes, this.core.options.bodyTimeout);
+    const body = await readBody(req, this.server.options.maxRequestBytes, this.server.options.bodyTimeout);
     if (!body.ok) {
       sendApiError(res, body.status, body.status === 413 ? 'too_large' : 'invalid_request', body.reason);
       return undefined;
@@ -104,22 +107,22 @@ export class HttpApi {
   private async publish(res: ServerResponse, body: unknown): Promise<void> {
     if (body === undefined) return;
     const items = Array.isArray(body) ? body : [body];
-    if (items.length === 0 || items.length > this.core.options.maxBatch) {
-      return sendApiError(res, 400, 'invalid_request', `send one {channel, data} or a list of 1 to ${this.core.options.maxBatch}`);
+    if (items.length === 0 || items.length > this.server.options.maxBatch) {
+      return sendApiError(res, 400, 'invalid_request', `send one {channel, data} or a list of 1 to ${this.server.options.maxBatch}`);
     }
     // Everything is checked before anything is published: a batch is published whole or not at all.
     for (const [index, item] of items.entries()) {
       const problem = this.publishProblem(item);
       if (problem) return sendApiError(res, 400, problem.code, items.length > 1 ? `item ${index}: ${problem.message}` : problem.message);
     }
-    for (const item of items as PublishItem[]) await this.core.publish(item.channel, item.data, item.ext ? { ext: item.ext } : {});
+    for (const item of items as PublishItem[]) await this.server.publish(item.channel, item.data, item.ext ? { ext: item.ext } : {});
     sendJson(res, 200, { published: items.length });
   }
 
   private publishProblem(item: unknown): { code: 'invalid_request' | 'invalid_channel'; message: string } | null {
     if (typeof item !== 'object' || item === null || Array.isArray(item)) return { code: 'invalid_request', message: 'expected an object {channel, data}' };
     const { channel, data, ext } = item as Record<string, unknown>;
-    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.core.options.maxChannelLength });
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.server.options.maxChannelLength });
     if (problem) return { code: 'invalid_channel', message: `channel ${JSON.stringify(channel)}: ${problem}` };
     if ((channel as string).startsWith('/meta/')) return { code: 'invalid_channel', message: 'cannot publish to a meta channel' };
     if (data === undefined) return { code: 'invalid_request', message: '"data" is required' };
@@ -135,7 +138,7 @@ export class HttpApi {
     if (problem) return sendApiError(res, 400, 'invalid_channel', `channel ${JSON.stringify(channel)}: ${problem}`);
     if (data === undefined) return sendApiError(res, 400, 'invalid_request', '"data" is required');
     // The engine finds the session on whichever node holds it (Redis engine: any node of the cluster).
-    if (!(await this.core.deliver(clientId, channel as string, data))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
+    if (!(await this.server.deliver(clientId, channel as string, data))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
     sendJson(res, 200, { delivered: true });
   }
 
@@ -144,15 +147,15 @@ export class HttpApi {
     const { clientId, user } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
     // Wherever the sessions are: with the Redis engine, on any node of the cluster.
     if (typeof clientId === 'string') {
-      if (!(await this.core.disconnectClient(clientId))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
+      if (!(await this.server.disconnectClient(clientId))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
       return sendJson(res, 200, { disconnected: 1 });
     }
-    if (typeof user === 'string') return sendJson(res, 200, { disconnected: await this.core.disconnectUser(user) });
+    if (typeof user === 'string') return sendJson(res, 200, { disconnected: await this.server.disconnectUser(user) });
     sendApiError(res, 400, 'invalid_request', 'send {"clientId": "..."} or {"user": "..."}');
   }
 
   private async channels(res: ServerResponse): Promise<void> {
-    const channels = [...(await this.core.engine.channels())].map(([channel, subscribers]) => ({ channel, subscribers }));
+    const channels = [...(await this.server.engine.channels())].map(([channel, subscribers]) => ({ channel, subscribers }));
     channels.sort((a, b) => a.channel.localeCompare(b.channel));
     sendJson(res, 200, { channels });
   }
@@ -160,9 +163,9 @@ export class HttpApi {
   private async presence(res: ServerResponse, channel: string | null): Promise<void> {
     const problem = channelProblem(channel);
     if (problem) return sendApiError(res, 400, 'invalid_channel', `?channel=${JSON.stringify(channel)}: ${problem}`);
-    const clientIds = await this.core.engine.subscribers(channel!);
+    const clientIds = await this.server.engine.subscribers(channel!);
     // Users as the engine knows them: with Redis, those of sessions on other nodes too.
-    const users = await this.core.engine.usersOf(clientIds);
+    const users = await this.server.engine.usersOf(clientIds);
     const sessions = clientIds.map((clientId, i) => ({ clientId, user: users[i] ?? null }));
     sendJson(res, 200, { channel, sessions });
   }
@@ -170,14 +173,14 @@ export class HttpApi {
   /** GET /api/history?channel=/x[&since=epoch:offset][&limit=n] */
   private async history(res: ServerResponse, query: URLSearchParams): Promise<void> {
     const channel = query.get('channel');
-    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.core.options.maxChannelLength });
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.server.options.maxChannelLength });
     if (problem) return sendApiError(res, 400, 'invalid_channel', `?channel=${JSON.stringify(channel)}: ${problem}`);
     const sinceText = query.get('since');
     const since = sinceText === null ? undefined : parsePosition(sinceText);
     if (since === null) return sendApiError(res, 400, 'invalid_request', `?since=${JSON.stringify(sinceText)}: a position is "epoch:offset", as in a message's ext.position`);
     const limitText = query.get('limit');
     if (limitText !== null && !/^\d{1,7}$/.test(limitText)) return sendApiError(res, 400, 'invalid_request', `?limit=${JSON.stringify(limitText)}: a whole number`);
-    const page = await this.core.historyPage(channel!, { ...(since ? { since } : {}), ...(limitText !== null ? { limit: Number(limitText) } : {}) });
+    const page = await this.server.historyPage(channel!, { ...(since ? { since } : {}), ...(limitText !== null ? { limit: Number(limitText) } : {}) });
     if (!page) return sendApiError(res, 404, 'no_history', `${channel} keeps no history (historySize 0, a history rule with size 0, or a meta or service channel)`);
     // The kept messages are already JSON: joined as they are, not parsed and serialised again.
     const head = JSON.stringify({ channel, position: page.position, complete: page.complete });

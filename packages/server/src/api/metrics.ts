@@ -4,7 +4,7 @@
  * once per flush of a session (time from the oldest queued message to its write).
  */
 import { Counter, Gauge, Registry, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client';
-import type { BayeuxServer } from '../core/server.js';
+import type { ServerCore } from '../core/server.js';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -55,12 +55,17 @@ export class LatencyHistogram {
   }
 }
 
+/** The histogram the core observes on every flush of a session (see ServerCore's `observeDelivery`). */
+export function deliveryLatency(): LatencyHistogram {
+  return new LatencyHistogram('perihelion_delivery_latency_seconds', 'Time a message waited in a session queue before it was written.');
+}
+
 export class Metrics {
   readonly registry = new Registry();
-  readonly deliveryLatency = new LatencyHistogram('perihelion_delivery_latency_seconds', 'Time a message waited in a session queue before it was written.');
 
-  constructor(server: BayeuxServer) {
+  constructor(server: Pick<ServerCore, 'engine' | 'delivery'>, latency: LatencyHistogram) {
     const registry = this.registry;
+    const totals = server.delivery.counters;
     new Gauge({
       name: 'perihelion_sessions',
       help: 'Live sessions by the connection type of their latest connect.',
@@ -68,7 +73,7 @@ export class Metrics {
       registers: [registry],
       collect() {
         this.reset();
-        for (const [transport, count] of Object.entries(server.stats().sessionsByTransport)) this.set({ transport }, count);
+        for (const [transport, count] of Object.entries(server.delivery.stats().sessionsByTransport)) this.set({ transport }, count);
       },
     });
     new Gauge({
@@ -99,14 +104,14 @@ export class Metrics {
     });
     // Counters mirror the server's totals: each scrape adds what happened since the last one.
     const mirrored: [name: string, help: string, read: () => number][] = [
-      ['perihelion_messages_in_total', 'Messages received from clients.', () => server.totals().messagesIn],
-      ['perihelion_messages_published_total', 'Messages published to broadcast channels.', () => server.totals().published],
-      ['perihelion_deliveries_total', 'Messages queued for sessions (one per recipient).', () => server.totals().deliveries],
-      ['perihelion_queue_drops_total', 'Messages dropped because a session queue was full.', () => server.totals().queueDrops],
-      ['perihelion_slow_consumers_total', 'Sessions ended because their queue overflowed (queueOverflow "disconnect").', () => server.totals().slowConsumers],
-      ['perihelion_duplicate_publishes_total', 'Resent publishes recognised by their id and not published again.', () => server.totals().duplicatePublishes],
-      ['perihelion_replayed_total', 'Messages replayed from history to recovering clients.', () => server.totals().replayed],
-      ['perihelion_resent_total', 'Messages written again for the CometD ack extension.', () => server.totals().resent],
+      ['perihelion_messages_in_total', 'Messages received from clients.', () => totals.messagesIn],
+      ['perihelion_messages_published_total', 'Messages published to broadcast channels.', () => totals.published],
+      ['perihelion_deliveries_total', 'Messages queued for sessions (one per recipient).', () => totals.deliveries],
+      ['perihelion_queue_drops_total', 'Messages dropped because a session queue was full.', () => totals.queueDrops],
+      ['perihelion_slow_consumers_total', 'Sessions ended because their queue overflowed (queueOverflow "disconnect").', () => totals.slowConsumers],
+      ['perihelion_duplicate_publishes_total', 'Resent publishes recognised by their id and not published again.', () => totals.duplicatePublishes],
+      ['perihelion_replayed_total', 'Messages replayed from history to recovering clients.', () => totals.replayed],
+      ['perihelion_resent_total', 'Messages written again for the CometD ack extension.', () => totals.resent],
     ];
     for (const [name, help, read] of mirrored) {
       let seen = 0;
@@ -121,6 +126,6 @@ export class Metrics {
         },
       });
     }
-    registry.registerMetric(this.deliveryLatency as never);
+    registry.registerMetric(latency as never);
   }
 }

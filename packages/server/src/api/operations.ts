@@ -4,13 +4,13 @@
  * `/metrics` (Prometheus text format).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { BayeuxServer } from '../core/server.js';
+import type { ServerCore } from '../core/server.js';
 import { sendJson } from './json.js';
 import type { Metrics } from './metrics.js';
 
 export const OPERATION_PATHS = new Set(['/health', '/ready', '/metrics']);
 
-export async function handleOperation(core: BayeuxServer, metrics: Metrics, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+export async function handleOperation(core: Pick<ServerCore, 'isReady' | 'isClosed'>, metrics: Metrics, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.writeHead(405, { Allow: 'GET, HEAD' }).end();
     return;

@@ -9,8 +9,9 @@
  * one at a time, in the order they happened. Failures are not retried; they are reported through
  * the server's 'error' event, at most once a second per webhook.
  */
-import type { BayeuxServer, DisconnectReason } from '../core/server.js';
+import type { DisconnectReason } from '../core/events.js';
 import type { Session } from '../core/session.js';
+import type { Perihelion } from '../perihelion.js';
 import { checkHeaders, checkKeys, checkTimeout, checkUrl } from './allow.js';
 import { PerihelionError } from '../errors.js';
 
@@ -212,7 +213,7 @@ export class Webhooks {
   private readonly deliveries: Delivery[];
   private readonly offs: (() => void)[] = [];
 
-  constructor(hooks: readonly Webhook[], server: Pick<BayeuxServer, 'on'>, report: (error: unknown) => void) {
+  constructor(hooks: readonly Webhook[], server: Pick<Perihelion, 'on'>, report: (error: unknown) => void) {
     this.deliveries = hooks.map((hook) => new Delivery(hook.url, hook, report));
     const wanted = (event: WebhookEvent): boolean => this.deliveries.some((d) => d.events.has(event));
     const emit = (event: WebhookEvent, session: Session, extra: { channel?: string; reason?: DisconnectReason }): void => {

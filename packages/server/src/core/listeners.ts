@@ -12,6 +12,9 @@ export type Listener = (message: Message, session: Session | null) => unknown;
 export class ListenerRegistry {
   private readonly byPattern = new Map<string, Set<Listener>>();
 
+  /** `report` receives what a listener throws (the server's 'error' event). */
+  constructor(private readonly report: (error: unknown) => void) {}
+
   add(pattern: string, listener: Listener): () => void {
     let set = this.byPattern.get(pattern);
     if (!set) this.byPattern.set(pattern, (set = new Set()));
@@ -30,5 +33,19 @@ export class ListenerRegistry {
       if (set) for (const listener of set) if (!out.includes(listener)) out.push(listener);
     }
     return out;
+  }
+
+  /** Calls the listeners matching the message's channel; resolves to the first value one returns. */
+  async notify(message: Message, session: Session | null): Promise<unknown> {
+    let result: unknown;
+    for (const listener of this.match(message.channel)) {
+      try {
+        const value = await listener(message, session);
+        if (result === undefined && value !== undefined) result = value;
+      } catch (error) {
+        this.report(error);
+      }
+    }
+    return result;
   }
 }

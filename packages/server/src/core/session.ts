@@ -1,18 +1,41 @@
 /**
  * A session: the server's record of one handshaken client, whatever transport it uses now.
  *
- * Delivery: messages are queued as shared serialised strings (bounded, see OutboundQueue) and
- * flushed once per event-loop turn: pushed in one frame when the session is bound to a push
- * connection (WebSocket), or used to answer its held /meta/connect (long-polling).
+ * Applications see the `Session` interface (events, listeners, extensions, `getSession`); the
+ * server keeps the `ServerSession` behind it: its bounded queue of shared serialised messages
+ * (OutboundQueue), the /meta/connect it holds, the push line it is bound to, its deadlines.
+ * Local delivery (delivery.ts) queues messages and writes them once per event-loop turn: pushed
+ * in one frame when the session is bound to a push connection (WebSocket, stream), or used to
+ * answer its held /meta/connect (long-polling).
  */
 import { isPositionedOn, type ConnectionType } from '@perihelion/protocol';
 import type { Identity } from '../security/identity.js';
-import { TokenBucket } from '../security/rate-limit.js';
+import type { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from './contract.js';
 import type { Acknowledgement } from '../extensions/ack.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { RecentIds } from './recent-ids.js';
 import type { TimerHandle, TimerWheel } from './timer-wheel.js';
+
+/** A session as applications see it. */
+export interface Session {
+  /** The clientId. */
+  readonly id: string;
+  /** Who the session belongs to; null for an anonymous session. */
+  readonly identity: Identity | null;
+  /** Connection type named by the latest /meta/connect; null before the first. */
+  readonly connectionType: ConnectionType | null;
+  /** Channels and patterns the session subscribes to. */
+  readonly subscriptions: ReadonlySet<string>;
+  /** Free for applications. */
+  readonly data: Map<string, unknown>;
+  /** The remote address it was handshaken from. */
+  readonly remoteAddress: string | undefined;
+  /** Sends `data` on `channel` to this session only (e.g. the answer to a /service request). */
+  deliver(channel: string, data: unknown): void;
+  /** Ends the session from the server side, as if the client had sent /meta/disconnect. */
+  disconnect(): void;
+}
 
 export type ReleaseReason = 'message' | 'timeout' | 'superseded' | 'disconnected' | 'shutdown' | 'token-expired' | 'slow-consumer';
 
@@ -22,18 +45,20 @@ export interface Release {
   events: string[];
 }
 
-/** What a session needs from the server that owns it. */
+/** What a session needs from the server that owns it (local delivery, delivery.ts). */
 export interface SessionHost {
   readonly wheel: TimerWheel;
-  scheduleFlush(session: Session): void;
-  expire(session: Session): void;
-  deliverTo(session: Session, channel: string, data: unknown): void;
+  /** Writes what the session has queued later in this event-loop turn, with every other session's. */
+  scheduleFlush(session: ServerSession): void;
+  /** Ends a session that stopped connecting (Bayeux §Connect, "maxInterval"). */
+  expire(session: ServerSession): void;
+  deliverTo(session: ServerSession, channel: string, data: unknown): void;
   /** Reports how long the oldest of the messages just written waited, in ms. */
-  observeDelivery(waitedMs: number): void;
-  disconnectSession(session: Session): void;
+  readonly observeDelivery: (waitedMs: number) => void;
+  disconnectSession(session: ServerSession): void;
 }
 
-export class Session {
+export class ServerSession implements Session {
   readonly createdAt = Date.now();
   /** Connection type named by the latest /meta/connect. */
   connectionType: ConnectionType | null = null;
@@ -44,7 +69,7 @@ export class Session {
   readonly subscriptions = new Set<string>();
   /** Set once the session has answered its first /meta/connect. */
   connected = false;
-  /** Set while the session waits in the server's list of sessions to flush this turn. */
+  /** Set while the session waits in local delivery's list of sessions to flush this turn. */
   flushPending = false;
   private appData: Map<string, unknown> | null = null;
   ended = false;
@@ -99,14 +124,6 @@ export class Session {
     return this.held !== null;
   }
 
-  /** Queues a serialised message; false when the queue was full and the oldest was dropped. */
-  enqueue(payload: string, now = Date.now()): boolean {
-    if (this.ended) return false;
-    const kept = this.queue.push(payload, now);
-    this.host.scheduleFlush(this);
-    return kept;
-  }
-
   /**
    * Queues messages the session missed on `channel` (a recovery), in order, all of them. What is
    * still queued of that channel's history goes first: the replay holds it too, and keeping it
@@ -142,25 +159,6 @@ export class Session {
     // A connect held on this line can no longer be answered: let it go, keeping the queue for
     // the next connect (on whatever line the client comes back).
     if (this.held?.connection === connection) this.release('superseded');
-  }
-
-  /**
-   * Writes what is queued to wherever it can go now; called once per event-loop turn at most.
-   * `now` is the flush's clock (one read for every session flushed in that turn).
-   */
-  flush(now = Date.now()): void {
-    const queued = this.queue.length;
-    if (queued === 0 || this.ended) return;
-    const line = this.connection;
-    if (line !== null && line.open) {
-      // A congested line is written again when it drains; meanwhile the bounded queue holds.
-      if (line.congested) return;
-      if (queued === 1 && this.ack === null) {
-        // The usual case, one publish since the last flush: no arrays on the way to the socket.
-        this.host.observeDelivery(now - this.queue.oldestAt);
-        line.sendOne(this.queue.takeOnly());
-      } else line.send(this.takeQueued(now));
-    } else if (this.held && !this.held.connection) this.release('message');
   }
 
   /**

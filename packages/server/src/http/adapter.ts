@@ -14,8 +14,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { BayeuxServer } from '../core/server.js';
 import { bayeuxError, isStreamedConnectionType } from '@perihelion/protocol';
+import type { ServerCore } from '../core/server.js';
 import { handleCallbackPolling } from '../transports/callback-polling.js';
 import { serveClientScript } from './client-script.js';
 import { ndjsonFramer } from '../transports/http-streaming.js';
@@ -30,12 +30,15 @@ import { sendBatchError } from './responses.js';
 
 const CLIENT_SCRIPT = 'client.js';
 
+/** What the adapter needs of the core: the transports' host, sessions for streams, and error and shutdown state. */
+export type AdapterHost = Pick<ServerCore, 'options' | 'process' | 'sessionFor' | 'reportError' | 'isClosed'>;
+
 export class HttpAdapter {
   readonly websocket: WebSocketTransport | null;
   readonly streams: StreamTransport | null;
   private readonly httpEnabled: boolean;
 
-  constructor(private readonly core: BayeuxServer) {
+  constructor(private readonly core: AdapterHost) {
     const { transports } = core.options;
     this.websocket = transports.includes('websocket') ? new WebSocketTransport(core) : null;
     this.streams = transports.some(isStreamedConnectionType) ? new StreamTransport(core) : null;
@@ -118,9 +121,8 @@ export class HttpAdapter {
     if (!this.streams || !this.core.options.transports.includes(framer.transport)) {
       return sendBatchError(res, 400, 'badRequest', `${framer.transport} is disabled on this server; offered: ${this.core.options.transports.join(', ')}`);
     }
-    const found = this.core.getSession(clientId);
     // A stream reads the session's messages: it must come from the session's own browser.
-    const session = found && this.core.accepts(found, { transport: framer.transport, request: requestFacts(req) }) ? found : undefined;
+    const session = this.core.sessionFor(clientId, { transport: framer.transport, request: requestFacts(req) });
     if (!session) {
       const body = JSON.stringify([{ channel: '/meta/connect', successful: false, error: bayeuxError('clientUnknown', [clientId]), advice: { reconnect: 'handshake', interval: 0 } }]);
       res.writeHead(404, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache, no-store' }).end(body);
@@ -150,7 +152,7 @@ export class HttpAdapter {
     // An upgrade is never given a browser id: Faye opens its WebSocket while its HTTP handshake
     // is in flight, and a cookie set on the 101 would replace the one that handshake was given,
     // so the client's next HTTP request would no longer speak for its session. A socket speaks
-    // for the sessions handshaken on it (see BayeuxServer.accepts).
+    // for the sessions handshaken on it (see security/session-binding.ts).
     const known = this.core.options.sessionBinding !== 'none' ? browserIdOf(req) : undefined;
     if (known !== undefined) assignBrowser(req, known, false);
     this.websocket.upgrade(req, socket, head);

@@ -15,7 +15,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { encodeBatch, type StreamedConnectionType } from '@perihelion/protocol';
 import type { PushConnection, TransportHost } from '../core/contract.js';
-import type { Session } from '../core/session.js';
+import type { ServerSession, Session } from '../core/session.js';
 
 export interface Framer {
   readonly transport: StreamedConnectionType;
@@ -118,7 +118,7 @@ export class StreamTransport {
   }
 
   /** Opens a stream for `session`, replacing any stream it already has. */
-  open(req: IncomingMessage, res: ServerResponse, session: Session, framer: Framer): void {
+  open(req: IncomingMessage, res: ServerResponse, session: ServerSession, framer: Framer): void {
     const previous = session.connection;
     if (previous instanceof StreamConnection) previous.end();
     req.socket.setNoDelay(true);

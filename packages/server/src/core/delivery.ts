@@ -1,0 +1,237 @@
+/**
+ * Local delivery: this node's sessions, and how a publication reaches them (DESIGN.md, steps 4–6).
+ *
+ * The engine calls back here (EngineHost) with each publication and the ids of this node's
+ * sessions subscribed to its channel. Each session gets a reference to the one serialised
+ * payload in its bounded queue, where the overflow policy (`queueOverflow`) applies. Once per
+ * event-loop turn, every session with something queued writes it in one write: one frame on its
+ * push line (WebSocket, stream), or the answer to its held long-poll connect. Sessions call back
+ * here too (SessionHost) to be flushed, to expire, and to be ended; ending a session is here.
+ */
+import { isService } from '@perihelion/protocol';
+import type { Engine, EngineHost, Publication } from '../engine/engine.js';
+import type { HistorySettings } from '../engine/history.js';
+import type { ExtensionPipeline } from '../extensions/pipeline.js';
+import type { ResolvedOptions } from '../options.js';
+import type { DisconnectReason, ServerEventEmitter } from './events.js';
+import type { ListenerRegistry } from './listeners.js';
+import { prepare } from './publish.js';
+import type { ServerSession, SessionHost } from './session.js';
+import type { TimerWheel } from './timer-wheel.js';
+
+export interface ServerStats {
+  sessions: number;
+  sessionsByTransport: Record<string, number>;
+  messagesIn: number;
+  published: number;
+  deliveries: number;
+  queueDrops: number;
+  /** Sessions ended because their queue overflowed (`queueOverflow: "disconnect"`). */
+  slowConsumers: number;
+  /** Resent publishes recognised by their id and not published again. */
+  duplicatePublishes: number;
+  /** Messages replayed to recovering clients. */
+  replayed: number;
+  /** Messages written again for the ack extension. */
+  resent: number;
+}
+
+/** The server's running totals (every stat but the sessions), counted where each happens. */
+export type Counters = Omit<ServerStats, 'sessions' | 'sessionsByTransport'>;
+
+export interface DeliveryParts {
+  options: Pick<ResolvedOptions, 'queueOverflow'>;
+  engine: Engine;
+  events: ServerEventEmitter;
+  /** For `session.deliver`: its message passes the outgoing extensions like any publication. */
+  extensions: ExtensionPipeline;
+  /** In-process listeners, which see every broadcast publication of the cluster. */
+  listeners: ListenerRegistry;
+  wheel: TimerWheel;
+  historySettings: HistorySettings;
+  /** Told how long the oldest of the messages just written waited, in ms (delivery latency metrics). */
+  observeDelivery: (waitedMs: number) => void;
+}
+
+export class LocalDelivery implements EngineHost, SessionHost {
+  readonly sessions = new Map<string, ServerSession>();
+  readonly counters: Counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0 };
+  readonly wheel: TimerWheel;
+  readonly historySettings: HistorySettings;
+  readonly observeDelivery: (waitedMs: number) => void;
+  private readonly options: DeliveryParts['options'];
+  private readonly engine: Engine;
+  private readonly events: ServerEventEmitter;
+  private readonly extensions: ExtensionPipeline;
+  private readonly listeners: ListenerRegistry;
+  private readonly sessionsPerAddress = new Map<string, number>();
+  /** Sessions with something to write this turn (each once: see ServerSession.flushPending). */
+  private dirty: ServerSession[] = [];
+  private flushScheduled = false;
+
+  constructor(parts: DeliveryParts) {
+    this.options = parts.options;
+    this.engine = parts.engine;
+    this.events = parts.events;
+    this.extensions = parts.extensions;
+    this.listeners = parts.listeners;
+    this.wheel = parts.wheel;
+    this.historySettings = parts.historySettings;
+    this.observeDelivery = parts.observeDelivery;
+  }
+
+  // ---------------------------------------------------------------- this node's sessions
+
+  /** Adds a session just handshaken from `address`. */
+  add(session: ServerSession, address: string): void {
+    this.sessions.set(session.id, session);
+    this.sessionsPerAddress.set(address, (this.sessionsPerAddress.get(address) ?? 0) + 1);
+  }
+
+  /** Live sessions handshaken from `address` (for `maxSessionsPerIp`). */
+  countFrom(address: string): number {
+    return this.sessionsPerAddress.get(address) ?? 0;
+  }
+
+  stats(): ServerStats {
+    const byTransport: Record<string, number> = {};
+    for (const session of this.sessions.values()) {
+      const key = session.connectionType ?? 'handshaken';
+      byTransport[key] = (byTransport[key] ?? 0) + 1;
+    }
+    return { sessions: this.sessions.size, sessionsByTransport: byTransport, ...this.counters };
+  }
+
+  // ---------------------------------------------------------------- EngineHost: from the engine
+
+  onPublication(publication: Publication, clientIds: Iterable<string>): void {
+    const { payload } = publication;
+    const now = Date.now();
+    for (const id of clientIds) {
+      const session = this.sessions.get(id);
+      if (session) this.enqueue(session, payload, now);
+    }
+    if (!isService(publication.channel)) void this.listeners.notify(publication.message, null);
+  }
+
+  onDirect(publication: Publication, clientId: string): void {
+    const session = this.sessions.get(clientId);
+    if (session) this.enqueue(session, publication.payload);
+  }
+
+  onEndSession(clientId: string): void {
+    const session = this.sessions.get(clientId);
+    if (session) this.end(session, 'server');
+  }
+
+  onReplay(clientId: string, channel: string, payloads: readonly string[]): void {
+    const session = this.sessions.get(clientId);
+    if (!session) return;
+    this.counters.replayed += payloads.length;
+    this.counters.deliveries += payloads.length;
+    session.replay(channel, payloads);
+  }
+
+  reportError(error: unknown): void {
+    this.events.emit('error', error);
+  }
+
+  // ---------------------------------------------------------------- queue and flush
+
+  /** Queues the shared payload for one session, applying the overflow policy. */
+  private enqueue(session: ServerSession, payload: string, now = Date.now()): void {
+    this.counters.deliveries++;
+    if (session.queue.full && this.options.queueOverflow === 'disconnect') {
+      // A consumer this far behind is cut loose; its client handshakes again and recovers.
+      this.counters.slowConsumers++;
+      this.end(session, 'slow-consumer');
+      return;
+    }
+    if (session.ended) {
+      // Ended meanwhile (a `session.deliver` that outlived it): nowhere to go.
+      this.counters.queueDrops++;
+      return;
+    }
+    // A full queue drops its oldest message (`drop-oldest`), counted.
+    if (!session.queue.push(payload, now)) this.counters.queueDrops++;
+    this.scheduleFlush(session);
+  }
+
+  scheduleFlush(session: ServerSession): void {
+    if (session.flushPending) return;
+    session.flushPending = true;
+    this.dirty.push(session);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // Everything a session is owed in this event-loop turn goes out in one write.
+    setImmediate(() => this.flushNow());
+  }
+
+  /** Writes every session that has something queued (once per event-loop turn, and at shutdown). */
+  flushNow(): void {
+    this.flushScheduled = false;
+    const sessions = this.dirty;
+    this.dirty = [];
+    const now = Date.now();
+    for (const session of sessions) {
+      session.flushPending = false;
+      this.write(session, now);
+    }
+  }
+
+  /**
+   * Writes what a session has queued to wherever it can go now: its push line, or the answer to
+   * its held long-poll connect. `now` is the flush's clock (one read for every session flushed).
+   */
+  write(session: ServerSession, now: number): void {
+    const { queue } = session;
+    const queued = queue.length;
+    if (queued === 0 || session.ended) return;
+    const line = session.connection;
+    if (line !== null && line.open) {
+      // A congested line is written again when it drains; meanwhile the bounded queue holds.
+      if (line.congested) return;
+      if (queued === 1 && session.ack === null) {
+        // The usual case, one publish since the last flush: no arrays on the way to the socket.
+        this.observeDelivery(now - queue.oldestAt);
+        line.sendOne(queue.takeOnly());
+      } else line.send(session.takeQueued(now));
+    } else session.releaseLongPoll();
+  }
+
+  // ---------------------------------------------------------------- SessionHost: from a session
+
+  deliverTo(session: ServerSession, channel: string, data: unknown): void {
+    void prepare(this.extensions, { channel, data }, session).then((publication) => {
+      if (publication) this.enqueue(session, publication.payload);
+    });
+  }
+
+  expire(session: ServerSession): void {
+    this.end(session, 'expired');
+  }
+
+  disconnectSession(session: ServerSession): void {
+    this.end(session, 'server');
+  }
+
+  // ---------------------------------------------------------------- ending a session
+
+  end(session: ServerSession, reason: DisconnectReason): void {
+    if (session.ended) return;
+    session.ended = true;
+    session.cancelExpiry();
+    this.wheel.cancel(session.tokenExpiry);
+    session.release(reason === 'shutdown' || reason === 'token-expired' || reason === 'slow-consumer' ? reason : 'disconnected');
+    this.sessions.delete(session.id);
+    const address = session.remoteAddress ?? 'unknown';
+    const count = (this.sessionsPerAddress.get(address) ?? 1) - 1;
+    if (count > 0) this.sessionsPerAddress.set(address, count);
+    else this.sessionsPerAddress.delete(address);
+    session.subscriptions.clear();
+    // A stream serves one session only: it ends with it (a WebSocket may carry others).
+    session.connection?.sessionEnded();
+    void this.engine.removeSession(session.id).catch((error: unknown) => this.reportError(error));
+    this.events.emit('disconnect', session, reason);
+  }
+}

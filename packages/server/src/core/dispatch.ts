@@ -1,0 +1,97 @@
+/**
+ * The entry point every transport calls: `process(batch, context)` (core/server.ts) lands here.
+ *
+ * Each message passes, in this fixed order: shape check → the session it names (if this request
+ * may speak for it, security/session-binding.ts) → incoming extensions → the handler for its
+ * channel (the five meta channels in meta/, or a publish on a broadcast or /service channel in
+ * publish.ts) → outgoing extensions on the reply. A refusal anywhere becomes an unsuccessful
+ * reply carrying a Bayeux error string; nothing a client sends can throw out of `process`.
+ */
+import { META, bayeuxError, checkMessage, type Advice, type Message } from '@perihelion/protocol';
+import type { ExtensionContext } from '../extensions/pipeline.js';
+import type { ProcessContext } from './contract.js';
+import { connect } from './meta/connect.js';
+import { disconnect } from './meta/disconnect.js';
+import { handshake } from './meta/handshake.js';
+import { subscribe, unsubscribe } from './meta/subscribe.js';
+import { clientPublish } from './publish.js';
+import { emitReply, refusal, reply as replyTo, type Reply } from './replies.js';
+import type { ServerCore } from './server.js';
+
+/**
+ * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
+ * /meta/connect reply, the messages it carries), in order. On a push connection a held
+ * /meta/connect is answered later through the connection, so the batch resolves without it.
+ */
+export async function dispatch(core: ServerCore, batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
+  const out: string[] = [];
+  if (core.isClosed) {
+    for (const value of batch) {
+      // A connect is told to handshake (its session is gone); a handshake gets no advice, as
+      // while draining (see DRAIN_RECONNECT_INTERVAL in meta/connect.ts).
+      const advice: Advice | undefined = (value as Message | null)?.channel === META.handshake ? undefined : { reconnect: 'handshake', interval: 1000 };
+      out.push(JSON.stringify(refusal(value, bayeuxError('serverError', [], 'server is shutting down'), advice)));
+    }
+    return out;
+  }
+  await core.ready;
+  const handshakeAt = batch.findIndex((m) => (m as Message | null)?.channel === META.handshake);
+  for (let i = 0; i < batch.length; i++) {
+    const value = batch[i];
+    core.delivery.counters.messagesIn++;
+    // Bayeux §4.1.1: a handshake SHOULD be alone in its request, and the server MUST ignore any
+    // other message sent with it: not acted on, not answered (neither CometD nor Faye sends one).
+    if (handshakeAt !== -1 && i !== handshakeAt) continue;
+    try {
+      await handle(core, value, context, batch.length, out);
+    } catch (error) {
+      core.reportError(error);
+      out.push(JSON.stringify(refusal(value, bayeuxError('serverError'))));
+    }
+  }
+  return out;
+}
+
+async function handle(core: ServerCore, value: unknown, context: ProcessContext, batchSize: number, out: string[]): Promise<void> {
+  const checked = checkMessage(value);
+  if (!checked.ok) {
+    const reply: Reply = { channel: checked.channel ?? '/meta/unknown', successful: false, error: checked.error };
+    if (checked.id !== undefined) reply.id = checked.id;
+    // §3.5: failed replies still carry the clientId they were sent with.
+    const clientId = (value as { clientId?: unknown } | null)?.clientId;
+    if (typeof clientId === 'string') reply.clientId = clientId;
+    out.push(JSON.stringify(reply));
+    return;
+  }
+  const original = checked.message;
+  // A session that does not accept this request is as unknown to it as one that never existed.
+  const session = original.clientId !== undefined ? core.sessionFor(original.clientId, context) : null;
+  const { extensions } = core;
+  const extensionContext: ExtensionContext = { session, transport: context };
+  const message = await extensions.incoming(original, extensionContext);
+  if (message === null || message.error !== undefined) {
+    const error = message?.error ?? bayeuxError('channelForbidden', [original.channel], 'refused by an extension');
+    await emitReply(extensions, { ...replyTo(original, false), error: String(error) }, extensionContext, out);
+    return;
+  }
+  if (session && context.connection && message.channel !== META.connect) {
+    // Faye opens its WebSocket while its connects still go over long-polling, and moves them
+    // only once the held one returns. Answering that connect as soon as the client speaks over
+    // the socket brings the next one over it, instead of an HTTP request held for `timeout`.
+    session.releaseLongPoll();
+  }
+  switch (message.channel) {
+    case META.handshake:
+      return emitReply(extensions, await handshake(core, message, context), extensionContext, out);
+    case META.connect:
+      return connect(core, message, session, context, batchSize, out);
+    case META.subscribe:
+      return emitReply(extensions, await subscribe(core, message, session), extensionContext, out);
+    case META.unsubscribe:
+      return emitReply(extensions, await unsubscribe(core, message, session), extensionContext, out);
+    case META.disconnect:
+      return emitReply(extensions, await disconnect(core, message, session), extensionContext, out);
+    default:
+      return clientPublish(core, message, session, extensionContext, out);
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * /meta/connect: the client's line for messages (Bayeux §Connect, BAYEUX.md A18–A28).
+ *
+ * - The request MUST contain channel, clientId and connectionType; it MAY contain ext and id. The
+ *   reply MUST contain channel and successful; it MAY contain error, advice, ext, clientId and id.
+ * - A client has one connect outstanding at a time. The server holds it until a message is due or
+ *   `timeout` passes, and answers it at once when the client asks for timeout 0, when it is the
+ *   session's first connect, when it shares its request with other messages, or when messages
+ *   already wait (A20). A newer connect for the same session releases the held one, flagged
+ *   `multiple-clients` (A22).
+ * - The messages a connect carries travel in the same array, after its reply (A23).
+ * - Without a connect for `interval + maxInterval` the session SHOULD be ended as if it had sent
+ *   /meta/disconnect (A25): ServerSession.scheduleExpiry.
+ * - A successful reply MUST carry reconnect "retry" or "none": CometD throws on anything else (A28).
+ */
+import { bayeuxError, isStreamedConnectionType, type Advice, type ConnectionType, type Message } from '@perihelion/protocol';
+import type { ExtensionContext } from '../../extensions/pipeline.js';
+import type { ProcessContext } from '../contract.js';
+import { advice as heldAdvice, emitReply, reply as replyTo, unknownClient } from '../replies.js';
+import type { ServerCore } from '../server.js';
+import type { Release, ServerSession } from '../session.js';
+
+/**
+ * While the server drains (SIGTERM, `close()`), every /meta/connect, the held ones at once and any
+ * that arrives meanwhile, is answered `successful: true` with advice `{reconnect: "retry",
+ * interval: DRAIN_RECONNECT_INTERVAL}`: connect again in a second. A client that still has
+ * messages waiting collects them with that connect (the drain waits for it); once this server is
+ * gone, the connect fails and the client retries it with its own backoff until the restarted
+ * server (or another node) answers its clientId with 402 and `reconnect: "handshake"`, and it
+ * starts a new session there. Checked against the clients' source (npm cometd 9.0.0, faye 1.4.3):
+ *
+ * - Not `reconnect: "handshake"` on a successful reply: CometD accepts only "retry" or "none" there
+ *   and throws "Unrecognized advice action handshake" (cometd/Client.js:1181-1192). The reply has
+ *   been matched, nothing is scheduled, and the WebSocket's 1001 close then finds no request
+ *   outstanding to fail (cometd/WebSocketTransport.js:346-385): the client never connects again.
+ * - "retry": CometD connects again after advice.interval (Client.js:1183-1185, 576-581); a connect
+ *   that fails (refused, socket closed) is retried with a backoff growing by 1 s
+ *   (Client.js:1205-1213, 1010-1011, 1051-1052), and the 402 makes it handshake
+ *   (Client.js:1194-1198, 1023-1027, 1048-1049). Its WebSocket transport stays in use after the
+ *   1001 close because it had connected once (WebSocketTransport.js:353). Faye connects again
+ *   after advice.interval (faye/src/protocol/client.js:166, 373-380), resends a failed connect every
+ *   `retry` seconds (faye/src/protocol/dispatcher.js:147-176; on a closed WebSocket
+ *   faye/src/transport/web_socket.js:67-86), and handshakes on the 402's advice
+ *   (client.js:356-365), subscribing again by itself (client.js:121).
+ * - An unsuccessful reply with `reconnect: "handshake"` would also bring both clients back
+ *   (Client.js:1194-1198; faye client.js:356-365), but it would abandon the messages still waiting
+ *   here, and CometD would report the connection as failed while the server is merely draining.
+ *
+ * A handshake during the drain (or after it, until the listener closes) is refused without advice.
+ * CometD then takes the action "handshake" and tries again with its backoff, 0 s, 1 s, 2 s, …
+ * (Client.js:1130-1136, 980-1002, 1048-1049); Faye tries again every `retry` seconds, 5 by default
+ * (client.js:124-128), until the restarted server takes it. Not with `reconnect: "handshake"`: on
+ * a refused handshake that makes Faye start a second handshake of its own (client.js:356-365, 373-380,
+ * 141-146) and, once that one succeeds, drop the first one's retry (client.js:98), and with it
+ * the subscribe or publish the application made before its first handshake: that subscription is
+ * never made on the restarted server.
+ */
+const DRAIN_RECONNECT_INTERVAL = 1000;
+
+type ConnectCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'extensions'>;
+
+/** Answers a connect, now or once released; on a push line a held connect is answered through the line. */
+export async function connect(core: ConnectCore, message: Message, session: ServerSession | null, context: ProcessContext, batchSize: number, out: string[]): Promise<void> {
+  const { options, extensions } = core;
+  const extensionContext: ExtensionContext = { session, transport: context };
+  if (!session) return emitReply(extensions, unknownClient(message), extensionContext, out);
+  const type = message.connectionType;
+  if (typeof type !== 'string' || !(options.transports as string[]).includes(type)) {
+    const error =
+      typeof type !== 'string'
+        ? bayeuxError('missingParameter', ['connectionType'])
+        : bayeuxError('connectionTypeMismatch', [type], `this server offers ${options.transports.join(', ')}`);
+    return emitReply(extensions, { ...replyTo(message, false), error, advice: { reconnect: 'handshake', interval: 0 } }, extensionContext, out);
+  }
+  session.connectionType = type as ConnectionType;
+  if (context.connection) session.bind(context.connection);
+  const acknowledged = message.ext?.ack;
+  if (session.ack && typeof acknowledged === 'number' && Number.isSafeInteger(acknowledged)) {
+    // What the client did not receive goes out again, before anything newer.
+    const resend = session.ack.acknowledge(acknowledged);
+    core.delivery.counters.resent += resend.length;
+    session.resend(resend);
+  }
+
+  // Streamed types (Faye's eventsource, http-streaming) carry messages on their stream; their
+  // connects are answered at once and only keep the session alive (BAYEUX.md A46).
+  const streamed = isStreamedConnectionType(type);
+  const advice: Advice = streamed ? { reconnect: 'retry', interval: options.timeout, timeout: 0 } : heldAdvice(options);
+  const clientTimeout = typeof message.advice?.timeout === 'number' && message.advice.timeout >= 0 ? message.advice.timeout : Infinity;
+  const timeout = Math.min(options.timeout, clientTimeout);
+  const pushing = session.connection?.open === true;
+  // Answer at once (BAYEUX.md A20): a streamed type, the client asked for timeout 0, this is
+  // the first connect (so the client learns it is connected), the connect shares its request
+  // with other messages, or messages are already waiting with no push line to carry them.
+  if (core.isDraining) {
+    // Shutting down: hand over what is waiting at once, and have the client connect again a
+    // second later (here while the drain lasts, then the restarted server or another node).
+    session.release('superseded');
+    return finishConnect(core, message, session, { reason: 'shutdown', events: pushing ? [] : session.takeQueued() }, advice, extensionContext, out);
+  }
+  if (streamed || timeout === 0 || !session.connected || batchSize > 1 || (session.queue.length > 0 && !pushing)) {
+    session.release('superseded');
+    const events = pushing ? [] : session.takeQueued();
+    return finishConnect(core, message, session, { reason: 'message', events }, advice, extensionContext, out);
+  }
+  const held = session.hold(timeout, context.connection);
+  if (context.onClientGone) {
+    // The client gave up on this request (closed the socket): answer nothing to it, and leave
+    // the queue for the next connect. Only while this connect is the one held: once answered,
+    // a later close must not release a newer connect.
+    let answered = false;
+    void held.then(() => (answered = true));
+    context.onClientGone(() => {
+      if (!answered) session.release('superseded');
+    });
+  }
+  const connection = context.connection;
+  if (connection) {
+    void held.then(async (release) => {
+      const later: string[] = [];
+      await finishConnect(core, message, session, release, advice, extensionContext, later);
+      if (later.length > 0) connection.send(later);
+    });
+    return;
+  }
+  return finishConnect(core, message, session, await held, advice, extensionContext, out);
+}
+
+/** The reply to a connect once it is released, and the messages it carries after it. */
+async function finishConnect(core: ConnectCore, message: Message, session: ServerSession, release: Release, advice: Advice, context: ExtensionContext, out: string[]): Promise<void> {
+  const { options } = core;
+  const reply = replyTo(message, true);
+  if (release.reason === 'token-expired') {
+    reply.successful = false;
+    reply.error = bayeuxError('unauthorized', [], 'session ended: token expired');
+    reply.advice = { reconnect: 'handshake', interval: 0 };
+  } else if (release.reason === 'slow-consumer') {
+    reply.successful = false;
+    reply.error = bayeuxError('serverError', [], `session ended: more than ${options.maxQueue} messages waited for it; handshake again and recover`);
+    reply.advice = { reconnect: 'handshake', interval: 0 };
+  } else if (release.reason === 'disconnected') reply.advice = { reconnect: 'none' };
+  // Draining: see DRAIN_RECONNECT_INTERVAL for why this is "retry" and not "handshake".
+  else if (release.reason === 'shutdown') reply.advice = { ...advice, reconnect: 'retry', interval: DRAIN_RECONNECT_INTERVAL };
+  // A newer connect took this one's place: answered at once, flagged with the spec's
+  // multiple-clients advice (two lines for one session usually mean two tabs or a retry).
+  else if (release.reason === 'superseded') reply.advice = { ...advice, 'multiple-clients': true };
+  else reply.advice = advice;
+  if (session.ack && reply.successful) reply.ext = { ...reply.ext, ack: session.ack.close() };
+  if (!session.ended) {
+    session.connected = true;
+    session.scheduleExpiry((advice.interval ?? 0) + options.maxInterval);
+  }
+  await emitReply(core.extensions, reply, context, out);
+  for (const event of release.events) out.push(event);
+}

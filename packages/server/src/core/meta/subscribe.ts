@@ -1,0 +1,96 @@
+/**
+ * /meta/subscribe and /meta/unsubscribe (Bayeux §Subscribe, §Unsubscribe; BAYEUX.md A9–A10, A29–A30).
+ *
+ * - The request MUST contain channel, clientId and subscription (a channel, a pattern, or a list
+ *   of them); the reply MUST contain channel, successful and subscription, echoed as sent.
+ * - Clients do not subscribe to /meta channels: refused, and exact names only, so
+ *   "/meta/subscribe/x" is refused too (Faye CVE-2020-11020).
+ * - /service channels are never broadcast, and servers SHOULD NOT record subscriptions to them:
+ *   such a subscribe succeeds without recording anything, as CometD's does (A10).
+ * - A subscribe is checked whole before anything is subscribed: names, `maxSubscriptions`, the
+ *   recovery request (`ext.recover`, recovery.ts), then the security policy (subscribe, and create
+ *   when nobody subscribes yet) for each new channel.
+ * - The reply's `ext.positions` gives each exact channel's current position (where a later
+ *   recovery starts), and `ext.recovered` the outcome of each recovery asked for; the replayed
+ *   messages are queued before anything published later (Perihelion's extension, docs/protocol.md).
+ */
+import { bayeuxError, channelProblem, isMeta, isService, subscriptionList, type Message, type Position } from '@perihelion/protocol';
+import { readRecoverRequests } from '../recovery.js';
+import { checkCreate } from '../publish.js';
+import { reply as replyTo, unknownClient, type Reply } from '../replies.js';
+import type { ServerCore } from '../server.js';
+import type { ServerSession } from '../session.js';
+
+export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 'engine' | 'events'>, message: Message, session: ServerSession | null): Promise<Reply> {
+  if (!session) return unknownClient(message);
+  const { options } = core;
+  const reply = replyTo(message, false);
+  if (message.subscription !== undefined) reply.subscription = message.subscription;
+  const channels = subscriptionList(message.subscription);
+  if (!channels) return { ...reply, error: bayeuxError('missingParameter', ['subscription'], 'a channel name or a non-empty list of them') };
+  const fresh: string[] = [];
+  /** Named again while already subscribed (a subscribe resent after its reply was lost): recovery still applies. */
+  const again: string[] = [];
+  for (const channel of channels) {
+    const problem = channelProblem(channel, { maxLength: options.maxChannelLength });
+    if (problem) return { ...reply, error: bayeuxError('channelInvalid', [channel], problem) };
+    // Bayeux §Meta Channels: clients do not subscribe to /meta. Exact channels only, so
+    // "/meta/subscribe/x" is refused too (Faye CVE-2020-11020).
+    if (isMeta(channel)) return { ...reply, error: bayeuxError('channelForbidden', [channel]) };
+    // Service channels are never broadcast; old CometD apps subscribe before publishing, so
+    // succeed without recording anything (BAYEUX.md A10).
+    if (isService(channel) || fresh.includes(channel) || again.includes(channel)) continue;
+    if (session.subscriptions.has(channel)) again.push(channel);
+    else fresh.push(channel);
+  }
+  if (session.subscriptions.size + fresh.length > options.maxSubscriptions) {
+    return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${options.maxSubscriptions} per session`) };
+  }
+  const recover = readRecoverRequests(message.ext?.recover, [...fresh, ...again], { maxEntries: options.maxSubscriptions, maxChannelLength: options.maxChannelLength });
+  if (!recover.ok) return { ...reply, error: recover.error };
+  for (const channel of fresh) {
+    const refused = (await core.security.policy.check('subscribe', channel, session, message)) ?? (await checkCreate(core, channel, session, message));
+    if (refused) return { ...reply, error: bayeuxError('channelForbidden', [channel], refused) };
+  }
+  // Positions of the exact channels (where a later recovery can start from) and the outcome of
+  // each recovery asked for; replayed messages are queued before anything published later.
+  const positions: Record<string, Position> = {};
+  const recovered: Record<string, boolean> = {};
+  let replayBudget = options.maxReplay;
+  for (const channel of [...fresh, ...again]) {
+    const isNew = !session.subscriptions.has(channel);
+    // Subscribing again is a no-op for the engine except for the recovery it carries.
+    if (!isNew && !recover.byPattern.has(channel)) continue;
+    session.subscriptions.add(channel);
+    const outcome = await core.engine.subscribe(session.id, channel, recover.byPattern.get(channel), replayBudget);
+    if (outcome.position) positions[channel] = outcome.position;
+    for (const result of outcome.recovered) {
+      recovered[result.channel] = result.recovered;
+      replayBudget -= result.replayed;
+    }
+    if (isNew) core.events.emit('subscribe', session, channel);
+  }
+  const ext: Record<string, unknown> = {};
+  if (Object.keys(positions).length > 0) ext.positions = positions;
+  if (Object.keys(recovered).length > 0) ext.recovered = recovered;
+  return { ...reply, successful: true, ...(Object.keys(ext).length > 0 ? { ext } : {}) };
+}
+
+export async function unsubscribe(core: Pick<ServerCore, 'options' | 'engine' | 'events'>, message: Message, session: ServerSession | null): Promise<Reply> {
+  if (!session) return unknownClient(message);
+  const reply = replyTo(message, false);
+  if (message.subscription !== undefined) reply.subscription = message.subscription;
+  const channels = subscriptionList(message.subscription);
+  if (!channels) return { ...reply, error: bayeuxError('missingParameter', ['subscription'], 'a channel name or a non-empty list of them') };
+  for (const channel of channels) {
+    const problem = channelProblem(channel, { maxLength: core.options.maxChannelLength });
+    if (problem) return { ...reply, error: bayeuxError('channelInvalid', [channel], problem) };
+    if (isMeta(channel)) return { ...reply, error: bayeuxError('channelForbidden', [channel]) };
+  }
+  for (const channel of channels) {
+    if (!session.subscriptions.delete(channel)) continue;
+    await core.engine.unsubscribe(session.id, channel);
+    core.events.emit('unsubscribe', session, channel);
+  }
+  return { ...reply, successful: true };
+}

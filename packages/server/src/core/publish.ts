@@ -1,0 +1,128 @@
+/**
+ * The publish path: a message from a client (or the server) on its way to the engine.
+ *
+ * From a client, in this order: the channel (never /meta, never a pattern), the session, `data`
+ * present (Bayeux §Publish: "MUST contain channel and data"), not while draining, the session's
+ * publish rate, a resend already published (same id, same session), the security policy
+ * (publish, and create when nobody subscribes yet), then `ext.token` and `ext.position` removed
+ * and the size checked. A /service message goes to the in-process listeners only, whose result
+ * is the answer; any other is prepared (outgoing extensions, serialised once) and handed to the
+ * engine, which gives it its position and delivers it (delivery.ts) on every node.
+ */
+import { bayeuxError, channelProblem, isMeta, isService, isWildcard, serialiseExtLast, type Message } from '@perihelion/protocol';
+import type { Publication } from '../engine/engine.js';
+import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
+import { emitReply, reply, unknownClient } from './replies.js';
+import { RecentIds } from './recent-ids.js';
+import type { ServerCore } from './server.js';
+import type { ServerSession, Session } from './session.js';
+
+/** Publishes refused in a row for exceeding the rate before the session is ended as abusive. */
+const MAX_REFUSED_PUBLISHES = 100;
+
+type PublishCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'security' | 'engine' | 'extensions' | 'listeners' | 'events'>;
+
+/** A broadcast or /service message from a client; its reply (and a remote call's answer) go to `out`. */
+export async function clientPublish(core: PublishCore, message: Message, session: ServerSession | null, context: ExtensionContext, out: string[]): Promise<void> {
+  const { options, extensions } = core;
+  const { channel } = message;
+  const fail = (error: string): Promise<void> => emitReply(extensions, { ...reply(message, false), error }, context, out);
+  if (isMeta(channel)) return fail(bayeuxError('channelForbidden', [channel]));
+  const problem = channelProblem(channel, { allowWildcard: false, maxLength: options.maxChannelLength });
+  if (problem) {
+    const detail = isWildcard(channel) ? 'cannot publish to a wildcard pattern' : problem;
+    return fail(bayeuxError('channelInvalid', [channel], detail));
+  }
+  if (!session) return emitReply(extensions, unknownClient(message), context, out);
+  if (message.data === undefined) return fail(bayeuxError('missingParameter', ['data']));
+  // Nothing is acknowledged that the server may not live to deliver.
+  if (core.isDraining) return fail(bayeuxError('serverError', [channel], 'server is shutting down'));
+  if (session.publishBucket && !session.publishBucket.take()) {
+    // Persistent flooding past the refusals is abuse: the session is ended.
+    if (++session.refusedPublishes >= MAX_REFUSED_PUBLISHES) core.delivery.end(session, 'abuse');
+    return fail(bayeuxError('rateLimited', [channel], `more than ${options.publishRate} publishes per second`));
+  }
+  session.refusedPublishes = 0;
+  // A resend of a publish already accepted (same id, same session) is acknowledged again and
+  // not published again. The id is remembered before the checks below, which may await, so a
+  // resend arriving meanwhile is recognised too; a refusal forgets it.
+  const dedupKey = message.id !== undefined && options.publishDedup > 0 && !isService(channel) ? String(message.id) : null;
+  if (dedupKey !== null) {
+    session.recentPublishes ??= new RecentIds(options.publishDedup);
+    if (session.recentPublishes.has(dedupKey)) {
+      core.delivery.counters.duplicatePublishes++;
+      return emitReply(extensions, reply(message, true), context, out);
+    }
+    session.recentPublishes.add(dedupKey);
+  }
+  const refuse = (error: string): Promise<void> => {
+    if (dedupKey !== null) session.recentPublishes?.delete(dedupKey);
+    return fail(error);
+  };
+  const refused = (await core.security.policy.check('publish', channel, session, message)) ?? (await checkCreate(core, channel, session, message));
+  if (refused) return refuse(bayeuxError('channelForbidden', [channel], refused));
+
+  const delivered: Message = { channel, data: message.data };
+  if (message.ext !== undefined) {
+    // Credentials never travel on to subscribers, and positions are the server's to give.
+    const { token: _token, position: _position, ...ext } = message.ext;
+    if (Object.keys(ext).length > 0) delivered.ext = ext;
+  }
+  if (isService(channel)) {
+    // Service channels go to in-process listeners only; a listener's result is the answer
+    // (CometD remote call: the publish reply, then {id, channel, successful, data}).
+    if (message.id !== undefined) delivered.id = message.id;
+    if (tooLarge(core, JSON.stringify(delivered))) return fail(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
+    const result = await core.listeners.notify(delivered, session);
+    await emitReply(extensions, reply(message, true), context, out);
+    if (result !== undefined) {
+      const answer: Message = { channel, successful: true, data: result };
+      if (message.id !== undefined) answer.id = message.id;
+      await emitReply(extensions, answer, context, out);
+    }
+    return;
+  }
+  const publication = await prepare(extensions, delivered, null);
+  if (publication && tooLarge(core, publication.payload)) {
+    return refuse(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
+  }
+  if (publication) await send(core, publication, session);
+  return emitReply(extensions, reply(message, true), context, out);
+}
+
+/** Publishes a message the server itself sends (server.publish) to every subscriber of its channel. */
+export async function broadcast(core: Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>, message: Message): Promise<void> {
+  const publication = await prepare(core.extensions, message, null);
+  if (publication) await send(core, publication, null);
+}
+
+/** Hands a prepared publication to the engine, which positions it and delivers it on every node. */
+async function send(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication, from: Session | null): Promise<void> {
+  core.delivery.counters.published++;
+  await core.engine.publish(publication);
+  core.events.emit('publish', publication.message, from);
+}
+
+/**
+ * Runs the outgoing extensions once and serialises once: every recipient shares the bytes. The
+ * engine later adds the position to those bytes without serialising again (ext is written last).
+ */
+export async function prepare(extensions: ExtensionPipeline, message: Message, session: Session | null): Promise<Publication | null> {
+  const out = await extensions.outgoing(message, { session, transport: null });
+  if (!out) return null;
+  const serialised = serialiseExtLast(out);
+  return { channel: out.channel, message: out, payload: serialised.text, ext: serialised.ext };
+}
+
+/** The "create" check, asked only of channels that nobody subscribes to yet. */
+export async function checkCreate(core: Pick<ServerCore, 'security' | 'engine'>, channel: string, session: ServerSession, message: Message): Promise<string | null> {
+  const { policy } = core.security;
+  if (policy.open || (await core.engine.subscriberCount(channel)) > 0) return null;
+  return policy.check('create', channel, session, message);
+}
+
+/** Whether a serialised message passes maxMessageBytes (counting bytes only when it might). */
+function tooLarge(core: Pick<ServerCore, 'options'>, payload: string): boolean {
+  const limit = core.options.maxMessageBytes;
+  return payload.length > limit || (payload.length * 3 > limit && Buffer.byteLength(payload) > limit);
+}

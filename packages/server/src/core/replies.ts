@@ -1,0 +1,48 @@
+/**
+ * Replies to clients' messages, built the same way by every handler (Bayeux §Responses): the
+ * channel, the request's `id` echoed (§id: replies to /meta MUST carry it) and its `clientId`
+ * echoed (§3.5: "MUST be returned in every message response except for a failed handshake").
+ * Every reply passes the outgoing extensions on its way out.
+ */
+import { bayeuxError, type Advice, type Message } from '@perihelion/protocol';
+import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
+import type { ResolvedOptions } from '../options.js';
+
+export type Reply = Message;
+
+/** The common reply fields: channel, id echoed (§id), clientId echoed (§3.5). */
+export function reply(message: Message, successful: boolean): Reply {
+  const out: Reply = { channel: message.channel, successful };
+  if (message.id !== undefined) out.id = message.id;
+  if (message.clientId !== undefined) out.clientId = message.clientId;
+  return out;
+}
+
+/** A reply to a message that could not be read or was refused before any handler ran. */
+export function refusal(value: unknown, error: string, advice?: Advice): Reply {
+  const message = value as Partial<Message> | null;
+  const channel = typeof message?.channel === 'string' ? message.channel : '/meta/unknown';
+  const out: Reply = { channel, successful: false, error };
+  if (typeof message?.id === 'string' || typeof message?.id === 'number') out.id = message.id;
+  if (typeof message?.clientId === 'string') out.clientId = message.clientId;
+  if (advice) out.advice = advice;
+  return out;
+}
+
+/** A message naming no session, or one that is gone (or that this request may not speak for). */
+export function unknownClient(message: Message): Reply {
+  const error = message.clientId === undefined ? bayeuxError('clientIdMissing') : bayeuxError('clientUnknown', [message.clientId]);
+  // Both clients act on advice, not on the code: "handshake" makes them start a new session.
+  return { ...reply(message, false), error, advice: { reconnect: 'handshake', interval: 0 } };
+}
+
+/** The advice of a successful handshake or held connect: complete, as CometD rebuilds it from its defaults (BAYEUX.md A28). */
+export function advice(options: Pick<ResolvedOptions, 'interval' | 'timeout'>): Advice {
+  return { reconnect: 'retry', interval: options.interval, timeout: options.timeout };
+}
+
+/** Passes a reply through the outgoing extensions and adds it, serialised, to `out` (unless dropped). */
+export async function emitReply(extensions: ExtensionPipeline, message: Reply, context: ExtensionContext, out: string[]): Promise<void> {
+  const final = await extensions.outgoing(message, context);
+  if (final) out.push(JSON.stringify(final));
+}
