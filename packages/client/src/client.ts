@@ -4,11 +4,13 @@
  * every tab of the origin (share.ts) is invisible here: both sit behind `Backend`.
  */
 import { channelProblem, isService, matches, type ConnectionType, type Message } from '@perihelion/protocol';
-import { Bayeux, type Extension, type RecoveryOutcome, type State, type StateChange, type SubscribeOutcome } from './bayeux.js';
+import { Bayeux, type State, type StateChange } from './bayeux.js';
 import { ClientError } from './errors.js';
 import { Emitter } from './events.js';
+import type { Extension } from './extensions.js';
 import { shareAvailable, SharedBackend } from './share.js';
 import { resolveOptions, type ClientOptions } from './options.js';
+import type { RecoveryOutcome, SubscribeOutcome } from './subscriptions.js';
 
 export type { ClientOptions };
 

@@ -9,9 +9,10 @@
  * liveness lock: every tab holds `<name>:tab:<id>` for its lifetime, and the hub waits for it.
  */
 import type { ConnectionType, Message } from '@perihelion/protocol';
-import type { Bayeux, RecoveryOutcome, State, StateChange } from './bayeux.js';
+import type { Bayeux, State, StateChange } from './bayeux.js';
 import type { BackendEvents } from './client.js';
 import { ClientError, type ClientErrorCode } from './errors.js';
+import type { RecoveryOutcome } from './subscriptions.js';
 
 export type Op = 'connect' | 'need' | 'release' | 'publish' | 'call';
 

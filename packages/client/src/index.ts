@@ -9,7 +9,9 @@ import { serveSharedWorker } from './worker.js';
 
 export { Client, Subscription, type ClientOptions, type ClientEvents, type Handler, type Sharing, type SubscribeOptions } from './client.js';
 export { ClientError, type ClientErrorCode } from './errors.js';
-export type { Extension, Position, RecoveryOutcome, State, StateChange } from './bayeux.js';
+export type { State, StateChange } from './bayeux.js';
+export type { Extension } from './extensions.js';
+export type { Position, RecoveryOutcome } from './subscriptions.js';
 export type { ConnectionType, Message } from '@perihelion/protocol';
 
 // Loaded as a SharedWorker (tab sharing loads this very script), it serves the tabs instead.

@@ -3,7 +3,6 @@
  * and constructors cannot cross to a worker).
  */
 import { isConnectionType, type ConnectionType } from '@perihelion/protocol';
-import type { ResolvedOptions } from './bayeux.js';
 import type { HubConfig } from './hub.js';
 import type { Environment } from './transports/transport.js';
 
@@ -52,6 +51,24 @@ export interface ClientOptions {
   WebSocket?: new (url: string) => WebSocket;
   fetch?: typeof fetch;
   EventSource?: new (url: string, init?: EventSourceInit) => EventSource;
+}
+
+/** The options as the session uses them: every default applied. */
+export interface ResolvedOptions {
+  transports: ConnectionType[];
+  timeout: number;
+  /** Silence allowed on a line beyond the server's hold before it is taken for dead. */
+  lineTimeout: number;
+  openTimeout: number;
+  streamTimeout: number;
+  minReconnectDelay: number;
+  maxReconnectDelay: number;
+  maxQueued: number;
+  /** Whether JSONP may be tried: the page is on another origin, or the application listed it. */
+  callbackPolling: boolean;
+  token: string | (() => string | undefined | Promise<string | undefined>) | undefined;
+  headers: Record<string, string>;
+  env: Environment;
 }
 
 const DEFAULT_TRANSPORTS: ConnectionType[] = ['websocket', 'eventsource', 'http-streaming', 'long-polling', 'callback-polling'];

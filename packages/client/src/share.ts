@@ -13,9 +13,11 @@
  * Either way the hub (hub.ts) does the work; this module is a tab's side of it.
  */
 import { asPosition, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
-import type { Bayeux, Extension, State, StateChange, SubscribeOutcome } from './bayeux.js';
+import type { Bayeux, State, StateChange } from './bayeux.js';
 import type { Backend, BackendEvents, Sharing } from './client.js';
+import { addExtension, type Extension } from './extensions.js';
 import { fromWire, Hub, type HubConfig, type Op, type Wire } from './hub.js';
+import type { SubscribeOutcome } from './subscriptions.js';
 
 interface Waiting {
   op: Op;
@@ -269,11 +271,10 @@ export class SharedBackend implements Backend {
     if (this.sharing === 'worker') {
       throw new TypeError('extensions cannot run in the SharedWorker that holds the connection; create the client with { worker: false } (a leader tab then runs them) or { shared: false }');
     }
-    this.extensions.push(extension);
+    const forget = addExtension(this.extensions, extension);
     const remove = this.hub?.bayeux.addExtension(extension);
     return () => {
-      const at = this.extensions.indexOf(extension);
-      if (at !== -1) this.extensions.splice(at, 1);
+      forget();
       remove?.();
     };
   }

@@ -6,7 +6,7 @@
  *
  * The server writes a first frame as soon as the stream opens (an SSE `connected` event, an
  * ndjson `[]` line). `openStream` resolves on that frame; a client that does not see it soon is
- * behind an intermediary that buffers responses and abandons the type (see client.ts).
+ * behind an intermediary that buffers responses and abandons the type (see Bayeux.openStream).
  *
  * A stream can die without a close (a NAT or a proxy that forgets the connection): once open,
  * one that carries nothing for `silence` ms (the server's hold plus the client's `lineTimeout`;

@@ -1,0 +1,189 @@
+/**
+ * The outbox: publishes, service requests, subscribes and unsubscribes on their way to the
+ * server, each waiting for the reply with its id.
+ *
+ * Offline, they wait here (publishes and requests up to `maxQueued`). Connected, everything
+ * issued in the same turn, or while a `batch()` runs, leaves in one request (one frame). A line
+ * that dies under them takes no publish with it: each leaves again on the next line with the
+ * same id, and the server drops one it already has from the same session. Subscribes and
+ * unsubscribes are not sent again from here: the subscription registry decides what it still
+ * wants, with positions that are fresh by then.
+ */
+import type { Message } from '@perihelion/protocol';
+import type { State } from './bayeux.js';
+import { ClientError } from './errors.js';
+import type { ResolvedOptions } from './options.js';
+import type { Transport } from './transports/transport.js';
+
+type Kind = 'publish' | 'request' | 'subscribe' | 'unsubscribe';
+
+interface Outgoing {
+  message: Message & { id: string };
+  kind: Kind;
+  timeout: number;
+  settle(reply: Message | ClientError): void;
+  timer?: ReturnType<typeof setTimeout>;
+}
+
+/** What the outbox reads of the session: whether and where it may send. */
+export interface OutboxSession {
+  readonly state: State;
+  readonly clientId: string | undefined;
+  readonly line: Transport | null;
+  /** The next message id; one sequence for every message of the session, meta ones included. */
+  nextId(): string;
+  /** The outgoing extensions' version of `message`; null when one of them dropped it. */
+  outgoing(message: Message): Message | null;
+}
+
+export class Outbox {
+  private readonly queue: Outgoing[] = [];
+  private readonly inflight = new Map<string, Outgoing>();
+  private flushQueued = false;
+  private batchDepth = 0;
+
+  constructor(
+    private readonly session: OutboxSession,
+    private readonly options: ResolvedOptions,
+  ) {}
+
+  publish(channel: string, data: unknown, ext: Record<string, unknown> | undefined): Promise<Message> {
+    return new Promise((resolve, reject) => {
+      this.enqueue('publish', { channel, data, ...(ext ? { ext } : {}) }, this.options.timeout, (reply) => {
+        if (reply instanceof ClientError) reject(reply);
+        else if (reply.successful === false) reject(ClientError.fromReply(reply));
+        else resolve(reply);
+      });
+    });
+  }
+
+  /** A service call: the publish acknowledgement, then a reply with the same id carrying data. */
+  call(channel: string, data: unknown, timeout: number): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      this.enqueue('request', { channel, data }, timeout, (reply) => {
+        if (reply instanceof ClientError) reject(reply);
+        else if (reply.successful === false) reject(ClientError.fromReply(reply));
+        else resolve(reply.data);
+      });
+    });
+  }
+
+  /**
+   * Sends `message` once connected. `settle` gets its reply, or the ClientError that ends its
+   * wait: `timeout` (no reply within `timeout` ms of sending), `queue-full`, a `bayeux` error
+   * when an extension dropped it, or the one the client stopped with.
+   */
+  enqueue(kind: Kind, message: Message, timeout: number, settle: (reply: Message | ClientError) => void): void {
+    const item: Outgoing = { kind, message: { ...message, id: this.session.nextId() }, timeout, settle };
+    if (kind === 'publish' || kind === 'request') {
+      const queued = this.queue.filter((o) => o.kind === 'publish' || o.kind === 'request').length;
+      if (queued >= this.options.maxQueued) {
+        return settle(new ClientError('queue-full', `${queued} messages are already waiting to be sent (maxQueued); this one was not queued`));
+      }
+    }
+    this.queue.push(item);
+    this.scheduleFlush();
+  }
+
+  scheduleFlush(): void {
+    if (this.flushQueued || this.batchDepth > 0 || this.session.state !== 'connected') return;
+    this.flushQueued = true;
+    // Everything issued in the same turn leaves in one request (or one frame).
+    queueMicrotask(() => {
+      this.flushQueued = false;
+      this.flush();
+    });
+  }
+
+  private flush(): void {
+    const { session } = this;
+    const line = session.line;
+    if (session.state !== 'connected' || !line || session.clientId === undefined || this.batchDepth > 0) return;
+    const batch: Message[] = [];
+    for (const item of this.queue.splice(0)) {
+      const out = session.outgoing({ ...item.message, clientId: session.clientId });
+      if (!out) {
+        item.settle(new ClientError('bayeux', `${item.message.channel}: dropped by an outgoing extension`, ''));
+        continue;
+      }
+      this.inflight.set(item.message.id, item);
+      item.timer = setTimeout(() => {
+        this.inflight.delete(item.message.id);
+        item.settle(new ClientError('timeout', `no reply to ${item.message.channel} within ${item.timeout} ms`));
+      }, item.timeout);
+      batch.push(out);
+    }
+    if (batch.length > 0) line.send(batch);
+  }
+
+  /**
+   * Holds every message issued while `fn` runs and sends them in one request. When `fn` returns
+   * a promise the batch lasts until it settles, so `fn` must not wait for replies to its own
+   * messages (they are sent only after it).
+   */
+  batch<T>(fn: () => T): T {
+    this.batchDepth++;
+    let result: T;
+    try {
+      result = fn();
+    } catch (error) {
+      this.endBatch();
+      throw error;
+    }
+    if (result instanceof Promise) {
+      result.then(
+        () => this.endBatch(),
+        () => this.endBatch(),
+      );
+    } else this.endBatch();
+    return result;
+  }
+
+  private endBatch(): void {
+    this.batchDepth--;
+    this.scheduleFlush();
+  }
+
+  /** Settles what waits for `message` (its reply, by id): true when the message was such a reply. */
+  answer(id: string | undefined, message: Message): boolean {
+    const item = id === undefined ? undefined : this.inflight.get(id);
+    if (!item || message.channel !== item.message.channel || (message.successful === undefined && message.data === undefined)) return false;
+    // A service call gets its acknowledgement (no data) and then its answer (data).
+    if (item.kind === 'request' && message.data === undefined && message.successful !== false) return true;
+    this.inflight.delete(id!);
+    clearTimeout(item.timer);
+    item.settle(message);
+    return true;
+  }
+
+  /**
+   * The line died under what was in flight: publishes and requests wait for the next line, in
+   * their first order. Returns the patterns whose subscribes it took with it.
+   */
+  lineLost(): string[] {
+    const requeue = [...this.inflight.values()];
+    const subscribes: string[] = [];
+    this.inflight.clear();
+    for (const item of requeue) {
+      clearTimeout(item.timer);
+      if (item.kind === 'subscribe') subscribes.push(item.message.subscription as string);
+      // Sent again with the same id after reconnecting: the server drops a publish it already has.
+      else if (item.kind !== 'unsubscribe') this.queue.unshift(item);
+    }
+    this.queue.sort((a, b) => Number(a.message.id) - Number(b.message.id));
+    return subscribes;
+  }
+
+  /** A new session: the subscribes and unsubscribes still waiting were meant for the old one. */
+  dropSubscribes(): void {
+    for (let i = this.queue.length - 1; i >= 0; i--) {
+      if (this.queue[i]!.kind === 'subscribe' || this.queue[i]!.kind === 'unsubscribe') this.queue.splice(i, 1);
+    }
+  }
+
+  /** The client stops: everything waiting or in flight fails with `error`. */
+  fail(error: ClientError): void {
+    for (const item of [...this.queue.splice(0), ...this.inflight.values()]) item.settle(error);
+    this.inflight.clear();
+  }
+}

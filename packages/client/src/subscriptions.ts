@@ -1,0 +1,281 @@
+/**
+ * The subscriptions the session holds on the server (one per pattern, whatever the number of
+ * handlers), and the positions that let them recover what was missed.
+ *
+ * When the server keeps history, every delivery carries `ext.position = {epoch, offset}`. The
+ * last one seen on each channel is kept: a message at or before it is dropped (no handler sees
+ * one twice), a subscribe after a reconnection asks for what followed it (`ext.recover`), and a
+ * skipped offset is a gap that the session recovers by starting over from it.
+ *
+ * A pattern is `wanted` (to be sent once connected), `sending` (the subscribe is on its way) or
+ * `active`. An active one whose line died is also due a resync: the same subscribe again, with
+ * `ext.recover`, on the same session.
+ */
+import { asPosition, isWildcard, matches, type Message, type Position } from '@perihelion/protocol';
+import type { State } from './bayeux.js';
+import type { BackendEvents } from './client.js';
+import { ClientError } from './errors.js';
+import type { ResolvedOptions } from './options.js';
+import type { Outbox } from './outbox.js';
+
+export type { Position };
+
+export interface RecoveryOutcome {
+  /** Whether every channel recovered without loss; false: the application must reload its state. */
+  recovered: boolean;
+  channels: Record<string, boolean>;
+}
+
+export interface SubscribeOutcome {
+  /** Undefined on a first subscription (nothing to recover). */
+  recovered: boolean | undefined;
+}
+
+interface PatternState {
+  status: 'wanted' | 'sending' | 'active';
+  /**
+   * Active on the server, but the line it was delivered on died: what that line swallowed is
+   * asked for again once connected, by a subscribe with `ext.recover` on the same session
+   * ("due"), which the server answers like a first one, replaying from the positions ("sent").
+   */
+  resync?: 'due' | 'sent' | undefined;
+  /** The `ext.recover` of the subscribe on its way, if it carries one. */
+  recover?: Record<string, Position> | undefined;
+  waiters: { resolve(outcome: SubscribeOutcome): void; reject(error: ClientError): void }[];
+  outcome: SubscribeOutcome;
+}
+
+/** What the registry needs of the session. */
+export interface SubscriptionsSession {
+  readonly state: State;
+  /** The session ended under a subscribe: a new one, after the backoff. */
+  retry(step: 'handshake', reason: string): void;
+  /** A gap: a new session at once, that subscribes everything again from the last positions. */
+  rehandshake(reason: string): void;
+}
+
+export class Subscriptions {
+  private readonly patterns = new Map<string, PatternState>();
+  private readonly positions = new Map<string, Position>();
+  /** Deliveries are dropped from a gap until the new session has re-subscribed. */
+  dropping = false;
+
+  constructor(
+    private readonly session: SubscriptionsSession,
+    private readonly outbox: Outbox,
+    private readonly events: BackendEvents,
+    private readonly options: ResolvedOptions,
+  ) {}
+
+  /** The server-side subscription to `pattern` (one per pattern, whatever the number of handlers). */
+  need(pattern: string): Promise<SubscribeOutcome> {
+    const existing = this.patterns.get(pattern);
+    if (existing?.status === 'active') return Promise.resolve(existing.outcome);
+    return new Promise((resolve, reject) => {
+      const state = existing ?? { status: 'wanted' as const, waiters: [], outcome: { recovered: undefined } };
+      state.waiters.push({ resolve, reject });
+      this.patterns.set(pattern, state);
+      this.sendWanted();
+    });
+  }
+
+  release(pattern: string): Promise<void> {
+    const state = this.patterns.get(pattern);
+    this.patterns.delete(pattern);
+    // Positions of channels no other pattern covers would make a later subscribe replay stale history.
+    for (const channel of [...this.positions.keys()]) {
+      if (![...this.patterns.keys()].some((p) => matches(p, channel))) this.positions.delete(channel);
+    }
+    if (!state || state.status === 'wanted' || this.session.state !== 'connected') return Promise.resolve();
+    return new Promise((resolve) => {
+      this.outbox.enqueue('unsubscribe', { channel: '/meta/unsubscribe', subscription: pattern }, this.options.timeout, () => resolve());
+    });
+  }
+
+  /** Sends the subscribes that are wanted or due a resync (once connected). */
+  sendWanted(): void {
+    if (this.session.state !== 'connected') return;
+    for (const [pattern, state] of this.patterns) {
+      const resync = state.status === 'active' && state.resync === 'due';
+      if (state.status !== 'wanted' && !resync) continue;
+      const recover = this.recoverFor(pattern);
+      state.recover = recover;
+      if (resync) {
+        // Without positions (a server without history) there is nothing to ask for again.
+        state.resync = recover ? 'sent' : undefined;
+        if (!recover) continue;
+      } else state.status = 'sending';
+      const message: Message = { channel: '/meta/subscribe', subscription: pattern, ...(recover ? { ext: { recover } } : {}) };
+      const timeout = this.options.timeout;
+      this.outbox.enqueue('subscribe', message, timeout, (reply) =>
+        // A timeout error comes from the outbox: no reply in time.
+        reply instanceof ClientError && reply.code === 'timeout' ? this.timedOut(pattern, timeout) : this.subscribed(pattern, reply, recover),
+      );
+    }
+    this.dropping = false;
+  }
+
+  /** `ext.recover` for a subscribe: the positions of the channels it covers (its own, or those seen through a wildcard). */
+  private recoverFor(pattern: string): Record<string, Position> | undefined {
+    const recover: Record<string, Position> = {};
+    let any = false;
+    for (const [channel, position] of this.positions) {
+      if (channel === pattern || (isWildcard(pattern) && matches(pattern, channel))) {
+        recover[channel] = position;
+        any = true;
+      }
+    }
+    return any ? recover : undefined;
+  }
+
+  private subscribed(pattern: string, reply: Message | ClientError, recover: Record<string, Position> | undefined): void {
+    const state = this.patterns.get(pattern);
+    if (!state) {
+      // Released while the subscribe was on its way: the server must not keep it.
+      if (!(reply instanceof ClientError) && reply.successful === true && this.session.state === 'connected') {
+        this.outbox.enqueue('unsubscribe', { channel: '/meta/unsubscribe', subscription: pattern }, this.options.timeout, () => {});
+      }
+      return;
+    }
+    if (reply instanceof ClientError) return this.failed(pattern, reply);
+    if (reply.successful !== true && reply.advice?.reconnect === 'handshake') {
+      // The session ended under the subscribe (it expired during a cut): not a refusal. A new
+      // session subscribes everything again, recovering from the positions.
+      state.status = 'wanted';
+      state.resync = undefined;
+      return this.session.retry('handshake', `server: ${reply.error ?? 'session unknown'}`);
+    }
+    if (reply.successful !== true) return this.failed(pattern, ClientError.fromReply(reply));
+    const ext = (reply.ext ?? {}) as { recovered?: Record<string, unknown>; positions?: Record<string, unknown> };
+    const positions = ext.positions ?? {};
+    let outcome: RecoveryOutcome | undefined;
+    if (recover) {
+      const channels: Record<string, boolean> = {};
+      for (const channel of Object.keys(recover)) {
+        // A server without history ignores ext.recover: nothing was replayed, and nothing can be promised.
+        channels[channel] = ext.recovered?.[channel] === true;
+        if (!channels[channel]) this.positions.delete(channel);
+      }
+      outcome = { recovered: Object.values(channels).every(Boolean), channels };
+    }
+    for (const [channel, value] of Object.entries(positions)) {
+      const position = asPosition(value);
+      const known = this.positions.get(channel);
+      // Only a channel with nothing seen (or a new epoch) starts from the reply: replays follow it.
+      if (position && (!known || known.epoch !== position.epoch)) this.positions.set(channel, position);
+    }
+    state.status = 'active';
+    state.resync = undefined;
+    state.recover = undefined;
+    state.outcome = { recovered: outcome?.recovered };
+    for (const waiter of state.waiters.splice(0)) waiter.resolve(state.outcome);
+    if (outcome) this.events.recovery(pattern, outcome);
+  }
+
+  /**
+   * No reply to a subscribe in time. A first subscription fails (its caller learns it); one the
+   * client is restoring (after a reconnection, nobody awaiting it) is not given up on a slow or
+   * dying line: it is sent again, and a dead line is found by the connect's deadline meanwhile.
+   */
+  private timedOut(pattern: string, timeout: number): void {
+    const state = this.patterns.get(pattern);
+    if (state?.resync === 'sent' || (state && state.waiters.length === 0 && state.status === 'sending')) {
+      if (state.resync === 'sent') state.resync = 'due';
+      else state.status = 'wanted';
+      return this.sendWanted();
+    }
+    this.failed(pattern, new ClientError('timeout', `no reply to the subscription within ${timeout} ms`));
+  }
+
+  private failed(pattern: string, error: ClientError): void {
+    const state = this.patterns.get(pattern);
+    if (!state) return;
+    this.patterns.delete(pattern);
+    const waiters = state.waiters.splice(0);
+    for (const waiter of waiters) waiter.reject(error);
+    if (waiters.length === 0) this.events.refused(pattern, error);
+  }
+
+  /** A message for the application, unless it was seen already or lies past a gap. */
+  deliver(message: Message): void {
+    if (this.dropping) return;
+    const position = asPosition(message.ext?.position);
+    if (position) {
+      const last = this.positions.get(message.channel);
+      if (last && last.epoch === position.epoch) {
+        // Already seen (a replay overlapping the live flow, or a resent batch): never twice.
+        if (position.offset <= last.offset) return;
+        if (position.offset > last.offset + 1) {
+          // A recovery from the last position is on its way (a dead line swallowed messages):
+          // its replay brings this one again, after those missing, in order.
+          if (this.recovering(message.channel)) return;
+          // The server dropped messages (a slow consumer's queue overflowed): start a new
+          // session that asks for them from the last position, in order.
+          return this.session.rehandshake(`gap on ${message.channel}: ${last.offset + 1}…${position.offset - 1} missing`);
+        }
+      } else if (last) {
+        // A new epoch: the channel's history was lost on the server.
+        this.positions.set(message.channel, position);
+        for (const pattern of this.patterns.keys()) {
+          if (matches(pattern, message.channel)) this.events.recovery(pattern, { recovered: false, channels: { [message.channel]: false } });
+        }
+      }
+      this.positions.set(message.channel, position);
+    }
+    this.events.deliver(message);
+  }
+
+  /**
+   * Whether a subscribe not yet answered will have the server replay `channel` from its last
+   * position: one still to be sent (it will carry that position) or one sent with it.
+   */
+  private recovering(channel: string): boolean {
+    for (const [pattern, state] of this.patterns) {
+      if (pattern !== channel && !(isWildcard(pattern) && matches(pattern, channel))) continue;
+      if (state.status === 'wanted' || state.resync === 'due') return true;
+      if ((state.status === 'sending' || state.resync === 'sent') && state.recover?.[channel] !== undefined) return true;
+    }
+    return false;
+  }
+
+  /**
+   * The line was lost. Whatever the server wrote to it and the client never read (frames on a
+   * dying socket, a poll's answer cut in flight, a stream's last bytes) counts as delivered on
+   * the server: the subscriptions ask for it again from their last positions once connected (a
+   * new session re-subscribes everything anyway).
+   */
+  lineLost(): void {
+    for (const state of this.patterns.values()) if (state.status === 'active') state.resync = 'due';
+  }
+
+  /** The subscribe for `pattern` was in flight on a line that died: it is sent again once connected. */
+  unanswered(pattern: string): void {
+    const state = this.patterns.get(pattern);
+    if (state?.status === 'sending') state.status = 'wanted';
+    else if (state?.resync === 'sent') state.resync = 'due';
+  }
+
+  /** A new session holds no subscription yet: every pattern is wanted again. */
+  newSession(): void {
+    for (const state of this.patterns.values()) {
+      state.status = 'wanted';
+      state.resync = undefined;
+    }
+  }
+
+  /** The client stops: whoever awaits a subscription learns why; the patterns stay wanted. */
+  stop(error: ClientError): void {
+    for (const state of this.patterns.values()) {
+      state.status = 'wanted';
+      for (const waiter of state.waiters.splice(0)) waiter.reject(error);
+    }
+  }
+
+  /**
+   * Positions seen elsewhere (a tab taking over the shared connection seeds its new one with
+   * what it was relayed), so that the first subscribes recover from them. Known channels keep theirs.
+   */
+  seedPositions(positions: Iterable<[string, Position]>): void {
+    for (const [channel, position] of positions) if (!this.positions.has(channel)) this.positions.set(channel, position);
+  }
+}
