@@ -73,7 +73,9 @@ describe('graceful shutdown', () => {
     child.kill('SIGTERM');
     await new Promise((resolve) => setTimeout(resolve, 200));
     // Draining: the server is not ready, takes no new session and no new publish...
-    assert.equal((await fetch(`${base}/ready`)).status, 503);
+    const ready = await fetch(`${base}/ready`);
+    assert.equal(ready.status, 503);
+    assert.deepEqual(await ready.json(), { status: 'shutting down' });
     const newcomer = await new Poller(`${base}/bayeux`).send([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
     assert.equal(newcomer[0]?.successful, false);
     // Without advice, CometD and Faye both try the handshake again (restart.test.ts).

@@ -262,7 +262,7 @@ describe('reconnection', () => {
       const ended = new Promise<string>((resolve) => c.once('disconnected', (change) => resolve(change.reason)));
       // Once the connect is held, the server ends the session: the held connect is answered with reconnect "none".
       await sleep(200);
-      test.server.disconnectSession(test.server.getSession(c.clientId!)!);
+      test.server.getSession(c.clientId!)!.disconnect();
       assert.match(await ended, /none/);
       assert.equal(c.state, 'disconnected');
       await sleep(300);

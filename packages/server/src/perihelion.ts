@@ -67,7 +67,6 @@ export class Perihelion {
   private readonly http: HttpAdapter;
   private readonly api: HttpApi;
   private readonly metrics: Metrics;
-  private servers: Server[] = [];
   private owned: Server | null = null;
   private shuttingDown: Promise<void> | null = null;
 
@@ -195,11 +194,6 @@ export class Perihelion {
     return outcomes.filter((outcome) => outcome.status === 'fulfilled' && outcome.value).length;
   }
 
-  /** Ends a session of this node from the server side: the same as `session.disconnect()`. */
-  disconnectSession(session: Session): void {
-    session.disconnect();
-  }
-
   // ---------------------------------------------------------------- inspection
 
   stats(): ServerStats {
@@ -278,7 +272,6 @@ export class Perihelion {
       // Nobody else listens for upgrades: refuse instead of leaving the socket hanging.
       if (server.listenerCount('upgrade') === 1) socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     });
-    this.servers.push(server);
     return this;
   }
 
@@ -300,7 +293,6 @@ export class Perihelion {
       if (!this.http.handleUpgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     });
     this.owned = server;
-    this.servers.push(server);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(options.port ?? 8080, options.host, () => {
