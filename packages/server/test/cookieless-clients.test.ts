@@ -7,7 +7,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from '../src/index.js';
-import { startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { readText, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 
 const RULES = [{ channel: '/chat/**', publish: 'anyone' as const }];
 
@@ -41,26 +41,15 @@ async function openBareStream(url: string, accept: string): Promise<{ messages: 
   assert.equal(response.status, 200, `the stream was refused: ${response.status}`);
   const messages: Msg[] = [];
   let buffer = '';
-  const reader = response.body!.getReader();
-  const decoder = new TextDecoder();
-  void (async () => {
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buffer += decoder.decode(value, { stream: true });
-        const lines = buffer.split('\n');
-        buffer = lines.pop()!;
-        for (const line of lines) {
-          const json = accept === 'text/event-stream' ? (line.startsWith('data: ') ? line.slice(6) : '') : line.trim();
-          if (!json.startsWith('[')) continue;
-          messages.push(...(JSON.parse(json) as Msg[]));
-        }
-      }
-    } catch {
-      // closed by the test
+  readText(response.body!, (chunk) => {
+    buffer += chunk;
+    const lines = buffer.split('\n');
+    buffer = lines.pop()!;
+    for (const line of lines) {
+      const json = accept === 'text/event-stream' ? (line.startsWith('data: ') ? line.slice(6) : '') : line.trim();
+      if (json.startsWith('[')) messages.push(...(JSON.parse(json) as Msg[]));
     }
-  })();
+  });
   return { messages, close: () => abort.abort() };
 }
 

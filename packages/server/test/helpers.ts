@@ -110,6 +110,27 @@ export async function handshake(url: string, types: string[] = ['long-polling'])
   return clientId;
 }
 
+/**
+ * Reads a streamed response body as text in the background, handing each decoded chunk to
+ * `onText`; `onEnd` runs when the body ends or the request is aborted.
+ */
+export function readText(body: ReadableStream<Uint8Array>, onText: (text: string) => void, onEnd: () => void = () => {}): void {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  void (async () => {
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        onText(decoder.decode(value, { stream: true }));
+      }
+    } catch {
+      // aborted by the test
+    }
+    onEnd();
+  })();
+}
+
 /** Resolves when `predicate` holds, polling every 10 ms, or rejects after `ms`. */
 export async function waitFor(predicate: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
   const deadline = Date.now() + ms;

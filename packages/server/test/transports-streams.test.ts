@@ -4,7 +4,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { browserFetch, handshake, post, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
+import { browserFetch, handshake, post, readText, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
 
 interface OpenStream {
   status: number;
@@ -21,20 +21,11 @@ async function openStream(url: string, accept: string): Promise<OpenStream> {
   let text = '';
   let ended = false;
   if (response.body) {
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    void (async () => {
-      try {
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          text += decoder.decode(value, { stream: true });
-        }
-      } catch {
-        // aborted by close()
-      }
-      ended = true;
-    })();
+    readText(
+      response.body,
+      (chunk) => (text += chunk),
+      () => (ended = true),
+    );
   }
   return {
     status: response.status,
