@@ -1405,7 +1405,7 @@ describe('limit: maxSessionsPerIp', () => {
     const { reply } = await handshakeLp(ts.url);
     assertRefused(reply, new RegExp(`^429::Too many requests: at most ${MAX} sessions per address$`));
     // No reconnect advice: clients retry a refused handshake by themselves (Faye would drop its
-    // first subscription on "handshake", see DRAIN_RECONNECT_INTERVAL in core/server.ts).
+    // first subscription on "handshake", see DRAIN_RECONNECT_INTERVAL in core/meta/connect.ts).
     assert.equal(adviceOf(reply).reconnect, undefined);
     assert.equal(adviceOf(reply).interval, 10_000);
     assert.equal(reply.clientId, undefined);
