@@ -169,15 +169,23 @@ export class Outbox {
       if (item.kind === 'subscribe') subscribes.push(item.message.subscription as string);
       // Sent again with the same id after reconnecting: the server drops a publish it already has.
       else if (item.kind !== 'unsubscribe') this.queue.unshift(item);
+      // The registry asks again once connected (it keeps what the server may still hold).
+      else item.settle(new ClientError('disconnected', 'the line was lost before the unsubscribe was answered'));
     }
     this.queue.sort((a, b) => Number(a.message.id) - Number(b.message.id));
     return subscribes;
   }
 
-  /** A new session: the subscribes and unsubscribes still waiting were meant for the old one. */
+  /**
+   * A new session: the subscribes and unsubscribes still waiting were meant for the old one. An
+   * unsubscribe is settled as done: the new session holds nothing to drop.
+   */
   dropSubscribes(): void {
     for (let i = this.queue.length - 1; i >= 0; i--) {
-      if (this.queue[i]!.kind === 'subscribe' || this.queue[i]!.kind === 'unsubscribe') this.queue.splice(i, 1);
+      const item = this.queue[i]!;
+      if (item.kind !== 'subscribe' && item.kind !== 'unsubscribe') continue;
+      this.queue.splice(i, 1);
+      if (item.kind === 'unsubscribe') item.settle({ channel: item.message.channel, successful: true });
     }
   }
 

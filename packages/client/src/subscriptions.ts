@@ -57,6 +57,11 @@ export interface SubscriptionsSession {
 export class Subscriptions {
   private readonly patterns = new Map<string, PatternState>();
   private readonly positions = new Map<string, Position>();
+  /**
+   * Patterns released while the server may still hold them for this session: unsubscribed again
+   * once connected, until the server has answered (a lost line or a timeout leaves them here).
+   */
+  private readonly releasing = new Map<string, 'due' | 'sent'>();
   /** Deliveries are dropped from a gap until the new session has re-subscribed. */
   dropping = false;
 
@@ -71,6 +76,8 @@ export class Subscriptions {
   need(pattern: string): Promise<SubscribeOutcome> {
     const existing = this.patterns.get(pattern);
     if (existing?.status === 'active') return Promise.resolve(existing.outcome);
+    // Wanted again: the subscribe, sent after any unsubscribe still on its way, settles it.
+    this.releasing.delete(pattern);
     return new Promise((resolve, reject) => {
       const state = existing ?? { status: 'wanted' as const, waiters: [], outcome: { recovered: undefined } };
       state.waiters.push({ resolve, reject });
@@ -86,15 +93,28 @@ export class Subscriptions {
     for (const channel of [...this.positions.keys()]) {
       if (![...this.patterns.keys()].some((p) => matches(p, channel))) this.positions.delete(channel);
     }
-    if (!state || state.status === 'wanted' || this.session.state !== 'connected') return Promise.resolve();
-    return new Promise((resolve) => {
-      this.outbox.enqueue('unsubscribe', { channel: '/meta/unsubscribe', subscription: pattern }, this.options.timeout, () => resolve());
+    if (!state || state.status === 'wanted') return Promise.resolve();
+    // The server holds it, or may (a subscribe on its way): it is told now, or once connected.
+    this.releasing.set(pattern, 'due');
+    if (this.session.state !== 'connected') return Promise.resolve();
+    return new Promise((resolve) => this.unsubscribe(pattern, resolve));
+  }
+
+  /** Sends the unsubscribe of a released pattern; `settled` runs on its answer, or when none can come. */
+  private unsubscribe(pattern: string, settled: () => void = () => {}): void {
+    this.releasing.set(pattern, 'sent');
+    this.outbox.enqueue('unsubscribe', { channel: '/meta/unsubscribe', subscription: pattern }, this.options.timeout, (reply) => {
+      // Answered (even refused: the server holds nothing more to drop): done. Otherwise asked again once connected.
+      if (!(reply instanceof ClientError)) this.releasing.delete(pattern);
+      else if (this.releasing.has(pattern)) this.releasing.set(pattern, 'due');
+      settled();
     });
   }
 
   /** Sends the subscribes that are wanted or due a resync (once connected). */
   sendWanted(): void {
     if (this.session.state !== 'connected') return;
+    for (const [pattern, step] of this.releasing) if (step === 'due') this.unsubscribe(pattern);
     for (const [pattern, state] of this.patterns) {
       const resync = state.status === 'active' && state.resync === 'due';
       if (state.status !== 'wanted' && !resync) continue;
@@ -131,10 +151,7 @@ export class Subscriptions {
   private subscribed(pattern: string, reply: Message | ClientError, recover: Record<string, Position> | undefined): void {
     const state = this.patterns.get(pattern);
     if (!state) {
-      // Released while the subscribe was on its way: the server must not keep it.
-      if (!(reply instanceof ClientError) && reply.successful === true && this.session.state === 'connected') {
-        this.outbox.enqueue('unsubscribe', { channel: '/meta/unsubscribe', subscription: pattern }, this.options.timeout, () => {});
-      }
+      // Released while the subscribe was on its way: release() left it to be unsubscribed.
       return;
     }
     if (reply instanceof ClientError) return this.failed(pattern, reply);
@@ -255,8 +272,9 @@ export class Subscriptions {
     else if (state?.resync === 'sent') state.resync = 'due';
   }
 
-  /** A new session holds no subscription yet: every pattern is wanted again. */
+  /** A new session holds no subscription yet: every pattern is wanted again, and none is left to drop. */
   newSession(): void {
+    this.releasing.clear();
     for (const state of this.patterns.values()) {
       state.status = 'wanted';
       state.resync = undefined;

@@ -192,4 +192,46 @@ describe('cut connections (a TCP proxy that closes, resets or silences them)', (
   it('eventsource: a stream gone silent (its POSTs still pass) is dropped by its own deadline, and nothing is lost', { timeout: 40_000 }, async (t) => {
     assert.match(await silentLine(t, 'eventsource', stream, streamOnly), /silent for 3500 ms/);
   });
+
+  // An unsubscribe must settle whatever the line does, and the server must end up without the
+  // subscription: the client asked for it to go.
+  for (const type of ['websocket', 'long-polling'] as const) {
+    it(`${type}: an unsubscribe in flight on a line that goes silent resolves once the client is back, and the server drops the subscription`, { timeout: 30_000 }, async () => {
+      const setup = await setUp(type, '/bye/silent', 10);
+      const { test, proxy, client } = setup;
+      try {
+        const extra = await client.subscribe('/bye/extra', () => {});
+        const clientId = client.clientId!;
+        assert.ok(test.server.getSession(clientId)?.subscriptions.has('/bye/extra'));
+        proxy.silence();
+        const released = extra.unsubscribe();
+        await waitFor(() => client.state === 'connecting', HOLD + LINE_TIMEOUT + 2000, 'the client to notice the silent line');
+        await waitFor(() => client.state === 'connected', 20_000, 'the reconnection');
+        await Promise.race([released, sleep(10_000).then(() => assert.fail('the unsubscribe never settled'))]);
+        const session = test.server.getSession(client.clientId!);
+        await waitFor(() => session?.subscriptions.has('/bye/extra') === false, 5000, 'the server to drop the subscription');
+        assert.ok(session?.subscriptions.has('/bye/silent'), 'the other subscription stays');
+      } finally {
+        await tearDown(setup);
+      }
+    });
+
+    it(`${type}: an unsubscribe made while the line is down resolves, and the server drops the subscription once the client is back`, { timeout: 30_000 }, async () => {
+      const setup = await setUp(type, '/bye/down', 10, { minReconnectDelay: 500, maxReconnectDelay: 500 });
+      const { test, proxy, client } = setup;
+      try {
+        const extra = await client.subscribe('/bye/extra', () => {});
+        proxy.reset();
+        await waitFor(() => client.state === 'connecting', 5000, 'the client to notice the cut');
+        const released = extra.unsubscribe();
+        await waitFor(() => client.state === 'connected', 20_000, 'the reconnection');
+        await Promise.race([released, sleep(10_000).then(() => assert.fail('the unsubscribe never settled'))]);
+        const session = test.server.getSession(client.clientId!);
+        await waitFor(() => session?.subscriptions.has('/bye/extra') === false, 5000, 'the server to drop the subscription');
+        assert.ok(session?.subscriptions.has('/bye/down'), 'the other subscription stays');
+      } finally {
+        await tearDown(setup);
+      }
+    });
+  }
 });
