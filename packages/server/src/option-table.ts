@@ -204,29 +204,31 @@ export function tableDefaults(): ScalarOptions {
  * (a sentence naming what the option accepts).
  */
 export function checkOption(name: string, spec: OptionSpec, value: unknown): { value: unknown } | { error: string } {
-  const got = `got ${JSON.stringify(value)}`;
+  // Only in error messages, so only for the kinds that print it: a structured value (an engine,
+  // hooks) may hold cycles, and JSON.stringify throws on those and on a BigInt.
+  const got = (): string => `got ${shown(value)}`;
   switch (spec.kind) {
     case 'integer':
       if (typeof value !== 'number' || !Number.isInteger(value) || value < spec.min || value > spec.max) {
-        return { error: `option "${name}" must be an integer from ${spec.min} to ${spec.max}, ${got}` };
+        return { error: `option "${name}" must be an integer from ${spec.min} to ${spec.max}, ${got()}` };
       }
       return { value };
     case 'boolean':
-      return typeof value === 'boolean' ? { value } : { error: `option "${name}" must be true or false, ${got}` };
+      return typeof value === 'boolean' ? { value } : { error: `option "${name}" must be true or false, ${got()}` };
     case 'choice': {
       if (spec.values.includes(value as string)) return { value };
       const quoted = spec.values.map((v) => `"${v}"`);
-      return { error: `option "${name}" must be ${quoted.slice(0, -1).join(', ')} or ${quoted.at(-1)}, ${got}` };
+      return { error: `option "${name}" must be ${quoted.slice(0, -1).join(', ')} or ${quoted.at(-1)}, ${got()}` };
     }
     case 'path':
       if (typeof value !== 'string' || !/^\/[A-Za-z0-9._~\-/]*$/.test(value) || value.includes('//')) {
-        return { error: `option "${name}" must be a URL path starting with "/", like "/bayeux" or "/cometd", ${got}` };
+        return { error: `option "${name}" must be a URL path starting with "/", like "/bayeux" or "/cometd", ${got()}` };
       }
       return { value: value.length > 1 ? value.replace(/\/$/, '') : value };
     case 'connection-types': {
       if (!Array.isArray(value) || value.length === 0) return { error: `option "${name}" must be a non-empty list of connection types` };
       const unknown = value.find((type) => !isConnectionType(type));
-      if (unknown !== undefined) return { error: `option "${name}": unknown connection type ${JSON.stringify(unknown)}; known types are: ${CONNECTION_TYPES.join(', ')}` };
+      if (unknown !== undefined) return { error: `option "${name}": unknown connection type ${shown(unknown)}; known types are: ${CONNECTION_TYPES.join(', ')}` };
       return { value: [...new Set(value)] };
     }
     case 'origins': {
@@ -242,4 +244,16 @@ export function checkOption(name: string, spec: OptionSpec, value: unknown): { v
     case 'structured':
       return { value };
   }
+}
+
+/** A refused value as an error message shows it: its JSON, cut short; never a throw. */
+function shown(value: unknown): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch {
+    text = undefined;
+  }
+  text ??= typeof value === 'bigint' ? `${value}n` : typeof value === 'object' ? 'an object' : `a ${typeof value}`;
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 }
