@@ -77,7 +77,8 @@ const DEFAULT_TRANSPORTS: ConnectionType[] = ['websocket', 'eventsource', 'http-
 const PORTABLE = ['transports', 'timeout', 'lineTimeout', 'openTimeout', 'streamTimeout', 'minReconnectDelay', 'maxReconnectDelay', 'maxQueued', 'token', 'headers'] as const;
 
 type Check = [accepts: (value: unknown) => boolean, takes: string];
-const NUMBER: Check = [(v) => typeof v === 'number' && v >= 0, 'a number ≥ 0'];
+// Below 2³¹: setTimeout runs a longer delay at once (every request would time out).
+const NUMBER: Check = [(v) => typeof v === 'number' && v >= 0 && v < 2 ** 31, 'a number ≥ 0'];
 const BOOLEAN: Check = [(v) => typeof v === 'boolean', 'true or false'];
 const FUNCTION: Check = [(v) => typeof v === 'function', 'a function'];
 
@@ -107,7 +108,7 @@ function checkOptions(options: ClientOptions): void {
     const check = CHECKS[name as keyof ClientOptions];
     if (!check) throw new TypeError(`unknown option "${name}"; known options are: ${Object.keys(CHECKS).join(', ')}`);
     if (value !== undefined && !check[0](value)) {
-      throw new TypeError(`option "${name}" must be ${check[1]}, got ${typeof value === 'function' ? 'a function' : JSON.stringify(value)}`);
+      throw new TypeError(`option "${name}" must be ${check[1]}, got ${typeof value === 'function' ? 'a function' : typeof value === 'number' ? value : JSON.stringify(value)}`);
     }
   }
 }

@@ -34,6 +34,11 @@ export interface SubscribeOutcome {
 interface PatternState {
   status: 'wanted' | 'sending' | 'active';
   /**
+   * A subscribe for it has left on this session: the server may hold it even while it is wanted
+   * again (the reply was lost with its line, or came too late), so a release must unsubscribe.
+   */
+  sent?: boolean;
+  /**
    * Active on the server, but the line it was delivered on died: what that line swallowed is
    * asked for again once connected, by a subscribe with `ext.recover` on the same session
    * ("due"), which the server answers like a first one, replaying from the positions ("sent").
@@ -93,7 +98,7 @@ export class Subscriptions {
     for (const channel of [...this.positions.keys()]) {
       if (![...this.patterns.keys()].some((p) => matches(p, channel))) this.positions.delete(channel);
     }
-    if (!state || state.status === 'wanted') return Promise.resolve();
+    if (!state || (state.status === 'wanted' && !state.sent)) return Promise.resolve();
     // The server holds it, or may (a subscribe on its way): it is told now, or once connected.
     this.releasing.set(pattern, 'due');
     if (this.session.state !== 'connected') return Promise.resolve();
@@ -125,6 +130,7 @@ export class Subscriptions {
         state.resync = recover ? 'sent' : undefined;
         if (!recover) continue;
       } else state.status = 'sending';
+      state.sent = true;
       const message: Message = { channel: '/meta/subscribe', subscription: pattern, ...(recover ? { ext: { recover } } : {}) };
       const timeout = this.options.timeout;
       this.outbox.enqueue('subscribe', message, timeout, (reply) =>
@@ -278,6 +284,7 @@ export class Subscriptions {
     for (const state of this.patterns.values()) {
       state.status = 'wanted';
       state.resync = undefined;
+      state.sent = false;
     }
   }
 
