@@ -59,35 +59,42 @@ export async function clientPublish(core: PublishCore, message: Message, session
     if (dedupKey !== null) session.recentPublishes?.delete(dedupKey);
     return fail(error);
   };
-  const refused = (await core.security.policy.check('publish', channel, session, message)) ?? (await checkCreate(core, channel, session, message));
-  if (refused) return refuse(bayeuxError('channelForbidden', [channel], refused));
+  try {
+    const refused = (await core.security.policy.check('publish', channel, session, message)) ?? (await checkCreate(core, channel, session, message));
+    if (refused) return refuse(bayeuxError('channelForbidden', [channel], refused));
 
-  const delivered: Message = { channel, data: message.data };
-  if (message.ext !== undefined) {
-    // Credentials never travel on to subscribers, and positions are the server's to give.
-    const { token: _token, position: _position, ...ext } = message.ext;
-    if (Object.keys(ext).length > 0) delivered.ext = ext;
-  }
-  if (isService(channel)) {
-    // Service channels go to in-process listeners only; a listener's result is the answer
-    // (CometD remote call: the publish reply, then {id, channel, successful, data}).
-    if (message.id !== undefined) delivered.id = message.id;
-    if (tooLarge(core, JSON.stringify(delivered))) return fail(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
-    const result = await core.listeners.notify(delivered, session);
-    await emitReply(extensions, reply(message, true), context, out);
-    if (result !== undefined) {
-      const answer: Message = { channel, successful: true, data: result };
-      if (message.id !== undefined) answer.id = message.id;
-      await emitReply(extensions, answer, context, out);
+    const delivered: Message = { channel, data: message.data };
+    if (message.ext !== undefined) {
+      // Credentials never travel on to subscribers, and positions are the server's to give.
+      const { token: _token, position: _position, ...ext } = message.ext;
+      if (Object.keys(ext).length > 0) delivered.ext = ext;
     }
-    return;
+    if (isService(channel)) {
+      // Service channels go to in-process listeners only; a listener's result is the answer
+      // (CometD remote call: the publish reply, then {id, channel, successful, data}).
+      if (message.id !== undefined) delivered.id = message.id;
+      if (tooLarge(core, JSON.stringify(delivered))) return fail(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
+      const result = await core.listeners.notify(delivered, session);
+      await emitReply(extensions, reply(message, true), context, out);
+      if (result !== undefined) {
+        const answer: Message = { channel, successful: true, data: result };
+        if (message.id !== undefined) answer.id = message.id;
+        await emitReply(extensions, answer, context, out);
+      }
+      return;
+    }
+    const publication = await prepare(extensions, delivered, null);
+    if (publication && tooLarge(core, publication.payload)) {
+      return refuse(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
+    }
+    if (publication) await send(core, publication, session);
+    return emitReply(extensions, reply(message, true), context, out);
+  } catch (error) {
+    // A failure (the engine away, a hook that throws) is answered as a server error by dispatch:
+    // the id is forgotten, so that the client's resend is published, not taken for a duplicate.
+    if (dedupKey !== null) session.recentPublishes?.delete(dedupKey);
+    throw error;
   }
-  const publication = await prepare(extensions, delivered, null);
-  if (publication && tooLarge(core, publication.payload)) {
-    return refuse(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
-  }
-  if (publication) await send(core, publication, session);
-  return emitReply(extensions, reply(message, true), context, out);
 }
 
 /** Publishes a message the server itself sends (server.publish) to every subscriber of its channel. */
