@@ -159,10 +159,14 @@ class WebSocketConnection implements PushConnection {
     if (!decoded.ok) return this.reject(decoded.reason, decoded.error);
     // Frames are processed one after another, so a client's publishes keep their order even
     // when the engine is asynchronous; a held connect does not block this chain.
-    this.tail = this.tail.then(async () => {
-      const replies = await this.core.process(decoded.messages, { transport: 'websocket', request: this.request, connection: this });
-      if (replies.length > 0 || decoded.messages.length === 0) this.send(replies);
-    });
+    this.tail = this.tail
+      .then(async () => {
+        const replies = await this.core.process(decoded.messages, { transport: 'websocket', request: this.request, connection: this });
+        if (replies.length > 0 || decoded.messages.length === 0) this.send(replies);
+      })
+      // process() rejects only when the server cannot serve at all (its engine never started,
+      // already reported): the frame gets an error, and later frames are still handled.
+      .catch(() => this.reject('the server cannot handle requests now', 'serverError'));
   }
 
   private reject(reason: string, name: ErrorName = 'badRequest'): void {
