@@ -52,7 +52,7 @@ export function speaksFor(mode: SessionBinding, session: BindableSession, contex
     session.browserConfirmed = true;
     return true;
   }
-  if (line !== undefined && presented === undefined && session.remoteAddress === remoteAddress) return true;
+  if (line !== undefined && presented === undefined && remoteAddress !== undefined && session.remoteAddress === remoteAddress) return true;
   // `cookie` mode: a cookie-less request speaks for a session made over HTTP (so given a cookie)
   // whose client has never presented that cookie. Another browser's cookie never does.
   return mode === 'cookie' && presented === undefined && session.browserId !== undefined && !session.browserConfirmed;
