@@ -551,3 +551,23 @@ describe('one error per limit on every transport', () => {
     }
   });
 });
+
+describe('a server whose engine never started', () => {
+  it('answers each WebSocket frame with an error instead of dropping it and every later frame', async () => {
+    // Only start() is reached: it fails, as a Redis engine does when Redis is not there.
+    const engine = { name: 'broken', start: () => Promise.reject(new Error('the store is not there')), close: async () => {} } as unknown as NonNullable<Parameters<typeof startServer>[0]>['engine'];
+    const ts = await startServer({ engine: engine! });
+    ts.server.on('error', () => {});
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      for (const id of ['h1', 'h2']) {
+        peer.send([{ ...HANDSHAKE, id }]);
+        const reply = await peer.next((m) => m.successful === false && peer.received.filter((r) => r.successful === false).length === Number(id.slice(1)), `the error for frame ${id}`);
+        assert.match(String(reply.error), /^500:/);
+      }
+    } finally {
+      await peer.close();
+      await ts.close().catch(() => {});
+    }
+  });
+});

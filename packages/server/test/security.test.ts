@@ -1620,3 +1620,29 @@ describe('limit: bodyTimeout', () => {
     assert.match(response, /"successful":true/);
   });
 });
+
+describe('a publish that fails inside the server', () => {
+  it('is published when the client resends it with the same id (its id is not kept as a duplicate)', async () => {
+    let failures = 1;
+    const ts = await secure({
+      authorize: ({ operation }) => {
+        if (operation === 'publish' && failures-- > 0) throw new Error('the permission store is down');
+        return true;
+      },
+    });
+    ts.server.on('error', () => {});
+    try {
+      const subscriber = await login(ts.url);
+      assertOk(await subscriber.subscribe('/resent'));
+      const publisher = await login(ts.url);
+      const batch = [{ channel: '/resent', clientId: publisher.clientId, data: 'once', id: 'same' }];
+      const first = await publisher.browser.post(ts.url, batch);
+      assertRefused(at(first.body, 0), /^500:/);
+      const again = await publisher.browser.post(ts.url, batch);
+      assertOk(at(again.body, 0), 'the resend');
+      assert.deepEqual(dataOf(await subscriber.drain()), ['once']);
+    } finally {
+      await ts.close();
+    }
+  });
+});
