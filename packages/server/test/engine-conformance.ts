@@ -345,6 +345,21 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.deepEqual(await engine.usersOf(['u1']), [null], 'the user of an ended session is forgotten');
     });
 
+    it('keeps a presence grace mark until it is taken or expires, per channel and member', async () => {
+      const { engine } = await open();
+      assert.equal(await engine.takeLeaving('/room', 'alice'), false, 'no mark yet');
+      await engine.markLeaving('/room', 'alice', 5_000);
+      await engine.markLeaving('/room', 'al"ice', 5_000);
+      assert.equal(await engine.takeLeaving('/other', 'alice'), false, 'another channel');
+      assert.equal(await engine.takeLeaving('/room', 'bob'), false, 'another member');
+      assert.equal(await engine.takeLeaving('/room', 'alice'), true);
+      assert.equal(await engine.takeLeaving('/room', 'alice'), false, 'taken once');
+      assert.equal(await engine.takeLeaving('/room', 'al"ice'), true, 'any member id is kept apart from the channel');
+      await engine.markLeaving('/room', 'carol', 40);
+      await new Promise((resolve) => setTimeout(resolve, 120));
+      assert.equal(await engine.takeLeaving('/room', 'carol'), false, 'expired');
+    });
+
     it('lists the sessions of a user and ends a known session; an unknown one is refused', async () => {
       const { engine, host } = await open();
       await engine.addSession('b1', 'bob');
@@ -454,6 +469,14 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       assert.equal(await b.engine.endSession('dave-on-a'), true);
       await waitFor(() => a.host.ended.includes('dave-on-a'), 3000, 'node a to be asked to end its session');
       assert.deepEqual(b.host.ended, [], 'node b ended nothing of its own');
+    });
+
+    it('lets any node take a presence grace mark set by another, once', async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.markLeaving('/d/room', 'erin', 5_000);
+      assert.equal(await b.engine.takeLeaving('/d/room', 'erin'), true);
+      assert.equal(await a.engine.takeLeaving('/d/room', 'erin'), false);
     });
 
     it("knows the user of another node's session, until it ends", async () => {

@@ -99,4 +99,11 @@ export interface Engine {
   subscriberCount(pattern: string): Promise<number>;
   /** Every channel or pattern that has at least one subscriber, with the count. */
   channels(): Promise<Map<string, number>>;
+  /**
+   * Presence grace: marks `member` (a user, or a session) as just gone from `channel`, for
+   * `ttlMs`, where every node sees it, so that a member coming back on any node finds it.
+   */
+  markLeaving(channel: string, member: string, ttlMs: number): Promise<void>;
+  /** Removes the mark set by `markLeaving`; true when it was there (and had not expired). */
+  takeLeaving(channel: string, member: string): Promise<boolean>;
 }

@@ -2,6 +2,7 @@ import { isWildcard } from '@perihelion/protocol';
 import type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine.js';
 import { HistoryStore, type HistoryPage, type HistoryQuery } from './history.js';
 import { stampPosition, withPosition } from './position.js';
+import { LeavingMarks } from './leaving-marks.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { PerihelionError } from '../errors.js';
 
@@ -21,13 +22,18 @@ export class MemoryEngine implements Engine {
   /** Live sessions and the user each belongs to (null: anonymous). */
   private readonly sessions = new Map<string, string | null>();
   private historyStore: HistoryStore | null = null;
+  /** Presence grace marks (see markLeaving): key → when the mark expires (ms). */
+  private readonly leaving = new LeavingMarks();
   private sweeper: NodeJS.Timeout | null = null;
 
   async start(host: EngineHost): Promise<void> {
     this.host = host;
     const history = new HistoryStore(host.historySettings);
     this.historyStore = history;
-    this.sweeper = setInterval(() => history.sweep(), SWEEP_INTERVAL_MS);
+    this.sweeper = setInterval(() => {
+      history.sweep();
+      this.leaving.sweep(Date.now());
+    }, SWEEP_INTERVAL_MS);
     this.sweeper.unref();
   }
 
@@ -112,6 +118,16 @@ export class MemoryEngine implements Engine {
 
   async channels(): Promise<Map<string, number>> {
     return this.index.patterns();
+  }
+
+  async markLeaving(channel: string, member: string, ttlMs: number): Promise<void> {
+    this.running();
+    this.leaving.mark(channel, member, Date.now() + ttlMs);
+  }
+
+  async takeLeaving(channel: string, member: string): Promise<boolean> {
+    this.running();
+    return this.leaving.take(channel, member, Date.now());
   }
 
   async history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null> {

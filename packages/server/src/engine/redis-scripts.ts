@@ -20,6 +20,8 @@
  *   P user                hash   clientId → its authenticated user (anonymous sessions: absent)
  *   P usess:<user>        set    the sessions of a user
  *   P nodes               hash   node id → time of its last heartbeat (ms, Redis clock)
+ *   P leave:<[ch,member]> string a presence grace mark: the member just left the channel (it
+ *                                expires on its own; see Engine.markLeaving)
  *
  * The scripts compute key names from the prefix instead of declaring them in KEYS, so they need a
  * single Redis (standalone, or a primary with replicas or Sentinel), not Redis Cluster.

@@ -29,6 +29,7 @@ import { isWildcard, type Message, type Position } from '@perihelion/protocol';
 import type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine.js';
 import type { HistoryPage, HistoryQuery, Retention } from './history.js';
 import { newEpoch, stampPosition, withPosition } from './position.js';
+import { LeavingMarks, markKey } from './leaving-marks.js';
 import { BusFormatError, broadcastHeader, busChannel, decode, encode, nodeChannel, type Broadcast } from './redis-bus.js';
 import { RedisConnection, unavailable } from './redis-connection.js';
 import { NodeLiveness, type Registration } from './redis-liveness.js';
@@ -68,6 +69,8 @@ export class RedisEngine implements Engine {
   private readonly index = new SubscriptionIndex();
   private readonly sessions = new Map<string, LocalSession>();
   private readonly pending = new Map<string, PendingPublish>();
+  /** Presence grace marks set while Redis was away (see markLeaving). */
+  private readonly leaving = new LeavingMarks();
   private readonly busChannel: string;
   private readonly nodeChannel: string;
   /** Marks where the position goes in a payload sent to the publish script (random: no payload can forge it). */
@@ -391,6 +394,26 @@ export class RedisEngine implements Engine {
       () => Object.fromEntries(this.index.patterns()),
     );
     return new Map(Object.entries(counts).map(([pattern, count]) => [pattern, Number(count)]));
+  }
+
+  async markLeaving(channel: string, member: string, ttlMs: number): Promise<void> {
+    this.running();
+    const key = `${this.options.prefix}leave:${markKey(channel, member)}`;
+    const ttl = Math.max(1, Math.ceil(ttlMs));
+    await this.connection.read(
+      `presence of ${channel}`,
+      async (cmd) => void (await cmd.set(key, '1', 'PX', ttl)),
+      () => this.leaving.mark(channel, member, Date.now() + ttl),
+    );
+  }
+
+  async takeLeaving(channel: string, member: string): Promise<boolean> {
+    this.running();
+    const key = `${this.options.prefix}leave:${markKey(channel, member)}`;
+    // A mark set while Redis was away is this node's own; one in Redis is anyone's.
+    const local = this.leaving.take(channel, member, Date.now());
+    const shared = await this.connection.read(`presence of ${channel}`, async (cmd) => (await cmd.del(key)) > 0, () => false);
+    return local || shared;
   }
 
   // ---------------------------------------------------------------- messages from the bus
