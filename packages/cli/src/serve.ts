@@ -1,6 +1,7 @@
 import { pino, type Logger } from 'pino';
 import { RedisEngine, createServer, type Perihelion } from '@perihelion/server';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
+import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
 import type { Settings } from './settings.js';
 
 /** What a newcomer must know about who may do what on this server. */
@@ -41,14 +42,17 @@ export interface Running {
 
 /** Starts the server described by `settings` and reports what it serves. */
 export async function serve(settings: Settings, log: (line: string) => void = console.log): Promise<Running> {
-  // The demo's pages publish to its chat and counter, and nowhere else.
-  const options = settings.demo ? { ...settings.server, channels: [...DEMO_RULES, ...(settings.server.channels ?? [])] } : settings.server;
+  // The built-in services may be called by anyone; the demo's pages publish to its chat and
+  // counter, and nowhere else.
+  const rules = [...SERVICE_RULES, ...(settings.demo ? DEMO_RULES : []), ...(settings.server.channels ?? [])];
+  const options = { ...settings.server, channels: rules };
   // Cluster mode: every node started with the same --redis acts as one server.
   const engine = settings.redis !== undefined ? new RedisEngine({ url: settings.redis, ...(settings.redisPrefix !== undefined ? { prefix: settings.redisPrefix } : {}) }) : undefined;
   const server = createServer(engine ? { ...options, engine } : options);
   attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null }, pino.destination(2)));
   // An engine that cannot start (Redis unreachable) stops the server here, before it listens.
   await server.whenReady();
+  installServices(server);
   if (settings.demo) installDemo(server);
   const listenOptions = { port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), ...(settings.demo ? { fallback: demoPage() } : {}) };
   const address = await server.listen(listenOptions);
@@ -62,6 +66,7 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   for (const line of securitySummary(server)) log(`  ${line}`);
   log(`  HTTP API: ${server.options.apiKey !== undefined ? `${url}/api/ (Authorization: Bearer <PERIHELION_API_KEY>)` : 'off (set PERIHELION_API_KEY to enable it)'}`);
   if (server.options.operations) log(`  operations: ${url}/health ${url}/ready ${url}/metrics`);
+  log(`  services: ${ECHO_CHANNEL} (answers the caller with what it sent)`);
   if (settings.demo) log(`  demo page: ${url}/`);
   return { server, url, stop: () => server.close() };
 }

@@ -9,6 +9,7 @@ export const ERROR_CODES = {
   ERR_SERVER_CLOSED: 'The server was used after close().',
   ERR_INVALID_CHANNEL: 'A server-side call named a channel that is not a valid Bayeux channel.',
   ERR_INVALID_ARGUMENT: 'A server-side call got an argument of the wrong type or out of range.',
+  ERR_REFUSED: 'The server refused what a local client asked (handshake, subscribe, publish, request); the message carries the Bayeux error.',
   ERR_AUTHENTICATION: 'An authenticator refused a handshake (AuthenticationError); its reason reaches the client.',
   ERR_CALLOUT: 'A call-out to the application got no usable answer (CalloutError, reported through the error event).',
   ERR_WEBHOOK: 'A webhook request failed, or webhook events were dropped (WebhookError, reported through the error event).',

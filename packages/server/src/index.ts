@@ -3,7 +3,8 @@ export type { ServerEvents, DisconnectReason } from './core/events.js';
 export type { ServerStats } from './core/delivery.js';
 export type { Session } from './core/session.js';
 export type { Listener } from './core/listeners.js';
-export type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine/engine.js';
+export type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine/engine.js';
+export { LocalClient, LocalClientRefusal, type LocalClientOptions, type LocalHandler } from './api/local-client.js';
 export { MemoryEngine } from './engine/memory.js';
 export { RedisEngine, REDIS_DEFAULTS, type RedisEngineOptions } from './engine/redis.js';
 export type { HistorySettings, HistoryPage, HistoryQuery, Retention } from './engine/history.js';
@@ -12,7 +13,7 @@ export { DEFAULTS, resolveOptions, type ServerOptions, type ResolvedOptions, typ
 export { OPTION_TABLE, type OptionSpec, type OptionName, type OptionSetting } from './option-table.js';
 export type { SessionBinding } from './security/session-binding.js';
 export type { CookieSameSite } from './security/browser-cookie.js';
-export type { ProcessContext, PushConnection, RequestFacts } from './core/contract.js';
+export type { ProcessContext, PushConnection, RequestFacts, Transport } from './core/contract.js';
 export { PerihelionError, ERROR_CODES, type ErrorCode } from './errors.js';
 export { AuthenticationError, type Authenticator, type HandshakeRequest } from './security/authenticate.js';
 export type { Identity } from './security/identity.js';

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { channelProblem, isMeta, isService, type Message, type Position } from '@perihelion/protocol';
 import { HttpApi } from './api/http-api.js';
+import { LocalClient, type LocalClientOptions } from './api/local-client.js';
 import { Metrics, deliveryLatency } from './api/metrics.js';
 import { OPERATION_PATHS, handleOperation } from './api/operations.js';
 import { assembleCore } from './assemble.js';
@@ -22,7 +23,7 @@ import type { Listener } from './core/listeners.js';
 import { broadcast, prepare } from './core/publish.js';
 import type { ServerCore } from './core/server.js';
 import type { Session } from './core/session.js';
-import type { Engine } from './engine/engine.js';
+import type { Engine, SessionInfo } from './engine/engine.js';
 import type { HistoryPage, HistoryQuery } from './engine/history.js';
 import { PerihelionError } from './errors.js';
 import type { Extension } from './extensions/pipeline.js';
@@ -45,6 +46,8 @@ export type PerihelionEvents = ServerEvents;
 
 export interface PublishOptions {
   ext?: Record<string, unknown>;
+  /** A session (clientId) that is not sent this message, on whichever node it is: the one it came from, say. */
+  exclude?: string;
 }
 
 /** A page of a channel's history, as the server API gives it. */
@@ -101,7 +104,10 @@ export class Perihelion {
       await this.core.listeners.notify(message, null);
       return;
     }
-    await broadcast(this.core, message);
+    if (options.exclude !== undefined && (typeof options.exclude !== 'string' || options.exclude === '')) {
+      throw new PerihelionError('ERR_INVALID_ARGUMENT', `exclude must be a clientId, got ${JSON.stringify(options.exclude)}`);
+    }
+    await broadcast(this.core, message, options.exclude);
   }
 
   /**
@@ -125,6 +131,40 @@ export class Perihelion {
   }
 
   /**
+   * Sends `data` on `channel` to every session of one authenticated user (every tab and device),
+   * on whichever nodes they are; resolves to how many sessions were reached.
+   */
+  async deliverToUser(userId: string, channel: string, data: unknown): Promise<number> {
+    this.assertOpen();
+    if (typeof userId !== 'string' || userId === '') throw new PerihelionError('ERR_INVALID_ARGUMENT', `a user id is a non-empty string, got ${JSON.stringify(userId)}`);
+    this.checkDeliveryChannel(channel);
+    await this.core.ready;
+    return this.deliverToEach(await this.engine.sessionsOfUser(userId), channel, data);
+  }
+
+  /**
+   * Sends `data` on `channel` to every session, on every node, for which `predicate` returns
+   * true; resolves to how many sessions were reached. The predicate runs here, over each
+   * session's description (`sessions()`): its user, roles, claims, `session.data` as JSON.
+   */
+  async deliverWhere(predicate: (session: SessionInfo) => boolean, channel: string, data: unknown): Promise<number> {
+    this.assertOpen();
+    if (typeof predicate !== 'function') throw new PerihelionError('ERR_INVALID_ARGUMENT', 'deliverWhere needs a predicate function');
+    this.checkDeliveryChannel(channel);
+    const chosen = (await this.sessions()).filter((session) => predicate(session)).map((session) => session.clientId);
+    return this.deliverToEach(chosen, channel, data);
+  }
+
+  /**
+   * Every live session, on every node (with Redis, each node is asked; one that does not answer
+   * within `commandTimeout` is left out and reported through 'error').
+   */
+  async sessions(): Promise<SessionInfo[]> {
+    await this.core.ready;
+    return this.engine.census();
+  }
+
+  /**
    * Reads a channel's history: the latest `limit` messages, or with `since` the messages after
    * that position (oldest first). Null when the channel keeps no history (see `historySize`).
    */
@@ -144,6 +184,29 @@ export class Perihelion {
     await this.core.ready;
     if (isMeta(channel) || isService(channel)) return null;
     return this.engine.history(channel, query);
+  }
+
+  private checkDeliveryChannel(channel: string): void {
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot deliver on ${JSON.stringify(channel)}: ${problem}`);
+    if (isMeta(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot deliver on the meta channel ${channel}`);
+  }
+
+  /** One publication (outgoing extensions run, serialised once) sent to each session; how many were reached. */
+  private async deliverToEach(clientIds: readonly string[], channel: string, data: unknown): Promise<number> {
+    if (clientIds.length === 0) return 0;
+    const publication = await prepare(this.core.extensions, { channel, data }, null);
+    if (!publication) return 0;
+    const reached = await Promise.all(clientIds.map((clientId) => this.engine.sendTo(clientId, publication)));
+    return reached.filter(Boolean).length;
+  }
+
+  /**
+   * A client inside this process: it subscribes, publishes and sends /service requests through
+   * the same extensions, authentication and channel rules as a remote client (api/local-client.ts).
+   */
+  localClient(options: LocalClientOptions = {}): LocalClient {
+    return new LocalClient(this.core, options);
   }
 
   /** Hooks on every message in and out (extensions/pipeline.ts); returns a function that removes them. */

@@ -8,7 +8,7 @@
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialiseExtLast, type Message, type Position } from '@perihelion/protocol';
-import type { Engine, EngineHost, HistorySettings, Publication, Retention } from '../src/index.js';
+import type { Engine, EngineHost, HistorySettings, Publication, Retention, SessionInfo } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
 /** What the engine gave each session, in order, and what it reported. */
@@ -21,6 +21,8 @@ export class RecordingHost implements EngineHost {
   /** Sessions the engine asked this node to end. */
   readonly ended: string[] = [];
   readonly historySettings: HistorySettings;
+  /** What this node says of its sessions when asked (Engine.census). */
+  described: SessionInfo[] = [];
 
   constructor(retention: (channel: string) => Retention = () => ({ size: 100, ttl: 60_000 }), maxChannels = 1000) {
     // maxChars (a memory bound) is the memory engine's own; Redis is bounded by its maxmemory.
@@ -29,7 +31,11 @@ export class RecordingHost implements EngineHost {
 
   onPublication(publication: Publication, clientIds: Iterable<string>): void {
     this.publications.push(publication);
-    for (const id of clientIds) this.push(id, publication.payload);
+    for (const id of clientIds) if (id !== publication.exclude) this.push(id, publication.payload);
+  }
+
+  describeSessions(): SessionInfo[] {
+    return this.described;
   }
 
   onDirect(publication: Publication, clientId: string): void {
@@ -80,6 +86,11 @@ export function publication(channel: string, data: unknown, ext?: Record<string,
   if (ext) message.ext = ext;
   const serialised = serialiseExtLast(message);
   return { channel, message, payload: serialised.text, ext: serialised.ext };
+}
+
+/** A session as a node describes it (for census tests). */
+function describedSession(clientId: string, user: string | null): SessionInfo {
+  return { clientId, user, roles: [], claims: {}, data: { n: 1 }, connectionType: 'websocket', subscriptions: ['/a'] };
 }
 
 export interface EngineFixture {
@@ -345,6 +356,12 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.deepEqual(await engine.usersOf(['u1']), [null], 'the user of an ended session is forgotten');
     });
 
+    it("takes a census of this node's sessions as its host describes them", async () => {
+      const { engine, host } = await open();
+      host.described = [describedSession('s1', 'ann')];
+      assert.deepEqual(await engine.census(), host.described);
+    });
+
     it('keeps a presence grace mark until it is taken or expires, per channel and member', async () => {
       const { engine } = await open();
       assert.equal(await engine.takeLeaving('/room', 'alice'), false, 'no mark yet');
@@ -469,6 +486,24 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       assert.equal(await b.engine.endSession('dave-on-a'), true);
       await waitFor(() => a.host.ended.includes('dave-on-a'), 3000, 'node a to be asked to end its session');
       assert.deepEqual(b.host.ended, [], 'node b ended nothing of its own');
+    });
+
+    it('carries the session a broadcast excludes to every node', async () => {
+      const a = await open();
+      const b = await open();
+      for (const id of ['x-on-a', 'x-on-b', 'y-on-b']) await (id.endsWith('a') ? a : b).engine.subscribe(id, '/d/x');
+      await a.engine.publish({ ...publication('/d/x', 'not for x-on-b'), exclude: 'x-on-b' });
+      await a.engine.publish(publication('/d/x', 'for all'));
+      await waitFor(() => b.host.data('y-on-b').length === 2 && a.host.data('x-on-a').length === 2, 3000, 'both publishes everywhere');
+      assert.deepEqual(b.host.data('x-on-b'), ['for all']);
+    });
+
+    it("takes a census of every node's sessions", async () => {
+      const a = await open();
+      const b = await open();
+      a.host.described = [describedSession('on-a', 'ann')];
+      b.host.described = [describedSession('on-b', null), describedSession('also-on-b', 'bob')];
+      for (const { engine } of [a, b]) assert.deepEqual((await engine.census()).map((info) => info.clientId).sort(), ['also-on-b', 'on-a', 'on-b']);
     });
 
     it('lets any node take a presence grace mark set by another, once', async () => {

@@ -11,6 +11,10 @@ const EVERY_KIND: BusMessage[] = [
   { kind: 'direct', clientId: 'abc123', payload: '{"channel":"/private/note","data":"for you"}' },
   { kind: 'fence', fence: '42' },
   { kind: 'end', clientId: 'abc123' },
+  { kind: 'broadcast', origin: '3f9c0a', tag: '14', channel: '/chat/room', position: { epoch: 'k3j9', offset: 8 }, exclude: 'publisher1', payload },
+  { kind: 'broadcast', origin: '3f9c0a', tag: '15', channel: '/chat/room', position: null, exclude: 'publisher1', payload: '{"channel":"/chat/room","data":2}' },
+  { kind: 'census', origin: '3f9c0a', request: '7' },
+  { kind: 'answer', request: '7', node: '8e1d', payload: '[{"clientId":"abc123","user":null}]' },
 ];
 
 function rejects(text: string, reason: RegExp): void {
@@ -41,6 +45,21 @@ describe('redis bus codec', () => {
     assert.ok(!after.slice(0, -1).includes('\n') && after.endsWith('\n'), 'the header ends with the second half');
   });
 
+  it('writes the excluded session of a broadcast after the position, as the publish script leaves it', () => {
+    const message = EVERY_KIND[5] as Extract<BusMessage, { kind: 'broadcast' }>;
+    const [before, after] = broadcastHeader(message.origin, message.tag, message.channel, message.exclude);
+    const scripted = `${before}{"epoch":"k3j9","offset":8}${after}${message.payload}`;
+    assert.equal(scripted, encode(message));
+    assert.deepEqual(decode(scripted), message);
+  });
+
+  it('checks a census and its answers', () => {
+    rejects('["c","n"]\n', /census header needs a node and a request id/);
+    rejects('["c","n","1"]\n{}', /census carries no payload/);
+    rejects('["a","1"]\n[]', /answer header needs a request id and a node/);
+    rejects('["a","1","n"]\n{"clientId":"x"}', /not a JSON array/);
+  });
+
   it('says what is wrong with a malformed message instead of throwing', () => {
     rejects('', /no newline/);
     rejects('["b","n","1","/a"]', /no newline/);
@@ -56,7 +75,10 @@ describe('redis bus codec', () => {
     rejects('["b","n",1,"/a"]\n{"channel":"/a"}', /node, a tag and a channel/);
     rejects('["b","","1","/a"]\n{"channel":"/a"}', /node, a tag and a channel/);
     rejects('["b","n","1","/a","e",3]\n{"channel":"/a"}', /position is malformed|at most 5/);
-    rejects('["b","n","1","/a",{"epoch":"e","offset":3},1]\n{"channel":"/a"}', /at most 5/);
+    rejects('["b","n","1","/a",{"epoch":"e","offset":3},1]\n{"channel":"/a"}', /excluded session must be a non-empty string/);
+    rejects('["b","n","1","/a",null,""]\n{"channel":"/a"}', /excluded session must be a non-empty string/);
+    rejects('["b","n","1","/a",null]\n{"channel":"/a"}', /position is malformed/);
+    rejects('["b","n","1","/a",null,"c",3]\n{"channel":"/a"}', /at most 6/);
     rejects('["b","n","1","/a",{"epoch":"e","offset":-1}]\n{"channel":"/a"}', /position is malformed/);
     rejects('["b","n","1","/a",{"epoch":"e","offset":1.5}]\n{"channel":"/a"}', /position is malformed/);
     rejects('["b","n","1","/a",{"epoch":3,"offset":1}]\n{"channel":"/a"}', /position is malformed/);

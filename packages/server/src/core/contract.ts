@@ -8,6 +8,9 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { ConnectionType } from '@perihelion/protocol';
 import type { ResolvedOptions } from '../options.js';
 
+/** How a batch reached the server: a Bayeux connection type, or a local client in this process. */
+export type Transport = ConnectionType | 'in-process';
+
 /** Facts about the HTTP request (or WebSocket upgrade) a batch came in on. */
 export interface RequestFacts {
   headers: IncomingHttpHeaders;
@@ -24,7 +27,7 @@ export interface RequestFacts {
  * messages pushed as they are queued; the /meta/connect is still held and answered on timeout.
  */
 export interface PushConnection {
-  readonly transport: ConnectionType;
+  readonly transport: Transport;
   readonly open: boolean;
   /** Writes the serialised messages as one JSON array in one write. */
   send(serialised: readonly string[]): void;
@@ -46,7 +49,7 @@ export interface PushConnection {
 
 export interface ProcessContext {
   /** The transport the batch arrived on. */
-  transport: ConnectionType;
+  transport: Transport;
   request: RequestFacts;
   /** Present when replies and deliveries can be pushed (WebSocket). */
   connection?: PushConnection;

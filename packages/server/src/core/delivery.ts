@@ -9,14 +9,14 @@
  * here too (SessionHost) to be flushed, to expire, and to be ended; ending a session is here.
  */
 import { isService } from '@perihelion/protocol';
-import type { Engine, EngineHost, Publication } from '../engine/engine.js';
+import type { Engine, EngineHost, Publication, SessionInfo } from '../engine/engine.js';
 import type { HistorySettings } from '../engine/history.js';
 import type { ExtensionPipeline } from '../extensions/pipeline.js';
 import type { ResolvedOptions } from '../options.js';
 import type { DisconnectReason, ServerEventEmitter } from './events.js';
 import type { ListenerRegistry } from './listeners.js';
 import { prepare } from './publish.js';
-import type { ServerSession, SessionHost } from './session.js';
+import { describeSession, type ServerSession, type SessionHost } from './session.js';
 import type { TimerWheel } from './timer-wheel.js';
 
 export interface ServerStats {
@@ -105,9 +105,10 @@ export class LocalDelivery implements EngineHost, SessionHost {
   // ---------------------------------------------------------------- EngineHost: from the engine
 
   onPublication(publication: Publication, clientIds: Iterable<string>): void {
-    const { payload } = publication;
+    const { payload, exclude } = publication;
     const now = Date.now();
     for (const id of clientIds) {
+      if (id === exclude) continue;
       const session = this.sessions.get(id);
       if (session) this.enqueue(session, payload, now);
     }
@@ -130,6 +131,12 @@ export class LocalDelivery implements EngineHost, SessionHost {
     this.counters.replayed += payloads.length;
     this.counters.deliveries += payloads.length;
     session.replay(channel, payloads);
+  }
+
+  describeSessions(): SessionInfo[] {
+    const infos: SessionInfo[] = [];
+    for (const session of this.sessions.values()) infos.push(describeSession(session));
+    return infos;
   }
 
   reportError(error: unknown): void {

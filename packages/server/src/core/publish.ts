@@ -65,8 +65,9 @@ export async function clientPublish(core: PublishCore, message: Message, session
 
     const delivered: Message = { channel, data: message.data };
     if (message.ext !== undefined) {
-      // Credentials never travel on to subscribers, and positions are the server's to give.
-      const { token: _token, position: _position, ...ext } = message.ext;
+      // Credentials never travel on to subscribers, and positions are the server's to give;
+      // `echo` is an instruction to the server, not news for subscribers.
+      const { token: _token, position: _position, echo: _echo, ...ext } = message.ext;
       if (Object.keys(ext).length > 0) delivered.ext = ext;
     }
     if (isService(channel)) {
@@ -87,7 +88,12 @@ export async function clientPublish(core: PublishCore, message: Message, session
     if (publication && tooLarge(core, publication.payload)) {
       return refuse(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
     }
-    if (publication) await send(core, publication, session);
+    if (publication) {
+      // `ext.echo: false`: every subscriber but the publisher (a chat client that shows its own
+      // message at once). Any client can ask for it: CometD and Faye let a message carry ext.
+      if (message.ext?.echo === false) publication.exclude = session.id;
+      await send(core, publication, session);
+    }
     return emitReply(extensions, reply(message, true), context, out);
   } catch (error) {
     // A failure (the engine away, a hook that throws) is answered as a server error by dispatch:
@@ -97,10 +103,15 @@ export async function clientPublish(core: PublishCore, message: Message, session
   }
 }
 
-/** Publishes a message the server itself sends (server.publish) to every subscriber of its channel. */
-export async function broadcast(core: Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>, message: Message): Promise<void> {
+/**
+ * Publishes a message the server itself sends (server.publish) to every subscriber of its
+ * channel, but the session `exclude` names.
+ */
+export async function broadcast(core: Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>, message: Message, exclude?: string): Promise<void> {
   const publication = await prepare(core.extensions, message, null);
-  if (publication) await send(core, publication, null);
+  if (!publication) return;
+  if (exclude !== undefined) publication.exclude = exclude;
+  await send(core, publication, null);
 }
 
 /** Hands a prepared publication to the engine, which positions it and delivers it on every node. */

@@ -12,6 +12,7 @@ import { isPositionedOn, type ConnectionType } from '@perihelion/protocol';
 import type { Identity } from '../security/identity.js';
 import type { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from './contract.js';
+import type { SessionInfo } from '../engine/engine.js';
 import type { Acknowledgement } from '../extensions/ack.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { RecentIds } from './recent-ids.js';
@@ -221,4 +222,31 @@ export class ServerSession implements Session {
     this.host.wheel.cancel(this.expiry);
     this.expiry = null;
   }
+}
+
+/**
+ * A session described as plain JSON (`server.sessions()`, `deliverWhere`): with a cluster engine
+ * the description crosses to the node that asked. Entries of `data` that JSON cannot hold (a
+ * function, a BigInt, a cycle) are left out instead of failing the whole description.
+ */
+export function describeSession(session: Session): SessionInfo {
+  const data: Record<string, unknown> = {};
+  for (const [key, value] of session.data) {
+    try {
+      const json = JSON.stringify(value);
+      if (json !== undefined) data[key] = JSON.parse(json) as unknown;
+    } catch {
+      // Not JSON: stays on this node.
+    }
+  }
+  const { identity } = session;
+  return {
+    clientId: session.id,
+    user: identity?.id ?? null,
+    roles: identity ? [...identity.roles] : [],
+    claims: identity ? { ...identity.claims } : {},
+    data,
+    connectionType: session.connectionType,
+    subscriptions: [...session.subscriptions],
+  };
 }

@@ -23,6 +23,8 @@ export interface Publication {
   ext: Serialised['ext'];
   /** Set by the engine on publish when the channel keeps history. */
   position?: Position;
+  /** A session this broadcast is not delivered to: its publisher, which asked for no echo (`ext.echo: false`). */
+  exclude?: string;
 }
 
 /** A client asking to be given what it missed on `channel` since `since`. */
@@ -38,9 +40,30 @@ export interface SubscribeOutcome {
   recovered: Array<{ channel: string; recovered: boolean; replayed: number }>;
 }
 
+/**
+ * One session as its node describes it, for `server.sessions()` and `deliverWhere`: plain JSON,
+ * since with a cluster engine it crosses to the node that asked.
+ */
+export interface SessionInfo {
+  clientId: string;
+  /** The id of its authenticated user; null when anonymous. */
+  user: string | null;
+  /** Its identity's roles and claims (empty when anonymous). */
+  roles: string[];
+  claims: Record<string, unknown>;
+  /** `session.data` as JSON (entries that JSON cannot hold are left out). */
+  data: Record<string, unknown>;
+  connectionType: string | null;
+  /** The channels and patterns it is subscribed to. */
+  subscriptions: string[];
+}
+
 /** What the server gives the engine so that publications reach this node's sessions and listeners. */
 export interface EngineHost {
-  /** A broadcast publication, with the ids of this node's sessions subscribed to its channel (deduplicated). */
+  /**
+   * A broadcast publication, with the ids of this node's sessions subscribed to its channel
+   * (deduplicated); the host skips `publication.exclude`.
+   */
   onPublication(publication: Publication, clientIds: Iterable<string>): void;
   /** A publication addressed to one session on this node. */
   onDirect(publication: Publication, clientId: string): void;
@@ -51,6 +74,8 @@ export interface EngineHost {
    * published later (they replace whatever of that channel's history is still queued for it).
    */
   onReplay(clientId: string, channel: string, payloads: readonly string[]): void;
+  /** This node's sessions, described (see `Engine.census`). */
+  describeSessions(): SessionInfo[];
   /** How much history to keep, per channel. */
   readonly historySettings: HistorySettings;
   /** A failure the engine survived (a lost Redis connection, say): the server's 'error' event. */
@@ -99,6 +124,12 @@ export interface Engine {
   subscriberCount(pattern: string): Promise<number>;
   /** Every channel or pattern that has at least one subscriber, with the count. */
   channels(): Promise<Map<string, number>>;
+  /**
+   * Every live session of every node, as its node describes it (`EngineHost.describeSessions`).
+   * With a cluster engine the other nodes are asked; one that does not answer in time is left
+   * out and reported.
+   */
+  census(): Promise<SessionInfo[]>;
   /**
    * Presence grace: marks `member` (a user, or a session) as just gone from `channel`, for
    * `ttlMs`, where every node sees it, so that a member coming back on any node finds it.

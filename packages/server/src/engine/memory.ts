@@ -1,5 +1,5 @@
 import { isWildcard } from '@perihelion/protocol';
-import type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine.js';
+import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
 import { HistoryStore, type HistoryPage, type HistoryQuery } from './history.js';
 import { stampPosition, withPosition } from './position.js';
 import { LeavingMarks } from './leaving-marks.js';
@@ -128,6 +128,10 @@ export class MemoryEngine implements Engine {
   async takeLeaving(channel: string, member: string): Promise<boolean> {
     this.running();
     return this.leaving.take(channel, member, Date.now());
+  }
+
+  async census(): Promise<SessionInfo[]> {
+    return this.running().describeSessions();
   }
 
   async history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null> {

@@ -9,9 +9,14 @@
  *
  *   ["b", origin node, tag, channel]\n<payload>             a broadcast without a position
  *   ["b", origin node, tag, channel, {"epoch","offset"}]\n<payload>   a broadcast with one
+ *   ["b", origin node, tag, channel, position or null, clientId]\n<payload>
+ *                                                          a broadcast not for that session
+ *                                                          (its publisher asked for no echo)
  *   ["d", clientId]\n<payload>                             a message for one session
  *   ["f", fence id]\n                                      a recovery fence (see redis-seam.ts)
  *   ["x", clientId]\n                                      end a session
+ *   ["c", origin node, request id]\n                       a census: every node describes its sessions
+ *   ["a", request id, node]\n<JSON array>                   one node's answer to a census
  *
  * A broadcast's position is given by Redis (the PUBLISH script, see redis-scripts.ts). The script
  * knows nothing of this format: it writes the position's JSON between the two halves of the
@@ -32,11 +37,16 @@ export type BusMessage =
       channel: string;
       /** Null when the channel keeps no history. */
       position: Position | null;
+      /** The session it is not delivered to (see Publication.exclude). */
+      exclude?: string;
       payload: string;
     }
   | { kind: 'direct'; clientId: string; payload: string }
   | { kind: 'fence'; fence: string }
-  | { kind: 'end'; clientId: string };
+  | { kind: 'end'; clientId: string }
+  | { kind: 'census'; origin: string; request: string }
+  /** `payload`: the node's SessionInfo array as JSON (checked by its reader, see redis-census.ts). */
+  | { kind: 'answer'; request: string; node: string; payload: string };
 
 type BusKind = BusMessage['kind'];
 export type Broadcast = Extract<BusMessage, { kind: 'broadcast' }>;
@@ -60,13 +70,13 @@ export class BusFormatError extends Error {
 }
 
 /** The header's first element for each kind: one letter keeps every message short. */
-const TAGS = { broadcast: 'b', direct: 'd', fence: 'f', end: 'x' } as const satisfies Record<BusKind, string>;
+const TAGS = { broadcast: 'b', direct: 'd', fence: 'f', end: 'x', census: 'c', answer: 'a' } as const satisfies Record<BusKind, string>;
 
 export function encode(message: BusMessage): string {
   switch (message.kind) {
     case 'broadcast': {
-      const [before, after] = broadcastHeader(message.origin, message.tag, message.channel);
-      if (message.position === null) return `${before.slice(0, -1)}${after}${message.payload}`;
+      const [before, after] = broadcastHeader(message.origin, message.tag, message.channel, message.exclude);
+      if (message.position === null) return message.exclude === undefined ? `${before.slice(0, -1)}${after}${message.payload}` : `${before}null${after}${message.payload}`;
       return `${before}${JSON.stringify(message.position)}${after}${message.payload}`;
     }
     case 'direct':
@@ -75,6 +85,10 @@ export function encode(message: BusMessage): string {
       return `${JSON.stringify([TAGS.fence, message.fence])}\n`;
     case 'end':
       return `${JSON.stringify([TAGS.end, message.clientId])}\n`;
+    case 'census':
+      return `${JSON.stringify([TAGS.census, message.origin, message.request])}\n`;
+    case 'answer':
+      return `${JSON.stringify([TAGS.answer, message.request, message.node])}\n${message.payload}`;
   }
 }
 
@@ -82,8 +96,8 @@ export function encode(message: BusMessage): string {
  * The header of a broadcast whose position is not known yet, as the text before and after the
  * position's JSON (`{"epoch":…,"offset":…}`); the newline that ends the header is in the second.
  */
-export function broadcastHeader(origin: string, tag: string, channel: string): [before: string, after: string] {
-  return [`${JSON.stringify([TAGS.broadcast, origin, tag, channel]).slice(0, -1)},`, ']\n'];
+export function broadcastHeader(origin: string, tag: string, channel: string, exclude?: string): [before: string, after: string] {
+  return [`${JSON.stringify([TAGS.broadcast, origin, tag, channel]).slice(0, -1)},`, exclude === undefined ? ']\n' : `,${JSON.stringify(exclude)}]\n`];
 }
 
 export function decode(text: string): BusMessage | BusFormatError {
@@ -100,14 +114,19 @@ export function decode(text: string): BusMessage | BusFormatError {
   const [tag, ...fields] = header as unknown[];
   switch (tag) {
     case TAGS.broadcast: {
-      const [origin, publishTag, channel, position, ...extra] = fields;
+      const [origin, publishTag, channel, position, exclude, ...extra] = fields;
       if (!isText(origin) || !isText(publishTag) || !isText(channel)) {
         return new BusFormatError('a broadcast header needs a node, a tag and a channel, all non-empty strings');
       }
-      if (extra.length > 0) return new BusFormatError(`a broadcast header has ${header.length} elements, at most 5 expected`);
-      const at = position === undefined ? null : asPosition(position);
-      if (position !== undefined && at === null) return new BusFormatError(`a broadcast's position is malformed: ${JSON.stringify(position)}`);
-      return needsPayload('broadcast', payload) ?? { kind: 'broadcast', origin, tag: publishTag, channel, position: at, payload };
+      if (extra.length > 0) return new BusFormatError(`a broadcast header has ${header.length} elements, at most 6 expected`);
+      const at = position === undefined || (position === null && exclude !== undefined) ? null : asPosition(position);
+      if (at === null && position !== undefined && !(position === null && exclude !== undefined)) {
+        return new BusFormatError(`a broadcast's position is malformed: ${JSON.stringify(position)}`);
+      }
+      if (exclude !== undefined && !isText(exclude)) return new BusFormatError('a broadcast\'s excluded session must be a non-empty string');
+      const broadcast: Broadcast = { kind: 'broadcast', origin, tag: publishTag, channel, position: at, payload };
+      if (exclude !== undefined) broadcast.exclude = exclude;
+      return needsPayload('broadcast', payload) ?? broadcast;
     }
     case TAGS.direct: {
       const clientId = onlyString(fields);
@@ -123,6 +142,16 @@ export function decode(text: string): BusMessage | BusFormatError {
       const clientId = onlyString(fields);
       if (clientId === null) return new BusFormatError('an end-session header needs exactly one clientId (a non-empty string)');
       return payload === '' ? { kind: 'end', clientId } : new BusFormatError('an end-session message carries no payload');
+    }
+    case TAGS.census: {
+      const [origin, request, ...extra] = fields;
+      if (!isText(origin) || !isText(request) || extra.length > 0) return new BusFormatError('a census header needs a node and a request id, both non-empty strings');
+      return payload === '' ? { kind: 'census', origin, request } : new BusFormatError('a census carries no payload');
+    }
+    case TAGS.answer: {
+      const [request, node, ...extra] = fields;
+      if (!isText(request) || !isText(node) || extra.length > 0) return new BusFormatError('a census answer header needs a request id and a node, both non-empty strings');
+      return payload.startsWith('[') && payload.endsWith(']') ? { kind: 'answer', request, node, payload } : new BusFormatError("a census answer's payload is not a JSON array");
     }
     default:
       return new BusFormatError(`unknown message kind ${JSON.stringify(tag)}`);

@@ -26,7 +26,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { isWildcard, type Message, type Position } from '@perihelion/protocol';
-import type { Engine, EngineHost, Publication, RecoverRequest, SubscribeOutcome } from './engine.js';
+import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
 import type { HistoryPage, HistoryQuery, Retention } from './history.js';
 import { newEpoch, stampPosition, withPosition } from './position.js';
 import { LeavingMarks, markKey } from './leaving-marks.js';
@@ -34,6 +34,7 @@ import { BusFormatError, broadcastHeader, busChannel, decode, encode, nodeChanne
 import { RedisConnection, unavailable } from './redis-connection.js';
 import { NodeLiveness, type Registration } from './redis-liveness.js';
 import { describeUrl, resolveRedisOptions, type RedisEngineOptions } from './redis-options.js';
+import { Census } from './redis-census.js';
 import { RecoverySeam, type Hold } from './redis-seam.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { PerihelionError } from '../errors.js';
@@ -66,6 +67,7 @@ export class RedisEngine implements Engine {
   private readonly connection: RedisConnection;
   private readonly liveness: NodeLiveness;
   private readonly seam: RecoverySeam;
+  private readonly sessionCensus: Census;
   private readonly index = new SubscriptionIndex();
   private readonly sessions = new Map<string, LocalSession>();
   private readonly pending = new Map<string, PendingPublish>();
@@ -90,6 +92,15 @@ export class RedisEngine implements Engine {
     });
     this.liveness = new NodeLiveness(this.connection, this.nodeId, this.options, () => this.registrations());
     this.seam = new RecoverySeam(this.options.commandTimeout, (error) => this.report(error));
+    this.sessionCensus = new Census({
+      nodeId: this.nodeId,
+      nodes: () => this.liveness.nodes(),
+      ask: async (request) => void (await this.connection.readyCmd()?.publish(this.busChannel, encode({ kind: 'census', origin: this.nodeId, request }))),
+      answer: async (origin, request, payload) =>
+        void (await this.connection.readyCmd()?.publish(nodeChannel(this.options.prefix, origin), encode({ kind: 'answer', request, node: this.nodeId, payload }))),
+      timeout: this.options.commandTimeout,
+      report: (error) => this.report(error),
+    });
   }
 
   /** Where this engine's Redis is, without the password (for logs and start-up summaries). */
@@ -251,12 +262,14 @@ export class RedisEngine implements Engine {
         // The script writes the position into the header and the payload alike.
         around = this.aroundPosition(publication);
         const { maxChannels } = host.historySettings;
-        const header = broadcastHeader(this.nodeId, tag, channel);
+        const header = broadcastHeader(this.nodeId, tag, channel, publication.exclude);
         const args = [channel, retention.size, retention.ttl, maxChannels, newEpoch(), this.busChannel, ...header, ...around];
         const [epoch, offset] = (await this.connection.script('PUBLISH', args)) as [string, number];
         position = { epoch: String(epoch), offset: Number(offset) };
       } else {
-        await cmd.publish(this.busChannel, encode({ kind: 'broadcast', origin: this.nodeId, tag, channel, position: null, payload: publication.payload }));
+        const broadcast: Broadcast = { kind: 'broadcast', origin: this.nodeId, tag, channel, position: null, payload: publication.payload };
+        if (publication.exclude !== undefined) broadcast.exclude = publication.exclude;
+        await cmd.publish(this.busChannel, encode(broadcast));
       }
     } catch (error) {
       this.pending.delete(tag);
@@ -396,6 +409,12 @@ export class RedisEngine implements Engine {
     return new Map(Object.entries(counts).map(([pattern, count]) => [pattern, Number(count)]));
   }
 
+  async census(): Promise<SessionInfo[]> {
+    const host = this.running();
+    if (!this.connection.readyCmd()) throw unavailable('cannot ask the other nodes for their sessions: Redis is away');
+    return this.sessionCensus.take(host.describeSessions());
+  }
+
   async markLeaving(channel: string, member: string, ttlMs: number): Promise<void> {
     this.running();
     const key = `${this.options.prefix}leave:${markKey(channel, member)}`;
@@ -437,10 +456,14 @@ export class RedisEngine implements Engine {
       case 'end':
         if (this.isLocal(message.clientId)) host.onEndSession(message.clientId);
         return;
+      case 'census':
+        return this.sessionCensus.onQuestion(message.origin, message.request, host.describeSessions());
+      case 'answer':
+        return this.sessionCensus.onAnswer(message.request, message.node, message.payload);
     }
   }
 
-  private onBroadcast(host: EngineHost, { origin, tag, channel, position, payload }: Broadcast): void {
+  private onBroadcast(host: EngineHost, { origin, tag, channel, position, exclude, payload }: Broadcast): void {
     const mine = origin === this.nodeId ? this.pending.get(tag) : undefined;
     let publication: Publication;
     if (mine) {
@@ -449,6 +472,7 @@ export class RedisEngine implements Engine {
       if (position) stampPosition(publication, position, payload);
     } else {
       publication = remotePublication(channel, payload, position);
+      if (exclude !== undefined) publication.exclude = exclude;
     }
     host.onPublication(publication, this.seam.route(channel, publication, this.index.match(channel)));
     mine?.resolve();

@@ -1,0 +1,286 @@
+/**
+ * Inboard: an application pushing from its own code to whom it means. deliverToUser,
+ * deliverWhere and sessions() (on one node and across two nodes sharing Redis), exclude-sender
+ * (`ext.echo: false` from raw, Faye and CometD clients; `publish(…, { exclude })`), and the
+ * local client, which goes through the same rules and extensions as a remote one.
+ */
+import { after, afterEach, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import faye from 'faye';
+import { PerihelionError, RedisEngine, type Authenticator, type Extension, type ServerOptions } from '../src/index.js';
+import { WsPeer, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { REDIS_URL, deleteKeys, requireRedis, uniquePrefix } from './redis-fixture.js';
+
+/** A handshake names its user in ext.user and its roles in ext.roles (an application's authenticator). */
+const authenticate: Authenticator = ({ message }) => {
+  const user = message.ext?.user;
+  const roles = Array.isArray(message.ext?.roles) ? (message.ext.roles as string[]) : [];
+  return typeof user === 'string' ? { id: user, roles, claims: { plan: 'pro' } } : null;
+};
+
+interface Peer {
+  peer: WsPeer;
+  clientId: string;
+  data(channel: string): unknown[];
+  subscribe(channel: string): Promise<Msg>;
+  publish(channel: string, data: unknown, ext?: Record<string, unknown>): Promise<Msg>;
+}
+
+const servers: TestServer[] = [];
+const peers: WsPeer[] = [];
+
+async function server(options: ServerOptions = {}): Promise<TestServer> {
+  const t = await startServer({ authenticate, ...options });
+  servers.push(t);
+  return t;
+}
+
+async function connect(t: TestServer, ext?: Record<string, unknown>): Promise<Peer> {
+  const peer = await WsPeer.open(t.wsUrl);
+  peers.push(peer);
+  const reply = await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'], ...(ext ? { ext } : {}) });
+  assert.equal(reply.successful, true, `handshake: ${String(reply.error)}`);
+  const clientId = reply.clientId as string;
+  await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+  peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+  return {
+    peer,
+    clientId,
+    data: (channel) => peer.received.filter((m) => m.channel === channel && m.data !== undefined).map((m) => m.data),
+    subscribe: (channel) => peer.request({ channel: '/meta/subscribe', clientId, subscription: channel }),
+    publish: (channel, data, ext) => peer.request({ channel, clientId, data, ...(ext ? { ext } : {}) }),
+  };
+}
+
+/** Lets anything in flight arrive: a message that should not come has had its chance. */
+const settle = (ms = 150): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+afterEach(async () => {
+  await Promise.all(peers.splice(0).map((peer) => peer.close()));
+  await Promise.all(servers.splice(0).map((t) => t.close()));
+});
+
+describe('deliverToUser, deliverWhere, sessions()', () => {
+  it('reaches every session of one user and nobody else, and says how many', async () => {
+    const t = await server();
+    const tab1 = await connect(t, { user: '42' });
+    const tab2 = await connect(t, { user: '42' });
+    const other = await connect(t, { user: '7' });
+    const anonymous = await connect(t);
+    // Delivered without any subscription: the session is addressed, not a channel's subscribers.
+    assert.equal(await t.server.deliverToUser('42', '/notifications', { text: 'for 42' }), 2);
+    await waitFor(() => tab1.data('/notifications').length === 1 && tab2.data('/notifications').length === 1, 3000, 'both tabs of user 42');
+    await settle();
+    assert.deepEqual(other.data('/notifications'), []);
+    assert.deepEqual(anonymous.data('/notifications'), []);
+    assert.equal(await t.server.deliverToUser('nobody', '/notifications', 1), 0);
+  });
+
+  it('refuses a bad user id or channel with a clear error', async () => {
+    const t = await server();
+    await assert.rejects(t.server.deliverToUser('', '/x', 1), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT');
+    await assert.rejects(t.server.deliverToUser(42 as unknown as string, '/x', 1), /a user id is a non-empty string/);
+    await assert.rejects(t.server.deliverToUser('42', '/x/*', 1), (error: PerihelionError) => error.code === 'ERR_INVALID_CHANNEL');
+    await assert.rejects(t.server.deliverToUser('42', '/meta/connect', 1), /meta channel/);
+    await assert.rejects(t.server.deliverWhere('yes' as unknown as () => boolean, '/x', 1), /needs a predicate function/);
+  });
+
+  it('reaches the sessions a predicate over identity and session.data chooses', async () => {
+    const t = await server();
+    // The application tags sessions as they arrive (here from the handshake's ext.room).
+    t.server.on('handshake', (session) => session.data.set('room', session.identity?.id === 'ann' ? 'lobby' : 'kitchen'));
+    const ann = await connect(t, { user: 'ann', roles: ['admin'] });
+    const bob = await connect(t, { user: 'bob' });
+    const cat = await connect(t, { user: 'cat', roles: ['admin'] });
+    assert.equal(await t.server.deliverWhere((s) => s.roles.includes('admin'), '/ops', 'admins'), 2);
+    assert.equal(await t.server.deliverWhere((s) => s.data.room === 'kitchen', '/room', 'kitchen'), 2);
+    assert.equal(await t.server.deliverWhere(() => false, '/room', 'nobody'), 0);
+    await waitFor(() => cat.data('/room').length === 1 && bob.data('/room').length === 1, 3000, 'the kitchen');
+    await waitFor(() => ann.data('/ops').length === 1 && cat.data('/ops').length === 1, 3000, 'the admins');
+    await settle();
+    assert.deepEqual([ann.data('/room'), bob.data('/ops')], [[], []]);
+  });
+
+  it('describes every session as JSON: user, roles, claims, data (what JSON cannot hold left out), subscriptions', async () => {
+    const t = await server();
+    t.server.on('handshake', (session) => {
+      session.data.set('room', 'lobby');
+      session.data.set('callback', () => 1);
+      session.data.set('big', 10n);
+    });
+    const ann = await connect(t, { user: 'ann', roles: ['admin'] });
+    await ann.subscribe('/chat/*');
+    const anonymous = await connect(t);
+    const sessions = await t.server.sessions();
+    const byId = new Map(sessions.map((s) => [s.clientId, s]));
+    assert.deepEqual(byId.get(ann.clientId), {
+      clientId: ann.clientId,
+      user: 'ann',
+      roles: ['admin'],
+      claims: { plan: 'pro' },
+      data: { room: 'lobby' },
+      connectionType: 'websocket',
+      subscriptions: ['/chat/*'],
+    });
+    assert.equal(byId.get(anonymous.clientId)?.user, null);
+    assert.equal(sessions.length, 2);
+  });
+});
+
+describe('exclude the sender', () => {
+  it('does not echo a publish with ext.echo false to its publisher; others get it without the flag', async () => {
+    const t = await server();
+    const publisher = await connect(t);
+    const reader = await connect(t);
+    await publisher.subscribe('/chat/room');
+    await reader.subscribe('/chat/room');
+    assert.equal((await publisher.publish('/chat/room', 'quiet', { echo: false, tag: 'kept' })).successful, true);
+    assert.equal((await publisher.publish('/chat/room', 'loud')).successful, true);
+    await waitFor(() => reader.data('/chat/room').length === 2 && publisher.data('/chat/room').length === 1, 3000, 'both publishes');
+    await settle();
+    assert.deepEqual(publisher.data('/chat/room'), ['loud'], 'the publisher got only the publish that did not ask for no echo');
+    const quiet = reader.peer.received.find((m) => m.data === 'quiet')!;
+    const { position: _position, ...ext } = quiet.ext as Record<string, unknown>;
+    assert.deepEqual(ext, { tag: 'kept' }, 'echo is an instruction to the server, not passed on');
+  });
+
+  it('excludes a session from a server publish, and only that one', async () => {
+    const t = await server();
+    const a = await connect(t);
+    const b = await connect(t);
+    await a.subscribe('/news');
+    await b.subscribe('/news');
+    await t.server.publish('/news', 'not for a', { exclude: a.clientId });
+    await waitFor(() => b.data('/news').length === 1, 3000, 'b to get it');
+    await settle();
+    assert.deepEqual(a.data('/news'), []);
+    await assert.rejects(t.server.publish('/news', 1, { exclude: '' }), /exclude must be a clientId/);
+  });
+
+  it('works for the Faye client, which sets ext through an extension', async () => {
+    const t = await server();
+    const reader = await connect(t);
+    await reader.subscribe('/chat/faye');
+    const client = new faye.Client(t.url, { retry: 1 });
+    client.addExtension({
+      outgoing(message, next) {
+        if (message.channel === '/chat/faye') message.ext = { ...message.ext, echo: false };
+        next(message);
+      },
+    });
+    const own: unknown[] = [];
+    try {
+      await client.subscribe('/chat/faye', (data) => own.push(data));
+      await client.publish('/chat/faye', { from: 'faye' });
+      await waitFor(() => reader.data('/chat/faye').length === 1, 3000, 'the reader to get the Faye publish');
+      await settle(300);
+      assert.deepEqual(own, [], 'the Faye client did not get its own message back');
+    } finally {
+      client.disconnect();
+    }
+  });
+});
+
+describe('local client', () => {
+  it('subscribes and publishes in-process through the channel rules, seen by remote clients', async () => {
+    const t = await server({ open: false, channels: [{ channel: '/chat/**', publish: 'anyone' }] });
+    const remote = await connect(t);
+    await remote.subscribe('/chat/room');
+    const local = t.server.localClient();
+    const got: unknown[] = [];
+    const stop = await local.subscribe('/chat/*', (data) => got.push(data));
+    assert.match(local.clientId ?? '', /^[0-9a-z]+$/, 'a session like any other');
+    await local.publish('/chat/room', 'from the server process');
+    await waitFor(() => remote.data('/chat/room').length === 1, 3000, 'the remote client to get the local publish');
+    await t.server.publish('/chat/room', 'server publish');
+    await waitFor(() => got.length === 2, 3000, 'the local client to get both publishes');
+    assert.deepEqual(got, ['from the server process', 'server publish']);
+    // The default policy: clients publish only where a rule allows; a local client is no exception.
+    await assert.rejects(local.publish('/news', 'x'), (error: PerihelionError & { bayeux?: string }) => {
+      assert.equal(error.code, 'ERR_REFUSED');
+      assert.match(error.bayeux ?? '', /^403:\/news:/);
+      return true;
+    });
+    await stop();
+    assert.deepEqual([...t.server.getSession(local.clientId!)!.subscriptions], [], 'the last handler removed unsubscribes');
+    await local.disconnect();
+    assert.equal(t.server.getSession(local.clientId!), undefined, 'disconnect ends the session');
+    await assert.rejects(local.publish('/chat/room', 'late'), (error: PerihelionError) => error.code === 'ERR_SERVER_CLOSED');
+  });
+
+  it('passes the extensions and the authenticator; sends /service requests and gets the answer', async () => {
+    const seen: string[] = [];
+    const recorder: Extension = {
+      incoming(message, context) {
+        seen.push(`${context.transport?.transport}:${message.channel}`);
+        return message;
+      },
+    };
+    const t = await server({ extensions: [recorder], anonymous: false });
+    t.server.subscribe('/service/whoami', (_message, session) => ({ user: session?.identity?.id ?? null }));
+    await assert.rejects(t.server.localClient().connect(), (error: PerihelionError) => error.code === 'ERR_REFUSED' && /403/.test(error.message));
+    const local = t.server.localClient({ ext: { user: 'robot' } });
+    assert.deepEqual(await local.request('/service/whoami', {}), { user: 'robot' });
+    assert.ok(seen.includes('in-process:/meta/handshake') && seen.includes('in-process:/service/whoami'), seen.join(', '));
+    await local.disconnect();
+  });
+
+  it('is ended like any session when the server ends it, and a handler that throws is reported', async () => {
+    const t = await startServer();
+    servers.push(t);
+    const errors: unknown[] = [];
+    t.server.on('error', (error) => errors.push(error));
+    const local = t.server.localClient();
+    await local.subscribe('/boom', () => {
+      throw new Error('handler failed');
+    });
+    await t.server.publish('/boom', 1);
+    await waitFor(() => errors.length === 1, 3000, 'the failure to be reported');
+    assert.match(String(errors[0]), /handler failed/);
+    assert.equal(await t.server.disconnectClient(local.clientId!), true);
+    await assert.rejects(local.subscribe('/other', () => {}), (error: PerihelionError) => error.code === 'ERR_SERVER_CLOSED');
+  });
+});
+
+describe('inboard across two nodes sharing Redis', () => {
+  let prefix = '';
+  before(requireRedis);
+  after(async () => {
+    if (prefix) await deleteKeys(prefix);
+  });
+  const node = (): Promise<TestServer> => server({ engine: new RedisEngine({ url: REDIS_URL, prefix }) });
+
+  it('deliverToUser and deliverWhere reach sessions on the other node; sessions() lists both nodes', async () => {
+    prefix = uniquePrefix('inboard');
+    const a = await node();
+    const b = await node();
+    b.server.on('handshake', (session) => session.data.set('team', 'blue'));
+    const onA = await connect(a, { user: '42' });
+    const onB = await connect(b, { user: '42' });
+    const otherOnB = await connect(b, { user: '7' });
+    assert.equal(await a.server.deliverToUser('42', '/notifications', 'hello 42'), 2);
+    await waitFor(() => onA.data('/notifications').length === 1 && onB.data('/notifications').length === 1, 3000, 'both sessions of 42');
+    const listed = await a.server.sessions();
+    assert.deepEqual(listed.map((s) => s.clientId).sort(), [onA.clientId, onB.clientId, otherOnB.clientId].sort());
+    assert.equal(await a.server.deliverWhere((s) => s.data.team === 'blue' && s.user === '7', '/team', 'blue 7'), 1);
+    await waitFor(() => otherOnB.data('/team').length === 1, 3000, 'the session chosen on node b');
+    await settle();
+    assert.deepEqual(onB.data('/team'), []);
+  });
+
+  it('excludes the publisher on its node, and a session of another node from a server publish', async () => {
+    prefix = uniquePrefix('inboard');
+    const a = await node();
+    const b = await node();
+    const publisher = await connect(a);
+    const onB = await connect(b);
+    await publisher.subscribe('/room');
+    await onB.subscribe('/room');
+    await publisher.publish('/room', 'no echo', { echo: false });
+    await a.server.publish('/room', 'not for b', { exclude: onB.clientId });
+    await waitFor(() => onB.data('/room').length === 1 && publisher.data('/room').length === 1, 3000, 'one message each');
+    await settle();
+    assert.deepEqual(onB.data('/room'), ['no echo']);
+    assert.deepEqual(publisher.data('/room'), ['not for b']);
+  });
+});
