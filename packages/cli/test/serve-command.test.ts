@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { Client } from '@perihelion/client';
 
 const BIN = fileURLToPath(new URL('../src/bin.js', import.meta.url));
 
@@ -65,6 +66,34 @@ describe('perihelion serve', () => {
     child.kill('SIGTERM');
     const { code, stderr } = await exited;
     assert.equal(code, 0, stderr);
+  });
+
+  it('answers /service/echo with what the caller sent, to the caller alone (our client and a raw cookie-less one)', async () => {
+    const child = start(['--port', '0', '--host', '127.0.0.1']);
+    const exited = exitOf(child);
+    const url = await listeningUrl(child);
+    const client = new Client(`${url}/bayeux`, { transports: ['long-polling'] });
+    try {
+      assert.deepEqual(await client.request('/service/echo', { ping: [1, 'two'] }), { ping: [1, 'two'] });
+      const post = async (message: Record<string, unknown>): Promise<Array<Record<string, unknown>>> => {
+        const response = await fetch(`${url}/bayeux`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify([message]) });
+        return (await response.json()) as Array<Record<string, unknown>>;
+      };
+      const [handshake] = await post({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] });
+      const replies = await post({ channel: '/service/echo', clientId: handshake!.clientId, data: 'hello', id: '7' });
+      assert.deepEqual(
+        replies.map((reply) => [reply.channel, reply.id, reply.successful, reply.data]),
+        [
+          ['/service/echo', '7', true, undefined],
+          ['/service/echo', '7', true, 'hello'],
+        ],
+        'the publish reply, then the answer',
+      );
+    } finally {
+      await client.disconnect();
+      child.kill('SIGTERM');
+    }
+    assert.equal((await exited).code, 0);
   });
 
   it('refuses a bad setting with exit code 2 and a message naming it', async () => {
