@@ -38,7 +38,7 @@ function security(options: ServerOptions, resolved: ResolvedOptions): Security {
   const { publishRate, publishBurst } = resolved;
   return {
     authenticator: options.authenticate ?? (verifier ? jwtAuthenticator(verifier) : null),
-    policy: new SecurityPolicy({ open: resolved.open, rules: options.channels ?? [], authorize: options.authorize, subscriptionTokens: verifier }),
+    policy: new SecurityPolicy({ open: resolved.open, rules: options.channels ?? [], authorize: options.authorize, subscriptionTokens: verifier, presence: resolved.presence }),
     handshakeLimiter: new KeyedLimiter(resolved.handshakeRate, resolved.handshakeBurst),
     publishLimit: () => (publishRate > 0 ? new TokenBucket(publishRate, publishBurst) : null),
   };

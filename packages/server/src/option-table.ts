@@ -154,6 +154,14 @@ export const OPTION_TABLE = {
     help: 'ask the application\'s HTTP endpoint before handshake/subscribe/publish (allow, deny, rewrite; timeout and failure policy), see docs/security.md',
   },
   webhooks: { kind: 'structured', set: 'file', shown: 'none', help: 'POST session events (handshake, subscribe, unsubscribe, disconnect) to the application, bounded backlog' },
+  presence: { kind: 'boolean', default: true, help: 'presence: join and leave events on `/presence<channel>` for the members of each broadcast channel (sessions subscribed to it exactly), and the `/service/presence` request that lists them (see docs/protocol.md)' },
+  presenceBy: {
+    kind: 'choice',
+    values: ['user', 'session'],
+    default: 'user',
+    help: 'who a member is: `user` (all the sessions of an authenticated user are one member, which joins with its first session and leaves with its last; an anonymous session is a member of its own) or `session`',
+  },
+  presenceGrace: { kind: 'integer', default: 5000, min: 0, max: 3_600_000, help: 'a leave is published only if the member has not come back (a page reload, another node) within this many ms; 0: at once' },
   engine: {
     kind: 'structured',
     set: { readme: '`--redis <url>` / `PERIHELION_REDIS`' },

@@ -20,6 +20,7 @@ import type { ProcessContext } from './core/contract.js';
 import type { ServerStats } from './core/delivery.js';
 import type { ServerEvents } from './core/events.js';
 import type { Listener } from './core/listeners.js';
+import { hasPresence, membersOf, type Member } from './core/presence.js';
 import { broadcast, prepare } from './core/publish.js';
 import type { ServerCore } from './core/server.js';
 import type { Session } from './core/session.js';
@@ -220,6 +221,19 @@ export class Perihelion {
     const bound = listener as (...args: unknown[]) => void;
     events.on(event, bound);
     return () => events.off(event, bound);
+  }
+
+  /**
+   * The members of `channel` on every node (core/presence.ts): the sessions subscribed to exactly
+   * it, one per user (`presenceBy: "user"`; an anonymous session is a member of its own) or per
+   * session; what `/service/presence` answers.
+   */
+  async presence(channel: string): Promise<Member[]> {
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `no presence for ${JSON.stringify(channel)}: ${problem}`);
+    if (!hasPresence(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `no presence for ${channel}: meta, service and presence channels have no members`);
+    await this.core.ready;
+    return membersOf(this.engine, channel, this.options.presenceBy);
   }
 
   // ---------------------------------------------------------------- sessions

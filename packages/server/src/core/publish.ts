@@ -76,6 +76,7 @@ export async function clientPublish(core: PublishCore, message: Message, session
       if (message.id !== undefined) delivered.id = message.id;
       if (tooLarge(core, JSON.stringify(delivered))) return fail(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
       const result = await core.listeners.notify(delivered, session);
+      if (result instanceof ServiceRefusal) return fail(result.error);
       await emitReply(extensions, reply(message, true), context, out);
       if (result !== undefined) {
         const answer: Message = { channel, successful: true, data: result };
@@ -112,6 +113,14 @@ export async function broadcast(core: Pick<ServerCore, 'extensions' | 'delivery'
   if (!publication) return;
   if (exclude !== undefined) publication.exclude = exclude;
   await send(core, publication, null);
+}
+
+/**
+ * What a /service listener returns to refuse a request: the publish is answered
+ * `successful: false` with `error`, a Bayeux error (`bayeuxError(...)`), and nothing else.
+ */
+export class ServiceRefusal {
+  constructor(readonly error: string) {}
 }
 
 /** Hands a prepared publication to the engine, which positions it and delivers it on every node. */

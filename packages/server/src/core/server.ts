@@ -21,6 +21,7 @@ import { LocalDelivery } from './delivery.js';
 import { dispatch } from './dispatch.js';
 import { serverEvents, type ServerEventEmitter } from './events.js';
 import { ListenerRegistry } from './listeners.js';
+import { Presence } from './presence.js';
 import type { ServerSession } from './session.js';
 import { TimerWheel } from './timer-wheel.js';
 
@@ -56,6 +57,8 @@ export class ServerCore implements TransportHost {
   readonly listeners = new ListenerRegistry((error) => this.reportError(error));
   readonly wheel = new TimerWheel(100, (error) => this.reportError(error));
   readonly delivery: LocalDelivery;
+  /** Join and leave events and the /service/presence request (presence.ts); null with `presence: false`. */
+  readonly presence: Presence | null;
   /** Resolves once the engine has started. */
   readonly ready: Promise<void>;
   private started = false;
@@ -78,6 +81,7 @@ export class ServerCore implements TransportHost {
       historySettings: parts.historySettings,
       observeDelivery: parts.observeDelivery,
     });
+    this.presence = this.options.presence ? new Presence(this) : null;
     this.ready = this.engine.start(this.delivery);
     this.ready.then(
       () => (this.started = true),
@@ -142,6 +146,8 @@ export class ServerCore implements TransportHost {
       this.delivery.end(session, 'shutdown');
     }
     this.delivery.flushNow();
+    // The presence steps of the sessions just ended still need the engine.
+    await this.presence?.close();
     this.wheel.stop();
     this.security.handshakeLimiter.stop();
     await this.ready.catch(() => {});

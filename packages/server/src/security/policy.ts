@@ -2,6 +2,11 @@
  * The security policy: who may create, subscribe to and publish on which channel. Asked by the
  * server core before it acts on a client's subscribe or publish, in this order:
  *
+ * 0. presence (when the `presence` option is on): a channel or pattern under /presence/ may be
+ *    subscribed to exactly when the channel or pattern it watches may (the whole check below,
+ *    asked of that one), and never published to by a client, not even in open mode: presence
+ *    events are the server's; `/service/presence` may be asked by default (it answers only
+ *    about channels the asker may subscribe to);
  * 1. open mode (development and compatibility testing): everything is allowed;
  * 2. the application's `authorize` hook, when it returns true or false;
  * 3. a subscription token in the subscribe's `ext.token` naming the channel (private channels);
@@ -9,7 +14,8 @@
  * 5. the defaults: anyone may subscribe to broadcast channels and create them; publishing from
  *    clients is denied, so only the server publishes where no rule says otherwise.
  */
-import type { Message } from '@perihelion/protocol';
+import { isMeta, isService, type Message } from '@perihelion/protocol';
+import { PRESENCE_SERVICE, watchedChannel } from '../core/presence.js';
 import type { Session } from '../core/session.js';
 import { AuthenticationError } from './authenticate.js';
 import { ChannelRules, type ChannelRule, type Operation } from './channel-rules.js';
@@ -35,6 +41,8 @@ export interface PolicyOptions {
   rules: ChannelRule[];
   authorize?: AuthorizeHook | undefined;
   subscriptionTokens?: JwtVerifier | null;
+  /** Presence is on: /presence/** and /service/presence are the server's (see step 0). */
+  presence?: boolean;
 }
 
 export class SecurityPolicy {
@@ -54,6 +62,8 @@ export class SecurityPolicy {
 
   /** Null when allowed; otherwise the reason, for the client's error message. */
   async check(operation: Operation, channel: string, session: Session, message: Message): Promise<string | null> {
+    const watched = this.options.presence ? watchedChannel(channel) : null;
+    if (watched !== null) return this.checkPresence(operation, watched, session, message);
     if (this.options.open) return null;
     const identity = session.identity;
     if (this.options.authorize) {
@@ -65,7 +75,18 @@ export class SecurityPolicy {
     const decision = this.rules.decide(operation, channel, identity);
     if (decision) return decision.allowed ? null : `${operation} denied by rule ${decision.rule}`;
     if (DEFAULTS[operation]) return null;
+    if (operation === 'publish' && this.options.presence && channel === PRESENCE_SERVICE) return null;
     return `${operation} is denied unless a rule allows it`;
+  }
+
+  /** A presence channel (or pattern) that watches `watched`. */
+  private async checkPresence(operation: Operation, watched: string, session: Session, message: Message): Promise<string | null> {
+    if (operation === 'publish') return 'presence events are published by the server only';
+    if (isMeta(watched) || isService(watched)) return `${watched} has no presence (meta and service channels have no members)`;
+    // Watching a channel's presence creates nothing: the server publishes there.
+    if (operation === 'create') return null;
+    const refused = await this.check('subscribe', watched, session, message);
+    return refused === null ? null : `the presence of ${watched} is open to those who may subscribe to it: ${refused}`;
   }
 
   /** A subscription token (a JWT whose `channel`/`channels` claim names this channel) opens it. */

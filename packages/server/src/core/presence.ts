@@ -1,0 +1,262 @@
+/**
+ * Presence: who is in a channel, and join and leave events as that changes (issue #15).
+ *
+ * - A session is a member of channel C when it subscribes to exactly C (a wildcard subscriber
+ *   only watches). Only broadcast channels have members: not /meta, /service nor /presence.
+ * - A member is a user (`presenceBy: "user"`, all of its sessions, tabs and devices, are one
+ *   member; an anonymous session is a member of its own) or a session (`presenceBy: "session"`).
+ * - The server publishes `{action: "join" | "leave", clientId, user}` on `/presence` + C (an
+ *   ordinary server broadcast: every node's subscribers and in-process listeners see it) when a
+ *   member's first session subscribes and when its last one goes (unsubscribe or end of session).
+ * - No flapping: a leave waits `presenceGrace` ms. Its mark is kept in the engine
+ *   (`markLeaving`), so a member coming back within the grace on any node (a page reload: same
+ *   user, new session) takes it (`takeLeaving`), and neither the leave nor the join is published.
+ *   The node that held the leave publishes it when the grace ends, if the mark is still there.
+ * - `/service/presence`: a client sends `{channel}` and is answered `{channel, members}`, when it
+ *   may subscribe to that channel (the subscribe check of the security policy).
+ *
+ * Each node counts its own sessions of each (channel, member) as the events come, and runs the
+ * steps of one (channel, member) one after the other, so a quick unsubscribe and subscribe, or
+ * two tabs subscribing at once, are judged in order. A user's sessions on other nodes are looked
+ * up in the engine (`sessionsOfUser`, then `subscribers`) only when it has some there. Two
+ * sessions of one user joining on two nodes in the same instant may each see the other (no join)
+ * or neither (two joins): the engine keeps no count of members.
+ */
+import { bayeuxError, channelProblem, isMeta, isService, isWildcard, type Message } from '@perihelion/protocol';
+import type { Engine } from '../engine/engine.js';
+import { broadcast, ServiceRefusal } from './publish.js';
+import type { ServerCore } from './server.js';
+import type { Session } from './session.js';
+
+/** Presence events of channel C are published on PRESENCE_PREFIX + C. */
+export const PRESENCE_PREFIX = '/presence';
+/** Where clients ask who is in a channel. */
+export const PRESENCE_SERVICE = '/service/presence';
+/** How much longer than its grace a mark is kept, so that it is still there when the grace ends. */
+const MARK_MARGIN_MS = 30_000;
+/** How long an ended session of this node is not taken for another node's (its removal from the engine is on its way). */
+const GONE_MS = 60_000;
+
+export type PresenceBy = 'user' | 'session';
+
+/** One member of a channel: one of its sessions, and its user (null: anonymous). */
+export interface Member {
+  clientId: string;
+  user: string | null;
+}
+
+/** The data of a presence event. */
+export interface PresenceEvent extends Member {
+  action: 'join' | 'leave';
+}
+
+/** The channel where the presence events of `channel` are published. */
+export function presenceChannel(channel: string): string {
+  return PRESENCE_PREFIX + channel;
+}
+
+/** For a channel or pattern under /presence/, the channel or pattern whose presence it carries; else null. */
+export function watchedChannel(channel: string): string | null {
+  return channel.startsWith(`${PRESENCE_PREFIX}/`) ? channel.slice(PRESENCE_PREFIX.length) : null;
+}
+
+/** Whether the sessions subscribed to exactly `channel` are its members: broadcast channels only. */
+export function hasPresence(channel: string): boolean {
+  return !isWildcard(channel) && !isMeta(channel) && !isService(channel) && channel !== PRESENCE_PREFIX && watchedChannel(channel) === null;
+}
+
+/** One (channel, member): the key of its steps, held leave and local sessions. */
+function pairId(channel: string, member: { key: string }): string {
+  return JSON.stringify([channel, member.key]);
+}
+
+/** The members of `channel`, on every node: per user (one of its sessions) or per session. */
+export async function membersOf(engine: Engine, channel: string, by: PresenceBy): Promise<Member[]> {
+  const clientIds = await engine.subscribers(channel);
+  const users = clientIds.length > 0 ? await engine.usersOf(clientIds) : [];
+  const seen = new Set<string>();
+  const members: Member[] = [];
+  clientIds.forEach((clientId, i) => {
+    const user = users[i] ?? null;
+    if (by === 'user' && user !== null) {
+      if (seen.has(user)) return;
+      seen.add(user);
+    }
+    members.push({ clientId, user });
+  });
+  return members;
+}
+
+/** A member as the engine's grace marks name it: "user:<id>" or "session:<clientId>". */
+interface MemberKey {
+  key: string;
+  user: string | null;
+}
+
+type PresenceCore = Pick<ServerCore, 'options' | 'engine' | 'events' | 'listeners' | 'security' | 'extensions' | 'delivery' | 'reportError'>;
+
+export class Presence {
+  /** The channels each session of this node is a member of (a session's own set is cleared before 'disconnect'). */
+  private readonly joined = new Map<string, Set<string>>();
+  /** This node's sessions of each (channel, member), as the events left them, in their order. */
+  private readonly local = new Map<string, Set<string>>();
+  /** Sessions of this node that ended lately, by when: with Redis the engine may list them a moment longer. */
+  private readonly gone = new Map<string, number>();
+  /** Leaves waiting for their grace to end, by (channel, member). */
+  private readonly held = new Map<string, NodeJS.Timeout>();
+  /** The steps of each (channel, member), chained so that they run in order. */
+  private readonly steps = new Map<string, Promise<void>>();
+  private closing = false;
+
+  constructor(private readonly core: PresenceCore) {
+    core.events.on('subscribe', (session, channel) => {
+      if (!hasPresence(channel)) return;
+      let channels = this.joined.get(session.id);
+      if (!channels) this.joined.set(session.id, (channels = new Set()));
+      channels.add(channel);
+      const member = this.memberOf(session);
+      const id = pairId(channel, member);
+      let sessions = this.local.get(id);
+      if (!sessions) this.local.set(id, (sessions = new Set()));
+      sessions.add(session.id);
+      // Another session of the member was here first: it is in already.
+      if (sessions.size === 1) this.run(id, () => this.join(channel, member, session.id));
+    });
+    core.events.on('unsubscribe', (session, channel) => {
+      const channels = this.joined.get(session.id);
+      if (!channels?.delete(channel)) return;
+      if (channels.size === 0) this.joined.delete(session.id);
+      this.left(channel, this.memberOf(session), session.id);
+    });
+    core.events.on('disconnect', (session) => {
+      if (session.identity !== null) {
+        this.forgetGone(Date.now());
+        this.gone.set(session.id, Date.now());
+      }
+      const channels = this.joined.get(session.id);
+      if (!channels) return;
+      this.joined.delete(session.id);
+      const member = this.memberOf(session);
+      for (const channel of channels) this.left(channel, member, session.id);
+    });
+    core.listeners.add(PRESENCE_SERVICE, (message, session) => this.answer(message, session));
+  }
+
+  /** Waits for the steps under way (the engine must still be there for them), then drops the held leaves. */
+  async close(): Promise<void> {
+    this.closing = true;
+    while (this.steps.size > 0) await Promise.all(this.steps.values());
+    for (const timer of this.held.values()) clearTimeout(timer);
+    this.held.clear();
+  }
+
+  private memberOf(session: Session): MemberKey {
+    const user = session.identity?.id ?? null;
+    return this.core.options.presenceBy === 'user' && user !== null ? { key: `user:${user}`, user } : { key: `session:${session.id}`, user };
+  }
+
+  /** Runs `step` after the earlier steps of the same (channel, member); a failure is reported. */
+  private run(id: string, step: () => Promise<void>): void {
+    const next: Promise<void> = (this.steps.get(id) ?? Promise.resolve())
+      .then(step)
+      .catch((error: unknown) => this.core.reportError(error))
+      .then(() => {
+        if (this.steps.get(id) === next) this.steps.delete(id);
+      });
+    this.steps.set(id, next);
+  }
+
+  /** The first session of `member` on this node subscribed to `channel`. */
+  private async join(channel: string, member: MemberKey, clientId: string): Promise<void> {
+    if (await this.core.engine.takeLeaving(channel, member.key)) {
+      // Back within the grace (a reload, another node): it never left.
+      this.release(pairId(channel, member));
+      return;
+    }
+    if (await this.elsewhere(channel, member)) return;
+    await this.publish(channel, { action: 'join', clientId, user: member.user });
+  }
+
+  /** A session of `member` left `channel` (unsubscribed or ended). */
+  private left(channel: string, member: MemberKey, clientId: string): void {
+    const id = pairId(channel, member);
+    const sessions = this.local.get(id);
+    sessions?.delete(clientId);
+    // Another session of the member on this node stays.
+    if (sessions && sessions.size > 0) return;
+    this.local.delete(id);
+    this.run(id, async () => {
+      if (await this.elsewhere(channel, member)) return;
+      const grace = this.core.options.presenceGrace;
+      if (grace === 0) return this.publish(channel, { action: 'leave', clientId, user: member.user });
+      await this.core.engine.markLeaving(channel, member.key, grace + MARK_MARGIN_MS);
+      this.release(id);
+      // Shutting down: the mark stays, so the member coming back on another node is no news.
+      if (this.closing) return;
+      const timer = setTimeout(() => {
+        if (this.held.get(id) === timer) this.held.delete(id);
+        this.run(id, () => this.graceOver(channel, member, clientId));
+      }, grace);
+      timer.unref();
+      this.held.set(id, timer);
+    });
+  }
+
+  /** The grace of a held leave has ended: published unless the member came back (the mark taken, on any node). */
+  private async graceOver(channel: string, member: MemberKey, clientId: string): Promise<void> {
+    if (!(await this.core.engine.takeLeaving(channel, member.key))) return;
+    if (this.local.has(pairId(channel, member)) || (await this.elsewhere(channel, member))) return;
+    await this.publish(channel, { action: 'leave', clientId, user: member.user });
+  }
+
+  /** Drops this node's held leave of a (channel, member), if any. */
+  private release(id: string): void {
+    const timer = this.held.get(id);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.held.delete(id);
+  }
+
+  /**
+   * Whether a session of `member` on another node subscribes to `channel` (this node's are in
+   * `local`). A session is a member of its own only on the node that holds it; a user's sessions
+   * elsewhere are looked up only when it has some.
+   */
+  private async elsewhere(channel: string, member: MemberKey): Promise<boolean> {
+    if (member.user === null || !member.key.startsWith('user:')) return false;
+    const { engine, delivery } = this.core;
+    const remote = (await engine.sessionsOfUser(member.user)).filter((id) => !delivery.sessions.has(id) && !this.gone.has(id));
+    if (remote.length === 0) return false;
+    const subscribed = new Set(await engine.subscribers(channel));
+    return remote.some((id) => subscribed.has(id));
+  }
+
+  /** Forgets the ended sessions that the engine no longer lists by now. */
+  private forgetGone(now: number): void {
+    for (const [id, at] of this.gone) {
+      if (now - at < GONE_MS) break;
+      this.gone.delete(id);
+    }
+  }
+
+  private publish(channel: string, event: PresenceEvent): Promise<void> {
+    return broadcast(this.core, { channel: presenceChannel(channel), data: event });
+  }
+
+  /** `/service/presence`: `{channel}` is answered `{channel, members}`, when the caller may subscribe to it. */
+  private async answer(message: Message, session: Session | null): Promise<unknown> {
+    // Only a session asks (a server-side publish on the service is nobody's request).
+    if (!session) return undefined;
+    const data = message.data;
+    const channel = typeof data === 'object' && data !== null ? (data as { channel?: unknown }).channel : undefined;
+    if (channel === undefined) return new ServiceRefusal(bayeuxError('missingParameter', ['channel'], 'send {"channel": "/a/channel"}'));
+    const problem = channelProblem(channel, { maxLength: this.core.options.maxChannelLength });
+    if (problem) return new ServiceRefusal(bayeuxError('channelInvalid', [String(channel)], problem));
+    const name = channel as string;
+    if (isWildcard(name)) return new ServiceRefusal(bayeuxError('channelInvalid', [name], 'presence is kept per channel, not for a wildcard pattern'));
+    if (!hasPresence(name)) return new ServiceRefusal(bayeuxError('channelInvalid', [name], 'meta, service and presence channels have no members'));
+    const refused = await this.core.security.policy.check('subscribe', name, session, message);
+    if (refused) return new ServiceRefusal(bayeuxError('channelForbidden', [name], refused));
+    return { channel: name, members: await membersOf(this.core.engine, name, this.core.options.presenceBy) };
+  }
+}
