@@ -16,6 +16,17 @@ export type { ClientOptions };
 
 export type Handler<T = unknown> = (data: T, message: Message) => void;
 
+/** A member of a channel (server presence): one of its sessions, and its user (null: anonymous). */
+export interface Member {
+  clientId: string;
+  user: string | null;
+}
+
+/** A member joined or left a channel. */
+export interface PresenceEvent extends Member {
+  action: 'join' | 'leave';
+}
+
 export interface SubscribeOptions {
   /** Called after a reconnection that needed recovery: true when every missed message was replayed, false when some were lost (reload the state). */
   onRecover?: (recovered: boolean, outcome: RecoveryOutcome) => void;
@@ -189,6 +200,21 @@ export class Client extends Emitter<ClientEvents> {
     }
     this.ensureStarted();
     return this.backend.call(channel, data, options.timeout ?? this.timeout) as Promise<T>;
+  }
+
+  /** The members of `channel`, as the server's `/service/presence` answers; rejects when the server refuses. */
+  async presence(channel: string): Promise<Member[]> {
+    return (await this.request<{ members: Member[] }>('/service/presence', { channel })).members;
+  }
+
+  /**
+   * Calls `handler(event, channel)` when a member joins or leaves `channel` (or a channel of a
+   * `/a/*`, `/a/**` pattern); the server publishes these on `/presence` + the channel.
+   */
+  onPresence(channel: string, handler: (event: PresenceEvent, channel: string) => void): Promise<Subscription> {
+    // An invalid name is refused by subscribe itself, as given (not prefixed).
+    if (channelProblem(channel)) return this.subscribe(channel, handler as never);
+    return this.subscribe<PresenceEvent>(`/presence${channel}`, (event, message) => handler(event, message.channel.slice(9)));
   }
 
   /**
