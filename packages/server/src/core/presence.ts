@@ -126,7 +126,7 @@ export class Presence {
       const channels = this.joined.get(session.id);
       if (!channels?.delete(channel)) return;
       if (channels.size === 0) this.joined.delete(session.id);
-      this.left(channel, this.memberOf(session), session.id);
+      this.left(channel, this.memberOf(session), session.id, false);
     });
     core.events.on('disconnect', (session) => {
       if (session.identity !== null) {
@@ -137,7 +137,7 @@ export class Presence {
       if (!channels) return;
       this.joined.delete(session.id);
       const member = this.memberOf(session);
-      for (const channel of channels) this.left(channel, member, session.id);
+      for (const channel of channels) this.left(channel, member, session.id, true);
     });
     core.listeners.add(PRESENCE_SERVICE, (message, session) => this.answer(message, session));
   }
@@ -177,8 +177,8 @@ export class Presence {
     await this.publish(channel, { action: 'join', clientId, user: member.user });
   }
 
-  /** A session of `member` left `channel` (unsubscribed or ended). */
-  private left(channel: string, member: MemberKey, clientId: string): void {
+  /** A session of `member` left `channel`: it unsubscribed, or it `ended`. */
+  private left(channel: string, member: MemberKey, clientId: string, ended: boolean): void {
     const id = pairId(channel, member);
     const sessions = this.local.get(id);
     sessions?.delete(clientId);
@@ -188,7 +188,8 @@ export class Presence {
     this.run(id, async () => {
       if (await this.elsewhere(channel, member)) return;
       const grace = this.core.options.presenceGrace;
-      if (grace === 0) return this.publish(channel, { action: 'leave', clientId, user: member.user });
+      // A member that is a session cannot come back once the session has ended: no grace.
+      if (grace === 0 || (ended && member.key.startsWith('session:'))) return this.publish(channel, { action: 'leave', clientId, user: member.user });
       await this.core.engine.markLeaving(channel, member.key, grace + MARK_MARGIN_MS);
       this.release(id);
       // Shutting down: the mark stays, so the member coming back on another node is no news.
