@@ -412,6 +412,21 @@ describe('presence across two nodes (Redis engine)', () => {
     assert.deepEqual(actions(watcher.events('/chat/room1')).sort(), ['join alice', 'join bob', 'leave alice', 'leave bob']);
   });
 
+  it('publishes nothing when a node shuts down and its user comes back on the other node within the grace', async () => {
+    const [a, b] = await pair();
+    const watcher = await open(b);
+    await watcher.subscribe('/presence/chat/room1');
+    const before = await open(a, 'alice');
+    await before.subscribe('/chat/room1');
+    await waitFor(() => watcher.events('/chat/room1').length === 1, 3000, 'the join');
+    await a.close();
+    const after = await open(b, 'alice');
+    await after.subscribe('/chat/room1');
+    await sleep(GRACE + 400);
+    assert.deepEqual(actions(watcher.events('/chat/room1')), ['join alice']);
+    assert.deepEqual(await b.server.presence('/chat/room1'), [{ clientId: after.clientId, user: 'alice' }]);
+  });
+
   it('answers /service/presence on node B with a member connected to node A', async () => {
     const [a, b] = await pair();
     const alice = await open(a, 'alice');
