@@ -1,0 +1,403 @@
+import { StateError } from './errors.js';
+import { DEFAULT_MAX_DEPTH, assertJson, clone, deepEqual, has, isPlainObject } from './json.js';
+import type { JsonObject, JsonValue } from './json.js';
+import type { Patch } from './operations.js';
+import { escapeToken, parsePointer } from './pointer.js';
+
+export interface DiffOptions {
+  /**
+   * The identity member of array elements, for arrays diffed by key (default
+   * 'id'); null diffs no array by key unless `keys` names it. An array is
+   * diffed by key only when every element of both the old and the new array
+   * is an object whose key member is a string or a number, unique within its
+   * array; otherwise it is diffed by position (longest common subsequence).
+   */
+  key?: string | null;
+  /**
+   * Identity member per array path, overriding `key`: JSON Pointers to arrays,
+   * where a `*` segment matches any one segment, e.g.
+   * `{ '/todos': 'uid', '/boards/*\/cards': 'cardId', '/log': null }`.
+   * When several match, the one with fewer `*` wins, then the first listed.
+   */
+  keys?: Record<string, string | null>;
+  /**
+   * Largest longest-common-subsequence table (old length × new length of the
+   * differing middle of an array) before diffing by position instead:
+   * element i against element i, then adds or removes at the tail. Default 1e6.
+   */
+  maxLcsCells?: number;
+  /** Nesting depth accepted in either value (default 1000). */
+  maxDepth?: number;
+}
+
+interface KeyPattern {
+  tokens: (string | null)[]; // null is the * wildcard
+  key: string | null;
+  wildcards: number;
+}
+
+type KeyValue = string | number;
+
+/**
+ * An RFC 6902 patch that turns `oldValue` into `newValue` (deep-equal) when
+ * applied in order by any conforming implementation. Equal values give `[]`.
+ * Both values are checked first: anything JSON cannot hold (undefined,
+ * functions, NaN, Date, cycles...) throws StateError ERR_NOT_JSON naming
+ * its path. Values in the patch are copies, not references into `newValue`.
+ */
+export function diff(oldValue: unknown, newValue: unknown, options: DiffOptions = {}): Patch {
+  const maxDepth = options.maxDepth ?? DEFAULT_MAX_DEPTH;
+  assertJson(oldValue, { maxDepth, name: 'oldValue' });
+  assertJson(newValue, { maxDepth, name: 'newValue' });
+  const differ = new Differ(options);
+  differ.value(oldValue, newValue, '');
+  return differ.ops;
+}
+
+function badOption(message: string): never {
+  throw new StateError('ERR_INVALID_OPTION', message, '');
+}
+
+class Differ {
+  readonly ops: Patch = [];
+  private readonly defaultKey: string | null;
+  private readonly patterns: KeyPattern[] = [];
+  private readonly maxLcsCells: number;
+
+  constructor(options: DiffOptions) {
+    const key = options.key === undefined ? 'id' : options.key;
+    if (key !== null && typeof key !== 'string') badOption(`diff: option key must be a string or null`);
+    this.defaultKey = key;
+    this.maxLcsCells = options.maxLcsCells ?? 1_000_000;
+    if (typeof this.maxLcsCells !== 'number' || !(this.maxLcsCells >= 0)) badOption('diff: option maxLcsCells must be a number >= 0');
+    if (options.keys !== undefined) {
+      if (!isPlainObject(options.keys)) badOption('diff: option keys must be an object of path: key');
+      for (const [pattern, k] of Object.entries(options.keys)) {
+        if (k !== null && typeof k !== 'string') badOption(`diff: option keys[${JSON.stringify(pattern)}] must be a string or null`);
+        let tokens: string[];
+        try {
+          tokens = parsePointer(pattern);
+        } catch {
+          badOption(`diff: option keys has ${JSON.stringify(pattern)}, which is not a JSON Pointer`);
+        }
+        const pt = tokens.map((t) => (t === '*' ? null : t));
+        this.patterns.push({ tokens: pt, key: k, wildcards: pt.filter((t) => t === null).length });
+      }
+      this.patterns.sort((x, y) => x.wildcards - y.wildcards);
+    }
+  }
+
+  value(a: JsonValue, b: JsonValue, path: string): void {
+    if (a === b) return;
+    if (typeof a === 'object' && typeof b === 'object' && a !== null && b !== null) {
+      const aArr = Array.isArray(a);
+      if (aArr === Array.isArray(b)) {
+        if (aArr) this.array(a as JsonValue[], b as JsonValue[], path);
+        else this.object(a as JsonObject, b as JsonObject, path);
+        return;
+      }
+    }
+    this.ops.push({ op: 'replace', path, value: clone(b) });
+  }
+
+  private object(a: JsonObject, b: JsonObject, path: string): void {
+    for (const k of Object.keys(a)) {
+      if (!has(b, k)) {
+        this.ops.push({ op: 'remove', path: path + '/' + escapeToken(k) });
+        continue;
+      }
+      const av = a[k]!;
+      const bv = b[k]!;
+      if (av !== bv) this.value(av, bv, path + '/' + escapeToken(k));
+    }
+    for (const k of Object.keys(b)) {
+      if (!has(a, k)) this.ops.push({ op: 'add', path: path + '/' + escapeToken(k), value: clone(b[k]!) });
+    }
+  }
+
+  private keyFor(path: string): string | null {
+    if (this.patterns.length > 0) {
+      const tokens = parsePointer(path);
+      for (const p of this.patterns) {
+        if (p.tokens.length !== tokens.length) continue;
+        let ok = true;
+        for (let i = 0; i < tokens.length; i++) {
+          const t = p.tokens[i];
+          if (t !== null && t !== tokens[i]) {
+            ok = false;
+            break;
+          }
+        }
+        if (ok) return p.key;
+      }
+    }
+    return this.defaultKey;
+  }
+
+  private array(a: JsonValue[], b: JsonValue[], path: string): void {
+    const key = this.keyFor(path);
+    if (key !== null && this.keyed(a, b, path, key)) return;
+    this.positional(a, b, path);
+  }
+
+  // ---- arrays diffed by key -------------------------------------------------
+
+  private keyed(a: JsonValue[], b: JsonValue[], path: string, key: string): boolean {
+    const aIndex = keyIndex(a, key);
+    if (aIndex === null) return false;
+    const bIndex = keyIndex(b, key);
+    if (bIndex === null) return false;
+    const keyOf = (el: JsonValue): KeyValue => (el as JsonObject)[key] as KeyValue;
+    const ops = this.ops;
+
+    // 1. Removes, from the end so earlier indexes stay put.
+    for (let i = a.length - 1; i >= 0; i--) {
+      if (!bIndex.has(keyOf(a[i]!))) ops.push({ op: 'remove', path: `${path}/${i}` });
+    }
+    // cur: the keys still there, in old order; pos: each one's index in cur.
+    const cur: KeyValue[] = [];
+    const pos = new Map<KeyValue, number>();
+    for (const el of a) {
+      const k = keyOf(el);
+      if (bIndex.has(k)) {
+        pos.set(k, cur.length);
+        cur.push(k);
+      }
+    }
+    // c: the kept keys in new order.
+    const c: KeyValue[] = [];
+    for (const el of b) {
+      const k = keyOf(el);
+      if (aIndex.has(k)) c.push(k);
+    }
+
+    // 2. Moves: the elements on a longest increasing run of old positions stay,
+    // each other one moves once, to just after its new predecessor.
+    const n = c.length;
+    const seq = new Int32Array(n);
+    let sorted = true;
+    for (let i = 0; i < n; i++) {
+      seq[i] = pos.get(c[i]!)!;
+      if (i > 0 && seq[i]! < seq[i - 1]!) sorted = false;
+    }
+    if (!sorted) this.moves(cur, seq, path);
+
+    // 3. Adds, in new order, each at its final index.
+    for (let i = 0; i < b.length; i++) {
+      if (!aIndex.has(keyOf(b[i]!))) ops.push({ op: 'add', path: `${path}/${i}`, value: clone(b[i]!) });
+    }
+    // 4. Changes inside kept elements, at their final index.
+    for (let i = 0; i < b.length; i++) {
+      const bv = b[i]!;
+      const from = aIndex.get(keyOf(bv));
+      if (from === undefined) continue;
+      const av = a[from]!;
+      if (av !== bv) this.value(av, bv, `${path}/${i}`);
+    }
+    return true;
+  }
+
+  /**
+   * Move ops that reorder `cur` into the new order (same keys), one per element off the
+   * longest increasing subsequence of `seq` (c's positions in cur). Current
+   * indexes come from a Fenwick tree over every place an element can be, so a
+   * full shuffle costs O(n log n), not O(n²).
+   */
+  private moves(cur: KeyValue[], seq: Int32Array, path: string): void {
+    const n = seq.length;
+    const stable = lisMask(seq);
+    // Places, in list order: element at new index i, once settled, sits at
+    // major 2i+1; an unsettled element sits where it was, at major 2s (s the new
+    // index of the next stable element after it in old order) and minor its old
+    // position. Settled elements between two stable ones come right after the
+    // first; unsettled ones between the same two follow them.
+    const places: number[] = [];
+    const unsettledPlace = new Float64Array(n); // by new index
+    const width = cur.length + 1;
+    let next = n; // new index of the next stable element, scanning old order backwards
+    // seq maps new index -> old position; invert it.
+    const newIndexAt = new Int32Array(cur.length);
+    for (let i = 0; i < n; i++) newIndexAt[seq[i]!] = i;
+    for (let p = cur.length - 1; p >= 0; p--) {
+      const i = newIndexAt[p]!;
+      if (stable[i]) {
+        next = i;
+      } else {
+        const place = 2 * next * width + p;
+        unsettledPlace[i] = place;
+        places.push(place);
+      }
+    }
+    for (let i = 0; i < n; i++) places.push((2 * i + 1) * width);
+    const sortedPlaces = Float64Array.from(places).sort();
+    const rank = new Map<number, number>();
+    for (let r = 0; r < sortedPlaces.length; r++) rank.set(sortedPlaces[r]!, r);
+    const tree = new Fenwick(sortedPlaces.length);
+    for (let i = 0; i < n; i++) {
+      tree.add(rank.get(stable[i] ? (2 * i + 1) * width : unsettledPlace[i]!)!, 1);
+    }
+    for (let i = 0; i < n; i++) {
+      if (stable[i]) continue;
+      const fromRank = rank.get(unsettledPlace[i]!)!;
+      const from = tree.before(fromRank);
+      tree.add(fromRank, -1);
+      const toRank = rank.get((2 * i + 1) * width)!;
+      const to = tree.before(toRank);
+      tree.add(toRank, 1);
+      if (from !== to) this.ops.push({ op: 'move', from: `${path}/${from}`, path: `${path}/${to}` });
+    }
+  }
+
+  // ---- arrays diffed by position -------------------------------------------
+
+  private positional(a: JsonValue[], b: JsonValue[], path: string): void {
+    const n = a.length;
+    const m = b.length;
+    let start = 0;
+    while (start < n && start < m && deepEqual(a[start], b[start])) start++;
+    let endA = n;
+    let endB = m;
+    while (endA > start && endB > start && deepEqual(a[endA - 1], b[endB - 1])) {
+      endA--;
+      endB--;
+    }
+    const la = endA - start;
+    const lb = endB - start;
+    if (la === 0 && lb === 0) return;
+    if (la === 0 || lb === 0 || (la + 1) * (lb + 1) > this.maxLcsCells) {
+      this.hunk(a, start, la, b, start, lb, start, path);
+      return;
+    }
+    // LCS table over the middle: L[i][j] = LCS length of a[start+i..endA) and b[start+j..endB).
+    const ha = new Int32Array(la);
+    const hb = new Int32Array(lb);
+    for (let i = 0; i < la; i++) ha[i] = hash(a[start + i]!, 0);
+    for (let j = 0; j < lb; j++) hb[j] = hash(b[start + j]!, 0);
+    const eq = (i: number, j: number): boolean => ha[i] === hb[j] && deepEqual(a[start + i], b[start + j]);
+    const w = lb + 1;
+    const L = la + lb < 65535 ? new Uint16Array((la + 1) * w) : new Uint32Array((la + 1) * w);
+    for (let i = la - 1; i >= 0; i--) {
+      for (let j = lb - 1; j >= 0; j--) {
+        L[i * w + j] = eq(i, j) ? L[(i + 1) * w + j + 1]! + 1 : Math.max(L[(i + 1) * w + j]!, L[i * w + j + 1]!);
+      }
+    }
+    // Walk it forwards: runs of deletions and insertions between kept elements
+    // become one hunk each, applied at the index the array has reached by then.
+    let i = 0;
+    let j = 0;
+    let at = start;
+    let hi = 0;
+    let hj = 0;
+    while (i < la || j < lb) {
+      if (i < la && j < lb && eq(i, j)) {
+        if (i > hi || j > hj) at = this.hunk(a, start + hi, i - hi, b, start + hj, j - hj, at, path);
+        i++;
+        j++;
+        at++;
+        hi = i;
+        hj = j;
+      } else if (j >= lb || (i < la && L[(i + 1) * w + j]! >= L[i * w + j + 1]!)) {
+        i++;
+      } else {
+        j++;
+      }
+    }
+    if (i > hi || j > hj) this.hunk(a, start + hi, i - hi, b, start + hj, j - hj, at, path);
+  }
+
+  /**
+   * Replace `del` elements of a at aFrom, sitting at index `at` of the array as
+   * patched so far, by `ins` elements of b at bFrom: pairs diffed in place,
+   * then the surplus removed (from the end) or added. Returns the index after.
+   */
+  private hunk(a: JsonValue[], aFrom: number, del: number, b: JsonValue[], bFrom: number, ins: number, at: number, path: string): number {
+    const pairs = Math.min(del, ins);
+    for (let t = 0; t < pairs; t++) this.value(a[aFrom + t]!, b[bFrom + t]!, `${path}/${at + t}`);
+    for (let t = del - 1; t >= pairs; t--) this.ops.push({ op: 'remove', path: `${path}/${at + t}` });
+    for (let t = pairs; t < ins; t++) this.ops.push({ op: 'add', path: `${path}/${at + t}`, value: clone(b[bFrom + t]!) });
+    return at + ins;
+  }
+}
+
+/** key value -> index, or null unless every element is an object with a unique string or number key. */
+function keyIndex(list: JsonValue[], key: string): Map<KeyValue, number> | null {
+  const index = new Map<KeyValue, number>();
+  for (let i = 0; i < list.length; i++) {
+    const el = list[i];
+    if (typeof el !== 'object' || el === null || Array.isArray(el) || !has(el, key)) return null;
+    const k = el[key];
+    if (typeof k !== 'string' && typeof k !== 'number') return null;
+    if (index.has(k)) return null;
+    index.set(k, i);
+  }
+  return index;
+}
+
+/** Marks the members of one longest strictly increasing subsequence of seq. */
+function lisMask(seq: Int32Array): Uint8Array {
+  const n = seq.length;
+  const tails = new Int32Array(n); // index into seq of the smallest tail of a run of length r+1
+  const prev = new Int32Array(n);
+  let len = 0;
+  for (let i = 0; i < n; i++) {
+    const v = seq[i]!;
+    let lo = 0;
+    let hi = len;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (seq[tails[mid]!]! < v) lo = mid + 1;
+      else hi = mid;
+    }
+    prev[i] = lo > 0 ? tails[lo - 1]! : -1;
+    tails[lo] = i;
+    if (lo === len) len++;
+  }
+  const mask = new Uint8Array(n);
+  for (let i = len > 0 ? tails[len - 1]! : -1; i >= 0; i = prev[i]!) mask[i] = 1;
+  return mask;
+}
+
+class Fenwick {
+  private readonly t: Int32Array;
+  constructor(size: number) {
+    this.t = new Int32Array(size + 1);
+  }
+  add(i: number, d: number): void {
+    for (i++; i < this.t.length; i += i & -i) this.t[i]! += d;
+  }
+  /** Sum over places strictly before i. */
+  before(i: number): number {
+    let s = 0;
+    for (; i > 0; i -= i & -i) s += this.t[i]!;
+    return s;
+  }
+}
+
+/** Structural hash consistent with deepEqual (object key order ignored). */
+function hash(v: JsonValue, depth: number): number {
+  switch (typeof v) {
+    case 'string':
+      return strHash(v, 0x811c9dc5);
+    case 'number':
+      return strHash(String(v === 0 ? 0 : v), 0x1b873593);
+    case 'boolean':
+      return v ? 0x2f7b1e3d : 0x5a1c9b27;
+    default:
+      break;
+  }
+  if (v === null) return 0x3c6ef372;
+  if (depth > 64) return 0x7f4a7c15; // equal values must hash equal; deep ones just collide
+  if (Array.isArray(v)) {
+    let h = 0x6a09e667 ^ v.length;
+    for (const el of v) h = Math.imul(h ^ hash(el, depth + 1), 0x01000193);
+    return h;
+  }
+  let h = 0x510e527f;
+  for (const k of Object.keys(v)) h = (h + Math.imul(strHash(k, 0x9b05688c), hash(v[k]!, depth + 1) | 1)) | 0;
+  return h;
+}
+
+function strHash(s: string, h: number): number {
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h;
+}

@@ -1,0 +1,10 @@
+export { StateError } from './errors.js';
+export type { StateErrorCode } from './errors.js';
+export { DEFAULT_MAX_DEPTH, assertJson, clone, deepEqual, isJsonValue, isPlainObject } from './json.js';
+export type { JsonCheckOptions, JsonObject, JsonValue } from './json.js';
+export { escapeToken, formatPointer, parsePointer, unescapeToken } from './pointer.js';
+export type { AddOperation, CopyOperation, MoveOperation, Operation, Patch, RemoveOperation, ReplaceOperation, TestOperation } from './operations.js';
+export { diff } from './diff.js';
+export type { DiffOptions } from './diff.js';
+export { applyPatch } from './apply.js';
+export type { ApplyOptions } from './apply.js';
