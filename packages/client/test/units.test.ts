@@ -2,6 +2,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { backoff } from '../src/backoff.js';
+import { Http } from '../src/transports/transport.js';
 import { Client, ClientError } from '../src/index.js';
 
 describe('backoff', () => {
@@ -50,5 +51,19 @@ describe('errors and options', () => {
   it('stops with no-transport when the environment can use none of the listed types', async () => {
     const c = new Client('http://127.0.0.1:1/bayeux', { transports: ['eventsource'], shared: false });
     await assert.rejects(c.connect(), (error: ClientError) => error.code === 'no-transport');
+  });
+});
+
+describe('HTTP outside browsers', () => {
+  it("sends the application's own Cookie header along with the cookies the server set", async () => {
+    const sent: Array<string | undefined> = [];
+    const fetchFn = (async (_url: string, init: RequestInit) => {
+      sent.push((init.headers as Record<string, string>).Cookie);
+      return new Response('[]', { headers: { 'Set-Cookie': 'BAYEUX_BROWSER=b1; Path=/; HttpOnly' } });
+    }) as typeof fetch;
+    const http = new Http(fetchFn, false, { Cookie: 'sid=app-login' });
+    await http.request('http://x/bayeux', { method: 'POST' });
+    await http.request('http://x/bayeux', { method: 'POST' });
+    assert.deepEqual(sent, ['sid=app-login', 'sid=app-login; BAYEUX_BROWSER=b1']);
   });
 });

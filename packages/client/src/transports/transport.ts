@@ -58,7 +58,12 @@ export class Http {
 
   async request(url: string, init: RequestInit & { headers?: Record<string, string> }): Promise<Response> {
     const headers: Record<string, string> = { ...this.headers, ...init.headers };
-    if (!this.browser && this.jar.size > 0) headers.Cookie = [...this.jar].map(([k, v]) => `${k}=${v}`).join('; ');
+    if (!this.browser && this.jar.size > 0) {
+      // The application's own cookies (a Cookie in `headers`: its login, say) go along with the server's.
+      const own = headers.Cookie ?? headers.cookie;
+      delete headers.cookie;
+      headers.Cookie = [own, ...[...this.jar].map(([k, v]) => `${k}=${v}`)].filter(Boolean).join('; ');
+    }
     const response = await this.fetchFn(url, { ...init, headers, credentials: 'include', cache: 'no-store' });
     if (!this.browser) {
       const lines = (response.headers as Headers & { getSetCookie?: () => string[] }).getSetCookie?.() ?? [];
