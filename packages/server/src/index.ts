@@ -3,6 +3,8 @@ export type { ServerEvents, DisconnectReason } from './core/events.js';
 export type { ServerStats } from './core/delivery.js';
 export type { Session } from './core/session.js';
 export type { Listener } from './core/listeners.js';
+export { ServiceRefusal } from './core/publish.js';
+export { presenceChannel, type Member, type PresenceBy, type PresenceEvent } from './core/presence.js';
 export type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine/engine.js';
 export { LocalClient, LocalClientRefusal, type LocalClientOptions, type LocalHandler } from './api/local-client.js';
 export { MemoryEngine } from './engine/memory.js';

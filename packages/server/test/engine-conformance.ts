@@ -372,6 +372,10 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.equal(await engine.takeLeaving('/room', 'alice'), true);
       assert.equal(await engine.takeLeaving('/room', 'alice'), false, 'taken once');
       assert.equal(await engine.takeLeaving('/room', 'al"ice'), true, 'any member id is kept apart from the channel');
+      const first = await engine.markLeaving('/room', 'dan', 5_000);
+      const second = await engine.markLeaving('/room', 'dan', 5_000);
+      assert.equal(await engine.takeLeaving('/room', 'dan', first), false, 'a replaced mark is not taken by its old token');
+      assert.equal(await engine.takeLeaving('/room', 'dan', second), true, 'the current mark is taken by its token');
       await engine.markLeaving('/room', 'carol', 40);
       await new Promise((resolve) => setTimeout(resolve, 120));
       assert.equal(await engine.takeLeaving('/room', 'carol'), false, 'expired');
@@ -509,9 +513,13 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
     it('lets any node take a presence grace mark set by another, once', async () => {
       const a = await open();
       const b = await open();
-      await a.engine.markLeaving('/d/room', 'erin', 5_000);
+      const token = await a.engine.markLeaving('/d/room', 'erin', 5_000);
       assert.equal(await b.engine.takeLeaving('/d/room', 'erin'), true);
-      assert.equal(await a.engine.takeLeaving('/d/room', 'erin'), false);
+      assert.equal(await a.engine.takeLeaving('/d/room', 'erin', token), false);
+      // Back on b and gone again: a's old token does not take b's newer mark.
+      const newer = await b.engine.markLeaving('/d/room', 'erin', 5_000);
+      assert.equal(await a.engine.takeLeaving('/d/room', 'erin', token), false);
+      assert.equal(await a.engine.takeLeaving('/d/room', 'erin', newer), true);
     });
 
     it("knows the user of another node's session, until it ends", async () => {

@@ -387,6 +387,26 @@ describe('presence across two nodes (Redis engine)', () => {
     assert.deepEqual(await a.server.presence('/chat/room1'), [{ clientId: after.clientId, user: 'alice' }]);
   });
 
+  it('publishes the leave a full grace after the last goodbye, when a member came back on the other node and left again', async () => {
+    const [a, b] = await pair();
+    const watcher = await open(b);
+    await watcher.subscribe('/presence/chat/room1');
+    const first = await open(a, 'alice');
+    await first.subscribe('/chat/room1');
+    await waitFor(() => watcher.events('/chat/room1').length === 1, 3000, 'the join');
+    await first.disconnect(); // node a holds a leave for GRACE ms
+    const second = await open(b, 'alice'); // back on node b: the mark is taken
+    await second.subscribe('/chat/room1');
+    await sleep(GRACE / 2);
+    await second.disconnect(); // gone again: node b holds a leave of its own
+    const lastGoodbye = Date.now();
+    await waitFor(() => watcher.events('/chat/room1').length === 2, 3000, 'the leave');
+    // Node a's grace ended first; it must not have taken node b's newer mark and published early.
+    assert.ok(Date.now() - lastGoodbye >= GRACE - 50, `the leave came ${Date.now() - lastGoodbye} ms after the last goodbye; the grace is ${GRACE} ms`);
+    await sleep(GRACE);
+    assert.deepEqual(actions(watcher.events('/chat/room1')), ['join alice', 'leave alice']);
+  });
+
   it('counts a user with sessions on both nodes once, and publishes one leave when its sessions end together', async () => {
     const [a, b] = await pair();
     const watcher = await open(b);

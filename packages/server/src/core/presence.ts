@@ -190,13 +190,13 @@ export class Presence {
       const grace = this.core.options.presenceGrace;
       // A member that is a session cannot come back once the session has ended: no grace.
       if (grace === 0 || (ended && member.key.startsWith('session:'))) return this.publish(channel, { action: 'leave', clientId, user: member.user });
-      await this.core.engine.markLeaving(channel, member.key, grace + MARK_MARGIN_MS);
+      const token = await this.core.engine.markLeaving(channel, member.key, grace + MARK_MARGIN_MS);
       this.release(id);
       // Shutting down: the mark stays, so the member coming back on another node is no news.
       if (this.closing) return;
       const timer = setTimeout(() => {
         if (this.held.get(id) === timer) this.held.delete(id);
-        this.run(id, () => this.graceOver(channel, member, clientId));
+        this.run(id, () => this.graceOver(channel, member, clientId, token));
       }, grace);
       timer.unref();
       this.held.set(id, timer);
@@ -204,8 +204,9 @@ export class Presence {
   }
 
   /** The grace of a held leave has ended: published unless the member came back (the mark taken, on any node). */
-  private async graceOver(channel: string, member: MemberKey, clientId: string): Promise<void> {
-    if (!(await this.core.engine.takeLeaving(channel, member.key))) return;
+  private async graceOver(channel: string, member: MemberKey, clientId: string, token: string): Promise<void> {
+    // Its own mark only: a newer one (the member came back elsewhere and left again) has its own timer.
+    if (!(await this.core.engine.takeLeaving(channel, member.key, token))) return;
     if (this.local.has(pairId(channel, member)) || (await this.elsewhere(channel, member))) return;
     await this.publish(channel, { action: 'leave', clientId, user: member.user });
   }

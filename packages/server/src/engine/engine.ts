@@ -133,8 +133,13 @@ export interface Engine {
   /**
    * Presence grace: marks `member` (a user, or a session) as just gone from `channel`, for
    * `ttlMs`, where every node sees it, so that a member coming back on any node finds it.
+   * Resolves to the mark's token (a later mark of the same member replaces it).
    */
-  markLeaving(channel: string, member: string, ttlMs: number): Promise<void>;
-  /** Removes the mark set by `markLeaving`; true when it was there (and had not expired). */
-  takeLeaving(channel: string, member: string): Promise<boolean>;
+  markLeaving(channel: string, member: string, ttlMs: number): Promise<string>;
+  /**
+   * Removes the mark set by `markLeaving`; true when it was there (and had not expired). With
+   * `token`, only that very mark: the node whose grace ends takes its own mark, never a newer one
+   * set after the member came back and left again elsewhere.
+   */
+  takeLeaving(channel: string, member: string, token?: string): Promise<boolean>;
 }

@@ -120,14 +120,14 @@ export class MemoryEngine implements Engine {
     return this.index.patterns();
   }
 
-  async markLeaving(channel: string, member: string, ttlMs: number): Promise<void> {
+  async markLeaving(channel: string, member: string, ttlMs: number): Promise<string> {
     this.running();
-    this.leaving.mark(channel, member, Date.now() + ttlMs);
+    return this.leaving.mark(channel, member, Date.now() + ttlMs);
   }
 
-  async takeLeaving(channel: string, member: string): Promise<boolean> {
+  async takeLeaving(channel: string, member: string, token?: string): Promise<boolean> {
     this.running();
-    return this.leaving.take(channel, member, Date.now());
+    return this.leaving.take(channel, member, Date.now(), token);
   }
 
   async census(): Promise<SessionInfo[]> {

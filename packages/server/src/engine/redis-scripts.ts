@@ -20,8 +20,8 @@
  *   P user                hash   clientId → its authenticated user (anonymous sessions: absent)
  *   P usess:<user>        set    the sessions of a user
  *   P nodes               hash   node id → time of its last heartbeat (ms, Redis clock)
- *   P leave:<[ch,member]> string a presence grace mark: the member just left the channel (it
- *                                expires on its own; see Engine.markLeaving)
+ *   P leave:<[ch,member]> string a presence grace mark, holding its token: the member just left
+ *                                the channel (it expires on its own; see Engine.markLeaving)
  *
  * The scripts compute key names from the prefix instead of declaring them in KEYS, so they need a
  * single Redis (standalone, or a primary with replicas or Sentinel), not Redis Cluster.
@@ -282,5 +282,15 @@ if left == 0 then redis.call('HDEL', P .. 'nodes', node) end
 return left
 `;
 
-export const SCRIPTS = { PUBLISH, SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HISTORY, STATS, HEARTBEAT, REMOVE_NODE } as const;
+/**
+ * Takes a presence grace mark only if it is still the one with this token (a node whose grace
+ * ended must not take a newer mark of the same member). ARGV: P, key (without P), token.
+ * Returns 1 when taken, 0 otherwise.
+ */
+const TAKE_MARK = `${PRELUDE}
+if redis.call('GET', P .. ARGV[2]) == ARGV[3] then return redis.call('DEL', P .. ARGV[2]) end
+return 0
+`;
+
+export const SCRIPTS = { PUBLISH, SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HISTORY, STATS, HEARTBEAT, REMOVE_NODE, TAKE_MARK } as const;
 export type ScriptName = keyof typeof SCRIPTS;

@@ -29,7 +29,7 @@ import { isWildcard, type Message, type Position } from '@perihelion/protocol';
 import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
 import type { HistoryPage, HistoryQuery, Retention } from './history.js';
 import { newEpoch, stampPosition, withPosition } from './position.js';
-import { LeavingMarks, markKey } from './leaving-marks.js';
+import { LeavingMarks, markKey, markToken } from './leaving-marks.js';
 import { BusFormatError, broadcastHeader, busChannel, decode, encode, nodeChannel, type Broadcast } from './redis-bus.js';
 import { RedisConnection, unavailable } from './redis-connection.js';
 import { NodeLiveness, type Registration } from './redis-liveness.js';
@@ -415,23 +415,29 @@ export class RedisEngine implements Engine {
     return this.sessionCensus.take(host.describeSessions());
   }
 
-  async markLeaving(channel: string, member: string, ttlMs: number): Promise<void> {
+  async markLeaving(channel: string, member: string, ttlMs: number): Promise<string> {
     this.running();
     const key = `${this.options.prefix}leave:${markKey(channel, member)}`;
     const ttl = Math.max(1, Math.ceil(ttlMs));
+    const token = markToken();
     await this.connection.read(
       `presence of ${channel}`,
-      async (cmd) => void (await cmd.set(key, '1', 'PX', ttl)),
-      () => this.leaving.mark(channel, member, Date.now() + ttl),
+      async (cmd) => void (await cmd.set(key, token, 'PX', ttl)),
+      () => void this.leaving.mark(channel, member, Date.now() + ttl, token),
     );
+    return token;
   }
 
-  async takeLeaving(channel: string, member: string): Promise<boolean> {
+  async takeLeaving(channel: string, member: string, token?: string): Promise<boolean> {
     this.running();
     const key = `${this.options.prefix}leave:${markKey(channel, member)}`;
     // A mark set while Redis was away is this node's own; one in Redis is anyone's.
-    const local = this.leaving.take(channel, member, Date.now());
-    const shared = await this.connection.read(`presence of ${channel}`, async (cmd) => (await cmd.del(key)) > 0, () => false);
+    const local = this.leaving.take(channel, member, Date.now(), token);
+    const shared = await this.connection.read(
+      `presence of ${channel}`,
+      async (cmd) => (token === undefined ? (await cmd.del(key)) > 0 : Number(await this.connection.script('TAKE_MARK', [key.slice(this.options.prefix.length), token])) === 1),
+      () => false,
+    );
     return local || shared;
   }
 
