@@ -11,8 +11,12 @@ const require = createRequire(import.meta.url);
 const minified = require.resolve('@perihelion/client/bundle');
 const srcDir = join(dirname(minified), 'src');
 
-/** The limit the script build must stay under, minified and gzipped. */
-const GZIP_LIMIT = 12 * 1024;
+/**
+ * The limit the script build must stay under, minified and gzipped: every transport, recovery,
+ * tab sharing, presence and the typed-event helper. Raised from 12 KiB when presence and `byType`
+ * came in; a feature that needs more belongs in a module of its own.
+ */
+const GZIP_LIMIT = 12.5 * 1024;
 
 describe('browser bundle', () => {
   it(`stays under ${GZIP_LIMIT} bytes minified and gzipped`, () => {

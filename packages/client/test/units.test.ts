@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { backoff } from '../src/backoff.js';
 import { Http } from '../src/transports/transport.js';
-import { Client, ClientError } from '../src/index.js';
+import { Client, ClientError, byType, type Message } from '../src/index.js';
 
 describe('backoff', () => {
   it('grows exponentially up to the maximum, with full jitter', () => {
@@ -65,5 +65,25 @@ describe('HTTP outside browsers', () => {
     await http.request('http://x/bayeux', { method: 'POST' });
     await http.request('http://x/bayeux', { method: 'POST' });
     assert.deepEqual(sent, ['sid=app-login', 'sid=app-login; BAYEUX_BROWSER=b1']);
+  });
+});
+
+describe('byType', () => {
+  it('calls the handler of each event type, and gives anything else to the fallback', () => {
+    const seen: string[] = [];
+    const handler = byType(
+      {
+        shipped: (event) => seen.push(`shipped ${String(event.order)}`),
+        cancelled: (event, message) => seen.push(`cancelled on ${message.channel}`),
+      },
+      (data) => seen.push(`other ${JSON.stringify(data)}`),
+    );
+    const message = (data: unknown): Message => ({ channel: '/orders', data });
+    for (const data of [{ type: 'shipped', order: 7 }, { type: 'cancelled' }, { type: 'unknown' }, { type: 'constructor' }, 'text', null, { type: 3 }]) {
+      handler(data as never, message(data));
+    }
+    assert.deepEqual(seen, ['shipped 7', 'cancelled on /orders', 'other {"type":"unknown"}', 'other {"type":"constructor"}', 'other "text"', 'other null', 'other {"type":3}']);
+    // Without a fallback, unknown events are ignored: an older page meets a newer server's events.
+    assert.doesNotThrow(() => byType({})({ type: 'new' } as never, message({ type: 'new' })));
   });
 });
