@@ -1,11 +1,11 @@
 import { StateError } from './errors.js';
-import { DEFAULT_MAX_DEPTH, clone, deepEqual, has, isPlainObject, jsonDepth, setOwn } from './json.js';
+import { clone, depthOption, deepEqual, has, isPlainObject, jsonDepth, setOwn } from './json.js';
 import type { JsonObject, JsonValue } from './json.js';
 import type { Operation } from './operations.js';
 import { formatPointer, parsePointer } from './pointer.js';
 
 export interface ApplyOptions {
-  /** Nesting depth the result may reach (default 1000). */
+  /** Nesting depth the result may reach (default and most 1000). */
   maxDepth?: number;
 }
 
@@ -42,8 +42,9 @@ const INDEX = /^(?:0|[1-9][0-9]*)$/;
  * applying a small patch to a large document costs about the patch's size.
  */
 export function applyPatch(value: JsonValue, patch: readonly Operation[], options: ApplyOptions = {}): JsonValue {
+  const maxDepth = depthOption(options.maxDepth);
   const ops = parsePatch(patch as readonly unknown[]);
-  const state = new Patcher(value, options.maxDepth ?? DEFAULT_MAX_DEPTH);
+  const state = new Patcher(value, maxDepth);
   for (let i = 0; i < ops.length; i++) state.apply(ops[i]!, i);
   return state.root;
 }

@@ -1,5 +1,5 @@
 import { StateError } from './errors.js';
-import { DEFAULT_MAX_DEPTH, assertJson, clone, deepEqual, has, isPlainObject } from './json.js';
+import { assertJson, depthOption, clone, deepEqual, has, isPlainObject } from './json.js';
 import type { JsonObject, JsonValue } from './json.js';
 import type { Patch } from './operations.js';
 import { escapeToken, parsePointer } from './pointer.js';
@@ -10,7 +10,9 @@ export interface DiffOptions {
    * 'id'); null diffs no array by key unless `keys` names it. An array is
    * diffed by key only when every element of both the old and the new array
    * is an object whose key member is a string or a number, unique within its
-   * array; otherwise it is diffed by position (longest common subsequence).
+   * array; otherwise it is diffed by position: the alignment with the fewest
+   * adds, removes and replaces (edit distance, a longest-common-subsequence
+   * diff that counts a changed element as one replace, not a remove and an add).
    */
   key?: string | null;
   /**
@@ -21,12 +23,13 @@ export interface DiffOptions {
    */
   keys?: Record<string, string | null>;
   /**
-   * Largest longest-common-subsequence table (old length × new length of the
-   * differing middle of an array) before diffing by position instead:
+   * Largest alignment table (old length × new length of the differing middle
+   * of an array, after equal heads and tails are set aside) before aligning
+   * by index instead:
    * element i against element i, then adds or removes at the tail. Default 1e6.
    */
   maxLcsCells?: number;
-  /** Nesting depth accepted in either value (default 1000). */
+  /** Nesting depth accepted in either value (default and most 1000). */
   maxDepth?: number;
 }
 
@@ -46,7 +49,7 @@ type KeyValue = string | number;
  * its path. Values in the patch are copies, not references into `newValue`.
  */
 export function diff(oldValue: unknown, newValue: unknown, options: DiffOptions = {}): Patch {
-  const maxDepth = options.maxDepth ?? DEFAULT_MAX_DEPTH;
+  const maxDepth = depthOption(options.maxDepth);
   assertJson(oldValue, { maxDepth, name: 'oldValue' });
   assertJson(newValue, { maxDepth, name: 'newValue' });
   const differ = new Differ(options);
@@ -268,41 +271,52 @@ class Differ {
       this.hunk(a, start, la, b, start, lb, start, path);
       return;
     }
-    // LCS table over the middle: L[i][j] = LCS length of a[start+i..endA) and b[start+j..endB).
+    // Edit distance table over the middle: D[i][j] = fewest adds, removes and
+    // replaces taking a[start+i..endA) to b[start+j..endB). Like a longest
+    // common subsequence, but a changed element counts as one replace (diffed
+    // in place) rather than a remove and an add.
     const ha = new Int32Array(la);
     const hb = new Int32Array(lb);
     for (let i = 0; i < la; i++) ha[i] = hash(a[start + i]!, 0);
     for (let j = 0; j < lb; j++) hb[j] = hash(b[start + j]!, 0);
     const eq = (i: number, j: number): boolean => ha[i] === hb[j] && deepEqual(a[start + i], b[start + j]);
     const w = lb + 1;
-    const L = la + lb < 65535 ? new Uint16Array((la + 1) * w) : new Uint32Array((la + 1) * w);
+    const D = la + lb < 65535 ? new Uint16Array((la + 1) * w) : new Uint32Array((la + 1) * w);
+    for (let j = 0; j <= lb; j++) D[la * w + j] = lb - j;
     for (let i = la - 1; i >= 0; i--) {
+      const row = i * w;
+      const below = row + w;
+      D[row + lb] = la - i;
       for (let j = lb - 1; j >= 0; j--) {
-        L[i * w + j] = eq(i, j) ? L[(i + 1) * w + j + 1]! + 1 : Math.max(L[(i + 1) * w + j]!, L[i * w + j + 1]!);
+        D[row + j] = eq(i, j) ? D[below + j + 1]! : 1 + Math.min(D[below + j + 1]!, D[below + j]!, D[row + j + 1]!);
       }
     }
-    // Walk it forwards: runs of deletions and insertions between kept elements
-    // become one hunk each, applied at the index the array has reached by then.
+    // Walk it forwards, emitting each op at the index the array has reached. On
+    // a tie, keep equal elements where they are and prefer a remove or an add to
+    // a replace, so an element that merely shifted is not rewritten in place.
     let i = 0;
     let j = 0;
     let at = start;
-    let hi = 0;
-    let hj = 0;
     while (i < la || j < lb) {
+      const here = D[i * w + j]!;
       if (i < la && j < lb && eq(i, j)) {
-        if (i > hi || j > hj) at = this.hunk(a, start + hi, i - hi, b, start + hj, j - hj, at, path);
         i++;
         j++;
         at++;
-        hi = i;
-        hj = j;
-      } else if (j >= lb || (i < la && L[(i + 1) * w + j]! >= L[i * w + j + 1]!)) {
+      } else if (i < la && D[(i + 1) * w + j]! + 1 === here) {
+        this.ops.push({ op: 'remove', path: `${path}/${at}` });
         i++;
-      } else {
+      } else if (j < lb && D[i * w + j + 1]! + 1 === here) {
+        this.ops.push({ op: 'add', path: `${path}/${at}`, value: clone(b[start + j]!) });
         j++;
+        at++;
+      } else {
+        this.value(a[start + i]!, b[start + j]!, `${path}/${at}`);
+        i++;
+        j++;
+        at++;
       }
     }
-    if (i > hi || j > hj) this.hunk(a, start + hi, i - hi, b, start + hj, j - hj, at, path);
   }
 
   /**

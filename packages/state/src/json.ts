@@ -8,14 +8,24 @@ export interface JsonObject {
 }
 
 /**
- * How deep values may nest, by default: a container at the root is depth 1,
- * a container inside it depth 2, and so on. Deeper values are refused with
- * StateError ERR_TOO_DEEP, so no function here overflows the stack.
+ * How deep values may nest: a container at the root is depth 1, a container
+ * inside it depth 2, and so on. Deeper values are refused with StateError
+ * ERR_TOO_DEEP, so no function here overflows the stack. Options may lower
+ * the limit (maxDepth), not raise it.
  */
 export const DEFAULT_MAX_DEPTH = 1000;
 
+/** The maxDepth option, checked: an integer from 1 to DEFAULT_MAX_DEPTH. */
+export function depthOption(maxDepth: unknown): number {
+  if (maxDepth === undefined) return DEFAULT_MAX_DEPTH;
+  if (typeof maxDepth !== 'number' || !Number.isInteger(maxDepth) || maxDepth < 1 || maxDepth > DEFAULT_MAX_DEPTH) {
+    throw new StateError('ERR_INVALID_OPTION', `maxDepth must be an integer from 1 to ${DEFAULT_MAX_DEPTH}, not ${String(maxDepth)}`, '');
+  }
+  return maxDepth;
+}
+
 export interface JsonCheckOptions {
-  /** Largest nesting depth accepted (default 1000). */
+  /** Largest nesting depth accepted (default and most 1000). */
   maxDepth?: number;
   /** Names the value in error messages, e.g. 'newValue' (default 'value'). */
   name?: string;
@@ -180,12 +190,12 @@ class Walker {
  * Date, Map, Set, class instances, symbol-keyed properties, cycles.
  */
 export function assertJson(value: unknown, options: JsonCheckOptions = {}): asserts value is JsonValue {
-  new Walker(options.maxDepth ?? DEFAULT_MAX_DEPTH, options.name ?? 'value').check(value, 0);
+  new Walker(depthOption(options.maxDepth), options.name ?? 'value').check(value, 0);
 }
 
 /** assertJson, returning the value's nesting depth (0 for a scalar). */
 export function jsonDepth(value: unknown, options: JsonCheckOptions = {}): number {
-  return new Walker(options.maxDepth ?? DEFAULT_MAX_DEPTH, options.name ?? 'value').check(value, 0);
+  return new Walker(depthOption(options.maxDepth), options.name ?? 'value').check(value, 0);
 }
 
 /** True if assertJson would accept `value`. */
@@ -206,7 +216,7 @@ export function isJsonValue(value: unknown, options: JsonCheckOptions = {}): val
 export function clone<T extends JsonValue>(value: T, options?: JsonCheckOptions): T;
 export function clone(value: unknown, options?: JsonCheckOptions): JsonValue;
 export function clone(value: unknown, options: JsonCheckOptions = {}): JsonValue {
-  return new Walker(options.maxDepth ?? DEFAULT_MAX_DEPTH, options.name ?? 'value').copy(value, 0);
+  return new Walker(depthOption(options.maxDepth), options.name ?? 'value').copy(value, 0);
 }
 
 /**
