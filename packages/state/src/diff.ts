@@ -146,67 +146,92 @@ class Differ {
   // ---- arrays diffed by key -------------------------------------------------
 
   private keyed(a: JsonValue[], b: JsonValue[], path: string, key: string): boolean {
-    const aIndex = keyIndex(a, key);
+    // Elements with the same key at the same place at the head and the tail
+    // (usually all of them) need no matching: set them aside first.
+    const n = a.length;
+    const m = b.length;
+    let lo = 0;
+    while (lo < n && lo < m) {
+      const k = keyOf(a[lo]!, key);
+      if (k === undefined || k !== keyOf(b[lo]!, key)) break;
+      lo++;
+    }
+    let hiA = n;
+    let hiB = m;
+    while (hiA > lo && hiB > lo) {
+      const k = keyOf(a[hiA - 1]!, key);
+      if (k === undefined || k !== keyOf(b[hiB - 1]!, key)) break;
+      hiA--;
+      hiB--;
+    }
+    if (lo === hiA && lo === hiB) {
+      // Same keys in the same order: only changes inside elements.
+      for (let i = 0; i < m; i++) if (a[i] !== b[i]) this.value(a[i]!, b[i]!, `${path}/${i}`);
+      return true;
+    }
+    // Elements to match up: every key must be there and unique in its array.
+    const aIndex = keyIndex(a, key, 0, n);
     if (aIndex === null) return false;
-    const bIndex = keyIndex(b, key);
+    const bIndex = keyIndex(b, key, 0, m);
     if (bIndex === null) return false;
-    const keyOf = (el: JsonValue): KeyValue => (el as JsonObject)[key] as KeyValue;
     const ops = this.ops;
 
     // 1. Removes, from the end so earlier indexes stay put.
-    for (let i = a.length - 1; i >= 0; i--) {
-      if (!bIndex.has(keyOf(a[i]!))) ops.push({ op: 'remove', path: `${path}/${i}` });
+    for (let i = hiA - 1; i >= lo; i--) {
+      if (!bIndex.has(keyOf(a[i]!, key)!)) ops.push({ op: 'remove', path: `${path}/${i}` });
     }
-    // cur: the keys still there, in old order; pos: each one's index in cur.
+    // cur: the middle's keys still there, in old order; pos: each one's index in cur.
     const cur: KeyValue[] = [];
     const pos = new Map<KeyValue, number>();
-    for (const el of a) {
-      const k = keyOf(el);
+    for (let i = lo; i < hiA; i++) {
+      const k = keyOf(a[i]!, key)!;
       if (bIndex.has(k)) {
         pos.set(k, cur.length);
         cur.push(k);
       }
     }
-    // c: the kept keys in new order.
-    const c: KeyValue[] = [];
-    for (const el of b) {
-      const k = keyOf(el);
-      if (aIndex.has(k)) c.push(k);
+    // seq: for the kept keys in new order, their index in cur.
+    const seq: number[] = [];
+    let sorted = true;
+    for (let i = lo; i < hiB; i++) {
+      const p = pos.get(keyOf(b[i]!, key)!);
+      if (p === undefined) continue;
+      if (seq.length > 0 && p < seq[seq.length - 1]!) sorted = false;
+      seq.push(p);
     }
 
     // 2. Moves: the elements on a longest increasing run of old positions stay,
     // each other one moves once, to just after its new predecessor.
-    const n = c.length;
-    const seq = new Int32Array(n);
-    let sorted = true;
-    for (let i = 0; i < n; i++) {
-      seq[i] = pos.get(c[i]!)!;
-      if (i > 0 && seq[i]! < seq[i - 1]!) sorted = false;
-    }
-    if (!sorted) this.moves(cur, seq, path);
+    if (!sorted) this.moves(cur.length, Int32Array.from(seq), path, lo);
 
     // 3. Adds, in new order, each at its final index.
-    for (let i = 0; i < b.length; i++) {
-      if (!aIndex.has(keyOf(b[i]!))) ops.push({ op: 'add', path: `${path}/${i}`, value: clone(b[i]!) });
+    for (let i = lo; i < hiB; i++) {
+      if (!aIndex.has(keyOf(b[i]!, key)!)) ops.push({ op: 'add', path: `${path}/${i}`, value: clone(b[i]!) });
     }
     // 4. Changes inside kept elements, at their final index.
-    for (let i = 0; i < b.length; i++) {
+    for (let i = 0; i < m; i++) {
       const bv = b[i]!;
-      const from = aIndex.get(keyOf(bv));
-      if (from === undefined) continue;
-      const av = a[from]!;
+      let av: JsonValue;
+      if (i < lo) av = a[i]!;
+      else if (i >= hiB) av = a[i - hiB + hiA]!;
+      else {
+        const from = aIndex.get(keyOf(bv, key)!);
+        if (from === undefined) continue;
+        av = a[from]!;
+      }
       if (av !== bv) this.value(av, bv, `${path}/${i}`);
     }
     return true;
   }
 
   /**
-   * Move ops that reorder `cur` into the new order (same keys), one per element off the
-   * longest increasing subsequence of `seq` (c's positions in cur). Current
+   * Move ops that reorder the `size` kept elements (from index `base` on) into
+   * their new order, one per element off the longest increasing subsequence of
+   * `seq` (for each new index, the element's old index). Current
    * indexes come from a Fenwick tree over every place an element can be, so a
    * full shuffle costs O(n log n), not O(n²).
    */
-  private moves(cur: KeyValue[], seq: Int32Array, path: string): void {
+  private moves(size: number, seq: Int32Array, path: string, base: number): void {
     const n = seq.length;
     const stable = lisMask(seq);
     // Places, in list order: element at new index i, once settled, sits at
@@ -216,12 +241,12 @@ class Differ {
     // first; unsettled ones between the same two follow them.
     const places: number[] = [];
     const unsettledPlace = new Float64Array(n); // by new index
-    const width = cur.length + 1;
+    const width = size + 1;
     let next = n; // new index of the next stable element, scanning old order backwards
     // seq maps new index -> old position; invert it.
-    const newIndexAt = new Int32Array(cur.length);
+    const newIndexAt = new Int32Array(size);
     for (let i = 0; i < n; i++) newIndexAt[seq[i]!] = i;
-    for (let p = cur.length - 1; p >= 0; p--) {
+    for (let p = size - 1; p >= 0; p--) {
       const i = newIndexAt[p]!;
       if (stable[i]) {
         next = i;
@@ -247,7 +272,7 @@ class Differ {
       const toRank = rank.get((2 * i + 1) * width)!;
       const to = tree.before(toRank);
       tree.add(toRank, 1);
-      if (from !== to) this.ops.push({ op: 'move', from: `${path}/${from}`, path: `${path}/${to}` });
+      if (from !== to) this.ops.push({ op: 'move', from: `${path}/${base + from}`, path: `${path}/${base + to}` });
     }
   }
 
@@ -333,15 +358,21 @@ class Differ {
   }
 }
 
-/** key value -> index, or null unless every element is an object with a unique string or number key. */
-function keyIndex(list: JsonValue[], key: string): Map<KeyValue, number> | null {
+function keyOf(el: JsonValue, key: string): KeyValue | undefined {
+  if (typeof el !== 'object' || el === null || Array.isArray(el) || !has(el, key)) return undefined;
+  const k = el[key];
+  return typeof k === 'string' || typeof k === 'number' ? k : undefined;
+}
+
+/**
+ * key value -> index for list[from..to), or null unless every one of them is
+ * an object with a string or number key, unique among them.
+ */
+function keyIndex(list: JsonValue[], key: string, from: number, to: number): Map<KeyValue, number> | null {
   const index = new Map<KeyValue, number>();
-  for (let i = 0; i < list.length; i++) {
-    const el = list[i];
-    if (typeof el !== 'object' || el === null || Array.isArray(el) || !has(el, key)) return null;
-    const k = el[key];
-    if (typeof k !== 'string' && typeof k !== 'number') return null;
-    if (index.has(k)) return null;
+  for (let i = from; i < to; i++) {
+    const k = keyOf(list[i]!, key);
+    if (k === undefined || index.has(k)) return null;
     index.set(k, i);
   }
   return index;
