@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fjpModule from 'fast-json-patch';
 import { applyPatch, clone, deepEqual, diff } from '../src/index.js';
-import type { JsonValue, Operation } from '../src/index.js';
+import type { JsonObject, JsonValue, Operation } from '../src/index.js';
 import { Rng, pair, runSeed, value } from './helpers.js';
 
 // fast-json-patch is CommonJS; its default export is the whole module.
@@ -28,10 +28,12 @@ describe(`diff and applyPatch on random documents (STATE_SEED=${SEED}, ${RUNS} r
     for (let run = 0; run < RUNS; run++) {
       const [a, b] = pair(rng);
       const before = JSON.stringify(a);
-      const where = () => `STATE_SEED=${SEED} run ${run}\na = ${show(a)}\nb = ${show(b)}`;
+      // One pair in five each: arrays paired by index, no keys, keys named per path.
+      const options = [{}, { maxLcsCells: 4 }, { key: null }, { keys: { '/list': 'title', '/root/*': 'n' } }, {}][run % 5]!;
+      const where = () => `STATE_SEED=${SEED} run ${run} options ${JSON.stringify(options)}\na = ${show(a)}\nb = ${show(b)}`;
       let patch: Operation[];
       try {
-        patch = diff(a, b);
+        patch = diff(a, b, options);
       } catch (err) {
         assert.fail(`diff threw ${String(err)}\n${where()}`);
       }
@@ -58,6 +60,35 @@ describe(`diff and applyPatch on random documents (STATE_SEED=${SEED}, ${RUNS} r
       assert.ok(deepEqual(theirs, b), `fast-json-patch gave ${show(theirs)}\n${where()}${p()}`);
     }
     t.diagnostic(`${RUNS} pairs, ${ops} ops in all`);
+  });
+
+  it('long arrays, keyed and not, with many moves, inserts, deletes and edits', (t) => {
+    const rng = new Rng(SEED ^ 0x1b873593);
+    let moves = 0;
+    for (let run = 0; run < RUNS / 10; run++) {
+      const n = 20 + rng.int(280);
+      const keyed = rng.chance(0.6);
+      const a: JsonValue[] = Array.from({ length: n }, (_, i) => (keyed ? { id: rng.chance(0.5) ? i : `s${i}`, v: rng.int(5) } : rng.int(30)));
+      const b = a.slice();
+      const edits = rng.chance(0.2) ? n : 1 + rng.int(10);
+      for (let e = 0; e < edits; e++) {
+        const r = rng.int(4);
+        if (r === 0 && b.length > 1) b.splice(rng.int(b.length), 0, b.splice(rng.int(b.length), 1)[0]!);
+        else if (r === 1 && b.length > 0) b.splice(rng.int(b.length), 1);
+        else if (r === 2) b.splice(rng.int(b.length + 1), 0, keyed ? { id: `new${run}-${e}`, v: 0 } : rng.int(30));
+        else if (b.length > 0) {
+          const at = rng.int(b.length);
+          b[at] = keyed ? { ...(b[at] as JsonObject), v: rng.int(5) } : rng.int(30);
+        }
+      }
+      const where = () => `STATE_SEED=${SEED} long run ${run}\na = ${show(a)}\nb = ${show(b)}`;
+      const patch = diff(a, b, { maxLcsCells: rng.chance(0.2) ? 100 : 1e6 });
+      moves += patch.filter((op) => op.op === 'move').length;
+      assert.ok(deepEqual(applyPatch(a, patch), b), `ours\n${where()}\npatch = ${show(patch)}`);
+      assert.ok(deepEqual(fjp.applyPatch(clone(a), patch, true, false).newDocument, b), `fast-json-patch\n${where()}\npatch = ${show(patch)}`);
+      if (keyed) assert.ok(patch.every((op) => op.op !== 'replace' || op.path.endsWith('/v')), `keyed arrays: replaces only inside elements\n${where()}`);
+    }
+    t.diagnostic(`${RUNS / 10} long arrays, ${moves} moves`);
   });
 
   it('patches from fast-json-patch compare(a, b) applied by us give b', (t) => {
