@@ -24,6 +24,7 @@ export const ERRORS = {
   channelInvalid: { code: 405, message: 'Invalid channel' },
   publishFailed: { code: 407, message: 'Publish failed' },
   tooManySubscriptions: { code: 409, message: 'Too many subscriptions' },
+  stateConflict: { code: 409, message: 'State conflict' },
   messageTooLarge: { code: 413, message: 'Message too large' },
   batchTooLarge: { code: 413, message: 'Too many messages in one request' },
   requestTooLarge: { code: 413, message: 'Request too large' },

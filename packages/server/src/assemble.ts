@@ -5,6 +5,7 @@
  * first and the HTTP call-outs after them. The core builds none of these itself.
  */
 import { calloutExtension } from './callouts/allow.js';
+import { PRESENCE_SERVICE } from './core/presence.js';
 import { ServerCore, type Security } from './core/server.js';
 import type { HistorySettings } from './engine/history.js';
 import { MemoryEngine } from './engine/memory.js';
@@ -14,6 +15,7 @@ import { resolveOptions, type ResolvedOptions, type ServerOptions } from './opti
 import { JwtVerifier, jwtAuthenticator } from './security/jwt.js';
 import { SecurityPolicy } from './security/policy.js';
 import { KeyedLimiter, TokenBucket } from './security/rate-limit.js';
+import { STATE_SERVICE } from './state/state-service.js';
 
 export interface Observers {
   /** Told how long the oldest of the messages just written to a session waited, in ms. */
@@ -38,7 +40,7 @@ function security(options: ServerOptions, resolved: ResolvedOptions): Security {
   const { publishRate, publishBurst } = resolved;
   return {
     authenticator: options.authenticate ?? (verifier ? jwtAuthenticator(verifier) : null),
-    policy: new SecurityPolicy({ open: resolved.open, rules: options.channels ?? [], authorize: options.authorize, subscriptionTokens: verifier, presence: resolved.presence }),
+    policy: new SecurityPolicy({ open: resolved.open, rules: options.channels ?? [], authorize: options.authorize, subscriptionTokens: verifier, presence: resolved.presence, openServices: [...(resolved.presence ? [PRESENCE_SERVICE] : []), STATE_SERVICE] }),
     handshakeLimiter: new KeyedLimiter(resolved.handshakeRate, resolved.handshakeBurst),
     publishLimit: () => (publishRate > 0 ? new TokenBucket(publishRate, publishBurst) : null),
   };

@@ -4,6 +4,8 @@ export type { ServerStats } from './core/delivery.js';
 export type { Session } from './core/session.js';
 export type { Listener } from './core/listeners.js';
 export { ServiceRefusal } from './core/publish.js';
+export { StateChannel, ProposalRefusal, type StateOptions, type SavedState, type ProposalCheck, type StatePatchMessage } from './state/state-channel.js';
+export { STATE_SERVICE } from './state/state-service.js';
 export { presenceChannel, type Member, type PresenceBy, type PresenceEvent } from './core/presence.js';
 export type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine/engine.js';
 export { LocalClient, LocalClientRefusal, type LocalClientOptions, type LocalHandler } from './api/local-client.js';

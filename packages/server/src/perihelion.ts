@@ -28,6 +28,8 @@ import type { Engine, SessionInfo } from './engine/engine.js';
 import type { HistoryPage, HistoryQuery } from './engine/history.js';
 import { PerihelionError } from './errors.js';
 import type { Extension } from './extensions/pipeline.js';
+import { StateChannel, type StateOptions } from './state/state-channel.js';
+import { StateChannels } from './state/state-service.js';
 import { HttpAdapter } from './http/adapter.js';
 import type { ResolvedOptions, ServerOptions } from './options.js';
 
@@ -71,6 +73,7 @@ export class Perihelion {
   private readonly http: HttpAdapter;
   private readonly api: HttpApi;
   private readonly metrics: Metrics;
+  private readonly states: StateChannels;
   private owned: Server | null = null;
   private shuttingDown: Promise<void> | null = null;
 
@@ -82,6 +85,7 @@ export class Perihelion {
     this.http = new HttpAdapter(this.core);
     this.api = new HttpApi(this, options.apiKey);
     this.metrics = new Metrics(this.core, latency);
+    this.states = new StateChannels({ listeners: this.core.listeners, extensions: this.core.extensions, policy: this.core.security.policy, maxChannelLength: this.options.maxChannelLength });
     const report = (error: unknown): void => this.core.reportError(error);
     this.webhooks = options.webhooks && options.webhooks.length > 0 ? new Webhooks(options.webhooks, this, report) : null;
   }
@@ -163,6 +167,27 @@ export class Perihelion {
   async sessions(): Promise<SessionInfo[]> {
     await this.core.ready;
     return this.engine.census();
+  }
+
+  /**
+   * A state channel: `initial` (or what `options.load` gives) held by the server and replicated
+   * to clients as JSON patches, `{epoch, version, patch}` per change (state/state-channel.ts).
+   * Resolves to its handle: `get()`, `version`, `update(fn | value)`.
+   */
+  async state(channel: string, initial: unknown, options: StateOptions = {}): Promise<StateChannel> {
+    this.assertOpen();
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot keep state on ${JSON.stringify(channel)}: ${problem}`);
+    if (isMeta(channel) || isService(channel) || !hasPresence(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot keep state on ${channel}: meta, service and presence channels carry no state`);
+    if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);
+    await this.core.ready;
+    const state = await StateChannel.create(channel, initial, options, {
+      publish: (name, message) => broadcast(this.core, { channel: name, data: message }),
+      reportError: (error) => this.core.reportError(error),
+    });
+    if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);
+    this.states.add(state);
+    return state;
   }
 
   /**
@@ -398,6 +423,7 @@ export class Perihelion {
   private async stop(): Promise<void> {
     // While draining, new sessions are refused but the listener stays open: server.close() would
     // also drop the idle keep-alive connections that clients need to collect what they are owed.
+    await this.states.close();
     await this.core.close();
     this.http.close();
     const owned = this.owned;

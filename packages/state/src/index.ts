@@ -8,3 +8,5 @@ export { diff } from './diff.js';
 export type { DiffOptions } from './diff.js';
 export { applyPatch } from './apply.js';
 export type { ApplyOptions } from './apply.js';
+export { Replica, ProposalError, replicate, STATE_SERVICE } from './replica.js';
+export type { ChangeListener, ReplicaChange, ReplicaClient, ReplicaOptions } from './replica.js';

@@ -5,17 +5,18 @@
  * 0. presence (when the `presence` option is on): a channel or pattern under /presence/ may be
  *    subscribed to exactly when the channel or pattern it watches may (the whole check below,
  *    asked of that one), and never published to by a client, not even in open mode: presence
- *    events are the server's; `/service/presence` may be asked by default (it answers only
- *    about channels the asker may subscribe to);
+ *    events are the server's;
  * 1. open mode (development and compatibility testing): everything is allowed;
  * 2. the application's `authorize` hook, when it returns true or false;
  * 3. a subscription token in the subscribe's `ext.token` naming the channel (private channels);
  * 4. the configured channel rules (channel-rules.ts);
  * 5. the defaults: anyone may subscribe to broadcast channels and create them; publishing from
- *    clients is denied, so only the server publishes where no rule says otherwise.
+ *    clients is denied, so only the server publishes where no rule says otherwise, but for the
+ *    server's own services (`openServices`: /service/presence, /service/state), which answer only
+ *    about channels the asker may subscribe to.
  */
 import { isMeta, isService, type Message } from '@perihelion/protocol';
-import { PRESENCE_SERVICE, watchedChannel } from '../core/presence.js';
+import { watchedChannel } from '../core/presence.js';
 import type { Session } from '../core/session.js';
 import { AuthenticationError } from './authenticate.js';
 import { ChannelRules, type ChannelRule, type Operation } from './channel-rules.js';
@@ -41,8 +42,13 @@ export interface PolicyOptions {
   rules: ChannelRule[];
   authorize?: AuthorizeHook | undefined;
   subscriptionTokens?: JwtVerifier | null;
-  /** Presence is on: /presence/** and /service/presence are the server's (see step 0). */
+  /** Presence is on: /presence/** is the server's (see step 0). */
   presence?: boolean;
+  /**
+   * The server's own services that anyone may ask by default (each answers only about channels
+   * the asker may subscribe to): /service/presence, /service/state.
+   */
+  openServices?: readonly string[];
 }
 
 export class SecurityPolicy {
@@ -75,7 +81,7 @@ export class SecurityPolicy {
     const decision = this.rules.decide(operation, channel, identity);
     if (decision) return decision.allowed ? null : `${operation} denied by rule ${decision.rule}`;
     if (DEFAULTS[operation]) return null;
-    if (operation === 'publish' && this.options.presence && channel === PRESENCE_SERVICE) return null;
+    if (operation === 'publish' && this.options.openServices?.includes(channel)) return null;
     return `${operation} is denied unless a rule allows it`;
   }
 

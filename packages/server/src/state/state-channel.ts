@@ -1,0 +1,272 @@
+/**
+ * A state channel: a JSON value the server owns, replicated to clients as RFC 6902 patches.
+ *
+ * Every change, whether the application's (`update`) or a client's proposal (`propose`), runs in
+ * one queue, so versions follow one order. A change that alters nothing publishes nothing. A
+ * change is saved (the `save` hook) before it is published, and published as an ordinary server
+ * broadcast `{epoch, version, patch}` on the channel, so it goes through history and a client
+ * that reconnects recovers the patches it missed; a client that missed too much asks for a
+ * snapshot (state-service.ts). The epoch changes whenever the version sequence starts anew (a new
+ * process without a saved version): a replica seeing another epoch takes a snapshot.
+ *
+ * Proposals based on an older version are rebased when nothing they touch changed since: the
+ * paths of the patches published after their base are compared with the proposal's; an array
+ * whose elements were added, removed or moved counts as changed whole (its indexes moved). A
+ * proposal that touches a changed path, or is older than the patches kept (`rebaseWindow`), is
+ * refused as a conflict; its client rolls it back and may propose again on the new value.
+ */
+import { randomBytes } from 'node:crypto';
+import { applyPatch, assertJson, clone, diff, StateError, type DiffOptions, type JsonValue, type Operation, type Patch } from '@perihelion/state';
+import type { Session } from '../core/session.js';
+import { PerihelionError } from '../errors.js';
+
+/** A value as saved: the value and the version it had. */
+export interface SavedState {
+  value: JsonValue;
+  version: number;
+}
+
+/** What the `validate` hook is asked about a client's proposal. */
+export interface ProposalCheck {
+  channel: string;
+  session: Session;
+  /** The patch as proposed (already rebased onto the current value when it was based on an older one). */
+  patch: Patch;
+  /** The value now, and what it would be with the proposal applied. */
+  current: JsonValue;
+  next: JsonValue;
+}
+
+export interface StateOptions {
+  /** Loads the value when the channel is created (a database, say); undefined: start from `initial`. */
+  load?: () => SavedState | undefined | Promise<SavedState | undefined>;
+  /** Saves each new version before it is published; if it throws, the change is not made. */
+  save?: (change: SavedState & { patch: Patch }) => void | Promise<void>;
+  /**
+   * Decides on a client's proposal: true accepts; a string refuses with that reason; anything
+   * else refuses. Without it, the channel takes no proposals.
+   */
+  validate?: (check: ProposalCheck) => boolean | string | undefined | Promise<boolean | string | undefined>;
+  /** How arrays are diffed (identity keys per path). */
+  diff?: DiffOptions;
+  /** Patches kept for rebasing proposals made on an older version. Default 100. */
+  rebaseWindow?: number;
+}
+
+/** What is published on the channel for each version. */
+export interface StatePatchMessage {
+  epoch: string;
+  version: number;
+  patch: Patch;
+  /** For a client's proposal: its id, and the session that made it. */
+  proposal?: string;
+  by?: string;
+}
+
+/** A proposal refused: the Bayeux error kind and the reason. */
+export class ProposalRefusal extends Error {
+  constructor(
+    readonly kind: 'conflict' | 'invalid' | 'refused',
+    reason: string,
+  ) {
+    super(reason);
+    this.name = 'ProposalRefusal';
+  }
+}
+
+export interface StateHost {
+  /** Publishes one version's message on the channel to every subscriber (through history). */
+  publish(channel: string, message: StatePatchMessage): Promise<void>;
+  reportError(error: unknown): void;
+}
+
+const DEFAULT_REBASE_WINDOW = 100;
+const MAX_REBASE_WINDOW = 100_000;
+/** Proposal ids remembered for resends. */
+const MAX_REMEMBERED_PROPOSALS = 10_000;
+
+export class StateChannel {
+  readonly channel: string;
+  /** Changes when the version sequence starts anew; replicas of another epoch take a snapshot. */
+  readonly epoch = randomBytes(6).toString('base64url');
+  private value: JsonValue;
+  private current = 0;
+  /** The latest published patches, oldest first, for rebasing proposals. */
+  private readonly recent: Array<{ version: number; touched: string[] }> = [];
+  private queue: Promise<unknown> = Promise.resolve();
+  /** Ids of proposals already applied, with their version: a client resending one (its answer was lost, or its session too) is told again. */
+  private readonly applied = new Map<string, number>();
+  private closed = false;
+
+  private constructor(
+    channel: string,
+    saved: SavedState,
+    private readonly options: StateOptions,
+    private readonly host: StateHost,
+  ) {
+    this.channel = channel;
+    this.value = saved.value;
+    this.current = saved.version;
+  }
+
+  /** Creates the channel: the loaded value (checked) or a copy of `initial`. */
+  static async create(channel: string, initial: unknown, options: StateOptions, host: StateHost): Promise<StateChannel> {
+    const window = options.rebaseWindow ?? DEFAULT_REBASE_WINDOW;
+    if (!Number.isInteger(window) || window < 0 || window > MAX_REBASE_WINDOW) {
+      throw new PerihelionError('ERR_INVALID_ARGUMENT', `rebaseWindow must be a whole number from 0 to ${MAX_REBASE_WINDOW}, got ${JSON.stringify(window)}`);
+    }
+    for (const hook of ['load', 'save', 'validate'] as const) {
+      if (options[hook] !== undefined && typeof options[hook] !== 'function') throw new PerihelionError('ERR_INVALID_ARGUMENT', `the state option ${hook} must be a function`);
+    }
+    const loaded = options.load ? await options.load() : undefined;
+    let saved: SavedState;
+    if (loaded === undefined) saved = { value: checked(initial, 'the initial value'), version: 0 };
+    else {
+      if (typeof loaded !== 'object' || loaded === null || !Number.isSafeInteger(loaded.version) || loaded.version < 0) {
+        throw new PerihelionError('ERR_INVALID_ARGUMENT', `load() must resolve to { value, version } (a whole version ≥ 0) or undefined, got ${JSON.stringify(loaded)?.slice(0, 200)}`);
+      }
+      saved = { value: checked(loaded.value, 'the loaded value'), version: loaded.version };
+    }
+    return new StateChannel(channel, saved, options, host);
+  }
+
+  /** The current value. Read it, never change it: changes go through `update`. */
+  get(): JsonValue {
+    return this.value;
+  }
+
+  get version(): number {
+    return this.current;
+  }
+
+  /**
+   * Changes the value: `change` is the new value, or a function given a draft (a copy of the
+   * value) that it changes in place or replaces by returning a new value. Resolves to the patch
+   * published ([] when nothing changed, and nothing was published).
+   */
+  update(change: unknown): Promise<Patch> {
+    return this.enqueue(async () => {
+      let next: unknown;
+      if (typeof change === 'function') {
+        const draft = clone(this.value);
+        const returned = (change as (draft: JsonValue) => unknown)(draft);
+        if (returned instanceof Promise) throw new PerihelionError('ERR_INVALID_ARGUMENT', 'an update function must change its draft synchronously (await before calling update)');
+        next = returned === undefined ? draft : returned;
+      } else next = change;
+      const value = checked(next, 'the new value');
+      const patch = diff(this.value, value, this.options.diff);
+      if (patch.length === 0) return patch;
+      await this.commit(value, patch, {});
+      return patch;
+    });
+  }
+
+  /**
+   * A client's proposal made on version `base` of epoch `epoch`: rebased when nothing it touches
+   * changed since, checked by `validate`, then applied and published like an update. Rejects with
+   * a ProposalRefusal saying why not.
+   */
+  propose(session: Session, proposal: { epoch: string; base: number; patch: Patch; id?: string }): Promise<number> {
+    return this.enqueue(async () => {
+      const { validate } = this.options;
+      if (!validate) throw new ProposalRefusal('refused', `${this.channel} takes no proposals`);
+      const done = proposal.id === undefined ? undefined : this.applied.get(proposal.id);
+      if (done !== undefined) return done;
+      if (proposal.epoch !== this.epoch) throw new ProposalRefusal('conflict', `the state was reset (epoch ${this.epoch}); take a snapshot and propose again`);
+      if (proposal.base > this.current) throw new ProposalRefusal('invalid', `version ${proposal.base} is ahead of the server's ${this.current}`);
+      if (proposal.base < this.current) this.checkRebase(proposal.base, proposal.patch);
+      let next: JsonValue;
+      try {
+        next = applyPatch(this.value, proposal.patch);
+      } catch (error) {
+        if (error instanceof StateError) throw new ProposalRefusal(proposal.base < this.current ? 'conflict' : 'invalid', `the patch does not apply: ${error.message}`);
+        throw error;
+      }
+      const verdict = await validate({ channel: this.channel, session, patch: proposal.patch, current: this.value, next });
+      if (verdict !== true) throw new ProposalRefusal('refused', typeof verdict === 'string' && verdict !== '' ? verdict : 'refused by the application');
+      // Published as the server would diff it: replicas apply the same canonical patch whatever the proposer sent.
+      const patch = diff(this.value, next, this.options.diff);
+      if (patch.length > 0) await this.commit(next, patch, { proposal: proposal.id, by: session.id });
+      if (proposal.id !== undefined) {
+        this.applied.set(proposal.id, this.current);
+        if (this.applied.size > MAX_REMEMBERED_PROPOSALS) this.applied.delete(this.applied.keys().next().value!);
+      }
+      return this.current;
+    });
+  }
+
+  /** Stops taking changes; pending ones finish. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.queue.catch(() => {});
+  }
+
+  private enqueue<T>(task: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new PerihelionError('ERR_SERVER_CLOSED', `the state channel ${this.channel} is closed`));
+    const run = this.queue.then(task);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  /** A proposal on an older version may be rebased only if nothing it touches changed since. */
+  private checkRebase(base: number, patch: Patch): void {
+    const since = this.recent.filter((entry) => entry.version > base);
+    if (since.length < this.current - base) {
+      throw new ProposalRefusal('conflict', `version ${base} is older than the ${this.recent.length} changes kept for rebasing; take a snapshot and propose again`);
+    }
+    const proposed = touchedPaths(patch);
+    for (const entry of since) {
+      for (const path of entry.touched) {
+        const clash = proposed.find((mine) => overlaps(mine, path));
+        if (clash !== undefined) throw new ProposalRefusal('conflict', `${clash || '/'} changed since version ${base} (at version ${entry.version})`);
+      }
+    }
+  }
+
+  private async commit(value: JsonValue, patch: Patch, from: { proposal?: string | undefined; by?: string }): Promise<void> {
+    const version = this.current + 1;
+    if (this.options.save) await this.options.save({ value, version, patch });
+    this.value = value;
+    this.current = version;
+    const window = this.options.rebaseWindow ?? DEFAULT_REBASE_WINDOW;
+    this.recent.push({ version, touched: touchedPaths(patch) });
+    while (this.recent.length > window) this.recent.shift();
+    const message: StatePatchMessage = { epoch: this.epoch, version, patch };
+    if (from.proposal !== undefined) message.proposal = from.proposal;
+    if (from.by !== undefined) message.by = from.by;
+    await this.host.publish(this.channel, message);
+  }
+}
+
+function checked(value: unknown, what: string): JsonValue {
+  try {
+    assertJson(value);
+  } catch (error) {
+    throw new PerihelionError('ERR_INVALID_ARGUMENT', `${what} is not JSON: ${(error as Error).message}`);
+  }
+  return value;
+}
+
+/**
+ * The paths an operation changes. One that adds, removes or moves an array element changes its
+ * whole array (the later elements' indexes move), so its parent counts.
+ */
+function touchedPaths(patch: readonly Operation[]): string[] {
+  const paths: string[] = [];
+  const add = (path: string, structural: boolean): void => {
+    const cut = path.lastIndexOf('/');
+    const last = path.slice(cut + 1);
+    paths.push(structural && cut >= 0 && (last === '-' || /^\d+$/.test(last)) ? path.slice(0, cut) : path);
+  };
+  for (const op of patch) {
+    if (op.op === 'test') continue;
+    add(op.path, op.op !== 'replace');
+    if (op.op === 'move') add(op.from, true);
+  }
+  return paths;
+}
+
+/** One path is the other, or inside it. */
+function overlaps(a: string, b: string): boolean {
+  return a === b || a.startsWith(`${b}/`) || b.startsWith(`${a}/`);
+}

@@ -1,0 +1,100 @@
+/**
+ * The state channels of a server and how clients reach them:
+ *
+ * - `/service/state`, `{channel, op: "snapshot"}` → `{channel, epoch, version, value}`: the whole
+ *   value, for a replica that starts or fell behind past the history. Answered when the caller may
+ *   subscribe to the channel (the security policy's subscribe check).
+ * - `/service/state`, `{channel, op: "propose", epoch, base, patch, id?}` → `{channel, version}`:
+ *   a client's change (state-channel.ts decides), or an unsuccessful reply saying why not
+ *   (409 conflict, 400 invalid patch, 403 refused).
+ * - A client never publishes on a state channel itself (403): its messages are the server's patches.
+ *
+ * A state channel lives in the process that created it: with the Redis engine its patches reach
+ * every node's subscribers, but snapshots and proposals are answered by the node that holds it.
+ */
+import { bayeuxError, channelProblem, isMeta, isService, isWildcard, type Message } from '@perihelion/protocol';
+import { StateError, type Patch } from '@perihelion/state';
+import type { ExtensionPipeline } from '../extensions/pipeline.js';
+import type { ListenerRegistry } from '../core/listeners.js';
+import { ServiceRefusal } from '../core/publish.js';
+import type { Session } from '../core/session.js';
+import type { SecurityPolicy } from '../security/policy.js';
+import { ProposalRefusal, StateChannel } from './state-channel.js';
+
+export const STATE_SERVICE = '/service/state';
+
+export interface StateServiceParts {
+  listeners: ListenerRegistry;
+  extensions: ExtensionPipeline;
+  policy: SecurityPolicy;
+  maxChannelLength: number;
+}
+
+export class StateChannels {
+  private readonly byChannel = new Map<string, StateChannel>();
+  private installed = false;
+
+  constructor(private readonly parts: StateServiceParts) {}
+
+  get(channel: string): StateChannel | undefined {
+    return this.byChannel.get(channel);
+  }
+
+  /** Registers a channel created by the application (its name checked by the caller). */
+  add(state: StateChannel): void {
+    this.install();
+    this.byChannel.set(state.channel, state);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.byChannel.values()].map((state) => state.close()));
+  }
+
+  /** The service and the publish guard, once the first state channel exists. */
+  private install(): void {
+    if (this.installed) return;
+    this.installed = true;
+    this.parts.listeners.add(STATE_SERVICE, (message, session) => this.answer(message, session));
+    this.parts.extensions.add({
+      incoming: (message) => {
+        // A client's publish on a state channel would pass for one of the server's patches.
+        if (message.data === undefined || !this.byChannel.has(message.channel)) return message;
+        return { ...message, error: bayeuxError('channelForbidden', [message.channel], 'a state channel changes through proposals to /service/state') };
+      },
+    });
+  }
+
+  private async answer(message: Message, session: Session | null): Promise<unknown> {
+    if (!session) return undefined;
+    const request = (typeof message.data === 'object' && message.data !== null ? message.data : {}) as Record<string, unknown>;
+    const { channel, op } = request;
+    if (channel === undefined) return new ServiceRefusal(bayeuxError('missingParameter', ['channel'], 'send {"channel": "/a/state", "op": "snapshot" | "propose"}'));
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.parts.maxChannelLength });
+    if (problem || isMeta(channel as string) || isService(channel as string) || isWildcard(channel as string)) {
+      return new ServiceRefusal(bayeuxError('channelInvalid', [String(channel)], problem ?? 'not a state channel'));
+    }
+    const name = channel as string;
+    const state = this.byChannel.get(name);
+    // Asked before anything is said about the channel: a forbidden channel's existence is not told.
+    const refused = await this.parts.policy.check('subscribe', name, session, message);
+    if (refused) return new ServiceRefusal(bayeuxError('channelForbidden', [name], refused));
+    if (!state) return new ServiceRefusal(bayeuxError('channelInvalid', [name], 'no state channel of that name on this server'));
+    if (op === 'snapshot') return { channel: name, epoch: state.epoch, version: state.version, value: state.get() };
+    if (op !== 'propose') return new ServiceRefusal(bayeuxError('badRequest', [name], 'op is "snapshot" or "propose"'));
+    const { epoch, base, patch, id } = request;
+    if (typeof epoch !== 'string' || !Number.isSafeInteger(base) || !Array.isArray(patch) || (id !== undefined && (typeof id !== 'string' || id === '' || id.length > 64))) {
+      return new ServiceRefusal(bayeuxError('badRequest', [name], 'a proposal is {channel, op: "propose", epoch, base: <version>, patch: [RFC 6902 operations], id?: a string of 1 to 64 characters}'));
+    }
+    try {
+      const version = await state.propose(session, { epoch, base: base as number, patch: patch as Patch, ...(id !== undefined ? { id } : {}) });
+      return { channel: name, version };
+    } catch (error) {
+      if (error instanceof ProposalRefusal) {
+        const kind = error.kind === 'conflict' ? 'stateConflict' : error.kind === 'invalid' ? 'badRequest' : 'refusedByApplication';
+        return new ServiceRefusal(bayeuxError(kind, [name], error.message));
+      }
+      if (error instanceof StateError) return new ServiceRefusal(bayeuxError('badRequest', [name], error.message));
+      throw error;
+    }
+  }
+}

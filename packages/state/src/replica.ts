@@ -1,0 +1,329 @@
+/**
+ * A replica of a server's state channel: the server's value, kept up to date by its patches,
+ * with this client's own proposals applied on top until the server decides on them.
+ *
+ * - Start: subscribe to the channel first (patches are held), then take a snapshot through
+ *   `/service/state`; held patches newer than the snapshot are applied after it.
+ * - Patches are applied in version order. A gap (a version skipped), another epoch (the server's
+ *   sequence began anew), or a reconnection whose recovery lost messages takes a new snapshot.
+ * - Proposals (`propose`) apply at once to `value` (optimistic), and go to the server one at a
+ *   time, in order, each based on the latest version this replica confirmed, so a client never
+ *   conflicts with itself. Each carries an id: when its answer is lost (a cut line) it is sent
+ *   again and the server, which remembers applied ids, does not apply it twice. When the server
+ *   accepts, the proposal becomes part of the confirmed value with the server's patch; when it
+ *   refuses (a conflict, the application's `validate`), it is rolled back and `propose` rejects.
+ *   Whenever the confirmed value moves, the pending proposals are applied again on top of it
+ *   (rebased); one that no longer applies stays out of `value` until the server says no.
+ *
+ * Works with any client that can subscribe (with a recovery callback) and make requests: the
+ * Perihelion client (`replicate(client, '/todos')`), or an adapter for another.
+ */
+import { applyPatch } from './apply.js';
+import { diff, type DiffOptions } from './diff.js';
+import { clone, type JsonValue } from './json.js';
+import type { Patch } from './operations.js';
+
+export const STATE_SERVICE = '/service/state';
+
+// Timers exist in every environment this runs in (browsers, workers, Node); the package itself is typed without any.
+declare function setTimeout(callback: () => void, ms: number): unknown;
+
+/** What a replica needs of a client. */
+export interface ReplicaClient {
+  subscribe(channel: string, handler: (data: unknown) => void, options?: { onRecover?: (recovered: boolean) => void }): Promise<{ unsubscribe(): Promise<void> }>;
+  request(channel: string, data: unknown): Promise<unknown>;
+}
+
+export interface ReplicaChange {
+  /** The replica's value now (the server's, with pending proposals on top). */
+  value: JsonValue;
+  /** What changed in `value`: applying it to the previous value gives this one. */
+  patch: Patch;
+  /** The server's version this value builds on. */
+  version: number;
+  /** Why: a server patch, a snapshot, a proposal of this replica, or a proposal rolled back. */
+  cause: 'server' | 'snapshot' | 'propose' | 'rollback';
+}
+
+export interface ReplicaOptions {
+  /** How this replica diffs a proposal made by a function, and the changes it reports. */
+  diff?: DiffOptions;
+  /** Longest wait between two sends of a proposal whose answer was lost, in ms. Default 5000. */
+  maxRetryDelay?: number;
+}
+
+interface Pending {
+  id: string;
+  patch: Patch;
+  /** The version the server said includes it, once it said so. */
+  acceptedAt: number | null;
+  resolve: (version: number) => void;
+  reject: (error: Error) => void;
+}
+
+interface PatchMessage {
+  epoch: string;
+  version: number;
+  patch: Patch;
+  proposal?: string;
+}
+
+/** A proposal the server refused (or that could not be made): `reason` says why. */
+export class ProposalError extends Error {
+  constructor(
+    message: string,
+    override readonly cause?: unknown,
+  ) {
+    super(message);
+    this.name = 'ProposalError';
+  }
+}
+
+export type ChangeListener = (change: ReplicaChange) => void;
+
+export class Replica {
+  private epoch = '';
+  private confirmed: JsonValue = null;
+  private current = -1;
+  private view: JsonValue = null;
+  private readonly pending: Pending[] = [];
+  private held: PatchMessage[] | null = [];
+  private readonly listeners = new Set<ChangeListener>();
+  private subscription: { unsubscribe(): Promise<void> } | null = null;
+  private syncing: Promise<void> | null = null;
+  private sending = false;
+  private closed = false;
+  private nextId = 0;
+  private readonly idPrefix = Math.random().toString(36).slice(2, 10);
+
+  constructor(
+    private readonly client: ReplicaClient,
+    readonly channel: string,
+    private readonly options: ReplicaOptions = {},
+  ) {}
+
+  /** The value: the server's, with this replica's pending proposals applied on top. */
+  get value(): JsonValue {
+    return this.view;
+  }
+
+  /** The latest server version this replica holds. */
+  get version(): number {
+    return this.current;
+  }
+
+  /** Proposals sent or waiting, not yet decided by the server. */
+  get pendingCount(): number {
+    return this.pending.filter((p) => p.acceptedAt === null).length;
+  }
+
+  /** Calls `listener` on every change of `value`; returns a function that stops it. */
+  onChange(listener: ChangeListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Subscribes and takes the first snapshot (`replicate` does this). */
+  async start(): Promise<this> {
+    this.subscription = await this.client.subscribe(this.channel, (data) => this.receive(data), {
+      onRecover: (recovered) => {
+        if (!recovered) void this.resync();
+      },
+    });
+    await this.resync();
+    return this;
+  }
+
+  /**
+   * Proposes a change: a JSON Patch, or a function given a draft (a copy of `value`) that changes
+   * it in place or returns the new value. Applied to `value` at once; resolves to the server
+   * version that includes it, rejects with a ProposalError when the server refuses it (and
+   * `value` goes back to the server's).
+   */
+  propose(change: Patch | ((draft: JsonValue) => JsonValue | void)): Promise<number> {
+    if (this.closed) return Promise.reject(new ProposalError(`the replica of ${this.channel} is closed`));
+    let patch: Patch;
+    if (typeof change === 'function') {
+      const draft = clone(this.view);
+      const returned = change(draft);
+      patch = diff(this.view, returned === undefined ? draft : returned, this.options.diff);
+    } else patch = change;
+    if (patch.length === 0) return Promise.resolve(this.current);
+    const before = this.view;
+    this.view = applyPatch(this.view, patch); // throws (StateError) on a patch that does not apply here
+    return new Promise<number>((resolve, reject) => {
+      this.pending.push({ id: `${this.idPrefix}-${++this.nextId}`, patch, acceptedAt: null, resolve, reject });
+      this.emit(before, 'propose', patch);
+      void this.send();
+    });
+  }
+
+  /** Stops following the channel; pending proposals reject. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const p of this.pending.splice(0)) p.reject(new ProposalError(`the replica of ${this.channel} was closed before the server decided`));
+    await this.subscription?.unsubscribe();
+  }
+
+  // ---------------------------------------------------------------- from the server
+
+  private receive(data: unknown): void {
+    const message = data as PatchMessage | null;
+    if (typeof message !== 'object' || message === null || typeof message.epoch !== 'string' || !Number.isSafeInteger(message.version) || !Array.isArray(message.patch)) return;
+    if (this.held) {
+      this.held.push(message);
+      return;
+    }
+    this.applyServerPatch(message);
+  }
+
+  private applyServerPatch(message: PatchMessage): void {
+    if (message.epoch !== this.epoch || message.version > this.current + 1) {
+      void this.resync();
+      return;
+    }
+    if (message.version <= this.current) return; // already had it (a recovery replays what a snapshot held)
+    try {
+      this.confirmed = applyPatch(this.confirmed, message.patch);
+    } catch {
+      void this.resync();
+      return;
+    }
+    this.current = message.version;
+    if (message.proposal !== undefined) {
+      const mine = this.pending.find((p) => p.id === message.proposal);
+      if (mine) mine.acceptedAt = message.version;
+    }
+    this.settleAccepted();
+    this.rebase('server');
+  }
+
+  /** Takes a snapshot (one at a time), then applies the patches held meanwhile. */
+  private resync(): Promise<void> {
+    if (this.syncing) return this.syncing;
+    const run: Promise<void> = this.snapshot().finally(() => {
+      if (this.syncing === run) this.syncing = null;
+    });
+    this.syncing = run;
+    return run;
+  }
+
+  private async snapshot(): Promise<void> {
+    this.held ??= [];
+    let snapshot: { epoch: string; version: number; value: JsonValue };
+    try {
+      snapshot = (await this.client.request(STATE_SERVICE, { channel: this.channel, op: 'snapshot' })) as typeof snapshot;
+    } catch (error) {
+      // The first snapshot's failure is start()'s; a later one is tried again (patches stay held).
+      if (this.epoch === '') throw error;
+      if (!this.closed) setTimeout(() => void this.resync(), 1000);
+      return;
+    }
+    if (this.closed) return;
+    if (snapshot.epoch !== this.epoch) {
+      // Versions of another epoch mean nothing here: proposals it accepted are sent again on the new one.
+      for (const p of this.pending) p.acceptedAt = null;
+    }
+    this.epoch = snapshot.epoch;
+    this.confirmed = snapshot.value;
+    this.current = snapshot.version;
+    const held = this.held ?? [];
+    this.held = null;
+    this.settleAccepted();
+    this.rebase('snapshot');
+    // What arrived meanwhile, in order; a gap among it takes another snapshot, after this one.
+    this.syncing = null;
+    for (const message of held.sort((a, b) => a.version - b.version)) if (!this.held) this.applyServerPatch(message);
+    void this.send();
+  }
+
+  /** Proposals the confirmed value now includes leave the pending list. */
+  private settleAccepted(): void {
+    for (let i = 0; i < this.pending.length; i++) {
+      const p = this.pending[i]!;
+      if (p.acceptedAt !== null && p.acceptedAt <= this.current) {
+        this.pending.splice(i--, 1);
+        p.resolve(p.acceptedAt);
+      }
+    }
+  }
+
+  /** `value` = the confirmed value with the pending proposals on top (those that still apply). */
+  private rebase(cause: ReplicaChange['cause']): void {
+    const before = this.view;
+    let view = this.confirmed;
+    for (const p of this.pending) {
+      try {
+        view = applyPatch(view, p.patch);
+      } catch {
+        // No longer applies: the server will refuse it; meanwhile it is not shown.
+      }
+    }
+    this.view = view;
+    this.emit(before, cause);
+  }
+
+  private emit(before: JsonValue, cause: ReplicaChange['cause'], known?: Patch): void {
+    if (this.listeners.size === 0) return;
+    const patch = known ?? diff(before, this.view, this.options.diff);
+    if (patch.length === 0 && cause !== 'snapshot') return;
+    const change: ReplicaChange = { value: this.view, patch, version: this.current, cause };
+    for (const listener of this.listeners) listener(change);
+  }
+
+  // ---------------------------------------------------------------- proposals to the server
+
+  /** Sends the pending proposals one at a time, in order, each on the latest confirmed version. */
+  private async send(): Promise<void> {
+    if (this.sending) return;
+    this.sending = true;
+    try {
+      let delay = 250;
+      for (;;) {
+        const next = this.pending.find((p) => p.acceptedAt === null);
+        if (!next || this.closed || this.held) return;
+        try {
+          const answer = (await this.client.request(STATE_SERVICE, { channel: this.channel, op: 'propose', epoch: this.epoch, base: this.current, patch: next.patch, id: next.id })) as { version: number };
+          delay = 250;
+          if (!this.pending.includes(next)) continue;
+          next.acceptedAt = answer.version;
+          this.settleAccepted();
+        } catch (error) {
+          if (!this.pending.includes(next)) continue;
+          if (!isRefusal(error)) {
+            // No answer (a cut line, a timeout): the same proposal again, later; the server applies an id once.
+            await new Promise<void>((resolve) => setTimeout(() => resolve(), delay));
+            delay = Math.min(delay * 2, this.options.maxRetryDelay ?? 5000);
+            continue;
+          }
+          if (isConflictOnEpoch(error) && this.epoch !== '') {
+            // The server's state began anew: take it, then send this proposal again on it.
+            await this.resync();
+            continue;
+          }
+          this.pending.splice(this.pending.indexOf(next), 1);
+          this.rebase('rollback');
+          next.reject(new ProposalError(`the server refused a proposal on ${this.channel}: ${(error as Error).message}`, error));
+        }
+      }
+    } finally {
+      this.sending = false;
+    }
+  }
+}
+
+/** The server answered no (an unsuccessful reply), as opposed to no answer at all. */
+function isRefusal(error: unknown): boolean {
+  const e = error as { code?: unknown; bayeuxCode?: unknown } | null;
+  return e?.code === 'bayeux' && typeof e.bayeuxCode === 'number' && e.bayeuxCode < 500;
+}
+
+function isConflictOnEpoch(error: unknown): boolean {
+  return /the state was reset/.test(String((error as Error).message));
+}
+
+/** Follows a state channel: resolves once the replica holds its first snapshot. */
+export function replicate(client: ReplicaClient, channel: string, options: ReplicaOptions = {}): Promise<Replica> {
+  return new Replica(client, channel, options).start();
+}
