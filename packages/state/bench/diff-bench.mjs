@@ -41,8 +41,8 @@ function median(fn) {
 }
 
 function row(name, { ms, result }, extra = '') {
-  const bytes = Array.isArray(result) ? JSON.stringify(result).length : 0;
-  const ops = Array.isArray(result) ? `${result.length} ops, ${bytes} bytes` : '';
+  const isPatch = Array.isArray(result) && result.every((op) => typeof op.op === 'string');
+  const ops = isPatch ? `${result.length} ops, ${JSON.stringify(result).length} bytes` : '';
   console.log(`${name.padEnd(58)} ${ms.toFixed(2).padStart(8)} ms   ${ops}${extra}`);
 }
 

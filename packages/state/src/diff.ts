@@ -172,53 +172,61 @@ class Differ {
     // Elements to match up: every key must be there and unique in its array.
     const aIndex = keyIndex(a, key, 0, n);
     if (aIndex === null) return false;
-    const bIndex = keyIndex(b, key, 0, m);
-    if (bIndex === null) return false;
+    // bToA: for each element of b, the index of the same key in a, or -1 if new.
+    const bToA = new Int32Array(m);
+    const matched = new Uint8Array(n);
+    let fresh: Set<KeyValue> | null = null;
+    for (let i = 0; i < m; i++) {
+      const k = keyOf(b[i]!, key);
+      if (k === undefined) return false;
+      const from = aIndex.get(k);
+      if (from === undefined) {
+        fresh ??= new Set();
+        if (fresh.has(k)) return false;
+        fresh.add(k);
+        bToA[i] = -1;
+      } else {
+        if (matched[from]) return false;
+        matched[from] = 1;
+        bToA[i] = from;
+      }
+    }
     const ops = this.ops;
 
     // 1. Removes, from the end so earlier indexes stay put.
     for (let i = hiA - 1; i >= lo; i--) {
-      if (!bIndex.has(keyOf(a[i]!, key)!)) ops.push({ op: 'remove', path: `${path}/${i}` });
+      if (!matched[i]) ops.push({ op: 'remove', path: `${path}/${i}` });
     }
-    // cur: the middle's keys still there, in old order; pos: each one's index in cur.
-    const cur: KeyValue[] = [];
-    const pos = new Map<KeyValue, number>();
-    for (let i = lo; i < hiA; i++) {
-      const k = keyOf(a[i]!, key)!;
-      if (bIndex.has(k)) {
-        pos.set(k, cur.length);
-        cur.push(k);
-      }
-    }
-    // seq: for the kept keys in new order, their index in cur.
-    const seq: number[] = [];
+    // After the removes: each kept middle element's index, counted from lo.
+    const kept = new Int32Array(hiA - lo);
+    let size = 0;
+    for (let i = lo; i < hiA; i++) if (matched[i]) kept[i - lo] = size++;
+    // seq: for the kept elements in new order, that index.
+    const seq = new Int32Array(size);
+    let count = 0;
     let sorted = true;
     for (let i = lo; i < hiB; i++) {
-      const p = pos.get(keyOf(b[i]!, key)!);
-      if (p === undefined) continue;
-      if (seq.length > 0 && p < seq[seq.length - 1]!) sorted = false;
-      seq.push(p);
+      const from = bToA[i]!;
+      if (from < 0) continue;
+      const p = kept[from - lo]!;
+      if (count > 0 && p < seq[count - 1]!) sorted = false;
+      seq[count++] = p;
     }
 
     // 2. Moves: the elements on a longest increasing run of old positions stay,
     // each other one moves once, to just after its new predecessor.
-    if (!sorted) this.moves(cur.length, Int32Array.from(seq), path, lo);
+    if (!sorted) this.moves(size, seq, path, lo);
 
     // 3. Adds, in new order, each at its final index.
     for (let i = lo; i < hiB; i++) {
-      if (!aIndex.has(keyOf(b[i]!, key)!)) ops.push({ op: 'add', path: `${path}/${i}`, value: clone(b[i]!) });
+      if (bToA[i]! < 0) ops.push({ op: 'add', path: `${path}/${i}`, value: clone(b[i]!) });
     }
     // 4. Changes inside kept elements, at their final index.
     for (let i = 0; i < m; i++) {
+      const from = bToA[i]!;
+      if (from < 0) continue;
+      const av = a[from]!;
       const bv = b[i]!;
-      let av: JsonValue;
-      if (i < lo) av = a[i]!;
-      else if (i >= hiB) av = a[i - hiB + hiA]!;
-      else {
-        const from = aIndex.get(keyOf(bv, key)!);
-        if (from === undefined) continue;
-        av = a[from]!;
-      }
       if (av !== bv) this.value(av, bv, `${path}/${i}`);
     }
     return true;
@@ -227,51 +235,45 @@ class Differ {
   /**
    * Move ops that reorder the `size` kept elements (from index `base` on) into
    * their new order, one per element off the longest increasing subsequence of
-   * `seq` (for each new index, the element's old index). Current
-   * indexes come from a Fenwick tree over every place an element can be, so a
-   * full shuffle costs O(n log n), not O(n²).
+   * `seq` (for each new index, the element's old index). Each element that
+   * moves goes to just after its new predecessor. Current indexes come from a
+   * Fenwick tree over every place an element can be, so a full shuffle costs
+   * O(n log n), not O(n²).
    */
   private moves(size: number, seq: Int32Array, path: string, base: number): void {
     const n = seq.length;
     const stable = lisMask(seq);
-    // Places, in list order: element at new index i, once settled, sits at
-    // major 2i+1; an unsettled element sits where it was, at major 2s (s the new
-    // index of the next stable element after it in old order) and minor its old
-    // position. Settled elements between two stable ones come right after the
-    // first; unsettled ones between the same two follow them.
-    const places: number[] = [];
-    const unsettledPlace = new Float64Array(n); // by new index
-    const width = size + 1;
-    let next = n; // new index of the next stable element, scanning old order backwards
-    // seq maps new index -> old position; invert it.
-    const newIndexAt = new Int32Array(size);
-    for (let i = 0; i < n; i++) newIndexAt[seq[i]!] = i;
-    for (let p = size - 1; p >= 0; p--) {
-      const i = newIndexAt[p]!;
-      if (stable[i]) {
-        next = i;
-      } else {
-        const place = 2 * next * width + p;
-        unsettledPlace[i] = place;
-        places.push(place);
+    const oldToNew = new Int32Array(size);
+    for (let i = 0; i < n; i++) oldToNew[seq[i]!] = i;
+    // Places, in list order. Between two consecutive stable elements (in new
+    // order, which is also their old order) come first the moved elements whose
+    // new index lies between theirs, once they have moved (in new order), then
+    // the elements still waiting to move whose old index lies between theirs
+    // (in old order), then the second stable element.
+    const settled = new Int32Array(n); // place of new index i once in position
+    const waiting = new Int32Array(n); // place of new index i before it moves
+    let place = 0;
+    let prevNew = -1;
+    let prevOld = -1;
+    for (let s = 0; s <= n; s++) {
+      if (s < n && !stable[s]) continue;
+      for (let i = prevNew + 1; i < s; i++) settled[i] = place++;
+      const oldEnd = s < n ? seq[s]! : size;
+      for (let p = prevOld + 1; p < oldEnd; p++) waiting[oldToNew[p]!] = place++;
+      if (s < n) {
+        settled[s] = place++;
+        prevNew = s;
+        prevOld = seq[s]!;
       }
     }
-    for (let i = 0; i < n; i++) places.push((2 * i + 1) * width);
-    const sortedPlaces = Float64Array.from(places).sort();
-    const rank = new Map<number, number>();
-    for (let r = 0; r < sortedPlaces.length; r++) rank.set(sortedPlaces[r]!, r);
-    const tree = new Fenwick(sortedPlaces.length);
-    for (let i = 0; i < n; i++) {
-      tree.add(rank.get(stable[i] ? (2 * i + 1) * width : unsettledPlace[i]!)!, 1);
-    }
+    const tree = new Fenwick(place);
+    for (let i = 0; i < n; i++) tree.add(stable[i] ? settled[i]! : waiting[i]!, 1);
     for (let i = 0; i < n; i++) {
       if (stable[i]) continue;
-      const fromRank = rank.get(unsettledPlace[i]!)!;
-      const from = tree.before(fromRank);
-      tree.add(fromRank, -1);
-      const toRank = rank.get((2 * i + 1) * width)!;
-      const to = tree.before(toRank);
-      tree.add(toRank, 1);
+      const from = tree.before(waiting[i]!);
+      tree.add(waiting[i]!, -1);
+      const to = tree.before(settled[i]!);
+      tree.add(settled[i]!, 1);
       if (from !== to) this.ops.push({ op: 'move', from: `${path}/${base + from}`, path: `${path}/${base + to}` });
     }
   }
