@@ -28,6 +28,7 @@ import type { Engine, SessionInfo } from './engine/engine.js';
 import type { HistoryPage, HistoryQuery } from './engine/history.js';
 import { PerihelionError } from './errors.js';
 import type { Extension } from './extensions/pipeline.js';
+import type { JsonValue } from '@perihelion/state';
 import { StateChannel, type StateOptions } from './state/state-channel.js';
 import { StateChannels } from './state/state-service.js';
 import { HttpAdapter } from './http/adapter.js';
@@ -174,7 +175,7 @@ export class Perihelion {
    * to clients as JSON patches, `{epoch, version, patch}` per change (state/state-channel.ts).
    * Resolves to its handle: `get()`, `version`, `update(fn | value)`.
    */
-  async state(channel: string, initial: unknown, options: StateOptions = {}): Promise<StateChannel> {
+  async state<T extends JsonValue>(channel: string, initial: T, options: StateOptions = {}): Promise<StateChannel<T>> {
     this.assertOpen();
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
     if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot keep state on ${JSON.stringify(channel)}: ${problem}`);
@@ -186,7 +187,7 @@ export class Perihelion {
       reportError: (error) => this.core.reportError(error),
     });
     if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);
-    this.states.add(state);
+    this.states.add(state as unknown as StateChannel);
     return state;
   }
 

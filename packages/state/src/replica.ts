@@ -21,6 +21,7 @@
 import { applyPatch } from './apply.js';
 import { diff, type DiffOptions } from './diff.js';
 import { clone, type JsonValue } from './json.js';
+import { parsePointer } from './pointer.js';
 import type { Patch } from './operations.js';
 
 export const STATE_SERVICE = '/service/state';
@@ -149,6 +150,7 @@ export class Replica {
       patch = diff(this.view, returned === undefined ? draft : returned, this.options.diff);
     } else patch = change;
     if (patch.length === 0) return Promise.resolve(this.current);
+    patch = appendsAsDash(this.view, patch);
     const before = this.view;
     this.view = applyPatch(this.view, patch); // throws (StateError) on a patch that does not apply here
     return new Promise<number>((resolve, reject) => {
@@ -311,6 +313,35 @@ export class Replica {
       this.sending = false;
     }
   }
+}
+
+/**
+ * The patch with each `add` at an array's end written as `<array>/-`: an append does not depend
+ * on the array's length, so the server can rebase it over other clients' appends.
+ */
+function appendsAsDash(value: JsonValue, patch: Patch): Patch {
+  let current = value;
+  return patch.map((op) => {
+    let out = op;
+    if (op.op === 'add') {
+      const cut = op.path.lastIndexOf('/');
+      const parent = at(current, op.path.slice(0, cut));
+      if (Array.isArray(parent) && op.path.slice(cut + 1) === String(parent.length)) out = { ...op, path: `${op.path.slice(0, cut)}/-` };
+    }
+    current = applyPatch(current, [out]);
+    return out;
+  });
+}
+
+/** The value at a JSON Pointer, or undefined. */
+function at(value: JsonValue, pointer: string): JsonValue | undefined {
+  let node: JsonValue | undefined = value;
+  for (const token of parsePointer(pointer)) {
+    if (Array.isArray(node)) node = /^(0|[1-9]\d*)$/.test(token) ? node[Number(token)] : undefined;
+    else if (typeof node === 'object' && node !== null) node = Object.prototype.hasOwnProperty.call(node, token) ? node[token] : undefined;
+    else return undefined;
+  }
+  return node;
 }
 
 /** The server answered no (an unsuccessful reply), as opposed to no answer at all. */

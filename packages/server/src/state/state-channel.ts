@@ -9,16 +9,16 @@
  * snapshot (state-service.ts). The epoch changes whenever the version sequence starts anew (a new
  * process without a saved version): a replica seeing another epoch takes a snapshot.
  *
- * Proposals based on an older version are rebased when nothing they touch changed since: the
- * paths of the patches published after their base are compared with the proposal's; an array
- * whose elements were added, removed or moved counts as changed whole (its indexes moved). A
- * proposal that touches a changed path, or is older than the patches kept (`rebaseWindow`), is
- * refused as a conflict; its client rolls it back and may propose again on the new value.
+ * Proposals based on an older version are rebased when nothing they rely on changed since (the
+ * rule is rebase.ts: appends to a list always go through, an edit of what changed does not). A
+ * proposal that conflicts, or is older than the patches kept (`rebaseWindow`), is refused as a
+ * conflict; its client rolls it back and may propose again on the new value.
  */
 import { randomBytes } from 'node:crypto';
-import { applyPatch, assertJson, clone, diff, StateError, type DiffOptions, type JsonValue, type Operation, type Patch } from '@perihelion/state';
+import { applyPatch, assertJson, clone, diff, StateError, type DiffOptions, type JsonValue, type Patch } from '@perihelion/state';
 import type { Session } from '../core/session.js';
 import { PerihelionError } from '../errors.js';
+import { changesOf, conflictOf, type Change } from './rebase.js';
 
 /** A value as saved: the value and the version it had. */
 export interface SavedState {
@@ -85,14 +85,18 @@ const MAX_REBASE_WINDOW = 100_000;
 /** Proposal ids remembered for resends. */
 const MAX_REMEMBERED_PROPOSALS = 10_000;
 
-export class StateChannel {
+/**
+ * `T` is the value's shape as the application sees it (any JSON); the channel checks every value
+ * it is given, whatever the type says.
+ */
+export class StateChannel<T extends JsonValue = JsonValue> {
   readonly channel: string;
   /** Changes when the version sequence starts anew; replicas of another epoch take a snapshot. */
   readonly epoch = randomBytes(6).toString('base64url');
   private value: JsonValue;
   private current = 0;
   /** The latest published patches, oldest first, for rebasing proposals. */
-  private readonly recent: Array<{ version: number; touched: string[] }> = [];
+  private readonly recent: Array<{ version: number; changes: Change[] }> = [];
   private queue: Promise<unknown> = Promise.resolve();
   /** Ids of proposals already applied, with their version: a client resending one (its answer was lost, or its session too) is told again. */
   private readonly applied = new Map<string, number>();
@@ -110,7 +114,7 @@ export class StateChannel {
   }
 
   /** Creates the channel: the loaded value (checked) or a copy of `initial`. */
-  static async create(channel: string, initial: unknown, options: StateOptions, host: StateHost): Promise<StateChannel> {
+  static async create<T extends JsonValue>(channel: string, initial: T, options: StateOptions, host: StateHost): Promise<StateChannel<T>> {
     const window = options.rebaseWindow ?? DEFAULT_REBASE_WINDOW;
     if (!Number.isInteger(window) || window < 0 || window > MAX_REBASE_WINDOW) {
       throw new PerihelionError('ERR_INVALID_ARGUMENT', `rebaseWindow must be a whole number from 0 to ${MAX_REBASE_WINDOW}, got ${JSON.stringify(window)}`);
@@ -127,12 +131,12 @@ export class StateChannel {
       }
       saved = { value: checked(loaded.value, 'the loaded value'), version: loaded.version };
     }
-    return new StateChannel(channel, saved, options, host);
+    return new StateChannel<T>(channel, saved, options, host);
   }
 
   /** The current value. Read it, never change it: changes go through `update`. */
-  get(): JsonValue {
-    return this.value;
+  get(): T {
+    return this.value as T;
   }
 
   get version(): number {
@@ -144,12 +148,12 @@ export class StateChannel {
    * value) that it changes in place or replaces by returning a new value. Resolves to the patch
    * published ([] when nothing changed, and nothing was published).
    */
-  update(change: unknown): Promise<Patch> {
+  update(change: T | ((draft: T) => T | void)): Promise<Patch> {
     return this.enqueue(async () => {
       let next: unknown;
       if (typeof change === 'function') {
-        const draft = clone(this.value);
-        const returned = (change as (draft: JsonValue) => unknown)(draft);
+        const draft = clone(this.value) as T;
+        const returned: unknown = (change as (draft: T) => T | void)(draft);
         if (returned instanceof Promise) throw new PerihelionError('ERR_INVALID_ARGUMENT', 'an update function must change its draft synchronously (await before calling update)');
         next = returned === undefined ? draft : returned;
       } else next = change;
@@ -214,12 +218,9 @@ export class StateChannel {
     if (since.length < this.current - base) {
       throw new ProposalRefusal('conflict', `version ${base} is older than the ${this.recent.length} changes kept for rebasing; take a snapshot and propose again`);
     }
-    const proposed = touchedPaths(patch);
     for (const entry of since) {
-      for (const path of entry.touched) {
-        const clash = proposed.find((mine) => overlaps(mine, path));
-        if (clash !== undefined) throw new ProposalRefusal('conflict', `${clash || '/'} changed since version ${base} (at version ${entry.version})`);
-      }
+      const clash = conflictOf(patch, entry.changes);
+      if (clash !== null) throw new ProposalRefusal('conflict', `${clash} changed since version ${base} (at version ${entry.version})`);
     }
   }
 
@@ -229,7 +230,7 @@ export class StateChannel {
     this.value = value;
     this.current = version;
     const window = this.options.rebaseWindow ?? DEFAULT_REBASE_WINDOW;
-    this.recent.push({ version, touched: touchedPaths(patch) });
+    this.recent.push({ version, changes: changesOf(patch) });
     while (this.recent.length > window) this.recent.shift();
     const message: StatePatchMessage = { epoch: this.epoch, version, patch };
     if (from.proposal !== undefined) message.proposal = from.proposal;
@@ -245,28 +246,4 @@ function checked(value: unknown, what: string): JsonValue {
     throw new PerihelionError('ERR_INVALID_ARGUMENT', `${what} is not JSON: ${(error as Error).message}`);
   }
   return value;
-}
-
-/**
- * The paths an operation changes. One that adds, removes or moves an array element changes its
- * whole array (the later elements' indexes move), so its parent counts.
- */
-function touchedPaths(patch: readonly Operation[]): string[] {
-  const paths: string[] = [];
-  const add = (path: string, structural: boolean): void => {
-    const cut = path.lastIndexOf('/');
-    const last = path.slice(cut + 1);
-    paths.push(structural && cut >= 0 && (last === '-' || /^\d+$/.test(last)) ? path.slice(0, cut) : path);
-  };
-  for (const op of patch) {
-    if (op.op === 'test') continue;
-    add(op.path, op.op !== 'replace');
-    if (op.op === 'move') add(op.from, true);
-  }
-  return paths;
-}
-
-/** One path is the other, or inside it. */
-function overlaps(a: string, b: string): boolean {
-  return a === b || a.startsWith(`${b}/`) || b.startsWith(`${a}/`);
 }

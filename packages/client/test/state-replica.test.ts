@@ -1,0 +1,171 @@
+/**
+ * Replicas of a state channel through the real client: following the server's patches,
+ * optimistic proposals accepted or rolled back, ten clients editing one list at once through
+ * network cuts and converging on the server's value, a resync after a missed version, and a
+ * server restart (a new epoch) under live replicas.
+ */
+import { afterEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ProposalError, replicate, type JsonValue, type Replica, type ReplicaChange } from '@perihelion/state';
+import type { Client } from '../src/index.js';
+import { Net, client, sleep, startServer, waitFor, type TestServer } from './helpers.js';
+
+// A type alias, not an interface: JSON types are checked structurally.
+type Todo = { id: string; text: string; done: boolean };
+
+const servers: TestServer[] = [];
+const clients: Client[] = [];
+const replicas: Replica[] = [];
+
+async function server(port = 0): Promise<TestServer> {
+  const t = await startServer({}, port);
+  servers.push(t);
+  return t;
+}
+
+async function follow(t: TestServer, channel: string, net = new Net()): Promise<Replica> {
+  const c = client(t.url, { transports: ['websocket', 'long-polling'] }, net);
+  clients.push(c);
+  const replica = await replicate(c, channel);
+  replicas.push(replica);
+  return replica;
+}
+
+afterEach(async () => {
+  await Promise.all(replicas.splice(0).map((replica) => replica.close().catch(() => {})));
+  await Promise.all(clients.splice(0).map((c) => c.disconnect().catch(() => {})));
+  await Promise.all(servers.splice(0).map((t) => t.close()));
+});
+
+describe('state replica', () => {
+  it("starts from a snapshot and follows the server's patches, reporting each change", async () => {
+    const t = await server();
+    const state = await t.server.state('/doc', { title: 'draft', tags: [] as string[] });
+    await state.update((draft) => {
+      (draft as { title: string }).title = 'first';
+    });
+    const replica = await follow(t, '/doc');
+    assert.deepEqual(replica.value, { title: 'first', tags: [] });
+    assert.equal(replica.version, 1);
+    const changes: ReplicaChange[] = [];
+    replica.onChange((change) => changes.push(change));
+    await state.update((draft) => {
+      (draft as { tags: string[] }).tags.push('news');
+    });
+    await waitFor(() => replica.version === 2, 3000, 'version 2');
+    assert.deepEqual(replica.value, state.get());
+    assert.deepEqual(changes.map((c) => [c.cause, c.version, c.patch]), [['server', 2, [{ op: 'add', path: '/tags/0', value: 'news' }]]]);
+  });
+
+  it('applies a proposal at once, and keeps it when the server accepts it', async () => {
+    const t = await server();
+    const state = await t.server.state('/todos', [] as Todo[], { validate: () => true });
+    const replica = await follow(t, '/todos');
+    const accepted = replica.propose((draft) => {
+      (draft as unknown as Todo[]).push({ id: 'a', text: 'milk', done: false });
+    });
+    assert.deepEqual(replica.value, [{ id: 'a', text: 'milk', done: false }], 'optimistic: shown before the server answers');
+    assert.equal(await accepted, 1);
+    assert.deepEqual(state.get(), [{ id: 'a', text: 'milk', done: false }]);
+    await waitFor(() => replica.version === 1 && replica.pendingCount === 0, 3000, 'the replica to confirm it');
+    assert.deepEqual(replica.value, state.get());
+  });
+
+  it('rolls a refused proposal back and rejects with the reason', async () => {
+    const t = await server();
+    await t.server.state('/todos', [] as Todo[], {
+      validate: ({ next }) => ((next as unknown as Todo[]).every((todo) => todo.text.length <= 10) ? true : 'a todo is at most 10 characters'),
+    });
+    const replica = await follow(t, '/todos');
+    const changes: string[] = [];
+    replica.onChange((change) => changes.push(change.cause));
+    const refused = replica.propose([{ op: 'add', path: '/-', value: { id: 'x', text: 'far too long a todo', done: false } }]);
+    assert.equal((replica.value as unknown[]).length, 1);
+    await assert.rejects(refused, (error: ProposalError) => error instanceof ProposalError && /at most 10 characters/.test(error.message));
+    assert.deepEqual(replica.value, [], 'rolled back');
+    assert.deepEqual(changes, ['propose', 'rollback']);
+  });
+
+  it('ten clients editing one list at once, through network cuts, converge on the server value', async () => {
+    const t = await server();
+    const state = await t.server.state('/list', [] as Todo[], { validate: () => true });
+    const nets = Array.from({ length: 10 }, () => new Net());
+    const all = await Promise.all(nets.map((net) => follow(t, '/list', net)));
+    const outcomes: Array<Promise<'accepted' | 'refused'>> = [];
+    const settle = (p: Promise<number>): Promise<'accepted' | 'refused'> =>
+      p.then(
+        () => 'accepted' as const,
+        (error: unknown) => {
+          assert.ok(error instanceof ProposalError, String(error));
+          return 'refused' as const;
+        },
+      );
+    for (let round = 0; round < 5; round++) {
+      all.forEach((replica, i) => {
+        // Appends rebase over each other: every one of them goes through.
+        outcomes.push(settle(replica.propose((draft) => void (draft as unknown as Todo[]).push({ id: `c${i}-r${round}`, text: `item ${i}.${round}`, done: false }))));
+        // Everyone ticks the first item's box: those made on a stale version conflict.
+        if ((draft0Length(replica) ?? 0) > 0) outcomes.push(settle(replica.propose([{ op: 'replace', path: '/0/done', value: (i + round) % 2 === 0 }])));
+      });
+      // A few lines go down for a moment and come back.
+      if (round === 1 || round === 3) {
+        for (const net of nets.slice(round, round + 3)) net.cut();
+        await sleep(150);
+        for (const net of nets) net.restore();
+      }
+      await sleep(30);
+    }
+    const results = await Promise.all(outcomes);
+    const value = state.get() as unknown as Todo[];
+    const appended = value.map((todo) => todo.id).sort();
+    assert.equal(appended.length, 50, 'every append was applied exactly once');
+    assert.equal(new Set(appended).size, 50);
+    await waitFor(() => all.every((replica) => replica.version === state.version && replica.pendingCount === 0), 10_000, 'every replica to reach the server version');
+    for (const replica of all) assert.deepEqual(replica.value, state.get(), 'a replica differs from the server');
+    assert.ok(results.filter((r) => r === 'accepted').length >= 50, `accepted: ${results.filter((r) => r === 'accepted').length}`);
+  });
+
+  it('takes a new snapshot when it misses a version, and goes on from there', async () => {
+    const t = await server();
+    const state = await t.server.state('/counter', { n: 0 });
+    const replica = await follow(t, '/counter');
+    const causes: string[] = [];
+    replica.onChange((change) => causes.push(change.cause));
+    await state.update({ n: 1 });
+    await waitFor(() => replica.version === 1, 3000, 'version 1');
+    // A patch from two versions ahead (as if one was lost on the way): the replica cannot apply it.
+    await t.server.publish('/counter', { epoch: state.epoch, version: 3, patch: [{ op: 'replace', path: '/n', value: 99 }] });
+    await waitFor(() => causes.includes('snapshot'), 3000, 'a snapshot after the gap');
+    assert.deepEqual([replica.value, replica.version], [{ n: 1 }, 1], "the server's value, not the stray patch");
+    await state.update({ n: 2 });
+    await waitFor(() => replica.version === 2, 3000, 'version 2 after the resync');
+    assert.deepEqual(replica.value, { n: 2 });
+  });
+
+  it('follows a server restarted under it (a new epoch), and proposals go on', async () => {
+    let saved: { value: JsonValue; version: number } | undefined;
+    const options = {
+      load: () => saved,
+      save: (change: { value: JsonValue; version: number }) => void (saved = { value: change.value, version: change.version }),
+      validate: () => true as const,
+    };
+    const first = await server();
+    const state = await first.server.state('/board', { cards: [] as string[] }, options);
+    const replica = await follow(first, '/board');
+    await state.update({ cards: ['one'] });
+    await waitFor(() => replica.version === 1, 3000, 'version 1');
+    await first.close();
+    servers.splice(servers.indexOf(first), 1);
+    const second = await server(first.port);
+    const resumed = await second.server.state('/board', { cards: [] as string[] }, options);
+    assert.notEqual(resumed.epoch, state.epoch);
+    await resumed.update({ cards: ['one', 'two'] });
+    await waitFor(() => replica.version === 2 && (replica.value as { cards: string[] }).cards.length === 2, 10_000, 'the replica to follow the restarted server');
+    assert.equal(await replica.propose((draft) => void (draft as { cards: string[] }).cards.push('three')), 3);
+    assert.deepEqual(resumed.get(), { cards: ['one', 'two', 'three'] });
+  });
+});
+
+function draft0Length(replica: Replica): number | undefined {
+  return Array.isArray(replica.value) ? replica.value.length : undefined;
+}
