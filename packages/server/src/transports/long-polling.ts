@@ -7,11 +7,15 @@
  * (Bayeux §long-polling; Faye's CORS transport posts it as text/plain).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { promisify } from 'node:util';
+import { gzip } from 'node:zlib';
 import { decodeBatch, encodeBatch, type ConnectionType, type DecodeResult } from '@perihelion/protocol';
 import type { TransportHost } from '../core/contract.js';
 import { readBody } from '../http/body.js';
 import { requestFacts } from '../http/request-facts.js';
 import { sendBatchError } from '../http/responses.js';
+
+const gzipAsync = promisify(gzip);
 
 export async function handleLongPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const body = await readBody(req, core.options.maxRequestBytes, core.options.bodyTimeout);
@@ -27,13 +31,26 @@ export async function handleLongPolling(core: TransportHost, req: IncomingMessag
   if (!decoded.ok) return sendBatchError(res, decoded.status, decoded.error, decoded.reason);
   const replies = await pollOnce(core, decoded.messages, req, res, 'long-polling');
   if (replies === null) return;
-  const payload = encodeBatch(replies);
-  res.writeHead(200, {
-    'Content-Type': 'application/json; charset=utf-8',
-    'Content-Length': Buffer.byteLength(payload),
-    'Cache-Control': 'no-cache, no-store',
-  });
-  res.end(payload);
+  await sendJsonAnswer(req, res, encodeBatch(replies), core.options.compressAbove);
+}
+
+/**
+ * Writes a JSON answer; one larger than `compressAbove` bytes goes gzip-compressed to a client
+ * that accepts it (compressed on the thread pool, not the event loop). Most answers are small and
+ * go as they are: compressing them would cost more than it saves.
+ */
+async function sendJsonAnswer(req: IncomingMessage, res: ServerResponse, payload: string, compressAbove: number): Promise<void> {
+  const headers: Record<string, string | number> = { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache, no-store' };
+  let body: string | Buffer = payload;
+  if (compressAbove > 0 && payload.length > compressAbove && /\bgzip\b/.test(String(req.headers['accept-encoding'] ?? ''))) {
+    body = await gzipAsync(payload, { level: 6 });
+    headers['Content-Encoding'] = 'gzip';
+    headers.Vary = 'Accept-Encoding';
+    if (res.destroyed) return;
+  }
+  headers['Content-Length'] = Buffer.byteLength(body);
+  res.writeHead(200, headers);
+  res.end(body);
 }
 
 /**
