@@ -66,7 +66,7 @@ export interface StatePatchMessage {
 /** A proposal refused: the Bayeux error kind and the reason. */
 export class ProposalRefusal extends Error {
   constructor(
-    readonly kind: 'conflict' | 'invalid' | 'refused',
+    readonly kind: 'conflict' | 'invalid' | 'refused' | 'failed',
     reason: string,
   ) {
     super(reason);
@@ -124,7 +124,7 @@ export class StateChannel<T extends JsonValue = JsonValue> {
     }
     const loaded = options.load ? await options.load() : undefined;
     let saved: SavedState;
-    if (loaded === undefined) saved = { value: checked(initial, 'the initial value'), version: 0 };
+    if (loaded === undefined) saved = { value: clone(checked(initial, 'the initial value')), version: 0 };
     else {
       if (typeof loaded !== 'object' || loaded === null || !Number.isSafeInteger(loaded.version) || loaded.version < 0) {
         throw new PerihelionError('ERR_INVALID_ARGUMENT', `load() must resolve to { value, version } (a whole version ≥ 0) or undefined, got ${JSON.stringify(loaded)?.slice(0, 200)}`);
@@ -178,22 +178,32 @@ export class StateChannel<T extends JsonValue = JsonValue> {
       if (done !== undefined) return done;
       if (proposal.epoch !== this.epoch) throw new ProposalRefusal('conflict', `the state was reset (epoch ${this.epoch}); take a snapshot and propose again`);
       if (proposal.base > this.current) throw new ProposalRefusal('invalid', `version ${proposal.base} is ahead of the server's ${this.current}`);
-      if (proposal.base < this.current) this.checkRebase(proposal.base, proposal.patch);
-      let next: JsonValue;
+      // Applied first: a malformed patch is refused whatever its base (the rebase rule reads its paths).
+      let next: JsonValue | undefined;
+      let failure: StateError | undefined;
       try {
         next = applyPatch(this.value, proposal.patch);
       } catch (error) {
-        if (error instanceof StateError) throw new ProposalRefusal(proposal.base < this.current ? 'conflict' : 'invalid', `the patch does not apply: ${error.message}`);
-        throw error;
+        if (!(error instanceof StateError)) throw error;
+        if (error.code !== 'ERR_PATCH_FAILED') throw new ProposalRefusal('invalid', `the patch is malformed: ${error.message}`);
+        failure = error;
       }
-      const verdict = await validate({ channel: this.channel, session, patch: proposal.patch, current: this.value, next });
-      if (verdict !== true) throw new ProposalRefusal('refused', typeof verdict === 'string' && verdict !== '' ? verdict : 'refused by the application');
-      // Published as the server would diff it: replicas apply the same canonical patch whatever the proposer sent.
-      const patch = diff(this.value, next, this.options.diff);
-      if (patch.length > 0) await this.commit(next, patch, { proposal: proposal.id, by: session.id });
-      if (proposal.id !== undefined) {
-        this.applied.set(proposal.id, this.current);
-        if (this.applied.size > MAX_REMEMBERED_PROPOSALS) this.applied.delete(this.applied.keys().next().value!);
+      if (proposal.base < this.current) this.checkRebase(proposal.base, proposal.patch);
+      if (next === undefined) throw new ProposalRefusal(proposal.base < this.current ? 'conflict' : 'invalid', `the patch does not apply: ${failure?.message}`);
+      try {
+        const verdict = await validate({ channel: this.channel, session, patch: proposal.patch, current: this.value, next });
+        if (verdict !== true) throw new ProposalRefusal('refused', typeof verdict === 'string' && verdict !== '' ? verdict : 'refused by the application');
+        // Published as the server would diff it: replicas apply the same canonical patch whatever the proposer sent.
+        const patch = diff(this.value, next, this.options.diff);
+        if (patch.length > 0) await this.commit(next, patch, { proposal: proposal.id, by: session.id });
+        else if (proposal.id !== undefined) this.remember(proposal.id, this.current);
+      } catch (error) {
+        if (error instanceof ProposalRefusal) throw error;
+        // A validate or save hook that threw, or a publish that failed: the proposer is answered
+        // (a server error: it may send the proposal again, and an id is applied once) and the
+        // application is told.
+        this.host.reportError(error);
+        throw new ProposalRefusal('failed', 'the server could not take the proposal; send it again');
       }
       return this.current;
     });
@@ -210,6 +220,12 @@ export class StateChannel<T extends JsonValue = JsonValue> {
     const run = this.queue.then(task);
     this.queue = run.catch(() => {});
     return run;
+  }
+
+  /** A proposal id applied, for its resends (remembered before publishing, which may fail). */
+  private remember(id: string, version: number): void {
+    this.applied.set(id, version);
+    if (this.applied.size > MAX_REMEMBERED_PROPOSALS) this.applied.delete(this.applied.keys().next().value!);
   }
 
   /** A proposal on an older version may be rebased only if nothing it touches changed since. */
@@ -232,6 +248,7 @@ export class StateChannel<T extends JsonValue = JsonValue> {
     const window = this.options.rebaseWindow ?? DEFAULT_REBASE_WINDOW;
     this.recent.push({ version, changes: changesOf(patch) });
     while (this.recent.length > window) this.recent.shift();
+    if (from.proposal !== undefined) this.remember(from.proposal, version);
     const message: StatePatchMessage = { epoch: this.epoch, version, patch };
     if (from.proposal !== undefined) message.proposal = from.proposal;
     if (from.by !== undefined) message.by = from.by;

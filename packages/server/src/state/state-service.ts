@@ -6,7 +6,7 @@
  *   subscribe to the channel (the security policy's subscribe check).
  * - `/service/state`, `{channel, op: "propose", epoch, base, patch, id?}` → `{channel, version}`:
  *   a client's change (state-channel.ts decides), or an unsuccessful reply saying why not
- *   (409 conflict, 400 invalid patch, 403 refused).
+ *   (409 conflict, 400 invalid patch, 403 refused, 500 when a hook threw: send it again).
  * - A client never publishes on a state channel itself (403): its messages are the server's patches.
  *
  * A state channel lives in the process that created it: with the Redis engine its patches reach
@@ -82,7 +82,7 @@ export class StateChannels {
     if (op === 'snapshot') return { channel: name, epoch: state.epoch, version: state.version, value: state.get() };
     if (op !== 'propose') return new ServiceRefusal(bayeuxError('badRequest', [name], 'op is "snapshot" or "propose"'));
     const { epoch, base, patch, id } = request;
-    if (typeof epoch !== 'string' || !Number.isSafeInteger(base) || !Array.isArray(patch) || (id !== undefined && (typeof id !== 'string' || id === '' || id.length > 64))) {
+    if (typeof epoch !== 'string' || !Number.isSafeInteger(base) || (base as number) < 0 || !Array.isArray(patch) || (id !== undefined && (typeof id !== 'string' || id === '' || id.length > 64))) {
       return new ServiceRefusal(bayeuxError('badRequest', [name], 'a proposal is {channel, op: "propose", epoch, base: <version>, patch: [RFC 6902 operations], id?: a string of 1 to 64 characters}'));
     }
     try {
@@ -90,7 +90,7 @@ export class StateChannels {
       return { channel: name, version };
     } catch (error) {
       if (error instanceof ProposalRefusal) {
-        const kind = error.kind === 'conflict' ? 'stateConflict' : error.kind === 'invalid' ? 'badRequest' : 'refusedByApplication';
+        const kind = error.kind === 'conflict' ? 'stateConflict' : error.kind === 'invalid' ? 'badRequest' : error.kind === 'failed' ? 'serverError' : 'refusedByApplication';
         return new ServiceRefusal(bayeuxError(kind, [name], error.message));
       }
       if (error instanceof StateError) return new ServiceRefusal(bayeuxError('badRequest', [name], error.message));
