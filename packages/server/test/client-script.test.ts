@@ -3,6 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { gunzipSync } from 'node:zlib';
 import { request } from 'node:http';
+import { runInNewContext } from 'node:vm';
 import { startServer, type TestServer } from './helpers.js';
 
 function get(url: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
@@ -23,6 +24,18 @@ describe('client script route', () => {
     test = await startServer({ path: '/cometd' });
   });
   after(() => test.close());
+
+  it('serves the state package at <mount>/state.js, defining PerihelionState.replicate when run as a script', async () => {
+    const response = await get(`${test.url}/state.js`, { 'Accept-Encoding': 'gzip' });
+    assert.equal(response.status, 200);
+    assert.equal(response.headers['content-encoding'], 'gzip');
+    const sandbox: Record<string, unknown> = {};
+    sandbox.globalThis = sandbox;
+    runInNewContext(gunzipSync(response.body).toString('utf8'), sandbox);
+    const api = sandbox.PerihelionState as Record<string, unknown> | undefined;
+    for (const name of ['replicate', 'diff', 'applyPatch', 'Replica']) assert.equal(typeof api?.[name], 'function', name);
+    assert.notEqual((await get(`${test.url}/other.js`)).status, 200, 'only the known scripts');
+  });
 
   it('serves the minified client at <mount>/client.js, gzipped when accepted, revalidated by ETag', async () => {
     const plain = await get(`${test.url}/client.js`);

@@ -10,14 +10,15 @@
  * - GET `<mount>/<clientId>` with `Accept: text/event-stream`: Server-Sent Events; with
  *   `Accept: application/x-ndjson`: HTTP streaming.
  * - WebSocket upgrade at `<mount>` (and `<mount>/`).
- * - GET `<mount>/client.js`: the browser build of @perihelion/client (no clientId has a dot).
+ * - GET `<mount>/client.js` and `<mount>/state.js`: the browser builds of @perihelion/client and
+ *   @perihelion/state (no clientId has a dot).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { bayeuxError, isStreamedConnectionType } from '@perihelion/protocol';
 import type { ServerCore } from '../core/server.js';
 import { handleCallbackPolling } from '../transports/callback-polling.js';
-import { serveClientScript } from './client-script.js';
+import { BROWSER_SCRIPTS, serveBrowserScript } from './client-script.js';
 import { ndjsonFramer } from '../transports/http-streaming.js';
 import { handleLongPolling } from '../transports/long-polling.js';
 import { sseFramer } from '../transports/sse.js';
@@ -28,7 +29,6 @@ import { corsHeaders, originAllowed, preflight } from './cors.js';
 import { assignBrowser, requestFacts } from './request-facts.js';
 import { sendBatchError } from './responses.js';
 
-const CLIENT_SCRIPT = 'client.js';
 
 /** What the adapter needs of the core: the transports' host, sessions for streams, and error and shutdown state. */
 export type AdapterHost = Pick<ServerCore, 'options' | 'process' | 'sessionFor' | 'reportError' | 'isClosed'>;
@@ -63,8 +63,8 @@ export class HttpAdapter {
     if (!route) return false;
     // A public, cacheable file: before the origin check (any site may embed the script) and
     // before the session cookie is set (a shared cache must not keep one).
-    if ((req.method === 'GET' || req.method === 'HEAD') && route.sub === CLIENT_SCRIPT && !(req.url ?? '').includes('message=')) {
-      serveClientScript(req, res);
+    if ((req.method === 'GET' || req.method === 'HEAD') && Object.hasOwn(BROWSER_SCRIPTS, route.sub) && !(req.url ?? '').includes('message=')) {
+      serveBrowserScript(route.sub, req, res);
       return true;
     }
     if (!originAllowed(req, this.core.options.allowedOrigins)) {

@@ -1,11 +1,14 @@
 /**
- * `GET <mount>/client.js`: the minified `<script>` build of @perihelion/client, so that a page
- * needs nothing but the server (`<script src="/bayeux/client.js">` defines `Perihelion`).
+ * The browser scripts the server serves under its mount path, so that a page needs nothing but
+ * the server:
+ * - `GET <mount>/client.js`: the minified `<script>` build of @perihelion/client (defines `Perihelion`);
+ * - `GET <mount>/state.js`: that of @perihelion/state (defines `PerihelionState`: replicas of
+ *   state channels, diff and applyPatch).
  *
- * The file is found through the package resolver (the `@perihelion/client/bundle` export), so
- * it works from a workspace checkout and from node_modules alike. It is read once, and a gzip
- * copy made once; an ETag lets browsers revalidate cheaply. When the client was not built the
- * answer is a 404 that says how to build it.
+ * Each file is found through the package resolver (the package's `bundle` export), so it works
+ * from a workspace checkout and from node_modules alike. It is read once, and a gzip copy made
+ * once; an ETag lets browsers revalidate cheaply. When a package was not built (or is not
+ * installed) the answer is a 404 that says what to do.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -19,29 +22,36 @@ interface Script {
   etag: string;
 }
 
-let cached: Script | null = null;
+/** The scripts by file name, and the package whose `bundle` export each is. */
+export const BROWSER_SCRIPTS: Readonly<Record<string, string>> = { 'client.js': '@perihelion/client', 'state.js': '@perihelion/state' };
 
-function load(): Script | string {
+const cache = new Map<string, Script>();
+
+function load(name: string): Script | string {
+  const cached = cache.get(name);
   if (cached) return cached;
+  const pkg = BROWSER_SCRIPTS[name]!;
   let path: string;
   try {
-    path = createRequire(import.meta.url).resolve('@perihelion/client/bundle');
+    path = createRequire(import.meta.url).resolve(`${pkg}/bundle`);
   } catch {
-    return 'the @perihelion/client package is not installed next to @perihelion/server';
+    return `the ${pkg} package is not installed next to @perihelion/server`;
   }
   try {
     const body = readFileSync(path);
-    cached = { body, gzip: gzipSync(body, { level: 9 }), etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"` };
-    return cached;
+    const script = { body, gzip: gzipSync(body, { level: 9 }), etag: `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"` };
+    cache.set(name, script);
+    return script;
   } catch {
-    return `the client bundle ${path} has not been built; run "npm run build" at the repository root`;
+    return `the bundle ${path} has not been built; run "npm run build" at the repository root`;
   }
 }
 
-export function serveClientScript(req: IncomingMessage, res: ServerResponse): void {
-  const script = load();
+/** Serves `name`, one of BROWSER_SCRIPTS. */
+export function serveBrowserScript(name: string, req: IncomingMessage, res: ServerResponse): void {
+  const script = load(name);
   if (typeof script === 'string') {
-    res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' }).end(`client.js is not available: ${script}\n`);
+    res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' }).end(`${name} is not available: ${script}\n`);
     return;
   }
   const headers: Record<string, string> = {
