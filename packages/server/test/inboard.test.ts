@@ -181,6 +181,26 @@ describe('exclude the sender', () => {
   });
 });
 
+describe('service requests', () => {
+  it('answers a request whose listener threw with a 500 error, reported through the error event', async () => {
+    const t = await server();
+    const errors: unknown[] = [];
+    t.server.on('error', (error) => errors.push(error));
+    t.server.subscribe('/service/broken', () => {
+      throw new Error('the service broke');
+    });
+    const caller = await connect(t);
+    const reply = await caller.publish('/service/broken', { please: true });
+    assert.equal(reply.successful, false);
+    assert.match(String(reply.error), /^500:\/service\/broken:.*the service failed/);
+    assert.match(String(errors[0]), /the service broke/);
+    // Another listener's answer still wins: the failure of one is only reported.
+    t.server.subscribe('/service/broken', () => 'still answered');
+    const replies = await caller.peer.request({ channel: '/service/broken', clientId: caller.clientId, data: 1 });
+    assert.equal(replies.successful, true);
+  });
+});
+
 describe('local client', () => {
   it('subscribes and publishes in-process through the channel rules, seen by remote clients', async () => {
     const t = await server({ open: false, channels: [{ channel: '/chat/**', publish: 'anyone' }] });

@@ -312,6 +312,18 @@ describe('state channels: server.state() and update()', () => {
     assert.deepEqual(await state.update({ n: 0, list: [1, 2] }), [{ op: 'add', path: '/list/1', value: 2 }], 'diffed against the value the server holds');
   });
 
+  it('keeps a copy of a value given to update, or returned by an update function', TEST_TIMEOUT, async () => {
+    const state = await makeState(t, fresh('copy'), { list: [] as number[] });
+    const given = { list: [1] };
+    await state.update(given);
+    given.list.push(2);
+    const returned = { list: [1, 3] };
+    await state.update(() => returned);
+    returned.list.push(4);
+    assert.deepEqual(state.get(), { list: [1, 3] });
+    assert.equal(state.version, 2);
+  });
+
   it('load giving {value, version} starts there: the next change is version + 1', TEST_TIMEOUT, async () => {
     const channel = fresh('load');
     let loads = 0;

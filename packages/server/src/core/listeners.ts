@@ -37,15 +37,25 @@ export class ListenerRegistry {
 
   /** Calls the listeners matching the message's channel; resolves to the first value one returns. */
   async notify(message: Message, session: Session | null): Promise<unknown> {
-    let result: unknown;
+    return (await this.ask(message, session)).answer;
+  }
+
+  /**
+   * `notify` for a request (a /service message): also says whether a listener threw, so that a
+   * request nobody could answer gets an error reply instead of silence.
+   */
+  async ask(message: Message, session: Session | null): Promise<{ answer: unknown; failed: boolean }> {
+    let answer: unknown;
+    let failed = false;
     for (const listener of this.match(message.channel)) {
       try {
         const value = await listener(message, session);
-        if (result === undefined && value !== undefined) result = value;
+        if (answer === undefined && value !== undefined) answer = value;
       } catch (error) {
+        failed = true;
         this.report(error);
       }
     }
-    return result;
+    return { answer, failed };
   }
 }

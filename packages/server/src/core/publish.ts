@@ -75,8 +75,10 @@ export async function clientPublish(core: PublishCore, message: Message, session
       // (CometD remote call: the publish reply, then {id, channel, successful, data}).
       if (message.id !== undefined) delivered.id = message.id;
       if (tooLarge(core, JSON.stringify(delivered))) return fail(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
-      const result = await core.listeners.notify(delivered, session);
+      const { answer: result, failed } = await core.listeners.ask(delivered, session);
       if (result instanceof ServiceRefusal) return fail(result.error);
+      // A listener threw (reported through 'error') and none answered: the caller is told, not left waiting.
+      if (failed && result === undefined) return fail(bayeuxError('serverError', [channel], 'the service failed'));
       await emitReply(extensions, reply(message, true), context, out);
       if (result !== undefined) {
         const answer: Message = { channel, successful: true, data: result };

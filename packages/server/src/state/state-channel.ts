@@ -151,13 +151,15 @@ export class StateChannel<T extends JsonValue = JsonValue> {
   update(change: T | ((draft: T) => T | void)): Promise<Patch> {
     return this.enqueue(async () => {
       let next: unknown;
+      let draft: T | undefined;
       if (typeof change === 'function') {
-        const draft = clone(this.value) as T;
+        draft = clone(this.value) as T;
         const returned: unknown = (change as (draft: T) => T | void)(draft);
         if (returned instanceof Promise) throw new PerihelionError('ERR_INVALID_ARGUMENT', 'an update function must change its draft synchronously (await before calling update)');
         next = returned === undefined ? draft : returned;
       } else next = change;
-      const value = checked(next, 'the new value');
+      // A value the caller handed in stays the caller's: changing it later must not change the state.
+      const value = next === draft ? checked(next, 'the new value') : clone(checked(next, 'the new value'));
       const patch = diff(this.value, value, this.options.diff);
       if (patch.length === 0) return patch;
       await this.commit(value, patch, {});
