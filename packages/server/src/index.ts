@@ -1,6 +1,7 @@
 export { createServer, Perihelion, type ListenOptions, type RequestHandler, type PerihelionEvents, type PublishOptions, type HistoryResult } from './perihelion.js';
 export type { ServerEvents, DisconnectReason } from './core/events.js';
 export type { ServerStats } from './core/delivery.js';
+export type { LatencySummary } from './api/metrics.js';
 export type { Session } from './core/session.js';
 export type { Listener } from './core/listeners.js';
 export { ServiceRefusal } from './core/publish.js';

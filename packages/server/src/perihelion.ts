@@ -12,7 +12,7 @@ import type { Duplex } from 'node:stream';
 import { channelProblem, isMeta, isService, type Message, type Position } from '@perihelion/protocol';
 import { HttpApi } from './api/http-api.js';
 import { LocalClient, type LocalClientOptions } from './api/local-client.js';
-import { Metrics, deliveryLatency } from './api/metrics.js';
+import { Metrics, deliveryLatency, type LatencyHistogram, type LatencySummary } from './api/metrics.js';
 import { OPERATION_PATHS, handleOperation } from './api/operations.js';
 import { assembleCore } from './assemble.js';
 import { Webhooks } from './callouts/webhooks.js';
@@ -74,12 +74,13 @@ export class Perihelion {
   private readonly http: HttpAdapter;
   private readonly api: HttpApi;
   private readonly metrics: Metrics;
+  private readonly latencyHistogram: LatencyHistogram;
   private readonly states: StateChannels;
   private owned: Server | null = null;
   private shuttingDown: Promise<void> | null = null;
 
   constructor(options: ServerOptions = {}) {
-    const latency = deliveryLatency();
+    const latency = (this.latencyHistogram = deliveryLatency());
     this.core = assembleCore(options, { observeDelivery: (ms) => latency.observe(ms / 1000) });
     this.options = this.core.options;
     this.engine = this.core.engine;
@@ -301,6 +302,14 @@ export class Perihelion {
 
   stats(): ServerStats {
     return this.core.delivery.stats();
+  }
+
+  /**
+   * Delivery latency of this node over about the last `windowMs` (at most 5 minutes): how long
+   * messages waited in session queues, as p50/p95/p99 in ms, from the histogram /metrics exports.
+   */
+  latency(windowMs = 10_000): LatencySummary {
+    return this.latencyHistogram.recent(windowMs);
   }
 
   /** Whether handshakes are authenticated (an authenticator or JWT keys are configured). */

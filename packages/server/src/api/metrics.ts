@@ -52,7 +52,65 @@ export class LatencyHistogram {
     this.counts.fill(0);
     this.sum = 0;
     this.count = 0;
+    this.marks.length = 0;
   }
+
+  /** Copies of the bucket counts, taken by `recent()` at most once a second and kept 5 minutes. */
+  private readonly marks: { at: number; counts: Float64Array }[] = [];
+
+  /**
+   * p50, p95 and p99 (ms) of the observations of about the last `windowMs`, interpolated within
+   * buckets as Prometheus's histogram_quantile does. Nothing runs per observation: the window is
+   * the difference between the counts now and a copy taken by an earlier call (one a second at
+   * most), so the first call after a pause covers everything since the start (or the last reset).
+   */
+  recent(windowMs: number, now = Date.now()): LatencySummary {
+    const window = Math.min(Math.max(windowMs, 0), MARKS_KEPT_MS);
+    // The baseline: the newest copy at least `window` old, else the oldest one, else zero.
+    let base: { at: number; counts: Float64Array } | undefined;
+    for (const mark of this.marks) {
+      if (mark.at <= now - window) base = mark;
+      else break;
+    }
+    base ??= this.marks[0];
+    const counts = this.counts.map((value, i) => value - (base?.counts[i] ?? 0));
+    const last = this.marks.at(-1);
+    if (!last || now - last.at >= 1000) this.marks.push({ at: now, counts: this.counts.slice() });
+    while (this.marks.length > 2 && this.marks[1]!.at <= now - MARKS_KEPT_MS) this.marks.shift();
+    let count = 0;
+    for (const value of counts) count += value;
+    const quantile = (q: number): number | null => {
+      if (count === 0) return null;
+      const rank = q * count;
+      let below = 0;
+      for (let i = 0; i < counts.length; i++) {
+        const inBucket = counts[i]!;
+        if (below + inBucket >= rank && inBucket > 0) {
+          // Past the last bound (+Inf) the best estimate is that bound.
+          if (i === LATENCY_BUCKETS.length) return LATENCY_BUCKETS[i - 1]! * 1000;
+          const lower = i === 0 ? 0 : LATENCY_BUCKETS[i - 1]!;
+          return (lower + (LATENCY_BUCKETS[i]! - lower) * ((rank - below) / inBucket)) * 1000;
+        }
+        below += inBucket;
+      }
+      return LATENCY_BUCKETS.at(-1)! * 1000;
+    };
+    return { windowMs: base ? now - base.at : null, count, p50: quantile(0.5), p95: quantile(0.95), p99: quantile(0.99) };
+  }
+}
+
+const MARKS_KEPT_MS = 300_000;
+
+/** Delivery latency over a recent window (see `Perihelion.latency()`). */
+export interface LatencySummary {
+  /** The span covered, ms; null when it is everything since the server started. */
+  windowMs: number | null;
+  /** Session flushes observed in it. */
+  count: number;
+  /** Quantiles in ms; null when nothing was observed. */
+  p50: number | null;
+  p95: number | null;
+  p99: number | null;
 }
 
 /** The histogram the core observes on every flush of a session (see ServerCore's `observeDelivery`). */
