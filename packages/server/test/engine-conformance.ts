@@ -38,6 +38,13 @@ export class RecordingHost implements EngineHost {
     return this.described;
   }
 
+  /** Messages other nodes sent this one (Engine.sendToNode), as [from, payload]. */
+  readonly nodeMessages: Array<[string, string]> = [];
+
+  onNodeMessage(from: string, payload: string): void {
+    this.nodeMessages.push([from, payload]);
+  }
+
   onDirect(publication: Publication, clientId: string): void {
     this.push(clientId, publication.payload);
   }
@@ -356,6 +363,13 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.deepEqual(await engine.usersOf(['u1']), [null], 'the user of an ended session is forgotten');
     });
 
+    it('has no other node to name or to message on its own', async () => {
+      const { engine } = await open();
+      await engine.addSession('mine');
+      assert.equal(await engine.ownerOf('mine'), null);
+      assert.equal(await engine.ownerOf('unknown'), null);
+    });
+
     it("takes a census of this node's sessions as its host describes them", async () => {
       const { engine, host } = await open();
       host.described = [describedSession('s1', 'ann')];
@@ -500,6 +514,20 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       await a.engine.publish(publication('/d/x', 'for all'));
       await waitFor(() => b.host.data('y-on-b').length === 2 && a.host.data('x-on-a').length === 2, 3000, 'both publishes everywhere');
       assert.deepEqual(b.host.data('x-on-b'), ['for all']);
+    });
+
+    it('names the node that holds a session, and carries a message from one node to another', async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.addSession('held-by-a');
+      assert.equal(await a.engine.ownerOf('held-by-a'), null, 'this node holds it');
+      const owner = await b.engine.ownerOf('held-by-a');
+      assert.ok(owner !== null, 'b sees that another node holds it');
+      assert.equal(await b.engine.ownerOf('nobody'), null);
+      assert.equal(await b.engine.sendToNode(owner, '{"hello":1}'), true);
+      await waitFor(() => a.host.nodeMessages.length === 1, 3000, 'the message on node a');
+      assert.equal(a.host.nodeMessages[0]![1], '{"hello":1}');
+      assert.equal(await b.engine.sendToNode('no-such-node', 'x'), false, 'nobody listens');
     });
 
     it("takes a census of every node's sessions", async () => {

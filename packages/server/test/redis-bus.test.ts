@@ -15,6 +15,7 @@ const EVERY_KIND: BusMessage[] = [
   { kind: 'broadcast', origin: '3f9c0a', tag: '15', channel: '/chat/room', position: null, exclude: 'publisher1', payload: '{"channel":"/chat/room","data":2}' },
   { kind: 'census', origin: '3f9c0a', request: '7' },
   { kind: 'answer', request: '7', node: '8e1d', payload: '[{"clientId":"abc123","user":null}]' },
+  { kind: 'node', from: '8e1d', payload: '{"t":"rep","id":"x-1","replies":["{}"]}' },
 ];
 
 function rejects(text: string, reason: RegExp): void {
@@ -58,6 +59,7 @@ describe('redis bus codec', () => {
     rejects('["c","n","1"]\n{}', /census carries no payload/);
     rejects('["a","1"]\n[]', /answer header needs a request id and a node/);
     rejects('["a","1","n"]\n{"clientId":"x"}', /not a JSON array/);
+    rejects('["n"]\n{}', /node message header needs exactly one node id/);
   });
 
   it('says what is wrong with a malformed message instead of throwing', () => {

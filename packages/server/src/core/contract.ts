@@ -59,6 +59,8 @@ export interface ProcessContext {
    * connect is held, so an ordinary request costs nothing.
    */
   onClientGone?: (callback: () => void) => void;
+  /** Forwarded by the node the client talks to (core/forwarding.ts): processed here, never forwarded again. */
+  forwarded?: boolean;
 }
 
 /** What a transport needs of the core: its limits (the options) and the one entry point. */

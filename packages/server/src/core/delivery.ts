@@ -133,6 +133,13 @@ export class LocalDelivery implements EngineHost, SessionHost {
     session.replay(channel, payloads);
   }
 
+  /** Where messages from other nodes go (core/forwarding.ts, set by the core). */
+  nodeMessages: ((from: string, payload: string) => void) | null = null;
+
+  onNodeMessage(from: string, payload: string): void {
+    this.nodeMessages?.(from, payload);
+  }
+
   describeSessions(): SessionInfo[] {
     const infos: SessionInfo[] = [];
     for (const session of this.sessions.values()) infos.push(describeSession(session));

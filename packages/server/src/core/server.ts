@@ -19,6 +19,7 @@ import { speaksFor } from '../security/session-binding.js';
 import type { ProcessContext, TransportHost } from './contract.js';
 import { LocalDelivery } from './delivery.js';
 import { dispatch } from './dispatch.js';
+import { Forwarding } from './forwarding.js';
 import { serverEvents, type ServerEventEmitter } from './events.js';
 import { ListenerRegistry } from './listeners.js';
 import { Presence } from './presence.js';
@@ -57,6 +58,8 @@ export class ServerCore implements TransportHost {
   readonly listeners = new ListenerRegistry((error) => this.reportError(error));
   readonly wheel = new TimerWheel(100, (error) => this.reportError(error));
   readonly delivery: LocalDelivery;
+  /** Requests for sessions of other nodes, and other nodes' requests for this node's (no sticky sessions). */
+  readonly forwarding: Forwarding;
   /** Join and leave events and the /service/presence request (presence.ts); null with `presence: false`. */
   readonly presence: Presence | null;
   /** Resolves once the engine has started. */
@@ -82,6 +85,15 @@ export class ServerCore implements TransportHost {
       observeDelivery: parts.observeDelivery,
     });
     this.presence = this.options.presence ? new Presence(this) : null;
+    this.forwarding = new Forwarding({
+      options: this.options,
+      engine: this.engine,
+      sessions: this.delivery.sessions,
+      process: (batch, context) => this.process(batch, context),
+      sessionFor: (clientId, context) => this.sessionFor(clientId, context),
+      reportError: (error) => this.reportError(error),
+    });
+    this.delivery.nodeMessages = (from, payload) => this.forwarding.onNodeMessage(from, payload);
     this.ready = this.engine.start(this.delivery);
     this.ready.then(
       () => (this.started = true),
@@ -89,8 +101,15 @@ export class ServerCore implements TransportHost {
     );
   }
 
-  /** The entry point of every transport (dispatch.ts). */
-  process(batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
+  /**
+   * The entry point of every transport (dispatch.ts). A batch for a session another node holds
+   * goes to that node (forwarding.ts) and its replies come back.
+   */
+  async process(batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
+    if (!context.forwarded) {
+      const forwarded = await this.forwarding.forward(batch, context);
+      if (forwarded !== null) return forwarded;
+    }
     return dispatch(this, batch, context);
   }
 
@@ -148,6 +167,7 @@ export class ServerCore implements TransportHost {
     this.delivery.flushNow();
     // The presence steps of the sessions just ended still need the engine.
     await this.presence?.close();
+    this.forwarding.close();
     this.wheel.stop();
     this.security.handshakeLimiter.stop();
     await this.ready.catch(() => {});

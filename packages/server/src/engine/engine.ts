@@ -74,6 +74,8 @@ export interface EngineHost {
    * published later (they replace whatever of that channel's history is still queued for it).
    */
   onReplay(clientId: string, channel: string, payloads: readonly string[]): void;
+  /** A message another node sent this one with `Engine.sendToNode` (forwarded requests: core/forwarding.ts). */
+  onNodeMessage(from: string, payload: string): void;
   /** This node's sessions, described (see `Engine.census`). */
   describeSessions(): SessionInfo[];
   /** How much history to keep, per channel. */
@@ -130,6 +132,13 @@ export interface Engine {
    * out and reported.
    */
   census(): Promise<SessionInfo[]>;
+  /**
+   * The node that holds a session, when it is another node of the cluster; null when it is this
+   * node, no node, or the engine has no other nodes (the memory engine).
+   */
+  ownerOf(clientId: string): Promise<string | null>;
+  /** Sends `payload` to one node (its `EngineHost.onNodeMessage`); false when that node is not listening. */
+  sendToNode(node: string, payload: string): Promise<boolean>;
   /**
    * Presence grace: marks `member` (a user, or a session) as just gone from `channel`, for
    * `ttlMs`, where every node sees it, so that a member coming back on any node finds it.

@@ -130,6 +130,14 @@ export class MemoryEngine implements Engine {
     return this.leaving.take(channel, member, Date.now(), token);
   }
 
+  async ownerOf(): Promise<string | null> {
+    return null;
+  }
+
+  async sendToNode(): Promise<boolean> {
+    return false;
+  }
+
   async census(): Promise<SessionInfo[]> {
     return this.running().describeSessions();
   }

@@ -17,6 +17,8 @@
  *   ["x", clientId]\n                                      end a session
  *   ["c", origin node, request id]\n                       a census: every node describes its sessions
  *   ["a", request id, node]\n<JSON array>                   one node's answer to a census
+ *   ["n", from node]\n<text>                                a message from one node to another,
+ *                                                          opaque here (core/forwarding.ts)
  *
  * A broadcast's position is given by Redis (the PUBLISH script, see redis-scripts.ts). The script
  * knows nothing of this format: it writes the position's JSON between the two halves of the
@@ -46,7 +48,9 @@ export type BusMessage =
   | { kind: 'end'; clientId: string }
   | { kind: 'census'; origin: string; request: string }
   /** `payload`: the node's SessionInfo array as JSON (checked by its reader, see redis-census.ts). */
-  | { kind: 'answer'; request: string; node: string; payload: string };
+  | { kind: 'answer'; request: string; node: string; payload: string }
+  /** `payload`: opaque to the engine; the core reads it (forwarded requests, core/forwarding.ts). */
+  | { kind: 'node'; from: string; payload: string };
 
 type BusKind = BusMessage['kind'];
 export type Broadcast = Extract<BusMessage, { kind: 'broadcast' }>;
@@ -70,7 +74,7 @@ export class BusFormatError extends Error {
 }
 
 /** The header's first element for each kind: one letter keeps every message short. */
-const TAGS = { broadcast: 'b', direct: 'd', fence: 'f', end: 'x', census: 'c', answer: 'a' } as const satisfies Record<BusKind, string>;
+const TAGS = { broadcast: 'b', direct: 'd', fence: 'f', end: 'x', census: 'c', answer: 'a', node: 'n' } as const satisfies Record<BusKind, string>;
 
 export function encode(message: BusMessage): string {
   switch (message.kind) {
@@ -89,6 +93,8 @@ export function encode(message: BusMessage): string {
       return `${JSON.stringify([TAGS.census, message.origin, message.request])}\n`;
     case 'answer':
       return `${JSON.stringify([TAGS.answer, message.request, message.node])}\n${message.payload}`;
+    case 'node':
+      return `${JSON.stringify([TAGS.node, message.from])}\n${message.payload}`;
   }
 }
 
@@ -152,6 +158,11 @@ export function decode(text: string): BusMessage | BusFormatError {
       const [request, node, ...extra] = fields;
       if (!isText(request) || !isText(node) || extra.length > 0) return new BusFormatError('a census answer header needs a request id and a node, both non-empty strings');
       return payload.startsWith('[') && payload.endsWith(']') ? { kind: 'answer', request, node, payload } : new BusFormatError("a census answer's payload is not a JSON array");
+    }
+    case TAGS.node: {
+      const from = onlyString(fields);
+      if (from === null) return new BusFormatError('a node message header needs exactly one node id (a non-empty string)');
+      return { kind: 'node', from, payload };
     }
     default:
       return new BusFormatError(`unknown message kind ${JSON.stringify(tag)}`);

@@ -409,6 +409,27 @@ export class RedisEngine implements Engine {
     return new Map(Object.entries(counts).map(([pattern, count]) => [pattern, Number(count)]));
   }
 
+  async ownerOf(clientId: string): Promise<string | null> {
+    this.running();
+    if (this.isLocal(clientId)) return null;
+    const cmd = this.connection.readyCmd();
+    if (!cmd) return null;
+    const node = await cmd.hget(`${this.options.prefix}owner`, clientId).catch(() => null);
+    return node === this.nodeId ? null : node;
+  }
+
+  async sendToNode(node: string, payload: string): Promise<boolean> {
+    this.running();
+    const cmd = this.connection.readyCmd();
+    if (!cmd) return false;
+    try {
+      return (await cmd.publish(nodeChannel(this.options.prefix, node), encode({ kind: 'node', from: this.nodeId, payload }))) > 0;
+    } catch (error) {
+      this.connection.degraded(error);
+      return false;
+    }
+  }
+
   async census(): Promise<SessionInfo[]> {
     const host = this.running();
     if (!this.connection.readyCmd()) throw unavailable('cannot ask the other nodes for their sessions: Redis is away');
@@ -466,6 +487,8 @@ export class RedisEngine implements Engine {
         return this.sessionCensus.onQuestion(message.origin, message.request, host.describeSessions());
       case 'answer':
         return this.sessionCensus.onAnswer(message.request, message.node, message.payload);
+      case 'node':
+        return host.onNodeMessage(message.from, message.payload);
     }
   }
 

@@ -31,7 +31,7 @@ import { sendBatchError } from './responses.js';
 
 
 /** What the adapter needs of the core: the transports' host, sessions for streams, and error and shutdown state. */
-export type AdapterHost = Pick<ServerCore, 'options' | 'process' | 'sessionFor' | 'reportError' | 'isClosed'>;
+export type AdapterHost = Pick<ServerCore, 'options' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding'>;
 
 export class HttpAdapter {
   readonly websocket: WebSocketTransport | null;
@@ -122,13 +122,20 @@ export class HttpAdapter {
       return sendBatchError(res, 400, 'badRequest', `${framer.transport} is disabled on this server; offered: ${this.core.options.transports.join(', ')}`);
     }
     // A stream reads the session's messages: it must come from the session's own browser.
-    const session = this.core.sessionFor(clientId, { transport: framer.transport, request: requestFacts(req) });
-    if (!session) {
-      const body = JSON.stringify([{ channel: '/meta/connect', successful: false, error: bayeuxError('clientUnknown', [clientId]), advice: { reconnect: 'handshake', interval: 0 } }]);
-      res.writeHead(404, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache, no-store' }).end(body);
-      return;
-    }
-    this.streams.open(req, res, session, framer);
+    const facts = requestFacts(req);
+    const session = this.core.sessionFor(clientId, { transport: framer.transport, request: facts });
+    if (session) return this.streams.open(req, res, session, framer);
+    // Another node may hold the session (no sticky sessions): the stream stays here, fed by that node.
+    const streams = this.streams;
+    const line = streams.line(res, framer);
+    this.guard(
+      res,
+      this.core.forwarding.attach(clientId, line, facts, () => streams.start(req, res, line, framer, clientId)).then((attached) => {
+        if (attached) return;
+        const body = JSON.stringify([{ channel: '/meta/connect', successful: false, error: bayeuxError('clientUnknown', [clientId]), advice: { reconnect: 'handshake', interval: 0 } }]);
+        res.writeHead(404, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache, no-store' }).end(body);
+      }),
+    );
   }
 
   /** process() never throws for client input; a rejection is a bug: answer 500 and keep serving. */

@@ -21,7 +21,7 @@ export interface Framer {
   readonly transport: StreamedConnectionType;
   readonly contentType: string;
   /** Written once when the stream opens, after the padding; `heartbeat` is the longest silence to come, ms. */
-  opening(session: Session, heartbeat: number): string;
+  opening(session: Pick<Session, 'id'>, heartbeat: number): string;
   /** `padding` bytes of whatever this framing ignores. */
   padding(bytes: number): string;
   /** One batch of messages; `sequence` counts batches on this stream from 1. */
@@ -121,6 +121,19 @@ export class StreamTransport {
   open(req: IncomingMessage, res: ServerResponse, session: ServerSession, framer: Framer): void {
     const previous = session.connection;
     if (previous instanceof StreamConnection) previous.end();
+    const connection = this.line(res, framer);
+    this.start(req, res, connection, framer, session.id);
+    session.bind(connection);
+  }
+
+  /** A stream not started yet: for a session another node holds, started once that node agrees (core/forwarding.ts). */
+  line(res: ServerResponse, framer: Framer): PushConnection & { end(): void } {
+    return new StreamConnection(res, framer, this.core.options.maxBufferedBytes);
+  }
+
+  /** Writes the stream's head and opening, and keeps it alive from then on. */
+  start(req: IncomingMessage, res: ServerResponse, connection: PushConnection, framer: Framer, clientId: string): void {
+    const stream = connection as StreamConnection;
     req.socket.setNoDelay(true);
     req.socket.setKeepAlive(true);
     res.writeHead(200, {
@@ -129,12 +142,10 @@ export class StreamTransport {
       'X-Accel-Buffering': 'no',
       Connection: 'keep-alive',
     });
-    const connection = new StreamConnection(res, framer, this.core.options.maxBufferedBytes);
     const { streamPadding } = this.core.options;
-    connection.write((streamPadding > 0 ? framer.padding(streamPadding) : '') + framer.opening(session, this.core.options.heartbeat));
-    this.connections.add(connection);
-    connection.onClose(() => this.connections.delete(connection));
-    session.bind(connection);
+    stream.write((streamPadding > 0 ? framer.padding(streamPadding) : '') + framer.opening({ id: clientId }, this.core.options.heartbeat));
+    this.connections.add(stream);
+    stream.onClose(() => this.connections.delete(stream));
   }
 
   close(): void {

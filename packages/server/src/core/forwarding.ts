@@ -1,0 +1,327 @@
+/**
+ * No sticky sessions: a request for a session another node holds is forwarded to that node.
+ *
+ * Behind a balancer without affinity a client's requests land on any node. The node that gets a
+ * batch naming a session it does not hold asks the engine which node does (with Redis: one HGET)
+ * and forwards the batch there through the engine's node-to-node messages; the owner processes it
+ * as if it had come in itself (the session binding checks the forwarded request's cookie and
+ * address) and sends the replies back, which the receiving node writes to its client. The session
+ * stays where it is: its queue, its held /meta/connect and its deadlines never move. Only requests
+ * that land on another node pay the extra hop.
+ *
+ * A client line that can be written to at any time (a WebSocket, an SSE or HTTP streaming
+ * response) stays on the node that has it; the owner binds the session to a `RemoteLine`, whose
+ * writes travel back as messages and are written to the real line. A held long-poll connect is
+ * held on the owner; when its client gives up, the receiving node says so.
+ *
+ * A session whose owner does not answer (the node died, and Redis still names it) is answered
+ * 402 unknown client with advice to handshake, at once when the owner is not listening, after
+ * the wait otherwise: its client starts a new session and recovers from history.
+ *
+ * Messages between nodes (JSON; another node's bytes are checked like a client's):
+ *   {t: "req", id, batch, transport, facts, line?, hold}   a forwarded batch
+ *   {t: "rep", id, replies}                               its replies
+ *   {t: "gone", id}                                       the client of a held request left
+ *   {t: "attach", id, clientId, transport, facts, line}   bind a session to a stream held by the sender
+ *   {t: "attached", id, ok}                               whether it was bound
+ *   {t: "push", line, frames}                             what the owner writes to a line
+ *   {t: "end", line}                                      the session of a stream line ended
+ *   {t: "closed", line}                                   the real line closed
+ */
+import { randomBytes } from 'node:crypto';
+import { bayeuxError, isConnectionType, META, type Message } from '@perihelion/protocol';
+import type { Engine } from '../engine/engine.js';
+import type { ResolvedOptions } from '../options.js';
+import type { ProcessContext, PushConnection, RequestFacts, Transport } from './contract.js';
+import type { ServerSession } from './session.js';
+
+/** What forwarding needs of the core. */
+export interface ForwardingHost {
+  readonly options: ResolvedOptions;
+  readonly engine: Engine;
+  /** This node's sessions. */
+  readonly sessions: ReadonlyMap<string, unknown>;
+  process(batch: readonly unknown[], context: ProcessContext): Promise<string[]>;
+  sessionFor(clientId: string, context: ProcessContext): ServerSession | null;
+  reportError(error: unknown): void;
+}
+
+/** How long a forwarded request may wait for its owner beyond the longest hold (`timeout`). */
+const REPLY_MARGIN_MS = 10_000;
+
+interface Waiting {
+  resolve: (replies: string[] | null) => void;
+  /** Called at once with the answer, before anything else this node reads. */
+  onSettle: ((replies: string[] | null) => void) | undefined;
+  timer: NodeJS.Timeout;
+}
+
+export class Forwarding {
+  private readonly nodeLabel = randomBytes(4).toString('hex');
+  private lastId = 0;
+  /** Requests this node forwarded, waiting for their replies. */
+  private readonly waiting = new Map<string, Waiting>();
+  /** Lines of this node that other nodes write to, by line id; and each line's id. */
+  private readonly lines = new Map<string, { line: PushConnection; owners: Set<string> }>();
+  private readonly lineIds = new WeakMap<PushConnection, string>();
+  /** Lines other nodes hold for sessions of this node, by "<node> <line id>". */
+  private readonly remoteLines = new Map<string, RemoteLine>();
+  /** Held requests forwarded to this node, by "<node> <request id>": what to call when their client leaves. */
+  private readonly goneCallbacks = new Map<string, () => void>();
+
+  constructor(private readonly host: ForwardingHost) {}
+
+  // ---------------------------------------------------------------- on the node a client talks to
+
+  /**
+   * The replies of `batch` from the node that holds its session, when another node does; null
+   * when this node should process it itself (a handshake, a session of its own, an unknown one).
+   */
+  async forward(batch: readonly unknown[], context: ProcessContext): Promise<string[] | null> {
+    const clientId = soleClientId(batch);
+    if (clientId === null || this.host.sessions.has(clientId)) return null;
+    const owner = await this.host.engine.ownerOf(clientId).catch(() => null);
+    if (owner === null) return null;
+    const id = this.nextId();
+    const request: Record<string, unknown> = { t: 'req', id, batch, transport: context.transport, facts: context.request, hold: context.onClientGone !== undefined };
+    if (context.connection) request.line = this.lineOf(context.connection, owner);
+    const replied = this.await(id);
+    if (!(await this.host.engine.sendToNode(owner, JSON.stringify(request)))) {
+      this.settle(id, null);
+      return unknownClient(batch);
+    }
+    context.onClientGone?.(() => void this.host.engine.sendToNode(owner, JSON.stringify({ t: 'gone', id })));
+    return (await replied) ?? unknownClient(batch);
+  }
+
+  /**
+   * Binds a session another node holds to a stream opened here (SSE, HTTP streaming): `start`
+   * writes its beginning once the owner agreed. Resolves to false when no other node holds the
+   * session or it refused the request (another browser's, say).
+   */
+  async attach(clientId: string, line: PushConnection, facts: RequestFacts, start: () => void): Promise<boolean> {
+    const owner = await this.host.engine.ownerOf(clientId).catch(() => null);
+    if (owner === null) return false;
+    const id = this.nextId();
+    // Started as the answer is read, before any message the owner writes to it right after.
+    const replied = this.await(id, (replies) => {
+      if (replies !== null) start();
+    });
+    const message = { t: 'attach', id, clientId, transport: line.transport, facts, line: this.lineOf(line, owner) };
+    if (!(await this.host.engine.sendToNode(owner, JSON.stringify(message)))) {
+      this.settle(id, null);
+      return false;
+    }
+    return (await replied) !== null;
+  }
+
+  // ---------------------------------------------------------------- messages from other nodes
+
+  onNodeMessage(from: string, payload: string): void {
+    let message: Record<string, unknown>;
+    try {
+      message = JSON.parse(payload) as Record<string, unknown>;
+    } catch {
+      this.host.reportError(new Error(`node ${from} sent a forwarding message that is not JSON`));
+      return;
+    }
+    if (typeof message !== 'object' || message === null) return;
+    const { t, id, line } = message;
+    switch (t) {
+      case 'req':
+        if (typeof id === 'string' && Array.isArray(message.batch)) void this.serve(from, id, message);
+        return;
+      case 'attach':
+        if (typeof id === 'string' && typeof message.clientId === 'string' && typeof line === 'string') this.serveAttach(from, id, message.clientId, line, message);
+        return;
+      case 'rep':
+        if (typeof id === 'string' && Array.isArray(message.replies) && message.replies.every((r) => typeof r === 'string')) this.settle(id, message.replies as string[]);
+        return;
+      case 'attached':
+        if (typeof id === 'string') this.settle(id, message.ok === true ? [] : null);
+        return;
+      case 'gone':
+        if (typeof id === 'string') this.goneCallbacks.get(`${from} ${id}`)?.();
+        return;
+      case 'push':
+        if (typeof line === 'string' && Array.isArray(message.frames)) this.lines.get(line)?.line.send(message.frames.filter((f): f is string => typeof f === 'string'));
+        return;
+      case 'end':
+        if (typeof line === 'string') this.lines.get(line)?.line.sessionEnded();
+        return;
+      case 'closed':
+        if (typeof line === 'string') this.remoteLines.get(`${from} ${line}`)?.closed();
+        return;
+    }
+  }
+
+  /** A batch forwarded by `from`: processed here, its replies sent back. */
+  private async serve(from: string, id: string, message: Record<string, unknown>): Promise<void> {
+    const key = `${from} ${id}`;
+    const context: ProcessContext = { transport: transportOf(message.transport), request: factsOf(message.facts), forwarded: true };
+    if (typeof message.line === 'string') context.connection = this.remoteLine(from, message.line, context.transport);
+    if (message.hold === true) context.onClientGone = (callback) => this.goneCallbacks.set(key, callback);
+    try {
+      const replies = await this.host.process(message.batch as unknown[], context);
+      await this.host.engine.sendToNode(from, JSON.stringify({ t: 'rep', id, replies }));
+    } catch (error) {
+      this.host.reportError(error);
+    } finally {
+      this.goneCallbacks.delete(key);
+    }
+  }
+
+  private serveAttach(from: string, id: string, clientId: string, line: string, message: Record<string, unknown>): void {
+    const remote = this.remoteLine(from, line, transportOf(message.transport));
+    const session = this.host.sessionFor(clientId, { transport: remote.transport, request: factsOf(message.facts) });
+    if (session) session.bind(remote);
+    else remote.closed();
+    void this.host.engine.sendToNode(from, JSON.stringify({ t: 'attached', id, ok: session !== null }));
+  }
+
+  // ---------------------------------------------------------------- lines
+
+  /** The id of one of this node's lines, registered so that `owner` may write to it. */
+  private lineOf(line: PushConnection, owner: string): string {
+    let id = this.lineIds.get(line);
+    if (id === undefined) {
+      id = `${this.nodeLabel}-${++this.lastId}`;
+      this.lineIds.set(line, id);
+      const entry = { line, owners: new Set<string>() };
+      this.lines.set(id, entry);
+      const lineId = id;
+      line.onClose(() => {
+        this.lines.delete(lineId);
+        for (const node of entry.owners) void this.host.engine.sendToNode(node, JSON.stringify({ t: 'closed', line: lineId }));
+      });
+    }
+    this.lines.get(id)?.owners.add(owner);
+    return id;
+  }
+
+  /** The line `node` holds, as a push connection here (one object per line, so sessions recognise it). */
+  private remoteLine(node: string, line: string, transport: Transport): RemoteLine {
+    const key = `${node} ${line}`;
+    let remote = this.remoteLines.get(key);
+    if (!remote) {
+      remote = new RemoteLine(transport, (message) => this.host.engine.sendToNode(node, JSON.stringify({ ...message, line })));
+      this.remoteLines.set(key, remote);
+      remote.onClose(() => this.remoteLines.delete(key));
+    }
+    return remote;
+  }
+
+  // ---------------------------------------------------------------- replies awaited
+
+  private nextId(): string {
+    return `${this.nodeLabel}-${++this.lastId}`;
+  }
+
+  private await(id: string, onSettle?: (replies: string[] | null) => void): Promise<string[] | null> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.settle(id, null), this.host.options.timeout + REPLY_MARGIN_MS);
+      timer.unref();
+      this.waiting.set(id, { resolve, onSettle, timer });
+    });
+  }
+
+  private settle(id: string, replies: string[] | null): void {
+    const waiting = this.waiting.get(id);
+    if (!waiting) return;
+    this.waiting.delete(id);
+    clearTimeout(waiting.timer);
+    waiting.onSettle?.(replies);
+    waiting.resolve(replies);
+  }
+
+  /** Stops waiting: every forwarded request still waiting is answered as if its owner were gone. */
+  close(): void {
+    for (const id of [...this.waiting.keys()]) this.settle(id, null);
+    for (const remote of [...this.remoteLines.values()]) remote.closed();
+  }
+}
+
+/**
+ * A line another node holds, as the owner of its session sees it: what the session writes goes
+ * to that node as a message. Closed when that node says its line closed, or stops listening.
+ */
+class RemoteLine implements PushConnection {
+  readonly congested = false;
+  private isOpen = true;
+  private readonly closeCallbacks: Array<() => void> = [];
+
+  constructor(
+    readonly transport: Transport,
+    private readonly tell: (message: Record<string, unknown>) => Promise<boolean>,
+  ) {}
+
+  get open(): boolean {
+    return this.isOpen;
+  }
+
+  send(serialised: readonly string[]): void {
+    if (!this.isOpen) return;
+    void this.tell({ t: 'push', frames: [...serialised] }).then((heard) => {
+      if (!heard) this.closed();
+    });
+  }
+
+  sendOne(serialised: string): void {
+    this.send([serialised]);
+  }
+
+  onClose(callback: () => void): void {
+    this.closeCallbacks.push(callback);
+  }
+
+  // Never congested here: the node that holds the line bounds its own buffer.
+  onDrain(): void {}
+
+  sessionEnded(): void {
+    if (this.transport === 'eventsource' || this.transport === 'http-streaming') void this.tell({ t: 'end' });
+  }
+
+  closed(): void {
+    if (!this.isOpen) return;
+    this.isOpen = false;
+    for (const callback of this.closeCallbacks.splice(0)) callback();
+  }
+}
+
+/** The one clientId every message of a batch names; null for a handshake, none, or several. */
+function soleClientId(batch: readonly unknown[]): string | null {
+  let clientId: string | null = null;
+  for (const value of batch) {
+    const message = value as Message | null;
+    if (typeof message !== 'object' || message === null || message.channel === META.handshake) return null;
+    if (typeof message.clientId !== 'string') return null;
+    if (clientId !== null && message.clientId !== clientId) return null;
+    clientId = message.clientId;
+  }
+  return clientId;
+}
+
+/** Each message answered 402 unknown client with advice to handshake: its session's node is gone. */
+function unknownClient(batch: readonly unknown[]): string[] {
+  return batch.map((value) => {
+    const message = value as Message;
+    const reply: Message = { channel: message.channel, successful: false, error: bayeuxError('clientUnknown', [String(message.clientId)]), advice: { reconnect: 'handshake', interval: 0 } };
+    if (message.id !== undefined) reply.id = message.id;
+    if (typeof message.clientId === 'string') reply.clientId = message.clientId;
+    return JSON.stringify(reply);
+  });
+}
+
+function transportOf(value: unknown): Transport {
+  return isConnectionType(value) ? value : 'long-polling';
+}
+
+/** Request facts from another node, kept only where they have the right types. */
+function factsOf(value: unknown): RequestFacts {
+  const facts = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
+  const headers = typeof facts.headers === 'object' && facts.headers !== null ? (facts.headers as RequestFacts['headers']) : {};
+  const out: RequestFacts = { headers, remoteAddress: typeof facts.remoteAddress === 'string' ? facts.remoteAddress : undefined, url: typeof facts.url === 'string' ? facts.url : '' };
+  if (typeof facts.browserId === 'string') out.browserId = facts.browserId;
+  if (facts.browserIdIssued === true) out.browserIdIssued = true;
+  return out;
+}
