@@ -86,11 +86,11 @@ export class Forwarding {
     const request: Record<string, unknown> = { t: 'req', id, batch, transport: context.transport, facts: context.request, hold: context.onClientGone !== undefined };
     if (context.connection) request.line = this.lineOf(context.connection, owner);
     const replied = this.await(id);
-    if (!(await this.host.engine.sendToNode(owner, JSON.stringify(request)))) {
+    if (!(await this.tell(owner, request))) {
       this.settle(id, null);
       return unknownClient(batch);
     }
-    context.onClientGone?.(() => void this.host.engine.sendToNode(owner, JSON.stringify({ t: 'gone', id })));
+    context.onClientGone?.(() => void this.tell(owner, { t: 'gone', id }));
     return (await replied) ?? unknownClient(batch);
   }
 
@@ -108,7 +108,7 @@ export class Forwarding {
       if (replies !== null) start();
     });
     const message = { t: 'attach', id, clientId, transport: line.transport, facts, line: this.lineOf(line, owner) };
-    if (!(await this.host.engine.sendToNode(owner, JSON.stringify(message)))) {
+    if (!(await this.tell(owner, message))) {
       this.settle(id, null);
       return false;
     }
@@ -163,7 +163,7 @@ export class Forwarding {
     if (message.hold === true) context.onClientGone = (callback) => this.goneCallbacks.set(key, callback);
     try {
       const replies = await this.host.process(message.batch as unknown[], context);
-      await this.host.engine.sendToNode(from, JSON.stringify({ t: 'rep', id, replies }));
+      await this.tell(from, { t: 'rep', id, replies });
     } catch (error) {
       this.host.reportError(error);
     } finally {
@@ -176,7 +176,7 @@ export class Forwarding {
     const session = this.host.sessionFor(clientId, { transport: remote.transport, request: factsOf(message.facts) });
     if (session) session.bind(remote);
     else remote.closed();
-    void this.host.engine.sendToNode(from, JSON.stringify({ t: 'attached', id, ok: session !== null }));
+    void this.tell(from, { t: 'attached', id, ok: session !== null });
   }
 
   // ---------------------------------------------------------------- lines
@@ -192,7 +192,7 @@ export class Forwarding {
       const lineId = id;
       line.onClose(() => {
         this.lines.delete(lineId);
-        for (const node of entry.owners) void this.host.engine.sendToNode(node, JSON.stringify({ t: 'closed', line: lineId }));
+        for (const node of entry.owners) void this.tell(node, { t: 'closed', line: lineId });
       });
     }
     this.lines.get(id)?.owners.add(owner);
@@ -204,11 +204,16 @@ export class Forwarding {
     const key = `${node} ${line}`;
     let remote = this.remoteLines.get(key);
     if (!remote) {
-      remote = new RemoteLine(transport, (message) => this.host.engine.sendToNode(node, JSON.stringify({ ...message, line })));
+      remote = new RemoteLine(transport, (message) => this.tell(node, { ...message, line }));
       this.remoteLines.set(key, remote);
       remote.onClose(() => this.remoteLines.delete(key));
     }
     return remote;
+  }
+
+  /** Sends a message to a node; false when it cannot be sent or nobody listens (the engine is closing, Redis is away). */
+  private tell(node: string, message: Record<string, unknown>): Promise<boolean> {
+    return this.host.engine.sendToNode(node, JSON.stringify(message)).catch(() => false);
   }
 
   // ---------------------------------------------------------------- replies awaited

@@ -1,0 +1,128 @@
+/**
+ * No sticky sessions: two nodes on one Redis, and a client whose requests land on the node that
+ * does not hold its session. Long-polling (a held connect, released by a publish on the owner,
+ * and abandoned by its client), a WebSocket and an SSE stream opened on the other node, the
+ * session binding checked on the owner, and an owner that is gone.
+ */
+import { after, afterEach, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { Redis } from 'ioredis';
+import { RedisEngine } from '../src/index.js';
+import { WsPeer, readText, sessionRecord, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { REDIS_URL, deleteKeys, requireRedis, uniquePrefix } from './redis-fixture.js';
+
+async function post(url: string, batch: Msg[], headers: Record<string, string> = {}, signal?: AbortSignal): Promise<Msg[]> {
+  const response = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers }, body: JSON.stringify(batch), ...(signal ? { signal } : {}) });
+  return (await response.json()) as Msg[];
+}
+
+describe('forwarding between nodes (no sticky sessions)', () => {
+  let prefix = '';
+  const nodes: TestServer[] = [];
+  const peers: WsPeer[] = [];
+  const pair = async (): Promise<[TestServer, TestServer]> => {
+    prefix = uniquePrefix('forwarding');
+    for (let i = 0; i < 2; i++) nodes.push(await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix }), timeout: 3000 }));
+    return [nodes[0]!, nodes[1]!];
+  };
+  const handshake = async (node: TestServer, headers: Record<string, string> = {}): Promise<string> => {
+    const [reply] = await post(node.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling', 'websocket', 'eventsource'] }], headers);
+    return reply!.clientId as string;
+  };
+
+  before(requireRedis);
+  afterEach(async () => {
+    await Promise.all(peers.splice(0).map((peer) => peer.close()));
+    await Promise.all(nodes.splice(0).map((t) => t.close()));
+    if (prefix) await deleteKeys(prefix);
+  });
+  after(() => {});
+
+  it('serves a long-polling client from either node: subscribe and a held connect on B, for a session on A', async () => {
+    const [a, b] = await pair();
+    const clientId = await handshake(a);
+    const [subscribed] = await post(b.url, [{ channel: '/meta/subscribe', clientId, subscription: '/room' }]);
+    assert.equal(subscribed!.successful, true, JSON.stringify(subscribed));
+    assert.ok(sessionRecord(a.server, clientId)?.subscriptions.has('/room'), 'the subscription is on the owner');
+    assert.equal(b.server.getSession(clientId), undefined, 'the session did not move');
+    await post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    const held = post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await a.server.publish('/room', 'from a');
+    const replies = await held;
+    assert.deepEqual(
+      replies.map((m) => [m.channel, m.successful ?? m.data]),
+      [
+        ['/meta/connect', true],
+        ['/room', 'from a'],
+      ],
+    );
+  });
+
+  it('releases a held connect whose client left the other node, leaving the queued message for the next connect', async () => {
+    const [a, b] = await pair();
+    const clientId = await handshake(a);
+    await post(a.url, [{ channel: '/meta/subscribe', clientId, subscription: '/room' }]);
+    await post(a.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    const abort = new AbortController();
+    const held = post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }], {}, abort.signal).catch(() => 'aborted');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    abort.abort();
+    assert.equal(await held, 'aborted');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await a.server.publish('/room', 'kept');
+    const replies = await post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    assert.deepEqual(replies.filter((m) => m.channel === '/room').map((m) => m.data), ['kept'], 'the abandoned connect did not take it');
+  });
+
+  it('feeds a WebSocket opened on B for a session on A, and unbinds it when the socket closes', async () => {
+    const [a, b] = await pair();
+    const clientId = await handshake(a);
+    const peer = await WsPeer.open(b.wsUrl);
+    peers.push(peer);
+    const subscribed = await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/ws' });
+    assert.equal(subscribed.successful, true);
+    await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+    peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+    await a.server.publish('/ws', 1);
+    await b.server.publish('/ws', 2);
+    await waitFor(() => peer.received.filter((m) => m.channel === '/ws').length === 2, 3000, 'both messages over the socket on B');
+    assert.deepEqual(peer.received.filter((m) => m.channel === '/ws').map((m) => m.data), [1, 2]);
+    const record = sessionRecord(a.server, clientId)!;
+    assert.equal(record.connection?.open, true, 'the owner writes to a line held by B');
+    await peer.close();
+    await waitFor(() => record.connection === null, 3000, 'the owner to unbind the line once the socket closed');
+  });
+
+  it('feeds an SSE stream opened on B for a session on A; another browser is refused by the owner', async () => {
+    const [a, b] = await pair();
+    const clientId = await handshake(a, { Cookie: 'BAYEUX_BROWSER=browser-one-0123456789' });
+    await post(a.url, [{ channel: '/meta/subscribe', clientId, subscription: '/sse' }], { Cookie: 'BAYEUX_BROWSER=browser-one-0123456789' });
+    const other = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream', Cookie: 'BAYEUX_BROWSER=browser-two-0123456789' } });
+    assert.equal(other.status, 404, "another browser's cookie does not speak for the session, on any node");
+    await other.text();
+    const abort = new AbortController();
+    const response = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream', Cookie: 'BAYEUX_BROWSER=browser-one-0123456789' }, signal: abort.signal });
+    assert.equal(response.status, 200);
+    let text = '';
+    readText(response.body!, (chunk) => (text += chunk));
+    await waitFor(() => text.includes('event: connected'), 3000, 'the opening');
+    await post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'eventsource' }], { Cookie: 'BAYEUX_BROWSER=browser-one-0123456789' });
+    await a.server.publish('/sse', 'streamed');
+    await waitFor(() => text.includes('"streamed"'), 3000, 'the message on the stream held by B');
+    abort.abort();
+  });
+
+  it('answers 402 at once when the node Redis names as owner is not there', async () => {
+    const [, b] = await pair();
+    const redis = new Redis(REDIS_URL);
+    await redis.hset(`${prefix}owner`, 'ghost-session', 'ghost-node');
+    redis.disconnect();
+    const started = Date.now();
+    const [reply] = await post(b.url, [{ channel: '/meta/connect', clientId: 'ghost-session', connectionType: 'long-polling', id: '9' }]);
+    assert.equal(reply!.successful, false);
+    assert.match(String(reply!.error), /^402:/);
+    assert.deepEqual([reply!.id, (reply!.advice as Msg).reconnect], ['9', 'handshake']);
+    assert.ok(Date.now() - started < 1000, `answered in ${Date.now() - started} ms`);
+  });
+});
