@@ -29,6 +29,7 @@ export const ERRORS = {
   batchTooLarge: { code: 413, message: 'Too many messages in one request' },
   requestTooLarge: { code: 413, message: 'Request too large' },
   serverError: { code: 500, message: 'Internal server error' },
+  overloaded: { code: 503, message: 'Server overloaded' },
 } as const;
 
 export type ErrorName = keyof typeof ERRORS;

@@ -88,6 +88,8 @@ export class Perihelion {
     this.api = new HttpApi(this, options.apiKey);
     this.metrics = new Metrics(this.core, latency);
     this.states = new StateChannels({ listeners: this.core.listeners, extensions: this.core.extensions, policy: this.core.security.policy, maxChannelLength: this.options.maxChannelLength });
+    // Changes under way when the server closes are published before the engine goes.
+    this.core.finishBeforeClosing(() => this.states.close());
     const report = (error: unknown): void => this.core.reportError(error);
     this.webhooks = options.webhooks && options.webhooks.length > 0 ? new Webhooks(options.webhooks, this, report) : null;
   }
@@ -433,7 +435,6 @@ export class Perihelion {
   private async stop(): Promise<void> {
     // While draining, new sessions are refused but the listener stays open: server.close() would
     // also drop the idle keep-alive connections that clients need to collect what they are owed.
-    await this.states.close();
     await this.core.close();
     this.http.close();
     const owned = this.owned;

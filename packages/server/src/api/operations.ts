@@ -10,15 +10,17 @@ import type { Metrics } from './metrics.js';
 
 export const OPERATION_PATHS = new Set(['/health', '/ready', '/metrics']);
 
-export async function handleOperation(core: Pick<ServerCore, 'isReady' | 'isDraining'>, metrics: Metrics, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+export async function handleOperation(core: Pick<ServerCore, 'isReady' | 'isDraining' | 'load'>, metrics: Metrics, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     res.writeHead(405, { Allow: 'GET, HEAD' }).end();
     return;
   }
   if (path === '/health') return sendJson(res, 200, { status: 'ok' });
   if (path === '/ready') {
-    const ready = core.isReady;
-    return sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : core.isDraining ? 'shutting down' : 'starting' });
+    if (!core.isReady) return sendJson(res, 503, { status: core.isDraining ? 'shutting down' : 'starting' });
+    // Overloaded: still serving its sessions, but a balancer should send new clients elsewhere.
+    const overloaded = core.load.refusesSessions();
+    return overloaded ? sendJson(res, 503, { status: 'overloaded', reason: overloaded }) : sendJson(res, 200, { status: 'ready' });
   }
   const text = await metrics.registry.metrics();
   res.writeHead(200, { 'Content-Type': metrics.registry.contentType, 'Cache-Control': 'no-store' }).end(text);

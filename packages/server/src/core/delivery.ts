@@ -64,7 +64,8 @@ export class LocalDelivery implements EngineHost, SessionHost {
   private readonly events: ServerEventEmitter;
   private readonly extensions: ExtensionPipeline;
   private readonly listeners: ListenerRegistry;
-  private readonly sessionsPerAddress = new Map<string, number>();
+  /** What the sessions of each remote address hold (for `maxSessionsPerIp`, `maxSubscriptionsPerIp`). */
+  private readonly byAddress = new Map<string, { sessions: number; subscriptions: number }>();
   /** Sessions with something to write this turn (each once: see ServerSession.flushPending). */
   private dirty: ServerSession[] = [];
   private flushScheduled = false;
@@ -85,12 +86,25 @@ export class LocalDelivery implements EngineHost, SessionHost {
   /** Adds a session just handshaken from `address`. */
   add(session: ServerSession, address: string): void {
     this.sessions.set(session.id, session);
-    this.sessionsPerAddress.set(address, (this.sessionsPerAddress.get(address) ?? 0) + 1);
+    const held = this.byAddress.get(address);
+    if (held) held.sessions++;
+    else this.byAddress.set(address, { sessions: 1, subscriptions: 0 });
   }
 
   /** Live sessions handshaken from `address` (for `maxSessionsPerIp`). */
   countFrom(address: string): number {
-    return this.sessionsPerAddress.get(address) ?? 0;
+    return this.byAddress.get(address)?.sessions ?? 0;
+  }
+
+  /** Subscriptions held by the sessions of `address` (for `maxSubscriptionsPerIp`). */
+  subscriptionsFrom(address: string): number {
+    return this.byAddress.get(address)?.subscriptions ?? 0;
+  }
+
+  /** A session's subscriptions grew (or shrank, by a negative `count`). */
+  subscribed(session: ServerSession, count: number): void {
+    const held = this.byAddress.get(session.remoteAddress ?? 'unknown');
+    if (held) held.subscriptions += count;
   }
 
   stats(): ServerStats {
@@ -239,9 +253,11 @@ export class LocalDelivery implements EngineHost, SessionHost {
     session.release(reason === 'shutdown' || reason === 'token-expired' || reason === 'slow-consumer' ? reason : 'disconnected');
     this.sessions.delete(session.id);
     const address = session.remoteAddress ?? 'unknown';
-    const count = (this.sessionsPerAddress.get(address) ?? 1) - 1;
-    if (count > 0) this.sessionsPerAddress.set(address, count);
-    else this.sessionsPerAddress.delete(address);
+    const held = this.byAddress.get(address);
+    if (held) {
+      held.subscriptions -= session.subscriptions.size;
+      if (--held.sessions <= 0) this.byAddress.delete(address);
+    }
     session.subscriptions.clear();
     // A stream serves one session only: it ends with it (a WebSocket may carry others).
     session.connection?.sessionEnded();

@@ -20,7 +20,7 @@ import type { ServerSession, Session } from './session.js';
 /** Publishes refused in a row for exceeding the rate before the session is ended as abusive. */
 const MAX_REFUSED_PUBLISHES = 100;
 
-type PublishCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'security' | 'engine' | 'extensions' | 'listeners' | 'events'>;
+type PublishCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'security' | 'engine' | 'extensions' | 'listeners' | 'events' | 'load'>;
 
 /** A broadcast or /service message from a client; its reply (and a remote call's answer) go to `out`. */
 export async function clientPublish(core: PublishCore, message: Message, session: ServerSession | null, context: ExtensionContext, out: string[]): Promise<void> {
@@ -37,6 +37,8 @@ export async function clientPublish(core: PublishCore, message: Message, session
   if (message.data === undefined) return fail(bayeuxError('missingParameter', ['data']));
   // Nothing is acknowledged that the server may not live to deliver.
   if (core.isDraining) return fail(bayeuxError('serverError', [channel], 'server is shutting down'));
+  const overloaded = core.load.refusesPublishes();
+  if (overloaded) return fail(bayeuxError('overloaded', [channel], overloaded));
   if (session.publishBucket && !session.publishBucket.take()) {
     // Persistent flooding past the refusals is abuse: the session is ended.
     if (++session.refusedPublishes >= MAX_REFUSED_PUBLISHES) core.delivery.end(session, 'abuse');

@@ -22,6 +22,7 @@ import { dispatch } from './dispatch.js';
 import { Forwarding } from './forwarding.js';
 import { serverEvents, type ServerEventEmitter } from './events.js';
 import { ListenerRegistry } from './listeners.js';
+import { LoadGuard } from './load-guard.js';
 import { Presence } from './presence.js';
 import type { ServerSession } from './session.js';
 import { TimerWheel } from './timer-wheel.js';
@@ -58,6 +59,8 @@ export class ServerCore implements TransportHost {
   readonly listeners = new ListenerRegistry((error) => this.reportError(error));
   readonly wheel = new TimerWheel(100, (error) => this.reportError(error));
   readonly delivery: LocalDelivery;
+  /** The overload policy: when to refuse new sessions and client publishes (load-guard.ts). */
+  readonly load: LoadGuard;
   /** Requests for sessions of other nodes, and other nodes' requests for this node's (no sticky sessions). */
   readonly forwarding: Forwarding;
   /** Join and leave events and the /service/presence request (presence.ts); null with `presence: false`. */
@@ -68,6 +71,7 @@ export class ServerCore implements TransportHost {
   private draining = false;
   private closed = false;
   private closing: Promise<void> | null = null;
+  private readonly closingTasks: Array<() => Promise<void>> = [];
 
   constructor(parts: CoreParts) {
     this.options = parts.options;
@@ -85,6 +89,7 @@ export class ServerCore implements TransportHost {
       observeDelivery: parts.observeDelivery,
     });
     this.presence = this.options.presence ? new Presence(this) : null;
+    this.load = new LoadGuard(this.options, () => this.delivery.sessions.size);
     this.forwarding = new Forwarding({
       options: this.options,
       engine: this.engine,
@@ -151,10 +156,16 @@ export class ServerCore implements TransportHost {
     return this.closing;
   }
 
+  /** Work to finish once draining began, before sessions end and the engine closes (state channels' pending changes). */
+  finishBeforeClosing(task: () => Promise<void>): void {
+    this.closingTasks.push(task);
+  }
+
   private async shutdown(): Promise<void> {
     const { sessions } = this.delivery;
     this.draining = true;
     for (const session of sessions.values()) session.release('shutdown');
+    await Promise.all(this.closingTasks.map((task) => task().catch((error: unknown) => this.reportError(error))));
     const deadline = Date.now() + this.options.drainTimeout;
     while (Date.now() < deadline && [...sessions.values()].some((session) => session.queue.length > 0)) {
       await new Promise((resolve) => setTimeout(resolve, 25));
@@ -168,6 +179,7 @@ export class ServerCore implements TransportHost {
     // The presence steps of the sessions just ended still need the engine.
     await this.presence?.close();
     this.forwarding.close();
+    this.load.stop();
     this.wheel.stop();
     this.security.handshakeLimiter.stop();
     await this.ready.catch(() => {});

@@ -24,7 +24,10 @@ import { advice, reply as replyTo, type Reply } from '../replies.js';
 import type { ServerCore } from '../server.js';
 import { ServerSession } from '../session.js';
 
-type HandshakeCore = Pick<ServerCore, 'options' | 'isDraining' | 'security' | 'delivery' | 'engine' | 'events' | 'wheel' | 'reportError'>;
+/** How long a client refused for overload is advised to wait before it tries again. */
+const OVERLOAD_RETRY_MS = 5000;
+
+type HandshakeCore = Pick<ServerCore, 'options' | 'isDraining' | 'security' | 'delivery' | 'engine' | 'events' | 'wheel' | 'reportError' | 'load'>;
 
 export async function handshake(core: HandshakeCore, message: Message, context: ProcessContext): Promise<Reply> {
   const { options, security, delivery } = core;
@@ -51,6 +54,11 @@ export async function handshake(core: HandshakeCore, message: Message, context: 
   if (core.isDraining) {
     // No advice: both clients then try the handshake again (see DRAIN_RECONNECT_INTERVAL).
     return { ...reply, error: bayeuxError('serverError', [], 'server is shutting down') };
+  }
+  const overloaded = core.load.refusesSessions();
+  if (overloaded) {
+    // Shed, not failed: the client tries again later (a balancer's /ready check moves new clients elsewhere).
+    return { ...reply, error: bayeuxError('overloaded', [], overloaded), advice: { interval: OVERLOAD_RETRY_MS } };
   }
   const address = context.request.remoteAddress ?? 'unknown';
   if (!security.handshakeLimiter.take(address)) {

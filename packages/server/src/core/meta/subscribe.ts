@@ -7,7 +7,8 @@
  *   "/meta/subscribe/x" is refused too (Faye CVE-2020-11020).
  * - /service channels are never broadcast, and servers SHOULD NOT record subscriptions to them:
  *   such a subscribe succeeds without recording anything, as CometD's does (A10).
- * - A subscribe is checked whole before anything is subscribed: names, `maxSubscriptions`, the
+ * - A subscribe is checked whole before anything is subscribed: names, `maxSubscriptions` (and
+ *   `maxSubscriptionsPerIp`, over every session of the address), the
  *   recovery request (`ext.recover`, recovery.ts), then the security policy (subscribe, and create
  *   when nobody subscribes yet) for each new channel.
  * - The reply's `ext.positions` gives each exact channel's current position (where a later
@@ -21,7 +22,7 @@ import { reply as replyTo, unknownClient, type Reply } from '../replies.js';
 import type { ServerCore } from '../server.js';
 import type { ServerSession } from '../session.js';
 
-export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 'engine' | 'events'>, message: Message, session: ServerSession | null): Promise<Reply> {
+export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 'engine' | 'events' | 'delivery'>, message: Message, session: ServerSession | null): Promise<Reply> {
   if (!session) return unknownClient(message);
   const { options } = core;
   const reply = replyTo(message, false);
@@ -46,6 +47,11 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
   if (session.subscriptions.size + fresh.length > options.maxSubscriptions) {
     return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${options.maxSubscriptions} per session`) };
   }
+  // One address may not take more than its share of the server's memory, however many sessions it opens.
+  const budget = options.maxSubscriptionsPerIp;
+  if (budget > 0 && fresh.length > 0 && core.delivery.subscriptionsFrom(session.remoteAddress ?? 'unknown') + fresh.length > budget) {
+    return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${budget} subscriptions per address`) };
+  }
   const recover = readRecoverRequests(message.ext?.recover, [...fresh, ...again], { maxEntries: options.maxSubscriptions, maxChannelLength: options.maxChannelLength });
   if (!recover.ok) return { ...reply, error: recover.error };
   for (const channel of fresh) {
@@ -61,7 +67,10 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
     const isNew = !session.subscriptions.has(channel);
     // Subscribing again is a no-op for the engine except for the recovery it carries.
     if (!isNew && !recover.byPattern.has(channel)) continue;
-    session.subscriptions.add(channel);
+    if (isNew) {
+      session.subscriptions.add(channel);
+      core.delivery.subscribed(session, 1);
+    }
     const outcome = await core.engine.subscribe(session.id, channel, recover.byPattern.get(channel), replayBudget);
     if (outcome.position) positions[channel] = outcome.position;
     for (const result of outcome.recovered) {
@@ -76,7 +85,7 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
   return { ...reply, successful: true, ...(Object.keys(ext).length > 0 ? { ext } : {}) };
 }
 
-export async function unsubscribe(core: Pick<ServerCore, 'options' | 'engine' | 'events'>, message: Message, session: ServerSession | null): Promise<Reply> {
+export async function unsubscribe(core: Pick<ServerCore, 'options' | 'engine' | 'events' | 'delivery'>, message: Message, session: ServerSession | null): Promise<Reply> {
   if (!session) return unknownClient(message);
   const reply = replyTo(message, false);
   if (message.subscription !== undefined) reply.subscription = message.subscription;
@@ -89,6 +98,7 @@ export async function unsubscribe(core: Pick<ServerCore, 'options' | 'engine' | 
   }
   for (const channel of channels) {
     if (!session.subscriptions.delete(channel)) continue;
+    core.delivery.subscribed(session, -1);
     await core.engine.unsubscribe(session.id, channel);
     core.events.emit('unsubscribe', session, channel);
   }
