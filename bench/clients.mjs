@@ -544,15 +544,17 @@ class HttpLine {
 /**
  * A Bayeux subscriber over long-polling: handshake, connect with advice.timeout 0 and subscribe in
  * one request, then one /meta/connect after another; messages arrive in the connect responses.
- * Keeps the session cookie (Perihelion binds sessions to BAYEUX_BROWSER).
+ * Keeps the session cookie (Perihelion binds sessions to BAYEUX_BROWSER). With several `urls` (the
+ * nodes of a cluster), each request goes to the next one in turn: a balancer without affinity.
  */
-export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs }) {
-  const { hostname, port, pathname } = new URL(url);
-  const line = new HttpLine(hostname, Number(port));
+export function bayeuxLongPollSubscriber({ urls, channels, recorder, timeoutMs }) {
+  const { pathname } = new URL(urls[0]);
+  const lines = urls.map((url) => new HttpLine(new URL(url).hostname, Number(new URL(url).port)));
+  let turn = 0;
   const client = { failed: false, ready: false, run: null, lastSeq: -1, probe: null, clientId: null, closing: false };
   client.close = () => {
     client.closing = true;
-    line.close();
+    for (const line of lines) line.close();
   };
   const wanted = new Set(channels);
   let cookie = '';
@@ -562,6 +564,7 @@ export function bayeuxLongPollSubscriber({ url, channels, recorder, timeoutMs })
       message.id = String(++nextId);
       if (client.clientId) message.clientId = client.clientId;
     }
+    const line = lines[turn++ % lines.length];
     const response = await line.request({ path: pathname, body: JSON.stringify(messages), headers: { 'Content-Type': 'application/json', ...(cookie ? { Cookie: cookie } : {}) }, timeoutMs: ms });
     const set = response.headers['set-cookie'];
     if (set) cookie = set.map((c) => c.split(';')[0]).join('; ');

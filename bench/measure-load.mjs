@@ -61,8 +61,9 @@ export async function benchLoad(bench, name, scenario, round) {
     const ports = ready.ports ?? [ready.port];
     log(`${name}: listening on 127.0.0.1:${ports.join(', ')}${ready.path} (pid ${server.pids.join(', ')})`);
 
-    // In a cluster, client i connects to node i mod the number of nodes.
-    const factories = ports.map((port) => subscriberFactory(name, port, ready.path, scenario, options));
+    // In a cluster, client i connects to node i mod the number of nodes; without affinity
+    // (roundRobin), client i starts on node i mod n and sends each request to the next node.
+    const factories = ports.map((port, i) => subscriberFactory(name, scenario.roundRobin ? [...ports.slice(i), ...ports.slice(0, i)] : port, ready.path, scenario, options));
     const setup = await connectAll(name, (common, i) => factories[i % factories.length](common, i), recorder, scenario.clients, { concurrency: options.concurrency, connectTimeout: options.connectTimeout });
     clients = setup.clients;
     note.connected = clients.length;

@@ -91,9 +91,28 @@ export const SCENARIOS = {
       floor: 'the floor has no cluster mode',
     },
   },
+  clusterrr: {
+    kind: 'load',
+    title: 'cluster without affinity: long-polling over three nodes sharing one Redis, each client sending each request to the next node in turn (a round-robin balancer), 1 000 clients, the publisher on the first',
+    transport: 'long-polling',
+    cluster: 3,
+    roundRobin: true,
+    clients: 1000,
+    rates: [20, 50],
+    channelsOf: () => ['fanout'],
+    keys: ['fanout'],
+    batch: 1,
+    servers: ['perihelion'],
+    skips: {
+      socketio: "Socket.IO's long-polling needs sticky sessions (its documentation says so): without them its requests fail",
+      faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
+      nchan: 'nginx with Nchan on Redis is not set up by the bench',
+      floor: 'the floor has no cluster mode',
+    },
+  },
 };
 
-export const DEFAULT_SCENARIOS = ['idle', 'fanout', 'fanout5k', 'channels', 'longpoll', 'chat', 'cluster'];
+export const DEFAULT_SCENARIOS = ['idle', 'fanout', 'fanout5k', 'channels', 'longpoll', 'chat', 'cluster', 'clusterrr'];
 
 /** Deliveries expected when `count` messages were published: Σ over seq of the subscribers of its key. */
 export function expectedDeliveries(scenario, subscribersByKey, count) {

@@ -4,10 +4,12 @@ import { log } from './log.mjs';
 
 /**
  * A function (common, i) => the subscriber i of `scenario` on server `name` at 127.0.0.1:port;
- * socketioClient: 'raw' or 'official' (--socketio-client).
+ * socketioClient: 'raw' or 'official' (--socketio-client). `port` may be a list of ports (a
+ * cluster without affinity): a long-polling client then sends each request to the next one.
  */
 export function subscriberFactory(name, port, path, scenario, { socketioClient }) {
-  const base = `127.0.0.1:${port}`;
+  const ports = Array.isArray(port) ? port : [port];
+  const base = `127.0.0.1:${ports[0]}`;
   const polling = scenario.transport === 'long-polling';
   if (name === 'socketio') {
     if (polling) return (common, i) => socketIoPollingSubscriber({ ...common, url: `http://${base}/socket.io/?EIO=4&transport=polling`, rooms: scenario.channelsOf(i), event: 'fanout' });
@@ -18,7 +20,7 @@ export function subscriberFactory(name, port, path, scenario, { socketioClient }
   // The floor speaks Nchan's subscriber protocol: the open WebSocket is the subscription.
   if (name === 'nchan' || name === 'floor') return (common, i) => nchanSubscriber({ ...common, url: `ws://${base}${path}`, channels: scenario.channelsOf(i) });
   const channels = (i) => scenario.channelsOf(i).map((key) => `/bench/${key}`);
-  if (polling) return (common, i) => bayeuxLongPollSubscriber({ ...common, url: `http://${base}${path}`, channels: channels(i) });
+  if (polling) return (common, i) => bayeuxLongPollSubscriber({ ...common, urls: ports.map((p) => `http://127.0.0.1:${p}${path}`), channels: channels(i) });
   return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i) });
 }
 
