@@ -8,6 +8,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
 import { RedisEngine } from '../src/index.js';
+import { OWNER_CHECK_MS } from '../src/core/forwarding.js';
 import { WsPeer, readText, sessionRecord, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 import { REDIS_URL, deleteKeys, requireRedis, uniquePrefix } from './redis-fixture.js';
 
@@ -124,5 +125,24 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     assert.match(String(reply!.error), /^402:/);
     assert.deepEqual([reply!.id, (reply!.advice as Msg).reconnect], ['9', 'handshake']);
     assert.ok(Date.now() - started < 1000, `answered in ${Date.now() - started} ms`);
+  });
+
+  it('answers a waiting forwarded request 402 soon after its owner stops listening (a killed node), not at the deadline', async () => {
+    const [, b] = await pair();
+    // A node that takes the request and then dies without a word: a subscriber on its channel, dropped.
+    const owner = new Redis(REDIS_URL);
+    await owner.subscribe(`${prefix}node:dying-node`);
+    const redis = new Redis(REDIS_URL);
+    await redis.hset(`${prefix}owner`, 'held-session', 'dying-node');
+    redis.disconnect();
+    const started = Date.now();
+    const held = post(b.url, [{ channel: '/meta/connect', clientId: 'held-session', connectionType: 'long-polling', id: '7' }]);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    owner.disconnect();
+    const [reply] = await held;
+    assert.match(String(reply!.error), /^402:/);
+    assert.deepEqual([reply!.id, (reply!.advice as Msg).reconnect], ['7', 'handshake']);
+    // The deadline would be timeout (3 s here) + 10 s; the owner is checked every OWNER_CHECK_MS.
+    assert.ok(Date.now() - started < 300 + OWNER_CHECK_MS + 1000, `answered in ${Date.now() - started} ms`);
   });
 });

@@ -27,6 +27,7 @@
  *   {t: "push", line, frames}                             what the owner writes to a line
  *   {t: "end", line}                                      the session of a stream line ended
  *   {t: "closed", line}                                   the real line closed
+ *   {t: "alive?"}                                         nothing: whether the node still listens (Redis counts the hearers)
  */
 import { randomBytes } from 'node:crypto';
 import { bayeuxError, isConnectionType, META, type Message } from '@perihelion/protocol';
@@ -49,11 +50,21 @@ export interface ForwardingHost {
 /** How long a forwarded request may wait for its owner beyond the longest hold (`timeout`). */
 const REPLY_MARGIN_MS = 10_000;
 
+/**
+ * How often a node with forwarded requests waiting asks whether their owners still listen, ms.
+ * A node that died (SIGKILL, a crash) says nothing, but Redis drops its subscription at once:
+ * a message to it is then heard by nobody, and its waiting requests are answered 402 at the
+ * next check instead of at the deadline (`timeout` + 10 s).
+ */
+export const OWNER_CHECK_MS = 2_000;
+
 interface Waiting {
   resolve: (replies: string[] | null) => void;
   /** Called at once with the answer, before anything else this node reads. */
   onSettle: ((replies: string[] | null) => void) | undefined;
   timer: NodeJS.Timeout;
+  /** The node that holds the session. */
+  owner: string;
 }
 
 export class Forwarding {
@@ -68,6 +79,8 @@ export class Forwarding {
   private readonly remoteLines = new Map<string, RemoteLine>();
   /** Held requests forwarded to this node, by "<node> <request id>": what to call when their client leaves. */
   private readonly goneCallbacks = new Map<string, () => void>();
+  /** Checks that the owners of the waiting requests still listen; runs while any request waits. */
+  private ownerCheck: NodeJS.Timeout | undefined;
 
   constructor(private readonly host: ForwardingHost) {}
 
@@ -85,7 +98,7 @@ export class Forwarding {
     const id = this.nextId();
     const request: Record<string, unknown> = { t: 'req', id, batch, transport: context.transport, facts: context.request, hold: context.onClientGone !== undefined };
     if (context.connection) request.line = this.lineOf(context.connection, owner);
-    const replied = this.await(id);
+    const replied = this.await(id, owner);
     if (!(await this.tell(owner, request))) {
       this.settle(id, null);
       return unknownClient(batch);
@@ -104,7 +117,7 @@ export class Forwarding {
     if (owner === null) return false;
     const id = this.nextId();
     // Started as the answer is read, before any message the owner writes to it right after.
-    const replied = this.await(id, (replies) => {
+    const replied = this.await(id, owner, (replies) => {
       if (replies !== null) start();
     });
     const message = { t: 'attach', id, clientId, transport: line.transport, facts, line: this.lineOf(line, owner) };
@@ -222,12 +235,29 @@ export class Forwarding {
     return `${this.nodeLabel}-${++this.lastId}`;
   }
 
-  private await(id: string, onSettle?: (replies: string[] | null) => void): Promise<string[] | null> {
+  private await(id: string, owner: string, onSettle?: (replies: string[] | null) => void): Promise<string[] | null> {
     return new Promise((resolve) => {
       const timer = setTimeout(() => this.settle(id, null), this.host.options.timeout + REPLY_MARGIN_MS);
       timer.unref();
-      this.waiting.set(id, { resolve, onSettle, timer });
+      this.waiting.set(id, { resolve, onSettle, timer, owner });
+      this.ownerCheck ??= setInterval(() => this.checkOwners(), OWNER_CHECK_MS).unref();
     });
+  }
+
+  /** One no-op message to each owner some request waits for; the requests of an owner nobody hears are answered as if it were gone. */
+  private checkOwners(): void {
+    if (this.waiting.size === 0) {
+      clearInterval(this.ownerCheck);
+      this.ownerCheck = undefined;
+      return;
+    }
+    const owners = new Set([...this.waiting.values()].map((waiting) => waiting.owner));
+    for (const owner of owners) {
+      void this.tell(owner, { t: 'alive?' }).then((heard) => {
+        if (heard) return;
+        for (const [id, waiting] of [...this.waiting]) if (waiting.owner === owner) this.settle(id, null);
+      });
+    }
   }
 
   private settle(id: string, replies: string[] | null): void {
@@ -241,6 +271,8 @@ export class Forwarding {
 
   /** Stops waiting: every forwarded request still waiting is answered as if its owner were gone. */
   close(): void {
+    clearInterval(this.ownerCheck);
+    this.ownerCheck = undefined;
     for (const id of [...this.waiting.keys()]) this.settle(id, null);
     for (const remote of [...this.remoteLines.values()]) remote.closed();
   }
