@@ -1,5 +1,7 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pino, type Logger } from 'pino';
 import { RedisEngine, createServer, type Perihelion } from '@perihelion/server';
+import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
 import type { Settings } from './settings.js';
@@ -44,7 +46,7 @@ export interface Running {
 export async function serve(settings: Settings, log: (line: string) => void = console.log): Promise<Running> {
   // The built-in services may be called by anyone; the demo's pages publish to its chat and
   // counter, and nowhere else.
-  const rules = [...SERVICE_RULES, ...(settings.demo ? DEMO_RULES : []), ...(settings.server.channels ?? [])];
+  const rules = [...SERVICE_RULES, ...DASHBOARD_RULES, ...(settings.demo ? DEMO_RULES : []), ...(settings.server.channels ?? [])];
   const options = { ...settings.server, channels: rules };
   // Cluster mode: every node started with the same --redis acts as one server.
   const engine = settings.redis !== undefined ? new RedisEngine({ url: settings.redis, ...(settings.redisPrefix !== undefined ? { prefix: settings.redisPrefix } : {}) }) : undefined;
@@ -54,7 +56,15 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   await server.whenReady();
   installServices(server);
   if (settings.demo) installDemo(server);
-  const listenOptions = { port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), ...(settings.demo ? { fallback: demoPage() } : {}) };
+  // The dashboard at /dashboard (its data gated, see dashboard.ts), then the demo pages, then 404.
+  const dashboard = installDashboard(server);
+  const demo = settings.demo ? demoPage() : null;
+  const fallback = (req: IncomingMessage, res: ServerResponse): void => {
+    if (dashboard.handle(req, res)) return;
+    if (demo) return demo(req, res);
+    res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${server.options.path}\n`);
+  };
+  const listenOptions = { port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), fallback };
   const address = await server.listen(listenOptions);
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const shown = host === '[::]' || host === '0.0.0.0' ? 'localhost' : host;
@@ -68,5 +78,6 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   if (server.options.operations) log(`  operations: ${url}/health ${url}/ready ${url}/metrics`);
   log(`  services: ${ECHO_CHANNEL} (answers the caller with what it sent)`);
   if (settings.demo) log(`  demo page: ${url}/`);
-  return { server, url, stop: () => server.close() };
+  log(`  dashboard: ${url}/dashboard (${dashboard.summary})`);
+  return { server, url, stop: () => (dashboard.close(), server.close()) };
 }
