@@ -17,7 +17,10 @@
  * - no timeout cuts a request: a held long-poll (up to a minute) or a stream (SSE, HTTP
  *   streaming, WebSocket) lasts as long as the client and the node keep it;
  * - a target that cannot be reached gets its request answered 502 (an upgrade too), and the proxy
- *   goes on serving; the next request goes to the next target.
+ *   goes on serving; the next request goes to the next target. Like nginx (max_fails=1
+ *   fail_timeout=10s), a target whose connection failed is then skipped for `failTimeout` ms
+ *   (0: never skipped): without that, a client whose requests come in a fixed cycle can keep
+ *   meeting the dead node at the same step of its cycle.
  */
 import http from 'node:http';
 
@@ -54,7 +57,7 @@ function forwardedHeaders(req) {
  * Starts the proxy. `targets`: base URLs of the nodes (`http://127.0.0.1:8081`). `onRequest(req,
  * target)` is called for every request and upgrade with the target chosen (tests count with it).
  */
-export async function startProxy({ port = 0, host = '127.0.0.1', targets, onRequest } = {}) {
+export async function startProxy({ port = 0, host = '127.0.0.1', targets, onRequest, failTimeout = 10_000 } = {}) {
   if (!Array.isArray(targets) || targets.length === 0) throw new TypeError('startProxy: targets must be a non-empty array of URLs');
   const upstreams = targets.map((target) => {
     const url = new URL(target);
@@ -67,10 +70,25 @@ export async function startProxy({ port = 0, host = '127.0.0.1', targets, onRequ
       requests: 0,
       upgrades: 0,
       errors: 0,
+      /** Skipped until then (ms since the epoch) after a failed connection. */
+      downUntil: 0,
     };
   });
   let turn = 0;
-  const next = () => upstreams[turn++ % upstreams.length];
+  /** The next target in turn that is not skipped (if all are, the next one anyway). */
+  const next = () => {
+    const now = Date.now();
+    for (let i = 0; i < upstreams.length; i++) {
+      const upstream = upstreams[turn++ % upstreams.length];
+      if (upstream.downUntil <= now) return upstream;
+    }
+    return upstreams[turn++ % upstreams.length];
+  };
+  /** A request could not reach `upstream` (or it went away mid-answer). */
+  const failed = (upstream) => {
+    upstream.errors++;
+    if (failTimeout > 0) upstream.downUntil = Date.now() + failTimeout;
+  };
   /** Sockets of upgraded connections (both ends), destroyed by close(). */
   const tunnels = new Set();
 
@@ -96,8 +114,10 @@ export async function startProxy({ port = 0, host = '127.0.0.1', targets, onRequ
         if (!incoming.complete) res.destroy();
       });
     });
+    let clientLeft = false;
     outgoing.on('error', (error) => {
-      upstream.errors++;
+      if (clientLeft) return;
+      failed(upstream);
       if (!res.headersSent) {
         const body = `502 Bad Gateway: ${upstream.target} did not answer (${error.code ?? error.message})\n`;
         res.writeHead(502, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(body), 'Cache-Control': 'no-store' }).end(body);
@@ -107,7 +127,9 @@ export async function startProxy({ port = 0, host = '127.0.0.1', targets, onRequ
     });
     // The client left (gave up a held long-poll, closed a stream): so does the request to the node.
     res.on('close', () => {
-      if (!res.writableFinished) outgoing.destroy();
+      if (res.writableFinished) return;
+      clientLeft = true;
+      outgoing.destroy();
     });
     req.on('error', () => outgoing.destroy());
     req.pipe(outgoing);
@@ -152,7 +174,7 @@ export async function startProxy({ port = 0, host = '127.0.0.1', targets, onRequ
       incoming.on('error', () => socket.destroy());
     });
     outgoing.on('error', (error) => {
-      upstream.errors++;
+      failed(upstream);
       if (socket.destroyed) return;
       const body = `502 Bad Gateway: ${upstream.target} did not answer (${error.code ?? error.message})\n`;
       socket.end(`HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
@@ -186,7 +208,7 @@ export async function startProxy({ port = 0, host = '127.0.0.1', targets, onRequ
     port: address.port,
     /** Requests (HTTP and upgrades) each target got so far, and how many of them failed. */
     counts() {
-      return upstreams.map(({ target, requests, upgrades, errors }) => ({ target, requests, upgrades, errors }));
+      return upstreams.map(({ target, requests, upgrades, errors, downUntil }) => ({ target, requests, upgrades, errors, skipped: downUntil > Date.now() }));
     },
     async close() {
       const closed = new Promise((resolve) => server.close(() => resolve()));

@@ -37,7 +37,8 @@ export const CLUSTER_RULES = [{ channel: '/cluster/**', publish: 'anyone' }];
  * `apiKey` (PERIHELION_API_KEY of every node; default a random one), `args` (more flags for every
  * node), `env` (more environment), `logLevel` (nodes' JSON logs, default "warn"), `onLog(port, line)`
  * (each line a node writes; default: kept, and shown if it fails to start), `onRequest(req, target)`
- * (every request the proxy passes on, with the node it chose).
+ * (every request the proxy passes on, with the node it chose), `failTimeout` (how long the proxy
+ * skips a node it could not reach, ms; default 10000).
  */
 export async function startCluster({
   port = 8080,
@@ -53,6 +54,7 @@ export async function startCluster({
   logLevel = 'warn',
   onLog,
   onRequest,
+  failTimeout,
 } = {}) {
   await requireRedis(redis);
   const ports = Array.isArray(nodes) ? nodes : Array.from({ length: nodes }, (_, i) => (port === 0 ? 0 : port + 1 + i));
@@ -73,7 +75,7 @@ export async function startCluster({
     for (const result of results) if (result.status === 'fulfilled') started.push(result.value);
     const failed = results.find((result) => result.status === 'rejected');
     if (failed) throw failed.reason;
-    proxy = await startProxy({ port, host, targets: started.map((node) => node.url), onRequest });
+    proxy = await startProxy({ port, host, targets: started.map((node) => node.url), onRequest, failTimeout });
   } catch (error) {
     await Promise.all(started.map((node) => node.kill('SIGKILL')));
     rmSync(rulesDir, { recursive: true, force: true });
