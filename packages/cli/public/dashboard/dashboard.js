@@ -79,7 +79,7 @@
   }
 
   function transportLines() {
-    return [...series.transports.keys()].sort().map((name, i) => ({ label: name, color: PALETTE[i % PALETTE.length], data: () => series.transports.get(name) }));
+    return [...series.transports.keys()].sort().map((name, i) => ({ label: name, color: PALETTE[i % PALETTE.length], format: count, data: () => series.transports.get(name) }));
   }
 
   function setUpCharts() {
@@ -161,7 +161,7 @@
     text($('kpi-out'), rate(s.rates.deliveries));
     text($('kpi-out-total'), `${count(s.totals.deliveries)} delivered in all`);
     text($('kpi-p99'), ms(s.latency.p99));
-    text($('kpi-latency'), s.latency.count ? `p50 ${ms(s.latency.p50)} · p95 ${ms(s.latency.p95)} · last 10 s` : 'no deliveries in the last 10 s');
+    text($('kpi-latency'), s.latency.count ? `p50 ${ms(s.latency.p50)} · p95 ${ms(s.latency.p95)} (10 s)` : 'no deliveries in the last 10 s');
     text($('kpi-drops'), count(s.totals.queueDrops));
     text($('kpi-drops-rate'), `${rate(s.rates.queueDrops)}/s now${s.totals.slowConsumers ? ` · ${count(s.totals.slowConsumers)} slow consumers ended` : ''}`);
     text($('kpi-history'), count(s.history.messages));
