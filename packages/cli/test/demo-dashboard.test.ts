@@ -315,8 +315,10 @@ describe('dashboard in Chromium', () => {
     await page.waitForFunction(() => Number(document.querySelector('#kpi-in')?.textContent) >= 10, undefined, { timeout: 10_000 });
     assert.ok((await numberIn(page, '#kpi-out')) > 0, 'deliveries out move');
     await page.waitForFunction(() => document.querySelector('#top-channels .name')?.textContent === '/load/a', undefined, { timeout: 10_000 });
-    const top = await page.$$eval('#top-channels .name', (names) => names.map((name) => name.textContent));
-    assert.ok(top.includes('/load/all') && top.includes('/load/c'), top.join(', '));
+    await page.waitForFunction(() => {
+      const names = Array.from(document.querySelectorAll('#top-channels .name'), (name) => name.textContent);
+      return names.includes('/load/all') && names.includes('/load/c');
+    }, undefined, { timeout: 10_000 });
     assert.match((await page.textContent('#kpi-transports')) ?? '', /websocket/);
     await page.waitForFunction(() => document.querySelector('#kpi-p99')?.textContent !== '—', undefined, { timeout: 10_000 });
 
