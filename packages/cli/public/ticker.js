@@ -35,10 +35,10 @@ function rowFor(quote) {
   button.textContent = quote.symbol;
   button.addEventListener('click', () => select(quote.symbol));
   cell().append(button);
-  cell().textContent = quote.name;
+  cell('wide-only').textContent = quote.name;
   cell('num price');
   cell('num change');
-  cell('num time muted');
+  cell('num time muted wide-only');
   tbody.append(row);
   return row;
 }

@@ -238,6 +238,7 @@ describe('demo gallery in Chromium', () => {
     assert.ok(events.some((text) => text.includes('caught up')), 'replayed events are marked');
     assert.match(events.at(-1)!, new RegExp(`job ${id} done`));
 
+    await offline.page.waitForTimeout(400); // the bar's last transition
     await screenshot(offline.page, 'job');
     await done(starter);
     await offline.page.close();
