@@ -64,6 +64,10 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
   const recovered: Record<string, boolean> = {};
   let replayBudget = options.maxReplay;
   for (const channel of [...fresh, ...again]) {
+    // The session ended while this subscribe was checked (an asynchronous authorize hook, a
+    // call-out, Redis): subscribing now would leave subscriptions, a presence join and the
+    // address's count behind that nothing removes any more.
+    if (session.ended) return unknownClient(message);
     const isNew = !session.subscriptions.has(channel);
     // Subscribing again is a no-op for the engine except for the recovery it carries.
     if (!isNew && !recover.byPattern.has(channel)) continue;
@@ -72,6 +76,11 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
       core.delivery.subscribed(session, 1);
     }
     const outcome = await core.engine.subscribe(session.id, channel, recover.byPattern.get(channel), replayBudget);
+    if (session.ended) {
+      // Ended while the engine subscribed it (Redis): the removal may have run first.
+      await core.engine.removeSession(session.id);
+      return unknownClient(message);
+    }
     if (outcome.position) positions[channel] = outcome.position;
     for (const result of outcome.recovered) {
       recovered[result.channel] = result.recovered;
