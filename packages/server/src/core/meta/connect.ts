@@ -73,6 +73,13 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
     return emitReply(extensions, { ...replyTo(message, false), error, advice: { reconnect: 'handshake', interval: 0 } }, extensionContext, out);
   }
   session.connectionType = type as ConnectionType;
+  if (session.ack && context.connection && session.connection !== context.connection && session.ack.pending > 0) {
+    // Ack extension, a connect on a new push line: what the previous line carried since its last
+    // connect reply may have died with it (a cut or silent socket), and the reply that would close
+    // that batch goes to the dead line, or nowhere. Closed now, it is written again below unless
+    // the client acknowledges it, which it cannot: it never saw this batch number.
+    session.ack.close();
+  }
   if (context.connection) session.bind(context.connection);
   const acknowledged = message.ext?.ack;
   if (session.ack && typeof acknowledged === 'number' && Number.isSafeInteger(acknowledged)) {

@@ -1,0 +1,180 @@
+/**
+ * A TCP proxy on loopback that misbehaves the way networks do, at random or on demand: it delays
+ * chunks (order kept), truncates a connection (forwards part of a chunk, then cuts it), resets it
+ * (RST both ways) and blackholes it (nothing forwarded any more, nothing closed, until it is
+ * finally dropped `blackholeMs` later, as a NAT that forgot the flow). Adapted from the TcpProxy of
+ * packages/client/test/helpers.ts, for the third-party clients of the server tests.
+ */
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+
+export type Fault = 'delay' | 'truncate' | 'reset' | 'blackhole';
+
+interface Link {
+  client: Socket;
+  upstream: Socket;
+  /** Extra delay of each chunk, ms (0: none). */
+  delayMs: number;
+  /** Chunks wait here while a delay is on, so that order is kept. */
+  tail: Promise<void>;
+  dead: boolean;
+}
+
+export class FaultProxy {
+  readonly counts: Record<Fault, number> = { delay: 0, truncate: 0, reset: 0, blackhole: 0 };
+  /** Connections accepted so far. */
+  opened = 0;
+  private readonly links = new Set<Link>();
+  private readonly blackholed = new Set<Socket>();
+  private chaos: NodeJS.Timeout | null = null;
+
+  private constructor(
+    private readonly server: Server,
+    private readonly blackholeMs: number,
+  ) {}
+
+  static async start(targetPort: number, { blackholeMs = 6000 } = {}): Promise<FaultProxy> {
+    const server = createServer();
+    const proxy = new FaultProxy(server, blackholeMs);
+    server.on('connection', (client) => proxy.accept(client, targetPort));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return proxy;
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  /** Connections forwarding now. */
+  get size(): number {
+    return this.links.size;
+  }
+
+  private accept(client: Socket, targetPort: number): void {
+    this.opened++;
+    const upstream = connect(targetPort, '127.0.0.1');
+    const link: Link = { client, upstream, delayMs: 0, tail: Promise.resolve(), dead: false };
+    this.links.add(link);
+    const forward = (from: Socket, to: Socket): void => {
+      from.on('data', (chunk: Buffer) => {
+        if (link.dead) return;
+        if (link.delayMs === 0) {
+          to.write(chunk);
+          return;
+        }
+        const ms = link.delayMs;
+        link.tail = link.tail.then(() => new Promise<void>((resolve) => setTimeout(resolve, ms))).then(() => void (link.dead || to.write(chunk)));
+      });
+    };
+    forward(client, upstream);
+    forward(upstream, client);
+    const done = (): void => {
+      if (!this.links.delete(link)) return;
+      link.dead = true;
+      client.destroy();
+      upstream.destroy();
+    };
+    for (const socket of [client, upstream]) {
+      socket.on('error', done);
+      socket.on('close', done);
+    }
+  }
+
+  /** Applies `fault` to one connection picked at random; returns whether there was one. */
+  inflict(fault: Fault, random: () => number = Math.random): boolean {
+    const links = [...this.links];
+    if (links.length === 0) return false;
+    const link = links[Math.floor(random() * links.length)]!;
+    this.counts[fault]++;
+    switch (fault) {
+      case 'delay':
+        link.delayMs = 50 + Math.floor(random() * 400);
+        setTimeout(() => (link.delayMs = 0), 500 + random() * 1500).unref();
+        break;
+      case 'truncate': {
+        // The next chunk from the server gets through in part, then the line is cut with a FIN.
+        this.links.delete(link);
+        const cut = (chunk: Buffer): void => {
+          link.dead = true;
+          link.client.write(chunk.subarray(0, Math.max(1, Math.floor(chunk.length / 2))));
+          link.client.end();
+          link.upstream.destroy();
+        };
+        link.upstream.prependOnceListener('data', cut);
+        // A line with nothing to say within a second is cut all the same.
+        setTimeout(() => {
+          if (link.dead) return;
+          link.upstream.off('data', cut);
+          link.dead = true;
+          link.client.end();
+          link.upstream.destroy();
+        }, 1000).unref();
+        break;
+      }
+      case 'reset':
+        this.links.delete(link);
+        link.dead = true;
+        link.client.resetAndDestroy();
+        link.upstream.resetAndDestroy();
+        break;
+      case 'blackhole':
+        this.links.delete(link);
+        link.dead = true;
+        for (const socket of [link.client, link.upstream]) {
+          socket.pause();
+          this.blackholed.add(socket);
+        }
+        setTimeout(() => {
+          for (const socket of [link.client, link.upstream]) {
+            socket.destroy();
+            this.blackholed.delete(socket);
+          }
+        }, this.blackholeMs).unref();
+        break;
+    }
+    return true;
+  }
+
+  /** Every `minMs`–`maxMs`, one random fault on one random connection, with `weights`. */
+  startChaos(weights: Record<Fault, number>, minMs: number, maxMs: number, random: () => number = Math.random): void {
+    const entries = Object.entries(weights) as [Fault, number][];
+    const total = entries.reduce((n, [, w]) => n + w, 0);
+    const next = (): void => {
+      this.chaos = setTimeout(
+        () => {
+          let r = random() * total;
+          const fault = entries.find(([, w]) => (r -= w) < 0)?.[0] ?? entries[0]![0];
+          this.inflict(fault, random);
+          next();
+        },
+        minMs + random() * (maxMs - minMs),
+      );
+    };
+    next();
+  }
+
+  stopChaos(): void {
+    if (this.chaos) clearTimeout(this.chaos);
+    this.chaos = null;
+  }
+
+  async close(): Promise<void> {
+    this.stopChaos();
+    for (const { client, upstream } of this.links) client.destroy(), upstream.destroy();
+    for (const socket of this.blackholed) socket.destroy();
+    this.links.clear();
+    this.blackholed.clear();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** A small deterministic generator (mulberry32), so that a failing run can be replayed from its seed. */
+export function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
