@@ -145,4 +145,19 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     // The deadline would be timeout (3 s here) + 10 s; the owner is checked every OWNER_CHECK_MS.
     assert.ok(Date.now() - started < 300 + OWNER_CHECK_MS + 1000, `answered in ${Date.now() - started} ms`);
   });
+
+  it('ends an SSE stream fed by a node that stops listening (a killed node), so that its client moves on', { timeout: 15_000 }, async () => {
+    const [a, b] = await pair();
+    const clientId = await handshake(a);
+    const response = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream' } });
+    assert.equal(response.status, 200);
+    let text = '';
+    const ended = new Promise<void>((resolve) => readText(response.body!, (chunk) => (text += chunk), resolve));
+    await waitFor(() => text.includes('event: connected'), 3000, 'the opening');
+    // Node A goes deaf as a killed node does: Redis drops its subscription, and nothing is said.
+    const started = Date.now();
+    (a.server.engine as unknown as { connection: { sub: { disconnect(reconnect: boolean): void } } }).connection.sub.disconnect(false);
+    await ended;
+    assert.ok(Date.now() - started < OWNER_CHECK_MS * 2 + 1000, `the stream ended ${Date.now() - started} ms after its node went away`);
+  });
 });

@@ -51,10 +51,11 @@ export interface ForwardingHost {
 const REPLY_MARGIN_MS = 10_000;
 
 /**
- * How often a node with forwarded requests waiting asks whether their owners still listen, ms.
- * A node that died (SIGKILL, a crash) says nothing, but Redis drops its subscription at once:
- * a message to it is then heard by nobody, and its waiting requests are answered 402 at the
- * next check instead of at the deadline (`timeout` + 10 s).
+ * How often a node with forwarded requests waiting, or lines fed by other nodes, asks whether
+ * those nodes still listen, ms. A node that died (SIGKILL, a crash) says nothing, but Redis drops
+ * its subscription at once: a message to it is then heard by nobody, so its waiting requests are
+ * answered 402 at the next check instead of at the deadline (`timeout` + 10 s), and the streams it
+ * fed end (their clients reconnect and are told to handshake) instead of staying open and silent.
  */
 export const OWNER_CHECK_MS = 2_000;
 
@@ -79,7 +80,7 @@ export class Forwarding {
   private readonly remoteLines = new Map<string, RemoteLine>();
   /** Held requests forwarded to this node, by "<node> <request id>": what to call when their client leaves. */
   private readonly goneCallbacks = new Map<string, () => void>();
-  /** Checks that the owners of the waiting requests still listen; runs while any request waits. */
+  /** Checks that the owners of the waiting requests and of the lines still listen; runs while there are any. */
   private ownerCheck: NodeJS.Timeout | undefined;
 
   constructor(private readonly host: ForwardingHost) {}
@@ -209,6 +210,7 @@ export class Forwarding {
       });
     }
     this.lines.get(id)?.owners.add(owner);
+    this.watchOwners();
     return id;
   }
 
@@ -240,22 +242,34 @@ export class Forwarding {
       const timer = setTimeout(() => this.settle(id, null), this.host.options.timeout + REPLY_MARGIN_MS);
       timer.unref();
       this.waiting.set(id, { resolve, onSettle, timer, owner });
-      this.ownerCheck ??= setInterval(() => this.checkOwners(), OWNER_CHECK_MS).unref();
+      this.watchOwners();
     });
   }
 
-  /** One no-op message to each owner some request waits for; the requests of an owner nobody hears are answered as if it were gone. */
+  private watchOwners(): void {
+    this.ownerCheck ??= setInterval(() => this.checkOwners(), OWNER_CHECK_MS).unref();
+  }
+
+  /**
+   * One no-op message to each owner some request waits for or some line is fed by. For an owner
+   * nobody hears: its requests are answered as if it were gone, and its streams end.
+   */
   private checkOwners(): void {
-    if (this.waiting.size === 0) {
+    const owners = new Set([...this.waiting.values()].map((waiting) => waiting.owner));
+    for (const entry of this.lines.values()) for (const owner of entry.owners) owners.add(owner);
+    if (owners.size === 0) {
       clearInterval(this.ownerCheck);
       this.ownerCheck = undefined;
       return;
     }
-    const owners = new Set([...this.waiting.values()].map((waiting) => waiting.owner));
     for (const owner of owners) {
       void this.tell(owner, { t: 'alive?' }).then((heard) => {
         if (heard) return;
         for (const [id, waiting] of [...this.waiting]) if (waiting.owner === owner) this.settle(id, null);
+        for (const { line, owners: fedBy } of [...this.lines.values()]) {
+          // A WebSocket stays open: its next connect is answered 402 (above, or when it is sent).
+          if (fedBy.delete(owner) && fedBy.size === 0 && line.transport !== 'websocket') line.sessionEnded();
+        }
       });
     }
   }
