@@ -49,7 +49,15 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   const rules = [...SERVICE_RULES, ...DASHBOARD_RULES, ...(settings.demo ? DEMO_RULES : []), ...(settings.server.channels ?? [])];
   const options = { ...settings.server, channels: rules };
   // Cluster mode: every node started with the same --redis acts as one server.
-  const engine = settings.redis !== undefined ? new RedisEngine({ url: settings.redis, ...(settings.redisPrefix !== undefined ? { prefix: settings.redisPrefix } : {}) }) : undefined;
+  const engine =
+    settings.redis !== undefined
+      ? new RedisEngine({
+          url: settings.redis,
+          ...(settings.redisPrefix !== undefined ? { prefix: settings.redisPrefix } : {}),
+          ...(settings.redisHeartbeatInterval !== undefined ? { heartbeatInterval: settings.redisHeartbeatInterval } : {}),
+          ...(settings.redisNodeTimeout !== undefined ? { nodeTimeout: settings.redisNodeTimeout } : {}),
+        })
+      : undefined;
   const server = createServer(engine ? { ...options, engine } : options);
   attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null }, pino.destination(2)));
   // An engine that cannot start (Redis unreachable) stops the server here, before it listens.

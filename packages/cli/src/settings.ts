@@ -9,7 +9,7 @@ import { parse as parseYaml } from 'yaml';
 
 export interface Setting {
   /** ServerOptions key, or a listen/CLI setting. */
-  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisPrefix';
+  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout';
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
@@ -60,6 +60,8 @@ const COMMAND_SETTINGS: Setting[] = [
   { key: 'host', flag: 'host', kind: 'string', help: 'interface to listen on (default: all; also HOST)' },
   { key: 'redis', flag: 'redis', kind: 'string', help: 'cluster mode: Redis URL shared by every node, e.g. redis://127.0.0.1:6379 (default: in-memory engine, one process)' },
   { key: 'redisPrefix', flag: 'redis-prefix', kind: 'string', help: 'prefix of the Redis keys and channels, so that several clusters can share one Redis (default perihelion:)' },
+  { key: 'redisHeartbeatInterval', flag: 'redis-heartbeat-interval', kind: 'integer', help: 'cluster mode: how often this node tells the others it is alive, ms (default 5000)' },
+  { key: 'redisNodeTimeout', flag: 'redis-node-timeout', kind: 'integer', help: "cluster mode: silence after which a node counts as dead and the others remove its sessions, ms (default 15000; longer than the heartbeat interval)" },
   { key: 'rules', flag: 'rules', kind: 'file', help: 'JSON file with the channel authorization rules, e.g. [{"channel":"/chat/**","publish":"authenticated"}]' },
   { key: 'jwtPublicKey', flag: 'jwt-public-key', kind: 'file', help: 'PEM file of the public key that signs tokens (the HMAC secret comes from PERIHELION_JWT_SECRET)' },
   { key: 'jwtAlgorithm', flag: 'jwt-algorithm', kind: 'string', help: 'algorithm of --jwt-public-key (default RS256)' },
@@ -75,7 +77,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Keys a configuration file may hold besides the server options. */
-const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel', 'redis', 'redisPrefix']);
+const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel', 'redis', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout']);
 
 export function envName(setting: Setting): string {
   return `PERIHELION_${setting.flag.replace(/-/g, '_').toUpperCase()}`;
@@ -127,6 +129,9 @@ export interface Settings {
   redis?: string;
   /** Key prefix of the Redis engine. */
   redisPrefix?: string;
+  /** The Redis engine's node liveness, ms. */
+  redisHeartbeatInterval?: number;
+  redisNodeTimeout?: number;
 }
 
 /**
@@ -185,7 +190,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     if (typeof fromFlag === 'string') values[setting.key] = convert(setting, fromFlag, `--${setting.flag}`);
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
   }
-  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisPrefix, ...server } = values;
+  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, ...server } = values;
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
   if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
   const options = server as ServerOptions;
@@ -199,7 +204,19 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   if (typeof rules === 'string') options.channels = parseJson(rules, '--rules') as never;
   // The HTTP API key, like the token secret, comes from the environment (or the file).
   if (env.PERIHELION_API_KEY !== undefined && env.PERIHELION_API_KEY !== '') options.apiKey = env.PERIHELION_API_KEY;
-  if (redisPrefix !== undefined && redis === undefined) throw new SettingsError('--redis-prefix needs --redis (the Redis URL of the cluster)');
+  for (const [value, flag] of [
+    [redisPrefix, '--redis-prefix'],
+    [redisHeartbeatInterval, '--redis-heartbeat-interval'],
+    [redisNodeTimeout, '--redis-node-timeout'],
+  ] as const) {
+    if (value !== undefined && redis === undefined) throw new SettingsError(`${flag} needs --redis (the Redis URL of the cluster)`);
+  }
+  for (const [key, value] of [
+    ['redisHeartbeatInterval', redisHeartbeatInterval],
+    ['redisNodeTimeout', redisNodeTimeout],
+  ] as const) {
+    if (value !== undefined && (typeof value !== 'number' || !Number.isInteger(value))) throw new SettingsError(`setting "${key}" must be a whole number of ms`);
+  }
   return {
     server: options,
     port,
@@ -208,6 +225,8 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     logLevel: logLevel as LogLevel,
     ...(typeof redis === 'string' ? { redis } : {}),
     ...(typeof redisPrefix === 'string' ? { redisPrefix } : {}),
+    ...(typeof redisHeartbeatInterval === 'number' ? { redisHeartbeatInterval } : {}),
+    ...(typeof redisNodeTimeout === 'number' ? { redisNodeTimeout } : {}),
   };
 }
 

@@ -30,6 +30,15 @@ describe('settings: --redis', () => {
     writeFileSync(config, 'redis: 6379\n');
     assert.throws(() => resolveSettings({ config }, {}), /setting "redis" must be a string like "redis:\/\/127\.0\.0\.1:6379"/);
     assert.throws(() => resolveSettings({ redisPrefix: 'x:' }, {}), /--redis-prefix needs --redis/);
+    // Node liveness: flags, environment and file, checked as whole numbers; only with --redis.
+    const liveness = resolveSettings({ redis: 'redis://a:6379', redisNodeTimeout: '4000' }, { PERIHELION_REDIS_HEARTBEAT_INTERVAL: '1000' });
+    assert.deepEqual([liveness.redisHeartbeatInterval, liveness.redisNodeTimeout], [1000, 4000]);
+    writeFileSync(config, 'redis: redis://c:6379\nredisNodeTimeout: 3000\n');
+    assert.equal(resolveSettings({ config }, {}).redisNodeTimeout, 3000);
+    writeFileSync(config, 'redis: redis://c:6379\nredisNodeTimeout: soon\n');
+    assert.throws(() => resolveSettings({ config }, {}), /setting "redisNodeTimeout" must be a whole number of ms/);
+    assert.throws(() => resolveSettings({ redisNodeTimeout: '4000' }, {}), /--redis-node-timeout needs --redis/);
+    assert.throws(() => resolveSettings({ redis: 'redis://a:6379', redisNodeTimeout: 'x' }, {}), /--redis-node-timeout/);
   });
 });
 
