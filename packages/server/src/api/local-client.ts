@@ -6,7 +6,8 @@
  * an in-process push line, so it never needs a /meta/connect and never expires while open.
  */
 import { META, matches, type Message } from '@perihelion/protocol';
-import type { ProcessContext, PushConnection, TransportHost } from '../core/contract.js';
+import type { ProcessContext, TransportHost } from '../core/contract.js';
+import { RelayLine } from '../core/relay-line.js';
 import { PerihelionError } from '../errors.js';
 
 export interface LocalClientOptions {
@@ -156,42 +157,16 @@ export class LocalClient {
  * The push line of a local client: what the server writes is handed over in a later microtask,
  * so that a handler never runs inside the server's flush.
  */
-class InProcessLine implements PushConnection {
-  readonly transport = 'in-process' as const;
-  readonly congested = false;
-  private closed = false;
-  private readonly closeCallbacks: Array<() => void> = [];
-
-  constructor(private readonly deliver: (payloads: readonly string[]) => void) {}
-
-  get open(): boolean {
-    return !this.closed;
+class InProcessLine extends RelayLine {
+  constructor(private readonly deliver: (payloads: readonly string[]) => void) {
+    super('in-process');
   }
 
-  send(serialised: readonly string[]): void {
-    if (this.closed) return;
-    const copy = [...serialised];
-    queueMicrotask(() => this.deliver(copy));
+  protected relay(serialised: string[]): void {
+    queueMicrotask(() => this.deliver(serialised));
   }
-
-  sendOne(serialised: string): void {
-    this.send([serialised]);
-  }
-
-  onClose(callback: () => void): void {
-    this.closeCallbacks.push(callback);
-  }
-
-  // Never congested: messages are handed over as they are written.
-  onDrain(): void {}
 
   sessionEnded(): void {
     this.close();
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    for (const callback of this.closeCallbacks.splice(0)) callback();
   }
 }

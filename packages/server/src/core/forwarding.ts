@@ -34,6 +34,7 @@ import { bayeuxError, isConnectionType, META, type Message } from '@perihelion/p
 import type { Engine } from '../engine/engine.js';
 import type { ResolvedOptions } from '../options.js';
 import type { ProcessContext, PushConnection, RequestFacts, Transport } from './contract.js';
+import { RelayLine } from './relay-line.js';
 import type { ServerSession } from './session.js';
 
 /** What forwarding needs of the core. */
@@ -164,7 +165,7 @@ export class Forwarding {
         if (typeof line === 'string') this.lines.get(line)?.line.sessionEnded();
         return;
       case 'closed':
-        if (typeof line === 'string') this.remoteLines.get(`${from} ${line}`)?.closed();
+        if (typeof line === 'string') this.remoteLines.get(`${from} ${line}`)?.close();
         return;
     }
   }
@@ -189,7 +190,7 @@ export class Forwarding {
     const remote = this.remoteLine(from, line, transportOf(message.transport));
     const session = this.host.sessionFor(clientId, { transport: remote.transport, request: factsOf(message.facts) });
     if (session) session.bind(remote);
-    else remote.closed();
+    else remote.close();
     void this.tell(from, { t: 'attached', id, ok: session !== null });
   }
 
@@ -288,7 +289,7 @@ export class Forwarding {
     clearInterval(this.ownerCheck);
     this.ownerCheck = undefined;
     for (const id of [...this.waiting.keys()]) this.settle(id, null);
-    for (const remote of [...this.remoteLines.values()]) remote.closed();
+    for (const remote of [...this.remoteLines.values()]) remote.close();
   }
 }
 
@@ -296,46 +297,22 @@ export class Forwarding {
  * A line another node holds, as the owner of its session sees it: what the session writes goes
  * to that node as a message. Closed when that node says its line closed, or stops listening.
  */
-class RemoteLine implements PushConnection {
-  readonly congested = false;
-  private isOpen = true;
-  private readonly closeCallbacks: Array<() => void> = [];
-
+class RemoteLine extends RelayLine {
   constructor(
-    readonly transport: Transport,
+    transport: Transport,
     private readonly tell: (message: Record<string, unknown>) => Promise<boolean>,
-  ) {}
-
-  get open(): boolean {
-    return this.isOpen;
+  ) {
+    super(transport);
   }
 
-  send(serialised: readonly string[]): void {
-    if (!this.isOpen) return;
-    void this.tell({ t: 'push', frames: [...serialised] }).then((heard) => {
-      if (!heard) this.closed();
+  protected relay(serialised: string[]): void {
+    void this.tell({ t: 'push', frames: serialised }).then((heard) => {
+      if (!heard) this.close();
     });
   }
 
-  sendOne(serialised: string): void {
-    this.send([serialised]);
-  }
-
-  onClose(callback: () => void): void {
-    this.closeCallbacks.push(callback);
-  }
-
-  // Never congested here: the node that holds the line bounds its own buffer.
-  onDrain(): void {}
-
   sessionEnded(): void {
     if (this.transport === 'eventsource' || this.transport === 'http-streaming') void this.tell({ t: 'end' });
-  }
-
-  closed(): void {
-    if (!this.isOpen) return;
-    this.isOpen = false;
-    for (const callback of this.closeCallbacks.splice(0)) callback();
   }
 }
 
