@@ -10,50 +10,11 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { launchChromium, screenshot, watch, type Watched } from './browser-kit.js';
 import { serve, type Running } from '../src/index.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
-const SHOTS = `${ROOT}test-output/screenshots`;
-const DOCS_SHOTS = `${ROOT}docs/screenshots`;
 const VIEWPORT = { width: 1200, height: 800 };
-
-/** What went wrong on a page: uncaught errors, console errors, failed requests. */
-interface Watched {
-  page: Page;
-  problems: string[];
-  /** Stops collecting (before a page is closed, or taken offline on purpose). */
-  stop(): void;
-}
-
-function watch(page: Page): Watched {
-  const problems: string[] = [];
-  let on = true;
-  const add = (problem: string): void => {
-    if (on) problems.push(problem);
-  };
-  page.on('pageerror', (error) => add(`pageerror: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() === 'error') add(`console: ${message.text()} ${message.location().url}`);
-  });
-  page.on('requestfailed', (request) => add(`request failed: ${request.method()} ${request.url()} ${request.failure()?.errorText ?? ''}`));
-  page.on('response', (response) => {
-    if (response.status() >= 400) add(`HTTP ${response.status()}: ${response.url()}`);
-  });
-  return { page, problems, stop: () => void (on = false) };
-}
-
-async function screenshot(page: Page, name: string): Promise<void> {
-  mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: `${SHOTS}/${name}.png` });
-  if (process.env.UPDATE_SCREENSHOTS === '1') {
-    mkdirSync(DOCS_SHOTS, { recursive: true });
-    copyFileSync(`${SHOTS}/${name}.png`, `${DOCS_SHOTS}/${name}.png`);
-  }
-}
 
 describe('demo gallery in Chromium', () => {
   let running: Running;
@@ -62,12 +23,8 @@ describe('demo gallery in Chromium', () => {
   const watched: Watched[] = [];
 
   before(async () => {
-    assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM_PATH`);
     running = await serve({ server: { pingInterval: 0 }, port: 0, host: '127.0.0.1', demo: true }, () => {});
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {

@@ -11,19 +11,14 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { WebSocket } from 'ws';
 import { Client } from '@perihelion/client';
 import { createServer, type ServerStats } from '@perihelion/server';
 import { ChannelRates, RateMeter, STATS_CHANNEL, STATS_PATTERN, Sampler, decideAccess, installDashboard, isLoopback, sameKey } from '../src/dashboard.js';
 import { serve, type Running } from '../src/index.js';
+import { launchChromium, screenshot, watch } from './browser-kit.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
-const SHOTS = `${ROOT}test-output/screenshots`;
-const DOCS_SHOTS = `${ROOT}docs/screenshots`;
 const KEY = 'dashboard-test-key-0123456789';
 const LOAD_RULES = [{ channel: '/load/**', publish: 'anyone' as const }];
 
@@ -238,36 +233,6 @@ describe('dashboard statistics', () => {
 
 // ------------------------------------------------------------------------------ the page
 
-interface Watched {
-  problems: string[];
-  stop(): void;
-}
-
-function watch(page: Page): Watched {
-  const problems: string[] = [];
-  let on = true;
-  const add = (problem: string): void => {
-    if (on) problems.push(problem);
-  };
-  page.on('pageerror', (error) => add(`pageerror: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() === 'error') add(`console: ${message.text()} ${message.location().url}`);
-  });
-  page.on('requestfailed', (request) => add(`request failed: ${request.method()} ${request.url()} ${request.failure()?.errorText ?? ''}`));
-  page.on('response', (response) => {
-    if (response.status() >= 400) add(`HTTP ${response.status()}: ${response.url()}`);
-  });
-  return { problems, stop: () => void (on = false) };
-}
-
-async function launch(): Promise<Browser> {
-  assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM_PATH`);
-  return chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-}
-
 const numberIn = async (page: Page, selector: string): Promise<number> => Number(((await page.textContent(selector)) ?? '').replace(/[^\d.]/g, '') || Number.NaN);
 
 describe('dashboard in Chromium', () => {
@@ -278,7 +243,7 @@ describe('dashboard in Chromium', () => {
 
   before(async () => {
     running = await serve({ server: { pingInterval: 0, channels: LOAD_RULES }, port: 0, host: '127.0.0.1', demo: false }, () => {});
-    browser = await launch();
+    browser = await launchChromium();
   });
 
   after(async () => {
@@ -340,12 +305,7 @@ describe('dashboard in Chromium', () => {
     // Let the charts fill a little, then the picture for the README.
     await page.locator('#search').blur();
     await sleep(4000);
-    mkdirSync(SHOTS, { recursive: true });
-    await page.screenshot({ path: `${SHOTS}/dashboard.png`, fullPage: true });
-    if (process.env.UPDATE_SCREENSHOTS === '1') {
-      mkdirSync(DOCS_SHOTS, { recursive: true });
-      copyFileSync(`${SHOTS}/dashboard.png`, `${DOCS_SHOTS}/dashboard.png`);
-    }
+    await screenshot(page, 'dashboard', { fullPage: true });
 
     // A phone: nothing overflows sideways.
     await page.setViewportSize({ width: 390, height: 844 });
@@ -353,7 +313,7 @@ describe('dashboard in Chromium', () => {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
     const wide = await page.evaluate(() => Array.from(document.querySelectorAll('body *')).filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).slice(0, 8).map((e) => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`));
     assert.ok(overflow <= 0, `the page is ${overflow}px too wide on a phone: ${wide.join(', ')}`);
-    await page.screenshot({ path: `${SHOTS}/dashboard-phone.png`, fullPage: true });
+    await screenshot(page, 'dashboard-phone', { fullPage: true, forReadme: false });
 
     assert.deepEqual(watched.problems, []);
     watched.stop();
@@ -367,7 +327,7 @@ describe('dashboard in Chromium with an API key', () => {
 
   before(async () => {
     running = await serve({ server: { pingInterval: 0, apiKey: KEY }, port: 0, host: '127.0.0.1', demo: false }, () => {});
-    browser = await launch();
+    browser = await launchChromium();
   });
 
   after(async () => {
