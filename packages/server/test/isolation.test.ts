@@ -24,7 +24,8 @@ const GOOD = 50;
 const STUCK_EACH = { websocket: 34, longPolling: 33, sse: 33 };
 const RATE = 20; // messages per second
 const MESSAGE_BYTES = 8 * 1024;
-const PHASE_MS = 6000;
+// The short form runs in `npm test`; ISOLATION_SECONDS=300 measures each phase longer, locally.
+const PHASE_MS = Number(process.env.ISOLATION_SECONDS ?? 6) * 1000;
 const MAX_QUEUE = 100;
 const MAX_BUFFERED = 256 * 1024;
 const P99_RATIO = 3;
@@ -94,7 +95,7 @@ describe('isolation from stuck clients', () => {
     await t.close();
   });
 
-  it(`${GOOD} subscribers keep their p99 latency and the server its memory bound while 100 stuck clients share their channel`, { timeout: 90_000 }, async () => {
+  it(`${GOOD} subscribers keep their p99 latency and the server its memory bound while 100 stuck clients share their channel`, { timeout: PHASE_MS * 2 + 78_000 }, async () => {
     const good = await Promise.all(Array.from({ length: GOOD }, () => subscriber(t)));
     websockets.push(...good.map((g) => g.ws));
     const pad = 'x'.repeat(MESSAGE_BYTES);
