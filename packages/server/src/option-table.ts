@@ -98,7 +98,7 @@ export const OPTION_TABLE = {
   },
   maxReplay: { kind: 'integer', default: 10_000, min: 0, max: 100_000_000, help: 'most messages replayed for the recoveries of one subscribe' },
   publishDedup: { kind: 'integer', default: 128, min: 0, max: 100_000, help: 'publish ids remembered per session, so that a resent publish reaches subscribers once (0: off)' },
-  ack: { kind: 'boolean', default: true, help: 'answer the CometD ack extension (at-least-once delivery)' },
+  ack: { kind: 'boolean', default: true, help: 'answer the CometD ack extension (no loss, no duplicate within a session)' },
   maxRequestBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'largest HTTP body or WebSocket frame (HTTP 413 / WebSocket close 1009)' },
   compressAbove: { kind: 'integer', default: 16 * 1024, min: 0, max: 1024 * 1024 * 1024, help: 'long-polling answers larger than this many bytes are gzip-compressed for clients that accept it (a state snapshot, a recovery replay); 0: never' },
   maxBatch: { kind: 'integer', default: 100, min: 1, max: 100_000, help: 'most messages in one request or frame' },

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createServer as createTcpServer, connect as tcpConnect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { adapt } from 'cometd-nodejs-client';
 import { AckExtension, CometD, type Message as CometDMessage } from 'cometd';
-import { at, handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { at, handshake, post, startServer, waitFor, WsPeer, type Msg, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -103,6 +103,38 @@ describe('ack extension, raw protocol', () => {
     assert.deepEqual(next.body.slice(1).map((m) => m.data), ['two']);
   });
 
+  it('on a WebSocket, sends an acknowledged session its messages only in connect replies, each reply closing the batch it carries', async () => {
+    const ws = await WsPeer.open(t.url.replace(/^http/, 'ws'));
+    const plain = await WsPeer.open(t.url.replace(/^http/, 'ws'));
+    try {
+      const hs = await ws.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'], ext: { ack: true } });
+      const clientId = hs.clientId as string;
+      const plainId = (await plain.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
+      const first = await ws.request({ channel: '/meta/connect', clientId, connectionType: 'websocket', ext: { ack: 0 } });
+      await ws.request({ channel: '/meta/subscribe', clientId, subscription: '/acked/ws' });
+      await plain.request({ channel: '/meta/connect', clientId: plainId, connectionType: 'websocket' });
+      await plain.request({ channel: '/meta/subscribe', clientId: plainId, subscription: '/acked/ws' });
+      // Both connects held now; a publish releases the acknowledged one, and is pushed to the other.
+      ws.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', ext: { ack: (first.ext as { ack: number }).ack }, id: 'held' }]);
+      plain.send([{ channel: '/meta/connect', clientId: plainId, connectionType: 'websocket', id: 'held' }]);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await t.server.publish('/acked/ws', 'in the reply');
+      await plain.next((m) => m.data === 'in the reply', 'the message pushed to the plain session');
+      await ws.next((m) => m.data === 'in the reply', 'the message in the connect reply');
+      const frame = ws.frames.find((f) => Array.isArray(f) && (f as Msg[]).some((m) => m.data === 'in the reply')) as Msg[];
+      assert.deepEqual(
+        frame.map((m) => m.channel),
+        ['/meta/connect', '/acked/ws'],
+        'one frame: the reply that closes the batch, and the batch',
+      );
+      assert.equal((frame[0]!.ext as { ack: number }).ack, (first.ext as { ack: number }).ack + 1);
+      assert.ok(!plain.received.some((m) => m.id === 'held'), "the plain session's connect is still held");
+    } finally {
+      await ws.close();
+      await plain.close();
+    }
+  });
+
   it('leaves sessions that did not ask for it alone, and can be turned off', async () => {
     const clientId = await handshake(t.url);
     const { body } = await post(t.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', ext: { ack: 0 } }]);
@@ -132,11 +164,12 @@ describe('ack extension with the CometD client behind a lossy network', () => {
     await t.close();
   });
 
-  /** A CometD long-polling client with the AckExtension, through the proxy; resolves once subscribed. */
-  async function subscribedClient(channel: string): Promise<{ cometd: CometD; data: unknown[] }> {
+  /** A CometD client with the AckExtension, through the proxy; resolves once subscribed. */
+  async function subscribedClient(channel: string, transport: 'long-polling' | 'websocket' = 'long-polling'): Promise<{ cometd: CometD; data: unknown[] }> {
     const cometd = new CometD();
     clients.push(cometd);
-    cometd.unregisterTransport('websocket');
+    if (transport === 'long-polling') cometd.unregisterTransport('websocket');
+    else cometd.unregisterTransport('long-polling');
     // Quick retries so that a lost line costs milliseconds, not CometD's default seconds.
     cometd.configure({ url: `http://127.0.0.1:${proxy.port}${t.server.options.path}`, logLevel: 'warn', backoffIncrement: 10, maxBackoff: 100 });
     cometd.registerExtension('ack', new AckExtension());
@@ -161,27 +194,29 @@ describe('ack extension with the CometD client behind a lossy network', () => {
     assert.deepEqual(data, ['lost-then-resent'], 'once, after the resend');
   });
 
-  it('gets 10 000 messages exactly once and in order while every line is cut at random moments', { timeout: 90_000 }, async () => {
-    const TOTAL = 10_000;
-    const { data } = await subscribedClient('/ack/stream');
-    let published = 0;
-    let cuts = 0;
-    const publisher = (async () => {
+  for (const transport of ['long-polling', 'websocket'] as const) {
+    it(`${transport}: gets 10 000 messages exactly once and in order while every line is cut at random moments`, { timeout: 90_000 }, async () => {
+      const TOTAL = 10_000;
+      const { data } = await subscribedClient(`/ack/stream/${transport}`, transport);
+      let published = 0;
+      let cuts = 0;
+      const publisher = (async () => {
+        while (published < TOTAL) {
+          for (let i = 0; i < 25 && published < TOTAL; i++) await t.server.publish(`/ack/stream/${transport}`, published++);
+          await new Promise((resolve) => setTimeout(resolve, 2));
+        }
+      })();
       while (published < TOTAL) {
-        for (let i = 0; i < 25 && published < TOTAL; i++) await t.server.publish('/ack/stream', published++);
-        await new Promise((resolve) => setTimeout(resolve, 2));
+        await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80));
+        proxy.cut();
+        cuts++;
       }
-    })();
-    while (published < TOTAL) {
-      await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 80));
-      proxy.cut();
-      cuts++;
-    }
-    await publisher;
-    await waitFor(() => data.length >= TOTAL, 60_000, `all ${TOTAL} messages (have ${data.length})`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    assert.ok(cuts >= 10, `cut ${cuts} times`);
-    assert.equal(data.length, TOTAL, 'no duplicate');
-    assert.ok(data.every((value, i) => value === i), 'every message, in order');
-  });
+      await publisher;
+      await waitFor(() => data.length >= TOTAL, 60_000, `all ${TOTAL} messages (have ${data.length})`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.ok(cuts >= 10, `cut ${cuts} times`);
+      assert.equal(data.length, TOTAL, 'no duplicate');
+      assert.ok(data.every((value, i) => value === i), 'every message, in order');
+    });
+  }
 });

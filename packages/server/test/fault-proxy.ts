@@ -14,9 +14,17 @@ interface Link {
   upstream: Socket;
   /** Extra delay of each chunk, ms (0: none). */
   delayMs: number;
-  /** Chunks wait here while a delay is on, so that order is kept. */
-  tail: Promise<void>;
   dead: boolean;
+}
+
+/**
+ * One direction of a link. Delayed chunks wait in a chain; while any is waiting, later chunks join
+ * the chain even after the delay is over, so that no chunk overtakes another: TCP never reorders,
+ * and a proxy that did would fault the clients with something no network does.
+ */
+interface Direction {
+  tail: Promise<void>;
+  waiting: number;
 }
 
 export class FaultProxy {
@@ -25,6 +33,10 @@ export class FaultProxy {
   opened = 0;
   private readonly links = new Set<Link>();
   private readonly blackholed = new Set<Socket>();
+  /** Truncations waiting for their chunk to cut. */
+  private pendingCuts = 0;
+  /** Chunks held back by a delay, over every link. */
+  private delayedChunks = 0;
   private chaos: NodeJS.Timeout | null = null;
 
   private constructor(
@@ -52,17 +64,26 @@ export class FaultProxy {
   private accept(client: Socket, targetPort: number): void {
     this.opened++;
     const upstream = connect(targetPort, '127.0.0.1');
-    const link: Link = { client, upstream, delayMs: 0, tail: Promise.resolve(), dead: false };
+    const link: Link = { client, upstream, delayMs: 0, dead: false };
     this.links.add(link);
     const forward = (from: Socket, to: Socket): void => {
+      const direction: Direction = { tail: Promise.resolve(), waiting: 0 };
       from.on('data', (chunk: Buffer) => {
         if (link.dead) return;
-        if (link.delayMs === 0) {
+        if (link.delayMs === 0 && direction.waiting === 0) {
           to.write(chunk);
           return;
         }
         const ms = link.delayMs;
-        link.tail = link.tail.then(() => new Promise<void>((resolve) => setTimeout(resolve, ms))).then(() => void (link.dead || to.write(chunk)));
+        direction.waiting++;
+        this.delayedChunks++;
+        direction.tail = direction.tail
+          .then(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
+          .then(() => {
+            direction.waiting--;
+            this.delayedChunks--;
+            if (!link.dead) to.write(chunk);
+          });
       });
     };
     forward(client, upstream);
@@ -93,7 +114,9 @@ export class FaultProxy {
       case 'truncate': {
         // The next chunk from the server gets through in part, then the line is cut with a FIN.
         this.links.delete(link);
+        this.pendingCuts++;
         const cut = (chunk: Buffer): void => {
+          this.pendingCuts--;
           link.dead = true;
           link.client.write(chunk.subarray(0, Math.max(1, Math.floor(chunk.length / 2))));
           link.client.end();
@@ -103,6 +126,7 @@ export class FaultProxy {
         // A line with nothing to say within a second is cut all the same.
         setTimeout(() => {
           if (link.dead) return;
+          this.pendingCuts--;
           link.upstream.off('data', cut);
           link.dead = true;
           link.client.end();
@@ -150,6 +174,15 @@ export class FaultProxy {
       );
     };
     next();
+  }
+
+  /**
+   * Whether every fault inflicted so far is over: no blackholed connection still silent, no
+   * truncation waiting for its chunk, no delayed chunk held back, no delay still on. A message
+   * published before that may still go into a line that is about to fail.
+   */
+  get settled(): boolean {
+    return this.blackholed.size === 0 && this.pendingCuts === 0 && this.delayedChunks === 0 && [...this.links].every((link) => link.delayMs === 0);
   }
 
   stopChaos(): void {

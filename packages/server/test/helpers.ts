@@ -132,10 +132,11 @@ export function readText(body: ReadableStream<Uint8Array>, onText: (text: string
 }
 
 /** Resolves when `predicate` holds, polling every 10 ms, or rejects after `ms`. */
-export async function waitFor(predicate: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+export async function waitFor(predicate: () => boolean, ms = 5000, what: string | (() => string) = 'condition'): Promise<void> {
   const deadline = Date.now() + ms;
   while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    // A function describes the state at the timeout, not at the start.
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }

@@ -216,7 +216,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
     const queued = queue.length;
     if (queued === 0 || session.ended) return;
     const line = session.connection;
-    if (line !== null && line.open) {
+    if (line !== null && session.pushing) {
       // A congested line is written again when it drains; meanwhile the bounded queue holds.
       if (line.congested) return;
       if (queued === 1 && session.ack === null) {
@@ -224,7 +224,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
         this.observeDelivery(now - queue.oldestAt);
         line.sendOne(queue.takeOnly());
       } else line.send(session.takeQueued(now));
-    } else session.releaseLongPoll();
+    } else session.releaseToDeliver();
   }
 
   // ---------------------------------------------------------------- SessionHost: from a session

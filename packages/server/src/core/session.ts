@@ -8,7 +8,7 @@
  * in one frame when the session is bound to a push connection (WebSocket, stream), or used to
  * answer its held /meta/connect (long-polling).
  */
-import { isPositionedOn, type ConnectionType } from '@perihelion/protocol';
+import { isPositionedOn, isStreamedConnectionType, type ConnectionType } from '@perihelion/protocol';
 import type { Identity } from '../security/identity.js';
 import type { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from './contract.js';
@@ -126,6 +126,24 @@ export class ServerSession implements Session {
   }
 
   /**
+   * Whether its messages go out only in /meta/connect replies, even on a push line: a session
+   * using the ack extension, on long-polling or a WebSocket. Each reply then closes the batch it
+   * carries, so a batch is received whole or written again whole: nothing twice, nothing out of
+   * order, whichever moment a line dies (CometD's server does the same for acknowledged
+   * sessions, "metaConnectDeliveryOnly"). Pushed batches would be acknowledged by a later reply,
+   * and a line cut between the two has the client receive them again. The streamed types answer
+   * their connects at once: their messages always take the stream.
+   */
+  get deliversInConnectReplies(): boolean {
+    return this.ack !== null && (this.connectionType === null || !isStreamedConnectionType(this.connectionType));
+  }
+
+  /** Whether its messages are written to its push line as they come. */
+  get pushing(): boolean {
+    return this.connection?.open === true && !this.deliversInConnectReplies;
+  }
+
+  /**
    * Queues messages the session missed on `channel` (a recovery), in order, all of them. What is
    * still queued of that channel's history goes first: the replay holds it too, and keeping it
    * would put newer messages ahead of older ones (a subscribe resent on the same session, or a
@@ -182,6 +200,11 @@ export class ServerSession implements Session {
     if (this.held && !this.held.connection) this.release('message');
   }
 
+  /** Answers the held connect, if there is one, when its reply is how queued messages go out. */
+  releaseToDeliver(): void {
+    if (this.held && (!this.held.connection || this.deliversInConnectReplies)) this.release('message');
+  }
+
   release(reason: ReleaseReason): void {
     const held = this.held;
     if (!held) return;
@@ -189,7 +212,8 @@ export class ServerSession implements Session {
     this.host.wheel.cancel(held.timer);
     // A superseded connect leaves the queue to its successor; every other release carries it,
     // unless the connect was held on a push line (which carries messages by itself).
-    const events = reason === 'superseded' || held.connection || this.connection?.open ? [] : this.takeQueued();
+    const carries = reason !== 'superseded' && (this.deliversInConnectReplies || (!held.connection && !this.connection?.open));
+    const events = carries ? this.takeQueued() : [];
     held.resolve({ reason, events });
   }
 

@@ -1,16 +1,19 @@
 /**
- * The CometD `ack` extension, server side: at-least-once delivery for a session whose client
- * registers CometD's AckExtension (BAYEUX.md pitfall 15; CometD docs "extensions_acknowledge").
+ * The CometD `ack` extension, server side: no loss, no duplicate and no reordering within a
+ * session whose client registers CometD's AckExtension (BAYEUX.md pitfall 15; CometD docs
+ * "extensions_acknowledge").
  * A built-in rather than a pipeline hook: it keeps written messages per session and puts them
  * back in the session's queue, so the core calls it where messages are written and connects answered.
  *
  * The wire contract: the handshake carries `ext.ack: true` and is answered with
  * `ext.ack: {enabled: true, batch: n}`. Every successful /meta/connect reply carries
  * `ext.ack: <batch>`, closing a batch: all messages written to the client since the previous
- * reply (in the reply itself for long-polling, pushed before it on a WebSocket). The client's next
- * /meta/connect carries `ext.ack: <the last batch it received>`. Messages of closed batches the
- * client did not acknowledge were lost on the way (a poll response cut in flight, a socket that
- * died) and are written again. Messages of the batch still open are in flight, never resent.
+ * reply. Such a session's messages travel only in connect replies, on long-polling and on a
+ * WebSocket alike (ServerSession.deliversInConnectReplies), so a batch is exactly what one reply
+ * carried. The client's next /meta/connect carries `ext.ack: <the last batch it received>`.
+ * Messages of closed batches the client did not acknowledge were lost on the way (a response cut
+ * in flight, a socket that died) and are written again. Messages of the batch still open are in
+ * flight, never resent.
  */
 export class Acknowledgement {
   /** The last batch closed by a connect reply. */

@@ -73,13 +73,6 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
     return emitReply(extensions, { ...replyTo(message, false), error, advice: { reconnect: 'handshake', interval: 0 } }, extensionContext, out);
   }
   session.connectionType = type as ConnectionType;
-  if (session.ack && context.connection && session.connection !== context.connection && session.ack.pending > 0) {
-    // Ack extension, a connect on a new push line: what the previous line carried since its last
-    // connect reply may have died with it (a cut or silent socket), and the reply that would close
-    // that batch goes to the dead line, or nowhere. Closed now, it is written again below unless
-    // the client acknowledges it, which it cannot: it never saw this batch number.
-    session.ack.close();
-  }
   if (context.connection) session.bind(context.connection);
   const acknowledged = message.ext?.ack;
   if (session.ack && typeof acknowledged === 'number' && Number.isSafeInteger(acknowledged)) {
@@ -95,7 +88,7 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
   const advice: Advice = streamed ? { reconnect: 'retry', interval: options.timeout, timeout: 0 } : heldAdvice(options);
   const clientTimeout = typeof message.advice?.timeout === 'number' && message.advice.timeout >= 0 ? message.advice.timeout : Infinity;
   const timeout = Math.min(options.timeout, clientTimeout);
-  const pushing = session.connection?.open === true;
+  const pushing = session.pushing;
   // Answer at once (BAYEUX.md A20): a streamed type, the client asked for timeout 0, this is
   // the first connect (so the client learns it is connected), the connect shares its request
   // with other messages, or messages are already waiting with no push line to carry them.
