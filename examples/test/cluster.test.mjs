@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocket } from 'ws';
 import { Client } from '@perihelion/client';
 import { adapt } from 'cometd-nodejs-client';
-import { CometD } from 'cometd';
+import { AckExtension, CometD } from 'cometd';
 import faye from 'faye';
 import { startCluster } from '../cluster/start.mjs';
 import { DEFAULT_REDIS_URL, deleteKeys, ownerOf, requireRedis } from '../cluster/redis.mjs';
@@ -209,6 +209,53 @@ function assertExactlyOnce(label, received, count, { positions = false } = {}) {
   });
 }
 
+/**
+ * A third-party client (CometD with its AckExtension, or Faye) for the node-loss test: it records
+ * every `seq` it receives, each session it handshakes (its clientId), and, for each of its
+ * subscribes, the first seq published after the client had its confirmation (`subscribedAt`).
+ */
+function thirdPartyClient(kind, transport, channel, published) {
+  const record = { name: `${kind} ${transport}`, seqs: [], sessions: [], subscribedAt: [], stop: async () => {} };
+  const onData = (data) => {
+    if (typeof data?.seq === 'number') record.seqs.push(data.seq);
+  };
+  if (kind === 'CometD') {
+    const cometd = new CometD();
+    cometd.unregisterTransport(transport === 'websocket' ? 'long-polling' : 'websocket');
+    cometd.configure({ url: `${cluster.url}/bayeux`, logLevel: 'warn', backoffIncrement: 50, maxBackoff: 500 });
+    cometd.registerExtension('ack', new AckExtension());
+    // CometD forgets its subscriptions on every new handshake: the application subscribes in its
+    // /meta/handshake listener, and again if that subscribe fails (it may meet the dead node once,
+    // before the balancer skips it).
+    const subscribe = () =>
+      cometd.subscribe(channel, (message) => onData(message.data), (reply) => {
+        if (reply.successful) record.subscribedAt.push(published.next);
+        else if (!cometd.isDisconnected()) setTimeout(subscribe, 100);
+      });
+    cometd.addListener('/meta/handshake', (reply) => {
+      if (!reply.successful) return;
+      record.sessions.push(reply.clientId);
+      subscribe();
+    });
+    cometd.handshake();
+    record.stop = () => new Promise((resolve) => (cometd.isDisconnected() ? resolve() : cometd.disconnect(resolve)));
+  } else {
+    const client = new faye.Client(`${cluster.url}/bayeux`, { retry: 0.2, timeout: 5 });
+    if (transport === 'long-polling') client.disable('websocket');
+    // Faye subscribes again by itself after a new handshake.
+    client.addExtension({
+      incoming(message, next) {
+        if (message.channel === '/meta/handshake' && message.successful) record.sessions.push(message.clientId);
+        if (message.channel === '/meta/subscribe' && message.successful) record.subscribedAt.push(published.next);
+        next(message);
+      },
+    });
+    client.subscribe(channel, onData);
+    record.stop = async () => client.disconnect();
+  }
+  return record;
+}
+
 /** Publishes seq 0…count-1 on `channel`: the even ones through `publisher` (a client), the odd ones through the HTTP API of the nodes in `apiNodes` in turn. */
 async function publishAll(channel, count, publisher, apiNodes) {
   for (let seq = 0; seq < count; seq++) {
@@ -356,6 +403,74 @@ describe('a cluster behind a round-robin proxy (no sticky sessions)', { timeout:
       }
     });
   }
+
+  it('CometD (with the ack extension) and Faye whose node is killed: every message published after their new subscribe, exactly once; what they missed in between is counted', { timeout: 90_000 }, async () => {
+    const channel = `/cluster/${RUN}/failover-third-party`;
+    const victim = cluster.nodes[0];
+    const survivors = cluster.nodes.filter((node) => node !== victim);
+    /** The next seq to be published (see thirdPartyClient). */
+    const published = { next: 0 };
+    const clients = [];
+    try {
+      // Each client on the victim's node: a client whose session landed elsewhere is replaced
+      // (consecutive handshakes land on consecutive nodes).
+      for (const [kind, transport] of [['CometD', 'long-polling'], ['CometD', 'websocket'], ['Faye', 'long-polling'], ['Faye', 'websocket']]) {
+        for (let attempt = 0; ; attempt++) {
+          const client = thirdPartyClient(kind, transport, channel, published);
+          await waitFor(`${client.name} subscribed`, () => client.subscribedAt.length > 0);
+          if ((await ownerNode(client.sessions[0])) === victim) {
+            clients.push(client);
+            break;
+          }
+          await client.stop();
+          assert.ok(attempt < 6, `no session of ${client.name} landed on ${victim.url}`);
+        }
+      }
+      // Every client subscribed, through whichever node: a probe reaches them all.
+      for (let probe = -1; !clients.every((c) => c.seqs.some((seq) => seq < 0)); probe--) {
+        await apiPublish(survivors[0], channel, { seq: probe });
+        await sleep(50);
+        assert.ok(probe > -200, 'every client received a probe');
+      }
+      for (const client of clients) client.seqs.length = 0;
+
+      // Publish through the survivors; kill the node at seq KILL_AT, and go on until every client
+      // has subscribed again and 50 messages more were published.
+      const KILL_AT = 100;
+      let moved = null;
+      for (let seq = 0; moved === null || seq < moved + 50; seq++) {
+        if (seq === KILL_AT) await victim.kill('SIGKILL');
+        // Counted before the publish starts: a subscribe confirmed from now on precedes this publish.
+        published.next = seq + 1;
+        await apiPublish(survivors[seq % 2], channel, { seq });
+        if (moved === null && seq >= KILL_AT && clients.every((c) => c.subscribedAt.length > 1)) moved = seq;
+        assert.ok(seq < 3000, `every client subscribed again (${clients.map((c) => `${c.name}: ${c.subscribedAt.length} subscribes`).join(', ')})`);
+        await sleep(10);
+      }
+      const total = published.next;
+      const last = total - 1;
+      await waitFor(`the last message at every client`, () => clients.every((c) => c.seqs.includes(last)), 30_000);
+      await sleep(300); // time for a duplicate to show
+
+      for (const client of clients) {
+        const resubscribed = client.subscribedAt.at(-1);
+        const after = client.seqs.filter((seq) => seq >= resubscribed);
+        const expected = Array.from({ length: total - resubscribed }, (_, i) => resubscribed + i);
+        const lost = Array.from({ length: resubscribed }, (_, i) => i).filter((seq) => !client.seqs.includes(seq));
+        const duplicates = client.seqs.length - new Set(client.seqs).size;
+        console.log(`# ${client.name}: node killed at message ${KILL_AT}, subscribed again at ${resubscribed}, lost ${lost.length} (${lost[0] ?? '-'}…${lost.at(-1) ?? '-'}), ${duplicates} duplicates, ${total} published`);
+        assert.equal(client.sessions.length, 2, `${client.name}: one new session (${client.sessions.join(', ')})`);
+        assert.notEqual(await ownerNode(client.sessions[1]), victim, `${client.name}: its new session is on a live node`);
+        assert.deepEqual(after, expected, `${client.name}: everything published after its new subscribe, once, in order`);
+        assert.equal(duplicates, 0, `${client.name}: nothing twice`);
+        // Lost: at most what the dead node held for it, and what was published before its new subscribe.
+        assert.ok(lost.every((seq) => seq >= KILL_AT - 40), `${client.name}: nothing lost from well before the kill (lost ${lost.join(', ')})`);
+      }
+    } finally {
+      await Promise.allSettled(clients.map((client) => client.stop()));
+      await victim.restart();
+    }
+  });
 
   // Over eventsource the stream usually lands on another node than the session (round robin):
   // that node ends the stream when the session's node stops listening, and the client moves on.

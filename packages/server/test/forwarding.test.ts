@@ -146,6 +146,24 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     assert.ok(Date.now() - started < 300 + OWNER_CHECK_MS + 1000, `answered in ${Date.now() - started} ms`);
   });
 
+  it("answers the connect held for a WebSocket on B 402 soon after the session's node stops listening (a killed node), not at the client's timeout", { timeout: 15_000 }, async () => {
+    const [a, b] = await pair();
+    const clientId = await handshake(a);
+    const peer = await WsPeer.open(b.wsUrl);
+    peers.push(peer);
+    await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+    peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', id: 'held' }]);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.ok(!peer.received.some((m) => m.id === 'held'), 'the connect is held on A');
+    const started = Date.now();
+    (a.server.engine as unknown as { connection: { sub: { disconnect(reconnect: boolean): void } } }).connection.sub.disconnect(false);
+    const reply = await peer.next((m) => m.id === 'held', 'the held connect answered', OWNER_CHECK_MS * 2 + 1000);
+    assert.match(String(reply.error), /^402:/);
+    assert.deepEqual([reply.clientId, (reply.advice as Msg).reconnect], [clientId, 'handshake']);
+    assert.ok(Date.now() - started < OWNER_CHECK_MS * 2 + 1000, `answered ${Date.now() - started} ms after its node went away`);
+    assert.ok(peer.open, 'the socket stays open for the next session');
+  });
+
   it('ends an SSE stream fed by a node that stops listening (a killed node), so that its client moves on', { timeout: 15_000 }, async () => {
     const [a, b] = await pair();
     const clientId = await handshake(a);

@@ -16,7 +16,8 @@
  *
  * A session whose owner does not answer (the node died, and Redis still names it) is answered
  * 402 unknown client with advice to handshake, at once when the owner is not listening, after
- * the wait otherwise: its client starts a new session and recovers from history.
+ * the wait otherwise, and so is the connect held for it on a WebSocket here once the owner is
+ * found deaf: its client starts a new session and recovers from history.
  *
  * Messages between nodes (JSON; another node's bytes are checked like a client's):
  *   {t: "req", id, batch, transport, facts, line?, hold}   a forwarded batch
@@ -60,6 +61,18 @@ const REPLY_MARGIN_MS = 10_000;
  */
 export const OWNER_CHECK_MS = 2_000;
 
+/** Sessions per line whose latest connect is remembered (see Forwarding.rememberConnect). */
+const MAX_CONNECTS_PER_LINE = 8;
+
+/** One of this node's lines that other nodes write to. */
+interface LineEntry {
+  line: PushConnection;
+  /** The nodes that write to it. */
+  owners: Set<string>;
+  /** The latest /meta/connect forwarded over it, per session, and the node that holds it. */
+  connects: Map<string, { owner: string; message: Message }>;
+}
+
 interface Waiting {
   resolve: (replies: string[] | null) => void;
   /** Called at once with the answer, before anything else this node reads. */
@@ -75,7 +88,7 @@ export class Forwarding {
   /** Requests this node forwarded, waiting for their replies. */
   private readonly waiting = new Map<string, Waiting>();
   /** Lines of this node that other nodes write to, by line id; and each line's id. */
-  private readonly lines = new Map<string, { line: PushConnection; owners: Set<string> }>();
+  private readonly lines = new Map<string, LineEntry>();
   private readonly lineIds = new WeakMap<PushConnection, string>();
   /** Lines other nodes hold for sessions of this node, by "<node> <line id>". */
   private readonly remoteLines = new Map<string, RemoteLine>();
@@ -99,7 +112,10 @@ export class Forwarding {
     if (owner === null) return null;
     const id = this.nextId();
     const request: Record<string, unknown> = { t: 'req', id, batch, transport: context.transport, facts: context.request, hold: context.onClientGone !== undefined };
-    if (context.connection) request.line = this.lineOf(context.connection, owner);
+    if (context.connection) {
+      request.line = this.lineOf(context.connection, owner);
+      this.rememberConnect(request.line as string, clientId, owner, batch as Message[]);
+    }
     const replied = this.await(id, owner);
     if (!(await this.tell(owner, request))) {
       this.settle(id, null);
@@ -202,7 +218,7 @@ export class Forwarding {
     if (id === undefined) {
       id = `${this.nodeLabel}-${++this.lastId}`;
       this.lineIds.set(line, id);
-      const entry = { line, owners: new Set<string>() };
+      const entry: LineEntry = { line, owners: new Set(), connects: new Map() };
       this.lines.set(id, entry);
       const lineId = id;
       line.onClose(() => {
@@ -213,6 +229,23 @@ export class Forwarding {
     this.lines.get(id)?.owners.add(owner);
     this.watchOwners();
     return id;
+  }
+
+  /**
+   * Remembers the connect of a batch forwarded over a line: held on the owner and answered over
+   * the line later, it is answered here if the owner dies meanwhile (see checkOwners). A
+   * disconnect forgets the session.
+   */
+  private rememberConnect(lineId: string, clientId: string, owner: string, batch: readonly Message[]): void {
+    const connects = this.lines.get(lineId)?.connects;
+    if (!connects) return;
+    connects.delete(clientId);
+    if (batch.some((message) => message.channel === META.disconnect)) return;
+    const connect = batch.find((message) => message.channel === META.connect);
+    if (!connect) return;
+    connects.set(clientId, { owner, message: connect });
+    // A line speaks for one session at a time, as a rule; a few more are remembered, not more.
+    if (connects.size > MAX_CONNECTS_PER_LINE) connects.delete(connects.keys().next().value!);
   }
 
   /** The line `node` holds, as a push connection here (one object per line, so sessions recognise it). */
@@ -267,8 +300,15 @@ export class Forwarding {
       void this.tell(owner, { t: 'alive?' }).then((heard) => {
         if (heard) return;
         for (const [id, waiting] of [...this.waiting]) if (waiting.owner === owner) this.settle(id, null);
-        for (const { line, owners: fedBy } of [...this.lines.values()]) {
-          // A WebSocket stays open: its next connect is answered 402 (above, or when it is sent).
+        for (const { line, owners: fedBy, connects } of [...this.lines.values()]) {
+          // A WebSocket stays open (it may speak for other sessions): the connect its client sent
+          // last for a session of that node is answered 402 here, as its next one would be, so
+          // that the client handshakes now rather than at its own timeout.
+          for (const [clientId, connect] of connects) {
+            if (connect.owner !== owner) continue;
+            connects.delete(clientId);
+            line.send(unknownClient([connect.message]));
+          }
           if (fedBy.delete(owner) && fedBy.size === 0 && line.transport !== 'websocket') line.sessionEnded();
         }
       });
