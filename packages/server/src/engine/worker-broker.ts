@@ -1,0 +1,247 @@
+/**
+ * The broker of `perihelion serve --workers N`: in the primary process, it holds the one store of
+ * the machine's workers (a MemoryEngine: subscriptions, sessions and their users, history and
+ * positions, presence marks) and answers their WorkersEngine calls over their IPC lines.
+ *
+ * The MemoryEngine runs every call to completion without awaiting, so the workers see one order
+ * of publications and positions, and a subscribe's replay ends exactly where live messages begin,
+ * as in one process. Its callbacks are routed here to the worker that holds each session: a
+ * publication goes once to every worker with a subscriber, with the ids of its sessions.
+ *
+ * A worker that exits takes its sessions with it: they are removed, and their clients, answered
+ * 402 by the other workers (sendToNode says nobody listens), handshake again.
+ */
+import { isWildcard } from '@perihelion/protocol';
+import type { EngineHost, Publication, SessionInfo } from './engine.js';
+import type { HistorySettings, Retention } from './history.js';
+import { MemoryEngine } from './memory.js';
+import type { LinkEnd, ToBroker, ToWorker } from './worker-link.js';
+import { PerihelionError } from '../errors.js';
+
+/** How long a census waits for each worker to describe its sessions, ms. */
+const CENSUS_WAIT_MS = 2_000;
+
+/** Engine methods a worker may call (anything else is refused). */
+const METHODS = new Set([
+  'addSession',
+  'usersOf',
+  'sessionsOfUser',
+  'endSession',
+  'subscribe',
+  'unsubscribe',
+  'removeSession',
+  'publish',
+  'history',
+  'historyStats',
+  'sendTo',
+  'subscribers',
+  'subscriberCount',
+  'channels',
+  'markLeaving',
+  'takeLeaving',
+]);
+
+interface Worker {
+  link: LinkEnd<ToWorker, ToBroker>;
+  /** The sessions it holds. */
+  sessions: Set<string>;
+}
+
+export class WorkerBroker {
+  private readonly engine = new MemoryEngine();
+  private readonly workers = new Map<string, Worker>();
+  /** Which worker holds each session. */
+  private readonly owners = new Map<string, string>();
+  /** The retention of each channel, as the workers computed it from their options (bounded like the history). */
+  private readonly retention = new Map<string, Retention>();
+  private readonly settings: HistorySettings = {
+    retentionFor: (channel) => this.retention.get(channel) ?? { size: 0, ttl: 0 },
+    maxChannels: 10_000,
+    maxChars: 1 << 27,
+  };
+  private greeted = false;
+  private lastCensus = 0;
+  private readonly censuses = new Map<number, { waiting: Set<string>; sessions: SessionInfo[]; done: () => void }>();
+  private started: Promise<void>;
+
+  constructor() {
+    this.started = this.engine.start(this.host());
+  }
+
+  /** Serves one worker's line; `node` must be the id its hello will give. */
+  attach(node: string, link: LinkEnd<ToWorker, ToBroker>): void {
+    const worker: Worker = { link, sessions: new Set() };
+    this.workers.set(node, worker);
+    link.onMessage((message) => {
+      if (this.workers.get(node) === worker) void this.receive(node, worker, message);
+    });
+  }
+
+  /** A worker exited: its sessions go, and nothing is sent to it any more. */
+  async detach(node: string): Promise<void> {
+    const worker = this.workers.get(node);
+    if (!worker) return;
+    this.workers.delete(node);
+    for (const census of this.censuses.values()) if (census.waiting.delete(node) && census.waiting.size === 0) census.done();
+    for (const clientId of worker.sessions) {
+      if (this.owners.get(clientId) === node) this.owners.delete(clientId);
+      await this.engine.removeSession(clientId);
+    }
+  }
+
+  /** The workers attached now. */
+  get nodes(): string[] {
+    return [...this.workers.keys()];
+  }
+
+  async close(): Promise<void> {
+    for (const node of [...this.workers.keys()]) await this.detach(node);
+    await this.engine.close();
+  }
+
+  private async receive(node: string, worker: Worker, message: ToBroker): Promise<void> {
+    switch (message.k) {
+      case 'hello':
+        // Every worker runs with the same options; the first one's bounds are the machine's.
+        if (!this.greeted) {
+          this.greeted = true;
+          this.settings.maxChannels = message.maxChannels;
+          this.settings.maxChars = message.maxChars;
+        }
+        return;
+      case 'described': {
+        const census = this.censuses.get(message.id);
+        if (census?.waiting.delete(node)) {
+          census.sessions.push(...message.sessions);
+          if (census.waiting.size === 0) census.done();
+        }
+        return;
+      }
+      case 'call':
+        return this.call(node, worker, message);
+    }
+  }
+
+  private async call(node: string, worker: Worker, { id, method, args, retention }: Extract<ToBroker, { k: 'call' }>): Promise<void> {
+    await this.started;
+    for (const [channel, value] of retention) this.remember(channel, value);
+    try {
+      const value = await this.run(node, worker, method, args);
+      worker.link.send({ k: 'ret', id, ok: true, value });
+    } catch (error) {
+      const code = error instanceof PerihelionError ? error.code : 'ERR_ENGINE_UNAVAILABLE';
+      worker.link.send({ k: 'ret', id, ok: false, code, message: error instanceof Error ? error.message : String(error) });
+    }
+  }
+
+  private async run(node: string, worker: Worker, method: string, args: unknown[]): Promise<unknown> {
+    const engine = this.engine;
+    const clientId = typeof args[0] === 'string' ? args[0] : '';
+    switch (method) {
+      case 'census':
+        return this.census();
+      case 'ownerOf': {
+        const owner = this.owners.get(clientId);
+        return owner === undefined || owner === node ? null : owner;
+      }
+      case 'sendToNode': {
+        const target = this.workers.get(clientId);
+        if (!target) return false;
+        target.link.send({ k: 'node', from: node, payload: String(args[1]) });
+        return true;
+      }
+      case 'addSession':
+      case 'subscribe':
+        // A session is held by the worker that first named it (a subscribe may come first).
+        if (!this.owners.has(clientId)) {
+          this.owners.set(clientId, node);
+          worker.sessions.add(clientId);
+        }
+        break;
+      case 'removeSession':
+        if (this.owners.get(clientId) === node) this.owners.delete(clientId);
+        worker.sessions.delete(clientId);
+        break;
+      case 'channels':
+        return [...(await engine.channels())];
+      case 'publish': {
+        // The caller learns the position its publication got (the other engines stamp its object).
+        const publication = args[0] as Publication;
+        await engine.publish(publication);
+        return publication.position ? { payload: publication.payload, position: publication.position, message: { ext: publication.message.ext } } : null;
+      }
+    }
+    if (!METHODS.has(method)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `the broker does not know ${JSON.stringify(method)}`);
+    return (engine as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args);
+  }
+
+  private remember(channel: string, value: Retention): void {
+    this.retention.delete(channel);
+    this.retention.set(channel, value);
+    // Kept for the channels the history may hold, and as many more: a channel forgotten here
+    // only has its retention sent again with its next call.
+    if (this.retention.size > this.settings.maxChannels * 2) this.retention.delete(this.retention.keys().next().value!);
+  }
+
+  /** Every worker describes its sessions; one that does not answer in time is left out. */
+  private census(): Promise<SessionInfo[]> {
+    const id = ++this.lastCensus;
+    const sessions: SessionInfo[] = [];
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.censuses.delete(id);
+        resolve(sessions);
+      };
+      const timer = setTimeout(done, CENSUS_WAIT_MS);
+      this.censuses.set(id, { waiting: new Set(this.workers.keys()), sessions, done });
+      if (this.workers.size === 0) return done();
+      for (const { link } of this.workers.values()) link.send({ k: 'describe', id });
+    });
+  }
+
+  /** The MemoryEngine's host: what it gives a session goes to the worker that holds it. */
+  private host(): EngineHost {
+    const to = (clientId: string): Worker | undefined => {
+      const owner = this.owners.get(clientId);
+      return owner === undefined ? undefined : this.workers.get(owner);
+    };
+    return {
+      historySettings: this.settings,
+      onPublication: (publication: Publication, clientIds: Iterable<string>) => {
+        const byWorker = new Map<Worker, string[]>();
+        for (const clientId of clientIds) {
+          const worker = to(clientId);
+          if (!worker) continue;
+          const ids = byWorker.get(worker);
+          if (ids) ids.push(clientId);
+          else byWorker.set(worker, [clientId]);
+        }
+        for (const [worker, ids] of byWorker) worker.link.send({ k: 'pub', publication, ids });
+      },
+      onDirect: (publication, clientId) => to(clientId)?.link.send({ k: 'direct', publication, clientId }),
+      onEndSession: (clientId) => to(clientId)?.link.send({ k: 'end', clientId }),
+      onReplay: (clientId, channel, payloads) => to(clientId)?.link.send({ k: 'replay', clientId, channel, payloads: [...payloads] }),
+      onNodeMessage: () => {},
+      describeSessions: () => [],
+      reportError: () => {},
+    };
+  }
+}
+
+/** The channels a call may give a history (whose retention the broker must know). */
+export function channelsOf(method: string, args: readonly unknown[]): string[] {
+  switch (method) {
+    case 'publish':
+      return [(args[0] as Publication).channel];
+    case 'subscribe': {
+      const pattern = args[1] as string;
+      const recover = (args[2] as { channel: string }[] | undefined) ?? [];
+      return [...(isWildcard(pattern) ? [] : [pattern]), ...recover.map((r) => r.channel)];
+    }
+    case 'history':
+      return [args[0] as string];
+    default:
+      return [];
+  }
+}

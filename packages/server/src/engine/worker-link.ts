@@ -1,0 +1,65 @@
+/**
+ * The line between the workers of one machine and their broker (`perihelion serve --workers N`):
+ * the messages each side sends, and the two kinds of line that carry them, the IPC channel of a
+ * `node:cluster` worker and, for tests, a pair of in-process ends.
+ *
+ * One line per worker, in order both ways: a worker's calls are answered in the order they were
+ * made, and what the broker hands a worker (publications, replays) arrives in the order the
+ * broker's engine produced it, interleaved with the answers exactly as it happened there.
+ */
+import type { Publication, SessionInfo } from './engine.js';
+import type { Retention } from './history.js';
+
+/** A worker to the broker. */
+export type ToBroker =
+  /** First message: who the worker is, and its history bounds (the first worker's are used). */
+  | { k: 'hello'; node: string; maxChannels: number; maxChars: number }
+  /** An Engine method, with the retention of the channels it may give a history. */
+  | { k: 'call'; id: number; method: string; args: unknown[]; retention: [string, Retention][] }
+  /** The answer to a 'describe'. */
+  | { k: 'described'; id: number; sessions: SessionInfo[] };
+
+/** The broker to a worker. */
+export type ToWorker =
+  | { k: 'ret'; id: number; ok: true; value: unknown }
+  | { k: 'ret'; id: number; ok: false; code: string; message: string }
+  | { k: 'pub'; publication: Publication; ids: string[] }
+  | { k: 'direct'; publication: Publication; clientId: string }
+  | { k: 'end'; clientId: string }
+  | { k: 'replay'; clientId: string; channel: string; payloads: string[] }
+  | { k: 'node'; from: string; payload: string }
+  | { k: 'describe'; id: number };
+
+/** One end of a line. */
+export interface LinkEnd<Out, In> {
+  send(message: Out): void;
+  onMessage(handler: (message: In) => void): void;
+}
+
+/**
+ * The two ends of an in-process line, for tests: each message is cloned (as IPC serialises it)
+ * and arrives in a later task, in order.
+ */
+export function linkPair(): { worker: LinkEnd<ToBroker, ToWorker>; broker: LinkEnd<ToWorker, ToBroker> } {
+  const toWorker: ((message: ToWorker) => void)[] = [];
+  const toBroker: ((message: ToBroker) => void)[] = [];
+  const deliver = <T>(handlers: ((message: T) => void)[], message: T): void => {
+    const copy = structuredClone(message);
+    setImmediate(() => {
+      for (const handler of handlers) handler(copy);
+    });
+  };
+  return {
+    worker: { send: (message) => deliver(toBroker, message), onMessage: (handler) => void toWorker.push(handler) },
+    broker: { send: (message) => deliver(toWorker, message), onMessage: (handler) => void toBroker.push(handler) },
+  };
+}
+
+/** The worker's end of its IPC channel to the primary process (a `node:cluster` worker, or any child with IPC). */
+export function parentLink(): LinkEnd<ToBroker, ToWorker> {
+  if (typeof process.send !== 'function') throw new Error('parentLink: this process has no IPC channel to a parent');
+  return {
+    send: (message) => void process.send!(message),
+    onMessage: (handler) => void process.on('message', (message) => handler(message as ToWorker)),
+  };
+}

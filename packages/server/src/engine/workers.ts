@@ -1,0 +1,168 @@
+/**
+ * The engine of one worker of `perihelion serve --workers N`: the workers of a machine act as one
+ * server without Redis. Every call goes to the broker in the primary process (worker-broker.ts),
+ * which holds the one store; what the broker hands this worker (publications for its sessions,
+ * replays, messages from other workers, requests to end a session) comes back on the same line.
+ *
+ * A worker is a node as in cluster mode: a request for a session another worker holds is
+ * forwarded to it (core/forwarding.ts, through `ownerOf` and `sendToNode`), so the primary may
+ * hand any connection to any worker.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
+import type { HistoryPage, HistoryQuery } from './history.js';
+import { channelsOf } from './worker-broker.js';
+import { parentLink, type LinkEnd, type ToBroker, type ToWorker } from './worker-link.js';
+import { ERROR_CODES, PerihelionError, type ErrorCode } from '../errors.js';
+
+export class WorkersEngine implements Engine {
+  readonly name = 'workers';
+  private host: EngineHost | null = null;
+  private lastId = 0;
+  private readonly pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
+
+  /**
+   * `link`: the line to the broker (default: this process's IPC channel to its parent);
+   * `nodeId`: this worker's id, which the broker was told when it attached the line.
+   */
+  constructor(
+    private readonly link: LinkEnd<ToBroker, ToWorker> = parentLink(),
+    readonly nodeId: string = randomBytes(6).toString('hex'),
+  ) {
+    link.onMessage((message) => this.receive(message));
+  }
+
+  async start(host: EngineHost): Promise<void> {
+    this.host = host;
+    const { maxChannels, maxChars } = host.historySettings;
+    this.link.send({ k: 'hello', node: this.nodeId, maxChannels, maxChars });
+  }
+
+  async close(): Promise<void> {
+    this.host = null;
+    for (const { reject } of this.pending.values()) reject(new PerihelionError('ERR_ENGINE_CLOSED', 'the workers engine is closed'));
+    this.pending.clear();
+  }
+
+  addSession(clientId: string, user: string | null = null): Promise<void> {
+    return this.call('addSession', [clientId, user]);
+  }
+
+  usersOf(clientIds: readonly string[]): Promise<(string | null)[]> {
+    return this.call('usersOf', [clientIds]);
+  }
+
+  sessionsOfUser(user: string): Promise<string[]> {
+    return this.call('sessionsOfUser', [user]);
+  }
+
+  endSession(clientId: string): Promise<boolean> {
+    return this.call('endSession', [clientId]);
+  }
+
+  subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): Promise<SubscribeOutcome> {
+    // Infinity does not survive IPC's JSON.
+    return this.call('subscribe', [clientId, pattern, recover, Number.isFinite(maxReplay) ? maxReplay : Number.MAX_SAFE_INTEGER]);
+  }
+
+  unsubscribe(clientId: string, pattern: string): Promise<void> {
+    return this.call('unsubscribe', [clientId, pattern]);
+  }
+
+  removeSession(clientId: string): Promise<void> {
+    return this.call('removeSession', [clientId]);
+  }
+
+  async publish(publication: Publication): Promise<void> {
+    // The broker hands the stamped publication back to each worker with subscribers (this one
+    // too): the position is recorded on the caller's object as well, as the other engines do.
+    const stamped = await this.call<Pick<Publication, 'payload' | 'position' | 'message'> | null>('publish', [publication]);
+    if (stamped?.position) {
+      publication.payload = stamped.payload;
+      publication.position = stamped.position;
+      if (stamped.message.ext) publication.message.ext = stamped.message.ext;
+    }
+  }
+
+  history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null> {
+    return this.call('history', query === undefined ? [channel] : [channel, query]);
+  }
+
+  historyStats(): Promise<{ channels: number; messages: number }> {
+    return this.call('historyStats', []);
+  }
+
+  sendTo(clientId: string, publication: Publication): Promise<boolean> {
+    return this.call('sendTo', [clientId, publication]);
+  }
+
+  subscribers(pattern: string): Promise<string[]> {
+    return this.call('subscribers', [pattern]);
+  }
+
+  subscriberCount(pattern: string): Promise<number> {
+    return this.call('subscriberCount', [pattern]);
+  }
+
+  async channels(): Promise<Map<string, number>> {
+    return new Map(await this.call<[string, number][]>('channels', []));
+  }
+
+  census(): Promise<SessionInfo[]> {
+    return this.call('census', []);
+  }
+
+  ownerOf(clientId: string): Promise<string | null> {
+    return this.call('ownerOf', [clientId]);
+  }
+
+  sendToNode(node: string, payload: string): Promise<boolean> {
+    return this.call('sendToNode', [node, payload]);
+  }
+
+  markLeaving(channel: string, member: string, ttlMs: number): Promise<string> {
+    return this.call('markLeaving', [channel, member, ttlMs]);
+  }
+
+  takeLeaving(channel: string, member: string, token?: string): Promise<boolean> {
+    return this.call('takeLeaving', token === undefined ? [channel, member] : [channel, member, token]);
+  }
+
+  private call<T>(method: string, args: unknown[]): Promise<T> {
+    const host = this.host;
+    if (!host) return Promise.reject(new PerihelionError('ERR_ENGINE_CLOSED', 'the workers engine is not started or already closed'));
+    const id = ++this.lastId;
+    const retention = channelsOf(method, args).map((channel): [string, ReturnType<typeof host.historySettings.retentionFor>] => [channel, host.historySettings.retentionFor(channel)]);
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
+      this.link.send({ k: 'call', id, method, args, retention });
+    });
+  }
+
+  private receive(message: ToWorker): void {
+    const host = this.host;
+    switch (message.k) {
+      case 'ret': {
+        const pending = this.pending.get(message.id);
+        if (!pending) return;
+        this.pending.delete(message.id);
+        if (message.ok) pending.resolve(message.value);
+        else pending.reject(new PerihelionError(message.code in ERROR_CODES ? (message.code as ErrorCode) : 'ERR_ENGINE_UNAVAILABLE', message.message));
+        return;
+      }
+      case 'pub':
+        return host?.onPublication(message.publication, message.ids);
+      case 'direct':
+        return host?.onDirect(message.publication, message.clientId);
+      case 'end':
+        return host?.onEndSession(message.clientId);
+      case 'replay':
+        return host?.onReplay(message.clientId, message.channel, message.payloads);
+      case 'node':
+        return host?.onNodeMessage(message.from, message.payload);
+      case 'describe':
+        this.link.send({ k: 'described', id: message.id, sessions: host?.describeSessions() ?? [] });
+        return;
+    }
+  }
+}
