@@ -3,6 +3,7 @@ import { Command, Option } from 'commander';
 import { PerihelionError } from '@perihelion/server';
 import { SETTINGS, SettingsError, defaultsOn, envName, resolveSettings } from './settings.js';
 import { serve } from './serve.js';
+import { runWorkers, workerNode } from './workers.js';
 import { publishCommand } from './commands/publish.js';
 import { subscribeCommand } from './commands/subscribe.js';
 
@@ -26,6 +27,7 @@ Examples:
   perihelion serve
   perihelion serve --port 9000 --path /cometd
   perihelion serve --redis redis://127.0.0.1:6379   # cluster mode: run it on every node
+  perihelion serve --workers auto --no-demo         # one process per CPU, one server
   PERIHELION_TIMEOUT=20000 perihelion serve --no-demo
   PERIHELION_JSONP=1 perihelion serve --allowed-origins https://app.example.com
   PERIHELION_JWT_SECRET=… perihelion serve --no-anonymous --rules rules.json
@@ -44,7 +46,16 @@ for (const setting of SETTINGS) {
 }
 command.action(async (flags: Record<string, unknown>) => {
   try {
-    const running = await serve(resolveSettings(flags, process.env));
+    const settings = resolveSettings(flags, process.env);
+    const node = workerNode();
+    if ((settings.workers ?? 1) > 1 && node === null) return runWorkers(settings);
+    if (node !== null) {
+      // A worker whose primary is gone (killed) has nobody to answer its engine: it goes too.
+      process.on('disconnect', () => process.exit(1));
+    }
+    // Workers but the first keep quiet: one banner for the whole server.
+    const log = node === null || node.startsWith('w1-') ? console.log : () => {};
+    const running = await serve(settings, log, node ?? undefined);
     let stopping = false;
     const stop = (signal: string): void => {
       if (stopping) return;

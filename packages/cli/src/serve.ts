@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pino, type Logger } from 'pino';
-import { RedisEngine, createServer, type Perihelion } from '@perihelion/server';
+import { RedisEngine, WorkersEngine, createServer, type Engine, type Perihelion } from '@perihelion/server';
 import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
@@ -20,11 +20,12 @@ function securitySummary(server: Perihelion): string[] {
   ];
 }
 
-function engineSummary(server: Perihelion): string {
+function engineSummary(server: Perihelion, workers: number): string {
   const { engine } = server;
   if (engine instanceof RedisEngine) {
-    return `redis (cluster mode: ${engine.where}, key prefix "${engine.options.prefix}", node ${engine.nodeId})`;
+    return `redis (cluster mode: ${engine.where}, key prefix "${engine.options.prefix}", node ${engine.nodeId}${workers > 1 ? `, ${workers} workers here` : ''})`;
   }
+  if (engine instanceof WorkersEngine) return `workers (${workers} processes, their store in the primary process; --redis for several machines)`;
   return `${engine.name}${engine.name === 'memory' ? ' (this process only; --redis for cluster mode)' : ''}`;
 }
 
@@ -42,14 +43,21 @@ export interface Running {
   stop(): Promise<void>;
 }
 
-/** Starts the server described by `settings` and reports what it serves. */
-export async function serve(settings: Settings, log: (line: string) => void = console.log): Promise<Running> {
+/**
+ * Starts the server described by `settings` and reports what it serves. `workerNode`: this
+ * process is that worker of `--workers` (see workers.ts).
+ */
+export async function serve(settings: Settings, log: (line: string) => void = console.log, workerNode?: string): Promise<Running> {
+  // The demo gallery keeps state in its process (tickers, state channels, games): one process only.
+  const workers = settings.workers ?? 1;
+  const demo = settings.demo && workers === 1;
   // The built-in services may be called by anyone; the demo's pages publish to its chat and
   // counter, and nowhere else.
-  const rules = [...SERVICE_RULES, ...DASHBOARD_RULES, ...(settings.demo ? DEMO_RULES : []), ...(settings.server.channels ?? [])];
+  const rules = [...SERVICE_RULES, ...DASHBOARD_RULES, ...(demo ? DEMO_RULES : []), ...(settings.server.channels ?? [])];
   const options = { ...settings.server, channels: rules };
-  // Cluster mode: every node started with the same --redis acts as one server.
-  const engine =
+  // Cluster mode: every node started with the same --redis acts as one server; so do the
+  // workers of one machine, through the primary process.
+  const engine: Engine | undefined =
     settings.redis !== undefined
       ? new RedisEngine({
           url: settings.redis,
@@ -57,19 +65,21 @@ export async function serve(settings: Settings, log: (line: string) => void = co
           ...(settings.redisHeartbeatInterval !== undefined ? { heartbeatInterval: settings.redisHeartbeatInterval } : {}),
           ...(settings.redisNodeTimeout !== undefined ? { nodeTimeout: settings.redisNodeTimeout } : {}),
         })
-      : undefined;
+      : workerNode !== undefined
+        ? new WorkersEngine(undefined, workerNode)
+        : undefined;
   const server = createServer(engine ? { ...options, engine } : options);
   attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null }, pino.destination(2)));
   // An engine that cannot start (Redis unreachable) stops the server here, before it listens.
   await server.whenReady();
   installServices(server);
-  if (settings.demo) installDemo(server);
+  if (demo) installDemo(server);
   // The dashboard at /dashboard (its data gated, see dashboard.ts), then the demo pages, then 404.
   const dashboard = installDashboard(server);
-  const demo = settings.demo ? demoPage() : null;
+  const demoPages = demo ? demoPage() : null;
   const fallback = (req: IncomingMessage, res: ServerResponse): void => {
     if (dashboard.handle(req, res)) return;
-    if (demo) return demo(req, res);
+    if (demoPages) return demoPages(req, res);
     res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${server.options.path}\n`);
   };
   const listenOptions = { port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), fallback };
@@ -80,12 +90,13 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   log(`Perihelion listening on ${url}`);
   log(`  Bayeux endpoint: ${url}${server.options.path}`);
   log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
-  log(`  engine: ${engineSummary(server)}`);
+  log(`  engine: ${engineSummary(server, workers)}`);
   for (const line of securitySummary(server)) log(`  ${line}`);
   log(`  HTTP API: ${server.options.apiKey !== undefined ? `${url}/api/ (Authorization: Bearer <PERIHELION_API_KEY>)` : 'off (set PERIHELION_API_KEY to enable it)'}`);
   if (server.options.operations) log(`  operations: ${url}/health ${url}/ready ${url}/metrics`);
   log(`  services: ${ECHO_CHANNEL} (answers the caller with what it sent)`);
-  if (settings.demo) log(`  demo page: ${url}/`);
+  if (demo) log(`  demo page: ${url}/`);
+  else if (settings.demo) log('  demo page: off (the demo gallery keeps its state in one process: run it with --workers 1)');
   log(`  dashboard: ${url}/dashboard (${dashboard.summary})`);
   return { server, url, stop: () => (dashboard.close(), server.close()) };
 }

@@ -4,12 +4,13 @@
  * `HOST` are honoured too (platform conventions). Flags win over the environment.
  */
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { OPTION_TABLE, PerihelionError, resolveOptions, type OptionSpec, type ServerOptions } from '@perihelion/server';
 import { parse as parseYaml } from 'yaml';
 
 export interface Setting {
   /** ServerOptions key, or a listen/CLI setting. */
-  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout';
+  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'workers';
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
@@ -62,6 +63,7 @@ const COMMAND_SETTINGS: Setting[] = [
   { key: 'redisPrefix', flag: 'redis-prefix', kind: 'string', help: 'prefix of the Redis keys and channels, so that several clusters can share one Redis (default perihelion:)' },
   { key: 'redisHeartbeatInterval', flag: 'redis-heartbeat-interval', kind: 'integer', help: 'cluster mode: how often this node tells the others it is alive, ms (default 5000)' },
   { key: 'redisNodeTimeout', flag: 'redis-node-timeout', kind: 'integer', help: "cluster mode: silence after which a node counts as dead and the others remove its sessions, ms (default 15000; longer than the heartbeat interval)" },
+  { key: 'workers', flag: 'workers', kind: 'string', help: 'processes serving one port as one server: a number, or auto for one per CPU this process may use (default 1; the demo gallery needs 1)' },
   { key: 'rules', flag: 'rules', kind: 'file', help: 'JSON file with the channel authorization rules, e.g. [{"channel":"/chat/**","publish":"authenticated"}]' },
   { key: 'jwtPublicKey', flag: 'jwt-public-key', kind: 'file', help: 'PEM file of the public key that signs tokens (the HMAC secret comes from PERIHELION_JWT_SECRET)' },
   { key: 'jwtAlgorithm', flag: 'jwt-algorithm', kind: 'string', help: 'algorithm of --jwt-public-key (default RS256)' },
@@ -77,7 +79,18 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Keys a configuration file may hold besides the server options. */
-const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel', 'redis', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout']);
+const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel', 'redis', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'workers']);
+
+/** Most workers `--workers` takes. */
+export const MAX_WORKERS = 256;
+
+/** `--workers`: a whole number from 1 to MAX_WORKERS, or "auto" (one per CPU this process may use). */
+function parseWorkers(value: unknown, source: string): number {
+  if (value === 'auto') return availableParallelism();
+  const n = typeof value === 'number' ? value : typeof value === 'string' && /^\d+$/.test(value.trim()) ? Number(value.trim()) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > MAX_WORKERS) throw new SettingsError(`${source} must be a number of processes from 1 to ${MAX_WORKERS}, or auto, got ${JSON.stringify(value)}`);
+  return n;
+}
 
 export function envName(setting: Setting): string {
   return `PERIHELION_${setting.flag.replace(/-/g, '_').toUpperCase()}`;
@@ -132,6 +145,8 @@ export interface Settings {
   /** The Redis engine's node liveness, ms. */
   redisHeartbeatInterval?: number;
   redisNodeTimeout?: number;
+  /** Processes serving the port as one server (default 1: this process only). */
+  workers?: number;
 }
 
 /**
@@ -190,7 +205,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     if (typeof fromFlag === 'string') values[setting.key] = convert(setting, fromFlag, `--${setting.flag}`);
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
   }
-  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, ...server } = values;
+  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
   if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
   const options = server as ServerOptions;
@@ -227,6 +242,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     ...(typeof redisPrefix === 'string' ? { redisPrefix } : {}),
     ...(typeof redisHeartbeatInterval === 'number' ? { redisHeartbeatInterval } : {}),
     ...(typeof redisNodeTimeout === 'number' ? { redisNodeTimeout } : {}),
+    workers: parseWorkers(workers, 'workers (--workers, PERIHELION_WORKERS)'),
   };
 }
 

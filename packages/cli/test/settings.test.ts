@@ -1,11 +1,20 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { availableParallelism } from 'node:os';
 import type { OptionSpec } from '@perihelion/server';
 import { resolveSettings, SettingsError } from '../src/index.js';
 
 describe('settings from flags and environment', () => {
   it('defaults to port 8080, the demo on, no server options', () => {
-    assert.deepEqual(resolveSettings({}, {}), { server: {}, port: 8080, host: undefined, demo: true, logLevel: 'info' });
+    assert.deepEqual(resolveSettings({}, {}), { server: {}, port: 8080, host: undefined, demo: true, logLevel: 'info', workers: 1 });
+  });
+
+  it('takes --workers as a number of processes or auto (one per CPU), and refuses anything else', () => {
+    assert.equal(resolveSettings({ workers: '3' }, {}).workers, 3);
+    assert.equal(resolveSettings({}, { PERIHELION_WORKERS: 'auto' }).workers, availableParallelism());
+    for (const bad of ['0', '-1', '2.5', 'many', '257']) {
+      assert.throws(() => resolveSettings({ workers: bad }, {}), (error: Error) => error instanceof SettingsError && /workers .* must be a number of processes from 1 to 256, or auto/.test(error.message), bad);
+    }
   });
 
   it('honours PORT and HOST, and PERIHELION_PORT over PORT', () => {

@@ -1,0 +1,78 @@
+/**
+ * `perihelion serve --workers N`: N processes serve one port as one server, so that every core
+ * of the machine is used.
+ *
+ * The primary process forks the workers (`node:cluster`: they share the listening socket, and
+ * the primary hands each new connection to the next worker) and, without --redis, holds the
+ * WorkerBroker, the one store of the machine that their WorkersEngines use. With --redis each
+ * worker is a node of the cluster instead, and the primary only watches them. Either way a
+ * request for a session another worker holds is forwarded to it, as between the nodes of a
+ * cluster.
+ *
+ * A worker that dies is replaced (its sessions are gone: their clients handshake again); SIGTERM
+ * or SIGINT to the primary drains every worker, then the primary exits.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import { WorkerBroker, type ToBroker } from '@perihelion/server';
+import type { Settings } from './settings.js';
+
+/** The environment variable that tells a forked worker its node id. */
+export const WORKER_NODE_ENV = 'PERIHELION_WORKER_NODE';
+
+/** A worker that dies within this time of its start is not replaced at once, but after a pause. */
+const CRASH_PAUSE_MS = 1_000;
+
+/** This process is a worker forked by `runWorkers`: its node id, else null. */
+export function workerNode(): string | null {
+  return cluster.isWorker ? (process.env[WORKER_NODE_ENV] ?? null) : null;
+}
+
+/** Runs the primary: forks `settings.workers` workers and keeps them running until a signal. */
+export function runWorkers(settings: Settings, log: (line: string) => void = console.log): void {
+  const broker = settings.redis === undefined ? new WorkerBroker() : null;
+  const workers = new Map<Worker, { node: string; startedAt: number }>();
+  let stopping = false;
+  let lastNode = 0;
+
+  const fork = (): void => {
+    const node = `w${++lastNode}-${process.pid}`;
+    const worker = cluster.fork({ [WORKER_NODE_ENV]: node });
+    workers.set(worker, { node, startedAt: Date.now() });
+    if (broker) {
+      broker.attach(node, {
+        send: (message) => {
+          if (worker.isConnected()) worker.send(message);
+        },
+        onMessage: (handler) => void worker.on('message', (message) => handler(message as ToBroker)),
+      });
+    }
+    worker.on('online', () => log(`  worker ${node}: pid ${worker.process.pid}`));
+    worker.on('exit', (code, signal) => {
+      const entry = workers.get(worker);
+      workers.delete(worker);
+      void broker?.detach(node);
+      if (stopping) {
+        if (workers.size === 0) void broker?.close().finally(() => process.exit(0));
+        return;
+      }
+      log(`worker ${node} (pid ${worker.process.pid}) exited (${signal ?? `code ${code}`}); its clients will handshake again with the others; starting another`);
+      const quick = entry !== undefined && Date.now() - entry.startedAt < CRASH_PAUSE_MS;
+      setTimeout(fork, quick ? CRASH_PAUSE_MS : 0);
+    });
+  };
+
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: shutting down ${workers.size} workers`);
+    if (workers.size === 0) process.exit(0);
+    // Each worker drains its own sessions (drainTimeout), then exits; the primary follows.
+    for (const worker of workers.keys()) worker.process.kill('SIGTERM');
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+
+  const count = settings.workers ?? 1;
+  log(`Perihelion: ${count} workers on one port (primary pid ${process.pid}); ${broker ? 'their store is in this process (no Redis)' : 'each a node of the Redis cluster'}`);
+  for (let i = 0; i < count; i++) fork();
+}

@@ -1,0 +1,128 @@
+/**
+ * `perihelion serve --workers 2`: two processes on one port act as one server without Redis. The
+ * primary hands each new connection to the next worker; a client whose every request opens a new
+ * connection is served whichever worker gets it (its requests are forwarded to the worker that
+ * holds its session), and a publish on either worker reaches every client. Each worker killed in
+ * turn with SIGKILL is replaced, its clients start new sessions and recover from the history the
+ * primary keeps, and SIGTERM stops the whole server.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { request } from 'node:http';
+import { WebSocket } from 'ws';
+import { Client } from '@perihelion/client';
+import { listeningUrl, start } from './serve-process.js';
+
+const KEY = 'workers-test-api-key-0123';
+
+/** A fetch whose every request opens its own connection (no keep-alive): each may reach another worker. */
+const freshFetch: typeof fetch = async (input, init = {}) => {
+  const url = new URL(input instanceof Request ? input.url : String(input));
+  const headers: Record<string, string> = {};
+  new Headers(init.headers).forEach((value, name) => (headers[name] = value));
+  const body = init.body === undefined || init.body === null ? undefined : String(init.body);
+  return new Promise<Response>((resolve, reject) => {
+    const req = request(url, { method: init.method ?? 'GET', headers: { ...headers, connection: 'close' }, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      // A worker killed mid-answer: the response ends without its end.
+      res.on('close', () => {
+        if (!res.complete) reject(new Error('the connection closed mid-response'));
+      });
+      res.on('end', () => {
+        const responseHeaders = new Headers();
+        for (const [name, value] of Object.entries(res.headers)) if (value !== undefined) responseHeaders.set(name, [value].flat().join(', '));
+        resolve(new Response(Buffer.concat(chunks), { status: res.statusCode ?? 500, headers: responseHeaders }));
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    init.signal?.addEventListener('abort', () => req.destroy(new Error('aborted')));
+    req.end(body);
+  });
+};
+
+async function waitFor(what: string | (() => string), predicate: () => boolean, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe('perihelion serve --workers 2', () => {
+  it('serves clients through both workers as one server, replaces each killed worker (its clients recover every message), and stops on SIGTERM', { timeout: 60_000 }, async () => {
+    const child = start(['--workers', '2', '--open'], { PERIHELION_API_KEY: KEY });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
+    child.stderr.resume();
+    const exited = once(child, 'exit');
+    const clients: Client[] = [];
+    try {
+      const base = await listeningUrl(child);
+      await waitFor('the whole summary and two workers', () => output.includes('dashboard:') && (output.match(/worker w\d+-\d+: pid \d+/g) ?? []).length === 2);
+      assert.match(output, /2 workers on one port/);
+      assert.match(output, /engine: workers \(2 processes/);
+      const pids = [...output.matchAll(/worker w\d+-\d+: pid (\d+)/g)].map((m) => Number(m[1]));
+
+      const channel = '/workers/room';
+      const received: number[][] = [];
+      // Four WebSocket clients and a long-polling one, every request and socket on a connection
+      // of its own: the primary hands connections to the workers in turn.
+      for (let i = 0; i < 5; i++) {
+        const client = new Client(`${base}/bayeux`, { transports: [i < 4 ? 'websocket' : 'long-polling'], WebSocket: WebSocket as never, fetch: freshFetch });
+        clients.push(client);
+        await client.connect();
+        const mine: number[] = [];
+        received.push(mine);
+        await client.subscribe(channel, (data) => mine.push(data as number));
+      }
+      const publishApi = async (data: number): Promise<void> => {
+        const response = await freshFetch(`${base}/api/publish`, { method: 'POST', headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ channel, data }) });
+        assert.equal(response.status, 200, await response.text());
+      };
+      // Through the HTTP API (each call to the next worker) and through the clients, in turn.
+      for (let n = 0; n < 20; n++) await (n % 2 === 0 ? publishApi(n) : clients[n % 5]!.publish(channel, n));
+      await waitFor('20 messages at every client', () => received.every((r) => r.length >= 20));
+
+      // Each of the two workers dies in turn: the primary starts another; the clients of the dead
+      // one come back with new sessions and recover what they missed from the primary's history.
+      const first = clients.map((client) => client.clientId);
+      for (const [round, pid] of pids.entries()) {
+        process.kill(pid, 'SIGKILL');
+        await waitFor('a new worker', () => (output.match(/worker w\d+-\d+: pid \d+/g) ?? []).length === 3 + round, 15_000);
+        for (let n = 20 * (round + 1); n < 20 * (round + 2); n++) {
+          await publishApi(n);
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        const total = 20 * (round + 2);
+        await waitFor(() => `${total} messages at every client (have ${received.map((r) => r.length).join(', ')})`, () => received.every((r) => r.length >= total), 20_000);
+      }
+      assert.equal((output.match(/exited \(SIGKILL\)/g) ?? []).length, 2, output);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const expected = Array.from({ length: 60 }, (_, n) => n);
+      received.forEach((r, i) => assert.deepEqual(r, expected, `client ${i}: every message once, in order`));
+      clients.forEach((client, i) => assert.notEqual(client.clientId, first[i], `client ${i} has a new session: both workers it could be on are gone`));
+
+      await Promise.all(clients.splice(0).map((client) => client.disconnect()));
+      child.kill('SIGTERM');
+      const [code] = await exited;
+      assert.equal(code, 0);
+      const replacements = [...output.matchAll(/worker w\d+-\d+: pid (\d+)/g)].map((m) => Number(m[1])).slice(2);
+      for (const pid of replacements) assert.throws(() => process.kill(pid, 0), 'the workers are gone');
+    } finally {
+      await Promise.allSettled(clients.map((client) => client.disconnect()));
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('refuses a bad --workers with a clear message and exit code 2', async () => {
+    const child = start(['--workers', 'many']);
+    let errors = '';
+    child.stderr.on('data', (chunk: Buffer) => (errors += String(chunk)));
+    const [code] = await once(child, 'exit');
+    assert.equal(code, 2);
+    assert.match(errors, /workers \(--workers, PERIHELION_WORKERS\) must be a number of processes from 1 to 256, or auto, got "many"/);
+  });
+});
