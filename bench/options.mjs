@@ -4,8 +4,18 @@
 import { DEFAULT_SCENARIOS, SCENARIOS } from './scenarios.mjs';
 import { nchanInstalled } from './servers/nchan-install.mjs';
 
-/** Every server the bench can run, by its --servers name. */
-export const LABELS = { perihelion: 'Perihelion', faye: 'Faye 1.4', socketio: 'Socket.IO 4', nchan: 'Nchan 1.3', floor: 'Node floor' };
+/**
+ * Every server the bench can run, by its --servers name. perihelion-workers (Perihelion as
+ * `perihelion serve --workers N`, N from BENCH_WORKERS) runs only when named.
+ */
+export const LABELS = {
+  perihelion: 'Perihelion',
+  'perihelion-workers': `Perihelion, ${process.env.BENCH_WORKERS || 2} worker${(process.env.BENCH_WORKERS || '2') === '1' ? '' : 's'}`,
+  faye: 'Faye 1.4',
+  socketio: 'Socket.IO 4',
+  nchan: 'Nchan 1.3',
+  floor: 'Node floor',
+};
 
 const USAGE = `usage: npm run bench -- [options]
 
@@ -19,7 +29,9 @@ const USAGE = `usage: npm run bench -- [options]
   --warmup S             load scenarios: seconds of publishing at the first rate before anything is measured (default 3; 0 for none)
   --servers LIST         any of perihelion,faye,socketio,nchan,floor (default all, in that order; nchan only when
                          installed: apt-get install nginx-light libnginx-mod-nchan). floor is not a peer but a
-                         reference: a bare ws server, the least any Node server spends (see bench/README.md)
+                         reference: a bare ws server, the least any Node server spends (see bench/README.md).
+                         Also perihelion-workers, only when named: Perihelion as \`perihelion serve --workers N\`
+                         (a primary with the broker and N node:cluster workers; N = BENCH_WORKERS, default 2)
   --socketio-client K    raw (Engine.IO protocol over a WebSocket, default) or official (socket.io-client)
   --ws-client K          the subscribers' WebSocket: raw (a minimal RFC 6455 client on a TCP socket, default) or ws
   --connect-timeout S    per-client setup timeout, s (default 15)

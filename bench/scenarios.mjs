@@ -55,7 +55,7 @@ export const SCENARIOS = {
     channelsOf: () => ['fanout'],
     keys: ['fanout'],
     batch: 1,
-    servers: ['perihelion', 'faye', 'socketio'],
+    servers: ['perihelion', 'perihelion-workers', 'faye', 'socketio'],
     skips: {
       nchan: "Nchan's long-polling subscribers speak a protocol of their own (If-Modified-Since/If-None-Match), which the generator does not speak",
       floor: 'the floor is a WebSocket server only',
@@ -71,7 +71,7 @@ export const SCENARIOS = {
     channelsOf: (i) => range(10, (j) => `room${(i + 10 * j) % 100}`),
     keys: range(100, (i) => `room${i}`),
     batch: 10,
-    servers: ['perihelion', 'faye', 'socketio', 'nchan'],
+    servers: ['perihelion', 'perihelion-workers', 'faye', 'socketio', 'nchan'],
     skips: { floor: 'the floor writes each message as it comes, with no batching: it is no floor for batches' },
   },
   cluster: {
@@ -89,6 +89,7 @@ export const SCENARIOS = {
       faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
       nchan: 'nginx with Nchan on Redis is not set up by the bench',
       floor: 'the floor has no cluster mode',
+      'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
     },
   },
   clusterrr: {
@@ -108,6 +109,7 @@ export const SCENARIOS = {
       faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
       nchan: 'nginx with Nchan on Redis is not set up by the bench',
       floor: 'the floor has no cluster mode',
+      'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
     },
   },
 };
