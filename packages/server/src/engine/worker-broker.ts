@@ -15,7 +15,7 @@ import { isWildcard } from '@perihelion/protocol';
 import type { EngineHost, Publication, SessionInfo } from './engine.js';
 import type { HistorySettings, Retention } from './history.js';
 import { MemoryEngine } from './memory.js';
-import type { LinkEnd, ToBroker, ToWorker } from './worker-link.js';
+import { fromWire, toWire, type LinkEnd, type ToBroker, type ToWorker, type WirePublication } from './worker-link.js';
 import { PerihelionError } from '../errors.js';
 
 /** How long a census waits for each worker to describe its sessions, ms. */
@@ -164,11 +164,13 @@ export class WorkerBroker {
         break;
       case 'channels':
         return [...(await engine.channels())];
+      case 'sendTo':
+        return engine.sendTo(clientId, fromBytes(args[1] as WirePublication));
       case 'publish': {
         // The caller learns the position its publication got (the other engines stamp its object).
-        const publication = args[0] as Publication;
+        const publication = fromBytes(args[0] as WirePublication);
         await engine.publish(publication);
-        return publication.position ? { payload: publication.payload, position: publication.position, message: { ext: publication.message.ext } } : null;
+        return publication.position ?? null;
       }
     }
     if (!METHODS.has(method)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `the broker does not know ${JSON.stringify(method)}`);
@@ -217,9 +219,11 @@ export class WorkerBroker {
           if (ids) ids.push(clientId);
           else byWorker.set(worker, [clientId]);
         }
-        for (const [worker, ids] of byWorker) worker.link.send({ k: 'pub', publication, ids });
+        if (byWorker.size === 0) return;
+        const wire = toWire(publication);
+        for (const [worker, ids] of byWorker) worker.link.send({ k: 'pub', publication: wire, ids });
       },
-      onDirect: (publication, clientId) => to(clientId)?.link.send({ k: 'direct', publication, clientId }),
+      onDirect: (publication, clientId) => to(clientId)?.link.send({ k: 'direct', publication: toWire(publication), clientId }),
       onEndSession: (clientId) => to(clientId)?.link.send({ k: 'end', clientId }),
       onReplay: (clientId, channel, payloads) => to(clientId)?.link.send({ k: 'replay', clientId, channel, payloads: [...payloads] }),
       onNodeMessage: () => {},
@@ -227,6 +231,15 @@ export class WorkerBroker {
       reportError: () => {},
     };
   }
+}
+
+/**
+ * A publication from a worker, as the broker's engine takes it. The message object matters here
+ * only when the position cannot be spliced into the bytes (`ext` neither absent nor a plain
+ * object): then it is parsed from them; otherwise a stub takes the position's write.
+ */
+function fromBytes(wire: WirePublication): Publication {
+  return wire.ext === 'none' || wire.ext === 'object' ? Object.assign(wire, { message: { channel: wire.channel } }) : fromWire(wire);
 }
 
 /** The channels a call may give a history (whose retention the broker must know). */

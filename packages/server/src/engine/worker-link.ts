@@ -19,12 +19,32 @@ export type ToBroker =
   /** The answer to a 'describe'. */
   | { k: 'described'; id: number; sessions: SessionInfo[] };
 
+/** A publication on its way to a worker: everything but the message object (see `fromWire`). */
+export type WirePublication = Omit<Publication, 'message'>;
+
+/** A publication as it goes on the wire: its bytes, without the message object they were made from. */
+export function toWire(publication: Publication): WirePublication {
+  const { channel, payload, ext, position, exclude } = publication;
+  return { channel, payload, ext, ...(position ? { position } : {}), ...(exclude !== undefined ? { exclude } : {}) };
+}
+
+/** A publication from the wire, its message object parsed from its bytes when first asked for. */
+export function fromWire(wire: WirePublication): Publication {
+  let message: Publication['message'] | undefined;
+  return Object.assign(wire, {
+    get message(): Publication['message'] {
+      message ??= JSON.parse(wire.payload) as Publication['message'];
+      return message;
+    },
+  });
+}
+
 /** The broker to a worker. */
 export type ToWorker =
   | { k: 'ret'; id: number; ok: true; value: unknown }
   | { k: 'ret'; id: number; ok: false; code: string; message: string }
-  | { k: 'pub'; publication: Publication; ids: string[] }
-  | { k: 'direct'; publication: Publication; clientId: string }
+  | { k: 'pub'; publication: WirePublication; ids: string[] }
+  | { k: 'direct'; publication: WirePublication; clientId: string }
   | { k: 'end'; clientId: string }
   | { k: 'replay'; clientId: string; channel: string; payloads: string[] }
   | { k: 'node'; from: string; payload: string }

@@ -12,7 +12,9 @@ import { randomBytes } from 'node:crypto';
 import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
 import type { HistoryPage, HistoryQuery } from './history.js';
 import { channelsOf } from './worker-broker.js';
-import { parentLink, type LinkEnd, type ToBroker, type ToWorker } from './worker-link.js';
+import { fromWire, parentLink, toWire, type LinkEnd, type ToBroker, type ToWorker } from './worker-link.js';
+import { stampPosition, withPosition } from './position.js';
+import type { Position } from '@perihelion/protocol';
 import { ERROR_CODES, PerihelionError, type ErrorCode } from '../errors.js';
 
 export class WorkersEngine implements Engine {
@@ -74,14 +76,10 @@ export class WorkersEngine implements Engine {
   }
 
   async publish(publication: Publication): Promise<void> {
-    // The broker hands the stamped publication back to each worker with subscribers (this one
-    // too): the position is recorded on the caller's object as well, as the other engines do.
-    const stamped = await this.call<Pick<Publication, 'payload' | 'position' | 'message'> | null>('publish', [publication]);
-    if (stamped?.position) {
-      publication.payload = stamped.payload;
-      publication.position = stamped.position;
-      if (stamped.message.ext) publication.message.ext = stamped.message.ext;
-    }
+    // The broker sends the bytes and their form, not the message object they were made from.
+    const position = await this.call<Position | null>('publish', [toWire(publication)]);
+    // The position is recorded on the caller's object too, as the other engines do.
+    if (position) stampPosition(publication, position, withPosition(publication, position));
   }
 
   history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null> {
@@ -93,7 +91,7 @@ export class WorkersEngine implements Engine {
   }
 
   sendTo(clientId: string, publication: Publication): Promise<boolean> {
-    return this.call('sendTo', [clientId, publication]);
+    return this.call('sendTo', [clientId, toWire(publication)]);
   }
 
   subscribers(pattern: string): Promise<string[]> {
@@ -151,9 +149,9 @@ export class WorkersEngine implements Engine {
         return;
       }
       case 'pub':
-        return host?.onPublication(message.publication, message.ids);
+        return host?.onPublication(fromWire(message.publication), message.ids);
       case 'direct':
-        return host?.onDirect(message.publication, message.clientId);
+        return host?.onDirect(fromWire(message.publication), message.clientId);
       case 'end':
         return host?.onEndSession(message.clientId);
       case 'replay':
