@@ -5,6 +5,16 @@
 // Child → parent: {type:'ready', port, path} | {type:'stats', ...} | {type:'probed', id}
 //                 | {type:'published', runId, count, errors, startedAt, endedAt} | {type:'error', message}
 
+/** Perihelion's options in the bench (one process or workers): the limits that would throttle a load test, off. */
+export const PERIHELION_LOAD_TEST_OPTIONS = {
+  open: true, // any client may subscribe anywhere
+  handshakeRate: 0, // no handshake rate limit per address (every client is 127.0.0.1)
+  maxSessionsPerIp: 0, // no session cap per address
+  maxSubscriptionsPerIp: 0, // no subscription budget per address
+  publishRate: 0, // no publish rate limit
+  pingInterval: 0, // no WebSocket pings (the other servers' heartbeats are slower than a run)
+};
+
 /** Milliseconds on the machine's monotonic clock (shared by every process on the host). */
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 

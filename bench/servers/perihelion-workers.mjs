@@ -17,7 +17,7 @@
 import cluster from 'node:cluster';
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
-import { listenOnLoopback, runServer } from './common.mjs';
+import { PERIHELION_LOAD_TEST_OPTIONS, listenOnLoopback, runServer } from './common.mjs';
 
 const { createServer, WorkerBroker, WorkersEngine } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
 
@@ -37,12 +37,7 @@ async function runWorker() {
   const node = process.env[NODE_ENV];
   const bayeux = createServer({
     path: PATH,
-    open: true, // any client may subscribe anywhere
-    handshakeRate: 0, // no handshake rate limit per address (every client is 127.0.0.1)
-    maxSessionsPerIp: 0, // no session cap per address
-    maxSubscriptionsPerIp: 0, // no subscription budget per address
-    publishRate: 0, // no publish rate limit
-    pingInterval: 0, // no WebSocket pings (the other servers' heartbeats are slower than a run)
+    ...PERIHELION_LOAD_TEST_OPTIONS,
     engine: new WorkersEngine(undefined, node),
   });
   const server = http.createServer((req, res) => {

@@ -1,6 +1,6 @@
 // Perihelion, WebSocket transport, with the limits that would throttle a load test switched off.
 import http from 'node:http';
-import { listenOnLoopback, runServer } from './common.mjs';
+import { PERIHELION_LOAD_TEST_OPTIONS, listenOnLoopback, runServer } from './common.mjs';
 
 const { createServer, RedisEngine } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
 
@@ -11,12 +11,7 @@ const PATH = '/bayeux';
 
 const bayeux = createServer({
   path: PATH,
-  open: true, // any client may subscribe anywhere
-  handshakeRate: 0, // no handshake rate limit per address (every client is 127.0.0.1)
-  maxSessionsPerIp: 0, // no session cap per address
-  maxSubscriptionsPerIp: 0, // no subscription budget per address
-  publishRate: 0, // no publish rate limit
-  pingInterval: 0, // no WebSocket pings (the other servers' heartbeats are slower than a run)
+  ...PERIHELION_LOAD_TEST_OPTIONS,
   ...(redisUrl ? { engine: new RedisEngine({ url: redisUrl, prefix: process.env.BENCH_REDIS_PREFIX }) } : {}),
 });
 const server = http.createServer((req, res) => {
