@@ -11,7 +11,6 @@
  * A worker that exits takes its sessions with it: they are removed, and their clients, answered
  * 402 by the other workers (sendToNode says nobody listens), handshake again.
  */
-import { isWildcard } from '@perihelion/protocol';
 import type { EngineHost, Publication, SessionInfo } from './engine.js';
 import type { HistorySettings, Retention } from './history.js';
 import { MemoryEngine } from './memory.js';
@@ -240,21 +239,4 @@ export class WorkerBroker {
  */
 function fromBytes(wire: WirePublication): Publication {
   return wire.ext === 'none' || wire.ext === 'object' ? Object.assign(wire, { message: { channel: wire.channel } }) : fromWire(wire);
-}
-
-/** The channels a call may give a history (whose retention the broker must know). */
-export function channelsOf(method: string, args: readonly unknown[]): string[] {
-  switch (method) {
-    case 'publish':
-      return [(args[0] as Publication).channel];
-    case 'subscribe': {
-      const pattern = args[1] as string;
-      const recover = (args[2] as { channel: string }[] | undefined) ?? [];
-      return [...(isWildcard(pattern) ? [] : [pattern]), ...recover.map((r) => r.channel)];
-    }
-    case 'history':
-      return [args[0] as string];
-    default:
-      return [];
-  }
 }

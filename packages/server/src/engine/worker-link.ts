@@ -7,6 +7,7 @@
  * made, and what the broker hands a worker (publications, replays) arrives in the order the
  * broker's engine produced it, interleaved with the answers exactly as it happened there.
  */
+import { isWildcard } from '@perihelion/protocol';
 import type { Publication, SessionInfo } from './engine.js';
 import type { Retention } from './history.js';
 
@@ -82,4 +83,21 @@ export function parentLink(): LinkEnd<ToBroker, ToWorker> {
     send: (message) => void process.send!(message),
     onMessage: (handler) => void process.on('message', (message) => handler(message as ToWorker)),
   };
+}
+
+/** The channels a call may give a history (whose retention the broker must know). */
+export function channelsOf(method: string, args: readonly unknown[]): string[] {
+  switch (method) {
+    case 'publish':
+      return [(args[0] as Publication).channel];
+    case 'subscribe': {
+      const pattern = args[1] as string;
+      const recover = (args[2] as { channel: string }[] | undefined) ?? [];
+      return [...(isWildcard(pattern) ? [] : [pattern]), ...recover.map((r) => r.channel)];
+    }
+    case 'history':
+      return [args[0] as string];
+    default:
+      return [];
+  }
 }

@@ -11,8 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
 import type { HistoryPage, HistoryQuery } from './history.js';
-import { channelsOf } from './worker-broker.js';
-import { fromWire, parentLink, toWire, type LinkEnd, type ToBroker, type ToWorker } from './worker-link.js';
+import { channelsOf, fromWire, parentLink, toWire, type LinkEnd, type ToBroker, type ToWorker } from './worker-link.js';
 import { stampPosition, withPosition } from './position.js';
 import type { Position } from '@perihelion/protocol';
 import { ERROR_CODES, PerihelionError, type ErrorCode } from '../errors.js';
