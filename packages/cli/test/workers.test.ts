@@ -1,3 +1,4 @@
+/// <reference path="../../server/test/third-party.d.ts" />
 /**
  * `perihelion serve --workers 2`: two processes on one port act as one server without Redis. The
  * primary hands each new connection to the next worker; a client whose every request opens a new
@@ -12,7 +13,12 @@ import { once } from 'node:events';
 import { request } from 'node:http';
 import { WebSocket } from 'ws';
 import { Client } from '@perihelion/client';
+import { adapt } from 'cometd-nodejs-client';
+import { AckExtension, CometD, type Message as CometDMessage } from 'cometd';
+import faye from 'faye';
 import { listeningUrl, start } from './serve-process.js';
+
+adapt();
 
 const KEY = 'workers-test-api-key-0123';
 
@@ -114,6 +120,51 @@ describe('perihelion serve --workers 2', () => {
     } finally {
       await Promise.allSettled(clients.map((client) => client.disconnect()));
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('serves CometD (with its ack extension) and Faye in their plain setup, over long-polling and WebSocket', { timeout: 30_000 }, async () => {
+    const child = start(['--workers', '2', '--open']);
+    child.stderr.resume();
+    const stops: (() => Promise<unknown>)[] = [];
+    try {
+      const url = `${await listeningUrl(child)}/bayeux`;
+      const channel = '/workers/third-party';
+      const received = new Map<string, unknown[]>();
+      for (const transport of ['long-polling', 'websocket'] as const) {
+        const cometd = new CometD();
+        cometd.unregisterTransport(transport === 'websocket' ? 'long-polling' : 'websocket');
+        cometd.configure({ url, logLevel: 'warn' });
+        cometd.registerExtension('ack', new AckExtension());
+        const data: unknown[] = [];
+        received.set(`CometD ${transport}`, data);
+        stops.push(() => new Promise((resolve) => cometd.disconnect(resolve)));
+        await new Promise<void>((resolve, reject) =>
+          cometd.handshake((reply) => {
+            if (!reply.successful) return reject(new Error(JSON.stringify(reply)));
+            cometd.subscribe(channel, (message: CometDMessage) => void data.push(message.data), (sub) => (sub.successful ? resolve() : reject(new Error(JSON.stringify(sub)))));
+          }),
+        );
+        const client = new faye.Client(url);
+        if (transport === 'long-polling') client.disable('websocket');
+        const fayeData: unknown[] = [];
+        received.set(`Faye ${transport}`, fayeData);
+        stops.push(async () => client.disconnect());
+        await client.subscribe(channel, (value) => void fayeData.push(value));
+      }
+      const publisher = new faye.Client(url);
+      publisher.disable('websocket');
+      stops.push(async () => publisher.disconnect());
+      for (let n = 0; n < 30; n++) await publisher.publish(channel, n);
+      await waitFor(() => `30 messages at every client (${[...received].map(([name, data]) => `${name}: ${data.length}`).join(', ')})`, () => [...received.values()].every((data) => data.length >= 30));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const [name, data] of received) assert.deepEqual(data, Array.from({ length: 30 }, (_, n) => n), `${name}: every message once, in order`);
+    } finally {
+      await Promise.allSettled(stops.map((stop) => Promise.race([stop(), new Promise((resolve) => setTimeout(resolve, 1000))])));
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        await once(child, 'exit');
+      }
     }
   });
 
