@@ -129,7 +129,11 @@ describe('demo gallery in Chromium', () => {
       }));
     const first = await snapshot();
     await w.page.waitForFunction((prices) => Array.from(document.querySelectorAll('#quotes .price')).map((td) => td.textContent).join(' ') !== prices, first.prices, { timeout: 5000 });
-    await w.page.waitForTimeout(500);
+    // The chart is drawn on an animation frame, which a loaded machine delays: wait for it (the
+    // assertion below says if it never came).
+    await w.page
+      .waitForFunction((chart) => (document.getElementById('chart') as HTMLCanvasElement).toDataURL() !== chart, first.chart, { timeout: 5000 })
+      .catch(() => {});
     const second = await snapshot();
     assert.notEqual(second.prices, first.prices, 'the table changed');
     assert.notEqual(second.chart, first.chart, 'the chart was redrawn');
