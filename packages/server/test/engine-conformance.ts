@@ -105,6 +105,12 @@ export interface EngineFixture {
   create(): Engine;
   /** Forgets the store of the test that just ran. */
   reset(): Promise<void>;
+  /**
+   * How to see the engine forget the least recently used channel: a maxChannels that leaves room
+   * for two channels in one LRU, and three channels that share it. Default: maxChannels 2 and
+   * /lru/a, /lru/b, /lru/c (one LRU for every channel).
+   */
+  lru?: { maxChannels: number; channels: readonly [string, string, string] };
 }
 
 const positionOf = (payload: string | undefined): Position | undefined => (payload ? ((JSON.parse(payload) as Message).ext?.position as Position | undefined) : undefined);
@@ -428,14 +434,16 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
     });
 
     it('forgets the least recently used channel past maxChannels; it starts again under a new epoch', async () => {
-      const { engine } = await open(new RecordingHost(suiteRetention, 2));
-      await engine.publish(publication('/lru/a', 1));
-      const first = (await engine.history('/lru/a'))!.position!;
-      await engine.publish(publication('/lru/b', 1));
-      await engine.publish(publication('/lru/c', 1));
-      assert.deepEqual(await engine.history('/lru/a'), { position: null, payloads: [], complete: true });
-      await engine.publish(publication('/lru/a', 2));
-      const again = (await engine.history('/lru/a'))!.position!;
+      const { maxChannels, channels } = fixture.lru ?? { maxChannels: 2, channels: ['/lru/a', '/lru/b', '/lru/c'] };
+      const [a, b, c] = channels;
+      const { engine } = await open(new RecordingHost(suiteRetention, maxChannels));
+      await engine.publish(publication(a, 1));
+      const first = (await engine.history(a))!.position!;
+      await engine.publish(publication(b, 1));
+      await engine.publish(publication(c, 1));
+      assert.deepEqual(await engine.history(a), { position: null, payloads: [], complete: true });
+      await engine.publish(publication(a, 2));
+      const again = (await engine.history(a))!.position!;
       assert.equal(again.offset, 1);
       assert.notEqual(again.epoch, first.epoch);
       assert.equal((await engine.historyStats()).channels, 2);

@@ -5,6 +5,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
+import { RedisLayout } from '../src/engine/redis-layout.js';
+import type { EngineFixture } from './engine-conformance.js';
 
 export const REDIS_URL = process.env.PERIHELION_TEST_REDIS ?? 'redis://127.0.0.1:6379';
 
@@ -54,4 +56,30 @@ export async function keysUnder(prefix: string): Promise<string[]> {
   } finally {
     client.disconnect();
   }
+}
+
+/** A local Redis Cluster started for a test file (examples/cluster/redis-cluster.mjs). */
+export interface LocalRedisCluster {
+  /** Its nodes' URLs, separated by commas (the engine's `url` with `cluster: true`). */
+  url: string;
+  ports: number[];
+  stop(): Promise<void>;
+}
+
+/** Starts a local Redis Cluster of three shards (redis-server and redis-cli must be installed). */
+export async function startRedisCluster(): Promise<LocalRedisCluster> {
+  const starter = new URL('../../../../examples/cluster/redis-cluster.mjs', import.meta.url).href;
+  const { startRedisCluster: start } = (await import(starter)) as { startRedisCluster: () => Promise<LocalRedisCluster> };
+  return start();
+}
+
+/**
+ * The conformance suite's LRU case for an engine with `partitions`: each partition keeps its share
+ * of maxChannels (two here), so the three channels must share one partition.
+ */
+export function lruCase(partitions: number): NonNullable<EngineFixture['lru']> {
+  const layout = new RedisLayout('lru:', partitions > 1, partitions);
+  const channels: string[] = [];
+  for (let i = 0; channels.length < 3; i++) if (layout.partitionOf(`/lru/${i}`) === layout.partitionOf('/lru/0')) channels.push(`/lru/${i}`);
+  return { maxChannels: 2 * partitions, channels: channels as unknown as readonly [string, string, string] };
 }

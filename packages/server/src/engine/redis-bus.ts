@@ -1,8 +1,9 @@
 /**
  * The wire format of the Redis engine's pub/sub bus: what one node sends the others.
  *
- * Two pub/sub channels carry it: `<prefix>bus` every broadcast, once, to every node; and
- * `<prefix>node:<id>` what is meant for one node. A bus message is one line of JSON header, a
+ * Pub/sub channels carry it (their names are in redis-layout.ts): each partition's bus carries its
+ * channels' broadcasts and fences, once, to every node; the control bus census questions; and
+ * one channel per node what is meant for that node. A bus message is one line of JSON header, a
  * newline, and the payload: the Bayeux message exactly as its subscribers are sent it, serialised
  * once by the publishing node and never parsed or serialised again on the way (JSON never holds a
  * raw newline, so the first newline ends the header).
@@ -54,16 +55,6 @@ export type BusMessage =
 
 type BusKind = BusMessage['kind'];
 export type Broadcast = Extract<BusMessage, { kind: 'broadcast' }>;
-
-/** The pub/sub channel every node hears: broadcasts. */
-export function busChannel(prefix: string): string {
-  return `${prefix}bus`;
-}
-
-/** The pub/sub channel of one node: what is meant for it alone. */
-export function nodeChannel(prefix: string, node: string): string {
-  return `${prefix}node:${node}`;
-}
 
 /** A bus message that could not be read; says what is wrong with it. */
 export class BusFormatError extends Error {

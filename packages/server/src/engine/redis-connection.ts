@@ -1,16 +1,21 @@
 /**
  * The Redis engine's two connections (one for commands and scripts, one subscribed to the bus) and
- * their health.
+ * their health, to one Redis or to a Redis Cluster (there, each is an ioredis Cluster client: the
+ * subscriber keeps one connection per shard, for sharded pub/sub).
  *
  * Commands fail fast while Redis is away (no offline queue) and are never sent twice: a publish
  * script resent after a reconnect could publish twice. Meanwhile the node serves its own sessions,
  * and the loss is reported once per outage through the server's 'error' event; the connections
  * come back with backoff. At start a failure is final instead: a clear error beats a silent wait.
  */
-import type { Redis } from 'ioredis';
+import { createHash } from 'node:crypto';
+import type { Cluster, Redis } from 'ioredis';
 import { PerihelionError } from '../errors.js';
-import { describeUrl, type RedisEngineOptions } from './redis-options.js';
+import { describeUrl, redisUrls, type RedisEngineOptions } from './redis-options.js';
 import { SCRIPTS, type ScriptName } from './redis-scripts.js';
+
+/** Each script's SHA1, as EVALSHA names it. */
+const SHAS = new Map(Object.entries(SCRIPTS).map(([name, lua]) => [name as ScriptName, createHash('sha1').update(lua).digest('hex')]));
 
 export interface ConnectionHost {
   /** A message on one of the subscribed pub/sub channels. */
@@ -24,7 +29,6 @@ export interface ConnectionHost {
 export class RedisConnection {
   private cmd: Redis | null = null;
   private sub: Redis | null = null;
-  private readonly shas = new Map<ScriptName, string>();
   private started = false;
   private closing = false;
   /** Set once a loss of Redis has been reported, cleared when the connection is back. */
@@ -38,24 +42,12 @@ export class RedisConnection {
   ) {}
 
   /**
-   * Connects both, loads the scripts, subscribes to `channels`, then runs `init` (the node's first
-   * heartbeat); a failure of any step rejects with ERR_ENGINE_UNAVAILABLE saying why.
+   * Connects both, subscribes to `channels`, then runs `init` (the node's first heartbeat); a
+   * failure of any step rejects with ERR_ENGINE_UNAVAILABLE saying why.
    */
   async open(channels: readonly string[], init: () => Promise<void>): Promise<void> {
-    const { Redis: RedisClient } = await import('ioredis');
-    const connect = (role: string): Redis =>
-      new RedisClient(this.options.url, {
-        lazyConnect: true,
-        connectionName: `${this.name}:${role}`,
-        connectTimeout: this.options.connectTimeout,
-        commandTimeout: this.options.commandTimeout,
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        autoResendUnfulfilledCommands: false,
-        retryStrategy: (times: number) => (this.started && !this.closing ? Math.min(100 * times, 2000) : null),
-      });
-    const cmd = connect('cmd');
-    const sub = connect('sub');
+    const cmd = await this.connect('cmd');
+    const sub = await this.connect('sub');
     this.cmd = cmd;
     this.sub = sub;
     let lastError = null as Error | null;
@@ -67,14 +59,15 @@ export class RedisConnection {
     sub.on('error', onError);
     try {
       await Promise.all([cmd.connect(), sub.connect()]);
-      const info = await cmd.info('server');
-      const version = /redis_version:(\d+)\.(\d+)/.exec(info);
-      if (version && (Number(version[1]) < 6 || (Number(version[1]) === 6 && Number(version[2]) < 2))) {
-        throw new Error(`Redis ${version[1]}.${version[2]} is too old; the engine needs 6.2 or later (XTRIM MINID)`);
+      await this.checkVersion(cmd);
+      if (this.options.cluster) {
+        sub.on('smessage', (channel: string, text: string) => this.host.onMessage(channel, text));
+        // One SSUBSCRIBE per channel: each may hash to another shard.
+        for (const channel of channels) await sub.ssubscribe(channel);
+      } else {
+        sub.on('message', (channel: string, text: string) => this.host.onMessage(channel, text));
+        await sub.subscribe(...channels);
       }
-      for (const [name, lua] of Object.entries(SCRIPTS)) this.shas.set(name as ScriptName, (await cmd.script('LOAD', lua)) as string);
-      sub.on('message', (channel: string, text: string) => this.host.onMessage(channel, text));
-      await sub.subscribe(...channels);
       await init();
     } catch (error) {
       cmd.disconnect();
@@ -91,6 +84,54 @@ export class RedisConnection {
       this.outage = false;
       this.host.onReconnect();
     });
+  }
+
+  /**
+   * A client for one role, not connected yet: a Redis client, or on a cluster a Cluster client
+   * (typed as a Redis client: both take the same commands).
+   */
+  private async connect(role: string): Promise<Redis> {
+    const { Redis: RedisClient, Cluster: ClusterClient } = await import('ioredis');
+    const retry = (times: number): number | null => (this.started && !this.closing ? Math.min(100 * times, 2000) : null);
+    const options = {
+      lazyConnect: true,
+      connectionName: `${this.name}:${role}`,
+      connectTimeout: this.options.connectTimeout,
+      commandTimeout: this.options.commandTimeout,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      autoResendUnfulfilledCommands: false,
+      retryStrategy: retry,
+    };
+    if (!this.options.cluster) return new RedisClient(this.options.url, options);
+    const urls = redisUrls(this.options).map((url) => new URL(url));
+    const [first] = urls;
+    const cluster: Cluster = new ClusterClient(
+      urls.map((url) => ({ host: url.hostname, port: Number(url.port || 6379) })),
+      {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        shardedSubscribers: role === 'sub',
+        clusterRetryStrategy: retry,
+        slotsRefreshTimeout: this.options.connectTimeout,
+        redisOptions: {
+          ...options,
+          ...(first!.username ? { username: decodeURIComponent(first!.username) } : {}),
+          ...(first!.password ? { password: decodeURIComponent(first!.password) } : {}),
+          ...(first!.protocol === 'rediss:' ? { tls: {} } : {}),
+        },
+      },
+    );
+    return cluster as unknown as Redis;
+  }
+
+  private async checkVersion(cmd: Redis): Promise<void> {
+    const info = await cmd.info('server');
+    const version = /redis_version:(\d+)\.(\d+)/.exec(info);
+    if (!version) return;
+    const [major, minor] = [Number(version[1]), Number(version[2])];
+    if (this.options.cluster && major < 7) throw new Error(`Redis ${major}.${minor} is too old for a cluster; sharded pub/sub (SPUBLISH) needs 7 or later`);
+    if (major < 6 || (major === 6 && minor < 2)) throw new Error(`Redis ${major}.${minor} is too old; the engine needs 6.2 or later (XTRIM MINID)`);
   }
 
   /**
@@ -111,11 +152,6 @@ export class RedisConnection {
     this.cmd = this.sub = null;
   }
 
-  /** The prefix of every key and pub/sub channel. */
-  get prefix(): string {
-    return this.options.prefix;
-  }
-
   /** From the start of `open` (unless it failed) until `close` has ended. */
   get opened(): boolean {
     return this.cmd !== null;
@@ -131,18 +167,26 @@ export class RedisConnection {
     return this.sub?.status === 'ready';
   }
 
-  async script(name: ScriptName, args: Array<string | number>): Promise<unknown> {
+  /**
+   * Runs a script on the shard that holds `prefix`'s slot (see redis-layout.ts): the prefix is its
+   * one declared key and its first argument.
+   */
+  async script(name: ScriptName, prefix: string, args: Array<string | number>): Promise<unknown> {
     const cmd = this.cmd;
     if (!cmd) throw new PerihelionError('ERR_ENGINE_CLOSED', 'the Redis engine is closed');
-    const all = [this.options.prefix, ...args];
     try {
-      return await cmd.evalsha(this.shas.get(name)!, 0, ...all);
+      return await cmd.evalsha(SHAS.get(name)!, 1, prefix, prefix, ...args);
     } catch (error) {
-      // Redis restarted (or SCRIPT FLUSH): load the script again, once.
+      // Not loaded there yet (a new shard, a restart, SCRIPT FLUSH): nothing ran, so send it whole
+      // once; Redis keeps it for the next EVALSHA.
       if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
-      this.shas.set(name, (await cmd.script('LOAD', SCRIPTS[name])) as string);
-      return cmd.evalsha(this.shas.get(name)!, 0, ...all);
+      return cmd.eval(SCRIPTS[name], 1, prefix, prefix, ...args);
     }
+  }
+
+  /** Publishes `text` on the pub/sub channel `channel` (sharded on a cluster); resolves to how many heard it. */
+  send(cmd: Redis, channel: string, text: string): Promise<number> {
+    return this.options.cluster ? (cmd.spublish(channel, text) as Promise<number>) : cmd.publish(channel, text);
   }
 
   /** A read of shared state; while Redis is away, this node's own view (reported). */

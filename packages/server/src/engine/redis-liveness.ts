@@ -1,5 +1,5 @@
 /**
- * Which nodes of the cluster are alive. Each node writes the time into `<prefix>nodes` every
+ * Which nodes of the cluster are alive. Each node writes the time into `<control prefix>nodes` every
  * `heartbeatInterval` (Redis's clock, so that the nodes' clocks need not agree) and, in the same
  * script, learns which nodes have been silent for longer than `nodeTimeout`: it removes their
  * sessions and subscriptions, so that presence and `sendTo` stop naming sessions nobody holds.
@@ -26,6 +26,8 @@ export class NodeLiveness {
 
   constructor(
     private readonly connection: RedisConnection,
+    /** The control plane's prefix (redis-layout.ts). */
+    private readonly control: string,
     private readonly nodeId: string,
     private readonly options: { heartbeatInterval: number; nodeTimeout: number },
     /** This node's live sessions, to record again when Redis has forgotten them. */
@@ -46,7 +48,7 @@ export class NodeLiveness {
   /** Says this node is alive, registers it again if it was forgotten, removes dead nodes. */
   async beat(): Promise<void> {
     if (!this.connection.readyCmd()) return;
-    const [fresh, ...dead] = (await this.connection.script('HEARTBEAT', [this.nodeId, this.options.nodeTimeout])) as [number, ...string[]];
+    const [fresh, ...dead] = (await this.connection.script('HEARTBEAT', this.control, [this.nodeId, this.options.nodeTimeout])) as [number, ...string[]];
     if (Number(fresh) === 1) await this.register();
     for (const node of dead) await this.removeNode(node, this.options.nodeTimeout);
   }
@@ -69,7 +71,7 @@ export class NodeLiveness {
     if (!cmd) throw unavailable('cannot list the nodes');
     const [seconds, micros] = await cmd.time();
     const now = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
-    const all = await cmd.hgetall(`${this.connection.prefix}nodes`);
+    const all = await cmd.hgetall(`${this.control}nodes`);
     return Object.entries(all)
       .filter(([, seen]) => now - Number(seen) <= this.options.nodeTimeout)
       .map(([node]) => node);
@@ -79,7 +81,7 @@ export class NodeLiveness {
   private async register(): Promise<void> {
     const args: Array<string | number> = [];
     const flush = async (): Promise<void> => {
-      if (args.length > 0) await this.connection.script('REGISTER', [this.nodeId, ...args.splice(0)]);
+      if (args.length > 0) await this.connection.script('REGISTER', this.control, [this.nodeId, ...args.splice(0)]);
     };
     for (const { clientId, user, patterns } of this.registrations()) {
       const list = [...patterns];
@@ -95,6 +97,6 @@ export class NodeLiveness {
    * within `timeout` meanwhile is left alone.
    */
   private async removeNode(node: string, timeout: number): Promise<void> {
-    while (Number(await this.connection.script('REMOVE_NODE', [node, timeout, CLEANUP_BATCH])) > 0);
+    while (Number(await this.connection.script('REMOVE_NODE', this.control, [node, timeout, CLEANUP_BATCH])) > 0);
   }
 }

@@ -5,9 +5,26 @@
 import { PerihelionError } from '../errors.js';
 
 export interface RedisEngineOptions {
-  /** Where Redis is: `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS). Default: redis://127.0.0.1:6379. */
+  /**
+   * Where Redis is: `redis://[user:password@]host[:port][/db]` or `rediss://…` (TLS). With `cluster`,
+   * one or more nodes of the Redis Cluster to start from, separated by commas. Default: redis://127.0.0.1:6379.
+   */
   url?: string;
-  /** Prefix of every key and pub/sub channel, so that several clusters can share one Redis. Default: "perihelion:". */
+  /**
+   * Redis is a Redis Cluster (7 or later): the data plane is split into `partitions` spread over
+   * its shards, published with sharded pub/sub (see redis-layout.ts). Default: false.
+   */
+  cluster?: boolean;
+  /**
+   * Partitions of channels' positions, histories and broadcasts; every node of a cluster must use
+   * the same number. More partitions spread publishes over more shards; each node subscribes to
+   * every partition. Default: 16 on a Redis Cluster, 1 otherwise; at most 1024.
+   */
+  partitions?: number;
+  /**
+   * Prefix of every key and pub/sub channel, so that several clusters can share one Redis; no
+   * braces (they would be a Redis Cluster hash tag). Default: "perihelion:".
+   */
   prefix?: string;
   /** How often this node tells the others it is alive, ms. Default: 5000. */
   heartbeatInterval?: number;
@@ -21,6 +38,9 @@ export interface RedisEngineOptions {
 
 export const REDIS_DEFAULTS = {
   url: 'redis://127.0.0.1:6379',
+  cluster: false,
+  /** 0: chosen by `cluster` (16 on a Redis Cluster, 1 otherwise). */
+  partitions: 0,
   prefix: 'perihelion:',
   heartbeatInterval: 5000,
   nodeTimeout: 15000,
@@ -31,9 +51,18 @@ export const REDIS_DEFAULTS = {
 /** The options with their defaults filled in; throws ERR_INVALID_OPTION for a bad one. */
 export function resolveRedisOptions(options: RedisEngineOptions): Required<RedisEngineOptions> {
   const resolved: Required<RedisEngineOptions> = { ...REDIS_DEFAULTS, ...definedOnly(options) };
-  validateRedisUrl(resolved.url);
-  const { prefix } = resolved;
+  if (typeof resolved.cluster !== 'boolean') invalid(`option "cluster" must be true or false, got ${JSON.stringify(resolved.cluster)}`);
+  for (const url of redisUrls(resolved)) {
+    validateRedisUrl(url);
+    if (resolved.cluster && !/^\/?0?$/.test(new URL(url).pathname)) invalid(`a Redis Cluster has only database 0; the URL ${JSON.stringify(describeUrl(url))} names another`);
+  }
+  const { prefix, partitions } = resolved;
   if (typeof prefix !== 'string') invalid(`option "prefix" must be a string, got ${JSON.stringify(prefix)}`);
+  if (/[{}]/.test(prefix)) invalid(`option "prefix" may not hold braces (a Redis Cluster hash tag), got ${JSON.stringify(prefix)}`);
+  if (partitions === 0) resolved.partitions = resolved.cluster ? 16 : 1;
+  else if (!Number.isInteger(partitions) || partitions < 1 || partitions > MAX_PARTITIONS) {
+    invalid(`option "partitions" must be a whole number from 1 to ${MAX_PARTITIONS}, got ${JSON.stringify(partitions)}`);
+  }
   for (const key of ['heartbeatInterval', 'nodeTimeout', 'connectTimeout', 'commandTimeout'] as const) {
     const value = resolved[key];
     if (!Number.isInteger(value) || value < 10) invalid(`option "${key}" must be a whole number of ms (10 or more), got ${JSON.stringify(value)}`);
@@ -44,8 +73,17 @@ export function resolveRedisOptions(options: RedisEngineOptions): Required<Redis
   return resolved;
 }
 
-/** The URL without its password, for messages. */
+const MAX_PARTITIONS = 1024;
+
+/** The URLs `url` names: one, or on a cluster the nodes to start from. */
+export function redisUrls(options: { url: string; cluster: boolean }): string[] {
+  if (typeof options.url !== 'string' || !options.cluster) return [options.url];
+  return options.url.split(',').map((url) => url.trim());
+}
+
+/** The URL (or URLs) without a password, for messages. */
 export function describeUrl(url: string): string {
+  if (url.includes(',')) return url.split(',').map((one) => describeUrl(one.trim())).join(',');
   try {
     const parsed = new URL(url);
     if (parsed.password) parsed.password = '***';

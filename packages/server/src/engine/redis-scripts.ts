@@ -3,94 +3,111 @@
  * every node (a position given, a subscription counted, a dead node's sessions removed) is one
  * script, so Redis runs it atomically and every node sees the same order.
  *
- * Keys, all under the engine's prefix P (default "perihelion:"):
+ * Keys of the control plane, all under its prefix C (see redis-layout.ts: "perihelion:" on one
+ * Redis, "perihelion:{c}" on a Redis Cluster, so that they share one hash slot):
  *
- *   P ch:<channel>        hash   e: epoch, o: offset of the latest message, s: size, t: ttl (ms)
- *   P log:<channel>       stream the channel's latest messages (field p: the payload, with its
- *                                position), trimmed to `s` entries and `t` ms; expires after `t` ms
- *                                of silence (every message in it would be too old by then)
- *   P chans               zset   channels that have a position, scored by last use (LRU, for
- *                                `maxHistoryChannels`)
- *   P lru                 string the counter that scores `chans`
- *   P subs:<pattern>      set    clientIds subscribed to exactly this channel or pattern
- *   P sess:<clientId>     set    the patterns a session is subscribed to
- *   P counts              hash   pattern → number of subscribers (for `channels()`)
- *   P owner               hash   clientId → id of the node that holds the session
- *   P nodesess:<node>     set    the sessions a node holds
- *   P user                hash   clientId → its authenticated user (anonymous sessions: absent)
- *   P usess:<user>        set    the sessions of a user
- *   P nodes               hash   node id → time of its last heartbeat (ms, Redis clock)
- *   P leave:<[ch,member]> string a presence grace mark, holding its token: the member just left
+ *   C subs:<pattern>      set    clientIds subscribed to exactly this channel or pattern
+ *   C sess:<clientId>     set    the patterns a session is subscribed to
+ *   C counts              hash   pattern → number of subscribers (for `channels()`)
+ *   C owner               hash   clientId → id of the node that holds the session
+ *   C nodesess:<node>     set    the sessions a node holds
+ *   C user                hash   clientId → its authenticated user (anonymous sessions: absent)
+ *   C usess:<user>        set    the sessions of a user
+ *   C nodes               hash   node id → time of its last heartbeat (ms, Redis clock)
+ *   C layout              hash   partitions: how many data partitions the cluster's nodes use
+ *   C leave:<[ch,member]> string a presence grace mark, holding its token: the member just left
  *                                the channel (it expires on its own; see Engine.markLeaving)
  *
- * The scripts compute key names from the prefix instead of declaring them in KEYS, so they need a
- * single Redis (standalone, or a primary with replicas or Sentinel), not Redis Cluster.
- * XTRIM MINID needs Redis 6.2 or later.
+ * Keys of one data partition, under its prefix D (one hash slot per partition on a cluster):
  *
- * PUBLISH and SUBSCRIBE send on the bus (redis-bus.ts) but know neither its channels nor its
- * format: they are given the channel and the text to send, and only write a position into it.
+ *   D ch:<channel>        hash   e: epoch, o: offset of the latest message, s: size, t: ttl (ms)
+ *   D log:<channel>       stream the channel's latest messages (field p: the payload, with its
+ *                                position), trimmed to `s` entries and `t` ms; expires after `t` ms
+ *                                of silence (every message in it would be too old by then)
+ *   D chans               zset   the partition's channels that have a position, scored by last
+ *                                use (LRU, for the partition's share of `maxHistoryChannels`)
+ *   D lru                 string the counter that scores `chans`
+ *   D bus                 pub/sub the partition's broadcasts, and the fences of reads made in it
+ *
+ * A script touches the keys of the control plane, or of one partition, only. It is given one key
+ * of that slot (KEYS[1]) so that a Redis Cluster client sends it to the shard holding the slot,
+ * and computes the other names from the prefix (ARGV[1]). XTRIM MINID needs Redis 6.2 or later;
+ * SPUBLISH (a cluster's sharded pub/sub) Redis 7.
+ *
+ * PUBLISH and READ send on the bus (redis-bus.ts) but know neither its format nor whether Redis
+ * is a cluster: they are given the publish command and the text to send, and only write a
+ * position into it.
  */
 
-const PRELUDE = `
-local P = ARGV[1]
+const CLOCK = `
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function int(n) return string.format('%d', n) end
+`;
+
+/** Functions of the control plane; C is its prefix. */
+const CONTROL = `${CLOCK}
+local C = ARGV[1]
 local function sub(cid, pattern)
-  if redis.call('SADD', P .. 'subs:' .. pattern, cid) == 1 then
-    redis.call('SADD', P .. 'sess:' .. cid, pattern)
-    redis.call('HINCRBY', P .. 'counts', pattern, 1)
+  if redis.call('SADD', C .. 'subs:' .. pattern, cid) == 1 then
+    redis.call('SADD', C .. 'sess:' .. cid, pattern)
+    redis.call('HINCRBY', C .. 'counts', pattern, 1)
   end
 end
 local function unsub(cid, pattern)
-  if redis.call('SREM', P .. 'subs:' .. pattern, cid) == 1 then
-    redis.call('SREM', P .. 'sess:' .. cid, pattern)
-    if redis.call('HINCRBY', P .. 'counts', pattern, -1) <= 0 then redis.call('HDEL', P .. 'counts', pattern) end
+  if redis.call('SREM', C .. 'subs:' .. pattern, cid) == 1 then
+    redis.call('SREM', C .. 'sess:' .. cid, pattern)
+    if redis.call('HINCRBY', C .. 'counts', pattern, -1) <= 0 then redis.call('HDEL', C .. 'counts', pattern) end
   end
 end
 local function own(cid, node, user)
-  redis.call('HSET', P .. 'owner', cid, node)
-  redis.call('SADD', P .. 'nodesess:' .. node, cid)
+  redis.call('HSET', C .. 'owner', cid, node)
+  redis.call('SADD', C .. 'nodesess:' .. node, cid)
   if user and user ~= '' then
-    redis.call('HSET', P .. 'user', cid, user)
-    redis.call('SADD', P .. 'usess:' .. user, cid)
+    redis.call('HSET', C .. 'user', cid, user)
+    redis.call('SADD', C .. 'usess:' .. user, cid)
   end
 end
 local function drop_session(cid, node)
-  local owner = redis.call('HGET', P .. 'owner', cid)
-  redis.call('SREM', P .. 'nodesess:' .. node, cid)
+  local owner = redis.call('HGET', C .. 'owner', cid)
+  redis.call('SREM', C .. 'nodesess:' .. node, cid)
   if owner and owner ~= node then return end
-  for _, pattern in ipairs(redis.call('SMEMBERS', P .. 'sess:' .. cid)) do unsub(cid, pattern) end
-  redis.call('DEL', P .. 'sess:' .. cid)
-  redis.call('HDEL', P .. 'owner', cid)
-  local user = redis.call('HGET', P .. 'user', cid)
+  for _, pattern in ipairs(redis.call('SMEMBERS', C .. 'sess:' .. cid)) do unsub(cid, pattern) end
+  redis.call('DEL', C .. 'sess:' .. cid)
+  redis.call('HDEL', C .. 'owner', cid)
+  local user = redis.call('HGET', C .. 'user', cid)
   if user then
-    redis.call('SREM', P .. 'usess:' .. user, cid)
-    redis.call('HDEL', P .. 'user', cid)
+    redis.call('SREM', C .. 'usess:' .. user, cid)
+    redis.call('HDEL', C .. 'user', cid)
   end
 end
+`;
+
+/** Functions of one data partition; D is its prefix. */
+const DATA = `${CLOCK}
+local D = ARGV[1]
 local function touch(channel, maxc)
-  redis.call('ZADD', P .. 'chans', redis.call('INCR', P .. 'lru'), channel)
-  local over = redis.call('ZCARD', P .. 'chans') - maxc
+  redis.call('ZADD', D .. 'chans', redis.call('INCR', D .. 'lru'), channel)
+  local over = redis.call('ZCARD', D .. 'chans') - maxc
   if over > 0 then
-    local gone = redis.call('ZPOPMIN', P .. 'chans', over)
-    for i = 1, #gone, 2 do redis.call('DEL', P .. 'ch:' .. gone[i], P .. 'log:' .. gone[i]) end
+    local gone = redis.call('ZPOPMIN', D .. 'chans', over)
+    for i = 1, #gone, 2 do redis.call('DEL', D .. 'ch:' .. gone[i], D .. 'log:' .. gone[i]) end
   end
 end
 local function prune(channel, now)
-  local ttl = tonumber(redis.call('HGET', P .. 'ch:' .. channel, 't') or '0')
-  if ttl > 0 then redis.call('XTRIM', P .. 'log:' .. channel, 'MINID', int(now - ttl + 1)) end
+  local ttl = tonumber(redis.call('HGET', D .. 'ch:' .. channel, 't') or '0')
+  if ttl > 0 then redis.call('XTRIM', D .. 'log:' .. channel, 'MINID', int(now - ttl + 1)) end
 end
 local function payloads(channel, from_head, skip, count, out)
   if count <= 0 then return end
   local entries
   if from_head then
-    entries = redis.call('XRANGE', P .. 'log:' .. channel, '-', '+', 'COUNT', skip + count)
+    entries = redis.call('XRANGE', D .. 'log:' .. channel, '-', '+', 'COUNT', skip + count)
     for i = skip + 1, #entries do table.insert(out, entries[i][2][2]) end
   else
-    entries = redis.call('XREVRANGE', P .. 'log:' .. channel, '+', '-', 'COUNT', count)
+    entries = redis.call('XREVRANGE', D .. 'log:' .. channel, '+', '-', 'COUNT', count)
     for i = #entries, 1, -1 do table.insert(out, entries[i][2][2]) end
   end
 end
@@ -98,15 +115,16 @@ end
 
 /**
  * Gives a message its position and publishes it: epoch created if absent, offset + 1, the final
- * payload appended to the history, and one PUBLISH of it to every node, all in one step. The
- * position's JSON, {"epoch":…,"offset":…}, goes between the halves of the bus message's header
- * and between the halves of the payload; the header and then the payload are sent.
- * ARGV: P, channel, size, ttl, maxChannels, epoch if new, bus channel, header before the position,
- * header after it, payload before the position, payload after it. Returns {epoch, offset}.
+ * payload appended to the history, and one publish of it on the partition's bus, all in one step.
+ * The position's JSON, {"epoch":…,"offset":…}, goes between the halves of the bus message's
+ * header and between the halves of the payload; the header and then the payload are sent.
+ * ARGV: D, channel, size, ttl, maxChannels of the partition, epoch if new, publish command,
+ * header before the position, header after it, payload before the position, payload after it.
+ * Returns {epoch, offset}.
  */
-const PUBLISH = `${PRELUDE}
+const PUBLISH = `${DATA}
 local channel, size, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local meta, log = P .. 'ch:' .. channel, P .. 'log:' .. channel
+local meta, log = D .. 'ch:' .. channel, D .. 'log:' .. channel
 local epoch = redis.call('HGET', meta, 'e')
 if not epoch then
   epoch = ARGV[6]
@@ -120,42 +138,39 @@ redis.call('XADD', log, 'MAXLEN', size, '*', 'p', payload)
 redis.call('XTRIM', log, 'MINID', int(now_ms() - ttl + 1))
 redis.call('PEXPIRE', log, ttl)
 touch(channel, tonumber(ARGV[5]))
-redis.call('PUBLISH', ARGV[7], ARGV[8] .. position .. ARGV[9] .. payload)
+redis.call(ARGV[7], D .. 'bus', ARGV[8] .. position .. ARGV[9] .. payload)
 return {epoch, offset}
 `;
 
 /**
- * Subscribes a session and reads what it needs for an exact seam, in one step: the session's
- * owner recorded, the subscription counted, the position of the exact channel (created if
- * absent), the messages missed on each channel to recover, then a fence published to this node.
- * ARGV: P, clientId, pattern, node, the node's channel, the fence message ('' for none), replay
- * budget, size (0: no position), ttl, maxChannels, epoch if new, then (channel, epoch, offset) for
- * each recovery.
+ * What a subscribe reads in one partition for an exact seam, in one step: the position of the
+ * channel subscribed to (created if absent), the messages missed on each channel to recover, then
+ * a fence published on the partition's bus (see redis-seam.ts).
+ * ARGV: D, publish command, the fence message ('' for none), the channel whose position is wanted
+ * ('' for none), its size and ttl, maxChannels of the partition, epoch if new, replay budget, then
+ * (channel, epoch, offset) for each recovery.
  * Returns: epoch ('' for none), offset, then per recovery: recovered (1/0), epoch, offset of the
  * latest message (-1 for none), count, payloads.
  */
-const SUBSCRIBE = `${PRELUDE}
-local cid, pattern, node = ARGV[2], ARGV[3], ARGV[4]
-own(cid, node)
-sub(cid, pattern)
+const READ = `${DATA}
 local out = {'', -1}
-local size = tonumber(ARGV[8])
-if size > 0 then
-  local meta = P .. 'ch:' .. pattern
+local channel = ARGV[4]
+if channel ~= '' then
+  local meta = D .. 'ch:' .. channel
   local e = redis.call('HGET', meta, 'e')
   if e then
     out = {e, tonumber(redis.call('HGET', meta, 'o'))}
   else
-    redis.call('HSET', meta, 'e', ARGV[11], 'o', 0, 's', size, 't', tonumber(ARGV[9]))
-    touch(pattern, tonumber(ARGV[10]))
-    out = {ARGV[11], 0}
+    redis.call('HSET', meta, 'e', ARGV[8], 'o', 0, 's', tonumber(ARGV[5]), 't', tonumber(ARGV[6]))
+    touch(channel, tonumber(ARGV[7]))
+    out = {ARGV[8], 0}
   end
 end
-local budget = tonumber(ARGV[7])
+local budget = tonumber(ARGV[9])
 local now = now_ms()
-for i = 12, #ARGV, 3 do
+for i = 10, #ARGV, 3 do
   local channel, since_epoch, since = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local meta = P .. 'ch:' .. channel
+  local meta = D .. 'ch:' .. channel
   local e = redis.call('HGET', meta, 'e')
   if not e then
     table.insert(out, 0); table.insert(out, ''); table.insert(out, -1); table.insert(out, 0)
@@ -163,7 +178,7 @@ for i = 12, #ARGV, 3 do
     local o = tonumber(redis.call('HGET', meta, 'o'))
     prune(channel, now)
     local missed = o - since
-    local ok = e == since_epoch and missed >= 0 and missed <= budget and missed <= redis.call('XLEN', P .. 'log:' .. channel)
+    local ok = e == since_epoch and missed >= 0 and missed <= budget and missed <= redis.call('XLEN', D .. 'log:' .. channel)
     if ok then
       budget = budget - missed
       table.insert(out, 1); table.insert(out, e); table.insert(out, o); table.insert(out, missed)
@@ -173,21 +188,28 @@ for i = 12, #ARGV, 3 do
     end
   end
 end
-if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+if ARGV[3] ~= '' then redis.call(ARGV[2], D .. 'bus', ARGV[3]) end
 return out
 `;
 
-/** ARGV: P, clientId, pattern. */
-const UNSUBSCRIBE = `${PRELUDE}
+/** Records a subscription and who holds the session. ARGV: C, clientId, pattern, node. */
+const SUBSCRIBE = `${CONTROL}
+own(ARGV[2], ARGV[4])
+sub(ARGV[2], ARGV[3])
+return 1
+`;
+
+/** ARGV: C, clientId, pattern. */
+const UNSUBSCRIBE = `${CONTROL}
 unsub(ARGV[2], ARGV[3])
 return 1
 `;
 
 /**
- * Records sessions of a node, their users and their subscriptions. ARGV: P, node, then
+ * Records sessions of a node, their users and their subscriptions. ARGV: C, node, then
  * (clientId, user or '', count, patterns…)
  */
-const REGISTER = `${PRELUDE}
+const REGISTER = `${CONTROL}
 local node = ARGV[2]
 local i = 3
 while i <= #ARGV do
@@ -199,25 +221,25 @@ end
 return 1
 `;
 
-/** ARGV: P, clientId, node. */
-const REMOVE_SESSION = `${PRELUDE}
+/** ARGV: C, clientId, node. */
+const REMOVE_SESSION = `${CONTROL}
 drop_session(ARGV[2], ARGV[3])
 return 1
 `;
 
 /**
- * A page of a channel's history. ARGV: P, channel, since given ('1'/'0'), since epoch, since
+ * A page of a channel's history. ARGV: D, channel, since given ('1'/'0'), since epoch, since
  * offset, limit (-1: the channel's size). Returns {0} when the channel has no position; else
  * {1, epoch, offset, complete (1/0), payloads…}.
  */
-const HISTORY = `${PRELUDE}
+const HISTORY = `${DATA}
 local channel = ARGV[2]
-local meta = P .. 'ch:' .. channel
+local meta = D .. 'ch:' .. channel
 local e = redis.call('HGET', meta, 'e')
 if not e then return {0} end
 prune(channel, now_ms())
 local o = tonumber(redis.call('HGET', meta, 'o'))
-local len = redis.call('XLEN', P .. 'log:' .. channel)
+local len = redis.call('XLEN', D .. 'log:' .. channel)
 local limit = tonumber(ARGV[6])
 if limit < 0 then limit = tonumber(redis.call('HGET', meta, 's') or len) end
 local out = {1, e, o, 1}
@@ -237,27 +259,27 @@ else payloads(channel, true, since + 1 - first, limit, out) end
 return out
 `;
 
-/** Channels with a position and the messages kept in all (pruned by age first). ARGV: P. */
-const STATS = `${PRELUDE}
+/** A partition's channels with a position and the messages they keep (pruned by age first). ARGV: D. */
+const STATS = `${DATA}
 local now = now_ms()
-local chans = redis.call('ZRANGE', P .. 'chans', 0, -1)
+local chans = redis.call('ZRANGE', D .. 'chans', 0, -1)
 local total = 0
 for _, channel in ipairs(chans) do
   prune(channel, now)
-  total = total + redis.call('XLEN', P .. 'log:' .. channel)
+  total = total + redis.call('XLEN', D .. 'log:' .. channel)
 end
 return {#chans, total}
 `;
 
 /**
- * A node says it is alive and learns which nodes are not. ARGV: P, node, node timeout (ms).
+ * A node says it is alive and learns which nodes are not. ARGV: C, node, node timeout (ms).
  * Returns {1 if this node was not registered (new, or declared dead meanwhile), dead nodes…}.
  */
-const HEARTBEAT = `${PRELUDE}
+const HEARTBEAT = `${CONTROL}
 local node, timeout = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-local out = {redis.call('HSET', P .. 'nodes', node, now)}
-local all = redis.call('HGETALL', P .. 'nodes')
+local out = {redis.call('HSET', C .. 'nodes', node, now)}
+local all = redis.call('HGETALL', C .. 'nodes')
 for i = 1, #all, 2 do
   if all[i] ~= node and now - tonumber(all[i + 1]) > timeout then table.insert(out, all[i]) end
 end
@@ -266,31 +288,54 @@ return out
 
 /**
  * Removes up to `batch` sessions of a node (and their subscriptions), and the node itself once
- * none is left. ARGV: P, node, node timeout (-1: remove even if alive, a node leaving), batch.
+ * none is left. ARGV: C, node, node timeout (-1: remove even if alive, a node leaving), batch.
  * Returns the sessions left, or -1 when the node turned out to be alive.
  */
-const REMOVE_NODE = `${PRELUDE}
+const REMOVE_NODE = `${CONTROL}
 local node, timeout = ARGV[2], tonumber(ARGV[3])
 if timeout >= 0 then
-  local seen = redis.call('HGET', P .. 'nodes', node)
+  local seen = redis.call('HGET', C .. 'nodes', node)
   if seen and now_ms() - tonumber(seen) <= timeout then return -1 end
 end
-local key = P .. 'nodesess:' .. node
+local key = C .. 'nodesess:' .. node
 for _, cid in ipairs(redis.call('SPOP', key, tonumber(ARGV[4]))) do drop_session(cid, node) end
 local left = redis.call('SCARD', key)
-if left == 0 then redis.call('HDEL', P .. 'nodes', node) end
+if left == 0 then redis.call('HDEL', C .. 'nodes', node) end
 return left
 `;
 
 /**
  * Takes a presence grace mark only if it is still the one with this token (a node whose grace
- * ended must not take a newer mark of the same member). ARGV: P, key (without P), token.
+ * ended must not take a newer mark of the same member). ARGV: C, key (without C), token.
  * Returns 1 when taken, 0 otherwise.
  */
-const TAKE_MARK = `${PRELUDE}
-if redis.call('GET', P .. ARGV[2]) == ARGV[3] then return redis.call('DEL', P .. ARGV[2]) end
+const TAKE_MARK = `${CONTROL}
+if redis.call('GET', C .. ARGV[2]) == ARGV[3] then return redis.call('DEL', C .. ARGV[2]) end
 return 0
 `;
 
-export const SCRIPTS = { PUBLISH, SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HISTORY, STATS, HEARTBEAT, REMOVE_NODE, TAKE_MARK } as const;
+/**
+ * Agrees on the number of data partitions: a node that counts differently from the live nodes
+ * would put channels where they do not look. While no node is alive (heartbeat within the node
+ * timeout) the number may change; what the old partitions kept is then left to expire.
+ * ARGV: C, partitions, node timeout (ms). Returns the number the live nodes use.
+ */
+const LAYOUT = `${CONTROL}
+local now, timeout = now_ms(), tonumber(ARGV[3])
+for i, seen in ipairs(redis.call('HGETALL', C .. 'nodes')) do
+  if i % 2 == 0 and now - tonumber(seen) <= timeout then
+    redis.call('HSETNX', C .. 'layout', 'partitions', ARGV[2])
+    return tonumber(redis.call('HGET', C .. 'layout', 'partitions'))
+  end
+end
+redis.call('HSET', C .. 'layout', 'partitions', ARGV[2])
+return tonumber(ARGV[2])
+`;
+
+/** Scripts of the control plane (run with the control prefix) and of one partition (its prefix). */
+export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT } as const;
+export const DATA_SCRIPTS = { PUBLISH, READ, HISTORY, STATS } as const;
+export const SCRIPTS = { ...CONTROL_SCRIPTS, ...DATA_SCRIPTS } as const;
+export type ControlScript = keyof typeof CONTROL_SCRIPTS;
+export type DataScript = keyof typeof DATA_SCRIPTS;
 export type ScriptName = keyof typeof SCRIPTS;

@@ -2,10 +2,11 @@
  * The seam of a recovery on the Redis engine: exact, although Redis answers asynchronously.
  *
  * While a subscribe's history read is in flight, the session's live messages on each channel it
- * recovers (or subscribes to with positions) are held. The read script PUBLISHes a fence to this
- * node after reading; messages that reach the node before the fence were published before the
- * read (they are in the replay, or before the subscribe's position), messages after it were
- * published after. Once both the reply and the fence are in, the replay is queued, then the held
+ * recovers (or subscribes to with positions) are held. The read script publishes a fence on the
+ * bus of the partition it read (the bus those channels' messages travel on) after reading;
+ * messages that reach the node before the fence were published before the read (they are in the
+ * replay, or before the subscribe's position), messages after it were published after. Every node
+ * hears the fence; its id, unique in the cluster, tells the node that waits for it. Once both the reply and the fence are in, the replay is queued, then the held
  * messages past the position the read reached.
  */
 import type { Position } from '@perihelion/protocol';
@@ -27,6 +28,8 @@ export class RecoverySeam {
   private lastFence = 0;
 
   constructor(
+    /** This node's id: the first part of its fences' ids. */
+    private readonly nodeId: string,
     /** Longest wait for a fence, ms. */
     private readonly timeout: number,
     private readonly report: (error: unknown) => void,
@@ -69,7 +72,7 @@ export class RecoverySeam {
    */
   fence(holds: readonly Hold[]): { id: string; back: Promise<void> } {
     if (holds.length === 0) return { id: '', back: Promise.resolve() };
-    const id = String(++this.lastFence);
+    const id = `${this.nodeId}.${++this.lastFence}`;
     const back = new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         if (!this.fences.delete(id)) return;
@@ -85,7 +88,7 @@ export class RecoverySeam {
     return { id, back };
   }
 
-  /** A fence came back through Redis. */
+  /** A fence came back through Redis (another node's is unknown here, and ignored). */
   onFence(id: string): void {
     this.fences.get(id)?.();
   }

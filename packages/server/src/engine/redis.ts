@@ -3,10 +3,11 @@
  *
  * Each publish crosses Redis once. A Lua script gives the message its position (the channel's
  * epoch and the next offset), appends the final bytes to the channel's history (a stream) and
- * PUBLISHes them on one cluster channel, all in one atomic step; every node, the publishing one
- * included, delivers from its subscription to that channel, so every node sees one order. A node
- * fans out to its own sessions with its local subscription index: Redis carries one message per
- * publish, never one per subscriber.
+ * publishes them on the bus of the channel's partition, all in one atomic step; every node, the
+ * publishing one included, delivers from its subscription to that bus, so every node sees one
+ * order per channel. A node fans out to its own sessions with its local subscription index: Redis
+ * carries one message per publish, never one per subscriber. On a Redis Cluster the partitions
+ * spread over the shards, so publishes scale with them (redis-layout.ts).
  *
  * What is shared through Redis: positions and history, who is subscribed to what (for presence,
  * `subscribers`, `channels`), which node holds which session (for `sendTo`), and which nodes are
@@ -20,9 +21,9 @@
  *
  * This file holds the engine's calls and what it keeps of this node's sessions; the rest is one
  * concern a file: redis-options.ts (options and their checks), redis-connection.ts (the two
- * connections, scripts, outages), redis-scripts.ts (key schema and Lua scripts), redis-bus.ts
- * (what nodes send each other), redis-liveness.ts (heartbeats and dead nodes), redis-seam.ts (the
- * exact seam of a recovery).
+ * connections, scripts, outages), redis-layout.ts (which slot and prefix each key and channel
+ * has), redis-scripts.ts (key schema and Lua scripts), redis-bus.ts (what nodes send each other),
+ * redis-liveness.ts (heartbeats and dead nodes), redis-seam.ts (the exact seam of a recovery).
  */
 import { randomBytes } from 'node:crypto';
 import { isWildcard, type Message, type Position } from '@perihelion/protocol';
@@ -30,8 +31,9 @@ import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, Subs
 import type { HistoryPage, HistoryQuery, Retention } from './history.js';
 import { newEpoch, stampPosition, withPosition } from './position.js';
 import { LeavingMarks, markKey, markToken } from './leaving-marks.js';
-import { BusFormatError, broadcastHeader, busChannel, decode, encode, nodeChannel, type Broadcast } from './redis-bus.js';
+import { BusFormatError, broadcastHeader, decode, encode, type Broadcast } from './redis-bus.js';
 import { RedisConnection, unavailable } from './redis-connection.js';
+import { RedisLayout } from './redis-layout.js';
 import { NodeLiveness, type Registration } from './redis-liveness.js';
 import { describeUrl, resolveRedisOptions, type RedisEngineOptions } from './redis-options.js';
 import { Census } from './redis-census.js';
@@ -50,6 +52,21 @@ interface LocalSession {
   removed: boolean;
   /** Its authenticated user, for presence on every node (null: anonymous). */
   user: string | null;
+}
+
+/** What a subscribe read in one partition (see readForSubscribe). */
+interface PartitionRead {
+  /** The position of the channel subscribed to, when it was read here. */
+  position: Position | null;
+  recovered: Recovered[];
+}
+
+/** One channel's recovery: whether it is exact, where the read reached, what it replays. */
+interface Recovered {
+  channel: string;
+  recovered: boolean;
+  reached: Position | null;
+  payloads: string[];
 }
 
 /** A publish of this node on its way through Redis, until it comes back on the bus. */
@@ -73,8 +90,8 @@ export class RedisEngine implements Engine {
   private readonly pending = new Map<string, PendingPublish>();
   /** Presence grace marks set while Redis was away (see markLeaving). */
   private readonly leaving = new LeavingMarks();
-  private readonly busChannel: string;
-  private readonly nodeChannel: string;
+  /** Where each key and pub/sub channel is. */
+  private readonly layout: RedisLayout;
   /** Marks where the position goes in a payload sent to the publish script (random: no payload can forge it). */
   private readonly placeholder = `\u0000position-${randomBytes(8).toString('hex')}\u0000`;
   private readonly placeholderJson = JSON.stringify(this.placeholder);
@@ -83,21 +100,19 @@ export class RedisEngine implements Engine {
 
   constructor(options: RedisEngineOptions = {}) {
     this.options = resolveRedisOptions(options);
-    this.busChannel = busChannel(this.options.prefix);
-    this.nodeChannel = nodeChannel(this.options.prefix, this.nodeId);
+    this.layout = new RedisLayout(this.options.prefix, this.options.cluster, this.options.partitions);
     this.connection = new RedisConnection(this.options, `perihelion:${this.nodeId}`, {
       onMessage: (channel, text) => this.onMessage(channel, text),
       onReconnect: () => void this.liveness.rejoin().catch((error: unknown) => this.connection.lost(error)),
       report: (error) => this.report(error),
     });
-    this.liveness = new NodeLiveness(this.connection, this.nodeId, this.options, () => this.registrations());
-    this.seam = new RecoverySeam(this.options.commandTimeout, (error) => this.report(error));
+    this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations());
+    this.seam = new RecoverySeam(this.nodeId, this.options.commandTimeout, (error) => this.report(error));
     this.sessionCensus = new Census({
       nodeId: this.nodeId,
       nodes: () => this.liveness.nodes(),
-      ask: async (request) => void (await this.connection.readyCmd()?.publish(this.busChannel, encode({ kind: 'census', origin: this.nodeId, request }))),
-      answer: async (origin, request, payload) =>
-        void (await this.connection.readyCmd()?.publish(nodeChannel(this.options.prefix, origin), encode({ kind: 'answer', request, node: this.nodeId, payload }))),
+      ask: async (request) => void (await this.sendOnBus(this.layout.controlBus, encode({ kind: 'census', origin: this.nodeId, request }))),
+      answer: async (origin, request, payload) => void (await this.sendOnBus(this.layout.node(origin), encode({ kind: 'answer', request, node: this.nodeId, payload }))),
       timeout: this.options.commandTimeout,
       report: (error) => this.report(error),
     });
@@ -112,7 +127,13 @@ export class RedisEngine implements Engine {
 
   async start(host: EngineHost): Promise<void> {
     this.host = host;
-    await this.connection.open([this.busChannel, this.nodeChannel], () => this.liveness.beat());
+    await this.connection.open(this.layout.channelsFor(this.nodeId), async () => {
+      const agreed = Number(await this.connection.script('LAYOUT', this.layout.control, [this.options.partitions, this.options.nodeTimeout]));
+      if (agreed !== this.options.partitions) {
+        throw new Error(`the live nodes of this cluster (prefix ${JSON.stringify(this.options.prefix)}) use ${agreed} partitions and this node ${this.options.partitions}: every node must use the same number`);
+      }
+      await this.liveness.beat();
+    });
     this.liveness.start();
   }
 
@@ -143,7 +164,7 @@ export class RedisEngine implements Engine {
     this.local(clientId).user = user;
     await this.serial(clientId, async () => {
       if (!this.connection.readyCmd()) return;
-      await this.connection.script('REGISTER', [this.nodeId, clientId, user ?? '', 0]).catch((error: unknown) => this.connection.degraded(error));
+      await this.connection.script('REGISTER', this.layout.control, [this.nodeId, clientId, user ?? '', 0]).catch((error: unknown) => this.connection.degraded(error));
     });
   }
 
@@ -163,54 +184,110 @@ export class RedisEngine implements Engine {
         this.connection.degraded(new Error(`subscribed ${clientId} to ${pattern} on this node only; nothing recovered`));
         return this.subscribedHereOnly(host, holds, recover);
       }
-      const fence = this.seam.fence(holds);
-      const args: Array<string | number> = [
-        clientId,
-        pattern,
-        this.nodeId,
-        this.nodeChannel,
-        fence.id === '' ? '' : encode({ kind: 'fence', fence: fence.id }),
-        Math.min(maxReplay, Number.MAX_SAFE_INTEGER),
-        retention?.size ?? 0,
-        retention?.ttl ?? 0,
-        host.historySettings.maxChannels,
-        newEpoch(),
-      ];
-      for (const { channel, since } of recover) args.push(channel, since.epoch, since.offset);
-      let reply: unknown[];
+      const registered = this.connection.script('SUBSCRIBE', this.layout.control, [clientId, pattern, this.nodeId]);
+      registered.catch(() => {}); // awaited below, after the reads
+      const fences: string[] = [];
+      let read: PartitionRead[];
       try {
-        reply = (await this.connection.script('SUBSCRIBE', args)) as unknown[];
+        read = await this.readForSubscribe(host, holds, retention && retention.size > 0 ? pattern : null, retention, recover, maxReplay, fences);
+        await registered;
       } catch (error) {
-        this.seam.forget(fence.id);
+        for (const id of fences) this.seam.forget(id);
         this.connection.degraded(error);
         return this.subscribedHereOnly(host, holds, recover);
       }
-      await fence.back;
 
       // Where the read stopped on each channel: live messages up to there are in the replay (or
       // came before the subscribe); those after it are delivered once the replay is queued.
       const outcome: SubscribeOutcome = { position: null, recovered: [] };
       const reached = new Map<string, Position>();
-      const epoch = String(reply[0]);
-      if (epoch !== '') {
-        outcome.position = { epoch, offset: Number(reply[1]) };
-        reached.set(pattern, outcome.position);
+      const byChannel = new Map<string, Recovered>();
+      for (const part of read) {
+        if (part.position) {
+          outcome.position = part.position;
+          reached.set(pattern, part.position);
+        }
+        for (const one of part.recovered) {
+          byChannel.set(one.channel, one);
+          if (one.reached) reached.set(one.channel, one.reached);
+        }
       }
-      let at = 2;
       for (const { channel } of recover) {
-        const ok = Number(reply[at]) === 1;
-        const channelEpoch = String(reply[at + 1]);
-        const offset = Number(reply[at + 2]);
-        const count = Number(reply[at + 3]);
-        const payloads = reply.slice(at + 4, at + 4 + count).map(String);
-        at += 4 + count;
-        if (channelEpoch !== '') reached.set(channel, { epoch: channelEpoch, offset });
-        if (ok && payloads.length > 0) host.onReplay(clientId, channel, payloads);
-        outcome.recovered.push({ channel, recovered: ok, replayed: payloads.length });
+        const one = byChannel.get(channel)!;
+        if (one.recovered && one.payloads.length > 0) host.onReplay(clientId, channel, one.payloads);
+        outcome.recovered.push({ channel, recovered: one.recovered, replayed: one.payloads.length });
       }
       this.seam.release(host, holds, reached);
       return outcome;
     });
+  }
+
+  /**
+   * A subscribe's reads, one READ script per partition involved (one, mostly): the position of
+   * `positioned`, the messages missed on each channel to recover, within `maxReplay` in all, and
+   * the fence of each partition's holds, waited for. Fence ids go into `fences` as they are sent.
+   */
+  private async readForSubscribe(
+    host: EngineHost,
+    holds: readonly Hold[],
+    positioned: string | null,
+    retention: Retention | null,
+    recover: readonly RecoverRequest[],
+    maxReplay: number,
+    fences: string[],
+  ): Promise<PartitionRead[]> {
+    const byPartition = new Map<number, { positioned: string | null; recover: RecoverRequest[] }>();
+    const partition = (channel: string): { positioned: string | null; recover: RecoverRequest[] } => {
+      const k = this.layout.partitionOf(channel);
+      let part = byPartition.get(k);
+      if (!part) byPartition.set(k, (part = { positioned: null, recover: [] }));
+      return part;
+    };
+    if (positioned !== null) partition(positioned).positioned = positioned;
+    for (const one of recover) partition(one.channel).recover.push(one);
+
+    let budget = Math.min(maxReplay, Number.MAX_SAFE_INTEGER);
+    const parts: PartitionRead[] = [];
+    for (const [k, part] of byPartition) {
+      const fence = this.seam.fence(holds.filter((hold) => this.layout.partitionOf(hold.channel) === k));
+      const args: Array<string | number> = [
+        this.layout.publishCommand,
+        fence.id === '' ? '' : encode({ kind: 'fence', fence: fence.id }),
+        part.positioned ?? '',
+        retention?.size ?? 0,
+        retention?.ttl ?? 0,
+        this.maxChannelsPerPartition(host),
+        newEpoch(),
+        budget,
+      ];
+      for (const { channel, since } of part.recover) args.push(channel, since.epoch, since.offset);
+      if (fence.id !== '') fences.push(fence.id);
+      const reply = (await this.connection.script('READ', this.layout.data(k), args)) as unknown[];
+      await fence.back;
+
+      const epoch = String(reply[0]);
+      const read: PartitionRead = { position: epoch === '' ? null : { epoch, offset: Number(reply[1]) }, recovered: [] };
+      let at = 2;
+      for (const { channel } of part.recover) {
+        const channelEpoch = String(reply[at + 1]);
+        const count = Number(reply[at + 3]);
+        read.recovered.push({
+          channel,
+          recovered: Number(reply[at]) === 1,
+          reached: channelEpoch === '' ? null : { epoch: channelEpoch, offset: Number(reply[at + 2]) },
+          payloads: reply.slice(at + 4, at + 4 + count).map(String),
+        });
+        budget -= count;
+        at += 4 + count;
+      }
+      parts.push(read);
+    }
+    return parts;
+  }
+
+  /** Each partition's share of `maxHistoryChannels`. */
+  private maxChannelsPerPartition(host: EngineHost): number {
+    return Math.ceil(host.historySettings.maxChannels / this.layout.partitions);
   }
 
   /** A subscribe that Redis did not take: kept on this node, its holds ended, nothing recovered. */
@@ -224,7 +301,7 @@ export class RedisEngine implements Engine {
     await this.serial(clientId, async () => {
       this.index.remove(clientId, pattern);
       if (!this.connection.readyCmd()) return;
-      await this.connection.script('UNSUBSCRIBE', [clientId, pattern]).catch((error: unknown) => this.connection.degraded(error));
+      await this.connection.script('UNSUBSCRIBE', this.layout.control, [clientId, pattern]).catch((error: unknown) => this.connection.degraded(error));
     });
   }
 
@@ -236,7 +313,7 @@ export class RedisEngine implements Engine {
     await this.serial(clientId, async () => {
       this.sessions.delete(clientId);
       if (!this.connection.readyCmd()) return;
-      await this.connection.script('REMOVE_SESSION', [clientId, this.nodeId]).catch((error: unknown) => this.connection.degraded(error));
+      await this.connection.script('REMOVE_SESSION', this.layout.control, [clientId, this.nodeId]).catch((error: unknown) => this.connection.degraded(error));
     });
   }
 
@@ -253,6 +330,7 @@ export class RedisEngine implements Engine {
       return;
     }
     const tag = String(++this.lastTag);
+    const partition = this.layout.partitionOf(channel);
     const echoed = new Promise<void>((resolve) => this.pending.set(tag, { publication, resolve }));
     let position: Position | null = null;
     let around: [before: string, after: string] | null = null;
@@ -261,15 +339,14 @@ export class RedisEngine implements Engine {
       if (retention.size > 0) {
         // The script writes the position into the header and the payload alike.
         around = this.aroundPosition(publication);
-        const { maxChannels } = host.historySettings;
         const header = broadcastHeader(this.nodeId, tag, channel, publication.exclude);
-        const args = [channel, retention.size, retention.ttl, maxChannels, newEpoch(), this.busChannel, ...header, ...around];
-        const [epoch, offset] = (await this.connection.script('PUBLISH', args)) as [string, number];
+        const args = [channel, retention.size, retention.ttl, this.maxChannelsPerPartition(host), newEpoch(), this.layout.publishCommand, ...header, ...around];
+        const [epoch, offset] = (await this.connection.script('PUBLISH', this.layout.data(partition), args)) as [string, number];
         position = { epoch: String(epoch), offset: Number(offset) };
       } else {
         const broadcast: Broadcast = { kind: 'broadcast', origin: this.nodeId, tag, channel, position: null, payload: publication.payload };
         if (publication.exclude !== undefined) broadcast.exclude = publication.exclude;
-        await cmd.publish(this.busChannel, encode(broadcast));
+        await this.connection.send(cmd, this.layout.bus(partition), encode(broadcast));
       }
     } catch (error) {
       this.pending.delete(tag);
@@ -328,9 +405,9 @@ export class RedisEngine implements Engine {
     const cmd = this.connection.readyCmd();
     if (!cmd) throw unavailable(`cannot ${what} the node of session ${clientId}: Redis is away`);
     try {
-      const node = await cmd.hget(`${this.options.prefix}owner`, clientId);
+      const node = await cmd.hget(`${this.layout.control}owner`, clientId);
       if (node === null) return false;
-      const receivers = await cmd.publish(nodeChannel(this.options.prefix, node), message);
+      const receivers = await this.connection.send(cmd, this.layout.node(node), message);
       return receivers > 0;
     } catch (error) {
       throw unavailable(`cannot ${what} the node of session ${clientId}`, error);
@@ -348,7 +425,7 @@ export class RedisEngine implements Engine {
         // In slices: a channel's subscribers may be far more than a call can take as arguments.
         const users: (string | null)[] = [];
         for (let i = 0; i < clientIds.length; i += USERS_PER_READ) {
-          users.push(...(await cmd.hmget(`${this.options.prefix}user`, ...clientIds.slice(i, i + USERS_PER_READ))));
+          users.push(...(await cmd.hmget(`${this.layout.control}user`, ...clientIds.slice(i, i + USERS_PER_READ))));
         }
         return users;
       },
@@ -360,7 +437,7 @@ export class RedisEngine implements Engine {
     this.running();
     return this.connection.read(
       `sessions of user ${user}`,
-      (cmd) => cmd.smembers(`${this.options.prefix}usess:${user}`),
+      (cmd) => cmd.smembers(`${this.layout.control}usess:${user}`),
       () => [...this.sessions].filter(([, local]) => !local.removed && local.user === user).map(([clientId]) => clientId),
     );
   }
@@ -370,7 +447,7 @@ export class RedisEngine implements Engine {
     if (!this.connection.readyCmd()) throw unavailable(`cannot read the history of ${channel}`);
     const { since, limit } = query;
     const args = [channel, since ? 1 : 0, since?.epoch ?? '', since?.offset ?? 0, limit ?? -1];
-    const reply = (await this.connection.script('HISTORY', args).catch((error: unknown) => {
+    const reply = (await this.connection.script('HISTORY', this.layout.data(this.layout.partitionOf(channel)), args).catch((error: unknown) => {
       throw unavailable(`cannot read the history of ${channel}`, error);
     })) as unknown[];
     if (Number(reply[0]) === 0) {
@@ -383,19 +460,26 @@ export class RedisEngine implements Engine {
 
   async historyStats(): Promise<{ channels: number; messages: number }> {
     this.running();
-    const [channels, messages] = (await this.connection.read('history stats', () => this.connection.script('STATS', []))) as [number, number];
-    return { channels: Number(channels), messages: Number(messages) };
+    const partitions = Array.from({ length: this.layout.partitions }, (_, k) => this.layout.data(k));
+    const stats = await this.connection.read('history stats', () => Promise.all(partitions.map((prefix) => this.connection.script('STATS', prefix, []))));
+    let channels = 0;
+    let messages = 0;
+    for (const [partChannels, partMessages] of stats as Array<[number, number]>) {
+      channels += Number(partChannels);
+      messages += Number(partMessages);
+    }
+    return { channels, messages };
   }
 
   async subscribers(pattern: string): Promise<string[]> {
     this.running();
-    const key = `${this.options.prefix}subs:${pattern}`;
+    const key = `${this.layout.control}subs:${pattern}`;
     return this.connection.read(`subscribers of ${pattern}`, (cmd) => cmd.smembers(key), () => this.index.subscribersOf(pattern));
   }
 
   async subscriberCount(pattern: string): Promise<number> {
     this.running();
-    const key = `${this.options.prefix}subs:${pattern}`;
+    const key = `${this.layout.control}subs:${pattern}`;
     return this.connection.read(`subscribers of ${pattern}`, (cmd) => cmd.scard(key), () => this.index.count(pattern));
   }
 
@@ -403,7 +487,7 @@ export class RedisEngine implements Engine {
     this.running();
     const counts: Record<string, string | number> = await this.connection.read<Record<string, string | number>>(
       'channels',
-      (cmd) => cmd.hgetall(`${this.options.prefix}counts`),
+      (cmd) => cmd.hgetall(`${this.layout.control}counts`),
       () => Object.fromEntries(this.index.patterns()),
     );
     return new Map(Object.entries(counts).map(([pattern, count]) => [pattern, Number(count)]));
@@ -414,7 +498,7 @@ export class RedisEngine implements Engine {
     if (this.isLocal(clientId)) return null;
     const cmd = this.connection.readyCmd();
     if (!cmd) return null;
-    const node = await cmd.hget(`${this.options.prefix}owner`, clientId).catch(() => null);
+    const node = await cmd.hget(`${this.layout.control}owner`, clientId).catch(() => null);
     return node === this.nodeId ? null : node;
   }
 
@@ -423,7 +507,7 @@ export class RedisEngine implements Engine {
     const cmd = this.connection.readyCmd();
     if (!cmd) return false;
     try {
-      return (await cmd.publish(nodeChannel(this.options.prefix, node), encode({ kind: 'node', from: this.nodeId, payload }))) > 0;
+      return (await this.connection.send(cmd, this.layout.node(node), encode({ kind: 'node', from: this.nodeId, payload }))) > 0;
     } catch (error) {
       this.connection.degraded(error);
       return false;
@@ -438,7 +522,7 @@ export class RedisEngine implements Engine {
 
   async markLeaving(channel: string, member: string, ttlMs: number): Promise<string> {
     this.running();
-    const key = `${this.options.prefix}leave:${markKey(channel, member)}`;
+    const key = `${this.layout.control}leave:${markKey(channel, member)}`;
     const ttl = Math.max(1, Math.ceil(ttlMs));
     const token = markToken();
     await this.connection.read(
@@ -451,12 +535,12 @@ export class RedisEngine implements Engine {
 
   async takeLeaving(channel: string, member: string, token?: string): Promise<boolean> {
     this.running();
-    const key = `${this.options.prefix}leave:${markKey(channel, member)}`;
+    const key = `${this.layout.control}leave:${markKey(channel, member)}`;
     // A mark set while Redis was away is this node's own; one in Redis is anyone's.
     const local = this.leaving.take(channel, member, Date.now(), token);
     const shared = await this.connection.read(
       `presence of ${channel}`,
-      async (cmd) => (token === undefined ? (await cmd.del(key)) > 0 : Number(await this.connection.script('TAKE_MARK', [key.slice(this.options.prefix.length), token])) === 1),
+      async (cmd) => (token === undefined ? (await cmd.del(key)) > 0 : Number(await this.connection.script('TAKE_MARK', this.layout.control, [key.slice(this.layout.control.length), token])) === 1),
       () => false,
     );
     return local || shared;
@@ -508,6 +592,12 @@ export class RedisEngine implements Engine {
   }
 
   // ---------------------------------------------------------------- helpers
+
+  /** Publishes on a pub/sub channel of the bus, if Redis can be reached now. */
+  private async sendOnBus(channel: string, text: string): Promise<void> {
+    const cmd = this.connection.readyCmd();
+    if (cmd) await this.connection.send(cmd, channel, text);
+  }
 
   private report(error: unknown): void {
     this.host?.reportError(error);

@@ -1,0 +1,133 @@
+/**
+ * A local Redis Cluster of three shards (no replicas), for trying Perihelion past one Redis and for
+ * the tests that run the Redis engine on a cluster:
+ *
+ *   node examples/cluster/redis-cluster.mjs [--port 7001] [--shards 3]
+ *
+ * starts `redis-server --cluster-enabled yes` on consecutive ports (each also takes its port +
+ * 10000 for the cluster bus), joins them with `redis-cli --cluster create`, waits until the
+ * cluster is ready, prints its URL (give it to `perihelion serve --redis-cluster`), and stops it
+ * on Ctrl-C. Nothing is kept: the nodes run from a temporary folder removed at stop.
+ *
+ * For tests: startRedisCluster({ port, shards }) → { url, ports, stop() }; port 0 (the default)
+ * picks free ports.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+export async function startRedisCluster({ port = 0, shards = 3, host = '127.0.0.1' } = {}) {
+  await requireCommands();
+  const base = port === 0 ? await freeBase(shards, host) : port;
+  const ports = Array.from({ length: shards }, (_, i) => base + i);
+  const dir = mkdtempSync(join(tmpdir(), 'perihelion-redis-cluster-'));
+  const children = [];
+  const stop = async () => {
+    await Promise.all(
+      children.map(
+        (child) =>
+          new Promise((resolve) => {
+            if (child.exitCode !== null || child.signalCode !== null) return resolve();
+            child.once('exit', resolve);
+            child.kill('SIGKILL');
+          }),
+      ),
+    );
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    for (const nodePort of ports) {
+      const child = spawn(
+        'redis-server',
+        [
+          '--port', String(nodePort), '--bind', host, '--cluster-enabled', 'yes',
+          '--cluster-config-file', join(dir, `nodes-${nodePort}.conf`), '--cluster-node-timeout', '5000',
+          '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', join(dir, `${nodePort}.log`),
+        ],
+        { stdio: 'ignore' },
+      );
+      children.push(child);
+    }
+    for (const nodePort of ports) await until(`redis-server on port ${nodePort} to answer`, async () => (await cli(host, nodePort, 'PING')) === 'PONG');
+    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `${host}:${p}`), '--cluster-replicas', '0', '--cluster-yes'], { timeout: 30_000 });
+    for (const nodePort of ports) {
+      await until(`the cluster to be ready on port ${nodePort}`, async () => (await cli(host, nodePort, 'CLUSTER', 'INFO')).includes('cluster_state:ok'));
+    }
+  } catch (error) {
+    await stop();
+    throw new Error(`could not start a local Redis Cluster on ports ${ports.join(', ')}: ${error.message}`);
+  }
+  return { url: ports.map((p) => `redis://${host}:${p}`).join(','), ports, stop };
+}
+
+async function requireCommands() {
+  for (const command of ['redis-server', 'redis-cli']) {
+    try {
+      await run(command, ['--version']);
+    } catch {
+      throw new Error(`a local Redis Cluster needs ${command} (Debian: apt-get install redis-server)`);
+    }
+  }
+}
+
+async function cli(host, port, ...args) {
+  try {
+    const { stdout } = await run('redis-cli', ['-h', host, '-p', String(port), ...args], { timeout: 2000 });
+    return stdout.trim();
+  } catch {
+    return '';
+  }
+}
+
+async function until(what, check, ms = 20_000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** A first port such that it and the next shards - 1, and each one's cluster bus port (+10000), are free. */
+async function freeBase(shards, host) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 30_000);
+    const ports = Array.from({ length: shards }, (_, i) => base + i).flatMap((p) => [p, p + 10_000]);
+    if ((await Promise.all(ports.map((p) => isFree(p, host)))).every(Boolean)) return base;
+  }
+  throw new Error('found no free ports for a Redis Cluster');
+}
+
+function isFree(port, host) {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
+  });
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const arg = (name, fallback) => {
+    const at = process.argv.indexOf(`--${name}`);
+    const value = at > 0 ? Number(process.argv[at + 1]) : fallback;
+    if (!Number.isInteger(value) || value < 0) {
+      console.error(`--${name} must be a whole number`);
+      process.exit(2);
+    }
+    return value;
+  };
+  const cluster = await startRedisCluster({ port: arg('port', 7001), shards: arg('shards', 3) });
+  console.log(`Redis Cluster of ${cluster.ports.length} shards ready: ${cluster.url}`);
+  console.log(`  perihelion serve --redis-cluster ${cluster.url}`);
+  const stop = async () => {
+    await cluster.stop();
+    process.exit(0);
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
