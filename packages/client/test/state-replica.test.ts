@@ -86,11 +86,14 @@ describe('state replica', () => {
     assert.deepEqual(changes, ['propose', 'rollback']);
   });
 
-  it('ten clients editing one list at once, through network cuts, converge on the server value', async () => {
+  it('ten clients editing one list at once, through network cuts, converge on the server value, recovering missed patches rather than whole documents', async () => {
     const t = await server();
     const state = await t.server.state('/list', [] as Todo[], { validate: () => true });
+    const snapshots = countSnapshots(t);
     const nets = Array.from({ length: 10 }, () => new Net());
     const all = await Promise.all(nets.map((net) => follow(t, '/list', net)));
+    let reconnects = 0;
+    for (const c of clients) c.on('connecting', () => void reconnects++);
     const outcomes: Array<Promise<'accepted' | 'refused'>> = [];
     const settle = (p: Promise<number>): Promise<'accepted' | 'refused'> =>
       p.then(
@@ -122,6 +125,9 @@ describe('state replica', () => {
     assert.equal(new Set(appended).size, 50);
     await waitFor(() => all.every((replica) => replica.version === state.version && replica.pendingCount === 0), 10_000, 'every replica to reach the server version');
     for (const replica of all) assert.deepEqual(replica.value, state.get(), 'a replica differs from the server');
+    assert.ok(reconnects >= 3, `the cuts made clients reconnect (${reconnects} times)`);
+    // After the first snapshot each, the cut lines recovered the patches they missed: no replica needed the whole document again.
+    assert.equal(snapshots.count, all.length, 'one snapshot per replica, at the start');
     assert.ok(results.filter((r) => r === 'accepted').length >= 50, `accepted: ${results.filter((r) => r === 'accepted').length}`);
   });
 
@@ -140,6 +146,27 @@ describe('state replica', () => {
     await state.update({ n: 2 });
     await waitFor(() => replica.version === 2, 3000, 'version 2 after the resync');
     assert.deepEqual(replica.value, { n: 2 });
+  });
+
+  it('takes a snapshot by itself when it was away longer than the history keeps, and goes on from there', async () => {
+    const t = await startServer({ historySize: 2 });
+    servers.push(t);
+    const state = await t.server.state('/counter', { n: 0 });
+    const snapshots = countSnapshots(t);
+    const net = new Net();
+    const replica = await follow(t, '/counter', net);
+    const causes: string[] = [];
+    replica.onChange((change) => causes.push(change.cause));
+    net.cut();
+    for (let n = 1; n <= 6; n++) await state.update({ n });
+    net.restore();
+    await waitFor(() => replica.version === 6, 10_000, 'the replica to catch up after the cut');
+    assert.deepEqual(replica.value, { n: 6 });
+    assert.equal(snapshots.count, 2, 'the first snapshot, and one after a recovery that could not replay everything');
+    assert.ok(causes.includes('snapshot'), `changes: ${causes.join(', ')}`);
+    await state.update({ n: 7 });
+    await waitFor(() => replica.version === 7, 3000, 'version 7 after the resync');
+    assert.deepEqual(replica.value, { n: 7 });
   });
 
   it('follows a server restarted under it (a new epoch), and proposals go on', async () => {
@@ -165,6 +192,18 @@ describe('state replica', () => {
     assert.deepEqual(resumed.get(), { cards: ['one', 'two', 'three'] });
   });
 });
+
+/** Counts the snapshots the server is asked for. */
+function countSnapshots(t: TestServer): { count: number } {
+  const counter = { count: 0 };
+  t.server.addExtension({
+    incoming: (message) => {
+      if (message.channel === '/service/state' && (message.data as { op?: unknown } | undefined)?.op === 'snapshot') counter.count++;
+      return message;
+    },
+  });
+  return counter;
+}
 
 function draft0Length(replica: Replica): number | undefined {
   return Array.isArray(replica.value) ? replica.value.length : undefined;
