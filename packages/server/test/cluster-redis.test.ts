@@ -1,6 +1,7 @@
 /**
  * Cluster mode end to end: several Perihelion servers on their own ports sharing one Redis, with
  * real clients on each (raw Bayeux over WebSocket) and a node in a child process that is killed.
+ * The same cases run again on a local Redis Cluster of three shards.
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +12,8 @@ import { fileURLToPath } from 'node:url';
 import type { Position } from '@perihelion/protocol';
 import { PerihelionError, RedisEngine, createServer, type Authenticator, type RedisEngineOptions, type ServerOptions } from '../src/index.js';
 import { WsPeer, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
-import { REDIS_URL, deleteKeys, keysUnder, requireRedis, uniquePrefix } from './redis-fixture.js';
+import { Redis } from 'ioredis';
+import { REDIS_URL, deleteKeys, keysUnder, requireRedis, startRedisCluster, uniquePrefix, type LocalRedisCluster } from './redis-fixture.js';
 
 const API_KEY = 'cluster-test-key-0123456789';
 const positionOf = (message: Msg): Position => (message.ext as { position: Position }).position;
@@ -46,7 +48,67 @@ async function api(node: TestServer, method: string, path: string, body?: unknow
   return { status: response.status, json: (await response.json()) as Record<string, unknown> };
 }
 
-describe('cluster mode (Redis engine)', () => {
+/** Where a suite's nodes keep their shared state: one Redis, or a Redis Cluster. */
+interface Store {
+  name: string;
+  before(): Promise<void>;
+  after(): Promise<void>;
+  /** The engine options that reach it. */
+  options(): RedisEngineOptions;
+  /** Arguments of fixtures/cluster-node after the prefix. */
+  nodeArgs(): string[];
+  /** Keys under a prefix, with any hash tag taken out (so both stores name them alike). */
+  keys(prefix: string): Promise<string[]>;
+  clear(prefix: string): Promise<void>;
+}
+
+const oneRedis: Store = {
+  name: 'one Redis',
+  before: requireRedis,
+  after: async () => {},
+  options: () => ({ url: REDIS_URL }),
+  nodeArgs: () => [REDIS_URL],
+  keys: keysUnder,
+  clear: deleteKeys,
+};
+
+function redisCluster(): Store {
+  let cluster: LocalRedisCluster | null = null;
+  const started = (): LocalRedisCluster => {
+    if (!cluster) throw new Error('the local Redis Cluster did not start');
+    return cluster;
+  };
+  const eachShard = async <T>(fn: (shard: Redis) => Promise<T>): Promise<T[]> =>
+    Promise.all(
+      started().ports.map(async (port) => {
+        const shard = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0 });
+        try {
+          return await fn(shard);
+        } finally {
+          shard.disconnect();
+        }
+      }),
+    );
+  return {
+    name: 'a Redis Cluster of three shards',
+    before: async () => void (cluster = await startRedisCluster()),
+    after: async () => cluster?.stop(),
+    options: () => ({ url: started().url, cluster: true }),
+    nodeArgs: () => [started().url, 'cluster'],
+    keys: async (prefix) => (await eachShard((shard) => shard.keys(`${prefix}*`))).flat().map((key) => prefix + key.slice(prefix.length).replace(/^\{[^}]*\}/, '')),
+    clear: async (prefix) => void (await eachShard(async (shard) => {
+      const keys = await shard.keys(`${prefix}*`);
+      // One DEL per key: a shard refuses a DEL over several slots.
+      for (const key of keys) await shard.del(key);
+    })),
+  };
+}
+
+clusterSuite(oneRedis);
+clusterSuite(redisCluster());
+
+function clusterSuite(store: Store): void {
+describe(`cluster mode (Redis engine) on ${store.name}`, () => {
   let prefix: string;
   const nodes: TestServer[] = [];
   const peers: WsPeer[] = [];
@@ -56,7 +118,7 @@ describe('cluster mode (Redis engine)', () => {
     return typeof user === 'string' ? { id: user, roles: [], claims: {} } : null;
   };
   const node = async (options: RedisEngineOptions = {}, server: ServerOptions = {}): Promise<TestServer> => {
-    const t = await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix, ...options }), apiKey: API_KEY, authenticate, ...server });
+    const t = await startServer({ engine: new RedisEngine({ ...store.options(), prefix, ...options }), apiKey: API_KEY, authenticate, ...server });
     nodes.push(t);
     return t;
   };
@@ -66,11 +128,12 @@ describe('cluster mode (Redis engine)', () => {
     return c;
   };
 
-  before(requireRedis);
+  before(() => store.before());
+  after(() => store.after());
   afterEach(async () => {
     await Promise.all(peers.splice(0).map((peer) => peer.close()));
     await Promise.all(nodes.splice(0).map((t) => t.close()));
-    await deleteKeys(prefix);
+    await store.clear(prefix);
   });
   // Each test gets its own prefix: its cluster meets no other.
   const fresh = (): void => {
@@ -180,7 +243,8 @@ describe('cluster mode (Redis engine)', () => {
     fresh();
     const a = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
     const script = fileURLToPath(new URL('./fixtures/cluster-node.js', import.meta.url));
-    const child = spawn(process.execPath, [script, REDIS_URL, prefix], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const [url, ...mode] = store.nodeArgs();
+    const child = spawn(process.execPath, [script, url!, prefix, ...mode], { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       const [line] = (await once(child.stdout, 'data')) as [Buffer];
       const { port } = JSON.parse(String(line)) as { port: number };
@@ -214,7 +278,7 @@ describe('cluster mode (Redis engine)', () => {
     const b = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
     const onA = await open(a);
     await onA.subscribe('/survivor');
-    await deleteKeys(prefix);
+    await store.clear(prefix);
     assert.equal(await b.server.engine.subscriberCount('/survivor'), 0);
     const deadline = Date.now() + 3000;
     while ((await b.server.engine.subscriberCount('/survivor')) !== 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
@@ -231,11 +295,14 @@ describe('cluster mode (Redis engine)', () => {
     await onA.peer.close();
     await a.close();
     nodes.splice(0);
-    const left = (await keysUnder(prefix)).map((key) => key.slice(prefix.length)).sort();
-    // /presence/kept keeps the join and leave of the session (published before the node closed).
-    assert.deepEqual(left, ['ch:/kept', 'ch:/presence/kept', 'chans', 'log:/kept', 'log:/presence/kept', 'lru']);
+    // Each partition used has its own chans and lru (two partitions on a cluster, likely).
+    const left = [...new Set((await store.keys(prefix)).map((key) => key.slice(prefix.length)))].sort();
+    // /presence/kept keeps the join and leave of the session (published before the node closed);
+    // `layout` the partition count the nodes agreed on.
+    assert.deepEqual(left, ['ch:/kept', 'ch:/presence/kept', 'chans', 'layout', 'log:/kept', 'log:/presence/kept', 'lru']);
   });
 });
+}
 
 describe('cluster mode: Redis unreachable or going away', () => {
   const nodes: TestServer[] = [];
