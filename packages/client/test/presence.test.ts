@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Authenticator } from '@perihelion/server';
 import { ClientError, type Client, type PresenceEvent } from '../src/index.js';
-import { client, startServer, waitFor, type TestServer } from './helpers.js';
+import { client, Net, sleep, startServer, waitFor, type TestServer } from './helpers.js';
 
 // The handshake's token is the user id here (an application's authenticator would check it).
 const authenticate: Authenticator = ({ message }) => {
@@ -65,4 +65,51 @@ describe('client presence', () => {
     await assert.rejects(c.onPresence('/private/x', () => {}), (error: ClientError) => error.code === 'bayeux' && error.bayeuxCode === 403);
     await assert.rejects(c.onPresence('room', () => {}), (error: ClientError) => error.code === 'invalid-channel' && /"room"/.test(error.message));
   });
+});
+
+describe('client presence through reconnects', () => {
+  for (const type of ['websocket', 'long-polling'] as const) {
+    it(`${type}: a short cut, and one that outlives the session (a new session, re-subscribed within the grace), publish no leave and no join`, async () => {
+      // Sessions expire about 1 s after their line goes; a leave waits 3 s for the member to come back.
+      const test = await startServer({ authenticate, maxInterval: 1000, timeout: 2000, presenceGrace: 3000 });
+      const net = new Net();
+      const watcher = client(test.url, { transports: ['websocket'] });
+      const alice = client(test.url, { transports: [type], token: 'alice' }, net);
+      try {
+        const seen: PresenceEvent[] = [];
+        await watcher.onPresence('/room/r', (event) => seen.push(event));
+        await alice.subscribe('/room/r', () => {});
+        await waitFor(() => seen.length === 1, 3000, 'the join');
+        const firstSession = alice.clientId!;
+
+        // A short cut: the client comes back at once (on its session, or on a new one when its
+        // first attempt to reopen a WebSocket failed while the network was still down).
+        net.cut();
+        await waitFor(() => alice.state === 'connecting', 3000, 'the client to notice the cut');
+        net.restore();
+        await waitFor(() => alice.state === 'connected', 5000, 'the client back');
+        const beforeLongCut = alice.clientId!;
+
+        // A long cut: the server forgets the session; the client handshakes again and re-subscribes.
+        net.cut();
+        await waitFor(() => alice.state === 'connecting', 3000, 'the client to notice the cut');
+        await waitFor(() => test.server.getSession(beforeLongCut) === undefined, 5000, 'the session to expire');
+        net.restore();
+        await waitFor(() => alice.state === 'connected', 5000, 'the client back');
+        assert.notEqual(alice.clientId, beforeLongCut, 'a new session');
+        await waitFor(() => test.server.getSession(alice.clientId!)?.subscriptions.has('/room/r') === true, 5000, 're-subscribed');
+
+        await sleep(3500); // past the grace of the expired session's leave
+        assert.deepEqual(seen, [{ action: 'join', clientId: firstSession, user: 'alice' }], 'one join, nothing else');
+        assert.deepEqual(await watcher.presence('/room/r'), [{ clientId: alice.clientId, user: 'alice' }]);
+
+        await alice.disconnect();
+        await waitFor(() => seen.length === 2, 5000, 'the leave once she is really gone');
+        assert.equal(seen[1]!.action, 'leave');
+      } finally {
+        await Promise.allSettled([watcher.disconnect(), alice.disconnect()]);
+        await test.close();
+      }
+    });
+  }
 });
