@@ -114,9 +114,10 @@ class CometDClient {
     });
   }
 
-  publish(channel: string, data: unknown): Promise<CometDMessage> {
+  /** `props` are merged into the message by CometD (its `publishProps`), e.g. `{ ext: { echo: false } }`. */
+  publish(channel: string, data: unknown, props: object = {}): Promise<CometDMessage> {
     return new Promise((resolve, reject) => {
-      this.cometd.publish(channel, data, (reply) => {
+      this.cometd.publish(channel, data, props, (reply) => {
         if (reply.successful) resolve(reply);
         else reject(new Error(`publish to ${channel} failed: ${JSON.stringify(reply)}`));
       });
@@ -234,6 +235,19 @@ for (const transport of TRANSPORTS) {
       await alice.publish(channel, { from: 'alice' });
       await waitFor(() => messages.length === 1, 5000, 'alice → bob');
       assert.deepEqual(messages[0]?.data, { from: 'alice' });
+    });
+
+    it('does not send a publish with ext.echo false back to its CometD publisher; other subscribers get it', TEST_TIMEOUT, async () => {
+      const [alice, bob] = await Promise.all([connect(), connect()]);
+      const channel = fresh('quiet');
+      const own = await alice.subscribe(channel);
+      const other = await bob.subscribe(channel);
+      await alice.publish(channel, { n: 1 }, { ext: { echo: false } });
+      await alice.publish(channel, { n: 2 });
+      await waitFor(() => other.messages.length === 2 && own.messages.length === 1, 5000, 'both publishes');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.deepEqual(other.messages.map((m) => m.data), [{ n: 1 }, { n: 2 }]);
+      assert.deepEqual(own.messages.map((m) => m.data), [{ n: 2 }], 'alice got only the publish that did not ask for no echo');
     });
 
     it('a /x/* subscription matches exactly one more segment', TEST_TIMEOUT, async () => {
