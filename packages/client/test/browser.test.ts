@@ -26,6 +26,28 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>client</title>
   };
 </script>`;
 
+/** A page following the state channel /list through a replica (the server's state.js). */
+const STATE_PAGE = `<!doctype html><meta charset="utf-8"><title>state</title>
+<script src="/bayeux/client.js"></script>
+<script src="/bayeux/state.js"></script>
+<script>
+  window.causes = [];
+  window.follow = (options) => {
+    window.client = new Perihelion.Client('/bayeux', options);
+    return PerihelionState.replicate(client, '/list').then((replica) => {
+      window.replica = replica;
+      replica.onChange((change) => causes.push(change.cause));
+      return client.sharing;
+    });
+  };
+  window.append = (label, count) => {
+    const proposals = [];
+    for (let i = 0; i < count; i++) proposals.push(replica.propose((draft) => { draft.push({ id: label + '-' + i }); }));
+    return Promise.all(proposals);
+  };
+  window.view = () => JSON.stringify({ version: replica.version, pending: replica.pendingCount, value: replica.value });
+</script>`;
+
 interface Window {
   seen: unknown[];
   states: string[];
@@ -54,17 +76,18 @@ describe('client in Chromium', () => {
       port: 0,
       host: '127.0.0.1',
       fallback: (req, res) => {
-        if ((req.url ?? '/').split('?')[0] === '/') res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(PAGE);
+        const path = (req.url ?? '/').split('?')[0];
+        if (path === '/' || path === '/state') res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(path === '/' ? PAGE : STATE_PAGE);
         else res.writeHead(404).end();
       },
     });
     return { server, origin: `http://127.0.0.1:${address.port}` };
   }
 
-  async function open(context: BrowserContext, origin: string): Promise<Page> {
+  async function open(context: BrowserContext, origin: string, path = '/'): Promise<Page> {
     const page = await context.newPage();
     page.on('pageerror', (error) => assert.fail(`page error: ${error.message}`));
-    await page.goto(`${origin}/`);
+    await page.goto(`${origin}${path}`);
     return page;
   }
 
@@ -222,6 +245,55 @@ describe('client in Chromium', () => {
       await server.close();
     }
   });
+  }
+
+  for (const [label, options, sharing] of [
+    ['a SharedWorker', {}, 'worker'],
+    ['a leader tab', { worker: false }, 'leader'],
+  ] as const) {
+    it(`replicas of a state channel in three tabs sharing one session through ${label} propose at once and converge, also after the first tab closes`, async () => {
+      const { server, origin } = await serve();
+      const state = await server.state('/list', [] as Array<{ id: string }>, { validate: () => true });
+      const context = await browser.newContext();
+      try {
+        const pages: Page[] = [];
+        for (let i = 0; i < 3; i++) {
+          const page = await open(context, origin, '/state');
+          const mode = await page.evaluate((o) => (window as unknown as { follow(o: object): Promise<string> }).follow(o), options);
+          if (i === 0) assert.equal(mode, sharing);
+          pages.push(page);
+        }
+        assert.equal(server.stats().sessions, 1, 'one session for the three tabs');
+        type StatePage = { append(label: string, count: number): Promise<number[]>; view(): string };
+        const append = (page: Page, label: string): Promise<number[]> => page.evaluate((l) => (window as unknown as StatePage).append(l, 5), label);
+        const views = (open: Page[]): Promise<Array<{ version: number; pending: number; value: unknown }>> =>
+          Promise.all(open.map(async (page) => JSON.parse(await page.evaluate(() => (window as unknown as StatePage).view())) as { version: number; pending: number; value: unknown }));
+        const converged = async (open: Page[], what: string): Promise<void> => {
+          for (let i = 0; i < 100; i++) {
+            const seen = await views(open);
+            if (seen.every((v) => v.version === state.version && v.pending === 0 && JSON.stringify(v.value) === JSON.stringify(state.get()))) return;
+            await new Promise((resolve) => setTimeout(resolve, 100));
+          }
+          assert.fail(`the tabs did not converge ${what}: server v${state.version}, tabs ${JSON.stringify((await views(open)).map((v) => [v.version, v.pending]))}`);
+        };
+        await Promise.all(pages.map((page, i) => append(page, `tab${i}`)));
+        await state.update((draft) => void draft.push({ id: 'server' }));
+        assert.equal(state.get().length, 16);
+        await converged(pages, 'after the first round');
+        // The first tab (the leader, without a SharedWorker) goes while the others are proposing.
+        const rest = pages.slice(1);
+        const again = Promise.all(rest.map((page, i) => append(page, `again${i}`)));
+        await pages[0]!.close();
+        await again;
+        await state.update((draft) => void draft.push({ id: 'server again' }));
+        assert.equal(state.get().length, 27);
+        assert.equal(new Set(state.get().map((item) => item.id)).size, 27, 'every proposal applied once');
+        await converged(rest, 'after the first tab closed');
+      } finally {
+        await context.close();
+        await server.close();
+      }
+    });
   }
 
   it('tells the SharedWorker when the browser goes offline: it drops its line at once and comes back', async () => {
