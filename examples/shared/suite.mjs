@@ -5,6 +5,8 @@
  * this file lives outside ../test so that `node --test examples/test` does not run it alone.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
 import { Client, ClientError } from '@perihelion/client';
 import { WebSocket } from 'ws';
@@ -171,6 +173,42 @@ export function testExample(framework, start) {
       await ended;
       assert.deepEqual(await post('/notify/leaving'), { reached: 0 });
       await assert.rejects(client({ WebSocket: webSocketWithCookie(cookie) }).connect(), /unknown or ended app session/);
+    });
+
+    test('runs from its one command: node examples/<framework>/app.mjs', async () => {
+      const file = new URL(`../${framework.toLowerCase()}/app.mjs`, import.meta.url);
+      const child = spawn(process.execPath, [file.pathname], { env: { ...process.env, PORT: '0' }, stdio: ['ignore', 'pipe', 'inherit'] });
+      const exited = once(child, 'exit');
+      try {
+        let printed = '';
+        const port = await new Promise((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`no address printed: ${printed}`)), TIMEOUT);
+          child.stdout.on('data', (chunk) => {
+            printed += chunk;
+            const found = /on http:\/\/localhost:(\d+) /.exec(printed);
+            if (found) {
+              clearTimeout(timer);
+              resolve(Number(found[1]));
+            }
+          });
+          child.once('exit', (code) => reject(new Error(`exited with ${code}: ${printed}`)));
+        });
+        const url = `http://127.0.0.1:${port}`;
+        const response = await fetch(`${url}/login?user=cli`, { method: 'POST' });
+        const cookie = response.headers.getSetCookie()[0].split(';')[0];
+        const made = new Client(`${url}/bayeux`, { WebSocket, timeout: TIMEOUT, token: cookie.slice('sid='.length) });
+        clients.push(made);
+        const notifications = inbox();
+        await made.subscribe('/notifications', (data) => notifications.push(data));
+        const reached = await (await fetch(`${url}/notify/cli?text=from%20the%20command`, { method: 'POST' })).json();
+        assert.deepEqual(reached, { reached: 1 });
+        assert.equal((await next(notifications)).text, 'from the command');
+        await made.disconnect();
+      } finally {
+        child.kill('SIGTERM');
+      }
+      const [code, signal] = await exited;
+      assert.deepEqual({ code, signal }, { code: 0, signal: null }, 'SIGTERM closes the app and it exits 0');
     });
 
     test('a bad login is refused by the app', async () => {
