@@ -6,6 +6,8 @@
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { gunzipSync } from 'node:zlib';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
 import { applyPatch, type JsonValue, type Patch } from '@perihelion/state';
@@ -75,6 +77,19 @@ async function rejectsWith(promise: Promise<unknown>, code: string, what: string
     assert.equal(error.code, code, `${what}: ${error.message}`);
     return true;
   }, what);
+}
+
+/** A raw HTTP POST: the headers and the body bytes exactly as sent (no decoding). */
+function rawPost(url: string, body: unknown, headers: Record<string, string>): Promise<{ headers: Record<string, unknown>; bytes: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve({ headers: res.headers, bytes: Buffer.concat(chunks) }));
+    });
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
 }
 
 /** Lets in-flight deliveries arrive, for checks that something was NOT delivered. */
@@ -505,6 +520,26 @@ describe('state channels: /service/state snapshots and the publish guard', () =>
       const a = await openPeer(t.wsUrl, peers);
       const data = answered(await a.ask({ channel: '/open/state', op: 'snapshot' }), 'snapshot');
       assert.deepEqual(data, { channel: '/open/state', epoch: state.epoch, version: 1, value: { items: ['a', 'b'] } });
+    });
+
+    it('sends a large snapshot over long-polling gzip-compressed to a client that accepts gzip, as it is to one that does not', TEST_TIMEOUT, async () => {
+      const big = { rows: Array.from({ length: 2000 }, (_, i) => ({ id: i, name: `row ${i}`, done: i % 3 === 0 })) };
+      const large = await makeState(t, '/open/large', big);
+      const url = t.url;
+      const handshake = await rawPost(url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], {});
+      const clientId = (JSON.parse(String(handshake.bytes)) as Array<{ clientId: string }>)[0]!.clientId;
+      const ask = [{ channel: SERVICE, clientId, id: 'big', data: { channel: '/open/large', op: 'snapshot' } }];
+      const answerIn = (text: string): unknown => (JSON.parse(text) as Msg[]).find((m) => m.data !== undefined)?.data;
+      const size = JSON.stringify(big).length;
+
+      const gzipped = await rawPost(url, ask, { 'Accept-Encoding': 'gzip, deflate' });
+      assert.equal(gzipped.headers['content-encoding'], 'gzip');
+      assert.deepEqual(answerIn(String(gunzipSync(gzipped.bytes))), { channel: '/open/large', epoch: large.epoch, version: 0, value: big });
+      assert.ok(gzipped.bytes.length < size / 4, `${size} bytes of value sent in ${gzipped.bytes.length}`);
+
+      const plain = await rawPost(url, ask, {});
+      assert.equal(plain.headers['content-encoding'], undefined);
+      assert.deepEqual(answerIn(String(plain.bytes)), { channel: '/open/large', epoch: large.epoch, version: 0, value: big });
     });
 
     it('refuses a request without a channel (400), with a bad op (400), for an unknown or wildcard channel (405)', TEST_TIMEOUT, async () => {
