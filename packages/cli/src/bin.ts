@@ -27,6 +27,7 @@ Examples:
   perihelion serve
   perihelion serve --port 9000 --path /cometd
   perihelion serve --redis redis://127.0.0.1:6379   # cluster mode: run it on every node
+  perihelion serve --redis redis://10.0.0.5:7001,redis://10.0.0.6:7001 --redis-cluster
   perihelion serve --workers auto --no-demo         # one process per CPU, one server
   PERIHELION_TIMEOUT=20000 perihelion serve --no-demo
   PERIHELION_JSONP=1 perihelion serve --allowed-origins https://app.example.com

@@ -23,7 +23,8 @@ function securitySummary(server: Perihelion): string[] {
 function engineSummary(server: Perihelion, workers: number): string {
   const { engine } = server;
   if (engine instanceof RedisEngine) {
-    return `redis (cluster mode: ${engine.where}, key prefix "${engine.options.prefix}", node ${engine.nodeId}${workers > 1 ? `, ${workers} workers here` : ''})`;
+    const where = engine.options.cluster ? `Redis Cluster ${engine.where}, ${engine.options.partitions} partitions` : engine.where;
+    return `redis (cluster mode: ${where}, key prefix "${engine.options.prefix}", node ${engine.nodeId}${workers > 1 ? `, ${workers} workers here` : ''})`;
   }
   if (engine instanceof WorkersEngine) return `workers (${workers} processes, their store in the primary process; --redis for several machines)`;
   return `${engine.name}${engine.name === 'memory' ? ' (this process only; --redis for cluster mode)' : ''}`;
@@ -61,6 +62,8 @@ export async function serve(settings: Settings, log: (line: string) => void = co
     settings.redis !== undefined
       ? new RedisEngine({
           url: settings.redis,
+          ...(settings.redisCluster ? { cluster: true } : {}),
+          ...(settings.redisPartitions !== undefined ? { partitions: settings.redisPartitions } : {}),
           ...(settings.redisPrefix !== undefined ? { prefix: settings.redisPrefix } : {}),
           ...(settings.redisHeartbeatInterval !== undefined ? { heartbeatInterval: settings.redisHeartbeatInterval } : {}),
           ...(settings.redisNodeTimeout !== undefined ? { nodeTimeout: settings.redisNodeTimeout } : {}),

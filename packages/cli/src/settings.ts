@@ -10,7 +10,7 @@ import { parse as parseYaml } from 'yaml';
 
 export interface Setting {
   /** ServerOptions key, or a listen/CLI setting. */
-  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'workers';
+  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisCluster' | 'redisPartitions' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'workers';
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
@@ -60,6 +60,8 @@ const COMMAND_SETTINGS: Setting[] = [
   { key: 'port', flag: 'port', kind: 'integer', help: 'port to listen on (default 8080; also PORT)' },
   { key: 'host', flag: 'host', kind: 'string', help: 'interface to listen on (default: all; also HOST)' },
   { key: 'redis', flag: 'redis', kind: 'string', help: 'cluster mode: Redis URL shared by every node, e.g. redis://127.0.0.1:6379 (default: in-memory engine, one process)' },
+  { key: 'redisCluster', flag: 'redis-cluster', kind: 'boolean', help: 'cluster mode: --redis names nodes of a Redis Cluster (7 or later; comma-separated URLs), whose shards share the publishes (default false)' },
+  { key: 'redisPartitions', flag: 'redis-partitions', kind: 'integer', help: 'cluster mode: partitions of the channels, spread over the shards; the same on every node (default 16 with --redis-cluster, else 1)' },
   { key: 'redisPrefix', flag: 'redis-prefix', kind: 'string', help: 'prefix of the Redis keys and channels, so that several clusters can share one Redis (default perihelion:)' },
   { key: 'redisHeartbeatInterval', flag: 'redis-heartbeat-interval', kind: 'integer', help: 'cluster mode: how often this node tells the others it is alive, ms (default 5000)' },
   { key: 'redisNodeTimeout', flag: 'redis-node-timeout', kind: 'integer', help: "cluster mode: silence after which a node counts as dead and the others remove its sessions, ms (default 15000; longer than the heartbeat interval)" },
@@ -79,7 +81,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Keys a configuration file may hold besides the server options. */
-const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel', 'redis', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'workers']);
+const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel', 'redis', 'redisCluster', 'redisPartitions', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'workers']);
 
 /** Most workers `--workers` takes. */
 export const MAX_WORKERS = 256;
@@ -140,6 +142,10 @@ export interface Settings {
   logLevel?: LogLevel;
   /** Redis URL: cluster mode with the Redis engine. Default: the in-memory engine. */
   redis?: string;
+  /** `redis` names nodes of a Redis Cluster. */
+  redisCluster?: boolean;
+  /** Partitions of the Redis engine's channels. */
+  redisPartitions?: number;
   /** Key prefix of the Redis engine. */
   redisPrefix?: string;
   /** The Redis engine's node liveness, ms. */
@@ -184,6 +190,7 @@ export function readConfigFile(path: string): Record<string, unknown> {
   if (config.port !== undefined && (typeof config.port !== 'number' || !Number.isInteger(config.port))) throw new SettingsError(`${path}: setting "port" must be a whole number`);
   if (config.host !== undefined && typeof config.host !== 'string') throw new SettingsError(`${path}: setting "host" must be a string`);
   if (config.demo !== undefined && typeof config.demo !== 'boolean') throw new SettingsError(`${path}: setting "demo" must be true or false`);
+  if (config.redisCluster !== undefined && typeof config.redisCluster !== 'boolean') throw new SettingsError(`${path}: setting "redisCluster" must be true or false`);
   for (const key of ['redis', 'redisPrefix']) {
     if (config[key] !== undefined && typeof config[key] !== 'string') throw new SettingsError(`${path}: setting "${key}" must be a string${key === 'redis' ? ' like "redis://127.0.0.1:6379"' : ''}`);
   }
@@ -205,7 +212,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     if (typeof fromFlag === 'string') values[setting.key] = convert(setting, fromFlag, `--${setting.flag}`);
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
   }
-  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
+  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
   if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
   const options = server as ServerOptions;
@@ -220,11 +227,16 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   // The HTTP API key, like the token secret, comes from the environment (or the file).
   if (env.PERIHELION_API_KEY !== undefined && env.PERIHELION_API_KEY !== '') options.apiKey = env.PERIHELION_API_KEY;
   for (const [value, flag] of [
+    [redisCluster, '--redis-cluster'],
+    [redisPartitions, '--redis-partitions'],
     [redisPrefix, '--redis-prefix'],
     [redisHeartbeatInterval, '--redis-heartbeat-interval'],
     [redisNodeTimeout, '--redis-node-timeout'],
   ] as const) {
     if (value !== undefined && redis === undefined) throw new SettingsError(`${flag} needs --redis (the Redis URL of the cluster)`);
+  }
+  if (redisPartitions !== undefined && (typeof redisPartitions !== 'number' || !Number.isInteger(redisPartitions) || redisPartitions < 1 || redisPartitions > 1024)) {
+    throw new SettingsError(`setting "redisPartitions" must be a whole number from 1 to 1024, got ${JSON.stringify(redisPartitions)}`);
   }
   for (const [key, value] of [
     ['redisHeartbeatInterval', redisHeartbeatInterval],
@@ -239,6 +251,8 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     demo: demo as boolean,
     logLevel: logLevel as LogLevel,
     ...(typeof redis === 'string' ? { redis } : {}),
+    ...(redisCluster === true ? { redisCluster } : {}),
+    ...(typeof redisPartitions === 'number' ? { redisPartitions } : {}),
     ...(typeof redisPrefix === 'string' ? { redisPrefix } : {}),
     ...(typeof redisHeartbeatInterval === 'number' ? { redisHeartbeatInterval } : {}),
     ...(typeof redisNodeTimeout === 'number' ? { redisNodeTimeout } : {}),

@@ -40,6 +40,19 @@ describe('settings: --redis', () => {
     assert.throws(() => resolveSettings({ redisNodeTimeout: '4000' }, {}), /--redis-node-timeout needs --redis/);
     assert.throws(() => resolveSettings({ redis: 'redis://a:6379', redisNodeTimeout: 'x' }, {}), /--redis-node-timeout/);
   });
+
+  it('takes a Redis Cluster from --redis-cluster and its partitions from --redis-partitions, only with --redis', () => {
+    const onCluster = resolveSettings({ redis: 'redis://a:7001,redis://b:7002', redisCluster: true, redisPartitions: '32' }, {});
+    assert.deepEqual([onCluster.redisCluster, onCluster.redisPartitions], [true, 32]);
+    const fromEnv = resolveSettings({}, { PERIHELION_REDIS: 'redis://a:7001', PERIHELION_REDIS_CLUSTER: 'true' });
+    assert.equal(fromEnv.redisCluster, true);
+    const dir = mkdtempSync(join(tmpdir(), 'perihelion-redis-'));
+    const config = join(dir, 'cluster.yaml');
+    writeFileSync(config, 'redis: redis://c:7001\nredisCluster: yes please\n');
+    assert.throws(() => resolveSettings({ config }, {}), /setting "redisCluster" must be true or false/);
+    assert.throws(() => resolveSettings({ redisCluster: true }, {}), /--redis-cluster needs --redis/);
+    assert.throws(() => resolveSettings({ redis: 'redis://a:7001', redisPartitions: '0' }, {}), /"redisPartitions" must be a whole number from 1 to 1024, got 0/);
+  });
 });
 
 function serve(args: string[], env: Record<string, string> = {}): ChildProcessWithoutNullStreams {
@@ -160,5 +173,49 @@ describe('perihelion serve --redis', () => {
     await settle();
     child.kill('SIGTERM');
     assert.equal((await exitOf(child)).code, 0);
+  });
+});
+
+describe('perihelion serve --redis … --redis-cluster', () => {
+  const children: ChildProcessWithoutNullStreams[] = [];
+  let cluster: { url: string; stop(): Promise<void> } | null = null;
+
+  before(async () => {
+    const starter = new URL('../../../../examples/cluster/redis-cluster.mjs', import.meta.url).href;
+    const { startRedisCluster } = (await import(starter)) as { startRedisCluster: () => Promise<{ url: string; stop(): Promise<void> }> };
+    cluster = await startRedisCluster();
+  });
+  after(async () => {
+    for (const child of children) child.kill('SIGKILL');
+    await cluster?.stop();
+  });
+
+  it('runs two nodes on a Redis Cluster as one server, and says so at start-up', async () => {
+    const one = serve(['--redis', cluster!.url, '--redis-cluster']);
+    const two = serve(['--redis-cluster'], { PERIHELION_REDIS: cluster!.url });
+    children.push(one, two);
+    const [first, second] = await Promise.all([summary(one), summary(two)]);
+    for (const output of [first, second]) assert.match(output, /engine: redis \(cluster mode: Redis Cluster redis:\/\/127\.0\.0\.1:\d+\/?,redis:.*, 16 partitions, key prefix "perihelion:"/);
+    const url1 = /listening on (http:\/\/\S+)/.exec(first)![1]!;
+    const url2 = /listening on (http:\/\/\S+)/.exec(second)![1]!;
+    cookie = '';
+    const [hello] = await post(`${url1}/bayeux`, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
+    const clientId = hello!.clientId as string;
+    await post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    const [subscribed] = await post(`${url1}/bayeux`, [{ channel: '/meta/subscribe', clientId, subscription: '/news' }]);
+    assert.equal(subscribed!.successful, true, JSON.stringify(subscribed));
+    const held = post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    const published = await fetch(`${url2}/api/publish`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel: '/news', data: { headline: 'through a shard' } }),
+    });
+    assert.equal(published.status, 200);
+    const delivered = (await held).filter((m) => m.channel === '/news');
+    assert.deepEqual(delivered.map((m) => m.data), [{ headline: 'through a shard' }]);
+    await settle();
+    for (const child of [one, two]) child.kill('SIGTERM');
+    const exits = await Promise.all([one, two].map(exitOf));
+    assert.deepEqual(exits.map((e) => e.code), [0, 0], exits.map((e) => e.stderr).join('\n'));
   });
 });
