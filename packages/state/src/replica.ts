@@ -139,20 +139,29 @@ export class Replica {
    * Proposes a change: a JSON Patch, or a function given a draft (a copy of `value`) that changes
    * it in place or returns the new value. Applied to `value` at once; resolves to the server
    * version that includes it, rejects with a ProposalError when the server refuses it (and
-   * `value` goes back to the server's).
+   * `value` goes back to the server's), or at once, sending nothing, when the change cannot be
+   * made here (its `cause` says why).
    */
   propose(change: Patch | ((draft: JsonValue) => JsonValue | void)): Promise<number> {
     if (this.closed) return Promise.reject(new ProposalError(`the replica of ${this.channel} is closed`));
     let patch: Patch;
-    if (typeof change === 'function') {
-      const draft = clone(this.view);
-      const returned = change(draft);
-      patch = diff(this.view, returned === undefined ? draft : returned, this.options.diff);
-    } else patch = change;
-    if (patch.length === 0) return Promise.resolve(this.current);
-    patch = appendsAsDash(this.view, patch);
+    let next: JsonValue;
+    try {
+      if (typeof change === 'function') {
+        const draft = clone(this.view);
+        const returned = change(draft);
+        patch = diff(this.view, returned === undefined ? draft : returned, this.options.diff);
+      } else patch = change;
+      if (patch.length === 0) return Promise.resolve(this.current);
+      patch = appendsAsDash(this.view, patch);
+      next = applyPatch(this.view, patch);
+    } catch (error) {
+      // Nothing is sent and `value` stays: a patch that does not apply here, a draft left with
+      // something JSON cannot hold (StateError, naming where), or the function's own error.
+      return Promise.reject(new ProposalError(`a proposal on ${this.channel} could not be made: ${(error as Error)?.message ?? String(error)}`, error));
+    }
     const before = this.view;
-    this.view = applyPatch(this.view, patch); // throws (StateError) on a patch that does not apply here
+    this.view = next;
     return new Promise<number>((resolve, reject) => {
       this.pending.push({ id: `${this.idPrefix}-${++this.nextId}`, patch, acceptedAt: null, resolve, reject });
       this.emit(before, 'propose', patch);
