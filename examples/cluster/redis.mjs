@@ -1,23 +1,25 @@
 /**
  * A few Redis commands for the cluster example and its test: whether Redis answers, which node
- * holds a session, and removing every key of a prefix. ioredis is @perihelion/server's own
- * dependency (the Redis engine's client); it is loaded from there.
+ * holds a session, and removing every key of a prefix, on one Redis or on a Redis Cluster (`url`
+ * then lists its nodes, comma-separated, and `cluster` is true). ioredis is
+ * @perihelion/server's own dependency (the Redis engine's client); it is loaded from there.
  */
 import { createRequire } from 'node:module';
 
 const require = createRequire(import.meta.resolve('@perihelion/server'));
-const { Redis } = require('ioredis');
+const { Redis, Cluster } = require('ioredis');
 
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 
-function connect(url) {
-  const client = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2000 });
+function connect(url, cluster) {
+  const options = { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: 2000 };
+  const client = cluster ? new Cluster(url.split(','), { lazyConnect: true, redisOptions: options, clusterRetryStrategy: () => null }) : new Redis(url, options);
   client.on('error', () => {});
   return client;
 }
 
-async function using(url, fn) {
-  const client = connect(url);
+async function using(url, fn, cluster = false) {
+  const client = connect(url, cluster);
   try {
     await client.connect();
     return await fn(client);
@@ -27,9 +29,9 @@ async function using(url, fn) {
 }
 
 /** Resolves when Redis answers at `url`; otherwise rejects saying how to start one. */
-export async function requireRedis(url = DEFAULT_REDIS_URL) {
+export async function requireRedis(url = DEFAULT_REDIS_URL, cluster = false) {
   try {
-    await using(url, (client) => client.ping());
+    await using(url, (client) => client.ping(), cluster);
   } catch (error) {
     throw new Error(
       `the cluster example needs a Redis server at ${url} (start one with "redis-server --daemonize yes", ` +
@@ -38,21 +40,37 @@ export async function requireRedis(url = DEFAULT_REDIS_URL) {
   }
 }
 
-/** The id of the node that holds session `clientId` (the engine's `owner` hash), or null. */
-export function ownerOf(url, prefix, clientId) {
-  return using(url, (client) => client.hget(`${prefix}owner`, clientId));
+/**
+ * The id of the node that holds session `clientId` (the engine's `owner` hash), or null. On a
+ * cluster the control keys carry the hash tag {c} (see the engine's redis-layout.ts).
+ */
+export function ownerOf(url, prefix, clientId, cluster = false) {
+  return using(url, (client) => client.hget(`${prefix}${cluster ? '{c}' : ''}owner`, clientId), cluster);
 }
 
-/** Deletes every key under `prefix`; resolves to how many there were. */
-export function deleteKeys(url, prefix) {
-  return using(url, async (client) => {
-    let cursor = '0';
-    let count = 0;
-    do {
-      const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length > 0) count += await client.del(...keys);
-    } while (cursor !== '0');
-    return count;
-  });
+/** Deletes every key under `prefix` (on a cluster, on each of its primaries); resolves to how many there were. */
+export async function deleteKeys(url, prefix, cluster = false) {
+  if (!cluster) return using(url, (client) => deleteUnder(client, prefix));
+  return using(
+    url,
+    async (client) => {
+      let count = 0;
+      // One DEL per key: a shard refuses a DEL of keys in several slots.
+      for (const shard of client.nodes('master')) count += await deleteUnder(shard, prefix, true);
+      return count;
+    },
+    true,
+  );
+}
+
+async function deleteUnder(client, prefix, oneByOne = false) {
+  let cursor = '0';
+  let count = 0;
+  do {
+    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+    cursor = next;
+    if (oneByOne) for (const key of keys) count += await client.del(key);
+    else if (keys.length > 0) count += await client.del(...keys);
+  } while (cursor !== '0');
+  return count;
 }

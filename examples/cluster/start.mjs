@@ -8,11 +8,16 @@
  * sticky sessions. Open http://localhost:8080: the demo works although each of its requests may
  * land on another node. Ctrl-C (or SIGTERM) stops everything.
  *
+ *   node examples/cluster/start.mjs --redis-cluster
+ *
+ * does the same on a Redis Cluster: a local one of three shards that it starts (and stops), or the
+ * one whose nodes REDIS_URL lists (comma-separated).
+ *
  * Environment: PORT (the proxy, default 8080; the nodes take the next ports), NODES (default 3),
  * REDIS_URL (default redis://127.0.0.1:6379), PERIHELION_REDIS_PREFIX (default
  * "perihelion-example:"), PERIHELION_API_KEY (default: a random one, printed).
  *
- * For tests: startCluster({ port, nodes, prefix, … }) → { url, nodes, proxy, close() }.
+ * For tests: startCluster({ port, nodes, prefix, redis, redisCluster, … }) → { url, nodes, proxy, close() }.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -23,6 +28,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { startProxy } from './round-robin-proxy.mjs';
 import { DEFAULT_REDIS_URL, requireRedis } from './redis.mjs';
+import { startRedisCluster } from './redis-cluster.mjs';
 
 const CLI = fileURLToPath(new URL('../../packages/cli/bin/perihelion.js', import.meta.url));
 
@@ -32,6 +38,7 @@ export const CLUSTER_RULES = [{ channel: '/cluster/**', publish: 'anyone' }];
 /**
  * Starts `nodes` Perihelion nodes (a count: on ports port+1…port+n, or ephemeral ones when port
  * is 0; or an array of ports) sharing `redis` under `prefix`, and the round-robin proxy on `port`.
+ * `redisCluster`: `redis` lists nodes of a Redis Cluster.
  *
  * Options: `demo` (default true), `rules` (channel rules added to the demo's; default CLUSTER_RULES),
  * `apiKey` (PERIHELION_API_KEY of every node; default a random one), `args` (more flags for every
@@ -45,6 +52,7 @@ export async function startCluster({
   nodes = 3,
   prefix = 'perihelion-example:',
   redis = DEFAULT_REDIS_URL,
+  redisCluster = false,
   host = '127.0.0.1',
   demo = true,
   rules = CLUSTER_RULES,
@@ -56,12 +64,12 @@ export async function startCluster({
   onRequest,
   failTimeout,
 } = {}) {
-  await requireRedis(redis);
+  await requireRedis(redis, redisCluster);
   const ports = Array.isArray(nodes) ? nodes : Array.from({ length: nodes }, (_, i) => (port === 0 ? 0 : port + 1 + i));
   const rulesDir = mkdtempSync(join(tmpdir(), 'perihelion-cluster-'));
   const rulesFile = join(rulesDir, 'rules.json');
   writeFileSync(rulesFile, JSON.stringify(rules));
-  const flags = ['--redis', redis, '--redis-prefix', prefix, '--rules', rulesFile, '--log-level', logLevel, ...(demo ? [] : ['--no-demo']), ...args];
+  const flags = ['--redis', redis, ...(redisCluster ? ['--redis-cluster'] : []), '--redis-prefix', prefix, '--rules', rulesFile, '--log-level', logLevel, ...(demo ? [] : ['--no-demo']), ...args];
   const childEnv = { ...process.env, ...env, PERIHELION_API_KEY: apiKey };
   delete childEnv.PORT;
 
@@ -85,6 +93,7 @@ export async function startCluster({
     url: proxy.url,
     prefix,
     redis,
+    redisCluster,
     apiKey,
     nodes: started,
     proxy,
@@ -189,28 +198,38 @@ async function startNode({ port, host, flags, env, onLog, onExit }) {
 async function main() {
   const port = Number(process.env.PORT ?? 8080);
   const count = Number(process.env.NODES ?? 3);
-  const redis = process.env.REDIS_URL ?? DEFAULT_REDIS_URL;
+  const redisCluster = process.argv.includes('--redis-cluster');
+  // A Redis Cluster of its own unless REDIS_URL names one.
+  const localRedis = redisCluster && !process.env.REDIS_URL ? await startRedisCluster() : null;
+  const redis = localRedis?.url ?? process.env.REDIS_URL ?? DEFAULT_REDIS_URL;
   const prefix = process.env.PERIHELION_REDIS_PREFIX ?? 'perihelion-example:';
   const apiKey = process.env.PERIHELION_API_KEY ?? randomBytes(16).toString('hex');
-  const cluster = await startCluster({
-    port,
-    nodes: count,
-    prefix,
-    redis,
-    apiKey,
-    logLevel: process.env.PERIHELION_LOG_LEVEL ?? 'warn',
-    host: process.env.HOST ?? '127.0.0.1',
-    // The nodes' logs (warnings and errors by default), each line marked with its node.
-    onLog: (nodePort, line) => {
-      if (line.startsWith('{')) process.stderr.write(`[node :${nodePort}] ${line}\n`);
-    },
-  });
+  let cluster;
+  try {
+    cluster = await startCluster({
+      port,
+      nodes: count,
+      prefix,
+      redis,
+      redisCluster,
+      apiKey,
+      logLevel: process.env.PERIHELION_LOG_LEVEL ?? 'warn',
+      host: process.env.HOST ?? '127.0.0.1',
+      // The nodes' logs (warnings and errors by default), each line marked with its node.
+      onLog: (nodePort, line) => {
+        if (line.startsWith('{')) process.stderr.write(`[node :${nodePort}] ${line}\n`);
+      },
+    });
+  } catch (error) {
+    await localRedis?.stop();
+    throw error;
+  }
   const { url } = cluster;
   console.log(`Perihelion cluster: ${cluster.nodes.length} nodes behind a round-robin proxy, no sticky sessions`);
   console.log(`  open:      ${url}/  (the demo; every request goes to the next node in turn)`);
   console.log(`  Bayeux:    ${url}/bayeux`);
   for (const node of cluster.nodes) console.log(`  node:      ${node.url}  (pid ${node.pid}, node id ${node.nodeId})`);
-  console.log(`  Redis:     ${redis}, key prefix "${prefix}"`);
+  console.log(`  Redis:     ${redisCluster ? `Redis Cluster ${redis}${localRedis ? ' (started here, stopped with the rest)' : ''}` : redis}, key prefix "${prefix}"`);
   console.log(`  HTTP API:  curl -X POST ${url}/api/publish -H "Authorization: Bearer ${apiKey}" -d '{"channel":"/cluster/news","data":{"text":"hi"}}'`);
   console.log(`             (any node takes it; clients may also publish under /cluster/**)`);
   console.log(`  try:       npx perihelion subscribe '/cluster/**' --url ${url}   (its requests hop between the nodes)`);
@@ -223,7 +242,8 @@ async function main() {
     console.log(`${signal}: stopping the proxy and the nodes`);
     const counts = cluster.proxy.counts();
     cluster.close().then(
-      () => {
+      async () => {
+        await localRedis?.stop();
         console.log(`requests per node: ${counts.map((c) => `${c.target} ${c.requests + c.upgrades}`).join(', ')}`);
         process.exit(0);
       },
