@@ -1,5 +1,5 @@
-// The cluster scenario's servers: several nodes of one server sharing one Redis, and the clean-up
-// of what they leave in it.
+// The cluster scenarios' servers: several nodes of one server sharing one Redis or a Redis Cluster,
+// and the clean-up of what they leave in it.
 import { log } from './log.mjs';
 import { ServerProcess } from './server-process.mjs';
 
@@ -10,9 +10,10 @@ import { ServerProcess } from './server-process.mjs';
  */
 export class ServerGroup {
   /** launch: ServerProcess's options other than env (transport, pinned, cpuProfDir), the same for every node. */
-  constructor(name, size, { redisUrl, prefix, ...launch }) {
+  constructor(name, size, { redisUrl, redisCluster = false, prefix, ...launch }) {
     this.name = name;
-    this.nodes = Array.from({ length: size }, () => new ServerProcess(name, { ...launch, env: { BENCH_REDIS_URL: redisUrl, BENCH_REDIS_PREFIX: prefix } }));
+    const env = { BENCH_REDIS_URL: redisUrl, BENCH_REDIS_PREFIX: prefix, ...(redisCluster ? { BENCH_REDIS_CLUSTER: '1' } : {}) };
+    this.nodes = Array.from({ length: size }, () => new ServerProcess(name, { ...launch, env }));
   }
 
   get pids() {
@@ -52,4 +53,12 @@ export async function cleanRedis(url, prefix) {
   } finally {
     redis.disconnect();
   }
+}
+
+/** A local Redis Cluster of three shards for a scenario (examples/cluster/redis-cluster.mjs): { url, stop() }. */
+export async function startLocalRedisCluster() {
+  const { startRedisCluster } = await import(new URL('../examples/cluster/redis-cluster.mjs', import.meta.url).href);
+  const cluster = await startRedisCluster();
+  log(`bench: a local Redis Cluster of three shards on ${cluster.url}`);
+  return cluster;
 }

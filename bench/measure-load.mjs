@@ -3,7 +3,7 @@
 // around each run. The cluster scenario runs here too, on a ServerGroup in place of one server.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Recorder, closeClient, nowMs } from './clients.mjs';
-import { ServerGroup, cleanRedis } from './cluster.mjs';
+import { ServerGroup, cleanRedis, startLocalRedisCluster } from './cluster.mjs';
 import { fmt } from './format.mjs';
 import { log } from './log.mjs';
 import { cpuBusyMs, runQueueWait } from './other-load.mjs';
@@ -52,7 +52,10 @@ export async function benchLoad(bench, name, scenario, round) {
   log(`\n${name} · ${scenario.id}: starting server${pinning !== 'none' ? ' on CPU 0' : ''}`);
   const prefix = `perihelion-bench-${process.pid}-${name}-${round}:`;
   const launch = { transport: scenario.transport, pinned: pinning !== 'none', cpuProfDir: options.cpuProf };
-  const server = scenario.cluster ? new ServerGroup(name, scenario.cluster, { redisUrl: options.redis, prefix, ...launch }) : new ServerProcess(name, launch);
+  // On a Redis Cluster: a fresh local one for this server and round, gone with it.
+  const redisCluster = scenario.redisCluster ? await startLocalRedisCluster() : null;
+  const redisUrl = redisCluster?.url ?? options.redis;
+  const server = scenario.cluster ? new ServerGroup(name, scenario.cluster, { redisUrl, redisCluster: redisCluster !== null, prefix, ...launch }) : new ServerProcess(name, launch);
   const recorder = new Recorder();
   let clients = [];
   try {
@@ -181,6 +184,7 @@ export async function benchLoad(bench, name, scenario, round) {
   } finally {
     for (const client of clients) closeClient(client);
     await server.stop();
-    if (scenario.cluster) await cleanRedis(options.redis, prefix);
+    if (redisCluster) await redisCluster.stop();
+    else if (scenario.cluster) await cleanRedis(options.redis, prefix);
   }
 }

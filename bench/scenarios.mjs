@@ -92,6 +92,26 @@ export const SCENARIOS = {
       'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
     },
   },
+  clusterrc: {
+    kind: 'load',
+    title: 'cluster past one Redis: the cluster scenario on a Redis Cluster of three shards (started by the bench), 1 000 WebSocket subscribers spread over three nodes, the publisher on the first',
+    transport: 'websocket',
+    cluster: 3,
+    redisCluster: true,
+    clients: 1000,
+    rates: [20, 50],
+    channelsOf: () => ['fanout'],
+    keys: ['fanout'],
+    batch: 1,
+    servers: ['perihelion'],
+    skips: {
+      socketio: "Socket.IO's sharded Redis adapter needs the node-redis client, which the bench does not use",
+      faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
+      nchan: 'nginx with Nchan on Redis is not set up by the bench',
+      floor: 'the floor has no cluster mode',
+      'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
+    },
+  },
   clusterrr: {
     kind: 'load',
     title: 'cluster without affinity: long-polling over three nodes sharing one Redis, each client sending each request to the next node in turn (a round-robin balancer), 1 000 clients, the publisher on the first',
@@ -114,7 +134,7 @@ export const SCENARIOS = {
   },
 };
 
-export const DEFAULT_SCENARIOS = ['idle', 'fanout', 'fanout5k', 'channels', 'longpoll', 'chat', 'cluster', 'clusterrr'];
+export const DEFAULT_SCENARIOS = ['idle', 'fanout', 'fanout5k', 'channels', 'longpoll', 'chat', 'cluster', 'clusterrc', 'clusterrr'];
 
 /** Deliveries expected when `count` messages were published: Σ over seq of the subscribers of its key. */
 export function expectedDeliveries(scenario, subscribersByKey, count) {

@@ -4,15 +4,17 @@ import { PERIHELION_LOAD_TEST_OPTIONS, listenOnLoopback, runServer } from './com
 
 const { createServer, RedisEngine } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
 
-// The cluster scenario runs several of these on one Redis (BENCH_REDIS_URL, BENCH_REDIS_PREFIX).
+// The cluster scenarios run several of these on one Redis (BENCH_REDIS_URL, BENCH_REDIS_PREFIX), or
+// on a Redis Cluster (BENCH_REDIS_CLUSTER=1: BENCH_REDIS_URL lists its nodes).
 const redisUrl = process.env.BENCH_REDIS_URL;
+const redisCluster = process.env.BENCH_REDIS_CLUSTER === '1';
 
 const PATH = '/bayeux';
 
 const bayeux = createServer({
   path: PATH,
   ...PERIHELION_LOAD_TEST_OPTIONS,
-  ...(redisUrl ? { engine: new RedisEngine({ url: redisUrl, prefix: process.env.BENCH_REDIS_PREFIX }) } : {}),
+  ...(redisUrl ? { engine: new RedisEngine({ url: redisUrl, cluster: redisCluster, prefix: process.env.BENCH_REDIS_PREFIX }) } : {}),
 });
 const server = http.createServer((req, res) => {
   res.writeHead(404).end();

@@ -45,6 +45,16 @@ describe('benchmark smoke run', () => {
     }
   });
 
+  it('runs the cluster scenarios (one Redis, a Redis Cluster it starts, round robin) against Perihelion without loss', { timeout: 240_000 }, async () => {
+    const report = await bench(['--servers', 'perihelion', '--scenarios', 'cluster,clusterrc,clusterrr', '--subscribers', '60', '--rates', '20', '--duration', '1', '--drain', '3', '--warmup', '0']);
+    for (const scenario of ['cluster', 'clusterrc', 'clusterrr']) {
+      const row = report.results.find((r) => r.scenario === scenario && r.server === 'perihelion');
+      assert.ok(row, `${scenario} ran`);
+      assert.ok(row.received > 0, `${scenario} delivered`);
+      assert.equal(row.lost, 0, `${scenario}: nothing lost`);
+    }
+  });
+
   it('runs Nchan (nginx) in its scenarios without loss', { timeout: 240_000, skip: NCHAN_INSTALLED ? false : 'Nchan is not installed (apt-get install nginx-light libnginx-mod-nchan)' }, async () => {
     const report = await bench(['--servers', 'nchan', '--scenarios', 'idle,fanout,channels,chat', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1', '--warmup', '0']);
     assert.equal(report.idle.find((r) => r.server === 'nchan')?.connected, 100, 'every idle connection opened');
