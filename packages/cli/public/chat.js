@@ -41,14 +41,16 @@ function show(data, offset, { earlier = false } = {}) {
   who.textContent = data.name;
   item.append(time, who, document.createTextNode(data.text));
   const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  log.querySelector('[data-empty]')?.remove(); // "Nothing said yet" is no longer true
   log.append(item);
   if (atBottom || !earlier) log.scrollTop = log.scrollHeight;
   if (data.from && typers.delete(data.from)) showTypers();
 }
 
-function note(text) {
+function note(text, { empty = false } = {}) {
   const item = document.createElement('li');
   item.className = 'earlier';
+  if (empty) item.dataset.empty = '';
   item.textContent = text;
   log.append(item);
 }
@@ -158,7 +160,7 @@ async function join(next) {
   const history = await client.request('/service/chat/history', { room });
   if (!current()) return;
   if (history.messages.length > 0) note(`The last ${history.messages.length} message${history.messages.length === 1 ? '' : 's'} of #${room}`);
-  else note(`Nothing said in #${room} yet: be the first.`);
+  else note(`Nothing said in #${room} yet: be the first.`, { empty: true });
   for (const m of history.messages) show(m.data, m.offset, { earlier: true });
   for (const m of held) show(m.data, m.offset);
   held = null;

@@ -101,6 +101,8 @@ describe('demo gallery in Chromium', () => {
     await bob.page.click('#send button');
     await alice.page.waitForFunction(() => document.getElementById('log')?.textContent?.includes('hi alice!'), undefined, { timeout: 5000 });
     assert.match((await alice.page.textContent('#log')) ?? '', /alicehello from alice ☀.*bobhi alice!/);
+    // The room was empty when they joined: the note saying so goes with the first message.
+    for (const w of [alice, bob]) assert.doesNotMatch((await w.page.textContent('#log')) ?? '', /Nothing said/);
 
     // A newcomer gets the last messages, in order, once each.
     const carol = await open(await person(), '/chat');
