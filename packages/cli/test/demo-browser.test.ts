@@ -3,7 +3,8 @@
  * `serve()` in this process: every page loads without a console error or a failed request, two
  * browsers (separate contexts: separate sessions) chat and see each other, the ticker's table
  * and chart move, the presenter moves the audience's slide, the job's bar reaches 100 % (also in
- * a tab that was offline for part of it), two browsers edit the board and converge.
+ * a tab that was offline for part of it), two browsers edit the board and converge, every page
+ * fits a phone's screen and shows a banner while offline.
  *
  * Screenshots of each page go to test-output/screenshots/; with UPDATE_SCREENSHOTS=1 they are
  * also copied to docs/screenshots/ for the README.
@@ -270,5 +271,32 @@ describe('demo gallery in Chromium', () => {
     await w.page.waitForFunction(() => document.getElementById('transport')?.textContent === 'long-polling', undefined, { timeout: 5000 });
     await w.page.waitForTimeout(500);
     await done(reloaded);
+  });
+
+  it('on a phone every page fits the screen; every page shows a banner while offline and drops it once back', async () => {
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+    contexts.push(context);
+    const pages: Watched[] = [];
+    for (const path of ['/', '/chat', '/ticker', '/slides', '/job', '/board']) pages.push(await open(context, path));
+    await pages[2]!.page.waitForFunction(() => document.querySelectorAll('#quotes tr').length === 6, undefined, { timeout: 5000 });
+    for (const { page } of pages) {
+      const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+      const wide = await page.evaluate(() => Array.from(document.querySelectorAll('body *')).filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).slice(0, 5).map((e) => `${e.tagName}#${e.id}.${e.className}`));
+      assert.ok(overflow <= 0, `${page.url()} is ${overflow}px too wide on a phone: ${wide.join(', ')}`);
+      assert.equal(await page.isVisible('#offline'), false, `${page.url()}: no banner while connected`);
+    }
+    await screenshot(pages[1]!.page, 'chat-phone', { fullPage: true, forReadme: false });
+    for (const w of pages) {
+      assert.deepEqual(w.problems, [], `problems on ${w.page.url()}`);
+      w.stop(); // failed requests and console errors are expected while offline
+    }
+    await context.setOffline(true);
+    for (const { page } of pages) await page.waitForSelector('#offline:not([hidden])', { timeout: 15_000 });
+    await context.setOffline(false);
+    for (const { page } of pages) {
+      await page.waitForSelector('#offline[hidden]', { state: 'attached', timeout: 20_000 });
+      await page.waitForSelector('#conn-state:text-is("connected")', { timeout: 5000 });
+    }
+    for (const { page } of pages) await page.close();
   });
 });
