@@ -60,10 +60,14 @@ function rowFor(id) {
   const label = document.createElement('label');
   const box = document.createElement('input');
   box.type = 'checkbox';
-  box.addEventListener('change', () => change((draft) => {
-    const i = indexOf(draft, id);
-    if (i >= 0) draft[i].done = box.checked;
-  }));
+  box.addEventListener('change', () => {
+    // What the visitor asked for, kept: a refused proposal rolls the box back before the retry.
+    const done = box.checked;
+    change((draft) => {
+      const i = indexOf(draft, id);
+      if (i >= 0) draft[i].done = done;
+    });
+  });
   const text = document.createElement('span');
   label.append(box, text);
   const move = (delta) => () => change((draft) => {
@@ -82,6 +86,7 @@ function rowFor(id) {
 
 /** Brings the list on screen in line with `items`, touching only what changed (focus stays put). */
 function render(items) {
+  const focus = focusInList();
   const seen = new Set();
   items.forEach((item, index) => {
     seen.add(item.id);
@@ -110,6 +115,29 @@ function render(items) {
   const done = items.filter((item) => item.done).length;
   count.textContent = `${items.length} item${items.length === 1 ? '' : 's'}, ${done} ticked · version ${replica.version}${replica.pendingCount ? ' · saving…' : ''}`;
   clearDone.disabled = done === 0;
+  focus.restore();
+}
+
+/**
+ * Keeps the keyboard where it was across a render: moving a row in the list (or disabling its
+ * button at the top or bottom, or removing it) would otherwise send the focus back to the page's
+ * start. It goes back to the same control, else to another control of its row, else to the row
+ * that took the removed one's place, else to the input.
+ */
+function focusInList() {
+  const focused = document.activeElement;
+  const row = focused instanceof HTMLElement && list.contains(focused) ? focused.closest('li') : null;
+  if (!row) return { restore() {} };
+  const index = [...list.children].indexOf(row);
+  return {
+    restore() {
+      if (document.activeElement === focused) return;
+      if (focused.isConnected && !focused.disabled) return focused.focus();
+      if (row.isConnected) return (row.querySelector('button:not(:disabled)') ?? row.querySelector('input')).focus();
+      const neighbour = list.children[Math.min(index, list.children.length - 1)];
+      (neighbour?.querySelector('input') ?? input).focus();
+    },
+  };
 }
 
 form.addEventListener('submit', (event) => {
@@ -128,7 +156,11 @@ form.addEventListener('submit', (event) => {
   change((draft) => { draft.push({ id: newId(), text, done: false }); });
 });
 
-clearDone.addEventListener('click', () => change((draft) => draft.filter((item) => !item.done)));
+clearDone.addEventListener('click', () => {
+  change((draft) => draft.filter((item) => !item.done));
+  // The button is disabled now that nothing is ticked: the keyboard goes on to the input.
+  if (clearDone.disabled && document.activeElement !== input) input.focus();
+});
 
 PerihelionState.replicate(client, '/demo/board').then((r) => {
   replica = r;

@@ -250,6 +250,58 @@ describe('demo gallery in Chromium', () => {
     // The screen shows what the replica holds.
     assert.deepEqual(await a.page.$$eval('#items li span', (spans) => spans.map((s) => s.textContent)), items.map((i) => i.text));
     await screenshot(a.page, 'board');
+
+    // With the keyboard alone: the focus stays on the button pressed while its row moves, and goes
+    // to the row that takes a removed row's place.
+    const last = items.at(-1)!;
+    const row = `#items li[data-id="${last.id}"]`;
+    await a.page.focus(`${row} button[aria-label$="up"]`);
+    await a.page.keyboard.press('Enter');
+    await a.page.keyboard.press('Enter');
+    items = await converged();
+    assert.equal(items.findIndex((i) => i.id === last.id), items.length - 3, JSON.stringify(items));
+    assert.equal(await a.page.evaluate(() => document.activeElement?.getAttribute('aria-label')), `Move “${last.text}” up`);
+    await a.page.keyboard.press('Tab');
+    await a.page.keyboard.press('Tab');
+    assert.equal(await a.page.evaluate(() => document.activeElement?.getAttribute('aria-label')), `Remove “${last.text}”`);
+    await a.page.keyboard.press('Enter');
+    items = await converged();
+    assert.ok(!items.some((i) => i.id === last.id));
+    assert.equal(await a.page.evaluate(() => document.activeElement?.closest('#items li')?.querySelector('span')?.textContent), items[items.length - 2]!.text);
+    // "Remove ticked items" is disabled once it has done its work: the keyboard goes on to the input.
+    assert.ok(items.some((i) => i.done));
+    await a.page.focus('#clear-done');
+    await a.page.keyboard.press('Enter');
+    items = await converged();
+    assert.ok(!items.some((i) => i.done), JSON.stringify(items));
+    assert.equal(await a.page.evaluate(() => document.activeElement?.id), 'text');
+
+    // B's tick crosses A's move of the same item: the server refuses it (409), B's page rolls it
+    // back and proposes it again, still a tick. (B's proposal is held until A's move is in.)
+    const ticked = items[0]!;
+    await b.page.evaluate(() => {
+      const page = window as unknown as { demo: { client: { request: (...args: unknown[]) => Promise<unknown> } }; release?: () => void };
+      const request = page.demo.client.request.bind(page.demo.client);
+      const held = new Promise<void>((resolve) => void (page.release = resolve));
+      let first = true;
+      page.demo.client.request = async (...args: unknown[]) => {
+        if (args[0] === '/service/state' && (args[1] as { op?: string }).op === 'propose' && first) {
+          first = false;
+          await held;
+        }
+        return request(...args);
+      };
+    });
+    await b.page.click(`#items li[data-id="${ticked.id}"] input[type=checkbox]`);
+    await a.page.click(`#items li[data-id="${ticked.id}"] button[aria-label$="down"]`);
+    const version = (w: Watched): Promise<number> => w.page.evaluate(() => (window as unknown as { demo: { replica: { version: number; pendingCount: number } } }).demo.replica.version);
+    await a.page.waitForFunction(() => (window as unknown as { demo: { replica: { pendingCount: number } } }).demo.replica.pendingCount === 0, undefined, { timeout: 5000 });
+    const moved = await version(a);
+    for (let i = 0; i < 100 && (await version(b)) < moved; i++) await new Promise((resolve) => setTimeout(resolve, 50));
+    await b.page.evaluate(() => (window as unknown as { release: () => void }).release());
+    items = await converged();
+    assert.equal(items.findIndex((i) => i.id === ticked.id), 1, JSON.stringify(items));
+    assert.deepEqual(items.filter((i) => i.done).map((i) => i.id), [ticked.id], JSON.stringify(items));
     for (const w of [a, b]) await done(w);
   });
 
