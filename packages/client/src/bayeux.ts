@@ -49,6 +49,13 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>;
 }
 
+/**
+ * How long the WebSocket of a live session may fail to open again before the client gives it up
+ * for another transport, ms: longer than a network's usual blip, short enough that a proxy that
+ * starts refusing upgrades costs a few seconds, not the session's life.
+ */
+const WEBSOCKET_REOPEN_GRACE = 5000;
+
 /** The line went away under a request. */
 class LineLost extends Error {
   constructor(
@@ -87,6 +94,8 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private readonly http: Http | undefined;
   private seq = 0;
   private attempts = 0;
+  /** Since when the WebSocket of a live session cannot be opened again (see connectOnce). */
+  private reopenFailingSince: number | undefined;
   private timer: ReturnType<typeof setTimeout> | undefined;
   /** The step the timer will take. */
   private next: 'handshake' | 'connect' | undefined;
@@ -282,13 +291,21 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       if (this.state === 'connected') this.setState('connecting', `network: ${(error as Error).message}`);
       this.closeLine();
       if (error instanceof LineLost && !error.opened && error.type === 'websocket') {
-        // The socket that worked before cannot be opened again: renegotiate from scratch.
-        this.negotiation.blocked('websocket');
-        this.abandonSession();
-        return this.retry('handshake', `network: ${error.message}`);
+        // The socket that worked before cannot be opened again. Mostly the network is down for a
+        // moment: the session is kept (no leave and join in presence, nothing to recover) and
+        // the socket tried again with backoff. Only when it stays shut (a proxy that now refuses
+        // upgrades) is the session renegotiated from scratch, over another transport.
+        this.reopenFailingSince ??= Date.now();
+        if (Date.now() - this.reopenFailingSince >= WEBSOCKET_REOPEN_GRACE) {
+          this.reopenFailingSince = undefined;
+          this.negotiation.blocked('websocket');
+          this.abandonSession();
+          return this.retry('handshake', `network: ${error.message}`);
+        }
       }
       return this.retry('connect', `network: ${(error as Error).message}`);
     }
+    this.reopenFailingSince = undefined;
     if (turn !== this.turn) return;
     this.takeAdvice(reply, streamed);
     if (reply.successful !== true) {

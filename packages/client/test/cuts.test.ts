@@ -89,6 +89,24 @@ describe('cut connections (a TCP proxy that closes, resets or silences them)', (
     }
   }
 
+  it('websocket: a network down for a moment (every connection refused) keeps the session, its transport and every message', { timeout: 20_000 }, async () => {
+    const setup = await setUp('websocket', '/blip', 20);
+    const { test, proxy, client, received } = setup;
+    try {
+      await test.server.publish('/blip', 0);
+      await waitFor(() => received.length === 1, 3000, 'the first message');
+      const session = client.clientId;
+      assert.ok(proxy.outage(600) > 0, 'a connection to cut');
+      for (let n = 1; n < 10; n++) await test.server.publish('/blip', n);
+      await waitFor(() => received.length === 10, 5000, 'every message after the outage');
+      assertExactlyOnceInOrder(received, 10);
+      assert.equal(client.clientId, session, 'the same session: no new handshake');
+      assert.equal(client.transport, 'websocket', 'still over WebSocket');
+    } finally {
+      await tearDown(setup);
+    }
+  });
+
   const TOTAL = 3000;
   for (const type of TYPES) {
     it(`${type}: ${TOTAL} messages while every connection is cut at random with FIN or RST, each once and in order`, { timeout: 30_000 }, async (t) => {

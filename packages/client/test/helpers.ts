@@ -143,7 +143,23 @@ export class TcpProxy {
     return this.links.size;
   }
 
+  /** Until when new connections are refused (see outage). */
+  private downUntil = 0;
+
+  /**
+   * The network goes down for `ms`: every connection is reset, and so is every new one until
+   * then (a refused connection, as the client sees it); returns how many were cut.
+   */
+  outage(ms: number): number {
+    this.downUntil = Date.now() + ms;
+    return this.reset();
+  }
+
   private accept(client: Socket, targetPort: number): void {
+    if (Date.now() < this.downUntil) {
+      client.resetAndDestroy();
+      return;
+    }
     this.opened++;
     const upstream = connect(targetPort, '127.0.0.1');
     const link: Link = { client, upstream, request: '' };
