@@ -7,6 +7,26 @@
 
 const range = (n, name) => Array.from({ length: n }, (_, i) => name(i));
 
+/** Why servers sit out the cluster scenarios. */
+const CLUSTER_SKIPS = {
+  faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
+  nchan: 'nginx with Nchan on Redis is not set up by the bench',
+  floor: 'the floor has no cluster mode',
+  'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
+};
+
+/** Fan-out over three nodes: 1 000 WebSocket subscribers of one channel spread over them. */
+const CLUSTER_FANOUT = {
+  kind: 'load',
+  transport: 'websocket',
+  cluster: 3,
+  clients: 1000,
+  rates: [20, 50],
+  channelsOf: () => ['fanout'],
+  keys: ['fanout'],
+  batch: 1,
+};
+
 export const SCENARIOS = {
   idle: {
     kind: 'idle',
@@ -75,42 +95,17 @@ export const SCENARIOS = {
     skips: { floor: 'the floor writes each message as it comes, with no batching: it is no floor for batches' },
   },
   cluster: {
-    kind: 'load',
+    ...CLUSTER_FANOUT,
     title: 'cluster: fan-out over three nodes sharing one Redis, 1 000 WebSocket subscribers spread over them, the publisher on the first',
-    transport: 'websocket',
-    cluster: 3,
-    clients: 1000,
-    rates: [20, 50],
-    channelsOf: () => ['fanout'],
-    keys: ['fanout'],
-    batch: 1,
     servers: ['perihelion', 'socketio'],
-    skips: {
-      faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
-      nchan: 'nginx with Nchan on Redis is not set up by the bench',
-      floor: 'the floor has no cluster mode',
-      'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
-    },
+    skips: CLUSTER_SKIPS,
   },
   clusterrc: {
-    kind: 'load',
+    ...CLUSTER_FANOUT,
     title: 'cluster past one Redis: the cluster scenario on a Redis Cluster of three shards (started by the bench), 1 000 WebSocket subscribers spread over three nodes, the publisher on the first',
-    transport: 'websocket',
-    cluster: 3,
     redisCluster: true,
-    clients: 1000,
-    rates: [20, 50],
-    channelsOf: () => ['fanout'],
-    keys: ['fanout'],
-    batch: 1,
     servers: ['perihelion'],
-    skips: {
-      socketio: "Socket.IO's sharded Redis adapter needs the node-redis client, which the bench does not use",
-      faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
-      nchan: 'nginx with Nchan on Redis is not set up by the bench',
-      floor: 'the floor has no cluster mode',
-      'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
-    },
+    skips: { ...CLUSTER_SKIPS, socketio: "Socket.IO's sharded Redis adapter needs the node-redis client, which the bench does not use" },
   },
   clusterrr: {
     kind: 'load',
@@ -124,13 +119,7 @@ export const SCENARIOS = {
     keys: ['fanout'],
     batch: 1,
     servers: ['perihelion'],
-    skips: {
-      socketio: "Socket.IO's long-polling needs sticky sessions (its documentation says so): without them its requests fail",
-      faye: "faye-redis 0.2, Faye's Redis engine, needs the callback API of redis clients long gone from npm",
-      nchan: 'nginx with Nchan on Redis is not set up by the bench',
-      floor: 'the floor has no cluster mode',
-      'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
-    },
+    skips: { ...CLUSTER_SKIPS, socketio: "Socket.IO's long-polling needs sticky sessions (its documentation says so): without them its requests fail" },
   },
 };
 

@@ -96,6 +96,30 @@ async function post(url: string, body: unknown): Promise<Array<Record<string, un
   return (await response.json()) as Array<Record<string, unknown>>;
 }
 
+/**
+ * A long-polling client of the node at `url1` subscribes to /news; `data` published through the
+ * HTTP API of the node at `url2` reaches it in its held connect. Resolves to its session and what
+ * it got on /news.
+ */
+async function acrossNodes(url1: string, url2: string, data: unknown): Promise<{ clientId: string; delivered: Array<Record<string, unknown>> }> {
+  cookie = '';
+  const [hello] = await post(`${url1}/bayeux`, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
+  const clientId = hello!.clientId as string;
+  await post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+  const [subscribed] = await post(`${url1}/bayeux`, [{ channel: '/meta/subscribe', clientId, subscription: '/news' }]);
+  assert.equal(subscribed!.successful, true, JSON.stringify(subscribed));
+  const held = post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+  const published = await fetch(`${url2}/api/publish`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ channel: '/news', data }),
+  });
+  assert.equal(published.status, 200);
+  const delivered = (await held).filter((m) => m.channel === '/news');
+  assert.deepEqual(delivered.map((m) => m.data), [data]);
+  return { clientId, delivered };
+}
+
 /** The signal handlers are installed just after the summary is printed. */
 const settle = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 300));
 
@@ -131,22 +155,7 @@ describe('perihelion serve --redis', () => {
     const url1 = /listening on (http:\/\/\S+)/.exec(first)![1]!;
     const url2 = /listening on (http:\/\/\S+)/.exec(second)![1]!;
 
-    // A long-polling client of node one.
-    const [hello] = await post(`${url1}/bayeux`, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
-    const clientId = hello!.clientId as string;
-    await post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
-    const [subscribed] = await post(`${url1}/bayeux`, [{ channel: '/meta/subscribe', clientId, subscription: '/news' }]);
-    assert.equal(subscribed!.successful, true, JSON.stringify(subscribed));
-    const held = post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
-
-    const published = await fetch(`${url2}/api/publish`, {
-      method: 'POST',
-      headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
-      body: JSON.stringify({ channel: '/news', data: { headline: 'from node two' } }),
-    });
-    assert.equal(published.status, 200);
-    const delivered = (await held).filter((m) => m.channel === '/news');
-    assert.deepEqual(delivered.map((m) => m.data), [{ headline: 'from node two' }]);
+    const { clientId, delivered } = await acrossNodes(url1, url2, { headline: 'from node two' });
     assert.equal((delivered[0]!.ext as { position: { offset: number } }).position.offset, 1);
 
     const presence = await fetch(`${url2}/api/presence?channel=/news`, { headers: { Authorization: `Bearer ${KEY}` } });
@@ -198,21 +207,7 @@ describe('perihelion serve --redis … --redis-cluster', () => {
     for (const output of [first, second]) assert.match(output, /engine: redis \(cluster mode: Redis Cluster redis:\/\/127\.0\.0\.1:\d+\/?,redis:.*, 16 partitions, key prefix "perihelion:"/);
     const url1 = /listening on (http:\/\/\S+)/.exec(first)![1]!;
     const url2 = /listening on (http:\/\/\S+)/.exec(second)![1]!;
-    cookie = '';
-    const [hello] = await post(`${url1}/bayeux`, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
-    const clientId = hello!.clientId as string;
-    await post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
-    const [subscribed] = await post(`${url1}/bayeux`, [{ channel: '/meta/subscribe', clientId, subscription: '/news' }]);
-    assert.equal(subscribed!.successful, true, JSON.stringify(subscribed));
-    const held = post(`${url1}/bayeux`, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
-    const published = await fetch(`${url2}/api/publish`, {
-      method: 'POST',
-      headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
-      body: JSON.stringify({ channel: '/news', data: { headline: 'through a shard' } }),
-    });
-    assert.equal(published.status, 200);
-    const delivered = (await held).filter((m) => m.channel === '/news');
-    assert.deepEqual(delivered.map((m) => m.data), [{ headline: 'through a shard' }]);
+    await acrossNodes(url1, url2, { headline: 'through a shard' });
     await settle();
     for (const child of [one, two]) child.kill('SIGTERM');
     const exits = await Promise.all([one, two].map(exitOf));
