@@ -39,11 +39,16 @@ export function runWorkers(settings: Settings, log: (line: string) => void = con
     const worker = cluster.fork({ [WORKER_NODE_ENV]: node });
     workers.set(worker, { node, startedAt: Date.now() });
     if (broker) {
+      // What is sent and not yet written to the worker's IPC channel (the broker bounds it).
+      let backlog = 0;
       broker.attach(node, {
         send: (message) => {
-          if (worker.isConnected()) worker.send(message);
+          if (!worker.isConnected()) return;
+          backlog++;
+          worker.send(message, () => backlog--);
         },
         onMessage: (handler) => void worker.on('message', (message) => handler(message as ToBroker)),
+        backlog: () => backlog,
       });
     }
     worker.on('online', () => log(`  worker ${node}: pid ${worker.process.pid}`));

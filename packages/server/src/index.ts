@@ -11,7 +11,7 @@ export { presenceChannel, type Member, type PresenceBy, type PresenceEvent } fro
 export type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine/engine.js';
 export { LocalClient, LocalClientRefusal, type LocalClientOptions, type LocalHandler } from './api/local-client.js';
 export { MemoryEngine } from './engine/memory.js';
-export { WorkersEngine } from './engine/workers.js';
+export { WorkersEngine, type WorkersEngineOptions } from './engine/workers.js';
 export { WorkerBroker } from './engine/worker-broker.js';
 export { linkPair, parentLink, type LinkEnd, type ToBroker, type ToWorker } from './engine/worker-link.js';
 export { RedisEngine, REDIS_DEFAULTS, type RedisEngineOptions } from './engine/redis.js';

@@ -1,6 +1,10 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { WorkerBroker, WorkersEngine, linkPair } from '../src/index.js';
-import { distributedEngineConformance, engineConformance, type EngineFixture } from './engine-conformance.js';
+import { PerihelionError, WorkerBroker, WorkersEngine, linkPair } from '../src/index.js';
+import type { LinkEnd, ToBroker, ToWorker } from '../src/engine/worker-link.js';
+import { distributedEngineConformance, engineConformance, publication, RecordingHost, type EngineFixture } from './engine-conformance.js';
+import { waitFor } from './helpers.js';
 
 /** Workers on one broker, over in-process lines (each message cloned, as IPC does); a new broker per test. */
 function fixture(): EngineFixture {
@@ -21,3 +25,58 @@ function fixture(): EngineFixture {
 
 engineConformance('workers', fixture());
 distributedEngineConformance('workers', fixture());
+
+describe('workers engine: bounded lines and calls', () => {
+  it('refuses publishes while a worker cannot read its line fast enough, and takes them again once it has caught up', async () => {
+    const broker = new WorkerBroker({ maxBacklog: 5 });
+    // A worker whose line is stuck: what the broker sends it stays on the line.
+    const stuck: ToWorker[] = [];
+    let callBroker: (message: ToBroker) => void = () => {};
+    broker.attach('stuck', { send: (message) => void stuck.push(message), onMessage: (handler) => void (callBroker = handler), backlog: () => stuck.length });
+    callBroker({ k: 'call', id: 1, method: 'subscribe', args: ['slow-session', '/busy', [], 0], retention: [] });
+    const { worker, broker: end } = linkPair();
+    broker.attach('publisher', end);
+    const publisher = new WorkersEngine(worker, 'publisher');
+    const host = new RecordingHost();
+    await publisher.start(host);
+    try {
+      await waitFor(() => stuck.some((message) => message.k === 'ret' && message.id === 1), 2000, 'the stuck worker to be subscribed');
+      stuck.splice(0);
+      for (let i = 0; i < 6; i++) await publisher.publish(publication('/busy', i));
+      await assert.rejects(publisher.publish(publication('/busy', 'one too many')), (error: PerihelionError) => {
+        assert.equal(error.code, 'ERR_ENGINE_UNAVAILABLE');
+        assert.match(error.message, /worker stuck has 6 messages waiting on its line \(more than 5\)/);
+        return true;
+      });
+      assert.equal(stuck.length, 6, 'the refused publish went nowhere');
+      stuck.splice(0); // the worker has read its line
+      await publisher.publish(publication('/busy', 'after'));
+      assert.equal(stuck.length, 1);
+    } finally {
+      await publisher.close();
+      await broker.close();
+    }
+  });
+
+  it('refuses a call the broker does not answer within callTimeout, and calls past maxPending at once', async () => {
+    const silent: LinkEnd<ToBroker, ToWorker> = { send: () => {}, onMessage: () => {} };
+    const engine = new WorkersEngine(silent, 'alone', { callTimeout: 100, maxPending: 2 });
+    await engine.start(new RecordingHost());
+    try {
+      const first = engine.subscriberCount('/a');
+      const second = engine.subscriberCount('/b');
+      await assert.rejects(engine.subscriberCount('/c'), /2 calls to the workers' broker are waiting for an answer \(at most 2\): subscriberCount refused/);
+      const started = Date.now();
+      await assert.rejects(first, (error: PerihelionError) => error.code === 'ERR_ENGINE_UNAVAILABLE' && /did not answer subscriberCount within 100 ms/.test(error.message));
+      await assert.rejects(second, /within 100 ms/);
+      assert.ok(Date.now() - started < 1000, 'refused near the deadline');
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it('refuses bad bounds', () => {
+    assert.throws(() => new WorkerBroker({ maxBacklog: 0 }), /maxBacklog must be a whole number/);
+    assert.throws(() => new WorkersEngine({ send: () => {}, onMessage: () => {} }, 'n', { callTimeout: -1 }), /callTimeout must be a whole number/);
+  });
+});

@@ -10,6 +10,11 @@
  *
  * A worker that exits takes its sessions with it: they are removed, and their clients, answered
  * 402 by the other workers (sendToNode says nobody listens), handshake again.
+ *
+ * Every line is bounded: while a worker has more than `maxBacklog` messages waiting on its line (it
+ * cannot read as fast as the machine publishes), publishes and direct messages are refused with
+ * ERR_ENGINE_UNAVAILABLE (a client's publish gets an error reply, `server.publish` rejects) until
+ * it catches up, instead of queueing without end in the primary.
  */
 import type { EngineHost, Publication, SessionInfo } from './engine.js';
 import type { HistorySettings, Retention } from './history.js';
@@ -19,6 +24,9 @@ import { PerihelionError } from '../errors.js';
 
 /** How long a census waits for each worker to describe its sessions, ms. */
 const CENSUS_WAIT_MS = 2_000;
+
+/** Messages a worker's line may hold before publishes are refused (see maxBacklog). */
+export const DEFAULT_MAX_BACKLOG = 50_000;
 
 /** Engine methods a worker may call (anything else is refused). */
 const METHODS = new Set([
@@ -62,8 +70,12 @@ export class WorkerBroker {
   private lastCensus = 0;
   private readonly censuses = new Map<number, { waiting: Set<string>; sessions: SessionInfo[]; done: () => void }>();
   private started: Promise<void>;
+  private readonly maxBacklog: number;
 
-  constructor() {
+  /** `maxBacklog`: messages a worker's line may hold before publishes are refused (default 50 000). */
+  constructor({ maxBacklog = DEFAULT_MAX_BACKLOG }: { maxBacklog?: number } = {}) {
+    if (!Number.isInteger(maxBacklog) || maxBacklog < 1) throw new PerihelionError('ERR_INVALID_OPTION', `maxBacklog must be a whole number of messages (1 or more), got ${String(maxBacklog)}`);
+    this.maxBacklog = maxBacklog;
     this.started = this.engine.start(this.host());
   }
 
@@ -164,8 +176,10 @@ export class WorkerBroker {
       case 'channels':
         return [...(await engine.channels())];
       case 'sendTo':
+        this.refuseWhileBackedUp();
         return engine.sendTo(clientId, fromBytes(args[1] as WirePublication));
       case 'publish': {
+        this.refuseWhileBackedUp();
         // The caller learns the position its publication got (the other engines stamp its object).
         const publication = fromBytes(args[0] as WirePublication);
         await engine.publish(publication);
@@ -174,6 +188,16 @@ export class WorkerBroker {
     }
     if (!METHODS.has(method)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `the broker does not know ${JSON.stringify(method)}`);
     return (engine as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args);
+  }
+
+  /** Throws while a worker's line holds more than maxBacklog messages. */
+  private refuseWhileBackedUp(): void {
+    for (const [node, { link }] of this.workers) {
+      const waiting = link.backlog?.() ?? 0;
+      if (waiting > this.maxBacklog) {
+        throw new PerihelionError('ERR_ENGINE_UNAVAILABLE', `worker ${node} has ${waiting} messages waiting on its line (more than ${this.maxBacklog}): publishes are refused until it catches up`);
+      }
+    }
   }
 
   private remember(channel: string, value: Retention): void {

@@ -55,6 +55,11 @@ export type ToWorker =
 export interface LinkEnd<Out, In> {
   send(message: Out): void;
   onMessage(handler: (message: In) => void): void;
+  /**
+   * Messages sent and not yet handed to the other side (an IPC channel whose reader is behind
+   * fills up); the broker refuses publishes while a worker's line holds too many.
+   */
+  backlog?(): number;
 }
 
 /**
@@ -64,24 +69,32 @@ export interface LinkEnd<Out, In> {
 export function linkPair(): { worker: LinkEnd<ToBroker, ToWorker>; broker: LinkEnd<ToWorker, ToBroker> } {
   const toWorker: ((message: ToWorker) => void)[] = [];
   const toBroker: ((message: ToBroker) => void)[] = [];
-  const deliver = <T>(handlers: ((message: T) => void)[], message: T): void => {
+  const waiting = { toWorker: 0, toBroker: 0 };
+  const deliver = <T>(handlers: ((message: T) => void)[], message: T, way: keyof typeof waiting): void => {
     const copy = structuredClone(message);
+    waiting[way]++;
     setImmediate(() => {
+      waiting[way]--;
       for (const handler of handlers) handler(copy);
     });
   };
   return {
-    worker: { send: (message) => deliver(toBroker, message), onMessage: (handler) => void toWorker.push(handler) },
-    broker: { send: (message) => deliver(toWorker, message), onMessage: (handler) => void toBroker.push(handler) },
+    worker: { send: (message) => deliver(toBroker, message, 'toBroker'), onMessage: (handler) => void toWorker.push(handler), backlog: () => waiting.toBroker },
+    broker: { send: (message) => deliver(toWorker, message, 'toWorker'), onMessage: (handler) => void toBroker.push(handler), backlog: () => waiting.toWorker },
   };
 }
 
 /** The worker's end of its IPC channel to the primary process (a `node:cluster` worker, or any child with IPC). */
 export function parentLink(): LinkEnd<ToBroker, ToWorker> {
   if (typeof process.send !== 'function') throw new Error('parentLink: this process has no IPC channel to a parent');
+  let backlog = 0;
   return {
-    send: (message) => void process.send!(message),
+    send: (message) => {
+      backlog++;
+      process.send!(message, () => backlog--);
+    },
     onMessage: (handler) => void process.on('message', (message) => handler(message as ToWorker)),
+    backlog: () => backlog,
   };
 }
 

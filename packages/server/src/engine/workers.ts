@@ -7,6 +7,10 @@
  * A worker is a node as in cluster mode: a request for a session another worker holds is
  * forwarded to it (core/forwarding.ts, through `ownerOf` and `sendToNode`), so the primary may
  * hand any connection to any worker.
+ *
+ * Calls waiting for the broker are bounded: at most `maxPending` at once (more are refused at
+ * once), each answered within `callTimeout` or refused (a primary that hangs): both with
+ * ERR_ENGINE_UNAVAILABLE, as a Redis engine that cannot reach Redis.
  */
 import { randomBytes } from 'node:crypto';
 import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
@@ -16,11 +20,30 @@ import { stampPosition, withPosition } from './position.js';
 import type { Position } from '@perihelion/protocol';
 import { ERROR_CODES, PerihelionError, type ErrorCode } from '../errors.js';
 
+/** Bounds of a worker's calls to the broker. */
+export interface WorkersEngineOptions {
+  /** Longest wait for the broker's answer, ms. Default: 10 000. */
+  callTimeout?: number;
+  /** Most calls waiting for an answer at once. Default: 50 000. */
+  maxPending?: number;
+}
+
+interface PendingCall {
+  method: string;
+  sentAt: number;
+  resolve: (value: unknown) => void;
+  reject: (error: Error) => void;
+}
+
 export class WorkersEngine implements Engine {
   readonly name = 'workers';
   private host: EngineHost | null = null;
   private lastId = 0;
-  private readonly pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
+  /** In the order they were made (ids grow), so the oldest come first. */
+  private readonly pending = new Map<number, PendingCall>();
+  private readonly callTimeout: number;
+  private readonly maxPending: number;
+  private sweeper: NodeJS.Timeout | null = null;
 
   /**
    * `link`: the line to the broker (default: this process's IPC channel to its parent);
@@ -29,7 +52,13 @@ export class WorkersEngine implements Engine {
   constructor(
     private readonly link: LinkEnd<ToBroker, ToWorker> = parentLink(),
     readonly nodeId: string = randomBytes(6).toString('hex'),
+    { callTimeout = 10_000, maxPending = 50_000 }: WorkersEngineOptions = {},
   ) {
+    for (const [name, value] of [['callTimeout', callTimeout], ['maxPending', maxPending]] as const) {
+      if (!Number.isInteger(value) || value < 1) throw new PerihelionError('ERR_INVALID_OPTION', `${name} must be a whole number (1 or more), got ${String(value)}`);
+    }
+    this.callTimeout = callTimeout;
+    this.maxPending = maxPending;
     link.onMessage((message) => this.receive(message));
   }
 
@@ -37,9 +66,15 @@ export class WorkersEngine implements Engine {
     this.host = host;
     const { maxChannels, maxChars } = host.historySettings;
     this.link.send({ k: 'hello', node: this.nodeId, maxChannels, maxChars });
+    // One timer for every deadline: the oldest calls are checked a few times per timeout. It keeps
+    // the process alive only while a call waits.
+    this.sweeper = setInterval(() => this.expire(Date.now()), Math.max(10, Math.floor(this.callTimeout / 4)));
+    this.sweeper.unref();
   }
 
   async close(): Promise<void> {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
     this.host = null;
     for (const { reject } of this.pending.values()) reject(new PerihelionError('ERR_ENGINE_CLOSED', 'the workers engine is closed'));
     this.pending.clear();
@@ -128,12 +163,30 @@ export class WorkersEngine implements Engine {
   private call<T>(method: string, args: unknown[]): Promise<T> {
     const host = this.host;
     if (!host) return Promise.reject(new PerihelionError('ERR_ENGINE_CLOSED', 'the workers engine is not started or already closed'));
+    if (this.pending.size >= this.maxPending) {
+      return Promise.reject(new PerihelionError('ERR_ENGINE_UNAVAILABLE', `${this.pending.size} calls to the workers' broker are waiting for an answer (at most ${this.maxPending}): ${method} refused`));
+    }
     const id = ++this.lastId;
     const retention = channelsOf(method, args).map((channel): [string, ReturnType<typeof host.historySettings.retentionFor>] => [channel, host.historySettings.retentionFor(channel)]);
+    if (this.pending.size === 0) this.sweeper?.ref();
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (value: unknown) => void, reject });
+      this.pending.set(id, { method, sentAt: Date.now(), resolve: resolve as (value: unknown) => void, reject });
       this.link.send({ k: 'call', id, method, args, retention });
     });
+  }
+
+  /** Refuses the calls older than callTimeout (an answer that comes later is dropped). */
+  private expire(now: number): void {
+    for (const [id, call] of this.pending) {
+      if (now - call.sentAt < this.callTimeout) return;
+      this.forget(id);
+      call.reject(new PerihelionError('ERR_ENGINE_UNAVAILABLE', `the workers' broker did not answer ${call.method} within ${this.callTimeout} ms`));
+    }
+  }
+
+  private forget(id: number): void {
+    this.pending.delete(id);
+    if (this.pending.size === 0) this.sweeper?.unref();
   }
 
   private receive(message: ToWorker): void {
@@ -142,7 +195,7 @@ export class WorkersEngine implements Engine {
       case 'ret': {
         const pending = this.pending.get(message.id);
         if (!pending) return;
-        this.pending.delete(message.id);
+        this.forget(message.id);
         if (message.ok) pending.resolve(message.value);
         else pending.reject(new PerihelionError(message.code in ERROR_CODES ? (message.code as ErrorCode) : 'ERR_ENGINE_UNAVAILABLE', message.message));
         return;
