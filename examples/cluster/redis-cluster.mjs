@@ -9,8 +9,9 @@
  * cluster is ready, prints its URL (give it to `perihelion serve --redis-cluster`), and stops it
  * on Ctrl-C. Nothing is kept: the nodes run from a temporary folder removed at stop.
  *
- * For tests: startRedisCluster({ port, shards }) → { url, ports, stop() }; port 0 (the default)
- * picks free ports.
+ * For tests: startRedisCluster({ port, shards }) → { url, ports, restart(port), stop() }; port 0
+ * (the default) picks free ports; restart(port) kills that shard (SIGKILL) and starts it again,
+ * empty, in its place in the cluster.
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -27,43 +28,50 @@ export async function startRedisCluster({ port = 0, shards = 3, host = '127.0.0.
   const base = port === 0 ? await freeBase(shards, host) : port;
   const ports = Array.from({ length: shards }, (_, i) => base + i);
   const dir = mkdtempSync(join(tmpdir(), 'perihelion-redis-cluster-'));
-  const children = [];
+  const children = new Map();
+  const kill = (child) =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once('exit', resolve);
+      child.kill('SIGKILL');
+    });
   const stop = async () => {
-    await Promise.all(
-      children.map(
-        (child) =>
-          new Promise((resolve) => {
-            if (child.exitCode !== null || child.signalCode !== null) return resolve();
-            child.once('exit', resolve);
-            child.kill('SIGKILL');
-          }),
-      ),
-    );
+    await Promise.all([...children.values()].map(kill));
     rmSync(dir, { recursive: true, force: true });
   };
-  try {
-    for (const nodePort of ports) {
-      const child = spawn(
-        'redis-server',
-        [
-          '--port', String(nodePort), '--bind', host, '--cluster-enabled', 'yes',
-          '--cluster-config-file', join(dir, `nodes-${nodePort}.conf`), '--cluster-node-timeout', '5000',
-          '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', join(dir, `${nodePort}.log`),
-        ],
-        { stdio: 'ignore' },
-      );
-      children.push(child);
-    }
-    for (const nodePort of ports) await until(`redis-server on port ${nodePort} to answer`, async () => (await cli(host, nodePort, 'PING')) === 'PONG');
-    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `${host}:${p}`), '--cluster-replicas', '0', '--cluster-yes'], { timeout: 30_000 });
+  // A shard keeps its cluster identity in its nodes file, so started again it takes its slots back.
+  const launch = async (nodePort) => {
+    const child = spawn(
+      'redis-server',
+      [
+        '--port', String(nodePort), '--bind', host, '--cluster-enabled', 'yes',
+        '--cluster-config-file', join(dir, `nodes-${nodePort}.conf`), '--cluster-node-timeout', '5000',
+        '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', join(dir, `${nodePort}.log`),
+      ],
+      { stdio: 'ignore' },
+    );
+    children.set(nodePort, child);
+    await until(`redis-server on port ${nodePort} to answer`, async () => (await cli(host, nodePort, 'PING')) === 'PONG');
+  };
+  const ready = async () => {
     for (const nodePort of ports) {
       await until(`the cluster to be ready on port ${nodePort}`, async () => (await cli(host, nodePort, 'CLUSTER', 'INFO')).includes('cluster_state:ok'));
     }
+  };
+  try {
+    for (const nodePort of ports) await launch(nodePort);
+    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `${host}:${p}`), '--cluster-replicas', '0', '--cluster-yes'], { timeout: 30_000 });
+    await ready();
   } catch (error) {
     await stop();
     throw new Error(`could not start a local Redis Cluster on ports ${ports.join(', ')}: ${error.message}`);
   }
-  return { url: ports.map((p) => `redis://${host}:${p}`).join(','), ports, stop };
+  const restart = async (nodePort) => {
+    await kill(children.get(nodePort));
+    await launch(nodePort);
+    await ready();
+  };
+  return { url: ports.map((p) => `redis://${host}:${p}`).join(','), ports, restart, stop };
 }
 
 async function requireCommands() {

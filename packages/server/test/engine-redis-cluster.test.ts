@@ -50,6 +50,19 @@ async function keysOn(port: number, pattern: string): Promise<string[]> {
   }
 }
 
+/** The port of the shard that serves `slot`. */
+async function shardOf(slot: number): Promise<number> {
+  const client = new Redis({ port: cluster!.ports[0]!, host: '127.0.0.1', maxRetriesPerRequest: 0 });
+  try {
+    const ranges = await client.cluster('SLOTS');
+    const primary = ranges.find(([low, high]) => slot >= low && slot <= high)?.[2];
+    if (!primary) throw new Error(`no shard serves slot ${slot}`);
+    return primary[1];
+  } finally {
+    client.disconnect();
+  }
+}
+
 describe('the Redis engine on a Redis Cluster', () => {
   it('spreads channels over every shard, with each channel\'s position and history on one', async () => {
     const prefix = uniquePrefix('spread');
@@ -127,6 +140,40 @@ describe('the Redis engine on a Redis Cluster', () => {
         const from = since.get(channel)!;
         assert.deepEqual(readerHost.offsets('moved', channel), Array.from({ length: total - from }, (_, i) => from + 1 + i), `${channel}: no gap, no duplicate`);
       }
+    } finally {
+      await Promise.all([publisher.close(), reader.close()]);
+    }
+  });
+
+  it('carries on when a shard is killed and comes back empty: every partition reaches the other node again, subscriptions are registered again', async () => {
+    const prefix = uniquePrefix('shard-restart');
+    const make = (): RedisEngine => new RedisEngine({ url: clusterUrl(), cluster: true, prefix, heartbeatInterval: 200, nodeTimeout: 1000, commandTimeout: 1000 });
+    const [publisher, reader] = [make(), make()];
+    const readerHost = new RecordingHost();
+    await publisher.start(new RecordingHost());
+    await reader.start(readerHost);
+    try {
+      await reader.addSession('reader');
+      await reader.subscribe('reader', '/shards/**');
+      const channels = Array.from({ length: 32 }, (_, i) => `/shards/${i}`);
+      for (const channel of channels) await publisher.publish(publication(channel, 'before'));
+      await waitFor(() => readerHost.data('reader').length === 32, 3000, 'every channel before the restart');
+      // The shard that holds the control plane: sessions and subscriptions are lost with it.
+      const controlShard = await shardOf(crc16('c') % SLOTS);
+      await cluster!.restart(controlShard);
+      // Until the publisher's connection to that shard is back, a publish there may fail: the
+      // engine reports it; once back, every partition works again.
+      let delivered = 0;
+      for (let attempt = 0; attempt < 20 && delivered < 32; attempt++) {
+        const before = readerHost.data('reader').length;
+        for (const channel of channels) await publisher.publish(publication(channel, `after ${attempt}`)).catch(() => {});
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        delivered = readerHost.data('reader').length - before;
+      }
+      assert.equal(delivered, 32, 'a round of publishes on every channel reaches the reader after the restart');
+      const deadline = Date.now() + 3000;
+      while ((await publisher.subscriberCount('/shards/**')) !== 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(await publisher.subscriberCount('/shards/**'), 1, 'the reader registered its subscription again');
     } finally {
       await Promise.all([publisher.close(), reader.close()]);
     }

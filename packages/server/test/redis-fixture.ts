@@ -63,6 +63,8 @@ export interface LocalRedisCluster {
   /** Its nodes' URLs, separated by commas (the engine's `url` with `cluster: true`). */
   url: string;
   ports: number[];
+  /** Kills one shard (SIGKILL) and starts it again, empty, in its place. */
+  restart(port: number): Promise<void>;
   stop(): Promise<void>;
 }
 
