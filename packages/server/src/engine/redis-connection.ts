@@ -113,6 +113,9 @@ export class RedisConnection {
         enableOfflineQueue: false,
         shardedSubscribers: role === 'sub',
         clusterRetryStrategy: retry,
+        // A command whose connection closed may have run: never sent again (a redirection or
+        // CLUSTERDOWN, which mean it did not run, are still followed).
+        retryDelayOnFailover: 0,
         slotsRefreshTimeout: this.options.connectTimeout,
         redisOptions: {
           ...options,
