@@ -23,6 +23,12 @@ export interface Registration {
 
 export class NodeLiveness {
   private timer: NodeJS.Timeout | null = null;
+  /**
+   * Whether Redis holds this node's sessions. Cleared when a heartbeat finds the node unknown, set
+   * once they are all recorded again: a registration cut short (Redis or a shard going away again
+   * in the middle) is taken up by the next heartbeat, although that one finds the node known.
+   */
+  private registered = true;
 
   constructor(
     private readonly connection: RedisConnection,
@@ -49,7 +55,11 @@ export class NodeLiveness {
   async beat(): Promise<void> {
     if (!this.connection.readyCmd()) return;
     const [fresh, ...dead] = (await this.connection.script('HEARTBEAT', this.control, [this.nodeId, this.options.nodeTimeout])) as [number, ...string[]];
-    if (Number(fresh) === 1) await this.register();
+    if (Number(fresh) === 1) this.registered = false;
+    if (!this.registered) {
+      await this.register();
+      this.registered = true;
+    }
     for (const node of dead) await this.removeNode(node, this.options.nodeTimeout);
   }
 
