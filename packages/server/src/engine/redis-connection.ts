@@ -4,7 +4,9 @@
  * subscriber keeps one connection per shard, for sharded pub/sub).
  *
  * Commands fail fast while Redis is away (no offline queue) and are never sent twice: a publish
- * script resent after a reconnect could publish twice. Meanwhile the node serves its own sessions,
+ * script resent after a reconnect could publish twice. On a Redis Cluster, the client sends a
+ * command again when the connection to its shard is found closed (a shard failing over, or one
+ * not connected yet): a publish cut off in the moment its shard fails may then run twice. Meanwhile the node serves its own sessions,
  * and the loss is reported once per outage through the server's 'error' event; the connections
  * come back with backoff. At start a failure is final instead: a clear error beats a silent wait.
  */
@@ -113,9 +115,6 @@ export class RedisConnection {
         enableOfflineQueue: false,
         shardedSubscribers: role === 'sub',
         clusterRetryStrategy: retry,
-        // A command whose connection closed may have run: never sent again (a redirection or
-        // CLUSTERDOWN, which mean it did not run, are still followed).
-        retryDelayOnFailover: 0,
         slotsRefreshTimeout: this.options.connectTimeout,
         redisOptions: {
           ...options,
