@@ -1,22 +1,8 @@
 /** Large long-polling answers (a state snapshot, a recovery replay) go gzip-compressed to clients that accept it. */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { gunzipSync } from 'node:zlib';
-import { startServer, type TestServer } from './helpers.js';
-
-/** A raw POST: the status, the headers and the body bytes exactly as sent (no decoding). */
-function rawPost(url: string, body: unknown, headers: Record<string, string>): Promise<{ headers: Record<string, unknown>; bytes: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve({ headers: res.headers, bytes: Buffer.concat(chunks) }));
-    });
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
-}
+import { postForBytes, startServer, type TestServer } from './helpers.js';
 
 describe('long-polling compression', () => {
   let t: TestServer;
@@ -26,13 +12,13 @@ describe('long-polling compression', () => {
     t = await startServer({ compressAbove: 4096 });
     t.server.subscribe('/service/big', () => big);
     t.server.subscribe('/service/small', () => ({ ok: true }));
-    const { bytes } = await rawPost(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], {});
+    const { bytes } = await postForBytes(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], {});
     clientId = (JSON.parse(String(bytes)) as Array<{ clientId: string }>)[0]!.clientId;
   });
   after(() => t.close());
 
   it('gzips an answer past compressAbove for a client that accepts gzip, and says so', async () => {
-    const { headers, bytes } = await rawPost(t.url, [{ channel: '/service/big', clientId, data: {}, id: '1' }], { 'Accept-Encoding': 'gzip, deflate' });
+    const { headers, bytes } = await postForBytes(t.url, [{ channel: '/service/big', clientId, data: {}, id: '1' }], { 'Accept-Encoding': 'gzip, deflate' });
     assert.equal(headers['content-encoding'], 'gzip');
     assert.equal(headers.vary, 'Accept-Encoding');
     const answer = (JSON.parse(String(gunzipSync(bytes))) as Array<{ data?: unknown }>).find((m) => m.data !== undefined);
@@ -41,10 +27,10 @@ describe('long-polling compression', () => {
   });
 
   it('sends it as it is to a client that does not accept gzip, and small answers always', async () => {
-    const plain = await rawPost(t.url, [{ channel: '/service/big', clientId, data: {}, id: '2' }], {});
+    const plain = await postForBytes(t.url, [{ channel: '/service/big', clientId, data: {}, id: '2' }], {});
     assert.equal(plain.headers['content-encoding'], undefined);
     assert.equal(JSON.parse(String(plain.bytes)).length, 2);
-    const small = await rawPost(t.url, [{ channel: '/service/small', clientId, data: {}, id: '3' }], { 'Accept-Encoding': 'gzip' });
+    const small = await postForBytes(t.url, [{ channel: '/service/small', clientId, data: {}, id: '3' }], { 'Accept-Encoding': 'gzip' });
     assert.equal(small.headers['content-encoding'], undefined);
   });
 });

@@ -1,6 +1,7 @@
 /** Shared test helpers: a real server on a free loopback port, and a raw Bayeux HTTP client. */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { request } from 'node:http';
 import { WebSocket } from 'ws';
 import type { AddressInfo } from 'node:net';
 import { parseError, type ParsedError } from '@perihelion/protocol';
@@ -210,4 +211,17 @@ export class WsPeer {
     this.ws.close();
     await closed;
   }
+}
+
+/** A raw HTTP POST: the headers and the body bytes exactly as sent (no decoding, no gunzip). */
+export function postForBytes(url: string, body: unknown, headers: Record<string, string>): Promise<{ headers: Record<string, unknown>; bytes: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve({ headers: res.headers, bytes: Buffer.concat(chunks) }));
+    });
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
 }

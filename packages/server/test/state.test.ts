@@ -6,7 +6,6 @@
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { gunzipSync } from 'node:zlib';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
@@ -14,7 +13,7 @@ import { applyPatch, type JsonValue, type Patch } from '@perihelion/state';
 import type { Position } from '@perihelion/protocol';
 import { PerihelionError, type Message } from '../src/index.js';
 import type { ProposalCheck, StateChannel, StateOptions } from '../src/state/state-channel.js';
-import { WsPeer, errorOf, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { WsPeer, errorOf, postForBytes, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -77,19 +76,6 @@ async function rejectsWith(promise: Promise<unknown>, code: string, what: string
     assert.equal(error.code, code, `${what}: ${error.message}`);
     return true;
   }, what);
-}
-
-/** A raw HTTP POST: the headers and the body bytes exactly as sent (no decoding). */
-function rawPost(url: string, body: unknown, headers: Record<string, string>): Promise<{ headers: Record<string, unknown>; bytes: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve({ headers: res.headers, bytes: Buffer.concat(chunks) }));
-    });
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
 }
 
 /** Lets in-flight deliveries arrive, for checks that something was NOT delivered. */
@@ -526,18 +512,18 @@ describe('state channels: /service/state snapshots and the publish guard', () =>
       const big = { rows: Array.from({ length: 2000 }, (_, i) => ({ id: i, name: `row ${i}`, done: i % 3 === 0 })) };
       const large = await makeState(t, '/open/large', big);
       const url = t.url;
-      const handshake = await rawPost(url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], {});
+      const handshake = await postForBytes(url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], {});
       const clientId = (JSON.parse(String(handshake.bytes)) as Array<{ clientId: string }>)[0]!.clientId;
       const ask = [{ channel: SERVICE, clientId, id: 'big', data: { channel: '/open/large', op: 'snapshot' } }];
       const answerIn = (text: string): unknown => (JSON.parse(text) as Msg[]).find((m) => m.data !== undefined)?.data;
       const size = JSON.stringify(big).length;
 
-      const gzipped = await rawPost(url, ask, { 'Accept-Encoding': 'gzip, deflate' });
+      const gzipped = await postForBytes(url, ask, { 'Accept-Encoding': 'gzip, deflate' });
       assert.equal(gzipped.headers['content-encoding'], 'gzip');
       assert.deepEqual(answerIn(String(gunzipSync(gzipped.bytes))), { channel: '/open/large', epoch: large.epoch, version: 0, value: big });
       assert.ok(gzipped.bytes.length < size / 4, `${size} bytes of value sent in ${gzipped.bytes.length}`);
 
-      const plain = await rawPost(url, ask, {});
+      const plain = await postForBytes(url, ask, {});
       assert.equal(plain.headers['content-encoding'], undefined);
       assert.deepEqual(answerIn(String(plain.bytes)), { channel: '/open/large', epoch: large.epoch, version: 0, value: big });
     });
