@@ -45,13 +45,17 @@ export function startClient() {
       follower: 'another tab holds the connection',
       off: 'this tab’s own connection',
     }[client.sharing] ?? '';
-    banner.hidden = client.state === 'connected' || !everConnected;
+    // The browser knows at once when its network goes; the client only once a line fails (a
+    // socket the browser keeps open says nothing until its deadline).
+    banner.hidden = (client.state === 'connected' && navigator.onLine) || !everConnected;
     document.body.classList.toggle('is-offline', !banner.hidden);
   };
   client.on('state', ({ state: now }) => {
     if (now === 'connected') everConnected = true;
     show();
   });
+  window.addEventListener('offline', show);
+  window.addEventListener('online', show);
   client.on('error', (error) => console.warn('client:', error.message));
   show();
   return client;
