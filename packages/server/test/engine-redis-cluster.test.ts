@@ -247,6 +247,16 @@ describe('the Redis layout', () => {
   it('hashes as Redis Cluster does (CRC16/XMODEM)', () => {
     // The check value of the Redis Cluster specification.
     assert.equal(crc16('123456789'), 0x31c3);
+    // Of the UTF-8 bytes, as Redis sees a key: 2-, 3- and 4-byte characters and a lone surrogate.
+    const bytewise = (text: string): number => {
+      let crc = 0;
+      for (const byte of new TextEncoder().encode(text)) {
+        crc ^= byte << 8;
+        for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+      }
+      return crc;
+    };
+    for (const text of ['/chat/é', '/rooms/日本', '/emoji/🚀', '/lone/\ud800x', '', '/a/b']) assert.equal(crc16(text), bytewise(text), JSON.stringify(text));
   });
 
   it('gives each partition a tag in its even share of the slots, and every channel one partition', () => {

@@ -121,10 +121,37 @@ const CRC_TABLE = (() => {
   return table;
 })();
 
-const encoder = new TextEncoder();
-
+/** Of the UTF-8 bytes of `text` (as Redis hashes a key), encoded on the way: one per publish, no allocation. */
 export function crc16(text: string): number {
   let crc = 0;
-  for (const byte of encoder.encode(text)) crc = ((crc << 8) & 0xffff) ^ CRC_TABLE[((crc >> 8) ^ byte) & 0xff]!;
+  const add = (byte: number): void => {
+    crc = ((crc << 8) & 0xffff) ^ CRC_TABLE[((crc >> 8) ^ byte) & 0xff]!;
+  };
+  for (let i = 0; i < text.length; i++) {
+    let code = text.charCodeAt(i);
+    if (code < 0x80) {
+      add(code);
+      continue;
+    }
+    if (code >= 0xd800 && code < 0xdc00 && i + 1 < text.length) {
+      const low = text.charCodeAt(i + 1);
+      if (low >= 0xdc00 && low < 0xe000) {
+        code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+        i++;
+      }
+    }
+    if (code >= 0xd800 && code < 0xe000) code = 0xfffd; // a lone surrogate, as TextEncoder writes it
+    if (code < 0x800) {
+      add(0xc0 | (code >> 6));
+    } else if (code < 0x10000) {
+      add(0xe0 | (code >> 12));
+      add(0x80 | ((code >> 6) & 0x3f));
+    } else {
+      add(0xf0 | (code >> 18));
+      add(0x80 | ((code >> 12) & 0x3f));
+      add(0x80 | ((code >> 6) & 0x3f));
+    }
+    add(0x80 | (code & 0x3f));
+  }
   return crc;
 }
