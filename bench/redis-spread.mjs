@@ -11,10 +11,6 @@
 // partitions' share, so the busiest shard bounds the publish rate. A 2-core machine cannot show
 // the throughput itself (three shards, the engine and this script share two cores): the CPU split
 // is what carries over to one machine per shard.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 
 const { values } = parseArgs({ options: { messages: { type: 'string', default: '30000' }, channels: { type: 'string', default: '1000' }, 'in-flight': { type: 'string', default: '64' } } });
@@ -26,27 +22,8 @@ for (const [name, value] of [['messages', MESSAGES], ['channels', CHANNELS], ['i
 }
 
 const { RedisEngine } = await import(new URL('../packages/server/dist/src/index.js', import.meta.url).href);
-const { startRedisCluster } = await import(new URL('../examples/cluster/redis-cluster.mjs', import.meta.url).href);
+const { startRedisCluster, startRedisServer } = await import(new URL('../examples/cluster/redis-cluster.mjs', import.meta.url).href);
 const { Redis } = await import('ioredis');
-
-/** A standalone redis-server on a free port: { url, ports, stop() } like the cluster. */
-async function startRedis() {
-  const dir = mkdtempSync(join(tmpdir(), 'perihelion-redis-'));
-  const port = 20_000 + Math.floor(Math.random() * 30_000);
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
-  const client = new Redis({ port, lazyConnect: true, retryStrategy: () => 100 });
-  client.on('error', () => {});
-  await client.connect();
-  client.disconnect();
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    ports: [port],
-    stop: async () => {
-      child.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
 
 async function cpuOf(port) {
   const client = new Redis({ port, host: '127.0.0.1' });
@@ -99,18 +76,15 @@ async function measure(label, store, cluster) {
 }
 
 console.log(`${MESSAGES} publishes over ${CHANNELS} channels, ${IN_FLIGHT} in flight, history kept`);
-const one = await startRedis();
-let single;
-try {
-  single = await measure('one Redis', one, false);
-} finally {
-  await one.stop();
+/** Starts a store, measures on it, stops it. */
+async function on(label, start, cluster) {
+  const store = await start();
+  try {
+    return await measure(label, store, cluster);
+  } finally {
+    await store.stop();
+  }
 }
-const shards = await startRedisCluster();
-let sharded;
-try {
-  sharded = await measure('Redis Cluster, three shards', shards, true);
-} finally {
-  await shards.stop();
-}
+const single = await on('one Redis', startRedisServer, false);
+const sharded = await on('Redis Cluster, three shards', startRedisCluster, true);
 console.log(`busiest shard / one Redis: ${(sharded.busiest / single.busiest).toFixed(2)}× the CPU per publish; all shards together: ${(sharded.total / single.total).toFixed(2)}×`);

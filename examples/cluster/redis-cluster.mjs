@@ -9,7 +9,8 @@
  * cluster is ready, prints its URL (give it to `perihelion serve --redis-cluster`), and stops it
  * on Ctrl-C. Nothing is kept: the nodes run from a temporary folder removed at stop.
  *
- * For tests: startRedisCluster({ port, shards }) → { url, ports, restart(port), stop() }; port 0
+ * For tests: startRedisServer() → { url, ports, stop() }, one plain Redis on a free port, and
+ * startRedisCluster({ port, shards }) → { url, ports, restart(port), stop() }; port 0
  * (the default) picks free ports; restart(port) kills that shard (SIGKILL) and starts it again,
  * empty, in its place in the cluster.
  */
@@ -72,6 +73,32 @@ export async function startRedisCluster({ port = 0, shards = 3, host = '127.0.0.
     await ready();
   };
   return { url: ports.map((p) => `redis://${host}:${p}`).join(','), ports, restart, stop };
+}
+
+/**
+ * One plain redis-server (no cluster) on a free port, run like a shard (nothing kept, a temporary
+ * folder): { url, ports, stop() }, for measuring one Redis against a cluster on equal terms.
+ */
+export async function startRedisServer({ host = '127.0.0.1' } = {}) {
+  await requireCommands();
+  const port = await freeBase(1, host);
+  const dir = mkdtempSync(join(tmpdir(), 'perihelion-redis-'));
+  const child = spawn('redis-server', ['--port', String(port), '--bind', host, '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await until(`redis-server on port ${port} to answer`, async () => (await cli(host, port, 'PING')) === 'PONG');
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { url: `redis://${host}:${port}`, ports: [port], stop };
 }
 
 async function requireCommands() {
