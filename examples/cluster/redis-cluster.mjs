@@ -24,6 +24,19 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
+/** Every redis-server started here: killed when this process exits, even by a crash. */
+const running = new Set();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+function spawnRedis(args) {
+  const child = spawn('redis-server', args, { stdio: 'ignore' });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  return child;
+}
+
 export async function startRedisCluster({ port = 0, shards = 3, host = '127.0.0.1' } = {}) {
   await requireCommands();
   const base = port === 0 ? await freeBase(shards, host) : port;
@@ -42,15 +55,11 @@ export async function startRedisCluster({ port = 0, shards = 3, host = '127.0.0.
   };
   // A shard keeps its cluster identity in its nodes file, so started again it takes its slots back.
   const launch = async (nodePort) => {
-    const child = spawn(
-      'redis-server',
-      [
-        '--port', String(nodePort), '--bind', host, '--cluster-enabled', 'yes',
-        '--cluster-config-file', join(dir, `nodes-${nodePort}.conf`), '--cluster-node-timeout', '5000',
-        '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', join(dir, `${nodePort}.log`),
-      ],
-      { stdio: 'ignore' },
-    );
+    const child = spawnRedis([
+      '--port', String(nodePort), '--bind', host, '--cluster-enabled', 'yes',
+      '--cluster-config-file', join(dir, `nodes-${nodePort}.conf`), '--cluster-node-timeout', '5000',
+      '--save', '', '--appendonly', 'no', '--dir', dir, '--logfile', join(dir, `${nodePort}.log`),
+    ]);
     children.set(nodePort, child);
     await until(`redis-server on port ${nodePort} to answer`, async () => (await cli(host, nodePort, 'PING')) === 'PONG');
   };
@@ -83,7 +92,7 @@ export async function startRedisServer({ host = '127.0.0.1' } = {}) {
   await requireCommands();
   const port = await freeBase(1, host);
   const dir = mkdtempSync(join(tmpdir(), 'perihelion-redis-'));
-  const child = spawn('redis-server', ['--port', String(port), '--bind', host, '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+  const child = spawnRedis(['--port', String(port), '--bind', host, '--save', '', '--appendonly', 'no', '--dir', dir]);
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((resolve) => child.once('exit', resolve));
