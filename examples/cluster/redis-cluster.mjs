@@ -6,7 +6,7 @@
  *
  * starts `redis-server --cluster-enabled yes` on consecutive ports (each also takes its port +
  * 10000 for the cluster bus), joins them with `redis-cli --cluster create`, waits until the
- * cluster is ready, prints its URL (give it to `perihelion serve --redis-cluster`), and stops it
+ * cluster is ready, prints its URL (give it to `perihelion serve --redis <url> --redis-cluster`), and stops it
  * on Ctrl-C. Nothing is kept: the nodes run from a temporary folder removed at stop.
  *
  * For tests: startRedisServer() → { url, ports, stop() }, one plain Redis on a free port, and
@@ -167,7 +167,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   };
   const cluster = await startRedisCluster({ port: arg('port', 7001), shards: arg('shards', 3) });
   console.log(`Redis Cluster of ${cluster.ports.length} shards ready: ${cluster.url}`);
-  console.log(`  perihelion serve --redis-cluster ${cluster.url}`);
+  console.log(`  perihelion serve --redis ${cluster.url} --redis-cluster`);
   const stop = async () => {
     await cluster.stop();
     process.exit(0);

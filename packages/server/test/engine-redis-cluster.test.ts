@@ -10,7 +10,7 @@ import { Redis } from 'ioredis';
 import { PerihelionError, RedisEngine } from '../src/index.js';
 import { crc16, RedisLayout, SLOTS } from '../src/engine/redis-layout.js';
 import { distributedEngineConformance, engineConformance, publication, RecordingHost, type EngineFixture } from './engine-conformance.js';
-import { lruCase, startRedisCluster, uniquePrefix, type LocalRedisCluster } from './redis-fixture.js';
+import { REDIS_URL, lruCase, startRedisCluster, uniquePrefix, type LocalRedisCluster } from './redis-fixture.js';
 import { waitFor } from './helpers.js';
 
 let cluster: LocalRedisCluster | null = null;
@@ -219,7 +219,14 @@ describe('the Redis engine on a Redis Cluster', () => {
 
   it('says which node could not be reached when no node of the cluster answers', async () => {
     const engine = new RedisEngine({ url: 'redis://127.0.0.1:1,redis://127.0.0.1:2', cluster: true, connectTimeout: 500 });
-    await assert.rejects(engine.start(new RecordingHost()), /cannot use Redis at redis:\/\/127\.0\.0\.1:1\/?,redis:\/\/127\.0\.0\.1:2/);
+    await assert.rejects(engine.start(new RecordingHost()), /cannot use Redis at redis:\/\/127\.0\.0\.1:1\/?,redis:\/\/127\.0\.0\.1:2\/?: None of startup nodes is available \(redis:\/\/127\.0\.0\.1:1\/?: connect ECONNREFUSED/);
+  });
+
+  it('says so when the cluster option is given a plain Redis, or left out for a Redis Cluster node', async () => {
+    const plain = new RedisEngine({ url: REDIS_URL, cluster: true, connectTimeout: 1000, prefix: uniquePrefix('plain') });
+    await assert.rejects(plain.start(new RecordingHost()), /is a Redis without cluster mode: leave out the cluster option \(--redis-cluster\)/);
+    const node = new RedisEngine({ url: `redis://127.0.0.1:${cluster!.ports[0]}`, prefix: uniquePrefix('node') });
+    await assert.rejects(node.start(new RecordingHost()), /it is a node of a Redis Cluster: give the cluster option \(--redis-cluster\)/);
   });
 });
 

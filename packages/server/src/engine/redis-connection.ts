@@ -61,7 +61,7 @@ export class RedisConnection {
     sub.on('error', onError);
     try {
       await Promise.all([cmd.connect(), sub.connect()]);
-      await this.checkVersion(cmd);
+      await this.checkServer(cmd);
       if (this.options.cluster) {
         sub.on('smessage', (channel: string, text: string) => this.host.onMessage(channel, text));
         // One SSUBSCRIBE per channel: each may hash to another shard.
@@ -75,7 +75,8 @@ export class RedisConnection {
       cmd.disconnect();
       sub.disconnect();
       this.cmd = this.sub = null;
-      const reason = (error as Error).message === 'Connection is closed.' && lastError ? lastError.message : (error as Error).message;
+      let reason = (error as Error).message === 'Connection is closed.' && lastError ? lastError.message : (error as Error).message;
+      if (this.options.cluster && /None of startup nodes is available/.test(reason)) reason = await this.whyNoClusterNode(reason);
       throw new PerihelionError('ERR_ENGINE_UNAVAILABLE', `cannot use Redis at ${describeUrl(this.options.url)}: ${reason}`);
     }
     this.started = true;
@@ -127,13 +128,39 @@ export class RedisConnection {
     return cluster as unknown as Redis;
   }
 
-  private async checkVersion(cmd: Redis): Promise<void> {
+  /** Refuses a Redis too old, and a Redis Cluster node reached as one Redis (its scripts would fail on every other slot). */
+  private async checkServer(cmd: Redis): Promise<void> {
+    if (!this.options.cluster && /cluster_enabled:1/.test(await cmd.info('cluster'))) {
+      throw new Error('it is a node of a Redis Cluster: give the cluster option (--redis-cluster), and any of its nodes in the URL');
+    }
     const info = await cmd.info('server');
     const version = /redis_version:(\d+)\.(\d+)/.exec(info);
     if (!version) return;
     const [major, minor] = [Number(version[1]), Number(version[2])];
     if (this.options.cluster && major < 7) throw new Error(`Redis ${major}.${minor} is too old for a cluster; sharded pub/sub (SPUBLISH) needs 7 or later`);
     if (major < 6 || (major === 6 && minor < 2)) throw new Error(`Redis ${major}.${minor} is too old; the engine needs 6.2 or later (XTRIM MINID)`);
+  }
+
+  /**
+   * Why a cluster client found no node: the first URL is often a plain Redis (cluster mode off),
+   * or nothing answers there; says which, else `reason` as it was.
+   */
+  private async whyNoClusterNode(reason: string): Promise<string> {
+    const { Redis: RedisClient } = await import('ioredis');
+    const [url] = redisUrls(this.options);
+    const probe = new RedisClient(url!, { lazyConnect: true, connectTimeout: this.options.connectTimeout, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    let failure: Error | undefined;
+    probe.on('error', (error: Error) => (failure ??= error));
+    try {
+      await probe.connect();
+      const info = await probe.info('cluster');
+      if (/cluster_enabled:0/.test(info)) return `${describeUrl(url!)} is a Redis without cluster mode: leave out the cluster option (--redis-cluster)`;
+      return reason;
+    } catch (error) {
+      return `${reason} (${describeUrl(url!)}: ${(failure ?? (error as Error)).message})`;
+    } finally {
+      probe.disconnect();
+    }
   }
 
   /**
