@@ -1,7 +1,7 @@
 /**
- * A few Redis commands for the cluster example and its test: whether Redis answers, which node
- * holds a session, and removing every key of a prefix, on one Redis or on a Redis Cluster (`url`
- * then lists its nodes, comma-separated, and `cluster` is true). ioredis is
+ * A few Redis commands for the cluster example and its test: whether Redis answers and which node
+ * holds a session, on one Redis or on a Redis Cluster (`url` then lists its nodes, comma-separated,
+ * and `cluster` is true), and removing every key of a prefix on one Redis. ioredis is
  * @perihelion/server's own dependency (the Redis engine's client); it is loaded from there.
  */
 import { createRequire } from 'node:module';
@@ -48,29 +48,16 @@ export function ownerOf(url, prefix, clientId, cluster = false) {
   return using(url, (client) => client.hget(`${prefix}${cluster ? '{c}' : ''}owner`, clientId), cluster);
 }
 
-/** Deletes every key under `prefix` (on a cluster, on each of its primaries); resolves to how many there were. */
-export async function deleteKeys(url, prefix, cluster = false) {
-  if (!cluster) return using(url, (client) => deleteUnder(client, prefix));
-  return using(
-    url,
-    async (client) => {
-      let count = 0;
-      // One DEL per key: a shard refuses a DEL of keys in several slots.
-      for (const shard of client.nodes('master')) count += await deleteUnder(shard, prefix, true);
-      return count;
-    },
-    true,
-  );
-}
-
-async function deleteUnder(client, prefix, oneByOne = false) {
-  let cursor = '0';
-  let count = 0;
-  do {
-    const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
-    cursor = next;
-    if (oneByOne) for (const key of keys) count += await client.del(key);
-    else if (keys.length > 0) count += await client.del(...keys);
-  } while (cursor !== '0');
-  return count;
+/** Deletes every key under `prefix` on one Redis; resolves to how many there were. (A local Redis Cluster is thrown away whole.) */
+export function deleteKeys(url, prefix) {
+  return using(url, async (client) => {
+    let cursor = '0';
+    let count = 0;
+    do {
+      const [next, keys] = await client.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length > 0) count += await client.del(...keys);
+    } while (cursor !== '0');
+    return count;
+  });
 }
