@@ -242,8 +242,12 @@ describe('cut connections (a TCP proxy that closes, resets or silences them)', (
       const { test, proxy, client } = setup;
       try {
         const extra = await client.subscribe('/bye/extra', () => {});
-        proxy.reset();
-        await waitFor(() => client.state === 'connecting', 5000, 'the client to notice the cut');
+        // An outage, not a single reset: between two long-polls no connection may be open to
+        // cut, and a retry made at once could find the line back before anyone looked.
+        let noticed = false;
+        client.on('connecting', () => (noticed = true));
+        proxy.outage(1000);
+        await waitFor(() => noticed && client.state === 'connecting', 5000, 'the client to notice the cut');
         const released = extra.unsubscribe();
         await waitFor(() => client.state === 'connected', 20_000, 'the reconnection');
         await Promise.race([released, sleep(10_000).then(() => assert.fail('the unsubscribe never settled'))]);
