@@ -266,20 +266,29 @@ function openSocket({ url, client, recorder, timeoutMs, reject }) {
  * A Bayeux subscriber over one WebSocket: handshake, connect (advice timeout 0), subscribe, then
  * always one held /meta/connect, re-sent whenever the previous one is answered. Works against
  * Perihelion (/bayeux) and Faye (/faye), which both accept the handshake on the socket.
+ *
+ * bundle: set up as the Perihelion client does (a handshake asking for `ext.bundle`, see the
+ * server's core/dispatch.ts): one frame with the handshake and the first connect, then one with
+ * the subscribe and the held connect, two frames each way instead of four.
  */
-export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
+export function bayeuxSubscriber({ url, channels, recorder, timeoutMs, bundle = false }) {
   const wanted = new Set(channels);
   return new Promise((resolve, reject) => {
     const client = { ws: null, failed: false, ready: false, run: null, lastSeq: -1, probe: null, clientId: null };
     let nextId = 0;
-    const send = (message) => {
-      message.id = String(++nextId);
-      if (client.clientId) message.clientId = client.clientId;
-      client.ws.send(JSON.stringify([message]));
+    const send = (...messages) => {
+      for (const message of messages) {
+        message.id = String(++nextId);
+        if (client.clientId) message.clientId = client.clientId;
+      }
+      client.ws.send(JSON.stringify(messages));
     };
-    const connect = (advice) => send(advice ? { channel: '/meta/connect', connectionType: 'websocket', advice } : { channel: '/meta/connect', connectionType: 'websocket' });
+    const connectMessage = (advice) => (advice ? { channel: '/meta/connect', connectionType: 'websocket', advice } : { channel: '/meta/connect', connectionType: 'websocket' });
+    const connect = (advice) => send(connectMessage(advice));
+    const subscribeMessage = () => ({ channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels });
+    const handshake = { channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['websocket'] };
     const { fail, settled } = openSocket({ url, client, recorder, timeoutMs, reject });
-    client.ws.on('open', () => send({ channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['websocket'] }));
+    client.ws.on('open', () => (bundle ? send({ ...handshake, ext: { bundle: true } }, connectMessage({ timeout: 0 })) : send(handshake)));
     client.ws.on('message', (raw) => {
       const text = raw.toString();
       if (client.ready && !text.includes('"/meta/')) {
@@ -304,7 +313,8 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
           case '/meta/handshake':
             if (!message.successful) return fail(new Error(`handshake refused: ${message.error ?? JSON.stringify(message)}`));
             client.clientId = message.clientId;
-            connect({ timeout: 0 });
+            if (!bundle) connect({ timeout: 0 });
+            else if (message.ext?.bundle !== true) return fail(new Error('the server ignored the bundled set-up'));
             break;
           case '/meta/connect':
             if (!message.successful || message.advice?.reconnect === 'handshake' || message.advice?.reconnect === 'none') {
@@ -313,14 +323,16 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs }) {
             if (client.ready) connect();
             else if (!client.subscribing) {
               client.subscribing = true;
-              send({ channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels });
+              // Bundled, the held connect goes with the subscribe; otherwise it follows the subscribe's reply.
+              if (bundle) send(subscribeMessage(), connectMessage());
+              else send(subscribeMessage());
             }
             break;
           case '/meta/subscribe':
             if (!message.successful) return fail(new Error(`subscribe refused: ${message.error ?? JSON.stringify(message)}`));
             client.ready = true;
             settled();
-            connect();
+            if (!bundle) connect();
             resolve(client);
             break;
         }

@@ -21,7 +21,7 @@ export function subscriberFactory(name, port, path, scenario, { socketioClient }
   if (name === 'nchan' || name === 'floor') return (common, i) => nchanSubscriber({ ...common, url: `ws://${base}${path}`, channels: scenario.channelsOf(i) });
   const channels = (i) => scenario.channelsOf(i).map((key) => `/bench/${key}`);
   if (polling) return (common, i) => bayeuxLongPollSubscriber({ ...common, urls: ports.map((p) => `http://127.0.0.1:${p}${path}`), channels: channels(i) });
-  return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i) });
+  return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i), bundle: name === 'perihelion' });
 }
 
 /** Sets up n clients, `concurrency` at a time; each client remembers its index (its channels). */

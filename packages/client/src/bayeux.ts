@@ -4,7 +4,8 @@
  * Life of a session (Bayeux §Handshake, §Connect, and the server's advice):
  *   handshake (over websocket when it opens, else long-polling, else callback-polling)
  *   → pick the connection type: our order ∩ the server's `supportedConnectionTypes`
- *   → /meta/connect with `advice.timeout: 0` (answered at once) → connected
+ *   → /meta/connect with `advice.timeout: 0` (answered at once; over a WebSocket it travels in the
+ *     handshake's frame, asked for with `ext.bundle`, see docs/protocol.md) → connected
  *   → (streamed types) open the push line → re-subscribe what is wanted → send what waited
  *   → /meta/connect again after each reply, `advice.interval` later, until told otherwise.
  * A lost line goes back to `connecting` and retries with jittered backoff; `reconnect:
@@ -226,10 +227,16 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       advice: { timeout: 60_000, interval: 0 },
       ...(token !== undefined ? { ext: { token } } : {}),
     };
+    // Over a WebSocket the first connect goes in the handshake's frame (sent in the same turn),
+    // asked for with ext.bundle: set up in one round trip instead of two.
+    if (type === 'websocket') message.ext = { ...message.ext, bundle: true };
+    const handshaken = this.request(message, this.options.timeout);
+    const bundled = type === 'websocket' ? this.firstConnect(type) : undefined;
     let reply: Message;
     try {
-      reply = await this.request(message, this.options.timeout);
+      reply = await handshaken;
     } catch (error) {
+      bundled?.cancel();
       if (turn !== this.turn) return;
       this.closeLine();
       // A line that never worked is blocked here (a refused upgrade, a cross-origin POST without
@@ -244,6 +251,9 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     if (turn !== this.turn) return;
     this.keepAlive = undefined;
     this.takeAdvice(reply);
+    // A server that does not take bundles ignores the connect (Bayeux §4.1.1): it is sent again.
+    const firstReply = bundled && reply.successful === true && reply.ext?.bundle === true ? bundled.reply : undefined;
+    if (!firstReply) bundled?.cancel();
     if (reply.successful !== true || typeof reply.clientId !== 'string') {
       const error = ClientError.fromReply(reply);
       if (reply.advice?.reconnect === 'none') return this.stop('handshake refused', new ClientError('handshake-denied', error.message, error.bayeux));
@@ -257,16 +267,39 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     }
     if (chosen !== type) {
       // Keep the WebSocket only if it is the chosen type; HTTP lines are cheap to replace.
+      bundled?.cancel();
       this.closeLine();
       this.type = chosen;
     }
     // Subscriptions and replies of the old session are void; what waited is re-sent.
     this.subscriptions.newSession();
     this.outbox.dropSubscribes();
-    void this.connectOnce();
+    void this.connectOnce(chosen === type ? firstReply : undefined);
   }
 
-  private async connectOnce(): Promise<void> {
+  /**
+   * The first connect of a session, made to travel with its handshake: `reply` is its answer, and
+   * `cancel` stops waiting for it (no bundle after all). Its clientId is the server's to fill in
+   * (core/dispatch.ts on the server); the server answers it at once, as every first connect.
+   */
+  private firstConnect(type: ConnectionType): { reply: Promise<Message>; cancel: () => void } | undefined {
+    const message: Message = { channel: '/meta/connect', connectionType: type, advice: { timeout: 0 } };
+    let id: string | undefined;
+    const reply = this.request(message, this.options.timeout, (sentId) => (id = sentId));
+    // Waited for only when the server takes the bundle; a line lost meanwhile fails the handshake.
+    reply.catch(() => {});
+    if (id === undefined) return undefined;
+    const cancel = (): void => {
+      const pending = this.meta.get(id!);
+      if (!pending) return;
+      this.meta.delete(id!);
+      clearTimeout(pending.timer);
+    };
+    return { reply, cancel };
+  }
+
+  /** `firstReply`: the answer to a first connect that went with the handshake (see firstConnect). */
+  private async connectOnce(firstReply?: Promise<Message>): Promise<void> {
     clearTimeout(this.timer);
     const turn = ++this.turn;
     if (this.stopped || this.clientId === undefined || this.type === undefined) return;
@@ -284,7 +317,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     try {
       // A held connect is the line's heartbeat: no reply within the hold plus the network's
       // allowance means the line is dead, even if it never closed.
-      reply = await this.request(message, first || streamed ? this.options.timeout : this.advice.timeout + this.options.lineTimeout);
+      reply = await (firstReply ?? this.request(message, first || streamed ? this.options.timeout : this.advice.timeout + this.options.lineTimeout));
     } catch (error) {
       if (turn !== this.turn) return;
       // The state first, so that it carries this reason rather than the closing line's.
@@ -329,7 +362,10 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     }
     if (reply.advice?.reconnect === 'none') return this.stop('server: reconnect none');
     if (reply.advice?.reconnect === 'handshake') return this.retry('handshake', 'server: advice handshake');
-    this.schedule('connect', Math.max(0, streamed ? (this.keepAlive ?? this.advice.interval) : this.advice.interval));
+    const delay = Math.max(0, streamed ? (this.keepAlive ?? this.advice.interval) : this.advice.interval);
+    // The first held connect goes in this turn, so it shares the frame of the subscribes just sent.
+    if (first && delay === 0 && this.type === 'websocket') return void this.connectOnce();
+    this.schedule('connect', delay);
   }
 
   /**
@@ -488,12 +524,13 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     return String(++this.seq);
   }
 
-  /** Sends one meta message (handshake, connect, disconnect) at once and awaits its reply. */
-  private request(message: Message, timeout: number): Promise<Message> {
+  /** Sends one meta message (handshake, connect, disconnect) at once and awaits its reply; `sent` learns its id. */
+  private request(message: Message, timeout: number, sent?: (id: string) => void): Promise<Message> {
     const line = this.line;
     if (!line) return Promise.reject(new LineLost('no line', false, this.type));
     const id = this.nextId();
     const out = this.outgoing({ ...message, id });
+    if (out) sent?.(id);
     return new Promise<Message>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.meta.delete(id);

@@ -52,6 +52,10 @@ export class Net {
       .finally(() => this.aborts.delete(abort));
   };
 
+  /** WebSocket frames sent and received, as text (frame-counting tests read them). */
+  readonly framesOut: string[] = [];
+  readonly framesIn: string[] = [];
+
   /** When set, the answer to the next request whose body it accepts is lost (once). */
   loseReply: ((body: string) => boolean) | undefined;
 
@@ -65,6 +69,12 @@ export class Net {
         super(net.offline ? url.replace(/\/\/[^/]+/, '//127.0.0.1:1') : url);
         net.sockets.add(this);
         this.on('close', () => net.sockets.delete(this));
+        this.on('message', (data) => net.framesIn.push(String(data)));
+      }
+
+      override send(data: string, ...rest: unknown[]): void {
+        net.framesOut.push(String(data));
+        (WS.prototype.send as (...args: unknown[]) => void).call(this, data, ...rest);
       }
     } as unknown as new (url: string) => WebSocket;
   }

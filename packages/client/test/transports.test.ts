@@ -3,7 +3,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ConnectionType } from '@perihelion/protocol';
 import { ClientError } from '../src/index.js';
-import { client, sleep, startServer, waitFor, type TestServer } from './helpers.js';
+import { client, Net, sleep, startServer, waitFor, type TestServer } from './helpers.js';
 
 describe('client over each transport (Node)', () => {
   let test: TestServer;
@@ -151,6 +151,60 @@ describe('client refusals', () => {
       assert.equal(c.state, 'disconnected');
     } finally {
       await test.close();
+    }
+  });
+});
+
+describe('set-up over a WebSocket', () => {
+  let test: TestServer;
+  before(async () => {
+    test = await startServer({ heartbeat: 1000 });
+  });
+  after(() => test.close());
+
+  const channelsOf = (frame: string): string[] => (JSON.parse(frame) as { channel: string }[]).map((m) => m.channel);
+
+  it('takes two frames each way: handshake with the first connect, then the subscribes with the held connect', async () => {
+    const net = new Net();
+    const c = client(test.url, { transports: ['websocket'] }, net);
+    try {
+      const received: unknown[] = [];
+      await c.subscribe('/setup/a', (data) => received.push(data));
+      await waitFor(() => test.server.getSession(c.clientId!)?.subscriptions.has('/setup/a') === true, 3000, 'the subscription');
+      await sleep(100);
+      assert.deepEqual(net.framesOut.map(channelsOf), [
+        ['/meta/handshake', '/meta/connect'],
+        ['/meta/connect', '/meta/subscribe'],
+      ]);
+      assert.deepEqual(net.framesIn.map(channelsOf), [['/meta/handshake', '/meta/connect'], ['/meta/subscribe']]);
+      await test.server.publish('/setup/a', 'first');
+      await waitFor(() => received.length === 1, 3000, 'the first message');
+    } finally {
+      await c.disconnect();
+    }
+  });
+
+  it('falls back to a connect of its own when the server does not take the bundle (as Bayeux §4.1.1 has it)', async () => {
+    const net = new Net();
+    const c = client(test.url, { transports: ['websocket'] }, net);
+    // As a server without bundles would: the handshake's ext.bundle goes unseen.
+    c.addExtension({
+      outgoing: (message) => {
+        if (message.channel !== '/meta/handshake' || !message.ext) return message;
+        const { bundle: _ignored, ...ext } = message.ext as Record<string, unknown>;
+        return { ...message, ext };
+      },
+    });
+    try {
+      const received: unknown[] = [];
+      await c.subscribe('/setup/b', (data) => received.push(data));
+      await test.server.publish('/setup/b', 'first');
+      await waitFor(() => received.length === 1, 3000, 'the first message');
+      assert.equal(c.state, 'connected');
+      // The bundled connect went unanswered; the client sent its own.
+      assert.deepEqual(net.framesOut.slice(0, 2).map(channelsOf), [['/meta/handshake', '/meta/connect'], ['/meta/connect']]);
+    } finally {
+      await c.disconnect();
     }
   });
 });

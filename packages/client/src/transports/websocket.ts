@@ -1,7 +1,7 @@
 /**
  * websocket: one JSON array per frame, both ways. The server pushes deliveries as soon as they
  * are due and still answers the held /meta/connect, which serves as a heartbeat. Sends made
- * before the socket opens wait for it.
+ * before the socket opens wait for it; sends made in one turn share a frame.
  */
 import type { Message } from '@perihelion/protocol';
 import { parseBatch, type Transport, type TransportContext } from './transport.js';
@@ -9,7 +9,10 @@ import { parseBatch, type Transport, type TransportContext } from './transport.j
 export class WebSocketTransport implements Transport {
   readonly type = 'websocket' as const;
   private readonly socket: WebSocket;
+  /** Frames made before the socket opened. */
   private readonly pending: string[] = [];
+  /** Messages sent in this turn, to leave in one frame. */
+  private readonly batch: Message[] = [];
   private opened = false;
   private closed = false;
   private readonly openTimer: ReturnType<typeof setTimeout>;
@@ -43,7 +46,15 @@ export class WebSocketTransport implements Transport {
   }
 
   send(messages: Message[]): void {
-    const frame = JSON.stringify(messages);
+    // What is sent in one turn leaves in one frame: the held connect with the subscribes that
+    // follow a handshake, the publishes of a batch with a reply to the server.
+    if (this.batch.length === 0) queueMicrotask(() => this.flush());
+    this.batch.push(...messages);
+  }
+
+  private flush(): void {
+    if (this.closed || this.batch.length === 0) return;
+    const frame = JSON.stringify(this.batch.splice(0));
     if (this.opened) this.socket.send(frame);
     else this.pending.push(frame);
   }

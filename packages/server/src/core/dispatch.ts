@@ -17,6 +17,7 @@ import { subscribe, unsubscribe } from './meta/subscribe.js';
 import { clientPublish } from './publish.js';
 import { emitReply, refusal, reply as replyTo, type Reply } from './replies.js';
 import type { ServerCore } from './server.js';
+import type { ServerSession } from './session.js';
 
 /**
  * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
@@ -36,14 +37,23 @@ export async function dispatch(core: ServerCore, batch: readonly unknown[], cont
   }
   await core.ready;
   const handshakeAt = batch.findIndex((m) => (m as Message | null)?.channel === META.handshake);
+  // Bayeux §4.1.1: a handshake SHOULD be alone in its request, and the server MUST ignore any
+  // other message sent with it: not acted on, not answered (neither CometD nor Faye sends one).
+  // A client that asks for it (asksForBundle) may follow its handshake with messages for the
+  // session it is about to get, saving the round trips of a connection's set-up.
+  const bundle = handshakeAt === 0 && asksForBundle(batch[0]);
+  let bornHere: ServerSession | null = null;
   for (let i = 0; i < batch.length; i++) {
-    const value = batch[i];
+    let value = batch[i];
     core.delivery.counters.messagesIn++;
-    // Bayeux §4.1.1: a handshake SHOULD be alone in its request, and the server MUST ignore any
-    // other message sent with it: not acted on, not answered (neither CometD nor Faye sends one).
-    if (handshakeAt !== -1 && i !== handshakeAt) continue;
+    if (handshakeAt !== -1 && i !== handshakeAt) {
+      // Only messages that name no session speak for the new one; the rest are ignored as above.
+      if (!bundle || bornHere === null || !isRecord(value) || value.clientId !== undefined || value.channel === META.handshake) continue;
+      value = { ...value, clientId: bornHere.id };
+    }
     try {
-      await handle(core, value, context, batch.length, out);
+      const made = await handle(core, value, context, { batchSize: batch.length, bundle, bornHere }, out);
+      if (made !== undefined) bornHere = core.delivery.sessions.get(made) ?? null;
     } catch (error) {
       core.reportError(error);
       out.push(JSON.stringify(refusal(value, bayeuxError('serverError'))));
@@ -52,7 +62,33 @@ export async function dispatch(core: ServerCore, batch: readonly unknown[], cont
   return out;
 }
 
-async function handle(core: ServerCore, value: unknown, context: ProcessContext, batchSize: number, out: string[]): Promise<void> {
+/**
+ * A handshake carrying `ext.bundle: true` asks the server to act on the messages after it in the
+ * same request (or WebSocket frame) as the new session's, in order, and to answer them all in
+ * one response: a client sends handshake, first connect and subscribes at once, and is set up in
+ * one round trip instead of three. The successful reply says `ext.bundle: true`; a server without
+ * it ignores them (§4.1.1) and says nothing, and the client sends them again on their own.
+ */
+function asksForBundle(handshake: unknown): boolean {
+  const ext = isRecord(handshake) ? handshake.ext : undefined;
+  return isRecord(ext) && ext.bundle === true;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+interface BatchFacts {
+  /** How many messages the request carried (a connect sharing an HTTP request is answered at once). */
+  batchSize: number;
+  /** The batch starts with a handshake asking for a bundle (asksForBundle). */
+  bundle: boolean;
+  /** The session the handshake of this batch made: its bundled messages speak for it. */
+  bornHere: ServerSession | null;
+}
+
+/** Handles one message; resolves to the id of the session a successful handshake made. */
+async function handle(core: ServerCore, value: unknown, context: ProcessContext, batch: BatchFacts, out: string[]): Promise<string | undefined> {
   const checked = checkMessage(value);
   if (!checked.ok) {
     const reply: Reply = { channel: checked.channel ?? '/meta/unknown', successful: false, error: checked.error };
@@ -61,18 +97,19 @@ async function handle(core: ServerCore, value: unknown, context: ProcessContext,
     const clientId = (value as { clientId?: unknown } | null)?.clientId;
     if (typeof clientId === 'string') reply.clientId = clientId;
     out.push(JSON.stringify(reply));
-    return;
+    return undefined;
   }
   const original = checked.message;
-  // A session that does not accept this request is as unknown to it as one that never existed.
-  const session = original.clientId !== undefined ? core.sessionFor(original.clientId, context) : null;
+  // A session that does not accept this request is as unknown to it as one that never existed;
+  // the session this very batch made does.
+  const session = batch.bornHere !== null && original.clientId === batch.bornHere.id ? batch.bornHere : original.clientId !== undefined ? core.sessionFor(original.clientId, context) : null;
   const { extensions } = core;
   const extensionContext: ExtensionContext = { session, transport: context };
   const message = await extensions.incoming(original, extensionContext);
   if (message === null || message.error !== undefined) {
     const error = message?.error ?? bayeuxError('channelForbidden', [original.channel], 'refused by an extension');
     await emitReply(extensions, { ...replyTo(original, false), error: String(error) }, extensionContext, out);
-    return;
+    return undefined;
   }
   if (session && context.connection && message.channel !== META.connect) {
     // Faye opens its WebSocket while its connects still go over long-polling, and moves them
@@ -81,17 +118,26 @@ async function handle(core: ServerCore, value: unknown, context: ProcessContext,
     session.releaseLongPoll();
   }
   switch (message.channel) {
-    case META.handshake:
-      return emitReply(extensions, await handshake(core, message, context), extensionContext, out);
+    case META.handshake: {
+      const reply = await handshake(core, message, context);
+      if (batch.bundle && reply.successful) reply.ext = { ...reply.ext, bundle: true };
+      await emitReply(extensions, reply, extensionContext, out);
+      return reply.successful ? reply.clientId : undefined;
+    }
     case META.connect:
-      return connect(core, message, session, context, batchSize, out);
+      await connect(core, message, session, context, batch.batchSize, out);
+      return undefined;
     case META.subscribe:
-      return emitReply(extensions, await subscribe(core, message, session), extensionContext, out);
+      await emitReply(extensions, await subscribe(core, message, session), extensionContext, out);
+      return undefined;
     case META.unsubscribe:
-      return emitReply(extensions, await unsubscribe(core, message, session), extensionContext, out);
+      await emitReply(extensions, await unsubscribe(core, message, session), extensionContext, out);
+      return undefined;
     case META.disconnect:
-      return emitReply(extensions, await disconnect(core, message, session), extensionContext, out);
+      await emitReply(extensions, await disconnect(core, message, session), extensionContext, out);
+      return undefined;
     default:
-      return clientPublish(core, message, session, extensionContext, out);
+      await clientPublish(core, message, session, extensionContext, out);
+      return undefined;
   }
 }

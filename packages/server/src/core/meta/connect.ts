@@ -5,8 +5,8 @@
  *   reply MUST contain channel and successful; it MAY contain error, advice, ext, clientId and id.
  * - A client has one connect outstanding at a time. The server holds it until a message is due or
  *   `timeout` passes, and answers it at once when the client asks for timeout 0, when it is the
- *   session's first connect, when it shares its request with other messages, or when messages
- *   already wait (A20). A newer connect for the same session releases the held one, flagged
+ *   session's first connect, when it shares an HTTP request with other messages (on a WebSocket
+ *   the other replies need not wait for it), or when messages already wait (A20). A newer connect for the same session releases the held one, flagged
  *   `multiple-clients` (A22).
  * - The messages a connect carries travel in the same array, after its reply (A23).
  * - Without a connect for `interval + maxInterval` the session SHOULD be ended as if it had sent
@@ -90,7 +90,7 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
   const timeout = Math.min(options.timeout, clientTimeout);
   const pushing = session.pushing;
   // Answer at once (BAYEUX.md A20): a streamed type, the client asked for timeout 0, this is
-  // the first connect (so the client learns it is connected), the connect shares its request
+  // the first connect (so the client learns it is connected), the connect shares an HTTP request
   // with other messages, or messages are already waiting with no push line to carry them.
   if (core.isDraining) {
     // Shutting down: hand over what is waiting at once, and have the client connect again a
@@ -98,7 +98,10 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
     session.release('superseded');
     return finishConnect(core, message, session, { reason: 'shutdown', events: pushing ? [] : session.takeQueued() }, advice, extensionContext, out);
   }
-  if (streamed || timeout === 0 || !session.connected || batchSize > 1 || (session.queue.length > 0 && !pushing)) {
+  // Sharing a request matters over HTTP only: on a push line the other replies go out at once
+  // and the held connect is answered later through the line.
+  const sharesRequest = batchSize > 1 && !context.connection;
+  if (streamed || timeout === 0 || !session.connected || sharesRequest || (session.queue.length > 0 && !pushing)) {
     session.release('superseded');
     const events = pushing ? [] : session.takeQueued();
     return finishConnect(core, message, session, { reason: 'message', events }, advice, extensionContext, out);
