@@ -93,12 +93,18 @@ interface MemberKey {
   user: string | null;
 }
 
+/** A member that stands for all of a user's sessions (else it is one session). */
+function isUser(member: MemberKey): boolean {
+  return member.key.startsWith('user:');
+}
+
 type PresenceCore = Pick<ServerCore, 'options' | 'engine' | 'events' | 'listeners' | 'security' | 'extensions' | 'delivery' | 'reportError'>;
 
 export class Presence {
-  /** The channels each session of this node is a member of (a session's own set is cleared before 'disconnect'). */
-  private readonly joined = new Map<string, Set<string>>();
-  /** This node's sessions of each (channel, member), as the events left them, in their order. */
+  /**
+   * This node's sessions of each (channel, user member), as the events left them, in their order.
+   * A member that is a session needs no set: it is in while that session subscribes.
+   */
   private readonly local = new Map<string, Set<string>>();
   /** Sessions of this node that ended lately, by when: with Redis the engine may list them a moment longer. */
   private readonly gone = new Map<string, number>();
@@ -111,33 +117,28 @@ export class Presence {
   constructor(private readonly core: PresenceCore) {
     core.events.on('subscribe', (session, channel) => {
       if (!hasPresence(channel)) return;
-      let channels = this.joined.get(session.id);
-      if (!channels) this.joined.set(session.id, (channels = new Set()));
-      channels.add(channel);
       const member = this.memberOf(session);
       const id = pairId(channel, member);
-      let sessions = this.local.get(id);
-      if (!sessions) this.local.set(id, (sessions = new Set()));
-      sessions.add(session.id);
-      // Another session of the member was here first: it is in already.
-      if (sessions.size === 1) this.run(id, () => this.join(channel, member, session.id));
+      if (isUser(member)) {
+        let sessions = this.local.get(id);
+        if (!sessions) this.local.set(id, (sessions = new Set()));
+        sessions.add(session.id);
+        // Another session of the user was here first: it is in already.
+        if (sessions.size > 1) return;
+      }
+      this.run(id, () => this.join(channel, member, session.id));
     });
     core.events.on('unsubscribe', (session, channel) => {
-      const channels = this.joined.get(session.id);
-      if (!channels?.delete(channel)) return;
-      if (channels.size === 0) this.joined.delete(session.id);
-      this.left(channel, this.memberOf(session), session.id, false);
+      if (hasPresence(channel)) this.left(channel, this.memberOf(session), session.id, false);
     });
     core.events.on('disconnect', (session) => {
       if (session.identity !== null) {
         this.forgetGone(Date.now());
         this.gone.set(session.id, Date.now());
       }
-      const channels = this.joined.get(session.id);
-      if (!channels) return;
-      this.joined.delete(session.id);
+      // The session still lists what it subscribed to while 'disconnect' is emitted.
       const member = this.memberOf(session);
-      for (const channel of channels) this.left(channel, member, session.id, true);
+      for (const channel of session.subscriptions) if (hasPresence(channel)) this.left(channel, member, session.id, true);
     });
     core.listeners.add(PRESENCE_SERVICE, (message, session) => this.answer(message, session));
   }
@@ -180,11 +181,13 @@ export class Presence {
   /** A session of `member` left `channel`: it unsubscribed, or it `ended`. */
   private left(channel: string, member: MemberKey, clientId: string, ended: boolean): void {
     const id = pairId(channel, member);
-    const sessions = this.local.get(id);
-    sessions?.delete(clientId);
-    // Another session of the member on this node stays.
-    if (sessions && sessions.size > 0) return;
-    this.local.delete(id);
+    if (isUser(member)) {
+      const sessions = this.local.get(id);
+      sessions?.delete(clientId);
+      // Another session of the user on this node stays.
+      if (sessions && sessions.size > 0) return;
+      this.local.delete(id);
+    }
     this.run(id, async () => {
       if (await this.elsewhere(channel, member)) return;
       const grace = this.core.options.presenceGrace;
@@ -207,8 +210,14 @@ export class Presence {
   private async graceOver(channel: string, member: MemberKey, clientId: string, token: string): Promise<void> {
     // Its own mark only: a newer one (the member came back elsewhere and left again) has its own timer.
     if (!(await this.core.engine.takeLeaving(channel, member.key, token))) return;
-    if (this.local.has(pairId(channel, member)) || (await this.elsewhere(channel, member))) return;
+    if (this.isHere(channel, member, clientId) || (await this.elsewhere(channel, member))) return;
     await this.publish(channel, { action: 'leave', clientId, user: member.user });
+  }
+
+  /** Whether `member` (whose session `clientId` left) is in `channel` on this node again. */
+  private isHere(channel: string, member: MemberKey, clientId: string): boolean {
+    if (isUser(member)) return this.local.has(pairId(channel, member));
+    return this.core.delivery.sessions.get(clientId)?.subscriptions.has(channel) === true;
   }
 
   /** Drops this node's held leave of a (channel, member), if any. */
@@ -225,7 +234,7 @@ export class Presence {
    * elsewhere are looked up only when it has some.
    */
   private async elsewhere(channel: string, member: MemberKey): Promise<boolean> {
-    if (member.user === null || !member.key.startsWith('user:')) return false;
+    if (member.user === null || !isUser(member)) return false;
     const { engine, delivery } = this.core;
     const remote = (await engine.sessionsOfUser(member.user)).filter((id) => !delivery.sessions.has(id) && !this.gone.has(id));
     if (remote.length === 0) return false;
