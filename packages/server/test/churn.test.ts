@@ -45,7 +45,7 @@ async function fullGc(): Promise<number> {
 /** Everything the server keeps that should go back to its baseline, read from its internals. */
 async function census(t: TestServer): Promise<Record<string, number>> {
   const core = coreOf(t.server);
-  const presence = core.presence as unknown as Record<'local' | 'held' | 'steps', Map<string, unknown>>;
+  const presence = core.presence as unknown as Record<'joined' | 'local' | 'held' | 'steps', Map<string, unknown>>;
   const forwarding = core.forwarding as unknown as Record<'waiting' | 'lines' | 'remoteLines' | 'goneCallbacks', Map<string, unknown>>;
   const engine = core.engine as unknown as { sessions: Map<string, unknown>; index: Record<'byPattern' | 'bySession', Map<string, unknown>> };
   const http = (t.server as unknown as { http: { websocket: { size: number }; streams: { size: number } } }).http;
@@ -62,6 +62,7 @@ async function census(t: TestServer): Promise<Record<string, number>> {
     sessionsFromAddress: core.delivery.countFrom('127.0.0.1'),
     subscriptionsFromAddress: core.delivery.subscriptionsFrom('127.0.0.1'),
     addresses: (core.delivery as unknown as { byAddress: Map<string, unknown> }).byAddress.size,
+    presenceJoined: presence.joined.size,
     presenceLocal: presence.local.size,
     presenceHeld: presence.held.size,
     presenceSteps: presence.steps.size,

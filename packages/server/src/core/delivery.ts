@@ -258,14 +258,10 @@ export class LocalDelivery implements EngineHost, SessionHost {
       held.subscriptions -= session.subscriptions.size;
       if (--held.sessions <= 0) this.byAddress.delete(address);
     }
+    session.subscriptions.clear();
     // A stream serves one session only: it ends with it (a WebSocket may carry others).
     session.connection?.sessionEnded();
     void this.engine.removeSession(session.id).catch((error: unknown) => this.reportError(error));
-    // Listeners still see what the session subscribed to (presence publishes its leaves from it).
-    try {
-      this.events.emit('disconnect', session, reason);
-    } finally {
-      session.subscriptions.clear();
-    }
+    this.events.emit('disconnect', session, reason);
   }
 }

@@ -102,8 +102,13 @@ type PresenceCore = Pick<ServerCore, 'options' | 'engine' | 'events' | 'listener
 
 export class Presence {
   /**
+   * The channels each session of this node is a member of (a session's own set is cleared before
+   * 'disconnect'): the channel itself while there is one, the usual case, else a set.
+   */
+  private readonly joined = new Map<string, string | Set<string>>();
+  /**
    * This node's sessions of each (channel, user member), as the events left them, in their order.
-   * A member that is a session needs no set: it is in while that session subscribes.
+   * A member that is a session needs no set: it is in while that session is `joined`.
    */
   private readonly local = new Map<string, Set<string>>();
   /** Sessions of this node that ended lately, by when: with Redis the engine may list them a moment longer. */
@@ -117,6 +122,7 @@ export class Presence {
   constructor(private readonly core: PresenceCore) {
     core.events.on('subscribe', (session, channel) => {
       if (!hasPresence(channel)) return;
+      this.markJoined(session.id, channel);
       const member = this.memberOf(session);
       const id = pairId(channel, member);
       if (isUser(member)) {
@@ -129,16 +135,18 @@ export class Presence {
       this.run(id, () => this.join(channel, member, session.id));
     });
     core.events.on('unsubscribe', (session, channel) => {
-      if (hasPresence(channel)) this.left(channel, this.memberOf(session), session.id, false);
+      if (this.unmarkJoined(session.id, channel)) this.left(channel, this.memberOf(session), session.id, false);
     });
     core.events.on('disconnect', (session) => {
       if (session.identity !== null) {
         this.forgetGone(Date.now());
         this.gone.set(session.id, Date.now());
       }
-      // The session still lists what it subscribed to while 'disconnect' is emitted.
+      const channels = this.joined.get(session.id);
+      if (channels === undefined) return;
+      this.joined.delete(session.id);
       const member = this.memberOf(session);
-      for (const channel of session.subscriptions) if (hasPresence(channel)) this.left(channel, member, session.id, true);
+      for (const channel of typeof channels === 'string' ? [channels] : channels) this.left(channel, member, session.id, true);
     });
     core.listeners.add(PRESENCE_SERVICE, (message, session) => this.answer(message, session));
   }
@@ -217,7 +225,26 @@ export class Presence {
   /** Whether `member` (whose session `clientId` left) is in `channel` on this node again. */
   private isHere(channel: string, member: MemberKey, clientId: string): boolean {
     if (isUser(member)) return this.local.has(pairId(channel, member));
-    return this.core.delivery.sessions.get(clientId)?.subscriptions.has(channel) === true;
+    const channels = this.joined.get(clientId);
+    return channels === channel || (typeof channels === 'object' && channels.has(channel));
+  }
+
+  /** Records that session `clientId` is a member of `channel`. */
+  private markJoined(clientId: string, channel: string): void {
+    const channels = this.joined.get(clientId);
+    if (channels === undefined) this.joined.set(clientId, channel);
+    else if (typeof channels === 'string') {
+      if (channels !== channel) this.joined.set(clientId, new Set([channels, channel]));
+    } else channels.add(channel);
+  }
+
+  /** Forgets that session `clientId` is a member of `channel`; false when it was not. */
+  private unmarkJoined(clientId: string, channel: string): boolean {
+    const channels = this.joined.get(clientId);
+    if (channels === channel) return this.joined.delete(clientId);
+    if (typeof channels !== 'object' || !channels.delete(channel)) return false;
+    if (channels.size === 0) this.joined.delete(clientId);
+    return true;
   }
 
   /** Drops this node's held leave of a (channel, member), if any. */
