@@ -33,9 +33,12 @@ export function runWorkers(settings: Settings, log: (line: string) => void = con
   const workers = new Map<Worker, { node: string; startedAt: number }>();
   let stopping = false;
   let lastNode = 0;
+  /** Set once the first workers are forked: every later one replaces a worker that exited. */
+  let started = false;
 
   const fork = (): void => {
     const node = `w${++lastNode}-${process.pid}`;
+    const replacement = started;
     const worker = cluster.fork({ [WORKER_NODE_ENV]: node });
     workers.set(worker, { node, startedAt: Date.now() });
     if (broker) {
@@ -52,6 +55,9 @@ export function runWorkers(settings: Settings, log: (line: string) => void = con
       });
     }
     worker.on('online', () => log(`  worker ${node}: pid ${worker.process.pid}`));
+    // Until a replacement listens, connections go to the others only; with none left they are
+    // refused (node:cluster closes the shared socket), so an operator sees when it is back.
+    if (replacement) worker.once('listening', () => log(`worker ${node} (pid ${worker.process.pid}) is listening`));
     worker.on('exit', (code, signal) => {
       const entry = workers.get(worker);
       workers.delete(worker);
@@ -80,4 +86,5 @@ export function runWorkers(settings: Settings, log: (line: string) => void = con
   const count = settings.workers ?? 1;
   log(`Perihelion: ${count} workers on one port (primary pid ${process.pid}); ${broker ? 'their store is in this process (no Redis)' : 'each a node of the Redis cluster'}`);
   for (let i = 0; i < count; i++) fork();
+  started = true;
 }
