@@ -94,6 +94,12 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private readonly extensions: Extension[] = [];
   private readonly http: Http | undefined;
   private seq = 0;
+  /**
+   * Whether handshakes over a WebSocket carry the first connect (see firstConnect). Off for good
+   * once a bundled handshake failed or was not taken: a server that does not follow §4.1.1
+   * (CometD's fails a request that holds more than its handshake) is then asked the plain way.
+   */
+  private bundling = true;
   private attempts = 0;
   /** Since when the WebSocket of a live session cannot be opened again (see connectOnce). */
   private reopenFailingSince: number | undefined;
@@ -229,14 +235,16 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     };
     // Over a WebSocket the first connect goes in the handshake's frame (sent in the same turn),
     // asked for with ext.bundle: set up in one round trip instead of two.
-    if (type === 'websocket') message.ext = { ...message.ext, bundle: true };
+    const bundling = this.bundling && type === 'websocket';
+    if (bundling) message.ext = { ...message.ext, bundle: true };
     const handshaken = this.request(message, this.options.timeout);
-    const bundled = type === 'websocket' ? this.firstConnect(type) : undefined;
+    const bundled = bundling ? this.firstConnect(type) : undefined;
     let reply: Message;
     try {
       reply = await handshaken;
     } catch (error) {
       bundled?.cancel();
+      if (bundled) this.bundling = false;
       if (turn !== this.turn) return;
       this.closeLine();
       // A line that never worked is blocked here (a refused upgrade, a cross-origin POST without
@@ -253,7 +261,10 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     this.takeAdvice(reply);
     // A server that does not take bundles ignores the connect (Bayeux §4.1.1): it is sent again.
     const firstReply = bundled && reply.successful === true && reply.ext?.bundle === true ? bundled.reply : undefined;
-    if (!firstReply) bundled?.cancel();
+    if (bundled && !firstReply) {
+      bundled.cancel();
+      this.bundling = false;
+    }
     if (reply.successful !== true || typeof reply.clientId !== 'string') {
       const error = ClientError.fromReply(reply);
       if (reply.advice?.reconnect === 'none') return this.stop('handshake refused', new ClientError('handshake-denied', error.message, error.bayeux));

@@ -208,3 +208,31 @@ describe('set-up over a WebSocket', () => {
     }
   });
 });
+
+describe('set-up against a server that fails a bundled handshake', () => {
+  let test: TestServer;
+  before(async () => {
+    test = await startServer({ heartbeat: 1000 });
+    // As CometD's server does with a request holding more than its handshake: the handshake fails.
+    test.server.addExtension({ incoming: (message) => (message.channel === '/meta/handshake' && (message.ext as { bundle?: unknown } | undefined)?.bundle === true ? null : message) });
+  });
+  after(() => test.close());
+
+  it('asks again without the bundle, and keeps to the plain set-up from then on', async () => {
+    const net = new Net();
+    const c = client(test.url, { transports: ['websocket'] }, net);
+    try {
+      const received: unknown[] = [];
+      await c.subscribe('/setup/plain', (data) => received.push(data));
+      await test.server.publish('/setup/plain', 'first');
+      await waitFor(() => received.length === 1, 3000, 'the first message');
+      const handshakes = net.framesOut.map((frame) => JSON.parse(frame) as { channel: string; ext?: { bundle?: boolean } }[]).flat().filter((m) => m.channel === '/meta/handshake');
+      assert.deepEqual(
+        handshakes.map((m) => m.ext?.bundle === true),
+        [true, false],
+      );
+    } finally {
+      await c.disconnect();
+    }
+  });
+});

@@ -41,19 +41,19 @@ export async function dispatch(core: ServerCore, batch: readonly unknown[], cont
   // other message sent with it: not acted on, not answered (neither CometD nor Faye sends one).
   // A client that asks for it (asksForBundle) may follow its handshake with messages for the
   // session it is about to get, saving the round trips of a connection's set-up.
-  const bundle = handshakeAt === 0 && asksForBundle(batch[0]);
-  let bornHere: ServerSession | null = null;
+  const facts: BatchFacts = { batchSize: batch.length, bundle: handshakeAt === 0 && asksForBundle(batch[0]), bornHere: null };
   for (let i = 0; i < batch.length; i++) {
     let value = batch[i];
     core.delivery.counters.messagesIn++;
     if (handshakeAt !== -1 && i !== handshakeAt) {
       // Only messages that name no session speak for the new one; the rest are ignored as above.
+      const { bundle, bornHere } = facts;
       if (!bundle || bornHere === null || !isRecord(value) || value.clientId !== undefined || value.channel === META.handshake) continue;
       value = { ...value, clientId: bornHere.id };
     }
     try {
-      const made = await handle(core, value, context, { batchSize: batch.length, bundle, bornHere }, out);
-      if (made !== undefined) bornHere = core.delivery.sessions.get(made) ?? null;
+      const made = await handle(core, value, context, facts, out);
+      if (made !== undefined) facts.bornHere = core.delivery.sessions.get(made) ?? null;
     } catch (error) {
       core.reportError(error);
       out.push(JSON.stringify(refusal(value, bayeuxError('serverError'))));
