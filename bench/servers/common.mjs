@@ -88,6 +88,12 @@ export async function runServer({ name, start, publish, stop, usage }) {
   /**
    * Publishes rate messages/s for duration s on an absolute schedule (late ticks catch up), in
    * ticks of `batch` messages; message `seq` goes to `keys[seq % keys.length]` (round-robin).
+   *
+   * Every message a tick publishes carries the time the tick began: they were all due then.
+   * Stamping each as it is published would favour a server whose publish writes to every socket
+   * before it returns (Socket.IO's emit, the floor): its tenth message would be stamped after the
+   * first nine were written and its wait behind them never counted, while a server that queues
+   * and writes after the call (Perihelion, Faye, Nchan's HTTP publisher) has it counted.
    */
   const run = ({ runId, rate, duration, keys, batch = 1 }) => {
     const total = Math.round(rate * duration);
@@ -98,7 +104,7 @@ export async function runServer({ name, start, publish, stop, usage }) {
     const tick = () => {
       const now = nowMs();
       while (seq < total && startedAt + (seq / batch) * interval <= now) {
-        for (let i = 0; i < batch && seq < total; i++, seq++) publishOne(keys[seq % keys.length], { run: runId, seq, t: nowMs() });
+        for (let i = 0; i < batch && seq < total; i++, seq++) publishOne(keys[seq % keys.length], { run: runId, seq, t: now });
       }
       if (seq < total) {
         setTimeout(tick, Math.max(0, startedAt + (seq / batch) * interval - nowMs()));
