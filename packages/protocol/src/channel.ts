@@ -9,6 +9,8 @@
  */
 
 const SEGMENT = /^[A-Za-z0-9 !#$()+\-.@_{}~]+$/;
+/** A name made of such segments only, no wildcard: the usual case, told by one test. */
+const PLAIN_CHANNEL = /^(?:\/[A-Za-z0-9 !#$()+\-.@_{}~]+)+$/;
 
 export type ChannelKind = 'meta' | 'service' | 'broadcast';
 
@@ -17,6 +19,7 @@ export function channelProblem(name: unknown, { allowWildcard = true, maxLength 
   if (typeof name !== 'string') return 'channel must be a string';
   if (name.length === 0) return 'channel must not be empty';
   if (name.length > maxLength) return `channel is longer than ${maxLength} characters`;
+  if (PLAIN_CHANNEL.test(name)) return null;
   if (name[0] !== '/') return 'channel must start with "/"';
   const segments = name.slice(1).split('/');
   for (let i = 0; i < segments.length; i++) {

@@ -54,6 +54,25 @@ export interface Serialised {
  * message again, and the channel of the bytes can be told from their start (`isPositionedOn`).
  */
 export function serialiseExtLast(message: object): Serialised {
+  const fields = message as Record<string, unknown>;
+  if (typeof fields.channel !== 'string' || !isPlainObject(message)) return reorderAndSerialise(message);
+  // Written member by member, as JSON.stringify writes them, rather than through reordered copies
+  // of the message: every publish comes this way once.
+  let text = `{"channel":${JSON.stringify(fields.channel)}`;
+  for (const key of Object.keys(fields)) {
+    if (key === 'channel' || key === 'ext') continue;
+    const value = JSON.stringify(fields[key]);
+    if (value !== undefined) text += `,${key === 'data' ? '"data"' : JSON.stringify(key)}:${value}`;
+  }
+  const { ext } = fields;
+  if (ext === undefined) return { text: `${text}}`, ext: 'none' };
+  const extText = JSON.stringify(ext);
+  if (extText === undefined) return { text: `${text}}`, ext: 'other' };
+  return { text: `${text},"ext":${extText}}`, ext: isPlainObject(ext) ? 'object' : 'other' };
+}
+
+/** `serialiseExtLast` for what is not a plain message object: JSON.stringify of a reordered copy. */
+function reorderAndSerialise(message: object): Serialised {
   const { channel, ext, ...rest } = message as { channel?: unknown; ext?: unknown };
   const ordered = { channel, ...rest };
   if (ext === undefined) return { text: JSON.stringify(ordered), ext: 'none' };
@@ -77,7 +96,7 @@ export function isPositionedOn(channel: string, payload: string): boolean {
  * The key must not already be in `ext`.
  */
 export function addToExt(serialised: Serialised, message: object, key: string, value: unknown): string {
-  const member = `${JSON.stringify(key)}:${JSON.stringify(value)}`;
+  const member = `${JSON.stringify(key)}:${isPosition(value) ? `{"epoch":${JSON.stringify(value.epoch)},"offset":${value.offset}}` : JSON.stringify(value)}`;
   const { text } = serialised;
   switch (serialised.ext) {
     case 'none':
@@ -88,6 +107,13 @@ export function addToExt(serialised: Serialised, message: object, key: string, v
     default:
       return serialiseExtLast({ ...message, ext: { [key]: value } }).text;
   }
+}
+
+/** A position as the engines make it (written without JSON.stringify's walk over the object). */
+function isPosition(value: unknown): value is Position {
+  if (typeof value !== 'object' || value === null || Object.getPrototypeOf(value) !== Object.prototype) return false;
+  const { epoch, offset } = value as { epoch?: unknown; offset?: unknown };
+  return typeof epoch === 'string' && Number.isSafeInteger(offset) && Object.keys(value).length === 2;
 }
 
 /** An object whose JSON form is `{…}` with its own enumerable members (no toJSON, no class). */

@@ -31,6 +31,11 @@ describe('adding to ext without serialising again', () => {
     { channel: '/a', data: 0, ext: { gone: undefined } },
     { channel: '/a', data: 0, ext: 'not an object' },
     { channel: '/a', data: 0, ext: new Date(0) },
+    { channel: '/a', data: undefined, id: '7' },
+    { id: '8', channel: '/a', data: () => 1, clientId: 'c"1', 'odd "key"': true },
+    { channel: '/a', data: 1, ext: () => 1 },
+    { channel: '/a', data: { toJSON: () => 'as text' } },
+    Object.assign(new (class Message {})(), { data: [1], channel: '/a' }),
   ];
   for (const message of cases) {
     it(`gives the same result as serialising the whole message: ${JSON.stringify(message)}`, () => {
@@ -46,6 +51,17 @@ describe('adding to ext without serialising again', () => {
       assert.equal(isPositionedOn('/a', text), true);
     });
   }
+});
+
+describe('adding values other than positions', () => {
+  it('writes them as JSON.stringify would', () => {
+    const message = { channel: '/a', data: 1 };
+    const add = (value: unknown): unknown => (JSON.parse(addToExt(serialiseExtLast(message), message, 'k', value)) as { ext: { k: unknown } }).ext.k;
+    assert.equal(add('marker'), 'marker');
+    assert.deepEqual(add({ epoch: 'e', offset: 1, more: true }), { epoch: 'e', offset: 1, more: true });
+    assert.deepEqual(add({ offset: 2, epoch: 'e"q' }), { epoch: 'e"q', offset: 2 });
+    assert.deepEqual(add({ epoch: 'e', offset: 1.5 }), { epoch: 'e', offset: 1.5 });
+  });
 });
 
 describe('telling a positioned message of a channel from its bytes', () => {

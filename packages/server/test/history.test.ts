@@ -86,6 +86,21 @@ describe('channel history', () => {
     assert.equal(history.position('/b')!.offset, 1);
   });
 
+  it('forgets the least recently published channel whatever the order of publishes before', () => {
+    const { history, clock } = store({ size: 10, ttl: 60_000 }, 3);
+    const alive = (): string[] => ['/a', '/b', '/c', '/d', '/e', '/f'].filter((channel) => history.read(channel)!.position !== null);
+    for (const channel of ['/a', '/b', '/c', '/a']) publish(history, channel, 'x', clock.now);
+    publish(history, '/d', 'x', clock.now); // order of last publishes: b, c, a, d
+    assert.deepEqual(alive(), ['/a', '/c', '/d']);
+    publish(history, '/c', 'x', clock.now); // a, d, c
+    publish(history, '/e', 'x', clock.now); // d, c, e
+    assert.deepEqual(alive(), ['/c', '/d', '/e']);
+    publish(history, '/d', 'x', clock.now);
+    publish(history, '/c', 'x', clock.now); // e, d, c
+    publish(history, '/f', 'x', clock.now); // d, c, f
+    assert.deepEqual(alive(), ['/c', '/d', '/f']);
+  });
+
   it('keeps all history within maxChars, dropping the oldest messages of the least recently published channels first', () => {
     const { history, clock } = store({ size: 100, ttl: 60_000 }, 100, 100);
     for (let i = 0; i < 4; i++) publish(history, '/quiet', 'q'.repeat(10), clock.now);

@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { TimerWheel } from '../src/core/timer-wheel.js';
 import { OutboundQueue } from '../src/core/outbound-queue.js';
 import { SubscriptionIndex } from '../src/engine/subscription-index.js';
+import { ListenerRegistry } from '../src/core/listeners.js';
 import { ExtensionPipeline } from '../src/extensions/pipeline.js';
 import { resolveOptions, DEFAULTS } from '../src/options.js';
 import { ERROR_CODES, PerihelionError } from '../src/errors.js';
@@ -109,6 +110,45 @@ describe('subscription index', () => {
     assert.deepEqual([...index.match('/a')], ['s2']);
     assert.equal(index.count('/b/**'), 0);
     assert.deepEqual([...index.patterns()], [['/a', 1]]);
+  });
+
+  it('finds wildcard subscriptions made after exact ones, and exact ones once the wildcards are gone', () => {
+    const index = new SubscriptionIndex();
+    index.add('s1', '/a/b');
+    assert.deepEqual([...index.match('/a/b')], ['s1']);
+    index.add('s2', '/a/*');
+    index.add('s3', '/**');
+    assert.deepEqual([...index.match('/a/b')].sort(), ['s1', 's2', 's3']);
+    assert.deepEqual([...index.match('/x')], ['s3']);
+    index.remove('s2', '/a/*');
+    assert.deepEqual([...index.match('/a/b')].sort(), ['s1', 's3']);
+    index.removeSession('s3');
+    assert.deepEqual([...index.match('/a/b')], ['s1']);
+    assert.deepEqual([...index.match('/x')], []);
+    index.add('s4', '/a/**');
+    index.add('s4', '/a/**');
+    index.remove('s4', '/a/**');
+    index.remove('s4', '/a/**');
+    index.add('s5', '/a/*');
+    assert.deepEqual([...index.match('/a/c')], ['s5'], 'a wildcard counted once however often it was added and removed');
+  });
+});
+
+describe('in-process listeners', () => {
+  it('are asked about broadcasts only while one listens outside /service', async () => {
+    const registry = new ListenerRegistry(() => {});
+    const heard: string[] = [];
+    registry.add('/service/presence', () => 'answer');
+    assert.equal(registry.hearsBroadcasts, false, 'a service listener hears no broadcast');
+    const stop = registry.add('/chat/**', (message) => void heard.push(message.channel));
+    const again = registry.add('/chat/**', () => {});
+    assert.equal(registry.hearsBroadcasts, true);
+    await registry.notify({ channel: '/chat/a', data: 1 }, null);
+    assert.deepEqual(heard, ['/chat/a']);
+    stop();
+    assert.equal(registry.hearsBroadcasts, true, 'another listener is still on the pattern');
+    again();
+    assert.equal(registry.hearsBroadcasts, false);
   });
 });
 

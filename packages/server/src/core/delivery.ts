@@ -126,7 +126,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
       const session = this.sessions.get(id);
       if (session) this.enqueue(session, payload, now);
     }
-    if (!isService(publication.channel)) void this.listeners.notify(publication.message, null);
+    if (this.listeners.hearsBroadcasts && !isService(publication.channel)) void this.listeners.notify(publication.message, null);
   }
 
   onDirect(publication: Publication, clientId: string): void {

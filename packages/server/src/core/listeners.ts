@@ -1,4 +1,4 @@
-import { matchingPatterns, type Message } from '@perihelion/protocol';
+import { isService, matchingPatterns, type Message } from '@perihelion/protocol';
 import type { Session } from './session.js';
 
 /**
@@ -11,18 +11,34 @@ export type Listener = (message: Message, session: Session | null) => unknown;
 /** Listeners by channel or pattern, matched like subscriptions: depth+1 look-ups per message. */
 export class ListenerRegistry {
   private readonly byPattern = new Map<string, Set<Listener>>();
+  /** Keys of byPattern outside /service, which broadcast channels may match. */
+  private broadcastPatterns = 0;
 
   /** `report` receives what a listener throws (the server's 'error' event). */
   constructor(private readonly report: (error: unknown) => void) {}
 
   add(pattern: string, listener: Listener): () => void {
     let set = this.byPattern.get(pattern);
-    if (!set) this.byPattern.set(pattern, (set = new Set()));
+    if (!set) {
+      this.byPattern.set(pattern, (set = new Set()));
+      if (!isService(pattern)) this.broadcastPatterns++;
+    }
     set.add(listener);
     return () => {
       set.delete(listener);
-      if (set.size === 0 && this.byPattern.get(pattern) === set) this.byPattern.delete(pattern);
+      if (set.size === 0 && this.byPattern.get(pattern) === set) {
+        this.byPattern.delete(pattern);
+        if (!isService(pattern)) this.broadcastPatterns--;
+      }
     };
+  }
+
+  /**
+   * Whether a listener may want broadcasts at all: the server's own services listen on /service
+   * only, and a publish then need not look for listeners.
+   */
+  get hearsBroadcasts(): boolean {
+    return this.broadcastPatterns > 0;
   }
 
   match(channel: string): Listener[] {

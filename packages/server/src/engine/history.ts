@@ -7,7 +7,9 @@
  * channel is touched and by a periodic sweep), the number of channels remembered (`maxChannels`,
  * least recently used forgotten first), and the size of all kept messages together (`maxChars`,
  * the `maxHistoryBytes` option; the oldest messages of the least recently published channels are
- * dropped first). A forgotten channel starts again under a new epoch, so a client holding an old
+ * dropped first). "Least recently published" is kept the way of the clock algorithm: a publish
+ * only marks its channel, and a marked channel met at the old end of the order is moved to the
+ * new end (its mark cleared) instead of losing anything, so a publish costs no reordering. A forgotten channel starts again under a new epoch, so a client holding an old
  * position is told its recovery failed rather than being handed a stream with a silent hole in it.
  */
 import type { Position } from '@perihelion/protocol';
@@ -49,18 +51,17 @@ export interface HistoryQuery {
   limit?: number;
 }
 
-interface Entry {
-  at: number;
-  payload: string;
-}
-
 /** One channel's log. Offsets are contiguous: entry `i` (from `head`) has offset `first + i`. */
 export class ChannelLog {
   /** Offset of the latest message in this epoch; 0 before the first. */
   offset = 0;
   /** Length of the kept payloads together. */
   chars = 0;
-  private entries: Entry[] = [];
+  /** Published to since the store last passed it on its way to the least recently published. */
+  recent = false;
+  /** The kept messages and when each came (parallel arrays: no object per message). */
+  private payloads: string[] = [];
+  private ats: number[] = [];
   private head = 0;
 
   constructor(
@@ -72,7 +73,7 @@ export class ChannelLog {
 
   /** Number of messages kept now. */
   get length(): number {
-    return this.entries.length - this.head;
+    return this.payloads.length - this.head;
   }
 
   /** Offset of the oldest message kept (offset + 1 when none is kept). */
@@ -92,7 +93,8 @@ export class ChannelLog {
   /** Records the message that got `next()`'s position. */
   append(payload: string, now: number): void {
     this.offset++;
-    this.entries.push({ at: now, payload });
+    this.payloads.push(payload);
+    this.ats.push(now);
     this.chars += payload.length;
     this.totals.chars += payload.length;
     if (this.length > this.retention.size) this.dropOldest(this.length - this.retention.size);
@@ -103,7 +105,7 @@ export class ChannelLog {
   prune(now: number): void {
     const cutoff = now - this.retention.ttl;
     let stale = 0;
-    while (this.head + stale < this.entries.length && this.entries[this.head + stale]!.at <= cutoff) stale++;
+    while (this.head + stale < this.ats.length && this.ats[this.head + stale]! <= cutoff) stale++;
     if (stale > 0) this.dropOldest(stale);
   }
 
@@ -111,37 +113,32 @@ export class ChannelLog {
   after(offset: number, limit: number): string[] | null {
     if (offset > this.offset || offset < this.first - 1) return null;
     const from = this.head + (offset + 1 - this.first);
-    return this.slice(from, Math.min(this.entries.length, from + limit));
+    return this.payloads.slice(from, Math.min(this.payloads.length, from + limit));
   }
 
   /** The latest `limit` messages. */
   latest(limit: number): string[] {
-    return this.slice(Math.max(this.head, this.entries.length - limit), this.entries.length);
-  }
-
-  private slice(from: number, to: number): string[] {
-    const out: string[] = [];
-    for (let i = from; i < to; i++) out.push(this.entries[i]!.payload);
-    return out;
+    return this.payloads.slice(Math.max(this.head, this.payloads.length - limit));
   }
 
   /** Drops the `count` oldest messages (their positions can no longer be recovered). */
   dropOldest(count: number): void {
     let chars = 0;
-    for (let i = this.head; i < this.head + count; i++) chars += this.entries[i]!.payload.length;
+    for (let i = this.head; i < this.head + count; i++) chars += this.payloads[i]!.length;
     this.chars -= chars;
     this.totals.chars -= chars;
     this.head += count;
     // Compact once the dead prefix dominates, so memory stays proportional to what is kept.
-    if (this.head > 64 && this.head * 2 > this.entries.length) {
-      this.entries = this.entries.slice(this.head);
+    if (this.head > 64 && this.head * 2 > this.payloads.length) {
+      this.payloads = this.payloads.slice(this.head);
+      this.ats = this.ats.slice(this.head);
       this.head = 0;
     }
   }
 }
 
 export class HistoryStore {
-  /** Least recently published first (a Map keeps insertion order; a publish re-inserts). */
+  /** Least recently published first, but for the logs marked `recent` (a Map keeps insertion order). */
   private readonly logs = new Map<string, ChannelLog>();
   private readonly noHistory = new Map<string, true>();
   /** Characters of every kept message together. */
@@ -156,10 +153,7 @@ export class HistoryStore {
   log(channel: string, touch = false): ChannelLog | null {
     let log = this.logs.get(channel);
     if (log) {
-      if (touch) {
-        this.logs.delete(channel);
-        this.logs.set(channel, log);
-      }
+      if (touch) log.recent = true;
       return log;
     }
     if (this.noHistory.has(channel)) return null;
@@ -171,7 +165,7 @@ export class HistoryStore {
       return null;
     }
     if (this.logs.size >= this.settings.maxChannels) {
-      const [oldest, forgotten] = this.logs.entries().next().value!;
+      const [oldest, forgotten] = this.leastRecent();
       this.logs.delete(oldest);
       this.totals.chars -= forgotten.chars;
     }
@@ -180,20 +174,39 @@ export class HistoryStore {
     return log;
   }
 
+  /**
+   * The least recently published log (the map's first, once every marked log before it has been
+   * moved to the end with its mark cleared: a second chance, as in the clock algorithm).
+   */
+  private leastRecent(): [string, ChannelLog] {
+    for (;;) {
+      const first = this.logs.entries().next().value!;
+      if (!first[1].recent) return first;
+      this.moveToEnd(first[0], first[1]);
+    }
+  }
+
+  private moveToEnd(channel: string, log: ChannelLog): void {
+    log.recent = false;
+    this.logs.delete(channel);
+    this.logs.set(channel, log);
+  }
+
   /** Records the message that got `log.next()`'s position, then keeps all history within `maxChars`. */
   append(log: ChannelLog, payload: string): void {
     log.append(payload, this.now());
     if (this.totals.chars <= this.settings.maxChars) return;
-    // Oldest messages of the least recently published channels first; the channel just
-    // published to is last in the map. A log emptied here moves to the end, so that later
-    // trims do not walk past it again.
+    // Oldest messages of the least recently published channels first. A marked log is passed
+    // over once (moved to the end, unmarked), as is a log emptied here, so that later trims do
+    // not walk past it again; a Map's iteration reaches what was moved to its end.
     for (const [channel, candidate] of this.logs) {
+      if (candidate.recent) {
+        this.moveToEnd(channel, candidate);
+        continue;
+      }
       while (candidate.length > 0 && this.totals.chars > this.settings.maxChars) candidate.dropOldest(1);
       if (this.totals.chars <= this.settings.maxChars) return;
-      if (candidate !== log) {
-        this.logs.delete(channel);
-        this.logs.set(channel, candidate);
-      }
+      this.moveToEnd(channel, candidate);
     }
   }
 

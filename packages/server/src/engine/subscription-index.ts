@@ -1,18 +1,27 @@
-import { matchingPatterns } from '@perihelion/protocol';
+import { isWildcard, matchingPatterns } from '@perihelion/protocol';
+
+/** What `match` returns when nobody is subscribed: shared, since callers only read it. */
+const NOBODY: ReadonlySet<string> = new Set();
 
 /**
  * Subscriptions by channel or pattern. A publish to `/a/b` is matched by looking up the
  * depth+1 keys that could match it (`/a/b`, `/a/*`, `/a/**`, `/**`), so matching costs the same
  * with ten subscriptions or a million. A session subscribed through several of those keys
- * is returned once (Bayeux: one copy per client).
+ * is returned once (Bayeux: one copy per client). While no pattern has a wildcard, the channel
+ * itself is the only key to look up.
  */
 export class SubscriptionIndex {
   private readonly byPattern = new Map<string, Set<string>>();
   private readonly bySession = new Map<string, Set<string>>();
+  /** Keys of byPattern that are wildcard patterns. */
+  private wildcards = 0;
 
   add(clientId: string, pattern: string): boolean {
     let sessions = this.byPattern.get(pattern);
-    if (!sessions) this.byPattern.set(pattern, (sessions = new Set()));
+    if (!sessions) {
+      this.byPattern.set(pattern, (sessions = new Set()));
+      if (isWildcard(pattern)) this.wildcards++;
+    }
     if (sessions.has(clientId)) return false;
     sessions.add(clientId);
     let patterns = this.bySession.get(clientId);
@@ -24,7 +33,10 @@ export class SubscriptionIndex {
   remove(clientId: string, pattern: string): boolean {
     const sessions = this.byPattern.get(pattern);
     if (!sessions?.delete(clientId)) return false;
-    if (sessions.size === 0) this.byPattern.delete(pattern);
+    if (sessions.size === 0) {
+      this.byPattern.delete(pattern);
+      if (isWildcard(pattern)) this.wildcards--;
+    }
     const patterns = this.bySession.get(clientId);
     patterns?.delete(pattern);
     if (patterns?.size === 0) this.bySession.delete(clientId);
@@ -40,7 +52,8 @@ export class SubscriptionIndex {
   }
 
   /** The sessions a publish to `channel` reaches, each once. */
-  match(channel: string): Set<string> {
+  match(channel: string): ReadonlySet<string> {
+    if (this.wildcards === 0) return this.byPattern.get(channel) ?? NOBODY;
     const keys = matchingPatterns(channel);
     let only: Set<string> | undefined;
     let merged: Set<string> | undefined;
@@ -54,7 +67,7 @@ export class SubscriptionIndex {
       }
     }
     // The common case (one matching key) returns the live set without copying; callers only read it.
-    return merged ?? only ?? new Set();
+    return merged ?? only ?? NOBODY;
   }
 
   subscribersOf(pattern: string): string[] {
