@@ -158,6 +158,8 @@ export async function benchLoad(bench, name, scenario, round) {
         max: latencies.length ? latencies[latencies.length - 1] : NaN,
         serverCpuPct: (100 * serverCpuUs) / ((after.at - before.at) * 1000),
         serverUsPerMsg: received > 0 ? serverCpuUs / received : NaN,
+        // The kernel's share (system time: mostly the socket writes) apart from the process's own (user).
+        serverSysUsPerMsg: received > 0 ? (after.cpu.system - before.cpu.system) / received : NaN,
         serverRss: after.rss,
         serverRssPeak: after.rssPeak,
         genCpuPct: (100 * genCpuMs) / genWall,
@@ -171,7 +173,7 @@ export async function benchLoad(bench, name, scenario, round) {
       log(
         `${name}:   delivered ${received.toLocaleString('en')}/${expected.toLocaleString('en')} (${fmt(row.lossPct, 2)} % lost), ` +
           `${fmt(row.deliveredPerSec, 0)}/s, p50 ${fmt(row.p50, 1)} ms, p99 ${fmt(row.p99, 1)} ms, max ${fmt(row.max, 1)} ms, ` +
-          `server CPU ${fmt(row.serverCpuPct, 0)} % (${fmt(row.serverUsPerMsg, 2)} µs/msg), generator CPU ${fmt(row.genCpuPct, 0)} %, ` +
+          `server CPU ${fmt(row.serverCpuPct, 0)} % (${fmt(row.serverUsPerMsg, 2)} µs/msg, of which system ${fmt(row.serverSysUsPerMsg, 2)}), generator CPU ${fmt(row.genCpuPct, 0)} %, ` +
           `other load CPU 0 ${fmt(row.othersCpu0Pct, 0)} % / CPU 1 ${fmt(row.othersCpu1Pct, 0)} %, server waited ${fmt(row.serverWaitMs, 0)} ms for a CPU`,
       );
       if (row.publishErrors) log(`${name}:   ${row.publishErrors} publishes failed: ${row.publishError}`);

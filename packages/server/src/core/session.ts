@@ -46,6 +46,16 @@ export interface Release {
   events: string[];
 }
 
+/**
+ * A held /meta/connect (made by core/meta/connect.ts): answered once, when released. A record
+ * rather than a promise and its closures: every idle session holds one, for as long as it lives.
+ */
+export interface HeldConnect {
+  /** The push line it will be answered on; none for long-polling, whose HTTP response answers it. */
+  readonly connection: PushConnection | undefined;
+  answer(release: Release): void;
+}
+
 /** What a session needs from the server that owns it (local delivery, delivery.ts). */
 export interface SessionHost {
   readonly wheel: TimerWheel;
@@ -93,8 +103,11 @@ export class ServerSession implements Session {
   /** Ids of the latest publishes, to publish a resent message once (created on first use). */
   recentPublishes: RecentIds | null = null;
 
-  /** The held /meta/connect, and the push line it will be answered on (none for long-polling). */
-  private held: { resolve: (release: Release) => void; timer: TimerHandle; connection: PushConnection | undefined } | null = null;
+  /** The held /meta/connect, and its deadline. */
+  private held: HeldConnect | null = null;
+  private heldTimer: TimerHandle | null = null;
+  /** What the deadline of a held connect calls: made once, a session holds connects all its life. */
+  private holdTimedOut: (() => void) | null = null;
   private expiry: TimerHandle | null = null;
 
   constructor(
@@ -186,13 +199,12 @@ export class ServerSession implements Session {
    * listening on (the older may belong to a request a proxy already dropped), so at most one is
    * ever held.
    */
-  hold(timeoutMs: number, connection?: PushConnection): Promise<Release> {
+  hold(timeoutMs: number, connect: HeldConnect): void {
     this.release('superseded');
     this.cancelExpiry();
-    return new Promise((resolve) => {
-      const timer = this.host.wheel.schedule(timeoutMs, () => this.release('timeout'));
-      this.held = { resolve, timer, connection };
-    });
+    this.holdTimedOut ??= () => this.release('timeout');
+    this.heldTimer = this.host.wheel.schedule(timeoutMs, this.holdTimedOut);
+    this.held = connect;
   }
 
   /** Answers a connect held on a line that cannot push (long-polling), if there is one. */
@@ -209,12 +221,13 @@ export class ServerSession implements Session {
     const held = this.held;
     if (!held) return;
     this.held = null;
-    this.host.wheel.cancel(held.timer);
+    this.host.wheel.cancel(this.heldTimer);
+    this.heldTimer = null;
     // A superseded connect leaves the queue to its successor; every other release carries it,
     // unless the connect was held on a push line (which carries messages by itself).
     const carries = reason !== 'superseded' && (this.deliversInConnectReplies || (!held.connection && !this.connection?.open));
     const events = carries ? this.takeQueued() : [];
-    held.resolve({ reason, events });
+    held.answer({ reason, events });
   }
 
   /** Removes what is queued for writing now, reporting how long the oldest message waited. */

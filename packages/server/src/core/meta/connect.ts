@@ -15,10 +15,10 @@
  */
 import { bayeuxError, isStreamedConnectionType, type Advice, type ConnectionType, type Message } from '@perihelion/protocol';
 import type { ExtensionContext } from '../../extensions/pipeline.js';
-import type { ProcessContext } from '../contract.js';
+import type { ProcessContext, PushConnection } from '../contract.js';
 import { advice as heldAdvice, emitReply, reply as replyTo, unknownClient } from '../replies.js';
 import type { ServerCore } from '../server.js';
-import type { Release, ServerSession } from '../session.js';
+import type { HeldConnect, Release, ServerSession } from '../session.js';
 
 /**
  * While the server drains (SIGTERM, `close()`), every /meta/connect, the held ones at once and any
@@ -106,27 +106,47 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
     const events = pushing ? [] : session.takeQueued();
     return finishConnect(core, message, session, { reason: 'message', events }, advice, extensionContext, out);
   }
-  const held = session.hold(timeout, context.connection);
-  if (context.onClientGone) {
+  if (context.connection) {
+    session.hold(timeout, new PushedConnect(core, message, session, advice, extensionContext, context.connection));
+    return;
+  }
+  // Long-polling: the HTTP response is the answer, once the connect is released.
+  const release = await new Promise<Release>((resolve) => {
+    let answered = false;
+    session.hold(timeout, {
+      connection: undefined,
+      answer: (release) => {
+        answered = true;
+        resolve(release);
+      },
+    });
     // The client gave up on this request (closed the socket): answer nothing to it, and leave
     // the queue for the next connect. Only while this connect is the one held: once answered,
     // a later close must not release a newer connect.
-    let answered = false;
-    void held.then(() => (answered = true));
-    context.onClientGone(() => {
+    context.onClientGone?.(() => {
       if (!answered) session.release('superseded');
     });
-  }
-  const connection = context.connection;
-  if (connection) {
-    void held.then(async (release) => {
-      const later: string[] = [];
-      await finishConnect(core, message, session, release, advice, extensionContext, later);
-      if (later.length > 0) connection.send(later);
+  });
+  return finishConnect(core, message, session, release, advice, extensionContext, out);
+}
+
+/** A connect held on a push line (WebSocket): its reply, and what it carries, go out through the line. */
+class PushedConnect implements HeldConnect {
+  constructor(
+    private readonly core: ConnectCore,
+    private readonly message: Message,
+    private readonly session: ServerSession,
+    private readonly advice: Advice,
+    private readonly context: ExtensionContext,
+    readonly connection: PushConnection,
+  ) {}
+
+  answer(release: Release): void {
+    const later: string[] = [];
+    void finishConnect(this.core, this.message, this.session, release, this.advice, this.context, later).then(() => {
+      if (later.length > 0) this.connection.send(later);
     });
-    return;
   }
-  return finishConnect(core, message, session, await held, advice, extensionContext, out);
 }
 
 /** The reply to a connect once it is released, and the messages it carries after it. */
