@@ -451,12 +451,12 @@ export async function socketIoOfficialSubscriber({ url, rooms, event, recorder, 
  * itself (Content-Length or chunked): several times cheaper than node:http's client, so that a
  * thousand long-polling clients do not saturate the load generator before the server.
  */
-class HttpLine {
+export class HttpLine {
   constructor(host, port) {
     this.host = host;
     this.port = port;
     this.socket = null;
-    this.pending = null; // {resolve, reject, timer}
+    this.pending = null; // {resolve, reject, timer, bytes, resendable}
     this.buffer = Buffer.alloc(0);
   }
 
@@ -464,13 +464,15 @@ class HttpLine {
     if (this.pending) return Promise.reject(new Error('one request at a time per line'));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => this.fail(new Error(`no response within ${timeoutMs} ms`)), timeoutMs);
-      this.pending = { resolve, reject, timer };
-      if (!this.socket || this.socket.destroyed) this.open();
       const payload = body === undefined ? null : Buffer.from(body);
       let head = `${method} ${path} HTTP/1.1\r\nHost: ${this.host}:${this.port}\r\nConnection: keep-alive\r\n`;
       for (const [name, value] of Object.entries(headers)) head += `${name}: ${value}\r\n`;
       if (payload) head += `Content-Length: ${payload.length}\r\n`;
-      this.socket.write(payload ? Buffer.concat([Buffer.from(`${head}\r\n`, 'latin1'), payload]) : `${head}\r\n`);
+      const bytes = payload ? Buffer.concat([Buffer.from(`${head}\r\n`, 'latin1'), payload]) : Buffer.from(`${head}\r\n`, 'latin1');
+      const reused = this.socket !== null && !this.socket.destroyed;
+      this.pending = { resolve, reject, timer, bytes, resendable: reused };
+      if (!reused) this.open();
+      this.socket.write(bytes);
     });
   }
 
@@ -485,7 +487,18 @@ class HttpLine {
     });
     socket.on('error', (error) => this.fail(error));
     socket.on('close', () => {
-      if (this.socket === socket) this.socket = null;
+      if (this.socket !== socket) return;
+      this.socket = null;
+      const pending = this.pending;
+      if (pending?.resendable && this.buffer.length === 0) {
+        // The keep-alive race of HTTP/1.1: the server closed the idle connection (its
+        // keepAliveTimeout) as this request left on it, and no byte of an answer came. Sent once
+        // more on a new connection, as browsers do with a request on a reused connection.
+        pending.resendable = false;
+        this.open();
+        this.socket.write(pending.bytes);
+        return;
+      }
       this.fail(new Error('connection closed by the server'));
     });
   }
