@@ -521,6 +521,39 @@ describe('authentication with a custom authenticator', () => {
     assert.equal(ts.server.sessionCount, sessions);
     assertOk((await handshakeLp(ts.url, { headers: { Cookie: 'app_session=good' } })).reply, 'the next handshake');
   });
+
+  it("over a WebSocket, reads the upgrade request's headers at every handshake on it, without the upgrade's own", async () => {
+    const seen: IncomingHttpHeaders[] = [];
+    const stop = ts.server.addExtension({
+      incoming: (message, context) => {
+        if (message.channel === '/meta/handshake' && context.transport) seen.push(context.transport.request.headers);
+        return message;
+      },
+    });
+    const ws = new WebSocket(ts.url.replace(/^http/, 'ws'), { headers: { Cookie: 'app_session=good', 'X-App': 'demo' } });
+    try {
+      await once(ws, 'open');
+      const replies: Array<Record<string, unknown>> = [];
+      ws.on('message', (data) => replies.push(...(JSON.parse(String(data)) as Array<Record<string, unknown>>)));
+      for (const id of ['1', '2']) {
+        ws.send(JSON.stringify([{ ...HANDSHAKE, id }]));
+        await waitFor(() => replies.some((reply) => reply.id === id));
+        const reply = replies.find((each) => each.id === id)!;
+        assert.equal(reply.successful, true, `handshake ${id}`);
+        assert.equal(reply.authSuccessful, true);
+      }
+      assert.equal(seen.length, 2);
+      for (const headers of seen) {
+        assert.equal(headers['x-app'], 'demo');
+        assert.equal(headers.cookie, 'app_session=good');
+        assert.ok(headers.host);
+        for (const name of ['sec-websocket-key', 'sec-websocket-version', 'upgrade', 'connection']) assert.equal(headers[name], undefined, name);
+      }
+    } finally {
+      stop();
+      ws.close();
+    }
+  });
 });
 
 describe('authentication with public keys', () => {

@@ -12,6 +12,15 @@ import type { ResolvedOptions } from '../options.js';
 export type Transport = ConnectionType | 'in-process';
 
 /** Facts about the HTTP request (or WebSocket upgrade) a batch came in on. */
+/**
+ * What a push line tells the sessions bound to it: methods of the session itself, so that binding
+ * costs no closure per session and line (every idle WebSocket has a session bound to it).
+ */
+export interface LineWatcher {
+  lineClosed(line: PushConnection): void;
+  lineDrained(line: PushConnection): void;
+}
+
 export interface RequestFacts {
   headers: IncomingHttpHeaders;
   remoteAddress: string | undefined;
@@ -39,10 +48,13 @@ export interface PushConnection {
    * server memory without bound.
    */
   readonly congested: boolean;
-  /** Calls `callback` once when the line closes (sessions bound to it unbind then). */
+  /** Calls `callback` once when the line closes. */
   onClose(callback: () => void): void;
-  /** Calls `callback` each time a congested line has drained. */
-  onDrain(callback: () => void): void;
+  /**
+   * Tells `watcher` (a session bound to the line) when the line closes and each time a congested
+   * line has drained; a watcher given twice is told once.
+   */
+  watch(watcher: LineWatcher): void;
   /** The session this line serves has ended: a line dedicated to it closes. */
   sessionEnded(): void;
 }

@@ -4,12 +4,13 @@
  * (core/forwarding.ts). It is never congested here (whoever holds the real line bounds its own
  * buffer) and it closes once, telling whoever asked.
  */
-import type { PushConnection, Transport } from './contract.js';
+import type { LineWatcher, PushConnection, Transport } from './contract.js';
 
 export abstract class RelayLine implements PushConnection {
   readonly congested = false;
   private isOpen = true;
   private readonly closeCallbacks: Array<() => void> = [];
+  private readonly watchers: LineWatcher[] = [];
 
   constructor(readonly transport: Transport) {}
 
@@ -35,7 +36,16 @@ export abstract class RelayLine implements PushConnection {
     else callback();
   }
 
-  onDrain(): void {}
+  watch(watcher: LineWatcher): void {
+    // Never congested here, so never drained: only the close is told.
+    if (this.watchers.includes(watcher)) return;
+    this.watchers.push(watcher);
+    if (this.watchers.length === 1) {
+      this.onClose(() => {
+        for (const each of this.watchers.splice(0)) each.lineClosed(this);
+      });
+    }
+  }
 
   close(): void {
     if (!this.isOpen) return;

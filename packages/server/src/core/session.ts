@@ -179,11 +179,18 @@ export class ServerSession implements Session {
   bind(connection: PushConnection): void {
     if (this.connection === connection) return;
     this.connection = connection;
-    connection.onClose(() => this.unbind(connection));
-    connection.onDrain(() => {
-      if (this.connection === connection && this.queue.length > 0) this.host.scheduleFlush(this);
-    });
+    connection.watch(this);
     if (this.queue.length > 0) this.host.scheduleFlush(this);
+  }
+
+  /** A line this session was bound to closed (LineWatcher). */
+  lineClosed(line: PushConnection): void {
+    this.unbind(line);
+  }
+
+  /** A congested line this session was bound to drained (LineWatcher): what waited goes out. */
+  lineDrained(line: PushConnection): void {
+    if (this.connection === line && this.queue.length > 0) this.host.scheduleFlush(this);
   }
 
   unbind(connection: PushConnection): void {

@@ -9,8 +9,10 @@
  * the `maxHistoryBytes` option; the oldest messages of the least recently published channels are
  * dropped first). "Least recently published" is kept the way of the clock algorithm: a publish
  * only marks its channel, and a marked channel met at the old end of the order is moved to the
- * new end (its mark cleared) instead of losing anything, so a publish costs no reordering. A forgotten channel starts again under a new epoch, so a client holding an old
- * position is told its recovery failed rather than being handed a stream with a silent hole in it.
+ * new end (its mark cleared) instead of losing anything, so a publish costs no reordering.
+ *
+ * A forgotten channel starts again under a new epoch, so a client holding an old position is told
+ * its recovery failed rather than being handed a stream with a silent hole in it.
  */
 import type { Position } from '@perihelion/protocol';
 import { newEpoch } from './position.js';

@@ -14,7 +14,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { encodeBatch, type StreamedConnectionType } from '@perihelion/protocol';
-import type { PushConnection, TransportHost } from '../core/contract.js';
+import type { LineWatcher, PushConnection, TransportHost } from '../core/contract.js';
 import type { ServerSession, Session } from '../core/session.js';
 
 export interface Framer {
@@ -43,6 +43,7 @@ class StreamConnection implements PushConnection {
   active = true;
   private idleTicks = 0;
   private sequence = 0;
+  private readonly watchers: LineWatcher[] = [];
 
   constructor(
     private readonly res: ServerResponse,
@@ -92,8 +93,16 @@ class StreamConnection implements PushConnection {
     this.end();
   }
 
-  onDrain(callback: () => void): void {
-    this.res.on('drain', callback);
+  watch(watcher: LineWatcher): void {
+    if (this.watchers.includes(watcher)) return;
+    this.watchers.push(watcher);
+    if (this.watchers.length > 1) return;
+    this.res.on('drain', () => {
+      for (const each of this.watchers) each.lineDrained(this);
+    });
+    this.onClose(() => {
+      for (const each of this.watchers.splice(0)) each.lineClosed(this);
+    });
   }
 
   end(): void {

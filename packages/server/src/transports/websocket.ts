@@ -8,11 +8,11 @@
  * opens a WebSocket carrying that clientId; CometD reconnects reuse ids), so any frame binds the
  * sessions it names to this socket.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import { bayeuxError, decodeBatch, encodeBatch, type ErrorName } from '@perihelion/protocol';
-import type { PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
+import type { LineWatcher, PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
 import { requestFacts } from '../http/request-facts.js';
 
 /** How long a closed WebSocket's peer gets to answer the close frame before the socket is cut. */
@@ -53,6 +53,19 @@ function textFrame(text: string): Buffer {
 }
 
 /**
+ * Headers that describe the upgrade itself. A connection keeps its request's facts for as long as
+ * it lives (extensions and the authenticator read them at every handshake on it), so its copy
+ * leaves these out: with tens of thousands of connections, every string per connection counts.
+ */
+const UPGRADE_HEADERS = new Set(['connection', 'upgrade', 'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions']);
+
+function withoutUpgradeHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const kept: IncomingHttpHeaders = {};
+  for (const name in headers) if (!UPGRADE_HEADERS.has(name)) kept[name] = headers[name];
+  return kept;
+}
+
+/**
  * The WebSocket's listeners are shared functions that find their connection on the socket
  * (EventEmitter calls them with `this` set to it), not closures made per connection: with tens
  * of thousands of idle connections, every object per connection counts.
@@ -73,6 +86,11 @@ function onClose(this: WebSocket): void {
   connectionOf(this).closed();
 }
 
+/** The TCP socket under a WebSocket drained: its connection tells the sessions bound to it. */
+function onRawDrain(this: Duplex): void {
+  (this as Duplex & { [CONNECTION]: WebSocketConnection })[CONNECTION].drained();
+}
+
 // ws reports protocol errors (bad frames, oversized payloads) here and then closes the socket.
 function onError(): void {}
 
@@ -80,7 +98,9 @@ class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
   private tail: Promise<void> = Promise.resolve();
-  private readonly closeCallbacks: (() => void)[] = [];
+  /** The sessions bound to this line (usually one), and whoever else asked to hear of its close (made when first needed). */
+  private readonly watchers: LineWatcher[] = [];
+  private closeCallbacks: (() => void)[] | null = null;
 
   constructor(
     private readonly socket: WebSocket,
@@ -88,16 +108,28 @@ class WebSocketConnection implements PushConnection {
     private readonly raw: Duplex,
     private readonly core: TransportHost,
     private readonly request: RequestFacts,
+    /** The transport's open connections, which this one leaves when it closes. */
+    private readonly registry: Set<WebSocketConnection>,
   ) {
     (socket as Tagged)[CONNECTION] = this;
+    (raw as Duplex & { [CONNECTION]: WebSocketConnection })[CONNECTION] = this;
     socket.on('message', onMessage);
     socket.on('pong', onPong);
     socket.on('close', onClose);
     socket.on('error', onError);
+    raw.on('drain', onRawDrain);
   }
 
   closed(): void {
-    for (const callback of this.closeCallbacks.splice(0)) callback();
+    this.registry.delete(this);
+    for (const watcher of this.watchers.splice(0)) watcher.lineClosed(this);
+    const callbacks = this.closeCallbacks;
+    this.closeCallbacks = null;
+    if (callbacks) for (const callback of callbacks) callback();
+  }
+
+  drained(): void {
+    for (const watcher of this.watchers) watcher.lineDrained(this);
   }
 
   get open(): boolean {
@@ -113,8 +145,9 @@ class WebSocketConnection implements PushConnection {
     // A WebSocket may speak for several sessions; it stays open.
   }
 
-  onDrain(callback: () => void): void {
-    this.raw.on('drain', callback);
+  watch(watcher: LineWatcher): void {
+    if (this.socket.readyState === WebSocket.CLOSED) watcher.lineClosed(this);
+    else if (!this.watchers.includes(watcher)) this.watchers.push(watcher);
   }
 
   send(serialised: readonly string[]): void {
@@ -128,7 +161,7 @@ class WebSocketConnection implements PushConnection {
 
   onClose(callback: () => void): void {
     if (this.socket.readyState === WebSocket.CLOSED) callback();
-    else this.closeCallbacks.push(callback);
+    else (this.closeCallbacks ??= []).push(callback);
   }
 
   ping(): void {
@@ -203,15 +236,14 @@ export class WebSocketTransport {
 
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const facts = requestFacts(req);
+    facts.headers = withoutUpgradeHeaders(req.headers);
     // No closure here may capture `req`: one living as long as the connection would keep the
     // whole upgrade request (about 1 KB) alive with it.
     this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, socket, facts));
   }
 
   private accept(ws: WebSocket, socket: Duplex, facts: RequestFacts): void {
-    const connection = new WebSocketConnection(ws, socket, this.core, facts);
-    this.connections.add(connection);
-    connection.onClose(() => this.connections.delete(connection));
+    this.connections.add(new WebSocketConnection(ws, socket, this.core, facts, this.connections));
   }
 
   close(): void {
