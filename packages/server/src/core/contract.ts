@@ -11,7 +11,6 @@ import type { ResolvedOptions } from '../options.js';
 /** How a batch reached the server: a Bayeux connection type, or a local client in this process. */
 export type Transport = ConnectionType | 'in-process';
 
-/** Facts about the HTTP request (or WebSocket upgrade) a batch came in on. */
 /**
  * What a push line tells the sessions bound to it: methods of the session itself, so that binding
  * costs no closure per session and line (every idle WebSocket has a session bound to it).
@@ -21,6 +20,7 @@ export interface LineWatcher {
   lineDrained(line: PushConnection): void;
 }
 
+/** Facts about the HTTP request (or WebSocket upgrade) a batch came in on. */
 export interface RequestFacts {
   headers: IncomingHttpHeaders;
   remoteAddress: string | undefined;

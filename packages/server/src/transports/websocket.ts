@@ -98,8 +98,9 @@ class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
   private tail: Promise<void> = Promise.resolve();
-  /** The sessions bound to this line (usually one), and whoever else asked to hear of its close (made when first needed). */
+  /** The sessions bound to this line (usually one). */
   private readonly watchers: LineWatcher[] = [];
+  /** Whoever else asked to hear of its close (made when first needed: usually nobody). */
   private closeCallbacks: (() => void)[] | null = null;
 
   constructor(
