@@ -6,6 +6,8 @@ import { TimerWheel } from '../src/core/timer-wheel.js';
 import { OutboundQueue } from '../src/core/outbound-queue.js';
 import { SubscriptionIndex } from '../src/engine/subscription-index.js';
 import { ListenerRegistry } from '../src/core/listeners.js';
+import { LineWatchers } from '../src/core/line-watchers.js';
+import type { LineWatcher, PushConnection } from '../src/core/contract.js';
 import { ExtensionPipeline } from '../src/extensions/pipeline.js';
 import { resolveOptions, DEFAULTS } from '../src/options.js';
 import { ERROR_CODES, PerihelionError } from '../src/errors.js';
@@ -131,6 +133,23 @@ describe('subscription index', () => {
     index.remove('s4', '/a/**');
     index.add('s5', '/a/*');
     assert.deepEqual([...index.match('/a/c')], ['s5'], 'a wildcard counted once however often it was added and removed');
+  });
+});
+
+describe('line watchers', () => {
+  it('tell each session bound to a line of its drains, and of its close once', () => {
+    const heard: string[] = [];
+    const watcher = (name: string): LineWatcher => ({ lineClosed: () => void heard.push(`${name} closed`), lineDrained: () => void heard.push(`${name} drained`) });
+    const line = {} as PushConnection;
+    const watchers = new LineWatchers();
+    const a = watcher('a');
+    assert.equal(watchers.add(a), true, 'the first: the line starts reporting');
+    assert.equal(watchers.add(a), false, 'given twice, kept once');
+    assert.equal(watchers.add(watcher('b')), false);
+    watchers.drained(line);
+    watchers.closed(line);
+    watchers.closed(line);
+    assert.deepEqual(heard, ['a drained', 'b drained', 'a closed', 'b closed']);
   });
 });
 

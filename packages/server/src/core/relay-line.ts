@@ -5,12 +5,13 @@
  * buffer) and it closes once, telling whoever asked.
  */
 import type { LineWatcher, PushConnection, Transport } from './contract.js';
+import { LineWatchers } from './line-watchers.js';
 
 export abstract class RelayLine implements PushConnection {
   readonly congested = false;
   private isOpen = true;
   private readonly closeCallbacks: Array<() => void> = [];
-  private readonly watchers: LineWatcher[] = [];
+  private readonly watchers = new LineWatchers();
 
   constructor(readonly transport: Transport) {}
 
@@ -38,13 +39,7 @@ export abstract class RelayLine implements PushConnection {
 
   watch(watcher: LineWatcher): void {
     // Never congested here, so never drained: only the close is told.
-    if (this.watchers.includes(watcher)) return;
-    this.watchers.push(watcher);
-    if (this.watchers.length === 1) {
-      this.onClose(() => {
-        for (const each of this.watchers.splice(0)) each.lineClosed(this);
-      });
-    }
+    if (this.watchers.add(watcher)) this.onClose(() => this.watchers.closed(this));
   }
 
   close(): void {

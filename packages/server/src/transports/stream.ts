@@ -15,6 +15,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { encodeBatch, type StreamedConnectionType } from '@perihelion/protocol';
 import type { LineWatcher, PushConnection, TransportHost } from '../core/contract.js';
+import { LineWatchers } from '../core/line-watchers.js';
 import type { ServerSession, Session } from '../core/session.js';
 
 export interface Framer {
@@ -43,7 +44,7 @@ class StreamConnection implements PushConnection {
   active = true;
   private idleTicks = 0;
   private sequence = 0;
-  private readonly watchers: LineWatcher[] = [];
+  private readonly watchers = new LineWatchers();
 
   constructor(
     private readonly res: ServerResponse,
@@ -94,15 +95,9 @@ class StreamConnection implements PushConnection {
   }
 
   watch(watcher: LineWatcher): void {
-    if (this.watchers.includes(watcher)) return;
-    this.watchers.push(watcher);
-    if (this.watchers.length > 1) return;
-    this.res.on('drain', () => {
-      for (const each of this.watchers) each.lineDrained(this);
-    });
-    this.onClose(() => {
-      for (const each of this.watchers.splice(0)) each.lineClosed(this);
-    });
+    if (!this.watchers.add(watcher)) return;
+    this.res.on('drain', () => this.watchers.drained(this));
+    this.onClose(() => this.watchers.closed(this));
   }
 
   end(): void {

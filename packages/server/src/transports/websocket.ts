@@ -14,6 +14,7 @@ import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import { bayeuxError, decodeBatch, encodeBatch, type ErrorName } from '@perihelion/protocol';
 import type { LineWatcher, PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
 import { requestFacts } from '../http/request-facts.js';
+import { LineWatchers } from '../core/line-watchers.js';
 
 /** How long a closed WebSocket's peer gets to answer the close frame before the socket is cut. */
 const CLOSE_GRACE_MS = 1000;
@@ -99,7 +100,7 @@ class WebSocketConnection implements PushConnection {
   alive = true;
   private tail: Promise<void> = Promise.resolve();
   /** The sessions bound to this line (usually one). */
-  private readonly watchers: LineWatcher[] = [];
+  private readonly watchers = new LineWatchers();
   /** Whoever else asked to hear of its close (made when first needed: usually nobody). */
   private closeCallbacks: (() => void)[] | null = null;
 
@@ -123,14 +124,14 @@ class WebSocketConnection implements PushConnection {
 
   closed(): void {
     this.registry.delete(this);
-    for (const watcher of this.watchers.splice(0)) watcher.lineClosed(this);
+    this.watchers.closed(this);
     const callbacks = this.closeCallbacks;
     this.closeCallbacks = null;
     if (callbacks) for (const callback of callbacks) callback();
   }
 
   drained(): void {
-    for (const watcher of this.watchers) watcher.lineDrained(this);
+    this.watchers.drained(this);
   }
 
   get open(): boolean {
@@ -148,7 +149,7 @@ class WebSocketConnection implements PushConnection {
 
   watch(watcher: LineWatcher): void {
     if (this.socket.readyState === WebSocket.CLOSED) watcher.lineClosed(this);
-    else if (!this.watchers.includes(watcher)) this.watchers.push(watcher);
+    else this.watchers.add(watcher);
   }
 
   send(serialised: readonly string[]): void {
