@@ -2,7 +2,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ConnectionType } from '@perihelion/protocol';
-import { ClientError } from '../src/index.js';
+import { ClientError, type Client } from '../src/index.js';
 import { client, Net, sleep, startServer, waitFor, type TestServer } from './helpers.js';
 
 describe('client over each transport (Node)', () => {
@@ -155,6 +155,14 @@ describe('client refusals', () => {
   });
 });
 
+/** Subscribes `c` to `channel`, has the server publish 'first' there, and waits for it to arrive. */
+async function receiveFirst(test: TestServer, c: Client, channel: string): Promise<void> {
+  const received: unknown[] = [];
+  await c.subscribe(channel, (data) => received.push(data));
+  await test.server.publish(channel, 'first');
+  await waitFor(() => received.length === 1, 3000, 'the first message');
+}
+
 describe('set-up over a WebSocket', () => {
   let test: TestServer;
   before(async () => {
@@ -196,10 +204,7 @@ describe('set-up over a WebSocket', () => {
       },
     });
     try {
-      const received: unknown[] = [];
-      await c.subscribe('/setup/b', (data) => received.push(data));
-      await test.server.publish('/setup/b', 'first');
-      await waitFor(() => received.length === 1, 3000, 'the first message');
+      await receiveFirst(test, c, '/setup/b');
       assert.equal(c.state, 'connected');
       // The bundled connect went unanswered; the client sent its own.
       assert.deepEqual(net.framesOut.slice(0, 2).map(channelsOf), [['/meta/handshake', '/meta/connect'], ['/meta/connect']]);
@@ -222,10 +227,7 @@ describe('set-up against a server that fails a bundled handshake', () => {
     const net = new Net();
     const c = client(test.url, { transports: ['websocket'] }, net);
     try {
-      const received: unknown[] = [];
-      await c.subscribe('/setup/plain', (data) => received.push(data));
-      await test.server.publish('/setup/plain', 'first');
-      await waitFor(() => received.length === 1, 3000, 'the first message');
+      await receiveFirst(test, c, '/setup/plain');
       const handshakes = net.framesOut.map((frame) => JSON.parse(frame) as { channel: string; ext?: { bundle?: boolean } }[]).flat().filter((m) => m.channel === '/meta/handshake');
       assert.deepEqual(
         handshakes.map((m) => m.ext?.bundle === true),
