@@ -46,7 +46,7 @@ export function scalar(rng: Rng): JsonValue {
     case 4:
       return Math.round((rng.next() - 0.5) * 1e6) / 1000;
     case 5:
-      return rng.pick([0, -1, 1.5, 1e21, -1e-7, Number.MAX_SAFE_INTEGER]);
+      return rng.pick([0, -0, -1, 1.5, 1e21, -1e-7, Number.MAX_SAFE_INTEGER]);
     default:
       return rng.pick(STRINGS);
   }
