@@ -194,7 +194,12 @@ export class Replica {
       void this.resync();
       return;
     }
-    if (message.version <= this.current) return; // already had it (a recovery replays what a snapshot held)
+    if (message.version <= this.current) {
+      // Already had it (a recovery replays what a snapshot held); it may still say that the
+      // snapshot holds one of this replica's proposals, whose answer has not come.
+      if (this.markAccepted(message) && this.settleAccepted()) this.rebase('server');
+      return;
+    }
     try {
       this.confirmed = applyPatch(this.confirmed, message.patch);
     } catch {
@@ -202,12 +207,18 @@ export class Replica {
       return;
     }
     this.current = message.version;
-    if (message.proposal !== undefined) {
-      const mine = this.pending.find((p) => p.id === message.proposal);
-      if (mine) mine.acceptedAt = message.version;
-    }
+    this.markAccepted(message);
     this.settleAccepted();
     this.rebase('server');
+  }
+
+  /** A patch that applied one of this replica's proposals: that proposal is accepted at its version. */
+  private markAccepted(message: PatchMessage): boolean {
+    if (message.proposal === undefined) return false;
+    const mine = this.pending.find((p) => p.id === message.proposal);
+    if (!mine) return false;
+    mine.acceptedAt = message.version;
+    return true;
   }
 
   /** Takes a snapshot (one at a time), then applies the patches held meanwhile. */
@@ -249,15 +260,18 @@ export class Replica {
     void this.send();
   }
 
-  /** Proposals the confirmed value now includes leave the pending list. */
-  private settleAccepted(): void {
+  /** Proposals the confirmed value now includes leave the pending list; true if any did. */
+  private settleAccepted(): boolean {
+    let settled = false;
     for (let i = 0; i < this.pending.length; i++) {
       const p = this.pending[i]!;
       if (p.acceptedAt !== null && p.acceptedAt <= this.current) {
         this.pending.splice(i--, 1);
         p.resolve(p.acceptedAt);
+        settled = true;
       }
     }
+    return settled;
   }
 
   /** `value` = the confirmed value with the pending proposals on top (those that still apply). */
@@ -299,7 +313,9 @@ export class Replica {
           delay = 250;
           if (!this.pending.includes(next)) continue;
           next.acceptedAt = answer.version;
-          this.settleAccepted();
+          // Already confirmed (a snapshot taken while the answer was on its way holds it): the
+          // view had it applied twice, once in the confirmed value and once on top of it.
+          if (this.settleAccepted()) this.rebase('server');
         } catch (error) {
           if (!this.pending.includes(next)) continue;
           if (!isRefusal(error)) {
