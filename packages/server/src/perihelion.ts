@@ -96,27 +96,32 @@ export class Perihelion {
 
   // ---------------------------------------------------------------- publishing and listening
 
-  /** Publishes `data` to every subscriber of `channel` (and the in-process listeners). */
-  async publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<void> {
-    this.assertOpen();
-    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
-    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to ${JSON.stringify(channel)}: ${problem}`);
-    if (isMeta(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to the meta channel ${channel}`);
-    await this.core.ready;
-    const message: Message = { channel, data };
-    if (options.ext) {
-      // Positions are the engine's to give, whoever publishes.
-      const { position: _position, ...ext } = options.ext;
-      if (Object.keys(ext).length > 0) message.ext = ext;
+  /**
+   * Publishes `data` to every subscriber of `channel` (and the in-process listeners). Not `async`:
+   * once the engine has started, a broadcast is handed to it before this returns, with no promise
+   * made on the way (this is the path of every message an application publishes); a mistake
+   * still comes back as a rejection.
+   */
+  publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<void> {
+    try {
+      this.assertOpen();
+      const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
+      if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to ${JSON.stringify(channel)}: ${problem}`);
+      if (isMeta(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to the meta channel ${channel}`);
+      if (options.exclude !== undefined && (typeof options.exclude !== 'string' || options.exclude === '')) {
+        throw new PerihelionError('ERR_INVALID_ARGUMENT', `exclude must be a clientId, got ${JSON.stringify(options.exclude)}`);
+      }
+      const message: Message = { channel, data };
+      if (options.ext) {
+        // Positions are the engine's to give, whoever publishes.
+        const { position: _position, ...ext } = options.ext;
+        if (Object.keys(ext).length > 0) message.ext = ext;
+      }
+      const send = (): Promise<void> => (isService(channel) ? this.core.listeners.notify(message, null).then(() => undefined) : broadcast(this.core, message, options.exclude));
+      return this.core.isStarted ? send() : this.core.ready.then(send);
+    } catch (error) {
+      return Promise.reject(error);
     }
-    if (isService(channel)) {
-      await this.core.listeners.notify(message, null);
-      return;
-    }
-    if (options.exclude !== undefined && (typeof options.exclude !== 'string' || options.exclude === '')) {
-      throw new PerihelionError('ERR_INVALID_ARGUMENT', `exclude must be a clientId, got ${JSON.stringify(options.exclude)}`);
-    }
-    await broadcast(this.core, message, options.exclude);
   }
 
   /**

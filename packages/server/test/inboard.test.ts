@@ -7,7 +7,7 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import faye from 'faye';
-import { PerihelionError, RedisEngine, type Authenticator, type Extension, type ServerOptions } from '../src/index.js';
+import { PerihelionError, RedisEngine, type Authenticator, type Extension, type ServerOptions, type Session } from '../src/index.js';
 import { WsPeer, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 import { REDIS_URL, deleteKeys, requireRedis, uniquePrefix } from './redis-fixture.js';
 
@@ -178,6 +178,54 @@ describe('exclude the sender', () => {
     } finally {
       client.disconnect();
     }
+  });
+});
+
+describe('server.publish and session.deliver', () => {
+  it('answers every mistake of a publish with a rejection, never a throw, and keeps serving', async () => {
+    const t = await server();
+    const reader = await connect(t);
+    await reader.subscribe('/news');
+    const published: unknown[] = [];
+    t.server.on('publish', (message) => published.push(message.data));
+    let wildcard: Promise<void> | undefined;
+    let unserialisable: Promise<void> | undefined;
+    assert.doesNotThrow(() => (wildcard = t.server.publish('/news/*', 1)));
+    assert.doesNotThrow(() => (unserialisable = t.server.publish('/news', { big: 10n })));
+    await assert.rejects(wildcard!, { code: 'ERR_INVALID_CHANNEL' });
+    await assert.rejects(unserialisable!, /BigInt/);
+    await t.server.publish('/news', 'after');
+    assert.deepEqual(published, ['after'], "the 'publish' event, once the publish is made, for that one only");
+    await waitFor(() => reader.data('/news').length === 1, 3000, 'the reader to get it');
+    assert.deepEqual(reader.data('/news'), ['after']);
+  });
+
+  it('goes through an asynchronous outgoing extension, and rejects when it fails', async () => {
+    const extension: Extension = {
+      outgoing: async (message) => {
+        await settle(5);
+        if (message.data === 'fail') throw new Error('the extension failed');
+        return message.channel === '/news' ? { ...message, data: { wrapped: message.data } } : message;
+      },
+    };
+    const t = await server({ extensions: [extension] });
+    const reader = await connect(t);
+    await reader.subscribe('/news');
+    await assert.rejects(t.server.publish('/news', 'fail'), /the extension failed/);
+    await t.server.publish('/news', 'x');
+    await waitFor(() => reader.data('/news').length === 1, 3000, 'the reader to get it');
+    assert.deepEqual(reader.data('/news'), [{ wrapped: 'x' }]);
+  });
+
+  it('throws at the caller of session.deliver for data JSON cannot hold; the session goes on', async () => {
+    const t = await server();
+    let session: Session | undefined;
+    t.server.on('handshake', (s) => (session = s));
+    const reader = await connect(t);
+    assert.throws(() => session!.deliver('/direct', { big: 10n }), /BigInt/);
+    session!.deliver('/direct', 'fine');
+    await waitFor(() => reader.data('/direct').length === 1, 3000, 'the session to get the next one');
+    assert.deepEqual(reader.data('/direct'), ['fine']);
   });
 });
 

@@ -192,8 +192,11 @@ export class LocalDelivery implements EngineHost, SessionHost {
     if (this.flushScheduled) return;
     this.flushScheduled = true;
     // Everything a session is owed in this event-loop turn goes out in one write.
-    setImmediate(() => this.flushNow());
+    setImmediate(this.flushTurn);
   }
+
+  /** flushNow for setImmediate, made once rather than a closure per turn. */
+  private readonly flushTurn = (): void => this.flushNow();
 
   /** Writes every session that has something queued (once per event-loop turn, and at shutdown). */
   flushNow(): void {
@@ -230,9 +233,13 @@ export class LocalDelivery implements EngineHost, SessionHost {
   // ---------------------------------------------------------------- SessionHost: from a session
 
   deliverTo(session: ServerSession, channel: string, data: unknown): void {
-    void prepare(this.extensions, { channel, data }, session).then((publication) => {
+    const deliver = (publication: Publication | null): void => {
       if (publication) this.enqueue(session, publication.payload);
-    });
+    };
+    // Data JSON cannot hold throws here, to the caller; an asynchronous extension's failure is reported.
+    const prepared = prepare(this.extensions, { channel, data }, session);
+    if (prepared instanceof Promise) prepared.then(deliver, (error: unknown) => this.reportError(error));
+    else deliver(prepared);
   }
 
   expire(session: ServerSession): void {

@@ -110,14 +110,27 @@ export async function clientPublish(core: PublishCore, message: Message, session
 
 /**
  * Publishes a message the server itself sends (server.publish) to every subscriber of its
- * channel, but the session `exclude` names.
+ * channel, but the session `exclude` names. Without asynchronous outgoing extensions the message
+ * is prepared and handed to the engine before this returns: no promise is made on the way.
  */
-export async function broadcast(core: Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>, message: Message, exclude?: string): Promise<void> {
-  const publication = await prepare(core.extensions, message, null);
-  if (!publication) return;
-  if (exclude !== undefined) publication.exclude = exclude;
-  await send(core, publication, null);
+export function broadcast(core: Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>, message: Message, exclude?: string): Promise<void> {
+  try {
+    const prepared = prepare(core.extensions, message, null);
+    if (prepared instanceof Promise) return prepared.then((publication) => sendPrepared(core, publication, exclude));
+    return sendPrepared(core, prepared, exclude);
+  } catch (error) {
+    // A message JSON cannot hold (a BigInt, a cycle), an extension that threw: the caller's rejection.
+    return Promise.reject(error);
+  }
 }
+
+function sendPrepared(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication | null, exclude: string | undefined): Promise<void> {
+  if (!publication) return NOTHING_SENT;
+  if (exclude !== undefined) publication.exclude = exclude;
+  return send(core, publication, null);
+}
+
+const NOTHING_SENT: Promise<void> = Promise.resolve();
 
 /**
  * What a /service listener returns to refuse a request: the publish is answered
@@ -127,22 +140,31 @@ export class ServiceRefusal {
   constructor(readonly error: string) {}
 }
 
-/** Hands a prepared publication to the engine, which positions it and delivers it on every node. */
-async function send(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication, from: Session | null): Promise<void> {
+/**
+ * Hands a prepared publication to the engine, which positions it and delivers it on every node;
+ * then the 'publish' event, when the application listens for it.
+ */
+function send(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication, from: Session | null): Promise<void> {
   core.delivery.counters.published++;
-  await core.engine.publish(publication);
-  core.events.emit('publish', publication.message, from);
+  const published = core.engine.publish(publication);
+  if (core.events.listenerCount('publish') === 0) return published;
+  return published.then(() => void core.events.emit('publish', publication.message, from));
 }
 
 /**
  * Runs the outgoing extensions once and serialises once: every recipient shares the bytes. The
  * engine later adds the position to those bytes without serialising again (ext is written last).
+ * Synchronous unless an outgoing extension answers with a promise.
  */
-export async function prepare(extensions: ExtensionPipeline, message: Message, session: Session | null): Promise<Publication | null> {
-  const out = await extensions.outgoing(message, { session, transport: null });
-  if (!out) return null;
-  const serialised = serialiseExtLast(out);
-  return { channel: out.channel, message: out, payload: serialised.text, ext: serialised.ext };
+export function prepare(extensions: ExtensionPipeline, message: Message, session: Session | null): Publication | null | Promise<Publication | null> {
+  const out = extensions.outgoing(message, { session, transport: null });
+  return out instanceof Promise ? out.then(publicationOf) : publicationOf(out);
+}
+
+function publicationOf(message: Message | null): Publication | null {
+  if (!message) return null;
+  const serialised = serialiseExtLast(message);
+  return { channel: message.channel, message, payload: serialised.text, ext: serialised.ext };
 }
 
 /** The "create" check, asked only of channels that nobody subscribes to yet. */

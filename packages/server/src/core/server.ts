@@ -129,6 +129,11 @@ export class ServerCore implements TransportHost {
     this.events.emit('error', error);
   }
 
+  /** The engine has started (whether or not the server is shutting down since). */
+  get isStarted(): boolean {
+    return this.started;
+  }
+
   /** The engine has started and the server is not shutting down. */
   get isReady(): boolean {
     return this.started && !this.draining;

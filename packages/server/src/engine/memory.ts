@@ -6,6 +6,8 @@ import { LeavingMarks } from './leaving-marks.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { PerihelionError } from '../errors.js';
 
+const PUBLISHED: Promise<void> = Promise.resolve();
+
 /** How often messages past their age are swept from channels nobody publishes to any more. */
 const SWEEP_INTERVAL_MS = 10_000;
 
@@ -90,15 +92,22 @@ export class MemoryEngine implements Engine {
     this.index.removeSession(clientId);
   }
 
-  async publish(publication: Publication): Promise<void> {
-    const host = this.running();
-    const log = this.store().log(publication.channel, true);
-    if (log) {
-      const position = log.next();
-      stampPosition(publication, position, withPosition(publication, position));
-      this.store().append(log, publication.payload);
+  // Not `async`: the work is done before it returns, and the one settled promise it hands back
+  // is shared, so a publish allocates no promise here (this is on the path of every message).
+  publish(publication: Publication): Promise<void> {
+    try {
+      const host = this.running();
+      const log = this.store().log(publication.channel, true);
+      if (log) {
+        const position = log.next();
+        stampPosition(publication, position, withPosition(publication, position));
+        this.store().append(log, publication.payload);
+      }
+      host.onPublication(publication, this.index.match(publication.channel));
+      return PUBLISHED;
+    } catch (error) {
+      return Promise.reject(error);
     }
-    host.onPublication(publication, this.index.match(publication.channel));
   }
 
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {

@@ -30,14 +30,16 @@ let lastPayload: string | null = null;
 let lastFrame: Buffer = Buffer.alloc(0);
 function frameOf(payload: string): Buffer {
   if (payload !== lastPayload) {
-    lastFrame = textFrame(`[${payload}]`);
+    lastFrame = textFrame(payload, true);
     lastPayload = payload;
   }
   return lastFrame;
 }
 
-function textFrame(text: string): Buffer {
-  const length = Buffer.byteLength(text);
+/** The frame of `text`, or of `[text]` when `bracket` (the brackets written as bytes: no string built for them). */
+function textFrame(text: string, bracket = false): Buffer {
+  const extra = bracket ? 2 : 0;
+  const length = Buffer.byteLength(text) + extra;
   const headerLength = length < 126 ? 2 : length < 65_536 ? 4 : 10;
   const frame = Buffer.allocUnsafe(headerLength + length);
   frame[0] = 0x81; // FIN + opcode 1 (text)
@@ -49,7 +51,11 @@ function textFrame(text: string): Buffer {
     frame[1] = 127;
     frame.writeBigUInt64BE(BigInt(length), 2);
   }
-  frame.write(text, headerLength, 'utf8');
+  if (bracket) {
+    frame[headerLength] = 0x5b; // [
+    frame[headerLength + length - 1] = 0x5d; // ]
+  }
+  frame.write(text, headerLength + extra / 2, 'utf8');
   return frame;
 }
 
