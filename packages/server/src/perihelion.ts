@@ -117,11 +117,17 @@ export class Perihelion {
         const { position: _position, ...ext } = options.ext;
         if (Object.keys(ext).length > 0) message.ext = ext;
       }
-      const send = (): Promise<void> => (isService(channel) ? this.core.listeners.notify(message, null).then(() => undefined) : broadcast(this.core, message, options.exclude));
-      return this.core.isStarted ? send() : this.core.ready.then(send);
+      const { exclude } = options;
+      return this.core.isStarted ? this.publishMessage(message, exclude) : this.core.ready.then(() => this.publishMessage(message, exclude));
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /** A /service message goes to the in-process listeners only; any other is broadcast. */
+  private publishMessage(message: Message, exclude: string | undefined): Promise<void> {
+    if (isService(message.channel)) return this.core.listeners.notify(message, null).then(() => undefined);
+    return broadcast(this.core, message, exclude);
   }
 
   /**
