@@ -37,6 +37,29 @@ describe('channel history', () => {
     assert.deepEqual(history.read('/c', { limit: 2 })!.payloads, ['d', 'e'], 'the latest `limit`');
   });
 
+  it('gives back every message as it was published, whatever its characters, through growth, compaction and emptying', () => {
+    const { history, clock } = store({ size: 7, ttl: 60_000 });
+    const texts: string[] = [];
+    // Lengths from 1 to 900 characters, ASCII and not (2, 3 and 4 bytes per character in UTF-8),
+    // so the log's buffer grows, moves its kept bytes to the front, and is replaced by a smaller one.
+    const pieces = ['a', 'é', '日本語', '😀', '"\\', '\u2028'];
+    for (let i = 0; i < 400; i++) {
+      const text = `${i}:${pieces[i % pieces.length]!.repeat(1 + ((i * 37) % 150))}`;
+      texts.push(text);
+      publish(history, '/c', text, clock.now);
+      assert.deepEqual(history.read('/c')!.payloads, texts.slice(-7), `after publish ${i}`);
+    }
+    const { epoch } = history.position('/c')!;
+    assert.deepEqual(history.missedSince('/c', { epoch, offset: 396 }, 100), texts.slice(-4));
+    assert.equal(history.stats().chars, texts.slice(-7).reduce((sum, text) => sum + text.length, 0), 'counted in characters');
+    // Every message expires: the log keeps its position and nothing else, and goes on from there.
+    clock.now += 60_001;
+    history.sweep();
+    assert.deepEqual([history.read('/c')!.payloads, history.stats().chars], [[], 0]);
+    publish(history, '/c', 'after é', clock.now);
+    assert.deepEqual(history.missedSince('/c', { epoch, offset: 400 }, 100), ['after é']);
+  });
+
   it('gives what was missed after a position, and refuses what it no longer has', () => {
     const { history, clock } = store({ size: 3, ttl: 60_000 });
     for (const text of ['a', 'b', 'c', 'd', 'e']) publish(history, '/c', text, clock.now);

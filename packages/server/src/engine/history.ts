@@ -53,16 +53,34 @@ export interface HistoryQuery {
   limit?: number;
 }
 
-/** One channel's log. Offsets are contiguous: entry `i` (from `head`) has offset `first + i`. */
+/** No bytes yet: a log that keeps nothing holds no buffer. */
+const NO_BYTES = Buffer.alloc(0);
+/** The smallest buffer a log that keeps something gets, in bytes. */
+const MIN_BYTES = 256;
+
+/**
+ * One channel's log. Offsets are contiguous: entry `i` (from `head`) has offset `first + i`.
+ *
+ * The kept messages are UTF-8 bytes in one buffer per channel, one after another, rather than
+ * strings: a string kept for minutes survives every young-generation collection until V8 promotes
+ * it, and those copies were most of the collection pauses of a busy server (each pause delays
+ * every delivery behind it). A buffer's bytes live outside the V8 heap; what the heap holds per
+ * message is three numbers in three arrays. A read (a recovery, the history API) decodes the
+ * messages it returns.
+ */
 export class ChannelLog {
   /** Offset of the latest message in this epoch; 0 before the first. */
   offset = 0;
-  /** Length of the kept payloads together. */
+  /** Length of the kept payloads together, in characters. */
   chars = 0;
   /** Published to since the store last passed it on its way to the least recently published. */
   recent = false;
-  /** The kept messages and when each came (parallel arrays: no object per message). */
-  private payloads: string[] = [];
+  /** The kept messages' bytes: entry i spans starts[i] to starts[i + 1] (the last one, to `end`). */
+  private bytes: Buffer = NO_BYTES;
+  private end = 0;
+  /** Per kept message (parallel arrays of small integers and numbers: no object per message). */
+  private starts: number[] = [];
+  private lengths: number[] = [];
   private ats: number[] = [];
   private head = 0;
 
@@ -75,7 +93,7 @@ export class ChannelLog {
 
   /** Number of messages kept now. */
   get length(): number {
-    return this.payloads.length - this.head;
+    return this.starts.length - this.head;
   }
 
   /** Offset of the oldest message kept (offset + 1 when none is kept). */
@@ -95,7 +113,11 @@ export class ChannelLog {
   /** Records the message that got `next()`'s position. */
   append(payload: string, now: number): void {
     this.offset++;
-    this.payloads.push(payload);
+    // Room for the worst case (3 bytes per UTF-16 unit) is checked without measuring the string.
+    if (this.bytes.length - this.end < payload.length * 3) this.makeRoom(Buffer.byteLength(payload));
+    this.starts.push(this.end);
+    this.end += this.bytes.write(payload, this.end, 'utf8');
+    this.lengths.push(payload.length);
     this.ats.push(now);
     this.chars += payload.length;
     this.totals.chars += payload.length;
@@ -115,27 +137,64 @@ export class ChannelLog {
   after(offset: number, limit: number): string[] | null {
     if (offset > this.offset || offset < this.first - 1) return null;
     const from = this.head + (offset + 1 - this.first);
-    return this.payloads.slice(from, Math.min(this.payloads.length, from + limit));
+    return this.decode(from, Math.min(this.starts.length, from + limit));
   }
 
   /** The latest `limit` messages. */
   latest(limit: number): string[] {
-    return this.payloads.slice(Math.max(this.head, this.payloads.length - limit));
+    return this.decode(Math.max(this.head, this.starts.length - limit), this.starts.length);
   }
 
   /** Drops the `count` oldest messages (their positions can no longer be recovered). */
   dropOldest(count: number): void {
     let chars = 0;
-    for (let i = this.head; i < this.head + count; i++) chars += this.payloads[i]!.length;
+    for (let i = this.head; i < this.head + count; i++) chars += this.lengths[i]!;
     this.chars -= chars;
     this.totals.chars -= chars;
     this.head += count;
-    // Compact once the dead prefix dominates, so memory stays proportional to what is kept.
-    if (this.head > 64 && this.head * 2 > this.payloads.length) {
-      this.payloads = this.payloads.slice(this.head);
+    if (this.length === 0) {
+      // Nothing kept: nothing held (a channel gone quiet keeps its position, not its buffer).
+      this.bytes = NO_BYTES;
+      this.end = 0;
+      this.starts = [];
+      this.lengths = [];
+      this.ats = [];
+      this.head = 0;
+    } else if (this.head > 64 && this.head * 2 > this.starts.length) {
+      // Compact once the dead prefix dominates, so memory stays proportional to what is kept.
+      this.starts = this.starts.slice(this.head);
+      this.lengths = this.lengths.slice(this.head);
       this.ats = this.ats.slice(this.head);
       this.head = 0;
     }
+  }
+
+  /** Messages `from` to `to` (entry indexes) as strings. */
+  private decode(from: number, to: number): string[] {
+    const out: string[] = [];
+    for (let i = from; i < to; i++) out.push(this.bytes.toString('utf8', this.starts[i], i + 1 < this.starts.length ? this.starts[i + 1] : this.end));
+    return out;
+  }
+
+  /**
+   * Room for `size` more bytes: the kept bytes are moved to the start of the buffer (the dropped
+   * ones before them are forgotten), into a new buffer when they would fill more than half of it
+   * or take less than a quarter of it (so a burst's buffer is given back), else in place.
+   */
+  private makeRoom(size: number): void {
+    if (this.end + size <= this.bytes.length) return;
+    const keptFrom = this.length > 0 ? this.starts[this.head]! : this.end;
+    const kept = this.end - keptFrom;
+    const needed = kept + size;
+    let target = this.bytes;
+    if (needed * 2 > this.bytes.length || needed * 4 < this.bytes.length) {
+      // Not from Node's shared pool: a channel's buffer must not keep other buffers' memory alive.
+      target = Buffer.allocUnsafeSlow(Math.max(MIN_BYTES, needed * 2));
+    }
+    if (kept > 0) this.bytes.copy(target, 0, keptFrom, this.end);
+    this.bytes = target;
+    this.end = kept;
+    for (let i = this.head; i < this.starts.length; i++) this.starts[i]! -= keptFrom;
   }
 }
 
