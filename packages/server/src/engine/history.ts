@@ -1,7 +1,7 @@
 /**
  * Channel history for the memory engine: every broadcast channel that keeps history has an
- * epoch, the offset of its latest message, and the latest messages themselves (serialised, the
- * same strings the subscribers were sent), bounded by count and by age.
+ * epoch, the offset of its latest message, and the latest messages themselves (serialised, what
+ * the subscribers were sent, kept as UTF-8 bytes: see ChannelLog), bounded by count and by age.
  *
  * Memory is bounded four ways: messages per channel (`size`), their age (`ttl`, pruned when the
  * channel is touched and by a periodic sweep), the number of channels remembered (`maxChannels`,
