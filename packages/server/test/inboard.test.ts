@@ -200,6 +200,28 @@ describe('server.publish and session.deliver', () => {
     assert.deepEqual(reader.data('/news'), ['after']);
   });
 
+  it('reaches a WebSocket subscriber intact on both sides of every frame-length boundary, multi-byte characters included', async () => {
+    const t = await server();
+    const reader = await connect(t);
+    await reader.subscribe('/sizes');
+    // The frame's length field is 7 bits up to 125 bytes, 16 bits up to 65 535, 64 bits beyond:
+    // sweeps of one-byte and two-byte characters cross both boundaries, a byte at a time.
+    const sent: string[] = [];
+    for (let n = 20; n < 90; n++) sent.push('a'.repeat(n));
+    for (let n = 32_700; n < 32_780; n++) sent.push('é'.repeat(n));
+    for (let n = 65_440; n < 65_520; n++) sent.push('a'.repeat(n));
+    // Each in a frame of its own (the flush of one event-loop turn runs before the next publish)…
+    for (const data of sent) {
+      await t.server.publish('/sizes', data);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await waitFor(() => reader.data('/sizes').length === sent.length, 10_000, 'every message, one per frame');
+    // …then all of them published in one turn, written as one frame.
+    for (const data of sent) void t.server.publish('/sizes', data);
+    await waitFor(() => reader.data('/sizes').length === 2 * sent.length, 10_000, 'every message, in one frame');
+    assert.deepEqual(reader.data('/sizes'), [...sent, ...sent]);
+  });
+
   it('goes through an asynchronous outgoing extension, and rejects when it fails', async () => {
     const extension: Extension = {
       outgoing: async (message) => {

@@ -32,7 +32,7 @@ export interface Session {
   readonly data: Map<string, unknown>;
   /** The remote address it was handshaken from. */
   readonly remoteAddress: string | undefined;
-  /** Sends `data` on `channel` to this session only (e.g. the answer to a /service request). */
+  /** Sends `data` on `channel` to this session only (e.g. the answer to a /service request); throws for data JSON cannot hold. */
   deliver(channel: string, data: unknown): void;
   /** Ends the session from the server side, as if the client had sent /meta/disconnect. */
   disconnect(): void;
