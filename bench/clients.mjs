@@ -268,8 +268,9 @@ function openSocket({ url, client, recorder, timeoutMs, reject }) {
  * Perihelion (/bayeux) and Faye (/faye), which both accept the handshake on the socket.
  *
  * bundle: set up as the Perihelion client does (a handshake asking for `ext.bundle`, see the
- * server's core/dispatch.ts): one frame with the handshake and the first connect, then one with
- * the subscribe and the held connect, two frames each way instead of four.
+ * server's core/dispatch.ts): one frame with the handshake, the subscribe and the first connect,
+ * answered in one, then the held connect: two frames from the client and one back instead of
+ * three and three.
  */
 export function bayeuxSubscriber({ url, channels, recorder, timeoutMs, bundle = false }) {
   const wanted = new Set(channels);
@@ -288,7 +289,7 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs, bundle = 
     const subscribeMessage = () => ({ channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels });
     const handshake = { channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['websocket'] };
     const { fail, settled } = openSocket({ url, client, recorder, timeoutMs, reject });
-    client.ws.on('open', () => (bundle ? send({ ...handshake, ext: { bundle: true } }, connectMessage({ timeout: 0 })) : send(handshake)));
+    client.ws.on('open', () => (bundle ? send({ ...handshake, ext: { bundle: true } }, subscribeMessage(), connectMessage({ timeout: 0 })) : send(handshake)));
     client.ws.on('message', (raw) => {
       const text = raw.toString();
       if (client.ready && !text.includes('"/meta/')) {
@@ -320,18 +321,18 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs, bundle = 
             if (!message.successful || message.advice?.reconnect === 'handshake' || message.advice?.reconnect === 'none') {
               return fail(new Error(`connect failed: ${message.error ?? JSON.stringify(message)}`));
             }
+            // Bundled, the subscribe's reply came before this one, in the same frame.
             if (client.ready) connect();
             else if (!client.subscribing) {
               client.subscribing = true;
-              // Bundled, the held connect goes with the subscribe; otherwise it follows the subscribe's reply.
-              if (bundle) send(subscribeMessage(), connectMessage());
-              else send(subscribeMessage());
+              send(subscribeMessage());
             }
             break;
           case '/meta/subscribe':
             if (!message.successful) return fail(new Error(`subscribe refused: ${message.error ?? JSON.stringify(message)}`));
             client.ready = true;
             settled();
+            // Bundled, the first connect's reply follows in this frame, and the held connect after it.
             if (!bundle) connect();
             resolve(client);
             break;

@@ -5,7 +5,8 @@
  *   handshake (over websocket when it opens, else long-polling, else callback-polling)
  *   → pick the connection type: our order ∩ the server's `supportedConnectionTypes`
  *   → /meta/connect with `advice.timeout: 0` (answered at once; over a WebSocket it travels in the
- *     handshake's frame, asked for with `ext.bundle`, see docs/protocol.md) → connected
+ *     handshake's frame with the subscribes, asked for with `ext.bundle`, see docs/protocol.md)
+ *   → connected
  *   → (streamed types) open the push line → re-subscribe what is wanted → send what waited
  *   → /meta/connect again after each reply, `advice.interval` later, until told otherwise.
  * A lost line goes back to `connecting` and retries with jittered backoff; `reconnect:
@@ -220,7 +221,9 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     this.openLine(type);
     let token: string | undefined;
     try {
-      token = typeof this.options.token === 'function' ? await this.options.token() : this.options.token;
+      // Awaited even when it is not a function: the handshake leaves a turn later, so that the
+      // subscribes asked for in the turn that started the client go in its frame (a bundle).
+      token = await (typeof this.options.token === 'function' ? this.options.token() : this.options.token);
     } catch {
       token = undefined;
     }
@@ -233,11 +236,18 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       advice: { timeout: 60_000, interval: 0 },
       ...(token !== undefined ? { ext: { token } } : {}),
     };
-    // Over a WebSocket the first connect goes in the handshake's frame (sent in the same turn),
-    // asked for with ext.bundle: set up in one round trip instead of two.
+    // Over a WebSocket the subscriptions and the first connect go in the handshake's frame (sent
+    // in the same turn), asked for with ext.bundle: set up in one round trip instead of two, the
+    // server answering all of it in one frame.
     const bundling = this.bundling && type === 'websocket';
     if (bundling) message.ext = { ...message.ext, bundle: true };
     const handshaken = this.request(message, this.options.timeout);
+    if (bundling) {
+      // The new session holds nothing yet: every pattern is asked for, with its positions.
+      this.forgetOldSession();
+      this.subscriptions.sendWanted(true);
+      this.outbox.sendWithHandshake(this.line!);
+    }
     const bundled = bundling ? this.firstConnect(type) : undefined;
     let reply: Message;
     try {
@@ -259,10 +269,12 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     if (turn !== this.turn) return;
     this.keepAlive = undefined;
     this.takeAdvice(reply);
-    // A server that does not take bundles ignores the connect (Bayeux §4.1.1): it is sent again.
+    // A server that does not take bundles ignores the connect and the subscribes (Bayeux
+    // §4.1.1): they are sent again on their own, and so are they after a refused handshake.
     const firstReply = bundled && reply.successful === true && reply.ext?.bundle === true ? bundled.reply : undefined;
     if (bundled && !firstReply) {
       bundled.cancel();
+      this.outbox.forgetSubscribes();
       this.bundling = false;
     }
     if (reply.successful !== true || typeof reply.clientId !== 'string') {
@@ -282,10 +294,16 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       this.closeLine();
       this.type = chosen;
     }
-    // Subscriptions and replies of the old session are void; what waited is re-sent.
+    // Subscriptions and replies of the old session are void; what waited is re-sent (unless it
+    // went with the handshake, for this session).
+    if (!firstReply) this.forgetOldSession();
+    void this.connectOnce(chosen === type ? firstReply : undefined);
+  }
+
+  /** A new session holds no subscription: every pattern is wanted again, and nothing queued for the old one is sent. */
+  private forgetOldSession(): void {
     this.subscriptions.newSession();
     this.outbox.dropSubscribes();
-    void this.connectOnce(chosen === type ? firstReply : undefined);
   }
 
   /**

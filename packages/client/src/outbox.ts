@@ -100,20 +100,51 @@ export class Outbox {
     const line = session.line;
     if (session.state !== 'connected' || !line || session.clientId === undefined || this.batchDepth > 0) return;
     const batch: Message[] = [];
-    for (const item of this.queue.splice(0)) {
-      const out = session.outgoing({ ...item.message, clientId: session.clientId });
-      if (!out) {
-        item.settle(new ClientError('bayeux', `${item.message.channel}: dropped by an outgoing extension`, ''));
-        continue;
-      }
-      this.inflight.set(item.message.id, item);
-      item.timer = setTimeout(() => {
-        this.inflight.delete(item.message.id);
-        item.settle(new ClientError('timeout', `no reply to ${item.message.channel} within ${item.timeout} ms`));
-      }, item.timeout);
-      batch.push(out);
+    for (const item of this.queue.splice(0)) this.takeOff(item, { ...item.message, clientId: session.clientId }, batch);
+    if (batch.length > 0) line.send(batch);
+  }
+
+  /**
+   * Sends the subscribes waiting now on `line` at once, in the frame of the handshake just sent
+   * there (a bundled set-up, docs/protocol.md): they carry no clientId, the server gives them its
+   * new session's. Publishes and requests wait for the session as usual.
+   */
+  sendWithHandshake(line: Transport): void {
+    const batch: Message[] = [];
+    for (const item of this.queue.filter((o) => o.kind === 'subscribe')) {
+      this.queue.splice(this.queue.indexOf(item), 1);
+      this.takeOff(item, item.message, batch);
     }
     if (batch.length > 0) line.send(batch);
+  }
+
+  /**
+   * The server did not take the bundled set-up: it ignored the subscribes sent with the handshake
+   * (Bayeux §4.1.1), so no reply is coming (the registry asks for them again). No other
+   * subscribe can be in flight then: the line before the handshake took its own with it.
+   */
+  forgetSubscribes(): void {
+    for (const [id, item] of this.inflight) {
+      if (item.kind === 'subscribe') {
+        this.inflight.delete(id);
+        clearTimeout(item.timer);
+      }
+    }
+  }
+
+  /** Puts `item` (as `message`) in `batch` and awaits its reply, unless an outgoing extension drops it. */
+  private takeOff(item: Outgoing, message: Message, batch: Message[]): void {
+    const out = this.session.outgoing(message);
+    if (!out) {
+      item.settle(new ClientError('bayeux', `${item.message.channel}: dropped by an outgoing extension`, ''));
+      return;
+    }
+    this.inflight.set(item.message.id, item);
+    item.timer = setTimeout(() => {
+      this.inflight.delete(item.message.id);
+      item.settle(new ClientError('timeout', `no reply to ${item.message.channel} within ${item.timeout} ms`));
+    }, item.timeout);
+    batch.push(out);
   }
 
   /**

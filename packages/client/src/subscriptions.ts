@@ -116,9 +116,12 @@ export class Subscriptions {
     });
   }
 
-  /** Sends the subscribes that are wanted or due a resync (once connected). */
-  sendWanted(): void {
-    if (this.session.state !== 'connected') return;
+  /**
+   * Sends the subscribes that are wanted or due a resync (once connected). `withHandshake`: a
+   * bundled handshake is on its way, and they are queued to go in its frame (Outbox.sendWithHandshake).
+   */
+  sendWanted(withHandshake = false): void {
+    if (this.session.state !== 'connected' && !withHandshake) return;
     for (const [pattern, step] of this.releasing) if (step === 'due') this.unsubscribe(pattern);
     for (const [pattern, state] of this.patterns) {
       const resync = state.status === 'active' && state.resync === 'due';

@@ -51,6 +51,17 @@ describe('reconnection', () => {
 
         await waitFor(() => c.state === 'connected', 5000, 'reconnection');
         assert.notEqual(c.clientId, firstSession, 'a new session');
+        if (type === 'websocket') {
+          // The new session's subscribe, asking for what followed the last message seen, went in its handshake's frame.
+          const frames = net.framesOut.map((frame) => JSON.parse(frame) as { channel: string; subscription?: string; ext?: { recover?: Record<string, unknown> } }[]);
+          const last = frames.filter((batch) => batch[0]?.channel === '/meta/handshake').at(-1)!;
+          assert.deepEqual(
+            last.map((m) => m.channel),
+            ['/meta/handshake', '/meta/subscribe', '/meta/connect'],
+          );
+          assert.equal(last[1]!.subscription, '/r/live');
+          assert.ok(last[1]!.ext?.recover?.['/r/live'], 'the subscribe carries the position to recover from');
+        }
         await waitFor(() => received.length === 6, 5000, 'the missed messages');
         await offlinePublish;
         assert.deepEqual(heard, ['sent while offline']);

@@ -46,8 +46,8 @@ export class WebSocketTransport implements Transport {
   }
 
   send(messages: Message[]): void {
-    // What is sent in one turn leaves in one frame: the held connect with the subscribes that
-    // follow a handshake, the publishes of a batch with a reply to the server.
+    // What is sent in one turn leaves in one frame: the subscribes and the first connect with the
+    // handshake, the publishes of a batch with a reply to the server.
     if (this.batch.length === 0) queueMicrotask(() => this.flush());
     this.batch.push(...messages);
   }
