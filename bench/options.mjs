@@ -25,6 +25,7 @@ const USAGE = `usage: npm run bench -- [options]
   --idle-sizes A,B,C     connection counts of the idle scenario (default 1000,5000,19000)
   --duration S           seconds of publishing per rate (default 5)
   --settle S             idle scenario: seconds to wait after the last connection before memory is measured (default 12)
+  --idle-warmup N        idle scenario: connections set up before the measured ones, and not counted (default 500; 0 for none)
   --drain S              longest wait for stragglers after the last publish, s (default 5)
   --warmup S             load scenarios: seconds of publishing at the first rate before anything is measured (default 3; 0 for none)
   --servers LIST         any of perihelion,faye,socketio,nchan,floor (default all, in that order; nchan only when
@@ -58,6 +59,7 @@ export function parseArgs(argv) {
     drain: 5,
     warmup: 3,
     settle: 12,
+    idleWarmup: 500,
     servers: nchanInstalled() ? ['perihelion', 'faye', 'socketio', 'nchan', 'floor'] : ['perihelion', 'faye', 'socketio', 'floor'],
     socketioClient: 'raw',
     wsClient: 'raw',
@@ -95,6 +97,9 @@ export function parseArgs(argv) {
           .split(',')
           .filter(Boolean)
           .map((n) => number('idle-sizes', n, { min: 1, integer: true }));
+        break;
+      case '--idle-warmup':
+        options.idleWarmup = number('idle-warmup', value(), { min: 0, integer: true });
         break;
       case '--json':
         options.json = value();

@@ -286,6 +286,8 @@ export function printReport(bench, { partial = false } = {}) {
     "  generator's own speed limits it); server µs/conn: the server's CPU from the first connection to",
     '  the last one subscribed, per connection (the forced collections of the memory measurement are',
     '  not counted), and the connections per second one core could take at that cost.',
+    `  ${options.idleWarmup > 0 ? `Before them ${options.idleWarmup} subscribers were set up as a warm-up (\`--idle-warmup\`), which stay open: not counted in the` : 'No warm-up (`--idle-warmup 0`): the first connections also pay for compiling the code they run.'}`,
+    ...(options.idleWarmup > 0 ? ["  CPU per connection (they spare the measured ones the compiling of the code a set-up runs), counted in the memory per connection (growth over the fresh server's, divided by all open connections)."] : []),
     '',
     ...mdSections,
     '## Ratios',
