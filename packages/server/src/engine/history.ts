@@ -56,7 +56,9 @@ export interface HistoryQuery {
 /** No bytes yet: a log that keeps nothing holds no buffer. */
 const NO_BYTES = Buffer.alloc(0);
 /** The smallest buffer a log that keeps something gets, in bytes. */
-const MIN_BYTES = 256;
+const MIN_BYTES = 128;
+/** Numbers kept per message in `entries`: its start in the buffer, its length in characters, its time. */
+const STRIDE = 3;
 
 /**
  * One channel's log. Offsets are contiguous: entry `i` (from `head`) has offset `first + i`.
@@ -65,8 +67,9 @@ const MIN_BYTES = 256;
  * strings: a string kept for minutes survives every young-generation collection until V8 promotes
  * it, and those copies were most of the collection pauses of a busy server (each pause delays
  * every delivery behind it). A buffer's bytes live outside the V8 heap; what the heap holds per
- * message is three numbers in three arrays. A read (a recovery, the history API) decodes the
- * messages it returns.
+ * message is three numbers in one array (one array, not three: a channel keeping a single
+ * message, as a presence channel does, would hold three arrays' spare capacity). A read (a
+ * recovery, the history API) decodes the messages it returns.
  */
 export class ChannelLog {
   /** Offset of the latest message in this epoch; 0 before the first. */
@@ -75,13 +78,12 @@ export class ChannelLog {
   chars = 0;
   /** Published to since the store last passed it on its way to the least recently published. */
   recent = false;
-  /** The kept messages' bytes: entry i spans starts[i] to starts[i + 1] (the last one, to `end`). */
+  /** The kept messages' bytes: entry i spans start(i) to start(i + 1) (the last one, to `end`). */
   private bytes: Buffer = NO_BYTES;
   private end = 0;
-  /** Per kept message (parallel arrays of small integers and numbers: no object per message). */
-  private starts: number[] = [];
-  private lengths: number[] = [];
-  private ats: number[] = [];
+  /** STRIDE numbers per message, entry after entry (numbers only: no object per message). */
+  private entries: number[] = [];
+  /** Entries before this one are dropped. */
   private head = 0;
 
   constructor(
@@ -93,7 +95,16 @@ export class ChannelLog {
 
   /** Number of messages kept now. */
   get length(): number {
-    return this.starts.length - this.head;
+    return this.count - this.head;
+  }
+
+  /** Entries in `entries`, dropped ones included. */
+  private get count(): number {
+    return this.entries.length / STRIDE;
+  }
+
+  private start(i: number): number {
+    return i < this.count ? this.entries[i * STRIDE]! : this.end;
   }
 
   /** Offset of the oldest message kept (offset + 1 when none is kept). */
@@ -115,10 +126,8 @@ export class ChannelLog {
     this.offset++;
     // Room for the worst case (3 bytes per UTF-16 unit) is checked without measuring the string.
     if (this.bytes.length - this.end < payload.length * 3) this.makeRoom(Buffer.byteLength(payload));
-    this.starts.push(this.end);
+    this.entries.push(this.end, payload.length, now);
     this.end += this.bytes.write(payload, this.end, 'utf8');
-    this.lengths.push(payload.length);
-    this.ats.push(now);
     this.chars += payload.length;
     this.totals.chars += payload.length;
     if (this.length > this.retention.size) this.dropOldest(this.length - this.retention.size);
@@ -129,7 +138,7 @@ export class ChannelLog {
   prune(now: number): void {
     const cutoff = now - this.retention.ttl;
     let stale = 0;
-    while (this.head + stale < this.ats.length && this.ats[this.head + stale]! <= cutoff) stale++;
+    while (this.head + stale < this.count && this.entries[(this.head + stale) * STRIDE + 2]! <= cutoff) stale++;
     if (stale > 0) this.dropOldest(stale);
   }
 
@@ -137,18 +146,18 @@ export class ChannelLog {
   after(offset: number, limit: number): string[] | null {
     if (offset > this.offset || offset < this.first - 1) return null;
     const from = this.head + (offset + 1 - this.first);
-    return this.decode(from, Math.min(this.starts.length, from + limit));
+    return this.decode(from, Math.min(this.count, from + limit));
   }
 
   /** The latest `limit` messages. */
   latest(limit: number): string[] {
-    return this.decode(Math.max(this.head, this.starts.length - limit), this.starts.length);
+    return this.decode(Math.max(this.head, this.count - limit), this.count);
   }
 
   /** Drops the `count` oldest messages (their positions can no longer be recovered). */
   dropOldest(count: number): void {
     let chars = 0;
-    for (let i = this.head; i < this.head + count; i++) chars += this.lengths[i]!;
+    for (let i = this.head; i < this.head + count; i++) chars += this.entries[i * STRIDE + 1]!;
     this.chars -= chars;
     this.totals.chars -= chars;
     this.head += count;
@@ -156,15 +165,11 @@ export class ChannelLog {
       // Nothing kept: nothing held (a channel gone quiet keeps its position, not its buffer).
       this.bytes = NO_BYTES;
       this.end = 0;
-      this.starts = [];
-      this.lengths = [];
-      this.ats = [];
+      this.entries = [];
       this.head = 0;
-    } else if (this.head > 64 && this.head * 2 > this.starts.length) {
+    } else if (this.head > 64 && this.head * 2 > this.count) {
       // Compact once the dead prefix dominates, so memory stays proportional to what is kept.
-      this.starts = this.starts.slice(this.head);
-      this.lengths = this.lengths.slice(this.head);
-      this.ats = this.ats.slice(this.head);
+      this.entries = this.entries.slice(this.head * STRIDE);
       this.head = 0;
     }
   }
@@ -172,7 +177,7 @@ export class ChannelLog {
   /** Messages `from` to `to` (entry indexes) as strings. */
   private decode(from: number, to: number): string[] {
     const out: string[] = [];
-    for (let i = from; i < to; i++) out.push(this.bytes.toString('utf8', this.starts[i], i + 1 < this.starts.length ? this.starts[i + 1] : this.end));
+    for (let i = from; i < to; i++) out.push(this.bytes.toString('utf8', this.start(i), this.start(i + 1)));
     return out;
   }
 
@@ -183,18 +188,19 @@ export class ChannelLog {
    */
   private makeRoom(size: number): void {
     if (this.end + size <= this.bytes.length) return;
-    const keptFrom = this.length > 0 ? this.starts[this.head]! : this.end;
+    const keptFrom = this.start(this.head);
     const kept = this.end - keptFrom;
     const needed = kept + size;
     let target = this.bytes;
     if (needed * 2 > this.bytes.length || needed * 4 < this.bytes.length) {
       // Not from Node's shared pool: a channel's buffer must not keep other buffers' memory alive.
-      target = Buffer.allocUnsafeSlow(Math.max(MIN_BYTES, needed * 2));
+      // The first one fits (many channels keep one message: a presence event), later ones double.
+      target = Buffer.allocUnsafeSlow(Math.max(MIN_BYTES, this.bytes.length === 0 ? needed : needed * 2));
     }
     if (kept > 0) this.bytes.copy(target, 0, keptFrom, this.end);
     this.bytes = target;
     this.end = kept;
-    for (let i = this.head; i < this.starts.length; i++) this.starts[i]! -= keptFrom;
+    for (let i = this.head * STRIDE; i < this.entries.length; i += STRIDE) this.entries[i]! -= keptFrom;
   }
 }
 
