@@ -12,7 +12,7 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import { bayeuxError, decodeBatch, encodeBatch, type ErrorName } from '@perihelion/protocol';
-import type { LineWatcher, PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
+import type { LineWatcher, ProcessContext, PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
 import { requestFacts } from '../http/request-facts.js';
 import { LineWatchers } from '../core/line-watchers.js';
 
@@ -109,16 +109,19 @@ class WebSocketConnection implements PushConnection {
   private readonly watchers = new LineWatchers();
   /** Whoever else asked to hear of its close (made when first needed: usually nobody). */
   private closeCallbacks: (() => void)[] | null = null;
+  /** What every frame of this line is processed with: one object per line, not per frame (a held connect keeps it). */
+  private readonly context: ProcessContext;
 
   constructor(
     private readonly socket: WebSocket,
     /** The TCP socket under the WebSocket: `ws` does not report 'drain', the socket does. */
     private readonly raw: Duplex,
     private readonly core: TransportHost,
-    private readonly request: RequestFacts,
+    request: RequestFacts,
     /** The transport's open connections, which this one leaves when it closes. */
     private readonly registry: Set<WebSocketConnection>,
   ) {
+    this.context = { transport: 'websocket', request, connection: this };
     (socket as Tagged)[CONNECTION] = this;
     (raw as Duplex & { [CONNECTION]: WebSocketConnection })[CONNECTION] = this;
     socket.on('message', onMessage);
@@ -202,7 +205,7 @@ class WebSocketConnection implements PushConnection {
     // when the engine is asynchronous; a held connect does not block this chain.
     this.tail = this.tail
       .then(async () => {
-        const replies = await this.core.process(decoded.messages, { transport: 'websocket', request: this.request, connection: this });
+        const replies = await this.core.process(decoded.messages, this.context);
         if (replies.length > 0 || decoded.messages.length === 0) this.send(replies);
       })
       // process() rejects only when the server cannot serve at all (its engine never started,

@@ -107,7 +107,7 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
     return finishConnect(core, message, session, { reason: 'message', events }, advice, extensionContext, out);
   }
   if (context.connection) {
-    session.hold(timeout, new PushedConnect(core, message, session, advice, extensionContext, context.connection));
+    session.hold(timeout, new PushedConnect(core, message, session, extensionContext, context.connection));
     return;
   }
   // Long-polling: the HTTP response is the answer, once the connect is released.
@@ -130,20 +130,23 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
   return finishConnect(core, message, session, release, advice, extensionContext, out);
 }
 
-/** A connect held on a push line (WebSocket): its reply, and what it carries, go out through the line. */
+/**
+ * A connect held on a push line (WebSocket): its reply, and what it carries, go out through the
+ * line. Every idle session keeps one: its advice is made when it is answered, not kept.
+ */
 class PushedConnect implements HeldConnect {
   constructor(
     private readonly core: ConnectCore,
     private readonly message: Message,
     private readonly session: ServerSession,
-    private readonly advice: Advice,
     private readonly context: ExtensionContext,
     readonly connection: PushConnection,
   ) {}
 
   answer(release: Release): void {
     const later: string[] = [];
-    void finishConnect(this.core, this.message, this.session, release, this.advice, this.context, later).then(() => {
+    // Held, so not a streamed type (those are answered at once): the advice of a held connect.
+    void finishConnect(this.core, this.message, this.session, release, heldAdvice(this.core.options), this.context, later).then(() => {
       if (later.length > 0) this.connection.send(later);
     });
   }
