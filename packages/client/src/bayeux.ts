@@ -242,11 +242,11 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     const bundling = this.bundling && type === 'websocket';
     if (bundling) message.ext = { ...message.ext, bundle: true };
     const handshaken = this.request(message, this.options.timeout);
-    if (bundling) {
+    if (bundling && this.line) {
       // The new session holds nothing yet: every pattern is asked for, with its positions.
       this.forgetOldSession();
       this.subscriptions.sendWanted(true);
-      this.outbox.sendWithHandshake(this.line!);
+      this.outbox.sendWithHandshake(this.line);
     }
     const bundled = bundling ? this.firstConnect(type) : undefined;
     let reply: Message;
