@@ -65,13 +65,15 @@ export async function benchIdle(bench, name, scenario, size, round) {
     row.heapAfter = after.heapUsed;
     const open = clients.length + warmupClients.length;
     row.bytesPerConnection = clients.length > 0 ? (after.rss - fresh.rss) / open : NaN;
+    // Right after the burst, as a client sees a server that just took a wave of connections.
+    row.burstBytesPerConnection = clients.length > 0 ? (connected.rss - fresh.rss) / open : NaN;
     // Null for a server without a JavaScript heap (Nchan).
     row.heapPerConnection = clients.length > 0 && after.heapUsed !== null ? (after.heapUsed - fresh.heapUsed) / open : NaN;
     row.cpuMs = (connected.cpu.user + connected.cpu.system - before.cpu.user - before.cpu.system) / 1000;
     // The server's own cost of a connection (TCP accept, upgrade, handshake, connect, subscribe),
     // which the load generator's speed does not limit: the rate one core could sustain is 1e6 / µs.
     row.serverUsPerConnection = clients.length > 0 ? (1000 * row.cpuMs) / clients.length : NaN;
-    log(`${name}: ${clients.length} idle connections: ${fmt(row.bytesPerConnection / 1024, 1)} KB RSS and ${fmt(row.heapPerConnection / 1024, 1)} KB heap each; ${fmt(row.connectsPerSec, 0)} connections/s`);
+    log(`${name}: ${clients.length} idle connections: ${fmt(row.burstBytesPerConnection / 1024, 1)} KB RSS each right after the burst, ${fmt(row.bytesPerConnection / 1024, 1)} KB RSS and ${fmt(row.heapPerConnection / 1024, 1)} KB heap each; ${fmt(row.connectsPerSec, 0)} connections/s`);
   } catch (error) {
     row.error = String(error?.message ?? error);
     log(`${name}: FAILED: ${row.error}`);

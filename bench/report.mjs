@@ -31,7 +31,7 @@ function versionOf(pkg) {
 }
 
 const METRICS = ['offeredPerSec', 'deliveredPerSec', 'lossPct', 'perFrame', 'p50', 'p99', 'max', 'serverCpuPct', 'serverUsPerMsg', 'serverRss', 'genCpuPct', 'othersCpu0Pct', 'othersCpu1Pct', 'serverWaitMs'];
-const IDLE_METRICS = ['connected', 'connectsPerSec', 'serverUsPerConnection', 'bytesPerConnection', 'heapPerConnection', 'rssAfter'];
+const IDLE_METRICS = ['connected', 'connectsPerSec', 'serverUsPerConnection', 'burstBytesPerConnection', 'bytesPerConnection', 'heapPerConnection', 'rssAfter'];
 
 const loadScenarios = (options) => options.scenarios.map((id) => scenarioOf(options, id)).filter((s) => s.kind === 'load');
 
@@ -96,12 +96,13 @@ function idleTable(rows) {
     fmt(r.connectsPerSec, 0),
     fmt(r.serverUsPerConnection, 0),
     fmt(1e6 / r.serverUsPerConnection, 0),
+    fmt(r.burstBytesPerConnection / 1024, 1),
     fmt(r.bytesPerConnection / 1024, 1),
     fmt(r.heapPerConnection / 1024, 1),
     mb(r.rssAfter),
     r.error ? `FAILED: ${r.error}` : 'ok',
   ]);
-  return table(['server', 'connections', 'connected', 'connections/s', 'server µs/conn', 'conn/s one core could take', 'KB RSS per conn', 'KB heap per conn', 'server RSS MB', 'status'], body, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l']);
+  return table(['server', 'connections', 'connected', 'connections/s', 'server µs/conn', 'conn/s one core could take', 'KB RSS per conn after the burst', 'KB RSS per conn', 'KB heap per conn', 'server RSS MB', 'status'], body, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l']);
 }
 
 /** Perihelion ÷ each other server, per scenario and rate (or size). */
@@ -286,6 +287,8 @@ export function printReport(bench, { partial = false } = {}) {
     "  generator's own speed limits it); server µs/conn: the server's CPU from the first connection to",
     '  the last one subscribed, per connection (the forced collections of the memory measurement are',
     '  not counted), and the connections per second one core could take at that cost.',
+    '  KB RSS per conn after the burst: the same growth read right after the last connection, before V8',
+    '  gave back the young generation it grew for the burst (no forced collection).',
     `  ${options.idleWarmup > 0 ? `Before them ${options.idleWarmup} subscribers were set up as a warm-up (\`--idle-warmup\`), which stay open: not counted in the` : 'No warm-up (`--idle-warmup 0`): the first connections also pay for compiling the code they run.'}`,
     ...(options.idleWarmup > 0 ? ["  CPU per connection (they spare the measured ones the compiling of the code a set-up runs), counted in the memory per connection (growth over the fresh server's, divided by all open connections)."] : []),
     '',
