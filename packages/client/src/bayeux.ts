@@ -221,9 +221,11 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     this.openLine(type);
     let token: string | undefined;
     try {
-      // Awaited even when it is not a function: the handshake leaves a turn later, so that the
-      // subscribes asked for in the turn that started the client go in its frame (a bundle).
-      token = await (typeof this.options.token === 'function' ? this.options.token() : this.options.token);
+      // Over a WebSocket, awaited even when it is not a function: the handshake leaves a turn
+      // later, so that the subscribes asked for in the turn that started the client go in its
+      // frame (a bundle). Other transports send it at once, as they always did.
+      const { token: given } = this.options;
+      token = typeof given === 'function' ? await given() : type === 'websocket' ? await given : given;
     } catch {
       token = undefined;
     }
