@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import { PerihelionError } from '@perihelion/server';
 import { SETTINGS, SettingsError, defaultsOn, envName, resolveSettings } from './settings.js';
 import { serve } from './serve.js';
-import { runWorkers, workerNode } from './workers.js';
+import { runWorkers, workerAddress, workerNode } from './workers.js';
 import { publishCommand } from './commands/publish.js';
 import { subscribeCommand } from './commands/subscribe.js';
 
@@ -49,14 +49,15 @@ command.action(async (flags: Record<string, unknown>) => {
   try {
     const settings = resolveSettings(flags, process.env);
     const node = workerNode();
-    if ((settings.workers ?? 1) > 1 && node === null) return runWorkers(settings);
+    const address = workerAddress();
+    if ((settings.workers ?? 1) > 1 && node === null) return await runWorkers(settings);
     if (node !== null) {
       // A worker whose primary is gone (killed) has nobody to answer its engine: it goes too.
       process.on('disconnect', () => process.exit(1));
     }
     // Workers but the first keep quiet: one banner for the whole server.
     const log = node === null || node.startsWith('w1-') ? console.log : () => {};
-    const running = await serve(settings, log, node ?? undefined);
+    const running = await serve(settings, log, node !== null && address !== null ? { node, address } : undefined);
     let stopping = false;
     const stop = (signal: string): void => {
       if (stopping) return;

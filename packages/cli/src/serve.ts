@@ -1,8 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
 import { RedisEngine, WorkersEngine, createServer, type Engine, type Perihelion } from '@perihelion/server';
 import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
+import { takeHandedConnections } from './handoff.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
 import type { Settings } from './settings.js';
 
@@ -44,11 +46,17 @@ export interface Running {
   stop(): Promise<void>;
 }
 
+/** A worker of `--workers` (see workers.ts): its node id, and the address its primary listens on and hands it connections from. */
+export interface WorkerSeat {
+  node: string;
+  address: AddressInfo;
+}
+
 /**
- * Starts the server described by `settings` and reports what it serves. `workerNode`: this
- * process is that worker of `--workers` (see workers.ts).
+ * Starts the server described by `settings` and reports what it serves. `worker`: this process
+ * is that worker of `--workers`, and serves the connections its primary hands over.
  */
-export async function serve(settings: Settings, log: (line: string) => void = console.log, workerNode?: string): Promise<Running> {
+export async function serve(settings: Settings, log: (line: string) => void = console.log, worker?: WorkerSeat): Promise<Running> {
   // The demo gallery keeps state in its process (tickers, state channels, games): one process only.
   const workers = settings.workers ?? 1;
   const demo = settings.demo && workers === 1;
@@ -68,8 +76,8 @@ export async function serve(settings: Settings, log: (line: string) => void = co
           ...(settings.redisHeartbeatInterval !== undefined ? { heartbeatInterval: settings.redisHeartbeatInterval } : {}),
           ...(settings.redisNodeTimeout !== undefined ? { nodeTimeout: settings.redisNodeTimeout } : {}),
         })
-      : workerNode !== undefined
-        ? new WorkersEngine(undefined, workerNode)
+      : worker !== undefined
+        ? new WorkersEngine(undefined, worker.node)
         : undefined;
   const server = createServer(engine ? { ...options, engine } : options);
   attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null }, pino.destination(2)));
@@ -85,8 +93,13 @@ export async function serve(settings: Settings, log: (line: string) => void = co
     if (demoPages) return demoPages(req, res);
     res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${server.options.path}\n`);
   };
-  const listenOptions = { port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), fallback };
-  const address = await server.listen(listenOptions);
+  let address: AddressInfo;
+  if (worker) {
+    takeHandedConnections(server.serveHandedConnections({ fallback }));
+    address = worker.address;
+  } else {
+    address = await server.listen({ port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), fallback });
+  }
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const shown = host === '[::]' || host === '0.0.0.0' ? 'localhost' : host;
   const url = `http://${shown}:${address.port}`;

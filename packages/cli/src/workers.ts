@@ -2,22 +2,24 @@
  * `perihelion serve --workers N`: N processes serve one port as one server, so that every core
  * of the machine is used.
  *
- * The primary process forks the workers (`node:cluster`: they share the listening socket, and
- * the primary hands each new connection to the next worker) and, without --redis, holds the
- * WorkerBroker, the one store of the machine that their WorkersEngines use. With --redis each
- * worker is a node of the cluster instead, and the primary only watches them. Either way a
- * request for a session another worker holds is forwarded to it, as between the nodes of a
- * cluster.
+ * The primary process listens, forks the workers (`node:cluster`) and hands each new connection
+ * to the next worker that is ready (handoff.ts), and, without --redis, holds the WorkerBroker, the
+ * one store of the machine that their WorkersEngines use. With --redis each worker is a node of
+ * the cluster instead, and the primary only watches them. Either way a request for a session
+ * another worker holds is forwarded to it, as between the nodes of a cluster.
  *
  * A worker that dies is replaced (its sessions are gone: their clients handshake again); SIGTERM
  * or SIGINT to the primary drains every worker, then the primary exits.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { createServer, type AddressInfo } from 'node:net';
 import { WorkerBroker, type ToBroker } from '@perihelion/server';
+import { ConnectionHandoff, isHandoffMessage } from './handoff.js';
 import type { Settings } from './settings.js';
 
-/** The environment variable that tells a forked worker its node id. */
+/** The environment variables that tell a forked worker its node id and the address the primary listens on. */
 export const WORKER_NODE_ENV = 'PERIHELION_WORKER_NODE';
+export const WORKER_ADDRESS_ENV = 'PERIHELION_WORKER_ADDRESS';
 
 /** A worker that dies within this time of its start is not replaced at once, but after a pause. */
 const CRASH_PAUSE_MS = 1_000;
@@ -27,8 +29,31 @@ export function workerNode(): string | null {
   return cluster.isWorker ? (process.env[WORKER_NODE_ENV] ?? null) : null;
 }
 
-/** Runs the primary: forks `settings.workers` workers and keeps them running until a signal. */
-export function runWorkers(settings: Settings, log: (line: string) => void = console.log): void {
+/** The address the primary of this worker listens on (it hands the connections over), else null. */
+export function workerAddress(): AddressInfo | null {
+  const value = cluster.isWorker ? process.env[WORKER_ADDRESS_ENV] : undefined;
+  return value === undefined ? null : (JSON.parse(value) as AddressInfo);
+}
+
+/**
+ * Runs the primary: listens on the port, forks `settings.workers` workers and keeps them running
+ * until a signal. Rejects when the port cannot be listened on (EADDRINUSE).
+ */
+export async function runWorkers(settings: Settings, log: (line: string) => void = console.log): Promise<void> {
+  const handoff = new ConnectionHandoff();
+  // Accepted here and handed over unread: the worker that gets a connection reads all of it.
+  const listener = createServer({ pauseOnConnect: true }, (socket) => handoff.hand(socket));
+  await new Promise<void>((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen(settings.port ?? 8080, settings.host, () => {
+      listener.off('error', reject);
+      resolve();
+    });
+  });
+  // Past the start (a socket error, descriptors exhausted): said, and the server goes on.
+  listener.on('error', (error) => log(`accepting a connection failed: ${error.message}`));
+  const address = JSON.stringify(listener.address());
+
   const broker = settings.redis === undefined ? new WorkerBroker() : null;
   const workers = new Map<Worker, { node: string; startedAt: number }>();
   let stopping = false;
@@ -39,8 +64,13 @@ export function runWorkers(settings: Settings, log: (line: string) => void = con
   const fork = (): void => {
     const node = `w${++lastNode}-${process.pid}`;
     const replacement = started;
-    const worker = cluster.fork({ [WORKER_NODE_ENV]: node });
+    const worker = cluster.fork({ [WORKER_NODE_ENV]: node, [WORKER_ADDRESS_ENV]: address });
     workers.set(worker, { node, startedAt: Date.now() });
+    // The hand-off's messages are read here, the rest is the broker's.
+    worker.on('message', (message: unknown) => {
+      if (!handoff.receive(worker, message)) return;
+      if (replacement && (message as { k: string }).k === 'ready') log(`worker ${node} (pid ${worker.process.pid}) takes connections`);
+    });
     if (broker) {
       // What is sent and not yet written to the worker's IPC channel (the broker bounds it).
       let backlog = 0;
@@ -50,20 +80,21 @@ export function runWorkers(settings: Settings, log: (line: string) => void = con
           backlog++;
           worker.send(message, () => backlog--);
         },
-        onMessage: (handler) => void worker.on('message', (message) => handler(message as ToBroker)),
+        onMessage: (handler) =>
+          void worker.on('message', (message: unknown) => {
+            if (!isHandoffMessage(message)) handler(message as ToBroker);
+          }),
         backlog: () => backlog,
       });
     }
     worker.on('online', () => log(`  worker ${node}: pid ${worker.process.pid}`));
-    // Until a replacement listens, connections go to the others only; with none left they are
-    // refused (node:cluster closes the shared socket), so an operator sees when it is back.
-    if (replacement) worker.once('listening', () => log(`worker ${node} (pid ${worker.process.pid}) is listening`));
     worker.on('exit', (code, signal) => {
       const entry = workers.get(worker);
       workers.delete(worker);
+      handoff.remove(worker);
       void broker?.detach(node);
       if (stopping) {
-        if (workers.size === 0) void broker?.close().finally(() => process.exit(0));
+        if (workers.size === 0) void (broker?.close() ?? Promise.resolve()).finally(() => process.exit(0));
         return;
       }
       log(`worker ${node} (pid ${worker.process.pid}) exited (${signal ?? `code ${code}`}); its clients will handshake again with the others; starting another`);
@@ -76,6 +107,8 @@ export function runWorkers(settings: Settings, log: (line: string) => void = con
     if (stopping) return;
     stopping = true;
     log(`${signal}: shutting down ${workers.size} workers`);
+    listener.close();
+    handoff.close();
     if (workers.size === 0) process.exit(0);
     // Each worker drains its own sessions (drainTimeout), then exits; the primary follows.
     for (const worker of workers.keys()) worker.process.kill('SIGTERM');

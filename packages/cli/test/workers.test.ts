@@ -97,9 +97,9 @@ describe('perihelion serve --workers 2', () => {
       const first = clients.map((client) => client.clientId);
       for (const [round, pid] of pids.entries()) {
         process.kill(pid, 'SIGKILL');
-        // Listening, not only started: with the other worker killed next, no worker would be
-        // left to take connections (node:cluster refuses them until one listens again).
-        await waitFor('a new worker listening', () => (output.match(/worker w\d+-\d+ \(pid \d+\) is listening/g) ?? []).length === round + 1, 15_000);
+        // Taking connections, not only started: with the other worker killed next, no worker
+        // would be left (the primary keeps connections waiting for one, at most 10 s).
+        await waitFor('a new worker taking connections', () => (output.match(/worker w\d+-\d+ \(pid \d+\) takes connections/g) ?? []).length === round + 1, 15_000);
         for (let n = 20 * (round + 1); n < 20 * (round + 2); n++) {
           await publishApi(n);
           await new Promise((resolve) => setTimeout(resolve, 20));

@@ -7,7 +7,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { channelProblem, isMeta, isService, type Message, type Position } from '@perihelion/protocol';
 import { HttpApi } from './api/http-api.js';
@@ -77,6 +77,8 @@ export class Perihelion {
   private readonly latencyHistogram: LatencyHistogram;
   private readonly states: StateChannels;
   private owned: Server | null = null;
+  /** The connections handed to `serveHandedConnections` still open. */
+  private handed: Set<Socket> | null = null;
   private shuttingDown: Promise<void> | null = null;
 
   constructor(options: ServerOptions = {}) {
@@ -402,11 +404,43 @@ export class Perihelion {
 
   /** Starts a node:http server of its own; resolves to the address it listens on. */
   async listen(options: ListenOptions = {}): Promise<AddressInfo> {
-    const fallback: RequestHandler =
-      options.fallback ??
-      ((_req, res) => {
-        res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${this.options.path}\n`);
+    const server = this.ownServer(options.fallback);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 8080, options.host, () => {
+        server.off('error', reject);
+        resolve();
       });
+    });
+    return server.address() as AddressInfo;
+  }
+
+  /**
+   * Serves connections that another process accepted (the primary of `perihelion serve
+   * --workers` hands each to a worker): returns the function to give each socket to, which this
+   * server then serves as one of its own (node:http's, as `listen` runs it). `close` waits for them.
+   */
+  serveHandedConnections(options: Pick<ListenOptions, 'fallback'> = {}): (socket: Socket) => void {
+    const server = this.ownServer(options.fallback);
+    // node:http tracks its connections (headersTimeout, requestTimeout, closeIdleConnections)
+    // from its 'listening' event on: a server that never listens must be told it started.
+    server.emit('listening');
+    const handed = (this.handed = new Set<Socket>());
+    return (socket) => {
+      if (this.shuttingDown) {
+        socket.destroy();
+        return;
+      }
+      handed.add(socket);
+      socket.once('close', () => handed.delete(socket));
+      server.emit('connection', socket);
+      // Handed over unread (the primary does not read it): start reading now.
+      socket.resume();
+    };
+  }
+
+  /** The node:http server that `listen` and `serveHandedConnections` run, answering `fallback` outside the mount path. */
+  private ownServer(fallback: RequestHandler = (_req, res) => void res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${this.options.path}\n`)): Server {
     const server = createHttpServer((req, res) => {
       if (!this.handleRequest(req, res)) fallback(req, res);
     });
@@ -418,14 +452,7 @@ export class Perihelion {
       if (!this.http.handleUpgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     });
     this.owned = server;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(options.port ?? 8080, options.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    return server.address() as AddressInfo;
+    return server;
   }
 
   /** The address of the server started by `listen`, if any. */
@@ -450,13 +477,24 @@ export class Perihelion {
     this.http.close();
     const owned = this.owned;
     if (!owned) return;
+    const handed = this.handed;
     await new Promise<void>((resolve) => {
-      // Connections whose last answer is still being written become idle a moment later;
-      // close them as they do, instead of waiting for their keep-alive timeout.
-      const sweep = setInterval(() => owned.closeIdleConnections(), 50);
-      owned.close(() => {
+      // node:http waits for the connections it accepted, not for handed ones: those are counted here.
+      let closed = false;
+      const finish = (): void => {
+        if (!closed || (handed !== null && handed.size > 0)) return;
         clearInterval(sweep);
         resolve();
+      };
+      // Connections whose last answer is still being written become idle a moment later;
+      // close them as they do, instead of waiting for their keep-alive timeout.
+      const sweep = setInterval(() => {
+        owned.closeIdleConnections();
+        finish();
+      }, 50);
+      owned.close(() => {
+        closed = true;
+        finish();
       });
     });
   }
