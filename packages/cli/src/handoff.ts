@@ -37,6 +37,13 @@ export class ConnectionHandoff {
   private waitCheck: NodeJS.Timeout | undefined;
   private next = 0;
   private lastId = 0;
+  private readonly maxWaiting: number;
+  private readonly waitMs: number;
+
+  constructor({ maxWaiting = MAX_WAITING, waitMs = WAIT_MS }: { maxWaiting?: number; waitMs?: number } = {}) {
+    this.maxWaiting = maxWaiting;
+    this.waitMs = waitMs;
+  }
 
   /** Workers that take connections now. */
   get readyCount(): number {
@@ -72,12 +79,12 @@ export class ConnectionHandoff {
 
   /**
    * Hands an accepted connection (not yet read from) to the next ready worker. With none ready
-   * (every worker is starting), it waits for one, at most WAIT_MS and behind at most MAX_WAITING
+   * (every worker is starting), it waits for one, at most `waitMs` and behind at most `maxWaiting`
    * others; past either it is closed, and its client tries again.
    */
   hand(socket: Socket): void {
     if (this.ready.length === 0) {
-      if (this.waiting.length >= MAX_WAITING) socket.destroy();
+      if (this.waiting.length >= this.maxWaiting) socket.destroy();
       else this.wait(socket);
       return;
     }
@@ -108,8 +115,9 @@ export class ConnectionHandoff {
     socket.once('close', () => (this.waiting = this.waiting.filter((entry) => entry.socket !== socket)));
     this.waitCheck ??= setInterval(() => {
       const now = Date.now();
-      for (const { socket, since } of this.waiting) if (now - since >= WAIT_MS) socket.destroy();
-    }, 1_000);
+      for (const { socket, since } of this.waiting) if (now - since >= this.waitMs) socket.destroy();
+      if (this.waiting.length === 0) this.takeWaiting();
+    }, Math.min(1_000, this.waitMs));
   }
 
   private handWaiting(): void {

@@ -11,6 +11,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { WebSocket } from 'ws';
 import { Client } from '@perihelion/client';
 import { adapt } from 'cometd-nodejs-client';
@@ -121,6 +122,58 @@ describe('perihelion serve --workers 2', () => {
       for (const pid of replacements) assert.throws(() => process.kill(pid, 0), 'the workers are gone');
     } finally {
       await Promise.allSettled(clients.map((client) => client.disconnect()));
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('answers or closes every connection made while a worker dies, never leaves one hanging', { timeout: 60_000 }, async () => {
+    const child = start(['--workers', '2', '--open', '--no-demo']);
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
+    child.stderr.resume();
+    const exited = once(child, 'exit');
+    try {
+      const { port } = new URL(await listeningUrl(child));
+      const pids = (): number[] => [...output.matchAll(/worker w\d+-\d+: pid (\d+)/g)].map((m) => Number(m[1]));
+      await waitFor('two workers', () => pids().length === 2);
+      /** One request on a connection of its own: "answered", "closed" (its client would retry at once) or "hung". */
+      const dial = (): Promise<string> =>
+        new Promise((resolve) => {
+          const socket = connect(Number(port), '127.0.0.1');
+          let data = '';
+          const timer = setTimeout(() => {
+            socket.destroy();
+            resolve('hung');
+          }, 5_000);
+          socket.on('connect', () => socket.write('GET /nothing-here HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'));
+          socket.on('data', (chunk: Buffer) => (data += String(chunk)));
+          socket.on('error', () => {});
+          socket.on('close', () => {
+            clearTimeout(timer);
+            resolve(data.startsWith('HTTP/1.1 404') ? 'answered' : 'closed');
+          });
+        });
+      const outcomes: string[] = [];
+      for (let round = 0; round < 3; round++) {
+        const pending: Promise<string>[] = [];
+        for (let i = 0; i < 10; i++) pending.push(dial());
+        process.kill(pids().at(-2)!, 'SIGKILL');
+        // Connections keep coming while the primary learns of the death.
+        for (let i = 0; i < 40; i++) {
+          pending.push(dial());
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+        outcomes.push(...(await Promise.all(pending)));
+        await waitFor('the replacement taking connections', () => (output.match(/takes connections/g) ?? []).length === round + 1, 15_000);
+      }
+      const count = (outcome: string): number => outcomes.filter((o) => o === outcome).length;
+      assert.equal(count('hung'), 0, `of ${outcomes.length} connections ${count('answered')} answered, ${count('closed')} closed, ${count('hung')} hung`);
+      assert.ok(count('answered') >= 100, 'most are answered by the live worker');
+      // And the server still serves everyone.
+      assert.equal(await dial(), 'answered');
+      child.kill('SIGTERM');
+      assert.equal((await exited)[0], 0);
+    } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
   });
