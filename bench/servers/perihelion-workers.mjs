@@ -1,8 +1,9 @@
 // Perihelion as `perihelion serve --workers N` runs it (packages/cli/src/workers.ts), without
-// Redis: this process is the primary, holds the WorkerBroker (the one store of the machine) and
-// forks N `node:cluster` workers that share the listening socket; each worker runs a Perihelion
-// server whose WorkersEngine talks to the broker over the worker's IPC channel. N comes from
-// BENCH_WORKERS (default 2). The server options are bench/servers/perihelion.mjs's.
+// Redis: this process is the primary, holds the WorkerBroker (the one store of the machine),
+// listens, and forks N `node:cluster` workers, handing each connection it accepts to the next one
+// (ConnectionHandoff); each worker runs a Perihelion server whose WorkersEngine talks to the broker
+// over the worker's IPC channel. N comes from BENCH_WORKERS (default 2). The server options are
+// bench/servers/perihelion.mjs's.
 //
 // Publishing: the bench's publisher runs here, in the primary, and hands its messages over IPC to
 // the workers, which call `server.publish(...)` as an application running in the workers would;
@@ -15,11 +16,11 @@
 // connections) plus every worker, read from /proc. At each reading the log says how the CPU
 // since the previous one split between the processes.
 import cluster from 'node:cluster';
-import http from 'node:http';
+import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import { PERIHELION_LOAD_TEST_OPTIONS, listenOnLoopback, runServer } from './common.mjs';
 
-const { createServer, WorkerBroker, WorkersEngine } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
+const { createServer, ConnectionHandoff, WorkerBroker, WorkersEngine, isHandoffMessage, takeHandedConnections } = await import(new URL('../../packages/server/dist/src/index.js', import.meta.url).href);
 
 const PATH = '/bayeux';
 /** The environment variable that tells a forked worker its node id (as PERIHELION_WORKER_NODE does for the CLI). */
@@ -31,7 +32,7 @@ if (cluster.isWorker) await runWorker();
 else await runPrimary();
 
 // ---------------------------------------------------------------------------------------------
-// A worker: one Perihelion server on the shared port.
+// A worker: one Perihelion server, serving the connections the primary hands it.
 
 async function runWorker() {
   const node = process.env[NODE_ENV];
@@ -40,10 +41,6 @@ async function runWorker() {
     ...PERIHELION_LOAD_TEST_OPTIONS,
     engine: new WorkersEngine(undefined, node),
   });
-  const server = http.createServer((req, res) => {
-    res.writeHead(404).end();
-  });
-  bayeux.attach(server);
 
   // The bench's own messages share the IPC channel with the engine's: they carry `bench`, not `k`,
   // so the engine ignores them, and the engine's are ignored here.
@@ -60,18 +57,14 @@ async function runWorker() {
         if (typeof globalThis.gc === 'function') globalThis.gc();
         break;
       case 'close':
-        void Promise.race([bayeux.close(), new Promise((r) => setTimeout(r, 1500))]).finally(() => {
-          server.close();
-          process.exit(0);
-        });
+        void Promise.race([bayeux.close(), new Promise((r) => setTimeout(r, 1500))]).finally(() => process.exit(0));
         break;
     }
   });
 
   await bayeux.whenReady();
-  // Port 0 in every worker: node:cluster gives them all the one socket the primary opened.
-  const { port } = await listenOnLoopback(server, PATH);
-  process.send({ bench: 'listening', node, port });
+  // Tells the primary this worker is ready: connections come from then on.
+  takeHandedConnections(bayeux.serveHandedConnections({ fallback: (req, res) => res.writeHead(404).end() }));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,28 +82,32 @@ async function runPrimary() {
   let stopping = false;
   let lastNode = 0;
   let deaths = 0;
-  const listening = new Map(); // node → resolve, until the worker listens
+  const ready = new Map(); // node → resolve, until the worker takes connections
+  const handoff = new ConnectionHandoff();
 
   const fork = (slot) => {
     const node = `w${++lastNode}-${process.pid}`;
     const worker = cluster.fork({ [NODE_ENV]: node });
-    const entry = { worker, node, startedAt: Date.now(), port: null };
+    const entry = { worker, node, startedAt: Date.now() };
     slots[slot] = entry;
     broker.attach(node, {
       send: (message) => {
         if (worker.isConnected()) worker.send(message);
       },
-      onMessage: (handler) => void worker.on('message', (message) => handler(message)),
+      onMessage: (handler) =>
+        void worker.on('message', (message) => {
+          if (!isHandoffMessage(message)) handler(message);
+        }),
     });
     worker.on('message', (message) => {
-      if (message?.bench === 'listening') {
-        entry.port = message.port;
-        listening.get(node)?.(message.port);
+      if (handoff.receive(worker, message)) {
+        if (message.k === 'ready') ready.get(node)?.();
       } else if (message?.bench === 'failed') {
         failures.push(`worker ${node}: ${message.message}`);
       }
     });
     worker.on('exit', (code, signal) => {
+      handoff.remove(worker);
       void broker.detach(node);
       if (slots[slot] === entry) slots[slot] = null;
       if (stopping) return;
@@ -192,26 +189,30 @@ async function runPrimary() {
     }
   });
 
+  // Accepted here and handed over unread, as `perihelion serve --workers` does.
+  const listener = net.createServer({ pauseOnConnect: true }, (socket) => handoff.hand(socket));
   const start = async () => {
-    const ports = await Promise.all(
+    const { port } = await listenOnLoopback(listener, PATH);
+    await Promise.all(
       Array.from({ length: count }, (_, slot) => {
         const { node } = fork(slot);
         return new Promise((resolve, reject) => {
-          const timer = setTimeout(() => reject(new Error(`worker ${node} did not listen within 15 s`)), 15_000);
-          listening.set(node, (port) => {
+          const timer = setTimeout(() => reject(new Error(`worker ${node} did not take connections within 15 s`)), 15_000);
+          ready.set(node, () => {
             clearTimeout(timer);
-            listening.delete(node);
-            resolve(port);
+            ready.delete(node);
+            resolve();
           });
         });
       }),
     );
-    if (new Set(ports).size !== 1) throw new Error(`the workers listen on different ports: ${ports.join(', ')}`);
-    return { port: ports[0], path: PATH, pids: [process.pid, ...slots.map((e) => e.worker.process.pid)] };
+    return { port, path: PATH, pids: [process.pid, ...slots.map((e) => e.worker.process.pid)] };
   };
 
   const stop = async () => {
     stopping = true;
+    listener.close();
+    handoff.close();
     const exits = slots.filter(Boolean).map((entry) => new Promise((resolve) => (entry.worker.isDead() ? resolve() : entry.worker.once('exit', resolve))));
     for (const entry of slots) if (entry?.worker.isConnected()) entry.worker.send({ bench: 'close' });
     await Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 2000))]);

@@ -1,10 +1,9 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
-import { RedisEngine, WorkersEngine, createServer, type Engine, type Perihelion } from '@perihelion/server';
+import { RedisEngine, WorkersEngine, createServer, takeHandedConnections, type Engine, type Perihelion } from '@perihelion/server';
 import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
-import { takeHandedConnections } from './handoff.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
 import type { Settings } from './settings.js';
 

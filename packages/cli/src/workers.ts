@@ -3,18 +3,18 @@
  * of the machine is used.
  *
  * The primary process listens, forks the workers (`node:cluster`) and hands each new connection
- * to the next worker that is ready (handoff.ts), and, without --redis, holds the WorkerBroker, the
- * one store of the machine that their WorkersEngines use. With --redis each worker is a node of
- * the cluster instead, and the primary only watches them. Either way a request for a session
- * another worker holds is forwarded to it, as between the nodes of a cluster.
+ * to the next worker that is ready (ConnectionHandoff), and, without --redis, holds the
+ * WorkerBroker, the one store of the machine that their WorkersEngines use. With --redis each
+ * worker is a node of the cluster instead, and the primary only watches them. Either way a
+ * request for a session another worker holds is forwarded to it, as between the nodes of a
+ * cluster.
  *
  * A worker that dies is replaced (its sessions are gone: their clients handshake again); SIGTERM
  * or SIGINT to the primary drains every worker, then the primary exits.
  */
 import cluster, { type Worker } from 'node:cluster';
 import { createServer, type AddressInfo } from 'node:net';
-import { WorkerBroker, type ToBroker } from '@perihelion/server';
-import { ConnectionHandoff, isHandoffMessage } from './handoff.js';
+import { ConnectionHandoff, WorkerBroker, isHandoffMessage, type ToBroker } from '@perihelion/server';
 import type { Settings } from './settings.js';
 
 /** The environment variables that tell a forked worker its node id and the address the primary listens on. */

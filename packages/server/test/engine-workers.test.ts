@@ -75,6 +75,32 @@ describe('workers engine: bounded lines and calls', () => {
     }
   });
 
+  it('answers the calls already sent before it closes (a shutdown ends every session), waiting at most callTimeout', async () => {
+    const broker = new WorkerBroker();
+    const { worker, broker: end } = linkPair();
+    broker.attach('closing', end);
+    const engine = new WorkersEngine(worker, 'closing');
+    await engine.start(new RecordingHost());
+    try {
+      await engine.addSession('ending-session');
+      const removed = engine.removeSession('ending-session');
+      const counted = engine.subscriberCount('/anything');
+      await engine.close();
+      await removed;
+      assert.equal(await counted, 0);
+    } finally {
+      await broker.close();
+    }
+    // A broker that never answers: close still ends, once the calls are refused.
+    const silent = new WorkersEngine({ send: () => {}, onMessage: () => {} }, 'deaf', { callTimeout: 100 });
+    await silent.start(new RecordingHost());
+    const unanswered = silent.removeSession('nobody');
+    const started = Date.now();
+    await silent.close();
+    assert.ok(Date.now() - started < 1000, 'close waited about callTimeout');
+    await assert.rejects(unanswered, /did not answer removeSession within 100 ms/);
+  });
+
   it('refuses bad bounds', () => {
     assert.throws(() => new WorkerBroker({ maxBacklog: 0 }), /maxBacklog must be a whole number/);
     assert.throws(() => new WorkersEngine({ send: () => {}, onMessage: () => {} }, 'n', { callTimeout: -1 }), /callTimeout must be a whole number/);

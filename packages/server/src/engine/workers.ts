@@ -44,6 +44,8 @@ export class WorkersEngine implements Engine {
   private readonly callTimeout: number;
   private readonly maxPending: number;
   private sweeper: NodeJS.Timeout | null = null;
+  /** Called when no call waits any more (close waits for that). */
+  private onIdle: (() => void) | null = null;
 
   /**
    * `link`: the line to the broker (default: this process's IPC channel to its parent);
@@ -73,6 +75,11 @@ export class WorkersEngine implements Engine {
   }
 
   async close(): Promise<void> {
+    // The calls already sent get their answers first (a shutdown ends every session, and each
+    // removeSession is on its way to the broker): at most callTimeout, after which the sweeper
+    // has refused them.
+    if (this.pending.size > 0 && this.sweeper) await new Promise<void>((resolve) => (this.onIdle = resolve));
+    this.onIdle = null;
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
     this.host = null;
@@ -186,7 +193,9 @@ export class WorkersEngine implements Engine {
 
   private forget(id: number): void {
     this.pending.delete(id);
-    if (this.pending.size === 0) this.sweeper?.unref();
+    if (this.pending.size > 0) return;
+    this.sweeper?.unref();
+    this.onIdle?.();
   }
 
   private receive(message: ToWorker): void {

@@ -1,6 +1,7 @@
 /**
  * How the workers of `perihelion serve --workers N` get their connections: the primary process
- * accepts each one and hands it to the next worker that is ready, which acknowledges it.
+ * accepts each one and hands it to the next worker that is ready, which acknowledges it. The
+ * worker serves it with `Perihelion.serveHandedConnections`.
  *
  * node:cluster's own hand-off (round-robin) keeps no account of a connection sent to a worker
  * that dies before taking it: the primary holds the socket open and nobody ever answers, so its

@@ -1,5 +1,5 @@
 /**
- * The primary's hand-off of connections to the workers of `--workers` (handoff.ts), with real
+ * The primary's hand-off of connections to the workers of `--workers` (connection-handoff.ts), with real
  * sockets and stand-in workers: a connection a worker never took is closed when the worker exits
  * (its client reconnects at once instead of hanging), one that could not be sent goes to another
  * worker, and connections wait, bounded, while no worker is ready.
@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Worker } from 'node:cluster';
-import { ConnectionHandoff } from '../src/handoff.js';
+import { ConnectionHandoff } from '../src/http/connection-handoff.js';
 
 /** A stand-in for a cluster worker: records what it is sent; `failing` makes its line closed. */
 class FakeWorker {
