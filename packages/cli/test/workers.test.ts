@@ -171,8 +171,18 @@ describe('perihelion serve --workers 2', () => {
       assert.ok(count('answered') >= 100, 'most are answered by the live worker');
       // And the server still serves everyone.
       assert.equal(await dial(), 'answered');
+      // A kept-alive connection, idle after its answer: SIGTERM closes it at once (the worker's
+      // node:http tracks the connections it is handed) instead of waiting for keepAliveTimeout.
+      const idle = connect(Number(port), '127.0.0.1');
+      idle.on('error', () => {});
+      idle.write('GET /nothing-here HTTP/1.1\r\nHost: localhost\r\n\r\n');
+      await once(idle, 'data');
+      const idleClosed = once(idle, 'close');
+      const stoppedAt = Date.now();
       child.kill('SIGTERM');
       assert.equal((await exited)[0], 0);
+      await idleClosed;
+      assert.ok(Date.now() - stoppedAt < 3_000, `stopped in ${Date.now() - stoppedAt} ms, not after the 5 s keep-alive`);
     } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
