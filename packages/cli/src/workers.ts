@@ -14,7 +14,7 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { createServer, type AddressInfo } from 'node:net';
-import { ConnectionHandoff, WorkerBroker, isHandoffMessage, type ToBroker } from '@perihelion/server';
+import { ConnectionHandoff, WorkerBroker, isHandoffMessage, reportAcceptErrors, type ToBroker } from '@perihelion/server';
 import type { Settings } from './settings.js';
 
 /** The environment variables that tell a forked worker its node id and the address the primary listens on. */
@@ -50,8 +50,8 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
       resolve();
     });
   });
-  // Past the start (a socket error, descriptors exhausted): said, and the server goes on.
-  listener.on('error', (error) => log(`accepting a connection failed: ${error.message}`));
+  // Past the start, connections that could not be accepted (descriptors exhausted): said, and the server goes on.
+  reportAcceptErrors(listener, (error) => console.error(`perihelion: ${error.message}`));
   const address = JSON.stringify(listener.address());
 
   const broker = settings.redis === undefined ? new WorkerBroker() : null;

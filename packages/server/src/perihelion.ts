@@ -11,6 +11,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { channelProblem, isMeta, isService, type Message, type Position } from '@perihelion/protocol';
 import { HttpApi } from './api/http-api.js';
+import { reportAcceptErrors } from './http/accept-errors.js';
 import { LocalClient, type LocalClientOptions } from './api/local-client.js';
 import { Metrics, deliveryLatency, type LatencyHistogram, type LatencySummary } from './api/metrics.js';
 import { OPERATION_PATHS, handleOperation } from './api/operations.js';
@@ -412,6 +413,9 @@ export class Perihelion {
         resolve();
       });
     });
+    // From now on an 'error' is a connection that could not be accepted (descriptors exhausted):
+    // reported, and the server goes on.
+    reportAcceptErrors(server, (error) => this.core.reportError(error));
     return server.address() as AddressInfo;
   }
 

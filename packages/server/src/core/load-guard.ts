@@ -30,9 +30,21 @@ export class LoadGuard {
     private readonly sessionCount: () => number,
   ) {
     this.memoryLimit = (options.maxMemory > 0 ? options.maxMemory : Math.floor(getHeapStatistics().heap_size_limit / 1024 / 1024)) * 1024 * 1024;
-    this.sample(process.memoryUsage.rss());
-    this.timer = setInterval(() => this.sample(process.memoryUsage.rss()), SAMPLE_MS);
+    this.readMemory();
+    this.timer = setInterval(() => this.readMemory(), SAMPLE_MS);
     this.timer.unref();
+  }
+
+  /**
+   * Reads resident memory. The read opens /proc/self/stat: with every file descriptor in use
+   * (EMFILE, at the limit of `ulimit -n`) it fails, and the last reading stands until one succeeds.
+   */
+  private readMemory(): void {
+    try {
+      this.sample(process.memoryUsage.rss());
+    } catch {
+      // Kept: the previous reading.
+    }
   }
 
   /** Records a memory reading (the timer's; tests give their own). */

@@ -1,0 +1,38 @@
+/**
+ * Failures to accept a connection on a listening socket, reported instead of crashing.
+ *
+ * node:net emits 'error' on the server for every connection it could not accept, and an 'error'
+ * with no listener kills the process. The usual cause is the process's limit of open descriptors
+ * (EMFILE; ENFILE for the system's): every connection is one, and a server holding thousands of
+ * them meets `ulimit -n` (often 1024). libuv then accepts and closes the newcomer at once, so its
+ * client sees its connection end; the connections already open are served as before. One line is
+ * reported at the first failure, then at most one per REPORT_EVERY_MS with how many there were,
+ * so that a flood of refused connections does not flood the log too.
+ */
+import type { Server } from 'node:net';
+
+export const REPORT_EVERY_MS = 10_000;
+
+/** Reports `server`'s accept failures through `report` (bounded as above); returns the error listener. */
+export function reportAcceptErrors(server: Server, report: (error: Error) => void, now: () => number = Date.now): (error: NodeJS.ErrnoException) => void {
+  let lastReport = -Infinity;
+  let unreported = 0;
+  const listener = (error: NodeJS.ErrnoException): void => {
+    unreported++;
+    if (now() - lastReport < REPORT_EVERY_MS) return;
+    lastReport = now();
+    report(acceptError(error, unreported));
+    unreported = 0;
+  };
+  server.on('error', listener);
+  return listener;
+}
+
+function acceptError(error: NodeJS.ErrnoException, count: number): Error {
+  const times = count > 1 ? `${count} connections were` : 'a connection was';
+  const why =
+    error.code === 'EMFILE' || error.code === 'ENFILE'
+      ? `this process has as many open files as it may (${error.code}: every connection is one); raise the limit (ulimit -n, LimitNOFILE in systemd) or spread the clients over more processes (--workers, cluster mode)`
+      : `${error.code ?? 'error'}: ${error.message}`;
+  return Object.assign(new Error(`${times} refused since the last report: ${why}; the connections already open are still served`), { code: error.code, cause: error });
+}
