@@ -88,6 +88,9 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
       });
     }
     worker.on('online', () => log(`  worker ${node}: pid ${worker.process.pid}`));
+    // The process could not be started (no descriptor left for its pipes, EMFILE) or its line
+    // failed: said; its exit follows, and with it another try after the crash pause.
+    worker.on('error', (error: Error) => console.error(`perihelion: worker ${node}: ${error.message}`));
     worker.on('exit', (code, signal) => {
       const entry = workers.get(worker);
       workers.delete(worker);
