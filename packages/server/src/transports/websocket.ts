@@ -20,6 +20,17 @@ import { LineWatchers } from '../core/line-watchers.js';
 const CLOSE_GRACE_MS = 1000;
 
 /**
+ * A WebSocket that brings no message for longer than a session can live without one is closed.
+ * A session's held /meta/connect is answered at `timeout`, and a session whose client sends no
+ * next one within `interval + maxInterval` is ended: a socket silent for longer than all three,
+ * plus this margin for a slow network, carries no live session and holds a descriptor for nothing
+ * (an idle or hostile client that answers pings and says nothing else).
+ */
+const IDLE_MARGIN_MS = 5_000;
+/** How often the open WebSockets are checked for that (at most; twice per limit when it is shorter). */
+const IDLE_SWEEP_MS = 5_000;
+
+/**
  * One complete, unmasked text frame (RFC 6455 §5.2) carrying `serialised` as one JSON array.
  *
  * A publish reaches every subscriber in the same flush, each with the same single shared string:
@@ -104,6 +115,8 @@ function onError(): void {}
 class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
+  /** When the last message frame came (pings and pongs do not count), ms since the epoch. */
+  lastMessageAt = Date.now();
   private tail: Promise<void> = Promise.resolve();
   /** The sessions bound to this line (usually one). */
   private readonly watchers = new LineWatchers();
@@ -195,6 +208,7 @@ class WebSocketConnection implements PushConnection {
 
   receive(data: RawData, isBinary: boolean): void {
     this.alive = true;
+    this.lastMessageAt = Date.now();
     const { maxBatch, maxDepth } = this.core.options;
     if (isBinary) return this.reject('binary frames are not Bayeux; send JSON text');
     // ws hands over a Buffer (its default binaryType); decoding it directly avoids a copy.
@@ -222,6 +236,7 @@ export class WebSocketTransport {
   private readonly wss: WebSocketServer;
   private readonly connections = new Set<WebSocketConnection>();
   private pinger: NodeJS.Timeout | null = null;
+  private readonly idleSweep: NodeJS.Timeout;
 
   constructor(private readonly core: TransportHost) {
     this.wss = new WebSocketServer({
@@ -238,6 +253,20 @@ export class WebSocketTransport {
         for (const connection of this.connections) connection.ping();
       }, interval);
       this.pinger.unref();
+    }
+    const { options } = core;
+    const idleLimit = options.timeout + Math.max(0, options.interval) + options.maxInterval + IDLE_MARGIN_MS;
+    this.idleSweep = setInterval(() => this.closeIdle(Date.now() - idleLimit, idleLimit), Math.min(IDLE_SWEEP_MS, idleLimit / 2));
+    this.idleSweep.unref();
+  }
+
+  /** Closes the sockets that brought no message since `before` (see IDLE_MARGIN_MS). */
+  private closeIdle(before: number, idleLimit: number): void {
+    for (const connection of this.connections) {
+      if (connection.lastMessageAt >= before) continue;
+      this.connections.delete(connection);
+      // 1008, policy: a client that still wants a session opens another socket and handshakes.
+      connection.close(1008, `no Bayeux message for ${Math.round(idleLimit / 1000)} s`);
     }
   }
 
@@ -259,6 +288,7 @@ export class WebSocketTransport {
 
   close(): void {
     if (this.pinger) clearInterval(this.pinger);
+    clearInterval(this.idleSweep);
     // 1001 "going away": clients reconnect, to this server once it is back or to another one.
     for (const connection of this.connections) connection.close(1001, 'server shutting down');
     this.connections.clear();
