@@ -2,7 +2,8 @@
  * `perihelion serve` at its limit of open files: every connection is a descriptor, and a server
  * holding many meets `ulimit -n` (often 1024). There it must refuse newcomers and keep serving the
  * connections it has, then take new ones again once some close; it must not die (reading its own
- * memory use opens a file too, and used to throw out of a timer).
+ * memory use opens a file too, and used to throw out of a timer); /metrics says every descriptor
+ * is in use.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -34,6 +35,12 @@ describe('perihelion serve at its limit of open files', () => {
       const received: unknown[] = [];
       await client.subscribe('/crowded/room', (data) => void received.push(data));
 
+      // A kept-alive HTTP connection opened before the crowd, to scrape /metrics over during it.
+      const scraper = connect(Number(port), '127.0.0.1');
+      await once(scraper, 'connect');
+      let scraped = '';
+      scraper.on('data', (chunk: Buffer) => (scraped += String(chunk)));
+
       // More connections than the process may hold: the kernel takes them all, the server only
       // as many as it has descriptors for, and closes the rest.
       let closedByServer = 0;
@@ -48,6 +55,15 @@ describe('perihelion serve at its limit of open files', () => {
       await new Promise((resolve) => setTimeout(resolve, 2_500));
       assert.equal(child.exitCode, null, `the server died at its limit of open files: ${errors}`);
       assert.ok(closedByServer > 0, 'connections past the limit were refused');
+      // /metrics says so: every descriptor open.
+      scraper.write('GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n');
+      const metricsDeadline = Date.now() + 5_000;
+      // The body is chunked: its chunk lines are taken out before reading it.
+      const metrics = (): string => scraped.replace(/\r\n[0-9a-f]+\r\n/g, '');
+      while (!/^process_open_fds \d+$/m.test(metrics()) && Date.now() < metricsDeadline) await new Promise((resolve) => setTimeout(resolve, 20));
+      assert.match(metrics(), new RegExp(`^process_max_fds ${LIMIT}$`, 'm'));
+      assert.match(metrics(), new RegExp(`^process_open_fds ${LIMIT}$`, 'm'), 'every descriptor in use');
+      scraper.destroy();
 
       // The session it had still works both ways.
       await client.publish('/crowded/room', 'still here');

@@ -229,6 +229,13 @@ describe('operations endpoints', () => {
       assert.match(metrics, /^perihelion_history_channels 1$/m);
       assert.match(metrics, /^perihelion_queue_drops_total 0$/m);
       assert.match(metrics, /^perihelion_duplicate_publishes_total 0$/m);
+      // The process's descriptors (every connection is one) and memory.
+      const gauge = (name: string): number => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(metrics)?.[1]);
+      assert.ok(gauge('process_resident_memory_bytes') > 1_000_000);
+      if (process.platform === 'linux') {
+        assert.ok(gauge('process_open_fds') >= 3, `process_open_fds: ${gauge('process_open_fds')}`);
+        assert.ok(gauge('process_max_fds') >= gauge('process_open_fds'), 'process_max_fds');
+      }
     } finally {
       // While closing, readiness fails so that load balancers send new clients elsewhere.
       const closing = t.server.close();

@@ -3,6 +3,7 @@
  * scraped, so nothing is done per message for them; the delivery-latency histogram is observed
  * once per flush of a session (time from the oldest queued message to its write).
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { Counter, Gauge, Registry, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client';
 import type { ServerCore } from '../core/server.js';
 
@@ -185,5 +186,63 @@ export class Metrics {
       });
     }
     registry.registerMetric(latency as never);
+    processGauges(registry);
   }
+}
+
+/**
+ * The process's descriptors and memory, read at each scrape (nothing runs between scrapes), under
+ * the names Prometheus client libraries give them. Every connection is a descriptor: open ones
+ * flat at the maximum mean new clients are being refused (README, "Open files"). Linux only for
+ * descriptors (/proc); elsewhere those two are left out.
+ */
+function processGauges(registry: Registry): void {
+  /** The soft limit of descriptors; the last one read when it cannot be read now (none left to read it with). */
+  let lastMax: number | null = null;
+  const limits = (): number | null => {
+    try {
+      const soft = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
+      if (soft !== undefined) lastMax = Number(soft);
+    } catch {
+      // Kept: the last reading.
+    }
+    return lastMax;
+  };
+  if (limits() !== null) {
+    new Gauge({
+      name: 'process_max_fds',
+      help: 'Most open file descriptors this process may have (its soft limit).',
+      registers: [registry],
+      collect() {
+        const max = limits();
+        if (max !== null) this.set(max);
+      },
+    });
+    new Gauge({
+      name: 'process_open_fds',
+      help: 'Open file descriptors (every connection is one).',
+      registers: [registry],
+      collect() {
+        try {
+          this.set(readdirSync('/proc/self/fd').length);
+        } catch (error) {
+          // Listing them takes a descriptor too: with none left, they are all in use.
+          const max = (error as NodeJS.ErrnoException).code === 'EMFILE' ? limits() : null;
+          if (max !== null) this.set(max);
+        }
+      },
+    });
+  }
+  new Gauge({
+    name: 'process_resident_memory_bytes',
+    help: 'Resident memory size in bytes.',
+    registers: [registry],
+    collect() {
+      try {
+        this.set(process.memoryUsage.rss());
+      } catch {
+        // Unreadable while descriptors are exhausted: the previous value stands.
+      }
+    },
+  });
 }
