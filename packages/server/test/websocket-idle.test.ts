@@ -40,7 +40,8 @@ describe('idle WebSockets', () => {
 
       await new Promise((resolve) => setTimeout(resolve, 4_000));
       assert.ok(silent.open && left.open, 'nothing is closed before the limit');
-      await waitFor(() => !silent.open && !left.open, 8_000, 'the idle sockets to be closed');
+      // Closed: the close handshake done, not only begun (a socket is no longer open while closing).
+      await waitFor(() => silent.closeCode !== null && left.closeCode !== null, 8_000, 'the idle sockets to be closed');
       assert.equal(silent.closeCode, 1008);
       assert.equal(left.closeCode, 1008);
       assert.ok(live.open, 'the live session kept its socket');
