@@ -2,7 +2,7 @@
  * Presence grace marks kept in this process: the memory engine's, and the Redis engine's while
  * Redis is away. A mark says "this member just left this channel"; it expires on its own.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBase64url } from '../security/random.js';
 
 export class LeavingMarks {
   private readonly marks = new Map<string, { token: string; expiresAt: number }>();
@@ -35,5 +35,5 @@ export function markKey(channel: string, member: string): string {
 
 /** A mark's token: unique enough that two marks of one member never share it. */
 export function markToken(): string {
-  return randomBytes(9).toString('base64url');
+  return randomBase64url(9);
 }

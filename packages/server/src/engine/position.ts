@@ -3,13 +3,13 @@
  * position written into a publication's bytes, and the publication stamped with the position it
  * got, in its bytes and in its message object alike.
  */
-import { randomBytes } from 'node:crypto';
 import { addToExt, type Position } from '@perihelion/protocol';
+import { randomUint48 } from '../security/random.js';
 import type { Publication } from './engine.js';
 
 /** 48 random bits in base 36: enough that two lives of one channel never share an epoch. */
 export function newEpoch(): string {
-  return randomBytes(6).readUIntBE(0, 6).toString(36);
+  return randomUint48().toString(36);
 }
 
 /**

@@ -1,8 +1,9 @@
 /**
- * Unguessable ids (client ids, browser ids) from the system's CSPRNG, drawn from a pool that is
- * refilled 4 KiB at a time: a new connection needs two ids, and one `randomBytes` call each cost
- * about as much as the rest of the handshake's bookkeeping. Every byte is handed out once; this
- * is how `crypto.randomUUID` amortises its entropy too.
+ * Unguessable ids (client ids, browser ids) and history epochs from the system's CSPRNG, drawn
+ * from a pool that is refilled 4 KiB at a time: a new connection needs two ids, and one
+ * `randomBytes` call each cost about as much as the rest of the handshake's bookkeeping (4.5 µs
+ * against 0.65 for six bytes here; the Redis engine draws an epoch for every publish). Every byte
+ * is handed out once; this is how `crypto.randomUUID` amortises its entropy too.
  */
 import { randomFillSync } from 'node:crypto';
 
@@ -30,4 +31,9 @@ export function randomBase64url(bytes: number): string {
 /** `bytes` random bytes as lowercase hexadecimal. */
 export function randomHex(bytes: number): string {
   return take(bytes).toString('hex');
+}
+
+/** A random whole number of 48 bits. */
+export function randomUint48(): number {
+  return take(6).readUIntBE(0, 6);
 }
