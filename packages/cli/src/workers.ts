@@ -110,8 +110,8 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
     if (stopping) return;
     stopping = true;
     log(`${signal}: shutting down ${workers.size} workers`);
-    listener.close();
-    handoff.close();
+    // Connections are still handed over while the workers drain (their clients collect what they
+    // are owed, and new ones are told the server is shutting down), as one process's listener stays open.
     if (workers.size === 0) process.exit(0);
     // Each worker drains its own sessions (drainTimeout), then exits; the primary follows.
     for (const worker of workers.keys()) worker.process.kill('SIGTERM');

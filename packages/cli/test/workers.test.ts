@@ -188,6 +188,39 @@ describe('perihelion serve --workers 2', () => {
     }
   });
 
+  it('drains on SIGTERM as one process does: connections are still taken, new sessions refused with a reason, and a client collects what it is owed', { timeout: 60_000 }, async () => {
+    const child = start(['--workers', '2', '--open', '--drain-timeout', '4000']);
+    child.stdout.resume();
+    child.stderr.resume();
+    const exited = once(child, 'exit');
+    try {
+      const base = await listeningUrl(child);
+      const bayeux = async (messages: object[]): Promise<Record<string, unknown>[]> => {
+        const response = await freshFetch(`${base}/bayeux`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(messages) });
+        assert.equal(response.status, 200);
+        return (await response.json()) as Record<string, unknown>[];
+      };
+      // A long-polling session with a message waiting and no connect to carry it: the drain waits for it.
+      const [hello] = await bayeux([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
+      const clientId = hello!.clientId as string;
+      assert.equal((await bayeux([{ channel: '/meta/subscribe', clientId, subscription: '/drain/owed' }]))[0]!.successful, true);
+      assert.equal((await bayeux([{ channel: '/drain/owed', clientId, data: 'owed' }]))[0]!.successful, true);
+
+      child.kill('SIGTERM');
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // A newcomer on a connection of its own is answered, and told why (not refused a connection).
+      const [refused] = await bayeux([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
+      assert.equal(refused!.successful, false);
+      assert.match(String(refused!.error), /shutting down/);
+      // The waiting session collects its message on a new connection.
+      const replies = await bayeux([{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+      assert.deepEqual(replies.filter((m) => m.channel === '/drain/owed').map((m) => m.data), ['owed']);
+      assert.equal((await exited)[0], 0);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
   it('serves CometD (with its ack extension) and Faye in their plain setup, over long-polling and WebSocket', { timeout: 30_000 }, async () => {
     const child = start(['--workers', '2', '--open']);
     child.stderr.resume();

@@ -80,6 +80,8 @@ export class Perihelion {
   private owned: Server | null = null;
   /** The connections handed to `serveHandedConnections` still open. */
   private handed: Set<Socket> | null = null;
+  /** Set once the drain is over: handed connections are refused from then on, as a closed listener's. */
+  private handedRefused = false;
   private shuttingDown: Promise<void> | null = null;
 
   constructor(options: ServerOptions = {}) {
@@ -431,7 +433,9 @@ export class Perihelion {
     server.emit('listening');
     const handed = (this.handed = new Set<Socket>());
     return (socket) => {
-      if (this.shuttingDown) {
+      // As a listening server: taken while draining (clients collect what they are owed and are
+      // told the server is shutting down), refused once closed.
+      if (this.handedRefused) {
         socket.destroy();
         return;
       }
@@ -482,6 +486,7 @@ export class Perihelion {
     const owned = this.owned;
     if (!owned) return;
     const handed = this.handed;
+    this.handedRefused = true;
     await new Promise<void>((resolve) => {
       // node:http waits for the connections it accepted, not for handed ones: those are counted here.
       let closed = false;
