@@ -69,7 +69,8 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
     // The hand-off's messages are read here, the rest is the broker's.
     worker.on('message', (message: unknown) => {
       if (!handoff.receive(worker, message)) return;
-      if (replacement && (message as { k: string }).k === 'ready') log(`worker ${node} (pid ${worker.process.pid}) takes connections`);
+      // Every worker says when it is ready (the first ones within the start-up summary).
+      if ((message as { k: string }).k === 'ready') log(`${replacement ? '' : '  '}worker ${node} (pid ${worker.process.pid}) takes connections`);
     });
     if (broker) {
       // What is sent and not yet written to the worker's IPC channel (the broker bounds it).

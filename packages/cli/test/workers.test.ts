@@ -100,7 +100,8 @@ describe('perihelion serve --workers 2', () => {
         process.kill(pid, 'SIGKILL');
         // Taking connections, not only started: with the other worker killed next, no worker
         // would be left (the primary keeps connections waiting for one, at most 10 s).
-        await waitFor('a new worker taking connections', () => (output.match(/worker w\d+-\d+ \(pid \d+\) takes connections/g) ?? []).length === round + 1, 15_000);
+        // Both first workers and each replacement so far say so.
+        await waitFor('a new worker taking connections', () => (output.match(/worker w\d+-\d+ \(pid \d+\) takes connections/g) ?? []).length === round + 3, 15_000);
         for (let n = 20 * (round + 1); n < 20 * (round + 2); n++) {
           await publishApi(n);
           await new Promise((resolve) => setTimeout(resolve, 20));
@@ -135,7 +136,8 @@ describe('perihelion serve --workers 2', () => {
     try {
       const { port } = new URL(await listeningUrl(child));
       const pids = (): number[] => [...output.matchAll(/worker w\d+-\d+: pid (\d+)/g)].map((m) => Number(m[1]));
-      await waitFor('two workers', () => pids().length === 2);
+      // Both taking connections: one killed before the other is ready would leave nobody to answer.
+      await waitFor('two workers taking connections', () => pids().length === 2 && (output.match(/takes connections/g) ?? []).length === 2);
       /** One request on a connection of its own: "answered", "closed" (its client would retry at once) or "hung". */
       const dial = (): Promise<string> =>
         new Promise((resolve) => {
@@ -164,7 +166,7 @@ describe('perihelion serve --workers 2', () => {
           await new Promise((resolve) => setImmediate(resolve));
         }
         outcomes.push(...(await Promise.all(pending)));
-        await waitFor('the replacement taking connections', () => (output.match(/takes connections/g) ?? []).length === round + 1, 15_000);
+        await waitFor('the replacement taking connections', () => (output.match(/takes connections/g) ?? []).length === round + 3, 15_000);
       }
       const count = (outcome: string): number => outcomes.filter((o) => o === outcome).length;
       assert.equal(count('hung'), 0, `of ${outcomes.length} connections ${count('answered')} answered, ${count('closed')} closed, ${count('hung')} hung`);
