@@ -91,6 +91,8 @@ describe('the hand-off of connections to workers', () => {
     assert.equal(handoff.receive(asWorker(one), { k: 'took', id: idOf(one.sent[0]!.message) }), true);
     assert.equal(socket.destroyed, true, "the primary's descriptor is closed once the worker took the connection");
     assert.equal(one.sent[1]!.socket.destroyed, false, 'one not yet taken stays open');
+    // An error on a connection the primary holds (a reset) must not take the primary down.
+    assert.doesNotThrow(() => one.sent[1]!.socket.emit('error', Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })));
     // Messages that are not the hand-off's are left to the broker.
     assert.equal(handoff.receive(asWorker(one), { k: 'call', id: 1 }), false);
     assert.equal(handoff.receive(asWorker(one), null), false);

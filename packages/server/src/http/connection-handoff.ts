@@ -25,6 +25,8 @@ export function isHandoffMessage(message: unknown): message is HandoffMessage {
   return k === 'connection' || k === 'took' || k === 'ready';
 }
 
+function ignoreError(): void {}
+
 /** Connections kept while no worker is ready (all of them restarting), and for how long, ms. */
 export const MAX_WAITING = 1_000;
 export const WAIT_MS = 10_000;
@@ -84,6 +86,9 @@ export class ConnectionHandoff {
    * others; past either it is closed, and its client tries again.
    */
   hand(socket: Socket): void {
+    // This process only holds the connection: an error on it (a reset while it waits) ends it
+    // and must not end the primary, and every worker with it.
+    if (socket.listenerCount('error') === 0) socket.on('error', ignoreError);
     if (this.ready.length === 0) {
       if (this.waiting.length >= this.maxWaiting) socket.destroy();
       else this.wait(socket);
