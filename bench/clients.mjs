@@ -269,8 +269,8 @@ function openSocket({ url, client, recorder, timeoutMs, reject }) {
  *
  * bundle: set up as the Perihelion client does (a handshake asking for `ext.bundle`, see the
  * server's core/dispatch.ts): one frame with the handshake, the subscribe and the first connect,
- * answered in one, then the held connect: two frames from the client and one back instead of
- * three and three.
+ * which the server holds, and one frame back answering the handshake and the subscribe: one
+ * frame each way instead of three.
  */
 export function bayeuxSubscriber({ url, channels, recorder, timeoutMs, bundle = false }) {
   const wanted = new Set(channels);
@@ -289,7 +289,9 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs, bundle = 
     const subscribeMessage = () => ({ channel: '/meta/subscribe', subscription: channels.length === 1 ? channels[0] : channels });
     const handshake = { channel: '/meta/handshake', version: '1.0', minimumVersion: '1.0', supportedConnectionTypes: ['websocket'] };
     const { fail, settled } = openSocket({ url, client, recorder, timeoutMs, reject });
-    client.ws.on('open', () => (bundle ? send({ ...handshake, ext: { bundle: true } }, subscribeMessage(), connectMessage({ timeout: 0 })) : send(handshake)));
+    // Bundled, the first connect is held by the server (the handshake's reply says connected):
+    // one frame each way, as the Perihelion client sets up.
+    client.ws.on('open', () => (bundle ? send({ ...handshake, ext: { bundle: true } }, subscribeMessage(), connectMessage()) : send(handshake)));
     client.ws.on('message', (raw) => {
       const text = raw.toString();
       if (client.ready && !text.includes('"/meta/')) {
@@ -321,7 +323,7 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs, bundle = 
             if (!message.successful || message.advice?.reconnect === 'handshake' || message.advice?.reconnect === 'none') {
               return fail(new Error(`connect failed: ${message.error ?? JSON.stringify(message)}`));
             }
-            // Bundled, the subscribe's reply came before this one, in the same frame.
+            // Bundled, this is the held connect: the subscribe's reply came long before.
             if (client.ready) connect();
             else if (!client.subscribing) {
               client.subscribing = true;
@@ -332,7 +334,7 @@ export function bayeuxSubscriber({ url, channels, recorder, timeoutMs, bundle = 
             if (!message.successful) return fail(new Error(`subscribe refused: ${message.error ?? JSON.stringify(message)}`));
             client.ready = true;
             settled();
-            // Bundled, the first connect's reply follows in this frame, and the held connect after it.
+            // Bundled, the first connect is the held one already.
             if (!bundle) connect();
             resolve(client);
             break;

@@ -274,6 +274,8 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     // A server that does not take bundles ignores the connect and the subscribes (Bayeux
     // §4.1.1): they are sent again on their own, and so are they after a refused handshake.
     const firstReply = bundled && reply.successful === true && reply.ext?.bundle === true ? bundled.reply : undefined;
+    // Taken, the bundled connect is held like any other: given the server's hold now known.
+    if (bundled && firstReply) bundled.hold(this.advice.timeout + this.options.lineTimeout);
     if (bundled && !firstReply) {
       bundled.cancel();
       this.outbox.forgetSubscribes();
@@ -309,12 +311,15 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   }
 
   /**
-   * The first connect of a session, made to travel with its handshake: `reply` is its answer, and
-   * `cancel` stops waiting for it (no bundle after all). Its clientId is the server's to fill in
-   * (core/dispatch.ts on the server); the server answers it at once, as every first connect.
+   * The first connect of a session, made to travel with its handshake: `reply` is its answer,
+   * `hold` gives it the time a held connect gets once the server's advice is known, and `cancel`
+   * stops waiting for it (no bundle after all). Its clientId is the server's to fill in
+   * (core/dispatch.ts on the server). It asks for no `timeout: 0`: the handshake's reply in the
+   * same frame says the session is connected, and the server holds this connect as the line's
+   * first heartbeat, so the set-up is one frame each way (docs/protocol.md).
    */
-  private firstConnect(type: ConnectionType): { reply: Promise<Message>; cancel: () => void } | undefined {
-    const message: Message = { channel: '/meta/connect', connectionType: type, advice: { timeout: 0 } };
+  private firstConnect(type: ConnectionType): { reply: Promise<Message>; hold: (ms: number) => void; cancel: () => void } | undefined {
+    const message: Message = { channel: '/meta/connect', connectionType: type };
     let id: string | undefined;
     const reply = this.request(message, this.options.timeout, (sentId) => (id = sentId));
     // Waited for only when the server takes the bundle; a line lost meanwhile fails the handshake.
@@ -326,16 +331,20 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       this.meta.delete(id!);
       clearTimeout(pending.timer);
     };
-    return { reply, cancel };
+    return { reply, hold: (ms) => this.rearm(id!, ms), cancel };
   }
 
-  /** `firstReply`: the answer to a first connect that went with the handshake (see firstConnect). */
-  private async connectOnce(firstReply?: Promise<Message>): Promise<void> {
+  /**
+   * `bundledReply`: the answer to the first connect that went with the handshake (see
+   * firstConnect); the session is connected already, and that connect is the held one.
+   */
+  private async connectOnce(bundledReply?: Promise<Message>): Promise<void> {
     clearTimeout(this.timer);
     const turn = ++this.turn;
     if (this.stopped || this.clientId === undefined || this.type === undefined) return;
     const line = this.line ?? this.openLine(this.type);
     const first = this.state !== 'connected';
+    if (first && bundledReply) this.connected();
     const message: Message = {
       channel: '/meta/connect',
       clientId: this.clientId,
@@ -348,7 +357,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     try {
       // A held connect is the line's heartbeat: no reply within the hold plus the network's
       // allowance means the line is dead, even if it never closed.
-      reply = await (firstReply ?? this.request(message, first || streamed ? this.options.timeout : this.advice.timeout + this.options.lineTimeout));
+      reply = await (bundledReply ?? this.request(message, first || streamed ? this.options.timeout : this.advice.timeout + this.options.lineTimeout));
     } catch (error) {
       if (turn !== this.turn) return;
       // The state first, so that it carries this reason rather than the closing line's.
@@ -378,25 +387,30 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       if (reconnect === 'handshake') return this.retry('handshake', `server: ${reply.error ?? 'session unknown'}`);
       return this.retry('connect', `server: ${reply.error ?? 'connect failed'}`);
     }
-    if (first) {
+    if (first && !bundledReply) {
       if (streamed && line.openStream) {
         const opened = await this.openStream(line);
         if (opened === 'buffered') return;
         if (opened === 'failed' || turn !== this.turn) return;
       }
-      this.attempts = 0;
-      this.setState('connected', 'connect');
-      this.starting?.resolve();
-      this.starting = null;
-      this.subscriptions.sendWanted();
-      this.outbox.scheduleFlush();
+      this.connected();
     }
     if (reply.advice?.reconnect === 'none') return this.stop('server: reconnect none');
     if (reply.advice?.reconnect === 'handshake') return this.retry('handshake', 'server: advice handshake');
     const delay = Math.max(0, streamed ? (this.keepAlive ?? this.advice.interval) : this.advice.interval);
     // The first held connect goes in this turn, so it shares the frame of the subscribes just sent.
-    if (first && delay === 0 && this.type === 'websocket') return void this.connectOnce();
+    if (first && !bundledReply && delay === 0 && this.type === 'websocket') return void this.connectOnce();
     this.schedule('connect', delay);
+  }
+
+  /** The session's first connect succeeded (or its bundled set-up was taken): what waited for it goes. */
+  private connected(): void {
+    this.attempts = 0;
+    this.setState('connected', 'connect');
+    this.starting?.resolve();
+    this.starting = null;
+    this.subscriptions.sendWanted();
+    this.outbox.scheduleFlush();
   }
 
   /**
@@ -571,6 +585,17 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       this.meta.set(id, { resolve, reject, timer });
       if (out) line.send([out]);
     });
+  }
+
+  /** Gives the meta request `id`, still unanswered, `timeout` ms from now instead of what it had. */
+  private rearm(id: string, timeout: number): void {
+    const pending = this.meta.get(id);
+    if (!pending) return;
+    clearTimeout(pending.timer);
+    pending.timer = setTimeout(() => {
+      this.meta.delete(id);
+      pending.reject(new LineLost(`no reply to /meta/connect within ${timeout} ms`, true, this.type));
+    }, timeout);
   }
 
   /** The outgoing extensions' version of `message`; null when one of them dropped it. */

@@ -166,25 +166,57 @@ async function receiveFirst(test: TestServer, c: Client, channel: string): Promi
 describe('set-up over a WebSocket', () => {
   let test: TestServer;
   before(async () => {
-    test = await startServer({ heartbeat: 1000 });
+    // Connects held for 1 s: the held bundled connect is answered within a test.
+    test = await startServer({ heartbeat: 1000, timeout: 1000 });
   });
   after(() => test.close());
 
   const channelsOf = (frame: string): string[] => (JSON.parse(frame) as { channel: string }[]).map((m) => m.channel);
 
-  it('sends handshake, subscribes and first connect in one frame, answered in one, then the held connect', async () => {
+  it('sends handshake, subscribes and first connect in one frame, answered in one; that connect is the held one', async () => {
     const net = new Net();
     const c = client(test.url, { transports: ['websocket'] }, net);
     try {
       const received: unknown[] = [];
       await c.subscribe('/setup/a', (data) => received.push(data));
+      assert.equal(c.state, 'connected');
       await waitFor(() => test.server.getSession(c.clientId!)?.subscriptions.has('/setup/a') === true, 3000, 'the subscription');
       await sleep(100);
-      assert.deepEqual(net.framesOut.map(channelsOf), [['/meta/handshake', '/meta/subscribe', '/meta/connect'], ['/meta/connect']]);
-      assert.deepEqual(net.framesIn.map(channelsOf), [['/meta/handshake', '/meta/subscribe', '/meta/connect']]);
+      assert.deepEqual(net.framesOut.map(channelsOf), [['/meta/handshake', '/meta/subscribe', '/meta/connect']]);
+      assert.deepEqual(net.framesIn.map(channelsOf), [['/meta/handshake', '/meta/subscribe']]);
+      const [bundledConnect] = (JSON.parse(net.framesOut[0]!) as { channel: string; advice?: unknown }[]).filter((m) => m.channel === '/meta/connect');
+      assert.equal(bundledConnect!.advice, undefined, 'no timeout 0 asked for: the server holds it');
       await test.server.publish('/setup/a', 'first');
       await waitFor(() => received.length === 1, 3000, 'the first message');
+      // The server's hold (1 s) ends: the bundled connect is answered, and the next one goes.
+      await waitFor(() => net.framesOut.length === 2, 4000, 'the next connect');
+      assert.deepEqual(net.framesOut[1] && channelsOf(net.framesOut[1]), ['/meta/connect']);
+      assert.ok(net.framesIn.some((frame) => channelsOf(frame).includes('/meta/connect')), 'the held connect was answered');
+      assert.equal(c.state, 'connected');
     } finally {
+      await c.disconnect();
+    }
+  });
+
+  it('works as well with a server that answers the bundled connect at once (as a first connect)', async () => {
+    const firstSeen = new Set<unknown>();
+    const remove = test.server.addExtension({
+      incoming: (message) => {
+        if (message.channel !== '/meta/connect' || firstSeen.has(message.clientId)) return message;
+        firstSeen.add(message.clientId);
+        return { ...message, advice: { timeout: 0 } };
+      },
+    });
+    const net = new Net();
+    const c = client(test.url, { transports: ['websocket'] }, net);
+    try {
+      await receiveFirst(test, c, '/setup/at-once');
+      assert.equal(c.state, 'connected');
+      await sleep(100);
+      assert.deepEqual(net.framesOut.map(channelsOf), [['/meta/handshake', '/meta/subscribe', '/meta/connect'], ['/meta/connect']]);
+      assert.deepEqual(net.framesIn.map(channelsOf).slice(0, 1), [['/meta/handshake', '/meta/subscribe', '/meta/connect']]);
+    } finally {
+      remove();
       await c.disconnect();
     }
   });
@@ -203,7 +235,8 @@ describe('set-up over a WebSocket', () => {
     try {
       await receiveFirst(test, c, '/setup/b');
       assert.equal(c.state, 'connected');
-      // The bundled subscribe and connect went unanswered; the client sent its own.
+      // The bundled subscribe and connect went unanswered; the client sent its own (its first
+      // connect at once, then the held one with the subscribe).
       assert.deepEqual(net.framesOut.slice(0, 3).map(channelsOf), [['/meta/handshake', '/meta/subscribe', '/meta/connect'], ['/meta/connect'], ['/meta/connect', '/meta/subscribe']]);
     } finally {
       await c.disconnect();

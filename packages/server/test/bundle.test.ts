@@ -44,6 +44,56 @@ describe('bundled set-up: handshake, connect and subscribe in one request', () =
     }
   });
 
+  it('over a WebSocket, a bundled connect that does not ask for timeout 0 is held: one frame each way sets the session up', async () => {
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      peer.send([BUNDLED_HANDSHAKE, { channel: '/meta/subscribe', subscription: '/bundle/held-first', id: 's' }, { channel: '/meta/connect', connectionType: 'websocket', id: 'c' }]);
+      await peer.next((m) => m.id === 's', 'the subscribe reply');
+      await sleep(200);
+      assert.deepEqual(
+        peer.frames.map((frame) => (frame as Msg[]).map((m) => m.id)),
+        [['h', 's']],
+        'the handshake and subscribe answered in one frame, the connect held',
+      );
+      const clientId = (peer.frames[0] as Msg[])[0]!.clientId as string;
+      await ts.server.publish('/bundle/held-first', 'pushed');
+      assert.equal((await peer.next((m) => m.channel === '/bundle/held-first', 'the delivery')).data, 'pushed');
+      assert.equal(
+        peer.received.some((m) => m.id === 'c'),
+        false,
+        'a delivery on a WebSocket does not answer the held connect',
+      );
+      // Held until the server's timeout (1.5 s), then answered like any held connect.
+      const connect = await peer.next((m) => m.id === 'c', 'the held connect, answered at its timeout', 4000);
+      assert.equal(connect.successful, true);
+      assert.equal(connect.clientId, clientId);
+      assert.equal((connect.advice as { reconnect?: string }).reconnect, 'retry');
+      // The session lives on: its next connect is held too.
+      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', id: 'c2' }]);
+      await sleep(300);
+      assert.equal(
+        peer.received.some((m) => m.id === 'c2'),
+        false,
+        'the next connect is held',
+      );
+      assert.ok(ts.server.getSession(clientId));
+    } finally {
+      peer.ws.close();
+    }
+  });
+
+  it('a bundled connect over HTTP is still answered at once (it shares its request)', async () => {
+    const { body } = await post(ts.url, [
+      { ...BUNDLED_HANDSHAKE, supportedConnectionTypes: ['long-polling'] },
+      { channel: '/meta/subscribe', subscription: '/bundle/http-first', id: 's' },
+      { channel: '/meta/connect', connectionType: 'long-polling', id: 'c' },
+    ]);
+    assert.deepEqual(
+      body.map((m) => m.id),
+      ['h', 's', 'c'],
+    );
+  });
+
   it('over HTTP: one response answers all three, and the next connect collects what was published', async () => {
     const { body } = await post(ts.url, [
       { ...BUNDLED_HANDSHAKE, supportedConnectionTypes: ['long-polling'] },

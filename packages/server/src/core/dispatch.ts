@@ -125,7 +125,7 @@ async function handle(core: ServerCore, value: unknown, context: ProcessContext,
       return reply.successful ? reply.clientId : undefined;
     }
     case META.connect:
-      await connect(core, message, session, context, batch.batchSize, out);
+      await connect(core, message, session, context, { batchSize: batch.batchSize, bundled: batch.bundle && session !== null && session === batch.bornHere }, out);
       return undefined;
     case META.subscribe:
       await emitReply(extensions, await subscribe(core, message, session), extensionContext, out);

@@ -5,9 +5,11 @@
  *   reply MUST contain channel and successful; it MAY contain error, advice, ext, clientId and id.
  * - A client has one connect outstanding at a time. The server holds it until a message is due or
  *   `timeout` passes, and answers it at once when the client asks for timeout 0, when it is the
- *   session's first connect, when it shares an HTTP request with other messages (on a WebSocket
- *   the other replies need not wait for it), or when messages already wait (A20). A newer connect for the same session releases the held one, flagged
- *   `multiple-clients` (A22).
+ *   session's first connect (unless it came in a bundled set-up on a WebSocket, whose handshake
+ *   reply in the same frame already told the client it is connected), when it shares an HTTP
+ *   request with other messages (on a WebSocket the other replies need not wait for it), or when
+ *   messages already wait (A20). A newer connect for the same session releases the held one,
+ *   flagged `multiple-clients` (A22).
  * - The messages a connect carries travel in the same array, after its reply (A23).
  * - Without a connect for `interval + maxInterval` the session SHOULD be ended as if it had sent
  *   /meta/disconnect (A25): ServerSession.scheduleExpiry.
@@ -59,8 +61,16 @@ const DRAIN_RECONNECT_INTERVAL = 1000;
 
 type ConnectCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'extensions'>;
 
+/** Where the connect came from: what decides whether it may be held. */
+export interface ConnectBatch {
+  /** How many messages its request (or frame) carried. */
+  batchSize: number;
+  /** It came after a handshake asking for a bundle (dispatch.ts), for the session that handshake made. */
+  bundled: boolean;
+}
+
 /** Answers a connect, now or once released; on a push line a held connect is answered through the line. */
-export async function connect(core: ConnectCore, message: Message, session: ServerSession | null, context: ProcessContext, batchSize: number, out: string[]): Promise<void> {
+export async function connect(core: ConnectCore, message: Message, session: ServerSession | null, context: ProcessContext, batch: ConnectBatch, out: string[]): Promise<void> {
   const { options, extensions } = core;
   const extensionContext: ExtensionContext = { session, transport: context };
   if (!session) return emitReply(extensions, unknownClient(message), extensionContext, out);
@@ -92,6 +102,9 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
   // Answer at once (BAYEUX.md A20): a streamed type, the client asked for timeout 0, this is
   // the first connect (so the client learns it is connected), the connect shares an HTTP request
   // with other messages, or messages are already waiting with no push line to carry them.
+  // The first connect of a bundled set-up on a push line is held at once: the handshake's reply
+  // in the same frame tells the client it is connected, and the set-up costs one frame each way
+  // (docs/protocol.md). A client that wants it answered at once says timeout 0.
   if (core.isDraining) {
     // Shutting down: hand over what is waiting at once, and have the client connect again a
     // second later (here while the drain lasts, then the restarted server or another node).
@@ -100,8 +113,9 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
   }
   // Sharing a request matters over HTTP only: on a push line the other replies go out at once
   // and the held connect is answered later through the line.
-  const sharesRequest = batchSize > 1 && !context.connection;
-  if (streamed || timeout === 0 || !session.connected || sharesRequest || (session.queue.length > 0 && !pushing)) {
+  const sharesRequest = batch.batchSize > 1 && !context.connection;
+  const firstToAnswer = !session.connected && !(batch.bundled && context.connection);
+  if (streamed || timeout === 0 || firstToAnswer || sharesRequest || (session.queue.length > 0 && !pushing)) {
     session.release('superseded');
     const events = pushing ? [] : session.takeQueued();
     return finishConnect(core, message, session, { reason: 'message', events }, advice, extensionContext, out);
