@@ -15,7 +15,7 @@
  *   /meta/disconnect (A25): ServerSession.scheduleExpiry.
  * - A successful reply MUST carry reconnect "retry" or "none": CometD throws on anything else (A28).
  */
-import { bayeuxError, isStreamedConnectionType, type Advice, type ConnectionType, type Message } from '@perihelion/protocol';
+import { META, bayeuxError, isStreamedConnectionType, type Advice, type ConnectionType, type Message } from '@perihelion/protocol';
 import type { ExtensionContext } from '../../extensions/pipeline.js';
 import type { ProcessContext, PushConnection } from '../contract.js';
 import { advice as heldAdvice, emitReply, reply as replyTo, unknownClient } from '../replies.js';
@@ -121,7 +121,7 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
     return finishConnect(core, message, session, { reason: 'message', events }, advice, extensionContext, out);
   }
   if (context.connection) {
-    session.hold(timeout, new PushedConnect(core, message, session, extensionContext, context.connection));
+    session.hold(timeout, new PushedConnect(core, message.id, session, context, context.connection));
     return;
   }
   // Long-polling: the HTTP response is the answer, once the connect is released.
@@ -146,21 +146,26 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
 
 /**
  * A connect held on a push line (WebSocket): its reply, and what it carries, go out through the
- * line. Every idle session keeps one: its advice is made when it is answered, not kept.
+ * line. Every idle session keeps one, so it keeps only what its reply needs: the request's id
+ * (its clientId is the session's), not the request, and the line's own context, not one made for
+ * this connect. Its advice is made when it is answered.
  */
 class PushedConnect implements HeldConnect {
   constructor(
     private readonly core: ConnectCore,
-    private readonly message: Message,
+    private readonly id: Message['id'],
     private readonly session: ServerSession,
-    private readonly context: ExtensionContext,
+    private readonly transport: ProcessContext,
     readonly connection: PushConnection,
   ) {}
 
   answer(release: Release): void {
     const later: string[] = [];
+    const { session } = this;
+    const request: Message = { channel: META.connect, clientId: session.id };
+    if (this.id !== undefined) request.id = this.id;
     // Held, so not a streamed type (those are answered at once): the advice of a held connect.
-    void finishConnect(this.core, this.message, this.session, release, heldAdvice(this.core.options), this.context, later).then(() => {
+    void finishConnect(this.core, request, session, release, heldAdvice(this.core.options), { session, transport: this.transport }, later).then(() => {
       if (later.length > 0) this.connection.send(later);
     });
   }
