@@ -35,7 +35,7 @@ export async function dispatch(core: ServerCore, batch: readonly unknown[], cont
     }
     return out;
   }
-  await core.ready;
+  if (!core.isStarted) await core.ready;
   const handshakeAt = batch.findIndex((m) => (m as Message | null)?.channel === META.handshake);
   // Bayeux §4.1.1: a handshake SHOULD be alone in its request, and the server MUST ignore any
   // other message sent with it: not acted on, not answered (neither CometD nor Faye sends one).
@@ -105,7 +105,8 @@ async function handle(core: ServerCore, value: unknown, context: ProcessContext,
   const session = batch.bornHere !== null && original.clientId === batch.bornHere.id ? batch.bornHere : original.clientId !== undefined ? core.sessionFor(original.clientId, context) : null;
   const { extensions } = core;
   const extensionContext: ExtensionContext = { session, transport: context };
-  const message = await extensions.incoming(original, extensionContext);
+  const incoming = extensions.incoming(original, extensionContext);
+  const message = incoming instanceof Promise ? await incoming : incoming;
   if (message === null || message.error !== undefined) {
     const error = message?.error ?? bayeuxError('channelForbidden', [original.channel], 'refused by an extension');
     await emitReply(extensions, { ...replyTo(original, false), error: String(error) }, extensionContext, out);

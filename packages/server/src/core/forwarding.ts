@@ -104,10 +104,15 @@ export class Forwarding {
   /**
    * The replies of `batch` from the node that holds its session, when another node does; null
    * when this node should process it itself (a handshake, a session of its own, an unknown one).
+   * Null at once, without a promise, for a handshake or a session of this node: most batches.
    */
-  async forward(batch: readonly unknown[], context: ProcessContext): Promise<string[] | null> {
+  forward(batch: readonly unknown[], context: ProcessContext): Promise<string[] | null> | null {
     const clientId = soleClientId(batch);
     if (clientId === null || this.host.sessions.has(clientId)) return null;
+    return this.forwardTo(clientId, batch, context);
+  }
+
+  private async forwardTo(clientId: string, batch: readonly unknown[], context: ProcessContext): Promise<string[] | null> {
     const owner = await this.host.engine.ownerOf(clientId).catch(() => null);
     if (owner === null) return null;
     const id = this.nextId();

@@ -131,6 +131,13 @@ export class Presence {
         sessions.add(session.id);
         // Another session of the user was here first: it is in already.
         if (sessions.size > 1) return;
+      } else if (!this.steps.has(id) && !this.held.has(id)) {
+        // A session that is a member of its own, with no step of its own under way and no
+        // leave held here, has no grace mark anywhere (only the node that holds a session marks
+        // its leaves, and this one holds none) and no session elsewhere: its join goes out at
+        // once, without asking the engine. Most subscribes are this one.
+        this.track(id, this.publish(channel, { action: 'join', clientId: session.id, user: member.user }));
+        return;
       }
       this.run(id, () => this.join(channel, member, session.id));
     });
@@ -166,8 +173,12 @@ export class Presence {
 
   /** Runs `step` after the earlier steps of the same (channel, member); a failure is reported. */
   private run(id: string, step: () => Promise<void>): void {
-    const next: Promise<void> = (this.steps.get(id) ?? Promise.resolve())
-      .then(step)
+    this.track(id, (this.steps.get(id) ?? Promise.resolve()).then(step));
+  }
+
+  /** Keeps `step` as the latest of its (channel, member) until it is over; a failure is reported. */
+  private track(id: string, step: Promise<void>): void {
+    const next: Promise<void> = step
       .catch((error: unknown) => this.core.reportError(error))
       .then(() => {
         if (this.steps.get(id) === next) this.steps.delete(id);

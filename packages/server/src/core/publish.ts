@@ -26,7 +26,7 @@ type PublishCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'sec
 export async function clientPublish(core: PublishCore, message: Message, session: ServerSession | null, context: ExtensionContext, out: string[]): Promise<void> {
   const { options, extensions } = core;
   const { channel } = message;
-  const fail = (error: string): Promise<void> => emitReply(extensions, { ...reply(message, false), error }, context, out);
+  const fail = (error: string): void | Promise<void> => emitReply(extensions, { ...reply(message, false), error }, context, out);
   if (isMeta(channel)) return fail(bayeuxError('channelForbidden', [channel]));
   const problem = channelProblem(channel, { allowWildcard: false, maxLength: options.maxChannelLength });
   if (problem) {
@@ -57,7 +57,7 @@ export async function clientPublish(core: PublishCore, message: Message, session
     }
     session.recentPublishes.add(dedupKey);
   }
-  const refuse = (error: string): Promise<void> => {
+  const refuse = (error: string): void | Promise<void> => {
     if (dedupKey !== null) session.recentPublishes?.delete(dedupKey);
     return fail(error);
   };

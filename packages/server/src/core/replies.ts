@@ -41,8 +41,13 @@ export function advice(options: Pick<ResolvedOptions, 'interval' | 'timeout'>): 
   return { reconnect: 'retry', interval: options.interval, timeout: options.timeout };
 }
 
-/** Passes a reply through the outgoing extensions and adds it, serialised, to `out` (unless dropped). */
-export async function emitReply(extensions: ExtensionPipeline, message: Reply, context: ExtensionContext, out: string[]): Promise<void> {
-  const final = await extensions.outgoing(message, context);
+/**
+ * Passes a reply through the outgoing extensions and adds it, serialised, to `out` (unless
+ * dropped). Synchronous, making no promise, unless an extension answers with one: every reply to
+ * every client passes here.
+ */
+export function emitReply(extensions: ExtensionPipeline, message: Reply, context: ExtensionContext, out: string[]): void | Promise<void> {
+  const final = extensions.outgoing(message, context);
+  if (final instanceof Promise) return final.then((settled) => void (settled && out.push(JSON.stringify(settled))));
   if (final) out.push(JSON.stringify(final));
 }

@@ -110,12 +110,10 @@ export class ServerCore implements TransportHost {
    * The entry point of every transport (dispatch.ts). A batch for a session another node holds
    * goes to that node (forwarding.ts) and its replies come back.
    */
-  async process(batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
-    if (!context.forwarded) {
-      const forwarded = await this.forwarding.forward(batch, context);
-      if (forwarded !== null) return forwarded;
-    }
-    return dispatch(this, batch, context);
+  process(batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
+    const forwarded = context.forwarded ? null : this.forwarding.forward(batch, context);
+    if (forwarded === null) return dispatch(this, batch, context);
+    return forwarded.then((replies) => replies ?? dispatch(this, batch, context));
   }
 
   /** The session `clientId` names, if this request may speak for it (security/session-binding.ts); else null. */

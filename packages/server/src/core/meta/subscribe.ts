@@ -52,7 +52,9 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
   if (budget > 0 && fresh.length > 0 && core.delivery.subscriptionsFrom(session.remoteAddress ?? 'unknown') + fresh.length > budget) {
     return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${budget} subscriptions per address`) };
   }
-  const recover = readRecoverRequests(message.ext?.recover, [...fresh, ...again], { maxEntries: options.maxSubscriptions, maxChannelLength: options.maxChannelLength });
+  // Usually a first subscribe: nothing named again, and no list is copied.
+  const named = again.length === 0 ? fresh : [...fresh, ...again];
+  const recover = readRecoverRequests(message.ext?.recover, named, { maxEntries: options.maxSubscriptions, maxChannelLength: options.maxChannelLength });
   if (!recover.ok) return { ...reply, error: recover.error };
   for (const channel of fresh) {
     const refused = (await core.security.policy.check('subscribe', channel, session, message)) ?? (await checkCreate(core, channel, session, message));
@@ -60,10 +62,10 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
   }
   // Positions of the exact channels (where a later recovery can start from) and the outcome of
   // each recovery asked for; replayed messages are queued before anything published later.
-  const positions: Record<string, Position> = {};
-  const recovered: Record<string, boolean> = {};
+  let positions: Record<string, Position> | undefined;
+  let recovered: Record<string, boolean> | undefined;
   let replayBudget = options.maxReplay;
-  for (const channel of [...fresh, ...again]) {
+  for (const channel of named) {
     // The session ended while this subscribe was checked (an asynchronous authorize hook, a
     // call-out, Redis): subscribing now would leave subscriptions, a presence join and the
     // address's count behind that nothing removes any more.
@@ -81,17 +83,21 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
       await core.engine.removeSession(session.id);
       return unknownClient(message);
     }
-    if (outcome.position) positions[channel] = outcome.position;
+    if (outcome.position) (positions ??= {})[channel] = outcome.position;
     for (const result of outcome.recovered) {
-      recovered[result.channel] = result.recovered;
+      (recovered ??= {})[result.channel] = result.recovered;
       replayBudget -= result.replayed;
     }
     if (isNew) core.events.emit('subscribe', session, channel);
   }
-  const ext: Record<string, unknown> = {};
-  if (Object.keys(positions).length > 0) ext.positions = positions;
-  if (Object.keys(recovered).length > 0) ext.recovered = recovered;
-  return { ...reply, successful: true, ...(Object.keys(ext).length > 0 ? { ext } : {}) };
+  reply.successful = true;
+  if (positions || recovered) {
+    const ext: Record<string, unknown> = {};
+    if (positions) ext.positions = positions;
+    if (recovered) ext.recovered = recovered;
+    reply.ext = ext;
+  }
+  return reply;
 }
 
 export async function unsubscribe(core: Pick<ServerCore, 'options' | 'engine' | 'events' | 'delivery'>, message: Message, session: ServerSession | null): Promise<Reply> {
