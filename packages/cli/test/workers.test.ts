@@ -127,7 +127,7 @@ describe('perihelion serve --workers 2', () => {
     }
   });
 
-  it('answers or closes every connection made while a worker dies, never leaves one hanging', { timeout: 60_000 }, async () => {
+  it('answers or closes every connection made while a worker dies, never leaves one hanging', { timeout: 60_000 }, async (t) => {
     const child = start(['--workers', '2', '--open', '--no-demo']);
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
@@ -169,8 +169,13 @@ describe('perihelion serve --workers 2', () => {
         await waitFor('the replacement taking connections', () => (output.match(/takes connections/g) ?? []).length === round + 3, 15_000);
       }
       const count = (outcome: string): number => outcomes.filter((o) => o === outcome).length;
-      assert.equal(count('hung'), 0, `of ${outcomes.length} connections ${count('answered')} answered, ${count('closed')} closed, ${count('hung')} hung`);
-      assert.ok(count('answered') >= 100, 'most are answered by the live worker');
+      const tally = `of ${outcomes.length} connections ${count('answered')} answered, ${count('closed')} closed, ${count('hung')} hung`;
+      t.diagnostic(tally);
+      assert.equal(count('hung'), 0, tally);
+      // Connections go to the workers in turn: the live one answers its half whatever happens;
+      // of the dying one's, those handed before the primary learns of the death are closed (more
+      // of them on a busy machine, where the news comes later).
+      assert.ok(count('answered') >= outcomes.length / 2 - 5, `the live worker answers its share: ${tally}`);
       // And the server still serves everyone.
       assert.equal(await dial(), 'answered');
       // A kept-alive connection, idle after its answer: SIGTERM closes it at once (the worker's
