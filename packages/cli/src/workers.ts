@@ -24,6 +24,13 @@ export const WORKER_ADDRESS_ENV = 'PERIHELION_WORKER_ADDRESS';
 /** A worker that dies within this time of its start is not replaced at once, but after a pause. */
 const CRASH_PAUSE_MS = 1_000;
 
+/**
+ * The exit code of a process that refused its configuration (bin.ts). A worker that exits with it
+ * before it was ever ready refused the settings every worker shares: replacing it would only
+ * repeat the refusal for ever, so the whole server stops with it, as one process would.
+ */
+const REFUSED_CONFIGURATION = 2;
+
 /** This process is a worker forked by `runWorkers`: its node id, else null. */
 export function workerNode(): string | null {
   return cluster.isWorker ? (process.env[WORKER_NODE_ENV] ?? null) : null;
@@ -55,8 +62,10 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
   const address = JSON.stringify(listener.address());
 
   const broker = settings.redis === undefined ? new WorkerBroker() : null;
-  const workers = new Map<Worker, { node: string; startedAt: number }>();
+  const workers = new Map<Worker, { node: string; startedAt: number; ready: boolean }>();
   let stopping = false;
+  /** The primary's exit code once every worker has gone (the configuration refused: 2). */
+  let exitCode = 0;
   let lastNode = 0;
   /** Set once the first workers are forked: every later one replaces a worker that exited. */
   let started = false;
@@ -65,12 +74,15 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
     const node = `w${++lastNode}-${process.pid}`;
     const replacement = started;
     const worker = cluster.fork({ [WORKER_NODE_ENV]: node, [WORKER_ADDRESS_ENV]: address });
-    workers.set(worker, { node, startedAt: Date.now() });
+    const entry = { node, startedAt: Date.now(), ready: false };
+    workers.set(worker, entry);
     // The hand-off's messages are read here, the rest is the broker's.
     worker.on('message', (message: unknown) => {
       if (!handoff.receive(worker, message)) return;
       // Every worker says when it is ready (the first ones within the start-up summary).
-      if ((message as { k: string }).k === 'ready') log(`${replacement ? '' : '  '}worker ${node} (pid ${worker.process.pid}) takes connections`);
+      if ((message as { k: string }).k !== 'ready') return;
+      entry.ready = true;
+      log(`${replacement ? '' : '  '}worker ${node} (pid ${worker.process.pid}) takes connections`);
     });
     if (broker) {
       // What is sent and not yet written to the worker's IPC channel (the broker bounds it).
@@ -93,27 +105,32 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
     // failed: said; its exit follows, and with it another try after the crash pause.
     worker.on('error', (error: Error) => console.error(`perihelion: worker ${node}: ${error.message}`));
     worker.on('exit', (code, signal) => {
-      const entry = workers.get(worker);
       workers.delete(worker);
       handoff.remove(worker);
       void broker?.detach(node);
+      if (!stopping && code === REFUSED_CONFIGURATION && !entry.ready) {
+        // Its reason is on standard error already (the worker said it).
+        console.error(`perihelion: worker ${node} refused the configuration; stopping`);
+        exitCode = REFUSED_CONFIGURATION;
+        stop('configuration refused');
+      }
       if (stopping) {
-        if (workers.size === 0) void (broker?.close() ?? Promise.resolve()).finally(() => process.exit(0));
+        if (workers.size === 0) void (broker?.close() ?? Promise.resolve()).finally(() => process.exit(exitCode));
         return;
       }
       log(`worker ${node} (pid ${worker.process.pid}) exited (${signal ?? `code ${code}`}); its clients will handshake again with the others; starting another`);
-      const quick = entry !== undefined && Date.now() - entry.startedAt < CRASH_PAUSE_MS;
+      const quick = Date.now() - entry.startedAt < CRASH_PAUSE_MS;
       setTimeout(fork, quick ? CRASH_PAUSE_MS : 0);
     });
   };
 
-  const stop = (signal: NodeJS.Signals): void => {
+  const stop = (reason: string): void => {
     if (stopping) return;
     stopping = true;
-    log(`${signal}: shutting down ${workers.size} workers`);
+    log(`${reason}: shutting down ${workers.size} workers`);
     // Connections are still handed over while the workers drain (their clients collect what they
     // are owed, and new ones are told the server is shutting down), as one process's listener stays open.
-    if (workers.size === 0) process.exit(0);
+    if (workers.size === 0) process.exit(exitCode);
     // Each worker drains its own sessions (drainTimeout), then exits; the primary follows.
     for (const worker of workers.keys()) worker.process.kill('SIGTERM');
   };

@@ -273,6 +273,22 @@ describe('perihelion serve --workers 2', () => {
     }
   });
 
+  it('stops with exit code 2 and the reason when its workers refuse the configuration, instead of replacing them for ever', { timeout: 30_000 }, async () => {
+    // Checked only where the server is made, in each worker: an API key too short.
+    const child = start(['--workers', '2'], { PERIHELION_API_KEY: 'short' });
+    let errors = '';
+    let output = '';
+    child.stderr.on('data', (chunk: Buffer) => (errors += String(chunk)));
+    child.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    const [code] = await once(child, 'exit');
+    clearTimeout(timer);
+    assert.equal(code, 2, `${output}\n${errors}`);
+    assert.match(errors, /option "apiKey" must be a string of at least 16 characters/);
+    assert.match(errors, /refused the configuration; stopping/);
+    assert.doesNotMatch(output, /starting another/, 'no worker was replaced');
+  });
+
   it('refuses a bad --workers with a clear message and exit code 2', async () => {
     const child = start(['--workers', 'many']);
     let errors = '';
