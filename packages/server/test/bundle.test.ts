@@ -82,6 +82,33 @@ describe('bundled set-up: handshake, connect and subscribe in one request', () =
     }
   });
 
+  it('a bundle of several connects on a WebSocket holds only the last: the others are answered at once, flagged multiple-clients', async () => {
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      peer.send([
+        BUNDLED_HANDSHAKE,
+        { channel: '/meta/connect', connectionType: 'websocket', id: 'c1' },
+        { channel: '/meta/connect', connectionType: 'websocket', id: 'c2' },
+        { channel: '/meta/connect', connectionType: 'websocket', id: 'c3' },
+      ]);
+      for (const id of ['c1', 'c2']) {
+        const released = await peer.next((m) => m.id === id, `connect ${id}, released by the next one`);
+        assert.equal(released.successful, true);
+        assert.equal((released.advice as Record<string, unknown>)['multiple-clients'], true);
+      }
+      await sleep(300);
+      assert.equal(
+        peer.received.some((m) => m.id === 'c3'),
+        false,
+        'the last connect is held',
+      );
+      // The server goes on serving everyone else.
+      assert.equal(typeof (await handshake(ts.url)), 'string');
+    } finally {
+      peer.ws.close();
+    }
+  });
+
   it('a bundled connect over HTTP is still answered at once (it shares its request)', async () => {
     const { body } = await post(ts.url, [
       { ...BUNDLED_HANDSHAKE, supportedConnectionTypes: ['long-polling'] },
