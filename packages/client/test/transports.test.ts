@@ -199,6 +199,24 @@ describe('set-up over a WebSocket', () => {
     }
   });
 
+  it('waits for the bundled connect as long as the server holds it, not its request timeout', async () => {
+    const net = new Net();
+    // Requests time out after 500 ms; the server holds connects 2 s: the bundled connect is given
+    // the hold plus lineTimeout once the handshake's advice is known.
+    const c = client(test.url, { transports: ['websocket'], timeout: 500, lineTimeout: 1000 }, net);
+    const states: string[] = [];
+    c.on('state', (change) => states.push(change.state));
+    try {
+      await c.subscribe('/setup/patient', () => {});
+      await waitFor(() => net.framesIn.some((frame) => channelsOf(frame).includes('/meta/connect')), 4000, 'the held connect answered');
+      assert.deepEqual(states, ['connecting', 'connected'], 'never lost its line');
+      const handshakes = net.framesOut.filter((frame) => channelsOf(frame).includes('/meta/handshake'));
+      assert.equal(handshakes.length, 1);
+    } finally {
+      await c.disconnect();
+    }
+  });
+
   it('works as well with a server that answers the bundled connect at once (as a first connect)', async () => {
     const firstSeen = new Set<unknown>();
     const remove = test.server.addExtension({
