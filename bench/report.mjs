@@ -204,6 +204,9 @@ function setupText({ options, pinning, cpuCount, startedAt, loadBefore }) {
     ...(options.servers.includes('floor')
       ? [
           "- Node floor (a reference, not a peer): a bare `ws` server (`noServer`, no compression, no client tracking) on node:http; Nchan's subscribers (the open WebSocket to `/sub?id=<channels>` is the subscription); a publish builds one frame and writes it to the TCP socket of every subscriber. No protocol, sessions, queues, history or limits: what any Node server on `ws` spends at least",
+          ...(options.scenarios.includes('longpoll')
+            ? ['- Node floor, long-polling: the least a Bayeux long-polling server on node:http does (the Bayeux subscribers): the POSTed body read and parsed, a handshake answered with an id, a subscribe at once, a lone connect held and answered with the messages published meanwhile (string concatenation); no checks, extensions, limits, cookies or timers per request']
+            : []),
         ]
       : []),
     `- Socket.IO: \`new Server(http, { transports: [<the scenario's>] })\`, a room per channel, published with \`io.to(room).emit\`; clients ${options.socketioClient === 'official' ? "are socket.io-client instances with `transports: ['websocket']`" : 'speak the raw Engine.IO 4 / Socket.IO protocol over `ws` or HTTP polling (not socket.io-client), like the Bayeux clients'}`,

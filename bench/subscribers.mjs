@@ -17,8 +17,9 @@ export function subscriberFactory(name, port, path, scenario, { socketioClient }
       ? (common, i) => socketIoOfficialSubscriber({ ...common, url: `ws://${base}`, rooms: scenario.channelsOf(i), event: 'fanout' })
       : (common, i) => socketIoRawSubscriber({ ...common, url: `ws://${base}/socket.io/?EIO=4&transport=websocket`, rooms: scenario.channelsOf(i), event: 'fanout' });
   }
-  // The floor speaks Nchan's subscriber protocol: the open WebSocket is the subscription.
-  if (name === 'nchan' || name === 'floor') return (common, i) => nchanSubscriber({ ...common, url: `ws://${base}${path}`, channels: scenario.channelsOf(i) });
+  // The floor speaks Nchan's subscriber protocol over WebSocket (the open WebSocket is the
+  // subscription) and Bayeux over long-polling (see servers/floor.mjs).
+  if (name === 'nchan' || (name === 'floor' && !polling)) return (common, i) => nchanSubscriber({ ...common, url: `ws://${base}${path}`, channels: scenario.channelsOf(i) });
   const channels = (i) => scenario.channelsOf(i).map((key) => `/bench/${key}`);
   if (polling) return (common, i) => bayeuxLongPollSubscriber({ ...common, urls: ports.map((p) => `http://127.0.0.1:${p}${path}`), channels: channels(i) });
   return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i), bundle: name === 'perihelion' });
