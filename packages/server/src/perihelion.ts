@@ -362,7 +362,9 @@ export class Perihelion {
    * values and resolves to the serialised replies, in order (core/dispatch.ts).
    */
   process(batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
-    return this.core.process(batch, context);
+    // Always a promise here, as documented; the transports inside take the replies at once when they can.
+    const replies = this.core.process(batch, context);
+    return replies instanceof Promise ? replies : Promise.resolve(replies);
   }
 
   /**

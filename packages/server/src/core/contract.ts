@@ -71,6 +71,20 @@ export interface ProcessContext {
    * connect is held, so an ordinary request costs nothing.
    */
   onClientGone?: (callback: () => void) => void;
+  /**
+   * HTTP polling: where a connect held over this request is answered once it is released (its
+   * reply and the messages it carries are the response). The connect then sets `answeredLater`,
+   * and what `process` answers for the batch is not the response. Without it, `process` waits
+   * for the held connect and answers with its replies.
+   *
+   * Why: a held long-poll lives about as long as the publishes are apart, long enough for the
+   * collector to move what waits for it to the old generation; a chain of promises waiting for
+   * it, settled with the new reply at release, keeps every object made for the answer alive
+   * through the next collections too. A callback, like a push line's, keeps none of that.
+   */
+  answerLater?: (replies: string[]) => void;
+  /** Set by a connect held through `answerLater`. */
+  answeredLater?: boolean;
   /** Forwarded by the node the client talks to (core/forwarding.ts): processed here, never forwarded again. */
   forwarded?: boolean;
 }
@@ -81,6 +95,7 @@ export interface TransportHost {
   /**
    * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
    * /meta/connect reply, the messages it carries), in order. Never rejects for client input.
+   * Answers the replies themselves, with no promise, when nothing on the way had to wait.
    */
-  process(batch: readonly unknown[], context: ProcessContext): Promise<string[]>;
+  process(batch: readonly unknown[], context: ProcessContext): string[] | Promise<string[]>;
 }

@@ -23,8 +23,13 @@ import type { ServerSession } from './session.js';
  * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
  * /meta/connect reply, the messages it carries), in order. On a push connection a held
  * /meta/connect is answered later through the connection, so the batch resolves without it.
+ *
+ * Synchronous, making no promise, for as long as nothing on the way answers with one: a
+ * long-poll's connect, the most frequent request, needs no engine and no promise until it is
+ * held, and every promise and turn of the microtask queue is paid per request. Once a message's
+ * handling does answer with a promise, the rest of the batch waits for it, in order.
  */
-export async function dispatch(core: ServerCore, batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
+export function dispatch(core: ServerCore, batch: readonly unknown[], context: ProcessContext): string[] | Promise<string[]> {
   const out: string[] = [];
   if (core.isClosed) {
     for (const value of batch) {
@@ -35,31 +40,61 @@ export async function dispatch(core: ServerCore, batch: readonly unknown[], cont
     }
     return out;
   }
-  if (!core.isStarted) await core.ready;
   const handshakeAt = batch.findIndex((m) => (m as Message | null)?.channel === META.handshake);
   // Bayeux §4.1.1: a handshake SHOULD be alone in its request, and the server MUST ignore any
   // other message sent with it: not acted on, not answered (neither CometD nor Faye sends one).
   // A client that asks for it (asksForBundle) may follow its handshake with messages for the
   // session it is about to get, saving the round trips of a connection's set-up.
-  const facts: BatchFacts = { batchSize: batch.length, bundle: handshakeAt === 0 && asksForBundle(batch[0]), bornHere: null };
-  for (let i = 0; i < batch.length; i++) {
+  const facts: BatchFacts = { batchSize: batch.length, handshakeAt, bundle: handshakeAt === 0 && asksForBundle(batch[0]), bornHere: null };
+  if (!core.isStarted) return core.ready.then(() => dispatchFrom(core, batch, 0, context, facts, out));
+  return dispatchFrom(core, batch, 0, context, facts, out);
+}
+
+/** Handles the batch's messages from `start` on (see dispatch). */
+function dispatchFrom(core: ServerCore, batch: readonly unknown[], start: number, context: ProcessContext, facts: BatchFacts, out: string[]): string[] | Promise<string[]> {
+  for (let i = start; i < batch.length; i++) {
     let value = batch[i];
     core.delivery.counters.messagesIn++;
-    if (handshakeAt !== -1 && i !== handshakeAt) {
+    if (facts.handshakeAt !== -1 && i !== facts.handshakeAt) {
       // Only messages that name no session speak for the new one; the rest are ignored as above.
       const { bundle, bornHere } = facts;
       if (!bundle || bornHere === null || !isRecord(value) || value.clientId !== undefined || value.channel === META.handshake) continue;
       value = { ...value, clientId: bornHere.id };
     }
+    let made: string | undefined | Promise<string | undefined>;
     try {
-      const made = await handle(core, value, context, facts, out);
-      if (made !== undefined) facts.bornHere = core.delivery.sessions.get(made) ?? null;
+      made = handle(core, value, context, facts, out);
     } catch (error) {
-      core.reportError(error);
-      out.push(JSON.stringify(refusal(value, bayeuxError('serverError'))));
+      handlingFailed(core, value, error, out);
+      continue;
     }
+    if (made instanceof Promise) {
+      const failed = value;
+      return made.then(
+        (id) => {
+          bornOf(core, facts, id);
+          return dispatchFrom(core, batch, i + 1, context, facts, out);
+        },
+        (error: unknown) => {
+          handlingFailed(core, failed, error, out);
+          return dispatchFrom(core, batch, i + 1, context, facts, out);
+        },
+      );
+    }
+    bornOf(core, facts, made);
   }
   return out;
+}
+
+/** A handler threw: a bug, reported; the client gets a serverError reply and the batch goes on. */
+function handlingFailed(core: ServerCore, value: unknown, error: unknown, out: string[]): void {
+  core.reportError(error);
+  out.push(JSON.stringify(refusal(value, bayeuxError('serverError'))));
+}
+
+/** Records the session a successful handshake of the batch made, for the messages bundled after it. */
+function bornOf(core: ServerCore, facts: BatchFacts, made: string | undefined): void {
+  if (made !== undefined) facts.bornHere = core.delivery.sessions.get(made) ?? null;
 }
 
 /**
@@ -81,14 +116,19 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 interface BatchFacts {
   /** How many messages the request carried (a connect sharing an HTTP request is answered at once). */
   batchSize: number;
+  /** Where the batch's handshake is, or -1. */
+  handshakeAt: number;
   /** The batch starts with a handshake asking for a bundle (asksForBundle). */
   bundle: boolean;
   /** The session the handshake of this batch made: its bundled messages speak for it. */
   bornHere: ServerSession | null;
 }
 
-/** Handles one message; resolves to the id of the session a successful handshake made. */
-async function handle(core: ServerCore, value: unknown, context: ProcessContext, batch: BatchFacts, out: string[]): Promise<string | undefined> {
+/**
+ * Handles one message; answers the id of the session a successful handshake made. Synchronous
+ * unless the extensions or the handler answer with a promise.
+ */
+function handle(core: ServerCore, value: unknown, context: ProcessContext, batch: BatchFacts, out: string[]): string | undefined | Promise<string | undefined> {
   const checked = checkMessage(value);
   if (!checked.ok) {
     const reply: Reply = { channel: checked.channel ?? '/meta/unknown', successful: false, error: checked.error };
@@ -103,14 +143,27 @@ async function handle(core: ServerCore, value: unknown, context: ProcessContext,
   // A session that does not accept this request is as unknown to it as one that never existed;
   // the session this very batch made does.
   const session = batch.bornHere !== null && original.clientId === batch.bornHere.id ? batch.bornHere : original.clientId !== undefined ? core.sessionFor(original.clientId, context) : null;
-  const { extensions } = core;
   const extensionContext: ExtensionContext = { session, transport: context };
-  const incoming = extensions.incoming(original, extensionContext);
-  const message = incoming instanceof Promise ? await incoming : incoming;
+  const incoming = core.extensions.incoming(original, extensionContext);
+  if (incoming instanceof Promise) return incoming.then((message) => handleIncoming(core, original, message, session, extensionContext, context, batch, out));
+  return handleIncoming(core, original, incoming, session, extensionContext, context, batch, out);
+}
+
+/** Handles a message as the incoming extensions left it (null: dropped by one). */
+function handleIncoming(
+  core: ServerCore,
+  original: Message,
+  message: Message | null,
+  session: ServerSession | null,
+  extensionContext: ExtensionContext,
+  context: ProcessContext,
+  batch: BatchFacts,
+  out: string[],
+): string | undefined | Promise<string | undefined> {
+  const { extensions } = core;
   if (message === null || message.error !== undefined) {
     const error = message?.error ?? bayeuxError('channelForbidden', [original.channel], 'refused by an extension');
-    await emitReply(extensions, { ...replyTo(original, false), error: String(error) }, extensionContext, out);
-    return undefined;
+    return noSession(emitReply(extensions, { ...replyTo(original, false), error: String(error) }, extensionContext, out));
   }
   if (session && context.connection && message.channel !== META.connect) {
     // Faye opens its WebSocket while its connects still go over long-polling, and moves them
@@ -119,26 +172,26 @@ async function handle(core: ServerCore, value: unknown, context: ProcessContext,
     session.releaseLongPoll();
   }
   switch (message.channel) {
-    case META.handshake: {
-      const reply = await handshake(core, message, context);
-      if (batch.bundle && reply.successful) reply.ext = { ...reply.ext, bundle: true };
-      await emitReply(extensions, reply, extensionContext, out);
-      return reply.successful ? reply.clientId : undefined;
-    }
+    case META.handshake:
+      return handshake(core, message, context).then(async (reply) => {
+        if (batch.bundle && reply.successful) reply.ext = { ...reply.ext, bundle: true };
+        await emitReply(extensions, reply, extensionContext, out);
+        return reply.successful ? reply.clientId : undefined;
+      });
     case META.connect:
-      await connect(core, message, session, context, { batchSize: batch.batchSize, bundled: batch.bundle && session !== null && session === batch.bornHere }, out);
-      return undefined;
+      return noSession(connect(core, message, session, context, { batchSize: batch.batchSize, bundled: batch.bundle && session !== null && session === batch.bornHere }, out));
     case META.subscribe:
-      await emitReply(extensions, await subscribe(core, message, session), extensionContext, out);
-      return undefined;
+      return subscribe(core, message, session).then((reply) => noSession(emitReply(extensions, reply, extensionContext, out)));
     case META.unsubscribe:
-      await emitReply(extensions, await unsubscribe(core, message, session), extensionContext, out);
-      return undefined;
+      return unsubscribe(core, message, session).then((reply) => noSession(emitReply(extensions, reply, extensionContext, out)));
     case META.disconnect:
-      await emitReply(extensions, await disconnect(core, message, session), extensionContext, out);
-      return undefined;
+      return disconnect(core, message, session).then((reply) => noSession(emitReply(extensions, reply, extensionContext, out)));
     default:
-      await clientPublish(core, message, session, extensionContext, out);
-      return undefined;
+      return noSession(clientPublish(core, message, session, extensionContext, out));
   }
+}
+
+/** The answer of a step that makes no session: nothing, now or once its promise settles. */
+function noSession(step: void | Promise<void>): undefined | Promise<undefined> {
+  return step instanceof Promise ? step.then(() => undefined) : undefined;
 }

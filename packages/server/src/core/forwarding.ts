@@ -44,7 +44,7 @@ export interface ForwardingHost {
   readonly engine: Engine;
   /** This node's sessions. */
   readonly sessions: ReadonlyMap<string, unknown>;
-  process(batch: readonly unknown[], context: ProcessContext): Promise<string[]>;
+  process(batch: readonly unknown[], context: ProcessContext): string[] | Promise<string[]>;
   sessionFor(clientId: string, context: ProcessContext): ServerSession | null;
   reportError(error: unknown): void;
 }

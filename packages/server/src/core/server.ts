@@ -110,7 +110,7 @@ export class ServerCore implements TransportHost {
    * The entry point of every transport (dispatch.ts). A batch for a session another node holds
    * goes to that node (forwarding.ts) and its replies come back.
    */
-  process(batch: readonly unknown[], context: ProcessContext): Promise<string[]> {
+  process(batch: readonly unknown[], context: ProcessContext): string[] | Promise<string[]> {
     const forwarded = context.forwarded ? null : this.forwarding.forward(batch, context);
     if (forwarded === null) return dispatch(this, batch, context);
     return forwarded.then((replies) => replies ?? dispatch(this, batch, context));

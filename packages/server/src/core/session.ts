@@ -254,13 +254,19 @@ export class ServerSession implements Session {
   scheduleExpiry(ms: number): void {
     this.cancelExpiry();
     if (this.ended) return;
-    this.expiry = this.host.wheel.schedule(ms, () => {
+    this.expiryMs = ms;
+    this.expiryDue ??= () => {
       this.expiry = null;
       if (this.held) return;
-      if (this.connection?.open) this.scheduleExpiry(ms);
+      if (this.connection?.open) this.scheduleExpiry(this.expiryMs);
       else this.host.expire(this);
-    });
+    };
+    this.expiry = this.host.wheel.schedule(ms, this.expiryDue);
   }
+
+  /** The span of the expiry last armed, and what its deadline calls: made once, as holdTimedOut. */
+  private expiryMs = 0;
+  private expiryDue: (() => void) | null = null;
 
   cancelExpiry(): void {
     this.host.wheel.cancel(this.expiry);

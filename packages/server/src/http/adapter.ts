@@ -91,7 +91,7 @@ export class HttpAdapter {
       sendBatchError(res, 400, 'badRequest', 'HTTP transports are disabled on this server; use a WebSocket');
       return true;
     }
-    this.guard(res, handleLongPolling(this.core, req, res));
+    handleLongPolling(this.core, req, res, (error) => this.failed(res, error));
     return true;
   }
 
@@ -101,7 +101,7 @@ export class HttpAdapter {
       if (!this.core.options.jsonp) {
         return sendBatchError(res, 400, 'badRequest', 'callback-polling (JSONP) is disabled on this server; the operator can enable it with --jsonp');
       }
-      return this.guard(res, handleCallbackPolling(this.core, req, res));
+      return this.guard(res, handleCallbackPolling(this.core, req, res, (error) => this.failed(res, error)));
     }
     const accept = req.headers.accept ?? '';
     const framer = accept.includes('text/event-stream') ? sseFramer : accept.includes('application/x-ndjson') ? ndjsonFramer : null;
@@ -140,11 +140,14 @@ export class HttpAdapter {
 
   /** process() never throws for client input; a rejection is a bug: answer 500 and keep serving. */
   private guard(res: ServerResponse, work: Promise<void>): void {
-    work.catch((error: unknown) => {
-      this.core.reportError(error);
-      if (!res.headersSent) res.writeHead(500).end();
-      else res.destroy();
-    });
+    work.catch((error: unknown) => this.failed(res, error));
+  }
+
+  /** A failure inside the server while answering `res`: reported, and the client answered 500 (or cut, once answering began). */
+  private failed(res: ServerResponse, error: unknown): void {
+    this.core.reportError(error);
+    if (!res.headersSent) res.writeHead(500).end();
+    else res.destroy();
   }
 
   /** Handles a WebSocket upgrade under the mount path; returns false to let others answer it. */

@@ -10,13 +10,25 @@ import { randomBase64url } from './random.js';
 
 export const BROWSER_COOKIE = 'BAYEUX_BROWSER';
 
-/** The browser id a request carries, if it is well-formed. */
+const WELL_FORMED_ID = /^[A-Za-z0-9_-]{16,64}$/;
+const NAME_AND_EQUALS = `${BROWSER_COOKIE}=`;
+
+/**
+ * The browser id a request carries, if it is well-formed (the first well-formed one, if the
+ * header names the cookie more than once). Found by searching the header rather than splitting
+ * it: this runs on every HTTP request.
+ */
 export function browserIdOf(req: IncomingMessage): string | undefined {
   const header = req.headers.cookie;
   if (!header) return undefined;
-  for (const part of header.split(';')) {
-    const [name, value] = part.trim().split('=', 2);
-    if (name === BROWSER_COOKIE && value && /^[A-Za-z0-9_-]{16,64}$/.test(value)) return value;
+  for (let at = header.indexOf(NAME_AND_EQUALS); at !== -1; at = header.indexOf(NAME_AND_EQUALS, at + 1)) {
+    // The name must begin a cookie (the header's start, or after "; "), not end another's name.
+    const before = at === 0 ? ';' : header[at - 1];
+    if (before !== ';' && before !== ' ' && before !== '\t') continue;
+    let end = header.indexOf(';', at);
+    if (end === -1) end = header.length;
+    const value = header.slice(at + NAME_AND_EQUALS.length, end).trim();
+    if (WELL_FORMED_ID.test(value)) return value;
   }
   return undefined;
 }

@@ -12,7 +12,8 @@ import { DEFAULT_JSONP_CALLBACK, bayeuxError, encodeBatch, isValidCallback, json
 import type { TransportHost } from '../core/contract.js';
 import { decodeTexts, pollOnce } from './long-polling.js';
 
-export async function handleCallbackPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse): Promise<void> {
+/** Answers one callback-polling request; `failed` as for handleLongPolling. */
+export async function handleCallbackPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse, failed: (error: unknown) => void): Promise<void> {
   const query = new URL(req.url ?? '/', 'http://localhost').searchParams;
   const callback = query.get('jsonp') ?? DEFAULT_JSONP_CALLBACK;
   if (!isValidCallback(callback)) {
@@ -44,6 +45,6 @@ export async function handleCallbackPolling(core: TransportHost, req: IncomingMe
   if (!decoded.ok) {
     return answer([JSON.stringify({ channel: '/meta/unknown', successful: false, error: bayeuxError(decoded.error, [], decoded.reason) })]);
   }
-  const replies = await pollOnce(core, decoded.messages, req, res, 'callback-polling');
-  if (replies !== null) answer(replies);
+  const polled = pollOnce(core, decoded.messages, req, res, 'callback-polling', answer, failed);
+  if (polled instanceof Promise) await polled;
 }

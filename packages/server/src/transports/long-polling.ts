@@ -10,15 +10,29 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { promisify } from 'node:util';
 import { gzip } from 'node:zlib';
 import { decodeBatch, encodeBatch, type ConnectionType, type DecodeResult } from '@perihelion/protocol';
-import type { TransportHost } from '../core/contract.js';
-import { readBody } from '../http/body.js';
+import type { ProcessContext, TransportHost } from '../core/contract.js';
+import { readBodyThen, type BodyResult } from '../http/body.js';
 import { requestFacts } from '../http/request-facts.js';
 import { sendBatchError } from '../http/responses.js';
 
 const gzipAsync = promisify(gzip);
 
-export async function handleLongPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const body = await readBody(req, core.options.maxRequestBytes, core.options.bodyTimeout);
+/**
+ * Answers one long-polling request. `failed` is told of a failure inside the server (a bug): the
+ * caller reports it and answers 500. No promise is made unless something on the way waits for
+ * one (see ProcessContext.answerLater for why that matters here).
+ */
+export function handleLongPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse, failed: (error: unknown) => void): void {
+  readBodyThen(req, core.options.maxRequestBytes, core.options.bodyTimeout, (body) => {
+    try {
+      answerBody(core, req, res, body, failed);
+    } catch (error) {
+      failed(error);
+    }
+  });
+}
+
+function answerBody(core: TransportHost, req: IncomingMessage, res: ServerResponse, body: BodyResult, failed: (error: unknown) => void): void {
   if (!body.ok) {
     sendBatchError(res, body.status, body.error, body.reason);
     // Stop reading an oversized or stalled body instead of draining it.
@@ -29,52 +43,80 @@ export async function handleLongPolling(core: TransportHost, req: IncomingMessag
   if (texts.length === 0) return sendBatchError(res, 400, 'missingParameter', 'the form body has no "message" parameter');
   const decoded = decodeTexts(core, texts);
   if (!decoded.ok) return sendBatchError(res, decoded.status, decoded.error, decoded.reason);
-  const replies = await pollOnce(core, decoded.messages, req, res, 'long-polling');
-  if (replies === null) return;
-  await sendJsonAnswer(req, res, encodeBatch(replies), core.options.compressAbove);
+  const polled = pollOnce(core, decoded.messages, req, res, 'long-polling', (replies) => sendAnswer(core, req, res, replies), failed);
+  if (polled instanceof Promise) polled.catch(failed);
 }
 
 /**
  * Writes a JSON answer; one larger than `compressAbove` bytes goes gzip-compressed to a client
- * that accepts it (compressed on the thread pool, not the event loop). Most answers are small and
- * go as they are: compressing them would cost more than it saves.
+ * that accepts it (compressed on the thread pool, not the event loop).
  */
-async function sendJsonAnswer(req: IncomingMessage, res: ServerResponse, payload: string, compressAbove: number): Promise<void> {
-  const headers: Record<string, string | number> = { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache, no-store' };
-  let body: string | Buffer = payload;
-  if (compressAbove > 0 && payload.length > compressAbove && /\bgzip\b/.test(String(req.headers['accept-encoding'] ?? ''))) {
-    body = await gzipAsync(payload, { level: 6 });
-    headers['Content-Encoding'] = 'gzip';
-    headers.Vary = 'Accept-Encoding';
-    if (res.destroyed) return;
-  }
-  headers['Content-Length'] = Buffer.byteLength(body);
-  res.writeHead(200, headers);
+function sendAnswer(core: TransportHost, req: IncomingMessage, res: ServerResponse, replies: readonly string[]): void | Promise<void> {
+  const payload = encodeBatch(replies);
+  const { compressAbove } = core.options;
+  if (compressAbove > 0 && payload.length > compressAbove && /\bgzip\b/.test(String(req.headers['accept-encoding'] ?? ''))) return sendCompressed(res, payload);
+  sendJson(res, payload);
+}
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+const NO_CACHE = 'no-cache, no-store';
+
+/** Writes a JSON answer as it is: most are small, and compressing them would cost more than it saves. */
+function sendJson(res: ServerResponse, payload: string): void {
+  res.writeHead(200, { 'Content-Type': JSON_TYPE, 'Cache-Control': NO_CACHE, 'Content-Length': Buffer.byteLength(payload) });
+  res.end(payload);
+}
+
+/** Writes a JSON answer larger than `compressAbove` gzip-compressed, compressed on the thread pool, not the event loop. */
+async function sendCompressed(res: ServerResponse, payload: string): Promise<void> {
+  const body = await gzipAsync(payload, { level: 6 });
+  if (res.destroyed) return;
+  res.writeHead(200, { 'Content-Type': JSON_TYPE, 'Cache-Control': NO_CACHE, 'Content-Encoding': 'gzip', Vary: 'Accept-Encoding', 'Content-Length': body.length });
   res.end(body);
 }
 
 /**
- * Processes one polling request and resolves to its replies, or to null when the client left
- * before they were ready. Shared by long-polling and callback-polling.
+ * Processes one polling request and writes its answer with `answer`: at once when nothing had
+ * to wait (no promise made), once a held connect is released, or once the batch's promise
+ * settles. Nothing is written to a client that left. A failure of `answer` goes to `failed`.
+ * Shared by long-polling and callback-polling.
  */
-export async function pollOnce(
+export function pollOnce(
   core: TransportHost,
   messages: unknown[],
   req: IncomingMessage,
   res: ServerResponse,
   transport: ConnectionType,
-): Promise<string[] | null> {
-  const replies = await core.process(messages, {
+  answer: (replies: readonly string[]) => void | Promise<void>,
+  failed: (error: unknown) => void,
+): void | Promise<void> {
+  const respond = (replies: readonly string[]): void => {
+    if (res.destroyed) return;
+    try {
+      const sent = answer(replies);
+      if (sent instanceof Promise) sent.catch(failed);
+    } catch (error) {
+      failed(error);
+    }
+  };
+  const context: ProcessContext = {
     transport,
     request: requestFacts(req),
     // When the client closes the line before the answer, a held connect is let go without
     // taking the queued messages with it.
     onClientGone: (callback) =>
-      res.once('close', () => {
+      res.on('close', () => {
         if (!res.writableFinished) callback();
       }),
-  });
-  return res.destroyed ? null : replies;
+    answerLater: respond,
+  };
+  const replies = core.process(messages, context);
+  if (replies instanceof Promise) {
+    return replies.then((settled) => {
+      if (!context.answeredLater) respond(settled);
+    });
+  }
+  if (!context.answeredLater) respond(replies);
 }
 
 export type Decoded = DecodeResult;

@@ -18,7 +18,7 @@
 import { META, bayeuxError, isStreamedConnectionType, type Advice, type ConnectionType, type Message } from '@perihelion/protocol';
 import type { ExtensionContext } from '../../extensions/pipeline.js';
 import type { ProcessContext, PushConnection } from '../contract.js';
-import { advice as heldAdvice, emitReply, reply as replyTo, unknownClient } from '../replies.js';
+import { advice as heldAdvice, emitReply, refusal, reply as replyTo, unknownClient } from '../replies.js';
 import type { ServerCore } from '../server.js';
 import type { HeldConnect, Release, ServerSession } from '../session.js';
 
@@ -59,7 +59,7 @@ import type { HeldConnect, Release, ServerSession } from '../session.js';
  */
 const DRAIN_RECONNECT_INTERVAL = 1000;
 
-type ConnectCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'extensions'>;
+type ConnectCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'extensions' | 'reportError'>;
 
 /** Where the connect came from: what decides whether it may be held. */
 export interface ConnectBatch {
@@ -69,8 +69,11 @@ export interface ConnectBatch {
   bundled: boolean;
 }
 
-/** Answers a connect, now or once released; on a push line a held connect is answered through the line. */
-export async function connect(core: ConnectCore, message: Message, session: ServerSession | null, context: ProcessContext, batch: ConnectBatch, out: string[]): Promise<void> {
+/**
+ * Answers a connect, now or once released; on a push line a held connect is answered through the
+ * line. Synchronous unless it is held over HTTP (or an extension answers with a promise).
+ */
+export function connect(core: ConnectCore, message: Message, session: ServerSession | null, context: ProcessContext, batch: ConnectBatch, out: string[]): void | Promise<void> {
   const { options, extensions } = core;
   const extensionContext: ExtensionContext = { session, transport: context };
   if (!session) return emitReply(extensions, unknownClient(message), extensionContext, out);
@@ -124,8 +127,13 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
     session.hold(timeout, new PushedConnect(core, message.id, session, context, context.connection));
     return;
   }
-  // Long-polling: the HTTP response is the answer, once the connect is released.
-  const release = await new Promise<Release>((resolve) => {
+  if (context.answerLater) {
+    holdForResponse(core, message, session, timeout, advice, extensionContext, context, context.answerLater);
+    return;
+  }
+  // Long-polling without a callback (a batch forwarded from another node): what `process`
+  // answers is the response, once the connect is released.
+  const released = new Promise<Release>((resolve) => {
     let answered = false;
     session.hold(timeout, {
       connection: undefined,
@@ -141,7 +149,48 @@ export async function connect(core: ConnectCore, message: Message, session: Serv
       if (!answered) session.release('superseded');
     });
   });
-  return finishConnect(core, message, session, release, advice, extensionContext, out);
+  return released.then((release) => finishConnect(core, message, session, release, advice, extensionContext, out));
+}
+
+/**
+ * Holds a long-poll's connect; once released, its reply and the messages it carries are written
+ * through `answerLater` (see ProcessContext.answerLater for why no promise waits for it).
+ */
+function holdForResponse(
+  core: ConnectCore,
+  message: Message,
+  session: ServerSession,
+  timeout: number,
+  advice: Advice,
+  extensionContext: ExtensionContext,
+  context: ProcessContext,
+  answerLater: (replies: string[]) => void,
+): void {
+  context.answeredLater = true;
+  let answered = false;
+  session.hold(timeout, {
+    connection: undefined,
+    answer: (release) => {
+      answered = true;
+      const out: string[] = [];
+      const finished = finishConnect(core, message, session, release, advice, extensionContext, out);
+      if (!(finished instanceof Promise)) return answerLater(out);
+      finished.then(
+        () => answerLater(out),
+        (error: unknown) => {
+          // An outgoing extension failed: reported, and the client told, as dispatch does.
+          core.reportError(error);
+          answerLater([JSON.stringify(refusal(message, bayeuxError('serverError')))]);
+        },
+      );
+    },
+  });
+  // The client gave up on this request (closed the socket): answer nothing to it, and leave the
+  // queue for the next connect. Only while this connect is the one held: once answered, a later
+  // close must not release a newer connect.
+  context.onClientGone?.(() => {
+    if (!answered) session.release('superseded');
+  });
 }
 
 /**
@@ -165,14 +214,21 @@ class PushedConnect implements HeldConnect {
     const request: Message = { channel: META.connect, clientId: session.id };
     if (this.id !== undefined) request.id = this.id;
     // Held, so not a streamed type (those are answered at once): the advice of a held connect.
-    void finishConnect(this.core, request, session, release, heldAdvice(this.core.options), { session, transport: this.transport }, later).then(() => {
-      if (later.length > 0) this.connection.send(later);
-    });
+    const finished = finishConnect(this.core, request, session, release, heldAdvice(this.core.options), { session, transport: this.transport }, later);
+    if (finished instanceof Promise) void finished.then(() => this.send(later));
+    else this.send(later);
+  }
+
+  private send(replies: string[]): void {
+    if (replies.length > 0) this.connection.send(replies);
   }
 }
 
-/** The reply to a connect once it is released, and the messages it carries after it. */
-async function finishConnect(core: ConnectCore, message: Message, session: ServerSession, release: Release, advice: Advice, context: ExtensionContext, out: string[]): Promise<void> {
+/**
+ * The reply to a connect once it is released, and the messages it carries after it. Synchronous
+ * unless an outgoing extension answers with a promise.
+ */
+function finishConnect(core: ConnectCore, message: Message, session: ServerSession, release: Release, advice: Advice, context: ExtensionContext, out: string[]): void | Promise<void> {
   const { options } = core;
   const reply = replyTo(message, true);
   if (release.reason === 'token-expired') {
@@ -195,6 +251,12 @@ async function finishConnect(core: ConnectCore, message: Message, session: Serve
     session.connected = true;
     session.scheduleExpiry((advice.interval ?? 0) + options.maxInterval);
   }
-  await emitReply(core.extensions, reply, context, out);
-  for (const event of release.events) out.push(event);
+  const emitted = emitReply(core.extensions, reply, context, out);
+  if (emitted instanceof Promise) return emitted.then(() => carry(out, release.events));
+  carry(out, release.events);
+}
+
+/** The messages a connect's reply carries, after it (A23). */
+function carry(out: string[], events: readonly string[]): void {
+  for (const event of events) out.push(event);
 }
