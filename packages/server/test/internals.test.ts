@@ -11,6 +11,10 @@ import type { LineWatcher, PushConnection } from '../src/core/contract.js';
 import { ExtensionPipeline } from '../src/extensions/pipeline.js';
 import { resolveOptions, DEFAULTS } from '../src/options.js';
 import { ERROR_CODES, PerihelionError } from '../src/errors.js';
+import { browserIdOf } from '../src/security/browser-cookie.js';
+import { readBodyThen, type BodyResult } from '../src/http/body.js';
+import http, { type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
 
 describe('timer wheel', () => {
   it('fires deadlines in order, never early, and skips cancelled ones', async () => {
@@ -218,5 +222,80 @@ describe('error codes', () => {
   it('are each documented in docs/errors.md', () => {
     const docs = readFileSync(fileURLToPath(new URL('../../../../docs/errors.md', import.meta.url)), 'utf8');
     for (const code of Object.keys(ERROR_CODES)) assert.match(docs, new RegExp(`\`${code}\``), `${code} is missing from docs/errors.md`);
+  });
+});
+
+describe('browser cookie', () => {
+  const idOf = (cookie: string | undefined): string | undefined => browserIdOf({ headers: { cookie } } as IncomingMessage);
+  const id = 'S-IFAtN-TXv7QJruZZIVRfk9';
+
+  it('finds the id alone, first, last or among other cookies', () => {
+    assert.equal(idOf(`BAYEUX_BROWSER=${id}`), id);
+    assert.equal(idOf(`BAYEUX_BROWSER=${id}; a=1`), id);
+    assert.equal(idOf(`a=1; BAYEUX_BROWSER=${id}`), id);
+    assert.equal(idOf(`a=1;BAYEUX_BROWSER=${id};b=2`), id);
+    assert.equal(idOf(`a=1;  BAYEUX_BROWSER=${id} ; b=2`), id);
+  });
+
+  it('takes no cookie whose name only ends with the name, and no malformed id', () => {
+    assert.equal(idOf(undefined), undefined);
+    assert.equal(idOf(''), undefined);
+    assert.equal(idOf(`XBAYEUX_BROWSER=${id}`), undefined);
+    assert.equal(idOf('BAYEUX_BROWSER=short'), undefined);
+    assert.equal(idOf('BAYEUX_BROWSER=has spaces inside it!'), undefined);
+    assert.equal(idOf(`BAYEUX_BROWSER=${'x'.repeat(65)}`), undefined);
+  });
+
+  it('takes the first well-formed id when the name comes more than once', () => {
+    assert.equal(idOf(`BAYEUX_BROWSER=bad; BAYEUX_BROWSER=${id}`), id);
+    assert.equal(idOf(`XBAYEUX_BROWSER=${id.toLowerCase()}; BAYEUX_BROWSER=${id}`), id);
+  });
+});
+
+describe('request body reading', () => {
+  /** A server that reads each body and reports the result and the listeners left on the request. */
+  async function bodyServer(limit: number, idleMs: number): Promise<{ url: string; close: () => Promise<void>; results: { result: BodyResult; left: number }[] }> {
+    const results: { result: BodyResult; left: number }[] = [];
+    const server = http.createServer((req, res) => {
+      readBodyThen(req, limit, idleMs, (result) => {
+        results.push({ result, left: req.listenerCount('data') + req.listenerCount('end') + req.listenerCount('error') });
+        res.writeHead(result.ok ? 200 : result.status).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    return { url: `http://127.0.0.1:${port}/`, results, close: () => new Promise((resolve) => server.close(() => resolve())) };
+  }
+
+  it('reads a body and leaves no listener of its own on the request (a held long-poll keeps its request)', async () => {
+    const s = await bodyServer(1024, 1000);
+    try {
+      const response = await fetch(s.url, { method: 'POST', body: '[{"channel":"/meta/connect"}]' });
+      assert.equal(response.status, 200);
+      assert.equal(s.results.length, 1);
+      assert.deepEqual(s.results[0]!.result, { ok: true, text: '[{"channel":"/meta/connect"}]' });
+      assert.equal(s.results[0]!.left, 0, 'listeners of the read stayed on the request');
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('refuses a body past the limit, and one that stalls, each once', async () => {
+    const s = await bodyServer(16, 200);
+    try {
+      assert.equal((await fetch(s.url, { method: 'POST', body: 'x'.repeat(64) })).status, 413);
+      // A body that announces more than it sends stalls: given up on after the idle limit.
+      const stalled = await new Promise<number>((resolve, reject) => {
+        const req = http.request(s.url, { method: 'POST', headers: { 'Content-Length': '10' } }, (res) => resolve(res.statusCode ?? 0));
+        req.on('error', reject);
+        req.write('abc');
+      });
+      assert.equal(stalled, 400);
+      assert.equal(s.results.length, 2, 'a body was answered more than once');
+      assert.deepEqual(s.results.map(({ result }) => (result.ok ? 'ok' : result.reason)), ['request body of 64 bytes exceeds the limit of 16 bytes', 'request body stalled']);
+      assert.deepEqual(s.results.map(({ left }) => left), [0, 0]);
+    } finally {
+      await s.close();
+    }
   });
 });

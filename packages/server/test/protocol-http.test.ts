@@ -380,6 +380,59 @@ describe('/meta/connect', () => {
   });
 });
 
+describe('/meta/connect held over long-polling, with outgoing extensions', () => {
+  let ts: TestServer;
+  const errors: unknown[] = [];
+  before(async () => {
+    ts = await startServer({ timeout: 10_000 });
+    ts.server.on('error', (error) => errors.push(error));
+    ts.server.addExtension({
+      // Asynchronous: a held connect's reply waits for it before the response is written.
+      outgoing: async (message) => {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        if (message.channel === '/meta/connect' && message.id === 'boom') throw new Error('extension failed on a held connect');
+        if (message.channel === '/meta/connect') return { ...message, ext: { ...message.ext, seen: true } };
+        return message;
+      },
+    });
+  });
+  after(() => ts.close());
+
+  it('answers a held connect, its reply passed through an asynchronous extension, with the message after it', async () => {
+    const listener = await connectedClient(ts.url);
+    assert.equal((await subscribe(ts.url, listener, '/held/ext')).successful, true);
+    const publisher = await handshake(ts.url);
+    const held = connect(ts.url, listener, { id: 'held-ext' });
+    assert.equal(await settlesWithin(held, 200), false, 'the connect was not held');
+    assert.equal((await publish(ts.url, publisher, '/held/ext', { n: 1 })).successful, true);
+    const body = await held;
+    assert.equal(body.length, 2, JSON.stringify(body));
+    assert.equal(at(body, 0).id, 'held-ext');
+    assert.deepEqual(at(body, 0).ext, { seen: true }, 'the extension did not see the reply');
+    assert.deepEqual(at(body, 1).data, { n: 1 });
+  });
+
+  it('answers a held connect whose reply an extension fails on with a serverError and its message, reports it, and keeps serving', async () => {
+    const listener = await connectedClient(ts.url);
+    assert.equal((await subscribe(ts.url, listener, '/held/boom')).successful, true);
+    const publisher = await handshake(ts.url);
+    const held = connect(ts.url, listener, { id: 'boom' });
+    assert.equal(await settlesWithin(held, 200), false, 'the connect was not held');
+    const before = errors.length;
+    assert.equal((await publish(ts.url, publisher, '/held/boom', { n: 2 })).successful, true);
+    const [reply, event] = await held;
+    assert.equal(reply?.channel, '/meta/connect');
+    assert.equal(reply?.successful, false);
+    assert.equal(reply?.id, 'boom');
+    assert.match(String(reply?.error), /^500:/);
+    assert.deepEqual(event?.data, { n: 2 }, 'the message the connect carried was lost');
+    assert.equal(errors.length, before + 1, 'the failure was not reported');
+    // The session and the server go on: the next connect is answered.
+    const next = connect(ts.url, listener, { id: 'after', advice: { timeout: 0 } });
+    assert.equal(at(await next, 0).successful, true);
+  });
+});
+
 describe('/meta/connect timeout and session expiry', () => {
   let ts: TestServer;
   before(async () => {

@@ -178,9 +178,10 @@ function holdForResponse(
       finished.then(
         () => answerLater(out),
         (error: unknown) => {
-          // An outgoing extension failed: reported, and the client told, as dispatch does.
+          // An outgoing extension failed: reported, and the client told, as dispatch does; the
+          // messages the connect carries still go, after the refusal, rather than being lost.
           core.reportError(error);
-          answerLater([JSON.stringify(refusal(message, bayeuxError('serverError')))]);
+          answerLater([JSON.stringify(refusal(message, bayeuxError('serverError'))), ...release.events]);
         },
       );
     },
