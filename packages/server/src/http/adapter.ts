@@ -46,25 +46,27 @@ export class HttpAdapter {
     this.httpEnabled = transports.some((t) => t !== 'websocket' && t !== 'callback-polling');
   }
 
-  /** Whether the URL is under the mount path, and which sub-path it names. */
-  private route(url: string | undefined): { sub: string } | null {
-    const path = (url ?? '/').split('?')[0]!;
+  /** The sub-path the URL names under the mount path ('' for the mount path itself), or null when it is not under it. */
+  private route(url: string | undefined): string | null {
+    const raw = url ?? '/';
+    const query = raw.indexOf('?');
+    const path = query === -1 ? raw : raw.slice(0, query);
     const mount = this.core.options.path;
-    if (path === mount) return { sub: '' };
+    if (path === mount) return '';
     const prefix = mount === '/' ? '/' : `${mount}/`;
     if (!path.startsWith(prefix)) return null;
     const sub = path.slice(prefix.length);
-    return sub.includes('/') ? null : { sub };
+    return sub.includes('/') ? null : sub;
   }
 
   /** Handles the request if it is under the mount path; returns false to let others answer it. */
   handleRequest(req: IncomingMessage, res: ServerResponse): boolean {
-    const route = this.route(req.url);
-    if (!route) return false;
+    const sub = this.route(req.url);
+    if (sub === null) return false;
     // A public, cacheable file: before the origin check (any site may embed the script) and
     // before the session cookie is set (a shared cache must not keep one).
-    if ((req.method === 'GET' || req.method === 'HEAD') && Object.hasOwn(BROWSER_SCRIPTS, route.sub) && !(req.url ?? '').includes('message=')) {
-      serveBrowserScript(route.sub, req, res);
+    if ((req.method === 'GET' || req.method === 'HEAD') && Object.hasOwn(BROWSER_SCRIPTS, sub) && !(req.url ?? '').includes('message=')) {
+      serveBrowserScript(sub, req, res);
       return true;
     }
     if (!originAllowed(req, this.core.options.allowedOrigins)) {
@@ -79,7 +81,7 @@ export class HttpAdapter {
     const cookie = this.identifyBrowser(req);
     if (cookie !== undefined) res.setHeader('Set-Cookie', cookie);
     if (req.method === 'GET') {
-      this.handleGet(req, res, route.sub);
+      this.handleGet(req, res, sub);
       return true;
     }
     if (req.method !== 'POST') {
@@ -152,8 +154,7 @@ export class HttpAdapter {
 
   /** Handles a WebSocket upgrade under the mount path; returns false to let others answer it. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
-    const route = this.route(req.url);
-    if (!route || route.sub !== '') return false;
+    if (this.route(req.url) !== '') return false;
     if (!this.websocket || !originAllowed(req, this.core.options.allowedOrigins) || this.core.isClosed) {
       const status = !this.websocket ? '404 Not Found' : this.core.isClosed ? '503 Service Unavailable' : '403 Forbidden';
       socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
