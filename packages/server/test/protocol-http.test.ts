@@ -453,6 +453,38 @@ describe('/meta/connect timeout and session expiry', () => {
     assert.deepEqual(at(body, 0).advice, { reconnect: 'retry', interval: 0, timeout: 300 });
   });
 
+  it("holds a connect its full timeout, counted from its own start, when an earlier connect's hold was cut short", async () => {
+    // The session keeps one deadline for its held connects and moves it: the first hold's
+    // deadline comes before the second's, and must not answer the second early.
+    const listener = await connectedClient(ts.url);
+    assert.equal((await subscribe(ts.url, listener, '/timeout/early')).successful, true);
+    const publisher = await handshake(ts.url);
+    const first = connect(ts.url, listener, { id: 'first' });
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    assert.equal((await publish(ts.url, publisher, '/timeout/early', { n: 1 })).successful, true);
+    assert.equal((await first).length, 2, 'the first connect did not carry the message');
+    const started = Date.now();
+    const second = await connect(ts.url, listener, { id: 'second' });
+    const elapsed = Date.now() - started;
+    assert.equal(at(second, 0).id, 'second');
+    assert.equal(second.length, 1, JSON.stringify(second));
+    assert.ok(elapsed >= 280, `the second connect was answered after ${elapsed} ms, before its own 300 ms timeout`);
+    assert.ok(elapsed < 3000, `answered after ${elapsed} ms`);
+  });
+
+  it('counts expiry from the latest connect, not the first: a session that connects again lives on', async () => {
+    // maxInterval is 1000 ms here: connects 700 ms apart, each answered at once, keep the session
+    // alive well past 1000 ms from the first.
+    const clientId = await connectedClient(ts.url);
+    for (let i = 0; i < 3; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      assert.ok(ts.server.getSession(clientId), `the session expired ${(i + 1) * 700} ms after its first connect while it kept connecting`);
+      const body = await connect(ts.url, clientId, { advice: { timeout: 0 } });
+      assert.equal(at(body, 0).successful, true);
+    }
+    await waitFor(() => ts.server.getSession(clientId) === undefined, 4000, 'the session to expire once it stopped connecting');
+  });
+
   it('sweeps a session that stops connecting; its next connect gets 402 with advice to handshake', async () => {
     const idle = await connectedClient(ts.url);
     const active = await connectedClient(ts.url);

@@ -255,7 +255,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
   end(session: ServerSession, reason: DisconnectReason): void {
     if (session.ended) return;
     session.ended = true;
-    session.cancelExpiry();
+    session.cancelDeadlines();
     this.wheel.cancel(session.tokenExpiry);
     session.release(reason === 'shutdown' || reason === 'token-expired' || reason === 'slow-consumer' ? reason : 'disconnected');
     this.sessions.delete(session.id);

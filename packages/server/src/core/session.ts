@@ -103,11 +103,20 @@ export class ServerSession implements Session {
   /** Ids of the latest publishes, to publish a resent message once (created on first use). */
   recentPublishes: RecentIds | null = null;
 
-  /** The held /meta/connect, and its deadline. */
+  /**
+   * The held /meta/connect, when it is due to be answered empty (ms, the wheel's clock), and the
+   * session's one deadline for it. The deadline is moved rather than replaced: it may fire early
+   * (a deadline of an earlier hold) and then waits for the rest. A long-poll holds a connect per
+   * request, and a wheel entry made and cancelled for each (and one for expiry) was a measurable
+   * part of answering one.
+   */
   private held: HeldConnect | null = null;
+  private heldDue = 0;
   private heldTimer: TimerHandle | null = null;
   /** What the deadline of a held connect calls: made once, a session holds connects all its life. */
   private holdTimedOut: (() => void) | null = null;
+  /** When the session expires unless a connect comes (ms, the wheel's clock), and its deadline, moved the same way. */
+  private expiresAt = 0;
   private expiry: TimerHandle | null = null;
 
   constructor(
@@ -208,10 +217,22 @@ export class ServerSession implements Session {
    */
   hold(timeoutMs: number, connect: HeldConnect): void {
     this.release('superseded');
-    this.cancelExpiry();
-    this.holdTimedOut ??= () => this.release('timeout');
-    this.heldTimer = this.host.wheel.schedule(timeoutMs, this.holdTimedOut);
+    // Expiry waits while a connect is held (see scheduleExpiry's deadline), and is armed again
+    // when the connect is answered.
     this.held = connect;
+    const { wheel } = this.host;
+    this.heldDue = wheel.time() + Math.max(0, timeoutMs);
+    const timer = this.heldTimer;
+    if (timer !== null && !timer.cancelled && timer.due <= this.heldDue) return; // fires first, then waits for the rest
+    wheel.cancel(timer);
+    this.holdTimedOut ??= () => {
+      this.heldTimer = null;
+      if (this.held === null) return;
+      const left = this.heldDue - this.host.wheel.time();
+      if (left > 0) this.heldTimer = this.host.wheel.schedule(left, this.holdTimedOut!);
+      else this.release('timeout');
+    };
+    this.heldTimer = wheel.schedule(timeoutMs, this.holdTimedOut);
   }
 
   /** Answers a connect held on a line that cannot push (long-polling), if there is one. */
@@ -228,8 +249,6 @@ export class ServerSession implements Session {
     const held = this.held;
     if (!held) return;
     this.held = null;
-    this.host.wheel.cancel(this.heldTimer);
-    this.heldTimer = null;
     // A superseded connect leaves the queue to its successor; every other release carries it,
     // unless the connect was held on a push line (which carries messages by itself).
     const carries = reason !== 'superseded' && (this.deliversInConnectReplies || (!held.connection && !this.connection?.open));
@@ -252,25 +271,35 @@ export class ServerSession implements Session {
    * the check is repeated instead.
    */
   scheduleExpiry(ms: number): void {
-    this.cancelExpiry();
     if (this.ended) return;
     this.expiryMs = ms;
+    const { wheel } = this.host;
+    this.expiresAt = wheel.time() + ms;
+    const timer = this.expiry;
+    if (timer !== null && !timer.cancelled && timer.due <= this.expiresAt) return; // fires first, then waits for the rest
+    wheel.cancel(timer);
     this.expiryDue ??= () => {
       this.expiry = null;
-      if (this.held) return;
-      if (this.connection?.open) this.scheduleExpiry(this.expiryMs);
+      // Held: the connect's answer arms expiry again.
+      if (this.held !== null || this.ended) return;
+      const left = this.expiresAt - this.host.wheel.time();
+      if (left > 0) this.expiry = this.host.wheel.schedule(left, this.expiryDue!);
+      else if (this.connection?.open) this.scheduleExpiry(this.expiryMs);
       else this.host.expire(this);
     };
-    this.expiry = this.host.wheel.schedule(ms, this.expiryDue);
+    this.expiry = wheel.schedule(ms, this.expiryDue);
   }
 
   /** The span of the expiry last armed, and what its deadline calls: made once, as holdTimedOut. */
   private expiryMs = 0;
   private expiryDue: (() => void) | null = null;
 
-  cancelExpiry(): void {
+  /** Cancels the session's deadlines: it has ended. */
+  cancelDeadlines(): void {
     this.host.wheel.cancel(this.expiry);
     this.expiry = null;
+    this.host.wheel.cancel(this.heldTimer);
+    this.heldTimer = null;
   }
 }
 

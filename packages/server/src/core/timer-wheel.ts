@@ -52,6 +52,11 @@ export class TimerWheel {
     if (bucket?.size === 0) this.buckets.delete(entry.tick);
   }
 
+  /** The wheel's clock (ms since the epoch): deadlines kept elsewhere are measured on it. */
+  time(): number {
+    return this.now();
+  }
+
   /** Number of live (not yet fired, not cancelled) deadlines. */
   get pending(): number {
     return this.size;
