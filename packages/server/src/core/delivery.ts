@@ -3,8 +3,8 @@
  *
  * The engine calls back here (EngineHost) with each publication and the ids of this node's
  * sessions subscribed to its channel. Each session gets a reference to the one serialised
- * payload in its bounded queue, where the overflow policy (`queueOverflow`) applies. Once per
- * event-loop turn, every session with something queued writes it in one write: one frame on its
+ * payload in its bounded queue, where the overflow policy (`queueOverflow`) applies. Once the work
+ * in hand is done, every session with something queued writes it in one write: one frame on its
  * push line (WebSocket, stream), or the answer to its held long-poll connect. Sessions call back
  * here too (SessionHost) to be flushed, to expire, and to be ended; ending a session is here.
  */
@@ -191,14 +191,17 @@ export class LocalDelivery implements EngineHost, SessionHost {
     this.dirty.push(session);
     if (this.flushScheduled) return;
     this.flushScheduled = true;
-    // Everything a session is owed in this event-loop turn goes out in one write.
-    setImmediate(this.flushTurn);
+    // Everything a session is owed by the work in hand (one timer tick's publishes, one incoming
+    // frame or request) goes out in one write, as soon as that work is done: a microtask, not the
+    // next turn of the event loop, which would cost a poll of its own for every publish that
+    // comes alone (measured: CPU per delivery to 1 000 channels at 1 000 msg/s 145 -> 86 us).
+    queueMicrotask(this.flushTurn);
   }
 
-  /** flushNow for setImmediate, made once rather than a closure per turn. */
+  /** flushNow for queueMicrotask, made once rather than a closure per flush. */
   private readonly flushTurn = (): void => this.flushNow();
 
-  /** Writes every session that has something queued (once per event-loop turn, and at shutdown). */
+  /** Writes every session that has something queued (once the work in hand is done, and at shutdown). */
   flushNow(): void {
     this.flushScheduled = false;
     const sessions = this.dirty;

@@ -4,7 +4,7 @@
  * Applications see the `Session` interface (events, listeners, extensions, `getSession`); the
  * server keeps the `ServerSession` behind it: its bounded queue of shared serialised messages
  * (OutboundQueue), the /meta/connect it holds, the push line it is bound to, its deadlines.
- * Local delivery (delivery.ts) queues messages and writes them once per event-loop turn: pushed
+ * Local delivery (delivery.ts) queues messages and writes them once the work in hand is done: pushed
  * in one frame when the session is bound to a push connection (WebSocket, stream), or used to
  * answer its held /meta/connect (long-polling).
  */
@@ -59,7 +59,7 @@ export interface HeldConnect {
 /** What a session needs from the server that owns it (local delivery, delivery.ts). */
 export interface SessionHost {
   readonly wheel: TimerWheel;
-  /** Writes what the session has queued later in this event-loop turn, with every other session's. */
+  /** Writes what the session has queued once the work in hand is done, with every other session's. */
   scheduleFlush(session: ServerSession): void;
   /** Ends a session that stopped connecting (Bayeux §Connect, "maxInterval"). */
   expire(session: ServerSession): void;

@@ -1,7 +1,7 @@
 /**
  * websocket: every frame is a JSON array of messages, in both directions (a single object
  * and `[]` are accepted too, BAYEUX.md A1/A2). Messages queued for a session bound to this socket
- * are pushed as soon as they are due, one frame per event-loop turn; the /meta/connect is still
+ * are pushed as soon as they are due, one frame for what one piece of work queued; the /meta/connect is still
  * held and answered when its timeout passes, as the CometD and Faye servers do.
  *
  * A socket may speak for a session handshaken elsewhere (Faye handshakes over HTTP and then
