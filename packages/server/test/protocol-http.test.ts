@@ -433,6 +433,31 @@ describe('/meta/connect held over long-polling, with outgoing extensions', () =>
   });
 });
 
+describe('/meta/connect held over long-polling, its client gone before the answer', () => {
+  let ts: TestServer;
+  before(async () => {
+    ts = await startServer({ timeout: 10_000 });
+  });
+  after(() => ts.close());
+
+  it('queues the messages the connect would have carried again, for the next connect', async () => {
+    // A transport whose client is gone (its socket destroyed before the close was reported)
+    // answers false: nothing was written, so nothing may be taken from the queue for good.
+    const request = { headers: {}, remoteAddress: '127.0.0.1', url: '/', browserId: 'gone-client-browser-1' };
+    let written = 0;
+    const context = (answerLater?: (replies: string[]) => boolean) => ({ transport: 'long-polling' as const, request, ...(answerLater ? { answerLater } : {}) });
+    const [hs] = (await ts.server.process([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], context())).map((r) => JSON.parse(r) as Msg);
+    const clientId = String(hs?.clientId);
+    await ts.server.process([{ channel: '/meta/subscribe', clientId, subscription: '/gone/news' }, { channel: '/meta/connect', clientId, connectionType: 'long-polling' }], context());
+    await ts.server.process([{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }], context(() => (written++, false)));
+    ts.server.publish('/gone/news', { n: 1 });
+    await waitFor(() => written === 1, 2000, 'the held connect to be released');
+    const next = await ts.server.process([{ channel: '/meta/connect', clientId, connectionType: 'long-polling', advice: { timeout: 0 } }], context());
+    const data = next.map((r) => JSON.parse(r) as Msg).filter((m) => m.channel === '/gone/news').map((m) => m.data);
+    assert.deepEqual(data, [{ n: 1 }], 'the message the gone client never got was lost');
+  });
+});
+
 describe('/meta/connect timeout and session expiry', () => {
   let ts: TestServer;
   before(async () => {

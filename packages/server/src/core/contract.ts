@@ -74,7 +74,9 @@ export interface ProcessContext {
   /**
    * HTTP polling: where a connect held over this request is answered once it is released (its
    * reply and the messages it carries are the response). The connect then sets `answeredLater`,
-   * and what `process` answers for the batch is not the response. Without it, `process` waits
+   * and what `process` answers for the batch is not the response. It answers false when the client
+   * is gone by then (its socket destroyed before the close was reported): the messages the
+   * connect carried are queued again for the next connect. Without it, `process` waits
    * for the held connect and answers with its replies.
    *
    * Why: a held long-poll lives about as long as the publishes are apart, long enough for the
@@ -82,7 +84,7 @@ export interface ProcessContext {
    * it, settled with the new reply at release, keeps every object made for the answer alive
    * through the next collections too. A callback, like a push line's, keeps none of that.
    */
-  answerLater?: (replies: string[]) => void;
+  answerLater?: (replies: string[]) => boolean;
   /** Set by a connect held through `answerLater`. */
   answeredLater?: boolean;
   /** Forwarded by the node the client talks to (core/forwarding.ts): processed here, never forwarded again. */

@@ -90,14 +90,16 @@ export function pollOnce(
   answer: (replies: readonly string[]) => void | Promise<void>,
   failed: (error: unknown) => void,
 ): void | Promise<void> {
-  const respond = (replies: readonly string[]): void => {
-    if (res.destroyed) return;
+  /** Writes the answer; false when the client is gone (nothing written). */
+  const respond = (replies: readonly string[]): boolean => {
+    if (res.destroyed) return false;
     try {
       const sent = answer(replies);
       if (sent instanceof Promise) sent.catch(failed);
     } catch (error) {
       failed(error);
     }
+    return true;
   };
   const context: ProcessContext = {
     transport,

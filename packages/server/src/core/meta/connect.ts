@@ -164,7 +164,7 @@ function holdForResponse(
   advice: Advice,
   extensionContext: ExtensionContext,
   context: ProcessContext,
-  answerLater: (replies: string[]) => void,
+  answerLater: (replies: string[]) => boolean,
 ): void {
   context.answeredLater = true;
   let answered = false;
@@ -172,16 +172,21 @@ function holdForResponse(
     connection: undefined,
     answer: (release) => {
       answered = true;
+      // A client gone before its answer could be written: what it would have carried waits for
+      // its next connect (with the ack extension, the extension resends it instead).
+      const send = (replies: string[]): void => {
+        if (!answerLater(replies) && session.ack === null) session.resend(release.events);
+      };
       const out: string[] = [];
       const finished = finishConnect(core, message, session, release, advice, extensionContext, out);
-      if (!(finished instanceof Promise)) return answerLater(out);
+      if (!(finished instanceof Promise)) return send(out);
       finished.then(
-        () => answerLater(out),
+        () => send(out),
         (error: unknown) => {
           // An outgoing extension failed: reported, and the client told, as dispatch does; the
           // messages the connect carries still go, after the refusal, rather than being lost.
           core.reportError(error);
-          answerLater([JSON.stringify(refusal(message, bayeuxError('serverError'))), ...release.events]);
+          send([JSON.stringify(refusal(message, bayeuxError('serverError'))), ...release.events]);
         },
       );
     },
