@@ -117,7 +117,8 @@ class WebSocketConnection implements PushConnection {
   alive = true;
   /** When the last message frame came (pings and pongs do not count), ms since the epoch. */
   lastMessageAt = Date.now();
-  private tail: Promise<void> = Promise.resolve();
+  /** The frames still being processed, in order; null when none is (the usual case). */
+  private tail: Promise<void> | null = null;
   /** The sessions bound to this line (usually one). */
   private readonly watchers = new LineWatchers();
   /** Whoever else asked to hear of its close (made when first needed: usually nobody). */
@@ -216,15 +217,45 @@ class WebSocketConnection implements PushConnection {
     const decoded = decodeBatch(text, { maxBatch, maxDepth });
     if (!decoded.ok) return this.reject(decoded.reason, decoded.error);
     // Frames are processed one after another, so a client's publishes keep their order even
-    // when the engine is asynchronous; a held connect does not block this chain.
-    this.tail = this.tail
-      .then(async () => {
-        const replies = await this.core.process(decoded.messages, this.context);
-        if (replies.length > 0 || decoded.messages.length === 0) this.send(replies);
-      })
-      // process() rejects only when the server cannot serve at all (its engine never started,
-      // already reported): the frame gets an error, and later frames are still handled.
-      .catch(() => this.reject('the server cannot handle requests now', 'serverError'));
+    // when the engine is asynchronous; a held connect does not block this chain. A frame that
+    // comes while none is being processed runs at once, making no promise unless it must wait.
+    const messages = decoded.messages;
+    if (this.tail === null) this.follow(this.run(messages));
+    else this.follow(this.tail.then(() => this.run(messages)));
+  }
+
+  /** Processes one frame and sends its replies; a promise while they are not ready. */
+  private run(messages: unknown[]): Promise<void> | undefined {
+    try {
+      const replies = this.core.process(messages, this.context);
+      if (!(replies instanceof Promise)) return this.answer(replies, messages.length);
+      return replies.then((settled) => this.answer(settled, messages.length)).catch(() => this.failed());
+    } catch {
+      return this.failed();
+    }
+  }
+
+  /** Keeps `pending` as the last frame being processed until it settles. */
+  private follow(pending: Promise<void> | undefined): void {
+    if (pending === undefined) return;
+    const tail: Promise<void> = pending.then(() => {
+      if (this.tail === tail) this.tail = null;
+    });
+    this.tail = tail;
+  }
+
+  private answer(replies: string[], batchSize: number): undefined {
+    if (replies.length > 0 || batchSize === 0) this.send(replies);
+    return undefined;
+  }
+
+  /**
+   * process() fails only when the server cannot serve at all (its engine never started, already
+   * reported): the frame gets an error, and later frames are still handled.
+   */
+  private failed(): undefined {
+    this.reject('the server cannot handle requests now', 'serverError');
+    return undefined;
   }
 
   private reject(reason: string, name: ErrorName = 'badRequest'): void {
