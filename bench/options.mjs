@@ -15,6 +15,7 @@ export const LABELS = {
   socketio: 'Socket.IO 4',
   nchan: 'Nchan 1.3',
   floor: 'Node floor',
+  'floor-bayeux': 'Bayeux floor',
 };
 
 const USAGE = `usage: npm run bench -- [options]
@@ -28,9 +29,10 @@ const USAGE = `usage: npm run bench -- [options]
   --idle-warmup N        idle scenario: connections set up before the measured ones, and not counted (default 500; 0 for none)
   --drain S              longest wait for stragglers after the last publish, s (default 5)
   --warmup S             load scenarios: seconds of publishing at the first rate before anything is measured (default 3; 0 for none)
-  --servers LIST         any of perihelion,faye,socketio,nchan,floor (default all, in that order; nchan only when
-                         installed: apt-get install nginx-light libnginx-mod-nchan). floor is not a peer but a
-                         reference: a bare ws server, the least any Node server spends (see bench/README.md).
+  --servers LIST         any of perihelion,faye,socketio,nchan,floor,floor-bayeux (default all, in that order; nchan
+                         only when installed: apt-get install nginx-light libnginx-mod-nchan). floor is not a peer
+                         but a reference: a bare ws server, the least any Node server spends; floor-bayeux, in the
+                         idle scenario only, the least a Bayeux server on ws does to set up (see bench/README.md).
                          Also perihelion-workers, only when named: Perihelion as \`perihelion serve --workers N\`
                          (a primary with the broker and N node:cluster workers; N = BENCH_WORKERS, default 2)
   --socketio-client K    raw (Engine.IO protocol over a WebSocket, default) or official (socket.io-client)
@@ -60,7 +62,7 @@ export function parseArgs(argv) {
     warmup: 3,
     settle: 12,
     idleWarmup: 500,
-    servers: nchanInstalled() ? ['perihelion', 'faye', 'socketio', 'nchan', 'floor'] : ['perihelion', 'faye', 'socketio', 'floor'],
+    servers: nchanInstalled() ? ['perihelion', 'faye', 'socketio', 'nchan', 'floor', 'floor-bayeux'] : ['perihelion', 'faye', 'socketio', 'floor', 'floor-bayeux'],
     socketioClient: 'raw',
     wsClient: 'raw',
     connectTimeout: 15,

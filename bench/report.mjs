@@ -13,8 +13,9 @@ import { SCENARIOS } from './scenarios.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-// The floor is in the ratios too: Perihelion ÷ floor is what Perihelion adds to what Node costs.
-const PEERS = ['faye', 'socketio', 'nchan', 'floor'];
+// The floors are in the ratios too: Perihelion ÷ floor is what Perihelion adds to what Node costs,
+// Perihelion ÷ Bayeux floor what it adds to the protocol's own frames at set-up.
+const PEERS = ['faye', 'socketio', 'nchan', 'floor', 'floor-bayeux'];
 
 /** The version of an installed Debian package, or '?'. */
 function debianVersionOf(pkg) {
@@ -207,6 +208,11 @@ function setupText({ options, pinning, cpuCount, startedAt, loadBefore }) {
           ...(options.scenarios.includes('longpoll')
             ? ['- Node floor, long-polling: the least a Bayeux long-polling server on node:http does (the Bayeux subscribers): the POSTed body read and parsed, a handshake answered with an id, a subscribe at once, a lone connect held and answered with the messages published meanwhile (string concatenation); no checks, extensions, limits, cookies or timers per request']
             : []),
+        ]
+      : []),
+    ...(options.servers.includes('floor-bayeux') && options.scenarios.includes('idle')
+      ? [
+          "- Bayeux floor (a reference, idle scenario only): a bare `ws` server set up by Perihelion's subscribers (the bundled set-up): reads their one frame (JSON.parse, no checks), answers the handshake with an id and the subscribe in one frame built by string concatenation, holds the connect. No validation, extensions, sessions beyond an id, history, presence or limits: what the protocol's frames cost Node at set-up, beyond the Node floor's bare upgrade",
         ]
       : []),
     `- Socket.IO: \`new Server(http, { transports: [<the scenario's>] })\`, a room per channel, published with \`io.to(room).emit\`; clients ${options.socketioClient === 'official' ? "are socket.io-client instances with `transports: ['websocket']`" : 'speak the raw Engine.IO 4 / Socket.IO protocol over `ws` or HTTP polling (not socket.io-client), like the Bayeux clients'}`,

@@ -17,6 +17,7 @@ import { benchLoad } from './measure-load.mjs';
 import { LABELS, parseArgs, scenarioOf } from './options.mjs';
 import { cpuCount, pinToCpu1 } from './pinning.mjs';
 import { printReport } from './report.mjs';
+import { sitsOut } from './scenarios.mjs';
 import { killAllServers } from './server-process.mjs';
 
 const options = parseArgs(process.argv.slice(2));
@@ -81,8 +82,9 @@ rounds: for (let round = 1; round <= options.rounds; round++) {
     const scenario = scenarioOf(options, id);
     for (const name of order) {
       if (Date.now() > bench.deadlineAt) break rounds;
-      if (scenario.servers && !scenario.servers.includes(name)) {
-        if (round === 1) log(`\nbench: ${scenario.id} skips ${LABELS[name]}: ${scenario.skips[name] ?? 'not supported'}`);
+      const why = sitsOut(scenario, name);
+      if (why !== null) {
+        if (round === 1) log(`\nbench: ${scenario.id} skips ${LABELS[name]}: ${why}`);
         continue;
       }
       if (scenario.kind === 'idle') for (const size of scenario.sizes) await benchIdle(bench, name, scenario, size, round);

@@ -15,6 +15,25 @@ const CLUSTER_SKIPS = {
   'perihelion-workers': 'its workers share the broker of one machine, not Redis: the cluster scenarios run Perihelion with --redis',
 };
 
+/**
+ * The scenarios a server runs in when it does not run in all of them, and why not elsewhere.
+ * A scenario's own `servers` list (below) narrows it further.
+ */
+const ONLY_IN = {
+  'floor-bayeux': {
+    scenarios: ['idle'],
+    why: 'the Bayeux floor is the reference for the set-up; in delivery it writes the frames the Node floor writes',
+  },
+};
+
+/** Why `name` sits out `scenario`, or null when it runs in it. */
+export function sitsOut(scenario, name) {
+  const only = ONLY_IN[name];
+  if (only && !only.scenarios.includes(scenario.id)) return only.why;
+  if (scenario.servers && !scenario.servers.includes(name)) return scenario.skips?.[name] ?? 'not supported';
+  return null;
+}
+
 /** Fan-out over three nodes: 1 000 WebSocket subscribers of one channel spread over them. */
 const CLUSTER_FANOUT = {
   kind: 'load',

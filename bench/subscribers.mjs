@@ -22,7 +22,8 @@ export function subscriberFactory(name, port, path, scenario, { socketioClient }
   if (name === 'nchan' || (name === 'floor' && !polling)) return (common, i) => nchanSubscriber({ ...common, url: `ws://${base}${path}`, channels: scenario.channelsOf(i) });
   const channels = (i) => scenario.channelsOf(i).map((key) => `/bench/${key}`);
   if (polling) return (common, i) => bayeuxLongPollSubscriber({ ...common, urls: ports.map((p) => `http://127.0.0.1:${p}${path}`), channels: channels(i) });
-  return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i), bundle: name === 'perihelion' });
+  // The Bayeux floor is set up as Perihelion is: one frame each way (servers/floor-bayeux.mjs).
+  return (common, i) => bayeuxSubscriber({ ...common, url: `ws://${base}${path}`, channels: channels(i), bundle: name === 'perihelion' || name === 'floor-bayeux' });
 }
 
 /** Sets up n clients, `concurrency` at a time; each client remembers its index (its channels). */

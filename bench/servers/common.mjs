@@ -145,3 +145,21 @@ export async function runServer({ name, start, publish, stop, usage }) {
     process.exit(1);
   }
 }
+
+/** One unmasked text frame (RFC 6455 §5.2): FIN + opcode 1, the length in 7, 16 or 64 bits, the UTF-8 of `text`. */
+export function frameOf(text) {
+  const body = Buffer.from(text);
+  const n = body.length;
+  const header = Buffer.alloc(n < 126 ? 2 : n < 65_536 ? 4 : 10);
+  header[0] = 0x81;
+  if (n < 126) {
+    header[1] = n;
+  } else if (n < 65_536) {
+    header[1] = 126;
+    header.writeUInt16BE(n, 2);
+  } else {
+    header[1] = 127;
+    header.writeBigUInt64BE(BigInt(n), 2);
+  }
+  return Buffer.concat([header, body]);
+}

@@ -14,7 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { WebSocketServer } from 'ws';
-import { listenOnLoopback, runServer } from './common.mjs';
+import { frameOf, listenOnLoopback, runServer } from './common.mjs';
 
 const PATH = '/sub';
 /** channel key → the TCP sockets under its subscribers' WebSockets */
@@ -131,24 +131,6 @@ server.on('upgrade', (req, socket, head) => {
     });
   });
 });
-
-/** One unmasked text frame (RFC 6455 §5.2): FIN + opcode 1, the length in 7, 16 or 64 bits, the UTF-8 of `text`. */
-function frameOf(text) {
-  const body = Buffer.from(text);
-  const n = body.length;
-  const header = Buffer.alloc(n < 126 ? 2 : n < 65_536 ? 4 : 10);
-  header[0] = 0x81;
-  if (n < 126) {
-    header[1] = n;
-  } else if (n < 65_536) {
-    header[1] = 126;
-    header.writeUInt16BE(n, 2);
-  } else {
-    header[1] = 127;
-    header.writeBigUInt64BE(BigInt(n), 2);
-  }
-  return Buffer.concat([header, body]);
-}
 
 await runServer({
   name: 'floor',

@@ -66,14 +66,19 @@ describe('benchmark smoke run', () => {
     }
   });
 
-  it('runs the Node floor (bare ws; minimal Bayeux long-polling on node:http) in its scenarios without loss', { timeout: 240_000 }, async () => {
-    const report = await bench(['--servers', 'floor', '--scenarios', 'idle,fanout,channels,longpoll', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1', '--warmup', '0']);
+  it('runs the Node floor (bare ws; minimal Bayeux long-polling on node:http) in its scenarios without loss, and the Bayeux floor in the idle one', { timeout: 240_000 }, async () => {
+    const report = await bench(['--servers', 'floor,floor-bayeux', '--scenarios', 'idle,fanout,channels,longpoll', '--subscribers', '50', '--idle-sizes', '100', '--rates', '20', '--duration', '1', '--drain', '3', '--settle', '1', '--warmup', '0']);
     assert.equal(report.idle.find((r) => r.server === 'floor')?.connected, 100, 'every idle connection opened');
     for (const scenario of ['fanout', 'channels', 'longpoll']) {
       const row = report.results.find((r) => r.scenario === scenario && r.server === 'floor');
       assert.ok(row?.received > 0, `${scenario} on the floor delivered`);
       assert.equal(row.lost, 0, `${scenario} on the floor: nothing lost`);
     }
+    // Set up by Perihelion's subscribers (handshake, subscribe and connect answered): every one opened, its CPU read.
+    const bayeux = report.idle.find((r) => r.server === 'floor-bayeux');
+    assert.equal(bayeux?.connected, 100, 'every Bayeux floor subscriber set up');
+    assert.ok(bayeux.serverUsPerConnection > 0, "the Bayeux floor's CPU per connection was read");
+    assert.ok(!report.results.some((r) => r.server === 'floor-bayeux'), 'the Bayeux floor sits out the load scenarios');
   });
 
   it("Perihelion's server CPU per delivered message in fan-out is not worse than Faye's in the same run", { timeout: 240_000 }, async () => {
