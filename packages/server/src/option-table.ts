@@ -115,6 +115,13 @@ export const OPTION_TABLE = {
   heartbeat: { kind: 'integer', default: 15_000, min: 1000, max: 3_600_000, help: 'longest an SSE or HTTP stream stays silent: an idle one gets a no-op (clients take a longer silence for a dead line), ms' },
   streamPadding: { kind: 'integer', default: 0, min: 0, max: 65_536, help: 'bytes of padding at the start of a stream, for proxies that buffer the first bytes' },
   maxBufferedBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'unsent bytes after which a push line is congested (messages then wait in the session\'s bounded queue)' },
+  maxPendingFrames: {
+    kind: 'integer',
+    default: 32,
+    min: 1,
+    max: 100_000,
+    help: 'WebSocket frames of one connection received and waiting for the ones before them (an asynchronous engine or extension); past it, or past `maxRequestBytes` of them, the socket is not read until they are handled (TCP backpressure)',
+  },
   allowedOrigins: {
     kind: 'origins',
     default: [],

@@ -2,11 +2,13 @@
  * The frames of one WebSocket are processed one after another, in the order they came: a frame
  * whose handling has to wait (an asynchronous extension, a remote engine) holds the frames behind
  * it, so a client's publishes keep their order; a frame that comes while none is waiting is
- * handled at once.
+ * handled at once. What waits is bounded (`maxPendingFrames`, `maxRequestBytes`): past it the
+ * socket is not read until the frames are handled, and nothing is lost.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, WsPeer, type Msg } from './helpers.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startServer, waitFor, WsPeer, type Msg } from './helpers.js';
 
 const HANDSHAKE = { channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] };
 
@@ -40,6 +42,46 @@ describe('WebSocket frames', () => {
 
       // Nothing waits any more: a frame is answered on its own.
       assert.equal((await peer.request({ channel: '/order', clientId, data: 'after' })).successful, true);
+    } finally {
+      await peer.close();
+      await ts.close();
+    }
+  });
+
+  it('stop being read while more than maxPendingFrames wait, and are all handled, in order, once the wait is over', { timeout: 30_000 }, async () => {
+    const ts = await startServer({ maxPendingFrames: 4 });
+    // Every publish waits at this gate until it opens (an asynchronous extension, or engine, that is slow).
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let gateOpen = false;
+    ts.server.addExtension({
+      incoming: (message) => (message.channel === '/big' && !gateOpen ? gate.then(() => message) : message),
+    });
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      const clientId = (await peer.request(HANDSHAKE)).clientId as string;
+      // 100 frames of 200 KB: 20 MB, more than the kernel's socket buffers hold on loopback.
+      const data = 'x'.repeat(200_000);
+      const count = 100;
+      for (let i = 0; i < count; i++) peer.send([{ channel: '/big', clientId, data, id: `b${i}` }]);
+      await sleep(500);
+      assert.ok(ts.server.stats().readsPaused >= 1, 'the socket stopped being read');
+      assert.ok(peer.ws.bufferedAmount > 1_000_000, `the rest waits on the client's side (${peer.ws.bufferedAmount} bytes unsent), not in the server's memory`);
+      assert.equal(peer.received.filter((m) => m.channel === '/big').length, 0, 'nothing answered while the gate is shut');
+
+      gateOpen = true;
+      open();
+      await waitFor(() => peer.received.filter((m) => m.channel === '/big').length === count, 20_000, 'every publish answered');
+      const replies = peer.received.filter((m) => m.channel === '/big');
+      assert.deepEqual(
+        replies.map((m) => m.id),
+        Array.from({ length: count }, (_, i) => `b${i}`),
+        'every frame handled, in the order sent',
+      );
+      assert.ok(replies.every((m) => m.successful === true), 'every publish succeeded');
+      assert.equal(peer.ws.bufferedAmount, 0, 'the client sent everything');
+      // Read again: a frame now is handled at once.
+      assert.equal((await peer.request({ channel: '/big', clientId, data: 'after' })).successful, true);
     } finally {
       await peer.close();
       await ts.close();

@@ -7,6 +7,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { ConnectionType } from '@perihelion/protocol';
 import type { ResolvedOptions } from '../options.js';
+import type { Counters } from './delivery.js';
 
 /** How a batch reached the server: a Bayeux connection type, or a local client in this process. */
 export type Transport = ConnectionType | 'in-process';
@@ -94,6 +95,8 @@ export interface ProcessContext {
 /** What a transport needs of the core: its limits (the options) and the one entry point. */
 export interface TransportHost {
   readonly options: ResolvedOptions;
+  /** The server's running totals; a transport counts what only it sees (a WebSocket not read for a while). */
+  readonly counters: Counters;
   /**
    * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
    * /meta/connect reply, the messages it carries), in order. Never rejects for client input.

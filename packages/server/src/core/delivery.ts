@@ -34,6 +34,8 @@ export interface ServerStats {
   replayed: number;
   /** Messages written again for the ack extension. */
   resent: number;
+  /** Times a WebSocket stopped being read because `maxPendingFrames` of its frames (or `maxRequestBytes` of them) waited. */
+  readsPaused: number;
 }
 
 /** The server's running totals (every stat but the sessions), counted where each happens. */
@@ -55,7 +57,7 @@ export interface DeliveryParts {
 
 export class LocalDelivery implements EngineHost, SessionHost {
   readonly sessions = new Map<string, ServerSession>();
-  readonly counters: Counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0 };
+  readonly counters: Counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0, readsPaused: 0 };
   readonly wheel: TimerWheel;
   readonly historySettings: HistorySettings;
   readonly observeDelivery: (waitedMs: number) => void;

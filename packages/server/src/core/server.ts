@@ -17,7 +17,7 @@ import type { SecurityPolicy } from '../security/policy.js';
 import type { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
 import { speaksFor } from '../security/session-binding.js';
 import type { ProcessContext, TransportHost } from './contract.js';
-import { LocalDelivery } from './delivery.js';
+import { LocalDelivery, type Counters } from './delivery.js';
 import { dispatch } from './dispatch.js';
 import { Forwarding } from './forwarding.js';
 import { serverEvents, type ServerEventEmitter } from './events.js';
@@ -125,6 +125,10 @@ export class ServerCore implements TransportHost {
   /** Reports a failure inside the server through the 'error' event; the server keeps serving. */
   reportError(error: unknown): void {
     this.events.emit('error', error);
+  }
+
+  get counters(): Counters {
+    return this.delivery.counters;
   }
 
   /** The engine has started (whether or not the server is shutting down since). */

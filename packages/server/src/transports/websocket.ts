@@ -119,6 +119,11 @@ class WebSocketConnection implements PushConnection {
   lastMessageAt = Date.now();
   /** The frames still being processed, in order; null when none is (the usual case). */
   private tail: Promise<void> | null = null;
+  /** Frames received and not yet handled, and their text's length: bounded (see `wait`). */
+  private waitingFrames = 0;
+  private waitingChars = 0;
+  /** Not read for now: too much waits (see `wait`). */
+  private paused = false;
   /** The sessions bound to this line (usually one). */
   private readonly watchers = new LineWatchers();
   /** Whoever else asked to hear of its close (made when first needed: usually nobody). */
@@ -220,8 +225,8 @@ class WebSocketConnection implements PushConnection {
     // when the engine is asynchronous; a held connect does not block this chain. A frame that
     // comes while none is being processed runs at once, making no promise unless it must wait.
     const messages = decoded.messages;
-    if (this.tail === null) this.follow(this.run(messages));
-    else this.follow(this.tail.then(() => this.run(messages)));
+    const pending = this.tail === null ? this.run(messages) : this.tail.then(() => this.run(messages));
+    if (pending !== undefined) this.wait(pending, text.length);
   }
 
   /** Processes one frame and sends its replies; a promise while they are not ready. */
@@ -235,10 +240,29 @@ class WebSocketConnection implements PushConnection {
     }
   }
 
-  /** Keeps `pending` as the last frame being processed until it settles. */
-  private follow(pending: Promise<void> | undefined): void {
-    if (pending === undefined) return;
+  /**
+   * Keeps `pending` as the last frame being processed until it settles. Every frame waiting holds
+   * its decoded messages, so what waits is bounded: past `maxPendingFrames` frames, or past
+   * `maxRequestBytes` of their text, the socket is not read until half of that is handled. The
+   * client meets TCP backpressure, as from any server slower than it; nothing is dropped.
+   */
+  private wait(pending: Promise<void>, chars: number): void {
+    const { maxPendingFrames, maxRequestBytes } = this.core.options;
+    this.waitingFrames++;
+    this.waitingChars += chars;
+    if (!this.paused && (this.waitingFrames > maxPendingFrames || this.waitingChars > maxRequestBytes)) {
+      this.paused = true;
+      this.core.counters.readsPaused++;
+      // ws stops reading the TCP socket; what it already read still comes, then nothing.
+      this.socket.pause();
+    }
     const tail: Promise<void> = pending.then(() => {
+      this.waitingFrames--;
+      this.waitingChars -= chars;
+      if (this.paused && this.waitingFrames * 2 <= maxPendingFrames && this.waitingChars * 2 <= maxRequestBytes) {
+        this.paused = false;
+        this.socket.resume();
+      }
       if (this.tail === tail) this.tail = null;
     });
     this.tail = tail;
