@@ -5,10 +5,12 @@
  * handled at once. What waits is bounded (`maxPendingFrames`, `maxRequestBytes`): past it the
  * socket is not read until the frames are handled, and nothing is lost.
  */
-import { describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { RedisEngine } from '../src/index.js';
 import { startServer, waitFor, WsPeer, type Msg } from './helpers.js';
+import { deleteKeys, REDIS_URL, requireRedis, uniquePrefix } from './redis-fixture.js';
 
 const HANDSHAKE = { channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] };
 
@@ -85,6 +87,39 @@ describe('WebSocket frames', () => {
     } finally {
       await peer.close();
       await ts.close();
+    }
+  });
+});
+
+describe('WebSocket frames on the Redis engine (every publish waits for Redis)', () => {
+  before(requireRedis);
+
+  it('are read no faster than they are handled, and every publish of a flood is delivered once, in order', { timeout: 60_000 }, async () => {
+    const prefix = uniquePrefix('ws-frames');
+    const ts = await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix }), open: true, publishRate: 0, maxPendingFrames: 4 });
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      const clientId = (await peer.request(HANDSHAKE)).clientId as string;
+      assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/flood' })).successful, true);
+      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } }]);
+      await peer.next((m) => m.channel === '/meta/connect', 'the first connect');
+      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+
+      // A client that sends 2 000 publishes, each in a frame of its own, as fast as it can.
+      const count = 2000;
+      for (let i = 0; i < count; i++) peer.send([{ channel: '/flood', clientId, data: i, id: `f${i}` }]);
+      const delivered = (): unknown[] => peer.received.filter((m) => m.channel === '/flood' && m.data !== undefined).map((m) => m.data);
+      await waitFor(() => delivered().length >= count, 45_000, () => `every publish delivered (${delivered().length} of ${count})`);
+
+      assert.deepEqual(delivered(), Array.from({ length: count }, (_, i) => i), 'each once, in the order sent');
+      const replies = peer.received.filter((m) => typeof m.id === 'string' && m.id.startsWith('f'));
+      assert.equal(replies.length, count, 'every publish answered');
+      assert.ok(replies.every((m) => m.successful === true), 'every publish succeeded');
+      assert.ok(ts.server.stats().readsPaused >= 1, 'the socket was not read while more than 4 frames waited');
+    } finally {
+      await peer.close();
+      await ts.close();
+      await deleteKeys(prefix);
     }
   });
 });
