@@ -138,6 +138,31 @@ describe('subscription index', () => {
     index.add('s5', '/a/*');
     assert.deepEqual([...index.match('/a/c')], ['s5'], 'a wildcard counted once however often it was added and removed');
   });
+
+  it("keeps each session's patterns right from one to several and back to none", () => {
+    const index = new SubscriptionIndex();
+    index.add('s1', '/a');
+    assert.deepEqual([...index.subscriptionsOf('s1')], ['/a'], 'one pattern');
+    assert.equal(index.add('s1', '/a'), false, 'the same pattern again is no news');
+    assert.deepEqual([...index.subscriptionsOf('s1')], ['/a']);
+    index.add('s1', '/b/*');
+    index.add('s1', '/c');
+    assert.deepEqual([...index.subscriptionsOf('s1')].sort(), ['/a', '/b/*', '/c'], 'several');
+    assert.equal(index.remove('s1', '/x'), false, 'a pattern it never had');
+    index.remove('s1', '/a');
+    index.remove('s1', '/c');
+    assert.deepEqual([...index.subscriptionsOf('s1')], ['/b/*'], 'down to one');
+    index.remove('s1', '/b/*');
+    assert.deepEqual([...index.subscriptionsOf('s1')], [], 'none');
+    assert.deepEqual(index.removeSession('s1'), [], 'nothing left to remove');
+
+    index.add('s2', '/only');
+    index.remove('s2', '/other');
+    assert.deepEqual([...index.subscriptionsOf('s2')], ['/only'], 'removing another pattern leaves its one');
+    assert.deepEqual(index.removeSession('s2'), ['/only']);
+    assert.deepEqual([...index.subscriptionsOf('s2')], []);
+    assert.deepEqual([...index.patterns()], [], 'nothing kept for anyone');
+  });
 });
 
 describe('line watchers', () => {

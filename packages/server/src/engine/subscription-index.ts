@@ -12,7 +12,11 @@ const NOBODY: ReadonlySet<string> = new Set();
  */
 export class SubscriptionIndex {
   private readonly byPattern = new Map<string, Set<string>>();
-  private readonly bySession = new Map<string, Set<string>>();
+  /**
+   * Each session's patterns: the pattern itself while there is one (the usual case: a set of one
+   * costs about 150 bytes more, per session), else a set.
+   */
+  private readonly bySession = new Map<string, string | Set<string>>();
   /** Keys of byPattern that are wildcard patterns. */
   private wildcards = 0;
 
@@ -24,9 +28,10 @@ export class SubscriptionIndex {
     }
     if (sessions.has(clientId)) return false;
     sessions.add(clientId);
-    let patterns = this.bySession.get(clientId);
-    if (!patterns) this.bySession.set(clientId, (patterns = new Set()));
-    patterns.add(pattern);
+    const patterns = this.bySession.get(clientId);
+    if (patterns === undefined) this.bySession.set(clientId, pattern);
+    else if (typeof patterns === 'string') this.bySession.set(clientId, new Set([patterns, pattern]));
+    else patterns.add(pattern);
     return true;
   }
 
@@ -38,15 +43,15 @@ export class SubscriptionIndex {
       if (isWildcard(pattern)) this.wildcards--;
     }
     const patterns = this.bySession.get(clientId);
-    patterns?.delete(pattern);
-    if (patterns?.size === 0) this.bySession.delete(clientId);
+    if (patterns === pattern) this.bySession.delete(clientId);
+    else if (typeof patterns === 'object' && patterns.delete(pattern) && patterns.size === 0) this.bySession.delete(clientId);
     return true;
   }
 
   removeSession(clientId: string): string[] {
     const patterns = this.bySession.get(clientId);
-    if (!patterns) return [];
-    const removed = [...patterns];
+    if (patterns === undefined) return [];
+    const removed = typeof patterns === 'string' ? [patterns] : [...patterns];
     for (const pattern of removed) this.remove(clientId, pattern);
     return removed;
   }
@@ -84,7 +89,8 @@ export class SubscriptionIndex {
     return out;
   }
 
-  subscriptionsOf(clientId: string): ReadonlySet<string> {
-    return this.bySession.get(clientId) ?? new Set();
+  subscriptionsOf(clientId: string): Iterable<string> {
+    const patterns = this.bySession.get(clientId);
+    return patterns === undefined ? [] : typeof patterns === 'string' ? [patterns] : patterns;
   }
 }
