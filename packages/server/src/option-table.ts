@@ -114,7 +114,7 @@ export const OPTION_TABLE = {
   jsonp: { kind: 'boolean', default: false, help: 'also offer `callback-polling` (JSONP); it bypasses the same-origin policy, so only for public data' },
   heartbeat: { kind: 'integer', default: 15_000, min: 1000, max: 3_600_000, help: 'longest an SSE or HTTP stream stays silent: an idle one gets a no-op (clients take a longer silence for a dead line), ms' },
   streamPadding: { kind: 'integer', default: 0, min: 0, max: 65_536, help: 'bytes of padding at the start of a stream, for proxies that buffer the first bytes' },
-  maxBufferedBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'unsent bytes after which a push line is congested (messages then wait in the session\'s bounded queue)' },
+  maxBufferedBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'unsent bytes after which a push line is congested (messages then wait in the session\'s bounded queue; below 16384, the socket\'s own buffer, that mark counts instead)' },
   maxPendingFrames: {
     kind: 'integer',
     default: 32,

@@ -3,7 +3,9 @@
  * whose handling has to wait (an asynchronous extension, a remote engine) holds the frames behind
  * it, so a client's publishes keep their order; a frame that comes while none is waiting is
  * handled at once. What waits is bounded (`maxPendingFrames`, `maxRequestBytes`): past it the
- * socket is not read until the frames are handled, and nothing is lost.
+ * socket is not read until the frames are handled, and nothing is lost. Nor do the replies to a
+ * client that does not read pile up in the server: while they cannot be sent, its socket is not
+ * read either.
  */
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -86,6 +88,90 @@ describe('WebSocket frames', () => {
       assert.equal((await peer.request({ channel: '/big', clientId, data: 'after' })).successful, true);
     } finally {
       await peer.close();
+      await ts.close();
+    }
+  });
+});
+
+describe('WebSocket replies to a client that does not read', () => {
+  it('stop its socket being read until they drain, and all arrive, in order, once it reads', { timeout: 30_000 }, async () => {
+    const ts = await startServer({ maxBufferedBytes: 64 * 1024 });
+    // Every reply to a publish on /echo is padded to 200 KB (an outgoing extension adding data to it).
+    const pad = 'p'.repeat(200_000);
+    let repliesMade = 0;
+    ts.server.addExtension({
+      outgoing: (message) => {
+        if (message.channel !== '/echo' || message.successful === undefined) return message;
+        repliesMade++;
+        return { ...message, ext: { pad } };
+      },
+    });
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      const clientId = (await peer.request(HANDSHAKE)).clientId as string;
+      // The client stops reading, then sends 100 publishes of 200 KB: 20 MB of replies are due.
+      peer.ws.pause();
+      const data = 'x'.repeat(200_000);
+      const count = 100;
+      for (let i = 0; i < count; i++) peer.send([{ channel: '/echo', clientId, data, id: `e${i}` }]);
+      await sleep(1000);
+      assert.ok(ts.server.stats().readsPaused >= 1, 'the socket stopped being read');
+      assert.ok(repliesMade < count, `the server stopped taking frames it cannot answer (${repliesMade} of ${count} answered)`);
+      assert.ok(peer.ws.bufferedAmount > 1_000_000, `the rest waits on the client's side (${peer.ws.bufferedAmount} bytes unsent)`);
+
+      peer.ws.resume();
+      await waitFor(() => peer.received.filter((m) => m.channel === '/echo').length === count, 20_000, 'every publish answered');
+      const replies = peer.received.filter((m) => m.channel === '/echo');
+      assert.deepEqual(
+        replies.map((m) => m.id),
+        Array.from({ length: count }, (_, i) => `e${i}`),
+        'every frame answered, in the order sent',
+      );
+      assert.ok(replies.every((m) => m.successful === true && (m.ext as { pad?: string }).pad === pad), 'every reply whole');
+      assert.equal(peer.ws.bufferedAmount, 0, 'the client sent everything');
+      assert.equal((await peer.request({ channel: '/echo', clientId, data: 'after' })).successful, true, 'read again');
+    } finally {
+      peer.ws.resume();
+      await peer.close();
+      await ts.close();
+    }
+  });
+
+  it('with maxBufferedBytes below the socket\'s own buffer, a congested line is written again once it drains', { timeout: 30_000 }, async () => {
+    // 1 KB unsent makes the line congested, while Node's socket reports a drain only past 16 KB.
+    const ts = await startServer({ maxBufferedBytes: 1024, maxQueue: 20_000, publishRate: 0 });
+    const subscriber = await WsPeer.open(ts.wsUrl);
+    const publisher = await WsPeer.open(ts.wsUrl);
+    try {
+      const clientId = (await subscriber.request(HANDSHAKE)).clientId as string;
+      assert.equal((await subscriber.request({ channel: '/meta/subscribe', clientId, subscription: '/slow' })).successful, true);
+      subscriber.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } }]);
+      await subscriber.next((m) => m.channel === '/meta/connect', 'the first connect');
+      subscriber.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+      await sleep(50);
+
+      // The subscriber stops reading while 10 000 messages of 2 KB are published: once the
+      // kernel's buffers are full, the line is congested and the rest waits in the session's queue.
+      subscriber.ws.pause();
+      const publisherId = (await publisher.request(HANDSHAKE)).clientId as string;
+      const data = 'd'.repeat(2000);
+      const count = 10_000;
+      for (let i = 0; i < count; i++) publisher.send([{ channel: '/slow', clientId: publisherId, data: `${i}:${data}`, id: `s${i}` }]);
+      await publisher.next((m) => m.id === `s${count - 1}`, 'the last publish answered', 10_000);
+      await sleep(300);
+
+      subscriber.ws.resume();
+      const delivered = (): Msg[] => subscriber.received.filter((m) => m.channel === '/slow' && m.data !== undefined);
+      await waitFor(() => delivered().length === count, 10_000, () => `every delivery arrived (${delivered().length} of ${count})`);
+      assert.deepEqual(
+        delivered().map((m) => Number(String(m.data).split(':')[0])),
+        Array.from({ length: count }, (_, i) => i),
+        'each once, in the order published',
+      );
+    } finally {
+      subscriber.ws.resume();
+      await subscriber.close();
+      await publisher.close();
       await ts.close();
     }
   });

@@ -172,7 +172,7 @@ export class Metrics {
       ['perihelion_duplicate_publishes_total', 'Resent publishes recognised by their id and not published again.', () => totals.duplicatePublishes],
       ['perihelion_replayed_total', 'Messages replayed from history to recovering clients.', () => totals.replayed],
       ['perihelion_resent_total', 'Messages written again for the CometD ack extension.', () => totals.resent],
-      ['perihelion_websocket_reads_paused_total', 'Times a WebSocket was not read for a while because maxPendingFrames of its frames waited to be handled.', () => totals.readsPaused],
+      ['perihelion_websocket_reads_paused_total', 'Times a WebSocket was not read for a while because maxPendingFrames of its frames waited to be handled, or the replies to them could not be sent.', () => totals.readsPaused],
     ];
     for (const [name, help, read] of mirrored) {
       let seen = 0;

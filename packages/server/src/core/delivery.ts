@@ -34,7 +34,7 @@ export interface ServerStats {
   replayed: number;
   /** Messages written again for the ack extension. */
   resent: number;
-  /** Times a WebSocket stopped being read because `maxPendingFrames` of its frames (or `maxRequestBytes` of them) waited. */
+  /** Times a WebSocket stopped being read: `maxPendingFrames` of its frames (or `maxRequestBytes` of them) waited, or its replies could not be sent. */
   readsPaused: number;
 }
 

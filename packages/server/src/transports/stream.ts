@@ -59,7 +59,8 @@ class StreamConnection implements PushConnection {
   }
 
   get congested(): boolean {
-    return this.res.writableLength > this.maxBufferedBytes;
+    // Only once the response asked for a drain (past its own 16 KB mark) is one reported.
+    return this.res.writableNeedDrain && this.res.writableLength > this.maxBufferedBytes;
   }
 
   send(serialised: readonly string[]): void {

@@ -122,7 +122,11 @@ class WebSocketConnection implements PushConnection {
   /** Frames received and not yet handled, and their text's length: bounded (see `wait`). */
   private waitingFrames = 0;
   private waitingChars = 0;
-  /** Not read for now: too much waits (see `wait`). */
+  /** Not read for now: too many frames wait to be handled (see `wait`). */
+  private backlogged = false;
+  /** Not read for now: replies wait to be sent, the client is not reading them (see `answer`). */
+  private stalled = false;
+  /** The socket is not being read, for either reason above. */
   private paused = false;
   /** The sessions bound to this line (usually one). */
   private readonly watchers = new LineWatchers();
@@ -159,6 +163,10 @@ class WebSocketConnection implements PushConnection {
   }
 
   drained(): void {
+    if (this.stalled) {
+      this.stalled = false;
+      this.readIfFree();
+    }
     this.watchers.drained(this);
   }
 
@@ -167,8 +175,10 @@ class WebSocketConnection implements PushConnection {
   }
 
   get congested(): boolean {
-    // Frames are written to the TCP socket directly: what waits is in its buffer.
-    return this.raw.writableLength > this.core.options.maxBufferedBytes;
+    // Frames are written to the TCP socket directly: what waits is in its buffer. The socket
+    // reports a drain only once it asked for one (past its own 16 KB mark): below that a line is
+    // never congested, or nothing would write it again.
+    return this.raw.writableNeedDrain && this.raw.writableLength > this.core.options.maxBufferedBytes;
   }
 
   sessionEnded(): void {
@@ -195,6 +205,8 @@ class WebSocketConnection implements PushConnection {
   }
 
   ping(): void {
+    // A socket not read cannot show its pong; the idle sweep still ends one that stays so.
+    if (this.paused) return;
     if (!this.alive) {
       this.socket.terminate();
       return;
@@ -250,27 +262,49 @@ class WebSocketConnection implements PushConnection {
     const { maxPendingFrames, maxRequestBytes } = this.core.options;
     this.waitingFrames++;
     this.waitingChars += chars;
-    if (!this.paused && (this.waitingFrames > maxPendingFrames || this.waitingChars > maxRequestBytes)) {
-      this.paused = true;
-      this.core.counters.readsPaused++;
-      // ws stops reading the TCP socket; what it already read still comes, then nothing.
-      this.socket.pause();
+    if (!this.backlogged && (this.waitingFrames > maxPendingFrames || this.waitingChars > maxRequestBytes)) {
+      this.backlogged = true;
+      this.readIfFree();
     }
     const tail: Promise<void> = pending.then(() => {
       this.waitingFrames--;
       this.waitingChars -= chars;
-      if (this.paused && this.waitingFrames * 2 <= maxPendingFrames && this.waitingChars * 2 <= maxRequestBytes) {
-        this.paused = false;
-        this.socket.resume();
+      if (this.backlogged && this.waitingFrames * 2 <= maxPendingFrames && this.waitingChars * 2 <= maxRequestBytes) {
+        this.backlogged = false;
+        this.readIfFree();
       }
       if (this.tail === tail) this.tail = null;
     });
     this.tail = tail;
   }
 
+  /** Pauses or resumes reading the socket as `backlogged` and `stalled` say. */
+  private readIfFree(): void {
+    const hold = this.backlogged || this.stalled;
+    if (hold === this.paused) return;
+    this.paused = hold;
+    if (hold) {
+      this.core.counters.readsPaused++;
+      // ws stops reading the TCP socket; what it already read still comes, then nothing.
+      this.socket.pause();
+    } else this.socket.resume();
+  }
+
+  /**
+   * Replies go out whatever the line's congestion (a client waits for them); but a client that
+   * does not read them must not make the server hold more of them: while they wait, its socket is
+   * not read, until the line drains.
+   */
   private answer(replies: string[], batchSize: number): undefined {
     if (replies.length > 0 || batchSize === 0) this.send(replies);
+    this.stallIfCongested();
     return undefined;
+  }
+
+  private stallIfCongested(): void {
+    if (this.stalled || !this.congested) return;
+    this.stalled = true;
+    this.readIfFree();
   }
 
   /**
@@ -284,6 +318,7 @@ class WebSocketConnection implements PushConnection {
 
   private reject(reason: string, name: ErrorName = 'badRequest'): void {
     this.send([JSON.stringify({ channel: '/meta/unknown', successful: false, error: bayeuxError(name, [], reason) })]);
+    this.stallIfCongested();
   }
 }
 
