@@ -183,6 +183,41 @@ describe('HTTP streaming (ndjson)', () => {
   });
 });
 
+describe('a stream whose reader stops reading', () => {
+  it('with maxBufferedBytes below the response\'s own buffer, is written again once it drains', { timeout: 30_000 }, async () => {
+    // 1 KB unsent makes the line congested, while Node's response reports a drain only past 16 KB.
+    const t = await startServer({ maxBufferedBytes: 1024, maxQueue: 20_000 });
+    const abort = new AbortController();
+    try {
+      const clientId = await handshake(t.url, ['http-streaming']);
+      await subscribe(t.url, clientId, '/nd/slow', 'http-streaming');
+      const response = await browserFetch(`${t.url}/${clientId}`, { headers: { Accept: 'application/x-ndjson' }, signal: abort.signal });
+      assert.equal(response.status, 200);
+      // Nobody reads the body while 10 000 messages of 2 KB are published: once the buffers on
+      // the way are full, the line is congested and the rest waits in the session's queue.
+      const data = 'd'.repeat(2000);
+      const count = 10_000;
+      for (let i = 0; i < count; i++) await t.server.publish('/nd/slow', `${i}:${data}`);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+
+      let text = '';
+      const received = (): number[] =>
+        text
+          .split('\n')
+          .filter((line) => line.startsWith('['))
+          .flatMap((line) => JSON.parse(line) as { data?: string }[])
+          .filter((m) => typeof m.data === 'string')
+          .map((m) => Number(m.data!.split(':')[0]));
+      readText(response.body!, (chunk) => (text += chunk), () => {});
+      await waitFor(() => text.includes(`"${count - 1}:`) && text.endsWith('\n'), 10_000, () => `every message arrived (${received().length} of ${count})`);
+      assert.deepEqual(received(), Array.from({ length: count }, (_, i) => i), 'each once, in the order published');
+    } finally {
+      abort.abort();
+      await t.close();
+    }
+  });
+});
+
 describe('transport negotiation', () => {
   it('offers only the enabled types and refuses a disabled type with a clear error', async () => {
     const t = await startServer({ transports: ['websocket', 'long-polling'] });
