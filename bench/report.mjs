@@ -195,7 +195,7 @@ function setupText({ options, pinning, cpuCount, startedAt, loadBefore }) {
     `- Pinning: ${pinning === 'none' ? 'none (see warnings)' : pinning}`,
     `- Scenarios: ${options.scenarios.join(', ')}; ${options.warmup > 0 ? `${options.warmup} s warm-up at the first rate (not measured), ` : ''}${options.duration} s per rate, up to ${options.drain} s drain, publisher inside the server process, ${options.rounds} round${options.rounds > 1 ? 's (server order rotated; tables show medians)' : ''}`,
     `- Versions: Perihelion ${versionOf('@perihelion/server')}, faye ${versionOf('faye')}, socket.io ${versionOf('socket.io')}${options.servers.includes('nchan') ? `, Nchan ${debianVersionOf('libnginx-mod-nchan')} on nginx ${debianVersionOf('nginx-light')} (Debian)` : ''}, ws ${versionOf('ws')} (load generator)`,
-    `- Perihelion: \`createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, maxSubscriptionsPerIp: 0, publishRate: 0, pingInterval: 0 })\`, in-memory engine — limits off so they do not interfere (other options at their defaults: \`maxQueue\` 1000, history of 1000 messages per channel, positions on every message, presence events on); its WebSocket subscribers set up as the Perihelion client does (the bundled set-up: handshake, subscribe and first connect in one frame, handshake and subscribe answered in one, the connect held)`,
+    `- Perihelion: \`createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, maxWebsocketsPerIp: 0, maxSubscriptionsPerIp: 0, publishRate: 0, pingInterval: 0 })\`, in-memory engine — limits off so they do not interfere (other options at their defaults: \`maxQueue\` 1000, history of 1000 messages per channel, positions on every message, presence events on); its WebSocket subscribers set up as the Perihelion client does (the bundled set-up: handshake, subscribe and first connect in one frame, handshake and subscribe answered in one, the connect held)`,
     `- Faye: \`new faye.NodeAdapter({ mount: '/faye', timeout: 25 })\` on node:http, published with \`bayeux.getClient().publish\``,
     ...(options.servers.includes('nchan')
       ? [
@@ -248,7 +248,7 @@ export function printReport(bench, { partial = false } = {}) {
   const ratios = ratiosTable(bench);
   const out = [
     '',
-    `Perihelion limits off for the benchmark: open: true, handshakeRate: 0, maxSessionsPerIp: 0, maxSubscriptionsPerIp: 0, publishRate: 0, pingInterval: 0${partial ? ' (PARTIAL: deadline exceeded)' : ''}`,
+    `Perihelion limits off for the benchmark: open: true, handshakeRate: 0, maxSessionsPerIp: 0, maxWebsocketsPerIp: 0, maxSubscriptionsPerIp: 0, publishRate: 0, pingInterval: 0${partial ? ' (PARTIAL: deadline exceeded)' : ''}`,
     `Socket.IO clients: ${options.socketioClient === 'official' ? 'socket.io-client' : 'raw Engine.IO/Socket.IO protocol'}; ${pinning === 'none' ? 'unpinned' : pinning}`,
     '',
     ...sections,

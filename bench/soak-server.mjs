@@ -19,6 +19,7 @@ const server = createServer({
   historySize: 100,
   handshakeRate: 0,
   maxSessionsPerIp: 0,
+  maxWebsocketsPerIp: 0,
   pingInterval: 25_000,
 });
 server.on('error', (error) => process.stderr.write(`server error: ${error?.message ?? error}\n`));

@@ -10,6 +10,7 @@ export const PERIHELION_LOAD_TEST_OPTIONS = {
   open: true, // any client may subscribe anywhere
   handshakeRate: 0, // no handshake rate limit per address (every client is 127.0.0.1)
   maxSessionsPerIp: 0, // no session cap per address
+  maxWebsocketsPerIp: 0, // no WebSocket cap per address
   maxSubscriptionsPerIp: 0, // no subscription budget per address
   publishRate: 0, // no publish rate limit
   pingInterval: 0, // no WebSocket pings (the other servers' heartbeats are slower than a run)

@@ -150,6 +150,7 @@ export const OPTION_TABLE = {
   maxMemory: { kind: 'integer', default: 0, min: 0, max: 16 * 1024 * 1024, help: 'resident memory watermark, MB; past it new handshakes and client publishes are refused (503) and /ready answers 503 (0: the V8 heap limit)' },
   maxSubscriptionsPerIp: { kind: 'integer', default: 20_000, min: 0, max: 100_000_000, help: 'subscriptions held by all the sessions of one address (bounds one address to about 20 MB; 0: no limit)' },
   maxSessionsPerIp: { kind: 'integer', default: 1000, min: 0, max: 10_000_000, help: 'live sessions per remote address (0: no limit)' },
+  maxWebsocketsPerIp: { kind: 'integer', default: 1000, min: 0, max: 10_000_000, help: 'open WebSockets per remote address on this node; past it an upgrade is refused with 429 (0: no limit)' },
   publishRate: { kind: 'integer', default: 500, min: 0, max: 10_000_000, help: 'publishes per second per session (0: no limit)' },
   publishBurst: { kind: 'integer', default: 1000, min: 1, max: 10_000_000, help: 'publishes a session may make in a burst' },
   handshakeRate: { kind: 'integer', default: 50, min: 0, max: 10_000_000, help: 'handshakes per second per remote address (0: no limit)' },

@@ -115,7 +115,7 @@ describe('churn', () => {
       heartbeat: 2000,
       presenceGrace: 200,
       historySize: 50,
-      maxSessionsPerIp: 0,
+      maxSessionsPerIp: 0, maxWebsocketsPerIp: 0,
       apiKey: API_KEY,
       // Authorization that takes a moment (a database, a call-out): a session can end while one of
       // its subscribes is being checked, which the impatient clients make happen.

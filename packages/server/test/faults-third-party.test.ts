@@ -113,7 +113,7 @@ describe('third-party clients behind a faulty network', () => {
   before(async () => {
     // Holds of 2 s so that a blackholed connect is noticed within seconds; sessions live 15 s
     // without a connect, longer than any outage here (a blackhole is dropped after 4 s).
-    t = await startServer({ timeout: 2000, maxInterval: 15_000, maxQueue: 10_000, maxSessionsPerIp: 0 });
+    t = await startServer({ timeout: 2000, maxInterval: 15_000, maxQueue: 10_000, maxSessionsPerIp: 0, maxWebsocketsPerIp: 0 });
     proxy = await FaultProxy.start(t.address.port, { blackholeMs: 4000 });
   });
   after(async () => {

@@ -92,7 +92,7 @@ describe(`fuzzing every transport (FUZZ_SEED=${SEED})`, () => {
 
   before(async () => {
     // Fuzzed handshakes make many sessions from one address; the per-address limit has its own test.
-    t = await startServer({ jsonp: true, timeout: 200, maxRequestBytes: 64 * 1024, bodyTimeout: 500, heartbeat: 1000, maxSessionsPerIp: 0 });
+    t = await startServer({ jsonp: true, timeout: 200, maxRequestBytes: 64 * 1024, bodyTimeout: 500, heartbeat: 1000, maxSessionsPerIp: 0, maxWebsocketsPerIp: 0 });
     // A client that keeps doing handshake → subscribe → publish → receive while the rest is fuzzed.
     // The message is published before the connect that collects it, so slowness cannot race it.
     // One request first, so that this "browser" has its cookie before requests run in parallel.

@@ -4,6 +4,8 @@
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { WebSocket } from 'ws';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Configuration, type Message as CometDMessage, type SubscriptionHandle } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
@@ -492,5 +494,39 @@ describe('CometD client that keeps no cookies, over long-polling, under the defa
     assert.deepEqual(messages.map((m) => [m.channel, m.data]), [['/nocookie/a', { n: 1 }], ['/nocookie/b', { n: 2 }]]);
     assert.equal(test.server.sessionCount, 1, 'the client had to handshake more than once');
     assert.ok(sentCookies.length > 3 && sentCookies.every((c) => c === undefined), 'the client sent a cookie');
+  });
+});
+
+describe('CometD client refused a WebSocket (maxWebsocketsPerIp), in its plain setup', () => {
+  let test: TestServer;
+  let held: WebSocket;
+  let client: CometDClient | undefined;
+
+  before(async () => {
+    test = await startServer({ maxWebsocketsPerIp: 1 });
+    // Another WebSocket of the same address takes the one allowed.
+    held = new WebSocket(test.wsUrl);
+    await once(held, 'open');
+  });
+
+  after(async () => {
+    await client?.disconnect();
+    held.close();
+    await test.close();
+  });
+
+  it('falls back to long-polling and is served: subscribes, publishes, receives', TEST_TIMEOUT, async () => {
+    const traffic = watchTraffic(test.server);
+    client = new CometDClient(test.url, 'websocket');
+    await client.handshake();
+    const { messages } = await client.subscribe('/refused/ws');
+    await client.publish('/refused/ws', { n: 1 });
+    await test.server.publish('/refused/ws', { n: 2 });
+    await waitFor(() => messages.length === 2, 5000, 'both messages');
+    assert.deepEqual(messages.map((m) => m.data), [{ n: 1 }, { n: 2 }]);
+    assert.ok(test.server.stats().websocketsRefused >= 1, 'the WebSocket was refused');
+    const own = traffic.arrivals.filter((a) => a.clientId === client!.clientId);
+    assert.ok(own.length > 0 && own.every((a) => a.transport === 'long-polling'), `every message came over long-polling: ${JSON.stringify(own.map((a) => a.transport))}`);
+    traffic.stop();
   });
 });

@@ -10,6 +10,8 @@
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { WebSocket } from 'ws';
 import faye from 'faye';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
@@ -486,4 +488,37 @@ describe('CometD and Faye clients on one server', () => {
       });
     }
   }
+});
+
+describe('Faye client refused a WebSocket (maxWebsocketsPerIp), in its plain setup', () => {
+  let test: TestServer;
+  let held: WebSocket;
+  let client: FayeClient | undefined;
+
+  before(async () => {
+    test = await startServer({ maxWebsocketsPerIp: 1 });
+    // Another WebSocket of the same address takes the one allowed.
+    held = new WebSocket(test.wsUrl);
+    await once(held, 'open');
+  });
+
+  after(async () => {
+    await client?.disconnect();
+    held.close();
+    await test.close();
+  });
+
+  it('falls back to long-polling and is served: subscribes, publishes, receives', { timeout: 10_000 }, async () => {
+    const traffic = watchTraffic(test.server);
+    client = new FayeClient(test.url, 'websocket');
+    const { messages } = await client.subscribe('/refused/ws');
+    await client.publish('/refused/ws', { n: 1 });
+    await test.server.publish('/refused/ws', { n: 2 });
+    await waitFor(() => messages.length === 2, 5000, 'both messages');
+    assert.deepEqual(messages.map((m) => m.data), [{ n: 1 }, { n: 2 }]);
+    assert.ok(test.server.stats().websocketsRefused >= 1, 'the WebSocket was refused');
+    const own = traffic.arrivals.filter((a) => a.clientId === client!.clientId);
+    assert.ok(own.length > 0 && own.every((a) => a.transport !== 'websocket'), `nothing came over a WebSocket: ${JSON.stringify(own.map((a) => a.transport))}`);
+    traffic.stop();
+  });
 });

@@ -87,7 +87,7 @@ describe('isolation from stuck clients', () => {
   const websockets: WebSocket[] = [];
   before(async () => {
     // maxInterval long enough that the long-poll sessions that never come back stay for the whole run.
-    t = await startServer({ maxQueue: MAX_QUEUE, maxBufferedBytes: MAX_BUFFERED, maxInterval: 60_000, maxSessionsPerIp: 0, historySize: 0 });
+    t = await startServer({ maxQueue: MAX_QUEUE, maxBufferedBytes: MAX_BUFFERED, maxInterval: 60_000, maxSessionsPerIp: 0, maxWebsocketsPerIp: 0, historySize: 0 });
   });
   after(async () => {
     for (const socket of sockets) socket.destroy();

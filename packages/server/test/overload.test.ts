@@ -15,7 +15,7 @@ afterEach(async () => {
 });
 
 async function start(options: Parameters<typeof startServer>[0]): Promise<TestServer> {
-  const t = await startServer({ maxSessionsPerIp: 0, ...options });
+  const t = await startServer({ maxSessionsPerIp: 0, maxWebsocketsPerIp: 0, ...options });
   servers.push(t);
   return t;
 }

@@ -347,6 +347,27 @@ function upgradeStatus(url: string, origin?: string): Promise<number> {
   });
 }
 
+/** What a refused upgrade is answered: its status, Retry-After and body. */
+function refusedUpgrade(url: string): Promise<{ status: number; retryAfter: string | undefined; body: string }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.on('unexpected-response', (req, res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => {
+        resolve({ status: res.statusCode ?? 0, retryAfter: res.headers['retry-after'], body });
+        req.destroy();
+      });
+    });
+    ws.on('open', () => {
+      ws.close();
+      reject(new Error('the WebSocket opened'));
+    });
+    ws.on('error', () => {});
+  });
+}
+
 /** Records the reason every session ended with. */
 function recordDisconnects(ts: TestServer): Map<string, DisconnectReason> {
   const reasons = new Map<string, DisconnectReason>();
@@ -1460,6 +1481,56 @@ describe('limit: maxSessionsPerIp', () => {
     await elsewhere.disconnect();
   });
 });
+
+describe('limit: maxWebsocketsPerIp', () => {
+  const MAX = 3;
+  let ts: TestServer;
+  before(async () => {
+    ts = await secure({ maxWebsocketsPerIp: MAX });
+  });
+  after(() => ts.close());
+
+  it('refuses the upgrade past the limit with 429 until one of the address’s sockets closes; other addresses and HTTP are unaffected', async () => {
+    // Sockets that never handshake count: they are what the limit is for.
+    const open = [];
+    for (let i = 0; i < MAX; i++) open.push(await Peer.open(ts.wsUrl));
+    const refused = await refusedUpgrade(ts.wsUrl);
+    assert.equal(refused.status, 429);
+    assert.equal(refused.retryAfter, '10');
+    assert.equal(refused.body, `at most ${MAX} WebSockets per address`);
+    assert.equal(ts.server.stats().websocketsRefused, 1);
+    // The open ones still serve, another address opens one, and HTTP still takes a session.
+    assertOk(await open[0]!.request({ ...HANDSHAKE, supportedConnectionTypes: ['websocket'] }), 'a handshake on an open socket');
+    const elsewhere = await Peer.open(ts.wsUrl, { localAddress: OTHER_ADDRESS });
+    assertOk((await handshakeLp(ts.url)).reply, 'a long-polling handshake from the limited address');
+
+    // A socket closed by its client frees its slot, and one cut without a close frame too.
+    await open.pop()!.close();
+    const again = await waitForOpen(ts.wsUrl);
+    assert.equal((await refusedUpgrade(ts.wsUrl)).status, 429, 'full again');
+    again.ws.terminate();
+    open.push(await waitForOpen(ts.wsUrl));
+    for (const peer of [...open, elsewhere]) await peer.close();
+    // Every socket closed: the address holds none.
+    const full = [];
+    for (let i = 0; i < MAX; i++) full.push(await waitForOpen(ts.wsUrl));
+    for (const peer of full) await peer.close();
+    assert.ok(ts.server.stats().websocketsRefused >= 2);
+  });
+});
+
+/** Opens a WebSocket, trying again while the server has not yet seen an earlier one close. */
+async function waitForOpen(url: string): Promise<Peer> {
+  const deadline = Date.now() + 3000;
+  for (;;) {
+    try {
+      return await Peer.open(url);
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
 
 describe('limit: maxSessionsPerIp frees the slot of an expired session', () => {
   let ts: TestServer;

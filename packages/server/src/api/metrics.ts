@@ -173,6 +173,7 @@ export class Metrics {
       ['perihelion_replayed_total', 'Messages replayed from history to recovering clients.', () => totals.replayed],
       ['perihelion_resent_total', 'Messages written again for the CometD ack extension.', () => totals.resent],
       ['perihelion_websocket_reads_paused_total', 'Times a WebSocket was not read for a while because maxPendingFrames of its frames waited to be handled, or the replies to them could not be sent.', () => totals.readsPaused],
+      ['perihelion_websockets_refused_total', 'WebSocket upgrades refused (429) because maxWebsocketsPerIp were open from their address.', () => totals.websocketsRefused],
     ];
     for (const [name, help, read] of mirrored) {
       let seen = 0;

@@ -160,6 +160,15 @@ export class HttpAdapter {
       socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       return true;
     }
+    const address = req.socket.remoteAddress ?? 'unknown';
+    if (!this.websocket.admits(address)) {
+      // Before the upgrade, so a client that cannot open a WebSocket falls back to HTTP, where
+      // `maxSessionsPerIp` bounds it.
+      this.core.counters.websocketsRefused++;
+      const body = `at most ${this.core.options.maxWebsocketsPerIp} WebSockets per address`;
+      socket.end(`HTTP/1.1 429 Too Many Requests\r\nRetry-After: 10\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      return true;
+    }
     // An upgrade is never given a browser id: Faye opens its WebSocket while its HTTP handshake
     // is in flight, and a cookie set on the 101 would replace the one that handshake was given,
     // so the client's next HTTP request would no longer speak for its session. A socket speaks

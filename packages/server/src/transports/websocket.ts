@@ -141,8 +141,8 @@ class WebSocketConnection implements PushConnection {
     private readonly raw: Duplex,
     private readonly core: TransportHost,
     request: RequestFacts,
-    /** The transport's open connections, which this one leaves when it closes. */
-    private readonly registry: Set<WebSocketConnection>,
+    /** The transport, which this connection leaves when it closes. */
+    private readonly owner: WebSocketTransport,
   ) {
     this.context = { transport: 'websocket', request, connection: this };
     (socket as Tagged)[CONNECTION] = this;
@@ -154,8 +154,13 @@ class WebSocketConnection implements PushConnection {
     raw.on('drain', onRawDrain);
   }
 
+  /** Where the connection comes from (`maxWebsocketsPerIp` counts by it). */
+  get address(): string {
+    return this.context.request.remoteAddress ?? 'unknown';
+  }
+
   closed(): void {
-    this.registry.delete(this);
+    this.owner.left(this);
     this.watchers.closed(this);
     const callbacks = this.closeCallbacks;
     this.closeCallbacks = null;
@@ -325,6 +330,8 @@ class WebSocketConnection implements PushConnection {
 export class WebSocketTransport {
   private readonly wss: WebSocketServer;
   private readonly connections = new Set<WebSocketConnection>();
+  /** Open connections per remote address (`maxWebsocketsPerIp`); an address without any has no entry. */
+  private readonly perAddress = new Map<string, number>();
   private pinger: NodeJS.Timeout | null = null;
   private readonly idleSweep: NodeJS.Timeout;
 
@@ -364,6 +371,25 @@ export class WebSocketTransport {
     return this.connections.size;
   }
 
+  /**
+   * Whether a WebSocket from `address` may open now: fewer than `maxWebsocketsPerIp` are open from
+   * it. Sessions are bounded per address by `maxSessionsPerIp`, but a socket needs no session, and
+   * one without stays open until the idle sweep: without this an address could hold thousands.
+   */
+  admits(address: string): boolean {
+    const limit = this.core.options.maxWebsocketsPerIp;
+    return limit === 0 || (this.perAddress.get(address) ?? 0) < limit;
+  }
+
+  /** A connection closed (once: ws reports a close once): it no longer counts. */
+  left(connection: WebSocketConnection): void {
+    this.connections.delete(connection);
+    const address = connection.address;
+    const open = (this.perAddress.get(address) ?? 1) - 1;
+    if (open > 0) this.perAddress.set(address, open);
+    else this.perAddress.delete(address);
+  }
+
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const facts = requestFacts(req);
     facts.headers = withoutUpgradeHeaders(req.headers);
@@ -373,7 +399,10 @@ export class WebSocketTransport {
   }
 
   private accept(ws: WebSocket, socket: Duplex, facts: RequestFacts): void {
-    this.connections.add(new WebSocketConnection(ws, socket, this.core, facts, this.connections));
+    const connection = new WebSocketConnection(ws, socket, this.core, facts, this);
+    this.connections.add(connection);
+    const address = connection.address;
+    this.perAddress.set(address, (this.perAddress.get(address) ?? 0) + 1);
   }
 
   close(): void {
@@ -382,6 +411,7 @@ export class WebSocketTransport {
     // 1001 "going away": clients reconnect, to this server once it is back or to another one.
     for (const connection of this.connections) connection.close(1001, 'server shutting down');
     this.connections.clear();
+    this.perAddress.clear();
     this.wss.close();
   }
 }
