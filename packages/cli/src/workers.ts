@@ -14,7 +14,7 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { createServer, type AddressInfo } from 'node:net';
-import { ConnectionHandoff, WorkerBroker, isHandoffMessage, reportAcceptErrors, type ToBroker } from '@perihelion/server';
+import { ConnectionHandoff, STUCK_MS, WorkerBroker, isHandoffMessage, reportAcceptErrors, type ToBroker } from '@perihelion/server';
 import type { Settings } from './settings.js';
 
 /** The environment variables that tell a forked worker its node id and the address the primary listens on. */
@@ -47,7 +47,19 @@ export function workerAddress(): AddressInfo | null {
  * until a signal. Rejects when the port cannot be listened on (EADDRINUSE).
  */
 export async function runWorkers(settings: Settings, log: (line: string) => void = console.log): Promise<void> {
-  const handoff = new ConnectionHandoff();
+  const workers = new Map<Worker, { node: string; startedAt: number; ready: boolean }>();
+  const handoff = new ConnectionHandoff({
+    // A worker alive but not answering (a loop that never yields) gets no new connections meanwhile.
+    onStuck: (worker, stuck) => {
+      const entry = workers.get(worker);
+      if (!entry) return;
+      log(
+        stuck
+          ? `worker ${entry.node} (pid ${worker.process.pid}) has not answered for ${STUCK_MS / 1000} s: new connections go to the others until it does`
+          : `worker ${entry.node} (pid ${worker.process.pid}) answers again and takes connections`,
+      );
+    },
+  });
   // Accepted here and handed over unread: the worker that gets a connection reads all of it.
   const listener = createServer({ pauseOnConnect: true }, (socket) => handoff.hand(socket));
   await new Promise<void>((resolve, reject) => {
@@ -62,7 +74,6 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
   const address = JSON.stringify(listener.address());
 
   const broker = settings.redis === undefined ? new WorkerBroker() : null;
-  const workers = new Map<Worker, { node: string; startedAt: number; ready: boolean }>();
   let stopping = false;
   /** The primary's exit code once every worker has gone (the configuration refused: 2). */
   let exitCode = 0;

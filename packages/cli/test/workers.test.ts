@@ -50,6 +50,27 @@ const freshFetch: typeof fetch = async (input, init = {}) => {
   });
 };
 
+type Outcome = 'answered' | 'closed' | 'hung';
+
+/** One request on a connection of its own: "answered", "closed" (its client would retry at once) or "hung" (no answer in 5 s). */
+function dialOnce(port: number): Promise<Outcome> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    let data = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve('hung');
+    }, 5_000);
+    socket.on('connect', () => socket.write('GET /nothing-here HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'));
+    socket.on('data', (chunk: Buffer) => (data += String(chunk)));
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(data.startsWith('HTTP/1.1 404') ? 'answered' : 'closed');
+    });
+  });
+}
+
 async function waitFor(what: string | (() => string), predicate: () => boolean, ms = 10_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!predicate()) {
@@ -138,26 +159,10 @@ describe('perihelion serve --workers 2', () => {
       const pids = (): number[] => [...output.matchAll(/worker w\d+-\d+: pid (\d+)/g)].map((m) => Number(m[1]));
       // Both taking connections: one killed before the other is ready would leave nobody to answer.
       await waitFor('two workers taking connections', () => pids().length === 2 && (output.match(/takes connections/g) ?? []).length === 2);
-      /** One request on a connection of its own: "answered", "closed" (its client would retry at once) or "hung". */
-      const dial = (): Promise<string> =>
-        new Promise((resolve) => {
-          const socket = connect(Number(port), '127.0.0.1');
-          let data = '';
-          const timer = setTimeout(() => {
-            socket.destroy();
-            resolve('hung');
-          }, 5_000);
-          socket.on('connect', () => socket.write('GET /nothing-here HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'));
-          socket.on('data', (chunk: Buffer) => (data += String(chunk)));
-          socket.on('error', () => {});
-          socket.on('close', () => {
-            clearTimeout(timer);
-            resolve(data.startsWith('HTTP/1.1 404') ? 'answered' : 'closed');
-          });
-        });
-      const outcomes: string[] = [];
+      const dial = (): Promise<Outcome> => dialOnce(Number(port));
+      const outcomes: Outcome[] = [];
       for (let round = 0; round < 3; round++) {
-        const pending: Promise<string>[] = [];
+        const pending: Promise<Outcome>[] = [];
         for (let i = 0; i < 10; i++) pending.push(dial());
         process.kill(pids().at(-2)!, 'SIGKILL');
         // Connections keep coming while the primary learns of the death.
@@ -168,7 +173,7 @@ describe('perihelion serve --workers 2', () => {
         outcomes.push(...(await Promise.all(pending)));
         await waitFor('the replacement taking connections', () => (output.match(/takes connections/g) ?? []).length === round + 3, 15_000);
       }
-      const count = (outcome: string): number => outcomes.filter((o) => o === outcome).length;
+      const count = (outcome: Outcome): number => outcomes.filter((o) => o === outcome).length;
       const tally = `of ${outcomes.length} connections ${count('answered')} answered, ${count('closed')} closed, ${count('hung')} hung`;
       t.diagnostic(tally);
       assert.equal(count('hung'), 0, tally);
@@ -191,6 +196,36 @@ describe('perihelion serve --workers 2', () => {
       await idleClosed;
       assert.ok(Date.now() - stoppedAt < 3_000, `stopped in ${Date.now() - stoppedAt} ms, not after the 5 s keep-alive`);
     } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+  });
+
+  it('hands no new connection to a worker alive but stuck (stopped with SIGSTOP) while the other answers, and takes it back once it answers', { timeout: 60_000 }, async () => {
+    const child = start(['--workers', '2', '--open', '--no-demo']);
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
+    child.stderr.resume();
+    const exited = once(child, 'exit');
+    let stopped: number | undefined;
+    try {
+      const port = Number(new URL(await listeningUrl(child)).port);
+      const pids = (): number[] => [...output.matchAll(/worker w\d+-\d+: pid (\d+)/g)].map((m) => Number(m[1]));
+      await waitFor('two workers taking connections', () => pids().length === 2 && (output.match(/takes connections/g) ?? []).length === 2);
+      stopped = pids()[0]!;
+      process.kill(stopped, 'SIGSTOP');
+      await waitFor('the primary to notice', () => output.includes(`(pid ${stopped}) has not answered for 2 s`), 10_000);
+      // Every connection from now on is answered: none goes to the stopped worker.
+      const outcomes = await Promise.all(Array.from({ length: 10 }, () => dialOnce(port)));
+      assert.deepEqual(outcomes, Array(10).fill('answered'), 'every connection answered by the worker that answers');
+
+      process.kill(stopped, 'SIGCONT');
+      stopped = undefined;
+      await waitFor('the worker heard again', () => /answers again and takes connections/.test(output), 10_000);
+      assert.deepEqual(await Promise.all(Array.from({ length: 4 }, () => dialOnce(port))), Array(4).fill('answered'));
+      child.kill('SIGTERM');
+      assert.equal((await exited)[0], 0);
+    } finally {
+      if (stopped !== undefined) process.kill(stopped, 'SIGCONT');
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     }
   });

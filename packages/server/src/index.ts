@@ -13,7 +13,7 @@ export { LocalClient, LocalClientRefusal, type LocalClientOptions, type LocalHan
 export { MemoryEngine } from './engine/memory.js';
 export { WorkersEngine, type WorkersEngineOptions } from './engine/workers.js';
 export { WorkerBroker } from './engine/worker-broker.js';
-export { ConnectionHandoff, takeHandedConnections, isHandoffMessage, type HandoffMessage } from './http/connection-handoff.js';
+export { ConnectionHandoff, STUCK_MS, takeHandedConnections, isHandoffMessage, type HandoffMessage } from './http/connection-handoff.js';
 export { reportAcceptErrors } from './http/accept-errors.js';
 export { linkPair, parentLink, type LinkEnd, type ToBroker, type ToWorker } from './engine/worker-link.js';
 export { RedisEngine, REDIS_DEFAULTS, type RedisEngineOptions } from './engine/redis.js';

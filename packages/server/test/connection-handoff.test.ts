@@ -2,7 +2,8 @@
  * The primary's hand-off of connections to the workers of `--workers` (connection-handoff.ts), with real
  * sockets and stand-in workers: a connection a worker never took is closed when the worker exits
  * (its client reconnects at once instead of hanging), one that could not be sent goes to another
- * worker, and connections wait, bounded, while no worker is ready.
+ * worker, connections wait, bounded, while no worker is ready, and a worker that stops answering
+ * (alive but stuck) gets no new connections until it answers again.
  */
 import { describe, it, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,14 +12,27 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 import type { Worker } from 'node:cluster';
 import { ConnectionHandoff } from '../src/http/connection-handoff.js';
 
-/** A stand-in for a cluster worker: records what it is sent; `failing` makes its line closed. */
+/**
+ * A stand-in for a cluster worker: records the connections it is sent; `failing` makes its line
+ * closed. Given a hand-off, it answers its pings while `answering`.
+ */
 class FakeWorker {
   readonly sent: { message: unknown; socket: Socket }[] = [];
   failing = false;
+  answering = true;
+  pings = 0;
+  constructor(private readonly handoff?: ConnectionHandoff) {}
   isConnected(): boolean {
     return true;
   }
-  send(message: unknown, socket: Socket, _options: unknown, callback: (error: Error | null) => void): boolean {
+  send(message: unknown, socket: Socket | (() => void), _options?: unknown, callback?: (error: Error | null) => void): boolean {
+    if ((message as { k: string }).k === 'ping') {
+      this.pings++;
+      if (this.answering && this.handoff) queueMicrotask(() => this.handoff!.receive(asWorker(this), { k: 'pong' }));
+      return true;
+    }
+    socket = socket as Socket;
+    callback = callback!;
     if (this.failing) {
       queueMicrotask(() => callback(Object.assign(new Error('channel closed'), { code: 'ERR_IPC_CHANNEL_CLOSED' })));
       return false;
@@ -152,6 +166,46 @@ describe('the hand-off of connections to workers', () => {
     assert.equal(await within(third.closed, 1_000), true, 'a third waiting connection is closed at once');
     for (const { closed } of kept) assert.equal(await within(closed, 100), 'timeout', 'the first two wait');
     for (const { closed } of kept) assert.equal(await within(closed, 2_000), true, 'and are closed after the wait');
+  });
+
+  it('hands no new connections to a worker that stops answering, and hands them to it again once it answers', async () => {
+    const stuckMs = 300;
+    const reports: [string, boolean][] = [];
+    const handoff = new ConnectionHandoff({ probeMs: 50, stuckMs, onStuck: (worker, stuck) => reports.push([worker === asWorker(stalled) ? 'stalled' : 'live', stuck]) });
+    const live = new FakeWorker(handoff);
+    const stalled = new FakeWorker(handoff);
+    handoff.receive(asWorker(live), { k: 'ready' });
+    handoff.receive(asWorker(stalled), { k: 'ready' });
+    const port = await listen(handoff);
+    try {
+      await until(() => stalled.pings > 0 && live.pings > 0, 'both asked to answer');
+      // The stalled one stops answering (a loop that never yields): once not heard from for
+      // stuckMs, every new connection goes to the other one.
+      stalled.answering = false;
+      await until(() => handoff.stuckCount === 1, 'the stalled worker noticed', 2_000);
+      assert.deepEqual(reports, [['stalled', true]]);
+      const before = stalled.sent.length;
+      for (let i = 0; i < 6; i++) await dial(port);
+      await until(() => live.sent.length + stalled.sent.length === before + 6, 'six connections handed');
+      assert.equal(stalled.sent.length, before, 'nothing new for the stalled worker');
+
+      // It answers again: it takes its turn again.
+      stalled.answering = true;
+      await until(() => handoff.stuckCount === 0, 'the worker heard again');
+      assert.deepEqual(reports, [['stalled', true], ['stalled', false]]);
+      for (let i = 0; i < 4; i++) await dial(port);
+      await until(() => live.sent.length + stalled.sent.length === before + 10, 'four more handed');
+      assert.equal(stalled.sent.length, before + 2, 'its turn again: two of the four');
+
+      // Neither answers: connections are still handed, in turn, rather than left unanswered.
+      live.answering = false;
+      stalled.answering = false;
+      await until(() => handoff.stuckCount === 2, 'both noticed', 2_000);
+      for (let i = 0; i < 2; i++) await dial(port);
+      await until(() => live.sent.length + stalled.sent.length === before + 12, 'two more handed');
+    } finally {
+      handoff.close();
+    }
   });
 
   it('closes the waiting connections when the server stops', async () => {
