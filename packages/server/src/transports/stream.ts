@@ -60,7 +60,7 @@ class StreamConnection implements PushConnection {
 
   get congested(): boolean {
     // Only once the response asked for a drain (past its own 16 KB mark) is one reported.
-    return this.res.writableNeedDrain && this.res.writableLength > this.maxBufferedBytes;
+    return this.res.writableLength > this.maxBufferedBytes && this.res.writableNeedDrain;
   }
 
   send(serialised: readonly string[]): void {

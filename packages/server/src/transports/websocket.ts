@@ -182,8 +182,8 @@ class WebSocketConnection implements PushConnection {
   get congested(): boolean {
     // Frames are written to the TCP socket directly: what waits is in its buffer. The socket
     // reports a drain only once it asked for one (past its own 16 KB mark): below that a line is
-    // never congested, or nothing would write it again.
-    return this.raw.writableNeedDrain && this.raw.writableLength > this.core.options.maxBufferedBytes;
+    // never congested, or nothing would write it again. (The length first: it is usually 0.)
+    return this.raw.writableLength > this.core.options.maxBufferedBytes && this.raw.writableNeedDrain;
   }
 
   sessionEnded(): void {
