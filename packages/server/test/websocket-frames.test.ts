@@ -137,6 +137,25 @@ describe('WebSocket replies to a client that does not read', () => {
     }
   });
 
+  it('nor do pongs: a client that pings without reading the pongs is cut off, and the server serves on', { timeout: 30_000 }, async () => {
+    // ws answers each ping with a pong on its own; it keeps a bounded number of them unsent
+    // (maxPendingAutoPongs, ws 8.23) and ends a socket past it, which the server relies on.
+    const ts = await startServer();
+    const flooder = await WsPeer.open(ts.wsUrl);
+    const other = await WsPeer.open(ts.wsUrl);
+    try {
+      flooder.ws.pause();
+      const payload = Buffer.alloc(125, 1);
+      for (let i = 0; i < 200_000; i++) flooder.ws.ping(payload);
+      await waitFor(() => flooder.closeCode !== null, 10_000, 'the flooding socket closed');
+      assert.equal(flooder.closeCode, 1006, 'cut off without a close frame');
+      assert.equal((await other.request(HANDSHAKE)).successful, true, 'another client still served');
+    } finally {
+      await other.close();
+      await ts.close();
+    }
+  });
+
   it('with maxBufferedBytes below the socket\'s own buffer, a congested line is written again once it drains', { timeout: 30_000 }, async () => {
     // 1 KB unsent makes the line congested, while Node's socket reports a drain only past 16 KB.
     const ts = await startServer({ maxBufferedBytes: 1024, maxQueue: 20_000, publishRate: 0 });
