@@ -104,6 +104,7 @@ describe('deliverToUser, deliverWhere, sessions()', () => {
   it('describes every session as JSON: user, roles, claims, data (what JSON cannot hold left out), subscriptions', async () => {
     const t = await server();
     t.server.on('handshake', (session) => {
+      if (session.identity === null) return;
       session.data.set('room', 'lobby');
       session.data.set('callback', () => 1);
       session.data.set('big', 10n);
@@ -123,6 +124,9 @@ describe('deliverToUser, deliverWhere, sessions()', () => {
       subscriptions: ['/chat/*'],
     });
     assert.equal(byId.get(anonymous.clientId)?.user, null);
+    assert.deepEqual(byId.get(anonymous.clientId)?.data, {});
+    // Describing a session that never used `data` does not make it one (a Map per session).
+    assert.equal((t.server.getSession(anonymous.clientId) as unknown as { dataIfAny: unknown }).dataIfAny, null);
     assert.equal(sessions.length, 2);
   });
 });

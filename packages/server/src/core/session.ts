@@ -133,6 +133,11 @@ export class ServerSession implements Session {
     return this.appData;
   }
 
+  /** What the application put in `data`, without making it (describing a session must not). */
+  get dataIfAny(): ReadonlyMap<string, unknown> | null {
+    return this.appData;
+  }
+
   /** Sends `data` on `channel` to this session only (e.g. the answer to a /service request). */
   deliver(channel: string, data: unknown): void {
     this.host.deliverTo(this, channel, data);
@@ -310,7 +315,8 @@ export class ServerSession implements Session {
  */
 export function describeSession(session: Session): SessionInfo {
   const data: Record<string, unknown> = {};
-  for (const [key, value] of session.data) {
+  const entries = session instanceof ServerSession ? session.dataIfAny : session.data;
+  for (const [key, value] of entries ?? []) {
     try {
       const json = JSON.stringify(value);
       if (json !== undefined) data[key] = JSON.parse(json) as unknown;
