@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { TimerWheel } from '../src/core/timer-wheel.js';
 import { OutboundQueue } from '../src/core/outbound-queue.js';
 import { SubscriptionIndex } from '../src/engine/subscription-index.js';
+import { ChannelSet } from '../src/core/channel-set.js';
 import { ListenerRegistry } from '../src/core/listeners.js';
 import { LineWatchers } from '../src/core/line-watchers.js';
 import type { LineWatcher, PushConnection } from '../src/core/contract.js';
@@ -322,5 +323,48 @@ describe('request body reading', () => {
     } finally {
       await s.close();
     }
+  });
+});
+
+describe('a session\'s channel set', () => {
+  it('is a live ReadonlySet from none to several members and back, a string while it holds one', () => {
+    const set = new ChannelSet();
+    const look = (): unknown => ({ size: set.size, members: [...set], values: [...set.values()], keys: [...set.keys()], entries: [...set.entries()] });
+    assert.deepEqual(look(), { size: 0, members: [], values: [], keys: [], entries: [] });
+    assert.equal(set.has('/a'), false);
+    assert.equal(set.delete('/a'), false);
+
+    assert.equal(set.add('/a'), set);
+    set.add('/a');
+    assert.deepEqual(look(), { size: 1, members: ['/a'], values: ['/a'], keys: ['/a'], entries: [['/a', '/a']] });
+    assert.equal(set.has('/a'), true);
+    assert.equal(set.has('/b'), false);
+    assert.equal((set as unknown as { many: unknown }).many, null, 'one member needs no set');
+
+    set.add('/b').add('/c/*');
+    assert.deepEqual(look(), { size: 3, members: ['/a', '/b', '/c/*'], values: ['/a', '/b', '/c/*'], keys: ['/a', '/b', '/c/*'], entries: [['/a', '/a'], ['/b', '/b'], ['/c/*', '/c/*']] });
+    assert.equal(set.has('/c/*'), true);
+    const seen: [string, string, unknown][] = [];
+    const context = {};
+    set.forEach(function (this: unknown, value, key, whole) {
+      assert.equal(this, context);
+      seen.push([value, key, whole]);
+    }, context);
+    assert.deepEqual(seen, [['/a', '/a', set], ['/b', '/b', set], ['/c/*', '/c/*', set]]);
+
+    assert.equal(set.delete('/a'), true);
+    assert.equal(set.delete('/a'), false);
+    assert.deepEqual([...set], ['/b', '/c/*']);
+    set.delete('/b');
+    set.delete('/c/*');
+    assert.deepEqual(look(), { size: 0, members: [], values: [], keys: [], entries: [] });
+
+    set.add('/x');
+    set.clear();
+    assert.deepEqual(look(), { size: 0, members: [], values: [], keys: [], entries: [] });
+    set.add('/y');
+    assert.deepEqual([...set], ['/y']);
+    assert.equal(set.delete('/z'), false);
+    assert.deepEqual([...set], ['/y']);
   });
 });

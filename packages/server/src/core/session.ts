@@ -14,6 +14,7 @@ import type { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from './contract.js';
 import type { SessionInfo } from '../engine/engine.js';
 import type { Acknowledgement } from '../extensions/ack.js';
+import { ChannelSet } from './channel-set.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { RecentIds } from './recent-ids.js';
 import type { TimerHandle, TimerWheel } from './timer-wheel.js';
@@ -77,7 +78,7 @@ export class ServerSession implements Session {
   connection: PushConnection | null = null;
   readonly queue: OutboundQueue;
   /** Channels and patterns this session subscribes to (mirrors the engine, for limits and clean-up). */
-  readonly subscriptions = new Set<string>();
+  readonly subscriptions = new ChannelSet();
   /** Set once the session has answered its first /meta/connect. */
   connected = false;
   /** Set while the session waits in local delivery's list of sessions to flush this turn. */
