@@ -40,6 +40,24 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
 }
 
 /**
+ * A server that allows one WebSocket per address, with that one already taken by a socket of
+ * this address: any client of this machine is refused its WebSocket (429) and must fall back.
+ * `release` closes the held socket and the server.
+ */
+export async function serverWithItsWebsocketTaken(): Promise<{ test: TestServer; release: () => Promise<void> }> {
+  const test = await startServer({ maxWebsocketsPerIp: 1 });
+  const held = new WebSocket(test.wsUrl);
+  await once(held, 'open');
+  return {
+    test,
+    release: async () => {
+      held.close();
+      await test.close();
+    },
+  };
+}
+
+/**
  * The server's own record of a session (its queue, held connect and push line), for tests that
  * watch those internals: applications see the narrower `Session`.
  */

@@ -4,12 +4,10 @@
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
-import { WebSocket } from 'ws';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Configuration, type Message as CometDMessage, type SubscriptionHandle } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
-import { handshake, post, startServer, waitFor, type TestServer } from './helpers.js';
+import { handshake, post, serverWithItsWebsocketTaken, startServer, waitFor, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -499,20 +497,16 @@ describe('CometD client that keeps no cookies, over long-polling, under the defa
 
 describe('CometD client refused a WebSocket (maxWebsocketsPerIp), in its plain setup', () => {
   let test: TestServer;
-  let held: WebSocket;
+  let release: () => Promise<void>;
   let client: CometDClient | undefined;
 
   before(async () => {
-    test = await startServer({ maxWebsocketsPerIp: 1 });
-    // Another WebSocket of the same address takes the one allowed.
-    held = new WebSocket(test.wsUrl);
-    await once(held, 'open');
+    ({ test, release } = await serverWithItsWebsocketTaken());
   });
 
   after(async () => {
     await client?.disconnect();
-    held.close();
-    await test.close();
+    await release();
   });
 
   it('falls back to long-polling and is served: subscribes, publishes, receives', TEST_TIMEOUT, async () => {

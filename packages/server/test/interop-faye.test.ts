@@ -10,13 +10,11 @@
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
-import { WebSocket } from 'ws';
 import faye from 'faye';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
-import { post, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
+import { post, serverWithItsWebsocketTaken, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -492,20 +490,16 @@ describe('CometD and Faye clients on one server', () => {
 
 describe('Faye client refused a WebSocket (maxWebsocketsPerIp), in its plain setup', () => {
   let test: TestServer;
-  let held: WebSocket;
+  let release: () => Promise<void>;
   let client: FayeClient | undefined;
 
   before(async () => {
-    test = await startServer({ maxWebsocketsPerIp: 1 });
-    // Another WebSocket of the same address takes the one allowed.
-    held = new WebSocket(test.wsUrl);
-    await once(held, 'open');
+    ({ test, release } = await serverWithItsWebsocketTaken());
   });
 
   after(async () => {
     await client?.disconnect();
-    held.close();
-    await test.close();
+    await release();
   });
 
   it('falls back to long-polling and is served: subscribes, publishes, receives', { timeout: 10_000 }, async () => {
