@@ -79,6 +79,28 @@ describe('overload policy', () => {
     assert.deepEqual(await ready(t), { status: 200, body: { status: 'ready' } });
   });
 
+  it('with every descriptor in use (memory unreadable), believes memory up from what V8 holds, never down', async () => {
+    // A watermark of 1 MB: V8's own heap alone is past it.
+    const t = await start({ maxMemory: 1 });
+    const load = coreOf(t.server).load;
+    load.stop();
+    const emfile = (): number => {
+      throw Object.assign(new Error('EMFILE: too many open files, open /proc/self/stat'), { code: 'EMFILE' });
+    };
+    load.sample(512 * 1024);
+    assert.equal(load.refusesPublishes(), null, 'half a megabyte read last');
+    // The read fails: the heap V8 holds (more than 1 MB) stands in, upwards.
+    load.readMemory(emfile);
+    assert.match(String(load.refusesPublishes()), /^memory past its limit/);
+    // A higher reading made before the failure is not lowered by it.
+    load.sample(10_000 * 1024 * 1024);
+    load.readMemory(emfile);
+    assert.match(String(load.refusesPublishes()), /\(10000 MB of 1 MB\)/);
+    // A read that succeeds again is believed, down too.
+    load.readMemory(() => 512 * 1024);
+    assert.equal(load.refusesPublishes(), null);
+  });
+
   it('defaults the memory watermark to the V8 heap limit', async () => {
     const t = await start({});
     const limit = coreOf(t.server).load.memoryLimitBytes;

@@ -37,13 +37,17 @@ export class LoadGuard {
 
   /**
    * Reads resident memory. The read opens /proc/self/stat: with every file descriptor in use
-   * (EMFILE, at the limit of `ulimit -n`) it fails, and the last reading stands until one succeeds.
+   * (EMFILE, at the limit of `ulimit -n`) it fails. Then what V8 says it holds, which needs no
+   * descriptor, stands in, but only upwards: memory is not believed to have gone down until a
+   * read succeeds again, and memory that grows meanwhile is still seen (in the V8 heap, where
+   * sessions and queues live).
    */
-  private readMemory(): void {
+  readMemory(readRss: () => number = process.memoryUsage.rss): void {
     try {
-      this.sample(process.memoryUsage.rss());
+      this.sample(readRss());
     } catch {
-      // Kept: the previous reading.
+      const heap = getHeapStatistics();
+      this.sample(Math.max(this.rss, heap.total_heap_size + heap.external_memory + heap.malloced_memory));
     }
   }
 
