@@ -23,7 +23,7 @@ export { DEFAULTS, resolveOptions, type ServerOptions, type ResolvedOptions, typ
 export { OPTION_TABLE, type OptionSpec, type OptionName, type OptionSetting } from './option-table.js';
 export type { SessionBinding } from './security/session-binding.js';
 export type { CookieSameSite } from './security/browser-cookie.js';
-export type { ProcessContext, PushConnection, RequestFacts, Transport } from './core/contract.js';
+export type { ProcessContext, PushConnection, RequestFacts, Transport, TransportFacts } from './core/contract.js';
 export { PerihelionError, ERROR_CODES, type ErrorCode } from './errors.js';
 export { AuthenticationError, type Authenticator, type HandshakeRequest } from './security/authenticate.js';
 export type { Identity } from './security/identity.js';

@@ -60,10 +60,19 @@ export interface PushConnection {
   sessionEnded(): void;
 }
 
-export interface ProcessContext {
+/**
+ * What extensions are told of the transport a message came on (`ExtensionContext.transport`):
+ * the same object for every message of one HTTP request or one WebSocket frame.
+ */
+export interface TransportFacts {
   /** The transport the batch arrived on. */
-  transport: Transport;
-  request: RequestFacts;
+  readonly transport: Transport;
+  /** The HTTP request (for a WebSocket, its upgrade request). */
+  readonly request: RequestFacts;
+}
+
+/** What the core is told of the request or frame a batch came in; its fields past `TransportFacts` are the server's own. */
+export interface ProcessContext extends TransportFacts {
   /** Present when replies and deliveries can be pushed (WebSocket). */
   connection?: PushConnection;
   /**

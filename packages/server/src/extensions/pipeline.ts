@@ -10,14 +10,14 @@
  *   per recipient, so the bytes can be shared), on each published message. Return null to drop it.
  */
 import type { Message } from '@perihelion/protocol';
-import type { ProcessContext } from '../core/contract.js';
+import type { TransportFacts } from '../core/contract.js';
 import type { Session } from '../core/session.js';
 
 export interface ExtensionContext {
   /** The session the message comes from or goes to; null for handshakes and server publishes. */
   session: Session | null;
   /** Transport facts; null for messages the server itself publishes. */
-  transport: ProcessContext | null;
+  transport: TransportFacts | null;
 }
 
 type Hook = (message: Message, context: ExtensionContext) => Message | null | Promise<Message | null>;
