@@ -1,13 +1,16 @@
 /**
  * Interoperability with the Ruby Faye client (Debian's `ruby-faye`: Faye 1.4 on EventMachine, its
  * cookies kept by the `cookiejar` gem), in its plain setup, over WebSocket and long-polling under
- * the default settings: handshake, wildcard subscribe, publish, receive, and a server restart.
+ * the default settings: handshake, wildcard subscribe, publish, receive, and a server restart; and
+ * refused its WebSocket (`maxWebsocketsPerIp`), it is served over long-polling.
  * `.ci/run` installs the package; without it these tests fail saying how to install it.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { WebSocket } from 'ws';
 import { createServer, type Perihelion, type ServerOptions } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
@@ -126,3 +129,36 @@ for (const transport of ['websocket', 'long-polling'] as const) {
     });
   });
 }
+
+describe('Ruby Faye client refused a WebSocket (maxWebsocketsPerIp)', () => {
+  let server: Perihelion;
+  let held: WebSocket;
+  let client: RubyFaye | undefined;
+
+  before(async () => {
+    assertRubyFaye();
+    server = createServer({ ...OPTIONS, maxWebsocketsPerIp: 1 });
+    const { port } = await server.listen({ port: 0, host: '127.0.0.1' });
+    // Another WebSocket of this address takes the one allowed.
+    held = new WebSocket(`ws://127.0.0.1:${port}/bayeux`);
+    await once(held, 'open');
+    client = new RubyFaye(`http://127.0.0.1:${port}/bayeux`, 'websocket', '/ruby/refused/*');
+  });
+
+  after(async () => {
+    await client?.stop();
+    held.close();
+    await server.close();
+  });
+
+  it('falls back to long-polling and is served: subscribes, publishes, receives', TEST_TIMEOUT, async () => {
+    await client!.until((events) => events.some((e) => e.event === 'subscribed'), 'the subscription');
+    await server.publish('/ruby/refused/a', { from: 'server' });
+    client!.publish('/ruby/refused/b', { from: 'ruby' });
+    await client!.until((events) => events.filter((e) => e.event === 'message').length === 2, 'both messages');
+    assert.deepEqual(client!.messages().sort(), [['/ruby/refused/a', { from: 'server' }], ['/ruby/refused/b', { from: 'ruby' }]]);
+    assert.ok(server.stats().websocketsRefused >= 1, 'the WebSocket was refused');
+    const types = client!.events.filter((e) => e.event === 'connect').map((e) => e.connectionType);
+    assert.ok(types.length > 0 && !types.includes('websocket'), `its connects never went over a WebSocket: ${JSON.stringify(types)}`);
+  });
+});
