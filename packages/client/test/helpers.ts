@@ -1,4 +1,5 @@
 /** Test helpers: a real Perihelion server on a loopback port, and a network the test can cut. */
+import { after } from 'node:test';
 import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { WebSocket as WS } from 'ws';
 import { createServer, type Perihelion, type ServerOptions } from '@perihelion/server';
@@ -95,8 +96,18 @@ export class Net {
 }
 
 /** A client for Node tests: fast reconnects, the given transports, the test's network. */
+/**
+ * Every client the tests made, disconnected once the file's tests are done: a test that fails half
+ * way must not leave its client reconnecting for ever, which would keep the file's process, and
+ * the whole run, from ending.
+ */
+const made = new Set<Client>();
+after(() => Promise.all([...made].map((c) => c.disconnect())));
+
 export function client(url: string, options: ClientOptions = {}, net = new Net()): Client {
-  return new Client(url, { minReconnectDelay: 50, maxReconnectDelay: 300, ...net.options(), ...options });
+  const c = new Client(url, { minReconnectDelay: 50, maxReconnectDelay: 300, ...net.options(), ...options });
+  made.add(c);
+  return c;
 }
 
 export async function waitFor(predicate: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
