@@ -137,6 +137,30 @@ describe('WebSocket replies to a client that does not read', () => {
     }
   });
 
+  it('and a socket left so, never reading again, is still ended by the idle sweep (its pongs are not asked for meanwhile)', { timeout: 30_000 }, async () => {
+    // The idle limit here: 300 + 0 + 1 000 ms + the 5 s margin; pings every 500 ms.
+    const ts = await startServer({ maxBufferedBytes: 64 * 1024, timeout: 300, maxInterval: 1000, pingInterval: 500 });
+    const pad = 'p'.repeat(200_000);
+    ts.server.addExtension({ outgoing: (message) => (message.channel === '/echo' && message.successful !== undefined ? { ...message, ext: { pad } } : message) });
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      const clientId = (await peer.request(HANDSHAKE)).clientId as string;
+      peer.ws.pause();
+      const data = 'x'.repeat(200_000);
+      for (let i = 0; i < 100; i++) peer.send([{ channel: '/echo', clientId, data, id: `e${i}` }]);
+      await waitFor(() => ts.server.stats().readsPaused >= 1, 5000, 'the socket to stop being read');
+      // Past the idle limit and its sweep, the server has ended the socket; the client sees it once it reads.
+      await sleep(10_000);
+      peer.ws.resume();
+      await waitFor(() => peer.closeCode !== null, 5000, 'the socket to be found ended');
+      assert.ok(peer.received.filter((m) => m.channel === '/echo').length < 100, 'not every reply was kept for it');
+    } finally {
+      peer.ws.resume();
+      await peer.close();
+      await ts.close();
+    }
+  });
+
   it('nor do pongs: a client that pings without reading the pongs is cut off, and the server serves on', { timeout: 30_000 }, async () => {
     // ws answers each ping with a pong on its own; it keeps a bounded number of them unsent
     // (maxPendingAutoPongs, ws 8.23) and ends a socket past it, which the server relies on.
