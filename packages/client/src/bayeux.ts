@@ -104,6 +104,10 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private attempts = 0;
   /** Since when the WebSocket of a live session cannot be opened again (see connectOnce). */
   private reopenFailingSince: number | undefined;
+  /** The connection types the server offered this session (its handshake's `supportedConnectionTypes`). */
+  private offered: readonly string[] = [];
+  /** The type a live session is moving from, while its first connect over the better one is on its way (see upgrade). */
+  private upgradingFrom: ConnectionType | undefined;
   private timer: ReturnType<typeof setTimeout> | undefined;
   /** The step the timer will take. */
   private next: 'handshake' | 'connect' | undefined;
@@ -288,6 +292,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     }
     this.clientId = reply.clientId;
     const offered = Array.isArray(reply.supportedConnectionTypes) ? reply.supportedConnectionTypes : [type];
+    this.offered = offered;
     const chosen = this.negotiation.forSession(offered, type);
     if (chosen === undefined) {
       return this.stop('no transport', new ClientError('no-transport', `the server offers ${offered.join(', ')}; this client can use ${this.negotiation.usable().join(', ')}`));
@@ -342,8 +347,9 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     clearTimeout(this.timer);
     const turn = ++this.turn;
     if (this.stopped || this.clientId === undefined || this.type === undefined) return;
-    const line = this.line ?? this.openLine(this.type);
     const first = this.state !== 'connected';
+    if (!first && !bundledReply) this.upgrade();
+    const line = this.line ?? this.openLine(this.type);
     if (first && bundledReply) this.connected();
     const message: Message = {
       channel: '/meta/connect',
@@ -360,6 +366,17 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       reply = await (bundledReply ?? this.request(message, first || streamed ? this.options.timeout : this.advice.timeout + this.options.lineTimeout));
     } catch (error) {
       if (turn !== this.turn) return;
+      const from = this.upgradingFrom;
+      this.upgradingFrom = undefined;
+      if (from !== undefined && error instanceof LineLost && !error.opened && error.type !== undefined) {
+        // The better type is refused still: the session carries on over the line that worked,
+        // and what went to the socket while it was opening goes that way.
+        this.negotiation.blocked(error.type);
+        this.replaceLine(from);
+        this.subscriptions.sendWanted();
+        this.outbox.scheduleFlush();
+        return void this.connectOnce();
+      }
       // The state first, so that it carries this reason rather than the closing line's.
       if (this.state === 'connected') this.setState('connecting', `network: ${(error as Error).message}`);
       this.closeLine();
@@ -380,6 +397,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     }
     this.reopenFailingSince = undefined;
     if (turn !== this.turn) return;
+    this.upgradingFrom = undefined;
     this.takeAdvice(reply, streamed);
     if (reply.successful !== true) {
       const reconnect = reply.advice?.reconnect ?? this.advice.reconnect;
@@ -401,6 +419,30 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     // The first held connect goes in this turn, so it shares the frame of the subscribes just sent.
     if (first && !bundledReply && delay === 0 && this.type === 'websocket') return void this.connectOnce();
     this.schedule('connect', delay);
+  }
+
+  /**
+   * Moves a live session on a polling type to a WebSocket that may open again (its refusal is
+   * older than `transportRetry`, see Negotiation.upgrade), on the same session: the next connect
+   * goes over a new socket instead. Only when nothing else is on its way, so that no reply is
+   * lost with the old line; the session stays connected meanwhile, and a socket refused again
+   * sends that connect back over the old type (connectOnce).
+   */
+  private upgrade(): void {
+    if (this.type === undefined || this.meta.size > 0 || this.outbox.busy) return;
+    const better = this.negotiation.upgrade(this.type, this.offered);
+    if (better === undefined) return;
+    this.upgradingFrom = this.type;
+    this.replaceLine(better);
+  }
+
+  /** An idle line for one of another type, under the same session: nothing was in flight to abandon, and the state stays. */
+  private replaceLine(type: ConnectionType): void {
+    const old = this.line;
+    this.line = null;
+    old?.close();
+    this.type = type;
+    this.openLine(type);
   }
 
   /** The session's first connect succeeded (or its bundled set-up was taken): what waited for it goes. */
@@ -560,7 +602,9 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       pending.reject(new LineLost(reason, opened, type));
     }
     for (const pattern of this.outbox.lineLost()) this.subscriptions.unanswered(pattern);
-    if (this.state === 'connected' && !this.stopped) this.setState('connecting', `network: ${reason}`);
+    // A socket refused while the session moves to it is no news: the session carries on (connectOnce).
+    const refusedUpgrade = this.upgradingFrom !== undefined && !opened;
+    if (this.state === 'connected' && !this.stopped && !refusedUpgrade) this.setState('connecting', `network: ${reason}`);
   }
 
   // ------------------------------------------------------------------ meta requests

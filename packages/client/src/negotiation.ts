@@ -3,8 +3,9 @@
  *
  * The candidates are the application's order (`transports`), less the types this environment
  * lacks and those that failed here: a type that proved blocked (a refused upgrade, a POST
- * without CORS, a stream buffered by a proxy) is skipped until every type has failed; then all
- * are tried again from the top. The server's `supportedConnectionTypes` has the last word.
+ * without CORS, a stream buffered by a proxy) is skipped for `transportRetry` ms, or until every
+ * type has failed; then it is tried again. The server's `supportedConnectionTypes` has the last
+ * word.
  */
 import { STREAMED_CONNECTION_TYPES, isStreamedConnectionType, type ConnectionType } from '@perihelion/protocol';
 import type { ResolvedOptions } from './options.js';
@@ -18,15 +19,17 @@ import { WebSocketTransport } from './transports/websocket.js';
 const HANDSHAKE_TYPES: readonly ConnectionType[] = ['websocket', 'long-polling', 'callback-polling'];
 
 export class Negotiation {
-  private readonly failed = new Set<ConnectionType>();
+  /** When each type that failed here last failed (ms since the epoch). */
+  private readonly failed = new Map<ConnectionType, number>();
 
   constructor(private readonly options: ResolvedOptions) {}
 
   /** The types worth trying, in the application's order. */
   usable(): ConnectionType[] {
     const env = this.options.env;
+    const now = Date.now();
     return this.options.transports.filter((type) => {
-      if (this.failed.has(type)) return false;
+      if (this.stillBlocked(type, now)) return false;
       if (type === 'websocket') return env.WebSocket !== undefined;
       if (type === 'eventsource') return env.EventSource !== undefined && env.fetch !== undefined;
       if (type === 'callback-polling') return env.document !== undefined && this.options.callbackPolling;
@@ -61,11 +64,31 @@ export class Negotiation {
     return this.usable().find((t) => !isStreamedConnectionType(t) && t !== 'websocket');
   }
 
-  /** `type` does not get through here: it is not tried again until every type has failed. */
+  /**
+   * The type a live session on `current` may move to without a new handshake: a WebSocket the
+   * application prefers, the server offers, and that is usable again (its failure is older than
+   * `transportRetry`). Only from a polling type: between two of its connects nothing of the
+   * session is on its way, where a stream may be carrying deliveries at any moment.
+   */
+  upgrade(current: ConnectionType, offered: readonly string[]): ConnectionType | undefined {
+    if (current === 'websocket' || isStreamedConnectionType(current) || !offered.includes('websocket')) return undefined;
+    const usable = this.usable();
+    return usable.includes('websocket') && usable.indexOf('websocket') < this.options.transports.indexOf(current) ? 'websocket' : undefined;
+  }
+
+  /** `type` does not get through here: it is not tried again for `transportRetry` ms, or until every type has failed. */
   blocked(type: ConnectionType): void {
-    this.failed.add(type);
+    const now = Date.now();
+    this.failed.set(type, now);
     // The streamed types send by POST too: if a POST cannot get through, neither can they.
-    if (type === 'long-polling') for (const t of STREAMED_CONNECTION_TYPES) this.failed.add(t);
+    if (type === 'long-polling') for (const t of STREAMED_CONNECTION_TYPES) this.failed.set(t, now);
+  }
+
+  private stillBlocked(type: ConnectionType, now: number): boolean {
+    const since = this.failed.get(type);
+    if (since === undefined) return false;
+    const retry = this.options.transportRetry;
+    return retry === 0 || now - since < retry;
   }
 }
 

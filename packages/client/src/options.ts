@@ -28,6 +28,13 @@ export interface ClientOptions {
   openTimeout?: number;
   /** Milliseconds a stream (eventsource, http-streaming) may take to deliver its first frame before it is taken as buffered by a proxy and abandoned for long-polling. Default: 5000. */
   streamTimeout?: number;
+  /**
+   * Milliseconds after which a connection type that failed here (a refused WebSocket upgrade, a
+   * stream a proxy buffers) is tried again: by the next handshake, and, for a WebSocket, by a
+   * live session on long-polling, which moves to it without a new handshake when it opens.
+   * Default: 60000; 0: not until every type has failed.
+   */
+  transportRetry?: number;
   /** Backoff between reconnection attempts: full jitter in [0, min(max, min·2ⁿ)], never below the server's advice.interval. Defaults: 500 and 20000 ms. */
   minReconnectDelay?: number;
   maxReconnectDelay?: number;
@@ -61,6 +68,7 @@ export interface ResolvedOptions {
   lineTimeout: number;
   openTimeout: number;
   streamTimeout: number;
+  transportRetry: number;
   minReconnectDelay: number;
   maxReconnectDelay: number;
   maxQueued: number;
@@ -74,7 +82,7 @@ export interface ResolvedOptions {
 const DEFAULT_TRANSPORTS: ConnectionType[] = ['websocket', 'eventsource', 'http-streaming', 'long-polling', 'callback-polling'];
 
 /** Options a worker can be given: plain data only. */
-const PORTABLE = ['transports', 'timeout', 'lineTimeout', 'openTimeout', 'streamTimeout', 'minReconnectDelay', 'maxReconnectDelay', 'maxQueued', 'token', 'headers'] as const;
+const PORTABLE = ['transports', 'timeout', 'lineTimeout', 'openTimeout', 'streamTimeout', 'transportRetry', 'minReconnectDelay', 'maxReconnectDelay', 'maxQueued', 'token', 'headers'] as const;
 
 type Check = [accepts: (value: unknown) => boolean, takes: string];
 // Below 2³¹: setTimeout runs a longer delay at once (every request would time out).
@@ -89,6 +97,7 @@ const CHECKS: Record<keyof ClientOptions, Check> = {
   lineTimeout: NUMBER,
   openTimeout: NUMBER,
   streamTimeout: NUMBER,
+  transportRetry: NUMBER,
   minReconnectDelay: NUMBER,
   maxReconnectDelay: NUMBER,
   maxQueued: NUMBER,
@@ -141,6 +150,7 @@ export function resolveOptions(url: string, options: ClientOptions): Resolved {
     lineTimeout: options.lineTimeout ?? options.timeout ?? 10_000,
     openTimeout: options.openTimeout ?? 5000,
     streamTimeout: options.streamTimeout ?? 5000,
+    transportRetry: options.transportRetry ?? 60_000,
     minReconnectDelay: options.minReconnectDelay ?? 500,
     maxReconnectDelay: options.maxReconnectDelay ?? 20_000,
     maxQueued: options.maxQueued ?? 100,

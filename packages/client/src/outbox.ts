@@ -39,6 +39,11 @@ export interface OutboxSession {
 export class Outbox {
   private readonly queue: Outgoing[] = [];
   private readonly inflight = new Map<string, Outgoing>();
+
+  /** Whether something sent awaits its reply. */
+  get busy(): boolean {
+    return this.inflight.size > 0;
+  }
   private flushQueued = false;
   private batchDepth = 0;
 

@@ -1,0 +1,128 @@
+/**
+ * A WebSocket refused once is tried again (`transportRetry`): a live session on long-polling moves
+ * to it when it opens, without a new handshake, and carries on over long-polling while it is
+ * refused still. The refusal is the server's own (`maxWebsocketsPerIp`, 429), its one WebSocket
+ * for this address taken by another socket, as a NAT full of users would have it.
+ */
+import { after, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { WebSocket as WS } from 'ws';
+import { Client } from '../src/index.js';
+import { client, sleep, startServer, waitFor, type TestServer } from './helpers.js';
+
+/** A server allowing one WebSocket per address, that one held by another socket of this machine. */
+async function serverWithItsWebsocketTaken(): Promise<{ test: TestServer; held: WS }> {
+  // Connects are held 300 ms: a long-polling session reaches a connect's end (where it may move) often.
+  const test = await startServer({ maxWebsocketsPerIp: 1, timeout: 300 });
+  const held = new WS(test.url.replace(/^http/, 'ws'));
+  await once(held, 'open');
+  return { test, held };
+}
+
+/** Publishes 1, 2, 3, … on `channel` every `every` ms until stopped; resolves to the count published. */
+function keepPublishing(test: TestServer, channel: string, every: number): { stop: () => Promise<number> } {
+  let n = 0;
+  let stopped = false;
+  const done = (async () => {
+    while (!stopped) {
+      await test.server.publish(channel, ++n);
+      await sleep(every);
+    }
+    return n;
+  })();
+  return {
+    stop: () => {
+      stopped = true;
+      return done;
+    },
+  };
+}
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i + 1);
+
+describe('a refused WebSocket tried again (transportRetry)', () => {
+  const servers: { test: TestServer; held: WS }[] = [];
+  after(async () => {
+    for (const { test, held } of servers) {
+      held.close();
+      await test.close();
+    }
+  });
+
+  it('moves a long-polling session to the WebSocket once it opens: same session, still connected, nothing lost or doubled', async () => {
+    const setup = await serverWithItsWebsocketTaken();
+    servers.push(setup);
+    const { test, held } = setup;
+    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry: 300 });
+    const received: number[] = [];
+    await c.subscribe<number>('/retry/up', (n) => received.push(n));
+    assert.equal(c.transport, 'long-polling', 'refused its WebSocket, the client set up over long-polling');
+    assert.ok(test.server.stats().websocketsRefused >= 1);
+    const session = c.clientId!;
+    const states: string[] = [];
+    c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
+
+    const publisher = keepPublishing(test, '/retry/up', 20);
+    await sleep(200);
+    held.close();
+    await waitFor(() => test.server.getSession(session)?.connectionType === 'websocket', 5000, 'the session to move to the WebSocket');
+    assert.equal(c.transport, 'websocket');
+    await sleep(200);
+    const published = await publisher.stop();
+    await waitFor(() => received.length >= published, 3000, 'every message');
+    await sleep(100);
+
+    assert.equal(c.clientId, session, 'the same session: no new handshake');
+    assert.deepEqual(states, [], 'the client stayed connected throughout');
+    assert.deepEqual(received, range(published), 'every message once, in order, across the move');
+    await c.disconnect();
+  });
+
+  it('carries on over long-polling while the WebSocket is refused still, trying it again every transportRetry', async () => {
+    const setup = await serverWithItsWebsocketTaken();
+    servers.push(setup);
+    const { test } = setup;
+    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry: 200 });
+    const received: number[] = [];
+    await c.subscribe<number>('/retry/refused', (n) => received.push(n));
+    const session = c.clientId!;
+    const refusedAtStart = test.server.stats().websocketsRefused;
+    const states: string[] = [];
+    c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
+
+    const publisher = keepPublishing(test, '/retry/refused', 25);
+    await sleep(1500);
+    const published = await publisher.stop();
+    await waitFor(() => received.length >= published, 3000, 'every message');
+
+    const probes = test.server.stats().websocketsRefused - refusedAtStart;
+    assert.ok(probes >= 3, `the WebSocket was tried again, at most every 200 ms (${probes} times in 1.5 s)`);
+    assert.ok(probes <= 9, `and not more often than every 200 ms (${probes} times in 1.5 s)`);
+    assert.equal(c.transport, 'long-polling');
+    assert.equal(c.clientId, session, 'the same session');
+    assert.equal(test.server.getSession(session)?.connectionType, 'long-polling');
+    assert.deepEqual(states, [], 'a refused attempt is no news: the client stayed connected');
+    assert.deepEqual(received, range(published), 'every message once, in order');
+    await c.disconnect();
+  });
+
+  it('with transportRetry 0, stays on long-polling without trying the WebSocket again', async () => {
+    const setup = await serverWithItsWebsocketTaken();
+    servers.push(setup);
+    const { test, held } = setup;
+    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry: 0 });
+    await c.connect();
+    const session = c.clientId!;
+    held.close();
+    // Connects end every 300 ms: three chances to move, none taken.
+    await sleep(1000);
+    assert.equal(c.transport, 'long-polling');
+    assert.equal(test.server.getSession(session)?.connectionType, 'long-polling');
+    await c.disconnect();
+  });
+
+  it('refuses a transportRetry that is not a number ≥ 0', () => {
+    assert.throws(() => new Client('http://127.0.0.1:1/bayeux', { transportRetry: -1 }), /option "transportRetry" must be a number ≥ 0, got -1/);
+  });
+});
