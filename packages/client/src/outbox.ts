@@ -39,11 +39,6 @@ export interface OutboxSession {
 export class Outbox {
   private readonly queue: Outgoing[] = [];
   private readonly inflight = new Map<string, Outgoing>();
-
-  /** Whether something sent awaits its reply. */
-  get busy(): boolean {
-    return this.inflight.size > 0;
-  }
   private flushQueued = false;
   private batchDepth = 0;
 
@@ -51,6 +46,11 @@ export class Outbox {
     private readonly session: OutboxSession,
     private readonly options: ResolvedOptions,
   ) {}
+
+  /** Whether something sent awaits its reply. */
+  get busy(): boolean {
+    return this.inflight.size > 0;
+  }
 
   publish(channel: string, data: unknown, ext: Record<string, unknown> | undefined): Promise<Message> {
     return new Promise((resolve, reject) => {
