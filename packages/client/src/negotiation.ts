@@ -19,8 +19,11 @@ import { WebSocketTransport } from './transports/websocket.js';
 const HANDSHAKE_TYPES: readonly ConnectionType[] = ['websocket', 'long-polling', 'callback-polling'];
 
 export class Negotiation {
-  /** When each type that failed here last failed (ms since the epoch). */
-  private readonly failed = new Map<ConnectionType, number>();
+  /**
+   * When each type that failed here may be tried again (ms since the epoch; Infinity: once every
+   * type has failed).
+   */
+  private readonly blockedUntil = new Map<ConnectionType, number>();
 
   constructor(private readonly options: ResolvedOptions) {}
 
@@ -29,7 +32,7 @@ export class Negotiation {
     const env = this.options.env;
     const now = Date.now();
     return this.options.transports.filter((type) => {
-      if (this.stillBlocked(type, now)) return false;
+      if ((this.blockedUntil.get(type) ?? 0) > now) return false;
       if (type === 'websocket') return env.WebSocket !== undefined;
       if (type === 'eventsource') return env.EventSource !== undefined && env.fetch !== undefined;
       if (type === 'callback-polling') return env.document !== undefined && this.options.callbackPolling;
@@ -40,9 +43,9 @@ export class Negotiation {
   /** The type to handshake over; undefined when this environment can use none. */
   forHandshake(): ConnectionType | undefined {
     let usable = this.usable();
-    if (usable.length === 0 && this.failed.size > 0) {
+    if (usable.length === 0 && this.blockedUntil.size > 0) {
       // Everything failed once (offline?): forget and try again from the top, with backoff.
-      this.failed.clear();
+      this.blockedUntil.clear();
       usable = this.usable();
     }
     const first = usable.find((t) => HANDSHAKE_TYPES.includes(t) || isStreamedConnectionType(t));
@@ -76,19 +79,17 @@ export class Negotiation {
     return usable.includes('websocket') && usable.indexOf('websocket') < this.options.transports.indexOf(current) ? 'websocket' : undefined;
   }
 
-  /** `type` does not get through here: it is not tried again for `transportRetry` ms, or until every type has failed. */
+  /**
+   * `type` does not get through here: it is not tried again for `transportRetry` ms and up to half
+   * as long again, at random (clients refused together do not all come back together), or until
+   * every type has failed.
+   */
   blocked(type: ConnectionType): void {
-    const now = Date.now();
-    this.failed.set(type, now);
-    // The streamed types send by POST too: if a POST cannot get through, neither can they.
-    if (type === 'long-polling') for (const t of STREAMED_CONNECTION_TYPES) this.failed.set(t, now);
-  }
-
-  private stillBlocked(type: ConnectionType, now: number): boolean {
-    const since = this.failed.get(type);
-    if (since === undefined) return false;
     const retry = this.options.transportRetry;
-    return retry === 0 || now - since < retry;
+    const at = retry === 0 ? Infinity : Date.now() + retry * (1 + Math.random() / 2);
+    this.blockedUntil.set(type, at);
+    // The streamed types send by POST too: if a POST cannot get through, neither can they.
+    if (type === 'long-polling') for (const t of STREAMED_CONNECTION_TYPES) this.blockedUntil.set(t, at);
   }
 }
 

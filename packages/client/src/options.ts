@@ -30,9 +30,9 @@ export interface ClientOptions {
   streamTimeout?: number;
   /**
    * Milliseconds after which a connection type that failed here (a refused WebSocket upgrade, a
-   * stream a proxy buffers) is tried again: by the next handshake, and, for a WebSocket, by a
-   * live session on long-polling, which moves to it without a new handshake when it opens.
-   * Default: 60000; 0: not until every type has failed.
+   * stream a proxy buffers) is tried again (plus up to half again, at random): by the next
+   * handshake, and, for a WebSocket, by a live session on long-polling, which moves to it without
+   * a new handshake when it opens. Default: 60000; 0: not until every type has failed.
    */
   transportRetry?: number;
   /** Backoff between reconnection attempts: full jitter in [0, min(max, min·2ⁿ)], never below the server's advice.interval. Defaults: 500 and 20000 ms. */
