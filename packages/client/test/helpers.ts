@@ -95,7 +95,6 @@ export class Net {
   }
 }
 
-/** A client for Node tests: fast reconnects, the given transports, the test's network. */
 /**
  * Every client the tests made, disconnected once the file's tests are done: a test that fails half
  * way must not leave its client reconnecting for ever, which would keep the file's process, and
@@ -104,6 +103,7 @@ export class Net {
 const made = new Set<Client>();
 after(() => Promise.all([...made].map((c) => c.disconnect())));
 
+/** A client for Node tests: fast reconnects, the given transports, the test's network. */
 export function client(url: string, options: ClientOptions = {}, net = new Net()): Client {
   const c = new Client(url, { minReconnectDelay: 50, maxReconnectDelay: 300, ...net.options(), ...options });
   made.add(c);

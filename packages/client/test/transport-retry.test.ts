@@ -50,18 +50,26 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
     }
   });
 
-  it('moves a long-polling session to the WebSocket once it opens: same session, still connected, nothing lost or doubled', async () => {
+  /**
+   * A client refused its WebSocket, set up over long-polling and subscribed to `channel`; what it
+   * receives there, and its state changes from then on.
+   */
+  async function refusedClient(transportRetry: number, channel: string): Promise<{ test: TestServer; held: WS; c: Client; session: string; received: number[]; states: string[] }> {
     const setup = await serverWithItsWebsocketTaken();
     servers.push(setup);
     const { test, held } = setup;
-    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry: 300 });
+    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry });
     const received: number[] = [];
-    await c.subscribe<number>('/retry/up', (n) => received.push(n));
+    await c.subscribe<number>(channel, (n) => received.push(n));
     assert.equal(c.transport, 'long-polling', 'refused its WebSocket, the client set up over long-polling');
     assert.ok(test.server.stats().websocketsRefused >= 1);
-    const session = c.clientId!;
     const states: string[] = [];
     c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
+    return { test, held, c, session: c.clientId!, received, states };
+  }
+
+  it('moves a long-polling session to the WebSocket once it opens: same session, still connected, nothing lost or doubled', async () => {
+    const { test, held, c, session, received, states } = await refusedClient(300, '/retry/up');
 
     const publisher = keepPublishing(test, '/retry/up', 20);
     await sleep(200);
@@ -80,17 +88,9 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
   });
 
   it('carries on over long-polling while the WebSocket is refused still, trying it again every transportRetry', async () => {
-    const setup = await serverWithItsWebsocketTaken();
-    servers.push(setup);
-    const { test } = setup;
-    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry: 200 });
-    const received: number[] = [];
-    await c.subscribe<number>('/retry/refused', (n) => received.push(n));
-    const session = c.clientId!;
+    const { test, c, session, received, states } = await refusedClient(200, '/retry/refused');
     const refusedAtStart = test.server.stats().websocketsRefused;
     const startedAt = Date.now();
-    const states: string[] = [];
-    c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
 
     const publisher = keepPublishing(test, '/retry/refused', 25);
     await sleep(1500);
@@ -111,12 +111,7 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
   });
 
   it('with transportRetry 0, stays on long-polling without trying the WebSocket again', async () => {
-    const setup = await serverWithItsWebsocketTaken();
-    servers.push(setup);
-    const { test, held } = setup;
-    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry: 0 });
-    await c.connect();
-    const session = c.clientId!;
+    const { test, held, c, session } = await refusedClient(0, '/retry/never');
     held.close();
     // Connects end every 300 ms: three chances to move, none taken.
     await sleep(1000);
