@@ -373,6 +373,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
         // and what went to the socket while it was opening goes that way.
         this.negotiation.blocked(error.type);
         this.replaceLine(from);
+        if (isStreamedConnectionType(from)) void this.openStream(this.line!);
         this.subscriptions.sendWanted();
         this.outbox.scheduleFlush();
         return void this.connectOnce();
@@ -397,6 +398,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     }
     this.reopenFailingSince = undefined;
     if (turn !== this.turn) return;
+    const moved = this.upgradingFrom !== undefined;
     this.upgradingFrom = undefined;
     this.takeAdvice(reply, streamed);
     if (reply.successful !== true) {
@@ -405,6 +407,8 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       if (reconnect === 'handshake') return this.retry('handshake', `server: ${reply.error ?? 'session unknown'}`);
       return this.retry('connect', `server: ${reply.error ?? 'connect failed'}`);
     }
+    // Moved from a stream: what it carried and was not read is asked for again (see upgrade).
+    if (moved) this.subscriptions.sendWanted();
     if (first && !bundledReply) {
       if (streamed && line.openStream) {
         const opened = await this.openStream(line);
@@ -422,18 +426,21 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   }
 
   /**
-   * Moves a live session on a polling type to a WebSocket that may open again (its refusal is
-   * older than `transportRetry`, see Negotiation.upgrade), on the same session: the next connect
-   * goes over a new socket instead. Only when nothing else is on its way, so that no reply is
-   * lost with the old line; the session stays connected meanwhile, and a socket refused again
-   * sends that connect back over the old type (connectOnce).
+   * Moves a live session to a WebSocket that may open again (its refusal is older than
+   * `transportRetry`, see Negotiation.upgrade), on the same session: the next connect goes over a
+   * new socket instead. Only when no reply is awaited, so that none is lost with the old line; the
+   * session stays connected meanwhile, and a socket refused again sends that connect back over the
+   * old type (connectOnce). A stream may be carrying deliveries at any moment: what it wrote and
+   * was not read is asked for again from the last positions, as after a lost line.
    */
   private upgrade(): void {
     if (this.type === undefined || this.meta.size > 0 || this.outbox.busy) return;
     const better = this.negotiation.upgrade(this.type, this.offered);
     if (better === undefined) return;
-    this.upgradingFrom = this.type;
+    const from = this.type;
+    this.upgradingFrom = from;
     this.replaceLine(better);
+    if (isStreamedConnectionType(from)) this.subscriptions.lineLost();
   }
 
   /** An idle line for one of another type, under the same session: nothing was in flight to abandon, and the state stays. */

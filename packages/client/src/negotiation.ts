@@ -70,11 +70,10 @@ export class Negotiation {
   /**
    * The type a live session on `current` may move to without a new handshake: a WebSocket the
    * application prefers, the server offers, and that is usable again (its failure is older than
-   * `transportRetry`). Only from a polling type: between two of its connects nothing of the
-   * session is on its way, where a stream may be carrying deliveries at any moment.
+   * `transportRetry`).
    */
   upgrade(current: ConnectionType, offered: readonly string[]): ConnectionType | undefined {
-    if (current === 'websocket' || isStreamedConnectionType(current) || !offered.includes('websocket')) return undefined;
+    if (current === 'websocket' || !offered.includes('websocket')) return undefined;
     const usable = this.usable();
     return usable.includes('websocket') && usable.indexOf('websocket') < this.options.transports.indexOf(current) ? 'websocket' : undefined;
   }

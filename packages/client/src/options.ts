@@ -31,7 +31,7 @@ export interface ClientOptions {
   /**
    * Milliseconds after which a connection type that failed here (a refused WebSocket upgrade, a
    * stream a proxy buffers) is tried again (plus up to half again, at random): by the next
-   * handshake, and, for a WebSocket, by a live session on long-polling, which moves to it without
+   * handshake, and, for a WebSocket, by a live session on another type, which moves to it without
    * a new handshake when it opens. Default: 60000; 0: not until every type has failed.
    */
   transportRetry?: number;

@@ -1,7 +1,7 @@
 /**
- * A WebSocket refused once is tried again (`transportRetry`): a live session on long-polling moves
- * to it when it opens, without a new handshake, and carries on over long-polling while it is
- * refused still. The refusal is the server's own (`maxWebsocketsPerIp`, 429), its one WebSocket
+ * A WebSocket refused once is tried again (`transportRetry`): a live session on long-polling or on
+ * a stream (the default types in Node fall back to http-streaming) moves to it when it opens,
+ * without a new handshake, and carries on over its type while it is refused still. The refusal is the server's own (`maxWebsocketsPerIp`, 429), its one WebSocket
  * for this address taken by another socket, as a NAT full of users would have it.
  */
 import { after, describe, it } from 'node:test';
@@ -13,7 +13,7 @@ import { client, sleep, startServer, waitFor, type TestServer } from './helpers.
 
 /** A server allowing one WebSocket per address, that one held by another socket of this machine. */
 async function serverWithItsWebsocketTaken(): Promise<{ test: TestServer; held: WS }> {
-  // Connects are held 300 ms: a long-polling session reaches a connect's end (where it may move) often.
+  // Connects are held 300 ms (a stream's come every 300 ms): a session reaches a connect's end, where it may move, often.
   const test = await startServer({ maxWebsocketsPerIp: 1, timeout: 300 });
   const held = new WS(test.url.replace(/^http/, 'ws'));
   await once(held, 'open');
@@ -39,6 +39,8 @@ function keepPublishing(test: TestServer, channel: string, every: number): { sto
   };
 }
 
+type Fallback = 'long-polling' | 'http-streaming';
+
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i + 1);
 
 describe('a refused WebSocket tried again (transportRetry)', () => {
@@ -51,64 +53,67 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
   });
 
   /**
-   * A client refused its WebSocket, set up over long-polling and subscribed to `channel`; what it
-   * receives there, and its state changes from then on.
+   * A client refused its WebSocket, set up over `fallback` and subscribed to `channel`; what it
+   * receives there, and its state changes from then on. `fallback` is long-polling (the only other
+   * type it is given) or http-streaming (the default types, in Node: no EventSource).
    */
-  async function refusedClient(transportRetry: number, channel: string): Promise<{ test: TestServer; held: WS; c: Client; session: string; received: number[]; states: string[] }> {
+  async function refusedClient(transportRetry: number, channel: string, fallback: Fallback = 'long-polling'): Promise<{ test: TestServer; held: WS; c: Client; session: string; received: number[]; states: string[] }> {
     const setup = await serverWithItsWebsocketTaken();
     servers.push(setup);
     const { test, held } = setup;
-    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry });
+    const c = client(test.url, { transportRetry, ...(fallback === 'long-polling' ? { transports: ['websocket', 'long-polling'] } : {}) });
     const received: number[] = [];
     await c.subscribe<number>(channel, (n) => received.push(n));
-    assert.equal(c.transport, 'long-polling', 'refused its WebSocket, the client set up over long-polling');
+    assert.equal(c.transport, fallback, `refused its WebSocket, the client set up over ${fallback}`);
     assert.ok(test.server.stats().websocketsRefused >= 1);
     const states: string[] = [];
     c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
     return { test, held, c, session: c.clientId!, received, states };
   }
 
-  it('moves a long-polling session to the WebSocket once it opens: same session, still connected, nothing lost or doubled', async () => {
-    const { test, held, c, session, received, states } = await refusedClient(300, '/retry/up');
+  for (const fallback of ['long-polling', 'http-streaming'] as const) {
+    it(`moves a ${fallback} session to the WebSocket once it opens: same session, still connected, nothing lost or doubled`, async () => {
+      const { test, held, c, session, received, states } = await refusedClient(300, '/retry/up', fallback);
 
-    const publisher = keepPublishing(test, '/retry/up', 20);
-    await sleep(200);
-    held.close();
-    await waitFor(() => test.server.getSession(session)?.connectionType === 'websocket', 5000, 'the session to move to the WebSocket');
-    assert.equal(c.transport, 'websocket');
-    await sleep(200);
-    const published = await publisher.stop();
-    await waitFor(() => received.length >= published, 3000, 'every message');
-    await sleep(100);
+      const publisher = keepPublishing(test, '/retry/up', 20);
+      await sleep(200);
+      held.close();
+      await waitFor(() => test.server.getSession(session)?.connectionType === 'websocket', 5000, 'the session to move to the WebSocket');
+      assert.equal(c.transport, 'websocket');
+      await sleep(200);
+      const published = await publisher.stop();
+      await waitFor(() => received.length >= published, 3000, 'every message');
+      await sleep(100);
 
-    assert.equal(c.clientId, session, 'the same session: no new handshake');
-    assert.deepEqual(states, [], 'the client stayed connected throughout');
-    assert.deepEqual(received, range(published), 'every message once, in order, across the move');
-    await c.disconnect();
-  });
+      assert.equal(c.clientId, session, 'the same session: no new handshake');
+      assert.deepEqual(states, [], 'the client stayed connected throughout');
+      assert.deepEqual(received, range(published), 'every message once, in order, across the move');
+      await c.disconnect();
+    });
 
-  it('carries on over long-polling while the WebSocket is refused still, trying it again every transportRetry', async () => {
-    const { test, c, session, received, states } = await refusedClient(200, '/retry/refused');
-    const refusedAtStart = test.server.stats().websocketsRefused;
-    const startedAt = Date.now();
+    it(`carries on over ${fallback} while the WebSocket is refused still, trying it again every transportRetry`, async () => {
+      const { test, c, session, received, states } = await refusedClient(200, '/retry/refused', fallback);
+      const refusedAtStart = test.server.stats().websocketsRefused;
+      const startedAt = Date.now();
 
-    const publisher = keepPublishing(test, '/retry/refused', 25);
-    await sleep(1500);
-    const published = await publisher.stop();
-    await waitFor(() => received.length >= published, 3000, 'every message');
+      const publisher = keepPublishing(test, '/retry/refused', 25);
+      await sleep(1500);
+      const published = await publisher.stop();
+      await waitFor(() => received.length >= published, 3000, 'every message');
 
-    const probes = test.server.stats().websocketsRefused - refusedAtStart;
-    const elapsed = Date.now() - startedAt;
-    // Each try waits 200 to 300 ms (transportRetry, plus up to half again at random) and the next connect's end.
-    assert.ok(probes >= 3, `the WebSocket was tried again (${probes} times in ${elapsed} ms)`);
-    assert.ok(probes <= Math.ceil(elapsed / 200), `and not more often than every 200 ms (${probes} times in ${elapsed} ms)`);
-    assert.equal(c.transport, 'long-polling');
-    assert.equal(c.clientId, session, 'the same session');
-    assert.equal(test.server.getSession(session)?.connectionType, 'long-polling');
-    assert.deepEqual(states, [], 'a refused attempt is no news: the client stayed connected');
-    assert.deepEqual(received, range(published), 'every message once, in order');
-    await c.disconnect();
-  });
+      const probes = test.server.stats().websocketsRefused - refusedAtStart;
+      const elapsed = Date.now() - startedAt;
+      // Each try waits 200 to 300 ms (transportRetry, plus up to half again at random) and the next connect's end.
+      assert.ok(probes >= 3, `the WebSocket was tried again (${probes} times in ${elapsed} ms)`);
+      assert.ok(probes <= Math.ceil(elapsed / 200), `and not more often than every 200 ms (${probes} times in ${elapsed} ms)`);
+      assert.equal(c.transport, fallback);
+      assert.equal(c.clientId, session, 'the same session');
+      assert.equal(test.server.getSession(session)?.connectionType, fallback);
+      assert.deepEqual(states, [], 'a refused attempt is no news: the client stayed connected');
+      assert.deepEqual(received, range(published), 'every message once, in order');
+      await c.disconnect();
+    });
+  }
 
   it('with transportRetry 0, stays on long-polling without trying the WebSocket again', async () => {
     const { test, held, c, session } = await refusedClient(0, '/retry/never');
