@@ -420,26 +420,31 @@ describe('client in Chromium', () => {
     });
   }
 
-  it('refused its WebSocket (429), moves its long-polling session to one once the server takes it again', async () => {
-    // One WebSocket per address, held by another socket of this machine: the page's is refused.
-    const { server, origin } = await serve({ maxWebsocketsPerIp: 1, timeout: 300, transports: ['websocket', 'long-polling'] });
-    const held = new WS(`${origin.replace('http', 'ws')}/bayeux`);
-    await once(held, 'open');
-    const context = await browser.newContext();
-    try {
-      const page = await open(context, origin);
-      assert.equal(await page.evaluate(() => (window as unknown as Window).start({ shared: false, transportRetry: 300 })), 'long-polling');
-      assert.ok(server.stats().websocketsRefused >= 1, 'the WebSocket was refused');
-      const clientId = (await page.evaluate(() => (window as unknown as Window).client.clientId))!;
-      held.close();
-      await waitFor(() => server.getSession(clientId)?.connectionType === 'websocket', 5000, 'the session to move to the WebSocket');
-      await publishUntilSeen(server, page, 1, 'after the move');
-      const after = await page.evaluate(() => ({ clientId: (window as unknown as Window).client.clientId, transport: (window as unknown as Window).client.transport, states: (window as unknown as Window).states }));
-      assert.deepEqual(after, { clientId, transport: 'websocket', states: ['connecting:', 'connected:long-polling'] }, 'the same session, connected throughout');
-    } finally {
-      held.close();
-      await context.close();
-      await server.close();
-    }
-  });
+  for (const [offered, fallback] of [
+    [['websocket', 'long-polling'], 'long-polling'],
+    [undefined, 'eventsource'],
+  ] as const) {
+    it(`refused its WebSocket (429), moves its ${fallback} session to one once the server takes it again`, async () => {
+      // One WebSocket per address, held by another socket of this machine: the page's is refused.
+      const { server, origin } = await serve({ maxWebsocketsPerIp: 1, timeout: 300, heartbeat: 1000, ...(offered ? { transports: [...offered] } : {}) });
+      const held = new WS(`${origin.replace('http', 'ws')}/bayeux`);
+      await once(held, 'open');
+      const context = await browser.newContext();
+      try {
+        const page = await open(context, origin);
+        assert.equal(await page.evaluate(() => (window as unknown as Window).start({ shared: false, transportRetry: 300 })), fallback);
+        assert.ok(server.stats().websocketsRefused >= 1, 'the WebSocket was refused');
+        const clientId = (await page.evaluate(() => (window as unknown as Window).client.clientId))!;
+        held.close();
+        await waitFor(() => server.getSession(clientId)?.connectionType === 'websocket', 5000, 'the session to move to the WebSocket');
+        await publishUntilSeen(server, page, 1, 'after the move');
+        const after = await page.evaluate(() => ({ clientId: (window as unknown as Window).client.clientId, transport: (window as unknown as Window).client.transport, states: (window as unknown as Window).states }));
+        assert.deepEqual(after, { clientId, transport: 'websocket', states: ['connecting:', `connected:${fallback}`] }, 'the same session, connected throughout');
+      } finally {
+        held.close();
+        await context.close();
+        await server.close();
+      }
+    });
+  }
 });
