@@ -398,7 +398,6 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     }
     this.reopenFailingSince = undefined;
     if (turn !== this.turn) return;
-    const moved = this.upgradingFrom !== undefined;
     this.upgradingFrom = undefined;
     this.takeAdvice(reply, streamed);
     if (reply.successful !== true) {
@@ -407,8 +406,6 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       if (reconnect === 'handshake') return this.retry('handshake', `server: ${reply.error ?? 'session unknown'}`);
       return this.retry('connect', `server: ${reply.error ?? 'connect failed'}`);
     }
-    // Moved from a stream: what it carried and was not read is asked for again (see upgrade).
-    if (moved) this.subscriptions.sendWanted();
     if (first && !bundledReply) {
       if (streamed && line.openStream) {
         const opened = await this.openStream(line);
@@ -440,7 +437,12 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     const from = this.type;
     this.upgradingFrom = from;
     this.replaceLine(better);
-    if (isStreamedConnectionType(from)) this.subscriptions.lineLost();
+    if (isStreamedConnectionType(from)) {
+      // Asked for in the frame of the connect that moves the session, so that the replay comes
+      // at once over the new socket (past a gap, live messages wait for it: subscriptions.ts).
+      this.subscriptions.lineLost();
+      this.subscriptions.sendWanted();
+    }
   }
 
   /** An idle line for one of another type, under the same session: nothing was in flight to abandon, and the state stays. */

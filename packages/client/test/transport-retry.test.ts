@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { WebSocket as WS } from 'ws';
 import { Client } from '../src/index.js';
-import { client, sleep, startServer, waitFor, type TestServer } from './helpers.js';
+import { client, Net, sleep, startServer, waitFor, type TestServer } from './helpers.js';
 
 /** A server allowing one WebSocket per address, that one held by another socket of this machine. */
 async function serverWithItsWebsocketTaken(): Promise<{ test: TestServer; held: WS }> {
@@ -57,23 +57,24 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
    * receives there, and its state changes from then on. `fallback` is long-polling (the only other
    * type it is given) or http-streaming (the default types, in Node: no EventSource).
    */
-  async function refusedClient(transportRetry: number, channel: string, fallback: Fallback = 'long-polling'): Promise<{ test: TestServer; held: WS; c: Client; session: string; received: number[]; states: string[] }> {
+  async function refusedClient(transportRetry: number, channel: string, fallback: Fallback = 'long-polling'): Promise<{ test: TestServer; held: WS; c: Client; session: string; received: number[]; states: string[]; net: Net }> {
     const setup = await serverWithItsWebsocketTaken();
     servers.push(setup);
     const { test, held } = setup;
-    const c = client(test.url, { transportRetry, ...(fallback === 'long-polling' ? { transports: ['websocket', 'long-polling'] } : {}) });
+    const net = new Net();
+    const c = client(test.url, { transportRetry, ...(fallback === 'long-polling' ? { transports: ['websocket', 'long-polling'] } : {}) }, net);
     const received: number[] = [];
     await c.subscribe<number>(channel, (n) => received.push(n));
     assert.equal(c.transport, fallback, `refused its WebSocket, the client set up over ${fallback}`);
     assert.ok(test.server.stats().websocketsRefused >= 1);
     const states: string[] = [];
     c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
-    return { test, held, c, session: c.clientId!, received, states };
+    return { test, held, c, session: c.clientId!, received, states, net };
   }
 
   for (const fallback of ['long-polling', 'http-streaming'] as const) {
     it(`moves a ${fallback} session to the WebSocket once it opens: same session, still connected, nothing lost or doubled`, async () => {
-      const { test, held, c, session, received, states } = await refusedClient(300, '/retry/up', fallback);
+      const { test, held, c, session, received, states, net } = await refusedClient(300, '/retry/up', fallback);
 
       const publisher = keepPublishing(test, '/retry/up', 20);
       await sleep(200);
@@ -88,6 +89,13 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
       assert.equal(c.clientId, session, 'the same session: no new handshake');
       assert.deepEqual(states, [], 'the client stayed connected throughout');
       assert.deepEqual(received, range(published), 'every message once, in order, across the move');
+      // The socket's first frame moves the session; leaving a stream, it also asks for what the
+      // stream may have carried unread, from the last position.
+      const first = JSON.parse(net.framesOut[0]!) as { channel: string; ext?: { recover?: unknown } }[];
+      assert.equal(first[0]!.channel, '/meta/connect');
+      const resync = first.find((m) => m.channel === '/meta/subscribe');
+      if (fallback === 'long-polling') assert.equal(resync, undefined, 'nothing to ask for again after long-polling');
+      else assert.ok(resync?.ext?.recover, 'a subscribe with ext.recover in the same frame');
       await c.disconnect();
     });
 
