@@ -25,6 +25,9 @@ describe('recovery under random cuts', () => {
         await c.subscribe<number>('/stress', (n) => received.push(n), { onRecover: (ok, outcome) => void (ok || failed.push(JSON.stringify(outcome))) });
         let published = 0;
         let cuts = 0;
+        // Set when the publisher ends, published all or failed: the cuts stop either way, and a
+        // failure is this test's, by its error, rather than a loop cutting for ever.
+        let publisherEnded = false;
         const publisher = (async () => {
           while (published < TOTAL) {
             // About 2 000 messages a second, and never more than 1 000 between two cuts: the
@@ -33,9 +36,9 @@ describe('recovery under random cuts', () => {
             await sleep(5);
             while (published >= (cuts + 1) * 1000) await sleep(5);
           }
-        })();
+        })().finally(() => (publisherEnded = true));
         const sessions = new Set<string>();
-        while (published < TOTAL) {
+        while (published < TOTAL && !publisherEnded) {
           await sleep(30 + Math.random() * 120);
           if (c.clientId) sessions.add(c.clientId);
           net.cut();
