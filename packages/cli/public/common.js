@@ -54,6 +54,8 @@ export function startClient() {
     if (now === 'connected') everConnected = true;
     show();
   });
+  // A live session may move to a WebSocket later (one refused at first): the bar follows.
+  client.on('transport', show);
   window.addEventListener('offline', show);
   window.addEventListener('online', show);
   client.on('error', (error) => console.warn('client:', error.message));

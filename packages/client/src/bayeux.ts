@@ -45,6 +45,12 @@ export interface StateChange {
   error?: ClientError;
 }
 
+/** A live session moved to another connection type (it stays `connected`, on the same session). */
+export interface TransportChange {
+  transport: ConnectionType;
+  previous: ConnectionType;
+}
+
 interface Pending {
   resolve(reply: Message): void;
   reject(error: LineLost | ClientError): void;
@@ -72,7 +78,8 @@ class LineLost extends Error {
 export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   state: State = 'disconnected';
   clientId: string | undefined;
-  type: ConnectionType | undefined;
+  /** The type of the line in use (while a live session tries a WebSocket, that socket's). */
+  private lineType: ConnectionType | undefined;
   readonly sharing = 'off' as const;
   /** The line in use, if any (read by the outbox). */
   line: Transport | null = null;
@@ -106,8 +113,13 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private reopenFailingSince: number | undefined;
   /** The connection types the server offered this session (its handshake's `supportedConnectionTypes`). */
   private offered: readonly string[] = [];
-  /** The type a live session is moving from, while its first connect over the better one is on its way (see upgrade). */
+  /** The type a live session is moving from, until the better one's socket opens (see upgrade). */
   private upgradingFrom: ConnectionType | undefined;
+
+  /** The connection type in use: while a live session tries a WebSocket, the one it moves from until that socket opens. */
+  get type(): ConnectionType | undefined {
+    return this.upgradingFrom ?? this.lineType;
+  }
   private timer: ReturnType<typeof setTimeout> | undefined;
   /** The step the timer will take. */
   private next: 'handshake' | 'connect' | undefined;
@@ -221,7 +233,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     this.clientId = undefined;
     const type = this.negotiation.forHandshake();
     if (!type) return this.stop('no transport', new ClientError('no-transport', `no usable transport: offered ${this.options.transports.join(', ')}, but this environment lacks what they need (pass WebSocket, fetch or EventSource in the options)`));
-    this.type = type;
+    this.lineType = type;
     this.openLine(type);
     let token: string | undefined;
     try {
@@ -301,7 +313,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       // Keep the WebSocket only if it is the chosen type; HTTP lines are cheap to replace.
       bundled?.cancel();
       this.closeLine();
-      this.type = chosen;
+      this.lineType = chosen;
     }
     // Subscriptions and replies of the old session are void; what waited is re-sent (unless it
     // went with the handshake, for this session).
@@ -346,19 +358,19 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private async connectOnce(bundledReply?: Promise<Message>): Promise<void> {
     clearTimeout(this.timer);
     const turn = ++this.turn;
-    if (this.stopped || this.clientId === undefined || this.type === undefined) return;
+    if (this.stopped || this.clientId === undefined || this.lineType === undefined) return;
     const first = this.state !== 'connected';
     if (!first && !bundledReply) this.upgrade();
-    const line = this.line ?? this.openLine(this.type);
+    const line = this.line ?? this.openLine(this.lineType);
     if (first && bundledReply) this.connected();
     const message: Message = {
       channel: '/meta/connect',
       clientId: this.clientId,
-      connectionType: this.type,
+      connectionType: this.lineType,
       // Answered at once: the client learns it is connected without waiting a whole hold.
       ...(first ? { advice: { timeout: 0 } } : {}),
     };
-    const streamed = isStreamedConnectionType(this.type);
+    const streamed = isStreamedConnectionType(this.lineType);
     let reply: Message;
     try {
       // A held connect is the line's heartbeat: no reply within the hold plus the network's
@@ -418,7 +430,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     if (reply.advice?.reconnect === 'handshake') return this.retry('handshake', 'server: advice handshake');
     const delay = Math.max(0, streamed ? (this.keepAlive ?? this.advice.interval) : this.advice.interval);
     // The first held connect goes in this turn, so it shares the frame of the subscribes just sent.
-    if (first && !bundledReply && delay === 0 && this.type === 'websocket') return void this.connectOnce();
+    if (first && !bundledReply && delay === 0 && this.lineType === 'websocket') return void this.connectOnce();
     this.schedule('connect', delay);
   }
 
@@ -431,10 +443,10 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
    * was not read is asked for again from the last positions, as after a lost line.
    */
   private upgrade(): void {
-    if (this.type === undefined || this.meta.size > 0 || this.outbox.busy) return;
-    const better = this.negotiation.upgrade(this.type, this.offered);
+    if (this.lineType === undefined || this.meta.size > 0 || this.outbox.busy) return;
+    const better = this.negotiation.upgrade(this.lineType, this.offered);
     if (better === undefined) return;
-    const from = this.type;
+    const from = this.lineType;
     this.upgradingFrom = from;
     this.replaceLine(better);
     if (isStreamedConnectionType(from)) {
@@ -450,7 +462,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     const old = this.line;
     this.line = null;
     old?.close();
-    this.type = type;
+    this.lineType = type;
     this.openLine(type);
   }
 
@@ -492,7 +504,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
         this.retry('handshake', `network: the ${line.type} stream is buffered by an intermediary`);
         return 'buffered';
       }
-      this.type = next;
+      this.lineType = next;
       void this.connectOnce();
     }
     return outcome;
@@ -579,11 +591,22 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
         lost: (reason, opened) => {
           if (this.line === line) this.lineLost(reason, opened, type);
         },
+        opened: () => {
+          if (this.line === line) this.lineOpened(type);
+        },
       },
     };
     const line = openTransport(type, context, this.options.openTimeout);
     this.line = line;
     return line;
+  }
+
+  /** A socket that opens for a session on its way to it completes the move: the application is told. */
+  private lineOpened(type: ConnectionType): void {
+    const from = this.upgradingFrom;
+    if (from === undefined) return;
+    this.upgradingFrom = undefined;
+    this.events.transport({ transport: type, previous: from });
   }
 
   private closeLine(): void {
@@ -625,7 +648,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   /** Sends one meta message (handshake, connect, disconnect) at once and awaits its reply; `sent` learns its id. */
   private request(message: Message, timeout: number, sent?: (id: string) => void): Promise<Message> {
     const line = this.line;
-    if (!line) return Promise.reject(new LineLost('no line', false, this.type));
+    if (!line) return Promise.reject(new LineLost('no line', false, this.lineType));
     const id = this.nextId();
     const out = this.outgoing({ ...message, id });
     if (out) sent?.(id);
@@ -647,7 +670,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     clearTimeout(pending.timer);
     pending.timer = setTimeout(() => {
       this.meta.delete(id);
-      pending.reject(new LineLost(`no reply to /meta/connect within ${timeout} ms`, true, this.type));
+      pending.reject(new LineLost(`no reply to /meta/connect within ${timeout} ms`, true, this.lineType));
     }, timeout);
   }
 
@@ -673,7 +696,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       }
       if (this.outbox.answer(id, message)) continue;
       if (message.channel.startsWith('/meta/')) {
-        if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.type !== undefined && isStreamedConnectionType(this.type));
+        if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.lineType !== undefined && isStreamedConnectionType(this.lineType));
         continue;
       }
       if (message.data !== undefined) this.subscriptions.deliver(message);

@@ -4,7 +4,7 @@
  * every tab of the origin (share.ts) is invisible here: both sit behind `Backend`.
  */
 import { channelProblem, isService, matches, type ConnectionType, type Message } from '@perihelion/protocol';
-import { Bayeux, type State, type StateChange } from './bayeux.js';
+import { Bayeux, type State, type StateChange, type TransportChange } from './bayeux.js';
 import { ClientError } from './errors.js';
 import { Emitter } from './events.js';
 import type { Extension } from './extensions.js';
@@ -38,6 +38,8 @@ export interface ClientEvents {
   connecting: StateChange;
   connected: StateChange;
   disconnected: StateChange;
+  /** A live session moved to another connection type (a WebSocket open again): the state stays `connected`. */
+  transport: TransportChange;
   /** After a reconnection: whether the messages missed by a subscription were all recovered. */
   recovery: { pattern: string } & RecoveryOutcome;
   /** Something went wrong that no promise reports (a subscription refused after a reconnection). */
@@ -67,6 +69,7 @@ export interface Backend {
 export interface BackendEvents {
   deliver(message: Message): void;
   state(change: StateChange): void;
+  transport(change: TransportChange): void;
   recovery(pattern: string, outcome: RecoveryOutcome): void;
   /** A subscription the server no longer accepts (after a reconnection). */
   refused(pattern: string, error: ClientError): void;
@@ -108,6 +111,7 @@ export class Client extends Emitter<ClientEvents> {
     const events: BackendEvents = {
       deliver: (message) => this.dispatch(message),
       state: (change) => this.changed(change),
+      transport: (change) => this.emit('transport', change),
       recovery: (pattern, outcome) => this.recovered(pattern, outcome),
       refused: (pattern, error) => this.refused(pattern, error),
     };

@@ -9,7 +9,7 @@
  * liveness lock: every tab holds `<name>:tab:<id>` for its lifetime, and the hub waits for it.
  */
 import type { ConnectionType, Message } from '@perihelion/protocol';
-import type { Bayeux, State, StateChange } from './bayeux.js';
+import type { Bayeux, State, StateChange, TransportChange } from './bayeux.js';
 import type { BackendEvents } from './client.js';
 import { ClientError, type ClientErrorCode } from './errors.js';
 import type { RecoveryOutcome } from './subscriptions.js';
@@ -34,6 +34,7 @@ export type Wire =
   | { t: 'net'; online: boolean }
   | { t: 'leader'; to?: string; state: State; clientId: string | undefined; type: ConnectionType | undefined }
   | { t: 'state'; change: StateChange; clientId: string | undefined; type: ConnectionType | undefined }
+  | { t: 'transport'; change: TransportChange }
   | { t: 'deliver'; message: Message }
   | { t: 'recovery'; pattern: string; outcome: RecoveryOutcome }
   | { t: 'refused'; pattern: string; error: WireError }
@@ -78,6 +79,10 @@ export class Hub {
         // Errors do not survive structured cloning as ClientError; tabs get the reason.
         const { error: _error, ...plain } = change;
         send({ t: 'state', change: plain, clientId: bayeux.clientId, type: bayeux.type });
+      },
+      transport: (change) => {
+        self?.events.transport(change);
+        send({ t: 'transport', change });
       },
       recovery: (pattern, outcome) => {
         self?.events.recovery(pattern, outcome);

@@ -10,7 +10,7 @@ import { serveSharedWorker } from './worker.js';
 export { Client, Subscription, type ClientOptions, type ClientEvents, type Handler, type Member, type PresenceEvent, type Sharing, type SubscribeOptions } from './client.js';
 export { ClientError, type ClientErrorCode } from './errors.js';
 export { byType, type TypedEvent } from './by-type.js';
-export type { State, StateChange } from './bayeux.js';
+export type { State, StateChange, TransportChange } from './bayeux.js';
 export type { Extension } from './extensions.js';
 export type { Position, RecoveryOutcome } from './subscriptions.js';
 export type { ConnectionType, Message } from '@perihelion/protocol';

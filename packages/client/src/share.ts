@@ -141,6 +141,10 @@ export class SharedBackend implements Backend {
         this.mirror(change.state, hub.bayeux.clientId, hub.bayeux.type);
         this.events.state(change);
       },
+      transport: (change) => {
+        this.type = change.transport;
+        this.events.transport(change);
+      },
     };
     const hub = new Hub(this.make, (message) => channel.postMessage(message), { id: this.tab, events: own }, this.locks, this.name);
     this.hub = hub;
@@ -178,6 +182,9 @@ export class SharedBackend implements Backend {
       case 'state':
         this.mirror(message.change.state, message.clientId, message.type, message.change.reason);
         return;
+      case 'transport':
+        this.type = message.change.transport;
+        return this.events.transport(message.change);
       case 'deliver': {
         const position = asPosition(message.message.ext?.position);
         if (position) {

@@ -21,9 +21,11 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>client</title>
 <script>
   window.seen = [];
   window.states = [];
+  window.moves = [];
   window.start = (options) => {
     window.client = new Perihelion.Client('/bayeux', options);
     client.on('state', (change) => states.push(change.state + ':' + (change.transport || '')));
+    client.on('transport', (change) => moves.push(change.previous + '>' + change.transport));
     return client.subscribe('/page/news', (data) => seen.push(data)).then(() => client.transport);
   };
 </script>`;
@@ -53,8 +55,10 @@ const STATE_PAGE = `<!doctype html><meta charset="utf-8"><title>state</title>
 interface Window {
   seen: unknown[];
   states: string[];
+  /** The client's transport events, "previous>transport". */
+  moves: string[];
   start(options?: Record<string, unknown>): Promise<string>;
-  client: { clientId: string | undefined; state: string; transport: string; publish(channel: string, data: unknown): Promise<unknown> };
+  client: { clientId: string | undefined; state: string; transport: string; sharing: string; publish(channel: string, data: unknown): Promise<unknown> };
 }
 
 describe('client in Chromium', () => {
@@ -420,11 +424,13 @@ describe('client in Chromium', () => {
     });
   }
 
-  for (const [offered, fallback] of [
-    [['websocket', 'long-polling'], 'long-polling'],
-    [undefined, 'eventsource'],
+  for (const [offered, fallback, sharing] of [
+    [['websocket', 'long-polling'], 'long-polling', 'off'],
+    [undefined, 'eventsource', 'off'],
+    // Held by a SharedWorker, the move is the worker's: the page hears of it all the same.
+    [['websocket', 'long-polling'], 'long-polling', 'worker'],
   ] as const) {
-    it(`refused its WebSocket (429), moves its ${fallback} session to one once the server takes it again`, async () => {
+    it(`refused its WebSocket (429), moves its ${fallback} session to one once the server takes it again (sharing: ${sharing})`, async () => {
       // One WebSocket per address, held by another socket of this machine: the page's is refused.
       const { server, origin } = await serve({ maxWebsocketsPerIp: 1, timeout: 300, heartbeat: 1000, ...(offered ? { transports: [...offered] } : {}) });
       const held = new WS(`${origin.replace('http', 'ws')}/bayeux`);
@@ -432,14 +438,18 @@ describe('client in Chromium', () => {
       const context = await browser.newContext();
       try {
         const page = await open(context, origin);
-        assert.equal(await page.evaluate(() => (window as unknown as Window).start({ shared: false, transportRetry: 300 })), fallback);
+        assert.equal(await page.evaluate((shared) => (window as unknown as Window).start({ shared, transportRetry: 300 }), sharing !== 'off'), fallback);
+        assert.equal(await page.evaluate(() => (window as unknown as Window).client.sharing), sharing);
         assert.ok(server.stats().websocketsRefused >= 1, 'the WebSocket was refused');
         const clientId = (await page.evaluate(() => (window as unknown as Window).client.clientId))!;
         held.close();
         await waitFor(() => server.getSession(clientId)?.connectionType === 'websocket', 5000, 'the session to move to the WebSocket');
         await publishUntilSeen(server, page, 1, 'after the move');
-        const after = await page.evaluate(() => ({ clientId: (window as unknown as Window).client.clientId, transport: (window as unknown as Window).client.transport, states: (window as unknown as Window).states }));
-        assert.deepEqual(after, { clientId, transport: 'websocket', states: ['connecting:', `connected:${fallback}`] }, 'the same session, connected throughout');
+        const after = await page.evaluate(() => {
+          const w = window as unknown as Window;
+          return { clientId: w.client.clientId, transport: w.client.transport, states: w.states, moves: w.moves };
+        });
+        assert.deepEqual(after, { clientId, transport: 'websocket', states: ['connecting:', `connected:${fallback}`], moves: [`${fallback}>websocket`] }, 'the same session, connected throughout, the move told');
       } finally {
         held.close();
         await context.close();

@@ -60,6 +60,9 @@ export class Net {
   /** When set, the answer to the next request whose body it accepts is lost (once). */
   loseReply: ((body: string) => boolean) | undefined;
 
+  /** When set, called as each WebSocket is made (a test reads the client's view at that moment). */
+  onWebSocket: (() => void) | undefined;
+
   readonly WebSocket: new (url: string) => WebSocket;
 
   constructor() {
@@ -68,6 +71,7 @@ export class Net {
       constructor(url: string) {
         // Port 1 refuses at once: a socket opened while the network is down fails.
         super(net.offline ? url.replace(/\/\/[^/]+/, '//127.0.0.1:1') : url);
+        net.onWebSocket?.();
         net.sockets.add(this);
         this.on('close', () => net.sockets.delete(this));
         this.on('message', (data) => net.framesIn.push(String(data)));

@@ -57,7 +57,7 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
    * receives there, and its state changes from then on. `fallback` is long-polling (the only other
    * type it is given) or http-streaming (the default types, in Node: no EventSource).
    */
-  async function refusedClient(transportRetry: number, channel: string, fallback: Fallback = 'long-polling'): Promise<{ test: TestServer; held: WS; c: Client; session: string; received: number[]; states: string[]; net: Net }> {
+  async function refusedClient(transportRetry: number, channel: string, fallback: Fallback = 'long-polling'): Promise<{ test: TestServer; held: WS; c: Client; session: string; received: number[]; states: string[]; moves: string[]; net: Net }> {
     const setup = await serverWithItsWebsocketTaken();
     servers.push(setup);
     const { test, held } = setup;
@@ -69,12 +69,14 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
     assert.ok(test.server.stats().websocketsRefused >= 1);
     const states: string[] = [];
     c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
-    return { test, held, c, session: c.clientId!, received, states, net };
+    const moves: string[] = [];
+    c.on('transport', (change) => moves.push(`${change.previous} > ${change.transport}`));
+    return { test, held, c, session: c.clientId!, received, states, moves, net };
   }
 
   for (const fallback of ['long-polling', 'http-streaming'] as const) {
     it(`moves a ${fallback} session to the WebSocket once it opens: same session, still connected, nothing lost or doubled`, async () => {
-      const { test, held, c, session, received, states, net } = await refusedClient(300, '/retry/up', fallback);
+      const { test, held, c, session, received, states, moves, net } = await refusedClient(300, '/retry/up', fallback);
 
       const publisher = keepPublishing(test, '/retry/up', 20);
       await sleep(200);
@@ -88,6 +90,7 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
 
       assert.equal(c.clientId, session, 'the same session: no new handshake');
       assert.deepEqual(states, [], 'the client stayed connected throughout');
+      assert.deepEqual(moves, [`${fallback} > websocket`], 'the move told once');
       assert.deepEqual(received, range(published), 'every message once, in order, across the move');
       // The socket's first frame moves the session; leaving a stream, it also asks for what the
       // stream may have carried unread, from the last position.
@@ -100,8 +103,11 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
     });
 
     it(`carries on over ${fallback} while the WebSocket is refused still, trying it again every transportRetry`, async () => {
-      const { test, c, session, received, states } = await refusedClient(200, '/retry/refused', fallback);
+      const { test, c, session, received, states, moves, net } = await refusedClient(200, '/retry/refused', fallback);
       const refusedAtStart = test.server.stats().websocketsRefused;
+      // What the client says it uses while it tries the WebSocket: the line that carries the session.
+      const reportedDuringTries = new Set<string | undefined>();
+      net.onWebSocket = () => reportedDuringTries.add(c.transport);
       const startedAt = Date.now();
 
       const publisher = keepPublishing(test, '/retry/refused', 25);
@@ -118,6 +124,8 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
       assert.equal(c.clientId, session, 'the same session');
       assert.equal(test.server.getSession(session)?.connectionType, fallback);
       assert.deepEqual(states, [], 'a refused attempt is no news: the client stayed connected');
+      assert.deepEqual(moves, [], 'nor a move');
+      assert.deepEqual([...reportedDuringTries], [fallback], 'client.transport names the line in use, not the socket tried');
       assert.deepEqual(received, range(published), 'every message once, in order');
       await c.disconnect();
     });

@@ -202,6 +202,7 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     connectedAt = Date.now();
     status(`connected over ${transport ?? 'no transport'}, session ${client.clientId ?? 'unknown'}`);
   });
+  client.on('transport', ({ transport, previous }) => status(`moved from ${previous} to ${transport}, same session`));
   client.on('connecting', ({ previous, reason }) => {
     if (previous !== 'connected' || stopping) return;
     // The client's first attempt after losing a line waits at most its minimum delay.

@@ -11,6 +11,8 @@ interface TransportHost {
   receive(messages: Message[]): void;
   /** The line is gone (socket closed, request failed, stream ended); `opened` tells whether it ever worked. */
   lost(reason: string, opened: boolean): void;
+  /** A WebSocket's socket opened: the line works (the other types prove it by their first answer). */
+  opened(): void;
 }
 
 /** Constructors and functions taken from the environment or from the options (never imported). */

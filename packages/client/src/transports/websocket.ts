@@ -29,6 +29,7 @@ export class WebSocketTransport implements Transport {
       clearTimeout(this.openTimer);
       this.opened = true;
       for (const frame of this.pending.splice(0)) this.socket.send(frame);
+      if (!this.closed) this.context.host.opened();
     };
     this.socket.onmessage = (event: MessageEvent) => {
       if (this.closed) return;
