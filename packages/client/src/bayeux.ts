@@ -115,11 +115,6 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private offered: readonly string[] = [];
   /** The type a live session is moving from, until the better one's socket opens (see upgrade). */
   private upgradingFrom: ConnectionType | undefined;
-
-  /** The connection type in use: while a live session tries a WebSocket, the one it moves from until that socket opens. */
-  get type(): ConnectionType | undefined {
-    return this.upgradingFrom ?? this.lineType;
-  }
   private timer: ReturnType<typeof setTimeout> | undefined;
   /** The step the timer will take. */
   private next: 'handshake' | 'connect' | undefined;
@@ -149,6 +144,11 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       g.addEventListener('offline', () => this.network(false));
       g.addEventListener('online', () => this.network(true));
     }
+  }
+
+  /** The connection type in use: while a live session tries a WebSocket, the one it moves from until that socket opens. */
+  get type(): ConnectionType | undefined {
+    return this.upgradingFrom ?? this.lineType;
   }
 
   /**

@@ -13,7 +13,7 @@
  * Either way the hub (hub.ts) does the work; this module is a tab's side of it.
  */
 import { asPosition, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
-import type { Bayeux, State, StateChange } from './bayeux.js';
+import type { Bayeux, State, StateChange, TransportChange } from './bayeux.js';
 import type { Backend, BackendEvents, Sharing } from './client.js';
 import { addExtension, type Extension } from './extensions.js';
 import { fromWire, Hub, type HubConfig, type Op, type Wire } from './hub.js';
@@ -141,10 +141,7 @@ export class SharedBackend implements Backend {
         this.mirror(change.state, hub.bayeux.clientId, hub.bayeux.type);
         this.events.state(change);
       },
-      transport: (change) => {
-        this.type = change.transport;
-        this.events.transport(change);
-      },
+      transport: (change) => this.moved(change),
     };
     const hub = new Hub(this.make, (message) => channel.postMessage(message), { id: this.tab, events: own }, this.locks, this.name);
     this.hub = hub;
@@ -183,8 +180,7 @@ export class SharedBackend implements Backend {
         this.mirror(message.change.state, message.clientId, message.type, message.change.reason);
         return;
       case 'transport':
-        this.type = message.change.transport;
-        return this.events.transport(message.change);
+        return this.moved(message.change);
       case 'deliver': {
         const position = asPosition(message.message.ext?.position);
         if (position) {
@@ -211,6 +207,12 @@ export class SharedBackend implements Backend {
       default:
         return;
     }
+  }
+
+  /** The hub's session moved to another connection type: this tab's view follows. */
+  private moved(change: TransportChange): void {
+    this.type = change.transport;
+    this.events.transport(change);
   }
 
   /** The hub's state as this tab sees it; followers report changes to their client. */
