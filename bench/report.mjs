@@ -107,8 +107,25 @@ function idleTable(rows) {
 }
 
 /** Perihelion ÷ each other server, per scenario and rate (or size). */
+/**
+ * `server` ÷ `other` of `key` within each round where both were measured, as "lowest–highest"
+ * ("–" with fewer than two rounds). The host drifts between rounds; the pair of one round was
+ * measured closest in time, and the spread of those pairs says how far a ratio of medians holds.
+ */
+export function roundRatioSpread(results, { scenario, rate, server, other, key }) {
+  const ratios = [];
+  for (const a of results) {
+    if (a.scenario !== scenario || a.rate !== rate || a.server !== server) continue;
+    const b = results.find((r) => r.scenario === scenario && r.rate === rate && r.server === other && r.round === a.round);
+    if (b && Number.isFinite(a[key]) && Number.isFinite(b[key]) && b[key] !== 0) ratios.push(a[key] / b[key]);
+  }
+  if (ratios.length < 2) return '–';
+  return `${ratio(Math.min(...ratios), 1)}–${ratio(Math.max(...ratios), 1)}`;
+}
+
 function ratiosTable(bench) {
   const out = [];
+  const byRound = bench.options.rounds > 1;
   for (const scenario of loadScenarios(bench.options)) {
     const rows = summaryRows(bench, scenario);
     for (const rate of scenario.rates) {
@@ -117,7 +134,9 @@ function ratiosTable(bench) {
       for (const other of PEERS) {
         const o = rows.find((r) => r.server === other && r.rate === rate);
         if (!o) continue;
-        out.push([scenario.id, `Perihelion / ${LABELS[other]}`, fmt(rate, 0), ratio(p.deliveredPerSec, o.deliveredPerSec), ratio(p.p50, o.p50), ratio(p.p99, o.p99), ratio(p.serverUsPerMsg, o.serverUsPerMsg), ratio(p.serverRss, o.serverRss)]);
+        const cpu = ratio(p.serverUsPerMsg, o.serverUsPerMsg);
+        const spread = byRound ? ` (${roundRatioSpread(bench.results, { scenario: scenario.id, rate, server: 'perihelion', other, key: 'serverUsPerMsg' })})` : '';
+        out.push([scenario.id, `Perihelion / ${LABELS[other]}`, fmt(rate, 0), ratio(p.deliveredPerSec, o.deliveredPerSec), ratio(p.p50, o.p50), ratio(p.p99, o.p99), cpu + spread, ratio(p.serverRss, o.serverRss)]);
       }
     }
   }
@@ -306,6 +325,9 @@ export function printReport(bench, { partial = false } = {}) {
     '',
     'Perihelion ÷ the other server in the same scenario and rate. delivered/s and connections/s: above 1 is',
     'better; latency, CPU per message, RSS and memory per connection: below 1 is better.',
+    ...(options.rounds > 1
+      ? ['With several rounds, the CPU per message is the ratio of the medians, and in brackets the lowest and', 'highest ratio within one round (the two measured closest in time): how much the host moved.']
+      : []),
     '',
     ratios ?? 'No ratios (a server is missing).',
     '',
