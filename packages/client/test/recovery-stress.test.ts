@@ -19,26 +19,47 @@ describe('recovery under random cuts', () => {
       const test = await startServer({ historySize: TOTAL, maxQueue: TOTAL, maxInterval: 1000, timeout: 2000 });
       const net = new Net();
       const c = client(test.url, { transports: [type] }, net);
+      // Set once the test is over, passed or not: the publisher stops too.
+      let over = false;
       try {
         const received: number[] = [];
         const failed: string[] = [];
         await c.subscribe<number>('/stress', (n) => received.push(n), { onRecover: (ok, outcome) => void (ok || failed.push(JSON.stringify(outcome))) });
         let published = 0;
         let cuts = 0;
-        // Set when the publisher ends, published all or failed: the cuts stop either way, and a
-        // failure is this test's, by its error, rather than a loop cutting for ever.
-        let publisherEnded = false;
+        // The publisher's end, published all or failed. The line is cut until everything is
+        // published and it was cut at least ten times; a failed publish stops the cuts, and the
+        // test fails by its error rather than cutting for ever.
+        let publishing: 'on' | 'done' | 'failed' = 'on';
+        // Where the publisher is, for the message of a run that stalls.
+        let publisherAt = 'starting';
         const publisher = (async () => {
-          while (published < TOTAL) {
+          while (!over && published < TOTAL) {
             // About 2 000 messages a second, and never more than 1 000 between two cuts: the
-            // stream is cut at least ten times, at random points within it.
+            // stream is cut at random points within it. Once all are out there is nothing to wait
+            // for (waiting for a cut then would wait for ever: the cuts stop once all are out and
+            // ten were made, and the tenth may come before the last thousand).
+            publisherAt = 'publishing';
             for (let i = 0; i < 10 && published < TOTAL; i++) await test.server.publish('/stress', published++);
+            publisherAt = 'pausing';
             await sleep(5);
-            while (published >= (cuts + 1) * 1000) await sleep(5);
+            publisherAt = 'waiting for a cut';
+            while (!over && published < TOTAL && published >= (cuts + 1) * 1000) await sleep(5);
           }
-        })().finally(() => (publisherEnded = true));
+          publisherAt = 'done';
+        })();
+        publisher.then(
+          () => (publishing = 'done'),
+          () => (publishing = 'failed'),
+        );
         const sessions = new Set<string>();
-        while (published < TOTAL && !publisherEnded) {
+        // Ten cuts take a few seconds: a minute means something is stuck, and says what.
+        const stallAfter = Date.now() + 60_000;
+        while (publishing === 'on' || (publishing === 'done' && cuts < 10)) {
+          if (Date.now() > stallAfter) {
+            const stats = test.server.stats();
+            assert.fail(`stalled: ${published} published (${publisherAt}) after ${cuts} cuts; ${received.length} received; the client ${c.state} over ${c.transport}; the server holds ${stats.sessions} sessions, ${stats.deliveries} deliveries, ${stats.queueDrops} dropped`);
+          }
           await sleep(30 + Math.random() * 120);
           if (c.clientId) sessions.add(c.clientId);
           net.cut();
@@ -58,6 +79,7 @@ describe('recovery under random cuts', () => {
         assert.equal(firstWrong, -1, `in order (first wrong at ${firstWrong}: ${received[firstWrong]})`);
         t.diagnostic(`${cuts} cuts, ${sessions.size} sessions`);
       } finally {
+        over = true;
         await c.disconnect();
         await test.close();
       }
