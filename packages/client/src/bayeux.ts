@@ -78,8 +78,7 @@ class LineLost extends Error {
 export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   state: State = 'disconnected';
   clientId: string | undefined;
-  /** The type of the line in use (while a live session tries a WebSocket, that socket's). */
-  private lineType: ConnectionType | undefined;
+  type: ConnectionType | undefined;
   readonly sharing = 'off' as const;
   /** The line in use, if any (read by the outbox). */
   line: Transport | null = null;
@@ -113,8 +112,9 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private reopenFailingSince: number | undefined;
   /** The connection types the server offered this session (its handshake's `supportedConnectionTypes`). */
   private offered: readonly string[] = [];
-  /** The type a live session is moving from, until the better one's socket opens (see upgrade). */
-  private upgradingFrom: ConnectionType | undefined;
+  /** A WebSocket opened beside the line of a live session on another type, and whether it is open yet (see upgrade). */
+  private probe: Transport | null = null;
+  private probeOpen = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
   /** The step the timer will take. */
   private next: 'handshake' | 'connect' | undefined;
@@ -144,11 +144,6 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       g.addEventListener('offline', () => this.network(false));
       g.addEventListener('online', () => this.network(true));
     }
-  }
-
-  /** The connection type in use: while a live session tries a WebSocket, the one it moves from until that socket opens. */
-  get type(): ConnectionType | undefined {
-    return this.upgradingFrom ?? this.lineType;
   }
 
   /**
@@ -233,7 +228,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     this.clientId = undefined;
     const type = this.negotiation.forHandshake();
     if (!type) return this.stop('no transport', new ClientError('no-transport', `no usable transport: offered ${this.options.transports.join(', ')}, but this environment lacks what they need (pass WebSocket, fetch or EventSource in the options)`));
-    this.lineType = type;
+    this.type = type;
     this.openLine(type);
     let token: string | undefined;
     try {
@@ -313,7 +308,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       // Keep the WebSocket only if it is the chosen type; HTTP lines are cheap to replace.
       bundled?.cancel();
       this.closeLine();
-      this.lineType = chosen;
+      this.type = chosen;
     }
     // Subscriptions and replies of the old session are void; what waited is re-sent (unless it
     // went with the handshake, for this session).
@@ -358,19 +353,19 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private async connectOnce(bundledReply?: Promise<Message>): Promise<void> {
     clearTimeout(this.timer);
     const turn = ++this.turn;
-    if (this.stopped || this.clientId === undefined || this.lineType === undefined) return;
+    if (this.stopped || this.clientId === undefined || this.type === undefined) return;
     const first = this.state !== 'connected';
     if (!first && !bundledReply) this.upgrade();
-    const line = this.line ?? this.openLine(this.lineType);
+    const line = this.line ?? this.openLine(this.type);
     if (first && bundledReply) this.connected();
     const message: Message = {
       channel: '/meta/connect',
       clientId: this.clientId,
-      connectionType: this.lineType,
+      connectionType: this.type,
       // Answered at once: the client learns it is connected without waiting a whole hold.
       ...(first ? { advice: { timeout: 0 } } : {}),
     };
-    const streamed = isStreamedConnectionType(this.lineType);
+    const streamed = isStreamedConnectionType(this.type);
     let reply: Message;
     try {
       // A held connect is the line's heartbeat: no reply within the hold plus the network's
@@ -378,18 +373,6 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       reply = await (bundledReply ?? this.request(message, first || streamed ? this.options.timeout : this.advice.timeout + this.options.lineTimeout));
     } catch (error) {
       if (turn !== this.turn) return;
-      const from = this.upgradingFrom;
-      this.upgradingFrom = undefined;
-      if (from !== undefined && error instanceof LineLost && !error.opened && error.type !== undefined) {
-        // The better type is refused still: the session carries on over the line that worked,
-        // and what went to the socket while it was opening goes that way.
-        this.negotiation.blocked(error.type);
-        this.replaceLine(from);
-        if (isStreamedConnectionType(from)) void this.openStream(this.line!);
-        this.subscriptions.sendWanted();
-        this.outbox.scheduleFlush();
-        return void this.connectOnce();
-      }
       // The state first, so that it carries this reason rather than the closing line's.
       if (this.state === 'connected') this.setState('connecting', `network: ${(error as Error).message}`);
       this.closeLine();
@@ -410,7 +393,6 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     }
     this.reopenFailingSince = undefined;
     if (turn !== this.turn) return;
-    this.upgradingFrom = undefined;
     this.takeAdvice(reply, streamed);
     if (reply.successful !== true) {
       const reconnect = reply.advice?.reconnect ?? this.advice.reconnect;
@@ -430,40 +412,50 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     if (reply.advice?.reconnect === 'handshake') return this.retry('handshake', 'server: advice handshake');
     const delay = Math.max(0, streamed ? (this.keepAlive ?? this.advice.interval) : this.advice.interval);
     // The first held connect goes in this turn, so it shares the frame of the subscribes just sent.
-    if (first && !bundledReply && delay === 0 && this.lineType === 'websocket') return void this.connectOnce();
+    if (first && !bundledReply && delay === 0 && this.type === 'websocket') return void this.connectOnce();
     this.schedule('connect', delay);
   }
 
   /**
    * Moves a live session to a WebSocket that may open again (its refusal is older than
-   * `transportRetry`, see Negotiation.upgrade), on the same session: the next connect goes over a
-   * new socket instead. Only when no reply is awaited, so that none is lost with the old line; the
-   * session stays connected meanwhile, and a socket refused again sends that connect back over the
-   * old type (connectOnce). A stream may be carrying deliveries at any moment: what it wrote and
-   * was not read is asked for again from the last positions, as after a lost line.
+   * `transportRetry`, see Negotiation.upgrade), on the same session. The socket is opened beside
+   * the line in use, which carries the session meanwhile, so that a socket refused, or swallowed
+   * by a proxy until `openTimeout`, costs nothing but itself. Once it is open, the next connect
+   * goes over it, when no reply is awaited (none can be lost with the old line). A stream may be
+   * carrying deliveries at any moment: what it wrote and was not read is asked for again from the
+   * last positions, as after a lost line.
    */
   private upgrade(): void {
-    if (this.lineType === undefined || this.meta.size > 0 || this.outbox.busy) return;
-    const better = this.negotiation.upgrade(this.lineType, this.offered);
-    if (better === undefined) return;
-    const from = this.lineType;
-    this.upgradingFrom = from;
-    this.replaceLine(better);
+    const from = this.type;
+    if (from === undefined) return;
+    const probe = this.probe;
+    if (probe === null) {
+      const better = this.negotiation.upgrade(from, this.offered);
+      if (better !== undefined) this.probe = this.makeLine(better);
+      return;
+    }
+    if (!this.probeOpen || this.meta.size > 0 || this.outbox.busy) return;
+    this.probe = null;
+    this.probeOpen = false;
+    const old = this.line;
+    this.line = probe;
+    this.type = probe.type;
+    old?.close();
     if (isStreamedConnectionType(from)) {
       // Asked for in the frame of the connect that moves the session, so that the replay comes
       // at once over the new socket (past a gap, live messages wait for it: subscriptions.ts).
       this.subscriptions.lineLost();
       this.subscriptions.sendWanted();
     }
+    this.events.transport({ transport: probe.type, previous: from });
   }
 
-  /** An idle line for one of another type, under the same session: nothing was in flight to abandon, and the state stays. */
-  private replaceLine(type: ConnectionType): void {
-    const old = this.line;
-    this.line = null;
-    old?.close();
-    this.lineType = type;
-    this.openLine(type);
+  /** The socket opened beside the line failed before the session moved to it: blocked again for `transportRetry`. */
+  private probeLost(): void {
+    const probe = this.probe!;
+    this.probe = null;
+    this.probeOpen = false;
+    this.negotiation.blocked(probe.type);
   }
 
   /** The session's first connect succeeded (or its bundled set-up was taken): what waited for it goes. */
@@ -504,7 +496,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
         this.retry('handshake', `network: the ${line.type} stream is buffered by an intermediary`);
         return 'buffered';
       }
-      this.lineType = next;
+      this.type = next;
       void this.connectOnce();
     }
     return outcome;
@@ -580,6 +572,13 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
 
   private openLine(type: ConnectionType): Transport {
     this.closeLine();
+    const line = this.makeLine(type);
+    this.line = line;
+    return line;
+  }
+
+  /** A new line of `type`, heard while it is the session's line (or the probe, see upgrade). */
+  private makeLine(type: ConnectionType): Transport {
     const context: TransportContext = {
       url: this.url,
       env: this.options.env,
@@ -590,26 +589,24 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
         },
         lost: (reason, opened) => {
           if (this.line === line) this.lineLost(reason, opened, type);
+          else if (this.probe === line) this.probeLost();
         },
         opened: () => {
-          if (this.line === line) this.lineOpened(type);
+          if (this.probe === line) this.probeOpen = true;
         },
       },
     };
     const line = openTransport(type, context, this.options.openTimeout);
-    this.line = line;
     return line;
   }
 
-  /** A socket that opens for a session on its way to it completes the move: the application is told. */
-  private lineOpened(type: ConnectionType): void {
-    const from = this.upgradingFrom;
-    if (from === undefined) return;
-    this.upgradingFrom = undefined;
-    this.events.transport({ transport: type, previous: from });
-  }
-
   private closeLine(): void {
+    // A session leaving its line leaves the socket it was opening beside it too.
+    if (this.probe) {
+      this.probe.close();
+      this.probe = null;
+      this.probeOpen = false;
+    }
     const line = this.line;
     if (!line) return;
     this.line = null;
@@ -634,9 +631,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       pending.reject(new LineLost(reason, opened, type));
     }
     for (const pattern of this.outbox.lineLost()) this.subscriptions.unanswered(pattern);
-    // A socket refused while the session moves to it is no news: the session carries on (connectOnce).
-    const refusedUpgrade = this.upgradingFrom !== undefined && !opened;
-    if (this.state === 'connected' && !this.stopped && !refusedUpgrade) this.setState('connecting', `network: ${reason}`);
+    if (this.state === 'connected' && !this.stopped) this.setState('connecting', `network: ${reason}`);
   }
 
   // ------------------------------------------------------------------ meta requests
@@ -648,7 +643,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   /** Sends one meta message (handshake, connect, disconnect) at once and awaits its reply; `sent` learns its id. */
   private request(message: Message, timeout: number, sent?: (id: string) => void): Promise<Message> {
     const line = this.line;
-    if (!line) return Promise.reject(new LineLost('no line', false, this.lineType));
+    if (!line) return Promise.reject(new LineLost('no line', false, this.type));
     const id = this.nextId();
     const out = this.outgoing({ ...message, id });
     if (out) sent?.(id);
@@ -670,7 +665,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     clearTimeout(pending.timer);
     pending.timer = setTimeout(() => {
       this.meta.delete(id);
-      pending.reject(new LineLost(`no reply to /meta/connect within ${timeout} ms`, true, this.lineType));
+      pending.reject(new LineLost(`no reply to /meta/connect within ${timeout} ms`, true, this.type));
     }, timeout);
   }
 
@@ -696,7 +691,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       }
       if (this.outbox.answer(id, message)) continue;
       if (message.channel.startsWith('/meta/')) {
-        if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.lineType !== undefined && isStreamedConnectionType(this.lineType));
+        if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.type !== undefined && isStreamedConnectionType(this.type));
         continue;
       }
       if (message.data !== undefined) this.subscriptions.deliver(message);

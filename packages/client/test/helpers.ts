@@ -63,6 +63,9 @@ export class Net {
   /** When set, called as each WebSocket is made (a test reads the client's view at that moment). */
   onWebSocket: (() => void) | undefined;
 
+  /** When set, where each WebSocket goes instead (a proxy that swallows upgrades, say). */
+  webSocketUrl: ((url: string) => string) | undefined;
+
   readonly WebSocket: new (url: string) => WebSocket;
 
   constructor() {
@@ -70,7 +73,7 @@ export class Net {
     this.WebSocket = class extends WS {
       constructor(url: string) {
         // Port 1 refuses at once: a socket opened while the network is down fails.
-        super(net.offline ? url.replace(/\/\/[^/]+/, '//127.0.0.1:1') : url);
+        super(net.offline ? url.replace(/\/\/[^/]+/, '//127.0.0.1:1') : (net.webSocketUrl?.(url) ?? url));
         net.onWebSocket?.();
         net.sockets.add(this);
         this.on('close', () => net.sockets.delete(this));

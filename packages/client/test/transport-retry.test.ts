@@ -7,6 +7,7 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { createServer as createNetServer, type Socket } from 'node:net';
 import { WebSocket as WS } from 'ws';
 import { Client } from '../src/index.js';
 import { client, Net, sleep, startServer, waitFor, type TestServer } from './helpers.js';
@@ -35,6 +36,25 @@ function keepPublishing(test: TestServer, channel: string, every: number): { sto
     stop: () => {
       stopped = true;
       return done;
+    },
+  };
+}
+
+/** A TCP server that takes connections and never answers: a proxy swallowing WebSocket upgrades. */
+async function blackHole(): Promise<{ url: string; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createNetServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  return {
+    url: `ws://127.0.0.1:${port}/bayeux`,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
 }
@@ -130,6 +150,52 @@ describe('a refused WebSocket tried again (transportRetry)', () => {
       await c.disconnect();
     });
   }
+
+  it('carries on over long-polling while a proxy swallows each WebSocket: no delivery waits for a socket that never opens', async () => {
+    const hole = await blackHole();
+    const test = await startServer({ timeout: 300 });
+    const net = new Net();
+    net.webSocketUrl = () => hole.url;
+    let sockets = 0;
+    net.onWebSocket = () => sockets++;
+    const c = client(test.url, { transports: ['websocket', 'long-polling'], transportRetry: 200, openTimeout: 1000 }, net);
+    try {
+      const waited: number[] = [];
+      const received: number[] = [];
+      await c.subscribe<{ n: number; at: number }>('/retry/swallowed', ({ n, at }) => {
+        received.push(n);
+        waited.push(Date.now() - at);
+      });
+      assert.equal(c.transport, 'long-polling', 'set up over long-polling once the first socket timed out');
+      const states: string[] = [];
+      c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
+      const moves: string[] = [];
+      c.on('transport', (change) => moves.push(`${change.previous} > ${change.transport}`));
+      const socketsAtStart = sockets;
+
+      let n = 0;
+      const until = Date.now() + 3000;
+      while (Date.now() < until) {
+        await test.server.publish('/retry/swallowed', { n: ++n, at: Date.now() });
+        await sleep(20);
+      }
+      await waitFor(() => received.length >= n, 3000, 'every message');
+
+      // Each try is swallowed for openTimeout (1 s), then blocked for transportRetry: two or more in 3 s.
+      assert.ok(sockets - socketsAtStart >= 2, `the WebSocket was tried again (${sockets - socketsAtStart} times)`);
+      assert.deepEqual(received, range(n), 'every message once, in order');
+      // Had the session waited for a socket that never opens, deliveries would stop for openTimeout at each try.
+      const longest = Math.max(...waited);
+      assert.ok(longest < 600, `no delivery waited for a try (the longest waited ${longest} ms)`);
+      assert.deepEqual(states, [], 'the client stayed connected');
+      assert.deepEqual(moves, [], 'and on long-polling');
+      assert.equal(test.server.getSession(c.clientId!)?.connectionType, 'long-polling');
+    } finally {
+      await c.disconnect();
+      await test.close();
+      await hole.close();
+    }
+  });
 
   it('with transportRetry 0, stays on long-polling without trying the WebSocket again', async () => {
     const { test, held, c, session } = await refusedClient(0, '/retry/never');
