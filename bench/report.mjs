@@ -106,7 +106,6 @@ function idleTable(rows) {
   return table(['server', 'connections', 'connected', 'connections/s', 'server µs/conn', 'conn/s one core could take', 'KB RSS per conn after the burst', 'KB RSS per conn', 'KB heap per conn', 'server RSS MB', 'status'], body, ['l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'l']);
 }
 
-/** Perihelion ÷ each other server, per scenario and rate (or size). */
 /**
  * `server` ÷ `other` of `key` within each round where both were measured, as "lowest–highest"
  * ("–" with fewer than two rounds). The host drifts between rounds; the pair of one round was
@@ -123,6 +122,7 @@ export function roundRatioSpread(results, { scenario, rate, server, other, key }
   return `${ratio(Math.min(...ratios), 1)}–${ratio(Math.max(...ratios), 1)}`;
 }
 
+/** Perihelion ÷ each other server, per scenario and rate (or size). */
 function ratiosTable(bench) {
   const out = [];
   const byRound = bench.options.rounds > 1;

@@ -36,9 +36,8 @@ describe('recovery under random cuts', () => {
         const publisher = (async () => {
           while (!over && published < TOTAL) {
             // About 2 000 messages a second, and never more than 1 000 between two cuts: the
-            // stream is cut at random points within it. Once all are out there is nothing to wait
-            // for (waiting for a cut then would wait for ever: the cuts stop once all are out and
-            // ten were made, and the tenth may come before the last thousand).
+            // stream is cut at random points within it. Once all are out, nothing is left to space
+            // out: the publisher ends, and the cut loop makes up any of the ten cuts still due.
             publisherAt = 'publishing';
             for (let i = 0; i < 10 && published < TOTAL; i++) await test.server.publish('/stress', published++);
             publisherAt = 'pausing';

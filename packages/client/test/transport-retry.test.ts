@@ -1,8 +1,10 @@
 /**
  * A WebSocket refused once is tried again (`transportRetry`): a live session on long-polling or on
  * a stream (the default types in Node fall back to http-streaming) moves to it when it opens,
- * without a new handshake, and carries on over its type while it is refused still. The refusal is the server's own (`maxWebsocketsPerIp`, 429), its one WebSocket
- * for this address taken by another socket, as a NAT full of users would have it.
+ * without a new handshake, and carries on over its type while it is refused still. The refusal is
+ * the server's own (`maxWebsocketsPerIp`, 429), its one WebSocket for this address taken by
+ * another socket, as a NAT full of users would have it; or a proxy's that swallows the upgrade
+ * and never answers.
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
