@@ -6,8 +6,10 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHmac } from 'node:crypto';
+import { once } from 'node:events';
 import { createServer as createTcpServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { WebSocket } from 'ws';
 import type { ServerOptions } from '@perihelion/server';
 import { serve, type Running } from '../src/index.js';
 
@@ -226,6 +228,7 @@ describe('perihelion publish and subscribe', () => {
       [['subscribe', '/news/**/today'], /a wildcard \(\* or \*\*\) may only be the last segment/],
       [['subscribe', '/meta/**'], /meta channels cannot be subscribed to/],
       [['subscribe', '/news', '--count', '0'], /--count must be a whole number from 1/],
+      [['subscribe', '/news', '--transport-retry', '1s'], /--transport-retry must be a whole number of milliseconds, got "1s"/],
       [['subscribe', '/news', '--url', 'localhost:8080'], /--url must start with http:\/\//],
       [['publish', '/news'], /missing required argument 'json'/],
     ];
@@ -326,6 +329,28 @@ describe('perihelion publish and subscribe', () => {
     }
   });
 
+  it('moves its session to a WebSocket that opens after the fall-back to HTTP (--transport-retry), and says so', async () => {
+    // One WebSocket per address, taken by another socket of this machine: the subscriber falls back.
+    const limited = await start({ maxWebsocketsPerIp: 1, timeout: 300 });
+    const held = new WebSocket(limited.url.replace(/^http/, 'ws') + '/bayeux');
+    await once(held, 'open');
+    const sub = subscriber(limited.url, '/moving', '--count', '2', '--transport-retry', '300');
+    await sub.waitFor('stderr', /subscribed to \/moving/);
+    assert.match(sub.stderr, /connected over http-streaming/);
+    assert.equal((await publish(limited.url, '/moving', '1')).code, 0);
+    await sub.waitFor('stdout', /"data":1/);
+    held.close();
+    await sub.waitFor('stderr', /moved from http-streaming to websocket, same session/);
+    assert.equal((await publish(limited.url, '/moving', '2')).code, 0);
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.equal(sub.stdout, line('/moving', 1) + line('/moving', 2));
+    // Leaving the stream, the session asked again for what it may have carried unread, and lost
+    // nothing: no recovery to report, and no reconnection.
+    assert.doesNotMatch(sub.stderr, /recovered|lost|reconnecting/);
+    assert.equal(sub.stderr.match(/connected over/g)?.length, 1, sub.stderr);
+    await stop(limited);
+  });
+
   it('SIGINT and SIGTERM end the session with /meta/disconnect and exit 0', async () => {
     const reasons: string[] = [];
     server.server.on('disconnect', (_session, reason) => void reasons.push(reason));
@@ -361,6 +386,7 @@ describe('perihelion publish and subscribe', () => {
     const subscribeHelp = await run(['subscribe', '--help']);
     assert.equal(subscribeHelp.code, 0);
     assert.match(subscribeHelp.stdout, /Examples:\n {2}perihelion subscribe '\/news\/\*\*' \| jq/);
-    assert.match(subscribeHelp.stdout, /prefer PERIHELION_TOKEN/);
+    assert.match(subscribeHelp.stdout, /prefer\s+PERIHELION_TOKEN/);
+    assert.match(subscribeHelp.stdout, /--transport-retry <ms>/);
   });
 });

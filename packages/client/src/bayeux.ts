@@ -423,7 +423,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
    * by a proxy until `openTimeout`, costs nothing but itself. Once it is open, the next connect
    * goes over it, when no reply is awaited (none can be lost with the old line). A stream may be
    * carrying deliveries at any moment: what it wrote and was not read is asked for again from the
-   * last positions, as after a lost line.
+   * last positions, as after a lost line (but only a loss is reported: nothing was cut).
    */
   private upgrade(): void {
     const from = this.type;
@@ -444,7 +444,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     if (isStreamedConnectionType(from)) {
       // Asked for in the frame of the connect that moves the session, so that the replay comes
       // at once over the new socket (past a gap, live messages wait for it: subscriptions.ts).
-      this.subscriptions.lineLost();
+      this.subscriptions.lineLost('moved');
       this.subscriptions.sendWanted();
     }
     this.events.transport({ transport: probe.type, previous: from });

@@ -44,6 +44,11 @@ interface PatternState {
    * ("due"), which the server answers like a first one, replaying from the positions ("sent").
    */
   resync?: 'due' | 'sent' | undefined;
+  /**
+   * The resync follows a move to another line (leaving a stream that may have carried deliveries
+   * unread), not a lost one: only a loss is news then, since the application saw no cut.
+   */
+  afterMove?: boolean | undefined;
   /** The `ext.recover` of the subscribe on its way, if it carries one. */
   recover?: Record<string, Position> | undefined;
   waiters: { resolve(outcome: SubscribeOutcome): void; reject(error: ClientError): void }[];
@@ -169,6 +174,7 @@ export class Subscriptions {
       // session subscribes everything again, recovering from the positions.
       state.status = 'wanted';
       state.resync = undefined;
+      state.afterMove = undefined;
       return this.session.retry('handshake', `server: ${reply.error ?? 'session unknown'}`);
     }
     if (reply.successful !== true) return this.failed(pattern, ClientError.fromReply(reply));
@@ -190,12 +196,14 @@ export class Subscriptions {
       // Only a channel with nothing seen (or a new epoch) starts from the reply: replays follow it.
       if (position && (!known || known.epoch !== position.epoch)) this.positions.set(channel, position);
     }
+    const quiet = state.afterMove === true && outcome?.recovered === true;
     state.status = 'active';
     state.resync = undefined;
+    state.afterMove = undefined;
     state.recover = undefined;
-    state.outcome = { recovered: outcome?.recovered };
+    if (!quiet) state.outcome = { recovered: outcome?.recovered };
     for (const waiter of state.waiters.splice(0)) waiter.resolve(state.outcome);
-    if (outcome) this.events.recovery(pattern, outcome);
+    if (outcome && !quiet) this.events.recovery(pattern, outcome);
   }
 
   /**
@@ -268,10 +276,16 @@ export class Subscriptions {
    * The line was lost. Whatever the server wrote to it and the client never read (frames on a
    * dying socket, a poll's answer cut in flight, a stream's last bytes) counts as delivered on
    * the server: the subscriptions ask for it again from their last positions once connected (a
-   * new session re-subscribes everything anyway).
+   * new session re-subscribes everything anyway). `moved`: the session left the line for another
+   * of its own accord, and a replay that recovers everything is not reported (see afterMove).
    */
-  lineLost(): void {
-    for (const state of this.patterns.values()) if (state.status === 'active') state.resync = 'due';
+  lineLost(cause: 'lost' | 'moved' = 'lost'): void {
+    for (const state of this.patterns.values()) {
+      if (state.status !== 'active') continue;
+      // A line lost before a move's resync was answered makes it a recovery like any other.
+      state.afterMove = cause === 'moved' && (state.resync === undefined || state.afterMove === true);
+      state.resync = 'due';
+    }
   }
 
   /** The subscribe for `pattern` was in flight on a line that died: it is sent again once connected. */
@@ -287,6 +301,7 @@ export class Subscriptions {
     for (const state of this.patterns.values()) {
       state.status = 'wanted';
       state.resync = undefined;
+      state.afterMove = undefined;
       state.sent = false;
     }
   }

@@ -1,9 +1,12 @@
-/** Pure parts of the client: backoff, error parsing, option checks. */
+/** Pure parts of the client: backoff, error parsing, option checks, what a subscription's resync reports. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { backoff } from '../src/backoff.js';
 import { Http } from '../src/transports/transport.js';
 import { Client, ClientError, byType, type Message } from '../src/index.js';
+import type { ResolvedOptions } from '../src/options.js';
+import type { Outbox } from '../src/outbox.js';
+import { Subscriptions } from '../src/subscriptions.js';
 
 describe('backoff', () => {
   it('grows exponentially up to the maximum, with full jitter', () => {
@@ -85,5 +88,70 @@ describe('byType', () => {
     assert.deepEqual(seen, ['shipped 7', 'cancelled on /orders', 'other {"type":"unknown"}', 'other {"type":"constructor"}', 'other "text"', 'other null', 'other {"type":3}']);
     // Without a fallback, unknown events are ignored: an older page meets a newer server's events.
     assert.doesNotThrow(() => byType({})({ type: 'new' } as never, message({ type: 'new' })));
+  });
+});
+
+describe('subscriptions: what a resync reports', () => {
+  /** A registry on a connected session, its subscribes answered by the test. */
+  function registry(): { subs: Subscriptions; sent: { message: Message; answer: (reply: Message) => void }[]; recoveries: string[] } {
+    const sent: { message: Message; answer: (reply: Message) => void }[] = [];
+    const recoveries: string[] = [];
+    const outbox = { enqueue: (_kind: string, message: Message, _timeout: number, settle: (reply: Message) => void) => sent.push({ message, answer: settle }) };
+    const events = {
+      deliver: () => {},
+      state: () => {},
+      transport: () => {},
+      recovery: (pattern: string, outcome: { recovered: boolean }) => recoveries.push(`${pattern} ${outcome.recovered}`),
+      refused: () => {},
+    };
+    const session = { state: 'connected' as const, retry: () => {}, rehandshake: () => {} };
+    const subs = new Subscriptions(session, outbox as unknown as Outbox, events, { timeout: 1000 } as ResolvedOptions);
+    return { subs, sent, recoveries };
+  }
+
+  const position = { epoch: 'e1', offset: 4 };
+  /** Subscribed to /a, which the server says is at offset 4. */
+  async function subscribedToA(): Promise<ReturnType<typeof registry>> {
+    const r = registry();
+    const subscribed = r.subs.need('/a');
+    r.sent[0]!.answer({ channel: '/meta/subscribe', successful: true, subscription: '/a', ext: { positions: { '/a': position } } });
+    assert.deepEqual(await subscribed, { recovered: undefined });
+    return r;
+  }
+
+  /** The line is left (lost or moved from), and the resync answered with `recovered`. */
+  function resync(r: ReturnType<typeof registry>, causes: ('lost' | 'moved')[], recovered: boolean): void {
+    for (const cause of causes) r.subs.lineLost(cause);
+    r.subs.sendWanted();
+    const last = r.sent.at(-1)!;
+    assert.deepEqual((last.message.ext as { recover?: unknown }).recover, { '/a': position }, 'the resync asks from the last position');
+    last.answer({ channel: '/meta/subscribe', successful: true, subscription: '/a', ext: { recovered: { '/a': recovered } } });
+  }
+
+  it('after a lost line, reports the recovery, complete or not', async () => {
+    const complete = await subscribedToA();
+    resync(complete, ['lost'], true);
+    assert.deepEqual(complete.recoveries, ['/a true']);
+    const lossy = await subscribedToA();
+    resync(lossy, ['lost'], false);
+    assert.deepEqual(lossy.recoveries, ['/a false']);
+  });
+
+  it('after a move to another line, reports only a loss: nothing was cut', async () => {
+    const complete = await subscribedToA();
+    resync(complete, ['moved'], true);
+    assert.deepEqual(complete.recoveries, []);
+    const lossy = await subscribedToA();
+    resync(lossy, ['moved'], false);
+    assert.deepEqual(lossy.recoveries, ['/a false']);
+  });
+
+  it('a line lost around a move makes its resync a recovery like any other', async () => {
+    const lostThenMoved = await subscribedToA();
+    resync(lostThenMoved, ['lost', 'moved'], true);
+    assert.deepEqual(lostThenMoved.recoveries, ['/a true']);
+    const movedThenLost = await subscribedToA();
+    resync(movedThenLost, ['moved', 'lost'], true);
+    assert.deepEqual(movedThenLost.recoveries, ['/a true']);
   });
 });

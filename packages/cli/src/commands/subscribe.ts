@@ -27,6 +27,7 @@ interface SubscribeFlags {
   token?: string;
   dataOnly?: boolean;
   count?: string;
+  transportRetry?: string;
   verbose?: boolean;
 }
 
@@ -108,6 +109,11 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     if (!/^\d+$/.test(flags.count) || Number(flags.count) < 1) throw new UsageError(`--count must be a whole number from 1, got ${JSON.stringify(flags.count)}`);
     count = Number(flags.count);
   }
+  let transportRetry: number | undefined;
+  if (flags.transportRetry !== undefined) {
+    if (!/^\d+$/.test(flags.transportRetry)) throw new UsageError(`--transport-retry must be a whole number of milliseconds, got ${JSON.stringify(flags.transportRetry)}`);
+    transportRetry = Number(flags.transportRetry);
+  }
   const base = serverUrl(flags.url, env);
   const path = flagOrEnv(flags.path, env.PERIHELION_PATH) ?? DEFAULT_PATH;
   if (!path.startsWith('/')) throw new UsageError(`the path must start with "/", got ${JSON.stringify(path)}`);
@@ -130,6 +136,7 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     autoConnect: false,
     minReconnectDelay: MIN_RECONNECT_DELAY,
     maxReconnectDelay: MAX_RECONNECT_DELAY,
+    ...(transportRetry !== undefined ? { transportRetry } : {}),
     ...(token !== undefined ? { token } : {}),
   });
 
@@ -255,17 +262,19 @@ export function subscribeCommand(): Command {
     .option('--token <jwt>', 'token sent in the handshake ext.token; prefer PERIHELION_TOKEN, since a token on the command line shows in ps and in shell history')
     .option('--data-only', 'print only the data of each message')
     .option('--count <n>', 'exit 0 after n messages')
-    .option('--verbose', 'report the connection on stderr: session, subscription, reconnects')
+    .option('--transport-retry <ms>', 'fallen back to HTTP, try the WebSocket again after this long (default 60000, plus up to half again; 0: only once HTTP fails too)')
+    .option('--verbose', 'report the connection on stderr: session, subscription, reconnects, moves to a WebSocket')
     .addHelpText(
       'after',
       `
 Each message is printed as {"channel":…,"data":…} (with --data-only, its data) on one line. It
-connects over WebSocket, or over HTTP (streaming, else long-polling) where WebSockets are blocked.
-The session follows the server's advice: it starts a new session and subscribes again when the
-server ends or forgets its session, and reconnects after a random wait of up to 1 s, 2 s, 4 s, …
-(at most 10 s) when the connection drops, recovering the messages it missed. SIGINT or SIGTERM
-ends the session and exits 0. Exit codes: 0 done, 1 the server refused (the error is printed) or
-could not be reached, 2 a usage error.
+connects over WebSocket, or over HTTP (streaming, else long-polling) where WebSockets are blocked,
+and moves the same session to a WebSocket that opens later (see --transport-retry). The session
+follows the server's advice: it starts a new session and subscribes again when the server ends or
+forgets its session, and reconnects after a random wait of up to 1 s, 2 s, 4 s, … (at most 10 s)
+when the connection drops, recovering the messages it missed. SIGINT or SIGTERM ends the session
+and exits 0. Exit codes: 0 done, 1 the server refused (the error is printed) or could not be
+reached, 2 a usage error.
 
 Examples:
   perihelion subscribe '/news/**' | jq
