@@ -221,6 +221,55 @@ describe('positions and recovery', () => {
   });
 });
 
+describe('maxReplay: the most messages one subscribe replays', () => {
+  let t: TestServer;
+  const peers: WsPeer[] = [];
+  before(async () => {
+    t = await startServer({ historySize: 100, maxReplay: 3 });
+  });
+  afterEach(async () => {
+    await Promise.all(peers.splice(0).map((peer) => peer.close()));
+  });
+  after(() => t.close());
+
+  /** Subscribes a session to `channels`, then leaves with the position of each, as a client cut off would. */
+  async function lastPositions(channels: string[]): Promise<Record<string, Position>> {
+    const a = await wsSession(t.wsUrl);
+    peers.push(a.peer);
+    const reply = await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: channels });
+    await a.peer.close();
+    return (reply.ext as { positions: Record<string, Position> }).positions;
+  }
+
+  /** A new session subscribing to the channels of `since`, recovering from there: its reply and what it is sent. */
+  async function recoverFrom(since: Record<string, Position>): Promise<{ recovered: unknown; data: unknown[] }> {
+    const b = await wsSession(t.wsUrl);
+    peers.push(b.peer);
+    const reply = await b.peer.request({ channel: '/meta/subscribe', clientId: b.clientId, subscription: Object.keys(since), ext: { recover: since } });
+    assert.equal(reply.successful, true, 'the subscription itself succeeds');
+    await t.server.publish(Object.keys(since)[0]!, 'live');
+    await waitFor(() => b.peer.received.some((m) => m.data === 'live'), 3000, 'the live message');
+    return { recovered: (reply.ext as Msg).recovered, data: b.peer.received.filter((m) => m.data !== undefined).map((m) => m.data) };
+  }
+
+  it('replays exactly maxReplay messages, and refuses one more with recovered: false and nothing replayed', async () => {
+    const within = await lastPositions(['/cap/three']);
+    for (const n of [1, 2, 3]) await t.server.publish('/cap/three', n);
+    assert.deepEqual(await recoverFrom(within), { recovered: { '/cap/three': true }, data: [1, 2, 3, 'live'] });
+
+    const past = await lastPositions(['/cap/four']);
+    for (const n of [1, 2, 3, 4]) await t.server.publish('/cap/four', n);
+    assert.deepEqual(await recoverFrom(past), { recovered: { '/cap/four': false }, data: ['live'] });
+  });
+
+  it('counts the budget across the channels of one subscribe: the channel that would pass it recovers nothing', async () => {
+    const since = await lastPositions(['/cap/a', '/cap/b']);
+    for (const n of [1, 2]) await t.server.publish('/cap/a', `a${n}`);
+    for (const n of [1, 2]) await t.server.publish('/cap/b', `b${n}`);
+    assert.deepEqual(await recoverFrom(since), { recovered: { '/cap/a': true, '/cap/b': false }, data: ['a1', 'a2', 'live'] });
+  });
+});
+
 describe('recovery across cuts (10 000 messages)', () => {
   let t: TestServer;
   before(async () => {
