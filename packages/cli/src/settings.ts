@@ -30,6 +30,7 @@ const FLAG_KIND: Record<Exclude<OptionSpec['kind'], 'secret' | 'structured'>, Se
   path: 'string',
   'connection-types': 'list',
   origins: 'list',
+  addresses: 'list',
 };
 
 function kebab(name: string): string {

@@ -103,6 +103,9 @@ describe('perihelion serve', () => {
     const unknownTransport = await exitOf(start(['--port', '0'], { PERIHELION_TRANSPORTS: 'carrier-pigeon' }));
     assert.equal(unknownTransport.code, 2);
     assert.match(unknownTransport.stderr, /unknown connection type "carrier-pigeon"/);
+    const badProxy = await exitOf(start(['--port', '0', '--trust-proxy', 'loopback,nginx']));
+    assert.equal(badProxy.code, 2);
+    assert.match(badProxy.stderr, /trustProxy.*"nginx" is not an address, a range/);
   });
 
   it('warns at start-up in open mode and states the security settings otherwise', async () => {

@@ -32,6 +32,7 @@ describe('settings from flags and environment', () => {
     });
     assert.deepEqual(settings.server, { path: '/cometd', maxQueue: 50, transports: ['websocket', 'long-polling'] });
     assert.equal(settings.demo, false);
+    assert.deepEqual(resolveSettings({ trustProxy: 'loopback,10.0.0.0/8' }, {}).server, { trustProxy: ['loopback', '10.0.0.0/8'] });
   });
 
   it('lets flags win over the environment', () => {

@@ -12,6 +12,7 @@
  * - `{ readme }`: the CLI sets it its own way, which the README names.
  */
 import { CONNECTION_TYPES, isConnectionType, type ConnectionType } from '@perihelion/protocol';
+import { proxyEntryProblem } from './http/client-address.js';
 
 export type OptionSetting = 'flag' | 'env' | 'file' | 'code' | { readme: string };
 
@@ -51,6 +52,11 @@ export interface OriginsOption extends Described {
   kind: 'origins';
   default: readonly string[];
 }
+/** A list of IP addresses, ranges (CIDR) and names of ranges (see http/client-address.ts). */
+export interface AddressesOption extends Described {
+  kind: 'addresses';
+  default: readonly string[];
+}
 /** A secret string with a least length; unset by default. */
 export interface SecretOption extends Described {
   kind: 'secret';
@@ -66,7 +72,7 @@ export interface StructuredOption extends Described {
   shown: string;
 }
 
-export type OptionSpec = IntegerOption | BooleanOption | ChoiceOption | PathOption | ConnectionTypesOption | OriginsOption | SecretOption | StructuredOption;
+export type OptionSpec = IntegerOption | BooleanOption | ChoiceOption | PathOption | ConnectionTypesOption | OriginsOption | AddressesOption | SecretOption | StructuredOption;
 
 export const OPTION_TABLE = {
   path: { kind: 'path', default: '/bayeux', help: 'mount path of the Bayeux endpoint (`/cometd` works too)' },
@@ -126,6 +132,11 @@ export const OPTION_TABLE = {
     kind: 'origins',
     default: [],
     help: 'origins allowed for cross-origin HTTP (CORS) and WebSocket, comma-separated; same-origin and non-browser clients are always allowed; `*` allows all',
+  },
+  trustProxy: {
+    kind: 'addresses',
+    default: [],
+    help: 'reverse proxies whose `X-Forwarded-For` names the client, comma-separated: addresses, ranges (`10.0.0.0/8`), `loopback`, `private`; the per-address limits, logs and call-outs then see each client\'s own address (see docs/security.md)',
   },
   open: { kind: 'boolean', default: false, help: 'OPEN MODE, for development only: any client may publish and subscribe anywhere' },
   anonymous: { kind: 'boolean', default: true, help: 'give a session to handshakes without credentials (anonymous)' },
@@ -196,7 +207,7 @@ type ValueOf<S> = S extends { kind: 'integer' }
         ? string
         : S extends { kind: 'connection-types' }
           ? ConnectionType[]
-          : S extends { kind: 'origins' }
+          : S extends { kind: 'origins' | 'addresses' }
             ? string[]
             : S extends { kind: 'secret' }
               ? string | undefined
@@ -258,6 +269,16 @@ export function checkOption(name: string, spec: OptionSpec, value: unknown): { v
       const bad = value.find((origin: string) => origin !== '*' && !/^https?:\/\/[^/\s]+$/.test(origin));
       if (bad !== undefined) return { error: `option "${name}": ${JSON.stringify(bad)} is not an origin; write scheme://host[:port] without a path, or "*"` };
       return { value: [...value] };
+    }
+    case 'addresses': {
+      if (!Array.isArray(value) || !value.every((entry) => typeof entry === 'string')) {
+        return { error: `option "${name}" must be a list of addresses or ranges like "10.0.0.0/8", ${got()}` };
+      }
+      for (const entry of value as string[]) {
+        const problem = proxyEntryProblem(entry.trim());
+        if (problem !== undefined) return { error: `option "${name}": ${problem}` };
+      }
+      return { value: value.map((entry: string) => entry.trim()) };
     }
     case 'secret':
       return typeof value === 'string' && value.length >= spec.minLength ? { value } : { error: `option "${name}" must be a string of at least ${spec.minLength} characters` };

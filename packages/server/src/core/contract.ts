@@ -6,6 +6,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { ConnectionType } from '@perihelion/protocol';
+import type { ProxyTrust } from '../http/client-address.js';
 import type { ResolvedOptions } from '../options.js';
 import type { Counters } from './delivery.js';
 
@@ -104,6 +105,8 @@ export interface ProcessContext extends TransportFacts {
 /** What a transport needs of the core: its limits (the options) and the one entry point. */
 export interface TransportHost {
   readonly options: ResolvedOptions;
+  /** Who the client behind a request is, past the reverse proxies the options trust. */
+  readonly proxies: ProxyTrust;
   /** The server's running totals; a transport counts what only it sees (a WebSocket not read for a while). */
   readonly counters: Counters;
   /**

@@ -11,6 +11,7 @@
 import type { Engine } from '../engine/engine.js';
 import type { HistorySettings } from '../engine/history.js';
 import type { ExtensionPipeline } from '../extensions/pipeline.js';
+import { ProxyTrust } from '../http/client-address.js';
 import type { ResolvedOptions } from '../options.js';
 import type { Authenticator } from '../security/authenticate.js';
 import type { SecurityPolicy } from '../security/policy.js';
@@ -52,6 +53,7 @@ export interface CoreParts {
 
 export class ServerCore implements TransportHost {
   readonly options: ResolvedOptions;
+  readonly proxies: ProxyTrust;
   readonly engine: Engine;
   readonly extensions: ExtensionPipeline;
   readonly security: Security;
@@ -75,6 +77,7 @@ export class ServerCore implements TransportHost {
 
   constructor(parts: CoreParts) {
     this.options = parts.options;
+    this.proxies = new ProxyTrust(this.options.trustProxy);
     this.engine = parts.engine;
     this.extensions = parts.extensions;
     this.security = parts.security;

@@ -31,7 +31,7 @@ import { sendBatchError } from './responses.js';
 
 
 /** What the adapter needs of the core: the transports' host, sessions for streams, and error and shutdown state. */
-export type AdapterHost = Pick<ServerCore, 'options' | 'counters' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding'>;
+export type AdapterHost = Pick<ServerCore, 'options' | 'proxies' | 'counters' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding'>;
 
 export class HttpAdapter {
   readonly websocket: WebSocketTransport | null;
@@ -124,7 +124,7 @@ export class HttpAdapter {
       return sendBatchError(res, 400, 'badRequest', `${framer.transport} is disabled on this server; offered: ${this.core.options.transports.join(', ')}`);
     }
     // A stream reads the session's messages: it must come from the session's own browser.
-    const facts = requestFacts(req);
+    const facts = requestFacts(req, this.core.proxies);
     const session = this.core.sessionFor(clientId, { transport: framer.transport, request: facts });
     if (session) return this.streams.open(req, res, session, framer);
     // Another node may hold the session (no sticky sessions): the stream stays here, fed by that node.
@@ -160,7 +160,7 @@ export class HttpAdapter {
       socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
       return true;
     }
-    const address = req.socket.remoteAddress ?? 'unknown';
+    const address = this.core.proxies.clientAddress(req.socket.remoteAddress, req.headers) ?? 'unknown';
     if (!this.websocket.admits(address)) {
       // Before the upgrade, so a client that cannot open a WebSocket falls back to HTTP, where
       // `maxSessionsPerIp` bounds it.

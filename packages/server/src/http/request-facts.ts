@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import type { RequestFacts } from '../core/contract.js';
+import type { ProxyTrust } from './client-address.js';
 
 /**
  * The browser id the adapter read from, or gave to, a request (see security/browser-cookie.ts),
@@ -13,9 +14,9 @@ export function assignBrowser(req: IncomingMessage, browserId: string, issued: b
   (req as Tagged)[BROWSER] = { id: browserId, issued };
 }
 
-/** The facts about a request that the server core and extensions see. */
-export function requestFacts(req: IncomingMessage): RequestFacts {
-  const facts: RequestFacts = { headers: req.headers, remoteAddress: req.socket.remoteAddress, url: req.url ?? '' };
+/** The facts about a request that the server core and extensions see; the address is the client's, past trusted `proxies`. */
+export function requestFacts(req: IncomingMessage, proxies: ProxyTrust): RequestFacts {
+  const facts: RequestFacts = { headers: req.headers, remoteAddress: proxies.clientAddress(req.socket.remoteAddress, req.headers), url: req.url ?? '' };
   const browser = (req as Tagged)[BROWSER];
   if (browser !== undefined) {
     facts.browserId = browser.id;

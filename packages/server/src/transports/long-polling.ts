@@ -103,7 +103,7 @@ export function pollOnce(
   };
   const context: ProcessContext = {
     transport,
-    request: requestFacts(req),
+    request: requestFacts(req, core.proxies),
     // When the client closes the line before the answer, a held connect is let go without
     // taking the queued messages with it.
     onClientGone: (callback) =>

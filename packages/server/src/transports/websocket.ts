@@ -391,7 +391,7 @@ export class WebSocketTransport {
   }
 
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    const facts = requestFacts(req);
+    const facts = requestFacts(req, this.core.proxies);
     facts.headers = withoutUpgradeHeaders(req.headers);
     // No closure here may capture `req`: one living as long as the connection would keep the
     // whole upgrade request (about 1 KB) alive with it.
