@@ -69,7 +69,9 @@ export async function startCluster({
   const rulesDir = mkdtempSync(join(tmpdir(), 'perihelion-cluster-'));
   const rulesFile = join(rulesDir, 'rules.json');
   writeFileSync(rulesFile, JSON.stringify(rules));
-  const flags = ['--redis', redis, ...(redisCluster ? ['--redis-cluster'] : []), '--redis-prefix', prefix, '--rules', rulesFile, '--log-level', logLevel, ...(demo ? [] : ['--no-demo']), ...args];
+  // The balancer runs on this machine and appends each client's address to X-Forwarded-For:
+  // trusting it, the nodes count each client against the per-address limits, not the balancer.
+  const flags = ['--redis', redis, ...(redisCluster ? ['--redis-cluster'] : []), '--redis-prefix', prefix, '--rules', rulesFile, '--trust-proxy', 'loopback', '--log-level', logLevel, ...(demo ? [] : ['--no-demo']), ...args];
   const childEnv = { ...process.env, ...env, PERIHELION_API_KEY: apiKey };
   delete childEnv.PORT;
 
