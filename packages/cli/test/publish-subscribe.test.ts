@@ -347,6 +347,7 @@ describe('perihelion publish and subscribe', () => {
     // Leaving the stream, the session asked again for what it may have carried unread, and lost
     // nothing: no recovery to report, and no reconnection.
     assert.doesNotMatch(sub.stderr, /recovered|lost|reconnecting/);
+    assert.equal(sub.stderr.match(/subscribed to/g)?.length, 1, `subscribed once, in its one session: ${sub.stderr}`);
     assert.equal(sub.stderr.match(/connected over/g)?.length, 1, sub.stderr);
     await stop(limited);
   });

@@ -147,6 +147,8 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
   let restarts = 0;
   let connectedAt = 0;
   let printed = 0;
+  /** The session whose subscription was reported. */
+  let subscribedIn: string | null = null;
 
   /** Ends the session (with /meta/disconnect when connected), then the command. */
   function end(failure?: CommandFailure): void {
@@ -201,7 +203,14 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     },
     incoming(message) {
       contact.reached = true;
-      if (message.channel === '/meta/subscribe' && message.successful === true && message.subscription === pattern) status(`subscribed to ${pattern}`);
+      // Once per session: the same session subscribes again after a lost line or a move, and the
+      // recovery (or nothing, when nothing was missed) is the news then.
+      // (The reply to a subscribe sent with the handshake comes before the client knows its id.)
+      const session = message.clientId ?? client.clientId ?? '';
+      if (message.channel === '/meta/subscribe' && message.successful === true && message.subscription === pattern && session !== subscribedIn) {
+        subscribedIn = session;
+        status(`subscribed to ${pattern}`);
+      }
       return message;
     },
   });
