@@ -4,6 +4,7 @@ import { PerihelionError } from '@perihelion/server';
 import { SETTINGS, SettingsError, defaultsOn, envName, resolveSettings } from './settings.js';
 import { serve } from './serve.js';
 import { runWorkers, workerAddress, workerNode } from './workers.js';
+import { usageExitsWith2 } from './commands/common.js';
 import { publishCommand } from './commands/publish.js';
 import { subscribeCommand } from './commands/subscribe.js';
 
@@ -37,7 +38,7 @@ Examples:
 command.addOption(new Option('--config <file>', 'configuration file, JSON or YAML; flags and environment win over it (PERIHELION_CONFIG)'));
 for (const setting of SETTINGS) {
   if (setting.kind === 'boolean' && defaultsOn(setting)) {
-    command.addOption(new Option(`--no-${setting.flag}`, `do not ${setting.help.replace(/ \(default true\)$/, '')} (${envName(setting)})`));
+    command.addOption(new Option(`--no-${setting.flag}`, `turn off: ${setting.help.replace(/ \(default true\)$/, '')} (${envName(setting)}=0)`));
   } else if (setting.kind === 'boolean') {
     command.addOption(new Option(`--${setting.flag}`, `${setting.help} (${envName(setting)}=1)`));
   } else {
@@ -45,8 +46,11 @@ for (const setting of SETTINGS) {
     command.addOption(new Option(`--${setting.flag} ${value}`, `${setting.help} (${envName(setting)})`));
   }
 }
-command.action(async (flags: Record<string, unknown>) => {
+command.action(async (parsed: Record<string, unknown>) => {
   try {
+    // Only what was typed: commander gives a `--no-…` switch the value true when it is absent,
+    // which would win over the environment and the configuration file.
+    const flags = Object.fromEntries(Object.entries(parsed).filter(([key]) => command.getOptionValueSource(key) === 'cli'));
     const settings = resolveSettings(flags, process.env);
     const node = workerNode();
     const address = workerAddress();
@@ -88,6 +92,9 @@ command.action(async (flags: Record<string, unknown>) => {
     throw error;
   }
 });
+
+// A flag it does not know is a usage error, as a wrong value is (exit code 2).
+usageExitsWith2(command);
 
 // Clients of a running server.
 program.addCommand(publishCommand());

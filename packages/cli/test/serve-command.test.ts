@@ -1,15 +1,24 @@
 /** `perihelion serve` as a user runs it: a child process, real HTTP, real signals. */
-import { describe, it } from 'node:test';
+import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client } from '@perihelion/client';
 
 const BIN = fileURLToPath(new URL('../src/bin.js', import.meta.url));
 
+/** Servers still running: a test that fails half-way leaves none behind (afterEach). */
+const children = new Set<ChildProcessWithoutNullStreams>();
+
 function start(args: string[], env: Record<string, string> = {}): ChildProcessWithoutNullStreams {
-  return spawn(process.execPath, [BIN, 'serve', ...args], { env: { ...process.env, PORT: '', HOST: '', ...env } });
+  const child = spawn(process.execPath, [BIN, 'serve', ...args], { env: { ...process.env, PORT: '', HOST: '', ...env } });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
 }
 
 /** Reads stdout until the "listening on" line, leaving the stream open so later writes succeed. */
@@ -38,6 +47,14 @@ async function exitOf(child: ChildProcessWithoutNullStreams): Promise<{ code: nu
 }
 
 describe('perihelion serve', () => {
+  afterEach(async () => {
+    for (const child of [...children]) {
+      const exited = once(child, 'exit');
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
+
   it('serves Bayeux at the configured path, honours PERIHELION_* settings, and exits 0 on SIGTERM', async () => {
     const child = start(['--port', '0', '--host', '127.0.0.1', '--no-demo'], { PERIHELION_PATH: '/cometd' });
     const exited = exitOf(child);
@@ -52,6 +69,50 @@ describe('perihelion serve', () => {
     assert.equal((await fetch(`${url}/`)).status, 404, 'the demo page is off with --no-demo');
     child.kill('SIGTERM');
     assert.equal((await exited).code, 0);
+  });
+
+  it('turns off a switch that is on by default from the environment or the configuration file, as with its --no- flag', async () => {
+    const handshake = async (url: string): Promise<{ successful: boolean; error?: string; ext?: { ack?: unknown } }> => {
+      const response = await fetch(`${url}/bayeux`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'], ext: { ack: true } }]),
+      });
+      return ((await response.json()) as { successful: boolean; error?: string; ext?: { ack?: unknown } }[])[0]!;
+    };
+    const dir = mkdtempSync(join(tmpdir(), 'perihelion-serve-'));
+    const config = join(dir, 'perihelion.yaml');
+    writeFileSync(config, 'demo: false\nanonymous: false\n');
+    const runs: { how: string; args: string[]; env: Record<string, string> }[] = [
+      { how: 'the environment', args: [], env: { PERIHELION_DEMO: 'false', PERIHELION_ANONYMOUS: '0', PERIHELION_ACK: 'false' } },
+      { how: 'the configuration file', args: ['--config', config, '--no-ack'], env: {} },
+      { how: 'the flags', args: ['--no-demo', '--no-anonymous', '--no-ack'], env: {} },
+    ];
+    try {
+      for (const { how, args, env } of runs) {
+        const child = start(['--port', '0', '--host', '127.0.0.1', ...args], env);
+        const exited = exitOf(child);
+        const url = await listeningUrl(child);
+        assert.equal((await fetch(`${url}/`)).status, 404, `${how}: no demo page`);
+        const reply = await handshake(url);
+        assert.equal(reply.successful, false, `${how}: no anonymous sessions`);
+        assert.match(reply.error ?? '', /^403::Unauthorized/);
+        child.kill('SIGTERM');
+        assert.equal((await exited).code, 0);
+      }
+      // And on by default, whatever commander makes of an absent --no- switch.
+      const child = start(['--port', '0', '--host', '127.0.0.1'], { PERIHELION_ACK: '0' });
+      const exited = exitOf(child);
+      const url = await listeningUrl(child);
+      const reply = await handshake(url);
+      assert.equal(reply.successful, true, 'anonymous sessions by default');
+      assert.equal(reply.ext?.ack, undefined, 'the ack extension off from the environment');
+      assert.equal((await fetch(`${url}/`)).status, 200, 'the demo page by default');
+      child.kill('SIGTERM');
+      assert.equal((await exited).code, 0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('serves the demo page at / by default', async () => {
@@ -103,6 +164,9 @@ describe('perihelion serve', () => {
     const unknownTransport = await exitOf(start(['--port', '0'], { PERIHELION_TRANSPORTS: 'carrier-pigeon' }));
     assert.equal(unknownTransport.code, 2);
     assert.match(unknownTransport.stderr, /unknown connection type "carrier-pigeon"/);
+    const unknownFlag = await exitOf(start(['--port', '0', '--bogus-flag']));
+    assert.equal(unknownFlag.code, 2, 'an unknown flag is a usage error too');
+    assert.match(unknownFlag.stderr, /unknown option '--bogus-flag'/);
     const badProxy = await exitOf(start(['--port', '0', '--trust-proxy', 'loopback,nginx']));
     assert.equal(badProxy.code, 2);
     assert.match(badProxy.stderr, /trustProxy.*"nginx" is not an address, a range/);
