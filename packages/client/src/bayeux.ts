@@ -124,6 +124,12 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
    */
   private turn = 0;
   private stopped = true;
+  /**
+   * Why the client stopped, when it was refused (no usable transport, a refused handshake): a
+   * publish, request or subscription made then fails with it rather than wait for a connection
+   * that will not come until connect() is called again.
+   */
+  private refusal: ClientError | null = null;
   private starting: { promise: Promise<void>; resolve(): void; reject(error: ClientError): void } | null = null;
 
   constructor(
@@ -184,6 +190,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     const { promise } = this.starting;
     if (this.stopped) {
       this.stopped = false;
+      this.refusal = null;
       this.attempts = 0;
       this.setState('connecting', 'connect');
       void this.handshake();
@@ -194,10 +201,12 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   // ------------------------------------------------------------------ messages and subscriptions (outbox.ts, subscriptions.ts)
 
   publish(channel: string, data: unknown, ext: Record<string, unknown> | undefined): Promise<Message> {
+    if (this.stopped && this.refusal) return Promise.reject(this.refusal);
     return this.outbox.publish(channel, data, ext);
   }
 
   call(channel: string, data: unknown, timeout: number): Promise<unknown> {
+    if (this.stopped && this.refusal) return Promise.reject(this.refusal);
     return this.outbox.call(channel, data, timeout);
   }
 
@@ -206,6 +215,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   }
 
   need(pattern: string): Promise<SubscribeOutcome> {
+    if (this.stopped && this.refusal) return Promise.reject(this.refusal);
     return this.subscriptions.need(pattern);
   }
 
@@ -247,7 +257,9 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       minimumVersion: '1.0',
       supportedConnectionTypes: this.negotiation.usable(),
       advice: { timeout: 60_000, interval: 0 },
-      ...(token !== undefined ? { ext: { token } } : {}),
+      // Told of the positions it is not sent (a publish of its own with `echo: false`, a server
+      // publish that excludes it), it takes no such hole for messages lost (Subscriptions.deliver).
+      ext: { skips: true, ...(token !== undefined ? { token } : {}) },
     };
     // Over a WebSocket the subscriptions and the first connect go in the handshake's frame (sent
     // in the same turn), asked for with ext.bundle: set up in one round trip instead of two, the
@@ -548,6 +560,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     this.closeLine();
     this.clientId = undefined;
     const failure = error ?? new ClientError('disconnected', `the client is disconnected (${reason})`);
+    this.refusal = error ?? null;
     this.outbox.fail(failure);
     this.subscriptions.stop(failure);
     this.starting?.reject(failure);
@@ -556,7 +569,13 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   }
 
   async disconnect(): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped) {
+      // Never started (or stopped already): what waits for a connection is told it will not come.
+      const failure = new ClientError('disconnected', 'the client is disconnected (client)');
+      this.outbox.fail(failure);
+      this.subscriptions.stop(failure);
+      return;
+    }
     const line = this.line;
     const clientId = this.clientId;
     this.stopped = true;
@@ -694,7 +713,8 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
         if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.type !== undefined && isStreamedConnectionType(this.type));
         continue;
       }
-      if (message.data !== undefined) this.subscriptions.deliver(message);
+      // A delivery; or the note of a position the session was excluded from, which carries none.
+      if (message.data !== undefined || message.ext?.skip === true) this.subscriptions.deliver(message);
     }
   }
 

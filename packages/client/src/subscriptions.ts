@@ -256,6 +256,8 @@ export class Subscriptions {
       }
       this.positions.set(message.channel, position);
     }
+    // A position the server tells of without its message (excluded from it): nothing to deliver.
+    if (message.ext?.skip === true) return;
     this.events.deliver(message);
   }
 

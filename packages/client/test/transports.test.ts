@@ -57,6 +57,27 @@ describe('client over each transport (Node)', () => {
     });
   }
 
+  for (const type of ['websocket', 'long-polling', 'http-streaming'] as ConnectionType[]) {
+    it(`over ${type}, is not sent its own echo: false publish nor a server publish that excludes it, and takes neither hole for a loss`, async () => {
+      const c = client(test.url, { transports: [type] });
+      const channel = `/t/quiet/${type}`;
+      const received: unknown[] = [];
+      await c.subscribe(channel, (data) => received.push(data));
+      const session = c.clientId;
+      const states: string[] = [];
+      c.on('state', (change) => states.push(`${change.state}: ${change.reason}`));
+      await c.publish(channel, 'mine', { ext: { echo: false } });
+      await test.server.publish(channel, 'not for c', { exclude: session! });
+      await test.server.publish(channel, 'for all');
+      await waitFor(() => received.length === 1, 3000, 'the message for all');
+      await sleep(200);
+      assert.deepEqual(received, ['for all'], 'neither excluded message, not even through a recovery');
+      assert.deepEqual(states, [], 'no gap seen: the session carried on');
+      assert.equal(c.clientId, session, 'the same session');
+      await c.disconnect();
+    });
+  }
+
   it('answers request() with the service listener’s value', async () => {
     const stop = test.server.subscribe('/service/sum', (message) => {
       const { a, b } = message.data as { a: number; b: number };

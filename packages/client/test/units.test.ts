@@ -55,6 +55,27 @@ describe('errors and options', () => {
     const c = new Client('http://127.0.0.1:1/bayeux', { transports: ['eventsource'], shared: false });
     await assert.rejects(c.connect(), (error: ClientError) => error.code === 'no-transport');
   });
+
+  it('fails a subscribe, publish or request whose automatic connect finds no usable transport, rather than leaving it pending', async () => {
+    const noTransport = (error: ClientError): boolean => error.code === 'no-transport';
+    const settled = <T>(promise: Promise<T>): Promise<T> =>
+      Promise.race([promise, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('still pending after 1 s')), 1000))]);
+    const c = new Client('http://127.0.0.1:1/bayeux', { transports: ['eventsource'], shared: false });
+    await assert.rejects(settled(c.subscribe('/t', () => {})), noTransport);
+    await assert.rejects(settled(c.publish('/t', 1)), noTransport);
+    await assert.rejects(settled(c.request('/service/t', {})), noTransport);
+    assert.equal(c.state, 'disconnected');
+  });
+
+  it('disconnect() on a client never started fails what waits for its connection with disconnected', async () => {
+    const c = new Client('http://127.0.0.1:1/bayeux', { autoConnect: false, shared: false });
+    const publish = c.publish('/t', 1);
+    const subscribe = c.subscribe('/t', () => {});
+    await c.disconnect();
+    const disconnected = (error: ClientError): boolean => error.code === 'disconnected';
+    await assert.rejects(publish, disconnected);
+    await assert.rejects(subscribe, disconnected);
+  });
 });
 
 describe('HTTP outside browsers', () => {

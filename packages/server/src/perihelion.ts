@@ -17,6 +17,7 @@ import { Metrics, deliveryLatency, type LatencyHistogram, type LatencySummary } 
 import { OPERATION_PATHS, handleOperation } from './api/operations.js';
 import { assembleCore } from './assemble.js';
 import { Webhooks } from './callouts/webhooks.js';
+import { checkData, checkDeliveryChannel } from './core/application-input.js';
 import type { ProcessContext } from './core/contract.js';
 import type { ServerStats } from './core/delivery.js';
 import type { ServerEvents } from './core/events.js';
@@ -113,6 +114,7 @@ export class Perihelion {
       const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
       if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to ${JSON.stringify(channel)}: ${problem}`);
       if (isMeta(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot publish to the meta channel ${channel}`);
+      checkData(data, 'publish');
       if (options.exclude !== undefined && (typeof options.exclude !== 'string' || options.exclude === '')) {
         throw new PerihelionError('ERR_INVALID_ARGUMENT', `exclude must be a clientId, got ${JSON.stringify(options.exclude)}`);
       }
@@ -142,14 +144,16 @@ export class Perihelion {
   subscribe(pattern: string, listener: Listener): () => void {
     const problem = channelProblem(pattern, { maxLength: this.options.maxChannelLength });
     if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot listen to ${JSON.stringify(pattern)}: ${problem}`);
+    // The protocol's own messages never reach listeners: a listener there would never be called.
+    if (isMeta(pattern)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot listen to the meta channel ${pattern}: extensions see the protocol's messages`);
     return this.core.listeners.add(pattern, listener);
   }
 
   /** Sends `data` on `channel` to one session, on whichever node holds it; false when no session has that id. */
   async deliver(clientId: string, channel: string, data: unknown): Promise<boolean> {
     this.assertOpen();
-    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
-    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot deliver on ${JSON.stringify(channel)}: ${problem}`);
+    this.checkDeliveryChannel(channel);
+    checkData(data, 'deliver');
     const publication = await prepare(this.core.extensions, { channel, data }, null);
     if (!publication) return false;
     return this.engine.sendTo(clientId, publication);
@@ -163,6 +167,7 @@ export class Perihelion {
     this.assertOpen();
     if (typeof userId !== 'string' || userId === '') throw new PerihelionError('ERR_INVALID_ARGUMENT', `a user id is a non-empty string, got ${JSON.stringify(userId)}`);
     this.checkDeliveryChannel(channel);
+    checkData(data, 'deliver');
     await this.core.ready;
     return this.deliverToEach(await this.engine.sessionsOfUser(userId), channel, data);
   }
@@ -176,6 +181,7 @@ export class Perihelion {
     this.assertOpen();
     if (typeof predicate !== 'function') throw new PerihelionError('ERR_INVALID_ARGUMENT', 'deliverWhere needs a predicate function');
     this.checkDeliveryChannel(channel);
+    checkData(data, 'deliver');
     const chosen = (await this.sessions()).filter((session) => predicate(session)).map((session) => session.clientId);
     return this.deliverToEach(chosen, channel, data);
   }
@@ -233,9 +239,7 @@ export class Perihelion {
   }
 
   private checkDeliveryChannel(channel: string): void {
-    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
-    if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot deliver on ${JSON.stringify(channel)}: ${problem}`);
-    if (isMeta(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot deliver on the meta channel ${channel}`);
+    checkDeliveryChannel(channel, this.options.maxChannelLength);
   }
 
   /** One publication (outgoing extensions run, serialised once) sent to each session; how many were reached. */

@@ -83,6 +83,15 @@ describe('deliverToUser, deliverWhere, sessions()', () => {
     await assert.rejects(t.server.deliverToUser('42', '/x/*', 1), (error: PerihelionError) => error.code === 'ERR_INVALID_CHANNEL');
     await assert.rejects(t.server.deliverToUser('42', '/meta/connect', 1), /meta channel/);
     await assert.rejects(t.server.deliverWhere('yes' as unknown as () => boolean, '/x', 1), /needs a predicate function/);
+    // session.deliver's meta channel, like deliverToUser's: a meta message forged by the application would reach the client's protocol.
+    const one = await connect(t);
+    await assert.rejects(t.server.deliver(one.clientId, '/meta/connect', { evil: 1 }), (error: PerihelionError) => error.code === 'ERR_INVALID_CHANNEL' && /meta channel/.test(error.message));
+    await assert.rejects(t.server.deliver(one.clientId, '/x', undefined), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT' && /without data/.test(error.message));
+    await assert.rejects(t.server.deliverToUser('42', '/x', () => 1), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT' && /a function as data/.test(error.message));
+    await assert.rejects(t.server.deliverWhere(() => true, '/x', undefined), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT');
+    await settle();
+    assert.deepEqual(one.data('/meta/connect'), [], 'nothing reached the client');
+    assert.equal(await t.server.deliver(one.clientId, '/x', null), true, 'null is data');
   });
 
   it('reaches the sessions a predicate over identity and session.data chooses', async () => {
@@ -161,6 +170,28 @@ describe('exclude the sender', () => {
     await assert.rejects(t.server.publish('/news', 1, { exclude: '' }), /exclude must be a clientId/);
   });
 
+  it('tells a session that asked (handshake ext.skips) of each position it is excluded from, without the data; others nothing', async () => {
+    const t = await server();
+    const tracking = await connect(t, { skips: true });
+    const plain = await connect(t);
+    await tracking.subscribe('/quiet');
+    await plain.subscribe('/quiet');
+    assert.equal((await tracking.publish('/quiet', 'mine', { echo: false })).successful, true);
+    await t.server.publish('/quiet', 'not for plain', { exclude: plain.clientId });
+    await t.server.publish('/quiet', 'not for tracking', { exclude: tracking.clientId });
+    await t.server.publish('/quiet', 'for all');
+    // Deliveries (and notes) carry a position; the reply to the publish does not.
+    const delivered = (peer: Peer): Msg[] => peer.peer.received.filter((m) => m.channel === '/quiet' && m.successful === undefined);
+    await waitFor(() => delivered(tracking).length === 4 && delivered(plain).length === 3, 3000, 'every note and message');
+    await settle();
+    const seen = delivered(tracking).map((m) => [(m.ext as { position: { offset: number } }).position.offset, m.data ?? (m.ext as { skip?: boolean }).skip]);
+    assert.deepEqual(seen, [[1, true], [2, 'not for plain'], [3, true], [4, 'for all']], 'a note in place of each message it is excluded from: offsets without a hole');
+    assert.deepEqual(Object.keys(delivered(tracking)[0]!).sort(), ['channel', 'ext'], 'no data, no id');
+    // A client that did not ask (CometD, Faye) is sent nothing in its place: a message without data would reach its listeners.
+    assert.deepEqual(plain.data('/quiet'), ['mine', 'not for tracking', 'for all']);
+    assert.equal(delivered(plain).length, 3);
+  });
+
   it('works for the Faye client, which sets ext through an extension', async () => {
     const t = await server();
     const reader = await connect(t);
@@ -197,7 +228,16 @@ describe('server.publish and session.deliver', () => {
     assert.doesNotThrow(() => (wildcard = t.server.publish('/news/*', 1)));
     assert.doesNotThrow(() => (unserialisable = t.server.publish('/news', { big: 10n })));
     await assert.rejects(wildcard!, { code: 'ERR_INVALID_CHANNEL' });
-    await assert.rejects(unserialisable!, /BigInt/);
+    await assert.rejects(unserialisable!, (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT' && /cannot serialise the message on \/news: .*BigInt/.test(error.message));
+    const cycle: Record<string, unknown> = {};
+    cycle.self = cycle;
+    await assert.rejects(t.server.publish('/news', cycle), { code: 'ERR_INVALID_ARGUMENT' });
+    // What would vanish from the JSON and reach subscribers as a message without data.
+    await assert.rejects(t.server.publish('/news', undefined), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT' && /without data/.test(error.message));
+    await assert.rejects(t.server.publish('/news', () => 1), { code: 'ERR_INVALID_ARGUMENT' });
+    await assert.rejects(t.server.publish('/news', Symbol('s')), { code: 'ERR_INVALID_ARGUMENT' });
+    assert.throws(() => t.server.subscribe('/meta/connect', () => {}), (error: PerihelionError) => error.code === 'ERR_INVALID_CHANNEL' && /meta channel/.test(error.message));
+    assert.throws(() => t.server.subscribe('/meta/**', () => {}), { code: 'ERR_INVALID_CHANNEL' });
     await t.server.publish('/news', 'after');
     assert.deepEqual(published, ['after'], "the 'publish' event, once the publish is made, for that one only");
     await waitFor(() => reader.data('/news').length === 1, 3000, 'the reader to get it');
@@ -243,12 +283,16 @@ describe('server.publish and session.deliver', () => {
     assert.deepEqual(reader.data('/news'), [{ wrapped: 'x' }]);
   });
 
-  it('throws at the caller of session.deliver for data JSON cannot hold; the session goes on', async () => {
+  it('throws at the caller of session.deliver for data JSON cannot hold, a bad or meta channel; the session goes on', async () => {
     const t = await server();
     let session: Session | undefined;
     t.server.on('handshake', (s) => (session = s));
     const reader = await connect(t);
-    assert.throws(() => session!.deliver('/direct', { big: 10n }), /BigInt/);
+    assert.throws(() => session!.deliver('/direct', { big: 10n }), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT' && /BigInt/.test(error.message));
+    assert.throws(() => session!.deliver('/direct', undefined), { code: 'ERR_INVALID_ARGUMENT' });
+    assert.throws(() => session!.deliver('/meta/connect', { advice: { reconnect: 'none' } }), { code: 'ERR_INVALID_CHANNEL' });
+    assert.throws(() => session!.deliver('/direct/*', 1), { code: 'ERR_INVALID_CHANNEL' });
+    assert.throws(() => session!.deliver('direct', 1), { code: 'ERR_INVALID_CHANNEL' });
     session!.deliver('/direct', 'fine');
     await waitFor(() => reader.data('/direct').length === 1, 3000, 'the session to get the next one');
     assert.deepEqual(reader.data('/direct'), ['fine']);

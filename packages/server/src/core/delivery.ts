@@ -8,11 +8,12 @@
  * push line (WebSocket, stream), or the answer to its held long-poll connect. Sessions call back
  * here too (SessionHost) to be flushed, to expire, and to be ended; ending a session is here.
  */
-import { isService } from '@perihelion/protocol';
+import { isService, type Position } from '@perihelion/protocol';
 import type { Engine, EngineHost, Publication, SessionInfo } from '../engine/engine.js';
 import type { HistorySettings } from '../engine/history.js';
 import type { ExtensionPipeline } from '../extensions/pipeline.js';
 import type { ResolvedOptions } from '../options.js';
+import { checkData, checkDeliveryChannel } from './application-input.js';
 import type { DisconnectReason, ServerEventEmitter } from './events.js';
 import type { ListenerRegistry } from './listeners.js';
 import { prepare } from './publish.js';
@@ -44,7 +45,7 @@ export interface ServerStats {
 export type Counters = Omit<ServerStats, 'sessions' | 'sessionsByTransport'>;
 
 export interface DeliveryParts {
-  options: Pick<ResolvedOptions, 'queueOverflow'>;
+  options: Pick<ResolvedOptions, 'queueOverflow' | 'maxChannelLength'>;
   engine: Engine;
   events: ServerEventEmitter;
   /** For `session.deliver`: its message passes the outgoing extensions like any publication. */
@@ -126,9 +127,10 @@ export class LocalDelivery implements EngineHost, SessionHost {
     const { payload, exclude } = publication;
     const now = Date.now();
     for (const id of clientIds) {
-      if (id === exclude) continue;
       const session = this.sessions.get(id);
-      if (session) this.enqueue(session, payload, now);
+      if (!session) continue;
+      if (id !== exclude) this.enqueue(session, payload, now);
+      else if (session.skipNotes && publication.position !== undefined) this.enqueue(session, skipNote(publication.channel, publication.position), now);
     }
     if (this.listeners.hearsBroadcasts && !isService(publication.channel)) void this.listeners.notify(publication.message, null);
   }
@@ -240,6 +242,8 @@ export class LocalDelivery implements EngineHost, SessionHost {
   // ---------------------------------------------------------------- SessionHost: from a session
 
   deliverTo(session: ServerSession, channel: string, data: unknown): void {
+    checkDeliveryChannel(channel, this.options.maxChannelLength);
+    checkData(data, 'deliver');
     const deliver = (publication: Publication | null): void => {
       if (publication) this.enqueue(session, publication.payload);
     };
@@ -278,4 +282,12 @@ export class LocalDelivery implements EngineHost, SessionHost {
     void this.engine.removeSession(session.id).catch((error: unknown) => this.reportError(error));
     this.events.emit('disconnect', session, reason);
   }
+}
+
+/**
+ * What a session that tracks positions (`skipNotes`) is sent instead of a message it is excluded
+ * from: the position alone, marked `skip`, without data, so that the next one is no gap for it.
+ */
+function skipNote(channel: string, position: Position): string {
+  return `{"channel":${JSON.stringify(channel)},"ext":{"position":${JSON.stringify(position)},"skip":true}}`;
 }

@@ -11,6 +11,7 @@
  */
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, serialiseExtLast, type Message } from '@perihelion/protocol';
 import type { Publication } from '../engine/engine.js';
+import { PerihelionError } from '../errors.js';
 import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
 import { emitReply, reply, unknownClient } from './replies.js';
 import { RecentIds } from './recent-ids.js';
@@ -163,7 +164,13 @@ export function prepare(extensions: ExtensionPipeline, message: Message, session
 
 function publicationOf(message: Message | null): Publication | null {
   if (!message) return null;
-  const serialised = serialiseExtLast(message);
+  let serialised: ReturnType<typeof serialiseExtLast>;
+  try {
+    serialised = serialiseExtLast(message);
+  } catch (error) {
+    // Only a message made in this process can fail (a BigInt, a cycle): one from a client was parsed from JSON.
+    throw new PerihelionError('ERR_INVALID_ARGUMENT', `cannot serialise the message on ${message.channel}: ${error instanceof Error ? error.message : String(error)}`);
+  }
   return { channel: message.channel, message, payload: serialised.text, ext: serialised.ext };
 }
 

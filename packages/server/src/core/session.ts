@@ -103,6 +103,12 @@ export class ServerSession implements Session {
   ack: Acknowledgement | null = null;
   /** Ids of the latest publishes, to publish a resent message once (created on first use). */
   recentPublishes: RecentIds | null = null;
+  /**
+   * The client asked at handshake (`ext.skips`) to be told of each position on its channels that
+   * is not sent to it (`exclude`, `ext.echo: false`): it tracks positions, and would take the
+   * hole for messages lost (see LocalDelivery.onPublication).
+   */
+  skipNotes = false;
 
   /**
    * The held /meta/connect, when it is due to be answered empty (ms, the wheel's clock), and the
