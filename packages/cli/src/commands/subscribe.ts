@@ -287,7 +287,7 @@ reached, 2 a usage error.
 
 Examples:
   perihelion subscribe '/news/**' | jq
-  perihelion subscribe /chat/demo --data-only --count 1
+  perihelion subscribe /chat/lobby --data-only --count 1
   perihelion subscribe /prices/ACME --url https://push.example.com --path /cometd --verbose
   PERIHELION_TOKEN=eyJ… perihelion subscribe '/user/42/**'`,
     )
