@@ -1,9 +1,10 @@
 /** Shared test helpers: a real server on a free loopback port, and a raw Bayeux HTTP client. */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { request } from 'node:http';
+import { createServer as createHttpServer, request } from 'node:http';
 import { WebSocket } from 'ws';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { parseError, type ParsedError } from '@perihelion/protocol';
 import { randomBytes } from 'node:crypto';
 import { RedisEngine, createServer, type Perihelion, type ServerOptions } from '../src/index.js';
@@ -242,4 +243,37 @@ export function postForBytes(url: string, body: unknown, headers: Record<string,
     req.on('error', reject);
     req.end(JSON.stringify(body));
   });
+}
+
+/**
+ * A reverse proxy that passes HTTP requests to `target` and swallows WebSocket upgrades: it takes
+ * them and never answers, as some corporate proxies and old load balancers do.
+ */
+export async function upgradeSwallowingProxy(target: URL): Promise<{ url: string; swallowed: () => number; close: () => Promise<void> }> {
+  const sockets = new Set<Duplex>();
+  let swallowed = 0;
+  const proxy = createHttpServer((req, res) => {
+    const upstream = request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode ?? 502, answer.headers);
+      answer.pipe(res);
+    });
+    upstream.on('error', () => res.destroy());
+    req.pipe(upstream);
+  });
+  proxy.on('upgrade', (_req, socket: Duplex) => {
+    swallowed++;
+    sockets.add(socket);
+  });
+  proxy.listen(0, '127.0.0.1');
+  await once(proxy, 'listening');
+  const { port } = proxy.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}${target.pathname}`,
+    swallowed: () => swallowed,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      proxy.closeAllConnections();
+      await new Promise<void>((resolve) => proxy.close(() => resolve()));
+    },
+  };
 }

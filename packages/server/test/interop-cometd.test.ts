@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Configuration, type Message as CometDMessage, type SubscriptionHandle } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
-import { handshake, post, serverWithItsWebsocketTaken, startServer, waitFor, type TestServer } from './helpers.js';
+import { handshake, post, serverWithItsWebsocketTaken, startServer, upgradeSwallowingProxy, waitFor, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -522,5 +522,37 @@ describe('CometD client refused a WebSocket (maxWebsocketsPerIp), in its plain s
     const own = traffic.arrivals.filter((a) => a.clientId === client!.clientId);
     assert.ok(own.length > 0 && own.every((a) => a.transport === 'long-polling'), `every message came over long-polling: ${JSON.stringify(own.map((a) => a.transport))}`);
     traffic.stop();
+  });
+});
+
+describe('CometD client behind a proxy that swallows WebSocket upgrades', () => {
+  let test: TestServer;
+  let proxy: Awaited<ReturnType<typeof upgradeSwallowingProxy>>;
+  let client: CometDClient | undefined;
+
+  before(async () => {
+    test = await startServer();
+    proxy = await upgradeSwallowingProxy(new URL(test.url));
+  });
+
+  after(async () => {
+    await client?.disconnect();
+    await proxy.close();
+    await test.close();
+  });
+
+  // In its plain setup (connectTimeout 0) CometD waits for the socket for ever: measured still
+  // "handshaking" after 40 s (RELIABILITY.md). connectTimeout, its own option, is the remedy.
+  it('with connectTimeout, falls back to long-polling within it and is served', TEST_TIMEOUT, async () => {
+    client = new CometDClient(proxy.url, 'websocket', { connectTimeout: 1500 });
+    const started = Date.now();
+    await client.handshake();
+    const took = Date.now() - started;
+    assert.ok(took >= 1400 && took < 5000, `handshaken after the socket's timeout: ${took} ms`);
+    assert.equal(proxy.swallowed(), 1, 'the WebSocket was tried, and swallowed');
+    const { messages } = await client.subscribe('/swallowed/ws');
+    await test.server.publish('/swallowed/ws', { n: 1 });
+    await waitFor(() => messages.length === 1, 5000, 'the message');
+    assert.equal(test.server.getSession(client.clientId)?.connectionType, 'long-polling');
   });
 });

@@ -14,7 +14,7 @@ import faye from 'faye';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
-import { post, serverWithItsWebsocketTaken, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
+import { post, serverWithItsWebsocketTaken, sessionRecord, startServer, upgradeSwallowingProxy, waitFor, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -514,5 +514,34 @@ describe('Faye client refused a WebSocket (maxWebsocketsPerIp), in its plain set
     const own = traffic.arrivals.filter((a) => a.clientId === client!.clientId);
     assert.ok(own.length > 0 && own.every((a) => a.transport !== 'websocket'), `nothing came over a WebSocket: ${JSON.stringify(own.map((a) => a.transport))}`);
     traffic.stop();
+  });
+});
+
+describe('Faye client behind a proxy that swallows WebSocket upgrades, in its plain setup', () => {
+  let test: TestServer;
+  let proxy: Awaited<ReturnType<typeof upgradeSwallowingProxy>>;
+  let client: FayeClient | undefined;
+
+  before(async () => {
+    test = await startServer();
+    proxy = await upgradeSwallowingProxy(new URL(test.url));
+  });
+
+  after(async () => {
+    await client?.disconnect();
+    await proxy.close();
+    await test.close();
+  });
+
+  // Faye handshakes over HTTP and tries its WebSocket beside it: a socket that never opens costs nothing.
+  it('is served over long-polling at once, every message delivered', { timeout: 10_000 }, async () => {
+    client = new FayeClient(proxy.url, 'websocket');
+    const started = Date.now();
+    const { messages } = await client.subscribe('/swallowed/ws');
+    assert.ok(Date.now() - started < 1000, `subscribed in ${Date.now() - started} ms`);
+    await test.server.publish('/swallowed/ws', { n: 1 });
+    await waitFor(() => messages.length === 1, 5000, 'the message');
+    assert.ok(proxy.swallowed() >= 1, 'the WebSocket was tried, and swallowed');
+    assert.equal(test.server.getSession(client.clientId)?.connectionType, 'long-polling');
   });
 });
