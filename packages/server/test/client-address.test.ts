@@ -9,13 +9,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { createServer } from '../src/index.js';
 import { ProxyTrust, proxyEntryProblem } from '../src/http/client-address.js';
-import { sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
+import { freePort, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
 
 describe('trustProxy: whom X-Forwarded-For may name', () => {
   const resolve = (entries: string[], peer: string, forwarded?: string): string | undefined =>
@@ -133,16 +132,6 @@ describe('trustProxy: the per-address limits count each client behind the proxy'
 });
 
 const NGINX = '/usr/sbin/nginx';
-
-/** A free TCP port on the loopback. */
-async function freePort(): Promise<number> {
-  const probe = createTcpServer();
-  probe.listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as { port: number };
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
-}
 
 /** nginx in front of `upstream`, as the README's cluster section sets it up, adding X-Forwarded-For. */
 async function startNginx(upstream: string): Promise<{ url: string; stop: () => Promise<void> }> {

@@ -277,3 +277,27 @@ export async function upgradeSwallowingProxy(target: URL): Promise<{ url: string
     },
   };
 }
+
+/** A free TCP port on the loopback (for a process that must be told its port). */
+export async function freePort(): Promise<number> {
+  const probe = createHttpServer();
+  probe.listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const { port } = probe.address() as AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+/** A test server reached through `upgradeSwallowingProxy`; `close` stops both. */
+export async function serverBehindSwallowingProxy(): Promise<{ test: TestServer; proxy: Awaited<ReturnType<typeof upgradeSwallowingProxy>>; close: () => Promise<void> }> {
+  const test = await startServer();
+  const proxy = await upgradeSwallowingProxy(new URL(test.url));
+  return {
+    test,
+    proxy,
+    close: async () => {
+      await proxy.close();
+      await test.close();
+    },
+  };
+}

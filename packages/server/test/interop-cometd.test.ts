@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Configuration, type Message as CometDMessage, type SubscriptionHandle } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
-import { handshake, post, serverWithItsWebsocketTaken, startServer, upgradeSwallowingProxy, waitFor, type TestServer } from './helpers.js';
+import { handshake, post, serverWithItsWebsocketTaken, startServer, serverBehindSwallowingProxy, waitFor, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -526,24 +526,22 @@ describe('CometD client refused a WebSocket (maxWebsocketsPerIp), in its plain s
 });
 
 describe('CometD client behind a proxy that swallows WebSocket upgrades', () => {
-  let test: TestServer;
-  let proxy: Awaited<ReturnType<typeof upgradeSwallowingProxy>>;
+  let setup: Awaited<ReturnType<typeof serverBehindSwallowingProxy>>;
   let client: CometDClient | undefined;
 
   before(async () => {
-    test = await startServer();
-    proxy = await upgradeSwallowingProxy(new URL(test.url));
+    setup = await serverBehindSwallowingProxy();
   });
 
   after(async () => {
     await client?.disconnect();
-    await proxy.close();
-    await test.close();
+    await setup.close();
   });
 
   // In its plain setup (connectTimeout 0) CometD waits for the socket for ever: measured still
   // "handshaking" after 40 s (RELIABILITY.md). connectTimeout, its own option, is the remedy.
   it('with connectTimeout, falls back to long-polling within it and is served', TEST_TIMEOUT, async () => {
+    const { test, proxy } = setup;
     client = new CometDClient(proxy.url, 'websocket', { connectTimeout: 1500 });
     const started = Date.now();
     await client.handshake();

@@ -14,7 +14,7 @@ import faye from 'faye';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
-import { post, serverWithItsWebsocketTaken, sessionRecord, startServer, upgradeSwallowingProxy, waitFor, type TestServer } from './helpers.js';
+import { post, serverWithItsWebsocketTaken, sessionRecord, startServer, serverBehindSwallowingProxy, waitFor, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -518,23 +518,21 @@ describe('Faye client refused a WebSocket (maxWebsocketsPerIp), in its plain set
 });
 
 describe('Faye client behind a proxy that swallows WebSocket upgrades, in its plain setup', () => {
-  let test: TestServer;
-  let proxy: Awaited<ReturnType<typeof upgradeSwallowingProxy>>;
+  let setup: Awaited<ReturnType<typeof serverBehindSwallowingProxy>>;
   let client: FayeClient | undefined;
 
   before(async () => {
-    test = await startServer();
-    proxy = await upgradeSwallowingProxy(new URL(test.url));
+    setup = await serverBehindSwallowingProxy();
   });
 
   after(async () => {
     await client?.disconnect();
-    await proxy.close();
-    await test.close();
+    await setup.close();
   });
 
   // Faye handshakes over HTTP and tries its WebSocket beside it: a socket that never opens costs nothing.
   it('is served over long-polling at once, every message delivered', { timeout: 10_000 }, async () => {
+    const { test, proxy } = setup;
     client = new FayeClient(proxy.url, 'websocket');
     const started = Date.now();
     const { messages } = await client.subscribe('/swallowed/ws');

@@ -10,19 +10,9 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer as createTcpServer } from 'node:net';
 import { Redis } from 'ioredis';
 import { RedisEngine } from '../src/index.js';
-import { WsPeer, startServer, waitFor, type TestServer } from './helpers.js';
-
-async function freePort(): Promise<number> {
-  const probe = createTcpServer();
-  probe.listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as { port: number };
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
-}
+import { WsPeer, freePort, startServer, waitFor, type TestServer } from './helpers.js';
 
 /** A redis-server of this test's own, without persistence: restarted, it is empty. */
 async function startRedis(port: number): Promise<ChildProcess> {
