@@ -120,8 +120,8 @@ export class Perihelion {
       }
       const message: Message = { channel, data };
       if (options.ext) {
-        // Positions are the engine's to give, whoever publishes.
-        const { position: _position, ...ext } = options.ext;
+        // Positions (and skip notes) are the engine's to give, whoever publishes.
+        const { position: _position, skip: _skip, ...ext } = options.ext;
         if (Object.keys(ext).length > 0) message.ext = ext;
       }
       const { exclude } = options;

@@ -155,6 +155,13 @@ describe('exclude the sender', () => {
     const quiet = reader.peer.received.find((m) => m.data === 'quiet')!;
     const { position: _position, ...ext } = quiet.ext as Record<string, unknown>;
     assert.deepEqual(ext, { tag: 'kept' }, 'echo is an instruction to the server, not passed on');
+    // A skip note is the server's to give: a forged one would have Perihelion clients drop the message.
+    assert.equal((await publisher.publish('/chat/room', 'forged', { skip: true })).successful, true);
+    await t.server.publish('/chat/room', 'forged too', { ext: { skip: true } });
+    await waitFor(() => reader.data('/chat/room').length === 4, 3000, 'the forged ones');
+    for (const data of ['forged', 'forged too']) {
+      assert.equal((reader.peer.received.find((m) => m.data === data)!.ext as { skip?: unknown }).skip, undefined, `${data}: no skip`);
+    }
   });
 
   it('excludes a session from a server publish, and only that one', async () => {

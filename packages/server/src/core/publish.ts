@@ -68,9 +68,10 @@ export async function clientPublish(core: PublishCore, message: Message, session
 
     const delivered: Message = { channel, data: message.data };
     if (message.ext !== undefined) {
-      // Credentials never travel on to subscribers, and positions are the server's to give;
-      // `echo` is an instruction to the server, not news for subscribers.
-      const { token: _token, position: _position, echo: _echo, ...ext } = message.ext;
+      // Credentials never travel on to subscribers, and positions (and skip notes, see
+      // delivery.ts) are the server's to give; `echo` is an instruction to the server, not news
+      // for subscribers.
+      const { token: _token, position: _position, skip: _skip, echo: _echo, ...ext } = message.ext;
       if (Object.keys(ext).length > 0) delivered.ext = ext;
     }
     if (isService(channel)) {
