@@ -7,7 +7,16 @@ import { formatPointer, parsePointer } from './pointer.js';
 export interface ApplyOptions {
   /** Nesting depth the result may reach (default and most 1000). */
   maxDepth?: number;
+  /**
+   * Values (containers included) the patch's `copy` operations may duplicate in all (default
+   * 100 000): a copy of the root into itself doubles the document, and 30 of them would make it a
+   * billion values.
+   */
+  maxCopy?: number;
 }
+
+/** The default of ApplyOptions.maxCopy. */
+export const MAX_COPY = 100_000;
 
 type Container = JsonObject | JsonValue[];
 
@@ -43,8 +52,10 @@ const INDEX = /^(?:0|[1-9][0-9]*)$/;
  */
 export function applyPatch(value: JsonValue, patch: readonly Operation[], options: ApplyOptions = {}): JsonValue {
   const maxDepth = depthOption(options.maxDepth);
+  const maxCopy = options.maxCopy ?? MAX_COPY;
+  if (typeof maxCopy !== 'number' || !Number.isInteger(maxCopy) || maxCopy < 0) throw new StateError('ERR_INVALID_OPTION', `maxCopy must be a whole number ≥ 0, not ${String(maxCopy)}`, '');
   const ops = parsePatch(patch as readonly unknown[]);
-  const state = new Patcher(value, maxDepth);
+  const state = new Patcher(value, maxDepth, maxCopy);
   for (let i = 0; i < ops.length; i++) state.apply(ops[i]!, i);
   return state.root;
 }
@@ -106,6 +117,34 @@ function isContainer(v: JsonValue | undefined): v is Container {
   return typeof v === 'object' && v !== null;
 }
 
+/**
+ * The height (0 for a scalar) and the size (values, containers included, as JSON would spell them
+ * out) of a value of the document. Copies share their containers, so the document is a graph in
+ * which a subtree may be reached many times: each container is measured once (a walk of every
+ * path took time doubling with each copy of the root into itself).
+ */
+function measure(value: JsonValue): { height: number; size: number } {
+  const known = new Map<Container, { height: number; size: number }>();
+  const of = (v: JsonValue): { height: number; size: number } => {
+    if (!isContainer(v)) return SCALAR;
+    const seen = known.get(v);
+    if (seen) return seen;
+    let height = 0;
+    let size = 1;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) {
+      const m = of(child);
+      if (m.height > height) height = m.height;
+      size += m.size;
+    }
+    const result = { height: height + 1, size };
+    known.set(v, result);
+    return result;
+  };
+  return of(value);
+}
+
+const SCALAR = { height: 0, size: 1 };
+
 function kind(v: JsonValue): string {
   return v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v === 'object' ? 'an object' : `a ${typeof v}`;
 }
@@ -115,10 +154,13 @@ class Patcher {
   private owned = new Set<Container>();
   private index = 0;
   private op!: ParsedOp;
+  /** Values duplicated by this patch's copies so far (see ApplyOptions.maxCopy). */
+  private copied = 0;
 
   constructor(
     public root: JsonValue,
     private readonly maxDepth: number,
+    private readonly maxCopy: number,
   ) {}
 
   private fail(message: string): never {
@@ -152,14 +194,17 @@ class Patcher {
           this.fail(`cannot move a value into its own child`);
         }
         this.remove(from);
-        this.add(to, v, isContainer(v) ? jsonDepth(v) : 0);
+        this.add(to, v, measure(v).height);
         return;
       }
       case 'copy': {
         const v = this.get(op.from!, 'from');
+        const { height, size } = measure(v);
+        this.copied += size;
+        if (this.copied > this.maxCopy) this.fail(`the patch's copies would duplicate more than ${this.maxCopy} values`);
         // The value now sits in two places: nothing may be changed in place any more.
         this.owned = new Set();
-        this.add(op.tokens, v, isContainer(v) ? jsonDepth(v) : 0);
+        this.add(op.tokens, v, height);
         return;
       }
       case 'test': {

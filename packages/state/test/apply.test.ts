@@ -197,6 +197,21 @@ describe('applyPatch', () => {
     assert.deepEqual(out, { a: { n: 2, list: [1, 2] }, b: { n: 3, list: [1] } });
   });
 
+  it('bounds what copies duplicate: the root copied into itself 24 times is refused at the 17th copy, in linear time', () => {
+    const doubling = (n: number): Operation[] => ops(Array.from({ length: n }, (_, i) => ({ op: 'copy', from: '', path: `/k${i}` })));
+    // Each copy doubles the document: 16 copies make 2^17 - 1 values, past the default 100 000.
+    const started = performance.now();
+    assert.throws(() => applyPatch({}, doubling(24)), refused('ERR_PATCH_FAILED', 16, '/k16', /copies would duplicate more than 100000 values/));
+    assert.ok(performance.now() - started < 1000, 'refused in linear time');
+    // Within the budget, the copies are there and independent, and the depth is still checked.
+    const fine = applyPatch({ v: 1 }, doubling(5), { maxCopy: 100 }) as JsonObject;
+    assert.equal(JSON.stringify(fine).length > 0, true);
+    assert.deepEqual((fine.k4 as JsonObject).k3, (fine as JsonObject).k3);
+    assert.throws(() => applyPatch({ v: 1 }, doubling(6), { maxCopy: 100 }), refused('ERR_PATCH_FAILED', 6 - 1, '/k5', /more than 100 values/));
+    assert.throws(() => applyPatch({ a: { b: {} } }, ops([{ op: 'copy', from: '/a', path: '/a/b/c' }]), { maxDepth: 3 }), refused('ERR_PATCH_FAILED', 0, '/a/b/c', /deeper than the limit of 3/));
+    assert.throws(() => applyPatch({}, [], { maxCopy: -1 }), (err: unknown) => err instanceof StateError && err.code === 'ERR_INVALID_OPTION');
+  });
+
   it('applies ops in order, each to the result of the last', () => {
     const out = applyPatch([1, 2, 3], [
       { op: 'remove', path: '/0' },
