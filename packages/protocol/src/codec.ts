@@ -36,11 +36,20 @@ export function jsonDepth(text: string): number {
   return max;
 }
 
+/**
+ * Whether a batch's text (a JSON array of messages, or one message) nests messages deeper than
+ * `maxDepth`: the outer array adds one level that is not part of any message, a bare message
+ * none.
+ */
+export function nestedTooDeep(text: string, maxDepth: number): boolean {
+  const outer = /^\s*\[/.test(text) ? 1 : 0;
+  return jsonDepth(text) > maxDepth + outer;
+}
+
 export function decodeBatch(text: string, limits: DecodeLimits = {}): DecodeResult {
   const maxDepth = limits.maxDepth ?? 32;
   const maxBatch = limits.maxBatch ?? 100;
-  // The outer array adds one level that is not part of any message.
-  if (jsonDepth(text) > maxDepth + 1) {
+  if (nestedTooDeep(text, maxDepth)) {
     return { ok: false, status: 400, error: 'badRequest', reason: `JSON nested deeper than ${maxDepth} levels` };
   }
   let value: unknown;

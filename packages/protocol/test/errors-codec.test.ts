@@ -38,6 +38,12 @@ describe('JSON codec', () => {
     const deep = `[${'{"a":'.repeat(40)}1${'}'.repeat(40)}]`;
     assert.match((decodeBatch(deep, { maxDepth: 32 }) as { reason: string }).reason, /deeper than 32/);
     assert.equal(decodeBatch(deep, { maxDepth: 64 }).ok, true);
+    // A message nested exactly maxDepth deep passes, one level more does not, in a list or bare.
+    const nested = (levels: number): string => `${'{"a":'.repeat(levels)}1${'}'.repeat(levels)}`;
+    for (const wrap of [(m: string) => `[${m}]`, (m: string) => m, (m: string) => ` \n[${m}]`]) {
+      assert.equal(decodeBatch(wrap(nested(32)), { maxDepth: 32 }).ok, true, wrap('…'));
+      assert.equal(decodeBatch(wrap(nested(33)), { maxDepth: 32 }).ok, false, wrap('…'));
+    }
     const many = JSON.stringify(Array.from({ length: 5 }, () => ({ channel: '/a' })));
     assert.equal((decodeBatch(many, { maxBatch: 4 }) as { status: number }).status, 413);
     assert.equal((decodeBatch(many, { maxBatch: 4 }) as { error: string }).error, 'batchTooLarge');

@@ -91,7 +91,7 @@ export class Perihelion {
     this.options = this.core.options;
     this.engine = this.core.engine;
     this.http = new HttpAdapter(this.core);
-    this.api = new HttpApi(this, options.apiKey);
+    this.api = new HttpApi(this, options.apiKey, (error) => this.core.reportError(error));
     this.metrics = new Metrics(this.core, latency);
     this.states = new StateChannels({ listeners: this.core.listeners, extensions: this.core.extensions, policy: this.core.security.policy, maxChannelLength: this.options.maxChannelLength });
     // Changes under way when the server closes are published before the engine goes.

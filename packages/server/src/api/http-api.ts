@@ -17,7 +17,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { channelProblem, parsePosition } from '@perihelion/protocol';
+import { channelProblem, isMeta, nestedTooDeep, parsePosition } from '@perihelion/protocol';
 import type { Perihelion } from '../perihelion.js';
 import { PerihelionError } from '../errors.js';
 import { readBody } from '../http/body.js';
@@ -37,7 +37,12 @@ export type ApiServer = Pick<Perihelion, 'options' | 'engine' | 'stats' | 'publi
 export class HttpApi {
   private readonly key: Buffer | null;
 
-  constructor(private readonly server: ApiServer, apiKey: string | undefined) {
+  constructor(
+    private readonly server: ApiServer,
+    apiKey: string | undefined,
+    /** A failure of the server's own (not the caller's mistake): reported, and answered 500. */
+    private readonly reportError: (error: unknown) => void,
+  ) {
     this.key = apiKey === undefined ? null : Buffer.from(apiKey);
   }
 
@@ -59,7 +64,11 @@ export class HttpApi {
       if (error instanceof PerihelionError && error.code === 'ERR_ENGINE_UNAVAILABLE') {
         return sendApiError(res, 503, 'engine_unavailable', error.message, { 'Retry-After': '1' });
       }
-      sendApiError(res, 500, 'invalid_request', `internal error: ${(error as Error).message}`);
+      // What the server's own checks refused (a channel, data JSON cannot hold) is the caller's mistake.
+      if (error instanceof PerihelionError && error.code === 'ERR_INVALID_CHANNEL') return sendApiError(res, 400, 'invalid_channel', error.message);
+      if (error instanceof PerihelionError && error.code === 'ERR_INVALID_ARGUMENT') return sendApiError(res, 400, 'invalid_request', error.message);
+      this.reportError(error);
+      sendApiError(res, 500, 'internal_error', `internal error: ${(error as Error).message}`);
     });
   }
 
@@ -81,7 +90,7 @@ export class HttpApi {
       history: { method: 'GET', run: () => this.history(res, url.searchParams) },
       stats: { method: 'GET', run: async () => sendJson(res, 200, { ...this.server.stats(), history: await this.server.engine.historyStats() }) },
     };
-    const route = routes[endpoint];
+    const route = Object.hasOwn(routes, endpoint) ? routes[endpoint] : undefined;
     if (!route) return sendApiError(res, 404, 'not_found', `no endpoint /api/${endpoint}; the endpoints are ${Object.keys(routes).map((r) => `/api/${r}`).join(', ')}`);
     if (req.method !== route.method) {
       return sendApiError(res, 405, 'method_not_allowed', `/api/${endpoint} takes ${route.method}`, { Allow: route.method });
@@ -94,6 +103,10 @@ export class HttpApi {
     const body = await readBody(req, this.server.options.maxRequestBytes, this.server.options.bodyTimeout);
     if (!body.ok) {
       sendApiError(res, body.status, body.status === 413 ? 'too_large' : 'invalid_request', body.reason);
+      return undefined;
+    }
+    if (nestedTooDeep(body.text, this.server.options.maxDepth)) {
+      sendApiError(res, 400, 'invalid_json', `the body nests deeper than ${this.server.options.maxDepth} levels (maxDepth)`);
       return undefined;
     }
     try {
@@ -124,7 +137,7 @@ export class HttpApi {
     const { channel, data, ext } = item as Record<string, unknown>;
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.server.options.maxChannelLength });
     if (problem) return { code: 'invalid_channel', message: `channel ${JSON.stringify(channel)}: ${problem}` };
-    if ((channel as string).startsWith('/meta/')) return { code: 'invalid_channel', message: 'cannot publish to a meta channel' };
+    if (isMeta(channel as string)) return { code: 'invalid_channel', message: 'cannot publish to a meta channel' };
     if (data === undefined) return { code: 'invalid_request', message: '"data" is required' };
     if (ext !== undefined && (typeof ext !== 'object' || ext === null || Array.isArray(ext))) return { code: 'invalid_request', message: '"ext" must be an object' };
     return null;
@@ -134,8 +147,9 @@ export class HttpApi {
     if (body === undefined) return;
     const { clientId, channel, data } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
     if (typeof clientId !== 'string') return sendApiError(res, 400, 'invalid_request', '"clientId" (a string) is required');
-    const problem = channelProblem(channel, { allowWildcard: false });
+    const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.server.options.maxChannelLength });
     if (problem) return sendApiError(res, 400, 'invalid_channel', `channel ${JSON.stringify(channel)}: ${problem}`);
+    if (isMeta(channel as string)) return sendApiError(res, 400, 'invalid_channel', 'cannot deliver on a meta channel');
     if (data === undefined) return sendApiError(res, 400, 'invalid_request', '"data" is required');
     // The engine finds the session on whichever node holds it (Redis engine: any node of the cluster).
     if (!(await this.server.deliver(clientId, channel as string, data))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);

@@ -8,6 +8,7 @@ export type ApiErrorCode =
   | 'method_not_allowed'
   | 'invalid_json'
   | 'invalid_request'
+  | 'internal_error'
   | 'invalid_channel'
   | 'too_large'
   | 'session_not_found'
