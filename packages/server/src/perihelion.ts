@@ -455,13 +455,18 @@ export class Perihelion {
 
   /** The node:http server that `listen` and `serveHandedConnections` run, answering `fallback` outside the mount path. */
   private ownServer(fallback: RequestHandler = (_req, res) => void res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${this.options.path}\n`)): Server {
-    const server = createHttpServer((req, res) => {
+    // The timeouts below are checked every second (node:http's default, 30 s, let a 30 s limit run to 60).
+    const server = createHttpServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
       if (!this.handleRequest(req, res)) fallback(req, res);
     });
-    // Held connects last up to `timeout`; keep sockets open a little longer than that.
     server.keepAliveTimeout = 5_000;
-    server.requestTimeout = 0;
-    server.headersTimeout = 30_000;
+    // The whole request must arrive in this time: a backstop for the answers given without reading
+    // the body (a 404, a 401 of the API, /health), whose senders could otherwise drip it for ever
+    // and hold the connection. Bayeux's own bodies fail sooner, with a Bayeux error (bodyTimeout).
+    // A held connect is not cut by it: its request has arrived; only its answer waits.
+    server.requestTimeout = this.options.bodyTimeout * 6 + 5_000;
+    // node:http checks neither limit when the headers' is the longer one.
+    server.headersTimeout = Math.min(30_000, server.requestTimeout);
     server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       if (!this.http.handleUpgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     });
@@ -502,9 +507,15 @@ export class Perihelion {
         resolve();
       };
       // Connections whose last answer is still being written become idle a moment later;
-      // close them as they do, instead of waiting for their keep-alive timeout.
+      // close them as they do, instead of waiting for their keep-alive timeout. Those still busy
+      // after a second (a request body dripping in, the drain being over) are cut.
+      const cutAt = Date.now() + 1_000;
       const sweep = setInterval(() => {
-        owned.closeIdleConnections();
+        if (Date.now() < cutAt) owned.closeIdleConnections();
+        else {
+          owned.closeAllConnections();
+          for (const socket of handed ?? []) socket.destroy();
+        }
         finish();
       }, 50);
       owned.close(() => {

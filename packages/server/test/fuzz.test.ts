@@ -204,4 +204,43 @@ describe(`fuzzing every transport (FUZZ_SEED=${SEED})`, () => {
     await waitFor(() => closed.every(Boolean), 5000, 'slow-drip requests to be dropped');
     for (const socket of sockets) socket.destroy();
   });
+
+  it('cuts a body dripped to an answer that did not read it (a 404, /health), and shuts down past one', { timeout: 30_000 }, async () => {
+    // bodyTimeout 200 ms: a whole request must arrive within 6 × 200 ms + 5 s.
+    const own = await startServer({ bodyTimeout: 200, drainTimeout: 0 });
+    const port = own.address.port;
+    const drip = (path: string): { closed: () => boolean; answer: () => string; stop: () => void } => {
+      const socket = tcpConnect(port, '127.0.0.1');
+      let closed = false;
+      let answer = '';
+      socket.on('error', () => {});
+      socket.on('close', () => (closed = true));
+      socket.on('data', (chunk) => (answer += String(chunk)));
+      socket.write(`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000000\r\n\r\n`);
+      const timer = setInterval(() => socket.write('x'), 100);
+      socket.on('close', () => clearInterval(timer));
+      return { closed: () => closed, answer: () => answer, stop: () => socket.destroy() };
+    };
+    const answered = (d: ReturnType<typeof drip>): boolean => /^HTTP\/1\.1 \d{3} /.test(d.answer());
+    const drips: ReturnType<typeof drip>[] = [];
+    try {
+      const health = drip('/health');
+      const nowhere = drip('/nowhere');
+      drips.push(health, nowhere);
+      await waitFor(() => answered(health) && answered(nowhere), 3000, () => `the answers: ${JSON.stringify([health.answer(), nowhere.answer()])}`);
+      // Cut within the request's deadline (6.2 s, checked each second), though bytes keep coming.
+      await waitFor(() => health.closed() && nowhere.closed(), 9000, 'the dripping connections to be cut');
+      // Shut down with one dripping: close() returns soon after the drain, not when the drip ends.
+      const late = drip('/health');
+      drips.push(late);
+      await waitFor(() => answered(late), 3000, 'the answer');
+      const started = Date.now();
+      await own.close();
+      assert.ok(Date.now() - started < 3000, `close() took ${Date.now() - started} ms`);
+      await waitFor(() => late.closed(), 1000, 'the dripping connection to be cut');
+    } finally {
+      for (const d of drips) d.stop();
+      await own.close();
+    }
+  });
 });

@@ -12,6 +12,7 @@ describe('idle WebSockets', () => {
     // The limit here: 300 + 0 + 1 000 ms + the 5 s margin.
     const ts = await startServer({ timeout: 300, maxInterval: 1000 });
     const peers: WsPeer[] = [];
+    let chatter: NodeJS.Timeout | undefined;
     try {
       const silent = await WsPeer.open(ts.wsUrl);
       peers.push(silent);
@@ -38,12 +39,20 @@ describe('idle WebSockets', () => {
       const leftHello = await left.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] });
       assert.equal((await left.request({ channel: '/meta/disconnect', clientId: leftHello.clientId })).successful, true);
 
+      // A socket with no session that sends frames, garbage or empty batches, every second.
+      const chatty = await WsPeer.open(ts.wsUrl);
+      peers.push(chatty);
+      chatter = setInterval(() => {
+        if (chatty.open) chatty.send(Math.random() < 0.5 ? 'garbage' : '[]');
+      }, 1000);
+
       await new Promise((resolve) => setTimeout(resolve, 4_000));
       assert.ok(silent.open && left.open, 'nothing is closed before the limit');
       // Closed: the close handshake done, not only begun (a socket is no longer open while closing).
-      await waitFor(() => silent.closeCode !== null && left.closeCode !== null, 8_000, 'the idle sockets to be closed');
+      await waitFor(() => silent.closeCode !== null && left.closeCode !== null && chatty.closeCode !== null, 8_000, 'the idle sockets to be closed');
       assert.equal(silent.closeCode, 1008);
       assert.equal(left.closeCode, 1008);
+      assert.equal(chatty.closeCode, 1008, 'frames that carry no session do not keep a socket');
       assert.ok(live.open, 'the live session kept its socket');
       assert.ok(connects > 15, `the live session kept connecting (${connects} connects)`);
       // And it is still served.
@@ -51,6 +60,7 @@ describe('idle WebSockets', () => {
       await ts.server.publish('/idle/check', 'still here');
       await live.next((m) => m.channel === '/idle/check', 'the publish');
     } finally {
+      clearInterval(chatter);
       for (const peer of peers) await peer.close().catch(() => {});
       await ts.close();
     }

@@ -115,7 +115,11 @@ function onError(): void {}
 class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
-  /** When the last message frame came (pings and pongs do not count), ms since the epoch. */
+  /**
+   * When the last frame with a /meta/connect or /meta/handshake came, ms since the epoch: what a
+   * live session sends at least every `timeout + interval`. Pings, pongs and other frames do not
+   * count: a client sending garbage every 20 s would hold its socket for ever with no session.
+   */
   lastMessageAt = Date.now();
   /** The frames still being processed, in order; null when none is (the usual case). */
   private tail: Promise<void> | null = null;
@@ -231,7 +235,6 @@ class WebSocketConnection implements PushConnection {
 
   receive(data: RawData, isBinary: boolean): void {
     this.alive = true;
-    this.lastMessageAt = Date.now();
     const { maxBatch, maxDepth } = this.core.options;
     if (isBinary) return this.reject('binary frames are not Bayeux; send JSON text');
     // ws hands over a Buffer (its default binaryType); decoding it directly avoids a copy.
@@ -242,6 +245,7 @@ class WebSocketConnection implements PushConnection {
     // when the engine is asynchronous; a held connect does not block this chain. A frame that
     // comes while none is being processed runs at once, making no promise unless it must wait.
     const messages = decoded.messages;
+    if (carriesSession(messages)) this.lastMessageAt = Date.now();
     const pending = this.tail === null ? this.run(messages) : this.tail.then(() => this.run(messages));
     if (pending !== undefined) this.wait(pending, text.length);
   }
@@ -414,4 +418,13 @@ export class WebSocketTransport {
     this.perAddress.clear();
     this.wss.close();
   }
+}
+
+/** Whether a frame's messages include what a session lives by: its connects (or its handshake). */
+function carriesSession(messages: readonly unknown[]): boolean {
+  for (const message of messages) {
+    const channel = (message as { channel?: unknown } | null)?.channel;
+    if (channel === '/meta/connect' || channel === '/meta/handshake') return true;
+  }
+  return false;
 }
