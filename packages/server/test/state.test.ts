@@ -492,6 +492,16 @@ describe('state channels: /service/state snapshots and the publish guard', () =>
     await Promise.all(peers.splice(0).map((peer) => peer.close()));
   });
 
+  it('on a server with no state channel yet, answers a request with 405 rather than never', TEST_TIMEOUT, async () => {
+    const t = await startServer();
+    try {
+      const a = await openPeer(t.wsUrl, peers);
+      refused(await a.ask({ channel: '/open/state', op: 'snapshot' }), 405, 'no state channel at all');
+    } finally {
+      await t.close();
+    }
+  });
+
   describe('in open mode', () => {
     let t: TestServer;
     let state: StateChannel;

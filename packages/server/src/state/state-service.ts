@@ -34,7 +34,11 @@ export class StateChannels {
   private readonly byChannel = new Map<string, StateChannel>();
   private installed = false;
 
-  constructor(private readonly parts: StateServiceParts) {}
+  constructor(private readonly parts: StateServiceParts) {
+    // Answered from the start: on a server with no state channel yet, a request is told so (405)
+    // rather than acknowledged and never answered.
+    parts.listeners.add(STATE_SERVICE, (message, session) => this.answer(message, session));
+  }
 
   get(channel: string): StateChannel | undefined {
     return this.byChannel.get(channel);
@@ -50,11 +54,10 @@ export class StateChannels {
     await Promise.all([...this.byChannel.values()].map((state) => state.close()));
   }
 
-  /** The service and the publish guard, once the first state channel exists. */
+  /** The publish guard, once the first state channel exists (it runs on every incoming message). */
   private install(): void {
     if (this.installed) return;
     this.installed = true;
-    this.parts.listeners.add(STATE_SERVICE, (message, session) => this.answer(message, session));
     this.parts.extensions.add({
       incoming: (message) => {
         // A client's publish on a state channel would pass for one of the server's patches.
