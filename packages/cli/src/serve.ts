@@ -1,11 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
-import { RedisEngine, WorkersEngine, createServer, takeHandedConnections, type Engine, type Perihelion } from '@perihelion/server';
+import { PerihelionError, RedisEngine, WorkersEngine, createServer, takeHandedConnections, type Engine, type Perihelion } from '@perihelion/server';
 import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
-import type { Settings } from './settings.js';
+import { SettingsError, type Settings } from './settings.js';
 
 /** What a newcomer must know about who may do what on this server. */
 function securitySummary(server: Perihelion): string[] {
@@ -82,10 +82,18 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null }, pino.destination(2)));
   // An engine that cannot start (Redis unreachable) stops the server here, before it listens.
   await server.whenReady();
-  installServices(server);
-  if (demo) installDemo(server);
   // The dashboard at /dashboard (its data gated, see dashboard.ts), then the demo pages, then 404.
-  const dashboard = installDashboard(server);
+  let dashboard: ReturnType<typeof installDashboard>;
+  try {
+    installServices(server);
+    if (demo) installDemo(server);
+    dashboard = installDashboard(server);
+  } catch (error) {
+    // The only setting that can refuse the command's own service channels.
+    if (!(error instanceof PerihelionError) || error.code !== 'ERR_INVALID_CHANNEL') throw error;
+    await server.close();
+    throw new SettingsError(`--max-channel-length ${server.options.maxChannelLength} is too short for the channels this command serves itself (${error.message}); raise it to 32 or more`);
+  }
   const demoPages = demo ? demoPage() : null;
   const fallback = (req: IncomingMessage, res: ServerResponse): void => {
     if (dashboard.handle(req, res)) return;

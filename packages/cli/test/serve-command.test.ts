@@ -167,6 +167,9 @@ describe('perihelion serve', () => {
     const unknownFlag = await exitOf(start(['--port', '0', '--bogus-flag']));
     assert.equal(unknownFlag.code, 2, 'an unknown flag is a usage error too');
     assert.match(unknownFlag.stderr, /unknown option '--bogus-flag'/);
+    const shortNames = await exitOf(start(['--port', '0', '--max-channel-length', '20']));
+    assert.equal(shortNames.code, 2);
+    assert.match(shortNames.stderr, /--max-channel-length 20 is too short for the channels this command serves itself .*raise it to 32 or more/);
     const badProxy = await exitOf(start(['--port', '0', '--trust-proxy', 'loopback,nginx']));
     assert.equal(badProxy.code, 2);
     assert.match(badProxy.stderr, /trustProxy.*"nginx" is not an address, a range/);
