@@ -5,7 +5,7 @@
  * first and the HTTP call-outs after them. The core builds none of these itself.
  */
 import { calloutExtension } from './callouts/allow.js';
-import { PRESENCE_SERVICE } from './core/presence.js';
+import { PRESENCE_SERVICE, watchedChannel } from './core/presence.js';
 import { ServerCore, type Security } from './core/server.js';
 import type { HistorySettings } from './engine/history.js';
 import { MemoryEngine } from './engine/memory.js';
@@ -48,7 +48,7 @@ function security(options: ServerOptions, resolved: ResolvedOptions): Security {
 
 function historySettings(resolved: ResolvedOptions): HistorySettings {
   return {
-    retentionFor: retentionResolver(resolved.history, { size: resolved.historySize, ttl: resolved.historyTtl }),
+    retentionFor: retentionResolver(resolved.history, { size: resolved.historySize, ttl: resolved.historyTtl }, (channel) => watchedChannel(channel) !== null),
     maxChannels: resolved.maxHistoryChannels,
     maxChars: resolved.maxHistoryBytes,
   };

@@ -94,7 +94,7 @@ export const OPTION_TABLE = {
     shown: '`[]`',
     help: 'retention per channel pattern, first match wins: `[{channel: "/ticks/**", size: 0}, {channel: "/chat/*", size: 5000, ttl: 3600000}]`',
   },
-  maxHistoryChannels: { kind: 'integer', default: 100_000, min: 1, max: 100_000_000, help: 'channels whose history is kept; the least recently published is forgotten (its clients\' recovery then reports `false`)' },
+  maxHistoryChannels: { kind: 'integer', default: 100_000, min: 1, max: 100_000_000, help: 'channels whose history is kept; the least recently published is forgotten, presence channels first (its clients\' recovery then reports `false`); as many positions of channels without messages yet are kept apart' },
   maxHistoryBytes: {
     kind: 'integer',
     default: 128 * 1024 * 1024,

@@ -449,6 +449,36 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.equal((await engine.historyStats()).channels, 2);
     });
 
+    it('gives a subscribe a position without pushing out any history; the position holds until its first message', async () => {
+      const { maxChannels, channels } = fixture.lru ?? { maxChannels: 2, channels: ['/lru/a', '/lru/b', '/lru/c'] };
+      const [a, b, c] = channels;
+      const { engine, host } = await open(new RecordingHost(suiteRetention, maxChannels));
+      await engine.publish(publication(a, 1));
+      await engine.publish(publication(b, 1));
+      const given = (await engine.subscribe('s', c)).position!;
+      assert.equal(given.offset, 0);
+      assert.equal((await engine.history(a))!.payloads.length, 1, 'the history of a is kept');
+      assert.equal((await engine.history(b))!.payloads.length, 1, 'and of b');
+      const again = await engine.subscribe('t', c, [{ channel: c, since: given }]);
+      assert.deepEqual(again.recovered, [{ channel: c, recovered: true, replayed: 0 }], 'nothing published, nothing missed');
+      await engine.publish(publication(c, 'first'));
+      assert.deepEqual(host.messages('s').at(-1)?.ext?.position, { epoch: given.epoch, offset: 1 }, 'the first message keeps the epoch given');
+      assert.deepEqual((await engine.history(a))!.position, null, 'now a log like any other: a, the least recent, gave way');
+    });
+
+    it('forgets the history of channels that yield before any other past maxChannels', async () => {
+      const { maxChannels, channels } = fixture.lru ?? { maxChannels: 2, channels: ['/lru/a', '/lru/b', '/lru/c'] };
+      const [a, b, c] = channels;
+      const yieldingA = (channel: string): Retention => (channel === a ? { ...suiteRetention(channel), yields: true } : suiteRetention(channel));
+      const { engine } = await open(new RecordingHost(yieldingA, maxChannels));
+      await engine.publish(publication(b, 1));
+      await engine.publish(publication(a, 1)); // the most recent
+      await engine.publish(publication(c, 1));
+      assert.deepEqual((await engine.history(a))!.position, null, 'a yielded');
+      assert.equal((await engine.history(b))!.payloads.length, 1, 'b, less recent, kept');
+      assert.equal((await engine.historyStats()).channels, 2);
+    });
+
     it('refuses to work before start and after close', async () => {
       const engine = fixture.create();
       await assert.rejects(engine.publish(publication('/x', 1)), { code: 'ERR_ENGINE_CLOSED' });

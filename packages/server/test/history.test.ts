@@ -109,6 +109,63 @@ describe('channel history', () => {
     assert.equal(history.position('/b')!.offset, 1);
   });
 
+  it('gives positions to channels without messages apart: subscribes to ever new names push out no history', () => {
+    const { history, clock } = store({ size: 10, ttl: 60_000 }, 2);
+    publish(history, '/a', 'a1', clock.now);
+    publish(history, '/b', 'b1', clock.now);
+    const first = history.position('/fresh/0')!;
+    assert.equal(first.offset, 0);
+    for (let i = 1; i <= 100; i++) history.position(`/fresh/${i}`);
+    assert.deepEqual(history.read('/a')!.payloads, ['a1'], 'no history was forgotten');
+    assert.deepEqual(history.read('/b')!.payloads, ['b1']);
+    assert.equal(history.stats().channels, 4, 'two logs, and the two latest positions without messages');
+    assert.notEqual(history.position('/fresh/0')!.epoch, first.epoch, 'the oldest such position was forgotten: a new epoch');
+    assert.equal(history.missedSince('/fresh/0', first, 100), null, 'so its recovery fails');
+
+    const kept = history.position('/fresh/100')!;
+    assert.deepEqual(history.missedSince('/fresh/100', kept, 100), [], 'nothing missed where nothing was published');
+    assert.equal(history.missedSince('/fresh/100', { epoch: kept.epoch, offset: 1 }, 100), null, 'a position from the future');
+    assert.deepEqual(history.read('/fresh/100', { since: kept }), { position: kept, payloads: [], complete: true });
+    assert.equal(history.read('/fresh/100', { since: first })!.complete, false);
+    publish(history, '/fresh/100', 'f1', clock.now);
+    assert.deepEqual(history.position('/fresh/100'), { epoch: kept.epoch, offset: 1 }, 'its first message keeps the epoch it was given');
+    assert.deepEqual(history.missedSince('/fresh/100', kept, 100), ['f1']);
+    assert.equal(history.read('/a')!.position, null, 'a channel with a message is a log like any other: /a, the least recent, gave way');
+  });
+
+  it('forgets the logs of channels that yield (presence) before any other', () => {
+    const clock = { now: 1_000_000 };
+    const resolve = retentionResolver([], { size: 10, ttl: 60_000 }, (channel) => channel.startsWith('/presence/'));
+    assert.deepEqual(resolve('/presence/a'), { size: 10, ttl: 60_000, yields: true });
+    assert.deepEqual(resolve('/a'), { size: 10, ttl: 60_000 });
+    const history = new HistoryStore({ retentionFor: resolve, maxChannels: 3, maxChars: Infinity }, () => clock.now);
+    publish(history, '/a', 'a1', clock.now);
+    publish(history, '/b', 'b1', clock.now);
+    for (let i = 0; i < 50; i++) publish(history, `/presence/churn${i}`, 'join', clock.now);
+    assert.deepEqual(history.read('/a')!.payloads, ['a1'], 'presence churn pushed out no other history');
+    assert.deepEqual(history.read('/b')!.payloads, ['b1']);
+    assert.deepEqual(history.read('/presence/churn49')!.payloads, ['join'], 'the latest presence log is kept');
+    assert.equal(history.read('/presence/churn48')!.position, null);
+    publish(history, '/presence/churn49', 'leave', clock.now); // the most recently published of all
+    publish(history, '/c', 'c1', clock.now);
+    assert.equal(history.read('/presence/churn49')!.position, null, 'a yielding log goes first, however recent');
+    assert.deepEqual(history.read('/a')!.payloads, ['a1']);
+    publish(history, '/d', 'd1', clock.now);
+    assert.equal(history.read('/a')!.position, null, 'with none left, the least recently published goes');
+    assert.equal(history.stats().channels, 3);
+  });
+
+  it('drops the oldest messages of yielding channels first when over maxChars', () => {
+    const clock = { now: 1_000_000 };
+    const resolve = retentionResolver([], { size: 100, ttl: 60_000 }, (channel) => channel.startsWith('/presence/'));
+    const history = new HistoryStore({ retentionFor: resolve, maxChannels: 100, maxChars: 40 }, () => clock.now);
+    for (let i = 0; i < 2; i++) publish(history, '/a', 'a'.repeat(10), clock.now);
+    for (let i = 0; i < 2; i++) publish(history, '/presence/a', 'p'.repeat(10), clock.now);
+    publish(history, '/a', 'a'.repeat(10), clock.now);
+    assert.equal(history.read('/a')!.payloads.length, 3, '/a, published before the presence channel, kept everything');
+    assert.equal(history.read('/presence/a')!.payloads.length, 1);
+  });
+
   it('forgets the least recently published channel whatever the order of publishes before', () => {
     const { history, clock } = store({ size: 10, ttl: 60_000 }, 3);
     const alive = (): string[] => ['/a', '/b', '/c', '/d', '/e', '/f'].filter((channel) => history.read(channel)!.position !== null);

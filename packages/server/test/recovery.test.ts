@@ -457,3 +457,42 @@ describe('server.history()', () => {
     await assert.rejects(t.server.history('/h/a', { limit: -1 }), (error: unknown) => error instanceof PerihelionError && error.code === 'ERR_INVALID_ARGUMENT');
   });
 });
+
+describe('subscribe churn and maxHistoryChannels', () => {
+  let t: TestServer;
+  const peers: WsPeer[] = [];
+  before(async () => {
+    t = await startServer({ maxHistoryChannels: 10, presenceGrace: 0 });
+  });
+  afterEach(async () => {
+    await Promise.all(peers.splice(0).map((peer) => peer.close()));
+  });
+  after(() => t.close());
+
+  it('a client subscribing to ever new names (each a position and a presence join and leave) pushes out no channel\'s history', async () => {
+    for (const n of [1, 2]) await t.server.publish('/real/a', n);
+    const a = await wsSession(t.wsUrl);
+    peers.push(a.peer);
+    const since = (await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: '/real/a' })).ext as { positions: Record<string, Position> };
+    await a.peer.close();
+    await t.server.publish('/real/a', 3);
+
+    const churn = await wsSession(t.wsUrl);
+    peers.push(churn.peer);
+    for (let round = 0; round < 5; round++) {
+      const names = Array.from({ length: 10 }, (_, i) => `/churn/${round}/${i}`);
+      assert.equal((await churn.peer.request({ channel: '/meta/subscribe', clientId: churn.clientId, subscription: names })).successful, true);
+      assert.equal((await churn.peer.request({ channel: '/meta/unsubscribe', clientId: churn.clientId, subscription: names })).successful, true);
+    }
+    // The presence events were published and the latest are kept (the rest gave way to one another).
+    const presence = await t.server.history('/presence/churn/4/9');
+    assert.deepEqual(presence?.messages.at(-1)?.data, { action: 'leave', clientId: churn.clientId, user: null });
+
+    const b = await wsSession(t.wsUrl);
+    peers.push(b.peer);
+    const reply = await b.peer.request({ channel: '/meta/subscribe', clientId: b.clientId, subscription: '/real/a', ext: { recover: since.positions } });
+    assert.deepEqual((reply.ext as Msg).recovered, { '/real/a': true });
+    await waitFor(() => b.data('/real/a').length === 1, 3000, 'the replayed message');
+    assert.deepEqual(b.data('/real/a').map((m) => m.data), [3]);
+  });
+});

@@ -11,6 +11,11 @@
  * only marks its channel, and a marked channel met at the old end of the order is moved to the
  * new end (its mark cleared) instead of losing anything, so a publish costs no reordering.
  *
+ * What any client can make by subscribing to ever new names cannot push out the history of the
+ * application's channels: a position given before any message is kept without a log, under a
+ * bound of its own, and the logs of presence channels (a subscribe publishes a join) yield to
+ * every other log.
+ *
  * A forgotten channel starts again under a new epoch, so a client holding an old position is told
  * its recovery failed rather than being handed a stream with a silent hole in it.
  */
@@ -23,6 +28,11 @@ export interface Retention {
   size: number;
   /** Longest a message is kept, in ms. */
   ttl: number;
+  /**
+   * Forgotten before the history of every channel that does not yield, when `maxChannels` are
+   * kept: the presence channels, whose events any subscribe makes.
+   */
+  yields?: boolean;
 }
 
 export interface HistorySettings {
@@ -204,9 +214,47 @@ export class ChannelLog {
   }
 }
 
+/**
+ * Logs in the order the clock algorithm keeps them: least recently published first, but for the
+ * logs marked `recent` (a Map keeps insertion order).
+ */
+class LogOrder {
+  readonly logs = new Map<string, ChannelLog>();
+
+  /**
+   * The least recently published log (the map's first, once every marked log before it has been
+   * moved to the end with its mark cleared: a second chance, as in the clock algorithm).
+   */
+  leastRecent(): [string, ChannelLog] {
+    for (;;) {
+      const first = this.logs.entries().next().value!;
+      if (!first[1].recent) return first;
+      this.moveToEnd(first[0], first[1]);
+    }
+  }
+
+  moveToEnd(channel: string, log: ChannelLog): void {
+    log.recent = false;
+    this.logs.delete(channel);
+    this.logs.set(channel, log);
+  }
+}
+
 export class HistoryStore {
-  /** Least recently published first, but for the logs marked `recent` (a Map keeps insertion order). */
-  private readonly logs = new Map<string, ChannelLog>();
+  /**
+   * The logs of channels whose history yields (presence events), then of all others: when
+   * `maxChannels` are kept, the first order gives up a log before the second does, so that what
+   * any subscribe makes (a presence join) cannot push out the history of the application's
+   * channels.
+   */
+  private readonly orders: readonly [LogOrder, LogOrder] = [new LogOrder(), new LogOrder()];
+  /**
+   * The epochs of channels given a position (by a subscribe) but not yet a message: no log, and a
+   * bound of their own, `maxChannels`, the oldest forgotten first. Kept apart so that subscribes
+   * to ever new names (which cost nothing else) cannot push out any channel's history; a client
+   * whose such position was forgotten is told its recovery failed, as for a forgotten log.
+   */
+  private readonly unpublished = new Map<string, string>();
   private readonly noHistory = new Map<string, true>();
   /** Characters of every kept message together. */
   private readonly totals = { chars: 0 };
@@ -216,70 +264,80 @@ export class HistoryStore {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** The log of `channel`, created (with a new epoch) if needed; null if it keeps no history. */
+  private find(channel: string): ChannelLog | undefined {
+    return this.orders[1].logs.get(channel) ?? this.orders[0].logs.get(channel);
+  }
+
+  private logCount(): number {
+    return this.orders[0].logs.size + this.orders[1].logs.size;
+  }
+
+  /** The retention of `channel`; null (remembered) when it keeps no history. */
+  private retention(channel: string): Retention | null {
+    if (this.noHistory.has(channel)) return null;
+    const retention = this.settings.retentionFor(channel);
+    if (retention.size > 0) return retention;
+    // Remembered (bounded like the logs) so the rules are not matched on every publish.
+    if (this.noHistory.size >= this.settings.maxChannels) this.noHistory.delete(this.noHistory.keys().next().value!);
+    this.noHistory.set(channel, true);
+    return null;
+  }
+
+  /** The log of `channel`, created if needed (under the epoch of its position, if it had one); null if it keeps no history. */
   log(channel: string, touch = false): ChannelLog | null {
-    let log = this.logs.get(channel);
+    let log = this.find(channel);
     if (log) {
       if (touch) log.recent = true;
       return log;
     }
-    if (this.noHistory.has(channel)) return null;
-    const retention = this.settings.retentionFor(channel);
-    if (retention.size === 0) {
-      // Remembered (bounded like the logs) so the rules are not matched on every publish.
-      if (this.noHistory.size >= this.settings.maxChannels) this.noHistory.delete(this.noHistory.keys().next().value!);
-      this.noHistory.set(channel, true);
-      return null;
-    }
-    if (this.logs.size >= this.settings.maxChannels) {
-      const [oldest, forgotten] = this.leastRecent();
-      this.logs.delete(oldest);
+    const retention = this.retention(channel);
+    if (!retention) return null;
+    if (this.logCount() >= this.settings.maxChannels) {
+      const order = this.orders[0].logs.size > 0 ? this.orders[0] : this.orders[1];
+      const [oldest, forgotten] = order.leastRecent();
+      order.logs.delete(oldest);
       this.totals.chars -= forgotten.chars;
     }
-    log = new ChannelLog(newEpoch(), retention, this.totals);
-    this.logs.set(channel, log);
+    const epoch = this.unpublished.get(channel);
+    if (epoch !== undefined) this.unpublished.delete(channel);
+    log = new ChannelLog(epoch ?? newEpoch(), retention, this.totals);
+    this.orders[retention.yields ? 0 : 1].logs.set(channel, log);
     return log;
-  }
-
-  /**
-   * The least recently published log (the map's first, once every marked log before it has been
-   * moved to the end with its mark cleared: a second chance, as in the clock algorithm).
-   */
-  private leastRecent(): [string, ChannelLog] {
-    for (;;) {
-      const first = this.logs.entries().next().value!;
-      if (!first[1].recent) return first;
-      this.moveToEnd(first[0], first[1]);
-    }
-  }
-
-  private moveToEnd(channel: string, log: ChannelLog): void {
-    log.recent = false;
-    this.logs.delete(channel);
-    this.logs.set(channel, log);
   }
 
   /** Records the message that got `log.next()`'s position, then keeps all history within `maxChars`. */
   append(log: ChannelLog, payload: string): void {
     log.append(payload, this.now());
     if (this.totals.chars <= this.settings.maxChars) return;
-    // Oldest messages of the least recently published channels first. A marked log is passed
-    // over once (moved to the end, unmarked), as is a log emptied here, so that later trims do
-    // not walk past it again; a Map's iteration reaches what was moved to its end.
-    for (const [channel, candidate] of this.logs) {
-      if (candidate.recent) {
-        this.moveToEnd(channel, candidate);
-        continue;
+    // Oldest messages of the least recently published channels first (those that yield before
+    // all others). A marked log is passed over once (moved to the end, unmarked), as is a log
+    // emptied here, so that later trims do not walk past it again; a Map's iteration reaches
+    // what was moved to its end.
+    for (const order of this.orders) {
+      for (const [channel, candidate] of order.logs) {
+        if (candidate.recent) {
+          order.moveToEnd(channel, candidate);
+          continue;
+        }
+        while (candidate.length > 0 && this.totals.chars > this.settings.maxChars) candidate.dropOldest(1);
+        if (this.totals.chars <= this.settings.maxChars) return;
+        order.moveToEnd(channel, candidate);
       }
-      while (candidate.length > 0 && this.totals.chars > this.settings.maxChars) candidate.dropOldest(1);
-      if (this.totals.chars <= this.settings.maxChars) return;
-      this.moveToEnd(channel, candidate);
     }
   }
 
-  /** The current position of `channel` (its log created if needed); null if it keeps no history. */
+  /** The current position of `channel` (made if needed); null if it keeps no history. */
   position(channel: string): Position | null {
-    return this.log(channel)?.position ?? null;
+    const log = this.find(channel);
+    if (log) return log.position;
+    let epoch = this.unpublished.get(channel);
+    if (epoch === undefined) {
+      if (!this.retention(channel)) return null;
+      if (this.unpublished.size >= this.settings.maxChannels) this.unpublished.delete(this.unpublished.keys().next().value!);
+      epoch = newEpoch();
+      this.unpublished.set(channel, epoch);
+    }
+    return { epoch, offset: 0 };
   }
 
   /**
@@ -287,8 +345,9 @@ export class HistoryStore {
    * all be given (another epoch, pruned, more than `limit`, or a position from the future).
    */
   missedSince(channel: string, since: Position, limit: number): string[] | null {
-    const log = this.logs.get(channel);
-    if (!log || log.epoch !== since.epoch) return null;
+    const log = this.find(channel);
+    if (!log) return since.offset === 0 && this.unpublished.get(channel) === since.epoch ? [] : null;
+    if (log.epoch !== since.epoch) return null;
     log.prune(this.now());
     if (log.offset - since.offset > limit) return null;
     return log.after(since.offset, limit);
@@ -296,10 +355,13 @@ export class HistoryStore {
 
   /** A page of `channel`'s history; null if the channel keeps none. Reading creates nothing. */
   read(channel: string, query: HistoryQuery = {}): HistoryPage | null {
-    const log = this.logs.get(channel);
+    const log = this.find(channel);
     if (!log) {
       if (this.noHistory.has(channel) || this.settings.retentionFor(channel).size === 0) return null;
-      return { position: null, payloads: [], complete: query.since === undefined };
+      const epoch = this.unpublished.get(channel);
+      const since = query.since;
+      if (epoch === undefined) return { position: null, payloads: [], complete: since === undefined };
+      return { position: { epoch, offset: 0 }, payloads: [], complete: since === undefined || (since.epoch === epoch && since.offset === 0) };
     }
     log.prune(this.now());
     const limit = query.limit ?? log.retention.size;
@@ -311,12 +373,13 @@ export class HistoryStore {
   /** Prunes every channel by age; the memory engine calls it now and then. */
   sweep(): void {
     const now = this.now();
-    for (const log of this.logs.values()) if (log.length > 0) log.prune(now);
+    for (const order of this.orders) for (const log of order.logs.values()) if (log.length > 0) log.prune(now);
   }
 
+  /** Channels with a position (a log, or a position given before any message), messages and characters kept. */
   stats(): { channels: number; messages: number; chars: number } {
     let messages = 0;
-    for (const log of this.logs.values()) messages += log.length;
-    return { channels: this.logs.size, messages, chars: this.totals.chars };
+    for (const order of this.orders) for (const log of order.logs.values()) messages += log.length;
+    return { channels: this.logCount() + this.unpublished.size, messages, chars: this.totals.chars };
   }
 }

@@ -24,8 +24,13 @@
  *   D log:<channel>       stream the channel's latest messages (field p: the payload, with its
  *                                position), trimmed to `s` entries and `t` ms; expires after `t` ms
  *                                of silence (every message in it would be too old by then)
- *   D chans               zset   the partition's channels that have a position, scored by last
- *                                use (LRU, for the partition's share of `maxHistoryChannels`)
+ *   D chans               zset   the partition's channels that have messages, scored by last
+ *                                publish (LRU, for the partition's share of `maxHistoryChannels`)
+ *   D ychans              zset   the same for channels whose history yields (presence channels):
+ *                                past the share, these are forgotten first
+ *   D fresh               zset   channels given a position by a subscribe but no message yet,
+ *                                by when: the share again, for these alone (so that subscribes
+ *                                to ever new names push out no channel's history)
  *   D lru                 string the counter that scores `chans`
  *   D bus                 pub/sub the partition's broadcasts, and the fences of reads made in it
  *
@@ -88,13 +93,21 @@ end
 /** Functions of one data partition; D is its prefix. */
 const DATA = `${CLOCK}
 local D = ARGV[1]
-local function touch(channel, maxc)
-  redis.call('ZADD', D .. 'chans', redis.call('INCR', D .. 'lru'), channel)
-  local over = redis.call('ZCARD', D .. 'chans') - maxc
-  if over > 0 then
-    local gone = redis.call('ZPOPMIN', D .. 'chans', over)
-    for i = 1, #gone, 2 do redis.call('DEL', D .. 'ch:' .. gone[i], D .. 'log:' .. gone[i]) end
-  end
+local function forget(order, count)
+  local gone = redis.call('ZPOPMIN', D .. order, count)
+  for i = 1, #gone, 2 do redis.call('DEL', D .. 'ch:' .. gone[i], D .. 'log:' .. gone[i]) end
+  return #gone / 2
+end
+local function touch(channel, maxc, yields)
+  redis.call('ZADD', D .. (yields and 'ychans' or 'chans'), redis.call('INCR', D .. 'lru'), channel)
+  local over = redis.call('ZCARD', D .. 'ychans') + redis.call('ZCARD', D .. 'chans') - maxc
+  if over > 0 then over = over - forget('ychans', over) end
+  if over > 0 then forget('chans', over) end
+end
+local function fresh(channel, maxc)
+  redis.call('ZADD', D .. 'fresh', redis.call('INCR', D .. 'lru'), channel)
+  local over = redis.call('ZCARD', D .. 'fresh') - maxc
+  if over > 0 then forget('fresh', over) end
 end
 local function prune(channel, now)
   local ttl = tonumber(redis.call('HGET', D .. 'ch:' .. channel, 't') or '0')
@@ -119,8 +132,8 @@ end
  * The position's JSON, {"epoch":…,"offset":…}, goes between the halves of the bus message's
  * header and between the halves of the payload; the header and then the payload are sent.
  * ARGV: D, channel, size, ttl, maxChannels of the partition, epoch if new, publish command,
- * header before the position, header after it, payload before the position, payload after it.
- * Returns {epoch, offset}.
+ * header before the position, header after it, payload before the position, payload after it,
+ * '1' if the channel's history yields. Returns {epoch, offset}.
  */
 const PUBLISH = `${DATA}
 local channel, size, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -131,13 +144,15 @@ if not epoch then
   redis.call('HSET', meta, 'e', epoch, 'o', 0)
 end
 local offset = redis.call('HINCRBY', meta, 'o', 1)
+-- The first message of a position a subscribe gave: from now on a channel with messages.
+if offset == 1 then redis.call('ZREM', D .. 'fresh', channel) end
 redis.call('HSET', meta, 's', size, 't', ttl)
 local position = '{"epoch":' .. cjson.encode(epoch) .. ',"offset":' .. int(offset) .. '}'
 local payload = ARGV[10] .. position .. ARGV[11]
 redis.call('XADD', log, 'MAXLEN', size, '*', 'p', payload)
 redis.call('XTRIM', log, 'MINID', int(now_ms() - ttl + 1))
 redis.call('PEXPIRE', log, ttl)
-touch(channel, tonumber(ARGV[5]))
+touch(channel, tonumber(ARGV[5]), ARGV[12] == '1')
 redis.call(ARGV[7], D .. 'bus', ARGV[8] .. position .. ARGV[9] .. payload)
 return {epoch, offset}
 `;
@@ -162,7 +177,7 @@ if channel ~= '' then
     out = {e, tonumber(redis.call('HGET', meta, 'o'))}
   else
     redis.call('HSET', meta, 'e', ARGV[8], 'o', 0, 's', tonumber(ARGV[5]), 't', tonumber(ARGV[6]))
-    touch(channel, tonumber(ARGV[7]))
+    fresh(channel, tonumber(ARGV[7]))
     out = {ARGV[8], 0}
   end
 end
@@ -262,13 +277,16 @@ return out
 /** A partition's channels with a position and the messages they keep (pruned by age first). ARGV: D. */
 const STATS = `${DATA}
 local now = now_ms()
-local chans = redis.call('ZRANGE', D .. 'chans', 0, -1)
-local total = 0
-for _, channel in ipairs(chans) do
-  prune(channel, now)
-  total = total + redis.call('XLEN', D .. 'log:' .. channel)
+local count, total = redis.call('ZCARD', D .. 'fresh'), 0
+for _, order in ipairs({'chans', 'ychans'}) do
+  local chans = redis.call('ZRANGE', D .. order, 0, -1)
+  count = count + #chans
+  for _, channel in ipairs(chans) do
+    prune(channel, now)
+    total = total + redis.call('XLEN', D .. 'log:' .. channel)
+  end
 end
-return {#chans, total}
+return {count, total}
 `;
 
 /**

@@ -340,7 +340,7 @@ export class RedisEngine implements Engine {
         // The script writes the position into the header and the payload alike.
         around = this.aroundPosition(publication);
         const header = broadcastHeader(this.nodeId, tag, channel, publication.exclude);
-        const args = [channel, retention.size, retention.ttl, this.maxChannelsPerPartition(host), newEpoch(), this.layout.publishCommand, ...header, ...around];
+        const args = [channel, retention.size, retention.ttl, this.maxChannelsPerPartition(host), newEpoch(), this.layout.publishCommand, ...header, ...around, retention.yields ? '1' : '0'];
         const [epoch, offset] = (await this.connection.script('PUBLISH', this.layout.data(partition), args)) as [string, number];
         position = { epoch: String(epoch), offset: Number(offset) };
       } else {

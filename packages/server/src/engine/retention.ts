@@ -21,9 +21,13 @@ const RETENTION_LIMITS = {
   ttl: [1000, 30 * 24 * 3600_000],
 } as const;
 
-export function retentionResolver(rules: readonly HistoryRule[], defaults: Retention): (channel: string) => Retention {
+/** `yields`: the channels whose history gives way to the others' (see Retention). */
+export function retentionResolver(rules: readonly HistoryRule[], defaults: Retention, yields: (channel: string) => boolean = () => false): (channel: string) => Retention {
   const resolved = rules.map((rule) => ({ pattern: rule.channel, retention: { size: rule.size ?? defaults.size, ttl: rule.ttl ?? defaults.ttl } }));
-  return (channel) => resolved.find((rule) => matches(rule.pattern, channel))?.retention ?? defaults;
+  return (channel) => {
+    const retention = resolved.find((rule) => matches(rule.pattern, channel))?.retention ?? defaults;
+    return yields(channel) ? { ...retention, yields: true } : retention;
+  };
 }
 
 /** Checks the `history` option, naming the rule and field at fault. */
