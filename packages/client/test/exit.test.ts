@@ -9,25 +9,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { createConnection } from 'node:net';
-
-/** Fails with a clear message when no Redis answers on 127.0.0.1:6379. */
-function requireRedis(): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const socket = createConnection({ host: '127.0.0.1', port: 6379 }, () => socket.write('PING\r\n'));
-    const fail = (why: string): void => {
-      socket.destroy();
-      reject(new Error(`this test needs a Redis server at 127.0.0.1:6379 (start one with "redis-server --daemonize yes"): ${why}`));
-    };
-    socket.setTimeout(2000, () => fail('no answer'));
-    socket.once('error', (error) => fail(error.message));
-    socket.once('data', (data) => {
-      socket.destroy();
-      if (data.toString().startsWith('+PONG')) resolve();
-      else fail(`it answered ${JSON.stringify(data.toString())}`);
-    });
-  });
-}
+import { requireRedis } from './helpers.js';
 
 /** The program: a server, one client per transport doing a bit of everything, then the stop. */
 const PROGRAM = `

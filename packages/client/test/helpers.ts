@@ -351,3 +351,21 @@ export function eventSourceOver(fetchFn: typeof fetch): new (url: string, init?:
     }
   } as unknown as new (url: string, init?: EventSourceInit) => EventSource;
 }
+
+/** Fails with a clear message when no Redis answers on 127.0.0.1:6379 (the tests that use the Redis engine). */
+export function requireRedis(): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port: 6379 }, () => socket.write('PING\r\n'));
+    const fail = (why: string): void => {
+      socket.destroy();
+      reject(new Error(`this test needs a Redis server at 127.0.0.1:6379 (start one with "redis-server --daemonize yes"): ${why}`));
+    };
+    socket.setTimeout(2000, () => fail('no answer'));
+    socket.once('error', (error) => fail(error.message));
+    socket.once('data', (data) => {
+      socket.destroy();
+      if (data.toString().startsWith('+PONG')) resolve();
+      else fail(`it answered ${JSON.stringify(data.toString())}`);
+    });
+  });
+}

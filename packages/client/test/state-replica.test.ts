@@ -8,7 +8,8 @@ import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ProposalError, replicate, type JsonValue, type Replica, type ReplicaChange } from '@perihelion/state';
 import type { Client } from '../src/index.js';
-import { Net, client, sleep, startServer, waitFor, type TestServer } from './helpers.js';
+import { RedisEngine } from '@perihelion/server';
+import { Net, client, requireRedis, sleep, startServer, waitFor, type TestServer } from './helpers.js';
 
 // A type alias, not an interface: JSON types are checked structurally.
 type Todo = { id: string; text: string; done: boolean };
@@ -190,6 +191,30 @@ describe('state replica', () => {
     await waitFor(() => replica.version === 2 && (replica.value as { cards: string[] }).cards.length === 2, 10_000, 'the replica to follow the restarted server');
     assert.equal(await replica.propose((draft) => void (draft as { cards: string[] }).cards.push('three')), 3);
     assert.deepEqual(resumed.get(), { cards: ['one', 'two', 'three'] });
+  });
+
+  it('with the Redis engine, whose history outlives the server, takes a snapshot of a restarted server at once, not at its next change', async () => {
+    await requireRedis();
+    const prefix = `state-replica-${process.pid}-${Date.now()}:`;
+    const redisServer = async (port = 0): Promise<TestServer> => {
+      const t = await startServer({ engine: new RedisEngine({ url: 'redis://127.0.0.1:6379', prefix }) }, port);
+      servers.push(t);
+      return t;
+    };
+    const first = await redisServer();
+    const state = await first.server.state('/gen', { gen: 1, a: 0 });
+    const replica = await follow(first, '/gen');
+    await state.update({ gen: 1, a: 1 });
+    await waitFor(() => replica.version === 1, 3000, 'version 1');
+    await first.close();
+    servers.splice(servers.indexOf(first), 1);
+    // A new process, no saved state: a new epoch at version 0. The replica recovers what Redis
+    // kept (nothing missed: recovery succeeds), and the new channel's announcement is its cue.
+    const second = await redisServer(first.port);
+    const restarted = await second.server.state('/gen', { gen: 2, a: 0 });
+    await waitFor(() => (replica.value as { gen: number }).gen === 2, 10_000, 'the replica to take the restarted state');
+    assert.equal(replica.version, 0);
+    assert.deepEqual(replica.value, restarted.get());
   });
 });
 

@@ -13,6 +13,8 @@ export const ERROR_CODES = {
   ERR_AUTHENTICATION: 'An authenticator refused a handshake (AuthenticationError); its reason reaches the client.',
   ERR_CALLOUT: 'A call-out to the application got no usable answer (CalloutError, reported through the error event).',
   ERR_WEBHOOK: 'A webhook request failed, or webhook events were dropped (WebhookError, reported through the error event).',
+  ERR_HOOK_TIMEOUT: "A state channel's validate hook did not decide within validateTimeout (reported through the error event; the proposal is refused).",
+  ERR_NOT_PUBLISHED: "A state channel's change was made and saved, but its patch could not be published (reported through the error event).",
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -31,7 +31,7 @@ import type { HistoryPage, HistoryQuery } from './engine/history.js';
 import { PerihelionError } from './errors.js';
 import type { Extension } from './extensions/pipeline.js';
 import type { JsonValue } from '@perihelion/state';
-import { StateChannel, type StateOptions } from './state/state-channel.js';
+import { StateChannel, type StateOptions, type StatePatchMessage } from './state/state-channel.js';
 import { StateChannels } from './state/state-service.js';
 import { HttpAdapter } from './http/adapter.js';
 import type { ResolvedOptions, ServerOptions } from './options.js';
@@ -191,6 +191,7 @@ export class Perihelion {
    * within `commandTimeout` is left out and reported through 'error').
    */
   async sessions(): Promise<SessionInfo[]> {
+    this.assertNotClosed();
     await this.core.ready;
     return this.engine.census();
   }
@@ -210,9 +211,15 @@ export class Perihelion {
     const state = await StateChannel.create(channel, initial, options, {
       publish: (name, message) => broadcast(this.core, { channel: name, data: message }),
       reportError: (error) => this.core.reportError(error),
+      closed: (name) => this.states.remove(name),
     });
     if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);
     this.states.add(state as unknown as StateChannel);
+    // Said on the channel, as an empty patch of the new epoch: a replica of the state this one
+    // replaces (a restart whose history outlived the process, with the Redis engine) takes a
+    // snapshot now, live or in what it recovers, instead of at the next change.
+    // (Its failure, an outgoing extension that throws, is reported: the channel exists either way.)
+    await broadcast(this.core, { channel, data: { epoch: state.epoch, version: state.version, patch: [] } satisfies StatePatchMessage }).catch((error: unknown) => this.core.reportError(error));
     return state;
   }
 
@@ -233,6 +240,7 @@ export class Perihelion {
     if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 0)) {
       throw new PerihelionError('ERR_INVALID_ARGUMENT', `history limit must be a non-negative integer, got ${JSON.stringify(query.limit)}`);
     }
+    this.assertNotClosed();
     await this.core.ready;
     if (isMeta(channel) || isService(channel)) return null;
     return this.engine.history(channel, query);
@@ -281,6 +289,7 @@ export class Perihelion {
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
     if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `no presence for ${JSON.stringify(channel)}: ${problem}`);
     if (!hasPresence(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `no presence for ${channel}: meta, service and presence channels have no members`);
+    this.assertNotClosed();
     await this.core.ready;
     return membersOf(this.engine, channel, this.options.presenceBy);
   }
@@ -305,12 +314,14 @@ export class Perihelion {
    * as if its client had sent /meta/disconnect; false when no node knows it.
    */
   async disconnectClient(clientId: string): Promise<boolean> {
+    this.assertNotClosed();
     await this.core.ready;
     return this.engine.endSession(clientId);
   }
 
   /** Ends every session of one user, on every node; resolves to how many were ended. */
   async disconnectUser(userId: string): Promise<number> {
+    this.assertNotClosed();
     await this.core.ready;
     // All at once: with Redis, the lookups and messages to the owners share the round trips. Every
     // attempt runs to its end before a failure (Redis going away midway) is reported.
@@ -413,6 +424,8 @@ export class Perihelion {
 
   /** Starts a node:http server of its own; resolves to the address it listens on. */
   async listen(options: ListenOptions = {}): Promise<AddressInfo> {
+    // A listener opened now would never be closed: close() has run.
+    this.assertOpen();
     const server = this.ownServer(options.fallback);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -527,6 +540,11 @@ export class Perihelion {
 
   private assertOpen(): void {
     if (this.core.isDraining) throw new PerihelionError('ERR_SERVER_CLOSED', 'the server is shutting down');
+  }
+
+  /** For what may still be asked while the server drains (who is connected), not after. */
+  private assertNotClosed(): void {
+    if (this.core.isClosed) throw new PerihelionError('ERR_SERVER_CLOSED', 'the server is closed');
   }
 }
 

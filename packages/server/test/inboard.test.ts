@@ -387,6 +387,23 @@ describe('local client', () => {
   });
 });
 
+describe('after close()', () => {
+  it('every call says the server is closed (ERR_SERVER_CLOSED), listen() included: a listener opened then would never close', async () => {
+    const t = await startServer();
+    await t.close();
+    const closed = (error: unknown): boolean => error instanceof PerihelionError && error.code === 'ERR_SERVER_CLOSED';
+    await assert.rejects(t.server.listen({ port: 0, host: '127.0.0.1' }), closed, 'listen');
+    await assert.rejects(t.server.sessions(), closed, 'sessions');
+    await assert.rejects(t.server.disconnectClient('x'), closed, 'disconnectClient');
+    await assert.rejects(t.server.disconnectUser('u'), closed, 'disconnectUser');
+    await assert.rejects(t.server.history('/x'), closed, 'history');
+    await assert.rejects(t.server.presence('/x'), closed, 'presence');
+    await assert.rejects(t.server.publish('/x', 1), closed, 'publish');
+    await assert.rejects(t.server.state('/x', {}), closed, 'state');
+    assert.equal(t.server.address(), null, 'nothing listens');
+  });
+});
+
 describe('inboard across two nodes sharing Redis', () => {
   let prefix = '';
   before(requireRedis);

@@ -248,6 +248,46 @@ describe('state channels: server.state() and update()', () => {
     }
   });
 
+  it('refuses an update function that changes its draft and returns something else (draft => draft.push(x)), leaving the state unchanged', TEST_TIMEOUT, async () => {
+    const list = await makeState(t, fresh('pushreturns'), [] as number[]);
+    await rejectsWith(list.update((draft) => (draft as number[]).push(1) as never), 'ERR_INVALID_ARGUMENT', 'push returns a number');
+    assert.deepEqual(list.get(), []);
+    const counter = await makeState(t, fresh('increment'), { n: 5 });
+    await rejectsWith(counter.update((draft) => (draft as { n: number }).n++ as never), 'ERR_INVALID_ARGUMENT', 'n++ returns a number');
+    assert.deepEqual(counter.get(), { n: 5 });
+    assert.equal(counter.version, 0);
+    // Changing the draft and returning it, or returning a new value untouched, are both fine.
+    await counter.update((draft) => {
+      (draft as { n: number }).n = 6;
+      return draft;
+    });
+    await counter.update((draft) => ({ n: (draft as { n: number }).n + 1 }));
+    assert.deepEqual(counter.get(), { n: 7 });
+  });
+
+  it('close() stops serving the channel: snapshots and proposals answer 405, its name may be used again', TEST_TIMEOUT, async () => {
+    const channel = fresh('closed');
+    const state = await makeState(t, channel, { room: 1 }, { validate: () => true });
+    const a = await openPeer(t.wsUrl, peers);
+    answered(await a.ask({ channel, op: 'snapshot' }));
+    await state.close();
+    refused(await a.ask({ channel, op: 'snapshot' }), 405, 'a snapshot of a closed channel');
+    refused(await a.ask({ channel, op: 'propose', epoch: state.epoch, base: 0, patch: [] }), 405, 'a proposal on a closed channel');
+    await rejectsWith(state.update({ room: 2 }), 'ERR_SERVER_CLOSED', 'an update after close');
+    const again = await makeState(t, channel, { room: 'new' });
+    assert.deepEqual(answered(await a.ask({ channel, op: 'snapshot' })).value, { room: 'new' });
+    assert.notEqual(again.epoch, state.epoch);
+  });
+
+  it('says a new state channel on the channel (an empty patch of its epoch): a replica of an older state takes a snapshot at once', TEST_TIMEOUT, async () => {
+    const channel = fresh('announced');
+    const a = await openPeer(t.wsUrl, peers);
+    await a.subscribe(channel);
+    const state = await makeState(t, channel, { n: 1 });
+    await waitFor(() => a.data(channel).length === 1, 3000, 'the announcement');
+    assert.deepEqual(a.data(channel)[0], { epoch: state.epoch, version: 0, patch: [] });
+  });
+
   it('runs concurrent updates one at a time, in the order called', TEST_TIMEOUT, async () => {
     const channel = fresh('queue');
     const state = await makeState(t, channel, { list: [] as number[] });
@@ -292,6 +332,12 @@ describe('state channels: server.state() and update()', () => {
       ['load not a function', { load: 'select * from state' }],
       ['save not a function', { save: {} }],
       ['validate not a function', { validate: true }],
+      ['validateTimeout -1', { validateTimeout: -1 }],
+      ['validateTimeout "1s"', { validateTimeout: '1s' }],
+      ['an unknown option (a typo)', { valdate: () => true }],
+      ['diff.key not a string', { diff: { key: 5 } }],
+      ['diff.keys not an object', { diff: { keys: 'id' } }],
+      ['options null', null],
     ];
     for (const [what, options] of bad) {
       const channel = fresh('options');
@@ -759,11 +805,11 @@ describe('state channels: proposals', () => {
     }
   });
 
-  it('a proposal whose publish failed after it was saved is answered with a 500, and its resend is not applied twice', TEST_TIMEOUT, async () => {
+  it('a proposal whose publish failed after it was saved is made: answered with its version, the failure reported, its resend not applied twice', TEST_TIMEOUT, async () => {
     const errors: unknown[] = [];
     const stopErrors = t.server.on('error', (error) => errors.push(error));
     const channel = fresh('publishfails');
-    let failing = true;
+    let failing = false;
     const removeExtension = t.server.addExtension({
       outgoing(message) {
         if (failing && message.channel === channel) throw new Error('publish failed');
@@ -773,15 +819,111 @@ describe('state channels: proposals', () => {
     try {
       const state = await makeState(t, channel, { list: [] }, { validate: allowAll });
       const a = await openPeer(t.wsUrl, peers);
+      failing = true;
       const proposal = { channel, op: 'propose', epoch: state.epoch, base: 0, patch: [{ op: 'add', path: '/list/-', value: 'x' }], id: 'once-only' };
-      refused(await a.ask(proposal), 500, 'the publish failed');
-      assert.ok(errors.some((e) => (e as Error).message === 'publish failed'));
+      assert.deepEqual(answered(await a.ask(proposal)), { channel, version: 1 }, 'saved and made');
+      const reported = errors.find((e) => (e as PerihelionError).code === 'ERR_NOT_PUBLISHED') as PerihelionError | undefined;
+      assert.match(String(reported?.message), /version 1 of .* was made and saved, but its patch could not be published.*publish failed/);
       failing = false;
-      // It was saved and made (version 1): sent again, it is answered, not appended a second time.
+      // Sent again (its answer lost, say): answered, not appended a second time.
       assert.deepEqual(answered(await a.ask(proposal)), { channel, version: 1 });
       assert.deepEqual(state.get(), { list: ['x'] });
+      // The same holds for the server's own update: it resolves, the change is made.
+      failing = true;
+      assert.deepEqual(await state.update((draft) => void (draft as { list: string[] }).list.push('y')), [{ op: 'add', path: '/list/1', value: 'y' }]);
+      assert.equal(state.version, 2);
+      assert.equal(errors.filter((e) => (e as PerihelionError).code === 'ERR_NOT_PUBLISHED').length, 2);
     } finally {
       removeExtension();
+      stopErrors();
+    }
+  });
+
+  it('refuses a proposal id that comes back with another patch (400): another client cannot claim an id and make a proposal vanish', TEST_TIMEOUT, async () => {
+    const channel = fresh('claimed');
+    const state = await makeState(t, channel, { log: [] as string[] }, { validate: allowAll });
+    const [victim, attacker] = await Promise.all([openPeer(t.wsUrl, peers), openPeer(t.wsUrl, peers)]);
+    const append = (text: string): unknown[] => [{ op: 'add', path: '/log/-', value: text }];
+    // The attacker applies a proposal under the id the victim will use next.
+    assert.deepEqual(answered(await attacker.ask({ channel, op: 'propose', epoch: state.epoch, base: 0, patch: append('attacker'), id: 'next-id' })), { channel, version: 1 });
+    const error = refused(await victim.ask({ channel, op: 'propose', epoch: state.epoch, base: 1, patch: append('important'), id: 'next-id' }), 400, 'the same id with another patch');
+    assert.match(error.message, /the proposal id "next-id" was used by another proposal/);
+    // The genuine resend of the first is still answered, not applied again.
+    assert.deepEqual(answered(await attacker.ask({ channel, op: 'propose', epoch: state.epoch, base: 1, patch: append('attacker'), id: 'next-id' })), { channel, version: 1 });
+    assert.deepEqual(state.get(), { log: ['attacker'] });
+  });
+
+  it('checks a large proposal against many changes at once, and refuses as a conflict one too large to rebase (the server is not held)', TEST_TIMEOUT, async () => {
+    const channel = fresh('rebasecost');
+    const records: Record<string, { n: number; m: number }> = {};
+    for (let i = 0; i < 10_000; i++) records[`r${i}`] = { n: 0, m: 0 };
+    const state = await makeState(t, channel, { records }, { validate: allowAll });
+    const touchEveryRecord = (rounds: number): Promise<unknown> =>
+      Array.from({ length: rounds }).reduce<Promise<unknown>>(
+        (previous) =>
+          previous.then(() =>
+            state.update((draft) => {
+              for (const record of Object.values((draft as typeof draft & { records: typeof records }).records)) record.n++;
+            }),
+          ),
+        Promise.resolve(),
+      );
+    await touchEveryRecord(5);
+    const a = await openPeer(t.wsUrl, peers);
+    // 9 000 operations on values nothing changed, 5 versions behind, each version having changed
+    // 10 000 values: comparing every pair took seconds; the check looks up each path instead.
+    const patch = Array.from({ length: 9000 }, (_, i) => ({ op: 'test', path: `/records/r${i}/m`, value: 0 }));
+    let longest = 0;
+    let last = performance.now();
+    const watch = setInterval(() => {
+      const now = performance.now();
+      longest = Math.max(longest, now - last);
+      last = now;
+    }, 5);
+    try {
+      assert.deepEqual(answered(await a.ask({ channel, op: 'propose', epoch: state.epoch, base: 0, patch })), { channel, version: 5 }, 'rebased (it changes nothing)');
+      assert.ok(longest < 1000, `the event loop stalled ${Math.round(longest)} ms`);
+      // One operation on a value that changed is still found.
+      refused(await a.ask({ channel, op: 'propose', epoch: state.epoch, base: 4, patch: [{ op: 'replace', path: '/records/r7/n', value: -1 }] }), 409, 'a changed value');
+      // 25 versions behind, 9 000 operations pass the bound: refused without the check.
+      await touchEveryRecord(20);
+      last = performance.now();
+      longest = 0;
+      const error = refused(await a.ask({ channel, op: 'propose', epoch: state.epoch, base: 0, patch }), 409, 'too large to rebase');
+      assert.match(error.message, /a proposal of 9000 operations is too large to rebase over 25 changes/);
+      assert.ok(longest < 1000, `the event loop stalled ${Math.round(longest)} ms`);
+    } finally {
+      clearInterval(watch);
+    }
+  });
+
+  it('a validate that throws, or does not decide within validateTimeout, is answered 500 and reported; the changes behind it go on', TEST_TIMEOUT, async () => {
+    const errors: unknown[] = [];
+    const stopErrors = t.server.on('error', (error) => errors.push(error));
+    try {
+      const channel = fresh('hooks');
+      const state = await makeState(t, channel, { n: 0 }, {
+        validateTimeout: 200,
+        validate: ({ next }) => {
+          const n = (next as { n: number }).n;
+          if (n === 1) throw new TypeError('validate bug');
+          if (n === 2) return new Promise<boolean>(() => {}); // never decides
+          return true;
+        },
+      });
+      const a = await openPeer(t.wsUrl, peers);
+      const propose = (n: number): Promise<Msg> => a.ask({ channel, op: 'propose', epoch: state.epoch, base: state.version, patch: [{ op: 'replace', path: '/n', value: n }] });
+      refused(await propose(1), 500, 'validate threw');
+      assert.ok(errors.some((e) => (e as Error).message === 'validate bug'), 'the throw is reported');
+      const started = Date.now();
+      refused(await propose(2), 500, 'validate never decided');
+      assert.ok(Date.now() - started >= 190, 'refused once validateTimeout passed');
+      assert.ok(errors.some((e) => (e as PerihelionError).code === 'ERR_HOOK_TIMEOUT'), 'the timeout is reported');
+      // Neither holds the channel: the next proposal and the server's own update go through.
+      assert.deepEqual(answered(await propose(3)), { channel, version: 1 });
+      await state.update({ n: 4 });
+      assert.equal(state.version, 2);
+    } finally {
       stopErrors();
     }
   });

@@ -9,7 +9,10 @@
  * - Proposals (`propose`) apply at once to `value` (optimistic), and go to the server one at a
  *   time, in order, each based on the latest version this replica confirmed, so a client never
  *   conflicts with itself. Each carries an id: when its answer is lost (a cut line) it is sent
- *   again and the server, which remembers applied ids, does not apply it twice. When the server
+ *   again and the server, which remembers applied ids, does not apply it twice. The id is random
+ *   (another client, which sees the ids of applied proposals in the patches, cannot guess the next
+ *   one and claim it). A server that answers it failed (a hook that threw) is asked again twice,
+ *   then the proposal is refused. When the server
  *   accepts, the proposal becomes part of the confirmed value with the server's patch; when it
  *   refuses (a conflict, the application's `validate`), it is rolled back and `propose` rejects.
  *   Whenever the confirmed value moves, the pending proposals are applied again on top of it
@@ -28,6 +31,8 @@ export const STATE_SERVICE = '/service/state';
 
 // Timers exist in every environment this runs in (browsers, workers, Node); the package itself is typed without any.
 declare function setTimeout(callback: () => void, ms: number): unknown;
+// Web Crypto, in browsers and Node (from 19 a global); without it, ids fall back to Math.random.
+declare const crypto: { getRandomValues(array: Uint32Array): Uint32Array } | undefined;
 
 /** What a replica needs of a client. */
 export interface ReplicaClient {
@@ -94,8 +99,6 @@ export class Replica {
   private syncing: Promise<void> | null = null;
   private sending = false;
   private closed = false;
-  private nextId = 0;
-  private readonly idPrefix = Math.random().toString(36).slice(2, 10);
 
   constructor(
     private readonly client: ReplicaClient,
@@ -131,7 +134,14 @@ export class Replica {
         if (!recovered) void this.resync();
       },
     });
-    await this.resync();
+    try {
+      await this.resync();
+    } catch (error) {
+      // No replica: nothing of it stays subscribed.
+      this.closed = true;
+      await this.subscription.unsubscribe().catch(() => {});
+      throw error;
+    }
     return this;
   }
 
@@ -149,9 +159,16 @@ export class Replica {
     try {
       if (typeof change === 'function') {
         const draft = clone(this.view);
-        const returned = change(draft);
-        patch = diff(this.view, returned === undefined ? draft : returned, this.options.diff);
-      } else patch = change;
+        const returned: unknown = change(draft);
+        if (typeof (returned as { then?: unknown } | null)?.then === 'function') throw new Error('a proposal function must change its draft synchronously (await before calling propose)');
+        const changed = diff(this.view, draft, this.options.diff);
+        if (returned !== undefined && returned !== draft && changed.length > 0) {
+          // `(draft) => draft.items.push(x)` returns a number: taken as the new value, it would replace the whole document.
+          throw new Error('the proposal function changed its draft and also returned a value: change the draft and return nothing (write { draft.x.push(y); }, with braces), or return a new value without changing the draft');
+        }
+        patch = returned === undefined ? changed : diff(this.view, returned, this.options.diff);
+      } else if (Array.isArray(change)) patch = change;
+      else throw new Error('propose takes a JSON Patch (an array of operations) or a function given a draft');
       if (patch.length === 0) return Promise.resolve(this.current);
       patch = appendsAsDash(this.view, patch);
       next = applyPatch(this.view, patch);
@@ -163,7 +180,7 @@ export class Replica {
     const before = this.view;
     this.view = next;
     return new Promise<number>((resolve, reject) => {
-      this.pending.push({ id: `${this.idPrefix}-${++this.nextId}`, patch, acceptedAt: null, resolve, reject });
+      this.pending.push({ id: randomId(), patch, acceptedAt: null, resolve, reject });
       this.emit(before, 'propose', patch);
       void this.send();
     });
@@ -173,7 +190,8 @@ export class Replica {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const p of this.pending.splice(0)) p.reject(new ProposalError(`the replica of ${this.channel} was closed before the server decided`));
+    // Sent ones may still be applied by the server: closing stops the waiting, not the proposal.
+    for (const p of this.pending.splice(0)) p.reject(new ProposalError(`the replica of ${this.channel} was closed before the server's answer came (a proposal already sent may still be applied)`));
     await this.subscription?.unsubscribe();
   }
 
@@ -209,7 +227,7 @@ export class Replica {
     this.current = message.version;
     this.markAccepted(message);
     this.settleAccepted();
-    this.rebase('server');
+    this.rebase('server', message.patch);
   }
 
   /** A patch that applied one of this replica's proposals: that proposal is accepted at its version. */
@@ -274,9 +292,18 @@ export class Replica {
     return settled;
   }
 
-  /** `value` = the confirmed value with the pending proposals on top (those that still apply). */
-  private rebase(cause: ReplicaChange['cause']): void {
+  /**
+   * `value` = the confirmed value with the pending proposals on top (those that still apply).
+   * `applied`: the server patch that moved the confirmed value, which is then what `value` did
+   * when no proposal is pending (the listeners are told it without a diff of the whole value).
+   */
+  private rebase(cause: ReplicaChange['cause'], applied?: Patch): void {
     const before = this.view;
+    if (applied !== undefined && this.pending.length === 0) {
+      this.view = this.confirmed;
+      this.emit(before, cause, applied);
+      return;
+    }
     let view = this.confirmed;
     for (const p of this.pending) {
       try {
@@ -305,12 +332,14 @@ export class Replica {
     this.sending = true;
     try {
       let delay = 250;
+      let failures = 0;
       for (;;) {
         const next = this.pending.find((p) => p.acceptedAt === null);
         if (!next || this.closed || this.held) return;
         try {
           const answer = (await this.client.request(STATE_SERVICE, { channel: this.channel, op: 'propose', epoch: this.epoch, base: this.current, patch: next.patch, id: next.id })) as { version: number };
           delay = 250;
+          failures = 0;
           if (!this.pending.includes(next)) continue;
           next.acceptedAt = answer.version;
           // Already confirmed (a snapshot taken while the answer was on its way holds it): the
@@ -318,12 +347,18 @@ export class Replica {
           if (this.settleAccepted()) this.rebase('server');
         } catch (error) {
           if (!this.pending.includes(next)) continue;
-          if (!isRefusal(error)) {
-            // No answer (a cut line, a timeout): the same proposal again, later; the server applies an id once.
+          const failed = isServerFailure(error);
+          if (failed) failures++;
+          if (!isRefusal(error) && !(failed && failures >= MAX_FAILED_ATTEMPTS)) {
+            // No answer (a cut line, a timeout), or the server failed (a hook that threw): the
+            // same proposal again, later; the server applies an id once. A failure that repeats
+            // is the server's answer.
             await new Promise<void>((resolve) => setTimeout(() => resolve(), delay));
             delay = Math.min(delay * 2, this.options.maxRetryDelay ?? 5000);
             continue;
           }
+          delay = 250;
+          failures = 0;
           if (isConflictOnEpoch(error) && this.epoch !== '') {
             // The server's state began anew: take it, then send this proposal again on it.
             await this.resync();
@@ -369,10 +404,27 @@ function at(value: JsonValue, pointer: string): JsonValue | undefined {
   return node;
 }
 
+/** Sends of a proposal the server answers with a failure (5xx) before it counts as refused. */
+const MAX_FAILED_ATTEMPTS = 3;
+
 /** The server answered no (an unsuccessful reply), as opposed to no answer at all. */
 function isRefusal(error: unknown): boolean {
   const e = error as { code?: unknown; bayeuxCode?: unknown } | null;
   return e?.code === 'bayeux' && typeof e.bayeuxCode === 'number' && e.bayeuxCode < 500;
+}
+
+/** The server answered that it failed (5xx): it may take the proposal if asked again. */
+function isServerFailure(error: unknown): boolean {
+  const e = error as { code?: unknown; bayeuxCode?: unknown } | null;
+  return e?.code === 'bayeux' && typeof e.bayeuxCode === 'number' && e.bayeuxCode >= 500;
+}
+
+/** A proposal id no other client can guess: 128 random bits. */
+function randomId(): string {
+  const words = new Uint32Array(4);
+  if (typeof crypto !== 'undefined' && typeof crypto.getRandomValues === 'function') crypto.getRandomValues(words);
+  else for (let i = 0; i < words.length; i++) words[i] = Math.floor(Math.random() * 2 ** 32);
+  return Array.from(words, (word) => word.toString(36).padStart(7, '0')).join('');
 }
 
 function isConflictOnEpoch(error: unknown): boolean {

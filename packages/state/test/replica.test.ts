@@ -52,6 +52,90 @@ describe('Replica.propose', () => {
   });
 });
 
+describe('Replica.propose: mistakes refused at once, with a reason', () => {
+  it('a draft function that changes its draft and returns something else (draft => draft.list.push(x))', async () => {
+    const client = fakeClient({ list: [1], n: 5 });
+    const replica = await replicate(client, '/doc');
+    for (const change of [(draft: unknown) => (draft as { list: number[] }).list.push(2), (draft: unknown) => (draft as { n: number }).n++]) {
+      await assert.rejects(replica.propose(change as never), (error: unknown) => error instanceof ProposalError && /changed its draft and also returned a value/.test(error.message));
+    }
+    assert.deepEqual(replica.value, { list: [1], n: 5 });
+    assert.equal(client.requests.length, 1, 'nothing was sent');
+  });
+
+  it('an async draft function, and a patch that is not a list of operations', async () => {
+    const client = fakeClient({ n: 1 });
+    const replica = await replicate(client, '/doc');
+    await assert.rejects(
+      replica.propose((async (draft: { n: number }) => void (draft.n = 2)) as never),
+      (error: unknown) => error instanceof ProposalError && /must change its draft synchronously/.test(error.message),
+    );
+    await assert.rejects(
+      replica.propose({ op: 'replace', path: '/n', value: 2 } as never),
+      (error: unknown) => error instanceof ProposalError && /a JSON Patch \(an array of operations\)/.test(error.message),
+    );
+    assert.deepEqual(replica.value, { n: 1 });
+    assert.equal(client.requests.length, 1);
+  });
+});
+
+describe('Replica: ids, failures, and a start that fails', () => {
+  it('gives each proposal an id of 128 random bits (another client cannot guess the next)', async () => {
+    const ids: string[] = [];
+    const client: ReplicaClient = {
+      subscribe: () => Promise.resolve({ unsubscribe: () => Promise.resolve() }),
+      request: (_channel, data) => {
+        const request = data as { op: string; id?: string };
+        if (request.op === 'snapshot') return Promise.resolve({ channel: '/doc', epoch: 'e1', version: 0, value: { n: 0 } });
+        ids.push(request.id!);
+        return Promise.resolve({ version: ids.length });
+      },
+    };
+    const replica = await replicate(client, '/doc');
+    // Sent one after another as each is answered (they settle when their patches come: not here).
+    const outcomes = Array.from({ length: 20 }, (_, i) => replica.propose([{ op: 'replace', path: '/n', value: i + 1 }]).catch(() => {}));
+    while (ids.length < 20) await new Promise((resolve) => setImmediate(resolve));
+    await replica.close();
+    await Promise.all(outcomes);
+    assert.equal(new Set(ids).size, 20);
+    for (const id of ids) assert.match(id, /^[0-9a-z]{28}$/);
+    // Nothing shared between consecutive ids (a counter after a common prefix would be).
+    for (let i = 1; i < ids.length; i++) assert.notEqual(ids[i]!.slice(0, 7), ids[i - 1]!.slice(0, 7));
+  });
+
+  it('a proposal the server answers with a failure (500) is sent three times in all, then rejected and rolled back', async () => {
+    let proposals = 0;
+    const failure = Object.assign(new Error('500:/doc:the server failed to decide on the proposal'), { code: 'bayeux', bayeuxCode: 500 });
+    const client: ReplicaClient = {
+      subscribe: () => Promise.resolve({ unsubscribe: () => Promise.resolve() }),
+      request: (_channel, data) => {
+        if ((data as { op: string }).op === 'snapshot') return Promise.resolve({ channel: '/doc', epoch: 'e1', version: 0, value: { n: 0 } });
+        proposals++;
+        return Promise.reject(failure);
+      },
+    };
+    const replica = await replicate(client, '/doc', { maxRetryDelay: 10 });
+    await assert.rejects(replica.propose([{ op: 'replace', path: '/n', value: 1 }]), (error: unknown) => error instanceof ProposalError && error.cause === failure);
+    assert.equal(proposals, 3);
+    assert.deepEqual(replica.value, { n: 0 });
+    assert.equal(replica.pendingCount, 0);
+  });
+
+  it('replicate() that fails (no such state channel) leaves nothing subscribed', async () => {
+    let subscribed = 0;
+    const refusal = Object.assign(new Error('405:/nostate:no state channel of that name on this server'), { code: 'bayeux', bayeuxCode: 405 });
+    const client: ReplicaClient = {
+      subscribe: () => {
+        subscribed++;
+        return Promise.resolve({ unsubscribe: () => Promise.resolve(void subscribed--) });
+      },
+      request: () => Promise.reject(refusal),
+    };
+    await assert.rejects(replicate(client, '/nostate'), (error: unknown) => error === refusal);
+    assert.equal(subscribed, 0);
+  });
+});
+
 /** A client driven by the test: snapshots come from `snapshot`, proposals wait for `answer`. */
 function scriptedClient(snapshot: { epoch: string; version: number; value: unknown }) {
   const proposals: Array<{ data: unknown; answer: (version: number) => void }> = [];

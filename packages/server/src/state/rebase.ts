@@ -16,20 +16,20 @@
  */
 import type { Operation } from '@perihelion/state';
 
-export interface Change {
+interface Change {
   path: string;
   /** The elements of the array at `path` were added, removed or moved. */
   structural: boolean;
 }
 
-interface Reliance {
+export interface Reliance {
   path: string;
   /** An append to the array at `path`. */
   append: boolean;
 }
 
 /** What a published patch changed. */
-export function changesOf(patch: readonly Operation[]): Change[] {
+function changesOf(patch: readonly Operation[]): Change[] {
   const changes: Change[] = [];
   const note = (path: string, moves: boolean): void => {
     const array = moves ? arrayOf(path) : null;
@@ -43,15 +43,70 @@ export function changesOf(patch: readonly Operation[]): Change[] {
   return changes;
 }
 
-/** The first thing `patch` relies on that one of `changes` altered, as a path; null when none. */
-export function conflictOf(patch: readonly Operation[], changes: readonly Change[]): string | null {
-  for (const reliance of reliancesOf(patch)) {
-    if (changes.some((change) => clashes(reliance, change))) return reliance.path || '/';
-  }
-  return null;
+interface Node {
+  children: Map<string, Node> | null;
+  /** A value at this path was set (replaced, added or removed as an object member). */
+  set: boolean;
+  /** The array at this path was restructured. */
+  structural: boolean;
 }
 
-function reliancesOf(patch: readonly Operation[]): Reliance[] {
+/**
+ * What one published patch changed, as a tree of its paths' segments, so that checking a
+ * proposal against it costs the length of the proposal's paths, however many values the patch
+ * changed (a proposal of thousands of operations against patches of thousands of changes would
+ * otherwise compare every pair).
+ */
+export class ChangeIndex {
+  private readonly root: Node = { children: null, set: false, structural: false };
+  private readonly empty: boolean;
+
+  constructor(patch: readonly Operation[]) {
+    const changes = changesOf(patch);
+    this.empty = changes.length === 0;
+    for (const change of changes) {
+      let node = this.root;
+      for (const token of segments(change.path)) {
+        node.children ??= new Map();
+        let next = node.children.get(token);
+        if (!next) node.children.set(token, (next = { children: null, set: false, structural: false }));
+        node = next;
+      }
+      if (change.structural) node.structural = true;
+      else node.set = true;
+    }
+  }
+
+  /** The first thing `reliances` names that this patch altered, as a path; null when none. */
+  conflict(reliances: readonly Reliance[]): string | null {
+    if (this.empty) return null;
+    for (const reliance of reliances) if (this.clashes(reliance)) return reliance.path || '/';
+    return null;
+  }
+
+  private clashes(reliance: Reliance): boolean {
+    let node = this.root;
+    for (const token of segments(reliance.path)) {
+      // Something above it changed (inside a restructured array: through an index that moved).
+      if (node.set || node.structural) return true;
+      const next = node.children?.get(token);
+      if (!next) return false;
+      node = next;
+    }
+    // An append: other appends and edits inside the array do not matter; the array replaced does.
+    if (reliance.append) return node.set;
+    // At or inside what it relies on.
+    return true;
+  }
+}
+
+/** The segments of a JSON Pointer as written (escapes kept: both sides are compared as written). */
+function segments(path: string): string[] {
+  return path === '' ? [] : path.slice(1).split('/');
+}
+
+/** What a proposal relies on, per operation. */
+export function reliancesOf(patch: readonly Operation[]): Reliance[] {
   const reliances: Reliance[] = [];
   for (const op of patch) {
     if (op.op === 'add' && op.path.endsWith('/-')) reliances.push({ path: op.path.slice(0, -2), append: true });
@@ -59,22 +114,6 @@ function reliancesOf(patch: readonly Operation[]): Reliance[] {
     if (op.op === 'move' || op.op === 'copy') reliances.push({ path: op.from, append: false });
   }
   return reliances;
-}
-
-function clashes(reliance: Reliance, change: Change): boolean {
-  if (reliance.append) {
-    // Other appends and edits inside the array do not matter; the array replaced, or moved by a
-    // structural change of an array above it, does.
-    if (change.path === reliance.path) return !change.structural;
-    return within(reliance.path, change.path);
-  }
-  // At, inside or above what changed (inside a restructured array: through an index that moved).
-  return within(reliance.path, change.path) || within(change.path, reliance.path);
-}
-
-/** `path` is `ancestor` or inside it. */
-function within(path: string, ancestor: string): boolean {
-  return path === ancestor || path.startsWith(`${ancestor}/`);
 }
 
 /** For a path ending in an array index (or "-"): the array's path; else null. */

@@ -12,13 +12,19 @@
  * Proposals based on an older version are rebased when nothing they rely on changed since (the
  * rule is rebase.ts: appends to a list always go through, an edit of what changed does not). A
  * proposal that conflicts, or is older than the patches kept (`rebaseWindow`), is refused as a
- * conflict; its client rolls it back and may propose again on the new value.
+ * conflict; its client rolls it back and may propose again on the new value. The check costs the
+ * length of the proposal's paths per version since its base (ChangeIndex), and a proposal whose
+ * check would pass `MAX_REBASE_CHECKS` is refused as a conflict without it.
+ *
+ * A proposal's id makes a resend (its answer was lost) idempotent: the server remembers the ids
+ * it applied with a digest of their patch, and answers a resend with the version it got. An id
+ * that comes back with another patch is refused: it is not the same proposal.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { applyPatch, assertJson, clone, diff, StateError, type DiffOptions, type JsonValue, type Patch } from '@perihelion/state';
 import type { Session } from '../core/session.js';
 import { PerihelionError } from '../errors.js';
-import { changesOf, conflictOf, type Change } from './rebase.js';
+import { ChangeIndex, reliancesOf } from './rebase.js';
 
 /** A value as saved: the value and the version it had. */
 export interface SavedState {
@@ -51,7 +57,14 @@ export interface StateOptions {
   diff?: DiffOptions;
   /** Patches kept for rebasing proposals made on an older version. Default 100. */
   rebaseWindow?: number;
+  /**
+   * Longest wait for `validate`, in ms (default 10000; 0: no limit). A proposal it has not decided
+   * on by then is refused as a server error, and the changes behind it go on.
+   */
+  validateTimeout?: number;
 }
+
+const OPTION_NAMES = ['load', 'save', 'validate', 'diff', 'rebaseWindow', 'validateTimeout'];
 
 /** What is published on the channel for each version. */
 export interface StatePatchMessage {
@@ -78,12 +91,21 @@ export interface StateHost {
   /** Publishes one version's message on the channel to every subscriber (through history). */
   publish(channel: string, message: StatePatchMessage): Promise<void>;
   reportError(error: unknown): void;
+  /** The channel is closed: it is no longer served (and its name may be used again). */
+  closed(channel: string): void;
 }
 
 const DEFAULT_REBASE_WINDOW = 100;
 const MAX_REBASE_WINDOW = 100_000;
+const DEFAULT_VALIDATE_TIMEOUT = 10_000;
+const MAX_VALIDATE_TIMEOUT = 3_600_000;
 /** Proposal ids remembered for resends. */
 const MAX_REMEMBERED_PROPOSALS = 10_000;
+/**
+ * Most (operation, version) pairs one proposal's rebase check may look at: a proposal of 2 000
+ * operations may be 100 versions behind, one of 20 000 only 10.
+ */
+const MAX_REBASE_CHECKS = 200_000;
 
 /**
  * `T` is the value's shape as the application sees it (any JSON); the channel checks every value
@@ -95,11 +117,14 @@ export class StateChannel<T extends JsonValue = JsonValue> {
   readonly epoch = randomBytes(6).toString('base64url');
   private value: JsonValue;
   private current = 0;
-  /** The latest published patches, oldest first, for rebasing proposals. */
-  private readonly recent: Array<{ version: number; changes: Change[] }> = [];
+  /** What the latest published patches changed, oldest first, for rebasing proposals. */
+  private readonly recent: Array<{ version: number; changes: ChangeIndex }> = [];
   private queue: Promise<unknown> = Promise.resolve();
-  /** Ids of proposals already applied, with their version: a client resending one (its answer was lost, or its session too) is told again. */
-  private readonly applied = new Map<string, number>();
+  /**
+   * Ids of proposals already applied, with their version and a digest of their patch: a client
+   * resending one (its answer was lost, or its session too) is told again.
+   */
+  private readonly applied = new Map<string, { version: number; digest: string }>();
   private closed = false;
 
   private constructor(
@@ -115,13 +140,7 @@ export class StateChannel<T extends JsonValue = JsonValue> {
 
   /** Creates the channel: the loaded value (checked) or a copy of `initial`. */
   static async create<T extends JsonValue>(channel: string, initial: T, options: StateOptions, host: StateHost): Promise<StateChannel<T>> {
-    const window = options.rebaseWindow ?? DEFAULT_REBASE_WINDOW;
-    if (!Number.isInteger(window) || window < 0 || window > MAX_REBASE_WINDOW) {
-      throw new PerihelionError('ERR_INVALID_ARGUMENT', `rebaseWindow must be a whole number from 0 to ${MAX_REBASE_WINDOW}, got ${JSON.stringify(window)}`);
-    }
-    for (const hook of ['load', 'save', 'validate'] as const) {
-      if (options[hook] !== undefined && typeof options[hook] !== 'function') throw new PerihelionError('ERR_INVALID_ARGUMENT', `the state option ${hook} must be a function`);
-    }
+    checkOptions(options);
     const loaded = options.load ? await options.load() : undefined;
     let saved: SavedState;
     if (loaded === undefined) saved = { value: clone(checked(initial, 'the initial value')), version: 0 };
@@ -156,6 +175,11 @@ export class StateChannel<T extends JsonValue = JsonValue> {
         draft = clone(this.value) as T;
         const returned: unknown = (change as (draft: T) => T | void)(draft);
         if (returned instanceof Promise) throw new PerihelionError('ERR_INVALID_ARGUMENT', 'an update function must change its draft synchronously (await before calling update)');
+        if (returned !== undefined && returned !== draft && diff(this.value, draft, this.options.diff).length > 0) {
+          // `(draft) => draft.items.push(x)` returns a number: taken as the new value, it would
+          // replace the whole document.
+          throw new PerihelionError('ERR_INVALID_ARGUMENT', `an update function changed its draft and also returned ${describe(returned)}: change the draft and return nothing (write { draft.x.push(y); }, with braces), or return a new value without changing the draft`);
+        }
         next = returned === undefined ? draft : returned;
       } else next = change;
       // A value the caller handed in stays the caller's: changing it later must not change the state.
@@ -176,45 +200,69 @@ export class StateChannel<T extends JsonValue = JsonValue> {
     return this.enqueue(async () => {
       const { validate } = this.options;
       if (!validate) throw new ProposalRefusal('refused', `${this.channel} takes no proposals`);
+      const digest = proposal.id === undefined ? '' : digestOf(proposal.patch);
       const done = proposal.id === undefined ? undefined : this.applied.get(proposal.id);
-      if (done !== undefined) return done;
+      if (done !== undefined) {
+        if (done.digest === digest) return done.version;
+        throw new ProposalRefusal('invalid', `the proposal id ${JSON.stringify(proposal.id)} was used by another proposal; give each proposal an id of its own`);
+      }
       if (proposal.epoch !== this.epoch) throw new ProposalRefusal('conflict', `the state was reset (epoch ${this.epoch}); take a snapshot and propose again`);
       if (proposal.base > this.current) throw new ProposalRefusal('invalid', `version ${proposal.base} is ahead of the server's ${this.current}`);
-      // Applied first: a malformed patch is refused whatever its base (the rebase rule reads its paths).
-      let next: JsonValue | undefined;
-      let failure: StateError | undefined;
+      // Applied first: a malformed patch is refused whatever its base, and one that does not
+      // apply needs no rebase check (it is refused either way).
+      let next: JsonValue;
       try {
         next = applyPatch(this.value, proposal.patch);
       } catch (error) {
         if (!(error instanceof StateError)) throw error;
         if (error.code !== 'ERR_PATCH_FAILED') throw new ProposalRefusal('invalid', `the patch is malformed: ${error.message}`);
-        failure = error;
+        throw new ProposalRefusal(proposal.base < this.current ? 'conflict' : 'invalid', `the patch does not apply: ${error.message}`);
       }
       if (proposal.base < this.current) this.checkRebase(proposal.base, proposal.patch);
-      if (next === undefined) throw new ProposalRefusal(proposal.base < this.current ? 'conflict' : 'invalid', `the patch does not apply: ${failure?.message}`);
       try {
-        const verdict = await validate({ channel: this.channel, session, patch: proposal.patch, current: this.value, next });
+        const verdict = await this.decide(validate, { channel: this.channel, session, patch: proposal.patch, current: this.value, next });
         if (verdict !== true) throw new ProposalRefusal('refused', typeof verdict === 'string' && verdict !== '' ? verdict : 'refused by the application');
         // Published as the server would diff it: replicas apply the same canonical patch whatever the proposer sent.
         const patch = diff(this.value, next, this.options.diff);
-        if (patch.length > 0) await this.commit(next, patch, { proposal: proposal.id, by: session.id });
-        else if (proposal.id !== undefined) this.remember(proposal.id, this.current);
+        if (patch.length > 0) await this.commit(next, patch, { proposal: proposal.id, digest, by: session.id });
+        else if (proposal.id !== undefined) this.remember(proposal.id, this.current, digest);
       } catch (error) {
         if (error instanceof ProposalRefusal) throw error;
-        // A validate or save hook that threw, or a publish that failed: the proposer is answered
-        // (a server error: it may send the proposal again, and an id is applied once) and the
-        // application is told.
+        // A validate or save hook that threw or a validate that did not answer in time: the
+        // proposer is answered (a server error: it may send the proposal again, and an id is
+        // applied once) and the application is told.
         this.host.reportError(error);
-        throw new ProposalRefusal('failed', 'the server could not take the proposal; send it again');
+        throw new ProposalRefusal('failed', 'the server failed to decide on the proposal (its log says why)');
       }
       return this.current;
     });
   }
 
-  /** Stops taking changes; pending ones finish. */
+  /**
+   * Stops taking changes; pending ones finish. The channel is then no longer served: snapshots
+   * and proposals are refused as for a channel that is not a state channel, and its name may be
+   * given to a new one.
+   */
   async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
-    await this.queue.catch(() => {});
+    try {
+      await this.queue.catch(() => {});
+    } finally {
+      this.host.closed(this.channel);
+    }
+  }
+
+  /** `validate`'s verdict, within validateTimeout. */
+  private decide(validate: NonNullable<StateOptions['validate']>, check: ProposalCheck): Promise<boolean | string | undefined> {
+    const limit = this.options.validateTimeout ?? DEFAULT_VALIDATE_TIMEOUT;
+    const verdict = Promise.resolve().then(() => validate(check));
+    if (limit === 0) return verdict;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new PerihelionError('ERR_HOOK_TIMEOUT', `validate did not decide on a proposal on ${this.channel} within ${limit} ms (validateTimeout): refused`)), limit);
+    });
+    return Promise.race([verdict, late]).finally(() => clearTimeout(timer));
   }
 
   private enqueue<T>(task: () => Promise<T>): Promise<T> {
@@ -225,8 +273,8 @@ export class StateChannel<T extends JsonValue = JsonValue> {
   }
 
   /** A proposal id applied, for its resends (remembered before publishing, which may fail). */
-  private remember(id: string, version: number): void {
-    this.applied.set(id, version);
+  private remember(id: string, version: number, digest: string): void {
+    this.applied.set(id, { version, digest });
     if (this.applied.size > MAX_REMEMBERED_PROPOSALS) this.applied.delete(this.applied.keys().next().value!);
   }
 
@@ -236,26 +284,77 @@ export class StateChannel<T extends JsonValue = JsonValue> {
     if (since.length < this.current - base) {
       throw new ProposalRefusal('conflict', `version ${base} is older than the ${this.recent.length} changes kept for rebasing; take a snapshot and propose again`);
     }
+    const reliances = reliancesOf(patch);
+    if (reliances.length * since.length > MAX_REBASE_CHECKS) {
+      throw new ProposalRefusal('conflict', `a proposal of ${patch.length} operations is too large to rebase over ${since.length} changes; take a snapshot and propose again`);
+    }
     for (const entry of since) {
-      const clash = conflictOf(patch, entry.changes);
+      const clash = entry.changes.conflict(reliances);
       if (clash !== null) throw new ProposalRefusal('conflict', `${clash} changed since version ${base} (at version ${entry.version})`);
     }
   }
 
-  private async commit(value: JsonValue, patch: Patch, from: { proposal?: string | undefined; by?: string }): Promise<void> {
+  /**
+   * Saves, makes and publishes a version. Once saved, the change is made whatever the publish
+   * does: a publish that fails is reported, and replicas, which then see a version skipped at the
+   * next change, take a snapshot.
+   */
+  private async commit(value: JsonValue, patch: Patch, from: { proposal?: string | undefined; digest?: string; by?: string }): Promise<void> {
     const version = this.current + 1;
     if (this.options.save) await this.options.save({ value, version, patch });
     this.value = value;
     this.current = version;
     const window = this.options.rebaseWindow ?? DEFAULT_REBASE_WINDOW;
-    this.recent.push({ version, changes: changesOf(patch) });
+    if (window > 0) this.recent.push({ version, changes: new ChangeIndex(patch) });
     while (this.recent.length > window) this.recent.shift();
-    if (from.proposal !== undefined) this.remember(from.proposal, version);
+    if (from.proposal !== undefined) this.remember(from.proposal, version, from.digest ?? '');
     const message: StatePatchMessage = { epoch: this.epoch, version, patch };
     if (from.proposal !== undefined) message.proposal = from.proposal;
     if (from.by !== undefined) message.by = from.by;
-    await this.host.publish(this.channel, message);
+    try {
+      await this.host.publish(this.channel, message);
+    } catch (error) {
+      this.host.reportError(new PerihelionError('ERR_NOT_PUBLISHED', `version ${version} of ${this.channel} was made and saved, but its patch could not be published (replicas take a snapshot at the next change): ${(error as Error)?.message ?? String(error)}`));
+    }
   }
+}
+
+/** Checks a state channel's options, naming the one at fault. */
+function checkOptions(options: unknown): asserts options is StateOptions {
+  const fail = (message: string): never => {
+    throw new PerihelionError('ERR_INVALID_ARGUMENT', message);
+  };
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) fail(`the state options must be an object like { validate, save, load }, got ${JSON.stringify(options)}`);
+  const given = options as Record<string, unknown>;
+  for (const key of Object.keys(given)) {
+    if (!OPTION_NAMES.includes(key)) fail(`unknown state option "${key}"; the options are ${OPTION_NAMES.join(', ')}`);
+  }
+  for (const hook of ['load', 'save', 'validate']) {
+    if (given[hook] !== undefined && typeof given[hook] !== 'function') fail(`the state option ${hook} must be a function`);
+  }
+  const whole = (name: string, max: number): void => {
+    const value = given[name];
+    if (value !== undefined && (!Number.isInteger(value) || (value as number) < 0 || (value as number) > max)) fail(`${name} must be a whole number from 0 to ${max}, got ${JSON.stringify(value)}`);
+  };
+  whole('rebaseWindow', MAX_REBASE_WINDOW);
+  whole('validateTimeout', MAX_VALIDATE_TIMEOUT);
+  try {
+    // The diff options are read at each change: checked now, not at the first update.
+    diff(null, null, given.diff as DiffOptions | undefined);
+  } catch (error) {
+    fail(`the state option ${(error as Error).message}`);
+  }
+}
+
+/** A digest of a proposal's patch, to tell its resend from another proposal with the same id. */
+function digestOf(patch: Patch): string {
+  return createHash('sha256').update(JSON.stringify(patch)).digest('base64url');
+}
+
+/** A value, briefly, for an error message. */
+function describe(value: unknown): string {
+  const text = JSON.stringify(value);
+  return text === undefined ? String(value) : text.length > 40 ? `${text.slice(0, 40)}…` : text;
 }
 
 function checked(value: unknown, what: string): JsonValue {

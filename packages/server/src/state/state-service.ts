@@ -6,7 +6,7 @@
  *   subscribe to the channel (the security policy's subscribe check).
  * - `/service/state`, `{channel, op: "propose", epoch, base, patch, id?}` → `{channel, version}`:
  *   a client's change (state-channel.ts decides), or an unsuccessful reply saying why not
- *   (409 conflict, 400 invalid patch, 403 refused, 500 when a hook threw: send it again).
+ *   (409 conflict, 400 invalid patch or id, 403 refused, 500 when a hook failed: it may be sent again).
  * - A client never publishes on a state channel itself (403): its messages are the server's patches.
  *
  * A state channel lives in the process that created it: with the Redis engine its patches reach
@@ -48,6 +48,11 @@ export class StateChannels {
   add(state: StateChannel): void {
     this.install();
     this.byChannel.set(state.channel, state);
+  }
+
+  /** Forgets a closed channel: no longer served, its name free again. */
+  remove(channel: string): void {
+    this.byChannel.delete(channel);
   }
 
   async close(): Promise<void> {
