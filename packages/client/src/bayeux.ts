@@ -28,6 +28,7 @@ import { ClientError } from './errors.js';
 import { addExtension, runExtensions, type Extension } from './extensions.js';
 import { Negotiation, openTransport } from './negotiation.js';
 import type { ResolvedOptions } from './options.js';
+import { DEFAULT_LIMITS, readLimits, type FrameLimits } from './limits.js';
 import { Outbox, type OutboxSession } from './outbox.js';
 import { Subscriptions, type SubscribeOutcome, type SubscriptionsSession } from './subscriptions.js';
 import { Http, type Transport, type TransportContext } from './transports/transport.js';
@@ -87,6 +88,8 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
    * of the reconnection backoff), `timeout` the longest the server holds a connect.
    */
   private advice: Required<Pick<Advice, 'reconnect' | 'interval' | 'timeout'>> = { reconnect: 'retry', interval: 0, timeout: 30_000 };
+  /** What one request or frame may carry: the server's, once a handshake reply said (kept across sessions). */
+  limits: FrameLimits = DEFAULT_LIMITS;
   /**
    * The pause between the connects of a streamed type. The server answers those at once and
    * advises `interval: <its hold>, timeout: 0`: they only keep the session alive while the stream
@@ -259,7 +262,8 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       advice: { timeout: 60_000, interval: 0 },
       // Told of the positions it is not sent (a publish of its own with `echo: false`, a server
       // publish that excludes it), it takes no such hole for messages lost (Subscriptions.deliver).
-      ext: { skips: true, ...(token !== undefined ? { token } : {}) },
+      // Asked for the limits of its frames too (limits.ts).
+      ext: { skips: true, limits: true, ...(token !== undefined ? { token } : {}) },
     };
     // Over a WebSocket the subscriptions and the first connect go in the handshake's frame (sent
     // in the same turn), asked for with ext.bundle: set up in one round trip instead of two, the
@@ -294,6 +298,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     if (turn !== this.turn) return;
     this.keepAlive = undefined;
     this.takeAdvice(reply);
+    this.limits = readLimits(reply.ext?.limits, this.limits);
     // A server that does not take bundles ignores the connect and the subscribes (Bayeux
     // §4.1.1): they are sent again on their own, and so are they after a refused handshake.
     const firstReply = bundled && reply.successful === true && reply.ext?.bundle === true ? bundled.reply : undefined;
@@ -602,6 +607,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       url: this.url,
       env: this.options.env,
       http: this.http!,
+      limits: () => this.limits,
       host: {
         receive: (messages) => {
           if (this.line === line) this.receive(messages);

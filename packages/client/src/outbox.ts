@@ -3,7 +3,9 @@
  * server, each waiting for the reply with its id.
  *
  * Offline, they wait here (publishes and requests up to `maxQueued`). Connected, everything
- * issued in the same turn, or while a `batch()` runs, leaves in one request (one frame). A line
+ * issued in the same turn, or while a `batch()` runs, leaves in one request (one frame), or in as
+ * few as the server's limits allow (limits.ts); a message that could fit none is refused here,
+ * as the server would refuse it, instead of being sent to a refusal that names no message. A line
  * that dies under them takes no publish with it: each leaves again on the next line with the
  * same id, and the server drops one it already has from the same session. Subscribes and
  * unsubscribes are not sent again from here: the subscription registry decides what it still
@@ -12,6 +14,7 @@
 import type { Message } from '@perihelion/protocol';
 import type { State } from './bayeux.js';
 import { ClientError } from './errors.js';
+import { unsendable, type FrameLimits } from './limits.js';
 import type { ResolvedOptions } from './options.js';
 import type { Transport } from './transports/transport.js';
 
@@ -34,6 +37,8 @@ export interface OutboxSession {
   nextId(): string;
   /** The outgoing extensions' version of `message`; null when one of them dropped it. */
   outgoing(message: Message): Message | null;
+  /** What one request or frame may carry. */
+  readonly limits: FrameLimits;
 }
 
 export class Outbox {
@@ -80,7 +85,8 @@ export class Outbox {
    */
   enqueue(kind: Kind, message: Message, timeout: number, settle: (reply: Message | ClientError) => void): void {
     const item: Outgoing = { kind, message: { ...message, id: this.session.nextId() }, timeout, settle };
-    if (kind === 'publish' || kind === 'request') {
+    // The bound is for what waits offline; connected, the queue is sent at the end of the turn.
+    if ((kind === 'publish' || kind === 'request') && this.session.state !== 'connected') {
       const queued = this.queue.filter((o) => o.kind === 'publish' || o.kind === 'request').length;
       if (queued >= this.options.maxQueued) {
         return settle(new ClientError('queue-full', `${queued} messages are already waiting to be sent (maxQueued); this one was not queued`));
@@ -116,7 +122,13 @@ export class Outbox {
    */
   sendWithHandshake(line: Transport): void {
     const batch: Message[] = [];
+    // As many as fit the handshake's frame with it and the first connect (the server would give
+    // later frames no session); the rest wait for the session as usual.
+    const { maxBatch, maxRequestBytes } = this.session.limits;
+    let bytes = 1024;
     for (const item of this.queue.filter((o) => o.kind === 'subscribe')) {
+      bytes += JSON.stringify(item.message).length * 3;
+      if (batch.length + 2 >= maxBatch || bytes > maxRequestBytes) break;
       this.queue.splice(this.queue.indexOf(item), 1);
       this.takeOff(item, item.message, batch);
     }
@@ -142,6 +154,12 @@ export class Outbox {
     const out = this.session.outgoing(message);
     if (!out) {
       item.settle(new ClientError('bayeux', `${item.message.channel}: dropped by an outgoing extension`, ''));
+      return;
+    }
+    const why = item.kind === 'publish' || item.kind === 'request' ? unsendable(out, this.session.limits) : null;
+    if (why !== null) {
+      const [code, reason] = why;
+      item.settle(new ClientError('bayeux', `${item.message.channel}: the message is ${reason}`, `${code}:${item.message.channel}:${reason}`));
       return;
     }
     this.inflight.set(item.message.id, item);

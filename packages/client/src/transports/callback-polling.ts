@@ -13,7 +13,7 @@ export class CallbackPolling extends LongPolling {
   override readonly type = 'callback-polling' as const;
   private readonly scripts = new Set<HTMLScriptElement>();
 
-  protected override post(messages: Message[]): Promise<void> {
+  protected override post(body: string): Promise<void> {
     const doc = this.context.env.document!;
     const name = `__perihelion_jsonp_${++counter}`;
     const globals = globalThis as unknown as Record<string, unknown>;
@@ -38,7 +38,7 @@ export class CallbackPolling extends LongPolling {
         this.context.host.lost('a callback-polling request failed', true);
       };
       const separator = this.context.url.includes('?') ? '&' : '?';
-      script.src = `${this.context.url}${separator}jsonp=${name}&message=${encodeURIComponent(JSON.stringify(messages))}`;
+      script.src = `${this.context.url}${separator}jsonp=${name}&message=${encodeURIComponent(body)}`;
       this.scripts.add(script);
       doc.head.appendChild(script);
     });

@@ -5,6 +5,7 @@
  * more than two connections), later messages waiting for it and then leaving together.
  */
 import type { ConnectionType, Message } from '@perihelion/protocol';
+import { framesOf } from '../limits.js';
 import { parseBatch, type Transport, type TransportContext } from './transport.js';
 
 export class LongPolling implements Transport {
@@ -12,6 +13,8 @@ export class LongPolling implements Transport {
   private readonly aborts = new Set<AbortController>();
   private busy = false;
   private waiting: Message[] = [];
+  /** Requests already framed, waiting for the one in flight. */
+  private pendingBodies: string[] = [];
   private closed = false;
   private opened = false;
 
@@ -19,31 +22,42 @@ export class LongPolling implements Transport {
 
   send(messages: Message[]): void {
     const connect = messages.length === 1 && messages[0]!.channel === '/meta/connect';
-    if (connect) return void this.post(messages);
+    if (connect) return void this.post(JSON.stringify(messages));
     if (this.busy) {
       this.waiting.push(...messages);
       return;
     }
     this.busy = true;
-    void this.post(messages).finally(() => this.next());
+    // Past the server's limits, the first request that fits now and the rest after it.
+    const [first, ...rest] = framesOf(messages, this.context.limits());
+    this.pendingBodies.push(...rest);
+    void this.post(first!).finally(() => this.next());
   }
 
   private next(): void {
     this.busy = false;
-    if (this.waiting.length === 0 || this.closed) return;
+    if (this.closed) return;
+    const body = this.pendingBodies.shift();
+    if (body !== undefined) {
+      this.busy = true;
+      void this.post(body).finally(() => this.next());
+      return;
+    }
+    if (this.waiting.length === 0) return;
     const batch = this.waiting;
     this.waiting = [];
     this.send(batch);
   }
 
-  protected async post(messages: Message[]): Promise<void> {
+  /** Sends one request of `body`, a JSON array of messages. */
+  protected async post(body: string): Promise<void> {
     const abort = new AbortController();
     this.aborts.add(abort);
     try {
       const response = await this.context.http.request(this.context.url, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify(messages),
+        body,
         signal: abort.signal,
       });
       const text = await response.text();
@@ -71,6 +85,7 @@ export class LongPolling implements Transport {
   close(): void {
     this.closed = true;
     this.waiting = [];
+    this.pendingBodies = [];
     for (const abort of this.aborts) abort.abort();
     this.aborts.clear();
   }

@@ -5,6 +5,7 @@
  * arrays of Bayeux messages and report what arrives and what failed.
  */
 import type { ConnectionType, Message } from '@perihelion/protocol';
+import type { FrameLimits } from '../limits.js';
 
 interface TransportHost {
   /** Messages from the server: replies and deliveries, in wire order. */
@@ -42,6 +43,8 @@ export interface TransportContext {
   env: Environment;
   host: TransportHost;
   http: Http;
+  /** What one request or frame may carry (the server's, once its handshake reply said). */
+  limits(): FrameLimits;
 }
 
 /**

@@ -4,6 +4,7 @@
  * before the socket opens wait for it; sends made in one turn share a frame.
  */
 import type { Message } from '@perihelion/protocol';
+import { framesOf } from '../limits.js';
 import { parseBatch, type Transport, type TransportContext } from './transport.js';
 
 export class WebSocketTransport implements Transport {
@@ -55,9 +56,11 @@ export class WebSocketTransport implements Transport {
 
   private flush(): void {
     if (this.closed || this.batch.length === 0) return;
-    const frame = JSON.stringify(this.batch.splice(0));
-    if (this.opened) this.socket.send(frame);
-    else this.pending.push(frame);
+    // More than one frame only past the server's limits (a frame past them is refused whole).
+    for (const frame of framesOf(this.batch.splice(0), this.context.limits())) {
+      if (this.opened) this.socket.send(frame);
+      else this.pending.push(frame);
+    }
   }
 
   private fail(reason: string): void {

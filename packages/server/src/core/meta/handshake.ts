@@ -109,6 +109,9 @@ export async function handshake(core: HandshakeCore, message: Message, context: 
   reply.successful = true;
   if (identity) reply.authSuccessful = true;
   if (session.ack) reply.ext = { ack: session.ack.handshakeReply };
+  // Asked for by Perihelion's client, which builds its frames within them (a frame past them is
+  // refused whole, with no reply to any message in it).
+  if (message.ext?.limits === true) reply.ext = { ...reply.ext, limits: { maxBatch: options.maxBatch, maxRequestBytes: options.maxRequestBytes, maxDepth: options.maxDepth } };
   reply.version = BAYEUX_VERSION;
   reply.minimumVersion = BAYEUX_VERSION;
   reply.supportedConnectionTypes = offered;

@@ -1,0 +1,70 @@
+/**
+ * What one request or WebSocket frame may carry: the server says so in its handshake reply
+ * (`ext.limits`, Perihelion's server); until it has, and with a server that does not, Perihelion's
+ * defaults. A frame past them is refused whole by the server (413, a WebSocket closed with 1009,
+ * 400 for a message nested too deep) with no reply to any message in it, so the client builds its
+ * frames within them, and refuses at once a message that could never fit one.
+ */
+import type { Message } from '@perihelion/protocol';
+
+export interface FrameLimits {
+  /** Messages in one request or frame. */
+  maxBatch: number;
+  /** Bytes of one request body or frame. */
+  maxRequestBytes: number;
+  /** Nesting of one request or frame's JSON (the outer array counts). */
+  maxDepth: number;
+}
+
+export const DEFAULT_LIMITS: FrameLimits = { maxBatch: 100, maxRequestBytes: 1024 * 1024, maxDepth: 32 };
+
+/** The limits of a handshake reply's `ext.limits`, each taken only if it is a whole number above 1. */
+export function readLimits(given: unknown, previous: FrameLimits): FrameLimits {
+  const limits = { ...previous };
+  for (const name of Object.keys(limits) as (keyof FrameLimits)[]) {
+    const value = (given as Partial<FrameLimits> | undefined)?.[name];
+    if (Number.isSafeInteger(value) && value! > 1) limits[name] = value!;
+  }
+  return limits;
+}
+
+/** UTF-8 bytes of `text`: what the server counts. */
+const bytesOf = (text: string): number => new TextEncoder().encode(text).length;
+
+/** Nesting of arrays and objects in a JSON value. */
+const depthOf = (value: unknown): number => (typeof value === 'object' && value !== null ? 1 + Object.values(value).reduce((deepest: number, item) => Math.max(deepest, depthOf(item)), 0) : 0);
+
+/**
+ * Why `message` can never be sent within `limits` (in a frame of its own), as the server would
+ * say it: its Bayeux error code and why; null when it can.
+ */
+export function unsendable(message: Message, limits: FrameLimits): [code: number, why: string] | null {
+  const bytes = bytesOf(JSON.stringify(message)) + 2;
+  if (bytes > limits.maxRequestBytes) return [413, `${bytes} bytes, more than the server takes in a request (${limits.maxRequestBytes})`];
+  const depth = depthOf(message) + 1;
+  return depth > limits.maxDepth ? [400, `nested ${depth} deep, more than the server takes (${limits.maxDepth})`] : null;
+}
+
+/** `messages` as the texts of the fewest frames (in order) that stay within `limits`. */
+export function framesOf(messages: readonly Message[], limits: FrameLimits): string[] {
+  const whole = JSON.stringify(messages);
+  // The usual case: one frame, measured without encoding it (three bytes per unit at most).
+  if (messages.length <= limits.maxBatch && (whole.length * 3 <= limits.maxRequestBytes || bytesOf(whole) <= limits.maxRequestBytes)) return [whole];
+  const frames: string[] = [];
+  let parts: string[] = [];
+  // The opening bracket, then each message with the comma or bracket after it.
+  let bytes = 1;
+  for (const message of messages) {
+    const part = JSON.stringify(message);
+    const size = bytesOf(part) + 1;
+    if (parts.length > 0 && (parts.length >= limits.maxBatch || bytes + size > limits.maxRequestBytes)) {
+      frames.push(`[${parts}]`);
+      parts = [];
+      bytes = 1;
+    }
+    parts.push(part);
+    bytes += size;
+  }
+  if (parts.length > 0) frames.push(`[${parts}]`);
+  return frames;
+}
