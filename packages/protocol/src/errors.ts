@@ -30,6 +30,7 @@ export const ERRORS = {
   requestTooLarge: { code: 413, message: 'Request too large' },
   serverError: { code: 500, message: 'Internal server error' },
   overloaded: { code: 503, message: 'Server overloaded' },
+  unavailable: { code: 503, message: 'Temporarily unavailable' },
 } as const;
 
 export type ErrorName = keyof typeof ERRORS;

@@ -321,6 +321,18 @@ describe('cluster mode: Redis unreachable or going away', () => {
     await server.close();
   });
 
+  it('refuses to start on a database number this Redis does not have (it would have gone on in database 0)', async () => {
+    await requireRedis();
+    const url = `${REDIS_URL.replace(/\/\d*$/, '')}/99`;
+    const server = createServer({ engine: new RedisEngine({ url, prefix: uniquePrefix('db99') }) });
+    await assert.rejects(server.whenReady(), (error: PerihelionError) => {
+      assert.equal(error.code, 'ERR_ENGINE_UNAVAILABLE');
+      assert.match(error.message, /database 99 cannot be selected \(ERR DB index is out of range\)/);
+      return true;
+    });
+    await server.close();
+  });
+
   it('refuses a malformed Redis URL or option at once, saying what would be right', () => {
     assert.throws(() => new RedisEngine({ url: 'http://127.0.0.1:6379' }), { code: 'ERR_INVALID_OPTION', message: /must start with redis:\/\/ or rediss:\/\// });
     assert.throws(() => new RedisEngine({ url: '127.0.0.1:6379' }), { code: 'ERR_INVALID_OPTION', message: /redis:\/\/127\.0\.0\.1:6379/ });
@@ -357,6 +369,14 @@ describe('cluster mode: Redis unreachable or going away', () => {
       assert.equal((await api(a, 'GET', '/api/history?channel=/local')).status, 503, "the cluster's history is in Redis");
       assert.deepEqual((await api(a, 'POST', '/api/deliver', { clientId: onA.clientId, channel: '/private/x', data: 'local' })).json, { delivered: true }, "this node's own sessions are still reached");
       assert.ok(b.server.getSession(onB.clientId), "the session on B was not ended");
+      // B's client reaching A (a balancer without affinity): who holds its session cannot be
+      // looked up, so it is told to try again in a moment, not that its session is unknown (a
+      // 402 would make it handshake again, and every other client with it, for the whole outage).
+      const astray = await fetch(a.url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify([{ channel: '/meta/connect', clientId: onB.clientId, connectionType: 'long-polling', id: 'astray' }]) });
+      const [answer] = (await astray.json()) as Msg[];
+      assert.equal(answer?.successful, false);
+      assert.match(String(answer?.error), /^503::/);
+      assert.deepEqual(answer?.advice, { reconnect: 'retry', interval: 1000 });
       await a.server.publish('/local', 'while away');
       await waitFor(() => onA.data('/local').length === 1, 3000, 'the local message');
       assert.equal(onA.data('/local')[0]?.ext, undefined, 'no position without Redis');

@@ -63,6 +63,8 @@ export const OWNER_CHECK_MS = 2_000;
 
 /** Sessions per line whose latest connect is remembered (see Forwarding.rememberConnect). */
 const MAX_CONNECTS_PER_LINE = 8;
+/** How soon a client told the cluster cannot be reached tries again (Bayeux advice interval). */
+const RETRY_WHILE_AWAY_MS = 1000;
 
 /** One of this node's lines that other nodes write to. */
 interface LineEntry {
@@ -113,7 +115,11 @@ export class Forwarding {
   }
 
   private async forwardTo(clientId: string, batch: readonly unknown[], context: ProcessContext): Promise<string[] | null> {
-    const owner = await this.host.engine.ownerOf(clientId).catch(() => null);
+    const owner = await this.host.engine.ownerOf(clientId).catch(() => undefined);
+    // Redis away: who holds the session cannot be known, and a 402 would make a client behind a
+    // balancer without affinity lose its session (and every session, again, on the next node)
+    // for the whole outage. It is told to try again in a moment, on whichever node it reaches.
+    if (owner === undefined) return unavailable(batch);
     if (owner === null) return null;
     const id = this.nextId();
     const request: Record<string, unknown> = { t: 'req', id, batch, transport: context.transport, facts: context.request, hold: context.onClientGone !== undefined };
@@ -376,9 +382,18 @@ function soleClientId(batch: readonly unknown[]): string | null {
 
 /** Each message answered 402 unknown client with advice to handshake: its session's node is gone. */
 function unknownClient(batch: readonly unknown[]): string[] {
+  return refuseAll(batch, bayeuxError('clientUnknown', [String((batch[0] as Message | undefined)?.clientId)]), { reconnect: 'handshake', interval: 0 });
+}
+
+/** While the node that holds a session cannot be looked up: try again in a second. */
+function unavailable(batch: readonly unknown[]): string[] {
+  return refuseAll(batch, bayeuxError('unavailable', [], 'the cluster cannot be reached from this node; try again'), { reconnect: 'retry', interval: RETRY_WHILE_AWAY_MS });
+}
+
+function refuseAll(batch: readonly unknown[], error: string, advice: Message['advice']): string[] {
   return batch.map((value) => {
     const message = value as Message;
-    const reply: Message = { channel: message.channel, successful: false, error: bayeuxError('clientUnknown', [String(message.clientId)]), advice: { reconnect: 'handshake', interval: 0 } };
+    const reply: Message = { channel: message.channel, successful: false, error, advice: advice! };
     if (message.id !== undefined) reply.id = message.id;
     if (typeof message.clientId === 'string') reply.clientId = message.clientId;
     return JSON.stringify(reply);

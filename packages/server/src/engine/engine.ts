@@ -134,7 +134,8 @@ export interface Engine {
   census(): Promise<SessionInfo[]>;
   /**
    * The node that holds a session, when it is another node of the cluster; null when it is this
-   * node, no node, or the engine has no other nodes (the memory engine).
+   * node, no node, or the engine has no other nodes (the memory engine). Rejects with
+   * ERR_ENGINE_UNAVAILABLE when it cannot be known (Redis away).
    */
   ownerOf(clientId: string): Promise<string | null>;
   /** Sends `payload` to one node (its `EngineHost.onNodeMessage`); false when that node is not listening. */

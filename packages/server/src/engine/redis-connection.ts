@@ -133,6 +133,14 @@ export class RedisConnection {
     if (!this.options.cluster && /cluster_enabled:1/.test(await cmd.info('cluster'))) {
       throw new Error('it is a node of a Redis Cluster: give the cluster option (--redis-cluster), and any of its nodes in the URL');
     }
+    // The URL's database, selected again: a number this Redis does not have fails only in the
+    // client's connect handshake, which goes on in database 0 (someone else's keys, perhaps).
+    const db = this.options.cluster ? '' : new URL(this.options.url).pathname.slice(1);
+    if (db !== '') {
+      await cmd.select(Number(db)).catch((error: Error) => {
+        throw new Error(`database ${db} cannot be selected (${error.message}): this Redis has fewer databases (its \`databases\` setting)`);
+      });
+    }
     const info = await cmd.info('server');
     const version = /redis_version:(\d+)\.(\d+)/.exec(info);
     if (!version) return;

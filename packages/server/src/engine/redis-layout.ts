@@ -55,6 +55,15 @@ export class RedisLayout {
     this.dataPrefixes = tagged ? partitionTags(partitions).map((tag) => `${prefix}{${tag}}`) : [prefix];
   }
 
+  /**
+   * On one Redis, where the control keys of a cluster with the other kind of layout would be (one
+   * partition: untagged; more: tagged); null on a Redis Cluster, where they are always tagged.
+   */
+  otherControl(): string | null {
+    if (this.cluster) return null;
+    return this.partitions > 1 ? this.prefix : `${this.prefix}{c}`;
+  }
+
   /** The partition that holds `channel`. */
   partitionOf(channel: string): number {
     if (this.partitions === 1) return 0;

@@ -350,8 +350,22 @@ redis.call('HSET', C .. 'layout', 'partitions', ARGV[2])
 return tonumber(ARGV[2])
 `;
 
+/**
+ * The number of partitions the live nodes under this control prefix use: 0 when no node there is
+ * alive, -1 when they said none. Read only. ARGV: C, node timeout (ms).
+ */
+const LIVE_LAYOUT = `${CONTROL}
+local now, timeout = now_ms(), tonumber(ARGV[2])
+for i, seen in ipairs(redis.call('HGETALL', C .. 'nodes')) do
+  if i % 2 == 0 and now - tonumber(seen) <= timeout then
+    return tonumber(redis.call('HGET', C .. 'layout', 'partitions') or '-1')
+  end
+end
+return 0
+`;
+
 /** Scripts of the control plane (run with the control prefix) and of one partition (its prefix). */
-export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT } as const;
+export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT, LIVE_LAYOUT } as const;
 export const DATA_SCRIPTS = { PUBLISH, READ, HISTORY, STATS } as const;
 export const SCRIPTS = { ...CONTROL_SCRIPTS, ...DATA_SCRIPTS } as const;
 export type ControlScript = keyof typeof CONTROL_SCRIPTS;

@@ -128,10 +128,17 @@ export class RedisEngine implements Engine {
   async start(host: EngineHost): Promise<void> {
     this.host = host;
     await this.connection.open(this.layout.channelsFor(this.nodeId), async () => {
-      const agreed = Number(await this.connection.script('LAYOUT', this.layout.control, [this.options.partitions, this.options.nodeTimeout]));
-      if (agreed !== this.options.partitions) {
-        throw new Error(`the live nodes of this cluster (prefix ${JSON.stringify(this.options.prefix)}) use ${agreed} partitions and this node ${this.options.partitions}: every node must use the same number`);
+      const differ = (theirs: number): Error =>
+        new Error(`the live nodes of this cluster (prefix ${JSON.stringify(this.options.prefix)}) use ${theirs} partitions and this node ${this.options.partitions}: every node must use the same number`);
+      // On one Redis, one partition keeps its control keys untagged and more tag them: nodes that
+      // count differently would not even see each other there, so the other place is asked too.
+      const elsewhere = this.layout.otherControl();
+      if (elsewhere !== null) {
+        const theirs = Number(await this.connection.script('LIVE_LAYOUT', elsewhere, [this.options.nodeTimeout]));
+        if (theirs !== 0) throw differ(theirs);
       }
+      const agreed = Number(await this.connection.script('LAYOUT', this.layout.control, [this.options.partitions, this.options.nodeTimeout]));
+      if (agreed !== this.options.partitions) throw differ(agreed);
       await this.liveness.beat();
     });
     this.liveness.start();
@@ -497,8 +504,10 @@ export class RedisEngine implements Engine {
     this.running();
     if (this.isLocal(clientId)) return null;
     const cmd = this.connection.readyCmd();
-    if (!cmd) return null;
-    const node = await cmd.hget(`${this.layout.control}owner`, clientId).catch(() => null);
+    if (!cmd) throw unavailable(`cannot look up the node of session ${clientId}`);
+    const node = await cmd.hget(`${this.layout.control}owner`, clientId).catch((error: unknown) => {
+      throw unavailable(`cannot look up the node of session ${clientId}`, error);
+    });
     return node === this.nodeId ? null : node;
   }
 
