@@ -239,7 +239,7 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     assert.equal((await api(a, 'POST', '/api/deliver', { clientId: 'no-such-session', channel: '/x', data: 1 })).status, 404);
   });
 
-  it("removes a dead node's sessions and subscriptions once it stops beating", async () => {
+  it("removes a dead node's sessions and subscriptions once it stops beating, and publishes their presence leaves", async () => {
     fresh();
     const a = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
     const script = fileURLToPath(new URL('./fixtures/cluster-node.js', import.meta.url));
@@ -253,6 +253,7 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
       await there.subscribe('/watched');
       const here = await open(a);
       await here.subscribe('/watched');
+      await here.subscribe('/presence/watched');
       assert.equal(await a.server.engine.subscriberCount('/watched'), 2);
       assert.equal(await a.server.deliver(there.clientId, '/x', 'reachable'), true);
       child.kill('SIGKILL');
@@ -264,6 +265,9 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
         count = await a.server.engine.subscriberCount('/watched');
       }
       assert.equal(count, 1, 'only the session of the live node is left');
+      // The node that removed them says its members left: nobody else could.
+      await waitFor(() => here.data('/presence/watched').some((m) => (m.data as { action: string; clientId: string }).clientId === there.clientId), 3000, 'the leave of the dead node\'s member');
+      assert.deepEqual(here.data('/presence/watched').map((m) => m.data), [{ action: 'leave', clientId: there.clientId, user: null }]);
       assert.deepEqual(await a.server.engine.subscribers('/watched'), [here.clientId]);
       assert.equal(await a.server.deliver(there.clientId, '/x', 'gone'), false);
       assert.deepEqual(await (a.server.engine as RedisEngine).nodes(), [(a.server.engine as RedisEngine).nodeId]);

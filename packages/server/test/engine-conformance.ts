@@ -8,7 +8,7 @@
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialiseExtLast, type Message, type Position } from '@perihelion/protocol';
-import type { Engine, EngineHost, HistorySettings, Publication, Retention, SessionInfo } from '../src/index.js';
+import type { Engine, EngineHost, HistorySettings, LostSession, Publication, Retention, SessionInfo } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
 /** What the engine gave each session, in order, and what it reported. */
@@ -43,6 +43,13 @@ export class RecordingHost implements EngineHost {
 
   onNodeMessage(from: string, payload: string): void {
     this.nodeMessages.push([from, payload]);
+  }
+
+  /** Sessions of dead nodes this node was told it removed. */
+  readonly lost: LostSession[] = [];
+
+  onSessionsLost(sessions: readonly LostSession[]): void {
+    this.lost.push(...sessions);
   }
 
   onDirect(publication: Publication, clientId: string): void {

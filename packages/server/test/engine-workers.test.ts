@@ -101,6 +101,35 @@ describe('workers engine: bounded lines and calls', () => {
     await assert.rejects(unanswered, /did not answer removeSession within 100 ms/);
   });
 
+  it("hands the sessions of a worker that exited to a live one (their presence leaves are its to publish)", async () => {
+    const broker = new WorkerBroker();
+    const engines: WorkersEngine[] = [];
+    const start = async (node: string): Promise<{ engine: WorkersEngine; host: RecordingHost }> => {
+      const { worker, broker: end } = linkPair();
+      broker.attach(node, end);
+      const engine = new WorkersEngine(worker, node);
+      const host = new RecordingHost();
+      await engine.start(host);
+      engines.push(engine);
+      return { engine, host };
+    };
+    try {
+      const doomed = await start('doomed');
+      const survivor = await start('survivor');
+      await doomed.engine.addSession('gone-1', 'user-1');
+      await doomed.engine.subscribe('gone-1', '/room');
+      await doomed.engine.subscribe('gone-1', '/other');
+      await survivor.engine.addSession('stays');
+      await broker.detach('doomed');
+      await waitFor(() => survivor.host.lost.length === 1, 2000, 'the lost session to reach the live worker');
+      assert.deepEqual(survivor.host.lost, [{ clientId: 'gone-1', user: 'user-1', subscriptions: ['/room', '/other'] }]);
+      assert.equal(await survivor.engine.subscriberCount('/room'), 0, 'and it is gone from the store');
+    } finally {
+      await Promise.all(engines.map((engine) => engine.close()));
+      await broker.close();
+    }
+  });
+
   it('refuses bad bounds', () => {
     assert.throws(() => new WorkerBroker({ maxBacklog: 0 }), /maxBacklog must be a whole number/);
     assert.throws(() => new WorkersEngine({ send: () => {}, onMessage: () => {} }, 'n', { callTimeout: -1 }), /callTimeout must be a whole number/);

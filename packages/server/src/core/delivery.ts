@@ -9,7 +9,7 @@
  * here too (SessionHost) to be flushed, to expire, and to be ended; ending a session is here.
  */
 import { isService, type Position } from '@perihelion/protocol';
-import type { Engine, EngineHost, Publication, SessionInfo } from '../engine/engine.js';
+import type { Engine, EngineHost, LostSession, Publication, SessionInfo } from '../engine/engine.js';
 import type { HistorySettings } from '../engine/history.js';
 import type { ExtensionPipeline } from '../extensions/pipeline.js';
 import type { ResolvedOptions } from '../options.js';
@@ -158,6 +158,13 @@ export class LocalDelivery implements EngineHost, SessionHost {
 
   onNodeMessage(from: string, payload: string): void {
     this.nodeMessages?.(from, payload);
+  }
+
+  /** Where the sessions of a dead node go (presence, set by the core). */
+  sessionsLost: ((sessions: readonly LostSession[]) => void) | null = null;
+
+  onSessionsLost(sessions: readonly LostSession[]): void {
+    this.sessionsLost?.(sessions);
   }
 
   describeSessions(): SessionInfo[] {

@@ -23,7 +23,7 @@
  * or neither (two joins): the engine keeps no count of members.
  */
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, type Message } from '@perihelion/protocol';
-import type { Engine } from '../engine/engine.js';
+import type { Engine, LostSession } from '../engine/engine.js';
 import { broadcast, ServiceRefusal } from './publish.js';
 import type { ServerCore } from './server.js';
 import type { Session } from './session.js';
@@ -156,6 +156,18 @@ export class Presence {
       for (const channel of typeof channels === 'string' ? [channels] : channels) this.left(channel, member, session.id, true);
     });
     core.listeners.add(PRESENCE_SERVICE, (message, session) => this.answer(message, session));
+  }
+
+  /**
+   * Sessions another node held, removed with that node when it died (the engine says so to the
+   * one node that removed them): their leaves, as for sessions that ended here. Without this, a
+   * member of a node that crashed would never be seen to leave.
+   */
+  sessionsLost(sessions: readonly LostSession[]): void {
+    for (const { clientId, user, subscriptions } of sessions) {
+      const member: MemberKey = this.core.options.presenceBy === 'user' && user !== null ? { key: `user:${user}`, user } : { key: `session:${clientId}`, user };
+      for (const channel of subscriptions) if (hasPresence(channel)) this.left(channel, member, clientId, true);
+    }
   }
 
   /** Waits for the steps under way (the engine must still be there for them), then drops the held leaves. */

@@ -102,6 +102,7 @@ export class ServerCore implements TransportHost {
       reportError: (error) => this.reportError(error),
     });
     this.delivery.nodeMessages = (from, payload) => this.forwarding.onNodeMessage(from, payload);
+    this.delivery.sessionsLost = (sessions) => this.presence?.sessionsLost(sessions);
     this.ready = this.engine.start(this.delivery);
     this.ready.then(
       () => (this.started = true),

@@ -58,6 +58,14 @@ export interface SessionInfo {
   subscriptions: string[];
 }
 
+/** A session of a node that died, as the engine knew it. */
+export interface LostSession {
+  clientId: string;
+  user: string | null;
+  /** The channels and patterns it was subscribed to. */
+  subscriptions: string[];
+}
+
 /** What the server gives the engine so that publications reach this node's sessions and listeners. */
 export interface EngineHost {
   /**
@@ -76,6 +84,11 @@ export interface EngineHost {
   onReplay(clientId: string, channel: string, payloads: readonly string[]): void;
   /** A message another node sent this one with `Engine.sendToNode` (forwarded requests: core/forwarding.ts). */
   onNodeMessage(from: string, payload: string): void;
+  /**
+   * Sessions of another node that died, which this node removed (each is removed by one node
+   * only): what ends a session there (its presence leaves) is this node's to do.
+   */
+  onSessionsLost(sessions: readonly LostSession[]): void;
   /** This node's sessions, described (see `Engine.census`). */
   describeSessions(): SessionInfo[];
   /** How much history to keep, per channel. */

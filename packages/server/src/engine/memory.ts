@@ -1,5 +1,5 @@
 import { isWildcard } from '@perihelion/protocol';
-import type { Engine, EngineHost, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
+import type { Engine, EngineHost, LostSession, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
 import { HistoryStore, type HistoryPage, type HistoryQuery } from './history.js';
 import { stampPosition, withPosition } from './position.js';
 import { LeavingMarks } from './leaving-marks.js';
@@ -90,6 +90,12 @@ export class MemoryEngine implements Engine {
   async removeSession(clientId: string): Promise<void> {
     this.sessions.delete(clientId);
     this.index.removeSession(clientId);
+  }
+
+  /** A session as this engine knows it (its user and subscriptions); null when it knows none. */
+  sessionRecord(clientId: string): LostSession | null {
+    if (!this.sessions.has(clientId)) return null;
+    return { clientId, user: this.sessions.get(clientId) ?? null, subscriptions: [...this.index.subscriptionsOf(clientId)] };
   }
 
   // Not `async`: the work is done before it returns, and the one settled promise it hands back

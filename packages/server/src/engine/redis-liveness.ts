@@ -7,6 +7,7 @@
  * A node that finds itself unregistered (Redis restarted, or the others took it for dead while it
  * was cut off) records its sessions and subscriptions again.
  */
+import type { LostSession } from './engine.js';
 import { unavailable, type RedisConnection } from './redis-connection.js';
 
 /** Sessions removed per script call when a node is cleaned up (keeps each call short). */
@@ -38,6 +39,8 @@ export class NodeLiveness {
     private readonly options: { heartbeatInterval: number; nodeTimeout: number },
     /** This node's live sessions, to record again when Redis has forgotten them. */
     private readonly registrations: () => Iterable<Registration>,
+    /** The sessions of a dead node that this node removed. */
+    private readonly sessionsLost: (sessions: LostSession[]) => void,
   ) {}
 
   /** Beats every `heartbeatInterval` until `stop`; a failed beat is a lost connection. */
@@ -107,6 +110,23 @@ export class NodeLiveness {
    * within `timeout` meanwhile is left alone.
    */
   private async removeNode(node: string, timeout: number): Promise<void> {
-    while (Number(await this.connection.script('REMOVE_NODE', this.control, [node, timeout, CLEANUP_BATCH])) > 0);
+    for (;;) {
+      const [left, ...dropped] = (await this.connection.script('REMOVE_NODE', this.control, [node, timeout, CLEANUP_BATCH])) as unknown[];
+      // Another node's sessions, gone with it: what ends a session is this node's to do (its own
+      // are ended by this node as it leaves or starts afresh, and were told so already).
+      if (node !== this.nodeId && dropped.length > 0) this.sessionsLost(lostSessions(dropped));
+      if (Number(left) <= 0) return;
+    }
   }
+}
+
+/** The sessions REMOVE_NODE dropped: (clientId, user or '', count, patterns…) after one another. */
+function lostSessions(flat: readonly unknown[]): LostSession[] {
+  const sessions: LostSession[] = [];
+  for (let i = 0; i + 2 < flat.length; ) {
+    const count = Number(flat[i + 2]);
+    sessions.push({ clientId: String(flat[i]), user: flat[i + 1] === '' ? null : String(flat[i + 1]), subscriptions: flat.slice(i + 3, i + 3 + count).map(String) });
+    i += 3 + count;
+  }
+  return sessions;
 }

@@ -78,8 +78,9 @@ end
 local function drop_session(cid, node)
   local owner = redis.call('HGET', C .. 'owner', cid)
   redis.call('SREM', C .. 'nodesess:' .. node, cid)
-  if owner and owner ~= node then return end
-  for _, pattern in ipairs(redis.call('SMEMBERS', C .. 'sess:' .. cid)) do unsub(cid, pattern) end
+  if owner and owner ~= node then return nil end
+  local patterns = redis.call('SMEMBERS', C .. 'sess:' .. cid)
+  for _, pattern in ipairs(patterns) do unsub(cid, pattern) end
   redis.call('DEL', C .. 'sess:' .. cid)
   redis.call('HDEL', C .. 'owner', cid)
   local user = redis.call('HGET', C .. 'user', cid)
@@ -87,6 +88,7 @@ local function drop_session(cid, node)
     redis.call('SREM', C .. 'usess:' .. user, cid)
     redis.call('HDEL', C .. 'user', cid)
   end
+  return {user or '', patterns}
 end
 `;
 
@@ -307,19 +309,28 @@ return out
 /**
  * Removes up to `batch` sessions of a node (and their subscriptions), and the node itself once
  * none is left. ARGV: C, node, node timeout (-1: remove even if alive, a node leaving), batch.
- * Returns the sessions left, or -1 when the node turned out to be alive.
+ * Returns {sessions left, then for each session removed: clientId, user ('' for none), count,
+ * patterns…}, or {-1} when the node turned out to be alive.
  */
 const REMOVE_NODE = `${CONTROL}
 local node, timeout = ARGV[2], tonumber(ARGV[3])
 if timeout >= 0 then
   local seen = redis.call('HGET', C .. 'nodes', node)
-  if seen and now_ms() - tonumber(seen) <= timeout then return -1 end
+  if seen and now_ms() - tonumber(seen) <= timeout then return {-1} end
 end
 local key = C .. 'nodesess:' .. node
-for _, cid in ipairs(redis.call('SPOP', key, tonumber(ARGV[4]))) do drop_session(cid, node) end
+local out = {0}
+for _, cid in ipairs(redis.call('SPOP', key, tonumber(ARGV[4]))) do
+  local dropped = drop_session(cid, node)
+  if dropped then
+    table.insert(out, cid); table.insert(out, dropped[1]); table.insert(out, #dropped[2])
+    for _, pattern in ipairs(dropped[2]) do table.insert(out, pattern) end
+  end
+end
 local left = redis.call('SCARD', key)
 if left == 0 then redis.call('HDEL', C .. 'nodes', node) end
-return left
+out[1] = left
+return out
 `;
 
 /**

@@ -16,7 +16,7 @@
  * ERR_ENGINE_UNAVAILABLE (a client's publish gets an error reply, `server.publish` rejects) until
  * it catches up, instead of queueing without end in the primary.
  */
-import type { EngineHost, Publication, SessionInfo } from './engine.js';
+import type { EngineHost, LostSession, Publication, SessionInfo } from './engine.js';
 import type { HistorySettings, Retention } from './history.js';
 import { MemoryEngine } from './memory.js';
 import { fromWire, toWire, type LinkEnd, type ToBroker, type ToWorker, type WirePublication } from './worker-link.js';
@@ -67,6 +67,9 @@ export class WorkerBroker {
     maxChars: 1 << 27,
   };
   private greeted = false;
+  private closing = false;
+  /** Sessions of exited workers not yet handed to a live one (see detach). */
+  private readonly lost: LostSession[] = [];
   private lastCensus = 0;
   private readonly censuses = new Map<number, { waiting: Set<string>; sessions: SessionInfo[]; done: () => void }>();
   private started: Promise<void>;
@@ -94,10 +97,24 @@ export class WorkerBroker {
     if (!worker) return;
     this.workers.delete(node);
     for (const census of this.censuses.values()) if (census.waiting.delete(node) && census.waiting.size === 0) census.done();
+    const lost: LostSession[] = [];
     for (const clientId of worker.sessions) {
       if (this.owners.get(clientId) === node) this.owners.delete(clientId);
+      const record = this.engine.sessionRecord(clientId);
+      if (record) lost.push(record);
       await this.engine.removeSession(clientId);
     }
+    // Their presence leaves are a worker's to publish (presence lives in the workers): the first
+    // live one, or the next to come when none is left.
+    this.lost.push(...lost);
+    this.tellLost();
+  }
+
+  /** Hands the sessions of exited workers to one live worker. */
+  private tellLost(): void {
+    const [first] = this.workers.values();
+    if (!first || this.lost.length === 0 || this.closing) return;
+    first.link.send({ k: 'lost', sessions: this.lost.splice(0) });
   }
 
   /** The workers attached now. */
@@ -106,6 +123,8 @@ export class WorkerBroker {
   }
 
   async close(): Promise<void> {
+    // Stopping: the workers are stopping too, and no leave is theirs to publish.
+    this.closing = true;
     for (const node of [...this.workers.keys()]) await this.detach(node);
     await this.engine.close();
   }
@@ -119,6 +138,7 @@ export class WorkerBroker {
           this.settings.maxChannels = message.maxChannels;
           this.settings.maxChars = message.maxChars;
         }
+        this.tellLost();
         return;
       case 'described': {
         const census = this.censuses.get(message.id);
@@ -250,6 +270,7 @@ export class WorkerBroker {
       onEndSession: (clientId) => to(clientId)?.link.send({ k: 'end', clientId }),
       onReplay: (clientId, channel, payloads) => to(clientId)?.link.send({ k: 'replay', clientId, channel, payloads: [...payloads] }),
       onNodeMessage: () => {},
+      onSessionsLost: () => {},
       describeSessions: () => [],
       reportError: () => {},
     };

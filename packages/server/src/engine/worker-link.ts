@@ -8,7 +8,7 @@
  * broker's engine produced it, interleaved with the answers exactly as it happened there.
  */
 import { isWildcard } from '@perihelion/protocol';
-import type { Publication, SessionInfo } from './engine.js';
+import type { LostSession, Publication, SessionInfo } from './engine.js';
 import type { Retention } from './history.js';
 
 /** A worker to the broker. */
@@ -49,7 +49,9 @@ export type ToWorker =
   | { k: 'end'; clientId: string }
   | { k: 'replay'; clientId: string; channel: string; payloads: string[] }
   | { k: 'node'; from: string; payload: string }
-  | { k: 'describe'; id: number };
+  | { k: 'describe'; id: number }
+  /** Sessions of a worker that exited, for this one to end in presence (one worker is told). */
+  | { k: 'lost'; sessions: LostSession[] };
 
 /** One end of a line. */
 export interface LinkEnd<Out, In> {

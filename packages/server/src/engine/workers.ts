@@ -219,6 +219,8 @@ export class WorkersEngine implements Engine {
         return host?.onReplay(message.clientId, message.channel, message.payloads);
       case 'node':
         return host?.onNodeMessage(message.from, message.payload);
+      case 'lost':
+        return host?.onSessionsLost(message.sessions);
       case 'describe':
         this.link.send({ k: 'described', id: message.id, sessions: host?.describeSessions() ?? [] });
         return;
