@@ -188,7 +188,11 @@ export class Subscriptions {
         channels[channel] = ext.recovered?.[channel] === true;
         if (!channels[channel]) this.positions.delete(channel);
       }
-      outcome = { recovered: Object.values(channels).every(Boolean), channels };
+      // A pattern on a new session names only the channels it had received from: a channel first
+      // published on while it was away (on a node that died, say) is not among them, and what it
+      // carried cannot be asked for. So a pattern's recovery is never promised whole then.
+      const unknowable = isWildcard(pattern) && state.resync !== 'sent';
+      outcome = { recovered: !unknowable && Object.values(channels).every(Boolean), channels };
     }
     for (const [channel, value] of Object.entries(positions)) {
       const position = asPosition(value);

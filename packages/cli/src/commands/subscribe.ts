@@ -238,8 +238,10 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
       if (subscription === undefined && !subscribing) subscribeOnce();
     }, wait);
   });
-  client.on('recovery', ({ pattern: recovered, recovered: complete }) => {
-    status(complete ? `recovered what ${recovered} missed` : `some messages on ${recovered} were lost (the server no longer holds them)`);
+  client.on('recovery', ({ pattern: recovered, recovered: complete, channels }) => {
+    // A pattern's channels all recovered, yet not whole: a channel it never heard of may have been missed.
+    const why = Object.values(channels).every(Boolean) ? 'a channel first used while away cannot be asked for' : 'the server no longer holds them';
+    status(complete ? `recovered what ${recovered} missed` : `some messages on ${recovered} may have been lost (${why})`);
   });
   client.on('error', (error) => {
     if (error.code === 'bayeux') return end(new CommandFailure(`subscription to ${pattern} refused: ${error.bayeux || error.message}`));
