@@ -128,3 +128,49 @@ describe('Redis killed and restarted empty under live nodes', () => {
     assert.ok(errors.a > 0 && errors.b > 0, 'each node reported the outage');
   });
 });
+
+describe('Redis that hangs (stopped, not gone) under a live node', () => {
+  let port = 0;
+  let redis: ChildProcess | null = null;
+  const nodes: TestServer[] = [];
+
+  before(async () => {
+    port = await freePort();
+    redis = await startRedis(port);
+  });
+  after(async () => {
+    redis?.kill('SIGCONT');
+    await Promise.all(nodes.map((t) => t.close()));
+    redis?.kill('SIGKILL');
+  });
+
+  it('a session that ended while Redis hung is not left listed once it answers again (no ghost in counts or presence)', { timeout: 30_000 }, async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    for (let i = 0; i < 2; i++) {
+      const t = await startServer({ engine: new RedisEngine({ url, prefix: 'hang:', heartbeatInterval: 100, nodeTimeout: 10_000, commandTimeout: 300 }) });
+      t.server.on('error', () => {});
+      nodes.push(t);
+    }
+    const [a, b] = nodes as [TestServer, TestServer];
+    const peer = await WsPeer.open(a.wsUrl);
+    const hs = await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] });
+    const clientId = hs.clientId as string;
+    assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/ghost' })).successful, true);
+    assert.equal(await b.server.engine.subscriberCount('/ghost'), 1);
+    // As after a restart, Redis has forgotten the scripts: the first call of each fails once.
+    const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true });
+    await probe.connect();
+    await probe.script('FLUSH');
+    probe.disconnect();
+    redis!.kill('SIGSTOP');
+    // The session ends while Redis hangs: its removal times out (Redis answers NOSCRIPT later, to nobody).
+    await peer.request({ channel: '/meta/disconnect', clientId });
+    await peer.close();
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    redis!.kill('SIGCONT');
+    const deadline = Date.now() + 5000;
+    while ((await b.server.engine.subscriberCount('/ghost').catch(() => -1)) !== 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal(await b.server.engine.subscriberCount('/ghost'), 0, 'the ended session is no longer subscribed anywhere');
+    assert.deepEqual(await b.server.engine.subscribers('/ghost'), []);
+  });
+});

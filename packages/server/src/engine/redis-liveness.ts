@@ -30,6 +30,8 @@ export class NodeLiveness {
    * in the middle) is taken up by the next heartbeat, although that one finds the node known.
    */
   private registered = true;
+  /** A change of this node's sessions may be missing in Redis: the next beat records them afresh. */
+  private stale = false;
 
   constructor(
     private readonly connection: RedisConnection,
@@ -57,6 +59,16 @@ export class NodeLiveness {
   /** Says this node is alive, registers it again if it was forgotten, removes dead nodes. */
   async beat(): Promise<void> {
     if (!this.connection.readyCmd()) return;
+    if (this.stale) {
+      this.stale = false;
+      try {
+        // Everything Redis holds of this node goes; the heartbeat then finds it unregistered.
+        await this.removeNode(this.nodeId, -1);
+      } catch (error) {
+        this.stale = true;
+        throw error;
+      }
+    }
     const [fresh, ...dead] = (await this.connection.script('HEARTBEAT', this.control, [this.nodeId, this.options.nodeTimeout])) as [number, ...string[]];
     if (Number(fresh) === 1) this.registered = false;
     if (!this.registered) {
@@ -64,6 +76,11 @@ export class NodeLiveness {
       this.registered = true;
     }
     for (const node of dead) await this.removeNode(node, this.options.nodeTimeout);
+  }
+
+  /** A write of this node's sessions failed: they are recorded afresh at the next beat. */
+  resync(): void {
+    this.stale = true;
   }
 
   /** The connection is back: whatever Redis still holds about this node may be stale, so start afresh. */

@@ -171,7 +171,7 @@ export class RedisEngine implements Engine {
     this.local(clientId).user = user;
     await this.serial(clientId, async () => {
       if (!this.connection.readyCmd()) return;
-      await this.connection.script('REGISTER', this.layout.control, [this.nodeId, clientId, user ?? '', 0]).catch((error: unknown) => this.connection.degraded(error));
+      await this.connection.script('REGISTER', this.layout.control, [this.nodeId, clientId, user ?? '', 0]).catch((error: unknown) => this.notWritten(error));
     });
   }
 
@@ -200,7 +200,7 @@ export class RedisEngine implements Engine {
         await registered;
       } catch (error) {
         for (const id of fences) this.seam.forget(id);
-        this.connection.degraded(error);
+        this.notWritten(error);
         return this.subscribedHereOnly(host, holds, recover);
       }
 
@@ -297,6 +297,17 @@ export class RedisEngine implements Engine {
     return Math.ceil(host.historySettings.maxChannels / this.layout.partitions);
   }
 
+  /**
+   * A change of this node's sessions that Redis may not have taken (a command that failed or timed
+   * out: a hung Redis runs it later, or not at all). Reported; and since the connection may never
+   * drop (nothing would make this node register again), the next heartbeat records this node's
+   * sessions afresh, so that no session that ended stays listed (presence, counts, deliveries).
+   */
+  private notWritten(error: unknown): void {
+    this.connection.degraded(error);
+    this.liveness.resync();
+  }
+
   /** A subscribe that Redis did not take: kept on this node, its holds ended, nothing recovered. */
   private subscribedHereOnly(host: EngineHost, holds: readonly Hold[], recover: readonly RecoverRequest[]): SubscribeOutcome {
     this.seam.release(host, holds, new Map());
@@ -308,7 +319,7 @@ export class RedisEngine implements Engine {
     await this.serial(clientId, async () => {
       this.index.remove(clientId, pattern);
       if (!this.connection.readyCmd()) return;
-      await this.connection.script('UNSUBSCRIBE', this.layout.control, [clientId, pattern]).catch((error: unknown) => this.connection.degraded(error));
+      await this.connection.script('UNSUBSCRIBE', this.layout.control, [clientId, pattern]).catch((error: unknown) => this.notWritten(error));
     });
   }
 
@@ -320,7 +331,7 @@ export class RedisEngine implements Engine {
     await this.serial(clientId, async () => {
       this.sessions.delete(clientId);
       if (!this.connection.readyCmd()) return;
-      await this.connection.script('REMOVE_SESSION', this.layout.control, [clientId, this.nodeId]).catch((error: unknown) => this.connection.degraded(error));
+      await this.connection.script('REMOVE_SESSION', this.layout.control, [clientId, this.nodeId]).catch((error: unknown) => this.notWritten(error));
     });
   }
 
