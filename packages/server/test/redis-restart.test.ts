@@ -144,7 +144,7 @@ describe('Redis that hangs (stopped, not gone) under a live node', () => {
     redis?.kill('SIGKILL');
   });
 
-  it('a session that ended while Redis hung is not left listed once it answers again (no ghost in counts or presence)', { timeout: 30_000 }, async () => {
+  it('a publish while Redis hangs is answered 503; a session that ended meanwhile is not left listed once it answers again (no ghost in counts or presence)', { timeout: 30_000 }, async () => {
     const url = `redis://127.0.0.1:${port}`;
     for (let i = 0; i < 2; i++) {
       const t = await startServer({ engine: new RedisEngine({ url, prefix: 'hang:', heartbeatInterval: 100, nodeTimeout: 10_000, commandTimeout: 300 }) });
@@ -163,6 +163,11 @@ describe('Redis that hangs (stopped, not gone) under a live node', () => {
     await probe.script('FLUSH');
     probe.disconnect();
     redis!.kill('SIGSTOP');
+    // A publish while it hangs times out: the client is told the cluster cannot be reached (503),
+    // not of a server error.
+    const published = await peer.request({ channel: '/ghost', clientId, data: 'while hung', id: 'hung-publish' });
+    assert.equal(published.successful, false);
+    assert.match(String(published.error), /^503::.*cannot be reached/);
     // The session ends while Redis hangs: its removal times out (Redis answers NOSCRIPT later, to nobody).
     await peer.request({ channel: '/meta/disconnect', clientId });
     await peer.close();

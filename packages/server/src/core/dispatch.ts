@@ -8,6 +8,7 @@
  * reply carrying a Bayeux error string; nothing a client sends can throw out of `process`.
  */
 import { META, bayeuxError, checkMessage, type Advice, type Message } from '@perihelion/protocol';
+import { PerihelionError } from '../errors.js';
 import type { ExtensionContext } from '../extensions/pipeline.js';
 import type { ProcessContext } from './contract.js';
 import { connect } from './meta/connect.js';
@@ -86,10 +87,14 @@ function dispatchFrom(core: ServerCore, batch: readonly unknown[], start: number
   return out;
 }
 
-/** A handler threw: a bug, reported; the client gets a serverError reply and the batch goes on. */
+/**
+ * A handler threw: reported, and the batch goes on. The client is told the engine is away (503,
+ * may be tried again: with a Redis that hangs the outcome is not known) or else of a server error.
+ */
 function handlingFailed(core: ServerCore, value: unknown, error: unknown, out: string[]): void {
   core.reportError(error);
-  out.push(JSON.stringify(refusal(value, bayeuxError('serverError'))));
+  const away = error instanceof PerihelionError && error.code === 'ERR_ENGINE_UNAVAILABLE';
+  out.push(JSON.stringify(refusal(value, away ? bayeuxError('unavailable', [], 'the cluster cannot be reached; try again') : bayeuxError('serverError'))));
 }
 
 /** Records the session a successful handshake of the batch made, for the messages bundled after it. */
