@@ -208,13 +208,26 @@ export class Perihelion {
     if (isMeta(channel) || isService(channel) || !hasPresence(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot keep state on ${channel}: meta, service and presence channels carry no state`);
     if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);
     await this.core.ready;
+    let stopWatching = (): void => {};
     const state = await StateChannel.create(channel, initial, options, {
       publish: (name, message) => broadcast(this.core, { channel: name, data: message }),
       reportError: (error) => this.core.reportError(error),
-      closed: (name) => this.states.remove(name),
+      closed: (name) => {
+        stopWatching();
+        this.states.remove(name);
+      },
     });
     if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);
     this.states.add(state as unknown as StateChannel);
+    // Another process serving the same state channel (each node of a cluster creating it) makes
+    // replicas take a snapshot at nearly every patch, each node's in turn: said once, loudly.
+    let told = false;
+    stopWatching = this.core.listeners.add(channel, (message) => {
+      const epoch = (message.data as { epoch?: unknown } | undefined)?.epoch;
+      if (told || typeof epoch !== 'string' || epoch === state.epoch) return;
+      told = true;
+      this.core.reportError(new PerihelionError('ERR_STATE_DUPLICATE', `another process serves the state channel ${channel} too (its epoch ${epoch}, this one's ${state.epoch}): replicas would take a snapshot at every change; create each state channel on one node (docs/state.md)`));
+    });
     // Said on the channel, as an empty patch of the new epoch: a replica of the state this one
     // replaces (a restart whose history outlived the process, with the Redis engine) takes a
     // snapshot now, live or in what it recovers, instead of at the next change.

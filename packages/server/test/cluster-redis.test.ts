@@ -225,6 +225,24 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     assert.equal(unknown.status, 404, 'an ended session is not found on any node');
   });
 
+  it('says so (ERR_STATE_DUPLICATE, once) when two nodes serve the same state channel', async () => {
+    fresh();
+    const a = await node();
+    const b = await node();
+    const errors = { a: [] as PerihelionError[], b: [] as PerihelionError[] };
+    a.server.on('error', (error) => errors.a.push(error as PerihelionError));
+    b.server.on('error', (error) => errors.b.push(error as PerihelionError));
+    const onA = await a.server.state('/dup/doc', { n: 0 });
+    const onB = await b.server.state('/dup/doc', { n: 0 });
+    await onA.update({ n: 1 });
+    await onB.update({ n: 2 });
+    await onA.update({ n: 3 });
+    const duplicates = (list: PerihelionError[]): PerihelionError[] => list.filter((error) => error.code === 'ERR_STATE_DUPLICATE');
+    await waitFor(() => duplicates(errors.a).length > 0 && duplicates(errors.b).length > 0, 3000, 'both nodes to say so');
+    assert.equal(duplicates(errors.a).length, 1, 'once');
+    assert.match(duplicates(errors.a)[0]!.message, new RegExp(`another process serves the state channel /dup/doc too \\(its epoch ${onB.epoch}`));
+  });
+
   it('delivers to one session on whichever node holds it (server.deliver and POST /api/deliver)', async () => {
     fresh();
     const a = await node();
