@@ -715,6 +715,16 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
         continue;
       }
       if (this.outbox.answer(id, message)) continue;
+      if (message.channel === '/meta/unknown' && message.successful === false && this.clientId === undefined) {
+        // The handshake's frame refused whole (past limits the server had not told yet): no reply
+        // names the handshake, which fails now rather than at its timeout, and goes again alone.
+        for (const [key, waiting] of this.meta) {
+          this.meta.delete(key);
+          clearTimeout(waiting.timer);
+          waiting.resolve(message);
+        }
+        continue;
+      }
       if (message.channel.startsWith('/meta/')) {
         if (message.advice) this.takeAdvice(message, message.channel === '/meta/connect' && this.type !== undefined && isStreamedConnectionType(this.type));
         continue;
