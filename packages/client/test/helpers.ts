@@ -1,4 +1,6 @@
 /** Test helpers: a real Perihelion server on a loopback port, and a network the test can cut. */
+import { after } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { WebSocket as WS } from 'ws';
 import { createServer, type Perihelion, type ServerOptions } from '@perihelion/server';
@@ -101,12 +103,20 @@ export class Net {
   }
 }
 
+/**
+ * Every client the tests made, disconnected once the file's tests are done: a test that fails half
+ * way must not leave its client reconnecting for ever, which would keep the file's process from
+ * ending. Not when this file is the one run: the runner runs it on its own too (every .js under a
+ * test directory), and Node 20's never ends a file with a hook and no test under --test-force-exit.
+ */
+const made = new Set<Client>();
+if (process.argv[1] === undefined || pathToFileURL(process.argv[1]).href !== import.meta.url) after(() => Promise.all([...made].map((c) => c.disconnect())));
+
 /** A client for Node tests: fast reconnects, the given transports, the test's network. */
 export function client(url: string, options: ClientOptions = {}, net = new Net()): Client {
-  // A test that fails half way may leave it reconnecting: the runner ends the file anyway
-  // (--test-force-exit). No `after` hook here: the runner also runs this file on its own, and
-  // Node 20's never ends a file that registers a hook and no test under --test-force-exit.
-  return new Client(url, { minReconnectDelay: 50, maxReconnectDelay: 300, ...net.options(), ...options });
+  const c = new Client(url, { minReconnectDelay: 50, maxReconnectDelay: 300, ...net.options(), ...options });
+  made.add(c);
+  return c;
 }
 
 export async function waitFor(predicate: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
