@@ -142,6 +142,7 @@ export class Perihelion {
    * including /service messages from clients. Returns a function that removes the listener.
    */
   subscribe(pattern: string, listener: Listener): () => void {
+    this.assertNotClosed();
     const problem = channelProblem(pattern, { maxLength: this.options.maxChannelLength });
     if (problem) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot listen to ${JSON.stringify(pattern)}: ${problem}`);
     // The protocol's own messages never reach listeners: a listener there would never be called.
@@ -277,11 +278,13 @@ export class Perihelion {
    * the same extensions, authentication and channel rules as a remote client (api/local-client.ts).
    */
   localClient(options: LocalClientOptions = {}): LocalClient {
+    this.assertNotClosed();
     return new LocalClient(this.core, options);
   }
 
   /** Hooks on every message in and out (extensions/pipeline.ts); returns a function that removes them. */
   addExtension(extension: Extension): () => void {
+    this.assertNotClosed();
     return this.core.extensions.add(extension);
   }
 

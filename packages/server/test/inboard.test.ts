@@ -400,6 +400,9 @@ describe('after close()', () => {
     await assert.rejects(t.server.presence('/x'), closed, 'presence');
     await assert.rejects(t.server.publish('/x', 1), closed, 'publish');
     await assert.rejects(t.server.state('/x', {}), closed, 'state');
+    assert.throws(() => t.server.subscribe('/x', () => {}), closed, 'subscribe');
+    assert.throws(() => t.server.addExtension({}), closed, 'addExtension');
+    assert.throws(() => t.server.localClient(), closed, 'localClient');
     assert.equal(t.server.address(), null, 'nothing listens');
   });
 });

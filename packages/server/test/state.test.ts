@@ -265,6 +265,27 @@ describe('state channels: server.state() and update()', () => {
     assert.deepEqual(counter.get(), { n: 7 });
   });
 
+  it('refuses what an expression-bodied update function returns in place of a value, whether or not the draft changed this time', TEST_TIMEOUT, async () => {
+    const doc = await makeState(t, fresh('slips'), { status: 'open', items: [1, 2, 3], cfg: { dark: true }, list: [] as number[] });
+    type Doc = { status: string; items: number[]; cfg: { dark: boolean }; list: number[] };
+    const slips: Array<[string, (draft: Doc) => unknown]> = [
+      ['an assignment that changes nothing (a string)', (d) => (d.status = 'open')],
+      ['a sort of a sorted list (a part of the draft)', (d) => d.items.sort()],
+      ['Object.assign onto a member (a part of the draft)', (d) => Object.assign(d.cfg, { dark: true })],
+      ['a splice of an empty list (an array for an object)', (d) => d.list.splice(0, 1)],
+      ['a delete of nothing (a boolean)', (d) => delete (d as Partial<Doc>).status],
+    ];
+    for (const [what, slip] of slips) await rejectsWith(doc.update(slip as never), 'ERR_INVALID_ARGUMENT', what);
+    assert.deepEqual(doc.get(), { status: 'open', items: [1, 2, 3], cfg: { dark: true }, list: [] });
+    assert.equal(doc.version, 0);
+    // A value of the same kind, not part of the draft, is a new value; a plain value given directly too.
+    await doc.update(() => ({ status: 'closed', items: [], cfg: { dark: false }, list: [] }));
+    assert.equal((doc.get() as Doc).status, 'closed');
+    const counter = await makeState(t, fresh('primitive'), 5 as unknown as JsonValue);
+    await counter.update((n) => (n as number) + 1);
+    assert.equal(counter.get(), 6, 'a plain value replaces a plain value');
+  });
+
   it('close() stops serving the channel: snapshots and proposals answer 405, its name may be used again', TEST_TIMEOUT, async () => {
     const channel = fresh('closed');
     const state = await makeState(t, channel, { room: 1 }, { validate: () => true });
@@ -337,6 +358,9 @@ describe('state channels: server.state() and update()', () => {
       ['an unknown option (a typo)', { valdate: () => true }],
       ['diff.key not a string', { diff: { key: 5 } }],
       ['diff.keys not an object', { diff: { keys: 'id' } }],
+      ['an unknown diff option', { diff: { kee: 'x' } }],
+      ['diff a string', { diff: 'id' }],
+      ['diff null', { diff: null }],
       ['options null', null],
     ];
     for (const [what, options] of bad) {

@@ -7,6 +7,7 @@ export type { AddOperation, CopyOperation, MoveOperation, Operation, Patch, Remo
 export { diff } from './diff.js';
 export type { DiffOptions } from './diff.js';
 export { applyPatch } from './apply.js';
+export { draftResult } from './draft.js';
 export type { ApplyOptions } from './apply.js';
 export { Replica, ProposalError, replicate, STATE_SERVICE } from './replica.js';
 export type { ChangeListener, ReplicaChange, ReplicaClient, ReplicaOptions } from './replica.js';

@@ -22,6 +22,7 @@
  * Perihelion client (`replicate(client, '/todos')`), or an adapter for another.
  */
 import { applyPatch } from './apply.js';
+import { draftResult } from './draft.js';
 import { diff, type DiffOptions } from './diff.js';
 import { clone, type JsonValue } from './json.js';
 import { parsePointer } from './pointer.js';
@@ -159,14 +160,7 @@ export class Replica {
     try {
       if (typeof change === 'function') {
         const draft = clone(this.view);
-        const returned: unknown = change(draft);
-        if (typeof (returned as { then?: unknown } | null)?.then === 'function') throw new Error('a proposal function must change its draft synchronously (await before calling propose)');
-        const changed = diff(this.view, draft, this.options.diff);
-        if (returned !== undefined && returned !== draft && changed.length > 0) {
-          // `(draft) => draft.items.push(x)` returns a number: taken as the new value, it would replace the whole document.
-          throw new Error('the proposal function changed its draft and also returned a value: change the draft and return nothing (write { draft.x.push(y); }, with braces), or return a new value without changing the draft');
-        }
-        patch = returned === undefined ? changed : diff(this.view, returned, this.options.diff);
+        patch = diff(this.view, draftResult(this.view, draft, change(draft), this.options.diff), this.options.diff);
       } else if (Array.isArray(change)) patch = change;
       else throw new Error('propose takes a JSON Patch (an array of operations) or a function given a draft');
       if (patch.length === 0) return Promise.resolve(this.current);
@@ -224,10 +218,12 @@ export class Replica {
       void this.resync();
       return;
     }
+    // With nothing of its own on top, the value moved by exactly the server's patch.
+    const alone = this.pending.length === 0;
     this.current = message.version;
     this.markAccepted(message);
     this.settleAccepted();
-    this.rebase('server', message.patch);
+    this.rebase('server', alone ? message.patch : undefined);
   }
 
   /** A patch that applied one of this replica's proposals: that proposal is accepted at its version. */
@@ -294,12 +290,13 @@ export class Replica {
 
   /**
    * `value` = the confirmed value with the pending proposals on top (those that still apply).
-   * `applied`: the server patch that moved the confirmed value, which is then what `value` did
-   * when no proposal is pending (the listeners are told it without a diff of the whole value).
+   * `applied`: the server patch that moved the confirmed value, given when `value` was the
+   * confirmed value before it (no proposal of this replica on top): then it is what `value` did,
+   * and the listeners are told it without a diff of the whole value.
    */
   private rebase(cause: ReplicaChange['cause'], applied?: Patch): void {
     const before = this.view;
-    if (applied !== undefined && this.pending.length === 0) {
+    if (applied !== undefined) {
       this.view = this.confirmed;
       this.emit(before, cause, applied);
       return;
@@ -350,9 +347,9 @@ export class Replica {
           const failed = isServerFailure(error);
           if (failed) failures++;
           if (!isRefusal(error) && !(failed && failures >= MAX_FAILED_ATTEMPTS)) {
-            // No answer (a cut line, a timeout), or the server failed (a hook that threw): the
-            // same proposal again, later; the server applies an id once. A failure that repeats
-            // is the server's answer.
+            // No answer (a cut line, a timeout, a 503), or the server failed (a hook that threw):
+            // the same proposal again, later; the server applies an id once. A failure that
+            // repeats is the server's answer.
             await new Promise<void>((resolve) => setTimeout(() => resolve(), delay));
             delay = Math.min(delay * 2, this.options.maxRetryDelay ?? 5000);
             continue;
@@ -404,7 +401,7 @@ function at(value: JsonValue, pointer: string): JsonValue | undefined {
   return node;
 }
 
-/** Sends of a proposal the server answers with a failure (5xx) before it counts as refused. */
+/** Sends of a proposal the server answers with a failure (500) before it counts as refused. */
 const MAX_FAILED_ATTEMPTS = 3;
 
 /** The server answered no (an unsuccessful reply), as opposed to no answer at all. */
@@ -413,10 +410,14 @@ function isRefusal(error: unknown): boolean {
   return e?.code === 'bayeux' && typeof e.bayeuxCode === 'number' && e.bayeuxCode < 500;
 }
 
-/** The server answered that it failed (5xx): it may take the proposal if asked again. */
+/**
+ * The server answered that it failed to decide (500: a hook that threw or timed out), which asking
+ * again may not mend. A 503 (the cluster unreachable, the server overloaded) is taken as no
+ * answer: the proposal is sent again until one comes.
+ */
 function isServerFailure(error: unknown): boolean {
   const e = error as { code?: unknown; bayeuxCode?: unknown } | null;
-  return e?.code === 'bayeux' && typeof e.bayeuxCode === 'number' && e.bayeuxCode >= 500;
+  return e?.code === 'bayeux' && e.bayeuxCode === 500;
 }
 
 /** A proposal id no other client can guess: 128 random bits. */

@@ -4,7 +4,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ProposalError, StateError, replicate, type ReplicaClient } from '../src/index.js';
+import { ProposalError, StateError, applyPatch, clone, replicate, type ReplicaClient } from '../src/index.js';
 
 /** A client whose snapshot is `value` at version 3, and which records the requests made. */
 function fakeClient(value: unknown): ReplicaClient & { requests: unknown[] } {
@@ -57,7 +57,7 @@ describe('Replica.propose: mistakes refused at once, with a reason', () => {
     const client = fakeClient({ list: [1], n: 5 });
     const replica = await replicate(client, '/doc');
     for (const change of [(draft: unknown) => (draft as { list: number[] }).list.push(2), (draft: unknown) => (draft as { n: number }).n++]) {
-      await assert.rejects(replica.propose(change as never), (error: unknown) => error instanceof ProposalError && /changed its draft and also returned a value/.test(error.message));
+      await assert.rejects(replica.propose(change as never), (error: unknown) => error instanceof ProposalError && /changed its draft and also returned \d/.test(error.message));
     }
     assert.deepEqual(replica.value, { list: [1], n: 5 });
     assert.equal(client.requests.length, 1, 'nothing was sent');
@@ -76,6 +76,37 @@ describe('Replica.propose: mistakes refused at once, with a reason', () => {
     );
     assert.deepEqual(replica.value, { n: 1 });
     assert.equal(client.requests.length, 1);
+  });
+});
+
+describe('Replica: what it tells its listeners', () => {
+  it("after its own proposal is accepted, the patch a listener gets turns the previous value into the new one", async () => {
+    const s = scriptedClient({ epoch: 'e1', version: 0, value: { list: ['a'], n: 0 } });
+    const replica = await replicate(s.client, '/doc');
+    let mirror = clone(replica.value);
+    replica.onChange((change) => {
+      mirror = applyPatch(mirror, change.patch);
+      assert.deepEqual(mirror, change.value, `${change.cause}: the patch gives the value`);
+    });
+    const accepted = replica.propose((draft) => void (draft as { list: string[] }).list.push('b'));
+    while (s.proposals.length === 0) await settled();
+    const id = (s.proposals[0]!.data as { id: string }).id;
+    s.deliver({ epoch: 'e1', version: 1, patch: [{ op: 'add', path: '/list/1', value: 'b' }], proposal: id });
+    s.proposals[0]!.answer(1);
+    assert.equal(await accepted, 1);
+    s.deliver({ epoch: 'e1', version: 2, patch: [{ op: 'replace', path: '/n', value: 5 }] });
+    assert.deepEqual(mirror, { list: ['a', 'b'], n: 5 });
+    assert.deepEqual(replica.value, mirror);
+  });
+
+  it('refuses what an expression-bodied draft function returns in place of a value', async () => {
+    const client = fakeClient({ status: 'open', items: [1, 2] });
+    const replica = await replicate(client, '/doc');
+    for (const slip of [(d: { status: string }) => (d.status = 'open'), (d: { items: number[] }) => d.items.sort()]) {
+      await assert.rejects(replica.propose(slip as never), (error: unknown) => error instanceof ProposalError && /in place of the whole value|a part of its draft/.test(error.message));
+    }
+    assert.deepEqual(replica.value, { status: 'open', items: [1, 2] });
+    assert.equal(client.requests.length, 1, 'nothing was sent');
   });
 });
 

@@ -21,7 +21,7 @@
  * that comes back with another patch is refused: it is not the same proposal.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { applyPatch, assertJson, clone, diff, StateError, type DiffOptions, type JsonValue, type Patch } from '@perihelion/state';
+import { applyPatch, assertJson, clone, diff, draftResult, StateError, type DiffOptions, type JsonValue, type Patch } from '@perihelion/state';
 import type { Session } from '../core/session.js';
 import { PerihelionError } from '../errors.js';
 import { ChangeIndex, reliancesOf } from './rebase.js';
@@ -65,6 +65,7 @@ export interface StateOptions {
 }
 
 const OPTION_NAMES = ['load', 'save', 'validate', 'diff', 'rebaseWindow', 'validateTimeout'];
+const DIFF_OPTION_NAMES = ['key', 'keys', 'maxLcsCells', 'maxDepth'];
 
 /** What is published on the channel for each version. */
 export interface StatePatchMessage {
@@ -174,13 +175,11 @@ export class StateChannel<T extends JsonValue = JsonValue> {
       if (typeof change === 'function') {
         draft = clone(this.value) as T;
         const returned: unknown = (change as (draft: T) => T | void)(draft);
-        if (returned instanceof Promise) throw new PerihelionError('ERR_INVALID_ARGUMENT', 'an update function must change its draft synchronously (await before calling update)');
-        if (returned !== undefined && returned !== draft && diff(this.value, draft, this.options.diff).length > 0) {
-          // `(draft) => draft.items.push(x)` returns a number: taken as the new value, it would
-          // replace the whole document.
-          throw new PerihelionError('ERR_INVALID_ARGUMENT', `an update function changed its draft and also returned ${describe(returned)}: change the draft and return nothing (write { draft.x.push(y); }, with braces), or return a new value without changing the draft`);
+        try {
+          next = draftResult(this.value, draft, returned, this.options.diff);
+        } catch (error) {
+          throw new PerihelionError('ERR_INVALID_ARGUMENT', `update: ${(error as Error).message}`);
         }
-        next = returned === undefined ? draft : returned;
       } else next = change;
       // A value the caller handed in stays the caller's: changing it later must not change the state.
       const value = next === draft ? checked(next, 'the new value') : clone(checked(next, 'the new value'));
@@ -338,23 +337,23 @@ function checkOptions(options: unknown): asserts options is StateOptions {
   };
   whole('rebaseWindow', MAX_REBASE_WINDOW);
   whole('validateTimeout', MAX_VALIDATE_TIMEOUT);
-  try {
-    // The diff options are read at each change: checked now, not at the first update.
-    diff(null, null, given.diff as DiffOptions | undefined);
-  } catch (error) {
-    fail(`the state option ${(error as Error).message}`);
+  if (given.diff !== undefined) {
+    if (typeof given.diff !== 'object' || given.diff === null || Array.isArray(given.diff)) fail(`the state option diff must be an object like { key: 'id' }, got ${JSON.stringify(given.diff)}`);
+    for (const key of Object.keys(given.diff as object)) {
+      if (!DIFF_OPTION_NAMES.includes(key)) fail(`unknown diff option "${key}"; the diff options are ${DIFF_OPTION_NAMES.join(', ')}`);
+    }
+    try {
+      // Read at each change: checked now, not at the first update.
+      diff(null, null, given.diff as DiffOptions);
+    } catch (error) {
+      fail(`the state option ${(error as Error).message}`);
+    }
   }
 }
 
 /** A digest of a proposal's patch, to tell its resend from another proposal with the same id. */
 function digestOf(patch: Patch): string {
   return createHash('sha256').update(JSON.stringify(patch)).digest('base64url');
-}
-
-/** A value, briefly, for an error message. */
-function describe(value: unknown): string {
-  const text = JSON.stringify(value);
-  return text === undefined ? String(value) : text.length > 40 ? `${text.slice(0, 40)}…` : text;
 }
 
 function checked(value: unknown, what: string): JsonValue {
