@@ -51,6 +51,8 @@ interface PatternState {
   afterMove?: boolean | undefined;
   /** The `ext.recover` of the subscribe on its way, if it carries one. */
   recover?: Record<string, Position> | undefined;
+  /** It was active on a session before (so a subscribe on a new one is a return, maybe after a loss). */
+  wasActive?: boolean;
   waiters: { resolve(outcome: SubscribeOutcome): void; reject(error: ClientError): void }[];
   outcome: SubscribeOutcome;
 }
@@ -193,6 +195,9 @@ export class Subscriptions {
       // carried cannot be asked for. So a pattern's recovery is never promised whole then.
       const unknowable = isWildcard(pattern) && state.resync !== 'sent';
       outcome = { recovered: !unknowable && Object.values(channels).every(Boolean), channels };
+    } else if (isWildcard(pattern) && state.wasActive === true && state.resync !== 'sent') {
+      // The same for a pattern that had received nothing yet: it names no channel at all.
+      outcome = { recovered: false, channels: {} };
     }
     for (const [channel, value] of Object.entries(positions)) {
       const position = asPosition(value);
@@ -202,6 +207,7 @@ export class Subscriptions {
     }
     const quiet = state.afterMove === true && outcome?.recovered === true;
     state.status = 'active';
+    state.wasActive = true;
     state.resync = undefined;
     state.afterMove = undefined;
     state.recover = undefined;

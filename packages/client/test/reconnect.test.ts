@@ -140,6 +140,30 @@ describe('reconnection', () => {
     }
   });
 
+  it('reports a wildcard subscription that had received nothing as not recovered on a new session', async () => {
+    const test = await startServer({ maxInterval: 1000, timeout: 2000 });
+    const net = new Net();
+    const c = client(test.url, { transports: ['websocket'] }, net);
+    try {
+      const outcomes: unknown[] = [];
+      c.on('recovery', (event) => outcomes.push(event));
+      const received: string[] = [];
+      const subscription = await c.subscribe<string>('/w0/*', (text) => received.push(text));
+      const first = c.clientId!;
+      net.cut();
+      await waitFor(() => test.server.getSession(first) === undefined, 5000, 'the session to expire');
+      await test.server.publish('/w0/a', 'missed');
+      net.restore();
+      await waitFor(() => outcomes.length === 1, 5000, 'the recovery report');
+      assert.deepEqual(outcomes, [{ pattern: '/w0/*', recovered: false, channels: {} }]);
+      assert.equal(subscription.recovered, false);
+      assert.deepEqual(received, []);
+    } finally {
+      await c.disconnect();
+      await test.close();
+    }
+  });
+
   it('recovers on the same session the messages a full queue dropped during a cut, in order', async () => {
     // A slow consumer: the session lives on, but its queue keeps only the last 3 messages.
     const test = await startServer({ maxInterval: 60_000, timeout: 2000, maxQueue: 3, queueOverflow: 'drop-oldest' });

@@ -399,6 +399,10 @@ describe('cluster mode: Redis unreachable or going away', () => {
       assert.equal(answer?.successful, false);
       assert.match(String(answer?.error), /^503::/);
       assert.deepEqual(answer?.advice, { reconnect: 'retry', interval: 1000 });
+      // Anything else is judged here as before (402: the client starts a session again and
+      // subscribes again); a subscribe answered 503 would be dropped for good by its client.
+      const subscribe = await fetch(a.url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify([{ channel: '/meta/subscribe', clientId: onB.clientId, subscription: '/x', id: 'astray-sub' }]) });
+      assert.match(String(((await subscribe.json()) as Msg[])[0]?.error), /^402:/);
       await a.server.publish('/local', 'while away');
       await waitFor(() => onA.data('/local').length === 1, 3000, 'the local message');
       assert.equal(onA.data('/local')[0]?.ext, undefined, 'no position without Redis');

@@ -116,10 +116,11 @@ export class Forwarding {
 
   private async forwardTo(clientId: string, batch: readonly unknown[], context: ProcessContext): Promise<string[] | null> {
     const owner = await this.host.engine.ownerOf(clientId).catch(() => undefined);
-    // Redis away: who holds the session cannot be known, and a 402 would make a client behind a
-    // balancer without affinity lose its session (and every session, again, on the next node)
-    // for the whole outage. It is told to try again in a moment, on whichever node it reaches.
-    if (owner === undefined) return unavailable(batch);
+    // Redis away: who holds the session cannot be known. A connect is told to try again in a
+    // moment, on whichever node it reaches (a 402 would make a client behind a balancer without
+    // affinity lose its session for the whole outage); anything else is judged here as before
+    // (a 402: a subscribe answered 503 would be dropped for good by CometD, Faye and ours).
+    if (owner === undefined) return connectsOnly(batch) ? unavailable(batch) : null;
     if (owner === null) return null;
     const id = this.nextId();
     const request: Record<string, unknown> = { t: 'req', id, batch, transport: context.transport, facts: context.request, hold: context.onClientGone !== undefined };
@@ -128,12 +129,20 @@ export class Forwarding {
       this.rememberConnect(request.line as string, clientId, owner, batch as Message[]);
     }
     const replied = this.await(id, owner);
-    if (!(await this.tell(owner, request))) {
+    const heard = await this.tell(owner, request);
+    if (heard !== true) {
       this.settle(id, null);
-      return unknownClient(batch);
+      return heard === undefined && connectsOnly(batch) ? unavailable(batch) : unknownClient(batch);
     }
     context.onClientGone?.(() => void this.tell(owner, { t: 'gone', id }));
-    return (await replied) ?? unknownClient(batch);
+    const replies = await replied;
+    if (replies !== null) return replies;
+    // No answer from the owner: gone, unless Redis went away meanwhile (then a connect is told to retry).
+    const knowable = await this.host.engine.ownerOf(clientId).then(
+      () => true,
+      () => false,
+    );
+    return !knowable && connectsOnly(batch) ? unavailable(batch) : unknownClient(batch);
   }
 
   /**
@@ -150,7 +159,7 @@ export class Forwarding {
       if (replies !== null) start();
     });
     const message = { t: 'attach', id, clientId, transport: line.transport, facts, line: this.lineOf(line, owner) };
-    if (!(await this.tell(owner, message))) {
+    if ((await this.tell(owner, message)) !== true) {
       this.settle(id, null);
       return false;
     }
@@ -264,7 +273,7 @@ export class Forwarding {
     const key = `${node} ${line}`;
     let remote = this.remoteLines.get(key);
     if (!remote) {
-      remote = new RemoteLine(transport, (message) => this.tell(node, { ...message, line }));
+      remote = new RemoteLine(transport, async (message) => (await this.tell(node, { ...message, line })) === true);
       this.remoteLines.set(key, remote);
       remote.onClose(() => this.remoteLines.delete(key));
     }
@@ -272,8 +281,9 @@ export class Forwarding {
   }
 
   /** Sends a message to a node; false when it cannot be sent or nobody listens (the engine is closing, Redis is away). */
-  private tell(node: string, message: Record<string, unknown>): Promise<boolean> {
-    return this.host.engine.sendToNode(node, JSON.stringify(message)).catch(() => false);
+  /** Whether `node` heard `message`; undefined when that cannot be known (Redis away). */
+  private tell(node: string, message: Record<string, unknown>): Promise<boolean | undefined> {
+    return this.host.engine.sendToNode(node, JSON.stringify(message)).catch(() => undefined);
   }
 
   // ---------------------------------------------------------------- replies awaited
@@ -309,7 +319,8 @@ export class Forwarding {
     }
     for (const owner of owners) {
       void this.tell(owner, { t: 'alive?' }).then((heard) => {
-        if (heard) return;
+        // Heard, or not known (Redis away: asked again at the next check, not taken for gone).
+        if (heard !== false) return;
         for (const [id, waiting] of [...this.waiting]) if (waiting.owner === owner) this.settle(id, null);
         for (const { line, owners: fedBy, connects } of [...this.lines.values()]) {
           // A WebSocket stays open (it may speak for other sessions): the connect its client sent
@@ -383,6 +394,11 @@ function soleClientId(batch: readonly unknown[]): string | null {
 /** Each message answered 402 unknown client with advice to handshake: its session's node is gone. */
 function unknownClient(batch: readonly unknown[]): string[] {
   return refuseAll(batch, bayeuxError('clientUnknown', [String((batch[0] as Message | undefined)?.clientId)]), { reconnect: 'handshake', interval: 0 });
+}
+
+/** Whether every message of `batch` is a /meta/connect. */
+function connectsOnly(batch: readonly unknown[]): boolean {
+  return batch.every((value) => (value as Message | null)?.channel === META.connect);
 }
 
 /** While the node that holds a session cannot be looked up: try again in a second. */

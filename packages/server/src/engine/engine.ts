@@ -151,7 +151,7 @@ export interface Engine {
    * ERR_ENGINE_UNAVAILABLE when it cannot be known (Redis away).
    */
   ownerOf(clientId: string): Promise<string | null>;
-  /** Sends `payload` to one node (its `EngineHost.onNodeMessage`); false when that node is not listening. */
+  /** Sends `payload` to one node (its `EngineHost.onNodeMessage`); false when that node is not listening; rejects with ERR_ENGINE_UNAVAILABLE when that cannot be known (Redis away). */
   sendToNode(node: string, payload: string): Promise<boolean>;
   /**
    * Presence grace: marks `member` (a user, or a session) as just gone from `channel`, for

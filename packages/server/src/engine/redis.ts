@@ -525,12 +525,12 @@ export class RedisEngine implements Engine {
   async sendToNode(node: string, payload: string): Promise<boolean> {
     this.running();
     const cmd = this.connection.readyCmd();
-    if (!cmd) return false;
+    if (!cmd) throw unavailable(`cannot send to node ${node}`);
     try {
       return (await this.connection.send(cmd, this.layout.node(node), encode({ kind: 'node', from: this.nodeId, payload }))) > 0;
     } catch (error) {
       this.connection.degraded(error);
-      return false;
+      throw unavailable(`cannot send to node ${node}`, error);
     }
   }
 
