@@ -294,6 +294,33 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     }
   });
 
+  it('a node paused past the node timeout is taken for dead (its members leave) and, back, says its members again (they join)', async () => {
+    fresh();
+    const a = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
+    const script = fileURLToPath(new URL('./fixtures/cluster-node.js', import.meta.url));
+    const [url, ...mode] = store.nodeArgs();
+    const child = spawn(process.execPath, [script, url!, prefix, ...mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      const [line] = (await once(child.stdout, 'data')) as [Buffer];
+      const { port } = JSON.parse(String(line)) as { port: number };
+      const paused: TestServer = { ...a, wsUrl: `ws://127.0.0.1:${port}/bayeux`, url: `http://127.0.0.1:${port}/bayeux` };
+      const there = await open(paused);
+      await there.subscribe('/paused');
+      const here = await open(a);
+      await here.subscribe('/presence/paused');
+      const events = (): Msg[] => here.data('/presence/paused').map((m) => m.data as Msg).filter((event) => event.clientId === there.clientId);
+      child.kill('SIGSTOP');
+      await waitFor(() => events().length === 1, 5000, 'the leave of the paused node\'s member');
+      child.kill('SIGCONT');
+      await waitFor(() => events().length === 2, 5000, 'its join once it is back');
+      assert.deepEqual(events().map((event) => event.action), ['leave', 'join']);
+      assert.deepEqual(await a.server.engine.subscribers('/paused'), [there.clientId], 'registered again');
+    } finally {
+      child.kill('SIGCONT');
+      child.kill('SIGKILL');
+    }
+  });
+
   it('registers a node again after Redis lost its data (a restart without persistence)', async () => {
     fresh();
     const a = await node({ heartbeatInterval: 100, nodeTimeout: 500 });

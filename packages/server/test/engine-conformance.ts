@@ -52,6 +52,13 @@ export class RecordingHost implements EngineHost {
     this.lost.push(...sessions);
   }
 
+  /** How many times this node was told its sessions are registered again after being taken for dead. */
+  restored = 0;
+
+  onSessionsRestored(): void {
+    this.restored++;
+  }
+
   onDirect(publication: Publication, clientId: string): void {
     this.push(clientId, publication.payload);
   }

@@ -167,6 +167,13 @@ export class LocalDelivery implements EngineHost, SessionHost {
     this.sessionsLost?.(sessions);
   }
 
+  /** Where the news that this node's sessions are registered again goes (presence, set by the core). */
+  sessionsRestored: (() => void) | null = null;
+
+  onSessionsRestored(): void {
+    this.sessionsRestored?.();
+  }
+
   describeSessions(): SessionInfo[] {
     const infos: SessionInfo[] = [];
     for (const session of this.sessions.values()) infos.push(describeSession(session));

@@ -170,6 +170,25 @@ export class Presence {
     }
   }
 
+  /**
+   * This node's sessions were taken for dead by another node, which published their leaves, and
+   * are registered again: each member of this node is said to join again (a user member once).
+   */
+  sessionsRestored(): void {
+    const said = new Set<string>();
+    for (const [clientId, channels] of this.joined) {
+      const session = this.core.delivery.sessions.get(clientId);
+      if (!session) continue;
+      const member = this.memberOf(session);
+      for (const channel of typeof channels === 'string' ? [channels] : channels) {
+        const id = pairId(channel, member);
+        if (said.has(id)) continue;
+        said.add(id);
+        this.run(id, () => this.publish(channel, { action: 'join', clientId, user: member.user }));
+      }
+    }
+  }
+
   /** Waits for the steps under way (the engine must still be there for them), then drops the held leaves. */
   async close(): Promise<void> {
     this.closing = true;

@@ -103,6 +103,7 @@ export class ServerCore implements TransportHost {
     });
     this.delivery.nodeMessages = (from, payload) => this.forwarding.onNodeMessage(from, payload);
     this.delivery.sessionsLost = (sessions) => this.presence?.sessionsLost(sessions);
+    this.delivery.sessionsRestored = () => this.presence?.sessionsRestored();
     this.ready = this.engine.start(this.delivery);
     this.ready.then(
       () => (this.started = true),

@@ -89,6 +89,11 @@ export interface EngineHost {
    * only): what ends a session there (its presence leaves) is this node's to do.
    */
   onSessionsLost(sessions: readonly LostSession[]): void;
+  /**
+   * This node's sessions, which another node removed taking this one for dead (it was paused, say),
+   * are registered again: what starting them says to others (presence joins) is said again.
+   */
+  onSessionsRestored(): void;
   /** This node's sessions, described (see `Engine.census`). */
   describeSessions(): SessionInfo[];
   /** How much history to keep, per channel. */

@@ -43,6 +43,8 @@ export class NodeLiveness {
     private readonly registrations: () => Iterable<Registration>,
     /** The sessions of a dead node that this node removed. */
     private readonly sessionsLost: (sessions: LostSession[]) => void,
+    /** This node's sessions, removed by another node that took it for dead, are registered again. */
+    private readonly restored: () => void,
   ) {}
 
   /** Beats every `heartbeatInterval` until `stop`; a failed beat is a lost connection. */
@@ -69,11 +71,14 @@ export class NodeLiveness {
         throw error;
       }
     }
-    const [fresh, ...dead] = (await this.connection.script('HEARTBEAT', this.control, [this.nodeId, this.options.nodeTimeout])) as [number, ...string[]];
+    const [fresh, removed, ...dead] = (await this.connection.script('HEARTBEAT', this.control, [this.nodeId, this.options.nodeTimeout])) as [number, number, ...string[]];
     if (Number(fresh) === 1) this.registered = false;
     if (!this.registered) {
       await this.register();
       this.registered = true;
+      // Another node took this one for dead (it was paused past the node timeout) and ended its
+      // sessions for the others (presence leaves): they are said again.
+      if (Number(removed) === 1) this.restored();
     }
     for (const node of dead) await this.removeNode(node, this.options.nodeTimeout);
   }

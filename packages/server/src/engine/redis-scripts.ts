@@ -17,6 +17,8 @@
  *   C layout              hash   partitions: how many data partitions the cluster's nodes use
  *   C leave:<[ch,member]> string a presence grace mark, holding its token: the member just left
  *                                the channel (it expires on its own; see Engine.markLeaving)
+ *   C removed:<node>      string another node removed this node's sessions, taking it for dead
+ *                                (taken by its next heartbeat, if it was only paused; 1 h)
  *
  * Keys of one data partition, under its prefix D (one hash slot per partition on a cluster):
  *
@@ -293,12 +295,13 @@ return {count, total}
 
 /**
  * A node says it is alive and learns which nodes are not. ARGV: C, node, node timeout (ms).
- * Returns {1 if this node was not registered (new, or declared dead meanwhile), dead nodes…}.
+ * Returns {1 if this node was not registered (new, or declared dead meanwhile), 1 if another node
+ * removed its sessions meanwhile (the mark REMOVE_NODE leaves, taken here), dead nodes…}.
  */
 const HEARTBEAT = `${CONTROL}
 local node, timeout = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-local out = {redis.call('HSET', C .. 'nodes', node, now)}
+local out = {redis.call('HSET', C .. 'nodes', node, now), redis.call('DEL', C .. 'removed:' .. node)}
 local all = redis.call('HGETALL', C .. 'nodes')
 for i = 1, #all, 2 do
   if all[i] ~= node and now - tonumber(all[i + 1]) > timeout then table.insert(out, all[i]) end
@@ -329,6 +332,9 @@ for _, cid in ipairs(redis.call('SPOP', key, tonumber(ARGV[4]))) do
 end
 local left = redis.call('SCARD', key)
 if left == 0 then redis.call('HDEL', C .. 'nodes', node) end
+-- Taken for dead by another node: if it comes back (it was only paused), it says its sessions
+-- again (their presence leaves were published).
+if timeout >= 0 and #out > 1 then redis.call('SET', C .. 'removed:' .. node, 1, 'PX', 3600000) end
 out[1] = left
 return out
 `;

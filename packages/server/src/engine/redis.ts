@@ -106,7 +106,7 @@ export class RedisEngine implements Engine {
       onReconnect: () => void this.liveness.rejoin().catch((error: unknown) => this.connection.lost(error)),
       report: (error) => this.report(error),
     });
-    this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations(), (sessions) => this.host?.onSessionsLost(sessions));
+    this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations(), (sessions) => this.host?.onSessionsLost(sessions), () => this.host?.onSessionsRestored());
     this.seam = new RecoverySeam(this.nodeId, this.options.commandTimeout, (error) => this.report(error));
     this.sessionCensus = new Census({
       nodeId: this.nodeId,

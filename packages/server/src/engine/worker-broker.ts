@@ -271,6 +271,7 @@ export class WorkerBroker {
       onReplay: (clientId, channel, payloads) => to(clientId)?.link.send({ k: 'replay', clientId, channel, payloads: [...payloads] }),
       onNodeMessage: () => {},
       onSessionsLost: () => {},
+      onSessionsRestored: () => {},
       describeSessions: () => [],
       reportError: () => {},
     };
