@@ -122,6 +122,15 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     nodes.push(t);
     return t;
   };
+  /** A node in a child process on the same store (fixtures/cluster-node), to kill or pause; `like` gives the rest of its TestServer. */
+  const childNode = async (like: TestServer): Promise<{ child: ReturnType<typeof spawn>; server: TestServer }> => {
+    const script = fileURLToPath(new URL('./fixtures/cluster-node.js', import.meta.url));
+    const [url, ...mode] = store.nodeArgs();
+    const child = spawn(process.execPath, [script, url!, prefix, ...mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+    const { port } = JSON.parse(String(line)) as { port: number };
+    return { child, server: { ...like, wsUrl: `ws://127.0.0.1:${port}/bayeux`, url: `http://127.0.0.1:${port}/bayeux` } };
+  };
   const open = async (t: TestServer, handshakeExt?: Record<string, unknown>): Promise<Client> => {
     const c = await client(t, handshakeExt);
     peers.push(c.peer);
@@ -260,13 +269,8 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
   it("removes a dead node's sessions and subscriptions once it stops beating, and publishes their presence leaves", async () => {
     fresh();
     const a = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
-    const script = fileURLToPath(new URL('./fixtures/cluster-node.js', import.meta.url));
-    const [url, ...mode] = store.nodeArgs();
-    const child = spawn(process.execPath, [script, url!, prefix, ...mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const { child, server: doomed } = await childNode(a);
     try {
-      const [line] = (await once(child.stdout, 'data')) as [Buffer];
-      const { port } = JSON.parse(String(line)) as { port: number };
-      const doomed: TestServer = { ...a, wsUrl: `ws://127.0.0.1:${port}/bayeux`, url: `http://127.0.0.1:${port}/bayeux` };
       const there = await open(doomed);
       await there.subscribe('/watched');
       const here = await open(a);
@@ -297,13 +301,8 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
   it('a node paused past the node timeout is taken for dead (its members leave) and, back, says its members again (they join)', async () => {
     fresh();
     const a = await node({ heartbeatInterval: 100, nodeTimeout: 500 });
-    const script = fileURLToPath(new URL('./fixtures/cluster-node.js', import.meta.url));
-    const [url, ...mode] = store.nodeArgs();
-    const child = spawn(process.execPath, [script, url!, prefix, ...mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const { child, server: paused } = await childNode(a);
     try {
-      const [line] = (await once(child.stdout, 'data')) as [Buffer];
-      const { port } = JSON.parse(String(line)) as { port: number };
-      const paused: TestServer = { ...a, wsUrl: `ws://127.0.0.1:${port}/bayeux`, url: `http://127.0.0.1:${port}/bayeux` };
       const there = await open(paused);
       await there.subscribe('/paused');
       const here = await open(a);

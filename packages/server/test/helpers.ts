@@ -301,3 +301,25 @@ export async function serverBehindSwallowingProxy(): Promise<{ test: TestServer;
     },
   };
 }
+
+/**
+ * Watches the event loop: `longest()` is its longest stall since the watch began (or was reset),
+ * in ms, as seen by a timer every `everyMs`; `stop()` ends the watch.
+ */
+export function watchStalls(everyMs = 5): { longest(): number; reset(): void; stop(): void } {
+  let longest = 0;
+  let last = performance.now();
+  const tick = setInterval(() => {
+    const now = performance.now();
+    longest = Math.max(longest, now - last);
+    last = now;
+  }, everyMs);
+  return {
+    longest: () => longest,
+    reset: () => {
+      longest = 0;
+      last = performance.now();
+    },
+    stop: () => clearInterval(tick),
+  };
+}

@@ -6,26 +6,12 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Operation } from '@perihelion/state';
-import { ChangeIndex, reliancesOf } from '../src/state/rebase.js';
+import { ChangeIndex, changesOf, reliancesOf } from '../src/state/rebase.js';
 
-/** The rule, one pair at a time (see rebase.ts). */
+/** The rule, one pair of what the proposal relies on and what the patch changed at a time (see rebase.ts). */
 function pairwiseConflict(proposal: readonly Operation[], patch: readonly Operation[]): string | null {
   const within = (path: string, ancestor: string): boolean => path === ancestor || path.startsWith(`${ancestor}/`);
-  const arrayOf = (path: string): string | null => {
-    const cut = path.lastIndexOf('/');
-    const last = path.slice(cut + 1);
-    return cut >= 0 && (last === '-' || /^\d+$/.test(last)) ? path.slice(0, cut) : null;
-  };
-  const changes: Array<{ path: string; structural: boolean }> = [];
-  const note = (path: string, moves: boolean): void => {
-    const array = moves ? arrayOf(path) : null;
-    changes.push(array === null ? { path, structural: false } : { path: array, structural: true });
-  };
-  for (const op of patch) {
-    if (op.op === 'test') continue;
-    note(op.path, op.op !== 'replace');
-    if (op.op === 'move') note(op.from, true);
-  }
+  const changes = changesOf(patch);
   for (const reliance of reliancesOf(proposal)) {
     const clash = changes.some((change) => {
       if (reliance.append) return change.path === reliance.path ? !change.structural : within(reliance.path, change.path);

@@ -13,7 +13,7 @@ import { applyPatch, type JsonValue, type Patch } from '@perihelion/state';
 import type { Position } from '@perihelion/protocol';
 import { PerihelionError, type Message } from '../src/index.js';
 import type { ProposalCheck, StateChannel, StateOptions } from '../src/state/state-channel.js';
-import { WsPeer, errorOf, postForBytes, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { WsPeer, errorOf, postForBytes, startServer, waitFor, watchStalls, type Msg, type TestServer } from './helpers.js';
 
 adapt();
 
@@ -897,27 +897,20 @@ describe('state channels: proposals', () => {
     // 9 000 operations on values nothing changed, 5 versions behind, each version having changed
     // 10 000 values: comparing every pair took seconds; the check looks up each path instead.
     const patch = Array.from({ length: 9000 }, (_, i) => ({ op: 'test', path: `/records/r${i}/m`, value: 0 }));
-    let longest = 0;
-    let last = performance.now();
-    const watch = setInterval(() => {
-      const now = performance.now();
-      longest = Math.max(longest, now - last);
-      last = now;
-    }, 5);
+    const stalls = watchStalls();
     try {
       assert.deepEqual(answered(await a.ask({ channel, op: 'propose', epoch: state.epoch, base: 0, patch })), { channel, version: 5 }, 'rebased (it changes nothing)');
-      assert.ok(longest < 1000, `the event loop stalled ${Math.round(longest)} ms`);
+      assert.ok(stalls.longest() < 1000, `the event loop stalled ${Math.round(stalls.longest())} ms`);
       // One operation on a value that changed is still found.
       refused(await a.ask({ channel, op: 'propose', epoch: state.epoch, base: 4, patch: [{ op: 'replace', path: '/records/r7/n', value: -1 }] }), 409, 'a changed value');
       // 25 versions behind, 9 000 operations pass the bound: refused without the check.
       await touchEveryRecord(20);
-      last = performance.now();
-      longest = 0;
+      stalls.reset();
       const error = refused(await a.ask({ channel, op: 'propose', epoch: state.epoch, base: 0, patch }), 409, 'too large to rebase');
       assert.match(error.message, /a proposal of 9000 operations is too large to rebase over 25 changes/);
-      assert.ok(longest < 1000, `the event loop stalled ${Math.round(longest)} ms`);
+      assert.ok(stalls.longest() < 1000, `the event loop stalled ${Math.round(stalls.longest())} ms`);
     } finally {
-      clearInterval(watch);
+      stalls.stop();
     }
   });
 

@@ -16,7 +16,7 @@
  */
 import type { Operation } from '@perihelion/state';
 
-interface Change {
+export interface Change {
   path: string;
   /** The elements of the array at `path` were added, removed or moved. */
   structural: boolean;
@@ -29,7 +29,7 @@ export interface Reliance {
 }
 
 /** What a published patch changed. */
-function changesOf(patch: readonly Operation[]): Change[] {
+export function changesOf(patch: readonly Operation[]): Change[] {
   const changes: Change[] = [];
   const note = (path: string, moves: boolean): void => {
     const array = moves ? arrayOf(path) : null;
