@@ -5,7 +5,7 @@
  * 400 for a message nested too deep) with no reply to any message in it, so the client builds its
  * frames within them, and refuses at once a message that could never fit one.
  */
-import type { Message } from '@perihelion/protocol';
+import { jsonDepth, type Message } from '@perihelion/protocol';
 
 export interface FrameLimits {
   /** Messages in one request or frame. */
@@ -31,17 +31,16 @@ export function readLimits(given: unknown, previous: FrameLimits): FrameLimits {
 /** UTF-8 bytes of `text`: what the server counts. */
 const bytesOf = (text: string): number => new TextEncoder().encode(text).length;
 
-/** Nesting of arrays and objects in a JSON value. */
-const depthOf = (value: unknown): number => (typeof value === 'object' && value !== null ? 1 + Object.values(value).reduce((deepest: number, item) => Math.max(deepest, depthOf(item)), 0) : 0);
-
 /**
  * Why `message` can never be sent within `limits` (in a frame of its own), as the server would
  * say it: its Bayeux error code and why; null when it can.
  */
 export function unsendable(message: Message, limits: FrameLimits): [code: number, why: string] | null {
-  const bytes = bytesOf(JSON.stringify(message)) + 2;
+  const text = JSON.stringify(message);
+  const bytes = bytesOf(text) + 2;
   if (bytes > limits.maxRequestBytes) return [413, `${bytes} bytes, more than the server takes in a request (${limits.maxRequestBytes})`];
-  const depth = depthOf(message) + 1;
+  // Counted as the server counts it (codec.ts): a frame's outer array is not a level of its messages.
+  const depth = jsonDepth(text);
   return depth > limits.maxDepth ? [400, `nested ${depth} deep, more than the server takes (${limits.maxDepth})`] : null;
 }
 

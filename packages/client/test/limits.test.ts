@@ -72,6 +72,20 @@ describe('frame limits against the server', () => {
     });
   }
 
+  it('counts nesting as the server does: a message exactly maxDepth deep is sent and taken, one level more refused at once', async () => {
+    const c = client(t.url, { transports: ['websocket'] });
+    await c.connect();
+    const nest = (levels: number): unknown => {
+      let value: unknown = 'bottom';
+      for (let i = 0; i < levels; i++) value = [value];
+      return value;
+    };
+    // The message object is one level, its data the rest: 16 in all is the server's maxDepth here.
+    assert.equal((await c.publish('/deep/ok', nest(15))).successful, true);
+    await assert.rejects(c.publish('/deep/no', nest(16)), (error: unknown) => error instanceof ClientError && error.bayeuxCode === 400 && /nested 17 deep, more than the server takes \(16\)/.test(error.message));
+    assert.equal(c.state, 'connected');
+  });
+
   it('a state proposal no request could carry is refused at once, the value rolled back', async () => {
     const state = await t.server.state('/limits/doc', { text: '' }, { validate: () => true });
     const c = client(t.url, { transports: ['websocket'] });
