@@ -70,8 +70,15 @@ export function decodeBatch(text: string, limits: DecodeLimits = {}): DecodeResu
 
 /**
  * Joins already-serialised messages into one JSON array. Messages published to many sessions
- * are serialised once and shared; this only concatenates.
+ * are serialised once and shared; this only concatenates, and by `+` rather than `join`: the
+ * result is written out once, and copied into one string only then, where `join` would copy
+ * every message into a new string first.
  */
 export function encodeBatch(serialised: readonly string[]): string {
-  return serialised.length === 1 ? `[${serialised[0]}]` : `[${serialised.join(',')}]`;
+  const count = serialised.length;
+  if (count === 0) return '[]';
+  let batch = '[' + serialised[0]!;
+  for (let i = 1; i < count; i++) batch = batch + ',' + serialised[i]!;
+  return batch + ']';
 }
+

@@ -22,20 +22,24 @@ export function checkMessage(value: unknown): Checked {
   }
   const { channel, id, clientId, ext, advice } = value;
   const echoId = (typeof id === 'string' && id.length <= MAX_ID_LENGTH) || (typeof id === 'number' && Number.isFinite(id)) ? id : undefined;
-  const fail = (field: string, detail: string): Checked => ({
+  if (typeof channel !== 'string') return failed(channel, echoId, 'channel', 'every message needs a "channel" string');
+  if (id !== undefined && echoId === undefined) {
+    return failed(channel, echoId, 'id', `"id" must be a string of at most ${MAX_ID_LENGTH} characters or a number`);
+  }
+  if (clientId !== undefined && typeof clientId !== 'string') return failed(channel, echoId, 'clientId', '"clientId" must be a string');
+  if (ext !== undefined && !isPlainObject(ext)) return failed(channel, echoId, 'ext', '"ext" must be an object');
+  if (advice !== undefined && !isPlainObject(advice)) return failed(channel, echoId, 'advice', '"advice" must be an object');
+  return { ok: true, message: value as Message };
+}
+
+/** A message refused for one field, echoing its channel and id where they can be (a function of its own: every message is checked, few fail). */
+function failed(channel: unknown, echoId: string | number | undefined, field: string, detail: string): Checked {
+  return {
     ok: false,
     error: bayeuxError('badRequest', [field], detail),
     ...(typeof channel === 'string' ? { channel } : {}),
     ...(echoId !== undefined ? { id: echoId } : {}),
-  });
-  if (typeof channel !== 'string') return fail('channel', 'every message needs a "channel" string');
-  if (id !== undefined && echoId === undefined) {
-    return fail('id', `"id" must be a string of at most ${MAX_ID_LENGTH} characters or a number`);
-  }
-  if (clientId !== undefined && typeof clientId !== 'string') return fail('clientId', '"clientId" must be a string');
-  if (ext !== undefined && !isPlainObject(ext)) return fail('ext', '"ext" must be an object');
-  if (advice !== undefined && !isPlainObject(advice)) return fail('advice', '"advice" must be an object');
-  return { ok: true, message: value as Message };
+  };
 }
 
 /** The `subscription` field of a subscribe/unsubscribe as a list, or null when it is malformed. */

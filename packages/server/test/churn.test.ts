@@ -46,7 +46,7 @@ async function fullGc(): Promise<number> {
 async function census(t: TestServer): Promise<Record<string, number>> {
   const core = coreOf(t.server);
   const presence = core.presence as unknown as Record<'joined' | 'local' | 'held' | 'steps', Map<string, unknown>>;
-  const forwarding = core.forwarding as unknown as Record<'waiting' | 'lines' | 'remoteLines' | 'goneCallbacks', Map<string, unknown>>;
+  const forwarding = core.forwarding as unknown as Record<'waiting' | 'lines' | 'remoteLines' | 'goneWatchers', Map<string, unknown>>;
   const engine = core.engine as unknown as { sessions: Map<string, unknown>; index: Record<'byPattern' | 'bySession', Map<string, unknown>> };
   const http = (t.server as unknown as { http: { websocket: { size: number }; streams: { size: number } } }).http;
   const owned = (t.server as unknown as { owned: Server }).owned;
@@ -72,7 +72,7 @@ async function census(t: TestServer): Promise<Record<string, number>> {
     forwardingWaiting: forwarding.waiting.size,
     forwardingLines: forwarding.lines.size,
     forwardingRemoteLines: forwarding.remoteLines.size,
-    forwardingGone: forwarding.goneCallbacks.size,
+    forwardingGone: forwarding.goneWatchers.size,
     httpConnections: connections,
     listeners: events.eventNames().reduce((n, name) => n + events.listenerCount(name), 0),
   };

@@ -5,7 +5,8 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { at, browserFetch, errorOf, handshake, post, sessionRecord, startServer, waitFor, WsPeer, type TestServer } from './helpers.js';
+import http from 'node:http';
+import { at, browserFetch, cookieFor, errorOf, handshake, post, sessionRecord, startServer, waitFor, WsPeer, type TestServer } from './helpers.js';
 
 type Msg = Record<string, unknown>;
 
@@ -599,6 +600,29 @@ describe('HTTP framing', () => {
     assert.equal(replies[1]?.subscription, '/form/x y');
     const events = await drain(ts.url, clientId);
     assert.deepEqual(events.map((e) => e.data), ['a+b & c=d'], 'form decoding damaged the data');
+  });
+
+  it('gives an answer carrying several messages beyond ASCII a Content-Length of the bytes it sends', async () => {
+    const clientId = await connectedClient(ts.url);
+    assert.equal((await subscribe(ts.url, clientId, '/utf8/x')).successful, true);
+    const texts = ['café', '日本語のテキスト', '🚀 and 🌍', 'plain', 'ä'.repeat(300)];
+    for (const text of texts) assert.equal((await publish(ts.url, clientId, '/utf8/x', text)).successful, true);
+    // Messages wait, so this connect is answered at once with all of them, read here as raw bytes.
+    const { length, bytes } = await new Promise<{ length: number; bytes: Buffer }>((resolve, reject) => {
+      const body = JSON.stringify([{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+      const request = http.request(ts.url, { method: 'POST', headers: { 'Content-Type': 'application/json', Cookie: cookieFor(ts.url) ?? '' } }, (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => resolve({ length: Number(response.headers['content-length']), bytes: Buffer.concat(chunks) }));
+        response.on('error', reject);
+      });
+      request.on('error', reject);
+      request.end(body);
+    });
+    assert.equal(length, bytes.length, 'Content-Length is not the length of the body in bytes');
+    const replies = JSON.parse(bytes.toString('utf8')) as Msg[];
+    assert.equal(at(replies, 0).successful, true);
+    assert.deepEqual(replies.slice(1).map((m) => m.data), texts);
   });
 
   it('answers an empty batch [] with 200 and []', async () => {

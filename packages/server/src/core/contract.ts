@@ -73,15 +73,21 @@ export interface TransportFacts {
 }
 
 /** What the core is told of the request or frame a batch came in; its fields past `TransportFacts` are the server's own. */
+/** Told when the client gives up on a request before its answer (ProcessContext.onClientGone). */
+export interface ClientGoneWatcher {
+  clientGone(): void;
+}
+
 export interface ProcessContext extends TransportFacts {
   /** Present when replies and deliveries can be pushed (WebSocket). */
   connection?: PushConnection;
   /**
-   * Registers a callback for when the client gives up on the request before its answer
+   * Registers a watcher told when the client gives up on the request before its answer
    * (long-polling closes the line): a held connect is then released. Asked for only when a
-   * connect is held, so an ordinary request costs nothing.
+   * connect is held, so an ordinary request costs nothing. A watcher rather than a callback:
+   * the held connect is one already, and a held long-poll keeps no closure for it.
    */
-  onClientGone?: (callback: () => void) => void;
+  onClientGone?(watcher: ClientGoneWatcher): void;
   /**
    * HTTP polling: where a connect held over this request is answered once it is released (its
    * reply and the messages it carries are the response). The connect then sets `answeredLater`,
@@ -95,7 +101,7 @@ export interface ProcessContext extends TransportFacts {
    * it, settled with the new reply at release, keeps every object made for the answer alive
    * through the next collections too. A callback, like a push line's, keeps none of that.
    */
-  answerLater?: (replies: string[]) => boolean;
+  answerLater?(replies: string[]): boolean;
   /** Set by a connect held through `answerLater`. */
   answeredLater?: boolean;
   /** Forwarded by the node the client talks to (core/forwarding.ts): processed here, never forwarded again. */

@@ -41,7 +41,7 @@ export function dispatch(core: ServerCore, batch: readonly unknown[], context: P
     }
     return out;
   }
-  const handshakeAt = batch.findIndex((m) => (m as Message | null)?.channel === META.handshake);
+  const handshakeAt = handshakeIndex(batch);
   // Bayeux §4.1.1: a handshake SHOULD be alone in its request, and the server MUST ignore any
   // other message sent with it: not acted on, not answered (neither CometD nor Faye sends one).
   // A client that asks for it (asksForBundle) may follow its handshake with messages for the
@@ -49,6 +49,12 @@ export function dispatch(core: ServerCore, batch: readonly unknown[], context: P
   const facts: BatchFacts = { batchSize: batch.length, handshakeAt, bundle: handshakeAt === 0 && asksForBundle(batch[0]), bornHere: null };
   if (!core.isStarted) return core.ready.then(() => dispatchFrom(core, batch, 0, context, facts, out));
   return dispatchFrom(core, batch, 0, context, facts, out);
+}
+
+/** Where the batch's handshake is, or -1. */
+function handshakeIndex(batch: readonly unknown[]): number {
+  for (let i = 0; i < batch.length; i++) if ((batch[i] as Message | null)?.channel === META.handshake) return i;
+  return -1;
 }
 
 /** Handles the batch's messages from `start` on (see dispatch). */
@@ -184,7 +190,7 @@ function handleIncoming(
         return reply.successful ? reply.clientId : undefined;
       });
     case META.connect:
-      return noSession(connect(core, message, session, context, { batchSize: batch.batchSize, bundled: batch.bundle && session !== null && session === batch.bornHere }, out));
+      return noSession(connect(core, message, session, context, extensionContext, { batchSize: batch.batchSize, bundled: batch.bundle && session !== null && session === batch.bornHere }, out));
     case META.subscribe:
       return subscribe(core, message, session).then((reply) => noSession(emitReply(extensions, reply, extensionContext, out)));
     case META.unsubscribe:

@@ -34,7 +34,7 @@ import { randomBytes } from 'node:crypto';
 import { bayeuxError, isConnectionType, META, type Message } from '@perihelion/protocol';
 import type { Engine } from '../engine/engine.js';
 import type { ResolvedOptions } from '../options.js';
-import type { ProcessContext, PushConnection, RequestFacts, Transport } from './contract.js';
+import type { ClientGoneWatcher, ProcessContext, PushConnection, RequestFacts, Transport } from './contract.js';
 import { RelayLine } from './relay-line.js';
 import type { ServerSession } from './session.js';
 
@@ -94,8 +94,8 @@ export class Forwarding {
   private readonly lineIds = new WeakMap<PushConnection, string>();
   /** Lines other nodes hold for sessions of this node, by "<node> <line id>". */
   private readonly remoteLines = new Map<string, RemoteLine>();
-  /** Held requests forwarded to this node, by "<node> <request id>": what to call when their client leaves. */
-  private readonly goneCallbacks = new Map<string, () => void>();
+  /** Held requests forwarded to this node, by "<node> <request id>": whom to tell when their client leaves. */
+  private readonly goneWatchers = new Map<string, ClientGoneWatcher>();
   /** Checks that the owners of the waiting requests and of the lines still listen; runs while there are any. */
   private ownerCheck: NodeJS.Timeout | undefined;
 
@@ -134,7 +134,7 @@ export class Forwarding {
       this.settle(id, null);
       return heard === undefined && connectsOnly(batch) ? unavailable(batch) : unknownClient(batch);
     }
-    context.onClientGone?.(() => void this.tell(owner, { t: 'gone', id }));
+    context.onClientGone?.({ clientGone: () => void this.tell(owner, { t: 'gone', id }) });
     const replies = await replied;
     if (replies !== null) return replies;
     // No answer from the owner: gone, unless Redis went away meanwhile (then a connect is told to retry).
@@ -192,7 +192,7 @@ export class Forwarding {
         if (typeof id === 'string') this.settle(id, message.ok === true ? [] : null);
         return;
       case 'gone':
-        if (typeof id === 'string') this.goneCallbacks.get(`${from} ${id}`)?.();
+        if (typeof id === 'string') this.goneWatchers.get(`${from} ${id}`)?.clientGone();
         return;
       case 'push':
         if (typeof line === 'string' && Array.isArray(message.frames)) this.lines.get(line)?.line.send(message.frames.filter((f): f is string => typeof f === 'string'));
@@ -211,14 +211,14 @@ export class Forwarding {
     const key = `${from} ${id}`;
     const context: ProcessContext = { transport: transportOf(message.transport), request: factsOf(message.facts), forwarded: true };
     if (typeof message.line === 'string') context.connection = this.remoteLine(from, message.line, context.transport);
-    if (message.hold === true) context.onClientGone = (callback) => this.goneCallbacks.set(key, callback);
+    if (message.hold === true) context.onClientGone = (watcher) => this.goneWatchers.set(key, watcher);
     try {
       const replies = await this.host.process(message.batch as unknown[], context);
       await this.tell(from, { t: 'rep', id, replies });
     } catch (error) {
       this.host.reportError(error);
     } finally {
-      this.goneCallbacks.delete(key);
+      this.goneWatchers.delete(key);
     }
   }
 

@@ -272,7 +272,8 @@ export class ServerSession implements Session {
   takeQueued(now = Date.now()): string[] {
     if (this.queue.length === 0) return [];
     this.host.observeDelivery(now - this.queue.oldestAt);
-    const payloads = this.queue.drain();
+    // One message, the usual case: the queue keeps its array for the next one (see takeOnly).
+    const payloads = this.queue.length === 1 ? [this.queue.takeOnly()] : this.queue.drain();
     this.ack?.written(payloads);
     return payloads;
   }

@@ -93,7 +93,7 @@ export class HttpAdapter {
       sendBatchError(res, 400, 'badRequest', 'HTTP transports are disabled on this server; use a WebSocket');
       return true;
     }
-    handleLongPolling(this.core, req, res, (error) => this.failed(res, error));
+    handleLongPolling(this.core, req, res, this.failed);
     return true;
   }
 
@@ -103,7 +103,7 @@ export class HttpAdapter {
       if (!this.core.options.jsonp) {
         return sendBatchError(res, 400, 'badRequest', 'callback-polling (JSONP) is disabled on this server; the operator can enable it with --jsonp');
       }
-      return this.guard(res, handleCallbackPolling(this.core, req, res, (error) => this.failed(res, error)));
+      return this.guard(res, handleCallbackPolling(this.core, req, res, this.failed));
     }
     const accept = req.headers.accept ?? '';
     const framer = accept.includes('text/event-stream') ? sseFramer : accept.includes('application/x-ndjson') ? ndjsonFramer : null;
@@ -145,12 +145,15 @@ export class HttpAdapter {
     work.catch((error: unknown) => this.failed(res, error));
   }
 
-  /** A failure inside the server while answering `res`: reported, and the client answered 500 (or cut, once answering began). */
-  private failed(res: ServerResponse, error: unknown): void {
+  /**
+   * A failure inside the server while answering `res`: reported, and the client answered 500 (or
+   * cut, once answering began). Made once, not per request.
+   */
+  private readonly failed = (res: ServerResponse, error: unknown): void => {
     this.core.reportError(error);
     if (!res.headersSent) res.writeHead(500).end();
     else res.destroy();
-  }
+  };
 
   /** Handles a WebSocket upgrade under the mount path; returns false to let others answer it. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {

@@ -10,10 +10,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { DEFAULT_JSONP_CALLBACK, bayeuxError, encodeBatch, isValidCallback, jsonpWrap } from '@perihelion/protocol';
 import type { TransportHost } from '../core/contract.js';
-import { decodeTexts, pollOnce } from './long-polling.js';
+import { decodeTexts, pollOnce, type PollFailed } from './long-polling.js';
 
 /** Answers one callback-polling request; `failed` as for handleLongPolling. */
-export async function handleCallbackPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse, failed: (error: unknown) => void): Promise<void> {
+export async function handleCallbackPolling(core: TransportHost, req: IncomingMessage, res: ServerResponse, failed: PollFailed): Promise<void> {
   const query = new URL(req.url ?? '/', 'http://localhost').searchParams;
   const callback = query.get('jsonp') ?? DEFAULT_JSONP_CALLBACK;
   if (!isValidCallback(callback)) {

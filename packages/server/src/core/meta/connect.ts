@@ -17,7 +17,7 @@
  */
 import { META, bayeuxError, isStreamedConnectionType, type Advice, type ConnectionType, type Message } from '@perihelion/protocol';
 import type { ExtensionContext } from '../../extensions/pipeline.js';
-import type { ProcessContext, PushConnection } from '../contract.js';
+import type { ClientGoneWatcher, ProcessContext, PushConnection } from '../contract.js';
 import { advice as heldAdvice, emitReply, refusal, reply as replyTo, unknownClient } from '../replies.js';
 import type { ServerCore } from '../server.js';
 import type { HeldConnect, Release, ServerSession } from '../session.js';
@@ -72,10 +72,18 @@ export interface ConnectBatch {
 /**
  * Answers a connect, now or once released; on a push line a held connect is answered through the
  * line. Synchronous unless it is held over HTTP (or an extension answers with a promise).
+ * `extensionContext` is the one its incoming extensions saw: `session` and `context`.
  */
-export function connect(core: ConnectCore, message: Message, session: ServerSession | null, context: ProcessContext, batch: ConnectBatch, out: string[]): void | Promise<void> {
+export function connect(
+  core: ConnectCore,
+  message: Message,
+  session: ServerSession | null,
+  context: ProcessContext,
+  extensionContext: ExtensionContext,
+  batch: ConnectBatch,
+  out: string[],
+): void | Promise<void> {
   const { options, extensions } = core;
-  const extensionContext: ExtensionContext = { session, transport: context };
   if (!session) return emitReply(extensions, unknownClient(message), extensionContext, out);
   const type = message.connectionType;
   if (typeof type !== 'string' || !(options.transports as string[]).includes(type)) {
@@ -128,7 +136,12 @@ export function connect(core: ConnectCore, message: Message, session: ServerSess
     return;
   }
   if (context.answerLater) {
-    holdForResponse(core, message, session, timeout, advice, extensionContext, context, context.answerLater);
+    context.answeredLater = true;
+    const held = new PolledConnect(core, message, session, advice, context);
+    session.hold(timeout, held);
+    // The client gave up on this request (closed the socket): answer nothing to it, and leave
+    // the queue for the next connect.
+    context.onClientGone?.(held);
     return;
   }
   // Long-polling without a callback (a batch forwarded from another node): what `process`
@@ -145,58 +158,62 @@ export function connect(core: ConnectCore, message: Message, session: ServerSess
     // The client gave up on this request (closed the socket): answer nothing to it, and leave
     // the queue for the next connect. Only while this connect is the one held: once answered,
     // a later close must not release a newer connect.
-    context.onClientGone?.(() => {
-      if (!answered) session.release('superseded');
+    context.onClientGone?.({
+      clientGone: () => {
+        if (!answered) session.release('superseded');
+      },
     });
   });
   return released.then((release) => finishConnect(core, message, session, release, advice, extensionContext, out));
 }
 
 /**
- * Holds a long-poll's connect; once released, its reply and the messages it carries are written
- * through `answerLater` (see ProcessContext.answerLater for why no promise waits for it).
+ * A long-poll's connect, held: once released, its reply and the messages it carries are written
+ * through the request's `answerLater` (see ProcessContext.answerLater for why no promise waits
+ * for it). A record rather than closures: a server with many long-polling clients holds one
+ * for each, and what they keep is copied by every collection while they wait.
  */
-function holdForResponse(
-  core: ConnectCore,
-  message: Message,
-  session: ServerSession,
-  timeout: number,
-  advice: Advice,
-  extensionContext: ExtensionContext,
-  context: ProcessContext,
-  answerLater: (replies: string[]) => boolean,
-): void {
-  context.answeredLater = true;
-  let answered = false;
-  session.hold(timeout, {
-    connection: undefined,
-    answer: (release) => {
-      answered = true;
-      // A client gone before its answer could be written: what it would have carried waits for
-      // its next connect (with the ack extension, the extension resends it instead).
-      const send = (replies: string[]): void => {
-        if (!answerLater(replies) && session.ack === null) session.resend(release.events);
-      };
-      const out: string[] = [];
-      const finished = finishConnect(core, message, session, release, advice, extensionContext, out);
-      if (!(finished instanceof Promise)) return send(out);
-      finished.then(
-        () => send(out),
-        (error: unknown) => {
-          // An outgoing extension failed: reported, and the client told, as dispatch does; the
-          // messages the connect carries still go, after the refusal, rather than being lost.
-          core.reportError(error);
-          send([JSON.stringify(refusal(message, bayeuxError('serverError'))), ...release.events]);
-        },
-      );
-    },
-  });
-  // The client gave up on this request (closed the socket): answer nothing to it, and leave the
-  // queue for the next connect. Only while this connect is the one held: once answered, a later
-  // close must not release a newer connect.
-  context.onClientGone?.(() => {
-    if (!answered) session.release('superseded');
-  });
+class PolledConnect implements HeldConnect, ClientGoneWatcher {
+  readonly connection = undefined;
+  private answered = false;
+
+  constructor(
+    private readonly core: ConnectCore,
+    private readonly message: Message,
+    private readonly session: ServerSession,
+    private readonly advice: Advice,
+    private readonly context: ProcessContext,
+  ) {}
+
+  answer(release: Release): void {
+    this.answered = true;
+    const { core, message, session } = this;
+    const out: string[] = [];
+    const finished = finishConnect(core, message, session, release, this.advice, { session, transport: this.context }, out);
+    if (!(finished instanceof Promise)) return this.send(out, release);
+    finished.then(
+      () => this.send(out, release),
+      (error: unknown) => {
+        // An outgoing extension failed: reported, and the client told, as dispatch does; the
+        // messages the connect carries still go, after the refusal, rather than being lost.
+        core.reportError(error);
+        this.send([JSON.stringify(refusal(message, bayeuxError('serverError'))), ...release.events], release);
+      },
+    );
+  }
+
+  /** Only while this connect is the one held: once answered, a later close must not release a newer connect. */
+  clientGone(): void {
+    if (!this.answered) this.session.release('superseded');
+  }
+
+  /**
+   * A client gone before its answer could be written: what it would have carried waits for its
+   * next connect (with the ack extension, the extension resends it instead).
+   */
+  private send(replies: string[], release: Release): void {
+    if (!this.context.answerLater!(replies) && this.session.ack === null) this.session.resend(release.events);
+  }
 }
 
 /**
