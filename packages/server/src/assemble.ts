@@ -37,12 +37,13 @@ export function assembleCore(options: ServerOptions, observers: Observers): Serv
 
 function security(options: ServerOptions, resolved: ResolvedOptions): Security {
   const verifier = options.jwt ? new JwtVerifier(options.jwt) : null;
-  const { publishRate, publishBurst } = resolved;
+  const { publishRate, publishBurst, subscribeRate, subscribeBurst } = resolved;
   return {
     authenticator: options.authenticate ?? (verifier ? jwtAuthenticator(verifier) : null),
     policy: new SecurityPolicy({ open: resolved.open, rules: options.channels ?? [], authorize: options.authorize, subscriptionTokens: verifier, presence: resolved.presence, openServices: [...(resolved.presence ? [PRESENCE_SERVICE] : []), STATE_SERVICE] }),
     handshakeLimiter: new KeyedLimiter(resolved.handshakeRate, resolved.handshakeBurst),
     publishLimit: () => (publishRate > 0 ? new TokenBucket(publishRate, publishBurst) : null),
+    subscribeLimit: () => (subscribeRate > 0 ? new TokenBucket(subscribeRate, subscribeBurst) : null),
   };
 }
 

@@ -164,6 +164,8 @@ export const OPTION_TABLE = {
   maxWebsocketsPerIp: { kind: 'integer', default: 1000, min: 0, max: 10_000_000, help: 'open WebSockets per remote address on this node; past it an upgrade is refused with 429 (0: no limit)' },
   publishRate: { kind: 'integer', default: 500, min: 0, max: 10_000_000, help: 'publishes per second per session (0: no limit)' },
   publishBurst: { kind: 'integer', default: 1000, min: 1, max: 10_000_000, help: 'publishes a session may make in a burst' },
+  subscribeRate: { kind: 'integer', default: 100, min: 0, max: 10_000_000, help: 'channels a session may subscribe to or unsubscribe from per second (each new one costs the engine\'s work and a presence event; naming one again costs nothing; 0: no limit)' },
+  subscribeBurst: { kind: 'integer', default: 1000, min: 1, max: 10_000_000, help: 'channels a session may subscribe to or unsubscribe from in a burst (the default lets a client subscribe to `maxSubscriptions` channels at once; a larger list costs the whole burst)' },
   handshakeRate: { kind: 'integer', default: 50, min: 0, max: 10_000_000, help: 'handshakes per second per remote address (0: no limit)' },
   handshakeBurst: { kind: 'integer', default: 200, min: 1, max: 10_000_000, help: 'handshakes one remote address may make in a burst' },
   bodyTimeout: { kind: 'integer', default: 10_000, min: 100, max: 600_000, help: 'longest pause in a request body, ms (slow-drip defence); the whole body gets six times that' },

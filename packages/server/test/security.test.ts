@@ -1031,6 +1031,8 @@ describe('invalid security configuration', () => {
     assertInvalid({ authorize: 'yes' as unknown as NonNullable<ServerOptions['authorize']> }, /"authorize" must be a function/);
     assertInvalid({ anonymous: 'no' as unknown as boolean }, /"anonymous" must be true or false/);
     assertInvalid({ publishRate: -1 }, /"publishRate" must be an integer/);
+    assertInvalid({ subscribeRate: -1 }, /"subscribeRate" must be an integer/);
+    assertInvalid({ subscribeBurst: 0 }, /"subscribeBurst" must be an integer/);
   });
 });
 
@@ -1629,6 +1631,52 @@ describe('limit: publishRate and publishBurst', () => {
     assertRefused(at(await flooder.connect({ advice: { timeout: 0 } }), 0), /^402:/);
     const wellBehaved = await login(ts.url);
     assertOk(await wellBehaved.publish('/flood/abuse', 'still served'));
+  });
+});
+
+describe('limit: subscribeRate and subscribeBurst', () => {
+  const BURST = 4;
+  let ts: TestServer;
+  before(async () => {
+    ts = await secure({ subscribeRate: 1, subscribeBurst: BURST });
+  });
+  after(() => ts.close());
+
+  const subscribes = (prefix: string, count: number): Msg[] => Array.from({ length: count }, (_, i) => ({ channel: '/meta/subscribe', subscription: `${prefix}/${i}` }));
+  const RATE_LIMITED = /^429::Too many requests: more than 1 channels subscribed or unsubscribed per second$/;
+
+  it('refuses subscriptions and unsubscriptions past the burst with 429, recording nothing; other sessions subscribe on', async () => {
+    const churner = await login(ts.url);
+    const neighbour = await login(ts.url);
+    const replies = await churner.send(...subscribes('/churn', BURST + 1));
+    for (let i = 0; i < BURST; i++) assertOk(at(replies, i), `subscribe ${i + 1} of the burst`);
+    assertRefused(at(replies, BURST), RATE_LIMITED);
+    // An unsubscribe takes from the same bucket: refused, the subscription stays.
+    assertRefused(await churner.unsubscribe('/churn/0'), RATE_LIMITED);
+    assert.deepEqual([...(ts.server.getSession(churner.clientId)?.subscriptions ?? [])].sort(), ['/churn/0', '/churn/1', '/churn/2', '/churn/3']);
+    // Naming again what it holds costs nothing: a client's resync after a lost line goes through.
+    assertOk(await churner.subscribe(['/churn/0', '/churn/1', '/churn/2', '/churn/3']), 'a subscribe to channels it holds');
+    // Unsubscribing from what it does not hold costs nothing either.
+    assertOk(await churner.unsubscribe('/churn/never'), 'an unsubscribe from a channel it does not hold');
+    assertOk(await neighbour.subscribe(`/churn/${BURST}`), 'another session’s subscribe');
+    await ts.server.publish('/churn/0', 'kept');
+    await ts.server.publish(`/churn/${BURST}`, 'refused channel');
+    assert.deepEqual(dataOf(await churner.drain()), ['kept']);
+    assert.deepEqual(dataOf(await neighbour.drain()), ['refused channel']);
+    assert.ok(ts.server.getSession(churner.clientId), 'a refusal ended the session');
+  });
+
+  it('counts a list per channel, refuses it whole, and takes a list past the burst once the bucket is full', { timeout: 8000 }, async () => {
+    const client = await login(ts.url);
+    assertOk(await client.subscribe(['/list/a', '/list/b', '/list/c']));
+    assertRefused(await client.subscribe(['/list/d', '/list/e']), RATE_LIMITED);
+    assert.deepEqual([...(ts.server.getSession(client.clientId)?.subscriptions ?? [])].sort(), ['/list/a', '/list/b', '/list/c']);
+    await sleep(1100);
+    assertOk(await client.subscribe('/list/d'), 'the subscribe after the refill');
+    await sleep(BURST * 1000 + 100);
+    // Six new channels against a burst of four: the whole burst, not a refusal for ever.
+    assertOk(await client.subscribe(['/list/1', '/list/2', '/list/3', '/list/4', '/list/5', '/list/6']), 'a list longer than the burst');
+    assertRefused(await client.subscribe('/list/7'), RATE_LIMITED);
   });
 });
 

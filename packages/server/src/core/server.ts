@@ -38,6 +38,8 @@ export interface Security {
   handshakeLimiter: KeyedLimiter;
   /** The publish rate limit of a new session; null: none. */
   publishLimit(): TokenBucket | null;
+  /** The subscription rate limit of a new session (channels subscribed or unsubscribed); null: none. */
+  subscribeLimit(): TokenBucket | null;
 }
 
 /** What the assembly gives the core. */

@@ -98,6 +98,8 @@ export class ServerSession implements Session {
   tokenExpiry: TimerHandle | null = null;
   /** Publishes allowed per second (null: no limit), and how many were refused in a row. */
   publishBucket: TokenBucket | null = null;
+  /** The channels it subscribes to and unsubscribes from, counted against `subscribeRate`; null: no limit. */
+  subscribeBucket: TokenBucket | null = null;
   refusedPublishes = 0;
   /** At-least-once delivery state, when the client uses the CometD ack extension. */
   ack: Acknowledgement | null = null;

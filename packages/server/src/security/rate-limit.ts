@@ -13,9 +13,18 @@ export class TokenBucket {
 
   /** Takes one token; false when none is left. */
   take(now = Date.now()): boolean {
+    return this.takeSome(1, now);
+  }
+
+  /**
+   * Takes `count` tokens at once, or none; false when fewer are left. A count past the burst
+   * costs the whole burst, so that it can pass once the bucket is full.
+   */
+  takeSome(count: number, now = Date.now()): boolean {
     this.refill(now);
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
+    const cost = Math.min(count, this.burst);
+    if (this.tokens < cost) return false;
+    this.tokens -= cost;
     return true;
   }
 

@@ -91,6 +91,7 @@ export async function handshake(core: HandshakeCore, message: Message, context: 
   session.remoteAddress = address;
   session.origin = context.connection;
   session.publishBucket = security.publishLimit();
+  session.subscribeBucket = security.subscribeLimit();
   session.skipNotes = message.ext?.skips === true;
   delivery.add(session, address);
   // Known to the engine at once, so that a delivery from any node reaches it.

@@ -55,6 +55,9 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
   if (budget > 0 && fresh.length > 0 && core.delivery.subscriptionsFrom(session.remoteAddress ?? 'unknown') + fresh.length > budget) {
     return { ...reply, error: bayeuxError('tooManySubscriptions', [], `at most ${budget} subscriptions per address`) };
   }
+  // Counted per channel subscribed anew: naming again what it holds (a resync after a lost line) costs nothing.
+  const limited = rateLimited(options, session, fresh.length);
+  if (limited) return { ...reply, error: limited };
   // Usually a first subscribe: nothing named again, and no list is copied.
   const named = again.length === 0 ? fresh : [...fresh, ...again];
   const recover = readRecoverRequests(message.ext?.recover, named, { maxEntries: options.maxSubscriptions, maxChannelLength: options.maxChannelLength });
@@ -109,11 +112,16 @@ export async function unsubscribe(core: Pick<ServerCore, 'options' | 'engine' | 
   if (message.subscription !== undefined) reply.subscription = message.subscription;
   const channels = subscriptionList(message.subscription);
   if (!channels) return { ...reply, error: bayeuxError('missingParameter', ['subscription'], 'a channel name or a non-empty list of them') };
+  let held = 0;
   for (const channel of channels) {
     const problem = channelProblem(channel, { maxLength: core.options.maxChannelLength });
     if (problem) return { ...reply, error: bayeuxError('channelInvalid', [channel], problem) };
     if (isMeta(channel)) return { ...reply, error: bayeuxError('channelForbidden', [channel]) };
+    if (session.subscriptions.has(channel)) held++;
   }
+  // Counted per channel it holds (a name listed twice counts twice, at most maxSubscriptions in all).
+  const limited = rateLimited(core.options, session, held);
+  if (limited) return { ...reply, error: limited };
   for (const channel of channels) {
     if (!session.subscriptions.delete(channel)) continue;
     core.delivery.subscribed(session, -1);
@@ -121,4 +129,15 @@ export async function unsubscribe(core: Pick<ServerCore, 'options' | 'engine' | 
     core.events.emit('unsubscribe', session, channel);
   }
   return { ...reply, successful: true };
+}
+
+/**
+ * The error for subscribing to or unsubscribing from `channels` channels past the session's
+ * `subscribeRate` (its burst spent), or null; refused whole, as the other checks refuse. Each costs
+ * the engine's work and a presence event, and a client that churns subscriptions would
+ * otherwise cost CPU without bound (memory is bounded by maxSubscriptions).
+ */
+function rateLimited(options: Pick<ServerCore['options'], 'subscribeRate'>, session: ServerSession, channels: number): string | null {
+  if (channels === 0 || session.subscribeBucket === null || session.subscribeBucket.takeSome(channels)) return null;
+  return bayeuxError('rateLimited', [], `more than ${options.subscribeRate} channels subscribed or unsubscribed per second`);
 }
