@@ -34,6 +34,7 @@ function engineSummary(server: Perihelion, workers: number): string {
 /** Structured JSON logs on stderr (stdout keeps the human summary and nothing else). */
 function attachLogger(server: Perihelion, logger: Logger): void {
   server.on('error', (error) => logger.error({ err: error }, 'server error'));
+  server.on('restored', (message) => logger.info(message));
   server.on('handshake', (session) => logger.debug({ clientId: session.id, user: session.identity?.id, address: session.remoteAddress }, 'handshake'));
   server.on('disconnect', (session, reason) => logger.debug({ clientId: session.id, reason }, 'session ended'));
   server.on('subscribe', (session, channel) => logger.trace({ clientId: session.id, channel }, 'subscribe'));

@@ -55,6 +55,8 @@ export class RecordingHost implements EngineHost {
   /** How many times this node was told its sessions are registered again after being taken for dead. */
   restored = 0;
 
+  reportRestored(): void {}
+
   onSessionsRestored(): void {
     this.restored++;
   }

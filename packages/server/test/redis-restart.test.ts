@@ -66,9 +66,12 @@ describe('Redis killed and restarted empty under live nodes', () => {
   it('each node serves its own clients during the outage, every client gets every message once Redis is back, and nothing twice', { timeout: 60_000 }, async () => {
     const url = `redis://127.0.0.1:${port}`;
     const errors = { a: 0, b: 0 };
+    /** What each node told, in order: 'error' and 'restored' events. */
+    const told = { a: [] as string[], b: [] as string[] };
     for (const name of ['a', 'b'] as const) {
       const t = await startServer({ engine: new RedisEngine({ url, prefix: 'restart:', heartbeatInterval: 500, nodeTimeout: 2000, commandTimeout: 1000 }) });
-      t.server.on('error', () => errors[name]++);
+      t.server.on('error', () => (errors[name]++, told[name].push('error')));
+      t.server.on('restored', (message) => told[name].push(`restored: ${message}`));
       nodes.push(t);
     }
     const [a, b] = nodes as [TestServer, TestServer];
@@ -126,6 +129,14 @@ describe('Redis killed and restarted empty under live nodes', () => {
       console.log(`# node ${reader.node} client: ${seqs.length}/240 received; during the outage ${during}/60 (its own node's 30, ${failed.size} failed as Redis died); in the first second after the restart ${rejoining}/50`);
     }
     assert.ok(errors.a > 0 && errors.b > 0, 'each node reported the outage');
+    // And told once that Redis answers again, after its last error: an operator reading the log
+    // sees the outage end.
+    for (const name of ['a', 'b'] as const) {
+      const restored = told[name].filter((event) => event.startsWith('restored'));
+      assert.equal(restored.length, 1, `node ${name} told: ${told[name].join(' | ')}`);
+      assert.equal(told[name].at(-1), restored[0], `node ${name} reported an error after saying Redis was back`);
+      assert.match(restored[0]!, /^restored: Redis at redis:\/\/127\.0\.0\.1:\d+ answers again, \d+\.\d s after the first failure/);
+    }
   });
 });
 
@@ -146,9 +157,13 @@ describe('Redis that hangs (stopped, not gone) under a live node', () => {
 
   it('a publish while Redis hangs is answered 503; a session that ended meanwhile is not left listed once it answers again (no ghost in counts or presence)', { timeout: 30_000 }, async () => {
     const url = `redis://127.0.0.1:${port}`;
+    const told: string[] = [];
     for (let i = 0; i < 2; i++) {
       const t = await startServer({ engine: new RedisEngine({ url, prefix: 'hang:', heartbeatInterval: 100, nodeTimeout: 10_000, commandTimeout: 300 }) });
-      t.server.on('error', () => {});
+      if (i === 0) {
+        t.server.on('error', () => told.push('error'));
+        t.server.on('restored', () => told.push('restored'));
+      } else t.server.on('error', () => {});
       nodes.push(t);
     }
     const [a, b] = nodes as [TestServer, TestServer];
@@ -177,5 +192,17 @@ describe('Redis that hangs (stopped, not gone) under a live node', () => {
     while ((await b.server.engine.subscriberCount('/ghost').catch(() => -1)) !== 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
     assert.equal(await b.server.engine.subscriberCount('/ghost'), 0, 'the ended session is no longer subscribed anywhere');
     assert.deepEqual(await b.server.engine.subscribers('/ghost'), []);
+    // The connection never dropped, so no reconnect ended the outage: the heartbeat that went
+    // through says Redis is back, once, and a failure after that is reported again.
+    await waitFor(() => told.includes('restored'), 5000, 'the node saying Redis answers again');
+    assert.ok(told.indexOf('error') < told.indexOf('restored'), told.join(' | '));
+    assert.equal(told.filter((event) => event === 'restored').length, 1, told.join(' | '));
+    const before = told.length;
+    redis!.kill('SIGSTOP');
+    // Long enough for heartbeats to time out (commandTimeout 300 ms).
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    redis!.kill('SIGCONT');
+    await waitFor(() => told.slice(before).includes('restored'), 5000, `the node saying Redis answers again, a second time (told: ${told.join(' | ')})`);
+    assert.deepEqual(told.slice(before).slice(0, 1), ['error'], `the second hang was not reported first: ${told.join(' | ')}`);
   });
 });

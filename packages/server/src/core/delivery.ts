@@ -184,6 +184,10 @@ export class LocalDelivery implements EngineHost, SessionHost {
     this.events.emit('error', error);
   }
 
+  reportRestored(message: string): void {
+    this.events.emit('restored', message);
+  }
+
   // ---------------------------------------------------------------- queue and flush
 
   /** Queues the shared payload for one session, applying the overflow policy. */

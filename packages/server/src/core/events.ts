@@ -17,6 +17,11 @@ export interface ServerEvents {
   disconnect: [session: Session, reason: DisconnectReason];
   /** A failure inside the server (a listener or hook that threw, an engine error); it keeps serving. */
   error: [error: unknown];
+  /**
+   * The engine is whole again after failures reported through 'error' (Redis answers again and
+   * holds this node's sessions): what an operator watching the errors waits for. Once per outage.
+   */
+  restored: [message: string];
 }
 
 export type ServerEventEmitter = EventEmitter<ServerEvents>;

@@ -100,6 +100,8 @@ export interface EngineHost {
   readonly historySettings: HistorySettings;
   /** A failure the engine survived (a lost Redis connection, say): the server's 'error' event. */
   reportError(error: unknown): void;
+  /** The engine is whole again after failures it reported (Redis answers again): the server's 'restored' event. */
+  reportRestored(message: string): void;
 }
 
 export interface Engine {

@@ -26,6 +26,8 @@ export interface ConnectionHost {
   onReconnect(): void;
   /** A failure the engine survived: the server's 'error' event. */
   report(error: unknown): void;
+  /** Redis answers again after failures `report` was told of: the server's 'restored' event. */
+  restored(message: string): void;
 }
 
 export class RedisConnection {
@@ -35,6 +37,8 @@ export class RedisConnection {
   private closing = false;
   /** Set once a loss of Redis has been reported, cleared when the connection is back. */
   private outage = false;
+  /** When the first failure reported since Redis last answered a heartbeat happened; null: none. */
+  private troubleSince: number | null = null;
 
   constructor(
     private readonly options: Required<RedisEngineOptions>,
@@ -252,6 +256,26 @@ export class RedisConnection {
   degraded(error: unknown): void {
     if (this.outage) return;
     this.host.report(unavailable("Redis is unreachable; serving this node's sessions only", error));
+  }
+
+  /** A failure to reach Redis was reported (ERR_ENGINE_UNAVAILABLE): `healthy` will say when it answers again. */
+  troubled(): void {
+    this.troubleSince ??= Date.now();
+  }
+
+  /**
+   * A heartbeat went through, this node's sessions recorded: after reported failures, the
+   * operator is told that Redis answers again (once, however many failures there were).
+   * Whatever the connection's state: a heartbeat that went through is Redis answering.
+   */
+  healthy(): void {
+    if (this.troubleSince === null || this.closing) return;
+    const seconds = (Date.now() - this.troubleSince) / 1000;
+    this.troubleSince = null;
+    // A Redis that hung (stopped, not gone) never drops the connection, so no reconnect ends
+    // the outage: this does, and the next failure is reported again.
+    this.outage = false;
+    this.host.restored(`Redis at ${describeUrl(this.options.url)} answers again, ${seconds.toFixed(1)} s after the first failure; this node's sessions are recorded there`);
   }
 }
 

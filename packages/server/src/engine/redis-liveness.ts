@@ -81,6 +81,7 @@ export class NodeLiveness {
       if (Number(removed) === 1) this.restored();
     }
     for (const node of dead) await this.removeNode(node, this.options.nodeTimeout);
+    this.connection.healthy();
   }
 
   /** A write of this node's sessions failed: they are recorded afresh at the next beat. */

@@ -105,6 +105,7 @@ export class RedisEngine implements Engine {
       onMessage: (channel, text) => this.onMessage(channel, text),
       onReconnect: () => void this.liveness.rejoin().catch((error: unknown) => this.connection.lost(error)),
       report: (error) => this.report(error),
+      restored: (message) => this.host?.reportRestored(message),
     });
     this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations(), (sessions) => this.host?.onSessionsLost(sessions), () => this.host?.onSessionsRestored());
     this.seam = new RecoverySeam(this.nodeId, this.options.commandTimeout, (error) => this.report(error));
@@ -620,6 +621,7 @@ export class RedisEngine implements Engine {
   }
 
   private report(error: unknown): void {
+    if (error instanceof PerihelionError && error.code === 'ERR_ENGINE_UNAVAILABLE') this.connection.troubled();
     this.host?.reportError(error);
   }
 

@@ -274,6 +274,7 @@ export class WorkerBroker {
       onSessionsRestored: () => {},
       describeSessions: () => [],
       reportError: () => {},
+      reportRestored: () => {},
     };
   }
 }
