@@ -80,7 +80,9 @@ export async function serve(settings: Settings, log: (line: string) => void = co
         ? new WorkersEngine(undefined, worker.node)
         : undefined;
   const server = createServer(engine ? { ...options, engine } : options);
-  attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null }, pino.destination(2)));
+  // An error's cause as an object of its own: the server's messages already say it, and pino's
+  // default would add it to the message a second time.
+  attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null, serializers: { err: pino.stdSerializers.errWithCause } }, pino.destination(2)));
   // An engine that cannot start (Redis unreachable) stops the server here, before it listens.
   await server.whenReady();
   // The dashboard at /dashboard (its data gated, see dashboard.ts), then the demo pages, then 404.

@@ -1,9 +1,10 @@
 /** `perihelion serve --redis`: two processes sharing one Redis act as one server. */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -212,5 +213,71 @@ describe('perihelion serve --redis … --redis-cluster', () => {
     for (const child of [one, two]) child.kill('SIGTERM');
     const exits = await Promise.all([one, two].map(exitOf));
     assert.deepEqual(exits.map((e) => e.code), [0, 0], exits.map((e) => e.stderr).join('\n'));
+  });
+});
+
+describe('perihelion serve --redis: an outage, as its log tells it', () => {
+  let redis: ChildProcess | null = null;
+  let node: ChildProcessWithoutNullStreams | null = null;
+  after(() => {
+    node?.kill('SIGKILL');
+    redis?.kill('SIGKILL');
+  });
+
+  /** A Redis of this test's own, which it may kill. */
+  async function ownRedis(port: number): Promise<ChildProcess> {
+    const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    child.on('error', () => {});
+    const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+    probe.on('error', () => {});
+    for (const deadline = Date.now() + 5000; ; ) {
+      try {
+        await probe.connect();
+        await probe.ping();
+        probe.disconnect();
+        return child;
+      } catch (error) {
+        probe.disconnect();
+        if (Date.now() > deadline) throw new Error(`redis-server did not start on port ${port}: ${(error as Error).message}`);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+  }
+
+  it('logs the lost connection with its cause said once, then at info that Redis answers again', { timeout: 30_000 }, async () => {
+    const probe = createNetServer().listen(0, '127.0.0.1');
+    await once(probe, 'listening');
+    const port = (probe.address() as AddressInfo).port;
+    probe.close();
+    redis = await ownRedis(port);
+    node = serve(['--redis', `redis://127.0.0.1:${port}`, '--redis-heartbeat-interval', '200']);
+    let log = '';
+    node.stderr.on('data', (chunk) => (log += String(chunk)));
+    await summary(node);
+    const logged = (pattern: RegExp): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const deadline = Date.now() + 10_000;
+        const look = (): void => {
+          if (pattern.test(log)) resolve();
+          else if (Date.now() > deadline) reject(new Error(`not logged: ${pattern}; the log: ${log}`));
+          else setTimeout(look, 50);
+        };
+        look();
+      });
+    redis.kill('SIGKILL');
+    await once(redis, 'exit');
+    await logged(/lost the connection to Redis/);
+    redis = await ownRedis(port);
+    await logged(/answers again/);
+    const lines = log.trim().split('\n').map((line) => JSON.parse(line) as { level: number; msg?: string; err?: { message: string; cause?: { message: string } } });
+    const lost = lines.findIndex((line) => /lost the connection to Redis/.test(line.err?.message ?? ''));
+    const { message, cause } = lines[lost]!.err!;
+    assert.ok(cause, 'the cause is logged');
+    assert.equal(message, `lost the connection to Redis; serving this node's sessions only until it is back: ${cause.message}`, 'the cause said twice');
+    const back = lines.findIndex((line) => line.level === 30 && /^Redis at redis:\/\/127\.0\.0\.1:\d+ answers again, \d+\.\d s after the first failure/.test(line.msg ?? ''));
+    assert.ok(back > lost, log);
+    node.kill('SIGTERM');
+    assert.equal((await exitOf(node)).code, 0);
+    node = null;
   });
 });
