@@ -14,6 +14,7 @@ import type { Session } from '../core/session.js';
 import type { Perihelion } from '../perihelion.js';
 import { checkHeaders, checkKeys, checkTimeout, checkUrl } from './allow.js';
 import { PerihelionError } from '../errors.js';
+import { ReportThrottle } from '../core/report-throttle.js';
 
 export type WebhookEvent = 'handshake' | 'disconnect' | 'subscribe' | 'unsubscribe';
 
@@ -116,8 +117,7 @@ class Delivery {
   private sent = 0;
   private failed = 0;
   dropped = 0;
-  private lastReport = 0;
-  private unreported = 0;
+  private readonly reports = new ReportThrottle(REPORT_EVERY_MS);
 
   constructor(readonly url: string, hook: Webhook, private readonly report: (error: unknown) => void) {
     this.events = new Set(hook.events ?? WEBHOOK_EVENTS);
@@ -194,12 +194,9 @@ class Delivery {
 
   /** Reports at most once every REPORT_EVERY_MS, counting what was not reported. */
   private problem(message: string, cause?: unknown): void {
-    this.unreported++;
-    const now = Date.now();
-    if (now - this.lastReport < REPORT_EVERY_MS) return;
-    this.lastReport = now;
-    const more = this.unreported > 1 ? ` (and ${this.unreported - 1} more problems since the last report)` : '';
-    this.unreported = 0;
+    const count = this.reports.count();
+    if (count === 0) return;
+    const more = count > 1 ? ` (and ${count - 1} more problems since the last report)` : '';
     try {
       this.report(new WebhookError(`webhook ${this.url}: ${message}${more}`, this.url, cause === undefined ? {} : { cause }));
     } catch {

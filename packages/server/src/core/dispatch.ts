@@ -96,10 +96,13 @@ function dispatchFrom(core: ServerCore, batch: readonly unknown[], start: number
 /**
  * A handler threw: reported, and the batch goes on. The client is told the engine is away (503,
  * may be tried again: with a Redis that hangs the outcome is not known) or else of a server error.
+ * The engine being away is reported as the server reports it (at most once per 10 s, counted):
+ * while Redis hangs, every request that needs it fails, and a busy node would log each.
  */
 function handlingFailed(core: ServerCore, value: unknown, error: unknown, out: string[]): void {
-  core.reportError(error);
   const away = error instanceof PerihelionError && error.code === 'ERR_ENGINE_UNAVAILABLE';
+  if (away) core.reportUnavailable(error);
+  else core.reportError(error);
   out.push(JSON.stringify(refusal(value, away ? bayeuxError('unavailable', [], 'the cluster cannot be reached; try again') : bayeuxError('serverError'))));
 }
 

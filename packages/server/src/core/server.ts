@@ -9,6 +9,7 @@
  * handlers (meta/) and the publish path (publish.ts) are functions of the pieces they use.
  */
 import type { Engine } from '../engine/engine.js';
+import { PerihelionError } from '../errors.js';
 import type { HistorySettings } from '../engine/history.js';
 import type { ExtensionPipeline } from '../extensions/pipeline.js';
 import { ProxyTrust } from '../http/client-address.js';
@@ -26,6 +27,7 @@ import { ListenerRegistry } from './listeners.js';
 import { LoadGuard } from './load-guard.js';
 import { Presence } from './presence.js';
 import type { ServerSession } from './session.js';
+import { REPORT_EVERY_MS, ReportThrottle } from './report-throttle.js';
 import { TimerWheel } from './timer-wheel.js';
 
 /** Who may have a session, and do what, how often (security/). */
@@ -132,6 +134,18 @@ export class ServerCore implements TransportHost {
   /** Reports a failure inside the server through the 'error' event; the server keeps serving. */
   reportError(error: unknown): void {
     this.events.emit('error', error);
+  }
+
+  private readonly unavailableReports = new ReportThrottle(REPORT_EVERY_MS);
+
+  /**
+   * A client's request refused because the engine cannot be reached (answered 503): reported at
+   * once, then at most once per REPORT_EVERY_MS with how many there were.
+   */
+  reportUnavailable(error: PerihelionError): void {
+    const count = this.unavailableReports.count();
+    if (count === 0) return;
+    this.reportError(count === 1 ? error : new PerihelionError('ERR_ENGINE_UNAVAILABLE', `${count} requests answered 503 since the last report: ${error.message}`, { cause: error }));
   }
 
   get counters(): Counters {

@@ -10,19 +10,16 @@
  * so that a flood of refused connections does not flood the log too.
  */
 import type { Server } from 'node:net';
+import { REPORT_EVERY_MS, ReportThrottle } from '../core/report-throttle.js';
 
-export const REPORT_EVERY_MS = 10_000;
+export { REPORT_EVERY_MS };
 
 /** Reports `server`'s accept failures through `report` (bounded as above); returns the error listener. */
 export function reportAcceptErrors(server: Server, report: (error: Error) => void, now: () => number = Date.now): (error: NodeJS.ErrnoException) => void {
-  let lastReport = -Infinity;
-  let unreported = 0;
+  const throttle = new ReportThrottle(REPORT_EVERY_MS, now);
   const listener = (error: NodeJS.ErrnoException): void => {
-    unreported++;
-    if (now() - lastReport < REPORT_EVERY_MS) return;
-    lastReport = now();
-    report(acceptError(error, unreported));
-    unreported = 0;
+    const count = throttle.count();
+    if (count > 0) report(acceptError(error, count));
   };
   server.on('error', listener);
   return listener;
