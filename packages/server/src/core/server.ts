@@ -9,8 +9,8 @@
  * handlers (meta/) and the publish path (publish.ts) are functions of the pieces they use.
  */
 import type { Engine } from '../engine/engine.js';
-import { PerihelionError } from '../errors.js';
 import type { HistorySettings } from '../engine/history.js';
+import { PerihelionError } from '../errors.js';
 import type { ExtensionPipeline } from '../extensions/pipeline.js';
 import { ProxyTrust } from '../http/client-address.js';
 import type { ResolvedOptions } from '../options.js';
@@ -26,8 +26,8 @@ import { serverEvents, type ServerEventEmitter } from './events.js';
 import { ListenerRegistry } from './listeners.js';
 import { LoadGuard } from './load-guard.js';
 import { Presence } from './presence.js';
-import type { ServerSession } from './session.js';
 import { REPORT_EVERY_MS, ReportThrottle } from './report-throttle.js';
+import type { ServerSession } from './session.js';
 import { TimerWheel } from './timer-wheel.js';
 
 /** Who may have a session, and do what, how often (security/). */
