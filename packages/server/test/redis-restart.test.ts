@@ -96,7 +96,14 @@ describe('Redis killed and restarted empty under live nodes', () => {
     const publishedOn = new Map<number, 'a' | 'b'>();
     const failed = new Set<number>();
     let restartedAt = -1;
+    /** /ready of node a before the outage, near its end, and once Redis is back. */
+    const readiness: Array<{ status: number; body: { status: string; reason?: string } }> = [];
+    const ready = async (): Promise<void> => {
+      const response = await fetch(`http://127.0.0.1:${a.address.port}/ready`);
+      readiness.push({ status: response.status, body: (await response.json()) as { status: string; reason?: string } });
+    };
     for (let seq = 0; seq < 240; seq++) {
+      if (seq === 59 || seq === 119) await ready();
       if (seq === 60) redis!.kill('SIGKILL');
       if (seq === 120) {
         redis = await startRedis(port);
@@ -111,6 +118,11 @@ describe('Redis killed and restarted empty under live nodes', () => {
     // published); once the node has noticed, it publishes to its own sessions.
     assert.ok([...failed].every((seq) => seq >= 60 && seq < 70), `only publishes at the moment Redis died failed: ${[...failed].join(',')}`);
     await waitFor(() => readers.every((r) => r.seqs().includes(239)), 10_000, 'the last message everywhere');
+    await ready();
+    // A balancer's readiness check sends new clients elsewhere while the node cannot reach Redis.
+    assert.deepEqual(readiness.map((r) => r.status), [200, 503, 200], JSON.stringify(readiness));
+    assert.equal(readiness[1]!.body.status, 'engine unavailable');
+    assert.match(readiness[1]!.body.reason!, /^Redis at redis:\/\/127\.0\.0\.1:\d+ has not answered for \d+\.\d s; this node serves its own sessions only$/);
     await new Promise((resolve) => setTimeout(resolve, 300));
 
     for (const reader of readers) {
@@ -187,6 +199,9 @@ describe('Redis that hangs (stopped, not gone) under a live node', () => {
     await peer.request({ channel: '/meta/disconnect', clientId });
     await peer.close();
     await new Promise((resolve) => setTimeout(resolve, 1000));
+    const readyDuring = await fetch(`http://127.0.0.1:${a.address.port}/ready`);
+    assert.equal(readyDuring.status, 503, 'a node that cannot reach Redis is not ready for new clients');
+    assert.equal(((await readyDuring.json()) as { status: string }).status, 'engine unavailable');
     redis!.kill('SIGCONT');
     const deadline = Date.now() + 5000;
     while ((await b.server.engine.subscriberCount('/ghost').catch(() => -1)) !== 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
@@ -197,6 +212,7 @@ describe('Redis that hangs (stopped, not gone) under a live node', () => {
     await waitFor(() => told.includes('restored'), 5000, 'the node saying Redis answers again');
     assert.ok(told.indexOf('error') < told.indexOf('restored'), told.join(' | '));
     assert.equal(told.filter((event) => event === 'restored').length, 1, told.join(' | '));
+    assert.equal((await fetch(`http://127.0.0.1:${a.address.port}/ready`)).status, 200, 'ready again once Redis answers');
     const publisher = await WsPeer.open(a.wsUrl);
     const second = (await publisher.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
     const before = told.length;

@@ -162,6 +162,11 @@ export class ServerCore implements TransportHost {
     return this.started && !this.draining;
   }
 
+  /** Why the engine cannot reach its store now (Redis away); null while it can, or has none. */
+  get engineAway(): string | null {
+    return this.engine.away?.() ?? null;
+  }
+
   /** Shutting down: finishing what clients are owed, taking nothing new. */
   get isDraining(): boolean {
     return this.draining;

@@ -172,4 +172,9 @@ export interface Engine {
    * set after the member came back and left again elsewhere.
    */
   takeLeaving(channel: string, member: string, token?: string): Promise<boolean>;
+  /**
+   * Why the engine cannot reach its store now (Redis away: publishes reach this node's sessions
+   * only), for `/ready`; null while it can. An engine without a store leaves it out.
+   */
+  away?(): string | null;
 }

@@ -264,6 +264,16 @@ export class RedisConnection {
   }
 
   /**
+   * Why Redis is away as far as this node knows (a loss or a failure reported, and no heartbeat
+   * through since, which would have recorded this node's sessions again); null while it answers.
+   */
+  away(): string | null {
+    if (this.troubleSince === null || this.closing) return null;
+    const seconds = (Date.now() - this.troubleSince) / 1000;
+    return `Redis at ${describeUrl(this.options.url)} has not answered for ${seconds.toFixed(1)} s; this node serves its own sessions only`;
+  }
+
+  /**
    * A heartbeat went through, this node's sessions recorded: after reported failures, the
    * operator is told that Redis answers again (once, however many failures there were).
    * Whatever the connection's state: a heartbeat that went through is Redis answering.

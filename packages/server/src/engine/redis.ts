@@ -124,6 +124,10 @@ export class RedisEngine implements Engine {
     return describeUrl(this.options.url);
   }
 
+  away(): string | null {
+    return this.connection.away();
+  }
+
   // ---------------------------------------------------------------- life cycle
 
   async start(host: EngineHost): Promise<void> {
