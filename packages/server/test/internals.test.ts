@@ -14,6 +14,8 @@ import { resolveOptions, DEFAULTS } from '../src/options.js';
 import { ERROR_CODES, PerihelionError } from '../src/errors.js';
 import { browserIdOf } from '../src/security/browser-cookie.js';
 import { readBodyThen, type BodyResult } from '../src/http/body.js';
+import { RedisConnection } from '../src/engine/redis-connection.js';
+import { resolveRedisOptions } from '../src/engine/redis-options.js';
 import http, { type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -377,5 +379,33 @@ describe('a session\'s channel set', () => {
     assert.deepEqual([...set], ['/y']);
     assert.equal(set.delete('/z'), false);
     assert.deepEqual([...set], ['/y']);
+  });
+});
+
+describe('the Redis connection\'s reports', () => {
+  it('a burst of requests served locally before the loss is known is one report, then the loss, then nothing until Redis answers again', () => {
+    const reports: string[] = [];
+    const restored: string[] = [];
+    const connection = new RedisConnection(resolveRedisOptions({ url: 'redis://127.0.0.1:1' }), 'test', {
+      onMessage: () => {},
+      onReconnect: () => {},
+      report: (error) => {
+        reports.push((error as Error).message);
+        connection.troubled();
+      },
+      restored: (message) => restored.push(message),
+    });
+    assert.equal(connection.away(), null);
+    for (let i = 0; i < 50; i++) connection.degraded(new Error(`published on /c${i} to this node's sessions only, without a position`));
+    assert.deepEqual(reports, ["Redis is unreachable; serving this node's sessions only: published on /c0 to this node's sessions only, without a position"]);
+    assert.match(connection.away()!, /^Redis at redis:\/\/127\.0\.0\.1:1 has not answered for \d+\.\d s; this node serves its own sessions only$/);
+    connection.lost(new Error('connect ECONNREFUSED'));
+    connection.lost(new Error('connect ECONNREFUSED'));
+    connection.degraded(new Error('published on /later'));
+    assert.equal(reports.length, 2);
+    assert.match(reports[1]!, /^lost the connection to Redis/);
+    connection.healthy();
+    assert.equal(restored.length, 1);
+    assert.equal(connection.away(), null);
   });
 });

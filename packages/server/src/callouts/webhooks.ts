@@ -14,7 +14,7 @@ import type { Session } from '../core/session.js';
 import type { Perihelion } from '../perihelion.js';
 import { checkHeaders, checkKeys, checkTimeout, checkUrl } from './allow.js';
 import { PerihelionError } from '../errors.js';
-import { ReportThrottle } from '../core/report-throttle.js';
+import { ReportThrottle } from '../report-throttle.js';
 
 export type WebhookEvent = 'handshake' | 'disconnect' | 'subscribe' | 'unsubscribe';
 

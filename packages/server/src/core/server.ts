@@ -14,6 +14,7 @@ import { PerihelionError } from '../errors.js';
 import type { ExtensionPipeline } from '../extensions/pipeline.js';
 import { ProxyTrust } from '../http/client-address.js';
 import type { ResolvedOptions } from '../options.js';
+import { REPORT_EVERY_MS, ReportThrottle } from '../report-throttle.js';
 import type { Authenticator } from '../security/authenticate.js';
 import type { SecurityPolicy } from '../security/policy.js';
 import type { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
@@ -26,7 +27,6 @@ import { serverEvents, type ServerEventEmitter } from './events.js';
 import { ListenerRegistry } from './listeners.js';
 import { LoadGuard } from './load-guard.js';
 import { Presence } from './presence.js';
-import { REPORT_EVERY_MS, ReportThrottle } from './report-throttle.js';
 import type { ServerSession } from './session.js';
 import { TimerWheel } from './timer-wheel.js';
 

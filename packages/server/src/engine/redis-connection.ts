@@ -13,6 +13,7 @@
 import { createHash } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import { PerihelionError } from '../errors.js';
+import { REPORT_EVERY_MS, ReportThrottle } from '../report-throttle.js';
 import { describeUrl, redisUrls, type RedisEngineOptions } from './redis-options.js';
 import { SCRIPTS, type ScriptName } from './redis-scripts.js';
 
@@ -37,6 +38,8 @@ export class RedisConnection {
   private closing = false;
   /** Set once a loss of Redis has been reported, cleared when the connection is back. */
   private outage = false;
+  /** Reports of `degraded`, at most one per REPORT_EVERY_MS. */
+  private readonly degradedReports = new ReportThrottle(REPORT_EVERY_MS);
   /** When the first failure reported since Redis last answered a heartbeat happened; null: none. */
   private troubleSince: number | null = null;
 
@@ -252,10 +255,18 @@ export class RedisConnection {
     this.host.report(unavailable("lost the connection to Redis; serving this node's sessions only until it is back", error));
   }
 
-  /** A Redis-side change that could not be made; the node carries on with its local state. */
+  /**
+   * A Redis-side change that could not be made; the node carries on with its local state. Before
+   * the loss is known (`lost`: the reconnect's first error, up to a second after the line went)
+   * every publish of a busy node lands here: the first is reported at once, the rest counted
+   * into a report at most every 10 s.
+   */
   degraded(error: unknown): void {
     if (this.outage) return;
-    this.host.report(unavailable("Redis is unreachable; serving this node's sessions only", error));
+    const count = this.degradedReports.count();
+    if (count === 0) return;
+    const what = `Redis is unreachable; serving this node's sessions only${count === 1 ? '' : ` (${count} times since the last report, the last)`}`;
+    this.host.report(unavailable(what, error));
   }
 
   /** A failure to reach Redis was reported (ERR_ENGINE_UNAVAILABLE): `healthy` will say when it answers again. */

@@ -10,7 +10,7 @@
  * so that a flood of refused connections does not flood the log too.
  */
 import type { Server } from 'node:net';
-import { REPORT_EVERY_MS, ReportThrottle } from '../core/report-throttle.js';
+import { REPORT_EVERY_MS, ReportThrottle } from '../report-throttle.js';
 
 export { REPORT_EVERY_MS };
 
