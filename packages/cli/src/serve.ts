@@ -32,8 +32,12 @@ function engineSummary(server: Perihelion, workers: number): string {
 }
 
 /** Structured JSON logs on stderr (stdout keeps the human summary and nothing else). */
-function attachLogger(server: Perihelion, logger: Logger): void {
-  server.on('error', (error) => logger.error({ err: error }, 'server error'));
+/** `starting`: the engine has not started yet; an engine that cannot start is this command's to say, once, as it exits (status 2, bin.ts). */
+function attachLogger(server: Perihelion, logger: Logger, starting: () => boolean): void {
+  server.on('error', (error) => {
+    if (starting() && error instanceof PerihelionError && error.code === 'ERR_ENGINE_UNAVAILABLE') return;
+    logger.error({ err: error }, 'server error');
+  });
   server.on('restored', (message) => logger.info(message));
   server.on('handshake', (session) => logger.debug({ clientId: session.id, user: session.identity?.id, address: session.remoteAddress }, 'handshake'));
   server.on('disconnect', (session, reason) => logger.debug({ clientId: session.id, reason }, 'session ended'));
@@ -82,9 +86,11 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   const server = createServer(engine ? { ...options, engine } : options);
   // An error's cause as an object of its own: the server's messages already say it, and pino's
   // default would add it to the message a second time.
-  attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null, serializers: { err: pino.stdSerializers.errWithCause } }, pino.destination(2)));
+  let starting = true;
+  attachLogger(server, pino({ level: settings.logLevel ?? 'info', base: null, serializers: { err: pino.stdSerializers.errWithCause } }, pino.destination(2)), () => starting);
   // An engine that cannot start (Redis unreachable) stops the server here, before it listens.
   await server.whenReady();
+  starting = false;
   // The dashboard at /dashboard (its data gated, see dashboard.ts), then the demo pages, then 404.
   let dashboard: ReturnType<typeof installDashboard>;
   try {

@@ -171,6 +171,8 @@ describe('perihelion serve --redis', () => {
     const unreachable = await exitOf(serve(['--redis', 'redis://127.0.0.1:1']));
     assert.equal(unreachable.code, 2);
     assert.match(unreachable.stderr, /perihelion: cannot use Redis at redis:\/\/127\.0\.0\.1:1: connect ECONNREFUSED/);
+    // Said once, as one plain line: not also as a JSON log line with a stack.
+    assert.equal(unreachable.stderr.trim().split('\n').length, 1, unreachable.stderr);
     const wrong = await exitOf(serve([], { PERIHELION_REDIS: 'localhost:6379' }));
     assert.equal(wrong.code, 2);
     assert.match(wrong.stderr, /perihelion: the Redis URL "localhost:6379" must start with redis:\/\/ or rediss:\/\//);
