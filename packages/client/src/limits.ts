@@ -32,11 +32,24 @@ export function readLimits(given: unknown, previous: FrameLimits): FrameLimits {
 const bytesOf = (text: string): number => new TextEncoder().encode(text).length;
 
 /**
+ * The text of each message `unsendable` measured, for `framesOf` to put in a frame as it is: a
+ * publish is serialised once, however large its data (the frame leaves in the same turn or the
+ * next, with the message as the outgoing extensions left it).
+ */
+const measured = new WeakMap<Message, string>();
+
+/** `message` serialised: the text `unsendable` made of it, or a new one. */
+function textOf(message: Message): string {
+  return measured.get(message) ?? JSON.stringify(message);
+}
+
+/**
  * Why `message` can never be sent within `limits` (in a frame of its own), as the server would
  * say it: its Bayeux error code and why; null when it can.
  */
 export function unsendable(message: Message, limits: FrameLimits): [code: number, why: string] | null {
   const text = JSON.stringify(message);
+  measured.set(message, text);
   const bytes = bytesOf(text) + 2;
   if (bytes > limits.maxRequestBytes) return [413, `${bytes} bytes, more than the server takes in a request (${limits.maxRequestBytes})`];
   // Counted as the server counts it (codec.ts): a frame's outer array is not a level of its messages.
@@ -46,15 +59,16 @@ export function unsendable(message: Message, limits: FrameLimits): [code: number
 
 /** `messages` as the texts of the fewest frames (in order) that stay within `limits`. */
 export function framesOf(messages: readonly Message[], limits: FrameLimits): string[] {
-  const whole = JSON.stringify(messages);
+  // What JSON.stringify(messages) makes, from the texts already made.
+  const texts = messages.map(textOf);
+  const whole = `[${texts.join(',')}]`;
   // The usual case: one frame, measured without encoding it (three bytes per unit at most).
   if (messages.length <= limits.maxBatch && (whole.length * 3 <= limits.maxRequestBytes || bytesOf(whole) <= limits.maxRequestBytes)) return [whole];
   const frames: string[] = [];
   let parts: string[] = [];
   // The opening bracket, then each message with the comma or bracket after it.
   let bytes = 1;
-  for (const message of messages) {
-    const part = JSON.stringify(message);
+  for (const part of texts) {
     const size = bytesOf(part) + 1;
     if (parts.length > 0 && (parts.length >= limits.maxBatch || bytes + size > limits.maxRequestBytes)) {
       frames.push(`[${parts}]`);

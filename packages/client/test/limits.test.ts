@@ -70,6 +70,21 @@ describe('frame limits against the server', () => {
       assert.equal(c.clientId, clientId, 'the same session throughout');
       assert.equal(c.state, 'connected');
     });
+
+    it(`${type}: a publish is serialised once on its way out, measured and sent as the same text`, async () => {
+      const c = client(t.url, { transports: [type] });
+      await c.connect();
+      let got: (data: unknown) => void = () => {};
+      const received = new Promise<unknown>((resolve) => (got = resolve));
+      await c.subscribe(`/once/${type}`, (data) => got(data));
+      let serialised = 0;
+      // JSON.stringify calls toJSON each time it serialises the data.
+      const data = { toJSON: () => (serialised++, { text: 'é'.repeat(100) }) };
+      assert.equal((await Promise.all([c.publish(`/once/${type}`, data), c.publish(`/once/${type}/other`, { n: 1 })]))[0].successful, true);
+      assert.deepEqual(await received, { text: 'é'.repeat(100) });
+      assert.equal(serialised, 1);
+      await c.disconnect();
+    });
   }
 
   it('counts nesting as the server does: a message exactly maxDepth deep is sent and taken, one level more refused at once', async () => {
