@@ -328,7 +328,7 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       let published = 0;
       const publisher = (async () => {
         while (published < total) {
-          const batch: Array<Promise<void>> = [];
+          const batch: Array<unknown> = [];
           for (let i = 0; i < 8 && published < total; i++) batch.push(engine.publish(publication('/seam', ++published)));
           await Promise.all(batch);
         }
@@ -497,10 +497,10 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
 
     it('refuses to work before start and after close', async () => {
       const engine = fixture.create();
-      await assert.rejects(engine.publish(publication('/x', 1)), { code: 'ERR_ENGINE_CLOSED' });
+      await assert.rejects(async () => engine.publish(publication('/x', 1)), { code: 'ERR_ENGINE_CLOSED' });
       const { engine: running } = await open();
       await running.close();
-      await assert.rejects(running.publish(publication('/x', 1)), { code: 'ERR_ENGINE_CLOSED' });
+      await assert.rejects(async () => running.publish(publication('/x', 1)), { code: 'ERR_ENGINE_CLOSED' });
     });
   });
 }
@@ -632,7 +632,7 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       let published = 0;
       const publisher = (async () => {
         while (published < total) {
-          const batch: Array<Promise<void>> = [];
+          const batch: Array<unknown> = [];
           for (let i = 0; i < 6 && published < total; i++) batch.push(b.engine.publish(publication('/d/seam', ++published)));
           await Promise.all(batch);
         }

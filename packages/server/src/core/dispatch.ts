@@ -186,16 +186,16 @@ function handleIncoming(
     session.releaseLongPoll();
   }
   switch (message.channel) {
-    case META.handshake:
-      return handshake(core, message, context).then(async (reply) => {
-        if (batch.bundle && reply.successful) reply.ext = { ...reply.ext, bundle: true };
-        await emitReply(extensions, reply, extensionContext, out);
-        return reply.successful ? reply.clientId : undefined;
-      });
+    case META.handshake: {
+      const answered = handshake(core, message, context);
+      return answered instanceof Promise ? answered.then((reply) => handshaken(extensions, reply, batch, extensionContext, out)) : handshaken(extensions, answered, batch, extensionContext, out);
+    }
     case META.connect:
       return noSession(connect(core, message, session, context, extensionContext, { batchSize: batch.batchSize, bundled: batch.bundle && session !== null && session === batch.bornHere }, out));
-    case META.subscribe:
-      return subscribe(core, message, session).then((reply) => noSession(emitReply(extensions, reply, extensionContext, out)));
+    case META.subscribe: {
+      const answered = subscribe(core, message, session);
+      return answered instanceof Promise ? answered.then((reply) => noSession(emitReply(extensions, reply, extensionContext, out))) : noSession(emitReply(extensions, answered, extensionContext, out));
+    }
     case META.unsubscribe:
       return unsubscribe(core, message, session).then((reply) => noSession(emitReply(extensions, reply, extensionContext, out)));
     case META.disconnect:
@@ -203,6 +203,14 @@ function handleIncoming(
     default:
       return noSession(clientPublish(core, message, session, extensionContext, out));
   }
+}
+
+/** Emits a handshake's reply; answers the id of the session it made, if it made one. */
+function handshaken(extensions: ServerCore['extensions'], reply: Reply, batch: BatchFacts, extensionContext: ExtensionContext, out: string[]): string | undefined | Promise<string | undefined> {
+  if (batch.bundle && reply.successful) reply.ext = { ...reply.ext, bundle: true };
+  const emitted = emitReply(extensions, reply, extensionContext, out);
+  if (emitted instanceof Promise) return emitted.then(() => (reply.successful ? reply.clientId : undefined));
+  return reply.successful ? reply.clientId : undefined;
 }
 
 /** The answer of a step that makes no session: nothing, now or once its promise settles. */

@@ -24,7 +24,8 @@
  */
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, type Message } from '@perihelion/protocol';
 import type { Engine, LostSession } from '../engine/engine.js';
-import { broadcast, ServiceRefusal } from './publish.js';
+import type { MaybePromise } from '../maybe-promise.js';
+import { broadcastNow, ServiceRefusal } from './publish.js';
 import type { ServerCore } from './server.js';
 import type { Session } from './session.js';
 
@@ -136,7 +137,14 @@ export class Presence {
         // leave held here, has no grace mark anywhere (only the node that holds a session marks
         // its leaves, and this one holds none) and no session elsewhere: its join goes out at
         // once, without asking the engine. Most subscribes are this one.
-        this.track(id, this.publish(channel, { action: 'join', clientId: session.id, user: member.user }));
+        // Published at once unless something had to wait (an extension, Redis): only then is
+        // there a step to track.
+        try {
+          const published = this.publish(channel, { action: 'join', clientId: session.id, user: member.user });
+          if (published instanceof Promise) this.track(id, published);
+        } catch (error) {
+          this.core.reportError(error);
+        }
         return;
       }
       this.run(id, () => this.join(channel, member, session.id));
@@ -203,7 +211,7 @@ export class Presence {
   }
 
   /** Runs `step` after the earlier steps of the same (channel, member); a failure is reported. */
-  private run(id: string, step: () => Promise<void>): void {
+  private run(id: string, step: () => MaybePromise<void>): void {
     this.track(id, (this.steps.get(id) ?? Promise.resolve()).then(step));
   }
 
@@ -319,8 +327,8 @@ export class Presence {
     }
   }
 
-  private publish(channel: string, event: PresenceEvent): Promise<void> {
-    return broadcast(this.core, { channel: presenceChannel(channel), data: event });
+  private publish(channel: string, event: PresenceEvent): MaybePromise<void> {
+    return broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
   }
 
   /** `/service/presence`: `{channel}` is answered `{channel, members}`, when the caller may subscribe to it. */

@@ -12,6 +12,7 @@
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, serialiseExtLast, type Message } from '@perihelion/protocol';
 import type { Publication } from '../engine/engine.js';
 import { PerihelionError } from '../errors.js';
+import { andThen, type MaybePromise } from '../maybe-promise.js';
 import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
 import { emitReply, reply, unknownClient } from './replies.js';
 import { RecentIds } from './recent-ids.js';
@@ -23,8 +24,12 @@ const MAX_REFUSED_PUBLISHES = 100;
 
 type PublishCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'security' | 'engine' | 'extensions' | 'listeners' | 'events' | 'load'>;
 
-/** A broadcast or /service message from a client; its reply (and a remote call's answer) go to `out`. */
-export async function clientPublish(core: PublishCore, message: Message, session: ServerSession | null, context: ExtensionContext, out: string[]): Promise<void> {
+/**
+ * A broadcast or /service message from a client; its reply (and a remote call's answer) go to
+ * `out`. Synchronous, making no promise, unless a step on the way answers with one (an
+ * asynchronous `authorize` hook or extension, Redis): a chat's every message passes here.
+ */
+export function clientPublish(core: PublishCore, message: Message, session: ServerSession | null, context: ExtensionContext, out: string[]): void | Promise<void> {
   const { options, extensions } = core;
   const { channel } = message;
   const fail = (error: string): void | Promise<void> => emitReply(extensions, { ...reply(message, false), error }, context, out);
@@ -47,7 +52,7 @@ export async function clientPublish(core: PublishCore, message: Message, session
   }
   session.refusedPublishes = 0;
   // A resend of a publish already accepted (same id, same session) is acknowledged again and
-  // not published again. The id is remembered before the checks below, which may await, so a
+  // not published again. The id is remembered before the checks below, which may wait, so a
   // resend arriving meanwhile is recognised too; a refusal forgets it.
   const dedupKey = message.id !== undefined && options.publishDedup > 0 && !isService(channel) ? String(message.id) : null;
   if (dedupKey !== null) {
@@ -58,14 +63,52 @@ export async function clientPublish(core: PublishCore, message: Message, session
     }
     session.recentPublishes.add(dedupKey);
   }
-  const refuse = (error: string): void | Promise<void> => {
-    if (dedupKey !== null) session.recentPublishes?.delete(dedupKey);
-    return fail(error);
-  };
+  const step = new PublishStep(core, message, session, context, out, dedupKey);
+  // A failure (the engine away, a hook that throws) is answered as a server error by dispatch:
+  // the id is forgotten, so that the client's resend is published, not taken for a duplicate.
   try {
-    const refused = (await core.security.policy.check('publish', channel, session, message)) ?? (await checkCreate(core, channel, session, message));
-    if (refused) return refuse(bayeuxError('channelForbidden', [channel], refused));
+    const done = step.check();
+    return done instanceof Promise ? done.catch((error: unknown) => step.failed(error)) : done;
+  } catch (error) {
+    return step.failed(error);
+  }
+}
 
+/** A client's publish past its first checks: the policy, then the message prepared and handed to the engine. */
+class PublishStep {
+  constructor(
+    private readonly core: PublishCore,
+    private readonly message: Message,
+    private readonly session: ServerSession,
+    private readonly context: ExtensionContext,
+    private readonly out: string[],
+    private readonly dedupKey: string | null,
+  ) {}
+
+  check(): void | Promise<void> {
+    const refused = checkAccess(this.core, 'publish', this.message.channel, this.session, this.message);
+    return refused instanceof Promise ? refused.then((settled) => this.checked(settled)) : this.checked(refused);
+  }
+
+  /** Forgets the id of a publish that failed, and passes the failure on. */
+  failed(error: unknown): never {
+    if (this.dedupKey !== null) this.session.recentPublishes?.delete(this.dedupKey);
+    throw error;
+  }
+
+  private refuse(error: string): void | Promise<void> {
+    if (this.dedupKey !== null) this.session.recentPublishes?.delete(this.dedupKey);
+    return this.reply({ ...reply(this.message, false), error });
+  }
+
+  private reply(answer: Message): void | Promise<void> {
+    return emitReply(this.core.extensions, answer, this.context, this.out);
+  }
+
+  private checked(refused: string | null): void | Promise<void> {
+    const { message } = this;
+    const { channel } = message;
+    if (refused) return this.refuse(bayeuxError('channelForbidden', [channel], refused));
     const delivered: Message = { channel, data: message.data };
     if (message.ext !== undefined) {
       // Credentials never travel on to subscribers, and positions (and skip notes, see
@@ -74,39 +117,45 @@ export async function clientPublish(core: PublishCore, message: Message, session
       const { token: _token, position: _position, skip: _skip, echo: _echo, ...ext } = message.ext;
       if (Object.keys(ext).length > 0) delivered.ext = ext;
     }
-    if (isService(channel)) {
-      // Service channels go to in-process listeners only; a listener's result is the answer
-      // (CometD remote call: the publish reply, then {id, channel, successful, data}).
-      if (message.id !== undefined) delivered.id = message.id;
-      if (tooLarge(core, JSON.stringify(delivered))) return fail(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
-      const { answer: result, failed } = await core.listeners.ask(delivered, session);
-      if (result instanceof ServiceRefusal) return fail(result.error);
-      // A listener threw (reported through 'error') and none answered: the caller is told, not left waiting.
-      if (failed && result === undefined) return fail(bayeuxError('serverError', [channel], 'the service failed'));
-      await emitReply(extensions, reply(message, true), context, out);
-      if (result !== undefined) {
-        const answer: Message = { channel, successful: true, data: result };
-        if (message.id !== undefined) answer.id = message.id;
-        await emitReply(extensions, answer, context, out);
-      }
-      return;
-    }
-    const publication = await prepare(extensions, delivered, null);
+    if (isService(channel)) return this.askService(delivered);
+    const publication = prepare(this.core.extensions, delivered, null);
+    return publication instanceof Promise ? publication.then((prepared) => this.prepared(prepared)) : this.prepared(publication);
+  }
+
+  private prepared(publication: Publication | null): void | Promise<void> {
+    const { core, message } = this;
     if (publication && tooLarge(core, publication.payload)) {
-      return refuse(bayeuxError('messageTooLarge', [channel], `larger than ${options.maxMessageBytes} bytes`));
+      return this.refuse(bayeuxError('messageTooLarge', [message.channel], `larger than ${core.options.maxMessageBytes} bytes`));
     }
     if (publication) {
       // `ext.echo: false`: every subscriber but the publisher (a chat client that shows its own
       // message at once). Any client can ask for it: CometD and Faye let a message carry ext.
-      if (message.ext?.echo === false) publication.exclude = session.id;
-      await send(core, publication, session);
+      if (message.ext?.echo === false) publication.exclude = this.session.id;
+      const sent = send(core, publication, this.session);
+      if (sent instanceof Promise) return sent.then(() => this.reply(reply(message, true)));
     }
-    return emitReply(extensions, reply(message, true), context, out);
-  } catch (error) {
-    // A failure (the engine away, a hook that throws) is answered as a server error by dispatch:
-    // the id is forgotten, so that the client's resend is published, not taken for a duplicate.
-    if (dedupKey !== null) session.recentPublishes?.delete(dedupKey);
-    throw error;
+    return this.reply(reply(message, true));
+  }
+
+  /**
+   * Service channels go to in-process listeners only; a listener's result is the answer (CometD
+   * remote call: the publish reply, then {id, channel, successful, data}).
+   */
+  private async askService(delivered: Message): Promise<void> {
+    const { core, message } = this;
+    const { channel } = message;
+    if (message.id !== undefined) delivered.id = message.id;
+    if (tooLarge(core, JSON.stringify(delivered))) return this.refuse(bayeuxError('messageTooLarge', [channel], `larger than ${core.options.maxMessageBytes} bytes`));
+    const { answer: result, failed } = await core.listeners.ask(delivered, this.session);
+    if (result instanceof ServiceRefusal) return this.refuse(result.error);
+    // A listener threw (reported through 'error') and none answered: the caller is told, not left waiting.
+    if (failed && result === undefined) return this.refuse(bayeuxError('serverError', [channel], 'the service failed'));
+    await this.reply(reply(message, true));
+    if (result !== undefined) {
+      const answer: Message = { channel, successful: true, data: result };
+      if (message.id !== undefined) answer.id = message.id;
+      await this.reply(answer);
+    }
   }
 }
 
@@ -115,19 +164,30 @@ export async function clientPublish(core: PublishCore, message: Message, session
  * channel, but the session `exclude` names. Without asynchronous outgoing extensions the message
  * is prepared and handed to the engine before this returns: no promise is made on the way.
  */
-export function broadcast(core: Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>, message: Message, exclude?: string): Promise<void> {
+export function broadcast(core: BroadcastCore, message: Message, exclude?: string): Promise<void> {
   try {
-    const prepared = prepare(core.extensions, message, null);
-    if (prepared instanceof Promise) return prepared.then((publication) => sendPrepared(core, publication, exclude));
-    return sendPrepared(core, prepared, exclude);
+    const sent = broadcastNow(core, message, exclude);
+    return sent instanceof Promise ? sent : NOTHING_SENT;
   } catch (error) {
     // A message JSON cannot hold (a BigInt, a cycle), an extension that threw: the caller's rejection.
     return Promise.reject(error);
   }
 }
 
-function sendPrepared(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication | null, exclude: string | undefined): Promise<void> {
-  if (!publication) return NOTHING_SENT;
+/**
+ * `broadcast`, answering at once when nothing had to wait (and throwing what it would reject
+ * with): for the server's own events, such as a presence join at every set-up.
+ */
+export function broadcastNow(core: BroadcastCore, message: Message, exclude?: string): MaybePromise<void> {
+  const prepared = prepare(core.extensions, message, null);
+  if (prepared instanceof Promise) return prepared.then((publication) => sendPrepared(core, publication, exclude));
+  return sendPrepared(core, prepared, exclude);
+}
+
+type BroadcastCore = Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>;
+
+function sendPrepared(core: BroadcastCore, publication: Publication | null, exclude: string | undefined): MaybePromise<void> {
+  if (!publication) return;
   if (exclude !== undefined) publication.exclude = exclude;
   return send(core, publication, null);
 }
@@ -146,11 +206,11 @@ export class ServiceRefusal {
  * Hands a prepared publication to the engine, which positions it and delivers it on every node;
  * then the 'publish' event, when the application listens for it.
  */
-function send(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication, from: Session | null): Promise<void> {
+function send(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication, from: Session | null): MaybePromise<void> {
   core.delivery.counters.published++;
   const published = core.engine.publish(publication);
   if (core.events.listenerCount('publish') === 0) return published;
-  return published.then(() => void core.events.emit('publish', publication.message, from));
+  return andThen(published, () => void core.events.emit('publish', publication.message, from));
 }
 
 /**
@@ -175,11 +235,24 @@ function publicationOf(message: Message | null): Publication | null {
   return { channel: message.channel, message, payload: serialised.text, ext: serialised.ext };
 }
 
-/** The "create" check, asked only of channels that nobody subscribes to yet. */
-export async function checkCreate(core: Pick<ServerCore, 'security' | 'engine'>, channel: string, session: ServerSession, message: Message): Promise<string | null> {
+/**
+ * The policy's verdict on `operation` (subscribe or publish), then on creating the channel: null
+ * when both allow, else the reason. At once unless the policy or the engine must be waited for.
+ */
+export function checkAccess(core: Pick<ServerCore, 'security' | 'engine'>, operation: 'subscribe' | 'publish', channel: string, session: ServerSession, message: Message): MaybePromise<string | null> {
+  const refused = core.security.policy.check(operation, channel, session, message);
+  if (refused instanceof Promise) return refused.then((settled) => settled ?? checkCreate(core, channel, session, message));
+  return refused ?? checkCreate(core, channel, session, message);
+}
+
+/**
+ * The "create" check, asked only of channels that nobody subscribes to yet; a policy that allows
+ * creating the channel whatever it holds (the default) needs no look at the engine.
+ */
+function checkCreate(core: Pick<ServerCore, 'security' | 'engine'>, channel: string, session: ServerSession, message: Message): MaybePromise<string | null> {
   const { policy } = core.security;
-  if (policy.open || (await core.engine.subscriberCount(channel)) > 0) return null;
-  return policy.check('create', channel, session, message);
+  if (policy.createsFreely(channel, session)) return null;
+  return core.engine.subscriberCount(channel).then((count) => (count > 0 ? null : policy.check('create', channel, session, message)));
 }
 
 /** Whether a serialised message passes maxMessageBytes (counting bytes only when it might). */

@@ -11,11 +11,14 @@
 import { asPosition, bayeuxError, channelProblem, isWildcard, matchingPatterns } from '@perihelion/protocol';
 import type { RecoverRequest } from '../engine/engine.js';
 
-export type RecoverRequests = { ok: true; byPattern: Map<string, RecoverRequest[]> } | { ok: false; error: string };
+export type RecoverRequests = { ok: true; byPattern: ReadonlyMap<string, RecoverRequest[]> } | { ok: false; error: string };
+
+/** What a subscribe that asks for no recovery reads (most do): one answer shared by all. */
+const NONE: RecoverRequests = { ok: true, byPattern: new Map() };
 
 export function readRecoverRequests(recover: unknown, patterns: readonly string[], limits: { maxEntries: number; maxChannelLength: number }): RecoverRequests {
+  if (recover === undefined) return NONE;
   const byPattern = new Map<string, RecoverRequest[]>();
-  if (recover === undefined) return { ok: true, byPattern };
   const refuse = (detail: string): RecoverRequests => ({ ok: false, error: bayeuxError('badRequest', ['ext.recover'], detail) });
   if (typeof recover !== 'object' || recover === null || Array.isArray(recover)) {
     return refuse('must map channels to positions, like {"/chat/a": {"epoch": "k3x9", "offset": 41}}');

@@ -11,6 +11,7 @@
  * (`addToExt`, no second serialisation) and keeps those bytes for recovery.
  */
 import type { Message, Position, Serialised } from '@perihelion/protocol';
+import type { MaybePromise } from '../maybe-promise.js';
 import type { HistoryPage, HistoryQuery, HistorySettings } from './history.js';
 
 /** A message on its way to subscribers: the object for in-process listeners, the bytes for sessions. */
@@ -112,8 +113,10 @@ export interface Engine {
   /**
    * A session began on this node: `sendTo` reaches it (from any node) until `removeSession`.
    * `user` is the id of its authenticated user (null for an anonymous session), for presence.
+   * Like `subscribe` and `publish`, it may answer at once (the memory engine does): callers wait
+   * only when given a promise, and a failure then is thrown, not a rejection.
    */
-  addSession(clientId: string, user?: string | null): Promise<void>;
+  addSession(clientId: string, user?: string | null): MaybePromise<void>;
   /** The user of each session (null: anonymous or unknown), as every node sees them. */
   usersOf(clientIds: readonly string[]): Promise<(string | null)[]>;
   /** The sessions of one user, on every node. */
@@ -125,7 +128,7 @@ export interface Engine {
    * positions (at most `maxReplay` messages in all), so that nothing falls between the replay and
    * the live messages and nothing is in both.
    */
-  subscribe(clientId: string, pattern: string, recover?: readonly RecoverRequest[], maxReplay?: number): Promise<SubscribeOutcome>;
+  subscribe(clientId: string, pattern: string, recover?: readonly RecoverRequest[], maxReplay?: number): MaybePromise<SubscribeOutcome>;
   unsubscribe(clientId: string, pattern: string): Promise<void>;
   /** Forgets a session that has ended and every subscription of it. */
   removeSession(clientId: string): Promise<void>;
@@ -133,7 +136,7 @@ export interface Engine {
    * Gives the publication its position (when its channel keeps history), records it, and delivers
    * it to every session whose subscriptions match its channel, on every node.
    */
-  publish(publication: Publication): Promise<void>;
+  publish(publication: Publication): MaybePromise<void>;
   /** Reads a channel's history; null when the channel keeps none. */
   history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null>;
   /** Channels with a history and the messages kept in all, for metrics. */

@@ -6,8 +6,6 @@ import { LeavingMarks } from './leaving-marks.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { PerihelionError } from '../errors.js';
 
-const PUBLISHED: Promise<void> = Promise.resolve();
-
 /** How often messages past their age are swept from channels nobody publishes to any more. */
 const SWEEP_INTERVAL_MS = 10_000;
 
@@ -45,7 +43,7 @@ export class MemoryEngine implements Engine {
     this.sweeper = null;
   }
 
-  async addSession(clientId: string, user: string | null = null): Promise<void> {
+  addSession(clientId: string, user: string | null = null): void {
     this.running();
     this.sessions.set(clientId, user);
   }
@@ -65,7 +63,7 @@ export class MemoryEngine implements Engine {
     return true;
   }
 
-  async subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): Promise<SubscribeOutcome> {
+  subscribe(clientId: string, pattern: string, recover: readonly RecoverRequest[] = [], maxReplay = Infinity): SubscribeOutcome {
     const host = this.running();
     const history = this.store();
     if (!this.sessions.has(clientId)) this.sessions.set(clientId, null);
@@ -98,22 +96,16 @@ export class MemoryEngine implements Engine {
     return { clientId, user: this.sessions.get(clientId) ?? null, subscriptions: [...this.index.subscriptionsOf(clientId)] };
   }
 
-  // Not `async`: the work is done before it returns, and the one settled promise it hands back
-  // is shared, so a publish allocates no promise here (this is on the path of every message).
-  publish(publication: Publication): Promise<void> {
-    try {
-      const host = this.running();
-      const log = this.store().log(publication.channel, true);
-      if (log) {
-        const position = log.next();
-        stampPosition(publication, position, withPosition(publication, position));
-        this.store().append(log, publication.payload);
-      }
-      host.onPublication(publication, this.index.match(publication.channel));
-      return PUBLISHED;
-    } catch (error) {
-      return Promise.reject(error);
+  // Done before it returns, with no promise: this is on the path of every message.
+  publish(publication: Publication): void {
+    const host = this.running();
+    const log = this.store().log(publication.channel, true);
+    if (log) {
+      const position = log.next();
+      stampPosition(publication, position, withPosition(publication, position));
+      this.store().append(log, publication.payload);
     }
+    host.onPublication(publication, this.index.match(publication.channel));
   }
 
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {

@@ -18,6 +18,7 @@
 import { isMeta, isService, type Message } from '@perihelion/protocol';
 import { watchedChannel } from '../core/presence.js';
 import type { Session } from '../core/session.js';
+import { andThen, type MaybePromise } from '../maybe-promise.js';
 import { AuthenticationError } from './authenticate.js';
 import { ChannelRules, type ChannelRule, type Operation } from './channel-rules.js';
 import type { Identity } from './identity.js';
@@ -66,18 +67,35 @@ export class SecurityPolicy {
     return this.options.open;
   }
 
-  /** Null when allowed; otherwise the reason, for the client's error message. */
-  async check(operation: Operation, channel: string, session: Session, message: Message): Promise<string | null> {
+  /**
+   * Null when allowed; otherwise the reason, for the client's error message. Answers at once
+   * unless the `authorize` hook answers with a promise or a subscription token is to be verified.
+   */
+  check(operation: Operation, channel: string, session: Session, message: Message): MaybePromise<string | null> {
     const watched = this.options.presence ? watchedChannel(channel) : null;
     if (watched !== null) return this.checkPresence(operation, watched, session, message);
     if (this.options.open) return null;
-    const identity = session.identity;
-    if (this.options.authorize) {
-      const verdict = await this.options.authorize({ operation, channel, session, identity, message });
-      if (verdict === true) return null;
-      if (verdict === false) return `${operation} denied by the application`;
+    if (!this.options.authorize) return this.afterHook(undefined, operation, channel, session.identity, message);
+    const verdict = this.options.authorize({ operation, channel, session, identity: session.identity, message });
+    // Any thenable the hook answers with is waited for, as an `await` would.
+    if (verdict !== true && verdict !== false && verdict !== undefined) {
+      return Promise.resolve(verdict).then((settled) => this.afterHook(settled, operation, channel, session.identity, message));
     }
-    if (operation === 'subscribe' && (await this.tokenGrants(channel, identity, message))) return null;
+    return this.afterHook(verdict, operation, channel, session.identity, message);
+  }
+
+  /** Steps 2 (the hook's verdict), 3, 4 and 5. */
+  private afterHook(verdict: boolean | undefined, operation: Operation, channel: string, identity: Identity | null, message: Message): MaybePromise<string | null> {
+    if (verdict === true) return null;
+    if (verdict === false) return `${operation} denied by the application`;
+    if (operation === 'subscribe' && this.options.subscriptionTokens && typeof message.ext?.token === 'string') {
+      return this.tokenGrants(channel, identity, message).then((granted) => (granted ? null : this.byRules(operation, channel, identity)));
+    }
+    return this.byRules(operation, channel, identity);
+  }
+
+  /** Steps 4 and 5: the channel rules, then the defaults. */
+  private byRules(operation: Operation, channel: string, identity: Identity | null): string | null {
     const decision = this.rules.decide(operation, channel, identity);
     if (decision) return decision.allowed ? null : `${operation} denied by rule ${decision.rule}`;
     if (DEFAULTS[operation]) return null;
@@ -85,14 +103,24 @@ export class SecurityPolicy {
     return `${operation} is denied unless a rule allows it`;
   }
 
+  /**
+   * Whether `create` needs no look at the channel: the policy allows it whatever the channel
+   * holds, decided without the application's hook (which is asked only about channels nobody
+   * subscribes to yet, see checkCreate in core/publish.ts).
+   */
+  createsFreely(channel: string, session: Session): boolean {
+    // Open, or a presence channel (watching creates nothing): allowed, as `check` says.
+    if (this.options.open || (this.options.presence && watchedChannel(channel) !== null)) return true;
+    return !this.options.authorize && this.byRules('create', channel, session.identity) === null;
+  }
+
   /** A presence channel (or pattern) that watches `watched`. */
-  private async checkPresence(operation: Operation, watched: string, session: Session, message: Message): Promise<string | null> {
+  private checkPresence(operation: Operation, watched: string, session: Session, message: Message): MaybePromise<string | null> {
     if (operation === 'publish') return 'presence events are published by the server only';
     if (isMeta(watched) || isService(watched)) return `${watched} has no presence (meta and service channels have no members)`;
     // Watching a channel's presence creates nothing: the server publishes there.
     if (operation === 'create') return null;
-    const refused = await this.check('subscribe', watched, session, message);
-    return refused === null ? null : `the presence of ${watched} is open to those who may subscribe to it: ${refused}`;
+    return andThen(this.check('subscribe', watched, session, message), (refused) => (refused === null ? null : `the presence of ${watched} is open to those who may subscribe to it: ${refused}`));
   }
 
   /** A subscription token (a JWT whose `channel`/`channels` claim names this channel) opens it. */

@@ -17,7 +17,9 @@
  */
 import { BAYEUX_VERSION, bayeuxError, type Message } from '@perihelion/protocol';
 import { Acknowledgement } from '../../extensions/ack.js';
+import type { MaybePromise } from '../../maybe-promise.js';
 import { AuthenticationError } from '../../security/authenticate.js';
+import type { Identity } from '../../security/identity.js';
 import { randomHex } from '../../security/random.js';
 import type { ProcessContext } from '../contract.js';
 import { advice, reply as replyTo, type Reply } from '../replies.js';
@@ -29,7 +31,11 @@ const OVERLOAD_RETRY_MS = 5000;
 
 type HandshakeCore = Pick<ServerCore, 'options' | 'isDraining' | 'security' | 'delivery' | 'engine' | 'events' | 'wheel' | 'reportError' | 'load'>;
 
-export async function handshake(core: HandshakeCore, message: Message, context: ProcessContext): Promise<Reply> {
+/**
+ * Synchronous, making no promise, unless the authenticator or the engine answers with one (a
+ * token verified asynchronously, Redis): every connection's set-up begins here.
+ */
+export function handshake(core: HandshakeCore, message: Message, context: ProcessContext): MaybePromise<Reply> {
   const { options, security, delivery } = core;
   const reply = replyTo(message, false);
   delete reply.clientId; // §3.5: no clientId on a handshake reply unless one was made
@@ -70,19 +76,38 @@ export async function handshake(core: HandshakeCore, message: Message, context: 
   if (maxSessionsPerIp > 0 && delivery.countFrom(address) >= maxSessionsPerIp) {
     return { ...reply, error: bayeuxError('rateLimited', [], `at most ${maxSessionsPerIp} sessions per address`), advice: { interval: 10_000 } };
   }
-  let identity = null;
+  let identity: MaybePromise<Identity | null>;
   try {
-    identity = security.authenticator ? await security.authenticator({ message, request: context.request }) : null;
+    identity = security.authenticator ? security.authenticator({ message, request: context.request }) : null;
   } catch (error) {
-    if (!(error instanceof AuthenticationError)) throw error;
-    return { ...reply, error: bayeuxError('unauthorized', [], error.reason), advice: { reconnect: 'none' } };
+    return refusedCredentials(reply, error);
   }
+  // Any thenable the authenticator answers with is waited for, as an `await` would.
+  if (identity !== null && typeof (identity as PromiseLike<unknown>).then === 'function') {
+    return Promise.resolve(identity).then(
+      (settled) => authenticated(core, message, context, reply, settled),
+      (error: unknown) => refusedCredentials(reply, error),
+    );
+  }
+  return authenticated(core, message, context, reply, identity as Identity | null);
+}
+
+/** Credentials the authenticator refused (an AuthenticationError); anything else it threw is the server's failure. */
+function refusedCredentials(reply: Reply, error: unknown): Reply {
+  if (!(error instanceof AuthenticationError)) throw error;
+  return { ...reply, error: bayeuxError('unauthorized', [], error.reason), advice: { reconnect: 'none' } };
+}
+
+/** The handshake once its credentials are read (`identity`, null when anonymous): the session is made. */
+function authenticated(core: HandshakeCore, message: Message, context: ProcessContext, reply: Reply, identity: Identity | null): MaybePromise<Reply> {
+  const { options, security, delivery } = core;
   if (identity === null && !options.anonymous) {
     return { ...reply, error: bayeuxError('unauthorized', [], 'credentials required (a token in ext.token)'), advice: { reconnect: 'none' } };
   }
   if (identity?.expiresAt !== undefined && identity.expiresAt <= Date.now()) {
     return { ...reply, error: bayeuxError('unauthorized', [], 'token expired'), advice: { reconnect: 'none' } };
   }
+  const address = context.request.remoteAddress ?? 'unknown';
   const session = new ServerSession(newClientId(), delivery, options.maxQueue);
   session.identity = identity;
   session.browserId = context.request.browserId;
@@ -94,8 +119,30 @@ export async function handshake(core: HandshakeCore, message: Message, context: 
   session.subscribeBucket = security.subscribeLimit();
   session.skipNotes = message.ext?.skips === true;
   delivery.add(session, address);
-  // Known to the engine at once, so that a delivery from any node reaches it.
-  await core.engine.addSession(session.id, identity?.id ?? null).catch((error: unknown) => core.reportError(error));
+  // Known to the engine at once, so that a delivery from any node reaches it; a failure is
+  // reported and the session goes on (this node reaches it).
+  let known: MaybePromise<void> = undefined;
+  try {
+    known = core.engine.addSession(session.id, identity?.id ?? null);
+  } catch (error) {
+    core.reportError(error);
+  }
+  if (known instanceof Promise) {
+    return known.then(
+      () => started(core, message, context, reply, session),
+      (error: unknown) => {
+        core.reportError(error);
+        return started(core, message, context, reply, session);
+      },
+    );
+  }
+  return started(core, message, context, reply, session);
+}
+
+/** The session is known to the engine: bound, timed, announced, and the reply made. */
+function started(core: HandshakeCore, message: Message, context: ProcessContext, reply: Reply, session: ServerSession): Reply {
+  const { options, delivery } = core;
+  const { identity } = session;
   if (context.connection) session.bind(context.connection);
   // A session that never connects is swept like one that stopped connecting.
   session.scheduleExpiry(options.maxInterval);
@@ -115,7 +162,7 @@ export async function handshake(core: HandshakeCore, message: Message, context: 
   if (message.ext?.limits === true) reply.ext = { ...reply.ext, limits: { maxBatch: options.maxBatch, maxRequestBytes: options.maxRequestBytes, maxDepth: options.maxDepth } };
   reply.version = BAYEUX_VERSION;
   reply.minimumVersion = BAYEUX_VERSION;
-  reply.supportedConnectionTypes = offered;
+  reply.supportedConnectionTypes = options.transports;
   reply.clientId = session.id;
   reply.advice = advice(options);
   return reply;

@@ -16,13 +16,19 @@
  *   messages are queued before anything published later (Perihelion's extension, docs/protocol.md).
  */
 import { bayeuxError, channelProblem, isMeta, isService, subscriptionList, type Message, type Position } from '@perihelion/protocol';
+import type { RecoverRequest, SubscribeOutcome } from '../../engine/engine.js';
+import { andThen, type MaybePromise } from '../../maybe-promise.js';
 import { readRecoverRequests } from '../recovery.js';
-import { checkCreate } from '../publish.js';
+import { checkAccess } from '../publish.js';
 import { reply as replyTo, unknownClient, type Reply } from '../replies.js';
 import type { ServerCore } from '../server.js';
 import type { ServerSession } from '../session.js';
 
-export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 'engine' | 'events' | 'delivery'>, message: Message, session: ServerSession | null): Promise<Reply> {
+/**
+ * Synchronous, making no promise, unless the policy or the engine answers with one (an
+ * asynchronous `authorize` hook, Redis): every connection's set-up subscribes.
+ */
+export function subscribe(core: SubscribeCore, message: Message, session: ServerSession | null): MaybePromise<Reply> {
   if (!session) return unknownClient(message);
   const { options } = core;
   const reply = replyTo(message, false);
@@ -62,48 +68,104 @@ export async function subscribe(core: Pick<ServerCore, 'options' | 'security' | 
   const named = again.length === 0 ? fresh : [...fresh, ...again];
   const recover = readRecoverRequests(message.ext?.recover, named, { maxEntries: options.maxSubscriptions, maxChannelLength: options.maxChannelLength });
   if (!recover.ok) return { ...reply, error: recover.error };
-  for (const channel of fresh) {
-    const refused = (await core.security.policy.check('subscribe', channel, session, message)) ?? (await checkCreate(core, channel, session, message));
-    if (refused) return { ...reply, error: bayeuxError('channelForbidden', [channel], refused) };
+  return new SubscribeStep(core, message, session, reply, fresh, named, recover.byPattern).checkFrom(0);
+}
+
+type SubscribeCore = Pick<ServerCore, 'options' | 'security' | 'engine' | 'events' | 'delivery'>;
+
+/** A subscribe past its first checks: the policy asked of each new channel, then the engine. */
+class SubscribeStep {
+  /** Positions of the exact channels (where a later recovery can start from). */
+  private positions: Record<string, Position> | undefined;
+  /** The outcome of each recovery asked for. */
+  private recovered: Record<string, boolean> | undefined;
+  private replayBudget: number;
+
+  constructor(
+    private readonly core: SubscribeCore,
+    private readonly message: Message,
+    private readonly session: ServerSession,
+    private readonly reply: Reply,
+    /** The channels it does not hold yet. */
+    private readonly fresh: readonly string[],
+    /** Those and the ones named again. */
+    private readonly named: readonly string[],
+    private readonly recover: ReadonlyMap<string, RecoverRequest[]>,
+  ) {
+    this.replayBudget = core.options.maxReplay;
   }
-  // Positions of the exact channels (where a later recovery can start from) and the outcome of
-  // each recovery asked for; replayed messages are queued before anything published later.
-  let positions: Record<string, Position> | undefined;
-  let recovered: Record<string, boolean> | undefined;
-  let replayBudget = options.maxReplay;
-  for (const channel of named) {
-    // The session ended while this subscribe was checked (an asynchronous authorize hook, a
-    // call-out, Redis): subscribing now would leave subscriptions, a presence join and the
-    // address's count behind that nothing removes any more.
-    if (session.ended) return unknownClient(message);
-    const isNew = !session.subscriptions.has(channel);
-    // Subscribing again is a no-op for the engine except for the recovery it carries.
-    if (!isNew && !recover.byPattern.has(channel)) continue;
-    if (isNew) {
-      session.subscriptions.add(channel);
-      core.delivery.subscribed(session, 1);
+
+  /** Asks the policy about each new channel from the `i`th on, then subscribes. */
+  checkFrom(i: number): MaybePromise<Reply> {
+    for (; i < this.fresh.length; i++) {
+      const channel = this.fresh[i]!;
+      const refused = checkAccess(this.core, 'subscribe', channel, this.session, this.message);
+      if (refused instanceof Promise) {
+        const next = i + 1;
+        return refused.then((settled) => (settled ? this.forbidden(channel, settled) : this.checkFrom(next)));
+      }
+      if (refused) return this.forbidden(channel, refused);
     }
-    const outcome = await core.engine.subscribe(session.id, channel, recover.byPattern.get(channel), replayBudget);
+    return this.subscribeFrom(0);
+  }
+
+  private forbidden(channel: string, refused: string): Reply {
+    return { ...this.reply, error: bayeuxError('channelForbidden', [channel], refused) };
+  }
+
+  /**
+   * Subscribes the channels from the `j`th on; replayed messages are queued before anything
+   * published later.
+   */
+  private subscribeFrom(j: number): MaybePromise<Reply> {
+    const { core, session } = this;
+    for (; j < this.named.length; j++) {
+      // The session ended while this subscribe was checked (an asynchronous authorize hook, a
+      // call-out, Redis): subscribing now would leave subscriptions, a presence join and the
+      // address's count behind that nothing removes any more.
+      if (session.ended) return unknownClient(this.message);
+      const channel = this.named[j]!;
+      const isNew = !session.subscriptions.has(channel);
+      // Subscribing again is a no-op for the engine except for the recovery it carries.
+      if (!isNew && !this.recover.has(channel)) continue;
+      if (isNew) {
+        session.subscriptions.add(channel);
+        core.delivery.subscribed(session, 1);
+      }
+      const outcome = core.engine.subscribe(session.id, channel, this.recover.get(channel), this.replayBudget);
+      if (outcome instanceof Promise) {
+        const next = j + 1;
+        return outcome.then((settled) => this.subscribed(channel, isNew, settled) ?? this.subscribeFrom(next));
+      }
+      const ended = this.subscribed(channel, isNew, outcome);
+      if (ended) return ended;
+    }
+    this.reply.successful = true;
+    if (this.positions || this.recovered) {
+      const ext: Record<string, unknown> = {};
+      if (this.positions) ext.positions = this.positions;
+      if (this.recovered) ext.recovered = this.recovered;
+      this.reply.ext = ext;
+    }
+    return this.reply;
+  }
+
+  /** Takes the engine's outcome for `channel`; answers the reply when the session ended meanwhile, else null. */
+  private subscribed(channel: string, isNew: boolean, outcome: SubscribeOutcome): MaybePromise<Reply> | null {
+    const { core, session } = this;
     if (session.ended) {
-      // Ended while the engine subscribed it (Redis): the removal may have run first.
-      await core.engine.removeSession(session.id);
-      return unknownClient(message);
+      // Ended while the engine subscribed it (Redis, or a replay that overflowed its queue): the
+      // removal may have run first.
+      return andThen(core.engine.removeSession(session.id), () => unknownClient(this.message));
     }
-    if (outcome.position) (positions ??= {})[channel] = outcome.position;
+    if (outcome.position) (this.positions ??= {})[channel] = outcome.position;
     for (const result of outcome.recovered) {
-      (recovered ??= {})[result.channel] = result.recovered;
-      replayBudget -= result.replayed;
+      (this.recovered ??= {})[result.channel] = result.recovered;
+      this.replayBudget -= result.replayed;
     }
     if (isNew) core.events.emit('subscribe', session, channel);
+    return null;
   }
-  reply.successful = true;
-  if (positions || recovered) {
-    const ext: Record<string, unknown> = {};
-    if (positions) ext.positions = positions;
-    if (recovered) ext.recovered = recovered;
-    reply.ext = ext;
-  }
-  return reply;
 }
 
 export async function unsubscribe(core: Pick<ServerCore, 'options' | 'engine' | 'events' | 'delivery'>, message: Message, session: ServerSession | null): Promise<Reply> {
