@@ -25,4 +25,12 @@ export class ReportThrottle {
     this.unreported = 0;
     return count;
   }
+
+  /** The failures counted and not reported yet (0: none); the next is reported at once. */
+  flush(): number {
+    const count = this.unreported;
+    this.unreported = 0;
+    this.lastReport = -Infinity;
+    return count;
+  }
 }

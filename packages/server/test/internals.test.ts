@@ -394,7 +394,9 @@ describe('the Redis connection\'s reports', () => {
         connection.troubled();
       },
       restored: (message) => restored.push(message),
+      outage: () => outages++,
     });
+    let outages = 0;
     assert.equal(connection.away(), null);
     for (let i = 0; i < 50; i++) connection.degraded(new Error(`published on /c${i} to this node's sessions only, without a position`));
     assert.deepEqual(reports, ["Redis is unreachable; serving this node's sessions only: published on /c0 to this node's sessions only, without a position"]);
@@ -404,8 +406,30 @@ describe('the Redis connection\'s reports', () => {
     connection.degraded(new Error('published on /later'));
     assert.equal(reports.length, 2);
     assert.match(reports[1]!, /^lost the connection to Redis/);
+    assert.equal(outages, 1, 'what the node does meanwhile is to be written again');
     connection.healthy();
     assert.equal(restored.length, 1);
     assert.equal(connection.away(), null);
+  });
+
+  it('a command that timed out takes a hung Redis for away, since it was sent', () => {
+    const reports: string[] = [];
+    let outages = 0;
+    const connection = new RedisConnection(resolveRedisOptions({ url: 'redis://127.0.0.1:1', commandTimeout: 3000 }), 'test', {
+      onMessage: () => {},
+      onReconnect: () => {},
+      report: (error) => reports.push((error as Error).message),
+      restored: () => {},
+      outage: () => outages++,
+    });
+    connection.failed(new Error('ERR wrong number of arguments'));
+    assert.equal(connection.away(), null, 'a command Redis refused is no outage');
+    connection.failed(new Error('Command timed out'));
+    assert.equal(outages, 1);
+    assert.deepEqual(reports, ["Redis answered nothing within 3000 ms (commandTimeout); serving this node's sessions only until it answers again: Command timed out"]);
+    assert.match(connection.away()!, /has not answered for 3\.\d s/, 'counted from when the command was sent');
+    // Taken for away: the requests of the outage do not wait for it (nor report each).
+    connection.degraded(new Error('Command timed out'));
+    assert.equal(reports.length, 1);
   });
 });

@@ -184,8 +184,12 @@ export class LocalDelivery implements EngineHost, SessionHost {
     this.events.emit('error', error);
   }
 
+  /** Where the news that the engine is whole again goes (the core adds what it did not report meanwhile). */
+  restored: ((message: string) => void) | null = null;
+
   reportRestored(message: string): void {
-    this.events.emit('restored', message);
+    if (this.restored) this.restored(message);
+    else this.events.emit('restored', message);
   }
 
   // ---------------------------------------------------------------- queue and flush

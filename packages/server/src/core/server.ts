@@ -108,6 +108,7 @@ export class ServerCore implements TransportHost {
     this.delivery.nodeMessages = (from, payload) => this.forwarding.onNodeMessage(from, payload);
     this.delivery.sessionsLost = (sessions) => this.presence?.sessionsLost(sessions);
     this.delivery.sessionsRestored = () => this.presence?.sessionsRestored();
+    this.delivery.restored = (message) => this.reportRestored(message);
     this.ready = this.engine.start(this.delivery);
     this.ready.then(
       () => (this.started = true),
@@ -146,6 +147,15 @@ export class ServerCore implements TransportHost {
     const count = this.unavailableReports.count();
     if (count === 0) return;
     this.reportError(count === 1 ? error : new PerihelionError('ERR_ENGINE_UNAVAILABLE', `${count} requests answered 503 since the last report: ${error.message}`, { cause: error }));
+  }
+
+  /**
+   * The engine is whole again: the 'restored' event, saying how many refusals were counted and
+   * not reported yet; the next outage's first refusal is reported at once.
+   */
+  private reportRestored(message: string): void {
+    const unreported = this.unavailableReports.flush();
+    this.events.emit('restored', unreported === 0 ? message : `${message} (${unreported} more requests were answered 503 since the last report)`);
   }
 
   get counters(): Counters {

@@ -29,6 +29,11 @@ export interface ConnectionHost {
   report(error: unknown): void;
   /** Redis answers again after failures `report` was told of: the server's 'restored' event. */
   restored(message: string): void;
+  /**
+   * Redis is taken for away (see `lost`): what this node does meanwhile is not written there, and
+   * is to be recorded afresh once it answers.
+   */
+  outage(): void;
 }
 
 export class RedisConnection {
@@ -36,7 +41,11 @@ export class RedisConnection {
   private sub: Redis | null = null;
   private started = false;
   private closing = false;
-  /** Set once a loss of Redis has been reported, cleared when the connection is back. */
+  /**
+   * Set once a loss of Redis has been reported (the connection dropped, or a command found it
+   * hung); cleared when the connection is back or a heartbeat goes through. Meanwhile the node
+   * serves its own sessions without asking Redis (`readyCmd` is null).
+   */
   private outage = false;
   /** Reports of `degraded`, at most one per REPORT_EVERY_MS. */
   private readonly degradedReports = new ReportThrottle(REPORT_EVERY_MS);
@@ -201,8 +210,17 @@ export class RedisConnection {
     return this.cmd !== null;
   }
 
-  /** The command connection, if it can take a command now. */
+  /**
+   * The command connection, if it can take a command now: connected, and Redis not taken for away.
+   * A Redis that hung keeps its connection; once a command has found it so, the node stops
+   * asking it (each request would wait `commandTimeout`) until a heartbeat goes through.
+   */
   readyCmd(): Redis | null {
+    return this.outage ? null : this.connectedCmd();
+  }
+
+  /** The command connection while it is connected, Redis away or not: for the heartbeat that finds out. */
+  connectedCmd(): Redis | null {
     return this.cmd?.status === 'ready' ? this.cmd : null;
   }
 
@@ -219,13 +237,23 @@ export class RedisConnection {
     const cmd = this.cmd;
     if (!cmd) throw new PerihelionError('ERR_ENGINE_CLOSED', 'the Redis engine is closed');
     try {
-      return await cmd.evalsha(SHAS.get(name)!, 1, prefix, prefix, ...args);
+      try {
+        return await cmd.evalsha(SHAS.get(name)!, 1, prefix, prefix, ...args);
+      } catch (error) {
+        // Not loaded there yet (a new shard, a restart, SCRIPT FLUSH): nothing ran, so send it whole
+        // once; Redis keeps it for the next EVALSHA.
+        if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
+        return await cmd.eval(SCRIPTS[name], 1, prefix, prefix, ...args);
+      }
     } catch (error) {
-      // Not loaded there yet (a new shard, a restart, SCRIPT FLUSH): nothing ran, so send it whole
-      // once; Redis keeps it for the next EVALSHA.
-      if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
-      return cmd.eval(SCRIPTS[name], 1, prefix, prefix, ...args);
+      this.failed(error);
+      throw error;
     }
+  }
+
+  /** A command failed: one that timed out found Redis hung, which is taken for away (`lost`). */
+  failed(error: unknown): void {
+    if (timedOut(error)) this.lost(error);
   }
 
   /** Publishes `text` on the pub/sub channel `channel` (sharded on a cluster); resolves to how many heard it. */
@@ -240,6 +268,7 @@ export class RedisConnection {
       try {
         return await query(cmd);
       } catch (error) {
+        this.failed(error);
         if (!fallback || this.readyCmd()) throw unavailable(`cannot read ${what}`, error);
       }
     }
@@ -252,7 +281,13 @@ export class RedisConnection {
   lost(error: unknown): void {
     if (this.outage || this.closing) return;
     this.outage = true;
-    this.host.report(unavailable("lost the connection to Redis; serving this node's sessions only until it is back", error));
+    // A command that timed out was sent `commandTimeout` earlier: Redis stopped answering then.
+    this.troubled(timedOut(error) ? Date.now() - this.options.commandTimeout : Date.now());
+    this.host.outage();
+    const what = timedOut(error)
+      ? `Redis answered nothing within ${this.options.commandTimeout} ms (commandTimeout); serving this node's sessions only until it answers again`
+      : "lost the connection to Redis; serving this node's sessions only until it is back";
+    this.host.report(unavailable(what, error));
   }
 
   /**
@@ -262,6 +297,7 @@ export class RedisConnection {
    * into a report at most every 10 s.
    */
   degraded(error: unknown): void {
+    this.failed(error);
     if (this.outage) return;
     const count = this.degradedReports.count();
     if (count === 0) return;
@@ -270,8 +306,8 @@ export class RedisConnection {
   }
 
   /** A failure to reach Redis was reported (ERR_ENGINE_UNAVAILABLE): `healthy` will say when it answers again. */
-  troubled(): void {
-    this.troubleSince ??= Date.now();
+  troubled(since = Date.now()): void {
+    this.troubleSince ??= since;
   }
 
   /**
@@ -298,6 +334,11 @@ export class RedisConnection {
     this.outage = false;
     this.host.restored(`Redis at ${describeUrl(this.options.url)} answers again, ${seconds.toFixed(1)} s after the first failure; this node's sessions are recorded there`);
   }
+}
+
+/** Whether a command failed for want of an answer within `commandTimeout` (ioredis's error). */
+function timedOut(error: unknown): boolean {
+  return error instanceof Error && error.message === 'Command timed out';
 }
 
 /** ERR_ENGINE_UNAVAILABLE for `what`, with the Redis error that caused it. */

@@ -60,7 +60,8 @@ export class NodeLiveness {
 
   /** Says this node is alive, registers it again if it was forgotten, removes dead nodes. */
   async beat(): Promise<void> {
-    if (!this.connection.readyCmd()) return;
+    // Asked even while Redis is taken for away (hung): the beat that goes through ends the outage.
+    if (!this.connection.connectedCmd()) return;
     if (this.stale) {
       this.stale = false;
       try {

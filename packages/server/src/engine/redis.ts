@@ -106,6 +106,8 @@ export class RedisEngine implements Engine {
       onReconnect: () => void this.liveness.rejoin().catch((error: unknown) => this.connection.lost(error)),
       report: (error) => this.report(error),
       restored: (message) => this.host?.reportRestored(message),
+      // What this node does while Redis is away is not written there: all of it again once it answers.
+      outage: () => this.liveness.resync(),
     });
     this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations(), (sessions) => this.host?.onSessionsLost(sessions), () => this.host?.onSessionsRestored());
     this.seam = new RecoverySeam(this.nodeId, this.options.commandTimeout, (error) => this.report(error));
@@ -373,6 +375,7 @@ export class RedisEngine implements Engine {
       }
     } catch (error) {
       this.pending.delete(tag);
+      this.connection.failed(error);
       throw unavailable(`publish on ${channel} failed`, error);
     }
     if (this.pending.has(tag) && !this.connection.hearing) {
