@@ -64,7 +64,11 @@ command.action(async (parsed: Record<string, unknown>) => {
     const running = await serve(settings, log, node !== null && address !== null ? { node, address } : undefined);
     let stopping = false;
     const stop = (signal: string): void => {
-      if (stopping) return;
+      if (stopping) {
+        // A second signal (Ctrl-C twice, a manager that lost patience): no more waiting for clients.
+        console.log(`${signal} again: exiting without finishing the drain`);
+        process.exit(1);
+      }
       stopping = true;
       console.log(`${signal}: shutting down`);
       // Draining is bounded by drainTimeout; past that plus a margin, exit anyway.

@@ -116,4 +116,26 @@ describe('graceful shutdown', () => {
     assert.equal(code, 0);
     assert.ok(Date.now() - started < 3000, 'no drain wait when no message is owed');
   });
+
+  it('a second signal during the drain ends the process at once, with status 1', async () => {
+    const child = start(['--drain-timeout', '20000'], { PERIHELION_API_KEY: KEY });
+    const exited = once(child, 'exit') as Promise<[number | null]>;
+    child.stderr.resume();
+    let stdout = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    const base = await listeningUrl(child);
+    // A session owed a message keeps the drain waiting for drainTimeout (20 s).
+    const poller = new Poller(`${base}/bayeux`);
+    await poller.join('/owed');
+    const ack = await fetch(`${base}/api/publish`, { method: 'POST', headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ channel: '/owed', data: 1 }) });
+    assert.equal(ack.status, 200);
+    child.kill('SIGTERM');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const started = Date.now();
+    child.kill('SIGINT');
+    const [code] = await exited;
+    assert.equal(code, 1);
+    assert.ok(Date.now() - started < 2000, `exited ${Date.now() - started} ms after the second signal`);
+    assert.match(stdout, /SIGINT again: exiting without finishing the drain/);
+  });
 });
