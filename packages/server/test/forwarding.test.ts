@@ -95,6 +95,28 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     await waitFor(() => record.connection === null, 3000, 'the owner to unbind the line once the socket closed');
   });
 
+  it('a message pushed to a WebSocket on B after B died is queued again on A for the next connect, in order', { timeout: 15_000 }, async () => {
+    const [a, b] = await pair();
+    const clientId = await handshake(a);
+    const peer = await WsPeer.open(b.wsUrl);
+    peers.push(peer);
+    assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/relayed' })).successful, true);
+    await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+    peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+    await a.server.publish('/relayed', 1);
+    await peer.next((m) => m.channel === '/relayed' && m.data === 1, 'the first message, through B');
+    // B dies as far as Redis can tell (its subscription dropped): what A pushes to it reaches nobody.
+    (b.server.engine as unknown as { connection: { sub: { disconnect(reconnect: boolean): void } } }).connection.sub.disconnect(false);
+    await a.server.publish('/relayed', 2);
+    await a.server.publish('/relayed', 3);
+    const record = sessionRecord(a.server, clientId)!;
+    await waitFor(() => record.connection === null, 3000, 'A to drop the line B held');
+    // The client comes back on A (its balancer has only A left): nothing A pushed into the void is lost.
+    const [reply, ...delivered] = await post(a.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', advice: { timeout: 0 } }]);
+    assert.equal(reply!.successful, true);
+    assert.deepEqual(delivered.filter((m) => m.channel === '/relayed').map((m) => m.data), [2, 3]);
+  });
+
   it('feeds an SSE stream opened on B for a session on A; another browser is refused by the owner', async () => {
     const [a, b] = await pair();
     const clientId = await handshake(a, { Cookie: 'BAYEUX_BROWSER=browser-one-0123456789' });

@@ -20,6 +20,11 @@ export type Transport = ConnectionType | 'in-process';
 export interface LineWatcher {
   lineClosed(line: PushConnection): void;
   lineDrained(line: PushConnection): void;
+  /**
+   * Messages written to `line` that are known never to have reached it (the node holding the
+   * real line was gone), in the order they were written: queued again, ahead of the rest.
+   */
+  lineReturned?(line: PushConnection, payloads: readonly string[]): void;
 }
 
 /** Facts about the HTTP request (or WebSocket upgrade) a batch came in on. */

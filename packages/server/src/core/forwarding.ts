@@ -34,7 +34,7 @@ import { randomBytes } from 'node:crypto';
 import { bayeuxError, isConnectionType, META, type Message } from '@perihelion/protocol';
 import type { Engine } from '../engine/engine.js';
 import type { ResolvedOptions } from '../options.js';
-import type { ClientGoneWatcher, ProcessContext, PushConnection, RequestFacts, Transport } from './contract.js';
+import type { ClientGoneWatcher, LineWatcher, ProcessContext, PushConnection, RequestFacts, Transport } from './contract.js';
 import { RelayLine } from './relay-line.js';
 import type { ServerSession } from './session.js';
 
@@ -280,7 +280,6 @@ export class Forwarding {
     return remote;
   }
 
-  /** Sends a message to a node; false when it cannot be sent or nobody listens (the engine is closing, Redis is away). */
   /** Whether `node` heard `message`; undefined when that cannot be known (Redis away). */
   private tell(node: string, message: Record<string, unknown>): Promise<boolean | undefined> {
     return this.host.engine.sendToNode(node, JSON.stringify(message)).catch(() => undefined);
@@ -360,6 +359,14 @@ export class Forwarding {
  * to that node as a message. Closed when that node says its line closed, or stops listening.
  */
 class RemoteLine extends RelayLine {
+  /** Pushes sent and not known yet to have been heard. */
+  private inFlight = 0;
+  /**
+   * Once a push was not heard (that node died: Redis counts no listener): what reached nobody,
+   * in order, and the session it goes back to.
+   */
+  private unheard: { payloads: string[]; session: LineWatcher | null } | null = null;
+
   constructor(
     transport: Transport,
     private readonly tell: (message: Record<string, unknown>) => Promise<boolean>,
@@ -368,8 +375,23 @@ class RemoteLine extends RelayLine {
   }
 
   protected relay(serialised: string[]): void {
+    this.inFlight++;
     void this.tell({ t: 'push', frames: serialised }).then((heard) => {
-      if (!heard) this.close();
+      this.inFlight--;
+      if (!heard) {
+        // The pushes after it were sent too, and come back unheard in order: the messages go
+        // back to the session once all have, so that its next connect gets them in order.
+        if (this.unheard === null) {
+          this.unheard = { payloads: [], session: this.soleWatcher() };
+          this.close();
+        }
+        this.unheard.payloads.push(...serialised);
+      }
+      if (this.unheard !== null && this.inFlight === 0 && this.unheard.payloads.length > 0) {
+        const { payloads, session } = this.unheard;
+        this.unheard.payloads = [];
+        session?.lineReturned?.(this, payloads);
+      }
     });
   }
 

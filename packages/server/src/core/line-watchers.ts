@@ -19,6 +19,11 @@ export class LineWatchers {
     for (const watcher of this.watchers.splice(0)) watcher.lineClosed(line);
   }
 
+  /** The one watcher, when there is exactly one (a line's writes can then be told apart by whose they are). */
+  sole(): LineWatcher | null {
+    return this.watchers.length === 1 ? this.watchers[0]! : null;
+  }
+
   /** The line drained: each watcher is told. */
   drained(line: PushConnection): void {
     for (const watcher of this.watchers) watcher.lineDrained(line);

@@ -37,6 +37,11 @@ export abstract class RelayLine implements PushConnection {
     else callback();
   }
 
+  /** The one session bound to this line, if there is exactly one. */
+  protected soleWatcher(): LineWatcher | null {
+    return this.watchers.sole();
+  }
+
   watch(watcher: LineWatcher): void {
     // Never congested here, so never drained: only the close is told.
     if (this.watchers.add(watcher)) this.onClose(() => this.watchers.closed(this));

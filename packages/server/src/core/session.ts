@@ -192,7 +192,7 @@ export class ServerSession implements Session {
     this.host.scheduleFlush(this);
   }
 
-  /** Queues unacknowledged messages again, ahead of everything else (ack extension). */
+  /** Queues messages again, ahead of everything else: unacknowledged ones (ack extension), or ones a relay line lost. */
   resend(payloads: readonly string[]): void {
     if (this.ended || payloads.length === 0) return;
     this.queue.unshiftAll(payloads);
@@ -209,6 +209,11 @@ export class ServerSession implements Session {
   /** A line this session was bound to closed (LineWatcher). */
   lineClosed(line: PushConnection): void {
     this.unbind(line);
+  }
+
+  /** What was written to a line that never reached it (LineWatcher): queued again, for the next connect. */
+  lineReturned(_line: PushConnection, payloads: readonly string[]): void {
+    this.resend(payloads);
   }
 
   /** A congested line this session was bound to drained (LineWatcher): what waited goes out. */
