@@ -133,7 +133,9 @@ export class Subscriptions {
     for (const [pattern, state] of this.patterns) {
       const resync = state.status === 'active' && state.resync === 'due';
       if (state.status !== 'wanted' && !resync) continue;
-      const recover = this.recoverFor(pattern);
+      // A pattern asks again even when it knows no channel yet: the server recovers the channels
+      // it sent it and it never received (a pattern names only those it received from).
+      const recover = this.recoverFor(pattern) ?? (resync && isWildcard(pattern) ? {} : undefined);
       state.recover = recover;
       if (resync) {
         // Without positions (a server without history) there is nothing to ask for again.
@@ -189,6 +191,11 @@ export class Subscriptions {
         // A server without history ignores ext.recover: nothing was replayed, and nothing can be promised.
         channels[channel] = ext.recovered?.[channel] === true;
         if (!channels[channel]) this.positions.delete(channel);
+      }
+      // On the same session the server also recovers, for a pattern, the channels it had sent it
+      // that never arrived (named nowhere here): their outcome counts too.
+      if (isWildcard(pattern) && state.resync === 'sent') {
+        for (const [channel, value] of Object.entries(ext.recovered ?? {})) if (!(channel in channels) && matches(pattern, channel)) channels[channel] = value === true;
       }
       // A pattern on a new session names only the channels it had received from: a channel first
       // published on while it was away (on a node that died, say) is not among them, and what it

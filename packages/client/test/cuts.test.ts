@@ -260,3 +260,54 @@ describe('cut connections (a TCP proxy that closes, resets or silences them)', (
     });
   }
 });
+
+describe('a pattern behind a line gone silent', () => {
+  // Over long-polling a message still queued for the session reaches the client ahead of the
+  // recovery and is taken for the channel's start (see the client's README, Reconnection).
+  for (const type of ['websocket'] as ConnectionType[]) {
+    for (const before of [true, false]) {
+      it(`${type}: gets back, on the same session, what the dead line swallowed on channels it had never received from (${before ? 'having received from another' : 'having received nothing'})`, { timeout: 40_000 }, async () => {
+        const test = await startServer({ historySize: 100, maxQueue: 100, heartbeat: 1000, timeout: HOLD });
+        const proxy = await TcpProxy.start(test.port);
+        const client = new Client(proxy.url(test.server.options.path), {
+          transports: [type],
+          WebSocket: WS as unknown as new (url: string) => WebSocket,
+          minReconnectDelay: 20,
+          maxReconnectDelay: 200,
+          timeout: LINE_TIMEOUT,
+        });
+        try {
+          const received: string[] = [];
+          const outcomes: boolean[] = [];
+          await client.subscribe<string>('/w/*', (text, message) => received.push(`${message.channel}:${text}`), { onRecover: (ok) => void outcomes.push(ok) });
+          if (before) {
+            await test.server.publish('/w/a', 'a1');
+            await waitFor(() => received.length === 1, 5000, 'the first message');
+          }
+          await sleep(300);
+          const clientId = client.clientId;
+          let noticed = false;
+          client.once('connecting', () => (noticed = true));
+          proxy.silence();
+          // Written into the dead line: the server takes them as sent.
+          await test.server.publish('/w/b', 'b1');
+          await test.server.publish('/w/b', 'b2');
+          if (before) await test.server.publish('/w/a', 'a2');
+          await waitFor(() => noticed, HOLD + LINE_TIMEOUT + 1000, 'the client to notice the silence');
+          await waitFor(() => client.state === 'connected', 20_000, 'the reconnection');
+          const expected = before ? ['/w/a:a1', '/w/a:a2', '/w/b:b1', '/w/b:b2'] : ['/w/b:b1', '/w/b:b2'];
+          await waitFor(() => received.length >= expected.length, 10_000, `what the dead line swallowed (have ${received.join(' ')})`);
+          await sleep(200);
+          assert.equal(client.clientId, clientId, 'the same session');
+          assert.deepEqual([...received].sort(), expected, 'each message once');
+          assert.deepEqual(received.filter((m) => m.startsWith('/w/b')), ['/w/b:b1', '/w/b:b2'], 'in order');
+          assert.deepEqual(outcomes, [true], 'and said to be recovered whole');
+        } finally {
+          await client.disconnect();
+          await proxy.close();
+          await test.close();
+        }
+      });
+    }
+  }
+});

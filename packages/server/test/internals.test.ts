@@ -354,7 +354,13 @@ describe('a session\'s channel set', () => {
     assert.equal(set.has('/b'), false);
     assert.equal((set as unknown as { many: unknown }).many, null, 'one member needs no set');
 
+    assert.equal(set.hasPattern, false);
     set.add('/b').add('/c/*');
+    assert.equal(set.hasPattern, true, 'a pattern among them');
+    set.add('/c/*');
+    set.delete('/c/*');
+    assert.equal(set.hasPattern, false, 'counted once, however often added');
+    set.add('/c/*');
     assert.deepEqual(look(), { size: 3, members: ['/a', '/b', '/c/*'], values: ['/a', '/b', '/c/*'], keys: ['/a', '/b', '/c/*'], entries: [['/a', '/a'], ['/b', '/b'], ['/c/*', '/c/*']] });
     assert.equal(set.has('/c/*'), true);
     const seen: [string, string, unknown][] = [];

@@ -4,11 +4,20 @@
  * it lives. This keeps the one member as a plain string and makes a `Set` only for a second one.
  * It is a `ReadonlySet` to applications (live: it changes as the session subscribes), not a `Set`.
  */
+import { isWildcard } from '@perihelion/protocol';
+
 export class ChannelSet implements ReadonlySet<string> {
   /** The one member while there is at most one, and no set. */
   private one: string | null = null;
   /** Every member, once there were two (kept, even if fewer remain). */
   private many: Set<string> | null = null;
+  /** How many members are patterns (`*`, `**`). */
+  private patterns = 0;
+
+  /** Whether a member is a pattern: a channel it is not subscribed to by name may reach it. */
+  get hasPattern(): boolean {
+    return this.patterns > 0;
+  }
 
   get size(): number {
     return this.many !== null ? this.many.size : this.one === null ? 0 : 1;
@@ -19,9 +28,11 @@ export class ChannelSet implements ReadonlySet<string> {
   }
 
   add(channel: string): this {
+    if (this.has(channel)) return this;
+    if (isWildcard(channel)) this.patterns++;
     if (this.many !== null) this.many.add(channel);
     else if (this.one === null) this.one = channel;
-    else if (this.one !== channel) {
+    else {
       this.many = new Set([this.one, channel]);
       this.one = null;
     }
@@ -30,15 +41,16 @@ export class ChannelSet implements ReadonlySet<string> {
 
   /** Removes `channel`; false when it was not a member. */
   delete(channel: string): boolean {
-    if (this.many !== null) return this.many.delete(channel);
-    if (this.one !== channel) return false;
-    this.one = null;
+    if (this.many !== null ? !this.many.delete(channel) : this.one !== channel) return false;
+    if (this.many === null) this.one = null;
+    if (isWildcard(channel)) this.patterns--;
     return true;
   }
 
   clear(): void {
     this.one = null;
     this.many = null;
+    this.patterns = 0;
   }
 
   forEach(callback: (value: string, key: string, set: ReadonlySet<string>) => void, thisArg?: unknown): void {

@@ -129,8 +129,12 @@ export class LocalDelivery implements EngineHost, SessionHost {
     for (const id of clientIds) {
       const session = this.sessions.get(id);
       if (!session) continue;
-      if (id !== exclude) this.enqueue(session, payload, now);
-      else if (session.skipNotes && publication.position !== undefined) this.enqueue(session, skipNote(publication.channel, publication.position), now);
+      if (id !== exclude) {
+        this.enqueue(session, payload, now);
+        // A channel only a pattern reaches: where it started for this session, for a recovery
+        // that cannot name it (see meta/subscribe.ts).
+        if (publication.position !== undefined && session.subscriptions.hasPattern && !session.subscriptions.has(publication.channel)) session.sentThroughPattern(publication.channel, publication.position);
+      } else if (session.skipNotes && publication.position !== undefined) this.enqueue(session, skipNote(publication.channel, publication.position), now);
     }
     if (this.listeners.hearsBroadcasts && !isService(publication.channel)) void this.listeners.notify(publication.message, null);
   }

@@ -8,7 +8,7 @@
  * in one frame when the session is bound to a push connection (WebSocket, stream), or used to
  * answer its held /meta/connect (long-polling).
  */
-import { isPositionedOn, isStreamedConnectionType, type ConnectionType } from '@perihelion/protocol';
+import { isPositionedOn, isStreamedConnectionType, type ConnectionType, type Position } from '@perihelion/protocol';
 import type { Identity } from '../security/identity.js';
 import type { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from './contract.js';
@@ -18,6 +18,9 @@ import { ChannelSet } from './channel-set.js';
 import { OutboundQueue } from './outbound-queue.js';
 import type { RecentIds } from './recent-ids.js';
 import type { TimerHandle, TimerWheel } from './timer-wheel.js';
+
+/** Channels reached through patterns whose first position a session keeps (see firstSentThroughPattern). */
+export const MAX_PATTERN_CHANNELS = 1000;
 
 /** A session as applications see it. */
 export interface Session {
@@ -79,6 +82,12 @@ export class ServerSession implements Session {
   readonly queue: OutboundQueue;
   /** Channels and patterns this session subscribes to (mirrors the engine, for limits and clean-up). */
   readonly subscriptions = new ChannelSet();
+  /**
+   * The first position this session was sent on each channel that only its patterns reach (at
+   * most MAX_PATTERN_CHANNELS): a client that comes back on the same session names the channels
+   * it received from; one it does not name never reached it, and is recovered from here.
+   */
+  firstSentThroughPattern: Map<string, Position> | null = null;
   /** Set once the session has answered its first /meta/connect. */
   connected = false;
   /** Set while the session waits in local delivery's list of sessions to flush this turn. */
@@ -190,6 +199,12 @@ export class ServerSession implements Session {
     this.queue.removeWhere((payload) => isPositionedOn(channel, payload));
     this.queue.pushAll(payloads);
     this.host.scheduleFlush(this);
+  }
+
+  /** Notes a positioned message sent to it on `channel`, which only its patterns reach. */
+  sentThroughPattern(channel: string, position: Position): void {
+    const first = (this.firstSentThroughPattern ??= new Map());
+    if (!first.has(channel) && first.size < MAX_PATTERN_CHANNELS) first.set(channel, position);
   }
 
   /** Queues messages again, ahead of everything else: unacknowledged ones (ack extension), or ones a relay line lost. */

@@ -15,7 +15,7 @@
  *   recovery starts), and `ext.recovered` the outcome of each recovery asked for; the replayed
  *   messages are queued before anything published later (Perihelion's extension, docs/protocol.md).
  */
-import { bayeuxError, channelProblem, isMeta, isService, subscriptionList, type Message, type Position } from '@perihelion/protocol';
+import { bayeuxError, channelProblem, isMeta, isService, isWildcard, matches, subscriptionList, type Message, type Position } from '@perihelion/protocol';
 import type { RecoverRequest, SubscribeOutcome } from '../../engine/engine.js';
 import { andThen, type MaybePromise } from '../../maybe-promise.js';
 import { readRecoverRequests } from '../recovery.js';
@@ -68,7 +68,36 @@ export function subscribe(core: SubscribeCore, message: Message, session: Server
   const named = again.length === 0 ? fresh : [...fresh, ...again];
   const recover = readRecoverRequests(message.ext?.recover, named, { maxEntries: options.maxSubscriptions, maxChannelLength: options.maxChannelLength });
   if (!recover.ok) return { ...reply, error: recover.error };
-  return new SubscribeStep(core, message, session, reply, fresh, named, recover.byPattern).checkFrom(0);
+  // A resync asking for recovery (its patterns named again): also what never reached it.
+  const byPattern = again.length > 0 && message.ext?.recover !== undefined ? withUnnamedChannels(session, again, recover.byPattern) : recover.byPattern;
+  return new SubscribeStep(core, message, session, reply, fresh, named, byPattern).checkFrom(0);
+}
+
+/**
+ * `byPattern` with, for each pattern of `again`, the channels it reached on this session that the
+ * client names nowhere in its `ext.recover`: a client names every channel it received from, so
+ * it received nothing from these (their messages went down a line that died), and they are
+ * recovered from the first position this session was sent there.
+ */
+function withUnnamedChannels(session: ServerSession, again: readonly string[], byPattern: ReadonlyMap<string, RecoverRequest[]>): ReadonlyMap<string, RecoverRequest[]> {
+  const first = session.firstSentThroughPattern;
+  if (first === null) return byPattern;
+  const named = new Set<string>();
+  for (const requests of byPattern.values()) for (const { channel } of requests) named.add(channel);
+  let out: Map<string, RecoverRequest[]> | null = null;
+  for (const pattern of again) {
+    if (!isWildcard(pattern)) continue;
+    for (const [channel, position] of first) {
+      if (named.has(channel) || !matches(pattern, channel)) continue;
+      named.add(channel);
+      out ??= new Map([...byPattern].map(([key, requests]) => [key, [...requests]]));
+      let list = out.get(pattern);
+      if (!list) out.set(pattern, (list = []));
+      // `since` is the last position seen: the one before the first it was sent.
+      list.push({ channel, since: { epoch: position.epoch, offset: position.offset - 1 } });
+    }
+  }
+  return out ?? byPattern;
 }
 
 type SubscribeCore = Pick<ServerCore, 'options' | 'security' | 'engine' | 'events' | 'delivery'>;
