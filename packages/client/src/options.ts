@@ -44,7 +44,11 @@ export interface ClientOptions {
   token?: string | (() => string | undefined | Promise<string | undefined>);
   /** Extra headers on HTTP requests (not possible on WebSocket or EventSource). Default: none. */
   headers?: Record<string, string>;
-  /** One connection for every tab of the origin (a SharedWorker, else a leader tab elected with Web Locks + BroadcastChannel). Default: true in browsers. */
+  /**
+   * One connection for every tab of the origin (a SharedWorker, else a leader tab elected with Web
+   * Locks + BroadcastChannel); a tab the browser denies the locks (site data blocked) connects
+   * alone, as with `false`. Default: true in browsers.
+   */
   shared?: boolean;
   /**
    * Script of the SharedWorker that holds the shared connection. Default: `<url>/client.js` (the

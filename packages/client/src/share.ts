@@ -11,12 +11,17 @@
  * its subscriptions and open requests again, so they survive the change.
  *
  * Either way the hub (hub.ts) does the work; this module is a tab's side of it.
+ *
+ * A browser may refuse both: with site data blocked, Chromium rejects every `locks.request`
+ * ("The request was denied.") and fails the worker, though `navigator.locks` exists. Sharing
+ * cannot work then, so the tab holds an unshared connection of its own (as `shared: false`),
+ * through a hub that serves this tab alone; what it asked meanwhile runs there.
  */
 import { asPosition, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
 import type { Bayeux, State, StateChange, TransportChange } from './bayeux.js';
 import type { Backend, BackendEvents, Sharing } from './client.js';
 import { addExtension, type Extension } from './extensions.js';
-import { fromWire, Hub, type HubConfig, type Op, type Wire } from './hub.js';
+import { fromWire, Hub, type HubConfig, type Op, type Send, type Wire } from './hub.js';
 import type { SubscribeOutcome } from './subscriptions.js';
 
 interface Waiting {
@@ -29,6 +34,10 @@ interface Waiting {
 /** How long a SharedWorker may take to answer before the tabs elect a leader instead. */
 const WORKER_TIMEOUT = 5000;
 
+/**
+ * Whether the browser has what sharing needs. Whether it grants the locks (it may not, with site
+ * data blocked) is learnt only by asking: a refused tab connects alone (`SharedBackend.alone`).
+ */
 export function shareAvailable(): boolean {
   const g = globalThis as unknown as { BroadcastChannel?: unknown; navigator?: { locks?: unknown }; document?: unknown };
   return typeof g.BroadcastChannel === 'function' && g.navigator?.locks !== undefined && g.document !== undefined;
@@ -46,8 +55,11 @@ export class SharedBackend implements Backend {
   private link: (message: Wire) => void = () => {};
   /** Messages held until this tab's liveness lock is granted. */
   private early: Wire[] | null = [];
-  /** Set when this tab is the leader. */
+  /** Set when this tab holds the connection (the leader, or alone when sharing is refused). */
   private hub: Hub | null = null;
+  /** The SharedWorker's port, or the tabs' channel: closed when this tab ends up alone. */
+  private port: MessagePort | null = null;
+  private channel: BroadcastChannel | null = null;
   /** Operations sent to the hub and not answered yet (sent again to a new hub). */
   private readonly waiting = new Map<string, Waiting>();
   /** Patterns this tab needs, announced again to every new hub. */
@@ -74,11 +86,10 @@ export class SharedBackend implements Backend {
     // Held for the tab's lifetime (the promise never settles): a hub waiting for this lock
     // learns that the tab is gone, even if it crashed without a word. Nothing reaches the hub
     // before the lock is held, or the hub's wait could be granted first and take the tab for gone.
-    void this.locks.request(`${this.name}:tab:${this.tab}`, () => {
+    this.lock(`${this.name}:tab:${this.tab}`, () => {
       const early = this.early ?? [];
       this.early = null;
       for (const message of early) this.link(message);
-      return new Promise<never>(() => {});
     });
     for (const [event, online] of [
       ['offline', false],
@@ -108,6 +119,7 @@ export class SharedBackend implements Backend {
   private useWorker(script: string, config: HubConfig): void {
     const worker = new SharedWorker(script, { name: this.name });
     const port = worker.port;
+    this.port = port;
     this.sharing = 'worker';
     this.link = (message) => port.postMessage(message);
     port.onmessage = (event: MessageEvent<Wire>) => this.onWire(event.data);
@@ -128,13 +140,41 @@ export class SharedBackend implements Backend {
   private elect(): void {
     this.sharing = 'follower';
     const channel = new BroadcastChannel(this.name);
+    this.channel = channel;
     channel.onmessage = (event: MessageEvent<Wire>) => this.onWire(event.data);
     this.link = (message) => channel.postMessage(message);
-    void this.locks.request(this.name, () => this.lead(channel));
+    this.lock(this.name, () => this.hold((message) => channel.postMessage(message), 'leader'));
     this.post({ t: 'hello', from: this.tab });
   }
 
-  private lead(channel: BroadcastChannel): Promise<never> {
+  /**
+   * Asks for a lock, runs `granted` once it is held, and holds it for the tab's lifetime (the
+   * callback's promise never settles). A refusal (storage blocked: the browser denies every
+   * request) means that the tabs cannot share, and this one connects by itself; a lock granted
+   * once it is alone is let go at once. (`request` never throws: Web IDL turns an exception of a
+   * promise-returning method into a rejection.)
+   */
+  private lock(name: string, granted: () => void): void {
+    this.locks
+      .request(name, () => {
+        if (this.sharing === 'off') return undefined;
+        granted();
+        return new Promise<never>(() => {});
+      })
+      .catch(() => this.alone());
+  }
+
+  /** Sharing cannot work here: this tab holds its own connection, for itself alone. */
+  private alone(): void {
+    if (this.sharing === 'off' || this.hub) return;
+    // Nothing is posted from now on: every operation runs on this tab's own hub.
+    this.port?.close();
+    this.channel?.close();
+    this.hold(() => {}, 'off');
+  }
+
+  /** Opens the connection in this tab, for every tab (`send` relays to them) or for this one alone. */
+  private hold(send: Send, sharing: 'leader' | 'off'): void {
     const own: BackendEvents = {
       ...this.events,
       state: (change) => {
@@ -143,10 +183,10 @@ export class SharedBackend implements Backend {
       },
       transport: (change) => this.moved(change),
     };
-    const hub = new Hub(this.make, (message) => channel.postMessage(message), { id: this.tab, events: own }, this.locks, this.name);
+    const hub = new Hub(this.make, send, { id: this.tab, events: own }, this.locks, this.name);
     this.hub = hub;
     hub.bayeux.seedPositions(this.seen);
-    this.sharing = 'leader';
+    this.sharing = sharing;
     for (const extension of this.extensions) hub.bayeux.addExtension(extension);
     // This tab's own wishes, and what it had asked of the previous hub, now run here.
     const mine = [...this.waiting.values()];
@@ -155,7 +195,6 @@ export class SharedBackend implements Backend {
     for (const item of mine) hub.run(this.tab, item.op, item.args).then(item.resolve, item.reject);
     hub.announce();
     if (this.wantConnect || this.needs.size > 0) void hub.bayeux.connect();
-    return new Promise<never>(() => {});
   }
 
   private post(message: Wire): void {

@@ -4,7 +4,9 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { once } from 'node:events';
 import { createServer as createHttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -14,6 +16,7 @@ import { createServer, type Perihelion, type ServerOptions } from '@perihelion/s
 import { waitFor } from './helpers.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 /** The five lines of the README, plus a place for the test to look. */
 const PAGE = `<!doctype html><meta charset="utf-8"><title>client</title>
@@ -68,7 +71,7 @@ describe('client in Chromium', () => {
     assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM_PATH`);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: ARGS,
     });
   });
 
@@ -325,6 +328,39 @@ describe('client in Chromium', () => {
       await server.close();
     }
   });
+
+  for (const options of [{}, { worker: false }]) {
+    it(`with cookies and site data blocked, where the browser refuses the locks, each tab connects alone (${JSON.stringify(options)})`, async () => {
+      // A profile that blocks cookies (Chromium's "Block all cookies"): navigator.locks exists,
+      // but every locks.request is rejected ("The request was denied.") and the worker fails.
+      const profile = mkdtempSync(join(tmpdir(), 'perihelion-no-cookies-'));
+      mkdirSync(join(profile, 'Default'));
+      writeFileSync(join(profile, 'Default', 'Preferences'), JSON.stringify({ profile: { default_content_setting_values: { cookies: 2 } } }));
+      const { server, origin } = await serve();
+      const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, args: ARGS });
+      try {
+        const [page, other] = [await open(context, origin), await open(context, origin)];
+        const refused = await page.evaluate(() => navigator.locks.request('probe', () => 'granted').catch((error: Error) => error.name));
+        assert.equal(refused, 'SecurityError', 'the browser refuses the lock');
+        for (const tab of [page, other]) {
+          assert.equal(await tab.evaluate((o) => (window as unknown as Window).start(o), options), 'websocket');
+          assert.equal(await sharingOf(tab), 'off');
+        }
+        assert.equal(server.stats().sessions, 2, 'a session per tab');
+        await server.publish('/page/news', 'despite the blocked storage');
+        for (const tab of [page, other]) await tab.waitForFunction(() => (window as unknown as Window).seen.includes('despite the blocked storage'));
+        const heard: unknown[] = [];
+        server.subscribe('/page/up', (message) => void heard.push(message.data));
+        await other.evaluate(() => (window as unknown as Window).client.publish('/page/up', 'from a tab alone'));
+        await waitFor(() => heard.length === 1, 3000, 'the publish');
+        assert.deepEqual(await page.evaluate(() => (window as unknown as Window).states), ['connecting:', 'connected:websocket']);
+      } finally {
+        await context.close();
+        await server.close();
+        rmSync(profile, { recursive: true, force: true });
+      }
+    });
+  }
 
   for (const [label, extra] of [
     ['one tab, websocket', { shared: false }],
