@@ -188,7 +188,9 @@ export class Client extends Emitter<ClientEvents> {
 
   /**
    * Publishes `data` on `channel`; resolves when the server acknowledged it, rejects with the
-   * server's error (`ClientError`, code "bayeux") when it refused. Offline, it waits in a bounded queue.
+   * server's error (`ClientError`, code "bayeux") when it refused. Offline, it waits in a bounded queue
+   * for the connection; the `timeout` option counts from sending, and a `timeout` rejection leaves
+   * the outcome unknown (the server may have delivered it).
    */
   publish(channel: string, data: unknown, options: { ext?: Record<string, unknown> } = {}): Promise<Message> {
     const problem = channelProblem(channel, { allowWildcard: false });
@@ -197,7 +199,11 @@ export class Client extends Emitter<ClientEvents> {
     return this.backend.publish(channel, data, options.ext);
   }
 
-  /** A request to a server-side service (`/service/…`): resolves to the data of its answer, rejects on refusal or after `timeout` ms. */
+  /**
+   * A request to a server-side service (`/service/…`): resolves to the data of its answer, rejects
+   * on refusal or after `timeout` ms from this call, connected or not (a request that expires
+   * before it could be sent is never sent).
+   */
   request<T = unknown>(channel: string, data: unknown, options: { timeout?: number } = {}): Promise<T> {
     if (!isService(channel) || channelProblem(channel, { allowWildcard: false })) {
       return Promise.reject(new ClientError('invalid-channel', `requests go to a /service/… channel, not ${JSON.stringify(channel)}`));

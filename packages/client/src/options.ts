@@ -14,7 +14,11 @@ export interface ClientOptions {
    * (callback-polling is tried only by a page on another origin than the server, unless listed here).
    */
   transports?: ConnectionType[];
-  /** Milliseconds to wait for the reply to a request (handshake, subscribe, publish, request, a connect answered at once). Default: 10000. */
+  /**
+   * Milliseconds to wait for the reply to a message (handshake, subscribe, publish, a connect
+   * answered at once), counted from sending; the default of `request()`'s timeout, which counts
+   * from the call. Default: 10000.
+   */
   timeout?: number;
   /**
    * Milliseconds a line may stay silent beyond the server's hold (`advice.timeout`) before it is

@@ -2,7 +2,9 @@
  * The outbox: publishes, service requests, subscribes and unsubscribes on their way to the
  * server, each waiting for the reply with its id.
  *
- * Offline, they wait here (publishes and requests up to `maxQueued`). Connected, everything
+ * Offline, they wait here (publishes and requests up to `maxQueued`). A publish waits as long as
+ * it takes and its timeout counts from sending; a request's timeout counts from the call, so one
+ * still waiting here when it expires is rejected and taken out, never sent. Connected, everything
  * issued in the same turn, or while a `batch()` runs, leaves in one request (one frame), or in as
  * few as the server's limits allow (limits.ts); a message that could fit none is refused here,
  * as the server would refuse it, instead of being sent to a refusal that names no message. A line
@@ -80,8 +82,8 @@ export class Outbox {
 
   /**
    * Sends `message` once connected. `settle` gets its reply, or the ClientError that ends its
-   * wait: `timeout` (no reply within `timeout` ms of sending), `queue-full`, a `bayeux` error
-   * when an extension dropped it, or the one the client stopped with.
+   * wait: `timeout` (no reply within `timeout` ms of sending; for a request, of this call),
+   * `queue-full`, a `bayeux` error when an extension dropped it, or the one the client stopped with.
    */
   enqueue(kind: Kind, message: Message, timeout: number, settle: (reply: Message | ClientError) => void): void {
     const item: Outgoing = { kind, message: { ...message, id: this.session.nextId() }, timeout, settle };
@@ -92,8 +94,18 @@ export class Outbox {
         return settle(new ClientError('queue-full', `${queued} messages are already waiting to be sent (maxQueued); this one was not queued`));
       }
     }
+    // The caller of a request waits for an answer, not for the network: its time runs from now.
+    if (kind === 'request') item.timer = setTimeout(() => this.expire(item), timeout);
     this.queue.push(item);
     this.scheduleFlush();
+  }
+
+  /** No reply in time: `item` stops waiting, and leaves the queue if it had not been sent yet. */
+  private expire(item: Outgoing): void {
+    const queued = this.queue.indexOf(item);
+    if (queued >= 0) this.queue.splice(queued, 1);
+    this.inflight.delete(item.message.id);
+    item.settle(new ClientError('timeout', `no reply to ${item.message.channel} within ${item.timeout} ms`));
   }
 
   scheduleFlush(): void {
@@ -163,10 +175,8 @@ export class Outbox {
       return;
     }
     this.inflight.set(item.message.id, item);
-    item.timer = setTimeout(() => {
-      this.inflight.delete(item.message.id);
-      item.settle(new ClientError('timeout', `no reply to ${item.message.channel} within ${item.timeout} ms`));
-    }, item.timeout);
+    // A request's timer has run since the call (enqueue), and goes on across lost lines.
+    if (item.kind !== 'request') item.timer = setTimeout(() => this.expire(item), item.timeout);
     batch.push(out);
   }
 
@@ -219,7 +229,7 @@ export class Outbox {
     const subscribes: string[] = [];
     this.inflight.clear();
     for (const item of requeue) {
-      clearTimeout(item.timer);
+      if (item.kind !== 'request') clearTimeout(item.timer);
       if (item.kind === 'subscribe') subscribes.push(item.message.subscription as string);
       // Sent again with the same id after reconnecting: the server drops a publish it already has.
       else if (item.kind !== 'unsubscribe') this.queue.unshift(item);
@@ -245,7 +255,10 @@ export class Outbox {
 
   /** The client stops: everything waiting or in flight fails with `error`. */
   fail(error: ClientError): void {
-    for (const item of [...this.queue.splice(0), ...this.inflight.values()]) item.settle(error);
+    for (const item of [...this.queue.splice(0), ...this.inflight.values()]) {
+      clearTimeout(item.timer);
+      item.settle(error);
+    }
     this.inflight.clear();
   }
 }

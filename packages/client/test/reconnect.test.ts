@@ -9,7 +9,7 @@ import { createServer as createHttpServer, request as httpRequest } from 'node:h
 import type { AddressInfo } from 'node:net';
 import { WebSocket as WS } from 'ws';
 import type { ConnectionType } from '@perihelion/protocol';
-import { Client, type RecoveryOutcome } from '../src/index.js';
+import { Client, ClientError, type RecoveryOutcome } from '../src/index.js';
 import { client, Net, sleep, startServer, waitFor } from './helpers.js';
 
 /** Subscribes, checks the client fell back to long-polling, and that a publish reaches it there. */
@@ -246,6 +246,49 @@ describe('reconnection', () => {
       await test.close();
     }
   });
+
+  for (const type of ['websocket', 'long-polling'] as ConnectionType[]) {
+    it(`a request made while the server is unreachable times out from the call and is never sent; a publish waits and is sent (${type})`, async () => {
+      const test = await startServer();
+      const net = new Net();
+      net.cut();
+      const c = client(test.url, { transports: [type] }, net);
+      try {
+        const calls: unknown[] = [];
+        const stopService = test.server.subscribe('/service/late', (message) => {
+          calls.push(message.data);
+          return 'answered';
+        });
+        const heard: unknown[] = [];
+        const stopListen = test.server.subscribe('/d/offline', (message) => void heard.push(message.data));
+        const published = c.publish('/d/offline', 'queued offline');
+        const started = Date.now();
+        const outcome = await Promise.race([
+          c.request('/service/late', 'too late', { timeout: 300 }).then(
+            () => 'answered',
+            (error: unknown) => error,
+          ),
+          sleep(2000).then(() => 'still pending after 2 s'),
+        ]);
+        const elapsed = Date.now() - started;
+        assert.ok(outcome instanceof ClientError && outcome.code === 'timeout', `rejected with timeout, not ${String(outcome)}`);
+        assert.ok(elapsed >= 290 && elapsed < 1000, `rejected after ${elapsed} ms, for a timeout of 300`);
+        assert.notEqual(c.state, 'connected');
+        net.restore();
+        // The publish waited for the connection (its timeout counts from sending), then went out.
+        await published;
+        await sleep(200);
+        assert.deepEqual(heard, ['queued offline']);
+        assert.deepEqual(calls, [], 'the request that timed out was not sent once connected');
+        assert.ok(![...net.bodies, ...net.framesOut].some((sent) => sent.includes('too late')), 'nor put on the wire');
+        stopService();
+        stopListen();
+      } finally {
+        await c.disconnect();
+        await test.close();
+      }
+    });
+  }
 
   it('falls back to long-polling when the WebSocket upgrade is refused', async () => {
     const test = await startServer();
