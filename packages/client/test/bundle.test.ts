@@ -17,11 +17,13 @@ const srcDir = join(dirname(minified), 'src');
  * came in, from 12.5 KiB when the subscribes joined the handshake's frame (one round trip to
  * set up), from 12.75 KiB when a refused WebSocket came to be tried again under a live
  * session (`transportRetry`), from 13 KiB when that move came to be told to every tab
- * (`transport`), and from 13.25 KiB when frames came to be kept within the limits the server
- * says at handshake (a frame past them is refused whole): each is the connection itself, not a
- * feature beside it. A feature that needs more belongs in a module of its own.
+ * (`transport`), from 13.25 KiB when frames came to be kept within the limits the server
+ * says at handshake (a frame past them is refused whole), and from 14 KiB when a tab the browser
+ * refuses locks came to connect alone (it hung) and a request's timeout to run while offline:
+ * each is the connection itself, not a feature beside it. A feature that needs more belongs in
+ * a module of its own.
  */
-const GZIP_LIMIT = 14 * 1024;
+const GZIP_LIMIT = 14.25 * 1024;
 
 describe('browser bundle', () => {
   it(`stays under ${GZIP_LIMIT} bytes minified and gzipped`, () => {
