@@ -521,8 +521,11 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
 
   retry(step: 'handshake' | 'connect', reason: string): void {
     if (this.stopped) return;
-    // The state first, so that it carries this reason rather than the closing line's.
+    // The state first, so that it carries this reason rather than the closing line's. Already
+    // connecting, each failed attempt is told too (`previous` is `connecting`): a server that
+    // refuses (404, 403, 503) would otherwise leave the application waiting without a word.
     if (this.state !== 'connecting') this.setState('connecting', reason);
+    else this.events.state({ state: 'connecting', previous: 'connecting', reason, transport: this.type });
     this.closeLine();
     const delay = backoff(this.attempts++, this.options.minReconnectDelay, this.options.maxReconnectDelay, Math.max(0, this.advice.interval));
     this.schedule(step, delay);

@@ -338,6 +338,29 @@ describe('reconnection', () => {
     }
   });
 
+  it('tells the application of every refused attempt while it keeps trying: a full server (503), a wrong path (404)', async () => {
+    const test = await startServer({ maxSessions: 1 });
+    const first = client(test.url, { transports: ['long-polling'] });
+    const full = client(test.url, { transports: ['long-polling'], minReconnectDelay: 20, maxReconnectDelay: 50 });
+    const lost = client(test.url.replace(/\/[^/]*$/, '/nowhere'), { transports: ['long-polling'], minReconnectDelay: 20, maxReconnectDelay: 50 });
+    try {
+      await first.connect();
+      const reasons: Record<string, string[]> = { full: [], lost: [] };
+      full.on('state', (change) => reasons.full!.push(`${change.previous}>${change.state}: ${change.reason}`));
+      lost.on('state', (change) => reasons.lost!.push(`${change.previous}>${change.state}: ${change.reason}`));
+      void full.connect().catch(() => {});
+      void lost.connect().catch(() => {});
+      // The server's advice to wait 5 s applies to the full one: its first refusal is told at once.
+      await waitFor(() => reasons.full!.some((r) => r.startsWith('connecting>connecting:')) && reasons.lost!.filter((r) => r.startsWith('connecting>connecting:')).length >= 2, 5000, `attempts told (${JSON.stringify(reasons)})`);
+      assert.match(reasons.full!.find((r) => r.startsWith('connecting>connecting:'))!, /503::.*at most 1 sessions/);
+      assert.match(reasons.lost!.find((r) => r.startsWith('connecting>connecting:'))!, /404/);
+      assert.equal(full.state, 'connecting');
+    } finally {
+      await Promise.all([first.disconnect(), full.disconnect(), lost.disconnect()]);
+      await test.close();
+    }
+  });
+
   it('follows advice reconnect "none": a session ended by the server stays ended', async () => {
     const test = await startServer({ timeout: 2000 });
     const c = client(test.url, { transports: ['long-polling'] });
