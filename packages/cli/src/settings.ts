@@ -176,6 +176,15 @@ export function readConfigFile(path: string): Record<string, unknown> {
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new SettingsError(`${path} must hold an object of settings`);
   const config = value as Record<string, unknown>;
+  // `engine` is the option behind --redis in the table of options, but its value is an engine
+  // object, which a file cannot hold: the file names the Redis URL, as the flag does.
+  if (Object.hasOwn(config, 'engine')) {
+    throw new SettingsError(`${path}: setting "engine" takes an engine object, which only code can give (createServer); for cluster mode write "redis": "redis://127.0.0.1:6379", the setting behind --redis`);
+  }
+  for (const key of Object.keys(config)) {
+    const spec = (OPTION_TABLE as Record<string, OptionSpec>)[key];
+    if (spec?.set === 'code') throw new SettingsError(`${path}: setting "${key}" can only be given in code (createServer), not in a configuration file`);
+  }
   const server: Record<string, unknown> = {};
   for (const [key, item] of Object.entries(config)) {
     if (FILE_ONLY_KEYS.has(key)) continue;

@@ -42,6 +42,9 @@ describe('configuration files', () => {
       ['list.json', '[1, 2]', /must hold an object of settings/],
       ['broken.json', '{"port": ', /broken\.json is not valid JSON/],
       ['broken.yaml', 'port: [1,\n', /broken\.yaml is not valid YAML/],
+      // The option behind --redis is `engine` in the table of options, but a file names the URL.
+      ['engine.json', '{"engine": "redis://127.0.0.1:6379"}', /engine\.json: setting "engine" takes an engine object, .*write "redis": "redis:\/\/127\.0\.0\.1:6379", the setting behind --redis/],
+      ['code.yaml', 'extensions: []\n', /code\.yaml: setting "extensions" can only be given in code/],
     ];
     for (const [name, text, pattern] of cases) {
       assert.throws(() => readConfigFile(file(name, text)), (error: Error) => error instanceof SettingsError && pattern.test(error.message), name);

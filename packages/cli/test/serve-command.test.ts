@@ -173,6 +173,17 @@ describe('perihelion serve', () => {
     const badProxy = await exitOf(start(['--port', '0', '--trust-proxy', 'loopback,nginx']));
     assert.equal(badProxy.code, 2);
     assert.match(badProxy.stderr, /trustProxy.*"nginx" is not an address, a range/);
+    const dir = mkdtempSync(join(tmpdir(), 'perihelion-bad-settings-'));
+    try {
+      const config = join(dir, 'engine.json');
+      writeFileSync(config, JSON.stringify({ engine: 'redis://127.0.0.1:6379' }));
+      const engineKey = await exitOf(start(['--port', '0', '--config', config]));
+      assert.equal(engineKey.code, 2, engineKey.stderr);
+      assert.match(engineKey.stderr, /^perihelion: .*engine\.json: setting "engine" takes an engine object, .*write "redis": "redis:\/\/127\.0\.0\.1:6379"/);
+      assert.doesNotMatch(engineKey.stderr, /TypeError|\n\s+at /);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('warns at start-up in open mode and states the security settings otherwise', async () => {

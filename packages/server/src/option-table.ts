@@ -189,7 +189,7 @@ export const OPTION_TABLE = {
   presenceGrace: { kind: 'integer', default: 5000, min: 0, max: 3_600_000, help: 'a leave is published only if the member has not come back (a page reload, another node) within this many ms; 0: at once' },
   engine: {
     kind: 'structured',
-    set: { readme: '`--redis <url>` / `PERIHELION_REDIS`' },
+    set: { readme: '`--redis <url>` / `PERIHELION_REDIS` / `redis` in a configuration file' },
     shown: '`MemoryEngine`',
     help: 'where subscriptions, history and presence live and how publishes fan out; `--redis` switches to `RedisEngine` (see Cluster mode)',
   },

@@ -67,6 +67,9 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
   for (const key of ['authenticate', 'authorize'] as const) {
     if (options[key] !== undefined && typeof options[key] !== 'function') invalid(`option "${key}" must be a function`);
   }
+  if (options.engine !== undefined && (typeof options.engine !== 'object' || options.engine === null || typeof (options.engine as Partial<Engine>).start !== 'function')) {
+    invalid('option "engine" must be an engine object, such as a MemoryEngine or a RedisEngine');
+  }
   if (options.jwt !== undefined && (typeof options.jwt !== 'object' || options.jwt === null)) {
     invalid('option "jwt" must be an object like { secret } or { publicKey, algorithm } or { jwks }');
   }

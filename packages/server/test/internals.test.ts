@@ -239,6 +239,8 @@ describe('options', () => {
       [{ jsonp: 'yes' }, /"jsonp" must be true or false/],
       [{ transports: [] }, /non-empty list/],
       [{ allowedOrigins: ['example.com'] }, /is not an origin/],
+      [{ engine: 'redis://127.0.0.1:6379' }, /"engine" must be an engine object, such as a MemoryEngine or a RedisEngine/],
+      [{ engine: {} }, /"engine" must be an engine object/],
     ];
     for (const [options, pattern] of cases) {
       assert.throws(() => resolveOptions(options as never), (error: Error) => error instanceof PerihelionError && error.code === 'ERR_INVALID_OPTION' && pattern.test(error.message), JSON.stringify(options));
