@@ -233,7 +233,14 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   if (secret !== undefined && secret !== '') options.jwt = { secret };
   else if (typeof jwtPublicKey === 'string') options.jwt = { publicKey: jwtPublicKey, ...(typeof jwtAlgorithm === 'string' ? { algorithm: jwtAlgorithm } : {}) };
   else if (typeof jwks === 'string') options.jwt = { jwks: parseJson(jwks, '--jwks') as never };
-  if (typeof rules === 'string') options.channels = parseJson(rules, '--rules') as never;
+  if (typeof rules === 'string') {
+    const list = parseJson(rules, '--rules');
+    // The command adds its own rules to these (serve.ts): anything but a list would not even reach the server's checks.
+    if (!Array.isArray(list)) {
+      throw new SettingsError(`--rules must be a JSON list of rules, like [{"channel": "/chat/**", "publish": "authenticated"}], got ${list === null ? 'null' : typeof list === 'object' ? 'an object' : `a ${typeof list}`}`);
+    }
+    options.channels = list as never;
+  }
   // The HTTP API key, like the token secret, comes from the environment (or the file).
   if (env.PERIHELION_API_KEY !== undefined && env.PERIHELION_API_KEY !== '') options.apiKey = env.PERIHELION_API_KEY;
   for (const [value, flag] of [

@@ -181,6 +181,11 @@ describe('perihelion serve', () => {
       assert.equal(engineKey.code, 2, engineKey.stderr);
       assert.match(engineKey.stderr, /^perihelion: .*engine\.json: setting "engine" takes an engine object, .*write "redis": "redis:\/\/127\.0\.0\.1:6379"/);
       assert.doesNotMatch(engineKey.stderr, /TypeError|\n\s+at /);
+      const rules = join(dir, 'rules.json');
+      writeFileSync(rules, JSON.stringify({ channel: '/chat/**', publish: 'authenticated' }));
+      const oneRule = await exitOf(start(['--port', '0', '--rules', rules]));
+      assert.equal(oneRule.code, 2, oneRule.stderr);
+      assert.match(oneRule.stderr, /^perihelion: --rules must be a JSON list of rules/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -63,6 +63,8 @@ describe('settings from flags and environment', () => {
     writeFileSync(rules, '[{"channel": ');
     assert.throws(() => resolveSettings({ rules }, {}), /--rules is not valid JSON/);
     assert.throws(() => resolveSettings({ rules: join(dir, 'missing.json') }, {}), /--rules: cannot read .*ENOENT/);
+    writeFileSync(rules, JSON.stringify({ channel: '/chat/**', publish: 'authenticated' }));
+    assert.throws(() => resolveSettings({ rules }, {}), (error: Error) => error instanceof SettingsError && /^--rules must be a JSON list of rules, like \[.*\], got an object$/.test(error.message));
     assert.throws(() => resolveSettings({ jwks: rules }, { PERIHELION_JWT_SECRET: 'x'.repeat(32) }), /give one token key/);
   });
 });
