@@ -47,11 +47,14 @@ for (const setting of SETTINGS) {
   }
 }
 command.action(async (parsed: Record<string, unknown>) => {
+  /** Where it was told to listen, once the settings are read. */
+  let host: string | undefined;
   try {
     // Only what was typed: commander gives a `--no-…` switch the value true when it is absent,
     // which would win over the environment and the configuration file.
     const flags = Object.fromEntries(Object.entries(parsed).filter(([key]) => command.getOptionValueSource(key) === 'cli'));
     const settings = resolveSettings(flags, process.env);
+    host = settings.host;
     const node = workerNode();
     const address = workerAddress();
     if ((settings.workers ?? 1) > 1 && node === null) return await runWorkers(settings);
@@ -89,6 +92,12 @@ command.action(async (parsed: Record<string, unknown>) => {
       console.error(`perihelion: ${error.message}`);
       process.exit(2);
     }
+    // A --host this machine cannot listen on is a wrong value, like any other (exit 2).
+    const hostProblem = host !== undefined ? listenHostProblem(error as NodeJS.ErrnoException) : null;
+    if (hostProblem !== null) {
+      console.error(`perihelion: --host ${host}: ${hostProblem}, or leave --host (HOST) out to listen on every interface`);
+      process.exit(2);
+    }
     if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
       console.error(`perihelion: the port is already in use (${(error as Error).message}); choose another with --port or PORT`);
       process.exit(1);
@@ -96,6 +105,23 @@ command.action(async (parsed: Record<string, unknown>) => {
     throw error;
   }
 });
+
+/** Why the address to listen on cannot be used, when that is the failure; else null. */
+function listenHostProblem(error: NodeJS.ErrnoException): string | null {
+  switch (error.code) {
+    case 'EADDRNOTAVAIL':
+      return 'this machine has no such address (EADDRNOTAVAIL); give one of its own';
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EAI_FAIL':
+    case 'EAI_NONAME':
+      return `the name does not resolve to an address (${error.code}); give another`;
+    case 'EAFNOSUPPORT':
+      return 'this machine cannot listen on an address of that family (EAFNOSUPPORT: IPv6 off?); give another';
+    default:
+      return null;
+  }
+}
 
 // A flag it does not know is a usage error, as a wrong value is (exit code 2).
 usageExitsWith2(command);

@@ -191,6 +191,23 @@ describe('perihelion serve', () => {
     }
   });
 
+  it('refuses a --host it cannot listen on (an address not its own, a name that does not resolve) with exit 2 and a line naming --host', async () => {
+    // 10.255.255.1 is no address of a test machine; .invalid never resolves (RFC 2606).
+    for (const [host, reason] of [
+      ['10.255.255.1', /this machine has no such address \(EADDRNOTAVAIL\)/],
+      ['no.such.host.invalid', /the name does not resolve to an address \((ENOTFOUND|EAI_AGAIN|EAI_FAIL|EAI_NONAME)\)/],
+    ] as const) {
+      const refused = await exitOf(start(['--port', '0', '--no-demo', '--host', host]));
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.match(refused.stderr, new RegExp(`^perihelion: --host ${host.replace(/\./g, '\\.')}: ${reason.source}`));
+      assert.equal(refused.stderr.trim().split('\n').length, 1, `one line, no stack trace: ${refused.stderr}`);
+    }
+    // From HOST, and with --workers (the primary listens), the same.
+    const workers = await exitOf(start(['--port', '0', '--no-demo', '--workers', '2'], { HOST: '10.255.255.1' }));
+    assert.equal(workers.code, 2, workers.stderr);
+    assert.match(workers.stderr, /^perihelion: --host 10\.255\.255\.1: this machine has no such address/);
+  });
+
   it('warns at start-up in open mode and states the security settings otherwise', async () => {
     const lines = async (args: string[], env: Record<string, string> = {}): Promise<string> => {
       const child = start(['--port', '0', '--host', '127.0.0.1', '--no-demo', ...args], env);
