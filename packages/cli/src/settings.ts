@@ -233,6 +233,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   if (secret !== undefined && secret !== '') options.jwt = { secret };
   else if (typeof jwtPublicKey === 'string') options.jwt = { publicKey: jwtPublicKey, ...(typeof jwtAlgorithm === 'string' ? { algorithm: jwtAlgorithm } : {}) };
   else if (typeof jwks === 'string') options.jwt = { jwks: parseJson(jwks, '--jwks') as never };
+  if (options.jwt !== undefined) checkTokenKey(options.jwt);
   if (typeof rules === 'string') {
     const list = parseJson(rules, '--rules');
     // The command adds its own rules to these (serve.ts): anything but a list would not even reach the server's checks.
@@ -275,6 +276,27 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     ...(typeof redisNodeTimeout === 'number' ? { redisNodeTimeout } : {}),
     workers: parseWorkers(workers, 'workers (--workers, PERIHELION_WORKERS)'),
   };
+}
+
+/** Where each part of the `jwt` option comes from on the command line. */
+const JWT_SOURCES: Record<string, string> = {
+  secret: 'PERIHELION_JWT_SECRET',
+  publicKey: '--jwt-public-key',
+  algorithm: '--jwt-algorithm',
+  jwks: '--jwks',
+};
+
+/**
+ * A token key that could verify nothing (a file that is not a public key, an algorithm it does
+ * not fit) stops the command here, named by its flag, as the server's own check would at start.
+ */
+function checkTokenKey(jwt: NonNullable<ServerOptions['jwt']>): void {
+  try {
+    resolveOptions({ jwt });
+  } catch (error) {
+    if (!(error instanceof PerihelionError)) throw error;
+    throw new SettingsError(error.message.replace(/(?:option )?"jwt\.(\w+)"/g, (whole, part: string) => JWT_SOURCES[part] ?? whole));
+  }
 }
 
 function camel(flag: string): string {

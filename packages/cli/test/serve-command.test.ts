@@ -2,6 +2,7 @@
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -44,6 +45,12 @@ async function exitOf(child: ChildProcessWithoutNullStreams): Promise<{ code: nu
   child.stderr.on('data', (chunk) => (stderr += String(chunk)));
   const [code] = (await once(child, 'exit')) as [number | null];
   return { code, stderr };
+}
+
+/** The exit of a command that must refuse to start: one still running after 15 s is stopped (exit code null). */
+function refusal(child: ChildProcessWithoutNullStreams): Promise<{ code: number | null; stderr: string }> {
+  const stopper = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  return exitOf(child).finally(() => clearTimeout(stopper));
 }
 
 describe('perihelion serve', () => {
@@ -158,34 +165,48 @@ describe('perihelion serve', () => {
   });
 
   it('refuses a bad setting with exit code 2 and a message naming it', async () => {
-    const bad = await exitOf(start(['--port', '0', '--max-queue', 'lots']));
+    const bad = await refusal(start(['--port', '0', '--max-queue', 'lots']));
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--max-queue must be a whole number, got "lots"/);
-    const unknownTransport = await exitOf(start(['--port', '0'], { PERIHELION_TRANSPORTS: 'carrier-pigeon' }));
+    const unknownTransport = await refusal(start(['--port', '0'], { PERIHELION_TRANSPORTS: 'carrier-pigeon' }));
     assert.equal(unknownTransport.code, 2);
     assert.match(unknownTransport.stderr, /unknown connection type "carrier-pigeon"/);
-    const unknownFlag = await exitOf(start(['--port', '0', '--bogus-flag']));
+    const unknownFlag = await refusal(start(['--port', '0', '--bogus-flag']));
     assert.equal(unknownFlag.code, 2, 'an unknown flag is a usage error too');
     assert.match(unknownFlag.stderr, /unknown option '--bogus-flag'/);
-    const shortNames = await exitOf(start(['--port', '0', '--max-channel-length', '20']));
+    const shortNames = await refusal(start(['--port', '0', '--max-channel-length', '20']));
     assert.equal(shortNames.code, 2);
     assert.match(shortNames.stderr, /--max-channel-length 20 is too short for the channels this command serves itself .*raise it to 32 or more/);
-    const badProxy = await exitOf(start(['--port', '0', '--trust-proxy', 'loopback,nginx']));
+    const badProxy = await refusal(start(['--port', '0', '--trust-proxy', 'loopback,nginx']));
     assert.equal(badProxy.code, 2);
     assert.match(badProxy.stderr, /trustProxy.*"nginx" is not an address, a range/);
     const dir = mkdtempSync(join(tmpdir(), 'perihelion-bad-settings-'));
     try {
       const config = join(dir, 'engine.json');
       writeFileSync(config, JSON.stringify({ engine: 'redis://127.0.0.1:6379' }));
-      const engineKey = await exitOf(start(['--port', '0', '--config', config]));
+      const engineKey = await refusal(start(['--port', '0', '--config', config]));
       assert.equal(engineKey.code, 2, engineKey.stderr);
       assert.match(engineKey.stderr, /^perihelion: .*engine\.json: setting "engine" takes an engine object, .*write "redis": "redis:\/\/127\.0\.0\.1:6379"/);
       assert.doesNotMatch(engineKey.stderr, /TypeError|\n\s+at /);
       const rules = join(dir, 'rules.json');
       writeFileSync(rules, JSON.stringify({ channel: '/chat/**', publish: 'authenticated' }));
-      const oneRule = await exitOf(start(['--port', '0', '--rules', rules]));
+      const oneRule = await refusal(start(['--port', '0', '--rules', rules]));
       assert.equal(oneRule.code, 2, oneRule.stderr);
       assert.match(oneRule.stderr, /^perihelion: --rules must be a JSON list of rules/);
+      // A token key that could verify nothing stops the server, as a short PERIHELION_JWT_SECRET does.
+      const garbage = join(dir, 'garbage.pem');
+      writeFileSync(garbage, 'not a key\n');
+      const badKey = await refusal(start(['--port', '0', '--jwt-public-key', garbage]));
+      assert.equal(badKey.code, 2, badKey.stderr);
+      assert.match(badKey.stderr, /^perihelion: --jwt-public-key is not a PEM public key/);
+      const publicKey = join(dir, 'public.pem');
+      writeFileSync(publicKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'pem' }));
+      const badAlgorithm = await refusal(start(['--port', '0', '--jwt-public-key', publicKey, '--jwt-algorithm', 'XX256']));
+      assert.equal(badAlgorithm.code, 2, badAlgorithm.stderr);
+      assert.match(badAlgorithm.stderr, /^perihelion: --jwt-algorithm must be one of RS256, .*, got "XX256"/);
+      const wrongKind = await refusal(start(['--port', '0', '--jwt-public-key', publicKey, '--jwt-algorithm', 'ES256']));
+      assert.equal(wrongKind.code, 2, wrongKind.stderr);
+      assert.match(wrongKind.stderr, /^perihelion: --jwt-public-key is an RSA key, and algorithm ES256 \(--jwt-algorithm\) takes an EC key on P-256/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -197,13 +218,13 @@ describe('perihelion serve', () => {
       ['10.255.255.1', /this machine has no such address \(EADDRNOTAVAIL\)/],
       ['no.such.host.invalid', /the name does not resolve to an address \((ENOTFOUND|EAI_AGAIN|EAI_FAIL|EAI_NONAME)\)/],
     ] as const) {
-      const refused = await exitOf(start(['--port', '0', '--no-demo', '--host', host]));
+      const refused = await refusal(start(['--port', '0', '--no-demo', '--host', host]));
       assert.equal(refused.code, 2, refused.stderr);
       assert.match(refused.stderr, new RegExp(`^perihelion: --host ${host.replace(/\./g, '\\.')}: ${reason.source}`));
       assert.equal(refused.stderr.trim().split('\n').length, 1, `one line, no stack trace: ${refused.stderr}`);
     }
     // From HOST, and with --workers (the primary listens), the same.
-    const workers = await exitOf(start(['--port', '0', '--no-demo', '--workers', '2'], { HOST: '10.255.255.1' }));
+    const workers = await refusal(start(['--port', '0', '--no-demo', '--workers', '2'], { HOST: '10.255.255.1' }));
     assert.equal(workers.code, 2, workers.stderr);
     assert.match(workers.stderr, /^perihelion: --host 10\.255\.255\.1: this machine has no such address/);
   });

@@ -7,7 +7,7 @@ import type { Extension } from './extensions/pipeline.js';
 import { PerihelionError } from './errors.js';
 import type { Authenticator } from './security/authenticate.js';
 import type { ChannelRule } from './security/channel-rules.js';
-import type { JwtOptions } from './security/jwt.js';
+import { checkJwtOptions, type JwtOptions } from './security/jwt.js';
 import type { AuthorizeHook } from './security/policy.js';
 import { validateCallouts, type CalloutRule } from './callouts/allow.js';
 import { validateWebhooks, type Webhook } from './callouts/webhooks.js';
@@ -73,6 +73,7 @@ export function resolveOptions(options: ServerOptions = {}): ResolvedOptions {
   if (options.jwt !== undefined && (typeof options.jwt !== 'object' || options.jwt === null)) {
     invalid('option "jwt" must be an object like { secret } or { publicKey, algorithm } or { jwks }');
   }
+  if (options.jwt !== undefined) checkJwtOptions(options.jwt);
   if (resolved.jsonp && !resolved.transports.includes('callback-polling')) {
     resolved.transports = [...resolved.transports, 'callback-polling'];
   } else if (!resolved.jsonp && resolved.transports.includes('callback-polling')) {

@@ -6,6 +6,7 @@
  * PEM (RS*, ES*, PS*, EdDSA), or a JWKS document (read from a file by the CLI). Expiry (`exp`) and
  * not-before (`nbf`) are always honoured; `issuer` and `audience` are checked when configured.
  */
+import { createPublicKey, type KeyObject } from 'node:crypto';
 import { createLocalJWKSet, importSPKI, jwtVerify, type JWTPayload, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { PerihelionError } from '../errors.js';
 import { AuthenticationError, presentedToken, type Authenticator } from './authenticate.js';
@@ -28,25 +29,106 @@ export interface JwtOptions {
 
 type Key = Uint8Array | Awaited<ReturnType<typeof importSPKI>> | JWTVerifyGetKey;
 
+/**
+ * The algorithms of a public key, and the key each takes (jose's JWS table: an RSA key of 2048
+ * bits or more for RS* and PS*, an EC key on the named curve for ES*, an Ed25519 key for EdDSA).
+ */
+const PUBLIC_KEY_ALGORITHMS: Record<string, { type: string; curve?: string; name: string }> = {
+  RS256: { type: 'rsa', name: 'an RSA key' },
+  RS384: { type: 'rsa', name: 'an RSA key' },
+  RS512: { type: 'rsa', name: 'an RSA key' },
+  PS256: { type: 'rsa', name: 'an RSA key' },
+  PS384: { type: 'rsa', name: 'an RSA key' },
+  PS512: { type: 'rsa', name: 'an RSA key' },
+  ES256: { type: 'ec', curve: 'prime256v1', name: 'an EC key on P-256' },
+  ES384: { type: 'ec', curve: 'secp384r1', name: 'an EC key on P-384' },
+  ES512: { type: 'ec', curve: 'secp521r1', name: 'an EC key on P-521' },
+  EdDSA: { type: 'ed25519', name: 'an Ed25519 key' },
+  Ed25519: { type: 'ed25519', name: 'an Ed25519 key' },
+};
+
+/** node:crypto's names of the curves, as JOSE names them. */
+const CURVE_NAMES: Record<string, string> = { prime256v1: 'P-256', secp384r1: 'P-384', secp521r1: 'P-521' };
+
+function invalidKey(message: string, cause?: unknown): never {
+  throw new PerihelionError('ERR_INVALID_OPTION', message, cause === undefined ? undefined : { cause });
+}
+
+/**
+ * Checks a PEM public key and its algorithm at start, as the secret and a JWKS are checked:
+ * a key that cannot verify anything must stop the server rather than refuse every token later.
+ * Synchronous, with node:crypto, so that `createServer` throws.
+ */
+function checkPublicKey(publicKey: unknown, algorithm: unknown): void {
+  if (typeof algorithm !== 'string' || !Object.hasOwn(PUBLIC_KEY_ALGORITHMS, algorithm)) {
+    const hmac = typeof algorithm === 'string' && /^HS(256|384|512)$/.test(algorithm) ? ' (an HMAC algorithm takes a secret, "jwt.secret", not a public key)' : '';
+    invalidKey(`option "jwt.algorithm" must be one of ${Object.keys(PUBLIC_KEY_ALGORITHMS).join(', ')}, got ${JSON.stringify(algorithm)}${hmac}`);
+  }
+  if (typeof publicKey !== 'string') invalidKey('option "jwt.publicKey" must be a string: a public key in PEM form ("-----BEGIN PUBLIC KEY-----")');
+  const pem = publicKey.trim();
+  const kind = /^-----BEGIN ([A-Z0-9 ]+)-----/.exec(pem)?.[1];
+  if (kind === undefined) invalidKey('option "jwt.publicKey" is not a PEM public key: it does not start with "-----BEGIN PUBLIC KEY-----"');
+  if (kind === 'CERTIFICATE') invalidKey('option "jwt.publicKey" is a certificate; give its public key (openssl x509 -pubkey -noout -in cert.pem)');
+  if (kind === 'RSA PUBLIC KEY') invalidKey('option "jwt.publicKey" is an RSA key in PKCS#1 form; give it as SPKI, "-----BEGIN PUBLIC KEY-----" (openssl rsa -RSAPublicKey_in -in key.pem -pubout)');
+  if (kind.endsWith('PRIVATE KEY')) invalidKey('option "jwt.publicKey" is a private key; give the public key (openssl pkey -in key.pem -pubout), and keep the private key to the token issuer');
+  if (kind !== 'PUBLIC KEY') invalidKey(`option "jwt.publicKey" is a PEM "${kind}", not a public key ("-----BEGIN PUBLIC KEY-----")`);
+  let key: KeyObject;
+  try {
+    key = createPublicKey({ key: pem, format: 'pem' });
+  } catch (error) {
+    invalidKey(`option "jwt.publicKey" is not a usable public key (${(error as Error).message})`, error);
+  }
+  const wanted = PUBLIC_KEY_ALGORITHMS[algorithm]!;
+  const details = key.asymmetricKeyDetails ?? {};
+  const fits = key.asymmetricKeyType === wanted.type && (wanted.curve === undefined || details.namedCurve === wanted.curve);
+  if (!fits) {
+    const curve = details.namedCurve === undefined ? 'an unknown curve' : (CURVE_NAMES[details.namedCurve] ?? details.namedCurve);
+    const got = key.asymmetricKeyType === 'ec' ? `an EC key on ${curve}` : key.asymmetricKeyType === 'rsa' ? 'an RSA key' : `a key of type ${key.asymmetricKeyType ?? 'unknown'}`;
+    invalidKey(`option "jwt.publicKey" is ${got}, and algorithm ${algorithm} ("jwt.algorithm") takes ${wanted.name}`);
+  }
+  if (wanted.type === 'rsa' && (details.modulusLength ?? 0) < 2048) {
+    invalidKey(`option "jwt.publicKey" is an RSA key of ${details.modulusLength ?? 'unknown'} bits; ${algorithm} takes 2048 bits or more`);
+  }
+}
+
+/**
+ * Checks the `jwt` option, throwing ERR_INVALID_OPTION with what is wrong: one key source, a
+ * long enough secret, a PEM public key that fits its algorithm, a well-formed key set. Called by
+ * resolveOptions, so that createServer (and `perihelion serve`) refuse a key that could verify
+ * nothing, instead of starting and refusing every token.
+ */
+export function checkJwtOptions(options: JwtOptions): void {
+  const sources = [options.secret, options.publicKey, options.jwks].filter((s) => s !== undefined).length;
+  if (sources !== 1) invalidKey('option "jwt" needs exactly one of "secret", "publicKey" or "jwks"');
+  if (options.secret !== undefined) {
+    if (typeof options.secret !== 'string' || options.secret.length < 32) {
+      invalidKey('option "jwt.secret" must be a string of at least 32 characters (HS256 needs 256 bits)');
+    }
+  } else if (options.publicKey !== undefined) {
+    checkPublicKey(options.publicKey, options.algorithm ?? 'RS256');
+  } else {
+    try {
+      createLocalJWKSet(options.jwks!);
+    } catch (error) {
+      invalidKey(`option "jwt.jwks" is not a JSON Web Key Set, {"keys": [...]} (${(error as Error).message})`, error);
+    }
+  }
+}
+
 export class JwtVerifier {
   private readonly key: Promise<Key>;
   private readonly algorithms: string[];
 
   constructor(private readonly options: JwtOptions) {
-    const sources = [options.secret, options.publicKey, options.jwks].filter((s) => s !== undefined).length;
-    if (sources !== 1) {
-      throw new PerihelionError('ERR_INVALID_OPTION', 'option "jwt" needs exactly one of "secret", "publicKey" or "jwks"');
-    }
+    checkJwtOptions(options);
     if (options.secret !== undefined) {
-      if (typeof options.secret !== 'string' || options.secret.length < 32) {
-        throw new PerihelionError('ERR_INVALID_OPTION', 'option "jwt.secret" must be a string of at least 32 characters (HS256 needs 256 bits)');
-      }
       this.key = Promise.resolve(new TextEncoder().encode(options.secret));
       this.algorithms = ['HS256', 'HS384', 'HS512'];
     } else if (options.publicKey !== undefined) {
       const algorithm = options.algorithm ?? 'RS256';
-      this.key = importSPKI(options.publicKey, algorithm);
-      // Surfaces a bad key at first use as a refusal, never as an unhandled rejection.
+      this.key = importSPKI(options.publicKey.trim(), algorithm);
+      // Checked as jose checks it (checkJwtOptions); should the import still fail, every token is
+      // refused with the reason (verify), never an unhandled rejection.
       this.key.catch(() => {});
       this.algorithms = [algorithm];
     } else {
