@@ -104,6 +104,33 @@ describe('HTTP API', () => {
     assert.equal(big.json.error.code, 'too_large');
   });
 
+  it('applies maxMessageBytes to what it publishes and delivers, as to clients: 413 too_large, and a batch with one too large is refused whole', async () => {
+    const limit = t.server.options.maxMessageBytes;
+    assert.ok(limit < t.server.options.maxRequestBytes, 'the body fits; the message does not');
+    const sub = await subscriber(t, '/news/large');
+    const tooLarge = 'x'.repeat(600_000);
+    const one = await api(t, 'POST', '/api/publish', { channel: '/news/large', data: tooLarge });
+    assert.equal(one.status, 413);
+    assert.equal(one.json.error.code, 'too_large');
+    assert.match(one.json.error.message, new RegExp(`larger than ${limit} bytes \\(maxMessageBytes\\)`));
+    // Bytes, not characters: 200 000 three-byte characters are 600 000 bytes.
+    const wide = await api(t, 'POST', '/api/publish', { channel: '/news/large', data: '☀'.repeat(200_000) });
+    assert.equal(wide.status, 413);
+    const batch = await api(t, 'POST', '/api/publish', [{ channel: '/news/large', data: 'small' }, { channel: '/news/large', data: tooLarge }]);
+    assert.equal(batch.status, 413);
+    assert.equal(batch.json.error.code, 'too_large');
+    assert.match(batch.json.error.message, /^item 1: the message is larger than/);
+    // Under the limit it goes through; nothing of the refused ones was published before it.
+    const fits = 'y'.repeat(limit - 100);
+    assert.equal((await api(t, 'POST', '/api/publish', { channel: '/news/large', data: fits })).status, 200);
+    assert.deepEqual((await sub.next()).map((m) => m.data), [fits]);
+    const delivered = await api(t, 'POST', '/api/deliver', { clientId: sub.clientId, channel: '/private/large', data: tooLarge });
+    assert.equal(delivered.status, 413);
+    assert.equal(delivered.json.error.code, 'too_large');
+    await api(t, 'POST', '/api/deliver', { clientId: sub.clientId, channel: '/private/large', data: 'control' });
+    assert.deepEqual((await sub.next()).map((m) => m.data), ['control']);
+  });
+
   it('delivers to one session, and says when the session does not exist', async () => {
     const target = await subscriber(t, '/unused');
     const other = await subscriber(t, '/unused2');

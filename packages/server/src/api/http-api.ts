@@ -20,6 +20,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { channelProblem, isMeta, nestedTooDeep, parsePosition } from '@perihelion/protocol';
 import type { Perihelion } from '../perihelion.js';
 import { PerihelionError } from '../errors.js';
+import { passesByteLimit } from '../core/publish.js';
 import { readBody } from '../http/body.js';
 import { sendApiError, sendJson, sendRawJson } from './json.js';
 
@@ -126,13 +127,13 @@ export class HttpApi {
     // Everything is checked before anything is published: a batch is published whole or not at all.
     for (const [index, item] of items.entries()) {
       const problem = this.publishProblem(item);
-      if (problem) return sendApiError(res, 400, problem.code, items.length > 1 ? `item ${index}: ${problem.message}` : problem.message);
+      if (problem) return sendApiError(res, problem.code === 'too_large' ? 413 : 400, problem.code, items.length > 1 ? `item ${index}: ${problem.message}` : problem.message);
     }
     for (const item of items as PublishItem[]) await this.server.publish(item.channel, item.data, item.ext ? { ext: item.ext } : {});
     sendJson(res, 200, { published: items.length });
   }
 
-  private publishProblem(item: unknown): { code: 'invalid_request' | 'invalid_channel'; message: string } | null {
+  private publishProblem(item: unknown): { code: 'invalid_request' | 'invalid_channel' | 'too_large'; message: string } | null {
     if (typeof item !== 'object' || item === null || Array.isArray(item)) return { code: 'invalid_request', message: 'expected an object {channel, data}' };
     const { channel, data, ext } = item as Record<string, unknown>;
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.server.options.maxChannelLength });
@@ -140,7 +141,19 @@ export class HttpApi {
     if (isMeta(channel as string)) return { code: 'invalid_channel', message: 'cannot publish to a meta channel' };
     if (data === undefined) return { code: 'invalid_request', message: '"data" is required' };
     if (ext !== undefined && (typeof ext !== 'object' || ext === null || Array.isArray(ext))) return { code: 'invalid_request', message: '"ext" must be an object' };
+    const size = this.sizeProblem({ channel, data, ...(ext !== undefined ? { ext } : {}) });
+    if (size) return { code: 'too_large', message: size };
     return null;
+  }
+
+  /**
+   * maxMessageBytes, as for a client's publish: the message as it is published, serialised.
+   * (A client's is measured after the extensions; here before them, as the API refuses before
+   * the server is asked.)
+   */
+  private sizeProblem(message: { channel: unknown; data: unknown; ext?: unknown }): string | null {
+    const limit = this.server.options.maxMessageBytes;
+    return passesByteLimit(JSON.stringify(message), limit) ? `the message is larger than ${limit} bytes (maxMessageBytes)` : null;
   }
 
   private async deliver(res: ServerResponse, body: unknown): Promise<void> {
@@ -151,6 +164,8 @@ export class HttpApi {
     if (problem) return sendApiError(res, 400, 'invalid_channel', `channel ${JSON.stringify(channel)}: ${problem}`);
     if (isMeta(channel as string)) return sendApiError(res, 400, 'invalid_channel', 'cannot deliver on a meta channel');
     if (data === undefined) return sendApiError(res, 400, 'invalid_request', '"data" is required');
+    const size = this.sizeProblem({ channel, data });
+    if (size) return sendApiError(res, 413, 'too_large', size);
     // The engine finds the session on whichever node holds it (Redis engine: any node of the cluster).
     if (!(await this.server.deliver(clientId, channel as string, data))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
     sendJson(res, 200, { delivered: true });

@@ -257,6 +257,10 @@ function checkCreate(core: Pick<ServerCore, 'security' | 'engine'>, channel: str
 
 /** Whether a serialised message passes maxMessageBytes (counting bytes only when it might). */
 function tooLarge(core: Pick<ServerCore, 'options'>, payload: string): boolean {
-  const limit = core.options.maxMessageBytes;
-  return payload.length > limit || (payload.length * 3 > limit && Buffer.byteLength(payload) > limit);
+  return passesByteLimit(payload, core.options.maxMessageBytes);
+}
+
+/** Whether `text` is longer than `limit` bytes in UTF-8 (a character is 1 to 3 bytes; counted only when that decides). */
+export function passesByteLimit(text: string, limit: number): boolean {
+  return text.length > limit || (text.length * 3 > limit && Buffer.byteLength(text) > limit);
 }
