@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
-import { createServer as createTcpServer } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createTcpServer, type AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import type { ServerOptions } from '@perihelion/server';
@@ -250,6 +251,72 @@ describe('perihelion publish and subscribe', () => {
     const wrongPath = await run(['subscribe', '/news/today', '--url', server.url], { PERIHELION_PATH: '/cometd' });
     assert.equal(wrongPath.code, 1);
     assert.match(wrongPath.stderr, /\/cometd did not accept a WebSocket \(HTTP 404\): is the path right\?/);
+  });
+
+  it('a first contact answered with something that is not Bayeux (a web page, a 501): exit 1 saying what it got', async () => {
+    for (const [status, type, body] of [
+      [200, 'text/html', '<!doctype html><title>Welcome to nginx</title>'],
+      [501, 'text/plain', 'Not Implemented'],
+      [200, 'application/json', '{"ok": true}'],
+    ] as const) {
+      const other = createHttpServer((_req, res) => res.writeHead(status, { 'Content-Type': type }).end(body));
+      await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+      const url = `http://127.0.0.1:${(other.address() as AddressInfo).port}`;
+      try {
+        const cli = new Cli(['subscribe', '/news/today', '--url', url]);
+        const stopper = setTimeout(() => cli.child.kill('SIGKILL'), 15_000);
+        const { code } = await cli.done;
+        clearTimeout(stopper);
+        assert.equal(code, 1, `${status} ${body}: ${cli.stderr}`);
+        assert.match(cli.stderr, new RegExp(`^perihelion: ${url.replace(/\./g, '\\.')}/bayeux answered HTTP ${status} \\S+.* \\(${type}: .*\\), which is not a Bayeux reply: is it the address of a Bayeux server\\?`));
+      } finally {
+        other.closeAllConnections();
+        await new Promise((resolve) => other.close(resolve));
+      }
+    }
+  });
+
+  it('before its first session, says each 502/503/504 of a proxy on stderr (without --verbose) and keeps trying', async () => {
+    let answers = 0;
+    const proxy = createHttpServer((_req, res) => {
+      answers++;
+      res.writeHead(502, { 'Content-Type': 'text/html', 'Retry-After': '3' }).end('<html><body><h1>502 Bad Gateway</h1></body></html>');
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    try {
+      const cli = new Cli(['subscribe', '/news/today', '--url', url]);
+      await cli.waitFor('stderr', /answered HTTP 502 Bad Gateway \(text\/html: .*\), Retry-After: 3, not Bayeux: a proxy whose server is down or busy\? Trying again/, 2, 20_000);
+      assert.equal(cli.child.exitCode, null, 'still trying');
+      assert.ok(answers >= 2);
+    } finally {
+      proxy.closeAllConnections();
+      await new Promise((resolve) => proxy.close(resolve));
+    }
+  });
+
+  it('a full server: each refused handshake is said with the server\'s advice, and the subscriber comes in once there is room', async () => {
+    const full = await start({ maxSessions: 1 });
+    // The one session the server takes.
+    const taken = (await (await fetch(`${full.url}/bayeux`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]),
+    }).then((r) => r.json())) as [{ clientId: string; successful: boolean }])[0];
+    assert.equal(taken.successful, true);
+    const cli = new Cli(['subscribe', '/news/full', '--url', full.url]);
+    await cli.waitFor('stderr', /^perihelion: handshake refused: 503:.*; trying again in 5 s or more, as the server advises \(interval 5000 ms\)$/m);
+    assert.equal(cli.child.exitCode, null, 'still trying');
+    await api(full.url, 'POST', '/api/disconnect', { clientId: taken.clientId });
+    const deadline = Date.now() + 20_000;
+    while ((await presence(full.url, '/news/full')).length === 0) {
+      assert.ok(Date.now() < deadline, `never subscribed: ${cli.stderr}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const reports = cli.stderr;
+    await publish(full.url, '/news/full', '"in"');
+    await cli.waitFor('stdout', /"in"/);
+    assert.equal(cli.stderr, reports, 'nothing more said once connected');
   });
 
   it('a subscription the server refuses: exit 1 with the 403 error', async () => {

@@ -11,8 +11,12 @@
  *   `/api/disconnect` or `session.disconnect()`) stops the client; the command starts a new
  *   session, which subscribes again;
  * - a first connection that cannot be made at all (neither a WebSocket nor an HTTP request
- *   reaches a Bayeux endpoint) ends the command with 1, so that a wrong address is reported
- *   rather than retried forever; once the server has answered, the client retries by itself;
+ *   reaches a Bayeux endpoint: refused, not found, or answered with something that is not
+ *   Bayeux) ends the command with 1, so that a wrong address is reported rather than retried
+ *   forever; once the server has answered, the client retries by itself;
+ * - until the first session, what is retried is said on stderr each time (a proxy's 502, 503
+ *   or 504; a handshake refused for now, as a full server refuses it, with the server's advice),
+ *   so that a subscriber that waits is not silent about why; after that, only with --verbose;
  * - a refusal (handshake, connect or subscription) ends the command with 1 and the error.
  */
 import { Command } from 'commander';
@@ -47,6 +51,32 @@ function timedOut(): Error {
   return Object.assign(new Error('no answer in time'), { name: 'TimeoutError' });
 }
 
+/** HTTP statuses a proxy answers for a server that is down, busy or slow: retried, and said. */
+const GATEWAY_STATUSES = new Set([502, 503, 504]);
+
+/** A first answer that is not Bayeux (a web page, another API): the address is wrong. */
+class NotBayeux extends Error {}
+
+/** Whether an HTTP body is a Bayeux answer: JSON, a message or a list of them, each with a channel. */
+function isBayeux(text: string): boolean {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return false;
+  }
+  const list = Array.isArray(value) ? value : [value];
+  return list.length > 0 && list.every((m) => typeof m === 'object' && m !== null && typeof (m as { channel?: unknown }).channel === 'string');
+}
+
+/** An HTTP answer as a user can recognise it: status, type, and the start of the body. */
+function described(response: Response, text: string): string {
+  const type = response.headers.get('content-type')?.split(';')[0]?.trim();
+  const start = text.replace(/\s+/g, ' ').trim();
+  const body = start === '' ? 'an empty body' : `${type ?? 'no content type'}: ${JSON.stringify(start.length > 60 ? `${start.slice(0, 60)}…` : start)}`;
+  return `HTTP ${response.status}${response.statusText ? ` ${response.statusText}` : ''} (${body})`;
+}
+
 /**
  * Watches the first contact with the server. The client never gives up by itself: it falls back
  * from WebSocket to HTTP and retries with backoff. Until the server has answered once, the
@@ -56,11 +86,19 @@ function timedOut(): Error {
  * then counts as a timeout.
  */
 class FirstContact {
+  /** A Bayeux answer came: the address is right. */
   reached = false;
+  /** A handshake succeeded: from now on the client's retries are its own business (--verbose). */
+  handshaken = false;
   private socketFailure: { error: unknown } | undefined;
   private httpFailure: { error: unknown } | undefined;
 
-  constructor(private readonly unreachable: (socketFailure: unknown) => void) {}
+  constructor(
+    /** Neither line reached a Bayeux endpoint: the WebSocket's failure and the HTTP one. */
+    private readonly unreachable: (socketFailure: unknown, httpFailure: unknown) => void,
+    /** Said on stderr whatever --verbose says. */
+    private readonly report: (line: string) => void,
+  ) {}
 
   /** `ws`'s WebSocket, reporting why it could not open. */
   readonly WebSocket = ((contact: FirstContact) =>
@@ -80,23 +118,47 @@ class FirstContact {
       }
     })(this);
 
-  /** fetch, reporting requests that reach nothing (a network error), no endpoint (HTTP 404) or no answer. */
+  /**
+   * fetch, reporting requests that reach nothing (a network error), no endpoint (HTTP 404), no
+   * answer, or an answer that is not Bayeux; until the first session, a proxy's 502/503/504 is
+   * said each time (the client retries it with backoff).
+   */
   readonly fetch: typeof fetch = async (input, init) => {
+    let response: Response;
     try {
-      const response = await fetch(input, init);
-      if (response.status === 404) this.failed('http', new Error(`HTTP 404 from ${String(input)}`));
-      return response;
+      response = await fetch(input, init);
     } catch (error) {
       this.failed('http', init?.signal?.aborted === true ? timedOut() : error);
       throw error;
     }
+    if (response.status === 404) this.failed('http', new Error(`HTTP 404 from ${String(input)}`));
+    else if (!this.handshaken) await this.inspect(String(input), response);
+    return response;
   };
+
+  /** Before the first session, an answer is read twice: here, to tell Bayeux from anything else, and by the client. */
+  private async inspect(url: string, response: Response): Promise<void> {
+    let text: string;
+    try {
+      text = await response.clone().text();
+    } catch {
+      return; // aborted or cut: the client sees that itself
+    }
+    if (isBayeux(text)) return;
+    const what = described(response, text);
+    if (GATEWAY_STATUSES.has(response.status)) {
+      const retryAfter = response.headers.get('retry-after');
+      this.report(`${url} answered ${what}${retryAfter !== null ? `, Retry-After: ${retryAfter}` : ''}, not Bayeux: a proxy whose server is down or busy? Trying again within ${seconds(MAX_RECONNECT_DELAY)}`);
+      return;
+    }
+    this.failed('http', new NotBayeux(`${url} answered ${what}, which is not a Bayeux reply: is it the address of a Bayeux server? (--url, PERIHELION_URL; --path, PERIHELION_PATH)`));
+  }
 
   failed(kind: 'socket' | 'http', error: unknown): void {
     if (this.reached) return;
     if (kind === 'socket') this.socketFailure ??= { error };
     else this.httpFailure ??= { error };
-    if (this.socketFailure && this.httpFailure) this.unreachable(this.socketFailure.error);
+    if (this.socketFailure && this.httpFailure) this.unreachable(this.socketFailure.error, this.httpFailure.error);
   }
 }
 
@@ -129,7 +191,11 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     finish = (outcome) => (typeof outcome === 'number' ? resolve(outcome) : reject(outcome));
   });
 
-  const contact = new FirstContact((error) => void end(new CommandFailure(networkProblem(error, socketUrl))));
+  // An HTTP answer that is not Bayeux says more than the WebSocket's refused upgrade.
+  const contact = new FirstContact(
+    (socketFailure, httpFailure) => void end(new CommandFailure(httpFailure instanceof NotBayeux ? httpFailure.message : networkProblem(socketFailure, socketUrl))),
+    (line) => process.stderr.write(`perihelion: ${line}\n`),
+  );
   const client = new Client(url, {
     WebSocket: contact.WebSocket as unknown as NonNullable<ClientOptions['WebSocket']>,
     fetch: contact.fetch,
@@ -203,6 +269,16 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     },
     incoming(message) {
       contact.reached = true;
+      if (message.channel === '/meta/handshake' && !contact.handshaken) {
+        if (message.successful === true) contact.handshaken = true;
+        // Refused for now (a full server: 503 overloaded): the client tries again, not sooner
+        // than the server advises. A final refusal (reconnect "none") ends the command below.
+        else if (message.advice?.reconnect !== 'none') {
+          const interval = message.advice?.interval;
+          const when = typeof interval === 'number' && interval > 0 ? `in ${seconds(interval)} or more, as the server advises (interval ${interval} ms)` : `within ${seconds(MAX_RECONNECT_DELAY)}`;
+          process.stderr.write(`perihelion: handshake refused: ${message.error ?? 'no reason given'}; trying again ${when}\n`);
+        }
+      }
       // Once per session: the same session subscribes again after a lost line or a move, and the
       // recovery (or nothing, when nothing was missed) is the news then.
       // (The reply to a subscribe sent with the handshake comes before the client knows its id.)
@@ -283,9 +359,10 @@ connects over WebSocket, or over HTTP (streaming, else long-polling) where WebSo
 and moves the same session to a WebSocket that opens later (see --transport-retry). The session
 follows the server's advice: it starts a new session and subscribes again when the server ends or
 forgets its session, and reconnects after a random wait of up to 1 s, 2 s, 4 s, … (at most 10 s)
-when the connection drops, recovering the messages it missed. SIGINT or SIGTERM ends the session
-and exits 0. Exit codes: 0 done, 1 the server refused (the error is printed) or could not be
-reached, 2 a usage error.
+when the connection drops, recovering the messages it missed. Until the first session, each retry
+after a proxy's 502/503/504 or a handshake refused for now (a full server) is said on stderr.
+SIGINT or SIGTERM ends the session and exits 0. Exit codes: 0 done, 1 the server refused (the
+error is printed), could not be reached or is not a Bayeux server, 2 a usage error.
 
 Examples:
   perihelion subscribe '/news/**' | jq
