@@ -28,6 +28,15 @@ async function start(options: ServerOptions = {}, port = 0): Promise<Running> {
   return running;
 }
 
+/** Waits until the server has a subscriber on `channel`. */
+async function subscribed(running: Running, channel: string): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while ((await running.server.engine.subscriberCount(channel)) === 0) {
+    if (Date.now() > deadline) throw new Error(`no subscriber on ${channel}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 async function stop(running: Running): Promise<void> {
   servers.delete(running);
   await running.stop();
@@ -380,6 +389,23 @@ describe('perihelion publish and subscribe', () => {
     assert.equal((await publish(second.url, '/up', '2')).code, 0);
     assert.equal((await sub.done).code, 0, sub.stderr);
     assert.equal(sub.stdout, line('/up', 1) + line('/up', 2));
+    await stop(second);
+  });
+
+  it('says on stderr, without --verbose, that messages may have been lost (a restarted server kept no history)', async () => {
+    const first = await start();
+    const port = Number(new URL(first.url).port);
+    const sub = new Cli(['subscribe', '/gone', '--url', first.url, '--count', '2']);
+    await subscribed(first, '/gone');
+    assert.equal((await publish(first.url, '/gone', '1')).code, 0);
+    await sub.waitFor('stdout', /"data":1/);
+    await stop(first);
+    const second = await start({}, port);
+    await sub.waitFor('stderr', /some messages on \/gone may have been lost \(the server no longer holds them\)/);
+    await subscribed(second, '/gone');
+    assert.equal((await publish(second.url, '/gone', '2')).code, 0);
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.doesNotMatch(sub.stderr, /subscribed to|connected over/, 'no status without --verbose');
     await stop(second);
   });
 

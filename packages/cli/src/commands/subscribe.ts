@@ -1,7 +1,7 @@
 /**
  * `perihelion subscribe <pattern>`: a session of `@perihelion/client` that prints every message
  * of a channel or pattern as one line of JSON on stdout, so that `| jq` works. Status goes to
- * stderr, and only with --verbose.
+ * stderr, and only with --verbose; that messages may have been lost is said there always.
  *
  * The client does the protocol: transports (WebSocket, else HTTP), the server's advice,
  * reconnection with backoff, re-subscription and recovery of missed messages. Three policies
@@ -183,8 +183,10 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
   const url = endpoint(base, path, 'http');
   const socketUrl = endpoint(base, path, 'ws');
   const status = (line: string): void => {
-    if (flags.verbose === true) process.stderr.write(`perihelion: ${line}\n`);
+    if (flags.verbose === true) warn(line);
   };
+  /** What a reader of the output must know, --verbose or not. */
+  const warn = (line: string): void => void process.stderr.write(`perihelion: ${line}\n`);
 
   let finish!: (outcome: number | CommandFailure) => void;
   const finished = new Promise<number>((resolve, reject) => {
@@ -317,7 +319,8 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
   client.on('recovery', ({ pattern: recovered, recovered: complete, channels }) => {
     // A pattern's channels all recovered, yet not whole: a channel it never heard of may have been missed.
     const why = Object.values(channels).every(Boolean) ? 'a channel first used while away cannot be asked for' : 'the server no longer holds them';
-    status(complete ? `recovered what ${recovered} missed` : `some messages on ${recovered} may have been lost (${why})`);
+    if (complete) status(`recovered what ${recovered} missed`);
+    else warn(`some messages on ${recovered} may have been lost (${why})`);
   });
   client.on('error', (error) => {
     if (error.code === 'bayeux') return end(new CommandFailure(`subscription to ${pattern} refused: ${error.bayeux || error.message}`));
