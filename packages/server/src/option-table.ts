@@ -75,7 +75,7 @@ export interface StructuredOption extends Described {
 export type OptionSpec = IntegerOption | BooleanOption | ChoiceOption | PathOption | ConnectionTypesOption | OriginsOption | AddressesOption | SecretOption | StructuredOption;
 
 export const OPTION_TABLE = {
-  path: { kind: 'path', default: '/bayeux', help: 'mount path of the Bayeux endpoint (`/cometd` works too)' },
+  path: { kind: 'path', default: '/bayeux', help: 'mount path of the Bayeux endpoint (`/cometd`, the CometD clients\' usual one, is a valid choice)' },
   timeout: { kind: 'integer', default: 30_000, min: 0, max: 600_000, help: 'longest hold of a `/meta/connect`, ms (`advice.timeout`)' },
   interval: { kind: 'integer', default: 0, min: 0, max: 600_000, help: 'pause between connects advised to clients, ms (`advice.interval`)' },
   maxInterval: { kind: 'integer', default: 10_000, min: 1000, max: 3_600_000, help: 'a session with no connect for `interval + maxInterval` ms is swept' },
