@@ -430,6 +430,8 @@ describe('the Redis connection\'s reports', () => {
       restored: () => {},
       outage: () => outages++,
     });
+    // Started (at start a failure is final instead, and reported by `open`).
+    (connection as unknown as { started: boolean }).started = true;
     connection.failed(new Error('ERR wrong number of arguments'));
     assert.equal(connection.away(), null, 'a command Redis refused is no outage');
     connection.failed(new Error('Command timed out'));

@@ -251,9 +251,12 @@ export class RedisConnection {
     }
   }
 
-  /** A command failed: one that timed out found Redis hung, which is taken for away (`lost`). */
+  /**
+   * A command failed: one that timed out found Redis hung, which is taken for away (`lost`). At
+   * start a failure is final instead (`open` rejects).
+   */
   failed(error: unknown): void {
-    if (timedOut(error)) this.lost(error);
+    if (this.started && timedOut(error)) this.lost(error);
   }
 
   /** Publishes `text` on the pub/sub channel `channel` (sharded on a cluster); resolves to how many heard it. */
