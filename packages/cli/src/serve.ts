@@ -7,8 +7,13 @@ import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
 import { SettingsError, type Settings } from './settings.js';
 
+/** How many rules the user gave; the command's own (its services, the demo) are not theirs to count. */
+function rulesSummary(userRules: number): string {
+  return `${userRules === 0 ? 'no rules' : `${userRules} rule${userRules === 1 ? '' : 's'}`} of yours, besides this command's own for its services`;
+}
+
 /** What a newcomer must know about who may do what on this server. */
-function securitySummary(server: Perihelion): string[] {
+function securitySummary(server: Perihelion, userRules: number): string[] {
   const { open, anonymous, sessionBinding, allowedOrigins } = server.options;
   if (open) {
     return ['WARNING: open mode: any client may publish and subscribe on any channel. Use it for development only.'];
@@ -16,7 +21,7 @@ function securitySummary(server: Perihelion): string[] {
   return [
     `anonymous access: ${anonymous ? 'on (handshakes without a token get a session)' : 'off (a token in ext.token is required)'}`,
     `authentication: ${server.authenticates ? 'signed tokens (JWT) or the configured authenticator' : 'none configured'}`,
-    `authorization: clients may subscribe to broadcast channels; they publish only where a rule allows (${server.ruleCount} rule${server.ruleCount === 1 ? '' : 's'})`,
+    `authorization: clients may subscribe to broadcast channels; they publish only where a rule allows (${rulesSummary(userRules)})`,
     `session binding: ${sessionBinding}; cross-origin: ${allowedOrigins.length > 0 ? allowedOrigins.join(', ') : 'same origin only'}`,
   ];
 }
@@ -123,7 +128,7 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   log(`  Bayeux endpoint: ${url}${server.options.path}`);
   log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
   log(`  engine: ${engineSummary(server, workers)}`);
-  for (const line of securitySummary(server)) log(`  ${line}`);
+  for (const line of securitySummary(server, settings.server.channels?.length ?? 0)) log(`  ${line}`);
   log(`  HTTP API: ${server.options.apiKey !== undefined ? `${url}/api/ (Authorization: Bearer <PERIHELION_API_KEY>)` : 'off (set PERIHELION_API_KEY to enable it)'}`);
   if (server.options.operations) log(`  operations: ${url}/health ${url}/ready ${url}/metrics`);
   log(`  services: ${ECHO_CHANNEL} (answers the caller with what it sent)`);

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { OPTION_TABLE, PerihelionError, resolveOptions, type OptionSpec, type ServerOptions } from '@perihelion/server';
+import { OPTION_TABLE, PerihelionError, checkChannelRules, resolveOptions, type OptionSpec, type ServerOptions } from '@perihelion/server';
 import { parse as parseYaml } from 'yaml';
 
 export interface Setting {
@@ -241,6 +241,17 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
       throw new SettingsError(`--rules must be a JSON list of rules, like [{"channel": "/chat/**", "publish": "authenticated"}], got ${list === null ? 'null' : typeof list === 'object' ? 'an object' : `a ${typeof list}`}`);
     }
     options.channels = list as never;
+  }
+  if (options.channels !== undefined) {
+    // Checked here, alone: the command adds rules of its own ahead of them (serve.ts), and the
+    // server's message would count those too.
+    try {
+      checkChannelRules(options.channels);
+    } catch (error) {
+      if (!(error instanceof PerihelionError)) throw error;
+      const source = typeof rules === 'string' ? '--rules' : '"channels" (the rules in the configuration file)';
+      throw new SettingsError(`${source}: ${error.message.replace(/^option "channels": /, '')} (rules counted from 0)`);
+    }
   }
   // The HTTP API key, like the token secret, comes from the environment (or the file).
   if (env.PERIHELION_API_KEY !== undefined && env.PERIHELION_API_KEY !== '') options.apiKey = env.PERIHELION_API_KEY;

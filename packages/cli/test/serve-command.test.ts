@@ -247,6 +247,8 @@ describe('perihelion serve', () => {
     assert.match(secure, /anonymous access: off/);
     assert.match(secure, /authentication: signed tokens/);
     assert.doesNotMatch(secure, /WARNING/);
+    // The rules counted are the user's, not the command's own for its services.
+    assert.match(secure, /publish only where a rule allows \(no rules of yours, besides this command's own for its services\)/);
   });
 });
 

@@ -65,6 +65,12 @@ describe('settings from flags and environment', () => {
     assert.throws(() => resolveSettings({ rules: join(dir, 'missing.json') }, {}), /--rules: cannot read .*ENOENT/);
     writeFileSync(rules, JSON.stringify({ channel: '/chat/**', publish: 'authenticated' }));
     assert.throws(() => resolveSettings({ rules }, {}), (error: Error) => error instanceof SettingsError && /^--rules must be a JSON list of rules, like \[.*\], got an object$/.test(error.message));
+    // A mistake in a rule is counted in the user's own list (the command adds rules ahead of it).
+    writeFileSync(rules, JSON.stringify([{ channel: '/chat/**', publish: 'authenticated' }, { channel: '/news/**', read: 'anyone' }]));
+    assert.throws(() => resolveSettings({ rules }, {}), (error: Error) => error instanceof SettingsError && /^--rules: rule 1 has unknown key "read"; allowed: channel, .* \(rules counted from 0\)$/.test(error.message));
+    const config = join(dir, 'config.json');
+    writeFileSync(config, JSON.stringify({ channels: [{ channel: '/x', subscribe: 'everyone' }] }));
+    assert.throws(() => resolveSettings({ config }, {}), (error: Error) => error instanceof SettingsError && error.message.startsWith('"channels" (the rules in the configuration file): rule 0 (/x) subscribe: unknown access "everyone"'));
     assert.throws(() => resolveSettings({ jwks: rules }, { PERIHELION_JWT_SECRET: 'x'.repeat(32) }), /give one token key/);
   });
 });

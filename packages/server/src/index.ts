@@ -28,7 +28,7 @@ export { PerihelionError, ERROR_CODES, type ErrorCode } from './errors.js';
 export { AuthenticationError, type Authenticator, type HandshakeRequest } from './security/authenticate.js';
 export type { Identity } from './security/identity.js';
 export { jwtAuthenticator, type JwtOptions } from './security/jwt.js';
-export type { ChannelRule, Access, Operation } from './security/channel-rules.js';
+export { checkChannelRules, type ChannelRule, type Access, type Operation } from './security/channel-rules.js';
 export type { AuthorizeHook, AuthorizeRequest } from './security/policy.js';
 export { CalloutError, type CalloutRule, type CalloutOperation, type CalloutRequest } from './callouts/allow.js';
 export { Webhooks, WebhookError, type Webhook, type WebhookEvent, type WebhookPayload, type WebhookStats } from './callouts/webhooks.js';

@@ -80,6 +80,15 @@ function compileAccess(access: unknown, segments: Segment[], where: string): Ter
   });
 }
 
+/**
+ * Checks a list of rules as the `channels` option is checked (throwing ERR_INVALID_OPTION naming
+ * the rule by its index in `rules`), for a program that adds rules of its own to a user's list
+ * and would have the user's errors counted in the user's list.
+ */
+export function checkChannelRules(rules: unknown): void {
+  compileRules(rules);
+}
+
 export function compileRules(rules: unknown): CompiledRule[] {
   if (!Array.isArray(rules)) invalid('must be a list of rules like { "channel": "/chat/**", "publish": "authenticated" }');
   return rules.map((rule, index) => {
