@@ -104,6 +104,8 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
   private readonly extensions: Extension[] = [];
   private readonly http: Http | undefined;
   private seq = 0;
+  /** This client, for the server's publish deduplication across its sessions (handshake `ext.instance`). */
+  private readonly instance = Array.from(crypto.getRandomValues(new Uint32Array(3)), (n) => n.toString(36)).join('');
   /**
    * Whether handshakes over a WebSocket carry the first connect (see firstConnect). Off for good
    * once a bundled handshake failed or was not taken: a server that does not follow §4.1.1
@@ -262,8 +264,10 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
       advice: { timeout: 60_000, interval: 0 },
       // Told of the positions it is not sent (a publish of its own with `echo: false`, a server
       // publish that excludes it), it takes no such hole for messages lost (Subscriptions.deliver).
-      // Asked for the limits of its frames too (limits.ts).
-      ext: { skips: true, limits: true, ...(token !== undefined ? { token } : {}) },
+      // Asked for the limits of its frames too (limits.ts). `instance` names this client across its
+      // sessions: a publish resent on a new session after its reply was lost is one the server
+      // may know already (its ids run on from session to session).
+      ext: { skips: true, limits: true, instance: this.instance, ...(token !== undefined ? { token } : {}) },
     };
     // Over a WebSocket the subscriptions and the first connect go in the handshake's frame (sent
     // in the same turn), asked for with ext.bundle: set up in one round trip instead of two, the

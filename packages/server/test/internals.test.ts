@@ -6,6 +6,7 @@ import { TimerWheel } from '../src/core/timer-wheel.js';
 import { OutboundQueue } from '../src/core/outbound-queue.js';
 import { SubscriptionIndex } from '../src/engine/subscription-index.js';
 import { ChannelSet } from '../src/core/channel-set.js';
+import { MAX_PATTERN_CHANNELS, ServerSession, type SessionHost } from '../src/core/session.js';
 import { ListenerRegistry } from '../src/core/listeners.js';
 import { LineWatchers } from '../src/core/line-watchers.js';
 import type { LineWatcher, PushConnection } from '../src/core/contract.js';
@@ -441,5 +442,18 @@ describe('the Redis connection\'s reports', () => {
     // Taken for away: the requests of the outage do not wait for it (nor report each).
     connection.degraded(new Error('Command timed out'));
     assert.equal(reports.length, 1);
+  });
+});
+
+describe('a session\'s first positions through patterns', () => {
+  it('keeps the channels first sent latest, each at its first position', () => {
+    const session = new ServerSession('s', {} as SessionHost, 10);
+    for (let i = 0; i <= MAX_PATTERN_CHANNELS; i++) session.sentThroughPattern(`/c/${i}`, { epoch: 'e', offset: 1 });
+    session.sentThroughPattern('/c/5', { epoch: 'e', offset: 9 });
+    const first = session.firstSentThroughPattern!;
+    assert.equal(first.size, MAX_PATTERN_CHANNELS);
+    assert.equal(first.has('/c/0'), false, 'the one first sent longest ago went');
+    assert.deepEqual(first.get('/c/5'), { epoch: 'e', offset: 1 }, 'the first position stays');
+    assert.equal(first.has(`/c/${MAX_PATTERN_CHANNELS}`), true);
   });
 });

@@ -385,6 +385,45 @@ describe('duplicate publishes', () => {
   });
 });
 
+describe('duplicate publishes across a client\'s sessions', () => {
+  let t: TestServer;
+  before(async () => {
+    t = await startServer();
+  });
+  after(() => t.close());
+
+  /** A long-polling session of the client `instance` (the handshake's ext.instance); its clientId. */
+  const sessionOf = async (instance: string | undefined): Promise<string> => {
+    const ext: Record<string, unknown> = {};
+    if (instance !== undefined) ext.instance = instance;
+    const [reply] = (await post(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'], ext }])).body as Msg[];
+    return reply!.clientId as string;
+  };
+
+  it('a publish resent on the next session of the same client (its first swept meanwhile) is acknowledged and not published again', async () => {
+    const subscriber = await wsSession(t.wsUrl);
+    await subscriber.peer.request({ channel: '/meta/subscribe', clientId: subscriber.clientId, subscription: '/resumed' });
+    const first = await sessionOf('client-instance-1');
+    assert.equal(at((await post(t.url, [{ channel: '/resumed', clientId: first, id: '7', data: 'once' }])).body, 0).successful, true);
+    // The reply was lost and the session swept while the line was down: the client comes back
+    // with a new session and resends what was never acknowledged, with the same id.
+    sessionRecord(t.server, first)!.disconnect();
+    const second = await sessionOf('client-instance-1');
+    const resent = at((await post(t.url, [{ channel: '/resumed', clientId: second, id: '7', data: 'once' }])).body, 0);
+    assert.equal(resent.successful, true, 'acknowledged');
+    assert.equal(at((await post(t.url, [{ channel: '/resumed', clientId: second, id: '8', data: 'next' }])).body, 0).successful, true);
+    // Another client, and a session that names no client, keep their own ids.
+    const stranger = await sessionOf('client-instance-2');
+    await post(t.url, [{ channel: '/resumed', clientId: stranger, id: '7', data: 'stranger' }]);
+    const anonymous = await sessionOf(undefined);
+    await post(t.url, [{ channel: '/resumed', clientId: anonymous, id: '7', data: 'unnamed' }]);
+    await waitFor(() => subscriber.data('/resumed').length === 4, 3000, 'four messages');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(subscriber.data('/resumed').map((m) => m.data), ['once', 'next', 'stranger', 'unnamed']);
+    await subscriber.peer.close();
+  });
+});
+
 describe('slow consumers', () => {
   it('drop-oldest: a consumer that stops reading holds at most maxQueue messages, and the drops are counted', { timeout: 30_000 }, async () => {
     const t = await startServer({ maxQueue: 100, maxBufferedBytes: 64 * 1024 });

@@ -20,7 +20,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { channelProblem, isMeta, nestedTooDeep, parsePosition } from '@perihelion/protocol';
 import type { Perihelion } from '../perihelion.js';
 import { PerihelionError } from '../errors.js';
-import { passesByteLimit } from '../core/publish.js';
+import { exceedsBytes } from '../core/publish.js';
 import { readBody } from '../http/body.js';
 import { sendApiError, sendJson, sendRawJson } from './json.js';
 
@@ -153,7 +153,7 @@ export class HttpApi {
    */
   private sizeProblem(message: { channel: unknown; data: unknown; ext?: unknown }): string | null {
     const limit = this.server.options.maxMessageBytes;
-    return passesByteLimit(JSON.stringify(message), limit) ? `the message is larger than ${limit} bytes (maxMessageBytes)` : null;
+    return exceedsBytes(JSON.stringify(message), limit) ? `the message is larger than ${limit} bytes (maxMessageBytes)` : null;
   }
 
   private async deliver(res: ServerResponse, body: unknown): Promise<void> {

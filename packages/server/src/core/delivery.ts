@@ -17,6 +17,7 @@ import { checkData, checkDeliveryChannel } from './application-input.js';
 import type { DisconnectReason, ServerEventEmitter } from './events.js';
 import type { ListenerRegistry } from './listeners.js';
 import { prepare } from './publish.js';
+import { PublishIdsByClient } from './recent-ids.js';
 import { describeSession, type ServerSession, type SessionHost } from './session.js';
 import type { TimerWheel } from './timer-wheel.js';
 
@@ -45,7 +46,7 @@ export interface ServerStats {
 export type Counters = Omit<ServerStats, 'sessions' | 'sessionsByTransport'>;
 
 export interface DeliveryParts {
-  options: Pick<ResolvedOptions, 'queueOverflow' | 'maxChannelLength'>;
+  options: Pick<ResolvedOptions, 'queueOverflow' | 'maxChannelLength' | 'publishDedup'>;
   engine: Engine;
   events: ServerEventEmitter;
   /** For `session.deliver`: its message passes the outgoing extensions like any publication. */
@@ -71,6 +72,8 @@ export class LocalDelivery implements EngineHost, SessionHost {
   private readonly listeners: ListenerRegistry;
   /** What the sessions of each remote address hold (for `maxSessionsPerIp`, `maxSubscriptionsPerIp`). */
   private readonly byAddress = new Map<string, { sessions: number; subscriptions: number }>();
+  /** Publish ids per client instance, shared by its sessions (see PublishIdsByClient). */
+  readonly publishIds: PublishIdsByClient;
   /** Sessions with something to write this turn (each once: see ServerSession.flushPending). */
   private dirty: ServerSession[] = [];
   private flushScheduled = false;
@@ -84,6 +87,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
     this.wheel = parts.wheel;
     this.historySettings = parts.historySettings;
     this.observeDelivery = parts.observeDelivery;
+    this.publishIds = new PublishIdsByClient(parts.options.publishDedup);
   }
 
   // ---------------------------------------------------------------- this node's sessions
@@ -303,6 +307,8 @@ export class LocalDelivery implements EngineHost, SessionHost {
       if (--held.sessions <= 0) this.byAddress.delete(address);
     }
     session.subscriptions.clear();
+    // Its publish ids wait for its client's next session (a resend there is recognised).
+    if (session.instance !== null && session.recentPublishes !== null) this.publishIds.ended(session.instance, session.recentPublishes);
     // A stream serves one session only: it ends with it (a WebSocket may carry others).
     session.connection?.sessionEnded();
     void this.engine.removeSession(session.id).catch((error: unknown) => this.reportError(error));

@@ -56,7 +56,9 @@ export function clientPublish(core: PublishCore, message: Message, session: Serv
   // resend arriving meanwhile is recognised too; a refusal forgets it.
   const dedupKey = message.id !== undefined && options.publishDedup > 0 && !isService(channel) ? String(message.id) : null;
   if (dedupKey !== null) {
-    session.recentPublishes ??= new RecentIds(options.publishDedup);
+    // Shared with the client's other sessions here when it says which client it is (a resend on
+    // a new session, after the old one was swept under a dead line, is recognised too).
+    session.recentPublishes ??= session.instance !== null ? core.delivery.publishIds.of(session.instance) : new RecentIds(options.publishDedup);
     if (session.recentPublishes.has(dedupKey)) {
       core.delivery.counters.duplicatePublishes++;
       return emitReply(extensions, reply(message, true), context, out);
@@ -255,12 +257,12 @@ function checkCreate(core: Pick<ServerCore, 'security' | 'engine'>, channel: str
   return core.engine.subscriberCount(channel).then((count) => (count > 0 ? null : policy.check('create', channel, session, message)));
 }
 
-/** Whether a serialised message passes maxMessageBytes (counting bytes only when it might). */
+/** Whether a serialised message is larger than maxMessageBytes (counting bytes only when it might). */
 function tooLarge(core: Pick<ServerCore, 'options'>, payload: string): boolean {
-  return passesByteLimit(payload, core.options.maxMessageBytes);
+  return exceedsBytes(payload, core.options.maxMessageBytes);
 }
 
 /** Whether `text` is longer than `limit` bytes in UTF-8 (a character is 1 to 3 bytes; counted only when that decides). */
-export function passesByteLimit(text: string, limit: number): boolean {
+export function exceedsBytes(text: string, limit: number): boolean {
   return text.length > limit || (text.length * 3 > limit && Buffer.byteLength(text) > limit);
 }

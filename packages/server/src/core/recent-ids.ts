@@ -33,3 +33,43 @@ export class RecentIds {
     if (at !== -1) this.ring[at] = undefined;
   }
 }
+
+/** How long the publish ids of a client's ended session wait for its next session, ms. */
+export const RESUME_WINDOW_MS = 60_000;
+/** Clients whose publish ids are kept beyond their sessions at most (the most recent first). */
+export const MAX_RESUMING_CLIENTS = 1000;
+
+/**
+ * Publish ids per client instance (the handshake's `ext.instance`, with the user it speaks for),
+ * shared by its sessions on this node: a client that starts a new session (its old one was swept
+ * while a line was down) resends with the same ids what was never acknowledged, and what the old
+ * session had published is recognised. An ended session's ids are kept RESUME_WINDOW_MS for the
+ * next, for at most MAX_RESUMING_CLIENTS clients.
+ */
+export class PublishIdsByClient {
+  /** In the order they were last touched: the oldest first. */
+  private readonly entries = new Map<string, { ids: RecentIds; until: number }>();
+
+  constructor(private readonly size: number) {}
+
+  /** The ids of `client`'s sessions: those kept, or new ones. */
+  of(client: string, now = Date.now()): RecentIds {
+    const kept = this.entries.get(client);
+    return this.keep(client, kept && kept.until > now ? kept.ids : new RecentIds(this.size), now);
+  }
+
+  /** A session of `client` ended: its ids wait for the next one. */
+  ended(client: string, ids: RecentIds, now = Date.now()): void {
+    this.keep(client, ids, now);
+  }
+
+  private keep(client: string, ids: RecentIds, now: number): RecentIds {
+    this.entries.delete(client);
+    this.entries.set(client, { ids, until: now + RESUME_WINDOW_MS });
+    for (const [key, entry] of this.entries) {
+      if (this.entries.size <= MAX_RESUMING_CLIENTS && entry.until > now) break;
+      this.entries.delete(key);
+    }
+    return ids;
+  }
+}

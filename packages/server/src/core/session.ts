@@ -19,8 +19,11 @@ import { OutboundQueue } from './outbound-queue.js';
 import type { RecentIds } from './recent-ids.js';
 import type { TimerHandle, TimerWheel } from './timer-wheel.js';
 
-/** Channels reached through patterns whose first position a session keeps (see firstSentThroughPattern). */
-export const MAX_PATTERN_CHANNELS = 1000;
+/**
+ * Channels reached through patterns whose first position a session keeps (see
+ * firstSentThroughPattern), the latest first sent: a line that dies swallows what was sent last.
+ */
+export const MAX_PATTERN_CHANNELS = 64;
 
 /** A session as applications see it. */
 export interface Session {
@@ -83,9 +86,9 @@ export class ServerSession implements Session {
   /** Channels and patterns this session subscribes to (mirrors the engine, for limits and clean-up). */
   readonly subscriptions = new ChannelSet();
   /**
-   * The first position this session was sent on each channel that only its patterns reach (at
-   * most MAX_PATTERN_CHANNELS): a client that comes back on the same session names the channels
-   * it received from; one it does not name never reached it, and is recovered from here.
+   * The first position this session was sent on each channel that only its patterns reach (the
+   * latest MAX_PATTERN_CHANNELS channels): a client that comes back on the same session names the
+   * channels it received from; one it does not name never reached it, and is recovered from here.
    */
   firstSentThroughPattern: Map<string, Position> | null = null;
   /** Set once the session has answered its first /meta/connect. */
@@ -114,6 +117,8 @@ export class ServerSession implements Session {
   ack: Acknowledgement | null = null;
   /** Ids of the latest publishes, to publish a resent message once (created on first use). */
   recentPublishes: RecentIds | null = null;
+  /** The client instance it belongs to (`ext.instance` of its handshake, with its user), whose sessions share publish ids; null: none said. */
+  instance: string | null = null;
   /**
    * The client asked at handshake (`ext.skips`) to be told of each position on its channels that
    * is not sent to it (`exclude`, `ext.echo: false`): it tracks positions, and would take the
@@ -204,7 +209,10 @@ export class ServerSession implements Session {
   /** Notes a positioned message sent to it on `channel`, which only its patterns reach. */
   sentThroughPattern(channel: string, position: Position): void {
     const first = (this.firstSentThroughPattern ??= new Map());
-    if (!first.has(channel) && first.size < MAX_PATTERN_CHANNELS) first.set(channel, position);
+    if (first.has(channel)) return;
+    // The channel first sent longest ago goes: its messages are the likeliest to have arrived.
+    if (first.size >= MAX_PATTERN_CHANNELS) first.delete(first.keys().next().value!);
+    first.set(channel, position);
   }
 
   /** Queues messages again, ahead of everything else: unacknowledged ones (ack extension), or ones a relay line lost. */

@@ -118,6 +118,10 @@ function authenticated(core: HandshakeCore, message: Message, context: ProcessCo
   session.publishBucket = security.publishLimit();
   session.subscribeBucket = security.subscribeLimit();
   session.skipNotes = message.ext?.skips === true;
+  // The client across its sessions (Perihelion's client names itself), with the user it speaks
+  // for: publish ids are shared with that client's other sessions, never with another user's.
+  const instance = message.ext?.instance;
+  if (typeof instance === 'string' && instance.length >= 8 && instance.length <= 64) session.instance = `${identity?.id ?? ''}\u0000${instance}`;
   delivery.add(session, address);
   // Known to the engine at once, so that a delivery from any node reaches it; a failure is
   // reported and the session goes on (this node reaches it).
