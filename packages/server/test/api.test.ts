@@ -230,6 +230,18 @@ describe('HTTP API', () => {
     const wrong = await api(t, 'GET', '/api/publish');
     assert.equal(wrong.status, 405);
     assert.equal(wrong.headers.get('allow'), 'POST');
+    // HEAD is GET without the body.
+    const head = await api(t, 'HEAD', '/api/channels');
+    assert.equal(head.status, 200);
+    assert.equal(head.json, null, 'no body');
+    const posted = await api(t, 'POST', '/api/channels', {});
+    assert.equal(posted.headers.get('allow'), 'GET, HEAD');
+  });
+
+  it('says a publish without a channel lacks one', async () => {
+    const missing = await api(t, 'POST', '/api/publish', { data: 1 });
+    assert.equal(missing.status, 400);
+    assert.deepEqual([missing.json.error.code, missing.json.error.message], ['invalid_request', '"channel" is required']);
   });
 });
 

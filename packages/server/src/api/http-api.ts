@@ -93,8 +93,10 @@ export class HttpApi {
     };
     const route = Object.hasOwn(routes, endpoint) ? routes[endpoint] : undefined;
     if (!route) return sendApiError(res, 404, 'not_found', `no endpoint /api/${endpoint}; the endpoints are ${Object.keys(routes).map((r) => `/api/${r}`).join(', ')}`);
-    if (req.method !== route.method) {
-      return sendApiError(res, 405, 'method_not_allowed', `/api/${endpoint} takes ${route.method}`, { Allow: route.method });
+    // HEAD is GET without the body (node leaves the body out of a HEAD's response).
+    if (req.method !== route.method && !(route.method === 'GET' && req.method === 'HEAD')) {
+      const allowed = route.method === 'GET' ? 'GET, HEAD' : route.method;
+      return sendApiError(res, 405, 'method_not_allowed', `/api/${endpoint} takes ${allowed}`, { Allow: allowed });
     }
     await route.run();
   }
@@ -136,6 +138,7 @@ export class HttpApi {
   private publishProblem(item: unknown): { code: 'invalid_request' | 'invalid_channel' | 'too_large'; message: string } | null {
     if (typeof item !== 'object' || item === null || Array.isArray(item)) return { code: 'invalid_request', message: 'expected an object {channel, data}' };
     const { channel, data, ext } = item as Record<string, unknown>;
+    if (channel === undefined) return { code: 'invalid_request', message: '"channel" is required' };
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.server.options.maxChannelLength });
     if (problem) return { code: 'invalid_channel', message: `channel ${JSON.stringify(channel)}: ${problem}` };
     if (isMeta(channel as string)) return { code: 'invalid_channel', message: 'cannot publish to a meta channel' };
