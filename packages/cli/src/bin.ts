@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
-import { PerihelionError } from '@perihelion/server';
+import { PerihelionError, resolveOptions } from '@perihelion/server';
 import { SETTINGS, SettingsError, defaultsOn, envName, resolveSettings } from './settings.js';
 import { serve } from './serve.js';
 import { runWorkers, workerAddress, workerNode } from './workers.js';
@@ -57,7 +57,11 @@ command.action(async (parsed: Record<string, unknown>) => {
     host = settings.host;
     const node = workerNode();
     const address = workerAddress();
-    if ((settings.workers ?? 1) > 1 && node === null) return await runWorkers(settings);
+    if ((settings.workers ?? 1) > 1 && node === null) {
+      // Checked here once, before any worker is forked: each would otherwise refuse them alike and say so.
+      resolveOptions(settings.server);
+      return await runWorkers(settings);
+    }
     if (node !== null) {
       // A worker whose primary is gone (killed) has nobody to answer its engine: it goes too.
       process.on('disconnect', () => process.exit(1));

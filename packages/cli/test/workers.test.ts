@@ -308,9 +308,19 @@ describe('perihelion serve --workers 2', () => {
     }
   });
 
-  it('stops with exit code 2 and the reason when its workers refuse the configuration, instead of replacing them for ever', { timeout: 30_000 }, async () => {
-    // Checked only where the server is made, in each worker: an API key too short.
+  it('says an option the server refuses once, before any worker starts (exit code 2)', { timeout: 30_000 }, async () => {
     const child = start(['--workers', '2'], { PERIHELION_API_KEY: 'short' });
+    let errors = '';
+    child.stderr.on('data', (chunk: Buffer) => (errors += String(chunk)));
+    const [code] = await once(child, 'exit');
+    assert.equal(code, 2, errors);
+    assert.equal(errors.match(/option "apiKey" must be a string of at least 16 characters/g)?.length, 1, errors);
+    assert.doesNotMatch(errors, /refused the configuration/, 'no worker was started');
+  });
+
+  it('stops with exit code 2 and the reason when its workers refuse to start, instead of replacing them for ever', { timeout: 30_000 }, async () => {
+    // Found only where the server starts, in each worker: Redis is not there.
+    const child = start(['--workers', '2', '--redis', 'redis://127.0.0.1:1']);
     let errors = '';
     let output = '';
     child.stderr.on('data', (chunk: Buffer) => (errors += String(chunk)));
@@ -319,7 +329,7 @@ describe('perihelion serve --workers 2', () => {
     const [code] = await once(child, 'exit');
     clearTimeout(timer);
     assert.equal(code, 2, `${output}\n${errors}`);
-    assert.match(errors, /option "apiKey" must be a string of at least 16 characters/);
+    assert.match(errors, /cannot use Redis at redis:\/\/127\.0\.0\.1:1/);
     assert.match(errors, /refused the configuration; stopping/);
     assert.doesNotMatch(output, /starting another/, 'no worker was replaced');
   });
