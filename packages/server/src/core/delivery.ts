@@ -128,7 +128,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
   // ---------------------------------------------------------------- EngineHost: from the engine
 
   onPublication(publication: Publication, clientIds: Iterable<string>): void {
-    const { payload, exclude } = publication;
+    const { payload, exclude, channel, position } = publication;
     const now = Date.now();
     for (const id of clientIds) {
       const session = this.sessions.get(id);
@@ -137,8 +137,8 @@ export class LocalDelivery implements EngineHost, SessionHost {
         this.enqueue(session, payload, now);
         // A channel only a pattern reaches: where it started for this session, for a recovery
         // that cannot name it (see meta/subscribe.ts).
-        if (publication.position !== undefined && session.subscriptions.hasPattern && !session.subscriptions.has(publication.channel)) session.sentThroughPattern(publication.channel, publication.position);
-      } else if (session.skipNotes && publication.position !== undefined) this.enqueue(session, skipNote(publication.channel, publication.position), now);
+        if (position !== undefined && session.subscriptions.hasPattern && !session.subscriptions.has(channel)) session.sentThroughPattern(channel, position);
+      } else if (session.skipNotes && position !== undefined) this.enqueue(session, skipNote(channel, position), now);
     }
     if (this.listeners.hearsBroadcasts && !isService(publication.channel)) void this.listeners.notify(publication.message, null);
   }
