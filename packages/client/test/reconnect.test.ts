@@ -224,57 +224,41 @@ describe('reconnection', () => {
     }
   });
 
-  it('resends a publish whose reply was lost with the same id: the server keeps one copy', async () => {
-    const test = await startServer({ timeout: 2000 });
-    const net = new Net();
-    const c = client(test.url, { transports: ['long-polling'] }, net);
-    try {
-      await c.connect();
-      const heard: unknown[] = [];
-      const stop = test.server.subscribe('/d/x', (message) => void heard.push(message.data));
-      // The publish reaches the server; its reply is lost.
-      net.loseReply = (body) => body.includes('"once"');
-      await c.publish('/d/x', 'once');
-      await sleep(200);
-      const sent = net.bodies.filter((body) => body.includes('"once"'));
-      assert.equal(sent.length, 2, 'the publish went out twice');
-      assert.equal(new Set(sent.map((body) => (JSON.parse(body) as { id: string }[])[0]!.id)).size, 1, 'with the same id');
-      assert.deepEqual(heard, ['once']);
-      stop();
-    } finally {
-      await c.disconnect();
-      await test.close();
-    }
-  });
-
-  it('resends a publish whose reply was lost on the new session, when the old one was swept meanwhile: the server keeps one copy', async () => {
-    const test = await startServer({ timeout: 2000 });
-    const net = new Net();
-    const c = client(test.url, { transports: ['long-polling'] }, net);
-    try {
-      await c.connect();
-      const first = c.clientId!;
-      const heard: unknown[] = [];
-      const stop = test.server.subscribe('/d/swept', (message) => void heard.push(message.data));
-      // The publish reaches the server; its reply is lost, and the session is swept before the
-      // client is back (a line down longer than maxInterval).
-      net.loseReply = (body) => {
-        if (!body.includes('"swept once"')) return false;
-        test.server.getSession(first)?.disconnect();
-        return true;
-      };
-      await c.publish('/d/swept', 'swept once');
-      assert.notEqual(c.clientId, first, 'a new session');
-      await sleep(200);
-      const sent = net.bodies.filter((body) => body.includes('"swept once"'));
-      assert.equal(sent.length, 2, 'the publish went out twice');
-      assert.deepEqual(heard, ['swept once']);
-      stop();
-    } finally {
-      await c.disconnect();
-      await test.close();
-    }
-  });
+  for (const swept of [false, true]) {
+    const title = swept
+      ? 'resends a publish whose reply was lost on the new session, when the old one was swept meanwhile: the server keeps one copy'
+      : 'resends a publish whose reply was lost with the same id: the server keeps one copy';
+    it(title, async () => {
+      const test = await startServer({ timeout: 2000 });
+      const net = new Net();
+      const c = client(test.url, { transports: ['long-polling'] }, net);
+      const text = swept ? 'swept once' : 'once';
+      try {
+        await c.connect();
+        const first = c.clientId!;
+        const heard: unknown[] = [];
+        const stop = test.server.subscribe('/d/x', (message) => void heard.push(message.data));
+        // The publish reaches the server; its reply is lost (and, swept, the session is ended
+        // before the client is back: a line down longer than maxInterval).
+        net.loseReply = (body) => {
+          if (!body.includes(`"${text}"`)) return false;
+          if (swept) test.server.getSession(first)?.disconnect();
+          return true;
+        };
+        await c.publish('/d/x', text);
+        if (swept) assert.notEqual(c.clientId, first, 'a new session');
+        await sleep(200);
+        const sent = net.bodies.filter((body) => body.includes(`"${text}"`));
+        assert.equal(sent.length, 2, 'the publish went out twice');
+        assert.equal(new Set(sent.map((body) => (JSON.parse(body) as { id: string }[])[0]!.id)).size, 1, 'with the same id');
+        assert.deepEqual(heard, [text]);
+        stop();
+      } finally {
+        await c.disconnect();
+        await test.close();
+      }
+    });
+  }
 
   for (const type of ['websocket', 'long-polling'] as ConnectionType[]) {
     it(`a request made while the server is unreachable times out from the call and is never sent; a publish waits and is sent (${type})`, async () => {
