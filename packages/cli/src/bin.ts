@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
-import { PerihelionError, resolveOptions } from '@perihelion/server';
+import { PerihelionError } from '@perihelion/server';
 import { SETTINGS, SettingsError, defaultsOn, envName, resolveSettings } from './settings.js';
 import { serve } from './serve.js';
 import { runWorkers, workerAddress, workerNode } from './workers.js';
@@ -58,8 +58,8 @@ command.action(async (parsed: Record<string, unknown>) => {
     const node = workerNode();
     const address = workerAddress();
     if ((settings.workers ?? 1) > 1 && node === null) {
-      // Checked here once, before any worker is forked: each would otherwise refuse them alike and say so.
-      resolveOptions(settings.server);
+      // The options were checked by resolveSettings, before any worker is forked: each would
+      // otherwise refuse them alike and say so.
       return await runWorkers(settings);
     }
     if (node !== null) {

@@ -41,7 +41,11 @@ function engineSummary(server: Perihelion, workers: number): string {
 function attachLogger(server: Perihelion, logger: Logger, starting: () => boolean): void {
   server.on('error', (error) => {
     if (starting() && error instanceof PerihelionError && error.code === 'ERR_ENGINE_UNAVAILABLE') return;
-    logger.error({ err: error }, 'server error');
+    // A condition the server survives and describes (Redis away, a call-out or webhook that
+    // failed): a warning whose message says it all; a stack would only point into the server.
+    // Anything else is unexpected, with its stack.
+    if (error instanceof PerihelionError) logger.warn({ code: error.code, ...(error.cause instanceof Error ? { cause: error.cause.message } : {}) }, error.message);
+    else logger.error({ err: error }, 'server error');
   });
   server.on('restored', (message) => logger.info(message));
   server.on('handshake', (session) => logger.debug({ clientId: session.id, user: session.identity?.id, address: session.remoteAddress }, 'handshake'));

@@ -212,15 +212,21 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   const configPath = typeof flags.config === 'string' ? flags.config : env.PERIHELION_CONFIG;
   // Precedence: flags, then the environment, then the configuration file, then the defaults.
   const values: Record<string, unknown> = configPath ? { ...readConfigFile(configPath) } : {};
+  /** What the user typed for each server option given by a flag or the environment, to name it in a refusal. */
+  const sources: Record<string, string> = {};
   if (env.PORT !== undefined && env.PORT !== '') values.port = convert(COMMAND_SETTINGS[0]!, env.PORT, 'PORT');
   if (env.HOST !== undefined && env.HOST !== '') values.host = env.HOST;
   for (const setting of SETTINGS) {
     const name = envName(setting);
     const fromEnv = env[name];
-    if (fromEnv !== undefined && fromEnv !== '') values[setting.key] = convert(setting, fromEnv, name);
+    if (fromEnv !== undefined && fromEnv !== '') {
+      values[setting.key] = convert(setting, fromEnv, name);
+      sources[setting.key] = name;
+    }
     const fromFlag = flags[camel(setting.flag)];
     if (typeof fromFlag === 'string') values[setting.key] = convert(setting, fromFlag, `--${setting.flag}`);
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
+    if (typeof fromFlag === 'string' || typeof fromFlag === 'boolean') sources[setting.key] = `--${setting.flag}`;
   }
   const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
@@ -254,7 +260,11 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     }
   }
   // The HTTP API key, like the token secret, comes from the environment (or the file).
-  if (env.PERIHELION_API_KEY !== undefined && env.PERIHELION_API_KEY !== '') options.apiKey = env.PERIHELION_API_KEY;
+  if (env.PERIHELION_API_KEY !== undefined && env.PERIHELION_API_KEY !== '') {
+    options.apiKey = env.PERIHELION_API_KEY;
+    sources.apiKey = 'PERIHELION_API_KEY';
+  }
+  checkServerOptions(options, sources);
   for (const [value, flag] of [
     [redisCluster, '--redis-cluster'],
     [redisPartitions, '--redis-partitions'],
@@ -287,6 +297,23 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     ...(typeof redisNodeTimeout === 'number' ? { redisNodeTimeout } : {}),
     workers: parseWorkers(workers, 'workers (--workers, PERIHELION_WORKERS)'),
   };
+}
+
+/**
+ * The server's own checks, here so that a refusal names what the user typed (`--max-queue`,
+ * `PERIHELION_API_KEY`) rather than the option's name in code, and comes before any worker is
+ * forked. A value from the configuration file was checked, and named, as the file was read.
+ */
+function checkServerOptions(options: ServerOptions, sources: Record<string, string>): void {
+  try {
+    resolveOptions(options);
+  } catch (error) {
+    if (!(error instanceof PerihelionError)) throw error;
+    const named = /^option "([A-Za-z]+)"(:?)/.exec(error.message);
+    const source = named ? sources[named[1]!] : undefined;
+    if (named === null || source === undefined) throw error;
+    throw new SettingsError(`${source}${named[2]}${error.message.slice(named[0].length)}`);
+  }
 }
 
 /** Where each part of the `jwt` option comes from on the command line. */

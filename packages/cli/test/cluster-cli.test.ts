@@ -271,11 +271,14 @@ describe('perihelion serve --redis: an outage, as its log tells it', () => {
     await logged(/lost the connection to Redis/);
     redis = await ownRedis(port);
     await logged(/answers again/);
-    const lines = log.trim().split('\n').map((line) => JSON.parse(line) as { level: number; msg?: string; err?: { message: string; cause?: { message: string } } });
-    const lost = lines.findIndex((line) => /lost the connection to Redis/.test(line.err?.message ?? ''));
-    const { message, cause } = lines[lost]!.err!;
+    const lines = log.trim().split('\n').map((line) => JSON.parse(line) as { level: number; msg?: string; code?: string; cause?: string; err?: unknown });
+    const lost = lines.findIndex((line) => /lost the connection to Redis/.test(line.msg ?? ''));
+    const { level, msg, code, cause, err } = lines[lost]!;
+    assert.equal(level, 40, 'an outage the node survives is a warning');
+    assert.equal(code, 'ERR_ENGINE_UNAVAILABLE');
     assert.ok(cause, 'the cause is logged');
-    assert.equal(message, `lost the connection to Redis; serving this node's sessions only until it is back: ${cause.message}`, 'the cause said twice');
+    assert.equal(msg, `lost the connection to Redis; serving this node's sessions only until it is back: ${cause}`, 'the cause said twice');
+    assert.equal(err, undefined, 'a stack trace for an expected condition');
     const back = lines.findIndex((line) => line.level === 30 && /^Redis at redis:\/\/127\.0\.0\.1:\d+ answers again, \d+\.\d s after the first failure/.test(line.msg ?? ''));
     assert.ok(back > lost, log);
     node.kill('SIGTERM');

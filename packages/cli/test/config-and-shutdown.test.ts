@@ -56,6 +56,19 @@ describe('configuration files', () => {
   it('takes the API key from PERIHELION_API_KEY', () => {
     assert.equal(resolveSettings({}, { PERIHELION_API_KEY: KEY }).server.apiKey, KEY);
   });
+
+  it('names a value the server refuses by the flag or variable it was given with', () => {
+    const refusals: [Record<string, unknown>, NodeJS.ProcessEnv, RegExp][] = [
+      [{}, { PERIHELION_API_KEY: 'short' }, /^PERIHELION_API_KEY must be a string of at least 16 characters$/],
+      [{ maxQueue: '0' }, {}, /^--max-queue must be an integer from 1 to 10000000, got 0$/],
+      [{}, { PERIHELION_MAX_QUEUE: '0' }, /^PERIHELION_MAX_QUEUE must be an integer from 1 to 10000000, got 0$/],
+      [{ trustProxy: 'nonsense' }, { PERIHELION_TRUST_PROXY: 'loopback' }, /^--trust-proxy: "nonsense" is not an address/],
+      [{}, { PERIHELION_TRANSPORTS: 'carrier-pigeon' }, /^PERIHELION_TRANSPORTS: unknown connection type "carrier-pigeon"/],
+    ];
+    for (const [flags, env, pattern] of refusals) {
+      assert.throws(() => resolveSettings(flags, env), (error: Error) => error instanceof SettingsError && pattern.test(error.message), `${JSON.stringify(flags)} ${JSON.stringify(env)}`);
+    }
+  });
 });
 
 describe('graceful shutdown', () => {

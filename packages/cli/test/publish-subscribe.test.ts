@@ -226,6 +226,24 @@ describe('perihelion publish and subscribe', () => {
     assert.match(ext.stderr, /--ext must be a JSON object/);
   });
 
+  it('publish: a number JavaScript cannot hold exits 2; an integer past 2^53 is sent, said rounded on stderr', async () => {
+    const sub = subscriber(server.url, '/numbers', '--data-only', '--count', '2');
+    await sub.waitFor('stderr', /subscribed to \/numbers/);
+    for (const json of ['1e999', '{"a": [1, -1e400]}']) {
+      const huge = await publish(server.url, '/numbers', json);
+      assert.equal(huge.code, 2, json);
+      assert.match(huge.stderr, /the number (1e999|-1e400) is beyond what a JSON number holds in JavaScript \(it would arrive as null\); send it as a string/, json);
+    }
+    const big = await publish(server.url, '/numbers', '{"id": 12345678901234567890, "note": "1e999 in a string is text"}');
+    assert.equal(big.code, 0, big.stderr);
+    assert.match(big.stderr, /12345678901234567890 is past 2\^53 and will arrive as 12345678901234567000; send it as a string/);
+    const exact = await publish(server.url, '/numbers', '[1e20, 9007199254740991, 0.1]');
+    assert.equal(exact.code, 0, exact.stderr);
+    assert.equal(exact.stderr, '', 'a number that arrives as written was remarked on');
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.equal(sub.stdout, '{"id":12345678901234567000,"note":"1e999 in a string is text"}\n[100000000000000000000,9007199254740991,0.1]\n');
+  });
+
   it('an invalid channel or pattern exits 2 with a message, without contacting the server', async () => {
     // The address is closed: a check made by the server would end in exit code 1, not 2.
     const url = `http://127.0.0.1:${await closedPort()}`;

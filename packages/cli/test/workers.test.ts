@@ -314,7 +314,7 @@ describe('perihelion serve --workers 2', () => {
     child.stderr.on('data', (chunk: Buffer) => (errors += String(chunk)));
     const [code] = await once(child, 'exit');
     assert.equal(code, 2, errors);
-    assert.equal(errors.match(/option "apiKey" must be a string of at least 16 characters/g)?.length, 1, errors);
+    assert.equal(errors.match(/PERIHELION_API_KEY must be a string of at least 16 characters/g)?.length, 1, errors);
     assert.doesNotMatch(errors, /refused the configuration/, 'no worker was started');
   });
 

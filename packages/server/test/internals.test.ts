@@ -13,7 +13,7 @@ import type { LineWatcher, PushConnection } from '../src/core/contract.js';
 import { ExtensionPipeline } from '../src/extensions/pipeline.js';
 import { resolveOptions, DEFAULTS } from '../src/options.js';
 import { ERROR_CODES, PerihelionError } from '../src/errors.js';
-import { browserIdOf } from '../src/security/browser-cookie.js';
+import { BrowserIds, browserIdOf } from '../src/security/browser-cookie.js';
 import { readBodyThen, type BodyResult } from '../src/http/body.js';
 import { RedisConnection } from '../src/engine/redis-connection.js';
 import { resolveRedisOptions } from '../src/engine/redis-options.js';
@@ -280,6 +280,35 @@ describe('browser cookie', () => {
   it('takes the first well-formed id when the name comes more than once', () => {
     assert.equal(idOf(`BAYEUX_BROWSER=bad; BAYEUX_BROWSER=${id}`), id);
     assert.equal(idOf(`XBAYEUX_BROWSER=${id.toLowerCase()}; BAYEUX_BROWSER=${id}`), id);
+  });
+});
+
+describe('browser ids given to cookie-less requests', () => {
+  it('gives an address the same id within the window, a new one past it, and others their own', () => {
+    const ids = new BrowserIds(5000);
+    const first = ids.give('10.0.0.1', 1000);
+    assert.match(first, /^[A-Za-z0-9_-]{24}$/);
+    assert.equal(ids.give('10.0.0.1', 5999), first);
+    assert.notEqual(ids.give('10.0.0.2', 2000), first);
+    const next = ids.give('10.0.0.1', 6000);
+    assert.notEqual(next, first);
+    assert.equal(ids.give('10.0.0.1', 10_999), next, 'the window counts from the new id');
+    assert.notEqual(ids.give(undefined, 2000), ids.give(undefined, 2000), 'a request without an address shares nothing');
+  });
+
+  it('gives every request a new id with a window of 0', () => {
+    const ids = new BrowserIds(0);
+    assert.notEqual(ids.give('10.0.0.1', 1000), ids.give('10.0.0.1', 1000));
+  });
+
+  it('remembers at most 10 000 addresses, forgetting the oldest first', () => {
+    const ids = new BrowserIds(60_000);
+    const oldest = ids.give('a-0', 0);
+    const second = ids.give('a-1', 0);
+    for (let i = 2; i <= 10_000; i++) ids.give(`a-${i}`, 1);
+    assert.notEqual(ids.give('a-0', 2), oldest, 'the oldest address was still remembered past the bound');
+    assert.notEqual(ids.give('a-1', 2), second, 'the next oldest, pushed out by the forgotten one coming back');
+    assert.equal(ids.give('a-10000', 3), ids.give('a-10000', 3));
   });
 });
 

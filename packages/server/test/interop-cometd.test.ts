@@ -228,6 +228,34 @@ for (const transport of TRANSPORTS) {
       assert.equal(publish?.transport, transport);
     });
 
+    it('serves clients of one process that handshake and subscribe at once (one cookie jar), each on its first session', TEST_TIMEOUT, async () => {
+      // cometd-nodejs-client keeps one cookie jar for the process: the handshakes leave together,
+      // each response sets a cookie, and the jar keeps the last. Subscribing right after
+      // handshake() (not in a handshake listener) is common; CometD drops such subscriptions if
+      // the session is refused and it handshakes again.
+      const channel = fresh('jar');
+      const group = Array.from({ length: 4 }, () => new CometDClient(test.url, transport));
+      clients.push(...group);
+      const handshakes = group.map(() => 0);
+      const received = group.map((): unknown[] => []);
+      group.forEach((client, i) => {
+        client.cometd.addListener('/meta/handshake', (reply) => {
+          if (reply.successful) handshakes[i]! += 1;
+        });
+        client.cometd.handshake();
+        client.cometd.subscribe(channel, (message) => received[i]!.push(message.data));
+      });
+      const subscribed = (client: CometDClient): boolean => {
+        const id = client.cometd.getClientId();
+        return typeof id === 'string' && [...(test.server.getSession(id)?.subscriptions ?? [])].includes(channel);
+      };
+      await waitFor(() => group.every((c) => c.cometd.getStatus() === 'connected' && subscribed(c)), 5000, 'every client to be connected and subscribed');
+      for (let n = 0; n < 3; n++) await test.server.publish(channel, n);
+      await waitFor(() => received.every((data) => data.length === 3), 5000, 'every client to receive the three messages');
+      assert.deepEqual(received, group.map(() => [0, 1, 2]));
+      assert.deepEqual(handshakes, group.map(() => 1), 'a client had to handshake again');
+    });
+
     it('delivers messages from one CometD client to another', TEST_TIMEOUT, async () => {
       const [alice, bob] = await Promise.all([connect(), connect()]);
       const channel = fresh('chat');

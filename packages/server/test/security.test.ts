@@ -1051,7 +1051,9 @@ describe('invalid security configuration', () => {
 describe('session binding: a clientId alone is not a credential', () => {
   let ts: TestServer;
   before(async () => {
-    ts = await secure({ timeout: 5000, channels: [{ channel: '/v/**', publish: 'anyone' }] });
+    // Every party of these tests is on one loopback address: no cookie is given twice, so that
+    // each `new Browser()` is a browser of its own (see 'one cookie jar' below).
+    ts = await secure({ timeout: 5000, cookieReuseWindow: 0, channels: [{ channel: '/v/**', publish: 'anyone' }] });
   });
   after(() => ts.close());
 
@@ -1113,9 +1115,9 @@ describe('session binding: a clientId alone is not a credential', () => {
     assertOk(await client.subscribe('/v/early'), 'the subscribe from the session’s own browser');
   });
 
-  it('a request carrying another browser’s cookie is refused even before the session’s browser presented its own', async () => {
+  it('a request carrying another browser’s cookie from another address is refused even before the session’s browser presented its own', async () => {
     const victim = await login(ts.url);
-    const stranger = new Browser();
+    const stranger = new Browser(OTHER_ADDRESS);
     await stranger.post(ts.url, []);
     assert.ok(stranger.cookie, 'the stranger got no cookie');
     assertRefused(await new Lp(ts.url, stranger, victim.clientId).subscribe('/v/spy'), /^402:/);
@@ -1209,6 +1211,60 @@ describe('session binding: a clientId alone is not a credential', () => {
       assert.equal(ts.server.getSession(client.clientId)?.connectionType, 'websocket');
     } finally {
       await peer.close();
+    }
+  });
+});
+
+describe('session binding: clients that share one cookie jar', () => {
+  /** Three sessions handshaken at once from one jar: the handshakes leave together, without a cookie. */
+  async function handshakeTogether(ts: TestServer): Promise<{ jar: Browser; sessions: Lp[] }> {
+    const jar = new Browser();
+    const sessions = await Promise.all([1, 2, 3].map(() => login(ts.url, undefined, jar)));
+    return { jar, sessions };
+  }
+
+  it('are given one cookie, and each session speaks with it; another address’s cookie does not', async () => {
+    // cometd-nodejs-client keeps one cookie jar for its process, and the jar keeps whichever
+    // cookie was set last.
+    const ts = await secure({ channels: [{ channel: '/v/**', publish: 'anyone' }] });
+    try {
+      const { jar, sessions } = await handshakeTogether(ts);
+      const given = jar.cookie;
+      for (const [n, session] of sessions.entries()) assertOk(await session.subscribe(`/v/jar-${n}`), `session ${n + 1}'s subscribe with the jar's cookie`);
+      assert.equal(jar.cookie, given, 'a request of the jar was given another cookie');
+      await ts.server.publish('/v/jar-0', 'to the first');
+      assert.deepEqual(dataOf(await sessions[0]!.drain()), ['to the first']);
+      const stranger = new Browser(OTHER_ADDRESS);
+      assertRefused(await new Lp(ts.url, stranger, sessions[0]!.clientId).subscribe('/v/jar-spy'), /^402:/);
+      assert.ok(stranger.cookie !== undefined && stranger.cookie !== given, 'another address was given the jar’s cookie');
+    } finally {
+      await ts.close();
+    }
+  });
+
+  it('past cookieReuseWindow, a cookie-less request of the same address is given another cookie, which does not speak for the sessions', async () => {
+    const ts = await secure({ cookieReuseWindow: 300, channels: [{ channel: '/v/**', publish: 'anyone' }] });
+    try {
+      const { jar, sessions } = await handshakeTogether(ts);
+      for (const session of sessions) assertOk(await session.subscribe('/v/jar'), 'a session’s subscribe with the jar’s cookie');
+      await sleep(350);
+      const later = new Browser();
+      assertRefused(await new Lp(ts.url, later, sessions[0]!.clientId).subscribe('/v/jar-spy'), /^402:/);
+      assert.ok(later.cookie !== undefined && later.cookie !== jar.cookie, 'the jar’s cookie was given again past the window');
+      assertRefused(await new Lp(ts.url, later, sessions[0]!.clientId).subscribe('/v/jar-spy'), /^402:/);
+    } finally {
+      await ts.close();
+    }
+  });
+
+  it('with cookieReuseWindow 0 each is given a cookie of its own, and the sessions whose cookie the jar lost are refused', async () => {
+    const ts = await secure({ cookieReuseWindow: 0, channels: [{ channel: '/v/**', publish: 'anyone' }] });
+    try {
+      const { sessions } = await handshakeTogether(ts);
+      const answers = await Promise.all(sessions.map((session) => session.subscribe('/v/jar')));
+      assert.equal(answers.filter((a) => a.successful === true).length, 1, `one session speaks with the jar's last cookie: ${JSON.stringify(answers)}`);
+    } finally {
+      await ts.close();
     }
   });
 });

@@ -28,6 +28,22 @@ function parseJson(text: string, what: string): unknown {
   }
 }
 
+/**
+ * JSON numbers become JavaScript numbers on the way (here, in the server and in JavaScript
+ * clients): a number past the largest double would arrive as null, and an integer past 2^53 as a
+ * nearby one. The first is refused; the second is said on stderr, since the user may not mind.
+ */
+function checkNumbers(text: string, what: string): void {
+  const outsideStrings = text.replace(/"(?:[^"\\]|\\.)*"/g, '""');
+  for (const [token] of outsideStrings.matchAll(/-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g)) {
+    const value = Number(token);
+    if (!Number.isFinite(value)) throw new UsageError(`${what}: the number ${token} is beyond what a JSON number holds in JavaScript (it would arrive as null); send it as a string`);
+    if (/^-?\d+$/.test(token) && !Number.isSafeInteger(value) && BigInt(token) !== BigInt(value)) {
+      process.stderr.write(`perihelion: ${what}: ${token} is past 2^53 and will arrive as ${JSON.stringify(value)}; send it as a string to keep every digit\n`);
+    }
+  }
+}
+
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer));
@@ -58,7 +74,9 @@ async function publish(channel: string, json: string, flags: PublishFlags, env: 
     ext = parseJson(flags.ext, '--ext');
     if (typeof ext !== 'object' || ext === null || Array.isArray(ext)) throw new UsageError(`--ext must be a JSON object, e.g. '{"source":"cron"}'`);
   }
-  const data = json === '-' ? parseJson(await readStdin(), 'the JSON on stdin') : parseJson(json, '<json>');
+  const [text, what] = json === '-' ? [await readStdin(), 'the JSON on stdin'] : [json, '<json>'];
+  const data = parseJson(text, what);
+  checkNumbers(text, what);
 
   const url = endpoint(base, '/api/publish', 'http');
   let response: Response;

@@ -37,6 +37,49 @@ export function newBrowserId(): string {
   return randomBase64url(18);
 }
 
+/** Addresses remembered at once; past it the oldest is forgotten (it then gets a new id, as before). */
+const MAX_REMEMBERED_ADDRESSES = 10_000;
+
+/**
+ * Gives cookie-less requests a browser id: the one first given to the same address within the
+ * last `cookieReuseWindow` ms. Clients that share a cookie jar (cometd-nodejs-client keeps one for
+ * its process; two tabs on a browser's first visit) send their handshakes together, all without a
+ * cookie: had each response set an id of its own, the jar would keep whichever came last, and
+ * every session bound to another would be refused (402) on its next request and handshake again,
+ * dropping subscriptions made outside a handshake listener. The requests of one jar do not reach
+ * the server in the order they left (each on a socket of its own), so the id is given for a time,
+ * not until its first use. Other parties behind the same address whose first requests fall in that
+ * time share it: between them a session's binding is its clientId alone, as for clients that keep
+ * no cookies (docs/security.md).
+ */
+export class BrowserIds {
+  /** By address, in the order first given: the id and when. */
+  private readonly recent = new Map<string, { id: string; at: number }>();
+
+  constructor(private readonly windowMs: number) {}
+
+  give(address: string | undefined, now = Date.now()): string {
+    if (address === undefined || this.windowMs === 0) return newBrowserId();
+    const given = this.recent.get(address);
+    if (given !== undefined) {
+      if (now - given.at < this.windowMs) return given.id;
+      this.recent.delete(address);
+    }
+    const id = newBrowserId();
+    this.recent.set(address, { id, at: now });
+    this.forget(now);
+    return id;
+  }
+
+  /** Drops the entries past the window (the oldest come first), and the oldest ones while over the bound. */
+  private forget(now: number): void {
+    for (const [address, given] of this.recent) {
+      if (now - given.at < this.windowMs && this.recent.size <= MAX_REMEMBERED_ADDRESSES) break;
+      this.recent.delete(address);
+    }
+  }
+}
+
 export type CookieSameSite = ScalarOptions['cookieSameSite'];
 
 const SAME_SITE_ATTRIBUTE: Record<CookieSameSite, string> = { omit: '', lax: '; SameSite=Lax', strict: '; SameSite=Strict', none: '; SameSite=None' };
