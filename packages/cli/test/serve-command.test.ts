@@ -179,7 +179,7 @@ describe('perihelion serve', () => {
     assert.match(shortNames.stderr, /--max-channel-length 20 is too short for the channels this command serves itself .*raise it to 32 or more/);
     const badProxy = await refusal(start(['--port', '0', '--trust-proxy', 'loopback,nginx']));
     assert.equal(badProxy.code, 2);
-    assert.match(badProxy.stderr, /trustProxy.*"nginx" is not an address, a range/);
+    assert.match(badProxy.stderr, /--trust-proxy: "nginx" is not an address, a range/);
     const dir = mkdtempSync(join(tmpdir(), 'perihelion-bad-settings-'));
     try {
       const config = join(dir, 'engine.json');
