@@ -1016,6 +1016,30 @@ describe('invalid security configuration', () => {
     assertInvalid({ jwt: {} }, /exactly one of/);
   });
 
+  it('refuses at createServer a key set that could verify no token, naming the key; takes one whose signing keys fit', async () => {
+    const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const ecJwk = ec.publicKey.export({ format: 'jwk' });
+    const rsaJwk = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ format: 'jwk' });
+    const shortRsaJwk = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' });
+    const set = (...keys: object[]) => ({ jwt: { jwks: { keys } as never } });
+    assertInvalid(set(), /"jwt.jwks" holds no key for signatures/);
+    assertInvalid(set({ ...rsaJwk, use: 'enc' }), /holds no key for signatures/);
+    assertInvalid(set({ ...ecJwk, kid: 'k1', alg: 'RS256' }), /"jwt.jwks": key 0 \("kid": "k1"\) is an EC key on P-256, and its "alg" RS256 takes an RSA key/);
+    assertInvalid(set(rsaJwk, { ...shortRsaJwk, kid: 'old' }), /key 1 \("kid": "old"\) is an RSA key of 1024 bits/);
+    assertInvalid(set({ ...shortRsaJwk, alg: 'RS256' }), /key 0 is an RSA key of 1024 bits; RS256 takes 2048 bits or more/);
+    assertInvalid(set(ec.privateKey.export({ format: 'jwk' })), /key 0 is a private key \(it has "d"\)/);
+    assertInvalid(set({ kty: 'EC', crv: 'P-256', x: 'AAAA', y: 'AAAA' }), /key 0 is not a usable public key/);
+    assertInvalid(set({ ...ecJwk, alg: 'ES265' }), /key 0 names "alg" "ES265", which is none of RS256/);
+    // Keys for encryption beside them are left alone; a shared key is for HS*.
+    for (const jwks of [
+      { keys: [{ ...ecJwk, kid: 'sig', alg: 'ES256', use: 'sig' }, { ...rsaJwk, kid: 'enc', use: 'enc' }] },
+      { keys: [rsaJwk, { ...shortRsaJwk, alg: 'RSA-OAEP' }] },
+      { keys: [{ kty: 'oct', k: 'c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA', alg: 'HS256' }] },
+    ]) {
+      await createServer({ jwt: { jwks: jwks as never } }).close();
+    }
+  });
+
   it('refuses at createServer a public key that could verify no token: not a PEM public key, an unknown algorithm, a key the algorithm does not take', async () => {
     const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
     const rsaPem = rsa.publicKey.export({ type: 'spki', format: 'pem' }) as string;

@@ -78,22 +78,72 @@ function checkPublicKey(publicKey: unknown, algorithm: unknown): void {
   } catch (error) {
     invalidKey(`option "jwt.publicKey" is not a usable public key (${(error as Error).message})`, error);
   }
+  const problem = fitProblem(key, algorithm);
+  if (problem !== null) invalidKey(`option "jwt.publicKey" is ${problem}`);
+}
+
+/**
+ * Why `key` cannot verify tokens signed with `algorithm` ("an EC key on P-256, and algorithm
+ * RS256 takes an RSA key"), or null when it can. `algorithm` is one of PUBLIC_KEY_ALGORITHMS.
+ */
+function fitProblem(key: KeyObject, algorithm: string, algorithmName = `algorithm ${algorithm} ("jwt.algorithm")`): string | null {
   const wanted = PUBLIC_KEY_ALGORITHMS[algorithm]!;
   const details = key.asymmetricKeyDetails ?? {};
   const fits = key.asymmetricKeyType === wanted.type && (wanted.curve === undefined || details.namedCurve === wanted.curve);
   if (!fits) {
     const curve = details.namedCurve === undefined ? 'an unknown curve' : (CURVE_NAMES[details.namedCurve] ?? details.namedCurve);
     const got = key.asymmetricKeyType === 'ec' ? `an EC key on ${curve}` : key.asymmetricKeyType === 'rsa' ? 'an RSA key' : `a key of type ${key.asymmetricKeyType ?? 'unknown'}`;
-    invalidKey(`option "jwt.publicKey" is ${got}, and algorithm ${algorithm} ("jwt.algorithm") takes ${wanted.name}`);
+    return `${got}, and ${algorithmName} takes ${wanted.name}`;
   }
-  if (wanted.type === 'rsa' && (details.modulusLength ?? 0) < 2048) {
-    invalidKey(`option "jwt.publicKey" is an RSA key of ${details.modulusLength ?? 'unknown'} bits; ${algorithm} takes 2048 bits or more`);
+  if (wanted.type === 'rsa' && (details.modulusLength ?? 0) < 2048) return `an RSA key of ${details.modulusLength ?? 'unknown'} bits; ${algorithm} takes 2048 bits or more`;
+  return null;
+}
+
+/** JWE key-management algorithms: a key that names one is for encryption, even without "use". */
+const ENCRYPTION_ALGORITHM = /^(RSA1_5|RSA-OAEP.*|ECDH-ES.*|A\d+(GCM)?KW|dir|PBES2-.*)$/;
+
+/**
+ * Checks a key set at start: well formed, and every key meant for signatures usable by jose to
+ * verify one (a public key node:crypto can read, of the type and size its "alg" takes, or a
+ * shared "oct" key), with at least one such key. Keys for encryption ("use": "enc", or a JWE
+ * "alg") are left alone: identity providers publish them in the same set.
+ */
+function checkKeySet(jwks: unknown): void {
+  try {
+    createLocalJWKSet(jwks as JSONWebKeySet);
+  } catch (error) {
+    invalidKey(`option "jwt.jwks" is not a JSON Web Key Set, {"keys": [...]} (${(error as Error).message})`, error);
   }
+  let usable = 0;
+  for (const [index, jwk] of (jwks as JSONWebKeySet).keys.entries()) {
+    if ((jwk.use !== undefined && jwk.use !== 'sig') || (typeof jwk.alg === 'string' && ENCRYPTION_ALGORITHM.test(jwk.alg))) continue;
+    const name = `option "jwt.jwks": key ${index}${typeof jwk.kid === 'string' ? ` ("kid": ${JSON.stringify(jwk.kid)})` : ''}`;
+    if (jwk.kty === 'oct') {
+      usable++;
+      continue;
+    }
+    if (jwk.d !== undefined) invalidKey(`${name} is a private key (it has "d"); give the public keys only, and keep the private ones to the token issuer`);
+    let key: KeyObject;
+    try {
+      key = createPublicKey({ key: jwk as never, format: 'jwk' });
+    } catch (error) {
+      invalidKey(`${name} is not a usable public key (${(error as Error).message})`, error);
+    }
+    if (typeof jwk.alg === 'string') {
+      if (!Object.hasOwn(PUBLIC_KEY_ALGORITHMS, jwk.alg)) invalidKey(`${name} names "alg" ${JSON.stringify(jwk.alg)}, which is none of ${Object.keys(PUBLIC_KEY_ALGORITHMS).join(', ')}`);
+      const problem = fitProblem(key, jwk.alg, `its "alg" ${jwk.alg}`);
+      if (problem !== null) invalidKey(`${name} is ${problem}`);
+    } else if (key.asymmetricKeyType === 'rsa' && (key.asymmetricKeyDetails?.modulusLength ?? 0) < 2048) {
+      invalidKey(`${name} is an RSA key of ${key.asymmetricKeyDetails?.modulusLength ?? 'unknown'} bits; RS* and PS* take 2048 bits or more`);
+    }
+    usable++;
+  }
+  if (usable === 0) invalidKey('option "jwt.jwks" holds no key for signatures (every one is for encryption, "use": "enc", or there is none): no token could be verified');
 }
 
 /**
  * Checks the `jwt` option, throwing ERR_INVALID_OPTION with what is wrong: one key source, a
- * long enough secret, a PEM public key that fits its algorithm, a well-formed key set. Called by
+ * long enough secret, a PEM public key that fits its algorithm, a key set whose keys can verify. Called by
  * resolveOptions, so that createServer (and `perihelion serve`) refuse a key that could verify
  * nothing, instead of starting and refusing every token.
  */
@@ -107,11 +157,7 @@ export function checkJwtOptions(options: JwtOptions): void {
   } else if (options.publicKey !== undefined) {
     checkPublicKey(options.publicKey, options.algorithm ?? 'RS256');
   } else {
-    try {
-      createLocalJWKSet(options.jwks!);
-    } catch (error) {
-      invalidKey(`option "jwt.jwks" is not a JSON Web Key Set, {"keys": [...]} (${(error as Error).message})`, error);
-    }
+    checkKeySet(options.jwks);
   }
 }
 
