@@ -1,7 +1,7 @@
 /**
  * Every transport in a real browser (Debian's Chromium via playwright-core): the Faye browser
  * client over EventSource, a plain EventSource, the CometD client over callback-polling (JSONP)
- * and long-polling, and a fetch() body read as an HTTP stream.
+ * and long-polling (and in two tabs of one first visit), and a fetch() body read as an HTTP stream.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -137,6 +137,47 @@ describe('transports in Chromium', () => {
       await p.close();
     });
   }
+
+  it('two tabs of a first visit (one cookie jar, no cookie yet) each keep their first session over CometD long-polling', async () => {
+    // Both tabs handshake at once without a cookie; each answer sets one, and the browser keeps
+    // the last. Subscribing right after handshake() (not in a handshake listener) is common.
+    // Handshakes are answered 300 ms late here, so that both are in flight at once, as on a slow
+    // network (on loopback the second tab's often leaves after the first's answer).
+    const stopDelay = server.addExtension({
+      incoming: (message) => (message.channel === '/meta/handshake' ? new Promise((resolve) => setTimeout(() => resolve(message), 300)) : message),
+    });
+    const context = await browser.newContext();
+    try {
+      const tabs = await Promise.all([context.newPage(), context.newPage()]);
+      await Promise.all(tabs.map((tab) => tab.goto(`${origin}/`)));
+      await Promise.all(
+        tabs.map((tab) =>
+          tab.evaluate(async (endpoint) => {
+            const { CometD } = await import('/cometd/cometd.js' as string);
+            const w = window as unknown as { seen: unknown[]; handshakes: number };
+            w.seen = [];
+            w.handshakes = 0;
+            const cometd = new CometD();
+            for (const type of cometd.getTransportTypes()) if (type !== 'long-polling') cometd.unregisterTransport(type);
+            cometd.configure({ url: endpoint, logLevel: 'warn' });
+            cometd.addListener('/meta/handshake', (reply: any) => {
+              if (reply.successful) w.handshakes++;
+            });
+            cometd.handshake();
+            cometd.subscribe('/browser/tabs', (message: any) => w.seen.push(message.data));
+          }, `${origin}/bayeux`),
+        ),
+      );
+      for (const tab of tabs) await publishUntilSeen(tab, '/browser/tabs', 3);
+      const handshakes = await Promise.all(tabs.map((tab) => tab.evaluate(() => (window as unknown as { handshakes: number }).handshakes)));
+      assert.deepEqual(handshakes, [1, 1], 'a tab was refused its session and handshook again');
+      const cookies = await context.cookies(`${origin}/bayeux`);
+      assert.equal(cookies.filter((c) => c.name === 'BAYEUX_BROWSER').length, 1);
+    } finally {
+      stopDelay();
+      await context.close();
+    }
+  });
 
   it('a fetch() body read as an HTTP stream', async () => {
     const p = await page();
