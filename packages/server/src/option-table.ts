@@ -136,7 +136,7 @@ export const OPTION_TABLE = {
   trustProxy: {
     kind: 'addresses',
     default: [],
-    help: 'reverse proxies whose `X-Forwarded-For` names the client, comma-separated: addresses, ranges (`10.0.0.0/8`), `loopback`, `private`; the per-address limits, logs and call-outs then see each client\'s own address (see docs/security.md)',
+    help: 'reverse proxies whose `X-Forwarded-For` (or `Forwarded`, or `X-Real-IP`) names the client, comma-separated: addresses, ranges (`10.0.0.0/8`), `loopback`, `private`; the per-address limits, logs and call-outs then see each client\'s own address (see docs/security.md)',
   },
   open: { kind: 'boolean', default: false, help: 'OPEN MODE, for development only: any client may publish and subscribe anywhere' },
   anonymous: { kind: 'boolean', default: true, help: 'give a session to handshakes without credentials (anonymous)' },

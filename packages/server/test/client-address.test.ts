@@ -16,7 +16,7 @@ import { createServer } from '../src/index.js';
 import { ProxyTrust, proxyEntryProblem } from '../src/http/client-address.js';
 import { freePort, sessionRecord, startServer, waitFor, type TestServer } from './helpers.js';
 
-describe('trustProxy: whom X-Forwarded-For may name', () => {
+describe('trustProxy: whom X-Forwarded-For (or Forwarded, or X-Real-IP) may name', () => {
   const resolve = (entries: string[], peer: string, forwarded?: string): string | undefined =>
     new ProxyTrust(entries).clientAddress(peer, forwarded === undefined ? {} : { 'x-forwarded-for': forwarded });
 
@@ -43,6 +43,21 @@ describe('trustProxy: whom X-Forwarded-For may name', () => {
     assert.equal(resolve(['loopback'], '::1', '[2001:db8::7]:443'), '2001:db8::7');
     assert.equal(resolve(['loopback'], '::1', '2001:db8::7'), '2001:db8::7');
     assert.equal(resolve(['fd00::/8'], 'fd00::5', '2001:db8::7, fd00::1'), '2001:db8::7');
+  });
+
+  it('reads Forwarded (RFC 7239) or X-Real-IP from a trusted proxy that sends no X-Forwarded-For, and X-Forwarded-For first', () => {
+    const from = (entries: string[], peer: string, headers: Record<string, string>): string | undefined => new ProxyTrust(entries).clientAddress(peer, headers);
+    assert.equal(from(['loopback'], '127.0.0.1', { forwarded: 'for=203.0.113.9;proto=https;by=127.0.0.1' }), '203.0.113.9');
+    assert.equal(from(['loopback'], '::1', { forwarded: 'For="[2001:db8:cafe::17]:4711"' }), '2001:db8:cafe::17', 'a quoted IPv6 address with a port; the name in any case');
+    assert.equal(from(['loopback'], '127.0.0.1', { forwarded: 'for="192.0.2.43:47011"' }), '192.0.2.43');
+    assert.equal(from(['loopback', 'private'], '127.0.0.1', { forwarded: 'for=1.1.1.1, for=203.0.113.9;proto=http, for=10.0.0.2' }), '203.0.113.9', 'read from the right, as X-Forwarded-For');
+    assert.equal(from(['loopback', 'private'], '127.0.0.1', { forwarded: 'for=203.0.113.9, for=_hidden, for=10.0.0.2' }), '10.0.0.2', 'an obfuscated hop ends the walk at the proxy that wrote it');
+    assert.equal(from(['loopback'], '127.0.0.1', { forwarded: 'proto=https;by=10.0.0.1' }), '127.0.0.1', 'an element without for=');
+    assert.equal(from(['loopback'], '127.0.0.1', { 'x-real-ip': '203.0.113.9' }), '203.0.113.9');
+    assert.equal(from(['loopback'], '127.0.0.1', { 'x-real-ip': 'not an address' }), '127.0.0.1');
+    assert.equal(from(['loopback'], '127.0.0.1', { 'x-forwarded-for': '198.51.100.1', forwarded: 'for=203.0.113.9', 'x-real-ip': '192.0.2.1' }), '198.51.100.1', 'X-Forwarded-For first');
+    assert.equal(from(['loopback'], '127.0.0.1', { forwarded: 'for=203.0.113.9', 'x-real-ip': '192.0.2.1' }), '203.0.113.9', 'then Forwarded');
+    assert.equal(from(['loopback'], '198.51.100.7', { forwarded: 'for=203.0.113.9', 'x-real-ip': '192.0.2.1' }), '198.51.100.7', 'neither from a peer that is not trusted');
   });
 
   it('accepts addresses, ranges, loopback and private, and says what else it wanted', () => {
@@ -133,8 +148,11 @@ describe('trustProxy: the per-address limits count each client behind the proxy'
 
 const NGINX = '/usr/sbin/nginx';
 
-/** nginx in front of `upstream`, as the README's cluster section sets it up, adding X-Forwarded-For. */
-async function startNginx(upstream: string): Promise<{ url: string; stop: () => Promise<void> }> {
+/**
+ * nginx in front of `upstream`, as the README's cluster section sets it up, adding X-Forwarded-For
+ * (or, with `header` 'x-real-ip', setting X-Real-IP alone, as another common configuration does).
+ */
+async function startNginx(upstream: string, header: 'x-forwarded-for' | 'x-real-ip' = 'x-forwarded-for'): Promise<{ url: string; stop: () => Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'perihelion-nginx-'));
   const port = await freePort();
   const temp = (name: string): string => `${name}_temp_path ${dir}/${name};`;
@@ -156,7 +174,7 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection "upgrade";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      ${header === 'x-forwarded-for' ? 'proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;' : 'proxy_set_header X-Real-IP $remote_addr;'}
     }
   }
 }
@@ -219,5 +237,22 @@ describe('trustProxy behind a real nginx', { skip: existsSync(NGINX) ? false : `
     const other = await socketFrom(wsUrl, '127.0.0.3');
     assert.ok(other instanceof WebSocket, '127.0.0.3 opens its own');
     sockets.push(other);
+  });
+
+  it('behind an nginx that sets X-Real-IP alone, counts each client by it too, whatever the client forges', async () => {
+    const own = await startServer({ trustProxy: ['127.0.0.1'], maxSessionsPerIp: 1 });
+    const proxy = await startNginx(`http://127.0.0.1:${own.address.port}`, 'x-real-ip');
+    try {
+      const handshakes: string[] = [];
+      own.server.on('handshake', (session) => handshakes.push(session.remoteAddress ?? 'none'));
+      assert.equal((await handshakeFrom(proxy.url, '127.0.0.2', { 'X-Real-IP': '198.51.100.1' })).reply.successful, true);
+      const again = await handshakeFrom(proxy.url, '127.0.0.2', { 'X-Real-IP': '198.51.100.2' });
+      assert.equal(again.reply.successful, false, 'a second session from 127.0.0.2, past maxSessionsPerIp');
+      assert.equal((await handshakeFrom(proxy.url, '127.0.0.3')).reply.successful, true, '127.0.0.3 is another client');
+      assert.deepEqual(handshakes, ['127.0.0.2', '127.0.0.3']);
+    } finally {
+      await proxy.stop();
+      await own.close();
+    }
   });
 });

@@ -10,6 +10,11 @@
  * Anything left of the first hop a trusted proxy added may be written by the client, so the list
  * is read from the right: the client is the first address that is not a trusted proxy. A hop that
  * is not an address (`unknown`, an obfuscated name) ends the walk at the proxy that wrote it.
+ *
+ * A trusted proxy that sends no `X-Forwarded-For` may say the same in the standard `Forwarded`
+ * header (RFC 7239 §5.2, its `for=` parameters, read the same way), or name only the client it
+ * received the request from in `X-Real-IP` (nginx's `proxy_set_header X-Real-IP $remote_addr`,
+ * a configuration often copied without the other): read in that order, the first one present.
  */
 import { BlockList, isIP } from 'node:net';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -44,7 +49,7 @@ export function proxyEntryProblem(entry: string): string | undefined {
   return `${JSON.stringify(entry)} is not an address, a range (10.0.0.0/8, fd00::/8), loopback or private`;
 }
 
-/** One hop of X-Forwarded-For as an address: without the port some proxies add, or undefined. */
+/** One hop (of X-Forwarded-For, Forwarded's for=, X-Real-IP) as an address: without the port some proxies add, or undefined. */
 function hopAddress(hop: string): string | undefined {
   let address = hop.trim();
   // "[2001:db8::1]:443" and "[2001:db8::1]"; "192.0.2.1:8080".
@@ -54,6 +59,31 @@ function hopAddress(hop: string): string | undefined {
   }
   else if (address.includes('.') && address.indexOf(':') === address.lastIndexOf(':')) address = address.split(':')[0]!;
   return familyOf(address) !== undefined ? address : undefined;
+}
+
+/** The `for=` of one element of `Forwarded` ("for=192.0.2.60;proto=http"), unquoted; '' without one. */
+function forwardedFor(element: string): string {
+  for (const pair of element.split(';')) {
+    const equals = pair.indexOf('=');
+    if (equals === -1 || pair.slice(0, equals).trim().toLowerCase() !== 'for') continue;
+    const value = pair.slice(equals + 1).trim();
+    return value.length >= 2 && value.startsWith('"') && value.endsWith('"') ? value.slice(1, -1) : value;
+  }
+  return '';
+}
+
+/**
+ * The client addresses the proxies name, nearest last: `X-Forwarded-For`, else the `for=` of each
+ * element of `Forwarded`, else `X-Real-IP`; null when none is present.
+ */
+function forwardedHops(headers: IncomingHttpHeaders): string[] | null {
+  const list = headers['x-forwarded-for'];
+  if (typeof list === 'string') return list.split(',');
+  const forwarded = headers.forwarded;
+  if (typeof forwarded === 'string') return forwarded.split(',').map(forwardedFor);
+  const real = headers['x-real-ip'];
+  if (typeof real === 'string') return [real];
+  return null;
 }
 
 export class ProxyTrust {
@@ -86,9 +116,8 @@ export class ProxyTrust {
   /** The client's address for a request from `peer` (the socket's remote address) with `headers`. */
   clientAddress(peer: string | undefined, headers: IncomingHttpHeaders): string | undefined {
     if (this.trusted === null || peer === undefined || !this.trusts(peer)) return peer;
-    const forwarded = headers['x-forwarded-for'];
-    if (typeof forwarded !== 'string') return peer;
-    const hops = forwarded.split(',');
+    const hops = forwardedHops(headers);
+    if (hops === null) return peer;
     let client = peer;
     for (let i = hops.length - 1; i >= 0; i--) {
       const hop = hopAddress(hops[i]!);
