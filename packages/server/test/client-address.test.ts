@@ -204,6 +204,21 @@ http {
   };
 }
 
+/**
+ * Through the proxy at `url`, to a server allowing one session per address: 127.0.0.2 gets one
+ * (forging `header` does not make it another client), not a second, and 127.0.0.3 gets its own;
+ * the sessions are recorded with the clients' addresses.
+ */
+async function assertSessionsCountedByClient(server: TestServer['server'], url: string, header: string): Promise<void> {
+  const handshakes: string[] = [];
+  server.on('handshake', (session) => handshakes.push(session.remoteAddress ?? 'none'));
+  assert.equal((await handshakeFrom(url, '127.0.0.2', { [header]: '198.51.100.1' })).reply.successful, true);
+  const again = await handshakeFrom(url, '127.0.0.2', { [header]: '198.51.100.2' });
+  assert.equal(again.reply.successful, false, 'a second session from 127.0.0.2, past maxSessionsPerIp');
+  assert.equal((await handshakeFrom(url, '127.0.0.3')).reply.successful, true, '127.0.0.3 is another client');
+  assert.deepEqual(handshakes, ['127.0.0.2', '127.0.0.3']);
+}
+
 describe('trustProxy behind a real nginx', { skip: existsSync(NGINX) ? false : `${NGINX} is not installed (apt-get install nginx-light)` }, () => {
   let test: TestServer;
   let nginx: Awaited<ReturnType<typeof startNginx>>;
@@ -220,14 +235,8 @@ describe('trustProxy behind a real nginx', { skip: existsSync(NGINX) ? false : `
   });
 
   it('counts each client of the proxy by its own address, over HTTP and WebSocket, whatever the client forges', async () => {
-    const handshakes: string[] = [];
-    test.server.on('handshake', (session) => handshakes.push(session.remoteAddress ?? 'none'));
     // Clients forging a header of their own: nginx appends the address it saw, which is what counts.
-    assert.equal((await handshakeFrom(nginx.url, '127.0.0.2', { 'X-Forwarded-For': '198.51.100.1' })).reply.successful, true);
-    const again = await handshakeFrom(nginx.url, '127.0.0.2', { 'X-Forwarded-For': '198.51.100.2' });
-    assert.equal(again.reply.successful, false, 'a second session from 127.0.0.2, past maxSessionsPerIp');
-    assert.equal((await handshakeFrom(nginx.url, '127.0.0.3')).reply.successful, true, '127.0.0.3 is another client');
-    assert.deepEqual(handshakes, ['127.0.0.2', '127.0.0.3']);
+    await assertSessionsCountedByClient(test.server, nginx.url, 'X-Forwarded-For');
 
     const wsUrl = nginx.url.replace(/^http/, 'ws');
     const socket = await socketFrom(wsUrl, '127.0.0.2');
@@ -243,13 +252,8 @@ describe('trustProxy behind a real nginx', { skip: existsSync(NGINX) ? false : `
     const own = await startServer({ trustProxy: ['127.0.0.1'], maxSessionsPerIp: 1 });
     const proxy = await startNginx(`http://127.0.0.1:${own.address.port}`, 'x-real-ip');
     try {
-      const handshakes: string[] = [];
-      own.server.on('handshake', (session) => handshakes.push(session.remoteAddress ?? 'none'));
-      assert.equal((await handshakeFrom(proxy.url, '127.0.0.2', { 'X-Real-IP': '198.51.100.1' })).reply.successful, true);
-      const again = await handshakeFrom(proxy.url, '127.0.0.2', { 'X-Real-IP': '198.51.100.2' });
-      assert.equal(again.reply.successful, false, 'a second session from 127.0.0.2, past maxSessionsPerIp');
-      assert.equal((await handshakeFrom(proxy.url, '127.0.0.3')).reply.successful, true, '127.0.0.3 is another client');
-      assert.deepEqual(handshakes, ['127.0.0.2', '127.0.0.3']);
+      // nginx replaces the X-Real-IP a client sends with the address it saw.
+      await assertSessionsCountedByClient(own.server, proxy.url, 'X-Real-IP');
     } finally {
       await proxy.stop();
       await own.close();

@@ -1030,6 +1030,8 @@ describe('invalid security configuration', () => {
     assertInvalid(set(ec.privateKey.export({ format: 'jwk' })), /key 0 is a private key \(it has "d"\)/);
     assertInvalid(set({ kty: 'EC', crv: 'P-256', x: 'AAAA', y: 'AAAA' }), /key 0 is not a usable public key/);
     assertInvalid(set({ ...ecJwk, alg: 'ES265' }), /key 0 names "alg" "ES265", which is none of RS256/);
+    assertInvalid(set({ kty: 'oct', kid: 'short', k: 'c2hvcnQ', alg: 'HS256' }), /key 0 \("kid": "short"\) is a shared key \("oct"\) without a "k" of 32 bytes or more/);
+    assertInvalid(set({ kty: 'oct', alg: 'HS256' }), /key 0 is a shared key \("oct"\) without a "k"/);
     // Keys for encryption beside them are left alone; a shared key is for HS*.
     for (const jwks of [
       { keys: [{ ...ecJwk, kid: 'sig', alg: 'ES256', use: 'sig' }, { ...rsaJwk, kid: 'enc', use: 'enc' }] },

@@ -105,7 +105,7 @@ const ENCRYPTION_ALGORITHM = /^(RSA1_5|RSA-OAEP.*|ECDH-ES.*|A\d+(GCM)?KW|dir|PBE
 /**
  * Checks a key set at start: well formed, and every key meant for signatures usable by jose to
  * verify one (a public key node:crypto can read, of the type and size its "alg" takes, or a
- * shared "oct" key), with at least one such key. Keys for encryption ("use": "enc", or a JWE
+ * shared "oct" key of 256 bits or more), with at least one such key. Keys for encryption ("use": "enc", or a JWE
  * "alg") are left alone: identity providers publish them in the same set.
  */
 function checkKeySet(jwks: unknown): void {
@@ -119,6 +119,8 @@ function checkKeySet(jwks: unknown): void {
     if ((jwk.use !== undefined && jwk.use !== 'sig') || (typeof jwk.alg === 'string' && ENCRYPTION_ALGORITHM.test(jwk.alg))) continue;
     const name = `option "jwt.jwks": key ${index}${typeof jwk.kid === 'string' ? ` ("kid": ${JSON.stringify(jwk.kid)})` : ''}`;
     if (jwk.kty === 'oct') {
+      // A shared key, for HS*: as long as "jwt.secret" must be (HS256 needs 256 bits).
+      if (typeof jwk.k !== 'string' || Buffer.from(jwk.k, 'base64url').length < 32) invalidKey(`${name} is a shared key ("oct") without a "k" of 32 bytes or more (HS256 needs 256 bits)`);
       usable++;
       continue;
     }
