@@ -58,7 +58,8 @@ export class BrowserIds {
 
   constructor(private readonly windowMs: number) {}
 
-  give(address: string | undefined, now = Date.now()): string {
+  /** `now` in ms on a monotonic clock: a wall clock set back would keep an id given for longer than the window. */
+  give(address: string | undefined, now = performance.now()): string {
     if (address === undefined || this.windowMs === 0) return newBrowserId();
     const given = this.recent.get(address);
     if (given !== undefined) {
