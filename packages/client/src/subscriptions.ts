@@ -20,6 +20,9 @@ import type { Outbox } from './outbox.js';
 
 export type { Position };
 
+/** The most messages held at once while resyncs are answered (see Subscriptions.hold). */
+const MAX_HELD = 10_000;
+
 export interface RecoveryOutcome {
   /** Whether every channel recovered without loss; false: the application must reload its state. */
   recovered: boolean;
@@ -76,6 +79,12 @@ export class Subscriptions {
   private readonly releasing = new Map<string, 'due' | 'sent'>();
   /** Deliveries are dropped from a gap until the new session has re-subscribed. */
   dropping = false;
+  /**
+   * Messages of channels seen through a wildcard but never received from, which came while a
+   * resync of that wildcard was due or on its way, by channel, in arrival order (see `hold`).
+   */
+  private readonly held = new Map<string, Message[]>();
+  private heldCount = 0;
 
   constructor(
     private readonly session: SubscriptionsSession,
@@ -101,6 +110,7 @@ export class Subscriptions {
   release(pattern: string): Promise<void> {
     const state = this.patterns.get(pattern);
     this.patterns.delete(pattern);
+    this.releaseHeld();
     // Positions of channels no other pattern covers would make a later subscribe replay stale history.
     for (const channel of [...this.positions.keys()]) {
       if (![...this.patterns.keys()].some((p) => matches(p, channel))) this.positions.delete(channel);
@@ -151,6 +161,7 @@ export class Subscriptions {
       );
     }
     this.dropping = false;
+    this.releaseHeld();
   }
 
   /** `ext.recover` for a subscribe: the positions of the channels it covers (its own, or those seen through a wildcard). */
@@ -179,6 +190,7 @@ export class Subscriptions {
       state.status = 'wanted';
       state.resync = undefined;
       state.afterMove = undefined;
+      this.releaseHeld();
       return this.session.retry('handshake', `server: ${reply.error ?? 'session unknown'}`);
     }
     if (reply.successful !== true) return this.failed(pattern, ClientError.fromReply(reply));
@@ -218,6 +230,7 @@ export class Subscriptions {
     state.resync = undefined;
     state.afterMove = undefined;
     state.recover = undefined;
+    this.releaseHeld({ recovered: new Set(Object.keys(ext.recovered ?? {}).filter((channel) => ext.recovered?.[channel] === true)) });
     if (!quiet) state.outcome = { recovered: outcome?.recovered };
     for (const waiter of state.waiters.splice(0)) waiter.resolve(state.outcome);
     if (outcome && !quiet) this.events.recovery(pattern, outcome);
@@ -242,6 +255,7 @@ export class Subscriptions {
     const state = this.patterns.get(pattern);
     if (!state) return;
     this.patterns.delete(pattern);
+    this.releaseHeld();
     const waiters = state.waiters.splice(0);
     for (const waiter of waiters) waiter.reject(error);
     if (waiters.length === 0) this.events.refused(pattern, error);
@@ -251,6 +265,11 @@ export class Subscriptions {
   deliver(message: Message): void {
     if (this.dropping) return;
     const position = asPosition(message.ext?.position);
+    if (position && !this.positions.has(message.channel) && this.resyncCovers(message.channel)) return this.hold(message);
+    this.take(message, position);
+  }
+
+  private take(message: Message, position: Position | null): void {
     if (position) {
       const last = this.positions.get(message.channel);
       if (last && last.epoch === position.epoch) {
@@ -276,6 +295,59 @@ export class Subscriptions {
     // A position the server tells of without its message (excluded from it): nothing to deliver.
     if (message.ext?.skip === true) return;
     this.events.deliver(message);
+  }
+
+  /** Whether a resync of a wildcard covering `channel` is due or on its way. */
+  private resyncCovers(channel: string): boolean {
+    for (const [pattern, state] of this.patterns) {
+      if (state.status === 'active' && state.resync !== undefined && isWildcard(pattern) && matches(pattern, channel)) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Holds a message of a channel a wildcard reached but this client never received from, while a
+   * resync of that wildcard is due or on its way. The server may have sent that channel's earlier
+   * messages down the line that died: the resync replays them from the first it sent, and a
+   * message taken now would be taken for the channel's start, dropping that replay as old (over
+   * long-polling, what waited for the session is in the answer to its first connect, before the
+   * resync subscribe has left). The subscribe's answer says where the replay starts (`release`).
+   */
+  private hold(message: Message): void {
+    // A bound for a server that sends without end while the resync is answered late: past it,
+    // messages are taken as they come, as without this hold.
+    if (this.heldCount >= MAX_HELD) {
+      this.releaseHeld({ all: true });
+      return this.take(message, asPosition(message.ext?.position));
+    }
+    let messages = this.held.get(message.channel);
+    if (!messages) this.held.set(message.channel, (messages = []));
+    messages.push(message);
+    this.heldCount++;
+  }
+
+  /**
+   * Delivers what is held for channels no resync covers any more, each channel's messages in
+   * order of position. Where the answer to a resync named the channel recovered (`recovered`),
+   * its position is now where the replay starts: held messages at or before it are dropped,
+   * those that follow it without a gap are delivered, and from the first gap on the replay brings
+   * them (the server sent them before it replayed, or it would have sent the missing ones first).
+   */
+  private releaseHeld({ recovered, all = false }: { recovered?: ReadonlySet<string>; all?: boolean } = {}): void {
+    if (this.heldCount === 0) return;
+    for (const [channel, messages] of this.held) {
+      if (!all && this.resyncCovers(channel)) continue;
+      this.held.delete(channel);
+      this.heldCount -= messages.length;
+      if (this.dropping) continue;
+      const inOrder = messages.map((message) => ({ message, position: asPosition(message.ext?.position)! }));
+      inOrder.sort((a, b) => (a.position.epoch === b.position.epoch ? a.position.offset - b.position.offset : 0));
+      for (const { message, position } of inOrder) {
+        const last = this.positions.get(channel);
+        if (recovered?.has(channel) && last?.epoch === position.epoch && position.offset > last.offset + 1) break;
+        this.take(message, position);
+      }
+    }
   }
 
   /**
@@ -323,10 +395,14 @@ export class Subscriptions {
       state.afterMove = undefined;
       state.sent = false;
     }
+    this.releaseHeld();
   }
 
   /** The client stops: whoever awaits a subscription learns why; the patterns stay wanted. */
   stop(error: ClientError): void {
+    // Not delivered: the application stopped the client.
+    this.held.clear();
+    this.heldCount = 0;
     for (const state of this.patterns.values()) {
       state.status = 'wanted';
       for (const waiter of state.waiters.splice(0)) waiter.reject(error);

@@ -262,9 +262,9 @@ describe('cut connections (a TCP proxy that closes, resets or silences them)', (
 });
 
 describe('a pattern behind a line gone silent', () => {
-  // Over long-polling a message still queued for the session reaches the client ahead of the
-  // recovery and is taken for the channel's start (see the client's README, Reconnection).
-  for (const type of ['websocket'] as ConnectionType[]) {
+  // Over long-polling a message still queued for the session reaches the client in the answer to
+  // its first connect, ahead of the recovery: held, it is not taken for the channel's start.
+  for (const type of ['websocket', 'eventsource', 'http-streaming', 'long-polling'] as ConnectionType[]) {
     for (const before of [true, false]) {
       it(`${type}: gets back, on the same session, what the dead line swallowed on channels it had never received from (${before ? 'having received from another' : 'having received nothing'})`, { timeout: 40_000 }, async () => {
         const test = await startServer({ historySize: 100, maxQueue: 100, heartbeat: 1000, timeout: HOLD });
@@ -272,6 +272,7 @@ describe('a pattern behind a line gone silent', () => {
         const client = new Client(proxy.url(test.server.options.path), {
           transports: [type],
           WebSocket: WS as unknown as new (url: string) => WebSocket,
+          EventSource: eventSourceOver(fetch),
           minReconnectDelay: 20,
           maxReconnectDelay: 200,
           timeout: LINE_TIMEOUT,

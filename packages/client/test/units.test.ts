@@ -176,3 +176,78 @@ describe('subscriptions: what a resync reports', () => {
     assert.deepEqual(movedThenLost.recoveries, ['/a true']);
   });
 });
+
+describe('subscriptions: a wildcard resync and the channels it never received from', () => {
+  /** A registry subscribed to /w/*, its line lost and the resync sent; `delivered` lists what the application got. */
+  async function resyncing(seen: Message[] = []): Promise<{ subs: Subscriptions; delivered: string[]; answer: (reply: Message) => void }> {
+    const sent: { message: Message; answer: (reply: Message) => void }[] = [];
+    const delivered: string[] = [];
+    const outbox = { enqueue: (_kind: string, message: Message, _timeout: number, settle: (reply: Message) => void) => sent.push({ message, answer: settle }) };
+    const events = { deliver: (message: Message) => delivered.push(`${message.channel}:${String(message.data)}`), state: () => {}, transport: () => {}, recovery: () => {}, refused: () => {} };
+    const session = { state: 'connected' as const, retry: () => {}, rehandshake: () => assert.fail('no gap is to be taken for a loss') };
+    const subs = new Subscriptions(session, outbox as unknown as Outbox, events, { timeout: 1000 } as ResolvedOptions);
+    const subscribed = subs.need('/w/*');
+    sent[0]!.answer({ channel: '/meta/subscribe', successful: true, subscription: '/w/*' });
+    await subscribed;
+    for (const message of seen) subs.deliver(message);
+    subs.lineLost('lost');
+    // What waited for the session comes in the answer to its first connect, before the resync leaves.
+    return {
+      subs,
+      delivered,
+      answer: (reply) => {
+        subs.sendWanted();
+        const resync = sent.at(-1)!;
+        assert.deepEqual((resync.message.ext as { recover?: unknown }).recover, {}, 'a wildcard that received nothing asks all the same');
+        resync.answer(reply);
+      },
+    };
+  }
+  const message = (offset: number, epoch = 'e1'): Message => ({ channel: '/w/b', data: `b${offset}`, ext: { position: { epoch, offset } } });
+  const recovered = { channel: '/meta/subscribe', successful: true, subscription: '/w/*', ext: { recovered: { '/w/b': true }, positions: { '/w/b': { epoch: 'e1', offset: 0 } } } };
+
+  it('a message that came before the resync is not taken for the channel start: the replay that follows the answer brings all, each once', async () => {
+    const r = await resyncing();
+    r.subs.deliver(message(2));
+    assert.deepEqual(r.delivered, [], 'held until the answer');
+    r.answer(recovered);
+    assert.deepEqual(r.delivered, [], 'past the replay start: the replay brings it');
+    for (const offset of [1, 2]) r.subs.deliver(message(offset));
+    r.subs.deliver(message(3));
+    assert.deepEqual(r.delivered, ['/w/b:b1', '/w/b:b2', '/w/b:b3']);
+  });
+
+  it('a replay that comes before the answer, after a live message, is delivered in order, each once', async () => {
+    const r = await resyncing();
+    for (const offset of [2, 1, 2]) r.subs.deliver(message(offset));
+    assert.deepEqual(r.delivered, []);
+    r.answer(recovered);
+    r.subs.deliver(message(3));
+    assert.deepEqual(r.delivered, ['/w/b:b1', '/w/b:b2', '/w/b:b3']);
+  });
+
+  it('a channel the resync did not recover gets what was held, as it came', async () => {
+    const r = await resyncing();
+    for (const offset of [5, 6]) r.subs.deliver(message(offset));
+    r.answer({ channel: '/meta/subscribe', successful: true, subscription: '/w/*' });
+    assert.deepEqual(r.delivered, ['/w/b:b5', '/w/b:b6']);
+  });
+
+  it('a refused resync, or a new session, lets what was held through', async () => {
+    const refused = await resyncing();
+    refused.subs.deliver(message(5));
+    refused.answer({ channel: '/meta/subscribe', successful: false, subscription: '/w/*', error: '403::forbidden' });
+    assert.deepEqual(refused.delivered, ['/w/b:b5']);
+    const renewed = await resyncing();
+    renewed.subs.deliver(message(5));
+    renewed.subs.newSession();
+    assert.deepEqual(renewed.delivered, ['/w/b:b5']);
+  });
+
+  it('a channel already received from, and a message without a position, are not held', async () => {
+    const r = await resyncing([{ channel: '/w/a', data: 'a1', ext: { position: { epoch: 'e1', offset: 1 } } }]);
+    r.subs.deliver({ channel: '/w/a', data: 'a2', ext: { position: { epoch: 'e1', offset: 2 } } });
+    r.subs.deliver({ channel: '/w/c', data: 'plain' });
+    assert.deepEqual(r.delivered, ['/w/a:a1', '/w/a:a2', '/w/c:plain']);
+  });
+});

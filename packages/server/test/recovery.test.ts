@@ -219,6 +219,23 @@ describe('positions and recovery', () => {
     const expected = Array.from({ length: next - last.offset }, (_, i) => last.offset + 1 + i);
     assert.deepEqual(offsets, expected, 'every offset after the recovered position, once, in order');
   });
+
+  it('a resync of a wildcard names, for each channel recovered that the client did not name, the position its replay follows', async () => {
+    const a = await open();
+    await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: '/unnamed/*' });
+    await t.server.publish('/unnamed/a', 'a1');
+    await t.server.publish('/unnamed/b', 'b1');
+    await t.server.publish('/unnamed/b', 'b2');
+    await waitFor(() => a.data('/unnamed/b').length === 2, 3000, 'the messages');
+    const [b1, b2] = a.data('/unnamed/b');
+    // The client received /unnamed/a only: /unnamed/b went down a line that died.
+    const reply = await a.peer.request({ channel: '/meta/subscribe', clientId: a.clientId, subscription: '/unnamed/*', ext: { recover: { '/unnamed/a': positionOf(a.data('/unnamed/a')[0]!) } } });
+    const ext = reply.ext as { recovered: Record<string, boolean>; positions: Record<string, Position> };
+    assert.deepEqual(ext.recovered, { '/unnamed/a': true, '/unnamed/b': true });
+    assert.deepEqual(ext.positions, { '/unnamed/b': { epoch: positionOf(b1!).epoch, offset: positionOf(b1!).offset - 1 } }, 'where the replay of the channel it never named starts; the one it named it knows');
+    await waitFor(() => a.data('/unnamed/b').length === 4, 3000, 'the replay');
+    assert.deepEqual(a.data('/unnamed/b').slice(2), [b1, b2]);
+  });
 });
 
 describe('maxReplay: the most messages one subscribe replays', () => {

@@ -12,7 +12,8 @@
  *   recovery request (`ext.recover`, recovery.ts), then the security policy (subscribe, and create
  *   when nobody subscribes yet) for each new channel.
  * - The reply's `ext.positions` gives each exact channel's current position (where a later
- *   recovery starts), and `ext.recovered` the outcome of each recovery asked for; the replayed
+ *   recovery starts) and, for each channel recovered through a pattern, the position its replay
+ *   follows; `ext.recovered` the outcome of each recovery asked for; the replayed
  *   messages are queued before anything published later (Perihelion's extension, docs/protocol.md).
  */
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, matches, subscriptionList, type Message, type Position } from '@perihelion/protocol';
@@ -179,6 +180,12 @@ class SubscribeStep {
     return this.reply;
   }
 
+  /** Whether the client's `ext.recover` names `channel` (it knows its position then). */
+  private namedByClient(channel: string): boolean {
+    const asked = this.message.ext?.recover;
+    return typeof asked === 'object' && asked !== null && Object.hasOwn(asked, channel);
+  }
+
   /** Takes the engine's outcome for `channel`; answers the reply when the session ended meanwhile, else null. */
   private subscribed(channel: string, isNew: boolean, outcome: SubscribeOutcome): MaybePromise<Reply> | null {
     const { core, session } = this;
@@ -188,9 +195,17 @@ class SubscribeStep {
       return andThen(core.engine.removeSession(session.id), () => unknownClient(this.message));
     }
     if (outcome.position) (this.positions ??= {})[channel] = outcome.position;
+    const requests = isWildcard(channel) && outcome.recovered.length > 0 ? this.recover.get(channel) : undefined;
+    const since = requests ? new Map(requests.map((request) => [request.channel, request.since])) : undefined;
     for (const result of outcome.recovered) {
       (this.recovered ??= {})[result.channel] = result.recovered;
       this.replayBudget -= result.replayed;
+      // A channel recovered through a pattern: where its replay starts. A client that has
+      // received nothing there yet (its messages went down a line that died) learns from it that
+      // the replay follows, and that a message of that channel it has meanwhile received live
+      // belongs to that replay (the client's subscriptions.ts).
+      const start = result.recovered && !this.namedByClient(result.channel) ? since?.get(result.channel) : undefined;
+      if (start) (this.positions ??= {})[result.channel] ??= start;
     }
     if (isNew) core.events.emit('subscribe', session, channel);
     return null;
