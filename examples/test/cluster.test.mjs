@@ -13,7 +13,10 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { Client } from '@perihelion/client';
 import { adapt } from 'cometd-nodejs-client';
@@ -374,6 +377,22 @@ for (const kind of STORES) {
       } finally {
         await Promise.allSettled(clients.map((client) => client.disconnect()));
       }
+    });
+
+    it('four CometD clients of one process (one cookie jar) handshaking and subscribing at once over long-polling: each on its first session, each gets everything', { timeout: 30_000 }, async () => {
+      // cometd-nodejs-client keeps one cookie jar for its process: a script of its own, as users
+      // run it. Its handshakes leave together without a cookie and land on different nodes; the
+      // jar keeps the last cookie set, and a session refused for it would handshake again and
+      // lose the subscription made outside a handshake listener.
+      const channel = `/cluster/${RUN}/one-jar`;
+      const script = new URL('../cluster/cometd-one-jar.mjs', import.meta.url);
+      const child = spawn(process.execPath, [fileURLToPath(script), `${cluster.url}/bayeux`, channel, '4', '3'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let result;
+      for await (const line of createInterface({ input: child.stdout })) {
+        if (line === 'ready') for (let n = 0; n < 3; n++) await apiPublish(cluster.nodes[n % cluster.nodes.length], channel, n);
+        else result = JSON.parse(line);
+      }
+      assert.deepEqual(result, Array.from({ length: 4 }, () => ({ handshakes: 1, received: [0, 1, 2] })));
     });
 
     it('CometD client over long-polling: every message exactly once', { timeout: 20_000 }, async () => {

@@ -9,9 +9,12 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { request } from 'node:http';
 import { connect } from 'node:net';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { Client } from '@perihelion/client';
 import { adapt } from 'cometd-nodejs-client';
@@ -301,6 +304,34 @@ describe('perihelion serve --workers 2', () => {
       for (const [name, data] of received) assert.deepEqual(data, Array.from({ length: 30 }, (_, n) => n), `${name}: every message once, in order`);
     } finally {
       await Promise.allSettled(stops.map((stop) => Promise.race([stop(), new Promise((resolve) => setTimeout(resolve, 1000))])));
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        await once(child, 'exit');
+      }
+    }
+  });
+
+  it('serves CometD clients of one process (one cookie jar) that handshake at once on both workers, each on its first session', { timeout: 30_000 }, async () => {
+    const child = start(['--workers', '2', '--open', '--no-demo'], { PERIHELION_API_KEY: KEY });
+    child.stderr.resume();
+    try {
+      const base = await listeningUrl(child);
+      const channel = '/workers/one-jar';
+      // A script of its own, as users run cometd-nodejs-client: its cookie jar is the process's.
+      const script = fileURLToPath(new URL('../../../../examples/cluster/cometd-one-jar.mjs', import.meta.url));
+      const jar = spawn(process.execPath, [script, `${base}/bayeux`, channel, '4', '3'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let result: unknown;
+      for await (const line of createInterface({ input: jar.stdout })) {
+        if (line !== 'ready') result = JSON.parse(line);
+        else {
+          for (let n = 0; n < 3; n++) {
+            const published = await fetch(`${base}/api/publish`, { method: 'POST', headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' }, body: JSON.stringify({ channel, data: n }) });
+            assert.equal(published.status, 200, await published.text());
+          }
+        }
+      }
+      assert.deepEqual(result, Array.from({ length: 4 }, () => ({ handshakes: 1, received: [0, 1, 2] })));
+    } finally {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
         await once(child, 'exit');

@@ -161,7 +161,7 @@ export const OPTION_TABLE = {
     default: 5000,
     min: 0,
     max: 60_000,
-    help: 'ms during which the `BAYEUX_BROWSER` cookie first given to an address is given again to its cookie-less requests, so that clients sharing a cookie jar that handshake together (CometD in Node, tabs on a first visit) get one cookie and are not refused (402) later; the same address\'s other parties share it (0: a new cookie each time)',
+    help: 'length of the time windows in which an address\'s cookie-less requests are given one `BAYEUX_BROWSER` cookie, the same on every node of a cluster (and cookies of adjacent windows are taken for one browser\'s), so that clients sharing a cookie jar that handshake together (CometD in Node, tabs on a first visit) are not refused (402) later; the same address\'s other parties share it (0: a new random cookie each time)',
   },
   maxMessageBytes: { kind: 'integer', default: 512 * 1024, min: 64, max: 1024 * 1024 * 1024, help: 'largest published message, serialised: a client\'s, or one sent to `/api/publish` or `/api/deliver` (413 `too_large`)' },
   maxSessions: { kind: 'integer', default: 100_000, min: 0, max: 100_000_000, help: 'sessions on this node; past it new handshakes are refused (503, retry later) and /ready answers 503 (0: no limit)' },

@@ -284,31 +284,50 @@ describe('browser cookie', () => {
 });
 
 describe('browser ids given to cookie-less requests', () => {
-  it('gives an address the same id within the window, a new one past it, and others their own', () => {
-    const ids = new BrowserIds(5000);
-    const first = ids.give('10.0.0.1', 1000);
-    assert.match(first, /^[A-Za-z0-9_-]{24}$/);
-    assert.equal(ids.give('10.0.0.1', 5999), first);
-    assert.notEqual(ids.give('10.0.0.2', 2000), first);
-    const next = ids.give('10.0.0.1', 6000);
-    assert.notEqual(next, first);
-    assert.equal(ids.give('10.0.0.1', 10_999), next, 'the window counts from the new id');
-    assert.notEqual(ids.give(undefined, 2000), ids.give(undefined, 2000), 'a request without an address shares nothing');
+  const KEY = 'ab'.repeat(32);
+  const keyed = (windowMs: number, key = KEY): BrowserIds => {
+    const ids = new BrowserIds(windowMs);
+    ids.useKey(key);
+    return ids;
+  };
+
+  it('gives an address the same id within a bucket of the window, a new one in the next, and others their own', () => {
+    const ids = keyed(5000);
+    const first = ids.give('10.0.0.1', 10_000);
+    assert.match(first, /^[0-9a-z]{8}[A-Za-z0-9_-]{24}$/);
+    assert.match(first, /^[A-Za-z0-9_-]{16,64}$/, 'a well-formed cookie value');
+    assert.equal(ids.give('10.0.0.1', 14_999), first);
+    assert.notEqual(ids.give('10.0.0.2', 10_000), first);
+    assert.notEqual(ids.give('10.0.0.1', 15_000), first);
+    assert.notEqual(ids.give(undefined, 10_000), ids.give(undefined, 10_000), 'a request without an address shares nothing');
   });
 
-  it('gives every request a new id with a window of 0', () => {
-    const ids = new BrowserIds(0);
-    assert.notEqual(ids.give('10.0.0.1', 1000), ids.give('10.0.0.1', 1000));
+  it('gives the same id on every node that shares the key, and another under another key', () => {
+    assert.equal(keyed(5000).give('10.0.0.1', 10_000), keyed(5000).give('10.0.0.1', 10_000));
+    assert.notEqual(keyed(5000, 'cd'.repeat(32)).give('10.0.0.1', 10_000), keyed(5000).give('10.0.0.1', 10_000));
   });
 
-  it('remembers at most 10 000 addresses, forgetting the oldest first', () => {
-    const ids = new BrowserIds(60_000);
-    const oldest = ids.give('a-0', 0);
-    const second = ids.give('a-1', 0);
-    for (let i = 2; i <= 10_000; i++) ids.give(`a-${i}`, 1);
-    assert.notEqual(ids.give('a-0', 2), oldest, 'the oldest address was still remembered past the bound');
-    assert.notEqual(ids.give('a-1', 2), second, 'the next oldest, pushed out by the forgotten one coming back');
-    assert.equal(ids.give('a-10000', 3), ids.give('a-10000', 3));
+  it('takes ids of one address in the same or adjacent buckets for one browser, and nothing else', () => {
+    const ids = keyed(5000);
+    const at = (address: string, now: number): string => ids.give(address, now);
+    const id = at('10.0.0.1', 10_000);
+    assert.ok(ids.sameBrowser(at('10.0.0.1', 9_999), id, '10.0.0.1'), 'either side of a bucket edge');
+    assert.ok(ids.sameBrowser(id, at('10.0.0.1', 15_000), '10.0.0.1'));
+    assert.ok(!ids.sameBrowser(id, at('10.0.0.1', 20_000), '10.0.0.1'), 'two buckets apart');
+    assert.ok(!ids.sameBrowser(id, at('10.0.0.2', 10_000), '10.0.0.1'), 'given to another address');
+    assert.ok(!ids.sameBrowser(at('10.0.0.2', 10_000), at('10.0.0.2', 10_001), '10.0.0.1'), 'checked against the address asked about');
+    assert.ok(!keyed(5000, 'cd'.repeat(32)).sameBrowser(id, at('10.0.0.1', 11_000), '10.0.0.1'), 'under another key');
+    const forged = id.slice(0, 8) + 'A'.repeat(24);
+    assert.ok(!ids.sameBrowser(forged, id, '10.0.0.1'), 'a forged id');
+    assert.ok(!ids.sameBrowser(`${(parseInt(id.slice(0, 8), 36) + 1).toString(36).padStart(8, '0')}${id.slice(8)}`, id, '10.0.0.1'), 'an id moved to another bucket');
+    assert.ok(!ids.sameBrowser('x'.repeat(24), id, '10.0.0.1'), 'a random id');
+  });
+
+  it('gives every request a new id with a window of 0, and takes none for one browser', () => {
+    const ids = keyed(0);
+    const [a, b] = [ids.give('10.0.0.1', 1000), ids.give('10.0.0.1', 1000)];
+    assert.notEqual(a, b);
+    assert.ok(!ids.sameBrowser(a, b, '10.0.0.1'));
   });
 });
 

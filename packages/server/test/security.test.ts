@@ -1268,12 +1268,35 @@ describe('session binding: clients that share one cookie jar', () => {
     }
   });
 
-  it('past cookieReuseWindow, a cookie-less request of the same address is given another cookie, which does not speak for the sessions', async () => {
+  it('a cookie given to the same address in the next window is the same browser’s (a jar straddling a window’s edge, or given by another node): it speaks for the sessions', async () => {
+    const windowMs = 300;
+    const ts = await secure({ cookieReuseWindow: windowMs, channels: [{ channel: '/v/**', publish: 'anyone' }] });
+    try {
+      const { jar, sessions } = await handshakeTogether(ts);
+      assertOk(await sessions[0]!.subscribe('/v/jar'), 'the subscribe with the jar’s cookie');
+      // The window the jar's cookie was given in opens it; the next one starts at (bucket + 1) × window.
+      const bucket = parseInt(/BAYEUX_BROWSER=([0-9a-z]{8})/.exec(jar.cookie ?? '')![1]!, 36);
+      await sleep((bucket + 1) * windowMs + 20 - Date.now());
+      // Another handshake of the jar, given its cookie in the next window: the jar keeps that one.
+      const next = new Browser();
+      await login(ts.url, undefined, next);
+      assert.ok(next.cookie !== undefined && next.cookie !== jar.cookie, 'the same cookie was given in the next window');
+      assertOk(await new Lp(ts.url, next, sessions[0]!.clientId).subscribe('/v/jar-next'), 'the next window’s cookie');
+      const stranger = new Browser(OTHER_ADDRESS);
+      await login(ts.url, undefined, stranger);
+      assertRefused(await new Lp(ts.url, stranger, sessions[0]!.clientId).subscribe('/v/jar-spy'), /^402:/);
+    } finally {
+      await ts.close();
+    }
+  });
+
+  it('two cookieReuseWindows on, a cookie-less request of the same address is given another cookie, which does not speak for the sessions', async () => {
     const ts = await secure({ cookieReuseWindow: 300, channels: [{ channel: '/v/**', publish: 'anyone' }] });
     try {
       const { jar, sessions } = await handshakeTogether(ts);
       for (const session of sessions) assertOk(await session.subscribe('/v/jar'), 'a session’s subscribe with the jar’s cookie');
-      await sleep(350);
+      // Ids of adjacent windows are one browser's (a jar straddling a window's edge): two on, not.
+      await sleep(650);
       const later = new Browser();
       assertRefused(await new Lp(ts.url, later, sessions[0]!.clientId).subscribe('/v/jar-spy'), /^402:/);
       assert.ok(later.cookie !== undefined && later.cookie !== jar.cookie, 'the jar’s cookie was given again past the window');

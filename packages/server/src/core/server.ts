@@ -16,6 +16,7 @@ import { ProxyTrust } from '../http/client-address.js';
 import type { ResolvedOptions } from '../options.js';
 import { REPORT_EVERY_MS, ReportThrottle } from '../report-throttle.js';
 import type { Authenticator } from '../security/authenticate.js';
+import { BrowserIds } from '../security/browser-cookie.js';
 import type { SecurityPolicy } from '../security/policy.js';
 import type { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
 import { speaksFor } from '../security/session-binding.js';
@@ -58,6 +59,8 @@ export interface CoreParts {
 export class ServerCore implements TransportHost {
   readonly options: ResolvedOptions;
   readonly proxies: ProxyTrust;
+  /** The browser ids given to cookie-less requests, and which of them are one browser's (session binding). */
+  readonly browserIds: BrowserIds;
   readonly engine: Engine;
   readonly extensions: ExtensionPipeline;
   readonly security: Security;
@@ -82,6 +85,7 @@ export class ServerCore implements TransportHost {
   constructor(parts: CoreParts) {
     this.options = parts.options;
     this.proxies = new ProxyTrust(this.options.trustProxy);
+    this.browserIds = new BrowserIds(this.options.cookieReuseWindow);
     this.engine = parts.engine;
     this.extensions = parts.extensions;
     this.security = parts.security;
@@ -109,7 +113,7 @@ export class ServerCore implements TransportHost {
     this.delivery.sessionsLost = (sessions) => this.presence?.sessionsLost(sessions);
     this.delivery.sessionsRestored = () => this.presence?.sessionsRestored();
     this.delivery.restored = (message) => this.reportRestored(message);
-    this.ready = this.engine.start(this.delivery);
+    this.ready = this.engine.start(this.delivery).then(() => this.browserIds.useKey(this.engine.browserKey?.() ?? ''));
     this.ready.then(
       () => (this.started = true),
       (error: unknown) => this.reportError(error),
@@ -129,7 +133,7 @@ export class ServerCore implements TransportHost {
   /** The session `clientId` names, if this request may speak for it (security/session-binding.ts); else null. */
   sessionFor(clientId: string, context: ProcessContext): ServerSession | null {
     const session = this.delivery.sessions.get(clientId);
-    return session && speaksFor(this.options.sessionBinding, session, context) ? session : null;
+    return session && speaksFor(this.options.sessionBinding, session, context, this.browserIds) ? session : null;
   }
 
   /** Reports a failure inside the server through the 'error' event; the server keeps serving. */

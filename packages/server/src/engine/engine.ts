@@ -111,6 +111,13 @@ export interface Engine {
   start(host: EngineHost): Promise<void>;
   close(): Promise<void>;
   /**
+   * A random secret every node of the cluster shares (hex), set by the first node to start and
+   * known once `start` has resolved: browser cookies are derived from it (security/browser-cookie.ts),
+   * so that any node can tell a cookie another node gave. An engine without it leaves each node a
+   * key of its own.
+   */
+  browserKey?(): string;
+  /**
    * A session began on this node: `sendTo` reaches it (from any node) until `removeSession`.
    * `user` is the id of its authenticated user (null for an anonymous session), for presence.
    * Like `subscribe` and `publish`, it may answer at once (the memory engine does): callers wait

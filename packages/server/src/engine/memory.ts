@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { isWildcard } from '@perihelion/protocol';
 import type { Engine, EngineHost, LostSession, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
 import { HistoryStore, type HistoryPage, type HistoryQuery } from './history.js';
@@ -25,6 +26,12 @@ export class MemoryEngine implements Engine {
   /** Presence grace marks (see markLeaving): key → when the mark expires (ms). */
   private readonly leaving = new LeavingMarks();
   private sweeper: NodeJS.Timeout | null = null;
+  private readonly key = randomBytes(32).toString('hex');
+
+  /** One process is the whole cluster: its own key. */
+  browserKey(): string {
+    return this.key;
+  }
 
   async start(host: EngineHost): Promise<void> {
     this.host = host;

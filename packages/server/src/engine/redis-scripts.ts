@@ -381,8 +381,17 @@ end
 return 0
 `;
 
+/**
+ * The cluster's browser key (security/browser-cookie.ts): the first node's, kept for every node
+ * after it. ARGV: C, the key this node would set (its own, or the one it knew before Redis lost it).
+ */
+const BROWSER_KEY = `local C = ARGV[1]
+redis.call('HSETNX', C .. 'layout', 'browser-key', ARGV[2])
+return redis.call('HGET', C .. 'layout', 'browser-key')
+`;
+
 /** Scripts of the control plane (run with the control prefix) and of one partition (its prefix). */
-export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT, LIVE_LAYOUT } as const;
+export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT, LIVE_LAYOUT, BROWSER_KEY } as const;
 export const DATA_SCRIPTS = { PUBLISH, READ, HISTORY, STATS } as const;
 export const SCRIPTS = { ...CONTROL_SCRIPTS, ...DATA_SCRIPTS } as const;
 export type ControlScript = keyof typeof CONTROL_SCRIPTS;

@@ -103,7 +103,7 @@ export class RedisEngine implements Engine {
     this.layout = new RedisLayout(this.options.prefix, this.options.cluster, this.options.partitions);
     this.connection = new RedisConnection(this.options, `perihelion:${this.nodeId}`, {
       onMessage: (channel, text) => this.onMessage(channel, text),
-      onReconnect: () => void this.liveness.rejoin().catch((error: unknown) => this.connection.lost(error)),
+      onReconnect: () => void Promise.all([this.liveness.rejoin(), this.agreeOnKey()]).catch((error: unknown) => this.connection.lost(error)),
       report: (error) => this.report(error),
       restored: (message) => this.host?.reportRestored(message),
       // What this node does while Redis is away is not written there: all of it again once it answers.
@@ -132,6 +132,21 @@ export class RedisEngine implements Engine {
 
   // ---------------------------------------------------------------- life cycle
 
+  /** The cluster's browser key, once started (see Engine.browserKey). */
+  private key = '';
+
+  browserKey(): string {
+    return this.key;
+  }
+
+  /**
+   * Takes the cluster's key, or sets this node's: at start, and again after a reconnect (a Redis
+   * that lost its data then gets back the key the nodes already use, not a new node's).
+   */
+  private async agreeOnKey(): Promise<void> {
+    this.key = String(await this.connection.script('BROWSER_KEY', this.layout.control, [this.key || randomBytes(32).toString('hex')]));
+  }
+
   async start(host: EngineHost): Promise<void> {
     this.host = host;
     await this.connection.open(this.layout.channelsFor(this.nodeId), async () => {
@@ -146,6 +161,7 @@ export class RedisEngine implements Engine {
       }
       const agreed = Number(await this.connection.script('LAYOUT', this.layout.control, [this.options.partitions, this.options.nodeTimeout]));
       if (agreed !== this.options.partitions) throw differ(agreed);
+      await this.agreeOnKey();
       await this.liveness.beat();
     });
     this.liveness.start();

@@ -30,6 +30,7 @@ export const DEFAULT_MAX_BACKLOG = 50_000;
 
 /** Engine methods a worker may call (anything else is refused). */
 const METHODS = new Set([
+  'browserKey',
   'addSession',
   'usersOf',
   'sessionsOfUser',

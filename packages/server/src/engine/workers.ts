@@ -72,6 +72,15 @@ export class WorkersEngine implements Engine {
     // the process alive only while a call waits.
     this.sweeper = setInterval(() => this.expire(Date.now()), Math.max(10, Math.floor(this.callTimeout / 4)));
     this.sweeper.unref();
+    // The primary's: the same for every worker. A broker that does not answer leaves this worker
+    // its own (its calls fail anyway, each at its deadline).
+    this.key = await this.call<string>('browserKey', []).catch(() => '');
+  }
+
+  private key = '';
+
+  browserKey(): string {
+    return this.key;
   }
 
   async close(): Promise<void> {

@@ -24,20 +24,19 @@ import { handleLongPolling } from '../transports/long-polling.js';
 import { sseFramer } from '../transports/sse.js';
 import { StreamTransport, type Framer } from '../transports/stream.js';
 import { WebSocketTransport } from '../transports/websocket.js';
-import { BrowserIds, browserCookie, browserIdOf, isSecure } from '../security/browser-cookie.js';
+import { browserCookie, browserIdOf, isSecure } from '../security/browser-cookie.js';
 import { corsHeaders, originAllowed, preflight } from './cors.js';
 import { assignBrowser, requestFacts } from './request-facts.js';
 import { sendBatchError } from './responses.js';
 
 
 /** What the adapter needs of the core: the transports' host, sessions for streams, and error and shutdown state. */
-export type AdapterHost = Pick<ServerCore, 'options' | 'proxies' | 'counters' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding'>;
+export type AdapterHost = Pick<ServerCore, 'options' | 'proxies' | 'browserIds' | 'counters' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding'>;
 
 export class HttpAdapter {
   readonly websocket: WebSocketTransport | null;
   readonly streams: StreamTransport | null;
   private readonly httpEnabled: boolean;
-  private readonly browserIds: BrowserIds;
 
   constructor(private readonly core: AdapterHost) {
     const { transports } = core.options;
@@ -45,7 +44,6 @@ export class HttpAdapter {
     this.streams = transports.some(isStreamedConnectionType) ? new StreamTransport(core) : null;
     // Streamed transports send their client-to-server messages by POST too.
     this.httpEnabled = transports.some((t) => t !== 'websocket' && t !== 'callback-polling');
-    this.browserIds = new BrowserIds(core.options.cookieReuseWindow);
   }
 
   /** The sub-path the URL names under the mount path ('' for the mount path itself), or null when it is not under it. */
@@ -195,7 +193,7 @@ export class HttpAdapter {
       assignBrowser(req, known, false);
       return undefined;
     }
-    const id = this.browserIds.give(this.core.proxies.clientAddress(req.socket.remoteAddress, req.headers));
+    const id = this.core.browserIds.give(this.core.proxies.clientAddress(req.socket.remoteAddress, req.headers));
     const cookie = browserCookie(id, this.core.options.path, isSecure(req), this.core.options.cookieSameSite);
     assignBrowser(req, id, true);
     return cookie;

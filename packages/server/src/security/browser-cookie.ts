@@ -6,6 +6,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { ScalarOptions } from '../option-table.js';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { randomBase64url } from './random.js';
 
 export const BROWSER_COOKIE = 'BAYEUX_BROWSER';
@@ -37,47 +38,63 @@ export function newBrowserId(): string {
   return randomBase64url(18);
 }
 
-/** Addresses remembered at once; past it the oldest is forgotten (it then gets a new id, as before). */
-const MAX_REMEMBERED_ADDRESSES = 10_000;
+/** Characters of the time bucket at the start of a derived id (base 36: enough until the year 2059 with 1 ms buckets). */
+const BUCKET_CHARS = 8;
+/** A derived id: its bucket, then a MAC of the address and the bucket (18 bytes, base64url). */
+const DERIVED_ID = /^[0-9a-z]{8}[A-Za-z0-9_-]{24}$/;
 
 /**
- * Gives cookie-less requests a browser id: the one first given to the same address within the
- * last `cookieReuseWindow` ms. Clients that share a cookie jar (cometd-nodejs-client keeps one for
- * its process; two tabs on a browser's first visit) send their handshakes together, all without a
- * cookie: had each response set an id of its own, the jar would keep whichever came last, and
- * every session bound to another would be refused (402) on its next request and handshake again,
- * dropping subscriptions made outside a handshake listener. The requests of one jar do not reach
- * the server in the order they left (each on a socket of its own), so the id is given for a time,
- * not until its first use. Other parties behind the same address whose first requests fall in that
- * time share it: between them a session's binding is its clientId alone, as for clients that keep
- * no cookies (docs/security.md).
+ * Gives cookie-less requests a browser id derived from their address and the time: every request
+ * from one address within a `cookieReuseWindow` bucket gets the same id, on every node of the
+ * cluster, which can tell such ids apart from any other. Clients that share a cookie jar
+ * (cometd-nodejs-client keeps one for its process; two tabs on a browser's first visit) send their
+ * handshakes together, all without a cookie: had each response set an id of its own, the jar
+ * would keep whichever came last, and every session bound to another would be refused (402) on
+ * its next request and handshake again, dropping subscriptions made outside a handshake listener.
+ * The requests of one jar do not reach the server in the order they left (each on a socket of its
+ * own), nor, behind a balancer without affinity, the same node.
+ *
+ * An id is its time bucket and a MAC of the address and that bucket under the key every node
+ * shares (the engine's `browserKey`): any node can check that an id was given to an address, and
+ * when. Two ids given to one address in the same or adjacent buckets (`sameBrowser`) are taken
+ * for one browser, so a jar whose handshakes straddle a bucket's edge is still one. Other parties
+ * behind the same address whose first requests fall that close share the binding: between them a
+ * session's binding is its clientId alone, as for clients that keep no cookies (docs/security.md).
  */
 export class BrowserIds {
-  /** By address, in the order first given: the id and when. */
-  private readonly recent = new Map<string, { id: string; at: number }>();
+  /** Until the engine's key is known: this process's own (ids it gives meanwhile are checked by it alone). */
+  private key = randomBytes(32);
 
   constructor(private readonly windowMs: number) {}
 
-  /** `now` in ms on a monotonic clock: a wall clock set back would keep an id given for longer than the window. */
-  give(address: string | undefined, now = performance.now()): string {
-    if (address === undefined || this.windowMs === 0) return newBrowserId();
-    const given = this.recent.get(address);
-    if (given !== undefined) {
-      if (now - given.at < this.windowMs) return given.id;
-      this.recent.delete(address);
-    }
-    const id = newBrowserId();
-    this.recent.set(address, { id, at: now });
-    this.forget(now);
-    return id;
+  /** Takes the key every node of the cluster shares (hex). */
+  useKey(hex: string): void {
+    if (hex !== '') this.key = Buffer.from(hex, 'hex');
   }
 
-  /** Drops the entries past the window (the oldest come first), and the oldest ones while over the bound. */
-  private forget(now: number): void {
-    for (const [address, given] of this.recent) {
-      if (now - given.at < this.windowMs && this.recent.size <= MAX_REMEMBERED_ADDRESSES) break;
-      this.recent.delete(address);
-    }
+  /** `now`: ms since the epoch, the clock every node shares (a skew under the window is absorbed by `sameBrowser`). */
+  give(address: string | undefined, now = Date.now()): string {
+    if (address === undefined || this.windowMs === 0) return newBrowserId();
+    return this.derive(address, Math.floor(now / this.windowMs));
+  }
+
+  /** Whether `a` and `b` were both given to `address`, in the same or adjacent buckets. */
+  sameBrowser(a: string, b: string, address: string): boolean {
+    if (this.windowMs === 0 || !DERIVED_ID.test(a) || !DERIVED_ID.test(b)) return false;
+    const bucketA = parseInt(a.slice(0, BUCKET_CHARS), 36);
+    const bucketB = parseInt(b.slice(0, BUCKET_CHARS), 36);
+    return Math.abs(bucketA - bucketB) <= 1 && this.derivedFor(a, bucketA, address) && this.derivedFor(b, bucketB, address);
+  }
+
+  private derive(address: string, bucket: number): string {
+    const mac = createHmac('sha256', this.key).update(`${address}\n${bucket}`).digest().subarray(0, 18).toString('base64url');
+    return bucket.toString(36).padStart(BUCKET_CHARS, '0') + mac;
+  }
+
+  private derivedFor(id: string, bucket: number, address: string): boolean {
+    const expected = Buffer.from(this.derive(address, bucket));
+    const given = Buffer.from(id);
+    return given.length === expected.length && timingSafeEqual(given, expected);
   }
 }
 

@@ -37,11 +37,16 @@ export interface BindableSession {
   readonly connection: unknown;
 }
 
+/** Which browser ids are one browser's: those given to one address at nearly the same time (browser-cookie.ts). */
+export interface BrowserIdentity {
+  sameBrowser(a: string, b: string, address: string): boolean;
+}
+
 /**
  * Whether a request may speak for `session`. In `cookie` mode the first request that presents the
  * session's own cookie confirms the binding (a side effect, recorded on the session).
  */
-export function speaksFor(mode: SessionBinding, session: BindableSession, context: ProcessContext): boolean {
+export function speaksFor(mode: SessionBinding, session: BindableSession, context: ProcessContext, browsers?: BrowserIdentity): boolean {
   if (mode === 'none') return true;
   const line = context.connection;
   if (line && (line === session.origin || line === session.connection)) return true;
@@ -49,6 +54,13 @@ export function speaksFor(mode: SessionBinding, session: BindableSession, contex
   // A cookie this server has just issued on this very request proves nothing: it was not presented.
   const presented = browserIdIssued === true ? undefined : browserId;
   if (session.browserId !== undefined && presented === session.browserId) {
+    session.browserConfirmed = true;
+    return true;
+  }
+  // The ids of one cookie jar whose first requests left together, each given its own by another
+  // node (behind a balancer without affinity), or by one node either side of a bucket's edge: the
+  // jar keeps the last one set, which its other sessions then present. They are one browser.
+  if (presented !== undefined && session.browserId !== undefined && remoteAddress !== undefined && remoteAddress === session.remoteAddress && browsers?.sameBrowser(presented, session.browserId, remoteAddress) === true) {
     session.browserConfirmed = true;
     return true;
   }
