@@ -57,9 +57,9 @@ export function speaksFor(mode: SessionBinding, session: BindableSession, contex
     session.browserConfirmed = true;
     return true;
   }
-  // The ids of one cookie jar whose first requests left together, each given its own by another
-  // node (behind a balancer without affinity), or by one node either side of a bucket's edge: the
-  // jar keeps the last one set, which its other sessions then present. They are one browser.
+  // The ids one cookie jar was given either side of a window's edge, its first requests having
+  // left together (to any node: every node gives the same id in a window, browser-cookie.ts). The
+  // jar keeps the last one set, which its other sessions then present: they are one browser.
   if (presented !== undefined && session.browserId !== undefined && remoteAddress !== undefined && remoteAddress === session.remoteAddress && browsers?.sameBrowser(presented, session.browserId, remoteAddress) === true) {
     session.browserConfirmed = true;
     return true;
