@@ -134,7 +134,7 @@ describe('cut connections (a TCP proxy that closes, resets or silences them)', (
         }
         await publisher;
         assert.equal(published, TOTAL, 'everything was published');
-        await waitFor(() => received.length >= TOTAL, 15_000, `all ${TOTAL} messages (have ${received.length})`);
+        await waitFor(() => received.length >= TOTAL, 15_000, () => `all ${TOTAL} messages (have ${received.length})`);
         await sleep(200);
         assertExactlyOnceInOrder(received, TOTAL);
         assert.deepEqual(unrecovered, [], 'every recovery succeeded');
@@ -173,12 +173,12 @@ describe('cut connections (a TCP proxy that closes, resets or silences them)', (
       // Written into the dead line: the server takes them as sent.
       for (let n = 50; n < 100; n++) await test.server.publish('/silent', n);
       const deadline = HOLD + LINE_TIMEOUT;
-      await waitFor(() => noticed !== undefined, deadline + 1000, `the client to notice the silence (deadline ${deadline} ms)`);
+      await waitFor(() => noticed !== undefined, deadline + 1000, () => `the client to notice the silence (deadline ${deadline} ms)`);
       await waitFor(() => client.state === 'connected', 20_000, 'the reconnection');
       // Nothing published since: only a recovery brings back what the dead line swallowed.
-      await waitFor(() => received.length >= 100, 10_000, `the 50 messages sent into the dead line (have ${received.length - 50})`);
+      await waitFor(() => received.length >= 100, 10_000, () => `the 50 messages sent into the dead line (have ${received.length - 50})`);
       for (let n = 100; n < 150; n++) await test.server.publish('/silent', n);
-      await waitFor(() => received.length >= 150, 10_000, `all 150 messages (have ${received.length})`);
+      await waitFor(() => received.length >= 150, 10_000, () => `all 150 messages (have ${received.length})`);
       await sleep(200);
       assertExactlyOnceInOrder(received, 150);
       assert.deepEqual(unrecovered, []);
@@ -297,7 +297,7 @@ describe('a pattern behind a line gone silent', () => {
           await waitFor(() => noticed, HOLD + LINE_TIMEOUT + 1000, 'the client to notice the silence');
           await waitFor(() => client.state === 'connected', 20_000, 'the reconnection');
           const expected = before ? ['/w/a:a1', '/w/a:a2', '/w/b:b1', '/w/b:b2'] : ['/w/b:b1', '/w/b:b2'];
-          await waitFor(() => received.length >= expected.length, 10_000, `what the dead line swallowed (have ${received.join(' ')})`);
+          await waitFor(() => received.length >= expected.length, 10_000, () => `what the dead line swallowed (have ${received.join(' ')})`);
           await sleep(200);
           assert.equal(client.clientId, clientId, 'the same session');
           assert.deepEqual([...received].sort(), expected, 'each message once');

@@ -119,10 +119,11 @@ export function client(url: string, options: ClientOptions = {}, net = new Net()
   return c;
 }
 
-export async function waitFor(predicate: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+/** `what` names the wait in the error; a function is asked at the deadline, so that it can say what was reached by then. */
+export async function waitFor(predicate: () => boolean, ms = 5000, what: string | (() => string) = 'condition'): Promise<void> {
   const deadline = Date.now() + ms;
   while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }

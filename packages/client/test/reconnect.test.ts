@@ -364,7 +364,7 @@ describe('reconnection', () => {
       void full.connect().catch(() => {});
       void lost.connect().catch(() => {});
       // The server's advice to wait 5 s applies to the full one: its first refusal is told at once.
-      await waitFor(() => reasons.full!.some((r) => r.startsWith('connecting>connecting:')) && reasons.lost!.filter((r) => r.startsWith('connecting>connecting:')).length >= 2, 5000, `attempts told (${JSON.stringify(reasons)})`);
+      await waitFor(() => reasons.full!.some((r) => r.startsWith('connecting>connecting:')) && reasons.lost!.filter((r) => r.startsWith('connecting>connecting:')).length >= 2, 5000, () => `attempts told (${JSON.stringify(reasons)})`);
       assert.match(reasons.full!.find((r) => r.startsWith('connecting>connecting:'))!, /503::.*at most 1 sessions/);
       assert.match(reasons.lost!.find((r) => r.startsWith('connecting>connecting:'))!, /404/);
       assert.equal(full.state, 'connecting');

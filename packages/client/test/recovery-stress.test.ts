@@ -68,7 +68,7 @@ describe('recovery under random cuts', () => {
           net.restore();
         }
         await publisher;
-        await waitFor(() => received.length >= TOTAL, 60_000, `all ${TOTAL} messages (have ${received.length})`);
+        await waitFor(() => received.length >= TOTAL, 60_000, () => `all ${TOTAL} messages (have ${received.length})`);
         await sleep(200);
         if (c.clientId) sessions.add(c.clientId);
         assert.ok(cuts >= 10, `the line was cut ${cuts} times`);

@@ -212,7 +212,7 @@ describe('ack extension with the CometD client behind a lossy network', () => {
         cuts++;
       }
       await publisher;
-      await waitFor(() => data.length >= TOTAL, 60_000, `all ${TOTAL} messages (have ${data.length})`);
+      await waitFor(() => data.length >= TOTAL, 60_000, () => `all ${TOTAL} messages (have ${data.length})`);
       await new Promise((resolve) => setTimeout(resolve, 200));
       assert.ok(cuts >= 10, `cut ${cuts} times`);
       assert.equal(data.length, TOTAL, 'no duplicate');

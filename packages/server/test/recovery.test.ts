@@ -353,7 +353,7 @@ describe('recovery across cuts (10 000 messages)', () => {
       await join();
     }
     await publisher;
-    await waitFor(() => received.length >= TOTAL, 20_000, `all ${TOTAL} messages (have ${received.length})`);
+    await waitFor(() => received.length >= TOTAL, 20_000, () => `all ${TOTAL} messages (have ${received.length})`);
     await new Promise((resolve) => setTimeout(resolve, 50));
     (ws as WebSocket | null)?.terminate();
     assert.ok(cuts >= 10, `the line was cut ${cuts} times`);

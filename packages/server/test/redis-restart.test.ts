@@ -249,7 +249,7 @@ describe('Redis that hangs (stopped, not gone) under a live node', () => {
     // A subscribe meanwhile is kept here at once (Redis is asked nothing), and written there later.
     assert.equal((await publisher.request({ channel: '/meta/subscribe', clientId: second, subscription: '/made-during' }, 1000)).successful, true);
     redis!.kill('SIGCONT');
-    await waitFor(() => told.slice(before).includes('restored'), 5000, `the node saying Redis answers again, a second time (told: ${told.join(' | ')})`);
+    await waitFor(() => told.slice(before).includes('restored'), 5000, () => `the node saying Redis answers again, a second time (told: ${told.join(' | ')})`);
     const duringHang = told.slice(before, told.indexOf('restored', before));
     assert.deepEqual(duringHang, ['error'], `the hang was reported once: ${told.join(' | ')}`);
     // What the node did meanwhile is recorded in Redis once it answers: the other node sees it.

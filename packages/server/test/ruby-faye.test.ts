@@ -59,7 +59,7 @@ class RubyFaye {
   }
 
   async until(predicate: (events: RubyEvent[]) => boolean, what: string, ms = 15_000): Promise<void> {
-    await waitFor(() => predicate(this.events), ms, `${what}; the Ruby client said ${JSON.stringify(this.events)} ${this.stderr.slice(-2000)}`);
+    await waitFor(() => predicate(this.events), ms, () => `${what}; the Ruby client said ${JSON.stringify(this.events)} ${this.stderr.slice(-2000)}`);
   }
 
   publish(channel: string, data: unknown): void {

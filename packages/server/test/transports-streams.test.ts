@@ -31,7 +31,7 @@ async function openStream(url: string, accept: string): Promise<OpenStream> {
     status: response.status,
     headers: response.headers,
     text: () => text,
-    until: (predicate, what, ms = 5000) => waitFor(() => predicate(text), ms, `${what}; the stream so far: ${JSON.stringify(text.slice(-300))}`),
+    until: (predicate, what, ms = 5000) => waitFor(() => predicate(text), ms, () => `${what}; the stream so far: ${JSON.stringify(text.slice(-300))}`),
     ended: () => ended,
     close: () => abort.abort(),
   };
