@@ -219,8 +219,9 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     return this.outbox.batch(fn);
   }
 
-  need(pattern: string): Promise<SubscribeOutcome> {
+  need(pattern: string, since?: Record<string, Position>): Promise<SubscribeOutcome> {
     if (this.stopped && this.refusal) return Promise.reject(this.refusal);
+    if (since) this.subscriptions.seedPositions(Object.entries(since));
     return this.subscriptions.need(pattern);
   }
 

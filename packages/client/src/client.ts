@@ -3,7 +3,7 @@
  * typed events. Whether this tab holds the connection itself or a sibling tab holds it for
  * every tab of the origin (share.ts) is invisible here: both sit behind `Backend`.
  */
-import { channelProblem, isService, matches, type ConnectionType, type Message } from '@perihelion/protocol';
+import { asPosition, channelProblem, isService, isWildcard, matches, type ConnectionType, type Message, type Position } from '@perihelion/protocol';
 import { Bayeux, type State, type StateChange, type TransportChange } from './bayeux.js';
 import { ClientError } from './errors.js';
 import { Emitter } from './events.js';
@@ -30,6 +30,25 @@ export interface PresenceEvent extends Member {
 export interface SubscribeOptions {
   /** Called after a reconnection that needed recovery: true when every missed message was replayed, false when some were lost (reload the state). */
   onRecover?: (recovered: boolean, outcome: RecoveryOutcome) => void;
+  /**
+   * Where an earlier client left off (a process restarted, say): the position of the last message
+   * it handled (`message.ext.position`), or, for a wildcard, of each channel under it. The first
+   * subscribe asks the server for what followed, which replays it from its history; `onRecover`
+   * and `subscription.recovered` say whether all of it was still there. Ignored for channels this
+   * client has already received from.
+   */
+  since?: Position | Record<string, Position>;
+}
+
+/** `since` as positions by channel, or a TypeError saying what it must be. */
+function sinceByChannel(pattern: string, since: SubscribeOptions['since']): Record<string, Position> | undefined {
+  if (since === undefined) return undefined;
+  const wildcard = isWildcard(pattern);
+  const byChannel = (wildcard ? since : { [pattern]: since }) as Record<string, unknown>;
+  if (typeof byChannel !== 'object' || byChannel === null || Object.entries(byChannel).some(([channel, position]) => !asPosition(position) || isWildcard(channel) || !matches(pattern, channel))) {
+    throw new TypeError(`since for ${pattern} must be ${wildcard ? 'positions by channel under it, {"<channel>": {epoch, offset}}' : 'a position {epoch, offset}'}, got ${JSON.stringify(since)}`);
+  }
+  return byChannel as Record<string, Position>;
 }
 
 export interface ClientEvents {
@@ -57,7 +76,8 @@ export interface Backend {
   readonly sharing: Sharing;
   connect(): Promise<void>;
   disconnect(): Promise<void>;
-  need(pattern: string): Promise<SubscribeOutcome>;
+  /** `since`: positions to recover from, by channel, for channels not received from yet (SubscribeOptions.since). */
+  need(pattern: string, since?: Record<string, Position>): Promise<SubscribeOutcome>;
   release(pattern: string): Promise<void>;
   publish(channel: string, data: unknown, ext: Record<string, unknown> | undefined): Promise<Message>;
   call(channel: string, data: unknown, timeout: number): Promise<unknown>;
@@ -158,6 +178,7 @@ export class Client extends Emitter<ClientEvents> {
     const problem = channelProblem(pattern);
     if (problem) throw new ClientError('invalid-channel', `cannot subscribe to ${JSON.stringify(pattern)}: ${problem}`);
     if (pattern.startsWith('/meta/')) throw new ClientError('invalid-channel', 'meta channels are the protocol’s own; subscribe to an application channel');
+    const since = sinceByChannel(pattern, options.since);
     this.ensureStarted();
     const subscription = new Subscription(pattern, handler as Handler<never>, options, this);
     let set = this.subscriptions.get(pattern);
@@ -165,7 +186,7 @@ export class Client extends Emitter<ClientEvents> {
     if (!set) this.subscriptions.set(pattern, (set = new Set()));
     set.add(subscription);
     try {
-      const outcome = await this.backend.need(pattern);
+      const outcome = await this.backend.need(pattern, since);
       if (first || subscription.recovered === undefined) subscription.recovered = outcome.recovered;
     } catch (error) {
       set.delete(subscription);

@@ -8,7 +8,7 @@
  * wants it. A tab that goes away without a word (closed, crashed) is noticed through its
  * liveness lock: every tab holds `<name>:tab:<id>` for its lifetime, and the hub waits for it.
  */
-import type { ConnectionType, Message } from '@perihelion/protocol';
+import type { ConnectionType, Message, Position } from '@perihelion/protocol';
 import type { Bayeux, State, StateChange, TransportChange } from './bayeux.js';
 import type { BackendEvents } from './client.js';
 import { ClientError, type ClientErrorCode } from './errors.js';
@@ -132,7 +132,7 @@ export class Hub {
         if (!tabs) this.refs.set(pattern, (tabs = new Set()));
         tabs.add(from);
         void bayeux.connect();
-        return bayeux.need(pattern);
+        return bayeux.need(pattern, args[1] as Record<string, Position> | undefined);
       }
       case 'release': {
         const pattern = args[0] as string;

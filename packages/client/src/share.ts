@@ -289,9 +289,9 @@ export class SharedBackend implements Backend {
     if (this.hub && !this.hub.used) await this.hub.bayeux.disconnect();
   }
 
-  need(pattern: string): Promise<SubscribeOutcome> {
+  need(pattern: string, since?: Record<string, Position>): Promise<SubscribeOutcome> {
     this.needs.add(pattern);
-    return this.ask('need', [pattern]) as Promise<SubscribeOutcome>;
+    return this.ask('need', since ? [pattern, since] : [pattern]) as Promise<SubscribeOutcome>;
   }
 
   release(pattern: string): Promise<void> {

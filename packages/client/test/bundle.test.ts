@@ -20,12 +20,13 @@ const srcDir = join(dirname(minified), 'src');
  * (`transport`), from 13.25 KiB when frames came to be kept within the limits the server
  * says at handshake (a frame past them is refused whole), and from 14 KiB when a tab the browser
  * refuses locks came to connect alone (it hung) and a request's timeout to run while offline,
- * and from 14.25 KiB when a wildcard's resync came to hold the messages a long-poll brings ahead
- * of it (they were taken for their channel's start, and the replay before them lost): each is the
- * connection itself, not a feature beside it. A feature that needs more belongs in a module of
- * its own.
+ * from 14.25 KiB when a wildcard's resync came to hold the messages a long-poll brings ahead of it
+ * (they were taken for their channel's start, and the replay before them lost), and from 14.5 KiB
+ * when a client restarted came to resume from the positions its predecessor saved
+ * (`subscribe(…, { since })`, recovery across processes): each is the connection and its
+ * recovery, not a feature beside them. A feature that needs more belongs in a module of its own.
  */
-const GZIP_LIMIT = 14.5 * 1024;
+const GZIP_LIMIT = 14.75 * 1024;
 
 describe('browser bundle', () => {
   it(`stays under ${GZIP_LIMIT} bytes minified and gzipped`, () => {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocket as WS } from 'ws';
-import type { ConnectionType } from '@perihelion/protocol';
+import type { ConnectionType, Position } from '@perihelion/protocol';
 import { Client, ClientError, type RecoveryOutcome } from '../src/index.js';
 import { client, Net, sleep, startServer, waitFor } from './helpers.js';
 
@@ -21,6 +21,71 @@ async function receivesOverLongPolling(c: Client, server: { publish(channel: str
   await waitFor(() => received.length === 1, 3000, 'the message');
   assert.deepEqual(received, ['over long-polling']);
 }
+
+describe('a client restarted: subscribe({ since })', () => {
+  for (const type of ['websocket', 'long-polling'] as ConnectionType[]) {
+    it(`${type}: a new client given the last position the old one handled gets what was published in between, once, in order`, async () => {
+      const test = await startServer({ historySize: 100 });
+      const options = { transports: [type], WebSocket: WS as unknown as typeof WebSocket };
+      const first = client(test.url, options);
+      try {
+        let last: Position | undefined;
+        await first.subscribe<number>('/restart/orders', (_n, message) => void (last = message.ext?.position as Position));
+        await test.server.publish('/restart/orders', 1);
+        await waitFor(() => last !== undefined, 3000, 'the first message');
+        await first.disconnect();
+        for (let n = 2; n <= 4; n++) await test.server.publish('/restart/orders', n);
+        // The process comes back with the position it saved.
+        const second = client(test.url, options);
+        const received: number[] = [];
+        const told: boolean[] = [];
+        const subscription = await second.subscribe<number>('/restart/orders', (n) => received.push(n), { since: last!, onRecover: (ok) => void told.push(ok) });
+        assert.equal(subscription.recovered, true);
+        assert.deepEqual(told, [true]);
+        await waitFor(() => received.length >= 3, 3000, () => `the three published meanwhile (have ${received.join(',')})`);
+        await test.server.publish('/restart/orders', 5);
+        await waitFor(() => received.length >= 4, 3000, 'the live one after them');
+        assert.deepEqual(received, [2, 3, 4, 5]);
+        await second.disconnect();
+      } finally {
+        await test.close();
+      }
+    });
+  }
+
+  it('says a position the history no longer covers was not recovered, and a wildcard resumes the channels it names', async () => {
+    const test = await startServer({ historySize: 2 });
+    try {
+      const publishAll = async (channel: string, values: number[]): Promise<Position> => {
+        for (const n of values) await test.server.publish(channel, n);
+        return (await test.server.history(channel))!.position!;
+      };
+      const old = await publishAll('/resume/short', [1, 2, 3, 4, 5]);
+      const stale = { epoch: old.epoch, offset: 1 };
+      const c = client(test.url);
+      const received: number[] = [];
+      const subscription = await c.subscribe<number>('/resume/short', (n) => received.push(n), { since: stale });
+      assert.equal(subscription.recovered, false, 'offsets 2 and 3 are gone from a history of 2');
+      const b = await publishAll('/resume/many/b', [10, 11]);
+      const got: string[] = [];
+      const wildcard = await c.subscribe<number>('/resume/many/*', (n, message) => got.push(`${message.channel}:${n}`), { since: { '/resume/many/b': { epoch: b.epoch, offset: 1 } } });
+      await waitFor(() => got.length >= 1, 3000, 'the replay of b');
+      assert.deepEqual(got, ['/resume/many/b:11']);
+      assert.equal(wildcard.recovered, false, 'a wildcard cannot know the channels new while it was away');
+      await c.disconnect();
+    } finally {
+      await test.close();
+    }
+  });
+
+  it('refuses a since that is no position, or names a channel its pattern does not cover', async () => {
+    const c = new Client('http://127.0.0.1:9/bayeux', { autoConnect: false });
+    await assert.rejects(c.subscribe('/a', () => {}, { since: { epoch: 'e', offset: -1 } as never }), /since for \/a must be a position \{epoch, offset\}, got \{"epoch":"e","offset":-1\}/);
+    await assert.rejects(c.subscribe('/a/*', () => {}, { since: { epoch: 'e', offset: 1 } }), /since for \/a\/\* must be positions by channel under it/);
+    await assert.rejects(c.subscribe('/a/*', () => {}, { since: { '/b/x': { epoch: 'e', offset: 1 } } }), /must be positions by channel under it/);
+    await assert.rejects(c.subscribe('/a/*', () => {}, { since: { '/a/x': 'e:1' as never } }), /must be positions by channel under it/);
+  });
+});
 
 describe('reconnection', () => {
   for (const type of ['websocket', 'long-polling'] as ConnectionType[]) {
