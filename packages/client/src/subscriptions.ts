@@ -30,7 +30,7 @@ export interface RecoveryOutcome {
 }
 
 export interface SubscribeOutcome {
-  /** Undefined on a first subscription (nothing to recover). */
+  /** Undefined on a first subscription (nothing to recover), unless it was given positions (`since`). */
   recovered: boolean | undefined;
 }
 
