@@ -187,6 +187,30 @@ describe('perihelion publish and subscribe', () => {
     assert.equal(shallow.stdout, line('/feed/a', 2) + line('/feed/d', 3));
   });
 
+  it('resumes where an earlier run stopped: --positions prints each position, --since starts after one', async () => {
+    const first = subscriber(server.url, '/orders/eu', '--positions', '--count', '1');
+    await first.waitFor('stderr', /subscribed to \/orders\/eu/);
+    assert.equal((await publish(server.url, '/orders/eu', '1')).code, 0);
+    assert.equal((await first.done).code, 0, first.stderr);
+    const printed = JSON.parse(first.stdout) as { channel: string; data: unknown; position: string };
+    assert.deepEqual({ ...printed, position: undefined }, { channel: '/orders/eu', data: 1, position: undefined });
+    assert.match(printed.position, /^[^:]+:1$/);
+    // Published while no subscriber runs.
+    for (const n of [2, 3]) assert.equal((await publish(server.url, '/orders/eu', String(n))).code, 0);
+    const second = subscriber(server.url, '/orders/eu', '--since', printed.position, '--count', '3');
+    await second.waitFor('stderr', /subscribed to \/orders\/eu/);
+    assert.equal((await publish(server.url, '/orders/eu', '4')).code, 0);
+    assert.equal((await second.done).code, 0, second.stderr);
+    assert.equal(second.stdout, line('/orders/eu', 2) + line('/orders/eu', 3) + line('/orders/eu', 4));
+    assert.doesNotMatch(second.stderr, /may have been lost/);
+    // A position the history no longer holds: said on stderr, and live messages still come.
+    const stale = subscriber(server.url, '/orders/eu', '--since', `${printed.position.split(':')[0]}-gone:1`, '--count', '1');
+    await stale.waitFor('stderr', /some messages on \/orders\/eu may have been lost \(the server no longer holds them\)/);
+    assert.equal((await publish(server.url, '/orders/eu', '5')).code, 0);
+    assert.equal((await stale.done).code, 0, stale.stderr);
+    assert.equal(stale.stdout, line('/orders/eu', 5));
+  });
+
   it('prints only the data with --data-only; publish reads the JSON from stdin with -', async () => {
     const sub = subscriber(server.url, '/ticks', '--data-only', '--count', '4');
     await sub.waitFor('stderr', /subscribed to \/ticks/);
@@ -258,6 +282,9 @@ describe('perihelion publish and subscribe', () => {
       [['subscribe', '/news', '--count', '0'], /--count must be a whole number from 1/],
       [['subscribe', '/news', '--transport-retry', '1s'], /--transport-retry must be a whole number of milliseconds, got "1s"/],
       [['subscribe', '/news', '--url', 'localhost:8080'], /--url must start with http:\/\//],
+      [['subscribe', '/news', '--since', '12'], /--since must be a position epoch:offset, as --positions prints it, got "12"/],
+      [['subscribe', '/news/*', '--since', 'abc:1'], /--since is the position of one channel; \/news\/\* is a pattern/],
+      [['subscribe', '/news', '--positions', '--data-only'], /--positions adds the position to each line, --data-only prints the data alone/],
       [['publish', '/news'], /missing required argument 'json'/],
     ];
     for (const [args, message] of cases) {

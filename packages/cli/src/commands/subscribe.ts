@@ -22,7 +22,7 @@
 import { Command } from 'commander';
 import { WebSocket } from 'ws';
 import { Client, ClientError, type ClientOptions, type Message, type Subscription } from '@perihelion/client';
-import { channelProblem, isMeta } from '@perihelion/protocol';
+import { asPosition, channelProblem, formatPosition, isMeta, isWildcard, parsePosition, type Position } from '@perihelion/protocol';
 import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, networkProblem, runAction, serverUrl, usageExitsWith2 } from './common.js';
 
 interface SubscribeFlags {
@@ -33,6 +33,8 @@ interface SubscribeFlags {
   count?: string;
   transportRetry?: string;
   verbose?: boolean;
+  positions?: boolean;
+  since?: string;
 }
 
 const DEFAULT_PATH = '/bayeux';
@@ -171,6 +173,13 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     if (!/^\d+$/.test(flags.count) || Number(flags.count) < 1) throw new UsageError(`--count must be a whole number from 1, got ${JSON.stringify(flags.count)}`);
     count = Number(flags.count);
   }
+  if (flags.positions === true && flags.dataOnly === true) throw new UsageError('--positions adds the position to each line, --data-only prints the data alone: choose one');
+  let since: Position | undefined;
+  if (flags.since !== undefined) {
+    if (isWildcard(pattern)) throw new UsageError(`--since is the position of one channel; ${pattern} is a pattern, whose channels each have their own`);
+    since = parsePosition(flags.since) ?? undefined;
+    if (since === undefined) throw new UsageError(`--since must be a position epoch:offset, as --positions prints it, got ${JSON.stringify(flags.since)}`);
+  }
   let transportRetry: number | undefined;
   if (flags.transportRetry !== undefined) {
     if (!/^\d+$/.test(flags.transportRetry)) throw new UsageError(`--transport-retry must be a whole number of milliseconds, got ${JSON.stringify(flags.transportRetry)}`);
@@ -230,14 +239,15 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
   function print(data: unknown, message: Message): void {
     if (printed >= count) return;
     printed++;
-    process.stdout.write(`${JSON.stringify(flags.dataOnly === true ? data : { channel: message.channel, data })}\n`);
+    const position = flags.positions === true ? asPosition(message.ext?.position) : null;
+    process.stdout.write(`${JSON.stringify(flags.dataOnly === true ? data : position ? { channel: message.channel, data, position: formatPosition(position) } : { channel: message.channel, data })}\n`);
     if (printed >= count) end();
   }
 
   // Once subscribed, the client subscribes again by itself in every new session.
   function subscribeOnce(): void {
     subscribing = true;
-    client.subscribe(pattern, print).then(
+    client.subscribe(pattern, print, since ? { since } : {}).then(
       (held) => {
         subscribing = false;
         subscription = held;
@@ -354,6 +364,8 @@ export function subscribeCommand(): Command {
     .option('--count <n>', 'exit 0 after n messages')
     .option('--transport-retry <ms>', 'fallen back to HTTP, try the WebSocket again after this long (default 60000, plus up to half again; 0: only once HTTP fails too)')
     .option('--verbose', 'report the connection on stderr: session, subscription, reconnects, moves to a WebSocket')
+    .option('--positions', 'add each message\'s position in its channel ("position":"epoch:offset") to its line, for a later --since')
+    .option('--since <epoch:offset>', 'start after this position of the channel: what was published since is printed first (from the server\'s history; said on stderr when it no longer holds all of it)')
     .addHelpText(
       'after',
       `
@@ -364,12 +376,14 @@ follows the server's advice: it starts a new session and subscribes again when t
 forgets its session, and reconnects after a random wait of up to 1 s, 2 s, 4 s, … (at most 10 s)
 when the connection drops, recovering the messages it missed. Until the first session, each retry
 after a proxy's 502/503/504 or a handshake refused for now (a full server) is said on stderr.
-SIGINT or SIGTERM ends the session and exits 0. Exit codes: 0 done, 1 the server refused (the
+To resume where an earlier run stopped, keep the position of the last line it printed
+(--positions) and give it to --since. SIGINT or SIGTERM ends the session and exits 0. Exit codes: 0 done, 1 the server refused (the
 error is printed), could not be reached or is not a Bayeux server, 2 a usage error.
 
 Examples:
   perihelion subscribe '/news/**' | jq
   perihelion subscribe /chat/lobby --data-only --count 1
+  perihelion subscribe /orders --positions --since "$(tail -n 1 orders.log | jq -r .position)"
   perihelion subscribe /prices/ACME --url https://push.example.com --path /cometd --verbose
   PERIHELION_TOKEN=eyJ… perihelion subscribe '/user/42/**'`,
     )
