@@ -221,8 +221,7 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
 
   need(pattern: string, since?: Record<string, Position>): Promise<SubscribeOutcome> {
     if (this.stopped && this.refusal) return Promise.reject(this.refusal);
-    if (since) this.subscriptions.seedPositions(Object.entries(since));
-    return this.subscriptions.need(pattern);
+    return this.subscriptions.need(pattern, since);
   }
 
   release(pattern: string): Promise<void> {

@@ -35,7 +35,7 @@ export interface SubscribeOptions {
    * it handled (`message.ext.position`), or, for a wildcard, of each channel under it. The first
    * subscribe asks the server for what followed, which replays it from its history; `onRecover`
    * and `subscription.recovered` say whether all of it was still there. Ignored for channels this
-   * client has already received from.
+   * client has already received from, and when the pattern is subscribed already.
    */
   since?: Position | Record<string, Position>;
 }

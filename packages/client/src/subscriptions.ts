@@ -93,9 +93,14 @@ export class Subscriptions {
     private readonly options: ResolvedOptions,
   ) {}
 
-  /** The server-side subscription to `pattern` (one per pattern, whatever the number of handlers). */
-  need(pattern: string): Promise<SubscribeOutcome> {
+  /**
+   * The server-side subscription to `pattern` (one per pattern, whatever the number of handlers).
+   * `since`: positions to recover from, taken only by the pattern's first subscribe (a pattern
+   * already held would take a seeded position for a gap in its live messages).
+   */
+  need(pattern: string, since?: Record<string, Position>): Promise<SubscribeOutcome> {
     const existing = this.patterns.get(pattern);
+    if (since && !existing) this.seedPositions(Object.entries(since));
     if (existing?.status === 'active') return Promise.resolve(existing.outcome);
     // Wanted again: the subscribe, sent after any unsubscribe still on its way, settles it.
     this.releasing.delete(pattern);

@@ -78,6 +78,32 @@ describe('a client restarted: subscribe({ since })', () => {
     }
   });
 
+  it('a since given to a pattern already held is ignored: its live messages go on, with no new session', async () => {
+    const test = await startServer({ historySize: 100 });
+    try {
+      // Published before the client came: offset 1, which it never receives.
+      await test.server.publish('/held/x', 0);
+      const old = { epoch: (await test.server.history('/held/x'))!.position!.epoch, offset: 0 };
+      const c = client(test.url);
+      const recoveries: unknown[] = [];
+      c.on('recovery', (event) => recoveries.push(event));
+      const got: number[] = [];
+      await c.subscribe<number>('/held/*', (n) => got.push(n));
+      const session = c.clientId;
+      const more: number[] = [];
+      const second = await c.subscribe<number>('/held/*', (n) => more.push(n), { since: { '/held/x': old } });
+      assert.equal(second.recovered, undefined, 'nothing was recovered');
+      for (const n of [1, 2, 3]) await test.server.publish('/held/x', n);
+      await waitFor(() => got.length >= 3 && more.length >= 3, 3000, () => `the live messages (have ${got.join(',')} and ${more.join(',')})`);
+      assert.deepEqual([got, more], [[1, 2, 3], [1, 2, 3]]);
+      assert.equal(c.clientId, session, 'a seeded position was taken for a gap: a new session');
+      assert.deepEqual(recoveries, []);
+      await c.disconnect();
+    } finally {
+      await test.close();
+    }
+  });
+
   it('refuses a since that is no position, or names a channel its pattern does not cover', async () => {
     const c = new Client('http://127.0.0.1:9/bayeux', { autoConnect: false });
     await assert.rejects(c.subscribe('/a', () => {}, { since: { epoch: 'e', offset: -1 } as never }), /since for \/a must be a position \{epoch, offset\}, got \{"epoch":"e","offset":-1\}/);
