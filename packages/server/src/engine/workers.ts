@@ -46,6 +46,8 @@ export class WorkersEngine implements Engine {
   private sweeper: NodeJS.Timeout | null = null;
   /** Called when no call waits any more (close waits for that). */
   private onIdle: (() => void) | null = null;
+  /** The browser key every worker shares, the primary's (see Engine.browserKey); set by start. */
+  private key = '';
 
   /**
    * `link`: the line to the broker (default: this process's IPC channel to its parent);
@@ -76,8 +78,6 @@ export class WorkersEngine implements Engine {
     // its own (its calls fail anyway, each at its deadline).
     this.key = await this.call<string>('browserKey', []).catch(() => '');
   }
-
-  private key = '';
 
   browserKey(): string {
     return this.key;
