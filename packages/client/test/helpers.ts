@@ -41,7 +41,8 @@ export class Net {
     this.aborts.add(abort);
     const signal = init.signal ? AbortSignal.any([init.signal, abort.signal]) : abort.signal;
     const body = typeof init.body === 'string' ? init.body : '';
-    return fetch(input, { ...init, signal })
+    const url = this.httpUrl && typeof input === 'string' ? this.httpUrl(input) : input;
+    return fetch(url, { ...init, signal })
       .then(async (response) => {
         if (this.loseReply?.(body)) {
           // The request reached the server; its answer is lost on the way back.
@@ -63,6 +64,9 @@ export class Net {
 
   /** When set, called as each WebSocket is made (a test reads the client's view at that moment). */
   onWebSocket: (() => void) | undefined;
+
+  /** When set, where each HTTP request goes instead (another node of a cluster, say). */
+  httpUrl: ((url: string) => string) | undefined;
 
   /** When set, where each WebSocket goes instead (a proxy that swallows upgrades, say). */
   webSocketUrl: ((url: string) => string) | undefined;

@@ -10,7 +10,8 @@ import type { AddressInfo } from 'node:net';
 import { WebSocket as WS } from 'ws';
 import type { ConnectionType, Position } from '@perihelion/protocol';
 import { Client, ClientError, type RecoveryOutcome } from '../src/index.js';
-import { client, Net, sleep, startServer, waitFor } from './helpers.js';
+import { RedisEngine } from '@perihelion/server';
+import { client, Net, requireRedis, sleep, startServer, waitFor, type TestServer } from './helpers.js';
 
 /** Subscribes, checks the client fell back to long-polling, and that a publish reaches it there. */
 async function receivesOverLongPolling(c: Client, server: { publish(channel: string, data: unknown): Promise<unknown> }, channel: string): Promise<void> {
@@ -350,6 +351,45 @@ describe('reconnection', () => {
       }
     });
   }
+
+  it('in a cluster, resends a publish whose reply was lost on a new session on another node, its node gone meanwhile: the cluster keeps one copy', async () => {
+    await requireRedis();
+    const prefix = `resend-${process.pid}-${Date.now()}:`;
+    const node = (): Promise<TestServer> => startServer({ engine: new RedisEngine({ url: 'redis://127.0.0.1:6379', prefix }) });
+    const [a, b] = [await node(), await node()];
+    const net = new Net();
+    const c = client(a.url, { transports: ['long-polling'] }, net);
+    try {
+      const heard: unknown[] = [];
+      const stop = b.server.subscribe('/d/x', (message) => void heard.push(message.data));
+      await c.connect();
+      const first = c.clientId!;
+      // The publish reaches node a, which publishes it; the reply is lost, and the network with
+      // it, while node a goes away. The balancer then sends the client to node b.
+      let lost = false;
+      net.loseReply = (body) => {
+        if (!body.includes('"once in the cluster"')) return false;
+        net.offline = lost = true;
+        return true;
+      };
+      const published = c.publish('/d/x', 'once in the cluster');
+      await waitFor(() => lost, 5000, 'the reply lost');
+      await a.close();
+      net.httpUrl = (url) => url.replace(`:${a.port}/`, `:${b.port}/`);
+      net.offline = false;
+      await published;
+      assert.notEqual(c.clientId, first, 'a new session, on node b');
+      await c.publish('/d/x', 'next');
+      await waitFor(() => heard.includes('next'), 5000, () => `the next message (heard ${JSON.stringify(heard)})`);
+      const sent = net.bodies.filter((body) => body.includes('"once in the cluster"'));
+      assert.equal(sent.length, 2, 'the publish went out twice');
+      assert.deepEqual(heard, ['once in the cluster', 'next']);
+      stop();
+    } finally {
+      await c.disconnect();
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
 
   for (const type of ['websocket', 'long-polling'] as ConnectionType[]) {
     it(`a request made while the server is unreachable times out from the call and is never sent; a publish waits and is sent (${type})`, async () => {

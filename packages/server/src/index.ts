@@ -8,7 +8,7 @@ export { ServiceRefusal } from './core/publish.js';
 export { StateChannel, ProposalRefusal, type StateOptions, type SavedState, type ProposalCheck, type StatePatchMessage } from './state/state-channel.js';
 export { STATE_SERVICE } from './state/state-service.js';
 export { presenceChannel, type Member, type PresenceBy, type PresenceEvent } from './core/presence.js';
-export type { Engine, EngineHost, LostSession, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine/engine.js';
+export type { Engine, EngineHost, LostSession, Publication, PublishOnce, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine/engine.js';
 export { LocalClient, LocalClientRefusal, type LocalClientOptions, type LocalHandler } from './api/local-client.js';
 export { MemoryEngine } from './engine/memory.js';
 export { WorkersEngine, type WorkersEngineOptions } from './engine/workers.js';

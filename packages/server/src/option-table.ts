@@ -103,7 +103,7 @@ export const OPTION_TABLE = {
     help: 'memory all histories together may hold (counted as characters of the serialised messages); beyond it the oldest messages of the least recently published channels go (memory engine; with `--redis`, Redis\'s `maxmemory` bounds history, see Cluster mode)',
   },
   maxReplay: { kind: 'integer', default: 10_000, min: 0, max: 100_000_000, help: 'most messages replayed for the recoveries of one subscribe' },
-  publishDedup: { kind: 'integer', default: 128, min: 0, max: 100_000, help: 'publish ids remembered per session (per client across its sessions, when its handshake names it), so that a resent publish reaches subscribers once (0: off)' },
+  publishDedup: { kind: 'integer', default: 128, min: 0, max: 100_000, help: 'publish ids remembered per session (per client across its sessions, when its handshake names it, and across the nodes of a cluster), so that a resent publish reaches subscribers once (0: off)' },
   ack: { kind: 'boolean', default: true, help: 'answer the CometD ack extension (no loss, no duplicate within a session)' },
   maxRequestBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'largest HTTP body or WebSocket frame (HTTP 413 / WebSocket close 1009)' },
   compressAbove: { kind: 'integer', default: 16 * 1024, min: 0, max: 1024 * 1024 * 1024, help: 'long-polling answers larger than this many bytes are gzip-compressed for clients that accept it (a state snapshot, a recovery replay); 0: never' },

@@ -187,6 +187,24 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     assert.deepEqual(moved.data('/moving').map((m) => positionOf(m).offset), [4, 5, 6, 7]);
   });
 
+  it("recognises a client's publish resent on another node, on its new session there (same instance), and publishes it once", async () => {
+    fresh();
+    const a = await node();
+    const b = await node();
+    const listener = await open(b);
+    await listener.subscribe('/resend');
+    const publish = async (from: Client, data: string, id: string): Promise<boolean> => (await from.peer.request({ channel: '/resend', clientId: from.clientId, data, id })).successful as boolean;
+    // Its node died before the reply left: the client handshakes on another and resends.
+    assert.equal(await publish(await open(a, { instance: 'resending-client' }), 'once', '7'), true);
+    assert.equal(await publish(await open(b, { instance: 'resending-client' }), 'once', '7'), true, 'the resend is acknowledged');
+    assert.equal(await publish(await open(b, { instance: 'another-client' }), 'another client', '7'), true);
+    assert.equal(await publish(await open(a), 'no instance', '7'), true);
+    await waitFor(() => listener.data('/resend').length >= 3, 3000, () => `3 messages (have ${listener.data('/resend').length})`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.deepEqual(listener.data('/resend').map((m) => m.data), ['once', 'another client', 'no instance']);
+    assert.equal(b.server.stats().duplicatePublishes, 1);
+  });
+
   it('counts the sessions of both nodes in presence, channel lists, stats and metrics', async () => {
     fresh();
     // Without presence events, whose /presence channels would have history too.

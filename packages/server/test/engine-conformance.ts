@@ -8,7 +8,7 @@
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialiseExtLast, type Message, type Position } from '@perihelion/protocol';
-import type { Engine, EngineHost, HistorySettings, LostSession, Publication, Retention, SessionInfo } from '../src/index.js';
+import type { Engine, EngineHost, HistorySettings, LostSession, Publication, PublishOnce, Retention, SessionInfo } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
 /** What the engine gave each session, in order, and what it reported. */
@@ -568,6 +568,32 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       await a.engine.publish(publication('/d/x', 'for all'));
       await waitFor(() => b.host.data('y-on-b').length === 2 && a.host.data('x-on-a').length === 2, 3000, 'both publishes everywhere');
       assert.deepEqual(b.host.data('x-on-b'), ['for all']);
+    });
+
+    it("recognises a client's resend on another node by its once, with or without history; another id, another client, an id no longer kept are published", async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.subscribe('on-a', '/d/once');
+      await a.engine.subscribe('on-a', '/nohist/once');
+      // A client's ids are its own whatever the channel: each channel here has clients of its own.
+      const once = (client: string, id: string): PublishOnce => ({ client, id, keep: 2, forMs: 60_000 });
+      const sent = async (node: { engine: Engine }, channel: string, data: unknown, by: PublishOnce): Promise<boolean> => node.engine.publish({ ...publication(channel, data), once: { ...by, client: `${by.client} on ${channel}` } });
+      for (const channel of ['/d/once', '/nohist/once']) {
+        assert.equal(await sent(a, channel, 1, once('ann', '1')), true);
+        assert.equal(await sent(b, channel, 'resent', once('ann', '1')), false, `the resend on the other node (${channel})`);
+        assert.equal(await sent(a, channel, 'resent here', once('ann', '1')), false, `the resend on the same node (${channel})`);
+        assert.equal(await sent(b, channel, 2, once('bob', '1')), true, 'the same id of another client');
+        assert.equal(await sent(b, channel, 3, once('ann', '2')), true);
+        assert.equal(await sent(b, channel, 4, once('ann', '3')), true);
+        assert.equal(await sent(a, channel, 5, once('ann', '1')), true, 'past the 2 ids kept, 1 is forgotten');
+        assert.equal(await sent(a, channel, 'resent', once('ann', '3')), false, 'still among the latest 2');
+        assert.equal(await b.engine.publish(publication(channel, 6)), true, 'a publication without once');
+      }
+      await waitFor(() => a.host.data('on-a').length === 12, 3000, () => `12 messages (have ${a.host.data('on-a').length})`);
+      await sleep(100);
+      assert.deepEqual(a.host.data('on-a', '/d/once'), [1, 2, 3, 4, 5, 6]);
+      assert.deepEqual(a.host.data('on-a', '/nohist/once'), [1, 2, 3, 4, 5, 6]);
+      assert.deepEqual(a.host.offsets('on-a', '/d/once'), [1, 2, 3, 4, 5, 6], 'a resend takes no position');
     });
 
     it('names the node that holds a session, and carries a message from one node to another', async () => {

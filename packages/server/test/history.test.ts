@@ -8,7 +8,7 @@ import { HistoryStore, type Retention } from '../src/engine/history.js';
 import { retentionResolver } from '../src/engine/retention.js';
 import { OutboundQueue } from '../src/core/outbound-queue.js';
 import { Acknowledgement } from '../src/extensions/ack.js';
-import { RecentIds } from '../src/core/recent-ids.js';
+import { RecentIds } from '../src/engine/recent-ids.js';
 import { readRecoverRequests } from '../src/core/recovery.js';
 import { PerihelionError, resolveOptions } from '../src/index.js';
 

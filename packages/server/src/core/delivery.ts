@@ -17,7 +17,7 @@ import { checkData, checkDeliveryChannel } from './application-input.js';
 import type { DisconnectReason, ServerEventEmitter } from './events.js';
 import type { ListenerRegistry } from './listeners.js';
 import { prepare } from './publish.js';
-import { PublishIdsByClient } from './recent-ids.js';
+import { PublishIdsByClient } from '../engine/recent-ids.js';
 import { describeSession, type ServerSession, type SessionHost } from './session.js';
 import type { TimerWheel } from './timer-wheel.js';
 

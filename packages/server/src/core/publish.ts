@@ -3,19 +3,20 @@
  *
  * From a client, in this order: the channel (never /meta, never a pattern), the session, `data`
  * present (Bayeux §Publish: "MUST contain channel and data"), not while draining, the session's
- * publish rate, a resend already published (same id, same session), the security policy
- * (publish, and create when nobody subscribes yet), then `ext.token` and `ext.position` removed
- * and the size checked. A /service message goes to the in-process listeners only, whose result
- * is the answer; any other is prepared (outgoing extensions, serialised once) and handed to the
- * engine, which gives it its position and delivers it (delivery.ts) on every node.
+ * publish rate, a resend already published (same id, same session or client on this node), the
+ * security policy (publish, and create when nobody subscribes yet), then `ext.token` and
+ * `ext.position` removed and the size checked. A /service message goes to the in-process listeners
+ * only, whose result is the answer; any other is prepared (outgoing extensions, serialised once)
+ * and handed to the engine, which gives it its position and delivers it (delivery.ts) on every
+ * node, unless a cluster engine knows it as a resend made on another node (PublishOnce).
  */
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, serialiseExtLast, type Message } from '@perihelion/protocol';
 import type { Publication } from '../engine/engine.js';
 import { PerihelionError } from '../errors.js';
-import { andThen, type MaybePromise } from '../maybe-promise.js';
+import type { MaybePromise } from '../maybe-promise.js';
 import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
 import { emitReply, reply, unknownClient } from './replies.js';
-import { RecentIds } from './recent-ids.js';
+import { RecentIds, RESUME_WINDOW_MS } from '../engine/recent-ids.js';
 import type { ServerCore } from './server.js';
 import type { ServerSession, Session } from './session.js';
 
@@ -133,6 +134,10 @@ class PublishStep {
       // `ext.echo: false`: every subscriber but the publisher (a chat client that shows its own
       // message at once). Any client can ask for it: CometD and Faye let a message carry ext.
       if (message.ext?.echo === false) publication.exclude = this.session.id;
+      // What this node's ids cannot see, an engine shared by several nodes can: the resend of a
+      // client that names itself (it resends on a new session) made on another node.
+      const client = this.session.instance;
+      if (this.dedupKey !== null && client !== null) publication.once = { client, id: this.dedupKey, keep: core.options.publishDedup, forMs: RESUME_WINDOW_MS };
       const sent = send(core, publication, this.session);
       if (sent instanceof Promise) return sent.then(() => this.reply(reply(message, true)));
     }
@@ -209,10 +214,18 @@ export class ServiceRefusal {
  * then the 'publish' event, when the application listens for it.
  */
 function send(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication, from: Session | null): MaybePromise<void> {
-  core.delivery.counters.published++;
   const published = core.engine.publish(publication);
-  if (core.events.listenerCount('publish') === 0) return published;
-  return andThen(published, () => void core.events.emit('publish', publication.message, from));
+  return published instanceof Promise ? published.then((done) => sent(core, publication, from, done)) : sent(core, publication, from, published);
+}
+
+/** Counts what the engine published (or recognised as a resend), and tells the application. */
+function sent(core: Pick<ServerCore, 'delivery' | 'events'>, publication: Publication, from: Session | null, published: boolean): void {
+  if (!published) {
+    core.delivery.counters.duplicatePublishes++;
+    return;
+  }
+  core.delivery.counters.published++;
+  if (core.events.listenerCount('publish') > 0) core.events.emit('publish', publication.message, from);
 }
 
 /**

@@ -16,7 +16,7 @@ import type { SessionInfo } from '../engine/engine.js';
 import type { Acknowledgement } from '../extensions/ack.js';
 import { ChannelSet } from './channel-set.js';
 import { OutboundQueue } from './outbound-queue.js';
-import type { RecentIds } from './recent-ids.js';
+import type { RecentIds } from '../engine/recent-ids.js';
 import type { TimerHandle, TimerWheel } from './timer-wheel.js';
 
 /**

@@ -26,6 +26,27 @@ export interface Publication {
   position?: Position;
   /** A session this broadcast is not delivered to: its publisher, which asked for no echo (`ext.echo: false`). */
   exclude?: string;
+  /** A client's publish, which that client may send again: see PublishOnce. */
+  once?: PublishOnce;
+}
+
+/**
+ * What makes a client's publish recognisable when the client sends it again: after a line was
+ * lost before the reply came, on a new session, perhaps through another node or worker
+ * (at-least-once on the wire, once to subscribers). An engine that spans processes (Redis, the
+ * workers' broker) keeps the latest `keep` ids of each client for `forMs` ms after its last
+ * publish, on every node; the memory engine leaves this to its one server, which keeps the same
+ * ids itself (recent-ids.ts).
+ */
+export interface PublishOnce {
+  /** The client: its instance (`ext.instance` of its handshake, with its user). */
+  client: string;
+  /** The message's `id`. */
+  id: string;
+  /** How many of the client's latest ids are kept. */
+  keep: number;
+  /** How long they are kept after the client's last publish, ms. */
+  forMs: number;
 }
 
 /** A client asking to be given what it missed on `channel` since `since`. */
@@ -141,9 +162,10 @@ export interface Engine {
   removeSession(clientId: string): Promise<void>;
   /**
    * Gives the publication its position (when its channel keeps history), records it, and delivers
-   * it to every session whose subscriptions match its channel, on every node.
+   * it to every session whose subscriptions match its channel, on every node. False, and nothing
+   * published, when it is the resend of one published already (its `once`, see PublishOnce).
    */
-  publish(publication: Publication): MaybePromise<void>;
+  publish(publication: Publication): MaybePromise<boolean>;
   /** Reads a channel's history; null when the channel keeps none. */
   history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null>;
   /** Channels with a history and the messages kept in all, for metrics. */

@@ -103,8 +103,9 @@ export class MemoryEngine implements Engine {
     return { clientId, user: this.sessions.get(clientId) ?? null, subscriptions: [...this.index.subscriptionsOf(clientId)] };
   }
 
-  // Done before it returns, with no promise: this is on the path of every message.
-  publish(publication: Publication): void {
+  // Done before it returns, with no promise: this is on the path of every message. A resend
+  // (`publication.once`) is recognised by the one server of this engine, before it gets here.
+  publish(publication: Publication): true {
     const host = this.running();
     const log = this.store().log(publication.channel, true);
     if (log) {
@@ -113,6 +114,7 @@ export class MemoryEngine implements Engine {
       this.store().append(log, publication.payload);
     }
     host.onPublication(publication, this.index.match(publication.channel));
+    return true;
   }
 
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {

@@ -34,6 +34,8 @@
  *                                by when: the share again, for these alone (so that subscribes
  *                                to ever new names push out no channel's history)
  *   D lru                 string the counter that scores `chans`
+ *   D once:<client>       zset   a client's latest publish ids (Engine `once`), scored by when;
+ *                                trimmed to the newest `keep`, expires `forMs` after the last
  *   D bus                 pub/sub the partition's broadcasts, and the fences of reads made in it
  *
  * A script touches the keys of the control plane, or of one partition, only. It is given one key
@@ -117,6 +119,19 @@ local function prune(channel, now)
   local ttl = tonumber(redis.call('HGET', D .. 'ch:' .. channel, 't') or '0')
   if ttl > 0 then redis.call('XTRIM', D .. 'log:' .. channel, 'MINID', int(now - ttl + 1)) end
 end
+-- A client's publish that it may send again (the Engine's once; ARGV from i on: client, id, keep,
+-- forMs; client '' for none): false when the id is among the client's latest here (a resend),
+-- else true and the id kept.
+local function first_time(i)
+  if ARGV[i] == '' then return true end
+  local key, id = D .. 'once:' .. ARGV[i], ARGV[i + 1]
+  if redis.call('ZSCORE', key, id) then return false end
+  -- Trimmed before the id is added: a set that never passes 128 entries stays compact (listpack).
+  redis.call('ZREMRANGEBYRANK', key, 0, -tonumber(ARGV[i + 2]))
+  redis.call('ZADD', key, now_ms(), id)
+  redis.call('PEXPIRE', key, ARGV[i + 3])
+  return true
+end
 local function payloads(channel, from_head, skip, count, out)
   if count <= 0 then return end
   local entries
@@ -137,9 +152,11 @@ end
  * header and between the halves of the payload; the header and then the payload are sent.
  * ARGV: D, channel, size, ttl, maxChannels of the partition, epoch if new, publish command,
  * header before the position, header after it, payload before the position, payload after it,
- * '1' if the channel's history yields. Returns {epoch, offset}.
+ * '1' if the channel's history yields, then the publication's once (client, id, keep, forMs; ''
+ * for none). Returns {epoch, offset}; nil, publishing nothing, for a resend.
  */
 const PUBLISH = `${DATA}
+if not first_time(13) then return false end
 local channel, size, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local meta, log = D .. 'ch:' .. channel, D .. 'log:' .. channel
 local epoch = redis.call('HGET', meta, 'e')
@@ -159,6 +176,17 @@ redis.call('PEXPIRE', log, ttl)
 touch(channel, tonumber(ARGV[5]), ARGV[12] == '1')
 redis.call(ARGV[7], D .. 'bus', ARGV[8] .. position .. ARGV[9] .. payload)
 return {epoch, offset}
+`;
+
+/**
+ * Publishes a message of a channel without history that its client may send again: once (see
+ * first_time) on the partition's bus. ARGV: D, publish command, the bus message, then the
+ * publication's once (client, id, keep, forMs). Returns 1 when sent, 0 for a resend.
+ */
+const SEND_ONCE = `${DATA}
+if not first_time(4) then return 0 end
+redis.call(ARGV[2], D .. 'bus', ARGV[3])
+return 1
 `;
 
 /**
@@ -392,7 +420,7 @@ return redis.call('HGET', C .. 'layout', 'browser-key')
 
 /** Scripts of the control plane (run with the control prefix) and of one partition (its prefix). */
 export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT, LIVE_LAYOUT, BROWSER_KEY } as const;
-export const DATA_SCRIPTS = { PUBLISH, READ, HISTORY, STATS } as const;
+export const DATA_SCRIPTS = { PUBLISH, SEND_ONCE, READ, HISTORY, STATS } as const;
 export const SCRIPTS = { ...CONTROL_SCRIPTS, ...DATA_SCRIPTS } as const;
 export type ControlScript = keyof typeof CONTROL_SCRIPTS;
 export type DataScript = keyof typeof DATA_SCRIPTS;

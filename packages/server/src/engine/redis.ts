@@ -360,7 +360,7 @@ export class RedisEngine implements Engine {
 
   // ---------------------------------------------------------------- publishing
 
-  async publish(publication: Publication): Promise<void> {
+  async publish(publication: Publication): Promise<boolean> {
     const host = this.running();
     const cmd = this.connection.readyCmd();
     const { channel } = publication;
@@ -368,7 +368,7 @@ export class RedisEngine implements Engine {
       // Redis is away: this node's sessions still get the message, without a position.
       this.connection.degraded(new Error(`published on ${channel} to this node's sessions only, without a position`));
       host.onPublication(publication, this.index.match(channel));
-      return;
+      return true;
     }
     const tag = String(++this.lastTag);
     const partition = this.layout.partitionOf(channel);
@@ -381,13 +381,17 @@ export class RedisEngine implements Engine {
         // The script writes the position into the header and the payload alike.
         around = this.aroundPosition(publication);
         const header = broadcastHeader(this.nodeId, tag, channel, publication.exclude);
-        const args = [channel, retention.size, retention.ttl, this.maxChannelsPerPartition(host), newEpoch(), this.layout.publishCommand, ...header, ...around, retention.yields ? '1' : '0'];
-        const [epoch, offset] = (await this.connection.script('PUBLISH', this.layout.data(partition), args)) as [string, number];
-        position = { epoch: String(epoch), offset: Number(offset) };
+        const args = [channel, retention.size, retention.ttl, this.maxChannelsPerPartition(host), newEpoch(), this.layout.publishCommand, ...header, ...around, retention.yields ? '1' : '0', ...onceArgs(publication)];
+        const given = (await this.connection.script('PUBLISH', this.layout.data(partition), args)) as [string, number] | null;
+        if (!given) return this.resent(tag);
+        position = { epoch: String(given[0]), offset: Number(given[1]) };
       } else {
         const broadcast: Broadcast = { kind: 'broadcast', origin: this.nodeId, tag, channel, position: null, payload: publication.payload };
         if (publication.exclude !== undefined) broadcast.exclude = publication.exclude;
-        await this.connection.send(cmd, this.layout.bus(partition), encode(broadcast));
+        if (publication.once) {
+          const sent = await this.connection.script('SEND_ONCE', this.layout.data(partition), [this.layout.publishCommand, encode(broadcast), ...onceArgs(publication)]);
+          if (Number(sent) === 0) return this.resent(tag);
+        } else await this.connection.send(cmd, this.layout.bus(partition), encode(broadcast));
       }
     } catch (error) {
       this.pending.delete(tag);
@@ -398,7 +402,7 @@ export class RedisEngine implements Engine {
       // Published, but this node cannot hear the cluster channel now: its own sessions get it at once.
       const payload = position && around ? `${around[0]}${JSON.stringify(position)}${around[1]}` : publication.payload;
       this.onBroadcast(host, { kind: 'broadcast', origin: this.nodeId, tag, channel, position, payload });
-      return;
+      return true;
     }
     // Resolve once this node has delivered it too (as the memory engine does), or give up waiting.
     const timer = setTimeout(() => {
@@ -410,6 +414,13 @@ export class RedisEngine implements Engine {
     }, this.options.commandTimeout);
     await echoed;
     clearTimeout(timer);
+    return true;
+  }
+
+  /** A publish Redis recognised as a resend (see PublishOnce): nothing will come back on the bus. */
+  private resent(tag: string): false {
+    this.pending.delete(tag);
+    return false;
   }
 
   /** The publication's bytes, cut where its position goes (Redis gives the position). */
@@ -700,4 +711,10 @@ function remotePublication(channel: string | null, payload: string, position?: P
   if (position) publication.position = position;
   if (channel === null) publication.channel = publication.message.channel;
   return publication;
+}
+
+/** The publication's once for a data script's ARGV (client, id, keep, forMs), '' for the client when it has none. */
+function onceArgs(publication: Publication): Array<string | number> {
+  const { once } = publication;
+  return once ? [once.client, once.id, once.keep, once.forMs] : ['', '', 0, 0];
 }

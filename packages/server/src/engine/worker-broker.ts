@@ -16,14 +16,18 @@
  * ERR_ENGINE_UNAVAILABLE (a client's publish gets an error reply, `server.publish` rejects) until
  * it catches up, instead of queueing without end in the primary.
  */
-import type { EngineHost, LostSession, Publication, SessionInfo } from './engine.js';
+import type { EngineHost, LostSession, Publication, PublishOnce, SessionInfo } from './engine.js';
 import type { HistorySettings, Retention } from './history.js';
 import { MemoryEngine } from './memory.js';
+import { PublishIdsByClient } from './recent-ids.js';
 import { fromWire, toWire, type LinkEnd, type ToBroker, type ToWorker, type WirePublication } from './worker-link.js';
 import { PerihelionError } from '../errors.js';
 
 /** How long a census waits for each worker to describe its sessions, ms. */
 const CENSUS_WAIT_MS = 2_000;
+
+/** Clients whose latest publish ids the broker keeps at most (the most recently active ones). */
+const MAX_CLIENTS_WITH_IDS = 10_000;
 
 /** Messages a worker's line may hold before publishes are refused (see maxBacklog). */
 export const DEFAULT_MAX_BACKLOG = 50_000;
@@ -75,6 +79,7 @@ export class WorkerBroker {
   private readonly censuses = new Map<number, { waiting: Set<string>; sessions: SessionInfo[]; done: () => void }>();
   private started: Promise<void>;
   private readonly maxBacklog: number;
+  private publishIds: PublishIdsByClient | null = null;
 
   /** `maxBacklog`: messages a worker's line may hold before publishes are refused (default 50 000). */
   constructor({ maxBacklog = DEFAULT_MAX_BACKLOG }: { maxBacklog?: number } = {}) {
@@ -201,6 +206,9 @@ export class WorkerBroker {
         return engine.sendTo(clientId, fromBytes(args[1] as WirePublication));
       case 'publish': {
         this.refuseWhileBackedUp();
+        // A resend (see PublishOnce) is known here whichever worker each of its sessions was on.
+        const once = args[1] as PublishOnce | null;
+        if (once && !this.resends(once).firstTime(once.client, once.id)) return false;
         // The caller learns the position its publication got (the other engines stamp its object).
         const publication = fromBytes(args[0] as WirePublication);
         await engine.publish(publication);
@@ -209,6 +217,12 @@ export class WorkerBroker {
     }
     if (!METHODS.has(method)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `the broker does not know ${JSON.stringify(method)}`);
     return (engine as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args);
+  }
+
+  /** The publish ids of the workers' clients (made with the first publication that has some). */
+  private resends(once: PublishOnce): PublishIdsByClient {
+    this.publishIds ??= new PublishIdsByClient(once.keep, MAX_CLIENTS_WITH_IDS, once.forMs);
+    return this.publishIds;
   }
 
   /** Throws while a worker's line holds more than maxBacklog messages. */

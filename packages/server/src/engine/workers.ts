@@ -125,11 +125,13 @@ export class WorkersEngine implements Engine {
     return this.call('removeSession', [clientId]);
   }
 
-  async publish(publication: Publication): Promise<void> {
+  async publish(publication: Publication): Promise<boolean> {
     // The broker sends the bytes and their form, not the message object they were made from.
-    const position = await this.call<Position | null>('publish', [toWire(publication)]);
+    const position = await this.call<Position | null | false>('publish', [toWire(publication), publication.once ?? null]);
+    if (position === false) return false;
     // The position is recorded on the caller's object too, as the other engines do.
     if (position) stampPosition(publication, position, withPosition(publication, position));
+    return true;
   }
 
   history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null> {

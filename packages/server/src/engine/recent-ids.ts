@@ -43,19 +43,31 @@ export const MAX_RESUMING_CLIENTS = 1000;
  * Publish ids per client instance (the handshake's `ext.instance`, with the user it speaks for),
  * shared by its sessions on this node: a client that starts a new session (its old one was swept
  * while a line was down) resends with the same ids what was never acknowledged, and what the old
- * session had published is recognised. An ended session's ids are kept RESUME_WINDOW_MS for the
- * next, for at most MAX_RESUMING_CLIENTS clients.
+ * session had published is recognised. An ended session's ids are kept `windowMs` for the next,
+ * for at most `maxClients` clients. The workers' broker keeps its workers' clients here too.
  */
 export class PublishIdsByClient {
   /** In the order they were last touched: the oldest first. */
   private readonly entries = new Map<string, { ids: RecentIds; until: number }>();
 
-  constructor(private readonly size: number) {}
+  constructor(
+    private readonly size: number,
+    private readonly maxClients = MAX_RESUMING_CLIENTS,
+    private readonly windowMs = RESUME_WINDOW_MS,
+  ) {}
 
   /** The ids of `client`'s sessions: those kept, or new ones. */
   of(client: string, now = Date.now()): RecentIds {
     const kept = this.entries.get(client);
     return this.keep(client, kept && kept.until > now ? kept.ids : new RecentIds(this.size), now);
+  }
+
+  /** False when `id` is among `client`'s latest ids (a resend); else true, and it is kept. */
+  firstTime(client: string, id: string, now = Date.now()): boolean {
+    const ids = this.of(client, now);
+    if (ids.has(id)) return false;
+    ids.add(id);
+    return true;
   }
 
   /** A session of `client` ended: its ids wait for the next one. */
@@ -65,9 +77,9 @@ export class PublishIdsByClient {
 
   private keep(client: string, ids: RecentIds, now: number): RecentIds {
     this.entries.delete(client);
-    this.entries.set(client, { ids, until: now + RESUME_WINDOW_MS });
+    this.entries.set(client, { ids, until: now + this.windowMs });
     for (const [key, entry] of this.entries) {
-      if (this.entries.size <= MAX_RESUMING_CLIENTS && entry.until > now) break;
+      if (this.entries.size <= this.maxClients && entry.until > now) break;
       this.entries.delete(key);
     }
     return ids;
