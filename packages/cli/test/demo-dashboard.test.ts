@@ -266,7 +266,7 @@ describe('dashboard in Chromium', () => {
 
     // Load: three Node clients subscribe to a few channels and publish on them.
     for (let i = 0; i < 3; i++) {
-      const client = new Client(`${running.url}/bayeux`, { WebSocket: WebSocket as never });
+      const client = new Client(`${running.url}/bayeux`, { WebSocket });
       clients.push(client);
       await client.subscribe(`/load/${'abc'[i]}`, () => {});
       await client.subscribe('/load/all', () => {});

@@ -30,7 +30,7 @@ describe('perihelion serve at its limit of open files', () => {
     try {
       const base = await listeningUrl(child);
       const { port } = new URL(base);
-      client = new Client(`${base}/bayeux`, { transports: ['websocket'], WebSocket: WebSocket as never });
+      client = new Client(`${base}/bayeux`, { transports: ['websocket'], WebSocket });
       await client.connect();
       const received: unknown[] = [];
       await client.subscribe('/crowded/room', (data) => void received.push(data));

@@ -102,7 +102,7 @@ describe('perihelion serve --workers 2', () => {
       // Four WebSocket clients and a long-polling one, every request and socket on a connection
       // of its own: the primary hands connections to the workers in turn.
       for (let i = 0; i < 5; i++) {
-        const client = new Client(`${base}/bayeux`, { transports: [i < 4 ? 'websocket' : 'long-polling'], WebSocket: WebSocket as never, fetch: freshFetch });
+        const client = new Client(`${base}/bayeux`, { transports: [i < 4 ? 'websocket' : 'long-polling'], WebSocket, fetch: freshFetch });
         clients.push(client);
         await client.connect();
         const mine: number[] = [];

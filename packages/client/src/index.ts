@@ -14,6 +14,7 @@ export type { State, StateChange, TransportChange } from './bayeux.js';
 export type { Extension } from './extensions.js';
 export type { Position, RecoveryOutcome } from './subscriptions.js';
 export type { ConnectionType, Message } from '@perihelion/protocol';
+export type { WebSocketConstructor, WebSocketLike } from './transports/transport.js';
 
 // Loaded as a SharedWorker (tab sharing loads this very script), it serves the tabs instead.
 serveSharedWorker();

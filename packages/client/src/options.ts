@@ -4,7 +4,7 @@
  */
 import { isConnectionType, type ConnectionType } from '@perihelion/protocol';
 import type { HubConfig } from './hub.js';
-import type { Environment } from './transports/transport.js';
+import type { Environment, WebSocketConstructor } from './transports/transport.js';
 
 export interface ClientOptions {
   /**
@@ -63,7 +63,7 @@ export interface ClientOptions {
   /** Connect on the first subscribe() or publish() without waiting for connect(). Default: true. */
   autoConnect?: boolean;
   /** Constructors from the environment, for runtimes without them (Node: `WebSocket` from the `ws` package). Default: globalThis's. */
-  WebSocket?: new (url: string) => WebSocket;
+  WebSocket?: WebSocketConstructor;
   fetch?: typeof fetch;
   EventSource?: new (url: string, init?: EventSourceInit) => EventSource;
 }

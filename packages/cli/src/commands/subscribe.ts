@@ -21,7 +21,7 @@
  */
 import { Command } from 'commander';
 import { WebSocket } from 'ws';
-import { Client, ClientError, type ClientOptions, type Message, type Subscription } from '@perihelion/client';
+import { Client, ClientError, type Message, type Subscription } from '@perihelion/client';
 import { asPosition, channelProblem, formatPosition, isMeta, isWildcard, parsePosition, type Position } from '@perihelion/protocol';
 import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, networkProblem, runAction, serverUrl, usageExitsWith2 } from './common.js';
 
@@ -208,7 +208,7 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     (line) => process.stderr.write(`perihelion: ${line}\n`),
   );
   const client = new Client(url, {
-    WebSocket: contact.WebSocket as unknown as NonNullable<ClientOptions['WebSocket']>,
+    WebSocket: contact.WebSocket,
     fetch: contact.fetch,
     autoConnect: false,
     minReconnectDelay: MIN_RECONNECT_DELAY,

@@ -16,10 +16,28 @@ interface TransportHost {
   opened(): void;
 }
 
+/**
+ * A handler the socket calls with its event. Declared as a method, so that a WebSocket whose
+ * handlers take richer events (Node's `ws`, the browser's) is accepted as it is.
+ */
+type Handler<E> = { handle(event: E): void }['handle'];
+
+/** What the client uses of a WebSocket: the browser's has it, and so has the `ws` package's. */
+export interface WebSocketLike {
+  onopen: Handler<unknown> | null;
+  onmessage: Handler<{ data: unknown }> | null;
+  onclose: Handler<{ code: number; reason: string }> | null;
+  onerror: Handler<unknown> | null;
+  send(data: string): void;
+  close(): void;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
 /** Constructors and functions taken from the environment or from the options (never imported). */
 export interface Environment {
   fetch: typeof fetch | undefined;
-  WebSocket: (new (url: string) => WebSocket) | undefined;
+  WebSocket: WebSocketConstructor | undefined;
   EventSource: (new (url: string, init?: EventSourceInit) => EventSource) | undefined;
   /** Whether this is a browser page (cookies, script tags, same-origin checks). */
   document: Document | undefined;

@@ -5,11 +5,11 @@
  */
 import type { Message } from '@perihelion/protocol';
 import { framesOf } from '../limits.js';
-import { parseBatch, type Transport, type TransportContext } from './transport.js';
+import { parseBatch, type Transport, type TransportContext, type WebSocketLike } from './transport.js';
 
 export class WebSocketTransport implements Transport {
   readonly type = 'websocket' as const;
-  private readonly socket: WebSocket;
+  private readonly socket: WebSocketLike;
   /** Frames made before the socket opened. */
   private readonly pending: string[] = [];
   /** Messages sent in this turn, to leave in one frame. */
@@ -32,7 +32,7 @@ export class WebSocketTransport implements Transport {
       for (const frame of this.pending.splice(0)) this.socket.send(frame);
       if (!this.closed) this.context.host.opened();
     };
-    this.socket.onmessage = (event: MessageEvent) => {
+    this.socket.onmessage = (event) => {
       if (this.closed) return;
       let batch: Message[];
       try {
@@ -42,7 +42,7 @@ export class WebSocketTransport implements Transport {
       }
       this.context.host.receive(batch);
     };
-    this.socket.onclose = (event: CloseEvent) => this.fail(`the WebSocket closed (${event.code}${event.reason ? ` ${event.reason}` : ''})`);
+    this.socket.onclose = (event) => this.fail(`the WebSocket closed (${event.code}${event.reason ? ` ${event.reason}` : ''})`);
     // Browsers give no detail on errors; the close event follows with the code.
     this.socket.onerror = () => this.fail('the WebSocket failed');
   }
