@@ -30,6 +30,7 @@ Examples:
   perihelion serve --redis redis://127.0.0.1:6379   # cluster mode: run it on every node
   perihelion serve --redis redis://10.0.0.5:7001,redis://10.0.0.6:7001 --redis-cluster
   perihelion serve --workers auto --no-demo         # one process per CPU, one server
+  perihelion serve --port 443 --tls-cert fullchain.pem --tls-key privkey.pem
   PERIHELION_TIMEOUT=20000 perihelion serve --no-demo
   PERIHELION_JSONP=1 perihelion serve --allowed-origins https://app.example.com
   PERIHELION_JWT_SECRET=… perihelion serve --no-anonymous --rules rules.json
@@ -91,6 +92,8 @@ command.action(async (parsed: Record<string, unknown>) => {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    // With TLS, SIGHUP takes a renewed certificate (as nginx does); without, it ends the process as usual.
+    if (settings.tls) process.on('SIGHUP', () => running.reloadTls());
   } catch (error) {
     if (error instanceof SettingsError || error instanceof PerihelionError) {
       console.error(`perihelion: ${error.message}`);

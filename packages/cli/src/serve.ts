@@ -6,6 +6,7 @@ import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
 import { SettingsError, type Settings } from './settings.js';
+import { describeCertificate, readTls } from './tls.js';
 
 /** How many rules the user gave; the command's own (its services, the demo) are not theirs to count. */
 function rulesSummary(userRules: number): string {
@@ -56,6 +57,8 @@ function attachLogger(server: Perihelion, logger: Logger, starting: () => boolea
 export interface Running {
   server: Perihelion;
   url: string;
+  /** Reads the TLS certificate and key again (SIGHUP), keeping those in use when they cannot serve; nothing without TLS. */
+  reloadTls(): void;
   stop(): Promise<void>;
 }
 
@@ -77,6 +80,8 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   // counter, and nowhere else.
   const rules = [...SERVICE_RULES, ...DASHBOARD_RULES, ...(demo ? DEMO_RULES : []), ...(settings.server.channels ?? [])];
   const options = { ...settings.server, channels: rules };
+  // Read before anything starts: files that cannot serve stop the command with the reason.
+  const tls = settings.tls ? readTls(settings.tls) : undefined;
   // Cluster mode: every node started with the same --redis acts as one server; so do the
   // workers of one machine, through the primary process.
   const engine: Engine | undefined =
@@ -120,16 +125,21 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   };
   let address: AddressInfo;
   if (worker) {
-    takeHandedConnections(server.serveHandedConnections({ fallback }));
+    takeHandedConnections(server.serveHandedConnections({ fallback, ...(tls ? { tls } : {}) }));
     address = worker.address;
   } else {
-    address = await server.listen({ port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), fallback });
+    address = await server.listen({ port: settings.port, ...(settings.host !== undefined ? { host: settings.host } : {}), fallback, ...(tls ? { tls } : {}) });
   }
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const shown = host === '[::]' || host === '0.0.0.0' ? 'localhost' : host;
-  const url = `http://${shown}:${address.port}`;
+  const url = `${tls ? 'https' : 'http'}://${shown}:${address.port}`;
   log(`Perihelion listening on ${url}`);
   log(`  Bayeux endpoint: ${url}${server.options.path}`);
+  if (tls) {
+    const { summary, warning } = describeCertificate(tls);
+    log(`  TLS: ${summary} (SIGHUP reads it again)`);
+    if (warning) console.error(`perihelion: WARNING: ${warning}`);
+  }
   log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
   log(`  engine: ${engineSummary(server, workers)}`);
   for (const line of securitySummary(server, settings.server.channels?.length ?? 0)) log(`  ${line}`);
@@ -139,5 +149,18 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   if (demo) log(`  demo page: ${url}/`);
   else if (settings.demo) log('  demo page: off (the demo gallery keeps its state in one process: run it with --workers 1)');
   log(`  dashboard: ${url}/dashboard (${dashboard.summary})`);
-  return { server, url, stop: () => (dashboard.close(), server.close()) };
+  const reloadTls = (): void => {
+    if (!settings.tls) return;
+    try {
+      const renewed = readTls(settings.tls);
+      server.reloadTls(renewed);
+      const { summary, warning } = describeCertificate(renewed);
+      log(`TLS: reloaded, ${summary}`);
+      if (warning) console.error(`perihelion: WARNING: ${warning}`);
+    } catch (error) {
+      if (!(error instanceof SettingsError || error instanceof PerihelionError)) throw error;
+      console.error(`perihelion: TLS not reloaded, the certificate in use stays: ${error.message}`);
+    }
+  };
+  return { server, url, reloadTls, stop: () => (dashboard.close(), server.close()) };
 }

@@ -7,10 +7,11 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { OPTION_TABLE, PerihelionError, checkChannelRules, resolveOptions, type OptionSpec, type ServerOptions } from '@perihelion/server';
 import { parse as parseYaml } from 'yaml';
+import { readTls, type TlsFiles } from './tls.js';
 
 export interface Setting {
   /** ServerOptions key, or a listen/CLI setting. */
-  key: keyof ServerOptions | 'port' | 'host' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisCluster' | 'redisPartitions' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'workers';
+  key: keyof ServerOptions | 'port' | 'host' | 'tlsCert' | 'tlsKey' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisCluster' | 'redisPartitions' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'workers';
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
@@ -60,6 +61,8 @@ function optionSettings(): Setting[] {
 const COMMAND_SETTINGS: Setting[] = [
   { key: 'port', flag: 'port', kind: 'integer', help: 'port to listen on (default 8080; also PORT)' },
   { key: 'host', flag: 'host', kind: 'string', help: 'interface to listen on (default: all; also HOST)' },
+  { key: 'tlsCert', flag: 'tls-cert', kind: 'string', help: 'PEM file of the certificate chain: serve HTTPS and WSS (with --tls-key; SIGHUP reads both again, for a renewed certificate)' },
+  { key: 'tlsKey', flag: 'tls-key', kind: 'string', help: "PEM file of the certificate's private key (its passphrase, if any, in PERIHELION_TLS_PASSPHRASE)" },
   { key: 'redis', flag: 'redis', kind: 'string', help: 'cluster mode: Redis URL shared by every node, e.g. redis://127.0.0.1:6379 (default: in-memory engine, one process)' },
   { key: 'redisCluster', flag: 'redis-cluster', kind: 'boolean', help: 'cluster mode: --redis names nodes of a Redis Cluster (7 or later; comma-separated URLs), whose shards share the publishes (default false)' },
   { key: 'redisPartitions', flag: 'redis-partitions', kind: 'integer', help: 'cluster mode: partitions of the channels, spread over the shards; the same on every node (default 16 with --redis-cluster, else 1)' },
@@ -76,13 +79,13 @@ const COMMAND_SETTINGS: Setting[] = [
 ];
 
 /** Every flag of `perihelion serve`, each also `PERIHELION_<FLAG>` in the environment. */
-export const SETTINGS: Setting[] = [...COMMAND_SETTINGS.slice(0, 2), ...optionSettings(), ...COMMAND_SETTINGS.slice(2)];
+export const SETTINGS: Setting[] = [...COMMAND_SETTINGS.slice(0, 4), ...optionSettings(), ...COMMAND_SETTINGS.slice(4)];
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Keys a configuration file may hold besides the server options. */
-const FILE_ONLY_KEYS = new Set(['port', 'host', 'demo', 'logLevel', 'redis', 'redisCluster', 'redisPartitions', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'workers']);
+const FILE_ONLY_KEYS = new Set(['port', 'host', 'tlsCert', 'tlsKey', 'demo', 'logLevel', 'redis', 'redisCluster', 'redisPartitions', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'workers']);
 
 /** Most workers `--workers` takes. */
 export const MAX_WORKERS = 256;
@@ -154,6 +157,8 @@ export interface Settings {
   redisNodeTimeout?: number;
   /** Processes serving the port as one server (default 1: this process only). */
   workers?: number;
+  /** HTTPS and WSS: where the certificate and key are (read at start and on SIGHUP), and the key's passphrase. */
+  tls?: TlsFiles;
 }
 
 /**
@@ -201,7 +206,7 @@ export function readConfigFile(path: string): Record<string, unknown> {
   if (config.host !== undefined && typeof config.host !== 'string') throw new SettingsError(`${path}: setting "host" must be a string`);
   if (config.demo !== undefined && typeof config.demo !== 'boolean') throw new SettingsError(`${path}: setting "demo" must be true or false`);
   if (config.redisCluster !== undefined && typeof config.redisCluster !== 'boolean') throw new SettingsError(`${path}: setting "redisCluster" must be true or false`);
-  for (const key of ['redis', 'redisPrefix']) {
+  for (const key of ['redis', 'redisPrefix', 'tlsCert', 'tlsKey']) {
     if (config[key] !== undefined && typeof config[key] !== 'string') throw new SettingsError(`${path}: setting "${key}" must be a string${key === 'redis' ? ' like "redis://127.0.0.1:6379"' : ''}`);
   }
   return config;
@@ -228,7 +233,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
     if (typeof fromFlag === 'string' || typeof fromFlag === 'boolean') sources[setting.key] = `--${setting.flag}`;
   }
-  const { port = 8080, host, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
+  const { port = 8080, host, tlsCert, tlsKey, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
   if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
   const options = server as ServerOptions;
@@ -283,6 +288,14 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   ] as const) {
     if (value !== undefined && (typeof value !== 'number' || !Number.isInteger(value))) throw new SettingsError(`setting "${key}" must be a whole number of ms`);
   }
+  let tls: TlsFiles | undefined;
+  if (tlsCert !== undefined || tlsKey !== undefined) {
+    if (typeof tlsCert !== 'string' || typeof tlsKey !== 'string') throw new SettingsError(`${tlsCert === undefined ? '--tls-key needs --tls-cert' : '--tls-cert needs --tls-key'}: HTTPS takes the certificate and its private key`);
+    const passphrase = env.PERIHELION_TLS_PASSPHRASE;
+    tls = { cert: tlsCert, key: tlsKey, ...(passphrase !== undefined && passphrase !== '' ? { passphrase } : {}) };
+    // Read and checked now, before any worker is forked (each reads them again as it starts).
+    readTls(tls);
+  }
   return {
     server: options,
     port,
@@ -296,6 +309,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     ...(typeof redisHeartbeatInterval === 'number' ? { redisHeartbeatInterval } : {}),
     ...(typeof redisNodeTimeout === 'number' ? { redisNodeTimeout } : {}),
     workers: parseWorkers(workers, 'workers (--workers, PERIHELION_WORKERS)'),
+    ...(tls ? { tls } : {}),
   };
 }
 

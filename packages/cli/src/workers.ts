@@ -147,6 +147,13 @@ export async function runWorkers(settings: Settings, log: (line: string) => void
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // Each worker serves TLS itself: each reads the renewed certificate (one still starting reads
+  // it as it starts, and would be ended by a SIGHUP before its handler is there).
+  if (settings.tls) {
+    process.on('SIGHUP', () => {
+      for (const [worker, entry] of workers) if (entry.ready) worker.process.kill('SIGHUP');
+    });
+  }
 
   const count = settings.workers ?? 1;
   log(`Perihelion: ${count} workers on one port (primary pid ${process.pid}); ${broker ? 'their store is in this process (no Redis)' : 'each a node of the Redis cluster'}`);

@@ -13,12 +13,13 @@ const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
 const SHOTS = `${ROOT}test-output/screenshots`;
 const DOCS_SHOTS = `${ROOT}docs/screenshots`;
 
-export async function launchChromium(): Promise<Browser> {
+/** `args`: more of Chromium's flags (a certificate to trust, say). */
+export async function launchChromium(args: string[] = []): Promise<Browser> {
   assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM_PATH`);
   return chromium.launch({
     executablePath: CHROMIUM,
     // Without the background-networking flags Chromium's own connections are refused by this closed network.
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', ...args],
   });
 }
 

@@ -17,7 +17,7 @@ export function listeningUrl(child: ChildProcessWithoutNullStreams): Promise<str
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => {
       output += String(chunk);
-      const match = /listening on (http:\/\/\S+)/.exec(output);
+      const match = /listening on (https?:\/\/\S+)/.exec(output);
       if (match) resolve(match[1]!);
     });
     child.once('exit', () => reject(new Error(`exited before listening: ${output}`)));

@@ -7,6 +7,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer, Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { channelProblem, isMeta, isService, type Message, type Position } from '@perihelion/protocol';
@@ -34,6 +35,7 @@ import type { JsonValue } from '@perihelion/state';
 import { StateChannel, type StateOptions, type StatePatchMessage } from './state/state-channel.js';
 import { StateChannels } from './state/state-service.js';
 import { HttpAdapter } from './http/adapter.js';
+import { secureContextOptions, type TlsOptions } from './http/tls.js';
 import type { ResolvedOptions, ServerOptions } from './options.js';
 
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -45,6 +47,8 @@ export interface ListenOptions {
   host?: string;
   /** Answers requests outside the mount path (a landing page, an app). Default: 404. */
   fallback?: RequestHandler;
+  /** Serve HTTPS and WSS with this certificate and key (default: plain HTTP and WS). */
+  tls?: TlsOptions;
 }
 
 /** The server's events; 'error' also reports failed call-outs and webhook requests. */
@@ -442,7 +446,7 @@ export class Perihelion {
   async listen(options: ListenOptions = {}): Promise<AddressInfo> {
     // A listener opened now would never be closed: close() has run.
     this.assertOpen();
-    const server = this.ownServer(options.fallback);
+    const server = this.ownServer(options.fallback, options.tls);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(options.port ?? 8080, options.host, () => {
@@ -461,8 +465,8 @@ export class Perihelion {
    * --workers` hands each to a worker): returns the function to give each socket to, which this
    * server then serves as one of its own (node:http's, as `listen` runs it). `close` waits for them.
    */
-  serveHandedConnections(options: Pick<ListenOptions, 'fallback'> = {}): (socket: Socket) => void {
-    const server = this.ownServer(options.fallback);
+  serveHandedConnections(options: Pick<ListenOptions, 'fallback' | 'tls'> = {}): (socket: Socket) => void {
+    const server = this.ownServer(options.fallback, options.tls);
     // node:http tracks its connections (headersTimeout, requestTimeout, closeIdleConnections)
     // from its 'listening' event on: a server that never listens must be told it started.
     server.emit('listening');
@@ -482,12 +486,20 @@ export class Perihelion {
     };
   }
 
-  /** The node:http server that `listen` and `serveHandedConnections` run, answering `fallback` outside the mount path. */
-  private ownServer(fallback: RequestHandler = (_req, res) => void res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${this.options.path}\n`)): Server {
-    // The timeouts below are checked every second (node:http's default, 30 s, let a 30 s limit run to 60).
-    const server = createHttpServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
+  /**
+   * The node:http (or, with `tls`, node:https) server that `listen` and `serveHandedConnections`
+   * run, answering `fallback` outside the mount path.
+   */
+  private ownServer(fallback: RequestHandler = (_req, res) => void res.writeHead(404, { 'Content-Type': 'text/plain; charset=utf-8' }).end(`Not found. The Bayeux endpoint is ${this.options.path}\n`), tls?: TlsOptions): Server {
+    const handler: RequestHandler = (req, res) => {
       if (!this.handleRequest(req, res)) fallback(req, res);
-    });
+    };
+    // The timeouts below are checked every second (node:http's default, 30 s, let a 30 s limit run
+    // to 60). A TLS handshake gets as long as a pause in a body (node:tls's default is 2 minutes,
+    // time enough for a connection that never finishes one to hold a descriptor).
+    const server: Server = tls
+      ? createHttpsServer({ ...secureContextOptions(tls), connectionsCheckingInterval: 1000, handshakeTimeout: this.options.bodyTimeout }, handler)
+      : createHttpServer({ connectionsCheckingInterval: 1000 }, handler);
     server.keepAliveTimeout = 5_000;
     // The whole request must arrive in this time: a backstop for the answers given without reading
     // the body (a 404, a 401 of the API, /health), whose senders could otherwise drip it for ever
@@ -501,6 +513,17 @@ export class Perihelion {
     });
     this.owned = server;
     return server;
+  }
+
+  /**
+   * Replaces the certificate and key of the server's own HTTPS listener (`listen({ tls })`), as a
+   * renewed certificate needs: connections made from now on use them, those open keep theirs.
+   * Throws ERR_INVALID_OPTION, keeping the ones in use, when they cannot serve.
+   */
+  reloadTls(tls: TlsOptions): void {
+    const server = this.owned;
+    if (!(server instanceof HttpsServer)) throw new PerihelionError('ERR_INVALID_ARGUMENT', 'reloadTls: this server does not serve TLS itself (listen({ tls }))');
+    server.setSecureContext(secureContextOptions(tls));
   }
 
   /** The address of the server started by `listen`, if any. */

@@ -1,0 +1,169 @@
+/**
+ * `perihelion serve --tls-cert --tls-key`, as users run it: HTTPS and WSS for CometD, Faye and the
+ * Perihelion client in their plain setup (in a process that trusts the test's certificate, as a
+ * machine trusts its authority), in one process and under `--workers 2`; a renewed certificate
+ * taken on SIGHUP without a restart; the demo page over HTTPS in Chromium; settings that cannot
+ * serve refused at once with the reason.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createHash, X509Certificate } from 'node:crypto';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as connectTls } from 'node:tls';
+import { fileURLToPath } from 'node:url';
+import { launchChromium } from './browser-kit.js';
+import { BIN, listeningUrl, start } from './serve-process.js';
+import { serve } from '../src/index.js';
+
+const CLIENTS = fileURLToPath(new URL('./tls-clients.js', import.meta.url));
+
+let dir: string;
+/** A self-signed certificate for localhost and 127.0.0.1, valid for 30 days: its files. */
+function certificate(name: string): { cert: string; key: string } {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '30', '-subj', `/CN=${name}`, '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' });
+  return { cert, key };
+}
+
+let first: { cert: string; key: string };
+let second: { cert: string; key: string };
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), 'perihelion-cli-tls-'));
+  first = certificate('first');
+  second = certificate('second');
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** The common name of the certificate a new TLS connection to `port` is served (trusting either). */
+async function servedName(port: number): Promise<string> {
+  const socket = connectTls({ host: '127.0.0.1', port, servername: 'localhost', rejectUnauthorized: false });
+  await once(socket, 'secureConnect');
+  const name = String(socket.getPeerCertificate().subject.CN);
+  socket.destroy();
+  return name;
+}
+
+async function waitFor(what: () => string, predicate: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what()}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function stop(child: ReturnType<typeof start>): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  await once(child, 'exit');
+}
+
+/** `perihelion` with `args` to its end: exit code and what it wrote. */
+async function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, PORT: '', HOST: '' } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += String(chunk)));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += String(chunk)));
+  const [code] = (await once(child, 'exit')) as [number | null];
+  return { code, stdout, stderr };
+}
+
+describe('perihelion serve over TLS', () => {
+  for (const workers of [[], ['--workers', '2']]) {
+    const how = workers.length > 0 ? 'under --workers 2' : 'in one process';
+    it(`serves HTTPS and WSS to CometD, Faye and the Perihelion client in their plain setup, over long-polling and WebSocket (${how})`, { timeout: 60_000 }, async () => {
+      const child = start(['--open', '--tls-cert', first.cert, '--tls-key', first.key, ...workers]);
+      child.stderr.resume();
+      try {
+        const base = await listeningUrl(child);
+        assert.match(base, /^https:\/\//);
+        const clients = spawn(process.execPath, [CLIENTS, `${base}/bayeux`, '/tls/plain'], { env: { ...process.env, NODE_EXTRA_CA_CERTS: first.cert } });
+        let output = '';
+        let errors = '';
+        clients.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
+        clients.stderr.on('data', (chunk: Buffer) => (errors += String(chunk)));
+        const [code] = (await once(clients, 'exit')) as [number | null];
+        assert.equal(code, 0, errors);
+        const received = JSON.parse(output) as Record<string, unknown[]>;
+        assert.deepEqual(Object.keys(received).sort(), ['CometD long-polling', 'CometD websocket', 'Faye long-polling', 'Faye websocket', 'Perihelion long-polling', 'Perihelion websocket']);
+        for (const [name, data] of Object.entries(received)) assert.deepEqual(data, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], `${name}: every message once, in order`);
+      } finally {
+        await stop(child);
+      }
+    });
+
+    it(`takes a renewed certificate on SIGHUP, without a restart; one that cannot serve is refused and the one in use stays (${how})`, { timeout: 60_000 }, async () => {
+      const cert = join(dir, `live${workers.length}.crt`);
+      const key = join(dir, `live${workers.length}.key`);
+      copyFileSync(first.cert, cert);
+      copyFileSync(first.key, key);
+      const child = start(['--tls-cert', cert, '--tls-key', key, ...workers]);
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += String(chunk)));
+      child.stderr.on('data', (chunk: Buffer) => (stderr += String(chunk)));
+      try {
+        const port = Number(new URL(await listeningUrl(child)).port);
+        if (workers.length > 0) await waitFor(() => `both workers ready (${stdout})`, () => (stdout.match(/takes connections/g) ?? []).length === 2);
+        assert.equal(await servedName(port), 'first');
+        copyFileSync(second.cert, cert);
+        copyFileSync(second.key, key);
+        child.kill('SIGHUP');
+        // Every connection from now on, whichever worker takes it.
+        await waitFor(() => `the renewed certificate (${stdout} ${stderr})`, async () => (await Promise.all(Array.from({ length: 6 }, () => servedName(port)))).every((name) => name === 'second'));
+        assert.match(stdout, /TLS: reloaded, certificate for DNS:localhost/);
+        copyFileSync(first.key, key);
+        child.kill('SIGHUP');
+        await waitFor(() => `the refusal (${stderr})`, () => /TLS not reloaded, the certificate in use stays: .*the key is not the certificate's/.test(stderr));
+        for (let n = 0; n < 6; n++) assert.equal(await servedName(port), 'second');
+        assert.equal(child.exitCode, null, 'still serving');
+      } finally {
+        await stop(child);
+      }
+    });
+  }
+
+  it('serves the demo page over HTTPS, whose client connects over WSS (Chromium)', { timeout: 60_000 }, async () => {
+    const running = await serve({ server: { pingInterval: 0 }, port: 0, host: '127.0.0.1', demo: true, tls: first }, () => {});
+    // The browser trusts the test's certificate (by its public key), in the page and in the
+    // SharedWorker that holds the connection alike, as it would one of an authority it trusts.
+    const spki = createHash('sha256').update(new X509Certificate(readFileSync(first.cert)).publicKey.export({ type: 'spki', format: 'der' })).digest('base64');
+    const browser = await launchChromium([`--ignore-certificate-errors-spki-list=${spki}`]);
+    try {
+      assert.match(running.url, /^https:\/\//);
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      await page.goto(`${running.url}/`);
+      await page.waitForSelector('#conn-state:text-is("connected")', { timeout: 10_000 });
+      assert.match((await page.textContent('#transport')) ?? '', /websocket/);
+      await page.waitForFunction(() => /PERI \d+\.\d\d/.test(document.getElementById('live-quote')?.textContent ?? ''), undefined, { timeout: 5000 });
+    } finally {
+      await browser.close();
+      await running.stop();
+    }
+  });
+
+  it('refuses TLS settings that cannot serve, at once, with the reason (exit code 2)', { timeout: 30_000 }, async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['--tls-cert', first.cert], /--tls-cert needs --tls-key/],
+      [['--tls-key', first.key], /--tls-key needs --tls-cert/],
+      [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', first.key], /--tls-cert: cannot read ".*missing\.crt" \(ENOENT\)/],
+      [['--tls-cert', first.cert, '--tls-key', second.key], /--tls-cert .*first\.crt with --tls-key .*second\.key: the certificate and key cannot serve: the key is not the certificate's/],
+      [['--tls-cert', first.key, '--tls-key', first.key], /not PEM of a certificate and its private key/],
+    ];
+    for (const [args, expected] of cases) {
+      const { code, stderr } = await run(['serve', '--port', '0', '--no-demo', ...args]);
+      assert.equal(code, 2, `${args.join(' ')}: ${stderr}`);
+      assert.match(stderr, expected);
+    }
+    // Under --workers, the primary says it once, before forking.
+    const { code, stderr } = await run(['serve', '--port', '0', '--no-demo', '--workers', '2', '--tls-cert', first.cert, '--tls-key', second.key]);
+    assert.equal(code, 2);
+    assert.equal(stderr.match(/the key is not the certificate's/g)?.length, 1, stderr);
+  });
+});

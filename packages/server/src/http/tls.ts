@@ -1,0 +1,62 @@
+/**
+ * HTTPS and WSS on the server's own listener (`listen({ tls })`): browsers on an https:// page may
+ * open only wss:// and https:// lines, so a server without a proxy in front must speak TLS itself.
+ * The certificate and key are checked before anything listens, and can be replaced while the
+ * server runs (`reloadTls`), as certificates renewed every few weeks need: connections made after
+ * that use the new ones, those open keep theirs.
+ */
+import { createSecureContext, type SecureContextOptions } from 'node:tls';
+import { PerihelionError } from '../errors.js';
+
+/** The certificate and private key the server's own listener serves HTTPS and WSS with. */
+export interface TlsOptions {
+  /** The certificate chain, PEM: the server's certificate first, then the intermediates. */
+  cert: string | Buffer;
+  /** Its private key, PEM. */
+  key: string | Buffer;
+  /** The key's passphrase, when it is encrypted. */
+  passphrase?: string;
+}
+
+/**
+ * The options of a secure context made of `tls`, once a context could be made of them: a
+ * certificate or key that is not PEM, a key that does not fit the certificate, a wrong passphrase
+ * are ERR_INVALID_OPTION, saying which.
+ */
+export function secureContextOptions(tls: TlsOptions): SecureContextOptions {
+  if (typeof tls !== 'object' || tls === null) throw invalid('must be an object with cert and key (PEM)');
+  for (const part of ['cert', 'key'] as const) {
+    const value: unknown = tls[part];
+    if (!(typeof value === 'string' || Buffer.isBuffer(value)) || value.length === 0) throw invalid(`${part} must be PEM text (a string or a Buffer), got ${describe(value)}`);
+  }
+  if (tls.passphrase !== undefined && typeof tls.passphrase !== 'string') throw invalid(`passphrase must be a string, got ${describe(tls.passphrase)}`);
+  const options: SecureContextOptions = { cert: tls.cert, key: tls.key, ...(tls.passphrase !== undefined ? { passphrase: tls.passphrase } : {}) };
+  try {
+    createSecureContext(options);
+  } catch (error) {
+    throw invalid(`the certificate and key cannot serve: ${explain(error)}`);
+  }
+  return options;
+}
+
+/** What OpenSSL's message means to someone who gave a certificate and a key. */
+function explain(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  if (/key values mismatch/i.test(message)) return `the key is not the certificate's (${message})`;
+  if (/bad decrypt|bad password|interrupted or cancelled/i.test(message)) return `the key is encrypted and the passphrase is missing or wrong (${message})`;
+  if (/no start line|bad base64|wrong tag|header too long/i.test(message)) return `not PEM of a certificate and its private key (${message})`;
+  return message;
+}
+
+function describe(value: unknown): string {
+  return value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
+}
+
+function invalid(detail: string): PerihelionError {
+  return new PerihelionError('ERR_INVALID_OPTION', `option "tls": ${detail}`);
+}
+
+/** Throws ERR_INVALID_OPTION, saying why, when `tls` cannot serve (see secureContextOptions). */
+export function checkTlsOptions(tls: TlsOptions): void {
+  secureContextOptions(tls);
+}
