@@ -408,6 +408,44 @@ describe('client in Chromium', () => {
     }
   });
 
+  it('callback-polling keeps each URL within 8 000 characters: a batch past it goes in several requests, and a message that cannot fit is refused (413) while the line goes on', async () => {
+    const { server, origin } = await serve({ jsonp: true, transports: ['websocket', 'long-polling', 'callback-polling'] });
+    const context = await browser.newContext();
+    try {
+      const page = await open(context, origin);
+      const urls: number[] = [];
+      page.on('request', (request) => void (request.url().includes('jsonp=') && urls.push(request.url().length)));
+      assert.equal(await page.evaluate(() => (window as unknown as Window).start({ transports: ['callback-polling'], shared: false })), 'callback-polling');
+      const heard: unknown[] = [];
+      server.subscribe('/page/up', (message) => void heard.push(message.data));
+      // 30 messages of 600 characters in one turn (about 20 000 characters of URL in all), and one
+      // that no URL a proxy takes could carry: before, its request failed (HTTP 431, no script),
+      // the line was taken for lost and the message sent again, for ever.
+      const outcome = await page.evaluate(async () => {
+        const { client } = window as unknown as Window;
+        const many = Array.from({ length: 30 }, (_, i) => client.publish('/page/up', `${i} ${'x'.repeat(600)}`));
+        const big = client.publish('/page/up', 'y'.repeat(9000)).then(
+          () => 'published',
+          (error: Error & { bayeuxCode?: number }) => `${error.bayeuxCode} ${error.message}`,
+        );
+        await Promise.all(many);
+        return big;
+      });
+      assert.equal(outcome, '413 /page/up: too large for callback-polling');
+      await waitFor(() => heard.length === 30, 5000, () => `the 30 messages (have ${heard.length})`);
+      assert.deepEqual(heard.map((data) => Number.parseInt(String(data), 10)), Array.from({ length: 30 }, (_, i) => i));
+      assert.ok(urls.length >= 4, `in several requests (${urls.length})`);
+      assert.ok(Math.max(...urls) <= 8000, `URLs of at most 8 000 characters: ${urls.join(', ')}`);
+      await page.evaluate(() => (window as unknown as Window).client.publish('/page/up', 'after'));
+      await waitFor(() => heard.includes('after'), 3000, 'a publish after the refusal');
+      assert.equal(await page.evaluate(() => (window as unknown as Window).client.state), 'connected');
+      assert.equal(server.stats().sessions, 1, 'one session throughout');
+    } finally {
+      await context.close();
+      await server.close();
+    }
+  });
+
   it('a page on another origin, without CORS or WebSocket allowed, falls back to callback-polling by itself', async () => {
     // The server allows no other origin: its WebSocket upgrade answers 403 and POSTs fail CORS.
     const { server, origin } = await serve({ jsonp: true, transports: ['websocket', 'long-polling', 'callback-polling'] });

@@ -23,10 +23,12 @@ const srcDir = join(dirname(minified), 'src');
  * from 14.25 KiB when a wildcard's resync came to hold the messages a long-poll brings ahead of it
  * (they were taken for their channel's start, and the replay before them lost), and from 14.5 KiB
  * when a client restarted came to resume from the positions its predecessor saved
- * (`subscribe(…, { since })`, recovery across processes): each is the connection and its
- * recovery, not a feature beside them. A feature that needs more belongs in a module of its own.
+ * (`subscribe(…, { since })`, recovery across processes), and from 14.75 KiB when callback-polling
+ * came to keep its URLs within what proxies and servers take (a message past it was sent again
+ * for ever): each is the connection and its recovery, not a feature beside them. A feature that
+ * needs more belongs in a module of its own.
  */
-const GZIP_LIMIT = 14.75 * 1024;
+const GZIP_LIMIT = 14.875 * 1024;
 
 describe('browser bundle', () => {
   it(`stays under ${GZIP_LIMIT} bytes minified and gzipped`, () => {

@@ -27,11 +27,17 @@ export class LongPolling implements Transport {
       this.waiting.push(...messages);
       return;
     }
-    this.busy = true;
     // Past the server's limits, the first request that fits now and the rest after it.
-    const [first, ...rest] = framesOf(messages, this.context.limits());
+    const [first, ...rest] = this.frames(messages);
+    if (first === undefined) return;
+    this.busy = true;
     this.pendingBodies.push(...rest);
-    void this.post(first!).finally(() => this.next());
+    void this.post(first).finally(() => this.next());
+  }
+
+  /** The bodies of the fewest requests (in order) that carry `messages` within the server's limits. */
+  protected frames(messages: Message[]): string[] {
+    return framesOf(messages, this.context.limits());
   }
 
   private next(): void {
