@@ -57,26 +57,31 @@ export function unsendable(message: Message, limits: FrameLimits): [code: number
   return depth > limits.maxDepth ? [400, `nested ${depth} deep, more than the server takes (${limits.maxDepth})`] : null;
 }
 
-/** `messages` as the texts of the fewest frames (in order) that stay within `limits`. */
-export function framesOf(messages: readonly Message[], limits: FrameLimits): string[] {
+/**
+ * `messages` as the texts of the fewest frames (in order) that stay within `limits`: at most
+ * `max` of what `size` counts (by default the UTF-8 bytes of a body; callback-polling counts the
+ * characters of its URL).
+ */
+export function framesOf(messages: readonly Message[], limits: FrameLimits, max = limits.maxRequestBytes, size = bytesOf): string[] {
   // What JSON.stringify(messages) makes, from the texts already made.
   const texts = messages.map(textOf);
   const whole = `[${texts.join(',')}]`;
-  // The usual case: one frame, measured without encoding it (three bytes per unit at most).
-  if (messages.length <= limits.maxBatch && (whole.length * 3 <= limits.maxRequestBytes || bytesOf(whole) <= limits.maxRequestBytes)) return [whole];
+  // The usual case: one frame, in bytes measured without encoding it when that decides (three per unit at most).
+  if (messages.length <= limits.maxBatch && ((size === bytesOf && whole.length * 3 <= max) || size(whole) <= max)) return [whole];
   const frames: string[] = [];
   let parts: string[] = [];
   // The opening bracket, then each message with the comma or bracket after it.
-  let bytes = 1;
+  const comma = size(',');
+  let length = comma;
   for (const part of texts) {
-    const size = bytesOf(part) + 1;
-    if (parts.length > 0 && (parts.length >= limits.maxBatch || bytes + size > limits.maxRequestBytes)) {
+    const more = size(part) + comma;
+    if (parts.length > 0 && (parts.length >= limits.maxBatch || length + more > max)) {
       frames.push(`[${parts}]`);
       parts = [];
-      bytes = 1;
+      length = comma;
     }
     parts.push(part);
-    bytes += size;
+    length += more;
   }
   if (parts.length > 0) frames.push(`[${parts}]`);
   return frames;

@@ -5,6 +5,7 @@
  * Only in a document (it needs script tags). One request at a time besides the held connect.
  */
 import type { Message } from '@perihelion/protocol';
+import { framesOf } from '../limits.js';
 import { LongPolling } from './long-polling.js';
 
 let counter = 0;
@@ -16,6 +17,9 @@ let counter = 0;
  */
 const MAX_URL = 8000;
 
+/** Characters of `text` in a URL. */
+const urlLength = (text: string): number => encodeURIComponent(text).length;
+
 export class CallbackPolling extends LongPolling {
   override readonly type = 'callback-polling' as const;
   private readonly scripts = new Set<HTMLScriptElement>();
@@ -25,30 +29,16 @@ export class CallbackPolling extends LongPolling {
    * fit even alone is answered here as the server refuses a message too large (413).
    */
   protected override frames(messages: Message[]): string[] {
-    // The URL's start (a callback name of the longest kind), then `[`, `]` and the commas, 3 each once encoded.
+    // Past the URL's start, with a callback name of the longest kind.
     const room = MAX_URL - this.context.url.length - 50;
-    const frames: string[] = [];
-    let parts: string[] = [];
-    let length = 3;
-    for (const message of messages) {
-      const text = JSON.stringify(message);
-      const size = encodeURIComponent(text).length + 3;
-      if (size + 3 > room) {
-        const refusal: Message = { channel: message.channel, successful: false, error: `413:${message.channel}:too large for callback-polling` };
-        if (message.id !== undefined) refusal.id = message.id;
-        queueMicrotask(() => this.context.host.receive([refusal]));
-      } else {
-        if (parts.length > 0 && (length + size > room || parts.length >= this.context.limits().maxBatch)) {
-          frames.push(`[${parts}]`);
-          parts = [];
-          length = 3;
-        }
-        parts.push(text);
-        length += size;
-      }
-    }
-    if (parts.length > 0) frames.push(`[${parts}]`);
-    return frames;
+    const fits = messages.filter((message) => {
+      if (urlLength(`[${JSON.stringify(message)}]`) <= room) return true;
+      const refusal: Message = { channel: message.channel, successful: false, error: `413:${message.channel}:too large for callback-polling` };
+      if (message.id !== undefined) refusal.id = message.id;
+      queueMicrotask(() => this.context.host.receive([refusal]));
+      return false;
+    });
+    return fits.length > 0 ? framesOf(fits, this.context.limits(), room, urlLength) : [];
   }
 
   protected override post(body: string): Promise<void> {
