@@ -63,8 +63,8 @@ async function stop(child: ReturnType<typeof start>): Promise<void> {
 }
 
 /** `perihelion` with `args` to its end: exit code and what it wrote. */
-async function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, PORT: '', HOST: '' } });
+async function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, PORT: '', HOST: '', ...env } });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += String(chunk)));
@@ -145,6 +145,34 @@ describe('perihelion serve over TLS', () => {
     } finally {
       await browser.close();
       await running.stop();
+    }
+  });
+
+  it('perihelion subscribe and publish reach it from a machine that trusts its certificate (NODE_EXTRA_CA_CERTS), and say how when it does not', { timeout: 60_000 }, async () => {
+    const key = 'a-key-of-more-than-sixteen-characters';
+    const child = start(['--tls-cert', first.cert, '--tls-key', first.key], { PERIHELION_API_KEY: key });
+    child.stderr.resume();
+    try {
+      const url = await listeningUrl(child);
+      for (const { code, stderr } of [await run(['subscribe', '/tls/cli', '--url', url, '--count', '1']), await run(['publish', '/tls/cli', '1', '--url', url], { PERIHELION_API_KEY: key })]) {
+        assert.equal(code, 1, stderr);
+        assert.match(stderr, /certificate is not trusted here \(self-signed certificate\); if an authority of your own signed it, trust that authority with NODE_EXTRA_CA_CERTS=<its PEM file>/);
+      }
+      const trusted = { NODE_EXTRA_CA_CERTS: first.cert };
+      const subscriber = spawn(process.execPath, [BIN, 'subscribe', '/tls/cli', '--url', url, '--count', '1'], { env: { ...process.env, ...trusted } });
+      let printed = '';
+      subscriber.stdout.on('data', (chunk: Buffer) => (printed += String(chunk)));
+      // Published until the subscriber, once subscribed, has printed one and exited.
+      for (let n = 1; subscriber.exitCode === null && n <= 50; n++) {
+        const published = await run(['publish', '/tls/cli', String(n), '--url', url], { ...trusted, PERIHELION_API_KEY: key });
+        assert.equal(published.code, 0, published.stderr);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      await waitFor(() => `the subscriber's exit (${printed})`, () => subscriber.exitCode !== null);
+      assert.equal(subscriber.exitCode, 0);
+      assert.match(printed, /^\{"channel":"\/tls\/cli","data":\d+\}\n$/);
+    } finally {
+      await stop(child);
     }
   });
 

@@ -54,6 +54,9 @@ function errorCode(error: unknown): string | undefined {
   return Array.isArray(errors) ? errorCode(errors[0]) : undefined;
 }
 
+/** OpenSSL's codes for a certificate no authority this machine trusts vouches for. */
+const UNTRUSTED_CERTIFICATE = new Set(['DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY']);
+
 /** Why `url` could not be reached, in words a user can act on. */
 export function networkProblem(error: unknown, url: string): string {
   // fetch reports "fetch failed" with the reason as its cause.
@@ -64,6 +67,11 @@ export function networkProblem(error: unknown, url: string): string {
     return `the server is not reachable at ${url} (connection refused): is it running? Give its address with --url or PERIHELION_URL`;
   }
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return `cannot find the host of ${url} (${code})`;
+  if (code !== undefined && UNTRUSTED_CERTIFICATE.has(code)) {
+    return `cannot reach ${url}: its certificate is not trusted here (${message}); if an authority of your own signed it, trust that authority with NODE_EXTRA_CA_CERTS=<its PEM file>`;
+  }
+  if (code === 'CERT_HAS_EXPIRED') return `cannot reach ${url}: its certificate has expired`;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return `cannot reach ${url}: its certificate is for other host names (${message})`;
   if (reason instanceof Error && reason.name === 'TimeoutError') return `no answer from ${url} in time`;
   // fetch never connects to the ports browsers block (1, 25, 6000, …).
   if (message === 'bad port') return `${url} uses a port that HTTP clients refuse to connect to; run the server on another port`;
