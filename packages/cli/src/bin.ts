@@ -109,6 +109,14 @@ command.action(async (parsed: Record<string, unknown>) => {
       console.error(`perihelion: the port is already in use (${(error as Error).message}); choose another with --port or PORT`);
       process.exit(1);
     }
+    if ((error as NodeJS.ErrnoException).code === 'EACCES') {
+      // Ports below 1024 (443 for HTTPS) need a privilege a user's process does not have.
+      console.error(
+        `perihelion: not allowed to listen there (${(error as Error).message}): a port below 1024 needs privileges; ` +
+          'choose a port of 1024 or more (behind a proxy or a port forward), or let Node take low ports: sudo setcap cap_net_bind_service=+ep "$(command -v node)"',
+      );
+      process.exit(1);
+    }
     throw error;
   }
 });

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -227,6 +227,26 @@ describe('perihelion serve', () => {
     const workers = await refusal(start(['--port', '0', '--no-demo', '--workers', '2'], { HOST: '10.255.255.1' }));
     assert.equal(workers.code, 2, workers.stderr);
     assert.match(workers.stderr, /^perihelion: --host 10\.255\.255\.1: this machine has no such address/);
+  });
+
+  it('says how to listen on a port below 1024 it may not take (443 for HTTPS), in one line, with exit 1', async (t) => {
+    // Containers often let every user take low ports (net.ipv4.ip_unprivileged_port_start = 0).
+    const lowest = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8'));
+    if (lowest <= 443) return t.skip(`any user may listen on 443 here (ip_unprivileged_port_start ${lowest})`);
+    // As a user's process: here, where tests run as root, as the user nobody.
+    const asUser = (args: string[]): ChildProcessWithoutNullStreams => {
+      const command = process.getuid?.() === 0 ? ['runuser', ['-u', 'nobody', '--', process.execPath, BIN, 'serve', ...args]] as const : [process.execPath, [BIN, 'serve', ...args]] as const;
+      const child = spawn(command[0], [...command[1]], { env: { ...process.env, PORT: '', HOST: '' }, cwd: tmpdir() });
+      children.add(child);
+      child.once('exit', () => children.delete(child));
+      return child;
+    };
+    for (const args of [['--port', '443', '--no-demo'], ['--port', '443', '--no-demo', '--workers', '2']]) {
+      const refused = await refusal(asUser(args));
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.match(refused.stderr, /^perihelion: not allowed to listen there \(listen EACCES: permission denied .*:443\): a port below 1024 needs privileges; choose a port of 1024 or more .*cap_net_bind_service/);
+      assert.equal(refused.stderr.trim().split('\n').length, 1, `one line, no stack trace: ${refused.stderr}`);
+    }
   });
 
   it('warns at start-up in open mode and states the security settings otherwise', async () => {
