@@ -1,3 +1,6 @@
+// The types speak of the browser's objects (a document, its locks, EventSource): a Node project,
+// compiled without the DOM library, is given it with them.
+/// <reference lib="dom" preserve="true" />
 /**
  * @perihelion/client: a Bayeux client for browsers and Node.
  *
