@@ -70,7 +70,7 @@ describe('Redis killed and restarted empty under live nodes', () => {
     const told = { a: [] as string[], b: [] as string[] };
     for (const name of ['a', 'b'] as const) {
       const t = await startServer({ engine: new RedisEngine({ url, prefix: 'restart:', heartbeatInterval: 500, nodeTimeout: 2000, commandTimeout: 1000 }) });
-      t.server.on('error', () => (errors[name]++, told[name].push('error')));
+      t.server.on('error', (error) => (errors[name]++, told[name].push(`error: ${error instanceof Error ? error.message : String(error)}`)));
       t.server.on('restored', (message) => told[name].push(`restored: ${message}`));
       nodes.push(t);
     }
@@ -141,12 +141,17 @@ describe('Redis killed and restarted empty under live nodes', () => {
       console.log(`# node ${reader.node} client: ${seqs.length}/240 received; during the outage ${during}/60 (its own node's 30, ${failed.size} failed as Redis died); in the first second after the restart ${rejoining}/50`);
     }
     assert.ok(errors.a > 0 && errors.b > 0, 'each node reported the outage');
-    // And told once that Redis answers again, after its last error: an operator reading the log
-    // sees the outage end.
+    // And told that Redis answers again, after its last error: an operator reading the log sees
+    // the outage end. Once, but for one case: a publish made in the moment after the restart,
+    // before the node's bus subscription was renewed, does not come back through Redis and is
+    // said so (its own sessions may miss it: the first second is allowed above), then the end of
+    // that is said too.
     for (const name of ['a', 'b'] as const) {
       const restored = told[name].filter((event) => event.startsWith('restored'));
-      assert.equal(restored.length, 1, `node ${name} told: ${told[name].join(' | ')}`);
-      assert.equal(told[name].at(-1), restored[0], `node ${name} reported an error after saying Redis was back`);
+      const after = told[name].slice(told[name].indexOf(restored[0]!) + 1).filter((event) => event.startsWith('error'));
+      assert.ok(restored.length >= 1, `node ${name} told: ${told[name].join(' | ')}`);
+      assert.ok(after.every((event) => /did not come back through Redis/.test(event)), `node ${name} told: ${told[name].join(' | ')}`);
+      assert.ok(told[name].at(-1)!.startsWith('restored'), `node ${name} reported an error after saying Redis was back: ${told[name].join(' | ')}`);
       assert.match(restored[0]!, /^restored: Redis at redis:\/\/127\.0\.0\.1:\d+ answers again, \d+\.\d s after the first failure/);
     }
   });
