@@ -31,6 +31,8 @@ export class FaultProxy {
   readonly counts: Record<Fault, number> = { delay: 0, truncate: 0, reset: 0, blackhole: 0 };
   /** Connections accepted so far. */
   opened = 0;
+  /** How long to hold a chunk on its way to the upstream server, ms (0: not held); later chunks of its link wait behind it. */
+  holdUpstream: ((chunk: Buffer) => number) | null = null;
   private readonly links = new Set<Link>();
   private readonly blackholed = new Set<Socket>();
   /** Truncations waiting for their chunk to cut. */
@@ -66,15 +68,15 @@ export class FaultProxy {
     const upstream = connect(targetPort, '127.0.0.1');
     const link: Link = { client, upstream, delayMs: 0, dead: false };
     this.links.add(link);
-    const forward = (from: Socket, to: Socket): void => {
+    const forward = (from: Socket, to: Socket, hold: (chunk: Buffer) => number): void => {
       const direction: Direction = { tail: Promise.resolve(), waiting: 0 };
       from.on('data', (chunk: Buffer) => {
         if (link.dead) return;
-        if (link.delayMs === 0 && direction.waiting === 0) {
+        const ms = link.delayMs || hold(chunk);
+        if (ms === 0 && direction.waiting === 0) {
           to.write(chunk);
           return;
         }
-        const ms = link.delayMs;
         direction.waiting++;
         this.delayedChunks++;
         direction.tail = direction.tail
@@ -86,8 +88,8 @@ export class FaultProxy {
           });
       });
     };
-    forward(client, upstream);
-    forward(upstream, client);
+    forward(client, upstream, (chunk) => this.holdUpstream?.(chunk) ?? 0);
+    forward(upstream, client, () => 0);
     const done = (): void => {
       if (!this.links.delete(link)) return;
       link.dead = true;

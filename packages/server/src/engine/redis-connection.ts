@@ -51,6 +51,13 @@ export class RedisConnection {
   private readonly degradedReports = new ReportThrottle(REPORT_EVERY_MS);
   /** When the first failure reported since Redis last answered a heartbeat happened; null: none. */
   private troubleSince: number | null = null;
+  /** A heartbeat went through since `troubleSince`: 'restored' is said once this node hears the bus too. */
+  private answering = false;
+  /**
+   * The bus subscription is in place: false from the subscriber connection's loss until Redis has
+   * answered the SUBSCRIBE that ioredis sends again as it reconnects (its 'ready' comes before that).
+   */
+  private subscribed = false;
 
   constructor(
     private readonly options: Required<RedisEngineOptions>,
@@ -86,6 +93,7 @@ export class RedisConnection {
         sub.on('message', (channel: string, text: string) => this.host.onMessage(channel, text));
         await sub.subscribe(...channels);
       }
+      this.subscribed = true;
       await init();
     } catch (error) {
       cmd.disconnect();
@@ -103,6 +111,22 @@ export class RedisConnection {
       this.outage = false;
       this.host.onReconnect();
     });
+    // A Cluster client keeps its shards' subscriptions itself; its status is all there is to read.
+    if (this.options.cluster) return;
+    sub.on('close', () => (this.subscribed = false));
+    sub.on('ready', () => {
+      if (!this.started || this.closing) return;
+      // ioredis wrote the SUBSCRIBE again before emitting 'ready': the PING's answer follows its
+      // answer, so from then on whatever is published comes back to this node.
+      sub.ping().then(
+        () => {
+          if (sub.status !== 'ready') return;
+          this.subscribed = true;
+          this.sayRestored();
+        },
+        () => {}, // lost again: the next 'ready' tries again
+      );
+    });
   }
 
   /**
@@ -116,7 +140,10 @@ export class RedisConnection {
       lazyConnect: true,
       connectionName: `${this.name}:${role}`,
       connectTimeout: this.options.connectTimeout,
-      commandTimeout: this.options.commandTimeout,
+      // Not on the subscriber of one Redis: the SUBSCRIBE that ioredis sends again as it
+      // reconnects is not awaited by anyone, so its timeout would be an unhandled rejection; a slow
+      // answer to it only keeps `hearing` false a while longer.
+      ...(role === 'sub' && !this.options.cluster ? {} : { commandTimeout: this.options.commandTimeout }),
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
@@ -224,9 +251,9 @@ export class RedisConnection {
     return this.cmd?.status === 'ready' ? this.cmd : null;
   }
 
-  /** Whether this node hears the bus now. */
+  /** Whether this node hears the bus now: connected, and subscribed again after a loss. */
   get hearing(): boolean {
-    return this.sub?.status === 'ready';
+    return this.sub?.status === 'ready' && (this.options.cluster || this.subscribed);
   }
 
   /**
@@ -311,6 +338,7 @@ export class RedisConnection {
   /** A failure to reach Redis was reported (ERR_ENGINE_UNAVAILABLE): `healthy` will say when it answers again. */
   troubled(since = Date.now()): void {
     this.troubleSince ??= since;
+    this.answering = false;
   }
 
   /**
@@ -324,17 +352,28 @@ export class RedisConnection {
   }
 
   /**
-   * A heartbeat went through, this node's sessions recorded: after reported failures, the
-   * operator is told that Redis answers again (once, however many failures there were).
-   * Whatever the connection's state: a heartbeat that went through is Redis answering.
+   * A heartbeat went through, this node's sessions recorded. Whatever the connection's state: a
+   * heartbeat that went through is Redis answering.
    */
   healthy(): void {
     if (this.troubleSince === null || this.closing) return;
-    const seconds = (Date.now() - this.troubleSince) / 1000;
-    this.troubleSince = null;
     // A Redis that hung (stopped, not gone) never drops the connection, so no reconnect ends
     // the outage: this does, and the next failure is reported again.
     this.outage = false;
+    this.answering = true;
+    this.sayRestored();
+  }
+
+  /**
+   * After reported failures, the operator is told that Redis answers again (once, however many
+   * failures there were), when it does and this node hears the bus again: only then is what is
+   * published anywhere delivered here too.
+   */
+  private sayRestored(): void {
+    if (this.troubleSince === null || !this.answering || !this.hearing || this.closing) return;
+    const seconds = (Date.now() - this.troubleSince) / 1000;
+    this.troubleSince = null;
+    this.answering = false;
     this.host.restored(`Redis at ${describeUrl(this.options.url)} answers again, ${seconds.toFixed(1)} s after the first failure; this node's sessions are recorded there`);
   }
 }

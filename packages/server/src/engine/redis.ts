@@ -75,6 +75,9 @@ interface PendingPublish {
   resolve: () => void;
 }
 
+/** A publish of this node's already delivered to its own sessions: its echo on the bus is dropped. */
+const DELIVERED_HERE: PendingPublish = { publication: null as never, resolve: () => {} };
+
 export class RedisEngine implements Engine {
   readonly name = 'redis';
   /** This process's id in the cluster. */
@@ -399,9 +402,12 @@ export class RedisEngine implements Engine {
       throw unavailable(`publish on ${channel} failed`, error);
     }
     if (this.pending.has(tag) && !this.connection.hearing) {
-      // Published, but this node cannot hear the cluster channel now: its own sessions get it at once.
+      // Published, but this node cannot hear the bus now: its own sessions get it at once. Its
+      // echo may still come (the subscription renewed as the publish went): it is dropped then.
       const payload = position && around ? `${around[0]}${JSON.stringify(position)}${around[1]}` : publication.payload;
       this.onBroadcast(host, { kind: 'broadcast', origin: this.nodeId, tag, channel, position, payload });
+      this.pending.set(tag, DELIVERED_HERE);
+      setTimeout(() => this.pending.get(tag) === DELIVERED_HERE && this.pending.delete(tag), this.options.commandTimeout).unref();
       return true;
     }
     // Resolve once this node has delivered it too (as the memory engine does), or give up waiting.
@@ -633,6 +639,10 @@ export class RedisEngine implements Engine {
 
   private onBroadcast(host: EngineHost, { origin, tag, channel, position, exclude, payload }: Broadcast): void {
     const mine = origin === this.nodeId ? this.pending.get(tag) : undefined;
+    if (mine === DELIVERED_HERE) {
+      this.pending.delete(tag);
+      return;
+    }
     let publication: Publication;
     if (mine) {
       this.pending.delete(tag);
