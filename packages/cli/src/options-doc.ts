@@ -24,6 +24,7 @@ function howSet(name: string, spec: OptionSpec): string {
 
 function shown(spec: OptionSpec): string {
   const text = shownDefault(spec);
+  if (spec.kind === 'path' && spec.shown !== undefined) return text;
   if (spec.kind === 'choice' || spec.kind === 'path' || spec.kind === 'connection-types') return `\`${text}\``;
   return text;
 }

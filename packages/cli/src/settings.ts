@@ -42,6 +42,7 @@ function kebab(name: string): string {
 export function shownDefault(spec: OptionSpec): string {
   if (spec.kind === 'structured') return spec.shown;
   if (spec.kind === 'secret') return 'none';
+  if (spec.kind === 'path' && spec.shown !== undefined) return spec.shown;
   if (Array.isArray(spec.default)) return spec.default.length > 0 ? spec.default.join(',') : 'none';
   return String(spec.default);
 }

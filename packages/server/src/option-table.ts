@@ -40,7 +40,10 @@ export interface ChoiceOption extends Described {
 /** A URL path like "/bayeux". */
 export interface PathOption extends Described {
   kind: 'path';
+  /** '' (with `shown`): unset, another value stands for it. */
   default: string;
+  /** The default, as the README shows it, when it is unset. */
+  shown?: string;
 }
 /** A list of Bayeux connection types. */
 export interface ConnectionTypesOption extends Described {
@@ -155,6 +158,12 @@ export const OPTION_TABLE = {
     values: ['omit', 'lax', 'strict', 'none'],
     default: 'omit',
     help: 'SameSite of the `BAYEUX_BROWSER` cookie: `omit` (browsers take it as Lax; old cookie parsers, such as the Ruby Faye client\'s, refuse the attribute), `lax`, `strict`, `none` (with `Secure`)',
+  },
+  cookiePath: {
+    kind: 'path',
+    default: '',
+    shown: 'the mount path',
+    help: 'Path of the `BAYEUX_BROWSER` cookie: behind a proxy that serves the endpoint under another path (`/realtime/bayeux` outside, `/bayeux` here) give the outside one, or `/`, else browsers never send the cookie back (sessions are then bound by their clientId alone, and refused under `sessionBinding: strict`)',
   },
   cookieReuseWindow: {
     kind: 'integer',

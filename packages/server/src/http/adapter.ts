@@ -194,7 +194,7 @@ export class HttpAdapter {
       return undefined;
     }
     const id = this.core.browserIds.give(this.core.proxies.clientAddress(req.socket.remoteAddress, req.headers));
-    const cookie = browserCookie(id, this.core.options.path, isSecure(req), this.core.options.cookieSameSite);
+    const cookie = browserCookie(id, this.core.options.cookiePath || this.core.options.path, isSecure(req), this.core.options.cookieSameSite);
     assignBrowser(req, id, true);
     return cookie;
   }
