@@ -35,7 +35,7 @@ import type { JsonValue } from '@perihelion/state';
 import { StateChannel, type StateOptions, type StatePatchMessage } from './state/state-channel.js';
 import { StateChannels } from './state/state-service.js';
 import { HttpAdapter } from './http/adapter.js';
-import { secureContextOptions, type TlsOptions } from './http/tls.js';
+import { answerPlainHttp, secureContextOptions, type TlsOptions } from './http/tls.js';
 import type { ResolvedOptions, ServerOptions } from './options.js';
 
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -500,6 +500,7 @@ export class Perihelion {
     const server: Server = tls
       ? createHttpsServer({ ...secureContextOptions(tls), connectionsCheckingInterval: 1000, handshakeTimeout: this.options.bodyTimeout }, handler)
       : createHttpServer({ connectionsCheckingInterval: 1000 }, handler);
+    if (server instanceof HttpsServer) answerPlainHttp(server, this.options.bodyTimeout);
     server.keepAliveTimeout = 5_000;
     // The whole request must arrive in this time: a backstop for the answers given without reading
     // the body (a 404, a 401 of the API, /health), whose senders could otherwise drip it for ever

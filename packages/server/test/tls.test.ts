@@ -102,7 +102,7 @@ async function servedCertificate(port: number, ca: string): Promise<PeerCertific
 }
 
 describe('TLS: HTTPS and WSS on the server\'s own listener', () => {
-  it('serves Bayeux over WSS and HTTPS long-polling, its cookie marked Secure; plain HTTP on that port is not served', async () => {
+  it('serves Bayeux over WSS and HTTPS long-polling, its cookie marked Secure; plain HTTP on that port is told to use https://', async () => {
     const { server, port } = await tlsServer(first);
     const subscriber = await wssSubscriber(port, '/tls/news', first.cert);
     const handshake = await post(port, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], first.cert);
@@ -116,13 +116,18 @@ describe('TLS: HTTPS and WSS on the server\'s own listener', () => {
     await waitUntil(() => subscriber.data.length === 2);
     assert.deepEqual(subscriber.data, ['over https', 'from the server']);
     subscriber.ws.close();
-    // A client that speaks plain HTTP to it gets no HTTP answer.
-    const plain = connectTcp(port, '127.0.0.1');
+    // A client that speaks plain HTTP to it (an http:// URL) is told, in plain HTTP, to use https://.
+    const plain = await fetch(`http://127.0.0.1:${port}/bayeux?x=1`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '[]' });
+    assert.equal(plain.status, 400);
+    assert.equal(await plain.text(), `This port speaks HTTPS: use https://127.0.0.1:${port}/bayeux?x=1 (wss:// for a WebSocket).\n`);
+    // Without a request line and Host it can read, it says so without a URL; TLS still serves after it.
+    const bare = connectTcp(port, '127.0.0.1');
     let answer = '';
-    plain.on('data', (chunk) => (answer += String(chunk)));
-    plain.write('POST /bayeux HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]');
-    await once(plain, 'close');
-    assert.doesNotMatch(answer, /^HTTP\/1\.1 200/);
+    bare.on('data', (chunk) => (answer += String(chunk)));
+    bare.write('GET\r\n\r\n');
+    await once(bare, 'close');
+    assert.match(answer, /^HTTP\/1\.1 400 Bad Request\r\n[^]*\r\n\r\nThis port speaks HTTPS: use https:\/\/ \(wss:\/\/ for a WebSocket\)\.\n$/);
+    assert.equal((await post(port, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], first.cert)).status, 200);
   });
 
   it('takes a renewed certificate while it runs: new connections get it, a WebSocket already open goes on', async () => {
@@ -195,6 +200,7 @@ describe('TLS: HTTPS and WSS on the server\'s own listener', () => {
       await waitUntil(() => subscriber.data.length === 1);
       const handshake = await post(port, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], first.cert);
       assert.equal(handshake.messages[0]!.successful, true);
+      assert.equal((await fetch(`http://127.0.0.1:${port}/bayeux`)).status, 400, 'plain HTTP on a handed connection');
       subscriber.ws.close();
     } finally {
       listener.close();

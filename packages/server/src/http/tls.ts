@@ -5,6 +5,8 @@
  * server runs (`reloadTls`), as certificates renewed every few weeks need: connections made after
  * that use the new ones, those open keep theirs.
  */
+import type { Server as HttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import { PerihelionError } from '../errors.js';
 
@@ -59,4 +61,46 @@ function invalid(detail: string): PerihelionError {
 /** Throws ERR_INVALID_OPTION, saying why, when `tls` cannot serve (see secureContextOptions). */
 export function checkTlsOptions(tls: TlsOptions): void {
   secureContextOptions(tls);
+}
+
+/**
+ * An `http://` request sent to the HTTPS port gets a plain-HTTP 400 that says to use `https://`
+ * (as nginx answers), instead of the empty reply of a TLS layer that cannot parse it. The first
+ * byte tells: a TLS connection starts with a handshake record (0x16), an HTTP request with the
+ * letters of its method. Anything else is left to TLS to refuse. Silence before that first byte is
+ * cut after `idleMs`, as a handshake that never ends is.
+ */
+export function answerPlainHttp(server: HttpsServer, idleMs: number): void {
+  const listeners = server.listeners('connection');
+  // node:tls starts TLS on a connection with its one listener; another layout is left as it is.
+  if (listeners.length !== 1) return;
+  const startTls = listeners[0] as (socket: Socket) => void;
+  server.removeAllListeners('connection');
+  server.on('connection', (socket: Socket) => {
+    const fail = (): void => void socket.destroy();
+    socket.on('error', fail);
+    socket.setTimeout(idleMs, fail);
+    socket.once('data', (chunk: Buffer) => {
+      socket.off('error', fail);
+      socket.setTimeout(0);
+      socket.pause();
+      if (!/^[A-Z]/.test(String.fromCharCode(chunk[0]!))) {
+        // TLS reads what is buffered before it takes the socket over.
+        socket.unshift(chunk);
+        startTls.call(server, socket);
+        return;
+      }
+      socket.on('error', () => {});
+      socket.end(plainHttpAnswer(chunk.toString('latin1', 0, Math.min(chunk.length, 4096))));
+    });
+  });
+}
+
+/** The 400 for a plain-HTTP request, naming the https:// URL it meant when its request line and Host say it plainly. */
+function plainHttpAnswer(head: string): string {
+  const target = /^[A-Z]+ (\/[\x21-\x7e]{0,500}) HTTP\/1\.[01]\r\n/.exec(head)?.[1];
+  const host = /\r\nhost:[ \t]*([A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{1,5})?)[ \t]*\r\n/i.exec(head)?.[1];
+  const url = target !== undefined && host !== undefined ? `https://${host}${target}` : 'https://';
+  const body = `This port speaks HTTPS: use ${url} (wss:// for a WebSocket).\n`;
+  return `HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }
