@@ -234,6 +234,22 @@ describe('perihelion publish and subscribe', () => {
     assert.match(none.stderr, /no API key: set PERIHELION_API_KEY/);
   });
 
+  it('the server\'s address given as an argument (as other clients take it) exits 2 pointing to --url', async () => {
+    for (const args of [
+      ['publish', server.url, '/news/today', '1'],
+      ['publish', server.url, '1'],
+      ['subscribe', server.url.replace(/^http/, 'ws'), '/news/**'],
+      ['subscribe', server.url],
+    ]) {
+      const result = await run(args, { PERIHELION_API_KEY: KEY });
+      assert.equal(result.code, 2, args.join(' '));
+      assert.match(result.stderr, new RegExp(`The server's address goes in --url \\(or PERIHELION_URL\\), e\\.g\\. perihelion ${args[0]} --url http://localhost:8080 <`), `${args.join(' ')}: ${result.stderr}`);
+    }
+    const other = await run(['subscribe', '/a', '/b']);
+    assert.equal(other.code, 2);
+    assert.doesNotMatch(other.stderr, /--url/, 'no address given, no hint');
+  });
+
   it('publish: data that is not JSON exits 2 and suggests quoting', async () => {
     const bare = await publish(server.url, '/news/today', 'hello');
     assert.equal(bare.code, 2);

@@ -102,7 +102,23 @@ export function runAction(work: () => Promise<number>): Promise<void> {
   });
 }
 
-/** Command-line mistakes commander finds itself (a missing argument, an unknown option) exit 2 too. */
+/**
+ * Command-line mistakes commander finds itself (a missing argument, an unknown option) exit 2 too.
+ * The server's address given as an argument (as many clients take it) is pointed to `--url`.
+ */
 export function usageExitsWith2(command: Command): Command {
-  return command.exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : 2));
+  return command.exitOverride((error) => {
+    if (error.exitCode !== 0 && command.args.some(isAddress)) process.stderr.write(`${urlGoesInFlag(command.name(), command.registeredArguments.map((a) => `<${a.name()}>`).join(' '))}\n`);
+    process.exit(error.exitCode === 0 ? 0 : 2);
+  });
+}
+
+/** Whether a command-line argument is a server's address rather than a channel. */
+export function isAddress(arg: string): boolean {
+  return /^(https?|wss?):\/\//i.test(arg);
+}
+
+/** Where the server's address goes, for someone who gave it as an argument. */
+export function urlGoesInFlag(command: string, args: string): string {
+  return `The server's address goes in --url (or PERIHELION_URL), e.g. perihelion ${command} --url http://localhost:8080 ${args}`;
 }

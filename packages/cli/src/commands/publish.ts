@@ -5,7 +5,7 @@
  */
 import { Command } from 'commander';
 import { channelProblem, isMeta } from '@perihelion/protocol';
-import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, networkProblem, runAction, serverUrl, usageExitsWith2 } from './common.js';
+import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, isAddress, networkProblem, runAction, serverUrl, urlGoesInFlag, usageExitsWith2 } from './common.js';
 
 interface PublishFlags {
   url?: string;
@@ -64,7 +64,7 @@ function apiError(status: number, body: string): string {
 
 async function publish(channel: string, json: string, flags: PublishFlags, env: NodeJS.ProcessEnv): Promise<number> {
   const problem = channelProblem(channel, { allowWildcard: false });
-  if (problem) throw new UsageError(`invalid channel ${JSON.stringify(channel)}: ${problem}`);
+  if (problem) throw new UsageError(`invalid channel ${JSON.stringify(channel)}: ${problem}${isAddress(channel) ? `\n${urlGoesInFlag('publish', '<channel> <json>')}` : ''}`);
   if (isMeta(channel)) throw new UsageError(`cannot publish to a meta channel (${channel})`);
   const base = serverUrl(flags.url, env);
   const key = flagOrEnv(flags.key, env.PERIHELION_API_KEY);

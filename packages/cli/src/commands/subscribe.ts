@@ -23,7 +23,7 @@ import { Command } from 'commander';
 import { WebSocket } from 'ws';
 import { Client, ClientError, type Message, type Subscription } from '@perihelion/client';
 import { asPosition, channelProblem, formatPosition, isMeta, isWildcard, parsePosition, type Position } from '@perihelion/protocol';
-import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, networkProblem, runAction, serverUrl, usageExitsWith2 } from './common.js';
+import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, isAddress, networkProblem, runAction, serverUrl, urlGoesInFlag, usageExitsWith2 } from './common.js';
 
 interface SubscribeFlags {
   url?: string;
@@ -166,7 +166,7 @@ class FirstContact {
 
 async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.ProcessEnv): Promise<number> {
   const problem = channelProblem(pattern);
-  if (problem) throw new UsageError(`invalid channel ${JSON.stringify(pattern)}: ${problem}`);
+  if (problem) throw new UsageError(`invalid channel ${JSON.stringify(pattern)}: ${problem}${isAddress(pattern) ? `\n${urlGoesInFlag('subscribe', '<pattern>')}` : ''}`);
   if (isMeta(pattern)) throw new UsageError(`meta channels cannot be subscribed to (${pattern})`);
   let count = Infinity;
   if (flags.count !== undefined) {
