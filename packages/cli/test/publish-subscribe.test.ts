@@ -211,6 +211,23 @@ describe('perihelion publish and subscribe', () => {
     assert.equal(stale.stdout, line('/orders/eu', 5));
   });
 
+  it('publish --idempotency-key: run again with the same key, it publishes nothing again', async () => {
+    const sub = subscriber(server.url, '/orders/keyed', '--data-only', '--count', '2');
+    await sub.waitFor('stderr', /subscribed to \/orders\/keyed/);
+    const first = await publish(server.url, '/orders/keyed', '"shipped"', '--idempotency-key', 'order-1-shipped', '--verbose');
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, /"published":1,"repeated":0/);
+    const again = await publish(server.url, '/orders/keyed', '"shipped"', '--idempotency-key', 'order-1-shipped', '--verbose');
+    assert.equal(again.code, 0, 'a repeat is no failure');
+    assert.match(again.stderr, /"published":0,"repeated":1/);
+    assert.equal((await publish(server.url, '/orders/keyed', '"delivered"', '--idempotency-key', 'order-1-delivered')).code, 0);
+    assert.equal((await sub.done).code, 0, sub.stderr);
+    assert.equal(sub.stdout, '"shipped"\n"delivered"\n');
+    const bad = await publish(server.url, '/orders/keyed', '1', '--idempotency-key', 'has space');
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--idempotency-key must be 1 to 255 visible ASCII characters/);
+  });
+
   it('prints only the data with --data-only; publish reads the JSON from stdin with -', async () => {
     const sub = subscriber(server.url, '/ticks', '--data-only', '--count', '4');
     await sub.waitFor('stderr', /subscribed to \/ticks/);

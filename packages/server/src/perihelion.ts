@@ -24,10 +24,10 @@ import type { ServerStats } from './core/delivery.js';
 import type { ServerEvents } from './core/events.js';
 import type { Listener } from './core/listeners.js';
 import { hasPresence, membersOf, type Member } from './core/presence.js';
-import { broadcast, prepare } from './core/publish.js';
+import { broadcast, isIdempotencyKey, prepare, type BroadcastOptions } from './core/publish.js';
 import type { ServerCore } from './core/server.js';
 import type { Session } from './core/session.js';
-import type { Engine, SessionInfo } from './engine/engine.js';
+import { API_PUBLISHER, type Engine, type PublishOnce, type SessionInfo } from './engine/engine.js';
 import type { HistoryPage, HistoryQuery } from './engine/history.js';
 import { PerihelionError } from './errors.js';
 import type { Extension } from './extensions/pipeline.js';
@@ -58,6 +58,13 @@ export interface PublishOptions {
   ext?: Record<string, unknown>;
   /** A session (clientId) that is not sent this message, on whichever node it is: the one it came from, say. */
   exclude?: string;
+  /**
+   * Names this publish, so that doing it again (a retry after a failure or a timeout, perhaps on
+   * another node) publishes nothing: the same key within `idempotencyWindow` is recognised on
+   * every node (the latest `idempotencyKeys` keys are kept). 1 to 255 visible ASCII characters;
+   * the keys of `POST /api/publish` (`Idempotency-Key`) are the same ones.
+   */
+  idempotencyKey?: string;
 }
 
 /** A page of a channel's history, as the server API gives it. */
@@ -112,7 +119,7 @@ export class Perihelion {
    * made on the way (this is the path of every message an application publishes); a mistake
    * still comes back as a rejection.
    */
-  publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<void> {
+  publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<boolean> {
     try {
       this.assertOpen();
       const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.options.maxChannelLength });
@@ -128,17 +135,23 @@ export class Perihelion {
         const { position: _position, skip: _skip, ...ext } = options.ext;
         if (Object.keys(ext).length > 0) message.ext = ext;
       }
-      const { exclude } = options;
-      return this.core.isStarted ? this.publishMessage(message, exclude) : this.core.ready.then(() => this.publishMessage(message, exclude));
+      const addressing = { exclude: options.exclude, once: options.idempotencyKey === undefined ? undefined : this.idempotent(options.idempotencyKey) };
+      return this.core.isStarted ? this.publishMessage(message, addressing) : this.core.ready.then(() => this.publishMessage(message, addressing));
     } catch (error) {
       return Promise.reject(error);
     }
   }
 
+  /** What makes a publish with an idempotency key recognisable when it is done again (see PublishOnce). */
+  private idempotent(key: string): PublishOnce {
+    if (!isIdempotencyKey(key)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `idempotencyKey must be 1 to 255 visible ASCII characters, got ${JSON.stringify(key)?.slice(0, 80)}`);
+    return { client: API_PUBLISHER, id: key, keep: this.options.idempotencyKeys, forMs: this.options.idempotencyWindow };
+  }
+
   /** A /service message goes to the in-process listeners only; any other is broadcast. */
-  private publishMessage(message: Message, exclude: string | undefined): Promise<void> {
-    if (isService(message.channel)) return this.core.listeners.notify(message, null).then(() => undefined);
-    return broadcast(this.core, message, exclude);
+  private publishMessage(message: Message, addressing: BroadcastOptions): Promise<boolean> {
+    if (isService(message.channel)) return this.core.listeners.notify(message, null).then(() => true);
+    return broadcast(this.core, message, addressing);
   }
 
   /**

@@ -8,11 +8,11 @@ import { handshake, post, startServer, waitFor, type TestServer } from './helper
 
 const KEY = 'test-api-key-0123456789';
 
-async function api(t: TestServer, method: string, endpoint: string, body?: unknown, key: string | null = KEY): Promise<{ status: number; json: any; headers: Headers }> {
+async function api(t: TestServer, method: string, endpoint: string, body?: unknown, key: string | null = KEY, headers: Record<string, string> = {}): Promise<{ status: number; json: any; headers: Headers }> {
   const origin = `http://127.0.0.1:${t.address.port}`;
   const response = await fetch(`${origin}${endpoint}`, {
     method,
-    headers: { ...(key !== null ? { Authorization: `Bearer ${key}` } : {}), 'Content-Type': 'application/json' },
+    headers: { ...(key !== null ? { Authorization: `Bearer ${key}` } : {}), 'Content-Type': 'application/json', ...headers },
     ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
   });
   const text = await response.text();
@@ -74,6 +74,37 @@ describe('HTTP API', () => {
     assert.equal(meta.json.error.code, 'invalid_channel');
     // Nothing from the refused batches was published: the next thing to arrive is the control message.
     await api(t, 'POST', '/api/publish', { channel: '/news/batch', data: 'control' });
+    assert.deepEqual((await sub.next()).map((m) => m.data), ['control']);
+  });
+
+  it('publishes a call repeated with its Idempotency-Key once; a batch\'s items apart, so that a retry publishes what is missing', async () => {
+    const sub = await subscriber(t, '/news/keyed');
+    const keyed = (body: unknown, key: string): Promise<{ status: number; json: any }> => api(t, 'POST', '/api/publish', body, KEY, { 'Idempotency-Key': key });
+    assert.deepEqual((await keyed({ channel: '/news/keyed', data: 1 }, 'k-1')).json, { published: 1, repeated: 0 });
+    assert.deepEqual((await keyed({ channel: '/news/keyed', data: 'retry' }, 'k-1')).json, { published: 0, repeated: 1 }, 'the retry');
+    // The draft standard's form, a quoted string, is the same key.
+    assert.deepEqual((await keyed({ channel: '/news/keyed', data: 'retry' }, '"k-1"')).json, { published: 0, repeated: 1 });
+    assert.deepEqual((await keyed({ channel: '/news/keyed', data: 2 }, 'k-2')).json, { published: 1, repeated: 0 });
+    // A batch whose first two items went out before a failure: its retry publishes the third.
+    await t.server.publish('/news/keyed', 3, { idempotencyKey: 'batch' });
+    await t.server.publish('/news/keyed', 4, { idempotencyKey: 'batch#1' });
+    const batch = [3, 4, 5].map((n) => ({ channel: '/news/keyed', data: n }));
+    assert.deepEqual((await keyed(batch, 'batch')).json, { published: 1, repeated: 2 });
+    assert.deepEqual((await keyed(batch, 'batch')).json, { published: 0, repeated: 3 });
+    // Without a key nothing is recognised, as before.
+    assert.deepEqual((await api(t, 'POST', '/api/publish', { channel: '/news/keyed', data: 6 })).json, { published: 1 });
+    assert.deepEqual((await api(t, 'POST', '/api/publish', { channel: '/news/keyed', data: 6 })).json, { published: 1 });
+    assert.deepEqual((await sub.next()).map((m) => m.data), [1, 2, 3, 4, 5, 6, 6]);
+    assert.equal(await t.server.publish('/news/keyed', 'in process', { idempotencyKey: 'k-2' }), false, 'server.publish shares the keys');
+    // Keys that cannot serve are refused before anything is published.
+    for (const [key, items] of [['', 1], ['with space', 1], ['é', 1], ['x'.repeat(256), 1], ['x'.repeat(254), 20]] as const) {
+      const bad = await keyed(Array.from({ length: items }, () => ({ channel: '/news/keyed', data: 'bad' })), key);
+      assert.equal(bad.status, 400, JSON.stringify(key));
+      assert.equal(bad.json.error.code, 'invalid_request');
+      assert.match(bad.json.error.message, /^Idempotency-Key must be 1 to 255 visible ASCII characters/);
+    }
+    await assert.rejects(t.server.publish('/news/keyed', 'x', { idempotencyKey: 'a b' }), { code: 'ERR_INVALID_ARGUMENT' });
+    await api(t, 'POST', '/api/publish', { channel: '/news/keyed', data: 'control' });
     assert.deepEqual((await sub.next()).map((m) => m.data), ['control']);
   });
 
@@ -242,6 +273,25 @@ describe('HTTP API', () => {
     const missing = await api(t, 'POST', '/api/publish', { data: 1 });
     assert.equal(missing.status, 400);
     assert.deepEqual([missing.json.error.code, missing.json.error.message], ['invalid_request', '"channel" is required']);
+  });
+});
+
+describe('idempotency keys, by the options', () => {
+  it('are remembered idempotencyWindow ms, the latest idempotencyKeys of them', async () => {
+    const t = await startServer({ apiKey: KEY, idempotencyWindow: 1000, idempotencyKeys: 2 });
+    try {
+      const keyed = async (key: string): Promise<unknown> => (await api(t, 'POST', '/api/publish', { channel: '/news/window', data: key }, KEY, { 'Idempotency-Key': key })).json;
+      assert.deepEqual(await keyed('a'), { published: 1, repeated: 0 });
+      assert.deepEqual(await keyed('b'), { published: 1, repeated: 0 });
+      assert.deepEqual(await keyed('a'), { published: 0, repeated: 1 });
+      assert.deepEqual(await keyed('c'), { published: 1, repeated: 0 });
+      assert.deepEqual(await keyed('a'), { published: 1, repeated: 0 }, 'past the 2 latest keys');
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+      assert.deepEqual(await keyed('c'), { published: 1, repeated: 0 }, 'past the window');
+    } finally {
+      await t.close();
+    }
+    assert.throws(() => createServer({ idempotencyWindow: 10 }), /option "idempotencyWindow" must be an integer from 1000 to 604800000, got 10/);
   });
 });
 

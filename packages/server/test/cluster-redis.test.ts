@@ -39,10 +39,10 @@ async function client(node: TestServer, handshakeExt?: Record<string, unknown>):
   };
 }
 
-async function api(node: TestServer, method: string, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+async function api(node: TestServer, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: Record<string, unknown> }> {
   const response = await fetch(`http://127.0.0.1:${node.address.port}${path}`, {
     method,
-    headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json' },
+    headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json', ...headers },
     ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
   });
   return { status: response.status, json: (await response.json()) as Record<string, unknown> };
@@ -203,6 +203,27 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     assert.deepEqual(listener.data('/resend').map((m) => m.data), ['once', 'another client', 'no instance']);
     assert.equal(b.server.stats().duplicatePublishes, 1);
+  });
+
+  it('recognises a backend\'s publish retried on another node with its Idempotency-Key, with or without history, and publishes it once', async () => {
+    fresh();
+    const noHistory = { history: [{ channel: '/keyed/nohist', size: 0 }] };
+    const a = await node({}, noHistory);
+    const b = await node({}, noHistory);
+    const listener = await open(b);
+    await listener.subscribe('/keyed/*');
+    for (const channel of ['/keyed/hist', '/keyed/nohist']) {
+      const keyed = async (on: TestServer, data: string, key: string): Promise<Record<string, unknown>> => (await api(on, 'POST', '/api/publish', { channel, data }, { 'Idempotency-Key': key })).json;
+      // The call timed out at the backend (its answer lost): it tries again, through another node.
+      assert.deepEqual(await keyed(a, 'once', `${channel}-1`), { published: 1, repeated: 0 });
+      assert.deepEqual(await keyed(b, 'retried', `${channel}-1`), { published: 0, repeated: 1 });
+      assert.equal(await a.server.publish(channel, 'in process', { idempotencyKey: `${channel}-1` }), false);
+      assert.deepEqual(await keyed(b, 'another', `${channel}-2`), { published: 1, repeated: 0 });
+    }
+    await waitFor(() => listener.data('/keyed/nohist').length >= 2, 3000, () => `the messages (have ${JSON.stringify(listener.peer.received.map((m) => m.data))})`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.deepEqual(listener.data('/keyed/hist').map((m) => m.data), ['once', 'another']);
+    assert.deepEqual(listener.data('/keyed/nohist').map((m) => m.data), ['once', 'another']);
   });
 
   it('counts the sessions of both nodes in presence, channel lists, stats and metrics', async () => {
@@ -447,6 +468,11 @@ describe('cluster mode: Redis unreachable or going away', () => {
       // subscribes again); a subscribe answered 503 would be dropped for good by its client.
       const subscribe = await fetch(a.url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify([{ channel: '/meta/subscribe', clientId: onB.clientId, subscription: '/x', id: 'astray-sub' }]) });
       assert.match(String(((await subscribe.json()) as Msg[])[0]?.error), /^402:/);
+      // A publish with an idempotency key is refused meanwhile: its key is checked in Redis, and
+      // published here alone it would be published again by the backend's retry once Redis is back.
+      const keyed = await api(a, 'POST', '/api/publish', { channel: '/local', data: 'keyed' }, { 'Idempotency-Key': 'while-away' });
+      assert.equal(keyed.status, 503);
+      assert.equal((keyed.json.error as { code: string }).code, 'engine_unavailable');
       await a.server.publish('/local', 'while away');
       await waitFor(() => onA.data('/local').length === 1, 3000, 'the local message');
       assert.equal(onA.data('/local')[0]?.ext, undefined, 'no position without Redis');

@@ -8,7 +8,7 @@
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialiseExtLast, type Message, type Position } from '@perihelion/protocol';
-import type { Engine, EngineHost, HistorySettings, LostSession, Publication, PublishOnce, Retention, SessionInfo } from '../src/index.js';
+import { API_PUBLISHER, type Engine, type EngineHost, type HistorySettings, type LostSession, type Publication, type PublishOnce, type Retention, type SessionInfo } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
 /** What the engine gave each session, in order, and what it reported. */
@@ -180,6 +180,30 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.deepEqual(host.data('star'), [1]);
       assert.deepEqual(host.data('globstar'), [1, 2]);
       assert.deepEqual(host.data('many'), [1, 2, 3], 'one copy each, in order');
+    });
+
+    it('recognises a repeated idempotency key for forMs, keeping the latest keep of them, with or without history', async () => {
+      const { engine, host } = await open();
+      await engine.subscribe('s', '/d/keys');
+      await engine.subscribe('s', '/nohist/keys');
+      const keyed = (channel: string, data: unknown, id: string, forMs = 60_000): boolean | Promise<boolean> => engine.publish({ ...publication(channel, data), once: { client: API_PUBLISHER, id, keep: 2, forMs } });
+      for (const channel of ['/d/keys', '/nohist/keys']) {
+        const k = (name: string): string => `${channel}:${name}`;
+        assert.equal(await keyed(channel, 1, k('a')), true);
+        assert.equal(await keyed(channel, 'again', k('a')), false, 'the same key again');
+        assert.equal(await keyed(channel, 2, k('b')), true);
+        assert.equal(await keyed(channel, 3, k('c')), true);
+        assert.equal(await keyed(channel, 4, k('a')), true, 'past the 2 keys kept, a is forgotten');
+        assert.equal(await keyed(channel, 'again', k('c')), false, 'c still kept');
+        assert.equal(await keyed(channel, 5, k('short'), 300), true);
+        assert.equal(await keyed(channel, 'again', k('short'), 300), false, 'within its time');
+        await sleep(400);
+        assert.equal(await keyed(channel, 6, k('short'), 300), true, 'its time over, the key is forgotten');
+      }
+      await waitFor(() => host.data('s').length === 12, 3000, () => `12 messages (have ${host.data('s').length})`);
+      await sleep(100);
+      assert.deepEqual(host.data('s', '/d/keys'), [1, 2, 3, 4, 5, 6]);
+      assert.deepEqual(host.data('s', '/nohist/keys'), [1, 2, 3, 4, 5, 6]);
     });
 
     it('stops delivering after unsubscribe, and after removeSession', async () => {

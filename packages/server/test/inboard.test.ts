@@ -230,8 +230,8 @@ describe('server.publish and session.deliver', () => {
     await reader.subscribe('/news');
     const published: unknown[] = [];
     t.server.on('publish', (message) => published.push(message.data));
-    let wildcard: Promise<void> | undefined;
-    let unserialisable: Promise<void> | undefined;
+    let wildcard: Promise<boolean> | undefined;
+    let unserialisable: Promise<boolean> | undefined;
     assert.doesNotThrow(() => (wildcard = t.server.publish('/news/*', 1)));
     assert.doesNotThrow(() => (unserialisable = t.server.publish('/news', { big: 10n })));
     await assert.rejects(wildcard!, { code: 'ERR_INVALID_CHANNEL' });

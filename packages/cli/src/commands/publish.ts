@@ -11,6 +11,7 @@ interface PublishFlags {
   url?: string;
   key?: string;
   ext?: string;
+  idempotencyKey?: string;
   verbose?: boolean;
 }
 
@@ -78,13 +79,16 @@ async function publish(channel: string, json: string, flags: PublishFlags, env: 
   const data = parseJson(text, what);
   checkNumbers(text, what);
 
+  const idempotencyKey = flags.idempotencyKey;
+  if (idempotencyKey !== undefined && !/^[\x21-\x7e]{1,255}$/.test(idempotencyKey)) throw new UsageError(`--idempotency-key must be 1 to 255 visible ASCII characters (a UUID, an order number and its event), got ${JSON.stringify(idempotencyKey).slice(0, 80)}`);
+
   const url = endpoint(base, '/api/publish', 'http');
   let response: Response;
   let body: string;
   try {
     response = await fetch(url, {
       method: 'POST',
-      headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+      headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json', ...(idempotencyKey !== undefined ? { 'Idempotency-Key': idempotencyKey } : {}) },
       body: JSON.stringify(ext === undefined ? { channel, data } : { channel, data, ext }),
       signal: AbortSignal.timeout(REQUEST_TIMEOUT),
     });
@@ -105,6 +109,7 @@ export function publishCommand(): Command {
     .option('--url <base>', `address of the server (default ${DEFAULT_URL}; PERIHELION_URL)`)
     .option('--key <apiKey>', "the server's API key; prefer PERIHELION_API_KEY, since a key on the command line shows in ps and in shell history")
     .option('--ext <json>', 'ext object delivered with the message, as JSON, e.g. \'{"source":"cron"}\'')
+    .option('--idempotency-key <key>', 'names this publish: run again with the same key (a retry), it publishes nothing again (the server remembers keys for its idempotencyWindow, 10 minutes by default)')
     .option('--verbose', 'report the publish on stderr (otherwise success prints nothing)')
     .addHelpText(
       'after',
@@ -120,6 +125,7 @@ Examples:
   perihelion publish /counter -1                    # numbers, true, false and null are JSON too
   date +%s | perihelion publish /ticks -            # the JSON from stdin
   perihelion publish /news/today '{"headline":"hi"}' --ext '{"source":"cron"}' --url https://push.example.com
+  perihelion publish /orders/8412 '{"status":"shipped"}' --idempotency-key order-8412-shipped   # safe to retry
 
 The same with curl:
   curl -H "Authorization: Bearer $PERIHELION_API_KEY" -H 'Content-Type: application/json' \\

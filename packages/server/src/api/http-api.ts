@@ -3,7 +3,8 @@
  * Perihelion and reads its state with plain HTTP and JSON. Separate from client authentication:
  * every call needs `Authorization: Bearer <apiKey>`; without an `apiKey` the API is off.
  *
- *   POST /api/publish     {channel, data, ext?} or a list of them   → {published: n}
+ *   POST /api/publish     {channel, data, ext?} or a list of them   → {published: n[, repeated: n]}
+ *                         (an Idempotency-Key header makes a retry publish nothing again)
  *   POST /api/deliver     {clientId, channel, data}                  → {delivered: true}
  *   POST /api/disconnect  {clientId} or {user}                       → {disconnected: n}
  *   GET  /api/channels                                               → {channels: [{channel, subscribers}]}
@@ -20,11 +21,28 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { channelProblem, isMeta, nestedTooDeep, parsePosition } from '@perihelion/protocol';
 import type { Perihelion } from '../perihelion.js';
 import { PerihelionError } from '../errors.js';
-import { exceedsBytes } from '../core/publish.js';
+import { exceedsBytes, isIdempotencyKey } from '../core/publish.js';
 import { readBody } from '../http/body.js';
 import { sendApiError, sendJson, sendRawJson } from './json.js';
 
 export const API_PREFIX = '/api/';
+
+/**
+ * The request's `Idempotency-Key` (a token, or a quoted string as the IETF draft writes it):
+ * undefined without one, an Error saying what is wrong with one that cannot serve. A batch's
+ * items are named `<key>#<index>`, which must fit too.
+ */
+function idempotencyKeyOf(req: IncomingMessage, items: number): string | undefined | Error {
+  const header = req.headers['idempotency-key'];
+  if (header === undefined) return undefined;
+  if (typeof header !== 'string') return new Error('send one Idempotency-Key');
+  const key = /^"(.*)"$/.exec(header.trim())?.[1] ?? header.trim();
+  const longest = items > 1 ? `${key}#${items - 1}` : key;
+  if (!isIdempotencyKey(key) || !isIdempotencyKey(longest)) {
+    return new Error(`Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID, say)${items > 1 ? `, with room for "#${items - 1}" in a batch of ${items}` : ''}`);
+  }
+  return key;
+}
 
 interface PublishItem {
   channel: string;
@@ -83,7 +101,7 @@ export class HttpApi {
   private async route(req: IncomingMessage, res: ServerResponse, endpoint: string): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const routes: Record<string, { method: 'GET' | 'POST'; run: () => Promise<void> }> = {
-      publish: { method: 'POST', run: async () => this.publish(res, await this.body(req, res)) },
+      publish: { method: 'POST', run: async () => this.publish(req, res, await this.body(req, res)) },
       deliver: { method: 'POST', run: async () => this.deliver(res, await this.body(req, res)) },
       disconnect: { method: 'POST', run: async () => this.disconnect(res, await this.body(req, res)) },
       channels: { method: 'GET', run: () => this.channels(res) },
@@ -120,19 +138,26 @@ export class HttpApi {
     }
   }
 
-  private async publish(res: ServerResponse, body: unknown): Promise<void> {
+  private async publish(req: IncomingMessage, res: ServerResponse, body: unknown): Promise<void> {
     if (body === undefined) return;
     const items = Array.isArray(body) ? body : [body];
     if (items.length === 0 || items.length > this.server.options.maxBatch) {
       return sendApiError(res, 400, 'invalid_request', `send one {channel, data} or a list of 1 to ${this.server.options.maxBatch}`);
     }
+    const key = idempotencyKeyOf(req, items.length);
+    if (key instanceof Error) return sendApiError(res, 400, 'invalid_request', key.message);
     // Everything is checked before anything is published: a batch is published whole or not at all.
     for (const [index, item] of items.entries()) {
       const problem = this.publishProblem(item);
       if (problem) return sendApiError(res, problem.code === 'too_large' ? 413 : 400, problem.code, items.length > 1 ? `item ${index}: ${problem.message}` : problem.message);
     }
-    for (const item of items as PublishItem[]) await this.server.publish(item.channel, item.data, item.ext ? { ext: item.ext } : {});
-    sendJson(res, 200, { published: items.length });
+    let published = 0;
+    for (const [index, item] of (items as PublishItem[]).entries()) {
+      // Each item of a batch is named apart: a retry of a batch that failed half-way publishes the rest.
+      const options = { ...(item.ext ? { ext: item.ext } : {}), ...(key !== undefined ? { idempotencyKey: index === 0 ? key : `${key}#${index}` } : {}) };
+      if (await this.server.publish(item.channel, item.data, options)) published++;
+    }
+    sendJson(res, 200, key === undefined ? { published } : { published, repeated: items.length - published });
   }
 
   private publishProblem(item: unknown): { code: 'invalid_request' | 'invalid_channel' | 'too_large'; message: string } | null {

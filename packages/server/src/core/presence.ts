@@ -211,12 +211,12 @@ export class Presence {
   }
 
   /** Runs `step` after the earlier steps of the same (channel, member); a failure is reported. */
-  private run(id: string, step: () => MaybePromise<void>): void {
+  private run(id: string, step: () => MaybePromise<unknown>): void {
     this.track(id, (this.steps.get(id) ?? Promise.resolve()).then(step));
   }
 
   /** Keeps `step` as the latest of its (channel, member) until it is over; a failure is reported. */
-  private track(id: string, step: Promise<void>): void {
+  private track(id: string, step: Promise<unknown>): void {
     const next: Promise<void> = step
       .catch((error: unknown) => this.core.reportError(error))
       .then(() => {
@@ -327,7 +327,7 @@ export class Presence {
     }
   }
 
-  private publish(channel: string, event: PresenceEvent): MaybePromise<void> {
+  private publish(channel: string, event: PresenceEvent): MaybePromise<boolean> {
     return broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
   }
 

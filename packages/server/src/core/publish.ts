@@ -11,7 +11,7 @@
  * node, unless a cluster engine knows it as a resend made on another node (PublishOnce).
  */
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, serialiseExtLast, type Message } from '@perihelion/protocol';
-import type { Publication } from '../engine/engine.js';
+import type { Publication, PublishOnce } from '../engine/engine.js';
 import { PerihelionError } from '../errors.js';
 import type { MaybePromise } from '../maybe-promise.js';
 import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
@@ -166,15 +166,23 @@ class PublishStep {
   }
 }
 
+/** How a message the server itself sends is addressed: every subscriber but `exclude`; `once` if its publisher may send it again. */
+export interface BroadcastOptions {
+  exclude?: string | undefined;
+  once?: PublishOnce | undefined;
+}
+
 /**
  * Publishes a message the server itself sends (server.publish) to every subscriber of its
  * channel, but the session `exclude` names. Without asynchronous outgoing extensions the message
  * is prepared and handed to the engine before this returns: no promise is made on the way.
+ * Resolves to whether it was published: not when an outgoing extension dropped it, nor when the
+ * engine recognised its `once` as a repeat.
  */
-export function broadcast(core: BroadcastCore, message: Message, exclude?: string): Promise<void> {
+export function broadcast(core: BroadcastCore, message: Message, options: BroadcastOptions = {}): Promise<boolean> {
   try {
-    const sent = broadcastNow(core, message, exclude);
-    return sent instanceof Promise ? sent : NOTHING_SENT;
+    const sent = broadcastNow(core, message, options);
+    return sent instanceof Promise ? sent : sent ? PUBLISHED : NOT_PUBLISHED;
   } catch (error) {
     // A message JSON cannot hold (a BigInt, a cycle), an extension that threw: the caller's rejection.
     return Promise.reject(error);
@@ -185,21 +193,28 @@ export function broadcast(core: BroadcastCore, message: Message, exclude?: strin
  * `broadcast`, answering at once when nothing had to wait (and throwing what it would reject
  * with): for the server's own events, such as a presence join at every set-up.
  */
-export function broadcastNow(core: BroadcastCore, message: Message, exclude?: string): MaybePromise<void> {
+export function broadcastNow(core: BroadcastCore, message: Message, options: BroadcastOptions = {}): MaybePromise<boolean> {
   const prepared = prepare(core.extensions, message, null);
-  if (prepared instanceof Promise) return prepared.then((publication) => sendPrepared(core, publication, exclude));
-  return sendPrepared(core, prepared, exclude);
+  if (prepared instanceof Promise) return prepared.then((publication) => sendPrepared(core, publication, options));
+  return sendPrepared(core, prepared, options);
 }
 
 type BroadcastCore = Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>;
 
-function sendPrepared(core: BroadcastCore, publication: Publication | null, exclude: string | undefined): MaybePromise<void> {
-  if (!publication) return;
+function sendPrepared(core: BroadcastCore, publication: Publication | null, { exclude, once }: BroadcastOptions): MaybePromise<boolean> {
+  if (!publication) return false;
   if (exclude !== undefined) publication.exclude = exclude;
+  if (once !== undefined) publication.once = once;
   return send(core, publication, null);
 }
 
-const NOTHING_SENT: Promise<void> = Promise.resolve();
+/** An idempotency key (`server.publish`'s `idempotencyKey`, the API's `Idempotency-Key`): 1 to 255 visible ASCII characters. */
+export function isIdempotencyKey(key: unknown): key is string {
+  return typeof key === 'string' && /^[\x21-\x7e]{1,255}$/.test(key);
+}
+
+const PUBLISHED: Promise<boolean> = Promise.resolve(true);
+const NOT_PUBLISHED: Promise<boolean> = Promise.resolve(false);
 
 /**
  * What a /service listener returns to refuse a request: the publish is answered
@@ -213,19 +228,20 @@ export class ServiceRefusal {
  * Hands a prepared publication to the engine, which positions it and delivers it on every node;
  * then the 'publish' event, when the application listens for it.
  */
-function send(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication, from: Session | null): MaybePromise<void> {
+function send(core: Pick<ServerCore, 'delivery' | 'engine' | 'events'>, publication: Publication, from: Session | null): MaybePromise<boolean> {
   const published = core.engine.publish(publication);
   return published instanceof Promise ? published.then((done) => sent(core, publication, from, done)) : sent(core, publication, from, published);
 }
 
-/** Counts what the engine published (or recognised as a resend), and tells the application. */
-function sent(core: Pick<ServerCore, 'delivery' | 'events'>, publication: Publication, from: Session | null, published: boolean): void {
+/** Counts what the engine published (or recognised as a resend), and tells the application; says which it was. */
+function sent(core: Pick<ServerCore, 'delivery' | 'events'>, publication: Publication, from: Session | null, published: boolean): boolean {
   if (!published) {
     core.delivery.counters.duplicatePublishes++;
-    return;
+    return false;
   }
   core.delivery.counters.published++;
   if (core.events.listenerCount('publish') > 0) core.events.emit('publish', publication.message, from);
+  return true;
 }
 
 /**

@@ -31,23 +31,26 @@ export interface Publication {
 }
 
 /**
- * What makes a client's publish recognisable when the client sends it again: after a line was
- * lost before the reply came, on a new session, perhaps through another node or worker
- * (at-least-once on the wire, once to subscribers). An engine that spans processes (Redis, the
- * workers' broker) keeps the latest `keep` ids of each client for `forMs` ms after its last
- * publish, on every node; the memory engine leaves this to its one server, which keeps the same
- * ids itself (recent-ids.ts).
+ * What makes a publish recognisable when its publisher sends it again (at-least-once on the wire,
+ * once to subscribers): a client's, after a line was lost before the reply came, on a new
+ * session, perhaps through another node or worker; a backend's, retrying a call of the HTTP API
+ * (or of `server.publish`) with the same idempotency key, perhaps on another node. An engine keeps
+ * the latest `keep` ids of each publisher, each for `forMs` ms, on every node. A client's are left
+ * by the memory engine to its one server, which keeps the same ids itself (recent-ids.ts).
  */
 export interface PublishOnce {
-  /** The client: its instance (`ext.instance` of its handshake, with its user). */
+  /** The publisher: a client's instance (`ext.instance` of its handshake, with its user, joined by a NUL), or API_PUBLISHER. */
   client: string;
-  /** The message's `id`. */
+  /** The message's `id`, or the idempotency key. */
   id: string;
-  /** How many of the client's latest ids are kept. */
+  /** How many of the publisher's latest ids are kept. */
   keep: number;
-  /** How long they are kept after the client's last publish, ms. */
+  /** How long each is kept, ms. */
   forMs: number;
 }
+
+/** The publisher of the idempotency keys of `server.publish` and `/api/publish` (no client instance has this form: theirs hold a NUL). */
+export const API_PUBLISHER = 'api';
 
 /** A client asking to be given what it missed on `channel` since `since`. */
 export interface RecoverRequest {

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { isWildcard } from '@perihelion/protocol';
-import type { Engine, EngineHost, LostSession, Publication, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine.js';
+import { API_PUBLISHER, type Engine, type EngineHost, type LostSession, type Publication, type RecoverRequest, type SessionInfo, type SubscribeOutcome } from './engine.js';
 import { HistoryStore, type HistoryPage, type HistoryQuery } from './history.js';
 import { stampPosition, withPosition } from './position.js';
 import { LeavingMarks } from './leaving-marks.js';
+import { OnceIds } from './recent-ids.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { PerihelionError } from '../errors.js';
 
@@ -25,6 +26,8 @@ export class MemoryEngine implements Engine {
   private historyStore: HistoryStore | null = null;
   /** Presence grace marks (see markLeaving): key → when the mark expires (ms). */
   private readonly leaving = new LeavingMarks();
+  /** The idempotency keys of `server.publish` and the HTTP API, the one publisher kept here. */
+  private readonly idempotencyKeys = new OnceIds(1);
   private sweeper: NodeJS.Timeout | null = null;
   private readonly key = randomBytes(32).toString('hex');
 
@@ -103,10 +106,12 @@ export class MemoryEngine implements Engine {
     return { clientId, user: this.sessions.get(clientId) ?? null, subscriptions: [...this.index.subscriptionsOf(clientId)] };
   }
 
-  // Done before it returns, with no promise: this is on the path of every message. A resend
-  // (`publication.once`) is recognised by the one server of this engine, before it gets here.
-  publish(publication: Publication): true {
+  // Done before it returns, with no promise: this is on the path of every message. A client's
+  // resend is recognised by the one server of this engine, before it gets here; a repeated
+  // idempotency key here (see PublishOnce).
+  publish(publication: Publication): boolean {
     const host = this.running();
+    if (publication.once?.client === API_PUBLISHER && !this.idempotencyKeys.firstTime(publication.once)) return false;
     const log = this.store().log(publication.channel, true);
     if (log) {
       const position = log.next();

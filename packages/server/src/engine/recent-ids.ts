@@ -34,6 +34,8 @@ export class RecentIds {
   }
 }
 
+import type { PublishOnce } from './engine.js';
+
 /** How long the publish ids of a client's ended session wait for its next session, ms. */
 export const RESUME_WINDOW_MS = 60_000;
 /** Clients whose publish ids are kept beyond their sessions at most (the most recent first). */
@@ -83,5 +85,39 @@ export class PublishIdsByClient {
       this.entries.delete(key);
     }
     return ids;
+  }
+}
+
+/**
+ * The ids of PublishOnce as an engine keeps them, for publishers that may send through any of
+ * its servers: per publisher at most `keep` ids, each for `forMs` ms, for at most `maxPublishers`
+ * publishers (those that published last). The workers' primary keeps its workers' here, and the
+ * memory engine the idempotency keys (a client's are kept by the server, see PublishIdsByClient).
+ */
+export class OnceIds {
+  /** Each publisher's ids with when they were kept (the oldest first); the publishers in the order they last published. */
+  private readonly publishers = new Map<string, Map<string, number>>();
+
+  constructor(private readonly maxPublishers: number) {}
+
+  /** False when `id` is among `client`'s ids kept (a resend); else true, and it is kept. */
+  firstTime({ client, id, keep, forMs }: PublishOnce, now = Date.now()): boolean {
+    let ids = this.publishers.get(client);
+    if (ids) this.publishers.delete(client);
+    else ids = new Map();
+    this.publishers.set(client, ids);
+    if (this.publishers.size > this.maxPublishers) this.publishers.delete(this.publishers.keys().next().value!);
+    // Kept in the order they came: those past their time are at the front.
+    for (const [old, at] of ids) {
+      if (at > now - forMs) break;
+      ids.delete(old);
+    }
+    if (ids.has(id)) return false;
+    for (const old of ids.keys()) {
+      if (ids.size < keep) break;
+      ids.delete(old);
+    }
+    ids.set(id, now);
+    return true;
   }
 }

@@ -34,8 +34,9 @@
  *                                by when: the share again, for these alone (so that subscribes
  *                                to ever new names push out no channel's history)
  *   D lru                 string the counter that scores `chans`
- *   D once:<client>       zset   a client's latest publish ids (Engine `once`), scored by when;
- *                                trimmed to the newest `keep`, expires `forMs` after the last
+ *   D once:<client>       zset   a publisher's latest publish ids or idempotency keys (Engine
+ *                                `once`), scored by when: the newest `keep`, none older than
+ *                                `forMs`; the set expires `forMs` after the last
  *   D bus                 pub/sub the partition's broadcasts, and the fences of reads made in it
  *
  * A script touches the keys of the control plane, or of one partition, only. It is given one key
@@ -119,16 +120,17 @@ local function prune(channel, now)
   local ttl = tonumber(redis.call('HGET', D .. 'ch:' .. channel, 't') or '0')
   if ttl > 0 then redis.call('XTRIM', D .. 'log:' .. channel, 'MINID', int(now - ttl + 1)) end
 end
--- A client's publish that it may send again (the Engine's once; ARGV from i on: client, id, keep,
--- forMs; client '' for none): false when the id is among the client's latest here (a resend),
--- else true and the id kept.
+-- A publish that its publisher may send again (the Engine's once; ARGV from i on: client, id,
+-- keep, forMs; client '' for none): false when the id is among the publisher's kept here (a
+-- resend), else true and the id kept: at most keep ids, each for forMs.
 local function first_time(i)
   if ARGV[i] == '' then return true end
-  local key, id = D .. 'once:' .. ARGV[i], ARGV[i + 1]
+  local key, id, now = D .. 'once:' .. ARGV[i], ARGV[i + 1], now_ms()
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - tonumber(ARGV[i + 3]))
   if redis.call('ZSCORE', key, id) then return false end
   -- Trimmed before the id is added: a set that never passes 128 entries stays compact (listpack).
   redis.call('ZREMRANGEBYRANK', key, 0, -tonumber(ARGV[i + 2]))
-  redis.call('ZADD', key, now_ms(), id)
+  redis.call('ZADD', key, now, id)
   redis.call('PEXPIRE', key, ARGV[i + 3])
   return true
 end

@@ -19,7 +19,7 @@
 import type { EngineHost, LostSession, Publication, PublishOnce, SessionInfo } from './engine.js';
 import type { HistorySettings, Retention } from './history.js';
 import { MemoryEngine } from './memory.js';
-import { PublishIdsByClient } from './recent-ids.js';
+import { OnceIds } from './recent-ids.js';
 import { fromWire, toWire, type LinkEnd, type ToBroker, type ToWorker, type WirePublication } from './worker-link.js';
 import { PerihelionError } from '../errors.js';
 
@@ -79,7 +79,8 @@ export class WorkerBroker {
   private readonly censuses = new Map<number, { waiting: Set<string>; sessions: SessionInfo[]; done: () => void }>();
   private started: Promise<void>;
   private readonly maxBacklog: number;
-  private publishIds: PublishIdsByClient | null = null;
+  /** The publish ids of the workers' clients and the idempotency keys (see PublishOnce). */
+  private readonly publishIds = new OnceIds(MAX_CLIENTS_WITH_IDS);
 
   /** `maxBacklog`: messages a worker's line may hold before publishes are refused (default 50 000). */
   constructor({ maxBacklog = DEFAULT_MAX_BACKLOG }: { maxBacklog?: number } = {}) {
@@ -208,7 +209,7 @@ export class WorkerBroker {
         this.refuseWhileBackedUp();
         // A resend (see PublishOnce) is known here whichever worker each of its sessions was on.
         const once = args[1] as PublishOnce | null;
-        if (once && !this.resends(once).firstTime(once.client, once.id)) return false;
+        if (once && !this.publishIds.firstTime(once)) return false;
         // The caller learns the position its publication got (the other engines stamp its object).
         const publication = fromBytes(args[0] as WirePublication);
         await engine.publish(publication);
@@ -217,12 +218,6 @@ export class WorkerBroker {
     }
     if (!METHODS.has(method)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `the broker does not know ${JSON.stringify(method)}`);
     return (engine as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args);
-  }
-
-  /** The publish ids of the workers' clients (made with the first publication that has some). */
-  private resends(once: PublishOnce): PublishIdsByClient {
-    this.publishIds ??= new PublishIdsByClient(once.keep, MAX_CLIENTS_WITH_IDS, once.forMs);
-    return this.publishIds;
   }
 
   /** Throws while a worker's line holds more than maxBacklog messages. */

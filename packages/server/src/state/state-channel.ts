@@ -90,7 +90,7 @@ export class ProposalRefusal extends Error {
 
 export interface StateHost {
   /** Publishes one version's message on the channel to every subscriber (through history). */
-  publish(channel: string, message: StatePatchMessage): Promise<void>;
+  publish(channel: string, message: StatePatchMessage): Promise<unknown>;
   reportError(error: unknown): void;
   /** The channel is closed: it is no longer served (and its name may be used again). */
   closed(channel: string): void;
