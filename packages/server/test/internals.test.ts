@@ -464,6 +464,11 @@ describe('the Redis connection\'s reports', () => {
     assert.equal(reports.length, 2);
     assert.match(reports[1]!, /^lost the connection to Redis/);
     assert.equal(outages, 1, 'what the node does meanwhile is to be written again');
+    // A heartbeat went through, but the node does not hear the bus yet: not back until it does.
+    connection.healthy();
+    assert.equal(restored.length, 0);
+    assert.notEqual(connection.away(), null);
+    Object.assign(connection as unknown as { sub: unknown; subscribed: boolean }, { sub: { status: 'ready' }, subscribed: true });
     connection.healthy();
     assert.equal(restored.length, 1);
     assert.equal(connection.away(), null);
