@@ -1,3 +1,5 @@
+import type { PublishOnce } from './engine.js';
+
 /**
  * The ids of a session's latest publishes, to recognise a resend. Faye resends a message with the
  * same id when its reply is late (BAYEUX.md pitfall 3), and reconnecting clients resend what was
@@ -33,8 +35,6 @@ export class RecentIds {
     if (at !== -1) this.ring[at] = undefined;
   }
 }
-
-import type { PublishOnce } from './engine.js';
 
 /** How long the publish ids of a client's ended session wait for its next session, ms. */
 export const RESUME_WINDOW_MS = 60_000;
