@@ -199,6 +199,13 @@ export const OPTION_TABLE = {
   handshakeRate: { kind: 'integer', default: 50, min: 0, max: 10_000_000, help: 'handshakes per second per remote address (0: no limit)' },
   handshakeBurst: { kind: 'integer', default: 200, min: 1, max: 10_000_000, help: 'handshakes one remote address may make in a burst' },
   bodyTimeout: { kind: 'integer', default: 10_000, min: 100, max: 600_000, help: 'longest pause in a request body, ms (slow-drip defence); the whole body gets six times that' },
+  keepAliveTimeout: {
+    kind: 'integer',
+    default: 5000,
+    min: 1000,
+    max: 3_600_000,
+    help: 'how long an idle HTTP connection of the server\'s own listener is kept for the next request, ms; behind a balancer that reuses its connections to the server, make it longer than the balancer\'s idle timeout (AWS ALB: 60 s, so 65000), or it may send a request on a connection the server is closing and answer the client 502',
+  },
   drainTimeout: { kind: 'integer', default: 5000, min: 0, max: 600_000, help: 'on shutdown, how long sessions get to collect waiting messages, ms' },
   apiKey: { kind: 'secret', minLength: 16, set: 'env', help: 'bearer key of the HTTP API (at least 16 characters); the API is off without it' },
   operations: { kind: 'boolean', default: true, set: 'code', help: 'serve `/health`, `/ready`, `/metrics`' },

@@ -514,7 +514,7 @@ export class Perihelion {
       ? createHttpsServer({ ...secureContextOptions(tls), connectionsCheckingInterval: 1000, handshakeTimeout: this.options.bodyTimeout }, handler)
       : createHttpServer({ connectionsCheckingInterval: 1000 }, handler);
     if (server instanceof HttpsServer) answerPlainHttp(server, this.options.bodyTimeout);
-    server.keepAliveTimeout = 5_000;
+    server.keepAliveTimeout = this.options.keepAliveTimeout;
     // The whole request must arrive in this time: a backstop for the answers given without reading
     // the body (a 404, a 401 of the API, /health), whose senders could otherwise drip it for ever
     // and hold the connection. Bayeux's own bodies fail sooner, with a Bayeux error (bodyTimeout).

@@ -1902,6 +1902,37 @@ describe('limit: bodyTimeout', () => {
   });
 });
 
+describe('limit: keepAliveTimeout', () => {
+  it('keeps an idle connection that long for the next request (a balancer reusing it), then closes it', { timeout: 8000 }, async () => {
+    const ts = await secure({ keepAliveTimeout: 1500 });
+    const socket = netConnect(ts.address.port, '127.0.0.1');
+    try {
+      await once(socket, 'connect');
+      let response = '';
+      let closedAt = 0;
+      socket.setEncoding('utf8');
+      socket.on('data', (chunk: string) => (response += chunk));
+      socket.on('close', () => (closedAt = Date.now()));
+      socket.on('error', () => {});
+      const request = `GET /health HTTP/1.1\r\nHost: 127.0.0.1:${ts.address.port}\r\n\r\n`;
+      socket.write(request);
+      await waitFor(() => /\r\n\r\n/.test(response), 3000, 'the first answer');
+      // Idle 1 s: still open for the next request. Then closed after 1.5 s idle (the default would wait 5 s).
+      await sleep(1000);
+      response = '';
+      socket.write(request);
+      await waitFor(() => /^HTTP\/1\.1 200 /.test(response), 3000, 'the answer on the connection kept');
+      const idleFrom = Date.now();
+      await waitFor(() => closedAt > 0, 4000, 'the server to close the idle connection');
+      assert.ok(closedAt - idleFrom >= 1300, `closed after ${closedAt - idleFrom} ms idle`);
+    } finally {
+      socket.destroy();
+      await ts.close();
+    }
+    assert.throws(() => createServer({ keepAliveTimeout: 500 }), /option "keepAliveTimeout" must be an integer from 1000 to 3600000, got 500/);
+  });
+});
+
 describe('a publish that fails inside the server', () => {
   it('is published when the client resends it with the same id (its id is not kept as a duplicate)', async () => {
     let failures = 1;
