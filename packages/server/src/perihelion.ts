@@ -117,7 +117,8 @@ export class Perihelion {
    * Publishes `data` to every subscriber of `channel` (and the in-process listeners). Not `async`:
    * once the engine has started, a broadcast is handed to it before this returns, with no promise
    * made on the way (this is the path of every message an application publishes); a mistake
-   * still comes back as a rejection.
+   * still comes back as a rejection. Resolves to false when `idempotencyKey` was published
+   * already (nothing is published), else true.
    */
   publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<boolean> {
     try {

@@ -176,8 +176,8 @@ export interface BroadcastOptions {
  * Publishes a message the server itself sends (server.publish) to every subscriber of its
  * channel, but the session `exclude` names. Without asynchronous outgoing extensions the message
  * is prepared and handed to the engine before this returns: no promise is made on the way.
- * Resolves to whether it was published: not when an outgoing extension dropped it, nor when the
- * engine recognised its `once` as a repeat.
+ * Resolves to false when the engine recognised its `once` as a repeat (nothing published), else
+ * true (published, or dropped by an outgoing extension, whose choice that was).
  */
 export function broadcast(core: BroadcastCore, message: Message, options: BroadcastOptions = {}): Promise<boolean> {
   try {
@@ -202,7 +202,7 @@ export function broadcastNow(core: BroadcastCore, message: Message, options: Bro
 type BroadcastCore = Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>;
 
 function sendPrepared(core: BroadcastCore, publication: Publication | null, { exclude, once }: BroadcastOptions): MaybePromise<boolean> {
-  if (!publication) return false;
+  if (!publication) return true;
   if (exclude !== undefined) publication.exclude = exclude;
   if (once !== undefined) publication.once = once;
   return send(core, publication, null);
