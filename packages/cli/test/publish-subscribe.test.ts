@@ -228,6 +228,21 @@ describe('perihelion publish and subscribe', () => {
     assert.match(bad.stderr, /--idempotency-key must be 1 to 255 visible ASCII characters/);
   });
 
+  it('publish --idempotency-key tries again while the server restarts (a retry is safe); without a key it fails at once', { timeout: 30_000 }, async () => {
+    const port = await closedPort();
+    const url = `http://127.0.0.1:${port}`;
+    const bare = await publish(url, '/orders/restart', '1');
+    assert.equal(bare.code, 1, 'no key: no retry');
+    assert.doesNotMatch(bare.stderr, /trying again/);
+    const keyed = new Cli(['publish', '/orders/restart', '"placed"', '--url', url, '--idempotency-key', 'order-2-placed', '--verbose'], { PERIHELION_API_KEY: KEY });
+    await keyed.waitFor('stderr', /not reachable at .* \(trying again in 1 s with the same idempotency key, 1 of 5\)/);
+    const running = await start({}, port);
+    const { code } = await keyed.done;
+    assert.equal(code, 0, keyed.stderr);
+    assert.match(keyed.stderr, /"published":1,"repeated":0/);
+    assert.equal(running.server.stats().published, 1);
+  });
+
   it('prints only the data with --data-only; publish reads the JSON from stdin with -', async () => {
     const sub = subscriber(server.url, '/ticks', '--data-only', '--count', '4');
     await sub.waitFor('stderr', /subscribed to \/ticks/);

@@ -16,6 +16,12 @@ interface PublishFlags {
 }
 
 const REQUEST_TIMEOUT = 30_000;
+/** The pauses before the tries again of a publish named by an idempotency key, ms: about 15 s in all, a restart's time. */
+const RETRY_WAITS = [1000, 2000, 4000, 4000, 4000];
+/** Answers that say to try again later: the server or a proxy in front of it, for now. */
+const TRANSIENT_STATUS = new Set([502, 503, 504]);
+/** The longest wait a Retry-After is followed for. */
+const MAX_RETRY_AFTER = 10_000;
 
 /** A command-line argument as JSON, with a hint for the usual mistake: a bare word meant as a string. */
 function parseJson(text: string, what: string): unknown {
@@ -83,22 +89,37 @@ async function publish(channel: string, json: string, flags: PublishFlags, env: 
   if (idempotencyKey !== undefined && !/^[\x21-\x7e]{1,255}$/.test(idempotencyKey)) throw new UsageError(`--idempotency-key must be 1 to 255 visible ASCII characters (a UUID, an order number and its event), got ${JSON.stringify(idempotencyKey).slice(0, 80)}`);
 
   const url = endpoint(base, '/api/publish', 'http');
-  let response: Response;
-  let body: string;
-  try {
-    response = await fetch(url, {
-      method: 'POST',
-      headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json', ...(idempotencyKey !== undefined ? { 'Idempotency-Key': idempotencyKey } : {}) },
-      body: JSON.stringify(ext === undefined ? { channel, data } : { channel, data, ext }),
-      signal: AbortSignal.timeout(REQUEST_TIMEOUT),
-    });
-    body = await response.text();
-  } catch (error) {
-    throw new CommandFailure(networkProblem(error, endpoint(base, '', 'http').replace(/\/$/, '')));
+  const request = {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json', ...(idempotencyKey !== undefined ? { 'Idempotency-Key': idempotencyKey } : {}) },
+    body: JSON.stringify(ext === undefined ? { channel, data } : { channel, data, ext }),
+  };
+  // Only a publish named by a key is tried again: without one, a call that timed out may have been
+  // published, and a retry would publish it twice.
+  const waits = idempotencyKey !== undefined ? RETRY_WAITS : [];
+  for (let attempt = 0; ; attempt++) {
+    let failure: string;
+    let retryAfter: number | null = null;
+    try {
+      const response = await fetch(url, { ...request, signal: AbortSignal.timeout(REQUEST_TIMEOUT) });
+      const body = await response.text();
+      if (response.ok) {
+        if (flags.verbose === true) process.stderr.write(`perihelion: published to ${channel} at ${url}: ${body.trim()}\n`);
+        return 0;
+      }
+      failure = `publish failed: ${apiError(response.status, body)}`;
+      if (!TRANSIENT_STATUS.has(response.status)) throw new CommandFailure(failure);
+      retryAfter = Number(response.headers.get('retry-after')) || null;
+    } catch (error) {
+      if (error instanceof CommandFailure) throw error;
+      failure = networkProblem(error, endpoint(base, '', 'http').replace(/\/$/, ''));
+    }
+    const wait = waits[attempt];
+    if (wait === undefined) throw new CommandFailure(failure);
+    const ms = retryAfter !== null ? Math.min(retryAfter * 1000, MAX_RETRY_AFTER) : wait;
+    process.stderr.write(`perihelion: ${failure} (trying again in ${ms / 1000} s with the same idempotency key, ${attempt + 1} of ${waits.length})\n`);
+    await new Promise((resolve) => setTimeout(resolve, ms));
   }
-  if (!response.ok) throw new CommandFailure(`publish failed: ${apiError(response.status, body)}`);
-  if (flags.verbose === true) process.stderr.write(`perihelion: published to ${channel} at ${url}: ${body.trim()}\n`);
-  return 0;
 }
 
 export function publishCommand(): Command {
@@ -109,7 +130,7 @@ export function publishCommand(): Command {
     .option('--url <base>', `address of the server (default ${DEFAULT_URL}; PERIHELION_URL)`)
     .option('--key <apiKey>', "the server's API key; prefer PERIHELION_API_KEY, since a key on the command line shows in ps and in shell history")
     .option('--ext <json>', 'ext object delivered with the message, as JSON, e.g. \'{"source":"cron"}\'')
-    .option('--idempotency-key <key>', 'names this publish: run again with the same key (a retry), it publishes nothing again (the server remembers keys for its idempotencyWindow, 10 minutes by default)')
+    .option('--idempotency-key <key>', 'names this publish: run again with the same key (a retry), it publishes nothing again (the server remembers keys for its idempotencyWindow, 10 minutes by default); the command itself then tries again, for about 15 s, when the server cannot be reached or answers 502, 503 or 504')
     .option('--verbose', 'report the publish on stderr (otherwise success prints nothing)')
     .addHelpText(
       'after',
