@@ -10,7 +10,7 @@ export { StateChannel, ProposalRefusal, type StateOptions, type SavedState, type
 export { STATE_SERVICE } from './state/state-service.js';
 export { presenceChannel, type Member, type PresenceBy, type PresenceEvent } from './core/presence.js';
 export type { Engine, EngineHost, LostSession, Publication, PublishOnce, RecoverRequest, SessionInfo, SubscribeOutcome } from './engine/engine.js';
-export { API_PUBLISHER } from './engine/engine.js';
+export { API_DELIVERER, API_PUBLISHER } from './engine/engine.js';
 export { LocalClient, LocalClientRefusal, type LocalClientOptions, type LocalHandler } from './api/local-client.js';
 export { MemoryEngine } from './engine/memory.js';
 export { WorkersEngine, type WorkersEngineOptions } from './engine/workers.js';

@@ -27,7 +27,7 @@ import { hasPresence, membersOf, type Member } from './core/presence.js';
 import { broadcast, isIdempotencyKey, prepare, type BroadcastOptions } from './core/publish.js';
 import type { ServerCore } from './core/server.js';
 import type { Session } from './core/session.js';
-import { API_PUBLISHER, type Engine, type PublishOnce, type SessionInfo } from './engine/engine.js';
+import { API_DELIVERER, API_PUBLISHER, type Engine, type PublishOnce, type SessionInfo } from './engine/engine.js';
 import type { HistoryPage, HistoryQuery } from './engine/history.js';
 import { PerihelionError } from './errors.js';
 import type { Extension } from './extensions/pipeline.js';
@@ -144,9 +144,9 @@ export class Perihelion {
   }
 
   /** What makes a publish with an idempotency key recognisable when it is done again (see PublishOnce). */
-  private idempotent(key: string): PublishOnce {
+  private idempotent(key: string, publisher = API_PUBLISHER): PublishOnce {
     if (!isIdempotencyKey(key)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `idempotencyKey must be 1 to 255 visible ASCII characters, got ${JSON.stringify(key)?.slice(0, 80)}`);
-    return { client: API_PUBLISHER, id: key, keep: this.options.idempotencyKeys, forMs: this.options.idempotencyWindow };
+    return { client: publisher, id: key, keep: this.options.idempotencyKeys, forMs: this.options.idempotencyWindow };
   }
 
   /** A /service message goes to the in-process listeners only; any other is broadcast. */
@@ -168,13 +168,19 @@ export class Perihelion {
     return this.core.listeners.add(pattern, listener);
   }
 
-  /** Sends `data` on `channel` to one session, on whichever node holds it; false when no session has that id. */
-  async deliver(clientId: string, channel: string, data: unknown): Promise<boolean> {
+  /**
+   * Sends `data` on `channel` to one session, on whichever node holds it; false when no session has
+   * that id. With `idempotencyKey`, a delivery made again with the key (a retry) is not sent again
+   * and resolves true, as the first did (see PublishOptions; the keys are apart from the publishes').
+   */
+  async deliver(clientId: string, channel: string, data: unknown, options: { idempotencyKey?: string } = {}): Promise<boolean> {
     this.assertOpen();
     this.checkDeliveryChannel(channel);
     checkData(data, 'deliver');
+    const once = options.idempotencyKey === undefined ? undefined : this.idempotent(options.idempotencyKey, API_DELIVERER);
     const publication = await prepare(this.core.extensions, { channel, data }, null);
     if (!publication) return false;
+    if (once !== undefined) publication.once = once;
     return this.engine.sendTo(clientId, publication);
   }
 

@@ -181,6 +181,22 @@ describe('HTTP API', () => {
     }
   });
 
+  it('delivers a call repeated with its Idempotency-Key once, answering it as the first', async () => {
+    const target = await subscriber(t, '/unused3');
+    const keyed = (clientId: string, data: unknown, key: string): Promise<{ status: number; json: any }> => api(t, 'POST', '/api/deliver', { clientId, channel: '/private/keyed', data }, KEY, { 'Idempotency-Key': key });
+    assert.deepEqual((await keyed(target.clientId, 'shipped', 'note-1')).json, { delivered: true });
+    assert.deepEqual((await keyed(target.clientId, 'shipped', 'note-1')).json, { delivered: true }, 'the retry');
+    assert.equal(await t.server.deliver(target.clientId, '/private/keyed', 'shipped', { idempotencyKey: 'note-1' }), true, 'server.deliver shares the keys');
+    // A key that reached no session is not kept; the keys of publishes are others.
+    assert.equal((await keyed('nosuch', 'x', 'note-2')).status, 404);
+    await t.server.publish('/elsewhere', 1, { idempotencyKey: 'note-3' });
+    assert.deepEqual((await keyed(target.clientId, 'after', 'note-3')).json, { delivered: true });
+    assert.deepEqual((await target.next()).map((m) => m.data), ['shipped', 'after']);
+    const bad = await keyed(target.clientId, 'x', 'no spaces');
+    assert.equal(bad.status, 400);
+    assert.match(bad.json.error.message, /^Idempotency-Key must be 1 to 255 visible ASCII characters/);
+  });
+
   it('lists channels with subscriber counts, and presence of a channel', async () => {
     const a = await subscriber(t, '/room/1');
     const b = await subscriber(t, '/room/1');

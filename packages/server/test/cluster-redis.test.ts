@@ -205,7 +205,7 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     assert.equal(b.server.stats().duplicatePublishes, 1);
   });
 
-  it('recognises a backend\'s publish retried on another node with its Idempotency-Key, with or without history, and publishes it once', async () => {
+  it('recognises a backend\'s publish (with or without history) and delivery retried on another node with its Idempotency-Key, and makes each once', async () => {
     fresh();
     const noHistory = { history: [{ channel: '/keyed/nohist', size: 0 }] };
     const a = await node({}, noHistory);
@@ -224,6 +224,15 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     assert.deepEqual(listener.data('/keyed/hist').map((m) => m.data), ['once', 'another']);
     assert.deepEqual(listener.data('/keyed/nohist').map((m) => m.data), ['once', 'another']);
+    // A delivery to the listener's session (held by b) made on a, then retried on b and on a.
+    const deliver = async (on: TestServer, key: string): Promise<Record<string, unknown>> => (await api(on, 'POST', '/api/deliver', { clientId: listener.clientId, channel: '/keyed/private', data: key }, { 'Idempotency-Key': key })).json;
+    assert.deepEqual(await deliver(a, 'd-1'), { delivered: true });
+    assert.deepEqual(await deliver(b, 'd-1'), { delivered: true });
+    assert.deepEqual(await deliver(a, 'd-1'), { delivered: true });
+    assert.deepEqual(await deliver(a, 'd-2'), { delivered: true });
+    await waitFor(() => listener.data('/keyed/private').length >= 2, 3000, 'the deliveries');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.deepEqual(listener.data('/keyed/private').map((m) => m.data), ['d-1', 'd-2']);
   });
 
   it('counts the sessions of both nodes in presence, channel lists, stats and metrics', async () => {

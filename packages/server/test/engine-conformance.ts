@@ -8,7 +8,7 @@
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialiseExtLast, type Message, type Position } from '@perihelion/protocol';
-import { API_PUBLISHER, type Engine, type EngineHost, type HistorySettings, type LostSession, type Publication, type PublishOnce, type Retention, type SessionInfo } from '../src/index.js';
+import { API_DELIVERER, API_PUBLISHER, type Engine, type EngineHost, type HistorySettings, type LostSession, type Publication, type PublishOnce, type Retention, type SessionInfo } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
 /** What the engine gave each session, in order, and what it reported. */
@@ -463,6 +463,20 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.equal(await engine.sendTo('nobody', publication('/private', 'lost')), false);
       await engine.removeSession('a');
       assert.equal(await engine.sendTo('a', publication('/private', 'late')), false);
+      // With an idempotency key: once; a key that reached no session is not kept.
+      const keyed = (clientId: string, data: unknown, id: string): Promise<boolean> => engine.sendTo(clientId, { ...publication('/private', data), once: { client: API_DELIVERER, id, keep: 100, forMs: 60_000 } });
+      await engine.addSession('k');
+      assert.equal(await keyed('k', 1, 'once'), true);
+      assert.equal(await keyed('k', 'again', 'once'), true);
+      assert.equal(await keyed('later', 'lost', 'later'), false);
+      await engine.addSession('later');
+      assert.equal(await keyed('later', 2, 'later'), true);
+      // A publish's key is another: the same string does not stop a delivery.
+      assert.equal(await engine.publish({ ...publication('/private/p', 'published'), once: { client: API_PUBLISHER, id: 'shared', keep: 100, forMs: 60_000 } }), true);
+      assert.equal(await keyed('k', 3, 'shared'), true);
+      await waitFor(() => host.data('k').length === 2 && host.data('later').length === 1, 3000, 'the keyed deliveries');
+      assert.deepEqual(host.data('k'), [1, 3]);
+      assert.deepEqual(host.data('later'), [2]);
     });
 
     it('counts the channels with history and the messages kept', async () => {
@@ -661,6 +675,25 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       assert.deepEqual(await b.engine.usersOf(['user-on-a']), ['alice']);
       await a.engine.removeSession('user-on-a');
       assert.deepEqual(await b.engine.usersOf(['user-on-a']), [null]);
+    });
+
+    it('delivers with sendTo once per idempotency key, whichever node the retry is made on; a key that reached no session is not kept', async () => {
+      const a = await open();
+      const b = await open();
+      await a.engine.addSession('keyed-on-a');
+      const keyed = (node: { engine: Engine }, clientId: string, data: unknown, id: string): Promise<boolean> => node.engine.sendTo(clientId, { ...publication('/d/private', data), once: { client: API_DELIVERER, id, keep: 100, forMs: 60_000 } });
+      assert.equal(await a.engine.sendTo('keyed-on-a', publication('/d/private', 'no key')), true);
+      assert.equal(await b.engine.sendTo('keyed-on-a', publication('/d/private', 'no key')), true, 'without a key, each is sent');
+      assert.equal(await keyed(b, 'keyed-on-a', 1, 'k1'), true);
+      assert.equal(await keyed(a, 'keyed-on-a', 'again', 'k1'), true, 'the retry on the other node, said delivered');
+      assert.equal(await keyed(b, 'keyed-on-a', 'again', 'k1'), true, 'and on the same node');
+      assert.equal(await keyed(b, 'not-yet', 'lost', 'k2'), false, 'no such session');
+      await a.engine.addSession('not-yet');
+      assert.equal(await keyed(b, 'not-yet', 2, 'k2'), true, 'the key was not kept: its retry is sent');
+      await waitFor(() => a.host.data('keyed-on-a').length === 3 && a.host.data('not-yet').length === 1, 3000, 'the deliveries on node a');
+      await sleep(100);
+      assert.deepEqual(a.host.data('keyed-on-a'), ['no key', 'no key', 1]);
+      assert.deepEqual(a.host.data('not-yet'), [2]);
     });
 
     it('reaches a session on another node with sendTo, and says false once it ended there', async () => {

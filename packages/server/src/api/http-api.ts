@@ -6,6 +6,7 @@
  *   POST /api/publish     {channel, data, ext?} or a list of them   → {published: n[, repeated: n]}
  *                         (an Idempotency-Key header makes a retry publish nothing again)
  *   POST /api/deliver     {clientId, channel, data}                  → {delivered: true}
+ *                         (an Idempotency-Key header too)
  *   POST /api/disconnect  {clientId} or {user}                       → {disconnected: n}
  *   GET  /api/channels                                               → {channels: [{channel, subscribers}]}
  *   GET  /api/presence?channel=/x                                    → {channel, sessions: [{clientId, user}]}
@@ -102,7 +103,7 @@ export class HttpApi {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const routes: Record<string, { method: 'GET' | 'POST'; run: () => Promise<void> }> = {
       publish: { method: 'POST', run: async () => this.publish(req, res, await this.body(req, res)) },
-      deliver: { method: 'POST', run: async () => this.deliver(res, await this.body(req, res)) },
+      deliver: { method: 'POST', run: async () => this.deliver(req, res, await this.body(req, res)) },
       disconnect: { method: 'POST', run: async () => this.disconnect(res, await this.body(req, res)) },
       channels: { method: 'GET', run: () => this.channels(res) },
       presence: { method: 'GET', run: () => this.presence(res, url.searchParams.get('channel')) },
@@ -184,7 +185,7 @@ export class HttpApi {
     return exceedsBytes(JSON.stringify(message), limit) ? `the message is larger than ${limit} bytes (maxMessageBytes)` : null;
   }
 
-  private async deliver(res: ServerResponse, body: unknown): Promise<void> {
+  private async deliver(req: IncomingMessage, res: ServerResponse, body: unknown): Promise<void> {
     if (body === undefined) return;
     const { clientId, channel, data } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
     if (typeof clientId !== 'string') return sendApiError(res, 400, 'invalid_request', '"clientId" (a string) is required');
@@ -194,8 +195,10 @@ export class HttpApi {
     if (data === undefined) return sendApiError(res, 400, 'invalid_request', '"data" is required');
     const size = this.sizeProblem({ channel, data });
     if (size) return sendApiError(res, 413, 'too_large', size);
+    const key = idempotencyKeyOf(req, 1);
+    if (key instanceof Error) return sendApiError(res, 400, 'invalid_request', key.message);
     // The engine finds the session on whichever node holds it (Redis engine: any node of the cluster).
-    if (!(await this.server.deliver(clientId, channel as string, data))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
+    if (!(await this.server.deliver(clientId, channel as string, data, key !== undefined ? { idempotencyKey: key } : {}))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
     sendJson(res, 200, { delivered: true });
   }
 

@@ -51,6 +51,8 @@ export interface PublishOnce {
 
 /** The publisher of the idempotency keys of `server.publish` and `/api/publish` (no client instance has this form: theirs hold a NUL). */
 export const API_PUBLISHER = 'api';
+/** The same for the deliveries of `server.deliver` and `/api/deliver`: their keys are apart from the publishes'. */
+export const API_DELIVERER = 'api-deliver';
 
 /** A client asking to be given what it missed on `channel` since `since`. */
 export interface RecoverRequest {
@@ -173,7 +175,11 @@ export interface Engine {
   history(channel: string, query?: HistoryQuery): Promise<HistoryPage | null>;
   /** Channels with a history and the messages kept in all, for metrics. */
   historyStats(): Promise<{ channels: number; messages: number }>;
-  /** Delivers to one session, wherever it is connected; false when no node knows it. */
+  /**
+   * Delivers to one session, wherever it is connected; false when no node knows it. With `once`
+   * (API_DELIVERER), true without delivering again when its id was delivered already; an id that
+   * could not be delivered is not kept.
+   */
   sendTo(clientId: string, publication: Publication): Promise<boolean>;
   /** The sessions subscribed to exactly this channel or pattern (on every node). */
   subscribers(pattern: string): Promise<string[]>;

@@ -26,8 +26,8 @@ export class MemoryEngine implements Engine {
   private historyStore: HistoryStore | null = null;
   /** Presence grace marks (see markLeaving): key → when the mark expires (ms). */
   private readonly leaving = new LeavingMarks();
-  /** The idempotency keys of `server.publish` and the HTTP API, the one publisher kept here. */
-  private readonly idempotencyKeys = new OnceIds(1);
+  /** The idempotency keys of the server's (and the HTTP API's) publishes and deliveries. */
+  private readonly idempotencyKeys = new OnceIds(2);
   private sweeper: NodeJS.Timeout | null = null;
   private readonly key = randomBytes(32).toString('hex');
 
@@ -124,7 +124,13 @@ export class MemoryEngine implements Engine {
 
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {
     const host = this.running();
-    if (!this.sessions.has(clientId)) return false;
+    const { once } = publication;
+    // Sent before under this key: done. Not sent (no such session): the key is not kept.
+    if (once !== undefined && !this.idempotencyKeys.firstTime(once)) return true;
+    if (!this.sessions.has(clientId)) {
+      if (once !== undefined) this.idempotencyKeys.forget(once);
+      return false;
+    }
     host.onDirect(publication, clientId);
     return true;
   }

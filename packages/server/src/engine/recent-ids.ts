@@ -92,7 +92,8 @@ export class PublishIdsByClient {
  * The ids of PublishOnce as an engine keeps them, for publishers that may send through any of
  * its servers: per publisher at most `keep` ids, each for `forMs` ms, for at most `maxPublishers`
  * publishers (those that published last). The workers' primary keeps its workers' here, and the
- * memory engine the idempotency keys (a client's are kept by the server, see PublishIdsByClient).
+ * memory engine the idempotency keys of publishes and deliveries (a client's are kept by the
+ * server, see PublishIdsByClient).
  */
 export class OnceIds {
   /** Each publisher's ids with when they were kept (the oldest first); the publishers in the order they last published. */
@@ -119,5 +120,10 @@ export class OnceIds {
     }
     ids.set(id, now);
     return true;
+  }
+
+  /** Forgets an id `firstTime` kept: what it named could not be done, so a repeat deserves a try. */
+  forget({ client, id }: PublishOnce): void {
+    this.publishers.get(client)?.delete(id);
   }
 }

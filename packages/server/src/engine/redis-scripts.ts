@@ -192,6 +192,20 @@ return 1
 `;
 
 /**
+ * Keeps an id of a publisher that may send again (see first_time), for what is not published on a
+ * channel (a delivery to one session). ARGV: D, then the once (client, id, keep, forMs). Returns 1
+ * the first time, 0 for a repeat.
+ */
+const ONCE = `${DATA}
+return first_time(2) and 1 or 0
+`;
+
+/** Forgets an id ONCE kept (what it named could not be done, so a repeat deserves a try). ARGV: D, client, id. */
+const FORGET_ONCE = `${DATA}
+return redis.call('ZREM', D .. 'once:' .. ARGV[2], ARGV[3])
+`;
+
+/**
  * What a subscribe reads in one partition for an exact seam, in one step: the position of the
  * channel subscribed to (created if absent), the messages missed on each channel to recover, then
  * a fence published on the partition's bus (see redis-seam.ts).
@@ -422,7 +436,7 @@ return redis.call('HGET', C .. 'layout', 'browser-key')
 
 /** Scripts of the control plane (run with the control prefix) and of one partition (its prefix). */
 export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT, LIVE_LAYOUT, BROWSER_KEY } as const;
-export const DATA_SCRIPTS = { PUBLISH, SEND_ONCE, READ, HISTORY, STATS } as const;
+export const DATA_SCRIPTS = { PUBLISH, SEND_ONCE, ONCE, FORGET_ONCE, READ, HISTORY, STATS } as const;
 export const SCRIPTS = { ...CONTROL_SCRIPTS, ...DATA_SCRIPTS } as const;
 export type ControlScript = keyof typeof CONTROL_SCRIPTS;
 export type DataScript = keyof typeof DATA_SCRIPTS;

@@ -451,6 +451,28 @@ export class RedisEngine implements Engine {
   }
 
   async sendTo(clientId: string, publication: Publication): Promise<boolean> {
+    const { once } = publication;
+    if (once === undefined) return this.sendToSession(clientId, publication);
+    // Kept before it is sent, so that two tries at once cannot both send; forgotten when it could
+    // not be sent, so that a retry is sent then. Kept with the session's partition (any will do).
+    this.running();
+    if (!this.connection.readyCmd()) throw unavailable(`a delivery with an idempotency key needs Redis, which holds the keys; retry once it answers`);
+    const partition = this.layout.data(this.layout.partitionOf(clientId));
+    const first = await this.connection.script('ONCE', partition, [once.client, once.id, once.keep, once.forMs]).catch((error: unknown) => {
+      throw unavailable(`cannot deliver to ${clientId}`, error);
+    });
+    // Sent before, under this key: done.
+    if (Number(first) === 0) return true;
+    let sent = false;
+    try {
+      sent = await this.sendToSession(clientId, publication);
+      return sent;
+    } finally {
+      if (!sent) await this.connection.script('FORGET_ONCE', partition, [once.client, once.id]).catch((error: unknown) => this.report(error));
+    }
+  }
+
+  private async sendToSession(clientId: string, publication: Publication): Promise<boolean> {
     const host = this.running();
     if (this.isLocal(clientId)) {
       host.onDirect(publication, clientId);

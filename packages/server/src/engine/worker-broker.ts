@@ -202,9 +202,19 @@ export class WorkerBroker {
         break;
       case 'channels':
         return [...(await engine.channels())];
-      case 'sendTo':
+      case 'sendTo': {
         this.refuseWhileBackedUp();
-        return engine.sendTo(clientId, fromBytes(args[1] as WirePublication));
+        // A delivery with an idempotency key: kept here, forgotten when it could not be made.
+        const once = args[2] as PublishOnce | null;
+        if (once && !this.publishIds.firstTime(once)) return true;
+        let sent = false;
+        try {
+          sent = await engine.sendTo(clientId, fromBytes(args[1] as WirePublication));
+          return sent;
+        } finally {
+          if (once && !sent) this.publishIds.forget(once);
+        }
+      }
       case 'publish': {
         this.refuseWhileBackedUp();
         // A resend (see PublishOnce) is known here whichever worker each of its sessions was on.

@@ -143,7 +143,7 @@ export class WorkersEngine implements Engine {
   }
 
   sendTo(clientId: string, publication: Publication): Promise<boolean> {
-    return this.call('sendTo', [clientId, toWire(publication)]);
+    return this.call('sendTo', [clientId, toWire(publication), publication.once ?? null]);
   }
 
   subscribers(pattern: string): Promise<string[]> {
