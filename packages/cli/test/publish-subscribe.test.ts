@@ -187,6 +187,24 @@ describe('perihelion publish and subscribe', () => {
     assert.equal(shallow.stdout, line('/feed/a', 2) + line('/feed/d', 3));
   });
 
+  it('resumes a pattern where an earlier run stopped: --since <channel>=<position> for each of its channels', async () => {
+    const first = subscriber(server.url, '/stock/*', '--positions', '--count', '2');
+    await first.waitFor('stderr', /subscribed to \/stock\/\*/);
+    for (const channel of ['/stock/eu', '/stock/us']) assert.equal((await publish(server.url, channel, '1')).code, 0);
+    assert.equal((await first.done).code, 0, first.stderr);
+    const last = new Map(first.stdout.trim().split('\n').map((text) => JSON.parse(text) as { channel: string; position: string }).map((m) => [m.channel, m.position]));
+    assert.deepEqual([...last.keys()].sort(), ['/stock/eu', '/stock/us']);
+    // Published while no subscriber runs.
+    for (const channel of ['/stock/eu', '/stock/us']) assert.equal((await publish(server.url, channel, '2')).code, 0);
+    const second = subscriber(server.url, '/stock/*', '--since', `/stock/eu=${last.get('/stock/eu')}`, '--since', `/stock/us=${last.get('/stock/us')}`, '--count', '3');
+    await second.waitFor('stderr', /subscribed to \/stock\/\*/);
+    assert.equal((await publish(server.url, '/stock/eu', '3')).code, 0);
+    assert.equal((await second.done).code, 0, second.stderr);
+    const lines = second.stdout.trim().split('\n');
+    assert.deepEqual(lines.slice(0, 2).sort(), [line('/stock/eu', 2), line('/stock/us', 2)].map((l) => l.trim()), 'what each channel missed, first');
+    assert.equal(`${lines[2]}\n`, line('/stock/eu', 3), 'then the live message');
+  });
+
   it('resumes where an earlier run stopped: --positions prints each position, --since starts after one', async () => {
     const first = subscriber(server.url, '/orders/eu', '--positions', '--count', '1');
     await first.waitFor('stderr', /subscribed to \/orders\/eu/);
@@ -331,7 +349,11 @@ describe('perihelion publish and subscribe', () => {
       [['subscribe', '/news', '--transport-retry', '1s'], /--transport-retry must be a whole number of milliseconds, got "1s"/],
       [['subscribe', '/news', '--url', 'localhost:8080'], /--url must start with http:\/\//],
       [['subscribe', '/news', '--since', '12'], /--since must be a position epoch:offset, as --positions prints it, got "12"/],
-      [['subscribe', '/news/*', '--since', 'abc:1'], /--since is the position of one channel; \/news\/\* is a pattern/],
+      [['subscribe', '/news/*', '--since', 'abc:1'], /--since for a pattern names the channel: <channel>=<epoch:offset>/],
+      [['subscribe', '/news/*', '--since', '/sport/a=abc:1'], /"\/sport\/a" is not a channel of \/news\/\*/],
+      [['subscribe', '/news/*', '--since', '/news/a=abc'], /--since must be a position epoch:offset, as --positions prints it, after <channel>=, got "\/news\/a=abc"/],
+      [['subscribe', '/news/*', '--since', '/news/a=abc:1', '--since', '/news/a=abc:2'], /--since gives \/news\/a twice/],
+      [['subscribe', '/news', '--since', '/other=abc:1'], /"\/other" is not a channel of \/news/],
       [['subscribe', '/news', '--positions', '--data-only'], /--positions adds the position to each line, --data-only prints the data alone/],
       [['publish', '/news'], /missing required argument 'json'/],
     ];

@@ -22,7 +22,7 @@
 import { Command } from 'commander';
 import { WebSocket } from 'ws';
 import { Client, ClientError, type Message, type Subscription } from '@perihelion/client';
-import { asPosition, channelProblem, formatPosition, isMeta, isWildcard, parsePosition, type Position } from '@perihelion/protocol';
+import { asPosition, channelProblem, formatPosition, isMeta, isWildcard, matches, parsePosition, type Position } from '@perihelion/protocol';
 import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, isAddress, networkProblem, runAction, serverUrl, urlGoesInFlag, usageExitsWith2 } from './common.js';
 
 interface SubscribeFlags {
@@ -34,7 +34,7 @@ interface SubscribeFlags {
   transportRetry?: string;
   verbose?: boolean;
   positions?: boolean;
-  since?: string;
+  since?: string[];
 }
 
 const DEFAULT_PATH = '/bayeux';
@@ -174,12 +174,7 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
     count = Number(flags.count);
   }
   if (flags.positions === true && flags.dataOnly === true) throw new UsageError('--positions adds the position to each line, --data-only prints the data alone: choose one');
-  let since: Position | undefined;
-  if (flags.since !== undefined) {
-    if (isWildcard(pattern)) throw new UsageError(`--since is the position of one channel; ${pattern} is a pattern, whose channels each have their own`);
-    since = parsePosition(flags.since) ?? undefined;
-    if (since === undefined) throw new UsageError(`--since must be a position epoch:offset, as --positions prints it, got ${JSON.stringify(flags.since)}`);
-  }
+  const since = sinceOf(pattern, flags.since ?? []);
   let transportRetry: number | undefined;
   if (flags.transportRetry !== undefined) {
     if (!/^\d+$/.test(flags.transportRetry)) throw new UsageError(`--transport-retry must be a whole number of milliseconds, got ${JSON.stringify(flags.transportRetry)}`);
@@ -247,7 +242,7 @@ async function subscribe(pattern: string, flags: SubscribeFlags, env: NodeJS.Pro
   // Once subscribed, the client subscribes again by itself in every new session.
   function subscribeOnce(): void {
     subscribing = true;
-    client.subscribe(pattern, print, since ? { since } : {}).then(
+    client.subscribe(pattern, print, since !== undefined ? { since } : {}).then(
       (held) => {
         subscribing = false;
         subscription = held;
@@ -365,7 +360,11 @@ export function subscribeCommand(): Command {
     .option('--transport-retry <ms>', 'fallen back to HTTP, try the WebSocket again after this long (default 60000, plus up to half again; 0: only once HTTP fails too)')
     .option('--verbose', 'report the connection on stderr: session, subscription, reconnects, moves to a WebSocket')
     .option('--positions', 'add each message\'s position in its channel ("position":"epoch:offset") to its line, for a later --since')
-    .option('--since <epoch:offset>', 'start after this position of the channel: what was published since is printed first (from the server\'s history; said on stderr when it no longer holds all of it)')
+    .option(
+      '--since <position>',
+      'start after this position of the channel (epoch:offset): what was published since is printed first (from the server\'s history; said on stderr when it no longer holds all of it); for a pattern, <channel>=<epoch:offset>, once per channel',
+      (value: string, earlier: string[] = []) => [...earlier, value],
+    )
     .addHelpText(
       'after',
       `
@@ -384,9 +383,33 @@ Examples:
   perihelion subscribe '/news/**' | jq
   perihelion subscribe /chat/lobby --data-only --count 1
   perihelion subscribe /orders --positions --since "$(tail -n 1 orders.log | jq -r .position)"
+  perihelion subscribe '/orders/*' --since /orders/eu=k3x9pa:40 --since /orders/us=k3x9pa:12
   perihelion subscribe /prices/ACME --url https://push.example.com --path /cometd --verbose
   PERIHELION_TOKEN=eyJ… perihelion subscribe '/user/42/**'`,
     )
     .action((pattern: string, flags: SubscribeFlags) => runAction(() => subscribe(pattern, flags, process.env)));
   return usageExitsWith2(command);
+}
+
+/**
+ * The positions of `--since`: for a channel, one `epoch:offset` (or `<channel>=epoch:offset`); for
+ * a pattern, `<channel>=epoch:offset` for each channel under it to resume, as `--positions` prints
+ * them. A UsageError says what is wrong with any.
+ */
+function sinceOf(pattern: string, values: readonly string[]): Position | Record<string, Position> | undefined {
+  if (values.length === 0) return undefined;
+  const byChannel: Record<string, Position> = {};
+  for (const value of values) {
+    const at = value.indexOf('=');
+    const channel = at === -1 ? pattern : value.slice(0, at);
+    const position = parsePosition(at === -1 ? value : value.slice(at + 1));
+    if (isWildcard(pattern) && at === -1) throw new UsageError(`--since for a pattern names the channel: <channel>=<epoch:offset>, as --positions prints them (each channel of ${pattern} has positions of its own), got ${JSON.stringify(value)}`);
+    if (position === null) throw new UsageError(`--since must be a position epoch:offset, as --positions prints it${isWildcard(pattern) ? ', after <channel>=' : ''}, got ${JSON.stringify(value)}`);
+    if (isWildcard(channel) || channelProblem(channel, { allowWildcard: false }) !== null || !matches(pattern, channel)) {
+      throw new UsageError(`--since ${JSON.stringify(value)}: ${JSON.stringify(channel)} is not a channel of ${pattern}`);
+    }
+    if (Object.hasOwn(byChannel, channel)) throw new UsageError(`--since gives ${channel} twice`);
+    byChannel[channel] = position;
+  }
+  return isWildcard(pattern) ? byChannel : byChannel[pattern];
 }
