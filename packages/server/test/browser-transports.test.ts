@@ -1,21 +1,40 @@
 /**
  * Every transport in a real browser (Debian's Chromium via playwright-core): the Faye browser
  * client over EventSource, a plain EventSource, the CometD client over callback-polling (JSONP)
- * and long-polling (and in two tabs of one first visit), and a fetch() body read as an HTTP stream.
+ * and long-polling (and in two tabs of one first visit), a fetch() body read as an HTTP stream, and
+ * the browser's cookie behind a proxy that rewrites the path.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+import { createServer as createHttpServer, request, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { createServer, type Perihelion } from '../src/index.js';
+import { createServer, type Perihelion, type ServerOptions } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const require = createRequire(import.meta.url);
 const fayeBundle = readFileSync(join(dirname(require.resolve('faye/package.json')), 'client', 'faye-browser.js'));
 const cometdDir = dirname(require.resolve('cometd/package.json'));
+
+/** A reverse proxy that takes `/realtime/…` to the upstream's `/…`, as an ingress with a rewrite does. */
+async function rewritingProxy(upstreamPort: number): Promise<Server> {
+  const proxy = createHttpServer((req, res) => {
+    const url = req.url ?? '/';
+    if (!url.startsWith('/realtime/')) return void res.writeHead(404).end();
+    const upstream = request({ host: '127.0.0.1', port: upstreamPort, method: req.method, path: url.slice('/realtime'.length), headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode ?? 502, answer.headers);
+      answer.pipe(res);
+    });
+    upstream.on('error', () => res.writeHead(502).end());
+    req.pipe(upstream);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return proxy;
+}
 
 describe('transports in Chromium', () => {
   let server: Perihelion;
@@ -210,5 +229,52 @@ describe('transports in Chromium', () => {
     });
     await publishUntilSeen(p, '/browser/stream', 2);
     await p.close();
+  });
+
+  // Behind a proxy that serves the endpoint under another path (`/realtime/bayeux` outside,
+  // `/bayeux` on the server): with its Path the mount path, the browser never sends the
+  // BAYEUX_BROWSER cookie back, and a session bound strictly to its browser is refused its second
+  // request; `cookiePath` set to the outside path mends it.
+  describe('the browser cookie behind a path-rewriting proxy', () => {
+    /** A page behind the proxy handshakes, then subscribes: the subscribe's answer. */
+    async function handshakeAndSubscribe(options: ServerOptions): Promise<{ subscribe: { successful: boolean; error?: string } }> {
+      const inside = createServer({ open: true, sessionBinding: 'strict', drainTimeout: 0, ...options });
+      const { port } = await inside.listen({ port: 0, host: '127.0.0.1', fallback: (_req, res) => void res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!doctype html><title>t</title>') });
+      const proxy = await rewritingProxy(port);
+      const context = await browser.newContext();
+      try {
+        const page = await context.newPage();
+        await page.goto(`http://127.0.0.1:${(proxy.address() as AddressInfo).port}/realtime/`);
+        return await page.evaluate(async () => {
+          const post = async (message: object): Promise<{ reply: { successful: boolean; clientId?: string; error?: string } }> => {
+            const response = await fetch('/realtime/bayeux', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify([message]) });
+            return { reply: ((await response.json()) as Array<{ successful: boolean; clientId?: string; error?: string }>)[0]! };
+          };
+          const handshake = await post({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] });
+          const subscribe = await post({ channel: '/meta/subscribe', clientId: handshake.reply.clientId, subscription: '/rewritten' });
+          return { subscribe: subscribe.reply };
+        });
+      } finally {
+        await context.close();
+        await new Promise((resolve) => proxy.close(resolve));
+        await inside.close();
+      }
+    }
+
+    it('with the mount path as the cookie\'s Path, the browser keeps the cookie from the session it bound (402)', async () => {
+      const { subscribe } = await handshakeAndSubscribe({});
+      assert.equal(subscribe.successful, false);
+      assert.match(String(subscribe.error), /^402:/);
+    });
+
+    it('with cookiePath the outside path, the session goes on', async () => {
+      const { subscribe } = await handshakeAndSubscribe({ cookiePath: '/realtime/bayeux' });
+      assert.equal(subscribe.successful, true, JSON.stringify(subscribe));
+    });
+
+    it('with cookiePath "/", too', async () => {
+      const { subscribe } = await handshakeAndSubscribe({ cookiePath: '/' });
+      assert.equal(subscribe.successful, true, JSON.stringify(subscribe));
+    });
   });
 });

@@ -195,3 +195,19 @@ describe('cookieSameSite', () => {
     }
   });
 });
+
+describe('cookiePath', () => {
+  it('sets the Path of the cookie, and is checked as a path', async () => {
+    const server = createServer({ cookiePath: '/realtime/bayeux/', drainTimeout: 0 });
+    const { port } = await server.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/bayeux`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '[]' });
+      assert.match(response.headers.get('set-cookie') ?? '', /^BAYEUX_BROWSER=[A-Za-z0-9_-]{16,}; Path=\/realtime\/bayeux; HttpOnly$/);
+    } finally {
+      await server.close();
+    }
+    for (const bad of ['realtime', '/a b', '//x', '', 7]) {
+      assert.throws(() => createServer({ cookiePath: bad as string }), /option "cookiePath" must be a URL path starting with "\/"/, String(bad));
+    }
+  });
+});
