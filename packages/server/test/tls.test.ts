@@ -186,6 +186,25 @@ describe('TLS: HTTPS and WSS on the server\'s own listener', () => {
     assert.ok(waited >= 250 && waited < 3000, `closed after ${waited} ms`);
   });
 
+  it('closes a plain-HTTP connection that stays open after its 400, after bodyTimeout', async () => {
+    const { port } = await tlsServer(first, { bodyTimeout: 300 });
+    const lingering = connectTcp({ port, host: '127.0.0.1', allowHalfOpen: true });
+    let answer = '';
+    lingering.on('data', (chunk) => (answer += String(chunk)));
+    lingering.on('error', () => {});
+    const closed = new Promise((resolve) => lingering.on('close', resolve));
+    lingering.write('POST /bayeux HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n');
+    await once(lingering, 'end');
+    assert.match(answer, /^HTTP\/1\.1 400 /);
+    // The client never closes its side; once the server has let go, what it sends is refused.
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    // The first write draws the server's reset, the next one fails on it.
+    lingering.write('more of the body');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    lingering.write('and more');
+    await Promise.race([closed, new Promise((_, reject) => setTimeout(() => reject(new Error('the server still holds the connection')), 2000))]);
+  });
+
   it('serves handed connections over TLS (as the workers of --workers are handed them)', async () => {
     const server = createServer({ open: true, handshakeRate: 0, pingInterval: 0, drainTimeout: 0 });
     servers.push(server);

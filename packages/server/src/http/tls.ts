@@ -81,16 +81,18 @@ export function answerPlainHttp(server: HttpsServer, idleMs: number): void {
     socket.on('error', fail);
     socket.setTimeout(idleMs, fail);
     socket.once('data', (chunk: Buffer) => {
-      socket.off('error', fail);
-      socket.setTimeout(0);
-      socket.pause();
       if (!/^[A-Z]/.test(String.fromCharCode(chunk[0]!))) {
+        socket.off('error', fail);
+        socket.setTimeout(0, fail);
+        socket.pause();
         // TLS reads what is buffered before it takes the socket over.
         socket.unshift(chunk);
         startTls.call(server, socket);
         return;
       }
-      socket.on('error', () => {});
+      // What else it sends is read and dropped, so that its end is seen; a client that keeps the
+      // connection open after the answer is cut after `idleMs` of silence, as before the first byte.
+      socket.on('data', () => {});
       socket.end(plainHttpAnswer(chunk.toString('latin1', 0, Math.min(chunk.length, 4096))));
     });
   });
