@@ -5,7 +5,7 @@ export type { ServerStats } from './core/delivery.js';
 export type { LatencySummary } from './api/metrics.js';
 export type { Session } from './core/session.js';
 export type { Listener } from './core/listeners.js';
-export { ServiceRefusal } from './core/publish.js';
+export { ServiceRefusal, isIdempotencyKey } from './core/publish.js';
 export { StateChannel, ProposalRefusal, type StateOptions, type SavedState, type ProposalCheck, type StatePatchMessage } from './state/state-channel.js';
 export { STATE_SERVICE } from './state/state-service.js';
 export { presenceChannel, type Member, type PresenceBy, type PresenceEvent } from './core/presence.js';

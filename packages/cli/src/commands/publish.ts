@@ -5,6 +5,7 @@
  */
 import { Command } from 'commander';
 import { channelProblem, isMeta } from '@perihelion/protocol';
+import { isIdempotencyKey } from '@perihelion/server';
 import { CommandFailure, DEFAULT_URL, UsageError, endpoint, flagOrEnv, isAddress, networkProblem, runAction, serverUrl, urlGoesInFlag, usageExitsWith2 } from './common.js';
 
 interface PublishFlags {
@@ -86,7 +87,7 @@ async function publish(channel: string, json: string, flags: PublishFlags, env: 
   checkNumbers(text, what);
 
   const idempotencyKey = flags.idempotencyKey;
-  if (idempotencyKey !== undefined && !/^[\x21-\x7e]{1,255}$/.test(idempotencyKey)) throw new UsageError(`--idempotency-key must be 1 to 255 visible ASCII characters (a UUID, an order number and its event), got ${JSON.stringify(idempotencyKey).slice(0, 80)}`);
+  if (idempotencyKey !== undefined && !isIdempotencyKey(idempotencyKey)) throw new UsageError(`--idempotency-key must be 1 to 255 visible ASCII characters (a UUID, an order number and its event), got ${JSON.stringify(idempotencyKey).slice(0, 80)}`);
 
   const url = endpoint(base, '/api/publish', 'http');
   const request = {
