@@ -39,7 +39,7 @@ export interface Publication {
  * by the memory engine to its one server, which keeps the same ids itself (recent-ids.ts).
  */
 export interface PublishOnce {
-  /** The publisher: a client's instance (`ext.instance` of its handshake, with its user, joined by a NUL), or API_PUBLISHER. */
+  /** The publisher: a client's instance (`ext.instance` of its handshake, with its user, joined by a NUL), API_PUBLISHER or API_DELIVERER. */
   client: string;
   /** The message's `id`, or the idempotency key. */
   id: string;
