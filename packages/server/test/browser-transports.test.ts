@@ -1,8 +1,9 @@
 /**
  * Every transport in a real browser (Debian's Chromium via playwright-core): the Faye browser
  * client over EventSource, a plain EventSource, the CometD client over callback-polling (JSONP)
- * and long-polling (and in two tabs of one first visit), a fetch() body read as an HTTP stream, and
- * the browser's cookie behind a proxy that rewrites the path.
+ * and long-polling (and in two tabs of one first visit), a page reload with CometD's
+ * ReloadExtension, a fetch() body read as an HTTP stream, and the browser's cookie behind a proxy
+ * that rewrites the path.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -36,10 +37,36 @@ async function rewritingProxy(upstreamPort: number): Promise<Server> {
   return proxy;
 }
 
+/**
+ * A page that handshakes with CometD's ReloadExtension over one transport, subscribes in its
+ * handshake listener (as the extension's documentation has it) and stores its state on unload.
+ */
+function reloadPage(transport: string): string {
+  return `<!doctype html><title>reload</title><script type="module">
+import { CometD } from '/cometd/cometd.js';
+import { ReloadExtension } from '/cometd/ReloadExtension.js';
+window.seen = [];
+window.sessions = [];
+const cometd = new CometD();
+for (const type of cometd.getTransportTypes()) if (type !== ${JSON.stringify(transport)}) cometd.unregisterTransport(type);
+cometd.registerExtension('reload', new ReloadExtension());
+cometd.configure({ url: location.origin + '/bayeux', logLevel: 'warn' });
+cometd.addListener('/meta/handshake', (reply) => {
+  if (!reply.successful) return;
+  window.sessions.push(cometd.getClientId() + (reply.ext && reply.ext.reload ? ' replayed' : ''));
+  cometd.subscribe('/browser/reload', (message) => window.seen.push(message.data), (answer) => { window.subscribed = answer.successful; });
+});
+window.addEventListener('beforeunload', () => cometd.reload());
+cometd.handshake();
+</script>`;
+}
+
 describe('transports in Chromium', () => {
   let server: Perihelion;
   let origin: string;
   let browser: Browser;
+  /** How long the reload test's page takes to load (the gap between two pages of one session). */
+  let reloadPageDelay = 0;
 
   before(async () => {
     assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: install Debian's chromium (apt-get install -y chromium) or set CHROMIUM_PATH`);
@@ -51,6 +78,7 @@ describe('transports in Chromium', () => {
       fallback: (req, res) => {
         const path = (req.url ?? '/').split('?')[0]!;
         if (path === '/') return res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!doctype html><title>t</title>');
+        if (path === '/reload.html') return void setTimeout(() => res.writeHead(200, { 'Content-Type': 'text/html' }).end(reloadPage(new URL(req.url!, 'http://x').searchParams.get('transport')!)), reloadPageDelay);
         if (path === '/faye.js') return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
         const match = /^\/cometd\/(\w+\.js)$/.exec(path);
         if (match && existsSync(join(cometdDir, match[1]!))) {
@@ -197,6 +225,36 @@ describe('transports in Chromium', () => {
       await context.close();
     }
   });
+
+  // ReloadExtension keeps a page's session across a reload: the unloading page stores the
+  // handshake reply, the new one replays it and connects with the same clientId. The server must
+  // keep the session while neither page holds a line, and what was published meanwhile.
+  for (const transport of ['websocket', 'long-polling'] as const) {
+    it(`CometD ReloadExtension over ${transport}: a page reload keeps the session and what was published during it`, async () => {
+      const p = await browser.newPage();
+      try {
+        reloadPageDelay = 0;
+        await p.goto(`${origin}/reload.html?transport=${transport}`);
+        await p.waitForFunction(() => (window as unknown as { subscribed?: boolean }).subscribed === true);
+        const [before] = await p.evaluate(() => (window as unknown as { sessions: string[] }).sessions);
+        await publishUntilSeen(p, '/browser/reload', 1);
+        reloadPageDelay = 1500;
+        const reloading = p.reload();
+        // Published once the old page has unloaded (at once) and before the new one loads.
+        await new Promise((resolve) => setTimeout(resolve, 700));
+        await server.publish('/browser/reload', { text: 'during the reload' });
+        await reloading;
+        await p.waitForFunction(() => (window as unknown as { subscribed?: boolean }).subscribed === true);
+        const sessions = await p.evaluate(() => (window as unknown as { sessions: string[] }).sessions);
+        assert.deepEqual(sessions, [`${before} replayed`], 'the new page went on with the same session');
+        await p.waitForFunction(() => (window as unknown as { seen: Array<{ text: string }> }).seen.some((m) => m.text === 'during the reload'), null, { timeout: 5000 });
+        assert.equal(server.getSession(before!)?.id, before);
+      } finally {
+        reloadPageDelay = 0;
+        await p.close();
+      }
+    });
+  }
 
   it('a fetch() body read as an HTTP stream', async () => {
     const p = await page();

@@ -5,7 +5,7 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { adapt } from 'cometd-nodejs-client';
-import { CometD, type Configuration, type Message as CometDMessage, type SubscriptionHandle } from 'cometd';
+import { BinaryExtension, CometD, TimeSyncExtension, type Configuration, type Message as CometDMessage, type SubscriptionHandle } from 'cometd';
 import type { Extension, Message } from '../src/index.js';
 import { handshake, post, serverWithItsWebsocketTaken, startServer, serverBehindSwallowingProxy, waitFor, type TestServer } from './helpers.js';
 
@@ -469,6 +469,74 @@ for (const transport of TRANSPORTS) {
       }
     });
 
+    it('answers the TimeSyncExtension: every /meta reply carries the server\'s clock, a held connect its hold', TEST_TIMEOUT, async () => {
+      // CometD's TimeSyncExtension sends {tc, l, o} on every /meta message and takes
+      // lag = (now - tc - p) / 2 and offset = ts - tc - lag from the reply's {tc, ts, p}.
+      const sent = new Map<string, number>();
+      const answers: { channel: string; id: string; received: number; timesync: { tc: number; ts: number; p: number; a?: number } }[] = [];
+      const client = new CometDClient(test.url, transport);
+      clients.push(client);
+      // CometD runs outgoing extensions last-registered first: registered before TimeSyncExtension,
+      // this one sees the tc it adds on the way out.
+      client.cometd.registerExtension('watch', {
+        outgoing: (message) => {
+          const tc = (message.ext as { timesync?: { tc?: number } } | undefined)?.timesync?.tc;
+          if (typeof tc === 'number' && message.id !== undefined) sent.set(String(message.id), tc);
+          return message;
+        },
+        incoming: (message) => {
+          const answer = (message.ext as { timesync?: (typeof answers)[number]['timesync'] } | undefined)?.timesync;
+          if (answer) answers.push({ channel: message.channel, id: String(message.id), received: Date.now(), timesync: answer });
+          return message;
+        },
+      });
+      const extension = new TimeSyncExtension();
+      client.cometd.registerExtension('timesync', extension);
+      // Its estimates (cometd.d.ts does not declare them).
+      const timesync = extension as unknown as { getTimeOffset(): number; getNetworkLag(): number };
+      await client.handshake();
+      const channel = fresh('timesync');
+      const { messages } = await client.subscribe(channel);
+      const handshakeAnswer = answers.find((a) => a.channel === '/meta/handshake');
+      assert.ok(handshakeAnswer, `the handshake reply carried ext.timesync: ${JSON.stringify(answers)}`);
+      assert.equal(handshakeAnswer.timesync.tc, sent.get(handshakeAnswer.id), 'tc is the client\'s own, echoed');
+      assert.ok(handshakeAnswer.timesync.ts >= handshakeAnswer.timesync.tc && handshakeAnswer.timesync.ts <= handshakeAnswer.received, `ts is the server's clock on arrival: ${JSON.stringify(handshakeAnswer)}`);
+      assert.ok(handshakeAnswer.timesync.p >= 0 && handshakeAnswer.timesync.p < 1000, `p: ${handshakeAnswer.timesync.p}`);
+      assert.equal(handshakeAnswer.timesync.a, handshakeAnswer.timesync.tc - handshakeAnswer.timesync.ts, 'a, with the first estimates (0, 0)');
+      assert.ok(answers.some((a) => a.channel === '/meta/subscribe'), 'the subscribe reply too');
+      if (transport === 'long-polling') {
+        // The connect now held is answered by a publish: its p is the hold.
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        const before = answers.length;
+        await test.server.publish(channel, { n: 1 });
+        await waitFor(() => messages.length === 1, 5000, 'the publish');
+        const held = answers.slice(before).find((a) => a.channel === '/meta/connect');
+        assert.ok(held, 'the released connect\'s reply carried ext.timesync');
+        assert.ok(held.timesync.p >= 300, `p counts the hold: ${JSON.stringify(held)}`);
+      }
+      // Both clocks are this process's: the client's estimates come out near zero.
+      assert.ok(Math.abs(timesync.getTimeOffset()) <= 50, `offset ${timesync.getTimeOffset()}`);
+      assert.ok(timesync.getNetworkLag() >= 0 && timesync.getNetworkLag() <= 50, `lag ${timesync.getNetworkLag()}`);
+    });
+
+    it('relays BinaryExtension messages: the bytes and their meta reach a CometD subscriber intact', TEST_TIMEOUT, async () => {
+      const publisher = await connect();
+      const subscriber = await connect();
+      for (const client of [publisher, subscriber]) client.cometd.registerExtension('binary', new BinaryExtension());
+      const channel = fresh('binary');
+      const { messages } = await subscriber.subscribe(channel);
+      const bytes = Uint8Array.from({ length: 1000 }, (_, i) => (i * 131 + 7) % 256);
+      await new Promise<void>((resolve, reject) =>
+        publisher.cometd.publishBinary(channel, bytes.buffer, true, { file: 'a.bin' }, (reply) => (reply.successful ? resolve() : reject(new Error(JSON.stringify(reply))))),
+      );
+      await waitFor(() => messages.length === 1, 5000, 'the binary message');
+      const data = messages[0]!.data as { data: ArrayBuffer; last: boolean; meta: unknown };
+      assert.ok(data.data instanceof ArrayBuffer, 'decoded by the subscriber\'s BinaryExtension');
+      assert.deepEqual(new Uint8Array(data.data), bytes);
+      assert.equal(data.last, true);
+      assert.deepEqual(data.meta, { file: 'a.bin' });
+    });
+
     it('delivers server.publish() to a subscribed client', TEST_TIMEOUT, async () => {
       const client = await connect();
       const channel = fresh('server');
@@ -480,6 +548,39 @@ for (const transport of TRANSPORTS) {
     });
   });
 }
+
+describe('the timesync extension, with bad or foreign values', () => {
+  let test: TestServer;
+
+  before(async () => {
+    test = await startServer();
+  });
+
+  after(async () => {
+    await test.close();
+  });
+
+  it('stamps ts itself, answers only a numeric tc, and only on /meta channels', TEST_TIMEOUT, async () => {
+    const started = Date.now();
+    const { body } = await post(test.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'], id: 'h', ext: { timesync: { tc: 5, ts: 1, l: 'x', o: 0 } } }]);
+    const reply = body[0]!;
+    assert.equal(reply.successful, true);
+    const answer = (reply.ext as { timesync: { tc: number; ts: number; p: number; a?: number } }).timesync;
+    assert.equal(answer.tc, 5);
+    assert.ok(answer.ts >= started, `the client's ts is not taken: ${JSON.stringify(answer)}`);
+    assert.equal(answer.a, undefined, 'no accuracy from an l that is not a number');
+    const clientId = reply.clientId as string;
+    const bad = [{ tc: 'x' }, { tc: null }, [1, 2], 'text', { tc: Infinity }];
+    for (const timesync of bad) {
+      const { body: answered } = await post(test.url, [{ channel: '/meta/subscribe', clientId, subscription: '/ts/a', id: 's', ext: { timesync } }]);
+      assert.equal(answered[0]?.successful, true, `the message is served: ${JSON.stringify(answered)}`);
+      assert.equal((answered[0]?.ext as { timesync?: unknown } | undefined)?.timesync, undefined, `no answer to ${JSON.stringify(timesync)}`);
+    }
+    const { body: published } = await post(test.url, [{ channel: '/ts/a', clientId, data: {}, id: 'p', ext: { timesync: { tc: 5, ts: 1 } } }]);
+    assert.equal(published[0]?.successful, true);
+    assert.equal((published[0]?.ext as { timesync?: unknown } | undefined)?.timesync, undefined, 'a publish is not a /meta message');
+  });
+});
 
 describe('CometD client that keeps no cookies, over long-polling, under the default settings', () => {
   let test: TestServer;

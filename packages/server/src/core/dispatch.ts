@@ -10,6 +10,7 @@
 import { META, bayeuxError, checkMessage, type Advice, type Message } from '@perihelion/protocol';
 import { PerihelionError } from '../errors.js';
 import type { ExtensionContext } from '../extensions/pipeline.js';
+import { stampTimesync } from '../extensions/timesync.js';
 import type { ProcessContext } from './contract.js';
 import { connect } from './meta/connect.js';
 import { disconnect } from './meta/disconnect.js';
@@ -154,6 +155,8 @@ function handle(core: ServerCore, value: unknown, context: ProcessContext, batch
     return undefined;
   }
   const original = checked.message;
+  // The CometD timesync extension measures from the moment the message arrived.
+  if (original.ext !== undefined) stampTimesync(original, Date.now());
   // A session that does not accept this request is as unknown to it as one that never existed;
   // the session this very batch made does.
   const session = batch.bornHere !== null && original.clientId === batch.bornHere.id ? batch.bornHere : original.clientId !== undefined ? core.sessionFor(original.clientId, context) : null;

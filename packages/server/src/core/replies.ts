@@ -6,15 +6,24 @@
  */
 import { bayeuxError, type Advice, type Message } from '@perihelion/protocol';
 import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
+import { answerTimesync } from '../extensions/timesync.js';
 import type { ResolvedOptions } from '../options.js';
 
 export type Reply = Message;
 
-/** The common reply fields: channel, id echoed (§id), clientId echoed (§3.5). */
+/**
+ * The common reply fields: channel, id echoed (§id), clientId echoed (§3.5), and the answer to the
+ * CometD timesync extension when the request asked (extensions/timesync.ts). Built when the reply
+ * is due, so a held /meta/connect's answer counts the hold.
+ */
 export function reply(message: Message, successful: boolean): Reply {
   const out: Reply = { channel: message.channel, successful };
   if (message.id !== undefined) out.id = message.id;
   if (message.clientId !== undefined) out.clientId = message.clientId;
+  if (message.ext !== undefined) {
+    const timesync = answerTimesync(message, Date.now());
+    if (timesync) out.ext = { timesync };
+  }
   return out;
 }
 

@@ -160,7 +160,7 @@ function started(core: HandshakeCore, message: Message, context: ProcessContext,
   // Built field by field: this runs for every new connection.
   reply.successful = true;
   if (identity) reply.authSuccessful = true;
-  if (session.ack) reply.ext = { ack: session.ack.handshakeReply };
+  if (session.ack) reply.ext = { ...reply.ext, ack: session.ack.handshakeReply };
   // Asked for by Perihelion's client, which builds its frames within them (a frame past them is
   // refused whole, with no reply to any message in it).
   if (message.ext?.limits === true) reply.ext = { ...reply.ext, limits: { maxBatch: options.maxBatch, maxRequestBytes: options.maxRequestBytes, maxDepth: options.maxDepth } };

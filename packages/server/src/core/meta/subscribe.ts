@@ -172,7 +172,7 @@ class SubscribeStep {
     }
     this.reply.successful = true;
     if (this.positions || this.recovered) {
-      const ext: Record<string, unknown> = {};
+      const ext: Record<string, unknown> = { ...this.reply.ext };
       if (this.positions) ext.positions = this.positions;
       if (this.recovered) ext.recovered = this.recovered;
       this.reply.ext = ext;
