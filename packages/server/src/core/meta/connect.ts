@@ -59,7 +59,7 @@ import type { HeldConnect, Release, ServerSession } from '../session.js';
  */
 const DRAIN_RECONNECT_INTERVAL = 1000;
 
-type ConnectCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'extensions' | 'reportError'>;
+type ConnectCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'extensions' | 'reportError' | 'browserPolls'>;
 
 /** Where the connect came from: what decides whether it may be held. */
 export interface ConnectBatch {
@@ -135,9 +135,20 @@ export function connect(
     session.hold(timeout, new PushedConnect(core, message.id, session, context, context.connection));
     return;
   }
+  // A browser's polls past maxSessionsPerBrowser are answered at once (browser-polls.ts).
+  const browser = core.browserPolls.browserOf(context.request);
+  if (browser !== undefined) {
+    // Its own earlier poll, if one is still held, gives way first: it is not another tab's.
+    session.release('superseded');
+    if (!core.browserPolls.admit(browser)) {
+      core.delivery.counters.browserPollsNotHeld++;
+      const pastLimit: Advice = { ...advice, interval: options.multiSessionInterval, 'multiple-clients': true };
+      return finishConnect(core, message, session, { reason: 'message', events: session.takeQueued() }, pastLimit, extensionContext, out);
+    }
+  }
   if (context.answerLater) {
     context.answeredLater = true;
-    const held = new PolledConnect(core, message, session, advice, context);
+    const held = new PolledConnect(core, message, session, advice, context, browser);
     session.hold(timeout, held);
     // The client gave up on this request (closed the socket): answer nothing to it, and leave
     // the queue for the next connect.
@@ -152,6 +163,7 @@ export function connect(
       connection: undefined,
       answer: (release) => {
         answered = true;
+        if (browser !== undefined) core.browserPolls.leave(browser);
         resolve(release);
       },
     });
@@ -183,10 +195,13 @@ class PolledConnect implements HeldConnect, ClientGoneWatcher {
     private readonly session: ServerSession,
     private readonly advice: Advice,
     private readonly context: ProcessContext,
+    /** The browser it counts against (maxSessionsPerBrowser), if any. */
+    private readonly browser: string | undefined,
   ) {}
 
   answer(release: Release): void {
     this.answered = true;
+    if (this.browser !== undefined) this.core.browserPolls.leave(this.browser);
     const { core, message, session } = this;
     const out: string[] = [];
     const finished = finishConnect(core, message, session, release, this.advice, { session, transport: this.context }, out);
