@@ -181,7 +181,7 @@ describe('dashboard statistics', () => {
     const sampler = new Sampler({ halfLifeMs: 1000 });
     const stats = (published: number, deliveries: number): ServerStats => ({
       sessions: 3, sessionsByTransport: { websocket: 2, 'long-polling': 1 }, messagesIn: published, published, deliveries,
-      queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0, readsPaused: 0, websocketsRefused: 0, browserPollsNotHeld: 0,
+      queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0, readsPaused: 0, websocketsRefused: 0, pastBrowserLimit: 0,
     });
     const extra = { history: { channels: 2, messages: 40 }, latency: { count: 5, p50: 1, p95: 2, p99: 3 } };
     sampler.snapshot(stats(0, 0), extra, 10_000);

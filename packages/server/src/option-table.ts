@@ -196,7 +196,7 @@ export const OPTION_TABLE = {
     default: 4,
     min: 0,
     max: 1000,
-    help: 'long-polls one browser (its `BAYEUX_BROWSER` cookie) may have held at once on this node, across its tabs; past it a poll is answered at once with the `multiple-clients` advice and comes back after `multiSessionInterval`, so the tabs never take all six HTTP/1.1 connections a browser keeps to one host (0: no limit; behind a proxy that speaks HTTP/2 to browsers, which has no such limit, 0 or more)',
+    help: 'lines one browser (its `BAYEUX_BROWSER` cookie) may hold open at once on this node across its tabs, held long-polls and SSE or HTTP streams; past it a poll is answered at once with the `multiple-clients` advice and comes back after `multiSessionInterval`, and a stream is refused (429, the client long-polls), so the tabs never take all six HTTP/1.1 connections a browser keeps to one host (0: no limit; behind a proxy that speaks HTTP/2 to browsers, which has no such limit, 0 or more)',
   },
   multiSessionInterval: { kind: 'integer', default: 2000, min: 0, max: 600_000, help: 'how soon a browser\'s poll past `maxSessionsPerBrowser` is told to come back, ms' },
   maxWebsocketsPerIp: { kind: 'integer', default: 1000, min: 0, max: 10_000_000, help: 'open WebSockets per remote address on this node; past it an upgrade is refused with 429 (0: no limit)' },

@@ -290,10 +290,12 @@ describe('transports in Chromium', () => {
   });
 
   // A browser keeps six HTTP/1.1 connections to one host for all its tabs. Eight tabs of a page
-  // that long-polls: without maxSessionsPerBrowser six held polls took them all, and the seventh
-  // and eighth tabs neither loaded nor subscribed until a publish released the polls (measured;
-  // they missed what it carried). Here the polls are held 30 s, the default.
-  describe('eight tabs of one browser long-polling with CometD', () => {
+  // that long-polls or streams, without maxSessionsPerBrowser: with CometD long-polling six held
+  // polls took them all, and the seventh and eighth tabs neither loaded nor subscribed until a
+  // publish released the polls (they missed what it carried); with Faye, whose fallback from a
+  // blocked WebSocket is EventSource, the sixth tab stalled after its handshake and the seventh
+  // and eighth never loaded (measured). Here polls are held 30 s, the default.
+  describe('eight tabs of one browser without WebSocket', () => {
     let many: Perihelion;
     let manyOrigin: string;
 
@@ -305,6 +307,7 @@ describe('transports in Chromium', () => {
         fallback: (req, res) => {
           const path = (req.url ?? '/').split('?')[0]!;
           if (path === '/') return res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!doctype html><title>t</title>');
+          if (path === '/faye.js') return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
           const match = /^\/cometd\/(\w+\.js)$/.exec(path);
           if (match && existsSync(join(cometdDir, match[1]!))) return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(readFileSync(join(cometdDir, match[1]!)));
           res.writeHead(404).end();
@@ -317,42 +320,75 @@ describe('transports in Chromium', () => {
       await many?.close();
     });
 
-    it('with the default maxSessionsPerBrowser, every tab loads, subscribes and receives', async () => {
-      const context = await browser.newContext();
-      try {
-        const tabs: Page[] = [];
-        for (let i = 0; i < 8; i++) {
-          const tab = await context.newPage();
-          tabs.push(tab);
-          // Not awaited: a tab's page load waits for a free connection like everything else.
-          void tab.goto(`${manyOrigin}/`).then(() =>
-            tab.evaluate(async (endpoint) => {
-              const { CometD } = await import('/cometd/cometd.js' as string);
-              const w = window as unknown as { seen: unknown[]; subscribed: boolean };
-              w.seen = [];
-              const cometd = new CometD();
-              for (const type of cometd.getTransportTypes()) if (type !== 'long-polling') cometd.unregisterTransport(type);
-              cometd.configure({ url: endpoint, logLevel: 'warn' });
-              cometd.addListener('/meta/handshake', (reply: any) => {
-                if (reply.successful) cometd.subscribe('/browser/tabs8', (message: any) => w.seen.push(message.data), (answer: any) => (w.subscribed = answer.successful));
-              });
-              cometd.handshake();
-            }, `${manyOrigin}/bayeux`),
-          ).catch(() => {});
-          await new Promise((resolve) => setTimeout(resolve, 200));
+    /** Sets up a client in the page that records what `/browser/tabs8` carries and sets `subscribed`. */
+    const clients = {
+      'CometD long-polling': async (endpoint: string) => {
+        const { CometD } = await import('/cometd/cometd.js' as string);
+        const w = window as unknown as { seen: unknown[]; subscribed: boolean };
+        w.seen = [];
+        const cometd = new CometD();
+        for (const type of cometd.getTransportTypes()) if (type !== 'long-polling') cometd.unregisterTransport(type);
+        cometd.configure({ url: endpoint, logLevel: 'warn' });
+        cometd.addListener('/meta/handshake', (reply: any) => {
+          if (reply.successful) cometd.subscribe('/browser/tabs8', (message: any) => w.seen.push(message.data), (answer: any) => (w.subscribed = answer.successful));
+        });
+        cometd.handshake();
+      },
+      'Faye on EventSource': async (endpoint: string) => {
+        await new Promise<void>((resolve, reject) => {
+          const script = document.createElement('script');
+          script.src = '/faye.js';
+          script.onload = () => resolve();
+          script.onerror = () => reject(new Error('faye.js did not load'));
+          document.head.appendChild(script);
+        });
+        const w = window as unknown as { seen: unknown[]; subscribed: boolean; Faye: any };
+        w.seen = [];
+        const client = new w.Faye.Client(endpoint);
+        client.disable('websocket');
+        client.subscribe('/browser/tabs8', (data: unknown) => w.seen.push(data)).then(() => (w.subscribed = true));
+      },
+    };
+
+    for (const [name, setUp] of Object.entries(clients)) {
+      it(`${name}: with the default maxSessionsPerBrowser, every tab loads, subscribes and receives`, async () => {
+        const context = await browser.newContext();
+        const before = many.stats().pastBrowserLimit;
+        try {
+          const tabs: Page[] = [];
+          for (let i = 0; i < 8; i++) {
+            const tab = await context.newPage();
+            tabs.push(tab);
+            // Not awaited: a tab's page load waits for a free connection like everything else.
+            void tab
+              .goto(`${manyOrigin}/`)
+              .then(() => tab.evaluate(setUp, `${manyOrigin}/bayeux`))
+              .catch(() => {});
+            await new Promise((resolve) => setTimeout(resolve, 200));
+          }
+          // Before anything is published: every tab must get there on its own.
+          const subscribed = async (): Promise<number> =>
+            (
+              await Promise.all(
+                tabs.map((tab) =>
+                  Promise.race([
+                    tab.evaluate(() => (window as unknown as { subscribed?: boolean }).subscribed === true).catch(() => false),
+                    new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 500)),
+                  ]),
+                ),
+              )
+            ).filter(Boolean).length;
+          let ready = 0;
+          for (const deadline = Date.now() + 15_000; ready < 8 && Date.now() < deadline; await new Promise((resolve) => setTimeout(resolve, 200))) ready = await subscribed();
+          assert.equal(ready, 8, 'tabs subscribed before anything was published');
+          for (let n = 0; n < 3; n++) await many.publish('/browser/tabs8', { n });
+          for (const tab of tabs) await tab.waitForFunction(() => (window as unknown as { seen: unknown[] }).seen.length === 3, null, { timeout: 10_000 });
+          assert.ok(many.stats().pastBrowserLimit > before, 'the tabs past the limit polled');
+        } finally {
+          await context.close();
         }
-        // Before anything is published: every tab must get there on its own.
-        const subscribed = async (): Promise<number> => (await Promise.all(tabs.map((tab) => Promise.race([tab.evaluate(() => (window as unknown as { subscribed?: boolean }).subscribed === true).catch(() => false), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 500))])))).filter(Boolean).length;
-        let ready = 0;
-        for (const deadline = Date.now() + 15_000; ready < 8 && Date.now() < deadline; await new Promise((resolve) => setTimeout(resolve, 200))) ready = await subscribed();
-        assert.equal(ready, 8, 'tabs subscribed before anything was published');
-        for (let n = 0; n < 3; n++) await many.publish('/browser/tabs8', { n });
-        for (const tab of tabs) await tab.waitForFunction(() => (window as unknown as { seen: unknown[] }).seen.length === 3, null, { timeout: 10_000 });
-        assert.ok(many.stats().browserPollsNotHeld > 0, 'the tabs past the limit polled');
-      } finally {
-        await context.close();
-      }
-    });
+      });
+    }
   });
 
   // Behind a proxy that serves the endpoint under another path (`/realtime/bayeux` outside,

@@ -174,7 +174,7 @@ export class Metrics {
       ['perihelion_resent_total', 'Messages written again for the CometD ack extension.', () => totals.resent],
       ['perihelion_websocket_reads_paused_total', 'Times a WebSocket was not read for a while because maxPendingFrames of its frames waited to be handled, or the replies to them could not be sent.', () => totals.readsPaused],
       ['perihelion_websockets_refused_total', 'WebSocket upgrades refused (429) because maxWebsocketsPerIp were open from their address.', () => totals.websocketsRefused],
-      ['perihelion_browser_polls_not_held_total', 'Long-polls answered at once, with the multiple-clients advice, because their browser had maxSessionsPerBrowser polls held already.', () => totals.browserPollsNotHeld],
+      ['perihelion_past_browser_limit_total', 'Long-polls answered at once (with the multiple-clients advice) and streams refused (429) because their browser held maxSessionsPerBrowser lines already.', () => totals.pastBrowserLimit],
     ];
     for (const [name, help, read] of mirrored) {
       let seen = 0;

@@ -9,6 +9,7 @@ import type { ConnectionType } from '@perihelion/protocol';
 import type { ProxyTrust } from '../http/client-address.js';
 import type { ResolvedOptions } from '../options.js';
 import type { Counters } from './delivery.js';
+import type { BrowserLines } from './browser-lines.js';
 
 /** How a batch reached the server: a Bayeux connection type, or a local client in this process. */
 export type Transport = ConnectionType | 'in-process';
@@ -120,6 +121,8 @@ export interface TransportHost {
   readonly proxies: ProxyTrust;
   /** The server's running totals; a transport counts what only it sees (a WebSocket not read for a while). */
   readonly counters: Counters;
+  /** The lines each browser holds open, against `maxSessionsPerBrowser` (a stream is one). */
+  readonly browserLines: BrowserLines;
   /**
    * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
    * /meta/connect reply, the messages it carries), in order. Never rejects for client input.

@@ -40,8 +40,8 @@ export interface ServerStats {
   readsPaused: number;
   /** WebSocket upgrades refused because `maxWebsocketsPerIp` were open from their address. */
   websocketsRefused: number;
-  /** Long-polls answered at once because their browser had `maxSessionsPerBrowser` held already. */
-  browserPollsNotHeld: number;
+  /** Long-polls answered at once and streams refused because their browser held `maxSessionsPerBrowser` lines already. */
+  pastBrowserLimit: number;
 }
 
 /** The server's running totals (every stat but the sessions), counted where each happens. */
@@ -63,7 +63,7 @@ export interface DeliveryParts {
 
 export class LocalDelivery implements EngineHost, SessionHost {
   readonly sessions = new Map<string, ServerSession>();
-  readonly counters: Counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0, readsPaused: 0, websocketsRefused: 0, browserPollsNotHeld: 0 };
+  readonly counters: Counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0, readsPaused: 0, websocketsRefused: 0, pastBrowserLimit: 0 };
   readonly wheel: TimerWheel;
   readonly historySettings: HistorySettings;
   readonly observeDelivery: (waitedMs: number) => void;

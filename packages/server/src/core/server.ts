@@ -17,7 +17,7 @@ import type { ResolvedOptions } from '../options.js';
 import { REPORT_EVERY_MS, ReportThrottle } from '../report-throttle.js';
 import type { Authenticator } from '../security/authenticate.js';
 import { BrowserIds } from '../security/browser-cookie.js';
-import { BrowserPolls } from './browser-polls.js';
+import { BrowserLines } from './browser-lines.js';
 import type { SecurityPolicy } from '../security/policy.js';
 import type { KeyedLimiter, TokenBucket } from '../security/rate-limit.js';
 import { speaksFor } from '../security/session-binding.js';
@@ -62,8 +62,8 @@ export class ServerCore implements TransportHost {
   readonly proxies: ProxyTrust;
   /** The browser ids given to cookie-less requests, and which of them are one browser's (session binding). */
   readonly browserIds: BrowserIds;
-  /** Long-polls held per browser, against `maxSessionsPerBrowser` (browser-polls.ts). */
-  readonly browserPolls: BrowserPolls;
+  /** Long-polls held per browser, against `maxSessionsPerBrowser` (browser-lines.ts). */
+  readonly browserLines: BrowserLines;
   readonly engine: Engine;
   readonly extensions: ExtensionPipeline;
   readonly security: Security;
@@ -89,7 +89,7 @@ export class ServerCore implements TransportHost {
     this.options = parts.options;
     this.proxies = new ProxyTrust(this.options.trustProxy);
     this.browserIds = new BrowserIds(this.options.cookieReuseWindow);
-    this.browserPolls = new BrowserPolls(this.options.maxSessionsPerBrowser);
+    this.browserLines = new BrowserLines(this.options.maxSessionsPerBrowser);
     this.engine = parts.engine;
     this.extensions = parts.extensions;
     this.security = parts.security;

@@ -31,7 +31,7 @@ import { sendBatchError } from './responses.js';
 
 
 /** What the adapter needs of the core: the transports' host, sessions for streams, and error and shutdown state. */
-export type AdapterHost = Pick<ServerCore, 'options' | 'proxies' | 'browserIds' | 'counters' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding'>;
+export type AdapterHost = Pick<ServerCore, 'options' | 'proxies' | 'browserIds' | 'browserLines' | 'counters' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding'>;
 
 export class HttpAdapter {
   readonly websocket: WebSocketTransport | null;
@@ -126,7 +126,7 @@ export class HttpAdapter {
     // A stream reads the session's messages: it must come from the session's own browser.
     const facts = requestFacts(req, this.core.proxies);
     const session = this.core.sessionFor(clientId, { transport: framer.transport, request: facts });
-    if (session) return this.streams.open(req, res, session, framer);
+    if (session) return this.streams.open(req, res, session, framer, facts);
     // Another node may hold the session (no sticky sessions): the stream stays here, fed by that node.
     const streams = this.streams;
     const line = streams.line(res, framer);

@@ -5,7 +5,7 @@ import { bayeuxError, type ErrorName } from '@perihelion/protocol';
  * An HTTP error whose body is still a Bayeux JSON array, because Faye's Node client reads
  * any response as JSON and CometD reports the body to the application.
  */
-export function sendBatchError(res: ServerResponse, status: 400 | 403 | 404 | 405 | 413, error: ErrorName, reason: string): void {
+export function sendBatchError(res: ServerResponse, status: 400 | 403 | 404 | 405 | 413 | 429, error: ErrorName, reason: string): void {
   if (res.headersSent) return;
   const body = JSON.stringify([{ channel: '/meta/unknown', successful: false, error: bayeuxError(error, [], reason) }]);
   res.writeHead(status, {

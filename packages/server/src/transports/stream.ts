@@ -11,12 +11,15 @@
  *   for `heartbeat` ms (the Lift text's tunable idle no-op) so proxies do not cut them.
  * - A second stream for the same session replaces the first, which is ended: the newest line is
  *   the one the client listens on (an EventSource reconnecting after a network cut).
+ * - A browser's streams count against `maxSessionsPerBrowser` with its held polls
+ *   (core/browser-lines.ts): past it a stream is refused (429), and the client long-polls.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { encodeBatch, type StreamedConnectionType } from '@perihelion/protocol';
-import type { LineWatcher, PushConnection, TransportHost } from '../core/contract.js';
+import type { LineWatcher, PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
 import { LineWatchers } from '../core/line-watchers.js';
 import type { ServerSession, Session } from '../core/session.js';
+import { sendBatchError } from '../http/responses.js';
 
 export interface Framer {
   readonly transport: StreamedConnectionType;
@@ -45,6 +48,8 @@ class StreamConnection implements PushConnection {
   private idleTicks = 0;
   private sequence = 0;
   private readonly watchers = new LineWatchers();
+  /** Gives back the browser's count of lines (maxSessionsPerBrowser) once the stream ends. */
+  private uncount: (() => void) | null = null;
 
   constructor(
     private readonly res: ServerResponse,
@@ -101,8 +106,22 @@ class StreamConnection implements PushConnection {
     this.onClose(() => this.watchers.closed(this));
   }
 
+  /** Counts this stream as one of its browser's lines until it ends, however it ends. */
+  countAgainst(uncount: () => void): void {
+    this.uncount = uncount;
+    this.res.once('close', () => this.uncounted());
+  }
+
   end(): void {
+    // Given back at once: a stream replacing this one must not find its browser's count still full.
+    this.uncounted();
     if (this.open) this.res.end();
+  }
+
+  private uncounted(): void {
+    const uncount = this.uncount;
+    this.uncount = null;
+    uncount?.();
   }
 }
 
@@ -122,11 +141,26 @@ export class StreamTransport {
     return this.connections.size;
   }
 
-  /** Opens a stream for `session`, replacing any stream it already has. */
-  open(req: IncomingMessage, res: ServerResponse, session: ServerSession, framer: Framer): void {
+  /**
+   * Opens a stream for `session`, replacing any stream it already has; refuses it (429) when its
+   * browser holds `maxSessionsPerBrowser` lines already.
+   */
+  open(req: IncomingMessage, res: ServerResponse, session: ServerSession, framer: Framer, facts: RequestFacts): void {
     const previous = session.connection;
     if (previous instanceof StreamConnection) previous.end();
-    const connection = this.line(res, framer);
+    const { browserLines } = this.core;
+    const browser = browserLines.browserOf(facts);
+    if (browser !== undefined) {
+      // A poll the session still holds gives way: from now on the stream is its line.
+      session.releaseLongPoll();
+      if (!browserLines.admit(browser)) {
+        this.core.counters.pastBrowserLimit++;
+        const { maxSessionsPerBrowser } = this.core.options;
+        return sendBatchError(res, 429, 'rateLimited', `this browser holds ${maxSessionsPerBrowser} lines to this server already (maxSessionsPerBrowser): long-poll instead`);
+      }
+    }
+    const connection = this.line(res, framer) as StreamConnection;
+    if (browser !== undefined) connection.countAgainst(() => browserLines.leave(browser));
     this.start(req, res, connection, framer, session.id);
     session.bind(connection);
   }

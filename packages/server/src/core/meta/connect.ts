@@ -59,7 +59,7 @@ import type { HeldConnect, Release, ServerSession } from '../session.js';
  */
 const DRAIN_RECONNECT_INTERVAL = 1000;
 
-type ConnectCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'extensions' | 'reportError' | 'browserPolls'>;
+type ConnectCore = Pick<ServerCore, 'options' | 'isDraining' | 'delivery' | 'extensions' | 'reportError' | 'browserLines'>;
 
 /** Where the connect came from: what decides whether it may be held. */
 export interface ConnectBatch {
@@ -135,13 +135,13 @@ export function connect(
     session.hold(timeout, new PushedConnect(core, message.id, session, context, context.connection));
     return;
   }
-  // A browser's polls past maxSessionsPerBrowser are answered at once (browser-polls.ts).
-  const browser = core.browserPolls.browserOf(context.request);
+  // A browser's polls past maxSessionsPerBrowser are answered at once (browser-lines.ts).
+  const browser = core.browserLines.browserOf(context.request);
   if (browser !== undefined) {
     // Its own earlier poll, if one is still held, gives way first: it is not another tab's.
     session.release('superseded');
-    if (!core.browserPolls.admit(browser)) {
-      core.delivery.counters.browserPollsNotHeld++;
+    if (!core.browserLines.admit(browser)) {
+      core.delivery.counters.pastBrowserLimit++;
       const pastLimit: Advice = { ...advice, interval: options.multiSessionInterval, 'multiple-clients': true };
       return finishConnect(core, message, session, { reason: 'message', events: session.takeQueued() }, pastLimit, extensionContext, out);
     }
@@ -163,7 +163,7 @@ export function connect(
       connection: undefined,
       answer: (release) => {
         answered = true;
-        if (browser !== undefined) core.browserPolls.leave(browser);
+        if (browser !== undefined) core.browserLines.leave(browser);
         resolve(release);
       },
     });
@@ -201,7 +201,7 @@ class PolledConnect implements HeldConnect, ClientGoneWatcher {
 
   answer(release: Release): void {
     this.answered = true;
-    if (this.browser !== undefined) this.core.browserPolls.leave(this.browser);
+    if (this.browser !== undefined) this.core.browserLines.leave(this.browser);
     const { core, message, session } = this;
     const out: string[] = [];
     const finished = finishConnect(core, message, session, release, this.advice, { session, transport: this.context }, out);

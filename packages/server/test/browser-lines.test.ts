@@ -1,8 +1,8 @@
 /**
- * maxSessionsPerBrowser: the long-polls of one browser (its BAYEUX_BROWSER cookie and a browser's
- * user agent) held at once, past which a poll is answered at once with the multiple-clients
- * advice. Raw HTTP here, the way a browser's requests look; the tabs of a real browser are in
- * browser-transports.test.ts.
+ * maxSessionsPerBrowser: the lines of one browser (its BAYEUX_BROWSER cookie and a browser's user
+ * agent) open at once, held long-polls and streams, past which a poll is answered at once with the
+ * multiple-clients advice and a stream is refused. Raw HTTP here, the way a browser's requests
+ * look; the tabs of a real browser are in browser-transports.test.ts.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -56,14 +56,14 @@ describe('maxSessionsPerBrowser', () => {
 
   it('holds one poll of the browser; another tab\'s is answered at once with the multiple-clients advice, and held again once the first returned', async () => {
     const [a, b] = [await session(), await session()];
-    const before = test.server.stats().browserPollsNotHeld;
+    const before = test.server.stats().pastBrowserLimit;
     const held = poll(a);
     await settle(100);
     const past = await poll(b);
     assert.ok(past.ms < 500, `answered at once: ${past.ms} ms`);
     assert.equal(past.body[0]?.successful, true);
     assert.deepEqual(past.body[0]?.advice, { reconnect: 'retry', interval: 1500, timeout: 1000, 'multiple-clients': true });
-    assert.equal(test.server.stats().browserPollsNotHeld, before + 1);
+    assert.equal(test.server.stats().pastBrowserLimit, before + 1);
     const first = await held;
     assert.ok(first.ms >= 900, `the first tab's poll was held: ${first.ms} ms`);
     assert.equal((first.body[0]?.advice as Record<string, unknown>)['multiple-clients'], undefined);
@@ -108,6 +108,34 @@ describe('maxSessionsPerBrowser', () => {
     assert.ok(answer.ms >= 900, `held: ${answer.ms} ms`);
   });
 
+  /** Opens an EventSource-like stream for `clientId`; resolves once its head arrived. */
+  async function stream(clientId: string, signal: AbortSignal): Promise<Response> {
+    return fetch(`${test.url}/${clientId}`, { headers: { Accept: 'text/event-stream', Cookie: cookie, 'User-Agent': BROWSER_UA }, signal });
+  }
+
+  it('counts a stream as a line: past the limit a stream is refused (429) and a poll answered at once; its end gives the line back', async () => {
+    const [a, b] = [await session(), await session()];
+    const open = new AbortController();
+    const line = await stream(a, open.signal);
+    assert.equal(line.status, 200);
+    const refused = await stream(b, new AbortController().signal);
+    assert.equal(refused.status, 429);
+    const [error] = (await refused.json()) as Array<{ error: string }>;
+    assert.match(error!.error, /^429::.*maxSessionsPerBrowser/);
+    const past = await poll(b);
+    assert.ok(past.ms < 500, `answered at once: ${past.ms} ms`);
+    assert.equal((past.body[0]?.advice as Record<string, unknown>)['multiple-clients'], true);
+    // The session's own new stream replaces its first and is not refused.
+    const again = new AbortController();
+    const replacing = await stream(a, again.signal);
+    assert.equal(replacing.status, 200, 'the session\'s own new stream takes the old one\'s place');
+    open.abort();
+    again.abort();
+    await settle(200);
+    const held = await poll(b);
+    assert.ok(held.ms >= 900, `the line was given back once the stream closed: ${held.ms} ms`);
+  });
+
   it('clients that are not browsers (no browser user agent) are not limited, whatever cookie they share', async () => {
     const [a, b] = [await session('node'), await session('cometd-nodejs-client')];
     const polls = [poll(a, 'node'), poll(b, 'cometd-nodejs-client')];
@@ -131,7 +159,7 @@ describe('maxSessionsPerBrowser: 0', () => {
       const answers = await Promise.all(ids.map((clientId) => send([{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }])));
       assert.ok(Date.now() - started >= 700, 'every poll was held');
       for (const [reply] of answers) assert.equal((reply!.advice as Record<string, unknown>)['multiple-clients'], undefined);
-      assert.equal(test.server.stats().browserPollsNotHeld, 0);
+      assert.equal(test.server.stats().pastBrowserLimit, 0);
     } finally {
       await test.close();
     }
