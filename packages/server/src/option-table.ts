@@ -134,7 +134,7 @@ export const OPTION_TABLE = {
     default: ['websocket', 'long-polling', 'cross-origin-long-polling', 'eventsource', 'http-streaming'],
     help: 'connection types offered in the handshake',
   },
-  jsonp: { kind: 'boolean', default: false, help: 'also offer `callback-polling` (JSONP); it bypasses the same-origin policy, so only for public data' },
+  jsonp: { kind: 'boolean', default: false, help: 'also offer `callback-polling` (JSONP) to every page; it bypasses the same-origin policy, so only for public data (without it, pages of the `allowedOrigins` still get it, told by their Referer: Faye handshakes over JSONP across origins)' },
   heartbeat: { kind: 'integer', default: 15_000, min: 1000, max: 3_600_000, help: 'longest an SSE or HTTP stream stays silent: an idle one gets a no-op (clients take a longer silence for a dead line), ms' },
   streamPadding: { kind: 'integer', default: 0, min: 0, max: 65_536, help: 'bytes of padding at the start of a stream, for proxies that buffer the first bytes' },
   maxBufferedBytes: { kind: 'integer', default: 1024 * 1024, min: 1024, max: 1024 * 1024 * 1024, help: 'unsent bytes after which a push line is congested (messages then wait in the session\'s bounded queue; below 16384, the socket\'s own buffer, that mark counts instead)' },
@@ -148,7 +148,7 @@ export const OPTION_TABLE = {
   allowedOrigins: {
     kind: 'origins',
     default: [],
-    help: 'origins allowed for cross-origin HTTP (CORS) and WebSocket, comma-separated; same-origin and non-browser clients are always allowed; `*` allows all',
+    help: 'origins allowed for cross-origin HTTP (CORS), WebSocket and, from their pages (by Referer), JSONP, comma-separated; same-origin and non-browser clients are always allowed; `*` allows all',
   },
   trustProxy: {
     kind: 'addresses',

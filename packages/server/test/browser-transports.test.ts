@@ -391,6 +391,59 @@ describe('transports in Chromium', () => {
     }
   });
 
+  // A page on one origin, the server on another, listed in allowedOrigins, JSONP left off: Faye
+  // handshakes over JSONP across origins (its handshake takes only same-origin long-polling or
+  // callback-polling), then moves to the WebSocket or to CORS long-polling.
+  describe('Faye browser client on a page of another, allowed origin', () => {
+    let remote: Perihelion;
+    let pages: Server;
+    let pageOrigin: string;
+
+    before(async () => {
+      pages = createHttpServer((req, res) => {
+        if (req.url === '/faye.js') return void res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
+        res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!doctype html><title>app</title><script src="/faye.js"></script>');
+      });
+      await new Promise<void>((resolve) => pages.listen(0, '127.0.0.1', resolve));
+      // localhost and 127.0.0.1 are two origins to the browser.
+      pageOrigin = `http://localhost:${(pages.address() as AddressInfo).port}`;
+      remote = createServer({ open: true, pingInterval: 0, drainTimeout: 0, allowedOrigins: [pageOrigin] });
+      await remote.listen({ port: 0, host: '127.0.0.1' });
+    });
+
+    after(async () => {
+      await remote?.close();
+      await new Promise((resolve) => pages?.close(resolve));
+    });
+
+    for (const [name, disabled] of [['WebSocket', []], ['CORS long-polling', ['websocket', 'eventsource']]] as const) {
+      it(`handshakes over JSONP, then subscribes and receives over ${name}`, async () => {
+        const p = await browser.newPage();
+        try {
+          await p.goto(`${pageOrigin}/`);
+          const endpoint = `http://127.0.0.1:${remote.address()!.port}/bayeux`;
+          await p.evaluate(
+            ({ endpoint, disabled }) => {
+              const w = window as unknown as { seen: unknown[]; subscribed: boolean; Faye: any };
+              w.seen = [];
+              const client = new w.Faye.Client(endpoint);
+              for (const type of disabled) client.disable(type);
+              client.subscribe('/browser/remote', (data: unknown) => w.seen.push(data)).then(() => (w.subscribed = true));
+            },
+            { endpoint, disabled: [...disabled] },
+          );
+          await p.waitForFunction(() => (window as unknown as { subscribed?: boolean }).subscribed === true, null, { timeout: 10_000 });
+          await remote.publish('/browser/remote', { across: 'origins' });
+          await p.waitForFunction(() => (window as unknown as { seen: unknown[] }).seen.length === 1, null, { timeout: 5000 });
+          const types = Object.keys(remote.stats().sessionsByTransport);
+          assert.ok(types.includes(name === 'WebSocket' ? 'websocket' : 'cross-origin-long-polling'), `the session moved on: ${types.join(', ')}`);
+        } finally {
+          await p.close();
+        }
+      });
+    }
+  });
+
   // Behind a proxy that serves the endpoint under another path (`/realtime/bayeux` outside,
   // `/bayeux` on the server): with its Path the mount path, the browser never sends the
   // BAYEUX_BROWSER cookie back, and a session bound strictly to its browser is refused its second

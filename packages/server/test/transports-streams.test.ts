@@ -260,6 +260,28 @@ describe('callback-polling (JSONP)', () => {
     }
   });
 
+  // Faye's browser client handshakes over JSONP whenever the server is on another origin.
+  it('is on, while off for everyone else, for pages of the allowed origins (told by their Referer)', async () => {
+    const t = await startServer({ allowedOrigins: ['https://app.example.com'] });
+    const handshake = [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['callback-polling', 'cross-origin-long-polling', 'websocket'], id: '1' }];
+    const from = (referer: string | undefined): Promise<Response> =>
+      fetch(`${t.url}?jsonp=__jsonp1__&message=${encodeURIComponent(JSON.stringify(handshake))}`, { headers: referer === undefined ? {} : { Referer: referer } });
+    try {
+      const allowed = await from('https://app.example.com/rooms/1?x=y');
+      assert.equal(allowed.status, 200);
+      const [reply] = evaluate(await allowed.text(), '__jsonp1__') as { successful: boolean; supportedConnectionTypes: string[] }[];
+      assert.equal(reply!.successful, true);
+      assert.ok(!reply!.supportedConnectionTypes.includes('callback-polling'), 'the client is told to move to a transport the server offers');
+      for (const referer of [undefined, 'https://evil.example.com/', 'https://app.example.com.evil.example/', 'http://app.example.com/', 'not a url', 'null']) {
+        const refused = await from(referer);
+        assert.equal(refused.status, 400, `Referer ${referer}`);
+        assert.match(await refused.text(), /disabled.*--allowed-origins/);
+      }
+    } finally {
+      await t.close();
+    }
+  });
+
   describe('when enabled', () => {
     let t: TestServer;
     before(async () => {

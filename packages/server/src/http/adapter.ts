@@ -25,7 +25,7 @@ import { sseFramer } from '../transports/sse.js';
 import { StreamTransport, type Framer } from '../transports/stream.js';
 import { WebSocketTransport } from '../transports/websocket.js';
 import { browserCookie, browserIdOf, isSecure } from '../security/browser-cookie.js';
-import { corsHeaders, originAllowed, preflight } from './cors.js';
+import { corsHeaders, originAllowed, preflight, referrerAllowed } from './cors.js';
 import { assignBrowser, requestFacts } from './request-facts.js';
 import { sendBatchError } from './responses.js';
 
@@ -100,8 +100,9 @@ export class HttpAdapter {
   private handleGet(req: IncomingMessage, res: ServerResponse, sub: string): void {
     const query = (req.url ?? '').includes('?') ? new URLSearchParams((req.url ?? '').split('?')[1]) : null;
     if (query?.has('message')) {
-      if (!this.core.options.jsonp) {
-        return sendBatchError(res, 400, 'badRequest', 'callback-polling (JSONP) is disabled on this server; the operator can enable it with --jsonp');
+      // Off for everyone with `jsonp: false`, except the pages of the allowed origins (cors.ts).
+      if (!this.core.options.jsonp && !referrerAllowed(req, this.core.options.allowedOrigins)) {
+        return sendBatchError(res, 400, 'badRequest', 'callback-polling (JSONP) is disabled on this server; the operator can enable it with --jsonp, or for the pages of some origins (Faye handshakes over JSONP across origins) with --allowed-origins');
       }
       return this.guard(res, handleCallbackPolling(this.core, req, res, this.failed));
     }

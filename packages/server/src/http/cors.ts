@@ -17,6 +17,27 @@ export function originAllowed(req: IncomingMessage, allowed: readonly string[]):
   }
 }
 
+/**
+ * Whether a callback-polling (JSONP) request comes from a page of a listed origin, told by its
+ * Referer: a <script> request carries no Origin. A page cannot make the browser name another
+ * origin there, only leave it out (`Referrer-Policy: no-referrer`), which is refused. Faye's
+ * browser client handshakes over JSONP whenever the server is on another origin (its handshake
+ * takes only long-polling, same-origin, or callback-polling), then moves to the WebSocket or CORS:
+ * without this, a page of an origin the operator allowed could not use Faye unless JSONP were
+ * opened to every site.
+ */
+export function referrerAllowed(req: IncomingMessage, allowed: readonly string[]): boolean {
+  const referer = req.headers.referer;
+  if (typeof referer !== 'string' || allowed.length === 0) return false;
+  let origin: string;
+  try {
+    origin = new URL(referer).origin;
+  } catch {
+    return false;
+  }
+  return origin !== 'null' && (allowed.includes('*') || allowed.includes(origin));
+}
+
 /** Adds the CORS response headers for an allowed request that carries an Origin. */
 export function corsHeaders(req: IncomingMessage, res: ServerResponse): void {
   const origin = req.headers.origin;

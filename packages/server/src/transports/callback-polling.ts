@@ -3,6 +3,7 @@
  * answered with JavaScript that calls `<name>` with the reply array. Browsers load it with a
  * <script> tag, so it works across origins without CORS — which is why it is off unless the
  * `jsonp` option enables it: any page can make a user's browser run it with the user's cookies.
+ * Off, it still answers the pages of the allowed origins (http/cors.ts referrerAllowed).
  *
  * The callback name is checked against a strict identifier pattern and never reflected when it
  * fails. Like CometD, messages are delivered only through /meta/connect on this transport.
