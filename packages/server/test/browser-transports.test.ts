@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { createServer as createHttpServer, request, type Server } from 'node:http';
+import { createServer as createHttpServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { createServer, type Perihelion, type ServerOptions } from '../src/index.js';
@@ -441,6 +441,50 @@ describe('transports in Chromium', () => {
           await p.close();
         }
       });
+    }
+  });
+
+  // Faye falls back to EventSource when the WebSocket is blocked. On a restart its EventSource
+  // reconnects by itself; a 404 made it stop, silently, and Faye came back only with its next
+  // keep-alive connect, `timeout` later (measured: 30 s). Told to come back soon at shutdown and
+  // refused in the stream by the new server (402, handshake), it comes back in a few seconds.
+  it('Faye browser client on EventSource comes back within seconds after a restart', async () => {
+    const page = '<!doctype html><title>t</title><script src="/faye.js"></script>';
+    const fallback = (req: IncomingMessage, res: ServerResponse): void => {
+      const path = (req.url ?? '/').split('?')[0]!;
+      if (path === '/faye.js') return void res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
+      res.writeHead(200, { 'Content-Type': 'text/html' }).end(page);
+    };
+    let first: Perihelion | null = createServer({ open: true, pingInterval: 0, drainTimeout: 0 });
+    const { port } = await first.listen({ port: 0, host: '127.0.0.1', fallback });
+    const second = createServer({ open: true, pingInterval: 0, drainTimeout: 0 });
+    const p = await browser.newPage();
+    try {
+      await p.goto(`http://127.0.0.1:${port}/`);
+      await p.evaluate(() => {
+        const w = window as unknown as { seen: unknown[]; subscribed: boolean; Faye: any };
+        w.seen = [];
+        const client = new w.Faye.Client(`${location.origin}/bayeux`);
+        client.disable('websocket');
+        client.subscribe('/browser/restart', (data: unknown) => w.seen.push(data)).then(() => (w.subscribed = true));
+      });
+      await p.waitForFunction(() => (window as unknown as { subscribed?: boolean }).subscribed === true);
+      assert.deepEqual(first.stats().sessionsByTransport, { eventsource: 1 });
+      await first.close();
+      first = null;
+      const restarted = Date.now();
+      await second.listen({ port, host: '127.0.0.1', fallback });
+      let seen = 0;
+      for (let n = 0; seen === 0 && Date.now() - restarted < 12_000; n++) {
+        await second.publish('/browser/restart', { n });
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        seen = await p.evaluate(() => (window as unknown as { seen: unknown[] }).seen.length);
+      }
+      assert.ok(seen > 0, `Faye came back on the restarted server within 12 s (took ${Date.now() - restarted} ms)`);
+    } finally {
+      await p.close();
+      await first?.close();
+      await second.close();
     }
   });
 

@@ -122,8 +122,8 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     const clientId = await handshake(a, { Cookie: 'BAYEUX_BROWSER=browser-one-0123456789' });
     await post(a.url, [{ channel: '/meta/subscribe', clientId, subscription: '/sse' }], { Cookie: 'BAYEUX_BROWSER=browser-one-0123456789' });
     const other = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream', Cookie: 'BAYEUX_BROWSER=browser-two-0123456789' } });
-    assert.equal(other.status, 404, "another browser's cookie does not speak for the session, on any node");
-    await other.text();
+    // Refused in the stream (an EventSource learns only from what its stream carries).
+    assert.match(await other.text(), /"error":"402:/, "another browser's cookie does not speak for the session, on any node");
     const abort = new AbortController();
     const response = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream', Cookie: 'BAYEUX_BROWSER=browser-one-0123456789' }, signal: abort.signal });
     assert.equal(response.status, 200);

@@ -127,12 +127,41 @@ describe('Server-Sent Events (eventsource)', () => {
     second.close();
   });
 
-  it('refuses a stream for an unknown clientId with 404 and a 402 error', async () => {
+  // An EventSource stops for good on a 404 and tells the page nothing: Faye learned of a restart
+  // only at its next keep-alive connect, 30 s later. The refusal travels in the stream instead.
+  it('refuses a stream for an unknown clientId in the stream: one event, the 402 with advice to handshake; 204 to the EventSource that reconnects after it', async () => {
     const response = await browserFetch(`${t.url}/nosuchclient`, { headers: { Accept: 'text/event-stream' } });
-    assert.equal(response.status, 404);
-    const [reply] = (await response.json()) as { error: string; advice: { reconnect: string } }[];
+    assert.equal(response.status, 200);
+    assert.match(response.headers.get('content-type') ?? '', /^text\/event-stream/);
+    const text = await response.text();
+    assert.ok(!text.includes('event: connected'), 'not a live line');
+    const id = /^id: (.+)$/m.exec(text)?.[1];
+    assert.ok(id, `the event has an id: ${text}`);
+    const [reply] = JSON.parse(/^data: (.+)$/m.exec(text)![1]!) as { channel: string; successful: boolean; error: string; advice: { reconnect: string } }[];
+    assert.equal(reply!.channel, '/meta/connect');
+    assert.equal(reply!.successful, false);
     assert.match(reply!.error, /^402:nosuchclient:/);
     assert.equal(reply!.advice.reconnect, 'handshake');
+    const again = await browserFetch(`${t.url}/nosuchclient`, { headers: { Accept: 'text/event-stream', 'Last-Event-ID': id } });
+    assert.equal(again.status, 204, 'an EventSource reconnecting after it is told to stop');
+    // A reader of ndjson is not an EventSource: it is answered with the status.
+    const ndjson = await browserFetch(`${t.url}/nosuchclient`, { headers: { Accept: 'application/x-ndjson' } });
+    assert.equal(ndjson.status, 404);
+    const [line] = (await ndjson.json()) as { error: string }[];
+    assert.match(line!.error, /^402:nosuchclient:/);
+  });
+
+  it('tells an open EventSource at shutdown to come back within one to two seconds, not its usual five', async () => {
+    const closing = await startServer();
+    const clientId = await handshake(closing.url, ['eventsource']);
+    const stream = await openStream(`${closing.url}/${clientId}`, 'text/event-stream');
+    await stream.until((text) => text.includes('connected'), 'stream open');
+    assert.match(stream.text(), /^retry: 5000$/m);
+    await closing.close();
+    await waitFor(() => stream.ended(), 3000, 'the stream to end');
+    const retries = [...stream.text().matchAll(/^retry: (\d+)$/gm)].map((m) => Number(m[1]));
+    assert.equal(retries.length, 2, stream.text());
+    assert.ok(retries[1]! >= 1000 && retries[1]! <= 2000, `retry ${retries[1]}`);
   });
 
   it('keeps a session alive while its stream is open, without connects', async () => {

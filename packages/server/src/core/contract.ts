@@ -10,6 +10,7 @@ import type { ProxyTrust } from '../http/client-address.js';
 import type { ResolvedOptions } from '../options.js';
 import type { Counters } from './delivery.js';
 import type { BrowserLines } from './browser-lines.js';
+import type { DisconnectReason } from './events.js';
 
 /** How a batch reached the server: a Bayeux connection type, or a local client in this process. */
 export type Transport = ConnectionType | 'in-process';
@@ -63,8 +64,8 @@ export interface PushConnection {
    * line has drained; a watcher given twice is told once.
    */
   watch(watcher: LineWatcher): void;
-  /** The session this line serves has ended: a line dedicated to it closes. */
-  sessionEnded(): void;
+  /** The session this line serves has ended (`reason`: why): a line dedicated to it closes. */
+  sessionEnded(reason?: DisconnectReason): void;
 }
 
 /**

@@ -312,7 +312,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
     // Its publish ids wait for its client's next session (a resend there is recognised).
     if (session.instance !== null && session.recentPublishes !== null) this.publishIds.ended(session.instance, session.recentPublishes);
     // A stream serves one session only: it ends with it (a WebSocket may carry others).
-    session.connection?.sessionEnded();
+    session.connection?.sessionEnded(reason);
     void this.engine.removeSession(session.id).catch((error: unknown) => this.reportError(error));
     this.events.emit('disconnect', session, reason);
   }

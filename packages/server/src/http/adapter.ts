@@ -21,7 +21,7 @@ import { handleCallbackPolling } from '../transports/callback-polling.js';
 import { BROWSER_SCRIPTS, serveBrowserScript } from './client-script.js';
 import { ndjsonFramer } from '../transports/http-streaming.js';
 import { handleLongPolling } from '../transports/long-polling.js';
-import { sseFramer } from '../transports/sse.js';
+import { refuseStream, sseFramer } from '../transports/sse.js';
 import { StreamTransport, type Framer } from '../transports/stream.js';
 import { WebSocketTransport } from '../transports/websocket.js';
 import { browserCookie, browserIdOf, isSecure } from '../security/browser-cookie.js';
@@ -136,6 +136,8 @@ export class HttpAdapter {
       this.core.forwarding.attach(clientId, line, facts, () => streams.start(req, res, line, framer, clientId)).then((attached) => {
         if (attached) return;
         const body = JSON.stringify([{ channel: '/meta/connect', successful: false, error: bayeuxError('clientUnknown', [clientId]), advice: { reconnect: 'handshake', interval: 0 } }]);
+        // An EventSource learns only from what its stream carries (sse.ts).
+        if (framer === sseFramer) return refuseStream(req, res, body);
         res.writeHead(404, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-cache, no-store' }).end(body);
       }),
     );

@@ -4,6 +4,7 @@
  * JSON array and whose id counts events on the stream; idle lines get a `heartbeat` event; `retry:` tells
  * EventSource how long to wait before reconnecting. Works with a plain browser EventSource too.
  */
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { sseEvent, sseRetry } from '@perihelion/protocol';
 import type { Framer } from './stream.js';
 
@@ -26,4 +27,28 @@ export const sseFramer: Framer = {
   // (a proxy that stops forwarding without closing). Named, so onmessage (Faye) never sees it; its
   // data is not empty, since EventSource dispatches no event whose data is empty.
   heartbeat: () => HEARTBEAT,
+  comeBackIn: (ms) => sseRetry(ms),
 };
+
+/**
+ * The id of the one event of an answer to a stream for a session this server does not know: an
+ * EventSource that reconnects after it sends it back as `Last-Event-ID`, and is told to stop.
+ */
+const GONE_EVENT_ID = 'gone';
+
+/**
+ * Answers an EventSource whose session this server does not know (a restart, an expiry): with
+ * the refusal in the stream, not a 404. EventSource reconnects by itself when its stream ends,
+ * and on a 404 it stops for good and tells the page nothing: Faye then waits for its next
+ * keep-alive connect, `timeout` later (measured: 30 s to come back after a restart). As one event
+ * of a 200 stream, the refusal reaches the client like any reply, and its advice (handshake)
+ * brings it back at once. The event carries an id, so that if the EventSource reconnects all the
+ * same, its `Last-Event-ID` names it and it is answered 204, which stops it: the page's client
+ * has its answer already, and an EventSource left open must not make it handshake every few
+ * seconds.
+ */
+export function refuseStream(req: IncomingMessage, res: ServerResponse, refusal: string): void {
+  if (req.headers['last-event-id'] === GONE_EVENT_ID) return void res.writeHead(204, { 'Cache-Control': 'no-cache, no-store' }).end();
+  res.writeHead(200, { 'Content-Type': sseFramer.contentType, 'Cache-Control': 'no-cache, no-store, no-transform', 'X-Accel-Buffering': 'no' });
+  res.end(sseRetry(RETRY_MS) + sseEvent(refusal, { id: GONE_EVENT_ID }));
+}

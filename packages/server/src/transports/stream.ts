@@ -17,6 +17,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { encodeBatch, type StreamedConnectionType } from '@perihelion/protocol';
 import type { LineWatcher, PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
+import type { DisconnectReason } from '../core/events.js';
 import { LineWatchers } from '../core/line-watchers.js';
 import type { ServerSession, Session } from '../core/session.js';
 import { sendBatchError } from '../http/responses.js';
@@ -32,7 +33,16 @@ export interface Framer {
   batch(json: string, sequence: number): string;
   /** The idle no-op. */
   heartbeat(): string;
+  /** Tells a client that reconnects by itself (EventSource) how soon to come back, if the framing can. */
+  comeBackIn?(ms: number): string;
 }
+
+/**
+ * A server shutting down tells EventSource to come back between these many ms and twice as many,
+ * at random (rather than its usual `retry`, 5 s): the restarted server, or another node, takes it
+ * soon, and not every client in the same moment.
+ */
+const SHUTDOWN_COMEBACK_MS = 1000;
 
 /**
  * The shared timer ticks this many times per `heartbeat`, and a line idle for all but one of them
@@ -96,7 +106,8 @@ class StreamConnection implements PushConnection {
     else this.res.once('close', callback);
   }
 
-  sessionEnded(): void {
+  sessionEnded(reason?: DisconnectReason): void {
+    if (reason === 'shutdown' && this.framer.comeBackIn) this.write(this.framer.comeBackIn(SHUTDOWN_COMEBACK_MS * (1 + Math.random())));
     this.end();
   }
 
