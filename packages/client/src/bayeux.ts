@@ -651,8 +651,11 @@ export class Bayeux implements Backend, OutboxSession, SubscriptionsSession {
     this.line = null;
     this.abandonRequests(reason, opened, type);
     // Someone awaiting a handshake or connect reply takes it from here; otherwise (a stream
-    // dropped between two connects) reconnect now.
-    if (!waiting) this.retry('connect', `network: ${reason}`);
+    // dropped between two connects) reconnect now, unless the stream's last words were that the
+    // server ended the session for good (`reconnect: "none"`, as a held connect is told).
+    if (waiting) return;
+    if (this.advice.reconnect === 'none') return this.stop('server: reconnect none');
+    this.retry('connect', `network: ${reason}`);
   }
 
   /** Requests on a dead line: meta requests fail; publishes and subscribes wait for the next line. */

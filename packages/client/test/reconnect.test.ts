@@ -505,25 +505,33 @@ describe('reconnection', () => {
     }
   });
 
-  it('follows advice reconnect "none": a session ended by the server stays ended', async () => {
-    const test = await startServer({ timeout: 2000 });
-    const c = client(test.url, { transports: ['long-polling'] });
-    try {
-      await c.connect();
-      const ended = new Promise<string>((resolve) => c.once('disconnected', (change) => resolve(change.reason)));
-      // Once the connect is held, the server ends the session: the held connect is answered with reconnect "none".
-      await sleep(200);
-      test.server.getSession(c.clientId!)!.disconnect();
-      assert.match(await ended, /none/);
-      assert.equal(c.state, 'disconnected');
-      await sleep(300);
-      assert.equal(test.server.stats().sessions, 0, 'no new handshake');
-      // The application may start again: a publish (autoConnect) opens a new session.
-      await c.publish('/none/x', 1);
-      assert.equal(c.state, 'connected');
-      await c.disconnect();
-    } finally {
-      await test.close();
-    }
-  });
+  // Over long-polling the held connect is answered with reconnect "none"; a stream holds no
+  // connect, and carries the same reply as its last words before it ends.
+  for (const transport of ['long-polling', 'http-streaming'] as const) {
+    it(`follows advice reconnect "none" over ${transport}: a session ended by the server stays ended`, async () => {
+      const test = await startServer({ timeout: 2000 });
+      const c = client(test.url, { transports: [transport] });
+      try {
+        await c.connect();
+        assert.equal(c.transport, transport);
+        const ended = new Promise<string>((resolve, reject) => {
+          c.once('disconnected', (change) => resolve(change.reason));
+          setTimeout(() => reject(new Error('the client did not stop')), 5000).unref();
+        });
+        // Once the connect is held (or the stream open), the server ends the session.
+        await sleep(200);
+        test.server.getSession(c.clientId!)!.disconnect();
+        assert.match(await ended, /none/);
+        assert.equal(c.state, 'disconnected');
+        await sleep(300);
+        assert.equal(test.server.stats().sessions, 0, 'no new handshake');
+        // The application may start again: a publish (autoConnect) opens a new session.
+        await c.publish('/none/x', 1);
+        assert.equal(c.state, 'connected');
+        await c.disconnect();
+      } finally {
+        await test.close();
+      }
+    });
+  }
 });

@@ -488,6 +488,40 @@ describe('transports in Chromium', () => {
     }
   });
 
+  // A stream holds no connect to answer with reconnect "none" when the server ends the session:
+  // Faye handshook again with its next keep-alive connect (or, once refused in the stream, its
+  // EventSource's reconnect). The stream's last event now carries that reply.
+  it('Faye browser client on EventSource, its session ended by the server, stays away', async () => {
+    const p = await page();
+    try {
+      await p.addScriptTag({ url: '/faye.js' });
+      await p.evaluate(() => {
+        const w = window as unknown as { subscribed: boolean; Faye: any };
+        const client = new w.Faye.Client(`${location.origin}/bayeux`);
+        client.disable('websocket');
+        client.subscribe('/browser/kicked', () => {}).then(() => (w.subscribed = true));
+      });
+      await p.waitForFunction(() => (window as unknown as { subscribed?: boolean }).subscribed === true);
+      // Faye handshakes over long-polling, then moves to EventSource.
+      const onEventSource = async (): Promise<string | undefined> => (await server.sessions()).find((s) => s.subscriptions.includes('/browser/kicked') && s.connectionType === 'eventsource')?.clientId;
+      let clientId: string | undefined;
+      for (const deadline = Date.now() + 8000; clientId === undefined && Date.now() < deadline; await new Promise((resolve) => setTimeout(resolve, 100))) clientId = await onEventSource();
+      assert.ok(clientId, 'the Faye client moved to eventsource');
+      const handshakes: string[] = [];
+      const stop = server.on('handshake', (session) => handshakes.push(session.id));
+      try {
+        server.getSession(clientId)!.disconnect();
+        // Past EventSource's retry (5 s) and the server's short keep-alive interval (timeout: 2 s here).
+        await new Promise((resolve) => setTimeout(resolve, 7000));
+        assert.deepEqual(handshakes, [], 'the page handshook again');
+      } finally {
+        stop();
+      }
+    } finally {
+      await p.close();
+    }
+  });
+
   // Behind a proxy that serves the endpoint under another path (`/realtime/bayeux` outside,
   // `/bayeux` on the server): with its Path the mount path, the browser never sends the
   // BAYEUX_BROWSER cookie back, and a session bound strictly to its browser is refused its second

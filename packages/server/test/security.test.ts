@@ -1150,7 +1150,7 @@ describe('session binding: a clientId alone is not a credential', () => {
     assertOk(await victim.subscribe('/v/mine'), 'the victim’s own subscribe');
   });
 
-  it('another browser cannot open an SSE or HTTP stream for the session (404); its own browser can', async () => {
+  it('another browser cannot open an SSE or HTTP stream for the session (refused: 402 in the stream, 404); its own browser can', async () => {
     const victim = await login(ts.url);
     await victim.drain();
     const streamUrl = `${ts.url}/${victim.clientId}`;
@@ -1159,8 +1159,15 @@ describe('session binding: a clientId alone is not a credential', () => {
       for (const accept of ['text/event-stream', 'application/x-ndjson']) {
         const refused = await stranger.stream(streamUrl, accept);
         await waitFor(() => refused.ended, 2000, 'the refusal to end');
-        assert.equal(refused.status, 404, `a stream (${accept}) opened for another browser`);
-        assertRefused(at(JSON.parse(refused.text) as Msg[], 0), /^402:/);
+        if (accept === 'text/event-stream') {
+          // An EventSource learns only from its stream: the refusal is its one event, and no more.
+          assert.equal(refused.status, 200);
+          assert.ok(!refused.text.includes('event: connected'), `a stream (${accept}) opened for another browser: ${refused.text}`);
+          assertRefused(at(JSON.parse(/^data: (.+)$/m.exec(refused.text)?.[1] ?? 'null') as Msg[], 0), /^402:/);
+        } else {
+          assert.equal(refused.status, 404, `a stream (${accept}) opened for another browser`);
+          assertRefused(at(JSON.parse(refused.text) as Msg[], 0), /^402:/);
+        }
       }
     }
     const own = await victim.browser.stream(streamUrl, 'text/event-stream');

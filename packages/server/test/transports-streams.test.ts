@@ -151,6 +151,26 @@ describe('Server-Sent Events (eventsource)', () => {
     assert.match(line!.error, /^402:nosuchclient:/);
   });
 
+  // A stream holds no connect to tell its client why the session ended; Faye on EventSource
+  // handshook again on its next keep-alive connect, as if it had never been told to go.
+  it('ends the stream of a session the server ends for good with the reply a held connect gets (reconnect: none), as its last event', async () => {
+    for (const accept of ['text/event-stream', 'application/x-ndjson']) {
+      const clientId = await handshake(t.url, ['eventsource', 'http-streaming']);
+      const stream = await openStream(`${t.url}/${clientId}`, accept);
+      await stream.until((text) => text.length > 0, 'stream open');
+      t.server.getSession(clientId)!.disconnect();
+      await waitFor(() => stream.ended(), 3000, 'the stream to end');
+      const last = stream.text().trim().split('\n').filter((line) => line.includes('/meta/connect')).pop() ?? '';
+      const [reply] = JSON.parse(last.replace(/^data: /, '')) as { successful: boolean; clientId: string; advice: { reconnect: string } }[];
+      assert.deepEqual([reply!.successful, reply!.clientId, reply!.advice.reconnect], [true, clientId, 'none'], accept);
+      if (accept === 'text/event-stream') {
+        const id = /^id: (.+)$/m.exec(stream.text().slice(stream.text().lastIndexOf('id: ')))?.[1];
+        const again = await browserFetch(`${t.url}/${clientId}`, { headers: { Accept: accept, 'Last-Event-ID': id! } });
+        assert.equal(again.status, 204, 'the EventSource that reconnects after it is told to stop');
+      }
+    }
+  });
+
   it('tells an open EventSource at shutdown to come back within one to two seconds, not its usual five', async () => {
     const closing = await startServer();
     const clientId = await handshake(closing.url, ['eventsource']);

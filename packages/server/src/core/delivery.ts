@@ -18,7 +18,7 @@ import type { DisconnectReason, ServerEventEmitter } from './events.js';
 import type { ListenerRegistry } from './listeners.js';
 import { prepare } from './publish.js';
 import { PublishIdsByClient } from '../engine/recent-ids.js';
-import { describeSession, type ServerSession, type SessionHost } from './session.js';
+import { describeSession, releaseOnEnd, type ServerSession, type SessionHost } from './session.js';
 import type { TimerWheel } from './timer-wheel.js';
 
 export interface ServerStats {
@@ -300,7 +300,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
     session.ended = true;
     session.cancelDeadlines();
     this.wheel.cancel(session.tokenExpiry);
-    session.release(reason === 'shutdown' || reason === 'token-expired' || reason === 'slow-consumer' ? reason : 'disconnected');
+    session.release(releaseOnEnd(reason));
     this.sessions.delete(session.id);
     const address = session.remoteAddress ?? 'unknown';
     const held = this.byAddress.get(address);

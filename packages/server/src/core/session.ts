@@ -12,6 +12,7 @@ import { isPositionedOn, isStreamedConnectionType, type ConnectionType, type Pos
 import type { Identity } from '../security/identity.js';
 import type { TokenBucket } from '../security/rate-limit.js';
 import type { PushConnection } from './contract.js';
+import type { DisconnectReason } from './events.js';
 import type { SessionInfo } from '../engine/engine.js';
 import type { Acknowledgement } from '../extensions/ack.js';
 import { ChannelSet } from './channel-set.js';
@@ -46,6 +47,15 @@ export interface Session {
 }
 
 export type ReleaseReason = 'message' | 'timeout' | 'superseded' | 'disconnected' | 'shutdown' | 'token-expired' | 'slow-consumer';
+
+/**
+ * How a session's end releases its held connect: shutting down (come back soon), an expired
+ * token or an overflowed queue (handshake again), or else `disconnected` (stay away: meta/connect.ts
+ * answers it with advice `reconnect: "none"`).
+ */
+export function releaseOnEnd(reason: DisconnectReason): ReleaseReason {
+  return reason === 'shutdown' || reason === 'token-expired' || reason === 'slow-consumer' ? reason : 'disconnected';
+}
 
 export interface Release {
   reason: ReleaseReason;

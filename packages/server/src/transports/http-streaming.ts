@@ -18,4 +18,5 @@ export const ndjsonFramer: Framer = {
   padding: (bytes) => `[]${' '.repeat(Math.max(0, bytes - 3))}\n`,
   batch: (json) => ndjsonLine(json),
   heartbeat: () => ndjsonLine('[]'),
+  farewell: (json) => ndjsonLine(json),
 };

@@ -11,6 +11,12 @@ import type { Framer } from './stream.js';
 /** Reconnection delay advised to EventSource (Faye's server sends the same). */
 const RETRY_MS = 5000;
 
+/**
+ * The id of the last event of a stream whose session is gone (refused, or ended for good): an
+ * EventSource that reconnects after it sends it back as `Last-Event-ID`, and is told to stop.
+ */
+const GONE_EVENT_ID = 'gone';
+
 const HEARTBEAT = sseEvent('[]', { event: 'heartbeat' });
 
 export const sseFramer: Framer = {
@@ -28,13 +34,10 @@ export const sseFramer: Framer = {
   // data is not empty, since EventSource dispatches no event whose data is empty.
   heartbeat: () => HEARTBEAT,
   comeBackIn: (ms) => sseRetry(ms),
+  // With the id an EventSource that reconnects after it sends back, and is told 204 (refuseStream).
+  farewell: (json) => sseEvent(json, { id: GONE_EVENT_ID }),
 };
 
-/**
- * The id of the one event of an answer to a stream for a session this server does not know: an
- * EventSource that reconnects after it sends it back as `Last-Event-ID`, and is told to stop.
- */
-const GONE_EVENT_ID = 'gone';
 
 /**
  * Answers an EventSource whose session this server does not know (a restart, an expiry): with

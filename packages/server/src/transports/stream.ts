@@ -19,7 +19,7 @@ import { encodeBatch, type StreamedConnectionType } from '@perihelion/protocol';
 import type { LineWatcher, PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
 import type { DisconnectReason } from '../core/events.js';
 import { LineWatchers } from '../core/line-watchers.js';
-import type { ServerSession, Session } from '../core/session.js';
+import { releaseOnEnd, type ServerSession, type Session } from '../core/session.js';
 import { sendBatchError } from '../http/responses.js';
 
 export interface Framer {
@@ -35,6 +35,8 @@ export interface Framer {
   heartbeat(): string;
   /** Tells a client that reconnects by itself (EventSource) how soon to come back, if the framing can. */
   comeBackIn?(ms: number): string;
+  /** The last batch of a stream whose session ended for good: one an EventSource does not reconnect after. */
+  farewell(json: string): string;
 }
 
 /**
@@ -60,6 +62,8 @@ class StreamConnection implements PushConnection {
   private readonly watchers = new LineWatchers();
   /** Gives back the browser's count of lines (maxSessionsPerBrowser) once the stream ends. */
   private uncount: (() => void) | null = null;
+  /** The session it serves, once started. */
+  clientId: string | undefined;
 
   constructor(
     private readonly res: ServerResponse,
@@ -106,8 +110,20 @@ class StreamConnection implements PushConnection {
     else this.res.once('close', callback);
   }
 
+  /**
+   * A stream has no held connect to carry why its session ended, and its client may reconnect by
+   * itself (EventSource): a server shutting down tells it to come back soon; a session ended for
+   * good (disconnected by the server, as a held connect is answered) sends the reply a held connect
+   * would have had, `reconnect: "none"`, so that the client stays away rather than handshaking
+   * again on its next keep-alive connect. An expired token or an overflowed queue says nothing
+   * here: the client's next request learns that its session is gone, and handshakes.
+   */
   sessionEnded(reason?: DisconnectReason): void {
-    if (reason === 'shutdown' && this.framer.comeBackIn) this.write(this.framer.comeBackIn(SHUTDOWN_COMEBACK_MS * (1 + Math.random())));
+    const release = reason === undefined ? undefined : releaseOnEnd(reason);
+    if (release === 'shutdown' && this.framer.comeBackIn) this.write(this.framer.comeBackIn(SHUTDOWN_COMEBACK_MS * (1 + Math.random())));
+    if (release === 'disconnected' && this.clientId !== undefined) {
+      this.write(this.framer.farewell(JSON.stringify([{ channel: '/meta/connect', clientId: this.clientId, successful: true, advice: { reconnect: 'none' } }])));
+    }
     this.end();
   }
 
@@ -184,6 +200,7 @@ export class StreamTransport {
   /** Writes the stream's head and opening, and keeps it alive from then on. */
   start(req: IncomingMessage, res: ServerResponse, connection: PushConnection, framer: Framer, clientId: string): void {
     const stream = connection as StreamConnection;
+    stream.clientId = clientId;
     req.socket.setNoDelay(true);
     req.socket.setKeepAlive(true);
     res.writeHead(200, {
