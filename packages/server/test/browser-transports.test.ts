@@ -37,6 +37,16 @@ async function rewritingProxy(upstreamPort: number): Promise<Server> {
   return proxy;
 }
 
+/** The test pages' files: an empty page at `/`, the Faye browser bundle, the CometD client's modules. */
+function servePages(req: IncomingMessage, res: ServerResponse): void {
+  const path = (req.url ?? '/').split('?')[0]!;
+  if (path === '/') return void res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!doctype html><title>t</title>');
+  if (path === '/faye.js') return void res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
+  const match = /^\/cometd\/(\w+\.js)$/.exec(path);
+  if (match && existsSync(join(cometdDir, match[1]!))) return void res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(readFileSync(join(cometdDir, match[1]!)));
+  res.writeHead(404).end();
+}
+
 /**
  * A page that handshakes with CometD's ReloadExtension over one transport, subscribes in its
  * handshake listener (as the extension's documentation has it) and stores its state on unload.
@@ -77,14 +87,8 @@ describe('transports in Chromium', () => {
       host: '127.0.0.1',
       fallback: (req, res) => {
         const path = (req.url ?? '/').split('?')[0]!;
-        if (path === '/') return res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!doctype html><title>t</title>');
         if (path === '/reload.html') return void setTimeout(() => res.writeHead(200, { 'Content-Type': 'text/html' }).end(reloadPage(new URL(req.url!, 'http://x').searchParams.get('transport')!)), reloadPageDelay);
-        if (path === '/faye.js') return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
-        const match = /^\/cometd\/(\w+\.js)$/.exec(path);
-        if (match && existsSync(join(cometdDir, match[1]!))) {
-          return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(readFileSync(join(cometdDir, match[1]!)));
-        }
-        res.writeHead(404).end();
+        servePages(req, res);
       },
     });
     origin = `http://127.0.0.1:${address.port}`;
@@ -304,14 +308,7 @@ describe('transports in Chromium', () => {
       const address = await many.listen({
         port: 0,
         host: '127.0.0.1',
-        fallback: (req, res) => {
-          const path = (req.url ?? '/').split('?')[0]!;
-          if (path === '/') return res.writeHead(200, { 'Content-Type': 'text/html' }).end('<!doctype html><title>t</title>');
-          if (path === '/faye.js') return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
-          const match = /^\/cometd\/(\w+\.js)$/.exec(path);
-          if (match && existsSync(join(cometdDir, match[1]!))) return res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(readFileSync(join(cometdDir, match[1]!)));
-          res.writeHead(404).end();
-        },
+        fallback: servePages,
       });
       manyOrigin = `http://127.0.0.1:${address.port}`;
     });
@@ -455,7 +452,8 @@ describe('transports in Chromium', () => {
       if (path === '/faye.js') return void res.writeHead(200, { 'Content-Type': 'text/javascript' }).end(fayeBundle);
       res.writeHead(200, { 'Content-Type': 'text/html' }).end(page);
     };
-    let first: Perihelion | null = createServer({ open: true, pingInterval: 0, drainTimeout: 0 });
+    // A short hold: Faye moves from long-polling to EventSource at its next connect.
+    let first: Perihelion | null = createServer({ open: true, pingInterval: 0, drainTimeout: 0, timeout: 2000 });
     const { port } = await first.listen({ port: 0, host: '127.0.0.1', fallback });
     const second = createServer({ open: true, pingInterval: 0, drainTimeout: 0 });
     const p = await browser.newPage();
@@ -469,7 +467,8 @@ describe('transports in Chromium', () => {
         client.subscribe('/browser/restart', (data: unknown) => w.seen.push(data)).then(() => (w.subscribed = true));
       });
       await p.waitForFunction(() => (window as unknown as { subscribed?: boolean }).subscribed === true);
-      assert.deepEqual(first.stats().sessionsByTransport, { eventsource: 1 });
+      const server1 = first;
+      await waitFor(() => server1.stats().sessionsByTransport.eventsource === 1, 8000, 'Faye to move to EventSource');
       await first.close();
       first = null;
       const restarted = Date.now();

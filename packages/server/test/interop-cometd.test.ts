@@ -199,6 +199,8 @@ for (const transport of TRANSPORTS) {
       const ended: string[] = [];
       const stop = test.server.on('disconnect', (session, reason) => ended.push(`${session.id}:${reason}`));
       await waitFor(() => client.cometd.getStatus() === 'connected', 5000, 'the client to report itself connected');
+      // CometD says "connected" once it has sent its /meta/connect, not once the server has it.
+      await waitFor(() => (test.server.getSession(id)?.connectionType ?? null) !== null, 5000, 'the /meta/connect to arrive');
       stop();
       const refusals = watch.answers.filter((a) => a.id !== undefined).length;
       assert.equal(

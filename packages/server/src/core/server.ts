@@ -62,7 +62,7 @@ export class ServerCore implements TransportHost {
   readonly proxies: ProxyTrust;
   /** The browser ids given to cookie-less requests, and which of them are one browser's (session binding). */
   readonly browserIds: BrowserIds;
-  /** Long-polls held per browser, against `maxSessionsPerBrowser` (browser-lines.ts). */
+  /** The lines (held long-polls, streams) each browser holds open, against `maxSessionsPerBrowser` (browser-lines.ts). */
   readonly browserLines: BrowserLines;
   readonly engine: Engine;
   readonly extensions: ExtensionPipeline;
