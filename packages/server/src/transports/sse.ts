@@ -38,7 +38,6 @@ export const sseFramer: Framer = {
   farewell: (json) => sseEvent(json, { id: GONE_EVENT_ID }),
 };
 
-
 /**
  * Answers an EventSource whose session this server does not know (a restart, an expiry): with
  * the refusal in the stream, not a 404. EventSource reconnects by itself when its stream ends,

@@ -113,9 +113,9 @@ class StreamConnection implements PushConnection {
   /**
    * A stream has no held connect to carry why its session ended, and its client may reconnect by
    * itself (EventSource): a server shutting down tells it to come back soon; a session ended for
-   * good (disconnected by the server, as a held connect is answered) sends the reply a held connect
-   * would have had, `reconnect: "none"`, so that the client stays away rather than handshaking
-   * again on its next keep-alive connect. An expired token or an overflowed queue says nothing
+   * good (disconnected by the server or the client, expired: `releaseOnEnd`) sends the reply a held
+   * connect would have had, `reconnect: "none"`, so that the client stays away rather than
+   * handshaking again on its next keep-alive connect. An expired token or an overflowed queue says nothing
    * here: the client's next request learns that its session is gone, and handshakes.
    */
   sessionEnded(reason?: DisconnectReason): void {
