@@ -12,6 +12,8 @@ export type Fault = 'delay' | 'truncate' | 'reset' | 'blackhole';
 interface Link {
   client: Socket;
   upstream: Socket;
+  /** The name the client gave its connection (a Redis client's CLIENT SETNAME), '' until it does. */
+  name: string;
   /** Extra delay of each chunk, ms (0: none). */
   delayMs: number;
   dead: boolean;
@@ -31,8 +33,14 @@ export class FaultProxy {
   readonly counts: Record<Fault, number> = { delay: 0, truncate: 0, reset: 0, blackhole: 0 };
   /** Connections accepted so far. */
   opened = 0;
-  /** How long to hold a chunk on its way to the upstream server, ms (0: not held); later chunks of its link wait behind it. */
-  holdUpstream: ((chunk: Buffer) => number) | null = null;
+  /**
+   * How long to hold a chunk on its way to the upstream server, ms (0: not held), given the name
+   * its connection gave itself; later chunks of its link wait behind it, each sent no sooner than
+   * its own hold says (a latency, not added up).
+   */
+  holdUpstream: ((chunk: Buffer, name: string) => number) | null = null;
+  /** The same for a chunk on its way back to the client. */
+  holdDownstream: ((chunk: Buffer, name: string) => number) | null = null;
   private readonly links = new Set<Link>();
   private readonly blackholed = new Set<Socket>();
   /** Truncations waiting for their chunk to cut. */
@@ -66,21 +74,24 @@ export class FaultProxy {
   private accept(client: Socket, targetPort: number): void {
     this.opened++;
     const upstream = connect(targetPort, '127.0.0.1');
-    const link: Link = { client, upstream, delayMs: 0, dead: false };
+    const link: Link = { client, upstream, name: '', delayMs: 0, dead: false };
     this.links.add(link);
     const forward = (from: Socket, to: Socket, hold: (chunk: Buffer) => number): void => {
       const direction: Direction = { tail: Promise.resolve(), waiting: 0 };
       from.on('data', (chunk: Buffer) => {
         if (link.dead) return;
-        const ms = link.delayMs || hold(chunk);
+        if (from === client && !link.name) link.name = /setname\r\n\$\d+\r\n([^\r]*)\r\n/i.exec(chunk.toString('latin1'))?.[1] ?? '';
+        const held = link.delayMs ? 0 : hold(chunk);
+        const ms = link.delayMs || held;
         if (ms === 0 && direction.waiting === 0) {
           to.write(chunk);
           return;
         }
         direction.waiting++;
         this.delayedChunks++;
+        const due = Date.now() + held;
         direction.tail = direction.tail
-          .then(() => new Promise<void>((resolve) => setTimeout(resolve, ms)))
+          .then(() => new Promise<void>((resolve) => setTimeout(resolve, held ? Math.max(0, due - Date.now()) : ms)))
           .then(() => {
             direction.waiting--;
             this.delayedChunks--;
@@ -88,8 +99,8 @@ export class FaultProxy {
           });
       });
     };
-    forward(client, upstream, (chunk) => this.holdUpstream?.(chunk) ?? 0);
-    forward(upstream, client, () => 0);
+    forward(client, upstream, (chunk) => this.holdUpstream?.(chunk, link.name) ?? 0);
+    forward(upstream, client, (chunk) => this.holdDownstream?.(chunk, link.name) ?? 0);
     const done = (): void => {
       if (!this.links.delete(link)) return;
       link.dead = true;

@@ -446,6 +446,7 @@ describe('the Redis connection\'s reports', () => {
     const connection = new RedisConnection(resolveRedisOptions({ url: 'redis://127.0.0.1:1' }), 'test', {
       onMessage: () => {},
       onReconnect: () => {},
+      deaf: () => {},
       report: (error) => {
         reports.push((error as Error).message);
         connection.troubled();
@@ -468,7 +469,7 @@ describe('the Redis connection\'s reports', () => {
     connection.healthy();
     assert.equal(restored.length, 0);
     assert.notEqual(connection.away(), null);
-    Object.assign(connection as unknown as { sub: unknown; subscribed: boolean }, { sub: { status: 'ready' }, subscribed: true });
+    Object.assign(connection as unknown as { sub: unknown; subscribedAs: number }, { sub: { status: 'ready' }, subscribedAs: 1 });
     connection.healthy();
     assert.equal(restored.length, 1);
     assert.equal(connection.away(), null);
@@ -480,6 +481,7 @@ describe('the Redis connection\'s reports', () => {
     const connection = new RedisConnection(resolveRedisOptions({ url: 'redis://127.0.0.1:1', commandTimeout: 3000 }), 'test', {
       onMessage: () => {},
       onReconnect: () => {},
+      deaf: () => {},
       report: (error) => reports.push((error as Error).message),
       restored: () => {},
       outage: () => outages++,

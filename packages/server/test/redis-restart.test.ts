@@ -330,3 +330,64 @@ describe('A node whose bus subscription comes back after its commands', () => {
     await peer.next((m) => m.channel === '/resub' && (m.data as { seq: unknown }).seq === 'from the other node', 'a publish of the other node', 3000);
   });
 });
+
+describe('A node whose publishes Redis answers only after the node subscribed again', () => {
+  let port = 0;
+  let redis: ChildProcess | null = null;
+  let proxy: FaultProxy | null = null;
+  let node: TestServer | null = null;
+  let peer: WsPeer | null = null;
+
+  before(async () => {
+    port = await freePort();
+    redis = await startRedis(port);
+    proxy = await FaultProxy.start(port);
+  });
+  after(async () => {
+    await peer?.close();
+    await node?.close();
+    await proxy?.close();
+    redis?.kill('SIGKILL');
+  });
+
+  it('delivers to its own sessions what Redis published before the renewed SUBSCRIBE, although the answer came after it', { timeout: 30_000 }, async () => {
+    const told: string[] = [];
+    node = await startServer({ engine: new RedisEngine({ url: `redis://127.0.0.1:${proxy!.port}`, prefix: 'late-answer:', heartbeatInterval: 200, nodeTimeout: 5000, commandTimeout: 1000 }) });
+    node.server.on('error', (error) => told.push(`error: ${error instanceof Error ? error.message : String(error)}`));
+    node.server.on('restored', (message) => told.push(`restored: ${message}`));
+    peer = await WsPeer.open(node.wsUrl);
+    const clientId = (await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
+    await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+    peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+    assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/late' })).successful, true);
+
+    // Both lines cut. As they come back, the SUBSCRIBE reaches Redis 1.5 s late, and every answer
+    // to the command connection reaches the node 400 ms late (so it is ready for commands about
+    // 1 s after the cut): the publishes Redis runs in the 400 ms before the SUBSCRIBE are not
+    // heard by the node, and their answers come after it heard Redis answer the SUBSCRIBE (the
+    // answer to its PING).
+    proxy!.holdUpstream = (chunk) => (/\$9\r\nsubscribe\r\n/i.test(chunk.toString('latin1')) ? 1500 : 0);
+    proxy!.holdDownstream = (_chunk, name) => (name.endsWith(':cmd') ? 400 : 0);
+    const cutAt = Date.now();
+    while (proxy!.inflict('reset'));
+    const published: number[] = [];
+    const publishes: Array<Promise<void>> = [];
+    for (let seq = 0; Date.now() - cutAt < 3000; seq++) {
+      // Not awaited one by one: each answer takes 400 ms, and the window is as long.
+      publishes.push(
+        node.server.publish('/late', { seq }).then(
+          () => void published.push(seq),
+          () => {},
+        ),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await Promise.all(publishes);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const seqs = peer.received.filter((m) => m.channel === '/late').map((m) => (m.data as { seq: number }).seq);
+    published.sort((x, y) => x - y);
+    assert.ok(published.length > 40, `publishes went on through the cut: ${published.length}`);
+    assert.deepEqual([...seqs].sort((x, y) => x - y), published, `every publish that was accepted reached the node's own subscriber, once (told: ${told.join(' | ')})`);
+    assert.ok(!told.some((event) => /did not come back through Redis/.test(event)), told.join(' | '));
+  });
+});

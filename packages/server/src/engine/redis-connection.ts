@@ -25,6 +25,11 @@ export interface ConnectionHost {
   onMessage(channel: string, text: string): void;
   /** The command connection is back after a loss: Redis may have forgotten this node meanwhile. */
   onReconnect(): void;
+  /**
+   * The subscriber connection is lost: whatever Redis published before will never be heard here
+   * (the subscription that comes back hears only what is published after it).
+   */
+  deaf(): void;
   /** A failure the engine survived: the server's 'error' event. */
   report(error: unknown): void;
   /** Redis answers again after failures `report` was told of: the server's 'restored' event. */
@@ -54,10 +59,13 @@ export class RedisConnection {
   /** A heartbeat went through since `troubleSince`: 'restored' is said once this node hears the bus too. */
   private answering = false;
   /**
-   * The bus subscription is in place: false from the subscriber connection's loss until Redis has
-   * answered the SUBSCRIBE that ioredis sends again as it reconnects (its 'ready' comes before that).
+   * The bus subscription this node hears by: a new number each time it subscribes (again), 0 from
+   * the subscriber connection's loss until Redis has answered the SUBSCRIBE that ioredis sends
+   * again as it reconnects (its 'ready' comes before that). A message Redis published is heard
+   * only by the subscription that was in place then: see `subscription`.
    */
-  private subscribed = false;
+  private subscribedAs = 0;
+  private subscriptions = 0;
 
   constructor(
     private readonly options: Required<RedisEngineOptions>,
@@ -93,7 +101,7 @@ export class RedisConnection {
         sub.on('message', (channel: string, text: string) => this.host.onMessage(channel, text));
         await sub.subscribe(...channels);
       }
-      this.subscribed = true;
+      this.subscribedAs = ++this.subscriptions;
       await init();
     } catch (error) {
       cmd.disconnect();
@@ -113,15 +121,19 @@ export class RedisConnection {
     });
     // A Cluster client keeps its shards' subscriptions itself; its status is all there is to read.
     if (this.options.cluster) return;
-    sub.on('close', () => (this.subscribed = false));
+    sub.on('close', () => {
+      if (this.subscribedAs === 0) return;
+      this.subscribedAs = 0;
+      this.host.deaf();
+    });
     sub.on('ready', () => {
       if (!this.started || this.closing) return;
       // ioredis wrote the SUBSCRIBE again before emitting 'ready': the PING's answer follows its
       // answer, so from then on whatever is published comes back to this node.
       sub.ping().then(
         () => {
-          if (sub.status !== 'ready') return;
-          this.subscribed = true;
+          if (sub.status !== 'ready' || this.subscribedAs !== 0) return;
+          this.subscribedAs = ++this.subscriptions;
           this.sayRestored();
         },
         () => {}, // lost again: the next 'ready' tries again
@@ -253,7 +265,18 @@ export class RedisConnection {
 
   /** Whether this node hears the bus now: connected, and subscribed again after a loss. */
   get hearing(): boolean {
-    return this.sub?.status === 'ready' && (this.options.cluster || this.subscribed);
+    return this.subscription !== 0;
+  }
+
+  /**
+   * The subscription this node hears the bus by now, 0 if none: a message Redis publishes while
+   * it is in place comes back to this node if the same subscription is still in place when Redis
+   * has answered the publish. (A Cluster client keeps its shards' subscriptions itself and says
+   * only whether it is connected: one number stands for them all.)
+   */
+  get subscription(): number {
+    if (this.sub?.status !== 'ready') return 0;
+    return this.options.cluster ? 1 : this.subscribedAs;
   }
 
   /**

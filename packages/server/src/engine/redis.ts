@@ -73,6 +73,8 @@ interface Recovered {
 interface PendingPublish {
   publication: Publication;
   resolve: () => void;
+  /** Once Redis has published it: the message as the bus carries it, for when its echo cannot come. */
+  published?: () => Broadcast;
 }
 
 /** A publish of this node's already delivered to its own sessions: its echo on the bus is dropped. */
@@ -107,6 +109,7 @@ export class RedisEngine implements Engine {
     this.connection = new RedisConnection(this.options, `perihelion:${this.nodeId}`, {
       onMessage: (channel, text) => this.onMessage(channel, text),
       onReconnect: () => void Promise.all([this.liveness.rejoin(), this.agreeOnKey()]).catch((error: unknown) => this.connection.lost(error)),
+      deaf: () => this.echoesLost(),
       report: (error) => this.report(error),
       restored: (message) => this.host?.reportRestored(message),
       // What this node does while Redis is away is not written there: all of it again once it answers.
@@ -378,6 +381,9 @@ export class RedisEngine implements Engine {
     }
     const tag = String(++this.lastTag);
     const partition = this.layout.partitionOf(channel);
+    // The echo comes back by the subscription in place when Redis publishes, if that is still the
+    // one in place when Redis has answered: then Redis published it while this node heard the bus.
+    const subscription = this.connection.subscription;
     const echoed = new Promise<void>((resolve) => this.pending.set(tag, { publication, resolve }));
     let position: Position | null = null;
     let around: [before: string, after: string] | null = null;
@@ -404,26 +410,52 @@ export class RedisEngine implements Engine {
       this.connection.failed(error);
       throw unavailable(`publish on ${channel} failed`, error);
     }
-    if (this.pending.has(tag) && !this.connection.hearing) {
-      // Published, but this node cannot hear the bus now: its own sessions get it at once. Its
-      // echo may still come (the subscription renewed as the publish went): it is dropped then.
-      const payload = position && around ? `${around[0]}${JSON.stringify(position)}${around[1]}` : publication.payload;
-      this.onBroadcast(host, { kind: 'broadcast', origin: this.nodeId, tag, channel, position, payload });
-      this.pending.set(tag, DELIVERED_HERE);
-      setTimeout(() => this.pending.get(tag) === DELIVERED_HERE && this.pending.delete(tag), this.options.commandTimeout).unref();
-      return true;
+    const waiting = this.pending.get(tag);
+    if (waiting) {
+      // Built only if the echo cannot come (the payload with its position is the size of the message).
+      const published = (): Broadcast => {
+        const payload = position && around ? `${around[0]}${JSON.stringify(position)}${around[1]}` : publication.payload;
+        return { kind: 'broadcast', origin: this.nodeId, tag, channel, position, payload };
+      };
+      if (subscription === 0 || this.connection.subscription !== subscription) {
+        // Published, but perhaps while this node did not hear the bus (it does not, or subscribed
+        // again meanwhile, and the renewed SUBSCRIBE may have reached Redis after the publish): its
+        // own sessions get it at once. Should its echo come all the same, it is dropped.
+        this.deliverHere(host, published());
+        return true;
+      }
+      waiting.published = published;
     }
     // Resolve once this node has delivered it too (as the memory engine does), or give up waiting.
     const timer = setTimeout(() => {
-      const waiting = this.pending.get(tag);
-      if (!waiting) return;
+      const late = this.pending.get(tag);
+      if (!late || late === DELIVERED_HERE) return;
       this.pending.delete(tag);
       this.report(unavailable(`a publish on ${channel} did not come back through Redis within ${this.options.commandTimeout} ms; this node's sessions may miss it`));
-      waiting.resolve();
+      late.resolve();
     }, this.options.commandTimeout);
     await echoed;
     clearTimeout(timer);
     return true;
+  }
+
+  /** Delivers a publish of this node's to its own sessions without its echo, which is dropped if it comes. */
+  private deliverHere(host: EngineHost, published: Broadcast): void {
+    this.onBroadcast(host, published);
+    const { tag } = published;
+    this.pending.set(tag, DELIVERED_HERE);
+    setTimeout(() => this.pending.get(tag) === DELIVERED_HERE && this.pending.delete(tag), this.options.commandTimeout).unref();
+  }
+
+  /**
+   * The bus subscription is lost: the publishes Redis has made and whose echo has not come yet
+   * will never be heard here (the subscription that comes back hears only later ones), so this
+   * node's sessions get them now.
+   */
+  private echoesLost(): void {
+    const host = this.host;
+    if (!host || this.closing) return;
+    for (const waiting of [...this.pending.values()]) if (waiting.published) this.deliverHere(host, waiting.published());
   }
 
   /** A publish Redis recognised as a resend (see PublishOnce): nothing will come back on the bus. */
