@@ -113,9 +113,12 @@ export class FaultProxy {
     }
   }
 
-  /** Applies `fault` to one connection picked at random; returns whether there was one. */
-  inflict(fault: Fault, random: () => number = Math.random): boolean {
-    const links = [...this.links];
+  /**
+   * Applies `fault` to one connection picked at random (of those whose name `named` takes);
+   * returns whether there was one.
+   */
+  inflict(fault: Fault, random: () => number = Math.random, named: (name: string) => boolean = () => true): boolean {
+    const links = [...this.links].filter((link) => named(link.name));
     if (links.length === 0) return false;
     const link = links[Math.floor(random() * links.length)]!;
     this.counts[fault]++;

@@ -331,12 +331,28 @@ describe('A node whose bus subscription comes back after its commands', () => {
   });
 });
 
-describe('A node whose publishes Redis answers only after the node subscribed again', () => {
+describe('A node whose bus subscription is lost while its publishes are on their way', () => {
   let port = 0;
   let redis: ChildProcess | null = null;
   let proxy: FaultProxy | null = null;
-  let node: TestServer | null = null;
-  let peer: WsPeer | null = null;
+  const nodes: TestServer[] = [];
+  const peers: WsPeer[] = [];
+
+  /** A node through the proxy, and a client of it subscribed to `channel`. */
+  async function subscribedNode(prefix: string, channel: string, told: string[]): Promise<{ node: TestServer; peer: WsPeer; nodeId: string }> {
+    const engine = new RedisEngine({ url: `redis://127.0.0.1:${proxy!.port}`, prefix, heartbeatInterval: 200, nodeTimeout: 5000, commandTimeout: 1000 });
+    const node = await startServer({ engine });
+    nodes.push(node);
+    node.server.on('error', (error) => told.push(`error: ${error instanceof Error ? error.message : String(error)}`));
+    node.server.on('restored', (message) => told.push(`restored: ${message}`));
+    const peer = await WsPeer.open(node.wsUrl);
+    peers.push(peer);
+    const clientId = (await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
+    await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+    peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+    assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: channel })).successful, true);
+    return { node, peer, nodeId: engine.nodeId };
+  }
 
   before(async () => {
     port = await freePort();
@@ -344,22 +360,15 @@ describe('A node whose publishes Redis answers only after the node subscribed ag
     proxy = await FaultProxy.start(port);
   });
   after(async () => {
-    await peer?.close();
-    await node?.close();
+    await Promise.all(peers.map((peer) => peer.close()));
+    await Promise.all(nodes.map((node) => node.close()));
     await proxy?.close();
     redis?.kill('SIGKILL');
   });
 
   it('delivers to its own sessions what Redis published before the renewed SUBSCRIBE, although the answer came after it', { timeout: 30_000 }, async () => {
     const told: string[] = [];
-    node = await startServer({ engine: new RedisEngine({ url: `redis://127.0.0.1:${proxy!.port}`, prefix: 'late-answer:', heartbeatInterval: 200, nodeTimeout: 5000, commandTimeout: 1000 }) });
-    node.server.on('error', (error) => told.push(`error: ${error instanceof Error ? error.message : String(error)}`));
-    node.server.on('restored', (message) => told.push(`restored: ${message}`));
-    peer = await WsPeer.open(node.wsUrl);
-    const clientId = (await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
-    await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
-    peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
-    assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/late' })).successful, true);
+    const { node, peer } = await subscribedNode('late-answer:', '/late', told);
 
     // Both lines cut. As they come back, the SUBSCRIBE reaches Redis 1.5 s late, and every answer
     // to the command connection reaches the node 400 ms late (so it is ready for commands about
@@ -389,5 +398,32 @@ describe('A node whose publishes Redis answers only after the node subscribed ag
     assert.ok(published.length > 40, `publishes went on through the cut: ${published.length}`);
     assert.deepEqual([...seqs].sort((x, y) => x - y), published, `every publish that was accepted reached the node's own subscriber, once (told: ${told.join(' | ')})`);
     assert.ok(!told.some((event) => /did not come back through Redis/.test(event)), told.join(' | '));
+    proxy!.holdUpstream = proxy!.holdDownstream = null;
+  });
+
+  it('delivers to its own sessions at once a publish whose echo was on its way when the subscriber connection dropped', { timeout: 30_000 }, async () => {
+    const told: string[] = [];
+    const { node, peer, nodeId } = await subscribedNode('lost-echo:', '/lost', told);
+    // What Redis sends the node's subscriber connection (named after the node, see
+    // RedisConnection.connect) is held 3 s: the publish is answered, its echo waits in the proxy;
+    // then that connection alone is cut, and the echo with it.
+    const itsSubscriber = (name: string): boolean => name === `perihelion:${nodeId}:sub`;
+    proxy!.holdDownstream = (_chunk, name) => (itsSubscriber(name) ? 3000 : 0);
+    const publishing = node.server.publish('/lost', { n: 1 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const cutAt = Date.now();
+    assert.ok(proxy!.inflict('reset', Math.random, itsSubscriber), 'the subscriber connection was there to cut');
+    proxy!.holdDownstream = null;
+    const message = await peer.next((m) => m.channel === '/lost', 'the publish whose echo was lost', 3000);
+    assert.deepEqual(message.data, { n: 1 });
+    assert.ok(Date.now() - cutAt < 500, `delivered ${Date.now() - cutAt} ms after the cut, not after waiting for the echo (commandTimeout 1000 ms)`);
+    await publishing;
+    assert.ok(!told.some((event) => /did not come back through Redis/.test(event)), told.join(' | '));
+    // Heard again: the next publish comes back through Redis, once.
+    await waitFor(() => told.some((event) => event.startsWith('restored')), 5000, 'the node to hear the bus again');
+    await node.server.publish('/lost', { n: 2 });
+    await peer.next((m) => m.channel === '/lost' && (m.data as { n: number }).n === 2, 'the next publish', 3000);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.deepEqual(peer.received.filter((m) => m.channel === '/lost').map((m) => m.data), [{ n: 1 }, { n: 2 }]);
   });
 });
