@@ -7,7 +7,7 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
-import { RedisEngine } from '../src/index.js';
+import { RedisEngine, type ServerOptions } from '../src/index.js';
 import { OWNER_CHECK_MS } from '../src/core/forwarding.js';
 import { WsPeer, readText, sessionRecord, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 import { REDIS_URL, deleteKeys, requireRedis, uniquePrefix } from './redis-fixture.js';
@@ -21,9 +21,9 @@ describe('forwarding between nodes (no sticky sessions)', () => {
   let prefix = '';
   const nodes: TestServer[] = [];
   const peers: WsPeer[] = [];
-  const pair = async (): Promise<[TestServer, TestServer]> => {
+  const pair = async (options: Partial<ServerOptions> = {}): Promise<[TestServer, TestServer]> => {
     prefix = uniquePrefix('forwarding');
-    for (let i = 0; i < 2; i++) nodes.push(await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix }), timeout: 3000 }));
+    for (let i = 0; i < 2; i++) nodes.push(await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix }), timeout: 3000, ...options }));
     return [nodes[0]!, nodes[1]!];
   };
   const handshake = async (node: TestServer, headers: Record<string, string> = {}): Promise<string> => {
@@ -184,6 +184,53 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     assert.deepEqual([reply.clientId, (reply.advice as Msg).reconnect], [clientId, 'handshake']);
     assert.ok(Date.now() - started < OWNER_CHECK_MS * 2 + 1000, `answered ${Date.now() - started} ms after its node went away`);
     assert.ok(peer.open, 'the socket stays open for the next session');
+  });
+
+  // Faye on EventSource, kicked by the server while its stream was on another node, handshook
+  // again: the stream ended with nothing said, and EventSource reconnects by itself.
+  it('ends an SSE stream on B whose session A ends for good with the reply a held connect gets (reconnect: none), as its last event', async () => {
+    const [a, b] = await pair();
+    const clientId = await handshake(a);
+    const response = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream' } });
+    assert.equal(response.status, 200);
+    let text = '';
+    const ended = new Promise<void>((resolve) => readText(response.body!, (chunk) => (text += chunk), resolve));
+    await waitFor(() => text.includes('event: connected'), 3000, 'the opening');
+    a.server.getSession(clientId)!.disconnect();
+    await Promise.race([ended, new Promise((_, reject) => setTimeout(() => reject(new Error(`the stream did not end: ${text}`)), 3000))]);
+    const last = text.trim().split('\n').filter((line) => line.startsWith('data: ') && line.includes('/meta/connect')).pop();
+    assert.ok(last, `the stream ended without a word of its session's end: ${text}`);
+    const [reply] = JSON.parse(last.slice('data: '.length)) as Msg[];
+    assert.deepEqual([reply!.channel, reply!.clientId, (reply!.advice as { reconnect: string }).reconnect], ['/meta/connect', clientId, 'none'], text);
+    const id = /^id: (.+)$/m.exec(text.slice(text.lastIndexOf('id: ')))?.[1];
+    const again = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream', 'Last-Event-ID': id! } });
+    assert.equal(again.status, 204, 'the EventSource that reconnects after it is told to stop');
+  });
+
+  it("counts an SSE stream on B for a session on A as one of its browser's lines on B (maxSessionsPerBrowser)", async () => {
+    const [a, b] = await pair({ maxSessionsPerBrowser: 1 });
+    const browser = { Cookie: 'BAYEUX_BROWSER=browser-one-0123456789', 'User-Agent': 'Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0' };
+    const [one, two] = [await handshake(a, browser), await handshake(a, browser)];
+    const first = new AbortController();
+    const open = (clientId: string, signal?: AbortSignal): Promise<Response> => fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream', ...browser }, ...(signal ? { signal } : {}) });
+    const line = await open(one, first.signal);
+    assert.equal(line.status, 200);
+    const refused = await open(two);
+    assert.equal(refused.status, 429, 'the second tab of the browser is refused on B as it would be on A');
+    assert.match(((await refused.json()) as Array<{ error: string }>)[0]!.error, /^429::.*maxSessionsPerBrowser/);
+    assert.equal(b.server.stats().pastBrowserLimit, 1);
+    first.abort();
+    // The line is given back once B sees the first stream closed.
+    const second = new AbortController();
+    const deadline = Date.now() + 3000;
+    for (;;) {
+      const response = await open(two, second.signal);
+      if (response.status === 200) break;
+      await response.body?.cancel();
+      assert.ok(Date.now() < deadline, `still refused (${response.status}) after the first stream closed`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    second.abort();
   });
 
   it('ends an SSE stream fed by a node that stops listening (a killed node), so that its client moves on', { timeout: 15_000 }, async () => {

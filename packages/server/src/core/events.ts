@@ -7,7 +7,14 @@ import { EventEmitter } from 'node:events';
 import type { Message } from '@perihelion/protocol';
 import type { Session } from './session.js';
 
-export type DisconnectReason = 'client' | 'expired' | 'server' | 'shutdown' | 'token-expired' | 'abuse' | 'slow-consumer';
+const DISCONNECT_REASONS = ['client', 'expired', 'server', 'shutdown', 'token-expired', 'abuse', 'slow-consumer'] as const;
+
+export type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
+
+/** Whether `value` names why a session ended (as another node says it: checked like a client's input). */
+export function isDisconnectReason(value: unknown): value is DisconnectReason {
+  return (DISCONNECT_REASONS as readonly unknown[]).includes(value);
+}
 
 export interface ServerEvents {
   handshake: [session: Session];

@@ -26,7 +26,7 @@
  *   {t: "attach", id, clientId, transport, facts, line}   bind a session to a stream held by the sender
  *   {t: "attached", id, ok}                               whether it was bound
  *   {t: "push", line, frames}                             what the owner writes to a line
- *   {t: "end", line}                                      the session of a stream line ended
+ *   {t: "end", line, reason?}                             the session of a stream line ended, and why
  *   {t: "closed", line}                                   the real line closed
  *   {t: "alive?"}                                         nothing: whether the node still listens (Redis counts the hearers)
  */
@@ -35,6 +35,7 @@ import { bayeuxError, isConnectionType, META, type Message } from '@perihelion/p
 import type { Engine } from '../engine/engine.js';
 import type { ResolvedOptions } from '../options.js';
 import type { ClientGoneWatcher, LineWatcher, ProcessContext, PushConnection, RequestFacts, Transport } from './contract.js';
+import { isDisconnectReason, type DisconnectReason } from './events.js';
 import { RelayLine } from './relay-line.js';
 import type { ServerSession } from './session.js';
 
@@ -198,7 +199,8 @@ export class Forwarding {
         if (typeof line === 'string' && Array.isArray(message.frames)) this.lines.get(line)?.line.send(message.frames.filter((f): f is string => typeof f === 'string'));
         return;
       case 'end':
-        if (typeof line === 'string') this.lines.get(line)?.line.sessionEnded();
+        // Why, so that the stream tells its client what a held connect would have (stream.ts).
+        if (typeof line === 'string') this.lines.get(line)?.line.sessionEnded(isDisconnectReason(message.reason) ? message.reason : undefined);
         return;
       case 'closed':
         if (typeof line === 'string') this.remoteLines.get(`${from} ${line}`)?.close();
@@ -395,8 +397,8 @@ class RemoteLine extends RelayLine {
     });
   }
 
-  sessionEnded(): void {
-    if (this.transport === 'eventsource' || this.transport === 'http-streaming') void this.tell({ t: 'end' });
+  sessionEnded(reason?: DisconnectReason): void {
+    if (this.transport === 'eventsource' || this.transport === 'http-streaming') void this.tell(reason === undefined ? { t: 'end' } : { t: 'end', reason });
   }
 }
 

@@ -5,6 +5,7 @@
  * buffer) and it closes once, telling whoever asked.
  */
 import type { LineWatcher, PushConnection, Transport } from './contract.js';
+import type { DisconnectReason } from './events.js';
 import { LineWatchers } from './line-watchers.js';
 
 export abstract class RelayLine implements PushConnection {
@@ -22,7 +23,7 @@ export abstract class RelayLine implements PushConnection {
   /** Hands the serialised messages on (called only while open). */
   protected abstract relay(serialised: string[]): void;
 
-  abstract sessionEnded(): void;
+  abstract sessionEnded(reason?: DisconnectReason): void;
 
   send(serialised: readonly string[]): void {
     if (this.isOpen) this.relay([...serialised]);

@@ -130,7 +130,8 @@ export class HttpAdapter {
     if (session) return this.streams.open(req, res, session, framer, facts);
     // Another node may hold the session (no sticky sessions): the stream stays here, fed by that node.
     const streams = this.streams;
-    const line = streams.line(res, framer);
+    const line = streams.line(res, framer, facts);
+    if (!line) return;
     this.guard(
       res,
       this.core.forwarding.attach(clientId, line, facts, () => streams.start(req, res, line, framer, clientId)).then((attached) => {

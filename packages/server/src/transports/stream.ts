@@ -175,26 +175,31 @@ export class StreamTransport {
   open(req: IncomingMessage, res: ServerResponse, session: ServerSession, framer: Framer, facts: RequestFacts): void {
     const previous = session.connection;
     if (previous instanceof StreamConnection) previous.end();
-    const { browserLines } = this.core;
-    const browser = browserLines.browserOf(facts);
-    if (browser !== undefined) {
-      // A poll the session still holds gives way: from now on the stream is its line.
-      session.releaseLongPoll();
-      if (!browserLines.admit(browser)) {
-        this.core.counters.pastBrowserLimit++;
-        const { maxSessionsPerBrowser } = this.core.options;
-        return sendBatchError(res, 429, 'rateLimited', `this browser holds ${maxSessionsPerBrowser} lines to this server already (maxSessionsPerBrowser): long-poll instead`);
-      }
-    }
-    const connection = this.line(res, framer) as StreamConnection;
-    if (browser !== undefined) connection.countAgainst(() => browserLines.leave(browser));
+    // A poll the session still holds gives way: from now on the stream is its line.
+    if (this.core.browserLines.browserOf(facts) !== undefined) session.releaseLongPoll();
+    const connection = this.line(res, framer, facts);
+    if (!connection) return;
     this.start(req, res, connection, framer, session.id);
     session.bind(connection);
   }
 
-  /** A stream not started yet: for a session another node holds, started once that node agrees (core/forwarding.ts). */
-  line(res: ServerResponse, framer: Framer): PushConnection & { end(): void } {
-    return new StreamConnection(res, framer, this.core.options.maxBufferedBytes);
+  /**
+   * A stream not started yet (for a session another node holds, started once that node agrees:
+   * core/forwarding.ts), counted as one of its browser's lines; null when its browser holds
+   * `maxSessionsPerBrowser` lines already, and it was refused (429).
+   */
+  line(res: ServerResponse, framer: Framer, facts: RequestFacts): (PushConnection & { end(): void }) | null {
+    const { browserLines } = this.core;
+    const browser = browserLines.browserOf(facts);
+    if (browser !== undefined && !browserLines.admit(browser)) {
+      this.core.counters.pastBrowserLimit++;
+      const { maxSessionsPerBrowser } = this.core.options;
+      sendBatchError(res, 429, 'rateLimited', `this browser holds ${maxSessionsPerBrowser} lines to this server already (maxSessionsPerBrowser): long-poll instead`);
+      return null;
+    }
+    const connection = new StreamConnection(res, framer, this.core.options.maxBufferedBytes);
+    if (browser !== undefined) connection.countAgainst(() => browserLines.leave(browser));
+    return connection;
   }
 
   /** Writes the stream's head and opening, and keeps it alive from then on. */
