@@ -426,4 +426,54 @@ describe('A node whose bus subscription is lost while its publishes are on their
     await new Promise((resolve) => setTimeout(resolve, 200));
     assert.deepEqual(peer.received.filter((m) => m.channel === '/lost').map((m) => m.data), [{ n: 1 }, { n: 2 }]);
   });
+
+  /** Cuts the node's command connection 100 ms after a command matching `pattern` goes up it (held there `holdMs` first, if any). */
+  function cutAfter(nodeId: string, pattern: RegExp, holdMs: number): () => Promise<boolean> | null {
+    const itsCommands = (name: string): boolean => name === `perihelion:${nodeId}:cmd`;
+    let cut: Promise<boolean> | null = null;
+    proxy!.holdUpstream = (chunk, name) => {
+      if (!itsCommands(name) || !pattern.test(chunk.toString('latin1'))) return 0;
+      cut ??= new Promise((resolve) => setTimeout(() => resolve(proxy!.inflict('reset', Math.random, itsCommands)), 100));
+      return holdMs;
+    };
+    return () => cut;
+  }
+
+  it('takes a publish whose answer was lost, but whose echo came, for published (not failed, so not retried and delivered twice)', { timeout: 30_000 }, async () => {
+    const told: string[] = [];
+    const { node, peer, nodeId } = await subscribedNode('lost-answer:', '/answer', told);
+    // The answers to the node's commands held 600 ms; the publish reaches Redis, its echo comes
+    // back on the other connection, and the command connection is cut before the answer.
+    proxy!.holdDownstream = (_chunk, name) => (name === `perihelion:${nodeId}:cmd` ? 600 : 0);
+    const cut = cutAfter(nodeId, /"n":1/, 0);
+    const outcome = await node.server.publish('/answer', { n: 1 }).then(
+      () => 'published',
+      (error: Error) => `failed: ${error.message}`,
+    );
+    proxy!.holdUpstream = proxy!.holdDownstream = null;
+    assert.ok(await cut(), 'the command connection was there to cut');
+    assert.equal(outcome, 'published', told.join(' | '));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(peer.received.filter((m) => m.channel === '/answer').map((m) => m.data), [{ n: 1 }]);
+  });
+
+  it('publishes again a presence join that Redis never took (the command connection cut with the join on its way)', { timeout: 30_000 }, async () => {
+    const told: string[] = [];
+    const { node, peer: watcher, nodeId } = await subscribedNode('lost-join:', '/presence/room', told);
+    const member = await WsPeer.open(node.wsUrl);
+    peers.push(member);
+    const clientId = (await member.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
+    await member.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+    // The join is held on its way to Redis, and its connection cut meanwhile: it never got there.
+    const cut = cutAfter(nodeId, /"action":"join"/, 2000);
+    assert.equal((await member.request({ channel: '/meta/subscribe', clientId, subscription: '/room' }, 5000)).successful, true);
+    await waitFor(() => cut() !== null, 3000, 'the join on its way to Redis');
+    assert.ok(await cut(), 'the command connection was there to cut');
+    proxy!.holdUpstream = null;
+    const join = await watcher.next((m) => m.channel === '/presence/room', 'the join, published again', 3000);
+    assert.deepEqual([(join.data as { action: string }).action, (join.data as { clientId: string }).clientId], ['join', clientId]);
+    assert.ok(told.some((event) => /publish on \/presence\/room failed/.test(event)), `the failure was reported: ${told.join(' | ')}`);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(watcher.received.filter((m) => m.channel === '/presence/room').length, 1, 'one join');
+  });
 });

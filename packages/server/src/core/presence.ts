@@ -24,6 +24,7 @@
  */
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, type Message } from '@perihelion/protocol';
 import type { Engine, LostSession } from '../engine/engine.js';
+import { PerihelionError } from '../errors.js';
 import type { MaybePromise } from '../maybe-promise.js';
 import { broadcastNow, ServiceRefusal } from './publish.js';
 import type { ServerCore } from './server.js';
@@ -37,6 +38,8 @@ export const PRESENCE_SERVICE = '/service/presence';
 const MARK_MARGIN_MS = 30_000;
 /** How long an ended session of this node is not taken for another node's (its removal from the engine is on its way). */
 const GONE_MS = 60_000;
+/** How soon an event the engine failed to take (Redis went away with it in flight) is published again, ms. */
+const REPUBLISH_MS = 250;
 
 export type PresenceBy = 'user' | 'session';
 
@@ -328,7 +331,18 @@ export class Presence {
   }
 
   private publish(channel: string, event: PresenceEvent): MaybePromise<boolean> {
-    return broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
+    const published = broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
+    if (!(published instanceof Promise)) return published;
+    // An application's publish that fails so is its caller's to retry; the server is the caller
+    // of this one, and an event nobody gets leaves every view of the channel wrong until the
+    // member's next change. Published again once: by then the node knows Redis is away, and its
+    // own sessions get it (or Redis is back, and everyone does).
+    return published.catch(async (error: unknown) => {
+      if (!(error instanceof PerihelionError) || error.code !== 'ERR_ENGINE_UNAVAILABLE' || this.closing) throw error;
+      this.core.reportError(error);
+      await new Promise((resolve) => setTimeout(resolve, REPUBLISH_MS));
+      return broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
+    });
   }
 
   /** `/service/presence`: `{channel}` is answered `{channel, members}`, when the caller may subscribe to it. */

@@ -406,8 +406,10 @@ export class RedisEngine implements Engine {
         } else await this.connection.send(cmd, this.layout.bus(partition), encode(broadcast));
       }
     } catch (error) {
-      this.pending.delete(tag);
       this.connection.failed(error);
+      // Its echo came back already: Redis published it, only the answer was lost (the command
+      // connection dropped after). Said to have failed, it would be retried and delivered twice.
+      if (!this.pending.delete(tag)) return true;
       throw unavailable(`publish on ${channel} failed`, error);
     }
     const waiting = this.pending.get(tag);
