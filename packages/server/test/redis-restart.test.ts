@@ -401,6 +401,38 @@ describe('A node whose bus subscription is lost while its publishes are on their
     proxy!.holdUpstream = proxy!.holdDownstream = null;
   });
 
+  it("does not wait out commandTimeout for the fence of a subscribe whose read Redis ran before the renewed SUBSCRIBE", { timeout: 30_000 }, async () => {
+    const told: string[] = [];
+    const { node } = await subscribedNode('late-fence:', '/elsewhere', told);
+    // Sessions to subscribe during the window, over HTTP (one request each: the frames of one
+    // WebSocket are handled one after the other).
+    const post = async (batch: unknown[]): Promise<Array<Record<string, unknown>>> => {
+      const response = await fetch(node.url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(batch) });
+      return (await response.json()) as Array<Record<string, unknown>>;
+    };
+    const sessions: string[] = [];
+    for (let i = 0; i < 150; i++) sessions.push((await post([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]))[0]!.clientId as string);
+    // As in the test above: the renewed SUBSCRIBE 1.5 s late, every answer to commands 400 ms.
+    proxy!.holdUpstream = (chunk) => (/\$9\r\nsubscribe\r\n/i.test(chunk.toString('latin1')) ? 1500 : 0);
+    proxy!.holdDownstream = (_chunk, name) => (name.endsWith(':cmd') ? 400 : 0);
+    const cutAt = Date.now();
+    while (proxy!.inflict('reset'));
+    // A channel with history: its subscribe reads a position and sends a fence behind the read.
+    const took: number[] = [];
+    const subscribes: Array<Promise<void>> = [];
+    for (const clientId of sessions) {
+      if (Date.now() - cutAt > 3000) break;
+      const sent = Date.now();
+      subscribes.push(post([{ channel: '/meta/subscribe', clientId, subscription: '/fenced' }]).then(([reply]) => (assert.equal(reply!.successful, true, JSON.stringify(reply)), void took.push(Date.now() - sent))));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await Promise.all(subscribes);
+    proxy!.holdUpstream = proxy!.holdDownstream = null;
+    assert.ok(!told.some((event) => /fence did not come back/.test(event)), told.join(' | '));
+    // Each is answered within the 400 ms its read's answer is held, and a little more.
+    assert.ok(Math.max(...took) < 900, `the slowest subscribe took ${Math.max(...took)} ms (commandTimeout 1000)`);
+  });
+
   it('delivers to its own sessions at once a publish whose echo was on its way when the subscriber connection dropped', { timeout: 30_000 }, async () => {
     const told: string[] = [];
     const { node, peer, nodeId } = await subscribedNode('lost-echo:', '/lost', told);

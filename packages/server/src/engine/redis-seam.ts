@@ -93,6 +93,11 @@ export class RecoverySeam {
     this.fences.get(id)?.();
   }
 
+  /** The bus subscription is lost: no fence sent will come back, and nobody waits for one any more (not reported: the loss is). */
+  fencesLost(): void {
+    for (const resolve of [...this.fences.values()]) resolve();
+  }
+
   /** The read failed: its fence will not come back. */
   forget(id: string): void {
     this.fences.delete(id);

@@ -298,8 +298,9 @@ export class RedisEngine implements Engine {
       ];
       for (const { channel, since } of part.recover) args.push(channel, since.epoch, since.offset);
       if (fence.id !== '') fences.push(fence.id);
+      const subscription = this.connection.subscription;
       const reply = (await this.connection.script('READ', this.layout.data(k), args)) as unknown[];
-      await fence.back;
+      if (fence.id !== '') await this.fenceBack(fence, k, subscription);
 
       const epoch = String(reply[0]);
       const read: PartitionRead = { position: epoch === '' ? null : { epoch, offset: Number(reply[1]) }, recovered: [] };
@@ -319,6 +320,20 @@ export class RedisEngine implements Engine {
       parts.push(read);
     }
     return parts;
+  }
+
+  /**
+   * Waits for a read's fence. As a publish's echo, it comes back only if the subscription in
+   * place when the read was sent (`subscription`) still is when Redis has answered; if this node
+   * subscribed again meanwhile, the read may have run before the renewed SUBSCRIBE, so the fence
+   * is sent again now (whatever was published before it, and heard, arrives before it); if it
+   * hears nothing now, nothing is on its way to wait for.
+   */
+  private async fenceBack(fence: { id: string; back: Promise<void> }, partition: number, subscription: number): Promise<void> {
+    const now = this.connection.subscription;
+    if (now === 0) return this.seam.forget(fence.id);
+    if (now !== subscription) await this.sendOnBus(this.layout.bus(partition), encode({ kind: 'fence', fence: fence.id }));
+    await fence.back;
   }
 
   /** Each partition's share of `maxHistoryChannels`. */
@@ -452,11 +467,12 @@ export class RedisEngine implements Engine {
   /**
    * The bus subscription is lost: the publishes Redis has made and whose echo has not come yet
    * will never be heard here (the subscription that comes back hears only later ones), so this
-   * node's sessions get them now.
+   * node's sessions get them now; nor will the fences of reads, so nobody waits for them.
    */
   private echoesLost(): void {
     const host = this.host;
     if (!host || this.closing) return;
+    this.seam.fencesLost();
     for (const waiting of [...this.pending.values()]) if (waiting.published) this.deliverHere(host, waiting.published());
   }
 
