@@ -31,6 +31,17 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     return reply!.clientId as string;
   };
 
+  /** A session on A and an SSE stream for it opened on B, once its opening arrived. */
+  const forwardedStream = async (a: TestServer, b: TestServer): Promise<{ clientId: string; text: () => string; ended: Promise<void> }> => {
+    const clientId = await handshake(a);
+    const response = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream' } });
+    assert.equal(response.status, 200);
+    let text = '';
+    const ended = new Promise<void>((resolve) => readText(response.body!, (chunk) => (text += chunk), resolve));
+    await waitFor(() => text.includes('event: connected'), 3000, 'the opening');
+    return { clientId, text: () => text, ended };
+  };
+
   before(requireRedis);
   afterEach(async () => {
     await Promise.all(peers.splice(0).map((peer) => peer.close()));
@@ -190,14 +201,11 @@ describe('forwarding between nodes (no sticky sessions)', () => {
   // again: the stream ended with nothing said, and EventSource reconnects by itself.
   it('ends an SSE stream on B whose session A ends for good with the reply a held connect gets (reconnect: none), as its last event', async () => {
     const [a, b] = await pair();
-    const clientId = await handshake(a);
-    const response = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream' } });
-    assert.equal(response.status, 200);
-    let text = '';
-    const ended = new Promise<void>((resolve) => readText(response.body!, (chunk) => (text += chunk), resolve));
-    await waitFor(() => text.includes('event: connected'), 3000, 'the opening');
+    const stream = await forwardedStream(a, b);
+    const { clientId } = stream;
     a.server.getSession(clientId)!.disconnect();
-    await Promise.race([ended, new Promise((_, reject) => setTimeout(() => reject(new Error(`the stream did not end: ${text}`)), 3000))]);
+    await Promise.race([stream.ended, new Promise((_, reject) => setTimeout(() => reject(new Error(`the stream did not end: ${stream.text()}`)), 3000))]);
+    const text = stream.text();
     const last = text.trim().split('\n').filter((line) => line.startsWith('data: ') && line.includes('/meta/connect')).pop();
     assert.ok(last, `the stream ended without a word of its session's end: ${text}`);
     const [reply] = JSON.parse(last.slice('data: '.length)) as Msg[];
@@ -235,12 +243,7 @@ describe('forwarding between nodes (no sticky sessions)', () => {
 
   it('ends an SSE stream fed by a node that stops listening (a killed node), so that its client moves on', { timeout: 15_000 }, async () => {
     const [a, b] = await pair();
-    const clientId = await handshake(a);
-    const response = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream' } });
-    assert.equal(response.status, 200);
-    let text = '';
-    const ended = new Promise<void>((resolve) => readText(response.body!, (chunk) => (text += chunk), resolve));
-    await waitFor(() => text.includes('event: connected'), 3000, 'the opening');
+    const { ended } = await forwardedStream(a, b);
     // Node A goes deaf as a killed node does: Redis drops its subscription, and nothing is said.
     const started = Date.now();
     (a.server.engine as unknown as { connection: { sub: { disconnect(reconnect: boolean): void } } }).connection.sub.disconnect(false);

@@ -375,10 +375,7 @@ describe('A node whose bus subscription is lost while its publishes are on their
     // 1 s after the cut): the publishes Redis runs in the 400 ms before the SUBSCRIBE are not
     // heard by the node, and their answers come after it heard Redis answer the SUBSCRIBE (the
     // answer to its PING).
-    proxy!.holdUpstream = (chunk) => (/\$9\r\nsubscribe\r\n/i.test(chunk.toString('latin1')) ? 1500 : 0);
-    proxy!.holdDownstream = (_chunk, name) => (name.endsWith(':cmd') ? 400 : 0);
-    const cutAt = Date.now();
-    while (proxy!.inflict('reset'));
+    const cutAt = cutWithLateSubscribe();
     const published: number[] = [];
     const publishes: Array<Promise<void>> = [];
     for (let seq = 0; Date.now() - cutAt < 3000; seq++) {
@@ -412,11 +409,8 @@ describe('A node whose bus subscription is lost while its publishes are on their
     };
     const sessions: string[] = [];
     for (let i = 0; i < 150; i++) sessions.push((await post([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]))[0]!.clientId as string);
-    // As in the test above: the renewed SUBSCRIBE 1.5 s late, every answer to commands 400 ms.
-    proxy!.holdUpstream = (chunk) => (/\$9\r\nsubscribe\r\n/i.test(chunk.toString('latin1')) ? 1500 : 0);
-    proxy!.holdDownstream = (_chunk, name) => (name.endsWith(':cmd') ? 400 : 0);
-    const cutAt = Date.now();
-    while (proxy!.inflict('reset'));
+    // The window of the test above.
+    const cutAt = cutWithLateSubscribe();
     // A channel with history: its subscribe reads a position and sends a fence behind the read.
     const took: number[] = [];
     const subscribes: Array<Promise<void>> = [];
@@ -458,6 +452,18 @@ describe('A node whose bus subscription is lost while its publishes are on their
     await new Promise((resolve) => setTimeout(resolve, 200));
     assert.deepEqual(peer.received.filter((m) => m.channel === '/lost').map((m) => m.data), [{ n: 1 }, { n: 2 }]);
   });
+
+  /**
+   * Cuts every line to Redis; as they come back, the renewed SUBSCRIBE reaches Redis 1.5 s late and
+   * every answer to a command connection reaches its node 400 ms late. Returns when it cut.
+   */
+  function cutWithLateSubscribe(): number {
+    proxy!.holdUpstream = (chunk) => (/\$9\r\nsubscribe\r\n/i.test(chunk.toString('latin1')) ? 1500 : 0);
+    proxy!.holdDownstream = (_chunk, name) => (name.endsWith(':cmd') ? 400 : 0);
+    const cutAt = Date.now();
+    while (proxy!.inflict('reset'));
+    return cutAt;
+  }
 
   /** Cuts the node's command connection 100 ms after a command matching `pattern` goes up it (held there `holdMs` first, if any). */
   function cutAfter(nodeId: string, pattern: RegExp, holdMs: number): () => Promise<boolean> | null {
