@@ -515,3 +515,67 @@ describe('A node whose bus subscription is lost while its publishes are on their
     assert.equal(watcher.received.filter((m) => m.channel === '/presence/room').length, 1, 'one join');
   });
 });
+
+describe('Presence across a Redis outage', () => {
+  let port = 0;
+  let redis: ChildProcess | null = null;
+  const nodes: TestServer[] = [];
+  const peers: WsPeer[] = [];
+
+  before(async () => {
+    port = await freePort();
+    redis = await startRedis(port);
+  });
+  after(async () => {
+    await Promise.all(peers.map((peer) => peer.close()));
+    await Promise.all(nodes.map((t) => t.close()));
+    redis?.kill('SIGKILL');
+  });
+
+  /** A client of `t`, past its first connect. */
+  async function client(t: TestServer): Promise<{ peer: WsPeer; clientId: string }> {
+    const peer = await WsPeer.open(t.wsUrl);
+    peers.push(peer);
+    const clientId = (await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
+    await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
+    return { peer, clientId };
+  }
+
+  it("tells the other nodes' watchers, once Redis is back, who joined and left on a node while it was away", { timeout: 60_000 }, async () => {
+    const url = `redis://127.0.0.1:${port}`;
+    const restored = { a: 0, b: 0 };
+    for (const name of ['a', 'b'] as const) {
+      const t = await startServer({ engine: new RedisEngine({ url, prefix: 'presence-outage:', heartbeatInterval: 300, nodeTimeout: 5000, commandTimeout: 1000 }), presenceGrace: 0 });
+      t.server.on('error', () => {});
+      t.server.on('restored', () => restored[name]++);
+      nodes.push(t);
+    }
+    const [a, b] = nodes as [TestServer, TestServer];
+    const watcher = await client(b);
+    assert.equal((await watcher.peer.request({ channel: '/meta/subscribe', clientId: watcher.clientId, subscription: '/presence/room' })).successful, true);
+    const stays = await client(a);
+    const goes = await client(a);
+    assert.equal((await goes.peer.request({ channel: '/meta/subscribe', clientId: goes.clientId, subscription: '/room' })).successful, true);
+    await watcher.peer.next((m) => m.channel === '/presence/room' && (m.data as PresenceData).clientId === goes.clientId, 'the join before the outage', 3000);
+
+    redis!.kill('SIGKILL');
+    await waitFor(() => a.server.engine.away?.() != null, 5000, 'node a to find Redis away');
+    // While Redis is away: one member joins on a, another leaves; b's watcher cannot hear of it.
+    assert.equal((await stays.peer.request({ channel: '/meta/subscribe', clientId: stays.clientId, subscription: '/room' })).successful, true);
+    assert.equal((await goes.peer.request({ channel: '/meta/unsubscribe', clientId: goes.clientId, subscription: '/room' })).successful, true);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const heard = (): string[] => watcher.peer.received.filter((m) => m.channel === '/presence/room').map((m) => `${(m.data as PresenceData).action} ${(m.data as PresenceData).clientId === stays.clientId ? 'stays' : 'goes'}`);
+    assert.deepEqual(heard(), ['join goes'], 'nothing of the outage reached the other node');
+
+    redis = await startRedis(port);
+    await waitFor(() => restored.a > 0 && restored.b > 0, 15_000, 'both nodes to hear Redis again');
+    await waitFor(() => heard().length === 3, 8000, () => `the events of the outage at b's watcher: ${heard().join(', ')}`);
+    assert.deepEqual(heard(), ['join goes', 'join stays', 'leave goes']);
+  });
+});
+
+interface PresenceData {
+  action: 'join' | 'leave';
+  clientId: string;
+  user: string | null;
+}

@@ -40,6 +40,14 @@ const MARK_MARGIN_MS = 30_000;
 const GONE_MS = 60_000;
 /** How soon an event the engine failed to take (Redis went away with it in flight) is published again, ms. */
 const REPUBLISH_MS = 250;
+/** Events kept while the engine is away, to publish again everywhere once it is back (the oldest go first past it). */
+const MAX_UNSHARED = 10_000;
+/**
+ * How long after this node finds Redis back it publishes those events, ms: the other nodes find it
+ * back within their reconnect backoff of this one (the Redis engine tries at least every 2 s), and
+ * an event published before would reach only those already back.
+ */
+const SHARE_AFTER_OUTAGE_MS = 3_000;
 
 export type PresenceBy = 'user' | 'session';
 
@@ -122,6 +130,14 @@ export class Presence {
   /** The steps of each (channel, member), chained so that they run in order. */
   private readonly steps = new Map<string, Promise<void>>();
   private closing = false;
+  /**
+   * The events published while the engine was away (Redis unreachable: they reached this node's
+   * sessions only), in order, to publish again once it is back, so that the watchers on the other
+   * nodes learn who came and went meanwhile. At most MAX_UNSHARED.
+   */
+  private unshared: Array<{ channel: string; event: PresenceEvent }> = [];
+  /** Ends the waits before `unshared` events are published (at close). */
+  private readonly settling = new Set<() => void>();
 
   constructor(private readonly core: PresenceCore) {
     core.events.on('subscribe', (session, channel) => {
@@ -200,9 +216,38 @@ export class Presence {
     }
   }
 
+  /**
+   * The engine is whole again after an outage: the events this node published meanwhile, which
+   * only its own sessions got, are published again for every node's, each after the steps of its
+   * (channel, member) under way and before any later one (this node's watchers see them twice: a
+   * set of members takes that).
+   */
+  shareAfterOutage(): void {
+    const events = this.unshared;
+    this.unshared = [];
+    if (events.length === 0 || this.closing) return;
+    const settled = new Promise<void>((resolve) => {
+      const end = (): void => {
+        clearTimeout(timer);
+        this.settling.delete(end);
+        resolve();
+      };
+      const timer = setTimeout(end, SHARE_AFTER_OUTAGE_MS);
+      this.settling.add(end);
+    });
+    for (const { channel, event } of events) {
+      const member = this.core.options.presenceBy === 'user' && event.user !== null ? { key: `user:${event.user}` } : { key: `session:${event.clientId}` };
+      this.run(pairId(channel, member), async () => {
+        await settled;
+        if (!this.closing) await this.send(channel, event);
+      });
+    }
+  }
+
   /** Waits for the steps under way (the engine must still be there for them), then drops the held leaves. */
   async close(): Promise<void> {
     this.closing = true;
+    for (const end of [...this.settling]) end();
     while (this.steps.size > 0) await Promise.all(this.steps.values());
     for (const timer of this.held.values()) clearTimeout(timer);
     this.held.clear();
@@ -331,7 +376,7 @@ export class Presence {
   }
 
   private publish(channel: string, event: PresenceEvent): MaybePromise<boolean> {
-    const published = broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
+    const published = this.send(channel, event);
     if (!(published instanceof Promise)) return published;
     // An application's publish that fails so is its caller's to retry; the server is the caller
     // of this one, and an event nobody gets leaves every view of the channel wrong until the
@@ -341,8 +386,17 @@ export class Presence {
       if (!(error instanceof PerihelionError) || error.code !== 'ERR_ENGINE_UNAVAILABLE' || this.closing) throw error;
       this.core.reportError(error);
       await new Promise((resolve) => setTimeout(resolve, REPUBLISH_MS));
-      return broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
+      return this.send(channel, event);
     });
+  }
+
+  /** Publishes an event; kept to publish again after the outage if the engine is away (see `unshared`). */
+  private send(channel: string, event: PresenceEvent): MaybePromise<boolean> {
+    if (this.core.engine.away?.() != null) {
+      if (this.unshared.length >= MAX_UNSHARED) this.unshared.shift();
+      this.unshared.push({ channel, event });
+    }
+    return broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
   }
 
   /** `/service/presence`: `{channel}` is answered `{channel, members}`, when the caller may subscribe to it. */

@@ -162,6 +162,7 @@ export class ServerCore implements TransportHost {
    * not reported yet; the next outage's first refusal is reported at once.
    */
   private reportRestored(message: string): void {
+    this.presence?.shareAfterOutage();
     const unreported = this.unavailableReports.flush();
     this.events.emit('restored', unreported === 0 ? message : `${message} (${unreported} more requests were answered 503 since the last report)`);
   }
