@@ -241,6 +241,31 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     second.abort();
   });
 
+  // An EventSource that reconnects while its old line still looks open here (a proxy that went
+  // silent): at the browser's limit its new stream must replace the old, not be refused.
+  it("lets a session's new SSE stream on B replace its stream there at the browser's limit, and still counts one line", async () => {
+    const [a, b] = await pair({ maxSessionsPerBrowser: 1 });
+    const browser = { Cookie: 'BAYEUX_BROWSER=browser-one-0123456789', 'User-Agent': 'Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0' };
+    const [one, two] = [await handshake(a, browser), await handshake(a, browser)];
+    await post(a.url, [{ channel: '/meta/subscribe', clientId: one, subscription: '/again' }], browser);
+    const open = async (clientId: string): Promise<{ status: number; text: () => string; ended: Promise<void> }> => {
+      const response = await fetch(`${b.url}/${clientId}`, { headers: { Accept: 'text/event-stream', ...browser } });
+      let text = '';
+      const ended = new Promise<void>((resolve) => readText(response.body!, (chunk) => (text += chunk), resolve));
+      if (response.status === 200) await waitFor(() => text.includes('event: connected'), 3000, 'the opening');
+      return { status: response.status, text: () => text, ended };
+    };
+    const first = await open(one);
+    assert.equal(first.status, 200);
+    const second = await open(one);
+    assert.equal(second.status, 200, "the session's new stream is not refused");
+    await Promise.race([first.ended, new Promise((_, reject) => setTimeout(() => reject(new Error('the old stream was not ended')), 3000))]);
+    await a.server.publish('/again', 'to the new stream');
+    await waitFor(() => second.text().includes('"to the new stream"'), 3000, 'the message on the new stream');
+    assert.ok(!first.text().includes('"to the new stream"'));
+    assert.equal((await open(two)).status, 429, 'the browser still holds its one line');
+  });
+
   it('ends an SSE stream fed by a node that stops listening (a killed node), so that its client moves on', { timeout: 15_000 }, async () => {
     const [a, b] = await pair();
     const { ended } = await forwardedStream(a, b);

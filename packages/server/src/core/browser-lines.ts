@@ -46,6 +46,11 @@ export class BrowserLines {
     return true;
   }
 
+  /** Counts a line of `browser` as open past the limit: one that replaces another of its lines, about to end. */
+  enter(browser: string): void {
+    this.held.set(browser, (this.held.get(browser) ?? 0) + 1);
+  }
+
   /** A line of `browser` counted by `admit` was answered or closed. */
   leave(browser: string): void {
     const count = this.held.get(browser) ?? 0;

@@ -130,7 +130,7 @@ export class HttpAdapter {
     if (session) return this.streams.open(req, res, session, framer, facts);
     // Another node may hold the session (no sticky sessions): the stream stays here, fed by that node.
     const streams = this.streams;
-    const line = streams.line(res, framer, facts);
+    const line = streams.line(res, framer, facts, clientId);
     if (!line) return;
     this.guard(
       res,

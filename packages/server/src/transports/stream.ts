@@ -62,6 +62,8 @@ class StreamConnection implements PushConnection {
   private readonly watchers = new LineWatchers();
   /** Gives back the browser's count of lines (maxSessionsPerBrowser) once the stream ends. */
   private uncount: (() => void) | null = null;
+  /** The browser it is counted against, while it is. */
+  browser: string | undefined;
   /** The session it serves, once started. */
   clientId: string | undefined;
 
@@ -133,8 +135,9 @@ class StreamConnection implements PushConnection {
     this.onClose(() => this.watchers.closed(this));
   }
 
-  /** Counts this stream as one of its browser's lines until it ends, however it ends. */
-  countAgainst(uncount: () => void): void {
+  /** Counts this stream as one of `browser`'s lines until it ends, however it ends. */
+  countAgainst(browser: string, uncount: () => void): void {
+    this.browser = browser;
     this.uncount = uncount;
     this.res.once('close', () => this.uncounted());
   }
@@ -148,18 +151,20 @@ class StreamConnection implements PushConnection {
   private uncounted(): void {
     const uncount = this.uncount;
     this.uncount = null;
+    this.browser = undefined;
     uncount?.();
   }
 }
 
 export class StreamTransport {
-  private readonly connections = new Set<StreamConnection>();
+  /** The streams started, by the session each serves: one per session on a node. */
+  private readonly connections = new Map<string, StreamConnection>();
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly core: TransportHost) {
     // One timer for every stream (see TICKS_PER_HEARTBEAT).
     this.timer = setInterval(() => {
-      for (const connection of this.connections) connection.tick();
+      for (const connection of this.connections.values()) connection.tick();
     }, core.options.heartbeat / TICKS_PER_HEARTBEAT);
     this.timer.unref();
   }
@@ -177,7 +182,7 @@ export class StreamTransport {
     if (previous instanceof StreamConnection) previous.end();
     // A poll the session still holds gives way: from now on the stream is its line.
     if (this.core.browserLines.browserOf(facts) !== undefined) session.releaseLongPoll();
-    const connection = this.line(res, framer, facts);
+    const connection = this.line(res, framer, facts, session.id);
     if (!connection) return;
     this.start(req, res, connection, framer, session.id);
     session.bind(connection);
@@ -188,17 +193,23 @@ export class StreamTransport {
    * core/forwarding.ts), counted as one of its browser's lines; null when its browser holds
    * `maxSessionsPerBrowser` lines already, and it was refused (429).
    */
-  line(res: ServerResponse, framer: Framer, facts: RequestFacts): (PushConnection & { end(): void }) | null {
+  line(res: ServerResponse, framer: Framer, facts: RequestFacts, clientId: string): (PushConnection & { end(): void }) | null {
     const { browserLines } = this.core;
     const browser = browserLines.browserOf(facts);
     if (browser !== undefined && !browserLines.admit(browser)) {
-      this.core.counters.pastBrowserLimit++;
-      const { maxSessionsPerBrowser } = this.core.options;
-      sendBatchError(res, 429, 'rateLimited', `this browser holds ${maxSessionsPerBrowser} lines to this server already (maxSessionsPerBrowser): long-poll instead`);
-      return null;
+      // A session's new stream replaces its stream here once started (`start`): past the limit
+      // only until then. (Ended now, the old one could be ended by anyone who names the session,
+      // before its owner, another node for a forwarded one, agrees.)
+      if (this.connections.get(clientId)?.browser !== browser) {
+        this.core.counters.pastBrowserLimit++;
+        const { maxSessionsPerBrowser } = this.core.options;
+        sendBatchError(res, 429, 'rateLimited', `this browser holds ${maxSessionsPerBrowser} lines to this server already (maxSessionsPerBrowser): long-poll instead`);
+        return null;
+      }
+      browserLines.enter(browser);
     }
     const connection = new StreamConnection(res, framer, this.core.options.maxBufferedBytes);
-    if (browser !== undefined) connection.countAgainst(() => browserLines.leave(browser));
+    if (browser !== undefined) connection.countAgainst(browser, () => browserLines.leave(browser));
     return connection;
   }
 
@@ -216,13 +227,17 @@ export class StreamTransport {
     });
     const { streamPadding } = this.core.options;
     stream.write((streamPadding > 0 ? framer.padding(streamPadding) : '') + framer.opening({ id: clientId }, this.core.options.heartbeat));
-    this.connections.add(stream);
-    stream.onClose(() => this.connections.delete(stream));
+    const previous = this.connections.get(clientId);
+    if (previous !== undefined && previous !== stream) previous.end();
+    this.connections.set(clientId, stream);
+    stream.onClose(() => {
+      if (this.connections.get(clientId) === stream) this.connections.delete(clientId);
+    });
   }
 
   close(): void {
     clearInterval(this.timer);
-    for (const connection of this.connections) connection.end();
+    for (const connection of this.connections.values()) connection.end();
     this.connections.clear();
   }
 }
