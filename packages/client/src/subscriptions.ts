@@ -22,6 +22,9 @@ export type { Position };
 
 /** The most messages held at once while resyncs are answered (see Subscriptions.hold). */
 const MAX_HELD = 10_000;
+/** How soon a recovery the server could not answer (its history out of reach) is asked again, ms, doubling up to the most. */
+const ASK_AGAIN_FIRST_MS = 250;
+const ASK_AGAIN_MOST_MS = 8_000;
 
 export interface RecoveryOutcome {
   /** Whether every channel recovered without loss; false: the application must reload its state. */
@@ -45,8 +48,11 @@ interface PatternState {
    * Active on the server, but the line it was delivered on died: what that line swallowed is
    * asked for again once connected, by a subscribe with `ext.recover` on the same session
    * ("due"), which the server answers like a first one, replaying from the positions ("sent").
+   * "later": the server could not read its history when asked; asked again after `askAgainMs`.
    */
-  resync?: 'due' | 'sent' | undefined;
+  resync?: 'due' | 'sent' | 'later' | undefined;
+  /** How long the next wait before asking again for a recovery is, ms (see askAgainLater). */
+  askAgainMs?: number | undefined;
   /**
    * The resync follows a move to another line (leaving a stream that may have carried deliveries
    * unread), not a lost one: only a loss is news then, since the application saw no cut.
@@ -199,7 +205,9 @@ export class Subscriptions {
       return this.session.retry('handshake', `server: ${reply.error ?? 'session unknown'}`);
     }
     if (reply.successful !== true) return this.failed(pattern, ClientError.fromReply(reply));
-    const ext = (reply.ext ?? {}) as { recovered?: Record<string, unknown>; positions?: Record<string, unknown> };
+    const ext = (reply.ext ?? {}) as { recovered?: Record<string, unknown>; positions?: Record<string, unknown>; recoveryUnavailable?: unknown };
+    if (recover && ext.recoveryUnavailable === true) return this.askAgainLater(pattern, state);
+    state.askAgainMs = undefined;
     const positions = ext.positions ?? {};
     let outcome: RecoveryOutcome | undefined;
     if (recover) {
@@ -239,6 +247,27 @@ export class Subscriptions {
     if (!quiet) state.outcome = { recovered: outcome?.recovered };
     for (const waiter of state.waiters.splice(0)) waiter.resolve(state.outcome);
     if (outcome && !quiet) this.events.recovery(pattern, outcome);
+  }
+
+  /**
+   * The server holds the subscription but could not read its history just now (Redis out of its
+   * reach): nothing was replayed, and nothing is lost yet. The positions stay; live messages past
+   * a gap are dropped meanwhile (`recovering`), since the replay brings them in order; and the same
+   * subscribe is sent again after a wait that doubles, until the server can say. Whoever awaits
+   * the subscription learns its outcome then.
+   */
+  private askAgainLater(pattern: string, state: PatternState): void {
+    state.status = 'active';
+    state.resync = 'later';
+    const wait = state.askAgainMs ?? ASK_AGAIN_FIRST_MS;
+    state.askAgainMs = Math.min(wait * 2, ASK_AGAIN_MOST_MS);
+    const timer = setTimeout(() => {
+      if (this.patterns.get(pattern) !== state || state.resync !== 'later') return;
+      state.resync = 'due';
+      this.sendWanted();
+    }, wait);
+    // Not what keeps a Node process alive.
+    (timer as { unref?: () => void }).unref?.();
   }
 
   /**
@@ -362,7 +391,7 @@ export class Subscriptions {
   private recovering(channel: string): boolean {
     for (const [pattern, state] of this.patterns) {
       if (pattern !== channel && !(isWildcard(pattern) && matches(pattern, channel))) continue;
-      if (state.status === 'wanted' || state.resync === 'due') return true;
+      if (state.status === 'wanted' || state.resync === 'due' || state.resync === 'later') return true;
       if ((state.status === 'sending' || state.resync === 'sent') && state.recover?.[channel] !== undefined) return true;
     }
     return false;

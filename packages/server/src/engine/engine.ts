@@ -65,6 +65,11 @@ export interface SubscribeOutcome {
   position: Position | null;
   /** One entry per recover request: whether everything missed was replayed, and how many messages. */
   recovered: Array<{ channel: string; recovered: boolean; replayed: number }>;
+  /**
+   * The history could not be read now (Redis out of reach): nothing was recovered, but nothing
+   * is known lost either; the same subscribe may be sent again later.
+   */
+  unavailable?: boolean;
 }
 
 /**

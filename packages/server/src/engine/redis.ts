@@ -352,10 +352,12 @@ export class RedisEngine implements Engine {
     this.liveness.resync();
   }
 
-  /** A subscribe that Redis did not take: kept on this node, its holds ended, nothing recovered. */
+  /** A subscribe that Redis did not take: kept on this node, its holds ended, nothing recovered (for now). */
   private subscribedHereOnly(host: EngineHost, holds: readonly Hold[], recover: readonly RecoverRequest[]): SubscribeOutcome {
     this.seam.release(host, holds, new Map());
-    return { position: null, recovered: recover.map(({ channel }) => ({ channel, recovered: false, replayed: 0 })) };
+    const outcome: SubscribeOutcome = { position: null, recovered: recover.map(({ channel }) => ({ channel, recovered: false, replayed: 0 })) };
+    if (recover.length > 0) outcome.unavailable = true;
+    return outcome;
   }
 
   async unsubscribe(clientId: string, pattern: string): Promise<void> {

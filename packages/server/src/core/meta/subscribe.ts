@@ -109,6 +109,8 @@ class SubscribeStep {
   private positions: Record<string, Position> | undefined;
   /** The outcome of each recovery asked for. */
   private recovered: Record<string, boolean> | undefined;
+  /** The engine could not read the history for a recovery now: the client may ask again (`ext.recoveryUnavailable`). */
+  private recoveryUnavailable = false;
   private replayBudget: number;
 
   constructor(
@@ -175,6 +177,7 @@ class SubscribeStep {
       const ext: Record<string, unknown> = { ...this.reply.ext };
       if (this.positions) ext.positions = this.positions;
       if (this.recovered) ext.recovered = this.recovered;
+      if (this.recoveryUnavailable) ext.recoveryUnavailable = true;
       this.reply.ext = ext;
     }
     return this.reply;
@@ -197,6 +200,7 @@ class SubscribeStep {
     if (outcome.position) (this.positions ??= {})[channel] = outcome.position;
     const requests = isWildcard(channel) && outcome.recovered.length > 0 ? this.recover.get(channel) : undefined;
     const since = requests ? new Map(requests.map((request) => [request.channel, request.since])) : undefined;
+    if (outcome.unavailable) this.recoveryUnavailable = true;
     for (const result of outcome.recovered) {
       (this.recovered ??= {})[result.channel] = result.recovered;
       this.replayBudget -= result.replayed;
