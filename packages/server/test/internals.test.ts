@@ -447,6 +447,7 @@ describe('the Redis connection\'s reports', () => {
       onMessage: () => {},
       onReconnect: () => {},
       deaf: () => {},
+      hearingAgain: () => {},
       report: (error) => {
         reports.push((error as Error).message);
         connection.troubled();
@@ -482,6 +483,7 @@ describe('the Redis connection\'s reports', () => {
       onMessage: () => {},
       onReconnect: () => {},
       deaf: () => {},
+      hearingAgain: () => {},
       report: (error) => reports.push((error as Error).message),
       restored: () => {},
       outage: () => outages++,

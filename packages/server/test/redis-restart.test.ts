@@ -514,6 +514,59 @@ describe('A node whose bus subscription is lost while its publishes are on their
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.equal(watcher.received.filter((m) => m.channel === '/presence/room').length, 1, 'one join');
   });
+
+  // ioredis renews only the channels whose SUBSCRIBE Redis had answered on the connection before:
+  // a line cut between its SUBSCRIBE and the answer left the node connected, subscribed to
+  // nothing, and deaf for good.
+  it('hears the bus again after its subscriber connection was cut between the renewed SUBSCRIBE and its answer', { timeout: 30_000 }, async () => {
+    const told: string[] = [];
+    const { peer, nodeId } = await subscribedNode('cut-subscribe:', '/cut', told);
+    const itsSubscriber = (name: string): boolean => name === `perihelion:${nodeId}:sub`;
+    // Answers to the subscriber connection held 300 ms; the first SUBSCRIBE after the cut below is
+    // cut 100 ms after it reached Redis, its answer still held.
+    proxy!.holdDownstream = (_chunk, name) => (itsSubscriber(name) ? 300 : 0);
+    let renewed = 0;
+    proxy!.holdUpstream = (chunk, name) => {
+      if (itsSubscriber(name) && /subscribe/i.test(chunk.toString('latin1')) && ++renewed === 1) setTimeout(() => proxy!.inflict('reset', Math.random, itsSubscriber), 100);
+      return 0;
+    };
+    assert.ok(proxy!.inflict('reset', Math.random, itsSubscriber));
+    await waitFor(() => renewed >= 2, 10_000, 'the SUBSCRIBE sent again after the second cut');
+    proxy!.holdUpstream = proxy!.holdDownstream = null;
+    await waitFor(() => told.some((event) => event.startsWith('restored')), 10_000, () => `the node to hear Redis again (told: ${told.join(' | ')})`);
+    const other = await startServer({ engine: new RedisEngine({ url: `redis://127.0.0.1:${port}`, prefix: 'cut-subscribe:' }) });
+    nodes.push(other);
+    await other.server.publish('/cut', 'from the other node');
+    await peer.next((m) => m.channel === '/cut', 'a publish of the other node', 3000);
+  });
+
+  // A node that hears nothing of the bus for a while misses what the other nodes publish; a
+  // CometD or Faye client has no recovery of its own, so the node catches it up.
+  it('catches its sessions up on what the other nodes published while it did not hear the bus, in order, once', { timeout: 30_000 }, async () => {
+    const told: string[] = [];
+    const { peer, nodeId } = await subscribedNode('catch-up:', '/caught', told);
+    const other = await startServer({ engine: new RedisEngine({ url: `redis://127.0.0.1:${port}`, prefix: 'catch-up:' }) });
+    nodes.push(other);
+    const itsSubscriber = (name: string): boolean => name === `perihelion:${nodeId}:sub`;
+    let seq = 0;
+    for (; seq < 5; seq++) await other.server.publish('/caught', seq);
+    await waitFor(() => peer.received.filter((m) => m.channel === '/caught').length === 5, 3000, 'the first messages');
+    // The node's subscriber connection cut, and its renewed SUBSCRIBE held 1 s: the other node
+    // publishes on, every 50 ms, through the node's deafness and after.
+    proxy!.holdUpstream = (chunk, name) => (itsSubscriber(name) && /subscribe/i.test(chunk.toString('latin1')) ? 1000 : 0);
+    assert.ok(proxy!.inflict('reset', Math.random, itsSubscriber));
+    const until = Date.now() + 2500;
+    while (Date.now() < until) {
+      await other.server.publish('/caught', seq++);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    proxy!.holdUpstream = null;
+    const all = Array.from({ length: seq }, (_, n) => n);
+    const got = (): number[] => peer.received.filter((m) => m.channel === '/caught').map((m) => m.data as number);
+    await waitFor(() => got().length >= seq, 5000, () => `every message (got ${JSON.stringify(got())}; told: ${told.join(' | ')})`);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(got(), all);
+  });
 });
 
 describe('Presence across a Redis outage', () => {

@@ -30,6 +30,8 @@ export interface ConnectionHost {
    * (the subscription that comes back hears only what is published after it).
    */
   deaf(): void;
+  /** The subscriber connection subscribed again after a loss: what was published meanwhile was not heard here. */
+  hearingAgain(): void;
   /** A failure the engine survived: the server's 'error' event. */
   report(error: unknown): void;
   /** Redis answers again after failures `report` was told of: the server's 'restored' event. */
@@ -113,7 +115,7 @@ export class RedisConnection {
     }
     this.started = true;
     // After a reconnect Redis may have lost everything (a restart) or the others may have taken
-    // this node for dead. ioredis resubscribes the pub/sub channels by itself.
+    // this node for dead.
     cmd.on('ready', () => {
       if (!this.started || this.closing) return;
       this.outage = false;
@@ -128,12 +130,15 @@ export class RedisConnection {
     });
     sub.on('ready', () => {
       if (!this.started || this.closing) return;
-      // ioredis wrote the SUBSCRIBE again before emitting 'ready': the PING's answer follows its
-      // answer, so from then on whatever is published comes back to this node.
-      sub.ping().then(
+      // Subscribed again here, not by ioredis (autoResubscribe is off for this connection): it
+      // renews only the channels whose SUBSCRIBE Redis had answered on the connection before, so a
+      // line cut between its SUBSCRIBE and the answer left the node subscribed to nothing, and
+      // deaf for good, while 'ready'. Once Redis answers, whatever is published comes back here.
+      sub.subscribe(...channels).then(
         () => {
           if (sub.status !== 'ready' || this.subscribedAs !== 0) return;
           this.subscribedAs = ++this.subscriptions;
+          this.host.hearingAgain();
           this.sayRestored();
         },
         () => {}, // lost again: the next 'ready' tries again
@@ -152,10 +157,9 @@ export class RedisConnection {
       lazyConnect: true,
       connectionName: `${this.name}:${role}`,
       connectTimeout: this.options.connectTimeout,
-      // Not on the subscriber of one Redis: the SUBSCRIBE that ioredis sends again as it
-      // reconnects is not awaited by anyone, so its timeout would be an unhandled rejection; a slow
-      // answer to it only keeps `hearing` false a while longer.
-      ...(role === 'sub' && !this.options.cluster ? {} : { commandTimeout: this.options.commandTimeout }),
+      // The subscriber of one Redis subscribes again itself (see its 'ready'), and has no
+      // timeout: a slow answer to that SUBSCRIBE only keeps `hearing` false a while longer.
+      ...(role === 'sub' && !this.options.cluster ? { autoResubscribe: false } : { commandTimeout: this.options.commandTimeout }),
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,

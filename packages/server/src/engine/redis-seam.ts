@@ -66,12 +66,12 @@ export class RecoverySeam {
   }
 
   /**
-   * A fence for `holds`: its id, to send through Redis after the read ('' when nothing is held,
-   * then no fence is needed), and a promise resolved when it comes back or after the timeout
+   * A fence for a read, if `needed` (something is held): its id, to send through Redis after the
+   * read ('' when not needed), and a promise resolved when it comes back or after the timeout
    * (reported).
    */
-  fence(holds: readonly Hold[]): { id: string; back: Promise<void> } {
-    if (holds.length === 0) return { id: '', back: Promise.resolve() };
+  fence(needed: boolean): { id: string; back: Promise<void> } {
+    if (!needed) return { id: '', back: Promise.resolve() };
     const id = `${this.nodeId}.${++this.lastFence}`;
     const back = new Promise<void>((resolve) => {
       const timer = setTimeout(() => {

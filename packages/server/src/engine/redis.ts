@@ -38,6 +38,7 @@ import { NodeLiveness, type Registration } from './redis-liveness.js';
 import { describeUrl, resolveRedisOptions, type RedisEngineOptions } from './redis-options.js';
 import { Census } from './redis-census.js';
 import { RecoverySeam, type Hold } from './redis-seam.js';
+import { CatchUp } from './redis-catch-up.js';
 import { SubscriptionIndex } from './subscription-index.js';
 import { PerihelionError } from '../errors.js';
 
@@ -77,6 +78,9 @@ interface PendingPublish {
   published?: () => Broadcast;
 }
 
+/** Reads of what a node missed while it did not hear the bus, in all, before it gives up (see catchUpAfterDeafness). */
+const CATCH_UP_TRIES = 5;
+
 /** A publish of this node's already delivered to its own sessions: its echo on the bus is dropped. */
 const DELIVERED_HERE: PendingPublish = { publication: null as never, resolve: () => {} };
 
@@ -89,6 +93,10 @@ export class RedisEngine implements Engine {
   private readonly connection: RedisConnection;
   private readonly liveness: NodeLiveness;
   private readonly seam: RecoverySeam;
+  /** What the node's sessions missed while it heard nothing of the bus (redis-catch-up.ts). */
+  private readonly catchUp = new CatchUp();
+  /** The catch-ups, one after the other: each starts where the one before ended. */
+  private catchingUp: Promise<void> = Promise.resolve();
   private readonly sessionCensus: Census;
   private readonly index = new SubscriptionIndex();
   private readonly sessions = new Map<string, LocalSession>();
@@ -110,6 +118,7 @@ export class RedisEngine implements Engine {
       onMessage: (channel, text) => this.onMessage(channel, text),
       onReconnect: () => void Promise.all([this.liveness.rejoin(), this.agreeOnKey()]).catch((error: unknown) => this.connection.lost(error)),
       deaf: () => this.echoesLost(),
+      hearingAgain: () => this.catchUpLater(0),
       report: (error) => this.report(error),
       restored: (message) => this.host?.reportRestored(message),
       // What this node does while Redis is away is not written there: all of it again once it answers.
@@ -285,7 +294,7 @@ export class RedisEngine implements Engine {
     let budget = Math.min(maxReplay, Number.MAX_SAFE_INTEGER);
     const parts: PartitionRead[] = [];
     for (const [k, part] of byPartition) {
-      const fence = this.seam.fence(holds.filter((hold) => this.layout.partitionOf(hold.channel) === k));
+      const fence = this.seam.fence(holds.some((hold) => this.layout.partitionOf(hold.channel) === k));
       const args: Array<string | number> = [
         this.layout.publishCommand,
         fence.id === '' ? '' : encode({ kind: 'fence', fence: fence.id }),
@@ -460,7 +469,7 @@ export class RedisEngine implements Engine {
 
   /** Delivers a publish of this node's to its own sessions without its echo, which is dropped if it comes. */
   private deliverHere(host: EngineHost, published: Broadcast): void {
-    this.onBroadcast(host, published);
+    this.onBroadcast(host, published, false);
     const { tag } = published;
     this.pending.set(tag, DELIVERED_HERE);
     setTimeout(() => this.pending.get(tag) === DELIVERED_HERE && this.pending.delete(tag), this.options.commandTimeout).unref();
@@ -474,6 +483,7 @@ export class RedisEngine implements Engine {
   private echoesLost(): void {
     const host = this.host;
     if (!host || this.closing) return;
+    this.catchUp.deafened((channel) => this.index.match(channel).size > 0);
     this.seam.fencesLost();
     for (const waiting of [...this.pending.values()]) if (waiting.published) this.deliverHere(host, waiting.published());
   }
@@ -714,7 +724,8 @@ export class RedisEngine implements Engine {
     }
   }
 
-  private onBroadcast(host: EngineHost, { origin, tag, channel, position, exclude, payload }: Broadcast): void {
+  /** A broadcast for this node's sessions: `heard` on the bus, or delivered here without its echo. */
+  private onBroadcast(host: EngineHost, { origin, tag, channel, position, exclude, payload }: Broadcast, heard = true): void {
     const mine = origin === this.nodeId ? this.pending.get(tag) : undefined;
     if (mine === DELIVERED_HERE) {
       this.pending.delete(tag);
@@ -729,8 +740,76 @@ export class RedisEngine implements Engine {
       publication = remotePublication(channel, payload, position);
       if (exclude !== undefined) publication.exclude = exclude;
     }
-    host.onPublication(publication, this.seam.route(channel, publication, this.index.match(channel)));
+    if (!heard || !this.catchUp.held(channel, publication)) this.deliverLive(host, publication, heard);
     mine?.resolve();
+  }
+
+  /** Delivers a publication to this node's subscribers of its channel, noting where the node heard up to. */
+  private deliverLive(host: EngineHost, publication: Publication, heard: boolean): void {
+    const { channel, position } = publication;
+    const subscribers = this.index.match(channel);
+    if (position && subscribers.size > 0) {
+      if (heard) this.catchUp.heard(channel, position);
+      else this.catchUp.deliveredHere(channel, position);
+    }
+    host.onPublication(publication, this.seam.route(channel, publication, subscribers));
+  }
+
+  /**
+   * This node subscribed to the bus again after a loss: its sessions get what was published on
+   * their channels meanwhile, from the history, before the live messages of those channels
+   * (redis-catch-up.ts). Needs the command connection: waited for up to `commandTimeout`. A read
+   * that fails is tried again CATCH_UP_TRIES times in all, 250 ms later and doubling; then the
+   * live messages that waited go out (and clients that track positions see the gap).
+   */
+  private catchUpLater(tried: number): void {
+    this.catchingUp = this.catchingUp.then(() => this.catchUpAfterDeafness(tried));
+  }
+
+  private async catchUpAfterDeafness(tried: number): Promise<void> {
+    const host = this.host;
+    if (!host || this.closing) return;
+    const from = this.catchUp.takeDue();
+    if (from.size === 0) return;
+    const deliver = (publication: Publication): void => this.deliverLive(host, publication, true);
+    const byPartition = new Map<number, Array<[string, Position]>>();
+    for (const entry of from) {
+      const k = this.layout.partitionOf(entry[0]);
+      const part = byPartition.get(k);
+      if (part) part.push(entry);
+      else byPartition.set(k, [entry]);
+    }
+    try {
+      const deadline = Date.now() + this.options.commandTimeout;
+      while (!this.connection.readyCmd() && Date.now() < deadline && !this.closing) await new Promise((resolve) => setTimeout(resolve, 50));
+      if (!this.connection.readyCmd()) throw unavailable(`cannot read what this node missed while it did not hear Redis`);
+      for (const [k, channels] of byPartition) {
+        const fence = this.seam.fence(true);
+        const subscription = this.connection.subscription;
+        const args: Array<string | number> = [this.layout.publishCommand, encode({ kind: 'fence', fence: fence.id }), '', 0, 0, this.maxChannelsPerPartition(host), newEpoch(), Number.MAX_SAFE_INTEGER];
+        for (const [channel, since] of channels) args.push(channel, since.epoch, since.offset);
+        const reply = (await this.connection.script('READ', this.layout.data(k), args)) as unknown[];
+        await this.fenceBack(fence, k, subscription);
+        let at = 2;
+        for (const [channel] of channels) {
+          const recovered = Number(reply[at]) === 1;
+          const epoch = String(reply[at + 1]);
+          const count = Number(reply[at + 3]);
+          const reached = epoch === '' ? null : { epoch, offset: Number(reply[at + 2]) };
+          this.catchUp.end(channel, recovered ? reply.slice(at + 4, at + 4 + count).map(String) : [], recovered ? reached : null, deliver);
+          at += 4 + count;
+        }
+      }
+    } catch (error) {
+      this.report(error);
+      if (tried + 1 < CATCH_UP_TRIES && !this.closing) {
+        this.catchUp.again(from.keys());
+        setTimeout(() => this.catchUpLater(tried + 1), 250 * 2 ** tried).unref();
+        return;
+      }
+    }
+    // Whatever was not caught up gets what waited, at once.
+    this.catchUp.giveUp(from.keys(), deliver);
   }
 
   // ---------------------------------------------------------------- helpers

@@ -1,0 +1,137 @@
+/**
+ * A node that heard nothing of the bus for a while (its subscriber connection to Redis lost, then
+ * back) catches its sessions up from the history, as a client recovers, but once for the node and
+ * for every client, CometD's and Faye's included, which have no recovery of their own.
+ *
+ * The node notes, per channel its sessions subscribe to, the position of the last message it
+ * delivered there. From the moment it loses the bus, the messages it hears on those channels wait
+ * here (the first come after the renewed SUBSCRIBE, before the node knows it hears again); once it
+ * does, one READ per partition (the recovery's script, with a fence behind it: redis-seam.ts)
+ * returns what was published after each noted position, which goes to the channel's subscribers
+ * first, in order; then the messages that waited, but those the replay already carried. A channel
+ * whose history no longer holds what was missed gets what waited, and its clients that track
+ * positions see the gap. Losing the bus again while a catch-up is under way starts a new segment:
+ * what is heard after that waits for the next catch-up, which starts where this one ended.
+ *
+ * A publish of this node delivered here meanwhile (redis.ts `deliverHere`: Redis took it, the
+ * node could not hear it) is left out of the replay; it went out before what the other nodes
+ * published before it and the node missed, which a client that tracks positions recovers in order,
+ * and another client gets late.
+ */
+import type { Position } from '@perihelion/protocol';
+import type { Publication } from './engine.js';
+
+/** In a channel's waiting messages: the bus was lost again; what follows waits for the next catch-up. */
+const LOST_AGAIN = null;
+
+export class CatchUp {
+  /** Per channel with subscribers here, the position of the last message delivered here. */
+  private readonly lastHeard = new Map<string, Position>();
+  /** The channels being caught up, and the messages heard on them meanwhile, in order. */
+  private readonly waiting = new Map<string, Array<Publication | typeof LOST_AGAIN>>();
+  /** The channels to read once the node hears again. */
+  private readonly due = new Set<string>();
+  /** Per channel being caught up, the positions of the messages delivered here meanwhile ("epoch:offset"). */
+  private readonly here = new Map<string, Set<string>>();
+
+  /** A positioned message delivered on `channel` (which has subscribers here). */
+  heard(channel: string, position: Position): void {
+    this.lastHeard.set(channel, position);
+  }
+
+  /** A message of this node's own delivered here without being heard: not replayed on `channel`. */
+  deliveredHere(channel: string, position: Position): void {
+    if (!this.waiting.has(channel)) return;
+    let here = this.here.get(channel);
+    if (!here) this.here.set(channel, (here = new Set()));
+    here.add(`${position.epoch}:${position.offset}`);
+  }
+
+  /** Keeps a message heard on a channel being caught up; false when the channel is not. */
+  held(channel: string, publication: Publication): boolean {
+    const waiting = this.waiting.get(channel);
+    if (!waiting) return false;
+    waiting.push(publication);
+    return true;
+  }
+
+  /**
+   * The node lost the bus: the channels `stillWanted` keeps (those with subscribers here; the
+   * others are forgotten) are to be caught up, and what is heard on them waits from now on.
+   */
+  deafened(stillWanted: (channel: string) => boolean): void {
+    for (const channel of this.lastHeard.keys()) {
+      if (!stillWanted(channel)) {
+        this.lastHeard.delete(channel);
+        continue;
+      }
+      this.due.add(channel);
+      const waiting = this.waiting.get(channel);
+      if (waiting) waiting.push(LOST_AGAIN);
+      else this.waiting.set(channel, []);
+    }
+  }
+
+  /** A read failed: `channels` are to be read again (what waits keeps waiting). */
+  again(channels: Iterable<string>): void {
+    for (const channel of channels) if (this.waiting.has(channel)) this.due.add(channel);
+  }
+
+  /** The channels to read now, each from the position last delivered there. */
+  takeDue(): Map<string, Position> {
+    const from = new Map<string, Position>();
+    for (const channel of this.due) {
+      const position = this.lastHeard.get(channel);
+      if (position) from.set(channel, position);
+    }
+    this.due.clear();
+    return from;
+  }
+
+  /**
+   * Ends a read of `channel`: `replayed` (what followed the position it started from, up to
+   * `reached`) is delivered, then the messages that waited, those `reached` covers left out, up to
+   * a loss of the bus since, if any: what followed it waits for the next read.
+   */
+  end(channel: string, replayed: readonly string[], reached: Position | null, deliver: (publication: Publication) => void): void {
+    const waited = this.waiting.get(channel) ?? [];
+    const here = this.here.get(channel);
+    const lostAgain = waited.indexOf(LOST_AGAIN);
+    if (lostAgain >= 0) this.waiting.set(channel, waited.slice(lostAgain + 1));
+    else {
+      this.waiting.delete(channel);
+      this.here.delete(channel);
+    }
+    for (const payload of replayed) {
+      const publication = replayedPublication(channel, payload);
+      const at = publication.position;
+      if (!at || !here?.has(`${at.epoch}:${at.offset}`)) deliver(publication);
+    }
+    for (const publication of lostAgain >= 0 ? waited.slice(0, lostAgain) : waited) {
+      const at = publication!.position;
+      if (at && reached && at.epoch === reached.epoch && at.offset <= reached.offset) continue;
+      deliver(publication!);
+    }
+  }
+
+  /** Gives up on `channels` still waiting and not due a read: what waited on them is delivered. */
+  giveUp(channels: Iterable<string>, deliver: (publication: Publication) => void): void {
+    for (const channel of channels) {
+      if (this.due.has(channel)) continue;
+      const waited = this.waiting.get(channel);
+      if (!waited) continue;
+      this.waiting.delete(channel);
+      this.here.delete(channel);
+      for (const publication of waited) if (publication !== LOST_AGAIN) deliver(publication);
+    }
+  }
+}
+
+/** A message of the history, as a live one: its position is in its payload (the publish script put it there). */
+function replayedPublication(channel: string, payload: string): Publication {
+  const message = JSON.parse(payload) as Publication['message'];
+  const position = (message.ext as { position?: Position } | undefined)?.position;
+  const publication = { channel, payload, ext: position ? 'object' : 'other', message } as Publication;
+  if (position) publication.position = position;
+  return publication;
+}
