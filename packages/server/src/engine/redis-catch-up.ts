@@ -34,9 +34,16 @@ export class CatchUp {
   /** Per channel being caught up, the positions of the messages delivered here meanwhile ("epoch:offset"). */
   private readonly here = new Map<string, Set<string>>();
 
-  /** A positioned message delivered on `channel` (which has subscribers here). */
-  heard(channel: string, position: Position): void {
+  /**
+   * A positioned message about to be delivered on `channel` (which has subscribers here): noted,
+   * and true, unless a message at or past its position was delivered there already (a replay
+   * went ahead of a live message slower than the catch-up's fence), then false: not again.
+   */
+  heard(channel: string, position: Position): boolean {
+    const last = this.lastHeard.get(channel);
+    if (last && last.epoch === position.epoch && position.offset <= last.offset) return false;
     this.lastHeard.set(channel, position);
+    return true;
   }
 
   /** A message of this node's own delivered here without being heard: not replayed on `channel`. */
@@ -89,11 +96,11 @@ export class CatchUp {
   }
 
   /**
-   * Ends a read of `channel`: `replayed` (what followed the position it started from, up to
-   * `reached`) is delivered, then the messages that waited, those `reached` covers left out, up to
-   * a loss of the bus since, if any: what followed it waits for the next read.
+   * Ends a read of `channel`: `replayed` (what followed the position it started from) is
+   * delivered, then the messages that waited, those the replay covered left out, up to a loss of
+   * the bus since, if any: what followed it waits for the next read.
    */
-  end(channel: string, replayed: readonly string[], reached: Position | null, deliver: (publication: Publication) => void): void {
+  end(channel: string, replayed: readonly string[], deliver: (publication: Publication) => void): void {
     const waited = this.waiting.get(channel) ?? [];
     const here = this.here.get(channel);
     const lostAgain = waited.indexOf(LOST_AGAIN);
@@ -107,12 +114,11 @@ export class CatchUp {
       const at = publication.position;
       if (!at || !here?.has(`${at.epoch}:${at.offset}`)) deliver(publication);
     }
-    for (const publication of lostAgain >= 0 ? waited.slice(0, lostAgain) : waited) {
-      const at = publication!.position;
-      if (at && reached && at.epoch === reached.epoch && at.offset <= reached.offset) continue;
-      deliver(publication!);
-    }
+    // What the replay carried too is left out by `heard`, on the way.
+    for (const publication of lostAgain >= 0 ? waited.slice(0, lostAgain) : waited) deliver(publication!);
   }
+
+
 
   /** Gives up on `channels` still waiting and not due a read: what waited on them is delivered. */
   giveUp(channels: Iterable<string>, deliver: (publication: Publication) => void): void {

@@ -744,13 +744,16 @@ export class RedisEngine implements Engine {
     mine?.resolve();
   }
 
-  /** Delivers a publication to this node's subscribers of its channel, noting where the node heard up to. */
+  /**
+   * Delivers a publication to this node's subscribers of its channel, noting where the node heard
+   * up to (and leaving out what it heard before: see CatchUp.heard).
+   */
   private deliverLive(host: EngineHost, publication: Publication, heard: boolean): void {
     const { channel, position } = publication;
     const subscribers = this.index.match(channel);
     if (position && subscribers.size > 0) {
-      if (heard) this.catchUp.heard(channel, position);
-      else this.catchUp.deliveredHere(channel, position);
+      if (!heard) this.catchUp.deliveredHere(channel, position);
+      else if (!this.catchUp.heard(channel, position)) return;
     }
     host.onPublication(publication, this.seam.route(channel, publication, subscribers));
   }
@@ -792,11 +795,10 @@ export class RedisEngine implements Engine {
         await this.fenceBack(fence, k, subscription);
         let at = 2;
         for (const [channel] of channels) {
+          // Per channel: recovered (1 or 0), its epoch and offset now, how many payloads follow.
           const recovered = Number(reply[at]) === 1;
-          const epoch = String(reply[at + 1]);
           const count = Number(reply[at + 3]);
-          const reached = epoch === '' ? null : { epoch, offset: Number(reply[at + 2]) };
-          this.catchUp.end(channel, recovered ? reply.slice(at + 4, at + 4 + count).map(String) : [], recovered ? reached : null, deliver);
+          this.catchUp.end(channel, recovered ? reply.slice(at + 4, at + 4 + count).map(String) : [], deliver);
           at += 4 + count;
         }
       }
