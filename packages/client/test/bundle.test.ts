@@ -25,10 +25,12 @@ const srcDir = join(dirname(minified), 'src');
  * when a client restarted came to resume from the positions its predecessor saved
  * (`subscribe(…, { since })`, recovery across processes), and from 14.75 KiB when callback-polling
  * came to keep its URLs within what proxies and servers take (a message past it was sent again
- * for ever): each is the connection and its recovery, not a feature beside them. A feature that
+ * for ever), and from 14.875 KiB when a recovery the server could not read yet (its node cut off
+ * from Redis) came to be asked again rather than taken for a loss: each is the connection and its
+ * recovery, not a feature beside them. A feature that
  * needs more belongs in a module of its own.
  */
-const GZIP_LIMIT = 14.875 * 1024;
+const GZIP_LIMIT = 15 * 1024;
 
 describe('browser bundle', () => {
   it(`stays under ${GZIP_LIMIT} bytes minified and gzipped`, () => {
