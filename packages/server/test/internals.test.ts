@@ -17,6 +17,8 @@ import { BrowserIds, browserIdOf } from '../src/security/browser-cookie.js';
 import { readBodyThen, type BodyResult } from '../src/http/body.js';
 import { RedisConnection } from '../src/engine/redis-connection.js';
 import { resolveRedisOptions } from '../src/engine/redis-options.js';
+import { CatchUp } from '../src/engine/redis-catch-up.js';
+import type { Publication } from '../src/engine/engine.js';
 import http, { type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -512,5 +514,61 @@ describe('a session\'s first positions through patterns', () => {
     assert.equal(first.has('/c/0'), false, 'the one first sent longest ago went');
     assert.deepEqual(first.get('/c/5'), { epoch: 'e', offset: 1 }, 'the first position stays');
     assert.equal(first.has(`/c/${MAX_PATTERN_CHANNELS}`), true);
+  });
+});
+
+describe("a node's catch-up after it did not hear the bus", () => {
+  const epoch = 'e1';
+  const at = (offset: number): { epoch: string; offset: number } => ({ epoch, offset });
+  const live = (offset: number): Publication => ({ channel: '/c', payload: `{"channel":"/c","data":${offset},"ext":{"position":{"epoch":"${epoch}","offset":${offset}}}}`, position: at(offset) }) as Publication;
+  /** Delivers as the engine does: through `heard`, which leaves out what was delivered already. */
+  const deliverer = (catchUp: CatchUp, out: number[]) => (publication: Publication): void => {
+    if (catchUp.heard('/c', publication.position!)) out.push(publication.position!.offset);
+  };
+
+  it('delivers the replay first, then what waited, each once, and then nothing at or before what it delivered', () => {
+    const catchUp = new CatchUp();
+    const out: number[] = [];
+    catchUp.heard('/c', at(3));
+    catchUp.deafened(() => true);
+    // Heard after the renewed SUBSCRIBE, before the read: waits.
+    assert.equal(catchUp.held('/c', live(6)), true);
+    assert.equal(catchUp.held('/c', live(7)), true);
+    assert.deepEqual([...catchUp.takeDue()], [['/c', at(3)]]);
+    catchUp.end('/c', [4, 5, 6].map((n) => live(n).payload), deliverer(catchUp, out));
+    assert.deepEqual(out, [4, 5, 6, 7]);
+    assert.equal(catchUp.held('/c', live(8)), false, 'caught up: live again');
+    assert.equal(catchUp.heard('/c', at(7)), false, 'a late copy of a replayed message is not delivered again');
+  });
+
+  it('leaves its own messages delivered meanwhile out of the replay, and keeps what follows a second loss for the next read', () => {
+    const catchUp = new CatchUp();
+    const out: number[] = [];
+    catchUp.heard('/c', at(1));
+    catchUp.deafened(() => true);
+    catchUp.deliveredHere('/c', at(3));
+    catchUp.held('/c', live(5));
+    catchUp.takeDue();
+    catchUp.deafened(() => true);
+    catchUp.held('/c', live(9));
+    catchUp.end('/c', [2, 3, 4, 5].map((n) => live(n).payload), deliverer(catchUp, out));
+    assert.deepEqual(out, [2, 4, 5], 'its own 3 went out already; 9 waits for the next read');
+    assert.deepEqual([...catchUp.takeDue()], [['/c', at(5)]], 'the next read starts where this one ended');
+    catchUp.end('/c', [6, 7, 8, 9].map((n) => live(n).payload), deliverer(catchUp, out));
+    assert.deepEqual(out, [2, 4, 5, 6, 7, 8, 9]);
+  });
+
+  it('forgets a channel nobody here subscribes to, and gives what waited when it gives up', () => {
+    const catchUp = new CatchUp();
+    const out: number[] = [];
+    catchUp.heard('/c', at(1));
+    catchUp.heard('/gone', at(1));
+    catchUp.forget('/gone');
+    catchUp.deafened(() => true);
+    catchUp.held('/c', live(4));
+    const from = catchUp.takeDue();
+    assert.deepEqual([...from.keys()], ['/c']);
+    catchUp.giveUp(from.keys(), deliverer(catchUp, out));
+    assert.deepEqual(out, [4]);
   });
 });

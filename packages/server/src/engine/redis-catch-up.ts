@@ -21,6 +21,9 @@
 import type { Position } from '@perihelion/protocol';
 import type { Publication } from './engine.js';
 
+/** The most channels whose last position is noted (a wildcard subscriber may hear without end): past it, new ones are not caught up. */
+const MAX_NOTED = 100_000;
+
 /** In a channel's waiting messages: the bus was lost again; what follows waits for the next catch-up. */
 const LOST_AGAIN = null;
 
@@ -42,8 +45,13 @@ export class CatchUp {
   heard(channel: string, position: Position): boolean {
     const last = this.lastHeard.get(channel);
     if (last && last.epoch === position.epoch && position.offset <= last.offset) return false;
-    this.lastHeard.set(channel, position);
+    if (last || this.lastHeard.size < MAX_NOTED) this.lastHeard.set(channel, position);
     return true;
+  }
+
+  /** No session here subscribes to `channel` any more. */
+  forget(channel: string): void {
+    if (!this.waiting.has(channel)) this.lastHeard.delete(channel);
   }
 
   /** A message of this node's own delivered here without being heard: not replayed on `channel`. */

@@ -373,6 +373,7 @@ export class RedisEngine implements Engine {
     this.running();
     await this.serial(clientId, async () => {
       this.index.remove(clientId, pattern);
+      this.forgetHeard([pattern]);
       if (!this.connection.readyCmd()) return;
       await this.connection.script('UNSUBSCRIBE', this.layout.control, [clientId, pattern]).catch((error: unknown) => this.notWritten(error));
     });
@@ -381,7 +382,7 @@ export class RedisEngine implements Engine {
   async removeSession(clientId: string): Promise<void> {
     const local = this.sessions.get(clientId);
     if (local) local.removed = true;
-    this.index.removeSession(clientId);
+    this.forgetHeard(this.index.removeSession(clientId));
     if (!this.connection.opened) return;
     await this.serial(clientId, async () => {
       this.sessions.delete(clientId);
@@ -742,6 +743,11 @@ export class RedisEngine implements Engine {
     }
     if (!heard || !this.catchUp.held(channel, publication)) this.deliverLive(host, publication, heard);
     mine?.resolve();
+  }
+
+  /** Channels no session here subscribes to any more (a wildcard's are forgotten at the next loss of the bus): no catch-up for them. */
+  private forgetHeard(patterns: readonly string[]): void {
+    for (const pattern of patterns) if (!isWildcard(pattern) && this.index.match(pattern).size === 0) this.catchUp.forget(pattern);
   }
 
   /**
