@@ -339,7 +339,7 @@ describe('A node whose bus subscription is lost while its publishes are on their
   const peers: WsPeer[] = [];
 
   /** A node through the proxy, and a client of it subscribed to `channel`. */
-  async function subscribedNode(prefix: string, channel: string, told: string[]): Promise<{ node: TestServer; peer: WsPeer; nodeId: string }> {
+  async function subscribedNode(prefix: string, channel: string, told: string[]): Promise<{ node: TestServer; peer: WsPeer; nodeId: string; clientId: string }> {
     const engine = new RedisEngine({ url: `redis://127.0.0.1:${proxy!.port}`, prefix, heartbeatInterval: 200, nodeTimeout: 5000, commandTimeout: 1000 });
     const node = await startServer({ engine });
     nodes.push(node);
@@ -351,7 +351,7 @@ describe('A node whose bus subscription is lost while its publishes are on their
     await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
     peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
     assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: channel })).successful, true);
-    return { node, peer, nodeId: engine.nodeId };
+    return { node, peer, nodeId: engine.nodeId, clientId };
   }
 
   before(async () => {
@@ -544,10 +544,16 @@ describe('A node whose bus subscription is lost while its publishes are on their
   // CometD or Faye client has no recovery of its own, so the node catches it up.
   it('catches its sessions up on what the other nodes published while it did not hear the bus, in order, once', { timeout: 30_000 }, async () => {
     const told: string[] = [];
-    const { peer, nodeId } = await subscribedNode('catch-up:', '/caught', told);
+    const { peer, nodeId, clientId } = await subscribedNode('catch-up:', '/caught', told);
     const other = await startServer({ engine: new RedisEngine({ url: `redis://127.0.0.1:${port}`, prefix: 'catch-up:' }) });
     nodes.push(other);
     const itsSubscriber = (name: string): boolean => name === `perihelion:${nodeId}:sub`;
+    // More channels than one read of a catch-up takes (500), each heard once before: the last one
+    // is caught up too.
+    const many = Array.from({ length: 510 }, (_, i) => `/many/${i}`);
+    assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: many }, 10_000)).successful, true);
+    for (const channel of many) await other.server.publish(channel, 'before');
+    await waitFor(() => peer.received.filter((m) => String(m.channel).startsWith('/many/')).length === many.length, 5000, 'a message on each of the many channels');
     let seq = 0;
     for (; seq < 5; seq++) await other.server.publish('/caught', seq);
     await waitFor(() => peer.received.filter((m) => m.channel === '/caught').length === 5, 3000, 'the first messages');
@@ -556,8 +562,11 @@ describe('A node whose bus subscription is lost while its publishes are on their
     proxy!.holdUpstream = (chunk, name) => (itsSubscriber(name) && /subscribe/i.test(chunk.toString('latin1')) ? 1000 : 0);
     assert.ok(proxy!.inflict('reset', Math.random, itsSubscriber));
     const until = Date.now() + 2500;
+    let first = true;
     while (Date.now() < until) {
       await other.server.publish('/caught', seq++);
+      if (first) await other.server.publish(many.at(-1)!, 'while deaf');
+      first = false;
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     proxy!.holdUpstream = null;
@@ -566,6 +575,7 @@ describe('A node whose bus subscription is lost while its publishes are on their
     await waitFor(() => got().length >= seq, 5000, () => `every message (got ${JSON.stringify(got())}; told: ${told.join(' | ')})`);
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.deepEqual(got(), all);
+    assert.deepEqual(peer.received.filter((m) => m.channel === many.at(-1)).map((m) => m.data), ['before', 'while deaf']);
   });
 });
 

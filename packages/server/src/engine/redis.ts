@@ -80,6 +80,8 @@ interface PendingPublish {
 
 /** Reads of what a node missed while it did not hear the bus, in all, before it gives up (see catchUpAfterDeafness). */
 const CATCH_UP_TRIES = 5;
+/** Channels per read of a catch-up (each read one script call, its answer all they missed). */
+const CATCH_UP_BATCH = 500;
 
 /** A publish of this node's already delivered to its own sessions: its echo on the bus is dropped. */
 const DELIVERED_HERE: PendingPublish = { publication: null as never, resolve: () => {} };
@@ -781,18 +783,23 @@ export class RedisEngine implements Engine {
     const from = this.catchUp.takeDue();
     if (from.size === 0) return;
     const deliver = (publication: Publication): void => this.deliverLive(host, publication, true);
-    const byPartition = new Map<number, Array<[string, Position]>>();
+    // Reads by partition (the bus its channels' messages and its fence travel on), in batches.
+    const reads: Array<[number, Array<[string, Position]>]> = [];
+    const open = new Map<number, Array<[string, Position]>>();
     for (const entry of from) {
       const k = this.layout.partitionOf(entry[0]);
-      const part = byPartition.get(k);
-      if (part) part.push(entry);
-      else byPartition.set(k, [entry]);
+      let batch = open.get(k);
+      if (!batch || batch.length >= CATCH_UP_BATCH) {
+        open.set(k, (batch = []));
+        reads.push([k, batch]);
+      }
+      batch.push(entry);
     }
     try {
       const deadline = Date.now() + this.options.commandTimeout;
       while (!this.connection.readyCmd() && Date.now() < deadline && !this.closing) await new Promise((resolve) => setTimeout(resolve, 50));
       if (!this.connection.readyCmd()) throw unavailable(`cannot read what this node missed while it did not hear Redis`);
-      for (const [k, channels] of byPartition) {
+      for (const [k, channels] of reads) {
         const fence = this.seam.fence(true);
         const subscription = this.connection.subscription;
         const args: Array<string | number> = [this.layout.publishCommand, encode({ kind: 'fence', fence: fence.id }), '', 0, 0, this.maxChannelsPerPartition(host), newEpoch(), Number.MAX_SAFE_INTEGER];
