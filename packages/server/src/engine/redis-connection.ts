@@ -62,9 +62,9 @@ export class RedisConnection {
   private answering = false;
   /**
    * The bus subscription this node hears by: a new number each time it subscribes (again), 0 from
-   * the subscriber connection's loss until Redis has answered the SUBSCRIBE that ioredis sends
-   * again as it reconnects (its 'ready' comes before that). A message Redis published is heard
-   * only by the subscription that was in place then: see `subscription`.
+   * the subscriber connection's loss until Redis has answered the SUBSCRIBE sent again once it is
+   * back (see its 'ready'). A message Redis published is heard only by the subscription that was in
+   * place then: see `subscription`.
    */
   private subscribedAs = 0;
   private subscriptions = 0;
