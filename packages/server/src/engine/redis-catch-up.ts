@@ -126,8 +126,6 @@ export class CatchUp {
     for (const publication of lostAgain >= 0 ? waited.slice(0, lostAgain) : waited) deliver(publication!);
   }
 
-
-
   /** Gives up on `channels` still waiting and not due a read: what waited on them is delivered. */
   giveUp(channels: Iterable<string>, deliver: (publication: Publication) => void): void {
     for (const channel of channels) {
