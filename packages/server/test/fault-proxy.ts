@@ -20,9 +20,11 @@ interface Link {
 }
 
 /**
- * One direction of a link. Delayed chunks wait in a chain; while any is waiting, later chunks join
- * the chain even after the delay is over, so that no chunk overtakes another: TCP never reorders,
- * and a proxy that did would fault the clients with something no network does.
+ * One direction of a link. Delayed chunks wait in a chain, each until its own delay after it came
+ * has passed (a latency, not added up: a burst on a delayed line arrives late, not spread over a
+ * minute); while any is waiting, later chunks join the chain even after the delay is over, so that
+ * no chunk overtakes another: TCP never reorders, and a proxy that did would fault the clients with
+ * something no network does.
  */
 interface Direction {
   tail: Promise<void>;
@@ -36,7 +38,7 @@ export class FaultProxy {
   /**
    * How long to hold a chunk on its way to the upstream server, ms (0: not held), given the name
    * its connection gave itself; later chunks of its link wait behind it, each sent no sooner than
-   * its own hold says (a latency, not added up).
+   * its own hold says.
    */
   holdUpstream: ((chunk: Buffer, name: string) => number) | null = null;
   /** The same for a chunk on its way back to the client. */
@@ -81,17 +83,17 @@ export class FaultProxy {
       from.on('data', (chunk: Buffer) => {
         if (link.dead) return;
         if (from === client && !link.name) link.name = /setname\r\n\$\d+\r\n([^\r]*)\r\n/i.exec(chunk.toString('latin1'))?.[1] ?? '';
-        const held = link.delayMs ? 0 : hold(chunk);
-        const ms = link.delayMs || held;
+        const ms = link.delayMs || hold(chunk);
         if (ms === 0 && direction.waiting === 0) {
           to.write(chunk);
           return;
         }
         direction.waiting++;
         this.delayedChunks++;
-        const due = Date.now() + held;
+        // A latency: each chunk goes no sooner than `ms` after it came, and after the one before.
+        const due = Date.now() + ms;
         direction.tail = direction.tail
-          .then(() => new Promise<void>((resolve) => setTimeout(resolve, held ? Math.max(0, due - Date.now()) : ms)))
+          .then(() => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, due - Date.now()))))
           .then(() => {
             direction.waiting--;
             this.delayedChunks--;
