@@ -41,6 +41,24 @@ async function startRedis(port: number): Promise<ChildProcess> {
   return child;
 }
 
+/**
+ * A describe with a redis-server of its own (its tests may kill and restart it): its port, its
+ * process, and the nodes and clients its tests start, all closed after.
+ */
+function ownRedis(): { port: number; redis: ChildProcess | null; nodes: TestServer[]; peers: WsPeer[] } {
+  const own = { port: 0, redis: null as ChildProcess | null, nodes: [] as TestServer[], peers: [] as WsPeer[] };
+  before(async () => {
+    own.port = await freePort();
+    own.redis = await startRedis(own.port);
+  });
+  after(async () => {
+    await Promise.all(own.peers.map((peer) => peer.close()));
+    await Promise.all(own.nodes.map((t) => t.close()));
+    own.redis?.kill('SIGKILL');
+  });
+  return own;
+}
+
 interface Reader {
   peer: WsPeer;
   node: 'a' | 'b';
@@ -49,23 +67,10 @@ interface Reader {
 }
 
 describe('Redis killed and restarted empty under live nodes', () => {
-  let port = 0;
-  let redis: ChildProcess | null = null;
-  const nodes: TestServer[] = [];
-  const peers: WsPeer[] = [];
-
-  before(async () => {
-    port = await freePort();
-    redis = await startRedis(port);
-  });
-  after(async () => {
-    await Promise.all(peers.map((peer) => peer.close()));
-    await Promise.all(nodes.map((t) => t.close()));
-    redis?.kill('SIGKILL');
-  });
+  const own = ownRedis();
 
   it('each node serves its own clients during the outage, every client gets every message once Redis is back, and nothing twice', { timeout: 60_000 }, async () => {
-    const url = `redis://127.0.0.1:${port}`;
+    const url = `redis://127.0.0.1:${own.port}`;
     const errors = { a: 0, b: 0 };
     /** What each node told, in order: 'error' and 'restored' events. */
     const told = { a: [] as string[], b: [] as string[] };
@@ -73,9 +78,9 @@ describe('Redis killed and restarted empty under live nodes', () => {
       const t = await startServer({ engine: new RedisEngine({ url, prefix: 'restart:', heartbeatInterval: 500, nodeTimeout: 2000, commandTimeout: 1000 }) });
       t.server.on('error', (error) => (errors[name]++, told[name].push(`error: ${error instanceof Error ? error.message : String(error)}`)));
       t.server.on('restored', (message) => told[name].push(`restored: ${message}`));
-      nodes.push(t);
+      own.nodes.push(t);
     }
-    const [a, b] = nodes as [TestServer, TestServer];
+    const [a, b] = own.nodes as [TestServer, TestServer];
     const readers: Reader[] = [];
     for (const [t, node] of [
       [a, 'a'],
@@ -84,7 +89,7 @@ describe('Redis killed and restarted empty under live nodes', () => {
       [b, 'b'],
     ] as const) {
       const peer = await WsPeer.open(t.wsUrl);
-      peers.push(peer);
+      own.peers.push(peer);
       const hs = await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] });
       const clientId = hs.clientId as string;
       await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
@@ -105,9 +110,9 @@ describe('Redis killed and restarted empty under live nodes', () => {
     };
     for (let seq = 0; seq < 240; seq++) {
       if (seq === 59 || seq === 119) await ready();
-      if (seq === 60) redis!.kill('SIGKILL');
+      if (seq === 60) own.redis!.kill('SIGKILL');
       if (seq === 120) {
-        redis = await startRedis(port);
+        own.redis = await startRedis(own.port);
         restartedAt = seq;
       }
       const node = seq % 2 === 0 ? 'a' : 'b';
@@ -580,40 +585,27 @@ describe('A node whose bus subscription is lost while its publishes are on their
 });
 
 describe('Presence across a Redis outage', () => {
-  let port = 0;
-  let redis: ChildProcess | null = null;
-  const nodes: TestServer[] = [];
-  const peers: WsPeer[] = [];
-
-  before(async () => {
-    port = await freePort();
-    redis = await startRedis(port);
-  });
-  after(async () => {
-    await Promise.all(peers.map((peer) => peer.close()));
-    await Promise.all(nodes.map((t) => t.close()));
-    redis?.kill('SIGKILL');
-  });
+  const own = ownRedis();
 
   /** A client of `t`, past its first connect. */
   async function client(t: TestServer): Promise<{ peer: WsPeer; clientId: string }> {
     const peer = await WsPeer.open(t.wsUrl);
-    peers.push(peer);
+    own.peers.push(peer);
     const clientId = (await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
     await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
     return { peer, clientId };
   }
 
   it("tells the other nodes' watchers, once Redis is back, who joined and left on a node while it was away", { timeout: 60_000 }, async () => {
-    const url = `redis://127.0.0.1:${port}`;
+    const url = `redis://127.0.0.1:${own.port}`;
     const restored = { a: 0, b: 0 };
     for (const name of ['a', 'b'] as const) {
       const t = await startServer({ engine: new RedisEngine({ url, prefix: 'presence-outage:', heartbeatInterval: 300, nodeTimeout: 5000, commandTimeout: 1000 }), presenceGrace: 0 });
       t.server.on('error', () => {});
       t.server.on('restored', () => restored[name]++);
-      nodes.push(t);
+      own.nodes.push(t);
     }
-    const [a, b] = nodes as [TestServer, TestServer];
+    const [a, b] = own.nodes as [TestServer, TestServer];
     const watcher = await client(b);
     assert.equal((await watcher.peer.request({ channel: '/meta/subscribe', clientId: watcher.clientId, subscription: '/presence/room' })).successful, true);
     const stays = await client(a);
@@ -621,7 +613,7 @@ describe('Presence across a Redis outage', () => {
     assert.equal((await goes.peer.request({ channel: '/meta/subscribe', clientId: goes.clientId, subscription: '/room' })).successful, true);
     await watcher.peer.next((m) => m.channel === '/presence/room' && (m.data as PresenceData).clientId === goes.clientId, 'the join before the outage', 3000);
 
-    redis!.kill('SIGKILL');
+    own.redis!.kill('SIGKILL');
     await waitFor(() => a.server.engine.away?.() != null, 5000, 'node a to find Redis away');
     // While Redis is away: one member joins on a, another leaves; b's watcher cannot hear of it.
     assert.equal((await stays.peer.request({ channel: '/meta/subscribe', clientId: stays.clientId, subscription: '/room' })).successful, true);
@@ -630,7 +622,7 @@ describe('Presence across a Redis outage', () => {
     const heard = (): string[] => watcher.peer.received.filter((m) => m.channel === '/presence/room').map((m) => `${(m.data as PresenceData).action} ${(m.data as PresenceData).clientId === stays.clientId ? 'stays' : 'goes'}`);
     assert.deepEqual(heard(), ['join goes'], 'nothing of the outage reached the other node');
 
-    redis = await startRedis(port);
+    own.redis = await startRedis(own.port);
     await waitFor(() => restored.a > 0 && restored.b > 0, 15_000, 'both nodes to hear Redis again');
     await waitFor(() => heard().length === 3, 8000, () => `the events of the outage at b's watcher: ${heard().join(', ')}`);
     assert.deepEqual(heard(), ['join goes', 'join stays', 'leave goes']);
