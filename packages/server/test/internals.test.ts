@@ -572,3 +572,11 @@ describe("a node's catch-up after it did not hear the bus", () => {
     assert.deepEqual(out, [4]);
   });
 });
+
+describe("another node's word for why a session ended", () => {
+  it('is taken only when it names a reason the server gives; anything else is no reason', async () => {
+    const { isDisconnectReason } = await import('../src/core/events.js');
+    for (const reason of ['client', 'expired', 'server', 'shutdown', 'token-expired', 'abuse', 'slow-consumer']) assert.equal(isDisconnectReason(reason), true, reason);
+    for (const hostile of ['', 'SERVER', 'server ', 'constructor', '__proto__', 'toString', 42, null, undefined, {}, ['server']]) assert.equal(isDisconnectReason(hostile), false, JSON.stringify(hostile));
+  });
+});
