@@ -212,12 +212,19 @@ export class Client extends Emitter<ClientEvents> {
    * server's error (`ClientError`, code "bayeux") when it refused. Offline, it waits in a bounded queue
    * for the connection; the `timeout` option counts from sending, and a `timeout` rejection leaves
    * the outcome unknown (the server may have delivered it).
+   *
+   * `idempotencyKey` (1 to 255 visible ASCII characters: an order number and its event, a UUID
+   * kept with the work) makes publishing again safe whatever became of the first try: a timeout,
+   * a page reloaded, a process restarted. The server publishes the same key from the same user
+   * once within its `idempotencyWindow` (10 minutes by default); a repeat is acknowledged with
+   * `ext.repeated: true`. A key that is not one is refused by the server (code "bayeux", 400).
    */
-  publish(channel: string, data: unknown, options: { ext?: Record<string, unknown> } = {}): Promise<Message> {
+  publish(channel: string, data: unknown, options: { ext?: Record<string, unknown>; idempotencyKey?: string } = {}): Promise<Message> {
     const problem = channelProblem(channel, { allowWildcard: false });
     if (problem) return Promise.reject(new ClientError('invalid-channel', `cannot publish to ${JSON.stringify(channel)}: ${problem}`));
+    const { idempotencyKey } = options;
     this.ensureStarted();
-    return this.backend.publish(channel, data, options.ext);
+    return this.backend.publish(channel, data, idempotencyKey === undefined ? options.ext : { ...options.ext, idempotencyKey });
   }
 
   /**

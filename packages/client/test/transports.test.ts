@@ -78,6 +78,27 @@ describe('client over each transport (Node)', () => {
     });
   }
 
+  it('publishes with an idempotency key once, however often a client (or its next run) makes it again', async () => {
+    const heard: unknown[] = [];
+    const stop = test.server.subscribe('/t/keyed', (message) => void heard.push(message.data));
+    const first = client(test.url, { transports: ['websocket'] });
+    const ack = await first.publish('/t/keyed', 'invoice 12 sent', { idempotencyKey: 'invoice-12/sent' });
+    assert.equal((ack.ext as { repeated?: boolean } | undefined)?.repeated, undefined);
+    await first.disconnect();
+    // The process stopped and started again: a new client, which cannot know whether it got through.
+    const next = client(test.url, { transports: ['long-polling'] });
+    const again = await next.publish('/t/keyed', 'invoice 12 sent', { idempotencyKey: 'invoice-12/sent', ext: { note: 'retry' } });
+    assert.equal(again.successful, true);
+    assert.equal((again.ext as { repeated?: boolean }).repeated, true, 'acknowledged as a repeat');
+    await next.publish('/t/keyed', 'invoice 13 sent', { idempotencyKey: 'invoice-13/sent' });
+    await waitFor(() => heard.length === 2, 3000, 'two messages');
+    await sleep(100);
+    assert.deepEqual(heard, ['invoice 12 sent', 'invoice 13 sent']);
+    await assert.rejects(next.publish('/t/keyed', 'x', { idempotencyKey: 'not a key' }), (error: ClientError) => error.code === 'bayeux' && error.bayeuxCode === 400 && /visible ASCII/.test(error.message));
+    stop();
+    await next.disconnect();
+  });
+
   it('answers request() with the service listener’s value', async () => {
     const stop = test.server.subscribe('/service/sum', (message) => {
       const { a, b } = message.data as { a: number; b: number };

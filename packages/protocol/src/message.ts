@@ -95,3 +95,12 @@ export type StreamedConnectionType = (typeof STREAMED_CONNECTION_TYPES)[number];
 export function isStreamedConnectionType(type: string): type is StreamedConnectionType {
   return (STREAMED_CONNECTION_TYPES as readonly string[]).includes(type);
 }
+
+/**
+ * An idempotency key (a publish's `ext.idempotencyKey`, the HTTP API's `Idempotency-Key`,
+ * `server.publish`'s `idempotencyKey`): 1 to 255 visible ASCII characters. A publish made again
+ * with the same key, by the same user, within the server's `idempotencyWindow` publishes nothing.
+ */
+export function isIdempotencyKey(key: unknown): key is string {
+  return typeof key === 'string' && /^[\x21-\x7e]{1,255}$/.test(key);
+}

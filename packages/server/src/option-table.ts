@@ -112,7 +112,7 @@ export const OPTION_TABLE = {
     default: 600_000,
     min: 1000,
     max: 7 * 24 * 3600_000,
-    help: 'how long an idempotency key (`Idempotency-Key` of `POST /api/publish`, `idempotencyKey` of `server.publish`) is remembered, on every node: a publish repeated with it meanwhile publishes nothing, ms',
+    help: 'how long an idempotency key (`Idempotency-Key` of `POST /api/publish`, `idempotencyKey` of `server.publish`, a client publish\'s `ext.idempotencyKey`) is remembered, on every node: a publish repeated with it meanwhile publishes nothing, ms',
   },
   idempotencyKeys: {
     kind: 'integer',

@@ -10,7 +10,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer, Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { channelProblem, isMeta, isService, type Message, type Position } from '@perihelion/protocol';
+import { channelProblem, isIdempotencyKey, isMeta, isService, type Message, type Position } from '@perihelion/protocol';
 import { HttpApi } from './api/http-api.js';
 import { reportAcceptErrors } from './http/accept-errors.js';
 import { LocalClient, type LocalClientOptions } from './api/local-client.js';
@@ -24,7 +24,7 @@ import type { ServerStats } from './core/delivery.js';
 import type { ServerEvents } from './core/events.js';
 import type { Listener } from './core/listeners.js';
 import { hasPresence, membersOf, type Member } from './core/presence.js';
-import { broadcast, isIdempotencyKey, prepare, type BroadcastOptions } from './core/publish.js';
+import { broadcast, prepare, type BroadcastOptions } from './core/publish.js';
 import type { ServerCore } from './core/server.js';
 import type { Session } from './core/session.js';
 import { API_DELIVERER, API_PUBLISHER, type Engine, type PublishOnce, type SessionInfo } from './engine/engine.js';

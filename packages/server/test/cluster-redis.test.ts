@@ -205,6 +205,23 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     assert.equal(b.server.stats().duplicatePublishes, 1);
   });
 
+  it("recognises a client's publish made again with its idempotency key on another node, by a client started again", async () => {
+    fresh();
+    const a = await node();
+    const b = await node();
+    const listener = await open(b);
+    await listener.subscribe('/client-keyed');
+    const publish = async (from: Client, data: string): Promise<Record<string, unknown>> => await from.peer.request({ channel: '/client-keyed', clientId: from.clientId, data, id: '1', ext: { idempotencyKey: 'job-9/done' } });
+    assert.equal((await publish(await open(a), 'once')).successful, true);
+    // Its process was restarted (no instance in common), and its new line reached the other node.
+    const again = await publish(await open(b), 'again');
+    assert.equal(again.successful, true);
+    assert.deepEqual(again.ext, { repeated: true });
+    await waitFor(() => listener.data('/client-keyed').length >= 1, 3000, 'the message');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.deepEqual(listener.data('/client-keyed').map((m) => m.data), ['once']);
+  });
+
   it('recognises a backend\'s publish (with or without history) and delivery retried on another node with its Idempotency-Key, and makes each once', async () => {
     fresh();
     const noHistory = { history: [{ channel: '/keyed/nohist', size: 0 }] };
@@ -482,6 +499,10 @@ describe('cluster mode: Redis unreachable or going away', () => {
       const keyed = await api(a, 'POST', '/api/publish', { channel: '/local', data: 'keyed' }, { 'Idempotency-Key': 'while-away' });
       assert.equal(keyed.status, 503);
       assert.equal((keyed.json.error as { code: string }).code, 'engine_unavailable');
+      // A client's publish with an idempotency key the same: 503, to be made again later.
+      const keyedByClient = await onA.peer.request({ channel: '/local', clientId: onA.clientId, data: 'keyed', ext: { idempotencyKey: 'while-away' } });
+      assert.equal(keyedByClient.successful, false);
+      assert.match(String(keyedByClient.error), /^503:/);
       await a.server.publish('/local', 'while away');
       await waitFor(() => onA.data('/local').length === 1, 3000, 'the local message');
       assert.equal(onA.data('/local')[0]?.ext, undefined, 'no position without Redis');

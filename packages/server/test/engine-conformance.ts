@@ -8,7 +8,7 @@
 import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { serialiseExtLast, type Message, type Position } from '@perihelion/protocol';
-import { API_DELIVERER, API_PUBLISHER, type Engine, type EngineHost, type HistorySettings, type LostSession, type Publication, type PublishOnce, type Retention, type SessionInfo } from '../src/index.js';
+import { API_DELIVERER, API_PUBLISHER, CLIENT_KEYS, type Engine, type EngineHost, type HistorySettings, type LostSession, type Publication, type PublishOnce, type Retention, type SessionInfo } from '../src/index.js';
 import { waitFor } from './helpers.js';
 
 /** What the engine gave each session, in order, and what it reported. */
@@ -204,6 +204,19 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       await sleep(100);
       assert.deepEqual(host.data('s', '/d/keys'), [1, 2, 3, 4, 5, 6]);
       assert.deepEqual(host.data('s', '/nohist/keys'), [1, 2, 3, 4, 5, 6]);
+    });
+
+    it('recognises a client\'s repeated idempotency key (CLIENT_KEYS), apart from the API\'s', async () => {
+      const { engine, host } = await open();
+      await engine.subscribe('s', '/d/client-keys');
+      const keyed = (client: string, data: unknown, id: string): boolean | Promise<boolean> => engine.publish({ ...publication('/d/client-keys', data), once: { client, id, keep: 10, forMs: 60_000 } });
+      assert.equal(await keyed(CLIENT_KEYS, 1, 'ann\u0000k'), true);
+      assert.equal(await keyed(CLIENT_KEYS, 'again', 'ann\u0000k'), false, 'the same user and key again');
+      assert.equal(await keyed(CLIENT_KEYS, 2, 'bob\u0000k'), true, 'another user\'s');
+      assert.equal(await keyed(API_PUBLISHER, 3, 'ann\u0000k'), true, 'the API\'s keys are apart');
+      await waitFor(() => host.data('s').length === 3, 3000, () => `3 messages (have ${host.data('s').length})`);
+      await sleep(100);
+      assert.deepEqual(host.data('s', '/d/client-keys'), [1, 2, 3]);
     });
 
     it('stops delivering after unsubscribe, and after removeSession', async () => {

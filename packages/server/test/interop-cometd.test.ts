@@ -280,6 +280,22 @@ for (const transport of TRANSPORTS) {
       assert.deepEqual(own.messages.map((m) => m.data), [{ n: 2 }], 'alice got only the publish that did not ask for no echo');
     });
 
+    it('publishes once what a CometD client publishes again with the same ext.idempotencyKey, from a new client', TEST_TIMEOUT, async () => {
+      const [first, watcher] = await Promise.all([connect(), connect()]);
+      const channel = fresh('keyed');
+      const { messages } = await watcher.subscribe(channel);
+      const ack = await first.publish(channel, { order: 8 }, { ext: { idempotencyKey: `${channel}/order-8` } });
+      assert.equal(ack.successful, true);
+      const restarted = await connect();
+      const repeat = await restarted.publish(channel, { order: 8 }, { ext: { idempotencyKey: `${channel}/order-8` } });
+      assert.equal(repeat.successful, true);
+      assert.deepEqual(repeat.ext, { repeated: true });
+      await restarted.publish(channel, { order: 9 });
+      await waitFor(() => messages.length === 2, 5000, 'both orders');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.deepEqual(messages.map((m) => m.data), [{ order: 8 }, { order: 9 }]);
+    });
+
     it('a /x/* subscription matches exactly one more segment', TEST_TIMEOUT, async () => {
       const client = await connect();
       const base = fresh('one');

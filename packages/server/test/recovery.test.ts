@@ -441,6 +441,84 @@ describe('duplicate publishes across a client\'s sessions', () => {
   });
 });
 
+describe('idempotency keys of client publishes (ext.idempotencyKey)', () => {
+  let t: TestServer;
+  before(async () => {
+    // The user is the one a request names in x-user (none: anonymous).
+    t = await startServer({ authenticate: ({ request }) => (typeof request.headers['x-user'] === 'string' ? { id: request.headers['x-user'], roles: [], claims: {} } : null) });
+  });
+  after(() => t.close());
+
+  /** A new long-polling session of `user` (a client started again: no instance, ids from 1). */
+  const sessionOf = async (user?: string): Promise<{ clientId: string; publish: (message: Msg) => Promise<Msg> }> => {
+    const headers: Record<string, string> = user === undefined ? {} : { 'x-user': user };
+    const [reply] = (await post(t.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }], headers)).body as Msg[];
+    const clientId = reply!.clientId as string;
+    return { clientId, publish: async (message) => at((await post(t.url, [{ ...message, clientId }], headers)).body as Msg[], 0) };
+  };
+
+  it('publishes a key once from the same user, whatever session, id or restart; says so; subscribers never see the key', async () => {
+    const subscriber = await wsSession(t.wsUrl);
+    await subscriber.peer.request({ channel: '/meta/subscribe', clientId: subscriber.clientId, subscription: '/orders' });
+    const before = t.server.stats().duplicatePublishes;
+    const first = await sessionOf('ann');
+    const done = await first.publish({ channel: '/orders', id: '1', data: 'order 17 paid', ext: { idempotencyKey: 'order-17/paid', note: 'kept' } });
+    assert.equal(done.successful, true);
+    assert.equal((done.ext as Msg | undefined)?.repeated, undefined, 'a first publish is no repeat');
+    // The process was restarted: a new session, no instance, its ids from 1 again, the same key.
+    const restarted = await sessionOf('ann');
+    const repeat = await restarted.publish({ channel: '/orders', id: '1', data: 'order 17 paid', ext: { idempotencyKey: 'order-17/paid' } });
+    assert.equal(repeat.successful, true, 'acknowledged');
+    assert.equal((repeat.ext as Msg).repeated, true, 'and said to be a repeat');
+    // The same key from another user, an anonymous client and the API are their own.
+    assert.equal((await (await sessionOf('bob')).publish({ channel: '/orders', data: 'bob', ext: { idempotencyKey: 'order-17/paid' } })).successful, true);
+    assert.equal((await (await sessionOf()).publish({ channel: '/orders', data: 'anonymous', ext: { idempotencyKey: 'order-17/paid' } })).successful, true);
+    assert.equal(await t.server.publish('/orders', 'api', { idempotencyKey: 'order-17/paid' }), true);
+    assert.equal((await restarted.publish({ channel: '/orders', id: '2', data: 'order 18 paid', ext: { idempotencyKey: 'order-18/paid' } })).successful, true);
+    await waitFor(() => subscriber.data('/orders').length === 5, 3000, 'five messages');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const got = subscriber.data('/orders');
+    assert.deepEqual(got.map((m) => m.data), ['order 17 paid', 'bob', 'anonymous', 'api', 'order 18 paid']);
+    assert.deepEqual({ ...(got[0]!.ext as Msg), position: undefined }, { note: 'kept', position: undefined }, 'the key is the server\'s, not the subscribers\'');
+    assert.equal(t.server.stats().duplicatePublishes - before, 1);
+    await subscriber.peer.close();
+  });
+
+  it('refuses a key that is not 1 to 255 visible ASCII characters, or on a /service channel, and keeps serving', async () => {
+    const subscriber = await wsSession(t.wsUrl);
+    await subscriber.peer.request({ channel: '/meta/subscribe', clientId: subscriber.clientId, subscription: '/keys/bad' });
+    const session = await sessionOf('ann');
+    for (const key of [17, '', ' spaced', 'x'.repeat(256), 'caf\u00e9', null, { a: 1 }]) {
+      const refused = await session.publish({ channel: '/keys/bad', data: 'never', ext: { idempotencyKey: key } });
+      assert.equal(refused.successful, false, `key ${JSON.stringify(key)}`);
+      assert.equal(errorOf(refused).code, 400);
+      assert.deepEqual(errorOf(refused).args, ['ext.idempotencyKey']);
+    }
+    t.server.subscribe('/service/keys', () => 'answered');
+    const service = await session.publish({ channel: '/service/keys', data: 'x', ext: { idempotencyKey: 'k' } });
+    assert.equal(service.successful, false);
+    assert.match(service.error as string, /broadcast channels/);
+    assert.equal((await session.publish({ channel: '/keys/bad', data: 'fine', ext: { idempotencyKey: 'x'.repeat(255) } })).successful, true);
+    await waitFor(() => subscriber.data('/keys/bad').length === 1, 3000, 'the good one');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(subscriber.data('/keys/bad').map((m) => m.data), ['fine']);
+    await subscriber.peer.close();
+  });
+
+  it('does not keep the key of a publish that was refused: made again, it is published', async () => {
+    const subscriber = await wsSession(t.wsUrl);
+    await subscriber.peer.request({ channel: '/meta/subscribe', clientId: subscriber.clientId, subscription: '/keys/refused' });
+    const session = await sessionOf('ann');
+    const big = await session.publish({ channel: '/keys/refused', data: 'y'.repeat(600 * 1024), ext: { idempotencyKey: 'refused-1' } });
+    assert.equal(errorOf(big).code, 413);
+    const again = await session.publish({ channel: '/keys/refused', data: 'fits', ext: { idempotencyKey: 'refused-1' } });
+    assert.equal(again.successful, true);
+    assert.equal((again.ext as Msg | undefined)?.repeated, undefined);
+    await waitFor(() => subscriber.data('/keys/refused').length === 1, 3000, 'the second try');
+    await subscriber.peer.close();
+  });
+});
+
 describe('slow consumers', () => {
   it('drop-oldest: a consumer that stops reading holds at most maxQueue messages, and the drops are counted', { timeout: 30_000 }, async () => {
     const t = await startServer({ maxQueue: 100, maxBufferedBytes: 64 * 1024 });

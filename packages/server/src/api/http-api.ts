@@ -19,10 +19,10 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { channelProblem, isMeta, nestedTooDeep, parsePosition } from '@perihelion/protocol';
+import { channelProblem, isIdempotencyKey, isMeta, nestedTooDeep, parsePosition } from '@perihelion/protocol';
 import type { Perihelion } from '../perihelion.js';
 import { PerihelionError } from '../errors.js';
-import { exceedsBytes, isIdempotencyKey } from '../core/publish.js';
+import { exceedsBytes } from '../core/publish.js';
 import { readBody } from '../http/body.js';
 import { sendApiError, sendJson, sendRawJson } from './json.js';
 

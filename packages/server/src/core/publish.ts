@@ -5,13 +5,14 @@
  * present (Bayeux §Publish: "MUST contain channel and data"), not while draining, the session's
  * publish rate, a resend already published (same id, same session or client on this node), the
  * security policy (publish, and create when nobody subscribes yet), then `ext.token` and
- * `ext.position` removed and the size checked. A /service message goes to the in-process listeners
+ * `ext.position` removed and the size checked. `ext.idempotencyKey`, when the client sets one, is
+ * checked first and makes the publish recognisable when it is made again (PublishStep.once). A /service message goes to the in-process listeners
  * only, whose result is the answer; any other is prepared (outgoing extensions, serialised once)
  * and handed to the engine, which gives it its position and delivers it (delivery.ts) on every
  * node, unless a cluster engine knows it as a resend made on another node (PublishOnce).
  */
-import { bayeuxError, channelProblem, isMeta, isService, isWildcard, serialiseExtLast, type Message } from '@perihelion/protocol';
-import type { Publication, PublishOnce } from '../engine/engine.js';
+import { bayeuxError, channelProblem, isIdempotencyKey, isMeta, isService, isWildcard, serialiseExtLast, type Message } from '@perihelion/protocol';
+import { CLIENT_KEYS, type Publication, type PublishOnce } from '../engine/engine.js';
 import { PerihelionError } from '../errors.js';
 import type { MaybePromise } from '../maybe-promise.js';
 import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
@@ -42,6 +43,12 @@ export function clientPublish(core: PublishCore, message: Message, session: Serv
   }
   if (!session) return emitReply(extensions, unknownClient(message), context, out);
   if (message.data === undefined) return fail(bayeuxError('missingParameter', ['data']));
+  const idempotencyKey = message.ext?.idempotencyKey;
+  if (idempotencyKey !== undefined) {
+    if (!isIdempotencyKey(idempotencyKey)) return fail(bayeuxError('badRequest', ['ext.idempotencyKey'], 'an idempotency key is 1 to 255 visible ASCII characters'));
+    // A service answers each request itself: nothing there could recognise a repeat.
+    if (isService(channel)) return fail(bayeuxError('badRequest', ['ext.idempotencyKey'], 'idempotency keys are for broadcast channels, not /service'));
+  }
   // Nothing is acknowledged that the server may not live to deliver.
   if (core.isDraining) return fail(bayeuxError('serverError', [channel], 'server is shutting down'));
   const overloaded = core.load.refusesPublishes();
@@ -115,9 +122,9 @@ class PublishStep {
     const delivered: Message = { channel, data: message.data };
     if (message.ext !== undefined) {
       // Credentials never travel on to subscribers, and positions (and skip notes, see
-      // delivery.ts) are the server's to give; `echo` is an instruction to the server, not news
-      // for subscribers.
-      const { token: _token, position: _position, skip: _skip, echo: _echo, ...ext } = message.ext;
+      // delivery.ts) are the server's to give; `echo` and `idempotencyKey` are instructions to
+      // the server, not news for subscribers.
+      const { token: _token, position: _position, skip: _skip, echo: _echo, idempotencyKey: _key, ...ext } = message.ext;
       if (Object.keys(ext).length > 0) delivered.ext = ext;
     }
     if (isService(channel)) return this.askService(delivered);
@@ -134,14 +141,36 @@ class PublishStep {
       // `ext.echo: false`: every subscriber but the publisher (a chat client that shows its own
       // message at once). Any client can ask for it: CometD and Faye let a message carry ext.
       if (message.ext?.echo === false) publication.exclude = this.session.id;
-      // What this node's ids cannot see, an engine shared by several nodes can: the resend of a
-      // client that names itself (it resends on a new session) made on another node.
-      const client = this.session.instance;
-      if (this.dedupKey !== null && client !== null) publication.once = { client, id: this.dedupKey, keep: core.options.publishDedup, forMs: RESUME_WINDOW_MS };
+      const once = this.once();
+      if (once !== undefined) publication.once = once;
       const sent = send(core, publication, this.session);
-      if (sent instanceof Promise) return sent.then(() => this.reply(reply(message, true)));
+      if (sent instanceof Promise) return sent.then((published) => this.reply(this.accepted(published)));
+      return this.reply(this.accepted(sent));
     }
     return this.reply(reply(message, true));
+  }
+
+  /**
+   * What makes this publish recognisable when it is made again. An idempotency key the
+   * application chose (`ext.idempotencyKey`): the same key from the same user within
+   * `idempotencyWindow`, from any session, instance or node, even after the client was restarted;
+   * else what this node's ids cannot see and an engine shared by several nodes can: the resend of
+   * a client that names itself (it resends on a new session) made on another node.
+   */
+  private once(): PublishOnce | undefined {
+    const { options } = this.core;
+    const key = this.message.ext?.idempotencyKey;
+    if (typeof key === 'string') return { client: CLIENT_KEYS, id: `${this.session.identity?.id ?? ''}\u0000${key}`, keep: options.idempotencyKeys, forMs: options.idempotencyWindow };
+    const client = this.session.instance;
+    if (this.dedupKey !== null && client !== null) return { client, id: this.dedupKey, keep: options.publishDedup, forMs: RESUME_WINDOW_MS };
+    return undefined;
+  }
+
+  /** The acknowledgement; one the engine recognised as a repeat says so (`ext.repeated`): nothing was published again. */
+  private accepted(published: boolean): Message {
+    const answer = reply(this.message, true);
+    if (!published) answer.ext = { ...answer.ext, repeated: true };
+    return answer;
   }
 
   /**
@@ -208,10 +237,6 @@ function sendPrepared(core: BroadcastCore, publication: Publication | null, { ex
   return send(core, publication, null);
 }
 
-/** An idempotency key (`server.publish`'s `idempotencyKey`, the API's `Idempotency-Key`): 1 to 255 visible ASCII characters. */
-export function isIdempotencyKey(key: unknown): key is string {
-  return typeof key === 'string' && /^[\x21-\x7e]{1,255}$/.test(key);
-}
 
 const PUBLISHED: Promise<boolean> = Promise.resolve(true);
 const NOT_PUBLISHED: Promise<boolean> = Promise.resolve(false);

@@ -39,7 +39,7 @@ export interface Publication {
  * by the memory engine to its one server, which keeps the same ids itself (recent-ids.ts).
  */
 export interface PublishOnce {
-  /** The publisher: a client's instance (`ext.instance` of its handshake, with its user, joined by a NUL), API_PUBLISHER or API_DELIVERER. */
+  /** The publisher: a client's instance (`ext.instance` of its handshake, with its user, joined by a NUL), API_PUBLISHER, API_DELIVERER or CLIENT_KEYS. */
   client: string;
   /** The message's `id`, or the idempotency key. */
   id: string;
@@ -53,6 +53,20 @@ export interface PublishOnce {
 export const API_PUBLISHER = 'api';
 /** The same for the deliveries of `server.deliver` and `/api/deliver`: their keys are apart from the publishes'. */
 export const API_DELIVERER = 'api-deliver';
+/**
+ * The publisher of the idempotency keys clients choose (`ext.idempotencyKey` of a publish), all
+ * users' in one bounded set like the API's: each id is the user's id and the key, joined by a NUL,
+ * so that one user's keys never match another's.
+ */
+export const CLIENT_KEYS = 'client-keys';
+
+/**
+ * Whether `once` is an idempotency key (the API's or a client's), which only the engine's shared
+ * store can recognise: published without it, a retry once it is back would be published again.
+ */
+export function isIdempotencyKeyed(once: PublishOnce | undefined): once is PublishOnce {
+  return once !== undefined && (once.client === API_PUBLISHER || once.client === CLIENT_KEYS);
+}
 
 /** A client asking to be given what it missed on `channel` since `since`. */
 export interface RecoverRequest {

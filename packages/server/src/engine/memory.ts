@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { isWildcard } from '@perihelion/protocol';
-import { API_PUBLISHER, type Engine, type EngineHost, type LostSession, type Publication, type RecoverRequest, type SessionInfo, type SubscribeOutcome } from './engine.js';
+import { isIdempotencyKeyed, type Engine, type EngineHost, type LostSession, type Publication, type RecoverRequest, type SessionInfo, type SubscribeOutcome } from './engine.js';
 import { HistoryStore, type HistoryPage, type HistoryQuery } from './history.js';
 import { stampPosition, withPosition } from './position.js';
 import { LeavingMarks } from './leaving-marks.js';
@@ -26,8 +26,8 @@ export class MemoryEngine implements Engine {
   private historyStore: HistoryStore | null = null;
   /** Presence grace marks (see markLeaving): key → when the mark expires (ms). */
   private readonly leaving = new LeavingMarks();
-  /** The idempotency keys of the server's (and the HTTP API's) publishes and deliveries. */
-  private readonly idempotencyKeys = new OnceIds(2);
+  /** The idempotency keys of the server's (and the HTTP API's) publishes and deliveries, and of the clients' publishes. */
+  private readonly idempotencyKeys = new OnceIds(3);
   private sweeper: NodeJS.Timeout | null = null;
   private readonly key = randomBytes(32).toString('hex');
 
@@ -108,10 +108,10 @@ export class MemoryEngine implements Engine {
 
   // Done before it returns, with no promise: this is on the path of every message. A client's
   // resend is recognised by the one server of this engine, before it gets here; a repeated
-  // idempotency key here (see PublishOnce).
+  // idempotency key (the API's or a client's) here (see PublishOnce).
   publish(publication: Publication): boolean {
     const host = this.running();
-    if (publication.once?.client === API_PUBLISHER && !this.idempotencyKeys.firstTime(publication.once)) return false;
+    if (isIdempotencyKeyed(publication.once) && !this.idempotencyKeys.firstTime(publication.once)) return false;
     const log = this.store().log(publication.channel, true);
     if (log) {
       const position = log.next();

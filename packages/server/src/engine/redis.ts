@@ -27,7 +27,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { isWildcard, type Message, type Position } from '@perihelion/protocol';
-import { API_PUBLISHER, type Engine, type EngineHost, type Publication, type RecoverRequest, type SessionInfo, type SubscribeOutcome } from './engine.js';
+import { isIdempotencyKeyed, type Engine, type EngineHost, type Publication, type RecoverRequest, type SessionInfo, type SubscribeOutcome } from './engine.js';
 import type { HistoryPage, HistoryQuery, Retention } from './history.js';
 import { newEpoch, stampPosition, withPosition } from './position.js';
 import { LeavingMarks, markKey, markToken } from './leaving-marks.js';
@@ -402,7 +402,7 @@ export class RedisEngine implements Engine {
     if (!cmd) {
       // An idempotency key is checked where the keys are: published here alone, a retry once
       // Redis is back would be published again.
-      if (publication.once?.client === API_PUBLISHER) throw unavailable(`a publish with an idempotency key needs Redis, which holds the keys; retry once it answers`);
+      if (isIdempotencyKeyed(publication.once)) throw unavailable(`a publish with an idempotency key needs Redis, which holds the keys; retry once it answers`);
       // Redis is away: this node's sessions still get the message, without a position.
       this.connection.degraded(new Error(`published on ${channel} to this node's sessions only, without a position`));
       host.onPublication(publication, this.index.match(channel));
