@@ -402,6 +402,54 @@ describe('duplicate publishes', () => {
   });
 });
 
+describe('a resend that comes while the first try is still on its way', () => {
+  let t: TestServer;
+  /** The authorize hook's calls for /slow, each settled by the test: true allows, an Error fails the publish. */
+  const waiting: Array<(outcome: true | Error) => void> = [];
+  before(async () => {
+    t = await startServer({
+      open: false,
+      channels: [{ channel: '/slow', subscribe: 'anyone', publish: 'anyone' }],
+      authorize: ({ channel, operation }) => {
+        if (channel !== '/slow' || operation !== 'publish') return undefined;
+        return new Promise((resolve, reject) => waiting.push((outcome) => (outcome === true ? resolve(true) : reject(outcome))));
+      },
+    });
+    t.server.on('error', () => {}); // the hook's failure is the point
+  });
+  after(() => t.close());
+
+  it('is answered after it: published by the resend when the first try failed, once when it succeeded', async () => {
+    const subscriber = await wsSession(t.wsUrl);
+    await subscriber.peer.request({ channel: '/meta/subscribe', clientId: subscriber.clientId, subscription: '/slow' });
+    const clientId = await handshake(t.url);
+    const send = (id: string, data: string): Promise<Msg> => post(t.url, [{ channel: '/slow', clientId, id, data }]).then((response) => at(response.body as Msg[], 0));
+    // The first try waits (Redis away, a slow hook); its line dies and the client sends it again.
+    const first = send('1', 'failed first');
+    await waitFor(() => waiting.length === 1, 3000, 'the first try at the hook');
+    const resend = send('1', 'failed first');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    waiting.shift()!(new Error('the first try fails'));
+    assert.equal((await first).successful, false, 'the first try failed (its answer went down the dead line)');
+    await waitFor(() => waiting.length === 1, 3000, 'the resend, tried itself');
+    waiting.shift()!(true);
+    assert.equal((await resend).successful, true);
+    // And when the first try succeeds, the resend that came meanwhile is its duplicate.
+    const second = send('2', 'succeeded first');
+    await waitFor(() => waiting.length === 1, 3000, 'the second publish at the hook');
+    const again = send('2', 'succeeded first');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    waiting.shift()!(true);
+    assert.equal((await second).successful, true);
+    assert.equal((await again).successful, true);
+    assert.equal(waiting.length, 0, 'the duplicate was not tried again');
+    await waitFor(() => subscriber.data('/slow').length === 2, 3000, 'two messages');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(subscriber.data('/slow').map((m) => m.data), ['failed first', 'succeeded first']);
+    await subscriber.peer.close();
+  });
+});
+
 describe('duplicate publishes across a client\'s sessions', () => {
   let t: TestServer;
   before(async () => {

@@ -61,24 +61,33 @@ export function clientPublish(core: PublishCore, message: Message, session: Serv
   session.refusedPublishes = 0;
   // A resend of a publish already accepted (same id, same session) is acknowledged again and
   // not published again. The id is remembered before the checks below, which may wait, so a
-  // resend arriving meanwhile is recognised too; a refusal forgets it.
+  // resend arriving meanwhile is recognised too (and waits for the first try's outcome); a
+  // refusal forgets it.
   const dedupKey = message.id !== undefined && options.publishDedup > 0 && !isService(channel) ? String(message.id) : null;
   if (dedupKey !== null) {
     // Shared with the client's other sessions here when it says which client it is (a resend on
     // a new session, after the old one was swept under a dead line, is recognised too).
-    session.recentPublishes ??= session.instance !== null ? core.delivery.publishIds.of(session.instance) : new RecentIds(options.publishDedup);
-    if (session.recentPublishes.has(dedupKey)) {
+    const ids = (session.recentPublishes ??= session.instance !== null ? core.delivery.publishIds.of(session.instance) : new RecentIds(options.publishDedup));
+    if (ids.has(dedupKey)) {
+      // The first try still on its way (Redis slow or away, a hook waiting) may yet fail, its
+      // answer lost with the line that died under it: this resend is answered after it, as a
+      // duplicate if it was published, else tried itself.
+      const underway = ids.whenSettled(dedupKey);
+      if (underway) return underway.then(() => clientPublish(core, message, session, context, out));
       core.delivery.counters.duplicatePublishes++;
       return emitReply(extensions, reply(message, true), context, out);
     }
-    session.recentPublishes.add(dedupKey);
+    ids.add(dedupKey);
   }
   const step = new PublishStep(core, message, session, context, out, dedupKey);
   // A failure (the engine away, a hook that throws) is answered as a server error by dispatch:
   // the id is forgotten, so that the client's resend is published, not taken for a duplicate.
   try {
     const done = step.check();
-    return done instanceof Promise ? done.catch((error: unknown) => step.failed(error)) : done;
+    if (!(done instanceof Promise)) return done;
+    const answered = done.catch((error: unknown) => step.failed(error));
+    if (dedupKey !== null) session.recentPublishes?.underway(dedupKey, answered);
+    return answered;
   } catch (error) {
     return step.failed(error);
   }

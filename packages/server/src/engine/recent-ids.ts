@@ -9,6 +9,8 @@ export class RecentIds {
   private readonly ring: Array<string | undefined>;
   private readonly known = new Set<string>();
   private next = 0;
+  /** The publishes of these ids still on their way (waiting for Redis, a hook): settled, whatever came of them. */
+  private pending: Map<string, Promise<void>> | null = null;
 
   constructor(readonly size: number) {
     this.ring = new Array<string | undefined>(size);
@@ -26,6 +28,26 @@ export class RecentIds {
     this.ring[this.next] = id;
     this.known.add(id);
     this.next = (this.next + 1) % this.size;
+  }
+
+  /**
+   * The publish of `id` is on its way: a resend that comes meanwhile waits for its outcome (it
+   * may yet fail, and then the resend is what publishes) rather than be acknowledged at once.
+   */
+  underway(id: string, publish: Promise<unknown>): void {
+    const settled = publish.then(
+      () => {},
+      () => {},
+    );
+    (this.pending ??= new Map()).set(id, settled);
+    void settled.then(() => {
+      if (this.pending?.get(id) === settled) this.pending.delete(id);
+    });
+  }
+
+  /** The outcome of the publish of `id`, while it is on its way; else undefined. */
+  whenSettled(id: string): Promise<void> | undefined {
+    return this.pending?.get(id);
   }
 
   /** Forgets `id` (its publish was refused, so a resend deserves a fresh hearing). */
