@@ -558,6 +558,40 @@ describe("a node's catch-up after it did not hear the bus", () => {
     assert.deepEqual(out, [2, 4, 5, 6, 7, 8, 9]);
   });
 
+  it('leaves its own messages delivered while it heard the bus out of a later replay, and out of their late echo', () => {
+    const catchUp = new CatchUp();
+    const out: number[] = [];
+    catchUp.heard('/c', at(1));
+    // Its own 3 was delivered here without its echo (the subscription was renewed while it was on
+    // its way); 2, another node's, is still on the bus.
+    catchUp.deliveredHere('/c', at(3));
+    assert.equal(catchUp.heard('/c', at(2)), true, "another node's message before it is heard as ever");
+    catchUp.deafened(() => true);
+    catchUp.takeDue();
+    catchUp.end('/c', [3, 4].map((n) => live(n).payload), deliverer(catchUp, out));
+    assert.deepEqual(out, [4], 'its own 3, delivered already, is not replayed');
+    catchUp.deliveredHere('/c', at(6));
+    catchUp.heard('/c', at(5));
+    assert.equal(catchUp.heard('/c', at(6)), false, 'nor delivered again when its echo comes late');
+    assert.equal(catchUp.heard('/c', at(7)), true);
+    // One of another epoch (the history was lost meanwhile) is dropped once the new epoch is heard.
+    catchUp.deliveredHere('/c', at(9));
+    assert.equal(catchUp.heard('/c', { epoch: 'e2', offset: 1 }), true);
+    assert.equal(catchUp.heard('/c', { epoch: 'e2', offset: 9 }), true, 'the same offset in the new epoch is another message');
+  });
+
+  it("keeps its own messages published while it is caught up in their place, after what the others published before them", () => {
+    const catchUp = new CatchUp();
+    const out: number[] = [];
+    catchUp.heard('/c', at(1));
+    catchUp.deafened(() => true);
+    assert.equal(catchUp.held('/c', live(4), true), true, 'its own 4 waits');
+    catchUp.takeDue();
+    catchUp.end('/c', [2, 3, 4].map((n) => live(n).payload), deliverer(catchUp, out));
+    assert.deepEqual(out, [2, 3, 4], "the others' 2 and 3 first, its own 4 once");
+    assert.equal(catchUp.held('/c', live(5), true), false, 'caught up: its own go out at once');
+  });
+
   it('forgets a channel nobody here subscribes to, and gives what waited when it gives up', () => {
     const catchUp = new CatchUp();
     const out: number[] = [];

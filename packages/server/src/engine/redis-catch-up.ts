@@ -13,10 +13,11 @@
  * positions see the gap. Losing the bus again while a catch-up is under way starts a new segment:
  * what is heard after that waits for the next catch-up, which starts where this one ended.
  *
- * A publish of this node delivered here meanwhile (redis.ts `deliverHere`: Redis took it, the
- * node could not hear it) is left out of the replay; it went out before what the other nodes
- * published before it and the node missed, which a client that tracks positions recovers in order,
- * and another client gets late.
+ * A publish of this node that it cannot hear (redis.ts `deliverHere`: Redis took it, the node
+ * could not hear it or not be sure to) waits in its place too while its channel is caught up, so
+ * that every client, CometD's and Faye's too, gets each channel in the history's order. Delivered
+ * here otherwise (its channel not being caught up: the node hears, or had not heard the channel
+ * before), it is left out of any later replay or echo, until the node has heard past it.
  */
 import type { Position } from '@perihelion/protocol';
 import type { Publication } from './engine.js';
@@ -27,6 +28,15 @@ const MAX_NOTED = 100_000;
 /** In a channel's waiting messages: the bus was lost again; what follows waits for the next catch-up. */
 const LOST_AGAIN = null;
 
+/**
+ * A channel's messages waiting for its catch-up, past which this node's own go out at once (its
+ * sessions get them out of order rather than late while the bus stays away for long).
+ */
+const MAX_HELD_OWN = 10_000;
+
+/** Positions delivered here ahead of the last one heard, kept at most per channel (the oldest forgotten first). */
+const MAX_AHEAD = 1000;
+
 export class CatchUp {
   /** Per channel with subscribers here, the position of the last message delivered here. */
   private readonly lastHeard = new Map<string, Position>();
@@ -34,38 +44,57 @@ export class CatchUp {
   private readonly waiting = new Map<string, Array<Publication | typeof LOST_AGAIN>>();
   /** The channels to read once the node hears again. */
   private readonly due = new Set<string>();
-  /** Per channel being caught up, the positions of the messages delivered here meanwhile ("epoch:offset"). */
-  private readonly here = new Map<string, Set<string>>();
+  /**
+   * Per channel, the positions of this node's own messages delivered here without being heard
+   * ("epoch:offset"), past the last one heard: the node may have missed what came before them,
+   * so they cannot move `lastHeard`, and are not delivered again when heard or replayed.
+   */
+  private readonly ahead = new Map<string, Set<string>>();
 
   /**
    * A positioned message about to be delivered on `channel` (which has subscribers here): noted,
    * and true, unless a message at or past its position was delivered there already (a replay
-   * went ahead of a live message slower than the catch-up's fence), then false: not again.
+   * went ahead of a live message slower than the catch-up's fence), or it is one of this node's
+   * delivered ahead, then false: not again.
    */
   heard(channel: string, position: Position): boolean {
     const last = this.lastHeard.get(channel);
     if (last && last.epoch === position.epoch && position.offset <= last.offset) return false;
     if (last || this.lastHeard.size < MAX_NOTED) this.lastHeard.set(channel, position);
-    return true;
+    const ahead = this.ahead.get(channel);
+    if (!ahead) return true;
+    const deliveredAlready = ahead.delete(`${position.epoch}:${position.offset}`);
+    for (const key of ahead) if (isPassed(key, position)) ahead.delete(key);
+    if (ahead.size === 0) this.ahead.delete(channel);
+    return !deliveredAlready;
   }
 
   /** No session here subscribes to `channel` any more. */
   forget(channel: string): void {
-    if (!this.waiting.has(channel)) this.lastHeard.delete(channel);
+    if (this.waiting.has(channel)) return;
+    this.lastHeard.delete(channel);
+    this.ahead.delete(channel);
   }
 
-  /** A message of this node's own delivered here without being heard: not replayed on `channel`. */
+  /** A message of this node's own delivered here without being heard: not delivered again on `channel`, replayed or heard. */
   deliveredHere(channel: string, position: Position): void {
-    if (!this.waiting.has(channel)) return;
-    let here = this.here.get(channel);
-    if (!here) this.here.set(channel, (here = new Set()));
-    here.add(`${position.epoch}:${position.offset}`);
+    const last = this.lastHeard.get(channel);
+    if (last && last.epoch === position.epoch && position.offset <= last.offset) return;
+    let ahead = this.ahead.get(channel);
+    if (!ahead) this.ahead.set(channel, (ahead = new Set()));
+    else if (ahead.size >= MAX_AHEAD) ahead.delete(ahead.values().next().value!);
+    ahead.add(`${position.epoch}:${position.offset}`);
   }
 
-  /** Keeps a message heard on a channel being caught up; false when the channel is not. */
-  held(channel: string, publication: Publication): boolean {
+  /**
+   * Keeps a message heard on a channel being caught up, or one of this node's own (`own`: not
+   * heard) published there meanwhile, which then goes out in its place after the replay, not
+   * ahead of what the other nodes published before it; false when the channel is not being caught
+   * up, or, for its own, when MAX_HELD_OWN wait already (then it goes out at once).
+   */
+  held(channel: string, publication: Publication, own = false): boolean {
     const waiting = this.waiting.get(channel);
-    if (!waiting) return false;
+    if (!waiting || (own && waiting.length >= MAX_HELD_OWN)) return false;
     waiting.push(publication);
     return true;
   }
@@ -110,19 +139,11 @@ export class CatchUp {
    */
   end(channel: string, replayed: readonly string[], deliver: (publication: Publication) => void): void {
     const waited = this.waiting.get(channel) ?? [];
-    const here = this.here.get(channel);
     const lostAgain = waited.indexOf(LOST_AGAIN);
     if (lostAgain >= 0) this.waiting.set(channel, waited.slice(lostAgain + 1));
-    else {
-      this.waiting.delete(channel);
-      this.here.delete(channel);
-    }
-    for (const payload of replayed) {
-      const publication = replayedPublication(channel, payload);
-      const at = publication.position;
-      if (!at || !here?.has(`${at.epoch}:${at.offset}`)) deliver(publication);
-    }
-    // What the replay carried too is left out by `heard`, on the way.
+    else this.waiting.delete(channel);
+    // What the replay carried too, and this node's own delivered already, are left out by `heard`, on the way.
+    for (const payload of replayed) deliver(replayedPublication(channel, payload));
     for (const publication of lostAgain >= 0 ? waited.slice(0, lostAgain) : waited) deliver(publication!);
   }
 
@@ -133,10 +154,15 @@ export class CatchUp {
       const waited = this.waiting.get(channel);
       if (!waited) continue;
       this.waiting.delete(channel);
-      this.here.delete(channel);
       for (const publication of waited) if (publication !== LOST_AGAIN) deliver(publication);
     }
   }
+}
+
+/** Whether the position `key` ("epoch:offset") is at or before `position`, or of another epoch (the history it belonged to is gone). */
+function isPassed(key: string, position: Position): boolean {
+  const colon = key.lastIndexOf(':');
+  return key.slice(0, colon) !== position.epoch || Number(key.slice(colon + 1)) <= position.offset;
 }
 
 /** A message of the history, as a live one: its position is in its payload (the publish script put it there). */

@@ -743,7 +743,7 @@ export class RedisEngine implements Engine {
       publication = remotePublication(channel, payload, position);
       if (exclude !== undefined) publication.exclude = exclude;
     }
-    if (!heard || !this.catchUp.held(channel, publication)) this.deliverLive(host, publication, heard);
+    if (!this.catchUp.held(channel, publication, !heard)) this.deliverLive(host, publication, heard);
     mine?.resolve();
   }
 
