@@ -6,10 +6,11 @@
  * publish rate, a resend already published (same id, same session or client on this node), the
  * security policy (publish, and create when nobody subscribes yet), then `ext.token` and
  * `ext.position` removed and the size checked. `ext.idempotencyKey`, when the client sets one, is
- * checked first and makes the publish recognisable when it is made again (PublishStep.once). A /service message goes to the in-process listeners
- * only, whose result is the answer; any other is prepared (outgoing extensions, serialised once)
- * and handed to the engine, which gives it its position and delivers it (delivery.ts) on every
- * node, unless a cluster engine knows it as a resend made on another node (PublishOnce).
+ * checked first and makes the publish recognisable when it is made again (PublishStep.once). A
+ * /service message goes to the in-process listeners only, whose result is the answer; any other
+ * is prepared (outgoing extensions, serialised once) and handed to the engine, which gives it its
+ * position and delivers it (delivery.ts) on every node, unless the engine knows it as a resend or
+ * a repeated idempotency key (PublishOnce).
  */
 import { bayeuxError, channelProblem, isIdempotencyKey, isMeta, isService, isWildcard, serialiseExtLast, type Message } from '@perihelion/protocol';
 import { CLIENT_KEYS, type Publication, type PublishOnce } from '../engine/engine.js';
@@ -245,7 +246,6 @@ function sendPrepared(core: BroadcastCore, publication: Publication | null, { ex
   if (once !== undefined) publication.once = once;
   return send(core, publication, null);
 }
-
 
 const PUBLISHED: Promise<boolean> = Promise.resolve(true);
 const NOT_PUBLISHED: Promise<boolean> = Promise.resolve(false);
