@@ -521,6 +521,7 @@ describe("a node's catch-up after it did not hear the bus", () => {
   const epoch = 'e1';
   const at = (offset: number): { epoch: string; offset: number } => ({ epoch, offset });
   const live = (offset: number): Publication => ({ channel: '/c', payload: `{"channel":"/c","data":${offset},"ext":{"position":{"epoch":"${epoch}","offset":${offset}}}}`, position: at(offset) }) as Publication;
+  const nowhere = (): void => assert.fail('nothing waits long enough to be given up');
   /** Delivers as the engine does: through `heard`, which leaves out what was delivered already. */
   const deliverer = (catchUp: CatchUp, out: number[]) => (publication: Publication): void => {
     if (catchUp.heard('/c', publication.position!)) out.push(publication.position!.offset);
@@ -532,12 +533,12 @@ describe("a node's catch-up after it did not hear the bus", () => {
     catchUp.heard('/c', at(3));
     catchUp.deafened(() => true);
     // Heard after the renewed SUBSCRIBE, before the read: waits.
-    assert.equal(catchUp.held('/c', live(6)), true);
-    assert.equal(catchUp.held('/c', live(7)), true);
+    assert.equal(catchUp.held('/c', live(6), nowhere), true);
+    assert.equal(catchUp.held('/c', live(7), nowhere), true);
     assert.deepEqual([...catchUp.takeDue()], [['/c', at(3)]]);
     catchUp.end('/c', [4, 5, 6].map((n) => live(n).payload), deliverer(catchUp, out));
     assert.deepEqual(out, [4, 5, 6, 7]);
-    assert.equal(catchUp.held('/c', live(8)), false, 'caught up: live again');
+    assert.equal(catchUp.held('/c', live(8), nowhere), false, 'caught up: live again');
     assert.equal(catchUp.heard('/c', at(7)), false, 'a late copy of a replayed message is not delivered again');
   });
 
@@ -547,10 +548,10 @@ describe("a node's catch-up after it did not hear the bus", () => {
     catchUp.heard('/c', at(1));
     catchUp.deafened(() => true);
     catchUp.deliveredHere('/c', at(3));
-    catchUp.held('/c', live(5));
+    catchUp.held('/c', live(5), nowhere);
     catchUp.takeDue();
     catchUp.deafened(() => true);
-    catchUp.held('/c', live(9));
+    catchUp.held('/c', live(9), nowhere);
     catchUp.end('/c', [2, 3, 4, 5].map((n) => live(n).payload), deliverer(catchUp, out));
     assert.deepEqual(out, [2, 4, 5], 'its own 3 went out already; 9 waits for the next read');
     assert.deepEqual([...catchUp.takeDue()], [['/c', at(5)]], 'the next read starts where this one ended');
@@ -585,11 +586,28 @@ describe("a node's catch-up after it did not hear the bus", () => {
     const out: number[] = [];
     catchUp.heard('/c', at(1));
     catchUp.deafened(() => true);
-    assert.equal(catchUp.held('/c', live(4), true), true, 'its own 4 waits');
+    assert.equal(catchUp.held('/c', live(4), nowhere), true, 'its own 4 waits');
     catchUp.takeDue();
     catchUp.end('/c', [2, 3, 4].map((n) => live(n).payload), deliverer(catchUp, out));
     assert.deepEqual(out, [2, 3, 4], "the others' 2 and 3 first, its own 4 once");
-    assert.equal(catchUp.held('/c', live(5), true), false, 'caught up: its own go out at once');
+    assert.equal(catchUp.held('/c', live(5), nowhere), false, 'caught up: its own go out at once');
+  });
+
+  it('gives a channel up once 10 000 messages wait for its catch-up: they go out, then the next, and a later read brings nothing twice', () => {
+    const catchUp = new CatchUp();
+    const out: number[] = [];
+    catchUp.heard('/c', at(1));
+    catchUp.deafened(() => true);
+    catchUp.takeDue();
+    for (let n = 2; n < 10_002; n++) assert.equal(catchUp.held('/c', live(n), nowhere), true);
+    const deliver = deliverer(catchUp, out);
+    assert.equal(catchUp.held('/c', live(10_002), deliver), false, 'the 10 001st is not kept');
+    assert.equal(out.length, 10_000, 'what waited went out');
+    deliver(live(10_002));
+    assert.deepEqual(out.slice(-2), [10_001, 10_002]);
+    catchUp.end('/c', [2, 3].map((n) => live(n).payload), deliver);
+    assert.equal(out.length, 10_001, 'a read that ends after it brings nothing again');
+    assert.equal(catchUp.held('/c', live(10_003), nowhere), false, 'live again');
   });
 
   it('forgets a channel nobody here subscribes to, and gives what waited when it gives up', () => {
@@ -599,7 +617,7 @@ describe("a node's catch-up after it did not hear the bus", () => {
     catchUp.heard('/gone', at(1));
     catchUp.forget('/gone');
     catchUp.deafened(() => true);
-    catchUp.held('/c', live(4));
+    catchUp.held('/c', live(4), nowhere);
     const from = catchUp.takeDue();
     assert.deepEqual([...from.keys()], ['/c']);
     catchUp.giveUp(from.keys(), deliverer(catchUp, out));

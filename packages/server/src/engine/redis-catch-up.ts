@@ -29,10 +29,10 @@ const MAX_NOTED = 100_000;
 const LOST_AGAIN = null;
 
 /**
- * A channel's messages waiting for its catch-up, past which this node's own go out at once (its
- * sessions get them out of order rather than late while the bus stays away for long).
+ * A channel's messages waiting for its catch-up at most: past it the channel's catch-up is given
+ * up (what waited goes out at once; clients that track positions recover the gap themselves).
  */
-const MAX_HELD_OWN = 10_000;
+const MAX_WAITING = 10_000;
 
 /** Positions delivered here ahead of the last one heard, kept at most per channel (the oldest forgotten first). */
 const MAX_AHEAD = 1000;
@@ -87,16 +87,21 @@ export class CatchUp {
   }
 
   /**
-   * Keeps a message heard on a channel being caught up, or one of this node's own (`own`: not
-   * heard) published there meanwhile, which then goes out in its place after the replay, not
-   * ahead of what the other nodes published before it; false when the channel is not being caught
-   * up, or, for its own, when MAX_HELD_OWN wait already (then it goes out at once).
+   * Keeps a message heard on a channel being caught up, or one of this node's own published there
+   * meanwhile (not heard), which then goes out in its place after the replay, not ahead of what
+   * the other nodes published before it. False when the channel is not being caught up, or when
+   * MAX_WAITING wait already: then its catch-up is given up, what waited goes to `deliver`, and
+   * this one goes out after it.
    */
-  held(channel: string, publication: Publication, own = false): boolean {
+  held(channel: string, publication: Publication, deliver: (publication: Publication) => void): boolean {
     const waiting = this.waiting.get(channel);
-    if (!waiting || (own && waiting.length >= MAX_HELD_OWN)) return false;
-    waiting.push(publication);
-    return true;
+    if (!waiting) return false;
+    if (waiting.length < MAX_WAITING) {
+      waiting.push(publication);
+      return true;
+    }
+    this.release(channel, deliver);
+    return false;
   }
 
   /**
@@ -149,13 +154,16 @@ export class CatchUp {
 
   /** Gives up on `channels` still waiting and not due a read: what waited on them is delivered. */
   giveUp(channels: Iterable<string>, deliver: (publication: Publication) => void): void {
-    for (const channel of channels) {
-      if (this.due.has(channel)) continue;
-      const waited = this.waiting.get(channel);
-      if (!waited) continue;
-      this.waiting.delete(channel);
-      for (const publication of waited) if (publication !== LOST_AGAIN) deliver(publication);
-    }
+    for (const channel of channels) if (!this.due.has(channel)) this.release(channel, deliver);
+  }
+
+  /** Ends `channel`'s catch-up, read or not: what waited on it is delivered. */
+  private release(channel: string, deliver: (publication: Publication) => void): void {
+    const waited = this.waiting.get(channel);
+    if (!waited) return;
+    this.waiting.delete(channel);
+    this.due.delete(channel);
+    for (const publication of waited) if (publication !== LOST_AGAIN) deliver(publication);
   }
 }
 

@@ -78,8 +78,14 @@ interface PendingPublish {
   published?: () => Broadcast;
 }
 
-/** Reads of what a node missed while it did not hear the bus, in all, before it gives up (see catchUpAfterDeafness). */
-const CATCH_UP_TRIES = 5;
+/**
+ * Reads of what a node missed while it did not hear the bus, in all, before it gives up (see
+ * catchUpAfterDeafness): 250 ms apart, doubling up to CATCH_UP_MAX_WAIT_MS, about 30 s in all, as
+ * long as a Redis failover takes (a Sentinel's), which fails reads too.
+ */
+const CATCH_UP_TRIES = 10;
+/** The longest wait between two reads of a catch-up, ms. */
+const CATCH_UP_MAX_WAIT_MS = 4000;
 /** Channels per read of a catch-up (each read one script call, its answer all they missed). */
 const CATCH_UP_BATCH = 500;
 
@@ -743,7 +749,7 @@ export class RedisEngine implements Engine {
       publication = remotePublication(channel, payload, position);
       if (exclude !== undefined) publication.exclude = exclude;
     }
-    if (!this.catchUp.held(channel, publication, !heard)) this.deliverLive(host, publication, heard);
+    if (!this.catchUp.held(channel, publication, (waited) => this.deliverLive(host, waited, true))) this.deliverLive(host, publication, heard);
     mine?.resolve();
   }
 
@@ -770,8 +776,8 @@ export class RedisEngine implements Engine {
    * This node subscribed to the bus again after a loss: its sessions get what was published on
    * their channels meanwhile, from the history, before the live messages of those channels
    * (redis-catch-up.ts). Needs the command connection: waited for up to `commandTimeout`. A read
-   * that fails is tried again CATCH_UP_TRIES times in all, 250 ms later and doubling; then the
-   * live messages that waited go out (and clients that track positions see the gap).
+   * that fails is tried again CATCH_UP_TRIES times in all, 250 ms later and doubling up to 4 s;
+   * then the live messages that waited go out (and clients that track positions see the gap).
    */
   private catchUpLater(tried: number): void {
     this.catchingUp = this.catchingUp.then(() => this.catchUpAfterDeafness(tried));
@@ -819,7 +825,7 @@ export class RedisEngine implements Engine {
       this.report(error);
       if (tried + 1 < CATCH_UP_TRIES && !this.closing) {
         this.catchUp.again(from.keys());
-        setTimeout(() => this.catchUpLater(tried + 1), 250 * 2 ** tried).unref();
+        setTimeout(() => this.catchUpLater(tried + 1), Math.min(250 * 2 ** tried, CATCH_UP_MAX_WAIT_MS)).unref();
         return;
       }
     }
