@@ -106,6 +106,31 @@ describe('presence', () => {
     assert.equal(heard.length, 2);
   });
 
+  it('publishes no event nothing could see (nobody watches, nobody was given a position), and every event once a watcher came, gone or not', async () => {
+    const t = await start({ presenceGrace: 0 });
+    const alice = await open(t, 'alice');
+    await alice.subscribe('/quiet/room');
+    await alice.unsubscribe('/quiet/room');
+    await sleep(100);
+    assert.deepEqual(await t.server.history('/presence/quiet/room'), { complete: true, messages: [], position: null }, 'no history made for events nobody could see');
+    assert.deepEqual(await t.server.presence('/quiet/room'), [], 'membership is kept all the same');
+    await alice.subscribe('/quiet/room');
+    assert.deepEqual((await t.server.presence('/quiet/room')).map((m) => m.user), ['alice']);
+    // A watcher comes and goes: what follows is kept for its recovery.
+    const watcher = await open(t);
+    const subscribed = await watcher.subscribe('/presence/quiet/room');
+    const since = (subscribed.ext as { positions: Record<string, unknown> }).positions['/presence/quiet/room'];
+    assert.ok(since, 'the watcher was given a position');
+    await watcher.unsubscribe('/presence/quiet/room');
+    await alice.unsubscribe('/quiet/room');
+    let kept = await t.server.history('/presence/quiet/room');
+    for (let tries = 0; (kept?.messages.length ?? 0) < 1 && tries < 50; tries++) {
+      await sleep(50);
+      kept = await t.server.history('/presence/quiet/room');
+    }
+    assert.deepEqual(kept?.messages.map((m) => m.data), [{ action: 'leave', clientId: alice.clientId, user: 'alice' }]);
+  });
+
   it('counts a user once across its sessions, an anonymous session on its own, and not a wildcard subscriber', async () => {
     const t = await start();
     const watcher = await open(t);

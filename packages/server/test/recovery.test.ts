@@ -659,6 +659,8 @@ describe('subscribe churn and maxHistoryChannels', () => {
     await a.peer.close();
     await t.server.publish('/real/a', 3);
 
+    // Someone hears presence (an in-process listener): every join and leave is published and kept.
+    const stopListening = t.server.subscribe('/presence/**', () => {});
     const churn = await wsSession(t.wsUrl);
     peers.push(churn.peer);
     for (let round = 0; round < 5; round++) {
@@ -669,6 +671,7 @@ describe('subscribe churn and maxHistoryChannels', () => {
     // The presence events were published and the latest are kept (the rest gave way to one another).
     const presence = await t.server.history('/presence/churn/4/9');
     assert.deepEqual(presence?.messages.at(-1)?.data, { action: 'leave', clientId: churn.clientId, user: null });
+    stopListening();
 
     const b = await wsSession(t.wsUrl);
     peers.push(b.peer);

@@ -390,13 +390,23 @@ export class Presence {
     });
   }
 
-  /** Publishes an event; kept to publish again after the outage if the engine is away (see `unshared`). */
+  /**
+   * Publishes an event; kept to publish again after the outage if the engine is away (see
+   * `unshared`). False, and not published, when nothing could ever see it: nobody watches the
+   * channel, no watcher was ever given a position of it to recover from, and no in-process
+   * listener or 'publish' listener hears broadcasts (most subscribes, on a server whose
+   * application asks no presence of that channel: the join would cost a serialisation and a
+   * place in history for nothing). Its history then starts with the first watcher.
+   */
   private send(channel: string, event: PresenceEvent): MaybePromise<boolean> {
-    if (this.core.engine.away?.() != null) {
+    const watched = presenceChannel(channel);
+    const { engine, listeners, events } = this.core;
+    if (engine.unseen?.(watched) === true && !listeners.hearsBroadcasts && events.listenerCount('publish') === 0) return false;
+    if (engine.away?.() != null) {
       if (this.unshared.length >= MAX_UNSHARED) this.unshared.shift();
       this.unshared.push({ channel, event });
     }
-    return broadcastNow(this.core, { channel: presenceChannel(channel), data: event });
+    return broadcastNow(this.core, { channel: watched, data: event });
   }
 
   /** `/service/presence`: `{channel}` is answered `{channel, members}`, when the caller may subscribe to it. */

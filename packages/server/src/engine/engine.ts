@@ -237,4 +237,11 @@ export interface Engine {
    * only), for `/ready`; null while it can. An engine without a store leaves it out.
    */
   away?(): string | null;
+  /**
+   * True when nothing could ever see a message on `channel` now, which the engine knows at once:
+   * no subscriber to it (through any pattern) and no position of it ever given, so no history
+   * anyone could recover. A presence event of such a channel is not published (core/presence.ts).
+   * An engine that cannot tell at once (its subscribers are on other nodes too) leaves it out.
+   */
+  unseen?(channel: string): boolean;
 }

@@ -326,6 +326,11 @@ export class HistoryStore {
     }
   }
 
+  /** Whether `channel` has a log, or was given a position (by a subscribe) that a client may recover from. */
+  known(channel: string): boolean {
+    return this.find(channel) !== undefined || this.unpublished.has(channel);
+  }
+
   /** The current position of `channel` (made if needed); null if it keeps no history. */
   position(channel: string): Position | null {
     const log = this.find(channel);

@@ -139,6 +139,10 @@ export class MemoryEngine implements Engine {
     return this.index.subscribersOf(pattern);
   }
 
+  unseen(channel: string): boolean {
+    return this.index.match(channel).size === 0 && !this.store().known(channel);
+  }
+
   async subscriberCount(pattern: string): Promise<number> {
     return this.index.count(pattern);
   }
