@@ -547,9 +547,12 @@ describe('A node whose bus subscription is lost while its publishes are on their
 
   // A node that hears nothing of the bus for a while misses what the other nodes publish; a
   // CometD or Faye client has no recovery of its own, so the node catches it up.
-  it('catches its sessions up on what the other nodes published while it did not hear the bus, in order, once', { timeout: 30_000 }, async () => {
+  it('catches its sessions and its in-process listeners up on what the other nodes published while it did not hear the bus, in order, once', { timeout: 30_000 }, async () => {
     const told: string[] = [];
-    const { peer, nodeId, clientId } = await subscribedNode('catch-up:', '/caught', told);
+    const { node, peer, nodeId, clientId } = await subscribedNode('catch-up:', '/caught', told);
+    // A backend's listener in process, on a channel no session here subscribes to.
+    const listened: number[] = [];
+    node.server.subscribe('/listened/*', (message) => void listened.push(message.data as number));
     const other = await startServer({ engine: new RedisEngine({ url: `redis://127.0.0.1:${port}`, prefix: 'catch-up:' }) });
     nodes.push(other);
     const itsSubscriber = (name: string): boolean => name === `perihelion:${nodeId}:sub`;
@@ -560,7 +563,10 @@ describe('A node whose bus subscription is lost while its publishes are on their
     for (const channel of many) await other.server.publish(channel, 'before');
     await waitFor(() => peer.received.filter((m) => String(m.channel).startsWith('/many/')).length === many.length, 5000, 'a message on each of the many channels');
     let seq = 0;
-    for (; seq < 5; seq++) await other.server.publish('/caught', seq);
+    for (; seq < 5; seq++) {
+      await other.server.publish('/listened/x', seq);
+      await other.server.publish('/caught', seq);
+    }
     await waitFor(() => peer.received.filter((m) => m.channel === '/caught').length === 5, 3000, 'the first messages');
     // The node's subscriber connection cut, and its renewed SUBSCRIBE held 1 s: the other node
     // publishes on, every 50 ms, through the node's deafness and after.
@@ -569,6 +575,7 @@ describe('A node whose bus subscription is lost while its publishes are on their
     const until = Date.now() + 2500;
     let first = true;
     while (Date.now() < until) {
+      await other.server.publish('/listened/x', seq);
       await other.server.publish('/caught', seq++);
       if (first) await other.server.publish(many.at(-1)!, 'while deaf');
       first = false;
@@ -580,6 +587,8 @@ describe('A node whose bus subscription is lost while its publishes are on their
     await waitFor(() => got().length >= seq, 5000, () => `every message (got ${JSON.stringify(got())}; told: ${told.join(' | ')})`);
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.deepEqual(got(), all);
+    await waitFor(() => listened.length >= seq, 3000, () => `the listener's messages (got ${JSON.stringify(listened)})`);
+    assert.deepEqual(listened, all, 'the in-process listener too');
     assert.deepEqual(peer.received.filter((m) => m.channel === many.at(-1)).map((m) => m.data), ['before', 'while deaf']);
   });
 });

@@ -184,6 +184,10 @@ export class LocalDelivery implements EngineHost, SessionHost {
     this.sessionsRestored?.();
   }
 
+  listensTo(channel: string): boolean {
+    return this.listeners.hearsBroadcasts && !isService(channel) && this.listeners.match(channel).length > 0;
+  }
+
   describeSessions(): SessionInfo[] {
     const infos: SessionInfo[] = [];
     for (const session of this.sessions.values()) infos.push(describeSession(session));

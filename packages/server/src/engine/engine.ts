@@ -142,6 +142,12 @@ export interface EngineHost {
   onSessionsRestored(): void;
   /** This node's sessions, described (see `Engine.census`). */
   describeSessions(): SessionInfo[];
+  /**
+   * Whether an in-process listener of this node (`server.subscribe`) hears broadcasts on
+   * `channel`: an engine that catches the node up on what it missed does so for them too, as for
+   * its sessions. Left out: none does.
+   */
+  listensTo?(channel: string): boolean;
   /** How much history to keep, per channel. */
   readonly historySettings: HistorySettings;
   /** A failure the engine survived (a lost Redis connection, say): the server's 'error' event. */

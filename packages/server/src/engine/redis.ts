@@ -492,7 +492,7 @@ export class RedisEngine implements Engine {
   private echoesLost(): void {
     const host = this.host;
     if (!host || this.closing) return;
-    this.catchUp.deafened((channel) => this.index.match(channel).size > 0);
+    this.catchUp.deafened((channel) => this.wanted(host, channel));
     this.seam.fencesLost();
     for (const waiting of [...this.pending.values()]) if (waiting.published) this.deliverHere(host, waiting.published());
   }
@@ -755,17 +755,24 @@ export class RedisEngine implements Engine {
 
   /** Channels no session here subscribes to any more (a wildcard's are forgotten at the next loss of the bus): no catch-up for them. */
   private forgetHeard(patterns: readonly string[]): void {
-    for (const pattern of patterns) if (!isWildcard(pattern) && this.index.match(pattern).size === 0) this.catchUp.forget(pattern);
+    const host = this.host;
+    for (const pattern of patterns) if (!isWildcard(pattern) && !(host && this.wanted(host, pattern))) this.catchUp.forget(pattern);
+  }
+
+  /** Whether a session or an in-process listener here wants `channel`'s messages (and so its catch-up). */
+  private wanted(host: EngineHost, channel: string): boolean {
+    return this.index.match(channel).size > 0 || host.listensTo?.(channel) === true;
   }
 
   /**
-   * Delivers a publication to this node's subscribers of its channel, noting where the node heard
-   * up to (and leaving out what it heard before: see CatchUp.heard).
+   * Delivers a publication to this node's subscribers of its channel and its in-process
+   * listeners, noting where the node heard up to (and leaving out what it heard before: see
+   * CatchUp.heard).
    */
   private deliverLive(host: EngineHost, publication: Publication, heard: boolean): void {
     const { channel, position } = publication;
     const subscribers = this.index.match(channel);
-    if (position && subscribers.size > 0) {
+    if (position && (subscribers.size > 0 || host.listensTo?.(channel) === true)) {
       if (!heard) this.catchUp.deliveredHere(channel, position);
       else if (!this.catchUp.heard(channel, position)) return;
     }
