@@ -753,7 +753,7 @@ export class RedisEngine implements Engine {
     mine?.resolve();
   }
 
-  /** Channels no session here subscribes to any more (a wildcard's are forgotten at the next loss of the bus): no catch-up for them. */
+  /** Channels no session or in-process listener here wants any more (a wildcard's are forgotten at the next loss of the bus): no catch-up for them. */
   private forgetHeard(patterns: readonly string[]): void {
     const host = this.host;
     for (const pattern of patterns) if (!isWildcard(pattern) && !(host && this.wanted(host, pattern))) this.catchUp.forget(pattern);
