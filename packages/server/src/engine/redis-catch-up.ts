@@ -1,12 +1,13 @@
 /**
  * A node that heard nothing of the bus for a while (its subscriber connection to Redis lost, then
- * back) catches its sessions up from the history, as a client recovers, but once for the node and
- * for every client, CometD's and Faye's included, which have no recovery of their own.
+ * back) catches its sessions and in-process listeners up from the history, as a client recovers,
+ * but once for the node and for every client, CometD's and Faye's included, which have no recovery
+ * of their own.
  *
- * The node notes, per channel its sessions subscribe to, the position of the last message it
- * delivered there. From the moment it loses the bus, the messages it hears on those channels wait
- * here (the first come after the renewed SUBSCRIBE, before the node knows it hears again); once it
- * does, one READ per partition (the recovery's script, with a fence behind it: redis-seam.ts)
+ * The node notes, per channel its sessions or in-process listeners want, the position of the last
+ * message it delivered there. From the moment it loses the bus, the messages it hears on those
+ * channels wait here (the first come after the renewed SUBSCRIBE, before the node knows it hears
+ * again); once it does, one READ per partition (the recovery's script, with a fence behind it: redis-seam.ts)
  * returns what was published after each noted position, which goes to the channel's subscribers
  * first, in order; then the messages that waited, but those the replay already carried. A channel
  * whose history no longer holds what was missed gets what waited, and its clients that track
@@ -38,7 +39,7 @@ const MAX_WAITING = 10_000;
 const MAX_AHEAD = 1000;
 
 export class CatchUp {
-  /** Per channel with subscribers here, the position of the last message delivered here. */
+  /** Per channel with subscribers or listeners here, the position of the last message delivered here. */
   private readonly lastHeard = new Map<string, Position>();
   /** The channels being caught up, and the messages heard on them meanwhile, in order. */
   private readonly waiting = new Map<string, Array<Publication | typeof LOST_AGAIN>>();
