@@ -19,7 +19,7 @@ import { STATE_SERVICE } from './state/state-service.js';
 
 export interface Observers {
   /** Told how long the oldest of the messages just written to a session waited, in ms. */
-  observeDelivery: (waitedMs: number) => void;
+  observeDelivery: (waitedMs: number, writes?: number) => void;
 }
 
 /** Checks the options (throwing ERR_INVALID_OPTION) and builds the core they describe. */

@@ -98,7 +98,7 @@ export class Perihelion {
 
   constructor(options: ServerOptions = {}) {
     const latency = (this.latencyHistogram = deliveryLatency());
-    this.core = assembleCore(options, { observeDelivery: (ms) => latency.observe(ms / 1000) });
+    this.core = assembleCore(options, { observeDelivery: (ms, writes) => latency.observe(ms / 1000, writes) });
     this.options = this.core.options;
     this.engine = this.core.engine;
     this.http = new HttpAdapter(this.core);

@@ -52,6 +52,44 @@ describe('WebSocket frames', () => {
     }
   });
 
+  it('carry, for each subscriber, the messages of one turn it subscribed to, in one frame, however the others differ', async () => {
+    const ts = await startServer();
+    // Subscribers with the same messages share one frame; these differ after the first message,
+    // or in how many they get: each must get its own.
+    const plan: Record<string, string[]> = { ab: ['/t/a', '/t/b'], ab2: ['/t/a', '/t/b'], ac: ['/t/a', '/t/c'], abc: ['/t/a', '/t/b', '/t/c'], b: ['/t/b'] };
+    const peers = new Map<string, WsPeer>();
+    try {
+      for (const [name, channels] of Object.entries(plan)) {
+        const peer = await WsPeer.open(ts.wsUrl);
+        peers.set(name, peer);
+        const clientId = (await peer.request(HANDSHAKE)).clientId as string;
+        for (const subscription of channels) assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription })).successful, true);
+        peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } }]);
+        await peer.next((m) => m.channel === '/meta/connect', 'the first connect');
+        peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+      }
+      await sleep(50);
+      for (const peer of peers.values()) peer.frames.length = 0;
+
+      // One turn, three publications, each to a different set of subscribers (same length, other data).
+      void ts.server.publish('/t/a', 'A');
+      void ts.server.publish('/t/b', 'B');
+      void ts.server.publish('/t/c', 'C');
+      const expected: Record<string, string[]> = { ab: ['A', 'B'], ab2: ['A', 'B'], ac: ['A', 'C'], abc: ['A', 'B', 'C'], b: ['B'] };
+      for (const [name, peer] of peers) {
+        await waitFor(() => peer.frames.length >= 1, 3000, `a frame for ${name}`);
+        await sleep(20);
+        assert.equal(peer.frames.length, 1, `${name}: one frame`);
+        const frame = peer.frames[0] as Msg[];
+        assert.deepEqual(frame.map((m) => m.data), expected[name], `${name}: its messages, in order`);
+        assert.deepEqual(frame.map((m) => m.channel), expected[name]!.map((d) => `/t/${d.toLowerCase()}`), `${name}: their channels`);
+      }
+    } finally {
+      for (const peer of peers.values()) await peer.close();
+      await ts.close();
+    }
+  });
+
   it('stop being read while more than maxPendingFrames wait, and are all handled, in order, once the wait is over', { timeout: 30_000 }, async () => {
     const ts = await startServer({ maxPendingFrames: 4 });
     // Every publish waits at this gate until it opens (an asynchronous extension, or engine, that is slow).

@@ -28,12 +28,13 @@ export class LatencyHistogram {
     readonly help: string,
   ) {}
 
-  observe(seconds: number): void {
+  /** Observes `seconds` `times` times. */
+  observe(seconds: number, times = 1): void {
     let i = 0;
     while (i < LATENCY_BUCKETS.length && seconds > LATENCY_BUCKETS[i]!) i++;
-    this.counts[i]!++;
-    this.sum += seconds;
-    this.count++;
+    this.counts[i]! += times;
+    this.sum += seconds * times;
+    this.count += times;
   }
 
   get(): MetricObjectWithValues<MetricValueWithName<string>> {

@@ -57,8 +57,8 @@ export interface DeliveryParts {
   listeners: ListenerRegistry;
   wheel: TimerWheel;
   historySettings: HistorySettings;
-  /** Told how long the oldest of the messages just written waited, in ms (delivery latency metrics). */
-  observeDelivery: (waitedMs: number) => void;
+  /** Told how long the oldest of the messages just written waited, in ms, for `writes` writes (delivery latency metrics). */
+  observeDelivery: (waitedMs: number, writes?: number) => void;
 }
 
 export class LocalDelivery implements EngineHost, SessionHost {
@@ -66,7 +66,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
   readonly counters: Counters = { messagesIn: 0, published: 0, deliveries: 0, queueDrops: 0, slowConsumers: 0, duplicatePublishes: 0, replayed: 0, resent: 0, readsPaused: 0, websocketsRefused: 0, pastBrowserLimit: 0 };
   readonly wheel: TimerWheel;
   readonly historySettings: HistorySettings;
-  readonly observeDelivery: (waitedMs: number) => void;
+  readonly observeDelivery: (waitedMs: number, writes?: number) => void;
   private readonly options: DeliveryParts['options'];
   private readonly engine: Engine;
   private readonly events: ServerEventEmitter;
@@ -79,6 +79,12 @@ export class LocalDelivery implements EngineHost, SessionHost {
   /** Sessions with something to write this turn (each once: see ServerSession.flushPending). */
   private dirty: ServerSession[] = [];
   private flushScheduled = false;
+  /**
+   * The flush's latency observations, told in runs: a fan-out flushes every subscriber of a
+   * publication with the same wait, which is observed once with their count.
+   */
+  private waitedMs = 0;
+  private waitedWrites = 0;
 
   constructor(parts: DeliveryParts) {
     this.options = parts.options;
@@ -211,7 +217,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
   /** Queues the shared payload for one session, applying the overflow policy. */
   private enqueue(session: ServerSession, payload: string, now = Date.now()): void {
     this.counters.deliveries++;
-    if (session.queue.full && this.options.queueOverflow === 'disconnect') {
+    if (this.options.queueOverflow === 'disconnect' && session.queue.full) {
       // A consumer this far behind is cut loose; its client handshakes again and recovers.
       this.counters.slowConsumers++;
       this.end(session, 'slow-consumer');
@@ -253,11 +259,27 @@ export class LocalDelivery implements EngineHost, SessionHost {
       session.flushPending = false;
       this.write(session, now);
     }
+    this.observeWaits();
+  }
+
+  private noteWait(ms: number): void {
+    if (ms !== this.waitedMs) {
+      this.observeWaits();
+      this.waitedMs = ms;
+    }
+    this.waitedWrites++;
+  }
+
+  private observeWaits(): void {
+    if (this.waitedWrites === 0) return;
+    this.observeDelivery(this.waitedMs, this.waitedWrites);
+    this.waitedWrites = 0;
   }
 
   /**
    * Writes what a session has queued to wherever it can go now: its push line, or the answer to
-   * its held long-poll connect. `now` is the flush's clock (one read for every session flushed).
+   * its held long-poll connect. `now` is the flush's clock (one read for every session flushed);
+   * the flush observes the wait (a `write` outside one is observed at the next).
    */
   write(session: ServerSession, now: number): void {
     const { queue } = session;
@@ -269,7 +291,7 @@ export class LocalDelivery implements EngineHost, SessionHost {
       if (line.congested) return;
       if (queued === 1 && session.ack === null) {
         // The usual case, one publish since the last flush: no arrays on the way to the socket.
-        this.observeDelivery(now - queue.oldestAt);
+        this.noteWait(now - queue.oldestAt);
         line.sendOne(queue.takeOnly());
       } else line.send(session.takeQueued(now));
     } else session.releaseToDeliver();

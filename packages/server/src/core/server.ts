@@ -54,7 +54,7 @@ export interface CoreParts {
   security: Security;
   historySettings: HistorySettings;
   /** Told how long the oldest of the messages just written to a session waited, in ms. */
-  observeDelivery: (waitedMs: number) => void;
+  observeDelivery: (waitedMs: number, writes?: number) => void;
 }
 
 export class ServerCore implements TransportHost {

@@ -82,7 +82,7 @@ export interface SessionHost {
   expire(session: ServerSession): void;
   deliverTo(session: ServerSession, channel: string, data: unknown): void;
   /** Reports how long the oldest of the messages just written waited, in ms. */
-  readonly observeDelivery: (waitedMs: number) => void;
+  readonly observeDelivery: (waitedMs: number, writes?: number) => void;
   disconnectSession(session: ServerSession): void;
 }
 
