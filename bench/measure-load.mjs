@@ -59,7 +59,8 @@ export async function benchLoad(bench, name, scenario, round) {
   const recorder = new Recorder();
   let clients = [];
   try {
-    const ready = await server.next('ready', 20_000);
+    // BENCH_READY_MS: longer for a server that starts slowly (under valgrind, bench/instructions.mjs).
+    const ready = await server.next('ready', Number(process.env.BENCH_READY_MS ?? 20_000));
     note.idleRss = ready.rss;
     const ports = ready.ports ?? [ready.port];
     log(`${name}: listening on 127.0.0.1:${ports.join(', ')}${ready.path} (pid ${server.pids.join(', ')})`);

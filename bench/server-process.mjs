@@ -35,6 +35,8 @@ export class ServerProcess {
     // --expose-gc: memory is measured after a full collection (live data, not garbage), for every server alike.
     // BENCH_SERVER_FLAGS: more of node's flags, for looking into a server (--trace-gc, say).
     const node = [process.execPath, '--expose-gc', ...(process.env.BENCH_SERVER_FLAGS ? process.env.BENCH_SERVER_FLAGS.split(' ') : []), ...(cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : []), script];
+    // BENCH_SERVER_WRAP: a command the server runs under (valgrind, for bench/instructions.mjs).
+    if (process.env.BENCH_SERVER_WRAP) node.unshift(...process.env.BENCH_SERVER_WRAP.split(' '));
     const [command, args] = pinned ? ['taskset', ['-c', '0', ...node]] : [node[0], node.slice(1)];
     this.child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe', 'ipc'], env: { ...process.env, BENCH_TRANSPORT: transport, ...env } });
     children.add(this.child);
