@@ -47,6 +47,33 @@ describe('delivery latency over a recent window', () => {
     assert.ok(marks.length <= 302, `${marks.length} copies kept`);
   });
 
+  it('observes a run of equal waits with their count', () => {
+    const inRuns = new LatencyHistogram('test_latency', 'test');
+    inRuns.observe(0.003, 4);
+    inRuns.observe(0.2);
+    const oneByOne = new LatencyHistogram('test_latency', 'test');
+    for (const seconds of [0.003, 0.003, 0.003, 0.003, 0.2]) oneByOne.observe(seconds);
+    const summary = inRuns.recent(10_000, 0);
+    assert.equal(summary.count, 5);
+    assert.deepEqual(summary, oneByOne.recent(10_000, 0));
+    near(summary.p50, 2.5 + 2.5 * (2.5 / 4), 'p50: half-way through the five, in the (2.5 ms, 5 ms] bucket');
+  });
+
+  it('server.latency() counts one observation per session written, a fan-out to many in one flush included', async () => {
+    const server = createServer({ pingInterval: 0 });
+    try {
+      const robots = Array.from({ length: 7 }, () => server.localClient());
+      let received = 0;
+      for (const robot of robots) await robot.subscribe('/fan', () => received++);
+      const before = server.latency().count;
+      await server.publish('/fan', { one: 1 });
+      while (received < robots.length) await new Promise((resolve) => setTimeout(resolve, 5));
+      assert.equal(server.latency().count - before, robots.length);
+    } finally {
+      await server.close();
+    }
+  });
+
   it('server.latency() reports the deliveries to sessions', async () => {
     const server = createServer({ pingInterval: 0 });
     try {
