@@ -10,10 +10,11 @@
 //
 // Each server runs the bench's scenario (bench/run.mjs) under callgrind, one rate after the other.
 // In each rate's publishing window the counts are zeroed a second in and written out two seconds
-// before its end. What one window counts beyond the other, divided by the deliveries it adds, is
-// the cost of one more delivery: the work that does not grow with deliveries (timers, the
-// connects that come back every `timeout`, the bench's own publisher) cancels out. Threads are
-// counted apart: the main thread (the event loop) and the rest (V8's compiler and GC helpers).
+// before its end. What one window counts beyond the other, divided by the deliveries it adds (the
+// socket writes it adds, counted by callgrind too), is the cost of one more delivery: the work
+// that does not grow with deliveries (timers, the connects that come back every `timeout`, the
+// bench's own publisher) cancels out. Threads are counted apart: the main thread (the event loop)
+// and the rest (V8's compiler and GC helpers).
 //
 // Under callgrind a server runs some 30-50 times slower: keep the rates low (the default 1 and 3
 // messages/s to 1 000 subscribers), warm up long (V8 optimises late at that speed), and check
@@ -169,6 +170,32 @@ function totalsOf(dir, server, part) {
   return [main, rest];
 }
 
+/**
+ * The socket writes in dump `part` of the main thread: calls of node's StreamBase::WriteBuffer, one
+ * per frame written. A window holds one publication more or less than its rate says (where its
+ * edges fall in the publisher's ticks): counted, the deliveries it adds are exact.
+ */
+function writesOf(dir, server, part) {
+  const name = readdirSync(dir).find((file) => new RegExp(`^${server}\\.\\d+\\.${part}-01$`).test(file));
+  if (!name) throw new Error(`${server}: no callgrind dump ${part} of the main thread in ${dir}`);
+  const names = new Map();
+  const calls = new Map();
+  let callee = null;
+  for (const line of readFileSync(join(dir, name), 'utf8').split('\n')) {
+    const fn = /^(c?)fn=\((\d+)\)(?: (.*))?$/.exec(line);
+    if (fn) {
+      if (fn[3] !== undefined) names.set(fn[2], fn[3]);
+      callee = fn[1] === 'c' ? fn[2] : null;
+      continue;
+    }
+    if (callee !== null && line.startsWith('calls=')) calls.set(callee, (calls.get(callee) ?? 0) + Number(line.slice(6).split(' ')[0]));
+    callee = null;
+  }
+  let writes = 0;
+  for (const [id, count] of calls) if (names.get(id)?.startsWith('node::StreamBase::WriteBuffer(')) writes += count;
+  return writes;
+}
+
 const dir = options.keep ?? mkdtempSync(join(tmpdir(), 'perihelion-instructions-'));
 const rows = [];
 for (const server of options.servers) {
@@ -176,18 +203,23 @@ for (const server of options.servers) {
   const { dumps, results } = await countServer(server, dir);
   if (dumps.length !== 2) throw new Error(`${server}: ${dumps.length} windows counted, not 2`);
   const [low, high] = [1, 2].map((part) => totalsOf(dir, server, part));
-  const added = (options.rates[1] - options.rates[0]) * options.subscribers * windowSeconds;
+  const writes = [1, 2].map((part) => writesOf(dir, server, part));
+  const added = writes[1] - writes[0];
+  const scheduled = (options.rates[1] - options.rates[0]) * options.subscribers * windowSeconds;
+  if (added <= 0) throw new Error(`${server}: the second window wrote no more than the first (${writes.join(', ')} writes)`);
   const per = (thread, key) => (high[thread][key] - low[thread][key]) / added;
   const frames = options.rates.map((rate) => results.find((row) => row.rate === rate)?.perFrame);
-  rows.push({ server, main: per(0, 'Ir'), rest: per(1, 'Ir'), d1r: per(0, 'D1mr'), d1w: per(0, 'D1mw'), frames });
+  rows.push({ server, main: per(0, 'Ir'), rest: per(1, 'Ir'), d1r: per(0, 'D1mr'), d1w: per(0, 'D1mw'), frames, writes, scheduled });
 }
 if (!options.keep) rmSync(dir, { recursive: true, force: true });
 
 const fixed = (n, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : '–');
 console.log(`\nOne more delivery (${options.scenario}, ${options.subscribers} subscribers, ${options.rates[0]} → ${options.rates[1]} msg/s, a window of ${windowSeconds} s each):\n`);
-console.log('| server | instructions, main thread | instructions, other threads | D1 read misses | D1 write misses | msgs/frame |');
-console.log('| :-- | --: | --: | --: | --: | :-- |');
-for (const row of rows) console.log(`| ${row.server} | ${fixed(row.main)} | ${fixed(row.rest)} | ${fixed(row.d1r, 1)} | ${fixed(row.d1w, 1)} | ${row.frames.map((f) => fixed(f, 2)).join(' / ')} |`);
+console.log('| server | instructions, main thread | instructions, other threads | D1 read misses | D1 write misses | socket writes in the windows | deliveries added (scheduled) | msgs/frame |');
+console.log('| :-- | --: | --: | --: | --: | --: | --: | :-- |');
+for (const row of rows) {
+  console.log(`| ${row.server} | ${fixed(row.main)} | ${fixed(row.rest)} | ${fixed(row.d1r, 1)} | ${fixed(row.d1w, 1)} | ${row.writes.join(' / ')} | ${row.writes[1] - row.writes[0]} (${row.scheduled}) | ${row.frames.map((f) => fixed(f, 2)).join(' / ')} |`);
+}
 if (rows.length > 1) {
   console.log('');
   for (const row of rows.slice(1)) console.log(`${rows[0].server} ÷ ${row.server}: main thread ${fixed(rows[0].main / row.main, 2)}×, D1 misses ${fixed((rows[0].d1r + rows[0].d1w) / (row.d1r + row.d1w), 2)}×`);
