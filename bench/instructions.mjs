@@ -98,24 +98,32 @@ async function countServer(server, dir) {
     { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, BENCH_SERVER_WRAP: wrap.join(' '), BENCH_READY_MS: '300000' } },
   );
   const exited = new Promise((resolve) => child.on('exit', resolve));
-  let log = '';
+  const tail = []; // the last lines of its log, for an error
+  let partial = '';
   const seen = new Set();
   const windows = [];
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (chunk) => {
-    log += chunk;
-    for (const line of chunk.split('\n')) {
-      if (!line.includes('==') && line.trim()) process.stderr.write(`  ${line}\n`);
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop();
+    for (const line of lines) {
+      if (line.includes('==') || !line.trim()) continue; // valgrind's own
+      process.stderr.write(`  ${line}\n`);
+      tail.push(line);
+      if (tail.length > 10) tail.shift();
       const match = /^(\S+): (\d+) msg\/s × \d+ s/.exec(line);
       if (match && match[1] === server && !seen.has(match[2])) {
         seen.add(match[2]);
-        windows.push(countWindow(server, Number(match[2])));
+        const window = countWindow(server, Number(match[2]));
+        // A window that cannot be counted ends the run (the error is thrown below).
+        window.catch(() => child.kill('SIGTERM'));
+        windows.push(window);
       }
     }
   });
   const code = await exited;
   const dumps = await Promise.all(windows);
-  if (code !== 0) throw new Error(`${server}: bench/run.mjs exited with ${code}\n${log.split('\n').filter((l) => !l.includes('==')).slice(-10).join('\n')}`);
+  if (code !== 0) throw new Error(`${server}: bench/run.mjs exited with ${code}\n${tail.join('\n')}`);
   // One server per run: every row is its.
   const { results } = JSON.parse(readFileSync(json, 'utf8'));
   return { dumps, results };
