@@ -25,7 +25,7 @@
 // Needs valgrind (`apt-get install -y valgrind`) and a build (`npm run build`). Takes about three
 // minutes per server.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -205,6 +205,8 @@ function writesOf(dir, server, part) {
 }
 
 const dir = options.keep ?? mkdtempSync(join(tmpdir(), 'perihelion-instructions-'));
+// valgrind writes nowhere, silently, into a folder that is not there.
+mkdirSync(dir, { recursive: true });
 const rows = [];
 for (const server of options.servers) {
   console.error(`${server}: ${options.scenario}, ${options.subscribers} subscribers, ${options.rates.join(' then ')} msg/s, under callgrind (${options.warmup} s of warm-up)…`);
