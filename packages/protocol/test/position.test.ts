@@ -36,6 +36,12 @@ describe('adding to ext without serialising again', () => {
     { channel: '/a', data: 1, ext: () => 1 },
     { channel: '/a', data: { toJSON: () => 'as text' } },
     Object.assign(new (class Message {})(), { data: [1], channel: '/a' }),
+    // In order already (channel first, ext last or absent): serialised in one call.
+    { channel: '/a', data: 1, ext: undefined },
+    { channel: '/a', ext: undefined, data: 1 },
+    { channel: '/a', id: '9', data: { ext: { a: 1 } }, ext: { z: [1] } },
+    { channel: '/a', data: 1, ext: { a: 1 }, id: '10' },
+    { 0: 'zero', channel: '/a', data: 1, ext: {} },
   ];
   for (const message of cases) {
     it(`gives the same result as serialising the whole message: ${JSON.stringify(message)}`, () => {
@@ -47,7 +53,7 @@ describe('adding to ext without serialising again', () => {
       assert.deepEqual(parsed, { ...JSON.parse(JSON.stringify(message)), ext: expectedExt });
       // ext is the last member, so the same splice works again on the result; channel is first.
       assert.equal(Object.keys(parsed).at(-1), 'ext');
-      assert.equal(Object.keys(parsed)[0], 'channel');
+      assert.ok(text.startsWith('{"channel":"/a",'), text);
       assert.equal(isPositionedOn('/a', text), true);
     });
   }
@@ -61,6 +67,14 @@ describe('adding values other than positions', () => {
     assert.deepEqual(add({ epoch: 'e', offset: 1, more: true }), { epoch: 'e', offset: 1, more: true });
     assert.deepEqual(add({ offset: 2, epoch: 'e"q' }), { epoch: 'e"q', offset: 2 });
     assert.deepEqual(add({ epoch: 'e', offset: 1.5 }), { epoch: 'e', offset: 1.5 });
+  });
+
+  it('writes any key and epoch as JSON.stringify would, those that need escaping too', () => {
+    const message = { channel: '/a', data: 1 };
+    for (const text of ['k3x', '', ' ~', 'e"q', 'back\\slash', 'tab\t', 'é', '\u{1F600}', '\ud800', 'x'.repeat(80)]) {
+      const added = JSON.parse(addToExt(serialiseExtLast(message), message, text, { epoch: text, offset: 4 })) as { ext: Record<string, unknown> };
+      assert.deepEqual(added.ext, { [text]: { epoch: text, offset: 4 } }, JSON.stringify(text));
+    }
   });
 });
 

@@ -90,6 +90,37 @@ describe('WebSocket frames', () => {
     }
   });
 
+  it('carry every message whole, whatever its size and script: at each length the frame header changes, and past what is encoded in one pass', { timeout: 30_000 }, async () => {
+    const ts = await startServer({ maxMessageBytes: 1_000_000 });
+    const peer = await WsPeer.open(ts.wsUrl);
+    try {
+      const clientId = (await peer.request(HANDSHAKE)).clientId as string;
+      assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/sizes' })).successful, true);
+      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } }]);
+      await peer.next((m) => m.channel === '/meta/connect', 'the first connect');
+      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+
+      // The envelope around the data ({"channel":"/sizes","data":"…","ext":{"position":…}}) is
+      // about 70 bytes: these lengths put frames on both sides of 126 and 65 536 bytes.
+      const data: string[] = [];
+      for (const length of [0, 1, 50, 54, 55, 56, 57, 60, 65_440, 65_460, 65_470, 65_480, 200_000]) data.push('a'.repeat(length));
+      // Two and four bytes per character (a surrogate pair is two UTF-16 units): some within the
+      // one-pass buffer, some past it.
+      for (const length of [10, 21_000, 22_000, 40_000]) data.push('é'.repeat(length), '\u{1F600}'.repeat(length / 2), `a${'€'.repeat(length)}z`);
+      for (const value of data) {
+        peer.frames.length = 0;
+        void ts.server.publish('/sizes', value);
+        await waitFor(() => peer.frames.length >= 1, 5000, `the frame of ${value.length} units`);
+        const delivered = (peer.frames[0] as Msg[]).map((m) => m.data);
+        assert.equal(delivered.length, 1);
+        assert.ok(delivered[0] === value, `${value.length} units of ${JSON.stringify(value.slice(0, 2))} came back whole`);
+      }
+    } finally {
+      await peer.close();
+      await ts.close();
+    }
+  });
+
   it('stop being read while more than maxPendingFrames wait, and are all handled, in order, once the wait is over', { timeout: 30_000 }, async () => {
     const ts = await startServer({ maxPendingFrames: 4 });
     // Every publish waits at this gate until it opens (an asynchronous extension, or engine, that is slow).
