@@ -62,6 +62,14 @@ const channelOf = (n) => `/chaos/${n % channels}`;
 const redis = new URL(values.redis);
 const redisPort = Number(redis.port || 6379);
 
+/** The position each message a receiver got came with ("epoch:offset", or "none"), in the order got. */
+const positionsOf = new WeakMap();
+const positions = (got) => positionsOf.get(got) ?? (positionsOf.set(got, []), positionsOf.get(got));
+const positionOf = (message) => {
+  const position = message?.ext?.position;
+  return position ? `${position.epoch}:${position.offset}` : 'none';
+};
+
 /** What one receiver got, judged: missing, repeated and out-of-order messages (order is per channel). */
 function judge(got) {
   const seen = new Set(got);
@@ -84,7 +92,13 @@ function which(got, seen) {
   for (let n = 0; n < total && missing.length < 10; n++) if (!seen.has(n)) missing.push(n);
   const counted = new Map();
   for (const n of got) counted.set(n, (counted.get(n) ?? 0) + 1);
-  const repeated = [...counted].filter(([, times]) => times > 1).map(([n]) => n).slice(0, 10);
+  // Each repeat with the positions of its copies: the same position twice is a delivery made
+  // twice; another epoch, or none, a message published or replayed twice.
+  const came = positions(got);
+  const repeated = [...counted]
+    .filter(([, times]) => times > 1)
+    .slice(0, 10)
+    .map(([n]) => `${n}@${got.flatMap((m, i) => (m === n ? [came[i] ?? '?'] : [])).join('/')}`);
   const disorder = [];
   const last = new Map();
   for (const n of got) {
@@ -130,10 +144,17 @@ async function run(seed) {
   // recognised by its id).
   const publisher = new Client(url, { ...reconnect, transports: ['websocket'], WebSocket, timeout: 3000 });
   for (const [client, got, wildcard] of clients) {
-    if (wildcard) await client.subscribe('/chaos/*', (n) => void got.push(n));
-    else for (let c = 0; c < channels; c++) await client.subscribe(`/chaos/${c}`, (n) => void got.push(n));
+    const record = (n, message) => {
+      got.push(n);
+      positions(got).push(positionOf(message));
+    };
+    if (wildcard) await client.subscribe('/chaos/*', record);
+    else for (let c = 0; c < channels; c++) await client.subscribe(`/chaos/${c}`, record);
   }
-  b.bayeux.subscribe('/chaos/*', (message) => void receivers.listener.push(message.data));
+  b.bayeux.subscribe('/chaos/*', (message) => {
+    receivers.listener.push(message.data);
+    positions(receivers.listener).push(positionOf(message));
+  });
   const short = () => Object.values(receivers).some((got) => got.length < total);
   const random = seeded(seed);
   const proxies = [...nodes.map(({ proxy }) => proxy), ...(clientProxy ? [clientProxy] : [])];
