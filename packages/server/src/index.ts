@@ -1,4 +1,4 @@
-export { createServer, Perihelion, type ListenOptions, type RequestHandler, type PerihelionEvents, type PublishOptions, type HistoryResult } from './perihelion.js';
+export { createServer, Perihelion, type ListenOptions, type RequestHandler, type PerihelionEvents, type PublishOptions, type DeliverOptions, type HistoryResult } from './perihelion.js';
 export { checkTlsOptions, type TlsOptions } from './http/tls.js';
 export type { ServerEvents, DisconnectReason } from './core/events.js';
 export type { ServerStats } from './core/delivery.js';

@@ -67,6 +67,17 @@ export interface PublishOptions {
   idempotencyKey?: string;
 }
 
+export interface DeliverOptions {
+  /**
+   * Names this delivery, so that doing it again (a retry) sends nothing again to a session that
+   * got it under this key, on whichever node: 1 to 255 visible ASCII characters, within
+   * `idempotencyWindow`, apart from the publishes' keys. `deliverToUser` and `deliverWhere` key
+   * each session's copy apart (one key each toward `idempotencyKeys`): a retry reaches only the
+   * sessions the first try did not (one opened since, one on a node that did not answer).
+   */
+  idempotencyKey?: string;
+}
+
 /** A page of a channel's history, as the server API gives it. */
 export interface HistoryResult {
   /** The channel's current epoch and latest offset; null when nothing was published on it yet. */
@@ -171,9 +182,9 @@ export class Perihelion {
   /**
    * Sends `data` on `channel` to one session, on whichever node holds it; false when no session has
    * that id. With `idempotencyKey`, a delivery made again with the key (a retry) is not sent again
-   * and resolves true, as the first did (see PublishOptions; the keys are apart from the publishes').
+   * and resolves true, as the first did (see DeliverOptions).
    */
-  async deliver(clientId: string, channel: string, data: unknown, options: { idempotencyKey?: string } = {}): Promise<boolean> {
+  async deliver(clientId: string, channel: string, data: unknown, options: DeliverOptions = {}): Promise<boolean> {
     this.assertOpen();
     this.checkDeliveryChannel(channel);
     checkData(data, 'deliver');
@@ -186,29 +197,33 @@ export class Perihelion {
 
   /**
    * Sends `data` on `channel` to every session of one authenticated user (every tab and device),
-   * on whichever nodes they are; resolves to how many sessions were reached.
+   * on whichever nodes they are; resolves to how many sessions were reached (with
+   * `idempotencyKey`, those that got it under the key before included: see DeliverOptions).
    */
-  async deliverToUser(userId: string, channel: string, data: unknown): Promise<number> {
+  async deliverToUser(userId: string, channel: string, data: unknown, options: DeliverOptions = {}): Promise<number> {
     this.assertOpen();
     if (typeof userId !== 'string' || userId === '') throw new PerihelionError('ERR_INVALID_ARGUMENT', `a user id is a non-empty string, got ${JSON.stringify(userId)}`);
     this.checkDeliveryChannel(channel);
     checkData(data, 'deliver');
+    const once = options.idempotencyKey === undefined ? undefined : this.idempotent(options.idempotencyKey, API_DELIVERER);
     await this.core.ready;
-    return this.deliverToEach(await this.engine.sessionsOfUser(userId), channel, data);
+    return this.deliverToEach(await this.engine.sessionsOfUser(userId), channel, data, once);
   }
 
   /**
    * Sends `data` on `channel` to every session, on every node, for which `predicate` returns
    * true; resolves to how many sessions were reached. The predicate runs here, over each
-   * session's description (`sessions()`): its user, roles, claims, `session.data` as JSON.
+   * session's description (`sessions()`): its user, roles, claims, `session.data` as JSON. With
+   * `idempotencyKey`, each session gets it once under the key (see DeliverOptions).
    */
-  async deliverWhere(predicate: (session: SessionInfo) => boolean, channel: string, data: unknown): Promise<number> {
+  async deliverWhere(predicate: (session: SessionInfo) => boolean, channel: string, data: unknown, options: DeliverOptions = {}): Promise<number> {
     this.assertOpen();
     if (typeof predicate !== 'function') throw new PerihelionError('ERR_INVALID_ARGUMENT', 'deliverWhere needs a predicate function');
     this.checkDeliveryChannel(channel);
     checkData(data, 'deliver');
+    const once = options.idempotencyKey === undefined ? undefined : this.idempotent(options.idempotencyKey, API_DELIVERER);
     const chosen = (await this.sessions()).filter((session) => predicate(session)).map((session) => session.clientId);
-    return this.deliverToEach(chosen, channel, data);
+    return this.deliverToEach(chosen, channel, data, once);
   }
 
   /**
@@ -289,11 +304,17 @@ export class Perihelion {
   }
 
   /** One publication (outgoing extensions run, serialised once) sent to each session; how many were reached. */
-  private async deliverToEach(clientIds: readonly string[], channel: string, data: unknown): Promise<number> {
+  /**
+   * One prepared message sent to each session; with `once`, each copy under its own key, the
+   * caller's key and the session's id joined by a NUL (which a key cannot hold): a retry sends it
+   * only where it did not go.
+   */
+  private async deliverToEach(clientIds: readonly string[], channel: string, data: unknown, once?: PublishOnce): Promise<number> {
     if (clientIds.length === 0) return 0;
     const publication = await prepare(this.core.extensions, { channel, data }, null);
     if (!publication) return 0;
-    const reached = await Promise.all(clientIds.map((clientId) => this.engine.sendTo(clientId, publication)));
+    const sendTo = (clientId: string): Promise<boolean> => this.engine.sendTo(clientId, once === undefined ? publication : { ...publication, once: { ...once, id: `${once.id}\u0000${clientId}` } });
+    const reached = await Promise.all(clientIds.map(sendTo));
     return reached.filter(Boolean).length;
   }
 

@@ -52,6 +52,18 @@ async function connect(t: TestServer, ext?: Record<string, unknown>): Promise<Pe
   };
 }
 
+const API_KEY = 'inboard-api-key-0123456789';
+
+/** POST /api/deliver with the API key; the status and the JSON answer. */
+async function api(t: TestServer, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: unknown }> {
+  const response = await fetch(`http://127.0.0.1:${t.address.port}/api/deliver`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json', ...headers },
+    body: JSON.stringify(body),
+  });
+  return { status: response.status, json: await response.json() };
+}
+
 /** Lets anything in flight arrive: a message that should not come has had its chance. */
 const settle = (ms = 150): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -92,6 +104,75 @@ describe('deliverToUser, deliverWhere, sessions()', () => {
     await settle();
     assert.deepEqual(one.data('/meta/connect'), [], 'nothing reached the client');
     assert.equal(await t.server.deliver(one.clientId, '/x', null), true, 'null is data');
+  });
+
+  it('with an idempotency key, sends each session a retried delivery once, and reaches those the first try did not', async () => {
+    const t = await server();
+    const tab1 = await connect(t, { user: '42' });
+    const tab2 = await connect(t, { user: '42' });
+    const other = await connect(t, { user: '7' });
+    assert.equal(await t.server.deliverToUser('42', '/notifications', 'order shipped', { idempotencyKey: 'ship-1' }), 2);
+    // The caller timed out and tries again; meanwhile the user opened a third tab.
+    const tab3 = await connect(t, { user: '42' });
+    assert.equal(await t.server.deliverToUser('42', '/notifications', 'order shipped', { idempotencyKey: 'ship-1' }), 3, 'every session that has it counts');
+    assert.equal(await t.server.deliverToUser('42', '/notifications', 'order shipped', { idempotencyKey: 'ship-1' }), 3);
+    // The same key for another user is another user's delivery; a new key is a new delivery.
+    assert.equal(await t.server.deliverToUser('7', '/notifications', 'order shipped', { idempotencyKey: 'ship-1' }), 1);
+    assert.equal(await t.server.deliverToUser('42', '/notifications', 'order delivered', { idempotencyKey: 'ship-2' }), 3);
+    await waitFor(() => [tab1, tab2, tab3].every((tab) => tab.data('/notifications').length === 2) && other.data('/notifications').length === 1, 3000, 'every delivery');
+    await settle();
+    for (const tab of [tab1, tab2, tab3]) assert.deepEqual(tab.data('/notifications'), ['order shipped', 'order delivered'], 'each once, in order');
+    assert.deepEqual(other.data('/notifications'), ['order shipped']);
+
+    // deliverWhere keys each session's copy the same way.
+    assert.equal(await t.server.deliverWhere((s) => s.user === '42', '/digest', 'weekly', { idempotencyKey: 'digest-9' }), 3);
+    assert.equal(await t.server.deliverWhere((s) => s.user !== null, '/digest', 'weekly', { idempotencyKey: 'digest-9' }), 4);
+    await waitFor(() => other.data('/digest').length === 1 && tab3.data('/digest').length === 1, 3000, 'the digest');
+    await settle();
+    for (const peer of [tab1, tab2, tab3, other]) assert.deepEqual(peer.data('/digest'), ['weekly']);
+
+    // A bad key is refused before anything is sent.
+    for (const idempotencyKey of ['', 'with space', 'x'.repeat(256), 'é']) {
+      await assert.rejects(t.server.deliverToUser('42', '/bad', 1, { idempotencyKey }), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT', JSON.stringify(idempotencyKey));
+      await assert.rejects(t.server.deliverWhere(() => true, '/bad', 1, { idempotencyKey }), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT', JSON.stringify(idempotencyKey));
+    }
+    await settle();
+    assert.deepEqual(tab1.data('/bad'), []);
+  });
+
+  it('POST /api/deliver reaches every session of a user, once per Idempotency-Key, and refuses what is not one session or one user', async () => {
+    const t = await server({ apiKey: API_KEY });
+    const tab1 = await connect(t, { user: 'ann' });
+    const tab2 = await connect(t, { user: 'ann' });
+    const bob = await connect(t, { user: 'bob' });
+    const keyed = { 'Idempotency-Key': 'invoice-77' };
+    assert.deepEqual(await api(t, { user: 'ann', channel: '/invoices', data: 'paid' }, keyed), { status: 200, json: { delivered: 2 } });
+    assert.deepEqual(await api(t, { user: 'ann', channel: '/invoices', data: 'paid' }, keyed), { status: 200, json: { delivered: 2 } }, 'the retry');
+    assert.deepEqual(await api(t, { user: 'nobody', channel: '/invoices', data: 'paid' }), { status: 200, json: { delivered: 0 } });
+    assert.deepEqual(await api(t, { clientId: bob.clientId, channel: '/invoices', data: 'yours' }), { status: 200, json: { delivered: true } });
+    await waitFor(() => tab1.data('/invoices').length === 1 && tab2.data('/invoices').length === 1 && bob.data('/invoices').length === 1, 3000, 'the invoices');
+    await settle();
+    assert.deepEqual([tab1.data('/invoices'), tab2.data('/invoices'), bob.data('/invoices')], [['paid'], ['paid'], ['yours']]);
+
+    const bad: [unknown, RegExp][] = [
+      [{ channel: '/invoices', data: 1 }, /one of the two/],
+      [{ clientId: bob.clientId, user: 'ann', channel: '/invoices', data: 1 }, /one of the two/],
+      [{ user: '', channel: '/invoices', data: 1 }, /"user" is a non-empty string/],
+      [{ user: 42, channel: '/invoices', data: 1 }, /"user" is a non-empty string/],
+      [{ clientId: 42, channel: '/invoices', data: 1 }, /"clientId" is a string/],
+      [{ user: 'ann', channel: '/invoices/*', data: 1 }, /channel/],
+      [{ user: 'ann', channel: '/meta/connect', data: 1 }, /meta channel/],
+      [{ user: 'ann', channel: '/invoices' }, /"data" is required/],
+    ];
+    for (const [body, message] of bad) {
+      const answer = await api(t, body);
+      assert.equal(answer.status, 400, JSON.stringify(body));
+      assert.match((answer.json as { error: { message: string } }).error.message, message, JSON.stringify(body));
+    }
+    const badKey = await api(t, { user: 'ann', channel: '/invoices', data: 1 }, { 'Idempotency-Key': 'two words' });
+    assert.equal(badKey.status, 400);
+    await settle();
+    assert.equal(tab1.data('/invoices').length, 1, 'nothing refused was sent');
   });
 
   it('reaches the sessions a predicate over identity and session.data chooses', async () => {
@@ -431,6 +512,20 @@ describe('inboard across two nodes sharing Redis', () => {
     await waitFor(() => otherOnB.data('/team').length === 1, 3000, 'the session chosen on node b');
     await settle();
     assert.deepEqual(onB.data('/team'), []);
+  });
+
+  it('deliverToUser with an idempotency key, tried again on the other node, sends each session nothing twice', async () => {
+    prefix = uniquePrefix('inboard');
+    const a = await node();
+    const b = await node();
+    const onA = await connect(a, { user: '42' });
+    const onB = await connect(b, { user: '42' });
+    assert.equal(await a.server.deliverToUser('42', '/notifications', 'once', { idempotencyKey: 'n-1' }), 2);
+    const laterOnB = await connect(b, { user: '42' });
+    assert.equal(await b.server.deliverToUser('42', '/notifications', 'once', { idempotencyKey: 'n-1' }), 3);
+    await waitFor(() => [onA, onB, laterOnB].every((peer) => peer.data('/notifications').length === 1), 3000, 'one copy each');
+    await settle();
+    for (const peer of [onA, onB, laterOnB]) assert.deepEqual(peer.data('/notifications'), ['once']);
   });
 
   it('excludes the publisher on its node, and a session of another node from a server publish', async () => {

@@ -6,7 +6,8 @@
  *   POST /api/publish     {channel, data, ext?} or a list of them   → {published: n[, repeated: n]}
  *                         (an Idempotency-Key header makes a retry publish nothing again)
  *   POST /api/deliver     {clientId, channel, data}                  → {delivered: true}
- *                         (an Idempotency-Key header too)
+ *                         {user, channel, data}                      → {delivered: n} (every session of the user)
+ *                         (an Idempotency-Key header too: a retry reaches only sessions it did not)
  *   POST /api/disconnect  {clientId} or {user}                       → {disconnected: n}
  *   GET  /api/channels                                               → {channels: [{channel, subscribers}]}
  *   GET  /api/presence?channel=/x                                    → {channel, sessions: [{clientId, user}]}
@@ -52,7 +53,7 @@ interface PublishItem {
 }
 
 /** The API calls the server's public API, nothing else. */
-export type ApiServer = Pick<Perihelion, 'options' | 'engine' | 'stats' | 'publish' | 'deliver' | 'disconnectClient' | 'disconnectUser' | 'historyPage'>;
+export type ApiServer = Pick<Perihelion, 'options' | 'engine' | 'stats' | 'publish' | 'deliver' | 'deliverToUser' | 'disconnectClient' | 'disconnectUser' | 'historyPage'>;
 
 export class HttpApi {
   private readonly key: Buffer | null;
@@ -187,8 +188,11 @@ export class HttpApi {
 
   private async deliver(req: IncomingMessage, res: ServerResponse, body: unknown): Promise<void> {
     if (body === undefined) return;
-    const { clientId, channel, data } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
-    if (typeof clientId !== 'string') return sendApiError(res, 400, 'invalid_request', '"clientId" (a string) is required');
+    const { clientId, user, channel, data } = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+    // One session by its id, or every session of one user: exactly one of the two.
+    if ((clientId === undefined) === (user === undefined)) return sendApiError(res, 400, 'invalid_request', 'send "clientId" (one session) or "user" (every session of a user), one of the two');
+    if (clientId !== undefined && typeof clientId !== 'string') return sendApiError(res, 400, 'invalid_request', '"clientId" is a string');
+    if (user !== undefined && (typeof user !== 'string' || user === '')) return sendApiError(res, 400, 'invalid_request', '"user" is a non-empty string');
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.server.options.maxChannelLength });
     if (problem) return sendApiError(res, 400, 'invalid_channel', `channel ${JSON.stringify(channel)}: ${problem}`);
     if (isMeta(channel as string)) return sendApiError(res, 400, 'invalid_channel', 'cannot deliver on a meta channel');
@@ -197,8 +201,10 @@ export class HttpApi {
     if (size) return sendApiError(res, 413, 'too_large', size);
     const key = idempotencyKeyOf(req, 1);
     if (key instanceof Error) return sendApiError(res, 400, 'invalid_request', key.message);
-    // The engine finds the session on whichever node holds it (Redis engine: any node of the cluster).
-    if (!(await this.server.deliver(clientId, channel as string, data, key !== undefined ? { idempotencyKey: key } : {}))) return sendApiError(res, 404, 'session_not_found', `no session ${clientId}`);
+    const options = key !== undefined ? { idempotencyKey: key } : {};
+    // The engine finds the sessions on whichever node holds them (Redis engine: any node of the cluster).
+    if (typeof user === 'string') return sendJson(res, 200, { delivered: await this.server.deliverToUser(user, channel as string, data, options) });
+    if (!(await this.server.deliver(clientId as string, channel as string, data, options))) return sendApiError(res, 404, 'session_not_found', `no session ${String(clientId)}`);
     sendJson(res, 200, { delivered: true });
   }
 
