@@ -215,7 +215,10 @@ for (const server of options.servers) {
   const [low, high] = [1, 2].map((part) => totalsOf(dir, server, part));
   const writes = [1, 2].map((part) => writesOf(dir, server, part));
   const added = writes[1] - writes[0];
-  const scheduled = (options.rates[1] - options.rates[0]) * options.subscribers * windowSeconds;
+  // The deliveries each rate offers per second, as the scenario addresses them (all subscribers
+  // in a fan-out, one in the many-channels scenario).
+  const offered = options.rates.map((rate) => results.find((row) => row.rate === rate)?.offeredPerSec ?? Number.NaN);
+  const scheduled = Math.round((offered[1] - offered[0]) * windowSeconds);
   if (added <= 0) throw new Error(`${server}: the second window wrote no more than the first (${writes.join(', ')} writes)`);
   const per = (thread, key) => (high[thread][key] - low[thread][key]) / added;
   const frames = options.rates.map((rate) => results.find((row) => row.rate === rate)?.perFrame);
