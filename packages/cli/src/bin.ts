@@ -5,6 +5,7 @@ import { SETTINGS, SettingsError, defaultsOn, envName, resolveSettings } from '.
 import { serve } from './serve.js';
 import { runWorkers, workerAddress, workerNode } from './workers.js';
 import { usageExitsWith2 } from './commands/common.js';
+import { deliverCommand } from './commands/deliver.js';
 import { publishCommand } from './commands/publish.js';
 import { subscribeCommand } from './commands/subscribe.js';
 
@@ -143,6 +144,7 @@ usageExitsWith2(command);
 
 // Clients of a running server.
 program.addCommand(publishCommand());
+program.addCommand(deliverCommand());
 program.addCommand(subscribeCommand());
 
 await program.parseAsync(process.argv);

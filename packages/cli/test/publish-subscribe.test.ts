@@ -473,6 +473,53 @@ describe('perihelion publish and subscribe', () => {
     await stop(secured);
   });
 
+  it('deliver --user reaches every session of that user and nobody else, once per --idempotency-key; --client one session', async () => {
+    const secured = await start({ anonymous: false, jwt: { secret: JWT_SECRET } });
+    const tokenOf = (sub: string): string => hs256({ sub, exp: Math.floor(Date.now() / 1000) + 600 }, JWT_SECRET);
+    const subscribe = (user: string, count: number): Cli => new Cli(['subscribe', '/notifications', '--url', secured.url, '--data-only', '--count', String(count), '--verbose'], { PERIHELION_TOKEN: tokenOf(user) });
+    const [tab1, tab2, bob] = [subscribe('alice', 3), subscribe('alice', 3), subscribe('bob', 1)];
+    for (const cli of [tab1, tab2, bob]) await cli.waitFor('stderr', /subscribed to \/notifications/);
+    const deliver = (...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> => run(['deliver', '/notifications', ...args, '--url', secured.url], { PERIHELION_API_KEY: KEY });
+
+    const first = await deliver('"shipped"', '--user', 'alice', '--idempotency-key', 'order-9-shipped', '--verbose');
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stderr, /delivered on \/notifications to 2 session\(s\) of "alice"/);
+    assert.equal((await deliver('"shipped"', '--user', 'alice', '--idempotency-key', 'order-9-shipped')).code, 0, 'the retry');
+    assert.equal((await deliver('"delivered"', '--user', 'alice')).code, 0);
+    const nobody = await deliver('"hello"', '--user', 'carol');
+    assert.equal(nobody.code, 0, 'a user without sessions is no failure');
+    assert.match(nobody.stderr, /no session of "carol" is connected: delivered to none/);
+    const [bobSession] = (await presence(secured.url, '/notifications')).filter((session) => session.user === 'bob');
+    assert.equal((await deliver('"just bob"', '--client', bobSession!.clientId)).code, 0);
+    const gone = await deliver('1', '--client', 'no-such-session');
+    assert.equal(gone.code, 1);
+    assert.match(gone.stderr, /deliver failed: session_not_found: no session no-such-session \(HTTP 404\)/);
+    // Last, so that a subscriber that wrongly got it would have had to print it.
+    assert.equal((await deliver('"the end"', '--user', 'alice')).code, 0);
+    for (const tab of [tab1, tab2]) {
+      assert.equal((await tab.done).code, 0, tab.stderr);
+      assert.equal(tab.stdout, '"shipped"\n"delivered"\n"the end"\n', 'each once, in order');
+    }
+    assert.equal((await bob.done).code, 0, bob.stderr);
+    assert.equal(bob.stdout, '"just bob"\n');
+
+    for (const [args, message] of [
+      [['1'], /--user <id> \(every session of a user\) or --client <clientId> \(one session\), one of the two/],
+      [['1', '--user', 'alice', '--client', 'x'], /one of the two/],
+      [['1', '--user', ''], /--user is empty/],
+      [['not json', '--user', 'alice'], /is not valid JSON/],
+      [['1', '--user', 'alice', '--idempotency-key', 'two words'], /--idempotency-key must be 1 to 255 visible ASCII characters/],
+    ] as [string[], RegExp][]) {
+      const refused = await deliver(...args);
+      assert.equal(refused.code, 2, args.join(' '));
+      assert.match(refused.stderr, message, args.join(' '));
+    }
+    const meta = await run(['deliver', '/meta/connect', '1', '--user', 'alice', '--url', secured.url], { PERIHELION_API_KEY: KEY });
+    assert.equal(meta.code, 2);
+    assert.match(meta.stderr, /cannot deliver on a meta channel/);
+    await stop(secured);
+  });
+
   it('survives the server ending its session: handshakes again, subscribes again and keeps printing', async () => {
     const sub = subscriber(server.url, '/room/1', '--count', '2');
     await sub.waitFor('stderr', /subscribed to \/room\/1/);
