@@ -466,6 +466,14 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       assert.deepEqual(host.ended, ['b1'], 'the host was asked to end exactly that session');
       await engine.removeSession('b2');
       assert.deepEqual(await engine.sessionsOfUser('bob'), ['b1'], 'an ended session leaves the list when the server removes it');
+      await engine.removeSession('c1');
+      assert.deepEqual(await engine.sessionsOfUser('carol'), [], 'a user whose last session went has none');
+      await engine.addSession('c2', 'carol');
+      await engine.addSession('anon', null);
+      assert.deepEqual(await engine.sessionsOfUser('carol'), ['c2'], 'and a new one is listed');
+      for (let i = 0; i < 50; i++) await engine.addSession(`d${i}`, 'dave');
+      for (let i = 0; i < 50; i += 2) await engine.removeSession(`d${i}`);
+      assert.deepEqual((await engine.sessionsOfUser('dave')).sort(), Array.from({ length: 25 }, (_, i) => `d${2 * i + 1}`).sort());
     });
 
     it('sends to one known session, and says false for an unknown or ended one', async () => {
