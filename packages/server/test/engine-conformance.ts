@@ -398,6 +398,10 @@ export function engineConformance(name: string, fixture: EngineFixture): void {
       await engine.subscribe('b', '/c/1'); // again: no double count
       assert.equal(await engine.subscriberCount('/c/1'), 2);
       assert.deepEqual((await engine.subscribers('/c/1')).sort(), ['a', 'b']);
+      assert.deepEqual(await engine.subscribedAmong('/c/1', ['x', 'b', 'y', 'a']), ['b', 'a'], 'which of these, in the order asked');
+      assert.deepEqual(await engine.subscribedAmong('/c/*', ['a', 'b']), ['b'], 'exactly that pattern');
+      assert.deepEqual(await engine.subscribedAmong('/nobody', ['a']), []);
+      assert.deepEqual(await engine.subscribedAmong('/c/1', []), []);
       assert.deepEqual([...(await engine.channels())].sort(), [
         ['/c/*', 1],
         ['/c/1', 2],
@@ -602,6 +606,7 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       for (const { engine } of [a, b]) {
         assert.equal(await engine.subscriberCount('/d/presence'), 2);
         assert.deepEqual((await engine.subscribers('/d/presence')).sort(), ['s1', 's2']);
+        assert.deepEqual(await engine.subscribedAmong('/d/presence', ['s2', 'gone', 's1']), ['s2', 's1'], 'sessions of either node');
         assert.deepEqual(Object.fromEntries(await engine.channels()), { '/d/presence': 2, '/d/*': 1 });
       }
       await b.engine.removeSession('s2');

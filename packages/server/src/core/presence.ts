@@ -363,8 +363,7 @@ export class Presence {
     const { engine, delivery } = this.core;
     const remote = (await engine.sessionsOfUser(member.user)).filter((id) => !delivery.sessions.has(id) && !this.gone.has(id));
     if (remote.length === 0) return false;
-    const subscribed = new Set(await engine.subscribers(channel));
-    return remote.some((id) => subscribed.has(id));
+    return (await engine.subscribedAmong(channel, remote)).length > 0;
   }
 
   /** Forgets the ended sessions that the engine no longer lists by now. */

@@ -208,6 +208,11 @@ export interface Engine {
   sendTo(clientId: string, publication: Publication): Promise<boolean>;
   /** The sessions subscribed to exactly this channel or pattern (on every node). */
   subscribers(pattern: string): Promise<string[]>;
+  /**
+   * Which of `clientIds` subscribe to exactly this channel or pattern (on every node): asked for
+   * a few sessions of a big channel, without listing all its subscribers.
+   */
+  subscribedAmong(pattern: string, clientIds: readonly string[]): Promise<string[]>;
   /** Number of sessions subscribed to exactly this channel or pattern. */
   subscriberCount(pattern: string): Promise<number>;
   /** Every channel or pattern that has at least one subscriber, with the count. */

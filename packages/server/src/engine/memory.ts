@@ -159,6 +159,10 @@ export class MemoryEngine implements Engine {
     return this.index.subscribersOf(pattern);
   }
 
+  async subscribedAmong(pattern: string, clientIds: readonly string[]): Promise<string[]> {
+    return this.index.among(pattern, clientIds);
+  }
+
   unseen(channel: string): boolean {
     return this.index.match(channel).size === 0 && !this.store().known(channel);
   }

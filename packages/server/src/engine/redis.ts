@@ -632,6 +632,20 @@ export class RedisEngine implements Engine {
     return this.connection.read(`subscribers of ${pattern}`, (cmd) => cmd.smembers(key), () => this.index.subscribersOf(pattern));
   }
 
+  async subscribedAmong(pattern: string, clientIds: readonly string[]): Promise<string[]> {
+    this.running();
+    if (clientIds.length === 0) return [];
+    const key = `${this.layout.control}subs:${pattern}`;
+    return this.connection.read(
+      `subscribers of ${pattern}`,
+      async (cmd) => {
+        const member = await cmd.smismember(key, ...clientIds);
+        return clientIds.filter((_, i) => member[i] === 1);
+      },
+      () => this.index.among(pattern, clientIds),
+    );
+  }
+
   async subscriberCount(pattern: string): Promise<number> {
     this.running();
     const key = `${this.layout.control}subs:${pattern}`;

@@ -75,6 +75,12 @@ export class SubscriptionIndex {
     return merged ?? only ?? NOBODY;
   }
 
+  /** Which of `clientIds` subscribe to exactly `pattern`. */
+  among(pattern: string, clientIds: readonly string[]): string[] {
+    const sessions = this.byPattern.get(pattern);
+    return sessions === undefined ? [] : clientIds.filter((clientId) => sessions.has(clientId));
+  }
+
   subscribersOf(pattern: string): string[] {
     return [...(this.byPattern.get(pattern) ?? [])];
   }

@@ -47,6 +47,7 @@ const METHODS = new Set([
   'historyStats',
   'sendTo',
   'subscribers',
+  'subscribedAmong',
   'subscriberCount',
   'channels',
   'markLeaving',

@@ -150,6 +150,10 @@ export class WorkersEngine implements Engine {
     return this.call('subscribers', [pattern]);
   }
 
+  subscribedAmong(pattern: string, clientIds: readonly string[]): Promise<string[]> {
+    return this.call('subscribedAmong', [pattern, clientIds]);
+  }
+
   subscriberCount(pattern: string): Promise<number> {
     return this.call('subscriberCount', [pattern]);
   }
