@@ -2,8 +2,9 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { TimerWheel } from '../src/core/timer-wheel.js';
+import { TimerWheel, type TimerHandle } from '../src/core/timer-wheel.js';
 import { OutboundQueue } from '../src/core/outbound-queue.js';
+import { waitFor } from './helpers.js';
 import { SubscriptionIndex } from '../src/engine/subscription-index.js';
 import { ChannelSet } from '../src/core/channel-set.js';
 import { MAX_PATTERN_CHANNELS, ServerSession, type SessionHost } from '../src/core/session.js';
@@ -37,6 +38,49 @@ describe('timer wheel', () => {
     assert.deepEqual(fired, ['a', 'b']);
     assert.ok(times.a! >= 20 && times.b! >= 60, JSON.stringify(times));
     assert.equal(wheel.pending, 0);
+    wheel.stop();
+  });
+
+  it('fires thousands of deadlines amid cancels once each, in the order of their ticks, never early', async () => {
+    const wheel = new TimerWheel(5);
+    const start = Date.now();
+    const fired: { id: number; at: number; due: number }[] = [];
+    const live = new Map<number, TimerHandle>();
+    let seed = 7;
+    const random = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (let id = 0; id < 3000; id++) {
+      const handle = wheel.schedule(Math.floor(random() * 200), () => fired.push({ id, at: Date.now(), due: handle.due }));
+      live.set(id, handle);
+      // A third are cancelled, some of those set again (as a session's expiry at each connect).
+      if (random() < 0.33) {
+        wheel.cancel(handle);
+        live.delete(id);
+        if (random() < 0.5) {
+          const again = wheel.schedule(Math.floor(random() * 200), () => fired.push({ id, at: Date.now(), due: again.due }));
+          live.set(id, again);
+        }
+      }
+    }
+    assert.equal(wheel.pending, live.size);
+    await waitFor(() => wheel.pending === 0, 3000, 'every deadline fired');
+    assert.deepEqual(fired.map((f) => f.id).sort((a, b) => a - b), [...live.keys()].sort((a, b) => a - b), 'each live deadline once, no cancelled one');
+    assert.ok(fired.every((f) => f.at >= f.due), 'none early');
+    const ticks = fired.map((f) => Math.ceil(f.due / 5));
+    assert.ok(ticks.every((tick, i) => i === 0 || tick >= ticks[i - 1]!), 'in the order of their ticks');
+    assert.ok(Date.now() - start < 3000);
+    wheel.stop();
+  });
+
+  it('keeps its heap of ticks bounded while one deadline is cancelled and set again', () => {
+    const wheel = new TimerWheel(100);
+    let handle = wheel.schedule(60_000, () => {});
+    for (let i = 0; i < 10_000; i++) {
+      wheel.cancel(handle);
+      handle = wheel.schedule(60_000 + (i % 3) * 1000, () => {});
+    }
+    const { ticks, buckets } = wheel as unknown as { ticks: number[]; buckets: Map<number, unknown> };
+    assert.ok(ticks.length <= 2 * buckets.size + 65, `${ticks.length} ticks kept for ${buckets.size} buckets`);
+    assert.equal(wheel.pending, 1);
     wheel.stop();
   });
 

@@ -3,7 +3,11 @@
  * instead of a Node timer per session: thousands of idle sessions cost a Map entry each, and
  * nothing runs while nothing is due. Deadlines are rounded up to the next tick (`resolutionMs`),
  * so a deadline fires at most one tick late and never early. A cancelled deadline is removed at
- * once, so it holds no memory and never wakes the process.
+ * once, so it holds no memory.
+ *
+ * The ticks that have deadlines are kept in a heap, soonest first: tokens that expire over hours
+ * give a tick of their own to many sessions (up to one per 100 ms), and finding what is due among
+ * them costs a logarithm, not a walk over all of them at every tick.
  */
 export interface TimerHandle {
   readonly due: number;
@@ -20,6 +24,12 @@ const MAX_DELAY_MS = 2 ** 31 - 1;
 
 export class TimerWheel {
   private readonly buckets = new Map<number, Set<Entry>>();
+  /**
+   * The ticks of `buckets`, a binary heap, soonest first. A tick whose bucket its cancels emptied
+   * stays until it comes up (or the heap is rebuilt), and one emptied and filled again is here
+   * twice: each is skipped when it finds no bucket.
+   */
+  private ticks: number[] = [];
   private timer: NodeJS.Timeout | null = null;
   private nextTick = Infinity;
   private size = 0;
@@ -36,7 +46,10 @@ export class TimerWheel {
     const entry: Entry = { due, tick, cancelled: false, fn };
     const bucket = this.buckets.get(tick);
     if (bucket) bucket.add(entry);
-    else this.buckets.set(tick, new Set([entry]));
+    else {
+      this.buckets.set(tick, new Set([entry]));
+      this.pushTick(tick);
+    }
     this.size++;
     if (tick < this.nextTick) this.arm(tick);
     return entry;
@@ -67,6 +80,7 @@ export class TimerWheel {
     this.timer = null;
     this.nextTick = Infinity;
     this.buckets.clear();
+    this.ticks = [];
     this.size = 0;
   }
 
@@ -83,9 +97,12 @@ export class TimerWheel {
     this.timer = null;
     this.nextTick = Infinity;
     const nowTick = Math.floor(this.now() / this.resolutionMs);
-    const dueTicks = [...this.buckets.keys()].filter((t) => t <= nowTick).sort((a, b) => a - b);
+    // What is due now, in order; a deadline its callbacks schedule for now waits for the next fire.
+    const dueTicks: number[] = [];
+    while (this.ticks.length > 0 && this.ticks[0]! <= nowTick) dueTicks.push(this.popTick());
     for (const tick of dueTicks) {
-      const bucket = this.buckets.get(tick)!;
+      const bucket = this.buckets.get(tick);
+      if (!bucket) continue;
       this.buckets.delete(tick);
       for (const entry of bucket) {
         if (entry.cancelled) continue;
@@ -99,8 +116,44 @@ export class TimerWheel {
         }
       }
     }
-    let earliest = Infinity;
-    for (const tick of this.buckets.keys()) if (tick < earliest) earliest = tick;
-    if (earliest !== Infinity) this.arm(earliest);
+    while (this.ticks.length > 0 && !this.buckets.has(this.ticks[0]!)) this.popTick();
+    if (this.ticks.length > 0) this.arm(this.ticks[0]!);
+  }
+
+  private pushTick(tick: number): void {
+    // Ticks of emptied buckets pile up while deadlines are cancelled and set again (a session's
+    // expiry at every connect): past twice the live ones, the heap is made again from the buckets.
+    if (this.ticks.length > 2 * this.buckets.size + 64) {
+      this.ticks = [...this.buckets.keys()].sort((a, b) => a - b);
+      return;
+    }
+    const heap = this.ticks;
+    let i = heap.push(tick) - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (heap[parent]! <= tick) break;
+      heap[i] = heap[parent]!;
+      i = parent;
+    }
+    heap[i] = tick;
+  }
+
+  private popTick(): number {
+    const heap = this.ticks;
+    const top = heap[0]!;
+    const last = heap.pop()!;
+    if (heap.length > 0) {
+      let i = 0;
+      for (;;) {
+        const left = 2 * i + 1;
+        if (left >= heap.length) break;
+        const child = left + 1 < heap.length && heap[left + 1]! < heap[left]! ? left + 1 : left;
+        if (heap[child]! >= last) break;
+        heap[i] = heap[child]!;
+        i = child;
+      }
+      heap[i] = last;
+    }
+    return top;
   }
 }
