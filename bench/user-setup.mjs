@@ -42,6 +42,8 @@ if (process.argv[2] === '--server') {
       process.send({ cpu: user + system });
     }
   });
+  // Its parent gone (done, or failed half-way), it goes too.
+  process.on('disconnect', () => process.exit(0));
   process.send({ port: server.address().port });
 } else {
   const sizes = (process.argv[2] ?? '2000,8000,16000').split(',').map(Number);

@@ -93,3 +93,24 @@ describe('benchmark smoke run', () => {
     assert.ok(perihelion <= faye, `Perihelion ${perihelion.toFixed(2)} µs/msg vs Faye ${faye.toFixed(2)} µs/msg (median of three rounds)`);
   });
 });
+
+describe('bench/user-setup.mjs', () => {
+  it('sets up anonymous clients and users at each size and prints a row for each', { timeout: 120_000 }, async () => {
+    const script = fileURLToPath(new URL('../user-setup.mjs', import.meta.url));
+    const child = spawn(process.execPath, [script, '100,200'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    const code = await new Promise((resolve) => child.on('exit', resolve));
+    assert.equal(code, 0, stderr.slice(-2000));
+    const rows = stdout.split('\n').filter((line) => /^\| \d/.test(line));
+    assert.deepEqual(rows.map((row) => row.split('|')[1].trim()), ['100', '200']);
+    for (const row of rows) {
+      const [anonymous, users, ratio] = row.split('|').slice(2, 5).map((cell) => Number(cell.trim()));
+      assert.ok(anonymous > 0 && users > 0 && ratio > 0, row);
+    }
+    const refused = spawn(process.execPath, [script, '0']);
+    assert.equal(await new Promise((resolve) => refused.on('exit', resolve)), 2, 'a size of 0 is a usage error');
+  });
+});
