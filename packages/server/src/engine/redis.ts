@@ -639,7 +639,9 @@ export class RedisEngine implements Engine {
     return this.connection.read(
       `subscribers of ${pattern}`,
       async (cmd) => {
-        const member = await cmd.smismember(key, ...clientIds);
+        // SISMEMBER for each (a few sessions of one user), sent together: every Redis has it,
+        // where SMISMEMBER needs 6.2.
+        const member = await Promise.all(clientIds.map((clientId) => cmd.sismember(key, clientId)));
         return clientIds.filter((_, i) => member[i] === 1);
       },
       () => this.index.among(pattern, clientIds),
