@@ -16,6 +16,19 @@ import { deleteKeys, REDIS_URL, requireRedis, uniquePrefix } from './redis-fixtu
 
 const HANDSHAKE = { channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] };
 
+/**
+ * Handshakes on `peer`, subscribes to `channel` and leaves a connect held, as a client waiting for
+ * deliveries; resolves to its clientId.
+ */
+async function subscribedAndHeld(peer: WsPeer, channel: string): Promise<string> {
+  const clientId = (await peer.request(HANDSHAKE)).clientId as string;
+  assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: channel })).successful, true);
+  peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } }]);
+  await peer.next((m) => m.channel === '/meta/connect', 'the first connect');
+  peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+  return clientId;
+}
+
 describe('WebSocket frames', () => {
   it('keep their order when one of them waits: publishes are delivered and answered in the order sent', async () => {
     const ts = await startServer();
@@ -94,11 +107,7 @@ describe('WebSocket frames', () => {
     const ts = await startServer({ maxMessageBytes: 1_000_000 });
     const peer = await WsPeer.open(ts.wsUrl);
     try {
-      const clientId = (await peer.request(HANDSHAKE)).clientId as string;
-      assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/sizes' })).successful, true);
-      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } }]);
-      await peer.next((m) => m.channel === '/meta/connect', 'the first connect');
-      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+      await subscribedAndHeld(peer, '/sizes');
 
       // The envelope around the data ({"channel":"/sizes","data":"…","ext":{"position":…}}) is
       // about 70 bytes: these lengths put frames on both sides of 126 and 65 536 bytes.
@@ -255,11 +264,7 @@ describe('WebSocket replies to a client that does not read', () => {
     const subscriber = await WsPeer.open(ts.wsUrl);
     const publisher = await WsPeer.open(ts.wsUrl);
     try {
-      const clientId = (await subscriber.request(HANDSHAKE)).clientId as string;
-      assert.equal((await subscriber.request({ channel: '/meta/subscribe', clientId, subscription: '/slow' })).successful, true);
-      subscriber.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } }]);
-      await subscriber.next((m) => m.channel === '/meta/connect', 'the first connect');
-      subscriber.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+      await subscribedAndHeld(subscriber, '/slow');
       await sleep(50);
 
       // The subscriber stops reading while 10 000 messages of 2 KB are published: once the
@@ -297,11 +302,7 @@ describe('WebSocket frames on the Redis engine (every publish waits for Redis)',
     const ts = await startServer({ engine: new RedisEngine({ url: REDIS_URL, prefix }), open: true, publishRate: 0, maxPendingFrames: 4 });
     const peer = await WsPeer.open(ts.wsUrl);
     try {
-      const clientId = (await peer.request(HANDSHAKE)).clientId as string;
-      assert.equal((await peer.request({ channel: '/meta/subscribe', clientId, subscription: '/flood' })).successful, true);
-      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket', advice: { timeout: 0 } }]);
-      await peer.next((m) => m.channel === '/meta/connect', 'the first connect');
-      peer.send([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]);
+      const clientId = await subscribedAndHeld(peer, '/flood');
 
       // A client that sends 2 000 publishes, each in a frame of its own, as fast as it can.
       const count = 2000;
