@@ -114,3 +114,25 @@ describe('bench/user-setup.mjs', () => {
     assert.equal(await new Promise((resolve) => refused.on('exit', resolve)), 2, 'a size of 0 is a usage error');
   });
 });
+
+describe('bench/state-update.mjs', () => {
+  it('times the three ways of changing a state channel at each size and prints a row for each', { timeout: 120_000 }, async () => {
+    const script = fileURLToPath(new URL('../state-update.mjs', import.meta.url));
+    const child = spawn(process.execPath, [script, '100,300', '--changes', '5'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    const code = await new Promise((resolve) => child.on('exit', resolve));
+    assert.equal(code, 0, stderr.slice(-2000));
+    assert.match(stderr, /100 items .*round 1\/3: draft/, 'progress on stderr');
+    const rows = stdout.split('\n').filter((line) => /^\| \d/.test(line));
+    assert.deepEqual(rows.map((row) => row.split('|')[1].trim()), ['100', '300']);
+    for (const row of rows) {
+      const cells = row.split('|').slice(2, 7).map((cell) => Number(cell.trim()));
+      assert.ok(cells.every((cell) => cell > 0), row);
+    }
+    const refused = spawn(process.execPath, [script, '0']);
+    assert.equal(await new Promise((resolve) => refused.on('exit', resolve)), 2, 'a size of 0 is a usage error');
+  });
+});

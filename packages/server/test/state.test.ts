@@ -248,6 +248,36 @@ describe('state channels: server.state() and update()', () => {
     }
   });
 
+  it('update(fn) copies only what the change touches: the new value shares the rest with the old, which stays as it was', TEST_TIMEOUT, async () => {
+    type Doc = { items: { id: number; done: boolean; tags: string[] }[]; meta: { owner: string } };
+    const initial: Doc = { items: Array.from({ length: 1000 }, (_, id) => ({ id, done: false, tags: ['t'] })), meta: { owner: 'ann' } };
+    const state = await makeState(t, fresh('shared'), initial as unknown as JsonValue);
+    const before = state.get() as unknown as Doc;
+    const patch = await state.update((draft) => {
+      (draft as unknown as Doc).items[500]!.done = true;
+    });
+    assert.deepEqual(patch, [{ op: 'replace', path: '/items/500/done', value: true }]);
+    const after = state.get() as unknown as Doc;
+    assert.notEqual(after.items, before.items);
+    assert.equal(after.items[499], before.items[499], 'an untouched item is the same object');
+    assert.equal(after.items[500]!.tags, before.items[500]!.tags, 'an untouched part of a changed item too');
+    assert.equal(after.meta, before.meta);
+    assert.equal(before.items[500]!.done, false, 'the old value is not changed');
+    // The next change starts from the new value.
+    await state.update((draft) => void (draft as unknown as Doc).items.splice(0, 1));
+    assert.equal((state.get() as unknown as Doc).items[499]!.done, true);
+    assert.equal((state.get() as unknown as Doc).items.length, 999);
+    // A new value made the immutable way keeps the parts it took from the state; its own are copied.
+    const current = state.get() as unknown as Doc;
+    const added = { id: 2000, done: false, tags: [] as string[] };
+    await state.update({ ...current, items: [...current.items.slice(0, -1), added] } as unknown as JsonValue);
+    const made = state.get() as unknown as Doc;
+    assert.equal(made.items[10], current.items[10]);
+    assert.equal(made.meta, current.meta);
+    added.done = true;
+    assert.equal(made.items[998]!.done, false, 'the caller’s object was copied');
+  });
+
   it('refuses an update function that changes its draft and returns something else (draft => draft.push(x)), leaving the state unchanged', TEST_TIMEOUT, async () => {
     const list = await makeState(t, fresh('pushreturns'), [] as number[]);
     await rejectsWith(list.update((draft) => (draft as number[]).push(1) as never), 'ERR_INVALID_ARGUMENT', 'push returns a number');

@@ -52,6 +52,15 @@ export function diff(oldValue: unknown, newValue: unknown, options: DiffOptions 
   const maxDepth = depthOption(options.maxDepth);
   assertJson(oldValue, { maxDepth, name: 'oldValue' });
   assertJson(newValue, { maxDepth, name: 'newValue' });
+  return diffTrusted(oldValue, newValue, options);
+}
+
+/**
+ * `diff` of two values known to be JSON (assertJson), not checked again: for values made so
+ * (a draft's result, `applyPatch`'s, a checked copy), where a change to a large document should
+ * cost about the change, and the parts both values share are passed at once.
+ */
+export function diffTrusted(oldValue: JsonValue, newValue: JsonValue, options: DiffOptions = {}): Patch {
   const differ = new Differ(options);
   differ.value(oldValue, newValue, '');
   return differ.ops;

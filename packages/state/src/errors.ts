@@ -15,7 +15,9 @@ export type StateErrorCode =
   /** A bad option to diff. */
   | 'ERR_INVALID_OPTION'
   /** A well-formed op that cannot apply to this document (missing path, failed test, bad index). */
-  | 'ERR_PATCH_FAILED';
+  | 'ERR_PATCH_FAILED'
+  /** A draft function returned something that cannot be taken as the new value (see `produce`). */
+  | 'ERR_DRAFT_RESULT';
 
 export class StateError extends Error {
   override name = 'StateError';

@@ -1,13 +1,14 @@
 export { StateError } from './errors.js';
 export type { StateErrorCode } from './errors.js';
-export { DEFAULT_MAX_DEPTH, assertJson, clone, deepEqual, isJsonValue, isPlainObject } from './json.js';
+export { DEFAULT_MAX_DEPTH, assertJson, clone, cloneChanges, deepEqual, isJsonValue, isPlainObject } from './json.js';
 export type { JsonCheckOptions, JsonObject, JsonValue } from './json.js';
 export { escapeToken, formatPointer, parsePointer, unescapeToken } from './pointer.js';
 export type { AddOperation, CopyOperation, MoveOperation, Operation, Patch, RemoveOperation, ReplaceOperation, TestOperation } from './operations.js';
-export { diff } from './diff.js';
+export { diff, diffTrusted } from './diff.js';
 export type { DiffOptions } from './diff.js';
 export { applyPatch } from './apply.js';
-export { draftResult } from './draft.js';
+export { produce } from './draft.js';
+export type { ProduceOptions } from './draft.js';
 export type { ApplyOptions } from './apply.js';
 export { Replica, ProposalError, replicate, STATE_SERVICE } from './replica.js';
 export type { ChangeListener, ReplicaChange, ReplicaClient, ReplicaOptions } from './replica.js';

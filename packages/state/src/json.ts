@@ -80,13 +80,22 @@ function describe(value: unknown): string | null {
   }
 }
 
-class Walker {
+/**
+ * Walks a value to check or copy it, keeping the path it is at for error messages. Exported for
+ * draft.ts (not from the package): a draft's finisher is a walker that `adopt`s its drafts.
+ */
+export class Walker {
   readonly stack: unknown[] = [];
   readonly tokens: (string | number)[] = [];
   constructor(
     readonly maxDepth: number,
     readonly name: string,
   ) {}
+
+  /** What `copy` makes of an object found at `depth` instead of copying it; undefined: copy it. */
+  adopt(_value: object, _depth: number): JsonValue | undefined {
+    return undefined;
+  }
 
   where(depth: number): string {
     const p = formatPointer(this.tokens.slice(0, depth));
@@ -158,6 +167,8 @@ class Walker {
       if (bad !== null) this.notJson(depth, bad);
       return value as JsonValue;
     }
+    const adopted = this.adopt(value, depth);
+    if (adopted !== undefined) return adopted;
     if (depth >= this.maxDepth) {
       this.stack[depth] = value;
       this.tooDeep(depth + 1);
@@ -217,6 +228,49 @@ export function clone<T extends JsonValue>(value: T, options?: JsonCheckOptions)
 export function clone(value: unknown, options?: JsonCheckOptions): JsonValue;
 export function clone(value: unknown, options: JsonCheckOptions = {}): JsonValue {
   return new Walker(depthOption(options.maxDepth), options.name ?? 'value').copy(value, 0);
+}
+
+/**
+ * `clone(next)`, but for the containers of `current` (a JSON value, not checked again) that
+ * `next` holds at the same place: those are kept as they are, not walked. A new value made the
+ * immutable way (`{ ...v, items: v.items.map((x, i) => i === 3 ? { ...x, done: true } : x) }`)
+ * costs about what changed, and shares the rest with `current`; treat both as immutable.
+ */
+export function cloneChanges(next: unknown, current: JsonValue, options: JsonCheckOptions = {}): JsonValue {
+  return new ChangeCopier(depthOption(options.maxDepth), options.name ?? 'value').beside(next, current, 0);
+}
+
+class ChangeCopier extends Walker {
+  beside(value: unknown, current: JsonValue | undefined, depth: number): JsonValue {
+    // The current value's own container at its own place: JSON already, at the same depth.
+    if (value === current && typeof value === 'object' && value !== null) return value as JsonValue;
+    if (typeof value !== 'object' || value === null || typeof current !== 'object' || current === null || Array.isArray(value) !== Array.isArray(current)) {
+      return this.copy(value, depth);
+    }
+    if (depth >= this.maxDepth) {
+      this.stack[depth] = value;
+      this.tooDeep(depth + 1);
+    }
+    this.stack[depth] = value;
+    if (Array.isArray(value)) {
+      const old = current as JsonValue[];
+      const out: JsonValue[] = new Array<JsonValue>(value.length);
+      for (let i = 0; i < value.length; i++) {
+        this.tokens[depth] = i;
+        out[i] = this.beside(value[i], old[i], depth + 1);
+      }
+      return out;
+    }
+    if (!isPlainObject(value)) this.notJson(depth, describe(value)!);
+    if (Object.getOwnPropertySymbols(value).length > 0) this.notJson(depth, 'an object with symbol keys');
+    const old = current as JsonObject;
+    const out: JsonObject = {};
+    for (const key of Object.keys(value)) {
+      this.tokens[depth] = key;
+      setOwn(out, key, this.beside(value[key], has(old, key) ? old[key] : undefined, depth + 1));
+    }
+    return out;
+  }
 }
 
 /**

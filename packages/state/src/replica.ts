@@ -22,8 +22,8 @@
  * Perihelion client (`replicate(client, '/todos')`), or an adapter for another.
  */
 import { applyPatch } from './apply.js';
-import { draftResult } from './draft.js';
-import { diff, type DiffOptions } from './diff.js';
+import { produce } from './draft.js';
+import { diff, diffTrusted, type DiffOptions } from './diff.js';
 import { clone, type JsonValue } from './json.js';
 import { parsePointer } from './pointer.js';
 import type { Patch } from './operations.js';
@@ -147,8 +147,8 @@ export class Replica {
   }
 
   /**
-   * Proposes a change: a JSON Patch, or a function given a draft (a copy of `value`) that changes
-   * it in place or returns the new value. Applied to `value` at once; resolves to the server
+   * Proposes a change: a JSON Patch, or a function given a draft of `value` (see `produce`) that
+   * changes it in place or returns the new value. Applied to `value` at once; resolves to the server
    * version that includes it, rejects with a ProposalError when the server refuses it (and
    * `value` goes back to the server's), or at once, sending nothing, when the change cannot be
    * made here (its `cause` says why).
@@ -159,8 +159,7 @@ export class Replica {
     let next: JsonValue;
     try {
       if (typeof change === 'function') {
-        const draft = clone(this.view);
-        patch = diff(this.view, draftResult(this.view, draft, change(draft), this.options.diff), this.options.diff);
+        patch = diffTrusted(this.view, produce(this.view, change, { diff: this.options.diff }), this.options.diff);
       } else if (Array.isArray(change)) patch = change;
       else throw new Error('propose takes a JSON Patch (an array of operations) or a function given a draft');
       if (patch.length === 0) return Promise.resolve(this.current);

@@ -21,7 +21,7 @@
  * that comes back with another patch is refused: it is not the same proposal.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { applyPatch, assertJson, clone, diff, draftResult, StateError, type DiffOptions, type JsonValue, type Patch } from '@perihelion/state';
+import { applyPatch, assertJson, clone, cloneChanges, diff, diffTrusted, produce, StateError, type DiffOptions, type JsonValue, type Patch } from '@perihelion/state';
 import type { Session } from '../core/session.js';
 import { PerihelionError } from '../errors.js';
 import { ChangeIndex, reliancesOf } from './rebase.js';
@@ -170,20 +170,19 @@ export class StateChannel<T extends JsonValue = JsonValue> {
    */
   update(change: T | ((draft: T) => T | void)): Promise<Patch> {
     return this.enqueue(async () => {
-      let next: unknown;
-      let draft: T | undefined;
-      if (typeof change === 'function') {
-        draft = clone(this.value) as T;
-        const returned: unknown = (change as (draft: T) => T | void)(draft);
-        try {
-          next = draftResult(this.value, draft, returned, this.options.diff);
-        } catch (error) {
-          throw new PerihelionError('ERR_INVALID_ARGUMENT', `update: ${(error as Error).message}`);
-        }
-      } else next = change;
-      // A value the caller handed in stays the caller's: changing it later must not change the state.
-      const value = next === draft ? checked(next, 'the new value') : clone(checked(next, 'the new value'));
-      const patch = diff(this.value, value, this.options.diff);
+      let value: JsonValue;
+      try {
+        // A draft copies on write: the change costs what it touches, and the new value shares
+        // the rest with the current one. A value the caller handed in stays the caller's
+        // (changing it later must not change the state): checked and copied, but for the parts
+        // it took from the current value (made the immutable way), which are the state's own.
+        value = typeof change === 'function' ? produce(this.value, change as (draft: JsonValue) => unknown, { diff: this.options.diff }) : cloneChanges(change, this.value);
+      } catch (error) {
+        // The function's own error is its caller's, as it threw it.
+        if (!(error instanceof StateError)) throw error;
+        throw new PerihelionError('ERR_INVALID_ARGUMENT', error.code === 'ERR_DRAFT_RESULT' ? `update: ${error.message}` : `the new value is not JSON: ${error.message}`);
+      }
+      const patch = diffTrusted(this.value, value, this.options.diff);
       if (patch.length === 0) return patch;
       await this.commit(value, patch, {});
       return patch;
@@ -222,7 +221,7 @@ export class StateChannel<T extends JsonValue = JsonValue> {
         const verdict = await this.decide(validate, { channel: this.channel, session, patch: proposal.patch, current: this.value, next });
         if (verdict !== true) throw new ProposalRefusal('refused', typeof verdict === 'string' && verdict !== '' ? verdict : 'refused by the application');
         // Published as the server would diff it: replicas apply the same canonical patch whatever the proposer sent.
-        const patch = diff(this.value, next, this.options.diff);
+        const patch = diffTrusted(this.value, next, this.options.diff);
         if (patch.length > 0) await this.commit(next, patch, { proposal: proposal.id, digest, by: session.id });
         else if (proposal.id !== undefined) this.remember(proposal.id, this.current, digest);
       } catch (error) {
