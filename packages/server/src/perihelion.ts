@@ -367,7 +367,7 @@ export class Perihelion {
 
   /** The live sessions of one authenticated user, on this node. */
   sessionsOf(userId: string): Session[] {
-    return [...this.core.delivery.sessions.values()].filter((session) => session.identity?.id === userId);
+    return this.core.delivery.sessionsOfUser(userId);
   }
 
   /**

@@ -88,6 +88,25 @@ describe('deliverToUser, deliverWhere, sessions()', () => {
     assert.equal(await t.server.deliverToUser('nobody', '/notifications', 1), 0);
   });
 
+  it('sessionsOf(user) lists the user’s live sessions on this node, and forgets each one that ends', async () => {
+    const t = await server();
+    const tab1 = await connect(t, { user: '42' });
+    const tab2 = await connect(t, { user: '42' });
+    await connect(t, { user: '7' });
+    await connect(t);
+    const ids = (user: string): string[] => t.server.sessionsOf(user).map((session) => session.id).sort();
+    assert.deepEqual(ids('42'), [tab1.clientId, tab2.clientId].sort());
+    assert.equal(t.server.sessionsOf('7').length, 1);
+    assert.deepEqual(ids('nobody'), []);
+    await tab1.peer.request({ channel: '/meta/disconnect', clientId: tab1.clientId });
+    assert.deepEqual(ids('42'), [tab2.clientId]);
+    assert.equal(await t.server.disconnectClient(tab2.clientId), true);
+    await waitFor(() => ids('42').length === 0, 3000, 'the last session of 42 gone');
+    // A new session of the user after all of them went is listed again.
+    const tab3 = await connect(t, { user: '42' });
+    assert.deepEqual(ids('42'), [tab3.clientId]);
+  });
+
   it('refuses a bad user id or channel with a clear error', async () => {
     const t = await server();
     await assert.rejects(t.server.deliverToUser('', '/x', 1), (error: PerihelionError) => error.code === 'ERR_INVALID_ARGUMENT');

@@ -74,6 +74,12 @@ export class LocalDelivery implements EngineHost, SessionHost {
   private readonly listeners: ListenerRegistry;
   /** What the sessions of each remote address hold (for `maxSessionsPerIp`, `maxSubscriptionsPerIp`). */
   private readonly byAddress = new Map<string, { sessions: number; subscriptions: number }>();
+  /**
+   * The sessions of each authenticated user (`server.sessionsOf`, asked per request by some
+   * applications: a walk of every session would cost milliseconds with 100 000 of them). A
+   * session's identity is set at its handshake, before it is added, and never changes.
+   */
+  private readonly byUser = new Map<string, Set<ServerSession>>();
   /** Publish ids per client instance, shared by its sessions (see PublishIdsByClient). */
   readonly publishIds: PublishIdsByClient;
   /** Sessions with something to write this turn (each once: see ServerSession.flushPending). */
@@ -103,9 +109,21 @@ export class LocalDelivery implements EngineHost, SessionHost {
   /** Adds a session just handshaken from `address`. */
   add(session: ServerSession, address: string): void {
     this.sessions.set(session.id, session);
+    const user = session.identity?.id;
+    if (user !== undefined) {
+      const sessions = this.byUser.get(user);
+      if (sessions) sessions.add(session);
+      else this.byUser.set(user, new Set([session]));
+    }
     const held = this.byAddress.get(address);
     if (held) held.sessions++;
     else this.byAddress.set(address, { sessions: 1, subscriptions: 0 });
+  }
+
+  /** The live sessions of an authenticated user on this node. */
+  sessionsOfUser(user: string): ServerSession[] {
+    const sessions = this.byUser.get(user);
+    return sessions === undefined ? [] : [...sessions];
   }
 
   /** Live sessions handshaken from `address` (for `maxSessionsPerIp`). */
@@ -328,6 +346,11 @@ export class LocalDelivery implements EngineHost, SessionHost {
     this.wheel.cancel(session.tokenExpiry);
     session.release(releaseOnEnd(reason));
     this.sessions.delete(session.id);
+    const user = session.identity?.id;
+    if (user !== undefined) {
+      const sessions = this.byUser.get(user);
+      if (sessions?.delete(session) && sessions.size === 0) this.byUser.delete(user);
+    }
     const address = session.remoteAddress ?? 'unknown';
     const held = this.byAddress.get(address);
     if (held) {
