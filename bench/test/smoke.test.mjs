@@ -136,3 +136,24 @@ describe('bench/state-update.mjs', () => {
     assert.equal(await new Promise((resolve) => refused.on('exit', resolve)), 2, 'a size of 0 is a usage error');
   });
 });
+
+describe('bench/state-snapshots.mjs', () => {
+  it('answers a storm of snapshot requests at each size and prints a row for each', { timeout: 120_000 }, async () => {
+    const script = fileURLToPath(new URL('../state-snapshots.mjs', import.meta.url));
+    const child = spawn(process.execPath, [script, '50,500', '--clients', '20'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk) => (stdout += chunk));
+    child.stderr.on('data', (chunk) => (stderr += chunk));
+    const code = await new Promise((resolve) => child.on('exit', resolve));
+    assert.equal(code, 0, stderr.slice(-2000));
+    const rows = stdout.split('\n').filter((line) => /^\| \d/.test(line));
+    assert.deepEqual(rows.map((row) => row.split('|')[1].trim()), ['50', '500']);
+    for (const row of rows) {
+      const [, , clients, perSnapshot, took] = row.split('|').slice(1, 6).map((cell) => Number(cell.trim()));
+      assert.ok(clients === 20 && perSnapshot > 0 && took > 0, row);
+    }
+    const refused = spawn(process.execPath, [script, '--clients', '0']);
+    assert.equal(await new Promise((resolve) => refused.on('exit', resolve)), 2, 'no clients is a usage error');
+  });
+});

@@ -618,6 +618,29 @@ describe('state channels: /service/state snapshots and the publish guard', () =>
       assert.deepEqual(data, { channel: '/open/state', epoch: state.epoch, version: 1, value: { items: ['a', 'b'] } });
     });
 
+    it('gives every client the one snapshot of a version, each with its own reply around it, and the next version once there is one', TEST_TIMEOUT, async () => {
+      const shared = await makeState(t, '/open/shared', { n: 0, list: ['x'] });
+      const [a, b] = [await openPeer(t.wsUrl, peers), await openPeer(t.wsUrl, peers)];
+      // Each reply echoes its own request's id; the data is the same.
+      const replies = await Promise.all(
+        [a, b].map((peer, i) => {
+          const id = `snapshot-${i}`;
+          peer.peer.send([{ channel: SERVICE, clientId: peer.clientId, id, data: { channel: '/open/shared', op: 'snapshot' } }]);
+          return peer.peer.next((m) => m.id === id && m.data !== undefined, 'the snapshot', 5000);
+        }),
+      );
+      for (const [i, reply] of replies.entries()) {
+        assert.equal(reply.id, `snapshot-${i}`);
+        assert.equal(reply.successful, true);
+        assert.deepEqual(reply.data, { channel: '/open/shared', epoch: shared.epoch, version: 0, value: { n: 0, list: ['x'] } });
+      }
+      assert.equal(shared.snapshot(), shared.snapshot(), 'one answer per version');
+      await shared.update((draft) => void ((draft as { n: number }).n = 1));
+      assert.deepEqual(answered(await a.ask({ channel: '/open/shared', op: 'snapshot' })), { channel: '/open/shared', epoch: shared.epoch, version: 1, value: { n: 1, list: ['x'] } });
+      await shared.update({ n: 2, list: [] });
+      assert.deepEqual(answered(await b.ask({ channel: '/open/shared', op: 'snapshot' })), { channel: '/open/shared', epoch: shared.epoch, version: 2, value: { n: 2, list: [] } });
+    });
+
     it('sends a large snapshot over long-polling gzip-compressed to a client that accepts gzip, as it is to one that does not', TEST_TIMEOUT, async () => {
       const big = { rows: Array.from({ length: 2000 }, (_, i) => ({ id: i, name: `row ${i}`, done: i % 3 === 0 })) };
       const large = await makeState(t, '/open/large', big);

@@ -4,6 +4,7 @@
  * echoed (§3.5: "MUST be returned in every message response except for a failed handshake").
  * Every reply passes the outgoing extensions on its way out.
  */
+import { randomUUID } from 'node:crypto';
 import { bayeuxError, type Advice, type Message } from '@perihelion/protocol';
 import type { ExtensionContext, ExtensionPipeline } from '../extensions/pipeline.js';
 import { answerTimesync } from '../extensions/timesync.js';
@@ -57,6 +58,33 @@ export function advice(options: Pick<ResolvedOptions, 'interval' | 'timeout'>): 
  */
 export function emitReply(extensions: ExtensionPipeline, message: Reply, context: ExtensionContext, out: string[]): void | Promise<void> {
   const final = extensions.outgoing(message, context);
-  if (final instanceof Promise) return final.then((settled) => void (settled && out.push(JSON.stringify(settled))));
-  if (final) out.push(JSON.stringify(final));
+  if (final instanceof Promise) return final.then((settled) => void (settled && out.push(serialiseReply(settled))));
+  if (final) out.push(serialiseReply(final));
+}
+
+/** The JSON of answers given to many clients alike (see `sharedAnswer`), by the answer. */
+const serialisedAnswers = new WeakMap<object, string>();
+/**
+ * Stands for `data` while the rest of a reply is serialised; unguessable, so that nothing a client
+ * sends (an id, an ext echoed) can be taken for it.
+ */
+const DATA_MARK_VALUE = `\u0000data:${randomUUID()}`;
+const DATA_MARK = JSON.stringify(DATA_MARK_VALUE);
+
+/**
+ * Marks `answer` as one that many clients are given alike (a state channel's snapshot: every
+ * replica asks for it after a restart): it is serialised here, once, and each reply that carries
+ * it as its `data` splices that text in rather than serialising it again. The answer must not
+ * change afterwards (an outgoing extension may replace a reply's `data`, not change it in place).
+ */
+export function sharedAnswer<T extends object>(answer: T): T {
+  serialisedAnswers.set(answer, JSON.stringify(answer));
+  return answer;
+}
+
+function serialiseReply(message: Reply): string {
+  const data = message.data;
+  const text = typeof data === 'object' && data !== null ? serialisedAnswers.get(data) : undefined;
+  if (text === undefined) return JSON.stringify(message);
+  return JSON.stringify({ ...message, data: DATA_MARK_VALUE }).replace(DATA_MARK, () => text);
 }

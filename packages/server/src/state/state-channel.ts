@@ -22,6 +22,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { applyPatch, assertJson, clone, cloneChanges, diff, diffTrusted, produce, StateError, type DiffOptions, type JsonValue, type Patch } from '@perihelion/state';
+import { sharedAnswer } from '../core/replies.js';
 import type { Session } from '../core/session.js';
 import { PerihelionError } from '../errors.js';
 import { ChangeIndex, reliancesOf } from './rebase.js';
@@ -118,6 +119,8 @@ export class StateChannel<T extends JsonValue = JsonValue> {
   readonly epoch = randomBytes(6).toString('base64url');
   private value: JsonValue;
   private current = 0;
+  /** The snapshot answer of the current version, once asked for (see `snapshot`). */
+  private snapshotAnswer: { channel: string; epoch: string; version: number; value: JsonValue } | null = null;
   /** What the latest published patches changed, oldest first, for rebasing proposals. */
   private readonly recent: Array<{ version: number; changes: ChangeIndex }> = [];
   private queue: Promise<unknown> = Promise.resolve();
@@ -161,6 +164,18 @@ export class StateChannel<T extends JsonValue = JsonValue> {
 
   get version(): number {
     return this.current;
+  }
+
+  /**
+   * The answer to a snapshot request, `{channel, epoch, version, value}`: one object per version,
+   * serialised once however many replicas ask (they all do after a restart, and a value may be
+   * megabytes).
+   */
+  snapshot(): { channel: string; epoch: string; version: number; value: JsonValue } {
+    if (this.snapshotAnswer?.version !== this.current) {
+      this.snapshotAnswer = sharedAnswer({ channel: this.channel, epoch: this.epoch, version: this.current, value: this.value });
+    }
+    return this.snapshotAnswer;
   }
 
   /**

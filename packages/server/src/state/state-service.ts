@@ -87,7 +87,7 @@ export class StateChannels {
     const refused = await this.parts.policy.check('subscribe', name, session, message);
     if (refused) return new ServiceRefusal(bayeuxError('channelForbidden', [name], refused));
     if (!state) return new ServiceRefusal(bayeuxError('channelInvalid', [name], 'no state channel of that name on this server'));
-    if (op === 'snapshot') return { channel: name, epoch: state.epoch, version: state.version, value: state.get() };
+    if (op === 'snapshot') return state.snapshot();
     if (op !== 'propose') return new ServiceRefusal(bayeuxError('badRequest', [name], 'op is "snapshot" or "propose"'));
     const { epoch, base, patch, id } = request;
     if (typeof epoch !== 'string' || !Number.isSafeInteger(base) || (base as number) < 0 || !Array.isArray(patch) || (id !== undefined && (typeof id !== 'string' || id === '' || id.length > 64))) {
