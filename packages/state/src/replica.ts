@@ -23,8 +23,8 @@
  */
 import { applyPatch } from './apply.js';
 import { produce } from './draft.js';
-import { diff, diffTrusted, type DiffOptions } from './diff.js';
-import { clone, type JsonValue } from './json.js';
+import { diffTrusted, type DiffOptions } from './diff.js';
+import { isJsonValue, type JsonValue } from './json.js';
 import { parsePointer } from './pointer.js';
 import type { Patch } from './operations.js';
 
@@ -249,6 +249,11 @@ export class Replica {
     let snapshot: { epoch: string; version: number; value: JsonValue };
     try {
       snapshot = (await this.client.request(STATE_SERVICE, { channel: this.channel, op: 'snapshot' })) as typeof snapshot;
+      // Checked once here, so that every value made from it afterwards is known to be JSON.
+      const { epoch, version, value } = (snapshot ?? {}) as Partial<typeof snapshot>;
+      if (typeof epoch !== 'string' || !Number.isSafeInteger(version) || (version as number) < 0 || !isJsonValue(value)) {
+        throw new Error(`the snapshot of ${this.channel} is not {epoch, version, value} with a JSON value: ${String(JSON.stringify(snapshot)).slice(0, 200)}`);
+      }
     } catch (error) {
       // The first snapshot's failure is start()'s; a later one is tried again (patches stay held).
       if (this.epoch === '') throw error;
@@ -314,7 +319,7 @@ export class Replica {
 
   private emit(before: JsonValue, cause: ReplicaChange['cause'], known?: Patch): void {
     if (this.listeners.size === 0) return;
-    const patch = known ?? diff(before, this.view, this.options.diff);
+    const patch = known ?? diffTrusted(before, this.view, this.options.diff);
     if (patch.length === 0 && cause !== 'snapshot') return;
     const change: ReplicaChange = { value: this.view, patch, version: this.current, cause };
     for (const listener of this.listeners) listener(change);

@@ -229,3 +229,18 @@ describe('Replica: a proposal whose answer comes after a snapshot that holds it'
     assert.deepEqual([replica.value, replica.version], [{ done: false }, 2]);
   });
 });
+
+describe('Replica: a snapshot that is not one', () => {
+  it('refuses to start on an answer without an epoch, a whole version or a JSON value, saying why', async () => {
+    const bad: Array<[string, { epoch: unknown; version: unknown; value: unknown }]> = [
+      ['a Date in the value', { epoch: 'e1', version: 0, value: { when: new Date() } }],
+      ['no epoch', { epoch: undefined, version: 0, value: {} }],
+      ['a version that is not whole', { epoch: 'e1', version: 1.5, value: {} }],
+      ['a negative version', { epoch: 'e1', version: -1, value: {} }],
+    ];
+    for (const [what, snapshot] of bad) {
+      const s = scriptedClient(snapshot as { epoch: string; version: number; value: unknown });
+      await assert.rejects(replicate(s.client, '/doc'), /is not \{epoch, version, value\} with a JSON value/, what);
+    }
+  });
+});
