@@ -63,8 +63,8 @@ export interface ProduceOptions {
  * The value `change(draft)` makes of `current` (see above). Throws StateError (ERR_NOT_JSON,
  * ERR_TOO_DEEP) naming where the function left something JSON cannot hold, and ERR_DRAFT_RESULT
  * saying why when it returned something that cannot be taken as the new value; the function's
- * own errors pass as they are. `current` must be JSON;
- * it is not re-checked, and it is never changed.
+ * own errors pass as they are. `current` must be JSON; it is not checked again, and it is never
+ * changed.
  */
 export function produce(current: JsonValue, change: (draft: JsonValue) => unknown, options: ProduceOptions = {}): JsonValue {
   const maxDepth = depthOption(options.maxDepth);
