@@ -179,9 +179,9 @@ export class StateChannel<T extends JsonValue = JsonValue> {
   }
 
   /**
-   * Changes the value: `change` is the new value, or a function given a draft (a copy of the
-   * value) that it changes in place or replaces by returning a new value. Resolves to the patch
-   * published ([] when nothing changed, and nothing was published).
+   * Changes the value: `change` is the new value, or a function given a draft of the value
+   * (copied on write: see `produce`) that it changes in place or replaces by returning a new
+   * value. Resolves to the patch published ([] when nothing changed, and nothing was published).
    */
   update(change: T | ((draft: T) => T | void)): Promise<Patch> {
     return this.enqueue(async () => {
