@@ -6,7 +6,7 @@ import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
 import { SettingsError, type Settings } from './settings.js';
-import { describeCertificate, readTls } from './tls.js';
+import { describeCertificate, describeClientCertificates, readTls } from './tls.js';
 
 /** How many rules the user gave; the command's own (its services, the demo) are not theirs to count. */
 function rulesSummary(userRules: number): string {
@@ -139,6 +139,8 @@ export async function serve(settings: Settings, log: (line: string) => void = co
     const { summary, warning } = describeCertificate(tls);
     log(`  TLS: ${summary} (SIGHUP reads it again)`);
     if (warning) console.error(`perihelion: WARNING: ${warning}`);
+    const clients = describeClientCertificates(tls);
+    if (clients !== null) log(`  TLS: ${clients}${settings.server.jwt === undefined ? "; a certificate's CN is its user" : ''}`);
   }
   log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
   log(`  engine: ${engineSummary(server, workers)}`);

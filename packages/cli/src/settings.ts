@@ -5,13 +5,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { OPTION_TABLE, PerihelionError, checkChannelRules, resolveOptions, type OptionSpec, type ServerOptions } from '@perihelion/server';
+import { OPTION_TABLE, PerihelionError, authenticateByCertificate, checkChannelRules, resolveOptions, type OptionSpec, type ServerOptions } from '@perihelion/server';
 import { parse as parseYaml } from 'yaml';
 import { readTls, type TlsFiles } from './tls.js';
 
 export interface Setting {
   /** ServerOptions key, or a listen/CLI setting. */
-  key: keyof ServerOptions | 'port' | 'host' | 'tlsCert' | 'tlsKey' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisCluster' | 'redisPartitions' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'workers';
+  key: keyof ServerOptions | 'port' | 'host' | 'tlsCert' | 'tlsKey' | 'tlsCa' | 'tlsClientCert' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisCluster' | 'redisPartitions' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'workers';
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
@@ -64,6 +64,8 @@ const COMMAND_SETTINGS: Setting[] = [
   { key: 'host', flag: 'host', kind: 'string', help: 'interface to listen on (default: all; also HOST)' },
   { key: 'tlsCert', flag: 'tls-cert', kind: 'string', help: 'PEM file of the certificate chain: serve HTTPS and WSS (with --tls-key; SIGHUP reads both again, for a renewed certificate)' },
   { key: 'tlsKey', flag: 'tls-key', kind: 'string', help: "PEM file of the certificate's private key (its passphrase, if any, in PERIHELION_TLS_PASSPHRASE)" },
+  { key: 'tlsClientCert', flag: 'tls-client-cert', kind: 'string', help: 'client certificates signed by --tls-ca: "require" (a client without one is refused in the TLS handshake) or "request" (it connects anonymous); without token settings a certificate\'s CN is its user' },
+  { key: 'tlsCa', flag: 'tls-ca', kind: 'string', help: 'PEM file of the authorities that sign client certificates (with --tls-client-cert; SIGHUP reads it again)' },
   { key: 'redis', flag: 'redis', kind: 'string', help: 'cluster mode: Redis URL shared by every node, e.g. redis://127.0.0.1:6379 (default: in-memory engine, one process)' },
   { key: 'redisCluster', flag: 'redis-cluster', kind: 'boolean', help: 'cluster mode: --redis names nodes of a Redis Cluster (7 or later; comma-separated URLs), whose shards share the publishes (default false)' },
   { key: 'redisPartitions', flag: 'redis-partitions', kind: 'integer', help: 'cluster mode: partitions of the channels, spread over the shards; the same on every node (default 16 with --redis-cluster, else 1)' },
@@ -86,7 +88,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Keys a configuration file may hold besides the server options. */
-const FILE_ONLY_KEYS = new Set(['port', 'host', 'tlsCert', 'tlsKey', 'demo', 'logLevel', 'redis', 'redisCluster', 'redisPartitions', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'workers']);
+const FILE_ONLY_KEYS = new Set(['port', 'host', 'tlsCert', 'tlsKey', 'tlsCa', 'tlsClientCert', 'demo', 'logLevel', 'redis', 'redisCluster', 'redisPartitions', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'workers']);
 
 /** Most workers `--workers` takes. */
 export const MAX_WORKERS = 256;
@@ -207,7 +209,7 @@ export function readConfigFile(path: string): Record<string, unknown> {
   if (config.host !== undefined && typeof config.host !== 'string') throw new SettingsError(`${path}: setting "host" must be a string`);
   if (config.demo !== undefined && typeof config.demo !== 'boolean') throw new SettingsError(`${path}: setting "demo" must be true or false`);
   if (config.redisCluster !== undefined && typeof config.redisCluster !== 'boolean') throw new SettingsError(`${path}: setting "redisCluster" must be true or false`);
-  for (const key of ['redis', 'redisPrefix', 'tlsCert', 'tlsKey']) {
+  for (const key of ['redis', 'redisPrefix', 'tlsCert', 'tlsKey', 'tlsCa', 'tlsClientCert']) {
     if (config[key] !== undefined && typeof config[key] !== 'string') throw new SettingsError(`${path}: setting "${key}" must be a string${key === 'redis' ? ' like "redis://127.0.0.1:6379"' : ''}`);
   }
   return config;
@@ -234,7 +236,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
     if (typeof fromFlag === 'string' || typeof fromFlag === 'boolean') sources[setting.key] = `--${setting.flag}`;
   }
-  const { port = 8080, host, tlsCert, tlsKey, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
+  const { port = 8080, host, tlsCert, tlsKey, tlsCa, tlsClientCert, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
   if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
   const options = server as ServerOptions;
@@ -289,11 +291,16 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
   ] as const) {
     if (value !== undefined && (typeof value !== 'number' || !Number.isInteger(value))) throw new SettingsError(`setting "${key}" must be a whole number of ms`);
   }
+  if ((tlsClientCert !== undefined || tlsCa !== undefined) && tlsCert === undefined) {
+    throw new SettingsError(`${tlsClientCert !== undefined ? '--tls-client-cert' : '--tls-ca'} needs --tls-cert and --tls-key: client certificates are asked for in the server's own TLS handshake`);
+  }
+  // A client certificate names its user, unless tokens do (then it only lets the client connect).
+  if (tlsClientCert !== undefined && options.jwt === undefined) options.authenticate = authenticateByCertificate;
   let tls: TlsFiles | undefined;
   if (tlsCert !== undefined || tlsKey !== undefined) {
     if (typeof tlsCert !== 'string' || typeof tlsKey !== 'string') throw new SettingsError(`${tlsCert === undefined ? '--tls-key needs --tls-cert' : '--tls-cert needs --tls-key'}: HTTPS takes the certificate and its private key`);
     const passphrase = env.PERIHELION_TLS_PASSPHRASE;
-    tls = { cert: tlsCert, key: tlsKey, ...(passphrase !== undefined && passphrase !== '' ? { passphrase } : {}) };
+    tls = { cert: tlsCert, key: tlsKey, ...(passphrase !== undefined && passphrase !== '' ? { passphrase } : {}), ...clientCertificateFiles(tlsClientCert, tlsCa) };
     // Read and checked now, before any worker is forked (each reads them again as it starts).
     readTls(tls);
   }
@@ -312,6 +319,16 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     workers: parseWorkers(workers, 'workers (--workers, PERIHELION_WORKERS)'),
     ...(tls ? { tls } : {}),
   };
+}
+
+/** `--tls-client-cert` and `--tls-ca`, checked: both or neither, the first "request" or "require". */
+function clientCertificateFiles(mode: unknown, ca: unknown): Pick<TlsFiles, 'ca' | 'clientCertificates'> {
+  if (mode === undefined && ca === undefined) return {};
+  if (mode !== 'request' && mode !== 'require') {
+    throw new SettingsError(mode === undefined ? '--tls-ca is the authority of client certificates: give --tls-client-cert require (or request) too' : `--tls-client-cert is "require" or "request", got ${JSON.stringify(mode)}`);
+  }
+  if (typeof ca !== 'string') throw new SettingsError(`--tls-client-cert ${mode} needs --tls-ca: the PEM file of the authorities that sign the client certificates`);
+  return { ca, clientCertificates: mode };
 }
 
 /**

@@ -9,11 +9,20 @@ import { readFileSync } from 'node:fs';
 import { PerihelionError, checkTlsOptions, type TlsOptions } from '@perihelion/server';
 import { SettingsError } from './settings.js';
 
-/** Where the certificate chain and its key are, and the key's passphrase. */
+/** Where the certificate chain and its key are, and the key's passphrase; client certificates' authority and whether they are required. */
 export interface TlsFiles {
   cert: string;
   key: string;
   passphrase?: string;
+  ca?: string;
+  clientCertificates?: 'request' | 'require';
+}
+
+/** What the start-up summary says of client certificates: whether required, and whose signature counts. */
+export function describeClientCertificates(tls: TlsOptions): string | null {
+  if (tls.clientCertificates === undefined || tls.ca === undefined) return null;
+  const authorities = (String(tls.ca).match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? []).map((pem) => new X509Certificate(pem).subject.replace(/\n/g, ', '));
+  return `client certificates ${tls.clientCertificates === 'require' ? 'required (a client without one is refused)' : 'requested (a client without one connects anonymous)'}, signed by ${authorities.join(' or ')}`;
 }
 
 /** Days before its end from which a certificate's coming expiry is said at start and on reload. */
@@ -21,12 +30,19 @@ const EXPIRY_WARNING_DAYS = 14;
 
 /** The certificate and key the files hold, once they can serve; else a SettingsError saying why. */
 export function readTls(files: TlsFiles): TlsOptions {
-  const tls: TlsOptions = { cert: readPem(files.cert, '--tls-cert'), key: readPem(files.key, '--tls-key'), ...(files.passphrase !== undefined ? { passphrase: files.passphrase } : {}) };
+  const tls: TlsOptions = {
+    cert: readPem(files.cert, '--tls-cert'),
+    key: readPem(files.key, '--tls-key'),
+    ...(files.passphrase !== undefined ? { passphrase: files.passphrase } : {}),
+    ...(files.ca !== undefined ? { ca: readPem(files.ca, '--tls-ca') } : {}),
+    ...(files.clientCertificates !== undefined ? { clientCertificates: files.clientCertificates } : {}),
+  };
   try {
     checkTlsOptions(tls);
   } catch (error) {
     if (!(error instanceof PerihelionError)) throw error;
-    throw new SettingsError(`--tls-cert ${files.cert} with --tls-key ${files.key}: ${error.message.replace(/^option "tls": /, '')}`);
+    const detail = error.message.replace(/^option "tls": /, '');
+    throw new SettingsError(/^ca\b/.test(detail) ? `--tls-ca ${files.ca}: ${detail}` : `--tls-cert ${files.cert} with --tls-key ${files.key}: ${detail}`);
   }
   return tls;
 }

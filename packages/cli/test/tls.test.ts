@@ -13,8 +13,10 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { request as httpsRequest } from 'node:https';
 import { connect as connectTls } from 'node:tls';
 import { fileURLToPath } from 'node:url';
+import { WebSocket } from 'ws';
 import { launchChromium } from './browser-kit.js';
 import { BIN, listeningUrl, start } from './serve-process.js';
 import { serve } from '../src/index.js';
@@ -176,6 +178,67 @@ describe('perihelion serve over TLS', () => {
     }
   });
 
+  for (const workers of [[], ['--workers', '2']]) {
+    const how = workers.length > 0 ? 'under --workers 2' : 'in one process';
+    it(`serves only clients whose certificate --tls-ca signed (--tls-client-cert require), each as the user its CN names (${how})`, { timeout: 60_000 }, async () => {
+      const authority = join(dir, 'devices-ca');
+      const device = join(dir, 'device-17');
+      const openssl = (...args: string[]): void => void execFileSync('openssl', args, { stdio: 'ignore' });
+      const EC = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+      openssl('req', '-x509', ...EC, '-keyout', `${authority}.key`, '-out', `${authority}.crt`, '-days', '2', '-subj', '/CN=Devices CA');
+      openssl('req', ...EC, '-keyout', `${device}.key`, '-out', `${device}.csr`, '-subj', '/CN=device-17');
+      openssl('x509', '-req', '-in', `${device}.csr`, '-CA', `${authority}.crt`, '-CAkey', `${authority}.key`, '-CAcreateserial', '-out', `${device}.crt`, '-days', '2');
+      const apiKey = 'client-certificates-api-key-0123';
+      const child = start(['--tls-cert', first.cert, '--tls-key', first.key, '--tls-ca', `${authority}.crt`, '--tls-client-cert', 'require', ...workers], { PERIHELION_API_KEY: apiKey });
+      let stdout = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += String(chunk)));
+      child.stderr.resume();
+      const sockets: WebSocket[] = [];
+      try {
+        const base = await listeningUrl(child);
+        if (workers.length > 0) await waitFor(() => `both workers ready (${stdout})`, () => (stdout.match(/takes connections/g) ?? []).length === 2);
+        await waitFor(() => `the summary's line on client certificates (${stdout})`, () => /TLS: client certificates required \(a client without one is refused\), signed by CN=Devices CA; a certificate's CN is its user/.test(stdout));
+        const ca = readFileSync(first.cert, 'utf8');
+        const open = (withCertificate: boolean): Promise<WebSocket | Error> =>
+          new Promise((resolve) => {
+            const ws = new WebSocket(`${base.replace('https', 'wss')}/bayeux`, { ca, ...(withCertificate ? { cert: readFileSync(`${device}.crt`), key: readFileSync(`${device}.key`) } : {}) });
+            sockets.push(ws);
+            ws.once('open', () => resolve(ws));
+            ws.once('error', resolve);
+          });
+        assert.ok((await open(false)) instanceof Error, 'no certificate: refused');
+        const ws = await open(true);
+        assert.ok(ws instanceof WebSocket, String(ws));
+        const received: Array<Record<string, unknown>> = [];
+        ws.on('message', (raw) => received.push(...(JSON.parse(String(raw)) as Array<Record<string, unknown>>)));
+        ws.send(JSON.stringify([{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] }]));
+        await waitFor(() => 'the handshake', () => received.some((m) => m.channel === '/meta/handshake'));
+        const clientId = received.find((m) => m.channel === '/meta/handshake')!.clientId as string;
+        ws.send(JSON.stringify([{ channel: '/meta/connect', clientId, connectionType: 'websocket' }]));
+        // Delivered to the user the certificate names, wherever its session is (the API, on the
+        // same listener, wants a certificate too).
+        const delivered = await new Promise<unknown>((resolve, reject) => {
+          const req = httpsRequest(
+            `${base}/api/deliver`,
+            { method: 'POST', ca, servername: 'localhost', cert: readFileSync(`${device}.crt`), key: readFileSync(`${device}.key`), headers: { Authorization: `Bearer ${apiKey}`, 'Content-Type': 'application/json' } },
+            (res) => {
+              let text = '';
+              res.on('data', (chunk: Buffer) => (text += String(chunk)));
+              res.on('end', () => resolve(JSON.parse(text)));
+            },
+          );
+          req.on('error', reject);
+          req.end(JSON.stringify({ user: 'device-17', channel: '/devices/commands', data: 'reboot' }));
+        });
+        assert.deepEqual(delivered, { delivered: 1 });
+        await waitFor(() => `the delivery (${JSON.stringify(received)})`, () => received.some((m) => m.channel === '/devices/commands' && m.data === 'reboot'));
+      } finally {
+        for (const socket of sockets) socket.terminate();
+        await stop(child);
+      }
+    });
+  }
+
   it('refuses TLS settings that cannot serve, at once, with the reason (exit code 2)', { timeout: 30_000 }, async () => {
     const cases: Array<[string[], RegExp]> = [
       [['--tls-cert', first.cert], /--tls-cert needs --tls-key/],
@@ -183,6 +246,11 @@ describe('perihelion serve over TLS', () => {
       [['--tls-cert', join(dir, 'missing.crt'), '--tls-key', first.key], /--tls-cert: cannot read ".*missing\.crt" \(ENOENT\)/],
       [['--tls-cert', first.cert, '--tls-key', second.key], /--tls-cert .*first\.crt with --tls-key .*second\.key: the certificate and key cannot serve: the key is not the certificate's/],
       [['--tls-cert', first.key, '--tls-key', first.key], /not PEM of a certificate and its private key/],
+      [['--tls-client-cert', 'require', '--tls-ca', first.cert], /--tls-client-cert needs --tls-cert and --tls-key/],
+      [['--tls-cert', first.cert, '--tls-key', first.key, '--tls-client-cert', 'require'], /--tls-client-cert require needs --tls-ca/],
+      [['--tls-cert', first.cert, '--tls-key', first.key, '--tls-ca', first.cert], /--tls-ca is the authority of client certificates: give --tls-client-cert require/],
+      [['--tls-cert', first.cert, '--tls-key', first.key, '--tls-ca', first.cert, '--tls-client-cert', 'always'], /--tls-client-cert is "require" or "request", got "always"/],
+      [['--tls-cert', first.cert, '--tls-key', first.key, '--tls-ca', first.key, '--tls-client-cert', 'require'], /--tls-ca .*first\.key: ca holds no PEM certificate/],
     ];
     for (const [args, expected] of cases) {
       const { code, stderr } = await run(['serve', '--port', '0', '--no-demo', ...args]);

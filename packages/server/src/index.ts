@@ -1,5 +1,5 @@
 export { createServer, Perihelion, type ListenOptions, type RequestHandler, type PerihelionEvents, type PublishOptions, type DeliverOptions, type HistoryResult } from './perihelion.js';
-export { checkTlsOptions, type TlsOptions } from './http/tls.js';
+export { checkTlsOptions, type ClientCertificate, type TlsOptions } from './http/tls.js';
 export type { ServerEvents, DisconnectReason } from './core/events.js';
 export type { ServerStats } from './core/delivery.js';
 export type { LatencySummary } from './api/metrics.js';
@@ -28,7 +28,7 @@ export type { SessionBinding } from './security/session-binding.js';
 export type { CookieSameSite } from './security/browser-cookie.js';
 export type { ProcessContext, PushConnection, RequestFacts, Transport, TransportFacts } from './core/contract.js';
 export { PerihelionError, ERROR_CODES, type ErrorCode } from './errors.js';
-export { AuthenticationError, type Authenticator, type HandshakeRequest } from './security/authenticate.js';
+export { AuthenticationError, authenticateByCertificate, type Authenticator, type HandshakeRequest } from './security/authenticate.js';
 export type { Identity } from './security/identity.js';
 export { jwtAuthenticator, type JwtOptions } from './security/jwt.js';
 export { checkChannelRules, type ChannelRule, type Access, type Operation } from './security/channel-rules.js';

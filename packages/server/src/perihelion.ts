@@ -35,7 +35,7 @@ import type { JsonValue } from '@perihelion/state';
 import { StateChannel, type StateOptions, type StatePatchMessage } from './state/state-channel.js';
 import { StateChannels } from './state/state-service.js';
 import { HttpAdapter } from './http/adapter.js';
-import { answerPlainHttp, secureContextOptions, type TlsOptions } from './http/tls.js';
+import { answerPlainHttp, clientCertificateOptions, secureContextOptions, type TlsOptions } from './http/tls.js';
 import type { ResolvedOptions, ServerOptions } from './options.js';
 
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
@@ -101,6 +101,8 @@ export class Perihelion {
   private readonly latencyHistogram: LatencyHistogram;
   private readonly states: StateChannels;
   private owned: Server | null = null;
+  /** Whether the own HTTPS listener asks for client certificates (fixed once it runs: see reloadTls). */
+  private clientCertificates: TlsOptions['clientCertificates'];
   /** The connections handed to `serveHandedConnections` still open. */
   private handed: Set<Socket> | null = null;
   /** Set once the drain is over: handed connections are refused from then on, as a closed listener's. */
@@ -539,9 +541,10 @@ export class Perihelion {
     // to 60). A TLS handshake gets as long as a pause in a body (node:tls's default is 2 minutes,
     // time enough for a connection that never finishes one to hold a descriptor).
     const server: Server = tls
-      ? createHttpsServer({ ...secureContextOptions(tls), connectionsCheckingInterval: 1000, handshakeTimeout: this.options.bodyTimeout }, handler)
+      ? createHttpsServer({ ...secureContextOptions(tls), ...clientCertificateOptions(tls), connectionsCheckingInterval: 1000, handshakeTimeout: this.options.bodyTimeout }, handler)
       : createHttpServer({ connectionsCheckingInterval: 1000 }, handler);
     if (server instanceof HttpsServer) answerPlainHttp(server, this.options.bodyTimeout);
+    this.clientCertificates = tls?.clientCertificates;
     server.keepAliveTimeout = this.options.keepAliveTimeout;
     // The whole request must arrive in this time: a backstop for the answers given without reading
     // the body (a 404, a 401 of the API, /health), whose senders could otherwise drip it for ever
@@ -565,7 +568,12 @@ export class Perihelion {
   reloadTls(tls: TlsOptions): void {
     const server = this.owned;
     if (!(server instanceof HttpsServer)) throw new PerihelionError('ERR_INVALID_ARGUMENT', 'reloadTls: this server does not serve TLS itself (listen({ tls }))');
-    server.setSecureContext(secureContextOptions(tls));
+    const options = secureContextOptions(tls);
+    // Whether a connection must show a certificate is the listener's own, set when it started.
+    if (tls.clientCertificates !== this.clientCertificates) {
+      throw new PerihelionError('ERR_INVALID_OPTION', `reloadTls: clientCertificates is ${JSON.stringify(this.clientCertificates ?? 'not set')} on this listener and cannot change while it runs (restart to change it)`);
+    }
+    server.setSecureContext(options);
   }
 
   /** The address of the server started by `listen`, if any. */

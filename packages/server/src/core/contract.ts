@@ -7,6 +7,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { ConnectionType } from '@perihelion/protocol';
 import type { ProxyTrust } from '../http/client-address.js';
+import type { ClientCertificate } from '../http/tls.js';
 import type { ResolvedOptions } from '../options.js';
 import type { Counters } from './delivery.js';
 import type { BrowserLines } from './browser-lines.js';
@@ -38,6 +39,8 @@ export interface RequestFacts {
   browserId?: string;
   /** True when the request carried no browser id and was given `browserId` by this server (HTTP only: upgrades are given none). */
   browserIdIssued?: boolean;
+  /** The client's certificate, verified against `tls.ca`, when the server's own listener asks for one (`tls.clientCertificates`). */
+  clientCertificate?: ClientCertificate;
 }
 
 /**

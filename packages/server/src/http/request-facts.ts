@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { RequestFacts } from '../core/contract.js';
 import type { ProxyTrust } from './client-address.js';
+import { clientCertificateOf } from './tls.js';
 
 /**
  * The browser id the adapter read from, or gave to, a request (see security/browser-cookie.ts),
@@ -17,6 +18,8 @@ export function assignBrowser(req: IncomingMessage, browserId: string, issued: b
 /** The facts about a request that the server core and extensions see; the address is the client's, past trusted `proxies`. */
 export function requestFacts(req: IncomingMessage, proxies: ProxyTrust): RequestFacts {
   const facts: RequestFacts = { headers: req.headers, remoteAddress: proxies.clientAddress(req.socket.remoteAddress, req.headers), url: req.url ?? '' };
+  const certificate = clientCertificateOf(req.socket);
+  if (certificate !== undefined) facts.clientCertificate = certificate;
   const browser = (req as Tagged)[BROWSER];
   if (browser !== undefined) {
     facts.browserId = browser.id;

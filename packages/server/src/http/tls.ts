@@ -5,9 +5,10 @@
  * server runs (`reloadTls`), as certificates renewed every few weeks need: connections made after
  * that use the new ones, those open keep theirs.
  */
+import { X509Certificate } from 'node:crypto';
 import type { Server as HttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
-import { createSecureContext, type SecureContextOptions } from 'node:tls';
+import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { PerihelionError } from '../errors.js';
 
 /** The certificate and private key the server's own listener serves HTTPS and WSS with. */
@@ -18,6 +19,20 @@ export interface TlsOptions {
   key: string | Buffer;
   /** The key's passphrase, when it is encrypted. */
   passphrase?: string;
+  /**
+   * Client certificates: `require` refuses, in the TLS handshake, a client without a certificate
+   * that `ca` signed; `request` asks for one and lets a client without one in. Either way a
+   * verified certificate is in the request's facts (`request.clientCertificate`), for the
+   * authenticator. Set at `listen`; `reloadTls` may replace `ca`, not change this.
+   */
+  clientCertificates?: 'request' | 'require';
+  /** The certificate authorities, PEM (one or more), that client certificates must be signed by. */
+  ca?: string | Buffer;
+}
+
+/** The node:tls server options `clientCertificates` stands for. */
+export function clientCertificateOptions(tls: TlsOptions): { requestCert: boolean; rejectUnauthorized: boolean } {
+  return { requestCert: tls.clientCertificates !== undefined, rejectUnauthorized: tls.clientCertificates === 'require' };
 }
 
 /**
@@ -32,13 +47,82 @@ export function secureContextOptions(tls: TlsOptions): SecureContextOptions {
     if (!(typeof value === 'string' || Buffer.isBuffer(value)) || value.length === 0) throw invalid(`${part} must be PEM text (a string or a Buffer), got ${describe(value)}`);
   }
   if (tls.passphrase !== undefined && typeof tls.passphrase !== 'string') throw invalid(`passphrase must be a string, got ${describe(tls.passphrase)}`);
-  const options: SecureContextOptions = { cert: tls.cert, key: tls.key, ...(tls.passphrase !== undefined ? { passphrase: tls.passphrase } : {}) };
+  if (tls.clientCertificates !== undefined && tls.clientCertificates !== 'request' && tls.clientCertificates !== 'require') {
+    throw invalid(`clientCertificates is "request" or "require", got ${JSON.stringify(tls.clientCertificates)}`);
+  }
+  if (tls.ca !== undefined) checkAuthorities(tls.ca);
+  if (tls.clientCertificates !== undefined && tls.ca === undefined) throw invalid(`clientCertificates needs ca: the authorities (PEM) whose client certificates are accepted`);
+  const options: SecureContextOptions = { cert: tls.cert, key: tls.key, ...(tls.passphrase !== undefined ? { passphrase: tls.passphrase } : {}), ...(tls.ca !== undefined ? { ca: tls.ca } : {}) };
   try {
     createSecureContext(options);
   } catch (error) {
     throw invalid(`the certificate and key cannot serve: ${explain(error)}`);
   }
   return options;
+}
+
+/**
+ * Throws unless `ca` is PEM of one or more certificates (node:tls takes anything there, and a
+ * client certificate then never verifies, without a word).
+ */
+function checkAuthorities(ca: unknown): void {
+  if (!(typeof ca === 'string' || Buffer.isBuffer(ca)) || ca.length === 0) throw invalid(`ca must be PEM text of certificates (a string or a Buffer), got ${describe(ca)}`);
+  const blocks = String(ca).match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw invalid('ca holds no PEM certificate (-----BEGIN CERTIFICATE-----)');
+  blocks.forEach((block, i) => {
+    try {
+      new X509Certificate(block);
+    } catch (error) {
+      throw invalid(`ca: certificate ${i + 1} of ${blocks.length} cannot be read (${error instanceof Error ? error.message : String(error)})`);
+    }
+  });
+}
+
+/** The certificate a client presented over TLS and the server verified against its `ca`. */
+export interface ClientCertificate {
+  /** Its subject as OpenSSL writes it, one attribute a line: "CN=device-17\nO=Acme". */
+  subject: string;
+  /** The subject's common name (CN), if it has one. */
+  commonName: string | undefined;
+  /** Its subject alternative names ("DNS:a.example, email:x@example"), if any. */
+  subjectAltName: string | undefined;
+  /** Who signed it, as `subject`. */
+  issuer: string;
+  serialNumber: string;
+  /** SHA-256 fingerprint, "AB:CD:…": names this very certificate. */
+  fingerprint256: string;
+  /** When it stops being valid, as OpenSSL writes it. */
+  validTo: string;
+}
+
+/** Read once per connection: a long-polling client asks with every request. */
+const CERTIFICATE = Symbol('perihelion.clientCertificate');
+type Tagged = TLSSocket & { [CERTIFICATE]?: ClientCertificate | null };
+
+/** The verified client certificate of the connection under a request, if it has one. */
+export function clientCertificateOf(socket: Socket): ClientCertificate | undefined {
+  const tlsSocket = socket as Tagged;
+  // Only a certificate that verified against `ca`: an unverified one says nothing of who it is.
+  if (tlsSocket.authorized !== true) return undefined;
+  let known = tlsSocket[CERTIFICATE];
+  if (known === undefined) {
+    const certificate = tlsSocket.getPeerX509Certificate?.();
+    known = certificate === undefined ? null : describeCertificate(certificate);
+    tlsSocket[CERTIFICATE] = known;
+  }
+  return known ?? undefined;
+}
+
+function describeCertificate(certificate: X509Certificate): ClientCertificate {
+  return {
+    subject: certificate.subject,
+    commonName: /^CN=(.*)$/m.exec(certificate.subject)?.[1],
+    subjectAltName: certificate.subjectAltName,
+    issuer: certificate.issuer,
+    serialNumber: certificate.serialNumber,
+    fingerprint256: certificate.fingerprint256,
+    validTo: certificate.validTo,
+  };
 }
 
 /** What OpenSSL's message means to someone who gave a certificate and a key. */

@@ -26,6 +26,18 @@ export class AuthenticationError extends PerihelionError {
   }
 }
 
+/**
+ * An authenticator for clients that show a certificate (`tls.clientCertificates`, `tls.ca`): the
+ * user is the verified certificate's common name (CN), with its fingerprint as a claim; a client
+ * without a certificate is anonymous (null). A verified certificate without a CN is refused.
+ */
+export const authenticateByCertificate: Authenticator = ({ request }) => {
+  const certificate = request.clientCertificate;
+  if (certificate === undefined) return null;
+  if (certificate.commonName === undefined || certificate.commonName === '') throw new AuthenticationError('the client certificate names nobody (its subject has no CN)');
+  return { id: certificate.commonName, roles: [], claims: { certificate: certificate.fingerprint256, subject: certificate.subject } };
+};
+
 /** The token of a handshake: `ext.token`, else an `Authorization: Bearer` header. */
 export function presentedToken(handshake: HandshakeRequest): string | null {
   const token = handshake.message.ext?.token;
