@@ -94,66 +94,46 @@ describe('benchmark smoke run', () => {
   });
 });
 
+/** Runs a bench script of this folder to its end: its exit code, what it printed, and the rows of its table. */
+async function runScript(name, args) {
+  const script = fileURLToPath(new URL(`../${name}`, import.meta.url));
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk) => (stdout += chunk));
+  child.stderr.on('data', (chunk) => (stderr += chunk));
+  const code = await new Promise((resolve) => child.on('exit', resolve));
+  const rows = stdout.split('\n').filter((line) => /^\| \d/.test(line)).map((row) => row.split('|').slice(1, -1).map((cell) => cell.trim()));
+  return { code, stderr, rows };
+}
+
 describe('bench/user-setup.mjs', () => {
   it('sets up anonymous clients and users at each size and prints a row for each', { timeout: 120_000 }, async () => {
-    const script = fileURLToPath(new URL('../user-setup.mjs', import.meta.url));
-    const child = spawn(process.execPath, [script, '100,200'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    const code = await new Promise((resolve) => child.on('exit', resolve));
+    const { code, stderr, rows } = await runScript('user-setup.mjs', ['100,200']);
     assert.equal(code, 0, stderr.slice(-2000));
-    const rows = stdout.split('\n').filter((line) => /^\| \d/.test(line));
-    assert.deepEqual(rows.map((row) => row.split('|')[1].trim()), ['100', '200']);
-    for (const row of rows) {
-      const [anonymous, users, ratio] = row.split('|').slice(2, 5).map((cell) => Number(cell.trim()));
-      assert.ok(anonymous > 0 && users > 0 && ratio > 0, row);
-    }
-    const refused = spawn(process.execPath, [script, '0']);
-    assert.equal(await new Promise((resolve) => refused.on('exit', resolve)), 2, 'a size of 0 is a usage error');
+    assert.deepEqual(rows.map((row) => row[0]), ['100', '200']);
+    for (const row of rows) assert.ok(row.slice(1, 4).every((cell) => Number(cell) > 0), row.join(' | '));
+    assert.equal((await runScript('user-setup.mjs', ['0'])).code, 2, 'a size of 0 is a usage error');
   });
 });
 
 describe('bench/state-update.mjs', () => {
   it('times the three ways of changing a state channel at each size and prints a row for each', { timeout: 120_000 }, async () => {
-    const script = fileURLToPath(new URL('../state-update.mjs', import.meta.url));
-    const child = spawn(process.execPath, [script, '100,300', '--changes', '5'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    const code = await new Promise((resolve) => child.on('exit', resolve));
+    const { code, stderr, rows } = await runScript('state-update.mjs', ['100,300', '--changes', '5']);
     assert.equal(code, 0, stderr.slice(-2000));
     assert.match(stderr, /100 items .*round 1\/3: draft/, 'progress on stderr');
-    const rows = stdout.split('\n').filter((line) => /^\| \d/.test(line));
-    assert.deepEqual(rows.map((row) => row.split('|')[1].trim()), ['100', '300']);
-    for (const row of rows) {
-      const cells = row.split('|').slice(2, 7).map((cell) => Number(cell.trim()));
-      assert.ok(cells.every((cell) => cell > 0), row);
-    }
-    const refused = spawn(process.execPath, [script, '0']);
-    assert.equal(await new Promise((resolve) => refused.on('exit', resolve)), 2, 'a size of 0 is a usage error');
+    assert.deepEqual(rows.map((row) => row[0]), ['100', '300']);
+    for (const row of rows) assert.ok(row.slice(1, 6).every((cell) => Number(cell) > 0), row.join(' | '));
+    assert.equal((await runScript('state-update.mjs', ['0'])).code, 2, 'a size of 0 is a usage error');
   });
 });
 
 describe('bench/state-snapshots.mjs', () => {
   it('answers a storm of snapshot requests at each size and prints a row for each', { timeout: 120_000 }, async () => {
-    const script = fileURLToPath(new URL('../state-snapshots.mjs', import.meta.url));
-    const child = spawn(process.execPath, [script, '50,500', '--clients', '20'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk) => (stdout += chunk));
-    child.stderr.on('data', (chunk) => (stderr += chunk));
-    const code = await new Promise((resolve) => child.on('exit', resolve));
+    const { code, stderr, rows } = await runScript('state-snapshots.mjs', ['50,500', '--clients', '20']);
     assert.equal(code, 0, stderr.slice(-2000));
-    const rows = stdout.split('\n').filter((line) => /^\| \d/.test(line));
-    assert.deepEqual(rows.map((row) => row.split('|')[1].trim()), ['50', '500']);
-    for (const row of rows) {
-      const [, , clients, perSnapshot, took] = row.split('|').slice(1, 6).map((cell) => Number(cell.trim()));
-      assert.ok(clients === 20 && perSnapshot > 0 && took > 0, row);
-    }
-    const refused = spawn(process.execPath, [script, '--clients', '0']);
-    assert.equal(await new Promise((resolve) => refused.on('exit', resolve)), 2, 'no clients is a usage error');
+    assert.deepEqual(rows.map((row) => row[0]), ['50', '500']);
+    for (const row of rows) assert.ok(row[2] === '20' && Number(row[3]) > 0 && Number(row[4]) > 0, row.join(' | '));
+    assert.equal((await runScript('state-snapshots.mjs', ['--clients', '0'])).code, 2, 'no clients is a usage error');
   });
 });
