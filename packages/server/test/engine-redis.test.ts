@@ -76,3 +76,60 @@ describe("redis engine: clients' publish ids", () => {
     }
   });
 });
+
+describe('redis engine: catching up after the bus was lost', () => {
+  it('does not end a catch-up with a read made while deaf again: what is published before the bus is back is still read', async () => {
+    // The order chaos found: a read failed and its retry was due; the bus was lost again; the
+    // retry read (nothing new yet) and ended the catch-up; what the other node published before
+    // this one subscribed again was then neither read nor heard.
+    const prefix = uniquePrefix('deaf-retry');
+    const a = new RedisEngine({ url: REDIS_URL, prefix });
+    const b = new RedisEngine({ url: REDIS_URL, prefix });
+    const hostA = new RecordingHost();
+    const hostB = new RecordingHost();
+    await a.start(hostA);
+    await b.start(hostB);
+    type Inside = {
+      connection: { hearing: boolean };
+      onMessage(channel: string, text: string): void;
+      echoesLost(): void;
+      catchUpLater(tried: number): void;
+      catchingUp: Promise<void>;
+    };
+    const inside = b as unknown as Inside;
+    const heardData = (): unknown[] => hostB.publications.filter((p) => p.channel === '/c').map((p) => p.message.data);
+    try {
+      await b.subscribe('b1', '/c');
+      for (let n = 1; n <= 3; n++) await a.publish(publication('/c', n));
+      await waitUntil(() => heardData().length === 3);
+      // B goes deaf: nothing reaches it, and it knows (as its subscriber connection's close says).
+      let deaf = true;
+      Object.defineProperty(inside.connection, 'hearing', { get: () => !deaf, configurable: true });
+      const onMessage = inside.onMessage.bind(b);
+      inside.onMessage = (channel, text) => void (deaf || onMessage(channel, text));
+      inside.echoesLost();
+      // The earlier failure's retry comes due now, while deaf.
+      inside.catchUpLater(1);
+      await inside.catchingUp;
+      for (let n = 4; n <= 6; n++) await a.publish(publication('/c', n));
+      // The bus is back: subscribed again, B reads what it missed.
+      deaf = false;
+      inside.catchUpLater(0);
+      await inside.catchingUp;
+      await waitUntil(() => heardData().length === 6);
+      assert.deepEqual(heardData(), [1, 2, 3, 4, 5, 6]);
+    } finally {
+      await a.close();
+      await b.close();
+      await deleteKeys(prefix);
+    }
+  });
+});
+
+async function waitUntil(done: () => boolean, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}

@@ -809,6 +809,10 @@ export class RedisEngine implements Engine {
   private async catchUpAfterDeafness(tried: number): Promise<void> {
     const host = this.host;
     if (!host || this.closing) return;
+    // Deaf again (a retry of a failed read coming due before the bus is back): a read now would
+    // end the catch-up, and what is published between it and the renewed SUBSCRIBE would be
+    // neither read nor heard. The channels stay due for the read the bus's return starts.
+    if (!this.connection.hearing) return;
     const from = this.catchUp.takeDue();
     if (from.size === 0) return;
     const deliver = (publication: Publication): void => this.deliverLive(host, publication, true);
