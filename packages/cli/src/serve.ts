@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
-import { PerihelionError, RedisEngine, WorkersEngine, createServer, takeHandedConnections, type Engine, type Perihelion } from '@perihelion/server';
+import { PerihelionError, RedisEngine, WorkersEngine, authenticateByCertificate, createServer, takeHandedConnections, type Engine, type Perihelion } from '@perihelion/server';
 import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
 import { DEMO_RULES, demoPage, installDemo } from './demo.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
@@ -14,14 +14,14 @@ function rulesSummary(userRules: number): string {
 }
 
 /** What a newcomer must know about who may do what on this server. */
-function securitySummary(server: Perihelion, userRules: number): string[] {
+function securitySummary(server: Perihelion, userRules: number, byCertificate: boolean): string[] {
   const { open, anonymous, sessionBinding, allowedOrigins } = server.options;
   if (open) {
     return ['WARNING: open mode: any client may publish and subscribe on any channel. Use it for development only.'];
   }
   return [
     `anonymous access: ${anonymous ? 'on (handshakes without a token get a session)' : 'off (a token in ext.token is required)'}`,
-    `authentication: ${server.authenticates ? 'signed tokens (JWT) or the configured authenticator' : 'none configured'}`,
+    `authentication: ${byCertificate ? "client certificates (a certificate's CN is its user)" : server.authenticates ? 'signed tokens (JWT) or the configured authenticator' : 'none configured'}`,
     `authorization: clients may subscribe to broadcast channels; they publish only where a rule allows (${rulesSummary(userRules)})`,
     `session binding: ${sessionBinding}; cross-origin: ${allowedOrigins.length > 0 ? allowedOrigins.join(', ') : 'same origin only'}`,
   ];
@@ -144,7 +144,7 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   }
   log(`  transports: ${server.options.transports.join(', ')}${server.options.jsonp ? ' (JSONP is on: it bypasses the same-origin policy)' : ''}`);
   log(`  engine: ${engineSummary(server, workers)}`);
-  for (const line of securitySummary(server, settings.server.channels?.length ?? 0)) log(`  ${line}`);
+  for (const line of securitySummary(server, settings.server.channels?.length ?? 0, settings.server.authenticate === authenticateByCertificate)) log(`  ${line}`);
   log(`  HTTP API: ${server.options.apiKey !== undefined ? `${url}/api/ (Authorization: Bearer <PERIHELION_API_KEY>)` : 'off (set PERIHELION_API_KEY to enable it)'}`);
   if (server.options.operations) log(`  operations: ${url}/health ${url}/ready ${url}/metrics`);
   log(`  services: ${ECHO_CHANNEL} (answers the caller with what it sent)`);

@@ -198,6 +198,7 @@ describe('perihelion serve over TLS', () => {
         const base = await listeningUrl(child);
         if (workers.length > 0) await waitFor(() => `both workers ready (${stdout})`, () => (stdout.match(/takes connections/g) ?? []).length === 2);
         await waitFor(() => `the summary's line on client certificates (${stdout})`, () => /TLS: client certificates required \(a client without one is refused\), signed by CN=Devices CA; a certificate's CN is its user/.test(stdout));
+        await waitFor(() => `the summary's line on authentication (${stdout})`, () => /authentication: client certificates \(a certificate's CN is its user\)/.test(stdout));
         const ca = readFileSync(first.cert, 'utf8');
         const open = (withCertificate: boolean): Promise<WebSocket | Error> =>
           new Promise((resolve) => {
