@@ -35,10 +35,11 @@ describe('configuration files', () => {
 
   it('names the key and what is allowed when the file is wrong', () => {
     const cases: [string, string, RegExp][] = [
-      ['unknown.yaml', 'maxQueu: 5\n', /unknown\.yaml: unknown option "maxQueu"; known options are: .*maxQueue.*, port, host, tlsCert, tlsKey, demo, logLevel, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers$/],
+      ['unknown.yaml', 'maxQueu: 5\n', /unknown\.yaml: unknown option "maxQueu"; known options are: .*maxQueue.*, port, host, tlsCert, tlsKey, tlsCa, tlsClientCert, demo, logLevel, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers$/],
       ['type.json', '{"timeout": "30s"}', /type\.json: option "timeout" must be an integer from 0 to 600000, got "30s"/],
       ['port.json', '{"port": "eighty"}', /setting "port" must be a whole number/],
       ['tls.json', '{"tlsCert": 443}', /tls\.json: setting "tlsCert" must be a string/],
+      ['mtls.json', '{"tlsClientCert": true}', /mtls\.json: setting "tlsClientCert" must be a string/],
       ['bool.json', '{"open": "yes"}', /option "open" must be true or false/],
       ['list.json', '[1, 2]', /must hold an object of settings/],
       ['broken.json', '{"port": ', /broken\.json is not valid JSON/],
