@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { PerihelionError, RedisEngine } from '../src/index.js';
 import { Redis } from 'ioredis';
 import { distributedEngineConformance, engineConformance, publication, RecordingHost, type EngineFixture } from './engine-conformance.js';
+import { waitFor } from './helpers.js';
 import { REDIS_URL, deleteKeys, keysUnder, lruCase, requireRedis, uniquePrefix } from './redis-fixture.js';
 
 before(requireRedis);
@@ -101,7 +102,7 @@ describe('redis engine: catching up after the bus was lost', () => {
     try {
       await b.subscribe('b1', '/c');
       for (let n = 1; n <= 3; n++) await a.publish(publication('/c', n));
-      await waitUntil(() => heardData().length === 3);
+      await waitFor(() => heardData().length === 3, 3000, 'the first three');
       // B goes deaf: nothing reaches it, and it knows (as its subscriber connection's close says).
       let deaf = true;
       Object.defineProperty(inside.connection, 'hearing', { get: () => !deaf, configurable: true });
@@ -116,7 +117,7 @@ describe('redis engine: catching up after the bus was lost', () => {
       deaf = false;
       inside.catchUpLater(0);
       await inside.catchingUp;
-      await waitUntil(() => heardData().length === 6);
+      await waitFor(() => heardData().length === 6, 3000, () => `all six, heard ${JSON.stringify(heardData())}`);
       assert.deepEqual(heardData(), [1, 2, 3, 4, 5, 6]);
     } finally {
       await a.close();
@@ -125,11 +126,3 @@ describe('redis engine: catching up after the bus was lost', () => {
     }
   });
 });
-
-async function waitUntil(done: () => boolean, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
