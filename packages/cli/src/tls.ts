@@ -6,7 +6,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { PerihelionError, checkTlsOptions, type TlsOptions } from '@perihelion/server';
+import { PerihelionError, checkTlsOptions, pemCertificates, type TlsOptions } from '@perihelion/server';
 import { SettingsError } from './settings.js';
 
 /** Where the certificate chain and its key are, and the key's passphrase; client certificates' authority and whether they are required. */
@@ -21,7 +21,7 @@ export interface TlsFiles {
 /** What the start-up summary says of client certificates: whether required, and whose signature counts. */
 export function describeClientCertificates(tls: TlsOptions): string | null {
   if (tls.clientCertificates === undefined || tls.ca === undefined) return null;
-  const authorities = (String(tls.ca).match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? []).map((pem) => new X509Certificate(pem).subject.replace(/\n/g, ', '));
+  const authorities = pemCertificates(tls.ca).map((pem) => new X509Certificate(pem).subject.replace(/\n/g, ', '));
   return `client certificates ${tls.clientCertificates === 'require' ? 'required (a client without one is refused)' : 'requested (a client without one connects anonymous)'}, signed by ${authorities.join(' or ')}`;
 }
 

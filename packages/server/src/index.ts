@@ -1,5 +1,5 @@
 export { createServer, Perihelion, type ListenOptions, type RequestHandler, type PerihelionEvents, type PublishOptions, type DeliverOptions, type HistoryResult } from './perihelion.js';
-export { checkTlsOptions, type ClientCertificate, type TlsOptions } from './http/tls.js';
+export { checkTlsOptions, pemCertificates, type ClientCertificate, type TlsOptions } from './http/tls.js';
 export type { ServerEvents, DisconnectReason } from './core/events.js';
 export type { ServerStats } from './core/delivery.js';
 export type { LatencySummary } from './api/metrics.js';

@@ -14,7 +14,7 @@ import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
-import { createServer, PerihelionError, type ClientCertificate, type Perihelion, type TlsOptions } from '../src/index.js';
+import { authenticateByCertificate, createServer, PerihelionError, type ClientCertificate, type Perihelion, type TlsOptions } from '../src/index.js';
 
 interface Made {
   cert: string;
@@ -45,6 +45,7 @@ let serverCert: Made;
 let device: Made;
 let rogue: Made;
 let laterDevice: Made;
+let nameless: Made;
 before(() => {
   dir = mkdtempSync(join(tmpdir(), 'perihelion-mtls-'));
   authority = selfSigned('ca', '/CN=Test Devices CA');
@@ -53,6 +54,7 @@ before(() => {
   device = signed('device', '/O=Acme/CN=device-17', 'ca');
   laterDevice = signed('later', '/CN=device-18', 'ca2');
   rogue = selfSigned('rogue', '/CN=device-17');
+  nameless = signed('nameless', '/O=Acme/OU=Sensors', 'ca');
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -141,6 +143,23 @@ describe('TLS client certificates', () => {
     assert.equal(await userOf(server, await wssHandshake(port, device)), 'device-17');
     assert.equal(await userOf(server, await wssHandshake(port, rogue)), null, 'its CN says device-17, but nobody vouches for it');
     assert.equal(await userOf(server, await httpsHandshake(port, device)), 'device-17');
+  });
+
+  it('authenticateByCertificate: the CN is the user, with the fingerprint as a claim; a signed certificate that names nobody is refused, and others still served', async () => {
+    const server = createServer({ open: true, handshakeRate: 0, pingInterval: 0, drainTimeout: 0, authenticate: authenticateByCertificate });
+    servers.push(server);
+    const { port } = await server.listen({ port: 0, host: '127.0.0.1', tls: { ...serverCert, ca: authority.cert, clientCertificates: 'require' } });
+    const refusal = await wssHandshake(port, nameless);
+    assert.ok(!(refusal instanceof Error), String(refusal));
+    assert.equal(refusal.successful, false);
+    assert.match(String(refusal.error), /the client certificate names nobody \(its subject has no CN\)/);
+    const reply = await wssHandshake(port, device);
+    assert.ok(!(reply instanceof Error) && reply.successful === true, JSON.stringify(reply));
+    const identity = server.getSession(reply.clientId as string)!.identity!;
+    assert.equal(identity.id, 'device-17');
+    assert.deepEqual(identity.roles, []);
+    assert.match(String(identity.claims['certificate']), /^([0-9A-F]{2}:){31}[0-9A-F]{2}$/);
+    assert.match(String(identity.claims['subject']), /CN=device-17/);
   });
 
   it('refuses options that cannot work, saying why, before it listens', async () => {

@@ -67,7 +67,7 @@ export function secureContextOptions(tls: TlsOptions): SecureContextOptions {
  */
 function checkAuthorities(ca: unknown): void {
   if (!(typeof ca === 'string' || Buffer.isBuffer(ca)) || ca.length === 0) throw invalid(`ca must be PEM text of certificates (a string or a Buffer), got ${describe(ca)}`);
-  const blocks = String(ca).match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  const blocks = pemCertificates(ca);
   if (blocks.length === 0) throw invalid('ca holds no PEM certificate (-----BEGIN CERTIFICATE-----)');
   blocks.forEach((block, i) => {
     try {
@@ -76,6 +76,11 @@ function checkAuthorities(ca: unknown): void {
       throw invalid(`ca: certificate ${i + 1} of ${blocks.length} cannot be read (${error instanceof Error ? error.message : String(error)})`);
     }
   });
+}
+
+/** The PEM certificates in `pem` (a bundle of authorities, say), each as its own PEM text. */
+export function pemCertificates(pem: string | Buffer): string[] {
+  return String(pem).match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
 }
 
 /** The certificate a client presented over TLS and the server verified against its `ca`. */
