@@ -317,6 +317,8 @@ export class StateChannel<T extends JsonValue = JsonValue> {
     if (this.options.save) await this.options.save({ value, version, patch });
     this.value = value;
     this.current = version;
+    // The old version's snapshot (and its serialised text, maybe megabytes) is not kept for nothing.
+    this.snapshotAnswer = null;
     const window = this.options.rebaseWindow ?? DEFAULT_REBASE_WINDOW;
     if (window > 0) this.recent.push({ version, changes: new ChangeIndex(patch) });
     while (this.recent.length > window) this.recent.shift();
