@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { gunzipSync } from 'node:zlib';
 import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
-import { applyPatch, type JsonValue, type Patch } from '@perihelion/state';
+import { StateError, applyPatch, type JsonValue, type Patch } from '@perihelion/state';
 import type { Position } from '@perihelion/protocol';
 import { PerihelionError, type Message } from '../src/index.js';
 import type { ProposalCheck, StateChannel, StateOptions } from '../src/state/state-channel.js';
@@ -238,6 +238,17 @@ describe('state channels: server.state() and update()', () => {
           throw new Error('boom');
         }),
         /boom/,
+      );
+      // Its own StateError too (a patch it applied that failed), not taken for a result that is not JSON.
+      await assert.rejects(
+        state.update((draft) => {
+          applyPatch(draft as JsonValue, [{ op: 'remove', path: '/missing' }]);
+        }),
+        (error: Error & { code?: string }) => {
+          assert.ok(error instanceof StateError, `the function's own error, got ${error.name}: ${error.message}`);
+          assert.doesNotMatch(error.message, /not JSON/);
+          return true;
+        },
       );
       await state.update({ n: 5 });
       assert.deepEqual(state.get(), { n: 5 });

@@ -186,15 +186,25 @@ export class StateChannel<T extends JsonValue = JsonValue> {
   update(change: T | ((draft: T) => T | void)): Promise<Patch> {
     return this.enqueue(async () => {
       let value: JsonValue;
+      // What the function itself threw, told apart from the checks of its result: it may be a
+      // StateError too (a patch it applied that failed), and is its caller's as it threw it.
+      let thrown: unknown;
+      const run = (draft: JsonValue): unknown => {
+        try {
+          return (change as (draft: JsonValue) => unknown)(draft);
+        } catch (error) {
+          thrown = error;
+          throw error;
+        }
+      };
       try {
         // A draft copies on write: the change costs what it touches, and the new value shares
         // the rest with the current one. A value the caller handed in stays the caller's
         // (changing it later must not change the state): checked and copied, but for the parts
         // it took from the current value (made the immutable way), which are the state's own.
-        value = typeof change === 'function' ? produce(this.value, change as (draft: JsonValue) => unknown, { diff: this.options.diff }) : cloneChanges(change, this.value);
+        value = typeof change === 'function' ? produce(this.value, run, { diff: this.options.diff }) : cloneChanges(change, this.value);
       } catch (error) {
-        // The function's own error is its caller's, as it threw it.
-        if (!(error instanceof StateError)) throw error;
+        if (error === thrown || !(error instanceof StateError)) throw error;
         throw new PerihelionError('ERR_INVALID_ARGUMENT', error.code === 'ERR_DRAFT_RESULT' ? `update: ${error.message}` : `the new value is not JSON: ${error.message}`);
       }
       const patch = diffTrusted(this.value, value, this.options.diff);
