@@ -49,14 +49,14 @@ describe('timer wheel', () => {
     let seed = 7;
     const random = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
     for (let id = 0; id < 3000; id++) {
-      const handle = wheel.schedule(Math.floor(random() * 200), () => fired.push({ id, at: Date.now(), due: handle.due }));
+      const handle = wheel.schedule(Math.floor(random() * 200), () => fired.push({ id, at: wheel.time(), due: handle.due }));
       live.set(id, handle);
       // A third are cancelled, some of those set again (as a session's expiry at each connect).
       if (random() < 0.33) {
         wheel.cancel(handle);
         live.delete(id);
         if (random() < 0.5) {
-          const again = wheel.schedule(Math.floor(random() * 200), () => fired.push({ id, at: Date.now(), due: again.due }));
+          const again = wheel.schedule(Math.floor(random() * 200), () => fired.push({ id, at: wheel.time(), due: again.due }));
           live.set(id, again);
         }
       }
@@ -68,6 +68,17 @@ describe('timer wheel', () => {
     const ticks = fired.map((f) => Math.ceil(f.due / 5));
     assert.ok(ticks.every((tick, i) => i === 0 || tick >= ticks[i - 1]!), 'in the order of their ticks');
     assert.ok(Date.now() - start < 3000);
+    wheel.stop();
+  });
+
+  it('keeps its times small: its clock starts when it is made (V8 keeps small integers in the objects holding them)', () => {
+    let clock = 1_765_000_000_000;
+    const wheel = new TimerWheel(100, undefined, () => clock);
+    clock += 2_500;
+    assert.equal(wheel.time(), 2_500);
+    const handle = wheel.schedule(30_000, () => {});
+    assert.equal(handle.due, 32_500);
+    assert.ok(handle.due < 2 ** 30, 'a small integer');
     wheel.stop();
   });
 
@@ -224,11 +235,17 @@ describe('line watchers', () => {
     const a = watcher('a');
     assert.equal(watchers.add(a), true, 'the first: the line starts reporting');
     assert.equal(watchers.add(a), false, 'given twice, kept once');
-    assert.equal(watchers.add(watcher('b')), false);
+    assert.equal(watchers.sole(), a, 'one watcher: its writes are its own');
+    const b = watcher('b');
+    assert.equal(watchers.add(b), false);
+    assert.equal(watchers.add(b), false, 'the second given twice, kept once');
+    assert.equal(watchers.sole(), null, 'two watchers: none is the sole one');
     watchers.drained(line);
     watchers.closed(line);
     watchers.closed(line);
+    watchers.drained(line);
     assert.deepEqual(heard, ['a drained', 'b drained', 'a closed', 'b closed']);
+    assert.equal(watchers.sole(), null, 'forgotten once told of the close');
   });
 });
 

@@ -146,8 +146,6 @@ export class ServerSession implements Session {
   private held: HeldConnect | null = null;
   private heldDue = 0;
   private heldTimer: TimerHandle | null = null;
-  /** What the deadline of a held connect calls: made once, a session holds connects all its life. */
-  private holdTimedOut: (() => void) | null = null;
   /** When the session expires unless a connect comes (ms, the wheel's clock), and its deadline, moved the same way. */
   private expiresAt = 0;
   private expiry: TimerHandle | null = null;
@@ -277,14 +275,20 @@ export class ServerSession implements Session {
     const timer = this.heldTimer;
     if (timer !== null && !timer.cancelled && timer.due <= this.heldDue) return; // fires first, then waits for the rest
     wheel.cancel(timer);
-    this.holdTimedOut ??= () => {
-      this.heldTimer = null;
-      if (this.held === null) return;
-      const left = this.heldDue - this.host.wheel.time();
-      if (left > 0) this.heldTimer = this.host.wheel.schedule(left, this.holdTimedOut!);
-      else this.release('timeout');
-    };
-    this.heldTimer = wheel.schedule(timeoutMs, this.holdTimedOut);
+    this.heldTimer = wheel.schedule(timeoutMs, ServerSession.holdTimedOut, this);
+  }
+
+  /**
+   * The deadline of a held connect. The deadlines of every session call these shared functions
+   * with their session: a closure per session would cost an object or two each, for as long as
+   * it lives.
+   */
+  private static holdTimedOut(session: ServerSession): void {
+    session.heldTimer = null;
+    if (session.held === null) return;
+    const left = session.heldDue - session.host.wheel.time();
+    if (left > 0) session.heldTimer = session.host.wheel.schedule(left, ServerSession.holdTimedOut, session);
+    else session.release('timeout');
   }
 
   /** Answers a connect held on a line that cannot push (long-polling), if there is one. */
@@ -331,21 +335,22 @@ export class ServerSession implements Session {
     const timer = this.expiry;
     if (timer !== null && !timer.cancelled && timer.due <= this.expiresAt) return; // fires first, then waits for the rest
     wheel.cancel(timer);
-    this.expiryDue ??= () => {
-      this.expiry = null;
-      // Held: the connect's answer arms expiry again.
-      if (this.held !== null || this.ended) return;
-      const left = this.expiresAt - this.host.wheel.time();
-      if (left > 0) this.expiry = this.host.wheel.schedule(left, this.expiryDue!);
-      else if (this.connection?.open) this.scheduleExpiry(this.expiryMs);
-      else this.host.expire(this);
-    };
-    this.expiry = wheel.schedule(ms, this.expiryDue);
+    this.expiry = wheel.schedule(ms, ServerSession.expiryDue, this);
   }
 
-  /** The span of the expiry last armed, and what its deadline calls: made once, as holdTimedOut. */
+  /** The span of the expiry last armed. */
   private expiryMs = 0;
-  private expiryDue: (() => void) | null = null;
+
+  /** The deadline of the session's expiry (shared, as holdTimedOut). */
+  private static expiryDue(session: ServerSession): void {
+    session.expiry = null;
+    // Held: the connect's answer arms expiry again.
+    if (session.held !== null || session.ended) return;
+    const left = session.expiresAt - session.host.wheel.time();
+    if (left > 0) session.expiry = session.host.wheel.schedule(left, ServerSession.expiryDue, session);
+    else if (session.connection?.open) session.scheduleExpiry(session.expiryMs);
+    else session.host.expire(session);
+  }
 
   /** Cancels the session's deadlines: it has ended. */
   cancelDeadlines(): void {

@@ -10,13 +10,16 @@
  * them costs a logarithm, not a walk over all of them at every tick.
  */
 export interface TimerHandle {
+  /** When it is due, on the wheel's clock (`time()`). */
   readonly due: number;
   cancelled: boolean;
 }
 
 interface Entry extends TimerHandle {
   tick: number;
-  fn: () => void;
+  fn: (target: unknown) => void;
+  /** What `fn` is called with: a caller with a deadline per object passes one shared function, not a closure per object. */
+  target: unknown;
 }
 
 /** setTimeout turns longer delays into 1 ms (and warns); far deadlines re-arm in steps instead. */
@@ -34,16 +37,28 @@ export class TimerWheel {
   private nextTick = Infinity;
   private size = 0;
 
+  /**
+   * Where the wheel's clock starts. Its times are small integers, which V8 keeps in the objects
+   * that hold them (times since the epoch are too large: each would be a number object of its
+   * own, and every session holds some); they stay so for the first 12 days of a server's life.
+   */
+  private readonly origin: number;
+
   constructor(
     private readonly resolutionMs = 100,
     private readonly onError: (error: unknown) => void = (error) => console.error('timer callback failed', error),
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.origin = now();
+  }
 
-  schedule(delayMs: number, fn: () => void): TimerHandle {
-    const due = this.now() + Math.max(0, delayMs);
+  /** Calls `fn` (with `target`, when given) once `delayMs` have passed, within one tick. */
+  schedule(delayMs: number, fn: () => void): TimerHandle;
+  schedule<T>(delayMs: number, fn: (target: T) => void, target: T): TimerHandle;
+  schedule(delayMs: number, fn: (target: unknown) => void, target?: unknown): TimerHandle {
+    const due = this.time() + Math.max(0, delayMs);
     const tick = Math.ceil(due / this.resolutionMs);
-    const entry: Entry = { due, tick, cancelled: false, fn };
+    const entry: Entry = { due, tick, cancelled: false, fn, target };
     const bucket = this.buckets.get(tick);
     if (bucket) bucket.add(entry);
     else {
@@ -65,9 +80,11 @@ export class TimerWheel {
     if (bucket?.size === 0) this.buckets.delete(entry.tick);
   }
 
-  /** The wheel's clock (ms since the epoch): deadlines kept elsewhere are measured on it. */
+  /** The wheel's clock (ms since the wheel was made): deadlines kept elsewhere are measured on it. */
   time(): number {
-    return this.now();
+    // (Math.floor: a difference of two large numbers is a number object even when it is whole,
+    // and a field that once held one holds every later value so.)
+    return Math.floor(this.now() - this.origin);
   }
 
   /** Number of live (not yet fired, not cancelled) deadlines. */
@@ -87,7 +104,7 @@ export class TimerWheel {
   private arm(tick: number): void {
     if (this.timer) clearTimeout(this.timer);
     this.nextTick = tick;
-    const delay = Math.min(MAX_DELAY_MS, Math.max(0, tick * this.resolutionMs - this.now()));
+    const delay = Math.min(MAX_DELAY_MS, Math.max(0, tick * this.resolutionMs - this.time()));
     this.timer = setTimeout(() => this.fire(), delay);
     // Deadlines alone never keep the process alive: servers and sockets do.
     this.timer.unref();
@@ -96,7 +113,7 @@ export class TimerWheel {
   private fire(): void {
     this.timer = null;
     this.nextTick = Infinity;
-    const nowTick = Math.floor(this.now() / this.resolutionMs);
+    const nowTick = Math.floor(this.time() / this.resolutionMs);
     // What is due now, in order; a deadline its callbacks schedule for now waits for the next fire.
     const dueTicks: number[] = [];
     while (this.ticks.length > 0 && this.ticks[0]! <= nowTick) dueTicks.push(this.popTick());
@@ -109,7 +126,7 @@ export class TimerWheel {
         entry.cancelled = true;
         this.size--;
         try {
-          entry.fn();
+          entry.fn(entry.target);
         } catch (error) {
           // A failing callback must not starve the others due in the same tick.
           this.onError(error);
