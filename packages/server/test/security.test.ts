@@ -552,7 +552,7 @@ describe('authentication with a custom authenticator', () => {
         return message;
       },
     });
-    const ws = new WebSocket(ts.url.replace(/^http/, 'ws'), { headers: { Cookie: 'app_session=good', 'X-App': 'demo' } });
+    const ws = new WebSocket(ts.url.replace(/^http/, 'ws'), { headers: { Cookie: 'app_session=good', 'X-App': 'demo', 'User-Agent': 'perihelion-test/1', 'Accept-Language': 'fr' } });
     try {
       await once(ws, 'open');
       const replies: Array<Record<string, unknown>> = [];
@@ -568,6 +568,9 @@ describe('authentication with a custom authenticator', () => {
       for (const headers of seen) {
         assert.equal(headers['x-app'], 'demo');
         assert.equal(headers.cookie, 'app_session=good');
+        // (Kept as one copy for every connection that sends the same.)
+        assert.equal(headers['user-agent'], 'perihelion-test/1');
+        assert.equal(headers['accept-language'], 'fr');
         assert.ok(headers.host);
         for (const name of ['sec-websocket-key', 'sec-websocket-version', 'upgrade', 'connection']) assert.equal(headers[name], undefined, name);
       }

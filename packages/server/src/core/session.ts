@@ -87,7 +87,6 @@ export interface SessionHost {
 }
 
 export class ServerSession implements Session {
-  readonly createdAt = Date.now();
   /** Connection type named by the latest /meta/connect. */
   connectionType: ConnectionType | null = null;
   /** The push line this session is bound to, if any (latest WebSocket that spoke for it). */

@@ -31,6 +31,13 @@ const IDLE_MARGIN_MS = 5_000;
 const IDLE_SWEEP_MS = 5_000;
 
 /**
+ * The idle sweep's clock: ms since this module was loaded, whole. A small integer is kept in
+ * place in each connection; a time since the epoch would be a number object per connection.
+ */
+const CLOCK_ORIGIN = Date.now();
+const clock = (): number => Math.floor(Date.now() - CLOCK_ORIGIN);
+
+/**
  * One complete, unmasked text frame (RFC 6455 §5.2) carrying `serialised` as one JSON array.
  *
  * A publish reaches every subscriber in the same flush, each with the same single shared string:
@@ -130,8 +137,35 @@ const UPGRADE_HEADERS = new Set(['connection', 'upgrade', 'sec-websocket-key', '
 
 function withoutUpgradeHeaders(headers: IncomingHttpHeaders): IncomingHttpHeaders {
   const kept: IncomingHttpHeaders = {};
-  for (const name in headers) if (!UPGRADE_HEADERS.has(name)) kept[name] = headers[name];
+  for (const name in headers) {
+    if (UPGRADE_HEADERS.has(name)) continue;
+    const value = headers[name];
+    kept[name] = typeof value === 'string' && SHARED_HEADERS.has(name) ? sharedString(value) : value;
+  }
   return kept;
+}
+
+/**
+ * Headers whose values most connections hold alike: every browser of one version sends the same
+ * User-Agent, every page of a site the same Origin and Host. Node makes a string of each for
+ * every request; a connection keeping them would hold its own copies (a browser's come to about
+ * 400 bytes), so one copy of each value is kept for all. Not cookies nor credentials: their values
+ * are each client's own, and must not outlive its connection here.
+ */
+const SHARED_HEADERS = new Set(['host', 'user-agent', 'origin', 'accept-encoding', 'accept-language', 'cache-control', 'pragma']);
+/** At most this many values are kept (then the table starts again), each at most MAX_SHARED_LENGTH long: a client sending a new value each time cannot grow it. */
+const MAX_SHARED_STRINGS = 4096;
+const MAX_SHARED_LENGTH = 512;
+const sharedStrings = new Map<string, string>();
+
+/** The one kept copy of `value` (or `value` itself, now kept). */
+function sharedString(value: string): string {
+  if (value.length > MAX_SHARED_LENGTH) return value;
+  const kept = sharedStrings.get(value);
+  if (kept !== undefined) return kept;
+  if (sharedStrings.size >= MAX_SHARED_STRINGS) sharedStrings.clear();
+  sharedStrings.set(value, value);
+  return value;
 }
 
 /**
@@ -167,11 +201,11 @@ class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
   /**
-   * When the last frame with a /meta/connect or /meta/handshake came, ms since the epoch: what a
+   * When the last frame with a /meta/connect or /meta/handshake came (`clock`): what a
    * live session sends at least every `timeout + interval`. Pings, pongs and other frames do not
    * count: a client sending garbage every 20 s would hold its socket for ever with no session.
    */
-  lastMessageAt = Date.now();
+  lastMessageAt = clock();
   /** The frames still being processed, in order; null when none is (the usual case). */
   private tail: Promise<void> | null = null;
   /** Frames received and not yet handled, and their text's length: bounded (see `wait`). */
@@ -296,7 +330,7 @@ class WebSocketConnection implements PushConnection {
     // when the engine is asynchronous; a held connect does not block this chain. A frame that
     // comes while none is being processed runs at once, making no promise unless it must wait.
     const messages = decoded.messages;
-    if (carriesSession(messages)) this.lastMessageAt = Date.now();
+    if (carriesSession(messages)) this.lastMessageAt = clock();
     const pending = this.tail === null ? this.run(messages) : this.tail.then(() => this.run(messages));
     if (pending !== undefined) this.wait(pending, text.length);
   }
@@ -410,7 +444,7 @@ export class WebSocketTransport {
     }
     const { options } = core;
     const idleLimit = options.timeout + Math.max(0, options.interval) + options.maxInterval + IDLE_MARGIN_MS;
-    this.idleSweep = setInterval(() => this.closeIdle(Date.now() - idleLimit, idleLimit), Math.min(IDLE_SWEEP_MS, idleLimit / 2));
+    this.idleSweep = setInterval(() => this.closeIdle(clock() - idleLimit, idleLimit), Math.min(IDLE_SWEEP_MS, idleLimit / 2));
     this.idleSweep.unref();
   }
 
@@ -450,6 +484,8 @@ export class WebSocketTransport {
   upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     const facts = requestFacts(req, this.core.proxies);
     facts.headers = withoutUpgradeHeaders(req.headers);
+    // The path, when it is the whole URL (a query may carry a client's own credentials).
+    if (!facts.url.includes('?')) facts.url = sharedString(facts.url);
     // No closure here may capture `req`: one living as long as the connection would keep the
     // whole upgrade request (about 1 KB) alive with it.
     this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, socket, facts));
