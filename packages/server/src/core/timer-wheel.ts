@@ -40,7 +40,8 @@ export class TimerWheel {
   /**
    * Where the wheel's clock starts. Its times are small integers, which V8 keeps in the objects
    * that hold them (times since the epoch are too large: each would be a number object of its
-   * own, and every session holds some); they stay so for the first 12 days of a server's life.
+   * own, and every session holds some). They stay small for the first 24 days of a server's life
+   * (2^31 ms, on Node's usual 64-bit build); later ones are number objects again, as correct.
    */
   private readonly origin: number;
 
