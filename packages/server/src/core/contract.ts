@@ -12,6 +12,7 @@ import type { ResolvedOptions } from '../options.js';
 import type { Counters } from './delivery.js';
 import type { BrowserLines } from './browser-lines.js';
 import type { DisconnectReason } from './events.js';
+import type { TimerWheel } from './timer-wheel.js';
 
 /** How a batch reached the server: a Bayeux connection type, or a local client in this process. */
 export type Transport = ConnectionType | 'in-process';
@@ -127,6 +128,8 @@ export interface TransportHost {
   readonly counters: Counters;
   /** The lines each browser holds open, against `maxSessionsPerBrowser` (a stream is one). */
   readonly browserLines: BrowserLines;
+  /** The server's deadlines and its clock (`wheel.time()`: whole ms, small enough to keep in place per connection). */
+  readonly wheel: TimerWheel;
   /**
    * Handles one batch of untrusted values and resolves to the serialised replies (and, after a
    * /meta/connect reply, the messages it carries), in order. Never rejects for client input.

@@ -31,7 +31,7 @@ import { sendBatchError } from './responses.js';
 
 
 /** What the adapter needs of the core: the transports' host, sessions for streams, and error and shutdown state. */
-export type AdapterHost = Pick<ServerCore, 'options' | 'proxies' | 'browserIds' | 'browserLines' | 'counters' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding'>;
+export type AdapterHost = Pick<ServerCore, 'options' | 'proxies' | 'browserIds' | 'browserLines' | 'counters' | 'process' | 'sessionFor' | 'reportError' | 'isClosed' | 'forwarding' | 'wheel'>;
 
 export class HttpAdapter {
   readonly websocket: WebSocketTransport | null;

@@ -31,13 +31,6 @@ const IDLE_MARGIN_MS = 5_000;
 const IDLE_SWEEP_MS = 5_000;
 
 /**
- * The idle sweep's clock: ms since this module was loaded, whole. A small integer is kept in
- * place in each connection; a time since the epoch would be a number object per connection.
- */
-const CLOCK_ORIGIN = Date.now();
-const clock = (): number => Math.floor(Date.now() - CLOCK_ORIGIN);
-
-/**
  * One complete, unmasked text frame (RFC 6455 §5.2) carrying `serialised` as one JSON array.
  *
  * A publish reaches every subscriber in the same flush, each with the same single shared string:
@@ -201,11 +194,13 @@ class WebSocketConnection implements PushConnection {
   readonly transport = 'websocket' as const;
   alive = true;
   /**
-   * When the last frame with a /meta/connect or /meta/handshake came (`clock`): what a
+   * When the last frame with a /meta/connect or /meta/handshake came, on the server's clock
+   * (`wheel.time()`, a small integer kept in place, where a time since the epoch would be a
+   * number object per connection): what a
    * live session sends at least every `timeout + interval`. Pings, pongs and other frames do not
    * count: a client sending garbage every 20 s would hold its socket for ever with no session.
    */
-  lastMessageAt = clock();
+  lastMessageAt: number;
   /** The frames still being processed, in order; null when none is (the usual case). */
   private tail: Promise<void> | null = null;
   /** Frames received and not yet handled, and their text's length: bounded (see `wait`). */
@@ -234,6 +229,7 @@ class WebSocketConnection implements PushConnection {
     private readonly owner: WebSocketTransport,
   ) {
     this.context = { transport: 'websocket', request, connection: this };
+    this.lastMessageAt = core.wheel.time();
     (socket as Tagged)[CONNECTION] = this;
     (raw as Duplex & { [CONNECTION]: WebSocketConnection })[CONNECTION] = this;
     socket.on('message', onMessage);
@@ -330,7 +326,7 @@ class WebSocketConnection implements PushConnection {
     // when the engine is asynchronous; a held connect does not block this chain. A frame that
     // comes while none is being processed runs at once, making no promise unless it must wait.
     const messages = decoded.messages;
-    if (carriesSession(messages)) this.lastMessageAt = clock();
+    if (carriesSession(messages)) this.lastMessageAt = this.core.wheel.time();
     const pending = this.tail === null ? this.run(messages) : this.tail.then(() => this.run(messages));
     if (pending !== undefined) this.wait(pending, text.length);
   }
@@ -444,7 +440,7 @@ export class WebSocketTransport {
     }
     const { options } = core;
     const idleLimit = options.timeout + Math.max(0, options.interval) + options.maxInterval + IDLE_MARGIN_MS;
-    this.idleSweep = setInterval(() => this.closeIdle(clock() - idleLimit, idleLimit), Math.min(IDLE_SWEEP_MS, idleLimit / 2));
+    this.idleSweep = setInterval(() => this.closeIdle(core.wheel.time() - idleLimit, idleLimit), Math.min(IDLE_SWEEP_MS, idleLimit / 2));
     this.idleSweep.unref();
   }
 
