@@ -10,6 +10,8 @@ import { ChannelSet } from '../src/core/channel-set.js';
 import { MAX_PATTERN_CHANNELS, ServerSession, type SessionHost } from '../src/core/session.js';
 import { ListenerRegistry } from '../src/core/listeners.js';
 import { LineWatchers } from '../src/core/line-watchers.js';
+import { SharedStrings } from '../src/http/shared-strings.js';
+import { LeanWebSocket } from '../src/transports/websocket.js';
 import type { LineWatcher, PushConnection } from '../src/core/contract.js';
 import { ExtensionPipeline } from '../src/extensions/pipeline.js';
 import { resolveOptions, DEFAULTS } from '../src/options.js';
@@ -246,6 +248,41 @@ describe('line watchers', () => {
     watchers.drained(line);
     assert.deepEqual(heard, ['a drained', 'b drained', 'a closed', 'b closed']);
     assert.equal(watchers.sole(), null, 'forgotten once told of the close');
+  });
+});
+
+describe('shared strings', () => {
+  it('keep one copy of each value, bounded: past the entry limit the table starts again, a value past the length limit is not kept', () => {
+    const shared = new SharedStrings(3, 20);
+    const agent = ['Mozilla/5', '.0'].join('');
+    assert.equal(shared.share(agent), 'Mozilla/5.0');
+    assert.equal(shared.share('Mozilla/5.0'), agent);
+    assert.equal(shared.size, 1, 'the same value kept once');
+    assert.equal(shared.share('x'.repeat(21)), 'x'.repeat(21), 'too long: given back');
+    assert.equal(shared.size, 1, 'too long: not kept');
+    // A client sending a new value each time cannot grow it.
+    for (let i = 0; i < 1000; i++) assert.equal(shared.share(`v${i}`), `v${i}`);
+    assert.ok(shared.size <= 3, `${shared.size} kept`);
+  });
+});
+
+describe('the WebSocket the server makes', () => {
+  it("keeps its listeners in a plain object (not EventEmitter's hash table) and shares one empty extensions table, and still emits to them", () => {
+    const make = (): LeanWebSocket => new (LeanWebSocket as unknown as new (address: null, protocols: undefined, options: object) => LeanWebSocket)(null, undefined, { autoPong: true, maxPayload: 1024 });
+    const a = make();
+    const b = make();
+    const internals = (ws: LeanWebSocket): { _events: object; _extensions: object } => ws as unknown as { _events: object; _extensions: object };
+    assert.equal(Object.getPrototypeOf(internals(a)._events), Object.prototype, 'an object literal, which V8 keeps as a plain object');
+    assert.deepEqual(Object.keys(internals(a)._events).sort(), ['close', 'error', 'message', 'pong']);
+    assert.equal(internals(a)._extensions, internals(b)._extensions, 'one extensions table for all');
+    assert.ok(Object.isFrozen(internals(a)._extensions));
+    const heard: string[] = [];
+    a.on('message', (data: unknown) => void heard.push(`message ${String(data)}`));
+    a.on('ping', () => void heard.push('ping'));
+    a.emit('message', 'hi');
+    a.emit('ping');
+    assert.deepEqual(heard, ['message hi', 'ping']);
+    assert.equal(b.listenerCount('message'), 0, 'each socket its own table');
   });
 });
 

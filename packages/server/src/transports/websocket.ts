@@ -14,6 +14,7 @@ import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import { bayeuxError, decodeBatch, encodeBatch, type ErrorName } from '@perihelion/protocol';
 import type { LineWatcher, ProcessContext, PushConnection, RequestFacts, TransportHost } from '../core/contract.js';
 import { requestFacts } from '../http/request-facts.js';
+import { SharedStrings } from '../http/shared-strings.js';
 import { LineWatchers } from '../core/line-watchers.js';
 
 /** How long a closed WebSocket's peer gets to answer the close frame before the socket is cut. */
@@ -110,7 +111,7 @@ function textFrame(text: string, bracket = false): Buffer {
  *   one shared empty table rather than an object per socket, which ws only reads.
  */
 const NO_EXTENSIONS = Object.freeze({});
-class LeanWebSocket extends WebSocket {
+export class LeanWebSocket extends WebSocket {
   constructor(...args: ConstructorParameters<typeof WebSocket>) {
     super(...args);
     const self = this as unknown as { _events: Record<string | symbol, unknown>; _extensions: object };
@@ -133,33 +134,19 @@ function withoutUpgradeHeaders(headers: IncomingHttpHeaders): IncomingHttpHeader
   for (const name in headers) {
     if (UPGRADE_HEADERS.has(name)) continue;
     const value = headers[name];
-    kept[name] = typeof value === 'string' && SHARED_HEADERS.has(name) ? sharedString(value) : value;
+    kept[name] = typeof value === 'string' && SHARED_HEADERS.has(name) ? sharedStrings.share(value) : value;
   }
   return kept;
 }
 
 /**
  * Headers whose values most connections hold alike: every browser of one version sends the same
- * User-Agent, every page of a site the same Origin and Host. Node makes a string of each for
- * every request; a connection keeping them would hold its own copies (a browser's come to about
- * 400 bytes), so one copy of each value is kept for all. Not cookies nor credentials: their values
- * are each client's own, and must not outlive its connection here.
+ * User-Agent, every page of a site the same Origin and Host (a browser's come to about 400 bytes),
+ * kept once for all. Not cookies nor credentials: their values are each client's own, and must not
+ * outlive its connection in the table.
  */
 const SHARED_HEADERS = new Set(['host', 'user-agent', 'origin', 'accept-encoding', 'accept-language', 'cache-control', 'pragma']);
-/** At most this many values are kept (then the table starts again), each at most MAX_SHARED_LENGTH long: a client sending a new value each time cannot grow it. */
-const MAX_SHARED_STRINGS = 4096;
-const MAX_SHARED_LENGTH = 512;
-const sharedStrings = new Map<string, string>();
-
-/** The one kept copy of `value` (or `value` itself, now kept). */
-function sharedString(value: string): string {
-  if (value.length > MAX_SHARED_LENGTH) return value;
-  const kept = sharedStrings.get(value);
-  if (kept !== undefined) return kept;
-  if (sharedStrings.size >= MAX_SHARED_STRINGS) sharedStrings.clear();
-  sharedStrings.set(value, value);
-  return value;
-}
+const sharedStrings = new SharedStrings();
 
 /**
  * The WebSocket's listeners are shared functions that find their connection on the socket
@@ -481,7 +468,7 @@ export class WebSocketTransport {
     const facts = requestFacts(req, this.core.proxies);
     facts.headers = withoutUpgradeHeaders(req.headers);
     // The path, when it is the whole URL (a query may carry a client's own credentials).
-    if (!facts.url.includes('?')) facts.url = sharedString(facts.url);
+    if (!facts.url.includes('?')) facts.url = sharedStrings.share(facts.url);
     // No closure here may capture `req`: one living as long as the connection would keep the
     // whole upgrade request (about 1 KB) alive with it.
     this.wss.handleUpgrade(req, socket, head, (ws) => this.accept(ws, socket, facts));
