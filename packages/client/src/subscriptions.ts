@@ -12,6 +12,7 @@
  * `ext.recover`, on the same session.
  */
 import { asPosition, isWildcard, matches, type Message, type Position } from '@perihelion/protocol';
+import { backoff } from './backoff.js';
 import type { State } from './bayeux.js';
 import type { BackendEvents } from './client.js';
 import { ClientError } from './errors.js';
@@ -22,7 +23,13 @@ export type { Position };
 
 /** The most messages held at once while resyncs are answered (see Subscriptions.hold). */
 const MAX_HELD = 10_000;
-/** How soon a recovery the server could not answer (its history out of reach) is asked again, ms, doubling up to the most. */
+/**
+ * How soon a recovery the server could not answer (its history out of reach) is asked again, ms:
+ * a backoff with full jitter from the first to the most, never sooner than the least. Every
+ * client of a node cut off from Redis is told so at once; jitter keeps them from all asking again
+ * in the same instant, every time, for as long as it lasts.
+ */
+const ASK_AGAIN_LEAST_MS = 100;
 const ASK_AGAIN_FIRST_MS = 250;
 const ASK_AGAIN_MOST_MS = 8_000;
 
@@ -48,11 +55,11 @@ interface PatternState {
    * Active on the server, but the line it was delivered on died: what that line swallowed is
    * asked for again once connected, by a subscribe with `ext.recover` on the same session
    * ("due"), which the server answers like a first one, replaying from the positions ("sent").
-   * "later": the server could not read its history when asked; asked again after `askAgainMs`.
+   * "later": the server could not read its history when asked; asked again after a backoff.
    */
   resync?: 'due' | 'sent' | 'later' | undefined;
-  /** How long the next wait before asking again for a recovery is, ms (see askAgainLater). */
-  askAgainMs?: number | undefined;
+  /** How many times the server could not answer its recovery in a row (see askAgainLater). */
+  askedAgain?: number | undefined;
   /**
    * The resync follows a move to another line (leaving a stream that may have carried deliveries
    * unread), not a lost one: only a loss is news then, since the application saw no cut.
@@ -207,7 +214,7 @@ export class Subscriptions {
     if (reply.successful !== true) return this.failed(pattern, ClientError.fromReply(reply));
     const ext = (reply.ext ?? {}) as { recovered?: Record<string, unknown>; positions?: Record<string, unknown>; recoveryUnavailable?: unknown };
     if (recover && ext.recoveryUnavailable === true) return this.askAgainLater(pattern, state);
-    state.askAgainMs = undefined;
+    state.askedAgain = undefined;
     const positions = ext.positions ?? {};
     let outcome: RecoveryOutcome | undefined;
     if (recover) {
@@ -253,14 +260,14 @@ export class Subscriptions {
    * The server holds the subscription but could not read its history just now (Redis out of its
    * reach): nothing was replayed, and nothing is lost yet. The positions stay; live messages past
    * a gap are dropped meanwhile (`recovering`), since the replay brings them in order; and the same
-   * subscribe is sent again after a wait that doubles, until the server can say. Whoever awaits
-   * the subscription learns its outcome then.
+   * subscribe is sent again after a backoff with jitter (ASK_AGAIN_*), until the server can say.
+   * Whoever awaits the subscription learns its outcome then.
    */
   private askAgainLater(pattern: string, state: PatternState): void {
     state.status = 'active';
     state.resync = 'later';
-    const wait = state.askAgainMs ?? ASK_AGAIN_FIRST_MS;
-    state.askAgainMs = Math.min(wait * 2, ASK_AGAIN_MOST_MS);
+    state.askedAgain = (state.askedAgain ?? -1) + 1;
+    const wait = backoff(state.askedAgain, ASK_AGAIN_FIRST_MS, ASK_AGAIN_MOST_MS, ASK_AGAIN_LEAST_MS);
     const timer = setTimeout(() => {
       if (this.patterns.get(pattern) !== state || state.resync !== 'later') return;
       state.resync = 'due';

@@ -175,6 +175,48 @@ describe('subscriptions: what a resync reports', () => {
     resync(movedThenLost, ['moved', 'lost'], true);
     assert.deepEqual(movedThenLost.recoveries, ['/a true']);
   });
+  it('asks again for a recovery the server could not read after a backoff with jitter, from its start once it could', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    let draw = 0;
+    t.mock.method(Math, 'random', () => draw);
+    const r = await subscribedToA();
+    const unavailable = (): void => r.sent.at(-1)!.answer({ channel: '/meta/subscribe', successful: true, subscription: '/a', ext: { recoveryUnavailable: true } });
+    /** The subscribe is sent again `ms` after the last refusal, and not a millisecond sooner. */
+    const askedAgainAfter = (ms: number, what: string): void => {
+      const before = r.sent.length;
+      t.mock.timers.tick(ms - 1);
+      assert.equal(r.sent.length, before, `${what}: not before ${ms} ms`);
+      t.mock.timers.tick(1);
+      assert.equal(r.sent.length, before + 1, `${what}: at ${ms} ms`);
+      assert.deepEqual((r.sent.at(-1)!.message.ext as { recover?: unknown }).recover, { '/a': position });
+    };
+    r.subs.lineLost('lost');
+    r.subs.sendWanted();
+    draw = 0.9;
+    unavailable();
+    askedAgainAfter(225, 'first: 0.9 of 250 ms');
+    draw = 0.5;
+    unavailable();
+    askedAgainAfter(250, 'second: 0.5 of 500 ms');
+    draw = 0.01;
+    unavailable();
+    askedAgainAfter(100, 'third: 0.01 of 1 000 ms is 10, but never sooner than 100');
+    for (let i = 0; i < 6; i++) {
+      draw = 0.999;
+      unavailable();
+      t.mock.timers.tick(8_000);
+    }
+    draw = 0.75;
+    unavailable();
+    askedAgainAfter(6_000, 'later: 0.75 of at most 8 000 ms');
+    r.sent.at(-1)!.answer({ channel: '/meta/subscribe', successful: true, subscription: '/a', ext: { recovered: { '/a': true } } });
+    assert.deepEqual(r.recoveries, ['/a true']);
+    r.subs.lineLost('lost');
+    r.subs.sendWanted();
+    draw = 0.9;
+    unavailable();
+    askedAgainAfter(225, 'after a recovery, the backoff starts again');
+  });
 });
 
 describe('subscriptions: a wildcard resync and the channels it never received from', () => {
