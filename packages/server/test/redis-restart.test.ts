@@ -596,16 +596,16 @@ describe('A node whose bus subscription is lost while its publishes are on their
 describe('Presence across a Redis outage', () => {
   const own = ownRedis();
 
-  /** A client of `t`, past its first connect. */
-  async function client(t: TestServer): Promise<{ peer: WsPeer; clientId: string }> {
+  /** A client of `t`, past its first connect; `ext` for its handshake. */
+  async function client(t: TestServer, ext?: Record<string, unknown>): Promise<{ peer: WsPeer; clientId: string }> {
     const peer = await WsPeer.open(t.wsUrl);
     own.peers.push(peer);
-    const clientId = (await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] })).clientId as string;
+    const clientId = (await peer.request({ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'], ...(ext ? { ext } : {}) })).clientId as string;
     await peer.request({ channel: '/meta/connect', clientId, connectionType: 'websocket' });
     return { peer, clientId };
   }
 
-  it("tells the other nodes' watchers, once Redis is back, who joined and left on a node while it was away", { timeout: 60_000 }, async () => {
+  it("tells the other nodes' watchers, once Redis is back, who joined and left on a node while it was away, and its own watchers nothing twice", { timeout: 60_000 }, async () => {
     const url = `redis://127.0.0.1:${own.port}`;
     const restored = { a: 0, b: 0 };
     for (const name of ['a', 'b'] as const) {
@@ -617,6 +617,13 @@ describe('Presence across a Redis outage', () => {
     const [a, b] = own.nodes as [TestServer, TestServer];
     const watcher = await client(b);
     assert.equal((await watcher.peer.request({ channel: '/meta/subscribe', clientId: watcher.clientId, subscription: '/presence/room' })).successful, true);
+    // On the members' own node: a watcher as CometD's, one that tracks positions (the Perihelion
+    // client's `skips`), and an in-process listener. They hear the outage's events as they come.
+    const plainHere = await client(a);
+    const trackingHere = await client(a, { skips: true });
+    for (const here of [plainHere, trackingHere]) assert.equal((await here.peer.request({ channel: '/meta/subscribe', clientId: here.clientId, subscription: '/presence/room' })).successful, true);
+    const listenedHere: PresenceData[] = [];
+    a.server.subscribe('/presence/room', (message) => void listenedHere.push(message.data as PresenceData));
     const stays = await client(a);
     const goes = await client(a);
     assert.equal((await goes.peer.request({ channel: '/meta/subscribe', clientId: goes.clientId, subscription: '/room' })).successful, true);
@@ -628,13 +635,27 @@ describe('Presence across a Redis outage', () => {
     assert.equal((await stays.peer.request({ channel: '/meta/subscribe', clientId: stays.clientId, subscription: '/room' })).successful, true);
     assert.equal((await goes.peer.request({ channel: '/meta/unsubscribe', clientId: goes.clientId, subscription: '/room' })).successful, true);
     await new Promise((resolve) => setTimeout(resolve, 300));
-    const heard = (): string[] => watcher.peer.received.filter((m) => m.channel === '/presence/room').map((m) => `${(m.data as PresenceData).action} ${(m.data as PresenceData).clientId === stays.clientId ? 'stays' : 'goes'}`);
+    const named = (data: PresenceData): string => `${data.action} ${data.clientId === stays.clientId ? 'stays' : 'goes'}`;
+    const heardBy = (peer: WsPeer): string[] => peer.received.filter((m) => m.channel === '/presence/room' && m.data !== undefined).map((m) => named(m.data as PresenceData));
+    const heard = (): string[] => heardBy(watcher.peer);
     assert.deepEqual(heard(), ['join goes'], 'nothing of the outage reached the other node');
+    const outage = ['join goes', 'join stays', 'leave goes'];
+    for (const here of [plainHere, trackingHere]) assert.deepEqual(heardBy(here.peer), outage, "the node's own watchers hear the outage's events as they come");
 
     own.redis = await startRedis(own.port);
     await waitFor(() => restored.a > 0 && restored.b > 0, 15_000, 'both nodes to hear Redis again');
     await waitFor(() => heard().length === 3, 8000, () => `the events of the outage at b's watcher: ${heard().join(', ')}`);
-    assert.deepEqual(heard(), ['join goes', 'join stays', 'leave goes']);
+    assert.deepEqual(heard(), outage);
+    // Published again for b, not for a: a's watchers and listener heard each once, and the one that
+    // tracks positions was given the positions the events took, without their data.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.deepEqual(heardBy(plainHere.peer), outage, 'the plain watcher on the same node heard nothing twice');
+    assert.deepEqual(heardBy(trackingHere.peer), outage, 'the watcher that tracks positions on the same node heard nothing twice');
+    assert.deepEqual(listenedHere.map(named), outage, 'the in-process listener on the same node heard nothing twice');
+    const skips = trackingHere.peer.received.filter((m) => m.channel === '/presence/room' && (m.ext as { skip?: boolean } | undefined)?.skip === true);
+    assert.equal(skips.length, 2, 'the two events published again are skip notes for the watcher that tracks positions');
+    for (const skip of skips) assert.ok((skip.ext as { position?: { offset?: number } }).position?.offset !== undefined, 'a skip note carries a position');
+    assert.equal(plainHere.peer.received.filter((m) => m.channel === '/presence/room' && m.data === undefined).length, 0, 'no skip note for a watcher that does not track positions');
   });
 });
 

@@ -155,18 +155,20 @@ export class LocalDelivery implements EngineHost, SessionHost {
 
   onPublication(publication: Publication, clientIds: Iterable<string>): void {
     const { payload, exclude, channel, position } = publication;
+    // For the other nodes only: here every session is as the excluded one.
+    const everywhere = publication.elsewhere !== true;
     const now = Date.now();
     for (const id of clientIds) {
       const session = this.sessions.get(id);
       if (!session) continue;
-      if (id !== exclude) {
+      if (id !== exclude && everywhere) {
         this.enqueue(session, payload, now);
         // A channel only a pattern reaches: where it started for this session, for a recovery
         // that cannot name it (see meta/subscribe.ts).
         if (position !== undefined && session.subscriptions.hasPattern && !session.subscriptions.has(channel)) session.sentThroughPattern(channel, position);
       } else if (session.skipNotes && position !== undefined) this.enqueue(session, skipNote(channel, position), now);
     }
-    if (this.listeners.hearsBroadcasts && !isService(publication.channel)) void this.listeners.notify(publication.message, null);
+    if (everywhere && this.listeners.hearsBroadcasts && !isService(publication.channel)) void this.listeners.notify(publication.message, null);
   }
 
   onDirect(publication: Publication, clientId: string): void {

@@ -218,9 +218,9 @@ export class Presence {
 
   /**
    * The engine is whole again after an outage: the events this node published meanwhile, which
-   * only its own sessions got, are published again for every node's, each after the steps of its
-   * (channel, member) under way and before any later one (this node's watchers see them twice: a
-   * set of members takes that).
+   * only its own sessions got, are published again for the other nodes' (not for this node's
+   * sessions and listeners, which had them: its watchers that track positions get only their
+   * positions), each after the steps of its (channel, member) under way and before any later one.
    */
   shareAfterOutage(): void {
     const events = this.unshared;
@@ -239,7 +239,7 @@ export class Presence {
       const member = this.core.options.presenceBy === 'user' && event.user !== null ? { key: `user:${event.user}` } : { key: `session:${event.clientId}` };
       this.run(pairId(channel, member), async () => {
         await settled;
-        if (!this.closing) await this.send(channel, event);
+        if (!this.closing) await this.send(channel, event, true);
       });
     }
   }
@@ -390,14 +390,15 @@ export class Presence {
   }
 
   /**
-   * Publishes an event; kept to publish again after the outage if the engine is away (see
-   * `unshared`). False, and not published, when nothing could ever see it: nobody watches the
-   * channel, no watcher was ever given a position of it to recover from, and no in-process
-   * listener or 'publish' listener hears broadcasts (most subscribes, on a server whose
-   * application asks no presence of that channel: the join would cost a serialisation and a
-   * place in history for nothing). Its history then starts with the first watcher.
+   * Publishes an event (`again`: after an outage, for the other nodes only); kept to publish again
+   * after the outage if the engine is away (see `unshared`). False, and not published, when
+   * nothing could ever see it: nobody watches the channel, no watcher was ever given a position of
+   * it to recover from, and no in-process listener or 'publish' listener hears broadcasts (most
+   * subscribes, on a server whose application asks no presence of that channel: the join would
+   * cost a serialisation and a place in history for nothing). Its history then starts with the
+   * first watcher.
    */
-  private send(channel: string, event: PresenceEvent): MaybePromise<boolean> {
+  private send(channel: string, event: PresenceEvent, again = false): MaybePromise<boolean> {
     const watched = presenceChannel(channel);
     const { engine, listeners, events } = this.core;
     if (engine.unseen?.(watched) === true && !listeners.hearsBroadcasts && events.listenerCount('publish') === 0) return false;
@@ -405,7 +406,7 @@ export class Presence {
       if (this.unshared.length >= MAX_UNSHARED) this.unshared.shift();
       this.unshared.push({ channel, event });
     }
-    return broadcastNow(this.core, { channel: watched, data: event });
+    return broadcastNow(this.core, { channel: watched, data: event }, again ? { elsewhere: true } : {});
   }
 
   /** `/service/presence`: `{channel}` is answered `{channel, members}`, when the caller may subscribe to it. */

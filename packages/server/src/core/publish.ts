@@ -209,6 +209,8 @@ class PublishStep {
 export interface BroadcastOptions {
   exclude?: string | undefined;
   once?: PublishOnce | undefined;
+  /** Publication.elsewhere: for the other nodes only (this node's sessions and listeners had it). */
+  elsewhere?: true | undefined;
 }
 
 /**
@@ -240,10 +242,11 @@ export function broadcastNow(core: BroadcastCore, message: Message, options: Bro
 
 type BroadcastCore = Pick<ServerCore, 'extensions' | 'delivery' | 'engine' | 'events'>;
 
-function sendPrepared(core: BroadcastCore, publication: Publication | null, { exclude, once }: BroadcastOptions): MaybePromise<boolean> {
+function sendPrepared(core: BroadcastCore, publication: Publication | null, { exclude, once, elsewhere }: BroadcastOptions): MaybePromise<boolean> {
   if (!publication) return true;
   if (exclude !== undefined) publication.exclude = exclude;
   if (once !== undefined) publication.once = once;
+  if (elsewhere) publication.elsewhere = elsewhere;
   return send(core, publication, null);
 }
 
@@ -274,7 +277,8 @@ function sent(core: Pick<ServerCore, 'delivery' | 'events'>, publication: Public
     return false;
   }
   core.delivery.counters.published++;
-  if (core.events.listenerCount('publish') > 0) core.events.emit('publish', publication.message, from);
+  // The application heard one for the other nodes only when this node published it first.
+  if (core.events.listenerCount('publish') > 0 && publication.elsewhere !== true) core.events.emit('publish', publication.message, from);
   return true;
 }
 

@@ -26,6 +26,12 @@ export interface Publication {
   position?: Position;
   /** A session this broadcast is not delivered to: its publisher, which asked for no echo (`ext.echo: false`). */
   exclude?: string;
+  /**
+   * For the other nodes only: this node's sessions and in-process listeners had the message
+   * already (presence events published again after an engine outage, which reached only them
+   * then). Here a session that tracks positions is sent the position alone, as an excluded one is.
+   */
+  elsewhere?: true;
   /** A client's publish, which that client may send again: see PublishOnce. */
   once?: PublishOnce;
 }
