@@ -624,6 +624,8 @@ describe('Presence across a Redis outage', () => {
     for (const here of [plainHere, trackingHere]) assert.equal((await here.peer.request({ channel: '/meta/subscribe', clientId: here.clientId, subscription: '/presence/room' })).successful, true);
     const listenedHere: PresenceData[] = [];
     a.server.subscribe('/presence/room', (message) => void listenedHere.push(message.data as PresenceData));
+    const publishedHere: PresenceData[] = [];
+    a.server.on('publish', (message) => void (message.channel === '/presence/room' && publishedHere.push(message.data as PresenceData)));
     const stays = await client(a);
     const goes = await client(a);
     assert.equal((await goes.peer.request({ channel: '/meta/subscribe', clientId: goes.clientId, subscription: '/room' })).successful, true);
@@ -652,6 +654,7 @@ describe('Presence across a Redis outage', () => {
     assert.deepEqual(heardBy(plainHere.peer), outage, 'the plain watcher on the same node heard nothing twice');
     assert.deepEqual(heardBy(trackingHere.peer), outage, 'the watcher that tracks positions on the same node heard nothing twice');
     assert.deepEqual(listenedHere.map(named), outage, 'the in-process listener on the same node heard nothing twice');
+    assert.deepEqual(publishedHere.map(named), outage, "the node's 'publish' event told each once");
     const skips = trackingHere.peer.received.filter((m) => m.channel === '/presence/room' && (m.ext as { skip?: boolean } | undefined)?.skip === true);
     assert.equal(skips.length, 2, 'the two events published again are skip notes for the watcher that tracks positions');
     for (const skip of skips) assert.ok((skip.ext as { position?: { offset?: number } }).position?.offset !== undefined, 'a skip note carries a position');
