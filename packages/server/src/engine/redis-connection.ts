@@ -68,6 +68,8 @@ export class RedisConnection {
    */
   private subscribedAs = 0;
   private subscriptions = 0;
+  /** Connections of a Redis Cluster's subscriber that ended (see watchShards). */
+  private shardLosses = 0;
 
   constructor(
     private readonly options: Required<RedisEngineOptions>,
@@ -121,8 +123,7 @@ export class RedisConnection {
       this.outage = false;
       this.host.onReconnect();
     });
-    // A Cluster client keeps its shards' subscriptions itself; its status is all there is to read.
-    if (this.options.cluster) return;
+    if (this.options.cluster) return this.watchShards(sub, channels);
     sub.on('close', () => {
       if (this.subscribedAs === 0) return;
       this.subscribedAs = 0;
@@ -144,6 +145,49 @@ export class RedisConnection {
         () => {}, // lost again: the next 'ready' tries again
       );
     });
+  }
+
+  /**
+   * On a Redis Cluster the subscriber is a connection per shard, which ioredis makes again itself
+   * when one ends (a shard restarted or failed over, its line cut) and subscribes again to that
+   * shard's channels; the client's own status says nothing of it. What the shard published
+   * meanwhile was not heard here, so the end of any of its connections is taken for a loss of the
+   * bus, as the loss of one Redis's subscriber is (the node catches its sessions up), and the node
+   * hears the bus again once every channel's SSUBSCRIBE, sent again here, has been answered with no
+   * connection lost meanwhile.
+   */
+  private watchShards(sub: Redis, channels: readonly string[]): void {
+    const lost = (): void => {
+      if (!this.started || this.closing) return;
+      this.shardLosses++;
+      if (this.subscribedAs === 0) return;
+      this.subscribedAs = 0;
+      this.host.deaf();
+      this.resubscribeShards(sub, channels, 0);
+    };
+    sub.on('-node', lost);
+    sub.on('close', lost);
+  }
+
+  /** Subscribes to every channel again, after 100 ms and doubling up to 2 s, until it holds. */
+  private resubscribeShards(sub: Redis, channels: readonly string[], tried: number): void {
+    const timer = setTimeout(() => {
+      if (this.closing || this.subscribedAs !== 0) return;
+      const losses = this.shardLosses;
+      const renewed = sub.status === 'ready' ? Promise.all(channels.map((channel) => sub.ssubscribe(channel))) : Promise.reject(new Error('not connected'));
+      renewed.then(
+        () => {
+          if (this.closing || this.subscribedAs !== 0) return;
+          // A connection ended while they were answered: the answers may have come on it.
+          if (this.shardLosses !== losses) return this.resubscribeShards(sub, channels, tried + 1);
+          this.subscribedAs = ++this.subscriptions;
+          this.host.hearingAgain();
+          this.sayRestored();
+        },
+        () => this.resubscribeShards(sub, channels, tried + 1),
+      );
+    }, Math.min(100 * 2 ** tried, 2000));
+    timer.unref();
   }
 
   /**
@@ -275,12 +319,12 @@ export class RedisConnection {
   /**
    * The subscription this node hears the bus by now, 0 if none: a message Redis publishes while
    * it is in place comes back to this node if the same subscription is still in place when Redis
-   * has answered the publish. (A Cluster client keeps its shards' subscriptions itself and says
-   * only whether it is connected: one number stands for them all.)
+   * has answered the publish. (On a Redis Cluster one number stands for the shards' connections
+   * together: a new one once each has been subscribed again after any of them ended.)
    */
   get subscription(): number {
     if (this.sub?.status !== 'ready') return 0;
-    return this.options.cluster ? 1 : this.subscribedAs;
+    return this.subscribedAs;
   }
 
   /**
