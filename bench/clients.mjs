@@ -488,7 +488,12 @@ export class HttpLine {
       this.buffer = this.buffer.length === 0 ? chunk : Buffer.concat([this.buffer, chunk]);
       this.parse();
     });
-    socket.on('error', (error) => this.fail(error));
+    socket.on('error', (error) => {
+      // The same race, ended by a reset (the server closed with the request unread): 'close'
+      // follows and sends it again.
+      if (this.socket === socket && this.pending?.resendable && this.buffer.length === 0 && (error.code === 'ECONNRESET' || error.code === 'EPIPE')) return;
+      this.fail(error);
+    });
     socket.on('close', () => {
       if (this.socket !== socket) return;
       this.socket = null;
