@@ -7,7 +7,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
-import { PerihelionError, RedisEngine } from '../src/index.js';
+import { PerihelionError, RedisEngine, type RedisEngineOptions } from '../src/index.js';
 import { crc16, RedisLayout, SLOTS } from '../src/engine/redis-layout.js';
 import { distributedEngineConformance, engineConformance, publication, RecordingHost, type EngineFixture } from './engine-conformance.js';
 import { REDIS_URL, lruCase, startRedisCluster, uniquePrefix, type LocalRedisCluster } from './redis-fixture.js';
@@ -40,26 +40,54 @@ function fixture(label: string): EngineFixture {
 engineConformance('redis cluster', fixture('cluster'));
 distributedEngineConformance('redis cluster', fixture('cluster-distributed'));
 
-/** Keys of one shard of the local cluster. */
-async function keysOn(port: number, pattern: string): Promise<string[]> {
+/** Runs `command` on one shard of the local cluster, by a connection of its own. */
+async function onShard<T>(port: number, command: (client: Redis) => Promise<T>): Promise<T> {
   const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0 });
   try {
-    return await client.keys(pattern);
+    return await command(client);
   } finally {
     client.disconnect();
   }
 }
 
+/** Keys of one shard of the local cluster. */
+function keysOn(port: number, pattern: string): Promise<string[]> {
+  return onShard(port, (client) => client.keys(pattern));
+}
+
 /** The port of the shard that serves `slot`. */
-async function shardOf(slot: number): Promise<number> {
-  const client = new Redis({ port: cluster!.ports[0]!, host: '127.0.0.1', maxRetriesPerRequest: 0 });
-  try {
+function shardOf(slot: number): Promise<number> {
+  return onShard(cluster!.ports[0]!, async (client) => {
     const ranges = await client.cluster('SLOTS');
     const primary = ranges.find(([low, high]) => slot >= low && slot <= high)?.[2];
     if (!primary) throw new Error(`no shard serves slot ${slot}`);
     return primary[1];
+  });
+}
+
+/**
+ * Two nodes of the local cluster under one prefix of their own: `publisher`, and `reader` whose
+ * session "reader" subscribes to `pattern` (what it is given is in `readerHost`). Both are closed
+ * once `run` is over.
+ */
+async function withPublisherAndReader(
+  label: string,
+  pattern: string,
+  options: Partial<RedisEngineOptions>,
+  run: (nodes: { publisher: RedisEngine; readerHost: RecordingHost }) => Promise<void>,
+): Promise<void> {
+  const prefix = uniquePrefix(label);
+  const make = (): RedisEngine => new RedisEngine({ url: clusterUrl(), cluster: true, prefix, ...options });
+  const [publisher, reader] = [make(), make()];
+  const readerHost = new RecordingHost();
+  await publisher.start(new RecordingHost());
+  await reader.start(readerHost);
+  try {
+    await reader.addSession('reader');
+    await reader.subscribe('reader', pattern);
+    await run({ publisher, readerHost });
   } finally {
-    client.disconnect();
+    await Promise.all([publisher.close(), reader.close()]);
   }
 }
 
@@ -146,15 +174,7 @@ describe('the Redis engine on a Redis Cluster', () => {
   });
 
   it('carries on when a shard is killed and comes back empty: every partition reaches the other node again, subscriptions are registered again', async () => {
-    const prefix = uniquePrefix('shard-restart');
-    const make = (): RedisEngine => new RedisEngine({ url: clusterUrl(), cluster: true, prefix, heartbeatInterval: 200, nodeTimeout: 1000, commandTimeout: 1000 });
-    const [publisher, reader] = [make(), make()];
-    const readerHost = new RecordingHost();
-    await publisher.start(new RecordingHost());
-    await reader.start(readerHost);
-    try {
-      await reader.addSession('reader');
-      await reader.subscribe('reader', '/shards/**');
+    await withPublisherAndReader('shard-restart', '/shards/**', { heartbeatInterval: 200, nodeTimeout: 1000, commandTimeout: 1000 }, async ({ publisher, readerHost }) => {
       const channels = Array.from({ length: 32 }, (_, i) => `/shards/${i}`);
       for (const channel of channels) await publisher.publish(publication(channel, 'before'));
       await waitFor(() => readerHost.data('reader').length === 32, 3000, 'every channel before the restart');
@@ -177,37 +197,20 @@ describe('the Redis engine on a Redis Cluster', () => {
       const deadline = Date.now() + 10_000;
       while ((await publisher.subscriberCount('/shards/**')) !== 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
       assert.equal(await publisher.subscriberCount('/shards/**'), 1, 'the reader registered its subscription again');
-    } finally {
-      await Promise.all([publisher.close(), reader.close()]);
-    }
+    });
   });
 
   // ioredis makes a shard's subscriber connection again by itself when it ends, and its cluster
   // client stays "ready" meanwhile: what the shard published in between was lost to the node's
   // sessions that have no recovery of their own (CometD, Faye, the in-process listeners).
   it('catches a node up on what was published while its shard subscriber connections were cut, then hears the bus again', async () => {
-    const prefix = uniquePrefix('shard-cut');
-    const make = (): RedisEngine => new RedisEngine({ url: clusterUrl(), cluster: true, prefix, commandTimeout: 2000 });
-    const [publisher, reader] = [make(), make()];
-    const readerHost = new RecordingHost();
-    await publisher.start(new RecordingHost());
-    await reader.start(readerHost);
-    try {
-      await reader.addSession('reader');
-      await reader.subscribe('reader', '/cut/**');
+    await withPublisherAndReader('shard-cut', '/cut/**', { commandTimeout: 2000 }, async ({ publisher, readerHost }) => {
       const channels = Array.from({ length: 8 }, (_, i) => `/cut/${i}`);
       for (const channel of channels) await publisher.publish(publication(channel, `${channel} 0`));
       await waitFor(() => readerHost.data('reader').length === 8, 3000, 'every channel heard before the cut');
       // Every pub/sub connection of every shard cut, the reader's among them; then published at
       // once, before ioredis has made them again.
-      for (const port of cluster!.ports) {
-        const admin = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 0 });
-        try {
-          await admin.call('CLIENT', 'KILL', 'TYPE', 'pubsub');
-        } finally {
-          admin.disconnect();
-        }
-      }
+      for (const port of cluster!.ports) await onShard(port, (client) => client.call('CLIENT', 'KILL', 'TYPE', 'pubsub'));
       await Promise.all(channels.map((channel) => publisher.publish(publication(channel, `${channel} 1`))));
       await waitFor(() => readerHost.data('reader').length === 16, 8000, () => `the messages of the cut caught up (${readerHost.data('reader').length - 8} of 8)`);
       // Heard live again afterwards, each once.
@@ -216,9 +219,7 @@ describe('the Redis engine on a Redis Cluster', () => {
       await new Promise((resolve) => setTimeout(resolve, 300));
       const got = readerHost.data('reader') as string[];
       for (const channel of channels) assert.deepEqual(got.filter((data) => data.startsWith(`${channel} `)), [0, 1, 2].map((n) => `${channel} ${n}`), `${channel}: each once, in order`);
-    } finally {
-      await Promise.all([publisher.close(), reader.close()]);
-    }
+    });
   });
 
   it('keeps sessions, subscriptions and live nodes in one slot, whichever shard holds it', async () => {
