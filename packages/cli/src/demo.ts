@@ -10,11 +10,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ChannelRule, Perihelion } from '@perihelion/server';
-import { installBoard } from './demos/board.js';
+import { BOARD_CHANNEL, installBoard } from './demos/board.js';
 import { CHAT_RULES, installChat } from './demos/chat.js';
 import { JOB_RULES, installJob } from './demos/job.js';
-import { installSlides } from './demos/slides.js';
-import { TICKER_RULES, installTicker } from './demos/ticker.js';
+import { SLIDES_CHANNEL, installSlides } from './demos/slides.js';
+import { TICKER_RULES, answerRecent, publishPrices } from './demos/ticker.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const publicDir = join(here, '..', '..', 'public');
@@ -78,25 +78,75 @@ export function demoPage(): (req: IncomingMessage, res: ServerResponse) => void 
 export const DEMO_RULES: ChannelRule[] = [...CHAT_RULES, ...TICKER_RULES, ...JOB_RULES];
 
 export interface Demo {
-  /** Resolves once every demo is ready (the state channels exist). */
-  ready: Promise<void>;
+  /**
+   * Resolves once every demo is ready: to true when this process holds the demo's state channels
+   * and makes the prices, false when another node of its cluster does.
+   */
+  ready: Promise<boolean>;
   /** Stops the demos' timers (they also stop by themselves when the server shuts down). */
   stop(): void;
 }
 
-/** The server side of every demo. Its timers never keep the process alive. */
-export function installDemo(server: Perihelion, options: { report?: (error: unknown) => void } = {}): Demo {
+/** How often a node of a cluster whose demo another node holds tries to take it over (that node gone), ms. */
+export const TAKE_OVER_MS = 5_000;
+
+/**
+ * The server side of every demo. Its timers never keep the process alive.
+ *
+ * Every node of a cluster runs it. The chat and the job answer each node's own clients; the state
+ * channels (board, slides) and the prices are the cluster's, held by one node: the first to claim
+ * the board. Another node's clients reach the state channels through it (the server relays their
+ * requests), and the prices through the bus. A node that found the demo held elsewhere tries again
+ * every `takeOverMs`, and takes it over once that node is gone (the board and slides start afresh).
+ */
+export function installDemo(server: Perihelion, options: { report?: (error: unknown) => void; takeOverMs?: number } = {}): Demo {
   const report = options.report ?? ((error: unknown) => console.error('perihelion demo:', error));
   installChat(server);
-  const stopTicker = installTicker(server, report);
+  answerRecent(server);
   const stopJob = installJob(server, report);
-  const ready = Promise.all([installSlides(server), installBoard(server)]).then(() => undefined);
+  let stopPrices: (() => void) | null = null;
+  let retry: NodeJS.Timeout | null = null;
+  let stopped = false;
+  const held = new Set<string>();
+  // In order, so that of nodes starting together the one that claims the board claims the rest.
+  const parts: Array<[string, () => Promise<unknown>]> = [
+    [BOARD_CHANNEL, () => installBoard(server)],
+    [SLIDES_CHANNEL, () => installSlides(server)],
+  ];
+  const hold = async (): Promise<boolean> => {
+    for (const [channel, install] of parts) {
+      if (held.has(channel)) continue;
+      try {
+        await install();
+      } catch (error) {
+        if ((error as { code?: unknown } | null)?.code === 'ERR_STATE_DUPLICATE') return false;
+        throw error;
+      }
+      held.add(channel);
+    }
+    if (!stopped && stopPrices === null) stopPrices = publishPrices(server, report);
+    return true;
+  };
+  const tryAgain = (): void => {
+    if (stopped || server.isDraining) return;
+    retry = setTimeout(() => {
+      if (stopped || server.isDraining) return;
+      hold().then((here) => here || tryAgain(), (error: unknown) => (report(error), tryAgain()));
+    }, options.takeOverMs ?? TAKE_OVER_MS);
+    retry.unref();
+  };
+  const ready = hold().then((here) => {
+    if (!here) tryAgain();
+    return here;
+  });
   // Reported here too, so that a failure is never an unhandled rejection when nobody awaits `ready`.
   ready.catch(report);
   return {
     ready,
     stop() {
-      stopTicker();
+      stopped = true;
+      if (retry) clearTimeout(retry);
+      stopPrices?.();
       stopJob();
     },
   };

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { pino, type Logger } from 'pino';
 import { PerihelionError, RedisEngine, WorkersEngine, authenticateByCertificate, createServer, takeHandedConnections, type Engine, type Perihelion } from '@perihelion/server';
 import { DASHBOARD_RULES, installDashboard } from './dashboard.js';
-import { DEMO_RULES, demoPage, installDemo } from './demo.js';
+import { DEMO_RULES, demoPage, installDemo, type Demo } from './demo.js';
 import { ECHO_CHANNEL, SERVICE_RULES, installServices } from './services.js';
 import { SettingsError, type Settings } from './settings.js';
 import { describeCertificate, describeClientCertificates, readTls } from './tls.js';
@@ -57,6 +57,8 @@ function attachLogger(server: Perihelion, logger: Logger, starting: () => boolea
 export interface Running {
   server: Perihelion;
   url: string;
+  /** The demo gallery's server side; null with the demo off. */
+  demo: Demo | null;
   /** Reads the TLS certificate and key again (SIGHUP), keeping those in use when they cannot serve; nothing without TLS. */
   reloadTls(): void;
   stop(): Promise<void>;
@@ -107,9 +109,10 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   starting = false;
   // The dashboard at /dashboard (its data gated, see dashboard.ts), then the demo pages, then 404.
   let dashboard: ReturnType<typeof installDashboard>;
+  let gallery: Demo | null = null;
   try {
     installServices(server);
-    if (demo) installDemo(server);
+    if (demo) gallery = installDemo(server);
     dashboard = installDashboard(server);
   } catch (error) {
     // The only setting that can refuse the command's own service channels.
@@ -164,5 +167,5 @@ export async function serve(settings: Settings, log: (line: string) => void = co
       console.error(`perihelion: TLS not reloaded, the certificate in use stays: ${error.message}`);
     }
   };
-  return { server, url, reloadTls, stop: () => (dashboard.close(), server.close()) };
+  return { server, url, demo: gallery, reloadTls, stop: () => (dashboard.close(), gallery?.stop(), server.close()) };
 }

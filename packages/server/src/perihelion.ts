@@ -117,7 +117,21 @@ export class Perihelion {
     this.http = new HttpAdapter(this.core);
     this.api = new HttpApi(this, options.apiKey, (error) => this.core.reportError(error));
     this.metrics = new Metrics(this.core, latency);
-    this.states = new StateChannels({ listeners: this.core.listeners, extensions: this.core.extensions, policy: this.core.security.policy, maxChannelLength: this.options.maxChannelLength });
+    const engine = this.engine;
+    this.states = new StateChannels({
+      listeners: this.core.listeners,
+      extensions: this.core.extensions,
+      policy: this.core.security.policy,
+      maxChannelLength: this.options.maxChannelLength,
+      ...(engine.stateHolder ? { holderOf: engine.stateHolder.bind(engine) } : {}),
+      relay: {
+        tell: (node, message) => this.core.forwarding.tellNode(node, message),
+        deliver: (clientId, channel, data) => this.deliver(clientId, channel, data),
+        disconnect: (clientId) => this.disconnectClient(clientId),
+        reportError: (error) => this.core.reportError(error),
+      },
+    });
+    this.core.forwarding.otherMessages = (from, message) => void this.states.relay.onNodeMessage(from, message);
     // Changes under way when the server closes are published before the engine goes.
     this.core.finishBeforeClosing(() => this.states.close());
     const report = (error: unknown): void => this.core.reportError(error);
@@ -250,6 +264,13 @@ export class Perihelion {
     if (isMeta(channel) || isService(channel) || !hasPresence(channel)) throw new PerihelionError('ERR_INVALID_CHANNEL', `cannot keep state on ${channel}: meta, service and presence channels carry no state`);
     if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);
     await this.core.ready;
+    // One node of a cluster holds each state channel; the others' clients reach it through that
+    // node (state/state-relay.ts).
+    const holder = (await this.engine.claimState?.(channel)) ?? null;
+    if (holder !== null) {
+      throw new PerihelionError('ERR_STATE_DUPLICATE', `node ${holder} holds the state channel ${channel}: this node's clients reach it there; create each state channel on one node (docs/state.md)`);
+    }
+    const release = (): void => void this.engine.releaseState?.(channel).catch(() => undefined);
     let stopWatching = (): void => {};
     const state = await StateChannel.create(channel, initial, options, {
       publish: (name, message) => broadcast(this.core, { channel: name, data: message }),
@@ -257,7 +278,11 @@ export class Perihelion {
       closed: (name) => {
         stopWatching();
         this.states.remove(name);
+        release();
       },
+    }).catch((error: unknown) => {
+      release();
+      throw error;
     });
     if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);
     this.states.add(state as unknown as StateChannel);

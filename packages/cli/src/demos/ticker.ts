@@ -39,24 +39,33 @@ export function step(price: number, random: () => number = Math.random): number 
   return Math.max(0.01, Math.round(price * (1 + shock) * 100) / 100);
 }
 
-/** Starts the prices; returns a function that stops them (they stop by themselves when the server closes). */
-export function installTicker(server: Perihelion, report: (error: unknown) => void, tickMs = TICK_MS): () => void {
-  const quotes = SYMBOLS.map(({ symbol, name, price }) => ({ symbol, name, price, open: price, time: Date.now() }));
-
+/**
+ * Answers /service/ticker/recent: each symbol's latest prices, from the channels' history (on
+ * any node of a cluster: the history is the cluster's).
+ */
+export function answerRecent(server: Perihelion, tickMs = TICK_MS): void {
   server.subscribe('/service/ticker/recent', async () => {
     const symbols = await Promise.all(
-      quotes.map(async (quote) => {
-        const page = await server.history(`/demo/ticker/${quote.symbol}`, { limit: RECENT_POINTS });
+      SYMBOLS.map(async ({ symbol, name, price }) => {
+        const page = await server.history(`/demo/ticker/${symbol}`, { limit: RECENT_POINTS });
         const points = (page?.messages ?? []).map((m) => {
           const q = m.data as Quote;
           return { price: q.price, time: q.time };
         });
-        return { ...quote, points };
+        const latest = points.at(-1);
+        return { symbol, name, price: latest?.price ?? price, open: price, time: latest?.time ?? Date.now(), points } satisfies Quote & { points: unknown[] };
       }),
     );
     return { symbols, tickMs };
   });
+}
 
+/**
+ * Starts the prices (one node of a cluster makes them: see demo.ts); returns a function that
+ * stops them (they stop by themselves when the server closes).
+ */
+export function publishPrices(server: Perihelion, report: (error: unknown) => void, tickMs = TICK_MS): () => void {
+  const quotes = SYMBOLS.map(({ symbol, name, price }) => ({ symbol, name, price, open: price, time: Date.now() }));
   return every(
     server,
     tickMs,

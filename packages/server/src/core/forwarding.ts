@@ -29,6 +29,7 @@
  *   {t: "end", line, reason?}                             the session of a stream line ended, and why
  *   {t: "closed", line}                                   the real line closed
  *   {t: "alive?"}                                         nothing: whether the node still listens (Redis counts the hearers)
+ * Messages of other kinds go to `otherMessages` (the state channels' relay).
  */
 import { randomBytes } from 'node:crypto';
 import { bayeuxError, isConnectionType, META, type Message } from '@perihelion/protocol';
@@ -130,12 +131,12 @@ export class Forwarding {
       this.rememberConnect(request.line as string, clientId, owner, batch as Message[]);
     }
     const replied = this.await(id, owner);
-    const heard = await this.tell(owner, request);
+    const heard = await this.tellNode(owner, request);
     if (heard !== true) {
       this.settle(id, null);
       return heard === undefined && connectsOnly(batch) ? unavailable(batch) : unknownClient(batch);
     }
-    context.onClientGone?.({ clientGone: () => void this.tell(owner, { t: 'gone', id }) });
+    context.onClientGone?.({ clientGone: () => void this.tellNode(owner, { t: 'gone', id }) });
     const replies = await replied;
     if (replies !== null) return replies;
     // No answer from the owner: gone, unless Redis went away meanwhile (then a connect is told to retry).
@@ -160,7 +161,7 @@ export class Forwarding {
       if (replies !== null) start();
     });
     const message = { t: 'attach', id, clientId, transport: line.transport, facts, line: this.lineOf(line, owner) };
-    if ((await this.tell(owner, message)) !== true) {
+    if ((await this.tellNode(owner, message)) !== true) {
       this.settle(id, null);
       return false;
     }
@@ -205,8 +206,13 @@ export class Forwarding {
       case 'closed':
         if (typeof line === 'string') this.remoteLines.get(`${from} ${line}`)?.close();
         return;
+      default:
+        this.otherMessages?.(from, message);
     }
   }
+
+  /** Where messages between nodes that are not forwarding's own go (the state channels' relay, state/state-relay.ts). */
+  otherMessages: ((from: string, message: Record<string, unknown>) => void) | null = null;
 
   /** A batch forwarded by `from`: processed here, its replies sent back. */
   private async serve(from: string, id: string, message: Record<string, unknown>): Promise<void> {
@@ -216,7 +222,7 @@ export class Forwarding {
     if (message.hold === true) context.onClientGone = (watcher) => this.goneWatchers.set(key, watcher);
     try {
       const replies = await this.host.process(message.batch as unknown[], context);
-      await this.tell(from, { t: 'rep', id, replies });
+      await this.tellNode(from, { t: 'rep', id, replies });
     } catch (error) {
       this.host.reportError(error);
     } finally {
@@ -229,7 +235,7 @@ export class Forwarding {
     const session = this.host.sessionFor(clientId, { transport: remote.transport, request: factsOf(message.facts) });
     if (session) session.bind(remote);
     else remote.close();
-    void this.tell(from, { t: 'attached', id, ok: session !== null });
+    void this.tellNode(from, { t: 'attached', id, ok: session !== null });
   }
 
   // ---------------------------------------------------------------- lines
@@ -245,7 +251,7 @@ export class Forwarding {
       const lineId = id;
       line.onClose(() => {
         this.lines.delete(lineId);
-        for (const node of entry.owners) void this.tell(node, { t: 'closed', line: lineId });
+        for (const node of entry.owners) void this.tellNode(node, { t: 'closed', line: lineId });
       });
     }
     this.lines.get(id)?.owners.add(owner);
@@ -275,7 +281,7 @@ export class Forwarding {
     const key = `${node} ${line}`;
     let remote = this.remoteLines.get(key);
     if (!remote) {
-      remote = new RemoteLine(transport, async (message) => (await this.tell(node, { ...message, line })) === true);
+      remote = new RemoteLine(transport, async (message) => (await this.tellNode(node, { ...message, line })) === true);
       this.remoteLines.set(key, remote);
       remote.onClose(() => this.remoteLines.delete(key));
     }
@@ -283,7 +289,7 @@ export class Forwarding {
   }
 
   /** Whether `node` heard `message`; undefined when that cannot be known (Redis away). */
-  private tell(node: string, message: Record<string, unknown>): Promise<boolean | undefined> {
+  tellNode(node: string, message: Record<string, unknown>): Promise<boolean | undefined> {
     return this.host.engine.sendToNode(node, JSON.stringify(message)).catch(() => undefined);
   }
 
@@ -319,7 +325,7 @@ export class Forwarding {
       return;
     }
     for (const owner of owners) {
-      void this.tell(owner, { t: 'alive?' }).then((heard) => {
+      void this.tellNode(owner, { t: 'alive?' }).then((heard) => {
         // Heard, or not known (Redis away: asked again at the next check, not taken for gone).
         if (heard !== false) return;
         for (const [id, waiting] of [...this.waiting]) if (waiting.owner === owner) this.settle(id, null);

@@ -250,6 +250,17 @@ export interface Engine {
    */
   takeLeaving(channel: string, member: string, token?: string): Promise<boolean>;
   /**
+   * Claims a state channel for this node (state/state-relay.ts): resolves to null when this node
+   * holds it now (no node did, or the one that did is dead), or to the live node that holds it.
+   * An engine without other nodes (the memory engine) leaves the three `State` methods out: its
+   * state channels are its own.
+   */
+  claimState?(channel: string): Promise<string | null>;
+  /** The live node, other than this one, that holds a state channel; null when none does. */
+  stateHolder?(channel: string): Promise<string | null>;
+  /** Gives up this node's claim of a state channel (closed); another node's claim stays. */
+  releaseState?(channel: string): Promise<void>;
+  /**
    * Why the engine cannot reach its store now (Redis away: publishes reach this node's sessions
    * only), for `/ready`; null while it can. An engine without a store leaves it out.
    */

@@ -5,7 +5,7 @@
  * sessions and subscriptions, so that presence and `sendTo` stop naming sessions nobody holds.
  *
  * A node that finds itself unregistered (Redis restarted, or the others took it for dead while it
- * was cut off) records its sessions and subscriptions again.
+ * was cut off) records its sessions and subscriptions, and claims its state channels, again.
  */
 import type { LostSession } from './engine.js';
 import { unavailable, type RedisConnection } from './redis-connection.js';
@@ -45,6 +45,8 @@ export class NodeLiveness {
     private readonly sessionsLost: (sessions: LostSession[]) => void,
     /** This node's sessions, removed by another node that took it for dead, are registered again. */
     private readonly restored: () => void,
+    /** The state channels this node holds, to claim again when Redis has forgotten them (a restart). */
+    private readonly stateClaims: () => Iterable<string> = () => [],
   ) {}
 
   /** Beats every `heartbeatInterval` until `stop`; a failed beat is a lost connection. */
@@ -114,8 +116,11 @@ export class NodeLiveness {
       .map(([node]) => node);
   }
 
-  /** Records every session of this node and its subscriptions in Redis again. */
+  /** Records every session of this node and its subscriptions, and its claims of state channels, in Redis again. */
   private async register(): Promise<void> {
+    // A claim another node made meanwhile (it took this one for dead) stays theirs: both then
+    // publish on the channel, which the state channel reports (ERR_STATE_DUPLICATE).
+    for (const channel of this.stateClaims()) await this.connection.script('CLAIM_STATE', this.control, [this.nodeId, channel, this.options.nodeTimeout]);
     const args: Array<string | number> = [];
     const flush = async (): Promise<void> => {
       if (args.length > 0) await this.connection.script('REGISTER', this.control, [this.nodeId, ...args.splice(0)]);

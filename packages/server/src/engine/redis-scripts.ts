@@ -15,6 +15,8 @@
  *   C usess:<user>        set    the sessions of a user
  *   C nodes               hash   node id → time of its last heartbeat (ms, Redis clock)
  *   C layout              hash   partitions: how many data partitions the cluster's nodes use
+ *   C states              hash   state channel → id of the node that holds it (alive while its
+ *                                heartbeat is, see CLAIM_STATE)
  *   C leave:<[ch,member]> string a presence grace mark, holding its token: the member just left
  *                                the channel (it expires on its own; see Engine.markLeaving)
  *   C removed:<node>      string another node removed this node's sessions, taking it for dead
@@ -426,6 +428,40 @@ return 0
 `;
 
 /**
+ * Claims a state channel for a node, unless a live node (heartbeat within the node timeout) other
+ * than it holds it. ARGV: C, node, channel, node timeout (ms). Returns '' when the node holds it
+ * now, else the holder.
+ */
+const CLAIM_STATE = `${CONTROL}
+local node, channel, timeout = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local holder = redis.call('HGET', C .. 'states', channel)
+if holder and holder ~= node then
+  local seen = redis.call('HGET', C .. 'nodes', holder)
+  if seen and now_ms() - tonumber(seen) <= timeout then return holder end
+end
+redis.call('HSET', C .. 'states', channel, node)
+return ''
+`;
+
+/**
+ * The live node holding a state channel, or '' when none is (or only a dead one). Read only.
+ * ARGV: C, channel, node timeout (ms).
+ */
+const STATE_HOLDER = `${CONTROL}
+local holder = redis.call('HGET', C .. 'states', ARGV[2])
+if not holder then return '' end
+local seen = redis.call('HGET', C .. 'nodes', holder)
+if seen and now_ms() - tonumber(seen) <= tonumber(ARGV[3]) then return holder end
+return ''
+`;
+
+/** Gives up a node's claim of a state channel, if it still has it. ARGV: C, node, channel. */
+const RELEASE_STATE = `local C = ARGV[1]
+if redis.call('HGET', C .. 'states', ARGV[3]) == ARGV[2] then return redis.call('HDEL', C .. 'states', ARGV[3]) end
+return 0
+`;
+
+/**
  * The cluster's browser key (security/browser-cookie.ts): the first node's, kept for every node
  * after it. ARGV: C, the key this node would set (its own, or the one it knew before Redis lost it).
  */
@@ -435,7 +471,7 @@ return redis.call('HGET', C .. 'layout', 'browser-key')
 `;
 
 /** Scripts of the control plane (run with the control prefix) and of one partition (its prefix). */
-export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT, LIVE_LAYOUT, BROWSER_KEY } as const;
+export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT, LIVE_LAYOUT, BROWSER_KEY, CLAIM_STATE, STATE_HOLDER, RELEASE_STATE } as const;
 export const DATA_SCRIPTS = { PUBLISH, SEND_ONCE, ONCE, FORGET_ONCE, READ, HISTORY, STATS } as const;
 export const SCRIPTS = { ...CONTROL_SCRIPTS, ...DATA_SCRIPTS } as const;
 export type ControlScript = keyof typeof CONTROL_SCRIPTS;

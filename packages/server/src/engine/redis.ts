@@ -111,6 +111,8 @@ export class RedisEngine implements Engine {
   private readonly pending = new Map<string, PendingPublish>();
   /** Presence grace marks set while Redis was away (see markLeaving). */
   private readonly leaving = new LeavingMarks();
+  /** The state channels this node holds (claimed again when Redis forgot them). */
+  private readonly stateClaims = new Set<string>();
   /** Where each key and pub/sub channel is. */
   private readonly layout: RedisLayout;
   /** Marks where the position goes in a payload sent to the publish script (random: no payload can forge it). */
@@ -132,7 +134,7 @@ export class RedisEngine implements Engine {
       // What this node does while Redis is away is not written there: all of it again once it answers.
       outage: () => this.liveness.resync(),
     });
-    this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations(), (sessions) => this.host?.onSessionsLost(sessions), () => this.host?.onSessionsRestored());
+    this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations(), (sessions) => this.host?.onSessionsLost(sessions), () => this.host?.onSessionsRestored(), () => this.stateClaims);
     this.seam = new RecoverySeam(this.nodeId, this.options.commandTimeout, (error) => this.report(error));
     this.sessionCensus = new Census({
       nodeId: this.nodeId,
@@ -685,6 +687,34 @@ export class RedisEngine implements Engine {
       this.connection.degraded(error);
       throw unavailable(`cannot send to node ${node}`, error);
     }
+  }
+
+  async claimState(channel: string): Promise<string | null> {
+    this.running();
+    if (!this.connection.readyCmd()) throw unavailable(`cannot claim the state channel ${channel}: Redis is away`);
+    const holder = await this.connection.script('CLAIM_STATE', this.layout.control, [this.nodeId, channel, this.options.nodeTimeout]).catch((error: unknown) => {
+      throw unavailable(`cannot claim the state channel ${channel}`, error);
+    });
+    if (holder !== '') return String(holder);
+    this.stateClaims.add(channel);
+    return null;
+  }
+
+  async stateHolder(channel: string): Promise<string | null> {
+    this.running();
+    if (!this.connection.readyCmd()) throw unavailable(`cannot look up the node of the state channel ${channel}: Redis is away`);
+    const holder = await this.connection.script('STATE_HOLDER', this.layout.control, [channel, this.options.nodeTimeout]).catch((error: unknown) => {
+      throw unavailable(`cannot look up the node of the state channel ${channel}`, error);
+    });
+    return holder === '' || holder === this.nodeId ? null : String(holder);
+  }
+
+  async releaseState(channel: string): Promise<void> {
+    this.running();
+    this.stateClaims.delete(channel);
+    if (!this.connection.readyCmd()) return;
+    // Not given up (Redis went away meanwhile): the claim dies with this node's heartbeat.
+    await this.connection.script('RELEASE_STATE', this.layout.control, [this.nodeId, channel]).catch(() => undefined);
   }
 
   async census(): Promise<SessionInfo[]> {

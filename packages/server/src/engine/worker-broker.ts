@@ -65,6 +65,8 @@ export class WorkerBroker {
   private readonly workers = new Map<string, Worker>();
   /** Which worker holds each session. */
   private readonly owners = new Map<string, string>();
+  /** Which worker holds each state channel (one a gone worker held is anyone's to claim). */
+  private readonly stateHolders = new Map<string, string>();
   /** The retention of each channel, as the workers computed it from their options (bounded like the history). */
   private readonly retention = new Map<string, Retention>();
   private readonly settings: HistorySettings = {
@@ -104,6 +106,7 @@ export class WorkerBroker {
     const worker = this.workers.get(node);
     if (!worker) return;
     this.workers.delete(node);
+    for (const [channel, holder] of this.stateHolders) if (holder === node) this.stateHolders.delete(channel);
     for (const census of this.censuses.values()) if (census.waiting.delete(node) && census.waiting.size === 0) census.done();
     const lost: LostSession[] = [];
     for (const clientId of worker.sessions) {
@@ -188,6 +191,22 @@ export class WorkerBroker {
         if (!target) return false;
         target.link.send({ k: 'node', from: node, payload: String(args[1]) });
         return true;
+      }
+      case 'claimState': {
+        const channel = String(args[0]);
+        const holder = this.stateHolders.get(channel);
+        if (holder !== undefined && holder !== node && this.workers.has(holder)) return holder;
+        this.stateHolders.set(channel, node);
+        return null;
+      }
+      case 'stateHolder': {
+        const holder = this.stateHolders.get(String(args[0]));
+        return holder === undefined || holder === node || !this.workers.has(holder) ? null : holder;
+      }
+      case 'releaseState': {
+        const channel = String(args[0]);
+        if (this.stateHolders.get(channel) === node) this.stateHolders.delete(channel);
+        return null;
       }
       case 'addSession':
       case 'subscribe':

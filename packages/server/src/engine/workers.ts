@@ -174,6 +174,18 @@ export class WorkersEngine implements Engine {
     return this.call('sendToNode', [node, payload]);
   }
 
+  claimState(channel: string): Promise<string | null> {
+    return this.call('claimState', [channel]);
+  }
+
+  stateHolder(channel: string): Promise<string | null> {
+    return this.call('stateHolder', [channel]);
+  }
+
+  async releaseState(channel: string): Promise<void> {
+    await this.call('releaseState', [channel]);
+  }
+
   markLeaving(channel: string, member: string, ttlMs: number): Promise<string> {
     return this.call('markLeaving', [channel, member, ttlMs]);
   }

@@ -9,8 +9,9 @@
  *   (409 conflict, 400 invalid patch or id, 403 refused, 500 when a hook failed: it may be sent again).
  * - A client never publishes on a state channel itself (403): its messages are the server's patches.
  *
- * A state channel lives in the process that created it: with the Redis engine its patches reach
- * every node's subscribers, but snapshots and proposals are answered by the node that holds it.
+ * A state channel lives in the process that created it: with the Redis engine (or `--workers`)
+ * its patches reach every node's subscribers, and the snapshots and proposals of another node's
+ * clients are passed to the node that holds it (state-relay.ts).
  */
 import { bayeuxError, channelProblem, isMeta, isService, isWildcard, type Message } from '@perihelion/protocol';
 import { StateError, type Patch } from '@perihelion/state';
@@ -20,6 +21,7 @@ import { ServiceRefusal } from '../core/publish.js';
 import type { Session } from '../core/session.js';
 import type { SecurityPolicy } from '../security/policy.js';
 import { ProposalRefusal, StateChannel } from './state-channel.js';
+import { StateRelay, type StateRelayHost } from './state-relay.js';
 
 export const STATE_SERVICE = '/service/state';
 
@@ -28,16 +30,23 @@ export interface StateServiceParts {
   extensions: ExtensionPipeline;
   policy: SecurityPolicy;
   maxChannelLength: number;
+  /** The live node, other than this one, that holds a state channel (`Engine.stateHolder`); absent when there are no other nodes. */
+  holderOf?: (channel: string) => Promise<string | null>;
+  /** How requests reach other nodes, and how they reach sessions from there. */
+  relay: Omit<StateRelayHost, 'serve'>;
 }
 
 export class StateChannels {
   private readonly byChannel = new Map<string, StateChannel>();
   private installed = false;
+  /** Requests for the state channels other nodes hold, and theirs for this node's. */
+  readonly relay: StateRelay;
 
   constructor(private readonly parts: StateServiceParts) {
     // Answered from the start: on a server with no state channel yet, a request is told so (405)
     // rather than acknowledged and never answered.
     parts.listeners.add(STATE_SERVICE, (message, session) => this.answer(message, session));
+    this.relay = new StateRelay({ ...parts.relay, serve: (request, session) => this.serveHere(request, session) });
   }
 
   get(channel: string): StateChannel | undefined {
@@ -56,6 +65,7 @@ export class StateChannels {
   }
 
   async close(): Promise<void> {
+    this.relay.close();
     await Promise.all([...this.byChannel.values()].map((state) => state.close()));
   }
 
@@ -75,17 +85,31 @@ export class StateChannels {
   private async answer(message: Message, session: Session | null): Promise<unknown> {
     if (!session) return undefined;
     const request = (typeof message.data === 'object' && message.data !== null ? message.data : {}) as Record<string, unknown>;
-    const { channel, op } = request;
+    const { channel } = request;
     if (channel === undefined) return new ServiceRefusal(bayeuxError('missingParameter', ['channel'], 'send {"channel": "/a/state", "op": "snapshot" | "propose"}'));
     const problem = channelProblem(channel, { allowWildcard: false, maxLength: this.parts.maxChannelLength });
     if (problem || isMeta(channel as string) || isService(channel as string) || isWildcard(channel as string)) {
       return new ServiceRefusal(bayeuxError('channelInvalid', [String(channel)], problem ?? 'not a state channel'));
     }
     const name = channel as string;
-    const state = this.byChannel.get(name);
     // Asked before anything is said about the channel: a forbidden channel's existence is not told.
     const refused = await this.parts.policy.check('subscribe', name, session, message);
     if (refused) return new ServiceRefusal(bayeuxError('channelForbidden', [name], refused));
+    if (this.byChannel.has(name) || !this.parts.holderOf) return this.serveHere(request, session);
+    let holder: string | null;
+    try {
+      holder = await this.parts.holderOf(name);
+    } catch (error) {
+      return new ServiceRefusal(bayeuxError('unavailable', [name], error instanceof Error ? error.message : String(error)));
+    }
+    return holder === null ? this.serveHere(request, session) : this.relay.ask(holder, name, request, session);
+  }
+
+  /** Answers a request whose caller may see the channel (its name checked), if this node holds it. */
+  private async serveHere(request: Record<string, unknown>, session: Session): Promise<unknown> {
+    const { op } = request;
+    const name = String(request.channel);
+    const state = this.byChannel.get(name);
     if (!state) return new ServiceRefusal(bayeuxError('channelInvalid', [name], 'no state channel of that name on this server'));
     if (op === 'snapshot') return state.snapshot();
     if (op !== 'propose') return new ServiceRefusal(bayeuxError('badRequest', [name], 'op is "snapshot" or "propose"'));
