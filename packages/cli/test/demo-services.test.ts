@@ -160,6 +160,60 @@ describe('demo gallery services', () => {
   });
 });
 
+describe('demo gallery on a cluster (serve --redis)', () => {
+  const REDIS = process.env.PERIHELION_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+  const nodes: Running[] = [];
+  const clients: Client[] = [];
+  const node = async (prefix: string, errors: unknown[] = []): Promise<Running> => {
+    const running = await serve({ server: { pingInterval: 0 }, port: 0, host: '127.0.0.1', demo: true, redis: REDIS, redisPrefix: prefix }, () => {});
+    running.server.on('error', (error) => errors.push(error));
+    nodes.push(running);
+    return running;
+  };
+  const connect = async (running: Running): Promise<Client> => {
+    const c = new Client(`${running.url}/bayeux`, { transports: ['long-polling'] });
+    clients.push(c);
+    await c.connect();
+    return c;
+  };
+
+  after(async () => {
+    await Promise.all(clients.map((c) => c.disconnect().catch(() => {})));
+    await Promise.all(nodes.map((running) => running.stop().catch(() => {})));
+  });
+
+  it("one node holds the board, the slides and the prices; the other's clients edit the same board, and it takes the demo over when that node stops", { timeout: 30_000 }, async () => {
+    const prefix = `demo-cluster-${process.pid}-${Date.now()}:`;
+    const errors: unknown[] = [];
+    const first = await node(prefix, errors);
+    assert.equal(await first.demo!.ready, true, 'the first node holds the demo');
+    const second = await node(prefix, errors);
+    assert.equal(await second.demo!.ready, false, 'the second finds it held');
+    const [onFirst, onSecond] = [await connect(first), await connect(second)];
+    const snapshot = (await onSecond.request('/service/state', { channel: '/demo/board', op: 'snapshot' })) as { epoch: string; version: number; value: Array<{ id: string }> };
+    await onSecond.request('/service/state', { channel: '/demo/board', op: 'propose', epoch: snapshot.epoch, base: snapshot.version, patch: [{ op: 'add', path: '/-', value: { id: 'second', text: 'from the second node', done: false } }], id: 'p1' });
+    const seen = (await onFirst.request('/service/state', { channel: '/demo/board', op: 'snapshot' })) as { epoch: string; value: Array<{ id: string }> };
+    assert.equal(seen.epoch, snapshot.epoch, 'one board');
+    assert.ok(seen.value.some((item) => item.id === 'second'), 'the proposal made through the second node is on the board');
+    const slides = (await onSecond.request('/service/state', { channel: '/demo/slides', op: 'snapshot' })) as { epoch: string; version: number };
+    await onSecond.request('/service/state', { channel: '/demo/slides', op: 'propose', epoch: slides.epoch, base: slides.version, patch: [{ op: 'replace', path: '/slide', value: 2 }], id: 's1' });
+    assert.deepEqual(((await onFirst.request('/service/state', { channel: '/demo/slides', op: 'snapshot' })) as { value: unknown }).value, { slide: 2 }, 'one deck of slides');
+    const recent = (await onSecond.request('/service/ticker/recent', {})) as { symbols: Array<{ symbol: string; points: unknown[] }> };
+    assert.equal(recent.symbols.length, 6, 'the prices are answered on every node');
+    assert.deepEqual(errors, [], 'no node saw another serve its state channels');
+
+    await first.stop();
+    nodes.splice(nodes.indexOf(first), 1);
+    const until = Date.now() + 15_000;
+    for (;;) {
+      const board = (await onSecond.request('/service/state', { channel: '/demo/board', op: 'snapshot' }).catch(() => null)) as { epoch: string } | null;
+      if (board !== null && board.epoch !== snapshot.epoch) break;
+      assert.ok(Date.now() < until, 'the second node did not take the board over');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  });
+});
+
 async function waitFor(condition: () => boolean, ms = 3000): Promise<void> {
   const until = Date.now() + ms;
   while (!condition()) {

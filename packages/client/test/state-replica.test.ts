@@ -8,7 +8,7 @@ import { afterEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ProposalError, replicate, type JsonValue, type Replica, type ReplicaChange } from '@perihelion/state';
 import type { Client } from '../src/index.js';
-import { RedisEngine } from '@perihelion/server';
+import { PerihelionError, RedisEngine } from '@perihelion/server';
 import { Net, client, requireRedis, sleep, startServer, waitFor, type TestServer } from './helpers.js';
 
 // A type alias, not an interface: JSON types are checked structurally.
@@ -215,6 +215,79 @@ describe('state replica', () => {
     await waitFor(() => (replica.value as { gen: number }).gen === 2, 10_000, 'the replica to take the restarted state');
     assert.equal(replica.version, 0);
     assert.deepEqual(replica.value, restarted.get());
+  });
+});
+
+describe('state replica across a cluster (Redis engine)', () => {
+  /** Two nodes on one Redis, under a prefix of their own. */
+  async function cluster(): Promise<[TestServer, TestServer]> {
+    await requireRedis();
+    const prefix = `state-cluster-${process.pid}-${Date.now()}:`;
+    const node = async (): Promise<TestServer> => {
+      const t = await startServer({ engine: new RedisEngine({ url: 'redis://127.0.0.1:6379', prefix }) });
+      servers.push(t);
+      return t;
+    };
+    return [await node(), await node()];
+  }
+
+  it("a client of another node starts from the holder's snapshot and its proposals are decided there, for its own session", async () => {
+    const [holder, other] = await cluster();
+    const proposers: Array<{ id: string; data: number }> = [];
+    const state = await holder.server.state('/todos', [] as Todo[], {
+      validate: ({ session, next }) => {
+        proposers.push({ id: session.id, data: session.data.size });
+        return (next as unknown as Todo[]).every((todo) => todo.text.length <= 10) ? true : 'a todo is at most 10 characters';
+      },
+    });
+    await state.update([{ id: 'a', text: 'milk', done: false }]);
+    const elsewhere = await follow(other, '/todos');
+    const here = await follow(holder, '/todos');
+    const elsewhereId = clients.at(-2)!.clientId!;
+    assert.ok(other.server.getSession(elsewhereId), 'the first replica is a session of the other node');
+    assert.deepEqual(elsewhere.value, state.get(), "the holder's value, through the other node");
+    assert.equal(await elsewhere.propose([{ op: 'add', path: '/-', value: { id: 'b', text: 'bread', done: false } }]), 2);
+    assert.deepEqual(state.get(), [{ id: 'a', text: 'milk', done: false }, { id: 'b', text: 'bread', done: false }], 'decided and kept by the holder');
+    assert.deepEqual(proposers, [{ id: elsewhereId, data: 0 }], "the hook saw the proposer's own session, held by the other node (its data stays there)");
+    await waitFor(() => here.version === 2 && elsewhere.version === 2 && elsewhere.pendingCount === 0, 3000, 'both replicas at version 2');
+    assert.deepEqual(here.value, elsewhere.value);
+
+    const refused = elsewhere.propose([{ op: 'add', path: '/-', value: { id: 'x', text: 'far too long a todo', done: false } }]);
+    await assert.rejects(refused, (error: ProposalError) => error instanceof ProposalError && /at most 10 characters/.test(error.message));
+    assert.equal((elsewhere.value as unknown[]).length, 2, 'rolled back');
+  });
+
+  it('one node holds a state channel: another that creates it is told which, and may once it is closed', async () => {
+    const [holder, other] = await cluster();
+    const first = await holder.server.state('/board', { items: 1 });
+    await assert.rejects(other.server.state('/board', { items: 2 }), (error: PerihelionError) => {
+      assert.equal(error.code, 'ERR_STATE_DUPLICATE');
+      assert.match(error.message, /node [0-9a-f]+ holds the state channel \/board: this node's clients reach it there/);
+      return true;
+    });
+    const replica = await follow(other, '/board');
+    assert.deepEqual(replica.value, { items: 1 });
+    await first.close();
+    const second = await other.server.state('/board', { items: 2 }, { validate: () => true });
+    await waitFor(() => (replica.value as { items: number }).items === 2, 10_000, 'the replica to follow the new holder');
+    assert.equal(await replica.propose([{ op: 'replace', path: '/items', value: 3 }]), 1);
+    assert.deepEqual(second.get(), { items: 3 });
+  });
+
+  it('a request for a holder that is gone is answered "unavailable" (503) at once, and one for a state channel nobody holds "invalid channel" (405)', async () => {
+    const [holder, other] = await cluster();
+    await holder.server.state('/gone', { v: 1 });
+    const c = client(other.url, { transports: ['long-polling'] });
+    clients.push(c);
+    await c.connect();
+    const snapshot = (await c.request('/service/state', { channel: '/gone', op: 'snapshot' })) as { value: unknown };
+    assert.deepEqual(snapshot.value, { v: 1 });
+    // The holder stops hearing the cluster without a word (a crash): its claim outlives it until its node timeout.
+    await (holder.server.engine as unknown as { connection: { sub: { disconnect(): void } } }).connection.sub.disconnect();
+    const started = Date.now();
+    await assert.rejects(c.request('/service/state', { channel: '/gone', op: 'snapshot' }), /Temporarily unavailable: the state channel cannot be reached: node [0-9a-f]+, which holds it, is gone/);
+    assert.ok(Date.now() - started < 2000, 'answered at once');
+    await assert.rejects(c.request('/service/state', { channel: '/nobody', op: 'snapshot' }), /Invalid channel: no state channel of that name/);
   });
 });
 

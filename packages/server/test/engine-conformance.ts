@@ -613,6 +613,26 @@ export function distributedEngineConformance(name: string, fixture: EngineFixtur
       assert.deepEqual(Object.fromEntries(await a.engine.channels()), { '/d/presence': 1 });
     });
 
+    it('lets one node at a time hold a state channel: the others learn which, and may claim it once it is given up', async () => {
+      const a = await open();
+      const b = await open();
+      const { claimState, stateHolder, releaseState } = a.engine;
+      assert.ok(claimState && stateHolder && releaseState, 'a distributed engine keeps the holders of state channels');
+      assert.equal(await a.engine.claimState!('/d/state'), null, 'node a holds it');
+      assert.equal(await a.engine.claimState!('/d/state'), null, 'claiming it again keeps it');
+      const holder = await b.engine.claimState!('/d/state');
+      assert.equal(typeof holder, 'string', 'node b is told which node holds it');
+      assert.equal(await b.engine.stateHolder!('/d/state'), holder);
+      assert.equal(await a.engine.stateHolder!('/d/state'), null, 'a node is not told it holds a channel itself');
+      assert.equal(await b.engine.stateHolder!('/d/other'), null, 'a channel nobody claimed');
+      await b.engine.releaseState!('/d/state');
+      assert.equal(await b.engine.stateHolder!('/d/state'), holder, "a node that does not hold it cannot give it up");
+      await a.engine.releaseState!('/d/state');
+      assert.equal(await b.engine.stateHolder!('/d/state'), null, 'given up');
+      assert.equal(await b.engine.claimState!('/d/state'), null, 'node b holds it now');
+      assert.equal(await a.engine.stateHolder!('/d/state'), await a.engine.claimState!('/d/state'));
+    });
+
     it("ends a session held by another node, and finds a user's sessions on every node", async () => {
       const a = await open();
       const b = await open();

@@ -126,3 +126,34 @@ describe('redis engine: catching up after the bus was lost', () => {
     }
   });
 });
+
+describe('redis engine: the holders of state channels', () => {
+  it('frees the channels of a node that left, and a node whose claims Redis forgot makes them again', async () => {
+    const prefix = uniquePrefix('state-holders');
+    const options = { url: REDIS_URL, prefix, heartbeatInterval: 100, nodeTimeout: 400 };
+    const [a, b, c] = [new RedisEngine(options), new RedisEngine(options), new RedisEngine(options)];
+    const redis = new Redis(REDIS_URL);
+    try {
+      for (const engine of [a, b, c]) await engine.start(new RecordingHost());
+      assert.equal(await a.claimState('/left'), null);
+      assert.equal(await b.claimState('/left'), a.nodeId);
+      await a.close();
+      assert.equal(await b.stateHolder('/left'), null, 'its node left');
+      assert.equal(await b.claimState('/left'), null);
+
+      // Redis forgets the claims (a restart without persistence): the holder makes them again.
+      assert.equal(await c.claimState('/kept'), null);
+      await redis.del(`${prefix}states`, `${prefix}nodes`);
+      const until = Date.now() + 3000;
+      while ((await b.stateHolder('/kept')) !== c.nodeId) {
+        assert.ok(Date.now() < until, 'node c did not claim its channel again');
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.equal(await c.stateHolder('/left'), b.nodeId, 'node b claimed its channel again too');
+    } finally {
+      for (const engine of [b, c]) await engine.close().catch(() => {});
+      redis.disconnect();
+      await deleteKeys(prefix);
+    }
+  });
+});

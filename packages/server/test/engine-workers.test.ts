@@ -130,6 +130,32 @@ describe('workers engine: bounded lines and calls', () => {
     }
   });
 
+  it('frees the state channels of a worker that exited for the others to claim', async () => {
+    const broker = new WorkerBroker();
+    const engines: WorkersEngine[] = [];
+    const start = async (node: string): Promise<WorkersEngine> => {
+      const { worker, broker: end } = linkPair();
+      broker.attach(node, end);
+      const engine = new WorkersEngine(worker, node);
+      await engine.start(new RecordingHost());
+      engines.push(engine);
+      return engine;
+    };
+    try {
+      const doomed = await start('doomed');
+      const survivor = await start('survivor');
+      assert.equal(await doomed.claimState('/board'), null);
+      assert.equal(await survivor.claimState('/board'), 'doomed');
+      assert.equal(await survivor.stateHolder('/board'), 'doomed');
+      await broker.detach('doomed');
+      assert.equal(await survivor.stateHolder('/board'), null, 'held by a worker that is gone');
+      assert.equal(await survivor.claimState('/board'), null, 'and the survivor holds it now');
+    } finally {
+      await Promise.all(engines.map((engine) => engine.close()));
+      await broker.close();
+    }
+  });
+
   it('refuses bad bounds', () => {
     assert.throws(() => new WorkerBroker({ maxBacklog: 0 }), /maxBacklog must be a whole number/);
     assert.throws(() => new WorkersEngine({ send: () => {}, onMessage: () => {} }, 'n', { callTimeout: -1 }), /callTimeout must be a whole number/);

@@ -48,13 +48,16 @@ export class StateRelay {
   private readonly waiting = new Map<string, Waiting>();
   private lastId = 0;
 
-  constructor(private readonly host: StateRelayHost) {}
+  constructor(
+    private readonly host: StateRelayHost,
+    private readonly timeoutMs = RELAY_TIMEOUT_MS,
+  ) {}
 
   /** Passes `request` for `session` to `holder`; resolves to its answer, or a refusal saying why there is none. */
   async ask(holder: string, channel: string, request: Record<string, unknown>, session: Session): Promise<unknown> {
     const id = String(++this.lastId);
     const answered = new Promise<unknown>((resolve) => {
-      const timer = setTimeout(() => this.settle(id, unreachable(channel, `node ${holder}, which holds it, did not answer within ${RELAY_TIMEOUT_MS} ms`)), RELAY_TIMEOUT_MS);
+      const timer = setTimeout(() => this.settle(id, unreachable(channel, `node ${holder}, which holds it, did not answer within ${this.timeoutMs} ms`)), this.timeoutMs);
       timer.unref();
       this.waiting.set(id, { resolve, timer });
     });
