@@ -246,6 +246,8 @@ describe('state replica across a cluster (Redis engine)', () => {
     const elsewhereId = clients.at(-2)!.clientId!;
     assert.ok(other.server.getSession(elsewhereId), 'the first replica is a session of the other node');
     assert.deepEqual(elsewhere.value, state.get(), "the holder's value, through the other node");
+    // That node now knows the channel for a state channel: a client's publish there would pass for a patch.
+    await assert.rejects(clients.at(-2)!.publish('/todos', { epoch: 'forged', version: 9, patch: [] }), /403.*a state channel changes through proposals|Forbidden/);
     assert.equal(await elsewhere.propose([{ op: 'add', path: '/-', value: { id: 'b', text: 'bread', done: false } }]), 2);
     assert.deepEqual(state.get(), [{ id: 'a', text: 'milk', done: false }, { id: 'b', text: 'bread', done: false }], 'decided and kept by the holder');
     assert.deepEqual(proposers, [{ id: elsewhereId, data: 0 }], "the hook saw the proposer's own session, held by the other node (its data stays there)");

@@ -15,7 +15,7 @@ export const ERROR_CODES = {
   ERR_WEBHOOK: 'A webhook request failed, or webhook events were dropped (WebhookError, reported through the error event).',
   ERR_HOOK_TIMEOUT: "A state channel's validate hook did not decide within validateTimeout (reported through the error event; the proposal is refused).",
   ERR_NOT_PUBLISHED: "A state channel's change was made and saved, but its patch could not be published (reported through the error event).",
-  ERR_STATE_DUPLICATE: 'Another process serves the same state channel (reported through the error event, once).',
+  ERR_STATE_DUPLICATE: 'Another node holds that state channel (server.state() rejects), or another process serves it too (reported through the error event, once).',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

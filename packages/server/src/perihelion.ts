@@ -268,6 +268,7 @@ export class Perihelion {
     // node (state/state-relay.ts).
     const holder = (await this.engine.claimState?.(channel)) ?? null;
     if (holder !== null) {
+      this.states.heldBy(channel);
       throw new PerihelionError('ERR_STATE_DUPLICATE', `node ${holder} holds the state channel ${channel}: this node's clients reach it there; create each state channel on one node (docs/state.md)`);
     }
     const release = (): void => void this.engine.releaseState?.(channel).catch(() => undefined);

@@ -299,7 +299,7 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     assert.equal(unknown.status, 404, 'an ended session is not found on any node');
   });
 
-  it('says so (ERR_STATE_DUPLICATE, once) when two nodes serve the same state channel', async () => {
+  it('lets one node hold a state channel, and says so (ERR_STATE_DUPLICATE, once) when two nodes serve it all the same', async () => {
     fresh();
     const a = await node();
     const b = await node();
@@ -307,6 +307,9 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     a.server.on('error', (error) => errors.a.push(error as PerihelionError));
     b.server.on('error', (error) => errors.b.push(error as PerihelionError));
     const onA = await a.server.state('/dup/doc', { n: 0 });
+    await assert.rejects(b.server.state('/dup/doc', { n: 0 }), { code: 'ERR_STATE_DUPLICATE', message: new RegExp(`^node ${(a.server.engine as RedisEngine).nodeId} holds the state channel /dup/doc`) });
+    // Node A's claim lost (as when the others took it for dead while it was cut off): B claims it too.
+    await a.server.engine.releaseState!('/dup/doc');
     const onB = await b.server.state('/dup/doc', { n: 0 });
     await onA.update({ n: 1 });
     await onB.update({ n: 2 });

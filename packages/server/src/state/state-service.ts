@@ -25,6 +25,9 @@ import { StateRelay, type StateRelayHost } from './state-relay.js';
 
 export const STATE_SERVICE = '/service/state';
 
+/** Names of other nodes' state channels a node remembers at most. */
+const MAX_HELD_ELSEWHERE = 10_000;
+
 export interface StateServiceParts {
   listeners: ListenerRegistry;
   extensions: ExtensionPipeline;
@@ -38,6 +41,12 @@ export interface StateServiceParts {
 
 export class StateChannels {
   private readonly byChannel = new Map<string, StateChannel>();
+  /**
+   * State channels other nodes hold, as this node learned them (a request relayed, a channel it
+   * could not create): a client's publish there is refused too. One this node has not heard of is
+   * guarded by the security policy alone (docs/state.md).
+   */
+  private readonly heldElsewhere = new Set<string>();
   private installed = false;
   /** Requests for the state channels other nodes hold, and theirs for this node's. */
   readonly relay: StateRelay;
@@ -59,6 +68,14 @@ export class StateChannels {
     this.byChannel.set(state.channel, state);
   }
 
+  /** Notes a state channel another node holds (bounded: past MAX_HELD_ELSEWHERE names, the first learned are forgotten). */
+  heldBy(channel: string): void {
+    if (this.heldElsewhere.has(channel)) return;
+    if (this.heldElsewhere.size >= MAX_HELD_ELSEWHERE) this.heldElsewhere.delete(this.heldElsewhere.values().next().value!);
+    this.heldElsewhere.add(channel);
+    this.install();
+  }
+
   /** Forgets a closed channel: no longer served, its name free again. */
   remove(channel: string): void {
     this.byChannel.delete(channel);
@@ -76,7 +93,7 @@ export class StateChannels {
     this.parts.extensions.add({
       incoming: (message) => {
         // A client's publish on a state channel would pass for one of the server's patches.
-        if (message.data === undefined || !this.byChannel.has(message.channel)) return message;
+        if (message.data === undefined || !(this.byChannel.has(message.channel) || this.heldElsewhere.has(message.channel))) return message;
         return { ...message, error: bayeuxError('channelForbidden', [message.channel], 'a state channel changes through proposals to /service/state') };
       },
     });
@@ -102,7 +119,9 @@ export class StateChannels {
     } catch (error) {
       return new ServiceRefusal(bayeuxError('unavailable', [name], error instanceof Error ? error.message : String(error)));
     }
-    return holder === null ? this.serveHere(request, session) : this.relay.ask(holder, name, request, session);
+    if (holder === null) return this.serveHere(request, session);
+    this.heldBy(name);
+    return this.relay.ask(holder, name, request, session);
   }
 
   /** Answers a request whose caller may see the channel (its name checked), if this node holds it. */
