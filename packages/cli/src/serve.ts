@@ -75,9 +75,9 @@ export interface WorkerSeat {
  * is that worker of `--workers`, and serves the connections its primary hands over.
  */
 export async function serve(settings: Settings, log: (line: string) => void = console.log, worker?: WorkerSeat): Promise<Running> {
-  // The demo gallery keeps state in its process (tickers, state channels, games): one process only.
+  // Every process runs the demo gallery: one of them holds its state channels and prices (demo.ts).
   const workers = settings.workers ?? 1;
-  const demo = settings.demo && workers === 1;
+  const demo = settings.demo;
   // The built-in services may be called by anyone; the demo's pages publish to its chat and
   // counter, and nowhere else.
   const rules = [...SERVICE_RULES, ...DASHBOARD_RULES, ...(demo ? DEMO_RULES : []), ...(settings.server.channels ?? [])];
@@ -152,7 +152,6 @@ export async function serve(settings: Settings, log: (line: string) => void = co
   if (server.options.operations) log(`  operations: ${url}/health ${url}/ready ${url}/metrics`);
   log(`  services: ${ECHO_CHANNEL} (answers the caller with what it sent)`);
   if (demo) log(`  demo page: ${url}/`);
-  else if (settings.demo) log('  demo page: off (the demo gallery keeps its state in one process: run it with --workers 1)');
   log(`  dashboard: ${url}/dashboard (${dashboard.summary})`);
   const reloadTls = (): void => {
     if (!settings.tls) return;

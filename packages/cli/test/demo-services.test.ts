@@ -202,6 +202,14 @@ describe('demo gallery on a cluster (serve --redis)', () => {
     assert.equal(recent.symbols.length, 6, 'the prices are answered on every node');
     assert.deepEqual(errors, [], 'no node saw another serve its state channels');
 
+    // One job at a time in the whole cluster: the channel's history is where the nodes agree.
+    const started = (await onFirst.request('/service/job/start', { seconds: 3 })) as { id: number };
+    await waitFor(async () => ((await onSecond.request('/service/job/status', {})) as { job: { id: number } | null }).job?.id === started.id, 3000);
+    assert.match(await refusal(onSecond.request('/service/job/start', { seconds: 3 })), new RegExp(`job ${started.id} is already running`));
+    await waitFor(async () => ((await onSecond.request('/service/job/status', {})) as { job: { state: string } }).job.state === 'done', 6000);
+    const next = (await onSecond.request('/service/job/start', { seconds: 3 })) as { id: number };
+    assert.equal(next.id, started.id + 1, 'the next id, whichever node runs it');
+
     await first.stop();
     nodes.splice(nodes.indexOf(first), 1);
     const until = Date.now() + 15_000;
@@ -214,9 +222,9 @@ describe('demo gallery on a cluster (serve --redis)', () => {
   });
 });
 
-async function waitFor(condition: () => boolean, ms = 3000): Promise<void> {
+async function waitFor(condition: () => boolean | Promise<boolean>, ms = 3000): Promise<void> {
   const until = Date.now() + ms;
-  while (!condition()) {
+  while (!(await condition())) {
     if (Date.now() > until) assert.fail('timed out');
     await new Promise((resolve) => setTimeout(resolve, 20));
   }

@@ -20,7 +20,7 @@ import { Client } from '@perihelion/client';
 import { adapt } from 'cometd-nodejs-client';
 import { AckExtension, CometD, type Message as CometDMessage } from 'cometd';
 import faye from 'faye';
-import { listeningUrl, start } from './serve-process.js';
+import { BIN, listeningUrl, start } from './serve-process.js';
 
 adapt();
 
@@ -336,6 +336,39 @@ describe('perihelion serve --workers 2', () => {
         child.kill('SIGTERM');
         await once(child, 'exit');
       }
+    }
+  });
+
+  it('serves the demo gallery from both workers: one board and one deck of slides, whichever worker a client is on', { timeout: 30_000 }, async () => {
+    // As users start it: the demo on (start() turns it off).
+    const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', '--host', '127.0.0.1', '--workers', '2'], { env: { ...process.env, PORT: '', HOST: '' } });
+    let output = '';
+    let errors = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += String(chunk)));
+    child.stderr.on('data', (chunk: Buffer) => (errors += String(chunk)));
+    const clients: Client[] = [];
+    try {
+      const url = await listeningUrl(child);
+      await waitFor('two workers taking connections', () => (output.match(/takes connections/g) ?? []).length === 2);
+      assert.match(output, /demo page: http/);
+      // Each request on a connection of its own: the sessions are made on both workers.
+      for (let i = 0; i < 4; i++) {
+        const c = new Client(`${url}/bayeux`, { transports: ['long-polling'], fetch: freshFetch });
+        clients.push(c);
+        await c.connect();
+      }
+      type Board = { epoch: string; version: number; value: Array<{ id: string }> };
+      for (const [i, c] of clients.entries()) {
+        const board = (await c.request('/service/state', { channel: '/demo/board', op: 'snapshot' })) as Board;
+        await c.request('/service/state', { channel: '/demo/board', op: 'propose', epoch: board.epoch, base: board.version, patch: [{ op: 'add', path: '/-', value: { id: `c${i}`, text: `client ${i}`, done: false } }], id: `p${i}` });
+      }
+      const boards = (await Promise.all(clients.map((c) => c.request('/service/state', { channel: '/demo/board', op: 'snapshot' })))) as Board[];
+      assert.equal(new Set(boards.map((b) => b.epoch)).size, 1, 'one board');
+      for (const board of boards) assert.deepEqual(board.value.map((item) => item.id).slice(-4), ['c0', 'c1', 'c2', 'c3']);
+      assert.doesNotMatch(errors, /ERR_STATE_DUPLICATE/);
+    } finally {
+      await Promise.all(clients.map((c) => c.disconnect().catch(() => {})));
+      child.kill('SIGKILL');
     }
   });
 

@@ -5,6 +5,10 @@
  * part of the job gets what it missed when it comes back (the client's recovery), in order, and
  * sees the job finish. /service/job/status tells a page that opens where the job stands.
  * Every event carries the server's time (`at`), so that a page can tell a replayed one.
+ *
+ * On a cluster each node answers its own clients, and the channel's history is where they agree:
+ * the status and the next job's id are read from it, and a node refuses to start a job while the
+ * history shows another still running (unless its events stopped: its node is gone).
  */
 import type { ChannelRule, Perihelion } from '@perihelion/server';
 import { badRequest, isRecord, refused, unexpectedKeys } from './check.js';
@@ -30,6 +34,9 @@ export interface JobStatus {
   finishedAt: number | null;
 }
 
+/** A running job whose latest event is older than this was abandoned (its node stopped), ms; events come at least every 1.2 s. */
+export const ABANDONED_AFTER_MS = 5_000;
+
 /** What the made-up job is doing at step `n` of STEPS. */
 function describe(n: number): string {
   const frames = STEPS * 4;
@@ -38,10 +45,34 @@ function describe(n: number): string {
   return `Rendering frame ${n * 4} of ${frames}`;
 }
 
+/**
+ * The latest job as the channel's history tells it (on a cluster, whichever node ran it), with
+ * when its latest event was published; null when the history holds none (or is off).
+ */
+async function latestJob(server: Perihelion): Promise<{ job: JobStatus; at: number } | null> {
+  // A job publishes STEPS + 2 events: the latest one's `started` is among the last that many.
+  const page = await server.history(JOB_CHANNEL, { limit: STEPS + 2 });
+  let job: JobStatus | null = null;
+  let at = 0;
+  for (const message of page?.messages ?? []) {
+    const event = message.data as Partial<JobStatus> & { type?: string; at?: number };
+    if (event.type === 'started' || event.type === 'done') {
+      const { id, state, seconds, percent, step, startedAt, finishedAt } = event as JobStatus;
+      job = { id, state, seconds, percent, step, startedAt, finishedAt };
+    } else if (event.type === 'progress' && job !== null && event.id === job.id) {
+      job.percent = event.percent ?? job.percent;
+      job.step = event.step ?? job.step;
+    } else {
+      continue;
+    }
+    at = event.at ?? at;
+  }
+  return job === null ? null : { job, at };
+}
+
 export function installJob(server: Perihelion, report: (error: unknown) => void): () => void {
   let current: JobStatus | null = null;
   let timer: NodeJS.Timeout | null = null;
-  let nextId = 1;
 
   const stop = (): void => {
     if (timer) clearInterval(timer);
@@ -55,7 +86,7 @@ export function installJob(server: Perihelion, report: (error: unknown) => void)
     });
   };
 
-  server.subscribe('/service/job/start', (message) => {
+  server.subscribe('/service/job/start', async (message) => {
     const data = message.data;
     if (!isRecord(data)) return badRequest(message.channel, 'data must be an object: { seconds }');
     const extra = unexpectedKeys(data, ['seconds']);
@@ -64,10 +95,18 @@ export function installJob(server: Perihelion, report: (error: unknown) => void)
     if (typeof seconds !== 'number' || !Number.isInteger(seconds) || seconds < MIN_SECONDS || seconds > MAX_SECONDS) {
       return badRequest(message.channel, `seconds must be an integer from ${MIN_SECONDS} to ${MAX_SECONDS}`);
     }
-    if (current?.state === 'running') return refused(message.channel, `job ${current.id} is already running (${current.percent} %); wait for it to finish`);
+    const refuse = (job: JobStatus): unknown => refused(message.channel, `job ${job.id} is already running (${job.percent} %); wait for it to finish`);
+    const runningHere = (): JobStatus | null => (current?.state === 'running' ? current : null);
+    let busy = runningHere();
+    if (busy) return refuse(busy);
     if (server.isDraining) return refused(message.channel, 'the server is shutting down');
+    const latest = await latestJob(server);
+    if (latest?.job.state === 'running' && Date.now() - latest.at < ABANDONED_AFTER_MS) return refuse(latest.job);
+    // Asked again: another request of this node may have started one while the history was read.
+    busy = runningHere();
+    if (busy) return refuse(busy);
 
-    const job: JobStatus = { id: nextId++, state: 'running', seconds, percent: 0, step: describe(0), startedAt: Date.now(), finishedAt: null };
+    const job: JobStatus = { id: Math.max(latest?.job.id ?? 0, current?.id ?? 0) + 1, state: 'running', seconds, percent: 0, step: describe(0), startedAt: Date.now(), finishedAt: null };
     current = job;
     publish({ type: 'started', ...job });
     let n = 0;
@@ -89,7 +128,12 @@ export function installJob(server: Perihelion, report: (error: unknown) => void)
     return { ...job };
   });
 
-  server.subscribe('/service/job/status', () => ({ job: current ? { ...current } : null }));
+  server.subscribe('/service/job/status', async () => {
+    const latest = await latestJob(server);
+    // This node's own job is the newest it knows of; the history may not hold its latest event yet.
+    const job = latest === null || (current !== null && current.id >= latest.job.id) ? current : latest.job;
+    return { job: job ? { ...job } : null };
+  });
 
   return stop;
 }
