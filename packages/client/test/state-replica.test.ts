@@ -241,13 +241,21 @@ describe('state replica across a cluster (Redis engine)', () => {
       },
     });
     await state.update([{ id: 'a', text: 'milk', done: false }]);
+    // A client of the other node, before that node ever heard of the channel: a forged patch is
+    // refused (the node asks who holds the channel), other data on other channels is not.
+    const forger = client(other.url, { transports: ['long-polling'] });
+    clients.push(forger);
+    await forger.connect();
+    await assert.rejects(forger.publish('/todos', { epoch: 'forged', version: 2, patch: [{ op: 'replace', path: '', value: [] }] }), /a state channel changes through proposals/);
+    await forger.publish('/elsewhere', { epoch: 'fine', version: 1, patch: [] });
+    await forger.publish('/todos-notes', 'plain data');
     const elsewhere = await follow(other, '/todos');
     const here = await follow(holder, '/todos');
     const elsewhereId = clients.at(-2)!.clientId!;
     assert.ok(other.server.getSession(elsewhereId), 'the first replica is a session of the other node');
     assert.deepEqual(elsewhere.value, state.get(), "the holder's value, through the other node");
-    // That node now knows the channel for a state channel: a client's publish there would pass for a patch.
-    await assert.rejects(clients.at(-2)!.publish('/todos', { epoch: 'forged', version: 9, patch: [] }), /403.*a state channel changes through proposals|Forbidden/);
+    // That node now knows the channel for a state channel: any publish there is refused, as on its holder.
+    await assert.rejects(clients.at(-2)!.publish('/todos', 'not a patch'), /a state channel changes through proposals/);
     assert.equal(await elsewhere.propose([{ op: 'add', path: '/-', value: { id: 'b', text: 'bread', done: false } }]), 2);
     assert.deepEqual(state.get(), [{ id: 'a', text: 'milk', done: false }, { id: 'b', text: 'bread', done: false }], 'decided and kept by the holder');
     assert.deepEqual(proposers, [{ id: elsewhereId, data: 0 }], "the hook saw the proposer's own session, held by the other node (its data stays there)");

@@ -43,8 +43,7 @@ export class StateChannels {
   private readonly byChannel = new Map<string, StateChannel>();
   /**
    * State channels other nodes hold, as this node learned them (a request relayed, a channel it
-   * could not create): a client's publish there is refused too. One this node has not heard of is
-   * guarded by the security policy alone (docs/state.md).
+   * could not create, a client's patch refused): a client's publish there is refused too.
    */
   private readonly heldElsewhere = new Set<string>();
   private installed = false;
@@ -56,6 +55,8 @@ export class StateChannels {
     // rather than acknowledged and never answered.
     parts.listeners.add(STATE_SERVICE, (message, session) => this.answer(message, session));
     this.relay = new StateRelay({ ...parts.relay, serve: (request, session) => this.serveHere(request, session) });
+    // In a cluster another node's state channel may be published on here before any is created.
+    if (parts.holderOf) this.install();
   }
 
   get(channel: string): StateChannel | undefined {
@@ -86,15 +87,32 @@ export class StateChannels {
     await Promise.all([...this.byChannel.values()].map((state) => state.close()));
   }
 
-  /** The publish guard, once the first state channel exists (it runs on every incoming message). */
+  /**
+   * The publish guard, once the first state channel exists or from the start in a cluster (it runs
+   * on every incoming message).
+   */
   private install(): void {
     if (this.installed) return;
     this.installed = true;
+    const forbidden = (message: Message): Message => ({ ...message, error: bayeuxError('channelForbidden', [message.channel], 'a state channel changes through proposals to /service/state') });
+    const holderOf = this.parts.holderOf;
     this.parts.extensions.add({
       incoming: (message) => {
         // A client's publish on a state channel would pass for one of the server's patches.
-        if (message.data === undefined || !(this.byChannel.has(message.channel) || this.heldElsewhere.has(message.channel))) return message;
-        return { ...message, error: bayeuxError('channelForbidden', [message.channel], 'a state channel changes through proposals to /service/state') };
+        const { channel, data } = message;
+        if (data === undefined) return message;
+        if (this.byChannel.has(channel) || this.heldElsewhere.has(channel)) return forbidden(message);
+        // Only what a replica would take for a patch can harm one: that alone is asked about
+        // (a round trip), the first time for each channel another node holds.
+        if (!holderOf || !isPatchShaped(data) || isMeta(channel) || isService(channel)) return message;
+        return holderOf(channel).then(
+          (holder) => {
+            if (holder === null) return message;
+            this.heldBy(channel);
+            return forbidden(message);
+          },
+          () => ({ ...message, error: bayeuxError('unavailable', [channel], 'whether this is a state channel cannot be known now: the cluster cannot be reached') }),
+        );
       },
     });
   }
@@ -148,4 +166,11 @@ export class StateChannels {
       throw error;
     }
   }
+}
+
+/** What a replica takes for one of the server's patches (packages/state/src/replica.ts). */
+function isPatchShaped(data: unknown): boolean {
+  if (typeof data !== 'object' || data === null) return false;
+  const { epoch, version, patch } = data as Record<string, unknown>;
+  return typeof epoch === 'string' && Number.isSafeInteger(version) && Array.isArray(patch);
 }
