@@ -96,8 +96,10 @@ export const TAKE_OVER_MS = 5_000;
  * Every node of a cluster runs it. The chat and the job answer each node's own clients; the state
  * channels (board, slides) and the prices are the cluster's, held by one node: the first to claim
  * the board. Another node's clients reach the state channels through it (the server relays their
- * requests), and the prices through the bus. A node that found the demo held elsewhere tries again
- * every `takeOverMs`, and takes it over once that node is gone (the board and slides start afresh).
+ * requests), and the prices through the bus. Every `takeOverMs` a node that found the demo held
+ * elsewhere tries again, and takes it over once that node is gone (the board and slides start
+ * afresh); a holder whose state channels were taken over (it was cut off from the cluster) stops
+ * its prices.
  */
 export function installDemo(server: Perihelion, options: { report?: (error: unknown) => void; takeOverMs?: number } = {}): Demo {
   const report = options.report ?? ((error: unknown) => console.error('perihelion demo:', error));
@@ -105,47 +107,52 @@ export function installDemo(server: Perihelion, options: { report?: (error: unkn
   answerRecent(server);
   const stopJob = installJob(server, report);
   let stopPrices: (() => void) | null = null;
-  let retry: NodeJS.Timeout | null = null;
+  let watching: NodeJS.Timeout | null = null;
   let stopped = false;
-  const held = new Set<string>();
+  /** The state channels this node holds (a handle says whether it is still open). */
+  const held = new Map<string, { readonly isOpen: boolean }>();
   // In order, so that of nodes starting together the one that claims the board claims the rest.
-  const parts: Array<[string, () => Promise<unknown>]> = [
+  const parts: Array<[string, () => Promise<{ readonly isOpen: boolean }>]> = [
     [BOARD_CHANNEL, () => installBoard(server)],
     [SLIDES_CHANNEL, () => installSlides(server)],
   ];
+  /** Claims what this node does not hold yet; resolves to whether it holds everything now. */
   const hold = async (): Promise<boolean> => {
+    // Taken over by another node (this one was cut off from the cluster): it makes the prices now.
+    for (const [channel, state] of held) if (!state.isOpen) held.delete(channel);
+    if (held.size < parts.length && stopPrices !== null) {
+      stopPrices();
+      stopPrices = null;
+    }
     for (const [channel, install] of parts) {
       if (held.has(channel)) continue;
       try {
-        await install();
+        held.set(channel, await install());
       } catch (error) {
         if ((error as { code?: unknown } | null)?.code === 'ERR_STATE_DUPLICATE') return false;
         throw error;
       }
-      held.add(channel);
     }
     if (!stopped && stopPrices === null) stopPrices = publishPrices(server, report);
     return true;
   };
-  const tryAgain = (): void => {
+  const watch = (): void => {
     if (stopped || server.isDraining) return;
-    retry = setTimeout(() => {
+    watching = setTimeout(() => {
       if (stopped || server.isDraining) return;
-      hold().then((here) => here || tryAgain(), (error: unknown) => (report(error), tryAgain()));
+      hold().then(watch, (error: unknown) => (report(error), watch()));
     }, options.takeOverMs ?? TAKE_OVER_MS);
-    retry.unref();
+    watching.unref();
   };
-  const ready = hold().then((here) => {
-    if (!here) tryAgain();
-    return here;
-  });
+  const ready = hold();
+  ready.then(watch, watch);
   // Reported here too, so that a failure is never an unhandled rejection when nobody awaits `ready`.
   ready.catch(report);
   return {
     ready,
     stop() {
       stopped = true;
-      if (retry) clearTimeout(retry);
+      if (watching) clearTimeout(watching);
       stopPrices?.();
       stopJob();
     },

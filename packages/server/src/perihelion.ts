@@ -132,6 +132,7 @@ export class Perihelion {
       },
     });
     this.core.forwarding.otherMessages = (from, message) => void this.states.relay.onNodeMessage(from, message);
+    this.core.delivery.stateLost = (channel, holder) => this.stateLost(channel, holder);
     // Changes under way when the server closes are published before the engine goes.
     this.core.finishBeforeClosing(() => this.states.close());
     const report = (error: unknown): void => this.core.reportError(error);
@@ -302,6 +303,19 @@ export class Perihelion {
     // (Its failure, an outgoing extension that throws, is reported: the channel exists either way.)
     await broadcast(this.core, { channel, data: { epoch: state.epoch, version: state.version, patch: [] } satisfies StatePatchMessage }).catch((error: unknown) => this.core.reportError(error));
     return state;
+  }
+
+  /**
+   * Another node claimed a state channel of this one while it was taken for dead: that node's copy
+   * is the cluster's now. This one closes (its handle's `update` rejects from then on) and this
+   * node's clients reach the other through the relay; said once through 'error'.
+   */
+  private stateLost(channel: string, holder: string): void {
+    const state = this.states.get(channel);
+    if (!state) return;
+    this.states.heldBy(channel);
+    void state.close().catch((error: unknown) => this.core.reportError(error));
+    this.core.reportError(new PerihelionError('ERR_STATE_DUPLICATE', `node ${holder} claimed the state channel ${channel} while this node was taken for dead: this node's copy is closed (changes made here since the cut are not in it), and its clients reach the channel there`));
   }
 
   /**

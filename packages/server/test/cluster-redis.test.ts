@@ -320,6 +320,37 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     assert.match(duplicates(errors.a)[0]!.message, new RegExp(`another process serves the state channel /dup/doc too \\(its epoch ${onB.epoch}`));
   });
 
+  it('a holder taken for dead gives its state channel up to the node that claimed it meanwhile, whose copy its clients then reach', async () => {
+    fresh();
+    const a = await node({ heartbeatInterval: 100, nodeTimeout: 1000 });
+    const b = await node({ heartbeatInterval: 100, nodeTimeout: 1000 });
+    const errors: PerihelionError[] = [];
+    a.server.on('error', (error) => errors.push(error as PerihelionError));
+    const onA = await a.server.state('/fence/doc', { by: 'a' });
+    // What the others do with a node silent past its timeout, made at once: it is forgotten, and
+    // node B claims its channel (both in one transaction, before A's next heartbeat).
+    type Internals = { nodeId: string; layout: { control: string }; connection: { readyCmd(): { multi(): { hdel(k: string, f: string): unknown; hset(k: string, f: string, v: string): unknown; exec(): Promise<unknown> } } } };
+    const [engineA, engineB] = [a.server.engine, b.server.engine] as unknown as [Internals, Internals];
+    const control = engineA.layout.control;
+    const transaction = engineA.connection.readyCmd().multi();
+    transaction.hdel(`${control}nodes`, engineA.nodeId);
+    transaction.hset(`${control}states`, '/fence/doc', engineB.nodeId);
+    await transaction.exec();
+    const onB = await b.server.state('/fence/doc', { by: 'b' });
+    await waitFor(() => !onA.isOpen, 3000, "node A to give its copy up at its next heartbeat");
+    // (Node B's first patch may have been reported before: another process serving the channel.)
+    const lost = errors.filter((error) => error.code === 'ERR_STATE_DUPLICATE' && / claimed /.test(error.message));
+    assert.equal(lost.length, 1, 'said once');
+    assert.match(lost[0]!.message, new RegExp(`^node ${engineB.nodeId} claimed the state channel /fence/doc while this node was taken for dead`));
+    await assert.rejects(onA.update({ by: 'a again' }), /closed/);
+    // A client of node A is answered by node B's copy now.
+    const c = await open(a);
+    c.peer.send([{ channel: '/service/state', clientId: c.clientId, id: 'snap', data: { channel: '/fence/doc', op: 'snapshot' } }]);
+    // The answer follows the acknowledgement, carrying data.
+    const reply = await c.peer.next((m) => m.id === 'snap' && (m.successful === false || m.data !== undefined), 'the snapshot', 5000);
+    assert.deepEqual((reply.data as { value: unknown } | undefined)?.value, onB.get(), JSON.stringify(reply));
+  });
+
   it('delivers to one session on whichever node holds it (server.deliver and POST /api/deliver)', async () => {
     fresh();
     const a = await node();

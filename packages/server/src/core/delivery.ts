@@ -206,6 +206,13 @@ export class LocalDelivery implements EngineHost, SessionHost {
   /** Where the news that this node's sessions are registered again goes (presence, set by the core). */
   sessionsRestored: (() => void) | null = null;
 
+  /** Where the news that another node took one of this node's state channels goes (set by the server). */
+  stateLost: ((channel: string, holder: string) => void) | null = null;
+
+  onStateLost(channel: string, holder: string): void {
+    this.stateLost?.(channel, holder);
+  }
+
   onSessionsRestored(): void {
     this.sessionsRestored?.();
   }

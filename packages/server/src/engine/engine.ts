@@ -146,6 +146,12 @@ export interface EngineHost {
    * are registered again: what starting them says to others (presence joins) is said again.
    */
   onSessionsRestored(): void;
+  /**
+   * Another node holds a state channel this node had claimed: it took this node for dead (cut off
+   * from Redis past the node timeout) and claimed it meanwhile. This node's copy must go, so that
+   * one node serves it (`Engine.claimState`). Left out by hosts without state channels.
+   */
+  onStateLost?(channel: string, holder: string): void;
   /** This node's sessions, described (see `Engine.census`). */
   describeSessions(): SessionInfo[];
   /**

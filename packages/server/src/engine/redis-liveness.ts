@@ -47,6 +47,8 @@ export class NodeLiveness {
     private readonly restored: () => void,
     /** The state channels this node holds, to claim again when Redis has forgotten them (a restart). */
     private readonly stateClaims: () => Iterable<string> = () => [],
+    /** A state channel of this node that another node claimed meanwhile. */
+    private readonly stateLost: (channel: string, holder: string) => void = () => {},
   ) {}
 
   /** Beats every `heartbeatInterval` until `stop`; a failed beat is a lost connection. */
@@ -118,9 +120,12 @@ export class NodeLiveness {
 
   /** Records every session of this node and its subscriptions, and its claims of state channels, in Redis again. */
   private async register(): Promise<void> {
-    // A claim another node made meanwhile (it took this one for dead) stays theirs: both then
-    // publish on the channel, which the state channel reports (ERR_STATE_DUPLICATE).
-    for (const channel of this.stateClaims()) await this.connection.script('CLAIM_STATE', this.control, [this.nodeId, channel, this.options.nodeTimeout]);
+    // A claim another node made meanwhile (it took this one for dead) stays theirs: the later
+    // claim wins, and this node gives its copy up.
+    for (const channel of [...this.stateClaims()]) {
+      const holder = await this.connection.script('CLAIM_STATE', this.control, [this.nodeId, channel, this.options.nodeTimeout]);
+      if (holder !== '') this.stateLost(channel, String(holder));
+    }
     const args: Array<string | number> = [];
     const flush = async (): Promise<void> => {
       if (args.length > 0) await this.connection.script('REGISTER', this.control, [this.nodeId, ...args.splice(0)]);

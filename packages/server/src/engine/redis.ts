@@ -134,7 +134,10 @@ export class RedisEngine implements Engine {
       // What this node does while Redis is away is not written there: all of it again once it answers.
       outage: () => this.liveness.resync(),
     });
-    this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations(), (sessions) => this.host?.onSessionsLost(sessions), () => this.host?.onSessionsRestored(), () => this.stateClaims);
+    this.liveness = new NodeLiveness(this.connection, this.layout.control, this.nodeId, this.options, () => this.registrations(), (sessions) => this.host?.onSessionsLost(sessions), () => this.host?.onSessionsRestored(), () => this.stateClaims, (channel, holder) => {
+      this.stateClaims.delete(channel);
+      this.host?.onStateLost?.(channel, holder);
+    });
     this.seam = new RecoverySeam(this.nodeId, this.options.commandTimeout, (error) => this.report(error));
     this.sessionCensus = new Census({
       nodeId: this.nodeId,

@@ -162,6 +162,11 @@ export class StateChannel<T extends JsonValue = JsonValue> {
     return this.value as T;
   }
 
+  /** False once closed (by the application, the server's shutdown, or another node that took it over). */
+  get isOpen(): boolean {
+    return !this.closed;
+  }
+
   get version(): number {
     return this.current;
   }
