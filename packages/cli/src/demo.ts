@@ -109,10 +109,11 @@ export function installDemo(server: Perihelion, options: { report?: (error: unkn
   let stopPrices: (() => void) | null = null;
   let watching: NodeJS.Timeout | null = null;
   let stopped = false;
-  /** The state channels this node holds (a handle says whether it is still open). */
-  const held = new Map<string, { readonly isOpen: boolean }>();
+  type Held = { readonly isOpen: boolean; close(): Promise<void> };
+  /** The state channels this node holds. */
+  const held = new Map<string, Held>();
   // In order, so that of nodes starting together the one that claims the board claims the rest.
-  const parts: Array<[string, () => Promise<{ readonly isOpen: boolean }>]> = [
+  const parts: Array<[string, () => Promise<Held>]> = [
     [BOARD_CHANNEL, () => installBoard(server)],
     [SLIDES_CHANNEL, () => installSlides(server)],
   ];
@@ -129,8 +130,11 @@ export function installDemo(server: Perihelion, options: { report?: (error: unkn
       try {
         held.set(channel, await install());
       } catch (error) {
-        if ((error as { code?: unknown } | null)?.code === 'ERR_STATE_DUPLICATE') return false;
-        throw error;
+        if ((error as { code?: unknown } | null)?.code !== 'ERR_STATE_DUPLICATE') throw error;
+        // Another node holds a part: the rest goes to it too (a part alone makes no demo).
+        await Promise.all([...held.values()].map((state) => state.close()));
+        held.clear();
+        return false;
       }
     }
     if (!stopped && stopPrices === null) stopPrices = publishPrices(server, report);
