@@ -7,7 +7,11 @@
 // 0.9 MB value, 3.9 → 1.5 ms of server CPU per snapshot and 830 → 380 ms for the storm (it was
 // serialised for each reply before). What is left per client is its frame.
 //
-//   node bench/state-snapshots.mjs [sizes in items, default 1000,10000] [--clients C, default 200]
+// With --relayed the clients are on another node of a cluster (the Redis engine at REDIS_URL,
+// default redis://127.0.0.1:6379, under a prefix of its own), which relays each request to the
+// node holding the state channel (state/state-relay.ts): printed, each node's CPU per snapshot.
+//
+//   node bench/state-snapshots.mjs [sizes in items, default 1000,10000] [--clients C, default 200] [--relayed]
 //
 // Build first (`npm run build`).
 import { fork } from 'node:child_process';
@@ -16,16 +20,19 @@ import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 
 if (process.argv[2] === '--server') {
-  // The child: one server with one state channel of `items` to-do items; answers 'cpu' with its CPU time so far, µs.
+  // The child: one server with one state channel of `items` to-do items (none: 0); answers 'cpu'
+  // with its CPU time so far, µs. With a Redis prefix, a node of a cluster there.
   const items = Number(process.argv[3]);
-  const { createServer } = await import(new URL('../packages/server/dist/src/index.js', import.meta.url).href);
-  const bayeux = createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, maxWebsocketsPerIp: 0, pingInterval: 0 });
+  const prefix = process.argv[4];
+  const { createServer, RedisEngine } = await import(new URL('../packages/server/dist/src/index.js', import.meta.url).href);
+  const engine = prefix === undefined ? {} : { engine: new RedisEngine({ url: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix }) };
+  const bayeux = createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, maxWebsocketsPerIp: 0, pingInterval: 0, ...engine });
   const server = http.createServer();
   bayeux.attach(server);
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   await bayeux.whenReady();
-  const todos = await bayeux.state('/todos', { items: Array.from({ length: items }, (_, i) => ({ id: `item-${i}`, title: `Task number ${i}, with some words`, done: false, tags: ['home'] })) });
-  await todos.update((draft) => void (draft.items[0].done = true));
+  const todos = items === 0 ? null : await bayeux.state('/todos', { items: Array.from({ length: items }, (_, i) => ({ id: `item-${i}`, title: `Task number ${i}, with some words`, done: false, tags: ['home'] })) });
+  await todos?.update((draft) => void (draft.items[0].done = true));
   process.on('message', (message) => {
     if (message === 'cpu') {
       const { user, system } = process.cpuUsage();
@@ -33,23 +40,25 @@ if (process.argv[2] === '--server') {
     }
   });
   process.on('disconnect', () => process.exit(0));
-  process.send({ port: server.address().port, bytes: JSON.stringify(todos.get()).length });
+  process.send({ port: server.address().port, bytes: todos === null ? 0 : JSON.stringify(todos.get()).length });
 } else {
   const args = process.argv.slice(2);
   let sizes = [1000, 10_000];
   let clients = 200;
+  let relayed = false;
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--clients') clients = Number(args[++i]);
+    else if (args[i] === '--relayed') relayed = true;
     else sizes = args[i].split(',').map(Number);
   }
   if (sizes.some((n) => !Number.isSafeInteger(n) || n < 1 || n > 200_000) || !Number.isSafeInteger(clients) || clients < 1 || clients > 5000) {
-    console.error('usage: node bench/state-snapshots.mjs [sizes, each 1 to 200000 items] [--clients 1 to 5000]');
+    console.error('usage: node bench/state-snapshots.mjs [sizes, each 1 to 200000 items] [--clients 1 to 5000] [--relayed]');
     process.exit(2);
   }
 
-  /** One storm on a fresh server: the server's CPU per snapshot (ms) and the storm's length (ms). */
-  const storm = async (items) => {
-    const child = fork(fileURLToPath(import.meta.url), ['--server', String(items)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  /** A server in a child process: its port, its state channel's size, and its CPU time so far (µs). */
+  const start = async (items, prefix) => {
+    const child = fork(fileURLToPath(import.meta.url), ['--server', String(items), ...(prefix === undefined ? [] : [prefix])], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     const next = () => new Promise((resolve) => child.once('message', resolve));
     const { port, bytes } = await next();
     const cpu = async () => {
@@ -57,6 +66,19 @@ if (process.argv[2] === '--server') {
       child.send('cpu');
       return (await answer).cpu;
     };
+    return { child, port, bytes, cpu };
+  };
+
+  /**
+   * One storm on fresh servers: the CPU per snapshot (ms) of the node holding the state channel and,
+   * with --relayed, of the node the clients are on; and the storm's length (ms).
+   */
+  const storm = async (items) => {
+    const prefix = relayed ? `bench-state-snapshots:${process.pid}:${items}:` : undefined;
+    const holder = await start(items, prefix);
+    const relay = relayed ? await start(0, prefix) : null;
+    const { bytes } = holder;
+    const port = (relay ?? holder).port;
     const sockets = [];
     const sessions = [];
     for (let i = 0; i < clients; i++) {
@@ -72,7 +94,7 @@ if (process.argv[2] === '--server') {
       if (!reply.successful) throw new Error(`handshake refused: ${reply.error}`);
       sessions.push({ ws, clientId: reply.clientId });
     }
-    const before = await cpu();
+    const before = [await holder.cpu(), await relay?.cpu()];
     const started = performance.now();
     await Promise.all(
       sessions.map(
@@ -94,18 +116,21 @@ if (process.argv[2] === '--server') {
       ),
     );
     const took = performance.now() - started;
-    const spent = (await cpu()) - before;
+    const perSnapshot = (spent) => spent / 1000 / clients;
+    const holderCpu = perSnapshot((await holder.cpu()) - before[0]);
+    const relayCpu = relay ? perSnapshot((await relay.cpu()) - before[1]) : null;
     for (const ws of sockets) ws.terminate();
-    child.kill();
-    return { bytes, perSnapshot: spent / 1000 / clients, took };
+    holder.child.kill();
+    relay?.child.kill();
+    return { bytes, holderCpu, relayCpu, took };
   };
 
-  console.log(`| items | JSON MB | clients | server CPU ms per snapshot | storm ms |`);
-  console.log('| ---: | ---: | ---: | ---: | ---: |');
+  console.log(relayed ? '| items | JSON MB | clients | holder CPU ms per snapshot | relaying node CPU ms per snapshot | storm ms |' : '| items | JSON MB | clients | server CPU ms per snapshot | storm ms |');
+  console.log(relayed ? '| ---: | ---: | ---: | ---: | ---: | ---: |' : '| ---: | ---: | ---: | ---: | ---: |');
   for (const items of sizes) {
-    console.error(`state-snapshots: ${items} items, ${clients} clients ask at once…`);
-    const { bytes, perSnapshot, took } = await storm(items);
-    console.log(`| ${items} | ${(bytes / 1e6).toFixed(2)} | ${clients} | ${perSnapshot.toFixed(2)} | ${took.toFixed(0)} |`);
+    console.error(`state-snapshots: ${items} items, ${clients} clients ask at once${relayed ? ' through another node' : ''}…`);
+    const { bytes, holderCpu, relayCpu, took } = await storm(items);
+    console.log(`| ${items} | ${(bytes / 1e6).toFixed(2)} | ${clients} | ${holderCpu.toFixed(2)} |${relayCpu === null ? '' : ` ${relayCpu.toFixed(2)} |`} ${took.toFixed(0)} |`);
   }
   process.exit(0);
 }

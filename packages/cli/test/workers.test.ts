@@ -349,7 +349,7 @@ describe('perihelion serve --workers 2', () => {
     const clients: Client[] = [];
     try {
       const url = await listeningUrl(child);
-      await waitFor('two workers taking connections', () => (output.match(/takes connections/g) ?? []).length === 2);
+      await waitFor('two workers taking connections and the summary', () => (output.match(/takes connections/g) ?? []).length === 2 && /dashboard: /.test(output));
       assert.match(output, /demo page: http/);
       // Each request on a connection of its own: the sessions are made on both workers.
       for (let i = 0; i < 4; i++) {
