@@ -10,6 +10,9 @@
 // With --relayed the clients are on another node of a cluster (the Redis engine at REDIS_URL,
 // default redis://127.0.0.1:6379, under a prefix of its own), which relays each request to the
 // node holding the state channel (state/state-relay.ts): printed, each node's CPU per snapshot.
+// Measured at 200 clients and a 0.9 MB value: the holder 0.12 ms per snapshot (the 200 requests
+// made at once travel as one), the relaying node 2.5 ms (each client's frame: as one server
+// answering them all itself, 2.6 ms, same run).
 //
 //   node bench/state-snapshots.mjs [sizes in items, default 1000,10000] [--clients C, default 200] [--relayed]
 //
@@ -55,6 +58,19 @@ if (process.argv[2] === '--server') {
     console.error('usage: node bench/state-snapshots.mjs [sizes, each 1 to 200000 items] [--clients 1 to 5000] [--relayed]');
     process.exit(2);
   }
+
+  /** Deletes what the cluster kept in Redis under `prefix`. */
+  const forget = async (prefix) => {
+    const { Redis } = await import('ioredis');
+    const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
+    for (let cursor = '0'; ; ) {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      if (keys.length > 0) await redis.del(...keys);
+      cursor = next;
+      if (cursor === '0') break;
+    }
+    redis.disconnect();
+  };
 
   /** A server in a child process: its port, its state channel's size, and its CPU time so far (µs). */
   const start = async (items, prefix) => {
@@ -122,6 +138,7 @@ if (process.argv[2] === '--server') {
     for (const ws of sockets) ws.terminate();
     holder.child.kill();
     relay?.child.kill();
+    if (prefix !== undefined) await forget(prefix);
     return { bytes, holderCpu, relayCpu, took };
   };
 

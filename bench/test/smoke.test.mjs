@@ -136,4 +136,13 @@ describe('bench/state-snapshots.mjs', () => {
     for (const row of rows) assert.ok(row[2] === '20' && Number(row[3]) > 0 && Number(row[4]) > 0, row.join(' | '));
     assert.equal((await runScript('state-snapshots.mjs', ['--clients', '0'])).code, 2, 'no clients is a usage error');
   });
+
+  it('with --relayed, the clients on another node of a Redis cluster: a row with both nodes’ CPU', { timeout: 120_000 }, async () => {
+    const { code, stderr, rows } = await runScript('state-snapshots.mjs', ['500', '--clients', '20', '--relayed']);
+    assert.equal(code, 0, stderr.slice(-2000));
+    assert.equal(rows.length, 1);
+    // The holder sends one snapshot for all: its share may round to 0.00 ms.
+    const [holder, relay, storm] = rows[0].slice(3, 6).map(Number);
+    assert.ok(rows[0][2] === '20' && holder >= 0 && relay > 0 && storm > 0, rows[0].join(' | '));
+  });
 });

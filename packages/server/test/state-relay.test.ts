@@ -62,6 +62,30 @@ describe('state relay', () => {
     assert.deepEqual(await answer, { channel: '/s', epoch: 'e', version: 3, value: 1 });
   });
 
+  it('sends the snapshot requests of one channel made while one is on its way once, and gives each the one answer; proposals each their own', async () => {
+    const asking = host();
+    const relay = new StateRelay(asking);
+    const answers = [1, 2, 3].map(() => relay.ask('holder', '/s', { channel: '/s', op: 'snapshot' }, session));
+    const other = relay.ask('holder', '/t', { channel: '/t', op: 'snapshot' }, session);
+    relay.ask('holder', '/s', { channel: '/s', op: 'propose' }, session).catch(() => {});
+    relay.ask('holder', '/s', { channel: '/s', op: 'propose' }, session).catch(() => {});
+    await new Promise((resolve) => setImmediate(resolve));
+    const sent = asking.told.map(([, message]) => message.request as { channel: string; op: string });
+    assert.deepEqual(sent, [{ channel: '/s', op: 'snapshot' }, { channel: '/t', op: 'snapshot' }, { channel: '/s', op: 'propose' }, { channel: '/s', op: 'propose' }]);
+    const reply = (index: number, data: unknown): void => void relay.onNodeMessage('holder', { t: 'state-rep', id: asking.told[index]![1].id, data });
+    reply(0, { channel: '/s', epoch: 'e', version: 1, value: 's' });
+    reply(1, { channel: '/t', epoch: 'e', version: 1, value: 't' });
+    const [first, ...rest] = await Promise.all(answers);
+    for (const answer of rest) assert.equal(answer, first, 'the same answer object (serialised once for every reply)');
+    assert.deepEqual(first, { channel: '/s', epoch: 'e', version: 1, value: 's' });
+    assert.deepEqual(await other, { channel: '/t', epoch: 'e', version: 1, value: 't' });
+    // Once answered, the next request goes again.
+    void relay.ask('holder', '/s', { channel: '/s', op: 'snapshot' }, session);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(asking.told.length, 5);
+    relay.close();
+  });
+
   it("carries the holder's refusal back as a refusal", async () => {
     const asking = host();
     const relay = new StateRelay(asking);

@@ -6,6 +6,12 @@
  * passes it to the holder, which answers it for the session as this node describes it
  * (`RemoteSession`), and the answer comes back as the reply.
  *
+ * Snapshots asked for at once (every replica after a restart of the holder) travel once: the
+ * requests for one channel's snapshot that arrive while one is on its way share its answer, which
+ * is serialised once for all their replies. A value sent to each would be the value times the
+ * replicas through Redis pub/sub, past its output buffer limit (32 MB by default), and Redis would
+ * cut the node off.
+ *
  * Messages between nodes (JSON, through the engine's node-to-node messages, core/forwarding.ts):
  *   {t: "state", id, request, session}   a request to the holder; `session` is SessionFacts
  *   {t: "state-rep", id, data}           its answer
@@ -14,6 +20,7 @@
 import { bayeuxError, isConnectionType, type ConnectionType } from '@perihelion/protocol';
 import type { Session } from '../core/session.js';
 import { ServiceRefusal } from '../core/publish.js';
+import { sharedAnswer } from '../core/replies.js';
 import type { Identity } from '../security/identity.js';
 
 /** How long a request waits for the holder's answer, ms (a proposal's `validate` and `save` hooks run meanwhile). */
@@ -46,6 +53,8 @@ interface Waiting {
 
 export class StateRelay {
   private readonly waiting = new Map<string, Waiting>();
+  /** The snapshot on its way from its holder, per channel. */
+  private readonly snapshots = new Map<string, Promise<unknown>>();
   private lastId = 0;
 
   constructor(
@@ -54,7 +63,20 @@ export class StateRelay {
   ) {}
 
   /** Passes `request` for `session` to `holder`; resolves to its answer, or a refusal saying why there is none. */
-  async ask(holder: string, channel: string, request: Record<string, unknown>, session: Session): Promise<unknown> {
+  ask(holder: string, channel: string, request: Record<string, unknown>, session: Session): Promise<unknown> {
+    if (request.op !== 'snapshot') return this.send(holder, channel, request, session);
+    // Answered alike for every session that may see the channel (checked before it came here).
+    const key = `${holder} ${channel}`;
+    let answer = this.snapshots.get(key);
+    if (!answer) {
+      answer = this.send(holder, channel, { channel, op: 'snapshot' }, session).then((data) => (isObject(data) && !(data instanceof ServiceRefusal) ? sharedAnswer(data) : data));
+      this.snapshots.set(key, answer);
+      void answer.finally(() => this.snapshots.delete(key));
+    }
+    return answer;
+  }
+
+  private async send(holder: string, channel: string, request: Record<string, unknown>, session: Session): Promise<unknown> {
     const id = String(++this.lastId);
     const answered = new Promise<unknown>((resolve) => {
       const timer = setTimeout(() => this.settle(id, unreachable(channel, `node ${holder}, which holds it, did not answer within ${this.timeoutMs} ms`)), this.timeoutMs);
@@ -110,6 +132,10 @@ export class StateRelay {
     clearTimeout(waiting.timer);
     waiting.resolve(answer);
   }
+}
+
+function isObject(value: unknown): value is object {
+  return typeof value === 'object' && value !== null;
 }
 
 function unreachable(channel: string, why: string): ServiceRefusal {
