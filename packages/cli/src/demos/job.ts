@@ -95,7 +95,7 @@ export function installJob(server: Perihelion, report: (error: unknown) => void)
     if (typeof seconds !== 'number' || !Number.isInteger(seconds) || seconds < MIN_SECONDS || seconds > MAX_SECONDS) {
       return badRequest(message.channel, `seconds must be an integer from ${MIN_SECONDS} to ${MAX_SECONDS}`);
     }
-    const refuse = (job: JobStatus): unknown => refused(message.channel, `job ${job.id} is already running (${job.percent} %); wait for it to finish`);
+    const refuse = (job: JobStatus) => refused(message.channel, `job ${job.id} is already running (${job.percent} %); wait for it to finish`);
     const runningHere = (): JobStatus | null => (current?.state === 'running' ? current : null);
     let busy = runningHere();
     if (busy) return refuse(busy);
