@@ -11,7 +11,7 @@ import { adapt } from 'cometd-nodejs-client';
 import { CometD, type Message as CometDMessage } from 'cometd';
 import { StateError, applyPatch, type JsonValue, type Patch } from '@perihelion/state';
 import type { Position } from '@perihelion/protocol';
-import { PerihelionError, type Message } from '../src/index.js';
+import { MemoryEngine, PerihelionError, type Message } from '../src/index.js';
 import type { ProposalCheck, StateChannel, StateOptions } from '../src/state/state-channel.js';
 import { WsPeer, errorOf, postForBytes, startServer, waitFor, watchStalls, type Msg, type TestServer } from './helpers.js';
 
@@ -608,6 +608,26 @@ describe('state channels: /service/state snapshots and the publish guard', () =>
     try {
       const a = await openPeer(t.wsUrl, peers);
       refused(await a.ask({ channel: '/open/state', op: 'snapshot' }), 405, 'no state channel at all');
+    } finally {
+      await t.close();
+    }
+  });
+
+  it("on a node of a cluster that cannot reach the cluster, answers requests for another node's channels and refuses publishes a replica would take for a patch with 503", TEST_TIMEOUT, async () => {
+    // An engine with other nodes, its store away: which node holds a channel cannot be known.
+    class AwayEngine extends MemoryEngine {
+      stateHolder(): Promise<string | null> {
+        return Promise.reject(new PerihelionError('ERR_ENGINE_UNAVAILABLE', 'Redis is away'));
+      }
+    }
+    const t = await startServer({ engine: new AwayEngine() });
+    try {
+      const a = await openPeer(t.wsUrl, peers);
+      assert.match(refused(await a.ask({ channel: '/elsewhere/state', op: 'snapshot' }), 503, 'a snapshot').message, /Redis is away/);
+      const patch = await a.publish('/elsewhere/state', { epoch: 'e', version: 1, patch: [] });
+      assert.equal(errorOf(patch).code, 503, JSON.stringify(patch));
+      assert.match(String(patch.error), /whether this is a state channel cannot be known now/);
+      assert.equal((await a.publish('/elsewhere/state', { text: 'not a patch' })).successful, true, 'other data is not asked about');
     } finally {
       await t.close();
     }
