@@ -1,0 +1,78 @@
+/**
+ * The demo gallery in a real browser (Debian's Chromium driven by playwright-core) on a cluster:
+ * two `serve()` nodes sharing one Redis, each browser on another node. The board and the slides
+ * live on one node; the other node's pages reach them through it, and everyone sees one board
+ * and one deck. Every page loads without a console error or a failed request.
+ */
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Browser, BrowserContext } from 'playwright-core';
+import { launchChromium, watch, type Watched } from './browser-kit.js';
+import { serve, type Running } from '../src/index.js';
+
+const VIEWPORT = { width: 1200, height: 800 };
+const REDIS = process.env.PERIHELION_TEST_REDIS ?? 'redis://127.0.0.1:6379';
+
+describe('demo gallery in Chromium on two nodes of a cluster', () => {
+  const nodes: Running[] = [];
+  let browser: Browser;
+  const contexts: BrowserContext[] = [];
+  const watched: Watched[] = [];
+
+  before(async () => {
+    const prefix = `demo-cluster-browser-${process.pid}-${Date.now()}:`;
+    for (let i = 0; i < 2; i++) nodes.push(await serve({ server: { pingInterval: 0 }, port: 0, host: '127.0.0.1', demo: true, redis: REDIS, redisPrefix: prefix }, () => {}));
+    assert.deepEqual(await Promise.all(nodes.map((node) => node.demo!.ready)), [true, false], 'the first node holds the demo');
+    browser = await launchChromium();
+  });
+
+  after(async () => {
+    for (const w of watched) w.stop();
+    for (const context of contexts) await context.close().catch(() => {});
+    await browser?.close();
+    await Promise.all(nodes.map((node) => node.stop()));
+  });
+
+  /** Opens `path` on `node` in a new browser "person" (its own cookies: its own session) and waits until its client is connected. */
+  async function open(node: Running, path: string): Promise<Watched> {
+    const context = await browser.newContext({ viewport: VIEWPORT });
+    contexts.push(context);
+    const page = await context.newPage();
+    const w = watch(page);
+    watched.push(w);
+    await page.goto(`${node.url}${path}`);
+    await page.waitForSelector('#conn-state:text-is("connected")', { timeout: 10_000 });
+    return w;
+  }
+
+  function noProblems(w: Watched): void {
+    assert.deepEqual(w.problems, [], `problems on ${w.page.url()}`);
+  }
+
+  it('board: a browser on each node adds and ticks items, and both see one board', async () => {
+    const [a, b] = [await open(nodes[0]!, '/board'), await open(nodes[1]!, '/board')];
+    for (const w of [a, b]) await w.page.waitForFunction(() => (window as unknown as { demo: { replica: unknown } }).demo.replica !== null, undefined, { timeout: 5000 });
+    await b.page.fill('#text', 'added on the second node');
+    await b.page.press('#text', 'Enter');
+    await a.page.waitForFunction(() => document.getElementById('items')?.textContent?.includes('added on the second node'), undefined, { timeout: 5000 });
+    await a.page.click('#items li:has-text("added on the second node") input[type=checkbox]');
+    await b.page.waitForFunction(() => Array.from(document.querySelectorAll('#items li')).some((li) => li.textContent?.includes('added on the second node') && (li.querySelector('input') as HTMLInputElement).checked), undefined, { timeout: 5000 });
+    const value = (w: Watched): Promise<string> => w.page.evaluate(() => JSON.stringify((window as unknown as { demo: { replica: { value: unknown } } }).demo.replica.value));
+    for (let i = 0; (await value(a)) !== (await value(b)); i++) {
+      assert.ok(i < 100, `the boards did not converge: ${await value(a)} / ${await value(b)}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    for (const w of [a, b]) noProblems(w);
+  });
+
+  it('slides: a presenter on the second node moves the audience on the first', async () => {
+    const audience = await open(nodes[0]!, '/slides');
+    const presenter = await open(nodes[1]!, '/slides?presenter');
+    await presenter.page.waitForSelector('#slide[data-slide]');
+    const start = Number(await presenter.page.getAttribute('#slide', 'data-slide'));
+    const target = start < 6 ? start + 1 : start - 1;
+    await presenter.page.click(target > start ? '#next' : '#prev');
+    await audience.page.waitForSelector(`#slide[data-slide="${target}"]`, { timeout: 5000 });
+    for (const w of [audience, presenter]) noProblems(w);
+  });
+});
