@@ -292,6 +292,11 @@ describe('state replica across a cluster (Redis engine)', () => {
     await c.connect();
     const snapshot = (await c.request('/service/state', { channel: '/gone', op: 'snapshot' })) as { value: unknown };
     assert.deepEqual(snapshot.value, { v: 1 });
+    // A node taken for the holder that holds the channel no longer (closed, or lost meanwhile): ask again.
+    const moved = await holder.server.state('/moved', { v: 1 });
+    await moved.close();
+    assert.equal(await holder.server.engine.claimState!('/moved'), null, 'the claim made again, without the channel');
+    await assert.rejects(c.request('/service/state', { channel: '/moved', op: 'snapshot' }), /Temporarily unavailable: the node asked no longer holds the state channel; ask again/);
     // The holder stops hearing the cluster without a word (a crash): its claim outlives it until its node timeout.
     await (holder.server.engine as unknown as { connection: { sub: { disconnect(): void } } }).connection.sub.disconnect();
     const started = Date.now();

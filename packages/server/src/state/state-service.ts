@@ -54,7 +54,7 @@ export class StateChannels {
     // Answered from the start: on a server with no state channel yet, a request is told so (405)
     // rather than acknowledged and never answered.
     parts.listeners.add(STATE_SERVICE, (message, session) => this.answer(message, session));
-    this.relay = new StateRelay({ ...parts.relay, serve: (request, session) => this.serveHere(request, session) });
+    this.relay = new StateRelay({ ...parts.relay, serve: (request, session) => this.serveHere(request, session, true) });
     // In a cluster another node's state channel may be published on here before any is created.
     if (parts.holderOf) this.install();
   }
@@ -142,11 +142,16 @@ export class StateChannels {
     return this.relay.ask(holder, name, request, session);
   }
 
-  /** Answers a request whose caller may see the channel (its name checked), if this node holds it. */
-  private async serveHere(request: Record<string, unknown>, session: Session): Promise<unknown> {
+  /**
+   * Answers a request whose caller may see the channel (its name checked), if this node holds it.
+   * `relayed`: another node sent it here, taking this node for the holder; if it is not (it closed
+   * the channel, or lost it to another node, meanwhile) the request may be sent again (503).
+   */
+  private async serveHere(request: Record<string, unknown>, session: Session, relayed = false): Promise<unknown> {
     const { op } = request;
     const name = String(request.channel);
     const state = this.byChannel.get(name);
+    if (!state && relayed) return new ServiceRefusal(bayeuxError('unavailable', [name], 'the node asked no longer holds the state channel; ask again'));
     if (!state) return new ServiceRefusal(bayeuxError('channelInvalid', [name], 'no state channel of that name on this server'));
     if (op === 'snapshot') return state.snapshot();
     if (op !== 'propose') return new ServiceRefusal(bayeuxError('badRequest', [name], 'op is "snapshot" or "propose"'));
