@@ -132,6 +132,22 @@ describe('state relay', () => {
     assert.equal(relay.onNodeMessage('n', { t: 'other' }), false, 'not a message of the relay');
   });
 
+  it('takes an answer from the node asked only, and keeps at most maxWaiting requests waiting (503 past it)', async () => {
+    const asking = host();
+    const relay = new StateRelay(asking, 10_000, 2);
+    const first = relay.ask('holder', '/s', { channel: '/s', op: 'propose' }, session);
+    void relay.ask('holder', '/s', { channel: '/s', op: 'propose' }, session);
+    const third = await relay.ask('holder', '/s', { channel: '/s', op: 'propose' }, session);
+    assert.ok(third instanceof ServiceRefusal);
+    assert.match(third.error, /^503:\/s:.*2 requests wait for the nodes holding state channels already$/);
+    await new Promise((resolve) => setImmediate(resolve));
+    const id = asking.told[0]![1].id;
+    relay.onNodeMessage('another-node', { t: 'state-rep', id, data: { forged: true } });
+    relay.onNodeMessage('holder', { t: 'state-rep', id, data: { channel: '/s', version: 4 } });
+    assert.deepEqual(await first, { channel: '/s', version: 4 });
+    relay.close();
+  });
+
   it('answers what waits when the server closes', async () => {
     const relay = new StateRelay(host());
     const answer = relay.ask('holder', '/s', { channel: '/s', op: 'snapshot' }, session);

@@ -25,6 +25,8 @@ import type { Identity } from '../security/identity.js';
 
 /** How long a request waits for the holder's answer, ms (a proposal's `validate` and `save` hooks run meanwhile). */
 export const RELAY_TIMEOUT_MS = 10_000;
+/** Requests a node keeps waiting for holders' answers at most; past it, more are answered 503 at once. */
+export const MAX_RELAYED = 10_000;
 
 /** What the holder learns of the session a request is for. */
 interface SessionFacts {
@@ -47,6 +49,8 @@ export interface StateRelayHost {
 }
 
 interface Waiting {
+  /** The node asked: only its answer settles the request. */
+  holder: string;
   resolve: (answer: unknown) => void;
   timer: NodeJS.Timeout;
 }
@@ -60,6 +64,7 @@ export class StateRelay {
   constructor(
     private readonly host: StateRelayHost,
     private readonly timeoutMs = RELAY_TIMEOUT_MS,
+    private readonly maxWaiting = MAX_RELAYED,
   ) {}
 
   /** Passes `request` for `session` to `holder`; resolves to its answer, or a refusal saying why there is none. */
@@ -77,11 +82,12 @@ export class StateRelay {
   }
 
   private async send(holder: string, channel: string, request: Record<string, unknown>, session: Session): Promise<unknown> {
+    if (this.waiting.size >= this.maxWaiting) return unreachable(channel, `${this.waiting.size} requests wait for the nodes holding state channels already`);
     const id = String(++this.lastId);
     const answered = new Promise<unknown>((resolve) => {
       const timer = setTimeout(() => this.settle(id, unreachable(channel, `node ${holder}, which holds it, did not answer within ${this.timeoutMs} ms`)), this.timeoutMs);
       timer.unref();
-      this.waiting.set(id, { resolve, timer });
+      this.waiting.set(id, { holder, resolve, timer });
     });
     const heard = await this.host.tell(holder, { t: 'state', id, request, session: factsOf(session) });
     if (heard !== true) this.settle(id, unreachable(channel, heard === false ? `node ${holder}, which holds it, is gone` : 'the cluster cannot be reached'));
@@ -96,7 +102,7 @@ export class StateRelay {
       return true;
     }
     if (t === 'state-rep' && typeof id === 'string') {
-      this.settle(id, typeof message.error === 'string' ? new ServiceRefusal(message.error) : message.data);
+      if (this.waiting.get(id)?.holder === from) this.settle(id, typeof message.error === 'string' ? new ServiceRefusal(message.error) : message.data);
       return true;
     }
     return false;
