@@ -1,7 +1,7 @@
 // The shared board: a list in the state channel /demo/board, replicated with PerihelionState
 // (<script src="/bayeux/state.js">). Changes are proposals: shown at once, checked by the server,
 // and sent to every other replica as JSON patches. Items: { id, text, done }.
-import { reason, startClient } from '/common.js';
+import { reason, replicateUntilReady, startClient } from '/common.js';
 
 const MAX_ITEMS = 200;
 const MAX_TEXT = 200;
@@ -162,11 +162,9 @@ clearDone.addEventListener('click', () => {
   if (clearDone.disabled && document.activeElement !== input) input.focus();
 });
 
-PerihelionState.replicate(client, '/demo/board').then((r) => {
+replicateUntilReady(client, '/demo/board', errorLine).then((r) => {
   replica = r;
   render(r.value);
   r.onChange(({ value }) => render(value));
-}, (error) => {
-  errorLine.textContent = reason(error);
 });
 window.demo = { client, get replica() { return replica; } };

@@ -71,6 +71,24 @@ export function reason(error) {
   return (error && error.message) || String(error);
 }
 
+/**
+ * Replicates a state channel (PerihelionState, from <mount>/state.js), asking again every 2 s
+ * while it cannot start (on a cluster, the node holding the channel may be gone for a moment
+ * before another takes it over), saying why on `errorLine` meanwhile. Resolves to the replica.
+ */
+export async function replicateUntilReady(client, channel, errorLine) {
+  for (;;) {
+    try {
+      const replica = await PerihelionState.replicate(client, channel);
+      errorLine.textContent = '';
+      return replica;
+    } catch (error) {
+      errorLine.textContent = `${reason(error)} (trying again)`;
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  }
+}
+
 /** `time` (ms since 1970) as hh:mm:ss, in the visitor's locale. */
 export function clock(time) {
   return new Date(time).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });

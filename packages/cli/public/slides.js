@@ -1,6 +1,6 @@
 // The slideshow: the slide on show is the state channel /demo/slides ({ slide }). Every page
 // replicates it; the presenter (/slides?presenter) proposes the next slide. Anyone may present.
-import { reason, startClient } from '/common.js';
+import { reason, replicateUntilReady, startClient } from '/common.js';
 
 // What the slides say: what Comet is, in seven steps. The server checks the number (SLIDE_COUNT).
 const SLIDES = [
@@ -80,11 +80,9 @@ if (presenter) {
   });
 }
 
-PerihelionState.replicate(client, '/demo/slides').then((r) => {
+replicateUntilReady(client, '/demo/slides', errorLine).then((r) => {
   replica = r;
   show(r.value.slide);
   r.onChange(({ value }) => show(value.slide));
-}, (error) => {
-  errorLine.textContent = reason(error);
 });
 window.demo = { client };

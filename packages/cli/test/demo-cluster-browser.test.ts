@@ -15,6 +15,7 @@ const REDIS = process.env.PERIHELION_TEST_REDIS ?? 'redis://127.0.0.1:6379';
 
 describe('demo gallery in Chromium on two nodes of a cluster', () => {
   const nodes: Running[] = [];
+  const stopped = new Set<Running>();
   let browser: Browser;
   const contexts: BrowserContext[] = [];
   const watched: Watched[] = [];
@@ -30,7 +31,7 @@ describe('demo gallery in Chromium on two nodes of a cluster', () => {
     for (const w of watched) w.stop();
     for (const context of contexts) await context.close().catch(() => {});
     await browser?.close();
-    await Promise.all(nodes.map((node) => node.stop()));
+    await Promise.all(nodes.filter((node) => !stopped.has(node)).map((node) => node.stop()));
   });
 
   /** Opens `path` on `node` in a new browser "person" (its own cookies: its own session) and waits until its client is connected. */
@@ -74,5 +75,23 @@ describe('demo gallery in Chromium on two nodes of a cluster', () => {
     await presenter.page.click(target > start ? '#next' : '#prev');
     await audience.page.waitForSelector(`#slide[data-slide="${target}"]`, { timeout: 5000 });
     for (const w of [audience, presenter]) noProblems(w);
+  });
+
+  it('board: when the node holding it stops, the other takes it over; a page open there follows, one opened meanwhile starts', { timeout: 40_000 }, async () => {
+    const before = await open(nodes[1]!, '/board');
+    await before.page.waitForFunction(() => (window as unknown as { demo: { replica: unknown } }).demo.replica !== null, undefined, { timeout: 5000 });
+    const items = (w: Watched): Promise<string> => w.page.evaluate(() => document.getElementById('items')?.textContent ?? '');
+    assert.ok((await items(before)).includes('added on the second node'), 'the board of the first test');
+    await nodes[0]!.stop();
+    stopped.add(nodes[0]!);
+    // Opened while the board may be held by nobody: the page asks again until it is.
+    const meanwhile = await open(nodes[1]!, '/board');
+    await meanwhile.page.waitForFunction(() => (window as unknown as { demo: { replica: unknown } }).demo.replica !== null, undefined, { timeout: 20_000 });
+    // The new holder's board starts afresh: the page open on it follows.
+    await before.page.waitForFunction(() => !document.getElementById('items')?.textContent?.includes('added on the second node'), undefined, { timeout: 20_000 });
+    await meanwhile.page.fill('#text', 'after the takeover');
+    await meanwhile.page.press('#text', 'Enter');
+    await before.page.waitForFunction(() => document.getElementById('items')?.textContent?.includes('after the takeover'), undefined, { timeout: 5000 });
+    assert.equal(await meanwhile.page.textContent('#error'), '', 'no error left on the page');
   });
 });
