@@ -318,6 +318,37 @@ describe('extension pipeline', () => {
     assert.deepEqual(seen, ['in1', 'in2', 'out2', 'out1']);
   });
 
+  it('answers at once while every hook does, waits from the first that answers with a promise (or a thenable), and makes a throw a rejection', async () => {
+    const context = { session: null, transport: null };
+    const sync = new ExtensionPipeline();
+    sync.add({ incoming: (m) => ({ ...m, ext: { one: 1 } }) });
+    sync.add({ incoming: (m) => ({ ...m, ext: { ...m.ext, two: 2 } }) });
+    const answered = sync.incoming({ channel: '/a' }, context);
+    assert.ok(!(answered instanceof Promise), 'no promise made for synchronous hooks');
+    assert.deepEqual((answered as { ext?: unknown }).ext, { one: 1, two: 2 });
+
+    const mixed = new ExtensionPipeline();
+    const seen: string[] = [];
+    mixed.add({ incoming: (m) => (seen.push('sync'), m) });
+    mixed.add({ incoming: (m) => ({ then: (resolve: (value: unknown) => void) => (seen.push('thenable'), resolve({ ...m, data: 'from a thenable' })) }) as never });
+    mixed.add({ incoming: async (m) => (seen.push('async'), { ...m, ext: { last: true } }) });
+    const waited = mixed.incoming({ channel: '/a' }, context);
+    assert.ok(waited instanceof Promise);
+    assert.deepEqual(await waited, { channel: '/a', data: 'from a thenable', ext: { last: true } });
+    assert.deepEqual(seen, ['sync', 'thenable', 'async']);
+
+    const refusing = new ExtensionPipeline();
+    refusing.add({ incoming: async (m) => ({ ...m, error: '403::no' }) });
+    refusing.add({ incoming: () => assert.fail('a hook after a refusal ran') });
+    assert.equal((await refusing.incoming({ channel: '/a' }, context))?.error, '403::no');
+
+    const throwing = new ExtensionPipeline();
+    throwing.add({ incoming: () => { throw new Error('hook failed'); } });
+    const thrown = throwing.incoming({ channel: '/a' }, context);
+    assert.ok(thrown instanceof Promise);
+    await assert.rejects(thrown as Promise<unknown>, /hook failed/);
+  });
+
   it('rejects unknown hook names', () => {
     assert.throws(() => new ExtensionPipeline().add({ incomming: () => null } as never), /unknown extension hook "incomming"/);
   });

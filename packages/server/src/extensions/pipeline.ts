@@ -60,16 +60,37 @@ export class ExtensionPipeline {
     return this.run(this.outgoingHooks, message, context);
   }
 
+  /**
+   * Runs the hooks in order. While they answer at once, so does this (no promise: this is on the
+   * path of every message, and an application's extensions are mostly synchronous); from the
+   * first that answers with a promise on, the rest wait for it. A hook that throws makes a
+   * rejected promise, as one that rejects.
+   */
   private run(hooks: Hook[], message: Message, context: ExtensionContext): Message | null | Promise<Message | null> {
-    // Without hooks, no promise is created: this is on the path of every message.
-    if (hooks.length === 0) return message;
-    return (async () => {
-      let current: Message | null = message;
-      for (const hook of hooks) {
-        current = await hook(current, context);
+    let current: Message | null = message;
+    try {
+      for (let i = 0; i < hooks.length; i++) {
+        const result = hooks[i]!(current, context);
+        if (isThenable(result)) return this.finish(hooks, i + 1, result, context);
+        current = result;
         if (current === null || current.error !== undefined) return current;
       }
-      return current;
-    })();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return current;
   }
+
+  private async finish(hooks: Hook[], from: number, pending: PromiseLike<Message | null>, context: ExtensionContext): Promise<Message | null> {
+    let current = await pending;
+    for (let i = from; i < hooks.length; i++) {
+      if (current === null || current.error !== undefined) return current;
+      current = await hooks[i]!(current, context);
+    }
+    return current;
+  }
+}
+
+function isThenable(value: unknown): value is PromiseLike<Message | null> {
+  return typeof (value as { then?: unknown } | null)?.then === 'function';
 }
