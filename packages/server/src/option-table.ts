@@ -106,6 +106,7 @@ export const OPTION_TABLE = {
     help: 'memory all histories together may hold (counted as characters of the serialised messages); beyond it the oldest messages of the least recently published channels go (memory engine; with `--redis`, Redis\'s `maxmemory` bounds history, see Cluster mode)',
   },
   maxReplay: { kind: 'integer', default: 10_000, min: 0, max: 100_000_000, help: 'most messages replayed for the recoveries of one subscribe' },
+  maxRelayedStateRequests: { kind: 'integer', default: 10_000, min: 1, max: 10_000_000, help: "state-channel requests of this node's clients waiting at once for the node of a cluster that holds the channel; past it they are answered 503 (docs/state.md)" },
   publishDedup: { kind: 'integer', default: 128, min: 0, max: 100_000, help: 'publish ids remembered per session (per client across its sessions, when its handshake names it, and across the nodes of a cluster), so that a resent publish reaches subscribers once (0: off)' },
   idempotencyWindow: {
     kind: 'integer',

@@ -123,6 +123,7 @@ export class Perihelion {
       extensions: this.core.extensions,
       policy: this.core.security.policy,
       maxChannelLength: this.options.maxChannelLength,
+      maxRelayed: this.options.maxRelayedStateRequests,
       ...(engine.stateHolder ? { holderOf: engine.stateHolder.bind(engine) } : {}),
       relay: {
         tell: (node, message) => this.core.forwarding.tellNode(node, message),

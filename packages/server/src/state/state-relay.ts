@@ -25,7 +25,7 @@ import type { Identity } from '../security/identity.js';
 
 /** How long a request waits for the holder's answer, ms (a proposal's `validate` and `save` hooks run meanwhile). */
 export const RELAY_TIMEOUT_MS = 10_000;
-/** Requests a node keeps waiting for holders' answers at most; past it, more are answered 503 at once. */
+/** Requests a node keeps waiting for holders' answers at most, by default (`maxRelayedStateRequests`); past it, more are answered 503 at once. */
 export const MAX_RELAYED = 10_000;
 
 /** What the holder learns of the session a request is for. */

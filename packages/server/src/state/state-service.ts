@@ -21,7 +21,7 @@ import { ServiceRefusal } from '../core/publish.js';
 import type { Session } from '../core/session.js';
 import type { SecurityPolicy } from '../security/policy.js';
 import { ProposalRefusal, StateChannel } from './state-channel.js';
-import { StateRelay, type StateRelayHost } from './state-relay.js';
+import { RELAY_TIMEOUT_MS, StateRelay, type StateRelayHost } from './state-relay.js';
 
 export const STATE_SERVICE = '/service/state';
 
@@ -37,6 +37,8 @@ export interface StateServiceParts {
   holderOf?: (channel: string) => Promise<string | null>;
   /** How requests reach other nodes, and how they reach sessions from there. */
   relay: Omit<StateRelayHost, 'serve'>;
+  /** Relayed requests waiting at once at most (`maxRelayedStateRequests`). */
+  maxRelayed: number;
 }
 
 export class StateChannels {
@@ -54,7 +56,7 @@ export class StateChannels {
     // Answered from the start: on a server with no state channel yet, a request is told so (405)
     // rather than acknowledged and never answered.
     parts.listeners.add(STATE_SERVICE, (message, session) => this.answer(message, session));
-    this.relay = new StateRelay({ ...parts.relay, serve: (request, session) => this.serveHere(request, session, true) });
+    this.relay = new StateRelay({ ...parts.relay, serve: (request, session) => this.serveHere(request, session, true) }, RELAY_TIMEOUT_MS, parts.maxRelayed);
     // In a cluster another node's state channel may be published on here before any is created.
     if (parts.holderOf) this.install();
   }
