@@ -139,7 +139,11 @@ export class StateChannels {
     } catch (error) {
       return new ServiceRefusal(bayeuxError('unavailable', [name], error instanceof Error ? error.message : String(error)));
     }
-    if (holder === null) return this.serveHere(request, session);
+    if (holder === null) {
+      // Held by nobody now (closed for good, perhaps): its name may be an ordinary channel again.
+      this.heldElsewhere.delete(name);
+      return this.serveHere(request, session);
+    }
     this.heldBy(name);
     return this.relay.ask(holder, name, request, session);
   }
