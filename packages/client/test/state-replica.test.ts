@@ -297,8 +297,18 @@ describe('state replica across a cluster (Redis engine)', () => {
     await moved.close();
     assert.equal(await holder.server.engine.claimState!('/moved'), null, 'the claim made again, without the channel');
     await assert.rejects(c.request('/service/state', { channel: '/moved', op: 'snapshot' }), /Temporarily unavailable: the node asked no longer holds the state channel; ask again/);
-    // The holder stops hearing the cluster without a word (a crash): its claim outlives it until its node timeout.
-    await (holder.server.engine as unknown as { connection: { sub: { disconnect(): void } } }).connection.sub.disconnect();
+    // The holder dies without a word (a crash): its last heartbeat is recent and its claim stands
+    // until its node timeout, but nobody hears what is sent to it. (Made so in Redis after a
+    // close, which would have given the claim up.)
+    const holderId = (holder.server.engine as RedisEngine).nodeId;
+    await holder.close();
+    servers.splice(servers.indexOf(holder), 1);
+    type Internals = { layout: { control: string }; connection: { readyCmd(): { time(): Promise<[string, string]>; hset(key: string, field: string, value: string): Promise<unknown> } } };
+    const { layout, connection } = other.server.engine as unknown as Internals;
+    const redis = connection.readyCmd();
+    const [seconds] = await redis.time();
+    await redis.hset(`${layout.control}nodes`, holderId, String(Number(seconds) * 1000));
+    await redis.hset(`${layout.control}states`, '/gone', holderId);
     const started = Date.now();
     await assert.rejects(c.request('/service/state', { channel: '/gone', op: 'snapshot' }), /Temporarily unavailable: the state channel cannot be reached: node [0-9a-f]+, which holds it, is gone/);
     assert.ok(Date.now() - started < 2000, 'answered at once');
