@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
@@ -46,6 +46,14 @@ export function watch(page: Page): Watched {
     if (response.status() >= 400) add(`HTTP ${response.status()}: ${response.url()}`);
   });
   return { page, problems, stop: () => void (on = false) };
+}
+
+/** Opens `url` in a new page of `context`, watched from the start, and waits until the demo page's client is connected. */
+export async function openConnected(context: BrowserContext, url: string): Promise<Watched> {
+  const w = watch(await context.newPage());
+  await w.page.goto(url);
+  await w.page.waitForSelector('#conn-state:text-is("connected")', { timeout: 10_000 });
+  return w;
 }
 
 /** Takes `name`.png of the page; with `forReadme`, also copies it to docs/screenshots/ when UPDATE_SCREENSHOTS=1. */

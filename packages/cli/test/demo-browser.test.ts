@@ -12,7 +12,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { launchChromium, screenshot, watch, type Watched } from './browser-kit.js';
+import { launchChromium, openConnected, screenshot, watch, type Watched } from './browser-kit.js';
 import { serve, type Running } from '../src/index.js';
 
 const VIEWPORT = { width: 1200, height: 800 };
@@ -44,11 +44,8 @@ describe('demo gallery in Chromium', () => {
 
   /** Opens `path` and waits until the page's client is connected. */
   async function open(context: BrowserContext, path: string): Promise<Watched> {
-    const page = await context.newPage();
-    const w = watch(page);
+    const w = await openConnected(context, `${running.url}${path}`);
     watched.push(w);
-    await page.goto(`${running.url}${path}`);
-    await page.waitForSelector('#conn-state:text-is("connected")', { timeout: 10_000 });
     return w;
   }
 

@@ -7,7 +7,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Browser, BrowserContext } from 'playwright-core';
-import { launchChromium, watch, type Watched } from './browser-kit.js';
+import { launchChromium, openConnected, type Watched } from './browser-kit.js';
 import { serve, type Running } from '../src/index.js';
 
 const VIEWPORT = { width: 1200, height: 800 };
@@ -42,11 +42,8 @@ describe('demo gallery in Chromium on two nodes of a cluster', () => {
   async function open(node: Running, path: string): Promise<Watched> {
     const context = await browser.newContext({ viewport: VIEWPORT });
     contexts.push(context);
-    const page = await context.newPage();
-    const w = watch(page);
+    const w = await openConnected(context, `${node.url}${path}`);
     watched.push(w);
-    await page.goto(`${node.url}${path}`);
-    await page.waitForSelector('#conn-state:text-is("connected")', { timeout: 10_000 });
     return w;
   }
 

@@ -156,7 +156,8 @@ function factsOf(session: Session): SessionFacts {
 /**
  * The session of a relayed request, as its node described it: what a `validate` hook reads
  * (id, identity, address, subscriptions) is there; `data` is empty (it stays with the session's
- * node); `deliver` and `disconnect` reach the session wherever it is.
+ * node); `deliver` and `disconnect` reach the session wherever it is (what `deliver` cannot send,
+ * data JSON cannot hold, is reported through 'error' rather than thrown: the delivery is async).
  */
 function remoteSession(facts: unknown, host: StateRelayHost): Session | null {
   if (typeof facts !== 'object' || facts === null) return null;
