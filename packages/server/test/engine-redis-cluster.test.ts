@@ -240,6 +240,25 @@ describe('the Redis engine on a Redis Cluster', () => {
     }
   });
 
+  it("sends a message for one node past nodeMessageInlineBytes by way of a key in that node's slot, in order with the small ones", async () => {
+    const prefix = uniquePrefix('mail');
+    const make = (): RedisEngine => new RedisEngine({ url: clusterUrl(), cluster: true, prefix, nodeMessageInlineBytes: 1000 });
+    const [a, b] = [make(), make()];
+    const hostB = new RecordingHost();
+    await a.start(new RecordingHost());
+    await b.start(hostB);
+    try {
+      const sent = ['{"n":1}', JSON.stringify({ fill: 'y'.repeat(200_000) }), '{"n":2}'];
+      assert.deepEqual(await Promise.all(sent.map((payload) => a.sendToNode(b.nodeId, payload))), [true, true, true]);
+      await waitFor(() => hostB.nodeMessages.length === 3, 5000, () => `three messages on b (have ${hostB.nodeMessages.length}; reported ${hostB.errors.map(String).join("; ")})`);
+      assert.deepEqual(hostB.errors, []);
+      assert.deepEqual(hostB.nodeMessages.map(([, payload]) => payload), sent);
+      for (const port of cluster!.ports) assert.deepEqual(await keysOn(port, `${prefix}*:mail:*`), [], 'taken, and so deleted');
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
   it('refuses to start a node that counts the partitions differently from the live nodes', async () => {
     const prefix = uniquePrefix('partitions');
     const first = new RedisEngine({ url: clusterUrl(), cluster: true, prefix, partitions: 16 });

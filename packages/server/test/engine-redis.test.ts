@@ -2,13 +2,14 @@
  * The Redis engine against the shared conformance suite, alone and as two nodes of one cluster;
  * once more with the channels split into partitions (as on a Redis Cluster, here on one Redis).
  */
-import { before, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 import { PerihelionError, RedisEngine } from '../src/index.js';
 import { Redis } from 'ioredis';
 import { distributedEngineConformance, engineConformance, publication, RecordingHost, type EngineFixture } from './engine-conformance.js';
-import { waitFor } from './helpers.js';
-import { REDIS_URL, deleteKeys, keysUnder, lruCase, requireRedis, uniquePrefix } from './redis-fixture.js';
+import { freePort, waitFor } from './helpers.js';
+import { REDIS_URL, deleteKeys, keysUnder, lruCase, requireRedis, startRedis, uniquePrefix } from './redis-fixture.js';
 
 before(requireRedis);
 
@@ -154,6 +155,111 @@ describe('redis engine: the holders of state channels', () => {
       for (const engine of [b, c]) await engine.close().catch(() => {});
       redis.disconnect();
       await deleteKeys(prefix);
+    }
+  });
+});
+
+describe('redis engine: large messages between nodes', () => {
+  // A Redis of the test's own whose pub/sub output buffer bound is 1 MB (32 MB by default): a
+  // message for one node past it would make Redis cut that node's subscriber off.
+  let port = 0;
+  let redis: ChildProcess | null = null;
+  before(async () => {
+    port = await freePort();
+    redis = await startRedis(port, ['--client-output-buffer-limit', 'pubsub 1mb 1mb 0']);
+  });
+  after(() => void redis?.kill('SIGKILL'));
+
+  async function twoNodes(options: { nodeMessageInlineBytes?: number } = {}): Promise<{ a: RedisEngine; b: RedisEngine; hostA: RecordingHost; hostB: RecordingHost; close(): Promise<void> }> {
+    const prefix = uniquePrefix('large');
+    const make = (): RedisEngine => new RedisEngine({ url: `redis://127.0.0.1:${port}`, prefix, ...options });
+    const a = make();
+    const b = make();
+    const hostA = new RecordingHost();
+    const hostB = new RecordingHost();
+    await a.start(hostA);
+    await b.start(hostB);
+    return { a, b, hostA, hostB, close: async () => void (await Promise.all([a.close(), b.close()])) };
+  }
+
+  /** A payload of about `bytes` bytes, some of them outside ASCII, that names `label`. */
+  const large = (label: string, bytes: number): string => JSON.stringify({ label, fill: 'é'.repeat(bytes / 4) + 'x'.repeat(bytes / 2) });
+
+  it('sends a message past the bound through a key, in order with the small ones around it, and the node stays subscribed', async () => {
+    const { a, b, hostB, close } = await twoNodes();
+    try {
+      const sent = ['{"n":1}', large('big-1', 2_000_000), '{"n":2}', large('big-2', 3_000_000), '{"n":3}', large('big-3', 70_000), '{"n":4}'];
+      // All at once: the small ones behind a large one are published before it has been taken.
+      const heard = await Promise.all(sent.map((payload) => a.sendToNode(b.nodeId, payload)));
+      assert.deepEqual(heard, sent.map(() => true));
+      await waitFor(() => hostB.nodeMessages.length === sent.length, 5000, () => `every message on b (have ${hostB.nodeMessages.length})`);
+      assert.deepEqual(hostB.nodeMessages.map(([, payload]) => payload.length), sent.map((payload) => payload.length), 'in order, whole');
+      assert.ok(hostB.nodeMessages.every(([from, payload], i) => from === a.nodeId && payload === sent[i]));
+      assert.deepEqual(hostB.errors, [], 'nothing lost, nothing reported');
+      // Still subscribed: what comes next arrives without a reconnect.
+      assert.equal(await a.sendToNode(b.nodeId, '{"n":5}'), true);
+      await waitFor(() => hostB.nodeMessages.length === sent.length + 1, 3000, 'the next one');
+      const probe = new Redis({ port, host: '127.0.0.1' });
+      try {
+        assert.deepEqual(await probe.keys('*node:*:mail:*'), [], 'every stored message taken');
+      } finally {
+        probe.disconnect();
+      }
+    } finally {
+      await close();
+    }
+  });
+
+  it('sent through pub/sub (nodeMessageInlineBytes 0) the same message is lost: the bound is real', async () => {
+    const { a, b, hostB, close } = await twoNodes({ nodeMessageInlineBytes: 0 });
+    try {
+      await a.sendToNode(b.nodeId, large('big', 2_000_000));
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      assert.equal(hostB.nodeMessages.length, 0, 'Redis cut the subscriber off');
+    } finally {
+      await close();
+    }
+  });
+
+  it("reports a stored message that is gone or not its own and goes on with the next; never takes another node's key", async () => {
+    const { a, b, hostB, close } = await twoNodes();
+    const raw = new Redis({ port, host: '127.0.0.1' });
+    try {
+      const inside = b as unknown as { ownChannel: string; layout: { nodeMail(id: string): string } };
+      const foreign = `${inside.layout.nodeMail(a.nodeId)}x:1`;
+      await raw.set(foreign, 'not for b');
+      await raw.publish(inside.ownChannel, `["m",${JSON.stringify(foreign)}]\n`);
+      await raw.publish(inside.ownChannel, `["m",${JSON.stringify(`${inside.layout.nodeMail(b.nodeId)}x:2`)}]\n`);
+      assert.equal(await a.sendToNode(b.nodeId, '{"after":true}'), true);
+      await waitFor(() => hostB.nodeMessages.length === 1, 3000, 'the message after them');
+      assert.equal(hostB.nodeMessages[0]![1], '{"after":true}');
+      const reported = hostB.errors.map((error) => (error as Error).message);
+      assert.equal(reported.length, 2, reported.join('\n'));
+      assert.match(reported[0]!, /not meant for this node, not taken/);
+      assert.match(reported[1]!, /was lost: .*x:2 was gone/);
+      assert.equal(await raw.get(foreign), 'not for b', "another node's key is left alone");
+    } finally {
+      raw.disconnect();
+      await close();
+    }
+  });
+
+  it("takes a census whose answer is past the bound (a node's 15 000 sessions)", async () => {
+    const { a, hostA, hostB, close } = await twoNodes();
+    try {
+      hostB.described = Array.from({ length: 15_000 }, (_, i) => ({ clientId: `session-${i}`, user: `user-${i}`, roles: [], claims: {}, data: { note: 'x'.repeat(60) }, connectionType: 'websocket', subscriptions: ['/a', '/b'] }));
+      const infos = await a.census();
+      assert.equal(infos.length, 15_000);
+      assert.equal(infos[14_999]!.clientId, 'session-14999');
+      assert.deepEqual([...hostA.errors, ...hostB.errors], []);
+    } finally {
+      await close();
+    }
+  });
+
+  it('refuses a bad nodeMessageInlineBytes', () => {
+    for (const value of [-1, 1.5, '64k', 64 * 1024 * 1024]) {
+      assert.throws(() => new RedisEngine({ nodeMessageInlineBytes: value as number }), (error: unknown) => error instanceof PerihelionError && error.code === 'ERR_INVALID_OPTION' && /nodeMessageInlineBytes/.test(error.message));
     }
   });
 });

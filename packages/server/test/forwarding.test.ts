@@ -6,11 +6,12 @@
  */
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
 import { RedisEngine, type ServerOptions } from '../src/index.js';
 import { OWNER_CHECK_MS } from '../src/core/forwarding.js';
-import { WsPeer, readText, sessionRecord, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
-import { REDIS_URL, deleteKeys, requireRedis, uniquePrefix } from './redis-fixture.js';
+import { WsPeer, freePort, readText, sessionRecord, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
+import { REDIS_URL, deleteKeys, requireRedis, startRedis, uniquePrefix } from './redis-fixture.js';
 
 async function post(url: string, batch: Msg[], headers: Record<string, string> = {}, signal?: AbortSignal): Promise<Msg[]> {
   const response = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers }, body: JSON.stringify(batch), ...(signal ? { signal } : {}) });
@@ -274,5 +275,76 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     (a.server.engine as unknown as { connection: { sub: { disconnect(reconnect: boolean): void } } }).connection.sub.disconnect(false);
     await ended;
     assert.ok(Date.now() - started < OWNER_CHECK_MS * 2 + 1000, `the stream ended ${Date.now() - started} ms after its node went away`);
+  });
+});
+
+describe('forwarding large replies (past Redis pub/sub output buffer bound)', () => {
+  // A Redis of the test's own that cuts a subscriber once 1 MB waits for it (32 MB by default): the
+  // replies below, sent through pub/sub, would make it cut node B off and B's clients would wait.
+  let port = 0;
+  let redis: ChildProcess | null = null;
+  const nodes: TestServer[] = [];
+  const peers: WsPeer[] = [];
+  before(async () => {
+    port = await freePort();
+    redis = await startRedis(port, ['--client-output-buffer-limit', 'pubsub 1mb 1mb 0']);
+  });
+  after(async () => {
+    await Promise.all(peers.map((peer) => peer.close()));
+    await Promise.all(nodes.map((t) => t.close()));
+    redis?.kill('SIGKILL');
+  });
+
+  it('a long-poll held on B and a WebSocket on B for sessions on A get messages of megabytes, whole and in order', { timeout: 20_000 }, async () => {
+    const prefix = uniquePrefix('large-replies');
+    const errors: unknown[] = [];
+    for (let i = 0; i < 2; i++) {
+      const node = await startServer({ engine: new RedisEngine({ url: `redis://127.0.0.1:${port}`, prefix }), timeout: 5000 });
+      node.server.on('error', (error) => errors.push(error));
+      nodes.push(node);
+    }
+    const [a, b] = nodes as [TestServer, TestServer];
+    const big = (n: number): string => `${n}:${'x'.repeat(600_000)}`;
+    // Long-polling: three clients whose sessions A holds, their connects held on B.
+    const clients: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const [reply] = await post(a.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['long-polling'] }]);
+      const clientId = reply!.clientId as string;
+      await post(b.url, [{ channel: '/meta/subscribe', clientId, subscription: '/big' }]);
+      await post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+      clients.push(clientId);
+    }
+    const held = clients.map((clientId) => post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]));
+    // A WebSocket on B for a fourth session on A.
+    const [handshaken] = await post(a.url, [{ channel: '/meta/handshake', version: '1.0', supportedConnectionTypes: ['websocket'] }]);
+    const socketClient = handshaken!.clientId as string;
+    const peer = await WsPeer.open(b.wsUrl);
+    peers.push(peer);
+    assert.equal((await peer.request({ channel: '/meta/subscribe', clientId: socketClient, subscription: '/big' })).successful, true);
+    await peer.request({ channel: '/meta/connect', clientId: socketClient, connectionType: 'websocket' });
+    peer.send([{ channel: '/meta/connect', clientId: socketClient, connectionType: 'websocket' }]);
+    // The connects reach A and are held there (as in the first test above).
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // Three messages at once: the held connects are answered with one or more of them (up to 1.8
+    // MB a reply), and their clients poll B again for the rest.
+    await Promise.all([1, 2, 3].map((n) => a.server.publish('/big', big(n))));
+    const pollUntilThree = async (clientId: string, first: Promise<Msg[]>): Promise<unknown[]> => {
+      const got = (await first).filter((m) => m.channel === '/big').map((m) => m.data);
+      while (got.length < 3) {
+        const replies = await post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+        assert.equal(replies[0]!.successful, true, JSON.stringify(replies[0]));
+        got.push(...replies.filter((m) => m.channel === '/big').map((m) => m.data));
+      }
+      return got;
+    };
+    for (const got of await Promise.all(clients.map((clientId, i) => pollUntilThree(clientId, held[i]!)))) {
+      assert.deepEqual(got, [big(1), big(2), big(3)]);
+    }
+    await waitFor(() => peer.received.filter((m) => m.channel === '/big').length === 3, 5000, 'the three messages over the socket on B');
+    assert.deepEqual(peer.received.filter((m) => m.channel === '/big').map((m) => m.data), [big(1), big(2), big(3)]);
+    // And B heard the bus all along: the next small message reaches the socket, nothing was reported.
+    await a.server.publish('/big', 'small');
+    await peer.next((m) => m.channel === '/big' && m.data === 'small', 'the next message');
+    assert.deepEqual(errors, []);
   });
 });

@@ -16,6 +16,7 @@ const EVERY_KIND: BusMessage[] = [
   { kind: 'census', origin: '3f9c0a', request: '7' },
   { kind: 'answer', request: '7', node: '8e1d', payload: '[{"clientId":"abc123","user":null}]' },
   { kind: 'node', from: '8e1d', payload: '{"t":"rep","id":"x-1","replies":["{}"]}' },
+  { kind: 'mail', key: 'perihelion:node:8e1d:mail:77aa:3' },
 ];
 
 function rejects(text: string, reason: RegExp): void {
@@ -60,6 +61,9 @@ describe('redis bus codec', () => {
     rejects('["a","1"]\n[]', /answer header needs a request id and a node/);
     rejects('["a","1","n"]\n{"clientId":"x"}', /not a JSON array/);
     rejects('["n"]\n{}', /node message header needs exactly one node id/);
+    rejects('["m"]\n', /mail header needs exactly one key/);
+    rejects('["m",""]\n', /mail header needs exactly one key/);
+    rejects('["m","k"]\n{}', /mail message carries no payload/);
   });
 
   it('says what is wrong with a malformed message instead of throwing', () => {

@@ -3,6 +3,7 @@
  * prefix of each test's own (so runs never meet), and the keys removed afterwards. Tests that
  * need Redis fail with a message saying so when it is absent: they are never skipped silently.
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { RedisLayout } from '../src/engine/redis-layout.js';
@@ -56,6 +57,36 @@ export async function keysUnder(prefix: string): Promise<string[]> {
   } finally {
     client.disconnect();
   }
+}
+
+/**
+ * A redis-server of a test's own on `port`, without persistence (restarted, it is empty), with
+ * `settings` as further command-line arguments (`['--client-output-buffer-limit', 'pubsub 1mb 1mb 0']`).
+ */
+export async function startRedis(port: number, settings: readonly string[] = []): Promise<ChildProcess> {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...settings], { stdio: 'ignore' });
+  let failed: Error | null = null;
+  child.on('error', (error) => (failed = error));
+  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+  probe.on('error', () => {});
+  try {
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      try {
+        await probe.connect();
+        await probe.ping();
+        break;
+      } catch (error) {
+        const gone = failed ?? (child.exitCode !== null ? new Error(`it exited with code ${child.exitCode}`) : null);
+        if (gone !== null || Date.now() > deadline) throw new Error(`redis-server did not start on port ${port} (is redis-server installed? apt-get install -y redis-server): ${(gone ?? (error as Error)).message}`);
+        probe.disconnect();
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    }
+  } finally {
+    probe.disconnect();
+  }
+  return child;
 }
 
 /** A local Redis Cluster started for a test file (examples/cluster/redis-cluster.mjs). */

@@ -8,38 +8,13 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { Redis } from 'ioredis';
 import { RedisEngine } from '../src/index.js';
 import { FaultProxy } from './fault-proxy.js';
 import { WsPeer, freePort, startServer, waitFor, type TestServer } from './helpers.js';
-
-/** A redis-server of this test's own, without persistence: restarted, it is empty. */
-async function startRedis(port: number): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
-  child.on('error', () => {});
-  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
-  probe.on('error', () => {});
-  try {
-    await waitFor(() => child.exitCode === null, 100, 'redis-server to start');
-    const deadline = Date.now() + 5000;
-    for (;;) {
-      try {
-        await probe.connect();
-        await probe.ping();
-        break;
-      } catch (error) {
-        if (Date.now() > deadline) throw new Error(`redis-server did not start on port ${port} (is redis-server installed? apt-get install -y redis-server): ${(error as Error).message}`);
-        probe.disconnect();
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-    }
-  } finally {
-    probe.disconnect();
-  }
-  return child;
-}
+import { startRedis } from './redis-fixture.js';
 
 /**
  * A describe with a redis-server of its own (its tests may kill and restart it): its port, its

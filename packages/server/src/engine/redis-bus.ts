@@ -20,6 +20,9 @@
  *   ["a", request id, node]\n<JSON array>                   one node's answer to a census
  *   ["n", from node]\n<text>                                a message from one node to another,
  *                                                          opaque here (core/forwarding.ts)
+ *   ["m", key]\n                                           a message for this node too large for
+ *                                                          pub/sub, waiting under `key` (one of the
+ *                                                          above, whole: redis-node-mail.ts)
  *
  * A broadcast's position is given by Redis (the PUBLISH script, see redis-scripts.ts). The script
  * knows nothing of this format: it writes the position's JSON between the two halves of the
@@ -51,7 +54,9 @@ export type BusMessage =
   /** `payload`: the node's SessionInfo array as JSON (checked by its reader, see redis-census.ts). */
   | { kind: 'answer'; request: string; node: string; payload: string }
   /** `payload`: opaque to the engine; the core reads it (forwarded requests, core/forwarding.ts). */
-  | { kind: 'node'; from: string; payload: string };
+  | { kind: 'node'; from: string; payload: string }
+  /** `key`: where the message waits (checked by its reader to be among this node's, see redis-node-mail.ts). */
+  | { kind: 'mail'; key: string };
 
 type BusKind = BusMessage['kind'];
 export type Broadcast = Extract<BusMessage, { kind: 'broadcast' }>;
@@ -65,7 +70,7 @@ export class BusFormatError extends Error {
 }
 
 /** The header's first element for each kind: one letter keeps every message short. */
-const TAGS = { broadcast: 'b', direct: 'd', fence: 'f', end: 'x', census: 'c', answer: 'a', node: 'n' } as const satisfies Record<BusKind, string>;
+const TAGS = { broadcast: 'b', direct: 'd', fence: 'f', end: 'x', census: 'c', answer: 'a', node: 'n', mail: 'm' } as const satisfies Record<BusKind, string>;
 
 export function encode(message: BusMessage): string {
   switch (message.kind) {
@@ -86,6 +91,8 @@ export function encode(message: BusMessage): string {
       return `${JSON.stringify([TAGS.answer, message.request, message.node])}\n${message.payload}`;
     case 'node':
       return `${JSON.stringify([TAGS.node, message.from])}\n${message.payload}`;
+    case 'mail':
+      return `${JSON.stringify([TAGS.mail, message.key])}\n`;
   }
 }
 
@@ -154,6 +161,11 @@ export function decode(text: string): BusMessage | BusFormatError {
       const from = onlyString(fields);
       if (from === null) return new BusFormatError('a node message header needs exactly one node id (a non-empty string)');
       return { kind: 'node', from, payload };
+    }
+    case TAGS.mail: {
+      const key = onlyString(fields);
+      if (key === null) return new BusFormatError('a mail header needs exactly one key (a non-empty string)');
+      return payload === '' ? { kind: 'mail', key } : new BusFormatError('a mail message carries no payload');
     }
     default:
       return new BusFormatError(`unknown message kind ${JSON.stringify(tag)}`);

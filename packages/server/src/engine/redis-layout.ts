@@ -20,13 +20,15 @@
  *   P owner, P subs:<pattern>, …   control keys (the key list is in redis-scripts.ts)
  *   P ch:<channel>, P log:<channel>, P chans, P lru   data keys of the only partition
  *   P bus                          every broadcast, and census questions
- *   P node:<id>                    what is meant for one node
+ *   P node:<id>                    what is meant for one node (a pub/sub channel)
+ *   P node:<id>:mail:<n>           a large message for that node, until it takes it
  *
  * On a Redis Cluster (or with `partitions` > 1) each plane's prefix carries a hash tag:
  *
  *   P{c}owner, P{c}subs:<pattern>, …, P{c}bus       control keys, and census questions
  *   P{<tag k>}ch:<channel>, P{<tag k>}log:<channel>, P{<tag k>}chans, P{<tag k>}lru, P{<tag k>}bus
  *   P{node:<id>}                   what is meant for one node (on whichever shard holds that slot)
+ *   P{node:<id>}:mail:<n>          a large message for that node, in the same slot
  *
  * A partition's tag is the shortest string found whose slot falls in the partition's even share
  * of the 16 384 slots, so that partitions spread evenly over any even split of slots into shards.
@@ -83,6 +85,14 @@ export class RedisLayout {
   /** The pub/sub channel of one node. */
   node(id: string): string {
     return this.cluster || this.partitions > 1 ? `${this.prefix}{node:${id}}` : `${this.prefix}node:${id}`;
+  }
+
+  /**
+   * Where the large messages for one node wait for it to take them (redis-node-mail.ts): keys
+   * under this prefix, in its pub/sub channel's hash slot on a cluster.
+   */
+  nodeMail(id: string): string {
+    return `${this.node(id)}:mail:`;
   }
 
   /** Every channel this node must hear: each partition's bus, the control bus, its own. */

@@ -34,6 +34,14 @@ export interface RedisEngineOptions {
   connectTimeout?: number;
   /** Longest wait for a Redis command, or for a publish or fence to come back through Redis, ms. Default: 5000. */
   commandTimeout?: number;
+  /**
+   * Messages meant for one node (the replies of requests it forwarded, what it writes to lines
+   * another node holds, relayed state snapshots, census answers) larger than this many bytes go by
+   * way of a key of their own, not through pub/sub, whose output buffer Redis bounds
+   * (`client-output-buffer-limit pubsub`, 32 MB by default) by cutting the subscriber off; 0 sends
+   * every message through pub/sub. Default: 65536.
+   */
+  nodeMessageInlineBytes?: number;
 }
 
 export const REDIS_DEFAULTS = {
@@ -46,6 +54,7 @@ export const REDIS_DEFAULTS = {
   nodeTimeout: 15000,
   connectTimeout: 5000,
   commandTimeout: 5000,
+  nodeMessageInlineBytes: 65_536,
 } as const;
 
 /** The options with their defaults filled in; throws ERR_INVALID_OPTION for a bad one. */
@@ -67,6 +76,10 @@ export function resolveRedisOptions(options: RedisEngineOptions): Required<Redis
     const value = resolved[key];
     if (!Number.isInteger(value) || value < 10) invalid(`option "${key}" must be a whole number of ms (10 or more), got ${JSON.stringify(value)}`);
   }
+  const inline = resolved.nodeMessageInlineBytes;
+  if (!Number.isInteger(inline) || inline < 0 || inline > MAX_INLINE_BYTES) {
+    invalid(`option "nodeMessageInlineBytes" must be a whole number of bytes from 0 (every message through pub/sub) to ${MAX_INLINE_BYTES}, got ${JSON.stringify(inline)}`);
+  }
   if (resolved.nodeTimeout <= resolved.heartbeatInterval) {
     invalid(`option "nodeTimeout" (${resolved.nodeTimeout}) must be longer than "heartbeatInterval" (${resolved.heartbeatInterval}), or live nodes would be taken for dead`);
   }
@@ -74,6 +87,8 @@ export function resolveRedisOptions(options: RedisEngineOptions): Required<Redis
 }
 
 const MAX_PARTITIONS = 1024;
+/** Past Redis's own default pub/sub hard limit a message through pub/sub would always cut its node off. */
+const MAX_INLINE_BYTES = 32 * 1024 * 1024;
 
 /** The URLs `url` names: one, or on a cluster the nodes to start from. */
 export function redisUrls(options: { url: string; cluster: boolean }): string[] {

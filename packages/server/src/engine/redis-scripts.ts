@@ -470,10 +470,25 @@ redis.call('HSETNX', C .. 'layout', 'browser-key', ARGV[2])
 return redis.call('HGET', C .. 'layout', 'browser-key')
 `;
 
-/** Scripts of the control plane (run with the control prefix) and of one partition (its prefix). */
+/**
+ * Stores a message for one node and publishes the name of its key on that node's channel, in one
+ * step (redis-node-mail.ts): the key is there when the name arrives, whatever route the client
+ * gives commands. Run with the node's channel as the prefix N (its hash slot on a cluster).
+ * ARGV: N, the key's name after N, the message, ms to keep it, publish command, the text to
+ * publish. Returns how many heard it; when nobody did, nothing is kept.
+ */
+const MAIL = `local key = ARGV[1] .. ARGV[2]
+redis.call('SET', key, ARGV[3], 'PX', ARGV[4])
+local heard = redis.call(ARGV[5], ARGV[1], ARGV[6])
+if heard == 0 then redis.call('DEL', key) end
+return heard
+`;
+
+/** Scripts of the control plane (run with the control prefix), of one partition (its prefix), of one node's channel. */
 export const CONTROL_SCRIPTS = { SUBSCRIBE, UNSUBSCRIBE, REGISTER, REMOVE_SESSION, HEARTBEAT, REMOVE_NODE, TAKE_MARK, LAYOUT, LIVE_LAYOUT, BROWSER_KEY, CLAIM_STATE, STATE_HOLDER, RELEASE_STATE } as const;
 export const DATA_SCRIPTS = { PUBLISH, SEND_ONCE, ONCE, FORGET_ONCE, READ, HISTORY, STATS } as const;
-export const SCRIPTS = { ...CONTROL_SCRIPTS, ...DATA_SCRIPTS } as const;
+export const NODE_SCRIPTS = { MAIL } as const;
+export const SCRIPTS = { ...CONTROL_SCRIPTS, ...DATA_SCRIPTS, ...NODE_SCRIPTS } as const;
 export type ControlScript = keyof typeof CONTROL_SCRIPTS;
 export type DataScript = keyof typeof DATA_SCRIPTS;
 export type ScriptName = keyof typeof SCRIPTS;

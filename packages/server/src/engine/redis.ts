@@ -31,12 +31,13 @@ import { isIdempotencyKeyed, type Engine, type EngineHost, type Publication, typ
 import type { HistoryPage, HistoryQuery, Retention } from './history.js';
 import { newEpoch, stampPosition, withPosition } from './position.js';
 import { LeavingMarks, markKey, markToken } from './leaving-marks.js';
-import { BusFormatError, broadcastHeader, decode, encode, type Broadcast } from './redis-bus.js';
+import { BusFormatError, broadcastHeader, decode, encode, type Broadcast, type BusMessage } from './redis-bus.js';
 import { RedisConnection, unavailable } from './redis-connection.js';
 import { RedisLayout } from './redis-layout.js';
 import { NodeLiveness, type Registration } from './redis-liveness.js';
 import { describeUrl, resolveRedisOptions, type RedisEngineOptions } from './redis-options.js';
 import { Census } from './redis-census.js';
+import { NodeMail } from './redis-node-mail.js';
 import { RecoverySeam, type Hold } from './redis-seam.js';
 import { CatchUp } from './redis-catch-up.js';
 import { SubscriptionIndex } from './subscription-index.js';
@@ -106,6 +107,9 @@ export class RedisEngine implements Engine {
   /** The catch-ups, one after the other: each starts where the one before ended. */
   private catchingUp: Promise<void> = Promise.resolve();
   private readonly sessionCensus: Census;
+  /** What this node's own channel carries, large messages by way of a key (redis-node-mail.ts). */
+  private readonly mail: NodeMail;
+  private readonly ownChannel: string;
   private readonly index = new SubscriptionIndex();
   private readonly sessions = new Map<string, LocalSession>();
   private readonly pending = new Map<string, PendingPublish>();
@@ -138,12 +142,25 @@ export class RedisEngine implements Engine {
       this.stateClaims.delete(channel);
       this.host?.onStateLost?.(channel, holder);
     });
+    this.ownChannel = this.layout.node(this.nodeId);
+    this.mail = new NodeMail({
+      connection: this.connection,
+      layout: this.layout,
+      nodeId: this.nodeId,
+      inlineBytes: this.options.nodeMessageInlineBytes,
+      keepMs: this.options.nodeTimeout,
+      read: (message) => this.read(message),
+      report: (error) => this.report(error),
+    });
     this.seam = new RecoverySeam(this.nodeId, this.options.commandTimeout, (error) => this.report(error));
     this.sessionCensus = new Census({
       nodeId: this.nodeId,
       nodes: () => this.liveness.nodes(),
       ask: async (request) => void (await this.sendOnBus(this.layout.controlBus, encode({ kind: 'census', origin: this.nodeId, request }))),
-      answer: async (origin, request, payload) => void (await this.sendOnBus(this.layout.node(origin), encode({ kind: 'answer', request, node: this.nodeId, payload }))),
+      answer: async (origin, request, payload) => {
+        const cmd = this.connection.readyCmd();
+        if (cmd) await this.mail.send(cmd, origin, encode({ kind: 'answer', request, node: this.nodeId, payload }));
+      },
       timeout: this.options.commandTimeout,
       report: (error) => this.report(error),
     });
@@ -685,7 +702,7 @@ export class RedisEngine implements Engine {
     const cmd = this.connection.readyCmd();
     if (!cmd) throw unavailable(`cannot send to node ${node}`);
     try {
-      return (await this.connection.send(cmd, this.layout.node(node), encode({ kind: 'node', from: this.nodeId, payload }))) > 0;
+      return (await this.mail.send(cmd, node, encode({ kind: 'node', from: this.nodeId, payload }))) > 0;
     } catch (error) {
       this.connection.degraded(error);
       throw unavailable(`cannot send to node ${node}`, error);
@@ -755,13 +772,20 @@ export class RedisEngine implements Engine {
   // ---------------------------------------------------------------- messages from the bus
 
   private onMessage(channel: string, text: string): void {
-    const host = this.host;
-    if (!host) return;
+    if (!this.host) return;
     const message = decode(text);
     if (message instanceof BusFormatError) {
       this.report(new BusFormatError(`unreadable message on Redis channel ${channel}: ${message.message}`));
       return;
     }
+    // This node's own channel is read in order, its large messages taken from their keys.
+    if (channel === this.ownChannel) this.mail.receive(message);
+    else this.read(message);
+  }
+
+  private read(message: BusMessage): void {
+    const host = this.host;
+    if (!host) return;
     switch (message.kind) {
       case 'broadcast':
         return this.onBroadcast(host, message);
@@ -779,6 +803,9 @@ export class RedisEngine implements Engine {
         return this.sessionCensus.onAnswer(message.request, message.node, message.payload);
       case 'node':
         return host.onNodeMessage(message.from, message.payload);
+      case 'mail':
+        // Only this node's own channel carries them (above).
+        return this.report(new BusFormatError(`a mail message on a channel other than this node's own: ${JSON.stringify(message.key)}`));
     }
   }
 
