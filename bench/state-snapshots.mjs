@@ -14,7 +14,7 @@
 // made at once travel as one), the relaying node 2.5 ms (each client's frame: as one server
 // answering them all itself, 2.6 ms, same run).
 //
-//   node bench/state-snapshots.mjs [sizes in items, default 1000,10000] [--clients C, default 200] [--relayed]
+//   node bench/state-snapshots.mjs [sizes in items, default 1000,10000] [--clients C, default 200] [--relayed [--inline-bytes N]]
 //
 // Build first (`npm run build`).
 import { fork } from 'node:child_process';
@@ -28,7 +28,8 @@ if (process.argv[2] === '--server') {
   const items = Number(process.argv[3]);
   const prefix = process.argv[4];
   const { createServer, RedisEngine } = await import(new URL('../packages/server/dist/src/index.js', import.meta.url).href);
-  const engine = prefix === undefined ? {} : { engine: new RedisEngine({ url: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix }) };
+  const inline = process.env.BENCH_INLINE_BYTES === undefined ? {} : { nodeMessageInlineBytes: Number(process.env.BENCH_INLINE_BYTES) };
+  const engine = prefix === undefined ? {} : { engine: new RedisEngine({ url: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', prefix, ...inline }) };
   const bayeux = createServer({ open: true, handshakeRate: 0, maxSessionsPerIp: 0, maxWebsocketsPerIp: 0, pingInterval: 0, ...engine });
   const server = http.createServer();
   bayeux.attach(server);
@@ -52,10 +53,12 @@ if (process.argv[2] === '--server') {
   for (let i = 0; i < args.length; i++) {
     if (args[i] === '--clients') clients = Number(args[++i]);
     else if (args[i] === '--relayed') relayed = true;
+    // The nodes' nodeMessageInlineBytes (0: every snapshot through pub/sub, as before it was stored).
+    else if (args[i] === '--inline-bytes') process.env.BENCH_INLINE_BYTES = args[++i];
     else sizes = args[i].split(',').map(Number);
   }
-  if (sizes.some((n) => !Number.isSafeInteger(n) || n < 1 || n > 200_000) || !Number.isSafeInteger(clients) || clients < 1 || clients > 5000) {
-    console.error('usage: node bench/state-snapshots.mjs [sizes, each 1 to 200000 items] [--clients 1 to 5000] [--relayed]');
+  if (sizes.some((n) => !Number.isSafeInteger(n) || n < 1 || n > 200_000) || !Number.isSafeInteger(clients) || clients < 1 || clients > 5000 || !/^\d+$/.test(process.env.BENCH_INLINE_BYTES ?? '0')) {
+    console.error('usage: node bench/state-snapshots.mjs [sizes, each 1 to 200000 items] [--clients 1 to 5000] [--relayed [--inline-bytes N]]');
     process.exit(2);
   }
 
