@@ -273,7 +273,8 @@ export class Perihelion {
       this.states.heldBy(channel);
       throw new PerihelionError('ERR_STATE_DUPLICATE', `node ${holder} holds the state channel ${channel}: this node's clients reach it there; create each state channel on one node (docs/state.md)`);
     }
-    const release = (): void => void this.engine.releaseState?.(channel).catch(() => undefined);
+    // Given up before close() resolves: another node may claim the channel the moment it has.
+    const release = async (): Promise<void> => void (await this.engine.releaseState?.(channel).catch(() => undefined));
     let stopWatching = (): void => {};
     const state = await StateChannel.create(channel, initial, options, {
       publish: (name, message) => broadcast(this.core, { channel: name, data: message }),
@@ -281,10 +282,10 @@ export class Perihelion {
       closed: (name) => {
         stopWatching();
         this.states.remove(name);
-        release();
+        return release();
       },
-    }).catch((error: unknown) => {
-      release();
+    }).catch(async (error: unknown) => {
+      await release();
       throw error;
     });
     if (this.states.get(channel)) throw new PerihelionError('ERR_INVALID_ARGUMENT', `${channel} is a state channel already`);

@@ -351,6 +351,35 @@ describe(`cluster mode (Redis engine) on ${store.name}`, () => {
     assert.deepEqual((reply.data as { value: unknown } | undefined)?.value, onB.get(), JSON.stringify(reply));
   });
 
+  it("relays a channel's requests to the holder it looked up lately without asking Redis each time, and looks again once that holder has given it up", async () => {
+    fresh();
+    const [a, b, c] = [await node(), await node(), await node()];
+    const onA = await a.server.state('/kept/doc', { by: 'a' });
+    // Node B's lookups of holders, counted where they go to Redis.
+    const connectionB = (b.server.engine as unknown as { connection: { script(name: string, ...rest: unknown[]): Promise<unknown> } }).connection;
+    let lookups = 0;
+    const script = connectionB.script.bind(connectionB);
+    connectionB.script = (name, ...rest) => ((lookups += name === 'STATE_HOLDER' ? 1 : 0), script(name, ...rest));
+    const reader = await open(b);
+    let asked = 0;
+    const snapshot = async (): Promise<Msg> => {
+      const id = `snap-${++asked}`;
+      reader.peer.send([{ channel: '/service/state', clientId: reader.clientId, id, data: { channel: '/kept/doc', op: 'snapshot' } }]);
+      // The answer follows the acknowledgement, carrying data (or a refusal).
+      return reader.peer.next((m) => m.id === id && (m.successful === false || m.data !== undefined), `snapshot ${id}`, 5000);
+    };
+    for (let i = 0; i < 3; i++) assert.deepEqual(((await snapshot()).data as { value: unknown }).value, { by: 'a' });
+    assert.equal(lookups, 1, 'one lookup for three requests');
+    // Node A gives it up and node C takes it: B's next request still goes to A, which says so (503).
+    await onA.close();
+    await c.server.state('/kept/doc', { by: 'c' });
+    const stale = await snapshot();
+    assert.equal(stale.successful, false);
+    assert.match(String(stale.error), /^503:.*no longer holds/);
+    assert.deepEqual(((await snapshot()).data as { value: unknown }).value, { by: 'c' }, 'looked up again, the new holder answers');
+    assert.equal(lookups, 2);
+  });
+
   it('delivers to one session on whichever node holds it (server.deliver and POST /api/deliver)', async () => {
     fresh();
     const a = await node();

@@ -93,8 +93,8 @@ export interface StateHost {
   /** Publishes one version's message on the channel to every subscriber (through history). */
   publish(channel: string, message: StatePatchMessage): Promise<unknown>;
   reportError(error: unknown): void;
-  /** The channel is closed: it is no longer served (and its name may be used again). */
-  closed(channel: string): void;
+  /** The channel is closed: it is no longer served (and its name may be used again, once this settles). */
+  closed(channel: string): void | Promise<void>;
 }
 
 const DEFAULT_REBASE_WINDOW = 100;
@@ -277,7 +277,7 @@ export class StateChannel<T extends JsonValue = JsonValue> {
     try {
       await this.queue.catch(() => {});
     } finally {
-      this.host.closed(this.channel);
+      await this.host.closed(this.channel);
     }
   }
 

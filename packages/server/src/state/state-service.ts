@@ -25,8 +25,14 @@ import { RELAY_TIMEOUT_MS, StateRelay, type StateRelayHost } from './state-relay
 
 export const STATE_SERVICE = '/service/state';
 
-/** Names of other nodes' state channels a node remembers at most. */
+/** Names of other nodes' state channels a node remembers at most (and holders it keeps in mind). */
 const MAX_HELD_ELSEWHERE = 10_000;
+/**
+ * How long a node relays a channel's requests to the holder it last looked up without asking the
+ * engine again (a Redis round trip per request otherwise), ms. A holder that gave the channel up
+ * meanwhile answers 503 and is forgotten at once: the client's next try looks it up again.
+ */
+export const HOLDER_KEPT_MS = 2_000;
 
 export interface StateServiceParts {
   listeners: ListenerRegistry;
@@ -48,6 +54,8 @@ export class StateChannels {
    * could not create, a client's patch refused): a client's publish there is refused too.
    */
   private readonly heldElsewhere = new Set<string>();
+  /** The holders of other nodes' channels lately looked up, and until when they are trusted. */
+  private readonly holders = new Map<string, { node: string; until: number }>();
   private installed = false;
   /** Requests for the state channels other nodes hold, and theirs for this node's. */
   readonly relay: StateRelay;
@@ -135,7 +143,7 @@ export class StateChannels {
     if (this.byChannel.has(name) || !this.parts.holderOf) return this.serveHere(request, session);
     let holder: string | null;
     try {
-      holder = await this.parts.holderOf(name);
+      holder = await this.holderOf(name);
     } catch (error) {
       return new ServiceRefusal(bayeuxError('unavailable', [name], error instanceof Error ? error.message : String(error)));
     }
@@ -145,7 +153,24 @@ export class StateChannels {
       return this.serveHere(request, session);
     }
     this.heldBy(name);
-    return this.relay.ask(holder, name, request, session);
+    const answer = await this.relay.ask(holder, name, request, session);
+    // Gone, silent, or no longer the holder: looked up again next time.
+    if (answer instanceof ServiceRefusal && answer.error.startsWith('503:')) this.holders.delete(name);
+    return answer;
+  }
+
+  /** The node that holds another node's channel: as lately looked up (HOLDER_KEPT_MS), or asked of the engine. */
+  private async holderOf(name: string): Promise<string | null> {
+    const now = Date.now();
+    const known = this.holders.get(name);
+    if (known !== undefined && known.until > now) return known.node;
+    const holder = await this.parts.holderOf!(name);
+    this.holders.delete(name);
+    if (holder !== null) {
+      if (this.holders.size >= MAX_HELD_ELSEWHERE) this.holders.delete(this.holders.keys().next().value!);
+      this.holders.set(name, { node: holder, until: now + HOLDER_KEPT_MS });
+    }
+    return holder;
   }
 
   /**
