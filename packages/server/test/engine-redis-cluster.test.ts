@@ -352,4 +352,14 @@ describe('the Redis layout', () => {
     assert.equal(layout.publishCommand, 'PUBLISH');
     assert.equal(new RedisLayout('perihelion:', true, 4).publishCommand, 'SPUBLISH');
   });
+
+  it("keeps a node's large messages under its channel's name, in its hash slot on a cluster", () => {
+    assert.equal(new RedisLayout('perihelion:', false, 1).nodeMail('n1'), 'perihelion:node:n1:mail:');
+    const cluster = new RedisLayout('perihelion:', true, 16);
+    assert.equal(cluster.nodeMail('n1'), 'perihelion:{node:n1}:mail:');
+    // Redis Cluster hashes a name by its first {tag}: the channel's and its messages' are one.
+    const tag = (name: string): string | undefined => /\{([^}]+)\}/.exec(name)?.[1];
+    assert.equal(tag(cluster.nodeMail('n1')), tag(cluster.node('n1')));
+    assert.equal(tag(cluster.node('n1')), 'node:n1');
+  });
 });
