@@ -16,9 +16,9 @@
  * Order, as pub/sub keeps it for small messages: a node's messages to another leave in the order
  * they were sent (those behind a stored one wait until its script has run), and what comes on
  * the channel is read in the order it came (those behind a stored one wait until it has been
- * taken, one round trip). Both wait in memory for at most
- * `commandTimeout` (a take that gets no answer by then fails), so their number is bounded by what
- * pub/sub brings in that time. A message that cannot be taken (expired, Redis away) is lost as a
+ * taken, one round trip). Each stored message holds the others up for at most `commandTimeout`
+ * (a script or take that gets no answer by then fails), so what waits in memory is bounded by
+ * what comes in that time. A message that cannot be taken (expired, Redis away) is lost as a
  * pub/sub message would be, and reported; the deadlines of forwarding cover it.
  */
 import type { Redis } from 'ioredis';
@@ -50,8 +50,8 @@ export class NodeMail {
   /** The prefix of the keys meant for this node: a name outside it is not taken (nor deleted). */
   private readonly ownKeys: string;
   private stored = 0;
-  /** Per node, the end of the sends to it that wait behind a stored message (see send). */
-  private readonly sending = new Map<string, Promise<void>>();
+  /** Per node, the latest stored message to it that Redis has not taken yet (see send). */
+  private readonly storing = new Map<string, Promise<void>>();
 
   constructor(private readonly parts: NodeMailParts) {
     this.ownKeys = parts.layout.nodeMail(parts.nodeId);
@@ -59,22 +59,27 @@ export class NodeMail {
 
   /**
    * Sends `text` (an encoded bus message) to `node`; resolves to how many heard it (0: nobody
-   * listens). What follows a stored message to the same node waits until Redis has run its script
-   * (which may take a second round trip, to load the script): sent at once, it could overtake it.
+   * listens). What follows a stored message to the same node is sent once Redis has run its
+   * script (which may take a second round trip, to load the script): sent at once, it could
+   * overtake it. Only stored messages hold the others up, each for one script's run at most.
    */
   send(cmd: Redis, node: string, text: string): Promise<number> {
     const large = this.tooLarge(text);
-    const before = this.sending.get(node);
-    if (!large && before === undefined) return this.parts.connection.send(cmd, this.parts.layout.node(node), text);
-    const sent = before === undefined ? this.store(node, text) : before.then(() => (large ? this.store(node, text) : this.parts.connection.send(cmd, this.parts.layout.node(node), text)));
-    const done = sent.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.sending.set(node, done);
-    void done.then(() => {
-      if (this.sending.get(node) === done) this.sending.delete(node);
-    });
+    const before = this.storing.get(node);
+    const issue = (): Promise<number> => (large ? this.store(node, text) : this.parts.connection.send(cmd, this.parts.layout.node(node), text));
+    if (before === undefined && !large) return issue();
+    // Callbacks on one promise run in the order they were added: the messages keep theirs.
+    const sent = before === undefined ? issue() : before.then(issue);
+    if (large) {
+      const stored = sent.then(
+        () => undefined,
+        () => undefined,
+      );
+      this.storing.set(node, stored);
+      void stored.then(() => {
+        if (this.storing.get(node) === stored) this.storing.delete(node);
+      });
+    }
     return sent;
   }
 
