@@ -72,6 +72,29 @@ describe('forwarding between nodes (no sticky sessions)', () => {
     );
   });
 
+  it("looks up the node of a session once for its client's requests, and again once that node no longer knows it", async () => {
+    const [a, b] = await pair();
+    let lookups = 0;
+    const engineB = b.server.engine as RedisEngine;
+    const ownerOf = engineB.ownerOf.bind(engineB);
+    engineB.ownerOf = (clientId) => (lookups++, ownerOf(clientId));
+    const clientId = await handshake(a);
+    assert.equal((await post(b.url, [{ channel: '/meta/subscribe', clientId, subscription: '/room' }]))[0]!.successful, true);
+    for (let i = 0; i < 3; i++) {
+      const [reply] = await post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling', advice: { timeout: 0 } }]);
+      assert.equal(reply!.successful, true, JSON.stringify(reply));
+    }
+    assert.equal(lookups, 1, 'one lookup for four requests');
+    // The session ends on A: B's next request is answered 402 by A, and the one after looks again.
+    await post(a.url, [{ channel: '/meta/disconnect', clientId }]);
+    const [gone] = await post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    assert.match(String(gone!.error), /^402:/);
+    assert.equal(lookups, 1);
+    const [again] = await post(b.url, [{ channel: '/meta/connect', clientId, connectionType: 'long-polling' }]);
+    assert.match(String(again!.error), /^402:/);
+    assert.equal(lookups, 2, 'looked up again');
+  });
+
   it('releases a held connect whose client left the other node, leaving the queued message for the next connect', async () => {
     const [a, b] = await pair();
     const clientId = await handshake(a);

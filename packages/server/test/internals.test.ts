@@ -21,6 +21,7 @@ import { readBodyThen, type BodyResult } from '../src/http/body.js';
 import { RedisConnection } from '../src/engine/redis-connection.js';
 import { resolveRedisOptions } from '../src/engine/redis-options.js';
 import { CatchUp } from '../src/engine/redis-catch-up.js';
+import { KnownOwners } from '../src/core/known-owners.js';
 import type { Publication } from '../src/engine/engine.js';
 import http, { type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -759,5 +760,24 @@ describe("another node's word for why a session ended", () => {
     const { isDisconnectReason } = await import('../src/core/events.js');
     for (const reason of ['client', 'expired', 'server', 'shutdown', 'token-expired', 'abuse', 'slow-consumer']) assert.equal(isDisconnectReason(reason), true, reason);
     for (const hostile of ['', 'SERVER', 'server ', 'constructor', '__proto__', 'toString', 42, null, undefined, {}, ['server']]) assert.equal(isDisconnectReason(hostile), false, JSON.stringify(hostile));
+  });
+});
+
+describe('known owners (forwarding)', () => {
+  it('keeps an owner until it lapses or is forgotten, and at most max of them, the oldest going first', () => {
+    const owners = new KnownOwners(3, 1000);
+    owners.set('s1', 'node-a', 0);
+    assert.equal(owners.get('s1', 999), 'node-a');
+    assert.equal(owners.get('s1', 1000), undefined, 'lapsed');
+    assert.equal(owners.size, 0, 'and dropped');
+    for (let i = 1; i <= 5; i++) owners.set(`s${i}`, 'node-b', 0);
+    assert.equal(owners.size, 3);
+    assert.deepEqual(['s1', 's2', 's3', 's4', 's5'].map((id) => owners.get(id, 1)), [undefined, undefined, 'node-b', 'node-b', 'node-b']);
+    owners.set('s3', 'node-c', 1);
+    owners.set('s6', 'node-c', 1);
+    assert.equal(owners.get('s4', 1), undefined, 'set again, s3 is the newest: s4 went first');
+    assert.equal(owners.get('s3', 1), 'node-c');
+    owners.forget('s3');
+    assert.equal(owners.get('s3', 1), undefined);
   });
 });

@@ -2,7 +2,8 @@
  * No sticky sessions: a request for a session another node holds is forwarded to that node.
  *
  * Behind a balancer without affinity a client's requests land on any node. The node that gets a
- * batch naming a session it does not hold asks the engine which node does (with Redis: one HGET)
+ * batch naming a session it does not hold asks the engine which node does (with Redis: one HGET,
+ * then kept in mind for the session's next requests: known-owners.ts)
  * and forwards the batch there through the engine's node-to-node messages; the owner processes it
  * as if it had come in itself (the session binding checks the forwarded request's cookie and
  * address) and sends the replies back, which the receiving node writes to its client. The session
@@ -37,6 +38,7 @@ import type { Engine } from '../engine/engine.js';
 import type { ResolvedOptions } from '../options.js';
 import type { ClientGoneWatcher, LineWatcher, ProcessContext, PushConnection, RequestFacts, Transport } from './contract.js';
 import { isDisconnectReason, type DisconnectReason } from './events.js';
+import { KnownOwners } from './known-owners.js';
 import { RelayLine } from './relay-line.js';
 import type { ServerSession } from './session.js';
 
@@ -62,6 +64,10 @@ const REPLY_MARGIN_MS = 10_000;
  * fed end (their clients reconnect and are told to handshake) instead of staying open and silent.
  */
 export const OWNER_CHECK_MS = 2_000;
+
+/** Sessions whose owner a node keeps in mind (KnownOwners), and for how long, ms. */
+const KNOWN_OWNERS = 65_536;
+const OWNER_KEPT_MS = 60_000;
 
 /** Sessions per line whose latest connect is remembered (see Forwarding.rememberConnect). */
 const MAX_CONNECTS_PER_LINE = 8;
@@ -98,6 +104,8 @@ export class Forwarding {
   private readonly remoteLines = new Map<string, RemoteLine>();
   /** Held requests forwarded to this node, by "<node> <request id>": whom to tell when their client leaves. */
   private readonly goneWatchers = new Map<string, ClientGoneWatcher>();
+  /** The owners of other nodes' sessions lately looked up (a Redis round trip per request otherwise). */
+  private readonly owners = new KnownOwners(KNOWN_OWNERS, OWNER_KEPT_MS);
   /** Checks that the owners of the waiting requests and of the lines still listen; runs while there are any. */
   private ownerCheck: NodeJS.Timeout | undefined;
 
@@ -117,7 +125,7 @@ export class Forwarding {
   }
 
   private async forwardTo(clientId: string, batch: readonly unknown[], context: ProcessContext): Promise<string[] | null> {
-    const owner = await this.host.engine.ownerOf(clientId).catch(() => undefined);
+    const owner = await this.ownerOf(clientId);
     // Redis away: who holds the session cannot be known. A connect is told to try again in a
     // moment, on whichever node it reaches (a 402 would make a client behind a balancer without
     // affinity lose its session for the whole outage); anything else is judged here as before
@@ -134,11 +142,17 @@ export class Forwarding {
     const heard = await this.tellNode(owner, request);
     if (heard !== true) {
       this.settle(id, null);
+      this.owners.forget(clientId);
       return heard === undefined && connectsOnly(batch) ? unavailable(batch) : unknownClient(batch);
     }
     context.onClientGone?.({ clientGone: () => void this.tellNode(owner, { t: 'gone', id }) });
     const replies = await replied;
-    if (replies !== null) return replies;
+    if (replies !== null) {
+      // The owner no longer knows the session (it ended there): not its owner for anyone now.
+      if (replies.some(isUnknownClient)) this.owners.forget(clientId);
+      return replies;
+    }
+    this.owners.forget(clientId);
     // No answer from the owner: gone, unless Redis went away meanwhile (then a connect is told to retry).
     const knowable = await this.host.engine.ownerOf(clientId).then(
       () => true,
@@ -148,12 +162,24 @@ export class Forwarding {
   }
 
   /**
+   * The node that holds `clientId`: null when none other does (this node's, or unknown),
+   * undefined when that cannot be known now (Redis away). Kept in mind (see KnownOwners).
+   */
+  private async ownerOf(clientId: string): Promise<string | null | undefined> {
+    const known = this.owners.get(clientId);
+    if (known !== undefined) return known;
+    const owner = await this.host.engine.ownerOf(clientId).catch(() => undefined);
+    if (typeof owner === 'string') this.owners.set(clientId, owner);
+    return owner;
+  }
+
+  /**
    * Binds a session another node holds to a stream opened here (SSE, HTTP streaming): `start`
    * writes its beginning once the owner agreed. Resolves to false when no other node holds the
    * session or it refused the request (another browser's, say).
    */
   async attach(clientId: string, line: PushConnection, facts: RequestFacts, start: () => void): Promise<boolean> {
-    const owner = await this.host.engine.ownerOf(clientId).catch(() => null);
+    const owner = (await this.ownerOf(clientId)) ?? null;
     if (owner === null) return false;
     const id = this.nextId();
     // Started as the answer is read, before any message the owner writes to it right after.
@@ -163,9 +189,12 @@ export class Forwarding {
     const message = { t: 'attach', id, clientId, transport: line.transport, facts, line: this.lineOf(line, owner) };
     if ((await this.tellNode(owner, message)) !== true) {
       this.settle(id, null);
+      this.owners.forget(clientId);
       return false;
     }
-    return (await replied) !== null;
+    const agreed = (await replied) !== null;
+    if (!agreed) this.owners.forget(clientId);
+    return agreed;
   }
 
   // ---------------------------------------------------------------- messages from other nodes
@@ -424,6 +453,11 @@ function soleClientId(batch: readonly unknown[]): string | null {
 /** Each message answered 402 unknown client with advice to handshake: its session's node is gone. */
 function unknownClient(batch: readonly unknown[]): string[] {
   return refuseAll(batch, bayeuxError('clientUnknown', [String((batch[0] as Message | undefined)?.clientId)]), { reconnect: 'handshake', interval: 0 });
+}
+
+/** Whether a reply says its session is not known (402): the session ended on its node. */
+function isUnknownClient(reply: string): boolean {
+  return reply.includes('"error":"402:');
 }
 
 /** Whether every message of `batch` is a /meta/connect. */
