@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
 import { RedisEngine, type ServerOptions } from '../src/index.js';
-import { OWNER_CHECK_MS } from '../src/core/forwarding.js';
+import { OWNER_CHECK_MS, decodeNodeMessage, encodeNodeMessage } from '../src/core/forwarding.js';
 import { WsPeer, freePort, readText, sessionRecord, startServer, waitFor, type Msg, type TestServer } from './helpers.js';
 import { REDIS_URL, deleteKeys, requireRedis, startRedis, uniquePrefix } from './redis-fixture.js';
 
@@ -369,5 +369,28 @@ describe('forwarding large replies (past Redis pub/sub output buffer bound)', ()
     await a.server.publish('/big', 'small');
     await peer.next((m) => m.channel === '/big' && m.data === 'small', 'the next message');
     assert.deepEqual(errors, []);
+  });
+});
+
+describe('messages between nodes: replies and pushes one per line', () => {
+  it('puts serialised messages after the header as they are, and reads them back', () => {
+    const replies = ['{"channel":"/meta/connect","successful":true}', '{"channel":"/a","data":"quote \\" and \\\\n inside"}'];
+    const encoded = encodeNodeMessage({ t: 'rep', id: 'x-1' }, replies);
+    assert.equal(encoded, `{"t":"rep","id":"x-1"}\n${replies[0]}\n${replies[1]}`, 'not escaped again');
+    assert.deepEqual(decodeNodeMessage(encoded), { t: 'rep', id: 'x-1', texts: replies });
+    assert.deepEqual(decodeNodeMessage(encodeNodeMessage({ t: 'push', line: 'l-1' }, [])), { t: 'push', line: 'l-1', texts: [] });
+    assert.deepEqual(decodeNodeMessage(encodeNodeMessage({ t: 'gone', id: 'x-2' })), { t: 'gone', id: 'x-2' });
+  });
+
+  it('keeps texts that lines cannot carry (empty, or with a raw newline) inside the JSON, and reads those back alike', () => {
+    for (const texts of [['{"a":1}', ''], ['{"a":\n1}'], ['']]) {
+      const encoded = encodeNodeMessage({ t: 'rep', id: 'x' }, texts);
+      assert.ok(!encoded.includes('\n'), JSON.stringify(encoded));
+      assert.deepEqual(decodeNodeMessage(encoded), { t: 'rep', id: 'x', texts });
+    }
+  });
+
+  it('refuses what is not a message: not JSON, or JSON but not an object', () => {
+    for (const payload of ['', 'nope', '{"t":"rep"', '[1,2]', 'null', '"rep"', 'nope\n{}', '42\n{}']) assert.equal(decodeNodeMessage(payload), null, JSON.stringify(payload));
   });
 });

@@ -22,15 +22,18 @@
  *
  * Messages between nodes (JSON; another node's bytes are checked like a client's):
  *   {t: "req", id, batch, transport, facts, line?, hold}   a forwarded batch
- *   {t: "rep", id, replies}                               its replies
+ *   {t: "rep", id}\n<reply>\n<reply>…                     its replies
  *   {t: "gone", id}                                       the client of a held request left
  *   {t: "attach", id, clientId, transport, facts, line}   bind a session to a stream held by the sender
  *   {t: "attached", id, ok}                               whether it was bound
- *   {t: "push", line, frames}                             what the owner writes to a line
+ *   {t: "push", line}\n<message>\n<message>…             what the owner writes to a line
  *   {t: "end", line, reason?}                             the session of a stream line ended, and why
  *   {t: "closed", line}                                   the real line closed
  *   {t: "alive?"}                                         nothing: whether the node still listens (Redis counts the hearers)
- * Messages of other kinds go to `otherMessages` (the state channels' relay).
+ * Messages of other kinds go to `otherMessages` (the state channels' relay). Replies and pushes are
+ * serialised messages already: they follow their header one per line as they are (JSON never
+ * holds a raw newline), not escaped again as strings of a JSON array and unescaped on arrival
+ * (see encodeNodeMessage).
  */
 import { randomBytes } from 'node:crypto';
 import { bayeuxError, isConnectionType, META, type Message } from '@perihelion/protocol';
@@ -200,15 +203,12 @@ export class Forwarding {
   // ---------------------------------------------------------------- messages from other nodes
 
   onNodeMessage(from: string, payload: string): void {
-    let message: Record<string, unknown>;
-    try {
-      message = JSON.parse(payload) as Record<string, unknown>;
-    } catch {
+    const message = decodeNodeMessage(payload);
+    if (message === null) {
       this.host.reportError(new Error(`node ${from} sent a forwarding message that is not JSON`));
       return;
     }
-    if (typeof message !== 'object' || message === null) return;
-    const { t, id, line } = message;
+    const { t, id, line, texts } = message;
     switch (t) {
       case 'req':
         if (typeof id === 'string' && Array.isArray(message.batch)) void this.serve(from, id, message);
@@ -217,7 +217,7 @@ export class Forwarding {
         if (typeof id === 'string' && typeof message.clientId === 'string' && typeof line === 'string') this.serveAttach(from, id, message.clientId, line, message);
         return;
       case 'rep':
-        if (typeof id === 'string' && Array.isArray(message.replies) && message.replies.every((r) => typeof r === 'string')) this.settle(id, message.replies as string[]);
+        if (typeof id === 'string' && isTexts(texts)) this.settle(id, texts);
         return;
       case 'attached':
         if (typeof id === 'string') this.settle(id, message.ok === true ? [] : null);
@@ -226,7 +226,7 @@ export class Forwarding {
         if (typeof id === 'string') this.goneWatchers.get(`${from} ${id}`)?.clientGone();
         return;
       case 'push':
-        if (typeof line === 'string' && Array.isArray(message.frames)) this.lines.get(line)?.line.send(message.frames.filter((f): f is string => typeof f === 'string'));
+        if (typeof line === 'string' && isTexts(texts)) this.lines.get(line)?.line.send(texts);
         return;
       case 'end':
         // Why, so that the stream tells its client what a held connect would have (stream.ts).
@@ -251,7 +251,7 @@ export class Forwarding {
     if (message.hold === true) context.onClientGone = (watcher) => this.goneWatchers.set(key, watcher);
     try {
       const replies = await this.host.process(message.batch as unknown[], context);
-      await this.tellNode(from, { t: 'rep', id, replies });
+      await this.tellNode(from, { t: 'rep', id }, replies);
     } catch (error) {
       this.host.reportError(error);
     } finally {
@@ -310,16 +310,16 @@ export class Forwarding {
     const key = `${node} ${line}`;
     let remote = this.remoteLines.get(key);
     if (!remote) {
-      remote = new RemoteLine(transport, async (message) => (await this.tellNode(node, { ...message, line })) === true);
+      remote = new RemoteLine(transport, async (message, texts) => (await this.tellNode(node, { ...message, line }, texts)) === true);
       this.remoteLines.set(key, remote);
       remote.onClose(() => this.remoteLines.delete(key));
     }
     return remote;
   }
 
-  /** Whether `node` heard `message`; undefined when that cannot be known (Redis away). */
-  tellNode(node: string, message: Record<string, unknown>): Promise<boolean | undefined> {
-    return this.host.engine.sendToNode(node, JSON.stringify(message)).catch(() => undefined);
+  /** Whether `node` heard `message` (with `texts`, serialised messages: see encodeNodeMessage); undefined when that cannot be known (Redis away). */
+  tellNode(node: string, message: Record<string, unknown>, texts?: readonly string[]): Promise<boolean | undefined> {
+    return this.host.engine.sendToNode(node, encodeNodeMessage(message, texts)).catch(() => undefined);
   }
 
   // ---------------------------------------------------------------- replies awaited
@@ -406,14 +406,14 @@ class RemoteLine extends RelayLine {
 
   constructor(
     transport: Transport,
-    private readonly tell: (message: Record<string, unknown>) => Promise<boolean>,
+    private readonly tell: (message: Record<string, unknown>, texts?: readonly string[]) => Promise<boolean>,
   ) {
     super(transport);
   }
 
   protected relay(serialised: string[]): void {
     this.inFlight++;
-    void this.tell({ t: 'push', frames: serialised }).then((heard) => {
+    void this.tell({ t: 'push' }, serialised).then((heard) => {
       this.inFlight--;
       if (!heard) {
         // The pushes after it were sent too, and come back unheard in order: the messages go
@@ -435,6 +435,36 @@ class RemoteLine extends RelayLine {
   sessionEnded(reason?: DisconnectReason): void {
     if (this.transport === 'eventsource' || this.transport === 'http-streaming') void this.tell(reason === undefined ? { t: 'end' } : { t: 'end', reason });
   }
+}
+
+/**
+ * A message to another node: its JSON, then `texts` (serialised Bayeux messages) one per line.
+ * Texts that could not be told apart so (an empty one, or one with a raw newline, which no JSON
+ * serialiser makes) go inside the JSON, as `texts`, instead.
+ */
+export function encodeNodeMessage(message: Record<string, unknown>, texts?: readonly string[]): string {
+  if (texts === undefined) return JSON.stringify(message);
+  if (!texts.every((text) => text !== '' && !text.includes('\n'))) return JSON.stringify({ ...message, texts });
+  return `${JSON.stringify(message)}\n${texts.join('\n')}`;
+}
+
+/** The message encodeNodeMessage made, with its texts as `texts`; null when it is not one. */
+export function decodeNodeMessage(payload: string): Record<string, unknown> | null {
+  const newline = payload.indexOf('\n');
+  let message: unknown;
+  try {
+    message = JSON.parse(newline < 0 ? payload : payload.slice(0, newline));
+  } catch {
+    return null;
+  }
+  if (typeof message !== 'object' || message === null || Array.isArray(message)) return null;
+  const record = message as Record<string, unknown>;
+  if (newline >= 0) record.texts = newline + 1 === payload.length ? [] : payload.slice(newline + 1).split('\n');
+  return record;
+}
+
+function isTexts(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((text) => typeof text === 'string');
 }
 
 /** The one clientId every message of a batch names; null for a handshake, none, or several. */
