@@ -196,6 +196,7 @@ describe('redis engine: large messages between nodes', () => {
       assert.deepEqual(hostB.nodeMessages.map(([, payload]) => payload.length), sent.map((payload) => payload.length), 'in order, whole');
       assert.ok(hostB.nodeMessages.every(([from, payload], i) => from === a.nodeId && payload === sent[i]));
       assert.deepEqual(hostB.errors, [], 'nothing lost, nothing reported');
+      assert.deepEqual([a.nodeMailStats(), b.nodeMailStats()], [{ stored: 3, lost: 0 }, { stored: 0, lost: 0 }], 'the three large ones stored (for /metrics)');
       // Still subscribed: what comes next arrives without a reconnect.
       assert.equal(await a.sendToNode(b.nodeId, '{"n":5}'), true);
       await waitFor(() => hostB.nodeMessages.length === sent.length + 1, 3000, 'the next one');
@@ -237,6 +238,7 @@ describe('redis engine: large messages between nodes', () => {
       assert.equal(reported.length, 2, reported.join('\n'));
       assert.match(reported[0]!, /not meant for this node, not taken/);
       assert.match(reported[1]!, /was lost: .*x:2 was gone/);
+      assert.equal(b.nodeMailStats().lost, 1, 'the gone one counted as lost');
       assert.equal(await raw.get(foreign), 'not for b', "another node's key is left alone");
     } finally {
       raw.disconnect();

@@ -369,6 +369,14 @@ describe('forwarding large replies (past Redis pub/sub output buffer bound)', ()
     await a.server.publish('/big', 'small');
     await peer.next((m) => m.channel === '/big' && m.data === 'small', 'the next message');
     assert.deepEqual(errors, []);
+    // Operators see the key path: A stored the large replies and pushes (B's requests landed on
+    // the wrong node, a hint that affinity would help), B lost none.
+    const metric = async (node: TestServer, name: string): Promise<number> => {
+      const text = await (await fetch(`http://127.0.0.1:${node.address.port}/metrics`)).text();
+      return Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1] ?? NaN);
+    };
+    assert.ok((await metric(a, 'perihelion_node_messages_stored_total')) >= 4, 'three long-poll replies and a push, at least');
+    assert.equal(await metric(b, 'perihelion_node_messages_lost_total'), 0);
   });
 });
 

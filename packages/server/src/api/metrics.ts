@@ -177,6 +177,13 @@ export class Metrics {
       ['perihelion_websockets_refused_total', 'WebSocket upgrades refused (429) because maxWebsocketsPerIp were open from their address.', () => totals.websocketsRefused],
       ['perihelion_past_browser_limit_total', 'Long-polls answered at once (with the multiple-clients advice) and streams refused (429) because their browser held maxSessionsPerBrowser lines already.', () => totals.pastBrowserLimit],
     ];
+    const { engine } = server;
+    if (engine.nodeMailStats) {
+      mirrored.push(
+        ['perihelion_node_messages_stored_total', 'Messages for another node sent by way of a Redis key, past nodeMessageInlineBytes (replies to requests that landed on another node, relayed state snapshots): many say the balancer should keep clients on their node.', () => engine.nodeMailStats!().stored],
+        ['perihelion_node_messages_lost_total', 'Messages from another node sent by way of a Redis key that this node could not take (expired, or Redis away).', () => engine.nodeMailStats!().lost],
+      );
+    }
     for (const [name, help, read] of mirrored) {
       let seen = 0;
       new Counter({

@@ -278,4 +278,10 @@ export interface Engine {
    * An engine that cannot tell at once (its subscribers are on other nodes too) leaves it out.
    */
   unseen?(channel: string): boolean;
+  /**
+   * Messages for one other node this node sent by way of a key, too large for pub/sub, and those
+   * meant for it that it could not take (expired, Redis away): for `/metrics`. An engine whose
+   * nodes do not talk through pub/sub leaves it out.
+   */
+  nodeMailStats?(): { stored: number; lost: number };
 }

@@ -50,6 +50,8 @@ export class NodeMail {
   /** The prefix of the keys meant for this node: a name outside it is not taken (nor deleted). */
   private readonly ownKeys: string;
   private stored = 0;
+  /** Messages meant for this node that could not be taken. */
+  private lost = 0;
   /** Per node, the latest stored message to it that Redis has not taken yet (see send). */
   private readonly storing = new Map<string, Promise<void>>();
 
@@ -91,6 +93,11 @@ export class NodeMail {
     return Number(await connection.script('MAIL', channel, [key.slice(channel.length), text, this.parts.keepMs, layout.publishCommand, encode({ kind: 'mail', key })]));
   }
 
+  /** How many messages this node stored for others, and how many meant for it were lost. */
+  stats(): { stored: number; lost: number } {
+    return { stored: this.stored, lost: this.lost };
+  }
+
   /** One message of this node's channel, as it came. */
   receive(message: BusMessage): void {
     if (message.kind === 'mail') this.take(message.key);
@@ -114,7 +121,10 @@ export class NodeMail {
     this.fetch(key)
       .then(
         (message) => void (entry.message = message),
-        (error: unknown) => this.parts.report(unavailable(`a message from another node was lost: cannot take ${key}`, error)),
+        (error: unknown) => {
+          this.lost++;
+          this.parts.report(unavailable(`a message from another node was lost: cannot take ${key}`, error));
+        },
       )
       .finally(() => {
         entry.ready = true;
@@ -134,11 +144,13 @@ export class NodeMail {
       throw error;
     }
     if (text === null) {
+      this.lost++;
       this.parts.report(new Error(`a message from another node was lost: ${key} was gone when this node came to take it (it is kept ${this.parts.keepMs} ms)`));
       return null;
     }
     const message = decode(text);
     if (message instanceof BusFormatError || message.kind === 'mail') {
+      this.lost++;
       this.parts.report(new BusFormatError(`unreadable message under ${key}: ${message instanceof BusFormatError ? message.message : 'a mail message names another'}`));
       return null;
     }

@@ -709,6 +709,10 @@ export class RedisEngine implements Engine {
     }
   }
 
+  nodeMailStats(): { stored: number; lost: number } {
+    return this.mail.stats();
+  }
+
   async claimState(channel: string): Promise<string | null> {
     this.running();
     if (!this.connection.readyCmd()) throw unavailable(`cannot claim the state channel ${channel}: Redis is away`);
