@@ -152,7 +152,8 @@ export class Forwarding {
     const replies = await replied;
     if (replies !== null) {
       // The owner no longer knows the session (it ended there): not its owner for anyone now.
-      if (replies.some(isUnknownClient)) this.owners.forget(clientId);
+      // (The first reply answers the batch's first message: no need to read the messages after.)
+      if (replies.length > 0 && isUnknownClient(replies[0]!)) this.owners.forget(clientId);
       return replies;
     }
     this.owners.forget(clientId);
