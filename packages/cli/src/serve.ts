@@ -95,6 +95,7 @@ export async function serve(settings: Settings, log: (line: string) => void = co
           ...(settings.redisPrefix !== undefined ? { prefix: settings.redisPrefix } : {}),
           ...(settings.redisHeartbeatInterval !== undefined ? { heartbeatInterval: settings.redisHeartbeatInterval } : {}),
           ...(settings.redisNodeTimeout !== undefined ? { nodeTimeout: settings.redisNodeTimeout } : {}),
+          ...(settings.redisNodeMessageInlineBytes !== undefined ? { nodeMessageInlineBytes: settings.redisNodeMessageInlineBytes } : {}),
         })
       : worker !== undefined
         ? new WorkersEngine(undefined, worker.node)

@@ -11,7 +11,7 @@ import { readTls, type TlsFiles } from './tls.js';
 
 export interface Setting {
   /** ServerOptions key, or a listen/CLI setting. */
-  key: keyof ServerOptions | 'port' | 'host' | 'tlsCert' | 'tlsKey' | 'tlsCa' | 'tlsClientCert' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisCluster' | 'redisPartitions' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'workers';
+  key: keyof ServerOptions | 'port' | 'host' | 'tlsCert' | 'tlsKey' | 'tlsCa' | 'tlsClientCert' | 'demo' | 'jwtPublicKey' | 'jwtAlgorithm' | 'jwks' | 'rules' | 'logLevel' | 'redis' | 'redisCluster' | 'redisPartitions' | 'redisPrefix' | 'redisHeartbeatInterval' | 'redisNodeTimeout' | 'redisNodeMessageInlineBytes' | 'workers';
   flag: string;
   kind: 'integer' | 'string' | 'list' | 'boolean' | 'file';
   help: string;
@@ -72,6 +72,7 @@ const COMMAND_SETTINGS: Setting[] = [
   { key: 'redisPrefix', flag: 'redis-prefix', kind: 'string', help: 'prefix of the Redis keys and channels, so that several clusters can share one Redis (default perihelion:)' },
   { key: 'redisHeartbeatInterval', flag: 'redis-heartbeat-interval', kind: 'integer', help: 'cluster mode: how often this node tells the others it is alive, ms (default 5000)' },
   { key: 'redisNodeTimeout', flag: 'redis-node-timeout', kind: 'integer', help: "cluster mode: silence after which a node counts as dead and the others remove its sessions, ms (default 15000; longer than the heartbeat interval)" },
+  { key: 'redisNodeMessageInlineBytes', flag: 'redis-node-message-inline-bytes', kind: 'integer', help: 'cluster mode: a message for one other node (a forwarded reply, a relayed state snapshot) larger than this goes by way of a Redis key, not pub/sub, whose output buffer Redis bounds (default 65536; 0: every message through pub/sub)' },
   { key: 'workers', flag: 'workers', kind: 'string', help: 'processes serving one port as one server: a number, or auto for one per CPU this process may use (default 1; the demo gallery needs 1)' },
   { key: 'rules', flag: 'rules', kind: 'file', help: 'JSON file with the channel authorization rules, e.g. [{"channel":"/chat/**","publish":"authenticated"}]' },
   { key: 'jwtPublicKey', flag: 'jwt-public-key', kind: 'file', help: 'PEM file of the public key that signs tokens (the HMAC secret comes from PERIHELION_JWT_SECRET)' },
@@ -88,7 +89,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** Keys a configuration file may hold besides the server options. */
-const FILE_ONLY_KEYS = new Set(['port', 'host', 'tlsCert', 'tlsKey', 'tlsCa', 'tlsClientCert', 'demo', 'logLevel', 'redis', 'redisCluster', 'redisPartitions', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'workers']);
+const FILE_ONLY_KEYS = new Set(['port', 'host', 'tlsCert', 'tlsKey', 'tlsCa', 'tlsClientCert', 'demo', 'logLevel', 'redis', 'redisCluster', 'redisPartitions', 'redisPrefix', 'redisHeartbeatInterval', 'redisNodeTimeout', 'redisNodeMessageInlineBytes', 'workers']);
 
 /** Most workers `--workers` takes. */
 export const MAX_WORKERS = 256;
@@ -158,6 +159,8 @@ export interface Settings {
   /** The Redis engine's node liveness, ms. */
   redisHeartbeatInterval?: number;
   redisNodeTimeout?: number;
+  /** The Redis engine's `nodeMessageInlineBytes`: larger messages for one node go by way of a key. */
+  redisNodeMessageInlineBytes?: number;
   /** Processes serving the port as one server (default 1: this process only). */
   workers?: number;
   /** HTTPS and WSS: where the certificate and key are (read at start and on SIGHUP), and the key's passphrase. */
@@ -236,7 +239,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     else if (typeof fromFlag === 'boolean' && setting.kind === 'boolean') values[setting.key] = fromFlag;
     if (typeof fromFlag === 'string' || typeof fromFlag === 'boolean') sources[setting.key] = `--${setting.flag}`;
   }
-  const { port = 8080, host, tlsCert, tlsKey, tlsCa, tlsClientCert, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers = 1, ...server } = values;
+  const { port = 8080, host, tlsCert, tlsKey, tlsCa, tlsClientCert, demo = true, logLevel = 'info', jwtPublicKey, jwtAlgorithm, jwks, rules, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, redisNodeMessageInlineBytes, workers = 1, ...server } = values;
   if (!(LOG_LEVELS as readonly unknown[]).includes(logLevel)) throw new SettingsError(`log level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
   if (typeof port !== 'number' || port > 65535) throw new SettingsError(`port must be from 0 to 65535, got ${String(port)}`);
   const options = server as ServerOptions;
@@ -279,6 +282,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     [redisPrefix, '--redis-prefix'],
     [redisHeartbeatInterval, '--redis-heartbeat-interval'],
     [redisNodeTimeout, '--redis-node-timeout'],
+    [redisNodeMessageInlineBytes, '--redis-node-message-inline-bytes'],
   ] as const) {
     if (value !== undefined && redis === undefined) throw new SettingsError(`${flag} needs --redis (the Redis URL of the cluster)`);
   }
@@ -290,6 +294,10 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     ['redisNodeTimeout', redisNodeTimeout],
   ] as const) {
     if (value !== undefined && (typeof value !== 'number' || !Number.isInteger(value))) throw new SettingsError(`setting "${key}" must be a whole number of ms`);
+  }
+  // Its range is the engine's to check (at start, with the engine's message).
+  if (redisNodeMessageInlineBytes !== undefined && (typeof redisNodeMessageInlineBytes !== 'number' || !Number.isInteger(redisNodeMessageInlineBytes))) {
+    throw new SettingsError('setting "redisNodeMessageInlineBytes" must be a whole number of bytes');
   }
   if ((tlsClientCert !== undefined || tlsCa !== undefined) && tlsCert === undefined) {
     throw new SettingsError(`${tlsClientCert !== undefined ? '--tls-client-cert' : '--tls-ca'} needs --tls-cert and --tls-key: client certificates are asked for in the server's own TLS handshake`);
@@ -316,6 +324,7 @@ export function resolveSettings(flags: Record<string, unknown>, env: NodeJS.Proc
     ...(typeof redisPrefix === 'string' ? { redisPrefix } : {}),
     ...(typeof redisHeartbeatInterval === 'number' ? { redisHeartbeatInterval } : {}),
     ...(typeof redisNodeTimeout === 'number' ? { redisNodeTimeout } : {}),
+    ...(typeof redisNodeMessageInlineBytes === 'number' ? { redisNodeMessageInlineBytes } : {}),
     workers: parseWorkers(workers, 'workers (--workers, PERIHELION_WORKERS)'),
     ...(tls ? { tls } : {}),
   };

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
-import { resolveSettings } from '../src/index.js';
+import { resolveSettings, serve as serveHere } from '../src/index.js';
 
 const BIN = fileURLToPath(new URL('../src/bin.js', import.meta.url));
 const REDIS_URL = process.env.PERIHELION_TEST_REDIS ?? 'redis://127.0.0.1:6379';
@@ -40,6 +40,24 @@ describe('settings: --redis', () => {
     assert.throws(() => resolveSettings({ config }, {}), /setting "redisNodeTimeout" must be a whole number of ms/);
     assert.throws(() => resolveSettings({ redisNodeTimeout: '4000' }, {}), /--redis-node-timeout needs --redis/);
     assert.throws(() => resolveSettings({ redis: 'redis://a:6379', redisNodeTimeout: 'x' }, {}), /--redis-node-timeout/);
+  });
+
+  it('takes the bound of messages between nodes through pub/sub from --redis-node-message-inline-bytes, the environment or the file, only with --redis, and gives it to the engine', async () => {
+    assert.equal(resolveSettings({ redis: 'redis://a:6379', redisNodeMessageInlineBytes: '1000' }, {}).redisNodeMessageInlineBytes, 1000);
+    assert.equal(resolveSettings({ redis: 'redis://a:6379' }, { PERIHELION_REDIS_NODE_MESSAGE_INLINE_BYTES: '0' }).redisNodeMessageInlineBytes, 0);
+    const dir = mkdtempSync(join(tmpdir(), 'perihelion-redis-'));
+    const config = join(dir, 'cluster.yaml');
+    writeFileSync(config, 'redis: redis://c:6379\nredisNodeMessageInlineBytes: lots\n');
+    assert.throws(() => resolveSettings({ config }, {}), /setting "redisNodeMessageInlineBytes" must be a whole number of bytes/);
+    assert.throws(() => resolveSettings({ redisNodeMessageInlineBytes: '1000' }, {}), /--redis-node-message-inline-bytes needs --redis/);
+    assert.throws(() => resolveSettings({ redis: 'redis://a:6379', redisNodeMessageInlineBytes: '-1' }, {}), /--redis-node-message-inline-bytes must be a whole number/);
+    // The node the command starts uses it (a range past the engine's refused at start: exit 2, below).
+    const running = await serveHere({ server: {}, port: 0, host: '127.0.0.1', demo: false, logLevel: 'silent', redis: REDIS_URL, redisPrefix: `cluster-cli-inline-${process.pid}:`, redisNodeMessageInlineBytes: 1000 }, () => {});
+    try {
+      assert.equal((running.server.engine as unknown as { options: { nodeMessageInlineBytes: number } }).options.nodeMessageInlineBytes, 1000);
+    } finally {
+      await running.stop();
+    }
   });
 
   it('takes a Redis Cluster from --redis-cluster and its partitions from --redis-partitions, only with --redis', () => {
@@ -176,6 +194,9 @@ describe('perihelion serve --redis', () => {
     const wrong = await exitOf(serve([], { PERIHELION_REDIS: 'localhost:6379' }));
     assert.equal(wrong.code, 2);
     assert.match(wrong.stderr, /perihelion: the Redis URL "localhost:6379" must start with redis:\/\/ or rediss:\/\//);
+    const past = await exitOf(serve(['--redis', REDIS_URL, '--redis-node-message-inline-bytes', '99999999999']));
+    assert.equal(past.code, 2);
+    assert.match(past.stderr, /perihelion: option "nodeMessageInlineBytes" must be a whole number of bytes from 0/);
   });
 
   it('says at start-up that the memory engine is active without --redis', async () => {

@@ -35,7 +35,7 @@ describe('configuration files', () => {
 
   it('names the key and what is allowed when the file is wrong', () => {
     const cases: [string, string, RegExp][] = [
-      ['unknown.yaml', 'maxQueu: 5\n', /unknown\.yaml: unknown option "maxQueu"; known options are: .*maxQueue.*, port, host, tlsCert, tlsKey, tlsCa, tlsClientCert, demo, logLevel, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, workers$/],
+      ['unknown.yaml', 'maxQueu: 5\n', /unknown\.yaml: unknown option "maxQueu"; known options are: .*maxQueue.*, port, host, tlsCert, tlsKey, tlsCa, tlsClientCert, demo, logLevel, redis, redisCluster, redisPartitions, redisPrefix, redisHeartbeatInterval, redisNodeTimeout, redisNodeMessageInlineBytes, workers$/],
       ['type.json', '{"timeout": "30s"}', /type\.json: option "timeout" must be an integer from 0 to 600000, got "30s"/],
       ['port.json', '{"port": "eighty"}', /setting "port" must be a whole number/],
       ['tls.json', '{"tlsCert": 443}', /tls\.json: setting "tlsCert" must be a string/],
