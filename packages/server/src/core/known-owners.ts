@@ -1,13 +1,13 @@
 /**
- * Which node holds a session, as lately looked up: a node behind a balancer without affinity
- * forwards most of a client's requests to the same other node, and asking the engine each time
- * costs a Redis round trip per request.
+ * Which node holds something another node serves, as lately looked up: a session whose requests
+ * a node forwards (core/forwarding.ts), a state channel whose requests it relays
+ * (state/state-service.ts). Asking the engine each time costs a Redis round trip per request.
  *
- * A session never moves: the node that made it holds it until it ends. So an owner once looked up
- * stays right for as long as the session lives; when it died, or the session ended, the owner's
- * silence (or its 402) says so, and the entry is forgotten (`forget`). Entries also lapse after
- * `ttlMs`, and past `max` the oldest go first: the map stays bounded whatever the clients send
- * (a clientId the engine does not know is never kept).
+ * A session never moves: the node that made it holds it until it ends, so its owner stays right
+ * for as long as it lives. A state channel moves only when its holder gives it up or dies. Either
+ * way the owner's silence or its answer (a 402, a 503) says when an entry is wrong, and the caller
+ * forgets it (`forget`). Entries also lapse after `ttlMs`, and past `max` the oldest go first:
+ * the map stays bounded whatever the clients send (callers keep only what the engine named).
  */
 export class KnownOwners {
   private readonly owners = new Map<string, { node: string; until: number }>();

@@ -19,6 +19,7 @@ import type { ExtensionPipeline } from '../extensions/pipeline.js';
 import type { ListenerRegistry } from '../core/listeners.js';
 import { ServiceRefusal } from '../core/publish.js';
 import type { Session } from '../core/session.js';
+import { KnownOwners } from '../core/known-owners.js';
 import type { SecurityPolicy } from '../security/policy.js';
 import { ProposalRefusal, StateChannel } from './state-channel.js';
 import { RELAY_TIMEOUT_MS, StateRelay, type StateRelayHost } from './state-relay.js';
@@ -54,8 +55,8 @@ export class StateChannels {
    * could not create, a client's patch refused): a client's publish there is refused too.
    */
   private readonly heldElsewhere = new Set<string>();
-  /** The holders of other nodes' channels lately looked up, and until when they are trusted. */
-  private readonly holders = new Map<string, { node: string; until: number }>();
+  /** The holders of other nodes' channels lately looked up. */
+  private readonly holders = new KnownOwners(MAX_HELD_ELSEWHERE, HOLDER_KEPT_MS);
   private installed = false;
   /** Requests for the state channels other nodes hold, and theirs for this node's. */
   readonly relay: StateRelay;
@@ -155,21 +156,17 @@ export class StateChannels {
     this.heldBy(name);
     const answer = await this.relay.ask(holder, name, request, session);
     // Gone, silent, or no longer the holder: looked up again next time.
-    if (answer instanceof ServiceRefusal && answer.error.startsWith('503:')) this.holders.delete(name);
+    if (answer instanceof ServiceRefusal && answer.error.startsWith('503:')) this.holders.forget(name);
     return answer;
   }
 
   /** The node that holds another node's channel: as lately looked up (HOLDER_KEPT_MS), or asked of the engine. */
   private async holderOf(name: string): Promise<string | null> {
-    const now = Date.now();
     const known = this.holders.get(name);
-    if (known !== undefined && known.until > now) return known.node;
+    if (known !== undefined) return known;
     const holder = await this.parts.holderOf!(name);
-    this.holders.delete(name);
-    if (holder !== null) {
-      if (this.holders.size >= MAX_HELD_ELSEWHERE) this.holders.delete(this.holders.keys().next().value!);
-      this.holders.set(name, { node: holder, until: now + HOLDER_KEPT_MS });
-    }
+    if (holder === null) this.holders.forget(name);
+    else this.holders.set(name, holder);
     return holder;
   }
 
