@@ -52,11 +52,16 @@ describe('settings: --redis', () => {
     assert.throws(() => resolveSettings({ redisNodeMessageInlineBytes: '1000' }, {}), /--redis-node-message-inline-bytes needs --redis/);
     assert.throws(() => resolveSettings({ redis: 'redis://a:6379', redisNodeMessageInlineBytes: '-1' }, {}), /--redis-node-message-inline-bytes must be a whole number/);
     // The node the command starts uses it (a range past the engine's refused at start: exit 2, below).
-    const running = await serveHere({ server: {}, port: 0, host: '127.0.0.1', demo: false, logLevel: 'silent', redis: REDIS_URL, redisPrefix: `cluster-cli-inline-${process.pid}:`, redisNodeMessageInlineBytes: 1000 }, () => {});
+    const prefix = `perihelion-test:cli-inline:${process.pid}:${randomBytes(4).toString('hex')}:`;
+    const running = await serveHere({ server: {}, port: 0, host: '127.0.0.1', demo: false, logLevel: 'silent', redis: REDIS_URL, redisPrefix: prefix, redisNodeMessageInlineBytes: 1000 }, () => {});
+    const client = new Redis(REDIS_URL);
     try {
       assert.equal((running.server.engine as unknown as { options: { nodeMessageInlineBytes: number } }).options.nodeMessageInlineBytes, 1000);
     } finally {
       await running.stop();
+      const keys = await client.keys(`${prefix}*`);
+      if (keys.length > 0) await client.del(...keys);
+      client.disconnect();
     }
   });
 
